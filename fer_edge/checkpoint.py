@@ -1,0 +1,117 @@
+"""Checkpoint files: one format for ``best.pt``, ``last.pt`` and the shipped weights.
+
+A checkpoint is a plain dict (loadable with ``torch.load(..., weights_only=True)``):
+
+=================  ==========================================================
+``format``         ``"fer-edge-checkpoint/1"``
+``model``          registry name; ``model_kwargs``: its keyword arguments
+``state_dict``     the model weights (the EMA weights when EMA was used)
+``labels``         list of class names, in output order
+``normalization``  ``{"mean": m, "std": s}`` applied to pixels scaled to 0..1
+``train_config``   the full :class:`fer_edge.training.config.TrainConfig` as a dict
+``metrics``        e.g. ``{"val_accuracy": ..., "val_macro_f1": ...}``
+``data``           data fingerprint (source path, split, size, sha)
+``epoch``          epochs completed
+``fer_edge_version``
+=================  ==========================================================
+
+``last.pt`` also carries the optimizer/scheduler/RNG state under ``resume``.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fer_edge.errors import CheckpointError
+from fer_edge.preprocess import Normalization
+
+FORMAT = "fer-edge-checkpoint/1"
+_REQUIRED = ("model", "state_dict", "labels", "normalization")
+
+
+@dataclass
+class Checkpoint:
+    path: Path | None
+    model_name: str
+    model_kwargs: dict
+    state_dict: dict
+    labels: list[str]
+    normalization: Normalization
+    train_config: dict = field(default_factory=dict)
+    metrics: dict = field(default_factory=dict)
+    data: dict = field(default_factory=dict)
+    epoch: int = 0
+    raw: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def sha256(self) -> str:
+        from fer_edge.utils import sha256_path
+
+        if self.path is None:
+            raise CheckpointError("checkpoint has no file to hash")
+        return sha256_path(self.path)
+
+    def build_model(self):
+        """The registered model with these weights, in eval mode, on CPU."""
+        from fer_edge.models import create_model
+
+        model = create_model(self.model_name, num_classes=len(self.labels), **self.model_kwargs)
+        try:
+            model.load_state_dict(self.state_dict)
+        except RuntimeError as e:
+            where = self.path or "checkpoint"
+            raise CheckpointError(f"{where}: weights do not match model {self.model_name!r}: {e}") from None
+        return model.eval()
+
+
+def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
+    """Write a checkpoint dict atomically (temp file, then rename)."""
+    import torch
+
+    from fer_edge import __version__
+    from fer_edge.utils import atomic_path
+
+    missing = [k for k in _REQUIRED if k not in payload]
+    if missing:
+        raise CheckpointError(f"checkpoint payload lacks {', '.join(missing)}")
+    payload = {"format": FORMAT, "fer_edge_version": __version__, **payload}
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str = "cpu") -> Checkpoint:
+    """Load a checkpoint with ``weights_only=True``; clear errors for missing or foreign files."""
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    try:
+        raw = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:
+        raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from None
+    if not isinstance(raw, dict) or raw.get("format") != FORMAT:
+        raise CheckpointError(
+            f"{path}: not a fer-edge checkpoint (expected format {FORMAT!r}); "
+            "train one with `fer-edge train` or use a shipped model"
+        )
+    missing = [k for k in _REQUIRED if k not in raw]
+    if missing:
+        raise CheckpointError(f"{path}: checkpoint lacks {', '.join(missing)}")
+    return Checkpoint(
+        path=path,
+        model_name=raw["model"],
+        model_kwargs=dict(raw.get("model_kwargs") or {}),
+        state_dict=raw["state_dict"],
+        labels=list(raw["labels"]),
+        normalization=Normalization.from_dict(raw["normalization"]),
+        train_config=dict(raw.get("train_config") or {}),
+        metrics=dict(raw.get("metrics") or {}),
+        data=dict(raw.get("data") or {}),
+        epoch=int(raw.get("epoch", 0)),
+        raw=raw,
+    )

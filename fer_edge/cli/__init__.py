@@ -1,0 +1,40 @@
+"""The ``fer-edge`` command line: thin Typer commands over library functions.
+
+Each command lives in its own module and registers itself on ``app``. Library code
+raises :class:`fer_edge.errors.FerEdgeError`; :func:`main` prints it to stderr and
+exits with status 1.
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+
+import typer
+
+app = typer.Typer(
+    name="fer-edge",
+    help="Facial-expression recognition from training to the edge.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+#: Command modules, imported for their ``@app.command`` side effects.
+COMMAND_MODULES = ("models", "train", "eval", "export", "bench", "predict")
+
+for _name in COMMAND_MODULES:
+    try:
+        importlib.import_module(f"fer_edge.cli.{_name}")
+    except ModuleNotFoundError as _e:  # a command module not written yet
+        if _e.name != f"fer_edge.cli.{_name}":
+            raise
+
+
+def main(argv: list[str] | None = None) -> None:
+    from fer_edge.errors import FerEdgeError
+
+    try:
+        app(args=argv, standalone_mode=True)
+    except FerEdgeError as e:
+        typer.echo(f"error: {e}", err=True)
+        sys.exit(1)

@@ -1,0 +1,51 @@
+"""Helpers shared by the CLI commands."""
+from __future__ import annotations
+
+import functools
+import sys
+
+import typer
+from rich.console import Console
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def handle_errors(fn):
+    """Turn a FerEdgeError into a message on stderr and exit code 1 (also under CliRunner)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from fer_edge.errors import FerEdgeError
+
+        try:
+            return fn(*args, **kwargs)
+        except FerEdgeError as e:
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(1) from None
+
+    return wrapper
+
+
+def parse_csv_option(value: str | list[str] | None, valid: list[str], what: str) -> list[str]:
+    """Split ``a,b`` (or repeated options) and reject values not in ``valid`` (no fuzzy matching)."""
+    from fer_edge.errors import FerEdgeError
+
+    if value is None:
+        return []
+    items = value if isinstance(value, list) else [value]
+    out: list[str] = []
+    for item in items:
+        for v in str(item).split(","):
+            v = v.strip()
+            if not v:
+                continue
+            if v not in valid:
+                raise FerEdgeError(f"unknown {what} {v!r}; valid: {', '.join(valid)}")
+            if v not in out:
+                out.append(v)
+    return out
+
+
+def is_tty() -> bool:
+    return sys.stderr.isatty()

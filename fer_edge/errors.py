@@ -1,0 +1,38 @@
+"""The exceptions fer-edge raises. The CLI prints them to stderr and exits non-zero."""
+from __future__ import annotations
+
+
+class FerEdgeError(Exception):
+    """Base class of every error fer-edge reports to a user."""
+
+
+class DataError(FerEdgeError):
+    """Bad or missing input data (a CSV row, an image file, a split)."""
+
+
+class ModelError(FerEdgeError):
+    """Unknown model name or bad model arguments."""
+
+
+class CheckpointError(FerEdgeError):
+    """A checkpoint that cannot be read or does not match its model."""
+
+
+class TrainingError(FerEdgeError):
+    """Training could not run (bad options, a resume that does not match)."""
+
+
+class ExportError(FerEdgeError):
+    """An export target failed."""
+
+
+class ParityError(FerEdgeError):
+    """An artifact's outputs do not match the PyTorch reference within thresholds."""
+
+
+class RuntimeUnavailableError(FerEdgeError):
+    """A runtime or device is not available on this machine (package missing, needs macOS...)."""
+
+
+class ArtifactError(FerEdgeError):
+    """An artifact or manifest that is missing, tampered with or unreadable."""

@@ -1,0 +1,13 @@
+"""The model zoo. Importing this package registers every model file."""
+from fer_edge.models.registry import (  # noqa: F401
+    ModelEntry,
+    count_macs,
+    count_params,
+    create_model,
+    get_model_entry,
+    list_models,
+    register_model,
+)
+
+# Model files, imported for their @register_model side effects.
+from fer_edge.models import edge  # noqa: F401,E402

@@ -1,0 +1,83 @@
+"""A timm-style model registry: ``@register_model`` factories, ``create_model``, ``list_models``."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from torch import nn
+
+from fer_edge.constants import IMAGE_SIZE, NUM_CLASSES
+from fer_edge.errors import ModelError
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str
+    factory: Callable[..., nn.Module]
+    source: str
+    module: str
+
+
+_REGISTRY: dict[str, ModelEntry] = {}
+
+
+def register_model(fn: Callable[..., nn.Module] | None = None, *, source: str = "fer-edge"):
+    """Register a factory ``fn(num_classes=7, **kwargs) -> nn.Module`` under its function name.
+
+    ``source`` says where the architecture comes from (a notebook, a paper, fer-edge).
+    """
+
+    def deco(f: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        if f.__name__ in _REGISTRY:
+            raise ModelError(f"model {f.__name__!r} is registered twice")
+        _REGISTRY[f.__name__] = ModelEntry(f.__name__, f, source, f.__module__)
+        return f
+
+    return deco(fn) if fn is not None else deco
+
+
+def _ensure_loaded() -> None:
+    # Importing the package registers every model file.
+    import fer_edge.models  # noqa: F401
+
+
+def list_models() -> list[str]:
+    _ensure_loaded()
+    return sorted(_REGISTRY)
+
+
+def get_model_entry(name: str) -> ModelEntry:
+    _ensure_loaded()
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ModelError(f"unknown model {name!r}; registered models: {', '.join(sorted(_REGISTRY))}") from None
+
+
+def create_model(name: str, num_classes: int = NUM_CLASSES, **kwargs) -> nn.Module:
+    """Build a registered model taking N x 1 x 48 x 48 input and returning N x num_classes logits."""
+    entry = get_model_entry(name)
+    try:
+        return entry.factory(num_classes=num_classes, **kwargs)
+    except TypeError as e:
+        raise ModelError(f"bad arguments for model {name!r}: {e}") from None
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def count_macs(model: nn.Module, input_size: int = IMAGE_SIZE) -> int:
+    """Multiply-accumulates per image, counted by torch's FLOP counter (FLOPs / 2) on one input."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    was_training = model.training
+    model.eval()
+    try:
+        x = torch.zeros(1, 1, input_size, input_size)
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model(x)
+        return int(counter.get_total_flops() // 2)
+    finally:
+        model.train(was_training)

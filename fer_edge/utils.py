@@ -1,0 +1,74 @@
+"""Small helpers: atomic writes, hashing."""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+
+@contextlib.contextmanager
+def atomic_path(dest: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
+    """Yield a temporary path beside ``dest``; rename it onto ``dest`` only if the block succeeds.
+
+    Works for files and directories (e.g. ``.mlpackage``). The temporary name keeps the
+    destination's suffix (some writers insist on it), so an interrupted write leaves
+    ``.tmp-*`` debris, never a half-written file under the real name.
+    """
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    sfx = dest.suffix if suffix is None else suffix
+    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{dest.stem}-", suffix=sfx, dir=dest.parent)
+    os.close(fd)
+    os.unlink(tmp)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        if dest.is_dir() and not dest.is_symlink():
+            shutil.rmtree(dest)
+        os.replace(tmp_path, dest)
+    finally:
+        if tmp_path.is_dir():
+            shutil.rmtree(tmp_path, ignore_errors=True)
+        elif tmp_path.exists():
+            tmp_path.unlink()
+
+
+def write_text_atomic(dest: str | os.PathLike, text: str) -> None:
+    with atomic_path(dest) as tmp:
+        tmp.write_text(text)
+
+
+def write_json_atomic(dest: str | os.PathLike, obj) -> None:
+    write_text_atomic(dest, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def sha256_path(path: str | os.PathLike) -> str:
+    """SHA-256 of a file, or of a directory's files (sorted relative paths and contents)."""
+    path = Path(path)
+    h = hashlib.sha256()
+    if path.is_dir():
+        for f in sorted(p for p in path.rglob("*") if p.is_file()):
+            h.update(str(f.relative_to(path)).encode())
+            h.update(b"\0")
+            _update_file(h, f)
+    else:
+        _update_file(h, path)
+    return h.hexdigest()
+
+
+def _update_file(h, f: Path) -> None:
+    with open(f, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+
+
+def path_size(path: str | os.PathLike) -> int:
+    path = Path(path)
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    return path.stat().st_size
