@@ -1,0 +1,49 @@
+"""The runtime interface: load an artifact, run N x 1 x 48 x 48 float32 input, describe itself.
+
+One module per runtime (``pytorch``, ``torchscript``, ``onnxruntime``, ``openvino``,
+``coreml``), each defining a :class:`Runtime` subclass registered in
+:mod:`fer_edge.runtimes`. Heavy imports happen inside methods.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+
+import numpy as np
+
+
+class Runtime(ABC):
+    #: the name used by ``--runtime`` / ``--runtimes`` and in reports
+    name: str = ""
+    #: the Python package it needs (named in "missing package" messages)
+    package: str = ""
+
+    @classmethod
+    def available(cls) -> tuple[bool, str]:
+        """(True, "") when usable here, else (False, reason) e.g. "needs macOS", "package onnxruntime missing"."""
+        return True, ""
+
+    @classmethod
+    def devices(cls) -> list[str]:
+        """Devices this runtime can use here, e.g. ["cpu"], ["CPU", "GPU"], ["CPUExecutionProvider"]."""
+        return ["cpu"]
+
+    def __init__(self, path: str | Path, device: str | None = None, threads: int | None = None,
+                 batch_hint: int = 1, **options):
+        self.path = Path(path)
+        self.device = device
+        self.threads = threads
+        self.batch_hint = batch_hint
+        self.options = options
+
+    @abstractmethod
+    def run(self, x: np.ndarray) -> np.ndarray:
+        """float32 N x 1 x 48 x 48 (already normalised) -> float32 N x num_classes logits."""
+
+    @abstractmethod
+    def metadata(self) -> dict[str, str]:
+        """The embedded fer-edge metadata (labels, normalization, model, source_sha256, fer_edge_version)."""
+
+    def describe(self) -> dict:
+        """What a report records: runtime, device, threads, precision hint, versions..."""
+        return {"runtime": self.name, "device": self.device, "threads": self.threads}
