@@ -44,3 +44,52 @@ def shared_fer2013() -> Path:
     if not (root / "fer2013.csv.gz").is_file():
         pytest.skip(f"real FER2013 not found at {root}")
     return root
+
+
+def _train_tiny(model_name: str, arrays, steps: int = 40, seed: int = 0):
+    """A few Adam steps on synthetic data: enough for confident, non-random logits."""
+    import torch
+
+    from fer_edge.models import create_model
+
+    torch.manual_seed(seed)
+    images, labels = arrays
+    x = torch.from_numpy(images).float().unsqueeze(1) / 255.0
+    x = (x - 0.5) / 0.25
+    y = torch.from_numpy(labels)
+    model = create_model(model_name)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    model.train()
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        idx = torch.randint(0, len(x), (64,), generator=g)
+        loss = torch.nn.functional.cross_entropy(model(x[idx]), y[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory, synthetic_arrays, synthetic_csv) -> Path:
+    """A fer-edge checkpoint of ``fer_nano`` briefly trained on the synthetic CSV's Training split."""
+    from fer_edge.checkpoint import save_checkpoint
+    from fer_edge.constants import LABELS
+
+    model = _train_tiny("fer_nano", synthetic_arrays["Training"])
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
+    save_checkpoint(
+        path,
+        {
+            "model": "fer_nano",
+            "model_kwargs": {},
+            "state_dict": model.state_dict(),
+            "labels": list(LABELS),
+            "normalization": {"mean": 0.5, "std": 0.25},
+            "train_config": {"data": str(synthetic_csv), "model": "fer_nano"},
+            "metrics": {},
+            "data": {"source": str(synthetic_csv), "split": "Training"},
+            "epoch": 1,
+        },
+    )
+    return path
