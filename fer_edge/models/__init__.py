@@ -11,3 +11,7 @@ from fer_edge.models.registry import (  # noqa: F401
 
 # Model files, imported for their @register_model side effects.
 from fer_edge.models import edge  # noqa: F401,E402
+from fer_edge.models import notebook_cnns  # noqa: F401,E402
+from fer_edge.models import enhanced  # noqa: F401,E402
+from fer_edge.models import cbam  # noqa: F401,E402
+from fer_edge.models import resnet  # noqa: F401,E402
