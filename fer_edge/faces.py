@@ -1,0 +1,226 @@
+"""Face finding for ``fer-edge predict``: image loading, OpenCV's frontal-face Haar detector, crops.
+
+Every box is ``(x, y, w, h)`` in pixels of the image *as displayed*, i.e. after its EXIF
+orientation has been applied (:func:`load_image` does that, like
+:func:`fer_edge.preprocess.to_gray48`). A crop is a PIL image of the original colours;
+turning it into the 48x48 model input is left to :func:`fer_edge.preprocess.to_gray48`,
+the same path training used.
+
+The detector is OpenCV's ``haarcascade_frontalface_default.xml`` run by
+``cv2.CascadeClassifier``: both ship inside ``opencv-python(-headless)`` 4.x, no download.
+OpenCV 5.0 moved the cascade classifier and its XML files to opencv-contrib and the 5.0
+wheels ship an empty ``cv2.data`` folder, so with OpenCV 5 :class:`FaceDetector` raises a
+:class:`~fer_edge.errors.RuntimeUnavailableError` that says so (install
+``opencv-python-headless<5``, point ``FER_EDGE_HAAR_CASCADE`` at the XML when the
+classifier exists but the file does not, or skip detection with ``--no-detect-faces``).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from fer_edge.errors import DataError, RuntimeUnavailableError
+
+#: The cascade file used when none is given.
+DEFAULT_CASCADE = "haarcascade_frontalface_default.xml"
+#: Environment variable naming a cascade XML file (overrides the search in the cv2 package).
+CASCADE_ENV = "FER_EDGE_HAAR_CASCADE"
+#: Extra border added on each side of a detected box, as a fraction of its size.
+DEFAULT_MARGIN = 0.15
+#: File suffixes treated as images when a directory is scanned.
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+
+
+@dataclass(frozen=True)
+class Box:
+    """A face box in pixels: left, top, width, height."""
+
+    x: int
+    y: int
+    w: int
+    h: int
+
+    def to_list(self) -> list[int]:
+        return [int(self.x), int(self.y), int(self.w), int(self.h)]
+
+    @property
+    def area(self) -> int:
+        return int(self.w) * int(self.h)
+
+    def expand(self, margin: float, width: int, height: int) -> "Box":
+        """Grow by ``margin`` * size on every side, clipped to a ``width`` x ``height`` image."""
+        dx, dy = round(self.w * margin), round(self.h * margin)
+        x0, y0 = max(0, self.x - dx), max(0, self.y - dy)
+        x1, y1 = min(width, self.x + self.w + dx), min(height, self.y + self.h + dy)
+        return Box(x0, y0, max(1, x1 - x0), max(1, y1 - y0))
+
+
+def load_image(image):
+    """A path, PIL image or numpy array -> a loaded PIL image with EXIF orientation applied.
+
+    Files are opened the way :func:`fer_edge.preprocess.to_gray48` opens them
+    (``ImageOps.exif_transpose``). Arrays are taken as grayscale (H x W) or RGB(A)
+    (H x W x 3/4), uint8 or floats in 0..1 / 0..255. Raises :class:`DataError` for a file
+    that is missing or not an image.
+    """
+    from PIL import Image, ImageOps
+
+    if isinstance(image, (str, os.PathLike)):
+        path = Path(image)
+        if not path.exists():
+            raise DataError(f"{path}: no such file")
+        if path.is_dir():
+            raise DataError(f"{path}: is a directory, not an image")
+        try:
+            with Image.open(path) as im:
+                im = ImageOps.exif_transpose(im)
+                im.load()
+                return im.copy()
+        except Exception as e:  # PIL raises many types for bad files
+            raise DataError(f"{path}: cannot read image ({type(e).__name__}: {e})") from None
+    if isinstance(image, np.ndarray):
+        arr = image
+        if arr.ndim == 3 and arr.shape[2] == 1:
+            arr = arr[..., 0]
+        if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (3, 4)) or arr.size == 0:
+            raise DataError(f"cannot use an array of shape {tuple(image.shape)} as an image")
+        if arr.dtype != np.uint8:
+            arr = np.asarray(arr, dtype=np.float64)
+            if float(np.nanmax(arr)) <= 1.0:
+                arr = arr * 255.0
+            arr = np.clip(np.nan_to_num(arr), 0, 255).astype(np.uint8)
+        return Image.fromarray(np.ascontiguousarray(arr))
+    if hasattr(image, "convert") and hasattr(image, "size"):
+        return image
+    raise DataError(f"cannot use an object of type {type(image).__name__} as an image")
+
+
+def crop(image, box: Box, margin: float = DEFAULT_MARGIN):
+    """The face crop (a PIL image in the original mode) of ``box`` grown by ``margin``."""
+    image = load_image(image)
+    b = box.expand(margin, *image.size)
+    return image.crop((b.x, b.y, b.x + b.w, b.y + b.h))
+
+
+def find_cascade(path: str | os.PathLike | None = None) -> Path:
+    """The cascade XML: ``path``, else ``$FER_EDGE_HAAR_CASCADE``, else the file inside the cv2 package."""
+    if path is None:
+        path = os.environ.get(CASCADE_ENV) or None
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise RuntimeUnavailableError(f"{p}: Haar cascade file not found")
+        return p
+    import cv2
+
+    candidates = []
+    data = getattr(cv2, "data", None)
+    if data is not None and getattr(data, "haarcascades", None):
+        candidates.append(Path(data.haarcascades) / DEFAULT_CASCADE)
+    pkg = Path(cv2.__file__).resolve().parent
+    candidates += [pkg / "data" / DEFAULT_CASCADE, *sorted(pkg.rglob(DEFAULT_CASCADE))]
+    for c in candidates:
+        if c.is_file():
+            return c
+    raise RuntimeUnavailableError(
+        f"OpenCV {cv2.__version__} ships no {DEFAULT_CASCADE} (OpenCV 5 moved the Haar cascades to "
+        f"opencv-contrib and its wheels leave cv2/data empty): install 'opencv-python-headless<5', "
+        f"set {CASCADE_ENV} to the XML file, or pass --no-detect-faces for images that are face crops"
+    )
+
+
+def _cascade_class():
+    import cv2
+
+    cls = getattr(cv2, "CascadeClassifier", None)
+    if cls is None:  # opencv-contrib 5.x keeps it in xobjdetect
+        cls = getattr(getattr(cv2, "xobjdetect", None), "CascadeClassifier", None)
+    if cls is None:
+        raise RuntimeUnavailableError(
+            f"OpenCV {cv2.__version__} has no Haar cascade detector (cv2.CascadeClassifier moved to "
+            "opencv-contrib in OpenCV 5): install 'opencv-python-headless<5', or pass --no-detect-faces "
+            "for images that are already face crops"
+        )
+    return cls
+
+
+def detector_available() -> tuple[bool, str]:
+    """(True, "") when :class:`FaceDetector` works here, else (False, reason)."""
+    try:
+        _cascade_class()
+        find_cascade()
+    except RuntimeUnavailableError as e:
+        return False, str(e)
+    except ImportError as e:
+        return False, f"OpenCV is not installed ({e})"
+    return True, ""
+
+
+class FaceDetector:
+    """OpenCV's frontal-face Haar cascade with settings for photos of any size.
+
+    Detection runs on a grayscale copy, histogram-equalised and shrunk so its longer
+    side is at most ``max_side`` (boxes are scaled back to the full image).
+    ``min_size`` is the smallest face in pixels of that working copy; the default is
+    ``max(24, 4%`` of its shorter side``)``. Faces come back largest first.
+    """
+
+    def __init__(self, cascade: str | os.PathLike | None = None, scale_factor: float = 1.1,
+                 min_neighbors: int = 5, min_size: int | None = None, max_side: int = 1280):
+        cls = _cascade_class()
+        self.cascade_path = find_cascade(cascade)
+        self._cascade = cls(str(self.cascade_path))
+        if self._cascade.empty():
+            raise RuntimeUnavailableError(f"{self.cascade_path}: OpenCV could not load this Haar cascade")
+        self.scale_factor = scale_factor
+        self.min_neighbors = min_neighbors
+        self.min_size = min_size
+        self.max_side = max_side
+
+    def detect(self, image) -> list[Box]:
+        import cv2
+
+        image = load_image(image)
+        gray = np.asarray(image.convert("L"), dtype=np.uint8)
+        h, w = gray.shape
+        scale = min(1.0, self.max_side / max(h, w))
+        if scale < 1.0:
+            gray = cv2.resize(gray, (max(1, round(w * scale)), max(1, round(h * scale))),
+                              interpolation=cv2.INTER_AREA)
+        gray = cv2.equalizeHist(gray)
+        min_size = self.min_size or max(24, round(0.04 * min(gray.shape)))
+        found = self._cascade.detectMultiScale(
+            gray, scaleFactor=self.scale_factor, minNeighbors=self.min_neighbors,
+            minSize=(min_size, min_size),
+        )
+        boxes = []
+        for x, y, bw, bh in (np.asarray(found).reshape(-1, 4) if len(found) else []):
+            bx, by = round(x / scale), round(y / scale)
+            boxes.append(Box(bx, by, min(round(bw / scale), w - bx), min(round(bh / scale), h - by)))
+        return sorted(boxes, key=lambda b: (-b.area, b.x, b.y))
+
+
+_DEFAULT_DETECTOR: FaceDetector | None = None
+
+
+def default_detector() -> FaceDetector:
+    """A shared :class:`FaceDetector` with default settings (the cascade is loaded once)."""
+    global _DEFAULT_DETECTOR
+    if _DEFAULT_DETECTOR is None:
+        _DEFAULT_DETECTOR = FaceDetector()
+    return _DEFAULT_DETECTOR
+
+
+def detect_faces(image, detector: FaceDetector | None = None) -> list[Box]:
+    """Boxes of the frontal faces in ``image`` (path, PIL image or array), largest first."""
+    return (detector or default_detector()).detect(image)
+
+
+def iter_images(directory: str | os.PathLike) -> list[Path]:
+    """Image files under ``directory`` (recursively, sorted), by suffix."""
+    root = Path(directory)
+    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+                  and not p.name.startswith("."))
