@@ -1,0 +1,295 @@
+"""What this machine can run, and the environment fingerprint stored in every bench report.
+
+:func:`describe_environment` never raises for a missing package or device: each probe
+records what it found or why it found nothing. Heavy packages are imported only for
+the runtimes being probed, and library versions are read from the installed
+distributions' metadata (no import).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import re
+import socket
+import sys
+from pathlib import Path
+
+#: Distributions whose versions a report records.
+LIBRARIES = ("fer-edge", "torch", "torchvision", "numpy", "onnx", "onnxruntime", "openvino", "nncf",
+             "coremltools", "psutil")
+
+#: The runtimes ``fer-edge devices`` lists, in order (TorchScript shares PyTorch's devices).
+PROBED_RUNTIMES = ("pytorch", "torchscript", "onnxruntime", "openvino", "coreml")
+
+#: Core ML compute units (``coremltools.ComputeUnit`` member names), in the order rows use.
+COREML_COMPUTE_UNITS = ("CPU_ONLY", "CPU_AND_GPU", "CPU_AND_NE", "ALL")
+
+
+# --- CPU ----------------------------------------------------------------------
+def _proc_cpuinfo() -> dict[str, str]:
+    """The first processor block of /proc/cpuinfo (empty off Linux)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        return {}
+    out: dict[str, str] = {}
+    for line in text.splitlines():
+        if not line.strip():
+            if out:
+                break
+            continue
+        k, _, v = line.partition(":")
+        out.setdefault(k.strip(), v.strip())
+    return out
+
+
+def _sysctl(name: str) -> str:
+    import subprocess
+
+    try:
+        return subprocess.run(["sysctl", "-n", name], capture_output=True, text=True, timeout=5).stdout.strip()
+    except Exception:
+        return ""
+
+
+def cpu_model() -> str:
+    info = _proc_cpuinfo()
+    for key in ("model name", "Hardware", "Processor", "cpu model"):
+        if info.get(key):
+            return info[key]
+    if sys.platform == "darwin":
+        brand = _sysctl("machdep.cpu.brand_string")
+        if brand:
+            return brand
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def cpu_flags() -> set[str]:
+    info = _proc_cpuinfo()
+    flags = set((info.get("flags") or info.get("Features") or "").split())
+    if sys.platform == "darwin" and platform.machine() == "arm64":
+        flags.update({"neon", "asimd", "fma"})
+    return flags
+
+
+def cpu_clock_mhz() -> tuple[float | None, str]:
+    """(clock in MHz, where it came from): psutil's max frequency, else /proc/cpuinfo's ``cpu MHz``."""
+    try:
+        import psutil
+
+        f = psutil.cpu_freq()
+        if f is not None and f.max:
+            return float(f.max), "psutil.cpu_freq().max"
+        if f is not None and f.current:
+            return float(f.current), "psutil.cpu_freq().current"
+    except Exception:
+        pass
+    info = _proc_cpuinfo()
+    if info.get("cpu MHz"):
+        try:
+            return float(info["cpu MHz"]), "/proc/cpuinfo cpu MHz"
+        except ValueError:
+            pass
+    if sys.platform == "darwin":
+        hz = _sysctl("hw.cpufrequency_max") or _sysctl("hw.cpufrequency")
+        if hz.isdigit():
+            return int(hz) / 1e6, "sysctl hw.cpufrequency"
+    return None, "unknown"
+
+
+def simd_isa(flags: set[str] | None = None) -> str:
+    flags = cpu_flags() if flags is None else flags
+    if "avx512f" in flags:
+        return "avx512"
+    if "avx2" in flags and "fma" in flags:
+        return "avx2+fma"
+    if "avx" in flags:
+        return "avx"
+    if "asimd" in flags or "neon" in flags:
+        return "neon"
+    if "sse2" in flags:
+        return "sse2"
+    return "unknown"
+
+
+def physical_cores() -> int:
+    try:
+        import psutil
+
+        n = psutil.cpu_count(logical=False)
+        if n:
+            return int(n)
+    except Exception:
+        pass
+    return os.cpu_count() or 1
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (the affinity mask, e.g. a container's CPU set)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def default_threads() -> int:
+    """Threads a bench gives each runtime by default: the physical cores this process may use."""
+    return max(1, min(physical_cores(), usable_cores()))
+
+
+def memory_bytes() -> int | None:
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().total)
+    except Exception:
+        return None
+
+
+# --- libraries and runtimes ----------------------------------------------------
+def library_versions() -> dict[str, str | None]:
+    from importlib import metadata
+
+    out: dict[str, str | None] = {}
+    for name in LIBRARIES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def _registry_availability(name: str) -> tuple[bool, str] | None:
+    """The runtime registry's own verdict when that runtime is registered, else None."""
+    try:
+        from fer_edge.runtimes import get_runtime
+
+        return tuple(get_runtime(name).available())  # type: ignore[return-value]
+    except Exception:
+        return None
+
+
+def _probe_pytorch() -> dict:
+    try:
+        import torch
+    except ImportError:
+        return {"available": False, "reason": "package torch missing", "devices": []}
+    devices = [{"name": "cpu", "full_name": cpu_model(),
+                "detail": f"{torch.get_num_threads()} threads, {torch.backends.cpu.get_cpu_capability()}"}]
+    if torch.cuda.is_available():
+        for i in range(torch.cuda.device_count()):
+            p = torch.cuda.get_device_properties(i)
+            devices.append({"name": "cuda" if i == 0 else f"cuda:{i}", "full_name": p.name,
+                            "detail": f"{p.total_memory / 2**30:.1f} GiB, sm_{p.major}{p.minor}"})
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        devices.append({"name": "mps", "full_name": "Apple Metal (MPS)", "detail": ""})
+    return {"available": True, "reason": "", "devices": devices}
+
+
+def _probe_onnxruntime() -> dict:
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return {"available": False, "reason": "package onnxruntime missing", "devices": []}
+    devices = []
+    for p in ort.get_available_providers():
+        detail = "remote (Azure) endpoint provider, not a local device" if p == "AzureExecutionProvider" else ""
+        devices.append({"name": p, "full_name": cpu_model() if p == "CPUExecutionProvider" else p, "detail": detail})
+    return {"available": True, "reason": "", "devices": devices, "build_device": ort.get_device()}
+
+
+def _probe_openvino() -> dict:
+    try:
+        import openvino as ov
+    except ImportError:
+        return {"available": False, "reason": "package openvino missing", "devices": []}
+    core = ov.Core()
+    devices = []
+    for d in core.available_devices:
+        try:
+            full = str(core.get_property(d, "FULL_DEVICE_NAME"))
+        except Exception as e:  # a plugin that cannot be queried
+            full = f"? ({type(e).__name__})"
+        detail = ""
+        try:
+            detail = "capabilities: " + ", ".join(map(str, core.get_property(d, "OPTIMIZATION_CAPABILITIES")))
+        except Exception:
+            pass
+        devices.append({"name": d, "full_name": full, "detail": detail})
+    return {"available": True, "reason": "", "devices": devices}
+
+
+def _probe_coreml() -> dict:
+    if sys.platform != "darwin":
+        return {"available": False, "reason": "needs macOS", "devices": []}
+    try:
+        import coremltools as ct
+    except ImportError:
+        return {"available": False, "reason": "package coremltools missing", "devices": []}
+    names = [u for u in COREML_COMPUTE_UNITS if u in ct.ComputeUnit.__members__]
+    return {"available": True, "reason": "", "devices": [{"name": u, "full_name": f"Core ML compute units {u}",
+                                                          "detail": platform.mac_ver()[0]} for u in names]}
+
+
+_PROBES = {
+    "pytorch": _probe_pytorch,
+    "torchscript": _probe_pytorch,
+    "onnxruntime": _probe_onnxruntime,
+    "openvino": _probe_openvino,
+    "coreml": _probe_coreml,
+}
+
+
+def probe_runtime(name: str) -> dict:
+    """``{"available", "reason", "devices": [{"name", "full_name", "detail"}]}`` for one runtime."""
+    try:
+        out = _PROBES[name]()
+    except Exception as e:  # a probe must never take the listing down
+        out = {"available": False, "reason": f"probe failed: {type(e).__name__}: {e}", "devices": []}
+    verdict = _registry_availability(name)
+    if verdict is not None and not verdict[0]:
+        out = {**out, "available": False, "reason": verdict[1] or out.get("reason", ""), "devices": []}
+    return out
+
+
+def describe_environment(runtimes: tuple[str, ...] | list[str] = PROBED_RUNTIMES) -> dict:
+    """This machine: host, OS, CPU, memory, library versions and every runtime's devices.
+
+    Also the bench report's environment fingerprint: ``fingerprint`` hashes the fields
+    that make timings comparable (host, CPU, core count, OS, library versions).
+    """
+    flags = cpu_flags()
+    mhz, mhz_source = cpu_clock_mhz()
+    mem = memory_bytes()
+    env = {
+        "hostname": socket.gethostname(),
+        "os": platform.platform(),
+        "system": platform.system(),
+        "arch": platform.machine(),
+        "python": platform.python_version(),
+        "cpu": {
+            "model": cpu_model(),
+            "physical_cores": physical_cores(),
+            "logical_cores": os.cpu_count() or 1,
+            "usable_cores": usable_cores(),
+            "clock_mhz": mhz,
+            "clock_source": mhz_source,
+            "isa": simd_isa(flags),
+            "flags": sorted(f for f in flags if re.fullmatch(r"avx.*|fma|f16c|sse4_2|asimd.*|neon|amx.*|sve.*", f)),
+        },
+        "memory_gb": round(mem / 2**30, 2) if mem else None,
+        "libraries": library_versions(),
+        "runtimes": {name: probe_runtime(name) for name in runtimes},
+    }
+    key = {k: env[k] for k in ("hostname", "os", "arch", "libraries")}
+    key["cpu"] = {k: env["cpu"][k] for k in ("model", "physical_cores", "logical_cores", "usable_cores")}
+    env["fingerprint"] = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    return env
+
+
+def machine_label(env: dict) -> str:
+    """``hostname (CPU model)``: how a merged report names the machine a report came from."""
+    cpu = (env.get("cpu") or {}).get("model") or "unknown CPU"
+    return f"{env.get('hostname') or 'unknown host'} ({cpu})"

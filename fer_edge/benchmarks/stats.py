@@ -1,0 +1,101 @@
+"""Latency statistics, the Pareto front, and the compute-limit (roofline-style) estimate."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from fer_edge.benchmarks.schema import LATENCY_KEYS
+
+
+def latency_summary(samples_ns: Sequence[int] | np.ndarray) -> dict[str, float]:
+    """mean, std, min, p50, p90, p99, max in milliseconds of per-call times in nanoseconds."""
+    ms = np.asarray(samples_ns, dtype=np.float64) / 1e6
+    if ms.size == 0:
+        raise ValueError("no latency samples")
+    p50, p90, p99 = np.percentile(ms, [50, 90, 99])
+    out = {
+        "mean": float(ms.mean()),
+        "std": float(ms.std(ddof=1)) if ms.size > 1 else 0.0,
+        "min": float(ms.min()),
+        "p50": float(p50),
+        "p90": float(p90),
+        "p99": float(p99),
+        "max": float(ms.max()),
+    }
+    assert tuple(out) == LATENCY_KEYS
+    return out
+
+
+def p50_spread_pct(rounds_ns: Sequence[Sequence[int]]) -> float | None:
+    """Largest relative deviation (%) of a round's median from the median of all samples.
+
+    A small value says the p50 is stable: the rounds, taken at different times in the
+    interleaved order, agree. None with fewer than two non-empty rounds.
+    """
+    rounds = [np.asarray(r, dtype=np.float64) for r in rounds_ns if len(r)]
+    if len(rounds) < 2:
+        return None
+    overall = float(np.median(np.concatenate(rounds)))
+    if overall <= 0:
+        return None
+    return float(max(abs(float(np.median(r)) - overall) for r in rounds) / overall * 100.0)
+
+
+def pareto_front(latency: Sequence[float], accuracy: Sequence[float]) -> list[int]:
+    """Indices of the points no other point beats on both axes (lower latency, higher accuracy).
+
+    Sorted by latency. Ties: of equal points the first is kept.
+    """
+    pts = sorted(range(len(latency)), key=lambda i: (latency[i], -accuracy[i], i))
+    front: list[int] = []
+    best = -np.inf
+    for i in pts:
+        if accuracy[i] > best:
+            front.append(i)
+            best = accuracy[i]
+    return front
+
+
+# --- compute limit --------------------------------------------------------------
+#: Peak fp32 FLOP per cycle per core for each SIMD level, and the assumption behind it.
+PEAK_FLOP_PER_CYCLE: dict[str, tuple[int, str]] = {
+    "avx512": (64, "AVX-512 FMA fp32: 2 FMA units x 16 lanes x 2 FLOP = 64 FLOP/cycle/core "
+                   "(cores that split 512-bit ops into two 256-bit halves reach half of that)"),
+    "avx2+fma": (32, "AVX2 FMA fp32: 2 FMA units x 8 lanes x 2 FLOP = 32 FLOP/cycle/core"),
+    "avx": (16, "AVX fp32 without FMA: 1 add + 1 mul unit x 8 lanes = 16 FLOP/cycle/core"),
+    "neon": (16, "NEON fp32: 2 FMA units x 4 lanes x 2 FLOP = 16 FLOP/cycle/core "
+                 "(Apple performance cores have 4 FMA units: 32)"),
+    "sse2": (8, "SSE2 fp32: 1 add + 1 mul unit x 4 lanes = 8 FLOP/cycle/core"),
+}
+
+
+def compute_limit(macs_per_image: int, ips: float, cores: int, env: dict) -> dict | None:
+    """How far a measured throughput is from the CPU's peak fp32 arithmetic rate.
+
+    achieved = 2 x MACs per image x images/s; peak = cores x FLOP/cycle x clock.
+    None when the clock or the SIMD level is unknown.
+    """
+    cpu = env.get("cpu") or {}
+    isa = cpu.get("isa") or "unknown"
+    mhz = cpu.get("clock_mhz")
+    if isa not in PEAK_FLOP_PER_CYCLE or not mhz or not macs_per_image or not ips:
+        return None
+    per_cycle, assumption = PEAK_FLOP_PER_CYCLE[isa]
+    cores = max(1, int(cores))
+    peak = cores * per_cycle * float(mhz) * 1e6
+    achieved = 2.0 * macs_per_image * ips
+    return {
+        "macs_per_image": int(macs_per_image),
+        "throughput_ips": float(ips),
+        "achieved_gflops": achieved / 1e9,
+        "peak_gflops": peak / 1e9,
+        "fraction_of_peak": achieved / peak,
+        "cores": cores,
+        "clock_mhz": float(mhz),
+        "clock_source": cpu.get("clock_source", ""),
+        "isa": isa,
+        "flop_per_cycle_per_core": per_cycle,
+        "assumption": f"{assumption}; {cores} core(s) at {float(mhz):.0f} MHz ({cpu.get('clock_source', '?')})",
+        "min_time_per_image_us": 2.0 * macs_per_image / peak * 1e6,
+    }
