@@ -15,3 +15,4 @@ from fer_edge.models import notebook_cnns  # noqa: F401,E402
 from fer_edge.models import enhanced  # noqa: F401,E402
 from fer_edge.models import cbam  # noqa: F401,E402
 from fer_edge.models import resnet  # noqa: F401,E402
+from fer_edge.models.summary import describe_model, describe_models, format_count  # noqa: F401,E402
