@@ -1,0 +1,172 @@
+"""The model zoo: every registered model is checked by the same tests (parametrized over list_models())."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from fer_edge.errors import ModelError
+from fer_edge.models import (
+    count_macs,
+    count_params,
+    create_model,
+    describe_models,
+    format_count,
+    get_model_entry,
+    list_models,
+)
+
+MODELS = list_models()
+EXPECTED = {
+    "baseline_cnn", "custom_cnn", "simple_cnn", "keras_cnn", "enhanced_cnn", "cbam_cnn", "resnet18",
+    "fer_nano", "fer_small",
+}
+
+
+def _input(batch: int = 2, seed: int = 0) -> torch.Tensor:
+    return torch.randn(batch, 1, 48, 48, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.fixture(scope="module")
+def cli_json() -> dict[str, dict]:
+    """``fer-edge models --json``, run once, keyed by model name."""
+    from fer_edge.cli import app
+
+    result = CliRunner().invoke(app, ["models", "--json"])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)  # stdout holds the JSON and nothing else
+    return {r["name"]: r for r in rows}
+
+
+def test_expected_models_registered():
+    assert EXPECTED <= set(MODELS)
+
+
+# --- every model --------------------------------------------------------------
+@pytest.mark.parametrize("name", MODELS)
+def test_forward_shape(name):
+    torch.manual_seed(0)
+    model = create_model(name).eval()
+    with torch.no_grad():
+        y = model(_input(2))
+    assert y.shape == (2, 7)
+    assert torch.isfinite(y).all()
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_num_classes(name):
+    model = create_model(name, num_classes=5).eval()
+    with torch.no_grad():
+        assert model(_input(1)).shape == (1, 5)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_backward_reaches_every_parameter(name):
+    torch.manual_seed(0)
+    model = create_model(name).train()
+    loss = torch.nn.functional.cross_entropy(model(_input(2)), torch.tensor([0, 3]))
+    loss.backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None]
+    assert not missing, f"no gradient for {missing}"
+    bad = [n for n, p in model.named_parameters() if not torch.isfinite(p.grad).all()]
+    assert not bad, f"non-finite gradient for {bad}"
+    assert any(p.grad.abs().sum() > 0 for p in model.parameters())
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_eval_is_deterministic(name):
+    torch.manual_seed(0)
+    model = create_model(name).eval()
+    x = _input(2)
+    with torch.no_grad():
+        a, b = model(x), model(x)
+        # one image scored alone gives the same logits as within a batch (BN in eval mode)
+        c = model(x[:1])
+    assert torch.equal(a, b)
+    torch.testing.assert_close(c, a[:1], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_cli_json_matches_counts(name, cli_json):
+    row = cli_json[name]
+    model = create_model(name)
+    assert row["params"] == count_params(model)
+    assert row["macs"] == count_macs(model)
+    assert row["source"] == get_model_entry(name).source
+    assert row["source"].strip()
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_bad_kwargs_raise_model_error(name):
+    with pytest.raises(ModelError, match=name):
+        create_model(name, no_such_option=1)
+
+
+# --- the registry and the command ---------------------------------------------
+def test_unknown_model_lists_valid_names():
+    with pytest.raises(ModelError) as exc:
+        create_model("no_such_model")
+    msg = str(exc.value)
+    assert "no_such_model" in msg
+    for name in MODELS:
+        assert name in msg
+
+
+def test_cli_json_lists_every_model(cli_json):
+    assert sorted(cli_json) == MODELS
+    for row in cli_json.values():
+        assert set(row) == {"name", "params", "macs", "source"}
+        assert isinstance(row["params"], int) and isinstance(row["macs"], int)
+
+
+def test_cli_table():
+    from fer_edge.cli import app
+
+    result = CliRunner().invoke(app, ["models"])
+    assert result.exit_code == 0, result.output
+    for name in MODELS:
+        assert name in result.stdout
+
+
+def test_describe_models_subset():
+    rows = describe_models(["fer_nano"])
+    assert [r["name"] for r in rows] == ["fer_nano"]
+    with pytest.raises(ModelError):
+        describe_models(["no_such_model"])
+
+
+@pytest.mark.parametrize(
+    "n, text",
+    [(0, "0"), (950, "950"), (82383, "82.4K"), (999_999, "1M"), (12_402_864, "12.4M"), (1_247_038_976, "1.25G")],
+)
+def test_format_count(n, text):
+    assert format_count(n) == text
+
+
+# --- sizes the zoo promises ---------------------------------------------------
+def test_edge_model_budgets():
+    assert count_params(create_model("fer_nano")) < 100_000
+    assert count_params(create_model("fer_small")) < 1_000_000
+
+
+def test_enhanced_cnn_size_and_depth():
+    model = create_model("enhanced_cnn")
+    assert abs(count_params(model) - 6.7e6) / 6.7e6 < 0.05
+    assert sum(isinstance(m, torch.nn.Conv2d) for m in model.modules()) == 12
+    assert sum(isinstance(m, torch.nn.Linear) for m in model.modules()) == 5
+
+
+def test_resnet18_stem_is_adapted():
+    model = create_model("resnet18")
+    conv1 = model.conv1
+    assert (conv1.in_channels, conv1.kernel_size, conv1.stride) == (1, (3, 3), (1, 1))
+    assert isinstance(model.maxpool, torch.nn.Identity)
+    assert model.fc.out_features == 7
+
+
+def test_cbam_cnn_has_three_attention_modules():
+    from fer_edge.models.cbam import CBAM
+
+    assert sum(isinstance(m, CBAM) for m in create_model("cbam_cnn").modules()) == 3
