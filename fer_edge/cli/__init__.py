@@ -19,6 +19,13 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
+
+
+@app.callback()
+def _root() -> None:
+    """Facial-expression recognition from training to the edge."""
+
+
 #: Command modules, imported for their ``@app.command`` side effects.
 COMMAND_MODULES = ("models", "train", "eval", "export", "bench", "predict")
 

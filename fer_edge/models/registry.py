@@ -60,6 +60,8 @@ def create_model(name: str, num_classes: int = NUM_CLASSES, **kwargs) -> nn.Modu
     try:
         return entry.factory(num_classes=num_classes, **kwargs)
     except TypeError as e:
+        if "argument" not in str(e):  # a bug inside the model, not the caller's arguments
+            raise
         raise ModelError(f"bad arguments for model {name!r}: {e}") from None
 
 
@@ -75,7 +77,8 @@ def count_macs(model: nn.Module, input_size: int = IMAGE_SIZE) -> int:
     was_training = model.training
     model.eval()
     try:
-        x = torch.zeros(1, 1, input_size, input_size)
+        p = next(model.parameters(), None)
+        x = torch.zeros(1, 1, input_size, input_size, device=p.device if p is not None else "cpu")
         with torch.no_grad(), FlopCounterMode(display=False) as counter:
             model(x)
         return int(counter.get_total_flops() // 2)
