@@ -1,0 +1,277 @@
+"""Which files a bench measures: artifact directories, manifests, single files, and the reference.
+
+An *artifact* here is one file (or ``.mlpackage`` directory) with its target, precision,
+the runtime that runs it, and what its manifest says about it. A manifest's SHA-256 of
+every file is checked before anything is loaded: a mismatch is an :class:`ArtifactError`
+naming the file.
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fer_edge.errors import ArtifactError, FerEdgeError
+from fer_edge.preprocess import Normalization
+from fer_edge.targets import TARGETS, Precision, Target, target_for_path
+
+MANIFEST_NAME = "manifest.json"
+#: The pseudo-target of PyTorch checkpoints (the reference rows).
+CHECKPOINT_TARGET = "checkpoint"
+CHECKPOINT_RUNTIME = "pytorch"
+CHECKPOINT_SUFFIXES = (".pt", ".pth")
+
+
+@dataclass
+class Artifact:
+    path: Path
+    target: str
+    precision: str
+    runtime: str
+    size_bytes: int | None = None
+    sha256: str | None = None
+    labels: list[str] | None = None
+    normalization: Normalization | None = None
+    model: str | None = None
+    source: dict = field(default_factory=dict)  # {"path", "sha256", "model"} of the checkpoint it came from
+    manifest: Path | None = None
+
+    @property
+    def is_checkpoint(self) -> bool:
+        return self.target == CHECKPOINT_TARGET
+
+    @property
+    def key(self) -> str:
+        return str(self.path.resolve())
+
+
+def _precision_from_name(path: Path, target: Target) -> str:
+    stem = path.name[: -len(target.suffix)] if path.name.endswith(target.suffix) else path.stem
+    m = re.search(r"_(fp32|fp16|int8)$", stem)
+    return m.group(1) if m else Precision.fp32.value
+
+
+def _norm(value) -> Normalization | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, Normalization):
+        return value
+    if isinstance(value, str):
+        value = json.loads(value)
+    return Normalization.from_dict(value)
+
+
+def _labels(value) -> list[str] | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, str):
+        value = json.loads(value)
+    return [str(v) for v in value]
+
+
+def artifact_from_file(path: str | Path) -> Artifact:
+    """An artifact from its file name alone (target from the suffix, precision from ``_fp16``...)."""
+    from fer_edge.utils import path_size
+
+    p = Path(path)
+    if not p.exists():
+        raise ArtifactError(f"{p}: artifact not found")
+    if p.suffix in CHECKPOINT_SUFFIXES:
+        return Artifact(p, CHECKPOINT_TARGET, Precision.fp32.value, CHECKPOINT_RUNTIME, size_bytes=path_size(p))
+    try:
+        target = target_for_path(p)
+    except FerEdgeError as e:
+        raise ArtifactError(str(e)) from None
+    return Artifact(p, target.name, _precision_from_name(p, target), target.runtime, size_bytes=path_size(p))
+
+
+def _manifest_entries(data: dict, where: Path) -> list[dict]:
+    entries = data.get("artifacts")
+    if entries is None and isinstance(data.get("targets"), list):
+        entries = data["targets"]
+    if not isinstance(entries, list):
+        raise ArtifactError(f"{where}: not a fer-edge export manifest (no 'artifacts' list)")
+    return [e for e in entries if isinstance(e, dict)]
+
+
+def read_manifest(path: str | Path, verify: bool = True) -> list[Artifact]:
+    """The artifacts a ``manifest.json`` lists, each file's SHA-256 checked against the manifest.
+
+    Entries whose export failed (no file, or a ``status`` other than ok) are left out.
+    """
+    from fer_edge.utils import path_size, sha256_path
+
+    mpath = Path(path)
+    if mpath.is_dir():
+        mpath = mpath / MANIFEST_NAME
+    if not mpath.is_file():
+        raise ArtifactError(f"{mpath}: manifest not found")
+    try:
+        data = json.loads(mpath.read_text())
+    except (OSError, ValueError) as e:
+        raise ArtifactError(f"{mpath}: not a readable manifest ({e})") from None
+    if not isinstance(data, dict):
+        raise ArtifactError(f"{mpath}: not a fer-edge export manifest")
+    top_source = data.get("source") if isinstance(data.get("source"), dict) else {}
+    out: list[Artifact] = []
+    for e in _manifest_entries(data, mpath):
+        file = e.get("file") or e.get("path")
+        if not file or str(e.get("status", "ok")) not in ("ok", "passed", "parity-failed", "warning"):
+            continue
+        p = (mpath.parent / file) if not Path(file).is_absolute() else Path(file)
+        if not p.exists():
+            raise ArtifactError(f"{p}: listed in {mpath} but missing")
+        if verify:
+            want = e.get("sha256")
+            if not want:
+                raise ArtifactError(f"{mpath}: entry {file} has no sha256; cannot verify it")
+            got = sha256_path(p)
+            if got != want:
+                raise ArtifactError(
+                    f"{p}: SHA-256 does not match {mpath.name} (manifest {want[:12]}..., file {got[:12]}...); "
+                    "the file was modified after export -- re-export it with `fer-edge export`"
+                )
+        target_name = e.get("target")
+        if target_name not in TARGETS:
+            try:
+                target_name = target_for_path(p).name
+            except FerEdgeError as err:
+                raise ArtifactError(f"{mpath}: entry {file}: {err}") from None
+        target = TARGETS[target_name]
+        src = e.get("source") if isinstance(e.get("source"), dict) else top_source
+        try:
+            norm = _norm(e.get("normalization") or data.get("normalization"))
+            labels = _labels(e.get("labels") or data.get("labels"))
+        except (ValueError, KeyError, TypeError) as err:
+            raise ArtifactError(f"{mpath}: entry {file}: bad labels/normalization ({err})") from None
+        out.append(Artifact(
+            path=p,
+            target=target.name,
+            precision=str(e.get("precision") or _precision_from_name(p, target)),
+            runtime=target.runtime,
+            size_bytes=int(e["size_bytes"]) if e.get("size_bytes") is not None else path_size(p),
+            sha256=e.get("sha256"),
+            labels=labels,
+            normalization=norm,
+            model=(src or {}).get("model") or data.get("model"),
+            source=dict(src or {}),
+            manifest=mpath,
+        ))
+    if not out:
+        raise ArtifactError(f"{mpath}: lists no exported artifact")
+    return out
+
+
+def _manifest_for(path: Path) -> Path | None:
+    m = path.parent / MANIFEST_NAME
+    return m if m.is_file() else None
+
+
+def collect_artifacts(specs: list[str | Path]) -> list[Artifact]:
+    """Artifact dirs (their manifest, or every file with a known suffix), manifests and files.
+
+    A single file that a manifest beside it lists is verified against that manifest.
+    Duplicates are dropped, order is kept.
+    """
+    out: list[Artifact] = []
+    for spec in specs:
+        p = Path(spec)
+        if not p.exists():
+            raise ArtifactError(f"{p}: no such artifact, directory or manifest")
+        if p.is_dir() and not any(str(p).rstrip("/").endswith(t.suffix) for t in TARGETS.values()):
+            if (p / MANIFEST_NAME).is_file():
+                out += read_manifest(p / MANIFEST_NAME)
+            else:
+                found = sorted(q for q in p.iterdir() if not q.name.startswith(".")
+                               and any(q.name.endswith(t.suffix) for t in TARGETS.values()))
+                if not found:
+                    raise ArtifactError(f"{p}: no manifest.json and no exported artifact "
+                                        f"({', '.join(t.suffix for t in TARGETS.values())})")
+                out += [artifact_from_file(q) for q in found]
+        elif p.name == MANIFEST_NAME or (p.suffix == ".json" and p.is_file()):
+            out += read_manifest(p)
+        else:
+            manifest = _manifest_for(p)
+            listed = None
+            if manifest is not None and p.suffix not in CHECKPOINT_SUFFIXES:
+                try:
+                    data = json.loads(manifest.read_text())
+                    files = {str(e.get("file") or e.get("path")) for e in _manifest_entries(data, manifest)}
+                except (OSError, ValueError, ArtifactError):
+                    files = set()
+                if p.name in files:
+                    listed = [a for a in read_manifest(manifest) if a.path.name == p.name]
+            out += listed if listed else [artifact_from_file(p)]
+    seen: set[str] = set()
+    unique = []
+    for a in out:
+        if a.key not in seen:
+            seen.add(a.key)
+            unique.append(a)
+    return unique
+
+
+# --- the reference checkpoint -------------------------------------------------------
+def _shipped_with_sha(sha: str) -> Path | None:
+    from fer_edge.utils import sha256_path
+    from fer_edge.weights import PRETRAINED
+
+    for meta in PRETRAINED.values():
+        if meta.path.is_file() and sha256_path(meta.path) == sha:
+            return meta.path
+    return None
+
+
+def resolve_reference(artifacts: list[Artifact], reference: str | Path | None = None) -> tuple[Path, list[str]]:
+    """The PyTorch checkpoint the artifacts are compared with, and notes about the choice.
+
+    ``reference`` (``--reference``: a path or a shipped name) wins. Otherwise: a
+    checkpoint among the artifacts; else the ``source`` checkpoint the manifests name,
+    when its file exists and its SHA-256 matches; else the shipped model with that SHA-256.
+    """
+    from fer_edge.utils import sha256_path
+    from fer_edge.weights import resolve_checkpoint
+
+    notes: list[str] = []
+    if reference is not None:
+        path = resolve_checkpoint(reference)
+        shas = {a.source.get("sha256") for a in artifacts if a.source.get("sha256")}
+        if shas and sha256_path(path) not in shas:
+            notes.append(f"--reference {path} is not the checkpoint the artifacts were exported from "
+                         f"(manifest source sha256 {', '.join(s[:12] for s in sorted(shas))})")
+        return path, notes
+    ckpts = [a for a in artifacts if a.is_checkpoint]
+    if ckpts:
+        return ckpts[0].path, notes
+    sources = {}
+    for a in artifacts:
+        if a.source.get("sha256") or a.source.get("path"):
+            sources[(a.source.get("path"), a.source.get("sha256"))] = a
+    if not sources:
+        raise ArtifactError(
+            "cannot tell which checkpoint the artifacts came from (no manifest with a 'source'); "
+            "pass --reference CHECKPOINT"
+        )
+    if len({sha for _, sha in sources}) > 1:
+        notes.append("the artifacts come from several checkpoints; the first one is the reference")
+    (src_path, src_sha), first = next(iter(sources.items()))
+    candidates = []
+    if src_path:
+        p = Path(src_path)
+        if not p.is_absolute() and first.manifest is not None:
+            candidates.append(first.manifest.parent / p)
+        candidates.append(p)
+    for p in candidates:
+        if p.is_file() and (not src_sha or sha256_path(p) == src_sha):
+            return p, notes
+    if src_sha:
+        shipped = _shipped_with_sha(src_sha)
+        if shipped is not None:
+            return shipped, notes
+    why = f"{src_path} does not exist" if src_path and not any(p.is_file() for p in candidates) else (
+        f"{src_path} has changed since the export (sha256 differs)" if src_path else "no source path")
+    raise ArtifactError(
+        f"cannot find the reference checkpoint of the artifacts: {why}, and no shipped model has sha256 "
+        f"{(src_sha or '?')[:12]}...; pass --reference CHECKPOINT"
+    )

@@ -1,0 +1,599 @@
+"""``fer-edge bench``: latency, accuracy and parity of every artifact on every runtime and device here.
+
+>>> from fer_edge.benchmarks.bench import run_bench
+>>> report = run_bench(["runs/exp/export"], data="fer2013.csv.gz", split="PublicTest", seconds=2)
+>>> report.write("reports/bench")          # report.json, report.csv, report.md, latency_vs_accuracy.png
+>>> [r["status"] for r in report.rows]
+
+Method
+------
+* Rows: every artifact x runtime x device x batch size. The artifacts' source
+  checkpoint, run by PyTorch eager in FP32, is the reference (``reference: true`` rows).
+* Inputs: ``n_images`` images of the labelled split (a seeded subset when fewer than the
+  split), through :func:`fer_edge.preprocess.normalize` with each artifact's own
+  normalisation. The timing inputs of each row are preallocated once (the first
+  ``batch`` images) and reused: the timed loop measures the runtime call alone
+  (``time.perf_counter_ns`` around ``runtime.run(x)``), including any host/device copy
+  the runtime makes.
+* Per row: load time (constructor), first-inference time, ``warmup`` untimed calls;
+  accuracy and parity once per artifact x runtime x device (largest batch), shown on
+  each of its rows.
+* Timing is interleaved: ``rounds`` rounds, each giving every loaded row one untimed
+  call then its share of ``iters`` (or of ``seconds``) in turn, the order rotated each
+  round, so drift (thermal, other load) hits every row alike. The garbage collector is
+  off while timing. ``p50_spread_pct`` says how much the rounds' medians disagree.
+* Threads are set explicitly for every runtime (``threads``, default: the physical
+  cores this process may use) and each row records what the runtime reports using.
+* ``peak_rss_mb`` is the process's peak resident memory once the row was loaded and
+  validated (rows share one process so they can be interleaved: it only grows);
+  ``rss_delta_mb`` is what loading that row added.
+"""
+from __future__ import annotations
+
+import gc
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from fer_edge.benchmarks.artifacts import (
+    CHECKPOINT_RUNTIME,
+    CHECKPOINT_TARGET,
+    MANIFEST_NAME,
+    Artifact,
+    collect_artifacts,
+    read_manifest,
+    resolve_reference,
+)
+from fer_edge.benchmarks.report import BenchReport, row_label
+from fer_edge.errors import ArtifactError, FerEdgeError
+from fer_edge.preprocess import Normalization
+
+DEFAULT_BATCHES = (1, 32)
+DEFAULT_SECONDS = 2.0
+DEFAULT_WARMUP = 10
+DEFAULT_ROUNDS = 5
+#: Devices some runtimes list that are not local hardware: never benchmarked by default.
+REMOTE_DEVICES = frozenset({"AzureExecutionProvider"})
+
+ProgressFn = Callable[[int, int, str], None]
+
+
+# --- rows -----------------------------------------------------------------------------
+def new_row(art: Artifact, runtime: str, device: str | None, batch: int, status: str = "skipped",
+            reason: str = "", reference: bool = False) -> dict:
+    """A row with every schema field present (None until measured)."""
+    return {
+        "target": art.target, "precision": art.precision, "runtime": runtime, "device": device,
+        "batch": int(batch), "status": status, "reason": reason, "threads": None,
+        "load_ms": None, "first_inference_ms": None, "latency_ms": None, "throughput_ips": None,
+        "peak_rss_mb": None, "accuracy": None, "macro_f1": None, "agreement": None,
+        "max_abs_diff": None, "kl": None, "flips": None, "artifact": str(art.path),
+        "size_bytes": art.size_bytes, "reference": reference, "model": art.model, "sha256": art.sha256,
+        "iters": None, "p50_spread_pct": None, "rss_delta_mb": None, "parity_failures": [],
+        "runtime_info": None,
+    }
+
+
+def _err(e: BaseException) -> str:
+    msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    return f"{type(e).__name__}: {msg}"[:500] if msg else type(e).__name__
+
+
+def _device_aliases(device: str) -> set[str]:
+    """Names ``--devices`` accepts for a runtime device: ``cpu`` selects CPU everywhere."""
+    d = device.lower()
+    out = {d}
+    if d.endswith("executionprovider"):
+        out.add(d[: -len("executionprovider")])
+    if d == "cpu_only":
+        out.add("cpu")
+    if d.startswith("cuda:0") or d == "cuda":
+        out.update({"cuda", "cuda:0", "gpu"})
+    if d.startswith("gpu"):
+        out.add("gpu")
+    return out
+
+
+def is_cpu_device(device: str | None) -> bool:
+    return device is not None and "cpu" in _device_aliases(device)
+
+
+def peak_rss_mb() -> float | None:
+    """Peak resident memory of this process so far, in MiB."""
+    try:
+        import resource
+
+        r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return r / 2**20 if sys.platform == "darwin" else r / 1024  # bytes on macOS, KiB on Linux
+    except ImportError:  # Windows
+        try:
+            import psutil
+
+            return psutil.Process().memory_info().peak_wset / 2**20
+        except Exception:
+            return None
+
+
+def rss_mb() -> float | None:
+    try:
+        import psutil
+
+        return psutil.Process().memory_info().rss / 2**20
+    except Exception:
+        return None
+
+
+# --- inputs and reference ----------------------------------------------------------------
+@dataclass
+class BenchInputs:
+    images: np.ndarray  # uint8 N x 48 x 48
+    labels: np.ndarray  # int64 N
+    indices: np.ndarray  # positions in the split
+    split_size: int
+    split: str = ""
+    fingerprint: dict = field(default_factory=dict)
+    _cache: dict = field(default_factory=dict, repr=False)
+
+    def normalized(self, norm: Normalization) -> np.ndarray:
+        from fer_edge.preprocess import normalize
+
+        key = (norm.mean, norm.std)
+        if key not in self._cache:
+            self._cache[key] = np.ascontiguousarray(normalize(self.images, norm))
+        return self._cache[key]
+
+    def timing_batch(self, norm: Normalization, batch: int) -> np.ndarray:
+        """The first ``batch`` inputs (repeated when there are fewer), preallocated, contiguous float32."""
+        x = self.normalized(norm)
+        reps = -(-batch // len(x))
+        return np.ascontiguousarray(np.concatenate([x] * reps)[:batch]) if reps > 1 else np.ascontiguousarray(x[:batch])
+
+
+def load_inputs(data: str | Path, split: str | None, n_images: int | None, seed: int) -> BenchInputs:
+    """The labelled images: the whole split, or a seeded stratified subset of ``n_images``."""
+    from fer_edge.data import default_val_split, load_split, stratified_indices
+
+    if n_images is not None and n_images < 1:
+        raise FerEdgeError("--n-images must be at least 1")
+    s = load_split(data, split or default_val_split(data))
+    images = s.images.numpy()
+    labels = s.labels.numpy()
+    n = len(images)
+    idx = np.arange(n) if n_images is None or n_images >= n else stratified_indices(labels, n_images, seed)
+    return BenchInputs(np.ascontiguousarray(images[idx], dtype=np.uint8), labels[idx].astype(np.int64), idx, n,
+                       split=s.split, fingerprint=dict(s.fingerprint))
+
+
+def run_in_chunks(run: Callable[[np.ndarray], np.ndarray], x: np.ndarray, batch: int) -> np.ndarray:
+    """Logits of all of ``x`` in fixed-size chunks (the last one padded), for static-shape artifacts too."""
+    outs = []
+    for i in range(0, len(x), batch):
+        chunk = x[i:i + batch]
+        n = len(chunk)
+        if n < batch:
+            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch - n, axis=0)])
+        out = np.asarray(run(np.ascontiguousarray(chunk)), dtype=np.float32)
+        outs.append(out.reshape(out.shape[0], -1)[:n])
+    return np.concatenate(outs)
+
+
+# --- thresholds -------------------------------------------------------------------------
+def resolve_thresholds(overrides: dict | None):
+    """The export gate's thresholds (``fer_edge.parity``), with ``{"field": value}`` overrides applied.
+
+    Returns what :func:`fer_edge.parity.check` takes as ``thresholds`` (None: its defaults).
+    """
+    if not overrides:
+        return None
+    import dataclasses
+
+    from fer_edge import parity
+
+    base = getattr(parity, "DEFAULT_THRESHOLDS", None)
+    if isinstance(base, dict):
+        out = {}
+        for prec, th in base.items():
+            valid = {f.name for f in dataclasses.fields(th)}
+            bad = sorted(set(overrides) - valid)
+            if bad:
+                raise FerEdgeError(f"unknown parity threshold {', '.join(bad)}; valid: {', '.join(sorted(valid))}")
+            out[prec] = dataclasses.replace(th, **overrides)
+        return out
+    valid = {f.name for f in dataclasses.fields(parity.Thresholds)}
+    bad = sorted(set(overrides) - valid)
+    if bad:
+        raise FerEdgeError(f"unknown parity threshold {', '.join(bad)}; valid: {', '.join(sorted(valid))}")
+    return parity.Thresholds(**overrides)
+
+
+def thresholds_dict(thresholds) -> dict:
+    import dataclasses
+
+    from fer_edge import parity
+
+    if thresholds is None:
+        thresholds = getattr(parity, "DEFAULT_THRESHOLDS", None)
+    if isinstance(thresholds, dict):
+        return {str(getattr(k, "value", k)): (dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v)
+                for k, v in thresholds.items()}
+    if dataclasses.is_dataclass(thresholds):
+        return {"all": dataclasses.asdict(thresholds)}
+    return {}
+
+
+# --- default artifacts -------------------------------------------------------------------
+def default_artifacts(notes: list[str]) -> list[Artifact]:
+    """The shipped default model's exported artifacts, from the cache (exported there once)."""
+    from fer_edge.data import cache_dir
+    from fer_edge.utils import sha256_path
+    from fer_edge.weights import resolve_checkpoint
+
+    ckpt = resolve_checkpoint(None)  # a clear CheckpointError until a model ships
+    out = cache_dir() / "exports" / f"{ckpt.stem}-{sha256_path(ckpt)[:12]}"
+    if (out / MANIFEST_NAME).is_file():
+        notes.append(f"benchmarking the shipped model's artifacts cached in {out}")
+        return read_manifest(out / MANIFEST_NAME)
+    try:
+        from fer_edge.exporters import export_artifacts  # type: ignore[attr-defined]
+    except ImportError:
+        raise ArtifactError(
+            f"no artifacts given and none cached in {out}; export them first with "
+            f"`fer-edge export {ckpt} --out {out}` or pass ARTIFACT_DIR"
+        ) from None
+    notes.append(f"exported the shipped model {ckpt.name} to {out}")
+    export_artifacts(ckpt, out)
+    return read_manifest(out / MANIFEST_NAME)
+
+
+# --- planning ----------------------------------------------------------------------------
+@dataclass
+class _Group:
+    """One artifact x runtime x device: the rows of its batch sizes share accuracy and parity."""
+
+    art: Artifact
+    runtime: str
+    cls: type
+    device: str | None
+    rows: list[dict]
+    loaded: dict = field(default_factory=dict)  # batch -> runtime instance
+
+
+@dataclass
+class _Live:
+    row: dict
+    rt: object
+    x: np.ndarray
+    rounds: list[list[int]] = field(default_factory=list)
+
+
+def _plan(entries: list[tuple[Artifact, bool]], batches: Sequence[int], runtimes: Sequence[str] | None,
+          devices: Sequence[str] | None) -> tuple[list[dict], list[_Group]]:
+    from fer_edge.runtimes import get_runtime
+
+    rows: list[dict] = []
+    groups: list[_Group] = []
+
+    def skipped(art, name, dev, reason, ref):
+        for b in batches:
+            rows.append(new_row(art, name, dev, b, "skipped", reason, ref))
+
+    for art, ref in entries:
+        name = art.runtime
+        if runtimes and name not in runtimes:
+            continue
+        try:
+            cls = get_runtime(name)
+        except FerEdgeError as e:
+            skipped(art, name, None, f"runtime missing: {e}", ref)
+            continue
+        try:
+            ok, why = cls.available()
+        except Exception as e:
+            ok, why = False, f"runtime missing: {_err(e)}"
+        if not ok:
+            skipped(art, name, None, why or "runtime unavailable", ref)
+            continue
+        try:
+            have = [str(d) for d in cls.devices()]
+        except Exception as e:
+            for b in batches:
+                rows.append(new_row(art, name, None, b, "failed", f"listing devices: {_err(e)}", ref))
+            continue
+        chosen: list[str] = []
+        if devices:
+            for req in devices:
+                match = [d for d in have if req.lower() in _device_aliases(d)]
+                if not match:
+                    skipped(art, name, req, f"device absent ({name} devices here: {', '.join(have) or 'none'})", ref)
+                elif match[0] not in chosen:
+                    chosen.append(match[0])
+        else:
+            chosen = [d for d in have if d not in REMOTE_DEVICES]
+            if not chosen:
+                skipped(art, name, None, f"device absent ({name} lists no local device)", ref)
+        for dev in chosen:
+            g_rows = [new_row(art, name, dev, b, "ok", "", ref) for b in batches]
+            rows.extend(g_rows)
+            groups.append(_Group(art, name, cls, dev, g_rows))
+    return rows, groups
+
+
+# --- the bench ---------------------------------------------------------------------------
+def _parse_md_field(md: dict, key: str):
+    import json
+
+    v = md.get(key)
+    if v is None or v == "":
+        return None
+    return v if isinstance(v, (list, dict)) else json.loads(v)
+
+
+def run_bench(
+    artifacts: Sequence[str | Path] | None = None,
+    *,
+    data: str | Path,
+    split: str | None = None,
+    reference: str | Path | None = None,
+    runtimes: Sequence[str] | None = None,
+    devices: Sequence[str] | None = None,
+    batches: Sequence[int] = DEFAULT_BATCHES,
+    threads: int | None = None,
+    warmup: int = DEFAULT_WARMUP,
+    iters: int | None = None,
+    seconds: float | None = DEFAULT_SECONDS,
+    rounds: int = DEFAULT_ROUNDS,
+    n_images: int | None = None,
+    seed: int = 0,
+    thresholds: dict | None = None,
+    parity_gate: bool = True,
+    runtime_options: dict[str, dict] | None = None,
+    out_dir: str | Path | None = None,
+    progress: ProgressFn | None = None,
+) -> BenchReport:
+    """Benchmark artifacts (dirs, manifests, files; None: the shipped model's) and return the report.
+
+    ``iters`` (timed calls per row) wins over ``seconds`` (time budget per row). Timing
+    is split over ``rounds`` interleaved rounds. ``thresholds``: overrides of the parity
+    thresholds' fields (e.g. ``{"min_agreement": 0.98}``). ``runtime_options``: extra
+    keyword options per runtime name, passed to its constructor. With ``out_dir`` the
+    four report files are written there. Never raises for one row: a row that fails
+    to load or run is ``failed`` with the error, and the others go on.
+    """
+    import torch
+
+    from fer_edge import __version__, parity
+    from fer_edge.benchmarks.environment import default_threads, describe_environment
+    from fer_edge.benchmarks.stats import compute_limit, latency_summary, p50_spread_pct
+    from fer_edge.checkpoint import load_checkpoint
+    from fer_edge.metrics import classification_metrics
+    from fer_edge.models import count_macs, count_params
+
+    batches = sorted({int(b) for b in batches})
+    if not batches or batches[0] < 1:
+        raise FerEdgeError("batch sizes must be positive integers")
+    if iters is None and (seconds is None or seconds <= 0):
+        raise FerEdgeError("give --iters N or --seconds S (> 0)")
+    if iters is not None and iters < 1:
+        raise FerEdgeError("--iters must be at least 1")
+    if warmup < 0 or rounds < 1:
+        raise FerEdgeError("--warmup must be >= 0 and rounds >= 1")
+    threads = int(threads) if threads else default_threads()
+    if iters is not None:
+        rounds = max(1, min(rounds, iters))
+    th = resolve_thresholds(thresholds)
+    runtime_options = runtime_options or {}
+    notes: list[str] = []
+
+    env = describe_environment()
+    arts = collect_artifacts(list(artifacts)) if artifacts else default_artifacts(notes)
+    ref_path, ref_notes = resolve_reference(arts, reference)
+    notes += ref_notes
+    ckpt = load_checkpoint(ref_path)
+    model = ckpt.build_model()
+
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    torch.set_num_threads(threads)
+    inputs = load_inputs(data, split, n_images, seed)
+    with torch.no_grad():
+        ref_logits = run_in_chunks(lambda x: model(torch.from_numpy(x)).numpy(),
+                                   inputs.normalized(ckpt.normalization), 256)
+    ref_metrics = classification_metrics(inputs.labels, ref_logits.argmax(1), ckpt.labels)
+    macs = count_macs(model)
+    ref_sha = ckpt.sha256
+
+    ref_art = Artifact(Path(ref_path), CHECKPOINT_TARGET, "fp32", CHECKPOINT_RUNTIME,
+                       size_bytes=Path(ref_path).stat().st_size, sha256=ref_sha, labels=list(ckpt.labels),
+                       normalization=ckpt.normalization, model=ckpt.model_name)
+    entries = [(ref_art, True)] + [(a, False) for a in arts if a.key != ref_art.key]
+    rows, groups = _plan(entries, batches, runtimes, devices)
+
+    n_load = sum(len(g.rows) for g in groups)
+    total = n_load + rounds * n_load
+    done = 0
+
+    def tick(msg: str, n: int = 1) -> None:
+        nonlocal done
+        done += n
+        if progress is not None:
+            progress(min(done, total), total, msg)
+
+    if progress is not None:
+        progress(0, total, "loading")
+
+    live: list[_Live] = []
+    for g in groups:
+        label = f"{g.art.target} {g.art.precision} / {g.runtime} / {g.device}"
+        opts = dict(runtime_options.get(g.runtime, {}))
+        norm = g.art.normalization
+        labels = g.art.labels
+        for row in g.rows:
+            b = row["batch"]
+            tick(f"load {label} b{b}")
+            rss0 = rss_mb()
+            try:
+                t0 = time.perf_counter_ns()
+                rt = g.cls(g.art.path, device=g.device, threads=threads, batch_hint=b, **opts)
+                row["load_ms"] = (time.perf_counter_ns() - t0) / 1e6
+                if norm is None or labels is None:
+                    md = dict(rt.metadata() or {})
+                    norm = norm or (Normalization.from_dict(_parse_md_field(md, "normalization"))
+                                    if _parse_md_field(md, "normalization") else None)
+                    labels = labels or _parse_md_field(md, "labels")
+                if norm is None:
+                    norm = ckpt.normalization
+                    notes.append(f"{g.art.path.name}: no normalisation in its metadata; used the reference's")
+                if labels is not None and list(labels) != list(ckpt.labels):
+                    raise ArtifactError(f"labels {list(labels)} differ from the reference's {list(ckpt.labels)}")
+                x = inputs.timing_batch(norm, b)
+                t0 = time.perf_counter_ns()
+                out = np.asarray(rt.run(x))
+                row["first_inference_ms"] = (time.perf_counter_ns() - t0) / 1e6
+                if out.shape[0] != b or out.reshape(b, -1).shape[1] != len(ckpt.labels):
+                    raise FerEdgeError(f"output shape {tuple(out.shape)}, expected ({b}, {len(ckpt.labels)})")
+                info = dict(rt.describe() or {})
+                row["runtime_info"] = {k: (v if isinstance(v, (str, int, float, bool, type(None))) else str(v))
+                                       for k, v in info.items()}
+                row["threads"] = int(info["threads"]) if isinstance(info.get("threads"), int) else threads
+                for _ in range(warmup):
+                    rt.run(x)
+            except Exception as e:  # one failing row never stops the others
+                row["status"], row["reason"] = "failed", _err(e)
+                tick("", rounds)
+                continue
+            r1 = rss_mb()
+            row["rss_delta_mb"] = (r1 - rss0) if (r1 is not None and rss0 is not None) else None
+            g.loaded[b] = rt
+            live.append(_Live(row, rt, x))
+        # accuracy and parity: once per artifact x runtime x device, on its largest loaded batch
+        if not g.loaded:
+            continue
+        b = max(g.loaded)
+        try:
+            logits = run_in_chunks(g.loaded[b].run, inputs.normalized(norm), b)
+            stats = parity.compare(ref_logits, logits, labels=inputs.labels)
+            m = classification_metrics(inputs.labels, logits.argmax(1), ckpt.labels)
+            failures = list(parity.check(stats, g.art.precision, th) if th is not None
+                            else parity.check(stats, g.art.precision))
+        except Exception as e:
+            for row in g.rows:
+                if row["status"] == "ok":
+                    row["status"], row["reason"] = "failed", f"validation: {_err(e)}"
+            live = [lv for lv in live if lv.row["status"] == "ok"]
+            continue
+        for row in g.rows:
+            row.update(accuracy=float(m["accuracy"]), macro_f1=float(m["macro_f1"]),
+                       agreement=float(stats.agreement), max_abs_diff=float(stats.max_abs_diff),
+                       kl=float(stats.kl), flips=int(stats.flips), parity_failures=failures)
+            if row["status"] == "ok":
+                row["peak_rss_mb"] = peak_rss_mb()
+                if failures:
+                    row["status"], row["reason"] = "parity-failed", "; ".join(failures)
+
+    # interleaved timing
+    budget_ns = None if iters is not None else int(seconds * 1e9 / rounds)
+    gc_was = gc.isenabled()
+    gc.collect()
+    gc.disable()
+    try:
+        for r in range(rounds):
+            quota = None if iters is None else iters // rounds + (1 if r < iters % rounds else 0)
+            k = r % len(live) if live else 0
+            for lv in live[k:] + live[:k]:
+                if lv.row["status"] == "failed":
+                    continue
+                tick(f"round {r + 1}/{rounds}: {row_label(lv.row)} b{lv.row['batch']}")
+                buf: list[int] = []
+                try:
+                    _turn(lv.rt, lv.x, buf, quota, budget_ns)
+                except Exception as e:
+                    lv.row["status"], lv.row["reason"] = "failed", f"timing: {_err(e)}"
+                    tick("", rounds - r - 1)
+                    continue
+                lv.rounds.append(buf)
+    finally:
+        if gc_was:
+            gc.enable()
+
+    for lv in live:
+        row = lv.row
+        if row["status"] == "failed":
+            continue
+        samples = [s for rnd in lv.rounds for s in rnd]
+        lat = latency_summary(samples)
+        row["latency_ms"] = lat
+        row["iters"] = len(samples)
+        row["throughput_ips"] = row["batch"] * 1000.0 / lat["mean"] if lat["mean"] > 0 else None
+        row["p50_spread_pct"] = p50_spread_pct(lv.rounds)
+    live.clear()
+    for g in groups:
+        g.loaded.clear()
+    gc.collect()
+
+    # how far the fastest CPU row is from the compute limit
+    cl = None
+    cpu_rows = [r for r in rows if r["status"] in ("ok", "parity-failed") and r["throughput_ips"]
+                and is_cpu_device(r["device"])]
+    if cpu_rows:
+        fastest = max(cpu_rows, key=lambda r: r["throughput_ips"])
+        cores = min(fastest["threads"] or threads, env["cpu"].get("usable_cores") or threads)
+        cl = compute_limit(macs, fastest["throughput_ips"], cores, env)
+        if cl is not None:
+            cl["row"] = f"{row_label(fastest)} batch {fastest['batch']}"
+
+    report = BenchReport(
+        environment=env,
+        settings={
+            "data": str(data), "split": inputs.split, "data_sha256": inputs.fingerprint.get("sha256"),
+            "n_images": int(len(inputs.labels)),
+            "split_size": int(inputs.split_size), "batches": batches, "threads": threads, "warmup": int(warmup),
+            "iters": iters, "seconds": None if iters is not None else float(seconds), "rounds": int(rounds),
+            "seed": int(seed), "parity_gate": bool(parity_gate), "thresholds": thresholds_dict(th),
+            "runtimes": list(runtimes) if runtimes else None, "devices": list(devices) if devices else None,
+            "artifacts": [str(a) for a in artifacts] if artifacts else None,
+        },
+        reference={
+            "path": str(ref_path), "sha256": ref_sha, "model": ckpt.model_name, "macs_per_image": int(macs),
+            "params": int(count_params(model)), "accuracy": float(ref_metrics["accuracy"]),
+            "macro_f1": float(ref_metrics["macro_f1"]),
+        },
+        rows=rows,
+        compute_limit=cl,
+        notes=list(dict.fromkeys(notes)),
+        created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        fer_edge_version=__version__,
+    )
+    if out_dir is not None:
+        report.write(out_dir)
+    return report
+
+
+def _turn(rt, x: np.ndarray, buf: list[int], quota: int | None, budget_ns: int | None) -> None:
+    """One row's turn in a round: one untimed call, then ``quota`` timed calls or ``budget_ns`` of them."""
+    run = rt.run
+    clock = time.perf_counter_ns
+    run(x)
+    if quota is not None:
+        for _ in range(quota):
+            t0 = clock()
+            run(x)
+            buf.append(clock() - t0)
+        return
+    end = clock() + budget_ns
+    while True:
+        t0 = clock()
+        run(x)
+        t1 = clock()
+        buf.append(t1 - t0)
+        if t1 >= end:
+            break
+
+
+def gate_failures(report: BenchReport) -> list[str]:
+    """One line per parity-failed row: what the parity gate refuses."""
+    return [f"{row_label(r)} batch {r['batch']}: {r['reason']}" for r in report.parity_failed]

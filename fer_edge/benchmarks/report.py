@@ -1,0 +1,381 @@
+"""Bench reports: the :class:`BenchReport` object, its four files, and merging reports of several machines.
+
+Files in a report directory (each written atomically):
+
+``report.json``               environment fingerprint, settings, reference, one object per row
+                              (schema: :data:`fer_edge.benchmarks.schema.REPORT_SCHEMA`)
+``report.csv``                one line per row, the latency distribution flattened
+``report.md``                 a Markdown table ready for a README
+``latency_vs_accuracy.png``   one point per measured row, the Pareto front marked and labelled
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+from fer_edge.benchmarks.schema import LATENCY_KEYS, REPORT_SCHEMA, SCHEMA_ID, validate
+from fer_edge.errors import FerEdgeError
+
+REPORT_FILES = ("report.json", "report.csv", "report.md", "latency_vs_accuracy.png")
+MERGED_FILES = ("merged.json", "merged.csv", "merged.md", "latency_vs_accuracy.png")
+
+#: CSV columns (before the flattened latency ones come the identifying fields).
+CSV_COLUMNS = (
+    "target", "precision", "runtime", "device", "batch", "status", "reason", "threads",
+    "load_ms", "first_inference_ms", *(f"latency_{k}_ms" for k in LATENCY_KEYS), "throughput_ips",
+    "peak_rss_mb", "accuracy", "macro_f1", "agreement", "max_abs_diff", "kl", "flips",
+    "artifact", "size_bytes", "p50_spread_pct", "iters",
+)
+
+
+@dataclass
+class BenchReport:
+    """What :func:`fer_edge.benchmarks.bench.run_bench` returns; ``to_dict()`` is ``report.json``."""
+
+    environment: dict
+    settings: dict
+    reference: dict
+    rows: list[dict]
+    compute_limit: dict | None = None
+    notes: list[str] = field(default_factory=list)
+    created_at: str = ""
+    fer_edge_version: str = ""
+    out_dir: Path | None = None
+    files: dict[str, Path] = field(default_factory=dict)
+
+    @property
+    def parity_failed(self) -> list[dict]:
+        return [r for r in self.rows if r["status"] == "parity-failed"]
+
+    @property
+    def failed(self) -> list[dict]:
+        return [r for r in self.rows if r["status"] == "failed"]
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for r in self.rows:
+            out[r["status"]] = out.get(r["status"], 0) + 1
+        return out
+
+    def to_dict(self) -> dict:
+        return {
+            "schema": SCHEMA_ID,
+            "created_at": self.created_at,
+            "fer_edge_version": self.fer_edge_version,
+            "environment": self.environment,
+            "settings": self.settings,
+            "reference": self.reference,
+            "compute_limit": self.compute_limit,
+            "notes": list(self.notes),
+            "rows": self.rows,
+        }
+
+    def write(self, out_dir: str | Path) -> dict[str, Path]:
+        """Write the four report files into ``out_dir``; returns their paths."""
+        self.out_dir = Path(out_dir)
+        self.files = write_report(self.to_dict(), self.out_dir)
+        return self.files
+
+
+# --- formatting helpers ----------------------------------------------------------
+def _fmt(v: Any, digits: int = 2) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        if math.isnan(v):
+            return "-"
+        return f"{v:.{digits}f}"
+    return str(v)
+
+
+def fmt_size(n: int | None) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def fmt_pct(v: float | None) -> str:
+    return "-" if v is None else f"{100 * v:.1f}%"
+
+
+def p50(row: dict) -> float | None:
+    lat = row.get("latency_ms")
+    return None if not lat else lat.get("p50")
+
+
+def row_label(row: dict) -> str:
+    """``onnx int8 / onnxruntime / CPUExecutionProvider``: how plots and messages name a row."""
+    return f"{row['target']} {row['precision']} / {row['runtime']} / {row.get('device') or '-'}"
+
+
+def status_text(row: dict) -> str:
+    if row["status"] == "ok":
+        return "ok"
+    return f"{row['status']}: {row.get('reason') or ''}".rstrip(": ")
+
+
+def flatten_row(row: dict) -> dict:
+    out = {k: row.get(k) for k in CSV_COLUMNS if not k.startswith("latency_")}
+    lat = row.get("latency_ms") or {}
+    for k in LATENCY_KEYS:
+        out[f"latency_{k}_ms"] = lat.get(k)
+    return {k: out.get(k) for k in CSV_COLUMNS}
+
+
+def rows_to_csv(rows: Iterable[dict], extra_first: tuple[str, ...] = ()) -> str:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=[*extra_first, *CSV_COLUMNS], lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        flat = flatten_row(r)
+        w.writerow({**{k: r.get(k) for k in extra_first}, **{k: ("" if v is None else v) for k, v in flat.items()}})
+    return buf.getvalue()
+
+
+_MD_HEADER = ("Target", "Precision", "Runtime", "Device", "Batch", "p50 ms", "p90 ms", "p99 ms", "img/s",
+              "Top-1", "Macro-F1", "Agreement", "Flips", "Size", "Status")
+
+
+def _md_cells(r: dict) -> list[str]:
+    lat = r.get("latency_ms") or {}
+    return [
+        r["target"], r["precision"], r["runtime"], r.get("device") or "-", str(r["batch"]),
+        _fmt(lat.get("p50"), 3), _fmt(lat.get("p90"), 3), _fmt(lat.get("p99"), 3),
+        _fmt(r.get("throughput_ips"), 0), fmt_pct(r.get("accuracy")), _fmt(r.get("macro_f1"), 3),
+        fmt_pct(r.get("agreement")), _fmt(r.get("flips")), fmt_size(r.get("size_bytes")),
+        status_text(r).replace("|", "\\|"),
+    ]
+
+
+def md_table(header: Iterable[str], rows: Iterable[Iterable[str]]) -> str:
+    header = list(header)
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(cells) + " |" for cells in rows]
+    return "\n".join(lines)
+
+
+def environment_line(env: dict) -> str:
+    cpu = env.get("cpu") or {}
+    libs = env.get("libraries") or {}
+    versions = ", ".join(f"{k} {v}" for k, v in libs.items() if v and k in ("torch", "onnxruntime", "openvino",
+                                                                              "coremltools"))
+    mem = env.get("memory_gb")
+    return (f"{env.get('hostname', '?')}: {cpu.get('model', '?')}, {cpu.get('physical_cores', '?')} cores "
+            f"({cpu.get('logical_cores', '?')} threads), {mem if mem is not None else '?'} GiB, "
+            f"{env.get('os', '?')}; {versions}")
+
+
+def report_markdown(report: dict) -> str:
+    s = report["settings"]
+    ref = report["reference"]
+    lines = [
+        "## fer-edge bench",
+        "",
+        f"- Machine: {environment_line(report['environment'])}",
+        f"- Reference: `{ref.get('model')}` checkpoint `{Path(ref.get('path', '')).name}` "
+        f"(sha256 {str(ref.get('sha256', ''))[:12]}), {ref.get('macs_per_image') or '?'} MACs/image",
+        f"- Data: {s['n_images']} images of split `{s['split']}`; batches {', '.join(map(str, s['batches']))}; "
+        f"{s['threads']} threads; warm-up {s['warmup']}; "
+        + (f"{s['iters']} timed iterations" if s.get("iters") else f"{s.get('seconds')} s")
+        + f" per row over {s['rounds']} interleaved rounds",
+        "",
+        md_table(_MD_HEADER, (_md_cells(r) for r in report["rows"])),
+        "",
+        "Latency is per call of the given batch size; img/s = batch / mean latency. Top-1 and Macro-F1 are on "
+        "the labelled split, agreement and flips against the PyTorch FP32 reference on the same inputs.",
+    ]
+    cl = report.get("compute_limit")
+    if cl:
+        lines += ["", f"Compute limit: {cl['row']}: {cl['achieved_gflops']:.2f} GFLOP/s achieved of "
+                      f"{cl['peak_gflops']:.1f} peak ({100 * cl['fraction_of_peak']:.1f}%). {cl['assumption']}."]
+    for note in report.get("notes") or []:
+        lines += ["", f"Note: {note}"]
+    return "\n".join(lines) + "\n"
+
+
+# --- the plot ----------------------------------------------------------------------
+def plot_latency_vs_accuracy(rows: list[dict], path: Path, title: str, color_key: str = "runtime") -> None:
+    """Scatter p50 latency (log x) against top-1; one marker per batch size; Pareto front per batch size."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    from fer_edge.benchmarks.stats import pareto_front
+    from fer_edge.utils import atomic_path
+
+    pts = [r for r in rows if p50(r) is not None and r.get("accuracy") is not None]
+    fig, ax = plt.subplots(figsize=(9, 6), dpi=110)
+    markers = ["o", "s", "^", "D", "v", "P", "X"]
+    batches = sorted({r["batch"] for r in pts})
+    colors = sorted({str(r.get(color_key)) for r in pts})
+    cmap = plt.get_cmap("tab10")
+    for r in pts:
+        ax.scatter(p50(r), r["accuracy"] * 100, s=46, alpha=0.85,
+                   marker=markers[batches.index(r["batch"]) % len(markers)],
+                   color=cmap(colors.index(str(r.get(color_key))) % 10),
+                   edgecolors="red" if r["status"] != "ok" else "none", linewidths=1.5)
+    for b in batches:
+        group = [r for r in pts if r["batch"] == b]
+        front = [group[i] for i in pareto_front([p50(r) for r in group], [r["accuracy"] for r in group])]
+        ax.plot([p50(r) for r in front], [r["accuracy"] * 100 for r in front], "--", color="gray", lw=1,
+                drawstyle="steps-post", zorder=0)
+        for r in front:
+            ax.scatter(p50(r), r["accuracy"] * 100, s=160, facecolors="none", edgecolors="black", lw=1.2)
+            label = row_label(r) + (f" [{r['machine']}]" if r.get("machine") else "")
+            ax.annotate(f"{label} b{b}", (p50(r), r["accuracy"] * 100), textcoords="offset points",
+                        xytext=(6, 6), fontsize=7)
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], ls="", marker="o", color=cmap(i % 10), label=c) for i, c in enumerate(colors)]
+    handles += [Line2D([], [], ls="", marker=markers[i % len(markers)], color="gray", label=f"batch {b}")
+                for i, b in enumerate(batches)]
+    handles += [Line2D([], [], ls="--", marker="o", mfc="none", mec="black", color="gray",
+                       label="Pareto front (per batch)")]
+    if any(r["status"] != "ok" for r in pts):
+        handles.append(Line2D([], [], ls="", marker="o", mfc="white", mec="red", label="parity-failed"))
+    ax.legend(handles=handles, fontsize=7, loc="best")
+    if pts:
+        ax.set_xscale("log")
+    else:
+        ax.text(0.5, 0.5, "no measured rows", ha="center", va="center", transform=ax.transAxes)
+    ax.set_xlabel("p50 latency per call (ms, log scale)")
+    ax.set_ylabel("top-1 accuracy (%)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+
+
+# --- writing and reading --------------------------------------------------------------
+def write_report(report: dict, out_dir: str | Path) -> dict[str, Path]:
+    from fer_edge.utils import write_json_atomic, write_text_atomic
+
+    errors = validate(report, REPORT_SCHEMA)
+    if errors:  # a bug in fer-edge, not in the user's input
+        raise FerEdgeError("bench report does not match its schema: " + "; ".join(errors[:5]))
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {name: out / name for name in REPORT_FILES}
+    write_json_atomic(paths["report.json"], report)
+    write_text_atomic(paths["report.csv"], rows_to_csv(report["rows"]))
+    write_text_atomic(paths["report.md"], report_markdown(report))
+    ref = report["reference"]
+    title = (f"fer-edge bench: {ref.get('model')} on {report['environment'].get('hostname')} "
+             f"({(report['environment'].get('cpu') or {}).get('model')})")
+    plot_latency_vs_accuracy(report["rows"], paths["latency_vs_accuracy.png"], title)
+    return paths
+
+
+def load_report(path: str | Path) -> dict:
+    """Read and check a ``report.json`` (or a report directory holding one)."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / "report.json"
+    if not p.is_file():
+        raise FerEdgeError(f"{p}: bench report not found")
+    try:
+        report = json.loads(p.read_text())
+    except (OSError, ValueError) as e:
+        raise FerEdgeError(f"{p}: not a readable JSON report ({e})") from None
+    errors = validate(report, REPORT_SCHEMA)
+    if errors:
+        more = f" (and {len(errors) - 3} more)" if len(errors) > 3 else ""
+        raise FerEdgeError(f"{p}: not a fer-edge bench report: {'; '.join(errors[:3])}{more}")
+    return report
+
+
+# --- merging ---------------------------------------------------------------------------
+@dataclass
+class MergedReport:
+    machines: list[dict]
+    rows: list[dict]
+    files: dict[str, Path] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"schema": "fer-edge-bench-merge/1", "machines": self.machines, "rows": self.rows}
+
+
+def _row_key(r: dict) -> tuple:
+    return (r["target"], r["precision"], r["runtime"], r.get("device") or "", r["batch"])
+
+
+def merge_reports(paths: list[str | Path], out_dir: str | Path) -> MergedReport:
+    """One comparison (md + csv + json + plot) of reports taken on several machines.
+
+    Rows are keyed by machine (``hostname (CPU)`` from each report's environment);
+    two reports of the same machine are told apart by their creation time.
+    """
+    from fer_edge.benchmarks.environment import machine_label
+    from fer_edge.utils import write_json_atomic, write_text_atomic
+
+    if not paths:
+        raise FerEdgeError("report merge needs at least one report.json")
+    machines: list[dict] = []
+    rows: list[dict] = []
+    seen: dict[str, int] = {}
+    for path in paths:
+        rep = load_report(path)
+        label = machine_label(rep["environment"])
+        seen[label] = seen.get(label, 0) + 1
+        if seen[label] > 1:
+            label = f"{label} #{seen[label]}"
+        machines.append({"machine": label, "report": str(path), "created_at": rep["created_at"],
+                         "fingerprint": rep["environment"].get("fingerprint"),
+                         "environment": rep["environment"], "reference": rep["reference"]})
+        rows += [{"machine": label, **r} for r in rep["rows"]]
+    rows.sort(key=lambda r: (_row_key(r), r["machine"]))
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    files = {name: out / name for name in MERGED_FILES}
+    merged = MergedReport(machines, rows, files)
+    write_json_atomic(files["merged.json"], merged.to_dict())
+    write_text_atomic(files["merged.csv"], rows_to_csv(rows, extra_first=("machine",)))
+    write_text_atomic(files["merged.md"], merged_markdown(machines, rows))
+    plot_latency_vs_accuracy(rows, files["latency_vs_accuracy.png"],
+                             f"fer-edge bench: {len(machines)} reports", color_key="machine")
+    return merged
+
+
+def merged_markdown(machines: list[dict], rows: list[dict]) -> str:
+    names = [m["machine"] for m in machines]
+    lines = ["## fer-edge bench: comparison", ""]
+    for i, m in enumerate(machines, 1):
+        lines.append(f"- M{i} = {environment_line(m['environment'])} (report {m['created_at']})")
+    keys: list[tuple] = []
+    for r in rows:
+        if _row_key(r) not in keys:
+            keys.append(_row_key(r))
+    by = {(_row_key(r), r["machine"]): r for r in rows}
+
+    def cell(r: dict | None) -> str:
+        if r is None:
+            return "-"
+        if r["status"] in ("ok", "parity-failed") and p50(r) is not None:
+            s = f"{p50(r):.3f}"
+            return s + (" (parity-failed)" if r["status"] == "parity-failed" else "")
+        return r["status"]
+
+    header = ["Target", "Precision", "Runtime", "Device", "Batch",
+              *(f"M{i} p50 ms" for i in range(1, len(names) + 1)), "Top-1"]
+    body = []
+    for k in keys:
+        cells = [by.get((k, n)) for n in names]
+        acc = next((c.get("accuracy") for c in cells if c and c.get("accuracy") is not None), None)
+        body.append([k[0], k[1], k[2], k[3] or "-", str(k[4]), *(cell(c) for c in cells), fmt_pct(acc)])
+    lines += ["", "p50 latency per call (ms) by machine:", "", md_table(header, body), "", "All rows:", ""]
+    full_header = ["Machine", *_MD_HEADER]
+    lines.append(md_table(full_header, ([f"M{names.index(r['machine']) + 1}", *_md_cells(r)] for r in rows)))
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,245 @@
+"""``fer-edge bench``, ``fer-edge devices`` and ``fer-edge report merge``: thin commands over
+:mod:`fer_edge.benchmarks`."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from fer_edge.cli import app
+from fer_edge.cli.common import console, err_console, handle_errors, is_tty
+
+report_app = typer.Typer(help="Work with bench reports.", no_args_is_help=True, add_completion=False)
+app.add_typer(report_app, name="report")
+
+
+# --- devices ---------------------------------------------------------------------------
+def devices_table(env: dict):
+    from rich.table import Table
+
+    cpu = env["cpu"]
+    title = (f"{env['hostname']}: {cpu['model']}, {cpu['physical_cores']} cores / {cpu['logical_cores']} threads"
+             f" ({cpu['usable_cores']} usable), {cpu.get('isa')}, "
+             f"{cpu['clock_mhz']:.0f} MHz" if cpu.get("clock_mhz") else
+             f"{env['hostname']}: {cpu['model']}, {cpu['physical_cores']} cores")
+    t = Table(title=title, caption=f"{env['os']}, Python {env['python']}, {env.get('memory_gb')} GiB memory",
+              show_lines=False)
+    for col in ("Runtime", "Version", "Device", "Full name", "Detail"):
+        t.add_column(col, overflow="fold")
+    versions = env.get("libraries") or {}
+    pkg = {"pytorch": "torch", "torchscript": "torch", "onnxruntime": "onnxruntime", "openvino": "openvino",
+           "coreml": "coremltools"}
+    for name, info in env["runtimes"].items():
+        version = versions.get(pkg.get(name, name)) or "-"
+        if not info.get("available"):
+            t.add_row(name, version, "-", f"[yellow]unavailable: {info.get('reason') or '?'}[/]", "")
+            continue
+        for i, d in enumerate(info.get("devices") or []):
+            t.add_row(name if i == 0 else "", version if i == 0 else "", d["name"], d.get("full_name") or "",
+                      d.get("detail") or "")
+    return t
+
+
+@app.command("devices")
+@handle_errors
+def devices_cmd(
+    as_json: bool = typer.Option(False, "--json", help="Print the environment as JSON on stdout."),
+) -> None:
+    """What this machine can run: runtimes, their devices, CPU, memory, OS and library versions."""
+    from fer_edge.benchmarks.environment import describe_environment
+
+    env = describe_environment()
+    if as_json:
+        typer.echo(json.dumps(env, indent=2))
+        return
+    console.print(devices_table(env))
+    libs = ", ".join(f"{k} {v}" for k, v in env["libraries"].items() if v)
+    console.print(f"libraries: {libs}")
+
+
+# --- bench -----------------------------------------------------------------------------
+def _parse_batches(value: str) -> list[int]:
+    from fer_edge.errors import FerEdgeError
+
+    try:
+        out = sorted({int(v) for v in value.split(",") if v.strip()})
+    except ValueError:
+        raise FerEdgeError(f"--batch takes comma-separated positive integers, got {value!r}") from None
+    if not out or out[0] < 1:
+        raise FerEdgeError(f"--batch takes comma-separated positive integers, got {value!r}")
+    return out
+
+
+def _parse_thresholds(items: list[str] | None) -> dict:
+    from fer_edge.errors import FerEdgeError
+
+    out: dict = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise FerEdgeError(f"--threshold takes NAME=VALUE, got {item!r}")
+        try:
+            out[key.strip()] = int(value) if value.strip().lstrip("-").isdigit() else float(value)
+        except ValueError:
+            raise FerEdgeError(f"--threshold {key}: {value!r} is not a number") from None
+    return out
+
+
+def bench_table(report):
+    from rich.markup import escape
+    from rich.table import Table
+
+    from fer_edge.benchmarks.report import fmt_pct, fmt_size
+
+    t = Table(title=f"fer-edge bench: {report.reference['model']} "
+                    f"({report.settings['n_images']} images of {report.settings['split']})", show_lines=False)
+    cols = ("Target", "Prec", "Runtime", "Device", "B", "Thr", "Load ms", "1st ms", "p50 ms", "p90 ms", "p99 ms",
+            "img/s", "Top-1", "F1", "Agree", "Flips", "max|Δ|", "Size", "Status")
+    for c in cols:
+        t.add_column(c, justify="right" if c not in ("Target", "Prec", "Runtime", "Device", "Status") else "left",
+                     overflow="fold")
+    style = {"ok": "green", "parity-failed": "red", "failed": "red", "skipped": "yellow"}
+
+    def f(v, d=2):
+        return "-" if v is None else f"{v:.{d}f}"
+
+    for r in report.rows:
+        lat = r["latency_ms"] or {}
+        status = r["status"] if not r["reason"] else f"{r['status']}: {r['reason']}"
+        t.add_row(
+            r["target"] + (" (ref)" if r.get("reference") else ""), r["precision"], r["runtime"],
+            r["device"] or "-", str(r["batch"]), str(r["threads"] or "-"), f(r["load_ms"], 1),
+            f(r["first_inference_ms"], 2), f(lat.get("p50"), 3), f(lat.get("p90"), 3), f(lat.get("p99"), 3),
+            f(r["throughput_ips"], 0), fmt_pct(r["accuracy"]), f(r["macro_f1"], 3), fmt_pct(r["agreement"]),
+            "-" if r["flips"] is None else str(r["flips"]), f(r["max_abs_diff"], 4), fmt_size(r["size_bytes"]),
+            f"[{style[r['status']]}]{escape(status)}[/]",
+        )
+    return t
+
+
+def compute_limit_text(cl: dict | None) -> str:
+    if not cl:
+        return "compute limit: not estimated (no CPU row measured, or unknown CPU clock / SIMD level)"
+    return (
+        f"compute limit: fastest CPU row {cl['row']}: {cl['throughput_ips']:.0f} img/s x "
+        f"{cl['macs_per_image'] / 1e6:.2f} MMAC/img = {cl['achieved_gflops']:.2f} GFLOP/s, "
+        f"{100 * cl['fraction_of_peak']:.1f}% of a {cl['peak_gflops']:.1f} GFLOP/s peak "
+        f"(at peak: {cl['min_time_per_image_us']:.2f} us/img). Peak assumption: {cl['assumption']}."
+    )
+
+
+@app.command("bench")
+@handle_errors
+def bench_cmd(
+    artifacts: Optional[List[Path]] = typer.Argument(
+        None, metavar="[ARTIFACT_DIR | MANIFEST | ARTIFACT_FILE]...",
+        help="Export directories (their manifest.json is verified), manifests, or artifact files "
+             "(.onnx .xml .ts .mlpackage .pt). Default: the shipped model's artifacts."),
+    reference: Optional[str] = typer.Option(
+        None, "--reference", metavar="CHECKPOINT",
+        help="Reference checkpoint (path or shipped name). Default: the artifacts' source checkpoint."),
+    data: Path = typer.Option(..., "--data", help="FER2013 CSV or image-folder data set."),
+    split: Optional[str] = typer.Option(
+        None, "--split", help="Labelled split to measure accuracy on (default: PublicTest, or val/test for folders)."),
+    runtimes: Optional[List[str]] = typer.Option(
+        None, "--runtimes", help="Comma-separated runtimes (default: every one). Valid: pytorch, torchscript, "
+                                 "onnxruntime, openvino, coreml."),
+    devices: Optional[List[str]] = typer.Option(
+        None, "--devices", help="Comma-separated devices, e.g. cpu,cuda,CPU,GPU,CPU_AND_NE (default: every "
+                                "device each runtime has here; 'cpu' selects the CPU of every runtime)."),
+    batch: str = typer.Option("1,32", "--batch", help="Comma-separated batch sizes."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1,
+                                          help="Threads for every runtime (default: physical cores)."),
+    warmup: int = typer.Option(10, "--warmup", min=0, help="Untimed calls per row before timing."),
+    iters: Optional[int] = typer.Option(None, "--iters", min=1, help="Timed calls per row (overrides --seconds)."),
+    seconds: float = typer.Option(2.0, "--seconds", min=0.0, help="Timing budget per row, in seconds."),
+    rounds: int = typer.Option(5, "--rounds", min=1, help="Interleaved rounds the timing is split into."),
+    n_images: Optional[int] = typer.Option(None, "--n-images", min=1,
+                                           help="Images for accuracy and parity (default: the whole split)."),
+    out: Path = typer.Option(Path("reports/bench"), "--out", help="Report directory."),
+    parity_gate: bool = typer.Option(True, "--parity-gate/--no-parity-gate",
+                                     help="Exit non-zero when a row fails the parity thresholds."),
+    threshold: Optional[List[str]] = typer.Option(
+        None, "--threshold", metavar="NAME=VALUE",
+        help="Override a parity threshold (a field of fer_edge.parity.Thresholds), for every precision."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the image subset."),
+) -> None:
+    """Latency, throughput, accuracy and parity of every artifact x runtime x device x batch size.
+
+    Writes report.json, report.csv, report.md and latency_vs_accuracy.png into --out.
+    Exit status 1 when a row fails parity (unless --no-parity-gate) or nothing can run.
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from fer_edge.benchmarks.bench import gate_failures, run_bench
+    from fer_edge.cli.common import parse_csv_option
+    from fer_edge.errors import ParityError
+
+    try:
+        from fer_edge.runtimes import RUNTIMES
+
+        valid_runtimes = list(RUNTIMES)
+    except ImportError:
+        valid_runtimes = ["pytorch", "torchscript", "onnxruntime", "openvino", "coreml"]
+    rt_list = parse_csv_option(runtimes, valid_runtimes, "runtime") or None
+    dev_list = [d.strip() for item in (devices or []) for d in item.split(",") if d.strip()] or None
+
+    with Progress(TextColumn("[bold]bench[/]"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  TextColumn("{task.description}"), console=err_console, transient=True,
+                  disable=not is_tty()) as bar:
+        task = bar.add_task("starting", total=None)
+
+        def progress(done: int, total: int, msg: str) -> None:
+            bar.update(task, completed=done, total=total, description=msg)
+
+        report = run_bench(
+            artifacts or None, data=data, split=split, reference=reference, runtimes=rt_list, devices=dev_list,
+            batches=_parse_batches(batch), threads=threads, warmup=warmup, iters=iters, seconds=seconds,
+            rounds=rounds, n_images=n_images, seed=seed, thresholds=_parse_thresholds(threshold) or None,
+            parity_gate=parity_gate, out_dir=out, progress=progress,
+        )
+
+    console.print(bench_table(report))
+    counts = report.counts()
+    console.print(", ".join(f"{n} {s}" for s, n in counts.items()) + f" rows; reports in {out}/: "
+                  + ", ".join(p.name for p in report.files.values()))
+    console.print(compute_limit_text(report.compute_limit), highlight=False)
+    for note in report.notes:
+        console.print(f"note: {note}", highlight=False)
+    if not any(r["status"] in ("ok", "parity-failed") for r in report.rows):
+        from fer_edge.errors import FerEdgeError
+
+        raise FerEdgeError("no row could be measured (see the status column)")
+    failures = gate_failures(report)
+    if failures and parity_gate:
+        raise ParityError(f"{len(failures)} row(s) failed the parity gate (use --no-parity-gate to accept):\n  "
+                          + "\n  ".join(failures))
+    if failures:
+        err_console.print(f"[yellow]warning:[/] {len(failures)} row(s) failed parity (gate off)")
+
+
+# --- report merge ------------------------------------------------------------------------
+@report_app.command("merge")
+@handle_errors
+def merge_cmd(
+    reports: List[Path] = typer.Argument(..., metavar="REPORT.json...",
+                                         help="report.json files (or report directories) to compare."),
+    out: Path = typer.Option(..., "--out", help="Directory for merged.md, merged.csv, merged.json and the plot."),
+) -> None:
+    """Merge bench reports from several machines into one comparison (md + csv + json + plot)."""
+    from rich.table import Table
+
+    from fer_edge.benchmarks.report import merge_reports
+
+    merged = merge_reports(list(reports), out)
+    t = Table(title=f"{len(merged.machines)} reports, {len(merged.rows)} rows")
+    t.add_column("#")
+    t.add_column("Machine")
+    t.add_column("Report")
+    t.add_column("Rows", justify="right")
+    for i, m in enumerate(merged.machines, 1):
+        t.add_row(f"M{i}", m["machine"], m["report"], str(sum(r["machine"] == m["machine"] for r in merged.rows)))
+    console.print(t)
+    console.print(f"wrote {', '.join(str(p) for p in merged.files.values())}")
