@@ -1,0 +1,285 @@
+"""Fast reader for the Kaggle FER2013 CSV (``emotion,pixels,Usage``, optionally gzipped).
+
+The file is read in blocks of a few MB (decompressed in a background thread, zlib
+releases the GIL); each block's pixel strings are parsed at once with numpy on the raw
+bytes, so the 32k-row, 270 MB file parses in seconds. Every check reports the file and
+its physical line number.
+"""
+from __future__ import annotations
+
+import csv
+import gzip
+import queue
+import threading
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+from fer_edge.constants import IMAGE_SIZE, NUM_CLASSES, NUM_PIXELS
+from fer_edge.errors import DataError
+
+REQUIRED_COLUMNS = ("emotion", "pixels", "usage")
+_BLOCK = 8 << 20
+_LABEL_BYTES = {str(i).encode(): i for i in range(NUM_CLASSES)}
+_SPACE, _TAB, _CR, _NL = 32, 9, 13, 10
+
+
+class _Reader:
+    """Yields (decompressed block, bytes of the file consumed so far); a thread reads ahead."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.raw = open(path, "rb")
+        magic = self.raw.read(2)
+        self.raw.seek(0)
+        self.fh = gzip.GzipFile(fileobj=self.raw, mode="rb") if magic == b"\x1f\x8b" else self.raw
+        self.queue: queue.Queue = queue.Queue(maxsize=3)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="fer-edge-csv-reader", daemon=True)
+        self.thread.start()
+
+    def _put(self, item) -> bool:
+        while not self.stop.is_set():
+            try:
+                self.queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _run(self) -> None:
+        try:
+            while not self.stop.is_set():
+                block = self.fh.read(_BLOCK)
+                if not block:
+                    break
+                if not self._put((block, self.raw.tell())):
+                    return
+            self._put(None)
+        except BaseException as e:  # EOFError, BadGzipFile, zlib.error, OSError
+            self._put(e)
+
+    def __iter__(self):
+        while True:
+            item = self.queue.get()
+            if item is None:
+                return
+            if isinstance(item, BaseException):
+                if isinstance(item, (EOFError, OSError, zlib.error)):
+                    raise DataError(f"{self.path}: cannot read the file ({item}); is it truncated or corrupt?")
+                raise item
+            yield item
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join()
+        self.fh.close()
+        self.raw.close()
+
+
+def _lines(reader: _Reader):
+    """Yields (lines of a block, position) with lines split on \\n, the last partial line carried over."""
+    carry = b""
+    for block, pos in reader:
+        lines = (carry + block if carry else block).split(b"\n")
+        carry = lines.pop()
+        yield lines, pos
+    if carry:
+        yield [carry], None
+
+
+def _token_at(buf: bytes, pos: int) -> str:
+    """The whitespace-delimited token around ``pos`` (for messages)."""
+    start = pos
+    while start > 0 and buf[start - 1] not in b" \t\n":
+        start -= 1
+    end = pos
+    while end < len(buf) and buf[end] not in b" \t\n":
+        end += 1
+    tok = buf[start:end].decode("utf-8", "replace")
+    return tok if len(tok) <= 20 else tok[:20] + "..."
+
+
+def parse_pixels(buf: bytes, nrows: int, fail) -> np.ndarray:
+    """``nrows`` newline-terminated rows of 2304 whitespace-separated integers -> uint8 nrows x 2304.
+
+    Vectorised over the raw bytes: a few whole-buffer numpy operations find where each
+    number ends, and its value comes from the (at most 3) digits before. ``fail(row,
+    message)`` raises the error for a 0-based row of ``buf``.
+    """
+    pad = 3  # so e - 1, e - 2 stay inside the array
+    a = np.frombuffer(b" " * pad + buf + b" ", dtype=np.uint8)
+    dig = a - 48  # wraps around for non-digits
+    isd = dig < 10
+    nl = a == _NL
+    nlpos = np.flatnonzero(nl)
+    if len(nlpos) != nrows:  # cannot happen for lines split on \n
+        fail(0, "pixels field spans several lines")
+    n_digits = int(np.count_nonzero(isd))
+    if n_digits + int(np.count_nonzero(a == _SPACE)) + nrows != len(a):  # something besides digits, " ", "\n"
+        ok = isd | nl | (a == _SPACE) | (a == _TAB) | (a == _CR)
+        if not ok.all():
+            pos = int(np.argmin(ok))
+            fail(int(np.searchsorted(nlpos, pos)), f"pixel value {_token_at(a.tobytes(), pos)!r} is not an integer 0..255")
+    e = np.flatnonzero(isd[:-1] > isd[1:])  # the last digit of each number
+    per_row = np.diff(np.searchsorted(e, nlpos), prepend=0)
+    bad = np.flatnonzero(per_row != NUM_PIXELS)
+    if len(bad):
+        row = int(bad[0])
+        fail(row, f"pixels has {int(per_row[row])} values, expected {NUM_PIXELS} ({IMAGE_SIZE}x{IMAGE_SIZE})")
+    q = (dig + 1) * isd  # 1..10 for a digit, 0 otherwise
+    q0 = q[e].astype(np.uint16)
+    e -= 1
+    q1 = q[e].astype(np.uint16)
+    e -= 1
+    q2 = q[e].astype(np.uint16)
+    e += 2
+    has1 = q1 > 0
+    has2 = has1 & (q2 > 0)
+    vals = q0 - 1
+    vals += (q1 - has1) * 10  # (digit + 1) - 1 where there is a digit, else 0
+    vals += (q2 - has2) * has2 * 100
+    if n_digits != len(e) + int(np.count_nonzero(has1)) + int(np.count_nonzero(has2)):
+        # some number has more than 3 digits: leading zeros or out of range (rare, slow)
+        for i in np.flatnonzero(has2):
+            if isd[e[i] - 3]:
+                start = int(e[i]) - 3
+                while isd[start - 1]:
+                    start -= 1
+                vals[i] = min(int(a[start:e[i] + 1].tobytes()), 256)
+    over = np.flatnonzero(vals > 255)
+    if len(over):
+        pos = int(e[over[0]])
+        fail(int(np.searchsorted(nlpos, pos)), f"pixel value {_token_at(a.tobytes(), pos)!r} is outside 0..255")
+    return vals.astype(np.uint8).reshape(nrows, NUM_PIXELS)
+
+
+def _split_fields(line: bytes, path: Path, lineno: int) -> list[bytes]:
+    if b'"' not in line:
+        return line.split(b",")
+    try:
+        row = next(csv.reader([line.decode("utf-8")]))
+    except (csv.Error, UnicodeDecodeError) as e:
+        raise DataError(f"{path}, line {lineno}: malformed CSV row ({e})") from None
+    return [f.encode() for f in row]
+
+
+def _parse_header(line: bytes, path: Path) -> tuple[list[str], dict[str, int]]:
+    try:
+        text = line.decode("utf-8-sig").rstrip("\r")
+    except UnicodeDecodeError:
+        raise DataError(f"{path}, line 1: not a text CSV (expected the header emotion,pixels,Usage)") from None
+    try:
+        cols = next(csv.reader([text])) if text.strip() else []
+    except csv.Error as e:
+        raise DataError(f"{path}, line 1: malformed CSV header ({e})") from None
+    index: dict[str, int] = {}
+    for i, c in enumerate(cols):
+        index.setdefault(c.strip().lower(), i)
+    missing = [c for c in REQUIRED_COLUMNS if c not in index]
+    if missing:
+        names = {"emotion": "emotion", "pixels": "pixels", "usage": "Usage"}
+        shown = ", ".join(repr(c) for c in cols[:10]) or "nothing"
+        raise DataError(
+            f"{path}, line 1: missing column(s) {', '.join(names[m] for m in missing)}; "
+            f"a FER2013 CSV needs the header emotion,pixels,Usage (found {shown})"
+        )
+    return cols, index
+
+
+def read_csv(path: str | Path, progress=None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Every split of a FER2013 CSV: ``{Usage: (uint8 N x 48 x 48, int64 N)}`` in file order.
+
+    ``progress(done_bytes, total_bytes)`` is called as the file is read, if given.
+    """
+    path = Path(path)
+    total = path.stat().st_size
+    try:
+        reader = _Reader(path)
+    except OSError as e:
+        raise DataError(f"{path}: cannot open ({e.strerror or e})") from None
+    usages: dict[bytes, int] = {}
+    names: list[str] = []
+    image_parts: list[np.ndarray] = []
+    label_parts: list[np.ndarray] = []
+    code_parts: list[np.ndarray] = []
+    lineno = 0
+    header = None
+    try:
+        for lines, pos in _lines(reader):
+            if header is None:
+                if not lines:
+                    continue
+                lineno = 1
+                cols, index = _parse_header(lines[0], path)
+                ie, ip, iu = index["emotion"], index["pixels"], index["usage"]
+                need = max(ie, ip, iu) + 1
+                ncols = len(cols)
+                header = True
+                lines = lines[1:]
+            pix: list[bytes] = []
+            row_lines: list[int] = []
+            labels: list[int] = []
+            codes: list[int] = []
+            for line in lines:
+                lineno += 1
+                if line.endswith(b"\r"):
+                    line = line[:-1]
+                if not line or line.isspace():
+                    continue
+                fields = _split_fields(line, path, lineno)
+                if len(fields) < need:
+                    raise DataError(
+                        f"{path}, line {lineno}: expected {ncols} comma-separated columns, found {len(fields)}"
+                    )
+                lab = _LABEL_BYTES.get(fields[ie])
+                if lab is None:
+                    tok = fields[ie].strip()
+                    try:
+                        lab = int(tok)
+                    except ValueError:
+                        raise DataError(
+                            f"{path}, line {lineno}: emotion {tok.decode('utf-8', 'replace')!r} is not an integer label 0..6"
+                        ) from None
+                    if not 0 <= lab < NUM_CLASSES:
+                        raise DataError(f"{path}, line {lineno}: emotion label {lab} is outside 0..{NUM_CLASSES - 1}")
+                u = fields[iu]
+                code = usages.get(u)
+                if code is None:
+                    name = u.strip().decode("utf-8", "replace")
+                    if not name:
+                        raise DataError(f"{path}, line {lineno}: empty Usage value (expected e.g. Training, PublicTest)")
+                    if name in names:
+                        code = names.index(name)
+                    else:
+                        code = len(names)
+                        names.append(name)
+                    usages[u] = code
+                pix.append(fields[ip])
+                row_lines.append(lineno)
+                labels.append(lab)
+                codes.append(code)
+            if pix:
+                def fail(row: int, msg: str, _rl=row_lines):
+                    raise DataError(f"{path}, line {_rl[row]}: {msg}")
+
+                image_parts.append(parse_pixels(b"\n".join(pix) + b"\n", len(pix), fail))
+                label_parts.append(np.asarray(labels, dtype=np.int64))
+                code_parts.append(np.asarray(codes, dtype=np.int64))
+            if progress is not None and pos is not None:
+                progress(pos, total)
+    finally:
+        reader.close()
+    if header is None:
+        raise DataError(f"{path}: the file is empty (expected the header emotion,pixels,Usage)")
+    if not image_parts:
+        return {}
+    images = np.concatenate(image_parts).reshape(-1, IMAGE_SIZE, IMAGE_SIZE)
+    labels_all = np.concatenate(label_parts)
+    codes_all = np.concatenate(code_parts)
+    out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for k, name in enumerate(names):
+        sel = codes_all == k
+        out[name] = (np.ascontiguousarray(images[sel]), np.ascontiguousarray(labels_all[sel]))
+    return out

@@ -1,0 +1,174 @@
+"""Image-folder data sets: ``<root>/<split>/<class>/*.{jpg,jpeg,png,bmp}``.
+
+Class folders are matched case-insensitively to the 7 FER2013 class names; files are
+ordered by a natural sort of their file names (then class), so ``x_2`` comes before
+``x_10`` and numbered exports keep their original row order. Hidden entries, files
+directly in a split folder, other file types and sub-folders of class folders are
+ignored. Images are decoded with Pillow in a thread pool; anything that is not 8-bit
+grayscale 48x48 goes through :func:`fer_edge.preprocess.to_gray48` and is counted.
+"""
+from __future__ import annotations
+
+import os
+import re
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+from fer_edge.constants import IMAGE_SIZE, LABELS
+from fer_edge.errors import DataError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
+_CLASS_INDEX = {name: i for i, name in enumerate(LABELS)}
+_CHUNK = 256
+
+#: bit flags returned per image
+RESIZED = 1
+NOT_GRAY = 2
+
+
+class FileEntry(NamedTuple):
+    rel: str  # "<class folder>/<file>"
+    path: str
+    label: int
+    size: int
+    mtime_ns: int
+
+
+def _natural_key(name: str):
+    return tuple(int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", name))
+
+
+def _is_image(name: str) -> bool:
+    return name.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def split_dirs(root: Path) -> list[str]:
+    """Names of the (non-hidden) sub-folders of ``root``."""
+    try:
+        with os.scandir(root) as it:
+            return sorted(e.name for e in it if not e.name.startswith(".") and e.is_dir())
+    except OSError as e:
+        raise DataError(f"{root}: cannot list the folder ({e.strerror or e})") from None
+
+
+def class_dirs(split_dir: Path, strict: bool) -> list[tuple[str, int]]:
+    """(folder name, class index) of a split folder's class folders.
+
+    ``strict`` raises a :class:`DataError` for a folder that is not a FER2013 class.
+    """
+    out = []
+    try:
+        with os.scandir(split_dir) as it:
+            entries = sorted((e.name for e in it if not e.name.startswith(".") and e.is_dir()))
+    except OSError as e:
+        raise DataError(f"{split_dir}: cannot list the folder ({e.strerror or e})") from None
+    for name in entries:
+        idx = _CLASS_INDEX.get(name.lower())
+        if idx is None:
+            if strict:
+                raise DataError(
+                    f"{split_dir / name}: unknown class folder {name!r}; class folders must be named "
+                    f"(case-insensitively) one of: {', '.join(LABELS)}"
+                )
+            continue
+        out.append((name, idx))
+    return out
+
+
+def has_images(split_dir: Path) -> bool:
+    """True when a class folder of ``split_dir`` holds at least one image file."""
+    for name, _ in class_dirs(split_dir, strict=False):
+        try:
+            with os.scandir(split_dir / name) as it:
+                if any(_is_image(e.name) and not e.name.startswith(".") and e.is_file() for e in it):
+                    return True
+        except OSError:
+            continue
+    return False
+
+
+def scan(split_dir: Path) -> list[FileEntry]:
+    """The split's image files with labels, sizes and mtimes, sorted by relative path."""
+    files: list[FileEntry] = []
+    for name, idx in class_dirs(split_dir, strict=True):
+        d = split_dir / name
+        try:
+            with os.scandir(d) as it:
+                for e in it:
+                    if e.name.startswith(".") or not _is_image(e.name) or not e.is_file():
+                        continue
+                    st = e.stat()
+                    files.append(FileEntry(f"{name}/{e.name}", e.path, idx, st.st_size, st.st_mtime_ns))
+        except OSError as e:
+            raise DataError(f"{d}: cannot list the folder ({e.strerror or e})") from None
+    files.sort()
+    return files
+
+
+def natural_order(files: list[FileEntry]) -> list[FileEntry]:
+    """``files`` in the order images are stored: natural sort of the file name, then class."""
+    return sorted(files, key=lambda f: (_natural_key(f.rel.rsplit("/", 1)[1]), f.label, f.rel))
+
+
+def decode_one(path: str) -> tuple[np.ndarray, int]:
+    """A file -> (uint8 48 x 48, flags). EXIF orientation is honoured, as in ``to_gray48``."""
+    from PIL import Image, ImageOps
+
+    from fer_edge.preprocess import to_gray48
+
+    try:
+        with Image.open(path) as im:
+            im = ImageOps.exif_transpose(im)
+            im.load()
+    except Exception as e:  # PIL raises many types for bad or truncated files
+        raise DataError(f"{path}: cannot read image ({e})") from None
+    flags = 0
+    if im.size != (IMAGE_SIZE, IMAGE_SIZE):
+        flags |= RESIZED
+    if im.mode != "L":
+        flags |= NOT_GRAY
+    if not flags:
+        return np.asarray(im, dtype=np.uint8), 0
+    try:
+        return to_gray48(im), flags
+    except DataError:
+        raise
+    except Exception as e:
+        raise DataError(f"{path}: cannot convert image to 48x48 grayscale ({e})") from None
+
+
+def decode(files: list[FileEntry], progress=None, workers: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(uint8 N x 48 x 48, int64 labels, uint8 flags) for ``files``, decoded in a thread pool.
+
+    ``progress(done, total)`` is called as chunks finish, if given. The first bad file
+    (in file order) raises its :class:`DataError`.
+    """
+    n = len(files)
+    images = np.empty((n, IMAGE_SIZE, IMAGE_SIZE), dtype=np.uint8)
+    flags = np.zeros(n, dtype=np.uint8)
+    labels = np.fromiter((f.label for f in files), dtype=np.int64, count=n)
+
+    def work(start: int) -> int:
+        stop = min(start + _CHUNK, n)
+        for i in range(start, stop):
+            images[i], flags[i] = decode_one(files[i].path)
+        return stop - start
+
+    if workers is None:
+        workers = min(8, 2 * (os.cpu_count() or 1))
+    done = 0
+    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="fer-edge-decode") as ex:
+        futures = [ex.submit(work, s) for s in range(0, n, _CHUNK)]
+        try:
+            for fut in futures:
+                done += fut.result()
+                if progress is not None:
+                    progress(done, n)
+        except BaseException:
+            for fut in futures:
+                fut.cancel()
+            raise
+    return images, labels, flags

@@ -1,0 +1,459 @@
+"""Load FER2013 splits from the Kaggle CSV or from image folders, with a decoded-array cache.
+
+Data forms (the ``data`` argument):
+
+* a CSV file (``fer2013.csv`` or ``fer2013.csv.gz``, gzip detected by content): columns
+  found by header name ``emotion,pixels,Usage`` (case-insensitive, extra columns
+  ignored); the splits are the ``Usage`` values (``Training``, ``PublicTest``,
+  ``PrivateTest``);
+* a folder holding ``fer2013.csv`` or ``fer2013.csv.gz``: read as that CSV;
+* any other folder: image folders ``<root>/<split>/<class>/*.{jpg,jpeg,png,bmp}``, the
+  splits are the sub-folder names (``train``, ``val``, ``test``), class folders match
+  the 7 FER2013 names case-insensitively.
+
+Split names: an existing split name is always used as given; otherwise :data:`SPLIT_ALIASES`
+maps it (exactly, no fuzzy matching), so ``train``/``val``/``test`` and
+``Training``/``PublicTest``/``PrivateTest`` work with both forms.
+
+Decoded arrays are cached as ``.npz`` under :func:`cache_dir` ``/data``, keyed by the
+absolute path, the split and the file's size and mtime (for folders: the split's file
+list with sizes and mtimes), so a second load takes well under a second. One pass over a
+CSV decodes and caches all its splits.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from fer_edge.constants import IMAGE_SIZE, LABELS, NUM_CLASSES
+from fer_edge.data import _csv, _folder
+from fer_edge.errors import DataError
+
+if TYPE_CHECKING:  # torch is imported lazily
+    import torch
+
+log = logging.getLogger("fer_edge.data")
+
+#: How a split name that is not present is mapped, per data form; targets are tried in order.
+SPLIT_ALIASES: dict[str, dict[str, tuple[str, ...]]] = {
+    "csv": {"train": ("Training",), "val": ("PublicTest",), "test": ("PrivateTest",)},
+    "folder": {"Training": ("train",), "PublicTest": ("val", "test"), "PrivateTest": ("test",)},
+}
+#: Files that make a folder count as a CSV data set, in order of preference.
+CSV_NAMES = ("fer2013.csv", "fer2013.csv.gz")
+CACHE_VERSION = 1
+#: Show a progress bar when decoding at least this many image files (or a CSV this large).
+PROGRESS_MIN_FILES = 1000
+PROGRESS_MIN_BYTES = 16 << 20
+_CANONICAL_ORDER = ("Training", "PublicTest", "PrivateTest", "train", "val", "test")
+
+
+@dataclass(eq=False, repr=False)
+class FerSplit:
+    """One decoded split.
+
+    ``fingerprint`` identifies the data: ``format`` ("csv" or "folder"), ``source`` (the
+    absolute CSV path or folder root), ``split`` (the resolved name), ``n``, ``size`` (bytes:
+    the CSV file, or the split's image files together), ``mtime`` (the CSV's, or the newest
+    image's), ``sha256`` (of the images' bytes followed by the labels as little-endian int64).
+    """
+
+    images: "torch.Tensor"  # uint8 N x 48 x 48
+    labels: "torch.Tensor"  # int64 N
+    source: str
+    split: str
+    fingerprint: dict
+    converted: int = 0  # how many images needed resizing or grayscale conversion
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def class_counts(self) -> list[int]:
+        """Images per class, in :data:`fer_edge.constants.LABELS` order (always 7 numbers)."""
+        counts = np.bincount(self.labels.numpy(), minlength=NUM_CLASSES)
+        return [int(c) for c in counts[:NUM_CLASSES]]
+
+    def __repr__(self) -> str:
+        return (
+            f"FerSplit(split={self.split!r}, n={len(self)}, source={self.source!r}, "
+            f"converted={self.converted}, sha256={self.fingerprint.get('sha256', '')[:12]!r})"
+        )
+
+
+# --------------------------------------------------------------------------- sources
+
+
+@dataclass(frozen=True)
+class _Source:
+    kind: str  # "csv" | "folder"
+    path: Path  # absolute
+
+
+def _source(data) -> _Source:
+    if data is None or (isinstance(data, str) and not data.strip()):
+        raise DataError("no data given: pass a FER2013 CSV (fer2013.csv[.gz]) or an image folder")
+    p = Path(os.path.abspath(Path(data).expanduser()))
+    if not p.exists():
+        raise DataError(
+            f"{p}: no such file or directory (expected a FER2013 CSV such as fer2013.csv.gz, "
+            f"or an image folder <root>/<split>/<class>/*.jpg)"
+        )
+    if p.is_dir():
+        for name in CSV_NAMES:
+            if (p / name).is_file():
+                return _Source("csv", p / name)
+        return _Source("folder", p)
+    return _Source("csv", p)
+
+
+def _order(names) -> list[str]:
+    rank = {n: i for i, n in enumerate(_CANONICAL_ORDER)}
+    return sorted(names, key=lambda n: (rank.get(n, len(rank)), n))
+
+
+def _not_found(split: str, where: Path, available: list[str], kind: str, extra: str = "") -> DataError:
+    targets = SPLIT_ALIASES[kind].get(split, ())
+    msg = f"split {split!r} not found in {where}; available: {', '.join(available) if available else 'none'}"
+    if targets:
+        msg += f" ({split!r} stands for {' or '.join(repr(t) for t in targets)} here)"
+    return DataError(msg + extra)
+
+
+def _folder_hint(root: Path, dirs: list[str]) -> str:
+    if dirs and all(d.lower() in LABELS for d in dirs):
+        return (f"; {root} looks like a single split folder (its sub-folders are class folders): "
+                f"pass its parent {root.parent} and split {root.name!r}")
+    return ""
+
+
+def _resolve_folder_split(src: _Source, split: str) -> str:
+    dirs = _folder.split_dirs(src.path)
+    if split in dirs:
+        return split
+    for target in SPLIT_ALIASES["folder"].get(split, ()):
+        if target in dirs:
+            return target
+    available = [d for d in _order(dirs) if _folder.has_images(src.path / d)]
+    raise _not_found(split, src.path, available, "folder", _folder_hint(src.path, dirs))
+
+
+def _resolve_csv_split(src: _Source, split: str, available: list[str]) -> str:
+    if split in available:
+        return split
+    for target in SPLIT_ALIASES["csv"].get(split, ()):
+        if target in available:
+            return target
+    extra = "" if available else " (the CSV has no data rows)"
+    raise _not_found(split, src.path, available, "csv", extra)
+
+
+# --------------------------------------------------------------------------- cache
+
+
+def cache_dir() -> Path:
+    """``$FER_EDGE_CACHE_DIR``, else ``$XDG_CACHE_HOME/fer-edge``, else ``~/.cache/fer-edge``."""
+    env = os.environ.get("FER_EDGE_CACHE_DIR")
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    if xdg:
+        return Path(xdg).expanduser() / "fer-edge"
+    return Path.home() / ".cache" / "fer-edge"
+
+
+def _digest(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def _cache_path(kind: str, ident: str, key: str) -> Path:
+    return cache_dir() / "data" / f"{kind}-{ident[:16]}-{key[:32]}.npz"
+
+
+def _arrays_sha256(images: np.ndarray, labels: np.ndarray) -> str:
+    h = hashlib.sha256()
+    h.update(np.ascontiguousarray(images, dtype=np.uint8).data)
+    h.update(np.ascontiguousarray(labels, dtype="<i8").data)
+    return h.hexdigest()
+
+
+def _cache_write(path: Path, arrays: dict[str, np.ndarray], meta: dict) -> None:
+    from fer_edge.utils import atomic_path
+
+    try:
+        with atomic_path(path) as tmp:
+            np.savez(tmp, meta=np.array(json.dumps(meta)), **arrays)
+        prefix = path.name.rsplit("-", 1)[0] + "-"
+        for old in path.parent.glob(prefix + "*.npz"):  # older versions of the same source
+            if old != path:
+                with contextlib.suppress(OSError):
+                    old.unlink()
+    except OSError as e:
+        log.warning("could not write the data cache %s (%s); the next load decodes again", path, e)
+
+
+def _cache_read(path: Path, key: str, splits: list[str] | None):
+    """(meta, {split: (images, labels)}) from a cache file, or None when absent or unusable.
+
+    ``splits=None`` reads the metadata only. A corrupt file is reported and treated as a miss.
+    """
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            meta = json.loads(str(z["meta"][()]))
+            if meta.get("version") != CACHE_VERSION or meta.get("key") != key:
+                raise ValueError("metadata does not match")
+            out = {}
+            for s in splits or []:
+                info = meta["splits"][s]
+                images = z[f"images_{info['id']}"]
+                labels = z[f"labels_{info['id']}"]
+                n = int(info["n"])
+                if images.dtype != np.uint8 or images.shape != (n, IMAGE_SIZE, IMAGE_SIZE):
+                    raise ValueError(f"images of split {s!r} have shape {images.shape}")
+                if labels.dtype != np.int64 or labels.shape != (n,):
+                    raise ValueError(f"labels of split {s!r} have shape {labels.shape}")
+                if n and (labels.min() < 0 or labels.max() >= NUM_CLASSES):
+                    raise ValueError(f"labels of split {s!r} are out of range")
+                out[s] = (images, labels)
+        return meta, out
+    except Exception as e:  # zipfile.BadZipFile, ValueError, KeyError, OSError, EOFError...
+        log.warning("ignoring unreadable data cache %s (%s); decoding again", path, e)
+        return None
+
+
+def _split_meta(sid: int, images: np.ndarray, labels: np.ndarray, **extra) -> dict:
+    return {"id": sid, "n": int(len(labels)), "sha256": _arrays_sha256(images, labels), **extra}
+
+
+# --------------------------------------------------------------------------- progress
+
+
+@contextlib.contextmanager
+def _progress_bar(enabled: bool, description: str, unit: str = "files"):
+    """Yields ``update(done, total)``; a transient rich bar on a terminal, else None."""
+    if not enabled:
+        yield None
+        return
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    if not console.is_terminal:
+        yield None
+        return
+    from rich.progress import (BarColumn, DownloadColumn, MofNCompleteColumn, Progress, TextColumn,
+                               TimeRemainingColumn)
+
+    count = DownloadColumn() if unit == "bytes" else MofNCompleteColumn()
+    with Progress(TextColumn("{task.description}"), BarColumn(), count, TimeRemainingColumn(),
+                  console=console, transient=True) as bar:
+        task = bar.add_task(description, total=None)
+
+        def update(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        yield update
+
+
+# --------------------------------------------------------------------------- CSV
+
+
+def _csv_identity(src: _Source) -> tuple[str, str, os.stat_result]:
+    st = src.path.stat()
+    ident = _digest(["csv", str(src.path)])
+    key = _digest(["csv", CACHE_VERSION, str(src.path), st.st_size, st.st_mtime_ns])
+    return ident, key, st
+
+
+def _csv_decode(src: _Source, progress: bool) -> tuple[dict, dict]:
+    big = src.path.stat().st_size >= PROGRESS_MIN_BYTES
+    with _progress_bar(progress and big, f"Reading {src.path.name}", unit="bytes") as update:
+        splits = _csv.read_csv(src.path, progress=update)
+    metas = {name: _split_meta(i, im, lab) for i, (name, (im, lab)) in enumerate(splits.items())}
+    return splits, metas
+
+
+def _csv_metas(src: _Source, cache: bool, progress: bool):
+    """(cache path, key, split infos, decoded splits or None when the infos came from the cache)."""
+    ident, key, _ = _csv_identity(src)
+    path = _cache_path("csv", ident, key)
+    if cache:
+        hit = _cache_read(path, key, None)
+        if hit is not None:
+            return path, key, hit[0]["splits"], None
+    splits, metas = _csv_decode(src, progress)
+    if cache:
+        _csv_cache_write(src, path, key, splits, metas)
+    return path, key, metas, splits
+
+
+def _csv_cache_write(src: _Source, path: Path, key: str, splits: dict, metas: dict) -> None:
+    arrays = {}
+    for name, (im, lab) in splits.items():
+        arrays[f"images_{metas[name]['id']}"] = im
+        arrays[f"labels_{metas[name]['id']}"] = lab
+    _cache_write(path, arrays, {"version": CACHE_VERSION, "key": key, "format": "csv",
+                                "source": str(src.path), "splits": metas})
+
+
+def _csv_load(src: _Source, split: str, cache: bool, progress: bool):
+    """(resolved split, (images, labels), info): one decode of the whole file on a cache miss."""
+    path, key, metas, splits = _csv_metas(src, cache, progress)
+    resolved = _resolve_csv_split(src, split, _order(metas))
+    if splits is None:
+        hit = _cache_read(path, key, [resolved])
+        if hit is not None:
+            return resolved, hit[1][resolved], metas[resolved]
+        splits, metas = _csv_decode(src, progress)  # metadata readable but arrays not: decode again
+        _csv_cache_write(src, path, key, splits, metas)
+    return resolved, splits[resolved], metas[resolved]
+
+
+def _csv_splits(src: _Source) -> list[str]:
+    _, _, metas, _ = _csv_metas(src, cache=True, progress=True)
+    return _order(metas)
+
+
+# --------------------------------------------------------------------------- folders
+
+
+def _folder_key(src: _Source, split: str, files) -> tuple[str, str]:
+    ident = _digest(["folder", str(src.path), split])
+    h = hashlib.sha256()
+    h.update(json.dumps(["folder", CACHE_VERSION, str(src.path), split]).encode())
+    for f in files:
+        h.update(f"\0{f.rel}\0{f.size}\0{f.mtime_ns}".encode())
+    return ident, h.hexdigest()
+
+
+def _folder_load(src: _Source, split: str, cache: bool, progress: bool):
+    split_dir = src.path / split
+    files = _folder.scan(split_dir)
+    if not files:
+        raise DataError(
+            f"split {split!r} in {src.path} is empty: no {'/'.join(e.lstrip('.') for e in _folder.IMAGE_EXTENSIONS)} "
+            f"files in class folders {split_dir}/<class>/ (classes: {', '.join(LABELS)})"
+        )
+    ident, key = _folder_key(src, split, files)
+    path = _cache_path("folder", ident, key)
+    info = None
+    arrays = None
+    if cache:
+        hit = _cache_read(path, key, [split])
+        if hit is not None:
+            info = hit[0]["splits"][split]
+            arrays = hit[1][split]
+    if arrays is None:
+        with _progress_bar(progress and len(files) >= PROGRESS_MIN_FILES,
+                           f"Decoding {src.path.name}/{split}") as update:
+            images, labels, flags = _folder.decode(_folder.natural_order(files), progress=update)
+        info = _split_meta(0, images, labels,
+                           converted=int(np.count_nonzero(flags)),
+                           resized=int(np.count_nonzero(flags & _folder.RESIZED)),
+                           not_gray=int(np.count_nonzero(flags & _folder.NOT_GRAY)))
+        arrays = (images, labels)
+        if cache:
+            _cache_write(path, {"images_0": images, "labels_0": labels},
+                         {"version": CACHE_VERSION, "key": key, "format": "folder",
+                          "source": str(src.path), "splits": {split: info}})
+    size = sum(f.size for f in files)
+    mtime = max(f.mtime_ns for f in files) / 1e9
+    return arrays, info, size, mtime
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def list_splits(data: str | Path) -> list[str]:
+    """The splits of ``data`` that exist and hold at least one image.
+
+    For a CSV this decodes (and caches) the whole file once, so a following
+    :func:`load_split` is fast.
+    """
+    src = _source(data)
+    if src.kind == "csv":
+        return _csv_splits(src)
+    return [d for d in _order(_folder.split_dirs(src.path)) if _folder.has_images(src.path / d)]
+
+
+def default_train_split(data: str | Path) -> str:
+    """``"Training"`` for a CSV, ``"train"`` for image folders (a DataError when it is missing)."""
+    src = _source(data)
+    name = "Training" if src.kind == "csv" else "train"
+    available = list_splits(data)
+    if name not in available:
+        raise DataError(f"{src.path} has no {name!r} split to train on; available: {', '.join(available) or 'none'}")
+    return name
+
+
+def default_val_split(data: str | Path) -> str:
+    """``"PublicTest"`` for a CSV; ``"val"``, else ``"test"``, for image folders (a DataError when none)."""
+    src = _source(data)
+    candidates = ("PublicTest",) if src.kind == "csv" else ("val", "test")
+    available = list_splits(data)
+    for name in candidates:
+        if name in available:
+            return name
+    raise DataError(
+        f"{src.path} has no validation split ({' or '.join(repr(c) for c in candidates)}); "
+        f"available: {', '.join(available) or 'none'}; pass a split explicitly"
+    )
+
+
+def load_split(data: str | Path, split: str, *, cache: bool = True, progress: bool = True) -> FerSplit:
+    """Decode one split of a FER2013 CSV or image-folder data set.
+
+    ``split`` is a CSV ``Usage`` value or a folder name, or an alias from
+    :data:`SPLIT_ALIASES`. ``cache=False`` neither reads nor writes the decoded-array
+    cache; ``progress=False`` hides the progress bar of a first decode.
+    Raises :class:`DataError` for a missing path or split, an empty split or bad rows/files.
+    """
+    import torch
+
+    src = _source(data)
+    split = str(split)
+    if src.kind == "csv":
+        st = src.path.stat()
+        split, (images, labels), info = _csv_load(src, split, cache, progress)
+        converted = 0
+        size, mtime = st.st_size, st.st_mtime
+    else:
+        split = _resolve_folder_split(src, split)
+        (images, labels), info, size, mtime = _folder_load(src, split, cache, progress)
+        converted = int(info.get("converted", 0))
+        if converted:
+            log.warning(
+                "%s: converted %d of %d images to 48x48 grayscale (%d not 48x48, %d not 8-bit grayscale)",
+                src.path / split, converted, len(labels), info.get("resized", 0), info.get("not_gray", 0),
+            )
+    if len(labels) == 0:
+        raise DataError(f"split {split!r} in {src.path} is empty")
+    if not images.flags.writeable:
+        images = images.copy()
+    if not labels.flags.writeable:
+        labels = labels.copy()
+    fingerprint = {
+        "format": src.kind,
+        "source": str(src.path),
+        "split": split,
+        "n": int(len(labels)),
+        "size": int(size),
+        "mtime": float(mtime),
+        "sha256": info["sha256"],
+    }
+    return FerSplit(
+        images=torch.from_numpy(np.ascontiguousarray(images)),
+        labels=torch.from_numpy(np.ascontiguousarray(labels)),
+        source=str(src.path),
+        split=split,
+        fingerprint=fingerprint,
+        converted=converted,
+    )
