@@ -1,0 +1,353 @@
+"""Prediction on photos with any fer-edge model: a checkpoint or any exported artifact.
+
+>>> import fer_edge
+>>> predictor = fer_edge.load("runs/exp/export/fer_small_fp32.onnx")   # or a .pt / .xml / .ts / .mlpackage
+>>> predictor.predict("face.png").label                                 # the whole image is the face
+'happy'
+>>> [(p.box, p.label) for p in predictor.detect_and_predict("group.jpg")]
+[(Box(x=149, y=100, w=231, h=231), 'neutral')]
+
+Labels and normalisation come from the artifact's embedded metadata (the runtime's
+``metadata()``), pixels go through :func:`fer_edge.preprocess.to_gray48` and
+:func:`fer_edge.preprocess.normalize` -- the one preprocessing path of training, eval,
+export validation and bench -- so every artifact of a model gives the same answers.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+
+from fer_edge.constants import IMAGE_SIZE
+from fer_edge.errors import ArtifactError, DataError, FerEdgeError
+from fer_edge.faces import DEFAULT_MARGIN, Box, FaceDetector, IMAGE_SUFFIXES, iter_images, load_image
+from fer_edge.preprocess import Normalization
+
+#: How many faces one runtime call classifies at most.
+MAX_BATCH = 64
+
+
+@dataclass(eq=False)
+class Prediction:
+    """One classified face.
+
+    ``probabilities`` maps each label to its softmax probability; ``probs`` is the same
+    as a float32 array in label order; ``box`` is set when the face came from detection.
+    """
+
+    label: str
+    index: int
+    score: float
+    probabilities: dict[str, float]
+    probs: np.ndarray = field(repr=False)
+    logits: np.ndarray = field(repr=False)
+    box: Box | None = None
+
+    def to_dict(self) -> dict:
+        return {
+            "box": self.box.to_list() if self.box is not None else None,
+            "label": self.label,
+            "index": self.index,
+            "score": round(float(self.score), 6),
+            "probabilities": {k: round(float(v), 6) for k, v in self.probabilities.items()},
+        }
+
+
+@dataclass(eq=False)
+class ImageResult:
+    """What prediction found in one input: its faces, or why there are none.
+
+    ``status`` is ``"ok"`` (at least one face), ``"no_face"`` (the image was read, no face
+    was found: a result, not an error) or ``"error"`` (``error`` says why).
+    """
+
+    source: str
+    faces: list[Prediction] = field(default_factory=list)
+    width: int | None = None
+    height: int | None = None
+    error: str | None = None
+    image: object = field(default=None, repr=False)  # the loaded PIL image, for annotation
+
+    @property
+    def status(self) -> str:
+        if self.error is not None:
+            return "error"
+        return "ok" if self.faces else "no_face"
+
+    def to_dict(self) -> dict:
+        return {
+            "image": self.source,
+            "status": self.status,
+            "width": self.width,
+            "height": self.height,
+            "faces": [f.to_dict() for f in self.faces],
+            "error": self.error,
+        }
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = np.asarray(logits, dtype=np.float64)
+    z = z - z.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return (e / e.sum(axis=-1, keepdims=True)).astype(np.float32)
+
+
+class Predictor:
+    """Classifies 48x48 face crops (and finds faces in photos) with one loaded runtime.
+
+    Build one with :func:`load`. ``labels`` and ``normalization`` default to the ones
+    embedded in the artifact.
+    """
+
+    def __init__(self, runtime, labels: Iterable[str] | None = None,
+                 normalization: Normalization | dict | None = None,
+                 detector: FaceDetector | None = None, margin: float = DEFAULT_MARGIN):
+        self.runtime = runtime
+        self.path = Path(getattr(runtime, "path", "") or "")
+        self.metadata: dict = {}
+        if labels is None or normalization is None:
+            from fer_edge.exporters.metadata import ArtifactMeta
+
+            self.metadata = dict(runtime.metadata() or {})
+            meta = ArtifactMeta.from_dict(self.metadata, where=str(self.path))
+            labels = meta.labels if labels is None else labels
+            normalization = meta.normalization if normalization is None else normalization
+        self.labels: tuple[str, ...] = tuple(labels)
+        if isinstance(normalization, dict):
+            normalization = Normalization.from_dict(normalization)
+        self.normalization: Normalization = normalization
+        self._detector = detector
+        self.margin = margin
+
+    def __repr__(self) -> str:
+        return f"Predictor({str(self.path)!r}, runtime={self.runtime_name!r})"
+
+    @property
+    def runtime_name(self) -> str:
+        return getattr(self.runtime, "name", type(self.runtime).__name__)
+
+    @property
+    def detector(self) -> FaceDetector:
+        if self._detector is None:
+            from fer_edge.faces import default_detector
+
+            self._detector = default_detector()
+        return self._detector
+
+    # -- the numeric core ---------------------------------------------------------------
+    def logits(self, gray: np.ndarray) -> np.ndarray:
+        """uint8 N x 48 x 48 (or 48 x 48) face crops -> float32 N x num_classes logits."""
+        from fer_edge.preprocess import normalize
+
+        x = normalize(gray, self.normalization)
+        outs = []
+        for i in range(0, len(x), MAX_BATCH):
+            out = np.asarray(self.runtime.run(np.ascontiguousarray(x[i:i + MAX_BATCH])), dtype=np.float32)
+            outs.append(out.reshape(out.shape[0], -1))
+        logits = np.concatenate(outs) if outs else np.zeros((0, len(self.labels)), np.float32)
+        if logits.shape[1] != len(self.labels):
+            raise ArtifactError(
+                f"{self.path}: the model returns {logits.shape[1]} scores but its metadata lists "
+                f"{len(self.labels)} labels"
+            )
+        return logits
+
+    def _predictions(self, gray: np.ndarray, boxes=None) -> list[Prediction]:
+        logits = self.logits(gray)
+        probs = softmax(logits)
+        out = []
+        for i, (lg, pr) in enumerate(zip(logits, probs)):
+            k = int(np.argmax(pr))
+            out.append(Prediction(
+                label=self.labels[k], index=k, score=float(pr[k]),
+                probabilities={lbl: float(p) for lbl, p in zip(self.labels, pr)},
+                probs=pr, logits=lg, box=boxes[i] if boxes is not None else None,
+            ))
+        return out
+
+    # -- public API ---------------------------------------------------------------------
+    def predict(self, image) -> Prediction:
+        """Classify one face crop: a path, PIL image or numpy array (grayscale or RGB, any size).
+
+        The whole image is the face; it becomes 48x48 grayscale through
+        :func:`fer_edge.preprocess.to_gray48`. Use :meth:`detect_and_predict` for photos.
+        """
+        return self.predict_batch([image])[0]
+
+    def predict_batch(self, faces) -> list[Prediction]:
+        """Classify many face crops (paths, PIL images, arrays, or a uint8 N x 48 x 48 array)."""
+        from fer_edge.preprocess import to_gray48
+
+        if isinstance(faces, np.ndarray) and faces.ndim == 3 and faces.shape[1:] == (IMAGE_SIZE, IMAGE_SIZE):
+            gray = faces if faces.dtype == np.uint8 else np.stack([to_gray48(f) for f in faces])
+        else:
+            faces = list(faces)
+            if not faces:
+                return []
+            gray = np.stack([to_gray48(f) for f in faces])
+        return self._predictions(gray)
+
+    def detect_and_predict(self, image, margin: float | None = None) -> list[Prediction]:
+        """Find the frontal faces in a photo and classify each; largest face first.
+
+        Each :class:`Prediction` has its ``box`` (in pixels of the EXIF-rotated image).
+        Returns an empty list when no face is found.
+        """
+        return self._detect_and_predict(load_image(image), margin)
+
+    def _detect_and_predict(self, img, margin: float | None = None) -> list[Prediction]:
+        from fer_edge.faces import crop
+        from fer_edge.preprocess import to_gray48
+
+        margin = self.margin if margin is None else margin
+        boxes = self.detector.detect(img)
+        if not boxes:
+            return []
+        gray = np.stack([to_gray48(crop(img, b, margin)) for b in boxes])
+        return self._predictions(gray, boxes)
+
+    def predict_image(self, source, detect_faces: bool = True, margin: float | None = None,
+                      keep_image: bool = False) -> ImageResult:
+        """Everything ``fer-edge predict`` reports for one input; never raises for a bad image.
+
+        Failures (unreadable file, ...) come back as ``status == "error"`` with a message.
+        Errors of the setup (no face detector on this machine, a broken model) still raise.
+        """
+        from fer_edge.preprocess import to_gray48
+
+        name = str(source) if isinstance(source, (str, os.PathLike)) else f"<{type(source).__name__}>"
+        try:
+            img = load_image(source)
+        except DataError as e:
+            return ImageResult(name, error=str(e))
+        w, h = img.size
+        try:
+            if detect_faces:
+                faces = self._detect_and_predict(img, margin)
+            else:
+                faces = self._predictions(to_gray48(img)[None])
+        except DataError as e:
+            return ImageResult(name, width=w, height=h, error=str(e))
+        return ImageResult(name, faces=faces, width=w, height=h, image=img if keep_image else None)
+
+    def describe(self) -> dict:
+        return {
+            "model": self.metadata.get("model"),
+            "path": str(self.path),
+            "runtime": self.runtime_name,
+            "labels": list(self.labels),
+            "normalization": self.normalization.to_dict(),
+        }
+
+
+# -- loading ----------------------------------------------------------------------------
+def load(path: str | os.PathLike | None = None, runtime: str | None = None, device: str | None = None,
+         threads: int | None = None, **options) -> Predictor:
+    """A :class:`Predictor` for a checkpoint (``.pt``), a shipped model name, or an exported artifact.
+
+    ``path`` None means the shipped default model. The runtime is chosen from the file type
+    (the targets table: ``.onnx`` onnxruntime, ``.xml`` openvino, ``.ts`` torchscript,
+    ``.mlpackage`` coreml, ``.pt`` pytorch) unless ``runtime`` names one; ``device``,
+    ``threads`` and ``options`` go to the runtime.
+    """
+    from fer_edge.runtimes import load_runtime
+    from fer_edge.weights import resolve_checkpoint
+
+    p = resolve_checkpoint(path)
+    try:
+        rt = load_runtime(p, runtime=runtime, device=device, threads=threads, **options)
+    except FerEdgeError:
+        raise
+    except Exception as e:  # runtime libraries raise their own types for bad files
+        raise ArtifactError(f"{p}: cannot load it ({type(e).__name__}: {e})") from None
+    return Predictor(rt)
+
+
+# -- inputs and annotation for the CLI -----------------------------------------------------
+@dataclass(frozen=True)
+class InputItem:
+    """One image to predict on, or an input that yields none (``error``)."""
+
+    source: str
+    path: Path | None
+    relative: Path | None = None  # where it sits under its directory argument
+    error: str | None = None
+
+
+def collect_inputs(args: Iterable[str | os.PathLike]) -> list[InputItem]:
+    """Expand files and directories (recursively, image suffixes only) into input items.
+
+    A missing path or a directory without images becomes an item carrying an error, so
+    the other inputs still run.
+    """
+    items: list[InputItem] = []
+    for a in args:
+        p = Path(a)
+        if p.is_dir():
+            files = iter_images(p)
+            if not files:
+                items.append(InputItem(str(p), None, error=(
+                    f"{p}: directory has no images (looked for {', '.join(IMAGE_SUFFIXES)})")))
+            items += [InputItem(str(f), f, f.relative_to(p)) for f in files]
+        elif p.exists():
+            items.append(InputItem(str(p), p, Path(p.name)))
+        else:
+            items.append(InputItem(str(p), None, error=f"{p}: no such file or directory"))
+    return items
+
+
+def _font(size: int):
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1
+        return ImageFont.load_default()
+
+
+def annotate(image, predictions: list[Prediction], note: str | None = None):
+    """An RGB copy of ``image`` with each face's box and "label score" drawn on it."""
+    from PIL import ImageDraw
+
+    img = load_image(image).convert("RGB")
+    draw = ImageDraw.Draw(img)
+    w, h = img.size
+    line = max(1, round(min(w, h) / 150))
+    font = _font(max(10, round(min(w, h) / 18)))
+    colours = ("#ff3b30", "#34c759", "#0a84ff", "#ffcc00", "#af52de", "#ff9500", "#5ac8fa")
+    for pred in predictions:
+        box = pred.box or Box(0, 0, w, h)
+        colour = colours[pred.index % len(colours)]
+        draw.rectangle([box.x, box.y, box.x + box.w - 1, box.y + box.h - 1], outline=colour, width=line)
+        text = f"{pred.label} {pred.score:.2f}"
+        tb = draw.textbbox((0, 0), text, font=font)
+        tw, th = tb[2] - tb[0], tb[3] - tb[1]
+        tx = min(max(0, box.x), max(0, w - tw - 2 * line))
+        ty = box.y - th - 3 * line if box.y - th - 3 * line >= 0 else min(box.y + line, max(0, h - th - 3 * line))
+        draw.rectangle([tx, ty, tx + tw + 2 * line, ty + th + 3 * line], fill=colour)
+        draw.text((tx + line - tb[0], ty + line - tb[1]), text, fill="white", font=font)
+    if note:
+        tb = draw.textbbox((0, 0), note, font=font)
+        draw.rectangle([0, 0, tb[2] - tb[0] + 2 * line, tb[3] - tb[1] + 3 * line], fill="black")
+        draw.text((line - tb[0], line - tb[1]), note, fill="white", font=font)
+    return img
+
+
+def write_annotated(image, predictions: list[Prediction], dest: str | os.PathLike,
+                    note: str | None = None) -> Path:
+    """Draw :func:`annotate` and save it atomically to ``dest`` (format from its suffix; JPEG q95)."""
+    from fer_edge.utils import atomic_path
+
+    dest = Path(dest)
+    img = annotate(image, predictions, note)
+    fmt = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".webp": "WEBP", ".bmp": "BMP",
+           ".tif": "TIFF", ".tiff": "TIFF"}.get(dest.suffix.lower())
+    if fmt is None:
+        dest = dest.with_suffix(dest.suffix + ".png")
+        fmt = "PNG"
+    with atomic_path(dest) as tmp:
+        img.save(tmp, format=fmt, **({"quality": 95} if fmt == "JPEG" else {}))
+    return dest
