@@ -146,6 +146,8 @@ def decode(files: list[FileEntry], progress=None, workers: int | None = None) ->
     ``progress(done, total)`` is called as chunks finish, if given. The first bad file
     (in file order) raises its :class:`DataError`.
     """
+    import PIL.Image  # noqa: F401  (imported once here, not concurrently by the workers)
+
     n = len(files)
     images = np.empty((n, IMAGE_SIZE, IMAGE_SIZE), dtype=np.uint8)
     flags = np.zeros(n, dtype=np.uint8)

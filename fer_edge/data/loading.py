@@ -78,8 +78,10 @@ class FerSplit:
 
     def class_counts(self) -> list[int]:
         """Images per class, in :data:`fer_edge.constants.LABELS` order (always 7 numbers)."""
-        counts = np.bincount(self.labels.numpy(), minlength=NUM_CLASSES)
-        return [int(c) for c in counts[:NUM_CLASSES]]
+        import torch
+
+        counts = torch.bincount(self.labels.detach().cpu().long(), minlength=NUM_CLASSES)
+        return [int(c) for c in counts[:NUM_CLASSES].tolist()]
 
     def __repr__(self) -> str:
         return (
@@ -111,6 +113,8 @@ def _source(data) -> _Source:
             if (p / name).is_file():
                 return _Source("csv", p / name)
         return _Source("folder", p)
+    if not p.is_file():
+        raise DataError(f"{p}: not a regular file or folder (expected a FER2013 CSV or an image folder)")
     return _Source("csv", p)
 
 
