@@ -1,0 +1,123 @@
+"""Training throughput: fer-edge's pipeline against the source notebooks' pipeline, side by side.
+
+Ours: the real ``fer-edge train`` loop (uint8 split in memory on the device, batched
+tensor augmentation, channels-last, batch 128). Theirs: per-image PIL transforms
+(flip, rotation) in a torch DataLoader, float32, NCHW, batch 32. Both train the same
+model on the same images on the same device; rounds are interleaved and the median
+images/second of each is compared.
+
+    python -m fer_edge.benchmarks.train_throughput --data ../shared/data/fer2013/fer2013.csv.gz
+"""
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import typer
+
+cli = typer.Typer(add_completion=False)
+
+
+def notebook_pipeline_ips(images, labels, model_name: str, device, steps: int, batch_size: int = 32,
+                          num_workers: int = 0) -> float:
+    """Images/second of the notebooks' recipe: PIL per-image transforms in a DataLoader, NCHW float32."""
+    import torch
+    from PIL import Image
+    from torchvision import transforms
+
+    from fer_edge.models import create_model
+
+    tf = transforms.Compose([
+        transforms.RandomHorizontalFlip(),
+        transforms.RandomRotation(10),
+        transforms.ToTensor(),
+        transforms.Normalize([0.5], [0.25]),
+    ])
+
+    class DS(torch.utils.data.Dataset):
+        def __len__(self):
+            return len(labels)
+
+        def __getitem__(self, i):
+            return tf(Image.fromarray(images[i].numpy(), mode="L")), labels[i]
+
+    loader = torch.utils.data.DataLoader(DS(), batch_size=batch_size, shuffle=True, num_workers=num_workers,
+                                         drop_last=True)
+    model = create_model(model_name).to(device).train()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    it = iter(loader)
+    seen, t0 = 0, None
+    for step in range(steps + 2):
+        x, y = next(it)
+        x, y = x.to(device), y.to(device)
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if step == 1:  # two warm-up steps
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+        elif step > 1:
+            seen += len(y)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return seen / (time.perf_counter() - t0)
+
+
+def fer_edge_pipeline_ips(data: str, model_name: str, device: str, steps: int, batch_size: int = 128) -> float:
+    """Images/second of one epoch of ``fer-edge train`` capped at ``steps`` steps (validation not timed)."""
+    from fer_edge.training import TrainConfig, train
+
+    with tempfile.TemporaryDirectory() as d:
+        cfg = TrainConfig(data=data, model=model_name, out=str(Path(d) / "run"), epochs=1, batch_size=batch_size,
+                          max_steps_per_epoch=steps, device=device, augment="standard")
+        res = train(cfg, progress=False)
+    return float(res.history[0]["images_per_second"])
+
+
+@cli.command()
+def main(
+    data: Path = typer.Option(..., exists=True, help="FER2013 CSV or image folder."),
+    model: str = typer.Option("custom_cnn"),
+    device: str = typer.Option("auto"),
+    seconds_hint: int = typer.Option(20, help="Rough seconds per measurement (sets the step counts)."),
+    rounds: int = typer.Option(3, min=1, help="Interleaved rounds; medians are compared."),
+    num_workers: int = typer.Option(0, help="DataLoader workers for the notebook pipeline."),
+) -> None:
+    import torch
+    from rich.console import Console
+    from rich.table import Table
+
+    from fer_edge.data import default_train_split, load_split
+    from fer_edge.training.trainer import resolve_device
+
+    console = Console()
+    dev = resolve_device(device)
+    split = load_split(str(data), default_train_split(str(data)))
+    # step counts from a quick probe so each measurement takes about seconds_hint
+    probe = fer_edge_pipeline_ips(str(data), model, device, steps=5)
+    ours_steps = max(10, int(probe * seconds_hint / 128))
+    probe_nb = notebook_pipeline_ips(split.images, split.labels, model, dev, steps=10, num_workers=num_workers)
+    nb_steps = max(10, int(probe_nb * seconds_hint / 32))
+    ours, theirs = [], []
+    for r in range(rounds):
+        theirs.append(notebook_pipeline_ips(split.images, split.labels, model, dev, nb_steps, num_workers=num_workers))
+        ours.append(fer_edge_pipeline_ips(str(data), model, device, ours_steps))
+        console.print(f"round {r + 1}/{rounds}: fer-edge {ours[-1]:.0f} img/s, notebook {theirs[-1]:.0f} img/s")
+    t = Table(title=f"training throughput, {model} on {dev} ({torch.get_num_threads()} threads), median of {rounds}")
+    t.add_column("pipeline")
+    t.add_column("images/s", justify="right")
+    t.add_column("runs", justify="right")
+    t.add_row("notebook: PIL per image, DataLoader, NCHW fp32, batch 32", f"{statistics.median(theirs):.0f}",
+              " ".join(f"{v:.0f}" for v in theirs))
+    t.add_row("fer-edge: uint8 in memory, batched tensor aug, channels-last, batch 128",
+              f"{statistics.median(ours):.0f}", " ".join(f"{v:.0f}" for v in ours))
+    console.print(t)
+    console.print(f"speed-up (median ratio): [bold]{statistics.median(ours) / statistics.median(theirs):.2f}x[/]")
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,0 +1,45 @@
+"""``fer-edge eval``."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from fer_edge.cli import app
+from fer_edge.cli.common import console, handle_errors
+
+
+@app.command("eval")
+@handle_errors
+def eval_cmd(
+    checkpoint: Optional[str] = typer.Option(None, "--checkpoint", "--model",
+                                             help="Checkpoint path or shipped model name (default: the shipped model)."),
+    data: Path = typer.Option(..., exists=True, help="FER2013 CSV or image-folder root."),
+    split: Optional[str] = typer.Option(None, help="Split (default PublicTest / val or test)."),
+    tta: bool = typer.Option(False, "--tta", help="Average with the horizontally flipped image."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda or mps."),
+    out: Optional[Path] = typer.Option(None, help="Where to write confusion_<split>.png (default: the checkpoint's folder, or ./fer-edge-eval for shipped weights)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of tables."),
+) -> None:
+    """Accuracy, macro-F1, per-class report and confusion matrix of a checkpoint on a labelled split."""
+    from fer_edge.training import evaluate
+    from fer_edge.weights import WEIGHTS_DIR, resolve_checkpoint
+
+    if out is None:
+        parent = resolve_checkpoint(checkpoint).resolve().parent
+        out = Path("fer-edge-eval") if parent == WEIGHTS_DIR else parent
+    r = evaluate(checkpoint, data, split, tta=tta, device=device, out_dir=out, progress=not as_json)
+    if as_json:
+        typer.echo(json.dumps(r.to_dict()))
+        return
+    from rich.table import Table
+
+    console.print(f"[bold]{r.model}[/] ({r.checkpoint}) on {r.split} (n={r.n}{', flip TTA' if r.tta else ''}): "
+                  f"accuracy [bold]{r.accuracy:.4f}[/], macro-F1 {r.macro_f1:.4f}")
+    t = Table("class", "precision", "recall", "F1", "support")
+    for name, v in r.per_class.items():
+        t.add_row(name, f"{v['precision']:.3f}", f"{v['recall']:.3f}", f"{v['f1']:.3f}", str(v["support"]))
+    console.print(t)
+    console.print(f"confusion matrix: {r.confusion_png}")

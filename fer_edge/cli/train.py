@@ -1,0 +1,113 @@
+"""``fer-edge train``."""
+from __future__ import annotations
+
+import json
+from enum import Enum
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from fer_edge.cli import app
+from fer_edge.cli.common import console, handle_errors
+
+
+class Optimizer(str, Enum):
+    adamw = "adamw"
+    adam = "adam"
+    sgd = "sgd"
+
+
+class Scheduler(str, Enum):
+    onecycle = "onecycle"
+    cosine = "cosine"
+    step = "step"
+    none = "none"
+
+
+class ClassWeights(str, Enum):
+    none = "none"
+    balanced = "balanced"
+    sqrt = "sqrt"
+
+
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+    mps = "mps"
+
+
+class Augment(str, Enum):
+    none = "none"
+    light = "light"
+    standard = "standard"
+    strong = "strong"
+
+
+class Amp(str, Enum):
+    auto = "auto"
+    off = "off"
+    bf16 = "bf16"
+    fp16 = "fp16"
+
+
+@app.command()
+@handle_errors
+def train(
+    data: Path = typer.Option(..., exists=True, help="FER2013 CSV (.csv/.csv.gz) or image-folder root."),
+    model: str = typer.Option("custom_cnn", help="Registered model name (see `fer-edge models`)."),
+    out: Path = typer.Option(Path("runs/run"), help="Run directory (checkpoints, metrics, plots)."),
+    model_kwargs: Optional[str] = typer.Option(None, help='Model keyword arguments as JSON, e.g. \'{"dropout": 0.1}\'.'),
+    split: Optional[str] = typer.Option(None, help="Training split (default Training / train)."),
+    val_split: Optional[str] = typer.Option(None, help="Validation split (default PublicTest / val or test)."),
+    epochs: int = typer.Option(30, min=1),
+    batch_size: int = typer.Option(128, min=1),
+    lr: float = typer.Option(3e-3, help="Peak learning rate."),
+    weight_decay: float = typer.Option(5e-4),
+    optimizer: Optimizer = typer.Option(Optimizer.adamw),
+    scheduler: Scheduler = typer.Option(Scheduler.onecycle),
+    warmup_epochs: float = typer.Option(1.0),
+    label_smoothing: float = typer.Option(0.0),
+    class_weights: ClassWeights = typer.Option(ClassWeights.none, help="Loss weights against class imbalance."),
+    mixup: float = typer.Option(0.0, help="MixUp Beta alpha (0: off)."),
+    cutmix: float = typer.Option(0.0, help="CutMix Beta alpha (0: off)."),
+    ema: float = typer.Option(0.0, help="Weight EMA decay, e.g. 0.999 (0: off)."),
+    augment: Augment = typer.Option(Augment.standard, help="Batched augmentation preset."),
+    distill: Optional[Path] = typer.Option(None, exists=True, dir_okay=False, help="Teacher checkpoint for distillation."),
+    distill_alpha: float = typer.Option(0.5),
+    distill_temperature: float = typer.Option(4.0),
+    patience: int = typer.Option(0, min=0, help="Early stopping patience in epochs (0: off)."),
+    seed: int = typer.Option(0),
+    device: Device = typer.Option(Device.auto),
+    amp: Amp = typer.Option(Amp.auto, help="Mixed precision (auto: fp16 on CUDA, off on CPU)."),
+    channels_last: bool = typer.Option(True, "--channels-last/--no-channels-last"),
+    threads: int = typer.Option(0, min=0, help="torch intra-op threads (0: default)."),
+    max_steps_per_epoch: int = typer.Option(0, min=0, help="Cap steps per epoch (quick runs; 0: whole split)."),
+    wandb: Optional[str] = typer.Option(None, help="Also log to this Weights & Biases project."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from last.pt (repeat the same options)."),
+    progress: bool = typer.Option(True, "--progress/--no-progress"),
+) -> None:
+    """Train a model on FER2013 and write a run directory (best.pt, last.pt, metrics, plots)."""
+    from fer_edge.errors import TrainingError
+    from fer_edge.training import TrainConfig, train as run_train
+
+    try:
+        kwargs = json.loads(model_kwargs) if model_kwargs else {}
+    except json.JSONDecodeError as e:
+        raise TrainingError(f"--model-kwargs is not valid JSON: {e}") from None
+    cfg = TrainConfig(
+        data=str(data), model=model, out=str(out), model_kwargs=kwargs, split=split, val_split=val_split,
+        epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, optimizer=optimizer.value,
+        scheduler=scheduler.value, warmup_epochs=warmup_epochs, label_smoothing=label_smoothing,
+        class_weights=class_weights.value, mixup=mixup, cutmix=cutmix, ema=ema, augment=augment.value,
+        distill=str(distill) if distill else None, distill_alpha=distill_alpha,
+        distill_temperature=distill_temperature, patience=patience, seed=seed, device=device.value, amp=amp.value,
+        channels_last=channels_last, num_threads=threads, max_steps_per_epoch=max_steps_per_epoch, wandb=wandb,
+    )
+    result = run_train(cfg, resume=resume, progress=progress)
+    console.print(
+        f"best val accuracy [bold]{result.best_accuracy:.4f}[/] at epoch {result.best_epoch} "
+        f"({result.epochs_run} epochs{', stopped early' if result.stopped_early else ''}); run in {result.out_dir}"
+    )
+

@@ -1,0 +1,552 @@
+"""``fer-edge train``: the training loop.
+
+The training split lives on the training device as uint8; each batch is indexed,
+converted and augmented there with tensor ops (no DataLoader, no per-image PIL).
+Every epoch reseeds torch's RNG from (seed, epoch), so a run resumed from ``last.pt``
+repeats exactly what an uninterrupted run would have done.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from fer_edge.checkpoint import load_checkpoint, save_checkpoint
+from fer_edge.constants import LABELS
+from fer_edge.errors import TrainingError
+from fer_edge.metrics import classification_metrics
+from fer_edge.preprocess import Normalization
+from fer_edge.training.augment import PRESETS, augment_batch, mix_batch
+from fer_edge.training.config import TrainConfig
+from fer_edge.utils import write_json_atomic, write_text_atomic
+
+OPTIMIZERS = ("adamw", "adam", "sgd")
+SCHEDULERS = ("onecycle", "cosine", "step", "none")
+CLASS_WEIGHTS = ("none", "balanced", "sqrt")
+HISTORY_FIELDS = (
+    "epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_macro_f1", "lr",
+    "epoch_seconds", "images_per_second",
+)
+
+
+@dataclass
+class TrainResult:
+    out_dir: Path
+    best_accuracy: float
+    best_epoch: int
+    epochs_run: int
+    history: list[dict] = field(default_factory=list)
+    stopped_early: bool = False
+
+
+# --- set-up helpers -------------------------------------------------------------
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise TrainingError("--device cuda: no CUDA device is available here (try --device auto)")
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    if name == "mps":
+        if not (getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()):
+            raise TrainingError("--device mps: MPS is not available here (try --device auto)")
+        return torch.device("mps")
+    if name == "cpu":
+        return torch.device("cpu")
+    raise TrainingError(f"unknown device {name!r}; valid: auto, cpu, cuda, mps")
+
+
+def validate_config(cfg: TrainConfig) -> None:
+    """Collect every bad option, then fail once listing them all."""
+    problems = []
+    if cfg.optimizer not in OPTIMIZERS:
+        problems.append(f"--optimizer {cfg.optimizer!r}: valid: {', '.join(OPTIMIZERS)}")
+    if cfg.scheduler not in SCHEDULERS:
+        problems.append(f"--scheduler {cfg.scheduler!r}: valid: {', '.join(SCHEDULERS)}")
+    if cfg.class_weights not in CLASS_WEIGHTS:
+        problems.append(f"--class-weights {cfg.class_weights!r}: valid: {', '.join(CLASS_WEIGHTS)}")
+    if cfg.augment not in PRESETS:
+        problems.append(f"--augment {cfg.augment!r}: valid: {', '.join(PRESETS)}")
+    if cfg.amp not in ("auto", "off", "bf16", "fp16"):
+        problems.append(f"--amp {cfg.amp!r}: valid: auto, off, bf16, fp16")
+    for name, lo in (("epochs", 1), ("batch_size", 1)):
+        if getattr(cfg, name) < lo:
+            problems.append(f"--{name.replace('_', '-')} must be at least {lo}")
+    if cfg.lr <= 0:
+        problems.append("--lr must be positive")
+    if not 0 <= cfg.label_smoothing < 1:
+        problems.append("--label-smoothing must be in [0, 1)")
+    if cfg.mixup < 0 or cfg.cutmix < 0:
+        problems.append("--mixup and --cutmix take a non-negative Beta alpha")
+    if not 0 <= cfg.ema < 1:
+        problems.append("--ema takes a decay in [0, 1), e.g. 0.999")
+    if cfg.patience < 0:
+        problems.append("--patience must be >= 0")
+    if problems:
+        raise TrainingError("bad training options:\n  " + "\n  ".join(problems))
+
+
+def class_weight_tensor(labels: torch.Tensor, mode: str, num_classes: int) -> torch.Tensor | None:
+    if mode == "none":
+        return None
+    counts = torch.bincount(labels.cpu(), minlength=num_classes).float().clamp(min=1)
+    w = counts.sum() / (num_classes * counts)
+    if mode == "sqrt":
+        w = w.sqrt()
+    return w / (w * counts).sum() * counts.sum()  # keep the mean loss scale
+
+
+def make_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+    decay, no_decay = [], []
+    for p in model.parameters():
+        (no_decay if p.ndim <= 1 else decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=0.9, nesterov=True)
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(groups, lr=cfg.lr)
+    return torch.optim.AdamW(groups, lr=cfg.lr)
+
+
+def make_scheduler(cfg: TrainConfig, opt: torch.optim.Optimizer, steps_per_epoch: int):
+    total = cfg.epochs * steps_per_epoch
+    if cfg.scheduler == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(
+            opt, max_lr=cfg.lr, total_steps=total, pct_start=min(0.3, max(cfg.warmup_epochs / cfg.epochs, 0.01))
+        )
+    if cfg.scheduler == "cosine":
+        warm = int(cfg.warmup_epochs * steps_per_epoch)
+
+        def f(step: int) -> float:
+            if step < warm:
+                return (step + 1) / warm
+            t = (step - warm) / max(1, total - warm)
+            return 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
+
+        return torch.optim.lr_scheduler.LambdaLR(opt, f)
+    if cfg.scheduler == "step":
+        step = max(1, int(total / 3))
+        return torch.optim.lr_scheduler.StepLR(opt, step_size=step, gamma=0.1)
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+
+
+def autocast_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
+    if cfg.amp == "off":
+        return None
+    if cfg.amp == "bf16":
+        return torch.bfloat16
+    if cfg.amp == "fp16":
+        return torch.float16
+    # auto: fp16 mixed precision on CUDA; off on CPU and MPS (bf16 measured no faster on CPU, see README)
+    return torch.float16 if device.type == "cuda" else None
+
+
+def data_fingerprint(split) -> dict:
+    fp = dict(getattr(split, "fingerprint", {}) or {})
+    fp.setdefault("source", str(split.source))
+    fp.setdefault("split", split.split)
+    fp.setdefault("n", len(split.labels))
+    return fp
+
+
+# --- distributed ----------------------------------------------------------------
+class _Dist:
+    """torchrun support: DDP when WORLD_SIZE > 1, a no-op otherwise."""
+
+    def __init__(self, device: torch.device):
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.enabled = self.world > 1
+        if self.enabled and not torch.distributed.is_initialized():
+            backend = "nccl" if device.type == "cuda" else "gloo"
+            if device.type == "cuda":
+                torch.cuda.set_device(device)
+            torch.distributed.init_process_group(backend)
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def shard(self, idx: torch.Tensor) -> torch.Tensor:
+        return idx[self.rank :: self.world] if self.enabled else idx
+
+    def sum(self, t: torch.Tensor) -> torch.Tensor:
+        if self.enabled:
+            torch.distributed.all_reduce(t)
+        return t
+
+    def close(self) -> None:
+        if self.enabled and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+# --- evaluation -------------------------------------------------------------------
+@torch.no_grad()
+def predict_logits(model: torch.nn.Module, images_u8: torch.Tensor, norm: Normalization, device: torch.device,
+                   batch_size: int = 512, tta: bool = False, channels_last: bool = False) -> torch.Tensor:
+    """Logits for uint8 N x 48 x 48 images (on any device), batched; ``tta`` averages with the mirror."""
+    model.eval()
+    out = []
+    for i in range(0, len(images_u8), batch_size):
+        x = images_u8[i : i + batch_size].to(device, non_blocking=True).float().unsqueeze(1)
+        x = (x / 255.0 - norm.mean) / norm.std
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        logits = model(x).float()
+        if tta:
+            logits = (logits + model(torch.flip(x, dims=[3])).float()) / 2
+        out.append(logits.cpu())
+    return torch.cat(out) if out else torch.zeros(0, len(LABELS))
+
+
+# --- the loop ---------------------------------------------------------------------
+class Trainer:
+    def __init__(self, cfg: TrainConfig, progress: bool = True, console=None):
+        validate_config(cfg)
+        self.cfg = cfg
+        self.progress = progress
+        self.out = Path(cfg.out)
+        self.device = resolve_device(cfg.device)
+        self.dist = _Dist(self.device)
+        if console is None:
+            from rich.console import Console
+
+            console = Console(stderr=True)
+        self.console = console
+
+    def log(self, msg: str) -> None:
+        if self.dist.main:
+            self.console.print(msg)
+
+    def _load_data(self):
+        from fer_edge.data import default_train_split, default_val_split, load_split
+
+        cfg = self.cfg
+        train_split = cfg.split or default_train_split(cfg.data)
+        val_split = cfg.val_split or default_val_split(cfg.data)
+        train = load_split(cfg.data, train_split, progress=self.progress and self.dist.main)
+        val = load_split(cfg.data, val_split, progress=self.progress and self.dist.main)
+        return train, val
+
+    def run(self, resume: bool = False) -> TrainResult:
+        cfg, device = self.cfg, self.device
+        from fer_edge.models import count_params, create_model
+
+        if cfg.num_threads:
+            torch.set_num_threads(cfg.num_threads)
+        last_path = self.out / "last.pt"
+        state = None
+        if resume:
+            if not last_path.is_file():
+                raise TrainingError(f"--resume: {last_path} does not exist; start without --resume")
+            ck = load_checkpoint(last_path)
+            saved = ck.train_config
+            diffs = [k for k in ("data", "model", "model_kwargs", "seed", "batch_size", "epochs", "lr", "optimizer",
+                                 "scheduler") if k in saved and saved[k] != getattr(cfg, k)]
+            if diffs:
+                raise TrainingError(
+                    f"--resume: options differ from the run in {self.out}: "
+                    + ", ".join(f"{k} was {saved[k]!r}, now {getattr(cfg, k)!r}" for k in diffs)
+                )
+            state = ck.raw.get("resume")
+            if not state:
+                raise TrainingError(f"--resume: {last_path} has no resume state")
+        elif last_path.exists() and self.dist.main:
+            raise TrainingError(
+                f"{self.out} already holds a run (last.pt); pass --resume to continue it or choose another --out"
+            )
+
+        train, val = self._load_data()
+        if len(train.labels) == 0 or len(val.labels) == 0:
+            raise TrainingError("empty training or validation split")
+        labels = list(LABELS)
+        x_train = train.images.to(device)
+        y_train = train.labels.to(device)
+        # normalisation measured on the training split (stored in every checkpoint and artifact)
+        if state is not None:
+            norm = Normalization.from_dict(state["normalization"])
+        else:
+            f = train.images.float() / 255.0
+            norm = Normalization(round(float(f.mean()), 4), round(float(f.std()), 4))
+
+        torch.manual_seed(cfg.seed)
+        model = create_model(cfg.model, num_classes=len(labels), **cfg.model_kwargs).to(device)
+        if cfg.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        n_params = count_params(model)
+        opt = make_optimizer(cfg, model)
+        per_rank_batch = max(1, cfg.batch_size // self.dist.world)
+        steps = len(x_train) // cfg.batch_size  # drop the last partial batch: steady BN statistics
+        if steps == 0:
+            steps = 1
+        if cfg.max_steps_per_epoch:
+            steps = min(steps, cfg.max_steps_per_epoch)
+        sched = make_scheduler(cfg, opt, steps)
+        amp_dtype = autocast_dtype(cfg, device)
+        scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+        cw = class_weight_tensor(train.labels, cfg.class_weights, len(labels))
+        cw = cw.to(device) if cw is not None else None
+        aug = PRESETS[cfg.augment]
+
+        ema = None
+        if cfg.ema > 0:
+            from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+            ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=True)
+
+        teacher = None
+        if cfg.distill:
+            tck = load_checkpoint(cfg.distill)
+            if tck.labels != labels:
+                raise TrainingError(f"--distill {cfg.distill}: teacher labels {tck.labels} differ from {labels}")
+            teacher = tck.build_model().to(device).eval()
+            tnorm = tck.normalization
+            for p in teacher.parameters():
+                p.requires_grad_(False)
+
+        ddp_model = model
+        if self.dist.enabled:
+            ddp_model = torch.nn.parallel.DistributedDataParallel(
+                model, device_ids=[device.index] if device.type == "cuda" else None
+            )
+
+        history: list[dict] = []
+        best_acc, best_epoch, start_epoch, bad_epochs = -1.0, 0, 0, 0
+        if state is not None:
+            model.load_state_dict(state["model"])
+            opt.load_state_dict(state["optimizer"])
+            sched.load_state_dict(state["scheduler"])
+            scaler.load_state_dict(state["scaler"])
+            if ema is not None and state.get("ema") is not None:
+                ema.load_state_dict(state["ema"])
+            history = list(state["history"])
+            best_acc, best_epoch = float(state["best_accuracy"]), int(state["best_epoch"])
+            bad_epochs = int(state["bad_epochs"])
+            start_epoch = int(state["epoch"])
+            self.log(f"resuming {self.out} at epoch {start_epoch + 1}/{cfg.epochs}")
+        else:
+            self.out.mkdir(parents=True, exist_ok=True)
+
+        self.log(
+            f"[bold]{cfg.model}[/] ({n_params:,} params) on {device}, "
+            f"train {train.split} n={len(x_train):,}, val {val.split} n={len(val.labels):,}, "
+            f"normalization mean={norm.mean} std={norm.std}"
+        )
+        wandb_run = self._wandb_init(n_params) if self.dist.main else None
+        fingerprint = {"train": data_fingerprint(train), "val": data_fingerprint(val)}
+        stopped_early = False
+        eval_model = ema.module if ema is not None else model
+
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        prog = Progress(
+            TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]:.3f} acc {task.fields[acc]:.3f} {task.fields[ips]:.0f} img/s"),
+            TimeRemainingColumn(), console=self.console, disable=not (self.progress and self.dist.main),
+            transient=True,
+        )
+        try:
+            with prog:
+                for epoch in range(start_epoch, cfg.epochs):
+                    torch.manual_seed(cfg.seed * 100_003 + epoch)
+                    t0 = time.perf_counter()
+                    perm = torch.randperm(len(x_train), device=device)
+                    task = prog.add_task("train", total=steps, epoch=f"{epoch + 1}/{cfg.epochs}", loss=0.0, acc=0.0,
+                                         ips=0.0)
+                    ddp_model.train()
+                    loss_sum = torch.zeros((), device=device)
+                    correct = torch.zeros((), device=device)
+                    seen = 0
+                    for step in range(steps):
+                        idx = self.dist.shard(perm[step * cfg.batch_size : (step + 1) * cfg.batch_size])
+                        xb = x_train[idx].unsqueeze(1).float().div_(255.0)
+                        yb = y_train[idx]
+                        xb = augment_batch(xb, aug)
+                        xb, ya, yb2, lam = mix_batch(xb, yb, cfg.mixup, cfg.cutmix)
+                        xn = (xb - norm.mean) / norm.std
+                        if cfg.channels_last:
+                            xn = xn.contiguous(memory_format=torch.channels_last)
+                        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+                            logits = ddp_model(xn)
+                            loss = lam * F.cross_entropy(logits, ya, weight=cw, label_smoothing=cfg.label_smoothing)
+                            if lam < 1.0:
+                                loss = loss + (1 - lam) * F.cross_entropy(
+                                    logits, yb2, weight=cw, label_smoothing=cfg.label_smoothing
+                                )
+                            if teacher is not None:
+                                with torch.no_grad():
+                                    tx = (xb - tnorm.mean) / tnorm.std
+                                    tlogits = teacher(tx).float()
+                                temp = cfg.distill_temperature
+                                kd = F.kl_div(
+                                    F.log_softmax(logits.float() / temp, 1), F.softmax(tlogits / temp, 1),
+                                    reduction="batchmean",
+                                ) * temp * temp
+                                loss = (1 - cfg.distill_alpha) * loss + cfg.distill_alpha * kd
+                        opt.zero_grad(set_to_none=True)
+                        scaler.scale(loss).backward()
+                        scaler.step(opt)
+                        scaler.update()
+                        sched.step()
+                        if ema is not None:
+                            ema.update_parameters(model)
+                        bs = len(idx)
+                        loss_sum += loss.detach() * bs
+                        correct += (logits.detach().argmax(1) == ya).sum()
+                        seen += bs
+                        if step % 10 == 0 or step == steps - 1:
+                            el = time.perf_counter() - t0
+                            prog.update(task, completed=step + 1, loss=float(loss_sum) / seen,
+                                        acc=float(correct) / seen, ips=seen * self.dist.world / max(el, 1e-9))
+                    prog.remove_task(task)
+                    totals = self.dist.sum(torch.stack([loss_sum, correct, torch.tensor(float(seen), device=device)]))
+                    train_loss = float(totals[0] / totals[2])
+                    train_acc = float(totals[1] / totals[2])
+                    epoch_s = time.perf_counter() - t0
+
+                    row = {
+                        "epoch": epoch + 1, "train_loss": train_loss, "train_accuracy": train_acc,
+                        "lr": opt.param_groups[0]["lr"], "epoch_seconds": round(epoch_s, 2),
+                        "images_per_second": round(float(totals[2]) / epoch_s, 1),
+                    }
+                    do_val = (epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs
+                    improved = False
+                    metrics = None
+                    if do_val:
+                        logits_val = predict_logits(eval_model, val.images, norm, device,
+                                                    channels_last=cfg.channels_last)
+                        val_loss = float(F.cross_entropy(logits_val, val.labels))
+                        metrics = classification_metrics(val.labels.numpy(), logits_val.argmax(1).numpy(), labels)
+                        row.update(val_loss=val_loss, val_accuracy=metrics["accuracy"],
+                                   val_macro_f1=metrics["macro_f1"])
+                        improved = metrics["accuracy"] > best_acc
+                        if improved:
+                            best_acc, best_epoch, bad_epochs = metrics["accuracy"], epoch + 1, 0
+                        else:
+                            bad_epochs += 1
+                    history.append(row)
+                    self.log(
+                        f"epoch {epoch + 1}/{cfg.epochs}  loss {train_loss:.4f}  acc {train_acc:.4f}"
+                        + (f"  val_loss {row['val_loss']:.4f}  val_acc {row['val_accuracy']:.4f}"
+                           f"  val_f1 {row['val_macro_f1']:.4f}" if do_val else "")
+                        + f"  {row['images_per_second']:.0f} img/s  {epoch_s:.1f}s" + ("  *" if improved else "")
+                    )
+                    if wandb_run is not None:
+                        wandb_run.log(row, step=epoch + 1)
+                    if self.dist.main:
+                        base = {
+                            "model": cfg.model, "model_kwargs": cfg.model_kwargs, "labels": labels,
+                            "normalization": norm.to_dict(), "train_config": cfg.to_dict(), "data": fingerprint,
+                            "epoch": epoch + 1,
+                        }
+                        if improved:
+                            save_checkpoint(self.out / "best.pt", {
+                                **base, "state_dict": eval_model.state_dict(),
+                                "metrics": {"val_accuracy": metrics["accuracy"], "val_macro_f1": metrics["macro_f1"],
+                                            "val_split": val.split, "epoch": epoch + 1, "params": n_params},
+                            })
+                            self._write_eval_outputs(metrics, val.split)
+                        stop = cfg.patience > 0 and bad_epochs >= cfg.patience
+                        resume_state = {
+                            "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                            "scaler": scaler.state_dict(), "ema": ema.state_dict() if ema is not None else None,
+                            "history": history, "best_accuracy": best_acc, "best_epoch": best_epoch,
+                            "bad_epochs": bad_epochs, "epoch": epoch + 1, "normalization": norm.to_dict(),
+                        }
+                        save_checkpoint(last_path, {
+                            **base, "state_dict": eval_model.state_dict(), "resume": resume_state,
+                            "metrics": {"val_accuracy": row.get("val_accuracy"), "epoch": epoch + 1},
+                        })
+                        self._write_history(history)
+                        self._write_metrics(history, best_acc, best_epoch, n_params, device, stop or epoch + 1 == cfg.epochs)
+                    if cfg.patience > 0 and bad_epochs >= cfg.patience:
+                        self.log(f"early stop: no val improvement in {cfg.patience} epochs (best {best_acc:.4f} "
+                                 f"at epoch {best_epoch})")
+                        stopped_early = True
+                        break
+        except KeyboardInterrupt:
+            self.log(f"[yellow]interrupted; the last finished epoch is in {last_path}: continue with --resume[/]")
+            raise
+        finally:
+            if wandb_run is not None:
+                wandb_run.finish()
+            self.dist.close()
+        if self.dist.main:
+            self._plot_curves(history)
+        return TrainResult(self.out, best_acc, best_epoch, len(history), history, stopped_early)
+
+    # --- outputs ----------------------------------------------------------------
+    def _write_history(self, history: list[dict]) -> None:
+        import io
+
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=HISTORY_FIELDS, extrasaction="ignore")
+        w.writeheader()
+        for row in history:
+            w.writerow(row)
+        write_text_atomic(self.out / "history.csv", buf.getvalue())
+
+    def _write_metrics(self, history, best_acc, best_epoch, n_params, device, final: bool) -> None:
+        prev = {}
+        p = self.out / "metrics.json"
+        if p.is_file():
+            try:
+                prev = json.loads(p.read_text())
+            except json.JSONDecodeError:
+                prev = {}
+        prev.update({
+            "model": self.cfg.model, "params": n_params, "best_val_accuracy": best_acc, "best_epoch": best_epoch,
+            "epochs_run": len(history), "finished": final, "device": str(device),
+            "train_seconds": round(sum(r["epoch_seconds"] for r in history), 1),
+            "last": history[-1] if history else None,
+        })
+        write_json_atomic(p, prev)
+
+    def _write_eval_outputs(self, metrics: dict, split: str) -> None:
+        from fer_edge.training.plots import plot_confusion
+
+        p = self.out / "metrics.json"
+        prev = json.loads(p.read_text()) if p.is_file() else {}
+        prev["best_val"] = {"split": split, **{k: metrics[k] for k in ("accuracy", "macro_f1", "n", "per_class",
+                                                                        "confusion")}}
+        write_json_atomic(p, prev)
+        rows = ["class,precision,recall,f1,support"] + [
+            f"{k},{v['precision']:.4f},{v['recall']:.4f},{v['f1']:.4f},{v['support']}"
+            for k, v in metrics["per_class"].items()
+        ]
+        write_text_atomic(self.out / "per_class.csv", "\n".join(rows) + "\n")
+        plot_confusion(np.asarray(metrics["confusion"]), list(LABELS), self.out / "confusion_matrix.png",
+                       title=f"{self.cfg.model} on {split}: accuracy {metrics['accuracy']:.4f}")
+
+    def _plot_curves(self, history: list[dict]) -> None:
+        from fer_edge.training.plots import plot_curves
+
+        if history:
+            plot_curves(history, self.out / "curves.png", title=self.cfg.model)
+
+    def _wandb_init(self, n_params: int):
+        if not self.cfg.wandb:
+            return None
+        try:
+            import wandb
+        except ImportError:
+            raise TrainingError("--wandb needs the wandb package: pip install 'fer-edge[wandb]'") from None
+        return wandb.init(project=self.cfg.wandb, config={**self.cfg.to_dict(), "params": n_params},
+                          dir=str(self.out), name=self.out.name, resume="allow")
+
+
+def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> TrainResult:
+    """Train ``cfg.model`` on ``cfg.data`` and write the run directory ``cfg.out``."""
+    return Trainer(cfg, progress=progress).run(resume=resume)

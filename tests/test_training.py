@@ -1,0 +1,156 @@
+"""Training, resume, eval and their CLI, on tiny synthetic data."""
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from fer_edge.checkpoint import load_checkpoint
+from fer_edge.cli import app
+from fer_edge.errors import TrainingError
+from fer_edge.training import TrainConfig, train
+from fer_edge.training.augment import PRESETS, augment_batch, mix_batch
+
+runner = CliRunner()
+
+
+def _cfg(data, out, **kw):
+    base = dict(data=str(data), model="simple_cnn", out=str(out), epochs=3, batch_size=32, lr=3e-3, seed=0,
+                device="cpu", augment="light", max_steps_per_epoch=6)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_training_beats_chance_and_writes_run_dir(synthetic_csv, tmp_path):
+    out = tmp_path / "run"
+    res = train(_cfg(synthetic_csv, out, epochs=4), progress=False)
+    assert res.best_accuracy > 0.4  # chance is 1/7
+    for name in ("best.pt", "last.pt", "metrics.json", "history.csv", "curves.png", "confusion_matrix.png",
+                 "per_class.csv"):
+        assert (out / name).is_file(), name
+    ck = load_checkpoint(out / "best.pt")
+    assert ck.model_name == "simple_cnn" and ck.labels[0] == "angry" and len(ck.labels) == 7
+    assert ck.train_config["model"] == "simple_cnn" and ck.train_config["seed"] == 0
+    assert 0 < ck.normalization.std < 1 and ck.data["train"]["split"] == "Training"
+    assert abs(ck.metrics["val_accuracy"] - res.best_accuracy) < 1e-9
+    rows = list(csv.DictReader((out / "history.csv").open()))
+    assert len(rows) == 4 and float(rows[-1]["lr"]) < float(rows[0]["lr"]) * 10
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["best_val"]["n"] == 84 and set(metrics["best_val"]["per_class"]) == set(ck.labels)
+
+
+def test_seeded_runs_are_deterministic(synthetic_csv, tmp_path):
+    a = train(_cfg(synthetic_csv, tmp_path / "a", epochs=2), progress=False)
+    b = train(_cfg(synthetic_csv, tmp_path / "b", epochs=2), progress=False)
+    assert [r["train_loss"] for r in a.history] == [r["train_loss"] for r in b.history]
+
+
+def test_resume_matches_uninterrupted_run(synthetic_csv, tmp_path):
+    full = train(_cfg(synthetic_csv, tmp_path / "full", epochs=3, ema=0.9, mixup=0.2), progress=False)
+    # "interrupt" after 2 epochs: run a 3-epoch config, stopping early by truncating at epoch 2
+    part_cfg = _cfg(synthetic_csv, tmp_path / "part", epochs=3, ema=0.9, mixup=0.2)
+    from fer_edge.training.trainer import Trainer
+
+    class Stop(Exception):
+        pass
+
+    calls = {"n": 0}
+    orig = Trainer._write_history
+
+    def write_and_maybe_stop(self, history):
+        orig(self, history)
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise Stop
+
+    Trainer._write_history = write_and_maybe_stop
+    try:
+        with pytest.raises(Stop):
+            train(part_cfg, progress=False)
+    finally:
+        Trainer._write_history = orig
+    resumed = train(part_cfg, resume=True, progress=False)
+    assert [r["train_loss"] for r in resumed.history] == [r["train_loss"] for r in full.history]
+    sa = load_checkpoint(tmp_path / "full" / "last.pt").state_dict
+    sb = load_checkpoint(tmp_path / "part" / "last.pt").state_dict
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_existing_run_is_not_overwritten_and_resume_checks_options(synthetic_csv, tmp_path):
+    cfg = _cfg(synthetic_csv, tmp_path / "r", epochs=1)
+    train(cfg, progress=False)
+    with pytest.raises(TrainingError, match="--resume"):
+        train(cfg, progress=False)
+    with pytest.raises(TrainingError, match="lr was"):
+        train(_cfg(synthetic_csv, tmp_path / "r", epochs=1, lr=0.1), resume=True, progress=False)
+    with pytest.raises(TrainingError, match="does not exist"):
+        train(_cfg(synthetic_csv, tmp_path / "none"), resume=True, progress=False)
+
+
+def test_bad_options_are_all_reported(synthetic_csv, tmp_path):
+    with pytest.raises(TrainingError) as e:
+        train(_cfg(synthetic_csv, tmp_path / "x", optimizer="lion", label_smoothing=2.0, lr=-1), progress=False)
+    msg = str(e.value)
+    assert "--optimizer" in msg and "--label-smoothing" in msg and "--lr" in msg
+
+
+def test_folder_data_and_class_weights_and_distillation(synthetic_folder, synthetic_csv, tmp_path):
+    teacher = train(_cfg(synthetic_csv, tmp_path / "t", epochs=1), progress=False)
+    res = train(_cfg(synthetic_folder, tmp_path / "s", epochs=1, class_weights="balanced", label_smoothing=0.1,
+                     distill=str(teacher.out_dir / "best.pt"), cutmix=1.0, augment="strong"), progress=False)
+    ck = load_checkpoint(res.out_dir / "best.pt")
+    assert ck.data["val"]["split"] == "val" and ck.train_config["distill"].endswith("best.pt")
+
+
+@pytest.mark.parametrize("preset", list(PRESETS))
+def test_augment_keeps_shape_and_range(preset):
+    torch.manual_seed(0)
+    x = torch.rand(16, 1, 48, 48)
+    y = augment_batch(x, PRESETS[preset])
+    assert y.shape == x.shape and float(y.min()) >= 0 and float(y.max()) <= 1
+    if PRESETS[preset] is None:
+        assert torch.equal(x, y)
+    else:
+        assert not torch.equal(x, y)
+
+
+def test_mix_batch_label_weights():
+    torch.manual_seed(0)
+    x, y = torch.rand(8, 1, 48, 48), torch.arange(8) % 7
+    xm, ya, yb, lam = mix_batch(x, y, mixup=0.4, cutmix=0.0)
+    assert xm.shape == x.shape and 0 <= lam <= 1 and torch.equal(ya, y) and sorted(yb.tolist()) == sorted(y.tolist())
+    assert mix_batch(x, y, 0, 0)[3] == 1.0
+
+
+def test_cli_train_then_eval(synthetic_csv, tmp_path):
+    out = tmp_path / "cli"
+    r = runner.invoke(app, ["train", "--data", str(synthetic_csv), "--model", "simple_cnn", "--out", str(out),
+                            "--epochs", "1", "--batch-size", "32", "--max-steps-per-epoch", "3", "--device", "cpu",
+                            "--no-progress"])
+    assert r.exit_code == 0, r.output
+    assert (out / "best.pt").is_file()
+    r = runner.invoke(app, ["eval", "--checkpoint", str(out / "best.pt"), "--data", str(synthetic_csv),
+                            "--split", "PublicTest", "--json"])
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.stdout)
+    assert res["n"] == 84 and 0 <= res["accuracy"] <= 1 and {"macro_f1", "per_class"} <= set(res)
+    assert (out / "confusion_PublicTest.png").is_file()
+    r = runner.invoke(app, ["eval", "--checkpoint", str(out / "best.pt"), "--data", str(synthetic_csv), "--tta"])
+    assert r.exit_code == 0 and "accuracy" in r.output
+
+
+def test_cli_errors_are_clear(synthetic_csv, tmp_path):
+    r = runner.invoke(app, ["train", "--data", str(synthetic_csv), "--model", "no_such_net", "--out",
+                            str(tmp_path / "x"), "--device", "cpu", "--no-progress"])
+    assert r.exit_code == 1 and "unknown model 'no_such_net'" in r.output
+    r = runner.invoke(app, ["train", "--data", str(synthetic_csv), "--optimizer", "lion"])
+    assert r.exit_code == 2 and "lion" in r.output
+    r = runner.invoke(app, ["eval", "--checkpoint", str(tmp_path / "missing.pt"), "--data", str(synthetic_csv)])
+    assert r.exit_code == 1 and "missing.pt" in r.output
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    r = runner.invoke(app, ["eval", "--checkpoint", str(bad), "--data", str(synthetic_csv)])
+    assert r.exit_code == 1 and "not a readable checkpoint" in r.output
