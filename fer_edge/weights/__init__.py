@@ -37,8 +37,23 @@ class WeightMeta:
         return WEIGHTS_DIR / self.file
 
 
-#: Shipped weights, filled in as they are trained (see README, "Pretrained models").
-PRETRAINED: dict[str, WeightMeta] = {}
+def _load_table() -> dict[str, WeightMeta]:
+    """Read ``weights.json`` (written by ``python -m fer_edge.weights.ship``) into WeightMeta entries."""
+    import json
+
+    table = WEIGHTS_DIR / "weights.json"
+    if not table.is_file():
+        return {}
+    out = {}
+    for entry in json.loads(table.read_text()):
+        entry["labels"] = tuple(entry.get("labels", LABELS))
+        entry["input_size"] = tuple(entry.get("input_size", (1, IMAGE_SIZE, IMAGE_SIZE)))
+        out[entry["name"]] = WeightMeta(**entry)
+    return out
+
+
+#: Shipped weights (see README, "Pretrained models").
+PRETRAINED: dict[str, WeightMeta] = _load_table()
 
 #: The weight used when a command gets no model.
 DEFAULT_MODEL = "small"

@@ -1,0 +1,63 @@
+"""Package a trained run's ``best.pt`` as a shipped weight and record its metadata.
+
+    python -m fer_edge.weights.ship runs/fer_small/best.pt --name small \\
+        --recipe "fer-edge train ..." --hardware "2-core x86-64 CPU" --train-time "62 min"
+
+Copies the checkpoint's model state (no optimizer state) into ``fer_edge/weights/<name>.pt``
+and writes or replaces the entry in ``weights.json``: architecture, parameters, MACs
+(counted), normalisation, labels and the metrics recorded in the checkpoint.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import typer
+
+from fer_edge.weights import WEIGHTS_DIR, WeightMeta
+
+MAX_BYTES = 4 * 1024 * 1024
+
+cli = typer.Typer(add_completion=False)
+
+
+def ship(checkpoint: Path, name: str, recipe: str, hardware: str, train_time: str,
+         extra_metrics: dict | None = None) -> WeightMeta:
+    from fer_edge.checkpoint import load_checkpoint, save_checkpoint
+    from fer_edge.errors import CheckpointError
+    from fer_edge.models import count_macs, count_params
+    from fer_edge.utils import write_json_atomic
+
+    ck = load_checkpoint(checkpoint)
+    model = ck.build_model()
+    dest = WEIGHTS_DIR / f"{name}.pt"
+    keep = {k: ck.raw[k] for k in ("model", "model_kwargs", "labels", "normalization", "train_config", "metrics",
+                                   "data", "epoch") if k in ck.raw}
+    save_checkpoint(dest, {**keep, "state_dict": model.state_dict()})
+    if dest.stat().st_size > MAX_BYTES:
+        dest.unlink()
+        raise CheckpointError(f"{name}: {dest.stat().st_size} bytes is over the {MAX_BYTES}-byte limit")
+    meta = WeightMeta(
+        name=name, architecture=ck.model_name, file=dest.name, params=count_params(model), macs=count_macs(model),
+        mean=ck.normalization.mean, std=ck.normalization.std,
+        metrics={**ck.metrics, **(extra_metrics or {})}, recipe=recipe, hardware=hardware, train_time=train_time,
+        labels=tuple(ck.labels),
+    )
+    table = WEIGHTS_DIR / "weights.json"
+    entries = [e for e in (json.loads(table.read_text()) if table.is_file() else []) if e["name"] != name]
+    entries.append(asdict(meta))
+    write_json_atomic(table, sorted(entries, key=lambda e: e["name"]))
+    return meta
+
+
+@cli.command()
+def main(checkpoint: Path = typer.Argument(..., exists=True), name: str = typer.Option(...),
+         recipe: str = typer.Option(...), hardware: str = typer.Option(...), train_time: str = typer.Option(...),
+         metrics_json: str = typer.Option("{}", help="Extra measured metrics as JSON.")) -> None:
+    meta = ship(checkpoint, name, recipe, hardware, train_time, json.loads(metrics_json))
+    typer.echo(json.dumps(asdict(meta), indent=2))
+
+
+if __name__ == "__main__":
+    cli()
