@@ -86,65 +86,65 @@ def artifact_from_file(path: str | Path) -> Artifact:
     return Artifact(p, target.name, _precision_from_name(p, target), target.runtime, size_bytes=path_size(p))
 
 
-def _manifest_entries(data: dict, where: Path) -> list[dict]:
-    entries = data.get("artifacts")
-    if entries is None and isinstance(data.get("targets"), list):
-        entries = data["targets"]
-    if not isinstance(entries, list):
-        raise ArtifactError(f"{where}: not a fer-edge export manifest (no 'artifacts' list)")
-    return [e for e in entries if isinstance(e, dict)]
+def verify_entry(entry: dict, root: Path, manifest: Path) -> None:
+    """Check every file of one manifest entry (OpenVINO: ``.xml`` and ``.bin``; Core ML: both packages'
+    companions are their own entries) against its recorded SHA-256; ArtifactError naming the file."""
+    from fer_edge.utils import sha256_path
+
+    for rec in entry.get("files") or [{"file": entry.get("file"), "sha256": entry.get("sha256")}]:
+        f = root / str(rec.get("file"))
+        if not f.exists():
+            raise ArtifactError(f"{f}: listed in {manifest} but missing -- re-export with `fer-edge export`")
+        want = rec.get("sha256")
+        if not want:
+            raise ArtifactError(f"{f}: {manifest} records no SHA-256 for it; cannot verify it")
+        got = sha256_path(f)
+        if got != want:
+            raise ArtifactError(
+                f"{f}: SHA-256 does not match {manifest} (manifest {want[:12]}..., file {got[:12]}...): "
+                "the file was modified after export; refusing to benchmark it -- re-export with `fer-edge export`"
+            )
 
 
-def read_manifest(path: str | Path, verify: bool = True) -> list[Artifact]:
-    """The artifacts a ``manifest.json`` lists, each file's SHA-256 checked against the manifest.
+def read_manifest(path: str | Path, verify: bool = True, only: set[str] | None = None) -> list[Artifact]:
+    """The artifacts a ``manifest.json`` lists (``only``: those file names), each verified first.
 
-    Entries whose export failed (no file, or a ``status`` other than ok) are left out.
+    Every file of every selected entry must match its SHA-256 in the manifest, else an
+    :class:`ArtifactError` names it. Companion entries (Core ML's ``_logits`` package,
+    which the coreml runtime picks itself) are left out: each artifact is benchmarked once.
     """
-    from fer_edge.utils import path_size, sha256_path
+    from fer_edge.exporters.manifest import load_manifest
+    from fer_edge.utils import path_size
 
     mpath = Path(path)
     if mpath.is_dir():
         mpath = mpath / MANIFEST_NAME
-    if not mpath.is_file():
-        raise ArtifactError(f"{mpath}: manifest not found")
-    try:
-        data = json.loads(mpath.read_text())
-    except (OSError, ValueError) as e:
-        raise ArtifactError(f"{mpath}: not a readable manifest ({e})") from None
-    if not isinstance(data, dict):
-        raise ArtifactError(f"{mpath}: not a fer-edge export manifest")
+    data = load_manifest(mpath)
     top_source = data.get("source") if isinstance(data.get("source"), dict) else {}
     out: list[Artifact] = []
-    for e in _manifest_entries(data, mpath):
-        file = e.get("file") or e.get("path")
-        if not file or str(e.get("status", "ok")) not in ("ok", "passed", "parity-failed", "warning"):
+    for e in data.get("artifacts") or []:
+        if not isinstance(e, dict) or not e.get("file"):
             continue
-        p = (mpath.parent / file) if not Path(file).is_absolute() else Path(file)
-        if not p.exists():
-            raise ArtifactError(f"{p}: listed in {mpath} but missing")
+        if only is not None and e["file"] not in only:
+            continue
         if verify:
-            want = e.get("sha256")
-            if not want:
-                raise ArtifactError(f"{mpath}: entry {file} has no sha256; cannot verify it")
-            got = sha256_path(p)
-            if got != want:
-                raise ArtifactError(
-                    f"{p}: SHA-256 does not match {mpath.name} (manifest {want[:12]}..., file {got[:12]}...); "
-                    "the file was modified after export -- re-export it with `fer-edge export`"
-                )
+            verify_entry(e, mpath.parent, mpath)
+        if e.get("variant", "main") != "main":
+            continue
+        p = mpath.parent / e["file"]
         target_name = e.get("target")
         if target_name not in TARGETS:
             try:
                 target_name = target_for_path(p).name
             except FerEdgeError as err:
-                raise ArtifactError(f"{mpath}: entry {file}: {err}") from None
+                raise ArtifactError(f"{mpath}: entry {e['file']}: {err}") from None
         target = TARGETS[target_name]
         src = e.get("source") if isinstance(e.get("source"), dict) else top_source
         try:
             norm = _norm(e.get("normalization") or data.get("normalization"))
             labels = _labels(e.get("labels") or data.get("labels"))
         except (ValueError, KeyError, TypeError) as err:
-            raise ArtifactError(f"{mpath}: entry {file}: bad labels/normalization ({err})") from None
+            raise ArtifactError(f"{mpath}: entry {e['file']}: bad labels/normalization ({err})") from None
         out.append(Artifact(
             path=p,
             target=target.name,
@@ -154,7 +154,7 @@ def read_manifest(path: str | Path, verify: bool = True) -> list[Artifact]:
             sha256=e.get("sha256"),
             labels=labels,
             normalization=norm,
-            model=(src or {}).get("model") or data.get("model"),
+            model=(src or {}).get("model"),
             source=dict(src or {}),
             manifest=mpath,
         ))
@@ -184,6 +184,7 @@ def collect_artifacts(specs: list[str | Path]) -> list[Artifact]:
                 out += read_manifest(p / MANIFEST_NAME)
             else:
                 found = sorted(q for q in p.iterdir() if not q.name.startswith(".")
+                               and not q.name.endswith("_logits.mlpackage")  # Core ML's companion
                                and any(q.name.endswith(t.suffix) for t in TARGETS.values()))
                 if not found:
                     raise ArtifactError(f"{p}: no manifest.json and no exported artifact "
@@ -197,11 +198,11 @@ def collect_artifacts(specs: list[str | Path]) -> list[Artifact]:
             if manifest is not None and p.suffix not in CHECKPOINT_SUFFIXES:
                 try:
                     data = json.loads(manifest.read_text())
-                    files = {str(e.get("file") or e.get("path")) for e in _manifest_entries(data, manifest)}
-                except (OSError, ValueError, ArtifactError):
+                    files = {str(e.get("file")) for e in data.get("artifacts") or [] if isinstance(e, dict)}
+                except (OSError, ValueError, AttributeError):
                     files = set()
                 if p.name in files:
-                    listed = [a for a in read_manifest(manifest) if a.path.name == p.name]
+                    listed = read_manifest(manifest, only={p.name})
             out += listed if listed else [artifact_from_file(p)]
     seen: set[str] = set()
     unique = []
@@ -221,6 +222,25 @@ def _shipped_with_sha(sha: str) -> Path | None:
         if meta.path.is_file() and sha256_path(meta.path) == sha:
             return meta.path
     return None
+
+
+def _metadata_source(art: Artifact) -> dict:
+    """``{"sha256", "model"}`` of the source checkpoint from the artifact's embedded metadata ({} if unreadable)."""
+    try:
+        from fer_edge.runtimes import get_runtime
+
+        cls = get_runtime(art.runtime)
+        if not cls.available()[0]:
+            return {}
+        md = dict(cls(art.path).metadata() or {})
+    except Exception:
+        return {}
+    out = {}
+    if md.get("source_sha256"):
+        out["sha256"] = str(md["source_sha256"])
+    if md.get("model"):
+        out["model"] = str(md["model"])
+    return out
 
 
 def resolve_reference(artifacts: list[Artifact], reference: str | Path | None = None) -> tuple[Path, list[str]]:
@@ -246,12 +266,14 @@ def resolve_reference(artifacts: list[Artifact], reference: str | Path | None = 
         return ckpts[0].path, notes
     sources = {}
     for a in artifacts:
+        if not (a.source.get("sha256") or a.source.get("path")):
+            a.source = {**a.source, **_metadata_source(a)}
         if a.source.get("sha256") or a.source.get("path"):
             sources[(a.source.get("path"), a.source.get("sha256"))] = a
     if not sources:
         raise ArtifactError(
-            "cannot tell which checkpoint the artifacts came from (no manifest with a 'source'); "
-            "pass --reference CHECKPOINT"
+            "cannot tell which checkpoint the artifacts came from (no manifest 'source', no 'source_sha256' "
+            "in their metadata); pass --reference CHECKPOINT"
         )
     if len({sha for _, sha in sources}) > 1:
         notes.append("the artifacts come from several checkpoints; the first one is the reference")

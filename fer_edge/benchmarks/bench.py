@@ -84,6 +84,12 @@ def _err(e: BaseException) -> str:
     return f"{type(e).__name__}: {msg}"[:500] if msg else type(e).__name__
 
 
+def _finite(v) -> float | None:
+    """A float for JSON, None for NaN/inf (non-finite logits are reported by the parity reasons)."""
+    v = float(v)
+    return v if np.isfinite(v) else None
+
+
 def _device_aliases(device: str) -> set[str]:
     """Names ``--devices`` accepts for a runtime device: ``cpu`` selects CPU everywhere."""
     d = device.lower()
@@ -183,70 +189,38 @@ def run_in_chunks(run: Callable[[np.ndarray], np.ndarray], x: np.ndarray, batch:
 
 
 # --- thresholds -------------------------------------------------------------------------
-def resolve_thresholds(overrides: dict | None):
-    """The export gate's thresholds (``fer_edge.parity``), with ``{"field": value}`` overrides applied.
-
-    Returns what :func:`fer_edge.parity.check` takes as ``thresholds`` (None: its defaults).
-    """
-    if not overrides:
-        return None
-    import dataclasses
-
-    from fer_edge import parity
-
-    base = getattr(parity, "DEFAULT_THRESHOLDS", None)
-    if isinstance(base, dict):
-        out = {}
-        for prec, th in base.items():
-            valid = {f.name for f in dataclasses.fields(th)}
-            bad = sorted(set(overrides) - valid)
-            if bad:
-                raise FerEdgeError(f"unknown parity threshold {', '.join(bad)}; valid: {', '.join(sorted(valid))}")
-            out[prec] = dataclasses.replace(th, **overrides)
-        return out
-    valid = {f.name for f in dataclasses.fields(parity.Thresholds)}
-    bad = sorted(set(overrides) - valid)
-    if bad:
-        raise FerEdgeError(f"unknown parity threshold {', '.join(bad)}; valid: {', '.join(sorted(valid))}")
-    return parity.Thresholds(**overrides)
-
-
 def thresholds_dict(thresholds) -> dict:
-    import dataclasses
-
+    """The full per-precision threshold table in force (the export gate's defaults where not overridden)."""
     from fer_edge import parity
 
-    if thresholds is None:
-        thresholds = getattr(parity, "DEFAULT_THRESHOLDS", None)
-    if isinstance(thresholds, dict):
-        return {str(getattr(k, "value", k)): (dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v)
-                for k, v in thresholds.items()}
-    if dataclasses.is_dataclass(thresholds):
-        return {"all": dataclasses.asdict(thresholds)}
-    return {}
+    if isinstance(thresholds, parity.Thresholds):
+        return {p.value: thresholds.to_dict() for p in parity.DEFAULT_THRESHOLDS}
+    table = parity.with_overrides(None, thresholds or None)
+    return {p.value: t.to_dict() for p, t in table.items()}
 
 
 # --- default artifacts -------------------------------------------------------------------
-def default_artifacts(notes: list[str]) -> list[Artifact]:
-    """The shipped default model's exported artifacts, from the cache (exported there once)."""
+def default_artifacts(notes: list[str], data: str | Path | None = None) -> list[Artifact]:
+    """The shipped default model's artifacts: exported once into the cache, then reused.
+
+    ``$FER_EDGE_CACHE_DIR/exports/<checkpoint>-<sha256[:12]>/``; int8 is calibrated on
+    ``data`` (its training split) when given. A cached export whose files no longer match
+    its manifest is refused like any other.
+    """
     from fer_edge.data import cache_dir
+    from fer_edge.exporters import export_artifacts
     from fer_edge.utils import sha256_path
     from fer_edge.weights import resolve_checkpoint
 
     ckpt = resolve_checkpoint(None)  # a clear CheckpointError until a model ships
     out = cache_dir() / "exports" / f"{ckpt.stem}-{sha256_path(ckpt)[:12]}"
-    if (out / MANIFEST_NAME).is_file():
+    if not (out / MANIFEST_NAME).is_file():
+        notes.append(f"exported the shipped model {ckpt.name} into {out} (reused next time)")
+        result = export_artifacts(ckpt, out, calib_data=data, data_progress=False, raise_on_failure=False)
+        for f in result.failed:
+            notes.append(f"export of the shipped model: {f['target']} {f['precision']} failed: {f['reason']}")
+    else:
         notes.append(f"benchmarking the shipped model's artifacts cached in {out}")
-        return read_manifest(out / MANIFEST_NAME)
-    try:
-        from fer_edge.exporters import export_artifacts  # type: ignore[attr-defined]
-    except ImportError:
-        raise ArtifactError(
-            f"no artifacts given and none cached in {out}; export them first with "
-            f"`fer-edge export {ckpt} --out {out}` or pass ARTIFACT_DIR"
-        ) from None
-    notes.append(f"exported the shipped model {ckpt.name} to {out}")
-    export_artifacts(ckpt, out)
     return read_manifest(out / MANIFEST_NAME)
 
 
@@ -349,7 +323,7 @@ def run_bench(
     rounds: int = DEFAULT_ROUNDS,
     n_images: int | None = None,
     seed: int = 0,
-    thresholds: dict | None = None,
+    thresholds=None,
     parity_gate: bool = True,
     runtime_options: dict[str, dict] | None = None,
     out_dir: str | Path | None = None,
@@ -358,8 +332,9 @@ def run_bench(
     """Benchmark artifacts (dirs, manifests, files; None: the shipped model's) and return the report.
 
     ``iters`` (timed calls per row) wins over ``seconds`` (time budget per row). Timing
-    is split over ``rounds`` interleaved rounds. ``thresholds``: overrides of the parity
-    thresholds' fields (e.g. ``{"min_agreement": 0.98}``). ``runtime_options``: extra
+    is split over ``rounds`` interleaved rounds. ``thresholds``: the parity thresholds, as
+    :func:`fer_edge.parity.check` takes them (None: the export gate's defaults; build
+    overrides with :func:`fer_edge.parity.with_overrides`). ``runtime_options``: extra
     keyword options per runtime name, passed to its constructor. With ``out_dir`` the
     four report files are written there. Never raises for one row: a row that fails
     to load or run is ``failed`` with the error, and the others go on.
@@ -385,12 +360,11 @@ def run_bench(
     threads = int(threads) if threads else default_threads()
     if iters is not None:
         rounds = max(1, min(rounds, iters))
-    th = resolve_thresholds(thresholds)
     runtime_options = runtime_options or {}
     notes: list[str] = []
 
     env = describe_environment()
-    arts = collect_artifacts(list(artifacts)) if artifacts else default_artifacts(notes)
+    arts = collect_artifacts(list(artifacts)) if artifacts else default_artifacts(notes, data)
     ref_path, ref_notes = resolve_reference(arts, reference)
     notes += ref_notes
     ckpt = load_checkpoint(ref_path)
@@ -478,8 +452,7 @@ def run_bench(
             logits = run_in_chunks(g.loaded[b].run, inputs.normalized(norm), b)
             stats = parity.compare(ref_logits, logits, labels=inputs.labels)
             m = classification_metrics(inputs.labels, logits.argmax(1), ckpt.labels)
-            failures = list(parity.check(stats, g.art.precision, th) if th is not None
-                            else parity.check(stats, g.art.precision))
+            failures = list(parity.check(stats, g.art.precision, thresholds))
         except Exception as e:
             for row in g.rows:
                 if row["status"] == "ok":
@@ -487,9 +460,9 @@ def run_bench(
             live = [lv for lv in live if lv.row["status"] == "ok"]
             continue
         for row in g.rows:
-            row.update(accuracy=float(m["accuracy"]), macro_f1=float(m["macro_f1"]),
-                       agreement=float(stats.agreement), max_abs_diff=float(stats.max_abs_diff),
-                       kl=float(stats.kl), flips=int(stats.flips), parity_failures=failures)
+            row.update(accuracy=_finite(m["accuracy"]), macro_f1=_finite(m["macro_f1"]),
+                       agreement=_finite(stats.agreement), max_abs_diff=_finite(stats.max_abs_diff),
+                       kl=_finite(stats.kl), flips=int(stats.flips), parity_failures=failures)
             if row["status"] == "ok":
                 row["peak_rss_mb"] = peak_rss_mb()
                 if failures:
@@ -553,7 +526,7 @@ def run_bench(
             "n_images": int(len(inputs.labels)),
             "split_size": int(inputs.split_size), "batches": batches, "threads": threads, "warmup": int(warmup),
             "iters": iters, "seconds": None if iters is not None else float(seconds), "rounds": int(rounds),
-            "seed": int(seed), "parity_gate": bool(parity_gate), "thresholds": thresholds_dict(th),
+            "seed": int(seed), "parity_gate": bool(parity_gate), "thresholds": thresholds_dict(thresholds),
             "runtimes": list(runtimes) if runtimes else None, "devices": list(devices) if devices else None,
             "artifacts": [str(a) for a in artifacts] if artifacts else None,
         },

@@ -72,19 +72,13 @@ def _parse_batches(value: str) -> list[int]:
     return out
 
 
-def _parse_thresholds(items: list[str] | None) -> dict:
-    from fer_edge.errors import FerEdgeError
+def _thresholds(**per_field):
+    """The parity threshold table: the export gate's defaults with PRECISION=VALUE overrides."""
+    from fer_edge.parity import parse_override, with_overrides
 
-    out: dict = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise FerEdgeError(f"--threshold takes NAME=VALUE, got {item!r}")
-        try:
-            out[key.strip()] = int(value) if value.strip().lstrip("-").isdigit() else float(value)
-        except ValueError:
-            raise FerEdgeError(f"--threshold {key}: {value!r} is not a number") from None
-    return out
+    overrides = {name: parse_override(values, "--" + name.replace("_", "-"))
+                 for name, values in per_field.items() if values}
+    return with_overrides(overrides) if overrides else None
 
 
 def bench_table(report):
@@ -161,9 +155,17 @@ def bench_cmd(
     out: Path = typer.Option(Path("reports/bench"), "--out", help="Report directory."),
     parity_gate: bool = typer.Option(True, "--parity-gate/--no-parity-gate",
                                      help="Exit non-zero when a row fails the parity thresholds."),
-    threshold: Optional[List[str]] = typer.Option(
-        None, "--threshold", metavar="NAME=VALUE",
-        help="Override a parity threshold (a field of fer_edge.parity.Thresholds), for every precision."),
+    min_agreement: Optional[List[str]] = typer.Option(
+        None, "--min-agreement", metavar="PREC=VALUE",
+        help="Parity: minimum top-1 agreement per precision, e.g. int8=0.97 (none disables). "
+             "Defaults: the export gate's (fer_edge.parity.DEFAULT_THRESHOLDS)."),
+    max_abs_diff: Optional[List[str]] = typer.Option(
+        None, "--max-abs-diff", metavar="PREC=VALUE", help="Parity: maximum |logit difference|, e.g. fp32=1e-3."),
+    max_kl: Optional[List[str]] = typer.Option(
+        None, "--max-kl", metavar="PREC=VALUE", help="Parity: maximum mean KL divergence (nats)."),
+    max_accuracy_drop: Optional[List[str]] = typer.Option(
+        None, "--max-accuracy-drop", metavar="PREC=VALUE",
+        help="Parity: maximum accuracy drop against the reference (fraction), e.g. int8=0.01."),
     seed: int = typer.Option(0, "--seed", help="Seed of the image subset."),
 ) -> None:
     """Latency, throughput, accuracy and parity of every artifact x runtime x device x batch size.
@@ -197,7 +199,9 @@ def bench_cmd(
         report = run_bench(
             artifacts or None, data=data, split=split, reference=reference, runtimes=rt_list, devices=dev_list,
             batches=_parse_batches(batch), threads=threads, warmup=warmup, iters=iters, seconds=seconds,
-            rounds=rounds, n_images=n_images, seed=seed, thresholds=_parse_thresholds(threshold) or None,
+            rounds=rounds, n_images=n_images, seed=seed,
+            thresholds=_thresholds(min_agreement=min_agreement, max_abs_diff=max_abs_diff, max_kl=max_kl,
+                                   max_accuracy_drop=max_accuracy_drop),
             parity_gate=parity_gate, out_dir=out, progress=progress,
         )
 
