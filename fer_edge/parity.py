@@ -1,0 +1,233 @@
+"""The parity gate: compare an artifact's logits with the PyTorch FP32 reference.
+
+Shared by ``fer-edge export`` (validation of every artifact) and ``fer-edge bench``::
+
+    from fer_edge.parity import compare, check, default_thresholds
+
+    stats = compare(ref_logits, logits, labels)          # ParityStats
+    problems = check(stats, "int8")                      # [] when within the defaults
+    problems = check(stats, "int8", {"int8": Thresholds(min_agreement=0.97)})
+
+Metrics (all on the same N inputs):
+
+* ``agreement``: fraction of inputs whose top-1 class equals the reference's;
+* ``max_abs_diff``: the largest absolute logit difference;
+* ``kl``: mean KL(softmax(ref) || softmax(artifact)) in nats;
+* ``flips``: number of inputs whose top-1 class changed;
+* ``accuracy`` / ``ref_accuracy``: top-1 accuracy of the artifact / reference against
+  ``labels`` (``None`` without labels).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Mapping
+
+import numpy as np
+
+from fer_edge.errors import FerEdgeError
+from fer_edge.targets import Precision
+
+
+@dataclass(frozen=True)
+class ParityStats:
+    agreement: float
+    max_abs_diff: float
+    kl: float
+    flips: int
+    n: int
+    accuracy: float | None = None
+    ref_accuracy: float | None = None
+
+    @property
+    def accuracy_drop(self) -> float | None:
+        """Reference accuracy minus artifact accuracy (a fraction; positive = worse)."""
+        if self.accuracy is None or self.ref_accuracy is None:
+            return None
+        return self.ref_accuracy - self.accuracy
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["accuracy_drop"] = self.accuracy_drop
+        return d
+
+
+def _log_softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(axis=1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+
+
+def compare(ref_logits, logits, labels=None) -> ParityStats:
+    """Parity statistics of ``logits`` against ``ref_logits`` (both N x C), optionally with true labels."""
+    ref = np.asarray(ref_logits, dtype=np.float64)
+    out = np.asarray(logits, dtype=np.float64)
+    if ref.ndim != 2 or ref.shape != out.shape:
+        raise FerEdgeError(f"cannot compare logits of shapes {ref.shape} and {out.shape}")
+    n = ref.shape[0]
+    if n == 0:
+        raise FerEdgeError("cannot compare empty logits")
+    if not np.all(np.isfinite(out)):
+        # NaN/inf logits: report the worst case rather than propagating NaN comparisons
+        bad = ~np.all(np.isfinite(out), axis=1)
+        out = np.where(np.isfinite(out), out, 0.0)
+    else:
+        bad = np.zeros(n, dtype=bool)
+    ref_top = ref.argmax(axis=1)
+    top = out.argmax(axis=1)
+    same = (ref_top == top) & ~bad
+    lp_ref = _log_softmax(ref)
+    lp = _log_softmax(out)
+    kl = float(np.mean(np.sum(np.exp(lp_ref) * (lp_ref - lp), axis=1)))
+    max_diff = float(np.inf) if bad.any() else float(np.max(np.abs(ref - out)))
+    acc = ref_acc = None
+    if labels is not None:
+        y = np.asarray(labels).reshape(-1)
+        if y.shape[0] != n:
+            raise FerEdgeError(f"{y.shape[0]} labels for {n} logits")
+        acc = float(np.mean((top == y) & ~bad))
+        ref_acc = float(np.mean(ref_top == y))
+    return ParityStats(
+        agreement=float(np.mean(same)),
+        max_abs_diff=max_diff,
+        kl=kl,
+        flips=int(n - same.sum()),
+        n=int(n),
+        accuracy=acc,
+        ref_accuracy=ref_acc,
+    )
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Limits for one precision; ``None`` disables a check.
+
+    min_agreement: top-1 agreement with the reference (fraction, 0..1).
+    max_abs_diff: largest absolute logit difference.
+    max_kl: mean KL divergence of the softmax (nats).
+    max_accuracy_drop: reference accuracy minus artifact accuracy (fraction: 0.01 = 1 point);
+    checked only when labels were given.
+    """
+
+    min_agreement: float | None = None
+    max_abs_diff: float | None = None
+    max_kl: float | None = None
+    max_accuracy_drop: float | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+#: The defaults of the export gate.
+DEFAULT_THRESHOLDS: dict[Precision, Thresholds] = {
+    Precision.fp32: Thresholds(min_agreement=1.0, max_abs_diff=1e-3),
+    Precision.fp16: Thresholds(min_agreement=0.995),
+    Precision.int8: Thresholds(min_agreement=0.985, max_accuracy_drop=0.01),
+}
+
+#: Option names accepted by :func:`parse_overrides`, one per :class:`Thresholds` field.
+THRESHOLD_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Thresholds))
+
+
+def default_thresholds() -> dict[Precision, Thresholds]:
+    return dict(DEFAULT_THRESHOLDS)
+
+
+def resolve_thresholds(
+    thresholds: Mapping[Precision | str, Thresholds] | Thresholds | None, precision: Precision | str
+) -> Thresholds:
+    """The thresholds for one precision: a Thresholds as is, or looked up in a table (defaults fill gaps)."""
+    p = Precision(precision)
+    if isinstance(thresholds, Thresholds):
+        return thresholds
+    table = {Precision(k): v for k, v in (thresholds or {}).items()}
+    return table.get(p, DEFAULT_THRESHOLDS[p])
+
+
+def with_overrides(
+    overrides: Mapping[str, Mapping[Precision | str, float | None]] | None,
+    base: Mapping[Precision | str, Thresholds] | None = None,
+) -> dict[Precision, Thresholds]:
+    """A threshold table with ``{field: {precision: value}}`` applied over ``base`` (default: the defaults)."""
+    table = {Precision(k): v for k, v in (base or DEFAULT_THRESHOLDS).items()}
+    for p in Precision:
+        table.setdefault(p, DEFAULT_THRESHOLDS[p])
+    for field_name, per_precision in (overrides or {}).items():
+        if field_name not in THRESHOLD_FIELDS:
+            raise FerEdgeError(f"unknown threshold {field_name!r}; valid: {', '.join(THRESHOLD_FIELDS)}")
+        for prec, value in per_precision.items():
+            p = Precision(prec)
+            table[p] = replace(table[p], **{field_name: value})
+    return table
+
+
+def parse_override(values: list[str] | str | None, option: str) -> dict[Precision, float | None]:
+    """Parse ``["int8=0.97", "fp16=0.99,fp32=1"]`` into ``{Precision.int8: 0.97, ...}``.
+
+    ``none`` (or ``off``) as the value disables that check. Unknown precisions and
+    unparsable numbers are rejected with the valid choices.
+    """
+    if values is None:
+        return {}
+    items = [values] if isinstance(values, str) else list(values)
+    valid = [p.value for p in Precision]
+    out: dict[Precision, float | None] = {}
+    for item in items:
+        for part in str(item).split(","):
+            part = part.strip()
+            if not part:
+                continue
+            if "=" not in part:
+                raise FerEdgeError(f"{option}: expected PRECISION=VALUE (e.g. int8=0.97), got {part!r}")
+            key, _, val = part.partition("=")
+            key, val = key.strip(), val.strip()
+            if key not in valid:
+                raise FerEdgeError(f"{option}: unknown precision {key!r}; valid: {', '.join(valid)}")
+            if val.lower() in ("none", "off"):
+                out[Precision(key)] = None
+                continue
+            try:
+                num = float(val)
+            except ValueError:
+                raise FerEdgeError(f"{option}: {val!r} is not a number (in {part!r})") from None
+            if not np.isfinite(num) or num < 0:
+                raise FerEdgeError(f"{option}: {part!r} must be a finite non-negative number")
+            out[Precision(key)] = num
+    return out
+
+
+def check(
+    stats: ParityStats,
+    precision: Precision | str,
+    thresholds: Mapping[Precision | str, Thresholds] | Thresholds | None = None,
+) -> list[str]:
+    """Every threshold ``stats`` breaks, as human-readable reasons ([] = passed)."""
+    t = resolve_thresholds(thresholds, precision)
+    reasons: list[str] = []
+    if t.min_agreement is not None and not stats.agreement >= t.min_agreement:
+        reasons.append(
+            f"top-1 agreement {stats.agreement:.2%} < {t.min_agreement:.2%} ({stats.flips} of {stats.n} flipped)"
+        )
+    if t.max_abs_diff is not None and not stats.max_abs_diff < t.max_abs_diff:
+        reasons.append(f"max |logit diff| {stats.max_abs_diff:.3g} >= {t.max_abs_diff:.3g}")
+    if t.max_kl is not None and not stats.kl <= t.max_kl:
+        reasons.append(f"mean KL {stats.kl:.3g} > {t.max_kl:.3g}")
+    drop = stats.accuracy_drop
+    if t.max_accuracy_drop is not None and drop is not None and not drop <= t.max_accuracy_drop + 1e-12:
+        reasons.append(
+            f"accuracy {stats.accuracy:.2%} is {drop * 100:.2f} points below the reference's "
+            f"{stats.ref_accuracy:.2%} (max drop {t.max_accuracy_drop * 100:.2f})"
+        )
+    return reasons
+
+
+__all__ = [
+    "ParityStats",
+    "Thresholds",
+    "DEFAULT_THRESHOLDS",
+    "THRESHOLD_FIELDS",
+    "compare",
+    "check",
+    "default_thresholds",
+    "resolve_thresholds",
+    "with_overrides",
+    "parse_override",
+]
