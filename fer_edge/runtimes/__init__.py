@@ -1,0 +1,75 @@
+"""Runtimes: run an exported artifact (or a checkpoint) on N x 1 x 48 x 48 float32 input.
+
+``RUNTIMES`` maps a runtime name to its :class:`~fer_edge.runtimes.base.Runtime` class;
+:func:`runtime_for_path` picks one from a file's suffix using the targets table
+(``.pt`` checkpoints run in ``pytorch``), and :func:`load_runtime` builds a ready one::
+
+    from fer_edge.runtimes import load_runtime
+    rt = load_runtime("out/fer_nano_int8.onnx", threads=1)
+    logits = rt.run(x)              # float32 N x 7
+    rt.metadata()["labels"]         # JSON list of class names
+
+Importing this package is cheap: each runtime imports its engine inside its methods.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from fer_edge.errors import FerEdgeError, RuntimeUnavailableError
+from fer_edge.runtimes.base import Runtime
+from fer_edge.runtimes.coreml import CoreMLRuntime
+from fer_edge.runtimes.onnxruntime import OnnxRuntime
+from fer_edge.runtimes.openvino import OpenVINORuntime
+from fer_edge.runtimes.pytorch import PyTorchRuntime
+from fer_edge.runtimes.torchscript import TorchScriptRuntime
+
+RUNTIMES: dict[str, type[Runtime]] = {
+    cls.name: cls
+    for cls in (PyTorchRuntime, TorchScriptRuntime, OnnxRuntime, OpenVINORuntime, CoreMLRuntime)
+}
+
+#: Suffix of fer-edge checkpoints (not an export target: they run in ``pytorch``).
+CHECKPOINT_SUFFIX = ".pt"
+
+
+def get_runtime(name: str) -> type[Runtime]:
+    """The runtime class called ``name``; unknown names are rejected with the valid ones."""
+    try:
+        return RUNTIMES[name]
+    except KeyError:
+        raise FerEdgeError(f"unknown runtime {name!r}; valid runtimes: {', '.join(RUNTIMES)}") from None
+
+
+def runtime_for_path(path: str | Path) -> type[Runtime]:
+    """The runtime that runs ``path``: ``pytorch`` for ``.pt``, else the target's runtime from the table."""
+    from fer_edge.targets import target_for_path
+
+    if str(path).rstrip("/").endswith(CHECKPOINT_SUFFIX):
+        return get_runtime(PyTorchRuntime.name)
+    return get_runtime(target_for_path(path).runtime)
+
+
+def load_runtime(path: str | Path, runtime: str | None = None, device: str | None = None,
+                 threads: int | None = None, batch_hint: int = 1, **options) -> Runtime:
+    """Construct the runtime for ``path`` (or the one named), after checking it is available here."""
+    cls = get_runtime(runtime) if runtime else runtime_for_path(path)
+    ok, why = cls.available()
+    if not ok:
+        raise RuntimeUnavailableError(f"runtime {cls.name} is not available here: {why}")
+    return cls(path, device=device, threads=threads, batch_hint=batch_hint, **options)
+
+
+def available_runtimes() -> dict[str, tuple[bool, str]]:
+    """``{name: (available, reason)}`` for every registered runtime."""
+    return {name: cls.available() for name, cls in RUNTIMES.items()}
+
+
+__all__ = [
+    "Runtime",
+    "RUNTIMES",
+    "CHECKPOINT_SUFFIX",
+    "get_runtime",
+    "runtime_for_path",
+    "load_runtime",
+    "available_runtimes",
+]

@@ -1,0 +1,65 @@
+"""Helpers shared by the runtime modules."""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+
+from fer_edge.errors import ArtifactError, FerEdgeError, RuntimeUnavailableError
+
+
+def package_available(package: str) -> tuple[bool, str]:
+    """(True, "") when ``package`` can be imported, else (False, "package X missing (pip install X)")."""
+    try:
+        found = importlib.util.find_spec(package) is not None
+    except (ImportError, ValueError):
+        found = False
+    if found:
+        return True, ""
+    return False, f"package {package} missing (pip install {package})"
+
+
+def require_package(package: str, what: str) -> None:
+    ok, why = package_available(package)
+    if not ok:
+        raise RuntimeUnavailableError(f"{what}: {why}")
+
+
+def check_artifact(path: Path, is_dir: bool = False) -> Path:
+    path = Path(path)
+    if not path.exists():
+        raise ArtifactError(f"{path}: artifact not found")
+    if is_dir and not path.is_dir():
+        raise ArtifactError(f"{path}: expected a directory")
+    if not is_dir and not path.is_file():
+        raise ArtifactError(f"{path}: expected a file")
+    return path
+
+
+def check_device(device: str, valid: list[str], runtime: str) -> str:
+    if device not in valid:
+        raise RuntimeUnavailableError(
+            f"{runtime}: device {device!r} is not available here; available: {', '.join(valid) or 'none'}"
+        )
+    return device
+
+
+def as_input(x) -> np.ndarray:
+    """float32, C-contiguous N x 1 x 48 x 48 (a single 1 x 48 x 48 image gets a batch axis)."""
+    from fer_edge.constants import IMAGE_SIZE
+
+    arr = np.ascontiguousarray(np.asarray(x, dtype=np.float32))
+    if arr.ndim == 3:
+        arr = arr[None]
+    if arr.ndim != 4 or arr.shape[1:] != (1, IMAGE_SIZE, IMAGE_SIZE):
+        raise FerEdgeError(f"expected float32 N x 1 x {IMAGE_SIZE} x {IMAGE_SIZE} input, got shape {arr.shape}")
+    return arr
+
+
+def quiet_coremltools() -> None:
+    """coremltools logs a wall of 'Failed to load ...' (and version notes) on import off macOS:
+    keep its logger at error level."""
+    import logging
+
+    logging.getLogger("coremltools").setLevel(logging.ERROR)

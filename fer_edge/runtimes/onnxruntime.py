@@ -1,0 +1,101 @@
+"""Run an ``.onnx`` artifact with ONNX Runtime, on any available execution provider."""
+from __future__ import annotations
+
+import numpy as np
+
+from fer_edge.runtimes._common import as_input, check_artifact, package_available
+from fer_edge.runtimes.base import Runtime
+
+#: Providers listed by onnxruntime that are not local compute devices.
+_NOT_DEVICES = ("AzureExecutionProvider",)
+
+
+def _short(provider: str) -> str:
+    return provider.removesuffix("ExecutionProvider").lower()
+
+
+class OnnxRuntime(Runtime):
+    """``device``: an execution provider name (``CPUExecutionProvider``) or its short form (``cpu``, ``cuda``).
+
+    Options: ``graph_optimization_level`` (``all``, ``extended``, ``basic``, ``disable``; default ``all``),
+    ``provider_options`` (dict for the chosen provider).
+    """
+
+    name = "onnxruntime"
+    package = "onnxruntime"
+
+    @classmethod
+    def available(cls) -> tuple[bool, str]:
+        return package_available("onnxruntime")
+
+    @classmethod
+    def devices(cls) -> list[str]:
+        import onnxruntime as ort
+
+        return [p for p in ort.get_available_providers() if p not in _NOT_DEVICES]
+
+    @classmethod
+    def resolve_device(cls, device: str | None) -> str:
+        from fer_edge.errors import RuntimeUnavailableError
+
+        valid = cls.devices()
+        if device is None:
+            return "CPUExecutionProvider"
+        for p in valid:
+            if device == p or device.lower() == _short(p):
+                return p
+        raise RuntimeUnavailableError(
+            f"onnxruntime: execution provider {device!r} is not available here; available: "
+            + ", ".join(f"{p} ({_short(p)})" for p in valid)
+        )
+
+    def __init__(self, path, device=None, threads=None, batch_hint=1, **options):
+        super().__init__(path, None, threads, batch_hint, **options)
+        import onnxruntime as ort
+
+        from fer_edge.errors import ArtifactError
+
+        check_artifact(self.path)
+        self.device = self.resolve_device(device)
+        so = ort.SessionOptions()
+        if threads:
+            so.intra_op_num_threads = int(threads)
+            so.inter_op_num_threads = 1
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        level = str(options.get("graph_optimization_level", "all")).lower()
+        levels = {
+            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+            "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        }
+        if level not in levels:
+            raise ArtifactError(f"onnxruntime: unknown graph_optimization_level {level!r}; valid: {', '.join(levels)}")
+        so.graph_optimization_level = levels[level]
+        self._level = level
+        providers: list = [(self.device, dict(options.get("provider_options") or {}))]
+        if self.device != "CPUExecutionProvider":
+            providers.append("CPUExecutionProvider")
+        try:
+            self.session = ort.InferenceSession(str(self.path), sess_options=so, providers=providers)
+        except Exception as e:  # onnxruntime raises its own exception types
+            raise ArtifactError(f"{self.path}: onnxruntime cannot load it ({type(e).__name__}: {e})") from None
+        self._input = self.session.get_inputs()[0].name
+        self._output = self.session.get_outputs()[0].name
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        return np.asarray(self.session.run([self._output], {self._input: as_input(x)})[0], dtype=np.float32)
+
+    def metadata(self) -> dict[str, str]:
+        return dict(self.session.get_modelmeta().custom_metadata_map)
+
+    def describe(self) -> dict:
+        import onnxruntime as ort
+
+        return {
+            **super().describe(),
+            "providers": self.session.get_providers(),
+            "graph_optimization_level": self._level,
+            "precision": self.metadata().get("precision"),
+            "versions": {"onnxruntime": ort.__version__},
+        }

@@ -1,0 +1,111 @@
+"""Run an OpenVINO IR (``.xml`` + ``.bin``) artifact on any ``ov.Core().available_devices`` device."""
+from __future__ import annotations
+
+import numpy as np
+
+from fer_edge.runtimes._common import as_input, check_artifact, check_device, package_available
+from fer_edge.runtimes.base import Runtime
+
+#: The inference precision hint pinned on CPU unless ``precision_hint`` says otherwise. On CPUs
+#: with AVX-512-BF16/AMX the plugin's default is bf16, which changes FP32/FP16 numerics and can fail
+#: to compile NNCF INT8 models ("No suitable implementations").
+DEFAULT_CPU_PRECISION_HINT = "f32"
+
+
+class OpenVINORuntime(Runtime):
+    """Options: ``precision_hint`` (``INFERENCE_PRECISION_HINT``: ``f32``, ``bf16``, ``f16`` or ``default``
+    for the plugin's own choice; default ``f32`` on CPU, the plugin's choice elsewhere),
+    ``performance_hint`` (``LATENCY``/``THROUGHPUT``; default LATENCY for ``batch_hint`` 1 else THROUGHPUT),
+    ``config`` (extra compile properties)."""
+
+    name = "openvino"
+    package = "openvino"
+
+    @classmethod
+    def available(cls) -> tuple[bool, str]:
+        return package_available("openvino")
+
+    @classmethod
+    def devices(cls) -> list[str]:
+        import openvino as ov
+
+        return list(ov.Core().available_devices)
+
+    def __init__(self, path, device=None, threads=None, batch_hint=1, **options):
+        super().__init__(path, device or "CPU", threads, batch_hint, **options)
+        import openvino as ov
+
+        from fer_edge.errors import ArtifactError
+
+        check_artifact(self.path)
+        if not self.path.with_suffix(".bin").is_file():
+            raise ArtifactError(f"{self.path}: its weights file {self.path.with_suffix('.bin').name} is missing")
+        core = ov.Core()
+        check_device(self.device, list(core.available_devices), self.name)
+        try:
+            self.model = core.read_model(str(self.path))
+        except Exception as e:  # openvino raises RuntimeError subclasses
+            raise ArtifactError(f"{self.path}: OpenVINO cannot read it ({type(e).__name__}: {e})") from None
+        config: dict = {}
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = int(threads)
+        config["PERFORMANCE_HINT"] = str(
+            options.get("performance_hint") or ("LATENCY" if int(batch_hint or 1) <= 1 else "THROUGHPUT")
+        ).upper()
+        hint = options.get("precision_hint")
+        if hint is None and self.device.split(".")[0] == "CPU":
+            hint = DEFAULT_CPU_PRECISION_HINT
+        if hint and str(hint).lower() != "default":
+            config["INFERENCE_PRECISION_HINT"] = str(hint).lower()
+        config.update(options.get("config") or {})
+        self.config = config
+        try:
+            self.compiled = core.compile_model(self.model, self.device, config)
+        except Exception as e:
+            raise ArtifactError(
+                f"{self.path}: OpenVINO cannot compile it on {self.device} with {config} ({type(e).__name__}: {e})"
+            ) from None
+        self.request = self.compiled.create_infer_request()
+        self._output = self.compiled.outputs[0]
+        self._core = core
+
+    @property
+    def precision_hint(self) -> str:
+        """The ``INFERENCE_PRECISION_HINT`` in effect (read back from the compiled model)."""
+        try:
+            return str(self.compiled.get_property("INFERENCE_PRECISION_HINT"))
+        except Exception:  # not every device reports it
+            return str(self.config.get("INFERENCE_PRECISION_HINT", "default"))
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        res = self.request.infer({0: as_input(x)})
+        return np.array(res[self._output], dtype=np.float32, copy=True)
+
+    def metadata(self) -> dict[str, str]:
+        from fer_edge.exporters.metadata import META_KEYS, OV_RT_SECTION
+
+        out: dict[str, str] = {}
+        for key in META_KEYS:
+            if self.model.has_rt_info([OV_RT_SECTION, key]):
+                out[key] = self.model.get_rt_info([OV_RT_SECTION, key]).astype(str)
+        return out
+
+    def describe(self) -> dict:
+        import openvino as ov
+
+        try:
+            device_name = str(self._core.get_property(self.device, "FULL_DEVICE_NAME"))
+        except Exception:
+            device_name = self.device
+        try:
+            perf = str(self.compiled.get_property("PERFORMANCE_HINT"))
+        except Exception:
+            perf = self.config.get("PERFORMANCE_HINT")
+        return {
+            **super().describe(),
+            "device_name": device_name,
+            "precision_hint": self.precision_hint,
+            "performance_hint": perf,
+            "precision": self.metadata().get("precision"),
+            "versions": {"openvino": ov.__version__},
+        }
