@@ -1,0 +1,122 @@
+"""``DIR/manifest.json``: what an export wrote, from what, with which tools, and whether it passed.
+
+Schema (``format`` ``fer-edge-export-manifest/1``)::
+
+    {
+      "format", "created", "fer_edge_version",
+      "source": {"path", "sha256", "model"},          # the checkpoint
+      "labels": [...], "normalization": {"mean", "std"},
+      "tool_versions": {"torch", "onnx", ...},
+      "calibration": {file, split, count, sampling, seed, index_hash, ...} | null,
+      "validation_data": {file, split, count, sampling, index_hash, ...} | null,
+      "thresholds": {"fp32": {...}, "fp16": {...}, "int8": {...}},
+      "artifacts": [                                   # every file written (and still valid)
+        {"file": "fer_nano_int8.onnx",                 # relative to the manifest's folder
+         "target", "precision", "variant" ("main" | "logits"), "runtime",
+         "size_bytes", "sha256",                       # sha256 of "file" (utils.sha256_path)
+         "files": [{"file", "size_bytes", "sha256"}],  # every file it is made of (OpenVINO: .xml + .bin)
+         "inputs": [...], "outputs": [...], "labels", "normalization", "metadata": {...},
+         "calibration": {...} | null, "export_seconds", "export": {...target facts...},
+         "tool_versions", "source",
+         "validation": {"status": "passed" | "failed" | "not validated", "reason",
+                        "agreement", "max_abs_diff", "kl", "flips", "accuracy",
+                        "reference_accuracy", "accuracy_drop", "n", "thresholds",
+                        "runtime", "device", "precision_hint"?}}
+      ],
+      "failed": [{"target", "precision", "reason"}],   # exports that did not produce a file
+      "skipped": [{"target", "precision", "reason"}],
+      "warnings": [...]
+    }
+
+Artifact entries carry no top-level ``status``: the gate result is ``validation.status``.
+"""
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+
+from fer_edge.errors import ArtifactError
+from fer_edge.utils import path_size, sha256_path, write_json_atomic
+
+MANIFEST_NAME = "manifest.json"
+FORMAT = "fer-edge-export-manifest/1"
+#: Distributions whose versions every manifest records.
+TOOLS = ("torch", "onnx", "onnxscript", "onnxruntime", "openvino", "nncf", "coremltools", "fer-edge")
+
+
+def tool_versions() -> dict[str, str | None]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out: dict[str, str | None] = {}
+    for dist in TOOLS:
+        try:
+            out[dist.replace("-", "_")] = version(dist)
+        except PackageNotFoundError:
+            out[dist.replace("-", "_")] = None
+    from fer_edge import __version__
+
+    out["fer_edge"] = __version__
+    return out
+
+
+def file_record(path: Path, root: Path) -> dict:
+    return {"file": str(path.relative_to(root)), "size_bytes": path_size(path), "sha256": sha256_path(path)}
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def write_manifest(out_dir: Path, manifest: dict) -> Path:
+    path = Path(out_dir) / MANIFEST_NAME
+    write_json_atomic(path, manifest)
+    return path
+
+
+def load_manifest(path: str | Path) -> dict:
+    p = Path(path)
+    if p.is_dir():
+        p = p / MANIFEST_NAME
+    if not p.is_file():
+        raise ArtifactError(f"{p}: manifest not found")
+    try:
+        data = json.loads(p.read_text())
+    except (OSError, ValueError) as e:
+        raise ArtifactError(f"{p}: not a readable manifest ({e})") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise ArtifactError(f"{p}: not a fer-edge export manifest (expected format {FORMAT!r})")
+    return data
+
+
+def verify_manifest(path: str | Path) -> list[str]:
+    """Problems with the files a manifest lists (missing, size or SHA-256 changed); [] when all match."""
+    p = Path(path)
+    root = p if p.is_dir() else p.parent
+    data = load_manifest(p)
+    problems = []
+    for art in data.get("artifacts", []):
+        for rec in art.get("files") or [{"file": art["file"], "sha256": art["sha256"]}]:
+            f = root / rec["file"]
+            if not f.exists():
+                problems.append(f"{rec['file']}: missing")
+            elif sha256_path(f) != rec["sha256"]:
+                problems.append(f"{rec['file']}: SHA-256 differs from the manifest (modified after export)")
+    return problems
+
+
+def carry_over(old: dict | None, new_keys: set[tuple[str, str, str]], source_sha: str, root: Path) -> list[dict]:
+    """Entries of a previous manifest in the same folder worth keeping: same source checkpoint,
+    not re-exported now, files unchanged. (Exporting ``--target onnx`` then ``--target openvino``
+    into one folder gives one manifest listing both.)"""
+    if not old or old.get("format") != FORMAT or (old.get("source") or {}).get("sha256") != source_sha:
+        return []
+    kept = []
+    for art in old.get("artifacts", []):
+        key = (art.get("target"), art.get("precision"), art.get("variant", "main"))
+        if key in new_keys:
+            continue
+        recs = art.get("files") or []
+        if recs and all((root / r["file"]).exists() and sha256_path(root / r["file"]) == r["sha256"] for r in recs):
+            kept.append(art)
+    return kept

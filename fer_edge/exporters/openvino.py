@@ -1,0 +1,116 @@
+"""OpenVINO IR export (``.xml`` + ``.bin``) with ``openvino.convert_model`` and ``openvino.save_model``.
+
+* The model is converted once per run from the PyTorch module (``example_input``, input
+  ``image`` f32 [?,1,48,48] with a dynamic batch, output renamed ``logits``) and reused.
+* FP32: ``save_model(compress_to_fp16=False)``.
+* FP16: ``save_model(compress_to_fp16=True)`` (weights stored in f16, decompressed at load).
+* INT8: ``nncf.quantize`` on the calibration images (``nncf.Dataset``, one image per item,
+  ``subset_size`` = all of them), default preset (symmetric), fast bias correction.
+* The fer-edge metadata goes into ``rt_info`` under ``fer_edge``.
+
+Both files are written under temporary names and renamed, the ``.bin`` first and the
+``.xml`` last, after removing an old ``.xml``: an interrupted export never leaves an
+``.xml`` that points at the wrong weights.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from fer_edge.errors import ExportError
+from fer_edge.exporters.base import (
+    ExportedFile,
+    Exporter,
+    ExportRequest,
+    example_input,
+    quiet,
+    replace_group,
+    scratch_dir,
+    silent_rich,
+    tensor_io,
+)
+from fer_edge.exporters.metadata import OV_RT_SECTION
+from fer_edge.targets import TARGETS, Precision
+
+INPUT_NAME = "image"
+OUTPUT_NAME = "logits"
+
+
+def convert(model):
+    """The FP32 ``ov.Model`` of a PyTorch module, with input ``image`` (dynamic batch) and output ``logits``."""
+    import openvino as ov
+    import torch
+
+    from fer_edge.constants import IMAGE_SIZE
+
+    with quiet(), torch.no_grad():
+        om = ov.convert_model(
+            model,
+            example_input=example_input(1),
+            input=[ov.PartialShape([-1, 1, IMAGE_SIZE, IMAGE_SIZE])],
+        )
+    om.inputs[0].get_tensor().set_names({INPUT_NAME})
+    om.outputs[0].get_tensor().set_names({OUTPUT_NAME})
+    om.set_friendly_name("fer_edge")
+    return om
+
+
+def quantize_int8(om, calib_inputs):
+    import nncf
+
+    items = [calib_inputs[i : i + 1] for i in range(len(calib_inputs))]
+    nncf_log = logging.getLogger("nncf")
+    level = nncf_log.level
+    nncf_log.setLevel(logging.ERROR)
+    try:
+        with quiet(), silent_rich():
+            return nncf.quantize(om, nncf.Dataset(items), subset_size=len(items))
+    finally:
+        nncf_log.setLevel(level)
+
+
+class OpenVINOExporter(Exporter):
+    target = TARGETS["openvino"]
+    packages = ("openvino",)
+
+    def _fp32(self, model):
+        key = ("fp32", id(model))
+        if key not in self._cache:
+            self._cache[key] = convert(model)
+        return self._cache[key]
+
+    def export(self, req: ExportRequest, precision: Precision, out_path: Path) -> list[ExportedFile]:
+        import openvino as ov
+
+        precision = Precision(precision)
+        base = self._fp32(req.model)
+        extra: dict = {"converter": "openvino.convert_model (PyTorch module)"}
+        if precision is Precision.int8:
+            if req.calib is None:
+                raise ExportError("int8 export needs calibration images (--calib-data)")
+            import nncf
+
+            om = quantize_int8(base.clone(), req.calib.inputs)
+            extra["quantization"] = {
+                "tool": f"nncf.quantize (nncf {nncf.__version__})",
+                "preset": "default (performance: symmetric weights and activations)",
+                "subset_size": len(req.calib),
+                "fast_bias_correction": True,
+            }
+        else:
+            om = base.clone()
+        compress = precision is Precision.fp16
+        if compress:
+            extra["conversion"] = "openvino.save_model(compress_to_fp16=True)"
+        for k, v in req.metadata.items():
+            om.set_rt_info(str(v), [OV_RT_SECTION, k])
+        bin_path = out_path.with_suffix(".bin")
+        with scratch_dir(out_path) as work:
+            tmp_xml = work / out_path.name
+            ov.save_model(om, str(tmp_xml), compress_to_fp16=compress)
+            tmp_bin = tmp_xml.with_suffix(".bin")
+            if not tmp_bin.is_file():
+                raise ExportError(f"openvino.save_model wrote no {tmp_bin.name}")
+            replace_group([(tmp_bin, bin_path), (tmp_xml, out_path)])
+        inputs, outputs = tensor_io(len(req.ckpt.labels))
+        return [ExportedFile(out_path, inputs=inputs, outputs=outputs, extra=extra, companions=[bin_path])]

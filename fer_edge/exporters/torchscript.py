@@ -1,0 +1,35 @@
+"""TorchScript export: ``torch.jit.trace`` to a ``.ts`` file (FP32 only), metadata in ``fer_edge.json``.
+
+(``torch.jit`` is deprecated in recent PyTorch releases but still ships and loads in
+LibTorch/C++ deployments; the trace is checked against the eager model.)
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from fer_edge.errors import ExportError
+from fer_edge.exporters.base import ExportedFile, Exporter, ExportRequest, example_input, quiet, tensor_io
+from fer_edge.exporters.metadata import TS_EXTRA_FILE
+from fer_edge.targets import TARGETS, Precision
+from fer_edge.utils import atomic_path
+
+
+class TorchScriptExporter(Exporter):
+    target = TARGETS["torchscript"]
+    packages = ("torch",)
+
+    def export(self, req: ExportRequest, precision: Precision, out_path: Path) -> list[ExportedFile]:
+        import torch
+
+        precision = Precision(precision)
+        if precision is not Precision.fp32:
+            raise ExportError(f"torchscript exports fp32 only, not {precision.value}")
+        with quiet(), torch.no_grad():
+            traced = torch.jit.trace(req.model, example_input(2), check_trace=True)
+        extra_files = {TS_EXTRA_FILE: json.dumps(req.metadata)}
+        with atomic_path(out_path) as tmp:
+            with quiet():
+                torch.jit.save(traced, str(tmp), _extra_files=extra_files)
+        inputs, outputs = tensor_io(len(req.ckpt.labels))
+        return [ExportedFile(out_path, inputs=inputs, outputs=outputs, extra={"exporter": "torch.jit.trace"})]
