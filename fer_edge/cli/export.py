@@ -1,0 +1,178 @@
+"""``fer-edge export``: a thin command over :func:`fer_edge.exporters.export`."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from fer_edge.cli import app
+from fer_edge.cli.common import console, err_console, handle_errors, is_tty, parse_csv_option
+
+
+def _human(n: int | None) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def _fmt(v, spec: str) -> str:
+    return "-" if v is None else format(v, spec)
+
+
+_STATUS_STYLE = {"passed": "green", "failed": "bold red", "not validated": "yellow"}
+
+
+def _status_text(a) -> str:
+    status = a.status
+    if status == "not validated":
+        why = str(a.validation.get("reason") or "").removeprefix("not validated: ")
+        return f"[yellow]not validated ({why})[/]" if why else "[yellow]not validated[/]"
+    return f"[{_STATUS_STYLE.get(status, 'white')}]{status}[/]"
+
+
+def artifacts_table(result):
+    from rich.table import Table
+
+    t = Table(title=f"Exported to {result.out_dir}", caption=f"manifest: {result.manifest_path}")
+    for col, just in (("Target", "left"), ("Precision", "left"), ("Size", "right"), ("Agree", "right"),
+                      ("Max |Δ|", "right"), ("Acc.", "right"), ("Status", "left")):
+        t.add_column(col, justify=just, overflow="fold", no_wrap=col != "Status")
+    for a in result.artifacts:
+        v = a.validation
+        prec = a.precision if a.variant == "main" else f"{a.precision} ({a.variant})"
+        t.add_row(
+            a.target, prec, _human(a.size_bytes),
+            _fmt(v.get("agreement"), ".1%"), _fmt(v.get("max_abs_diff"), ".1e"), _fmt(v.get("accuracy"), ".1%"),
+            _status_text(a),
+        )
+    for f in result.failed:
+        t.add_row(f["target"], f["precision"], "-", "", "", "", "[bold red]export failed[/]")
+    return t
+
+
+def failures_table(result):
+    """Every problem in one table: failed exports and artifacts that failed the parity gate."""
+    from rich.table import Table
+
+    t = Table(title="Export problems", title_style="bold red", show_lines=True)
+    for col in ("Target", "Precision", "Artifact", "Problem"):
+        t.add_column(col, overflow="fold")
+    for f in result.failed:
+        t.add_row(f["target"], f["precision"], "-", f"export failed: {f['reason']}")
+    for a in result.parity_failures:
+        reasons = a.validation.get("failures") or [a.validation.get("reason") or "?"]
+        t.add_row(a.target, a.precision, a.path.name, "\n".join(reasons))
+    return t
+
+
+class _Progress:
+    """A rich progress bar on stderr, started at the first export step (data loading shows its own)."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+        self.progress = None
+        self.task = None
+
+    def __call__(self, event) -> None:
+        if not self.enabled:
+            return
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        if self.progress is None:
+            self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                     TimeElapsedColumn(), console=err_console, transient=True)
+            self.progress.start()
+            self.task = self.progress.add_task("exporting", total=event.total)
+        if event.stage == "done":
+            self.progress.update(self.task, completed=event.total)
+            return
+        verb = "exporting" if event.stage == "export" else "validating"
+        self.progress.update(self.task, completed=event.index, description=f"{verb} {event.target} {event.precision}")
+
+    def stop(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
+
+
+@app.command("export")
+@handle_errors
+def export_cmd(
+    checkpoint: Optional[str] = typer.Argument(
+        None, help="Checkpoint file or shipped model name (default: the shipped default model)."),
+    target: Optional[List[str]] = typer.Option(
+        None, "--target", "-t", help="Targets, comma-separated and/or repeated, or 'all' (default: all)."),
+    precision: Optional[List[str]] = typer.Option(
+        None, "--precision", "-p", help="fp32, fp16, int8 (comma-separated and/or repeated; default: all three)."),
+    calib_data: Optional[Path] = typer.Option(
+        None, "--calib-data", help="FER2013 CSV or image folder for INT8 calibration (required for int8)."),
+    calib_split: Optional[str] = typer.Option(None, "--calib-split", help="Calibration split (default: training)."),
+    calib_size: int = typer.Option(500, "--calib-size", min=1, help="Calibration images, stratified by class."),
+    calib_seed: int = typer.Option(0, "--calib-seed", help="Seed of the calibration (and validation) sample."),
+    calib_method: Optional[str] = typer.Option(
+        None, "--calib-method", help="ONNX INT8 calibration: minmax, entropy or percentile (default: minmax)."),
+    val_data: Optional[Path] = typer.Option(
+        None, "--val-data", help="Data for the parity check (default: the calibration data)."),
+    val_split: Optional[str] = typer.Option(None, "--val-split", help="Validation split (default: the data's "
+                                            "validation split, e.g. PublicTest)."),
+    val_size: int = typer.Option(1024, "--val-size", min=0, help="Validation images (at least 512; 0: all)."),
+    out: Path = typer.Option(Path("exports"), "--out", "-o", help="Output folder (manifest.json goes there)."),
+    name: Optional[str] = typer.Option(None, "--name", help="File stem of the artifacts (default: the model name)."),
+    validate: bool = typer.Option(True, "--validate/--no-validate", help="Run the parity gate on real images."),
+    min_agreement: Optional[List[str]] = typer.Option(
+        None, "--min-agreement", help="Override a threshold: PRECISION=VALUE, e.g. int8=0.97 (fraction)."),
+    max_abs_diff: Optional[List[str]] = typer.Option(None, "--max-abs-diff", help="PRECISION=VALUE, e.g. fp32=1e-4."),
+    max_kl: Optional[List[str]] = typer.Option(None, "--max-kl", help="PRECISION=VALUE (mean KL in nats)."),
+    max_accuracy_drop: Optional[List[str]] = typer.Option(
+        None, "--max-accuracy-drop", help="PRECISION=VALUE as a fraction (0.01 = 1 point), e.g. int8=0.02."),
+) -> None:
+    """Export a checkpoint to ONNX, OpenVINO IR, Core ML and TorchScript (fp32/fp16/int8), check every
+    artifact against the PyTorch model on real images, and write DIR/manifest.json.
+
+    Exits non-zero when a target fails or an artifact fails the parity gate (the manifest marks it).
+    """
+    from fer_edge.errors import ExportError, ParityError
+    from fer_edge.exporters import export
+    from fer_edge.parity import parse_override, with_overrides
+    from fer_edge.targets import TARGETS, Precision
+
+    targets = parse_csv_option(target, [*TARGETS, "all"], "target") or ["all"]
+    precisions = parse_csv_option(precision, [p.value for p in Precision], "precision") or None
+    overrides = {
+        field: parse_override(values, "--" + field.replace("_", "-"))
+        for field, values in (("min_agreement", min_agreement), ("max_abs_diff", max_abs_diff),
+                              ("max_kl", max_kl), ("max_accuracy_drop", max_accuracy_drop))
+        if values
+    }
+    thresholds = with_overrides(overrides) if overrides else None
+
+    progress = _Progress(is_tty())
+    try:
+        result = export(
+            checkpoint, targets, precisions, out,
+            calib_data=calib_data, calib_split=calib_split, calib_size=calib_size, calib_seed=calib_seed,
+            calib_method=calib_method, val_data=val_data, val_split=val_split,
+            val_size=val_size or None, val_seed=calib_seed, validate=validate, thresholds=thresholds,
+            name=name, progress=progress, on_warning=lambda w: err_console.print(f"[yellow]warning:[/] {w}"),
+            data_progress=is_tty(), raise_on_failure=False,
+        )
+    finally:
+        progress.stop()
+
+    for s in result.skipped:
+        err_console.print(f"[dim]skipped {s['target']} {s['precision']}: {s['reason']}[/]")
+    console.print(artifacts_table(result))
+    if not result.ok:
+        err_console.print(failures_table(result))
+    try:
+        result.raise_for_failures()
+    except (ExportError, ParityError) as e:
+        n_exp, n_par = len(result.failed), len(result.parity_failures)
+        parts = ([f"{n_exp} export(s) failed"] if n_exp else []) + (
+            [f"{n_par} artifact(s) failed the parity gate"] if n_par else [])
+        raise type(e)(f"{' and '.join(parts)}; see the table above and {result.manifest_path}") from None
