@@ -1,0 +1,432 @@
+"""fer-edge predict: the Predictor API over every artifact, face finding, bad inputs and the CLI."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from fer_edge.constants import LABELS
+from fer_edge.errors import ArtifactError, CheckpointError, DataError, FerEdgeError, RuntimeUnavailableError
+from fer_edge.faces import Box, detector_available, load_image
+
+runner = CliRunner()
+
+
+# -- fixtures -------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def artifacts(tiny_checkpoint, tmp_path_factory) -> dict[str, Path]:
+    """The tiny checkpoint and its ONNX / OpenVINO FP32 exports (Core ML too on macOS)."""
+    from fer_edge.exporters import export
+
+    targets = ["onnx", "openvino"] + (["coreml"] if sys.platform == "darwin" else [])
+    res = export(tiny_checkpoint, targets=targets, precisions=["fp32"],
+                 out_dir=tmp_path_factory.mktemp("exports"), validate=False, data_progress=False)
+    out = {"checkpoint": tiny_checkpoint}
+    for a in res.artifacts:
+        if a.variant == "main":
+            out[a.target] = a.path
+    assert {"onnx", "openvino"} <= set(out), res
+    return out
+
+
+@pytest.fixture(scope="session")
+def predictor(tiny_checkpoint):
+    from fer_edge.predict import load
+
+    return load(tiny_checkpoint)
+
+
+@pytest.fixture(scope="session")
+def faces48(synthetic_arrays) -> np.ndarray:
+    """uint8 N x 48 x 48 face-like crops the tiny model has learned (synthetic PublicTest)."""
+    return synthetic_arrays["PublicTest"][0]
+
+
+@pytest.fixture
+def face_dir(tmp_path, faces48) -> Path:
+    """A folder of photos: a 48x48 grayscale PNG, a larger colour JPEG, a nested RGBA PNG."""
+    d = tmp_path / "photos"
+    (d / "nested").mkdir(parents=True)
+    Image.fromarray(faces48[0]).save(d / "a.png")
+    Image.fromarray(faces48[1]).resize((160, 160)).convert("RGB").save(d / "b.jpg", quality=95)
+    Image.fromarray(faces48[2]).resize((96, 96)).convert("RGBA").save(d / "nested" / "c.png")
+    (d / "notes.txt").write_text("not an image, skipped in directories")
+    return d
+
+
+class StubDetector:
+    """Stands in for the Haar cascade in plumbing tests: one centred face unless the image is blank."""
+
+    def detect(self, image):
+        img = load_image(image)
+        gray = np.asarray(img.convert("L"))
+        if gray.std() < 1.0:
+            return []
+        w, h = img.size
+        return [Box(w // 8, h // 8, w - w // 4, h - h // 4)]
+
+
+@pytest.fixture
+def stub_detector(monkeypatch):
+    import fer_edge.faces as faces
+
+    monkeypatch.setattr(faces, "_DEFAULT_DETECTOR", StubDetector())
+
+
+@pytest.fixture(scope="session")
+def haar():
+    ok, why = detector_available()
+    if not ok:
+        pytest.skip(f"OpenCV's Haar face detector is unavailable: {why}")
+
+
+@pytest.fixture(scope="session")
+def sample_photo() -> Path:
+    """A real photo with one face shipped with a dependency: matplotlib's grace_hopper.jpg."""
+    try:
+        from matplotlib import cbook
+
+        p = Path(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))
+    except Exception as e:  # matplotlib without its sample data
+        pytest.skip(f"matplotlib sample photo grace_hopper.jpg not available ({e})")
+    if not p.is_file():
+        pytest.skip(f"matplotlib sample photo not found at {p}")
+    return p
+
+
+def _cli(*args):
+    from fer_edge.cli import app
+
+    return runner.invoke(app, ["predict", *map(str, args)])
+
+
+def _json_lines(result) -> list[dict]:
+    lines = [ln for ln in result.stdout.splitlines() if ln.strip()]
+    return [json.loads(ln) for ln in lines]  # every stdout line must be JSON
+
+
+# -- Predictor ------------------------------------------------------------------------------
+def test_prediction_fields(predictor, faces48):
+    p = predictor.predict(faces48[0])
+    assert predictor.labels == LABELS
+    assert p.label in LABELS and p.label == LABELS[p.index]
+    assert list(p.probabilities) == list(LABELS)
+    assert p.probs.shape == (7,) and p.probs.dtype == np.float32
+    assert abs(sum(p.probabilities.values()) - 1.0) < 1e-5
+    assert p.score == pytest.approx(max(p.probabilities.values()))
+    assert p.box is None
+    d = p.to_dict()
+    assert d["label"] == p.label and d["box"] is None and set(d["probabilities"]) == set(LABELS)
+
+
+def test_predict_accepts_paths_pil_arrays(predictor, faces48, tmp_path):
+    path = tmp_path / "face.png"
+    Image.fromarray(faces48[3]).save(path)
+    by_array = predictor.predict(faces48[3])
+    by_pil = predictor.predict(Image.open(path))
+    by_path = predictor.predict(path)
+    by_str = predictor.predict(str(path))
+    rgb = np.repeat(faces48[3][..., None], 3, axis=2)
+    by_rgb = predictor.predict(rgb)
+    by_float = predictor.predict(faces48[3].astype(np.float32) / 255.0)
+    for other in (by_pil, by_path, by_str, by_rgb, by_float):
+        np.testing.assert_allclose(other.probs, by_array.probs, atol=1e-6)
+    batch = predictor.predict_batch(faces48[:5])
+    assert [b.label for b in batch] == [predictor.predict(f).label for f in faces48[:5]]
+    assert predictor.predict_batch([]) == []
+
+
+def test_predictions_learned_something(predictor, synthetic_arrays):
+    images, labels = synthetic_arrays["PublicTest"]
+    preds = predictor.predict_batch(images)
+    acc = np.mean([p.index for p in preds] == labels)
+    assert acc > 0.5  # 7 classes: chance is 0.14
+
+
+def test_same_answers_for_every_artifact(artifacts, faces48):
+    """Checkpoint, ONNX FP32 and OpenVINO FP32 give the same top-1 (and nearly the same probabilities)."""
+    from fer_edge.predict import load
+
+    ref = load(artifacts["checkpoint"])
+    assert ref.runtime_name == "pytorch"
+    ref_preds = ref.predict_batch(faces48)
+    for target, runtime in (("onnx", "onnxruntime"), ("openvino", "openvino")):
+        p = load(artifacts[target])
+        assert p.runtime_name == runtime
+        assert p.labels == ref.labels and p.normalization == ref.normalization
+        assert p.metadata["model"] == "fer_nano" and p.metadata["target"] == target
+        preds = p.predict_batch(faces48)
+        assert [x.index for x in preds] == [x.index for x in ref_preds], target
+        np.testing.assert_allclose(np.stack([x.probs for x in preds]), np.stack([x.probs for x in ref_preds]),
+                                   atol=1e-4)
+        one = p.predict(faces48[0])
+        assert one.label == ref_preds[0].label
+
+
+def test_runtime_option_overrides_suffix(artifacts, faces48):
+    from fer_edge.predict import load
+
+    with pytest.raises(FerEdgeError, match="unknown runtime"):
+        load(artifacts["onnx"], runtime="nope")
+    p = load(artifacts["onnx"], runtime="onnxruntime", device="cpu")
+    assert p.predict(faces48[0]).label == load(artifacts["checkpoint"]).predict(faces48[0]).label
+
+
+@pytest.mark.macos
+@pytest.mark.skipif(sys.platform != "darwin", reason="Core ML prediction needs macOS")
+def test_coreml_same_top1(artifacts, faces48):
+    from fer_edge.predict import load
+
+    ref = [x.index for x in load(artifacts["checkpoint"]).predict_batch(faces48)]
+    p = load(artifacts["coreml"])
+    assert p.runtime_name == "coreml" and p.labels == LABELS
+    assert [x.index for x in p.predict_batch(faces48)] == ref
+
+
+def test_artifact_without_metadata_is_rejected(artifacts, tmp_path):
+    import onnx
+
+    from fer_edge.predict import load
+
+    m = onnx.load(str(artifacts["onnx"]))
+    del m.metadata_props[:]
+    bare = tmp_path / "bare.onnx"
+    onnx.save(m, str(bare))
+    with pytest.raises(ArtifactError, match="labels"):
+        load(bare)
+
+
+def test_load_errors(tmp_path):
+    from fer_edge.predict import load
+    from fer_edge.weights import PRETRAINED
+
+    with pytest.raises(CheckpointError, match="no such checkpoint"):
+        load(tmp_path / "missing.pt")
+    odd = tmp_path / "model.bin"
+    odd.write_bytes(b"\0")
+    with pytest.raises(FerEdgeError, match="suffix"):
+        load(odd)
+    junk = tmp_path / "junk.pt"
+    junk.write_text("not a checkpoint")
+    with pytest.raises(CheckpointError):
+        load(junk)
+    if not PRETRAINED:  # until the shipped model exists, the default says so clearly
+        with pytest.raises(CheckpointError, match="shipped"):
+            load(None)
+
+
+# -- face finding -----------------------------------------------------------------------------
+def test_detect_faces_on_real_photo(haar, sample_photo, predictor):
+    """OpenCV's frontal-face cascade finds Grace Hopper's face (512x600 photo, face near x=150..380, y=100..330)."""
+    from fer_edge.faces import crop, detect_faces
+
+    boxes = detect_faces(sample_photo)
+    assert len(boxes) == 1, boxes
+    b = boxes[0]
+    assert 100 <= b.x <= 200 and 60 <= b.y <= 150 and 170 <= b.w <= 290 and b.w == b.h
+    c = crop(sample_photo, b, margin=0.15)
+    assert c.size[0] > b.w and c.size[1] > b.h
+    preds = predictor.detect_and_predict(sample_photo)
+    assert len(preds) == 1 and preds[0].box == b and preds[0].label in LABELS
+    assert predictor.detect_and_predict(np.full((240, 320, 3), 128, np.uint8)) == []
+
+
+def test_cli_real_detector(haar, sample_photo, tiny_checkpoint, tmp_path):
+    blank = tmp_path / "blank.png"
+    Image.new("RGB", (200, 160), (90, 90, 90)).save(blank)
+    r = _cli(sample_photo, blank, "--model", tiny_checkpoint, "--json")
+    assert r.exit_code == 0, r.output
+    rows = {Path(x["image"]).name: x for x in _json_lines(r)}
+    assert rows["grace_hopper.jpg"]["status"] == "ok" and len(rows["grace_hopper.jpg"]["faces"]) == 1
+    assert rows["grace_hopper.jpg"]["faces"][0]["box"][2] > 150
+    assert rows["blank.png"]["status"] == "no_face" and rows["blank.png"]["faces"] == []
+
+
+def test_exif_rotation_is_honoured(tmp_path):
+    """A JPEG stored landscape with orientation 6 (rotate 90 degrees clockwise) loads as portrait."""
+    from fer_edge.preprocess import to_gray48
+
+    arr = np.zeros((40, 60, 3), np.uint8)
+    arr[:, :30] = 255  # left half white as stored
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    path = tmp_path / "rotated.jpg"
+    Image.fromarray(arr).save(path, exif=exif, quality=95)
+    with Image.open(path) as raw:
+        assert raw.size == (60, 40) and raw.getexif().get(0x0112) == 6
+    img = load_image(path)
+    assert img.size == (40, 60)  # portrait after rotation
+    g = np.asarray(img.convert("L"), dtype=np.float32)
+    assert g[:25].mean() > 200 and g[35:].mean() < 50  # stored left side is now on top
+    np.testing.assert_array_equal(to_gray48(path), to_gray48(img))
+    np.testing.assert_array_equal(np.asarray(img), np.rot90(np.asarray(Image.open(path).convert("RGB")), k=-1))
+
+
+def test_cli_reports_rotated_size(predictor, tmp_path, tiny_checkpoint):
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    path = tmp_path / "rot.jpg"
+    Image.new("RGB", (120, 80), (200, 30, 30)).save(path, exif=exif)
+    r = _cli(path, "--no-detect-faces", "--json", "--model", tiny_checkpoint)
+    assert r.exit_code == 0, r.output
+    (row,) = _json_lines(r)
+    assert (row["width"], row["height"]) == (80, 120)
+
+
+# -- bad inputs ---------------------------------------------------------------------------------
+def test_bad_inputs_in_the_api(predictor, tmp_path, stub_detector):
+    bad = tmp_path / "broken.jpg"
+    bad.write_text("this is not a JPEG")
+    r = predictor.predict_image(bad)
+    assert r.status == "error" and "cannot read image" in r.error and r.faces == []
+    with pytest.raises(DataError, match="cannot read image"):
+        predictor.predict(bad)
+    assert predictor.predict_image(tmp_path / "missing.png").status == "error"
+    blank = tmp_path / "blank.png"
+    Image.new("L", (120, 120), 77).save(blank)
+    nf = predictor.predict_image(blank)
+    assert nf.status == "no_face" and nf.error is None and (nf.width, nf.height) == (120, 120)
+    assert nf.to_dict()["faces"] == []
+
+
+def test_collect_inputs(face_dir, tmp_path):
+    from fer_edge.predict import collect_inputs
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "readme.md").write_text("no images here")
+    items = collect_inputs([face_dir, empty, tmp_path / "nope.jpg"])
+    good = [i for i in items if i.error is None]
+    assert [i.relative.as_posix() for i in good] == ["a.png", "b.jpg", "nested/c.png"]
+    errors = [i.error for i in items if i.error]
+    assert any("directory has no images" in e for e in errors)
+    assert any("no such file" in e for e in errors)
+
+
+def test_cli_one_bad_file_does_not_stop_the_rest(face_dir, tiny_checkpoint, stub_detector):
+    (face_dir / "zz_broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    Image.new("L", (64, 64), 128).save(face_dir / "blank.png")
+    r = _cli(face_dir, "--json", "--model", tiny_checkpoint)
+    assert r.exit_code == 0, r.output
+    rows = {Path(x["image"]).name: x for x in _json_lines(r)}
+    assert set(rows) == {"a.png", "b.jpg", "c.png", "zz_broken.png", "blank.png"}
+    assert rows["zz_broken.png"]["status"] == "error" and "cannot read image" in rows["zz_broken.png"]["error"]
+    assert rows["blank.png"]["status"] == "no_face"
+    for name in ("a.png", "b.jpg", "c.png"):
+        (face,) = rows[name]["faces"]
+        assert rows[name]["status"] == "ok" and len(face["box"]) == 4 and face["label"] in LABELS
+        assert set(face["probabilities"]) == set(LABELS)
+    assert "zz_broken.png" in r.stderr and "1 failed" in r.stderr
+
+
+def test_cli_every_input_failing_exits_nonzero(tmp_path, tiny_checkpoint, stub_detector):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    bad = tmp_path / "bad.jpg"
+    bad.write_text("nope")
+    r = _cli(empty, bad, tmp_path / "missing.png", "--model", tiny_checkpoint)
+    assert r.exit_code == 1
+    assert "directory has no images" in r.stderr
+    assert "cannot read image" in r.stderr
+    assert "no such file" in r.stderr
+    r = _cli(empty, "--json", "--model", tiny_checkpoint)
+    assert r.exit_code == 1
+    (row,) = _json_lines(r)
+    assert row["status"] == "error" and "no images" in row["error"]
+
+
+def test_cli_no_face_is_a_result_not_a_failure(tmp_path, tiny_checkpoint, stub_detector):
+    blank = tmp_path / "wall.jpg"
+    Image.new("RGB", (300, 200), (240, 240, 230)).save(blank)
+    r = _cli(blank, "--model", tiny_checkpoint)
+    assert r.exit_code == 0, r.output
+    assert "no face" in r.stdout
+
+
+def test_cli_without_a_detector_says_how_to_proceed(face_dir, tiny_checkpoint, monkeypatch):
+    import fer_edge.faces as faces
+
+    def unavailable():
+        raise RuntimeUnavailableError("OpenCV 5.0.0 has no Haar cascade detector; pass --no-detect-faces")
+
+    monkeypatch.setattr(faces, "_DEFAULT_DETECTOR", None)
+    monkeypatch.setattr(faces, "default_detector", unavailable)
+    r = _cli(face_dir, "--model", tiny_checkpoint)
+    assert r.exit_code == 1 and "--no-detect-faces" in r.stderr
+    r = _cli(face_dir, "--model", tiny_checkpoint, "--no-detect-faces")  # no detector needed
+    assert r.exit_code == 0, r.output
+
+
+def test_cli_bad_model(face_dir, tmp_path):
+    r = _cli(face_dir, "--model", tmp_path / "nope.onnx")
+    assert r.exit_code == 1 and "nope.onnx" in r.stderr
+    r = _cli(face_dir, "--model", tmp_path, "--runtime", "bogus")
+    assert r.exit_code == 1 and "unknown runtime" in r.stderr
+
+
+# -- CLI output ---------------------------------------------------------------------------------
+def test_cli_table(face_dir, tiny_checkpoint, stub_detector, monkeypatch):
+    from fer_edge.cli.common import console
+
+    monkeypatch.setattr(console, "_width", 250)  # wide enough that no path is folded
+    r = _cli(face_dir, "--model", tiny_checkpoint)
+    assert r.exit_code == 0, r.output
+    assert "fer_nano (pytorch)" in r.stdout
+    assert all(lbl in r.stdout for lbl in LABELS)  # one column per class
+    for name in ("a.png", "b.jpg", "c.png"):
+        (line,) = [ln for ln in r.stdout.splitlines() if name in ln]
+        assert len([t for t in line.split() if t.replace(".", "").isdigit() and "." in t]) == 7
+    assert "3 inputs: 3 faces classified, 0 without a face, 0 failed" in r.stderr
+
+
+def test_cli_json_and_annotate(face_dir, artifacts, tmp_path, stub_detector):
+    out = tmp_path / "annotated"
+    r = _cli(face_dir, "--json", "--annotate", out, "--model", artifacts["onnx"])
+    assert r.exit_code == 0, r.output
+    rows = _json_lines(r)
+    assert len(rows) == 3 and all(x["status"] == "ok" for x in rows)
+    for rel in ("a.png", "b.jpg", "nested/c.png"):
+        src, dst = face_dir / rel, out / rel
+        assert dst.is_file(), rel
+        a, b = Image.open(src), Image.open(dst)
+        assert b.size == a.size
+        assert not np.array_equal(np.asarray(a.convert("RGB")), np.asarray(b.convert("RGB")))
+    assert not [p for p in out.rglob("*") if p.name.startswith(".tmp")]  # atomic writes left no debris
+
+
+def test_annotate_draws_boxes_and_labels(predictor, faces48, tmp_path):
+    from fer_edge.predict import write_annotated
+
+    img = Image.fromarray(faces48[0]).resize((200, 200)).convert("RGB")
+    pred = predictor.predict_batch(faces48[:1])[0]
+    pred.box = Box(40, 50, 100, 100)
+    dest = write_annotated(img, [pred], tmp_path / "x.jpg")
+    drawn = np.asarray(Image.open(dest).convert("RGB")).astype(int)
+    orig = np.asarray(img).astype(int)
+    assert np.abs(drawn[60:140, 40] - orig[60:140, 40]).mean() > 30  # the box's left edge
+    assert np.abs(drawn[100, 70:110] - orig[100, 70:110]).mean() < 20  # inside the box untouched
+
+
+def test_cli_no_detect_faces_on_fer2013(shared_fer2013, tiny_checkpoint, predictor):
+    """Real FER2013 validation images are already face crops: --no-detect-faces classifies each whole."""
+    val = shared_fer2013 / "images" / "val"
+    if not val.is_dir():
+        pytest.skip(f"no image-folder release at {val}")
+    files = [sorted((val / c).glob("*.jpg"))[0] for c in LABELS if (val / c).is_dir()]
+    assert files
+    r = _cli(*files, "--no-detect-faces", "--json", "--model", tiny_checkpoint)
+    assert r.exit_code == 0, r.output
+    rows = _json_lines(r)
+    assert len(rows) == len(files)
+    for f, row in zip(files, rows):
+        assert row["status"] == "ok" and (row["width"], row["height"]) == (48, 48)
+        (face,) = row["faces"]
+        assert face["box"] is None
+        ref = predictor.predict(f)
+        assert face["label"] == ref.label
+        assert face["probabilities"] == pytest.approx(ref.probabilities, abs=1e-5)
