@@ -506,18 +506,18 @@ def run_bench(
     live.clear()
     for g in groups:
         g.loaded.clear()
-    gc.collect()
 
-    # how far the fastest CPU row is from the compute limit
+    # how far the fastest CPU row (per image, at its p50) is from the compute limit
     cl = None
-    cpu_rows = [r for r in rows if r["status"] in ("ok", "parity-failed") and r["throughput_ips"]
-                and is_cpu_device(r["device"])]
+    cpu_rows = [r for r in rows if r["status"] in ("ok", "parity-failed") and r["latency_ms"]
+                and r["latency_ms"]["p50"] > 0 and is_cpu_device(r["device"])]
     if cpu_rows:
-        fastest = max(cpu_rows, key=lambda r: r["throughput_ips"])
+        fastest = min(cpu_rows, key=lambda r: r["latency_ms"]["p50"] / r["batch"])
         cores = min(fastest["threads"] or threads, env["cpu"].get("usable_cores") or threads)
-        cl = compute_limit(macs, fastest["throughput_ips"], cores, env)
+        cl = compute_limit(macs, fastest["batch"] * 1000.0 / fastest["latency_ms"]["p50"], cores, env)
         if cl is not None:
             cl["row"] = f"{row_label(fastest)} batch {fastest['batch']}"
+            cl["basis"] = "p50 latency per image"
 
     report = BenchReport(
         environment=env,

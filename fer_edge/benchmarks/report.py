@@ -246,6 +246,8 @@ def plot_latency_vs_accuracy(rows: list[dict], path: Path, title: str, color_key
     ax.legend(handles=handles, fontsize=7, loc="best")
     if pts:
         ax.set_xscale("log")
+        lo, hi = ax.get_ylim()
+        ax.set_ylim(lo, min(hi, 100.5))
     else:
         ax.text(0.5, 0.5, "no measured rows", ha="center", va="center", transform=ax.transAxes)
     ax.set_xlabel("p50 latency per call (ms, log scale)")
@@ -353,7 +355,8 @@ def merged_markdown(machines: list[dict], rows: list[dict]) -> str:
     names = [m["machine"] for m in machines]
     lines = ["## fer-edge bench: comparison", ""]
     for i, m in enumerate(machines, 1):
-        lines.append(f"- M{i} = {environment_line(m['environment'])} (report {m['created_at']})")
+        details = environment_line(m["environment"]).split(": ", 1)[-1]
+        lines.append(f"- M{i} = {m['machine']}: {details} (report {m['created_at']})")
     keys: list[tuple] = []
     for r in rows:
         if _row_key(r) not in keys:

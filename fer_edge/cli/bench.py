@@ -81,19 +81,42 @@ def _thresholds(**per_field):
     return with_overrides(overrides) if overrides else None
 
 
-def bench_table(report):
-    from rich.markup import escape
+def short_device(device: str | None) -> str:
+    return "-" if device is None else device.removesuffix("ExecutionProvider")
+
+
+def bench_table(report, width: int | None = None):
+    """The rows as a rich table; narrower terminals get fewer columns (all of them are in the report files).
+
+    The ``checkpoint fp32`` rows are the PyTorch reference."""
+    from rich import box
     from rich.table import Table
 
     from fer_edge.benchmarks.report import fmt_pct, fmt_size
 
+    width = width or console.width
+    wide, medium = width >= 160, width >= 95
     t = Table(title=f"fer-edge bench: {report.reference['model']} "
-                    f"({report.settings['n_images']} images of {report.settings['split']})", show_lines=False)
-    cols = ("Target", "Prec", "Runtime", "Device", "B", "Thr", "Load ms", "1st ms", "p50 ms", "p90 ms", "p99 ms",
-            "img/s", "Top-1", "F1", "Agree", "Flips", "max|Δ|", "Size", "Status")
-    for c in cols:
-        t.add_column(c, justify="right" if c not in ("Target", "Prec", "Runtime", "Device", "Status") else "left",
-                     overflow="fold")
+                    f"({report.settings['n_images']} images of {report.settings['split']})",
+              box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, 1), collapse_padding=True)
+    cols = [("Artifact", "l"), ("Runtime", "l"), ("Device", "l"), ("B", "r")]
+    if wide:
+        cols += [("Thr", "r"), ("Load ms", "r"), ("1st ms", "r")]
+    cols += [("p50 ms", "r")]
+    if wide:
+        cols += [("p90 ms", "r")]
+    if medium:
+        cols += [("p99 ms", "r")]
+    cols += [("img/s", "r"), ("Top-1", "r")]
+    if wide:
+        cols += [("F1", "r")]
+    if medium:
+        cols += [("Agree", "r")]
+    if wide:
+        cols += [("Flips", "r"), ("max|Δ|", "r"), ("Size", "r")]
+    cols += [("Status", "l")]
+    for name, j in cols:
+        t.add_column(name, justify="right" if j == "r" else "left", no_wrap=name != "Status")
     style = {"ok": "green", "parity-failed": "red", "failed": "red", "skipped": "yellow"}
 
     def f(v, d=2):
@@ -101,23 +124,38 @@ def bench_table(report):
 
     for r in report.rows:
         lat = r["latency_ms"] or {}
-        status = r["status"] if not r["reason"] else f"{r['status']}: {r['reason']}"
-        t.add_row(
-            r["target"] + (" (ref)" if r.get("reference") else ""), r["precision"], r["runtime"],
-            r["device"] or "-", str(r["batch"]), str(r["threads"] or "-"), f(r["load_ms"], 1),
-            f(r["first_inference_ms"], 2), f(lat.get("p50"), 3), f(lat.get("p90"), 3), f(lat.get("p99"), 3),
-            f(r["throughput_ips"], 0), fmt_pct(r["accuracy"]), f(r["macro_f1"], 3), fmt_pct(r["agreement"]),
-            "-" if r["flips"] is None else str(r["flips"]), f(r["max_abs_diff"], 4), fmt_size(r["size_bytes"]),
-            f"[{style[r['status']]}]{escape(status)}[/]",
-        )
+        cells = {
+            "Artifact": f"{r['target']} {r['precision']}",
+            "Runtime": r["runtime"], "Device": short_device(r["device"]), "B": str(r["batch"]),
+            "Thr": str(r["threads"] or "-"), "Load ms": f(r["load_ms"], 1), "1st ms": f(r["first_inference_ms"], 2),
+            "p50 ms": f(lat.get("p50"), 3), "p90 ms": f(lat.get("p90"), 3), "p99 ms": f(lat.get("p99"), 3),
+            "img/s": f(r["throughput_ips"], 0), "Top-1": fmt_pct(r["accuracy"]), "F1": f(r["macro_f1"], 3),
+            "Agree": fmt_pct(r["agreement"]), "Flips": "-" if r["flips"] is None else str(r["flips"]),
+            "max|Δ|": f(r["max_abs_diff"], 4), "Size": fmt_size(r["size_bytes"]),
+            "Status": f"[{style[r['status']]}]{r['status']}[/]",
+        }
+        t.add_row(*(cells[name] for name, _ in cols))
     return t
+
+
+def row_reasons(report) -> list[str]:
+    """One line per artifact x runtime x device whose rows are not ok: what happened."""
+    from fer_edge.benchmarks.report import row_label
+
+    out: list[str] = []
+    for r in report.rows:
+        if r["status"] != "ok" and r["reason"]:
+            line = f"{r['status']}: {row_label(r)}: {r['reason']}"
+            if line not in out:
+                out.append(line)
+    return out
 
 
 def compute_limit_text(cl: dict | None) -> str:
     if not cl:
         return "compute limit: not estimated (no CPU row measured, or unknown CPU clock / SIMD level)"
     return (
-        f"compute limit: fastest CPU row {cl['row']}: {cl['throughput_ips']:.0f} img/s x "
+        f"compute limit: fastest CPU row {cl['row']}: {cl['throughput_ips']:.0f} img/s at p50 x "
         f"{cl['macs_per_image'] / 1e6:.2f} MMAC/img = {cl['achieved_gflops']:.2f} GFLOP/s, "
         f"{100 * cl['fraction_of_peak']:.1f}% of a {cl['peak_gflops']:.1f} GFLOP/s peak "
         f"(at peak: {cl['min_time_per_image_us']:.2f} us/img). Peak assumption: {cl['assumption']}."
@@ -205,7 +243,11 @@ def bench_cmd(
             parity_gate=parity_gate, out_dir=out, progress=progress,
         )
 
+    from rich.markup import escape
+
     console.print(bench_table(report))
+    for line in row_reasons(report):
+        console.print(escape(line), highlight=False)
     counts = report.counts()
     console.print(", ".join(f"{n} {s}" for s, n in counts.items()) + f" rows; reports in {out}/: "
                   + ", ".join(p.name for p in report.files.values()))

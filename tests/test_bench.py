@@ -1,0 +1,318 @@
+"""fer-edge bench, devices and report merge, on the tiny checkpoint and a small exported artifact set."""
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from fer_edge.benchmarks.schema import LATENCY_KEYS, REPORT_SCHEMA, ROW_SCHEMA, validate
+from fer_edge.cli import app
+
+#: Keep every run short: few timed calls, small batches, one thread (the test machine is shared).
+FAST = ["--iters", "3", "--warmup", "1", "--rounds", "2", "--batch", "1,4", "--threads", "1"]
+FAST_KW = dict(iters=3, warmup=1, rounds=2, batches=(1, 4), threads=1)
+LINUX_RUNTIMES = {"pytorch", "torchscript", "onnxruntime", "openvino"}
+MEASURED_FIELDS = ("threads", "load_ms", "first_inference_ms", "latency_ms", "throughput_ips", "peak_rss_mb",
+                   "accuracy", "macro_f1", "agreement", "max_abs_diff", "kl", "flips", "artifact", "size_bytes")
+
+
+def invoke(args):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture(scope="session")
+def artifact_dir(tmp_path_factory, tiny_checkpoint, synthetic_csv) -> Path:
+    """fp32 + int8 ONNX, fp32 OpenVINO IR and TorchScript of the tiny checkpoint, one manifest."""
+    from fer_edge.exporters import export
+
+    out = tmp_path_factory.mktemp("bench_artifacts")
+    common = dict(out_dir=out, validate=False, data_progress=False)
+    export(tiny_checkpoint, targets=["onnx"], precisions=["fp32", "int8"], calib_data=synthetic_csv,
+           calib_size=56, **common)
+    export(tiny_checkpoint, targets=["openvino", "torchscript"], precisions=["fp32"], **common)
+    return out
+
+
+@pytest.fixture(scope="session")
+def bench_run(tmp_path_factory, artifact_dir, synthetic_csv):
+    """One CLI bench over the artifact dir (int8 thresholds relaxed: 84 synthetic images are few)."""
+    out = tmp_path_factory.mktemp("bench_report")
+    result = invoke(["bench", artifact_dir, "--data", synthetic_csv, "--split", "PublicTest", *FAST,
+                     "--min-agreement", "int8=0.5", "--max-accuracy-drop", "int8=0.5", "--out", out])
+    report = json.loads((out / "report.json").read_text()) if (out / "report.json").is_file() else None
+    return result, out, report
+
+
+def _bench(artifacts, synthetic_csv, **kw):
+    from fer_edge.benchmarks.bench import run_bench
+
+    return run_bench(artifacts, data=synthetic_csv, split="PublicTest", **{**FAST_KW, **kw})
+
+
+# --- the main run -------------------------------------------------------------------------
+def test_every_linux_runtime_runs_with_all_fields(bench_run):
+    result, _, report = bench_run
+    assert result.exit_code == 0, result.output
+    rows = report["rows"]
+    ok = [r for r in rows if r["status"] == "ok"]
+    assert {r["runtime"] for r in ok} >= LINUX_RUNTIMES, [(r["runtime"], r["status"], r["reason"]) for r in rows]
+    # every artifact x runtime x device has one row per batch size
+    keys = {(r["artifact"], r["runtime"], r["device"]) for r in ok}
+    for key in keys:
+        assert sorted(r["batch"] for r in ok if (r["artifact"], r["runtime"], r["device"]) == key) == [1, 4]
+    assert {(r["target"], r["precision"]) for r in ok} >= {
+        ("checkpoint", "fp32"), ("onnx", "fp32"), ("onnx", "int8"), ("openvino", "fp32"), ("torchscript", "fp32")}
+    for r in ok:
+        missing = [f for f in MEASURED_FIELDS if r[f] is None]
+        assert not missing, (r["runtime"], r["precision"], missing)
+        assert set(r["latency_ms"]) == set(LATENCY_KEYS)
+        lat = r["latency_ms"]
+        assert lat["min"] <= lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["max"]
+        assert r["iters"] == 3 and r["threads"] == 1 and r["reason"] == ""
+        assert r["throughput_ips"] == pytest.approx(r["batch"] * 1000 / lat["mean"])
+    # the reference row agrees with itself; accuracy/parity are shared by the batch sizes of a group
+    ref = [r for r in ok if r["reference"]]
+    assert ref and all(r["agreement"] == 1.0 and r["flips"] == 0 for r in ref)
+    ov = [r for r in ok if r["runtime"] == "openvino"]
+    assert ov[0]["accuracy"] == ov[1]["accuracy"] and ov[0]["kl"] == ov[1]["kl"]
+    # OpenVINO: LATENCY hint at batch 1, THROUGHPUT above; the precision hint is recorded
+    hints = {r["batch"]: r["runtime_info"]["performance_hint"] for r in ov}
+    assert hints == {1: "LATENCY", 4: "THROUGHPUT"}
+    assert all(r["runtime_info"].get("precision_hint") for r in ov)
+    assert report["settings"]["thresholds"]["int8"]["min_agreement"] == 0.5
+    assert report["settings"]["thresholds"]["fp32"]["min_agreement"] == 1.0  # the export gate's default
+
+
+def test_terminal_output(bench_run):
+    result, out, _ = bench_run
+    for text in ("fer-edge bench", "onnxruntime", "openvino", "torchscript", "compute limit", "Peak assumption",
+                 "report.json"):
+        assert text in result.output, text
+
+
+def test_report_matches_schema(bench_run):
+    _, _, report = bench_run
+    assert validate(report, REPORT_SCHEMA) == []
+    assert report["environment"]["fingerprint"] and report["environment"]["cpu"]["model"]
+    assert report["reference"]["macs_per_image"] > 0
+    cl = report["compute_limit"]
+    if cl is not None:  # needs a known clock
+        assert 0 < cl["fraction_of_peak"] and cl["peak_gflops"] > 0 and "FLOP/cycle" in cl["assumption"]
+    # the checker is not vacuous
+    bad = json.loads(json.dumps(report))
+    del bad["rows"][0]["latency_ms"]
+    bad["rows"][1]["status"] = "great"
+    bad["rows"][2]["batch"] = "1"
+    errors = validate(bad, REPORT_SCHEMA)
+    assert any("latency_ms" in e for e in errors) and any("great" in e for e in errors)
+    assert any("rows[2].batch" in e for e in errors)
+    assert validate({**report["rows"][0], "extra": 1}, ROW_SCHEMA)
+
+
+def test_all_four_report_files(bench_run):
+    _, out, report = bench_run
+    for name in ("report.json", "report.csv", "report.md", "latency_vs_accuracy.png"):
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    assert (out / "latency_vs_accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with open(out / "report.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == len(report["rows"]) and "latency_p50_ms" in rows[0]
+    md = (out / "report.md").read_text()
+    assert "| Target | Precision | Runtime |" in md and "openvino" in md
+    assert not list(out.glob(".tmp-*"))  # atomic writes leave no debris
+
+
+# --- statuses -----------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def perturbed_onnx(tmp_path_factory, artifact_dir) -> Path:
+    """The fp32 ONNX with its last bias pushed towards one class: most top-1 answers flip."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(artifact_dir / "fer_nano_fp32.onnx"))
+    bias = [t for t in model.graph.initializer if list(t.dims) == [7]][-1]
+    arr = numpy_helper.to_array(bias).copy()
+    arr[3] += 50.0
+    bias.CopyFrom(numpy_helper.from_array(arr, bias.name))
+    out = tmp_path_factory.mktemp("perturbed") / "perturbed_fp32.onnx"
+    onnx.save(model, str(out))
+    return out
+
+
+def test_perturbed_artifact_fails_parity_and_exit_code(perturbed_onnx, tiny_checkpoint, synthetic_csv, tmp_path):
+    args = ["bench", perturbed_onnx, "--reference", tiny_checkpoint, "--data", synthetic_csv, "--split", "PublicTest",
+            "--runtimes", "onnxruntime", *FAST]
+    result = invoke([*args, "--out", tmp_path / "gated"])
+    assert result.exit_code == 1, result.output
+    assert "parity gate" in result.output
+    report = json.loads((tmp_path / "gated" / "report.json").read_text())  # written before the gate
+    rows = report["rows"]
+    assert rows and all(r["status"] == "parity-failed" for r in rows)
+    assert all("agreement" in r["reason"] for r in rows) and all(r["flips"] > 0 for r in rows)
+    assert all(r["latency_ms"] is not None for r in rows)  # still measured
+
+    result = invoke([*args, "--out", tmp_path / "ungated", "--no-parity-gate"])
+    assert result.exit_code == 0, result.output
+    assert "failed parity" in result.output
+
+
+def test_missing_runtime_is_skipped(monkeypatch, artifact_dir, synthetic_csv):
+    from fer_edge.runtimes.openvino import OpenVINORuntime
+
+    monkeypatch.setattr(OpenVINORuntime, "available",
+                        classmethod(lambda cls: (False, "package openvino missing (pip install openvino)")))
+    report = _bench([artifact_dir], synthetic_csv, runtimes=["openvino", "onnxruntime"], batches=(1,))
+    ov = [r for r in report.rows if r["runtime"] == "openvino"]
+    assert ov and all(r["status"] == "skipped" and "openvino missing" in r["reason"] for r in ov)
+    assert all(r["latency_ms"] is None for r in ov)
+    assert any(r["runtime"] == "onnxruntime" and r["status"] == "ok" for r in report.rows)
+
+
+def test_absent_device_is_skipped(artifact_dir, synthetic_csv):
+    report = _bench([artifact_dir], synthetic_csv, runtimes=["onnxruntime"], devices=["cpu", "NoSuchDevice"],
+                    batches=(1,))
+    absent = [r for r in report.rows if r["device"] == "NoSuchDevice"]
+    assert absent and all(r["status"] == "skipped" and "device absent" in r["reason"] for r in absent)
+    # "cpu" selects onnxruntime's CPUExecutionProvider
+    assert any(r["device"] == "CPUExecutionProvider" and r["status"] == "ok" for r in report.rows)
+
+
+@pytest.mark.skipif(sys.platform == "darwin", reason="Core ML runs on macOS")
+def test_coreml_rows_skipped_off_macos(tmp_path, tiny_checkpoint, synthetic_csv):
+    pkg = tmp_path / "tiny_fp16.mlpackage"
+    (pkg / "Data").mkdir(parents=True)
+    (pkg / "Manifest.json").write_text("{}")
+    report = _bench([pkg], synthetic_csv, reference=tiny_checkpoint, runtimes=["coreml"])
+    assert [r["batch"] for r in report.rows] == [1, 4]
+    for r in report.rows:
+        assert (r["target"], r["precision"], r["runtime"]) == ("coreml", "fp16", "coreml")
+        assert r["status"] == "skipped" and r["reason"] == "needs macOS"
+
+
+def test_failing_row_does_not_stop_the_others(tmp_path, tiny_checkpoint, synthetic_csv):
+    broken = tmp_path / "broken_fp32.onnx"
+    broken.write_bytes(b"not an onnx model")
+    report = _bench([broken], synthetic_csv, reference=tiny_checkpoint, runtimes=["onnxruntime", "pytorch"])
+    by = {(r["runtime"], r["batch"]): r for r in report.rows}
+    assert by[("onnxruntime", 1)]["status"] == "failed" and by[("onnxruntime", 1)]["reason"]
+    assert by[("pytorch", 1)]["status"] == "ok" and by[("pytorch", 4)]["status"] == "ok"
+    assert validate(report.to_dict(), REPORT_SCHEMA) == []
+
+
+def test_tampered_manifest_file_is_refused(tmp_path, artifact_dir, synthetic_csv):
+    for name in ("fer_nano_fp32.onnx", "fer_nano_fp32.bin"):  # an artifact, and OpenVINO's weights companion
+        copy = tmp_path / name.replace(".", "_")
+        shutil.copytree(artifact_dir, copy)
+        with open(copy / name, "ab") as fh:
+            fh.write(b"\0")
+        result = invoke(["bench", copy, "--data", synthetic_csv, "--split", "PublicTest", *FAST,
+                         "--out", tmp_path / "out"])
+        assert result.exit_code == 1
+        assert name in result.output and "SHA-256" in result.output, result.output
+        assert not (tmp_path / "out" / "report.json").exists()
+
+
+def test_artifact_files_resolve_reference_from_manifest(artifact_dir, tiny_checkpoint, synthetic_csv):
+    from fer_edge.benchmarks.artifacts import collect_artifacts, resolve_reference
+
+    arts = collect_artifacts([artifact_dir / "fer_nano_int8.onnx", artifact_dir / "fer_nano_fp32.xml"])
+    assert [(a.target, a.precision) for a in arts] == [("onnx", "int8"), ("openvino", "fp32")]
+    assert all(a.sha256 and a.manifest is not None for a in arts)  # listed in the manifest: verified
+    ref, notes = resolve_reference(arts)
+    assert ref.resolve() == Path(tiny_checkpoint).resolve() and notes == []
+
+
+# --- timing method -------------------------------------------------------------------------
+def test_rows_are_timed_interleaved(monkeypatch, tiny_checkpoint, synthetic_csv):
+    from fer_edge.benchmarks import bench
+
+    turns = []
+    real = bench._turn
+
+    def spy(rt, x, buf, quota, budget_ns):
+        turns.append(len(x))
+        return real(rt, x, buf, quota, budget_ns)
+
+    monkeypatch.setattr(bench, "_turn", spy)
+    report = _bench([tiny_checkpoint], synthetic_csv, batches=(1, 2, 3), iters=6, rounds=3)
+    assert len(turns) == 9
+    for r in range(3):  # each round gives every row one turn, the order rotated
+        assert sorted(turns[3 * r:3 * r + 3]) == [1, 2, 3]
+    assert turns[:3] != turns[3:6]
+    assert all(r["iters"] == 6 and r["p50_spread_pct"] is not None for r in report.rows)
+
+
+def test_seconds_budget(tiny_checkpoint, synthetic_csv):
+    report = _bench([tiny_checkpoint], synthetic_csv, iters=None, seconds=0.2, batches=(1,), rounds=2)
+    (row,) = report.rows
+    assert row["status"] == "ok" and row["iters"] >= 2
+    assert report.settings["seconds"] == 0.2 and report.settings["iters"] is None
+
+
+def test_stats_helpers():
+    from fer_edge.benchmarks.stats import compute_limit, latency_summary, p50_spread_pct, pareto_front
+
+    s = latency_summary(np.arange(1, 101) * 1_000_000)  # 1..100 ms
+    assert s["min"] == 1 and s["max"] == 100 and s["p50"] == pytest.approx(50.5) and s["mean"] == 50.5
+    assert s["p99"] == pytest.approx(99.01)
+    assert p50_spread_pct([[10, 10], [10, 10]]) == 0.0 and p50_spread_pct([[1]]) is None
+    assert pareto_front([1.0, 2.0, 3.0, 0.5], [0.5, 0.7, 0.6, 0.4]) == [3, 0, 1]
+    env = {"cpu": {"isa": "avx512", "clock_mhz": 2000.0, "clock_source": "test"}}
+    cl = compute_limit(1_000_000, 1000.0, 2, env)  # 2 GFLOP/s against 2 x 64 x 2 GHz = 256 GFLOP/s
+    assert cl["achieved_gflops"] == pytest.approx(2.0) and cl["peak_gflops"] == pytest.approx(256.0)
+    assert cl["fraction_of_peak"] == pytest.approx(2 / 256)
+    assert compute_limit(1, 1.0, 1, {"cpu": {"isa": "unknown", "clock_mhz": 1.0}}) is None
+
+
+# --- devices and merge --------------------------------------------------------------------
+def test_devices_command():
+    result = invoke(["devices", "--json"])
+    assert result.exit_code == 0, result.output
+    env = json.loads(result.output)
+    for key in ("hostname", "os", "cpu", "memory_gb", "libraries", "runtimes", "fingerprint"):
+        assert key in env
+    rts = env["runtimes"]
+    assert {d["name"] for d in rts["pytorch"]["devices"]} >= {"cpu"}
+    assert "CPUExecutionProvider" in {d["name"] for d in rts["onnxruntime"]["devices"]}
+    assert all(d["full_name"] for d in rts["openvino"]["devices"])
+    if sys.platform != "darwin":
+        assert rts["coreml"] == {"available": False, "reason": "needs macOS", "devices": []}
+    result = invoke(["devices"])
+    assert result.exit_code == 0 and "onnxruntime" in result.output and "openvino" in result.output
+
+
+def test_merge_two_reports(bench_run, tmp_path):
+    _, out, report = bench_run
+    other = json.loads(json.dumps(report))
+    other["environment"]["hostname"] = "other-host"
+    other["environment"]["cpu"]["model"] = "Other CPU"
+    (tmp_path / "b.json").write_text(json.dumps(other))
+    result = invoke(["report", "merge", out / "report.json", tmp_path / "b.json", "--out", tmp_path / "merged"])
+    assert result.exit_code == 0, result.output
+    merged = json.loads((tmp_path / "merged" / "merged.json").read_text())
+    assert [m["machine"] for m in merged["machines"]][1] == "other-host (Other CPU)"
+    assert len(merged["rows"]) == 2 * len(report["rows"])
+    md = (tmp_path / "merged" / "merged.md").read_text()
+    assert "M1 p50 ms" in md and "M2 p50 ms" in md and "other-host (Other CPU)" in md
+    with open(tmp_path / "merged" / "merged.csv", newline="") as fh:
+        assert len(list(csv.DictReader(fh))) == len(merged["rows"])
+    assert (tmp_path / "merged" / "latency_vs_accuracy.png").stat().st_size > 0
+
+    (tmp_path / "bad.json").write_text(json.dumps({"rows": []}))
+    result = invoke(["report", "merge", out / "report.json", tmp_path / "bad.json", "--out", tmp_path / "m2"])
+    assert result.exit_code == 1 and "not a fer-edge bench report" in result.output
+
+
+def test_no_artifacts_and_no_shipped_model_is_a_clear_error(synthetic_csv, tmp_path):
+    from fer_edge.weights import PRETRAINED
+
+    if PRETRAINED:
+        pytest.skip("a shipped model exists")
+    result = invoke(["bench", "--data", synthetic_csv, *FAST, "--out", tmp_path])
+    assert result.exit_code == 1 and "error:" in result.output
