@@ -29,7 +29,7 @@ DEFAULT_CASCADE = "haarcascade_frontalface_default.xml"
 #: Environment variable naming a cascade XML file (overrides the search in the cv2 package).
 CASCADE_ENV = "FER_EDGE_HAAR_CASCADE"
 #: Extra border added on each side of a detected box, as a fraction of its size.
-DEFAULT_MARGIN = 0.15
+DEFAULT_MARGIN = 0.1
 #: File suffixes treated as images when a directory is scanned.
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 

@@ -9,6 +9,7 @@ import typer
 
 from fer_edge.cli import app
 from fer_edge.cli.common import console, err_console, handle_errors, is_tty
+from fer_edge.faces import DEFAULT_MARGIN
 
 
 def _annotation_dest(out_dir: Path, item, used: set[Path]) -> Path:
@@ -44,7 +45,7 @@ def _row_cells(result, labels):
 @app.command("predict")
 @handle_errors
 def predict_cmd(
-    inputs: List[Path] = typer.Argument(..., metavar="IMAGE_OR_DIR...",
+    inputs: List[Path] = typer.Argument(..., metavar="IMAGE_OR_DIR",
                                         help="Image files and/or directories (searched recursively)."),
     model: Optional[str] = typer.Option(
         None, "--model", "-m",
@@ -56,18 +57,16 @@ def predict_cmd(
     detect_faces: bool = typer.Option(
         True, "--detect-faces/--no-detect-faces",
         help="Find faces with OpenCV's frontal-face Haar detector, or treat each whole image as one face."),
-    margin: float = typer.Option(0.15, min=0.0, max=1.0,
+    margin: float = typer.Option(DEFAULT_MARGIN, min=0.0, max=1.0,
                                  help="Border added around each detected face, as a fraction of its size."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object per image (JSON lines) on stdout."),
     annotate: Optional[Path] = typer.Option(
         None, "--annotate", metavar="OUT_DIR", file_okay=False,
         help="Write a copy of each image with boxes and labels drawn into this directory."),
 ) -> None:
-    """Classify the facial expression of every face in images.
+    """Classify the facial expression of every face in images (JPEG, PNG, ...; any size; EXIF rotation honoured).
 
-    Exit status: 0 when at least one input was read and classified (an image without a
-    face is a result, not a failure), 1 when every input failed or the model/detector
-    cannot be loaded, 2 for bad options.
+    Exit status: 0 when at least one input was read and classified (an image without a face is a result, not a failure); 1 when every input failed, or the model or face detector cannot be loaded; 2 for bad options.
     """
     from fer_edge.predict import collect_inputs, load, write_annotated
 
