@@ -1,11 +1,13 @@
 """Prediction on photos with any fer-edge model: a checkpoint or any exported artifact.
 
->>> import fer_edge
->>> predictor = fer_edge.load("runs/exp/export/fer_small_fp32.onnx")   # or a .pt / .xml / .ts / .mlpackage
->>> predictor.predict("face.png").label                                 # the whole image is the face
-'happy'
->>> [(p.box, p.label) for p in predictor.detect_and_predict("group.jpg")]
-[(Box(x=149, y=100, w=231, h=231), 'neutral')]
+Usage::
+
+    import fer_edge
+
+    predictor = fer_edge.load("exports/fer_small_fp32.onnx")  # or a .pt / .xml / .ts / .mlpackage / shipped name
+    predictor.predict("face.png").label                        # the whole image is the face -> "happy"
+    for p in predictor.detect_and_predict("group.jpg"):        # find faces first
+        print(p.box, p.label, p.probabilities)
 
 Labels and normalisation come from the artifact's embedded metadata (the runtime's
 ``metadata()``), pixels go through :func:`fer_edge.preprocess.to_gray48` and
