@@ -52,6 +52,8 @@ def _train_tiny(model_name: str, arrays, steps: int = 40, seed: int = 0):
 
     from fer_edge.models import create_model
 
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # measured: 3x faster than 2 threads for this tiny model on a loaded 2-core box
     torch.manual_seed(seed)
     images, labels = arrays
     x = torch.from_numpy(images).float().unsqueeze(1) / 255.0
@@ -67,6 +69,7 @@ def _train_tiny(model_name: str, arrays, steps: int = 40, seed: int = 0):
         opt.zero_grad()
         loss.backward()
         opt.step()
+    torch.set_num_threads(threads)
     return model.eval()
 
 
