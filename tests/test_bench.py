@@ -315,4 +315,27 @@ def test_no_artifacts_and_no_shipped_model_is_a_clear_error(synthetic_csv, tmp_p
     if PRETRAINED:
         pytest.skip("a shipped model exists")
     result = invoke(["bench", "--data", synthetic_csv, *FAST, "--out", tmp_path])
-    assert result.exit_code == 1 and "error:" in result.output
+    assert result.exit_code == 1 and "no artifacts given" in result.output and "fer-edge export" in result.output
+
+
+def test_default_artifacts_exported_once_into_the_cache(monkeypatch, tiny_checkpoint, synthetic_csv):
+    """Without artifacts the shipped model is exported into the cache once, then reused."""
+    import fer_edge.exporters
+    import fer_edge.weights
+    from fer_edge.benchmarks.bench import default_artifacts
+
+    calls = []
+
+    def fast_export(ckpt, out, **kw):  # the real exporter, one target only to stay fast
+        calls.append(kw.get("calib_data"))
+        return fer_edge.exporters.export(ckpt, targets=["onnx"], precisions=["fp32"], out_dir=out, validate=False,
+                                         data_progress=False)
+
+    monkeypatch.setattr(fer_edge.weights, "resolve_checkpoint", lambda spec: Path(tiny_checkpoint))
+    monkeypatch.setattr(fer_edge.exporters, "export_artifacts", fast_export)
+    notes: list[str] = []
+    first = default_artifacts(notes, synthetic_csv)
+    again = default_artifacts(notes, synthetic_csv)
+    assert calls == [synthetic_csv]  # int8 would be calibrated on the bench data
+    assert [a.path for a in first] == [a.path for a in again] and first[0].target == "onnx"
+    assert "exported the shipped model" in notes[0] and "cached" in notes[1]

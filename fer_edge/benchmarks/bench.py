@@ -50,7 +50,7 @@ from fer_edge.benchmarks.artifacts import (
     resolve_reference,
 )
 from fer_edge.benchmarks.report import BenchReport, row_label
-from fer_edge.errors import ArtifactError, FerEdgeError
+from fer_edge.errors import ArtifactError, CheckpointError, FerEdgeError
 from fer_edge.preprocess import Normalization
 
 DEFAULT_BATCHES = (1, 32)
@@ -88,6 +88,17 @@ def _finite(v) -> float | None:
     """A float for JSON, None for NaN/inf (non-finite logits are reported by the parity reasons)."""
     v = float(v)
     return v if np.isfinite(v) else None
+
+
+def _jsonable(v):
+    """``v`` when JSON can hold it as is (nested dicts/lists included), else its ``str``."""
+    import json
+
+    try:
+        json.dumps(v, allow_nan=False)
+        return v
+    except (TypeError, ValueError):
+        return str(v)
 
 
 def _device_aliases(device: str) -> set[str]:
@@ -212,7 +223,13 @@ def default_artifacts(notes: list[str], data: str | Path | None = None) -> list[
     from fer_edge.utils import sha256_path
     from fer_edge.weights import resolve_checkpoint
 
-    ckpt = resolve_checkpoint(None)  # a clear CheckpointError until a model ships
+    try:
+        ckpt = resolve_checkpoint(None)
+    except CheckpointError as e:
+        raise ArtifactError(
+            f"no artifacts given, and the shipped default model is not available ({e}); pass an export "
+            "directory (`fer-edge export CHECKPOINT --out DIR`, then `fer-edge bench DIR`)"
+        ) from None
     out = cache_dir() / "exports" / f"{ckpt.stem}-{sha256_path(ckpt)[:12]}"
     if not (out / MANIFEST_NAME).is_file():
         notes.append(f"exported the shipped model {ckpt.name} into {out} (reused next time)")
@@ -431,8 +448,7 @@ def run_bench(
                 if out.shape[0] != b or out.reshape(b, -1).shape[1] != len(ckpt.labels):
                     raise FerEdgeError(f"output shape {tuple(out.shape)}, expected ({b}, {len(ckpt.labels)})")
                 info = dict(rt.describe() or {})
-                row["runtime_info"] = {k: (v if isinstance(v, (str, int, float, bool, type(None))) else str(v))
-                                       for k, v in info.items()}
+                row["runtime_info"] = {str(k): _jsonable(v) for k, v in info.items()}
                 row["threads"] = int(info["threads"]) if isinstance(info.get("threads"), int) else threads
                 for _ in range(warmup):
                     rt.run(x)
