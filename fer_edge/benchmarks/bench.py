@@ -403,6 +403,9 @@ def run_bench(
                        normalization=ckpt.normalization, model=ckpt.model_name)
     entries = [(ref_art, True)] + [(a, False) for a in arts if a.key != ref_art.key]
     rows, groups = _plan(entries, batches, runtimes, devices)
+    for name in runtimes or []:
+        if not any(r["runtime"] == name for r in rows):
+            notes.append(f"--runtimes {name}: no artifact among the inputs runs in it")
 
     n_load = sum(len(g.rows) for g in groups)
     total = n_load + rounds * n_load
@@ -473,6 +476,7 @@ def run_bench(
             for row in g.rows:
                 if row["status"] == "ok":
                     row["status"], row["reason"] = "failed", f"validation: {_err(e)}"
+                    tick("", rounds)
             live = [lv for lv in live if lv.row["status"] == "ok"]
             continue
         for row in g.rows:

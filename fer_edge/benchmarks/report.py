@@ -182,9 +182,10 @@ def report_markdown(report: dict) -> str:
         "",
         f"- Machine: {environment_line(report['environment'])}",
         f"- Reference: `{ref.get('model')}` checkpoint `{Path(ref.get('path', '')).name}` "
-        f"(sha256 {str(ref.get('sha256', ''))[:12]}), {ref.get('macs_per_image') or '?'} MACs/image",
+        f"(sha256 {str(ref.get('sha256', ''))[:12]}), "
+        + (f"{ref['macs_per_image'] / 1e6:.2f} M MACs/image" if ref.get("macs_per_image") else "MACs unknown"),
         f"- Data: {s['n_images']} images of split `{s['split']}`; batches {', '.join(map(str, s['batches']))}; "
-        f"{s['threads']} threads; warm-up {s['warmup']}; "
+        f"threads {s['threads']}; warm-up {s['warmup']} calls; "
         + (f"{s['iters']} timed iterations" if s.get("iters") else f"{s.get('seconds')} s")
         + f" per row over {s['rounds']} interleaved rounds",
         "",
@@ -203,8 +204,12 @@ def report_markdown(report: dict) -> str:
 
 
 # --- the plot ----------------------------------------------------------------------
-def plot_latency_vs_accuracy(rows: list[dict], path: Path, title: str, color_key: str = "runtime") -> None:
-    """Scatter p50 latency (log x) against top-1; one marker per batch size; Pareto front per batch size."""
+def plot_latency_vs_accuracy(rows: list[dict], path: Path, title: str, color_key: str = "runtime",
+                             machine_names: dict[str, str] | None = None) -> None:
+    """Scatter p50 latency (log x) against top-1; one marker per batch size; Pareto front per batch size.
+
+    Points on a front are circled and labelled (``machine_names`` shortens merged reports' machines).
+    """
     import matplotlib
 
     matplotlib.use("Agg", force=True)
@@ -224,6 +229,7 @@ def plot_latency_vs_accuracy(rows: list[dict], path: Path, title: str, color_key
                    marker=markers[batches.index(r["batch"]) % len(markers)],
                    color=cmap(colors.index(str(r.get(color_key))) % 10),
                    edgecolors="red" if r["status"] != "ok" else "none", linewidths=1.5)
+    n_label = 0
     for b in batches:
         group = [r for r in pts if r["batch"] == b]
         front = [group[i] for i in pareto_front([p50(r) for r in group], [r["accuracy"] for r in group])]
@@ -231,12 +237,19 @@ def plot_latency_vs_accuracy(rows: list[dict], path: Path, title: str, color_key
                 drawstyle="steps-post", zorder=0)
         for r in front:
             ax.scatter(p50(r), r["accuracy"] * 100, s=160, facecolors="none", edgecolors="black", lw=1.2)
-            label = row_label(r) + (f" [{r['machine']}]" if r.get("machine") else "")
-            ax.annotate(f"{label} b{b}", (p50(r), r["accuracy"] * 100), textcoords="offset points",
-                        xytext=(6, 6), fontsize=7)
+            device = (r.get("device") or "-").removesuffix("ExecutionProvider")
+            label = f"{r['target']} {r['precision']} {r['runtime']}/{device} b{b}"
+            if r.get("machine"):
+                label += f" {(machine_names or {}).get(r['machine'], r['machine'])}"
+            dy = (8, -14, 20, -26)[n_label % 4]  # stagger labels of nearby points
+            n_label += 1
+            ax.annotate(label, (p50(r), r["accuracy"] * 100), textcoords="offset points", xytext=(6, dy),
+                        fontsize=7, arrowprops={"arrowstyle": "-", "color": "gray", "lw": 0.5})
     from matplotlib.lines import Line2D
 
-    handles = [Line2D([], [], ls="", marker="o", color=cmap(i % 10), label=c) for i, c in enumerate(colors)]
+    names = machine_names or {}
+    handles = [Line2D([], [], ls="", marker="o", color=cmap(i % 10),
+                      label=f"{names[c]}: {c}" if c in names else c) for i, c in enumerate(colors)]
     handles += [Line2D([], [], ls="", marker=markers[i % len(markers)], color="gray", label=f"batch {b}")
                 for i, b in enumerate(batches)]
     handles += [Line2D([], [], ls="--", marker="o", mfc="none", mec="black", color="gray",
@@ -346,8 +359,9 @@ def merge_reports(paths: list[str | Path], out_dir: str | Path) -> MergedReport:
     write_json_atomic(files["merged.json"], merged.to_dict())
     write_text_atomic(files["merged.csv"], rows_to_csv(rows, extra_first=("machine",)))
     write_text_atomic(files["merged.md"], merged_markdown(machines, rows))
-    plot_latency_vs_accuracy(rows, files["latency_vs_accuracy.png"],
-                             f"fer-edge bench: {len(machines)} reports", color_key="machine")
+    plot_latency_vs_accuracy(rows, files["latency_vs_accuracy.png"], f"fer-edge bench: {len(machines)} reports",
+                             color_key="machine",
+                             machine_names={m["machine"]: f"M{i}" for i, m in enumerate(machines, 1)})
     return merged
 
 
