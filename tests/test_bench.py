@@ -115,6 +115,13 @@ def test_report_matches_schema(bench_run):
     assert validate({**report["rows"][0], "extra": 1}, ROW_SCHEMA)
 
 
+def test_report_matches_schema_with_jsonschema(bench_run):
+    """The published schema is a valid JSON Schema that a standard validator accepts the report with."""
+    jsonschema = pytest.importorskip("jsonschema")
+    jsonschema.Draft202012Validator.check_schema(REPORT_SCHEMA)
+    jsonschema.validate(bench_run[2], REPORT_SCHEMA)
+
+
 def test_all_four_report_files(bench_run):
     _, out, report = bench_run
     for name in ("report.json", "report.csv", "report.md", "latency_vs_accuracy.png"):
