@@ -181,6 +181,7 @@ def export(
     from fer_edge.exporters.onnx import CALIB_METHODS, DEFAULT_CALIB_METHOD
     from fer_edge.weights import resolve_checkpoint
 
+    ckpt_path = resolve_checkpoint(checkpoint)
     tlist = _resolve_targets(targets)
     plist = _resolve_precisions(precisions)
     calib_method = calib_method or DEFAULT_CALIB_METHOD
@@ -209,7 +210,6 @@ def export(
             "the training split is sampled), or leave int8 out (--precision fp32,fp16)"
         )
 
-    ckpt_path = resolve_checkpoint(checkpoint)
     ckpt = load_checkpoint(ckpt_path)
     model = ckpt.build_model()
     torch.set_grad_enabled(False)

@@ -153,10 +153,17 @@ class CoreMLExporter(Exporter):
 
             net = _Probabilities.wrap(model) if variant == "classifier" else model
             with quiet(), torch.no_grad():
-                self._cache[key] = torch.jit.trace(net, example_input(1))
+                self._cache[key] = torch.jit.trace(net, example_input(1), check_trace=False)
         return self._cache[key]
 
     def _convert(self, req: ExportRequest, precision: Precision, variant: str, deployment: str):
+        """The converted model; float16 conversions are cached (INT8 weights start from them)."""
+        key = ("ml", variant, precision is Precision.fp32, deployment, id(req.model))
+        if key not in self._cache:
+            self._cache[key] = self._convert_uncached(req, precision, variant, deployment)
+        return self._cache[key]
+
+    def _convert_uncached(self, req: ExportRequest, precision: Precision, variant: str, deployment: str):
         import coremltools as ct
 
         norm = req.ckpt.normalization

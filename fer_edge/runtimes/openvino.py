@@ -73,7 +73,8 @@ class OpenVINORuntime(Runtime):
     def precision_hint(self) -> str:
         """The ``INFERENCE_PRECISION_HINT`` in effect (read back from the compiled model)."""
         try:
-            return str(self.compiled.get_property("INFERENCE_PRECISION_HINT"))
+            value = self.compiled.get_property("INFERENCE_PRECISION_HINT")
+            return value.get_type_name() if hasattr(value, "get_type_name") else str(value)
         except Exception:  # not every device reports it
             return str(self.config.get("INFERENCE_PRECISION_HINT", "default"))
 

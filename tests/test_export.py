@@ -1,0 +1,444 @@
+"""Exporters: every target x precision of the targets table, the parity gate, the manifest, the CLI.
+
+Everything is exported once per session (:func:`export_all`, shared with test_runtimes.py)
+from the ``tiny_checkpoint`` fixture, calibrated and validated on ``synthetic_csv``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from fer_edge.constants import LABELS
+from fer_edge.errors import ExportError, FerEdgeError, ParityError
+from fer_edge.targets import TARGETS, Precision
+
+#: Calibration images of the session export: below 200, so the warning is exercised too.
+CALIB_SIZE = 140
+_PLATFORM_NAMES = {"darwin": "macOS", "linux": "Linux", "win": "Windows"}
+
+
+def _prediction_mark(target):
+    where = " or ".join(_PLATFORM_NAMES.get(p, p) for p in target.platforms)
+    name = {"coreml": "Core ML"}.get(target.name, target.description.split(" (")[0])
+    return pytest.mark.skipif(not target.runs_here(), reason=f"{name} prediction needs {where}")
+
+
+#: (target, precision) for every precision every target supports: a new target is tested automatically.
+CASES = [pytest.param(t.name, p.value, id=f"{t.name}-{p.value}") for t in TARGETS.values() for p in t.precisions]
+#: The same, skipped where the target's runtime cannot run (Core ML prediction needs macOS).
+RUN_CASES = [
+    pytest.param(t.name, p.value, id=f"{t.name}-{p.value}", marks=_prediction_mark(t))
+    for t in TARGETS.values() for p in t.precisions
+]
+
+_CACHE: dict = {}
+
+
+def export_all(tmp_path_factory, checkpoint, data):
+    """Export every target and precision once per session (shared by the test modules)."""
+    key = (str(checkpoint), str(data))
+    if key not in _CACHE:
+        from fer_edge.exporters import export
+
+        out = tmp_path_factory.mktemp("exported")
+        _CACHE[key] = export(checkpoint, "all", None, out, calib_data=data, calib_size=CALIB_SIZE,
+                             data_progress=False)
+    return _CACHE[key]
+
+
+@pytest.fixture(scope="session")
+def exported(tmp_path_factory, tiny_checkpoint, synthetic_csv):
+    return export_all(tmp_path_factory, tiny_checkpoint, synthetic_csv)
+
+
+@pytest.fixture(scope="session")
+def val_inputs(synthetic_csv):
+    """The synthetic PublicTest images, normalised like the tiny checkpoint's training data."""
+    from fer_edge.data import load_split
+    from fer_edge.preprocess import Normalization, normalize
+
+    split = load_split(synthetic_csv, "PublicTest", progress=False)
+    return normalize(split.images.numpy(), Normalization(0.5, 0.25)), split.labels.numpy()
+
+
+def _entry(result, target, precision, variant="main"):
+    for e in result.manifest["artifacts"]:
+        if (e["target"], e["precision"], e["variant"]) == (target, precision, variant):
+            return e
+    raise AssertionError(f"no manifest entry for {target} {precision} {variant}")
+
+
+def _artifact(result, target, precision):
+    return result.out_dir / _entry(result, target, precision)["file"]
+
+
+# --- the exporter table ---------------------------------------------------------------------
+def test_every_target_has_an_exporter():
+    from fer_edge.exporters import exporters
+
+    table = exporters()
+    assert set(table) == set(TARGETS)
+    for name, cls in table.items():
+        assert cls.target is TARGETS[name]
+
+
+def test_session_export_succeeded(exported):
+    assert exported.failed == []
+    assert exported.ok, [a.validation for a in exported.parity_failures]
+    skipped = {(s["target"], s["precision"]) for s in exported.skipped}
+    expected = {(t.name, p.value) for t in TARGETS.values() for p in Precision if p not in t.precisions}
+    assert skipped == expected
+
+
+# --- every target x precision ---------------------------------------------------------------
+@pytest.mark.parametrize("target,precision", CASES)
+def test_artifact_written_and_listed(exported, target, precision):
+    from fer_edge.utils import path_size, sha256_path
+
+    t = TARGETS[target]
+    e = _entry(exported, target, precision)
+    path = exported.out_dir / e["file"]
+    assert path.exists() and path.name == t.filename("fer_nano", precision)
+    assert e["sha256"] == sha256_path(path)
+    assert e["size_bytes"] == sum(path_size(exported.out_dir / f["file"]) for f in e["files"])
+    assert e["labels"] == list(LABELS) and e["normalization"] == {"mean": 0.5, "std": 0.25}
+    assert e["inputs"][0]["name"] == "image" and e["outputs"]
+    assert e["export_seconds"] > 0 and e["tool_versions"]["torch"]
+    assert e["source"]["model"] == "fer_nano"
+    if precision == "int8":
+        cal = e["calibration"]
+        assert cal["count"] == CALIB_SIZE and cal["split"] == "Training"
+        assert cal["sampling"] == "stratified by class, seed 0" and len(cal["index_hash"]) == 64
+    else:
+        assert e["calibration"] is None
+    v = e["validation"]
+    if t.runs_here():
+        assert v["status"] == "passed", v
+        assert v["n"] == 84 and v["reference_accuracy"] is not None
+    else:
+        assert v["status"] == "not validated" and "needs macOS" in v["reason"]
+
+
+@pytest.mark.parametrize("target,precision", RUN_CASES)
+def test_artifact_matches_checkpoint(exported, val_inputs, tiny_checkpoint, target, precision):
+    from fer_edge import parity
+    from fer_edge.runtimes import load_runtime
+
+    x, y = val_inputs
+    ref = load_runtime(tiny_checkpoint).run(x)
+    rt = load_runtime(_artifact(exported, target, precision))
+    logits = rt.run(x)
+    assert logits.shape == (len(x), len(LABELS)) and logits.dtype == np.float32
+    stats = parity.compare(ref, logits, y)
+    assert parity.check(stats, precision) == []
+
+
+@pytest.mark.parametrize("target,precision", CASES)
+def test_metadata_round_trips(exported, tiny_checkpoint, target, precision):
+    from fer_edge import __version__
+    from fer_edge.exporters.metadata import META_KEYS, ArtifactMeta
+    from fer_edge.runtimes import runtime_for_path
+    from fer_edge.utils import sha256_path
+
+    path = _artifact(exported, target, precision)
+    md = runtime_for_path(path)(path).metadata()  # Core ML: readable off macOS too
+    assert set(META_KEYS) <= set(md)
+    assert json.loads(md["labels"]) == list(LABELS)
+    assert json.loads(md["normalization"]) == {"mean": 0.5, "std": 0.25}
+    assert md["model"] == "fer_nano"
+    assert md["source_sha256"] == sha256_path(tiny_checkpoint)
+    assert md["fer_edge_version"] == __version__
+    assert (md["precision"], md["target"]) == (precision, target)
+    meta = ArtifactMeta.from_dict(md)
+    assert meta.normalization.std == 0.25
+    manifest_md = _entry(exported, target, precision)["metadata"]
+    assert {k: md[k] for k in META_KEYS} == {k: manifest_md[k] for k in META_KEYS}
+
+
+def test_manifest_hashes_match_the_files(exported, tiny_checkpoint):
+    from fer_edge.exporters import load_manifest, verify_manifest
+    from fer_edge.utils import sha256_path
+
+    data = load_manifest(exported.manifest_path)
+    assert verify_manifest(exported.manifest_path) == []
+    for e in data["artifacts"]:
+        for f in e["files"]:
+            assert sha256_path(exported.out_dir / f["file"]) == f["sha256"]
+    assert data["source"]["sha256"] == sha256_path(tiny_checkpoint)
+    assert data["calibration"]["count"] == CALIB_SIZE
+    assert data["validation_data"]["split"] == "PublicTest"
+    assert set(data["thresholds"]) == {p.value for p in Precision}
+    assert any("calibration images" in w for w in data["warnings"])  # fewer than 200
+
+
+def test_manifest_detects_a_modified_file(exported, tmp_path):
+    import shutil
+
+    from fer_edge.exporters import verify_manifest
+
+    copy = tmp_path / "copy"
+    shutil.copytree(exported.out_dir, copy)
+    ts = copy / TARGETS["torchscript"].filename("fer_nano", "fp32")
+    ts.write_bytes(ts.read_bytes() + b"\0")
+    problems = verify_manifest(copy)
+    assert len(problems) == 1 and ts.name in problems[0]
+
+
+# --- target specifics -----------------------------------------------------------------------
+def test_onnx_graphs(exported):
+    import onnx
+
+    fp32, fp16, int8 = (onnx.load(str(_artifact(exported, "onnx", p))) for p in ("fp32", "fp16", "int8"))
+    for m in (fp32, fp16, int8):
+        onnx.checker.check_model(m, full_check=True)
+        (inp,), (out,) = m.graph.input, m.graph.output
+        assert (inp.name, out.name) == ("image", "logits")
+        dims = inp.type.tensor_type.shape.dim
+        assert dims[0].dim_param and [d.dim_value for d in dims[1:]] == [1, 48, 48]
+        assert inp.type.tensor_type.elem_type == out.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in fp16.graph.initializer)
+    ops = {n.op_type for n in int8.graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    assert any(t.data_type == onnx.TensorProto.INT8 for t in int8.graph.initializer)
+    assert _entry(exported, "onnx", "int8")["export"]["quantization"]["calibration_method"] == "minmax"
+
+
+def test_openvino_ir(exported):
+    sizes = {}
+    for p in ("fp32", "fp16", "int8"):
+        e = _entry(exported, "openvino", p)
+        names = [f["file"] for f in e["files"]]
+        assert names[0].endswith(".xml") and names[1].endswith(".bin")
+        sizes[p] = (exported.out_dir / names[1]).stat().st_size
+    assert sizes["fp16"] < 0.6 * sizes["fp32"] and sizes["int8"] < sizes["fp32"]
+    xml = _artifact(exported, "openvino", "int8").read_text()
+    assert "FakeQuantize" in xml
+    assert _entry(exported, "openvino", "fp32")["validation"]["precision_hint"] == "f32"
+
+
+@pytest.mark.parametrize("precision", [p.value for p in TARGETS["coreml"].precisions])
+def test_coreml_spec(exported, precision):
+    from fer_edge.exporters.coreml import inspect_package, logits_path
+    from fer_edge.exporters.metadata import META_KEYS
+
+    main = _artifact(exported, "coreml", precision)
+    info = inspect_package(main)
+    assert info["model_type"] == "mlProgram"
+    assert info["input_kind"] == "imageType" and info["color_space"] == "GRAYSCALE"
+    assert (info["width"], info["height"]) == (48, 48)
+    assert info["class_labels"] == list(LABELS) and info["predicted_feature"] == "classLabel"
+    assert info["scale"] == pytest.approx(1 / (255 * 0.25)) and info["bias"] == pytest.approx(-2.0)
+    assert set(META_KEYS) <= set(info["metadata"])
+    assert info["author"] and info["license"] and info["description"] and info["version"]
+    logits = inspect_package(logits_path(main))
+    assert logits["input_kind"] == "multiArrayType" and logits["shape"] == [1, 1, 48, 48]
+    assert logits["outputs"] == [{"name": "logits", "kind": "multiArrayType"}]
+    assert _entry(exported, "coreml", precision, "logits")["file"] == logits_path(main).name
+    if precision == "int8" and sys.platform != "darwin":
+        assert "needs macOS" in _entry(exported, "coreml", "int8")["export"]["activation_quantization"]
+
+
+# --- the parity gate through the CLI --------------------------------------------------------
+def _perturb_onnx(path):
+    """Flip the sign of the largest initializer: a valid-looking but wrong model."""
+    import onnx
+    from onnx import numpy_helper
+
+    m = onnx.load(str(path))
+    init = max(m.graph.initializer, key=lambda t: int(np.prod(t.dims)))
+    init.CopyFrom(numpy_helper.from_array(-numpy_helper.to_array(init), init.name))
+    onnx.save(m, str(path))
+
+
+def test_wrong_artifact_fails_the_gate(monkeypatch, tmp_path, tiny_checkpoint, synthetic_csv):
+    from fer_edge.cli import app
+    from fer_edge.exporters.onnx import OnnxExporter
+
+    original = OnnxExporter.export
+
+    def wrong(self, req, precision, out_path):
+        files = original(self, req, precision, out_path)
+        _perturb_onnx(out_path)
+        return files
+
+    monkeypatch.setattr(OnnxExporter, "export", wrong)
+    out = tmp_path / "out"
+    res = CliRunner().invoke(app, ["export", str(tiny_checkpoint), "--target", "onnx", "-t", "torchscript",
+                                   "--precision", "fp32", "--val-data", str(synthetic_csv), "--out", str(out)])
+    assert res.exit_code != 0
+    assert "failed the parity gate" in res.output and "agreement" in res.output
+    data = json.loads((out / "manifest.json").read_text())
+    status = {e["target"]: e["validation"]["status"] for e in data["artifacts"]}
+    assert status == {"onnx": "failed", "torchscript": "passed"}
+    bad = next(e for e in data["artifacts"] if e["target"] == "onnx")
+    assert bad["validation"]["failures"] and bad["validation"]["agreement"] < 1.0
+
+
+def test_threshold_overrides_are_applied(tmp_path, tiny_checkpoint, synthetic_csv):
+    from fer_edge.cli import app
+
+    out = tmp_path / "out"
+    res = CliRunner().invoke(app, ["export", str(tiny_checkpoint), "-t", "torchscript", "-p", "fp32",
+                                   "--val-data", str(synthetic_csv), "--out", str(out),
+                                   "--max-abs-diff", "fp32=0", "--min-agreement", "int8=0.5"])
+    assert res.exit_code == 1  # max diff 0 < 0 is impossible: the gate must fail
+    data = json.loads((out / "manifest.json").read_text())
+    assert data["thresholds"]["fp32"]["max_abs_diff"] == 0.0
+    assert data["thresholds"]["int8"]["min_agreement"] == 0.5
+    assert data["artifacts"][0]["validation"]["status"] == "failed"
+
+
+# --- CLI errors -----------------------------------------------------------------------------
+def test_int8_without_calibration_data_is_a_clear_error(tiny_checkpoint, tmp_path):
+    from fer_edge.cli import app
+    from fer_edge.exporters import export
+
+    res = CliRunner().invoke(app, ["export", str(tiny_checkpoint), "-t", "onnx", "-p", "int8", "--out", str(tmp_path)])
+    assert res.exit_code == 1
+    assert "int8" in res.output and "--calib-data" in res.output
+    with pytest.raises(FerEdgeError, match="--calib-data"):
+        export(tiny_checkpoint, ["onnx"], ["int8"], tmp_path)
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(
+    "args,valid",
+    [
+        (["--target", "onnx,tflite"], "onnx, openvino, coreml, torchscript, all"),
+        (["--target", "ONNX"], "onnx, openvino, coreml, torchscript, all"),
+        (["-t", "onnx", "--precision", "fp32", "-p", "fp64"], "fp32, fp16, int8"),
+    ],
+)
+def test_unknown_values_are_rejected(tiny_checkpoint, tmp_path, args, valid):
+    from fer_edge.cli import app
+
+    res = CliRunner().invoke(app, ["export", str(tiny_checkpoint), *args, "--out", str(tmp_path)])
+    assert res.exit_code == 1
+    assert "unknown" in res.output and valid in res.output
+
+
+def test_default_checkpoint_error_is_clear(tmp_path):
+    from fer_edge.cli import app
+    from fer_edge.weights import PRETRAINED
+
+    if PRETRAINED:
+        pytest.skip("a default model ships now")
+    res = CliRunner().invoke(app, ["export", "-p", "fp32", "--out", str(tmp_path)])
+    assert res.exit_code == 1 and "shipped" in res.output
+
+
+def test_no_validate_and_only_supported_precisions(tiny_checkpoint, tmp_path):
+    from fer_edge.cli import app
+
+    res = CliRunner().invoke(app, ["export", str(tiny_checkpoint), "-t", "torchscript", "-p", "fp32,fp16",
+                                   "--no-validate", "--out", str(tmp_path), "--name", "tiny"])
+    assert res.exit_code == 0, res.output
+    data = json.loads((tmp_path / "manifest.json").read_text())
+    assert [e["file"] for e in data["artifacts"]] == ["tiny_fp32.ts"]
+    assert data["artifacts"][0]["validation"]["status"] == "not validated"
+    assert data["skipped"] == [{"target": "torchscript", "precision": "fp16",
+                                "reason": "torchscript supports fp32 only"}]
+    assert "torchscript" in res.output
+
+
+# --- failures stay local; writes are atomic ---------------------------------------------------
+def test_a_failing_target_does_not_stop_the_others(monkeypatch, tiny_checkpoint, tmp_path):
+    from fer_edge.exporters import export
+    from fer_edge.exporters.onnx import OnnxExporter
+    from fer_edge.exporters.openvino import OpenVINOExporter
+
+    def boom(self, req, precision, out_path):
+        raise RuntimeError("converter exploded")
+
+    monkeypatch.setattr(OpenVINOExporter, "export", boom)
+    monkeypatch.setattr(OnnxExporter, "packages", ("onnx", "surely_not_installed_pkg"))
+    with pytest.raises(ExportError) as info:
+        export(tiny_checkpoint, ["openvino", "onnx", "torchscript"], ["fp32"], tmp_path, validate=False)
+    result = info.value.result
+    failed = {f["target"]: f["reason"] for f in result.failed}
+    assert "converter exploded" in failed["openvino"]
+    assert "surely_not_installed_pkg" in failed["onnx"] and "pip install" in failed["onnx"]
+    assert [a.target for a in result.artifacts] == ["torchscript"]
+    data = json.loads((tmp_path / "manifest.json").read_text())
+    assert {f["target"] for f in data["failed"]} == {"openvino", "onnx"}
+    assert [e["target"] for e in data["artifacts"]] == ["torchscript"]
+    assert not (tmp_path / "fer_nano_fp32.xml").exists()
+
+
+@pytest.mark.parametrize("target", list(TARGETS))
+def test_interrupted_write_leaves_no_artifact(monkeypatch, tiny_checkpoint, tmp_path, target):
+    """Interrupt right before the final rename: nothing under the final name, no temp debris."""
+    from fer_edge.checkpoint import load_checkpoint
+    from fer_edge.exporters import ExportRequest, build_metadata, get_exporter
+
+    ckpt = load_checkpoint(tiny_checkpoint)
+    req = ExportRequest(model=ckpt.build_model(), ckpt=ckpt, metadata=build_metadata(ckpt, "fp32", target))
+    path = tmp_path / TARGETS[target].filename("fer_nano", "fp32")
+
+    def interrupted(src, dst):
+        raise KeyboardInterrupt
+
+    exporter = get_exporter(target)()
+    with monkeypatch.context() as m:
+        m.setattr(os, "replace", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            exporter.export(req, Precision.fp32, path)
+    assert not path.exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+# --- the parity API ---------------------------------------------------------------------------
+def test_parity_compare_and_check():
+    from fer_edge import parity
+
+    rng = np.random.default_rng(0)
+    ref = rng.normal(size=(200, 7)).astype(np.float32)
+    labels = ref.argmax(1)
+    same = parity.compare(ref, ref.copy(), labels)
+    assert (same.agreement, same.max_abs_diff, same.flips, same.accuracy) == (1.0, 0.0, 0, 1.0)
+    assert same.kl == pytest.approx(0.0, abs=1e-12)
+    assert parity.check(same, "fp32") == []
+
+    worse = ref.copy()
+    worse[:10] = np.roll(worse[:10], 1, axis=1)  # move the top class of 10 rows
+    stats = parity.compare(ref, worse, labels)
+    assert stats.flips == 10 and stats.agreement == pytest.approx(0.95) and stats.accuracy_drop == pytest.approx(0.05)
+    reasons = parity.check(stats, "int8")
+    assert len(reasons) == 2 and "agreement" in reasons[0] and "accuracy" in reasons[1]
+    loose = parity.with_overrides({"min_agreement": {"int8": 0.9}, "max_accuracy_drop": {"int8": None}})
+    assert parity.check(stats, "int8", loose) == []
+    assert parity.check(stats, "int8", parity.Thresholds(min_agreement=0.96)) != []
+
+    nan = ref.copy()
+    nan[0, 0] = np.nan  # a non-finite row counts as a flip, and the max diff is infinite
+    stats = parity.compare(ref, nan)
+    assert stats.flips == 1 and stats.max_abs_diff == float("inf")
+    assert any("max |logit diff|" in r for r in parity.check(stats, "fp32"))
+
+
+def test_parse_override():
+    from fer_edge import parity
+
+    assert parity.parse_override(["int8=0.97", "fp16=0.99,fp32=none"], "--min-agreement") == {
+        Precision.int8: 0.97, Precision.fp16: 0.99, Precision.fp32: None}
+    for bad, msg in (("int4=0.9", "valid: fp32, fp16, int8"), ("int8", "PRECISION=VALUE"), ("int8=abc", "number")):
+        with pytest.raises(FerEdgeError, match=msg):
+            parity.parse_override([bad], "--min-agreement")
+    with pytest.raises(FerEdgeError, match="unknown threshold"):
+        parity.with_overrides({"min_accuracy": {"int8": 0.5}})
+
+
+def test_parity_error_is_raised_after_the_manifest(monkeypatch, tiny_checkpoint, synthetic_csv, tmp_path):
+    from fer_edge.exporters import export
+    from fer_edge.parity import Thresholds
+
+    with pytest.raises(ParityError) as info:
+        export(tiny_checkpoint, ["torchscript"], ["fp32"], tmp_path, val_data=synthetic_csv,
+               thresholds={"fp32": Thresholds(max_abs_diff=0.0)}, data_progress=False)
+    assert (tmp_path / "manifest.json").is_file()
+    assert info.value.result.parity_failures[0].target == "torchscript"

@@ -1,0 +1,215 @@
+"""Runtimes: the registry, availability, devices, options, and running/reading real exported artifacts.
+
+Artifacts come from the session export of test_export.py (exported once, shared).
+"""
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import pytest
+
+from fer_edge.constants import LABELS
+from fer_edge.errors import ArtifactError, FerEdgeError, RuntimeUnavailableError
+from fer_edge.targets import TARGETS
+from test_export import export_all  # the shared once-per-session export
+
+EXPECTED = {"pytorch", "torchscript", "onnxruntime", "openvino", "coreml"}
+
+
+@pytest.fixture(scope="session")
+def exported(tmp_path_factory, tiny_checkpoint, synthetic_csv):
+    return export_all(tmp_path_factory, tiny_checkpoint, synthetic_csv)
+
+
+def _fp32(exported, target: str):
+    return exported.out_dir / TARGETS[target].filename("fer_nano", "fp32")
+
+
+@pytest.fixture(scope="module")
+def batch():
+    return np.random.default_rng(0).normal(size=(5, 1, 48, 48)).astype(np.float32)
+
+
+# --- registry -------------------------------------------------------------------------------
+def test_registry_covers_every_target():
+    from fer_edge.runtimes import RUNTIMES, Runtime
+
+    assert set(RUNTIMES) == EXPECTED
+    for name, cls in RUNTIMES.items():
+        assert issubclass(cls, Runtime) and cls.name == name and cls.package
+    for t in TARGETS.values():
+        assert t.runtime in RUNTIMES
+
+
+@pytest.mark.parametrize("target", list(TARGETS))
+def test_runtime_for_path_uses_the_targets_table(target, tmp_path):
+    from fer_edge.runtimes import runtime_for_path
+
+    t = TARGETS[target]
+    assert runtime_for_path(tmp_path / t.filename("m", t.precisions[0])).name == t.runtime
+
+
+def test_runtime_for_path_checkpoints_and_unknown(tmp_path):
+    from fer_edge.runtimes import get_runtime, runtime_for_path
+
+    assert runtime_for_path(tmp_path / "best.pt").name == "pytorch"
+    with pytest.raises(FerEdgeError, match="suffixes"):
+        runtime_for_path(tmp_path / "model.tflite")
+    with pytest.raises(FerEdgeError, match="valid runtimes: pytorch, torchscript, onnxruntime, openvino, coreml"):
+        get_runtime("tensorrt")
+
+
+def test_availability_and_devices():
+    from fer_edge.runtimes import RUNTIMES, available_runtimes
+
+    avail = available_runtimes()
+    assert set(avail) == EXPECTED
+    if sys.platform != "darwin":
+        assert avail["coreml"] == (False, "needs macOS")
+        assert RUNTIMES["coreml"].devices() == []
+    for name in ("pytorch", "torchscript", "onnxruntime", "openvino"):
+        assert avail[name] == (True, "")
+        assert RUNTIMES[name].devices()
+    assert "cpu" in RUNTIMES["pytorch"].devices()
+    ort_devices = RUNTIMES["onnxruntime"].devices()
+    assert "CPUExecutionProvider" in ort_devices and "AzureExecutionProvider" not in ort_devices
+    assert "CPU" in RUNTIMES["openvino"].devices()
+
+
+def test_missing_package_is_named(monkeypatch):
+    import importlib.util
+
+    from fer_edge.runtimes import RUNTIMES
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "openvino" else real(n, *a))
+    ok, why = RUNTIMES["openvino"].available()
+    assert not ok and "openvino" in why
+
+
+# --- running artifacts ----------------------------------------------------------------------
+RUNNABLE = [t for t in TARGETS if TARGETS[t].runs_here()]
+
+
+@pytest.mark.parametrize("target", RUNNABLE)
+def test_runtime_runs_its_artifact(exported, tiny_checkpoint, batch, target):
+    from fer_edge.runtimes import load_runtime
+
+    ref = load_runtime(tiny_checkpoint).run(batch)
+    rt = load_runtime(_fp32(exported, target), threads=1)
+    out = rt.run(batch)
+    assert out.shape == (5, len(LABELS)) and out.dtype == np.float32
+    assert np.abs(out - ref).max() < 1e-3
+    one = rt.run(batch[0])  # a single 1 x 48 x 48 image gets a batch axis
+    assert one.shape == (1, len(LABELS))
+    info = rt.describe()
+    assert info["runtime"] == rt.name and info["versions"]
+    with pytest.raises(FerEdgeError, match="48"):
+        rt.run(np.zeros((2, 3, 48, 48), np.float32))
+
+
+@pytest.mark.parametrize("target", list(TARGETS))
+def test_missing_artifact(exported, tmp_path, target):
+    from fer_edge.runtimes import runtime_for_path
+
+    cls = runtime_for_path(_fp32(exported, target))
+    with pytest.raises((ArtifactError, RuntimeUnavailableError)):
+        cls(tmp_path / TARGETS[target].filename("nothing", "fp32"))
+
+
+def test_pytorch_runtime(tiny_checkpoint, batch):
+    import torch
+
+    from fer_edge.checkpoint import load_checkpoint
+    from fer_edge.runtimes import get_runtime
+    from fer_edge.utils import sha256_path
+
+    rt = get_runtime("pytorch")(tiny_checkpoint, threads=1)
+    model = load_checkpoint(tiny_checkpoint).build_model()
+    with torch.no_grad():
+        np.testing.assert_allclose(rt.run(batch), model(torch.from_numpy(batch)).numpy(), atol=1e-6)
+    md = rt.metadata()
+    assert json.loads(md["labels"]) == list(LABELS) and md["model"] == "fer_nano"
+    assert md["source_sha256"] == sha256_path(tiny_checkpoint)
+    assert rt.describe()["device"] == "cpu"
+    with pytest.raises(RuntimeUnavailableError, match="available"):
+        get_runtime("pytorch")(tiny_checkpoint, device="npu")
+
+
+def test_onnxruntime_devices_and_options(exported, batch):
+    from fer_edge.runtimes import get_runtime
+
+    cls = get_runtime("onnxruntime")
+    path = _fp32(exported, "onnx")
+    rt = cls(path, device="cpu", threads=1)
+    assert rt.device == "CPUExecutionProvider"
+    assert rt.describe()["providers"] == ["CPUExecutionProvider"]
+    assert rt.session.get_session_options().intra_op_num_threads == 1
+    with pytest.raises(RuntimeUnavailableError, match="CPUExecutionProvider"):
+        cls(path, device="tensorrt")
+    with pytest.raises(ArtifactError, match="graph_optimization_level"):
+        cls(path, graph_optimization_level="max")
+    np.testing.assert_allclose(cls(path, graph_optimization_level="disable").run(batch), rt.run(batch), atol=1e-5)
+
+
+def test_openvino_hints(exported, batch):
+    from fer_edge.runtimes import get_runtime
+
+    cls = get_runtime("openvino")
+    path = exported.out_dir / TARGETS["openvino"].filename("fer_nano", "int8")
+    rt = cls(path, threads=1)
+    info = rt.describe()
+    assert info["precision_hint"] == "f32"  # pinned on CPU
+    assert rt.config["INFERENCE_PRECISION_HINT"] == "f32" and rt.config["INFERENCE_NUM_THREADS"] == 1
+    assert str(info["performance_hint"]).upper().endswith("LATENCY")
+    assert "THROUGHPUT" in str(cls(path, batch_hint=8).describe()["performance_hint"]).upper()
+    plugin_choice = cls(path, precision_hint="default")
+    assert "INFERENCE_PRECISION_HINT" not in plugin_choice.config
+    assert rt.run(batch).shape == (5, len(LABELS))
+    with pytest.raises(RuntimeUnavailableError, match="CPU"):
+        cls(path, device="NPU.7")
+
+
+def test_openvino_needs_its_bin(exported, tmp_path):
+    import shutil
+
+    from fer_edge.runtimes import get_runtime
+
+    xml = tmp_path / "m_fp32.xml"
+    shutil.copy(_fp32(exported, "openvino"), xml)
+    with pytest.raises(ArtifactError, match=r"m_fp32\.bin"):
+        get_runtime("openvino")(xml)
+
+
+@pytest.mark.skipif(sys.platform == "darwin", reason="checks the behaviour off macOS")
+def test_coreml_off_macos_reads_metadata_but_does_not_run(exported, batch):
+    from fer_edge.runtimes import get_runtime, load_runtime
+
+    path = _fp32(exported, "coreml")
+    rt = get_runtime("coreml")(path)
+    md = rt.metadata()
+    assert json.loads(md["labels"]) == list(LABELS) and md["target"] == "coreml"
+    assert rt.logits_path.name == "fer_nano_fp32_logits.mlpackage"
+    with pytest.raises(RuntimeUnavailableError, match="macOS"):
+        rt.run(batch)
+    with pytest.raises(RuntimeUnavailableError, match="needs macOS"):
+        load_runtime(path)
+
+
+@pytest.mark.skipif(sys.platform != "darwin", reason="Core ML prediction needs macOS")
+@pytest.mark.parametrize("units", ["CPU_ONLY", "ALL"])
+def test_coreml_compute_units(exported, tiny_checkpoint, batch, units):
+    from fer_edge.runtimes import load_runtime
+
+    ref = load_runtime(tiny_checkpoint).run(batch)
+    out = load_runtime(_fp32(exported, "coreml"), device=units).run(batch)
+    assert np.abs(out - ref).max() < 1e-3
+
+
+def test_torchscript_reads_extra_file(exported):
+    from fer_edge.runtimes import get_runtime
+
+    rt = get_runtime("torchscript")(_fp32(exported, "torchscript"))
+    assert rt.metadata()["target"] == "torchscript" and rt.describe()["precision"] == "fp32"
