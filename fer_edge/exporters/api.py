@@ -175,8 +175,6 @@ def export(
     """
     import json
 
-    import torch
-
     from fer_edge.checkpoint import load_checkpoint
     from fer_edge.exporters.onnx import CALIB_METHODS, DEFAULT_CALIB_METHOD
     from fer_edge.weights import resolve_checkpoint
@@ -212,7 +210,6 @@ def export(
 
     ckpt = load_checkpoint(ckpt_path)
     model = ckpt.build_model()
-    torch.set_grad_enabled(False)
     source_sha = ckpt.sha256
     stem = name or ckpt.model_name
     out = Path(out_dir)

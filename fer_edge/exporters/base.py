@@ -110,15 +110,14 @@ def example_input(batch: int = 2):
 
 @contextlib.contextmanager
 def quiet(stderr: bool = False):
-    """Silence the converters' deprecation warnings; with ``stderr`` also their progress bars
-    (tqdm writes to ``sys.stderr``). Errors still raise."""
+    """Silence the converters' deprecation warnings; with ``stderr`` also what they print
+    (tqdm progress bars on ``sys.stderr``, calibrators' prints on ``sys.stdout``). Errors still raise."""
     import io
-    import sys
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if stderr:
-            with contextlib.redirect_stderr(io.StringIO()):
+            with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
                 yield
         else:
             yield

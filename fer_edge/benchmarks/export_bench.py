@@ -1,0 +1,216 @@
+"""Export benchmark: time every target x precision, size the artifacts, report parity.
+
+    python -m fer_edge.benchmarks.export_bench CHECKPOINT --calib-data fer2013.csv.gz \
+        [--val-data ...] [--out DIR] [--calib-methods minmax,entropy,percentile] [--json report.json]
+
+Prints export seconds per target (and in total: the budget is 60 s for every target and
+precision), artifact size per precision with the INT8/FP32 ratio (ONNX and OpenVINO INT8
+should be close to a quarter of FP32), and the parity figures of the export gate.
+``--calib-methods`` also exports ONNX INT8 once per calibration method and compares them on
+the whole validation split (agreement and accuracy against FP32): how the default was chosen.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+#: Every target and precision must export within this many seconds in total.
+BUDGET_S = 60.0
+
+
+def _weights_bytes(entry: dict) -> int:
+    """Bytes of the weight-carrying files: OpenVINO's ``.bin`` (its ``.xml`` is the graph text), else all."""
+    files = entry.get("files") or []
+    weights = [f["size_bytes"] for f in files if not f["file"].endswith(".xml")]
+    return sum(weights) if weights else int(entry["size_bytes"])
+
+
+def _size_table(entries: list[dict]) -> dict:
+    """{target: {precision: bytes, "<p>/fp32": ratio, "int8/fp32 weights": ratio}} over the main artifacts."""
+    out: dict[str, dict] = {}
+    weights: dict[str, dict] = {}
+    for e in entries:
+        if e["variant"] != "main":
+            continue
+        out.setdefault(e["target"], {})[e["precision"]] = e["size_bytes"]
+        weights.setdefault(e["target"], {})[e["precision"]] = _weights_bytes(e)
+    for target, sizes in out.items():
+        if "fp32" in sizes:
+            for p in ("fp16", "int8"):
+                if p in sizes:
+                    sizes[f"{p}/fp32"] = round(sizes[p] / sizes["fp32"], 3)
+            w = weights[target]
+            if "int8" in w:
+                sizes["int8/fp32 weights"] = round(w["int8"] / w["fp32"], 3)
+    return out
+
+
+def run(checkpoint, calib_data, out_dir=None, val_data=None, val_split=None, val_size=None,
+        targets="all", precisions=None, calib_size: int = 500, calib_methods=None) -> dict:
+    """Export and measure; returns the report dict (see the module docstring)."""
+    from fer_edge.exporters import export
+
+    tmp = None
+    if out_dir is None:
+        tmp = tempfile.TemporaryDirectory(prefix="fer-edge-export-bench-")
+        out_dir = tmp.name
+    out_dir = Path(out_dir)
+    t0 = time.perf_counter()
+    result = export(checkpoint, targets, precisions, out_dir / "all", calib_data=calib_data,
+                    calib_size=calib_size, val_data=val_data, val_split=val_split, val_size=val_size,
+                    raise_on_failure=False, data_progress=False)
+    wall = time.perf_counter() - t0
+    entries = result.manifest["artifacts"]
+    per_target: dict[str, float] = {}
+    for e in entries:
+        per_target[e["target"]] = per_target.get(e["target"], 0.0) + float(e["export_seconds"])
+    export_total = sum(per_target.values())
+    report = {
+        "checkpoint": result.manifest["source"],
+        "tool_versions": result.manifest["tool_versions"],
+        "calibration": result.manifest["calibration"],
+        "validation_data": result.manifest["validation_data"],
+        "export_seconds": {k: round(v, 2) for k, v in per_target.items()},
+        "export_seconds_total": round(export_total, 2),
+        "wall_seconds_with_data_and_validation": round(wall, 2),
+        "budget_seconds": BUDGET_S,
+        "within_budget": export_total < BUDGET_S,
+        "sizes": _size_table(entries),
+        "artifacts": [
+            {k: e.get(k) for k in ("file", "target", "precision", "variant", "size_bytes", "export_seconds")}
+            | {"validation": {k: e["validation"].get(k) for k in (
+                "status", "reason", "agreement", "max_abs_diff", "kl", "accuracy", "reference_accuracy",
+                "accuracy_drop", "n", "precision_hint")}}
+            for e in entries
+        ],
+        "failed": result.failed,
+        "calib_methods": None,
+    }
+    if calib_methods:
+        rows = []
+        for method in calib_methods:
+            t1 = time.perf_counter()
+            r = export(checkpoint, ["onnx"], ["int8"], out_dir / f"calib-{method}", calib_data=calib_data,
+                       calib_size=calib_size, calib_method=method, val_data=val_data, val_split=val_split,
+                       val_size=None, raise_on_failure=False, data_progress=False)
+            secs = time.perf_counter() - t1
+            if r.failed:
+                rows.append({"method": method, "error": r.failed[0]["reason"]})
+                continue
+            v = r.artifacts[0].validation
+            rows.append({"method": method, "seconds": round(secs, 2), "n": v.get("n"),
+                         "agreement": v.get("agreement"), "accuracy": v.get("accuracy"),
+                         "reference_accuracy": v.get("reference_accuracy"), "accuracy_drop": v.get("accuracy_drop"),
+                         "kl": v.get("kl"), "max_abs_diff": v.get("max_abs_diff"), "status": v.get("status")})
+        report["calib_methods"] = rows
+    if tmp is not None:
+        tmp.cleanup()
+    return report
+
+
+def _pct(v) -> str:
+    return "-" if v is None else f"{v:.2%}"
+
+
+def print_report(report: dict, console=None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console()
+    src = report["checkpoint"]
+    console.print(f"checkpoint {src['path']} ({src['model']}, sha256 {src['sha256'][:12]}...)")
+    cal = report.get("calibration") or {}
+    if cal:
+        console.print(f"calibration: {cal.get('count')} images of {cal.get('split')} ({cal.get('sampling')})")
+    val = report.get("validation_data") or {}
+    if val:
+        console.print(f"validation: {val.get('count')} images of {val.get('split')} ({val.get('sampling')})")
+
+    t = Table(title="Export seconds per target")
+    t.add_column("Target")
+    t.add_column("Seconds (all precisions)", justify="right")
+    for k, v in report["export_seconds"].items():
+        t.add_row(k, f"{v:.2f}")
+    ok = "[green]within[/]" if report["within_budget"] else "[bold red]over[/]"
+    t.add_row("[bold]total[/]", f"[bold]{report['export_seconds_total']:.2f}[/]")
+    console.print(t)
+    console.print(f"total export time {report['export_seconds_total']:.1f} s: {ok} the {report['budget_seconds']:.0f} s "
+                  f"budget (wall with data loading and validation: {report['wall_seconds_with_data_and_validation']:.1f} s)")
+
+    t = Table(title="Artifact size (bytes; Core ML: the app package; OpenVINO: .xml + .bin)",
+              caption="int8/fp32 weights: OpenVINO's .bin alone (its .xml is graph text)")
+    ratios = ("fp16/fp32", "int8/fp32", "int8/fp32 weights")
+    for col in ("Target", "fp32", "fp16", "int8", *ratios):
+        t.add_column(col, justify="right" if col != "Target" else "left")
+    for target, sizes in report["sizes"].items():
+        t.add_row(target, *[f"{sizes[c]:,}" if c in sizes else "-" for c in ("fp32", "fp16", "int8")],
+                  *[f"{sizes[c]:.3f}" if c in sizes else "-" for c in ratios])
+    console.print(t)
+
+    t = Table(title="Parity with the PyTorch FP32 model")
+    for col in ("Artifact", "Status", "Agreement", "Max |Δ|", "KL", "Accuracy", "Ref. acc.", "n"):
+        t.add_column(col, justify="left" if col in ("Artifact", "Status") else "right")
+    for a in report["artifacts"]:
+        v = a["validation"]
+        t.add_row(a["file"], str(v.get("status")), _pct(v.get("agreement")),
+                  "-" if v.get("max_abs_diff") is None else f"{v['max_abs_diff']:.2e}",
+                  "-" if v.get("kl") is None else f"{v['kl']:.2e}", _pct(v.get("accuracy")),
+                  _pct(v.get("reference_accuracy")), str(v.get("n") or "-"))
+    console.print(t)
+    for f in report["failed"]:
+        console.print(f"[bold red]export failed[/] {f['target']} {f['precision']}: {f['reason']}")
+
+    if report.get("calib_methods"):
+        t = Table(title="ONNX INT8 calibration methods (whole validation split)")
+        for col in ("Method", "Agreement", "Accuracy", "FP32 acc.", "Drop (points)", "KL", "Max |Δ|", "Seconds"):
+            t.add_column(col, justify="left" if col == "Method" else "right")
+        for r in report["calib_methods"]:
+            if "error" in r:
+                t.add_row(r["method"], f"[red]{r['error']}[/]", *[""] * 6)
+                continue
+            t.add_row(r["method"], _pct(r["agreement"]), _pct(r["accuracy"]), _pct(r["reference_accuracy"]),
+                      f"{r['accuracy_drop'] * 100:.2f}", f"{r['kl']:.2e}", f"{r['max_abs_diff']:.2f}",
+                      f"{r['seconds']:.1f}")
+        console.print(t)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from fer_edge.errors import FerEdgeError
+
+    ap = argparse.ArgumentParser(prog="python -m fer_edge.benchmarks.export_bench", description=__doc__.split("\n")[0])
+    ap.add_argument("checkpoint", nargs="?", default=None, help="checkpoint (default: the shipped default model)")
+    ap.add_argument("--calib-data", required=True, help="FER2013 CSV or image folder (calibration + validation)")
+    ap.add_argument("--calib-size", type=int, default=500)
+    ap.add_argument("--val-data", default=None)
+    ap.add_argument("--val-split", default=None)
+    ap.add_argument("--val-size", type=int, default=0, help="validation images (0: the whole split)")
+    ap.add_argument("--target", default="all", help="comma-separated targets (default: all)")
+    ap.add_argument("--out", default=None, help="keep the artifacts here (default: a temporary folder)")
+    ap.add_argument("--calib-methods", default=None,
+                    help="also compare ONNX INT8 calibration methods, e.g. minmax,entropy,percentile")
+    ap.add_argument("--json", default=None, help="write the report as JSON here")
+    args = ap.parse_args(argv)
+    try:
+        from fer_edge.cli.common import parse_csv_option
+        from fer_edge.exporters.onnx import CALIB_METHODS
+        from fer_edge.targets import TARGETS
+
+        targets = parse_csv_option(args.target, [*TARGETS, "all"], "target")
+        methods = parse_csv_option(args.calib_methods, list(CALIB_METHODS), "calibration method") or None
+        report = run(args.checkpoint, args.calib_data, args.out, args.val_data, args.val_split,
+                     args.val_size or None, targets, None, args.calib_size, methods)
+    except FerEdgeError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print_report(report)
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2, default=str) + "\n")
+    return 0 if report["within_budget"] and not report["failed"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
