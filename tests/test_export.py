@@ -442,3 +442,19 @@ def test_parity_error_is_raised_after_the_manifest(monkeypatch, tiny_checkpoint,
                thresholds={"fp32": Thresholds(max_abs_diff=0.0)}, data_progress=False)
     assert (tmp_path / "manifest.json").is_file()
     assert info.value.result.parity_failures[0].target == "torchscript"
+
+
+def test_calib_method_option(tiny_checkpoint, synthetic_csv, tmp_path):
+    from fer_edge.cli import app
+
+    args = ["export", str(tiny_checkpoint), "-t", "onnx", "-p", "int8", "--calib-data", str(synthetic_csv),
+            "--calib-size", "210", "--no-validate", "--out", str(tmp_path)]
+    bad = CliRunner().invoke(app, [*args, "--calib-method", "kl"])
+    assert bad.exit_code == 1 and "minmax, entropy, percentile" in bad.output
+    res = CliRunner().invoke(app, [*args, "--calib-method", "percentile"])
+    assert res.exit_code == 0, res.output
+    data = json.loads((tmp_path / "manifest.json").read_text())
+    (entry,) = data["artifacts"]
+    assert entry["export"]["quantization"]["calibration_method"] == "percentile"
+    assert data["calibration_method"] == "percentile" and entry["calibration"]["count"] == 210
+    assert "warning" not in res.output  # 210 >= 200 calibration images

@@ -139,29 +139,80 @@ def make_reader(inputs: np.ndarray):
     return _Reader(inputs)
 
 
+#: onnxruntime calibrator settings per ``--calib-method``. ``quantize_static`` passes no bin
+#: counts, and its Entropy default (128 bins, 128 quantized bins) leaves a single candidate
+#: threshold, i.e. the MinMax range; here Entropy gets TensorRT's 2048 bins / 128 levels and
+#: Percentile (99.999%) is two-sided (uint8 activations are asymmetric).
+CALIB_SETTINGS: dict[str, dict] = {
+    "minmax": {},
+    "entropy": {"num_bins": 2048, "num_quantized_bins": 128},
+    "percentile": {"num_bins": 2048, "percentile": 99.999, "symmetric": False},
+}
+
+
+def _calibrate(pre: Path, inputs: np.ndarray, method: str, workdir: Path):
+    from onnxruntime.quantization import CalibrationMethod
+    from onnxruntime.quantization.calibrate import create_calibrator
+
+    calibrator = create_calibrator(
+        pre, None, augmented_model_path=str(workdir / f"augmented_{method}.onnx"),
+        calibrate_method=getattr(CalibrationMethod, CALIB_METHODS[method]), extra_options=CALIB_SETTINGS[method],
+    )
+    calibrator.collect_data(make_reader(inputs))
+    ranges = calibrator.compute_data()
+    del calibrator
+    return ranges
+
+
+def calibration_ranges(pre: Path, inputs: np.ndarray, method: str, workdir: Path):
+    """Activation ranges (onnxruntime ``TensorsData``) of the pre-processed model on ``inputs``.
+
+    Histogram methods (entropy, percentile) are clamped to the observed min/max: ORT's entropy
+    thresholds are symmetric around zero, which would waste half of the uint8 range on the
+    non-negative outputs of ReLU layers.
+    """
+    from onnxruntime.quantization.calibrate import TensorData, TensorsData
+
+    observed = _calibrate(pre, inputs, "minmax", workdir)
+    if method == "minmax":
+        return observed
+    ranges = _calibrate(pre, inputs, method, workdir)
+    clamped = {}
+    for name, td in ranges.items():
+        lo, hi = td.range_value
+        if name in observed:
+            olo, ohi = observed[name].range_value
+            lo, hi = np.maximum(lo, olo).astype(lo.dtype), np.minimum(hi, ohi).astype(hi.dtype)
+        clamped[name] = TensorData(lowest=lo, highest=hi)
+    return TensorsData(ranges.calibration_method, clamped)
+
+
 def quantize_int8(fp32, calib_inputs: np.ndarray, method: str, workdir: Path):
     """Static QDQ INT8 ModelProto of the FP32 proto, calibrated on ``calib_inputs``."""
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.calibrate import save_tensors_data
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     if method not in CALIB_METHODS:
         raise ExportError(f"unknown calibration method {method!r}; valid: {', '.join(CALIB_METHODS)}")
     src, pre, out = workdir / "fp32.onnx", workdir / "pre.onnx", workdir / "int8.onnx"
+    cache = workdir / "ranges.json"
     onnx.save(fp32, str(src))
     with quiet(stderr=True):
         quant_pre_process(str(src), str(pre), skip_symbolic_shape=False)
+        save_tensors_data(calibration_ranges(pre, calib_inputs, method, workdir), cache)
         quantize_static(
             str(pre),
             str(out),
-            make_reader(calib_inputs),
+            None,
             quant_format=QuantFormat.QDQ,
             per_channel=True,
             reduce_range=False,
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
             calibrate_method=getattr(CalibrationMethod, CALIB_METHODS[method]),
-            extra_options={"CalibMovingAverage": False},
+            calibration_cache_path=str(cache),
         )
     return onnx.load(str(out))
 
@@ -214,6 +265,7 @@ class OnnxExporter(Exporter):
                 "weights": "int8 (symmetric)",
                 "activations": "uint8 (asymmetric)",
                 "calibration_method": method,
+                "calibrator_options": CALIB_SETTINGS.get(method, {}),
                 "preprocess": "onnxruntime.quantization.shape_inference.quant_pre_process",
             }
         set_metadata(proto, req.metadata)
