@@ -5,7 +5,11 @@
 * FP32: ``save_model(compress_to_fp16=False)``.
 * FP16: ``save_model(compress_to_fp16=True)`` (weights stored in f16, decompressed at load).
 * INT8: ``nncf.quantize`` on the calibration images (``nncf.Dataset``, one image per item,
-  ``subset_size`` = all of them), default preset (symmetric), fast bias correction.
+  ``subset_size`` = all of them), default (performance) preset, with two settings chosen by
+  measurement on FER2013 PublicTest (see the README): activation ranges by the MINMAX
+  estimator (NNCF's default averages per-image minima/maxima, which clips: KL to FP32 ~30x
+  higher, agreement 98.7% vs 99.5% on fer_small) and the full bias correction
+  (``fast_bias_correction=False``; the fast one cost up to 3 points of agreement).
 * The fer-edge metadata goes into ``rt_info`` under ``fer_edge``.
 
 Both files are written under temporary names and renamed, the ``.bin`` first and the
@@ -57,6 +61,8 @@ def convert(model):
 
 def quantize_int8(om, calib_inputs):
     import nncf
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
+    from nncf.quantization.range_estimator import RangeEstimatorParametersSet
 
     items = [calib_inputs[i : i + 1] for i in range(len(calib_inputs))]
     nncf_log = logging.getLogger("nncf")
@@ -64,7 +70,15 @@ def quantize_int8(om, calib_inputs):
     nncf_log.setLevel(logging.ERROR)
     try:
         with quiet(), silent_rich():
-            return nncf.quantize(om, nncf.Dataset(items), subset_size=len(items))
+            return nncf.quantize(
+                om,
+                nncf.Dataset(items),
+                subset_size=len(items),
+                fast_bias_correction=False,
+                advanced_parameters=AdvancedQuantizationParameters(
+                    activations_range_estimator_params=RangeEstimatorParametersSet.MINMAX
+                ),
+            )
     finally:
         nncf_log.setLevel(level)
 
@@ -95,7 +109,8 @@ class OpenVINOExporter(Exporter):
                 "tool": f"nncf.quantize (nncf {nncf.__version__})",
                 "preset": "default (performance: symmetric weights and activations)",
                 "subset_size": len(req.calib),
-                "fast_bias_correction": True,
+                "activations_range_estimator": "MINMAX",
+                "fast_bias_correction": False,
             }
         else:
             om = base.clone()
