@@ -54,7 +54,7 @@ def test_runtime_for_path_uses_the_targets_table(target, tmp_path):
 def test_runtime_for_path_checkpoints_and_unknown(tmp_path):
     from fer_edge.runtimes import get_runtime, runtime_for_path
 
-    assert runtime_for_path(tmp_path / "best.pt").name == "pytorch"
+    assert runtime_for_path(tmp_path / "best.pt").name == runtime_for_path(tmp_path / "w.pth").name == "pytorch"
     with pytest.raises(FerEdgeError, match="suffixes"):
         runtime_for_path(tmp_path / "model.tflite")
     with pytest.raises(FerEdgeError, match="valid runtimes: pytorch, torchscript, onnxruntime, openvino, coreml"):

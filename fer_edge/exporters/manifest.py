@@ -29,6 +29,9 @@ Schema (``format`` ``fer-edge-export-manifest/1``)::
     }
 
 Artifact entries carry no top-level ``status``: the gate result is ``validation.status``.
+``export_seconds`` is the conversion time of the (target, precision), on its main entry (a
+companion such as Core ML's ``_logits`` package shows 0); work shared between precisions (one
+FP32 conversion per target) counts towards the first precision exported.
 """
 from __future__ import annotations
 

@@ -28,8 +28,9 @@ RUNTIMES: dict[str, type[Runtime]] = {
     for cls in (PyTorchRuntime, TorchScriptRuntime, OnnxRuntime, OpenVINORuntime, CoreMLRuntime)
 }
 
-#: Suffix of fer-edge checkpoints (not an export target: they run in ``pytorch``).
-CHECKPOINT_SUFFIX = ".pt"
+#: Suffixes of fer-edge checkpoints (not an export target: they run in ``pytorch``).
+CHECKPOINT_SUFFIXES = (".pt", ".pth")
+CHECKPOINT_SUFFIX = CHECKPOINT_SUFFIXES[0]
 
 
 def get_runtime(name: str) -> type[Runtime]:
@@ -44,7 +45,7 @@ def runtime_for_path(path: str | Path) -> type[Runtime]:
     """The runtime that runs ``path``: ``pytorch`` for ``.pt``, else the target's runtime from the table."""
     from fer_edge.targets import target_for_path
 
-    if str(path).rstrip("/").endswith(CHECKPOINT_SUFFIX):
+    if str(path).rstrip("/").endswith(CHECKPOINT_SUFFIXES):
         return get_runtime(PyTorchRuntime.name)
     return get_runtime(target_for_path(path).runtime)
 
@@ -68,6 +69,7 @@ __all__ = [
     "Runtime",
     "RUNTIMES",
     "CHECKPOINT_SUFFIX",
+    "CHECKPOINT_SUFFIXES",
     "get_runtime",
     "runtime_for_path",
     "load_runtime",
