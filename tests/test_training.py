@@ -154,3 +154,15 @@ def test_cli_errors_are_clear(synthetic_csv, tmp_path):
     bad.write_bytes(b"not a checkpoint")
     r = runner.invoke(app, ["eval", "--checkpoint", str(bad), "--data", str(synthetic_csv)])
     assert r.exit_code == 1 and "not a readable checkpoint" in r.output
+
+
+def test_ema_decay_warms_up_and_copies_integer_buffers():
+    from fer_edge.training.trainer import _ema_with_warmup
+
+    update = _ema_with_warmup(0.999)
+    ema, cur = [torch.zeros(3), torch.tensor(0)], [torch.ones(3), torch.tensor(7)]
+    update(ema, cur, torch.tensor(0))  # first update: decay 1/10, not 0.999
+    assert torch.allclose(ema[0], torch.full((3,), 0.9)) and int(ema[1]) == 7
+    for n in range(1, 5000):
+        update(ema, cur, torch.tensor(n))
+    assert torch.allclose(ema[0], torch.ones(3), atol=1e-3)
