@@ -166,3 +166,29 @@ def test_ema_decay_warms_up_and_copies_integer_buffers():
     for n in range(1, 5000):
         update(ema, cur, torch.tensor(n))
     assert torch.allclose(ema[0], torch.ones(3), atol=1e-3)
+
+
+def test_wandb_offline_logging(synthetic_csv, tmp_path, monkeypatch):
+    pytest.importorskip("wandb", reason="wandb is optional: pip install 'fer-edge[wandb]'")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    out = tmp_path / "wb"
+    train(_cfg(synthetic_csv, out, epochs=1, wandb="fer-edge-test"), progress=False)
+    runs = list((out / "wandb").glob("offline-run-*"))
+    assert runs and any(p.suffix == ".wandb" for p in runs[0].iterdir())
+
+
+def test_torchrun_trains_with_ddp(synthetic_csv, tmp_path):
+    """Under torchrun (2 CPU processes, gloo) the same command trains with DistributedDataParallel."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+           "-m", "fer_edge", "train", "--data", str(synthetic_csv), "--model", "simple_cnn", "--out", str(out),
+           "--epochs", "2", "--batch-size", "32", "--max-steps-per-epoch", "3", "--device", "cpu", "--no-progress"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.count("best val accuracy") == 2  # both ranks finished
+    rows = list(csv.DictReader((out / "history.csv").open()))
+    assert len(rows) == 2 and load_checkpoint(out / "last.pt").epoch == 2
