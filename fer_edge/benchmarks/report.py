@@ -10,6 +10,8 @@ Files in a report directory (each written atomically):
 """
 from __future__ import annotations
 
+from fer_edge.utils import human_size
+
 import csv
 import io
 import json
@@ -93,14 +95,7 @@ def _fmt(v: Any, digits: int = 2) -> str:
     return str(v)
 
 
-def fmt_size(n: int | None) -> str:
-    if n is None:
-        return "-"
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
+fmt_size = human_size
 
 
 def fmt_pct(v: float | None) -> str:

@@ -67,14 +67,15 @@ def notebook_pipeline_ips(images, labels, model_name: str, device, steps: int, b
     return seen / (time.perf_counter() - t0)
 
 
-def fer_edge_pipeline_ips(data: str, model_name: str, device: str, steps: int, batch_size: int = 128) -> float:
+def fer_edge_pipeline_ips(data: str, model_name: str, device: str, steps: int, batch_size: int = 128,
+                          amp: str = "off") -> float:
     """Images/second of one epoch of ``fer-edge train`` capped at ``steps`` steps (validation not timed)."""
     from fer_edge.training import TrainConfig, train
 
     with tempfile.TemporaryDirectory() as d:
         cfg = TrainConfig(data=data, model=model_name, out=str(Path(d) / "run"), epochs=1, batch_size=batch_size,
-                          max_steps_per_epoch=steps, device=device, augment="standard")
-        res = train(cfg, progress=False)
+                          max_steps_per_epoch=steps, device=device, augment="standard", amp=amp)
+        res = train(cfg, progress=False, quiet=True)
     return float(res.history[0]["images_per_second"])
 
 
@@ -102,11 +103,13 @@ def main(
     ours_steps = max(10, int(probe * seconds_hint / 128))
     probe_nb = notebook_pipeline_ips(split.images, split.labels, model, dev, steps=10, num_workers=num_workers)
     nb_steps = max(10, int(probe_nb * seconds_hint / 32))
-    ours, theirs = [], []
+    ours, theirs, bf16 = [], [], []
     for r in range(rounds):
         theirs.append(notebook_pipeline_ips(split.images, split.labels, model, dev, nb_steps, num_workers=num_workers))
         ours.append(fer_edge_pipeline_ips(str(data), model, device, ours_steps))
-        console.print(f"round {r + 1}/{rounds}: fer-edge {ours[-1]:.0f} img/s, notebook {theirs[-1]:.0f} img/s")
+        bf16.append(fer_edge_pipeline_ips(str(data), model, device, ours_steps, amp="bf16"))
+        console.print(f"round {r + 1}/{rounds}: fer-edge {ours[-1]:.0f} img/s (bf16 autocast {bf16[-1]:.0f}), "
+                      f"notebook {theirs[-1]:.0f} img/s")
     t = Table(title=f"training throughput, {model} on {dev} ({torch.get_num_threads()} threads), median of {rounds}")
     t.add_column("pipeline")
     t.add_column("images/s", justify="right")
@@ -115,8 +118,11 @@ def main(
               " ".join(f"{v:.0f}" for v in theirs))
     t.add_row("fer-edge: uint8 in memory, batched tensor aug, channels-last, batch 128",
               f"{statistics.median(ours):.0f}", " ".join(f"{v:.0f}" for v in ours))
+    t.add_row("fer-edge with bf16 autocast (--amp bf16)", f"{statistics.median(bf16):.0f}",
+              " ".join(f"{v:.0f}" for v in bf16))
     console.print(t)
-    console.print(f"speed-up (median ratio): [bold]{statistics.median(ours) / statistics.median(theirs):.2f}x[/]")
+    console.print(f"speed-up (median ratio): [bold]{statistics.median(ours) / statistics.median(theirs):.2f}x[/]; "
+                  f"bf16 autocast vs fp32: {statistics.median(bf16) / statistics.median(ours):.2f}x")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,8 @@
 """``fer-edge export``: a thin command over :func:`fer_edge.exporters.export`."""
 from __future__ import annotations
 
+from fer_edge.utils import human_size
+
 from pathlib import Path
 from typing import List, Optional
 
@@ -10,14 +12,7 @@ from fer_edge.cli import app
 from fer_edge.cli.common import console, err_console, handle_errors, is_tty, parse_csv_option
 
 
-def _human(n: int | None) -> str:
-    if n is None:
-        return "-"
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
+_human = human_size
 
 
 def _fmt(v, spec: str) -> str:

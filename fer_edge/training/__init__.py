@@ -2,10 +2,10 @@
 from fer_edge.training.config import TrainConfig  # noqa: F401
 
 
-def train(cfg, resume: bool = False, progress: bool = True):
+def train(cfg, resume: bool = False, progress: bool = True, quiet: bool = False):
     from fer_edge.training.trainer import train as _train
 
-    return _train(cfg, resume=resume, progress=progress)
+    return _train(cfg, resume=resume, progress=progress, quiet=quiet)
 
 
 def evaluate(*args, **kwargs):

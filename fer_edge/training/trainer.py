@@ -234,7 +234,7 @@ def predict_logits(model: torch.nn.Module, images_u8: torch.Tensor, norm: Normal
 
 # --- the loop ---------------------------------------------------------------------
 class Trainer:
-    def __init__(self, cfg: TrainConfig, progress: bool = True, console=None):
+    def __init__(self, cfg: TrainConfig, progress: bool = True, console=None, quiet: bool = False):
         validate_config(cfg)
         self.cfg = cfg
         self.progress = progress
@@ -244,7 +244,7 @@ class Trainer:
         if console is None:
             from rich.console import Console
 
-            console = Console(stderr=True)
+            console = Console(stderr=True, quiet=quiet)
         self.console = console
 
     def log(self, msg: str) -> None:
@@ -568,6 +568,6 @@ class Trainer:
                           dir=str(self.out), name=self.out.name, resume="allow")
 
 
-def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> TrainResult:
-    """Train ``cfg.model`` on ``cfg.data`` and write the run directory ``cfg.out``."""
-    return Trainer(cfg, progress=progress).run(resume=resume)
+def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, quiet: bool = False) -> TrainResult:
+    """Train ``cfg.model`` on ``cfg.data`` and write the run directory ``cfg.out`` (``quiet``: no log lines)."""
+    return Trainer(cfg, progress=progress, quiet=quiet).run(resume=resume)
