@@ -23,7 +23,6 @@ def latency_summary(samples_ns: Sequence[int] | np.ndarray) -> dict[str, float]:
         "p99": float(p99),
         "max": float(ms.max()),
     }
-    assert tuple(out) == LATENCY_KEYS
     return out
 
 
