@@ -534,7 +534,8 @@ def run_bench(
     if cpu_rows:
         fastest = min(cpu_rows, key=lambda r: r["latency_ms"]["p50"] / r["batch"])
         cores = min(fastest["threads"] or threads, env["cpu"].get("usable_cores") or threads)
-        cl = compute_limit(macs, fastest["batch"] * 1000.0 / fastest["latency_ms"]["p50"], cores, env)
+        cl = compute_limit(macs, fastest["batch"] * 1000.0 / fastest["latency_ms"]["p50"], cores, env,
+                           precision=fastest.get("precision") or "fp32")
         if cl is not None:
             cl["row"] = f"{row_label(fastest)} batch {fastest['batch']}"
             cl["basis"] = "p50 latency per image"

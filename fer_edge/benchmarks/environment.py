@@ -277,7 +277,7 @@ def describe_environment(runtimes: tuple[str, ...] | list[str] = PROBED_RUNTIMES
             "clock_mhz": mhz,
             "clock_source": mhz_source,
             "isa": simd_isa(flags),
-            "flags": sorted(f for f in flags if re.fullmatch(r"avx.*|fma|f16c|sse4_2|asimd.*|neon|amx.*|sve.*", f)),
+            "flags": sorted(f for f in flags if re.fullmatch(r"avx.*|fma|f16c|sse4_2|asimd.*|neon|amx.*|sve.*|.*vnni.*", f)),
         },
         "memory_gb": round(mem / 2**30, 2) if mem else None,
         "libraries": library_versions(),

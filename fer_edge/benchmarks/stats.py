@@ -69,10 +69,20 @@ PEAK_FLOP_PER_CYCLE: dict[str, tuple[int, str]] = {
 }
 
 
-def compute_limit(macs_per_image: int, ips: float, cores: int, env: dict) -> dict | None:
-    """How far a measured throughput is from the CPU's peak fp32 arithmetic rate.
+def int8_speedup(flags) -> tuple[int, str]:
+    """Peak int8 ops per cycle relative to fp32 FLOP per cycle, and why."""
+    flags = set(flags or ())
+    if flags & {"avx512_vnni", "avx512vnni", "avx_vnni"}:
+        return 4, "int8 with VNNI (VPDPBUSD: 4 byte-MACs per 32-bit lane per instruction) = 4x the fp32 rate"
+    return 2, "int8 without VNNI (VPMADDUBSW/VPMADDWD pairs) = 2x the fp32 rate"
 
-    achieved = 2 x MACs per image x images/s; peak = cores x FLOP/cycle x clock.
+
+def compute_limit(macs_per_image: int, ips: float, cores: int, env: dict, precision: str = "fp32") -> dict | None:
+    """How far a measured throughput is from the CPU's peak arithmetic rate at the row's precision.
+
+    achieved = 2 x MACs per image x images/s; peak = cores x op/cycle x clock, where the
+    op/cycle is the fp32 FMA rate, times the int8 factor of :func:`int8_speedup` for
+    ``int8`` rows (fp16 runs at the fp32 rate on CPUs without native fp16 arithmetic).
     None when the clock or the SIMD level is unknown.
     """
     cpu = env.get("cpu") or {}
@@ -81,6 +91,9 @@ def compute_limit(macs_per_image: int, ips: float, cores: int, env: dict) -> dic
     if isa not in PEAK_FLOP_PER_CYCLE or not mhz or not macs_per_image or not ips:
         return None
     per_cycle, assumption = PEAK_FLOP_PER_CYCLE[isa]
+    if precision == "int8" and isa.startswith("avx"):
+        factor, why = int8_speedup(cpu.get("flags"))
+        per_cycle, assumption = per_cycle * factor, f"{assumption}; {why}"
     cores = max(1, int(cores))
     peak = cores * per_cycle * float(mhz) * 1e6
     achieved = 2.0 * macs_per_image * ips

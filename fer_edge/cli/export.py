@@ -115,7 +115,7 @@ def export_cmd(
         None, "--val-data", help="Data for the parity check (default: the calibration data)."),
     val_split: Optional[str] = typer.Option(None, "--val-split", help="Validation split (default: the data's "
                                             "validation split, e.g. PublicTest)."),
-    val_size: int = typer.Option(1024, "--val-size", min=0, help="Validation images (at least 512; 0: all)."),
+    val_size: int = typer.Option(0, "--val-size", min=0, help="Validation images (at least 512; 0: the whole split)."),
     out: Path = typer.Option(Path("exports"), "--out", "-o", help="Output folder (manifest.json goes there)."),
     name: Optional[str] = typer.Option(None, "--name", help="File stem of the artifacts (default: the model name)."),
     validate: bool = typer.Option(True, "--validate/--no-validate", help="Run the parity gate on real images."),

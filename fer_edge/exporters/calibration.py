@@ -15,7 +15,10 @@ from fer_edge.errors import FerEdgeError
 from fer_edge.preprocess import Normalization, normalize
 
 DEFAULT_CALIB_SIZE = 500
-DEFAULT_VAL_SIZE = 1024
+#: None: the whole validation split. Measured on the shipped small model's ONNX INT8: agreement
+#: 98.44% on a 1,024-image sample against 98.86% on all 3,589 PublicTest images; a sample that
+#: small decides a 98.5% gate by noise, and running all of it takes about a second.
+DEFAULT_VAL_SIZE = None
 DEFAULT_SEED = 0
 #: Below this many calibration images a warning is given.
 MIN_RECOMMENDED_CALIB = 200
