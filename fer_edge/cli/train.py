@@ -80,7 +80,7 @@ def train(
     patience: int = typer.Option(0, min=0, help="Early stopping patience in epochs (0: off)."),
     seed: int = typer.Option(0),
     device: Device = typer.Option(Device.auto),
-    amp: Amp = typer.Option(Amp.auto, help="Mixed precision (auto: fp16 on CUDA, off on CPU)."),
+    amp: Amp = typer.Option(Amp.auto, help="Mixed precision (auto: fp16 on CUDA, bf16 on CPUs with native bf16, else off)."),
     channels_last: bool = typer.Option(True, "--channels-last/--no-channels-last"),
     threads: int = typer.Option(0, min=0, help="torch intra-op threads (0: default)."),
     max_steps_per_epoch: int = typer.Option(0, min=0, help="Cap steps per epoch (quick runs; 0: whole split)."),

@@ -149,8 +149,18 @@ def autocast_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None
         return torch.bfloat16
     if cfg.amp == "fp16":
         return torch.float16
-    # auto: fp16 mixed precision on CUDA; off on CPU and MPS (bf16 measured no faster on CPU, see README)
-    return torch.float16 if device.type == "cuda" else None
+    # auto: fp16 mixed precision on CUDA; bf16 on CPUs with native bf16 arithmetic (AVX512-BF16 or AMX:
+    # measured 2.1x the fp32 throughput for custom_cnn, see README); off otherwise (emulated bf16 is slow)
+    if device.type == "cuda":
+        return torch.float16
+    if device.type == "cpu" and cpu_has_native_bf16():
+        return torch.bfloat16
+    return None
+
+
+def cpu_has_native_bf16() -> bool:
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
 
 
 def data_fingerprint(split) -> dict:
