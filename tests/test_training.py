@@ -192,3 +192,11 @@ def test_torchrun_trains_with_ddp(synthetic_csv, tmp_path):
     assert r.stdout.count("best val accuracy") == 2  # both ranks finished
     rows = list(csv.DictReader((out / "history.csv").open()))
     assert len(rows) == 2 and load_checkpoint(out / "last.pt").epoch == 2
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_training_with_fp16_autocast(synthetic_csv, tmp_path):
+    res = train(_cfg(synthetic_csv, tmp_path / "gpu", epochs=2, device="cuda"), progress=False)
+    ck = load_checkpoint(res.out_dir / "best.pt")
+    assert ck.train_config["device"] == "cuda" and res.best_accuracy > 1 / 7
