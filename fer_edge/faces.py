@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from fer_edge.errors import DataError, RuntimeUnavailableError
+from fer_edge.preprocess import load_image  # noqa: F401  (the one image loader; faces.load_image stays importable)
 
 #: The cascade file used when none is given.
 DEFAULT_CASCADE = "haarcascade_frontalface_default.xml"
@@ -56,46 +57,6 @@ class Box:
         x0, y0 = max(0, self.x - dx), max(0, self.y - dy)
         x1, y1 = min(width, self.x + self.w + dx), min(height, self.y + self.h + dy)
         return Box(x0, y0, max(1, x1 - x0), max(1, y1 - y0))
-
-
-def load_image(image):
-    """A path, PIL image or numpy array -> a loaded PIL image with EXIF orientation applied.
-
-    Files are opened the way :func:`fer_edge.preprocess.to_gray48` opens them
-    (``ImageOps.exif_transpose``). Arrays are taken as grayscale (H x W) or RGB(A)
-    (H x W x 3/4), uint8 or floats in 0..1 / 0..255. Raises :class:`DataError` for a file
-    that is missing or not an image.
-    """
-    from PIL import Image, ImageOps
-
-    if isinstance(image, (str, os.PathLike)):
-        path = Path(image)
-        if not path.exists():
-            raise DataError(f"{path}: no such file")
-        if path.is_dir():
-            raise DataError(f"{path}: is a directory, not an image")
-        try:
-            with Image.open(path) as im:
-                im = ImageOps.exif_transpose(im)
-                im.load()
-                return im.copy()
-        except Exception as e:  # PIL raises many types for bad files
-            raise DataError(f"{path}: cannot read image ({type(e).__name__}: {e})") from None
-    if isinstance(image, np.ndarray):
-        arr = image
-        if arr.ndim == 3 and arr.shape[2] == 1:
-            arr = arr[..., 0]
-        if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (3, 4)) or arr.size == 0:
-            raise DataError(f"cannot use an array of shape {tuple(image.shape)} as an image")
-        if arr.dtype != np.uint8:
-            arr = np.asarray(arr, dtype=np.float64)
-            if float(np.nanmax(arr)) <= 1.0:
-                arr = arr * 255.0
-            arr = np.clip(np.nan_to_num(arr), 0, 255).astype(np.uint8)
-        return Image.fromarray(np.ascontiguousarray(arr))
-    if hasattr(image, "convert") and hasattr(image, "size"):
-        return image
-    raise DataError(f"cannot use an object of type {type(image).__name__} as an image")
 
 
 def crop(image, box: Box, margin: float = DEFAULT_MARGIN):

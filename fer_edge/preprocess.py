@@ -5,6 +5,7 @@ N x 1 x 48 x 48 with ``(x / 255 - mean) / std``.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,35 +30,57 @@ class Normalization:
         return cls(float(d["mean"]), float(d["std"]))
 
 
-def to_gray48(image) -> np.ndarray:
-    """A PIL image, numpy array (HxW, HxWx3/4) or path -> uint8 48x48 grayscale.
+def load_image(image):
+    """A path, PIL image or numpy array -> a loaded PIL image with EXIF orientation applied.
 
-    EXIF orientation is honoured for files; colour is converted with PIL's ITU-R 601-2
-    luma transform; other sizes are resized with bilinear filtering (antialiased).
+    Files get ``ImageOps.exif_transpose``. Arrays are taken as grayscale (H x W) or RGB(A)
+    (H x W x 3/4), uint8 or floats in 0..1 / 0..255. Raises :class:`DataError` for a file
+    that is missing or not an image.
     """
     from PIL import Image, ImageOps
 
-    if isinstance(image, (str, Path)):
+    if isinstance(image, (str, os.PathLike)):
+        path = Path(image)
+        if not path.exists():
+            raise DataError(f"{path}: no such file")
+        if path.is_dir():
+            raise DataError(f"{path}: is a directory, not an image")
         try:
-            with Image.open(image) as im:
+            with Image.open(path) as im:
                 im = ImageOps.exif_transpose(im)
                 im.load()
-                image = im.copy()
+                return im.copy()
         except Exception as e:  # PIL raises many types for bad files
-            raise DataError(f"{image}: cannot read image ({e})") from None
+            raise DataError(f"{path}: cannot read image ({type(e).__name__}: {e})") from None
     if isinstance(image, np.ndarray):
         arr = image
         if arr.ndim == 3 and arr.shape[2] == 1:
             arr = arr[..., 0]
-        if arr.ndim == 2 and arr.shape == (IMAGE_SIZE, IMAGE_SIZE) and arr.dtype == np.uint8:
-            return arr
+        if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (3, 4)) or arr.size == 0:
+            raise DataError(f"cannot use an array of shape {tuple(image.shape)} as an image")
         if arr.dtype != np.uint8:
-            if arr.size and float(np.nanmax(arr)) <= 1.0:
+            arr = np.asarray(arr, dtype=np.float64)
+            if float(np.nanmax(arr)) <= 1.0:
                 arr = arr * 255.0
-            arr = np.clip(arr, 0, 255).astype(np.uint8)
-        image = Image.fromarray(arr)
-    if not hasattr(image, "convert"):
-        raise DataError(f"cannot use an object of type {type(image).__name__} as an image")
+            arr = np.clip(np.nan_to_num(arr), 0, 255).astype(np.uint8)
+        return Image.fromarray(np.ascontiguousarray(arr))
+    if hasattr(image, "convert") and hasattr(image, "size"):
+        return image
+    raise DataError(f"cannot use an object of type {type(image).__name__} as an image")
+
+
+
+def to_gray48(image) -> np.ndarray:
+    """A PIL image, numpy array (HxW, HxWx3/4) or path -> uint8 48x48 grayscale.
+
+    Loading goes through :func:`load_image` (EXIF orientation honoured); colour is converted
+    with PIL's ITU-R 601-2 luma transform; other sizes are resized with bilinear filtering.
+    """
+    from PIL import Image
+
+    if isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.shape == (IMAGE_SIZE, IMAGE_SIZE):
+        return image
+    image = load_image(image)
     if image.mode != "L":
         image = image.convert("L")
     if image.size != (IMAGE_SIZE, IMAGE_SIZE):
