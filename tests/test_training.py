@@ -200,3 +200,10 @@ def test_cuda_training_with_fp16_autocast(synthetic_csv, tmp_path):
     res = train(_cfg(synthetic_csv, tmp_path / "gpu", epochs=2, device="cuda"), progress=False)
     ck = load_checkpoint(res.out_dir / "best.pt")
     assert ck.train_config["device"] == "cuda" and res.best_accuracy > 1 / 7
+
+
+def test_early_stopping_on_validation_accuracy(synthetic_csv, tmp_path):
+    # a learning rate too small to change anything: validation accuracy cannot improve after epoch 1
+    res = train(_cfg(synthetic_csv, tmp_path / "es", epochs=6, lr=1e-12, patience=2), progress=False)
+    assert res.stopped_early and res.epochs_run == 3 and res.best_epoch == 1
+    assert load_checkpoint(tmp_path / "es" / "last.pt").epoch == 3
