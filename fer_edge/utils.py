@@ -84,3 +84,16 @@ def human_size(n: int | None) -> str:
             return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
         size /= 1024
     return str(n)
+
+
+def read_json_file(path: str | os.PathLike, default_name: str, what: str, error: type[Exception]) -> tuple[Path, object]:
+    """Read ``path`` (or ``path/default_name`` for a folder) as JSON; ``error`` names the file when that fails."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / default_name
+    if not p.is_file():
+        raise error(f"{p}: {what} not found")
+    try:
+        return p, json.loads(p.read_text())
+    except (OSError, ValueError) as e:
+        raise error(f"{p}: not a readable {what} ({e})") from None

@@ -14,7 +14,6 @@ from fer_edge.utils import human_size
 
 import csv
 import io
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -290,15 +289,9 @@ def write_report(report: dict, out_dir: str | Path) -> dict[str, Path]:
 
 def load_report(path: str | Path) -> dict:
     """Read and check a ``report.json`` (or a report directory holding one)."""
-    p = Path(path)
-    if p.is_dir():
-        p = p / "report.json"
-    if not p.is_file():
-        raise FerEdgeError(f"{p}: bench report not found")
-    try:
-        report = json.loads(p.read_text())
-    except (OSError, ValueError) as e:
-        raise FerEdgeError(f"{p}: not a readable JSON report ({e})") from None
+    from fer_edge.utils import read_json_file
+
+    p, report = read_json_file(path, "report.json", "JSON bench report", FerEdgeError)
     errors = validate(report, REPORT_SCHEMA)
     if errors:
         more = f" (and {len(errors) - 3} more)" if len(errors) > 3 else ""

@@ -35,7 +35,6 @@ FP32 conversion per target) counts towards the first precision exported.
 """
 from __future__ import annotations
 
-import json
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -78,15 +77,9 @@ def write_manifest(out_dir: Path, manifest: dict) -> Path:
 
 
 def load_manifest(path: str | Path) -> dict:
-    p = Path(path)
-    if p.is_dir():
-        p = p / MANIFEST_NAME
-    if not p.is_file():
-        raise ArtifactError(f"{p}: manifest not found")
-    try:
-        data = json.loads(p.read_text())
-    except (OSError, ValueError) as e:
-        raise ArtifactError(f"{p}: not a readable manifest ({e})") from None
+    from fer_edge.utils import read_json_file
+
+    p, data = read_json_file(path, MANIFEST_NAME, "manifest", ArtifactError)
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise ArtifactError(f"{p}: not a fer-edge export manifest (expected format {FORMAT!r})")
     return data
