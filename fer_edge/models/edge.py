@@ -94,12 +94,16 @@ class FerNano(nn.Module):
 
 
 class FerSmall(nn.Module):
-    """3x3 stem at 48x48, then max-pool + ResNet basic block per stage (24, 12, 6, 3), GAP, FC."""
+    """3x3 stem at 48x48, then max-pool + ResNet basic block per stage (24, 12, 6, 3), GAP, FC.
+
+    ``stem_convs`` 3x3 convolutions run at full resolution before the first pool.
+    """
 
     def __init__(self, num_classes: int = 7, widths: tuple[int, ...] = (48, 96, 144, 160), stem: int = 32,
-                 dropout: float = 0.3):
+                 dropout: float = 0.3, stem_convs: int = 1):
         super().__init__()
         self.stem = conv_bn_relu(1, stem)
+        self.stem_extra = nn.Sequential(*(conv_bn_relu(stem, stem) for _ in range(stem_convs - 1)))
         stages, cin = [], stem
         for w in widths:
             stages.append(nn.Sequential(nn.MaxPool2d(2), BasicBlock(cin, w)))
@@ -110,7 +114,7 @@ class FerSmall(nn.Module):
         self.fc = nn.Linear(cin, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.stages(self.stem(x))
+        x = self.stages(self.stem_extra(self.stem(x)))
         return self.fc(self.dropout(torch.flatten(self.pool(x), 1)))
 
 
