@@ -1,0 +1,876 @@
+"""Leaderboard: every registered architecture trained with one shared recipe, exported, benchmarked.
+
+    python -m fer_edge.benchmarks.leaderboard --data ../shared/data/fer2013/fer2013.csv.gz \
+        [--out reports/leaderboard] [--models simple_cnn,fer_nano] [--extra small=small --extra nano=nano]
+
+Per model, through the library behind the commands (nothing is reimplemented here):
+
+1. ``fer-edge train`` with the shared recipe (``--epochs``, ``--max-steps-per-epoch``, ...) into
+   ``OUT/runs/<model>/``. Skipped when that run is finished and its stored train config is the
+   requested recipe; an interrupted run of the same recipe is resumed from ``last.pt``; a run of
+   another recipe is moved aside to ``OUT/runs/<model>.replaced-<time>/`` and trained afresh.
+2. ``fer-edge export`` ONNX fp32 and int8 (calibrated on ``--data``'s training split) into
+   ``OUT/exports/<model>/`` (reused while its manifest matches the checkpoint and calibration).
+   The export's own parity check is left to the bench, which measures it on the whole split.
+3. ``fer-edge bench`` of that export dir: PyTorch FP32 (the checkpoint) and ONNX Runtime, CPU,
+   batch 1, 1 thread, the labelled validation split (PublicTest), parity recorded, not gated.
+   Its report files go to ``OUT/bench/<model>/``.
+
+``--extra NAME=CHECKPOINT`` (a path or a shipped name such as ``small``) adds an already
+trained checkpoint: exported and benched the same way, never retrained, and labelled with its
+own recipe ("shipped, full recipe" for the shipped weights). A model that fails at any step
+gets a row with the error and the others still run; the exit status is 1 when any failed.
+
+Writes ``OUT/leaderboard.json``, ``OUT/leaderboard.md`` (sorted by FP32 accuracy) and
+``OUT/leaderboard.png`` (ONNX Runtime INT8 accuracy against its batch-1 latency, Pareto front
+of the shared-recipe rows).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Sequence
+
+from fer_edge.errors import ExportError, FerEdgeError
+
+SCHEMA_ID = "fer-edge-leaderboard/1"
+DEFAULT_OUT = Path("reports/leaderboard")
+DEFAULT_BENCH_SECONDS = 1.0
+#: What the bench runs: the checkpoint in PyTorch (the FP32 reference) and the ONNX artifacts.
+BENCH_RUNTIMES = ("pytorch", "onnxruntime")
+#: TrainConfig fields that do not change what is learnt: a run differing only in them is the same recipe.
+NOT_RECIPE_FIELDS = ("out", "num_threads", "wandb")
+FILES = ("leaderboard.json", "leaderboard.md", "leaderboard.png")
+SHARED = "shared"
+SHIPPED_LABEL = "shipped, full recipe"
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+# --- the recipe ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Recipe:
+    """The one training recipe every architecture gets (a short CPU recipe by default)."""
+
+    epochs: int = 3
+    max_steps_per_epoch: int = 60
+    batch_size: int = 128
+    lr: float = 3e-3
+    weight_decay: float = 0.05
+    label_smoothing: float = 0.1
+    augment: str = "standard"
+    ema: float = 0.0
+    seed: int = 0
+    threads: int = 2
+    device: str = "auto"
+
+    def train_config(self, data: str | Path, model: str, out: str | Path):
+        from fer_edge.training import TrainConfig
+
+        return TrainConfig(
+            data=str(Path(data).resolve()), model=model, out=str(out), epochs=self.epochs,
+            max_steps_per_epoch=self.max_steps_per_epoch, batch_size=self.batch_size, lr=self.lr,
+            weight_decay=self.weight_decay, label_smoothing=self.label_smoothing, augment=self.augment,
+            ema=self.ema, seed=self.seed, num_threads=self.threads, device=self.device,
+        )
+
+
+def recipe_text(cfg: dict) -> str:
+    """A train config (dict) in one line: ``3 epochs x 60 steps of 128, adamw lr 0.003 (onecycle), ...``."""
+    from fer_edge.training import TrainConfig
+
+    c = TrainConfig.from_dict({"data": "", **cfg})
+    ep = f"{c.epochs} epoch{'s' if c.epochs != 1 else ''}"
+    length = (f"{ep} x {c.max_steps_per_epoch} steps of {c.batch_size}" if c.max_steps_per_epoch
+              else f"{ep} over the whole training split, batch {c.batch_size}")
+    parts = [length, f"{c.optimizer} lr {c.lr:g} ({c.scheduler})", f"weight decay {c.weight_decay:g}",
+             f"label smoothing {c.label_smoothing:g}", f"augment {c.augment}"]
+    if c.ema:
+        parts.append(f"EMA {c.ema:g}")
+    if c.mixup or c.cutmix:
+        parts.append(f"mixup {c.mixup:g} / cutmix {c.cutmix:g}")
+    if c.distill:
+        parts.append(f"distilled from {Path(c.distill).name}")
+    parts.append(f"seed {c.seed}")
+    return ", ".join(parts)
+
+
+def _recipe_dict(cfg: dict) -> dict:
+    """The fields of a train config that define what is learnt (``data`` as an absolute path)."""
+    from fer_edge.training import TrainConfig
+
+    d = TrainConfig.from_dict({"data": "", **cfg}).to_dict()  # fields added later take their defaults
+    for k in NOT_RECIPE_FIELDS:
+        d.pop(k, None)
+    if d.get("data"):
+        d["data"] = str(Path(d["data"]).resolve())
+    return d
+
+
+def recipe_differences(stored: dict, wanted: dict) -> list[str]:
+    """``field: stored -> wanted`` for every recipe field a stored train config differs in."""
+    a, b = _recipe_dict(stored), _recipe_dict(wanted)
+    return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in b if a.get(k) != b.get(k)]
+
+
+def shipped_recipe_summary() -> str:
+    """How the shipped weights were trained, from their metadata (``40 epochs over the whole split``)."""
+    from fer_edge.weights import PRETRAINED
+
+    epochs = set()
+    for meta in PRETRAINED.values():
+        m = re.search(r"--epochs\s+(\d+)", meta.recipe or "")
+        if m:
+            epochs.add(int(m.group(1)))
+    if not epochs:
+        return "the shipped weights' recipes"
+    ema = any("--ema" in (m.recipe or "") for m in PRETRAINED.values())
+    ep = "/".join(str(e) for e in sorted(epochs))
+    return f"the shipped weights' recipes ({ep} epochs over the whole training split{', EMA' if ema else ''})"
+
+
+def recipe_header(recipe: Recipe, data: str | Path) -> str:
+    """The leaderboard's header line: the shared recipe, and how it compares with the shipped weights'."""
+    from fer_edge.weights import PRETRAINED
+
+    cfg = recipe.train_config(data, "-", "-").to_dict()
+    text = recipe_text(cfg)
+    shipped_epochs = [int(m.group(1)) for meta in PRETRAINED.values()
+                      if (m := re.search(r"--epochs\s+(\d+)", meta.recipe or ""))]
+    shorter = recipe.max_steps_per_epoch > 0 or (shipped_epochs and recipe.epochs < min(shipped_epochs))
+    if shorter:
+        return (f"Shared recipe: {text} -- shorter than {shipped_recipe_summary()}: this ranks the "
+                "architectures under one short budget; it is not each one's best accuracy.")
+    return f"Shared recipe: {text} (compare: {shipped_recipe_summary()})."
+
+
+# --- the Pareto front ---------------------------------------------------------------------------
+def pareto_front(points: Sequence[tuple[float | None, float | None]]) -> list[int]:
+    """Indices of the (latency, accuracy) points on the Pareto front, by increasing latency.
+
+    Lower latency and higher accuracy are better. A point is on the front when no other
+    point is at least as fast and at least as accurate and strictly better in one: equal
+    points are all on it. Points with a missing or non-finite coordinate are left out.
+    """
+    from fer_edge.benchmarks.stats import pareto_front as _front
+
+    idx = [i for i, p in enumerate(points)
+           if p is not None and all(v is not None and math.isfinite(float(v)) for v in p)]
+    lat = [float(points[i][0]) for i in idx]
+    acc = [float(points[i][1]) for i in idx]
+    front = [idx[j] for j in _front(lat, acc)]  # keeps the first of equal points
+    on = {(float(points[i][0]), float(points[i][1])) for i in front}
+    return sorted((i for i in idx if (float(points[i][0]), float(points[i][1])) in on),
+                  key=lambda i: (float(points[i][0]), -float(points[i][1]), i))
+
+
+# --- entries and rows ----------------------------------------------------------------------------
+@dataclass
+class Entry:
+    """One leaderboard line to produce: a registered model to train, or an extra checkpoint."""
+
+    name: str
+    architecture: str | None  # None for an extra until its checkpoint is read
+    extra: str | None = None  # the --extra CHECKPOINT spec
+    checkpoint: Path | None = None
+
+    @property
+    def is_extra(self) -> bool:
+        return self.extra is not None
+
+
+def parse_extra(specs: Sequence[str], models: Sequence[str]) -> list[Entry]:
+    """``NAME=CHECKPOINT`` (or a bare shipped name / path) -> entries; names unique and not a trained model's."""
+    from fer_edge.weights import PRETRAINED, resolve_checkpoint
+
+    out: list[Entry] = []
+    for spec in specs:
+        name, sep, ckpt = spec.partition("=")
+        if not sep:
+            ckpt = spec
+            name = spec if spec in PRETRAINED else Path(spec).stem
+        name, ckpt = name.strip(), ckpt.strip()
+        if not name or not ckpt:
+            raise FerEdgeError(f"--extra takes NAME=CHECKPOINT (a path or a shipped name), got {spec!r}")
+        if not _NAME_RE.match(name):
+            raise FerEdgeError(f"--extra {spec!r}: NAME may hold letters, digits, '_', '-' and '.' only")
+        if name in models:
+            raise FerEdgeError(f"--extra {spec!r}: {name!r} is also a model trained with the shared recipe; "
+                               f"name the extra row differently, e.g. {name}-ckpt={ckpt}")
+        if any(e.name == name for e in out):
+            raise FerEdgeError(f"--extra: the name {name!r} is given twice")
+        out.append(Entry(name, None, extra=ckpt, checkpoint=resolve_checkpoint(ckpt)))  # fails early if absent
+    return out
+
+
+def new_row(entry: Entry) -> dict:
+    return {
+        "name": entry.name, "architecture": entry.architecture, "source": None, "origin": None,
+        "recipe": SHARED if not entry.is_extra else None, "recipe_detail": None, "extra": entry.is_extra,
+        "training": None, "train_seconds": None, "checkpoint": None, "checkpoint_sha256": None,
+        "train_val_accuracy": None,
+        "params": None, "macs": None,
+        "fp32_accuracy": None, "fp32_macro_f1": None,
+        "int8_accuracy": None, "int8_macro_f1": None, "int8_agreement": None, "int8_parity_failures": [],
+        "onnx_fp32_accuracy": None, "onnx_fp32_agreement": None,
+        "pytorch_fp32_p50_ms": None, "ort_int8_p50_ms": None, "ort_fp32_p50_ms": None,
+        "pytorch_fp32_p90_ms": None, "ort_int8_p90_ms": None,
+        "export_dir": None, "bench_dir": None, "pareto": False,
+        "status": "pending", "stage": None, "error": None,
+    }
+
+
+def _err(e: BaseException) -> str:
+    msg = " ".join(str(e).split())
+    text = msg if isinstance(e, FerEdgeError) and msg else (f"{type(e).__name__}: {msg}" if msg else type(e).__name__)
+    return text if len(text) <= 600 else text[:597] + "..."
+
+
+def _origin(source: str | None) -> str:
+    """``FER2013 notebook: custom CNN (...)`` -> ``FER2013 notebook``; ``fer-edge (mini-...)`` -> ``fer-edge``."""
+    if not source:
+        return "-"
+    return source.split(":")[0].split(" (")[0].strip()
+
+
+# --- steps ---------------------------------------------------------------------------------
+def training_plan(run_dir: Path, cfg) -> tuple[str, str]:
+    """``(action, why)`` for a run directory: ``skip``, ``resume``, ``replace`` (then train) or ``train``."""
+    from fer_edge.checkpoint import load_checkpoint
+
+    best, last = run_dir / "best.pt", run_dir / "last.pt"
+    stored_from = best if best.is_file() else last if last.is_file() else None
+    if stored_from is None:
+        return "train", "no previous run"
+    stored = load_checkpoint(stored_from).train_config
+    diffs = recipe_differences(stored, cfg.to_dict())
+    if diffs:
+        return "replace", f"{stored_from.name} was trained with another recipe ({'; '.join(diffs[:4])})"
+    finished = False
+    try:
+        finished = bool(json.loads((run_dir / "metrics.json").read_text()).get("finished"))
+    except (OSError, ValueError, AttributeError):
+        pass
+    if best.is_file() and (finished or not last.is_file()):
+        return "skip", "best.pt of a finished run with this recipe"
+    return "resume", "an unfinished run with this recipe"
+
+
+def train_entry(entry: Entry, row: dict, data: Path, out: Path, recipe: Recipe, log: Callable[[str], None],
+                default_threads: int) -> Path:
+    """Train (or reuse) ``OUT/runs/<model>/best.pt`` with the shared recipe; returns its path."""
+    import torch
+
+    from fer_edge.training import train
+
+    run_dir = out / "runs" / entry.name
+    cfg = recipe.train_config(data, entry.name, run_dir)
+    action, why = training_plan(run_dir, cfg)
+    if action == "skip":
+        log(f"{entry.name}: not retrained ({why})")
+        row["training"] = "reused"
+        return run_dir / "best.pt"
+    if action == "replace":
+        aside = run_dir.with_name(f"{run_dir.name}.replaced-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
+        run_dir.rename(aside)
+        log(f"{entry.name}: {why}; moved it to {aside} and training afresh")
+    if not recipe.threads:
+        torch.set_num_threads(default_threads)  # the bench left torch at 1 thread
+    log(f"{entry.name}: {'resuming' if action == 'resume' else 'training'} ({recipe_text(cfg.to_dict())})")
+    t0 = time.perf_counter()
+    train(cfg, resume=action == "resume", progress=False)
+    row["training"] = "resumed" if action == "resume" else "trained"
+    row["train_seconds"] = round(time.perf_counter() - t0, 1)
+    best = run_dir / "best.pt"
+    if not best.is_file():
+        raise FerEdgeError(f"training finished without writing {best}")
+    return best
+
+
+def _export_is_current(export_dir: Path, ckpt_sha: str, data: Path, calib_size: int) -> bool:
+    """True when the export dir holds verified ONNX fp32 + int8 of this checkpoint with this calibration."""
+    from fer_edge.benchmarks.artifacts import read_manifest
+    from fer_edge.exporters import MANIFEST_NAME
+    from fer_edge.exporters.calibration import DEFAULT_SEED
+
+    mpath = export_dir / MANIFEST_NAME
+    if not mpath.is_file():
+        return False
+    try:
+        manifest = json.loads(mpath.read_text())
+        cal = manifest.get("calibration") or {}
+        if (manifest.get("source") or {}).get("sha256") != ckpt_sha:
+            return False
+        if cal.get("file") != str(data.resolve()) or cal.get("seed") != DEFAULT_SEED:
+            return False
+        if cal.get("count") != min(calib_size, int(cal.get("split_size") or 0)):
+            return False
+        have = {(a.target, a.precision) for a in read_manifest(mpath)}  # verifies every file's SHA-256
+    except (OSError, ValueError, TypeError, AttributeError, FerEdgeError):
+        return False
+    return {("onnx", "fp32"), ("onnx", "int8")} <= have
+
+
+def export_entry(ckpt: Path, ckpt_sha: str, export_dir: Path, data: Path, calib_size: int,
+                 log: Callable[[str], None], name: str) -> dict | None:
+    """ONNX fp32 + int8 of ``ckpt`` into ``export_dir`` (reused when current); returns the tool versions."""
+    from fer_edge.exporters import export
+
+    if _export_is_current(export_dir, ckpt_sha, data, calib_size):
+        log(f"{name}: ONNX fp32 + int8 already exported in {export_dir}")
+        return json.loads((export_dir / "manifest.json").read_text()).get("tool_versions")
+    log(f"{name}: exporting ONNX fp32 + int8 (calibration: {calib_size} images of the training split)")
+    result = export(ckpt, ["onnx"], ["fp32", "int8"], export_dir, calib_data=data, calib_size=calib_size,
+                    validate=False, data_progress=False, raise_on_failure=False,
+                    on_warning=lambda w: log(f"{name}: export warning: {w}"))
+    if result.failed:
+        raise ExportError("; ".join(f"{f['target']} {f['precision']}: {f['reason']}" for f in result.failed))
+    return result.manifest.get("tool_versions")
+
+
+def _find(rows: list[dict], *, reference: bool, target: str, precision: str, runtime: str) -> dict | None:
+    for r in rows:
+        if (r["reference"] == reference and r["target"] == target and r["precision"] == precision
+                and r["runtime"] == runtime and r["batch"] == 1):
+            return r
+    return None
+
+
+def _measured(r: dict | None) -> bool:
+    return r is not None and r["status"] in ("ok", "parity-failed") and bool(r.get("latency_ms"))
+
+
+def take_bench(row: dict, report) -> list[str]:
+    """Fill the row from a bench report; returns what is missing (rows that failed or were skipped)."""
+    rows = report.rows
+    ref = _find(rows, reference=True, target="checkpoint", precision="fp32", runtime="pytorch")
+    int8 = _find(rows, reference=False, target="onnx", precision="int8", runtime="onnxruntime")
+    fp32 = _find(rows, reference=False, target="onnx", precision="fp32", runtime="onnxruntime")
+    missing = []
+    for label, r in (("PyTorch FP32", ref), ("ONNX Runtime INT8", int8), ("ONNX Runtime FP32", fp32)):
+        if not _measured(r):
+            why = "no row" if r is None else f"{r['status']}: {r['reason'] or '?'}"
+            missing.append(f"{label}: {why}")
+    if ref is not None:
+        row.update(fp32_accuracy=ref["accuracy"], fp32_macro_f1=ref["macro_f1"])
+        if _measured(ref):
+            row.update(pytorch_fp32_p50_ms=ref["latency_ms"]["p50"], pytorch_fp32_p90_ms=ref["latency_ms"]["p90"])
+    if row["fp32_accuracy"] is None:
+        row["fp32_accuracy"] = report.reference.get("accuracy")
+    if int8 is not None:
+        row.update(int8_accuracy=int8["accuracy"], int8_macro_f1=int8["macro_f1"], int8_agreement=int8["agreement"],
+                   int8_parity_failures=list(int8.get("parity_failures") or []))
+        if _measured(int8):
+            row.update(ort_int8_p50_ms=int8["latency_ms"]["p50"], ort_int8_p90_ms=int8["latency_ms"]["p90"])
+    if fp32 is not None:
+        row.update(onnx_fp32_accuracy=fp32["accuracy"], onnx_fp32_agreement=fp32["agreement"])
+        if _measured(fp32):
+            row["ort_fp32_p50_ms"] = fp32["latency_ms"]["p50"]
+    return missing
+
+
+# --- the run ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class BenchSettings:
+    seconds: float = DEFAULT_BENCH_SECONDS
+    iters: int | None = None
+    warmup: int = 10
+    n_images: int | None = None
+    threads: int = 1
+    batch: int = 1
+
+
+@dataclass
+class LeaderboardResult:
+    out_dir: Path
+    rows: list[dict]
+    document: dict
+    files: dict[str, Path] = field(default_factory=dict)
+
+    @property
+    def failed(self) -> list[dict]:
+        return [r for r in self.rows if r["status"] == "failed"]
+
+
+def run_leaderboard(
+    data: str | Path,
+    out: str | Path = DEFAULT_OUT,
+    models: Sequence[str] | None = None,
+    recipe: Recipe = Recipe(),
+    extras: Sequence[str] = (),
+    calib_size: int | None = None,
+    bench: BenchSettings = BenchSettings(),
+    console=None,
+    progress: bool | None = None,
+) -> LeaderboardResult:
+    """Train, export and bench every model (default: every registered one) and write the three files."""
+    import torch
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from fer_edge import __version__
+    from fer_edge.benchmarks.bench import run_bench
+    from fer_edge.checkpoint import load_checkpoint
+    from fer_edge.data import default_train_split, default_val_split, load_split
+    from fer_edge.exporters.calibration import DEFAULT_CALIB_SIZE
+    from fer_edge.models import describe_model, list_models
+    from fer_edge.utils import sha256_path
+    from fer_edge.weights import PRETRAINED
+
+    data = Path(data)
+    out = Path(out)
+    if not data.exists():
+        raise FerEdgeError(f"--data {data}: no such file or folder")
+    valid = list_models()
+    models = list(models) if models else valid
+    unknown = [m for m in models if m not in valid]
+    if unknown:
+        raise FerEdgeError(f"unknown model {unknown[0]!r}; valid: {', '.join(valid)}")
+    calib_size = DEFAULT_CALIB_SIZE if calib_size is None else int(calib_size)
+    if calib_size < 1:
+        raise FerEdgeError("--calib-size must be at least 1")
+    entries = [Entry(m, m) for m in models] + parse_extra(extras, models)
+    console = console or Console(stderr=True)
+    show_bar = console.is_terminal if progress is None else progress
+
+    # decode both splits once up front: a bad --data fails here, not after an hour of training
+    val_split = default_val_split(data)
+    load_split(data, default_train_split(data))
+    val = load_split(data, val_split)
+    n_val = len(val.labels)
+    default_threads = torch.get_num_threads()
+    shipped_paths = {meta.path.resolve(): name for name, meta in PRETRAINED.items()}
+
+    rows: list[dict] = []
+    environment: dict | None = None
+    tool_versions: dict | None = None
+    summaries: dict[str, dict] = {}
+    started = time.perf_counter()
+
+    with Progress(TextColumn("[bold]{task.fields[label]}[/]"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  TextColumn("{task.description}"), console=console, transient=True,
+                  disable=not show_bar) as bar:
+        overall = bar.add_task("starting", total=len(entries), label="leaderboard")
+        step_task = bar.add_task("", total=None, visible=False, label="  step")
+
+        def log(msg: str) -> None:
+            console.print(msg, highlight=False, markup=False)
+
+        for i, entry in enumerate(entries):
+            row = new_row(entry)
+            rows.append(row)
+            stage = "checkpoint"
+            bar.update(overall, description=f"{entry.name}")
+            try:
+                # 1. the checkpoint: trained with the shared recipe, or the extra as given
+                if entry.is_extra:
+                    ckpt_path = entry.checkpoint
+                    ck = load_checkpoint(ckpt_path)
+                    entry.architecture = row["architecture"] = ck.model_name
+                    shipped = shipped_paths.get(Path(ckpt_path).resolve())
+                    cfg = ck.train_config
+                    detail = recipe_text(cfg) if cfg else "unknown (the checkpoint records no train config)"
+                    if shipped:
+                        row["recipe"] = SHIPPED_LABEL
+                        row["recipe_detail"] = PRETRAINED[shipped].recipe or detail
+                    else:
+                        row["recipe"] = "own recipe"
+                        row["recipe_detail"] = detail
+                    row["training"] = "not retrained (--extra)"
+                    kwargs = ck.model_kwargs
+                else:
+                    stage = "train"
+                    bar.update(step_task, description=f"{entry.name}: training", total=None, completed=0,
+                               visible=True)
+                    ckpt_path = train_entry(entry, row, data, out, recipe, log, default_threads)
+                    ck = load_checkpoint(ckpt_path)
+                    row["recipe_detail"] = recipe_text(ck.train_config)
+                    kwargs = ck.model_kwargs
+                row["checkpoint"] = str(ckpt_path)
+                ckpt_sha = sha256_path(ckpt_path)
+                row["checkpoint_sha256"] = ckpt_sha
+                row["train_val_accuracy"] = ck.metrics.get("val_accuracy")
+
+                stage = "summary"
+                arch = row["architecture"]
+                if arch not in summaries:
+                    summaries[arch] = describe_model(arch)
+                row["source"] = summaries[arch]["source"]
+                row["origin"] = _origin(row["source"])
+                if kwargs:  # not the registry's default configuration: count the model as built
+                    from fer_edge.models import count_macs, count_params
+
+                    model = ck.build_model()
+                    row.update(params=count_params(model), macs=count_macs(model))
+                else:
+                    row.update(params=summaries[arch]["params"], macs=summaries[arch]["macs"])
+                del ck
+
+                # 2. export
+                stage = "export"
+                bar.update(step_task, description=f"{entry.name}: exporting", total=None, completed=0)
+                export_dir = out / "exports" / ("extra" if entry.is_extra else "") / entry.name
+                row["export_dir"] = str(export_dir)
+                tool_versions = export_entry(ckpt_path, ckpt_sha, export_dir, data, calib_size, log,
+                                             entry.name) or tool_versions
+
+                # 3. bench
+                stage = "bench"
+                bench_dir = out / "bench" / ("extra" if entry.is_extra else "") / entry.name
+                row["bench_dir"] = str(bench_dir)
+                log(f"{entry.name}: benchmarking PyTorch FP32 and ONNX Runtime FP32/INT8 "
+                    f"(CPU, batch {bench.batch}, {bench.threads} thread(s), {val_split})")
+
+                def on_bench(done: int, total: int, msg: str, _name=entry.name) -> None:
+                    bar.update(step_task, completed=done, total=total, description=f"{_name}: bench {msg}")
+
+                report = run_bench(
+                    [export_dir], data=data, split=val_split, reference=ckpt_path, runtimes=list(BENCH_RUNTIMES),
+                    devices=["cpu"], batches=(bench.batch,), threads=bench.threads, warmup=bench.warmup,
+                    iters=bench.iters, seconds=bench.seconds, n_images=bench.n_images, parity_gate=False,
+                    out_dir=bench_dir, progress=on_bench,
+                )
+                environment = environment or report.environment
+                missing = take_bench(row, report)
+                if missing:
+                    raise FerEdgeError("bench rows not measured: " + "; ".join(missing))
+                row["status"] = "ok"
+                log(f"{entry.name}: FP32 {_pct(row['fp32_accuracy'])}, INT8 {_pct(row['int8_accuracy'])} "
+                    f"(agreement {_pct(row['int8_agreement'])}), p50 PyTorch FP32 {_ms(row['pytorch_fp32_p50_ms'])} "
+                    f"ms, ORT INT8 {_ms(row['ort_int8_p50_ms'])} ms")
+            except KeyboardInterrupt:
+                raise
+            except Exception as e:  # one failing model never stops the others
+                row.update(status="failed", stage=stage, error=_err(e))
+                short = row["error"] if len(row["error"]) <= 300 else row["error"][:297] + "..."
+                console.print(f"[bold red]{escape(entry.name)} failed[/] at {stage}: {escape(short)}", highlight=False)
+            finally:
+                bar.update(step_task, visible=False)
+                bar.update(overall, completed=i + 1)
+
+    mark_pareto(rows)
+    rows = sort_rows(rows)
+    doc = {
+        "schema": SCHEMA_ID,
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "fer_edge_version": __version__,
+        "wall_seconds": round(time.perf_counter() - started, 1),
+        "data": {"path": str(data.resolve()), "split": val_split, "n_images": min(bench.n_images or n_val, n_val),
+                 "split_size": n_val, "sha256": (val.fingerprint or {}).get("sha256")},
+        "recipe": {**asdict(recipe), "description": recipe_text(recipe.train_config(data, "-", "-").to_dict()),
+                   "header": recipe_header(recipe, data),
+                   "train_config": _recipe_dict(recipe.train_config(data, "-", "-").to_dict())},
+        "export": {"targets": ["onnx"], "precisions": ["fp32", "int8"], "calib_size": calib_size,
+                   "calib_split": default_train_split(data)},
+        "bench": {"runtimes": list(BENCH_RUNTIMES), "device": "cpu", "batch": bench.batch,
+                  "threads": bench.threads, "seconds": None if bench.iters else bench.seconds,
+                  "iters": bench.iters, "warmup": bench.warmup, "statistic": "p50", "parity_gate": False},
+        "pareto": "ONNX Runtime INT8 accuracy against its p50 batch-1 latency, over the shared-recipe rows",
+        "environment": environment,
+        "tool_versions": tool_versions,
+        "rows": rows,
+    }
+    files = write_leaderboard(doc, out)
+    return LeaderboardResult(out, rows, doc, files)
+
+
+def _int8_point(r: dict) -> tuple[float | None, float | None]:
+    return (r.get("ort_int8_p50_ms"), r.get("int8_accuracy"))
+
+
+def mark_pareto(rows: list[dict]) -> None:
+    """``pareto: true`` on the shared-recipe rows on the INT8 accuracy / latency front."""
+    shared = [r for r in rows if r["status"] == "ok" and not r["extra"]]
+    for r in rows:
+        r["pareto"] = False
+    for i in pareto_front([_int8_point(r) for r in shared]):
+        shared[i]["pareto"] = True
+
+
+def sort_rows(rows: list[dict]) -> list[dict]:
+    """By PyTorch FP32 accuracy, best first; rows without one (failed) last, by name."""
+    return sorted(rows, key=lambda r: (r.get("fp32_accuracy") is None, -(r.get("fp32_accuracy") or 0.0), r["name"]))
+
+
+# --- output -------------------------------------------------------------------------------------
+def _pct(v) -> str:
+    return "-" if v is None else f"{100 * v:.1f}%"
+
+
+def _ms(v) -> str:
+    return "-" if v is None else (f"{v:.3f}" if v < 1 else f"{v:.2f}" if v < 100 else f"{v:.0f}")
+
+
+def _count(v) -> str:
+    from fer_edge.models import format_count
+
+    return "-" if v is None else format_count(int(v))
+
+
+def _model_cell(r: dict) -> str:
+    arch = r.get("architecture")
+    return r["name"] if not arch or arch == r["name"] else f"{r['name']} ({arch})"
+
+
+def status_cell(r: dict) -> str:
+    if r["status"] == "failed":
+        err = r.get("error") or "?"
+        return f"failed at {r.get('stage')}: {err[:80]}{'...' if len(err) > 80 else ''}"
+    if r.get("int8_parity_failures"):
+        return "ok (INT8 below the export parity gate)"
+    return r["status"]
+
+
+TABLE_COLUMNS = ("#", "Model", "Origin", "Recipe", "Params", "MACs", "FP32 top-1", "INT8 top-1", "INT8 agree",
+                 "PyTorch FP32 p50 ms", "ORT INT8 p50 ms", "Pareto", "Status")
+
+
+def table_cells(rank: int, r: dict) -> list[str]:
+    return [
+        str(rank), _model_cell(r), r.get("origin") or "-", r.get("recipe") or "-", _count(r.get("params")),
+        _count(r.get("macs")), _pct(r.get("fp32_accuracy")), _pct(r.get("int8_accuracy")),
+        _pct(r.get("int8_agreement")), _ms(r.get("pytorch_fp32_p50_ms")), _ms(r.get("ort_int8_p50_ms")),
+        "yes" if r.get("pareto") else "", status_cell(r),
+    ]
+
+
+def leaderboard_markdown(doc: dict) -> str:
+    from fer_edge.benchmarks.report import environment_line, md_table
+
+    d, b = doc["data"], doc["bench"]
+    timing = f"{b['iters']} timed calls" if b.get("iters") else f"{b['seconds']:g} s of timed calls"
+    lines = [
+        "## fer-edge leaderboard",
+        "",
+        doc["recipe"]["header"],
+        "",
+        f"- Accuracy: top-1 on {d['n_images']:,} images of `{d['split']}` of `{Path(d['path']).name}`. "
+        "FP32 is the PyTorch checkpoint; INT8 is ONNX Runtime running the static-INT8 ONNX export "
+        f"(calibrated on {doc['export']['calib_size']} images of `{doc['export']['calib_split']}`); "
+        "agreement is INT8's top-1 agreement with FP32 on the same images.",
+        f"- Latency: p50 of batch-{b['batch']} calls on the CPU, {b['threads']} thread, {timing} per runtime "
+        "(`fer-edge bench`; each model's full report is in `bench/<model>/`).",
+    ]
+    if doc.get("environment"):
+        lines.append(f"- Machine: {environment_line(doc['environment'])}")
+    if any(r["extra"] for r in doc["rows"]):
+        lines.append("- Rows whose recipe is not `shared` were not retrained: their checkpoints were exported and "
+                     "benchmarked the same way, but their accuracy comes from their own recipe "
+                     "(listed below the table), so they are not part of the Pareto front.")
+    lines.append("- Pareto: on the front of ONNX Runtime INT8 accuracy against its latency among the "
+                 "shared-recipe rows (nothing is both faster and more accurate).")
+    lines += ["", md_table(TABLE_COLUMNS, ([c.replace("|", "\\|") for c in table_cells(i, r)]
+                                          for i, r in enumerate(doc["rows"], 1))), ""]
+    extras = [r for r in doc["rows"] if r["extra"] and r.get("recipe_detail")]
+    if extras:
+        lines += ["Recipes of the rows not trained here:", ""]
+        lines += [f"- `{r['name']}`: {r['recipe']}: {r['recipe_detail']}" for r in extras]
+        lines.append("")
+    gated = [r for r in doc["rows"] if r.get("int8_parity_failures")]
+    if gated:
+        lines += ["INT8 rows outside the export parity gate's thresholds (measured, not hidden):", ""]
+        lines += [f"- `{r['name']}`: {'; '.join(r['int8_parity_failures'])}" for r in gated]
+        lines.append("")
+    failed = [r for r in doc["rows"] if r["status"] == "failed"]
+    if failed:
+        lines += ["Failed:", ""]
+        lines += [f"- `{r['name']}` at {r['stage']}: {r['error']}" for r in failed]
+        lines.append("")
+    lines.append(f"Generated by `python -m fer_edge.benchmarks.leaderboard` (fer-edge {doc['fer_edge_version']}, "
+                 f"{doc['created_at']}).")
+    return "\n".join(lines) + "\n"
+
+
+def plot_leaderboard(rows: list[dict], path: Path, title: str) -> None:
+    """ONNX Runtime INT8 top-1 (%) against its p50 batch-1 latency (ms, log x), one labelled point per model;
+    the shared-recipe Pareto front as a step line; rows with another recipe as diamonds."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+
+    from fer_edge.utils import atomic_path
+
+    pts = [r for r in rows if r["status"] == "ok" and None not in _int8_point(r)]
+    fig, ax = plt.subplots(figsize=(9, 6), dpi=110)
+    origins = sorted({r.get("origin") or "-" for r in pts})
+    cmap = plt.get_cmap("tab10")
+    for k, r in enumerate(pts):
+        x, y = r["ort_int8_p50_ms"], 100 * r["int8_accuracy"]
+        ax.scatter(x, y, s=90 if r["extra"] else 60, marker="D" if r["extra"] else "o", alpha=0.9,
+                   color=cmap(origins.index(r.get("origin") or "-") % 10),
+                   edgecolors="black" if r["pareto"] else "none", linewidths=1.2, zorder=3)
+        ax.annotate(r["name"], (x, y), textcoords="offset points", xytext=(6, (5, -11, 12, -18)[k % 4]),
+                    fontsize=8, zorder=4)
+    front = sorted((r for r in pts if r["pareto"]), key=lambda r: r["ort_int8_p50_ms"])
+    if front:
+        xs = [r["ort_int8_p50_ms"] for r in front]
+        ys = [100 * r["int8_accuracy"] for r in front]
+        ax.plot(xs, ys, "--", color="gray", lw=1.2, drawstyle="steps-post", zorder=2)
+    handles = [Line2D([], [], ls="", marker="o", color=cmap(i % 10), label=o) for i, o in enumerate(origins)]
+    handles.append(Line2D([], [], ls="--", marker="o", mfc="lightgray", mec="black", color="gray",
+                          label="Pareto front (shared recipe)"))
+    if any(r["extra"] for r in pts):
+        handles.append(Line2D([], [], ls="", marker="D", color="gray", label="own recipe (not retrained)"))
+    if pts:
+        ax.set_xscale("log")
+        ax.legend(handles=handles, fontsize=8, loc="best")
+    else:
+        ax.text(0.5, 0.5, "no measured rows", ha="center", va="center", transform=ax.transAxes)
+    ax.set_xlabel("ONNX Runtime INT8 p50 latency, batch 1, 1 thread (ms, log scale)")
+    ax.set_ylabel("top-1 accuracy, ONNX Runtime INT8 (%)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+
+
+def write_leaderboard(doc: dict, out_dir: str | Path) -> dict[str, Path]:
+    """``leaderboard.json``, ``leaderboard.md`` and ``leaderboard.png`` into ``out_dir``, each atomically."""
+    from fer_edge.utils import write_json_atomic, write_text_atomic
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {name: out / name for name in FILES}
+    write_json_atomic(paths["leaderboard.json"], doc)
+    write_text_atomic(paths["leaderboard.md"], leaderboard_markdown(doc))
+    r = doc["recipe"]
+    steps = f" x {r['max_steps_per_epoch']} steps" if r["max_steps_per_epoch"] else ""
+    plot_leaderboard(doc["rows"], paths["leaderboard.png"],
+                     f"fer-edge leaderboard: {doc['data']['split']} accuracy vs CPU latency "
+                     f"(shared recipe: {r['epochs']} epoch{'s' if r['epochs'] != 1 else ''}{steps})")
+    return paths
+
+
+def rich_table(doc: dict, width: int | None = None):
+    """The leaderboard as a rich table; narrower terminals get fewer columns (all are in the files)."""
+    from rich import box
+    from rich.markup import escape
+    from rich.table import Table
+
+    width = width or 200
+    keep = {"#", "Model", "FP32 top-1", "INT8 top-1", "PyTorch FP32 p50 ms", "ORT INT8 p50 ms", "Status"}
+    if width >= 110:
+        keep |= {"Params", "MACs", "INT8 agree", "Recipe"}
+    if width >= 150:
+        keep |= {"Origin", "Pareto"}
+    short = {"FP32 top-1": "FP32", "INT8 top-1": "INT8", "INT8 agree": "Agree", "PyTorch FP32 p50 ms": "PT FP32 ms",
+             "ORT INT8 p50 ms": "ORT INT8 ms"}
+    t = Table(title="fer-edge leaderboard", caption=doc["recipe"]["header"], box=box.SIMPLE_HEAD,
+              show_edge=False, pad_edge=False, padding=(0, 1), collapse_padding=True)
+    cols = [i for i, c in enumerate(TABLE_COLUMNS) if c in keep]
+    for i in cols:
+        c = TABLE_COLUMNS[i]
+        text_col = c in ("Model", "Origin", "Recipe", "Status")
+        t.add_column(short.get(c, c), justify="left" if text_col else "right", no_wrap=c != "Status",
+                     overflow="fold")
+    style = {"ok": "green", "failed": "red"}
+    for rank, r in enumerate(doc["rows"], 1):
+        cells = [escape(c) for c in table_cells(rank, r)]
+        if "Pareto" not in keep and r.get("pareto"):
+            cells[1] += " *"
+        cells[-1] = f"[{style.get(r['status'], 'yellow')}]{cells[-1]}[/]"
+        t.add_row(*(cells[i] for i in cols))
+    return t
+
+
+# --- command line ---------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    d = Recipe()
+    ap = argparse.ArgumentParser(
+        prog="python -m fer_edge.benchmarks.leaderboard",
+        description="Train every registered model with one shared recipe, export ONNX fp32/int8, bench them "
+                    "(PyTorch FP32 and ONNX Runtime INT8, batch 1, 1 thread) and write a leaderboard "
+                    "(json, md, png).")
+    ap.add_argument("--data", required=True, help="FER2013 CSV (.csv/.csv.gz) or image-folder data set")
+    ap.add_argument("--out", default=str(DEFAULT_OUT), help="output folder (default: %(default)s)")
+    ap.add_argument("--models", default=None,
+                    help="comma-separated registered models (default: every one; see `fer-edge models`)")
+    ap.add_argument("--extra", action="append", default=[], metavar="NAME=CHECKPOINT",
+                    help="an already trained checkpoint (path or shipped name, e.g. small=small) to export and "
+                         "bench the same way without retraining; labelled with its own recipe (repeatable)")
+    g = ap.add_argument_group("shared recipe (every model trains with it)")
+    g.add_argument("--epochs", type=int, default=d.epochs)
+    g.add_argument("--max-steps-per-epoch", type=int, default=d.max_steps_per_epoch,
+                   help="steps per epoch, 0: the whole training split (default: %(default)s)")
+    g.add_argument("--batch-size", type=int, default=d.batch_size)
+    g.add_argument("--lr", type=float, default=d.lr)
+    g.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    g.add_argument("--label-smoothing", type=float, default=d.label_smoothing)
+    g.add_argument("--augment", default=d.augment, help="none, light, standard or strong (default: %(default)s)")
+    g.add_argument("--ema", type=float, default=d.ema, help="weight EMA decay, 0: off (default: %(default)s)")
+    g.add_argument("--seed", type=int, default=d.seed)
+    g.add_argument("--threads", type=int, default=d.threads, help="torch threads for training, 0: torch default")
+    g.add_argument("--device", default=d.device, help="training device: auto, cpu, cuda, mps")
+    g = ap.add_argument_group("export and bench")
+    g.add_argument("--calib-size", type=int, default=None,
+                   help="INT8 calibration images of the training split (default: the exporter's, 500)")
+    g.add_argument("--bench-seconds", type=float, default=DEFAULT_BENCH_SECONDS,
+                   help="timing budget per runtime row (default: %(default)s)")
+    g.add_argument("--bench-iters", type=int, default=None, help="timed calls per runtime row (overrides seconds)")
+    g.add_argument("--bench-warmup", type=int, default=10, help="untimed calls before timing (default: %(default)s)")
+    g.add_argument("--n-images", type=int, default=None,
+                   help="images of the validation split for accuracy (default: all of it)")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    from fer_edge.cli.common import console, err_console, parse_csv_option
+
+    args = build_parser().parse_args(argv)
+    try:
+        from fer_edge.models import list_models
+
+        models = parse_csv_option(args.models, list_models(), "model") or None
+        recipe = Recipe(epochs=args.epochs, max_steps_per_epoch=args.max_steps_per_epoch, batch_size=args.batch_size,
+                        lr=args.lr, weight_decay=args.weight_decay, label_smoothing=args.label_smoothing,
+                        augment=args.augment, ema=args.ema, seed=args.seed, threads=args.threads,
+                        device=args.device)
+        problems = [f"--{k.replace('_', '-')} must be at least {lo}" for k, lo in
+                    (("epochs", 1), ("batch_size", 1), ("max_steps_per_epoch", 0), ("threads", 0))
+                    if getattr(recipe, k) < lo]
+        if args.bench_seconds <= 0 and args.bench_iters is None:
+            problems.append("--bench-seconds must be positive")
+        if args.bench_iters is not None and args.bench_iters < 1:
+            problems.append("--bench-iters must be at least 1")
+        if recipe.device not in ("auto", "cpu", "cuda", "mps"):
+            problems.append(f"--device {recipe.device!r}: valid: auto, cpu, cuda, mps")
+        if args.n_images is not None and args.n_images < 1:
+            problems.append("--n-images must be at least 1")
+        if problems:
+            raise FerEdgeError("; ".join(problems))
+        from fer_edge.training.trainer import validate_config
+
+        validate_config(recipe.train_config(args.data, models[0] if models else "fer_nano", "-"))
+        result = run_leaderboard(
+            args.data, args.out, models, recipe, args.extra, args.calib_size,
+            BenchSettings(seconds=args.bench_seconds, iters=args.bench_iters, warmup=args.bench_warmup,
+                          n_images=args.n_images),
+            console=err_console,
+        )
+    except FerEdgeError as e:
+        err_console.print(f"error: {e}", highlight=False, markup=False)
+        return 1
+    console.print(rich_table(result.document, console.width))
+    if console.width < 150 and any(r.get("pareto") for r in result.rows):
+        console.print("* on the Pareto front (ONNX Runtime INT8 accuracy vs latency, shared recipe)")
+    console.print(f"wrote {', '.join(str(p) for p in result.files.values())}", highlight=False)
+    if result.failed:
+        err_console.print(f"[bold red]{len(result.failed)} of {len(result.rows)} model(s) failed:[/] "
+                          + ", ".join(r["name"] for r in result.failed), highlight=False)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,166 @@
+"""``python -m fer_edge.benchmarks.leaderboard``: the Pareto front, and tiny end-to-end runs on the synthetic CSV."""
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import pytest
+
+from fer_edge.benchmarks.leaderboard import main, pareto_front, recipe_differences
+
+MODELS = ("simple_cnn", "fer_nano")
+#: One epoch of two steps, a few timed calls, one thread, calibration on the whole tiny training split.
+TINY = ["--epochs", "1", "--max-steps-per-epoch", "2", "--threads", "1", "--bench-iters", "3",
+        "--bench-warmup", "1", "--calib-size", "56"]
+
+
+# --- the Pareto front ---------------------------------------------------------------------------
+@pytest.mark.parametrize("points, front", [
+    ([], []),
+    ([(1.0, 0.5)], [0]),
+    # (3, .55) is slower and less accurate than (2, .6); the rest trade latency for accuracy
+    ([(1.0, 0.5), (2.0, 0.6), (3.0, 0.55), (0.5, 0.4)], [3, 0, 1]),
+    # equal points are both on the front; a slower point of equal accuracy is dominated
+    ([(1.0, 0.5), (1.0, 0.5), (2.0, 0.5)], [0, 1]),
+    # same latency: the more accurate one dominates
+    ([(1.0, 0.5), (1.0, 0.6)], [1]),
+    # same accuracy: the faster one dominates, whatever the order
+    ([(2.0, 0.7), (1.0, 0.7)], [1]),
+    # missing or non-finite coordinates are left out
+    ([(None, 0.9), (1.0, math.nan), (2.0, 0.3)], [2]),
+])
+def test_pareto_front(points, front):
+    assert pareto_front(points) == front
+
+
+def test_pareto_front_definition_on_random_points():
+    import random
+
+    rng = random.Random(0)
+    pts = [(rng.choice([1.0, 2.0, 3.0, 4.0]), rng.choice([0.1, 0.2, 0.3])) for _ in range(30)]
+    got = set(pareto_front(pts))
+    for i, (li, ai) in enumerate(pts):
+        dominated = any(lj <= li and aj >= ai and (lj < li or aj > ai) for lj, aj in pts)
+        assert (i in got) == (not dominated), (i, pts[i])
+
+
+def test_recipe_differences_ignore_out_and_threads(tmp_path):
+    from fer_edge.benchmarks.leaderboard import Recipe
+
+    a = Recipe().train_config(tmp_path / "d.csv", "fer_nano", tmp_path / "a").to_dict()
+    b = Recipe(threads=7).train_config(tmp_path / "d.csv", "fer_nano", tmp_path / "b").to_dict()
+    assert recipe_differences(a, b) == []
+    c = Recipe(epochs=5).train_config(tmp_path / "d.csv", "fer_nano", tmp_path / "a").to_dict()
+    assert [d.split(":")[0] for d in recipe_differences(a, c)] == ["epochs"]
+
+
+# --- end to end ----------------------------------------------------------------------------------
+def _run(argv, tmp_cache: Path):
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FER_EDGE_CACHE_DIR", str(tmp_cache))
+        t0 = time.perf_counter()
+        rc = main([str(a) for a in argv])
+        return rc, time.perf_counter() - t0
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory, synthetic_csv):
+    """Two models trained, exported and benched into one leaderboard."""
+    out = tmp_path_factory.mktemp("leaderboard")
+    rc, seconds = _run(["--data", synthetic_csv, "--out", out, "--models", ",".join(MODELS), *TINY],
+                       tmp_path_factory.getbasetemp() / "cache")
+    doc = json.loads((out / "leaderboard.json").read_text())
+    mtimes = {m: (out / "runs" / m / "best.pt").stat().st_mtime_ns for m in MODELS}
+    return rc, out, doc, mtimes, seconds
+
+
+@pytest.fixture(scope="module")
+def second_run(tmp_path_factory, synthetic_csv, first_run):
+    """The same leaderboard again, with a checkpoint of the first run and a broken file as extras."""
+    _, out, _, _, _ = first_run
+    broken = tmp_path_factory.mktemp("broken") / "broken.pt"
+    broken.write_bytes(b"not a checkpoint")
+    rc, seconds = _run(["--data", synthetic_csv, "--out", out, "--models", ",".join(MODELS), *TINY,
+                        "--extra", f"mine={out / 'runs' / 'fer_nano' / 'best.pt'}", "--extra", f"broken={broken}"],
+                       tmp_path_factory.getbasetemp() / "cache")
+    return rc, out, json.loads((out / "leaderboard.json").read_text()), seconds
+
+
+def _check_measured(row):
+    for key in ("fp32_accuracy", "int8_accuracy", "int8_agreement"):
+        assert isinstance(row[key], float) and 0.0 <= row[key] <= 1.0, (row["name"], key, row[key])
+    for key in ("pytorch_fp32_p50_ms", "ort_int8_p50_ms"):
+        assert isinstance(row[key], float) and row[key] > 0, (row["name"], key, row[key])
+    assert row["params"] > 0 and row["macs"] > 0
+
+
+def test_end_to_end(first_run):
+    rc, out, doc, _, seconds = first_run
+    print(f"end-to-end leaderboard of {len(MODELS)} models: {seconds:.1f} s")
+    assert rc == 0
+    rows = {r["name"]: r for r in doc["rows"]}
+    assert set(rows) == set(MODELS)
+    for name in MODELS:
+        r = rows[name]
+        assert r["status"] == "ok" and r["recipe"] == "shared" and r["training"] == "trained", r
+        _check_measured(r)
+        assert Path(r["bench_dir"], "report.json").is_file()
+        assert Path(r["export_dir"], "manifest.json").is_file()
+    # params and MACs are the registry summary's
+    from fer_edge.models import describe_model
+
+    assert rows["fer_nano"]["params"] == describe_model("fer_nano")["params"]
+    # sorted by FP32 accuracy, and at least one row on the Pareto front
+    accs = [r["fp32_accuracy"] for r in doc["rows"]]
+    assert accs == sorted(accs, reverse=True)
+    assert any(r["pareto"] for r in doc["rows"])
+    assert doc["recipe"]["epochs"] == 1 and doc["recipe"]["max_steps_per_epoch"] == 2
+    assert doc["bench"]["threads"] == 1 and doc["bench"]["batch"] == 1
+    assert doc["environment"]["cpu"] and doc["tool_versions"]["onnxruntime"]
+    md = (out / "leaderboard.md").read_text()
+    assert "Shared recipe: 1 epoch x 2 steps of 128" in md and "shorter than" in md
+    assert all(f"| {m} |" in md for m in MODELS)
+    png = out / "leaderboard.png"
+    assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_rerun_does_not_retrain_and_benches_extras(first_run, second_run):
+    _, out, _, mtimes, _ = first_run
+    rc, _, doc, seconds = second_run
+    print(f"second run (no training, exports reused, 2 extras): {seconds:.1f} s")
+    assert {m: (out / "runs" / m / "best.pt").stat().st_mtime_ns for m in MODELS} == mtimes
+    rows = {r["name"]: r for r in doc["rows"]}
+    assert all(rows[m]["training"] == "reused" and rows[m]["status"] == "ok" for m in MODELS)
+    mine = rows["mine"]
+    assert mine["status"] == "ok" and mine["extra"] and mine["architecture"] == "fer_nano"
+    assert mine["recipe"] != "shared" and "1 epoch x 2 steps" in mine["recipe_detail"]
+    assert not mine["pareto"]  # another recipe: not on the shared front
+    _check_measured(mine)
+    assert Path(mine["export_dir"]).parent.name == "extra"
+    # a model that fails gets a row with its error; the others still ran, and the exit status says so
+    assert rc == 1
+    broken = rows["broken"]
+    assert broken["status"] == "failed" and broken["stage"] == "checkpoint" and "broken.pt" in broken["error"]
+    assert doc["rows"][-1]["name"] == "broken"
+    md = (out / "leaderboard.md").read_text()
+    assert "`mine`: own recipe" in md and "Failed:" in md
+
+
+def test_unknown_model_is_rejected(synthetic_csv, tmp_path, capsys):
+    rc = main(["--data", str(synthetic_csv), "--out", str(tmp_path), "--models", "fer_nano,fer_nanoo"])
+    err = capsys.readouterr().err
+    assert rc == 1
+    assert "unknown model 'fer_nanoo'" in err and "fer_nano" in err and "simple_cnn" in err
+    assert not any(tmp_path.iterdir())  # rejected before any work
+
+
+def test_bad_extra_is_rejected_up_front(synthetic_csv, tmp_path, capsys):
+    assert main(["--data", str(synthetic_csv), "--out", str(tmp_path), "--models", "fer_nano",
+                 "--extra", f"fer_nano={tmp_path}"]) == 1
+    assert "also a model trained with the shared recipe" in capsys.readouterr().err
+    assert main(["--data", str(synthetic_csv), "--out", str(tmp_path), "--models", "fer_nano",
+                 "--extra", f"x={tmp_path / 'missing.pt'}"]) == 1
+    assert "missing.pt" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
