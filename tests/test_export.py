@@ -457,3 +457,21 @@ def test_calib_method_option(tiny_checkpoint, synthetic_csv, tmp_path):
     assert entry["export"]["quantization"]["calibration_method"] == "percentile"
     assert data["calibration_method"] == "percentile" and entry["calibration"]["count"] == 210
     assert "warning" not in res.output  # 210 >= 200 calibration images
+
+
+def test_openvino_int8_keeps_only_the_first_convolution_in_float(exported):
+    import openvino as ov
+
+    model = ov.Core().read_model(_artifact(exported, "openvino", "int8"))
+    convs = [op for op in model.get_ordered_ops() if op.get_type_name() in ("Convolution", "GroupConvolution")]
+
+    def quantized_input(op) -> bool:
+        # an activation path into the conv passes a FakeQuantize (possibly through a Convert)
+        src = op.input_value(0).get_node()
+        return src.get_type_name() == "FakeQuantize"
+
+    assert len(convs) >= 2
+    assert not quantized_input(convs[0])
+    assert all(quantized_input(c) for c in convs[1:])
+    kept = _entry(exported, "openvino", "int8")["export"]["quantization"]["ignored_scope"]["layers"]
+    assert kept == [convs[0].get_friendly_name()]

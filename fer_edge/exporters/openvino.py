@@ -9,7 +9,11 @@
   measurement on FER2013 PublicTest (see the README): activation ranges by the MINMAX
   estimator (NNCF's default averages per-image minima/maxima, which clips: KL to FP32 ~30x
   higher, agreement 98.7% vs 99.5% on fer_small) and the full bias correction
-  (``fast_bias_correction=False``; the fast one cost up to 3 points of agreement).
+  (``fast_bias_correction=False``; the fast one cost up to 3 points of agreement). The first
+  convolution (on the 1-channel image: 0.6% of fer_small's MACs) stays in float through
+  ``ignored_scope``: on the shipped small weight that raised agreement with FP32 on PublicTest
+  from 98.58% to 98.94% (accuracy drop 0.34 -> 0.11 points); 7-bit first-layer weights
+  (NNCF's default overflow fix) against 8-bit made no gain (98.41%).
 * The fer-edge metadata goes into ``rt_info`` under ``fer_edge``.
 
 Both files are written under temporary names and renamed, the ``.bin`` first and the
@@ -59,7 +63,16 @@ def convert(model):
     return om
 
 
+def first_convolution(om) -> str:
+    """The friendly name of the first convolution in topological order (the one on the image)."""
+    for op in om.get_ordered_ops():
+        if op.get_type_name() in ("Convolution", "GroupConvolution"):
+            return op.get_friendly_name()
+    raise ExportError("the OpenVINO model has no convolution to keep in float")
+
+
 def quantize_int8(om, calib_inputs):
+    """NNCF INT8 of ``om``; returns the quantized model and the name of the layer left in float."""
     import nncf
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
     from nncf.quantization.range_estimator import RangeEstimatorParametersSet
@@ -70,15 +83,18 @@ def quantize_int8(om, calib_inputs):
     nncf_log.setLevel(logging.ERROR)
     try:
         with quiet(), silent_rich():
-            return nncf.quantize(
+            first = first_convolution(om)
+            q = nncf.quantize(
                 om,
                 nncf.Dataset(items),
                 subset_size=len(items),
                 fast_bias_correction=False,
+                ignored_scope=nncf.IgnoredScope(names=[first]),
                 advanced_parameters=AdvancedQuantizationParameters(
                     activations_range_estimator_params=RangeEstimatorParametersSet.MINMAX
                 ),
             )
+            return q, first
     finally:
         nncf_log.setLevel(level)
 
@@ -104,13 +120,14 @@ class OpenVINOExporter(Exporter):
                 raise ExportError("int8 export needs calibration images (--calib-data)")
             import nncf
 
-            om = quantize_int8(base.clone(), req.calib.inputs)
+            om, kept_float = quantize_int8(base.clone(), req.calib.inputs)
             extra["quantization"] = {
                 "tool": f"nncf.quantize (nncf {nncf.__version__})",
                 "preset": "default (performance: symmetric weights and activations)",
                 "subset_size": len(req.calib),
                 "activations_range_estimator": "MINMAX",
                 "fast_bias_correction": False,
+                "ignored_scope": {"layers": [kept_float], "why": "first convolution (on the 1-channel image) kept in float"},
             }
         else:
             om = base.clone()
