@@ -475,3 +475,23 @@ def test_openvino_int8_keeps_only_the_first_convolution_in_float(exported):
     assert all(quantized_input(c) for c in convs[1:])
     kept = _entry(exported, "openvino", "int8")["export"]["quantization"]["ignored_scope"]["layers"]
     assert kept == [convs[0].get_friendly_name()]
+
+
+@pytest.mark.parametrize("name", __import__("fer_edge.models", fromlist=["list_models"]).list_models())
+def test_onnx_int8_export_works_for_every_registered_model(name, synthetic_csv, tmp_path):
+    """quant_pre_process's symbolic shape inference once failed on cbam_cnn; every model must quantize."""
+    import torch
+
+    from fer_edge.checkpoint import save_checkpoint
+    from fer_edge.exporters import export
+    from fer_edge.models import create_model
+
+    torch.manual_seed(0)
+    ckpt = save_checkpoint(tmp_path / f"{name}.pt", {
+        "model": name, "model_kwargs": {}, "state_dict": create_model(name).eval().state_dict(),
+        "labels": list(LABELS), "normalization": {"mean": 0.5, "std": 0.25}, "train_config": {"model": name},
+    })
+    result = export(ckpt, ["onnx"], ["int8"], tmp_path / "out", calib_data=synthetic_csv, calib_size=16,
+                    validate=False, data_progress=False, raise_on_failure=False, on_warning=lambda w: None)
+    assert not result.failed, result.failed
+    assert (tmp_path / "out" / f"{name}_int8.onnx").is_file()
