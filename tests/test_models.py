@@ -179,3 +179,5 @@ def test_fer_small_extra_stem_convs_run_at_full_resolution():
     assert count_params(two) - count_params(one) == 32 * 32 * 9 + 2 * 32
     assert count_macs(two) - count_macs(one) == 32 * 32 * 9 * 48 * 48
     assert two(_input()).shape == (2, 7)
+    with pytest.raises(ModelError, match="stem_convs"):
+        create_model("fer_small", stem_convs=0)

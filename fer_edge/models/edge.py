@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from fer_edge.errors import ModelError
 from fer_edge.models.registry import register_model
 
 
@@ -97,7 +98,7 @@ class FerSmall(nn.Module):
     """3x3 stem at 48x48, then max-pool + ResNet basic block per stage (24, 12, 6), GAP, FC.
 
     ``stem_convs`` 3x3 convolutions run at full resolution before the first pool. The defaults
-    (two stem convs, widths 64/128/192: 878K parameters, 108M MACs) are the shipped ``small``
+    (two stem convs, widths 64/128/192: 878K parameters, 109M MACs) are the shipped ``small``
     weight's. The first design (one stem conv, widths 48/96/144/160: 955K parameters, 56M MACs,
     with a fourth stage at 3x3) reached 66.84% on PublicTest against 68.99% for this one, with a
     shorter recipe (README, "Pretrained models").
@@ -106,6 +107,8 @@ class FerSmall(nn.Module):
     def __init__(self, num_classes: int = 7, widths: tuple[int, ...] = (64, 128, 192), stem: int = 32,
                  dropout: float = 0.3, stem_convs: int = 2):
         super().__init__()
+        if stem_convs < 1:
+            raise ModelError(f"fer_small: stem_convs must be at least 1, got {stem_convs}")
         self.stem = conv_bn_relu(1, stem)
         self.stem_extra = nn.Sequential(*(conv_bn_relu(stem, stem) for _ in range(stem_convs - 1)))
         stages, cin = [], stem
