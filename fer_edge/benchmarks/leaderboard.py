@@ -697,7 +697,7 @@ def plot_leaderboard(rows: list[dict], path: Path, title: str) -> None:
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
 
-    from fer_edge.utils import atomic_path
+    from fer_edge.benchmarks.report import finish_latency_plot
 
     pts = [r for r in rows if r["status"] == "ok" and None not in _int8_point(r)]
     fig, ax = plt.subplots(figsize=(9, 6), dpi=110)
@@ -721,18 +721,10 @@ def plot_leaderboard(rows: list[dict], path: Path, title: str) -> None:
     if any(r["extra"] for r in pts):
         handles.append(Line2D([], [], ls="", marker="D", color="gray", label="own recipe (not retrained)"))
     if pts:
-        ax.set_xscale("log")
         ax.legend(handles=handles, fontsize=8, loc="best")
-    else:
-        ax.text(0.5, 0.5, "no measured rows", ha="center", va="center", transform=ax.transAxes)
-    ax.set_xlabel("ONNX Runtime INT8 p50 latency, batch 1, 1 thread (ms, log scale)")
-    ax.set_ylabel("top-1 accuracy, ONNX Runtime INT8 (%)")
-    ax.set_title(title, fontsize=10)
-    ax.grid(True, which="both", alpha=0.3)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
+    finish_latency_plot(fig, ax, path, title, bool(pts),
+                        "ONNX Runtime INT8 p50 latency, batch 1, 1 thread (ms, log scale)",
+                        "top-1 accuracy, ONNX Runtime INT8 (%)")
 
 
 def write_leaderboard(doc: dict, out_dir: str | Path) -> dict[str, Path]:

@@ -210,7 +210,6 @@ def plot_latency_vs_accuracy(rows: list[dict], path: Path, title: str, color_key
     import matplotlib.pyplot as plt
 
     from fer_edge.benchmarks.stats import pareto_front
-    from fer_edge.utils import atomic_path
 
     pts = [r for r in rows if p50(r) is not None and r.get("accuracy") is not None]
     fig, ax = plt.subplots(figsize=(9, 6), dpi=110)
@@ -252,13 +251,24 @@ def plot_latency_vs_accuracy(rows: list[dict], path: Path, title: str, color_key
         handles.append(Line2D([], [], ls="", marker="o", mfc="white", mec="red", label="parity-failed"))
     ax.legend(handles=handles, fontsize=7, loc="best")
     if pts:
-        ax.set_xscale("log")
         lo, hi = ax.get_ylim()
         ax.set_ylim(lo, min(hi, 100.5))
+    finish_latency_plot(fig, ax, path, title, bool(pts), "p50 latency per call (ms, log scale)",
+                        "top-1 accuracy (%)")
+
+
+def finish_latency_plot(fig, ax, path: Path, title: str, has_points: bool, xlabel: str, ylabel: str) -> None:
+    """Log latency axis (or a "no measured rows" note), labels, grid; saved as PNG atomically and closed."""
+    import matplotlib.pyplot as plt
+
+    from fer_edge.utils import atomic_path
+
+    if has_points:
+        ax.set_xscale("log")
     else:
         ax.text(0.5, 0.5, "no measured rows", ha="center", va="center", transform=ax.transAxes)
-    ax.set_xlabel("p50 latency per call (ms, log scale)")
-    ax.set_ylabel("top-1 accuracy (%)")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
