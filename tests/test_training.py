@@ -100,9 +100,62 @@ def test_bad_options_are_all_reported(synthetic_csv, tmp_path):
 def test_folder_data_and_class_weights_and_distillation(synthetic_folder, synthetic_csv, tmp_path):
     teacher = train(_cfg(synthetic_csv, tmp_path / "t", epochs=1), progress=False)
     res = train(_cfg(synthetic_folder, tmp_path / "s", epochs=1, class_weights="balanced", label_smoothing=0.1,
-                     distill=str(teacher.out_dir / "best.pt"), cutmix=1.0, augment="strong"), progress=False)
+                     distill=[str(teacher.out_dir / "best.pt")], cutmix=1.0, augment="strong"), progress=False)
     ck = load_checkpoint(res.out_dir / "best.pt")
-    assert ck.data["val"]["split"] == "val" and ck.train_config["distill"].endswith("best.pt")
+    assert ck.data["val"]["split"] == "val" and ck.train_config["distill"][0].endswith("best.pt")
+
+
+def test_config_from_before_teacher_ensembles_loads():
+    assert TrainConfig.from_dict({"data": "d", "distill": "t.pt"}).distill == ["t.pt"]
+    assert TrainConfig.from_dict({"data": "d", "distill": None}).distill == []
+
+
+def test_teacher_probs_average_teachers_and_flips():
+    from fer_edge.preprocess import Normalization
+    from fer_edge.training.trainer import teacher_probs
+
+    class Column(torch.nn.Module):  # logits from the left or right image column: flip-sensitive
+        def __init__(self, col):
+            super().__init__()
+            self.col = col
+
+        def forward(self, x):
+            return x[:, 0, :, self.col].mean(1, keepdim=True) * torch.arange(7.0)
+
+    x = torch.zeros(2, 1, 48, 48)
+    x[..., 0] = 1.0  # bright left column
+    ident = Normalization(0.0, 1.0)
+    left, right = (Column(0), ident), (Column(-1), ident)
+    p_left = teacher_probs([left], x, 1.0, tta=False)
+    p_right = teacher_probs([right], x, 1.0, tta=False)
+    assert torch.allclose(p_left.sum(1), torch.ones(2)) and not torch.allclose(p_left, p_right)
+    assert torch.allclose(teacher_probs([left, right], x, 1.0, tta=False), (p_left + p_right) / 2)
+    assert torch.allclose(teacher_probs([left], x, 1.0, tta=True), (p_left + p_right) / 2)
+
+
+def test_init_fine_tunes_from_checkpoint_and_rejects_misfits(synthetic_csv, tmp_path):
+    base = train(_cfg(synthetic_csv, tmp_path / "base", epochs=2), progress=False)
+    base_ck = load_checkpoint(base.out_dir / "best.pt")
+    # one step at a tiny learning rate: the fine-tuned weights stay next to the initial ones
+    tuned = train(_cfg(synthetic_csv, tmp_path / "ft", epochs=1, max_steps_per_epoch=1, lr=1e-7,
+                       init=str(base.out_dir / "best.pt"), distill=[str(base.out_dir / "best.pt")] * 2,
+                       distill_tta=True), progress=False)
+    ck = load_checkpoint(tuned.out_dir / "best.pt")
+    w0, w1 = base_ck.state_dict, ck.state_dict
+    close = [k for k in w0 if w0[k].is_floating_point() and torch.allclose(w0[k], w1[k], atol=1e-3)]
+    assert len(close) >= 0.9 * sum(v.is_floating_point() for v in w0.values())
+    assert ck.normalization == base_ck.normalization and ck.train_config["init"].endswith("best.pt")
+    with pytest.raises(TrainingError) as e:
+        train(_cfg(synthetic_csv, tmp_path / "bad", model="custom_cnn", init=str(base.out_dir / "best.pt")),
+              progress=False)
+    assert "--init" in str(e.value) and "'simple_cnn'" in str(e.value)
+    with pytest.raises(TrainingError) as e:
+        train(_cfg(synthetic_csv, tmp_path / "bad2", model_kwargs={"hidden": 64},
+                   init=str(base.out_dir / "best.pt")), progress=False)
+    assert "do not fit" in str(e.value) and '{"hidden": 64}' in str(e.value)
+    with pytest.raises(TrainingError) as e:
+        train(_cfg(synthetic_csv, tmp_path / "bad3", distill_tta=True, distill_alpha=2.0), progress=False)
+    assert "--distill-tta" in str(e.value) and "--distill-alpha" in str(e.value)
 
 
 @pytest.mark.parametrize("preset", list(PRESETS))
@@ -140,6 +193,14 @@ def test_cli_train_then_eval(synthetic_csv, tmp_path):
     assert (out / "confusion_PublicTest.png").is_file()
     r = runner.invoke(app, ["eval", "--checkpoint", str(out / "best.pt"), "--data", str(synthetic_csv), "--tta"])
     assert r.exit_code == 0 and "accuracy" in r.output
+    # fine-tune the run with a two-teacher, flip-TTA distillation: the options reach the saved config
+    best = str(out / "best.pt")
+    r = runner.invoke(app, ["train", "--data", str(synthetic_csv), "--model", "simple_cnn", "--out", str(tmp_path / "ft"),
+                            "--epochs", "1", "--batch-size", "32", "--max-steps-per-epoch", "2", "--device", "cpu",
+                            "--init", best, "--distill", best, "--distill", best, "--distill-tta", "--no-progress"])
+    assert r.exit_code == 0, r.output
+    cfg = load_checkpoint(tmp_path / "ft" / "best.pt").train_config
+    assert cfg["init"] == best and cfg["distill"] == [best, best] and cfg["distill_tta"] is True
 
 
 def test_cli_errors_are_clear(synthetic_csv, tmp_path):

@@ -95,8 +95,11 @@ def recipe_text(cfg: dict) -> str:
         parts.append(f"EMA {c.ema:g}")
     if c.mixup or c.cutmix:
         parts.append(f"mixup {c.mixup:g} / cutmix {c.cutmix:g}")
+    if c.init:
+        parts.append(f"fine-tuned from {Path(c.init).name}")
     if c.distill:
-        parts.append(f"distilled from {Path(c.distill).name}")
+        teachers = " + ".join(Path(t).name for t in c.distill)
+        parts.append(f"distilled from {teachers}{' with flip TTA' if c.distill_tta else ''}")
     parts.append(f"seed {c.seed}")
     return ", ".join(parts)
 

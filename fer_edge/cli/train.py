@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from enum import Enum
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
@@ -74,9 +74,13 @@ def train(
     cutmix: float = typer.Option(0.0, help="CutMix Beta alpha (0: off)."),
     ema: float = typer.Option(0.0, help="Weight EMA decay, e.g. 0.999 (0: off)."),
     augment: Augment = typer.Option(Augment.standard, help="Batched augmentation preset."),
-    distill: Optional[Path] = typer.Option(None, exists=True, dir_okay=False, help="Teacher checkpoint for distillation."),
-    distill_alpha: float = typer.Option(0.5),
+    init: Optional[Path] = typer.Option(None, exists=True, dir_okay=False,
+                                        help="Start from this checkpoint's weights (fine-tuning; same model and kwargs)."),
+    distill: Optional[List[Path]] = typer.Option(None, exists=True, dir_okay=False,
+                                                 help="Teacher checkpoint for distillation; repeat for an ensemble."),
+    distill_alpha: float = typer.Option(0.5, help="Weight of the distillation loss (0..1)."),
     distill_temperature: float = typer.Option(4.0),
+    distill_tta: bool = typer.Option(False, "--distill-tta", help="Teachers also see the flipped batch."),
     patience: int = typer.Option(0, min=0, help="Early stopping patience in epochs (0: off)."),
     seed: int = typer.Option(0),
     device: Device = typer.Option(Device.auto),
@@ -101,8 +105,8 @@ def train(
         epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, optimizer=optimizer.value,
         scheduler=scheduler.value, warmup_epochs=warmup_epochs, label_smoothing=label_smoothing,
         class_weights=class_weights.value, mixup=mixup, cutmix=cutmix, ema=ema, augment=augment.value,
-        distill=str(distill) if distill else None, distill_alpha=distill_alpha,
-        distill_temperature=distill_temperature, patience=patience, seed=seed, device=device.value, amp=amp.value,
+        init=str(init) if init else None, distill=[str(p) for p in distill or []], distill_alpha=distill_alpha,
+        distill_temperature=distill_temperature, distill_tta=distill_tta, patience=patience, seed=seed, device=device.value, amp=amp.value,
         channels_last=channels_last, num_threads=threads, max_steps_per_epoch=max_steps_per_epoch, wandb=wandb,
     )
     result = run_train(cfg, resume=resume, progress=progress)

@@ -25,7 +25,9 @@ class TrainConfig:
     cutmix: float = 0.0  # alpha; 0 disables
     ema: float = 0.0  # decay; 0 disables
     augment: str = "standard"  # none | light | standard | strong
-    distill: str | None = None  # teacher checkpoint
+    init: str | None = None  # start from this checkpoint's weights (fine-tuning)
+    distill: list[str] = field(default_factory=list)  # teacher checkpoints; their probabilities are averaged
+    distill_tta: bool = False  # teachers also see the horizontally flipped batch (averaged in)
     distill_alpha: float = 0.5
     distill_temperature: float = 4.0
     patience: int = 0  # epochs without val improvement before stopping; 0 disables
@@ -44,4 +46,9 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
         known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
+        d = {k: v for k, v in d.items() if k in known}
+        if isinstance(d.get("distill"), str):  # configs before ensembles held one path
+            d["distill"] = [d["distill"]]
+        elif d.get("distill") is None:
+            d.pop("distill", None)
+        return cls(**d)

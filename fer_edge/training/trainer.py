@@ -94,6 +94,12 @@ def validate_config(cfg: TrainConfig) -> None:
         problems.append("--ema takes a decay in [0, 1), e.g. 0.999")
     if cfg.patience < 0:
         problems.append("--patience must be >= 0")
+    if not 0 <= cfg.distill_alpha <= 1:
+        problems.append("--distill-alpha must be in [0, 1]")
+    if cfg.distill_temperature <= 0:
+        problems.append("--distill-temperature must be positive")
+    if cfg.distill_tta and not cfg.distill:
+        problems.append("--distill-tta needs at least one --distill teacher")
     if problems:
         raise TrainingError("bad training options:\n  " + "\n  ".join(problems))
 
@@ -169,6 +175,63 @@ def data_fingerprint(split) -> dict:
     fp.setdefault("split", split.split)
     fp.setdefault("n", len(split.labels))
     return fp
+
+
+def load_init_weights(model: torch.nn.Module, cfg: TrainConfig, labels: list[str]) -> Normalization:
+    """``--init``: copy a checkpoint's weights into ``model``; returns the normalisation they were trained with."""
+    ck = load_checkpoint(cfg.init)
+    problems = []
+    if ck.model_name != cfg.model:
+        problems.append(f"it holds {ck.model_name!r}, not {cfg.model!r}")
+    if ck.labels != labels:
+        problems.append(f"its labels {ck.labels} differ from {labels}")
+    if not problems:
+        own = model.state_dict()
+        missing = [k for k in own if k not in ck.state_dict]
+        unexpected = [k for k in ck.state_dict if k not in own]
+        shapes = [k for k in own if k in ck.state_dict and ck.state_dict[k].shape != own[k].shape]
+        if missing or unexpected or shapes:
+            problems.append(
+                f"its weights do not fit {cfg.model} with --model-kwargs {json.dumps(cfg.model_kwargs)} "
+                f"({len(missing)} missing, {len(unexpected)} unexpected, {len(shapes)} of another shape); "
+                f"it was trained with --model-kwargs {json.dumps(ck.model_kwargs)}"
+            )
+    if problems:
+        raise TrainingError(f"--init {cfg.init}: " + "; ".join(problems))
+    model.load_state_dict(ck.state_dict)
+    return ck.normalization
+
+
+def load_teachers(cfg: TrainConfig, labels: list[str], device: torch.device) -> list:
+    """``--distill``: each teacher checkpoint as (frozen model, its normalisation)."""
+    teachers = []
+    for path in cfg.distill:
+        ck = load_checkpoint(path)
+        if ck.labels != labels:
+            raise TrainingError(f"--distill {path}: teacher labels {ck.labels} differ from {labels}")
+        model = ck.build_model().to(device)
+        if cfg.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        for p in model.parameters():
+            p.requires_grad_(False)
+        teachers.append((model, ck.normalization))
+    return teachers
+
+
+@torch.no_grad()
+def teacher_probs(teachers: list, x: torch.Tensor, temperature: float, tta: bool,
+                  channels_last: bool = False) -> torch.Tensor:
+    """Teachers' softened class probabilities on a batch of 0..1 images, averaged over teachers (and flips)."""
+    views = [x, x.flip(3)] if tta else [x]
+    total = None
+    for model, tn in teachers:
+        for v in views:
+            v = (v - tn.mean) / tn.std
+            if channels_last:
+                v = v.contiguous(memory_format=torch.channels_last)
+            p = F.softmax(model(v).float() / temperature, 1)
+            total = p if total is None else total + p
+    return total / (len(teachers) * len(views))
 
 
 def _ema_with_warmup(decay: float):
@@ -313,7 +376,10 @@ class Trainer:
             norm = Normalization(round(float(f.mean()), 4), round(float(f.std()), 4))
 
         torch.manual_seed(cfg.seed)
-        model = create_model(cfg.model, num_classes=len(labels), **cfg.model_kwargs).to(device)
+        model = create_model(cfg.model, num_classes=len(labels), **cfg.model_kwargs)
+        if cfg.init and state is None:
+            norm = load_init_weights(model, cfg, labels)
+        model = model.to(device)
         if cfg.channels_last:
             model = model.to(memory_format=torch.channels_last)
         n_params = count_params(model)
@@ -337,15 +403,7 @@ class Trainer:
 
             ema = AveragedModel(model, multi_avg_fn=_ema_with_warmup(cfg.ema), use_buffers=True)
 
-        teacher = None
-        if cfg.distill:
-            tck = load_checkpoint(cfg.distill)
-            if tck.labels != labels:
-                raise TrainingError(f"--distill {cfg.distill}: teacher labels {tck.labels} differ from {labels}")
-            teacher = tck.build_model().to(device).eval()
-            tnorm = tck.normalization
-            for p in teacher.parameters():
-                p.requires_grad_(False)
+        teachers = load_teachers(cfg, labels, device)
 
         ddp_model = model
         if self.dist.enabled:
@@ -416,14 +474,11 @@ class Trainer:
                                 loss = loss + (1 - lam) * F.cross_entropy(
                                     logits, yb2, weight=cw, label_smoothing=cfg.label_smoothing
                                 )
-                            if teacher is not None:
-                                with torch.no_grad():
-                                    tx = (xb - tnorm.mean) / tnorm.std
-                                    tlogits = teacher(tx).float()
+                            if teachers:
                                 temp = cfg.distill_temperature
+                                tprob = teacher_probs(teachers, xb, temp, cfg.distill_tta, cfg.channels_last)
                                 kd = F.kl_div(
-                                    F.log_softmax(logits.float() / temp, 1), F.softmax(tlogits / temp, 1),
-                                    reduction="batchmean",
+                                    F.log_softmax(logits.float() / temp, 1), tprob, reduction="batchmean",
                                 ) * temp * temp
                                 loss = (1 - cfg.distill_alpha) * loss + cfg.distill_alpha * kd
                         opt.zero_grad(set_to_none=True)
