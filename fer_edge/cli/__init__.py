@@ -27,7 +27,7 @@ def _root() -> None:
 
 
 #: Command modules, imported for their ``@app.command`` side effects.
-COMMAND_MODULES = ("models", "train", "eval", "export", "bench", "predict")
+COMMAND_MODULES = ("models", "train", "soup", "eval", "export", "bench", "predict")
 
 for _name in COMMAND_MODULES:
     try:

@@ -1,0 +1,36 @@
+"""``fer-edge soup``."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from fer_edge.cli import app
+from fer_edge.cli.common import console, handle_errors
+
+
+@app.command()
+@handle_errors
+def soup(
+    checkpoints: List[Path] = typer.Argument(..., exists=True, dir_okay=False,
+                                             help="Checkpoints of one model fine-tuned from one starting point."),
+    out: Path = typer.Option(..., help="The soup checkpoint to write (never overwritten)."),
+    data: Path = typer.Option(..., exists=True, help="FER2013 CSV or image-folder root."),
+    split: Optional[str] = typer.Option(None, help="Split for the BatchNorm statistics (default Training / train)."),
+    val_split: Optional[str] = typer.Option(None, help="Validation split (default PublicTest / val or test)."),
+    greedy: bool = typer.Option(False, "--greedy", help="Keep an ingredient only if validation accuracy does not drop."),
+    progress: bool = typer.Option(True, "--progress/--no-progress"),
+) -> None:
+    """Average the weights of fine-tuned checkpoints (a model soup), re-measure BatchNorm statistics, evaluate."""
+    from rich.table import Table
+
+    from fer_edge.training.soup import make_soup
+
+    r = make_soup(checkpoints, out, data, split=split, val_split=val_split, greedy=greedy, progress=progress)
+    t = Table("checkpoint", f"{r.val_split} accuracy", "in the soup")
+    for path, acc in r.ingredient_accuracy.items():
+        t.add_row(path, f"{acc:.4f}", "yes" if path in r.ingredients else "no")
+    console.print(t)
+    console.print(f"soup of {len(r.ingredients)}: {r.val_split} accuracy [bold]{r.accuracy:.4f}[/], "
+                  f"macro-F1 {r.macro_f1:.4f} -> {r.path}")

@@ -1,0 +1,132 @@
+"""``fer-edge soup``: average the weights of fine-tuned checkpoints ("model soups", Wortsman et al., 2022).
+
+Checkpoints fine-tuned from one starting point usually lie in one loss basin, so their weight average
+predicts like an ensemble at the cost of one model. The averaged BatchNorm statistics do not match the
+averaged weights, so they are measured again on the training split (``torch.optim.swa_utils.update_bn``,
+no augmentation). The soup is evaluated on the validation split (PublicTest for the CSV) and written
+as an ordinary checkpoint that records its ingredients.
+
+``greedy`` follows the paper's greedy soup: ingredients sorted by their own validation accuracy are
+added one at a time and kept only when the soup's validation accuracy does not drop. This selects on
+the validation split, as picking the best epoch does; never pass a test split you report on.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from fer_edge.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from fer_edge.errors import TrainingError
+
+
+@dataclass
+class SoupResult:
+    path: Path
+    ingredients: list[str]
+    val_split: str
+    accuracy: float
+    macro_f1: float
+    ingredient_accuracy: dict[str, float] = field(default_factory=dict)
+    tried: list[dict] = field(default_factory=list)  # greedy: each candidate and the accuracy with it
+
+
+def check_compatible(cks: list[Checkpoint]) -> None:
+    """Every checkpoint must hold the same model, kwargs, labels and normalisation; fail once listing all."""
+    if len(cks) < 2:
+        raise TrainingError("a soup needs at least two checkpoints")
+    first, problems = cks[0], []
+    for ck in cks[1:]:
+        for what, a, b in (("model", first.model_name, ck.model_name),
+                           ("model_kwargs", first.model_kwargs, ck.model_kwargs),
+                           ("labels", first.labels, ck.labels),
+                           ("normalization", first.normalization, ck.normalization)):
+            if a != b:
+                problems.append(f"{ck.path}: {what} {b!r} differs from {first.path}'s {a!r}")
+        if not problems and set(ck.state_dict) != set(first.state_dict):
+            problems.append(f"{ck.path}: its weights have other names than {first.path}'s")
+    if problems:
+        raise TrainingError("checkpoints cannot be averaged:\n  " + "\n  ".join(problems))
+
+
+def average_state_dicts(states: list[dict]) -> dict:
+    """Mean of the floating-point tensors; integer buffers (BatchNorm's batch counters) from the first."""
+    out = {}
+    for k, v in states[0].items():
+        if torch.is_floating_point(v):
+            out[k] = torch.stack([s[k].float() for s in states]).mean(0).to(v.dtype)
+        else:
+            out[k] = v.clone()
+    return out
+
+
+def _bn_batches(images_u8: torch.Tensor, norm, batch_size: int = 256):
+    for i in range(0, len(images_u8), batch_size):
+        x = images_u8[i : i + batch_size].float().unsqueeze(1)
+        yield (x / 255.0 - norm.mean) / norm.std
+
+
+def make_soup(checkpoints: list[str | Path], out: str | Path, data: str | Path, split: str | None = None,
+              val_split: str | None = None, greedy: bool = False, progress: bool = True) -> SoupResult:
+    """Average ``checkpoints`` (uniformly, or greedily on the validation split) into the checkpoint ``out``."""
+    from torch.optim.swa_utils import update_bn
+
+    from fer_edge.data import default_train_split, default_val_split, load_split
+    from fer_edge.metrics import classification_metrics
+    from fer_edge.training.trainer import predict_logits
+
+    out = Path(out)
+    if out.exists():
+        raise TrainingError(f"{out} exists; choose another --out (a soup never overwrites a file)")
+    cks = [load_checkpoint(p) for p in checkpoints]
+    check_compatible(cks)
+    first = cks[0]
+    train = load_split(data, split or default_train_split(data), progress=progress)
+    val = load_split(data, val_split or default_val_split(data), progress=progress)
+    device = torch.device("cpu")
+
+    def build(state: dict) -> torch.nn.Module:
+        model = Checkpoint(None, first.model_name, first.model_kwargs, state, first.labels,
+                           first.normalization).build_model()
+        if any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+            update_bn(_bn_batches(train.images, first.normalization), model)
+        return model.eval()
+
+    def score(model: torch.nn.Module) -> dict:
+        logits = predict_logits(model, val.images, first.normalization, device)
+        return classification_metrics(val.labels.numpy(), logits.argmax(1).numpy(), first.labels)
+
+    own = {str(ck.path): score(ck.build_model())["accuracy"] for ck in cks}
+    tried: list[dict] = []
+    if greedy:
+        order = sorted(range(len(cks)), key=lambda i: -own[str(cks[i].path)])
+        chosen = [order[0]]
+        best = own[str(cks[order[0]].path)]
+        for i in order[1:]:
+            acc = score(build(average_state_dicts([cks[j].state_dict for j in chosen + [i]])))["accuracy"]
+            kept = acc >= best
+            tried.append({"checkpoint": str(cks[i].path), "accuracy_with": acc, "kept": kept})
+            if kept:
+                chosen.append(i)
+                best = acc
+        if len(chosen) == 1:
+            raise TrainingError(
+                f"greedy soup kept only {cks[chosen[0]].path}: adding any other checkpoint lowered "
+                f"{val.split} accuracy ({', '.join(format(t['accuracy_with'], '.4f') for t in tried)}); no soup written"
+            )
+    else:
+        chosen = list(range(len(cks)))
+    model = build(average_state_dicts([cks[i].state_dict for i in chosen]))
+    m = score(model)
+    names = [str(cks[i].path) for i in chosen]
+    save_checkpoint(out, {
+        "model": first.model_name, "model_kwargs": first.model_kwargs, "state_dict": model.state_dict(),
+        "labels": first.labels, "normalization": first.normalization.to_dict(),
+        "train_config": first.train_config,
+        "metrics": {"val_accuracy": m["accuracy"], "val_macro_f1": m["macro_f1"], "val_split": val.split},
+        "data": {"bn_statistics": {"split": train.split, "n": len(train.labels)}, "val": {"split": val.split}},
+        "epoch": max(cks[i].epoch for i in chosen),
+        "soup": {"ingredients": names, "greedy": greedy, "ingredient_val_accuracy": own, "tried": tried},
+    })
+    return SoupResult(out, names, val.split, m["accuracy"], m["macro_f1"], own, tried)

@@ -1,0 +1,82 @@
+"""``fer-edge soup``: weight averaging of fine-tuned checkpoints, on tiny synthetic data."""
+from __future__ import annotations
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from fer_edge.checkpoint import load_checkpoint
+from fer_edge.cli import app
+from fer_edge.errors import TrainingError
+from fer_edge.training import TrainConfig, train
+from fer_edge.training.soup import average_state_dicts, make_soup
+
+runner = CliRunner()
+KW = {"widths": [8, 16], "stem": 8, "stem_convs": 1}  # a tiny fer_small: it has BatchNorm
+
+
+def _run(data, out, **kw):
+    cfg = dict(data=str(data), model="fer_small", model_kwargs=KW, out=str(out), epochs=1, batch_size=32,
+               lr=3e-3, device="cpu", augment="light", max_steps_per_epoch=4, seed=0)
+    cfg.update(kw)
+    return train(TrainConfig(**cfg), progress=False).out_dir / "best.pt"
+
+
+@pytest.fixture(scope="module")
+def ingredients(synthetic_csv, tmp_path_factory):
+    root = tmp_path_factory.mktemp("soup")
+    base = _run(synthetic_csv, root / "base", epochs=2)
+    return [_run(synthetic_csv, root / f"ft{s}", init=str(base), seed=s) for s in (1, 2)]
+
+
+def test_average_state_dicts_means_floats_and_keeps_counters():
+    a = {"w": torch.tensor([1.0, 3.0]), "n": torch.tensor(5)}
+    b = {"w": torch.tensor([3.0, 5.0]), "n": torch.tensor(9)}
+    avg = average_state_dicts([a, b])
+    assert torch.equal(avg["w"], torch.tensor([2.0, 4.0])) and int(avg["n"]) == 5
+
+
+def test_soup_averages_weights_and_remeasures_batchnorm(ingredients, synthetic_csv, tmp_path):
+    out = tmp_path / "soup.pt"
+    r = make_soup(ingredients, out, synthetic_csv, progress=False)
+    ck = load_checkpoint(out)
+    a, b = (load_checkpoint(p).state_dict for p in ingredients)
+    conv = "stem.0.weight"
+    assert torch.allclose(ck.state_dict[conv], (a[conv] + b[conv]) / 2)
+    bn = next(k for k in a if k.endswith("running_mean"))
+    assert not torch.allclose(ck.state_dict[bn], (a[bn] + b[bn]) / 2)  # measured again, not averaged
+    assert ck.raw["soup"]["ingredients"] == [str(p) for p in ingredients]
+    assert ck.metrics["val_accuracy"] == pytest.approx(r.accuracy) and 0 <= r.accuracy <= 1
+    assert ck.build_model() is not None and set(r.ingredient_accuracy) == {str(p) for p in ingredients}
+    with pytest.raises(TrainingError, match="exists"):
+        make_soup(ingredients, out, synthetic_csv, progress=False)
+
+
+def test_soup_rejects_incompatible_checkpoints_listing_all(ingredients, synthetic_csv, tmp_path):
+    other = _run(synthetic_csv, tmp_path / "other", model_kwargs={**KW, "widths": [8, 24]})
+    with pytest.raises(TrainingError) as e:
+        make_soup([ingredients[0], other, other], tmp_path / "s.pt", synthetic_csv, progress=False)
+    assert str(e.value).count("model_kwargs") == 2 and not (tmp_path / "s.pt").exists()
+    with pytest.raises(TrainingError, match="at least two"):
+        make_soup([ingredients[0]], tmp_path / "s.pt", synthetic_csv, progress=False)
+
+
+def test_greedy_soup_records_each_candidate(ingredients, synthetic_csv, tmp_path):
+    out = tmp_path / "greedy.pt"
+    try:
+        r = make_soup(ingredients, out, synthetic_csv, greedy=True, progress=False)
+    except TrainingError as e:  # adding the second lowered accuracy: nothing written, and it says so
+        assert "greedy soup kept only" in str(e) and not out.exists()
+        return
+    assert len(r.tried) == 1 and r.tried[0]["kept"] and r.accuracy >= max(r.ingredient_accuracy.values())
+
+
+def test_cli_soup(ingredients, synthetic_csv, tmp_path):
+    out = tmp_path / "cli.pt"
+    r = runner.invoke(app, ["soup", *map(str, ingredients), "--out", str(out), "--data", str(synthetic_csv),
+                            "--no-progress"])
+    assert r.exit_code == 0, r.output
+    assert "soup of 2" in r.output and out.is_file()
+    r = runner.invoke(app, ["soup", str(ingredients[0]), str(tmp_path / "missing.pt"), "--out", str(out),
+                            "--data", str(synthetic_csv)])
+    assert r.exit_code == 2 and "missing.pt" in r.output
