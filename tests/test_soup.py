@@ -38,13 +38,18 @@ def test_average_state_dicts_means_floats_and_keeps_counters():
 
 def test_soup_averages_weights_and_remeasures_batchnorm(ingredients, synthetic_csv, tmp_path):
     out = tmp_path / "soup.pt"
-    r = make_soup(ingredients, out, synthetic_csv, progress=False)
+    r = make_soup(ingredients, out, synthetic_csv, bn="recompute", progress=False)
     ck = load_checkpoint(out)
     a, b = (load_checkpoint(p).state_dict for p in ingredients)
     conv = "stem.0.weight"
     assert torch.allclose(ck.state_dict[conv], (a[conv] + b[conv]) / 2)
     bn = next(k for k in a if k.endswith("running_mean"))
     assert not torch.allclose(ck.state_dict[bn], (a[bn] + b[bn]) / 2)  # measured again, not averaged
+    assert ck.raw["soup"]["bn"] == "recompute" and ck.data["bn_statistics"]["recomputed_on"] == "Training"
+    avg = make_soup(ingredients, tmp_path / "avg.pt", synthetic_csv, progress=False)  # the default
+    assert torch.allclose(load_checkpoint(avg.path).state_dict[bn], (a[bn] + b[bn]) / 2)
+    with pytest.raises(TrainingError, match="--bn"):
+        make_soup(ingredients, tmp_path / "x.pt", synthetic_csv, bn="median", progress=False)
     assert ck.raw["soup"]["ingredients"] == [str(p) for p in ingredients]
     assert ck.metrics["val_accuracy"] == pytest.approx(r.accuracy) and 0 <= r.accuracy <= 1
     assert ck.build_model() is not None and set(r.ingredient_accuracy) == {str(p) for p in ingredients}
@@ -74,9 +79,9 @@ def test_greedy_soup_records_each_candidate(ingredients, synthetic_csv, tmp_path
 def test_cli_soup(ingredients, synthetic_csv, tmp_path):
     out = tmp_path / "cli.pt"
     r = runner.invoke(app, ["soup", *map(str, ingredients), "--out", str(out), "--data", str(synthetic_csv),
-                            "--no-progress"])
+                            "--bn", "recompute", "--no-progress"])
     assert r.exit_code == 0, r.output
-    assert "soup of 2" in r.output and out.is_file()
+    assert "soup of 2" in r.output and out.is_file() and load_checkpoint(out).raw["soup"]["bn"] == "recompute"
     r = runner.invoke(app, ["soup", str(ingredients[0]), str(tmp_path / "missing.pt"), "--out", str(out),
                             "--data", str(synthetic_csv)])
     assert r.exit_code == 2 and "missing.pt" in r.output

@@ -1,6 +1,7 @@
 """``fer-edge soup``."""
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
 from typing import List, Optional
 
@@ -10,6 +11,11 @@ from fer_edge.cli import app
 from fer_edge.cli.common import console, handle_errors
 
 
+class BatchNormMode(str, Enum):
+    average = "average"
+    recompute = "recompute"
+
+
 @app.command()
 @handle_errors
 def soup(
@@ -17,7 +23,9 @@ def soup(
                                              help="Checkpoints of one model fine-tuned from one starting point."),
     out: Path = typer.Option(..., help="The soup checkpoint to write (never overwritten)."),
     data: Path = typer.Option(..., exists=True, help="FER2013 CSV or image-folder root."),
-    split: Optional[str] = typer.Option(None, help="Split for the BatchNorm statistics (default Training / train)."),
+    bn: BatchNormMode = typer.Option(BatchNormMode.average, help="BatchNorm statistics: average them with the weights, "
+                                     "or recompute them on --split (un-augmented)."),
+    split: Optional[str] = typer.Option(None, help="Split for --bn recompute (default Training / train)."),
     val_split: Optional[str] = typer.Option(None, help="Validation split (default PublicTest / val or test)."),
     greedy: bool = typer.Option(False, "--greedy", help="Keep an ingredient only if validation accuracy does not drop."),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
@@ -27,7 +35,8 @@ def soup(
 
     from fer_edge.training.soup import make_soup
 
-    r = make_soup(checkpoints, out, data, split=split, val_split=val_split, greedy=greedy, progress=progress)
+    r = make_soup(checkpoints, out, data, split=split, val_split=val_split, greedy=greedy, bn=bn.value,
+                  progress=progress)
     t = Table("checkpoint", f"{r.val_split} accuracy", "in the soup")
     for path, acc in r.ingredient_accuracy.items():
         t.add_row(path, f"{acc:.4f}", "yes" if path in r.ingredients else "no")
