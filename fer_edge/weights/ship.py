@@ -35,9 +35,10 @@ def ship(checkpoint: Path, name: str, recipe: str, hardware: str, train_time: st
     keep = {k: ck.raw[k] for k in ("model", "model_kwargs", "labels", "normalization", "train_config", "metrics",
                                    "data", "epoch") if k in ck.raw}
     save_checkpoint(dest, {**keep, "state_dict": model.state_dict()})
-    if dest.stat().st_size > MAX_BYTES:
+    size = dest.stat().st_size
+    if size > MAX_BYTES:
         dest.unlink()
-        raise CheckpointError(f"{name}: {dest.stat().st_size} bytes is over the {MAX_BYTES}-byte limit")
+        raise CheckpointError(f"{name}: {size} bytes is over the {MAX_BYTES}-byte limit")
     meta = WeightMeta(
         name=name, architecture=ck.model_name, file=dest.name, params=count_params(model), macs=count_macs(model),
         mean=ck.normalization.mean, std=ck.normalization.std,
