@@ -4,7 +4,7 @@ A checkpoint is a plain dict (loadable with ``torch.load(..., weights_only=True)
 
 =================  ==========================================================
 ``format``         ``"fer-edge-checkpoint/1"``
-``model``          registry name; ``model_kwargs``: its keyword arguments
+``model``          registry name; ``model_kwargs``: its constructor arguments, defaults included
 ``state_dict``     the model weights (the EMA weights when EMA was used)
 ``labels``         list of class names, in output order
 ``normalization``  ``{"mean": m, "std": s}`` applied to pixels scaled to 0..1
@@ -58,12 +58,29 @@ class Checkpoint:
         from fer_edge.models import create_model
 
         model = create_model(self.model_name, num_classes=len(self.labels), **self.model_kwargs)
-        try:
-            model.load_state_dict(self.state_dict)
-        except RuntimeError as e:
-            where = self.path or "checkpoint"
-            raise CheckpointError(f"{where}: weights do not match model {self.model_name!r}: {e}") from None
+        own = model.state_dict()
+        missing = [k for k in own if k not in self.state_dict]
+        unexpected = [k for k in self.state_dict if k not in own]
+        shapes = [k for k in own if k in self.state_dict and self.state_dict[k].shape != own[k].shape]
+        if missing or unexpected or shapes:
+            import json
+
+            raise CheckpointError(
+                f"{self.path or 'checkpoint'}: its weights do not fit {self.model_name} built with model_kwargs "
+                f"{json.dumps(self.model_kwargs)} ({len(missing)} missing, {len(unexpected)} unexpected, "
+                f"{len(shapes)} of another shape, e.g. {(missing + unexpected + shapes)[0]!r}). A checkpoint "
+                "saved before fer-edge recorded the model's defaults breaks when those defaults change; "
+                "retrain it or add the old defaults to its model_kwargs"
+            )
+        model.load_state_dict(self.state_dict)
         return model.eval()
+
+    def resolved_model_kwargs(self) -> dict:
+        """``model_kwargs`` with the constructor defaults filled in (older checkpoints stored only the passed ones)."""
+        from fer_edge.models import create_model, resolved_model_kwargs
+
+        model = create_model(self.model_name, num_classes=len(self.labels), **self.model_kwargs)
+        return resolved_model_kwargs(model, self.model_kwargs)
 
 
 def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> Path:

@@ -16,6 +16,7 @@ from fer_edge.models import (
     format_count,
     get_model_entry,
     list_models,
+    resolved_model_kwargs,
 )
 
 MODELS = list_models()
@@ -102,6 +103,26 @@ def test_cli_json_matches_counts(name, cli_json):
 def test_bad_kwargs_raise_model_error(name):
     with pytest.raises(ModelError, match=name):
         create_model(name, no_such_option=1)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_resolved_kwargs_rebuild_the_same_model(name):
+    """What checkpoints record: passed kwargs plus every default, enough to rebuild the model."""
+    model = create_model(name)
+    kwargs = resolved_model_kwargs(model, {})
+    json.dumps(kwargs)  # plain values: they go into checkpoints and JSON
+    rebuilt = create_model(name, **kwargs)
+    assert {k: v.shape for k, v in rebuilt.state_dict().items()} == {k: v.shape for k, v in model.state_dict().items()}
+
+
+def test_resolved_kwargs_keep_what_was_passed_and_fill_the_rest():
+    model = create_model("fer_small", widths=(8, 16), stem=8)
+    kw = resolved_model_kwargs(model, {"widths": (8, 16), "stem": 8})
+    assert kw["widths"] == [8, 16] and kw["stem"] == 8
+    assert {"dropout", "stem_convs"} <= set(kw)  # the defaults, recorded
+    # torchvision's ResNet needs positional block/layers: its kwargs come back as passed
+    assert resolved_model_kwargs(create_model("resnet18"), {"zero_init_residual": True}) == {
+        "zero_init_residual": True}
 
 
 # --- the registry and the command ---------------------------------------------

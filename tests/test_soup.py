@@ -7,7 +7,7 @@ from typer.testing import CliRunner
 
 from fer_edge.checkpoint import load_checkpoint
 from fer_edge.cli import app
-from fer_edge.errors import TrainingError
+from fer_edge.errors import CheckpointError, TrainingError
 from fer_edge.training import TrainConfig, train
 from fer_edge.training.soup import average_state_dicts, make_soup
 
@@ -64,6 +64,26 @@ def test_soup_rejects_incompatible_checkpoints_listing_all(ingredients, syntheti
     assert str(e.value).count("model_kwargs") == 2 and not (tmp_path / "s.pt").exists()
     with pytest.raises(TrainingError, match="at least two"):
         make_soup([ingredients[0]], tmp_path / "s.pt", synthetic_csv, progress=False)
+
+
+def test_checkpoints_record_defaults_and_old_ones_still_soup(ingredients, synthetic_csv, tmp_path):
+    ck = load_checkpoint(ingredients[0])
+    assert ck.model_kwargs == {**ck.model_kwargs, **KW} and "dropout" in ck.model_kwargs  # defaults recorded
+    # a checkpoint from before: only the passed kwargs; the same architecture, so it averages with new ones
+    old = load_checkpoint(ingredients[1]).raw
+    old_path = tmp_path / "old.pt"
+    torch.save({**old, "model_kwargs": dict(KW)}, old_path)
+    r = make_soup([ingredients[0], old_path], tmp_path / "mixed.pt", synthetic_csv, progress=False)
+    assert 0 <= r.accuracy <= 1
+
+
+def test_build_model_names_the_mismatch(ingredients, tmp_path):
+    raw = load_checkpoint(ingredients[0]).raw
+    bad = tmp_path / "bad.pt"
+    torch.save({**raw, "model_kwargs": {**raw["model_kwargs"], "widths": [8, 24]}}, bad)
+    with pytest.raises(CheckpointError, match=r"do not fit fer_small.*of another shape") as e:
+        load_checkpoint(bad).build_model()
+    assert len(str(e.value)) < 600  # one readable line, not load_state_dict's wall of names
 
 
 def test_greedy_soup_records_each_candidate(ingredients, synthetic_csv, tmp_path):

@@ -7,6 +7,7 @@ from fer_edge.models.registry import (  # noqa: F401
     get_model_entry,
     list_models,
     register_model,
+    resolved_model_kwargs,
 )
 
 # Model files, imported for their @register_model side effects.

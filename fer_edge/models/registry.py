@@ -65,6 +65,33 @@ def create_model(name: str, num_classes: int = NUM_CLASSES, **kwargs) -> nn.Modu
         raise ModelError(f"bad arguments for model {name!r}: {e}") from None
 
 
+def resolved_model_kwargs(model: nn.Module, kwargs: dict) -> dict:
+    """``kwargs`` plus every constructor default they left alone, as plain JSON-like values.
+
+    Checkpoints store this, so they keep loading after a factory's defaults change. It needs a model class
+    whose constructor takes only keyword arguments with plain defaults (fer-edge's own models); for any
+    other (torchvision's ResNet takes ``block`` and ``layers``) ``kwargs`` come back unchanged.
+    """
+    import inspect
+
+    try:
+        params = list(inspect.signature(type(model).__init__).parameters.values())[1:]
+    except (TypeError, ValueError):
+        return dict(kwargs)
+    params = [p for p in params if p.name != "num_classes"]
+    names = {p.name for p in params}
+    plain = (bool, int, float, str, type(None), tuple, list)
+    if (set(kwargs) - names
+            or any(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) or p.default is p.empty for p in params)
+            or not all(isinstance(p.default, plain) for p in params)):
+        return dict(kwargs)
+
+    def _json(v):
+        return [_json(x) for x in v] if isinstance(v, (tuple, list)) else v
+
+    return {p.name: _json(kwargs.get(p.name, p.default)) for p in params}
+
+
 def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 

@@ -43,11 +43,16 @@ def check_compatible(cks: list[Checkpoint]) -> None:
     if len(cks) < 2:
         raise TrainingError("a soup needs at least two checkpoints")
     first, problems = cks[0], []
+    same_model = all(ck.model_name == first.model_name for ck in cks)
+    # compared with defaults filled in: older checkpoints recorded only the kwargs passed on the command line
+    first_kwargs = first.resolved_model_kwargs() if same_model else None
     for ck in cks[1:]:
-        for what, a, b in (("model", first.model_name, ck.model_name),
-                           ("model_kwargs", first.model_kwargs, ck.model_kwargs),
-                           ("labels", first.labels, ck.labels),
-                           ("normalization", first.normalization, ck.normalization)):
+        checks = [("model", first.model_name, ck.model_name),
+                  ("labels", first.labels, ck.labels),
+                  ("normalization", first.normalization, ck.normalization)]
+        if same_model:
+            checks.insert(1, ("model_kwargs", first_kwargs, ck.resolved_model_kwargs()))
+        for what, a, b in checks:
             if a != b:
                 problems.append(f"{ck.path}: {what} {b!r} differs from {first.path}'s {a!r}")
         if not problems and set(ck.state_dict) != set(first.state_dict):

@@ -336,7 +336,7 @@ class Trainer:
 
     def run(self, resume: bool = False) -> TrainResult:
         cfg, device = self.cfg, self.device
-        from fer_edge.models import count_params, create_model
+        from fer_edge.models import count_params, create_model, resolved_model_kwargs
 
         if cfg.num_threads:
             torch.set_num_threads(cfg.num_threads)
@@ -377,6 +377,7 @@ class Trainer:
 
         torch.manual_seed(cfg.seed)
         model = create_model(cfg.model, num_classes=len(labels), **cfg.model_kwargs)
+        model_kwargs = resolved_model_kwargs(model, cfg.model_kwargs)  # defaults included: survives their change
         if cfg.init and state is None:
             norm = load_init_weights(model, cfg, labels)
         model = model.to(device)
@@ -533,7 +534,7 @@ class Trainer:
                         wandb_run.log(row, step=epoch + 1)
                     if self.dist.main:
                         base = {
-                            "model": cfg.model, "model_kwargs": cfg.model_kwargs, "labels": labels,
+                            "model": cfg.model, "model_kwargs": model_kwargs, "labels": labels,
                             "normalization": norm.to_dict(), "train_config": cfg.to_dict(), "data": fingerprint,
                             "epoch": epoch + 1,
                         }

@@ -32,8 +32,10 @@ def ship(checkpoint: Path, name: str, recipe: str, hardware: str, train_time: st
     ck = load_checkpoint(checkpoint)
     model = ck.build_model()
     dest = WEIGHTS_DIR / f"{name}.pt"
-    keep = {k: ck.raw[k] for k in ("model", "model_kwargs", "labels", "normalization", "train_config", "metrics",
+    keep = {k: ck.raw[k] for k in ("model", "labels", "normalization", "train_config", "metrics",
                                    "data", "epoch") if k in ck.raw}
+    # the constructor defaults go in too, so the weight keeps loading if a factory's defaults change
+    keep["model_kwargs"] = ck.resolved_model_kwargs()
     save_checkpoint(dest, {**keep, "state_dict": model.state_dict()})
     size = dest.stat().st_size
     if size > MAX_BYTES:
