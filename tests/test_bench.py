@@ -256,7 +256,13 @@ def test_rows_are_timed_interleaved(monkeypatch, tiny_checkpoint, synthetic_csv)
 
 
 def test_seconds_budget(tiny_checkpoint, synthetic_csv):
-    report = _bench([tiny_checkpoint], synthetic_csv, iters=None, seconds=0.2, batches=(1,), rounds=2)
+    import torch
+
+    before = torch.get_num_threads()
+    other = 1 if before != 1 else 2
+    report = _bench([tiny_checkpoint], synthetic_csv, iters=None, seconds=0.2, batches=(1,), rounds=2,
+                    threads=other)
+    assert torch.get_num_threads() == before  # the caller's thread count is given back
     (row,) = report.rows
     assert row["status"] == "ok" and row["iters"] >= 2
     assert report.settings["seconds"] == 0.2 and report.settings["iters"] is None

@@ -30,6 +30,7 @@ Method
 """
 from __future__ import annotations
 
+import functools
 import gc
 import sys
 import time
@@ -324,7 +325,7 @@ def _parse_md_field(md: dict, key: str):
     return v if isinstance(v, (list, dict)) else json.loads(v)
 
 
-def run_bench(
+def _run_bench(
     artifacts: Sequence[str | Path] | None = None,
     *,
     data: str | Path,
@@ -354,7 +355,8 @@ def run_bench(
     overrides with :func:`fer_edge.parity.with_overrides`). ``runtime_options``: extra
     keyword options per runtime name, passed to its constructor. With ``out_dir`` the
     four report files are written there. Never raises for one row: a row that fails
-    to load or run is ``failed`` with the error, and the others go on.
+    to load or run is ``failed`` with the error, and the others go on. The process's torch
+    thread count is restored afterwards.
     """
     import torch
 
@@ -565,6 +567,17 @@ def run_bench(
     if out_dir is not None:
         report.write(out_dir)
     return report
+
+
+@functools.wraps(_run_bench)
+def run_bench(*args, **kwargs) -> BenchReport:
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        return _run_bench(*args, **kwargs)
+    finally:
+        torch.set_num_threads(before)
 
 
 def _turn(rt, x: np.ndarray, buf: list[int], quota: int | None, budget_ns: int | None) -> None:
