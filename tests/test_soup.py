@@ -75,6 +75,7 @@ def test_checkpoints_record_defaults_and_old_ones_still_soup(ingredients, synthe
     torch.save({**old, "model_kwargs": dict(KW)}, old_path)
     r = make_soup([ingredients[0], old_path], tmp_path / "mixed.pt", synthetic_csv, progress=False)
     assert 0 <= r.accuracy <= 1
+    assert load_checkpoint(r.path).model_kwargs == ck.model_kwargs  # the soup records the resolved form
 
 
 def test_build_model_names_the_mismatch(ingredients, tmp_path):
@@ -94,6 +95,7 @@ def test_greedy_soup_records_each_candidate(ingredients, synthetic_csv, tmp_path
         assert "greedy soup kept only" in str(e) and not out.exists()
         return
     assert len(r.tried) == 1 and r.tried[0]["kept"] and r.accuracy >= max(r.ingredient_accuracy.values())
+    assert r.accuracy == r.tried[0]["accuracy_with"]  # the written soup is the one the greedy step scored
 
 
 def test_cli_soup(ingredients, synthetic_csv, tmp_path):

@@ -113,17 +113,19 @@ def make_soup(checkpoints: list[str | Path], out: str | Path, data: str | Path, 
 
     own = {str(ck.path): score(ck.build_model())["accuracy"] for ck in cks}
     tried: list[dict] = []
+    model = m = None  # the soup kept so far, and its metrics (greedy)
     if greedy:
         order = sorted(range(len(cks)), key=lambda i: -own[str(cks[i].path)])
         chosen = [order[0]]
         best = own[str(cks[order[0]].path)]
         for i in order[1:]:
-            acc = score(build(average_state_dicts([cks[j].state_dict for j in chosen + [i]])))["accuracy"]
-            kept = acc >= best
-            tried.append({"checkpoint": str(cks[i].path), "accuracy_with": acc, "kept": kept})
+            candidate = build(average_state_dicts([cks[j].state_dict for j in chosen + [i]]))
+            cm = score(candidate)
+            kept = cm["accuracy"] >= best
+            tried.append({"checkpoint": str(cks[i].path), "accuracy_with": cm["accuracy"], "kept": kept})
             if kept:
                 chosen.append(i)
-                best = acc
+                best, model, m = cm["accuracy"], candidate, cm
         if len(chosen) == 1:
             raise TrainingError(
                 f"greedy soup kept only {cks[chosen[0]].path}: adding any other checkpoint lowered "
@@ -131,11 +133,11 @@ def make_soup(checkpoints: list[str | Path], out: str | Path, data: str | Path, 
             )
     else:
         chosen = list(range(len(cks)))
-    model = build(average_state_dicts([cks[i].state_dict for i in chosen]))
-    m = score(model)
+        model = build(average_state_dicts([cks[i].state_dict for i in chosen]))
+        m = score(model)
     names = [str(cks[i].path) for i in chosen]
     save_checkpoint(out, {
-        "model": first.model_name, "model_kwargs": first.model_kwargs, "state_dict": model.state_dict(),
+        "model": first.model_name, "model_kwargs": first.resolved_model_kwargs(), "state_dict": model.state_dict(),
         "labels": first.labels, "normalization": first.normalization.to_dict(),
         "train_config": first.train_config,
         "metrics": {"val_accuracy": m["accuracy"], "val_macro_f1": m["macro_f1"], "val_split": val.split},
