@@ -30,7 +30,7 @@ def soup(
     greedy: bool = typer.Option(False, "--greedy", help="Keep an ingredient only if validation accuracy does not drop."),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:
-    """Average the weights of fine-tuned checkpoints (a model soup), re-measure BatchNorm statistics, evaluate."""
+    """Average fine-tuned checkpoints' weights (a model soup), average or re-measure BatchNorm statistics, evaluate."""
     from rich.table import Table
 
     from fer_edge.training.soup import make_soup
