@@ -58,17 +58,13 @@ class Checkpoint:
         from fer_edge.models import create_model
 
         model = create_model(self.model_name, num_classes=len(self.labels), **self.model_kwargs)
-        own = model.state_dict()
-        missing = [k for k in own if k not in self.state_dict]
-        unexpected = [k for k in self.state_dict if k not in own]
-        shapes = [k for k in own if k in self.state_dict and self.state_dict[k].shape != own[k].shape]
-        if missing or unexpected or shapes:
+        mismatch = state_dict_mismatch(model.state_dict(), self.state_dict)
+        if mismatch:
             import json
 
             raise CheckpointError(
                 f"{self.path or 'checkpoint'}: its weights do not fit {self.model_name} built with model_kwargs "
-                f"{json.dumps(self.model_kwargs)} ({len(missing)} missing, {len(unexpected)} unexpected, "
-                f"{len(shapes)} of another shape, e.g. {(missing + unexpected + shapes)[0]!r}). A checkpoint "
+                f"{json.dumps(self.model_kwargs)} ({mismatch}). A checkpoint "
                 "saved before fer-edge recorded the model's defaults breaks when those defaults change; "
                 "retrain it or add the old defaults to its model_kwargs"
             )
@@ -81,6 +77,17 @@ class Checkpoint:
 
         model = create_model(self.model_name, num_classes=len(self.labels), **self.model_kwargs)
         return resolved_model_kwargs(model, self.model_kwargs)
+
+
+def state_dict_mismatch(own: dict, other: dict) -> str:
+    """How ``other`` fails to fit a model whose state dict is ``own``, in one phrase ("" when it fits)."""
+    missing = [k for k in own if k not in other]
+    unexpected = [k for k in other if k not in own]
+    shapes = [k for k in own if k in other and other[k].shape != own[k].shape]
+    if not (missing or unexpected or shapes):
+        return ""
+    return (f"{len(missing)} missing, {len(unexpected)} unexpected, {len(shapes)} of another shape, "
+            f"e.g. {(missing + unexpected + shapes)[0]!r}")
 
 
 def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> Path:

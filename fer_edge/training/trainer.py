@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fer_edge.checkpoint import load_checkpoint, save_checkpoint
+from fer_edge.checkpoint import load_checkpoint, save_checkpoint, state_dict_mismatch
 from fer_edge.constants import LABELS
 from fer_edge.errors import TrainingError
 from fer_edge.metrics import classification_metrics
@@ -186,14 +186,11 @@ def load_init_weights(model: torch.nn.Module, cfg: TrainConfig, labels: list[str
     if ck.labels != labels:
         problems.append(f"its labels {ck.labels} differ from {labels}")
     if not problems:
-        own = model.state_dict()
-        missing = [k for k in own if k not in ck.state_dict]
-        unexpected = [k for k in ck.state_dict if k not in own]
-        shapes = [k for k in own if k in ck.state_dict and ck.state_dict[k].shape != own[k].shape]
-        if missing or unexpected or shapes:
+        mismatch = state_dict_mismatch(model.state_dict(), ck.state_dict)
+        if mismatch:
             problems.append(
                 f"its weights do not fit {cfg.model} with --model-kwargs {json.dumps(cfg.model_kwargs)} "
-                f"({len(missing)} missing, {len(unexpected)} unexpected, {len(shapes)} of another shape); "
+                f"({mismatch}); "
                 f"it was trained with --model-kwargs {json.dumps(ck.model_kwargs)}"
             )
     if problems:
