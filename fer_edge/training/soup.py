@@ -38,8 +38,11 @@ class SoupResult:
     tried: list[dict] = field(default_factory=list)  # greedy: each candidate and the accuracy with it
 
 
-def check_compatible(cks: list[Checkpoint]) -> None:
-    """Every checkpoint must hold the same model, kwargs, labels and normalisation; fail once listing all."""
+def check_compatible(cks: list[Checkpoint]) -> dict:
+    """Every checkpoint must hold the same model, kwargs, labels and normalisation; fail once listing all.
+
+    Returns the model kwargs they share, defaults filled in.
+    """
     if len(cks) < 2:
         raise TrainingError("a soup needs at least two checkpoints")
     first, problems = cks[0], []
@@ -59,6 +62,7 @@ def check_compatible(cks: list[Checkpoint]) -> None:
             problems.append(f"{ck.path}: its weights have other names than {first.path}'s")
     if problems:
         raise TrainingError("checkpoints cannot be averaged:\n  " + "\n  ".join(problems))
+    return first_kwargs
 
 
 def average_state_dicts(states: list[dict]) -> dict:
@@ -94,7 +98,7 @@ def make_soup(checkpoints: list[str | Path], out: str | Path, data: str | Path, 
     if out.exists():
         raise TrainingError(f"{out} exists; choose another --out (a soup never overwrites a file)")
     cks = [load_checkpoint(p) for p in checkpoints]
-    check_compatible(cks)
+    model_kwargs = check_compatible(cks)
     first = cks[0]
     train = load_split(data, split or default_train_split(data), progress=progress) if bn == "recompute" else None
     val = load_split(data, val_split or default_val_split(data), progress=progress)
@@ -137,7 +141,7 @@ def make_soup(checkpoints: list[str | Path], out: str | Path, data: str | Path, 
         m = score(model)
     names = [str(cks[i].path) for i in chosen]
     save_checkpoint(out, {
-        "model": first.model_name, "model_kwargs": first.resolved_model_kwargs(), "state_dict": model.state_dict(),
+        "model": first.model_name, "model_kwargs": model_kwargs, "state_dict": model.state_dict(),
         "labels": first.labels, "normalization": first.normalization.to_dict(),
         "train_config": first.train_config,
         "metrics": {"val_accuracy": m["accuracy"], "val_macro_f1": m["macro_f1"], "val_split": val.split},
