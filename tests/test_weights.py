@@ -31,6 +31,8 @@ def test_weight_loads_and_matches_its_metadata(name):
     assert (ck.normalization.mean, ck.normalization.std) == (meta.mean, meta.std)
     assert meta.recipe.startswith("fer-edge train") and meta.metrics["val_accuracy"] > 0.5
     assert ck.train_config["model"] == meta.architecture
+    # the constructor defaults are stored too, so the weight survives a later change of them
+    assert ck.model_kwargs == ck.resolved_model_kwargs() and ck.model_kwargs
 
 
 @pytest.mark.parametrize("name", SHIPPED)
