@@ -272,6 +272,7 @@ def test_wrong_artifact_fails_the_gate(monkeypatch, tmp_path, tiny_checkpoint, s
                                    "--precision", "fp32", "--val-data", str(synthetic_csv), "--out", str(out)])
     assert res.exit_code != 0
     assert "failed the parity gate" in res.output and "agreement" in res.output
+    assert "--min-agreement" in " ".join(res.output.split())  # how to accept it, should the user choose to
     data = json.loads((out / "manifest.json").read_text())
     status = {e["target"]: e["validation"]["status"] for e in data["artifacts"]}
     assert status == {"onnx": "failed", "torchscript": "passed"}

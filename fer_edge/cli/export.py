@@ -170,4 +170,9 @@ def export_cmd(
         n_exp, n_par = len(result.failed), len(result.parity_failures)
         parts = ([f"{n_exp} export(s) failed"] if n_exp else []) + (
             [f"{n_par} artifact(s) failed the parity gate"] if n_par else [])
-        raise type(e)(f"{' and '.join(parts)}; see the table above and {result.manifest_path}") from None
+        hint = (
+            "; artifacts that failed the gate are kept and marked failed in the manifest; to accept one, "
+            "override the threshold it missed (--min-agreement, --max-abs-diff, --max-kl or "
+            "--max-accuracy-drop PRECISION=VALUE)" if n_par else ""
+        )
+        raise type(e)(f"{' and '.join(parts)}; see the table above and {result.manifest_path}{hint}") from None
