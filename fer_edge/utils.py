@@ -1,4 +1,4 @@
-"""Small helpers: atomic writes, hashing."""
+"""Small helpers: atomic writes, hashing, signals."""
 from __future__ import annotations
 
 import contextlib
@@ -6,7 +6,9 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import tempfile
+import threading
 from pathlib import Path
 from typing import Iterator
 
@@ -97,3 +99,25 @@ def read_json_file(path: str | os.PathLike, default_name: str, what: str, error:
         return p, json.loads(p.read_text())
     except (OSError, ValueError) as e:
         raise error(f"{p}: not a readable {what} ({e})") from None
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """While active, SIGTERM (``kill PID``, a job scheduler's stop) raises ``KeyboardInterrupt`` as Ctrl-C does.
+
+    Long jobs then take their interrupt path (say where the last checkpoint is, close loggers) instead of dying
+    silently. A shell starts background jobs (``cmd &``) with SIGINT ignored, so ``kill PID`` is how such a job is
+    stopped. Outside the main thread, where Python cannot install handlers, this does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def _raise(signum, frame):
+        raise KeyboardInterrupt(f"stopped by signal {signal.Signals(signum).name}")
+
+    previous = signal.signal(signal.SIGTERM, _raise)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -79,6 +79,47 @@ def test_resume_matches_uninterrupted_run(synthetic_csv, tmp_path):
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
+def test_sigterm_stops_training_like_ctrl_c_and_the_run_resumes(synthetic_csv, tmp_path, monkeypatch, capsys):
+    import os
+    import signal
+
+    from fer_edge.training.trainer import Trainer
+
+    cfg = _cfg(synthetic_csv, tmp_path / "r", epochs=3)
+    outer = []  # if training did not catch SIGTERM, this stand-in would, so the test fails instead of pytest dying
+    prev = signal.signal(signal.SIGTERM, lambda *a: outer.append(a))
+    orig = Trainer._write_history
+
+    def write_then_kill(self, history):
+        orig(self, history)
+        if len(history) == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(Trainer, "_write_history", write_then_kill)
+    try:
+        with pytest.raises(KeyboardInterrupt, match="SIGTERM"):
+            train(cfg, progress=False)
+        handler_after = signal.getsignal(signal.SIGTERM)
+    finally:
+        signal.signal(signal.SIGTERM, prev)
+    assert outer == [] and handler_after is not prev and callable(handler_after)  # the stand-in is back in place
+    assert "last finished epoch is in" in " ".join(capsys.readouterr().err.split())  # the log goes to stderr
+    assert load_checkpoint(tmp_path / "r" / "last.pt").raw["epoch"] == 1
+    monkeypatch.undo()
+    assert train(cfg, resume=True, progress=False).epochs_run == 3
+
+
+def test_interrupt_before_any_epoch_says_nothing_can_resume(synthetic_csv, tmp_path, monkeypatch, capsys):
+    def interrupt(*args, **kwargs):  # Ctrl-C while the first epoch's checkpoint is being written
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("fer_edge.training.trainer.save_checkpoint", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        train(_cfg(synthetic_csv, tmp_path / "r", epochs=2), progress=False)
+    assert "holds nothing to resume" in " ".join(capsys.readouterr().err.split())
+    assert not (tmp_path / "r" / "last.pt").exists()
+
+
 def test_existing_run_is_not_overwritten_and_resume_checks_options(synthetic_csv, tmp_path):
     cfg = _cfg(synthetic_csv, tmp_path / "r", epochs=1)
     train(cfg, progress=False)

@@ -26,7 +26,7 @@ from fer_edge.metrics import classification_metrics
 from fer_edge.preprocess import Normalization
 from fer_edge.training.augment import PRESETS, augment_batch, mix_batch
 from fer_edge.training.config import TrainConfig
-from fer_edge.utils import write_json_atomic, write_text_atomic
+from fer_edge.utils import sigterm_as_interrupt, write_json_atomic, write_text_atomic
 
 OPTIMIZERS = ("adamw", "adam", "sgd")
 SCHEDULERS = ("onecycle", "cosine", "step", "none")
@@ -561,7 +561,10 @@ class Trainer:
                         stopped_early = True
                         break
         except KeyboardInterrupt:
-            self.log(f"[yellow]interrupted; the last finished epoch is in {last_path}: continue with --resume[/]")
+            if last_path.is_file():
+                self.log(f"[yellow]interrupted; the last finished epoch is in {last_path}: continue with --resume[/]")
+            else:
+                self.log(f"[yellow]interrupted before the first epoch finished; {self.out} holds nothing to resume[/]")
             raise
         finally:
             if wandb_run is not None:
@@ -632,5 +635,9 @@ class Trainer:
 
 
 def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, quiet: bool = False) -> TrainResult:
-    """Train ``cfg.model`` on ``cfg.data`` and write the run directory ``cfg.out`` (``quiet``: no log lines)."""
-    return Trainer(cfg, progress=progress, quiet=quiet).run(resume=resume)
+    """Train ``cfg.model`` on ``cfg.data`` and write the run directory ``cfg.out`` (``quiet``: no log lines).
+
+    Ctrl-C or SIGTERM stops it with ``KeyboardInterrupt`` after saying which checkpoint ``--resume`` continues from.
+    """
+    with sigterm_as_interrupt():
+        return Trainer(cfg, progress=progress, quiet=quiet).run(resume=resume)
