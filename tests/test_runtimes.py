@@ -154,6 +154,55 @@ def test_onnxruntime_devices_and_options(exported, batch):
     np.testing.assert_allclose(cls(path, graph_optimization_level="disable").run(batch), rt.run(batch), atol=1e-5)
 
 
+def _saturating_matmul(path):
+    """A one-node ``MatMulInteger`` (u8 x s8) whose products 255 x 127 overflow int16 when summed in pairs."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = helper.make_graph(
+        [helper.make_node("MatMulInteger", ["x", "w"], ["y"])], "saturation",
+        [helper.make_tensor_value_info("x", TensorProto.UINT8, [1, 64])],
+        [helper.make_tensor_value_info("y", TensorProto.INT32, [1, 8])],
+        [numpy_helper.from_array(np.full((64, 8), 127, np.int8), "w")],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(path))
+    return path, np.full((1, 64), 255, np.uint8), 255 * 127 * 64
+
+
+def _x86_without_vnni() -> bool:
+    import platform
+
+    from fer_edge.benchmarks.environment import cpu_flags
+
+    flags = cpu_flags()
+    return platform.machine().lower() in ("x86_64", "amd64") and not any("vnni" in f for f in flags)
+
+
+def test_onnxruntime_int8_is_exact_by_default(tmp_path):
+    from fer_edge.runtimes import get_runtime
+    from fer_edge.runtimes.onnxruntime import X64_QUANT_PRECISION
+
+    cls = get_runtime("onnxruntime")
+    path, x, exact = _saturating_matmul(tmp_path / "sat.onnx")
+    rt = cls(path)
+    assert rt.describe()["session_config"] == {X64_QUANT_PRECISION: "1"}
+    np.testing.assert_array_equal(rt.session.run(None, {"x": x})[0], exact)
+    fast = cls(path, exact_int8=False)
+    assert fast.session.get_session_options().get_session_config_entry(X64_QUANT_PRECISION) == "0"
+    with pytest.raises(ArtifactError, match="exact_int8"):
+        cls(path, exact_int8="yes")
+
+
+@pytest.mark.skipif(not _x86_without_vnni(), reason="U8S8 saturation happens only on x86-64 CPUs without VNNI")
+def test_onnxruntime_fast_int8_saturates_on_x86_without_vnni(tmp_path):
+    """Why ``exact_int8`` is the default: without it this CPU gives a wrong product."""
+    from fer_edge.runtimes import get_runtime
+
+    path, x, exact = _saturating_matmul(tmp_path / "sat.onnx")
+    out = get_runtime("onnxruntime")(path, exact_int8=False).session.run(None, {"x": x})[0]
+    assert (out < exact).all()
+
+
 def test_openvino_hints(exported, batch):
     from fer_edge.runtimes import get_runtime
 

@@ -21,7 +21,8 @@ Schema (``format`` ``fer-edge-export-manifest/1``)::
          "validation": {"status": "passed" | "failed" | "not validated", "reason",
                         "agreement", "max_abs_diff", "kl", "flips", "accuracy",
                         "reference_accuracy", "accuracy_drop", "n", "thresholds",
-                        "runtime", "device", "precision_hint"?}}
+                        "runtime", "device", "precision_hint"? (OpenVINO),
+                        "providers"?, "session_config"? (ONNX Runtime)}}
       ],
       "failed": [{"target", "precision", "reason"}],   # exports that did not produce a file
       "skipped": [{"target", "precision", "reason"}],

@@ -14,7 +14,8 @@ NOT_VALIDATED = "not validated"
 #: Images per runtime call during validation.
 VAL_BATCH = 256
 #: Runtime options used for validation, per runtime (OpenVINO on CPU pins f32: the
-#: bf16 default of AVX-512-BF16/AMX CPUs changes numerics and can fail on NNCF INT8 models).
+#: bf16 default of AVX-512-BF16/AMX CPUs changes numerics and can fail on NNCF INT8 models;
+#: ONNX Runtime's default, exact INT8 on x86 CPUs without VNNI, is recorded as ``session_config``).
 VALIDATION_OPTIONS: dict[str, dict] = {"openvino": {"precision_hint": "f32"}}
 
 
@@ -78,6 +79,7 @@ def validate_artifact(path: Path, target: Target, precision: Precision | str, vs
     }
     if "precision_hint" in info:
         out["precision_hint"] = info["precision_hint"]
-    if "providers" in info:
-        out["providers"] = info["providers"]
+    for key in ("providers", "session_config"):
+        if key in info:
+            out[key] = info[key]
     return out
