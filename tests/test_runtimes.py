@@ -221,6 +221,56 @@ def test_openvino_hints(exported, batch):
         cls(path, device="NPU.7")
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the signal-stack crash was seen on Linux")
+def test_ctrl_c_still_works_after_openvino_models_are_freed_in_any_order(exported):
+    """OpenVINO CPU plugins freed out of order used to leave the thread on a freed signal stack:
+    the next Ctrl-C crashed pytest itself with a segmentation fault. ``exported`` ran NNCF too."""
+    import gc
+    import os
+    import signal
+    import time
+
+    from fer_edge.runtimes import get_runtime
+
+    cls = get_runtime("openvino")
+    path = exported.out_dir / TARGETS["openvino"].filename("fer_nano", "int8")
+    first, second = cls(path, threads=1), cls(path, batch_hint=8)
+    first.run(np.zeros((1, 1, 48, 48), np.float32))
+    del first
+    gc.collect()
+    del second
+    gc.collect()
+    with pytest.raises(KeyboardInterrupt):
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(1.0)  # the handler runs here
+
+
+def test_keep_sigaltstack_restores_the_threads_stack():
+    import ctypes
+
+    from fer_edge.runtimes._common import keep_sigaltstack
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("Linux stack_t layout")
+
+    class StackT(ctypes.Structure):
+        _fields_ = [("ss_sp", ctypes.c_void_p), ("ss_flags", ctypes.c_int), ("ss_size", ctypes.c_size_t)]
+
+    libc = ctypes.CDLL(None)
+
+    def current():
+        st = StackT()
+        assert libc.sigaltstack(None, ctypes.byref(st)) == 0
+        return st.ss_sp, st.ss_flags, st.ss_size
+
+    before = current()
+    buf = ctypes.create_string_buffer(1 << 16)
+    with keep_sigaltstack():
+        assert libc.sigaltstack(ctypes.byref(StackT(ctypes.addressof(buf), 0, 1 << 16)), None) == 0
+        assert current()[0] == ctypes.addressof(buf)
+    assert current() == before
+
+
 def test_openvino_needs_its_bin(exported, tmp_path):
     import shutil
 

@@ -202,10 +202,12 @@ def _probe_onnxruntime() -> dict:
 
 def _probe_openvino() -> dict:
     try:
-        import openvino as ov
+        import openvino  # noqa: F401
     except ImportError:
         return {"available": False, "reason": "package openvino missing", "devices": []}
-    core = ov.Core()
+    from fer_edge.runtimes.openvino import ov_core
+
+    core = ov_core()
     devices = []
     for d in core.available_devices:
         try:

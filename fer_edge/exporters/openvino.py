@@ -38,6 +38,7 @@ from fer_edge.exporters.base import (
     tensor_io,
 )
 from fer_edge.exporters.metadata import OV_RT_SECTION
+from fer_edge.runtimes._common import keep_sigaltstack
 from fer_edge.targets import TARGETS, Precision
 
 INPUT_NAME = "image"
@@ -82,7 +83,9 @@ def quantize_int8(om, calib_inputs):
     level = nncf_log.level
     nncf_log.setLevel(logging.ERROR)
     try:
-        with quiet(), silent_rich():
+        # NNCF runs the model in Cores of its own; keep_sigaltstack stops their CPU plugins from
+        # leaving this thread on a freed signal stack (see fer_edge.runtimes.openvino.ov_core)
+        with quiet(), silent_rich(), keep_sigaltstack():
             first = first_convolution(om)
             q = nncf.quantize(
                 om,

@@ -1,8 +1,11 @@
 """Helpers shared by the runtime modules."""
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import sys
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
@@ -63,3 +66,41 @@ def quiet_coremltools() -> None:
     import logging
 
     logging.getLogger("coremltools").setLevel(logging.ERROR)
+
+
+@contextlib.contextmanager
+def keep_sigaltstack() -> Iterator[None]:
+    """Put the calling thread's alternate signal stack back as it was when the block is done (Linux).
+
+    OpenVINO 2026.4's CPU plugin installs an alternate signal stack for the thread that compiles a
+    model and, when the model is freed, restores the one it found. Freed in another order than
+    compiled (``fer-edge bench`` holds one model per batch size), the thread is left pointing at a
+    freed stack, and the next signal it handles (Ctrl-C, ``kill``) crashes the process with a
+    segmentation fault instead of stopping it. Compiling inside this block keeps the thread's own
+    stack, so every later restore puts back the original one.
+    """
+    if not sys.platform.startswith("linux"):
+        yield
+        return
+    import ctypes
+
+    class StackT(ctypes.Structure):  # Linux stack_t: void *ss_sp; int ss_flags; size_t ss_size
+        _fields_ = [("ss_sp", ctypes.c_void_p), ("ss_flags", ctypes.c_int), ("ss_size", ctypes.c_size_t)]
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        saved = StackT()
+        if libc.sigaltstack(None, ctypes.byref(saved)) != 0:
+            raise OSError(ctypes.get_errno(), "sigaltstack")
+    except (OSError, AttributeError):  # no usable libc symbol: nothing to protect
+        yield
+        return
+    try:
+        yield
+    finally:
+        current = StackT()
+        libc.sigaltstack(None, ctypes.byref(current))
+        if (current.ss_sp, current.ss_flags, current.ss_size) != (saved.ss_sp, saved.ss_flags, saved.ss_size):
+            if saved.ss_flags & 2:  # SS_DISABLE: there was none; ss_sp/ss_size are ignored
+                saved = StackT(None, 2, 0)
+            libc.sigaltstack(ctypes.byref(saved), None)

@@ -1,6 +1,8 @@
 """Run an OpenVINO IR (``.xml`` + ``.bin``) artifact on any ``ov.Core().available_devices`` device."""
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from fer_edge.runtimes._common import as_input, check_artifact, check_device, package_available
@@ -10,6 +12,20 @@ from fer_edge.runtimes.base import Runtime
 #: with AVX-512-BF16/AMX the plugin's default is bf16, which changes FP32/FP16 numerics and can fail
 #: to compile NNCF INT8 models ("No suitable implementations").
 DEFAULT_CPU_PRECISION_HINT = "f32"
+
+
+@functools.lru_cache(maxsize=1)
+def ov_core():
+    """The process's one ``openvino.Core``, created on first use and kept for the life of the process.
+
+    Each Core loads its own CPU plugin, which gives the loading thread a new alternate signal stack
+    and, when that Core is freed, restores the one it found. Cores freed in another order than created
+    left the thread on a freed stack, and the next Ctrl-C or ``kill`` crashed the process with a
+    segmentation fault (OpenVINO 2026.4, measured). One Core that is never freed cannot do that.
+    """
+    import openvino as ov
+
+    return ov.Core()
 
 
 class OpenVINORuntime(Runtime):
@@ -27,20 +43,16 @@ class OpenVINORuntime(Runtime):
 
     @classmethod
     def devices(cls) -> list[str]:
-        import openvino as ov
-
-        return list(ov.Core().available_devices)
+        return list(ov_core().available_devices)
 
     def __init__(self, path, device=None, threads=None, batch_hint=1, **options):
         super().__init__(path, device or "CPU", threads, batch_hint, **options)
-        import openvino as ov
-
         from fer_edge.errors import ArtifactError
 
         check_artifact(self.path)
         if not self.path.with_suffix(".bin").is_file():
             raise ArtifactError(f"{self.path}: its weights file {self.path.with_suffix('.bin').name} is missing")
-        core = ov.Core()
+        core = ov_core()
         check_device(self.device, list(core.available_devices), self.name)
         try:
             self.model = core.read_model(str(self.path))
@@ -61,11 +73,11 @@ class OpenVINORuntime(Runtime):
         self.config = config
         try:
             self.compiled = core.compile_model(self.model, self.device, config)
+            self.request = self.compiled.create_infer_request()
         except Exception as e:
             raise ArtifactError(
                 f"{self.path}: OpenVINO cannot compile it on {self.device} with {config} ({type(e).__name__}: {e})"
             ) from None
-        self.request = self.compiled.create_infer_request()
         self._output = self.compiled.outputs[0]
         self._core = core
 
