@@ -10,8 +10,8 @@ from fer_edge.runtimes.base import Runtime
 _NOT_DEVICES = ("AzureExecutionProvider",)
 #: Session option that makes x86-64 CPUs without VNNI (SSE4.1, AVX2, AVX-512 without VNNI) multiply
 #: quantized weights with exact U8U8 kernels instead of U8S8 ones whose 16-bit intermediates saturate.
-#: ONNX Runtime documents the overflow and this key in ``onnxruntime_session_options_config_keys.h``; it
-#: has no effect on other CPUs. Measured on an AVX2 EPYC without VNNI: the shipped small model's INT8
+#: ONNX Runtime documents the overflow and this key in ``onnxruntime_session_options_config_keys.h``, and
+#: that it acts only on those CPUs. Measured on an AVX2 EPYC without VNNI: the shipped small model's INT8
 #: ONNX agreed with FP32 on 91.3% of PublicTest without it and 98.9% with it, the figure a VNNI CPU gives.
 X64_QUANT_PRECISION = "session.x64quantprecision"
 
