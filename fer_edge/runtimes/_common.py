@@ -72,12 +72,12 @@ def quiet_coremltools() -> None:
 def keep_sigaltstack() -> Iterator[None]:
     """Put the calling thread's alternate signal stack back as it was when the block is done (Linux).
 
-    OpenVINO 2026.4's CPU plugin installs an alternate signal stack for the thread that compiles a
-    model and, when the model is freed, restores the one it found. Freed in another order than
-    compiled (``fer-edge bench`` holds one model per batch size), the thread is left pointing at a
-    freed stack, and the next signal it handles (Ctrl-C, ``kill``) crashes the process with a
-    segmentation fault instead of stopping it. Compiling inside this block keeps the thread's own
-    stack, so every later restore puts back the original one.
+    Each ``openvino.Core`` loads a CPU plugin that installs an alternate signal stack on the loading
+    thread and, when the Core is freed, restores the one it found (OpenVINO 2026.4, measured). Cores
+    freed in another order than created leave the thread on a freed stack, and the next Ctrl-C or
+    ``kill`` crashes the process with a segmentation fault. fer-edge's own runtimes share one Core
+    (:func:`fer_edge.runtimes.openvino.ov_core`); code that makes Cores of its own (NNCF) runs inside
+    this block, so whatever they later restore is the thread's original stack.
     """
     if not sys.platform.startswith("linux"):
         yield
@@ -87,20 +87,12 @@ def keep_sigaltstack() -> Iterator[None]:
     class StackT(ctypes.Structure):  # Linux stack_t: void *ss_sp; int ss_flags; size_t ss_size
         _fields_ = [("ss_sp", ctypes.c_void_p), ("ss_flags", ctypes.c_int), ("ss_size", ctypes.c_size_t)]
 
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        saved = StackT()
-        if libc.sigaltstack(None, ctypes.byref(saved)) != 0:
-            raise OSError(ctypes.get_errno(), "sigaltstack")
-    except (OSError, AttributeError):  # no usable libc symbol: nothing to protect
+    libc = ctypes.CDLL(None)
+    saved = StackT()
+    if libc.sigaltstack(None, ctypes.byref(saved)) != 0:  # cannot read it: nothing to restore
         yield
         return
     try:
         yield
     finally:
-        current = StackT()
-        libc.sigaltstack(None, ctypes.byref(current))
-        if (current.ss_sp, current.ss_flags, current.ss_size) != (saved.ss_sp, saved.ss_flags, saved.ss_size):
-            if saved.ss_flags & 2:  # SS_DISABLE: there was none; ss_sp/ss_size are ignored
-                saved = StackT(None, 2, 0)
-            libc.sigaltstack(ctypes.byref(saved), None)
+        libc.sigaltstack(ctypes.byref(saved), None)  # with SS_DISABLE set, ss_sp/ss_size are ignored
