@@ -34,8 +34,10 @@ def load_image(image):
     """A path, PIL image or numpy array -> a loaded PIL image with EXIF orientation applied.
 
     Files get ``ImageOps.exif_transpose``. Arrays are taken as grayscale (H x W) or RGB(A)
-    (H x W x 3/4), uint8 or floats in 0..1 / 0..255. Raises :class:`DataError` for a file
-    that is missing or not an image.
+    (H x W x 3/4). Pixel values are scaled to 8 bits by :func:`to_uint8`, for arrays and
+    for high-bit-depth images alike (16-bit PNG/TIFF, 32-bit integer or float TIFF), which
+    PIL's own ``convert("L")`` would clip to white. Raises :class:`DataError` for a file
+    that is missing or not an image, and for pixel values with no known range.
     """
     from PIL import Image, ImageOps
 
@@ -49,24 +51,81 @@ def load_image(image):
             with Image.open(path) as im:
                 im = ImageOps.exif_transpose(im)
                 im.load()
-                return im.copy()
+                im = im.copy()
         except Exception as e:  # PIL raises many types for bad files
             raise DataError(f"{path}: cannot read image ({type(e).__name__}: {e})") from None
+        try:
+            return _eight_bit(im)
+        except DataError as e:
+            raise DataError(f"{path}: {e}") from None
     if isinstance(image, np.ndarray):
         arr = image
         if arr.ndim == 3 and arr.shape[2] == 1:
             arr = arr[..., 0]
         if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (3, 4)) or arr.size == 0:
             raise DataError(f"cannot use an array of shape {tuple(image.shape)} as an image")
-        if arr.dtype != np.uint8:
-            arr = np.asarray(arr, dtype=np.float64)
-            if float(np.nanmax(arr)) <= 1.0:
-                arr = arr * 255.0
-            arr = np.clip(np.nan_to_num(arr), 0, 255).astype(np.uint8)
-        return Image.fromarray(np.ascontiguousarray(arr))
+        return Image.fromarray(np.ascontiguousarray(to_uint8(arr)))
     if hasattr(image, "convert") and hasattr(image, "size"):
-        return image
+        return _eight_bit(image)
     raise DataError(f"cannot use an object of type {type(image).__name__} as an image")
+
+
+#: PIL modes holding more than 8 bits per pixel (one channel); :func:`load_image` scales them to "L".
+HIGH_DEPTH_MODES = ("I", "F")
+
+
+def _eight_bit(im):
+    """A PIL image in a high-bit-depth mode (``I;16*``, ``I``, ``F``) -> mode "L" scaled by
+    :func:`to_uint8`; other images as they are."""
+    from PIL import Image
+
+    if im.mode not in HIGH_DEPTH_MODES and not im.mode.startswith("I;16"):
+        return im
+    arr = np.asarray(im)
+    if im.mode.startswith("I;16"):
+        arr = arr.astype(np.uint16)  # I;16B reads as big-endian >u2: same values, native order
+    return Image.fromarray(to_uint8(arr))
+
+
+def to_uint8(arr: np.ndarray) -> np.ndarray:
+    """Pixel values of any numeric dtype -> uint8 0..255, or :class:`DataError` where the range is unknown.
+
+    * uint8: as is; bool: 0 / 255;
+    * uint16: the full 16-bit range, ``round(x / 257)`` (65535 -> 255), as for a 16-bit PNG;
+    * other integers (PIL's 32-bit "I" mode, int16, ...): 0..255 as is, else 0..65535 as 16-bit;
+    * floats: 0..1 scaled by 255, else 0..255 as is (NaN becomes 0).
+
+    Negative values or values above those ranges are refused, not clipped: they are most
+    often images already normalised (mean subtracted), which fer-edge would otherwise turn
+    into a black or white picture and classify without a word.
+    """
+    arr = np.asarray(arr)
+    if arr.dtype == np.uint8:
+        return arr
+    if arr.dtype == np.bool_:
+        return arr.astype(np.uint8) * 255
+    if arr.dtype.kind not in "uif":
+        raise DataError(f"cannot use pixel values of dtype {arr.dtype} as an image")
+    if arr.dtype.kind == "f":
+        x = np.nan_to_num(arr.astype(np.float64), nan=0.0, posinf=np.inf, neginf=-np.inf)
+    else:
+        x = arr.astype(np.int64)
+    lo, hi = float(x.min()), float(x.max())
+    if lo < 0 or not np.isfinite(hi):
+        raise DataError(
+            f"pixel values span {lo:g}..{hi:g}: expected 0..1 or 0..255 (or 0..65535 for 16-bit); "
+            "pass raw pixels, fer-edge normalises them itself"
+        )
+    if arr.dtype.kind == "f":
+        if hi <= 1.0:
+            x = x * 255.0
+        elif hi > 255.0:
+            raise DataError(f"float pixel values span {lo:g}..{hi:g}: expected 0..1 or 0..255")
+    elif arr.dtype == np.uint16 or hi > 255:
+        if hi > 65535:
+            raise DataError(f"integer pixel values span {lo:g}..{hi:g}: expected 0..255 or 0..65535")
+        x = x / 257.0
+    return np.clip(np.rint(x), 0, 255).astype(np.uint8)
 
 
 

@@ -431,3 +431,81 @@ def test_cli_no_detect_faces_on_fer2013(shared_fer2013, tiny_checkpoint, predict
         ref = predictor.predict(f)
         assert face["label"] == ref.label
         assert face["probabilities"] == pytest.approx(ref.probabilities, abs=1e-5)
+
+
+# -- pixel depth: 16-bit and float images are scaled, not clipped -----------------------------
+def _gradient() -> np.ndarray:
+    """A 60 x 50 uint8 picture using the whole 0..255 range (clipping would show)."""
+    y, x = np.mgrid[0:60, 0:50]
+    return ((x * 5 + y * 3) % 256).astype(np.uint8)
+
+
+def _save(kind: str, a: np.ndarray, path: Path) -> Path:
+    if kind == "png16":  # PIL opens it as I;16
+        Image.fromarray(a.astype(np.uint16) * 257).save(path := path.with_suffix(".png"))
+    elif kind == "tiff_int32":  # mode I
+        Image.fromarray(a.astype(np.int32)).save(path := path.with_suffix(".tif"))
+    elif kind == "tiff_float_255":  # mode F, 0..255
+        Image.fromarray(a.astype(np.float32)).save(path := path.with_suffix(".tif"))
+    elif kind == "tiff_float_01":  # mode F, 0..1
+        Image.fromarray(a.astype(np.float32) / 255).save(path := path.with_suffix(".tif"))
+    else:
+        raise ValueError(kind)
+    return path
+
+
+@pytest.mark.parametrize("kind", ["png16", "tiff_int32", "tiff_float_255", "tiff_float_01"])
+def test_high_bit_depth_files_load_like_their_8bit_picture(kind, tmp_path):
+    """PIL's convert("L") clips a 16-bit or float image to white; load_image scales it instead."""
+    from fer_edge.preprocess import to_gray48
+
+    a = _gradient()
+    path = _save(kind, a, tmp_path / kind)
+    with Image.open(path) as raw:
+        assert raw.mode in ("I;16", "I", "F"), raw.mode  # really a high-depth mode
+    img = load_image(path)
+    assert img.mode == "L"
+    np.testing.assert_array_equal(np.asarray(img), a)
+    np.testing.assert_array_equal(to_gray48(path), to_gray48(a))
+    with Image.open(path) as raw:  # an already opened PIL image takes the same path
+        np.testing.assert_array_equal(to_gray48(raw), to_gray48(a))
+
+
+@pytest.mark.parametrize("arr", [
+    _gradient().astype(np.uint16) * 257,  # full 16-bit range
+    _gradient().astype(np.int32),  # integers in 0..255
+    _gradient().astype(np.int64) * 257,  # integers in 0..65535
+    _gradient().astype(np.float32) / 255,
+    _gradient().astype(np.float64),
+], ids=["uint16", "int32_8bit", "int64_16bit", "float_01", "float_255"])
+def test_array_depths_scale_to_the_same_picture(arr):
+    from fer_edge.preprocess import to_uint8
+
+    np.testing.assert_array_equal(to_uint8(arr), _gradient())
+
+
+@pytest.mark.parametrize("arr, words", [
+    ((_gradient().astype(np.float32) / 255 - 0.5) / 0.25, "fer-edge normalises them itself"),  # already normalised
+    (_gradient().astype(np.float32) * 2, "expected 0..1 or 0..255"),
+    (np.full((48, 48), 70000, np.int32), "0..65535"),
+    (np.full((48, 48), np.inf, np.float32), "pixel values span"),
+    (np.zeros((48, 48), np.complex64), "dtype complex64"),
+])
+def test_arrays_with_no_known_pixel_range_are_refused(arr, words, predictor):
+    with pytest.raises(DataError, match=words):
+        load_image(arr)
+    with pytest.raises(DataError, match=words):  # the Predictor API says the same, nothing is classified
+        predictor.predict(arr)
+
+
+def test_cli_classifies_a_16bit_png_as_its_8bit_picture(tiny_checkpoint, tmp_path):
+    from fer_edge.cli import app
+
+    a = _gradient()
+    Image.fromarray(a).save(tmp_path / "eight.png")
+    _save("png16", a, tmp_path / "sixteen")
+    r = runner.invoke(app, ["predict", str(tmp_path), "--model", str(tiny_checkpoint), "--no-detect-faces", "--json"])
+    assert r.exit_code == 0, r.output
+    rows = {Path(x["image"]).name: x for x in _json_lines(r)}
+    assert rows["sixteen.png"]["status"] == "ok"
+    assert rows["sixteen.png"]["faces"][0]["probabilities"] == rows["eight.png"]["faces"][0]["probabilities"]
