@@ -180,11 +180,15 @@ class Predictor:
         return self.predict_batch([image])[0]
 
     def predict_batch(self, faces) -> list[Prediction]:
-        """Classify many face crops (paths, PIL images, arrays, or a uint8 N x 48 x 48 array)."""
-        from fer_edge.preprocess import to_gray48
+        """Classify many face crops (paths, PIL images, arrays, or an N x 48 x 48 array).
+
+        An N x 48 x 48 array is scaled to 8 bits as one (:func:`fer_edge.preprocess.to_uint8`), so
+        a dark face in a float batch of 0..255 values is not mistaken for a 0..1 image.
+        """
+        from fer_edge.preprocess import to_gray48, to_uint8
 
         if isinstance(faces, np.ndarray) and faces.ndim == 3 and faces.shape[1:] == (IMAGE_SIZE, IMAGE_SIZE):
-            gray = faces if faces.dtype == np.uint8 else np.stack([to_gray48(f) for f in faces])
+            gray = to_uint8(faces)  # one pixel range for the whole batch, not one per image
         else:
             faces = list(faces)
             if not faces:

@@ -509,3 +509,12 @@ def test_cli_classifies_a_16bit_png_as_its_8bit_picture(tiny_checkpoint, tmp_pat
     rows = {Path(x["image"]).name: x for x in _json_lines(r)}
     assert rows["sixteen.png"]["status"] == "ok"
     assert rows["sixteen.png"]["faces"][0]["probabilities"] == rows["eight.png"]["faces"][0]["probabilities"]
+
+
+def test_a_float_batch_has_one_pixel_range(predictor):
+    """In a 0..255 float batch, a face whose own maximum is below 1 stays dark (not rescaled as 0..1)."""
+    batch = np.stack([_gradient()[:48, :48], np.full((48, 48), 0)]).astype(np.float32)
+    batch[1, 0, 0] = 0.9  # an almost black face
+    by_float = predictor.predict_batch(batch)
+    by_uint8 = predictor.predict_batch(np.rint(batch).astype(np.uint8))
+    assert [p.probabilities for p in by_float] == [p.probabilities for p in by_uint8]
