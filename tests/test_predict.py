@@ -385,6 +385,20 @@ def test_cli_table(face_dir, tiny_checkpoint, stub_detector, monkeypatch):
     assert "3 inputs: 3 faces classified, 0 without a face, 0 failed" in r.stderr
 
 
+def test_cli_table_names_images_relative_to_their_common_folder(face_dir, tiny_checkpoint, stub_detector, monkeypatch):
+    """On an 80-column terminal the long temporary folder is said once, in the caption, and the
+    image names are not folded across lines."""
+    from fer_edge.cli.common import console
+
+    monkeypatch.setattr(console, "_width", 80)
+    r = _cli(face_dir, "--model", tiny_checkpoint)
+    assert r.exit_code == 0, r.output
+    rows = [ln.split() for ln in r.stdout.splitlines()]
+    assert [row[0] for row in rows if row and row[0] in ("a.png", "b.jpg", "nested/c.png")] == \
+        ["a.png", "b.jpg", "nested/c.png"]
+    assert "images in" in r.stdout
+
+
 def test_cli_json_and_annotate(face_dir, artifacts, tmp_path, stub_detector):
     out = tmp_path / "annotated"
     r = _cli(face_dir, "--json", "--annotate", out, "--model", artifacts["onnx"])

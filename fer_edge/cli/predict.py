@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import List, Optional
 
@@ -25,10 +26,26 @@ def _annotation_dest(out_dir: Path, item, used: set[Path]) -> Path:
     return dest
 
 
-def _row_cells(result, labels):
+def _common_dir(sources: list[str]) -> str | None:
+    """The directory all ``sources`` lie in (None for fewer than two, or when only the root is shared)."""
+    if len(sources) < 2:
+        return None
+    try:
+        common = os.path.commonpath([os.path.dirname(os.path.abspath(s)) for s in sources])
+    except ValueError:  # paths on other drives
+        return None
+    return common if common not in ("", os.sep) and common != os.path.dirname(common) else None
+
+
+def _shown(source: str, base: str | None) -> str:
+    """How the table names an image: relative to ``base`` when there is one."""
+    return os.path.relpath(source, base) if base else source
+
+
+def _row_cells(result, labels, base: str | None = None):
     from rich.markup import escape
 
-    source = escape(result.source)
+    source = escape(_shown(result.source, base))
     if result.status == "error":
         return [[source, "", "", "[red]error[/]", *[""] * len(labels)]]
     if result.status == "no_face":
@@ -124,21 +141,25 @@ def predict_cmd(
             progress.stop()
 
     if not as_json:
+        from rich.markup import escape
         from rich.table import Table
 
         from rich import box
 
         short = console.width < 130
         title = f"{predictor.metadata.get('model') or predictor.path.name} ({predictor.runtime_name})"
-        t = Table(box=box.SIMPLE_HEAD, collapse_padding=True, pad_edge=False, title=title)
-        t.add_column("image", overflow="fold", ratio=1)
+        base = _common_dir([r.source for r in results])
+        t = Table(box=box.SIMPLE_HEAD, collapse_padding=True, pad_edge=False, title=title,
+                  caption=None if base is None else f"images in {escape(base)}")
+        names = [_shown(r.source, base) for r in results]
+        t.add_column("image", overflow="fold", ratio=1, min_width=min(24, max(map(len, names), default=5)))
         t.add_column("face", justify="right")
         t.add_column("box x,y,w,h", overflow="fold", max_width=15 if short else None)
         t.add_column("label", no_wrap=True)
         for lbl in labels:
             t.add_column(lbl[:3] if short else lbl, justify="right", no_wrap=True)
         for r in results:
-            for row in _row_cells(r, labels):
+            for row in _row_cells(r, labels, base):
                 t.add_row(*row)
         console.print(t)
     summary = (f"{len(items)} input{'s' if len(items) != 1 else ''}: {n_faces} face{'s' if n_faces != 1 else ''}"
