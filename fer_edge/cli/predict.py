@@ -34,18 +34,13 @@ def _common_dir(sources: list[str]) -> str | None:
         common = os.path.commonpath([os.path.dirname(os.path.abspath(s)) for s in sources])
     except ValueError:  # paths on other drives
         return None
-    return common if common not in ("", os.sep) and common != os.path.dirname(common) else None
+    return None if common == os.path.dirname(common) else common  # the filesystem root says nothing
 
 
-def _shown(source: str, base: str | None) -> str:
-    """How the table names an image: relative to ``base`` when there is one."""
-    return os.path.relpath(source, base) if base else source
-
-
-def _row_cells(result, labels, base: str | None = None):
+def _row_cells(result, labels, name: str):
     from rich.markup import escape
 
-    source = escape(_shown(result.source, base))
+    source = escape(name)
     if result.status == "error":
         return [[source, "", "", "[red]error[/]", *[""] * len(labels)]]
     if result.status == "no_face":
@@ -151,15 +146,15 @@ def predict_cmd(
         base = _common_dir([r.source for r in results])
         t = Table(box=box.SIMPLE_HEAD, collapse_padding=True, pad_edge=False, title=title,
                   caption=None if base is None else f"images in {escape(base)}")
-        names = [_shown(r.source, base) for r in results]
+        names = [os.path.relpath(r.source, base) if base else r.source for r in results]
         t.add_column("image", overflow="fold", ratio=1, min_width=min(24, max(map(len, names), default=5)))
         t.add_column("face", justify="right")
         t.add_column("box x,y,w,h", overflow="fold", max_width=15 if short else None)
         t.add_column("label", no_wrap=True)
         for lbl in labels:
             t.add_column(lbl[:3] if short else lbl, justify="right", no_wrap=True)
-        for r in results:
-            for row in _row_cells(r, labels, base):
+        for r, name in zip(results, names):
+            for row in _row_cells(r, labels, name):
                 t.add_row(*row)
         console.print(t)
     summary = (f"{len(items)} input{'s' if len(items) != 1 else ''}: {n_faces} face{'s' if n_faces != 1 else ''}"
