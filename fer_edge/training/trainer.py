@@ -409,6 +409,16 @@ class Trainer:
                 model, device_ids=[device.index] if device.type == "cuda" else None
             )
 
+        qsim = None
+        if cfg.qat:
+            from fer_edge.training.qat import QuantSim
+
+            example = (x_train[:8].unsqueeze(1).float() / 255.0 - norm.mean) / norm.std
+            if cfg.channels_last:
+                example = example.contiguous(memory_format=torch.channels_last)
+            qsim = QuantSim(ddp_model, model, example)
+            self.log(qsim.describe())
+
         history: list[dict] = []
         best_acc, best_epoch, start_epoch, bad_epochs = -1.0, 0, 0, 0
         if state is not None:
@@ -466,7 +476,7 @@ class Trainer:
                         if cfg.channels_last:
                             xn = xn.contiguous(memory_format=torch.channels_last)
                         with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                            logits = ddp_model(xn)
+                            logits = qsim(xn) if qsim is not None else ddp_model(xn)
                             loss = lam * F.cross_entropy(logits, ya, weight=cw, label_smoothing=cfg.label_smoothing)
                             if lam < 1.0:
                                 loss = loss + (1 - lam) * F.cross_entropy(
