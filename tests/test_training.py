@@ -127,6 +127,8 @@ def test_existing_run_is_not_overwritten_and_resume_checks_options(synthetic_csv
         train(cfg, progress=False)
     with pytest.raises(TrainingError, match="lr was"):
         train(_cfg(synthetic_csv, tmp_path / "r", epochs=1, lr=0.1), resume=True, progress=False)
+    with pytest.raises(TrainingError, match="qat was False"):
+        train(_cfg(synthetic_csv, tmp_path / "r", epochs=1, qat=True), resume=True, progress=False)
     with pytest.raises(TrainingError, match="does not exist"):
         train(_cfg(synthetic_csv, tmp_path / "none"), resume=True, progress=False)
 

@@ -345,7 +345,7 @@ class Trainer:
             ck = load_checkpoint(last_path)
             saved = ck.train_config
             diffs = [k for k in ("data", "model", "model_kwargs", "seed", "batch_size", "epochs", "lr", "optimizer",
-                                 "scheduler") if k in saved and saved[k] != getattr(cfg, k)]
+                                 "scheduler", "qat") if k in saved and saved[k] != getattr(cfg, k)]
             if diffs:
                 raise TrainingError(
                     f"--resume: options differ from the run in {self.out}: "
