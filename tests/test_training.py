@@ -48,10 +48,11 @@ def test_seeded_runs_are_deterministic(synthetic_csv, tmp_path):
     assert [r["train_loss"] for r in a.history] == [r["train_loss"] for r in b.history]
 
 
-def test_resume_matches_uninterrupted_run(synthetic_csv, tmp_path):
-    full = train(_cfg(synthetic_csv, tmp_path / "full", epochs=3, ema=0.9, mixup=0.2), progress=False)
+@pytest.mark.parametrize("qat", [False, True], ids=["fp32", "qat"])
+def test_resume_matches_uninterrupted_run(synthetic_csv, tmp_path, qat):
+    full = train(_cfg(synthetic_csv, tmp_path / "full", epochs=3, ema=0.9, mixup=0.2, qat=qat), progress=False)
     # "interrupt" after 2 epochs: run a 3-epoch config, stopping early by truncating at epoch 2
-    part_cfg = _cfg(synthetic_csv, tmp_path / "part", epochs=3, ema=0.9, mixup=0.2)
+    part_cfg = _cfg(synthetic_csv, tmp_path / "part", epochs=3, ema=0.9, mixup=0.2, qat=qat)
     from fer_edge.training.trainer import Trainer
 
     class Stop(Exception):

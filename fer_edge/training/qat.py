@@ -21,8 +21,8 @@ The model itself is not changed: weights are rounded through
 model, so a QAT checkpoint is an ordinary FP32 checkpoint: ``fer-edge export`` quantizes it
 with its own calibration as it would any other, starting from weights that have learned to
 tolerate the rounding (Intel Neural Compressor's split: QAT for the weights, post-training
-calibration for the scales). The observers' ranges are not saved: ``--resume`` starts them
-again from the next batch.
+calibration for the scales). The observers' ranges travel in ``last.pt``'s resume state, so
+``--resume`` continues a QAT run exactly.
 """
 from __future__ import annotations
 
@@ -149,6 +149,15 @@ class QuantSim:
             return torch.func.functional_call(self.module, rounded, (xq,))
 
     __call__ = forward
+
+    def state_dict(self) -> dict:
+        """The observers' ranges, for ``--resume`` (the weights' scales need none: they follow the weights)."""
+        return {"<input>": self.input_fq.state_dict(), **{n: fq.state_dict() for n, fq in self.fq.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.input_fq.load_state_dict(state["<input>"])
+        for name, fq in self.fq.items():
+            fq.load_state_dict(state[name])
 
     def remove(self) -> None:
         for h in self._handles:

@@ -428,6 +428,8 @@ class Trainer:
             scaler.load_state_dict(state["scaler"])
             if ema is not None and state.get("ema") is not None:
                 ema.load_state_dict(state["ema"])
+            if qsim is not None and state.get("qat") is not None:
+                qsim.load_state_dict(state["qat"])
             history = list(state["history"])
             best_acc, best_epoch = float(state["best_accuracy"]), int(state["best_epoch"])
             bad_epochs = int(state["bad_epochs"])
@@ -556,6 +558,7 @@ class Trainer:
                         resume_state = {
                             "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                             "scaler": scaler.state_dict(), "ema": ema.state_dict() if ema is not None else None,
+                            "qat": qsim.state_dict() if qsim is not None else None,
                             "history": history, "best_accuracy": best_acc, "best_epoch": best_epoch,
                             "bad_epochs": bad_epochs, "epoch": epoch + 1, "normalization": norm.to_dict(),
                         }
