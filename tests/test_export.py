@@ -496,3 +496,41 @@ def test_onnx_int8_export_works_for_every_registered_model(name, synthetic_csv, 
                     validate=False, data_progress=False, raise_on_failure=False, on_warning=lambda w: None)
     assert not result.failed, result.failed
     assert (tmp_path / "out" / f"{name}_int8.onnx").is_file()
+
+
+def _int8_weight_ranges(xml) -> list[int]:
+    """The largest |value| of each of the IR's int8 weight constants."""
+    import numpy as np
+    import openvino as ov
+
+    model = ov.Core().read_model(xml)
+    consts = [op for op in model.get_ordered_ops()
+              if op.get_type_name() == "Constant" and op.get_element_type() == ov.Type.i8]
+    return [int(np.abs(c.get_data().astype(np.int32)).max()) for c in consts]
+
+
+def test_overflow_fix_option_gives_openvino_weights_7_bits(tiny_checkpoint, synthetic_csv, tmp_path):
+    from fer_edge.cli import app
+
+    def run(*extra):
+        out = tmp_path / ("_".join(extra) or "default")
+        res = CliRunner().invoke(app, ["export", str(tiny_checkpoint), "-t", "openvino", "-p", "int8", "--calib-data",
+                                       str(synthetic_csv), "--calib-size", "210", "--no-validate", "--out", str(out),
+                                       *extra])
+        return res, out
+
+    bad, _ = run("--overflow-fix", "on")
+    assert bad.exit_code == 2 and "first-layer" in bad.output
+    res, out = run()
+    assert res.exit_code == 0, res.output
+    (entry,) = json.loads((out / "manifest.json").read_text())["artifacts"]
+    assert entry["export"]["quantization"]["overflow_fix"].startswith("first layer only")
+    default = _int8_weight_ranges(out / entry["file"])
+    res, out = run("--overflow-fix", "enable")
+    assert res.exit_code == 0, res.output
+    (entry,) = json.loads((out / "manifest.json").read_text())["artifacts"]
+    assert entry["export"]["quantization"]["overflow_fix"].startswith("7-bit weights in every layer")
+    fixed = _int8_weight_ranges(out / entry["file"])
+    # same layers; NNCF gives the convolutions 7-bit weights (-64..64; its fix leaves depthwise ones at 8)
+    assert len(fixed) == len(default) > 2
+    assert sum(r <= 64 for r in fixed) >= sum(r <= 64 for r in default) + 2

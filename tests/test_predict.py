@@ -397,6 +397,13 @@ def test_cli_table_names_images_relative_to_their_common_folder(face_dir, tiny_c
     assert [row[0] for row in rows if row and row[0] in ("a.png", "b.jpg", "nested/c.png")] == \
         ["a.png", "b.jpg", "nested/c.png"]
     assert "images in" in r.stdout
+    # without face detection the box cell says "whole" on the row's own line, not folded onto the next
+    r = _cli(face_dir, "--model", tiny_checkpoint, "--no-detect-faces")
+    assert r.exit_code == 0, r.output
+    rows = [ln.split() for ln in r.stdout.splitlines()]
+    named = [row for row in rows if row and row[0] in ("a.png", "b.jpg", "nested/c.png")]
+    assert len(named) == 3 and all(row[2] == "whole" for row in named)
+    assert len([row for row in rows if "whole" in row]) == 3
 
 
 def test_cli_json_and_annotate(face_dir, artifacts, tmp_path, stub_detector):

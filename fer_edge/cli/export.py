@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from fer_edge.utils import human_size
 
+from enum import Enum
 from pathlib import Path
 from typing import List, Optional
 
@@ -10,6 +11,10 @@ import typer
 
 from fer_edge.cli import app
 from fer_edge.cli.common import console, err_console, handle_errors, is_tty, parse_csv_option
+from fer_edge.exporters.openvino import OVERFLOW_FIX
+
+#: ``--overflow-fix`` choices, from the OpenVINO exporter's table.
+OverflowFixOption = Enum("OverflowFixOption", {k.replace("-", "_"): k for k in OVERFLOW_FIX}, type=str)
 
 
 _human = human_size
@@ -111,6 +116,10 @@ def export_cmd(
     calib_seed: int = typer.Option(0, "--calib-seed", help="Seed of the calibration (and validation) sample."),
     calib_method: Optional[str] = typer.Option(
         None, "--calib-method", help="ONNX INT8 calibration: minmax, entropy or percentile (default: minmax)."),
+    overflow_fix: OverflowFixOption = typer.Option(
+        OverflowFixOption.first_layer, "--overflow-fix",
+        help="OpenVINO INT8 weights: 7 bits in the first layer only (NNCF's default), in every layer "
+             "('enable': for x86 CPUs without VNNI, whose int8 sums can saturate), or nowhere."),
     val_data: Optional[Path] = typer.Option(
         None, "--val-data", help="Data for the parity check (default: the calibration data)."),
     val_split: Optional[str] = typer.Option(None, "--val-split", help="Validation split (default: the data's "
@@ -151,7 +160,7 @@ def export_cmd(
         result = export(
             checkpoint, targets, precisions, out,
             calib_data=calib_data, calib_split=calib_split, calib_size=calib_size, calib_seed=calib_seed,
-            calib_method=calib_method, val_data=val_data, val_split=val_split,
+            calib_method=calib_method, overflow_fix=overflow_fix.value, val_data=val_data, val_split=val_split,
             val_size=val_size or None, val_seed=calib_seed, validate=validate, thresholds=thresholds,
             name=name, progress=progress, on_warning=lambda w: err_console.print(f"[yellow]warning:[/] {w}"),
             data_progress=is_tty(), raise_on_failure=False,

@@ -47,7 +47,7 @@ def _row_cells(result, labels, name: str):
         return [[source, "", "", "[yellow]no face[/]", *[""] * len(labels)]]
     rows = []
     for i, f in enumerate(result.faces):
-        box = "whole image" if f.box is None else "{},{},{},{}".format(*f.box.to_list())
+        box = "whole" if f.box is None else "{},{},{},{}".format(*f.box.to_list())
         probs = [f"[bold]{f.probabilities[lbl]:.2f}[/]" if lbl == f.label else f"{f.probabilities[lbl]:.2f}"
                  for lbl in labels]
         rows.append([source if i == 0 else "", str(i + 1), box, f"[bold]{f.label}[/]", *probs])

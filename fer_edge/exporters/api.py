@@ -145,6 +145,7 @@ def export(
     calib_size: int = _cal.DEFAULT_CALIB_SIZE,
     calib_seed: int = _cal.DEFAULT_SEED,
     calib_method: str | None = None,
+    overflow_fix: str | None = None,
     val_data: str | Path | None = None,
     val_split: str | None = None,
     val_size: int | None = _cal.DEFAULT_VAL_SIZE,
@@ -164,6 +165,8 @@ def export(
     INT8 needs ``calib_data`` (a FER2013 CSV or image folder): ``calib_size`` images of
     ``calib_split`` (default: its training split), stratified by class with ``calib_seed``.
     ``calib_method``: ONNX calibration, ``minmax``/``entropy``/``percentile``.
+    ``overflow_fix``: OpenVINO INT8 weights, ``first-layer`` (NNCF's default: 7 bits in the first
+    layer), ``enable`` (7 bits everywhere, for x86 CPUs without VNNI) or ``disable``.
     Validation (``validate``) runs each artifact that can run here on ``val_size`` images
     (None: all) of ``val_split`` of ``val_data`` (default: the calibration data, else the
     checkpoint's recorded data; default split: its validation split) and checks it against
@@ -185,6 +188,11 @@ def export(
     calib_method = calib_method or DEFAULT_CALIB_METHOD
     if calib_method not in CALIB_METHODS:
         raise FerEdgeError(f"unknown calibration method {calib_method!r}; valid: {', '.join(CALIB_METHODS)}")
+    from fer_edge.exporters.openvino import DEFAULT_OVERFLOW_FIX, OVERFLOW_FIX
+
+    overflow_fix = overflow_fix or DEFAULT_OVERFLOW_FIX
+    if overflow_fix not in OVERFLOW_FIX:
+        raise FerEdgeError(f"unknown overflow fix {overflow_fix!r}; valid: {', '.join(OVERFLOW_FIX)}")
     if calib_size is None or calib_size < 1:
         raise FerEdgeError(f"--calib-size must be at least 1 (got {calib_size})")
 
@@ -273,7 +281,7 @@ def export(
             exp.check_available()
             req = ExportRequest(model=model, ckpt=ckpt, metadata=meta,
                                 calib=calib if p is Precision.int8 else None,
-                                options={"calib_method": calib_method})
+                                options={"calib_method": calib_method, "overflow_fix": overflow_fix})
             t0 = time.perf_counter()
             files = exp.export(req, p, path)
             seconds = time.perf_counter() - t0
