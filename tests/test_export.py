@@ -534,3 +534,17 @@ def test_overflow_fix_option_gives_openvino_weights_7_bits(tiny_checkpoint, synt
     # same layers; NNCF gives the convolutions 7-bit weights (-64..64; its fix leaves depthwise ones at 8)
     assert len(fixed) == len(default) > 2
     assert sum(r <= 64 for r in fixed) >= sum(r <= 64 for r in default) + 2
+
+
+@pytest.mark.parametrize("saturates", [True, False], ids=["no-vnni", "vnni"])
+def test_openvino_int8_gate_failure_names_the_overflow_fix_on_cpus_without_vnni(
+        tiny_checkpoint, synthetic_csv, tmp_path, monkeypatch, saturates):
+    from fer_edge.cli import app
+    from fer_edge.exporters import openvino
+
+    monkeypatch.setattr(openvino, "int8_can_saturate_here", lambda: saturates)
+    res = CliRunner().invoke(app, ["export", str(tiny_checkpoint), "-t", "openvino", "-p", "int8", "--calib-data",
+                                   str(synthetic_csv), "--calib-size", "210", "--max-abs-diff", "int8=0",
+                                   "--out", str(tmp_path)])
+    assert res.exit_code == 1
+    assert ("--overflow-fix enable" in res.output) is saturates

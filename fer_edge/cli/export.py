@@ -184,4 +184,11 @@ def export_cmd(
             "override the threshold it missed (--min-agreement, --max-abs-diff, --max-kl or "
             "--max-accuracy-drop PRECISION=VALUE)" if n_par else ""
         )
+        if overflow_fix.value != "enable" and any(a.target == "openvino" and a.precision == "int8"
+                                                  for a in result.parity_failures):
+            from fer_edge.exporters.openvino import int8_can_saturate_here
+
+            if int8_can_saturate_here():
+                hint += ("; this CPU has no VNNI, so OpenVINO's int8 sums can saturate here: "
+                         "--overflow-fix enable gives the weights 7 bits")
         raise type(e)(f"{' and '.join(parts)}; see the table above and {result.manifest_path}{hint}") from None
