@@ -133,3 +133,25 @@ def test_cli_qat_flag_reaches_the_config(synthetic_csv, tmp_path):
     assert r.exit_code == 0, r.output
     assert "QAT:" in r.output
     assert load_checkpoint(out / "best.pt").train_config["qat"] is True
+
+
+def test_int8_sensitivity_benchmark(tiny_checkpoint, synthetic_csv, tmp_path, capsys):
+    """The sensitivity script reports everything rounded, activations only, weights only, and
+    weights plus each activation tensor in turn; a missing checkpoint is an error, not a table."""
+    import json
+
+    from fer_edge.benchmarks.int8_sensitivity import main
+
+    out = tmp_path / "s.json"
+    assert main([str(tiny_checkpoint), "--calib-data", str(synthetic_csv), "--calib-size", "210",
+                 "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    rows = res["agreement"]
+    assert set(rows) == {"everything", "activations only", "weights only"}
+    assert all(0 <= a <= 1 for a in rows.values())
+    per = res["weights_plus_one_activation"]
+    assert per and all(0 <= a <= 1 for a in per.values())
+    assert res["calibration_images"] == 210
+    printed = capsys.readouterr().out
+    assert "weights only" in printed and f"weights + {next(iter(per))}" in printed
+    assert main([str(tmp_path / "missing.pt"), "--calib-data", str(synthetic_csv)]) == 1
