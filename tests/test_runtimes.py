@@ -240,9 +240,15 @@ def test_ctrl_c_still_works_after_openvino_models_are_freed_in_any_order(exporte
     gc.collect()
     del second
     gc.collect()
-    with pytest.raises(KeyboardInterrupt):
-        os.kill(os.getpid(), signal.SIGINT)
-        time.sleep(1.0)  # the handler runs here
+    # a shell starts background jobs with SIGINT ignored, and Python then installs no handler:
+    # install it, so that the test does not depend on how pytest was started
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1.0)  # the handler runs here
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def test_keep_sigaltstack_restores_the_threads_stack():
