@@ -38,6 +38,7 @@ def test_training_beats_chance_and_writes_run_dir(synthetic_csv, tmp_path):
     assert abs(ck.metrics["val_accuracy"] - res.best_accuracy) < 1e-9
     rows = list(csv.DictReader((out / "history.csv").open()))
     assert len(rows) == 4 and float(rows[-1]["lr"]) < float(rows[0]["lr"]) * 10
+    assert all(float(r["val_seconds"]) > 0 and float(r["epoch_seconds"]) > 0 for r in rows)
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["best_val"]["n"] == 84 and set(metrics["best_val"]["per_class"]) == set(ck.labels)
 
@@ -132,6 +133,14 @@ def test_existing_run_is_not_overwritten_and_resume_checks_options(synthetic_csv
         train(_cfg(synthetic_csv, tmp_path / "r", epochs=1, qat=True), resume=True, progress=False)
     with pytest.raises(TrainingError, match="does not exist"):
         train(_cfg(synthetic_csv, tmp_path / "none"), resume=True, progress=False)
+
+
+@pytest.mark.parametrize("epochs", [1, 2, 4, 80])
+def test_one_step_epochs_train_under_every_scheduler_length(synthetic_csv, tmp_path, epochs):
+    # with one step an epoch, a one-epoch warm-up is a one-step warm-up: OneCycleLR divided 0 by 0 there
+    res = train(_cfg(synthetic_csv, tmp_path / "run", epochs=epochs, max_steps_per_epoch=1, val_every=epochs),
+                progress=False)
+    assert res.epochs_run == epochs
 
 
 def test_bad_options_are_all_reported(synthetic_csv, tmp_path):

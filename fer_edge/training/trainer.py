@@ -33,7 +33,7 @@ SCHEDULERS = ("onecycle", "cosine", "step", "none")
 CLASS_WEIGHTS = ("none", "balanced", "sqrt")
 HISTORY_FIELDS = (
     "epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_macro_f1", "lr",
-    "epoch_seconds", "images_per_second",
+    "epoch_seconds", "images_per_second", "val_seconds",
 )
 
 
@@ -129,9 +129,10 @@ def make_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Opti
 def make_scheduler(cfg: TrainConfig, opt: torch.optim.Optimizer, steps_per_epoch: int):
     total = cfg.epochs * steps_per_epoch
     if cfg.scheduler == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(
-            opt, max_lr=cfg.lr, total_steps=total, pct_start=min(0.3, max(cfg.warmup_epochs / cfg.epochs, 0.01))
-        )
+        pct = min(0.3, max(cfg.warmup_epochs / cfg.epochs, 0.01))
+        if abs(pct * total - 1) < 1e-6:  # a one-step warm-up: OneCycleLR's first phase would span 0 steps (0/0)
+            pct = 1.5 / total
+        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total, pct_start=pct)
     if cfg.scheduler == "cosine":
         warm = int(cfg.warmup_epochs * steps_per_epoch)
 
@@ -521,12 +522,13 @@ class Trainer:
                     improved = False
                     metrics = None
                     if do_val:
+                        t_val = time.perf_counter()
                         logits_val = predict_logits(eval_model, val.images, norm, device,
                                                     channels_last=cfg.channels_last)
                         val_loss = float(F.cross_entropy(logits_val, val.labels))
                         metrics = classification_metrics(val.labels.numpy(), logits_val.argmax(1).numpy(), labels)
                         row.update(val_loss=val_loss, val_accuracy=metrics["accuracy"],
-                                   val_macro_f1=metrics["macro_f1"])
+                                   val_macro_f1=metrics["macro_f1"], val_seconds=round(time.perf_counter() - t_val, 2))
                         improved = metrics["accuracy"] > best_acc
                         if improved:
                             best_acc, best_epoch, bad_epochs = metrics["accuracy"], epoch + 1, 0
