@@ -1,7 +1,11 @@
 """The training configuration carried by every checkpoint."""
 from __future__ import annotations
 
+import json
+import shlex
 from dataclasses import asdict, dataclass, field, fields
+
+from fer_edge.errors import TrainingError
 
 
 @dataclass
@@ -44,6 +48,28 @@ class TrainConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def command(self) -> str:
+        """The ``fer-edge train`` command line that runs this configuration (options left at defaults omitted)."""
+        defaults = TrainConfig(data=self.data)
+        parts = ["fer-edge", "train", "--data", self.data, "--model", self.model, "--out", self.out]
+        for f in fields(self):
+            name, value = f.name, getattr(self, f.name)
+            if name in ("data", "model", "out") or value == getattr(defaults, name):
+                continue
+            if name == "val_every":
+                raise TrainingError(f"val_every={value} has no fer-edge train option, so no command runs this config")
+            flag = "--" + _CLI_NAMES.get(name, name).replace("_", "-")
+            if name == "distill":
+                for teacher in value:
+                    parts += [flag, teacher]
+            elif isinstance(value, bool):
+                parts.append(flag if value else "--no-" + flag[2:])
+            elif name == "model_kwargs":
+                parts += [flag, json.dumps(value)]
+            elif value is not None:
+                parts += [flag, str(value)]
+        return shlex.join(parts)
+
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
         known = {f.name for f in fields(cls)}
@@ -53,3 +79,8 @@ class TrainConfig:
         elif d.get("distill") is None:
             d.pop("distill", None)
         return cls(**d)
+
+
+#: TrainConfig fields whose ``fer-edge train`` option has another name.
+_CLI_NAMES = {"num_threads": "threads"}
+

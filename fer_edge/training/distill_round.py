@@ -1,0 +1,311 @@
+"""A time-boxed distillation round: a teacher, then students distilled from it, sized to one wall-clock budget.
+
+Written for a lent GPU, where one command may run about ten minutes and the machine is gone afterwards,
+but it runs wherever ``fer-edge train`` does::
+
+    python -m fer_edge.training.distill_round --data DATA --work runs/round --out OUT --budget-minutes 8
+
+1. **Probe.** Each stage trains two short epochs (``--probe-steps`` steps each) to measure this machine's
+   training images per second and validation seconds. A student's probe distils from the teacher's probe
+   checkpoint, so the teacher's forward pass is in the student's timing.
+2. **Run.** Stages run in order. Each gets the budget left when it starts, times its share of the shares
+   still to run, turned into epochs with the probe's figures and capped at the stage's ``max_epochs``. The
+   allotment is recomputed from the clock at every stage, so a stage that runs long takes from the later ones.
+   A stage whose allotment is under one epoch is skipped, and so is every stage taught by a skipped one.
+3. **Keep.** After each stage its ``history.csv`` (and, where the stage keeps it, ``best.pt``) is copied to
+   ``OUT`` at once and ``OUT/summary.json`` is rewritten: per stage the exact ``fer-edge train`` command, the
+   epochs, the best validation accuracy and epoch, seconds, and the probe's figures. Interrupted (Ctrl-C,
+   SIGTERM, a timeout that sends either), the round keeps what the running stage had and says so.
+
+Each stage is an ordinary ``fer-edge train`` run in ``WORK/<stage>``; the commands in the summary rerun it
+without this module. Model selection is ``fer-edge train``'s: the best epoch on the validation split.
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable
+
+from fer_edge.errors import FerEdgeError, TrainingError
+from fer_edge.training.config import TrainConfig
+
+#: Seconds added to each estimated epoch for checkpoint writes and bookkeeping, and the factor on the estimate.
+EPOCH_OVERHEAD_S = 0.5
+ESTIMATE_MARGIN = 1.05
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One ``fer-edge train`` run of the round."""
+
+    name: str
+    model: str
+    share: float  # of the budget left when the stage starts, relative to the shares of the stages still to run
+    max_epochs: int
+    teacher: str | None = None  # an earlier stage's name: its best.pt is the --distill teacher
+    options: dict = field(default_factory=dict)  # further TrainConfig fields
+    keep_checkpoint: bool = True  # copy best.pt to OUT (a teacher too large to bring back sets False)
+
+
+#: The round for the shipped weights: a ResNet-18 teacher (11.2M parameters, 45 MB: its checkpoint stays in WORK),
+#: then small and nano distilled from it with the recipes that moved them on CPU (see README).
+DEFAULT_STAGES: tuple[Stage, ...] = (
+    Stage("teacher", "resnet18", 0.4, 80, keep_checkpoint=False,
+          options=dict(lr=1e-3, weight_decay=0.05, label_smoothing=0.1, ema=0.998, augment="strong")),
+    Stage("small", "fer_small", 0.35, 150, teacher="teacher",
+          options=dict(lr=3e-3, weight_decay=0.05, label_smoothing=0.1, ema=0.998, augment="strong",
+                       distill_alpha=0.7, distill_tta=True)),
+    Stage("nano", "fer_nano", 0.25, 150, teacher="teacher",
+          options=dict(lr=4e-3, label_smoothing=0.1, ema=0.998, augment="standard",
+                       distill_alpha=0.7, distill_tta=True)),
+)
+
+
+def check_stages(stages: tuple[Stage, ...] | list[Stage]) -> None:
+    """Every problem with a stage table at once."""
+    problems, seen = [], set()
+    known = set(TrainConfig.__dataclass_fields__) - {"data", "model", "out", "epochs", "distill"}
+    for s in stages:
+        if s.name in seen:
+            problems.append(f"stage name {s.name!r} is used twice")
+        if s.teacher is not None and s.teacher not in seen:
+            problems.append(f"stage {s.name!r}: teacher {s.teacher!r} is not an earlier stage")
+        if not s.share > 0:
+            problems.append(f"stage {s.name!r}: share must be positive, not {s.share}")
+        if s.max_epochs < 1:
+            problems.append(f"stage {s.name!r}: max_epochs must be at least 1, not {s.max_epochs}")
+        unknown = sorted(set(s.options) - known)
+        if unknown:
+            problems.append(f"stage {s.name!r}: unknown or reserved options {unknown}")
+        seen.add(s.name)
+    if not stages:
+        problems.append("no stages")
+    if problems:
+        raise TrainingError("bad round: " + "; ".join(problems))
+
+
+def _config(stage: Stage, data: str, out: Path, epochs: int, common: dict, teacher: Path | None) -> TrainConfig:
+    return TrainConfig(data=data, model=stage.model, out=str(out), epochs=epochs,
+                       distill=[str(teacher)] if teacher is not None else [], **{**common, **stage.options})
+
+
+def _copy_atomic(src: Path, dest: Path) -> None:
+    from fer_edge.utils import atomic_path
+
+    with atomic_path(dest) as tmp:
+        shutil.copyfile(src, tmp)
+
+
+def _device_name(device: str) -> str:
+    import platform
+
+    import torch
+
+    from fer_edge.training.trainer import resolve_device
+
+    d = resolve_device(device)
+    if d.type == "cuda":
+        return f"cuda: {torch.cuda.get_device_name(d)}"
+    return f"{d.type}: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads"
+
+
+def run_round(data: str | Path, work: str | Path, out: str | Path, budget_s: float, *,
+              stages: tuple[Stage, ...] | list[Stage] = DEFAULT_STAGES, device: str = "auto", seed: int = 0,
+              batch_size: int = 128, probe_steps: int = 20, max_steps_per_epoch: int = 0, threads: int = 0,
+              progress: bool = False, log: Callable[[str], None] = print,
+              clock: Callable[[], float] = time.monotonic) -> dict:
+    """Run the round (see the module docstring) and return the summary also written to ``OUT/summary.json``.
+
+    Raises :class:`TrainingError` naming every failed stage after the others have run and been kept.
+    """
+    from fer_edge.data import default_train_split, load_split
+    from fer_edge.training import train
+    from fer_edge.utils import write_json_atomic
+
+    check_stages(stages)
+    if budget_s <= 0:
+        raise TrainingError(f"the budget must be positive, not {budget_s} s")
+    if probe_steps < 1:
+        raise TrainingError(f"--probe-steps must be at least 1, not {probe_steps}")
+    data, work, out = str(data), Path(work), Path(out)
+    start = clock()
+    common = dict(seed=seed, batch_size=batch_size, device=device, num_threads=threads,
+                  max_steps_per_epoch=max_steps_per_epoch)
+    _preflight(stages, data, common)
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    if _resolved_type(device) == "cuda":
+        import torch
+
+        torch.backends.cudnn.benchmark = True  # fixed 48x48 shapes: let cuDNN pick its fastest kernels once
+
+    n_train = len(load_split(data, default_train_split(data), progress=progress).labels)
+    steps = max(1, n_train // batch_size)
+    if max_steps_per_epoch:
+        steps = min(steps, max_steps_per_epoch)
+    summary: dict = {"data": data, "budget_seconds": budget_s, "device": _device_name(device),
+                     "train_images_per_epoch": steps * batch_size, "stages": []}
+    entries = {s.name: {"name": s.name, "model": s.model, "status": "pending"} for s in stages}
+    summary["stages"] = list(entries.values())
+    out.mkdir(parents=True, exist_ok=True)
+
+    def save_summary() -> None:
+        summary["elapsed_seconds"] = round(clock() - start, 1)
+        write_json_atomic(out / "summary.json", summary)
+
+    def keep(stage: Stage, run_dir: Path) -> None:
+        entry = entries[stage.name]
+        if (run_dir / "history.csv").is_file():
+            _copy_atomic(run_dir / "history.csv", out / f"{stage.name}_history.csv")
+            entry["history"] = f"{stage.name}_history.csv"
+        if stage.keep_checkpoint and (run_dir / "best.pt").is_file():
+            _copy_atomic(run_dir / "best.pt", out / f"{stage.name}.pt")
+            entry["checkpoint"] = f"{stage.name}.pt"
+
+    failures: list[str] = []
+    current: tuple[Stage, Path] | None = None
+    try:
+        # 1. probe every stage
+        for stage in stages:
+            run_dir = work / "probe" / stage.name
+            teacher = work / "probe" / stage.teacher / "best.pt" if stage.teacher else None
+            cfg = _config(stage, data, run_dir, 2, {**common, "max_steps_per_epoch": probe_steps}, teacher)
+            t0 = clock()
+            log(f"probe {stage.name}: {stage.model}, 2 epochs of {probe_steps} steps")
+            res = train(cfg, progress=False, quiet=True)
+            last = res.history[-1]
+            ips = float(last["images_per_second"])
+            epoch_s = (steps * batch_size / ips + float(last.get("val_seconds") or 0.0) + EPOCH_OVERHEAD_S)
+            entries[stage.name]["probe"] = {
+                "images_per_second": ips, "val_seconds": last.get("val_seconds"),
+                "estimated_epoch_seconds": round(epoch_s * ESTIMATE_MARGIN, 2), "seconds": round(clock() - t0, 1),
+            }
+        save_summary()
+
+        # 2. run the stages in order
+        done: set[str] = set()
+        for i, stage in enumerate(stages):
+            entry = entries[stage.name]
+            if stage.teacher and stage.teacher not in done:
+                entry["status"] = f"skipped: its teacher {stage.teacher!r} did not finish"
+                save_summary()
+                continue
+            left = budget_s - (clock() - start)
+            alloc = left * stage.share / sum(s.share for s in stages[i:])
+            per_epoch = entry["probe"]["estimated_epoch_seconds"]
+            epochs = min(stage.max_epochs, int(alloc // per_epoch))
+            entry.update(allotted_seconds=round(alloc, 1))
+            if epochs < 1:
+                entry["status"] = f"skipped: {alloc:.0f} s allotted, an epoch takes about {per_epoch:.0f} s"
+                log(f"{stage.name}: {entry['status']}")
+                save_summary()
+                continue
+            run_dir = work / stage.name
+            teacher = work / stage.teacher / "best.pt" if stage.teacher else None
+            cfg = _config(stage, data, run_dir, epochs, common, teacher)
+            entry.update(status="running", epochs_planned=epochs, command=cfg.command())
+            save_summary()
+            log(f"{stage.name}: {epochs} epochs (about {epochs * per_epoch:.0f} s of {alloc:.0f} s allotted)\n"
+                f"  {entry['command']}")
+            current, t0 = (stage, run_dir), clock()
+            try:
+                res = train(cfg, progress=progress)
+            except FerEdgeError as e:
+                entry.update(status=f"failed: {e}", seconds=round(clock() - t0, 1))
+                failures.append(f"{stage.name}: {e}")
+                keep(stage, run_dir)
+                save_summary()
+                current = None
+                continue
+            current = None
+            entry.update(status="done", epochs_run=res.epochs_run, best_accuracy=res.best_accuracy,
+                         best_epoch=res.best_epoch, seconds=round(clock() - t0, 1))
+            keep(stage, run_dir)
+            done.add(stage.name)
+            save_summary()
+            log(f"{stage.name}: best validation accuracy {res.best_accuracy:.4f} at epoch {res.best_epoch} "
+                f"of {res.epochs_run}, {entry['seconds']:.0f} s")
+    except KeyboardInterrupt:
+        if current is not None:
+            stage, run_dir = current
+            entries[stage.name]["status"] = "interrupted (best.pt and history.csv as of the last finished epoch)"
+            keep(stage, run_dir)
+        for entry in entries.values():
+            if entry["status"] == "pending":
+                entry["status"] = "not run: the round was interrupted"
+        save_summary()
+        log(f"interrupted; what finished is in {out}")
+        raise
+    save_summary()
+    if failures:
+        raise TrainingError("stages failed (the others ran and are kept in "
+                            f"{out}): " + "; ".join(failures))
+    return summary
+
+
+def _preflight(stages, data: str, common: dict) -> None:
+    """Every stage's options and model checked before the budget starts to be spent; all problems at once."""
+    from fer_edge.models import list_models
+    from fer_edge.training.trainer import validate_config
+
+    problems = []
+    for s in stages:
+        if s.model not in list_models():
+            problems.append(f"stage {s.name!r}: unknown model {s.model!r} (see `fer-edge models`)")
+        try:
+            validate_config(_config(s, data, Path(s.name), 1, common, Path("teacher.pt") if s.teacher else None))
+        except TrainingError as e:
+            problems.append(f"stage {s.name!r}: {e}")
+    if problems:
+        raise TrainingError("bad round:\n  " + "\n  ".join(problems))
+
+
+def _resolved_type(device: str) -> str:
+    from fer_edge.training.trainer import resolve_device
+
+    return resolve_device(device).type
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m fer_edge.training.distill_round",
+                                 description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data", required=True, help="FER2013 CSV or image-folder root")
+    ap.add_argument("--work", type=Path, required=True, help="run directories (one per stage, plus probe/)")
+    ap.add_argument("--out", type=Path, required=True, help="what to keep: summary.json, histories, students")
+    ap.add_argument("--budget-minutes", type=float, required=True, help="wall-clock budget for the whole round")
+    ap.add_argument("--teacher", default=DEFAULT_STAGES[0].model, help="teacher model (registered name)")
+    ap.add_argument("--nano-teacher", default="teacher", choices=["teacher", "small"],
+                    help="nano distils from the teacher, or from the small student (a teaching assistant)")
+    ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--probe-steps", type=int, default=20)
+    ap.add_argument("--max-steps-per-epoch", type=int, default=0, help="cap steps per epoch (smoke runs)")
+    ap.add_argument("--threads", type=int, default=0)
+    args = ap.parse_args(argv)
+    if not Path(args.data).exists():
+        print(f"error: --data {args.data} does not exist", file=sys.stderr)
+        return 2
+    teacher, small, nano = DEFAULT_STAGES
+    stages = (replace(teacher, model=args.teacher), small, replace(nano, teacher=args.nano_teacher))
+    try:
+        run_round(args.data, args.work, args.out, args.budget_minutes * 60, stages=stages, device=args.device,
+                  seed=args.seed, batch_size=args.batch_size, probe_steps=args.probe_steps,
+                  max_steps_per_epoch=args.max_steps_per_epoch, threads=args.threads,
+                  progress=sys.stderr.isatty())
+    except FerEdgeError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

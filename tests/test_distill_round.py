@@ -1,0 +1,176 @@
+"""The time-boxed distillation round (fer_edge.training.distill_round) and TrainConfig.command()."""
+from __future__ import annotations
+
+import csv
+import json
+import shlex
+
+import pytest
+from typer.testing import CliRunner
+
+import fer_edge.training as training
+from fer_edge.checkpoint import load_checkpoint
+from fer_edge.cli import app
+from fer_edge.errors import TrainingError
+from fer_edge.training import TrainConfig
+from fer_edge.training.distill_round import Stage, check_stages, main, run_round
+
+TINY = (
+    Stage("teacher", "simple_cnn", 0.5, 2, keep_checkpoint=False, options=dict(lr=3e-3, augment="light")),
+    Stage("student", "fer_nano", 0.5, 2, teacher="teacher",
+          options=dict(lr=3e-3, augment="light", distill_alpha=0.7, distill_tta=True)),
+)
+COMMON = dict(device="cpu", batch_size=32, probe_steps=2, max_steps_per_epoch=3)
+
+
+def test_round_trains_teacher_then_student_and_keeps_each(synthetic_folder, tmp_path):
+    work, out = tmp_path / "work", tmp_path / "out"
+    summary = run_round(synthetic_folder, work, out, budget_s=600, stages=TINY, log=lambda m: None, **COMMON)
+
+    assert json.loads((out / "summary.json").read_text()) == json.loads(json.dumps(summary))
+    teacher, student = summary["stages"]
+    for entry in (teacher, student):
+        assert entry["status"] == "done"
+        assert entry["epochs_run"] == entry["epochs_planned"] == 2  # capped at max_epochs: the budget is ample
+        assert entry["probe"]["images_per_second"] > 0 and entry["probe"]["estimated_epoch_seconds"] > 0
+        with open(out / entry["history"]) as f:
+            assert len(list(csv.DictReader(f))) == 2
+    assert "checkpoint" not in teacher and not (out / "teacher.pt").exists()  # keep_checkpoint=False
+    ck = load_checkpoint(out / student["checkpoint"])
+    assert ck.model_name == "fer_nano"
+    assert ck.train_config["distill"] == [str(work / "teacher" / "best.pt")]
+    assert ck.metrics["val_accuracy"] == pytest.approx(student["best_accuracy"])
+    assert student["command"].startswith("fer-edge train ") and "--distill-tta" in student["command"]
+
+
+def test_stage_without_time_for_an_epoch_is_skipped_with_its_pupils(synthetic_folder, tmp_path):
+    summary = run_round(synthetic_folder, tmp_path / "w", tmp_path / "o", budget_s=1e-3, stages=TINY,
+                        log=lambda m: None, **COMMON)
+    teacher, student = summary["stages"]
+    assert teacher["status"].startswith("skipped:") and "an epoch takes about" in teacher["status"]
+    assert student["status"] == "skipped: its teacher 'teacher' did not finish"
+    assert not (tmp_path / "w" / "teacher").exists()
+
+
+def test_a_failed_stage_is_reported_after_the_others_are_kept(synthetic_folder, tmp_path, monkeypatch):
+    stages = TINY + (Stage("other", "simple_cnn", 0.5, 1, options=dict(augment="light")),)
+    real = training.train
+
+    def flaky(cfg, **kw):
+        if cfg.out.endswith("student") and "probe" not in cfg.out:
+            raise TrainingError("disk full")
+        return real(cfg, **kw)
+
+    monkeypatch.setattr(training, "train", flaky)
+    with pytest.raises(TrainingError, match="student: disk full") as e:
+        run_round(synthetic_folder, tmp_path / "w", tmp_path / "o", budget_s=600, stages=stages,
+                  log=lambda m: None, **COMMON)
+    assert "teacher" not in str(e.value) and "other" not in str(e.value).split("kept in")[1]
+    summary = json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert [s["status"] for s in summary["stages"]] == ["done", "failed: disk full", "done"]
+
+
+def test_interrupt_keeps_the_running_stage_and_marks_the_rest(synthetic_folder, tmp_path, monkeypatch):
+    real = training.train
+
+    def interrupted(cfg, **kw):
+        if cfg.out.endswith("student") and "probe" not in cfg.out:
+            real(cfg, **kw)  # it finishes its epochs, then the interrupt arrives
+            raise KeyboardInterrupt
+        return real(cfg, **kw)
+
+    monkeypatch.setattr(training, "train", interrupted)
+    stages = TINY + (Stage("after", "simple_cnn", 0.5, 1, options=dict(augment="light")),)
+    with pytest.raises(KeyboardInterrupt):
+        run_round(synthetic_folder, tmp_path / "w", tmp_path / "o", budget_s=600, stages=stages,
+                  log=lambda m: None, **COMMON)
+    summary = json.loads((tmp_path / "o" / "summary.json").read_text())
+    statuses = [s["status"] for s in summary["stages"]]
+    assert statuses[0] == "done" and statuses[1].startswith("interrupted") and statuses[2].startswith("not run")
+    assert (tmp_path / "o" / "student.pt").is_file() and (tmp_path / "o" / "student_history.csv").is_file()
+
+
+def test_bad_stage_tables_and_options_fail_before_any_training(synthetic_folder, tmp_path):
+    bad = (Stage("a", "simple_cnn", 0, 0, teacher="b", options=dict(epochs=3)),
+           Stage("a", "simple_cnn", 1, 1))
+    with pytest.raises(TrainingError) as e:
+        check_stages(bad)
+    for part in ("used twice", "teacher 'b' is not an earlier stage", "share must be positive",
+                 "max_epochs must be at least 1", "reserved options ['epochs']"):
+        assert part in str(e.value)
+    wrong = (Stage("t", "no_such_net", 1, 1), Stage("s", "simple_cnn", 1, 1, teacher="t", options=dict(lr=-1)))
+    with pytest.raises(TrainingError) as e:
+        run_round(synthetic_folder, tmp_path / "w", tmp_path / "o", budget_s=60, stages=wrong, **COMMON)
+    assert "unknown model 'no_such_net'" in str(e.value) and "--lr must be positive" in str(e.value)
+    assert not (tmp_path / "w").exists() and not (tmp_path / "o").exists()
+
+
+def test_main_reports_missing_data_and_bad_teacher(tmp_path, synthetic_folder, capsys):
+    assert main(["--data", str(tmp_path / "nope"), "--work", str(tmp_path / "w"), "--out", str(tmp_path / "o"),
+                 "--budget-minutes", "1"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["--data", str(synthetic_folder), "--work", str(tmp_path / "w"), "--out", str(tmp_path / "o"),
+                 "--budget-minutes", "1", "--teacher", "resnet19", "--device", "cpu"]) == 1
+    assert "unknown model 'resnet19'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("many", [True, False], ids=["many-options", "defaults"])
+def test_command_runs_the_same_config(many, tmp_path, monkeypatch):
+    for name in ("d.csv", "a.pt", "b c.pt", "i.pt"):
+        (tmp_path / name).write_text("x")  # the CLI checks that these exist
+    monkeypatch.chdir(tmp_path)
+    cfg = TrainConfig(data="d.csv")
+    if many:
+        cfg = TrainConfig(data="d.csv", model="fer_nano", out="runs/x y", distill=["a.pt", "b c.pt"],
+                          distill_tta=True, channels_last=False, model_kwargs={"widths": [8, 16]}, num_threads=2,
+                          lr=1e-3, qat=True, augment="strong", ema=0.998, split="Training", init="i.pt")
+    seen = []
+    monkeypatch.setattr(training, "train", lambda c, **kw: seen.append(c) or _Result())
+    argv = shlex.split(cfg.command())
+    assert argv[:2] == ["fer-edge", "train"]
+    r = CliRunner().invoke(app, argv[1:])
+    assert r.exit_code == 0, r.output
+    assert seen == [cfg]
+
+
+def test_command_refuses_a_config_no_command_runs():
+    with pytest.raises(TrainingError, match="val_every"):
+        TrainConfig(data="d", val_every=2).command()
+
+
+class _Result:
+    best_accuracy, best_epoch, epochs_run, out_dir, stopped_early = 0.5, 1, 1, "runs/x", False
+
+
+def test_main_runs_the_default_table_with_the_chosen_teachers(synthetic_folder, tmp_path, monkeypatch):
+    seen = {}
+    monkeypatch.setattr("fer_edge.training.distill_round.run_round",
+                        lambda *a, stages, **kw: seen.setdefault("stages", stages))
+    assert main(["--data", str(synthetic_folder), "--work", "w", "--out", "o", "--budget-minutes", "1",
+                 "--teacher", "enhanced_cnn", "--nano-teacher", "small"]) == 0
+    teacher, small, nano = seen["stages"]
+    assert (teacher.model, small.teacher, nano.teacher) == ("enhanced_cnn", "teacher", "small")
+    check_stages(seen["stages"])
+
+
+def test_round_runs_without_the_export_stack(synthetic_folder, tmp_path):
+    """A GPU machine has torch but not openvino, nncf or coremltools: the round must not need them."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "for m in ('openvino', 'nncf', 'coremltools', 'onnxruntime'):\n"
+        "    sys.modules[m] = None  # importing any of them now fails\n"
+        "from dataclasses import replace\n"
+        "from fer_edge.training.distill_round import DEFAULT_STAGES, run_round\n"
+        "stages = [replace(s, max_epochs=1) for s in DEFAULT_STAGES]\n"
+        "stages[0] = replace(stages[0], model='simple_cnn')\n"
+        f"run_round({str(synthetic_folder)!r}, 'w', 'o', 300, stages=stages, device='cpu', batch_size=32,"
+        " probe_steps=1, max_steps_per_epoch=1)\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    summary = json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert [s["status"] for s in summary["stages"]] == ["done", "done", "done"]
+    assert (tmp_path / "o" / "small.pt").is_file() and (tmp_path / "o" / "nano.pt").is_file()
