@@ -66,6 +66,24 @@ def test_quant_sim_trains_every_model_and_leaves_it_unchanged(name):
     assert sorted(model.state_dict()) == keys  # nothing added to the checkpoint
 
 
+def test_ddp_ranks_average_their_ranges_and_round_alike():
+    # two "ranks" with identical weights observe different shards; the all-reduce is done by hand here
+    torch.manual_seed(0)
+    model = create_model("fer_nano", num_classes=7).train()
+    sims = [QuantSim(model, model, torch.randn(2, 1, 48, 48)) for _ in range(2)]
+    for sim, scale in zip(sims, (1.0, 3.0)):
+        sim(torch.randn(8, 1, 48, 48) * scale)
+    before = [torch.stack([t.reshape(()) for t in sim.ranges()]) for sim in sims]
+    assert not torch.allclose(before[0], before[1])
+    total = before[0] + before[1]
+    for sim in sims:
+        sim.average_ranges(lambda t: total.clone(), world=2)
+    after = [torch.stack([t.reshape(()) for t in sim.ranges()]) for sim in sims]
+    assert torch.equal(after[0], after[1]) and torch.allclose(after[0], total / 2)
+    state = sims[0].state_dict()["<input>"]  # the buffers themselves changed, so the checkpoint holds them
+    assert float(state["activation_post_process.max_val"]) == pytest.approx(float(total[1] / 2))
+
+
 def test_simulation_rounds_where_and_as_coarsely_as_onnxruntime_int8():
     """Given the same calibration batch, the simulated activation ranges are ONNX Runtime's, and the
     simulated forward is as far from FP32 as the INT8 graph is. (The two rounding errors themselves

@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import json
 
+import numpy as np
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -292,20 +293,27 @@ def test_wandb_offline_logging(synthetic_csv, tmp_path, monkeypatch):
     assert runs and any(p.suffix == ".wandb" for p in runs[0].iterdir())
 
 
-def test_torchrun_trains_with_ddp(synthetic_csv, tmp_path):
+@pytest.mark.parametrize("qat", [False, True], ids=["fp32", "qat"])
+def test_torchrun_trains_with_ddp(synthetic_csv, tmp_path, qat):
     """Under torchrun (2 CPU processes, gloo) the same command trains with DistributedDataParallel."""
     import subprocess
     import sys
 
     out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(29533 + qat),
            "-m", "fer_edge", "train", "--data", str(synthetic_csv), "--model", "simple_cnn", "--out", str(out),
            "--epochs", "2", "--batch-size", "32", "--max-steps-per-epoch", "3", "--device", "cpu", "--no-progress"]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
+    r = subprocess.run(cmd + (["--qat"] if qat else []), capture_output=True, text=True, timeout=240)
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.count("best val accuracy") == 2  # both ranks finished
     rows = list(csv.DictReader((out / "history.csv").open()))
-    assert len(rows) == 2 and load_checkpoint(out / "last.pt").epoch == 2
+    last = load_checkpoint(out / "last.pt")
+    assert len(rows) == 2 and last.epoch == 2
+    resume = last.raw["resume"]
+    assert last.train_config["qat"] is qat and (resume["qat"] is not None) is qat
+    if qat:  # the observers' ranges (averaged over the ranks every step) travel for --resume
+        ranges = [float(v) for s in resume["qat"].values() for k, v in s.items() if k.endswith("_val")]
+        assert ranges and all(np.isfinite(ranges))
 
 
 @pytest.mark.gpu

@@ -27,6 +27,7 @@ calibration for the scales). The observers' ranges travel in ``last.pt``'s resum
 from __future__ import annotations
 
 from contextlib import contextmanager
+from typing import Callable
 
 import torch
 from torch import nn
@@ -149,6 +150,20 @@ class QuantSim:
             return torch.func.functional_call(self.module, rounded, (xq,))
 
     __call__ = forward
+
+    def ranges(self) -> list[torch.Tensor]:
+        """The activation observers' running min and max, input first (the buffers themselves)."""
+        observers = [fq.activation_post_process for fq in (self.input_fq, *self.fq.values())]
+        return [t for o in observers for t in (o.min_val, o.max_val)]
+
+    def average_ranges(self, all_reduce_sum: Callable[[torch.Tensor], torch.Tensor], world: int) -> None:
+        """Under DDP each rank observes its own shard of the batch; averaging the ranges after every step keeps
+        every rank rounding alike (as DDP keeps their weights alike), and the checkpoint holds all ranks' view."""
+        ranges = self.ranges()
+        flat = all_reduce_sum(torch.stack([t.reshape(()) for t in ranges]).float()) / world
+        with torch.no_grad():
+            for t, v in zip(ranges, flat):
+                t.copy_(v.reshape(t.shape))
 
     def state_dict(self) -> dict:
         """The observers' ranges, for ``--resume`` (the weights' scales need none: they follow the weights)."""

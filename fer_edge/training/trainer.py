@@ -497,6 +497,8 @@ class Trainer:
                         scaler.step(opt)
                         scaler.update()
                         sched.step()
+                        if qsim is not None and self.dist.enabled:
+                            qsim.average_ranges(self.dist.sum, self.dist.world)
                         if ema is not None:
                             ema.update_parameters(model)
                         bs = len(idx)
