@@ -76,9 +76,14 @@ HIGH_DEPTH_MODES = ("I", "F")
 
 def _eight_bit(im):
     """A PIL image in a high-bit-depth mode (``I;16*``, ``I``, ``F``) -> mode "L" scaled by
-    :func:`to_uint8`; other images as they are."""
+    :func:`to_uint8`; CIELAB (a TIFF's ``LAB``) -> its lightness channel, mode "L"; premultiplied
+    ``La`` -> ``LA`` (PIL converts neither of the two to "L" or "RGB"); other images as they are."""
     from PIL import Image
 
+    if im.mode == "LAB":
+        return im.getchannel("L")
+    if im.mode == "La":
+        return im.convert("LA")
     if im.mode not in HIGH_DEPTH_MODES and not im.mode.startswith("I;16"):
         return im
     arr = np.asarray(im)

@@ -492,6 +492,23 @@ def test_high_bit_depth_files_load_like_their_8bit_picture(kind, tmp_path):
         np.testing.assert_array_equal(to_gray48(raw), to_gray48(a))
 
 
+def test_cielab_tiff_and_premultiplied_la_images_are_read(tmp_path, predictor):
+    """PIL converts neither LAB nor La to L or RGB; a LAB file gives its lightness, La is un-premultiplied."""
+    from fer_edge.preprocess import to_gray48
+
+    a = _gradient()
+    lab = Image.merge("LAB", [Image.fromarray(a), Image.new("L", (50, 60), 128), Image.new("L", (50, 60), 128)])
+    lab.save(path := tmp_path / "face.tif")
+    with Image.open(path) as raw:
+        assert raw.mode == "LAB"  # really a CIELAB file
+    np.testing.assert_array_equal(np.asarray(load_image(path)), a)
+    np.testing.assert_array_equal(to_gray48(path), to_gray48(a))
+    assert predictor.predict(path)  # classified, not an error
+    la = Image.merge("LA", [Image.fromarray(a), Image.new("L", (50, 60), 255)]).convert("La")
+    assert la.mode == "La"
+    np.testing.assert_array_equal(to_gray48(la), to_gray48(a))  # opaque: the same picture
+
+
 @pytest.mark.parametrize("arr", [
     _gradient().astype(np.uint16) * 257,  # full 16-bit range
     _gradient().astype(np.int32),  # integers in 0..255
