@@ -83,4 +83,3 @@ class TrainConfig:
 
 #: TrainConfig fields whose ``fer-edge train`` option has another name.
 _CLI_NAMES = {"num_threads": "threads"}
-
