@@ -103,6 +103,10 @@ def test_bad_stage_tables_and_options_fail_before_any_training(synthetic_folder,
         run_round(synthetic_folder, tmp_path / "w", tmp_path / "o", budget_s=60, stages=wrong, **COMMON)
     assert "unknown model 'no_such_net'" in str(e.value) and "--lr must be positive" in str(e.value)
     assert not (tmp_path / "w").exists() and not (tmp_path / "o").exists()
+    (tmp_path / "w" / "probe" / "teacher").mkdir(parents=True)  # a previous round's work
+    with pytest.raises(TrainingError, match="already exist: .*give the round a fresh --work"):
+        run_round(synthetic_folder, tmp_path / "w", tmp_path / "o", budget_s=60, stages=TINY, **COMMON)
+    assert not (tmp_path / "o").exists()
 
 
 def test_main_reports_missing_data_and_bad_teacher(tmp_path, synthetic_folder, capsys):

@@ -135,7 +135,7 @@ def run_round(data: str | Path, work: str | Path, out: str | Path, budget_s: flo
     start = clock()
     common = dict(seed=seed, batch_size=batch_size, device=device, num_threads=threads,
                   max_steps_per_epoch=max_steps_per_epoch)
-    _preflight(stages, data, common)
+    _preflight(stages, data, common, work)
     if threads:
         import torch
 
@@ -249,12 +249,15 @@ def run_round(data: str | Path, work: str | Path, out: str | Path, budget_s: flo
     return summary
 
 
-def _preflight(stages, data: str, common: dict) -> None:
-    """Every stage's options and model checked before the budget starts to be spent; all problems at once."""
+def _preflight(stages, data: str, common: dict, work: Path) -> None:
+    """Every stage's options, model and run directory checked before the budget starts to be spent; all
+    problems at once."""
     from fer_edge.models import list_models
     from fer_edge.training.trainer import validate_config
 
-    problems = []
+    taken = [str(d) for s in stages for d in (work / "probe" / s.name, work / s.name) if d.exists()]
+    problems = [f"{', '.join(taken)} already exist: fer-edge train never overwrites a run, so give the round a "
+                "fresh --work"] if taken else []
     for s in stages:
         if s.model not in list_models():
             problems.append(f"stage {s.name!r}: unknown model {s.model!r} (see `fer-edge models`)")
