@@ -80,7 +80,11 @@ def first_convolution(om) -> str:
 #: OpenVINO INT8 agreed with FP32 on 95.54% of PublicTest with the default and 97.38% with
 #: ``enable``; small's passed the gate there with the default (99.1%). On VNNI CPUs there is no
 #: overflow, and 7-bit weights only add rounding.
-OVERFLOW_FIX: dict[str, str] = {"first-layer": "FIRST_LAYER", "enable": "ENABLE", "disable": "DISABLE"}
+OVERFLOW_FIX: dict[str, tuple[str, str]] = {
+    "first-layer": ("FIRST_LAYER", "first layer only (NNCF's default)"),
+    "enable": ("ENABLE", "7-bit weights in every layer (for x86 CPUs without VNNI)"),
+    "disable": ("DISABLE", "8-bit weights everywhere"),
+}
 DEFAULT_OVERFLOW_FIX = "first-layer"
 
 
@@ -118,7 +122,7 @@ def quantize_int8(om, calib_inputs, overflow_fix: str = DEFAULT_OVERFLOW_FIX):
                 ignored_scope=nncf.IgnoredScope(names=[first]),
                 advanced_parameters=AdvancedQuantizationParameters(
                     activations_range_estimator_params=RangeEstimatorParametersSet.MINMAX,
-                    overflow_fix=OverflowFix[OVERFLOW_FIX[overflow_fix]],
+                    overflow_fix=OverflowFix[OVERFLOW_FIX[overflow_fix][0]],
                 ),
             )
             return q, first
@@ -157,9 +161,7 @@ class OpenVINOExporter(Exporter):
                 "subset_size": len(req.calib),
                 "activations_range_estimator": "MINMAX",
                 "fast_bias_correction": False,
-                "overflow_fix": {"first-layer": "first layer only (NNCF's default)",
-                                 "enable": "7-bit weights in every layer (for x86 CPUs without VNNI)",
-                                 "disable": "8-bit weights everywhere"}[fix],
+                "overflow_fix": OVERFLOW_FIX[fix][1],
                 "ignored_scope": {"layers": [kept_float], "why": "first convolution (on the 1-channel image) kept in float"},
             }
         else:

@@ -51,8 +51,9 @@ class Stage:
     keep_checkpoint: bool = True  # copy best.pt to OUT (a teacher too large to bring back sets False)
 
 
-#: The round for the shipped weights: a ResNet-18 teacher (11.2M parameters, 45 MB: its checkpoint stays in WORK),
-#: then small and nano distilled from it with the recipes that moved them on CPU (see README).
+#: The round for the shipped weights: a ResNet-18 teacher (11.2M float32 parameters, about 45 MB, so its
+#: checkpoint stays in WORK), then small and nano distilled from it from scratch with their CPU recipes' settings;
+#: the teacher's settings are untried (see README).
 DEFAULT_STAGES: tuple[Stage, ...] = (
     Stage("teacher", "resnet18", 0.4, 80, keep_checkpoint=False,
           options=dict(lr=1e-3, weight_decay=0.05, label_smoothing=0.1, ema=0.998, augment="strong")),
@@ -100,17 +101,14 @@ def _copy_atomic(src: Path, dest: Path) -> None:
         shutil.copyfile(src, tmp)
 
 
-def _device_name(device: str) -> str:
+def _describe_device(d, threads: int) -> str:
     import platform
 
     import torch
 
-    from fer_edge.training.trainer import resolve_device
-
-    d = resolve_device(device)
     if d.type == "cuda":
         return f"cuda: {torch.cuda.get_device_name(d)}"
-    return f"{d.type}: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads"
+    return f"{d.type}: {platform.processor() or platform.machine()}, {threads or torch.get_num_threads()} torch threads"
 
 
 def run_round(data: str | Path, work: str | Path, out: str | Path, budget_s: float, *,
@@ -124,6 +122,7 @@ def run_round(data: str | Path, work: str | Path, out: str | Path, budget_s: flo
     """
     from fer_edge.data import default_train_split, load_split
     from fer_edge.training import train
+    from fer_edge.training.trainer import resolve_device
     from fer_edge.utils import write_json_atomic
 
     check_stages(stages)
@@ -136,11 +135,8 @@ def run_round(data: str | Path, work: str | Path, out: str | Path, budget_s: flo
     common = dict(seed=seed, batch_size=batch_size, device=device, num_threads=threads,
                   max_steps_per_epoch=max_steps_per_epoch)
     _preflight(stages, data, common, work)
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
-    if _resolved_type(device) == "cuda":
+    dev = resolve_device(device)
+    if dev.type == "cuda":
         import torch
 
         torch.backends.cudnn.benchmark = True  # fixed 48x48 shapes: let cuDNN pick its fastest kernels once
@@ -149,10 +145,9 @@ def run_round(data: str | Path, work: str | Path, out: str | Path, budget_s: flo
     steps = max(1, n_train // batch_size)
     if max_steps_per_epoch:
         steps = min(steps, max_steps_per_epoch)
-    summary: dict = {"data": data, "budget_seconds": budget_s, "device": _device_name(device),
-                     "train_images_per_epoch": steps * batch_size, "stages": []}
     entries = {s.name: {"name": s.name, "model": s.model, "status": "pending"} for s in stages}
-    summary["stages"] = list(entries.values())
+    summary = {"data": data, "budget_seconds": budget_s, "device": _describe_device(dev, threads),
+               "train_images_per_epoch": steps * batch_size, "stages": list(entries.values())}
     out.mkdir(parents=True, exist_ok=True)
 
     def save_summary() -> None:
@@ -267,12 +262,6 @@ def _preflight(stages, data: str, common: dict, work: Path) -> None:
             problems.append(f"stage {s.name!r}: {e}")
     if problems:
         raise TrainingError("bad round:\n  " + "\n  ".join(problems))
-
-
-def _resolved_type(device: str) -> str:
-    from fer_edge.training.trainer import resolve_device
-
-    return resolve_device(device).type
 
 
 def main(argv: list[str] | None = None) -> int:
