@@ -166,7 +166,7 @@ def test_config_from_before_teacher_ensembles_loads():
 
 def test_teacher_probs_average_teachers_and_flips():
     from fer_edge.preprocess import Normalization
-    from fer_edge.training.trainer import teacher_probs
+    from fer_edge.training.teachers import TorchTeacher, teacher_probs
 
     class Column(torch.nn.Module):  # logits from the left or right image column: flip-sensitive
         def __init__(self, col):
@@ -178,13 +178,76 @@ def test_teacher_probs_average_teachers_and_flips():
 
     x = torch.zeros(2, 1, 48, 48)
     x[..., 0] = 1.0  # bright left column
+    x[1, ..., 0] = 0.5  # the two images differ: a mix-up of batch rows would show
     ident = Normalization(0.0, 1.0)
-    left, right = (Column(0), ident), (Column(-1), ident)
+    left, right = TorchTeacher(Column(0), ident), TorchTeacher(Column(-1), ident)
     p_left = teacher_probs([left], x, 1.0, tta=False)
     p_right = teacher_probs([right], x, 1.0, tta=False)
     assert torch.allclose(p_left.sum(1), torch.ones(2)) and not torch.allclose(p_left, p_right)
+    assert not torch.allclose(p_left[0], p_left[1])
     assert torch.allclose(teacher_probs([left, right], x, 1.0, tta=False), (p_left + p_right) / 2)
     assert torch.allclose(teacher_probs([left], x, 1.0, tta=True), (p_left + p_right) / 2)
+
+
+@pytest.mark.parametrize("model_name", ["simple_cnn", "fer_nano"])
+def test_onnxruntime_teacher_matches_torch_teacher(model_name):
+    from fer_edge.models import create_model
+    from fer_edge.preprocess import Normalization
+    from fer_edge.training.teachers import OnnxRuntimeTeacher, TorchTeacher, teacher_probs
+
+    torch.manual_seed(0)
+    model = create_model(model_name).eval()
+    with torch.no_grad():  # non-trivial BatchNorm statistics, so the export must carry them
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.2, 0.2)
+                m.running_var.uniform_(0.5, 2.0)
+    norm = Normalization(0.5, 0.25)
+    x = torch.rand(5, 1, 48, 48)
+    ref = TorchTeacher(model, norm, channels_last=True)
+    ort_teacher = OnnxRuntimeTeacher(model, norm, threads=1)
+    want = teacher_probs([ref], x, 4.0, tta=True)
+    got = teacher_probs([ort_teacher], x, 4.0, tta=True)
+    assert got.shape == (5, 7) and torch.allclose(got, want, atol=1e-5)
+    assert torch.allclose(ort_teacher.logits((x - 0.5) / 0.25), model((x - 0.5) / 0.25), atol=1e-4)
+
+
+def test_teacher_runtime_resolution(monkeypatch):
+    import sys
+
+    from fer_edge.training.teachers import resolve_teacher_runtime
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert resolve_teacher_runtime("auto", cpu) == "onnxruntime"
+    assert resolve_teacher_runtime("auto", cuda) == "torch"
+    assert resolve_teacher_runtime("torch", cpu) == "torch"
+    assert resolve_teacher_runtime("onnxruntime", cpu) == "onnxruntime"
+    with pytest.raises(TrainingError, match="on the CPU.*use --teacher-runtime torch"):
+        resolve_teacher_runtime("onnxruntime", cuda)
+    with pytest.raises(TrainingError, match="valid: auto, torch, onnxruntime"):
+        resolve_teacher_runtime("ort", cpu)
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if not installed
+    assert resolve_teacher_runtime("auto", cpu) == "torch"
+    with pytest.raises(TrainingError, match="onnxruntime is not installed"):
+        resolve_teacher_runtime("onnxruntime", cpu)
+
+
+def test_distillation_trains_alike_with_either_teacher_runtime(synthetic_csv, tmp_path, capsys):
+    base = train(_cfg(synthetic_csv, tmp_path / "teacher", epochs=1, max_steps_per_epoch=3), progress=False)
+    teacher = str(base.out_dir / "best.pt")
+    weights = {}
+    for runtime in ("torch", "onnxruntime"):
+        res = train(_cfg(synthetic_csv, tmp_path / runtime, epochs=1, max_steps_per_epoch=3, amp="off",
+                         distill=[teacher], distill_tta=True, distill_alpha=0.9, teacher_runtime=runtime),
+                    progress=False)
+        ck = load_checkpoint(res.out_dir / "last.pt")
+        assert ck.train_config["teacher_runtime"] == runtime
+        weights[runtime] = ck.state_dict
+        assert f"1 teacher(s) in {runtime}" in capsys.readouterr().err
+    w_t, w_o = weights["torch"], weights["onnxruntime"]
+    assert all(torch.allclose(w_t[k].float(), w_o[k].float(), atol=1e-4) for k in w_t)
+    with pytest.raises(TrainingError, match="--teacher-runtime 'ort'"):
+        train(_cfg(synthetic_csv, tmp_path / "bad", distill=[teacher], teacher_runtime="ort"), progress=False)
 
 
 def test_init_fine_tunes_from_checkpoint_and_rejects_misfits(synthetic_csv, tmp_path):

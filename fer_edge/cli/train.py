@@ -31,6 +31,12 @@ class ClassWeights(str, Enum):
     sqrt = "sqrt"
 
 
+class TeacherRuntime(str, Enum):
+    auto = "auto"
+    torch = "torch"
+    onnxruntime = "onnxruntime"
+
+
 class Device(str, Enum):
     auto = "auto"
     cpu = "cpu"
@@ -81,6 +87,9 @@ def train(
     distill_alpha: float = typer.Option(0.5, help="Weight of the distillation loss (0..1)."),
     distill_temperature: float = typer.Option(4.0),
     distill_tta: bool = typer.Option(False, "--distill-tta", help="Teachers also see the flipped batch."),
+    teacher_runtime: TeacherRuntime = typer.Option(
+        TeacherRuntime.auto, help="Where --distill teachers run: onnxruntime (CPU only, faster there), torch, "
+        "or auto (onnxruntime when training on the CPU, else torch)."),
     qat: bool = typer.Option(False, "--qat", help="Quantization-aware fine-tuning: train with INT8 rounding "
                              "simulated; the checkpoint stays FP32 (usually with --init)."),
     patience: int = typer.Option(0, min=0, help="Early stopping patience in epochs (0: off)."),
@@ -108,7 +117,8 @@ def train(
         scheduler=scheduler.value, warmup_epochs=warmup_epochs, label_smoothing=label_smoothing,
         class_weights=class_weights.value, mixup=mixup, cutmix=cutmix, ema=ema, augment=augment.value,
         init=str(init) if init else None, distill=[str(p) for p in distill or []], distill_alpha=distill_alpha,
-        distill_temperature=distill_temperature, distill_tta=distill_tta, qat=qat, patience=patience, seed=seed, device=device.value, amp=amp.value,
+        distill_temperature=distill_temperature, distill_tta=distill_tta,
+        teacher_runtime=teacher_runtime.value, qat=qat, patience=patience, seed=seed, device=device.value, amp=amp.value,
         channels_last=channels_last, num_threads=threads, max_steps_per_epoch=max_steps_per_epoch, wandb=wandb,
     )
     result = run_train(cfg, resume=resume, progress=progress)

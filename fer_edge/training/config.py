@@ -34,6 +34,7 @@ class TrainConfig:
     distill_tta: bool = False  # teachers also see the horizontally flipped batch (averaged in)
     distill_alpha: float = 0.5
     distill_temperature: float = 4.0
+    teacher_runtime: str = "auto"  # auto | torch | onnxruntime: where --distill teachers run (auto: ORT on CPU)
     qat: bool = False  # simulate INT8 rounding in the training forward pass (fer_edge.training.qat)
     patience: int = 0  # epochs without val improvement before stopping; 0 disables
     seed: int = 0

@@ -26,6 +26,7 @@ from fer_edge.metrics import classification_metrics
 from fer_edge.preprocess import Normalization
 from fer_edge.training.augment import PRESETS, augment_batch, mix_batch
 from fer_edge.training.config import TrainConfig
+from fer_edge.training.teachers import TEACHER_RUNTIMES, load_teachers, resolve_teacher_runtime, teacher_probs
 from fer_edge.utils import sigterm_as_interrupt, write_json_atomic, write_text_atomic
 
 OPTIMIZERS = ("adamw", "adam", "sgd")
@@ -100,6 +101,8 @@ def validate_config(cfg: TrainConfig) -> None:
         problems.append("--distill-temperature must be positive")
     if cfg.distill_tta and not cfg.distill:
         problems.append("--distill-tta needs at least one --distill teacher")
+    if cfg.teacher_runtime not in TEACHER_RUNTIMES:
+        problems.append(f"--teacher-runtime {cfg.teacher_runtime!r}: valid: {', '.join(TEACHER_RUNTIMES)}")
     if problems:
         raise TrainingError("bad training options:\n  " + "\n  ".join(problems))
 
@@ -198,38 +201,6 @@ def load_init_weights(model: torch.nn.Module, cfg: TrainConfig, labels: list[str
         raise TrainingError(f"--init {cfg.init}: " + "; ".join(problems))
     model.load_state_dict(ck.state_dict)
     return ck.normalization
-
-
-def load_teachers(cfg: TrainConfig, labels: list[str], device: torch.device) -> list:
-    """``--distill``: each teacher checkpoint as (frozen model, its normalisation)."""
-    teachers = []
-    for path in cfg.distill:
-        ck = load_checkpoint(path)
-        if ck.labels != labels:
-            raise TrainingError(f"--distill {path}: teacher labels {ck.labels} differ from {labels}")
-        model = ck.build_model().to(device)
-        if cfg.channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        for p in model.parameters():
-            p.requires_grad_(False)
-        teachers.append((model, ck.normalization))
-    return teachers
-
-
-@torch.no_grad()
-def teacher_probs(teachers: list, x: torch.Tensor, temperature: float, tta: bool,
-                  channels_last: bool = False) -> torch.Tensor:
-    """Teachers' softened class probabilities on a batch of 0..1 images, averaged over teachers (and flips)."""
-    views = [x, x.flip(3)] if tta else [x]
-    total = None
-    for model, tn in teachers:
-        for v in views:
-            v = (v - tn.mean) / tn.std
-            if channels_last:
-                v = v.contiguous(memory_format=torch.channels_last)
-            p = F.softmax(model(v).float() / temperature, 1)
-            total = p if total is None else total + p
-    return total / (len(teachers) * len(views))
 
 
 def _ema_with_warmup(decay: float):
@@ -402,7 +373,12 @@ class Trainer:
 
             ema = AveragedModel(model, multi_avg_fn=_ema_with_warmup(cfg.ema), use_buffers=True)
 
-        teachers = load_teachers(cfg, labels, device)
+        teachers = []
+        if cfg.distill:
+            runtime = resolve_teacher_runtime(cfg.teacher_runtime, device)
+            teachers = load_teachers(cfg.distill, labels, device, runtime, channels_last=cfg.channels_last,
+                                     threads=cfg.num_threads)
+            self.log(f"{len(teachers)} teacher(s) in {runtime} (--teacher-runtime {cfg.teacher_runtime})")
 
         ddp_model = model
         if self.dist.enabled:
@@ -487,7 +463,7 @@ class Trainer:
                                 )
                             if teachers:
                                 temp = cfg.distill_temperature
-                                tprob = teacher_probs(teachers, xb, temp, cfg.distill_tta, cfg.channels_last)
+                                tprob = teacher_probs(teachers, xb, temp, cfg.distill_tta)
                                 kd = F.kl_div(
                                     F.log_softmax(logits.float() / temp, 1), tprob, reduction="batchmean",
                                 ) * temp * temp
