@@ -250,6 +250,20 @@ def test_distillation_trains_alike_with_either_teacher_runtime(synthetic_csv, tm
         train(_cfg(synthetic_csv, tmp_path / "bad", distill=[teacher], teacher_runtime="ort"), progress=False)
 
 
+def test_distill_speed_benchmark_compares_runtimes(synthetic_csv, tiny_checkpoint, tmp_path):
+    from fer_edge.benchmarks.distill_speed import cli
+
+    args = ["--data", str(synthetic_csv), "--student", "simple_cnn", "--steps", "2", "--rounds", "2",
+            "--batch-size", "16", "--threads", "1", "--amp", "off"]
+    r = runner.invoke(cli, [*args, "--teacher", str(tiny_checkpoint)], terminal_width=200)
+    assert r.exit_code == 0, r.output
+    for row in ("no teacher", "teacher in torch", "teacher in onnxruntime", "round 2/2"):
+        assert row in r.output
+    assert "median of 2" in r.output and "(median ratio):" in r.output
+    r = runner.invoke(cli, [*args, "--teacher", str(tmp_path / "missing.pt")])
+    assert r.exit_code == 1 and "no such checkpoint" in r.output
+
+
 def test_init_fine_tunes_from_checkpoint_and_rejects_misfits(synthetic_csv, tmp_path):
     base = train(_cfg(synthetic_csv, tmp_path / "base", epochs=2), progress=False)
     base_ck = load_checkpoint(base.out_dir / "best.pt")

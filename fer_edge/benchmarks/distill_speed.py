@@ -54,8 +54,14 @@ def main(
 
     from fer_edge.weights import resolve_checkpoint
 
+    from fer_edge.errors import FerEdgeError
+
     console = Console()
-    teachers = [str(resolve_checkpoint(t)) for t in teacher]
+    try:
+        teachers = [str(resolve_checkpoint(t)) for t in teacher]
+    except FerEdgeError as e:
+        Console(stderr=True).print(f"[red]error:[/] {e}")
+        raise typer.Exit(1) from None
     configs = {"no teacher": ("torch", [])} | {f"teacher in {r}": (r, teachers) for r in RUNTIMES}
     runs: dict[str, list[float]] = {name: [] for name in configs}
     for r in range(rounds):
