@@ -328,10 +328,12 @@ def test_cli_train_then_eval(synthetic_csv, tmp_path):
     best = str(out / "best.pt")
     r = runner.invoke(app, ["train", "--data", str(synthetic_csv), "--model", "simple_cnn", "--out", str(tmp_path / "ft"),
                             "--epochs", "1", "--batch-size", "32", "--max-steps-per-epoch", "2", "--device", "cpu",
-                            "--init", best, "--distill", best, "--distill", best, "--distill-tta", "--no-progress"])
+                            "--init", best, "--distill", best, "--distill", best, "--distill-tta",
+                            "--teacher-runtime", "torch", "--no-progress"])
     assert r.exit_code == 0, r.output
     cfg = load_checkpoint(tmp_path / "ft" / "best.pt").train_config
     assert cfg["init"] == best and cfg["distill"] == [best, best] and cfg["distill_tta"] is True
+    assert cfg["teacher_runtime"] == "torch" and "2 teacher(s) in torch" in r.output
 
 
 def test_cli_errors_are_clear(synthetic_csv, tmp_path):
@@ -340,6 +342,8 @@ def test_cli_errors_are_clear(synthetic_csv, tmp_path):
     assert r.exit_code == 1 and "unknown model 'no_such_net'" in r.output
     r = runner.invoke(app, ["train", "--data", str(synthetic_csv), "--optimizer", "lion"])
     assert r.exit_code == 2 and "lion" in r.output
+    r = runner.invoke(app, ["train", "--data", str(synthetic_csv), "--teacher-runtime", "ort"])
+    assert r.exit_code == 2 and "'ort' is not one of" in r.output and "onnxruntime" in r.output
     r = runner.invoke(app, ["eval", "--checkpoint", str(tmp_path / "missing.pt"), "--data", str(synthetic_csv)])
     assert r.exit_code == 1 and "missing.pt" in r.output
     bad = tmp_path / "bad.pt"
