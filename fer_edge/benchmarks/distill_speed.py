@@ -11,10 +11,11 @@ images/second are compared, with each round's figures printed beside them.
 from __future__ import annotations
 
 import statistics
-import tempfile
 from pathlib import Path
 
 import typer
+
+from fer_edge.benchmarks.train_throughput import fer_edge_pipeline_ips
 
 cli = typer.Typer(add_completion=False)
 
@@ -24,15 +25,8 @@ RUNTIMES = ("torch", "onnxruntime")
 def distill_ips(data: str, student: str, teachers: list[str], runtime: str, steps: int, tta: bool,
                 batch_size: int, threads: int, amp: str) -> float:
     """Images/second of ``steps`` CPU training steps of ``student`` distilled from ``teachers`` in ``runtime``."""
-    from fer_edge.training import TrainConfig, train
-
-    with tempfile.TemporaryDirectory() as d:
-        cfg = TrainConfig(data=data, model=student, out=str(Path(d) / "run"), epochs=1, batch_size=batch_size,
-                          max_steps_per_epoch=steps, device="cpu", augment="standard", amp=amp,
-                          num_threads=threads, distill=teachers, distill_tta=tta and bool(teachers),
-                          teacher_runtime=runtime)
-        res = train(cfg, progress=False, quiet=True)
-    return float(res.history[0]["images_per_second"])
+    return fer_edge_pipeline_ips(data, student, "cpu", steps, batch_size=batch_size, amp=amp, num_threads=threads,
+                                 distill=teachers, distill_tta=tta and bool(teachers), teacher_runtime=runtime)
 
 
 @cli.command()

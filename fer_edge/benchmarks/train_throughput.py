@@ -68,13 +68,16 @@ def notebook_pipeline_ips(images, labels, model_name: str, device, steps: int, b
 
 
 def fer_edge_pipeline_ips(data: str, model_name: str, device: str, steps: int, batch_size: int = 128,
-                          amp: str = "off") -> float:
-    """Images/second of one epoch of ``fer-edge train`` capped at ``steps`` steps (validation not timed)."""
+                          amp: str = "off", **options) -> float:
+    """Images/second of one epoch of ``fer-edge train`` capped at ``steps`` steps (validation not timed).
+
+    ``options`` are further ``TrainConfig`` fields (``distill=...``, ``num_threads=...``).
+    """
     from fer_edge.training import TrainConfig, train
 
     with tempfile.TemporaryDirectory() as d:
         cfg = TrainConfig(data=data, model=model_name, out=str(Path(d) / "run"), epochs=1, batch_size=batch_size,
-                          max_steps_per_epoch=steps, device=device, augment="standard", amp=amp)
+                          max_steps_per_epoch=steps, device=device, augment="standard", amp=amp, **options)
         res = train(cfg, progress=False, quiet=True)
     return float(res.history[0]["images_per_second"])
 
