@@ -159,6 +159,39 @@ def with_overrides(
     return table
 
 
+def resolve_gate(
+    source_sha256: str,
+    thresholds: Mapping[Precision | str, Thresholds] | Thresholds | None = None,
+    overrides: Mapping[str, Mapping[Precision | str, float | None]] | None = None,
+) -> tuple[Mapping[Precision | str, Thresholds] | Thresholds, dict]:
+    """The gate for artifacts of the checkpoint with this SHA-256, and a record of where it came from.
+
+    ``thresholds`` (a whole table) is used as given. Otherwise: the defaults, then the shipped
+    weight's own gate if the checkpoint is a shipped weight (``WeightMeta.parity_gate``), then
+    ``overrides`` (``{threshold: {precision: value}}``, as ``--min-agreement`` etc. give).
+    """
+    if thresholds is not None:
+        if overrides:
+            raise FerEdgeError("pass either thresholds (a whole table) or threshold overrides, not both")
+        return thresholds, {"defaults": False, "weight": None, "overrides": None, "caller_table": True}
+    from fer_edge.weights import shipped_with_sha
+
+    meta = shipped_with_sha(source_sha256)
+    base: Mapping[Precision, Thresholds] = DEFAULT_THRESHOLDS
+    weight = None
+    if meta is not None and meta.parity_gate:
+        base = with_overrides(meta.gate_overrides())
+        weight = {"name": meta.name, "gate": meta.parity_gate, "reason": meta.parity_gate_reason}
+    record = {
+        "defaults": weight is None and not overrides,
+        "weight": weight,
+        "overrides": {f: {Precision(p).value: v for p, v in per.items()} for f, per in (overrides or {}).items()}
+        or None,
+        "caller_table": False,
+    }
+    return with_overrides(overrides or None, base), record
+
+
 def parse_override(values: list[str] | str | None, option: str) -> dict[Precision, float | None]:
     """Parse ``["int8=0.97", "fp16=0.99,fp32=1"]`` into ``{Precision.int8: 0.97, ...}``.
 
@@ -228,6 +261,7 @@ __all__ = [
     "check",
     "default_thresholds",
     "resolve_thresholds",
+    "resolve_gate",
     "with_overrides",
     "parse_override",
 ]

@@ -351,3 +351,25 @@ def test_default_artifacts_exported_once_into_the_cache(monkeypatch, tiny_checkp
     assert calls == [synthetic_csv]  # int8 would be calibrated on the bench data
     assert [a.path for a in first] == [a.path for a in again] and first[0].target == "onnx"
     assert "exported the shipped model" in notes[0] and "cached" in notes[1]
+
+
+def test_a_shipped_reference_weights_own_gate_applies(monkeypatch, artifact_dir, tiny_checkpoint, synthetic_csv):
+    """As in fer-edge export: the reference weight's own gate over the defaults, overrides over both."""
+    import fer_edge.weights as weights
+    from fer_edge.weights import WeightMeta
+
+    meta = WeightMeta(name="tiny", architecture="simple_cnn", file=str(tiny_checkpoint), params=1, macs=1,
+                      mean=0.5, std=0.25, parity_gate={"fp32": {"max_abs_diff": 0.0}},
+                      parity_gate_reason="a test gate no artifact meets")
+    monkeypatch.setattr(weights, "PRETRAINED", {"tiny": meta})
+    (ts,) = artifact_dir.glob("*.ts")
+    report = _bench([ts], synthetic_csv, runtimes=["torchscript"], batches=(4,))
+    (row,) = [r for r in report.rows if r["runtime"] == "torchscript"]
+    assert row["status"] == "parity-failed" and "max |logit diff|" in row["reason"]
+    assert report.settings["thresholds"]["fp32"]["max_abs_diff"] == 0.0
+    assert report.settings["thresholds_source"]["weight"]["name"] == "tiny"
+    report = _bench([ts], synthetic_csv, runtimes=["torchscript"], batches=(4,),
+                    threshold_overrides={"max_abs_diff": {"fp32": 1.0}})
+    (row,) = [r for r in report.rows if r["runtime"] == "torchscript"]
+    assert row["status"] == "ok", row["reason"]
+    assert report.settings["thresholds_source"]["overrides"] == {"max_abs_diff": {"fp32": 1.0}}

@@ -548,3 +548,47 @@ def test_openvino_int8_gate_failure_names_the_overflow_fix_on_cpus_without_vnni(
                                    "--out", str(tmp_path)])
     assert res.exit_code == 1
     assert ("--overflow-fix enable" in res.output) is saturates
+
+
+def test_a_shipped_weights_own_gate_applies_under_the_cli_overrides(monkeypatch, tiny_checkpoint, synthetic_csv,
+                                                                   tmp_path):
+    """The gate recorded with a shipped weight replaces the defaults it names; --max-abs-diff etc. still win."""
+    import fer_edge.weights as weights
+    from fer_edge.cli import app
+    from fer_edge.exporters import export
+    from fer_edge.parity import Thresholds
+    from fer_edge.weights import WeightMeta
+
+    meta = WeightMeta(name="tiny", architecture="simple_cnn", file=str(tiny_checkpoint), params=1, macs=1,
+                      mean=0.5, std=0.25, parity_gate={"fp32": {"max_abs_diff": 0.0}},
+                      parity_gate_reason="a test gate no artifact meets")
+    monkeypatch.setattr(weights, "PRETRAINED", {"tiny": meta})
+    args = ["export", str(tiny_checkpoint), "-t", "torchscript", "-p", "fp32", "--val-data", str(synthetic_csv)]
+
+    strict = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "a")])
+    assert strict.exit_code == 1
+    assert "tiny's own" in strict.output and "max_abs_diff 0.0" in strict.output
+    data = json.loads((tmp_path / "a" / "manifest.json").read_text())
+    assert data["thresholds"]["fp32"] == {**Thresholds(min_agreement=1.0, max_abs_diff=0.0).to_dict()}
+    assert data["thresholds"]["int8"]["min_agreement"] == 0.985  # precisions the gate leaves out keep the defaults
+    assert data["thresholds_source"]["weight"]["name"] == "tiny" and not data["thresholds_source"]["defaults"]
+
+    loose = CliRunner().invoke(app, [*args, "--max-abs-diff", "fp32=1", "--out", str(tmp_path / "b")])
+    assert loose.exit_code == 0, loose.output
+    data = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    assert data["thresholds"]["fp32"]["max_abs_diff"] == 1.0
+    assert data["thresholds_source"]["overrides"] == {"max_abs_diff": {"fp32": 1.0}}
+
+    # a whole table from a Python caller is used as given, without the weight's gate
+    res = export(tiny_checkpoint, ["torchscript"], ["fp32"], tmp_path / "c", val_data=synthetic_csv,
+                 thresholds={"fp32": Thresholds(max_abs_diff=1.0)}, data_progress=False)
+    assert res.ok and res.manifest["thresholds_source"]["caller_table"]
+    with pytest.raises(FerEdgeError, match="not both"):
+        export(tiny_checkpoint, ["torchscript"], ["fp32"], tmp_path / "d", val_data=synthetic_csv,
+               thresholds={"fp32": Thresholds()}, threshold_overrides={"max_kl": {"fp32": 1.0}})
+
+    # without the shipped entry the defaults apply and say so
+    monkeypatch.setattr(weights, "PRETRAINED", {})
+    res = export(tiny_checkpoint, ["torchscript"], ["fp32"], tmp_path / "e", val_data=synthetic_csv,
+                 data_progress=False)
+    assert res.ok and res.manifest["thresholds_source"]["defaults"]

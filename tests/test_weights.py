@@ -52,3 +52,74 @@ def test_small_accuracy_on_real_publictest(shared_fer2013):
     r = evaluate("small", shared_fer2013 / "fer2013.csv.gz", "PublicTest", device="cpu", limit=1000, progress=False)
     recorded = PRETRAINED["small"].metrics["val_accuracy"]
     assert r.n == 1000 and r.accuracy >= recorded - 0.02, (r.accuracy, recorded)
+
+
+# --- a weight's own parity gate -----------------------------------------------------------------
+@pytest.mark.parametrize("name", SHIPPED)
+def test_weight_gate_is_valid_and_never_looser_on_accuracy(name):
+    from fer_edge.parity import DEFAULT_THRESHOLDS, with_overrides
+    from fer_edge.weights import check_parity_gate
+
+    meta = PRETRAINED[name]
+    check_parity_gate(meta.parity_gate, meta.parity_gate_reason)
+    table = with_overrides(meta.gate_overrides())
+    for precision, t in table.items():
+        # a weight may accept more flips, never a bigger accuracy loss or an unchecked one
+        default = DEFAULT_THRESHOLDS[precision].max_accuracy_drop
+        if default is not None:
+            assert t.max_accuracy_drop is not None and t.max_accuracy_drop <= default
+
+
+@pytest.mark.parametrize(
+    "gate,reason,msg",
+    [
+        ({"int4": {"min_agreement": 0.9}}, "why", "unknown precision 'int4'"),
+        ({"int8": {"min_accuracy": 0.9}}, "why", "unknown threshold 'min_accuracy'"),
+        ({"int8": {"min_agreement": "high"}}, "why", "expected a number"),
+        ({"int8": 0.97}, "why", "expected {threshold: value}"),
+        ({"int8": {"min_agreement": 0.97}}, " ", "needs a reason"),
+    ],
+)
+def test_invalid_weight_gates_are_refused(gate, reason, msg):
+    from fer_edge.errors import FerEdgeError
+    from fer_edge.weights import check_parity_gate
+
+    with pytest.raises(FerEdgeError, match=msg.replace("{", r"\{").replace("}", r"\}")):
+        check_parity_gate(gate, reason)
+    check_parity_gate({}, "")  # the defaults need no reason
+
+
+def test_set_parity_gate_keeps_the_rest_of_the_entry(tmp_path, monkeypatch):
+    import json
+    import shutil
+
+    import fer_edge.weights as weights
+    import fer_edge.weights.ship as ship
+    from fer_edge.errors import CheckpointError
+
+    shutil.copy(weights.WEIGHTS_DIR / "weights.json", tmp_path / "weights.json")
+    monkeypatch.setattr(weights, "WEIGHTS_DIR", tmp_path)
+    monkeypatch.setattr(ship, "WEIGHTS_DIR", tmp_path)
+    before = {e["name"]: e for e in json.loads((tmp_path / "weights.json").read_text())}
+    ship.set_parity_gate("small", {"fp16": {"min_agreement": 0.99}}, "measured: 99.5%")
+    after = {e["name"]: e for e in json.loads((tmp_path / "weights.json").read_text())}
+    assert after["small"]["parity_gate"] == {"fp16": {"min_agreement": 0.99}}
+    assert after["small"]["parity_gate_reason"] == "measured: 99.5%"
+    assert {k: v for k, v in after["small"].items() if not k.startswith("parity_gate")} == {
+        k: v for k, v in before["small"].items() if not k.startswith("parity_gate")}
+    assert after["nano"] == before["nano"]
+    ship.set_parity_gate("small", {}, "ignored")  # back to the defaults
+    assert json.loads((tmp_path / "weights.json").read_text())[1]["parity_gate"] == {}
+    with pytest.raises(CheckpointError, match="no shipped weight 'tiny'"):
+        ship.set_parity_gate("tiny", {}, "")
+
+
+def test_gate_cli_refuses_bad_json():
+    from typer.testing import CliRunner
+
+    from fer_edge.weights.gate import cli
+
+    res = CliRunner().invoke(cli, ["nano", "--gate", "{int8: 0.97}"])
+    assert res.exit_code == 2 and "not valid JSON" in res.output
+    res = CliRunner().invoke(cli, ["nano", "--gate", '{"int8": {"min_agreement": 0.97}}'])
+    assert res.exit_code == 1 and "needs a reason" in res.output

@@ -215,13 +215,10 @@ def collect_artifacts(specs: list[str | Path]) -> list[Artifact]:
 
 # --- the reference checkpoint -------------------------------------------------------
 def _shipped_with_sha(sha: str) -> Path | None:
-    from fer_edge.utils import sha256_path
-    from fer_edge.weights import PRETRAINED
+    from fer_edge.weights import shipped_with_sha
 
-    for meta in PRETRAINED.values():
-        if meta.path.is_file() and sha256_path(meta.path) == sha:
-            return meta.path
-    return None
+    meta = shipped_with_sha(sha)
+    return meta.path if meta is not None else None
 
 
 def _metadata_source(art: Artifact) -> dict:

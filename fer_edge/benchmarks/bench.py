@@ -342,6 +342,7 @@ def _run_bench(
     n_images: int | None = None,
     seed: int = 0,
     thresholds=None,
+    threshold_overrides: dict | None = None,
     parity_gate: bool = True,
     runtime_options: dict[str, dict] | None = None,
     out_dir: str | Path | None = None,
@@ -351,8 +352,9 @@ def _run_bench(
 
     ``iters`` (timed calls per row) wins over ``seconds`` (time budget per row). Timing
     is split over ``rounds`` interleaved rounds. ``thresholds``: the parity thresholds, as
-    :func:`fer_edge.parity.check` takes them (None: the export gate's defaults; build
-    overrides with :func:`fer_edge.parity.with_overrides`). ``runtime_options``: extra
+    :func:`fer_edge.parity.check` takes them, used as given; without them, the export gate's
+    (:func:`fer_edge.parity.resolve_gate`: the defaults, a shipped reference weight's own gate,
+    then ``threshold_overrides``, ``{threshold: {precision: value}}``). ``runtime_options``: extra
     keyword options per runtime name, passed to its constructor. With ``out_dir`` the
     four report files are written there. Never raises for one row: a row that fails
     to load or run is ``failed`` with the error, and the others go on. The process's torch
@@ -399,6 +401,7 @@ def _run_bench(
     ref_metrics = classification_metrics(inputs.labels, ref_logits.argmax(1), ckpt.labels)
     macs = count_macs(model)
     ref_sha = ckpt.sha256
+    thresholds, thresholds_source = parity.resolve_gate(ref_sha, thresholds, threshold_overrides)
 
     ref_art = Artifact(Path(ref_path), CHECKPOINT_TARGET, "fp32", CHECKPOINT_RUNTIME,
                        size_bytes=Path(ref_path).stat().st_size, sha256=ref_sha, labels=list(ckpt.labels),
@@ -550,6 +553,7 @@ def _run_bench(
             "split_size": int(inputs.split_size), "batches": batches, "threads": threads, "warmup": int(warmup),
             "iters": iters, "seconds": None if iters is not None else float(seconds), "rounds": int(rounds),
             "seed": int(seed), "parity_gate": bool(parity_gate), "thresholds": thresholds_dict(thresholds),
+            "thresholds_source": thresholds_source,
             "runtimes": list(runtimes) if runtimes else None, "devices": list(devices) if devices else None,
             "artifacts": [str(a) for a in artifacts] if artifacts else None,
         },

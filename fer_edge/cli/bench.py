@@ -9,7 +9,7 @@ from typing import List, Optional
 import typer
 
 from fer_edge.cli import app
-from fer_edge.cli.common import console, err_console, handle_errors, is_tty
+from fer_edge.cli.common import console, err_console, handle_errors, is_tty, weight_gate_line
 
 report_app = typer.Typer(help="Work with bench reports.", no_args_is_help=True, add_completion=False)
 app.add_typer(report_app, name="report")
@@ -72,13 +72,12 @@ def _parse_batches(value: str) -> list[int]:
     return out
 
 
-def _thresholds(**per_field):
-    """The parity threshold table: the export gate's defaults with PRECISION=VALUE overrides."""
-    from fer_edge.parity import parse_override, with_overrides
+def _threshold_overrides(**per_field):
+    """PRECISION=VALUE overrides per threshold, applied over the export gate (defaults, or the shipped weight's)."""
+    from fer_edge.parity import parse_override
 
-    overrides = {name: parse_override(values, "--" + name.replace("_", "-"))
-                 for name, values in per_field.items() if values}
-    return with_overrides(overrides) if overrides else None
+    return {name: parse_override(values, "--" + name.replace("_", "-"))
+            for name, values in per_field.items() if values} or None
 
 
 def short_device(device: str | None) -> str:
@@ -238,8 +237,8 @@ def bench_cmd(
             artifacts or None, data=data, split=split, reference=reference, runtimes=rt_list, devices=dev_list,
             batches=_parse_batches(batch), threads=threads, warmup=warmup, iters=iters, seconds=seconds,
             rounds=rounds, n_images=n_images, seed=seed,
-            thresholds=_thresholds(min_agreement=min_agreement, max_abs_diff=max_abs_diff, max_kl=max_kl,
-                                   max_accuracy_drop=max_accuracy_drop),
+            threshold_overrides=_threshold_overrides(min_agreement=min_agreement, max_abs_diff=max_abs_diff,
+                                                     max_kl=max_kl, max_accuracy_drop=max_accuracy_drop),
             parity_gate=parity_gate, out_dir=out, progress=progress,
         )
 
@@ -254,6 +253,9 @@ def bench_cmd(
     console.print(compute_limit_text(report.compute_limit), highlight=False)
     for note in report.notes:
         console.print(f"note: {note}", highlight=False)
+    gate_line = weight_gate_line(report.settings.get("thresholds_source"), f"{out}/report.json")
+    if gate_line:
+        console.print(gate_line, highlight=False)
     if not any(r["status"] in ("ok", "parity-failed") for r in report.rows):
         from fer_edge.errors import FerEdgeError
 

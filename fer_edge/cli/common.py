@@ -49,3 +49,14 @@ def parse_csv_option(value: str | list[str] | None, valid: list[str], what: str)
 
 def is_tty() -> bool:
     return sys.stderr.isatty()
+
+
+def weight_gate_line(thresholds_source: dict | None, where: str) -> str | None:
+    """One line saying a shipped weight's own parity gate applied (None when it did not); ``where``: the file
+    whose ``thresholds_source`` holds the reason."""
+    weight = (thresholds_source or {}).get("weight")
+    if not weight:
+        return None
+    limits = "; ".join(f"{prec} " + ", ".join(f"{k} {v}" for k, v in lim.items())
+                       for prec, lim in weight["gate"].items())
+    return f"parity gate: {weight['name']}'s own ({limits}) over the defaults; why: thresholds_source in {where}"

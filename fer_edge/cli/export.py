@@ -10,7 +10,7 @@ from typing import List, Optional
 import typer
 
 from fer_edge.cli import app
-from fer_edge.cli.common import console, err_console, handle_errors, is_tty, parse_csv_option
+from fer_edge.cli.common import console, err_console, handle_errors, is_tty, parse_csv_option, weight_gate_line
 from fer_edge.exporters.openvino import OVERFLOW_FIX
 
 #: ``--overflow-fix`` choices, from the OpenVINO exporter's table.
@@ -142,7 +142,7 @@ def export_cmd(
     """
     from fer_edge.errors import ExportError, ParityError
     from fer_edge.exporters import export
-    from fer_edge.parity import parse_override, with_overrides
+    from fer_edge.parity import parse_override
     from fer_edge.targets import TARGETS, Precision
 
     targets = parse_csv_option(target, [*TARGETS, "all"], "target") or ["all"]
@@ -153,7 +153,6 @@ def export_cmd(
                               ("max_kl", max_kl), ("max_accuracy_drop", max_accuracy_drop))
         if values
     }
-    thresholds = with_overrides(overrides) if overrides else None
 
     progress = _Progress(is_tty())
     try:
@@ -161,7 +160,7 @@ def export_cmd(
             checkpoint, targets, precisions, out,
             calib_data=calib_data, calib_split=calib_split, calib_size=calib_size, calib_seed=calib_seed,
             calib_method=calib_method, overflow_fix=overflow_fix.value, val_data=val_data, val_split=val_split,
-            val_size=val_size or None, val_seed=calib_seed, validate=validate, thresholds=thresholds,
+            val_size=val_size or None, val_seed=calib_seed, validate=validate, threshold_overrides=overrides,
             name=name, progress=progress, on_warning=lambda w: err_console.print(f"[yellow]warning:[/] {w}"),
             data_progress=is_tty(), raise_on_failure=False,
         )
@@ -170,6 +169,9 @@ def export_cmd(
 
     for s in result.skipped:
         err_console.print(f"[dim]skipped {s['target']} {s['precision']}: {s['reason']}[/]")
+    gate_line = weight_gate_line(result.manifest.get("thresholds_source"), str(result.manifest_path))
+    if gate_line:
+        err_console.print(gate_line, highlight=False)
     console.print(artifacts_table(result))
     if not result.ok:
         err_console.print(failures_table(result))

@@ -152,6 +152,7 @@ def export(
     val_seed: int = _cal.DEFAULT_SEED,
     validate: bool = True,
     thresholds: Mapping[Precision | str, object] | None = None,
+    threshold_overrides: Mapping[str, Mapping[Precision | str, float | None]] | None = None,
     name: str | None = None,
     progress: Callable[[ProgressEvent], None] | None = None,
     on_warning: Callable[[str], None] | None = None,
@@ -170,8 +171,11 @@ def export(
     Validation (``validate``) runs each artifact that can run here on ``val_size`` images
     (None: all) of ``val_split`` of ``val_data`` (default: the calibration data, else the
     checkpoint's recorded data; default split: its validation split) and checks it against
-    the PyTorch FP32 model with ``thresholds`` (``{precision: parity.Thresholds}``; gaps
-    take :data:`fer_edge.parity.DEFAULT_THRESHOLDS`). ``name``: the artifacts' file stem
+    the PyTorch FP32 model with ``thresholds`` (``{precision: parity.Thresholds}``, used as
+    given; gaps take :data:`fer_edge.parity.DEFAULT_THRESHOLDS`). Without ``thresholds`` the gate
+    is the defaults, then a shipped weight's own gate (``WeightMeta.parity_gate``, found by the
+    checkpoint's SHA-256), then ``threshold_overrides`` (``{threshold: {precision: value}}``, as
+    the CLI's ``--min-agreement`` etc.); the manifest's ``thresholds_source`` says which applied. ``name``: the artifacts' file stem
     (default: the model name), e.g. ``fer_nano_int8.onnx``. ``progress`` gets a
     :class:`ProgressEvent` before each step; ``on_warning`` each warning as it happens (all
     warnings are also in ``result.warnings`` and the manifest).
@@ -180,6 +184,7 @@ def export(
 
     from fer_edge.checkpoint import load_checkpoint
     from fer_edge.exporters.onnx import CALIB_METHODS, DEFAULT_CALIB_METHOD
+    from fer_edge.parity import resolve_gate
     from fer_edge.weights import resolve_checkpoint
 
     ckpt_path = resolve_checkpoint(checkpoint)
@@ -219,6 +224,7 @@ def export(
     ckpt = load_checkpoint(ckpt_path)
     model = ckpt.build_model()
     source_sha = ckpt.sha256
+    thresholds, thresholds_source = resolve_gate(source_sha, thresholds, threshold_overrides)
     stem = name or ckpt.model_name
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -357,6 +363,7 @@ def export(
         "calibration_method": calib_method if calib is not None else None,
         "validation_data": val_record,
         "thresholds": {pr.value: resolve_thresholds(thresholds, pr).to_dict() for pr in DEFAULT_THRESHOLDS},
+        "thresholds_source": thresholds_source,
         "artifacts": kept + entries,
         "failed": failed,
         "skipped": skipped,

@@ -31,10 +31,24 @@ class WeightMeta:
     train_time: str = ""
     labels: tuple[str, ...] = LABELS
     input_size: tuple[int, int, int] = (1, IMAGE_SIZE, IMAGE_SIZE)
+    #: This weight's own parity gate, ``{precision: {threshold: value}}`` (e.g. ``{"int8":
+    #: {"min_agreement": 0.97}}``), applied by ``fer-edge export`` over the defaults of
+    #: :data:`fer_edge.parity.DEFAULT_THRESHOLDS`; command-line overrides still win.
+    parity_gate: dict = field(default_factory=dict)
+    #: Why the weight's gate differs from the defaults, with the figures measured on it.
+    parity_gate_reason: str = ""
 
     @property
     def path(self) -> Path:
         return WEIGHTS_DIR / self.file
+
+    def gate_overrides(self) -> dict[str, dict[str, float | None]]:
+        """The weight's gate as ``{threshold: {precision: value}}``, the shape :func:`fer_edge.parity.with_overrides` takes."""
+        out: dict[str, dict[str, float | None]] = {}
+        for precision, limits in self.parity_gate.items():
+            for name, value in limits.items():
+                out.setdefault(name, {})[precision] = value
+        return out
 
 
 def _load_table() -> dict[str, WeightMeta]:
@@ -57,6 +71,41 @@ PRETRAINED: dict[str, WeightMeta] = _load_table()
 
 #: The weight used when a command gets no model.
 DEFAULT_MODEL = "small"
+
+
+def check_parity_gate(gate: dict, reason: str) -> None:
+    """Refuse a weight gate with an unknown precision or threshold name, or without a reason."""
+    from fer_edge.errors import FerEdgeError
+    from fer_edge.parity import THRESHOLD_FIELDS
+    from fer_edge.targets import Precision
+
+    problems = []
+    for precision, limits in gate.items():
+        if precision not in {p.value for p in Precision}:
+            problems.append(f"unknown precision {precision!r} (valid: {', '.join(p.value for p in Precision)})")
+            continue
+        if not isinstance(limits, dict):
+            problems.append(f"{precision}: expected {{threshold: value}}, got {limits!r}")
+            continue
+        for name, value in limits.items():
+            if name not in THRESHOLD_FIELDS:
+                problems.append(f"{precision}: unknown threshold {name!r} (valid: {', '.join(THRESHOLD_FIELDS)})")
+            elif value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                problems.append(f"{precision}.{name}: expected a number or null, got {value!r}")
+    if gate and not reason.strip():
+        problems.append("a weight's own parity gate needs a reason (the figures measured on the weight)")
+    if problems:
+        raise FerEdgeError("invalid parity gate: " + "; ".join(problems))
+
+
+def shipped_with_sha(sha256: str) -> WeightMeta | None:
+    """The shipped weight whose file has this SHA-256 (so a path to a shipped file counts as the weight)."""
+    from fer_edge.utils import sha256_path
+
+    for meta in PRETRAINED.values():
+        if meta.path.is_file() and sha256_path(meta.path) == sha256:
+            return meta
+    return None
 
 
 def resolve_checkpoint(spec: str | Path | None) -> Path:

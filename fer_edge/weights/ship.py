@@ -10,7 +10,7 @@ and writes or replaces the entry in ``weights.json``: architecture, parameters, 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import typer
@@ -23,11 +23,16 @@ cli = typer.Typer(add_completion=False)
 
 
 def ship(checkpoint: Path, name: str, recipe: str, hardware: str, train_time: str,
-         extra_metrics: dict | None = None) -> WeightMeta:
+         extra_metrics: dict | None = None, parity_gate: dict | None = None,
+         parity_gate_reason: str = "") -> WeightMeta:
+    """Copy ``checkpoint`` in as weight ``name`` and write its entry. A new weight starts from the
+    default parity gate unless ``parity_gate`` is given (a gate measured on the old file does not carry over)."""
     from fer_edge.checkpoint import load_checkpoint, save_checkpoint
     from fer_edge.errors import CheckpointError
     from fer_edge.models import count_macs, count_params
-    from fer_edge.utils import write_json_atomic
+    from fer_edge.weights import check_parity_gate
+
+    check_parity_gate(parity_gate or {}, parity_gate_reason)
 
     ck = load_checkpoint(checkpoint)
     model = ck.build_model()
@@ -45,20 +50,55 @@ def ship(checkpoint: Path, name: str, recipe: str, hardware: str, train_time: st
         name=name, architecture=ck.model_name, file=dest.name, params=count_params(model), macs=count_macs(model),
         mean=ck.normalization.mean, std=ck.normalization.std,
         metrics={**ck.metrics, **(extra_metrics or {})}, recipe=recipe, hardware=hardware, train_time=train_time,
-        labels=tuple(ck.labels),
+        labels=tuple(ck.labels), parity_gate=dict(parity_gate or {}), parity_gate_reason=parity_gate_reason,
     )
+    _write_entry(meta)
+    return meta
+
+
+def json_option(value: str, option: str) -> dict:
+    """A JSON object given on the command line, or a usage error naming the option."""
+    try:
+        out = json.loads(value)
+    except ValueError as e:
+        raise typer.BadParameter(f"not valid JSON: {e}", param_hint=option) from None
+    if not isinstance(out, dict):
+        raise typer.BadParameter(f"expected a JSON object, got {value!r}", param_hint=option)
+    return out
+
+
+def set_parity_gate(name: str, gate: dict, reason: str) -> WeightMeta:
+    """Give shipped weight ``name`` its own parity gate (``{}`` restores the defaults), keeping the rest of its entry."""
+    from fer_edge.errors import CheckpointError
+    from fer_edge.weights import _load_table, check_parity_gate
+
+    check_parity_gate(gate, reason)
+    table = _load_table()
+    if name not in table:
+        raise CheckpointError(f"no shipped weight {name!r} (shipped: {', '.join(table) or 'none'})")
+    meta = replace(table[name], parity_gate=dict(gate), parity_gate_reason=reason if gate else "")
+    _write_entry(meta)
+    return meta
+
+
+def _write_entry(meta: WeightMeta) -> None:
+    from fer_edge.utils import write_json_atomic
+
     table = WEIGHTS_DIR / "weights.json"
-    entries = [e for e in (json.loads(table.read_text()) if table.is_file() else []) if e["name"] != name]
+    entries = [e for e in (json.loads(table.read_text()) if table.is_file() else []) if e["name"] != meta.name]
     entries.append(asdict(meta))
     write_json_atomic(table, sorted(entries, key=lambda e: e["name"]))
-    return meta
 
 
 @cli.command()
 def main(checkpoint: Path = typer.Argument(..., exists=True), name: str = typer.Option(...),
          recipe: str = typer.Option(...), hardware: str = typer.Option(...), train_time: str = typer.Option(...),
-         metrics_json: str = typer.Option("{}", help="Extra measured metrics as JSON.")) -> None:
-    meta = ship(checkpoint, name, recipe, hardware, train_time, json.loads(metrics_json))
+         metrics_json: str = typer.Option("{}", help="Extra measured metrics as JSON."),
+         parity_gate: str = typer.Option(
+             "{}", help='The weight\'s own export gate as JSON, e.g. \'{"int8": {"min_agreement": 0.97}}\'.'),
+         parity_gate_reason: str = typer.Option("", help="Why, with the figures measured on this weight.")) -> None:
+    meta = ship(checkpoint, name, recipe, hardware, train_time, json_option(metrics_json, "--metrics-json"),
+                json_option(parity_gate, "--parity-gate"), parity_gate_reason)
     typer.echo(json.dumps(asdict(meta), indent=2))
 
 

@@ -1,0 +1,35 @@
+"""Give a shipped weight its own export parity gate, keeping the rest of its entry in ``weights.json``.
+
+    python -m fer_edge.weights.gate nano --gate '{"int8": {"min_agreement": 0.97}}' \\
+        --reason "its INT8 flips 2.6% of top-1 answers at 0.39 points of accuracy"
+
+``fer-edge export`` applies the weight's gate over the defaults of ``fer_edge.parity`` (and says
+so); ``--min-agreement`` etc. still override it. ``--gate '{}'`` restores the defaults.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+
+import typer
+
+cli = typer.Typer(add_completion=False)
+
+
+@cli.command()
+def main(name: str = typer.Argument(..., help="Shipped weight name, e.g. nano."),
+         gate: str = typer.Option(..., help='JSON {precision: {threshold: value}}, e.g. \'{"int8": {"min_agreement": 0.97}}\'.'),
+         reason: str = typer.Option("", help="Why, with the figures measured on this weight (required with a gate).")) -> None:
+    from fer_edge.errors import FerEdgeError
+    from fer_edge.weights.ship import json_option, set_parity_gate
+
+    try:
+        meta = set_parity_gate(name, json_option(gate, "--gate"), reason)
+    except FerEdgeError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(json.dumps({k: asdict(meta)[k] for k in ("name", "parity_gate", "parity_gate_reason")}, indent=2))
+
+
+if __name__ == "__main__":
+    cli()
