@@ -592,3 +592,19 @@ def test_a_shipped_weights_own_gate_applies_under_the_cli_overrides(monkeypatch,
     res = export(tiny_checkpoint, ["torchscript"], ["fp32"], tmp_path / "e", val_data=synthetic_csv,
                  data_progress=False)
     assert res.ok and res.manifest["thresholds_source"]["defaults"]
+
+
+def test_without_precision_or_calibration_data_int8_is_left_out_and_said_so(tiny_checkpoint, tmp_path):
+    """`fer-edge export --target coreml` works without --calib-data: fp32 and fp16, int8 listed as skipped."""
+    from fer_edge.cli import app
+    from fer_edge.exporters.api import INT8_NEEDS_CALIBRATION
+
+    res = CliRunner().invoke(app, ["export", str(tiny_checkpoint), "-t", "onnx,torchscript", "--no-validate",
+                                   "--out", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    assert "int8 not exported (onnx)" in " ".join(res.output.split()) and "--calib-data" in res.output
+    data = json.loads((tmp_path / "manifest.json").read_text())
+    assert sorted((e["target"], e["precision"]) for e in data["artifacts"]) == [
+        ("onnx", "fp16"), ("onnx", "fp32"), ("torchscript", "fp32")]
+    assert {"target": "onnx", "precision": "int8", "reason": INT8_NEEDS_CALIBRATION} in data["skipped"]
+    assert not list(tmp_path.glob("*int8*"))

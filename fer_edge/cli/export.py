@@ -108,7 +108,7 @@ def export_cmd(
     target: Optional[List[str]] = typer.Option(
         None, "--target", "-t", help="Targets, comma-separated and/or repeated, or 'all' (default: all)."),
     precision: Optional[List[str]] = typer.Option(
-        None, "--precision", "-p", help="fp32, fp16, int8 (comma-separated and/or repeated; default: all three)."),
+        None, "--precision", "-p", help="fp32, fp16, int8 (comma-separated and/or repeated; default: all three, int8 only with --calib-data)."),
     calib_data: Optional[Path] = typer.Option(
         None, "--calib-data", help="FER2013 CSV or image folder for INT8 calibration (required for int8)."),
     calib_split: Optional[str] = typer.Option(None, "--calib-split", help="Calibration split (default: training)."),
@@ -167,8 +167,15 @@ def export_cmd(
     finally:
         progress.stop()
 
+    from fer_edge.exporters.api import INT8_NEEDS_CALIBRATION
+
     for s in result.skipped:
-        err_console.print(f"[dim]skipped {s['target']} {s['precision']}: {s['reason']}[/]")
+        if s["reason"] != INT8_NEEDS_CALIBRATION:
+            err_console.print(f"[dim]skipped {s['target']} {s['precision']}: {s['reason']}[/]")
+    no_calib = [s["target"] for s in result.skipped if s["reason"] == INT8_NEEDS_CALIBRATION]
+    if no_calib:
+        err_console.print(f"[yellow]note:[/] int8 not exported ({', '.join(no_calib)}): {INT8_NEEDS_CALIBRATION}",
+                          highlight=False)
     gate_line = weight_gate_line(result.manifest.get("thresholds_source"), str(result.manifest_path))
     if gate_line:
         err_console.print(gate_line, highlight=False)

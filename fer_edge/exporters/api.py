@@ -108,6 +108,10 @@ def _resolve_targets(targets) -> list[Target]:
     return out
 
 
+#: Why a default export (no ``--precision``) leaves int8 out when it has no calibration images.
+INT8_NEEDS_CALIBRATION = "int8 needs calibration images: add --calib-data PATH (a FER2013 CSV or image folder)"
+
+
 def _resolve_precisions(precisions) -> list[Precision]:
     if precisions is None:
         return list(Precision)
@@ -162,7 +166,8 @@ def export(
     """Export ``checkpoint`` (path, shipped name, or None for the default model) to ``out_dir``.
 
     targets: target names or ``"all"`` (None: all). precisions: ``fp32``/``fp16``/``int8``
-    (None: all); a target skips precisions it does not support (TorchScript: fp32 only).
+    (None: all three, except int8 without ``calib_data``: then it is listed in ``skipped`` with
+    the reason); a target skips precisions it does not support (TorchScript: fp32 only).
     INT8 needs ``calib_data`` (a FER2013 CSV or image folder): ``calib_size`` images of
     ``calib_split`` (default: its training split), stratified by class with ``calib_seed``.
     ``calib_method``: ONNX calibration, ``minmax``/``entropy``/``percentile``.
@@ -203,9 +208,13 @@ def export(
 
     plan: list[tuple[Target, Precision]] = []
     skipped: list[dict] = []
+    # no precision asked for and no calibration images: the float precisions, and every int8 skip listed
+    int8_by_default_only = precisions is None and calib_data is None
     for t in tlist:
         for p in plist:
-            if p in t.precisions:
+            if p is Precision.int8 and int8_by_default_only and p in t.precisions:
+                skipped.append({"target": t.name, "precision": p.value, "reason": INT8_NEEDS_CALIBRATION})
+            elif p in t.precisions:
                 plan.append((t, p))
             else:
                 skipped.append({"target": t.name, "precision": p.value,
@@ -379,7 +388,5 @@ def export(
 
 
 def export_artifacts(checkpoint: str | Path | None, out_dir: str | Path, **kwargs) -> ExportResult:
-    """Every target at fp32 and fp16, plus int8 when ``calib_data`` is given (convenience for the bench)."""
-    if "precisions" not in kwargs:
-        kwargs["precisions"] = list(Precision) if kwargs.get("calib_data") else [Precision.fp32, Precision.fp16]
+    """Every target at every precision it supports (int8 only with ``calib_data``): the bench's default set."""
     return export(checkpoint, out_dir=out_dir, **kwargs)
