@@ -135,8 +135,9 @@ def export_cmd(
     max_accuracy_drop: Optional[List[str]] = typer.Option(
         None, "--max-accuracy-drop", help="PRECISION=VALUE as a fraction (0.01 = 1 point), e.g. int8=0.02."),
 ) -> None:
-    """Export a checkpoint to ONNX, OpenVINO IR, Core ML and TorchScript (fp32/fp16/int8), check every
-    artifact against the PyTorch model on real images, and write DIR/manifest.json.
+    """Export a checkpoint to ONNX, OpenVINO IR, Core ML and TorchScript (fp32/fp16/int8), gated on real images.
+
+    Checks every artifact that runs here against the PyTorch model on real images and writes DIR/manifest.json.
 
     Exits non-zero when a target fails or an artifact fails the parity gate (the manifest marks it).
     """
