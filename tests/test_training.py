@@ -250,6 +250,47 @@ def test_distillation_trains_alike_with_either_teacher_runtime(synthetic_csv, tm
         train(_cfg(synthetic_csv, tmp_path / "bad", distill=[teacher], teacher_runtime="ort"), progress=False)
 
 
+def test_offline_targets_train_like_online_ones_on_unaugmented_images(synthetic_csv, tmp_path, capsys):
+    """Without augmentation or mixing the online teacher sees exactly the images offline targets were made from."""
+    base = train(_cfg(synthetic_csv, tmp_path / "teacher", epochs=1, max_steps_per_epoch=3), progress=False)
+    teacher = str(base.out_dir / "best.pt")
+    weights = {}
+    for targets in ("online", "offline"):
+        res = train(_cfg(synthetic_csv, tmp_path / targets, epochs=1, max_steps_per_epoch=3, amp="off", augment="none",
+                         distill=[teacher], distill_tta=True, distill_alpha=0.9, teacher_runtime="torch",
+                         distill_targets=targets), progress=False)
+        ck = load_checkpoint(res.out_dir / "last.pt")
+        assert ck.train_config["distill_targets"] == targets
+        weights[targets] = ck.state_dict
+        said = "offline distillation targets: the teacher(s) saw each image and its mirror image once" in " ".join(
+            capsys.readouterr().err.split())
+        assert said == (targets == "offline")
+    w_on, w_off = weights["online"], weights["offline"]
+    assert all(torch.allclose(w_on[k].float(), w_off[k].float(), atol=1e-5) for k in w_on)
+    # with MixUp the looked-up targets are mixed like the labels (a smoke run of that path)
+    res = train(_cfg(synthetic_csv, tmp_path / "mix", epochs=1, max_steps_per_epoch=2, mixup=0.4, cutmix=1.0,
+                     distill=[teacher], distill_targets="offline"), progress=False)
+    assert res.history[-1]["train_loss"] > 0
+    for bad, msg in ((dict(distill_targets="offline"), "needs at least one --distill teacher"),
+                     (dict(distill=[teacher], distill_targets="cached"), "valid: online, offline")):
+        with pytest.raises(TrainingError, match=msg):
+            train(_cfg(synthetic_csv, tmp_path / "bad", **bad), progress=False)
+
+
+def test_precomputed_teacher_probs_are_teacher_probs_of_the_clean_images():
+    from fer_edge.preprocess import Normalization
+    from fer_edge.training.teachers import TorchTeacher, precompute_teacher_probs, teacher_probs
+
+    torch.manual_seed(0)
+    teacher = TorchTeacher(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(48 * 48, 7)).eval(),
+                           Normalization(0.5, 0.25))
+    images = torch.randint(0, 256, (10, 48, 48), dtype=torch.uint8)
+    seen = []
+    got = precompute_teacher_probs([teacher], images, 2.0, tta=True, batch_size=4, on_batch=seen.append)
+    want = teacher_probs([teacher], images.unsqueeze(1).float() / 255.0, 2.0, tta=True)
+    assert seen == [4, 4, 2] and got.shape == (10, 7) and torch.allclose(got, want, atol=1e-6)
+
+
 def test_distill_speed_benchmark_compares_runtimes(synthetic_csv, tiny_checkpoint, tmp_path):
     from fer_edge.benchmarks.distill_speed import cli
 
@@ -304,9 +345,13 @@ def test_augment_keeps_shape_and_range(preset):
 def test_mix_batch_label_weights():
     torch.manual_seed(0)
     x, y = torch.rand(8, 1, 48, 48), torch.arange(8) % 7
-    xm, ya, yb, lam = mix_batch(x, y, mixup=0.4, cutmix=0.0)
+    xm, ya, yb, lam, perm = mix_batch(x, y, mixup=0.4, cutmix=0.0)
     assert xm.shape == x.shape and 0 <= lam <= 1 and torch.equal(ya, y) and sorted(yb.tolist()) == sorted(y.tolist())
-    assert mix_batch(x, y, 0, 0)[3] == 1.0
+    assert torch.equal(yb, y[perm]) and torch.allclose(xm, lam * x + (1 - lam) * x[perm])
+    _, _, _, lam0, perm0 = mix_batch(x, y, 0, 0)
+    assert lam0 == 1.0 and torch.equal(perm0, torch.arange(8))
+    xc, _, yc, lamc, permc = mix_batch(x, y, mixup=0.0, cutmix=1.0)
+    assert torch.equal(yc, y[permc]) and 0 <= lamc <= 1
 
 
 def test_cli_train_then_eval(synthetic_csv, tmp_path):
@@ -334,6 +379,12 @@ def test_cli_train_then_eval(synthetic_csv, tmp_path):
     cfg = load_checkpoint(tmp_path / "ft" / "best.pt").train_config
     assert cfg["init"] == best and cfg["distill"] == [best, best] and cfg["distill_tta"] is True
     assert cfg["teacher_runtime"] == "torch" and "2 teacher(s) in torch" in r.output
+    r = runner.invoke(app, ["train", "--data", str(synthetic_csv), "--model", "simple_cnn", "--out", str(tmp_path / "off"),
+                            "--epochs", "1", "--batch-size", "32", "--max-steps-per-epoch", "2", "--device", "cpu",
+                            "--distill", best, "--distill-targets", "offline", "--no-progress"])
+    assert r.exit_code == 0, r.output
+    assert load_checkpoint(tmp_path / "off" / "best.pt").train_config["distill_targets"] == "offline"
+    assert "offline distillation targets" in r.output
 
 
 def test_cli_errors_are_clear(synthetic_csv, tmp_path):
@@ -344,6 +395,8 @@ def test_cli_errors_are_clear(synthetic_csv, tmp_path):
     assert r.exit_code == 2 and "lion" in r.output
     r = runner.invoke(app, ["train", "--data", str(synthetic_csv), "--teacher-runtime", "ort"])
     assert r.exit_code == 2 and "'ort' is not one of" in r.output and "onnxruntime" in r.output
+    r = runner.invoke(app, ["train", "--data", str(synthetic_csv), "--distill-targets", "cached"])
+    assert r.exit_code == 2 and "'cached' is not one of" in r.output and "offline" in r.output
     r = runner.invoke(app, ["eval", "--checkpoint", str(tmp_path / "missing.pt"), "--data", str(synthetic_csv)])
     assert r.exit_code == 1 and "missing.pt" in r.output
     bad = tmp_path / "bad.pt"

@@ -37,6 +37,11 @@ class TeacherRuntime(str, Enum):
     onnxruntime = "onnxruntime"
 
 
+class DistillTargets(str, Enum):
+    online = "online"
+    offline = "offline"
+
+
 class Device(str, Enum):
     auto = "auto"
     cpu = "cpu"
@@ -90,6 +95,9 @@ def train(
     teacher_runtime: TeacherRuntime = typer.Option(
         TeacherRuntime.auto, help="Where --distill teachers run: onnxruntime (CPU only, faster there), torch, "
         "or auto (onnxruntime when training on the CPU, else torch)."),
+    distill_targets: DistillTargets = typer.Option(
+        DistillTargets.online, help="online: the teachers see every augmented batch; offline: each training image "
+        "once, un-augmented, before training (then a step costs what it does without a teacher)."),
     qat: bool = typer.Option(False, "--qat", help="Quantization-aware fine-tuning: train with INT8 rounding "
                              "simulated; the checkpoint stays FP32 (usually with --init)."),
     patience: int = typer.Option(0, min=0, help="Early stopping patience in epochs (0: off)."),
@@ -118,7 +126,7 @@ def train(
         class_weights=class_weights.value, mixup=mixup, cutmix=cutmix, ema=ema, augment=augment.value,
         init=str(init) if init else None, distill=[str(p) for p in distill or []], distill_alpha=distill_alpha,
         distill_temperature=distill_temperature, distill_tta=distill_tta,
-        teacher_runtime=teacher_runtime.value, qat=qat, patience=patience, seed=seed, device=device.value, amp=amp.value,
+        teacher_runtime=teacher_runtime.value, distill_targets=distill_targets.value, qat=qat, patience=patience, seed=seed, device=device.value, amp=amp.value,
         channels_last=channels_last, num_threads=threads, max_steps_per_epoch=max_steps_per_epoch, wandb=wandb,
     )
     result = run_train(cfg, resume=resume, progress=progress)

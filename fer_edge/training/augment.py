@@ -85,10 +85,12 @@ def augment_batch(x: torch.Tensor, cfg: AugmentConfig | None) -> torch.Tensor:
 def mix_batch(x: torch.Tensor, y: torch.Tensor, mixup: float, cutmix: float):
     """MixUp / CutMix (one of them per batch, chosen at random when both are on).
 
-    Returns (x, y_a, y_b, lam): the loss is ``lam * L(y_a) + (1 - lam) * L(y_b)``.
+    Returns (x, y_a, y_b, lam, perm): the loss is ``lam * L(y_a) + (1 - lam) * L(y_b)``; ``perm`` is the
+    partner of each row (``y_b = y_a[perm]``; the identity when nothing was mixed), so per-row targets
+    such as a teacher's precomputed probabilities mix the same way.
     """
     if mixup <= 0 and cutmix <= 0:
-        return x, y, y, 1.0
+        return x, y, y, 1.0, torch.arange(x.shape[0], device=x.device)
     use_cutmix = cutmix > 0 and (mixup <= 0 or torch.rand(()) < 0.5)
     alpha = cutmix if use_cutmix else mixup
     lam = float(torch.distributions.Beta(alpha, alpha).sample())
@@ -105,4 +107,4 @@ def mix_batch(x: torch.Tensor, y: torch.Tensor, mixup: float, cutmix: float):
         lam = 1 - (y1 - y0) * (x1 - x0) / (h * w)
     else:
         x = lam * x + (1 - lam) * x[perm]
-    return x, y, y[perm], lam
+    return x, y, y[perm], lam, perm

@@ -35,6 +35,7 @@ class TrainConfig:
     distill_alpha: float = 0.5
     distill_temperature: float = 4.0
     teacher_runtime: str = "auto"  # auto | torch | onnxruntime: where --distill teachers run (auto: ORT on CPU)
+    distill_targets: str = "online"  # online: teachers see each augmented batch | offline: each image once, clean
     qat: bool = False  # simulate INT8 rounding in the training forward pass (fer_edge.training.qat)
     patience: int = 0  # epochs without val improvement before stopping; 0 disables
     seed: int = 0

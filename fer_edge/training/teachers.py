@@ -1,5 +1,12 @@
 """Distillation teachers (``fer-edge train --distill``): frozen checkpoints run in PyTorch or ONNX Runtime.
 
+Online (the default), the teachers see every augmented (and mixed) batch the student sees. Offline
+(``--distill-targets offline``) they see each training image once, un-augmented (and mirrored with
+``--distill-tta``), before the first epoch; the step looks the probabilities up by image and mixes them with
+MixUp/CutMix's weights, so the step costs what it costs without a teacher. What offline gives up: the teacher's
+answer for the rotated, shifted, erased image the student sees (the augmentations are assumed to keep the
+expression).
+
 A teacher only runs inference, so on a CPU it need not run in PyTorch eager mode: ``--teacher-runtime
 onnxruntime`` exports each teacher once (``torch.onnx``, the same FP32 graph ``fer-edge export`` writes)
 and runs it in an ONNX Runtime session. ``python -m fer_edge.benchmarks.distill_speed`` measures what that
@@ -8,12 +15,17 @@ and the trainer says which it picked.
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 
 from fer_edge.errors import TrainingError
 
 TEACHER_RUNTIMES = ("auto", "torch", "onnxruntime")
+#: ``--distill-targets``: the teachers see every augmented batch (online), or each training image once,
+#: un-augmented, before training (offline; their probabilities are then looked up and mixed like the labels).
+DISTILL_TARGETS = ("online", "offline")
 
 
 def resolve_teacher_runtime(choice: str, device: torch.device) -> str:
@@ -124,3 +136,19 @@ def teacher_probs(teachers: list, x: torch.Tensor, temperature: float, tta: bool
         p = F.softmax(logits / temperature, 1).view(n_views, x.shape[0], -1).sum(0)
         total = p if total is None else total + p
     return total / (len(teachers) * n_views)
+
+
+@torch.no_grad()
+def precompute_teacher_probs(teachers: list, images_u8: torch.Tensor, temperature: float, tta: bool,
+                             batch_size: int = 512, on_batch: Callable[[int], None] | None = None) -> torch.Tensor:
+    """``--distill-targets offline``: :func:`teacher_probs` of every image (N x 48 x 48 uint8), un-augmented.
+
+    Returns N x C float32 on the images' device. ``on_batch(n)`` is called after each batch of ``n`` images.
+    """
+    out = []
+    for i in range(0, len(images_u8), batch_size):
+        x = images_u8[i : i + batch_size].unsqueeze(1).float().div_(255.0)
+        out.append(teacher_probs(teachers, x, temperature, tta))
+        if on_batch is not None:
+            on_batch(len(x))
+    return torch.cat(out) if out else torch.empty(0, 0)

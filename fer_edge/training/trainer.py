@@ -26,7 +26,14 @@ from fer_edge.metrics import classification_metrics
 from fer_edge.preprocess import Normalization
 from fer_edge.training.augment import PRESETS, augment_batch, mix_batch
 from fer_edge.training.config import TrainConfig
-from fer_edge.training.teachers import TEACHER_RUNTIMES, load_teachers, resolve_teacher_runtime, teacher_probs
+from fer_edge.training.teachers import (
+    DISTILL_TARGETS,
+    TEACHER_RUNTIMES,
+    load_teachers,
+    precompute_teacher_probs,
+    resolve_teacher_runtime,
+    teacher_probs,
+)
 from fer_edge.utils import sigterm_as_interrupt, write_json_atomic, write_text_atomic
 
 OPTIMIZERS = ("adamw", "adam", "sgd")
@@ -103,6 +110,10 @@ def validate_config(cfg: TrainConfig) -> None:
         problems.append("--distill-tta needs at least one --distill teacher")
     if cfg.teacher_runtime not in TEACHER_RUNTIMES:
         problems.append(f"--teacher-runtime {cfg.teacher_runtime!r}: valid: {', '.join(TEACHER_RUNTIMES)}")
+    if cfg.distill_targets not in DISTILL_TARGETS:
+        problems.append(f"--distill-targets {cfg.distill_targets!r}: valid: {', '.join(DISTILL_TARGETS)}")
+    elif cfg.distill_targets != "online" and not cfg.distill:
+        problems.append(f"--distill-targets {cfg.distill_targets} needs at least one --distill teacher")
     if problems:
         raise TrainingError("bad training options:\n  " + "\n  ".join(problems))
 
@@ -379,6 +390,9 @@ class Trainer:
             teachers = load_teachers(cfg.distill, labels, device, runtime, channels_last=cfg.channels_last,
                                      threads=cfg.num_threads)
             self.log(f"{len(teachers)} teacher(s) in {runtime} (--teacher-runtime {cfg.teacher_runtime})")
+        offline_probs = None
+        if teachers and cfg.distill_targets == "offline":
+            offline_probs = self._offline_targets(teachers, x_train, cfg)
 
         ddp_model = model
         if self.dist.enabled:
@@ -450,7 +464,7 @@ class Trainer:
                         xb = x_train[idx].unsqueeze(1).float().div_(255.0)
                         yb = y_train[idx]
                         xb = augment_batch(xb, aug)
-                        xb, ya, yb2, lam = mix_batch(xb, yb, cfg.mixup, cfg.cutmix)
+                        xb, ya, yb2, lam, partner = mix_batch(xb, yb, cfg.mixup, cfg.cutmix)
                         xn = (xb - norm.mean) / norm.std
                         if cfg.channels_last:
                             xn = xn.contiguous(memory_format=torch.channels_last)
@@ -463,7 +477,12 @@ class Trainer:
                                 )
                             if teachers:
                                 temp = cfg.distill_temperature
-                                tprob = teacher_probs(teachers, xb, temp, cfg.distill_tta)
+                                if offline_probs is not None:
+                                    tprob = offline_probs[idx]
+                                    if lam < 1.0:
+                                        tprob = lam * tprob + (1 - lam) * tprob[partner]
+                                else:
+                                    tprob = teacher_probs(teachers, xb, temp, cfg.distill_tta)
                                 kd = F.kl_div(
                                     F.log_softmax(logits.float() / temp, 1), tprob, reduction="batchmean",
                                 ) * temp * temp
@@ -568,6 +587,21 @@ class Trainer:
         return TrainResult(self.out, best_acc, best_epoch, len(history), history, stopped_early)
 
     # --- outputs ----------------------------------------------------------------
+    def _offline_targets(self, teachers: list, x_train: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
+        """``--distill-targets offline``: the teachers' probabilities for every training image, computed once."""
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        t0 = time.perf_counter()
+        with Progress(TextColumn("[bold]teacher targets"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                      console=self.console, disable=not (self.progress and self.dist.main), transient=True) as prog:
+            task = prog.add_task("targets", total=len(x_train))
+            probs = precompute_teacher_probs(teachers, x_train, cfg.distill_temperature, cfg.distill_tta,
+                                             on_batch=lambda n: prog.advance(task, n))
+        views = "each image and its mirror image" if cfg.distill_tta else "each image"
+        self.log(f"offline distillation targets: the teacher(s) saw {views} once, un-augmented "
+                 f"({len(x_train):,} images, {time.perf_counter() - t0:.0f} s)")
+        return probs
+
     def _write_history(self, history: list[dict]) -> None:
         import io
 
