@@ -296,11 +296,13 @@ def test_distill_speed_benchmark_compares_runtimes(synthetic_csv, tiny_checkpoin
 
     args = ["--data", str(synthetic_csv), "--student", "simple_cnn", "--steps", "2", "--rounds", "2",
             "--batch-size", "16", "--threads", "1", "--amp", "off"]
-    r = runner.invoke(cli, [*args, "--teacher", str(tiny_checkpoint)], terminal_width=200)
+    r = runner.invoke(cli, [*args, "--teacher", str(tiny_checkpoint)], env={"COLUMNS": "250"})
     assert r.exit_code == 0, r.output
-    for row in ("no teacher", "teacher in torch", "teacher in onnxruntime", "round 2/2"):
+    for row in ("no teacher", "teacher in torch", "teacher in onnxruntime", "offline targets (onnxruntime)",
+                "round 2/2", "epoch of 280 images"):
         assert row in r.output
     assert "median of 2" in r.output and "(median ratio):" in r.output
+    assert "offline targets vs ONNX Runtime teacher" in r.output and "offline labelling" in r.output
     r = runner.invoke(cli, [*args, "--teacher", str(tmp_path / "missing.pt")])
     assert r.exit_code == 1 and "no such checkpoint" in r.output
 

@@ -1,9 +1,12 @@
-"""Distillation speed: the same ``fer-edge train --distill`` steps with the teachers in PyTorch and in ONNX Runtime.
+"""Distillation speed: the same ``fer-edge train --distill`` steps with the teachers in PyTorch, in ONNX Runtime,
+and offline (``--distill-targets offline``: the teachers label the training split once, before the steps).
 
 Each measurement is one ``fer-edge train`` epoch capped at ``--steps`` steps (the real loop: batched
 augmentation, channels-last student, the teacher's forward pass, the student's backward pass). Rounds are
-interleaved: no teacher, ``--teacher-runtime torch``, ``--teacher-runtime onnxruntime``. Medians of the
-images/second are compared, with each round's figures printed beside them.
+interleaved: no teacher, ``--teacher-runtime torch``, ``--teacher-runtime onnxruntime``, offline targets
+(teachers in ONNX Runtime). Medians of the images/second are compared, with each round's figures printed
+beside them; the offline row also gives the seconds the teachers took to label the whole training split,
+which a run pays once.
 
     python -m fer_edge.benchmarks.distill_speed --data ../shared/data/fer2013/fer2013.csv.gz \\
         --student fer_nano --teacher small --tta --threads 2
@@ -15,18 +18,22 @@ from pathlib import Path
 
 import typer
 
-from fer_edge.benchmarks.train_throughput import fer_edge_pipeline_ips
+from fer_edge.benchmarks.train_throughput import fer_edge_pipeline_run
 
 cli = typer.Typer(add_completion=False)
 
 RUNTIMES = ("torch", "onnxruntime")
+OFFLINE = "offline targets (onnxruntime)"
 
 
-def distill_ips(data: str, student: str, teachers: list[str], runtime: str, steps: int, tta: bool,
-                batch_size: int, threads: int, amp: str) -> float:
-    """Images/second of ``steps`` CPU training steps of ``student`` distilled from ``teachers`` in ``runtime``."""
-    return fer_edge_pipeline_ips(data, student, "cpu", steps, batch_size=batch_size, amp=amp, num_threads=threads,
-                                 distill=teachers, distill_tta=tta and bool(teachers), teacher_runtime=runtime)
+def distill_run(data: str, student: str, teachers: list[str], runtime: str, steps: int, tta: bool,
+                batch_size: int, threads: int, amp: str, targets: str = "online") -> tuple[float, float | None]:
+    """Images/second of ``steps`` CPU training steps of ``student`` distilled from ``teachers`` in ``runtime``,
+    and (offline targets) the seconds the teachers took to label the training split first."""
+    res = fer_edge_pipeline_run(data, student, "cpu", steps, batch_size=batch_size, amp=amp, num_threads=threads,
+                                distill=teachers, distill_tta=tta and bool(teachers), teacher_runtime=runtime,
+                                distill_targets=targets)
+    return float(res.history[0]["images_per_second"]), res.teacher_targets_seconds
 
 
 @cli.command()
@@ -56,25 +63,39 @@ def main(
     except FerEdgeError as e:
         Console(stderr=True).print(f"[red]error:[/] {e}")
         raise typer.Exit(1) from None
-    configs = {"no teacher": ("torch", [])} | {f"teacher in {r}": (r, teachers) for r in RUNTIMES}
+    from fer_edge.data import default_train_split, load_split
+
+    n_train = len(load_split(str(data), default_train_split(str(data)), progress=False).labels)
+    configs = ({"no teacher": ("torch", [], "online")}
+               | {f"teacher in {r}": (r, teachers, "online") for r in RUNTIMES}
+               | {OFFLINE: ("onnxruntime", teachers, "offline")})
     runs: dict[str, list[float]] = {name: [] for name in configs}
+    labelling: list[float] = []
     for r in range(rounds):
-        for name, (runtime, ts) in configs.items():
-            runs[name].append(distill_ips(str(data), student, ts, runtime, steps, tta, batch_size, threads, amp))
-        console.print(f"round {r + 1}/{rounds}: " + ", ".join(f"{n} {v[-1]:.0f} img/s" for n, v in runs.items()))
+        for name, (runtime, ts, targets) in configs.items():
+            ips, once = distill_run(str(data), student, ts, runtime, steps, tta, batch_size, threads, amp, targets)
+            runs[name].append(ips)
+            if once is not None:
+                labelling.append(once)
+        console.print(f"round {r + 1}/{rounds}: " + ", ".join(f"{n} {v[-1]:.0f} img/s" for n, v in runs.items())
+                      + f"; offline labelling {labelling[-1]:.0f} s")
     med = {name: statistics.median(v) for name, v in runs.items()}
+    once = statistics.median(labelling)
     n_threads = threads or torch.get_num_threads()
     t = Table(title=f"{student} distilled from {', '.join(teacher)}{' with flip TTA' if tta else ''}: "
                     f"CPU, {n_threads} threads, batch {batch_size}, {steps} steps, median of {rounds}")
     for col, justify in (("configuration", "left"), ("images/s", "right"), ("vs teacher in torch", "right"),
-                         ("runs", "right")):
+                         (f"epoch of {n_train:,} images", "right"), ("runs", "right")):
         t.add_column(col, justify=justify)
     for name, v in runs.items():
         t.add_row(name, f"{med[name]:.0f}", f"{med[name] / med['teacher in torch']:.2f}x",
-                  " ".join(f"{x:.0f}" for x in v))
+                  f"{n_train / med[name]:.0f} s", " ".join(f"{x:.0f}" for x in v))
     console.print(t)
     console.print(f"ONNX Runtime teacher vs PyTorch teacher (median ratio): "
                   f"[bold]{med['teacher in onnxruntime'] / med['teacher in torch']:.2f}x[/]")
+    console.print(f"offline targets vs ONNX Runtime teacher (median ratio, steps only): "
+                  f"[bold]{med[OFFLINE] / med['teacher in onnxruntime']:.2f}x[/]; labelling the {n_train:,} "
+                  f"training images took {once:.0f} s (median), paid once per run", highlight=False)
 
 
 if __name__ == "__main__":

@@ -67,9 +67,9 @@ def notebook_pipeline_ips(images, labels, model_name: str, device, steps: int, b
     return seen / (time.perf_counter() - t0)
 
 
-def fer_edge_pipeline_ips(data: str, model_name: str, device: str, steps: int, batch_size: int = 128,
-                          amp: str = "off", **options) -> float:
-    """Images/second of one epoch of ``fer-edge train`` capped at ``steps`` steps (validation not timed).
+def fer_edge_pipeline_run(data: str, model_name: str, device: str, steps: int, batch_size: int = 128,
+                          amp: str = "off", **options):
+    """One epoch of ``fer-edge train`` capped at ``steps`` steps in a temporary run directory: its TrainResult.
 
     ``options`` are further ``TrainConfig`` fields (``distill=...``, ``num_threads=...``).
     """
@@ -78,7 +78,13 @@ def fer_edge_pipeline_ips(data: str, model_name: str, device: str, steps: int, b
     with tempfile.TemporaryDirectory() as d:
         cfg = TrainConfig(data=data, model=model_name, out=str(Path(d) / "run"), epochs=1, batch_size=batch_size,
                           max_steps_per_epoch=steps, device=device, augment="standard", amp=amp, **options)
-        res = train(cfg, progress=False, quiet=True)
+        return train(cfg, progress=False, quiet=True)
+
+
+def fer_edge_pipeline_ips(data: str, model_name: str, device: str, steps: int, batch_size: int = 128,
+                          amp: str = "off", **options) -> float:
+    """Images/second of :func:`fer_edge_pipeline_run`'s epoch (validation not timed)."""
+    res = fer_edge_pipeline_run(data, model_name, device, steps, batch_size, amp, **options)
     return float(res.history[0]["images_per_second"])
 
 

@@ -53,6 +53,8 @@ class TrainResult:
     epochs_run: int
     history: list[dict] = field(default_factory=list)
     stopped_early: bool = False
+    #: ``--distill-targets offline``: seconds the teachers took to label the training split (before epoch 1).
+    teacher_targets_seconds: float | None = None
 
 
 # --- set-up helpers -------------------------------------------------------------
@@ -292,6 +294,7 @@ class Trainer:
         self.cfg = cfg
         self.progress = progress
         self.out = Path(cfg.out)
+        self.teacher_targets_seconds: float | None = None
         self.device = resolve_device(cfg.device)
         self.dist = _Dist(self.device)
         if console is None:
@@ -584,7 +587,8 @@ class Trainer:
             self.dist.close()
         if self.dist.main:
             self._plot_curves(history)
-        return TrainResult(self.out, best_acc, best_epoch, len(history), history, stopped_early)
+        return TrainResult(self.out, best_acc, best_epoch, len(history), history, stopped_early,
+                           self.teacher_targets_seconds)
 
     # --- outputs ----------------------------------------------------------------
     def _offline_targets(self, teachers: list, x_train: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
@@ -598,8 +602,9 @@ class Trainer:
             probs = precompute_teacher_probs(teachers, x_train, cfg.distill_temperature, cfg.distill_tta,
                                              on_batch=lambda n: prog.advance(task, n))
         views = "each image and its mirror image" if cfg.distill_tta else "each image"
+        self.teacher_targets_seconds = round(time.perf_counter() - t0, 2)
         self.log(f"offline distillation targets: the teacher(s) saw {views} once, un-augmented "
-                 f"({len(x_train):,} images, {time.perf_counter() - t0:.0f} s)")
+                 f"({len(x_train):,} images, {self.teacher_targets_seconds:.0f} s)")
         return probs
 
     def _write_history(self, history: list[dict]) -> None:
@@ -625,6 +630,8 @@ class Trainer:
             "epochs_run": len(history), "finished": final, "device": str(device),
             "train_seconds": round(sum(r["epoch_seconds"] for r in history), 1),
             "last": history[-1] if history else None,
+            **({"teacher_targets_seconds": self.teacher_targets_seconds}
+               if self.teacher_targets_seconds is not None else {}),
         })
         write_json_atomic(p, prev)
 
