@@ -108,7 +108,8 @@ def export_cmd(
     target: Optional[List[str]] = typer.Option(
         None, "--target", "-t", help="Targets, comma-separated and/or repeated, or 'all' (default: all)."),
     precision: Optional[List[str]] = typer.Option(
-        None, "--precision", "-p", help="fp32, fp16, int8 (comma-separated and/or repeated; default: all three, int8 only with --calib-data)."),
+        None, "--precision", "-p",
+        help="fp32, fp16, int8 (comma-separated and/or repeated; default: all three, int8 only with --calib-data)."),
     calib_data: Optional[Path] = typer.Option(
         None, "--calib-data", help="FER2013 CSV or image folder for INT8 calibration (required for int8)."),
     calib_split: Optional[str] = typer.Option(None, "--calib-split", help="Calibration split (default: training)."),

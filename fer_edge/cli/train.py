@@ -126,7 +126,8 @@ def train(
         class_weights=class_weights.value, mixup=mixup, cutmix=cutmix, ema=ema, augment=augment.value,
         init=str(init) if init else None, distill=[str(p) for p in distill or []], distill_alpha=distill_alpha,
         distill_temperature=distill_temperature, distill_tta=distill_tta,
-        teacher_runtime=teacher_runtime.value, distill_targets=distill_targets.value, qat=qat, patience=patience, seed=seed, device=device.value, amp=amp.value,
+        teacher_runtime=teacher_runtime.value, distill_targets=distill_targets.value, qat=qat, patience=patience,
+        seed=seed, device=device.value, amp=amp.value,
         channels_last=channels_last, num_threads=threads, max_steps_per_epoch=max_steps_per_epoch, wandb=wandb,
     )
     result = run_train(cfg, resume=resume, progress=progress)
