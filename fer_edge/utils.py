@@ -120,4 +120,6 @@ def sigterm_as_interrupt() -> Iterator[None]:
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        # None: the previous handler was installed outside Python and cannot be put back; the default is the
+        # nearest Python can restore (and restoring None would raise TypeError over the job's own outcome)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)

@@ -465,3 +465,26 @@ def test_early_stopping_on_validation_accuracy(synthetic_csv, tmp_path):
     res = train(_cfg(synthetic_csv, tmp_path / "es", epochs=6, lr=1e-12, patience=2), progress=False)
     assert res.stopped_early and res.epochs_run == 3 and res.best_epoch == 1
     assert load_checkpoint(tmp_path / "es" / "last.pt").epoch == 3
+
+
+def test_sigterm_handler_installed_outside_python_is_replaced_by_the_default(monkeypatch):
+    import signal
+
+    import fer_edge.utils as utils
+
+    calls = []
+    real = signal.signal
+
+    def fake_signal(signum, handler):
+        calls.append(handler)
+        previous = real(signum, handler)
+        return None if len(calls) == 1 else previous  # as if a C extension had set the first handler
+
+    monkeypatch.setattr(utils.signal, "signal", fake_signal)
+    before = signal.getsignal(signal.SIGTERM)
+    try:
+        with utils.sigterm_as_interrupt():
+            pass
+        assert calls[-1] is signal.SIG_DFL
+    finally:
+        real(signal.SIGTERM, before)
