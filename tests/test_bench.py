@@ -373,3 +373,15 @@ def test_a_shipped_reference_weights_own_gate_applies(monkeypatch, artifact_dir,
     (row,) = [r for r in report.rows if r["runtime"] == "torchscript"]
     assert row["status"] == "ok", row["reason"]
     assert report.settings["thresholds_source"]["overrides"] == {"max_abs_diff": {"fp32": 1.0}}
+
+
+def test_weight_gate_line_names_the_weight_its_limits_and_where_the_reason_is():
+    from fer_edge.cli.common import weight_gate_line
+
+    assert weight_gate_line(None, "r.json") is None
+    assert weight_gate_line({"defaults": True, "weight": None}, "r.json") is None
+    line = weight_gate_line({"weight": {"name": "nano", "gate": {"int8": {"min_agreement": 0.97,
+                                                                           "max_accuracy_drop": 0.005}},
+                                        "reason": "measured"}}, "out/report.json")
+    assert line == ("parity gate: nano's own (int8 min_agreement 0.97, max_accuracy_drop 0.005) over the defaults; "
+                    "why: thresholds_source in out/report.json")
