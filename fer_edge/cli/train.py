@@ -97,8 +97,8 @@ def train(
         "or auto (onnxruntime when training on the CPU, else torch)."),
     distill_targets: DistillTargets = typer.Option(
         DistillTargets.online, help="online: the teachers see every augmented batch; offline: each training image "
-        "once, un-augmented, before training (then a step costs what it does without a teacher, but on nano it "
-        "cost about a point of accuracy: see README)."),
+        "once, un-augmented, before training (a step then costs what it does without a teacher; on nano it matched "
+        "online without MixUp and lost a point with it: see README)."),
     qat: bool = typer.Option(False, "--qat", help="Quantization-aware fine-tuning: train with INT8 rounding "
                              "simulated; the checkpoint stays FP32 (usually with --init)."),
     patience: int = typer.Option(0, min=0, help="Early stopping patience in epochs (0: off)."),

@@ -6,7 +6,8 @@ Online (the default), the teachers see every augmented (and mixed) batch the stu
 MixUp/CutMix's weights, so the step costs what it costs without a teacher. What offline gives up: the teacher's
 answer for the rotated, shifted, erased image the student sees (the augmentations are assumed to keep the
 expression). Measured on nano's third distillation round (README): 2.2x the steps per second of the online
-ONNX Runtime teacher, and 1.1 points lower accuracy.
+ONNX Runtime teacher; the same accuracy as online without MixUp, 1.1 points less with MixUp (mixed clean-image
+probabilities are not the teacher's answer for the mixed image).
 
 A teacher only runs inference, so on a CPU it need not run in PyTorch eager mode: ``--teacher-runtime
 onnxruntime`` exports each teacher once (``torch.onnx``, the same FP32 graph ``fer-edge export`` writes)
