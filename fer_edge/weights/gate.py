@@ -13,21 +13,19 @@ from dataclasses import asdict
 
 import typer
 
+from fer_edge.cli.common import handle_errors
+
 cli = typer.Typer(add_completion=False)
 
 
 @cli.command()
+@handle_errors
 def main(name: str = typer.Argument(..., help="Shipped weight name, e.g. nano."),
          gate: str = typer.Option(..., help='JSON {precision: {threshold: value}}, e.g. \'{"int8": {"min_agreement": 0.97}}\'.'),
          reason: str = typer.Option("", help="Why, with the figures measured on this weight (required with a gate).")) -> None:
-    from fer_edge.errors import FerEdgeError
     from fer_edge.weights.ship import json_option, set_parity_gate
 
-    try:
-        meta = set_parity_gate(name, json_option(gate, "--gate"), reason)
-    except FerEdgeError as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(1) from None
+    meta = set_parity_gate(name, json_option(gate, "--gate"), reason)
     typer.echo(json.dumps({k: asdict(meta)[k] for k in ("name", "parity_gate", "parity_gate_reason")}, indent=2))
 
 

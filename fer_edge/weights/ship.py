@@ -15,6 +15,7 @@ from pathlib import Path
 
 import typer
 
+from fer_edge.cli.common import handle_errors
 from fer_edge.weights import WEIGHTS_DIR, WeightMeta
 
 MAX_BYTES = 4 * 1024 * 1024
@@ -91,6 +92,7 @@ def _write_entry(meta: WeightMeta) -> None:
 
 
 @cli.command()
+@handle_errors
 def main(checkpoint: Path = typer.Argument(..., exists=True), name: str = typer.Option(...),
          recipe: str = typer.Option(...), hardware: str = typer.Option(...), train_time: str = typer.Option(...),
          metrics_json: str = typer.Option("{}", help="Extra measured metrics as JSON."),
