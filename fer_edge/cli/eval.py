@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
@@ -14,23 +14,26 @@ from fer_edge.cli.common import console, handle_errors
 @app.command("eval")
 @handle_errors
 def eval_cmd(
-    checkpoint: Optional[str] = typer.Option(None, "--checkpoint", "--model",
-                                             help="Checkpoint path or shipped model name (default: the shipped model)."),
+    checkpoint: Optional[List[str]] = typer.Option(
+        None, "--checkpoint", "--model",
+        help="Checkpoint path or shipped model name (default: the shipped model). Repeat it to evaluate the "
+             "ensemble (mean softmax probabilities), e.g. a --distill teacher ensemble."),
     data: Path = typer.Option(..., exists=True, help="FER2013 CSV or image-folder root."),
     split: Optional[str] = typer.Option(None, help="Split (default PublicTest / val or test)."),
     tta: bool = typer.Option(False, "--tta", help="Average with the horizontally flipped image."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or mps."),
-    out: Optional[Path] = typer.Option(None, help="Where to write confusion_<split>.png (default: the checkpoint's folder, or ./fer-edge-eval for shipped weights)."),
+    out: Optional[Path] = typer.Option(None, help="Where to write confusion_<split>.png (default: the checkpoint's folder; ./fer-edge-eval for shipped weights and ensembles)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of tables."),
 ) -> None:
     """Accuracy, macro-F1, per-class report and confusion matrix of a checkpoint on a labelled split."""
     from fer_edge.training import evaluate
     from fer_edge.weights import WEIGHTS_DIR, resolve_checkpoint
 
+    names = list(checkpoint or [None])
     if out is None:
-        parent = resolve_checkpoint(checkpoint).resolve().parent
-        out = Path("fer-edge-eval") if parent == WEIGHTS_DIR else parent
-    r = evaluate(checkpoint, data, split, tta=tta, device=device, out_dir=out, progress=not as_json)
+        parent = resolve_checkpoint(names[0]).resolve().parent
+        out = Path("fer-edge-eval") if parent == WEIGHTS_DIR or len(names) > 1 else parent
+    r = evaluate(names if len(names) > 1 else names[0], data, split, tta=tta, device=device, out_dir=out, progress=not as_json)
     if as_json:
         typer.echo(json.dumps(r.to_dict()))
         return

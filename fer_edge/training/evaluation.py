@@ -1,8 +1,14 @@
-"""``fer-edge eval``: accuracy, macro-F1, per-class report and confusion matrix of a checkpoint."""
+"""``fer-edge eval``: accuracy, macro-F1, per-class report and confusion matrix of a checkpoint.
+
+Given several checkpoints, it evaluates their ensemble: the mean of the members' softmax probabilities,
+each member with its own normalisation (and, with ``tta``, its logits averaged over the image and its
+mirror first). That is how to see what a ``fer-edge train --distill A --distill B`` teacher scores.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -20,6 +26,7 @@ class EvalResult:
     per_class: dict
     confusion: list
     confusion_png: str | None = None
+    members: list[str] | None = None  # the checkpoints of an ensemble (None: one checkpoint)
 
     def to_dict(self) -> dict:
         from dataclasses import asdict
@@ -27,33 +34,55 @@ class EvalResult:
         return asdict(self)
 
 
-def evaluate(checkpoint: str | Path | None, data: str | Path, split: str | None = None, tta: bool = False,
-             device: str = "auto", out_dir: str | Path | None = None, limit: int | None = None,
+def evaluate(checkpoint: str | Path | None | Sequence[str | Path], data: str | Path, split: str | None = None,
+             tta: bool = False, device: str = "auto", out_dir: str | Path | None = None, limit: int | None = None,
              progress: bool = True) -> EvalResult:
-    """Evaluate a checkpoint (a path or shipped name; None: the shipped default) on a labelled split."""
+    """Evaluate a checkpoint (a path or shipped name; None: the shipped default) on a labelled split.
+
+    A list of two or more checkpoints is evaluated as an ensemble (see the module docstring); their labels
+    must agree.
+    """
+    import torch
+
     from fer_edge.checkpoint import load_checkpoint
     from fer_edge.data import default_val_split, load_split
+    from fer_edge.errors import CheckpointError
     from fer_edge.metrics import classification_metrics
     from fer_edge.training.plots import plot_confusion
     from fer_edge.training.trainer import predict_logits, resolve_device
     from fer_edge.weights import resolve_checkpoint
 
-    path = resolve_checkpoint(checkpoint)
-    ck = load_checkpoint(path)
+    names = [checkpoint] if checkpoint is None or isinstance(checkpoint, (str, Path)) else list(checkpoint)
+    if not names:
+        raise CheckpointError("no checkpoint to evaluate")
+    paths = [resolve_checkpoint(c) for c in names]
+    cks = [load_checkpoint(p) for p in paths]
+    for path, ck in zip(paths[1:], cks[1:]):
+        if list(ck.labels) != list(cks[0].labels):
+            raise CheckpointError(f"cannot ensemble {path} (labels {list(ck.labels)}) with {paths[0]} "
+                                  f"(labels {list(cks[0].labels)}): the labels differ")
     split = split or default_val_split(data)
     ds = load_split(data, split, progress=progress)
     images, labels = ds.images, ds.labels
     if limit:
         images, labels = images[:limit], labels[:limit]
     dev = resolve_device(device)
-    model = ck.build_model().to(dev)
-    logits = predict_logits(model, images, ck.normalization, dev, tta=tta)
+    if len(cks) == 1:
+        logits = predict_logits(cks[0].build_model().to(dev), images, cks[0].normalization, dev, tta=tta)
+        model_name = cks[0].model_name
+    else:
+        probs = sum(torch.softmax(predict_logits(ck.build_model().to(dev), images, ck.normalization, dev, tta=tta), 1)
+                    for ck in cks) / len(cks)
+        logits = probs.log()
+        model_name = "ensemble of " + ", ".join(ck.model_name for ck in cks)
+    ck = cks[0]
     m = classification_metrics(labels.numpy(), logits.argmax(1).numpy(), ck.labels)
     png = None
     if out_dir is not None:
         out = Path(out_dir)
         png = str(plot_confusion(np.asarray(m["confusion"]), ck.labels, out / f"confusion_{ds.split}.png",
-                                 title=f"{ck.model_name} on {ds.split}{' (flip TTA)' if tta else ''}: "
+                                 title=f"{model_name} on {ds.split}{' (flip TTA)' if tta else ''}: "
                                        f"accuracy {m['accuracy']:.4f}"))
-    return EvalResult(str(path), ck.model_name, ds.split, str(data), tta, m["accuracy"], m["macro_f1"], m["n"],
-                      m["per_class"], m["confusion"], png)
+    members = [str(p) for p in paths] if len(paths) > 1 else None
+    return EvalResult(" + ".join(str(p) for p in paths), model_name, ds.split, str(data), tta, m["accuracy"],
+                      m["macro_f1"], m["n"], m["per_class"], m["confusion"], png, members)

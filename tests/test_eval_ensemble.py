@@ -1,0 +1,91 @@
+"""``fer-edge eval`` with several checkpoints: the ensemble of their softmax probabilities."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from fer_edge.checkpoint import load_checkpoint, save_checkpoint
+from fer_edge.cli import app
+from fer_edge.data import load_split
+from fer_edge.errors import CheckpointError
+from fer_edge.metrics import classification_metrics
+from fer_edge.training import evaluate
+from fer_edge.training.trainer import predict_logits
+
+runner = CliRunner()
+
+
+def _variant(src, dst, *, noise: float, seed: int, mean: float, std: float, labels=None):
+    """A copy of ``src`` with perturbed weights and its own normalisation (and, optionally, labels)."""
+    payload = torch.load(src, map_location="cpu", weights_only=True)
+    g = torch.Generator().manual_seed(seed)
+    payload["state_dict"] = {k: v + noise * v.std() * torch.randn(v.shape, generator=g)
+                             if v.is_floating_point() and v.numel() > 1 else v
+                             for k, v in payload["state_dict"].items()}
+    payload["normalization"] = {"mean": mean, "std": std}
+    if labels is not None:
+        payload["labels"] = labels
+    for k in ("format", "fer_edge_version"):
+        payload.pop(k, None)
+    return save_checkpoint(dst, payload)
+
+
+@pytest.fixture(scope="module")
+def members(tiny_checkpoint, tmp_path_factory):
+    d = tmp_path_factory.mktemp("ensemble")
+    # the synthetic test set is easy for the trained model; mismatched normalisations make the members err
+    # differently, so the ensemble's answers differ from each member's (checked in the test)
+    return [_variant(tiny_checkpoint, d / "b.pt", noise=0.1, seed=1, mean=0.45, std=0.3),
+            _variant(tiny_checkpoint, d / "c.pt", noise=0.1, seed=2, mean=0.55, std=0.2)]
+
+
+def _probs(path, images, tta):
+    ck = load_checkpoint(path)
+    return torch.softmax(predict_logits(ck.build_model(), images, ck.normalization, torch.device("cpu"), tta=tta), 1)
+
+
+@pytest.mark.parametrize("tta", [False, True])
+def test_ensemble_is_the_mean_of_member_probabilities(members, synthetic_csv, tta):
+    ds = load_split(synthetic_csv, "PublicTest", progress=False)
+    probs = [_probs(p, ds.images, tta) for p in members]
+    mean_pred = (sum(probs) / len(probs)).argmax(1)
+    # the ensemble's answers are neither member's, nor those of the geometric mean of the probabilities, so a wrong
+    # combination shows in the confusion matrix
+    assert all(not torch.equal(mean_pred, p.argmax(1)) for p in probs)
+    assert not torch.equal(mean_pred, sum(p.log() for p in probs).argmax(1))
+    want = classification_metrics(ds.labels.numpy(), mean_pred.numpy(), load_checkpoint(members[0]).labels)
+    r = evaluate(members, synthetic_csv, "PublicTest", tta=tta, device="cpu", progress=False)
+    assert r.confusion == want["confusion"] and r.accuracy == pytest.approx(want["accuracy"])
+    assert r.members == [str(p) for p in members] and r.model.startswith("ensemble of fer_nano")
+    single = evaluate(members[0], synthetic_csv, "PublicTest", tta=tta, device="cpu", progress=False)
+    assert single.members is None and single.model == "fer_nano"
+
+
+def test_ensemble_refuses_members_with_other_labels(members, tmp_path):
+    other = _variant(members[0], tmp_path / "other.pt", noise=0.0, seed=0, mean=0.5, std=0.25,
+                     labels=["a", "b", "c", "d", "e", "f", "g"])
+    with pytest.raises(CheckpointError, match="labels differ"):
+        evaluate([members[0], other], "unused.csv", "PublicTest", device="cpu", progress=False)
+
+
+def test_cli_eval_repeated_model_evaluates_the_ensemble(members, synthetic_csv, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    args = ["eval", "--data", str(synthetic_csv), "--split", "PublicTest"]
+    for p in members:
+        args += ["--model", str(p)]
+    r = runner.invoke(app, args + ["--json"])
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.stdout)
+    want = evaluate(members, synthetic_csv, "PublicTest", device="cpu", progress=False)
+    assert res["members"] == [str(p) for p in members] and res["accuracy"] == pytest.approx(want.accuracy)
+    # the ensemble's confusion matrix goes to ./fer-edge-eval, not into the first member's run folder
+    assert (tmp_path / "fer-edge-eval" / "confusion_PublicTest.png").is_file()
+    assert not (members[0].parent / "confusion_PublicTest.png").exists()
+    r = runner.invoke(app, args, env={"COLUMNS": "250"})
+    assert r.exit_code == 0, r.output
+    assert "ensemble of fer_nano, fer_nano" in r.output
+    assert np.isfinite(res["macro_f1"])
