@@ -123,3 +123,27 @@ def test_gate_cli_refuses_bad_json():
     assert res.exit_code == 2 and "not valid JSON" in res.output
     res = CliRunner().invoke(cli, ["nano", "--gate", '{"int8": {"min_agreement": 0.97}}'])
     assert res.exit_code == 1 and "needs a reason" in res.output
+
+
+def test_shipped_with_sha_hashes_each_file_once_until_it_changes(tmp_path, monkeypatch):
+    import dataclasses
+    import hashlib
+
+    import fer_edge.utils
+    import fer_edge.weights as w
+
+    meta = dataclasses.replace(PRETRAINED["nano"], file="w.pt")
+    monkeypatch.setattr(w, "WEIGHTS_DIR", tmp_path)
+    monkeypatch.setattr(w, "PRETRAINED", {"w": meta})
+    calls = []
+    real = fer_edge.utils.sha256_path
+    monkeypatch.setattr(fer_edge.utils, "sha256_path", lambda p: calls.append(p) or real(p))
+    w._file_sha256.cache_clear()
+    (tmp_path / "w.pt").write_bytes(b"first")
+    first = hashlib.sha256(b"first").hexdigest()
+    assert w.shipped_with_sha(first) is meta and w.shipped_with_sha(first) is meta
+    assert w.shipped_with_sha("0" * 64) is None and len(calls) == 1
+    (tmp_path / "w.pt").write_bytes(b"second, longer")  # a changed file is hashed again
+    assert w.shipped_with_sha(first) is None
+    assert w.shipped_with_sha(hashlib.sha256(b"second, longer").hexdigest()) is meta and len(calls) == 2
+    w._file_sha256.cache_clear()

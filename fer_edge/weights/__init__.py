@@ -5,6 +5,7 @@ describes it. ``resolve_checkpoint`` turns a shipped name or a path into a file.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -98,13 +99,21 @@ def check_parity_gate(gate: dict, reason: str) -> None:
         raise FerEdgeError("invalid parity gate: " + "; ".join(problems))
 
 
-def shipped_with_sha(sha256: str) -> WeightMeta | None:
-    """The shipped weight whose file has this SHA-256 (so a path to a shipped file counts as the weight)."""
+@functools.lru_cache(maxsize=16)
+def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
+    """SHA-256 of a file, cached on its path, size and modification time (a changed file is hashed again)."""
     from fer_edge.utils import sha256_path
 
+    return sha256_path(path)
+
+
+def shipped_with_sha(sha256: str) -> WeightMeta | None:
+    """The shipped weight whose file has this SHA-256 (so a path to a shipped file counts as the weight)."""
     for meta in PRETRAINED.values():
-        if meta.path.is_file() and sha256_path(meta.path) == sha256:
-            return meta
+        if meta.path.is_file():
+            st = meta.path.stat()
+            if _file_sha256(str(meta.path), st.st_size, st.st_mtime_ns) == sha256:
+                return meta
     return None
 
 
