@@ -67,13 +67,11 @@ def evaluate(checkpoint: str | Path | None | Sequence[str | Path], data: str | P
     if limit:
         images, labels = images[:limit], labels[:limit]
     dev = resolve_device(device)
+    member_logits = [predict_logits(ck.build_model().to(dev), images, ck.normalization, dev, tta=tta) for ck in cks]
     if len(cks) == 1:
-        logits = predict_logits(cks[0].build_model().to(dev), images, cks[0].normalization, dev, tta=tta)
-        model_name = cks[0].model_name
+        logits, model_name = member_logits[0], cks[0].model_name
     else:
-        probs = sum(torch.softmax(predict_logits(ck.build_model().to(dev), images, ck.normalization, dev, tta=tta), 1)
-                    for ck in cks) / len(cks)
-        logits = probs.log()
+        logits = (sum(torch.softmax(z, 1) for z in member_logits) / len(cks)).log()
         model_name = "ensemble of " + ", ".join(ck.model_name for ck in cks)
     ck = cks[0]
     m = classification_metrics(labels.numpy(), logits.argmax(1).numpy(), ck.labels)
