@@ -289,6 +289,17 @@ def test_precomputed_teacher_probs_are_teacher_probs_of_the_clean_images():
     got = precompute_teacher_probs([teacher], images, 2.0, tta=True, batch_size=4, on_batch=seen.append)
     want = teacher_probs([teacher], images.unsqueeze(1).float() / 255.0, 2.0, tta=True)
     assert seen == [4, 4, 2] and got.shape == (10, 7) and torch.allclose(got, want, atol=1e-6)
+    # under torchrun each of 3 processes labels every third image; the all-reduced sum is every image once
+    shares = [precompute_teacher_probs([teacher], images, 2.0, tta=True, batch_size=2, rank=r, world=3)
+              for r in range(3)]
+    for r, share in enumerate(shares):
+        labelled = share.abs().sum(1) > 0
+        assert labelled.tolist() == [i % 3 == r for i in range(10)]
+    assert torch.allclose(sum(shares), want, atol=1e-6)
+    few = [precompute_teacher_probs([teacher], images[:2], 2.0, tta=False, rank=r, world=3) for r in range(3)]
+    assert [f.shape for f in few] == [(2, 7)] * 3 and not few[2].any()  # a process with no share adds zeros
+    with pytest.raises(TrainingError, match="rank 3 is not one of a world of 3"):
+        precompute_teacher_probs([teacher], images, 2.0, tta=False, rank=3, world=3)
 
 
 def test_distill_speed_benchmark_compares_runtimes(synthetic_csv, tiny_checkpoint, tmp_path):
@@ -450,6 +461,24 @@ def test_torchrun_trains_with_ddp(synthetic_csv, tmp_path, qat):
     if qat:  # the observers' ranges (averaged over the ranks every step) travel for --resume
         ranges = [float(v) for s in resume["qat"].values() for k, v in s.items() if k.endswith("_val")]
         assert ranges and all(np.isfinite(ranges))
+
+
+def test_torchrun_shares_offline_teacher_targets(synthetic_csv, tmp_path):
+    """Under torchrun each process labels half the images for --distill-targets offline; the sum is all of them."""
+    import subprocess
+    import sys
+
+    teacher = train(_cfg(synthetic_csv, tmp_path / "teacher", epochs=1, max_steps_per_epoch=3), progress=False)
+    out = tmp_path / "ddp_offline"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29537",
+           "-m", "fer_edge", "train", "--data", str(synthetic_csv), "--model", "simple_cnn", "--out", str(out),
+           "--epochs", "1", "--batch-size", "32", "--max-steps-per-epoch", "3", "--device", "cpu", "--no-progress",
+           "--distill", str(teacher.out_dir / "best.pt"), "--distill-targets", "offline", "--teacher-runtime", "torch"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, r.stderr[-2000:]
+    said = " ".join(r.stderr.split())
+    assert said.count("offline distillation targets") == 1 and "images, shared by 2 processes" in said
+    assert load_checkpoint(out / "last.pt").train_config["distill_targets"] == "offline"
 
 
 @pytest.mark.gpu

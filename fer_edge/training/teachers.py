@@ -142,15 +142,28 @@ def teacher_probs(teachers: list, x: torch.Tensor, temperature: float, tta: bool
 
 @torch.no_grad()
 def precompute_teacher_probs(teachers: list, images_u8: torch.Tensor, temperature: float, tta: bool,
-                             batch_size: int = 512, on_batch: Callable[[int], None] | None = None) -> torch.Tensor:
+                             batch_size: int = 512, on_batch: Callable[[int], None] | None = None,
+                             rank: int = 0, world: int = 1) -> torch.Tensor:
     """``--distill-targets offline``: :func:`teacher_probs` of every image (N x 48 x 48 uint8), un-augmented.
 
     Returns N x C float32 on the images' device. ``on_batch(n)`` is called after each batch of ``n`` images.
+    Under torchrun each of ``world`` processes labels only its share, the images ``rank``, ``rank + world``,
+    ...; the other rows stay zero, so the sum of the processes' results (an all-reduce) holds every image's
+    probabilities once.
     """
-    out = []
-    for i in range(0, len(images_u8), batch_size):
-        x = images_u8[i : i + batch_size].unsqueeze(1).float().div_(255.0)
-        out.append(teacher_probs(teachers, x, temperature, tta))
+    if world < 1 or not 0 <= rank < world:
+        raise TrainingError(f"rank {rank} is not one of a world of {world} processes")
+    share = images_u8[rank::world]
+    out = None
+    for i in range(0, len(share), batch_size):
+        x = share[i : i + batch_size].unsqueeze(1).float().div_(255.0)
+        p = teacher_probs(teachers, x, temperature, tta)
+        if out is None:
+            out = torch.zeros(len(images_u8), p.shape[1], dtype=torch.float32, device=images_u8.device)
+        out[rank::world][i : i + len(x)] = p.to(out.device)
         if on_batch is not None:
             on_batch(len(x))
-    return torch.cat(out) if out else torch.empty(0, 0)
+    if out is None and len(images_u8):  # more processes than images: this one labels none
+        probe = teacher_probs(teachers, images_u8[:1].unsqueeze(1).float().div_(255.0), temperature, tta)
+        out = torch.zeros(len(images_u8), probe.shape[1], dtype=torch.float32, device=images_u8.device)
+    return out if out is not None else torch.empty(0, 0)

@@ -598,13 +598,16 @@ class Trainer:
         t0 = time.perf_counter()
         with Progress(TextColumn("[bold]teacher targets"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                       console=self.console, disable=not (self.progress and self.dist.main), transient=True) as prog:
-            task = prog.add_task("targets", total=len(x_train))
+            rank, world = self.dist.rank, self.dist.world
+            task = prog.add_task("targets", total=len(range(rank, len(x_train), world)))
             probs = precompute_teacher_probs(teachers, x_train, cfg.distill_temperature, cfg.distill_tta,
-                                             on_batch=lambda n: prog.advance(task, n))
+                                             on_batch=lambda n: prog.advance(task, n), rank=rank, world=world)
+        probs = self.dist.sum(probs)  # under torchrun each process labelled its share of the images
         views = "each image and its mirror image" if cfg.distill_tta else "each image"
+        shared = f", shared by {world} processes" if world > 1 else ""
         self.teacher_targets_seconds = round(time.perf_counter() - t0, 2)
         self.log(f"offline distillation targets: the teacher(s) saw {views} once, un-augmented "
-                 f"({len(x_train):,} images, {self.teacher_targets_seconds:.0f} s)")
+                 f"({len(x_train):,} images{shared}, {self.teacher_targets_seconds:.0f} s)")
         return probs
 
     def _write_history(self, history: list[dict]) -> None:
