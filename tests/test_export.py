@@ -341,7 +341,7 @@ def test_no_validate_and_only_supported_precisions(tiny_checkpoint, tmp_path):
     data = json.loads((tmp_path / "manifest.json").read_text())
     assert [e["file"] for e in data["artifacts"]] == ["tiny_fp32.ts"]
     assert data["artifacts"][0]["validation"]["status"] == "not validated"
-    assert data["skipped"] == [{"target": "torchscript", "precision": "fp16",
+    assert data["skipped"] == [{"target": "torchscript", "precision": "fp16", "code": "unsupported-precision",
                                 "reason": "torchscript supports fp32 only"}]
     assert "torchscript" in res.output
 
@@ -606,5 +606,6 @@ def test_without_precision_or_calibration_data_int8_is_left_out_and_said_so(tiny
     data = json.loads((tmp_path / "manifest.json").read_text())
     assert sorted((e["target"], e["precision"]) for e in data["artifacts"]) == [
         ("onnx", "fp16"), ("onnx", "fp32"), ("torchscript", "fp32")]
-    assert {"target": "onnx", "precision": "int8", "reason": INT8_NEEDS_CALIBRATION} in data["skipped"]
+    assert {"target": "onnx", "precision": "int8", "code": "needs-calibration",
+            "reason": INT8_NEEDS_CALIBRATION} in data["skipped"]
     assert not list(tmp_path.glob("*int8*"))

@@ -169,12 +169,12 @@ def export_cmd(
     finally:
         progress.stop()
 
-    from fer_edge.exporters.api import INT8_NEEDS_CALIBRATION
+    from fer_edge.exporters.api import INT8_NEEDS_CALIBRATION, SKIP_NEEDS_CALIBRATION
 
     for s in result.skipped:
-        if s["reason"] != INT8_NEEDS_CALIBRATION:
+        if s["code"] != SKIP_NEEDS_CALIBRATION:
             err_console.print(f"[dim]skipped {s['target']} {s['precision']}: {s['reason']}[/]")
-    no_calib = [s["target"] for s in result.skipped if s["reason"] == INT8_NEEDS_CALIBRATION]
+    no_calib = [s["target"] for s in result.skipped if s["code"] == SKIP_NEEDS_CALIBRATION]
     if no_calib:
         err_console.print(f"[yellow]note:[/] int8 not exported ({', '.join(no_calib)}): {INT8_NEEDS_CALIBRATION}",
                           highlight=False)

@@ -110,6 +110,9 @@ def _resolve_targets(targets) -> list[Target]:
 
 #: Why a default export (no ``--precision``) leaves int8 out when it has no calibration images.
 INT8_NEEDS_CALIBRATION = "int8 needs calibration images: add --calib-data PATH (a FER2013 CSV or image folder)"
+#: A skipped (target, precision)'s ``code`` in the manifest: what callers branch on (``reason`` is for people).
+SKIP_NEEDS_CALIBRATION = "needs-calibration"
+SKIP_UNSUPPORTED = "unsupported-precision"
 
 
 def _resolve_precisions(precisions) -> list[Precision]:
@@ -213,11 +216,12 @@ def export(
     for t in tlist:
         for p in plist:
             if p is Precision.int8 and int8_by_default_only and p in t.precisions:
-                skipped.append({"target": t.name, "precision": p.value, "reason": INT8_NEEDS_CALIBRATION})
+                skipped.append({"target": t.name, "precision": p.value, "code": SKIP_NEEDS_CALIBRATION,
+                                "reason": INT8_NEEDS_CALIBRATION})
             elif p in t.precisions:
                 plan.append((t, p))
             else:
-                skipped.append({"target": t.name, "precision": p.value,
+                skipped.append({"target": t.name, "precision": p.value, "code": SKIP_UNSUPPORTED,
                                 "reason": f"{t.name} supports {', '.join(x.value for x in t.precisions)} only"})
     if not plan:
         raise FerEdgeError(

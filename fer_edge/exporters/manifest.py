@@ -25,7 +25,7 @@ Schema (``format`` ``fer-edge-export-manifest/1``)::
                         "providers"?, "session_config"? (ONNX Runtime)}}
       ],
       "failed": [{"target", "precision", "reason"}],   # exports that did not produce a file
-      "skipped": [{"target", "precision", "reason"}],
+      "skipped": [{"target", "precision", "code", "reason"}],   # code: "needs-calibration" | "unsupported-precision"
       "warnings": [...]
     }
 
