@@ -157,6 +157,25 @@ def test_main_runs_the_default_table_with_the_chosen_teachers(synthetic_folder, 
     check_stages(seen["stages"])
 
 
+def test_finetune_students_start_from_the_shipped_weights(synthetic_folder, tmp_path, monkeypatch):
+    from fer_edge.weights import resolve_checkpoint
+
+    seen = {}
+    monkeypatch.setattr("fer_edge.training.distill_round.run_round",
+                        lambda *a, stages, amp, **kw: seen.update(stages=stages, amp=amp))
+    assert main(["--data", str(synthetic_folder), "--work", "w", "--out", "o", "--budget-minutes", "1",
+                 "--students", "finetune", "--amp", "bf16"]) == 0
+    teacher, small, nano = seen["stages"]
+    assert seen["amp"] == "bf16"
+    assert "init" not in teacher.options
+    for stage, name, lr in ((small, "small", 1e-3), (nano, "nano", 2e-3)):
+        assert resolve_checkpoint(stage.options["init"]).resolve() == resolve_checkpoint(name).resolve()
+        assert stage.options["lr"] == lr and stage.teacher == "teacher"
+    # the students' other settings are the round's (distillation included)
+    assert small.options["distill_alpha"] == 0.7 and small.options["augment"] == "strong"
+    check_stages(seen["stages"])
+
+
 def test_round_runs_without_the_export_stack(synthetic_folder, tmp_path):
     """A GPU machine has torch but not openvino, nncf or coremltools: the round must not need them."""
     import subprocess
