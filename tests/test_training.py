@@ -487,6 +487,33 @@ def test_cuda_training_with_fp16_autocast(synthetic_csv, tmp_path):
     res = train(_cfg(synthetic_csv, tmp_path / "gpu", epochs=2, device="cuda"), progress=False)
     ck = load_checkpoint(res.out_dir / "best.pt")
     assert ck.train_config["device"] == "cuda" and res.best_accuracy > 1 / 7
+    # saved on the CPU, so a machine without a GPU opens them with a plain torch.load
+    for name in ("best.pt", "last.pt"):
+        raw = torch.load(res.out_dir / name, weights_only=True)
+        devices = {t.device.type for t in _tensors(raw)}
+        assert devices == {"cpu"}, (name, devices)
+
+
+def test_checkpoint_tensors_are_saved_detached_with_their_nesting(tmp_path):
+    from fer_edge.checkpoint import save_checkpoint
+
+    w = torch.ones(2, requires_grad=True)
+    payload = {"model": "simple_cnn", "labels": ["a"], "normalization": {"mean": 0.5, "std": 0.25},
+               "state_dict": {"w": w * 2}, "resume": {"state": [(torch.zeros(1), 3)], "n": 1}}
+    raw = torch.load(save_checkpoint(tmp_path / "c.pt", payload), weights_only=True)
+    assert not raw["state_dict"]["w"].requires_grad and raw["state_dict"]["w"].tolist() == [2.0, 2.0]
+    assert isinstance(raw["resume"]["state"][0], tuple) and raw["resume"]["state"][0][1] == 3
+
+
+def _tensors(obj):
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif isinstance(obj, dict):
+        for v in obj.values():
+            yield from _tensors(v)
+    elif isinstance(obj, (list, tuple)):
+        for v in obj:
+            yield from _tensors(v)
 
 
 def test_early_stopping_on_validation_accuracy(synthetic_csv, tmp_path):
