@@ -153,3 +153,129 @@ def load_checkpoint(path: str | os.PathLike, map_location: str = "cpu") -> Check
         epoch=int(raw.get("epoch", 0)),
         raw=raw,
     )
+
+
+# --- parts: a checkpoint too large for one transfer, as several smaller files ----------------------------------
+PART_FORMAT = "fer-edge-checkpoint-part/1"
+_PART_SLACK = 64 * 1024  # bytes kept free in each part for the pickle's own overhead
+
+
+def split_checkpoint(path: str | os.PathLike, prefix: str | os.PathLike, max_bytes: int) -> list[Path]:
+    """Write checkpoint ``path`` as ``<prefix>.part<i>.pt`` files of at most ``max_bytes`` each.
+
+    Floating-point weights are stored as float16 (a teacher loses nothing that matters; the original dtypes are
+    recorded and restored by :func:`join_checkpoint`); ``resume`` state is dropped. Part 0 carries the rest of
+    the checkpoint. Every part names the group it belongs to, so parts of different checkpoints do not mix.
+    """
+    import hashlib
+
+    import torch
+
+    from fer_edge.utils import atomic_path
+
+    ck = load_checkpoint(path)
+    budget = max_bytes - _PART_SLACK
+    if budget <= 0:
+        raise CheckpointError(f"parts of {max_bytes} bytes are too small to hold anything")
+    groups: list[dict] = [{}]
+    used = 0
+    dtypes = {}
+    for name, t in ck.state_dict.items():
+        t = t.detach().cpu()
+        dtypes[name] = str(t.dtype).removeprefix("torch.")
+        if t.is_floating_point():
+            t = t.half()
+        size = t.numel() * t.element_size()
+        if size > budget:
+            raise CheckpointError(f"{path}: tensor {name} alone takes {size} bytes, over the {max_bytes}-byte parts")
+        if used + size > budget and groups[-1]:
+            groups.append({})
+            used = 0
+        groups[-1][name] = t
+        used += size
+    meta = {k: v for k, v in ck.raw.items() if k not in ("state_dict", "resume")}
+    group = hashlib.sha256(f"{Path(path).resolve()}:{ck.sha256}".encode()).hexdigest()[:16]
+    out = []
+    for i, sd in enumerate(groups):
+        dest = Path(f"{prefix}.part{i}.pt")
+        payload = {"format": PART_FORMAT, "group": group, "index": i, "count": len(groups), "state_dict": sd}
+        if i == 0:
+            payload.update(checkpoint=meta, dtypes=dtypes)
+        with atomic_path(dest) as tmp:
+            torch.save(payload, tmp)
+        if dest.stat().st_size > max_bytes:
+            raise CheckpointError(f"{dest}: {dest.stat().st_size} bytes, over the {max_bytes}-byte limit")
+        out.append(dest)
+    return out
+
+
+def join_checkpoint(parts: list[str | os.PathLike], dest: str | os.PathLike) -> Path:
+    """Reassemble the files :func:`split_checkpoint` wrote into one checkpoint at ``dest``; every problem with
+    the parts (unreadable, foreign, missing, repeated, from different checkpoints) is reported at once."""
+    import torch
+
+    problems, loaded = [], {}
+    for p in parts:
+        try:
+            raw = torch.load(p, map_location="cpu", weights_only=True)
+        except Exception as e:
+            problems.append(f"{p}: not readable ({type(e).__name__}: {e})")
+            continue
+        if not isinstance(raw, dict) or raw.get("format") != PART_FORMAT:
+            problems.append(f"{p}: not a checkpoint part (expected format {PART_FORMAT!r})")
+            continue
+        if raw["index"] in loaded:
+            problems.append(f"{p}: part {raw['index']} is given twice")
+            continue
+        loaded[raw["index"]] = (p, raw)
+    if loaded:
+        groups = {raw["group"] for _, raw in loaded.values()}
+        if len(groups) > 1:
+            problems.append("the parts come from different checkpoints: " + ", ".join(
+                f"{p} ({raw['group']})" for p, raw in loaded.values()))
+        count = next(iter(loaded.values()))[1]["count"]
+        missing = sorted(set(range(count)) - set(loaded))
+        if missing:
+            problems.append(f"part(s) {', '.join(map(str, missing))} of {count} missing")
+    elif not problems:
+        problems.append("no parts given")
+    if problems:
+        raise CheckpointError("cannot join the checkpoint parts:\n  " + "\n  ".join(problems))
+    first = loaded[0][1]
+    state_dict = {}
+    for i in range(first["count"]):
+        state_dict.update(loaded[i][1]["state_dict"])
+    dtypes = first["dtypes"]
+    state_dict = {k: v.to(getattr(torch, dtypes[k])) for k, v in state_dict.items()}
+    return save_checkpoint(dest, {**first["checkpoint"], "state_dict": state_dict})
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+    import sys
+
+    ap = argparse.ArgumentParser(prog="python -m fer_edge.checkpoint",
+                                 description="Split a checkpoint into parts of a size limit, or join them again.")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("split", help="write CHECKPOINT as PREFIX.part<i>.pt (float16 weights)")
+    s.add_argument("checkpoint")
+    s.add_argument("prefix")
+    s.add_argument("--max-mb", type=float, required=True, help="largest part, in MiB")
+    j = sub.add_parser("join", help="reassemble parts into one checkpoint")
+    j.add_argument("parts", nargs="+")
+    j.add_argument("--out", required=True)
+    args = ap.parse_args(argv)
+    try:
+        if args.cmd == "split":
+            for p in split_checkpoint(args.checkpoint, args.prefix, int(args.max_mb * 1024 * 1024)):
+                print(p)
+        else:
+            print(join_checkpoint(args.parts, args.out))
+    except CheckpointError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

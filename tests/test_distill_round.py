@@ -6,6 +6,7 @@ import json
 import shlex
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 import fer_edge.training as training
@@ -41,6 +42,23 @@ def test_round_trains_teacher_then_student_and_keeps_each(synthetic_folder, tmp_
     assert ck.train_config["distill"] == [str(work / "teacher" / "best.pt")]
     assert ck.metrics["val_accuracy"] == pytest.approx(student["best_accuracy"])
     assert student["command"].startswith("fer-edge train ") and "--distill-tta" in student["command"]
+
+
+def test_a_teacher_too_large_to_keep_is_sent_in_parts_that_join_again(synthetic_folder, tmp_path):
+    from fer_edge.checkpoint import join_checkpoint
+
+    work, out = tmp_path / "work", tmp_path / "out"
+    limit = 680_000  # simple_cnn's float16 weights (640 KB, one tensor 590 KB) need two parts
+    summary = run_round(synthetic_folder, work, out, budget_s=600, stages=TINY[:1], log=lambda m: None,
+                        parts_bytes=limit, **COMMON)
+    names = summary["stages"][0]["checkpoint_parts"]
+    assert len(names) >= 2 and all((out / n).stat().st_size <= limit for n in names)
+    joined = load_checkpoint(join_checkpoint([out / n for n in names], tmp_path / "teacher.pt"))
+    original = load_checkpoint(work / "teacher" / "best.pt")
+    assert (joined.model_name, joined.metrics) == (original.model_name, original.metrics)
+    for k, v in original.state_dict.items():
+        assert joined.state_dict[k].dtype == v.dtype
+        assert torch.allclose(joined.state_dict[k].float(), v.float(), rtol=1e-3, atol=1e-4), k
 
 
 def test_stage_without_time_for_an_epoch_is_skipped_with_its_pupils(synthetic_folder, tmp_path):

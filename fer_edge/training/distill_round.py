@@ -133,11 +133,14 @@ def _describe_device(d, threads: int) -> str:
 
 def run_round(data: str | Path, work: str | Path, out: str | Path, budget_s: float, *,
               stages: tuple[Stage, ...] | list[Stage] = DEFAULT_STAGES, device: str = "auto", amp: str = "auto",
-              seed: int = 0,
+              seed: int = 0, parts_bytes: int = 0,
               batch_size: int = 128, probe_steps: int = 20, max_steps_per_epoch: int = 0, threads: int = 0,
               progress: bool = False, log: Callable[[str], None] = print,
               clock: Callable[[], float] = time.monotonic) -> dict:
     """Run the round (see the module docstring) and return the summary also written to ``OUT/summary.json``.
+
+    ``parts_bytes``: a stage that does not keep its checkpoint (the teacher) still sends it to ``OUT``, as
+    float16 parts of at most this many bytes (:func:`fer_edge.checkpoint.split_checkpoint`); 0 sends none.
 
     Raises :class:`TrainingError` naming every failed stage after the others have run and been kept.
     """
@@ -183,6 +186,11 @@ def run_round(data: str | Path, work: str | Path, out: str | Path, budget_s: flo
         if stage.keep_checkpoint and (run_dir / "best.pt").is_file():
             _copy_atomic(run_dir / "best.pt", out / f"{stage.name}.pt")
             entry["checkpoint"] = f"{stage.name}.pt"
+        elif parts_bytes and (run_dir / "best.pt").is_file():
+            from fer_edge.checkpoint import split_checkpoint
+
+            parts = split_checkpoint(run_dir / "best.pt", out / stage.name, parts_bytes)
+            entry["checkpoint_parts"] = [p.name for p in parts]
 
     failures: list[str] = []
     current: tuple[Stage, Path] | None = None
@@ -305,6 +313,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--probe-steps", type=int, default=20)
     ap.add_argument("--max-steps-per-epoch", type=int, default=0, help="cap steps per epoch (smoke runs)")
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--teacher-parts-mb", type=float, default=0.0,
+                    help="also send the teacher to --out, as float16 parts of at most this many MiB "
+                         "(join them with `python -m fer_edge.checkpoint join`); 0: keep it in --work only")
     args = ap.parse_args(argv)
     if not Path(args.data).exists():
         print(f"error: --data {args.data} does not exist", file=sys.stderr)
@@ -315,7 +326,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.students == "finetune":
             stages = (stages[0], finetune_stage(stages[1], "small"), finetune_stage(stages[2], "nano"))
         run_round(args.data, args.work, args.out, args.budget_minutes * 60, stages=stages, device=args.device,
-                  amp=args.amp, seed=args.seed, batch_size=args.batch_size, probe_steps=args.probe_steps,
+                  amp=args.amp, seed=args.seed, parts_bytes=int(args.teacher_parts_mb * 1024 * 1024),
+                  batch_size=args.batch_size, probe_steps=args.probe_steps,
                   max_steps_per_epoch=args.max_steps_per_epoch, threads=args.threads,
                   progress=sys.stderr.isatty())
     except FerEdgeError as e:

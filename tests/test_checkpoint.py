@@ -1,0 +1,60 @@
+"""Checkpoint parts: a checkpoint split under a size limit and joined again (fer_edge.checkpoint)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fer_edge.checkpoint import join_checkpoint, load_checkpoint, main, save_checkpoint, split_checkpoint
+from fer_edge.errors import CheckpointError
+from fer_edge.models import create_model
+
+
+def _checkpoint(path, seed=0):
+    torch.manual_seed(seed)
+    model = create_model("simple_cnn", num_classes=7)
+    return save_checkpoint(path, {"model": "simple_cnn", "labels": list("abcdefg"),
+                                  "normalization": {"mean": 0.5, "std": 0.25}, "state_dict": model.state_dict(),
+                                  "metrics": {"val_accuracy": 0.5}, "resume": {"optimizer": {"x": torch.ones(3)}}})
+
+
+def test_split_respects_the_limit_and_join_restores_weights_and_metadata(tmp_path):
+    src = _checkpoint(tmp_path / "a.pt")
+    parts = split_checkpoint(src, tmp_path / "a", 680_000)
+    assert len(parts) >= 2 and all(p.stat().st_size <= 680_000 for p in parts)
+    joined = load_checkpoint(join_checkpoint(reversed(parts), tmp_path / "joined.pt"))  # any order
+    original = load_checkpoint(src)
+    assert joined.metrics == original.metrics and joined.labels == original.labels
+    assert "resume" not in joined.raw  # optimizer state does not travel
+    assert joined.state_dict.keys() == original.state_dict.keys()
+    for k, v in original.state_dict.items():
+        assert joined.state_dict[k].dtype == v.dtype
+        torch.testing.assert_close(joined.state_dict[k], v, rtol=1e-3, atol=1e-4)
+    joined.build_model()  # the weights fit the model again
+
+
+def test_join_reports_every_problem_at_once(tmp_path):
+    a = split_checkpoint(_checkpoint(tmp_path / "a.pt"), tmp_path / "a", 680_000)
+    b = split_checkpoint(_checkpoint(tmp_path / "b.pt", seed=1), tmp_path / "b", 680_000)
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError) as e:
+        join_checkpoint([a[0], a[0], b[1], tmp_path / "junk.pt"], tmp_path / "x.pt")
+    msg = str(e.value)
+    assert "given twice" in msg and "different checkpoints" in msg and "junk.pt" in msg
+    with pytest.raises(CheckpointError, match=r"part\(s\) 0 of 2 missing"):
+        join_checkpoint([a[1]], tmp_path / "x.pt")
+    assert not (tmp_path / "x.pt").exists()
+
+
+def test_a_tensor_larger_than_a_part_is_refused(tmp_path):
+    with pytest.raises(CheckpointError, match="alone takes"):
+        split_checkpoint(_checkpoint(tmp_path / "a.pt"), tmp_path / "a", 500_000)
+
+
+def test_command_line_splits_and_joins(tmp_path, capsys):
+    src = _checkpoint(tmp_path / "a.pt")
+    assert main(["split", str(src), str(tmp_path / "a"), "--max-mb", "0.65"]) == 0
+    parts = capsys.readouterr().out.split()
+    assert main(["join", *parts, "--out", str(tmp_path / "j.pt")]) == 0
+    assert load_checkpoint(tmp_path / "j.pt").model_name == "simple_cnn"
+    assert main(["join", parts[0], "--out", str(tmp_path / "k.pt")]) == 1
+    assert "missing" in capsys.readouterr().err
