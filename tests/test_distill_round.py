@@ -194,6 +194,25 @@ def test_finetune_students_start_from_the_shipped_weights(synthetic_folder, tmp_
     check_stages(seen["stages"])
 
 
+def test_shares_and_lr_scaling_reach_the_stages(synthetic_folder, monkeypatch, capsys):
+    seen = {}
+    monkeypatch.setattr("fer_edge.training.distill_round.run_round",
+                        lambda *a, stages, batch_size, **kw: seen.update(stages=stages, batch_size=batch_size))
+    base = ["--data", str(synthetic_folder), "--work", "w", "--out", "o", "--budget-minutes", "1"]
+    assert main(base + ["--shares", "0.6,0.25,0.15", "--batch-size", "512", "--lr-scale", "sqrt",
+                        "--students", "finetune"]) == 0
+    teacher, small, nano = seen["stages"]
+    assert [s.share for s in seen["stages"]] == [0.6, 0.25, 0.15] and seen["batch_size"] == 512
+    # sqrt(512 / 128) = 2 times the batch-128 LRs: the teacher's 1e-3, the fine-tunes' 1e-3 and 2e-3
+    assert [s.options["lr"] for s in seen["stages"]] == pytest.approx([2e-3, 2e-3, 4e-3])
+    assert main(base + ["--lr-scale", "none"]) == 0
+    assert [s.options["lr"] for s in seen["stages"]] == pytest.approx([1e-3, 3e-3, 4e-3])
+    for bad in ("0.5,0.5", "1,0,1", "a,b,c"):
+        with pytest.raises(SystemExit) as e:
+            main(base + ["--shares", bad])
+        assert e.value.code == 2 and "three positive numbers" in capsys.readouterr().err
+
+
 def test_round_runs_without_the_export_stack(synthetic_folder, tmp_path):
     """A GPU machine has torch but not openvino, nncf or coremltools: the round must not need them."""
     import subprocess

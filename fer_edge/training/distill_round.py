@@ -86,6 +86,29 @@ def finetune_stage(stage: Stage, shipped: str) -> Stage:
                    options={**stage.options, **spec["options"], "init": str(path)})
 
 
+#: The batch size the stage tables' learning rates were set for; ``--lr-scale`` scales them from it.
+REFERENCE_BATCH = 128
+LR_SCALE_POWER = {"none": 0.0, "sqrt": 0.5, "linear": 1.0}
+
+
+def scale_lr(stage: Stage, batch_size: int, rule: str) -> Stage:
+    """``stage`` with its peak LR scaled from :data:`REFERENCE_BATCH` to ``batch_size`` by ``rule``
+    (``sqrt``: the usual rule for Adam-type optimizers; ``linear``: Goyal et al.'s for SGD)."""
+    factor = (batch_size / REFERENCE_BATCH) ** LR_SCALE_POWER[rule]
+    lr = stage.options.get("lr", TrainConfig.__dataclass_fields__["lr"].default)
+    return replace(stage, options={**stage.options, "lr": lr * factor}) if factor != 1.0 else stage
+
+
+def _shares(text: str) -> tuple[float, float, float]:
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 3 or not all(v > 0 for v in values):
+        raise argparse.ArgumentTypeError(f"expected three positive numbers, teacher,small,nano; got {text!r}")
+    return values
+
+
 def check_stages(stages: tuple[Stage, ...] | list[Stage]) -> None:
     """Every problem with a stage table at once."""
     problems, seen = [], set()
@@ -313,6 +336,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--probe-steps", type=int, default=20)
     ap.add_argument("--max-steps-per-epoch", type=int, default=0, help="cap steps per epoch (smoke runs)")
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--shares", type=_shares, default=tuple(s.share for s in DEFAULT_STAGES),
+                    help="the budget's split as teacher,small,nano (default %(default)s; each stage gets its share "
+                         "of what is left when it starts)")
+    ap.add_argument("--lr-scale", default="none", choices=list(LR_SCALE_POWER),
+                    help=f"scale every stage's peak LR from batch {REFERENCE_BATCH} to --batch-size")
     ap.add_argument("--teacher-parts-mb", type=float, default=0.0,
                     help="also send the teacher to --out, as float16 parts of at most this many MiB "
                          "(join them with `python -m fer_edge.checkpoint join`); 0: keep it in --work only")
@@ -325,6 +353,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.students == "finetune":
             stages = (stages[0], finetune_stage(stages[1], "small"), finetune_stage(stages[2], "nano"))
+        stages = tuple(scale_lr(replace(st, share=share), args.batch_size, args.lr_scale)
+                       for st, share in zip(stages, args.shares))
         run_round(args.data, args.work, args.out, args.budget_minutes * 60, stages=stages, device=args.device,
                   amp=args.amp, seed=args.seed, parts_bytes=int(args.teacher_parts_mb * 1024 * 1024),
                   batch_size=args.batch_size, probe_steps=args.probe_steps,
