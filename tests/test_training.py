@@ -318,6 +318,23 @@ def test_distill_speed_benchmark_compares_runtimes(synthetic_csv, tiny_checkpoin
     assert r.exit_code == 1 and "no such checkpoint" in " ".join(r.output.split())  # rich wraps long paths
 
 
+def test_step_cost_benchmark_counts_operators_per_step(synthetic_csv):
+    from fer_edge.benchmarks.step_cost import cli, step_counts
+
+    no_ema = step_counts(str(synthetic_csv), "simple_cnn", "cpu", 16, "off", steps=(1, 3), num_threads=1)
+    with_ema = step_counts(str(synthetic_csv), "simple_cnn", "cpu", 16, "off", steps=(1, 3), num_threads=1,
+                           ema=0.99)
+    assert no_ema["kernels_per_step"] is None  # not a CUDA device
+    # a step runs the model's forward and backward (dozens of operators); EMA adds its few foreach calls
+    assert 20 < no_ema["ops_per_step"] < with_ema["ops_per_step"] < no_ema["ops_per_step"] + 10
+    r = runner.invoke(cli, ["--data", str(synthetic_csv), "--model", "simple_cnn", "--batch-size", "8",
+                            "--batch-size", "16", "--steps", "2", "--rounds", "2", "--device", "cpu",
+                            "--amp", "off", "--threads", "1"], env={"COLUMNS": "250"})
+    assert r.exit_code == 0, r.output
+    assert "round 2/2" in r.output and "vs batch 8" in r.output and "1.00x" in r.output
+    assert "not measured, this device is not a CUDA GPU" in r.output
+
+
 def test_init_fine_tunes_from_checkpoint_and_rejects_misfits(synthetic_csv, tmp_path):
     base = train(_cfg(synthetic_csv, tmp_path / "base", epochs=2), progress=False)
     base_ck = load_checkpoint(base.out_dir / "best.pt")
@@ -418,16 +435,40 @@ def test_cli_errors_are_clear(synthetic_csv, tmp_path):
     assert r.exit_code == 1 and "not a readable checkpoint" in r.output
 
 
-def test_ema_decay_warms_up_and_copies_integer_buffers():
-    from fer_edge.training.trainer import _ema_with_warmup
+def test_ema_updater_matches_averaged_model_with_the_warm_up_decay():
+    """EmaUpdater is AveragedModel.update_parameters with a multi_avg_fn, minus the per-step device reads."""
+    from torch.optim.swa_utils import AveragedModel
 
-    update = _ema_with_warmup(0.999)
-    ema, cur = [torch.zeros(3), torch.tensor(0)], [torch.ones(3), torch.tensor(7)]
-    update(ema, cur, torch.tensor(0))  # first update: decay 1/10, not 0.999
-    assert torch.allclose(ema[0], torch.full((3,), 0.9)) and int(ema[1]) == 7
-    for n in range(1, 5000):
-        update(ema, cur, torch.tensor(n))
-    assert torch.allclose(ema[0], torch.ones(3), atol=1e-3)
+    from fer_edge.models import create_model
+    from fer_edge.training.trainer import EmaUpdater, ema_decay
+
+    def reference_fn(ema_params, params, num_averaged):
+        d = ema_decay(0.99, int(num_averaged))
+        for e, p in zip(ema_params, params):
+            e.copy_(torch.lerp(e, p, 1 - d) if e.is_floating_point() else p)
+
+    torch.manual_seed(0)
+    model = create_model("fer_nano")
+    ref = AveragedModel(model, multi_avg_fn=reference_fn, use_buffers=True)
+    fast = AveragedModel(model, use_buffers=True)
+    updater = EmaUpdater(fast, model, 0.99)
+    for step in range(30):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p) * 0.1)
+        model.train()(torch.randn(4, 1, 48, 48))  # moves the BatchNorm statistics and num_batches_tracked
+        with torch.no_grad():
+            ref.update_parameters(model)
+        updater.update()
+    for (k, a), b in zip(ref.state_dict().items(), fast.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=k)
+    assert int(fast.n_averaged) == 30 and updater.n == 30
+    # the ramp: the second update averages with decay 2/11, not 0.99; the decay then reaches its cap
+    assert ema_decay(0.99, 1) == 2 / 11 and ema_decay(0.99, 10_000) == 0.99
+    # a resumed run picks up the count from the state dict
+    resumed = AveragedModel(model, use_buffers=True)
+    resumed.load_state_dict(fast.state_dict())
+    assert EmaUpdater(resumed, model, 0.99).n == 30
 
 
 def test_wandb_offline_logging(synthetic_csv, tmp_path, monkeypatch):

@@ -137,9 +137,13 @@ def make_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Opti
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=0.9, nesterov=True)
+    # the fused kernels update every parameter in one call (CPU and CUDA): the default for-each/per-tensor
+    # implementations issue several operators per parameter tensor each step (see fer_edge.benchmarks.step_cost)
+    fused = {"fused": True} if all(p.device.type in ("cpu", "cuda") and p.is_floating_point()
+                                   for p in model.parameters()) else {}
     if cfg.optimizer == "adam":
-        return torch.optim.Adam(groups, lr=cfg.lr)
-    return torch.optim.AdamW(groups, lr=cfg.lr)
+        return torch.optim.Adam(groups, lr=cfg.lr, **fused)
+    return torch.optim.AdamW(groups, lr=cfg.lr, **fused)
 
 
 def make_scheduler(cfg: TrainConfig, opt: torch.optim.Optimizer, steps_per_epoch: int):
@@ -216,25 +220,44 @@ def load_init_weights(model: torch.nn.Module, cfg: TrainConfig, labels: list[str
     return ck.normalization
 
 
-def _ema_with_warmup(decay: float):
-    """EMA update whose decay ramps up as min(decay, (1 + n) / (10 + n)) over n updates (as TF and timm do).
+def ema_decay(decay: float, n: int) -> float:
+    """The EMA decay after ``n`` updates: min(decay, (1 + n) / (10 + n)), a ramp as TF and timm use.
 
     Without the ramp the random initial weights keep a weight of decay**n: 26% after 670
     steps at 0.998, which made early-epoch EMA models (and early stopping on them) useless.
     """
+    return min(decay, (1.0 + n) / (10.0 + n))
+
+
+class EmaUpdater:
+    """Updates a ``torch.optim.swa_utils.AveragedModel(model, use_buffers=True)`` as an EMA with
+    :func:`ema_decay`'s ramp, in one ``_foreach_lerp_`` over tensor lists gathered once.
+
+    The same arithmetic as ``AveragedModel.update_parameters`` with a ``multi_avg_fn`` (the first update copies,
+    integer buffers such as BatchNorm's ``num_batches_tracked`` are copied), and the same state dict, but
+    without its per-step cost: it walks and detaches every tensor each step and reads ``n_averaged`` back from
+    the device two times, which on a GPU makes every step wait for the one before.
+    """
+
+    def __init__(self, ema: torch.nn.Module, model: torch.nn.Module, decay: float):
+        self.ema, self.decay = ema, decay
+        pairs = list(zip([*ema.module.parameters(), *ema.module.buffers()], [*model.parameters(), *model.buffers()]))
+        self.float_ema = [e for e, _ in pairs if e.is_floating_point()]
+        self.float_model = [p for e, p in pairs if e.is_floating_point()]
+        self.int_ema = [e for e, _ in pairs if not e.is_floating_point()]
+        self.int_model = [p for e, p in pairs if not e.is_floating_point()]
+        self.n = int(ema.n_averaged)  # read once (resume restores it); kept on the host from here on
 
     @torch.no_grad()
-    def update(ema_params, params, num_averaged):
-        n = float(num_averaged)
-        d = min(decay, (1.0 + n) / (10.0 + n))
-        floats = [(e, p) for e, p in zip(ema_params, params) if e.is_floating_point()]
-        if floats:
-            torch._foreach_lerp_([e for e, _ in floats], [p for _, p in floats], 1.0 - d)
-        for e, p in zip(ema_params, params):
-            if not e.is_floating_point():  # e.g. BatchNorm's num_batches_tracked
-                e.copy_(p)
-
-    return update
+    def update(self) -> None:
+        if self.n == 0:
+            torch._foreach_copy_(self.float_ema, self.float_model)
+        else:
+            torch._foreach_lerp_(self.float_ema, self.float_model, 1.0 - ema_decay(self.decay, self.n))
+        if self.int_ema:
+            torch._foreach_copy_(self.int_ema, self.int_model)
+        self.n += 1
+        self.ema.n_averaged.fill_(self.n)  # for the checkpoint's state dict; no read back
 
 
 # --- distributed ----------------------------------------------------------------
@@ -385,7 +408,7 @@ class Trainer:
         if cfg.ema > 0:
             from torch.optim.swa_utils import AveragedModel
 
-            ema = AveragedModel(model, multi_avg_fn=_ema_with_warmup(cfg.ema), use_buffers=True)
+            ema = AveragedModel(model, use_buffers=True)  # updated by EmaUpdater, below
 
         teachers = []
         if cfg.distill:
@@ -441,6 +464,7 @@ class Trainer:
         fingerprint = {"train": data_fingerprint(train), "val": data_fingerprint(val)}
         stopped_early = False
         eval_model = ema.module if ema is not None else model
+        ema_updater = EmaUpdater(ema, model, cfg.ema) if ema is not None else None
 
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -497,8 +521,8 @@ class Trainer:
                         sched.step()
                         if qsim is not None and self.dist.enabled:
                             qsim.average_ranges(self.dist.sum, self.dist.world)
-                        if ema is not None:
-                            ema.update_parameters(model)
+                        if ema_updater is not None:
+                            ema_updater.update()
                         bs = len(idx)
                         loss_sum += loss.detach() * bs
                         correct += (logits.detach().argmax(1) == ya).sum()

@@ -1,0 +1,104 @@
+"""What one training step costs on this device: images/second, milliseconds, and how many operator calls (and,
+on CUDA, kernel launches) each step makes, for several batch sizes side by side.
+
+Written for a lent GPU, where the first distillation round trained only 7,400-9,800 images/s at batch 128 on an
+H200 (README, "The first GPU round"): with a few million MACs an image, a step's time is set by how many
+kernels Python launches one by one (batched augmentation, EMA, the optimizer, the model's layers), not by the
+arithmetic. This measures that before a round's budget is spent, so the round's ``--batch-size`` is chosen on
+figures.
+
+Each measurement is one ``fer-edge train`` epoch capped at ``--steps`` steps (the real loop). Per-step operator
+and kernel counts come from two profiled runs of different lengths, differenced, so loading, validation and
+checkpoint writes cancel out. Rounds are interleaved; medians are compared.
+
+    python -m fer_edge.benchmarks.step_cost --data ../shared/data/fer2013/fer2013.csv.gz \\
+        --model fer_nano --model resnet18 --batch-size 128 --batch-size 512 --device cuda --amp bf16
+"""
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+
+import typer
+
+from fer_edge.benchmarks.train_throughput import fer_edge_pipeline_run
+
+cli = typer.Typer(add_completion=False)
+
+
+def step_counts(data: str, model: str, device: str, batch_size: int, amp: str, steps: tuple[int, int] = (2, 6),
+                **options) -> dict[str, float | None]:
+    """Operator calls (``aten`` operators called from outside another ``aten`` operator) and CUDA kernel
+    launches per training step, from two profiled runs of ``steps`` steps, differenced."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    from fer_edge.training.trainer import resolve_device
+
+    cuda = resolve_device(device).type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    totals = []
+    for n in steps:
+        with profile(activities=activities) as prof:
+            fer_edge_pipeline_run(data, model, device, n, batch_size=batch_size, amp=amp, **options)
+        events = prof.events()
+        ops = sum(1 for e in events if e.name.startswith("aten::") and e.device_type == DeviceType.CPU
+                  and not (e.cpu_parent is not None and e.cpu_parent.name.startswith("aten::")))
+        kernels = sum(1 for e in events if e.device_type == DeviceType.CUDA) if cuda else None
+        totals.append((ops, kernels))
+    span = steps[1] - steps[0]
+    (ops_a, k_a), (ops_b, k_b) = totals
+    return {"ops_per_step": (ops_b - ops_a) / span, "kernels_per_step": (k_b - k_a) / span if cuda else None}
+
+
+@cli.command()
+def main(
+    data: Path = typer.Option(..., exists=True, help="FER2013 CSV or image folder."),
+    model: list[str] = typer.Option(["fer_nano"], help="Registered model; repeat for several."),
+    batch_size: list[int] = typer.Option([128, 512], help="Batch size; repeat for several (the first is the "
+                                         "reference for the ratios)."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda or mps."),
+    amp: str = typer.Option("auto", help="Autocast, as fer-edge train's --amp."),
+    steps: int = typer.Option(30, min=2, help="Training steps per timed measurement."),
+    rounds: int = typer.Option(3, min=1, help="Interleaved rounds; medians are compared."),
+    threads: int = typer.Option(0, min=0, help="torch threads on a CPU (0: torch's default)."),
+) -> None:
+    import torch
+    from rich.console import Console
+    from rich.table import Table
+
+    from fer_edge.training.trainer import resolve_device
+
+    console = Console()
+    dev = resolve_device(device)
+    options = dict(num_threads=threads)
+    if dev.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    keys = [(m, b) for m in model for b in batch_size]
+    ips: dict[tuple[str, int], list[float]] = {k: [] for k in keys}
+    for r in range(rounds):
+        for m, b in keys:
+            res = fer_edge_pipeline_run(str(data), m, device, steps, batch_size=b, amp=amp, **options)
+            ips[(m, b)].append(float(res.history[0]["images_per_second"]))
+        console.print(f"round {r + 1}/{rounds}: " + ", ".join(f"{m} b{b} {ips[(m, b)][-1]:.0f} img/s"
+                                                             for m, b in keys))
+    counts = {k: step_counts(str(data), k[0], device, k[1], amp, **options) for k in keys}
+    where = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"{dev} ({torch.get_num_threads()} threads)"
+    t = Table(title=f"one training step on {where}, --amp {amp}, median of {rounds} rounds of {steps} steps")
+    for col in ("model", "batch", "images/s", f"vs batch {batch_size[0]}", "ms/step", "operator calls/step",
+                "CUDA kernels/step", "rounds (images/s)"):
+        t.add_column(col, justify="left" if col == "model" else "right")
+    for m, b in keys:
+        med = statistics.median(ips[(m, b)])
+        ref = statistics.median(ips[(m, batch_size[0])])
+        c = counts[(m, b)]
+        t.add_row(m, str(b), f"{med:.0f}", f"{med / ref:.2f}x", f"{1000 * b / med:.1f}", f"{c['ops_per_step']:.0f}",
+                  "-" if c["kernels_per_step"] is None else f"{c['kernels_per_step']:.0f}",
+                  " ".join(f"{v:.0f}" for v in ips[(m, b)]))
+    console.print(t)
+    if dev.type != "cuda":
+        console.print("CUDA kernels/step: not measured, this device is not a CUDA GPU.")
+
+
+if __name__ == "__main__":
+    cli()
