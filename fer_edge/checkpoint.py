@@ -180,8 +180,7 @@ def split_checkpoint(path: str | os.PathLike, prefix: str | os.PathLike, max_byt
     groups: list[dict] = [{}]
     used = 0
     dtypes = {}
-    for name, t in ck.state_dict.items():
-        t = t.detach().cpu()
+    for name, t in ck.state_dict.items():  # load_checkpoint mapped them to the CPU
         dtypes[name] = str(t.dtype).removeprefix("torch.")
         if t.is_floating_point():
             t = t.half()

@@ -62,6 +62,8 @@ def main(
     steps: int = typer.Option(30, min=2, help="Training steps per timed measurement."),
     rounds: int = typer.Option(3, min=1, help="Interleaved rounds; medians are compared."),
     threads: int = typer.Option(0, min=0, help="torch threads on a CPU (0: torch's default)."),
+    ema: float = typer.Option(0.998, min=0.0, max=0.9999, help="Weight EMA decay, as the shipped recipes use "
+                              "(0: no EMA)."),
 ) -> None:
     import torch
     from rich.console import Console
@@ -71,7 +73,7 @@ def main(
 
     console = Console()
     dev = resolve_device(device)
-    options = dict(num_threads=threads)
+    options = dict(num_threads=threads, ema=ema)
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True
     keys = [(m, b) for m in model for b in batch_size]
@@ -84,7 +86,8 @@ def main(
                                                              for m, b in keys))
     counts = {k: step_counts(str(data), k[0], device, k[1], amp, **options) for k in keys}
     where = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"{dev} ({torch.get_num_threads()} threads)"
-    t = Table(title=f"one training step on {where}, --amp {amp}, median of {rounds} rounds of {steps} steps")
+    t = Table(title=f"one training step on {where}, --amp {amp}, --ema {ema}, median of {rounds} rounds of "
+                    f"{steps} steps")
     for col in ("model", "batch", "images/s", f"vs batch {batch_size[0]}", "ms/step", "operator calls/step",
                 "CUDA kernels/step", "rounds (images/s)"):
         t.add_column(col, justify="left" if col == "model" else "right")
