@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import json
 import shlex
+from dataclasses import replace
 
 import pytest
 import torch
@@ -18,7 +19,7 @@ from fer_edge.training.distill_round import Stage, check_stages, main, run_round
 
 TINY = (
     Stage("teacher", "simple_cnn", 0.5, 2, keep_checkpoint=False, options=dict(lr=3e-3, augment="light")),
-    Stage("student", "fer_nano", 0.5, 2, teacher="teacher",
+    Stage("student", "fer_nano", 0.5, 2, teachers=("teacher",),
           options=dict(lr=3e-3, augment="light", distill_alpha=0.7, distill_tta=True)),
 )
 COMMON = dict(device="cpu", batch_size=32, probe_steps=2, max_steps_per_epoch=3)
@@ -109,14 +110,14 @@ def test_interrupt_keeps_the_running_stage_and_marks_the_rest(synthetic_folder, 
 
 
 def test_bad_stage_tables_and_options_fail_before_any_training(synthetic_folder, tmp_path):
-    bad = (Stage("a", "simple_cnn", 0, 0, teacher="b", options=dict(epochs=3)),
+    bad = (Stage("a", "simple_cnn", 0, 0, teachers=("b",), options=dict(epochs=3)),
            Stage("a", "simple_cnn", 1, 1))
     with pytest.raises(TrainingError) as e:
         check_stages(bad)
     for part in ("used twice", "teacher 'b' is not an earlier stage", "share must be positive",
                  "max_epochs must be at least 1", "reserved options ['epochs']"):
         assert part in str(e.value)
-    wrong = (Stage("t", "no_such_net", 1, 1), Stage("s", "simple_cnn", 1, 1, teacher="t", options=dict(lr=-1)))
+    wrong = (Stage("t", "no_such_net", 1, 1), Stage("s", "simple_cnn", 1, 1, teachers=("t",), options=dict(lr=-1)))
     with pytest.raises(TrainingError) as e:
         run_round(synthetic_folder, tmp_path / "w", tmp_path / "o", budget_s=60, stages=wrong, **COMMON)
     assert "unknown model 'no_such_net'" in str(e.value) and "--lr must be positive" in str(e.value)
@@ -171,7 +172,7 @@ def test_main_runs_the_default_table_with_the_chosen_teachers(synthetic_folder, 
     assert main(["--data", str(synthetic_folder), "--work", "w", "--out", "o", "--budget-minutes", "1",
                  "--teacher", "enhanced_cnn", "--nano-teacher", "small"]) == 0
     teacher, small, nano = seen["stages"]
-    assert (teacher.model, small.teacher, nano.teacher) == ("enhanced_cnn", "teacher", "small")
+    assert (teacher.model, small.teachers, nano.teachers) == ("enhanced_cnn", ("teacher",), ("small",))
     check_stages(seen["stages"])
 
 
@@ -188,7 +189,7 @@ def test_finetune_students_start_from_the_shipped_weights(synthetic_folder, tmp_
     assert "init" not in teacher.options
     for stage, name, lr in ((small, "small", 1e-3), (nano, "nano", 2e-3)):
         assert resolve_checkpoint(stage.options["init"]).resolve() == resolve_checkpoint(name).resolve()
-        assert stage.options["lr"] == lr and stage.teacher == "teacher"
+        assert stage.options["lr"] == lr and stage.teachers == ("teacher",)
     # the students' other settings are the round's (distillation included)
     assert small.options["distill_alpha"] == 0.7 and small.options["augment"] == "strong"
     check_stages(seen["stages"])
@@ -234,3 +235,61 @@ def test_round_runs_without_the_export_stack(synthetic_folder, tmp_path):
     summary = json.loads((tmp_path / "o" / "summary.json").read_text())
     assert [s["status"] for s in summary["stages"]] == ["done", "done", "done"]
     assert (tmp_path / "o" / "small.pt").is_file() and (tmp_path / "o" / "nano.pt").is_file()
+
+
+def test_students_distil_from_every_teacher_stage_and_the_extra_checkpoints(synthetic_folder, tmp_path):
+    from fer_edge.weights import resolve_checkpoint
+
+    work, out = tmp_path / "work", tmp_path / "out"
+    extra = str(resolve_checkpoint("nano"))
+    stages = (TINY[0], replace(TINY[0], name="teacher2", options={**TINY[0].options, "seed": 7}),
+              replace(TINY[1], teachers=("teacher", "teacher2"), extra_teachers=(extra,)))
+    summary = run_round(synthetic_folder, work, out, budget_s=600, stages=stages, log=lambda m: None, **COMMON)
+    assert [s["status"] for s in summary["stages"]] == ["done"] * 3
+    ck = load_checkpoint(out / summary["stages"][2]["checkpoint"])
+    assert ck.train_config["distill"] == [str(work / "teacher" / "best.pt"), str(work / "teacher2" / "best.pt"), extra]
+    assert load_checkpoint(work / "teacher2" / "best.pt").train_config["seed"] == 7
+    assert summary["stages"][2]["command"].count("--distill ") == 3
+
+    # one teacher without time for an epoch: its pupils are skipped, and the status names it
+    slow = (stages[0], replace(stages[1], max_epochs=1), stages[2])
+    summary = run_round(synthetic_folder, tmp_path / "w2", tmp_path / "o2", budget_s=1e-3, stages=slow,
+                        log=lambda m: None, **COMMON)
+    assert summary["stages"][2]["status"] == "skipped: its teachers 'teacher', 'teacher2' did not finish"
+
+
+def test_teacher_tables_that_cannot_run_fail_before_any_training(synthetic_folder, tmp_path):
+    with pytest.raises(TrainingError) as e:
+        check_stages((TINY[0], replace(TINY[1], teachers="teacher")))
+    assert "tuples of names, not strings" in str(e.value)
+    missing = (TINY[0], replace(TINY[1], extra_teachers=(str(tmp_path / "gone.pt"),)))
+    with pytest.raises(TrainingError, match="extra teacher .*gone.pt is not a file"):
+        run_round(synthetic_folder, tmp_path / "w", tmp_path / "o", budget_s=60, stages=missing, **COMMON)
+    assert not (tmp_path / "w").exists()
+
+
+def test_main_builds_several_teachers_and_adds_the_extra_ones(synthetic_folder, monkeypatch, capsys):
+    from fer_edge.weights import resolve_checkpoint
+
+    seen = {}
+    monkeypatch.setattr("fer_edge.training.distill_round.run_round",
+                        lambda *a, stages, **kw: seen.update(stages=stages))
+    base = ["--data", str(synthetic_folder), "--work", "w", "--out", "o", "--budget-minutes", "1"]
+    assert main(base + ["--teachers", "2", "--teacher-max-epochs", "150", "--extra-teacher", "small",
+                        "--shares", "0.7,0.2,0.1", "--seed", "5", "--students", "finetune"]) == 0
+    t1, t2, small, nano = seen["stages"]
+    assert (t1.name, t2.name) == ("teacher", "teacher2") and t1.model == t2.model == "resnet18"
+    assert t1.share == t2.share == pytest.approx(0.35) and t1.max_epochs == t2.max_epochs == 150
+    assert "seed" not in t1.options and t2.options["seed"] == 6  # teacher takes the round's --seed
+    for student in (small, nano):
+        assert student.teachers == ("teacher", "teacher2")
+        assert student.extra_teachers == (str(resolve_checkpoint("small")),)
+    assert (small.share, nano.share) == (0.2, 0.1)
+    check_stages(seen["stages"])
+
+    assert main(base + ["--extra-teacher", "small", "--nano-teacher", "small"]) == 0
+    _, small, nano = seen["stages"]
+    assert nano.teachers == ("small",) and nano.extra_teachers == () and small.extra_teachers
+    assert main(base + ["--teachers", "0"]) == 2 and "at least 1" in capsys.readouterr().err
+    assert main(base + ["--extra-teacher", "no_such.pt"]) == 1
+    assert "no_such.pt: no such checkpoint file" in capsys.readouterr().err

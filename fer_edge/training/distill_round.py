@@ -1,4 +1,4 @@
-"""A time-boxed distillation round: a teacher, then students distilled from it, sized to one wall-clock budget.
+"""A time-boxed distillation round: teachers, then students distilled from them, sized to one wall-clock budget.
 
 Written for a lent GPU, where one command may run about ten minutes and the machine is gone afterwards,
 but it runs wherever ``fer-edge train`` does::
@@ -6,12 +6,13 @@ but it runs wherever ``fer-edge train`` does::
     python -m fer_edge.training.distill_round --data DATA --work runs/round --out OUT --budget-minutes 8
 
 1. **Probe.** Each stage trains two short epochs (``--probe-steps`` steps each) to measure this machine's
-   training images per second and validation seconds. A student's probe distils from the teacher's probe
-   checkpoint, so the teacher's forward pass is in the student's timing.
+   training images per second and validation seconds. A student's probe distils from its teachers' probe
+   checkpoints (and any checkpoints from outside the round), so the teachers' forward passes are in its timing.
 2. **Run.** Stages run in order. Each gets the budget left when it starts, times its share of the shares
    still to run, turned into epochs with the probe's figures and capped at the stage's ``max_epochs``. The
    allotment is recomputed from the clock at every stage, so a stage that runs long takes from the later ones.
    A stage whose allotment is under one epoch is skipped, and so is every stage taught by a skipped one.
+   A stage with several teachers distils from their ensemble (``fer-edge train --distill A --distill B``).
 3. **Keep.** After each stage its ``history.csv`` (and, where the stage keeps it, ``best.pt``) is copied to
    ``OUT`` at once and ``OUT/summary.json`` is rewritten: per stage the exact ``fer-edge train`` command, the
    epochs, the best validation accuracy and epoch, seconds, and the probe's figures. Interrupted (Ctrl-C,
@@ -46,7 +47,8 @@ class Stage:
     model: str
     share: float  # of the budget left when the stage starts, relative to the shares of the stages still to run
     max_epochs: int
-    teacher: str | None = None  # an earlier stage's name: its best.pt is the --distill teacher
+    teachers: tuple[str, ...] = ()  # earlier stages' names: their best.pt files are the --distill ensemble
+    extra_teachers: tuple[str, ...] = ()  # checkpoint paths from outside the round, added to that ensemble
     options: dict = field(default_factory=dict)  # further TrainConfig fields
     keep_checkpoint: bool = True  # copy best.pt to OUT (a teacher too large to bring back sets False)
 
@@ -57,10 +59,10 @@ class Stage:
 DEFAULT_STAGES: tuple[Stage, ...] = (
     Stage("teacher", "resnet18", 0.4, 80, keep_checkpoint=False,
           options=dict(lr=1e-3, weight_decay=0.05, label_smoothing=0.1, ema=0.998, augment="strong")),
-    Stage("small", "fer_small", 0.35, 150, teacher="teacher",
+    Stage("small", "fer_small", 0.35, 150, teachers=("teacher",),
           options=dict(lr=3e-3, weight_decay=0.05, label_smoothing=0.1, ema=0.998, augment="strong",
                        distill_alpha=0.7, distill_tta=True)),
-    Stage("nano", "fer_nano", 0.25, 150, teacher="teacher",
+    Stage("nano", "fer_nano", 0.25, 150, teachers=("teacher",),
           options=dict(lr=4e-3, label_smoothing=0.1, ema=0.998, augment="standard",
                        distill_alpha=0.7, distill_tta=True)),
 )
@@ -116,8 +118,12 @@ def check_stages(stages: tuple[Stage, ...] | list[Stage]) -> None:
     for s in stages:
         if s.name in seen:
             problems.append(f"stage name {s.name!r} is used twice")
-        if s.teacher is not None and s.teacher not in seen:
-            problems.append(f"stage {s.name!r}: teacher {s.teacher!r} is not an earlier stage")
+        if isinstance(s.teachers, str) or isinstance(s.extra_teachers, str):
+            problems.append(f"stage {s.name!r}: teachers and extra_teachers are tuples of names, not strings")
+        else:
+            for t in s.teachers:
+                if t not in seen:
+                    problems.append(f"stage {s.name!r}: teacher {t!r} is not an earlier stage")
         if not s.share > 0:
             problems.append(f"stage {s.name!r}: share must be positive, not {s.share}")
         if s.max_epochs < 1:
@@ -132,9 +138,9 @@ def check_stages(stages: tuple[Stage, ...] | list[Stage]) -> None:
         raise TrainingError("bad round: " + "; ".join(problems))
 
 
-def _config(stage: Stage, data: str, out: Path, epochs: int, common: dict, teacher: Path | None) -> TrainConfig:
+def _config(stage: Stage, data: str, out: Path, epochs: int, common: dict, teachers: list[Path]) -> TrainConfig:
     return TrainConfig(data=data, model=stage.model, out=str(out), epochs=epochs,
-                       distill=[str(teacher)] if teacher is not None else [], **{**common, **stage.options})
+                       distill=[str(t) for t in teachers] + list(stage.extra_teachers), **{**common, **stage.options})
 
 
 def _copy_atomic(src: Path, dest: Path) -> None:
@@ -221,8 +227,8 @@ def run_round(data: str | Path, work: str | Path, out: str | Path, budget_s: flo
         # 1. probe every stage
         for stage in stages:
             run_dir = work / "probe" / stage.name
-            teacher = work / "probe" / stage.teacher / "best.pt" if stage.teacher else None
-            cfg = _config(stage, data, run_dir, 2, {**common, "max_steps_per_epoch": probe_steps}, teacher)
+            teachers = [work / "probe" / t / "best.pt" for t in stage.teachers]
+            cfg = _config(stage, data, run_dir, 2, {**common, "max_steps_per_epoch": probe_steps}, teachers)
             t0 = clock()
             log(f"probe {stage.name}: {stage.model}, 2 epochs of {probe_steps} steps")
             res = train(cfg, progress=False, quiet=True)
@@ -239,8 +245,10 @@ def run_round(data: str | Path, work: str | Path, out: str | Path, budget_s: flo
         done: set[str] = set()
         for i, stage in enumerate(stages):
             entry = entries[stage.name]
-            if stage.teacher and stage.teacher not in done:
-                entry["status"] = f"skipped: its teacher {stage.teacher!r} did not finish"
+            missing = [t for t in stage.teachers if t not in done]
+            if missing:
+                entry["status"] = (f"skipped: its teacher{'s' if len(missing) > 1 else ''} "
+                                   f"{', '.join(map(repr, missing))} did not finish")
                 save_summary()
                 continue
             left = budget_s - (clock() - start)
@@ -254,8 +262,7 @@ def run_round(data: str | Path, work: str | Path, out: str | Path, budget_s: flo
                 save_summary()
                 continue
             run_dir = work / stage.name
-            teacher = work / stage.teacher / "best.pt" if stage.teacher else None
-            cfg = _config(stage, data, run_dir, epochs, common, teacher)
+            cfg = _config(stage, data, run_dir, epochs, common, [work / t / "best.pt" for t in stage.teachers])
             entry.update(status="running", epochs_planned=epochs, command=cfg.command())
             save_summary()
             log(f"{stage.name}: {epochs} epochs (about {epochs * per_epoch:.0f} s of {alloc:.0f} s allotted)\n"
@@ -296,6 +303,29 @@ def run_round(data: str | Path, work: str | Path, out: str | Path, budget_s: flo
     return summary
 
 
+def build_stages(teacher_model: str, n_teachers: int, teacher_max_epochs: int, extra_teachers: list[str],
+                 nano_teacher: str, students: str, shares: tuple[float, float, float], batch_size: int,
+                 lr_scale: str, seed: int = 0) -> tuple[Stage, ...]:
+    """The command line's stage table: ``n_teachers`` teachers (``teacher``, ``teacher2``, ..., seeds counted up
+    from the round's, sharing the teacher share equally), then small and nano."""
+    from fer_edge.weights import resolve_checkpoint
+
+    teacher, small, nano = DEFAULT_STAGES
+    t_share, s_share, n_share = shares
+    names = ["teacher"] + [f"teacher{i}" for i in range(2, n_teachers + 1)]
+    teachers = [replace(teacher, name=name, model=teacher_model, share=t_share / n_teachers,
+                        max_epochs=teacher_max_epochs,
+                        options={**teacher.options, **({"seed": seed + i} if i else {})})
+                for i, name in enumerate(names)]
+    extra = tuple(str(resolve_checkpoint(t)) for t in extra_teachers)
+    small = replace(small, teachers=tuple(names), extra_teachers=extra, share=s_share)
+    nano = replace(nano, teachers=tuple(names) if nano_teacher == "teacher" else ("small",),
+                   extra_teachers=extra if nano_teacher == "teacher" else (), share=n_share)
+    if students == "finetune":
+        small, nano = finetune_stage(small, "small"), finetune_stage(nano, "nano")
+    return tuple(scale_lr(st, batch_size, lr_scale) for st in (*teachers, small, nano))
+
+
 def _preflight(stages, data: str, common: dict, work: Path) -> None:
     """Every stage's options, model and run directory checked before the budget starts to be spent; all
     problems at once."""
@@ -306,10 +336,13 @@ def _preflight(stages, data: str, common: dict, work: Path) -> None:
     problems = [f"{', '.join(taken)} already exist: fer-edge train never overwrites a run, so give the round a "
                 "fresh --work"] if taken else []
     for s in stages:
+        for t in s.extra_teachers:
+            if not Path(t).is_file():
+                problems.append(f"stage {s.name!r}: extra teacher {t} is not a file")
         if s.model not in list_models():
             problems.append(f"stage {s.name!r}: unknown model {s.model!r} (see `fer-edge models`)")
         try:
-            validate_config(_config(s, data, Path(s.name), 1, common, Path("teacher.pt") if s.teacher else None))
+            validate_config(_config(s, data, Path(s.name), 1, common, [Path(f"{t}.pt") for t in s.teachers]))
         except TrainingError as e:
             problems.append(f"stage {s.name!r}: {e}")
     if problems:
@@ -324,8 +357,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, required=True, help="what to keep: summary.json, histories, students")
     ap.add_argument("--budget-minutes", type=float, required=True, help="wall-clock budget for the whole round")
     ap.add_argument("--teacher", default=DEFAULT_STAGES[0].model, help="teacher model (registered name)")
+    ap.add_argument("--teachers", type=int, default=1,
+                    help="train this many teachers of that model, with seeds --seed, --seed+1, ..., each taking an "
+                         "equal part of the teacher share; the students distil from their ensemble")
+    ap.add_argument("--teacher-max-epochs", type=int, default=DEFAULT_STAGES[0].max_epochs,
+                    help="cap on each teacher's epochs (default %(default)s)")
+    ap.add_argument("--extra-teacher", action="append", default=[], metavar="CHECKPOINT",
+                    help="a shipped name (small, nano) or checkpoint path added to both students' teacher ensemble; "
+                         "repeatable")
     ap.add_argument("--nano-teacher", default="teacher", choices=["teacher", "small"],
-                    help="nano distils from the teacher, or from the small student (a teaching assistant)")
+                    help="nano distils from the teachers, or from the small student (a teaching assistant)")
     ap.add_argument("--students", default="scratch", choices=["scratch", "finetune"],
                     help="students from scratch, or fine-tunes of the shipped small and nano weights (--init)")
     ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
@@ -348,13 +389,12 @@ def main(argv: list[str] | None = None) -> int:
     if not Path(args.data).exists():
         print(f"error: --data {args.data} does not exist", file=sys.stderr)
         return 2
-    teacher, small, nano = DEFAULT_STAGES
-    stages = (replace(teacher, model=args.teacher), small, replace(nano, teacher=args.nano_teacher))
+    if args.teachers < 1:
+        print(f"error: --teachers must be at least 1, not {args.teachers}", file=sys.stderr)
+        return 2
     try:
-        if args.students == "finetune":
-            stages = (stages[0], finetune_stage(stages[1], "small"), finetune_stage(stages[2], "nano"))
-        stages = tuple(scale_lr(replace(st, share=share), args.batch_size, args.lr_scale)
-                       for st, share in zip(stages, args.shares))
+        stages = build_stages(args.teacher, args.teachers, args.teacher_max_epochs, args.extra_teacher,
+                              args.nano_teacher, args.students, args.shares, args.batch_size, args.lr_scale, args.seed)
         run_round(args.data, args.work, args.out, args.budget_minutes * 60, stages=stages, device=args.device,
                   amp=args.amp, seed=args.seed, parts_bytes=int(args.teacher_parts_mb * 1024 * 1024),
                   batch_size=args.batch_size, probe_steps=args.probe_steps,
