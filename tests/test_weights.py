@@ -1,6 +1,8 @@
 """The shipped pretrained weights: loadable, consistent with their metadata, deterministic, accurate."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -147,3 +149,21 @@ def test_shipped_with_sha_hashes_each_file_once_until_it_changes(tmp_path, monke
     assert w.shipped_with_sha(first) is None
     assert w.shipped_with_sha(hashlib.sha256(b"second, longer").hexdigest()) is meta and len(calls) == 2
     w._file_sha256.cache_clear()
+
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_readme_pretrained_table_matches_the_shipped_metadata(name):
+    """The README's headline row for each weight is the figure weights.json records (so a new weight cannot ship
+    with the old one's numbers in the README)."""
+    meta = PRETRAINED[name]
+    rows = [line for line in README.read_text().splitlines() if line.startswith(f"| `{name}` | `{meta.architecture}` |")]
+    assert len(rows) == 1, f"README needs exactly one Pretrained models row for {name}"
+    cells = [c.strip() for c in rows[0].strip("|").split("|")]
+    params, top1, f1, tta = cells[2], cells[4], cells[5], cells[6]
+    assert params == f"{meta.params:,}"
+    assert top1.strip("*") == f"{100 * meta.metrics['val_accuracy']:.2f}%"
+    assert f1 == f"{meta.metrics['val_macro_f1']:.3f}"
+    assert tta == f"{100 * meta.metrics['val_accuracy_flip_tta']:.2f}%"
