@@ -1,0 +1,57 @@
+"""The export benchmark (fer_edge.benchmarks.export_bench): its calibration-draw spread and its options."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from rich.console import Console
+
+from fer_edge.benchmarks.export_bench import INT8_MAX_DROP, main, print_report, run
+
+
+@pytest.fixture(scope="module")
+def seed_report(tiny_checkpoint, synthetic_csv, tmp_path_factory):
+    out = tmp_path_factory.mktemp("export_bench")
+    report = run(tiny_checkpoint, synthetic_csv, out, targets=["onnx", "openvino"], calib_size=16,
+                 calib_seeds=[0, 1, 2])
+    return report, out
+
+
+def test_each_calibration_draw_is_exported_and_validated_on_the_whole_split(seed_report):
+    report, out = seed_report
+    spread = report["calib_seeds"]
+    rows = spread["rows"]
+    assert sorted((r["seed"], r["target"]) for r in rows) == [(s, t) for s in (0, 1, 2) for t in ("onnx", "openvino")]
+    for r in rows:
+        assert 0 <= r["agreement"] <= 1 and r["n"] == 84  # all of the synthetic PublicTest
+        assert r["accuracy_drop"] == pytest.approx(r["reference_accuracy"] - r["accuracy"])
+    # each draw calibrated on other images: the manifests record different samples
+    hashes = {json.loads((out / f"calib-seed-{s}" / "manifest.json").read_text())["calibration"]["index_hash"]
+              for s in (0, 1, 2)}
+    assert len(hashes) == 3
+
+
+def test_the_summary_is_computed_from_the_draws(seed_report):
+    spread = seed_report[0]["calib_seeds"]
+    assert [s["target"] for s in spread["summary"]] == ["onnx", "openvino"]
+    for s in spread["summary"]:
+        drops = sorted(r["accuracy_drop"] for r in spread["rows"] if r["target"] == s["target"])
+        assert s["draws"] == 3 and s["median_drop"] == drops[1]
+        assert (s["min_drop"], s["max_drop"]) == (drops[0], drops[-1])
+        assert s["within_bar"] == sum(d <= INT8_MAX_DROP for d in drops) and s["bar"] == INT8_MAX_DROP
+
+
+def test_the_report_prints_both_tables(seed_report):
+    console = Console(record=True, width=200)
+    print_report(seed_report[0], console=console)
+    text = console.export_text()
+    assert "INT8 per calibration draw (16 images each" in text and "INT8 accuracy drop over the draws" in text
+    assert "of 3 (drop <= 0.5 points)" in text
+
+
+@pytest.mark.parametrize("bad, msg", [("0,a", "expected comma-separated integers"), ("1,1", "repeated"),
+                                      (",", "expected comma-separated integers")])
+def test_bad_seed_lists_are_refused_before_any_export(bad, msg, synthetic_csv, tiny_checkpoint, tmp_path, capsys):
+    assert main([str(tiny_checkpoint), "--calib-data", str(synthetic_csv), "--out", str(tmp_path / "o"),
+                 "--calib-seeds", bad]) == 1
+    assert msg in capsys.readouterr().err and not (tmp_path / "o").exists()
