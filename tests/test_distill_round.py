@@ -283,7 +283,7 @@ def test_main_builds_several_teachers_and_adds_the_extra_ones(synthetic_folder, 
     assert "seed" not in t1.options and t2.options["seed"] == 6  # teacher takes the round's --seed
     for student in (small, nano):
         assert student.teachers == ("teacher", "teacher2")
-        assert student.extra_teachers == (str(resolve_checkpoint("small")),)
+        assert [resolve_checkpoint(t).resolve() for t in student.extra_teachers] == [resolve_checkpoint("small").resolve()]
     assert (small.share, nano.share) == (0.2, 0.1)
     check_stages(seen["stages"])
 
@@ -293,3 +293,15 @@ def test_main_builds_several_teachers_and_adds_the_extra_ones(synthetic_folder, 
     assert main(base + ["--teachers", "0"]) == 2 and "at least 1" in capsys.readouterr().err
     assert main(base + ["--extra-teacher", "no_such.pt"]) == 1
     assert "no_such.pt: no such checkpoint file" in capsys.readouterr().err
+
+
+def test_extra_teachers_read_as_typed_in_the_repository(synthetic_folder, monkeypatch):
+    from fer_edge.weights import resolve_checkpoint
+
+    seen = {}
+    monkeypatch.setattr("fer_edge.training.distill_round.run_round",
+                        lambda *a, stages, **kw: seen.update(stages=stages))
+    monkeypatch.chdir(resolve_checkpoint("small").resolve().parents[2])  # the repository root
+    assert main(["--data", str(synthetic_folder), "--work", "w", "--out", "o", "--budget-minutes", "1",
+                 "--extra-teacher", "small"]) == 0
+    assert seen["stages"][-2].extra_teachers == ("fer_edge/weights/small.pt",)

@@ -79,13 +79,18 @@ def finetune_stage(stage: Stage, shipped: str) -> Stage:
     from fer_edge.weights import resolve_checkpoint
 
     spec = FINETUNE[shipped]
-    path = resolve_checkpoint(spec["options"]["init"])
-    try:
-        path = path.resolve().relative_to(Path.cwd())  # the summary's command then reads as typed in the repo
-    except ValueError:
-        pass
+    path = _as_typed(resolve_checkpoint(spec["options"]["init"]))
     return replace(stage, max_epochs=spec["max_epochs"],
                    options={**stage.options, **spec["options"], "init": str(path)})
+
+
+def _as_typed(path: Path) -> Path:
+    """``path`` relative to the working directory where it lies under it, so the summary's commands read as typed
+    in the repository."""
+    try:
+        return path.resolve().relative_to(Path.cwd())
+    except ValueError:
+        return path
 
 
 #: The batch size the stage tables' learning rates were set for; ``--lr-scale`` scales them from it.
@@ -317,7 +322,7 @@ def build_stages(teacher_model: str, n_teachers: int, teacher_max_epochs: int, e
                         max_epochs=teacher_max_epochs,
                         options={**teacher.options, **({"seed": seed + i} if i else {})})
                 for i, name in enumerate(names)]
-    extra = tuple(str(resolve_checkpoint(t)) for t in extra_teachers)
+    extra = tuple(str(_as_typed(resolve_checkpoint(t))) for t in extra_teachers)
     small = replace(small, teachers=tuple(names), extra_teachers=extra, share=s_share)
     nano = replace(nano, teachers=tuple(names) if nano_teacher == "teacher" else ("small",),
                    extra_teachers=extra if nano_teacher == "teacher" else (), share=n_share)
