@@ -305,3 +305,34 @@ def test_extra_teachers_read_as_typed_in_the_repository(synthetic_folder, monkey
     assert main(["--data", str(synthetic_folder), "--work", "w", "--out", "o", "--budget-minutes", "1",
                  "--extra-teacher", "small"]) == 0
     assert seen["stages"][-2].extra_teachers == ("fer_edge/weights/small.pt",)
+
+
+def test_teacher_set_reaches_every_teacher_as_given(synthetic_folder, monkeypatch):
+    seen = {}
+    monkeypatch.setattr("fer_edge.training.distill_round.run_round",
+                        lambda *a, stages, **kw: seen.update(stages=stages))
+    assert main(["--data", str(synthetic_folder), "--work", "w", "--out", "o", "--budget-minutes", "1",
+                 "--teachers", "2", "--batch-size", "512", "--lr-scale", "sqrt", "--teacher-set", "cutmix=1.0",
+                 "--teacher-set", "weight-decay=0.1", "--teacher-set", "lr=1e-3", "--teacher-set", "qat=false",
+                 "--teacher-set", "augment=standard", "--teacher-set", "patience=5",
+                 "--teacher-set", "split=none", "--teacher-set", 'model_kwargs={"width": 2}']) == 0
+    t1, t2, small, nano = seen["stages"]
+    for t in (t1, t2):
+        assert {k: t.options[k] for k in ("cutmix", "weight_decay", "lr", "qat", "augment", "patience")} == dict(
+            cutmix=1.0, weight_decay=0.1, lr=1e-3, qat=False, augment="standard", patience=5)  # lr not rescaled
+        assert t.options["split"] is None and t.options["model_kwargs"] == {"width": 2}
+        assert t.options["label_smoothing"] == 0.1  # the table's other settings stay
+    assert t2.options["seed"] == 1
+    assert "cutmix" not in small.options and small.options["lr"] == pytest.approx(6e-3)  # 3e-3 x sqrt(4)
+    check_stages(seen["stages"])
+
+
+def test_bad_teacher_set_items_are_all_reported(synthetic_folder, capsys):
+    base = ["--data", str(synthetic_folder), "--work", "w", "--out", "o", "--budget-minutes", "1"]
+    bad = ["nope=1", "epochs=3", "lr=abc", "qat=maybe", "x", "model_kwargs=[1]"]
+    assert main(base + [a for item in bad for a in ("--teacher-set", item)]) == 1
+    err = capsys.readouterr().err
+    for part in ("'nope': not a TrainConfig option", "'epochs': not a TrainConfig option the round lets you set "
+                 "(the round sets it)", "lr='abc'", "qat='maybe': expected true or false", "'x': expected KEY=VALUE",
+                 "model_kwargs='[1]': expected a JSON object"):
+        assert part in err, part

@@ -116,10 +116,59 @@ def _shares(text: str) -> tuple[float, float, float]:
     return values
 
 
+#: TrainConfig fields a stage table sets itself, so ``--teacher-set`` may not.
+RESERVED = frozenset({"data", "model", "out", "epochs", "distill"})
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """``KEY=VALUE`` strings (``--teacher-set``) as TrainConfig options, each value converted to its field's type
+    (``true``/``false`` for switches, ``none`` for optional strings, JSON for ``model_kwargs``); every problem at
+    once."""
+    import json
+
+    types = {name: f.type for name, f in TrainConfig.__dataclass_fields__.items()}
+    out, problems = {}, []
+    for item in items:
+        key, sep, text = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or not key:
+            problems.append(f"{item!r}: expected KEY=VALUE")
+            continue
+        if key in RESERVED or key not in types:
+            problems.append(f"{key!r}: not a TrainConfig option the round lets you set"
+                            + (" (the round sets it)" if key in RESERVED else ""))
+            continue
+        kind = str(types[key])
+        try:
+            if kind == "bool":
+                if text.lower() not in ("true", "false"):
+                    raise ValueError("expected true or false")
+                value = text.lower() == "true"
+            elif kind == "int":
+                value = int(text)
+            elif kind == "float":
+                value = float(text)
+            elif kind == "dict":
+                value = json.loads(text)
+                if not isinstance(value, dict):
+                    raise ValueError("expected a JSON object")
+            elif kind == "str | None" and text.lower() == "none":
+                value = None
+            else:
+                value = text
+        except ValueError as e:
+            problems.append(f"{key}={text!r}: {e}")
+            continue
+        out[key] = value
+    if problems:
+        raise TrainingError("bad --teacher-set: " + "; ".join(problems))
+    return out
+
+
 def check_stages(stages: tuple[Stage, ...] | list[Stage]) -> None:
     """Every problem with a stage table at once."""
     problems, seen = [], set()
-    known = set(TrainConfig.__dataclass_fields__) - {"data", "model", "out", "epochs", "distill"}
+    known = set(TrainConfig.__dataclass_fields__) - RESERVED
     for s in stages:
         if s.name in seen:
             problems.append(f"stage name {s.name!r} is used twice")
@@ -310,9 +359,10 @@ def run_round(data: str | Path, work: str | Path, out: str | Path, budget_s: flo
 
 def build_stages(teacher_model: str, n_teachers: int, teacher_max_epochs: int, extra_teachers: list[str],
                  nano_teacher: str, students: str, shares: tuple[float, float, float], batch_size: int,
-                 lr_scale: str, seed: int = 0) -> tuple[Stage, ...]:
+                 lr_scale: str, seed: int = 0, teacher_options: dict | None = None) -> tuple[Stage, ...]:
     """The command line's stage table: ``n_teachers`` teachers (``teacher``, ``teacher2``, ..., seeds counted up
-    from the round's, sharing the teacher share equally), then small and nano."""
+    from the round's, sharing the teacher share equally), then small and nano. ``teacher_options`` (from
+    ``--teacher-set``) replace the teachers' options as given, after LR scaling."""
     from fer_edge.weights import resolve_checkpoint
 
     teacher, small, nano = DEFAULT_STAGES
@@ -328,7 +378,10 @@ def build_stages(teacher_model: str, n_teachers: int, teacher_max_epochs: int, e
                    extra_teachers=extra if nano_teacher == "teacher" else (), share=n_share)
     if students == "finetune":
         small, nano = finetune_stage(small, "small"), finetune_stage(nano, "nano")
-    return tuple(scale_lr(st, batch_size, lr_scale) for st in (*teachers, small, nano))
+    scaled = [scale_lr(st, batch_size, lr_scale) for st in (*teachers, small, nano)]
+    for i in range(n_teachers):
+        scaled[i] = replace(scaled[i], options={**scaled[i].options, **(teacher_options or {})})
+    return tuple(scaled)
 
 
 def _preflight(stages, data: str, common: dict, work: Path) -> None:
@@ -365,6 +418,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--teachers", type=int, default=1,
                     help="train this many teachers of that model, with seeds --seed, --seed+1, ..., each taking an "
                          "equal part of the teacher share; the students distil from their ensemble")
+    ap.add_argument("--teacher-set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a TrainConfig option for every teacher, e.g. cutmix=1.0 or weight_decay=0.1 (repeatable; "
+                         "taken as given, after --lr-scale)")
     ap.add_argument("--teacher-max-epochs", type=int, default=DEFAULT_STAGES[0].max_epochs,
                     help="cap on each teacher's epochs (default %(default)s)")
     ap.add_argument("--extra-teacher", action="append", default=[], metavar="CHECKPOINT",
@@ -399,7 +455,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         stages = build_stages(args.teacher, args.teachers, args.teacher_max_epochs, args.extra_teacher,
-                              args.nano_teacher, args.students, args.shares, args.batch_size, args.lr_scale, args.seed)
+                              args.nano_teacher, args.students, args.shares, args.batch_size, args.lr_scale, args.seed,
+                              parse_overrides(args.teacher_set))
         run_round(args.data, args.work, args.out, args.budget_minutes * 60, stages=stages, device=args.device,
                   amp=args.amp, seed=args.seed, parts_bytes=int(args.teacher_parts_mb * 1024 * 1024),
                   batch_size=args.batch_size, probe_steps=args.probe_steps,
