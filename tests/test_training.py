@@ -384,6 +384,27 @@ def test_mix_batch_label_weights():
     assert torch.equal(yc, y[permc]) and 0 <= lamc <= 1
 
 
+def test_mix_batch_prob_mixes_that_share_of_batches():
+    x, y = torch.rand(8, 1, 48, 48), torch.arange(8) % 7
+    torch.manual_seed(0)
+    mixed = [mix_batch(x, y, mixup=0.0, cutmix=1.0, prob=0.3)[3] < 1.0 for _ in range(400)]
+    assert 0.22 < sum(mixed) / len(mixed) < 0.38  # ~0.3; an unmixed batch comes back as it was
+    xs, _, ys, lam, perm = mix_batch(x, y, mixup=0.4, cutmix=1.0, prob=0.0)
+    assert lam == 1.0 and xs is x and torch.equal(perm, torch.arange(8))
+    # prob 1.0 draws no extra random number: the same stream as before the option existed
+    torch.manual_seed(1)
+    a = mix_batch(x, y, mixup=0.4, cutmix=0.0)
+    torch.manual_seed(1)
+    b = mix_batch(x, y, mixup=0.4, cutmix=0.0, prob=1.0)
+    assert a[3] == b[3] and torch.equal(a[4], b[4]) and torch.equal(a[0], b[0])
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.5])
+def test_mix_prob_outside_zero_one_is_refused(synthetic_csv, tmp_path, bad):
+    with pytest.raises(TrainingError, match="--mix-prob"):
+        train(_cfg(synthetic_csv, tmp_path / "bad", epochs=1, cutmix=1.0, mix_prob=bad), progress=False)
+
+
 def test_cli_train_then_eval(synthetic_csv, tmp_path):
     out = tmp_path / "cli"
     r = runner.invoke(app, ["train", "--data", str(synthetic_csv), "--model", "simple_cnn", "--out", str(out),

@@ -94,7 +94,8 @@ def recipe_text(cfg: dict) -> str:
     if c.ema:
         parts.append(f"EMA {c.ema:g}")
     if c.mixup or c.cutmix:
-        parts.append(f"mixup {c.mixup:g} / cutmix {c.cutmix:g}")
+        parts.append(f"mixup {c.mixup:g} / cutmix {c.cutmix:g}"
+                     + (f" on {c.mix_prob:.0%} of batches" if c.mix_prob < 1 else ""))
     if c.init:
         parts.append(f"fine-tuned from {Path(c.init).name}")
     if c.distill:

@@ -82,14 +82,16 @@ def augment_batch(x: torch.Tensor, cfg: AugmentConfig | None) -> torch.Tensor:
     return x
 
 
-def mix_batch(x: torch.Tensor, y: torch.Tensor, mixup: float, cutmix: float):
-    """MixUp / CutMix (one of them per batch, chosen at random when both are on).
+def mix_batch(x: torch.Tensor, y: torch.Tensor, mixup: float, cutmix: float, prob: float = 1.0):
+    """MixUp / CutMix (one of them per batch, chosen at random when both are on), on a batch with
+    probability ``prob`` (timm's ``mixup_prob``; at 1.0 no extra random number is drawn, so runs made before
+    this option keep their random stream).
 
     Returns (x, y_a, y_b, lam, perm): the loss is ``lam * L(y_a) + (1 - lam) * L(y_b)``; ``perm`` is the
     partner of each row (``y_b = y_a[perm]``; the identity when nothing was mixed), so per-row targets
     such as a teacher's precomputed probabilities mix the same way.
     """
-    if mixup <= 0 and cutmix <= 0:
+    if (mixup <= 0 and cutmix <= 0) or prob <= 0 or (prob < 1 and float(torch.rand(())) >= prob):
         return x, y, y, 1.0, torch.arange(x.shape[0], device=x.device)
     use_cutmix = cutmix > 0 and (mixup <= 0 or torch.rand(()) < 0.5)
     alpha = cutmix if use_cutmix else mixup

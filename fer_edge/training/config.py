@@ -27,6 +27,7 @@ class TrainConfig:
     class_weights: str = "none"  # none | balanced | sqrt
     mixup: float = 0.0  # alpha; 0 disables
     cutmix: float = 0.0  # alpha; 0 disables
+    mix_prob: float = 1.0  # probability that a batch is mixed (MixUp or CutMix) at all
     ema: float = 0.0  # decay; 0 disables
     augment: str = "standard"  # none | light | standard | strong
     init: str | None = None  # start from this checkpoint's weights (fine-tuning)

@@ -100,6 +100,8 @@ def validate_config(cfg: TrainConfig) -> None:
         problems.append("--label-smoothing must be in [0, 1)")
     if cfg.mixup < 0 or cfg.cutmix < 0:
         problems.append("--mixup and --cutmix take a non-negative Beta alpha")
+    if not 0 <= cfg.mix_prob <= 1:
+        problems.append("--mix-prob is a probability, in [0, 1]")
     if not 0 <= cfg.ema < 1:
         problems.append("--ema takes a decay in [0, 1), e.g. 0.999")
     if cfg.patience < 0:
@@ -491,7 +493,7 @@ class Trainer:
                         xb = x_train[idx].unsqueeze(1).float().div_(255.0)
                         yb = y_train[idx]
                         xb = augment_batch(xb, aug)
-                        xb, ya, yb2, lam, partner = mix_batch(xb, yb, cfg.mixup, cfg.cutmix)
+                        xb, ya, yb2, lam, partner = mix_batch(xb, yb, cfg.mixup, cfg.cutmix, cfg.mix_prob)
                         xn = (xb - norm.mean) / norm.std
                         if cfg.channels_last:
                             xn = xn.contiguous(memory_format=torch.channels_last)
