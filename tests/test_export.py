@@ -495,7 +495,35 @@ def test_onnx_int8_export_works_for_every_registered_model(name, synthetic_csv, 
     result = export(ckpt, ["onnx"], ["int8"], tmp_path / "out", calib_data=synthetic_csv, calib_size=16,
                     validate=False, data_progress=False, raise_on_failure=False, on_warning=lambda w: None)
     assert not result.failed, result.failed
-    assert (tmp_path / "out" / f"{name}_int8.onnx").is_file()
+    artifact = tmp_path / "out" / f"{name}_int8.onnx"
+    # and ONNX Runtime loads and runs it as fer-edge's runtime does (exact U8S8, all graph optimisations):
+    # cbam_cnn's shared-weight graph once exported fine but failed to load in onnxruntime 1.32
+    from fer_edge.runtimes.onnxruntime import OnnxRuntime
+
+    logits = OnnxRuntime(artifact, threads=1).run(np.zeros((2, 1, 48, 48), np.float32))
+    assert logits.shape == (2, len(LABELS)) and np.isfinite(logits).all()
+
+
+def test_unshare_weights_gives_each_user_its_own_copy():
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from fer_edge.exporters.onnx import unshare_weights
+
+    w = numpy_helper.from_array(np.arange(6, dtype=np.float32).reshape(2, 3), "w")
+    b = numpy_helper.from_array(np.ones(2, np.float32), "b")
+    nodes = [helper.make_node("Gemm", ["x", "w", "b"], ["y1"], transB=1),
+             helper.make_node("Gemm", ["x", "w", "b"], ["y2"], transB=1),
+             helper.make_node("Add", ["y1", "y2"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])], [w, b])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    assert unshare_weights(model) == 2
+    assert [list(n.input) for n in model.graph.node[:2]] == [["x", "w", "b"], ["x", "w__use1", "b__use1"]]
+    values = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    assert np.array_equal(values["w__use1"], values["w"]) and np.array_equal(values["b__use1"], values["b"])
+    onnx.checker.check_model(model, full_check=True)
+    assert unshare_weights(model) == 0  # nothing shared any more
 
 
 def _int8_weight_ranges(xml) -> list[int]:

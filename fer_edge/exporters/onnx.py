@@ -14,7 +14,12 @@ gives a clean graph (BatchNorm folded into Conv, no warnings) that passes
   transformers, is skipped: it failed on ``cbam_cnn``'s channel pooling with "Incomplete
   symbolic shape inference", and skipping it left small's INT8 agreement at 98.7%), then ``quantize_static`` with per-channel int8
   weights, uint8 activations (ONNX Runtime's recommended U8S8 for CPUs), calibrated on the
-  calibration images with the chosen method (see :data:`CALIB_METHODS`).
+  calibration images with the chosen method (see :data:`CALIB_METHODS`). A weight used by two
+  nodes (``cbam_cnn``'s channel-attention MLP runs on the average- and the max-pooled features)
+  gets one copy per node before quantization (:func:`unshare_weights`): ONNX Runtime 1.32 cannot
+  load a QDQ graph whose one int8 weight feeds two Gemm/Conv nodes when
+  ``session.x64quantprecision`` is on ("Attempt to replace the existing tensor"), and fer-edge's
+  runtime turns it on (exact U8S8 arithmetic on x86-64). The copies compute the same thing.
 """
 from __future__ import annotations
 
@@ -189,8 +194,34 @@ def calibration_ranges(pre: Path, inputs: np.ndarray, method: str, workdir: Path
     return TensorsData(ranges.calibration_method, clamped)
 
 
+#: Operators whose weight (input 1) and bias (input 2) ``quantize_static`` quantizes.
+WEIGHT_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
+
+
+def unshare_weights(model) -> int:
+    """Give every weight/bias initializer of :data:`WEIGHT_OPS` used by several nodes one copy per
+    further node (``<name>__use<k>``), in place; returns how many copies were added."""
+    inits = {t.name: t for t in model.graph.initializer}
+    uses: dict[str, list] = {}
+    for node in model.graph.node:
+        if node.op_type in WEIGHT_OPS:
+            for k in (1, 2):
+                if k < len(node.input) and node.input[k] in inits:
+                    uses.setdefault(node.input[k], []).append((node, k))
+    added = 0
+    for name, users in uses.items():
+        for copy_no, (node, k) in enumerate(users[1:], start=1):
+            dup = model.graph.initializer.add()
+            dup.CopyFrom(inits[name])
+            dup.name = f"{name}__use{copy_no}"
+            node.input[k] = dup.name
+            added += 1
+    return added
+
+
 def quantize_int8(fp32, calib_inputs: np.ndarray, method: str, workdir: Path):
-    """Static QDQ INT8 ModelProto of the FP32 proto, calibrated on ``calib_inputs``."""
+    """Static QDQ INT8 ModelProto of the FP32 proto, calibrated on ``calib_inputs`` (shared weights
+    unshared first, see :func:`unshare_weights`)."""
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.calibrate import save_tensors_data
@@ -203,6 +234,9 @@ def quantize_int8(fp32, calib_inputs: np.ndarray, method: str, workdir: Path):
     onnx.save(fp32, str(src))
     with quiet(stderr=True):
         quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
+        pre_proto = onnx.load(str(pre))
+        if unshare_weights(pre_proto):
+            onnx.save(pre_proto, str(pre))
         save_tensors_data(calibration_ranges(pre, calib_inputs, method, workdir), cache)
         quantize_static(
             str(pre),
@@ -268,7 +302,8 @@ class OnnxExporter(Exporter):
                 "activations": "uint8 (asymmetric)",
                 "calibration_method": method,
                 "calibrator_options": CALIB_SETTINGS.get(method, {}),
-                "preprocess": "onnxruntime.quantization.shape_inference.quant_pre_process",
+                "preprocess": "onnxruntime.quantization.shape_inference.quant_pre_process, then one copy of each "
+                              "weight per node that uses it (unshare_weights)",
             }
         set_metadata(proto, req.metadata)
         save_proto(proto, out_path)
