@@ -147,7 +147,8 @@ def test_command_runs_the_same_config(many, tmp_path, monkeypatch):
         cfg = TrainConfig(data="d.csv", model="fer_nano", out="runs/x y", distill=["a.pt", "b c.pt"],
                           distill_tta=True, channels_last=False, model_kwargs={"widths": [8, 16]}, num_threads=2,
                           lr=1e-3, qat=True, augment="strong", ema=0.998, split="Training", init="i.pt",
-                          cutmix=1.0, mix_prob=0.5)
+                          cutmix=1.0, mix_prob=0.5, distill_targets="replay", distill_views=3,
+                          distill_cache="runs/replay cache.pt")
     seen = []
     monkeypatch.setattr(training, "train", lambda c, **kw: seen.append(c) or _Result())
     argv = shlex.split(cfg.command())

@@ -40,6 +40,7 @@ class TeacherRuntime(str, Enum):
 class DistillTargets(str, Enum):
     online = "online"
     offline = "offline"
+    replay = "replay"
 
 
 class Device(str, Enum):
@@ -99,7 +100,14 @@ def train(
     distill_targets: DistillTargets = typer.Option(
         DistillTargets.online, help="online: the teachers see every augmented batch; offline: each training image "
         "once, un-augmented, before training (a step then costs what it does without a teacher; on nano it matched "
-        "online without MixUp and lost a point with it: see README)."),
+        "online without MixUp and lost a point with it: see README); replay: --distill-views augmented views "
+        "of each image, labelled once, which the steps then replay (the teacher answers for the view the student "
+        "sees)."),
+    distill_views: Optional[int] = typer.Option(
+        None, min=1, help="--distill-targets replay: augmented views per training image (default 8)."),
+    distill_cache: Optional[Path] = typer.Option(
+        None, dir_okay=False, help="--distill-targets replay: keep the views and their targets in this file; "
+        "a later run with the same teachers, data, augmentation, views, seed, temperature and TTA loads it."),
     qat: bool = typer.Option(False, "--qat", help="Quantization-aware fine-tuning: train with INT8 rounding "
                              "simulated; the checkpoint stays FP32 (usually with --init)."),
     patience: int = typer.Option(0, min=0, help="Early stopping patience in epochs (0: off)."),
@@ -128,7 +136,8 @@ def train(
         class_weights=class_weights.value, mixup=mixup, cutmix=cutmix, mix_prob=mix_prob, ema=ema, augment=augment.value,
         init=str(init) if init else None, distill=[str(p) for p in distill or []], distill_alpha=distill_alpha,
         distill_temperature=distill_temperature, distill_tta=distill_tta,
-        teacher_runtime=teacher_runtime.value, distill_targets=distill_targets.value, qat=qat, patience=patience,
+        teacher_runtime=teacher_runtime.value, distill_targets=distill_targets.value,
+        distill_views=distill_views, distill_cache=str(distill_cache) if distill_cache else None, qat=qat, patience=patience,
         seed=seed, device=device.value, amp=amp.value,
         channels_last=channels_last, num_threads=threads, max_steps_per_epoch=max_steps_per_epoch, wandb=wandb,
     )

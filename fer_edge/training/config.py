@@ -36,7 +36,9 @@ class TrainConfig:
     distill_alpha: float = 0.5
     distill_temperature: float = 4.0
     teacher_runtime: str = "auto"  # auto | torch | onnxruntime: where --distill teachers run (auto: ORT on CPU)
-    distill_targets: str = "online"  # online: teachers see each augmented batch | offline: each image once, clean
+    distill_targets: str = "online"  # online: each augmented batch | offline: each image once, clean | replay
+    distill_views: int | None = None  # replay: augmented views per image (None: replay.DEFAULT_REPLAY_VIEWS)
+    distill_cache: str | None = None  # replay: keep the views and their targets in this file, reuse it if it fits
     qat: bool = False  # simulate INT8 rounding in the training forward pass (fer_edge.training.qat)
     patience: int = 0  # epochs without val improvement before stopping; 0 disables
     seed: int = 0

@@ -26,8 +26,9 @@ from fer_edge.errors import TrainingError
 
 TEACHER_RUNTIMES = ("auto", "torch", "onnxruntime")
 #: ``--distill-targets``: the teachers see every augmented batch (online), or each training image once,
-#: un-augmented, before training (offline; their probabilities are then looked up and mixed like the labels).
-DISTILL_TARGETS = ("online", "offline")
+#: un-augmented, before training (offline; their probabilities are then looked up and mixed like the labels),
+#: or K stored augmented views of each image, which the steps then replay (replay: fer_edge.training.replay).
+DISTILL_TARGETS = ("online", "offline", "replay")
 
 
 def resolve_teacher_runtime(choice: str, device: torch.device) -> str:

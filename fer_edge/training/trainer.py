@@ -118,6 +118,15 @@ def validate_config(cfg: TrainConfig) -> None:
         problems.append(f"--distill-targets {cfg.distill_targets!r}: valid: {', '.join(DISTILL_TARGETS)}")
     elif cfg.distill_targets != "online" and not cfg.distill:
         problems.append(f"--distill-targets {cfg.distill_targets} needs at least one --distill teacher")
+    if cfg.distill_targets == "replay" and cfg.augment == "none":
+        problems.append("--distill-targets replay stores augmented views, but --augment is none: "
+                        "use --distill-targets offline for un-augmented images")
+    if cfg.distill_views is not None and cfg.distill_targets != "replay":
+        problems.append("--distill-views applies to --distill-targets replay only")
+    elif cfg.distill_views is not None and cfg.distill_views < 1:
+        problems.append(f"--distill-views must be at least 1, got {cfg.distill_views}")
+    if cfg.distill_cache is not None and cfg.distill_targets != "replay":
+        problems.append("--distill-cache applies to --distill-targets replay only")
     if problems:
         raise TrainingError("bad training options:\n  " + "\n  ".join(problems))
 
@@ -420,7 +429,10 @@ class Trainer:
             self.log(f"{len(teachers)} teacher(s) in {runtime} (--teacher-runtime {cfg.teacher_runtime})")
         offline_probs = None
         if teachers and cfg.distill_targets == "offline":
-            offline_probs = self._offline_targets(teachers, x_train, cfg)
+            offline_probs = self._offline_targets(teachers, x_train, cfg, amp_dtype)
+        replay = None
+        if teachers and cfg.distill_targets == "replay":
+            replay = self._replay_targets(teachers, x_train, cfg, aug, amp_dtype)
 
         ddp_model = model
         if self.dist.enabled:
@@ -490,9 +502,14 @@ class Trainer:
                     seen = 0
                     for step in range(steps):
                         idx = self.dist.shard(perm[step * cfg.batch_size : (step + 1) * cfg.batch_size])
-                        xb = x_train[idx].unsqueeze(1).float().div_(255.0)
                         yb = y_train[idx]
-                        xb = augment_batch(xb, aug)
+                        looked_up = None  # offline/replay: the teachers' stored answer for each image of xb
+                        if replay is not None:  # a stored augmented view per image, and its targets
+                            xb, looked_up = replay.batch(idx)
+                        else:
+                            xb = augment_batch(x_train[idx].unsqueeze(1).float().div_(255.0), aug)
+                            if offline_probs is not None:
+                                looked_up = offline_probs[idx]
                         xb, ya, yb2, lam, partner = mix_batch(xb, yb, cfg.mixup, cfg.cutmix, cfg.mix_prob)
                         xn = (xb - norm.mean) / norm.std
                         if cfg.channels_last:
@@ -506,8 +523,8 @@ class Trainer:
                                 )
                             if teachers:
                                 temp = cfg.distill_temperature
-                                if offline_probs is not None:
-                                    tprob = offline_probs[idx]
+                                if looked_up is not None:
+                                    tprob = looked_up
                                     if lam < 1.0:
                                         tprob = lam * tprob + (1 - lam) * tprob[partner]
                                 else:
@@ -617,8 +634,12 @@ class Trainer:
                            self.teacher_targets_seconds)
 
     # --- outputs ----------------------------------------------------------------
-    def _offline_targets(self, teachers: list, x_train: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
-        """``--distill-targets offline``: the teachers' probabilities for every training image, computed once."""
+    def _offline_targets(self, teachers: list, x_train: torch.Tensor, cfg: TrainConfig,
+                         amp_dtype: torch.dtype | None = None) -> torch.Tensor:
+        """``--distill-targets offline``: the teachers' probabilities for every training image, computed once.
+
+        PyTorch teachers label under the training step's autocast (``amp_dtype``), as they would online.
+        """
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
         t0 = time.perf_counter()
@@ -626,8 +647,9 @@ class Trainer:
                       console=self.console, disable=not (self.progress and self.dist.main), transient=True) as prog:
             rank, world = self.dist.rank, self.dist.world
             task = prog.add_task("targets", total=len(range(rank, len(x_train), world)))
-            probs = precompute_teacher_probs(teachers, x_train, cfg.distill_temperature, cfg.distill_tta,
-                                             on_batch=lambda n: prog.advance(task, n), rank=rank, world=world)
+            with torch.autocast(x_train.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+                probs = precompute_teacher_probs(teachers, x_train, cfg.distill_temperature, cfg.distill_tta,
+                                                 on_batch=lambda n: prog.advance(task, n), rank=rank, world=world)
         probs = self.dist.sum(probs)  # under torchrun each process labelled its share of the images
         views = "each image and its mirror image" if cfg.distill_tta else "each image"
         shared = f", shared by {world} processes" if world > 1 else ""
@@ -635,6 +657,58 @@ class Trainer:
         self.log(f"offline distillation targets: the teacher(s) saw {views} once, un-augmented "
                  f"({len(x_train):,} images{shared}, {self.teacher_targets_seconds:.0f} s)")
         return probs
+
+    def _replay_targets(self, teachers: list, x_train: torch.Tensor, cfg: TrainConfig, aug,
+                        amp_dtype: torch.dtype | None = None):
+        """``--distill-targets replay``: K augmented views of every training image and the teachers' answers.
+
+        Loaded from ``--distill-cache`` when it holds targets made with the same settings; otherwise made here
+        (each process of a torchrun labels its share of every view) and, with ``--distill-cache``, written there.
+        """
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        from fer_edge.training.replay import (DEFAULT_REPLAY_VIEWS, ReplayTargets, cache_key, load_cache,
+                                              make_views, save_cache)
+
+        k = cfg.distill_views or DEFAULT_REPLAY_VIEWS
+        precision = str(amp_dtype).removeprefix("torch.") if amp_dtype is not None else "float32"
+        if any(t.runtime != "torch" for t in teachers):
+            precision = "float32"  # ONNX Runtime teachers run FP32 whatever the autocast
+        key = None
+        if cfg.distill_cache:
+            key = cache_key(teachers=cfg.distill, images_u8=x_train, augment=cfg.augment, aug=aug, views=k,
+                            seed=cfg.seed, temperature=cfg.distill_temperature, tta=cfg.distill_tta,
+                            precision=precision)
+            cached = load_cache(cfg.distill_cache, key, x_train.device)
+            if cached is not None:
+                self.log(f"replay distillation targets: {cached.num_views} views of {len(x_train):,} images "
+                         f"loaded from {cfg.distill_cache} ({cached.nbytes() / 2**20:.0f} MiB)")
+                return cached
+        t0 = time.perf_counter()
+        views = make_views(x_train, aug, k, seed=cfg.seed * 100_003 + 99_991)
+        rank, world = self.dist.rank, self.dist.world
+        per_view = len(range(rank, len(x_train), world))
+        probs = []
+        with Progress(TextColumn("[bold]teacher targets (replay)"), BarColumn(), MofNCompleteColumn(),
+                      TimeRemainingColumn(), console=self.console, disable=not (self.progress and self.dist.main),
+                      transient=True) as prog:
+            task = prog.add_task("targets", total=per_view * k)
+            with torch.autocast(x_train.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+                for v in range(k):
+                    p = precompute_teacher_probs(teachers, views[v], cfg.distill_temperature, cfg.distill_tta,
+                                                 on_batch=lambda n: prog.advance(task, n), rank=rank, world=world)
+                    probs.append(self.dist.sum(p))
+        targets = ReplayTargets(views, torch.stack(probs))
+        self.teacher_targets_seconds = round(time.perf_counter() - t0, 2)
+        flips = " and its mirror image" if cfg.distill_tta else ""
+        shared = f", shared by {world} processes" if world > 1 else ""
+        self.log(f"replay distillation targets: the teacher(s) saw {k} --augment {cfg.augment} views{flips} of each "
+                 f"of {len(x_train):,} images{shared} ({self.teacher_targets_seconds:.0f} s, "
+                 f"{targets.nbytes() / 2**20:.0f} MiB)")
+        if cfg.distill_cache and self.dist.main:
+            save_cache(cfg.distill_cache, key, targets)
+            self.log(f"replay targets kept in {cfg.distill_cache}")
+        return targets
 
     def _write_history(self, history: list[dict]) -> None:
         import io

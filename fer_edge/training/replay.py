@@ -1,0 +1,146 @@
+"""Replayed distillation targets (``fer-edge train --distill-targets replay``).
+
+After FKD (Shen and Xing, "A Fast Knowledge Distillation Framework for Visual Recognition", ECCV 2022): before
+the first epoch every training image is augmented ``--distill-views K`` times with the run's ``--augment``
+preset, and the teachers label each of those views once. Each step then draws, for every image of the batch,
+one of its K stored views and trains the student on exactly that view, against the teachers' answer for it.
+The step costs what it costs without a teacher (as ``offline``), yet, unlike ``offline``, the teacher's
+answer belongs to the augmented image the student sees (Beyer et al.'s "consistent teaching", CVPR 2022),
+from a repertoire of K augmentations per image instead of a fresh one per step.
+
+Labelling costs K times ``offline``'s, so the views and their targets can be kept in a file
+(``--distill-cache PATH``) that a later run with the same teachers, training images, augmentation, views,
+seed, temperature, flip TTA and labelling precision loads instead of labelling again (for example a second
+student). A cache made for other settings is refused, naming what differs; it is never silently relabelled
+or reused.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from fer_edge.errors import TrainingError
+from fer_edge.training.augment import AugmentConfig, augment_batch
+
+#: ``--distill-views`` when ``--distill-targets replay`` is given without it.
+DEFAULT_REPLAY_VIEWS = 8
+CACHE_FORMAT = "fer-edge replay distillation targets"
+CACHE_VERSION = 1
+
+
+@dataclass
+class ReplayTargets:
+    """``views``: K x N x H x W uint8 augmented images; ``probs``: K x N x C teacher probabilities."""
+
+    views: torch.Tensor
+    probs: torch.Tensor
+
+    @property
+    def num_views(self) -> int:
+        return int(self.views.shape[0])
+
+    def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One random stored view per image of ``idx``: (B x 1 x H x W float 0..1 images, B x C targets).
+
+        Draws from torch's global RNG (reseeded every epoch by the trainer, so ``--resume`` repeats it).
+        """
+        v = torch.randint(self.num_views, (len(idx),), device=idx.device)
+        x = self.views[v, idx].unsqueeze(1).float().div_(255.0)
+        return x, self.probs[v, idx]
+
+    def nbytes(self) -> int:
+        return self.views.numel() * self.views.element_size() + self.probs.numel() * self.probs.element_size()
+
+
+def make_views(images_u8: torch.Tensor, aug: AugmentConfig, views: int, seed: int,
+               batch_size: int = 1024) -> torch.Tensor:
+    """K augmented copies of N x H x W uint8 images (K x N x H x W uint8), the same for the same seed.
+
+    The augmentations are drawn from a forked RNG seeded with ``seed``, so the caller's random stream is left
+    as it was. Each view is rounded to uint8, so what the teachers label is exactly what the student will see.
+    """
+    if views < 1:
+        raise TrainingError(f"--distill-views must be at least 1, got {views}")
+    out = torch.empty((views, *images_u8.shape), dtype=torch.uint8, device=images_u8.device)
+    devices = [images_u8.device.index or 0] if images_u8.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        for k in range(views):
+            for i in range(0, len(images_u8), batch_size):
+                x = images_u8[i : i + batch_size].unsqueeze(1).float().div_(255.0)
+                out[k, i : i + len(x)] = augment_batch(x, aug).squeeze(1).mul_(255.0).round_().to(torch.uint8)
+    return out
+
+
+def sha256_tensor(t: torch.Tensor) -> str:
+    return hashlib.sha256(t.detach().cpu().contiguous().numpy().tobytes()).hexdigest()
+
+
+def cache_key(*, teachers: list[str], images_u8: torch.Tensor, augment: str, aug: AugmentConfig, views: int,
+              seed: int, temperature: float, tta: bool, precision: str) -> dict:
+    """What a cache's targets depend on; two runs may share a cache exactly when their keys are equal."""
+    from fer_edge.utils import sha256_path
+
+    return {
+        "teachers": [sha256_path(t) for t in teachers],
+        "train_images": sha256_tensor(images_u8),
+        "augment": augment,
+        "augment_params": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(aug).items()},
+        "views": int(views),
+        "seed": int(seed),
+        "temperature": float(temperature),
+        "tta": bool(tta),
+        "precision": precision,
+    }
+
+
+def _describe_difference(saved: dict, wanted: dict) -> list[str]:
+    diffs = []
+    for k in wanted:
+        if saved.get(k) != wanted[k]:
+            if k in ("teachers", "train_images", "augment_params"):
+                diffs.append(f"{k} differ")
+            else:
+                diffs.append(f"{k} {saved.get(k)!r} (this run: {wanted[k]!r})")
+    return diffs
+
+
+def load_cache(path: str | Path, key: dict, device: torch.device) -> ReplayTargets | None:
+    """The cached targets at ``path`` if they were made with ``key``; None if there is no file.
+
+    Raises :class:`TrainingError` if the file is not a replay cache or was made for other settings.
+    """
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        raw = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unreadable file is reported the same way
+        raise TrainingError(f"--distill-cache {path}: not a readable replay cache ({type(e).__name__}: {e})") from None
+    if not isinstance(raw, dict) or raw.get("format") != CACHE_FORMAT:
+        raise TrainingError(f"--distill-cache {path}: not a fer-edge replay cache; choose another path")
+    if raw.get("version") != CACHE_VERSION:
+        raise TrainingError(f"--distill-cache {path}: cache version {raw.get('version')!r}, this fer-edge reads "
+                            f"{CACHE_VERSION}; delete it or choose another path")
+    diffs = _describe_difference(raw.get("key", {}), key)
+    if diffs:
+        raise TrainingError(f"--distill-cache {path} was made for other settings: {'; '.join(diffs)}. "
+                            "Delete it or choose another path to label again")
+    views, probs = raw["views"], raw["probs"]
+    if views.dtype != torch.uint8 or views.shape[:2] != probs.shape[:2] or views.shape[0] != key["views"]:
+        raise TrainingError(f"--distill-cache {path}: views {tuple(views.shape)} and targets {tuple(probs.shape)} "
+                            "do not fit together; delete it and label again")
+    return ReplayTargets(views.to(device), probs.to(device))
+
+
+def save_cache(path: str | Path, key: dict, targets: ReplayTargets) -> None:
+    """Write the targets atomically (temporary file, then rename)."""
+    from fer_edge.utils import atomic_path
+
+    payload = {"format": CACHE_FORMAT, "version": CACHE_VERSION, "key": key,
+               "views": targets.views.cpu(), "probs": targets.probs.float().cpu()}
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
