@@ -525,22 +525,29 @@ def test_torchrun_trains_with_ddp(synthetic_csv, tmp_path, qat):
         assert ranges and all(np.isfinite(ranges))
 
 
-def test_torchrun_shares_offline_teacher_targets(synthetic_csv, tmp_path):
-    """Under torchrun each process labels half the images for --distill-targets offline; the sum is all of them."""
+@pytest.mark.parametrize("targets", ["offline", "replay"])
+def test_torchrun_shares_the_labelling_of_stored_teacher_targets(targets, synthetic_csv, tmp_path):
+    """Under torchrun each process labels half the images (of every view, for replay); the sum is all of them."""
     import subprocess
     import sys
 
     teacher = train(_cfg(synthetic_csv, tmp_path / "teacher", epochs=1, max_steps_per_epoch=3), progress=False)
-    out = tmp_path / "ddp_offline"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29537",
+    out = tmp_path / f"ddp_{targets}"
+    port = "29537" if targets == "offline" else "29538"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port,
            "-m", "fer_edge", "train", "--data", str(synthetic_csv), "--model", "simple_cnn", "--out", str(out),
            "--epochs", "1", "--batch-size", "32", "--max-steps-per-epoch", "3", "--device", "cpu", "--no-progress",
-           "--distill", str(teacher.out_dir / "best.pt"), "--distill-targets", "offline", "--teacher-runtime", "torch"]
+           "--distill", str(teacher.out_dir / "best.pt"), "--distill-targets", targets, "--teacher-runtime", "torch"]
+    if targets == "replay":
+        cmd += ["--distill-views", "2", "--distill-cache", str(tmp_path / "cache.pt")]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
     assert r.returncode == 0, r.stderr[-2000:]
     said = " ".join(r.stderr.split())
-    assert said.count("offline distillation targets") == 1 and "images, shared by 2 processes" in said
-    assert load_checkpoint(out / "last.pt").train_config["distill_targets"] == "offline"
+    assert said.count(f"{targets} distillation targets") == 1 and "images, shared by 2 processes" in said
+    assert load_checkpoint(out / "last.pt").train_config["distill_targets"] == targets
+    if targets == "replay":  # the pooled targets: every image of every view labelled, once
+        raw = torch.load(tmp_path / "cache.pt", weights_only=True)
+        assert raw["probs"].shape[0] == 2 and torch.allclose(raw["probs"].sum(-1), torch.ones(2, raw["probs"].shape[1]))
 
 
 @pytest.mark.gpu
