@@ -146,6 +146,52 @@ def test_rerun_does_not_retrain_and_benches_extras(first_run, second_run):
     assert doc["rows"][-1]["name"] == "broken"
     md = (out / "leaderboard.md").read_text()
     assert "`mine`: own recipe" in md and "Failed:" in md
+    # the shared-recipe rows' benches measured the same files, settings and machine: reused, and said so
+    first = json.loads((out / "bench" / "fer_nano" / "report.json").read_text())
+    for m in MODELS:
+        assert rows[m]["bench_reused"] and rows[m]["bench_measured_at"], rows[m]
+        _check_measured(rows[m])
+    assert rows["fer_nano"]["bench_measured_at"] == first["created_at"]
+    assert not mine["bench_reused"] and mine["bench_measured_at"]
+    assert "reused from an earlier run's bench" in md and f"`fer_nano`: measured {first['created_at']}" in md
+
+
+def test_an_earlier_bench_is_reused_only_for_the_same_files_settings_and_machine(first_run, second_run):
+    import copy
+
+    from fer_edge.benchmarks.environment import describe_environment
+    from fer_edge.benchmarks.leaderboard import BENCH_RUNTIMES, BenchSettings, bench_request, reusable_bench
+
+    _, out, doc, _, _ = first_run
+    row = next(r for r in doc["rows"] if r["name"] == "fer_nano")
+    bench_dir, export_dir = Path(row["bench_dir"]), Path(row["export_dir"])
+    stored = json.loads((bench_dir / "report.json").read_text())
+    settings = BenchSettings(iters=3, warmup=1)
+    request = bench_request(doc["data"]["split"], doc["data"]["sha256"], doc["data"]["n_images"], settings)
+    here = describe_environment(list(BENCH_RUNTIMES))
+    report, why = reusable_bench(bench_dir, row["checkpoint_sha256"], export_dir, request, here)
+    assert why == "" and report.created_at == stored["created_at"] and report.rows == stored["rows"]
+    for args, reason in (
+        ((bench_dir, "0" * 64, export_dir, request, here), "the checkpoint changed"),
+        ((bench_dir, row["checkpoint_sha256"], export_dir, {**request, "threads": 2, "batches": [4]}, here),
+         "other bench settings (batches, threads)"),
+        ((bench_dir, row["checkpoint_sha256"], export_dir, request, {**here, "fingerprint": "another"}),
+         "another machine"),
+        ((bench_dir.parent / "none", row["checkpoint_sha256"], export_dir, request, here), "no earlier report"),
+    ):
+        got, why = reusable_bench(*args)
+        assert got is None and reason in why
+    other_cpu = copy.deepcopy(here)
+    other_cpu["cpu"]["flags"] = other_cpu["cpu"]["flags"] + ["amx_tile"]
+    assert reusable_bench(bench_dir, row["checkpoint_sha256"], export_dir, request, other_cpu)[0] is None
+    # an exported file that no longer matches what was benched is not reused either
+    moved = bench_dir.parent / "fer_nano_other"
+    moved.mkdir(exist_ok=True)
+    tampered = copy.deepcopy(stored)
+    next(r for r in tampered["rows"] if not r["reference"])["sha256"] = "f" * 64
+    (moved / "report.json").write_text(json.dumps(tampered))
+    got, why = reusable_bench(moved, row["checkpoint_sha256"], export_dir, request, here)
+    assert got is None and why == "the exported files changed"
 
 
 def test_unknown_model_is_rejected(synthetic_csv, tmp_path, capsys):

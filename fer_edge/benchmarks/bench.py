@@ -325,6 +325,11 @@ def _parse_md_field(md: dict, key: str):
     return v if isinstance(v, (list, dict)) else json.loads(v)
 
 
+def effective_rounds(rounds: int, iters: int | None) -> int:
+    """The interleaved rounds a bench times (and records): no more than ``iters`` timed calls."""
+    return rounds if iters is None else max(1, min(rounds, iters))
+
+
 def _run_bench(
     artifacts: Sequence[str | Path] | None = None,
     *,
@@ -379,8 +384,7 @@ def _run_bench(
     if warmup < 0 or rounds < 1:
         raise FerEdgeError("--warmup must be >= 0 and rounds >= 1")
     threads = int(threads) if threads else default_threads()
-    if iters is not None:
-        rounds = max(1, min(rounds, iters))
+    rounds = effective_rounds(rounds, iters)
     runtime_options = runtime_options or {}
     notes: list[str] = []
 

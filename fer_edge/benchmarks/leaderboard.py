@@ -14,7 +14,10 @@ Per model, through the library behind the commands (nothing is reimplemented her
    The export's own parity check is left to the bench, which measures it on the whole split.
 3. ``fer-edge bench`` of that export dir: PyTorch FP32 (the checkpoint) and ONNX Runtime, CPU,
    batch 1, 1 thread, the labelled validation split (PublicTest), parity recorded, not gated.
-   Its report files go to ``OUT/bench/<model>/``.
+   Its report files go to ``OUT/bench/<model>/``. A rerun reuses that report when it measured exactly
+   this: the same checkpoint and exported files (SHA-256), the same bench settings and data, on the same
+   machine (the environment fingerprint: host, CPU, cores, OS, library versions, and the CPU's flags);
+   ``--rebench`` measures every model again. Reused rows are named under the table, with their date.
 
 ``--extra NAME=CHECKPOINT`` (a path or a shipped name such as ``small``) adds an already
 trained checkpoint: exported and benched the same way, never retrained, and labelled with its
@@ -225,7 +228,7 @@ def new_row(entry: Entry) -> dict:
         "onnx_fp32_accuracy": None, "onnx_fp32_agreement": None,
         "pytorch_fp32_p50_ms": None, "ort_int8_p50_ms": None, "ort_fp32_p50_ms": None,
         "pytorch_fp32_p90_ms": None, "ort_int8_p90_ms": None,
-        "export_dir": None, "bench_dir": None, "pareto": False,
+        "export_dir": None, "bench_dir": None, "bench_measured_at": None, "bench_reused": False, "pareto": False,
         "status": "pending", "stage": None, "error": None,
     }
 
@@ -379,6 +382,55 @@ def take_bench(row: dict, report) -> list[str]:
     return missing
 
 
+def bench_request(split: str, data_sha256: str | None, n_images: int, bench: "BenchSettings") -> dict:
+    """The settings a leaderboard bench records in its report (``settings``), as run_leaderboard asks for them."""
+    from fer_edge.benchmarks.bench import DEFAULT_ROUNDS, effective_rounds
+
+    return {"split": split, "data_sha256": data_sha256, "n_images": int(n_images), "batches": [bench.batch],
+            "threads": bench.threads, "warmup": bench.warmup, "iters": bench.iters,
+            "seconds": None if bench.iters is not None else float(bench.seconds),
+            "rounds": effective_rounds(DEFAULT_ROUNDS, bench.iters),
+            "seed": 0, "parity_gate": False, "runtimes": list(BENCH_RUNTIMES), "devices": ["cpu"]}
+
+
+def reusable_bench(bench_dir: Path, ckpt_sha: str, export_dir: Path, request: dict, environment: dict):
+    """``(report, "")`` when ``bench_dir`` holds a report that measured exactly this, else ``(None, why not)``.
+
+    Exactly this: the reference checkpoint and every benchmarked file have the SHA-256s they have now, the
+    report's settings equal ``request``, and it ran on this machine (the environment fingerprint and the CPU's
+    flags; timings from another machine or other library versions are not comparable).
+    """
+    from fer_edge.benchmarks.artifacts import read_manifest
+    from fer_edge.benchmarks.report import BenchReport, load_report
+    from fer_edge.exporters import MANIFEST_NAME
+
+    path = bench_dir / "report.json"
+    if not path.is_file():
+        return None, "no earlier report"
+    try:
+        rep = load_report(path)
+        current = {str(a.path): a.sha256 for a in read_manifest(export_dir / MANIFEST_NAME)}
+    except (FerEdgeError, OSError, ValueError) as e:
+        return None, f"earlier report or export unreadable ({_err(e)[:120]})"
+    if rep["reference"].get("sha256") != ckpt_sha:
+        return None, "the checkpoint changed"
+    rows = [r for r in rep["rows"] if not r.get("reference")]
+    if not rows or any(current.get(r.get("artifact")) != r.get("sha256") for r in rows):
+        return None, "the exported files changed"
+    differ = [k for k, v in request.items() if rep["settings"].get(k) != v]
+    if differ:
+        return None, "other bench settings (" + ", ".join(differ) + ")"
+    then, now = rep["environment"], environment
+    if then.get("fingerprint") != now.get("fingerprint") or (then.get("cpu") or {}).get("flags") != (
+            now.get("cpu") or {}).get("flags"):
+        return None, "measured on another machine or with other library versions"
+    report = BenchReport(environment=then, settings=rep["settings"], reference=rep["reference"], rows=rep["rows"],
+                         compute_limit=rep.get("compute_limit"), notes=list(rep.get("notes") or []),
+                         created_at=rep.get("created_at", ""), fer_edge_version=rep.get("fer_edge_version", ""),
+                         out_dir=bench_dir)
+    return report, ""
+
+
 # --- the run ---------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class BenchSettings:
@@ -412,8 +464,13 @@ def run_leaderboard(
     bench: BenchSettings = BenchSettings(),
     console=None,
     progress: bool | None = None,
+    rebench: bool = False,
 ) -> LeaderboardResult:
-    """Train, export and bench every model (default: every registered one) and write the three files."""
+    """Train, export and bench every model (default: every registered one) and write the three files.
+
+    A model's bench report from an earlier run is reused when it measured exactly this (:func:`reusable_bench`)
+    unless ``rebench``.
+    """
     import torch
     from rich.console import Console
     from rich.markup import escape
@@ -450,6 +507,9 @@ def run_leaderboard(
     val = load_split(data, val_split)
     n_val = len(val.labels)
     default_threads = torch.get_num_threads()
+    request = bench_request(val_split, (val.fingerprint or {}).get("sha256"), min(bench.n_images or n_val, n_val),
+                            bench)
+    here = None  # this machine's environment, described once (only needed to reuse earlier reports)
     shipped_paths = {meta.path.resolve(): name for name, meta in PRETRAINED.items()}
 
     rows: list[dict] = []
@@ -529,18 +589,31 @@ def run_leaderboard(
                 stage = "bench"
                 bench_dir = out / "bench" / ("extra" if entry.is_extra else "") / entry.name
                 row["bench_dir"] = str(bench_dir)
-                log(f"{entry.name}: benchmarking PyTorch FP32 and ONNX Runtime FP32/INT8 "
-                    f"(CPU, batch {bench.batch}, {bench.threads} thread(s), {val_split})")
+                report, why = None, "--rebench"
+                if not rebench:
+                    if here is None:
+                        from fer_edge.benchmarks.environment import describe_environment
 
-                def on_bench(done: int, total: int, msg: str, _name=entry.name) -> None:
-                    bar.update(step_task, completed=done, total=total, description=f"{_name}: bench {msg}")
+                        here = describe_environment(list(BENCH_RUNTIMES))
+                    report, why = reusable_bench(bench_dir, ckpt_sha, export_dir, request, here)
+                if report is not None:
+                    row["bench_reused"] = True
+                    log(f"{entry.name}: reusing the bench of {report.created_at} in {bench_dir} (same checkpoint, "
+                        "files, settings and machine; --rebench to measure again)")
+                else:
+                    log(f"{entry.name}: benchmarking PyTorch FP32 and ONNX Runtime FP32/INT8 "
+                        f"(CPU, batch {bench.batch}, {bench.threads} thread(s), {val_split}; not reused: {why})")
 
-                report = run_bench(
-                    [export_dir], data=data, split=val_split, reference=ckpt_path, runtimes=list(BENCH_RUNTIMES),
-                    devices=["cpu"], batches=(bench.batch,), threads=bench.threads, warmup=bench.warmup,
-                    iters=bench.iters, seconds=bench.seconds, n_images=bench.n_images, parity_gate=False,
-                    out_dir=bench_dir, progress=on_bench,
-                )
+                    def on_bench(done: int, total: int, msg: str, _name=entry.name) -> None:
+                        bar.update(step_task, completed=done, total=total, description=f"{_name}: bench {msg}")
+
+                    report = run_bench(
+                        [export_dir], data=data, split=val_split, reference=ckpt_path,
+                        runtimes=list(BENCH_RUNTIMES), devices=["cpu"], batches=(bench.batch,), threads=bench.threads,
+                        warmup=bench.warmup, iters=bench.iters, seconds=bench.seconds, n_images=bench.n_images,
+                        parity_gate=False, out_dir=bench_dir, progress=on_bench,
+                    )
+                row["bench_measured_at"] = report.created_at
                 environment = environment or report.environment
                 missing = take_bench(row, report)
                 if missing:
@@ -682,6 +755,12 @@ def leaderboard_markdown(doc: dict) -> str:
         lines += ["INT8 rows outside the export parity gate's thresholds (measured, not hidden):", ""]
         lines += [f"- `{r['name']}`: {'; '.join(r['int8_parity_failures'])}" for r in gated]
         lines.append("")
+    reused = [r for r in doc["rows"] if r.get("bench_reused")]
+    if reused:
+        lines += ["Latencies and accuracies reused from an earlier run's bench on this machine (same checkpoint, "
+                  "files and settings; `--rebench` measures again):", ""]
+        lines += [f"- `{r['name']}`: measured {r['bench_measured_at']}" for r in reused]
+        lines.append("")
     failed = [r for r in doc["rows"] if r["status"] == "failed"]
     if failed:
         lines += ["Failed:", ""]
@@ -817,6 +896,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--bench-warmup", type=int, default=10, help="untimed calls before timing (default: %(default)s)")
     g.add_argument("--n-images", type=int, default=None,
                    help="images of the validation split for accuracy (default: all of it)")
+    g.add_argument("--rebench", action="store_true",
+                   help="bench every model again, even where an earlier report measured the same files, "
+                        "settings and machine")
     return ap
 
 
@@ -852,7 +934,7 @@ def main(argv: list[str] | None = None) -> int:
             args.data, args.out, models, recipe, args.extra, args.calib_size,
             BenchSettings(seconds=args.bench_seconds, iters=args.bench_iters, warmup=args.bench_warmup,
                           n_images=args.n_images),
-            console=err_console,
+            console=err_console, rebench=args.rebench,
         )
     except FerEdgeError as e:
         err_console.print(f"error: {e}", highlight=False, markup=False)
