@@ -7,7 +7,9 @@ MixUp/CutMix's weights, so the step costs what it costs without a teacher. What 
 answer for the rotated, shifted, erased image the student sees (the augmentations are assumed to keep the
 expression). Measured on nano's third distillation round (README): 2.2x the steps per second of the online
 ONNX Runtime teacher; the same accuracy as online without MixUp, 1.1 points less with MixUp (mixed clean-image
-probabilities are not the teacher's answer for the mixed image).
+probabilities are not the teacher's answer for the mixed image). Replayed targets (``--distill-targets replay``,
+:mod:`fer_edge.training.replay`) keep offline's step cost and give the teacher's answer for the augmented view
+the student sees, from K stored views per image.
 
 A teacher only runs inference, so on a CPU it need not run in PyTorch eager mode: ``--teacher-runtime
 onnxruntime`` exports each teacher once (``torch.onnx``, the same FP32 graph ``fer-edge export`` writes)
