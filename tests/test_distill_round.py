@@ -317,12 +317,14 @@ def test_teacher_set_reaches_every_teacher_as_given(synthetic_folder, monkeypatc
                  "--teachers", "2", "--batch-size", "512", "--lr-scale", "sqrt", "--teacher-set", "cutmix=1.0",
                  "--teacher-set", "weight-decay=0.1", "--teacher-set", "lr=1e-3", "--teacher-set", "qat=false",
                  "--teacher-set", "augment=standard", "--teacher-set", "patience=5",
-                 "--teacher-set", "split=none", "--teacher-set", 'model_kwargs={"width": 2}']) == 0
+                 "--teacher-set", "split=none", "--teacher-set", 'model_kwargs={"width": 2}',
+                 "--teacher-set", "distill_views=4", "--teacher-set", "wandb=none"]) == 0
     t1, t2, small, nano = seen["stages"]
     for t in (t1, t2):
         assert {k: t.options[k] for k in ("cutmix", "weight_decay", "lr", "qat", "augment", "patience")} == dict(
             cutmix=1.0, weight_decay=0.1, lr=1e-3, qat=False, augment="standard", patience=5)  # lr not rescaled
         assert t.options["split"] is None and t.options["model_kwargs"] == {"width": 2}
+        assert t.options["distill_views"] == 4 and t.options["wandb"] is None  # an optional int is an int
         assert t.options["label_smoothing"] == 0.1  # the table's other settings stay
     assert t2.options["seed"] == 1
     assert "cutmix" not in small.options and small.options["lr"] == pytest.approx(6e-3)  # 3e-3 x sqrt(4)
@@ -331,10 +333,10 @@ def test_teacher_set_reaches_every_teacher_as_given(synthetic_folder, monkeypatc
 
 def test_bad_teacher_set_items_are_all_reported(synthetic_folder, capsys):
     base = ["--data", str(synthetic_folder), "--work", "w", "--out", "o", "--budget-minutes", "1"]
-    bad = ["nope=1", "epochs=3", "lr=abc", "qat=maybe", "x", "model_kwargs=[1]"]
+    bad = ["nope=1", "epochs=3", "lr=abc", "qat=maybe", "x", "model_kwargs=[1]", "distill_views=four"]
     assert main(base + [a for item in bad for a in ("--teacher-set", item)]) == 1
     err = capsys.readouterr().err
     for part in ("'nope': not a TrainConfig option", "'epochs': not a TrainConfig option the round lets you set "
                  "(the round sets it)", "lr='abc'", "qat='maybe': expected true or false", "'x': expected KEY=VALUE",
-                 "model_kwargs='[1]': expected a JSON object"):
+                 "model_kwargs='[1]': expected a JSON object", "distill_views='four'"):
         assert part in err, part

@@ -120,13 +120,42 @@ def _shares(text: str) -> tuple[float, float, float]:
 RESERVED = frozenset({"data", "model", "out", "epochs", "distill"})
 
 
+def _convert_option(tp, text: str):
+    """``text`` as a value of the type annotation ``tp`` (``none`` for an optional field's None)."""
+    import json
+    import types
+    import typing
+
+    args = typing.get_args(tp)
+    if typing.get_origin(tp) in (typing.Union, types.UnionType) and type(None) in args:
+        if text.lower() == "none":
+            return None
+        (tp,) = [a for a in args if a is not type(None)]
+    if tp is bool:
+        if text.lower() not in ("true", "false"):
+            raise ValueError("expected true or false")
+        return text.lower() == "true"
+    if tp is int:
+        return int(text)
+    if tp is float:
+        return float(text)
+    if tp is dict:
+        value = json.loads(text)
+        if not isinstance(value, dict):
+            raise ValueError("expected a JSON object")
+        return value
+    if tp is str:
+        return text
+    raise ValueError(f"a {tp} option cannot be set here")
+
+
 def parse_overrides(items: list[str]) -> dict:
     """``KEY=VALUE`` strings (``--teacher-set``) as TrainConfig options, each value converted to its field's type
-    (``true``/``false`` for switches, ``none`` for optional strings, JSON for ``model_kwargs``); every problem at
-    once."""
-    import json
+    (``true``/``false`` for switches, ``none`` for optional fields, JSON for ``model_kwargs``); every problem at
+    once. The types are the dataclass's resolved annotations (``typing.get_type_hints``), not their text."""
+    import typing
 
-    types = {name: f.type for name, f in TrainConfig.__dataclass_fields__.items()}
+    types = typing.get_type_hints(TrainConfig)
     out, problems = {}, []
     for item in items:
         key, sep, text = item.partition("=")
@@ -138,28 +167,10 @@ def parse_overrides(items: list[str]) -> dict:
             problems.append(f"{key!r}: not a TrainConfig option the round lets you set"
                             + (" (the round sets it)" if key in RESERVED else ""))
             continue
-        kind = str(types[key])
         try:
-            if kind == "bool":
-                if text.lower() not in ("true", "false"):
-                    raise ValueError("expected true or false")
-                value = text.lower() == "true"
-            elif kind == "int":
-                value = int(text)
-            elif kind == "float":
-                value = float(text)
-            elif kind == "dict":
-                value = json.loads(text)
-                if not isinstance(value, dict):
-                    raise ValueError("expected a JSON object")
-            elif kind == "str | None" and text.lower() == "none":
-                value = None
-            else:
-                value = text
-        except ValueError as e:
+            out[key] = _convert_option(types[key], text)
+        except ValueError as e:  # json.JSONDecodeError is a ValueError
             problems.append(f"{key}={text!r}: {e}")
-            continue
-        out[key] = value
     if problems:
         raise TrainingError("bad --teacher-set: " + "; ".join(problems))
     return out
