@@ -409,13 +409,13 @@ def reusable_bench(bench_dir: Path, ckpt_sha: str, export_dir: Path, request: di
         return None, "no earlier report"
     try:
         rep = load_report(path)
-        current = {str(a.path): a.sha256 for a in read_manifest(export_dir / MANIFEST_NAME)}
+        current = {a.path.name: a.sha256 for a in read_manifest(export_dir / MANIFEST_NAME)}
     except (FerEdgeError, OSError, ValueError) as e:
         return None, f"earlier report or export unreadable ({_err(e)[:120]})"
     if rep["reference"].get("sha256") != ckpt_sha:
         return None, "the checkpoint changed"
     rows = [r for r in rep["rows"] if not r.get("reference")]
-    if not rows or any(current.get(r.get("artifact")) != r.get("sha256") for r in rows):
+    if not rows or any(current.get(Path(r.get("artifact") or "").name) != r.get("sha256") for r in rows):
         return None, "the exported files changed"
     differ = [k for k, v in request.items() if rep["settings"].get(k) != v]
     if differ:

@@ -137,7 +137,8 @@ def train(
         init=str(init) if init else None, distill=[str(p) for p in distill or []], distill_alpha=distill_alpha,
         distill_temperature=distill_temperature, distill_tta=distill_tta,
         teacher_runtime=teacher_runtime.value, distill_targets=distill_targets.value,
-        distill_views=distill_views, distill_cache=str(distill_cache) if distill_cache else None, qat=qat, patience=patience,
+        distill_views=distill_views, distill_cache=str(distill_cache) if distill_cache else None, qat=qat,
+        patience=patience,
         seed=seed, device=device.value, amp=amp.value,
         channels_last=channels_last, num_threads=threads, max_steps_per_epoch=max_steps_per_epoch, wandb=wandb,
     )
