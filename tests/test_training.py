@@ -310,10 +310,11 @@ def test_distill_speed_benchmark_compares_runtimes(synthetic_csv, tiny_checkpoin
     r = runner.invoke(cli, [*args, "--teacher", str(tiny_checkpoint)], env={"COLUMNS": "250"})
     assert r.exit_code == 0, r.output
     for row in ("no teacher", "teacher in torch", "teacher in onnxruntime", "offline targets (onnxruntime)",
-                "round 2/2", "epoch of 280 images"):
+                "replay targets (onnxruntime)", "round 2/2", "epoch of 280 images"):
         assert row in r.output
     assert "median of 2" in r.output and "(median ratio):" in r.output
-    assert "offline targets vs ONNX Runtime teacher" in r.output and "offline labelling" in r.output
+    assert "offline targets vs ONNX Runtime teacher" in r.output and "labelling: offline" in r.output
+    assert "replay targets vs ONNX Runtime teacher" in r.output and "labelling 2 views of each took" in r.output
     r = runner.invoke(cli, [*args, "--teacher", str(tmp_path / "missing.pt")])
     assert r.exit_code == 1 and "no such checkpoint" in " ".join(r.output.split())  # rich wraps long paths
 

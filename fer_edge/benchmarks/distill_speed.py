@@ -1,12 +1,13 @@
 """Distillation speed: the same ``fer-edge train --distill`` steps with the teachers in PyTorch, in ONNX Runtime,
-and offline (``--distill-targets offline``: the teachers label the training split once, before the steps).
+offline (``--distill-targets offline``: the teachers label the training split once, before the steps) and
+replayed (``--distill-targets replay``: they label ``--replay-views`` augmented views of it once).
 
 Each measurement is one ``fer-edge train`` epoch capped at ``--steps`` steps (the real loop: batched
 augmentation, channels-last student, the teacher's forward pass, the student's backward pass). Rounds are
-interleaved: no teacher, ``--teacher-runtime torch``, ``--teacher-runtime onnxruntime``, offline targets
-(teachers in ONNX Runtime). Medians of the images/second are compared, with each round's figures printed
-beside them; the offline row also gives the seconds the teachers took to label the whole training split,
-which a run pays once.
+interleaved: no teacher, ``--teacher-runtime torch``, ``--teacher-runtime onnxruntime``, offline targets and
+replayed targets (teachers in ONNX Runtime). Medians of the images/second are compared, with each round's
+figures printed beside them; the offline and replay rows also give the seconds the teachers took to label the
+whole training split (replay: all its views), which a run pays once.
 
     python -m fer_edge.benchmarks.distill_speed --data ../shared/data/fer2013/fer2013.csv.gz \\
         --student fer_nano --teacher small --tta --threads 2
@@ -24,15 +25,17 @@ cli = typer.Typer(add_completion=False)
 
 RUNTIMES = ("torch", "onnxruntime")
 OFFLINE = "offline targets (onnxruntime)"
+REPLAY = "replay targets (onnxruntime)"
 
 
 def distill_run(data: str, student: str, teachers: list[str], runtime: str, steps: int, tta: bool,
-                batch_size: int, threads: int, amp: str, targets: str = "online") -> tuple[float, float | None]:
+                batch_size: int, threads: int, amp: str, targets: str = "online",
+                views: int | None = None) -> tuple[float, float | None]:
     """Images/second of ``steps`` CPU training steps of ``student`` distilled from ``teachers`` in ``runtime``,
-    and (offline targets) the seconds the teachers took to label the training split first."""
+    and (offline or replayed targets) the seconds the teachers took to label the training split first."""
     res = fer_edge_pipeline_run(data, student, "cpu", steps, batch_size=batch_size, amp=amp, num_threads=threads,
                                 distill=teachers, distill_tta=tta and bool(teachers), teacher_runtime=runtime,
-                                distill_targets=targets)
+                                distill_targets=targets, distill_views=views if targets == "replay" else None)
     return float(res.history[0]["images_per_second"]), res.teacher_targets_seconds
 
 
@@ -48,6 +51,8 @@ def main(
     batch_size: int = typer.Option(128, min=1),
     threads: int = typer.Option(0, min=0, help="torch and ONNX Runtime threads (0: torch's default)."),
     amp: str = typer.Option("auto", help="Student autocast, as fer-edge train's --amp (auto: bf16 on CPUs with it)."),
+    replay_views: int = typer.Option(2, min=1, help="Augmented views per image for the replay row "
+                                     "(its labelling time grows with them; its steps should not)."),
 ) -> None:
     import torch
     from rich.console import Console
@@ -68,19 +73,21 @@ def main(
     n_train = len(load_split(str(data), default_train_split(str(data)), progress=False).labels)
     configs = ({"no teacher": ("torch", [], "online")}
                | {f"teacher in {r}": (r, teachers, "online") for r in RUNTIMES}
-               | {OFFLINE: ("onnxruntime", teachers, "offline")})
+               | {OFFLINE: ("onnxruntime", teachers, "offline"), REPLAY: ("onnxruntime", teachers, "replay")})
     runs: dict[str, list[float]] = {name: [] for name in configs}
-    labelling: list[float] = []
+    labelling: dict[str, list[float]] = {OFFLINE: [], REPLAY: []}
     for r in range(rounds):
         for name, (runtime, ts, targets) in configs.items():
-            ips, once = distill_run(str(data), student, ts, runtime, steps, tta, batch_size, threads, amp, targets)
+            ips, once = distill_run(str(data), student, ts, runtime, steps, tta, batch_size, threads, amp, targets,
+                                    views=replay_views)
             runs[name].append(ips)
             if once is not None:
-                labelling.append(once)
+                labelling[name].append(once)
         console.print(f"round {r + 1}/{rounds}: " + ", ".join(f"{n} {v[-1]:.0f} img/s" for n, v in runs.items())
-                      + f"; offline labelling {labelling[-1]:.0f} s")
+                      + f"; labelling: offline {labelling[OFFLINE][-1]:.0f} s, replay {labelling[REPLAY][-1]:.0f} s")
     med = {name: statistics.median(v) for name, v in runs.items()}
-    once = statistics.median(labelling)
+    once = statistics.median(labelling[OFFLINE])
+    once_replay = statistics.median(labelling[REPLAY])
     n_threads = threads or torch.get_num_threads()
     t = Table(title=f"{student} distilled from {', '.join(teacher)}{' with flip TTA' if tta else ''}: "
                     f"CPU, {n_threads} threads, batch {batch_size}, {steps} steps, median of {rounds}")
@@ -96,6 +103,10 @@ def main(
     console.print(f"offline targets vs ONNX Runtime teacher (median ratio, steps only): "
                   f"[bold]{med[OFFLINE] / med['teacher in onnxruntime']:.2f}x[/]; labelling the {n_train:,} "
                   f"training images took {once:.0f} s (median), paid once per run", highlight=False)
+    console.print(f"replay targets vs ONNX Runtime teacher (median ratio, steps only): "
+                  f"[bold]{med[REPLAY] / med['teacher in onnxruntime']:.2f}x[/], vs offline "
+                  f"{med[REPLAY] / med[OFFLINE]:.2f}x; labelling {replay_views} views of each took {once_replay:.0f} s "
+                  "(median), paid once per run or once per --distill-cache", highlight=False)
 
 
 if __name__ == "__main__":
