@@ -634,24 +634,34 @@ class Trainer:
                            self.teacher_targets_seconds)
 
     # --- outputs ----------------------------------------------------------------
-    def _offline_targets(self, teachers: list, x_train: torch.Tensor, cfg: TrainConfig,
-                         amp_dtype: torch.dtype | None = None) -> torch.Tensor:
-        """``--distill-targets offline``: the teachers' probabilities for every training image, computed once.
-
-        PyTorch teachers label under the training step's autocast (``amp_dtype``), as they would online.
-        """
+    def _label(self, teachers: list, image_sets, cfg: TrainConfig, amp_dtype: torch.dtype | None,
+               title: str) -> list[torch.Tensor]:
+        """The teachers' probabilities (:func:`precompute_teacher_probs`) for every image of each set of N x H x W
+        uint8 images, with one progress bar. PyTorch teachers label under the training step's autocast
+        (``amp_dtype``), as they would online; under torchrun each process labels its share and they pool."""
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-        t0 = time.perf_counter()
-        with Progress(TextColumn("[bold]teacher targets"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+        rank, world = self.dist.rank, self.dist.world
+        out = []
+        with Progress(TextColumn(f"[bold]{title}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                       console=self.console, disable=not (self.progress and self.dist.main), transient=True) as prog:
-            rank, world = self.dist.rank, self.dist.world
-            task = prog.add_task("targets", total=len(range(rank, len(x_train), world)))
-            with torch.autocast(x_train.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                probs = precompute_teacher_probs(teachers, x_train, cfg.distill_temperature, cfg.distill_tta,
-                                                 on_batch=lambda n: prog.advance(task, n), rank=rank, world=world)
-        probs = self.dist.sum(probs)  # under torchrun each process labelled its share of the images
+            task = prog.add_task("targets", total=sum(len(range(rank, len(x), world)) for x in image_sets))
+            device = image_sets[0].device.type
+            with torch.autocast(device, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+                for images in image_sets:
+                    probs = precompute_teacher_probs(teachers, images, cfg.distill_temperature, cfg.distill_tta,
+                                                     on_batch=lambda n: prog.advance(task, n), rank=rank,
+                                                     world=world)
+                    out.append(self.dist.sum(probs))
+        return out
+
+    def _offline_targets(self, teachers: list, x_train: torch.Tensor, cfg: TrainConfig,
+                         amp_dtype: torch.dtype | None = None) -> torch.Tensor:
+        """``--distill-targets offline``: the teachers' probabilities for every training image, computed once."""
+        t0 = time.perf_counter()
+        (probs,) = self._label(teachers, [x_train], cfg, amp_dtype, "teacher targets")
         views = "each image and its mirror image" if cfg.distill_tta else "each image"
+        world = self.dist.world
         shared = f", shared by {world} processes" if world > 1 else ""
         self.teacher_targets_seconds = round(time.perf_counter() - t0, 2)
         self.log(f"offline distillation targets: the teacher(s) saw {views} once, un-augmented "
@@ -665,8 +675,6 @@ class Trainer:
         Loaded from ``--distill-cache`` when it holds targets made with the same settings; otherwise made here
         (each process of a torchrun labels its share of every view) and, with ``--distill-cache``, written there.
         """
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
         from fer_edge.training.replay import (DEFAULT_REPLAY_VIEWS, ReplayTargets, cache_key, load_cache,
                                               make_views, save_cache)
 
@@ -686,18 +694,8 @@ class Trainer:
                 return cached
         t0 = time.perf_counter()
         views = make_views(x_train, aug, k, seed=cfg.seed * 100_003 + 99_991)
-        rank, world = self.dist.rank, self.dist.world
-        per_view = len(range(rank, len(x_train), world))
-        probs = []
-        with Progress(TextColumn("[bold]teacher targets (replay)"), BarColumn(), MofNCompleteColumn(),
-                      TimeRemainingColumn(), console=self.console, disable=not (self.progress and self.dist.main),
-                      transient=True) as prog:
-            task = prog.add_task("targets", total=per_view * k)
-            with torch.autocast(x_train.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                for v in range(k):
-                    p = precompute_teacher_probs(teachers, views[v], cfg.distill_temperature, cfg.distill_tta,
-                                                 on_batch=lambda n: prog.advance(task, n), rank=rank, world=world)
-                    probs.append(self.dist.sum(p))
+        probs = self._label(teachers, list(views), cfg, amp_dtype, "teacher targets (replay)")
+        world = self.dist.world
         targets = ReplayTargets(views, torch.stack(probs))
         self.teacher_targets_seconds = round(time.perf_counter() - t0, 2)
         flips = " and its mirror image" if cfg.distill_tta else ""
