@@ -568,9 +568,9 @@ def test_overflow_fix_option_gives_openvino_weights_7_bits(tiny_checkpoint, synt
 def test_openvino_int8_gate_failure_names_the_overflow_fix_on_cpus_without_vnni(
         tiny_checkpoint, synthetic_csv, tmp_path, monkeypatch, saturates):
     from fer_edge.cli import app
-    from fer_edge.exporters import openvino
+    from fer_edge import cpu
 
-    monkeypatch.setattr(openvino, "int8_can_saturate_here", lambda: saturates)
+    monkeypatch.setattr(cpu, "int8_can_saturate_here", lambda: saturates)
     res = CliRunner().invoke(app, ["export", str(tiny_checkpoint), "-t", "openvino", "-p", "int8", "--calib-data",
                                    str(synthetic_csv), "--calib-size", "210", "--max-abs-diff", "int8=0",
                                    "--out", str(tmp_path)])

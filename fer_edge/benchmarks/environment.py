@@ -14,7 +14,8 @@ import platform
 import re
 import socket
 import sys
-from pathlib import Path
+
+from fer_edge.cpu import cpu_flags, proc_cpuinfo
 
 #: Distributions whose versions a report records.
 LIBRARIES = ("fer-edge", "torch", "torchvision", "numpy", "onnx", "onnxruntime", "openvino", "nncf",
@@ -28,23 +29,6 @@ COREML_COMPUTE_UNITS = ("CPU_ONLY", "CPU_AND_GPU", "CPU_AND_NE", "ALL")
 
 
 # --- CPU ----------------------------------------------------------------------
-def _proc_cpuinfo() -> dict[str, str]:
-    """The first processor block of /proc/cpuinfo (empty off Linux)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text(errors="replace")
-    except OSError:
-        return {}
-    out: dict[str, str] = {}
-    for line in text.splitlines():
-        if not line.strip():
-            if out:
-                break
-            continue
-        k, _, v = line.partition(":")
-        out.setdefault(k.strip(), v.strip())
-    return out
-
-
 def _sysctl(name: str) -> str:
     import subprocess
 
@@ -55,7 +39,7 @@ def _sysctl(name: str) -> str:
 
 
 def cpu_model() -> str:
-    info = _proc_cpuinfo()
+    info = proc_cpuinfo()
     for key in ("model name", "Hardware", "Processor", "cpu model"):
         if info.get(key):
             return info[key]
@@ -64,14 +48,6 @@ def cpu_model() -> str:
         if brand:
             return brand
     return platform.processor() or platform.machine() or "unknown"
-
-
-def cpu_flags() -> set[str]:
-    info = _proc_cpuinfo()
-    flags = set((info.get("flags") or info.get("Features") or "").split())
-    if sys.platform == "darwin" and platform.machine() == "arm64":
-        flags.update({"neon", "asimd", "fma"})
-    return flags
 
 
 def cpu_clock_mhz() -> tuple[float | None, str]:
@@ -86,7 +62,7 @@ def cpu_clock_mhz() -> tuple[float | None, str]:
             return float(f.current), "psutil.cpu_freq().current"
     except Exception:
         pass
-    info = _proc_cpuinfo()
+    info = proc_cpuinfo()
     if info.get("cpu MHz"):
         try:
             return float(info["cpu MHz"]), "/proc/cpuinfo cpu MHz"

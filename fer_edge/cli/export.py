@@ -197,7 +197,7 @@ def export_cmd(
         )
         if overflow_fix.value != "enable" and any(a.target == "openvino" and a.precision == "int8"
                                                   for a in result.parity_failures):
-            from fer_edge.exporters.openvino import int8_can_saturate_here
+            from fer_edge.cpu import int8_can_saturate_here
 
             if int8_can_saturate_here():
                 hint += ("; this CPU has no VNNI, so OpenVINO's int8 sums can saturate here: "

@@ -88,17 +88,6 @@ OVERFLOW_FIX: dict[str, tuple[str, str]] = {
 DEFAULT_OVERFLOW_FIX = "first-layer"
 
 
-def int8_can_saturate_here() -> bool:
-    """True on an x86 CPU without VNNI, where 8-bit weights can saturate OpenVINO's int8 sums."""
-    import platform
-
-    from fer_edge.benchmarks.environment import cpu_flags
-
-    if platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686"):
-        return False
-    return not cpu_flags() & {"avx512_vnni", "avx512vnni", "avx_vnni"}
-
-
 def quantize_int8(om, calib_inputs, overflow_fix: str = DEFAULT_OVERFLOW_FIX):
     """NNCF INT8 of ``om``; returns the quantized model and the name of the layer left in float."""
     import nncf
