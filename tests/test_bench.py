@@ -240,13 +240,13 @@ def test_rows_are_timed_interleaved(monkeypatch, tiny_checkpoint, synthetic_csv)
     from fer_edge.benchmarks import bench
 
     turns = []
-    real = bench._turn
+    real = bench.timed_turn
 
     def spy(rt, x, buf, quota, budget_ns):
         turns.append(len(x))
         return real(rt, x, buf, quota, budget_ns)
 
-    monkeypatch.setattr(bench, "_turn", spy)
+    monkeypatch.setattr(bench, "timed_turn", spy)
     report = _bench([tiny_checkpoint], synthetic_csv, batches=(1, 2, 3), iters=6, rounds=3)
     assert len(turns) == 9
     for r in range(3):  # each round gives every row one turn, the order rotated
@@ -385,3 +385,27 @@ def test_weight_gate_line_names_the_weight_its_limits_and_where_the_reason_is():
                                         "reason": "measured"}}, "out/report.json")
     assert line == ("parity gate: nano's own (int8 min_agreement 0.97, max_accuracy_drop 0.005) over the defaults; "
                     "why: thresholds_source in out/report.json")
+
+
+def test_ort_int8_benchmark_compares_exact_and_fast_sessions(artifact_dir, synthetic_csv, tmp_path):
+    """``python -m fer_edge.benchmarks.ort_int8``: both sessions timed side by side, their answers compared."""
+    from fer_edge.benchmarks.ort_int8 import cli
+    from fer_edge.cpu import int8_can_saturate_here
+
+    res = CliRunner().invoke(cli, [str(artifact_dir), "--data", str(synthetic_csv), "--split", "PublicTest",
+                                   "--batch", "1,4", "--rounds", "2", "--seconds", "0.05"], env={"COLUMNS": "250"})
+    assert res.exit_code == 0, res.output
+    out = " ".join(res.output.split())
+    rows = [line for line in res.output.splitlines() if "_int8.onnx" in line]
+    import re
+
+    assert len(rows) == 2 and all(re.search(r" \d+\.\d\dx ", r) and "%" in r for r in rows), rows
+    # the fast kernels agree with the exact ones wherever they cannot saturate (this CPU, if it has VNNI)
+    if not int8_can_saturate_here():
+        assert all("100.00%" in r for r in rows)
+    assert "answers compared on" in out and "PublicTest images" in out
+    assert f"session.x64quantprecision={'1' if int8_can_saturate_here() else '0'} here" in out
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    res = CliRunner().invoke(cli, [str(empty)])
+    assert res.exit_code == 1 and "no *_int8.onnx" in " ".join(res.output.split())

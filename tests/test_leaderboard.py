@@ -156,7 +156,7 @@ def test_rerun_does_not_retrain_and_benches_extras(first_run, second_run):
     assert "reused from an earlier run's bench" in md and f"`fer_nano`: measured {first['created_at']}" in md
 
 
-def test_an_earlier_bench_is_reused_only_for_the_same_files_settings_and_machine(first_run, second_run):
+def test_an_earlier_bench_is_reused_only_for_the_same_files_settings_and_machine(first_run, second_run, monkeypatch):
     import copy
 
     from fer_edge.benchmarks.environment import describe_environment
@@ -192,6 +192,13 @@ def test_an_earlier_bench_is_reused_only_for_the_same_files_settings_and_machine
     (moved / "report.json").write_text(json.dumps(tampered))
     got, why = reusable_bench(moved, row["checkpoint_sha256"], export_dir, request, here)
     assert got is None and why == "the exported files changed"
+    # nor a bench whose ONNX Runtime sessions ran with another session config than they would now
+    from fer_edge import cpu
+
+    here_saturates = cpu.int8_can_saturate_here()
+    monkeypatch.setattr(cpu, "int8_can_saturate_here", lambda: not here_saturates)
+    got, why = reusable_bench(bench_dir, row["checkpoint_sha256"], export_dir, request, here)
+    assert got is None and why == "onnxruntime would run with other settings now"
 
 
 def test_unknown_model_is_rejected(synthetic_csv, tmp_path, capsys):

@@ -170,27 +170,57 @@ def _saturating_matmul(path):
 
 
 def _x86_without_vnni() -> bool:
-    import platform
+    from fer_edge.cpu import int8_can_saturate_here
 
-    from fer_edge.benchmarks.environment import cpu_flags
-
-    flags = cpu_flags()
-    return platform.machine().lower() in ("x86_64", "amd64") and not any("vnni" in f for f in flags)
+    return int8_can_saturate_here()
 
 
-def test_onnxruntime_int8_is_exact_by_default(tmp_path):
+def test_onnxruntime_int8_is_exact_by_default_on_this_cpu(tmp_path):
+    """``exact_int8="auto"``: the exact product here, with the slow exact kernels only where the fast ones saturate."""
     from fer_edge.runtimes import get_runtime
     from fer_edge.runtimes.onnxruntime import X64_QUANT_PRECISION
 
     cls = get_runtime("onnxruntime")
     path, x, exact = _saturating_matmul(tmp_path / "sat.onnx")
     rt = cls(path)
-    assert rt.describe()["session_config"] == {X64_QUANT_PRECISION: "1"}
+    wanted = "1" if _x86_without_vnni() else "0"
+    assert rt.describe()["session_config"] == {X64_QUANT_PRECISION: wanted} and rt.describe()["exact_int8"] == "auto"
+    assert rt.session.get_session_options().get_session_config_entry(X64_QUANT_PRECISION) == wanted
     np.testing.assert_array_equal(rt.session.run(None, {"x": x})[0], exact)
-    fast = cls(path, exact_int8=False)
-    assert fast.session.get_session_options().get_session_config_entry(X64_QUANT_PRECISION) == "0"
+    assert cls.settings_now() == {"session_config": {X64_QUANT_PRECISION: wanted}}
+    for forced, entry in ((True, "1"), (False, "0")):
+        s = cls(path, exact_int8=forced)
+        assert s.session.get_session_options().get_session_config_entry(X64_QUANT_PRECISION) == entry
+    np.testing.assert_array_equal(cls(path, exact_int8=True).session.run(None, {"x": x})[0], exact)
     with pytest.raises(ArtifactError, match="exact_int8"):
         cls(path, exact_int8="yes")
+
+
+@pytest.mark.parametrize("saturates", [True, False], ids=["no-vnni", "vnni"])
+def test_onnxruntime_auto_follows_the_cpu(monkeypatch, saturates):
+    from fer_edge import cpu
+    from fer_edge.runtimes.onnxruntime import X64_QUANT_PRECISION, session_config
+
+    monkeypatch.setattr(cpu, "int8_can_saturate_here", lambda: saturates)
+    assert session_config() == {X64_QUANT_PRECISION: "1" if saturates else "0"}
+    assert session_config(True) == {X64_QUANT_PRECISION: "1"} and session_config(False) == {X64_QUANT_PRECISION: "0"}
+
+
+@pytest.mark.parametrize("machine, flags, saturates", [
+    ("x86_64", {"avx2", "fma"}, True),                        # AVX2 without VNNI
+    ("x86_64", {"avx512f", "avx512bw"}, True),                # AVX-512 before VNNI (Skylake-SP)
+    ("x86_64", {"avx512f", "avx512_vnni"}, False),            # Cascade Lake on, Zen 4 on
+    ("AMD64", {"avx2", "avx_vnni"}, False),                   # AVX-VNNI (Alder Lake)
+    ("x86_64", set(), True),                                  # flags unknown: the safe side
+    ("aarch64", {"asimd"}, False),                            # ARM: no U8S8 saturation path
+    ("arm64", set(), False),
+])
+def test_int8_can_saturate_here(monkeypatch, machine, flags, saturates):
+    from fer_edge import cpu
+
+    monkeypatch.setattr(cpu.platform, "machine", lambda: machine)
+    monkeypatch.setattr(cpu, "cpu_flags", lambda: set(flags))
+    assert cpu.int8_can_saturate_here() is saturates
 
 
 @pytest.mark.skipif(not _x86_without_vnni(), reason="U8S8 saturation happens only on x86-64 CPUs without VNNI")

@@ -512,7 +512,7 @@ def _run_bench(
                 tick(f"round {r + 1}/{rounds}: {row_label(lv.row)} b{lv.row['batch']}")
                 buf: list[int] = []
                 try:
-                    _turn(lv.rt, lv.x, buf, quota, budget_ns)
+                    timed_turn(lv.rt, lv.x, buf, quota, budget_ns)
                 except Exception as e:
                     lv.row["status"], lv.row["reason"] = "failed", f"timing: {_err(e)}"
                     tick("", rounds - r - 1)
@@ -588,7 +588,7 @@ def run_bench(*args, **kwargs) -> BenchReport:
         torch.set_num_threads(before)
 
 
-def _turn(rt, x: np.ndarray, buf: list[int], quota: int | None, budget_ns: int | None) -> None:
+def timed_turn(rt, x: np.ndarray, buf: list[int], quota: int | None, budget_ns: int | None) -> None:
     """One row's turn in a round: one untimed call, then ``quota`` timed calls or ``budget_ns`` of them."""
     run = rt.run
     clock = time.perf_counter_ns

@@ -393,12 +393,28 @@ def bench_request(split: str, data_sha256: str | None, n_images: int, bench: "Be
             "seed": 0, "parity_gate": False, "runtimes": list(BENCH_RUNTIMES), "devices": ["cpu"]}
 
 
+def _runtime_settings_changed(row: dict) -> bool:
+    """True when ``row`` records runtime settings other than those its runtime would choose here now."""
+    from fer_edge.runtimes import get_runtime
+
+    info = row.get("runtime_info")
+    if not info:  # not measured (skipped or failed): nothing was run under any settings
+        return False
+    try:
+        now = get_runtime(row["runtime"]).settings_now()
+    except FerEdgeError:
+        return True
+    return any(info.get(k) != v for k, v in now.items())
+
+
 def reusable_bench(bench_dir: Path, ckpt_sha: str, export_dir: Path, request: dict, environment: dict):
     """``(report, "")`` when ``bench_dir`` holds a report that measured exactly this, else ``(None, why not)``.
 
     Exactly this: the reference checkpoint and every benchmarked file have the SHA-256s they have now, the
-    report's settings equal ``request``, and it ran on this machine (the environment fingerprint and the CPU's
-    flags; timings from another machine or other library versions are not comparable).
+    report's settings equal ``request``, every row's runtime ran with the settings it would choose now
+    (:meth:`Runtime.settings_now`, e.g. ONNX Runtime's session config), and it ran on this machine (the
+    environment fingerprint and the CPU's flags; timings from another machine or other library versions are
+    not comparable).
     """
     from fer_edge.benchmarks.artifacts import read_manifest
     from fer_edge.benchmarks.report import BenchReport, load_report
@@ -420,6 +436,9 @@ def reusable_bench(bench_dir: Path, ckpt_sha: str, export_dir: Path, request: di
     differ = [k for k, v in request.items() if rep["settings"].get(k) != v]
     if differ:
         return None, "other bench settings (" + ", ".join(differ) + ")"
+    changed = sorted({r["runtime"] for r in rows if _runtime_settings_changed(r)})
+    if changed:
+        return None, f"{', '.join(changed)} would run with other settings now"
     then, now = rep["environment"], environment
     if then.get("fingerprint") != now.get("fingerprint") or (then.get("cpu") or {}).get("flags") != (
             now.get("cpu") or {}).get("flags"):

@@ -9,7 +9,7 @@ from typing import List, Optional
 import typer
 
 from fer_edge.cli import app
-from fer_edge.cli.common import console, err_console, handle_errors, is_tty, weight_gate_line
+from fer_edge.cli.common import console, err_console, handle_errors, is_tty, parse_batches, weight_gate_line
 
 report_app = typer.Typer(help="Work with bench reports.", no_args_is_help=True, add_completion=False)
 app.add_typer(report_app, name="report")
@@ -60,17 +60,6 @@ def devices_cmd(
 
 
 # --- bench -----------------------------------------------------------------------------
-def _parse_batches(value: str) -> list[int]:
-    from fer_edge.errors import FerEdgeError
-
-    try:
-        out = sorted({int(v) for v in value.split(",") if v.strip()})
-    except ValueError:
-        raise FerEdgeError(f"--batch takes comma-separated positive integers, got {value!r}") from None
-    if not out or out[0] < 1:
-        raise FerEdgeError(f"--batch takes comma-separated positive integers, got {value!r}")
-    return out
-
 
 def _threshold_overrides(**per_field):
     """PRECISION=VALUE overrides per threshold, applied over the export gate (defaults, or the shipped weight's)."""
@@ -235,7 +224,7 @@ def bench_cmd(
 
         report = run_bench(
             artifacts or None, data=data, split=split, reference=reference, runtimes=rt_list, devices=dev_list,
-            batches=_parse_batches(batch), threads=threads, warmup=warmup, iters=iters, seconds=seconds,
+            batches=parse_batches(batch), threads=threads, warmup=warmup, iters=iters, seconds=seconds,
             rounds=rounds, n_images=n_images, seed=seed,
             threshold_overrides=_threshold_overrides(min_agreement=min_agreement, max_abs_diff=max_abs_diff,
                                                      max_kl=max_kl, max_accuracy_drop=max_accuracy_drop),

@@ -60,3 +60,16 @@ def weight_gate_line(thresholds_source: dict | None, where: str) -> str | None:
     limits = "; ".join(f"{prec} " + ", ".join(f"{k} {v}" for k, v in lim.items())
                        for prec, lim in weight["gate"].items())
     return f"parity gate: {weight['name']}'s own ({limits}) over the defaults; why: thresholds_source in {where}"
+
+
+def parse_batches(value: str) -> list[int]:
+    """Sorted distinct batch sizes from "1,32" (``--batch``)."""
+    from fer_edge.errors import FerEdgeError
+
+    try:
+        out = sorted({int(v) for v in value.split(",") if v.strip()})
+    except ValueError:
+        raise FerEdgeError(f"--batch takes comma-separated positive integers, got {value!r}") from None
+    if not out or out[0] < 1:
+        raise FerEdgeError(f"--batch takes comma-separated positive integers, got {value!r}")
+    return out

@@ -28,6 +28,13 @@ class Runtime(ABC):
         """Devices this runtime can use here, e.g. ["cpu"], ["CPU", "GPU"], ["CPUExecutionProvider"]."""
         return ["cpu"]
 
+    @classmethod
+    def settings_now(cls, **options) -> dict:
+        """The settings a session opened here with ``options`` records in :meth:`describe` that are not the
+        caller's arguments but chosen by fer-edge for this machine (e.g. ONNX Runtime's session config): a
+        report measured under other ones is not a measurement of what would run now."""
+        return {}
+
     def __init__(self, path: str | Path, device: str | None = None, threads: int | None = None,
                  batch_hint: int = 1, **options):
         self.path = Path(path)

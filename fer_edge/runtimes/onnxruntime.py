@@ -8,11 +8,14 @@ from fer_edge.runtimes.base import Runtime
 
 #: Providers listed by onnxruntime that are not local compute devices.
 _NOT_DEVICES = ("AzureExecutionProvider",)
-#: Session option that makes x86-64 CPUs without VNNI (SSE4.1, AVX2, AVX-512 without VNNI) multiply
-#: quantized weights with exact U8U8 kernels instead of U8S8 ones whose 16-bit intermediates saturate.
-#: ONNX Runtime documents the overflow and this key in ``onnxruntime_session_options_config_keys.h``, and
-#: that it acts only on those CPUs. Measured on an AVX2 EPYC without VNNI: the shipped small model's INT8
-#: ONNX agreed with FP32 on 91.3% of PublicTest without it and 98.9% with it, the figure a VNNI CPU gives.
+#: Session option that makes ONNX Runtime multiply quantized weights with exact U8U8 kernels instead of
+#: U8S8 ones. On x86-64 CPUs without VNNI (SSE4.1, AVX2, AVX-512 without VNNI) the U8S8 kernels add
+#: products in pairs into 16 bits, which saturate: measured on an AVX2 EPYC without VNNI, the shipped
+#: small model's INT8 agreed with FP32 on 91.3% of PublicTest without the option and 98.9% with it, the
+#: figure a VNNI CPU gives. ONNX Runtime's header says the option acts only on those CPUs, but it also
+#: takes effect on a VNNI CPU, where U8S8 is exact anyway: on an AVX-512 VNNI Zen 5 it made the INT8
+#: models 1.6x (nano) and 2.4x (small) slower for bit-identical logits
+#: (``python -m fer_edge.benchmarks.ort_int8``). Hence ``exact_int8="auto"``: on only where needed.
 X64_QUANT_PRECISION = "session.x64quantprecision"
 
 
@@ -20,13 +23,28 @@ def _short(provider: str) -> str:
     return provider.removesuffix("ExecutionProvider").lower()
 
 
+def session_config(exact_int8: bool | str = "auto") -> dict[str, str]:
+    """The session config entries fer-edge sets for ``exact_int8`` (see :class:`OnnxRuntime`) on this CPU."""
+    from fer_edge.cpu import int8_can_saturate_here
+    from fer_edge.errors import ArtifactError
+
+    if exact_int8 == "auto":
+        exact = int8_can_saturate_here()
+    elif isinstance(exact_int8, bool):
+        exact = exact_int8
+    else:
+        raise ArtifactError(f"onnxruntime: exact_int8 must be 'auto', True or False, got {exact_int8!r}")
+    return {X64_QUANT_PRECISION: "1" if exact else "0"}
+
+
 class OnnxRuntime(Runtime):
     """``device``: an execution provider name (``CPUExecutionProvider``) or its short form (``cpu``, ``cuda``).
 
     Options: ``graph_optimization_level`` (``all``, ``extended``, ``basic``, ``disable``; default ``all``),
-    ``provider_options`` (dict for the chosen provider), ``exact_int8`` (default True: set
-    :data:`X64_QUANT_PRECISION`, so INT8 models give the same answers on x86 CPUs without VNNI as on
-    others; False: ONNX Runtime's faster U8S8 kernels, which saturate on those CPUs).
+    ``provider_options`` (dict for the chosen provider), ``exact_int8``: ``"auto"`` (default) sets
+    :data:`X64_QUANT_PRECISION` only where ONNX Runtime's fast INT8 kernels can saturate (x86 CPUs without
+    VNNI, :func:`fer_edge.cpu.int8_can_saturate_here`), so INT8 models give the same answers on every CPU at
+    the fastest exact speed; ``True`` sets it everywhere, ``False`` nowhere.
     """
 
     name = "onnxruntime"
@@ -57,6 +75,10 @@ class OnnxRuntime(Runtime):
             + ", ".join(f"{p} ({_short(p)})" for p in valid)
         )
 
+    @classmethod
+    def settings_now(cls, **options) -> dict:
+        return {"session_config": session_config(options.get("exact_int8", "auto"))}
+
     def __init__(self, path, device=None, threads=None, batch_hint=1, **options):
         super().__init__(path, None, threads, batch_hint, **options)
         import onnxruntime as ort
@@ -81,10 +103,8 @@ class OnnxRuntime(Runtime):
             raise ArtifactError(f"onnxruntime: unknown graph_optimization_level {level!r}; valid: {', '.join(levels)}")
         so.graph_optimization_level = levels[level]
         self._level = level
-        exact = options.get("exact_int8", True)
-        if not isinstance(exact, bool):
-            raise ArtifactError(f"onnxruntime: exact_int8 must be True or False, got {exact!r}")
-        self._session_config = {X64_QUANT_PRECISION: "1" if exact else "0"}
+        self._exact_int8 = options.get("exact_int8", "auto")
+        self._session_config = session_config(self._exact_int8)
         for key, value in self._session_config.items():
             so.add_session_config_entry(key, value)
         providers: list = [(self.device, dict(options.get("provider_options") or {}))]
@@ -111,6 +131,7 @@ class OnnxRuntime(Runtime):
             "providers": self.session.get_providers(),
             "graph_optimization_level": self._level,
             "session_config": dict(self._session_config),
+            "exact_int8": self._exact_int8,
             "precision": self.metadata().get("precision"),
             "versions": {"onnxruntime": ort.__version__},
         }

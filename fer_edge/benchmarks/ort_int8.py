@@ -1,0 +1,152 @@
+"""ONNX Runtime INT8 with and without ``session.x64quantprecision``: speed and answers, side by side.
+
+ONNX Runtime's U8S8 INT8 kernels saturate on x86 CPUs without VNNI; the session option switches them to exact
+U8U8 kernels. This measures what the option costs on this CPU and whether the fast kernels give other logits
+here, which is how ``exact_int8="auto"`` (the runtime's default: the option only on x86 CPUs without VNNI)
+was chosen. Each INT8 ``.onnx`` artifact (a file, or every ``*_int8.onnx`` in a directory) is opened twice,
+exact and fast; rounds are interleaved (exact, fast, exact, ...) and each round times ``--seconds`` of calls
+per batch size. Medians of the rounds' p50s are compared. With ``--data``, both sessions also run the split's
+images and the table gives the largest logit difference and the top-1 agreement between them.
+
+    python -m fer_edge.benchmarks.ort_int8 exports/nano exports/small \\
+        --data ../shared/data/fer2013/fer2013.csv.gz --split PublicTest --threads 1
+"""
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+
+import numpy as np
+import typer
+
+cli = typer.Typer(add_completion=False)
+
+MODES = {"exact": True, "fast": False}
+
+
+def int8_artifacts(paths: list[Path]) -> list[Path]:
+    """The INT8 ONNX files named: files as given, directories by their ``*_int8.onnx``."""
+    from fer_edge.errors import FerEdgeError
+
+    out: list[Path] = []
+    for p in paths:
+        found = sorted(p.glob("*_int8.onnx")) if p.is_dir() else [p]
+        if not found:
+            raise FerEdgeError(f"{p}: no *_int8.onnx in this directory (export one with fer-edge export "
+                               "--target onnx --precision int8)")
+        out += found
+    bad = [str(p) for p in out if p.suffix != ".onnx"]
+    if bad:
+        raise FerEdgeError(f"not ONNX files: {', '.join(bad)}")
+    return out
+
+
+def artifact_normalization(rt, path: Path):
+    """The input normalisation an artifact embeds (fer-edge metadata), or a clear error."""
+    import json
+
+    from fer_edge.errors import ArtifactError
+    from fer_edge.preprocess import Normalization
+
+    try:
+        return Normalization.from_dict(json.loads(rt.metadata()["normalization"]))
+    except (KeyError, TypeError, ValueError) as e:
+        raise ArtifactError(f"{path}: no fer-edge normalization metadata ({type(e).__name__}: {e}); "
+                            "export it with fer-edge export") from None
+
+
+def compare_answers(sessions: dict, x: np.ndarray, batch: int = 64) -> dict:
+    """Largest |logit difference| and top-1 agreement of the fast session against the exact one on ``x``."""
+    from fer_edge.benchmarks.bench import run_in_chunks
+
+    exact = run_in_chunks(sessions["exact"].run, x, batch)
+    fast = run_in_chunks(sessions["fast"].run, x, batch)
+    return {"max_abs_diff": float(np.abs(exact - fast).max()),
+            "agreement": float((exact.argmax(1) == fast.argmax(1)).mean()), "n": len(x)}
+
+
+def time_modes(sessions: dict, x: np.ndarray, rounds: int, seconds: float) -> dict[str, list[float]]:
+    """Per mode, each round's p50 in ms (rounds interleaved across the modes)."""
+    from fer_edge.benchmarks.bench import timed_turn
+
+    p50s: dict[str, list[float]] = {m: [] for m in sessions}
+    for _ in range(rounds):
+        for mode, rt in sessions.items():
+            for _ in range(3):
+                rt.run(x)
+            buf: list[int] = []
+            timed_turn(rt, x, buf, None, int(seconds * 1e9))
+            p50s[mode].append(float(np.median(buf)) / 1e6)
+    return p50s
+
+
+@cli.command()
+def main(
+    artifacts: list[Path] = typer.Argument(..., exists=True, help="INT8 .onnx files, or export directories."),
+    data: Path | None = typer.Option(None, exists=True, help="FER2013 CSV or image folder: compare the "
+                                     "two sessions' answers on its images (else on seeded random inputs)."),
+    split: str | None = typer.Option(None, help="Split of --data (default PublicTest / val)."),
+    n_images: int | None = typer.Option(None, min=1, help="Stratified subset of the split (default: all of it)."),
+    batch: str = typer.Option("1,32", help="Batch sizes to time, comma-separated."),
+    threads: int = typer.Option(1, min=1, help="ONNX Runtime intra-op threads."),
+    rounds: int = typer.Option(5, min=1, help="Interleaved rounds; medians are compared."),
+    seconds: float = typer.Option(1.0, min=0.05, help="Seconds of timed calls per mode, batch and round."),
+) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from fer_edge.benchmarks.environment import cpu_model
+    from fer_edge.cpu import int8_can_saturate_here
+    from fer_edge.errors import FerEdgeError
+    from fer_edge.runtimes import get_runtime
+    from fer_edge.runtimes.onnxruntime import X64_QUANT_PRECISION, session_config
+
+    console, err = Console(), Console(stderr=True)
+    try:
+        from fer_edge.cli.common import parse_batches
+
+        batches = parse_batches(batch)
+        files = int8_artifacts(artifacts)
+        cls = get_runtime("onnxruntime")
+        if data is not None:
+            from fer_edge.benchmarks.bench import load_inputs
+
+            inputs = load_inputs(data, split, n_images, seed=0)
+            what = f"{len(inputs.images):,} {inputs.split} images"
+        else:
+            inputs, what = None, "256 seeded random inputs"
+        rows = []
+        for path in files:
+            sessions = {m: cls(path, threads=threads, exact_int8=e) for m, e in MODES.items()}
+            if inputs is not None:
+                x_all = inputs.normalized(artifact_normalization(sessions["exact"], path))
+            else:
+                x_all = np.random.default_rng(0).standard_normal((256, 1, 48, 48)).astype(np.float32)
+            answers = compare_answers(sessions, x_all)
+            for b in batches:
+                x = np.ascontiguousarray(np.resize(x_all, (b, *x_all.shape[1:])))
+                p50s = time_modes(sessions, x, rounds, seconds)
+                rows.append((path, b, p50s, answers))
+    except FerEdgeError as e:
+        err.print(f"[red]error:[/] {e}", highlight=False)
+        raise typer.Exit(1) from None
+    auto = session_config("auto")[X64_QUANT_PRECISION] == "1"
+    t = Table(title=f"ONNX Runtime INT8, {X64_QUANT_PRECISION}=1 (exact) vs 0 (fast): {cpu_model()}, "
+                    f"{threads} thread(s), p50 ms, median of {rounds} interleaved rounds")
+    for col in ("artifact", "batch", "exact ms", "fast ms", "exact / fast", "exact rounds", "fast rounds",
+                "max |logit diff|", "top-1 agreement"):
+        t.add_column(col, justify="left" if col == "artifact" else "right")
+    for path, b, p50s, ans in rows:
+        ex, fa = statistics.median(p50s["exact"]), statistics.median(p50s["fast"])
+        t.add_row(path.name, str(b), f"{ex:.3f}", f"{fa:.3f}", f"[bold]{ex / fa:.2f}x[/]",
+                  " ".join(f"{v:.3f}" for v in p50s["exact"]), " ".join(f"{v:.3f}" for v in p50s["fast"]),
+                  f"{ans['max_abs_diff']:.2g}", f"{ans['agreement']:.2%}")
+    console.print(t)
+    console.print(f"answers compared on {what}. This CPU: "
+                  + ("x86 without VNNI (the fast kernels can saturate)" if int8_can_saturate_here()
+                     else "VNNI or not x86 (the fast kernels cannot saturate)")
+                  + f"; exact_int8='auto' sets {X64_QUANT_PRECISION}={'1' if auto else '0'} here.", highlight=False)
+
+
+if __name__ == "__main__":
+    cli()
