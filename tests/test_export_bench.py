@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from rich.console import Console
@@ -26,9 +27,17 @@ def test_each_calibration_draw_is_exported_and_validated_on_the_whole_split(seed
         assert 0 <= r["agreement"] <= 1 and r["n"] == 84  # all of the synthetic PublicTest
         assert r["accuracy_drop"] == pytest.approx(r["reference_accuracy"] - r["accuracy"])
     # each draw calibrated on other images: the manifests record different samples
-    hashes = {json.loads((out / f"calib-seed-{s}" / "manifest.json").read_text())["calibration"]["index_hash"]
-              for s in (0, 1, 2)}
+    dirs = {r["seed"]: r["export_dir"] for r in rows}
+    hashes = {json.loads((Path(dirs[s]) / "manifest.json").read_text())["calibration"]["index_hash"] for s in (0, 1, 2)}
     assert len(hashes) == 3
+    # the default draw (seed 0) is the main export's, validated on the same split: taken from it, not redone
+    assert Path(dirs[0]) == out / "all" and not (out / "calib-seed-0").exists()
+    main_int8 = {a["target"]: a["validation"] for a in report["artifacts"]
+                 if a["precision"] == "int8" and a["variant"] == "main"}
+    for r in rows:
+        if r["seed"] == 0:
+            assert (r["agreement"], r["accuracy"]) == (main_int8[r["target"]]["agreement"],
+                                                       main_int8[r["target"]]["accuracy"])
 
 
 def test_the_summary_is_computed_from_the_draws(seed_report):

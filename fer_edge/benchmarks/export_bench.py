@@ -118,37 +118,51 @@ def run(checkpoint, calib_data, out_dir=None, val_data=None, val_split=None, val
     if calib_seeds:
         int8_targets = sorted({e["target"] for e in entries if e["precision"] == "int8"
                                and e["validation"].get("agreement") is not None})
+        from fer_edge.exporters.calibration import DEFAULT_SEED
+
+        # the main export above is the default draw, validated the same way when on the whole split: reused
+        known = ({DEFAULT_SEED: (out_dir / "all", [e for e in entries if e["precision"] == "int8"
+                                                 and e["variant"] == "main" and e["target"] in int8_targets])}
+                 if val_size is None else {})
         report["calib_seeds"] = calib_seed_spread(checkpoint, calib_data, out_dir, calib_seeds, int8_targets,
-                                                  calib_size, val_data, val_split)
+                                                  calib_size, val_data, val_split, known=known)
     if tmp is not None:
         tmp.cleanup()
     return report
 
 
+def _draw_row(seed: int, target: str, export_dir: Path, v: dict) -> dict:
+    return {"seed": seed, "target": target, "export_dir": str(export_dir), "agreement": v.get("agreement"),
+            "accuracy": v.get("accuracy"), "reference_accuracy": v.get("reference_accuracy"),
+            "accuracy_drop": v.get("accuracy_drop"), "n": v.get("n"), "status": v.get("status")}
+
+
 def calib_seed_spread(checkpoint, calib_data, out_dir, seeds, targets, calib_size=500, val_data=None,
-                      val_split=None) -> dict:
+                      val_split=None, known: dict | None = None) -> dict:
     """INT8 exported once per calibration seed for ``targets``, each validated on the whole split.
 
-    Returns ``{"rows": [per seed and target], "summary": [per target: median/min/max drop, draws within the
-    bar]}``; a draw whose export fails is a row with its ``error``, left out of the summary.
+    ``known``: ``{seed: (export_dir, manifest entries)}`` of draws already exported and validated this way (the
+    main export's default draw), taken as they are instead of exported again. Returns ``{"rows": [per seed and
+    target], "summary": [per target: median/min/max drop, draws within the bar]}``; a draw whose export fails is
+    a row with its ``error``, left out of the summary.
     """
     import statistics
 
     from fer_edge.exporters import export
 
+    known = known or {}
     rows = []
     for seed in seeds:
-        r = export(checkpoint, targets, ["int8"], Path(out_dir) / f"calib-seed-{seed}", calib_data=calib_data,
+        if seed in known and {e["target"] for e in known[seed][1]} == set(targets):
+            where, done = known[seed]
+            rows += [_draw_row(seed, e["target"], where, e["validation"]) for e in done]
+            continue
+        where = Path(out_dir) / f"calib-seed-{seed}"
+        r = export(checkpoint, targets, ["int8"], where, calib_data=calib_data,
                    calib_size=calib_size, calib_seed=seed, val_data=val_data, val_split=val_split, val_size=None,
                    raise_on_failure=False, data_progress=False)
         rows += [{"seed": seed, "target": f["target"], "error": f["reason"]} for f in r.failed]
-        for a in r.artifacts:
-            if a.variant != "main":
-                continue
-            v = a.validation
-            rows.append({"seed": seed, "target": a.target, "agreement": v.get("agreement"),
-                         "accuracy": v.get("accuracy"), "reference_accuracy": v.get("reference_accuracy"),
-                         "accuracy_drop": v.get("accuracy_drop"), "n": v.get("n"), "status": v.get("status")})
+        rows += [_draw_row(seed, a.target, where, a.validation) for a in r.artifacts if a.variant == "main"]
     summary = []
     for target in targets:
         drops = [r["accuracy_drop"] for r in rows if r["target"] == target and r.get("accuracy_drop") is not None]
