@@ -292,7 +292,11 @@ def test_devices_command():
         assert key in env
     rts = env["runtimes"]
     assert {d["name"] for d in rts["pytorch"]["devices"]} >= {"cpu"}
-    assert "CPUExecutionProvider" in {d["name"] for d in rts["onnxruntime"]["devices"]}
+    ort_cpu = next(d for d in rts["onnxruntime"]["devices"] if d["name"] == "CPUExecutionProvider")
+    from fer_edge.cpu import int8_can_saturate_here
+
+    # which INT8 kernels ONNX Runtime sessions get here (exact_int8="auto")
+    assert ort_cpu["detail"].startswith("INT8: exact U8U8" if int8_can_saturate_here() else "INT8: fast U8S8")
     assert all(d["full_name"] for d in rts["openvino"]["devices"])
     if sys.platform != "darwin":
         assert rts["coreml"] == {"available": False, "reason": "needs macOS", "devices": []}

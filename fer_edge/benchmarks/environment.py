@@ -169,9 +169,15 @@ def _probe_onnxruntime() -> dict:
         import onnxruntime as ort
     except ImportError:
         return {"available": False, "reason": "package onnxruntime missing", "devices": []}
+    from fer_edge.runtimes.onnxruntime import X64_QUANT_PRECISION, session_config
+
+    exact = session_config("auto")[X64_QUANT_PRECISION] == "1"
+    cpu_detail = (f"INT8: exact U8U8 kernels ({X64_QUANT_PRECISION}=1; x86 without VNNI)" if exact
+                  else "INT8: fast U8S8 kernels, exact on this CPU (VNNI or not x86)")
     devices = []
     for p in ort.get_available_providers():
-        detail = "remote (Azure) endpoint provider, not a local device" if p == "AzureExecutionProvider" else ""
+        detail = {"AzureExecutionProvider": "remote (Azure) endpoint provider, not a local device",
+                  "CPUExecutionProvider": cpu_detail}.get(p, "")
         devices.append({"name": p, "full_name": cpu_model() if p == "CPUExecutionProvider" else p, "detail": detail})
     return {"available": True, "reason": "", "devices": devices, "build_device": ort.get_device()}
 
