@@ -413,3 +413,5 @@ def test_ort_int8_benchmark_compares_exact_and_fast_sessions(artifact_dir, synth
     empty.mkdir()
     res = CliRunner().invoke(cli, [str(empty)])
     assert res.exit_code == 1 and "no *_int8.onnx" in " ".join(res.output.split())
+    res = CliRunner().invoke(cli, [str(next(artifact_dir.glob("*_fp32.onnx")))])
+    assert res.exit_code == 1 and "says precision fp32" in " ".join(res.output.split())

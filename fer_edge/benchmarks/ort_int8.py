@@ -118,6 +118,10 @@ def main(
         rows = []
         for path in files:
             sessions = {m: cls(path, threads=threads, exact_int8=e) for m, e in MODES.items()}
+            precision = sessions["exact"].metadata().get("precision")
+            if precision not in (None, "int8"):
+                raise FerEdgeError(f"{path}: its metadata says precision {precision}; the session entry "
+                                   "changes only INT8 kernels: give *_int8.onnx files")
             if inputs is not None:
                 x_all = inputs.normalized(artifact_normalization(sessions["exact"], path))
             else:
@@ -125,7 +129,8 @@ def main(
             answers = compare_answers(sessions, x_all)
             for b in batches:
                 x = np.ascontiguousarray(np.resize(x_all, (b, *x_all.shape[1:])))
-                p50s = time_modes(sessions, x, rounds, seconds)
+                with console.status(f"timing {path.name}, batch {b}: {rounds} rounds x 2 sessions x {seconds:g} s"):
+                    p50s = time_modes(sessions, x, rounds, seconds)
                 rows.append((path, b, p50s, answers))
     except FerEdgeError as e:
         err.print(f"[red]error:[/] {e}", highlight=False)
