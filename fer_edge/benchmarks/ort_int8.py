@@ -92,6 +92,8 @@ def main(
     rounds: int = typer.Option(5, min=1, help="Interleaved rounds; medians are compared."),
     seconds: float = typer.Option(1.0, min=0.05, help="Seconds of timed calls per mode, batch and round."),
 ) -> None:
+    """Time ONNX Runtime INT8 with session.x64quantprecision on (exact) and off (fast), side by side, and compare
+    the two sessions' answers."""
     from rich.console import Console
     from rich.table import Table
 
