@@ -62,6 +62,11 @@ def _norm(value) -> Normalization | None:
     return Normalization.from_dict(value)
 
 
+def metadata_normalization(md: dict) -> Normalization | None:
+    """The normalisation a runtime's embedded fer-edge metadata gives (a JSON string or a dict), or None."""
+    return _norm(md.get("normalization"))
+
+
 def _labels(value) -> list[str] | None:
     if value is None or value == "":
         return None

@@ -47,6 +47,7 @@ from fer_edge.benchmarks.artifacts import (
     MANIFEST_NAME,
     Artifact,
     collect_artifacts,
+    metadata_normalization,
     read_manifest,
     resolve_reference,
 )
@@ -445,8 +446,7 @@ def _run_bench(
                 row["load_ms"] = (time.perf_counter_ns() - t0) / 1e6
                 if norm is None or labels is None:
                     md = dict(rt.metadata() or {})
-                    norm = norm or (Normalization.from_dict(_parse_md_field(md, "normalization"))
-                                    if _parse_md_field(md, "normalization") else None)
+                    norm = norm or metadata_normalization(md)
                     labels = labels or _parse_md_field(md, "labels")
                 if norm is None:
                     norm = ckpt.normalization

@@ -15,8 +15,9 @@ Per model, through the library behind the commands (nothing is reimplemented her
 3. ``fer-edge bench`` of that export dir: PyTorch FP32 (the checkpoint) and ONNX Runtime, CPU,
    batch 1, 1 thread, the labelled validation split (PublicTest), parity recorded, not gated.
    Its report files go to ``OUT/bench/<model>/``. A rerun reuses that report when it measured exactly
-   this: the same checkpoint and exported files (SHA-256), the same bench settings and data, on the same
-   machine (the environment fingerprint: host, CPU, cores, OS, library versions, and the CPU's flags);
+   this: the same checkpoint and exported files (SHA-256), the same bench settings and data, the runtime
+   settings fer-edge would choose now (ONNX Runtime's session entries), on the same machine (the environment
+   fingerprint: host, CPU, cores, OS, library versions, and the CPU's flags);
    ``--rebench`` measures every model again. Reused rows are named under the table, with their date.
 
 ``--extra NAME=CHECKPOINT`` (a path or a shipped name such as ``small``) adds an already

@@ -24,35 +24,37 @@ cli = typer.Typer(add_completion=False)
 MODES = {"exact": True, "fast": False}
 
 
-def int8_artifacts(paths: list[Path]) -> list[Path]:
-    """The INT8 ONNX files named: files as given, directories by their ``*_int8.onnx``."""
+def int8_artifacts(paths: list[Path]) -> list:
+    """The ONNX INT8 artifacts named (:func:`fer_edge.benchmarks.artifacts.collect_artifacts`: files as given,
+    directories through their manifest or file names); a named file of another kind is refused."""
+    from fer_edge.benchmarks.artifacts import collect_artifacts
     from fer_edge.errors import FerEdgeError
 
-    out: list[Path] = []
+    out = []
     for p in paths:
-        found = sorted(p.glob("*_int8.onnx")) if p.is_dir() else [p]
-        if not found:
+        found = [] if p.is_dir() and not any(p.iterdir()) else collect_artifacts([p])
+        int8 = [a for a in found if a.runtime == "onnxruntime" and a.precision == "int8"]
+        if p.is_dir() and not int8:
             raise FerEdgeError(f"{p}: no *_int8.onnx in this directory (export one with fer-edge export "
                                "--target onnx --precision int8)")
-        out += found
-    bad = [str(p) for p in out if p.suffix != ".onnx"]
-    if bad:
-        raise FerEdgeError(f"not ONNX files: {', '.join(bad)}")
+        if not p.is_dir() and not int8:
+            a = found[0]
+            raise FerEdgeError(f"{p}: its manifest or file name says precision {a.precision} for runtime "
+                               f"{a.runtime}; the session entry changes only ONNX Runtime's INT8 kernels: give "
+                               "*_int8.onnx files")
+        out += int8
     return out
 
 
-def artifact_normalization(rt, path: Path):
-    """The input normalisation an artifact embeds (fer-edge metadata), or a clear error."""
-    import json
-
+def artifact_normalization(art, rt):
+    """The input normalisation of ``art``: its manifest's, else its embedded metadata's, else a clear error."""
+    from fer_edge.benchmarks.artifacts import metadata_normalization
     from fer_edge.errors import ArtifactError
-    from fer_edge.preprocess import Normalization
 
-    try:
-        return Normalization.from_dict(json.loads(rt.metadata()["normalization"]))
-    except (KeyError, TypeError, ValueError) as e:
-        raise ArtifactError(f"{path}: no fer-edge normalization metadata ({type(e).__name__}: {e}); "
-                            "export it with fer-edge export") from None
+    norm = art.normalization or metadata_normalization(rt.metadata())
+    if norm is None:
+        raise ArtifactError(f"{art.path}: no fer-edge normalization metadata; export it with fer-edge export")
+    return norm
 
 
 def compare_answers(sessions: dict, x: np.ndarray, batch: int = 64) -> dict:
@@ -118,14 +120,11 @@ def main(
         else:
             inputs, what = None, "256 seeded random inputs"
         rows = []
-        for path in files:
+        for art in files:
+            path = art.path
             sessions = {m: cls(path, threads=threads, exact_int8=e) for m, e in MODES.items()}
-            precision = sessions["exact"].metadata().get("precision")
-            if precision not in (None, "int8"):
-                raise FerEdgeError(f"{path}: its metadata says precision {precision}; the session entry "
-                                   "changes only INT8 kernels: give *_int8.onnx files")
             if inputs is not None:
-                x_all = inputs.normalized(artifact_normalization(sessions["exact"], path))
+                x_all = inputs.normalized(artifact_normalization(art, sessions["exact"]))
             else:
                 x_all = np.random.default_rng(0).standard_normal((256, 1, 48, 48)).astype(np.float32)
             answers = compare_answers(sessions, x_all)
