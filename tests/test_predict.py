@@ -556,3 +556,26 @@ def test_a_float_batch_has_one_pixel_range(predictor):
     by_float = predictor.predict_batch(batch)
     by_uint8 = predictor.predict_batch(np.rint(batch).astype(np.uint8))
     assert [p.probabilities for p in by_float] == [p.probabilities for p in by_uint8]
+
+
+def test_the_openvino_guides_python_program_runs_and_agrees_with_load(artifacts, faces48, predictor, tmp_path):
+    """docs/embed-openvino.md's Python sample, run as written on a fer-edge IR, gives fer_edge.load()'s label."""
+    import ast
+    import re
+    import shutil
+    import subprocess
+
+    guide = (Path(__file__).resolve().parents[1] / "docs" / "embed-openvino.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", guide, flags=re.S)
+    assert len(blocks) == 1, "the guide has one Python sample"
+    xml = artifacts["openvino"]
+    shutil.copy(xml, tmp_path / "fer_small_fp32.xml")  # the names the sample opens
+    shutil.copy(xml.with_suffix(".bin"), tmp_path / "fer_small_fp32.bin")
+    Image.fromarray(faces48[3]).resize((64, 64)).save(tmp_path / "face.png")
+    (tmp_path / "sample.py").write_text(blocks[0])
+    run = subprocess.run([sys.executable, "sample.py"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    label, probs = run.stdout.strip().split(" ", 1)
+    expected = predictor.predict(tmp_path / "face.png")
+    assert label == expected.label and label in LABELS
+    assert abs(ast.literal_eval(probs)[label] - expected.probabilities[label]) < 2e-3  # the sample rounds to 3 places
