@@ -40,6 +40,21 @@ def atomic_path(dest: str | os.PathLike, suffix: str | None = None) -> Iterator[
             tmp_path.unlink()
 
 
+def check_writable_dir(path: str | os.PathLike, option: str, error: type[Exception]) -> Path:
+    """Refuse, before any work, a folder to write into that is an existing file or lies under one.
+
+    The folder itself need not exist yet (it is made when the first output is written).
+    """
+    p = Path(path)
+    for q in (p, *p.parents):
+        if q.exists():
+            if not q.is_dir():
+                where = "is" if q == p else f"lies under {q}, which is"
+                raise error(f"{option} {p} {where} a file, not a folder: choose another {option}")
+            break
+    return p
+
+
 def write_text_atomic(dest: str | os.PathLike, text: str) -> None:
     with atomic_path(dest) as tmp:
         tmp.write_text(text)

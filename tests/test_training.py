@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from fer_edge.checkpoint import load_checkpoint
 from fer_edge.cli import app
-from fer_edge.errors import TrainingError
+from fer_edge.errors import FerEdgeError, TrainingError
 from fer_edge.training import TrainConfig, train
 from fer_edge.training.augment import PRESETS, augment_batch, mix_batch
 
@@ -614,3 +614,116 @@ def test_sigterm_handler_installed_outside_python_is_replaced_by_the_default(mon
         assert calls[-1] is signal.SIG_DFL
     finally:
         real(signal.SIGTERM, before)
+
+
+@pytest.mark.parametrize("bad, words", [
+    ({"lr": float("nan")}, "--lr must be a finite number"),
+    ({"lr": float("inf")}, "--lr must be a finite number"),
+    ({"mixup": float("nan"), "weight_decay": float("inf")}, "--mixup must be a finite number"),
+    ({"weight_decay": -1.0}, "--weight-decay must be >= 0"),
+    ({"warmup_epochs": -3.0}, "--warmup-epochs must be >= 0"),
+    ({"model_kwargs": [1, 2]}, "--model-kwargs takes a JSON object"),
+    ({"distill_alpha": 0.7}, "--distill-alpha applies to distillation only"),
+    ({"distill_temperature": 2.0}, "--distill-temperature applies to distillation only"),
+])
+def test_non_finite_negative_and_orphan_options_are_refused_before_any_work(synthetic_csv, tmp_path, bad, words):
+    with pytest.raises(TrainingError, match=words):
+        train(_cfg(synthetic_csv, tmp_path / "x", **bad), progress=False)
+    assert not (tmp_path / "x").exists()
+
+
+def test_cli_refuses_a_model_kwargs_list_and_a_file_as_out(synthetic_csv, tmp_path):
+    r = runner.invoke(app, ["train", "--data", str(synthetic_csv), "--model", "simple_cnn", "--out",
+                            str(tmp_path / "r"), "--model-kwargs", "[1, 2]"])
+    assert r.exit_code == 1 and "--model-kwargs takes a JSON object" in r.stderr and "Traceback" not in r.output
+    (tmp_path / "afile").write_text("x")
+    r = runner.invoke(app, ["train", "--data", str(synthetic_csv), "--model", "simple_cnn", "--epochs", "1",
+                            "--out", str(tmp_path / "afile" / "run")])
+    assert r.exit_code == 1 and "which is a file, not a folder" in " ".join(r.stderr.split())
+
+
+def test_a_diverging_run_stops_with_an_error_and_saves_nothing(synthetic_csv, tmp_path):
+    out = tmp_path / "boom"
+    with pytest.raises(TrainingError, match="training diverged: the training loss of epoch 1 is nan; nothing was saved"):
+        train(_cfg(synthetic_csv, out, epochs=2, optimizer="sgd", lr=1e12, amp="off"), progress=False)
+    assert not out.exists()  # no empty run folder left behind
+
+
+def test_resuming_a_finished_or_early_stopped_run_changes_nothing(synthetic_csv, tmp_path):
+    for name, kw in (("done", dict(epochs=1)), ("early", dict(epochs=6, lr=1e-12, patience=1))):
+        cfg = _cfg(synthetic_csv, tmp_path / name, max_steps_per_epoch=1, **kw)
+        first = train(cfg, progress=False)
+        before = {p.name: p.read_bytes() for p in (tmp_path / name).iterdir() if p.is_file()}
+        again = train(cfg, resume=True, progress=False)
+        after = {p.name: p.read_bytes() for p in (tmp_path / name).iterdir() if p.is_file()}
+        assert after == before, name  # no epoch trained, nothing rewritten
+        assert (again.epochs_run, again.best_epoch, again.stopped_early) == \
+               (first.epochs_run, first.best_epoch, first.stopped_early)
+
+
+def test_init_and_distill_take_shipped_names(synthetic_csv, tmp_path):
+    from fer_edge.weights import resolve_checkpoint
+
+    res = train(_cfg(synthetic_csv, tmp_path / "ft", model="fer_nano", init="nano", distill=["nano"],
+                     teacher_runtime="torch", max_steps_per_epoch=1, amp="off"), progress=False)
+    cfg = load_checkpoint(res.out_dir / "best.pt").train_config
+    assert cfg["init"] == cfg["distill"][0] == str(resolve_checkpoint("nano"))  # the file the name stood for
+    with pytest.raises(FerEdgeError, match="no such checkpoint file or shipped model"):
+        train(_cfg(synthetic_csv, tmp_path / "x", model="fer_nano", init="nanoo"), progress=False)
+
+
+def test_setup_warnings_name_what_is_probably_a_mistake():
+    from types import SimpleNamespace
+
+    from fer_edge.training.trainer import setup_warnings
+
+    cfg = TrainConfig(data="d", amp="fp16")
+    train_split = SimpleNamespace(split="Training", labels=torch.tensor([0, 3, 4, 6]))
+    got = setup_warnings(cfg, train_split, SimpleNamespace(split="Training"), torch.device("cpu"))
+    assert len(got) == 3
+    assert "the validation split is the training split (Training)" in got[0]
+    assert "no disgust, fear, surprise images" in got[1]
+    assert "--amp fp16 on the CPU" in got[2]
+    full = SimpleNamespace(split="Training", labels=torch.arange(7))
+    assert setup_warnings(TrainConfig(data="d"), full, SimpleNamespace(split="PublicTest"), torch.device("cpu")) == []
+
+
+def test_a_wandb_that_does_not_start_is_an_error_and_leaves_no_run_folder(synthetic_csv, tmp_path, monkeypatch):
+    wandb = pytest.importorskip("wandb", reason="wandb is optional: pip install 'fer-edge[wandb]'")
+
+    def refuse(**kwargs):
+        raise wandb.errors.UsageError("api_key not configured (no-tty)")
+
+    monkeypatch.setattr(wandb, "init", refuse)
+    with pytest.raises(TrainingError, match="Weights & Biases did not start .*UsageError.*wandb login"):
+        train(_cfg(synthetic_csv, tmp_path / "w", wandb="proj"), progress=False)
+    assert not (tmp_path / "w").exists()
+
+
+def test_benchmark_scripts_report_user_errors_without_a_traceback(synthetic_csv):
+    from fer_edge.benchmarks.step_cost import cli
+
+    r = runner.invoke(cli, ["--data", str(synthetic_csv), "--model", "nosuch"])
+    assert r.exit_code == 1 and "error: unknown model 'nosuch'" in r.stderr and r.exception.__class__ is SystemExit
+
+
+def test_eval_refuses_a_file_as_out_before_evaluating(synthetic_csv, tmp_path, tiny_checkpoint):
+    (tmp_path / "afile").write_text("x")
+    r = runner.invoke(app, ["eval", "--model", str(tiny_checkpoint), "--data", str(synthetic_csv), "--out",
+                            str(tmp_path / "afile")])
+    assert r.exit_code == 1 and "is a file, not a folder" in " ".join(r.stderr.split()) and "accuracy" not in r.stdout
+
+
+def test_the_cli_reports_a_file_system_refusal_as_an_error_not_a_traceback(capsys):
+    import typer
+
+    from fer_edge.cli.common import handle_errors
+
+    @handle_errors
+    def writes():
+        raise PermissionError(13, "Permission denied", "/root/out/report.json")
+
+    with pytest.raises(typer.Exit) as e:
+        writes()
+    assert e.value.exit_code == 1
+    assert capsys.readouterr().err.strip() == "error: /root/out/report.json: Permission denied"

@@ -87,10 +87,10 @@ def train(
     mix_prob: float = typer.Option(1.0, help="Probability that a batch is mixed at all (with --mixup/--cutmix)."),
     ema: float = typer.Option(0.0, help="Weight EMA decay, e.g. 0.999 (0: off)."),
     augment: Augment = typer.Option(Augment.standard, help="Batched augmentation preset."),
-    init: Optional[Path] = typer.Option(None, exists=True, dir_okay=False,
-                                        help="Start from this checkpoint's weights (fine-tuning; same model and kwargs)."),
-    distill: Optional[List[Path]] = typer.Option(None, exists=True, dir_okay=False,
-                                                 help="Teacher checkpoint for distillation; repeat for an ensemble."),
+    init: Optional[str] = typer.Option(None, help="Start from this checkpoint's weights (a path or a shipped name: "
+                                       "small, nano; fine-tuning: same model and kwargs)."),
+    distill: Optional[List[str]] = typer.Option(None, help="Teacher checkpoint for distillation (a path or a shipped "
+                                                "name); repeat for an ensemble."),
     distill_alpha: float = typer.Option(0.5, help="Weight of the distillation loss (0..1)."),
     distill_temperature: float = typer.Option(4.0),
     distill_tta: bool = typer.Option(False, "--distill-tta", help="Teachers also see the flipped batch."),
@@ -134,7 +134,7 @@ def train(
         epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, optimizer=optimizer.value,
         scheduler=scheduler.value, warmup_epochs=warmup_epochs, label_smoothing=label_smoothing,
         class_weights=class_weights.value, mixup=mixup, cutmix=cutmix, mix_prob=mix_prob, ema=ema, augment=augment.value,
-        init=str(init) if init else None, distill=[str(p) for p in distill or []], distill_alpha=distill_alpha,
+        init=init, distill=list(distill or []), distill_alpha=distill_alpha,
         distill_temperature=distill_temperature, distill_tta=distill_tta,
         teacher_runtime=teacher_runtime.value, distill_targets=distill_targets.value,
         distill_views=distill_views, distill_cache=str(distill_cache) if distill_cache else None, qat=qat,

@@ -34,7 +34,7 @@ from fer_edge.training.teachers import (
     resolve_teacher_runtime,
     teacher_probs,
 )
-from fer_edge.utils import sigterm_as_interrupt, write_json_atomic, write_text_atomic
+from fer_edge.utils import check_writable_dir, sigterm_as_interrupt, write_json_atomic, write_text_atomic
 
 OPTIMIZERS = ("adamw", "adam", "sgd")
 SCHEDULERS = ("onecycle", "cosine", "step", "none")
@@ -81,6 +81,17 @@ def resolve_device(name: str) -> torch.device:
 def validate_config(cfg: TrainConfig) -> None:
     """Collect every bad option, then fail once listing them all."""
     problems = []
+    if not isinstance(cfg.model_kwargs, dict):
+        problems.append(f"--model-kwargs takes a JSON object such as '{{\"dropout\": 0.1}}', "
+                        f"got {json.dumps(cfg.model_kwargs)}")
+    numbers = ("lr", "weight_decay", "warmup_epochs", "label_smoothing", "mixup", "cutmix", "mix_prob", "ema",
+               "distill_alpha", "distill_temperature")
+    bad_numbers = [n for n in numbers if not isinstance(getattr(cfg, n), (int, float))
+                   or not math.isfinite(getattr(cfg, n))]
+    for name in bad_numbers:
+        problems.append(f"--{name.replace('_', '-')} must be a finite number, got {getattr(cfg, name)!r}")
+    if bad_numbers:  # the range checks below cannot judge them
+        raise TrainingError("bad training options:\n  " + "\n  ".join(problems))
     if cfg.optimizer not in OPTIMIZERS:
         problems.append(f"--optimizer {cfg.optimizer!r}: valid: {', '.join(OPTIMIZERS)}")
     if cfg.scheduler not in SCHEDULERS:
@@ -96,6 +107,13 @@ def validate_config(cfg: TrainConfig) -> None:
             problems.append(f"--{name.replace('_', '-')} must be at least {lo}")
     if cfg.lr <= 0:
         problems.append("--lr must be positive")
+    if cfg.weight_decay < 0:
+        problems.append("--weight-decay must be >= 0")
+    if cfg.warmup_epochs < 0:
+        problems.append("--warmup-epochs must be >= 0")
+    for name, lo in (("max_steps_per_epoch", 0), ("val_every", 1), ("num_threads", 0)):
+        if getattr(cfg, name) < lo:
+            problems.append(f"{name} must be at least {lo}, got {getattr(cfg, name)}")
     if not 0 <= cfg.label_smoothing < 1:
         problems.append("--label-smoothing must be in [0, 1)")
     if cfg.mixup < 0 or cfg.cutmix < 0:
@@ -112,6 +130,10 @@ def validate_config(cfg: TrainConfig) -> None:
         problems.append("--distill-temperature must be positive")
     if cfg.distill_tta and not cfg.distill:
         problems.append("--distill-tta needs at least one --distill teacher")
+    defaults = TrainConfig(data=cfg.data)
+    for name in ("distill_alpha", "distill_temperature"):
+        if not cfg.distill and getattr(cfg, name) != getattr(defaults, name):
+            problems.append(f"--{name.replace('_', '-')} applies to distillation only: add a --distill teacher")
     if cfg.teacher_runtime not in TEACHER_RUNTIMES:
         problems.append(f"--teacher-runtime {cfg.teacher_runtime!r}: valid: {', '.join(TEACHER_RUNTIMES)}")
     if cfg.distill_targets not in DISTILL_TARGETS:
@@ -194,6 +216,22 @@ def autocast_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None
     if device.type == "cpu" and cpu_has_native_bf16():
         return torch.bfloat16
     return None
+
+
+def setup_warnings(cfg: TrainConfig, train, val, device: torch.device) -> list[str]:
+    """Settings that run but are probably not what the user meant."""
+    out = []
+    if train.split == val.split and cfg.data:
+        out.append(f"the validation split is the training split ({val.split}): the best epoch is chosen on "
+                   "images the model trains on, so its accuracy says little about new faces")
+    missing = [LABELS[c] for c in range(len(LABELS)) if not bool((train.labels == c).any())]
+    if missing:
+        out.append(f"the training split has no {', '.join(missing)} images: the model cannot learn "
+                   f"{'that class' if len(missing) == 1 else 'those classes'}")
+    if cfg.amp == "fp16" and device.type == "cpu":
+        out.append("--amp fp16 on the CPU runs emulated half precision, typically many times slower than "
+                   "--amp bf16 (on CPUs with native bf16) or --amp off")
+    return out
 
 
 def cpu_has_native_bf16() -> bool:
@@ -302,6 +340,17 @@ class _Dist:
             torch.distributed.destroy_process_group()
 
 
+def resolve_checkpoint_names(cfg: TrainConfig) -> TrainConfig:
+    """``--init`` and ``--distill`` take shipped names (``small``, ``nano``) as well as paths: the config records
+    the file each name stands for, so the run's recipe names the weights it used."""
+    from dataclasses import replace
+
+    from fer_edge.weights import resolve_checkpoint
+
+    return replace(cfg, init=str(resolve_checkpoint(cfg.init)) if cfg.init else None,
+                   distill=[str(resolve_checkpoint(t)) for t in cfg.distill])
+
+
 # --- evaluation -------------------------------------------------------------------
 @torch.no_grad()
 def predict_logits(model: torch.nn.Module, images_u8: torch.Tensor, norm: Normalization, device: torch.device,
@@ -325,10 +374,12 @@ def predict_logits(model: torch.nn.Module, images_u8: torch.Tensor, norm: Normal
 class Trainer:
     def __init__(self, cfg: TrainConfig, progress: bool = True, console=None, quiet: bool = False):
         validate_config(cfg)
+        cfg = resolve_checkpoint_names(cfg)
         self.cfg = cfg
         self.progress = progress
         self.out = Path(cfg.out)
         self.teacher_targets_seconds: float | None = None
+        self._created_out = False  # whether this run made cfg.out (a failed --wandb start removes it again)
         self.device = resolve_device(cfg.device)
         self.dist = _Dist(self.device)
         if console is None:
@@ -357,6 +408,7 @@ class Trainer:
 
         if cfg.num_threads:
             torch.set_num_threads(cfg.num_threads)
+        check_writable_dir(self.out, "--out", TrainingError)
         last_path = self.out / "last.pt"
         state = None
         if resume:
@@ -374,6 +426,18 @@ class Trainer:
             state = ck.raw.get("resume")
             if not state:
                 raise TrainingError(f"--resume: {last_path} has no resume state")
+            done = int(state["epoch"])
+            early = cfg.patience > 0 and int(state["bad_epochs"]) >= cfg.patience
+            if done >= cfg.epochs or early:
+                why = (f"it stopped early at epoch {done} (no val improvement in {cfg.patience} epochs)" if early
+                       else f"all {cfg.epochs} epochs are done")
+                self.log(f"nothing to resume: {self.out} is finished ({why}); best val accuracy "
+                         f"{float(state['best_accuracy']):.4f} at epoch {int(state['best_epoch'])}, in "
+                         f"{self.out / 'best.pt'}")
+                self.dist.close()
+                history = list(state["history"])
+                return TrainResult(self.out, float(state["best_accuracy"]), int(state["best_epoch"]), len(history),
+                                   history, early, None)
         elif last_path.exists() and self.dist.main:
             raise TrainingError(
                 f"{self.out} already holds a run (last.pt); pass --resume to continue it or choose another --out"
@@ -382,6 +446,8 @@ class Trainer:
         train, val = self._load_data()
         if len(train.labels) == 0 or len(val.labels) == 0:
             raise TrainingError("empty training or validation split")
+        for warning in setup_warnings(cfg, train, val, device):
+            self.log(f"[yellow]warning: {warning}[/]")
         labels = list(LABELS)
         x_train = train.images.to(device)
         y_train = train.labels.to(device)
@@ -467,6 +533,7 @@ class Trainer:
             start_epoch = int(state["epoch"])
             self.log(f"resuming {self.out} at epoch {start_epoch + 1}/{cfg.epochs}")
         else:
+            self._created_out = not self.out.exists()
             self.out.mkdir(parents=True, exist_ok=True)
 
         self.log(
@@ -553,6 +620,13 @@ class Trainer:
                     prog.remove_task(task)
                     totals = self.dist.sum(torch.stack([loss_sum, correct, torch.tensor(float(seen), device=device)]))
                     train_loss = float(totals[0] / totals[2])
+                    if not math.isfinite(train_loss):
+                        kept = (f"this epoch was not saved; {last_path} holds epoch {epoch}"
+                                if epoch > start_epoch or state is not None else "nothing was saved")
+                        raise TrainingError(
+                            f"training diverged: the training loss of epoch {epoch + 1} is {train_loss}; "
+                            f"{kept}. Lower --lr (now {cfg.lr:g}) or check the other "
+                            "options, and start a new run" + (" in another --out" if epoch > 0 else ""))
                     train_acc = float(totals[1] / totals[2])
                     epoch_s = time.perf_counter() - t0
 
@@ -628,6 +702,8 @@ class Trainer:
             if wandb_run is not None:
                 wandb_run.finish()
             self.dist.close()
+            if self._created_out and self.out.is_dir() and not any(self.out.iterdir()):
+                self.out.rmdir()  # stopped before its first epoch was saved: leave no empty run behind
         if self.dist.main:
             self._plot_curves(history)
         return TrainResult(self.out, best_acc, best_epoch, len(history), history, stopped_early,
@@ -765,8 +841,16 @@ class Trainer:
             import wandb
         except ImportError:
             raise TrainingError("--wandb needs the wandb package: pip install 'fer-edge[wandb]'") from None
-        return wandb.init(project=self.cfg.wandb, config={**self.cfg.to_dict(), "params": n_params},
-                          dir=str(self.out), name=self.out.name, resume="allow")
+        try:
+            return wandb.init(project=self.cfg.wandb, config={**self.cfg.to_dict(), "params": n_params},
+                              dir=str(self.out), name=self.out.name, resume="allow")
+        except Exception as e:  # wandb's own errors (not logged in, no network) have no common base class
+            if self._created_out:
+                import shutil
+
+                shutil.rmtree(self.out, ignore_errors=True)  # only wandb's files: nothing of the run yet
+            raise TrainingError(f"--wandb {self.cfg.wandb}: Weights & Biases did not start ({type(e).__name__}: "
+                                f"{e}); run `wandb login`, or set WANDB_MODE=offline to log locally") from None
 
 
 def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, quiet: bool = False) -> TrainResult:
