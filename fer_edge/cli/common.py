@@ -5,14 +5,32 @@ import functools
 import sys
 
 import typer
-from rich.console import Console
+from rich.console import Console, ConsoleDimensions
 
-console = Console()
-err_console = Console(stderr=True)
+class _Console(Console):
+    """A rich Console that, writing to a pipe or a file with no COLUMNS set, lays out for 200 columns.
+
+    Rich assumes 80 columns off a terminal and squeezes wide tables (``fer-edge predict``'s seven probability
+    columns, the bench table) until columns are cut off, so ``fer-edge ... | tee log`` lost data.
+    """
+
+    OFF_TERMINAL_WIDTH = 200
+
+    @property
+    def size(self) -> ConsoleDimensions:
+        dims = super().size
+        if self._width is None and not self.is_terminal and "COLUMNS" not in self._environ:
+            return ConsoleDimensions(max(dims.width, self.OFF_TERMINAL_WIDTH), dims.height)
+        return dims
+
+
+console = _Console()
+err_console = _Console(stderr=True)
 
 
 def handle_errors(fn):
-    """Turn a FerEdgeError into a message on stderr and exit code 1 (also under CliRunner)."""
+    """Turn a FerEdgeError, or an OSError from writing outputs, into a message on stderr and exit code 1 (also
+    under CliRunner)."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -22,6 +40,10 @@ def handle_errors(fn):
             return fn(*args, **kwargs)
         except FerEdgeError as e:
             typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(1) from None
+        except OSError as e:  # the file system said no: a path taken by a file, no permission, disk full
+            where = f"{e.filename}: " if e.filename else ""
+            typer.echo(f"error: {where}{e.strerror or e}", err=True)
             raise typer.Exit(1) from None
 
     return wrapper

@@ -46,12 +46,15 @@ def evaluate(checkpoint: str | Path | None | Sequence[str | Path], data: str | P
 
     from fer_edge.checkpoint import load_checkpoint
     from fer_edge.data import default_val_split, load_split
-    from fer_edge.errors import CheckpointError
+    from fer_edge.errors import CheckpointError, FerEdgeError
     from fer_edge.metrics import classification_metrics
     from fer_edge.training.plots import plot_confusion
     from fer_edge.training.trainer import predict_logits, resolve_device
+    from fer_edge.utils import check_writable_dir
     from fer_edge.weights import resolve_checkpoint
 
+    if out_dir is not None:
+        check_writable_dir(out_dir, "--out", FerEdgeError)
     names = [checkpoint] if checkpoint is None or isinstance(checkpoint, (str, Path)) else list(checkpoint)
     if not names:
         raise CheckpointError("no checkpoint to evaluate")
