@@ -125,13 +125,21 @@ def load_checkpoint(path: str | os.PathLike, map_location: str = "cpu") -> Check
     """Load a checkpoint with ``weights_only=True``; clear errors for missing or foreign files."""
     import torch
 
+    from fer_edge.targets import TARGETS
+
     path = Path(path)
+    artifact = next((t for t in TARGETS.values() if path.name.endswith(t.suffix)), None)
+    if artifact is not None and path.exists():
+        raise CheckpointError(f"{path} is an exported {artifact.name} artifact, not a checkpoint (.pt): "
+                              "`fer-edge bench` and `fer-edge predict` run artifacts; this needs a checkpoint "
+                              "or a shipped model name")
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
     try:
         raw = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:
-        raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from None
+    except Exception as e:  # torch's messages run to many lines of advice that does not apply here
+        first = (str(e).strip().splitlines() or [""])[0]
+        raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}: {first})") from None
     if not isinstance(raw, dict) or raw.get("format") != FORMAT:
         raise CheckpointError(
             f"{path}: not a fer-edge checkpoint (expected format {FORMAT!r}); "

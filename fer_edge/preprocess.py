@@ -98,7 +98,7 @@ def to_uint8(arr: np.ndarray) -> np.ndarray:
     * uint8: as is; bool: 0 / 255;
     * uint16: the full 16-bit range, ``round(x / 257)`` (65535 -> 255), as for a 16-bit PNG;
     * other integers (PIL's 32-bit "I" mode, int16, ...): 0..255 as is, else 0..65535 as 16-bit;
-    * floats: 0..1 scaled by 255, else 0..255 as is (NaN becomes 0).
+    * floats: 0..1 scaled by 255, else 0..255 as is (NaN becomes 0; an all-NaN array is refused).
 
     Negative values or values above those ranges are refused, not clipped: they are most
     often images already normalised (mean subtracted), which fer-edge would otherwise turn
@@ -111,6 +111,8 @@ def to_uint8(arr: np.ndarray) -> np.ndarray:
         return arr.astype(np.uint8) * 255
     if arr.dtype.kind not in "uif":
         raise DataError(f"cannot use pixel values of dtype {arr.dtype} as an image")
+    if arr.dtype.kind == "f" and arr.size and np.isnan(arr).all():
+        raise DataError("every pixel value is NaN: there is no picture to classify")
     if arr.dtype.kind == "f":
         x = np.nan_to_num(arr.astype(np.float64), nan=0.0, posinf=np.inf, neginf=-np.inf)
     else:

@@ -58,3 +58,15 @@ def test_command_line_splits_and_joins(tmp_path, capsys):
     assert load_checkpoint(tmp_path / "j.pt").model_name == "simple_cnn"
     assert main(["join", parts[0], "--out", str(tmp_path / "k.pt")]) == 1
     assert "missing" in capsys.readouterr().err
+
+
+def test_an_artifact_or_a_foreign_file_is_named_for_what_it_is(tmp_path):
+    onnx_file = tmp_path / "fer_nano_int8.onnx"
+    onnx_file.write_bytes(b"\x08\x07")
+    with pytest.raises(CheckpointError, match="is an exported onnx artifact, not a checkpoint .*fer-edge bench"):
+        load_checkpoint(onnx_file)
+    zipped = tmp_path / "other.pt"
+    torch.save({"x": torch.nn.Linear(2, 2)}, zipped)  # a pickled module: weights_only refuses it
+    with pytest.raises(CheckpointError, match="not a readable checkpoint") as e:
+        load_checkpoint(zipped)
+    assert "\n" not in str(e.value)  # torch's many lines of advice cut to the first

@@ -216,6 +216,9 @@ def test_load_errors(tmp_path):
     junk.write_text("not a checkpoint")
     with pytest.raises(CheckpointError):
         load(junk)
+    with pytest.raises(ArtifactError, match=r"runtime onnxruntime does not run nano.pt: fer-edge runs that file "
+                                            r"type in pytorch \(leave out --runtime"):
+        load("nano", runtime="onnxruntime")
     if not PRETRAINED:  # until the shipped model exists, the default says so clearly
         with pytest.raises(CheckpointError, match="shipped"):
             load(None)
@@ -528,6 +531,7 @@ def test_array_depths_scale_to_the_same_picture(arr):
     (np.full((48, 48), 70000, np.int32), "0..65535"),
     (np.full((48, 48), np.inf, np.float32), "pixel values span"),
     (np.zeros((48, 48), np.complex64), "dtype complex64"),
+    (np.full((48, 48), np.nan, np.float32), "every pixel value is NaN"),
 ])
 def test_arrays_with_no_known_pixel_range_are_refused(arr, words, predictor):
     with pytest.raises(DataError, match=words):
@@ -579,3 +583,17 @@ def test_the_openvino_guides_python_program_runs_and_agrees_with_load(artifacts,
     expected = predictor.predict(tmp_path / "face.png")
     assert label == expected.label and label in LABELS
     assert abs(ast.literal_eval(probs)[label] - expected.probabilities[label]) < 2e-3  # the sample rounds to 3 places
+
+
+def test_cli_table_keeps_every_column_in_a_pipe_and_in_80_columns(face_dir, tiny_checkpoint, stub_detector):
+    """Off a terminal rich assumed 80 columns and cut the last probability columns off a piped table."""
+    from fer_edge.cli import app
+
+    piped = runner.invoke(app, ["predict", str(face_dir / "a.png"), "--model", str(tiny_checkpoint)])
+    assert piped.exit_code == 0, piped.output
+    header = next(ln for ln in piped.stdout.splitlines() if "label" in ln)
+    assert header.split()[-7:] == list(LABELS)  # full names: laid out wider than 80 columns
+    narrow = runner.invoke(app, ["predict", str(face_dir / "a.png"), "--model", str(tiny_checkpoint)],
+                           env={"COLUMNS": "80"})
+    header = next(ln for ln in narrow.stdout.splitlines() if "label" in ln)
+    assert header.split()[-7:] == [lbl[:3] for lbl in LABELS] and max(map(len, narrow.stdout.splitlines())) <= 80

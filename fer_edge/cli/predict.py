@@ -147,7 +147,7 @@ def predict_cmd(
         t = Table(box=box.SIMPLE_HEAD, collapse_padding=True, pad_edge=False, title=title,
                   caption=None if base is None else f"images in {escape(base)}")
         names = [os.path.relpath(r.source, base) if base else r.source for r in results]
-        t.add_column("image", overflow="fold", ratio=1, min_width=min(24, max(map(len, names), default=5)))
+        t.add_column("image", overflow="fold", ratio=1, min_width=min(12 if short else 24, max(map(len, names), default=5)))
         t.add_column("face", justify="right")
         t.add_column("box x,y,w,h", overflow="fold", max_width=15 if short else None)
         t.add_column("label", no_wrap=True)

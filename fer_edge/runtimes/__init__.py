@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fer_edge.errors import FerEdgeError, RuntimeUnavailableError
+from fer_edge.errors import ArtifactError, FerEdgeError, RuntimeUnavailableError
 from fer_edge.runtimes.base import Runtime
 from fer_edge.runtimes.coreml import CoreMLRuntime
 from fer_edge.runtimes.onnxruntime import OnnxRuntime
@@ -54,6 +54,14 @@ def load_runtime(path: str | Path, runtime: str | None = None, device: str | Non
                  threads: int | None = None, batch_hint: int = 1, **options) -> Runtime:
     """Construct the runtime for ``path`` (or the one named), after checking it is available here."""
     cls = get_runtime(runtime) if runtime else runtime_for_path(path)
+    if runtime:
+        try:
+            runs_it = runtime_for_path(path)
+        except FerEdgeError:  # a suffix fer-edge does not know: the named runtime decides
+            runs_it = cls
+        if runs_it is not cls:
+            raise ArtifactError(f"runtime {cls.name} does not run {Path(path).name}: fer-edge runs that file type "
+                                f"in {runs_it.name} (leave out --runtime to have it chosen from the file)")
     ok, why = cls.available()
     if not ok:
         raise RuntimeUnavailableError(f"runtime {cls.name} is not available here: {why}")
