@@ -59,8 +59,10 @@ def test_soup_averages_weights_and_remeasures_batchnorm(ingredients, synthetic_c
 
 def test_soup_rejects_incompatible_checkpoints_listing_all(ingredients, synthetic_csv, tmp_path):
     other = _run(synthetic_csv, tmp_path / "other", model_kwargs={**KW, "widths": [8, 24]})
+    other_copy = tmp_path / "other_copy.pt"
+    other_copy.write_bytes(other.read_bytes())
     with pytest.raises(TrainingError) as e:
-        make_soup([ingredients[0], other, other], tmp_path / "s.pt", synthetic_csv, progress=False)
+        make_soup([ingredients[0], other, other_copy], tmp_path / "s.pt", synthetic_csv, progress=False)
     assert str(e.value).count("model_kwargs") == 2 and not (tmp_path / "s.pt").exists()
     with pytest.raises(TrainingError, match="at least two"):
         make_soup([ingredients[0]], tmp_path / "s.pt", synthetic_csv, progress=False)
@@ -104,6 +106,15 @@ def test_cli_soup(ingredients, synthetic_csv, tmp_path):
                             "--bn", "recompute", "--no-progress"])
     assert r.exit_code == 0, r.output
     assert "soup of 2" in r.output and out.is_file() and load_checkpoint(out).raw["soup"]["bn"] == "recompute"
-    r = runner.invoke(app, ["soup", str(ingredients[0]), str(tmp_path / "missing.pt"), "--out", str(out),
-                            "--data", str(synthetic_csv)])
-    assert r.exit_code == 2 and "missing.pt" in r.output
+    r = runner.invoke(app, ["soup", str(ingredients[0]), str(tmp_path / "missing.pt"), "--out",
+                            str(tmp_path / "other.pt"), "--data", str(synthetic_csv)])
+    assert r.exit_code == 1 and "missing.pt: no such checkpoint file or shipped model" in " ".join(r.stderr.split())
+
+
+def test_an_ingredient_given_twice_is_refused_and_shipped_names_are_taken(ingredients, synthetic_csv, tmp_path):
+    with pytest.raises(TrainingError, match="is the same file as .*give each ingredient once"):
+        make_soup([ingredients[0], ingredients[1], str(ingredients[0])], tmp_path / "s.pt", synthetic_csv)
+    r = runner.invoke(app, ["soup", "nano", "small", "--out", str(tmp_path / "s.pt"), "--data", str(synthetic_csv)])
+    # the names were found (the shipped files), then refused for what they are: two different models
+    assert r.exit_code == 1 and "model 'fer_small' differs from" in " ".join(r.stderr.split()), r.output
+    assert not (tmp_path / "s.pt").exists()

@@ -19,8 +19,8 @@ class BatchNormMode(str, Enum):
 @app.command()
 @handle_errors
 def soup(
-    checkpoints: List[Path] = typer.Argument(..., exists=True, dir_okay=False,
-                                             help="Checkpoints of one model fine-tuned from one starting point."),
+    checkpoints: List[str] = typer.Argument(..., help="Checkpoints of one model fine-tuned from one starting point "
+                                            "(paths or shipped names)."),
     out: Path = typer.Option(..., help="The soup checkpoint to write (never overwritten)."),
     data: Path = typer.Option(..., exists=True, help="FER2013 CSV or image-folder root."),
     bn: BatchNormMode = typer.Option(BatchNormMode.average, help="BatchNorm statistics: average them with the weights, "

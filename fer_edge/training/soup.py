@@ -91,13 +91,22 @@ def make_soup(checkpoints: list[str | Path], out: str | Path, data: str | Path, 
     from fer_edge.data import default_train_split, default_val_split, load_split
     from fer_edge.metrics import classification_metrics
     from fer_edge.training.trainer import predict_logits
+    from fer_edge.utils import check_writable_dir
+    from fer_edge.weights import resolve_checkpoint
 
     if bn not in BN_MODES:
         raise TrainingError(f"--bn {bn!r}: valid: {', '.join(BN_MODES)}")
     out = Path(out)
+    check_writable_dir(out.parent, "--out's folder", TrainingError)
     if out.exists():
         raise TrainingError(f"{out} exists; choose another --out (a soup never overwrites a file)")
-    cks = [load_checkpoint(p) for p in checkpoints]
+    paths = [resolve_checkpoint(c) for c in checkpoints]
+    seen: dict[Path, str] = {}
+    for spec, path in zip(checkpoints, paths):
+        if path.resolve() in seen:
+            raise TrainingError(f"{spec} is the same file as {seen[path.resolve()]}: give each ingredient once")
+        seen[path.resolve()] = str(spec)
+    cks = [load_checkpoint(p) for p in paths]
     model_kwargs = check_compatible(cks)
     first = cks[0]
     train = load_split(data, split or default_train_split(data), progress=progress) if bn == "recompute" else None
