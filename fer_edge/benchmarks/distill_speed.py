@@ -21,7 +21,7 @@ import typer
 
 from fer_edge.benchmarks.train_throughput import fer_edge_pipeline_run
 
-cli = typer.Typer(add_completion=False)
+cli = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
 RUNTIMES = ("torch", "onnxruntime")
 OFFLINE = "offline targets (onnxruntime)"

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import typer
 
-cli = typer.Typer(add_completion=False)
+cli = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
 MODES = {"exact": True, "fast": False}
 

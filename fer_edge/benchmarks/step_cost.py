@@ -21,9 +21,11 @@ from pathlib import Path
 
 import typer
 
+from fer_edge.cli.common import handle_errors
+
 from fer_edge.benchmarks.train_throughput import fer_edge_pipeline_run
 
-cli = typer.Typer(add_completion=False)
+cli = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
 
 def step_counts(data: str, model: str, device: str, batch_size: int, amp: str, steps: tuple[int, int] = (2, 6),
@@ -52,6 +54,7 @@ def step_counts(data: str, model: str, device: str, batch_size: int, amp: str, s
 
 
 @cli.command()
+@handle_errors
 def main(
     data: Path = typer.Option(..., exists=True, help="FER2013 CSV or image folder."),
     model: list[str] = typer.Option(["fer_nano"], help="Registered model; repeat for several."),

@@ -17,7 +17,9 @@ from pathlib import Path
 
 import typer
 
-cli = typer.Typer(add_completion=False)
+from fer_edge.cli.common import handle_errors
+
+cli = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
 
 def notebook_pipeline_ips(images, labels, model_name: str, device, steps: int, batch_size: int = 32,
@@ -50,7 +52,11 @@ def notebook_pipeline_ips(images, labels, model_name: str, device, steps: int, b
     it = iter(loader)
     seen, t0 = 0, None
     for step in range(steps + 2):
-        x, y = next(it)
+        try:
+            x, y = next(it)
+        except StopIteration:  # a small data set: start another epoch, as a training loop would
+            it = iter(loader)
+            x, y = next(it)
         x, y = x.to(device), y.to(device)
         loss = torch.nn.functional.cross_entropy(model(x), y)
         opt.zero_grad()
@@ -89,13 +95,14 @@ def fer_edge_pipeline_ips(data: str, model_name: str, device: str, steps: int, b
 
 
 @cli.command()
+@handle_errors
 def main(
     data: Path = typer.Option(..., exists=True, help="FER2013 CSV or image folder."),
     model: str = typer.Option("custom_cnn"),
     device: str = typer.Option("auto"),
-    seconds_hint: int = typer.Option(20, help="Rough seconds per measurement (sets the step counts)."),
+    seconds_hint: int = typer.Option(20, min=1, help="Rough seconds per measurement (sets the step counts)."),
     rounds: int = typer.Option(3, min=1, help="Interleaved rounds; medians are compared."),
-    num_workers: int = typer.Option(0, help="DataLoader workers for the notebook pipeline."),
+    num_workers: int = typer.Option(0, min=0, help="DataLoader workers for the notebook pipeline."),
 ) -> None:
     import torch
     from rich.console import Console
