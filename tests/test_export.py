@@ -637,3 +637,254 @@ def test_without_precision_or_calibration_data_int8_is_left_out_and_said_so(tiny
     assert {"target": "onnx", "precision": "int8", "code": "needs-calibration",
             "reason": INT8_NEEDS_CALIBRATION} in data["skipped"]
     assert not list(tmp_path.glob("*int8*"))
+
+
+# --- refused up front: nothing written, no folder left behind (QA findings) -------------------
+def _other_checkpoint(tmp_path):
+    """A second fer_nano checkpoint (other weights, so another SHA-256) with the same file stem."""
+    import torch
+
+    from fer_edge.checkpoint import save_checkpoint
+    from fer_edge.models import create_model
+
+    torch.manual_seed(1)
+    return save_checkpoint(tmp_path / "other.pt", {
+        "model": "fer_nano", "model_kwargs": {}, "state_dict": create_model("fer_nano").eval().state_dict(),
+        "labels": list(LABELS), "normalization": {"mean": 0.5, "std": 0.25}, "train_config": {"model": "fer_nano"},
+    })
+
+
+def _cli(*args):
+    from fer_edge.cli import app
+
+    return CliRunner().invoke(app, ["export", *map(str, args)])
+
+
+@pytest.mark.parametrize("name", ["../escape", "sub/x", "a\\b", "a..b", "", " ", ".", "..", "..."])
+def test_a_name_that_is_not_a_plain_stem_is_refused(tiny_checkpoint, tmp_path, name):
+    out = tmp_path / "out"
+    res = _cli(tiny_checkpoint, "-t", "torchscript", "-p", "fp32", "--no-validate", "--name", name, "--out", out)
+    assert res.exit_code == 1 and "error:" in res.output
+    assert "--name" in res.output and "path separator" in " ".join(res.output.split())
+    assert sorted(tmp_path.rglob("*")) == []  # nothing written, outside --out or in it; --out not created
+    from fer_edge.exporters import export
+
+    with pytest.raises(FerEdgeError, match="--name"):
+        export(tiny_checkpoint, ["torchscript"], ["fp32"], out, validate=False, name=name)
+
+
+def test_a_plain_name_with_dots_is_kept(tiny_checkpoint, tmp_path):
+    res = _cli(tiny_checkpoint, "-t", "torchscript", "-p", "fp32", "--no-validate", "--name", "nano.v2",
+               "--out", tmp_path)
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "nano.v2_fp32.ts").is_file()
+
+
+def test_another_checkpoints_export_folder_is_refused(tiny_checkpoint, tmp_path):
+    out = tmp_path / "out"
+    first = _cli(tiny_checkpoint, "-t", "onnx", "-p", "fp32", "--no-validate", "--out", out)
+    assert first.exit_code == 0, first.output
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    other = _other_checkpoint(tmp_path)
+    res = _cli(other, "-t", "torchscript", "--no-validate", "--out", out)
+    assert res.exit_code == 1
+    flat = "".join(res.output.split())
+    assert str(tiny_checkpoint.resolve()) in flat and str(other) in flat  # both checkpoints named
+    assert "Pickanother--out" in flat and "error:" in flat
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # nothing written or removed
+
+    # the same checkpoint may add targets, and the manifest keeps the earlier ones
+    again = _cli(tiny_checkpoint, "-t", "torchscript", "--no-validate", "--out", out)
+    assert again.exit_code == 0, again.output
+    data = json.loads((out / "manifest.json").read_text())
+    assert sorted(e["file"] for e in data["artifacts"]) == ["fer_nano_fp32.onnx", "fer_nano_fp32.ts"]
+
+
+def test_replace_other_clears_the_earlier_checkpoints_files(tiny_checkpoint, tmp_path):
+    from fer_edge.exporters import export, verify_manifest
+
+    out = tmp_path / "out"
+    export(tiny_checkpoint, ["onnx"], ["fp32"], out, validate=False)
+    keep = out / "notes.txt"
+    keep.write_text("mine")
+    other = _other_checkpoint(tmp_path)
+    result = export(other, ["torchscript"], ["fp32"], out, validate=False, replace_other=True)
+    assert [e["file"] for e in result.manifest["artifacts"]] == ["fer_nano_fp32.ts"]
+    assert not (out / "fer_nano_fp32.onnx").exists() and keep.read_text() == "mine"
+    assert verify_manifest(out) == []
+
+
+@pytest.mark.parametrize("content", ["{not json", "[]", '{"format": "something-else"}'])
+def test_an_unreadable_manifest_in_out_is_refused(tiny_checkpoint, tmp_path, content):
+    (tmp_path / "manifest.json").write_text(content)
+    res = _cli(tiny_checkpoint, "-t", "torchscript", "--no-validate", "--out", tmp_path)
+    assert res.exit_code == 1
+    assert str(tmp_path / "manifest.json") in res.output.replace("\n", "")
+    assert (tmp_path / "manifest.json").read_text() == content
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["manifest.json"]
+
+
+@pytest.mark.parametrize("case", ["val-size", "missing-calib", "empty-calib", "bogus-split", "bogus-val-split"])
+def test_refused_exports_leave_no_folder_behind(tiny_checkpoint, synthetic_csv, tmp_path, case):
+    empty = tmp_path / "empty.csv"
+    empty.write_text("")
+    args = {
+        "val-size": ["-p", "fp32", "--val-data", synthetic_csv, "--val-size", "100"],
+        "missing-calib": ["-p", "int8", "--calib-data", tmp_path / "missing.csv"],
+        "empty-calib": ["-p", "int8", "--calib-data", empty],
+        "bogus-split": ["-p", "int8", "--calib-data", synthetic_csv, "--calib-split", "Bogus"],
+        "bogus-val-split": ["-p", "fp32", "--val-data", synthetic_csv, "--val-split", "Bogus"],
+    }[case]
+    out = tmp_path / "new" / "out"
+    res = _cli(tiny_checkpoint, "-t", "onnx", *args, "--out", out)
+    assert res.exit_code == 1 and "error:" in res.output, res.output
+    assert res.exception is None or isinstance(res.exception, SystemExit)
+    assert not (tmp_path / "new").exists()
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    res = _cli(tiny_checkpoint, "-t", "onnx", *args, "--out", existing)
+    assert res.exit_code == 1 and existing.is_dir()  # a folder that was there stays
+
+
+def test_a_failure_after_the_folder_was_made_removes_it_only_if_this_export_made_it(
+        monkeypatch, tiny_checkpoint, tmp_path):
+    from fer_edge.exporters import export
+    from fer_edge.exporters.torchscript import TorchScriptExporter
+
+    def interrupted(self, req, precision, out_path):
+        assert out_path.parent.is_dir()
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(TorchScriptExporter, "export", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        export(tiny_checkpoint, ["torchscript"], ["fp32"], tmp_path / "a" / "b", validate=False)
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "mine").mkdir()
+    with pytest.raises(KeyboardInterrupt):
+        export(tiny_checkpoint, ["torchscript"], ["fp32"], tmp_path / "mine", validate=False)
+    assert (tmp_path / "mine").is_dir()
+
+
+@pytest.mark.parametrize("where", ["file", "below-file"])
+def test_out_that_is_a_file_is_a_clear_error(tiny_checkpoint, tmp_path, where):
+    afile = tmp_path / "afile"
+    afile.write_text("keep")
+    out = afile if where == "file" else afile / "sub"
+    res = _cli(tiny_checkpoint, "-t", "torchscript", "--no-validate", "--out", out)
+    assert res.exit_code == 1 and "not a folder" in res.output
+    assert isinstance(res.exception, SystemExit)  # no traceback
+    assert afile.read_text() == "keep" and sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+
+
+# --- small data sets: warned, still exported ---------------------------------------------------
+def test_a_gate_on_fewer_validation_images_than_asked_says_so(tiny_checkpoint, synthetic_csv, tmp_path):
+    base = [tiny_checkpoint, "-t", "torchscript", "-p", "fp32", "--val-data", synthetic_csv]
+    res = _cli(*base, "--out", tmp_path / "a")  # default: the whole split, 84 images
+    assert res.exit_code == 0, res.output
+    text = " ".join(res.output.split())
+    assert "warning: the parity gate used 84 images, all of PublicTest" in text and "512" in text
+    res = _cli(*base, "--val-size", "600", "--out", tmp_path / "b")
+    assert res.exit_code == 0, res.output
+    text = " ".join(res.output.split())
+    assert "the parity gate used 84 images" in text and "(600 asked for)" in text
+    data = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    assert data["validation_data"]["count"] == 84 and data["validation_data"]["requested"] == 600
+    assert data["artifacts"][0]["validation"]["n"] == 84
+    assert any("600 asked for" in w for w in data["warnings"])
+
+
+def test_calibration_on_fewer_images_than_asked_says_so(tiny_checkpoint, synthetic_csv, tmp_path):
+    res = _cli(tiny_checkpoint, "-t", "onnx", "-p", "int8", "--calib-data", synthetic_csv, "--calib-size", "500",
+               "--no-validate", "--out", tmp_path)
+    assert res.exit_code == 0, res.output
+    text = " ".join(res.output.split())
+    assert "calibration used 280 images, all that Training" in text and "(500 asked for)" in text
+    assert "unreliable" not in text  # 280 >= 200
+    data = json.loads((tmp_path / "manifest.json").read_text())
+    assert data["calibration"]["count"] == 280 and data["calibration"]["requested"] == 500
+
+
+# --- the shipped weight's gate line, --overflow-fix ---------------------------------------------
+@pytest.mark.parametrize("case", ["no-validate", "precision-not-exported"])
+def test_a_weights_gate_line_only_when_it_judged_something(monkeypatch, tiny_checkpoint, synthetic_csv, tmp_path,
+                                                          case):
+    import fer_edge.weights as weights
+    from fer_edge.weights import WeightMeta
+
+    gate = {"int8": {"min_agreement": 0.965}} if case == "precision-not-exported" else {"fp32": {"max_kl": 1.0}}
+    meta = WeightMeta(name="tiny", architecture="simple_cnn", file=str(tiny_checkpoint), params=1, macs=1,
+                      mean=0.5, std=0.25, parity_gate=gate, parity_gate_reason="test")
+    monkeypatch.setattr(weights, "PRETRAINED", {"tiny": meta})
+    extra = ["--no-validate"] if case == "no-validate" else []
+    res = _cli(tiny_checkpoint, "-t", "torchscript", "-p", "fp32", "--val-data", synthetic_csv, *extra,
+               "--out", tmp_path / "a")
+    assert res.exit_code == 0, res.output
+    assert "own" not in res.output and "parity gate:" not in res.output
+    if case == "no-validate":  # the same gate, validated: the line is there
+        res = _cli(tiny_checkpoint, "-t", "torchscript", "-p", "fp32", "--val-data", synthetic_csv,
+                   "--out", tmp_path / "b")
+        assert res.exit_code == 0, res.output
+        assert "tiny's own (fp32 max_kl 1.0)" in " ".join(res.output.split())
+
+
+@pytest.mark.parametrize("args", [["-t", "onnx,torchscript", "-p", "fp32"], ["-t", "openvino", "-p", "fp32,fp16"],
+                                  ["-t", "openvino"]])
+def test_overflow_fix_without_openvino_int8_is_refused(tiny_checkpoint, tmp_path, args):
+    res = _cli(tiny_checkpoint, *args, "--no-validate", "--overflow-fix", "enable", "--out", tmp_path / "o")
+    assert res.exit_code == 1
+    assert "--overflow-fix applies to OpenVINO INT8 only" in " ".join(res.output.split())
+    assert not (tmp_path / "o").exists()
+
+
+# --- an interrupted export leaves a manifest of what it finished -------------------------------
+def test_sigterm_mid_export_leaves_a_manifest_of_the_finished_artifacts(monkeypatch, tiny_checkpoint, synthetic_csv,
+                                                                        tmp_path):
+    import signal
+
+    from fer_edge.exporters.onnx import OnnxExporter
+
+    class Killed(Exception):
+        pass
+
+    def stand_in(signum, frame):  # what SIGTERM does if export() does not catch it (instead of killing pytest)
+        raise Killed
+
+    def sigterm(self, req, precision, out_path):
+        os.kill(os.getpid(), signal.SIGTERM)
+        for _ in range(1000):  # the handler runs between bytecodes
+            pass
+        raise AssertionError("SIGTERM did not stop the export")
+
+    monkeypatch.setattr(OnnxExporter, "export", sigterm)
+    previous = signal.signal(signal.SIGTERM, stand_in)
+    try:
+        res = _cli(tiny_checkpoint, "-t", "torchscript,onnx", "-p", "fp32", "--val-data", synthetic_csv,
+                   "--out", tmp_path)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert res.exit_code == 130, (res.output, res.exception)
+    assert "interrupted" in res.output and "manifest.json lists the 1 artifact(s)" in " ".join(res.output.split())
+    data = json.loads((tmp_path / "manifest.json").read_text())
+    assert data["complete"] is False
+    (entry,) = data["artifacts"]
+    assert entry["file"] == "fer_nano_fp32.ts" and entry["validation"]["status"] == "passed"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fer_nano_fp32.ts", "manifest.json"]  # no temp debris
+    assert signal.getsignal(signal.SIGTERM) is previous
+
+
+def test_interrupted_validation_is_listed_as_not_validated(monkeypatch, tiny_checkpoint, synthetic_csv, tmp_path):
+    from fer_edge.exporters import api, export, verify_manifest
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(api._val, "validate_artifact", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        export(tiny_checkpoint, ["torchscript"], ["fp32"], tmp_path, val_data=synthetic_csv, data_progress=False)
+    data = json.loads((tmp_path / "manifest.json").read_text())
+    assert data["complete"] is False and verify_manifest(tmp_path) == []
+    (entry,) = data["artifacts"]
+    assert entry["validation"] == {"status": "not validated", "reason": api.VALIDATION_UNFINISHED}
+    monkeypatch.undo()
+    done = export(tiny_checkpoint, ["torchscript"], ["fp32"], tmp_path, val_data=synthetic_csv, data_progress=False)
+    assert done.manifest["complete"] is True and done.artifacts[0].status == "passed"

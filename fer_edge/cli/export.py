@@ -100,6 +100,34 @@ class _Progress:
             self.progress = None
 
 
+def _gate_that_applied(result) -> dict | None:
+    """``thresholds_source`` with a shipped weight's gate cut to the precisions it judged here: those of
+    artifacts the parity gate ran on (none with --no-validate, none for an int8-only gate of an fp32 export)."""
+    source = result.manifest.get("thresholds_source") or {}
+    weight = source.get("weight")
+    if not weight:
+        return source
+    judged = {a.precision for a in result.artifacts if a.status in ("passed", "failed")}
+    gate = {p: lim for p, lim in (weight.get("gate") or {}).items() if p in judged}
+    return {**source, "weight": {**weight, "gate": gate}} if gate else None
+
+
+def _interrupted_note(out: Path) -> str:
+    """What an interrupted export left in ``out``."""
+    import json
+
+    mpath = out / "manifest.json"
+    try:
+        data = json.loads(mpath.read_text())
+    except (OSError, ValueError):
+        return f"no artifact finished; nothing listed in {out}"
+    if data.get("complete"):
+        return f"{mpath} lists the artifacts of the previous export of this checkpoint"
+    arts = [a for a in data.get("artifacts") or [] if a.get("variant", "main") == "main"]
+    return (f"{mpath} lists the {len(arts)} artifact(s) finished (\"complete\": false; each entry's "
+            "validation.status says whether it was validated); temporary files were removed")
+
+
 @app.command("export")
 @handle_errors
 def export_cmd(
@@ -117,17 +145,18 @@ def export_cmd(
     calib_seed: int = typer.Option(0, "--calib-seed", help="Seed of the calibration (and validation) sample."),
     calib_method: Optional[str] = typer.Option(
         None, "--calib-method", help="ONNX INT8 calibration: minmax, entropy or percentile (default: minmax)."),
-    overflow_fix: OverflowFixOption = typer.Option(
-        OverflowFixOption.first_layer, "--overflow-fix",
-        help="OpenVINO INT8 weights: 7 bits in the first layer only (NNCF's default), in every layer "
-             "('enable': for x86 CPUs without VNNI, whose int8 sums can saturate), or nowhere."),
+    overflow_fix: Optional[OverflowFixOption] = typer.Option(
+        None, "--overflow-fix", show_default=False,
+        help="OpenVINO INT8 only: 7-bit weights in the first layer only ('first-layer', NNCF's default), in every "
+             "layer ('enable': for x86 CPUs without VNNI, whose int8 sums can saturate), or nowhere ('disable')."),
     val_data: Optional[Path] = typer.Option(
         None, "--val-data", help="Data for the parity check (default: the calibration data)."),
     val_split: Optional[str] = typer.Option(None, "--val-split", help="Validation split (default: the data's "
                                             "validation split, e.g. PublicTest)."),
     val_size: int = typer.Option(0, "--val-size", min=0, help="Validation images (at least 512; 0: the whole split)."),
     out: Path = typer.Option(Path("exports"), "--out", "-o", help="Output folder (manifest.json goes there)."),
-    name: Optional[str] = typer.Option(None, "--name", help="File stem of the artifacts (default: the model name)."),
+    name: Optional[str] = typer.Option(
+        None, "--name", help="File stem of the artifacts, no path (default: the model name)."),
     validate: bool = typer.Option(True, "--validate/--no-validate", help="Run the parity gate on real images."),
     min_agreement: Optional[List[str]] = typer.Option(
         None, "--min-agreement", help="Override a threshold: PRECISION=VALUE, e.g. int8=0.97 (fraction)."),
@@ -156,16 +185,22 @@ def export_cmd(
         if values
     }
 
+    fix = overflow_fix.value if overflow_fix is not None else None
     progress = _Progress(is_tty())
     try:
         result = export(
             checkpoint, targets, precisions, out,
             calib_data=calib_data, calib_split=calib_split, calib_size=calib_size, calib_seed=calib_seed,
-            calib_method=calib_method, overflow_fix=overflow_fix.value, val_data=val_data, val_split=val_split,
+            calib_method=calib_method, overflow_fix=fix, val_data=val_data, val_split=val_split,
             val_size=val_size or None, val_seed=calib_seed, validate=validate, threshold_overrides=overrides,
-            name=name, progress=progress, on_warning=lambda w: err_console.print(f"[yellow]warning:[/] {w}"),
+            name=name, progress=progress,
+            on_warning=lambda w: err_console.print(f"[yellow]warning:[/] {w}", highlight=False),
             data_progress=is_tty(), raise_on_failure=False,
         )
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM (export turns it into KeyboardInterrupt)
+        progress.stop()
+        typer.echo(f"interrupted: {_interrupted_note(out)}", err=True)
+        raise typer.Exit(130) from None
     finally:
         progress.stop()
 
@@ -178,7 +213,7 @@ def export_cmd(
     if no_calib:
         err_console.print(f"[yellow]note:[/] int8 not exported ({', '.join(no_calib)}): {INT8_NEEDS_CALIBRATION}",
                           highlight=False)
-    gate_line = weight_gate_line(result.manifest.get("thresholds_source"), str(result.manifest_path))
+    gate_line = weight_gate_line(_gate_that_applied(result), str(result.manifest_path))
     if gate_line:
         err_console.print(gate_line, highlight=False)
     console.print(artifacts_table(result))
@@ -195,8 +230,8 @@ def export_cmd(
             "override the threshold it missed (--min-agreement, --max-abs-diff, --max-kl or "
             "--max-accuracy-drop PRECISION=VALUE)" if n_par else ""
         )
-        if overflow_fix.value != "enable" and any(a.target == "openvino" and a.precision == "int8"
-                                                  for a in result.parity_failures):
+        if fix != "enable" and any(a.target == "openvino" and a.precision == "int8"
+                                   for a in result.parity_failures):
             from fer_edge.cpu import int8_can_saturate_here
 
             if int8_can_saturate_here():

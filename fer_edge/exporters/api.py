@@ -12,6 +12,7 @@ raises :class:`~fer_edge.errors.ExportError` (a target failed) or
 """
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,10 +22,12 @@ from fer_edge.errors import ExportError, FerEdgeError, ParityError
 from fer_edge.exporters import calibration as _cal
 from fer_edge.exporters import validate as _val
 from fer_edge.exporters.base import ExportRequest
-from fer_edge.exporters.manifest import MANIFEST_NAME, carry_over, file_record, now_iso, tool_versions, write_manifest
+from fer_edge.exporters.manifest import (FORMAT, MANIFEST_NAME, carry_over, file_record, now_iso, tool_versions,
+                                         write_manifest)
 from fer_edge.exporters.metadata import build_metadata
 from fer_edge.exporters.registry import get_exporter
 from fer_edge.targets import TARGETS, Precision, Target, get_target
+from fer_edge.utils import sigterm_as_interrupt
 
 #: Longest failure reason kept (converter errors can be pages long).
 MAX_REASON = 600
@@ -108,6 +111,8 @@ def _resolve_targets(targets) -> list[Target]:
     return out
 
 
+#: An artifact's validation reason while its validation has not finished (what an interrupted export leaves).
+VALIDATION_UNFINISHED = "not validated: the export stopped before this artifact's validation finished"
 #: Why a default export (no ``--precision``) leaves int8 out when it has no calibration images.
 INT8_NEEDS_CALIBRATION = "int8 needs calibration images: add --calib-data PATH (a FER2013 CSV or image folder)"
 #: A skipped (target, precision)'s ``code`` in the manifest: what callers branch on (``reason`` is for people).
@@ -141,6 +146,114 @@ def _validation_source(val_data, calib_data, ckpt) -> tuple[Path | None, str]:
     return None, ""
 
 
+def check_name(name: str | None) -> None:
+    """Refuse a ``--name`` that is not a plain file stem (it would write outside ``--out``, or nowhere sensible)."""
+    if name is None:
+        return
+    seps = {"/", "\\", os.sep} | ({os.altsep} if os.altsep else set())
+    if not name.strip() or set(name) <= {"."} or ".." in name or "\0" in name or any(s in name for s in seps):
+        raise FerEdgeError(
+            f"--name {name!r} is not a plain file name stem: it must not be empty or only dots, nor contain "
+            "'..' or a path separator (the artifacts always go into --out; choose the folder with --out)"
+        )
+
+
+def _folders_to_create(out: Path) -> list[Path]:
+    """The folders ``out.mkdir(parents=True)`` will create, deepest first; refuses an ``out`` that cannot be one."""
+    missing: list[Path] = []
+    for p in (out, *out.parents):
+        if p.exists():
+            if not p.is_dir():
+                raise FerEdgeError(
+                    f"--out {out} is a file, not a folder: pass a folder (new or existing)" if p == out else
+                    f"--out {out} cannot be created: {p} is a file, not a folder"
+                )
+            break
+        if p.is_symlink():
+            raise FerEdgeError(f"--out {out}: {p} is a broken symbolic link")
+        missing.append(p)
+    return missing
+
+
+def _remove_if_empty(created: list[Path]) -> None:
+    """Remove the folders this export created (deepest first) while they are empty; never anything else."""
+    for d in created:
+        try:
+            d.rmdir()
+        except OSError:
+            return
+
+
+def _inside(path: Path, root: Path) -> bool:
+    try:
+        path.resolve().relative_to(root.resolve())
+        return True
+    except ValueError:
+        return False
+
+
+def _previous_manifest(out: Path, source_sha: str, ckpt_path: Path, replace_other: bool) -> tuple[dict | None, bool]:
+    """The manifest already in ``out`` when it is of the same checkpoint (its entries may be kept), and whether
+    what is there must be cleared first (``replace_other`` only).
+
+    A manifest of another checkpoint, or one that cannot be read, is refused, so two checkpoints' files never
+    share a folder unlisted; ``replace_other`` clears it instead (:func:`_clear_previous`).
+    """
+    from fer_edge.errors import ArtifactError
+    from fer_edge.exporters.manifest import load_manifest
+
+    mpath = out / MANIFEST_NAME
+    if not (mpath.exists() or mpath.is_symlink()):
+        return None, False
+    try:
+        old = load_manifest(mpath)
+    except ArtifactError as e:
+        if replace_other:
+            return None, True
+        raise ArtifactError(
+            f"{e}; fer-edge does not overwrite it: pick another --out, or remove {mpath} "
+            "(and the files it described) first"
+        ) from None
+    old_src = old.get("source") if isinstance(old.get("source"), dict) else {}
+    if old_src.get("sha256") == source_sha:
+        return old, False
+    if replace_other:
+        return None, True
+    old_sha = str(old_src.get("sha256") or "unknown")
+    raise ExportError(
+        f"{out} holds an export of another checkpoint: {old_src.get('path') or 'unknown path'} "
+        f"(sha256 {old_sha[:12]}), while this export is of {ckpt_path} (sha256 {source_sha[:12]}); exporting "
+        f"into it would mix the two checkpoints' files. Pick another --out, or remove {out} first"
+    )
+
+
+def _clear_previous(out: Path) -> None:
+    """Remove the files ``out``'s manifest lists (only inside ``out``), then the manifest itself."""
+    import json
+    import shutil
+
+    mpath = out / MANIFEST_NAME
+    try:
+        old = json.loads(mpath.read_text())
+    except (OSError, ValueError):
+        old = None
+    arts = old.get("artifacts") if isinstance(old, dict) else None
+    for art in arts if isinstance(arts, list) else []:
+        if not isinstance(art, dict):
+            continue
+        for rec in art.get("files") or [{"file": art.get("file")}]:
+            name = rec.get("file") if isinstance(rec, dict) else None
+            f = out / str(name or "")
+            if not name or not _inside(f, out) or f.resolve() == out.resolve() or f == mpath:
+                continue
+            if f.is_dir() and not f.is_symlink():
+                shutil.rmtree(f, ignore_errors=True)
+            elif f.exists() or f.is_symlink():
+                f.unlink()
+    if mpath.is_file() or mpath.is_symlink():
+        mpath.unlink()
+
+
 def export(
     checkpoint: str | Path | None = None,
     targets: Sequence[str | Target] | str | None = None,
@@ -165,6 +278,7 @@ def export(
     on_warning: Callable[[str], None] | None = None,
     data_progress: bool = True,
     raise_on_failure: bool = True,
+    replace_other: bool = False,
 ) -> ExportResult:
     """Export ``checkpoint`` (path, shipped name, or None for the default model) to ``out_dir``.
 
@@ -175,7 +289,8 @@ def export(
     ``calib_split`` (default: its training split), stratified by class with ``calib_seed``.
     ``calib_method``: ONNX calibration, ``minmax``/``entropy``/``percentile``.
     ``overflow_fix``: OpenVINO INT8 weights, ``first-layer`` (NNCF's default: 7 bits in the first
-    layer), ``enable`` (7 bits everywhere, for x86 CPUs without VNNI) or ``disable``.
+    layer), ``enable`` (7 bits everywhere, for x86 CPUs without VNNI) or ``disable``; None: the
+    default. Given explicitly when no OpenVINO INT8 is exported, it is refused.
     Validation (``validate``) runs each artifact that can run here on ``val_size`` images
     (None: all) of ``val_split`` of ``val_data`` (default: the calibration data, else the
     checkpoint's recorded data; default split: its validation split) and checks it against
@@ -184,18 +299,23 @@ def export(
     is the defaults, then a shipped weight's own gate (``WeightMeta.parity_gate``, found by the
     checkpoint's SHA-256), then ``threshold_overrides`` (``{threshold: {precision: value}}``, as
     the CLI's ``--min-agreement`` etc.); the manifest's ``thresholds_source`` says which applied. ``name``: the artifacts' file stem
-    (default: the model name), e.g. ``fer_nano_int8.onnx``. ``progress`` gets a
+    (default: the model name), e.g. ``fer_nano_int8.onnx``; a path is refused. ``progress`` gets a
     :class:`ProgressEvent` before each step; ``on_warning`` each warning as it happens (all
     warnings are also in ``result.warnings`` and the manifest).
-    """
-    import json
 
+    Every input is checked, and the data loaded, before ``out_dir`` is created; a folder this call
+    created is removed again when it fails while the folder is still empty. An ``out_dir`` whose
+    ``manifest.json`` records another checkpoint, or cannot be read, is refused (``replace_other``:
+    the files that manifest lists are removed and the folder reused). ``manifest.json`` is rewritten
+    (atomically) after every artifact, with ``"complete": false`` until the end, so an interrupted
+    export (Ctrl-C, SIGTERM: both raise ``KeyboardInterrupt`` here) leaves a manifest of what it finished.
+    """
     from fer_edge.checkpoint import load_checkpoint
     from fer_edge.exporters.onnx import CALIB_METHODS, DEFAULT_CALIB_METHOD
     from fer_edge.parity import resolve_gate
     from fer_edge.weights import resolve_checkpoint
 
-    ckpt_path = resolve_checkpoint(checkpoint)
+    check_name(name)
     tlist = _resolve_targets(targets)
     plist = _resolve_precisions(precisions)
     calib_method = calib_method or DEFAULT_CALIB_METHOD
@@ -203,11 +323,14 @@ def export(
         raise FerEdgeError(f"unknown calibration method {calib_method!r}; valid: {', '.join(CALIB_METHODS)}")
     from fer_edge.exporters.openvino import DEFAULT_OVERFLOW_FIX, OVERFLOW_FIX
 
+    overflow_fix_given = overflow_fix is not None
     overflow_fix = overflow_fix or DEFAULT_OVERFLOW_FIX
     if overflow_fix not in OVERFLOW_FIX:
         raise FerEdgeError(f"unknown overflow fix {overflow_fix!r}; valid: {', '.join(OVERFLOW_FIX)}")
     if calib_size is None or calib_size < 1:
         raise FerEdgeError(f"--calib-size must be at least 1 (got {calib_size})")
+    if validate and val_size is not None and val_size < _cal.MIN_VAL_SIZE:
+        raise FerEdgeError(f"validation needs at least {_cal.MIN_VAL_SIZE} images (got --val-size {val_size})")
 
     plan: list[tuple[Target, Precision]] = []
     skipped: list[dict] = []
@@ -233,14 +356,22 @@ def export(
             "int8 export needs calibration images: pass --calib-data PATH (a FER2013 CSV or image folder; "
             "the training split is sampled), or leave int8 out (--precision fp32,fp16)"
         )
+    if overflow_fix_given and not any((t.name, p) == ("openvino", Precision.int8) for t, p in plan):
+        raise FerEdgeError(
+            f"--overflow-fix applies to OpenVINO INT8 only, and this export makes none "
+            f"({', '.join(f'{t.name} {p.value}' for t, p in plan)}): add --target openvino with int8 "
+            "(and --calib-data), or leave --overflow-fix out"
+        )
 
+    out = Path(out_dir)
+    to_create = _folders_to_create(out)
+    ckpt_path = resolve_checkpoint(checkpoint)
     ckpt = load_checkpoint(ckpt_path)
-    model = ckpt.build_model()
     source_sha = ckpt.sha256
+    old, clear = (None, False) if to_create else _previous_manifest(out, source_sha, Path(ckpt_path), replace_other)
+    model = ckpt.build_model()
     thresholds, thresholds_source = resolve_gate(source_sha, thresholds, threshold_overrides)
     stem = name or ckpt.model_name
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     warnings: list[str] = []
 
     def warn(msg: str) -> None:
@@ -248,10 +379,12 @@ def export(
         if on_warning is not None:
             on_warning(msg)
 
+    # all data is loaded (and any error about it raised) before the output folder exists
     calib = None
     if any(p is Precision.int8 for _, p in plan):
         calib, w = _cal.load_calibration(calib_data, calib_split, calib_size, calib_seed,
                                          ckpt.normalization, progress=data_progress)
+        calib.record["requested"] = int(calib_size)
         for msg in w:
             warn(msg)
 
@@ -264,7 +397,10 @@ def export(
         else:
             vset = _cal.load_validation(vdata, val_split, val_size, val_seed, ckpt.normalization,
                                         progress=data_progress)
+            vset.record["requested"] = None if val_size is None else int(val_size)
             val_record = {**vset.record, "chosen_from": vwhy}
+            for msg in _cal.validation_warnings(vset, val_size):
+                warn(msg)
             if calib is not None and (calib.record["file"], calib.record["split"]) == (
                 vset.record["file"], vset.record["split"]
             ):
@@ -274,6 +410,32 @@ def export(
                 )
             ref = _val.reference_logits(model, vset.inputs)
 
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        _remove_if_empty(to_create)
+        raise FerEdgeError(f"cannot create --out {out}: {e.strerror or e}") from None
+    if clear:
+        _clear_previous(out)
+    try:
+        with sigterm_as_interrupt():
+            result = _run_plan(
+                plan, skipped, out, stem, ckpt, ckpt_path, model, source_sha, old, calib, calib_method,
+                overflow_fix, vset, ref, val_record, validate, thresholds, thresholds_source, warnings, progress,
+            )
+    except BaseException:
+        _remove_if_empty(to_create)
+        raise
+    if raise_on_failure:
+        result.raise_for_failures()
+    return result
+
+
+def _run_plan(plan, skipped, out, stem, ckpt, ckpt_path, model, source_sha, old, calib, calib_method, overflow_fix,
+              vset, ref, val_record, validate, thresholds, thresholds_source, warnings, progress) -> ExportResult:
+    """Export (and validate) each (target, precision) of ``plan`` into ``out``, rewriting the manifest after each."""
+    from fer_edge.parity import DEFAULT_THRESHOLDS, resolve_thresholds
+
     exporters: dict[str, object] = {}
     results: list[ArtifactResult] = []
     entries: list[dict] = []
@@ -281,16 +443,46 @@ def export(
     versions = tool_versions()
     total = len(plan) * (2 if validate else 1)
     step = 0
+    source = {"path": str(Path(ckpt_path).resolve()), "sha256": source_sha, "model": ckpt.model_name}
+    # earlier entries of this checkpoint whose files are unchanged; each goes once its (target, precision) is redone
+    earlier = carry_over(old, set(), source_sha, out)
+    redone: set[tuple[str, str, str]] = set()
+    created = now_iso()
+
+    def manifest(complete: bool) -> dict:
+        kept = [a for a in earlier if (a.get("target"), a.get("precision"), a.get("variant", "main")) not in redone]
+        return {
+            "format": FORMAT,
+            "created": created,
+            "complete": complete,
+            "fer_edge_version": versions["fer_edge"],
+            "source": source,
+            "labels": list(ckpt.labels),
+            "normalization": ckpt.normalization.to_dict(),
+            "tool_versions": versions,
+            "calibration": calib.record if calib is not None else None,
+            "calibration_method": calib_method if calib is not None else None,
+            "validation_data": val_record,
+            "thresholds": {pr.value: resolve_thresholds(thresholds, pr).to_dict() for pr in DEFAULT_THRESHOLDS},
+            "thresholds_source": thresholds_source,
+            "artifacts": kept + entries,
+            "failed": failed,
+            "skipped": skipped,
+            "warnings": warnings,
+        }
 
     def emit(stage, t, p):
         if progress is not None:
             progress(ProgressEvent(stage, t.name, p.value, step, total))
 
-    from fer_edge.parity import DEFAULT_THRESHOLDS, resolve_thresholds
-
     for t, p in plan:
         emit("export", t, p)
         step += 1
+        keys = {(t.name, p.value, v) for v in ("main", "logits")}
+        had_earlier = any((a.get("target"), a.get("precision"), a.get("variant", "main")) in keys for a in earlier)
+        redone |= keys
+        if had_earlier:  # its files are about to be replaced: the manifest stops listing them first
+            write_manifest(out, manifest(False))
         path = out / t.filename(stem, p)
         meta = build_metadata(ckpt, p, t.name, source_sha)
         try:
@@ -308,6 +500,7 @@ def export(
             failed.append({"target": t.name, "precision": p.value, "reason": _short(e)})
             if validate:
                 step += 1
+            write_manifest(out, manifest(False))
             continue
 
         validation: dict
@@ -316,25 +509,17 @@ def export(
         elif vset is None:
             validation = _val.not_validated("not validated: no validation data")
         else:
-            emit("validate", t, p)
-            # the artifact that runs: the main file, or a companion built for parity (Core ML's logits)
-            runnable = next((f for f in files if f.variant == "logits"), files[0])
-            validation = _val.validate_artifact(runnable.path, t, p, vset, ref, thresholds)
-            if runnable is not files[0] and validation["status"] != _val.NOT_VALIDATED:
-                validation["note"] = f"validated through {runnable.path.name}"
-        if validate:
-            step += 1
-
+            validation = _val.not_validated(VALIDATION_UNFINISHED)
+        new: list[dict] = []
         for f in files:
             recs = [file_record(f.path, out)] + [file_record(c, out) for c in f.companions]
-            size = sum(r["size_bytes"] for r in recs)
-            entry = {
+            new.append({
                 "file": recs[0]["file"],
                 "target": t.name,
                 "precision": p.value,
                 "variant": f.variant,
                 "runtime": t.runtime,
-                "size_bytes": size,
+                "size_bytes": sum(r["size_bytes"] for r in recs),
                 "sha256": recs[0]["sha256"],
                 "files": recs,
                 "inputs": f.inputs,
@@ -347,48 +532,33 @@ def export(
                 "export_seconds": round(seconds, 3) if f is files[0] else 0.0,
                 "export": f.extra,
                 "tool_versions": versions,
-                "source": {"path": str(Path(ckpt_path).resolve()), "sha256": source_sha, "model": ckpt.model_name},
+                "source": source,
                 "validation": dict(validation),
-            }
-            entries.append(entry)
-            results.append(ArtifactResult(t.name, p.value, f.variant, f.path, size, recs[0]["sha256"],
-                                          entry["export_seconds"], entry["validation"]))
+            })
+        entries.extend(new)
+        write_manifest(out, manifest(False))  # the artifact is listed as soon as it exists
 
-    source = {"path": str(Path(ckpt_path).resolve()), "sha256": source_sha, "model": ckpt.model_name}
-    old = None
-    mpath = out / MANIFEST_NAME
-    if mpath.is_file():
-        try:
-            old = json.loads(mpath.read_text())
-        except (OSError, ValueError):
-            old = None
-    new_keys = {(t.name, p.value, v) for t, p in plan for v in ("main", "logits")}
-    kept = carry_over(old, new_keys, source_sha, out)
-    manifest = {
-        "format": "fer-edge-export-manifest/1",
-        "created": now_iso(),
-        "fer_edge_version": versions["fer_edge"],
-        "source": source,
-        "labels": list(ckpt.labels),
-        "normalization": ckpt.normalization.to_dict(),
-        "tool_versions": versions,
-        "calibration": calib.record if calib is not None else None,
-        "calibration_method": calib_method if calib is not None else None,
-        "validation_data": val_record,
-        "thresholds": {pr.value: resolve_thresholds(thresholds, pr).to_dict() for pr in DEFAULT_THRESHOLDS},
-        "thresholds_source": thresholds_source,
-        "artifacts": kept + entries,
-        "failed": failed,
-        "skipped": skipped,
-        "warnings": warnings,
-    }
-    manifest_path = write_manifest(out, manifest)
+        if validate and vset is not None:
+            emit("validate", t, p)
+            # the artifact that runs: the main file, or a companion built for parity (Core ML's logits)
+            runnable = next((f for f in files if f.variant == "logits"), files[0])
+            validation = _val.validate_artifact(runnable.path, t, p, vset, ref, thresholds)
+            if runnable is not files[0] and validation["status"] != _val.NOT_VALIDATED:
+                validation["note"] = f"validated through {runnable.path.name}"
+            for e in new:
+                e["validation"] = dict(validation)
+            write_manifest(out, manifest(False))
+        if validate:
+            step += 1
+        for f, e in zip(files, new):
+            results.append(ArtifactResult(t.name, p.value, f.variant, f.path, e["size_bytes"], e["sha256"],
+                                          e["export_seconds"], e["validation"]))
+
+    final = manifest(True)
+    manifest_path = write_manifest(out, final)
     if progress is not None:
         progress(ProgressEvent("done", "", "", total, total))
-    result = ExportResult(out, manifest_path, manifest, results, failed, skipped, warnings)
-    if raise_on_failure:
-        result.raise_for_failures()
-    return result
+    return ExportResult(out, manifest_path, final, results, failed, skipped, warnings)
 
 
 def export_artifacts(checkpoint: str | Path | None, out_dir: str | Path, **kwargs) -> ExportResult:

@@ -87,13 +87,41 @@ def load_calibration(data: str | Path, split: str | None = None, size: int = DEF
     if norm is None:
         raise FerEdgeError("calibration needs the checkpoint's normalization")
     cal = sample_split(data, split, size, seed, norm, "train", progress)
-    warnings = []
-    if len(cal) < MIN_RECOMMENDED_CALIB:
-        warnings.append(
-            f"only {len(cal)} calibration images (from {cal.record['split']} of {cal.record['file']}); "
-            f"INT8 ranges from fewer than {MIN_RECOMMENDED_CALIB} images can be unreliable"
-        )
-    return cal, warnings
+    return cal, calibration_warnings(cal, size)
+
+
+def _used(kind: str, s: ImageSet, requested: int | None) -> str:
+    """``"calibration used 300 images, all that Training of X has (500 asked for)"`` and the like."""
+    n, rec = len(s), s.record
+    where = f"{rec['split']} of {rec['file']}"
+    if requested is not None and n < requested:
+        return f"{kind} used {n} images, all that {where} has ({requested} asked for)"
+    if rec.get("count") == rec.get("split_size"):
+        return f"{kind} used {n} images, all of {where}"
+    return f"{kind} used {n} images of {where}"
+
+
+def calibration_warnings(cal: ImageSet, requested: int | None) -> list[str]:
+    """One line when calibration got fewer images than asked for, or fewer than :data:`MIN_RECOMMENDED_CALIB`."""
+    n = len(cal)
+    if (requested is None or n >= requested) and n >= MIN_RECOMMENDED_CALIB:
+        return []
+    msg = _used("calibration", cal, requested)
+    if n < MIN_RECOMMENDED_CALIB:
+        msg += f"; INT8 ranges from fewer than {MIN_RECOMMENDED_CALIB} calibration images can be unreliable"
+    return [msg]
+
+
+def validation_warnings(vset: ImageSet, requested: int | None) -> list[str]:
+    """One line when the parity gate got fewer images than asked for, or fewer than :data:`MIN_VAL_SIZE`."""
+    n = len(vset)
+    if (requested is None or n >= requested) and n >= MIN_VAL_SIZE:
+        return []
+    msg = _used("the parity gate", vset, requested)
+    if n < MIN_VAL_SIZE:
+        msg += (f"; below the {MIN_VAL_SIZE} images the gate is meant to use, so its agreement and accuracy "
+                "figures are noisier")
+    return [msg]
 
 
 def load_validation(data: str | Path, split: str | None = None, size: int | None = DEFAULT_VAL_SIZE,

@@ -4,11 +4,13 @@ Schema (``format`` ``fer-edge-export-manifest/1``)::
 
     {
       "format", "created", "fer_edge_version",
+      "complete": true | false,                        # false while the export runs: an interrupted one
+                                                       # leaves false and lists what it finished
       "source": {"path", "sha256", "model"},          # the checkpoint
       "labels": [...], "normalization": {"mean", "std"},
       "tool_versions": {"torch", "onnx", ...},
-      "calibration": {file, split, count, sampling, seed, index_hash, ...} | null,
-      "validation_data": {file, split, count, sampling, index_hash, ...} | null,
+      "calibration": {file, split, count, requested, split_size, sampling, seed, index_hash, ...} | null,
+      "validation_data": {file, split, count, requested (null: all), split_size, sampling, index_hash, ...} | null,
       "thresholds": {"fp32": {...}, "fp16": {...}, "int8": {...}},
       "artifacts": [                                   # every file written (and still valid)
         {"file": "fer_nano_int8.onnx",                 # relative to the manifest's folder
@@ -29,7 +31,9 @@ Schema (``format`` ``fer-edge-export-manifest/1``)::
       "warnings": [...]
     }
 
-Artifact entries carry no top-level ``status``: the gate result is ``validation.status``.
+The manifest is rewritten after every artifact (listed with ``validation.status`` "not validated" until its
+validation finishes), so it always lists what is on disk. Artifact entries carry no top-level
+``status``: the gate result is ``validation.status``.
 ``export_seconds`` is the conversion time of the (target, precision), on its main entry (a
 companion such as Core ML's ``_logits`` package shows 0); work shared between precisions (one
 FP32 conversion per target) counts towards the first precision exported.
