@@ -91,9 +91,10 @@ def test_every_linux_runtime_runs_with_all_fields(bench_run):
 
 def test_terminal_output(bench_run):
     result, out, _ = bench_run
+    output = " ".join(result.output.split())  # rich wraps lines where the numbers' widths put the breaks
     for text in ("fer-edge bench", "onnxruntime", "openvino", "torchscript", "compute limit", "Peak assumption",
                  "report.json"):
-        assert text in result.output, text
+        assert text in output, text
 
 
 def test_report_matches_schema(bench_run):
@@ -415,3 +416,247 @@ def test_ort_int8_benchmark_compares_exact_and_fast_sessions(artifact_dir, synth
     assert res.exit_code == 1 and "no *_int8.onnx" in " ".join(res.output.split())
     res = CliRunner().invoke(cli, [str(next(artifact_dir.glob("*_fp32.onnx")))])
     assert res.exit_code == 1 and "says precision fp32" in " ".join(res.output.split())
+
+
+# --- exit status, several models, merge keys, the default export's cache, unverified files, --out -----------
+def _junk_artifacts(tmp_path: Path, artifact_dir: Path) -> list[Path]:
+    """A text file named .onnx, a truncated real .onnx and a text file named .xml: none can be loaded."""
+    junk = tmp_path / "junk.onnx"
+    junk.write_text("not a model\n")
+    real = (artifact_dir / "fer_nano_fp32.onnx").read_bytes()
+    truncated = tmp_path / "truncated_fp32.onnx"
+    truncated.write_bytes(real[: len(real) // 2])
+    xml = tmp_path / "junk.xml"
+    xml.write_text("not an IR\n")
+    return [junk, truncated, xml]
+
+
+def test_a_failed_row_fails_the_run(tmp_path, artifact_dir, tiny_checkpoint, synthetic_csv):
+    files = _junk_artifacts(tmp_path, artifact_dir)
+    result = invoke(["bench", *files, "--reference", tiny_checkpoint, "--data", synthetic_csv, "--split", "PublicTest",
+                     *FAST, "--batch", "1", "--out", tmp_path / "out"])
+    assert result.exit_code == 1, result.output
+    report = json.loads((tmp_path / "out" / "report.json").read_text())  # the report is still written
+    by_name = {Path(r["artifact"]).name: r for r in report["rows"]}
+    assert by_name["junk.onnx"]["status"] == "failed" and by_name["truncated_fp32.onnx"]["status"] == "failed"
+    assert by_name["junk.xml"]["status"] == "failed"
+    assert by_name[Path(tiny_checkpoint).name]["status"] == "ok"
+    out = " ".join(result.output.split())
+    error = out.split("error:", 1)[1]
+    assert error.startswith(" 3 row(s) failed") and all(f.name in error for f in files), out
+    # --no-parity-gate does not accept a row that could not even be loaded
+    result = invoke(["bench", files[0], "--reference", tiny_checkpoint, "--data", synthetic_csv, "--split",
+                     "PublicTest", *FAST, "--batch", "1", "--no-parity-gate", "--out", tmp_path / "out2"])
+    assert result.exit_code == 1 and "1 row(s) failed" in " ".join(result.output.split()), result.output
+
+
+def test_skipped_rows_do_not_fail_the_run(monkeypatch, tmp_path, artifact_dir, synthetic_csv):
+    from fer_edge.runtimes.openvino import OpenVINORuntime
+
+    monkeypatch.setattr(OpenVINORuntime, "available",
+                        classmethod(lambda cls: (False, "package openvino missing (pip install openvino)")))
+    result = invoke(["bench", artifact_dir / "fer_nano_fp32.xml", "--data", synthetic_csv, "--split", "PublicTest",
+                     "--runtimes", "openvino,pytorch", *FAST, "--batch", "1", "--out", tmp_path / "out"])
+    assert result.exit_code == 0, result.output
+    rows = json.loads((tmp_path / "out" / "report.json").read_text())["rows"]
+    assert {r["runtime"]: r["status"] for r in rows} == {"openvino": "skipped", "pytorch": "ok"}
+
+
+@pytest.fixture(scope="session")
+def other_checkpoint(tmp_path_factory, tiny_checkpoint) -> Path:
+    """Another fer_nano checkpoint: the tiny one with its classifier negated (so its answers differ)."""
+    import torch
+
+    from fer_edge.checkpoint import save_checkpoint
+
+    payload = torch.load(tiny_checkpoint, map_location="cpu", weights_only=True)
+    sd = payload["state_dict"]
+    last = [k for k, v in sd.items() if v.ndim == 2 and v.shape[0] == 7][-1]
+    sd[last] = -sd[last]
+    bias = last.rsplit(".", 1)[0] + ".bias"
+    if bias in sd:
+        sd[bias] = -sd[bias]
+    return save_checkpoint(tmp_path_factory.mktemp("other_ckpt") / "other.pt", payload)
+
+
+@pytest.fixture(scope="session")
+def other_export(tmp_path_factory, other_checkpoint) -> Path:
+    from fer_edge.exporters import export
+
+    out = tmp_path_factory.mktemp("other_export")
+    export(other_checkpoint, targets=["onnx"], precisions=["fp32"], out_dir=out, validate=False, data_progress=False)
+    return out
+
+
+def test_artifacts_of_two_checkpoints_each_against_its_own(tmp_path, artifact_dir, other_export, tiny_checkpoint,
+                                                          other_checkpoint, synthetic_csv):
+    from fer_edge.utils import sha256_path
+
+    out = tmp_path / "out"
+    result = invoke(["bench", artifact_dir / "fer_nano_fp32.onnx", other_export, "--data", synthetic_csv, "--split",
+                     "PublicTest", "--runtimes", "onnxruntime,pytorch", *FAST, "--batch", "1", "--out", out])
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    assert validate(report, REPORT_SCHEMA) == []
+    tiny_sha, other_sha = sha256_path(tiny_checkpoint), sha256_path(other_checkpoint)
+    assert [r["sha256"] for r in report["references"]] == [tiny_sha, other_sha]
+    onnx = {r["source_sha256"]: r for r in report["rows"] if r["runtime"] == "onnxruntime"}
+    refs = {r["source_sha256"]: r for r in report["rows"] if r["reference"]}
+    assert set(onnx) == set(refs) == {tiny_sha, other_sha}
+    for sha in (tiny_sha, other_sha):  # each compared with its own checkpoint: full agreement
+        assert onnx[sha]["status"] == "ok" and onnx[sha]["agreement"] == 1.0, onnx[sha]
+        assert onnx[sha]["accuracy"] == pytest.approx(refs[sha]["accuracy"])
+    assert onnx[tiny_sha]["accuracy"] != onnx[other_sha]["accuracy"]  # really two models
+    # rows name their model: two fer_nano checkpoints are told apart by their sha256
+    labels = {f"fer_nano @{tiny_sha[:8]}", f"fer_nano @{other_sha[:8]}"}
+    md = (out / "report.md").read_text()
+    assert "| Model | Target |" in md and all(f"| {lab} | onnx |" in md for lab in labels), md
+    with open(out / "report.csv", newline="") as fh:
+        csv_rows = list(csv.DictReader(fh))
+    assert {r["source_sha256"] for r in csv_rows if r["target"] == "onnx"} == {tiny_sha, other_sha}
+    assert all(lab in " ".join(result.output.split()) for lab in labels)
+
+
+def test_artifact_of_unknown_source_among_two_checkpoints_is_refused(tmp_path, artifact_dir, other_export):
+    from fer_edge.benchmarks.artifacts import collect_artifacts, reference_groups, resolve_reference
+    from fer_edge.errors import ArtifactError
+
+    arts = collect_artifacts([artifact_dir / "fer_nano_fp32.onnx", other_export])
+    with pytest.raises(ArtifactError, match="several checkpoints.*bench them separately.*--reference"):
+        resolve_reference(arts)  # one reference only: refused, not silently the first
+    junk = tmp_path / "nosource.onnx"
+    junk.write_text("no metadata")
+    with pytest.raises(ArtifactError, match=r"nosource\.onnx came from.*2 different checkpoints.*--reference"):
+        reference_groups(collect_artifacts([artifact_dir / "fer_nano_fp32.onnx", other_export, junk]))
+
+
+def _p50_table(md: str) -> list[list[str]]:
+    """The cells of the merged p50 table's lines (Model, Target, Precision, Runtime, Device, Batch, M1.., Top-1)."""
+    section = md.split("p50 latency per call (ms) by machine:")[1].split("All rows:")[0]
+    lines = [line for line in section.splitlines() if line.startswith("| ")][1:]  # without the header
+    return [[c.strip() for c in line.strip().strip("|").split("|")] for line in lines]
+
+
+def test_merge_keeps_models_apart_and_drops_nothing(bench_run, tmp_path):
+    _, out, report = bench_run
+    a = json.loads(json.dumps(report))
+    b = json.loads(json.dumps(report))  # "fer_small" benched on another machine
+    b["environment"]["hostname"] = "other-host"
+    b["reference"].update(model="fer_small", sha256="ab" * 32)
+    for r in b["rows"]:
+        r.update(model="fer_small", source_sha256="ab" * 32)
+    n = len(a["rows"])
+
+    def merge(name, *reports):
+        paths = []
+        for i, rep in enumerate(reports):
+            (tmp_path / f"{name}{i}.json").write_text(json.dumps(rep))
+            paths.append(tmp_path / f"{name}{i}.json")
+        result = invoke(["report", "merge", *paths, "--out", tmp_path / name])
+        assert result.exit_code == 0, result.output
+        return _p50_table((tmp_path / name / "merged.md").read_text())
+
+    table = merge("two_models", a, b)
+    assert len(table) == 2 * n  # nano's rows and small's rows, never one row of "two machines"
+    assert sum(cells[0] == "fer_small" for cells in table) == n
+    assert all(cells[6:-1].count("-") == 1 for cells in table)  # each measured on one machine only
+    # one report holding two models' rows (and a duplicate): every row has its line
+    both = json.loads(json.dumps(a))
+    both["rows"] = a["rows"] + b["rows"] + [a["rows"][-1]]
+    assert len(merge("one_report", both)) == 2 * n + 1
+    # a report written before rows named their source: its rows count as its reference's model
+    old = json.loads(json.dumps(a))
+    old["environment"]["hostname"] = "old-host"
+    for r in old["rows"]:
+        r.pop("source_sha256", None)
+        r.pop("model", None)
+    table = merge("old", a, old)
+    assert len(table) == n and all("-" not in cells[6:-1] for cells in table)
+
+
+def test_default_export_cache_is_keyed_by_the_calibration_data(monkeypatch, tmp_path, tiny_checkpoint,
+                                                               synthetic_csv):
+    """Another --data gets its own INT8 calibration; the notes say which data the cached one used."""
+    import fer_edge.exporters
+    import fer_edge.weights
+    from fer_edge.benchmarks.bench import default_artifacts
+    from fer_edge.data.synthetic import make_synthetic, write_csv
+    from fer_edge.errors import ArtifactError
+
+    monkeypatch.setenv("FER_EDGE_CACHE_DIR", str(tmp_path / "cache"))
+    other = write_csv(tmp_path / "other.csv.gz", {"Training": make_synthetic(8, seed=5),
+                                                  "PublicTest": make_synthetic(2, seed=6)})
+    calls = []
+
+    def int8_export(ckpt, out, **kw):
+        calls.append(kw.get("calib_data"))
+        return fer_edge.exporters.export(ckpt, targets=["onnx"], precisions=["int8"], calib_data=kw["calib_data"],
+                                         calib_size=28, out_dir=out, validate=False, data_progress=False)
+
+    monkeypatch.setattr(fer_edge.weights, "resolve_checkpoint", lambda spec: Path(tiny_checkpoint))
+    monkeypatch.setattr(fer_edge.exporters, "export_artifacts", int8_export)
+    notes: list[str] = []
+    first = default_artifacts(notes, synthetic_csv)
+    second = default_artifacts(notes, other)
+    again = default_artifacts(notes, synthetic_csv)
+    assert calls == [synthetic_csv, other]  # not the first export's calibration for the other data
+    assert first[0].path.parent != second[0].path.parent and [a.path for a in again] == [a.path for a in first]
+    assert str(Path(other).resolve()) in notes[1] and "INT8 calibrated on" in notes[1]
+    assert "cached" in notes[2] and str(Path(synthetic_csv).resolve()) in notes[2]
+    # a cached export that did not finish is exported again, not reused
+    manifest = first[0].path.parent / "manifest.json"
+    m = json.loads(manifest.read_text())
+    manifest.write_text(json.dumps({**m, "complete": False}))
+    default_artifacts(notes, synthetic_csv)
+    assert calls == [synthetic_csv, other, synthetic_csv] and "exported the shipped model" in notes[-1]
+    # a cached export whose recorded calibration is not this data's is refused, not reused
+    m = json.loads(manifest.read_text())
+    m["calibration"]["data_sha256"] = "0" * 64
+    manifest.write_text(json.dumps(m))
+    with pytest.raises(ArtifactError, match="was calibrated on"):
+        default_artifacts(notes, synthetic_csv)
+
+
+def test_files_without_a_manifest_are_benched_with_a_warning(tmp_path, artifact_dir, tiny_checkpoint,
+                                                             synthetic_csv):
+    interrupted = tmp_path / "interrupted"  # an export killed before it wrote manifest.json
+    interrupted.mkdir()
+    for name in ("fer_nano_fp32.onnx", "fer_nano_fp32.xml", "fer_nano_fp32.bin"):
+        shutil.copy(artifact_dir / name, interrupted / name)
+    result = invoke(["bench", interrupted, "--reference", tiny_checkpoint, "--data", synthetic_csv, "--split",
+                     "PublicTest", "--runtimes", "onnxruntime,openvino", *FAST, "--batch", "1",
+                     "--out", tmp_path / "out"])
+    assert result.exit_code == 0, result.output
+    out = " ".join(result.output.split())
+    assert "warning: 2 artifact file(s) have no manifest.json" in out and "neither verified (SHA-256)" in out
+    assert "fer_nano_fp32.onnx" in out and "fer_nano_fp32.xml" in out
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert {r["status"] for r in report["rows"]} == {"ok"} and len(report["warnings"]) == 1
+    assert "Warning: 2 artifact file(s)" in (tmp_path / "out" / "report.md").read_text()
+    # files a manifest lists get no such warning
+    report = _bench([artifact_dir / "fer_nano_fp32.onnx"], synthetic_csv, runtimes=["onnxruntime"], batches=(1,))
+    assert report.warnings == []
+    # ...unless the manifest says its export did not finish
+    unfinished = tmp_path / "unfinished"
+    shutil.copytree(artifact_dir, unfinished)
+    m = json.loads((unfinished / "manifest.json").read_text())
+    (unfinished / "manifest.json").write_text(json.dumps({**m, "complete": False}))
+    report = _bench([unfinished / "fer_nano_fp32.onnx"], synthetic_csv, runtimes=["onnxruntime"], batches=(1,))
+    assert len(report.warnings) == 1 and "did not finish" in report.warnings[0], report.warnings
+
+
+def test_out_that_is_a_file_is_refused_before_any_work(monkeypatch, tmp_path, tiny_checkpoint, synthetic_csv):
+    from fer_edge.benchmarks import bench
+
+    started = []
+    monkeypatch.setattr(bench, "collect_artifacts", lambda *a, **k: started.append(1))
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    for out in (afile, afile / "sub"):
+        result = invoke(["bench", tiny_checkpoint, "--data", synthetic_csv, *FAST, "--out", out])
+        text = " ".join(result.output.split())
+        assert result.exit_code == 1 and "error:" in text and "not a directory" in text, result.output
+        assert not isinstance(result.exception, FileExistsError) and "Traceback" not in result.output
+    assert started == [] and afile.read_text() == "x"
+    result = invoke(["report", "merge", tmp_path / "r.json", "--out", afile])
+    assert result.exit_code == 1 and "not a directory" in " ".join(result.output.split()), result.output

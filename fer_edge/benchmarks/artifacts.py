@@ -36,6 +36,8 @@ class Artifact:
     model: str | None = None
     source: dict = field(default_factory=dict)  # {"path", "sha256", "model"} of the checkpoint it came from
     manifest: Path | None = None
+    #: the manifest's ``complete`` (False: written by an export that did not finish); None when it has none
+    export_complete: bool | None = None
 
     @property
     def is_checkpoint(self) -> bool:
@@ -162,6 +164,7 @@ def read_manifest(path: str | Path, verify: bool = True, only: set[str] | None =
             model=(src or {}).get("model"),
             source=dict(src or {}),
             manifest=mpath,
+            export_complete=data["complete"] if isinstance(data.get("complete"), bool) else None,
         ))
     if not out:
         raise ArtifactError(f"{mpath}: lists no exported artifact")
@@ -245,12 +248,81 @@ def _metadata_source(art: Artifact) -> dict:
     return out
 
 
-def resolve_reference(artifacts: list[Artifact], reference: str | Path | None = None) -> tuple[Path, list[str]]:
-    """The PyTorch checkpoint the artifacts are compared with, and notes about the choice.
+@dataclass
+class ReferenceGroup:
+    """Artifacts that came from one checkpoint, and that checkpoint (their PyTorch FP32 reference)."""
 
-    ``reference`` (``--reference``: a path or a shipped name) wins. Otherwise: a
-    checkpoint among the artifacts; else the ``source`` checkpoint the manifests name,
-    when its file exists and its SHA-256 matches; else the shipped model with that SHA-256.
+    path: Path
+    artifacts: list[Artifact]
+    source: str  # what the group was formed by: the source checkpoint's sha256, or its path
+
+
+def _source_key(a: Artifact) -> str | None:
+    """What identifies the checkpoint ``a`` came from: its sha256 (a checkpoint: its own), else its path."""
+    if a.is_checkpoint:
+        from fer_edge.utils import sha256_path
+
+        if not a.sha256:
+            a.sha256 = sha256_path(a.path)
+        return a.sha256
+    return a.source.get("sha256") or (f"path:{a.source['path']}" if a.source.get("path") else None)
+
+
+def _short(path: Path) -> str:
+    """``export_dir/file``: enough to tell two exports' files of the same name apart."""
+    return f"{path.parent.name}/{path.name}" if path.parent.name else path.name
+
+
+def _describe_source(arts: list[Artifact]) -> str:
+    a = arts[0]
+    if a.is_checkpoint:
+        return f"checkpoint {a.path.name} (sha256 {str(a.sha256)[:12]})"
+    src = a.source
+    what = f"{src.get('model') or 'a checkpoint'}"
+    if src.get("path"):
+        what += f" {Path(str(src['path'])).name}"
+    if src.get("sha256"):
+        what += f" (sha256 {str(src['sha256'])[:12]})"
+    names = ", ".join(_short(x.path) for x in arts[:3]) + (f" and {len(arts) - 3} more" if len(arts) > 3 else "")
+    return f"{what}: {names}"
+
+
+def _source_checkpoint(first: Artifact) -> Path:
+    """The checkpoint file the manifest/metadata ``source`` of ``first`` names, verified by its sha256."""
+    from fer_edge.utils import sha256_path
+
+    src_path, src_sha = first.source.get("path"), first.source.get("sha256")
+    candidates = []
+    if src_path:
+        p = Path(src_path)
+        if not p.is_absolute() and first.manifest is not None:
+            candidates.append(first.manifest.parent / p)
+        candidates.append(p)
+    for p in candidates:
+        if p.is_file() and (not src_sha or sha256_path(p) == src_sha):
+            return p
+    if src_sha:
+        shipped = _shipped_with_sha(src_sha)
+        if shipped is not None:
+            return shipped
+    why = f"{src_path} does not exist" if src_path and not any(p.is_file() for p in candidates) else (
+        f"{src_path} has changed since the export (sha256 differs)" if src_path else "no source path")
+    raise ArtifactError(
+        f"cannot find the reference checkpoint of {first.path.name}: {why}, and no shipped model has sha256 "
+        f"{(src_sha or '?')[:12]}...; pass --reference CHECKPOINT"
+    )
+
+
+def reference_groups(artifacts: list[Artifact], reference: str | Path | None = None
+                     ) -> tuple[list[ReferenceGroup], list[str]]:
+    """The artifacts grouped by the checkpoint they came from, each group with its reference; and notes.
+
+    ``reference`` (``--reference``: a path or a shipped name) is the reference of every
+    artifact: one group. Otherwise every checkpoint among the artifacts is its own reference,
+    and every other artifact is compared with the checkpoint its manifest ``source`` (or its
+    embedded ``source_sha256``) names: that checkpoint among the artifacts, else the source file
+    when it exists with that SHA-256, else the shipped model with that SHA-256. Artifacts whose
+    source is unknown join the only group there is; with several, that is an :class:`ArtifactError`.
     """
     from fer_edge.utils import sha256_path
     from fer_edge.weights import resolve_checkpoint
@@ -262,40 +334,66 @@ def resolve_reference(artifacts: list[Artifact], reference: str | Path | None = 
         if shas and sha256_path(path) not in shas:
             notes.append(f"--reference {path} is not the checkpoint the artifacts were exported from "
                          f"(manifest source sha256 {', '.join(s[:12] for s in sorted(shas))})")
-        return path, notes
-    ckpts = [a for a in artifacts if a.is_checkpoint]
-    if ckpts:
-        return ckpts[0].path, notes
-    sources = {}
+        return [ReferenceGroup(Path(path), list(artifacts), sha256_path(path))], notes
+    by_source: dict[str, list[Artifact]] = {}
+    unknown: list[Artifact] = []
     for a in artifacts:
-        if not (a.source.get("sha256") or a.source.get("path")):
+        if not a.is_checkpoint and not (a.source.get("sha256") or a.source.get("path")):
             a.source = {**a.source, **_metadata_source(a)}
-        if a.source.get("sha256") or a.source.get("path"):
-            sources[(a.source.get("path"), a.source.get("sha256"))] = a
-    if not sources:
+        key = _source_key(a)
+        if key is None:
+            unknown.append(a)
+        else:
+            by_source.setdefault(key, []).append(a)
+    if not by_source:
         raise ArtifactError(
             "cannot tell which checkpoint the artifacts came from (no manifest 'source', no 'source_sha256' "
             "in their metadata); pass --reference CHECKPOINT"
         )
-    if len({sha for _, sha in sources}) > 1:
-        notes.append("the artifacts come from several checkpoints; the first one is the reference")
-    (src_path, src_sha), first = next(iter(sources.items()))
-    candidates = []
-    if src_path:
-        p = Path(src_path)
-        if not p.is_absolute() and first.manifest is not None:
-            candidates.append(first.manifest.parent / p)
-        candidates.append(p)
-    for p in candidates:
-        if p.is_file() and (not src_sha or sha256_path(p) == src_sha):
-            return p, notes
-    if src_sha:
-        shipped = _shipped_with_sha(src_sha)
-        if shipped is not None:
-            return shipped, notes
-    why = f"{src_path} does not exist" if src_path and not any(p.is_file() for p in candidates) else (
-        f"{src_path} has changed since the export (sha256 differs)" if src_path else "no source path")
-    raise ArtifactError(
-        f"cannot find the reference checkpoint of the artifacts: {why}, and no shipped model has sha256 "
-        f"{(src_sha or '?')[:12]}...; pass --reference CHECKPOINT"
-    )
+    if unknown and len(by_source) > 1:
+        raise ArtifactError(
+            f"cannot tell which checkpoint {', '.join(a.path.name for a in unknown)} came from (no manifest "
+            f"'source', no 'source_sha256' in the metadata), and the other artifacts come from "
+            f"{len(by_source)} different checkpoints: "
+            + "; ".join(_describe_source(v) for v in by_source.values())
+            + ". Bench each model separately, or pass --reference CHECKPOINT to compare everything with one"
+        )
+    groups: list[ReferenceGroup] = []
+    for i, (key, arts) in enumerate(by_source.items()):
+        if i == 0:
+            arts = arts + unknown
+        ckpts = [a for a in arts if a.is_checkpoint]
+        path = ckpts[0].path if ckpts else _source_checkpoint(arts[0])
+        groups.append(ReferenceGroup(Path(path), arts, key))
+    if len(groups) > 1:
+        notes.append(f"the artifacts come from {len(groups)} checkpoints; each is compared with its own: "
+                     + "; ".join(f"{g.path.name} for {', '.join(_short(a.path) for a in g.artifacts)}"
+                                 for g in groups))
+    return groups, notes
+
+
+def resolve_reference(artifacts: list[Artifact], reference: str | Path | None = None) -> tuple[Path, list[str]]:
+    """The PyTorch checkpoint the artifacts are compared with, and notes about the choice.
+
+    ``reference`` (``--reference``: a path or a shipped name) wins. Otherwise: a
+    checkpoint among the artifacts; else the ``source`` checkpoint the manifests name,
+    when its file exists and its SHA-256 matches; else the shipped model with that SHA-256.
+    Artifacts of several checkpoints: an :class:`ArtifactError` (see :func:`reference_groups`,
+    which gives each its own).
+    """
+    groups, notes = reference_groups(artifacts, reference)
+    if len(groups) > 1:
+        raise ArtifactError("the artifacts come from several checkpoints: "
+                            + "; ".join(_describe_source(g.artifacts) for g in groups)
+                            + "; bench them separately, or pass --reference CHECKPOINT")
+    return groups[0].path, notes
+
+
+def unverified(artifacts: list[Artifact]) -> list[Artifact]:
+    """Exported artifacts no manifest lists: their SHA-256 was not checked and no export gate passed them."""
+    return [a for a in artifacts if a.manifest is None and not a.is_checkpoint]
+
+
+def unfinished(artifacts: list[Artifact]) -> list[Artifact]:
+    """Artifacts a manifest lists that says its export did not finish (``"complete": false``)."""
+    return [a for a in artifacts if a.export_complete is False]

@@ -7,8 +7,10 @@
 
 Method
 ------
-* Rows: every artifact x runtime x device x batch size. The artifacts' source
-  checkpoint, run by PyTorch eager in FP32, is the reference (``reference: true`` rows).
+* Rows: every artifact x runtime x device x batch size. Each artifact's source
+  checkpoint, run by PyTorch eager in FP32, is its reference (``reference: true`` rows):
+  artifacts of several checkpoints are each compared with their own, and every row names
+  its ``model`` and ``source_sha256`` (``--reference``: one checkpoint for all).
 * Inputs: ``n_images`` images of the labelled split (a seeded subset when fewer than the
   split), through :func:`fer_edge.preprocess.normalize` with each artifact's own
   normalisation. The timing inputs of each row are preallocated once (the first
@@ -49,9 +51,11 @@ from fer_edge.benchmarks.artifacts import (
     collect_artifacts,
     metadata_normalization,
     read_manifest,
-    resolve_reference,
+    reference_groups,
+    unfinished,
+    unverified,
 )
-from fer_edge.benchmarks.report import BenchReport, row_label
+from fer_edge.benchmarks.report import BenchReport, check_out_dir, model_labels, row_label
 from fer_edge.errors import ArtifactError, CheckpointError, FerEdgeError
 from fer_edge.preprocess import Normalization
 
@@ -67,15 +71,22 @@ ProgressFn = Callable[[int, int, str], None]
 
 # --- rows -----------------------------------------------------------------------------
 def new_row(art: Artifact, runtime: str, device: str | None, batch: int, status: str = "skipped",
-            reason: str = "", reference: bool = False) -> dict:
-    """A row with every schema field present (None until measured)."""
+            reason: str = "", reference: bool = False, source: _Reference | None = None) -> dict:
+    """A row with every schema field present (None until measured).
+
+    ``source``: the reference checkpoint the artifact is compared with (its model and sha256
+    name the row's model, so rows of several models stay apart).
+    """
     return {
         "target": art.target, "precision": art.precision, "runtime": runtime, "device": device,
         "batch": int(batch), "status": status, "reason": reason, "threads": None,
         "load_ms": None, "first_inference_ms": None, "latency_ms": None, "throughput_ips": None,
         "peak_rss_mb": None, "accuracy": None, "macro_f1": None, "agreement": None,
         "max_abs_diff": None, "kl": None, "flips": None, "artifact": str(art.path),
-        "size_bytes": art.size_bytes, "reference": reference, "model": art.model, "sha256": art.sha256,
+        "size_bytes": art.size_bytes, "reference": reference,
+        "model": art.model or (source.model if source is not None else None), "sha256": art.sha256,
+        "source_sha256": (art.sha256 if art.is_checkpoint and art.sha256 else art.source.get("sha256"))
+        or (source.sha256 if source is not None else None),
         "iters": None, "p50_spread_pct": None, "rss_delta_mb": None, "parity_failures": [],
         "runtime_info": None,
     }
@@ -213,15 +224,43 @@ def thresholds_dict(thresholds) -> dict:
 
 
 # --- default artifacts -------------------------------------------------------------------
+def calibration_identity(data: str | Path) -> dict:
+    """Which images the default export's INT8 is calibrated on: ``data``'s training split.
+
+    ``{"file", "split", "sha256"}``: the resolved path and the split's content hash as
+    :mod:`fer_edge.data` fingerprints it (the same ``data_sha256`` the manifest's calibration
+    record holds).
+    """
+    from fer_edge.data import default_train_split, load_split
+
+    fs = load_split(data, default_train_split(data), progress=False)
+    return {"file": str(Path(fs.source).resolve()), "split": fs.split, "sha256": str(fs.fingerprint.get("sha256"))}
+
+
+def _calibration_text(record: dict | None) -> str:
+    if not record:
+        return "no INT8 calibration"
+    sha = str(record.get("data_sha256") or "?")[:12]
+    return (f"INT8 calibrated on {record.get('count', '?')} images of {record.get('split', '?')} of "
+            f"{record.get('file', '?')} (data sha256 {sha})")
+
+
 def default_artifacts(notes: list[str], data: str | Path | None = None) -> list[Artifact]:
     """The shipped default model's artifacts: exported once into the cache, then reused.
 
-    ``$FER_EDGE_CACHE_DIR/exports/<checkpoint>-<sha256[:12]>/``; int8 is calibrated on
-    ``data`` (its training split) when given. A cached export whose files no longer match
-    its manifest is refused like any other.
+    ``$FER_EDGE_CACHE_DIR/exports/<checkpoint>-<sha256[:12]>-calib-<key>/``, where ``key``
+    identifies the calibration data (:func:`calibration_identity` of ``data``: int8 is
+    calibrated on its training split), so another ``--data`` gets its own export; ``nocalib``
+    without ``data``. A cached export whose files no longer match its manifest, or whose
+    recorded calibration data is not ``data``'s, is refused. The notes say which data the
+    INT8 artifacts were calibrated on.
     """
+    import hashlib
+    import json
+
     from fer_edge.data import cache_dir
     from fer_edge.exporters import export_artifacts
+    from fer_edge.exporters.manifest import load_manifest
     from fer_edge.utils import sha256_path
     from fer_edge.weights import resolve_checkpoint
 
@@ -232,18 +271,56 @@ def default_artifacts(notes: list[str], data: str | Path | None = None) -> list[
             f"no artifacts given, and the shipped default model is not available ({e}); pass an export "
             "directory (`fer-edge export CHECKPOINT --out DIR`, then `fer-edge bench DIR`)"
         ) from None
-    out = cache_dir() / "exports" / f"{ckpt.stem}-{sha256_path(ckpt)[:12]}"
-    if not (out / MANIFEST_NAME).is_file():
-        notes.append(f"exported the shipped model {ckpt.name} into {out} (reused next time)")
+    calib = calibration_identity(data) if data is not None else None
+    calib_key = "nocalib" if calib is None else hashlib.sha256(
+        json.dumps([calib["file"], calib["split"], calib["sha256"]]).encode()).hexdigest()[:12]
+    out = cache_dir() / "exports" / f"{ckpt.stem}-{sha256_path(ckpt)[:12]}-calib-{calib_key}"
+    cached = load_manifest(out / MANIFEST_NAME) if (out / MANIFEST_NAME).is_file() else None
+    if cached is None or cached.get("complete") is False:  # none yet, or an interrupted export: (re)export
         result = export_artifacts(ckpt, out, calib_data=data, data_progress=False, raise_on_failure=False)
+        record = (getattr(result, "manifest", None) or {}).get("calibration")
+        notes.append(f"exported the shipped model {ckpt.name} into {out} ({_calibration_text(record)}; "
+                     "reused next time with the same --data)")
         for f in result.failed:
             notes.append(f"export of the shipped model: {f['target']} {f['precision']} failed: {f['reason']}")
     else:
-        notes.append(f"benchmarking the shipped model's artifacts cached in {out}")
+        record = cached.get("calibration")
+        if calib is not None and record and record.get("data_sha256") not in (None, calib["sha256"]):
+            raise ArtifactError(
+                f"the cached export {out} was calibrated on {record.get('split')} of {record.get('file')} "
+                f"(data sha256 {str(record.get('data_sha256'))[:12]}), not on {calib['split']} of {calib['file']} "
+                f"(data sha256 {calib['sha256'][:12]}); delete {out} to export it again"
+            )
+        notes.append(f"benchmarking the shipped model's artifacts cached in {out} ({_calibration_text(record)})")
     return read_manifest(out / MANIFEST_NAME)
 
 
 # --- planning ----------------------------------------------------------------------------
+@dataclass
+class _Reference:
+    """One reference checkpoint: its FP32 logits on the inputs, its metrics and the gate of its artifacts."""
+
+    path: Path
+    sha256: str
+    model: str
+    labels: list[str]
+    normalization: Normalization
+    macs: int
+    params: int
+    logits: np.ndarray
+    metrics: dict
+    thresholds: object
+    thresholds_source: dict
+    artifacts: list[Artifact]
+
+    def to_dict(self) -> dict:
+        return {
+            "path": str(self.path), "sha256": self.sha256, "model": self.model, "macs_per_image": int(self.macs),
+            "params": int(self.params), "accuracy": float(self.metrics["accuracy"]),
+            "macro_f1": float(self.metrics["macro_f1"]),
+        }
+
+
 @dataclass
 class _Group:
     """One artifact x runtime x device: the rows of its batch sizes share accuracy and parity."""
@@ -253,6 +330,7 @@ class _Group:
     cls: type
     device: str | None
     rows: list[dict]
+    ref: _Reference | None = None
     loaded: dict = field(default_factory=dict)  # batch -> runtime instance
 
 
@@ -264,55 +342,60 @@ class _Live:
     rounds: list[list[int]] = field(default_factory=list)
 
 
-def _plan(entries: list[tuple[Artifact, bool]], batches: Sequence[int], runtimes: Sequence[str] | None,
+def _plan(entries: list[tuple], batches: Sequence[int], runtimes: Sequence[str] | None,
           devices: Sequence[str] | None) -> tuple[list[dict], list[_Group]]:
+    """Rows and groups of ``entries``: ``(artifact, is_reference)`` or ``(artifact, is_reference, _Reference)``."""
     from fer_edge.runtimes import get_runtime
 
     rows: list[dict] = []
     groups: list[_Group] = []
 
-    def skipped(art, name, dev, reason, ref):
-        for b in batches:
-            rows.append(new_row(art, name, dev, b, "skipped", reason, ref))
+    for entry in entries:
+        art, ref = entry[0], entry[1]
+        src = entry[2] if len(entry) > 2 else None
 
-    for art, ref in entries:
+        def row(dev, b, status, reason):
+            return new_row(art, name, dev, b, status, reason, ref, src)
+
+        def skipped(dev, reason):
+            rows.extend(row(dev, b, "skipped", reason) for b in batches)
+
         name = art.runtime
         if runtimes and name not in runtimes:
             continue
         try:
             cls = get_runtime(name)
         except FerEdgeError as e:
-            skipped(art, name, None, f"runtime missing: {e}", ref)
+            skipped(None, f"runtime missing: {e}")
             continue
         try:
             ok, why = cls.available()
         except Exception as e:
             ok, why = False, f"runtime missing: {_err(e)}"
         if not ok:
-            skipped(art, name, None, why or "runtime unavailable", ref)
+            skipped(None, why or "runtime unavailable")
             continue
         try:
             have = [str(d) for d in cls.devices()]
         except Exception as e:
-            for b in batches:
-                rows.append(new_row(art, name, None, b, "failed", f"listing devices: {_err(e)}", ref))
+            rows.extend(row(None, b, "failed", f"listing devices: {_err(e)}") for b in batches)
             continue
         chosen: list[str] = []
         if devices:
             for req in devices:
                 match = [d for d in have if req.lower() in _device_aliases(d)]
                 if not match:
-                    skipped(art, name, req, f"device absent ({name} devices here: {', '.join(have) or 'none'})", ref)
+                    skipped(req, f"device absent ({name} devices here: {', '.join(have) or 'none'})")
                 elif match[0] not in chosen:
                     chosen.append(match[0])
         else:
             chosen = [d for d in have if d not in REMOTE_DEVICES]
             if not chosen:
-                skipped(art, name, None, f"device absent ({name} lists no local device)", ref)
+                skipped(None, f"device absent ({name} lists no local device)")
         for dev in chosen:
-            g_rows = [new_row(art, name, dev, b, "ok", "", ref) for b in batches]
+            g_rows = [row(dev, b, "ok", "") for b in batches]
             rows.extend(g_rows)
-            groups.append(_Group(art, name, cls, dev, g_rows))
+            groups.append(_Group(art, name, cls, dev, g_rows, src))
     return rows, groups
 
 
@@ -389,29 +472,54 @@ def _run_bench(
     runtime_options = runtime_options or {}
     notes: list[str] = []
 
+    if out_dir is not None:
+        check_out_dir(out_dir)  # before any work: a bad --out must not cost a whole bench
+
     env = describe_environment()
     arts = collect_artifacts(list(artifacts)) if artifacts else default_artifacts(notes, data)
-    ref_path, ref_notes = resolve_reference(arts, reference)
+    ref_groups, ref_notes = reference_groups(arts, reference)
     notes += ref_notes
-    ckpt = load_checkpoint(ref_path)
-    model = ckpt.build_model()
+    warnings: list[str] = []
+    loose = unverified(arts)
+    if loose:
+        warnings.append(
+            f"{len(loose)} artifact file(s) have no manifest.json listing them, so they were neither verified "
+            f"(SHA-256) nor parity-gated at export time (an interrupted export leaves such files): "
+            + ", ".join(str(a.path) for a in loose))
+    partial = unfinished(arts)
+    if partial:
+        warnings.append(
+            f"{len(partial)} artifact file(s) come from an export that did not finish (its manifest says "
+            f"\"complete\": false): verified (SHA-256) but perhaps not parity-gated at export time: "
+            + ", ".join(str(a.path) for a in partial))
 
     torch.manual_seed(seed)
     np.random.seed(seed)
     torch.set_num_threads(threads)
     inputs = load_inputs(data, split, n_images, seed)
-    with torch.no_grad():
-        ref_logits = run_in_chunks(lambda x: model(torch.from_numpy(x)).numpy(),
+    refs: list[_Reference] = []
+    entries: list[tuple[Artifact, bool, _Reference]] = []
+    seen: set[str] = set()
+    for rg in ref_groups:
+        ckpt = load_checkpoint(rg.path)
+        model = ckpt.build_model()
+        with torch.no_grad():
+            logits = run_in_chunks(lambda x: model(torch.from_numpy(x)).numpy(),
                                    inputs.normalized(ckpt.normalization), 256)
-    ref_metrics = classification_metrics(inputs.labels, ref_logits.argmax(1), ckpt.labels)
-    macs = count_macs(model)
-    ref_sha = ckpt.sha256
-    thresholds, thresholds_source = parity.resolve_gate(ref_sha, thresholds, threshold_overrides)
-
-    ref_art = Artifact(Path(ref_path), CHECKPOINT_TARGET, "fp32", CHECKPOINT_RUNTIME,
-                       size_bytes=Path(ref_path).stat().st_size, sha256=ref_sha, labels=list(ckpt.labels),
-                       normalization=ckpt.normalization, model=ckpt.model_name)
-    entries = [(ref_art, True)] + [(a, False) for a in arts if a.key != ref_art.key]
+        gate, gate_source = parity.resolve_gate(ckpt.sha256, thresholds, threshold_overrides)
+        ref = _Reference(
+            Path(rg.path), ckpt.sha256, ckpt.model_name, list(ckpt.labels), ckpt.normalization, int(count_macs(model)),
+            int(count_params(model)), logits, classification_metrics(inputs.labels, logits.argmax(1), ckpt.labels),
+            gate, gate_source, rg.artifacts)
+        refs.append(ref)
+        ref_art = Artifact(Path(rg.path), CHECKPOINT_TARGET, "fp32", CHECKPOINT_RUNTIME,
+                           size_bytes=Path(rg.path).stat().st_size, sha256=ref.sha256, labels=list(ckpt.labels),
+                           normalization=ckpt.normalization, model=ckpt.model_name)
+        for art, is_ref in [(ref_art, True)] + [(x, False) for x in rg.artifacts]:
+            if art.key not in seen:
+                seen.add(art.key)
+                entries.append((art, is_ref, ref))
+        del model
     rows, groups = _plan(entries, batches, runtimes, devices)
     for name in runtimes or []:
         if not any(r["runtime"] == name for r in rows):
@@ -432,6 +540,7 @@ def _run_bench(
 
     live: list[_Live] = []
     for g in groups:
+        ref = g.ref
         label = f"{g.art.target} {g.art.precision} / {g.runtime} / {g.device}"
         opts = dict(runtime_options.get(g.runtime, {}))
         norm = g.art.normalization
@@ -449,16 +558,16 @@ def _run_bench(
                     norm = norm or metadata_normalization(md)
                     labels = labels or _parse_md_field(md, "labels")
                 if norm is None:
-                    norm = ckpt.normalization
+                    norm = ref.normalization
                     notes.append(f"{g.art.path.name}: no normalisation in its metadata; used the reference's")
-                if labels is not None and list(labels) != list(ckpt.labels):
-                    raise ArtifactError(f"labels {list(labels)} differ from the reference's {list(ckpt.labels)}")
+                if labels is not None and list(labels) != list(ref.labels):
+                    raise ArtifactError(f"labels {list(labels)} differ from the reference's {list(ref.labels)}")
                 x = inputs.timing_batch(norm, b)
                 t0 = time.perf_counter_ns()
                 out = np.asarray(rt.run(x))
                 row["first_inference_ms"] = (time.perf_counter_ns() - t0) / 1e6
-                if out.shape[0] != b or out.reshape(b, -1).shape[1] != len(ckpt.labels):
-                    raise FerEdgeError(f"output shape {tuple(out.shape)}, expected ({b}, {len(ckpt.labels)})")
+                if out.shape[0] != b or out.reshape(b, -1).shape[1] != len(ref.labels):
+                    raise FerEdgeError(f"output shape {tuple(out.shape)}, expected ({b}, {len(ref.labels)})")
                 info = dict(rt.describe() or {})
                 row["runtime_info"] = {str(k): _jsonable(v) for k, v in info.items()}
                 row["threads"] = int(info["threads"]) if isinstance(info.get("threads"), int) else threads
@@ -478,9 +587,9 @@ def _run_bench(
         b = max(g.loaded)
         try:
             logits = run_in_chunks(g.loaded[b].run, inputs.normalized(norm), b)
-            stats = parity.compare(ref_logits, logits, labels=inputs.labels)
-            m = classification_metrics(inputs.labels, logits.argmax(1), ckpt.labels)
-            failures = list(parity.check(stats, g.art.precision, thresholds))
+            stats = parity.compare(ref.logits, logits, labels=inputs.labels)
+            m = classification_metrics(inputs.labels, logits.argmax(1), ref.labels)
+            failures = list(parity.check(stats, g.art.precision, ref.thresholds))
         except Exception as e:
             for row in g.rows:
                 if row["status"] == "ok":
@@ -542,13 +651,16 @@ def _run_bench(
                 and r["latency_ms"]["p50"] > 0 and is_cpu_device(r["device"])]
     if cpu_rows:
         fastest = min(cpu_rows, key=lambda r: r["latency_ms"]["p50"] / r["batch"])
+        row_ref = {id(r): g.ref for g in groups for r in g.rows}
+        macs = (row_ref.get(id(fastest)) or refs[0]).macs
         cores = min(fastest["threads"] or threads, env["cpu"].get("usable_cores") or threads)
         cl = compute_limit(macs, fastest["batch"] * 1000.0 / fastest["latency_ms"]["p50"], cores, env,
                            precision=fastest.get("precision") or "fp32")
         if cl is not None:
-            cl["row"] = f"{row_label(fastest)} batch {fastest['batch']}"
+            cl["row"] = f"{row_label(fastest, model_labels(rows))} batch {fastest['batch']}"
             cl["basis"] = "p50 latency per image"
 
+    first = refs[0]
     report = BenchReport(
         environment=env,
         settings={
@@ -556,19 +668,18 @@ def _run_bench(
             "n_images": int(len(inputs.labels)),
             "split_size": int(inputs.split_size), "batches": batches, "threads": threads, "warmup": int(warmup),
             "iters": iters, "seconds": None if iters is not None else float(seconds), "rounds": int(rounds),
-            "seed": int(seed), "parity_gate": bool(parity_gate), "thresholds": thresholds_dict(thresholds),
-            "thresholds_source": thresholds_source,
+            "seed": int(seed), "parity_gate": bool(parity_gate), "thresholds": thresholds_dict(first.thresholds),
+            "thresholds_source": first.thresholds_source,
             "runtimes": list(runtimes) if runtimes else None, "devices": list(devices) if devices else None,
             "artifacts": [str(a) for a in artifacts] if artifacts else None,
         },
-        reference={
-            "path": str(ref_path), "sha256": ref_sha, "model": ckpt.model_name, "macs_per_image": int(macs),
-            "params": int(count_params(model)), "accuracy": float(ref_metrics["accuracy"]),
-            "macro_f1": float(ref_metrics["macro_f1"]),
-        },
+        reference=first.to_dict(),
+        references=[{**x.to_dict(), "thresholds": thresholds_dict(x.thresholds),
+                     "thresholds_source": x.thresholds_source} for x in refs],
         rows=rows,
         compute_limit=cl,
         notes=list(dict.fromkeys(notes)),
+        warnings=warnings,
         created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         fer_edge_version=__version__,
     )
@@ -611,4 +722,34 @@ def timed_turn(rt, x: np.ndarray, buf: list[int], quota: int | None, budget_ns: 
 
 def gate_failures(report: BenchReport) -> list[str]:
     """One line per parity-failed row: what the parity gate refuses."""
-    return [f"{row_label(r)} batch {r['batch']}: {r['reason']}" for r in report.parity_failed]
+    labels = model_labels(report.rows)
+    return [f"{row_label(r, labels)} batch {r['batch']}: {r['reason']}" for r in report.parity_failed]
+
+
+def failed_rows(report: BenchReport) -> list[str]:
+    """One line per ``failed`` row (could not load, run or be validated): each fails the run."""
+    labels = model_labels(report.rows)
+    return [f"{row_label(r, labels)} batch {r['batch']}: {r['reason']}" for r in report.failed]
+
+
+def check_outcome(report: BenchReport, parity_gate: bool = True) -> None:
+    """Raise what makes ``fer-edge bench`` exit 1, else return.
+
+    Exit 1 when no row was measured, when any row ``failed`` (an artifact that cannot be
+    loaded or run is an error, not a result), or, with ``parity_gate``, when a row is
+    ``parity-failed``. ``skipped`` rows (runtime, platform or device missing here) never fail it.
+    """
+    from fer_edge.errors import ParityError
+
+    if not any(r["status"] in ("ok", "parity-failed") for r in report.rows):
+        raise FerEdgeError("no row could be measured (see the status column)")
+    failed = failed_rows(report)
+    gate = gate_failures(report) if parity_gate else []
+    parts = []
+    if failed:
+        parts.append(f"{len(failed)} row(s) failed (could not load or run the artifact):\n  " + "\n  ".join(failed))
+    if gate:
+        parts.append(f"{len(gate)} row(s) failed the parity gate (use --no-parity-gate to accept):\n  "
+                     + "\n  ".join(gate))
+    if parts:
+        raise (FerEdgeError if failed else ParityError)("\n".join(parts))

@@ -25,9 +25,10 @@ from fer_edge.errors import FerEdgeError
 REPORT_FILES = ("report.json", "report.csv", "report.md", "latency_vs_accuracy.png")
 MERGED_FILES = ("merged.json", "merged.csv", "merged.md", "latency_vs_accuracy.png")
 
-#: CSV columns (before the flattened latency ones come the identifying fields).
+#: CSV columns (before the flattened latency ones come the identifying fields: the model and the
+#: SHA-256 of the checkpoint the artifact came from first, so several models' rows stay apart).
 CSV_COLUMNS = (
-    "target", "precision", "runtime", "device", "batch", "status", "reason", "threads",
+    "model", "source_sha256", "target", "precision", "runtime", "device", "batch", "status", "reason", "threads",
     "load_ms", "first_inference_ms", *(f"latency_{k}_ms" for k in LATENCY_KEYS), "throughput_ips",
     "peak_rss_mb", "accuracy", "macro_f1", "agreement", "max_abs_diff", "kl", "flips",
     "artifact", "size_bytes", "p50_spread_pct", "iters",
@@ -45,6 +46,10 @@ class BenchReport:
     compute_limit: dict | None = None
     notes: list[str] = field(default_factory=list)
     created_at: str = ""
+    #: every reference checkpoint (one per source checkpoint of the artifacts); ``reference`` is the first
+    references: list[dict] = field(default_factory=list)
+    #: what the user must know about the inputs (e.g. artifacts that no manifest verified)
+    warnings: list[str] = field(default_factory=list)
     fer_edge_version: str = ""
     out_dir: Path | None = None
     files: dict[str, Path] = field(default_factory=dict)
@@ -71,8 +76,10 @@ class BenchReport:
             "environment": self.environment,
             "settings": self.settings,
             "reference": self.reference,
+            "references": list(self.references) or [self.reference],
             "compute_limit": self.compute_limit,
             "notes": list(self.notes),
+            "warnings": list(self.warnings),
             "rows": self.rows,
         }
 
@@ -106,9 +113,30 @@ def p50(row: dict) -> float | None:
     return None if not lat else lat.get("p50")
 
 
-def row_label(row: dict) -> str:
-    """``onnx int8 / onnxruntime / CPUExecutionProvider``: how plots and messages name a row."""
-    return f"{row['target']} {row['precision']} / {row['runtime']} / {row.get('device') or '-'}"
+def source_key(row: dict) -> str:
+    """The checkpoint a row's artifact came from: its sha256 (else its model name): rows of two models differ."""
+    return str(row.get("source_sha256") or row.get("model") or "")
+
+
+def model_labels(rows: Iterable[dict]) -> dict[str, str]:
+    """``{source_key: label}``: the model name, with ``@sha256[:8]`` where two checkpoints share a name."""
+    names: dict[str, str] = {}
+    for r in rows:
+        names.setdefault(source_key(r), str(r.get("model") or "?"))
+    count: dict[str, int] = {}
+    for name in names.values():
+        count[name] = count.get(name, 0) + 1
+    return {k: (f"{n} @{k[:8]}" if count[n] > 1 and k and k != n else n) for k, n in names.items()}
+
+
+def row_label(row: dict, labels: dict[str, str] | None = None) -> str:
+    """``fer_nano: onnx int8 / onnxruntime / CPUExecutionProvider``: how plots and messages name a row.
+
+    The model comes first (from ``labels``, see :func:`model_labels`, else the row's ``model``).
+    """
+    model = (labels or {}).get(source_key(row)) or row.get("model")
+    head = f"{model}: " if model else ""
+    return f"{head}{row['target']} {row['precision']} / {row['runtime']} / {row.get('device') or '-'}"
 
 
 def status_text(row: dict) -> str:
@@ -135,14 +163,15 @@ def rows_to_csv(rows: Iterable[dict], extra_first: tuple[str, ...] = ()) -> str:
     return buf.getvalue()
 
 
-_MD_HEADER = ("Target", "Precision", "Runtime", "Device", "Batch", "p50 ms", "p90 ms", "p99 ms", "img/s",
+_MD_HEADER = ("Model", "Target", "Precision", "Runtime", "Device", "Batch", "p50 ms", "p90 ms", "p99 ms", "img/s",
               "Top-1", "Macro-F1", "Agreement", "Flips", "Size", "Status")
 
 
-def _md_cells(r: dict) -> list[str]:
+def _md_cells(r: dict, labels: dict[str, str]) -> list[str]:
     lat = r.get("latency_ms") or {}
     return [
-        r["target"], r["precision"], r["runtime"], r.get("device") or "-", str(r["batch"]),
+        labels.get(source_key(r)) or str(r.get("model") or "-"), r["target"], r["precision"], r["runtime"],
+        r.get("device") or "-", str(r["batch"]),
         _fmt(lat.get("p50"), 3), _fmt(lat.get("p90"), 3), _fmt(lat.get("p99"), 3),
         _fmt(r.get("throughput_ips"), 0), fmt_pct(r.get("accuracy")), _fmt(r.get("macro_f1"), 3),
         fmt_pct(r.get("agreement")), _fmt(r.get("flips")), fmt_size(r.get("size_bytes")),
@@ -168,22 +197,30 @@ def environment_line(env: dict) -> str:
             f"{env.get('os', '?')}; {versions}")
 
 
+def _reference_line(ref: dict) -> str:
+    return (f"`{ref.get('model')}` checkpoint `{Path(ref.get('path', '')).name}` "
+            f"(sha256 {str(ref.get('sha256', ''))[:12]}), "
+            + (f"{ref['macs_per_image'] / 1e6:.2f} M MACs/image" if ref.get("macs_per_image") else "MACs unknown"))
+
+
 def report_markdown(report: dict) -> str:
     s = report["settings"]
-    ref = report["reference"]
+    refs = report.get("references") or [report["reference"]]
+    labels = model_labels(report["rows"])
+    ref_lines = ([f"- Reference: {_reference_line(refs[0])}"] if len(refs) == 1 else
+                 [f"- References (each artifact against the checkpoint it came from): "
+                  + "; ".join(_reference_line(r) for r in refs)])
     lines = [
         "## fer-edge bench",
         "",
         f"- Machine: {environment_line(report['environment'])}",
-        f"- Reference: `{ref.get('model')}` checkpoint `{Path(ref.get('path', '')).name}` "
-        f"(sha256 {str(ref.get('sha256', ''))[:12]}), "
-        + (f"{ref['macs_per_image'] / 1e6:.2f} M MACs/image" if ref.get("macs_per_image") else "MACs unknown"),
+        *ref_lines,
         f"- Data: {s['n_images']} images of split `{s['split']}`; batches {', '.join(map(str, s['batches']))}; "
         f"threads {s['threads']}; warm-up {s['warmup']} calls; "
         + (f"{s['iters']} timed iterations" if s.get("iters") else f"{s.get('seconds')} s")
         + f" per row over {s['rounds']} interleaved rounds",
         "",
-        md_table(_MD_HEADER, (_md_cells(r) for r in report["rows"])),
+        md_table(_MD_HEADER, (_md_cells(r, labels) for r in report["rows"])),
         "",
         "Latency is per call of the given batch size; img/s = batch / mean latency. Top-1 and Macro-F1 are on "
         "the labelled split, agreement and flips against the PyTorch FP32 reference on the same inputs.",
@@ -192,6 +229,8 @@ def report_markdown(report: dict) -> str:
     if cl:
         lines += ["", f"Compute limit: {cl['row']}: {cl['achieved_gflops']:.2f} GFLOP/s achieved of "
                       f"{cl['peak_gflops']:.1f} peak ({100 * cl['fraction_of_peak']:.1f}%). {cl['assumption']}."]
+    for warning in report.get("warnings") or []:
+        lines += ["", f"Warning: {warning}"]
     for note in report.get("notes") or []:
         lines += ["", f"Note: {note}"]
     return "\n".join(lines) + "\n"
@@ -212,15 +251,23 @@ def plot_latency_vs_accuracy(rows: list[dict], path: Path, title: str, color_key
     from fer_edge.benchmarks.stats import pareto_front
 
     pts = [r for r in rows if p50(r) is not None and r.get("accuracy") is not None]
+    models = model_labels(rows)
+    several = len(models) > 1  # rows of several models: each point names its model
+
+    def color_of(r: dict) -> str:
+        c = str(r.get(color_key))
+        return f"{models[source_key(r)]} / {c}" if several and color_key != "machine" else c
+
     fig, ax = plt.subplots(figsize=(9, 6), dpi=110)
     markers = ["o", "s", "^", "D", "v", "P", "X"]
     batches = sorted({r["batch"] for r in pts})
-    colors = sorted({str(r.get(color_key)) for r in pts})
-    cmap = plt.get_cmap("tab10")
+    colors = sorted({color_of(r) for r in pts})
+    cmap = plt.get_cmap("tab10" if len(colors) <= 10 else "tab20")
+    ncol = 10 if len(colors) <= 10 else 20
     for r in pts:
         ax.scatter(p50(r), r["accuracy"] * 100, s=46, alpha=0.85,
                    marker=markers[batches.index(r["batch"]) % len(markers)],
-                   color=cmap(colors.index(str(r.get(color_key))) % 10),
+                   color=cmap(colors.index(color_of(r)) % ncol),
                    edgecolors="red" if r["status"] != "ok" else "none", linewidths=1.5)
     n_label = 0
     for b in batches:
@@ -232,6 +279,8 @@ def plot_latency_vs_accuracy(rows: list[dict], path: Path, title: str, color_key
             ax.scatter(p50(r), r["accuracy"] * 100, s=160, facecolors="none", edgecolors="black", lw=1.2)
             device = (r.get("device") or "-").removesuffix("ExecutionProvider")
             label = f"{r['target']} {r['precision']} {r['runtime']}/{device} b{b}"
+            if several:
+                label = f"{models[source_key(r)]} {label}"
             if r.get("machine"):
                 label += f" {(machine_names or {}).get(r['machine'], r['machine'])}"
             dy = (8, -14, 20, -26)[n_label % 4]  # stagger labels of nearby points
@@ -241,7 +290,7 @@ def plot_latency_vs_accuracy(rows: list[dict], path: Path, title: str, color_key
     from matplotlib.lines import Line2D
 
     names = machine_names or {}
-    handles = [Line2D([], [], ls="", marker="o", color=cmap(i % 10),
+    handles = [Line2D([], [], ls="", marker="o", color=cmap(i % ncol),
                       label=f"{names[c]}: {c}" if c in names else c) for i, c in enumerate(colors)]
     handles += [Line2D([], [], ls="", marker=markers[i % len(markers)], color="gray", label=f"batch {b}")
                 for i, b in enumerate(batches)]
@@ -284,17 +333,37 @@ def write_report(report: dict, out_dir: str | Path) -> dict[str, Path]:
     errors = validate(report, REPORT_SCHEMA)
     if errors:  # a bug in fer-edge, not in the user's input
         raise FerEdgeError("bench report does not match its schema: " + "; ".join(errors[:5]))
-    out = Path(out_dir)
+    out = check_out_dir(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {name: out / name for name in REPORT_FILES}
     write_json_atomic(paths["report.json"], report)
     write_text_atomic(paths["report.csv"], rows_to_csv(report["rows"]))
     write_text_atomic(paths["report.md"], report_markdown(report))
-    ref = report["reference"]
-    title = (f"fer-edge bench: {ref.get('model')} on {report['environment'].get('hostname')} "
+    models = ", ".join(dict.fromkeys(model_labels(report["rows"]).values())) or report["reference"].get("model")
+    title = (f"fer-edge bench: {models} on {report['environment'].get('hostname')} "
              f"({(report['environment'].get('cpu') or {}).get('model')})")
     plot_latency_vs_accuracy(report["rows"], paths["latency_vs_accuracy.png"], title)
     return paths
+
+
+def check_out_dir(out_dir: str | Path) -> Path:
+    """``out_dir`` as a Path, or a FerEdgeError when it cannot be a report directory.
+
+    Checked before any work: ``out_dir`` (or the nearest part of it that exists) must be a
+    writable directory, not a file.
+    """
+    import os
+
+    out = Path(out_dir)
+    for p in (out, *out.parents):
+        if p.exists() or p.is_symlink():
+            if not p.is_dir():
+                what = "" if p == out else f" ({p} is in its way)"
+                raise FerEdgeError(f"--out {out}: not a directory{what}; pass a directory for the report files")
+            if not os.access(p, os.W_OK | os.X_OK):
+                raise FerEdgeError(f"--out {out}: cannot write into {p} (permission denied)")
+            break
+    return out
 
 
 def load_report(path: str | Path) -> dict:
@@ -321,20 +390,25 @@ class MergedReport:
 
 
 def _row_key(r: dict) -> tuple:
-    return (r["target"], r["precision"], r["runtime"], r.get("device") or "", r["batch"])
+    """What makes two rows (of two machines) the same measurement: the model (its source checkpoint), target,
+    precision, runtime, device and batch size."""
+    return (source_key(r), r["target"], r["precision"], r["runtime"], r.get("device") or "", r["batch"])
 
 
 def merge_reports(paths: list[str | Path], out_dir: str | Path) -> MergedReport:
     """One comparison (md + csv + json + plot) of reports taken on several machines.
 
     Rows are keyed by machine (``hostname (CPU)`` from each report's environment);
-    two reports of the same machine are told apart by their creation time.
+    two reports of the same machine are told apart by their creation time. Rows of
+    different models (source checkpoints) are different rows; a report without
+    ``source_sha256`` per row counts its rows as its reference's.
     """
     from fer_edge.benchmarks.environment import machine_label
     from fer_edge.utils import write_json_atomic, write_text_atomic
 
     if not paths:
         raise FerEdgeError("report merge needs at least one report.json")
+    out = check_out_dir(out_dir)
     machines: list[dict] = []
     rows: list[dict] = []
     seen: dict[str, int] = {}
@@ -346,11 +420,15 @@ def merge_reports(paths: list[str | Path], out_dir: str | Path) -> MergedReport:
             label = f"{label} #{seen[label]}"
         machines.append({"machine": label, "report": str(path), "created_at": rep["created_at"],
                          "fingerprint": rep["environment"].get("fingerprint"),
-                         "environment": rep["environment"], "reference": rep["reference"]})
-        rows += [{"machine": label, **r} for r in rep["rows"]]
-    rows.sort(key=lambda r: (_row_key(r), r["machine"]))
+                         "environment": rep["environment"], "reference": rep["reference"],
+                         "references": rep.get("references") or [rep["reference"]]})
+        ref = rep["reference"]
+        for r in rep["rows"]:
+            rows.append({"machine": label, **r, "model": r.get("model") or ref.get("model"),
+                         "source_sha256": r.get("source_sha256") or ref.get("sha256")})
+    order = {m["machine"]: i for i, m in enumerate(machines)}
+    rows.sort(key=lambda r: (_row_key(r), order[r["machine"]]))
 
-    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     files = {name: out / name for name in MERGED_FILES}
     merged = MergedReport(machines, rows, files)
@@ -364,16 +442,27 @@ def merge_reports(paths: list[str | Path], out_dir: str | Path) -> MergedReport:
 
 
 def merged_markdown(machines: list[dict], rows: list[dict]) -> str:
+    """The p50 table (one line per measurement, one column per machine), then every row.
+
+    A machine with two rows of one key (the same model, target, precision, runtime, device and
+    batch: e.g. two copies of an artifact) gets a line per row, never one dropped.
+    """
     names = [m["machine"] for m in machines]
+    labels = model_labels(rows)
     lines = ["## fer-edge bench: comparison", ""]
     for i, m in enumerate(machines, 1):
         details = environment_line(m["environment"]).split(": ", 1)[-1]
         lines.append(f"- M{i} = {m['machine']}: {details} (report {m['created_at']})")
     keys: list[tuple] = []
+    by: dict[tuple, dict] = {}
+    nth: dict[tuple, int] = {}
     for r in rows:
-        if _row_key(r) not in keys:
-            keys.append(_row_key(r))
-    by = {(_row_key(r), r["machine"]): r for r in rows}
+        base = (_row_key(r), r["machine"])
+        nth[base] = nth.get(base, 0) + 1
+        k = (*_row_key(r), nth[base])
+        if k not in keys:
+            keys.append(k)
+        by[(k, r["machine"])] = r
 
     def cell(r: dict | None) -> str:
         if r is None:
@@ -383,14 +472,16 @@ def merged_markdown(machines: list[dict], rows: list[dict]) -> str:
             return s + (" (parity-failed)" if r["status"] == "parity-failed" else "")
         return r["status"]
 
-    header = ["Target", "Precision", "Runtime", "Device", "Batch",
+    header = ["Model", "Target", "Precision", "Runtime", "Device", "Batch",
               *(f"M{i} p50 ms" for i in range(1, len(names) + 1)), "Top-1"]
     body = []
     for k in keys:
         cells = [by.get((k, n)) for n in names]
         acc = next((c.get("accuracy") for c in cells if c and c.get("accuracy") is not None), None)
-        body.append([k[0], k[1], k[2], k[3] or "-", str(k[4]), *(cell(c) for c in cells), fmt_pct(acc)])
+        body.append([labels.get(k[0], "-"), k[1], k[2], k[3], k[4] or "-", str(k[5]), *(cell(c) for c in cells),
+                     fmt_pct(acc)])
     lines += ["", "p50 latency per call (ms) by machine:", "", md_table(header, body), "", "All rows:", ""]
     full_header = ["Machine", *_MD_HEADER]
-    lines.append(md_table(full_header, ([f"M{names.index(r['machine']) + 1}", *_md_cells(r)] for r in rows)))
+    lines.append(md_table(full_header, ([f"M{names.index(r['machine']) + 1}", *_md_cells(r, labels)]
+                                        for r in rows)))
     return "\n".join(lines) + "\n"

@@ -64,7 +64,9 @@ ROW_SCHEMA: dict[str, Any] = {
         "size_bytes": _int,
         # informative extras
         "reference": {"type": "boolean", "description": "the PyTorch FP32 checkpoint row"},
-        "model": _str,
+        "model": {**_str, "description": "architecture of the checkpoint the artifact came from"},
+        "source_sha256": {**_str, "description": "SHA-256 of the checkpoint the artifact came from (rows of "
+                                                 "several models differ by it)"},
         "sha256": _str,
         "iters": _int,
         "p50_spread_pct": {**_nonneg, "description": "largest deviation of a round's p50 from the overall p50"},
@@ -91,6 +93,13 @@ ENVIRONMENT_SCHEMA: dict[str, Any] = {
     },
 }
 
+REFERENCE_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["path", "sha256", "model"],
+    "properties": {"path": {"type": "string"}, "sha256": {"type": "string"}, "model": {"type": "string"},
+                   "macs_per_image": _int, "params": _int, "accuracy": _num, "macro_f1": _num},
+}
+
 REPORT_SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
     "$id": SCHEMA_ID,
@@ -114,14 +123,13 @@ REPORT_SCHEMA: dict[str, Any] = {
                 "thresholds": {"type": "object"},
             },
         },
-        "reference": {
-            "type": "object",
-            "required": ["path", "sha256", "model"],
-            "properties": {"path": {"type": "string"}, "sha256": {"type": "string"}, "model": {"type": "string"},
-                           "macs_per_image": _int, "params": _int, "accuracy": _num, "macro_f1": _num},
-        },
+        "reference": REFERENCE_SCHEMA,
+        "references": {"type": "array", "items": REFERENCE_SCHEMA,
+                       "description": "every reference checkpoint: each artifact is compared with the one it "
+                                      "came from (rows' source_sha256); 'reference' is the first"},
         "compute_limit": {"type": ["object", "null"]},
         "notes": {"type": "array", "items": {"type": "string"}},
+        "warnings": {"type": "array", "items": {"type": "string"}},
         "rows": {"type": "array", "items": ROW_SCHEMA},
     },
 }

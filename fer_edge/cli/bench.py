@@ -80,11 +80,13 @@ def bench_table(report, width: int | None = None):
     from rich import box
     from rich.table import Table
 
-    from fer_edge.benchmarks.report import fmt_pct, fmt_size
+    from fer_edge.benchmarks.report import fmt_pct, fmt_size, model_labels, source_key
 
     width = width or console.width
     wide, medium = width >= 160, width >= 95
-    t = Table(title=f"fer-edge bench: {report.reference['model']} "
+    models = model_labels(report.rows)
+    several = len(models) > 1  # then each row names its model
+    t = Table(title=f"fer-edge bench: {', '.join(dict.fromkeys(models.values())) or report.reference['model']} "
                     f"({report.settings['n_images']} images of {report.settings['split']})",
               box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, 1), collapse_padding=True)
     cols = [("Artifact", "l"), ("Runtime", "l"), ("Device", "l"), ("B", "r")]
@@ -113,7 +115,7 @@ def bench_table(report, width: int | None = None):
     for r in report.rows:
         lat = r["latency_ms"] or {}
         cells = {
-            "Artifact": f"{r['target']} {r['precision']}",
+            "Artifact": (f"{models[source_key(r)]} " if several else "") + f"{r['target']} {r['precision']}",
             "Runtime": r["runtime"], "Device": short_device(r["device"]), "B": str(r["batch"]),
             "Thr": str(r["threads"] or "-"), "Load ms": f(r["load_ms"], 1), "1st ms": f(r["first_inference_ms"], 2),
             "p50 ms": f(lat.get("p50"), 3), "p90 ms": f(lat.get("p90"), 3), "p99 ms": f(lat.get("p99"), 3),
@@ -128,12 +130,13 @@ def bench_table(report, width: int | None = None):
 
 def row_reasons(report) -> list[str]:
     """One line per artifact x runtime x device whose rows are not ok: what happened."""
-    from fer_edge.benchmarks.report import row_label
+    from fer_edge.benchmarks.report import model_labels, row_label
 
+    labels = model_labels(report.rows)
     out: list[str] = []
     for r in report.rows:
         if r["status"] != "ok" and r["reason"]:
-            line = f"{r['status']}: {row_label(r)}: {r['reason']}"
+            line = f"{r['status']}: {row_label(r, labels)}: {r['reason']}"
             if line not in out:
                 out.append(line)
     return out
@@ -197,13 +200,14 @@ def bench_cmd(
     """Latency, throughput, accuracy and parity of every artifact x runtime x device x batch size.
 
     Writes report.json, report.csv, report.md and latency_vs_accuracy.png into --out.
-    Exit status 1 when a row fails parity (unless --no-parity-gate) or nothing can run.
+    Exit status 1 when a row failed (an artifact could not be loaded or run), when a row fails
+    parity (unless --no-parity-gate) or when nothing can run; skipped rows (runtime, platform or
+    device missing here) do not fail it.
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from fer_edge.benchmarks.bench import gate_failures, run_bench
+    from fer_edge.benchmarks.bench import check_outcome, gate_failures, run_bench
     from fer_edge.cli.common import parse_csv_option
-    from fer_edge.errors import ParityError
 
     try:
         from fer_edge.runtimes import RUNTIMES
@@ -242,19 +246,15 @@ def bench_cmd(
     console.print(compute_limit_text(report.compute_limit), highlight=False)
     for note in report.notes:
         console.print(f"note: {note}", highlight=False)
+    for warning in report.warnings:
+        err_console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
     gate_line = weight_gate_line(report.settings.get("thresholds_source"), f"{out}/report.json")
     if gate_line:
         console.print(gate_line, highlight=False)
-    if not any(r["status"] in ("ok", "parity-failed") for r in report.rows):
-        from fer_edge.errors import FerEdgeError
-
-        raise FerEdgeError("no row could be measured (see the status column)")
     failures = gate_failures(report)
-    if failures and parity_gate:
-        raise ParityError(f"{len(failures)} row(s) failed the parity gate (use --no-parity-gate to accept):\n  "
-                          + "\n  ".join(failures))
-    if failures:
+    if failures and not parity_gate:
         err_console.print(f"[yellow]warning:[/] {len(failures)} row(s) failed parity (gate off)")
+    check_outcome(report, parity_gate)
 
 
 # --- report merge ------------------------------------------------------------------------
