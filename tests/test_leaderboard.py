@@ -217,3 +217,23 @@ def test_bad_extra_is_rejected_up_front(synthetic_csv, tmp_path, capsys):
                  "--extra", f"x={tmp_path / 'missing.pt'}"]) == 1
     assert "missing.pt" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
+
+
+def test_a_retrained_entry_is_exported_again_into_its_folder(tiny_checkpoint, synthetic_csv, tmp_path):
+    """The leaderboard's export folder belongs to it: a new checkpoint of an entry replaces the old export
+    (an ordinary `fer-edge export` refuses a folder holding another checkpoint's artifacts)."""
+    import torch
+
+    from fer_edge.benchmarks.leaderboard import export_entry
+    from fer_edge.utils import sha256_path
+
+    retrained = tmp_path / "retrained.pt"
+    raw = torch.load(tiny_checkpoint, weights_only=True)
+    raw["state_dict"] = {k: v + 0.01 if v.is_floating_point() else v for k, v in raw["state_dict"].items()}
+    torch.save(raw, retrained)
+    out = tmp_path / "exports" / "fer_nano"
+    for ck in (tiny_checkpoint, retrained):
+        export_entry(ck, sha256_path(ck), out, synthetic_csv, 64, lambda m: None, "fer_nano")
+        manifest = json.loads((out / "manifest.json").read_text())
+        assert manifest["source"]["sha256"] == sha256_path(ck)
+    assert sorted(p.name for p in out.glob("*.onnx")) == ["fer_nano_fp32.onnx", "fer_nano_int8.onnx"]

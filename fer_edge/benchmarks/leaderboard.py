@@ -336,7 +336,8 @@ def export_entry(ckpt: Path, ckpt_sha: str, export_dir: Path, data: Path, calib_
     log(f"{name}: exporting ONNX fp32 + int8 (calibration: {calib_size} images of the training split)")
     result = export(ckpt, ["onnx"], ["fp32", "int8"], export_dir, calib_data=data, calib_size=calib_size,
                     validate=False, data_progress=False, raise_on_failure=False,
-                    on_warning=lambda w: log(f"{name}: export warning: {w}"))
+                    on_warning=lambda w: log(f"{name}: export warning: {w}"),
+                    replace_other=True)  # the leaderboard's own folder: a retrained entry's old export goes
     if result.failed:
         raise ExportError("; ".join(f"{f['target']} {f['precision']}: {f['reason']}" for f in result.failed))
     return result.manifest.get("tool_versions")
