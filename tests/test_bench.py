@@ -660,3 +660,21 @@ def test_out_that_is_a_file_is_refused_before_any_work(monkeypatch, tmp_path, ti
     assert started == [] and afile.read_text() == "x"
     result = invoke(["report", "merge", tmp_path / "r.json", "--out", afile])
     assert result.exit_code == 1 and "not a directory" in " ".join(result.output.split()), result.output
+
+
+def test_each_reference_weights_own_gate_gets_its_line(monkeypatch, tmp_path, artifact_dir, other_export,
+                                                        tiny_checkpoint, other_checkpoint, synthetic_csv):
+    import fer_edge.weights as weights
+    from fer_edge.weights import WeightMeta
+
+    metas = {name: WeightMeta(name=name, architecture="fer_nano", file=str(ck), params=1, macs=1, mean=0.5,
+                              std=0.25, parity_gate={"fp32": {"max_abs_diff": 1.0}}, parity_gate_reason="a test")
+             for name, ck in (("tiny", tiny_checkpoint), ("other", other_checkpoint))}
+    monkeypatch.setattr(weights, "PRETRAINED", metas)
+    out = tmp_path / "out"
+    result = invoke(["bench", artifact_dir / "fer_nano_fp32.onnx", other_export, "--data", synthetic_csv, "--split",
+                     "PublicTest", "--runtimes", "onnxruntime", *FAST, "--batch", "1", "--out", out])
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert "parity gate: tiny's own (fp32 max_abs_diff 1.0)" in text
+    assert "parity gate: other's own (fp32 max_abs_diff 1.0)" in text

@@ -248,9 +248,12 @@ def bench_cmd(
         console.print(f"note: {note}", highlight=False)
     for warning in report.warnings:
         err_console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
-    gate_line = weight_gate_line(report.settings.get("thresholds_source"), f"{out}/report.json")
-    if gate_line:
-        console.print(gate_line, highlight=False)
+    # one line per reference checkpoint whose shipped-weight gate applied (artifacts of several checkpoints)
+    sources = ([r.get("thresholds_source") for r in report.references or []]
+               or [report.settings.get("thresholds_source")])
+    for gate_line in dict.fromkeys(weight_gate_line(s, f"{out}/report.json") for s in sources):
+        if gate_line:
+            console.print(gate_line, highlight=False)
     failures = gate_failures(report)
     if failures and not parity_gate:
         err_console.print(f"[yellow]warning:[/] {len(failures)} row(s) failed parity (gate off)")
