@@ -16,6 +16,7 @@ from fer_edge.models import (
     format_count,
     get_model_entry,
     list_models,
+    register_model,
     resolved_model_kwargs,
 )
 
@@ -202,3 +203,19 @@ def test_fer_small_extra_stem_convs_run_at_full_resolution():
     assert two(_input()).shape == (2, 7)
     with pytest.raises(ModelError, match="stem_convs"):
         create_model("fer_small", stem_convs=0)
+
+
+@pytest.mark.parametrize("kwargs, words", [
+    ({"widths": 5}, "'int' object is not iterable"),
+    ({"dropout": 2}, "ValueError: dropout probability"),
+    ({"widths": [-1, 2, 3, 4]}, "RuntimeError: .*negative dimension"),
+])
+def test_values_a_model_cannot_take_are_a_model_error(kwargs, words):
+    with pytest.raises(ModelError, match=f"model 'fer_nano' cannot be built with .*{words}"):
+        create_model("fer_nano", **kwargs)
+
+
+def test_a_factory_without_a_name_is_refused():
+    with pytest.raises(ModelError, match="needs a named function"):
+        register_model(lambda num_classes=7: torch.nn.Linear(1, num_classes))
+    assert "<lambda>" not in list_models()

@@ -623,6 +623,7 @@ def test_sigterm_handler_installed_outside_python_is_replaced_by_the_default(mon
     ({"weight_decay": -1.0}, "--weight-decay must be >= 0"),
     ({"warmup_epochs": -3.0}, "--warmup-epochs must be >= 0"),
     ({"model_kwargs": [1, 2]}, "--model-kwargs takes a JSON object"),
+    ({"model_kwargs": {"num_classes": 3}}, "--model-kwargs cannot set num_classes: FER2013 has 7 classes"),
     ({"distill_alpha": 0.7}, "--distill-alpha applies to distillation only"),
     ({"distill_temperature": 2.0}, "--distill-temperature applies to distillation only"),
 ])

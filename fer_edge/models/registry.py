@@ -28,6 +28,8 @@ def register_model(fn: Callable[..., nn.Module] | None = None, *, source: str = 
     """
 
     def deco(f: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        if not f.__name__.isidentifier():  # a lambda's "<lambda>": no name a user could type
+            raise ModelError(f"register_model needs a named function (def my_model(...)), got {f.__name__!r}")
         if f.__name__ in _REGISTRY:
             raise ModelError(f"model {f.__name__!r} is registered twice")
         _REGISTRY[f.__name__] = ModelEntry(f.__name__, f, source, f.__module__)
@@ -60,9 +62,16 @@ def create_model(name: str, num_classes: int = NUM_CLASSES, **kwargs) -> nn.Modu
     try:
         return entry.factory(num_classes=num_classes, **kwargs)
     except TypeError as e:
-        if "argument" not in str(e):  # a bug inside the model, not the caller's arguments
+        if "argument" in str(e):  # an unknown or repeated keyword
+            raise ModelError(f"bad arguments for model {name!r}: {e}") from None
+        if not kwargs:  # a bug inside the model, not the caller's arguments
             raise
-        raise ModelError(f"bad arguments for model {name!r}: {e}") from None
+        raise ModelError(f"model {name!r} cannot be built with {kwargs}: {e}") from None
+    except (ValueError, RuntimeError, IndexError) as e:
+        if not kwargs:
+            raise
+        # a value the model cannot take (a negative width, a dropout above 1, ...): torch says which
+        raise ModelError(f"model {name!r} cannot be built with {kwargs}: {type(e).__name__}: {e}") from None
 
 
 def resolved_model_kwargs(model: nn.Module, kwargs: dict) -> dict:

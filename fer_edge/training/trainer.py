@@ -84,6 +84,8 @@ def validate_config(cfg: TrainConfig) -> None:
     if not isinstance(cfg.model_kwargs, dict):
         problems.append(f"--model-kwargs takes a JSON object such as '{{\"dropout\": 0.1}}', "
                         f"got {json.dumps(cfg.model_kwargs)}")
+    elif "num_classes" in cfg.model_kwargs:
+        problems.append(f"--model-kwargs cannot set num_classes: FER2013 has {len(LABELS)} classes")
     numbers = ("lr", "weight_decay", "warmup_epochs", "label_smoothing", "mixup", "cutmix", "mix_prob", "ema",
                "distill_alpha", "distill_temperature")
     bad_numbers = [n for n in numbers if not isinstance(getattr(cfg, n), (int, float))
