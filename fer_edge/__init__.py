@@ -11,11 +11,12 @@ from fer_edge.constants import IMAGE_SIZE, LABELS, NUM_CLASSES  # noqa: E402
 from fer_edge.errors import FerEdgeError  # noqa: E402
 
 
-def load(path, runtime=None, device=None):
-    """Return a :class:`fer_edge.predict.Predictor` for a checkpoint or exported artifact."""
+def load(path=None, runtime=None, device=None, threads=None, **options):
+    """Return a :class:`fer_edge.predict.Predictor` for a checkpoint, a shipped model name or an exported
+    artifact (None: the shipped default model); see :func:`fer_edge.predict.load`."""
     from fer_edge.predict import load as _load
 
-    return _load(path, runtime=runtime, device=device)
+    return _load(path, runtime=runtime, device=device, threads=threads, **options)
 
 
 __all__ = ["__version__", "IMAGE_SIZE", "LABELS", "NUM_CLASSES", "FerEdgeError", "load"]

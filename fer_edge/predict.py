@@ -97,6 +97,18 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return (e / e.sum(axis=-1, keepdims=True)).astype(np.float32)
 
 
+def check_margin(margin: float) -> float:
+    """A face box's margin: the share of its width and height added on each side (0 keeps the box as found)."""
+    try:
+        m = float(margin)
+    except (TypeError, ValueError):
+        raise DataError(f"margin must be a number, got {margin!r}") from None
+    if not (np.isfinite(m) and 0 <= m <= 1):
+        raise DataError(f"margin is a share of the face box added on each side, in 0..1 (default "
+                        f"{DEFAULT_MARGIN}), got {margin!r}")
+    return m
+
+
 class Predictor:
     """Classifies 48x48 face crops (and finds faces in photos) with one loaded runtime.
 
@@ -120,9 +132,12 @@ class Predictor:
         self.labels: tuple[str, ...] = tuple(labels)
         if isinstance(normalization, dict):
             normalization = Normalization.from_dict(normalization)
+        if not (np.isfinite(normalization.mean) and np.isfinite(normalization.std) and normalization.std > 0):
+            raise DataError(f"normalization needs a finite mean and a positive std, got mean={normalization.mean} "
+                            f"std={normalization.std}")
         self.normalization: Normalization = normalization
         self._detector = detector
-        self.margin = margin
+        self.margin = check_margin(margin)
 
     def __repr__(self) -> str:
         return f"Predictor({str(self.path)!r}, runtime={self.runtime_name!r})"
@@ -152,8 +167,8 @@ class Predictor:
         logits = np.concatenate(outs) if outs else np.zeros((0, len(self.labels)), np.float32)
         if logits.shape[1] != len(self.labels):
             raise ArtifactError(
-                f"{self.path}: the model returns {logits.shape[1]} scores but its metadata lists "
-                f"{len(self.labels)} labels"
+                f"{self.path}: the model returns {logits.shape[1]} scores but the predictor has {len(self.labels)} "
+                f"labels ({', '.join(self.labels)})"
             )
         return logits
 
@@ -187,13 +202,23 @@ class Predictor:
         """
         from fer_edge.preprocess import to_gray48, to_uint8
 
-        if isinstance(faces, np.ndarray) and faces.ndim == 3 and faces.shape[1:] == (IMAGE_SIZE, IMAGE_SIZE):
-            gray = to_uint8(faces)  # one pixel range for the whole batch, not one per image
-        else:
-            faces = list(faces)
-            if not faces:
-                return []
-            gray = np.stack([to_gray48(f) for f in faces])
+        if isinstance(faces, (str, os.PathLike, bytes)) or not hasattr(faces, "__iter__"):
+            raise DataError(f"predict_batch takes a sequence of face crops (or an N x {IMAGE_SIZE} x {IMAGE_SIZE} "
+                            f"array), got {type(faces).__name__}: use predict() for one image")
+        if isinstance(faces, np.ndarray):
+            if faces.ndim == 3 and faces.shape[1:] == (IMAGE_SIZE, IMAGE_SIZE):
+                if not len(faces):
+                    return []
+                gray = to_uint8(faces)  # one pixel range for the whole batch, not one per image
+                return self._predictions(gray)
+            if faces.ndim != 4:
+                # a 3-D array of another size is one image (H x W x 3 would otherwise be H images of W x 3)
+                raise DataError(f"predict_batch takes N x {IMAGE_SIZE} x {IMAGE_SIZE} or 4-D arrays (N images), got "
+                                f"shape {tuple(faces.shape)}: for one image use predict()")
+        faces = list(faces)
+        if not faces:
+            return []
+        gray = np.stack([to_gray48(f) for f in faces])
         return self._predictions(gray)
 
     def detect_and_predict(self, image, margin: float | None = None) -> list[Prediction]:
@@ -208,7 +233,7 @@ class Predictor:
         from fer_edge.faces import crop
         from fer_edge.preprocess import to_gray48
 
-        margin = self.margin if margin is None else margin
+        margin = self.margin if margin is None else check_margin(margin)
         boxes = self.detector.detect(img)
         if not boxes:
             return []
@@ -260,8 +285,12 @@ def load(path: str | os.PathLike | None = None, runtime: str | None = None, devi
     ``threads`` and ``options`` go to the runtime.
     """
     from fer_edge.runtimes import load_runtime
+    from fer_edge.targets import TARGETS
     from fer_edge.weights import resolve_checkpoint
 
+    if path is not None and Path(path).suffix and not Path(path).exists() and any(
+            str(path).endswith(t.suffix) for t in TARGETS.values()):
+        raise ArtifactError(f"{path}: no such file")
     p = resolve_checkpoint(path)
     try:
         rt = load_runtime(p, runtime=runtime, device=device, threads=threads, **options)

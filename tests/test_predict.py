@@ -597,3 +597,40 @@ def test_cli_table_keeps_every_column_in_a_pipe_and_in_80_columns(face_dir, tiny
                            env={"COLUMNS": "80"})
     header = next(ln for ln in narrow.stdout.splitlines() if "label" in ln)
     assert header.split()[-7:] == [lbl[:3] for lbl in LABELS] and max(map(len, narrow.stdout.splitlines())) <= 80
+
+
+def test_predict_batch_refuses_what_is_not_a_batch(predictor):
+    assert predictor.predict_batch(np.zeros((0, 48, 48), np.float32)) == []  # an empty float batch too
+    for bad, words in ((np.zeros((48, 48, 3), np.uint8), "got shape \\(48, 48, 3\\): for one image use predict"),
+                       ("face.png", "got str: use predict\\(\\) for one image"), (None, "got NoneType"), (5, "got int")):
+        with pytest.raises(DataError, match=words):
+            predictor.predict_batch(bad)
+    assert len(predictor.predict_batch(np.zeros((2, 60, 60, 3), np.uint8))) == 2  # N colour images
+
+
+def test_margins_and_normalisations_that_make_no_sense_are_refused(predictor):
+    from fer_edge.predict import Predictor
+
+    for margin in (-1, float("nan"), 2, "wide"):
+        with pytest.raises(DataError, match="margin"):
+            predictor.detect_and_predict(np.zeros((60, 60), np.uint8), margin=margin)
+        with pytest.raises(DataError, match="margin"):
+            Predictor(predictor.runtime, margin=margin)
+    with pytest.raises(DataError, match="positive std"):
+        Predictor(predictor.runtime, normalization={"mean": 0.5, "std": 0})
+
+
+def test_fer_edge_load_is_predict_load(artifacts, faces48):
+    import fer_edge
+
+    assert fer_edge.load().describe()["model"] == load_default_model_name()
+    p = fer_edge.load(artifacts["onnx"], threads=1, exact_int8=True)
+    assert p.runtime.threads == 1 and p.runtime.describe()["exact_int8"] is True
+    with pytest.raises(ArtifactError, match="nope.onnx: no such file$"):
+        fer_edge.load(artifacts["onnx"].parent / "nope.onnx")
+
+
+def load_default_model_name() -> str:
+    from fer_edge.weights import DEFAULT_MODEL, PRETRAINED
+
+    return PRETRAINED[DEFAULT_MODEL].architecture

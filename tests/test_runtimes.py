@@ -348,3 +348,28 @@ def test_torchscript_reads_extra_file(exported):
 
     rt = get_runtime("torchscript")(_fp32(exported, "torchscript"))
     assert rt.metadata()["target"] == "torchscript" and rt.describe()["precision"] == "fp32"
+
+
+def test_unknown_options_and_bad_threads_are_refused(exported):
+    from fer_edge.runtimes import load_runtime
+
+    onnx_file = _fp32(exported, "onnx")
+    with pytest.raises(FerEdgeError, match="runtime onnxruntime has no option exact_int; its options: exact_int8"):
+        load_runtime(onnx_file, exact_int=True)
+    with pytest.raises(FerEdgeError, match="runtime pytorch has no option precision_hint"):
+        load_runtime("nano", precision_hint="f32")
+    for threads in (-3, "2", 1.5):
+        with pytest.raises(FerEdgeError, match="threads must be a whole number"):
+            load_runtime(onnx_file, threads=threads)
+    with pytest.raises(FerEdgeError, match=r"\.ts, or a checkpoint \(\.pt, \.pth\)"):
+        load_runtime(onnx_file.with_suffix(".csv"))
+    with pytest.raises(FerEdgeError, match=r"got shape \(2, 48, 48\)"):
+        load_runtime(onnx_file).run(np.zeros((2, 48, 48), np.float32))
+
+
+@pytest.mark.parametrize("target", ["onnx", "openvino", "torchscript"])
+def test_an_empty_batch_gives_no_rows_in_every_runtime(exported, target):
+    from fer_edge.runtimes import load_runtime
+
+    out = load_runtime(_fp32(exported, target)).run(np.zeros((0, 1, 48, 48), np.float32))
+    assert out.shape == (0, 7)

@@ -408,7 +408,8 @@ def default_val_split(data: str | Path) -> str:
             return name
     raise DataError(
         f"{src.path} has no validation split ({' or '.join(repr(c) for c in candidates)}); "
-        f"available: {', '.join(available) or 'none'}; pass a split explicitly"
+        f"available: {', '.join(available) or 'none'}; name one (fer-edge train --val-split, eval --split, "
+        f"export --val-split)"
     )
 
 

@@ -47,12 +47,22 @@ def runtime_for_path(path: str | Path) -> type[Runtime]:
 
     if str(path).rstrip("/").endswith(CHECKPOINT_SUFFIXES):
         return get_runtime(PyTorchRuntime.name)
-    return get_runtime(target_for_path(path).runtime)
+    try:
+        return get_runtime(target_for_path(path).runtime)
+    except FerEdgeError as e:
+        raise FerEdgeError(f"{e}, or a checkpoint ({', '.join(CHECKPOINT_SUFFIXES)})") from None
 
 
 def load_runtime(path: str | Path, runtime: str | None = None, device: str | None = None,
                  threads: int | None = None, batch_hint: int = 1, **options) -> Runtime:
-    """Construct the runtime for ``path`` (or the one named), after checking it is available here."""
+    """Construct the runtime for ``path`` (or the one named), after checking it is available here.
+
+    ``path`` may also be a shipped model name (``small``, ``nano``): its checkpoint runs in PyTorch.
+    """
+    from fer_edge.weights import PRETRAINED, resolve_checkpoint
+
+    if str(path) in PRETRAINED and not Path(path).exists():
+        path = resolve_checkpoint(str(path))
     cls = get_runtime(runtime) if runtime else runtime_for_path(path)
     if runtime:
         try:

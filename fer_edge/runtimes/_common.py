@@ -53,10 +53,12 @@ def as_input(x) -> np.ndarray:
     from fer_edge.constants import IMAGE_SIZE
 
     arr = np.ascontiguousarray(np.asarray(x, dtype=np.float32))
+    given = arr.shape
     if arr.ndim == 3:
         arr = arr[None]
     if arr.ndim != 4 or arr.shape[1:] != (1, IMAGE_SIZE, IMAGE_SIZE):
-        raise FerEdgeError(f"expected float32 N x 1 x {IMAGE_SIZE} x {IMAGE_SIZE} input, got shape {arr.shape}")
+        raise FerEdgeError(f"expected float32 N x 1 x {IMAGE_SIZE} x {IMAGE_SIZE} input (or one 1 x {IMAGE_SIZE} x "
+                           f"{IMAGE_SIZE} image), got shape {given}")
     return arr
 
 

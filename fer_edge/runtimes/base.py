@@ -35,8 +35,20 @@ class Runtime(ABC):
         report measured under other ones is not a measurement of what would run now."""
         return {}
 
+    #: The keyword options this runtime understands (anything else is refused: a typo must not do nothing).
+    OPTIONS: frozenset[str] = frozenset()
+
     def __init__(self, path: str | Path, device: str | None = None, threads: int | None = None,
                  batch_hint: int = 1, **options):
+        from fer_edge.errors import FerEdgeError
+
+        unknown = sorted(set(options) - self.OPTIONS)
+        if unknown:
+            raise FerEdgeError(f"runtime {self.name} has no option {', '.join(unknown)}; its options: "
+                               f"{', '.join(sorted(self.OPTIONS)) or 'none'}")
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 0):
+            raise FerEdgeError(f"threads must be a whole number >= 1 (0 or None: the runtime's default), "
+                               f"got {threads!r}")
         self.path = Path(path)
         self.device = device
         self.threads = threads

@@ -47,6 +47,7 @@ class OnnxRuntime(Runtime):
     the fastest exact speed; ``True`` sets it everywhere, ``False`` nowhere.
     """
 
+    OPTIONS = frozenset(("exact_int8", "graph_optimization_level", "provider_options"))
     name = "onnxruntime"
     package = "onnxruntime"
 

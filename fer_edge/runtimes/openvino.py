@@ -34,6 +34,8 @@ class OpenVINORuntime(Runtime):
     ``performance_hint`` (``LATENCY``/``THROUGHPUT``; default LATENCY for ``batch_hint`` 1 else THROUGHPUT),
     ``config`` (extra compile properties)."""
 
+    OPTIONS = frozenset(("performance_hint", "precision_hint", "config"))
+
     name = "openvino"
     package = "openvino"
 
@@ -91,7 +93,10 @@ class OpenVINORuntime(Runtime):
             return str(self.config.get("INFERENCE_PRECISION_HINT", "default"))
 
     def run(self, x: np.ndarray) -> np.ndarray:
-        res = self.request.infer({0: as_input(x)})
+        x = as_input(x)
+        if not len(x):  # the CPU plugin refuses an empty batch; the other runtimes return 0 rows
+            return np.zeros((0, int(self.compiled.outputs[0].get_partial_shape()[1].get_length())), np.float32)
+        res = self.request.infer({0: x})
         return np.array(res[self._output], dtype=np.float32, copy=True)
 
     def metadata(self) -> dict[str, str]:
