@@ -888,3 +888,22 @@ def test_interrupted_validation_is_listed_as_not_validated(monkeypatch, tiny_che
     monkeypatch.undo()
     done = export(tiny_checkpoint, ["torchscript"], ["fp32"], tmp_path, val_data=synthetic_csv, data_progress=False)
     assert done.manifest["complete"] is True and done.artifacts[0].status == "passed"
+
+
+@pytest.mark.parametrize("kwargs, words", [
+    ({"calib_size": "10"}, "--calib-size takes a whole number, got '10'"),
+    ({"calib_size": 10.5}, "--calib-size takes a whole number, got 10.5"),
+    ({"val_size": 600.0}, "--val-size takes a whole number"),
+    ({"name": 5}, "--name takes a file stem"),
+    ({"targets": 123}, "targets takes target names"),
+    ({"out_dir": None}, "--out takes a folder path, got None"),
+])
+def test_python_arguments_of_the_wrong_type_are_refused_before_any_work(kwargs, words, tiny_checkpoint, synthetic_csv,
+                                                                        tmp_path):
+    from fer_edge.exporters import export
+
+    args = {"targets": ["onnx"], "precisions": ["fp32"], "out_dir": tmp_path / "out", "calib_data": synthetic_csv,
+            **kwargs}
+    with pytest.raises(FerEdgeError, match=words):
+        export(tiny_checkpoint, **args)
+    assert not (tmp_path / "out").exists()

@@ -100,7 +100,9 @@ def _short(e: BaseException) -> str:
 def _resolve_targets(targets) -> list[Target]:
     if targets is None:
         return list(TARGETS.values())
-    names = [targets] if isinstance(targets, str) else list(targets)
+    if not isinstance(targets, (str, Target, list, tuple, set, frozenset)):
+        raise FerEdgeError(f"targets takes target names ({', '.join(TARGETS)}, all), got {targets!r}")
+    names = [targets] if isinstance(targets, (str, Target)) else list(targets)
     if "all" in names:
         return list(TARGETS.values())
     out: list[Target] = []
@@ -150,6 +152,8 @@ def check_name(name: str | None) -> None:
     """Refuse a ``--name`` that is not a plain file stem (it would write outside ``--out``, or nowhere sensible)."""
     if name is None:
         return
+    if not isinstance(name, str):
+        raise FerEdgeError(f"--name takes a file stem (a string), got {name!r}")
     seps = {"/", "\\", os.sep} | ({os.altsep} if os.altsep else set())
     if not name.strip() or set(name) <= {"."} or ".." in name or "\0" in name or any(s in name for s in seps):
         raise FerEdgeError(
@@ -327,8 +331,14 @@ def export(
     overflow_fix = overflow_fix or DEFAULT_OVERFLOW_FIX
     if overflow_fix not in OVERFLOW_FIX:
         raise FerEdgeError(f"unknown overflow fix {overflow_fix!r}; valid: {', '.join(OVERFLOW_FIX)}")
-    if calib_size is None or calib_size < 1:
+    for opt, value, none_ok in (("--calib-size", calib_size, False), ("--calib-seed", calib_seed, False),
+                                ("--val-size", val_size, True), ("--val-seed", val_seed, False)):
+        if not (value is None and none_ok) and (isinstance(value, bool) or not isinstance(value, int)):
+            raise FerEdgeError(f"{opt} takes a whole number, got {value!r}")
+    if calib_size < 1:
         raise FerEdgeError(f"--calib-size must be at least 1 (got {calib_size})")
+    if out_dir is None or not isinstance(out_dir, (str, os.PathLike)):
+        raise FerEdgeError(f"--out takes a folder path, got {out_dir!r}")
     if validate and val_size is not None and val_size < _cal.MIN_VAL_SIZE:
         raise FerEdgeError(f"validation needs at least {_cal.MIN_VAL_SIZE} images (got --val-size {val_size})")
 
