@@ -19,6 +19,8 @@ Metrics (all on the same N inputs):
 """
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Mapping
 
@@ -96,6 +98,31 @@ def compare(ref_logits, logits, labels=None) -> ParityStats:
     )
 
 
+#: The valid range of each threshold, both ends included (fractions for agreement and accuracy drop).
+THRESHOLD_RANGES: dict[str, tuple[float, float]] = {
+    "min_agreement": (0.0, 1.0),
+    "max_abs_diff": (0.0, math.inf),
+    "max_kl": (0.0, math.inf),
+    "max_accuracy_drop": (0.0, 1.0),
+}
+
+
+def _value_problem(where: str, name: str, value) -> str | None:
+    """What is wrong with ``value`` as threshold ``name`` (None: a number in range, or None = check disabled)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return f"{where}: expected a number or null, got {value!r}"
+    v = float(value)
+    if not math.isfinite(v):
+        return f"{where}: {value!r} is not a finite number"
+    lo, hi = THRESHOLD_RANGES[name]
+    if not lo <= v <= hi:
+        valid = f">= {lo:g}" if hi == math.inf else f"between {lo:g} and {hi:g}"
+        return f"{where}: {value!r} is out of range (must be {valid})"
+    return None
+
+
 @dataclass(frozen=True)
 class Thresholds:
     """Limits for one precision; ``None`` disables a check.
@@ -112,6 +139,12 @@ class Thresholds:
     max_kl: float | None = None
     max_accuracy_drop: float | None = None
 
+    def __post_init__(self) -> None:
+        # a NaN or out-of-range limit would pass or fail every artifact silently: refuse it where it is made
+        problems = [p for f in fields(self) if (p := _value_problem(f.name, f.name, getattr(self, f.name)))]
+        if problems:
+            raise FerEdgeError("invalid parity thresholds: " + "; ".join(problems))
+
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -127,6 +160,94 @@ DEFAULT_THRESHOLDS: dict[Precision, Thresholds] = {
 THRESHOLD_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Thresholds))
 
 
+def _precision_name(key) -> str:
+    return key.value if isinstance(key, Precision) else str(key)
+
+
+def threshold_problems(table, *, objects_ok: bool = True) -> list[str]:
+    """Every problem of a threshold table, all at once ([] = valid).
+
+    ``table``: ``{precision: {threshold: value}}`` (a weight's gate, a caller's table), where a value
+    may also be a :class:`Thresholds` when ``objects_ok``; or, when ``objects_ok``, one
+    :class:`Thresholds` for every precision. Refused: unknown precisions and threshold names, values
+    that are not a number or None, NaN/inf, and values outside :data:`THRESHOLD_RANGES`
+    (agreement and accuracy drop in [0, 1], the others >= 0). The single check behind
+    ``python -m fer_edge.weights.ship``/``gate``, :func:`with_overrides` and :func:`resolve_gate`
+    (so ``fer-edge export`` and ``fer-edge bench``).
+    """
+    if table is None:
+        return []
+    if objects_ok and isinstance(table, Thresholds):
+        return []  # validated when it was made
+    if not isinstance(table, Mapping):
+        shape = "{precision: Thresholds or {threshold: value}} or a Thresholds" if objects_ok else \
+            "{precision: {threshold: value}}"
+        return [f"expected {shape}, got {table!r}"]
+    valid_p = [p.value for p in Precision]
+    problems: list[str] = []
+    for key, limits in table.items():
+        prec = _precision_name(key)
+        if prec not in valid_p:
+            problems.append(f"unknown precision {key!r} (valid: {', '.join(valid_p)})")
+            continue
+        if objects_ok and isinstance(limits, Thresholds):
+            continue
+        if not isinstance(limits, Mapping):
+            also = " or a Thresholds" if objects_ok else ""
+            problems.append(f"{prec}: expected {{threshold: value}}{also}, got {limits!r}")
+            continue
+        for name, value in limits.items():
+            if name not in THRESHOLD_FIELDS:
+                problems.append(f"{prec}: unknown threshold {name!r} (valid: {', '.join(THRESHOLD_FIELDS)})")
+            elif (p := _value_problem(f"{prec}.{name}", name, value)) is not None:
+                problems.append(p)
+    return problems
+
+
+def _overrides_as_table(overrides) -> tuple[dict, list[str]]:
+    """``{threshold: {precision: value}}`` turned into ``{precision: {threshold: value}}``, with its shape problems."""
+    if overrides is None:
+        return {}, []
+    if not isinstance(overrides, Mapping):
+        return {}, [f"expected {{threshold: {{precision: value}}}}, got {overrides!r}"]
+    table: dict[str, dict] = {}
+    problems: list[str] = []
+    for name, per_precision in overrides.items():
+        if name not in THRESHOLD_FIELDS:
+            problems.append(f"unknown threshold {name!r} (valid: {', '.join(THRESHOLD_FIELDS)})")
+        elif not isinstance(per_precision, Mapping):
+            problems.append(f"{name}: expected {{precision: value}}, got {per_precision!r}")
+        else:
+            for prec, value in per_precision.items():
+                table.setdefault(_precision_name(prec), {})[name] = value
+    return table, problems
+
+
+def overrides_problems(overrides) -> list[str]:
+    """:func:`threshold_problems` for overrides shaped ``{threshold: {precision: value}}`` (``--min-agreement`` etc.)."""
+    table, problems = _overrides_as_table(overrides)
+    return problems + threshold_problems(table, objects_ok=False)
+
+
+def validate_thresholds(table=None, *, overrides=None, what: str = "parity thresholds") -> None:
+    """Raise one :class:`FerEdgeError` listing every problem of ``table`` and ``overrides`` (see :func:`threshold_problems`)."""
+    problems = threshold_problems(table) + overrides_problems(overrides)
+    if problems:
+        raise FerEdgeError(f"invalid {what}: " + "; ".join(problems))
+
+
+def _as_thresholds(limits) -> Thresholds:
+    """A validated table entry as a Thresholds (a ``{threshold: value}`` dict sets those, the rest disabled)."""
+    if isinstance(limits, Thresholds):
+        return limits
+    return Thresholds(**{k: None if v is None else float(v) for k, v in limits.items()})
+
+
+def _as_table(thresholds) -> dict[Precision, Thresholds]:
+    """A validated ``{precision: Thresholds | {threshold: value}}`` table keyed by Precision, values Thresholds."""
+    return {Precision(_precision_name(k)): _as_thresholds(v) for k, v in thresholds.items()}
+
+
 def default_thresholds() -> dict[Precision, Thresholds]:
     return dict(DEFAULT_THRESHOLDS)
 
@@ -138,24 +259,28 @@ def resolve_thresholds(
     p = Precision(precision)
     if isinstance(thresholds, Thresholds):
         return thresholds
-    table = {Precision(k): v for k, v in (thresholds or {}).items()}
-    return table.get(p, DEFAULT_THRESHOLDS[p])
+    validate_thresholds(thresholds)
+    return _as_table(thresholds or {}).get(p, DEFAULT_THRESHOLDS[p])
 
 
 def with_overrides(
     overrides: Mapping[str, Mapping[Precision | str, float | None]] | None,
     base: Mapping[Precision | str, Thresholds] | None = None,
 ) -> dict[Precision, Thresholds]:
-    """A threshold table with ``{field: {precision: value}}`` applied over ``base`` (default: the defaults)."""
-    table = {Precision(k): v for k, v in (base or DEFAULT_THRESHOLDS).items()}
+    """A threshold table with ``{field: {precision: value}}`` applied over ``base`` (default: the defaults).
+
+    Both are checked first (:func:`threshold_problems`): one error lists every problem.
+    """
+    if base is not None and not isinstance(base, Mapping):
+        raise FerEdgeError(f"invalid base thresholds: expected {{precision: Thresholds}}, got {base!r}")
+    validate_thresholds(base, overrides=overrides, what="threshold overrides" if base is None else "parity thresholds")
+    table = _as_table(base or DEFAULT_THRESHOLDS)
     for p in Precision:
         table.setdefault(p, DEFAULT_THRESHOLDS[p])
     for field_name, per_precision in (overrides or {}).items():
-        if field_name not in THRESHOLD_FIELDS:
-            raise FerEdgeError(f"unknown threshold {field_name!r}; valid: {', '.join(THRESHOLD_FIELDS)}")
         for prec, value in per_precision.items():
-            p = Precision(prec)
-            table[p] = replace(table[p], **{field_name: value})
+            p = Precision(_precision_name(prec))
+            table[p] = replace(table[p], **{field_name: None if value is None else float(value)})
     return table
 
 
@@ -173,13 +298,20 @@ def resolve_gate(
     if thresholds is not None:
         if overrides:
             raise FerEdgeError("pass either thresholds (a whole table) or threshold overrides, not both")
-        return thresholds, {"defaults": False, "weight": None, "overrides": None, "caller_table": True}
+        validate_thresholds(thresholds)
+        table = thresholds if isinstance(thresholds, Thresholds) else _as_table(thresholds)
+        return table, {"defaults": False, "weight": None, "overrides": None, "caller_table": True}
+    validate_thresholds(overrides=overrides, what="threshold overrides")
     from fer_edge.weights import shipped_with_sha
 
     meta = shipped_with_sha(source_sha256)
     base: Mapping[Precision, Thresholds] = DEFAULT_THRESHOLDS
     weight = None
     if meta is not None and meta.parity_gate:
+        problems = threshold_problems(meta.parity_gate, objects_ok=False)
+        if problems:
+            raise FerEdgeError(f"invalid parity gate of shipped weight {meta.name!r} (weights.json): "
+                               + "; ".join(problems))
         base = with_overrides(meta.gate_overrides())
         weight = {"name": meta.name, "gate": meta.parity_gate, "reason": meta.parity_gate_reason}
     record = {
@@ -264,4 +396,8 @@ __all__ = [
     "resolve_gate",
     "with_overrides",
     "parse_override",
+    "THRESHOLD_RANGES",
+    "threshold_problems",
+    "overrides_problems",
+    "validate_thresholds",
 ]

@@ -167,3 +167,172 @@ def test_readme_pretrained_table_matches_the_shipped_metadata(name):
     assert top1.strip("*") == f"{100 * meta.metrics['val_accuracy']:.2f}%"
     assert f1 == f"{meta.metrics['val_macro_f1']:.3f}"
     assert tta == f"{100 * meta.metrics['val_accuracy_flip_tta']:.2f}%"
+
+
+# --- shipping: every check before the weights folder changes -------------------------------------
+SHIP_ARGS = ["--recipe", "fer-edge train ...", "--hardware", "test", "--train-time", "1 s"]
+
+
+@pytest.fixture
+def weights_copy(tmp_path, monkeypatch):
+    """A copy of the shipped weights folder that ``ship``/``gate`` write into (the real one is never touched)."""
+    import shutil
+
+    import fer_edge.weights as weights
+    import fer_edge.weights.ship as ship
+
+    folder = tmp_path / "weights"
+    folder.mkdir()
+    for f in ("weights.json", *(m.file for m in PRETRAINED.values())):
+        shutil.copy(weights.WEIGHTS_DIR / f, folder / f)
+    monkeypatch.setattr(weights, "WEIGHTS_DIR", folder)
+    monkeypatch.setattr(ship, "WEIGHTS_DIR", folder)
+    return folder
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def _ship_cli(*args):
+    from typer.testing import CliRunner
+
+    from fer_edge.weights.ship import cli
+
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def test_ship_over_the_size_limit_leaves_the_shipped_weight_and_its_entry_untouched(weights_copy, tiny_checkpoint,
+                                                                                  monkeypatch):
+    import fer_edge.weights.ship as ship
+
+    before = _snapshot(weights_copy)
+    monkeypatch.setattr(ship, "MAX_BYTES", 1024)  # tiny_checkpoint's file is bigger
+    res = _ship_cli(tiny_checkpoint, "--name", "small", "--replace", *SHIP_ARGS)
+    assert res.exit_code == 1 and "over the 1024-byte limit" in res.output, res.output
+    assert "Traceback" not in res.output
+    assert _snapshot(weights_copy) == before  # small.pt still there, unchanged; no temp debris; entry unchanged
+    res = _ship_cli(tiny_checkpoint, "--name", "brand_new", *SHIP_ARGS)  # a new name: no file, no entry
+    assert res.exit_code == 1 and _snapshot(weights_copy) == before
+
+
+def test_ship_refuses_to_replace_a_shipped_weight_without_replace(weights_copy, tiny_checkpoint):
+    import json
+
+    before = _snapshot(weights_copy)
+    res = _ship_cli(tiny_checkpoint, "--name", "small", *SHIP_ARGS)
+    assert res.exit_code == 1, res.output
+    assert "already shipped as fer_small" in res.output and "fer_nano" in res.output
+    assert "different architecture" in res.output and "--replace" in res.output
+    assert _snapshot(weights_copy) == before
+
+    # a new name ships without --replace; shipping it again (same architecture) needs --replace too
+    res = _ship_cli(tiny_checkpoint, "--name", "tiny", *SHIP_ARGS)
+    assert res.exit_code == 0, res.output
+    assert (weights_copy / "tiny.pt").is_file()
+    after_new = _snapshot(weights_copy)
+    res = _ship_cli(tiny_checkpoint, "--name", "tiny", *SHIP_ARGS)
+    assert res.exit_code == 1 and "'tiny' is already shipped (fer_nano)" in res.output, res.output
+    assert _snapshot(weights_copy) == after_new
+
+    # a file of that name not listed in weights.json is not overwritten either
+    (weights_copy / "orphan.pt").write_bytes(b"someone's file")
+    res = _ship_cli(tiny_checkpoint, "--name", "orphan", *SHIP_ARGS)
+    assert res.exit_code == 1 and "already exists" in res.output
+    assert (weights_copy / "orphan.pt").read_bytes() == b"someone's file"
+
+    # with --replace it is replaced, and the architecture change is said
+    res = _ship_cli(tiny_checkpoint, "--name", "small", "--replace", *SHIP_ARGS)
+    assert res.exit_code == 0, res.output
+    assert "architecture fer_small -> fer_nano" in res.output
+    entries = {e["name"]: e for e in json.loads((weights_copy / "weights.json").read_text())}
+    assert entries["small"]["architecture"] == "fer_nano" and entries["small"]["file"] == "small.pt"
+    assert load_checkpoint(weights_copy / "small.pt").model_name == "fer_nano"
+    assert entries["nano"] == {e["name"]: e for e in json.loads(before["weights.json"])}["nano"]
+
+
+@pytest.mark.parametrize("name", ["../../escaped", "", "a b/c", "a/b", "..", ".hidden", "a..b", "small.pt", "x.",
+                                  "-x", "a\\b", "é", "a" * 65])
+def test_ship_refuses_a_name_that_is_not_a_plain_stem_before_any_work(weights_copy, tmp_path, name):
+    from fer_edge.errors import FerEdgeError
+    from fer_edge.weights.ship import ship
+
+    before = _snapshot(weights_copy)
+    # the checkpoint does not even exist: the name is refused first
+    with pytest.raises(FerEdgeError, match="--name"):
+        ship(tmp_path / "missing.pt", name, "r", "h", "t")
+    assert _snapshot(weights_copy) == before
+    assert not list(tmp_path.rglob("escaped*"))
+
+
+def test_ship_cli_refuses_an_escaping_name(weights_copy, tiny_checkpoint, tmp_path):
+    before = _snapshot(weights_copy)
+    for name in ("../../escaped", "", "a b/c"):
+        res = _ship_cli(tiny_checkpoint, "--name", name, *SHIP_ARGS)
+        assert res.exit_code == 1 and "is not a plain name" in res.output, (name, res.output)
+    assert _snapshot(weights_copy) == before
+    assert not list(tmp_path.rglob("escaped*")) and not (weights_copy / ".pt").exists()
+
+
+@pytest.mark.parametrize(
+    "gate,msg",
+    [
+        ({"int8": {"min_agreement": 2}}, "int8.min_agreement: 2 is out of range (must be between 0 and 1)"),
+        ({"int8": {"min_agreement": -5}}, "int8.min_agreement: -5 is out of range"),
+        ({"int8": {"min_agreement": float("nan")}}, "int8.min_agreement: nan is not a finite number"),
+        ({"fp32": {"max_abs_diff": float("inf")}}, "fp32.max_abs_diff: inf is not a finite number"),
+        ({"fp16": {"max_kl": -0.1}}, "fp16.max_kl: -0.1 is out of range (must be >= 0)"),
+        ({"int8": {"max_accuracy_drop": 1.5}}, "int8.max_accuracy_drop: 1.5 is out of range"),
+        ({"int8": {"max_abs_diff": True}}, "expected a number or null"),
+    ],
+)
+def test_out_of_range_and_non_finite_gate_values_are_refused(gate, msg):
+    from fer_edge.errors import FerEdgeError
+    from fer_edge.weights import check_parity_gate
+
+    with pytest.raises(FerEdgeError) as info:
+        check_parity_gate(gate, "why")
+    assert msg in str(info.value)
+
+
+def test_every_gate_problem_is_listed_at_once():
+    from fer_edge.errors import FerEdgeError
+    from fer_edge.weights import check_parity_gate
+
+    with pytest.raises(FerEdgeError) as info:
+        check_parity_gate({"int4": {}, "int8": {"min_agreement": 2, "max_kl": float("nan"), "foo": 1},
+                           "fp16": {"max_abs_diff": 0, "max_accuracy_drop": 1}}, "")
+    msg = str(info.value)
+    for part in ("unknown precision 'int4'", "int8.min_agreement: 2", "int8.max_kl: nan", "unknown threshold 'foo'",
+                 "needs a reason"):
+        assert part in msg
+    assert "fp16" not in msg.replace("fp32, fp16, int8", "")  # the boundary values 0 and 1 are valid
+
+
+def test_ship_and_gate_clis_refuse_bad_gate_values_and_write_nothing(weights_copy, tiny_checkpoint):
+    from typer.testing import CliRunner
+
+    from fer_edge.weights.gate import cli as gate_cli
+
+    before = _snapshot(weights_copy)
+    for gate in ('{"int8": {"min_agreement": 2}}', '{"int8": {"min_agreement": NaN}}',
+                 '{"int8": {"min_agreement": -5}}'):
+        res = _ship_cli(tiny_checkpoint, "--name", "tiny", *SHIP_ARGS, "--parity-gate", gate,
+                        "--parity-gate-reason", "r")
+        assert res.exit_code == 1 and "--parity-gate: int8.min_agreement" in res.output, res.output
+        res = CliRunner().invoke(gate_cli, ["nano", "--gate", gate, "--reason", "r"])
+        assert res.exit_code == 1 and "invalid parity gate: int8.min_agreement" in res.output, res.output
+    assert _snapshot(weights_copy) == before
+    # a valid one still goes through, and weights.json stays strict JSON
+    res = CliRunner().invoke(gate_cli, ["nano", "--gate", '{"int8": {"min_agreement": 0.96}}', "--reason", "r"])
+    assert res.exit_code == 0, res.output
+    import json
+
+    json.loads((weights_copy / "weights.json").read_text(), parse_constant=lambda c: pytest.fail(f"{c} in JSON"))
+
+
+def test_ship_refuses_non_finite_metrics(weights_copy, tiny_checkpoint):
+    before = _snapshot(weights_copy)
+    res = _ship_cli(tiny_checkpoint, "--name", "tiny", *SHIP_ARGS, "--metrics-json", '{"val_accuracy": NaN}')
+    assert res.exit_code == 1 and "val_accuracy is not a finite number" in res.output, res.output
+    assert _snapshot(weights_copy) == before

@@ -316,10 +316,11 @@ def export(
     """
     from fer_edge.checkpoint import load_checkpoint
     from fer_edge.exporters.onnx import CALIB_METHODS, DEFAULT_CALIB_METHOD
-    from fer_edge.parity import resolve_gate
+    from fer_edge.parity import resolve_gate, validate_thresholds
     from fer_edge.weights import resolve_checkpoint
 
     check_name(name)
+    validate_thresholds(thresholds, overrides=threshold_overrides)  # before the checkpoint is even read
     tlist = _resolve_targets(targets)
     plist = _resolve_precisions(precisions)
     calib_method = calib_method or DEFAULT_CALIB_METHOD

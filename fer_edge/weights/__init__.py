@@ -75,25 +75,13 @@ DEFAULT_MODEL = "small"
 
 
 def check_parity_gate(gate: dict, reason: str) -> None:
-    """Refuse a weight gate with an unknown precision or threshold name, or without a reason."""
+    """Refuse a weight gate with an unknown precision or threshold name, a value that is not a finite number in
+    its range (:func:`fer_edge.parity.threshold_problems`), or without a reason; one error lists every problem."""
     from fer_edge.errors import FerEdgeError
-    from fer_edge.parity import THRESHOLD_FIELDS
-    from fer_edge.targets import Precision
+    from fer_edge.parity import threshold_problems
 
-    problems = []
-    for precision, limits in gate.items():
-        if precision not in {p.value for p in Precision}:
-            problems.append(f"unknown precision {precision!r} (valid: {', '.join(p.value for p in Precision)})")
-            continue
-        if not isinstance(limits, dict):
-            problems.append(f"{precision}: expected {{threshold: value}}, got {limits!r}")
-            continue
-        for name, value in limits.items():
-            if name not in THRESHOLD_FIELDS:
-                problems.append(f"{precision}: unknown threshold {name!r} (valid: {', '.join(THRESHOLD_FIELDS)})")
-            elif value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
-                problems.append(f"{precision}.{name}: expected a number or null, got {value!r}")
-    if gate and not reason.strip():
+    problems = threshold_problems(gate, objects_ok=False)
+    if gate and not str(reason).strip():
         problems.append("a weight's own parity gate needs a reason (the figures measured on the weight)")
     if problems:
         raise FerEdgeError("invalid parity gate: " + "; ".join(problems))

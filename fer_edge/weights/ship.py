@@ -1,15 +1,24 @@
 """Package a trained run's ``best.pt`` as a shipped weight and record its metadata.
 
-    python -m fer_edge.weights.ship runs/fer_small/best.pt --name small \\
+    python -m fer_edge.weights.ship runs/fer_small/best.pt --name small --replace \\
         --recipe "fer-edge train ..." --hardware "2-core x86-64 CPU" --train-time "62 min"
 
 Copies the checkpoint's model state (no optimizer state) into ``fer_edge/weights/<name>.pt``
-and writes or replaces the entry in ``weights.json``: architecture, parameters, MACs
-(counted), normalisation, labels and the metrics recorded in the checkpoint.
+and writes the entry in ``weights.json``: architecture, parameters, MACs (counted),
+normalisation, labels and the metrics recorded in the checkpoint. A name already shipped is
+replaced only with ``--replace`` (the error says the architecture registered under it).
+
+Every check (name, parity gate, metrics, the file-size limit on the exact bytes to be shipped)
+runs before anything in the weights folder changes: the file is staged outside it, then it
+and ``weights.json`` are each renamed into place. On any failure the folder is as it was.
 """
 from __future__ import annotations
 
 import json
+import math
+import re
+import shutil
+import tempfile
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -20,40 +29,144 @@ from fer_edge.weights import WEIGHTS_DIR, WeightMeta
 
 MAX_BYTES = 4 * 1024 * 1024
 
+#: A shipped weight's name: a plain file stem (letters, digits, ``_``, ``.``, ``-``; no ``..``).
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+MAX_NAME_LEN = 64
+
 cli = typer.Typer(add_completion=False)
+
+
+def name_problems(name: str) -> list[str]:
+    """What is wrong with ``name`` as a shipped weight's name ([] = a plain stem that stays in the weights folder)."""
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
+        return [f"--name {name!r} is not a plain name: use letters, digits, '_', '.' and '-', starting with a "
+                "letter or digit (no path separators, spaces or empty name)"]
+    problems = []
+    if ".." in name or name.endswith("."):
+        problems.append(f"--name {name!r} must not contain '..' or end with '.'")
+    if name.lower().endswith(".pt"):
+        problems.append(f"--name {name!r}: give the name without '.pt' (the file is <name>.pt)")
+    if len(name) > MAX_NAME_LEN:
+        problems.append(f"--name {name!r} is longer than {MAX_NAME_LEN} characters")
+    return problems
+
+
+def _non_finite(obj, path: str = "") -> list[str]:
+    """The paths of NaN/inf numbers in ``obj`` (they would make weights.json invalid JSON)."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return [path or "value"]
+    if isinstance(obj, dict):
+        return [p for k, v in obj.items() for p in _non_finite(v, f"{path}.{k}" if path else str(k))]
+    if isinstance(obj, (list, tuple)):
+        return [p for i, v in enumerate(obj) for p in _non_finite(v, f"{path}[{i}]")]
+    return []
+
+
+def _read_entries() -> list[dict]:
+    from fer_edge.errors import CheckpointError
+
+    table = WEIGHTS_DIR / "weights.json"
+    if not table.is_file():
+        return []
+    try:
+        entries = json.loads(table.read_text())
+    except ValueError as e:
+        raise CheckpointError(f"{table} is not valid JSON ({e}): fix or restore it before shipping") from None
+    if not isinstance(entries, list) or not all(isinstance(e, dict) and "name" in e for e in entries):
+        raise CheckpointError(f"{table} is not a list of weight entries: fix or restore it before shipping")
+    return entries
+
+
+def _table_text(entries: list[dict], meta: WeightMeta) -> str:
+    """weights.json with ``meta``'s entry written or replaced (strict JSON: a NaN is refused, not written)."""
+    from fer_edge.errors import CheckpointError
+
+    out = sorted([e for e in entries if e["name"] != meta.name] + [asdict(meta)], key=lambda e: e["name"])
+    bad = [f"{e['name']}: {p}" for e in out for p in _non_finite(e)]
+    if bad:
+        raise CheckpointError(f"weights.json would hold numbers that are not finite ({', '.join(bad)}): "
+                              "it must stay valid JSON")
+    return json.dumps(out, indent=2, allow_nan=False, default=str) + "\n"
 
 
 def ship(checkpoint: Path, name: str, recipe: str, hardware: str, train_time: str,
          extra_metrics: dict | None = None, parity_gate: dict | None = None,
-         parity_gate_reason: str = "") -> WeightMeta:
+         parity_gate_reason: str = "", replace_existing: bool = False) -> WeightMeta:
     """Copy ``checkpoint`` in as weight ``name`` and write its entry. A new weight starts from the
-    default parity gate unless ``parity_gate`` is given (a gate measured on the old file does not carry over)."""
+    default parity gate unless ``parity_gate`` is given (a gate measured on the old file does not carry over).
+
+    A ``name`` already shipped (in ``weights.json``, or a ``<name>.pt`` already in the folder) is refused
+    unless ``replace_existing``. Nothing in the weights folder changes unless every check passes.
+    """
     from fer_edge.checkpoint import load_checkpoint, save_checkpoint
-    from fer_edge.errors import CheckpointError
+    from fer_edge.errors import CheckpointError, FerEdgeError
     from fer_edge.models import count_macs, count_params
-    from fer_edge.weights import check_parity_gate
+    from fer_edge.parity import threshold_problems
+    from fer_edge.utils import atomic_path
 
-    check_parity_gate(parity_gate or {}, parity_gate_reason)
+    # 1. the arguments, all problems at once, before any work
+    problems = name_problems(name)
+    problems += [f"--parity-gate: {p}" for p in threshold_problems(parity_gate or {}, objects_ok=False)]
+    if parity_gate and not str(parity_gate_reason).strip():
+        problems.append("a weight's own parity gate needs a reason (--parity-gate-reason: the figures measured "
+                        "on the weight)")
+    if extra_metrics is not None and not isinstance(extra_metrics, dict):
+        problems.append(f"--metrics-json: expected a JSON object, got {extra_metrics!r}")
+    else:
+        problems += [f"--metrics-json: {p} is not a finite number" for p in _non_finite(extra_metrics or {})]
+    if problems:
+        raise FerEdgeError("cannot ship: " + "; ".join(problems))
 
+    # 2. the checkpoint, and whether the name is taken
     ck = load_checkpoint(checkpoint)
     model = ck.build_model()
     dest = WEIGHTS_DIR / f"{name}.pt"
+    entries = _read_entries()
+    old = next((e for e in entries if e["name"] == name), None)
+    clash = [e["name"] for e in entries if e["name"] != name and e["name"].lower() == name.lower()]
+    if clash:  # on a case-insensitive file system both would be the same file
+        raise CheckpointError(f"--name {name!r} differs only in case from the shipped {clash[0]!r}: choose another "
+                              f"--name, or use {clash[0]!r} (with --replace) to replace it")
+    if not replace_existing and (old is not None or dest.exists()):
+        if old is None:
+            what = f"{dest} already exists (not listed in weights.json)"
+        elif old.get("architecture") != ck.model_name:
+            what = (f"{name!r} is already shipped as {old.get('architecture')}, and this checkpoint is "
+                    f"{ck.model_name} (a different architecture)")
+        else:
+            what = f"{name!r} is already shipped ({old.get('architecture')})"
+        raise CheckpointError(f"{what}: pass --replace to replace it, or choose another --name")
+
+    # 3. stage the exact file outside the weights folder and check it
     keep = {k: ck.raw[k] for k in ("model", "labels", "normalization", "train_config", "metrics",
                                    "data", "epoch") if k in ck.raw}
     # the constructor defaults go in too, so the weight keeps loading if a factory's defaults change
     keep["model_kwargs"] = ck.resolved_model_kwargs()
-    save_checkpoint(dest, {**keep, "state_dict": model.state_dict()})
-    size = dest.stat().st_size
-    if size > MAX_BYTES:
-        dest.unlink()
-        raise CheckpointError(f"{name}: {size} bytes is over the {MAX_BYTES}-byte limit")
-    meta = WeightMeta(
-        name=name, architecture=ck.model_name, file=dest.name, params=count_params(model), macs=count_macs(model),
-        mean=ck.normalization.mean, std=ck.normalization.std,
-        metrics={**ck.metrics, **(extra_metrics or {})}, recipe=recipe, hardware=hardware, train_time=train_time,
-        labels=tuple(ck.labels), parity_gate=dict(parity_gate or {}), parity_gate_reason=parity_gate_reason,
-    )
-    _write_entry(meta)
+    with tempfile.TemporaryDirectory(prefix="fer-edge-ship-") as td:
+        staged = Path(td) / dest.name
+        save_checkpoint(staged, {**keep, "state_dict": model.state_dict()})
+        size = staged.stat().st_size
+        if size > MAX_BYTES:
+            raise CheckpointError(f"{name}: {size} bytes is over the {MAX_BYTES}-byte limit "
+                                  "(nothing was shipped; the weights folder is unchanged)")
+        shipped_model = load_checkpoint(staged).build_model()  # the file as shipped loads
+        meta = WeightMeta(
+            name=name, architecture=ck.model_name, file=dest.name, params=count_params(shipped_model),
+            macs=count_macs(shipped_model), mean=ck.normalization.mean, std=ck.normalization.std,
+            metrics={**ck.metrics, **(extra_metrics or {})}, recipe=recipe, hardware=hardware, train_time=train_time,
+            labels=tuple(ck.labels), parity_gate=dict(parity_gate or {}), parity_gate_reason=parity_gate_reason,
+        )
+        bad = _non_finite(meta.metrics)
+        if bad:
+            raise CheckpointError(f"{name}: metrics {', '.join(bad)} are not finite numbers (weights.json must be "
+                                  "valid JSON); fix the checkpoint's metrics or --metrics-json")
+        text = _table_text(entries, meta)
+
+        # 4. commit: the file first, then its entry (each an atomic rename inside the folder)
+        with atomic_path(WEIGHTS_DIR / "weights.json") as tmp_table:
+            tmp_table.write_text(text)
+            with atomic_path(dest) as tmp_pt:
+                shutil.copyfile(staged, tmp_pt)
     return meta
 
 
@@ -83,12 +196,9 @@ def set_parity_gate(name: str, gate: dict, reason: str) -> WeightMeta:
 
 
 def _write_entry(meta: WeightMeta) -> None:
-    from fer_edge.utils import write_json_atomic
+    from fer_edge.utils import write_text_atomic
 
-    table = WEIGHTS_DIR / "weights.json"
-    entries = [e for e in (json.loads(table.read_text()) if table.is_file() else []) if e["name"] != meta.name]
-    entries.append(asdict(meta))
-    write_json_atomic(table, sorted(entries, key=lambda e: e["name"]))
+    write_text_atomic(WEIGHTS_DIR / "weights.json", _table_text(_read_entries(), meta))
 
 
 @cli.command()
@@ -98,9 +208,16 @@ def main(checkpoint: Path = typer.Argument(..., exists=True), name: str = typer.
          metrics_json: str = typer.Option("{}", help="Extra measured metrics as JSON."),
          parity_gate: str = typer.Option(
              "{}", help='The weight\'s own export gate as JSON, e.g. \'{"int8": {"min_agreement": 0.97}}\'.'),
-         parity_gate_reason: str = typer.Option("", help="Why, with the figures measured on this weight.")) -> None:
+         parity_gate_reason: str = typer.Option("", help="Why, with the figures measured on this weight."),
+         replace_existing: bool = typer.Option(
+             False, "--replace", help="Replace the weight already shipped under --name (its file and entry).")) -> None:
+    before = next((e for e in _read_entries() if e["name"] == name), None) if not name_problems(name) else None
     meta = ship(checkpoint, name, recipe, hardware, train_time, json_option(metrics_json, "--metrics-json"),
-                json_option(parity_gate, "--parity-gate"), parity_gate_reason)
+                json_option(parity_gate, "--parity-gate"), parity_gate_reason, replace_existing=replace_existing)
+    if before is not None:
+        change = (f", architecture {before.get('architecture')} -> {meta.architecture}"
+                  if before.get("architecture") != meta.architecture else "")
+        typer.echo(f"note: replaced the shipped {name!r}{change}", err=True)
     typer.echo(json.dumps(asdict(meta), indent=2))
 
 
