@@ -164,16 +164,88 @@ def load_checkpoint(path: str | os.PathLike, map_location: str = "cpu") -> Check
 
 
 # --- parts: a checkpoint too large for one transfer, as several smaller files ----------------------------------
+from collections.abc import Callable  # noqa: E402  (the parts' code below)
+
 PART_FORMAT = "fer-edge-checkpoint-part/1"
 _PART_SLACK = 64 * 1024  # bytes kept free in each part for the pickle's own overhead
+_PART_KEYS = ("group", "index", "count", "state_dict")
 
 
-def split_checkpoint(path: str | os.PathLike, prefix: str | os.PathLike, max_bytes: int) -> list[Path]:
+def part_limit_problems(max_bytes: float, state_dict: dict | None = None) -> list[str]:
+    """What keeps parts of at most ``max_bytes`` bytes from holding a checkpoint with ``state_dict`` (its float
+    tensors stored as float16), one phrase each; [] when they can. Without a state dict only the limit itself is
+    judged. :func:`split_checkpoint` and the distillation round (before it trains anything) both ask this."""
+    import math
+
+    if not isinstance(max_bytes, (int, float)) or not math.isfinite(max_bytes):
+        return [f"the part size must be a finite number, not {max_bytes!r}"]
+    if max_bytes <= _PART_SLACK:
+        return [f"parts of {max_bytes:.0f} bytes are too small to hold anything: each part must be larger than "
+                f"{_PART_SLACK} bytes ({_PART_SLACK / 2**20:g} MiB), kept for the file's own overhead"]
+    budget = max_bytes - _PART_SLACK
+    sizes = {name: t.numel() * (2 if t.is_floating_point() else t.element_size())
+             for name, t in (state_dict or {}).items()}
+    over = sorted((n for n, size in sizes.items() if size > budget), key=lambda n: -sizes[n])
+    if not over:
+        return []
+    name, size = over[0], sizes[over[0]]
+    others = f" (and {len(over) - 1} other tensor{'s' if len(over) > 2 else ''})" if len(over) > 1 else ""
+    return [f"tensor {name} alone takes {size} bytes ({size / 2**20:.2f} MiB) as float16{others}, over parts of "
+            f"{max_bytes:.0f} bytes less {_PART_SLACK} kept for the file's overhead: parts must be at least "
+            f"{math.ceil((size + _PART_SLACK) / 2**20 * 100) / 100:.2f} MiB"]
+
+
+def part_path(prefix: str | os.PathLike, index: int) -> Path:
+    """The file :func:`split_checkpoint` writes part ``index`` of ``prefix`` to: ``<prefix>.part<index>.pt``."""
+    return Path(f"{prefix}.part{index}.pt")
+
+
+def existing_parts(prefix: str | os.PathLike) -> dict[int, Path]:
+    """The files named as parts of ``prefix`` (``<prefix>.part<N>.pt``) that exist now, by ``N``."""
+    import re
+
+    prefix = Path(prefix)
+    if not prefix.parent.is_dir():
+        return {}
+    pattern = re.compile(re.escape(prefix.name) + r"\.part(\d+)\.pt")
+    found = {}
+    for p in prefix.parent.iterdir():
+        m = pattern.fullmatch(p.name)
+        if m and p.is_file():
+            found[int(m.group(1))] = p
+    return dict(sorted(found.items()))
+
+
+def _read_part(p: Path) -> tuple[dict | None, str]:
+    """``(part, "")`` for a readable checkpoint part, else ``(None, what it is instead)``."""
+    import torch
+
+    try:
+        raw = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch's messages run to many lines of advice that does not apply here
+        first = (str(e).strip().splitlines() or [""])[0]
+        return None, f"not readable ({type(e).__name__}: {first})"
+    if not isinstance(raw, dict) or raw.get("format") != PART_FORMAT:
+        return None, f"not a checkpoint part (expected format {PART_FORMAT!r})"
+    lacks = [k for k in _PART_KEYS if k not in raw]
+    if lacks or not isinstance(raw["index"], int) or not isinstance(raw["count"], int):
+        return None, f"a damaged checkpoint part (lacks or garbles {', '.join(lacks) or 'index/count'})"
+    return raw, ""
+
+
+def split_checkpoint(path: str | os.PathLike, prefix: str | os.PathLike, max_bytes: int,
+                     on_removed: Callable[[Path], None] | None = None) -> list[Path]:
     """Write checkpoint ``path`` as ``<prefix>.part<i>.pt`` files of at most ``max_bytes`` each.
 
     Floating-point weights are stored as float16 (a teacher loses nothing that matters; the original dtypes are
     recorded and restored by :func:`join_checkpoint`); ``resume`` state is dropped. Part 0 carries the rest of
-    the checkpoint. Every part names the group it belongs to, so parts of different checkpoints do not mix.
+    the checkpoint. Every part names the split it belongs to (the checkpoint, the size limit and the number of
+    parts), so parts of different checkpoints or splits do not mix.
+
+    Parts left at ``prefix`` by an earlier split into more parts (``<prefix>.part<N>.pt`` with ``N`` at least the
+    new count, holding a checkpoint part) are removed once the new parts are written, each passed to
+    ``on_removed``: they would otherwise sit beside the new ones as if they belonged to them. Files of that name
+    that are not checkpoint parts are left alone.
     """
     import hashlib
 
@@ -181,10 +253,20 @@ def split_checkpoint(path: str | os.PathLike, prefix: str | os.PathLike, max_byt
 
     from fer_edge.utils import atomic_path
 
+    problems = part_limit_problems(max_bytes)
+    if problems:
+        raise CheckpointError(f"cannot split {path}: " + "; ".join(problems))
     ck = load_checkpoint(path)
+    problems = part_limit_problems(max_bytes, ck.state_dict)
+    if problems:
+        raise CheckpointError(f"cannot split {path}: " + "; ".join(problems))
+    for q in (Path(prefix).parent, *Path(prefix).parent.parents):
+        if q.exists():
+            if not q.is_dir():
+                raise CheckpointError(f"cannot split {path}: the parts' folder {Path(prefix).parent} "
+                                      f"{'is' if q == Path(prefix).parent else f'lies under {q}, which is'} a file")
+            break
     budget = max_bytes - _PART_SLACK
-    if budget <= 0:
-        raise CheckpointError(f"parts of {max_bytes} bytes are too small to hold anything")
     groups: list[dict] = [{}]
     used = 0
     dtypes = {}
@@ -193,18 +275,20 @@ def split_checkpoint(path: str | os.PathLike, prefix: str | os.PathLike, max_byt
         if t.is_floating_point():
             t = t.half()
         size = t.numel() * t.element_size()
-        if size > budget:
-            raise CheckpointError(f"{path}: tensor {name} alone takes {size} bytes, over the {max_bytes}-byte parts")
         if used + size > budget and groups[-1]:
             groups.append({})
             used = 0
         groups[-1][name] = t
         used += size
     meta = {k: v for k, v in ck.raw.items() if k not in ("state_dict", "resume")}
-    group = hashlib.sha256(f"{Path(path).resolve()}:{ck.sha256}".encode()).hexdigest()[:16]
+    # one split of one checkpoint: the same file split under another limit gives parts that do not mix with these
+    group = hashlib.sha256(
+        f"{Path(path).resolve()}:{ck.sha256}:{max_bytes}:{len(groups)}".encode()).hexdigest()[:16]
     out = []
     for i, sd in enumerate(groups):
-        dest = Path(f"{prefix}.part{i}.pt")
+        dest = part_path(prefix, i)
+        if dest.is_dir():
+            raise CheckpointError(f"{dest} is a folder: remove it or choose another prefix")
         payload = {"format": PART_FORMAT, "group": group, "index": i, "count": len(groups), "state_dict": sd}
         if i == 0:
             payload.update(checkpoint=meta, dtypes=dtypes)
@@ -213,37 +297,65 @@ def split_checkpoint(path: str | os.PathLike, prefix: str | os.PathLike, max_byt
         if dest.stat().st_size > max_bytes:
             raise CheckpointError(f"{dest}: {dest.stat().st_size} bytes, over the {max_bytes}-byte limit")
         out.append(dest)
+    for n, stale in existing_parts(prefix).items():
+        if n >= len(groups) and _read_part(stale)[0] is not None:
+            stale.unlink()
+            if on_removed is not None:
+                on_removed(stale)
     return out
 
 
 def join_checkpoint(parts: list[str | os.PathLike], dest: str | os.PathLike) -> Path:
-    """Reassemble the files :func:`split_checkpoint` wrote into one checkpoint at ``dest``; every problem with
-    the parts (unreadable, foreign, missing, repeated, from different checkpoints) is reported at once."""
+    """Reassemble the files :func:`split_checkpoint` wrote into one checkpoint at ``dest`` (a file; an existing
+    folder is refused); every problem with the parts (unreadable, foreign, missing, repeated, from different
+    checkpoints or splits, disagreeing on their number) and with ``dest`` is reported at once."""
+    import re
+
     import torch
 
+    parts = [Path(p) for p in parts]
+    dest = Path(dest)
     problems, loaded = [], {}
+    if dest.is_dir():
+        name = re.sub(r"\.part\d+\.pt$", "", parts[0].name) if parts else "checkpoint"
+        problems.append(f"--out {dest} is a folder: give the joined checkpoint's file name, e.g. {dest / name}.pt")
+    else:
+        for q in dest.parents:
+            if q.exists():
+                if not q.is_dir():
+                    problems.append(f"--out {dest} lies under {q}, which is a file, not a folder")
+                break
+    if dest.exists() and any(dest.resolve() == p.resolve() for p in parts if p.exists()):
+        problems.append(f"--out {dest} is one of the parts: write the checkpoint elsewhere")
     for p in parts:
-        try:
-            raw = torch.load(p, map_location="cpu", weights_only=True)
-        except Exception as e:
-            problems.append(f"{p}: not readable ({type(e).__name__}: {e})")
-            continue
-        if not isinstance(raw, dict) or raw.get("format") != PART_FORMAT:
-            problems.append(f"{p}: not a checkpoint part (expected format {PART_FORMAT!r})")
+        raw, why = _read_part(p)
+        if raw is None:
+            problems.append(f"{p}: {why}")
             continue
         if raw["index"] in loaded:
-            problems.append(f"{p}: part {raw['index']} is given twice")
+            problems.append(f"{p}: part {raw['index']} is given twice (also {loaded[raw['index']][0]})")
             continue
         loaded[raw["index"]] = (p, raw)
     if loaded:
         groups = {raw["group"] for _, raw in loaded.values()}
         if len(groups) > 1:
-            problems.append("the parts come from different checkpoints: " + ", ".join(
-                f"{p} ({raw['group']})" for p, raw in loaded.values()))
-        count = next(iter(loaded.values()))[1]["count"]
-        missing = sorted(set(range(count)) - set(loaded))
-        if missing:
-            problems.append(f"part(s) {', '.join(map(str, missing))} of {count} missing")
+            problems.append("the parts come from different checkpoints or different splits of one: " + ", ".join(
+                f"{p} ({raw['group']})" for p, raw in sorted(loaded.values(), key=lambda v: v[1]["index"])))
+        counts = {raw["count"] for _, raw in loaded.values()}
+        if len(counts) > 1:
+            problems.append("the parts disagree on how many there are: " + ", ".join(
+                f"{p} says {raw['count']}" for p, raw in sorted(loaded.values(), key=lambda v: v[1]["index"])))
+        else:
+            count = counts.pop()
+            beyond = sorted(i for i in loaded if not 0 <= i < count)
+            if beyond:
+                problems.append(f"part(s) {', '.join(map(str, beyond))} given, but the checkpoint has {count} "
+                                f"(0 to {count - 1})")
+            missing = sorted(set(range(count)) - set(loaded))
+            if missing:
+                problems.append(f"part(s) {', '.join(map(str, missing))} of {count} missing")
+        if 0 in loaded and not all(k in loaded[0][1] for k in ("checkpoint", "dtypes")):
+            problems.append(f"{loaded[0][0]}: part 0 lacks the checkpoint's metadata (a damaged part)")
     elif not problems:
         problems.append("no parts given")
     if problems:
@@ -259,26 +371,42 @@ def join_checkpoint(parts: list[str | os.PathLike], dest: str | os.PathLike) -> 
 
 def main(argv: list[str] | None = None) -> int:
     import argparse
+    import math
     import sys
 
     ap = argparse.ArgumentParser(prog="python -m fer_edge.checkpoint",
                                  description="Split a checkpoint into parts of a size limit, or join them again.")
     sub = ap.add_subparsers(dest="cmd", required=True)
-    s = sub.add_parser("split", help="write CHECKPOINT as PREFIX.part<i>.pt (float16 weights)")
+    s = sub.add_parser("split", help="write CHECKPOINT as PREFIX.part<i>.pt (float16 weights)",
+                       description="Write CHECKPOINT as PREFIX.part0.pt, PREFIX.part1.pt, ... (float16 weights, no "
+                                   "optimizer state), each at most --max-mb MiB. Parts left at PREFIX by an earlier "
+                                   "split into more parts are removed, each named on stderr.")
     s.add_argument("checkpoint")
     s.add_argument("prefix")
-    s.add_argument("--max-mb", type=float, required=True, help="largest part, in MiB")
-    j = sub.add_parser("join", help="reassemble parts into one checkpoint")
+    s.add_argument("--max-mb", type=float, required=True,
+                   help=f"largest part, in MiB (more than {_PART_SLACK / 2**20:g}, and enough for the largest tensor)")
+    j = sub.add_parser("join", help="reassemble parts into one checkpoint",
+                       description="Reassemble the parts `split` wrote into one float32 checkpoint. Missing, "
+                                   "repeated, foreign or mixed-up parts are refused, every problem listed.")
     j.add_argument("parts", nargs="+")
-    j.add_argument("--out", required=True)
+    j.add_argument("--out", required=True,
+                   help="the checkpoint file to write, e.g. runs/gpu/teacher.pt (replaced if it exists; an existing "
+                        "folder is refused)")
     args = ap.parse_args(argv)
     try:
         if args.cmd == "split":
-            for p in split_checkpoint(args.checkpoint, args.prefix, int(args.max_mb * 1024 * 1024)):
+            if not math.isfinite(args.max_mb) or args.max_mb <= 0:
+                raise CheckpointError(f"--max-mb must be a positive number of MiB, not {args.max_mb:g}")
+            removed = lambda p: print(f"removed {p}: a part of an earlier split into more parts", file=sys.stderr)
+            for p in split_checkpoint(args.checkpoint, args.prefix, int(args.max_mb * 1024 * 1024),
+                                      on_removed=removed):
                 print(p)
         else:
             print(join_checkpoint(args.parts, args.out))
     except CheckpointError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:  # the file system refused a write (no permission, a full disk)
         print(f"error: {e}", file=sys.stderr)
         return 1
     return 0

@@ -70,3 +70,68 @@ def test_an_artifact_or_a_foreign_file_is_named_for_what_it_is(tmp_path):
     with pytest.raises(CheckpointError, match="not a readable checkpoint") as e:
         load_checkpoint(zipped)
     assert "\n" not in str(e.value)  # torch's many lines of advice cut to the first
+
+
+def test_join_refuses_a_folder_as_out_and_leaves_it_alone(tmp_path, capsys):
+    parts = split_checkpoint(_checkpoint(tmp_path / "a.pt"), tmp_path / "p" / "teacher", 680_000)
+    folder = tmp_path / "keep.pt"  # a folder whose name looks like a checkpoint's: atomic writes would replace it
+    folder.mkdir()
+    (folder / "precious.txt").write_text("x")
+    with pytest.raises(CheckpointError, match=r"is a folder: give the joined checkpoint's file name, e\.g\. "
+                                              r".*keep\.pt/teacher\.pt"):
+        join_checkpoint(parts, folder)
+    assert (folder / "precious.txt").read_text() == "x" and len(list(folder.iterdir())) == 1
+    assert main(["join", *map(str, parts), "--out", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "is a folder" in err and "Traceback" not in err
+    (tmp_path / "file").write_text("x")
+    assert main(["join", *map(str, parts), "--out", str(tmp_path / "file" / "j.pt")]) == 1
+    assert "which is a file" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("max_mb", ["nan", "inf", "-1", "0"])
+def test_split_refuses_a_size_that_is_not_a_positive_number(tmp_path, capsys, max_mb):
+    src = _checkpoint(tmp_path / "a.pt")
+    assert main(["split", str(src), str(tmp_path / "a"), "--max-mb", max_mb]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: --max-mb must be a positive number of MiB") and "Traceback" not in err
+    assert not list(tmp_path.glob("a.part*"))
+    with pytest.raises(CheckpointError, match="must be a finite number" if max_mb in ("nan", "inf") else "too small"):
+        split_checkpoint(src, tmp_path / "a", float(max_mb))  # the library refuses it too
+
+
+def test_a_new_split_removes_the_parts_an_earlier_split_left_at_that_prefix(tmp_path, capsys):
+    src = _checkpoint(tmp_path / "a.pt")
+    (tmp_path / "p").mkdir()
+    (tmp_path / "p" / "s.part7.pt").write_text("not a part: not ours to remove")
+    (tmp_path / "p" / "s2.part1.pt").write_text("another prefix")
+    assert main(["split", str(src), str(tmp_path / "p" / "s"), "--max-mb", "0.65"]) == 0
+    assert len(capsys.readouterr().out.split()) == 2
+    assert main(["split", str(src), str(tmp_path / "p" / "s"), "--max-mb", "4"]) == 0
+    out, err = capsys.readouterr()
+    assert out.split() == [str(tmp_path / "p" / "s.part0.pt")]
+    assert f"removed {tmp_path / 'p' / 's.part1.pt'}" in err
+    assert sorted(p.name for p in (tmp_path / "p").iterdir()) == ["s.part0.pt", "s.part7.pt", "s2.part1.pt"]
+    parts = sorted(str(p) for p in (tmp_path / "p").glob("s.part[0-6].pt"))
+    assert main(["join", *parts, "--out", str(tmp_path / "j.pt")]) == 0
+    assert load_checkpoint(tmp_path / "j.pt").model_name == "simple_cnn"
+
+
+def test_join_refuses_parts_of_different_splits_of_one_checkpoint(tmp_path):
+    src = _checkpoint(tmp_path / "a.pt")
+    two = split_checkpoint(src, tmp_path / "two", 680_000)
+    one = split_checkpoint(src, tmp_path / "one", 4 << 20)
+    assert (len(two), len(one)) == (2, 1)
+    with pytest.raises(CheckpointError) as e:
+        join_checkpoint([one[0], two[1]], tmp_path / "x.pt")  # part 0 says 1 part, part 1 says 2
+    msg = str(e.value)
+    assert "different splits" in msg and f"{one[0]} says 1" in msg and f"{two[1]} says 2" in msg
+    forged = torch.load(two[1], weights_only=True)
+    forged.update(index=5)
+    torch.save(forged, tmp_path / "forged.pt")
+    with pytest.raises(CheckpointError, match=r"part\(s\) 5 given, but the checkpoint has 2 \(0 to 1\)"):
+        join_checkpoint([*two, tmp_path / "forged.pt"], tmp_path / "x.pt")
+    torch.save({"format": "fer-edge-checkpoint-part/1", "index": 0}, tmp_path / "damaged.pt")
+    with pytest.raises(CheckpointError, match="damaged.pt: a damaged checkpoint part"):
+        join_checkpoint([tmp_path / "damaged.pt", two[1]], tmp_path / "x.pt")
+    assert not (tmp_path / "x.pt").exists()

@@ -130,7 +130,7 @@ def test_bad_stage_tables_and_options_fail_before_any_training(synthetic_folder,
 
 def test_main_reports_missing_data_and_bad_teacher(tmp_path, synthetic_folder, capsys):
     assert main(["--data", str(tmp_path / "nope"), "--work", str(tmp_path / "w"), "--out", str(tmp_path / "o"),
-                 "--budget-minutes", "1"]) == 2
+                 "--budget-minutes", "1"]) == 1
     assert "does not exist" in capsys.readouterr().err
     assert main(["--data", str(synthetic_folder), "--work", str(tmp_path / "w"), "--out", str(tmp_path / "o"),
                  "--budget-minutes", "1", "--teacher", "resnet19", "--device", "cpu"]) == 1
@@ -292,7 +292,7 @@ def test_main_builds_several_teachers_and_adds_the_extra_ones(synthetic_folder, 
     assert main(base + ["--extra-teacher", "small", "--nano-teacher", "small"]) == 0
     _, small, nano = seen["stages"]
     assert nano.teachers == ("small",) and nano.extra_teachers == () and small.extra_teachers
-    assert main(base + ["--teachers", "0"]) == 2 and "at least 1" in capsys.readouterr().err
+    assert main(base + ["--teachers", "0"]) == 1 and "at least 1" in capsys.readouterr().err
     assert main(base + ["--extra-teacher", "no_such.pt"]) == 1
     assert "no_such.pt: no such checkpoint file" in capsys.readouterr().err
 
@@ -340,3 +340,111 @@ def test_bad_teacher_set_items_are_all_reported(synthetic_folder, capsys):
                  "(the round sets it)", "lr='abc'", "qat='maybe': expected true or false", "'x': expected KEY=VALUE",
                  "model_kwargs='[1]': expected a JSON object", "distill_views='four'"):
         assert part in err, part
+
+
+def _no_training(monkeypatch):
+    def refuse(cfg, **kw):
+        raise AssertionError(f"trained {cfg.out} although the options were bad")
+
+    monkeypatch.setattr(training, "train", refuse)
+
+
+@pytest.mark.parametrize("budget", ["nan", "inf", "-inf", "0", "-1"])
+def test_a_budget_that_is_not_a_positive_number_is_refused_before_any_training(synthetic_folder, tmp_path, capsys,
+                                                                                 monkeypatch, budget):
+    _no_training(monkeypatch)
+    work, out = tmp_path / "w", tmp_path / "o"
+    assert main(["--data", str(synthetic_folder), "--work", str(work), "--out", str(out), f"--budget-minutes={budget}",
+                 "--device", "cpu"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "--budget-minutes must be a finite, positive number" in err
+    assert "Traceback" not in err and not work.exists() and not out.exists()  # the next run may use this --work
+    with pytest.raises(TrainingError, match="--budget-minutes must be a finite, positive number"):
+        run_round(synthetic_folder, work, out, budget_s=float(budget) * 60, stages=TINY, **COMMON)
+    assert not work.exists() and not out.exists()
+
+
+def test_every_bad_round_option_is_listed_at_once_before_any_training(synthetic_folder, tmp_path, capsys,
+                                                                        monkeypatch):
+    _no_training(monkeypatch)
+    (tmp_path / "a_file").write_text("x")
+    base = ["--data", str(synthetic_folder), "--device", "cpu"]
+    assert main(base + ["--work", str(tmp_path / "a_file" / "w"), "--out", str(tmp_path / "a_file"),
+                        "--budget-minutes", "nan", "--teacher-parts-mb", "nan", "--probe-steps", "0"]) == 1
+    err = capsys.readouterr().err
+    for part in ("--budget-minutes must be a finite, positive number, not nan",
+                 "--teacher-parts-mb must be 0 (keep the teacher in --work only) or a positive number of MiB, not nan",
+                 "--probe-steps must be at least 1", f"--work {tmp_path / 'a_file' / 'w'} lies under",
+                 f"--out {tmp_path / 'a_file'} is a file"):
+        assert part in err, part
+    assert "Traceback" not in err
+    for mb, why in (("-1", "not -1"), ("0.01", "too small to hold anything")):
+        assert main(base + ["--work", str(tmp_path / "w"), "--out", str(tmp_path / "o"), "--budget-minutes", "1",
+                            "--teacher-parts-mb", mb]) == 1
+        assert why in capsys.readouterr().err
+    # parts that hold something, but not resnet18's largest tensor: refused before the teacher trains, not after
+    assert main(base + ["--work", str(tmp_path / "w"), "--out", str(tmp_path / "o"), "--budget-minutes", "1",
+                        "--teacher-parts-mb", "1"]) == 1
+    err = capsys.readouterr().err
+    assert "stage 'teacher': --teacher-parts-mb 1 cannot send its resnet18 checkpoint" in err
+    assert "parts must be at least 4.57 MiB" in err
+    assert not (tmp_path / "w").exists() and not (tmp_path / "o").exists()
+    with pytest.raises(TrainingError, match="cannot send its simple_cnn checkpoint: tensor .* alone takes"):
+        run_round(synthetic_folder, tmp_path / "w", tmp_path / "o", budget_s=60, stages=TINY, parts_bytes=500_000,
+                  **COMMON)
+    assert not (tmp_path / "w").exists()
+
+
+def test_a_stage_whose_outputs_cannot_be_kept_fails_alone_and_its_students_still_run(synthetic_folder, tmp_path,
+                                                                                      monkeypatch):
+    import fer_edge.checkpoint as checkpoint
+    from fer_edge.errors import CheckpointError
+
+    def no_room(*a, **kw):
+        raise CheckpointError("no room for the parts")
+
+    real = training.train
+
+    def crashing(cfg, **kw):
+        if cfg.out.endswith("student") and "probe" not in cfg.out:
+            raise RuntimeError("CUDA out of memory")  # not a FerEdgeError: still that stage's failure only
+        return real(cfg, **kw)
+
+    monkeypatch.setattr(checkpoint, "split_checkpoint", no_room)
+    monkeypatch.setattr(training, "train", crashing)
+    stages = (*TINY, Stage("pupil", "simple_cnn", 0.5, 1, teachers=("teacher",), options=dict(augment="light")))
+    logged = []
+    with pytest.raises(TrainingError) as e:
+        run_round(synthetic_folder, tmp_path / "w", tmp_path / "o", budget_s=600, stages=stages, parts_bytes=680_000,
+                  log=logged.append, **COMMON)
+    assert "teacher: keeping its outputs" in str(e.value) and "student: RuntimeError: CUDA out of memory" in str(e.value)
+    summary = json.loads((tmp_path / "o" / "summary.json").read_text())
+    teacher, student, pupil = summary["stages"]
+    assert teacher["status"] == (f"failed: keeping its outputs in {tmp_path / 'o'} failed: no room for the parts "
+                                 "(its training finished)")
+    assert teacher["epochs_run"] == 2 and teacher["history"] == "teacher_history.csv"  # what could be kept was
+    assert (tmp_path / "o" / "teacher_history.csv").is_file() and "checkpoint_parts" not in teacher
+    assert student["status"] == "failed: RuntimeError: CUDA out of memory"
+    assert pupil["status"] == "done" and (tmp_path / "o" / "pupil.pt").is_file()  # taught by the teacher's best.pt
+    assert any("Traceback" in m and "CUDA out of memory" in m for m in logged)  # an unexpected error's traceback
+    assert not any(s["status"] in ("running", "pending") for s in summary["stages"])
+
+
+def test_images_per_epoch_is_the_data_when_it_is_smaller_than_a_batch(synthetic_folder, tmp_path, monkeypatch):
+    class Run:
+        history = [{"images_per_second": 1000.0, "val_seconds": 0.1}]
+        best_accuracy, best_epoch, epochs_run = 0.5, 1, 1
+
+    seen = []
+    monkeypatch.setattr(training, "train", lambda cfg, **kw: seen.append(cfg) or Run())
+    summary = run_round(synthetic_folder, tmp_path / "w", tmp_path / "o", budget_s=600, stages=TINY[:1],
+                        log=lambda m: None, device="cpu", batch_size=512, probe_steps=2)
+    assert summary["train_images_per_epoch"] == 280  # the whole split: one partial batch, not 512 images
+    # the epoch estimate counts those 280 images: (280 / 1000 + 0.1 s validation + overhead) x margin
+    assert summary["stages"][0]["probe"]["estimated_epoch_seconds"] == pytest.approx((0.28 + 0.1 + 0.5) * 1.05, abs=0.01)
+    summary = run_round(synthetic_folder, tmp_path / "w2", tmp_path / "o2", budget_s=600, stages=TINY[:1],
+                        log=lambda m: None, device="cpu", batch_size=32, probe_steps=2, max_steps_per_epoch=3)
+    assert summary["train_images_per_epoch"] == 96  # 3 full batches of 32
+    summary = run_round(synthetic_folder, tmp_path / "w3", tmp_path / "o3", budget_s=600, stages=TINY[:1],
+                        log=lambda m: None, device="cpu", batch_size=100, probe_steps=2)
+    assert summary["train_images_per_epoch"] == 200  # 2 full batches; the last 80 images are dropped

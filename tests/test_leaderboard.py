@@ -237,3 +237,41 @@ def test_a_retrained_entry_is_exported_again_into_its_folder(tiny_checkpoint, sy
         manifest = json.loads((out / "manifest.json").read_text())
         assert manifest["source"]["sha256"] == sha256_path(ck)
     assert sorted(p.name for p in out.glob("*.onnx")) == ["fer_nano_fp32.onnx", "fer_nano_int8.onnx"]
+
+
+@pytest.mark.parametrize("option", ["--lr", "--weight-decay", "--label-smoothing", "--ema", "--bench-seconds"])
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_a_float_option_that_is_not_finite_is_refused_up_front(synthetic_csv, tmp_path, capsys, option, value):
+    # --bench-iters would override --bench-seconds: a non-finite one is refused all the same
+    assert main(["--data", str(synthetic_csv), "--out", str(tmp_path), "--models", "fer_nano", "--bench-iters", "3",
+                 f"{option}={value}"]) == 1
+    err = capsys.readouterr().err
+    assert f"{option} must be a finite number, not {float(value)!r}" in err and "Traceback" not in err
+    assert not any(tmp_path.iterdir())  # nothing trained
+
+
+@pytest.mark.parametrize("models", ["", ",", " , "])
+def test_an_empty_models_list_is_refused_not_taken_for_every_model(synthetic_csv, tmp_path, capsys, models):
+    assert main(["--data", str(synthetic_csv), "--out", str(tmp_path), "--models", models]) == 1
+    assert ("--models is empty: name at least one model, or leave the option out for every model"
+            in capsys.readouterr().err)
+    assert not any(tmp_path.iterdir())
+    from fer_edge.benchmarks.leaderboard import run_leaderboard
+    from fer_edge.errors import FerEdgeError
+
+    with pytest.raises(FerEdgeError, match="--models is empty"):
+        run_leaderboard(synthetic_csv, tmp_path, models=[])
+    assert not any(tmp_path.iterdir())
+
+
+def test_every_bad_option_is_listed_at_once(synthetic_csv, tmp_path, capsys):
+    (tmp_path / "a_file").write_text("x")
+    assert main(["--data", str(tmp_path / "missing.csv"), "--out", str(tmp_path / "a_file"), "--models", "",
+                 "--bench-seconds", "nan", "--lr", "0", "--epochs", "0", "--bench-warmup", "-1",
+                 "--calib-size", "0"]) == 1
+    err = capsys.readouterr().err
+    for part in ("missing.csv: no such file or folder", "--models is empty", "--bench-seconds must be a finite number",
+                 "--lr must be positive", "--epochs must be at least 1", "--bench-warmup must be at least 0",
+                 "--calib-size must be at least 1", "a_file is a file, not a folder"):
+        assert part in err, part
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]

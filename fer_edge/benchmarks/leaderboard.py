@@ -511,7 +511,9 @@ def run_leaderboard(
     if not data.exists():
         raise FerEdgeError(f"--data {data}: no such file or folder")
     valid = list_models()
-    models = list(models) if models else valid
+    if models is not None and not list(models):
+        raise FerEdgeError(EMPTY_MODELS)
+    models = list(models) if models is not None else valid
     unknown = [m for m in models if m not in valid]
     if unknown:
         raise FerEdgeError(f"unknown model {unknown[0]!r}; valid: {', '.join(valid)}")
@@ -891,7 +893,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--data", required=True, help="FER2013 CSV (.csv/.csv.gz) or image-folder data set")
     ap.add_argument("--out", default=str(DEFAULT_OUT), help="output folder (default: %(default)s)")
     ap.add_argument("--models", default=None,
-                    help="comma-separated registered models (default: every one; see `fer-edge models`)")
+                    help="comma-separated registered models (default, the option left out: every one; see "
+                         "`fer-edge models`)")
     ap.add_argument("--extra", action="append", default=[], metavar="NAME=CHECKPOINT",
                     help="an already trained checkpoint (path or shipped name, e.g. small=small) to export and "
                          "bench the same way without retraining; labelled with its own recipe (repeatable)")
@@ -923,34 +926,72 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+#: The command line's float options, each refused up front unless a finite number.
+FLOAT_OPTIONS = ("lr", "weight_decay", "label_smoothing", "ema", "bench_seconds")
+EMPTY_MODELS = "--models is empty: name at least one model, or leave the option out for every model"
+
+
+def option_problems(args: argparse.Namespace) -> tuple[list[str] | None, list[str]]:
+    """``(models, problems)``: the ``--models`` list (None: every model) and every problem with the command line's
+    options, found before any data is read or any model trained."""
+    from fer_edge.cli.common import parse_csv_option
+    from fer_edge.models import list_models
+    from fer_edge.training.trainer import validate_config
+    from fer_edge.utils import check_writable_dir
+
+    problems: list[str] = []
+    if not Path(args.data).exists():
+        problems.append(f"--data {args.data}: no such file or folder")
+    models = None
+    if args.models is not None:
+        try:
+            models = parse_csv_option(args.models, list_models(), "model")
+        except FerEdgeError as e:
+            problems.append(str(e))
+        else:
+            if not models:
+                problems.append(EMPTY_MODELS)
+    bad_floats = [k for k in FLOAT_OPTIONS if not math.isfinite(getattr(args, k))]
+    problems += [f"--{k.replace('_', '-')} must be a finite number, not {getattr(args, k)!r}" for k in bad_floats]
+    problems += [f"--{k.replace('_', '-')} must be at least {lo}, not {getattr(args, k)}" for k, lo in
+                 (("epochs", 1), ("batch_size", 1), ("max_steps_per_epoch", 0), ("threads", 0), ("bench_warmup", 0))
+                 if getattr(args, k) < lo]
+    if "bench_seconds" not in bad_floats and args.bench_seconds <= 0 and args.bench_iters is None:
+        problems.append("--bench-seconds must be positive")
+    for k in ("bench_iters", "n_images", "calib_size"):
+        if getattr(args, k) is not None and getattr(args, k) < 1:
+            problems.append(f"--{k.replace('_', '-')} must be at least 1, not {getattr(args, k)}")
+    if args.device not in ("auto", "cpu", "cuda", "mps"):
+        problems.append(f"--device {args.device!r}: valid: auto, cpu, cuda, mps")
+    try:
+        check_writable_dir(args.out, "--out", FerEdgeError)
+    except FerEdgeError as e:
+        problems.append(str(e))
+    recipe_floats = [k for k in bad_floats if k != "bench_seconds"]
+    if not recipe_floats:  # the trainer's own range checks (--lr must be positive, ...), the ones not made above
+        recipe = Recipe(epochs=max(args.epochs, 1), max_steps_per_epoch=max(args.max_steps_per_epoch, 0),
+                        batch_size=max(args.batch_size, 1), lr=args.lr, weight_decay=args.weight_decay,
+                        label_smoothing=args.label_smoothing, augment=args.augment, ema=args.ema, seed=args.seed,
+                        threads=max(args.threads, 0), device="auto")
+        try:
+            validate_config(recipe.train_config(args.data, (models or ["fer_nano"])[0], "-"))
+        except FerEdgeError as e:
+            problems += [line.strip() for line in str(e).splitlines()[1:] if line.strip()] or [str(e)]
+    return models, problems
+
+
 def main(argv: list[str] | None = None) -> int:
-    from fer_edge.cli.common import console, err_console, parse_csv_option
+    from fer_edge.cli.common import console, err_console
 
     args = build_parser().parse_args(argv)
     try:
-        from fer_edge.models import list_models
-
-        models = parse_csv_option(args.models, list_models(), "model") or None
+        models, problems = option_problems(args)
+        if problems:
+            raise FerEdgeError("bad options:\n  " + "\n  ".join(problems))
         recipe = Recipe(epochs=args.epochs, max_steps_per_epoch=args.max_steps_per_epoch, batch_size=args.batch_size,
                         lr=args.lr, weight_decay=args.weight_decay, label_smoothing=args.label_smoothing,
                         augment=args.augment, ema=args.ema, seed=args.seed, threads=args.threads,
                         device=args.device)
-        problems = [f"--{k.replace('_', '-')} must be at least {lo}" for k, lo in
-                    (("epochs", 1), ("batch_size", 1), ("max_steps_per_epoch", 0), ("threads", 0))
-                    if getattr(recipe, k) < lo]
-        if args.bench_seconds <= 0 and args.bench_iters is None:
-            problems.append("--bench-seconds must be positive")
-        if args.bench_iters is not None and args.bench_iters < 1:
-            problems.append("--bench-iters must be at least 1")
-        if recipe.device not in ("auto", "cpu", "cuda", "mps"):
-            problems.append(f"--device {recipe.device!r}: valid: auto, cpu, cuda, mps")
-        if args.n_images is not None and args.n_images < 1:
-            problems.append("--n-images must be at least 1")
-        if problems:
-            raise FerEdgeError("; ".join(problems))
-        from fer_edge.training.trainer import validate_config
-
-        validate_config(recipe.train_config(args.data, models[0] if models else "fer_nano", "-"))
         result = run_leaderboard(
             args.data, args.out, models, recipe, args.extra, args.calib_size,
             BenchSettings(seconds=args.bench_seconds, iters=args.bench_iters, warmup=args.bench_warmup,

@@ -24,6 +24,7 @@ without this module. Model selection is ``fer-edge train``'s: the best epoch on 
 from __future__ import annotations
 
 import argparse
+import math
 import shutil
 import sys
 import time
@@ -236,6 +237,11 @@ def run_round(data: str | Path, work: str | Path, out: str | Path, budget_s: flo
     ``parts_bytes``: a stage that does not keep its checkpoint (the teacher) still sends it to ``OUT``, as
     float16 parts of at most this many bytes (:func:`fer_edge.checkpoint.split_checkpoint`); 0 sends none.
 
+    Every problem with the options (a budget that is not a positive number, parts too small for the stage's
+    largest tensor, ``OUT`` or ``WORK`` a file, a stage's training options) is reported at once before any
+    training. A stage that fails, in training or while its outputs are kept (copied, split into parts), is
+    recorded as failed in the summary and the others still run; a stage whose training finished still teaches
+    its students from ``WORK`` when only keeping its outputs failed.
     Raises :class:`TrainingError` naming every failed stage after the others have run and been kept.
     """
     from fer_edge.data import default_train_split, load_split
@@ -244,15 +250,11 @@ def run_round(data: str | Path, work: str | Path, out: str | Path, budget_s: flo
     from fer_edge.utils import write_json_atomic
 
     check_stages(stages)
-    if budget_s <= 0:
-        raise TrainingError(f"the budget must be positive, not {budget_s} s")
-    if probe_steps < 1:
-        raise TrainingError(f"--probe-steps must be at least 1, not {probe_steps}")
     data, work, out = str(data), Path(work), Path(out)
     start = clock()
     common = dict(seed=seed, batch_size=batch_size, device=device, amp=amp, num_threads=threads,
                   max_steps_per_epoch=max_steps_per_epoch)
-    _preflight(stages, data, common, work)
+    _preflight(stages, data, common, work, out, budget_s=budget_s, parts_bytes=parts_bytes, probe_steps=probe_steps)
     dev = resolve_device(device)
     if dev.type == "cuda":
         import torch
@@ -264,8 +266,10 @@ def run_round(data: str | Path, work: str | Path, out: str | Path, budget_s: flo
     if max_steps_per_epoch:
         steps = min(steps, max_steps_per_epoch)
     entries = {s.name: {"name": s.name, "model": s.model, "status": "pending"} for s in stages}
+    # fer-edge train's epoch: `steps` batches, the only one partial when the split is smaller than a batch
+    images_per_epoch = min(steps * batch_size, n_train)
     summary = {"data": data, "budget_seconds": budget_s, "device": _describe_device(dev, threads),
-               "train_images_per_epoch": steps * batch_size, "stages": list(entries.values())}
+               "train_images_per_epoch": images_per_epoch, "stages": list(entries.values())}
     out.mkdir(parents=True, exist_ok=True)
 
     def save_summary() -> None:
@@ -283,8 +287,20 @@ def run_round(data: str | Path, work: str | Path, out: str | Path, budget_s: flo
         elif parts_bytes and (run_dir / "best.pt").is_file():
             from fer_edge.checkpoint import split_checkpoint
 
-            parts = split_checkpoint(run_dir / "best.pt", out / stage.name, parts_bytes)
+            parts = split_checkpoint(run_dir / "best.pt", out / stage.name, parts_bytes,
+                                     on_removed=lambda p: log(f"{stage.name}: removed {p}, a part of an earlier "
+                                                              "split into more parts"))
             entry["checkpoint_parts"] = [p.name for p in parts]
+
+    def try_keep(stage: Stage, run_dir: Path) -> str:
+        """keep(), its failure as a phrase ("" when it worked): a stage's outputs that cannot be kept fail that
+        stage only."""
+        try:
+            keep(stage, run_dir)
+        except (FerEdgeError, OSError) as e:
+            log(f"{stage.name}: its outputs could not be kept in {out}: {e}")
+            return f"keeping its outputs in {out} failed: {e}"
+        return ""
 
     failures: list[str] = []
     current: tuple[Stage, Path] | None = None
@@ -296,10 +312,13 @@ def run_round(data: str | Path, work: str | Path, out: str | Path, budget_s: flo
             cfg = _config(stage, data, run_dir, 2, {**common, "max_steps_per_epoch": probe_steps}, teachers)
             t0 = clock()
             log(f"probe {stage.name}: {stage.model}, 2 epochs of {probe_steps} steps")
-            res = train(cfg, progress=False, quiet=True)
+            try:
+                res = train(cfg, progress=False, quiet=True)
+            except FerEdgeError as e:
+                raise TrainingError(f"the probe of stage {stage.name!r} failed, so the round did not start: {e}") from e
             last = res.history[-1]
             ips = float(last["images_per_second"])
-            epoch_s = (steps * batch_size / ips + float(last.get("val_seconds") or 0.0) + EPOCH_OVERHEAD_S)
+            epoch_s = (images_per_epoch / max(ips, 1e-6) + float(last.get("val_seconds") or 0.0) + EPOCH_OVERHEAD_S)
             entries[stage.name]["probe"] = {
                 "images_per_second": ips, "val_seconds": last.get("val_seconds"),
                 "estimated_epoch_seconds": round(epoch_s * ESTIMATE_MARGIN, 2), "seconds": round(clock() - t0, 1),
@@ -335,18 +354,28 @@ def run_round(data: str | Path, work: str | Path, out: str | Path, budget_s: flo
             current, t0 = (stage, run_dir), clock()
             try:
                 res = train(cfg, progress=progress)
-            except FerEdgeError as e:
-                entry.update(status=f"failed: {e}", seconds=round(clock() - t0, 1))
-                failures.append(f"{stage.name}: {e}")
-                keep(stage, run_dir)
-                save_summary()
+            except Exception as e:  # KeyboardInterrupt is not one: it stops the round, below
+                if isinstance(e, FerEdgeError):
+                    why = str(e)
+                else:  # not a user's error: say what it was, with its traceback in the log
+                    import traceback
+
+                    why = f"{type(e).__name__}: {e}"
+                    log(traceback.format_exc().rstrip())
+                kept = try_keep(stage, run_dir)
+                entry.update(status=f"failed: {why}" + (f"; {kept}" if kept else ""), seconds=round(clock() - t0, 1))
+                failures.append(f"{stage.name}: {why}")
                 current = None
+                save_summary()
                 continue
             current = None
             entry.update(status="done", epochs_run=res.epochs_run, best_accuracy=res.best_accuracy,
                          best_epoch=res.best_epoch, seconds=round(clock() - t0, 1))
-            keep(stage, run_dir)
-            done.add(stage.name)
+            done.add(stage.name)  # its best.pt in WORK teaches its students even if keeping it in OUT fails
+            kept = try_keep(stage, run_dir)
+            if kept:
+                entry["status"] = f"failed: {kept} (its training finished)"
+                failures.append(f"{stage.name}: {kept}")
             save_summary()
             log(f"{stage.name}: best validation accuracy {res.best_accuracy:.4f} at epoch {res.best_epoch} "
                 f"of {res.epochs_run}, {entry['seconds']:.0f} s")
@@ -354,7 +383,9 @@ def run_round(data: str | Path, work: str | Path, out: str | Path, budget_s: flo
         if current is not None:
             stage, run_dir = current
             entries[stage.name]["status"] = "interrupted (best.pt and history.csv as of the last finished epoch)"
-            keep(stage, run_dir)
+            kept = try_keep(stage, run_dir)
+            if kept:
+                entries[stage.name]["status"] = f"interrupted; {kept}"
         for entry in entries.values():
             if entry["status"] == "pending":
                 entry["status"] = "not run: the round was interrupted"
@@ -395,21 +426,64 @@ def build_stages(teacher_model: str, n_teachers: int, teacher_max_epochs: int, e
     return tuple(scaled)
 
 
-def _preflight(stages, data: str, common: dict, work: Path) -> None:
-    """Every stage's options, model and run directory checked before the budget starts to be spent; all
-    problems at once."""
+def option_problems(budget_s: float, parts_bytes: int, work: Path, out: Path, probe_steps: int = 1) -> list[str]:
+    """The round's own options checked (not the stages'), one phrase per problem: a budget that is not a finite,
+    positive number, parts too small to hold anything, ``--out`` or ``--work`` that is a file."""
+    from fer_edge.checkpoint import part_limit_problems
+    from fer_edge.utils import check_writable_dir
+
+    problems = []
+    if not isinstance(budget_s, (int, float)) or not math.isfinite(budget_s) or budget_s <= 0:
+        problems.append(f"--budget-minutes must be a finite, positive number, not {budget_s / 60:g}")
+    if parts_bytes:
+        problems += [f"--teacher-parts-mb {parts_bytes / 2**20:g}: {p} (0 keeps the teacher in --work only)"
+                     for p in part_limit_problems(parts_bytes)]
+    if probe_steps < 1:
+        problems.append(f"--probe-steps must be at least 1, not {probe_steps}")
+    for path, option in ((work, "--work"), (out, "--out")):
+        try:
+            check_writable_dir(path, option, TrainingError)
+        except TrainingError as e:
+            problems.append(str(e))
+    return problems
+
+
+def _parts_problems(stage: Stage, parts_bytes: int) -> list[str]:
+    """What keeps ``stage``'s checkpoint, with freshly built weights of its model, from fitting parts of
+    ``parts_bytes`` (its largest tensor), before the stage is trained; [] when it fits or cannot be judged yet."""
+    from fer_edge.checkpoint import part_limit_problems
+    from fer_edge.constants import LABELS
+    from fer_edge.models import create_model
+
+    try:
+        model = create_model(stage.model, num_classes=len(LABELS), **(stage.options.get("model_kwargs") or {}))
+    except Exception:  # an unknown model or bad kwargs: reported on their own
+        return []
+    return [f"stage {stage.name!r}: --teacher-parts-mb {parts_bytes / 2**20:g} cannot send its {stage.model} "
+            f"checkpoint: {p}" for p in part_limit_problems(parts_bytes, model.state_dict())]
+
+
+def _preflight(stages, data: str, common: dict, work: Path, out: Path, *, budget_s: float, parts_bytes: int,
+               probe_steps: int) -> None:
+    """The round's options, and every stage's options, model and run directory, checked before the budget starts
+    to be spent; all problems at once."""
     from fer_edge.models import list_models
     from fer_edge.training.trainer import validate_config
 
+    problems = option_problems(budget_s, parts_bytes, work, out, probe_steps)
     taken = [str(d) for s in stages for d in (work / "probe" / s.name, work / s.name) if d.exists()]
-    problems = [f"{', '.join(taken)} already exist: fer-edge train never overwrites a run, so give the round a "
-                "fresh --work"] if taken else []
+    if taken:
+        problems.append(f"{', '.join(taken)} already exist: fer-edge train never overwrites a run, so give the "
+                        "round a fresh --work")
+    parts_ok = not any(p.startswith("--teacher-parts-mb") for p in problems)
     for s in stages:
         for t in s.extra_teachers:
             if not Path(t).is_file():
                 problems.append(f"stage {s.name!r}: extra teacher {t} is not a file")
         if s.model not in list_models():
             problems.append(f"stage {s.name!r}: unknown model {s.model!r} (see `fer-edge models`)")
+        elif parts_bytes and parts_ok and not s.keep_checkpoint:
+            problems += _parts_problems(s, parts_bytes)
         try:
             validate_config(_config(s, data, Path(s.name), 1, common, [Path(f"{t}.pt") for t in s.teachers]))
         except TrainingError as e:
@@ -424,7 +498,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", required=True, help="FER2013 CSV or image-folder root")
     ap.add_argument("--work", type=Path, required=True, help="run directories (one per stage, plus probe/)")
     ap.add_argument("--out", type=Path, required=True, help="what to keep: summary.json, histories, students")
-    ap.add_argument("--budget-minutes", type=float, required=True, help="wall-clock budget for the whole round")
+    ap.add_argument("--budget-minutes", type=float, required=True,
+                    help="wall-clock budget for the whole round (a positive number)")
     ap.add_argument("--teacher", default=DEFAULT_STAGES[0].model, help="teacher model (registered name)")
     ap.add_argument("--teachers", type=int, default=1,
                     help="train this many teachers of that model, with seeds --seed, --seed+1, ..., each taking an "
@@ -456,20 +531,34 @@ def main(argv: list[str] | None = None) -> int:
                     help=f"scale every stage's peak LR from batch {REFERENCE_BATCH} to --batch-size")
     ap.add_argument("--teacher-parts-mb", type=float, default=0.0,
                     help="also send the teacher to --out, as float16 parts of at most this many MiB "
-                         "(join them with `python -m fer_edge.checkpoint join`); 0: keep it in --work only")
+                         "(join them with `python -m fer_edge.checkpoint join`); 0: keep it in --work only. "
+                         "Checked before any training: the teacher's largest tensor must fit a part "
+                         "(resnet18: at least 4.57 MiB)")
     args = ap.parse_args(argv)
+    # the options checked before anything else, all problems at once (the stages' own, by run_round, next)
+    problems = []
     if not Path(args.data).exists():
-        print(f"error: --data {args.data} does not exist", file=sys.stderr)
-        return 2
+        problems.append(f"--data {args.data} does not exist")
     if args.teachers < 1:
-        print(f"error: --teachers must be at least 1, not {args.teachers}", file=sys.stderr)
-        return 2
+        problems.append(f"--teachers must be at least 1, not {args.teachers}")
+    parts_bytes = 0
+    if not math.isfinite(args.teacher_parts_mb) or args.teacher_parts_mb < 0:
+        problems.append(f"--teacher-parts-mb must be 0 (keep the teacher in --work only) or a positive number of "
+                        f"MiB, not {args.teacher_parts_mb:g}")
+    else:
+        parts_bytes = int(args.teacher_parts_mb * 1024 * 1024)
+        if args.teacher_parts_mb > 0 and parts_bytes == 0:
+            parts_bytes = 1  # a positive size too small to count in bytes is refused as such, not taken as 0
+    problems += option_problems(args.budget_minutes * 60, parts_bytes, args.work, args.out, args.probe_steps)
+    if problems:
+        print("error: bad options:\n  " + "\n  ".join(problems), file=sys.stderr)
+        return 1
     try:
         stages = build_stages(args.teacher, args.teachers, args.teacher_max_epochs, args.extra_teacher,
                               args.nano_teacher, args.students, args.shares, args.batch_size, args.lr_scale, args.seed,
                               parse_overrides(args.teacher_set))
         run_round(args.data, args.work, args.out, args.budget_minutes * 60, stages=stages, device=args.device,
-                  amp=args.amp, seed=args.seed, parts_bytes=int(args.teacher_parts_mb * 1024 * 1024),
+                  amp=args.amp, seed=args.seed, parts_bytes=parts_bytes,
                   batch_size=args.batch_size, probe_steps=args.probe_steps,
                   max_steps_per_epoch=args.max_steps_per_epoch, threads=args.threads,
                   progress=sys.stderr.isatty())
