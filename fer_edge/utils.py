@@ -41,16 +41,19 @@ def atomic_path(dest: str | os.PathLike, suffix: str | None = None) -> Iterator[
 
 
 def check_writable_dir(path: str | os.PathLike, option: str, error: type[Exception]) -> Path:
-    """Refuse, before any work, a folder to write into that is an existing file or lies under one.
+    """Refuse, before any work, a folder to write into that is an existing file, lies under one, or sits in a
+    folder this process may not write.
 
     The folder itself need not exist yet (it is made when the first output is written).
     """
     p = Path(path)
     for q in (p, *p.parents):
-        if q.exists():
+        if q.exists() or q.is_symlink():
             if not q.is_dir():
                 where = "is" if q == p else f"lies under {q}, which is"
-                raise error(f"{option} {p} {where} a file, not a folder: choose another {option}")
+                raise error(f"{option} {p} {where} a file, not a folder (not a directory): choose another {option}")
+            if not os.access(q, os.W_OK | os.X_OK):
+                raise error(f"{option} {p}: cannot write into {q} (permission denied)")
             break
     return p
 

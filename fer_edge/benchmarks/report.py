@@ -347,23 +347,11 @@ def write_report(report: dict, out_dir: str | Path) -> dict[str, Path]:
 
 
 def check_out_dir(out_dir: str | Path) -> Path:
-    """``out_dir`` as a Path, or a FerEdgeError when it cannot be a report directory.
+    """``out_dir`` as a Path, or a FerEdgeError when it cannot be a report directory (checked before any work:
+    see :func:`fer_edge.utils.check_writable_dir`)."""
+    from fer_edge.utils import check_writable_dir
 
-    Checked before any work: ``out_dir`` (or the nearest part of it that exists) must be a
-    writable directory, not a file.
-    """
-    import os
-
-    out = Path(out_dir)
-    for p in (out, *out.parents):
-        if p.exists() or p.is_symlink():
-            if not p.is_dir():
-                what = "" if p == out else f" ({p} is in its way)"
-                raise FerEdgeError(f"--out {out}: not a directory{what}; pass a directory for the report files")
-            if not os.access(p, os.W_OK | os.X_OK):
-                raise FerEdgeError(f"--out {out}: cannot write into {p} (permission denied)")
-            break
-    return out
+    return check_writable_dir(out_dir, "--out", FerEdgeError)
 
 
 def load_report(path: str | Path) -> dict:
