@@ -678,3 +678,17 @@ def test_each_reference_weights_own_gate_gets_its_line(monkeypatch, tmp_path, ar
     text = " ".join(result.output.split())
     assert "parity gate: tiny's own (fp32 max_abs_diff 1.0)" in text
     assert "parity gate: other's own (fp32 max_abs_diff 1.0)" in text
+
+
+def test_bad_threshold_overrides_are_refused_before_the_default_export(tmp_path, synthetic_csv, monkeypatch):
+    import fer_edge.benchmarks.bench as bench_mod
+
+    def no_export(*a, **k):
+        raise AssertionError("the default export ran before the thresholds were checked")
+
+    monkeypatch.setattr(bench_mod, "default_artifacts", no_export)
+    from fer_edge.errors import FerEdgeError
+
+    with pytest.raises(FerEdgeError, match="int8.min_agreement: 1.5 is out of range"):
+        bench_mod.run_bench(None, data=synthetic_csv, threshold_overrides={"min_agreement": {"int8": 1.5}},
+                            seconds=0.1, out_dir=tmp_path / "b")

@@ -690,8 +690,12 @@ def test_another_checkpoints_export_folder_is_refused(tiny_checkpoint, tmp_path)
     assert res.exit_code == 1
     flat = "".join(res.output.split())
     assert str(tiny_checkpoint.resolve()) in flat and str(other) in flat  # both checkpoints named
-    assert "Pickanother--out" in flat and "error:" in flat
+    assert "Pickanother--out,pass--replace" in flat and "error:" in flat
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # nothing written or removed
+    replaced = _cli(other, "-t", "torchscript", "--no-validate", "--out", out, "--replace")
+    assert replaced.exit_code == 0, replaced.output
+    assert sorted(p.name for p in out.iterdir()) == ["fer_nano_fp32.ts", "manifest.json"]  # the old .onnx went
+    _cli(tiny_checkpoint, "-t", "onnx", "-p", "fp32", "--no-validate", "--out", out, "--replace")
 
     # the same checkpoint may add targets, and the manifest keeps the earlier ones
     again = _cli(tiny_checkpoint, "-t", "torchscript", "--no-validate", "--out", out)
@@ -907,3 +911,16 @@ def test_python_arguments_of_the_wrong_type_are_refused_before_any_work(kwargs, 
     with pytest.raises(FerEdgeError, match=words):
         export(tiny_checkpoint, **args)
     assert not (tmp_path / "out").exists()
+
+
+def test_targets_take_any_iterable_of_names(tiny_checkpoint, tmp_path):
+    from fer_edge.exporters import export
+    from fer_edge.targets import TARGETS
+
+    names = (n for n in TARGETS if n == "torchscript")  # a generator, as dict keys or any iterable
+    res = export(tiny_checkpoint, names, ["fp32"], tmp_path / "out", validate=False)
+    assert [a.target for a in res.artifacts] == ["torchscript"]
+    import numpy as np
+
+    with pytest.raises(FerEdgeError, match="--calib-size must be at least 1"):  # numpy integers are whole numbers
+        export(tiny_checkpoint, ["onnx"], ["int8"], tmp_path / "x", calib_size=np.int64(0))

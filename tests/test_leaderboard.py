@@ -275,3 +275,11 @@ def test_every_bad_option_is_listed_at_once(synthetic_csv, tmp_path, capsys):
                  "--calib-size must be at least 1", "a_file is a file, not a folder"):
         assert part in err, part
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]
+
+
+def test_models_given_as_a_generator_are_all_read(synthetic_csv, tmp_path):
+    from fer_edge.benchmarks.leaderboard import run_leaderboard
+    from fer_edge.errors import FerEdgeError
+
+    with pytest.raises(FerEdgeError, match="unknown model"):  # the generator's names were seen, not consumed
+        run_leaderboard(synthetic_csv, tmp_path / "lb", models=(m for m in ["no_such_model"]))

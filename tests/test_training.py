@@ -728,3 +728,9 @@ def test_the_cli_reports_a_file_system_refusal_as_an_error_not_a_traceback(capsy
         writes()
     assert e.value.exit_code == 1
     assert capsys.readouterr().err.strip() == "error: /root/out/report.json: Permission denied"
+
+
+def test_a_folder_as_init_or_teacher_is_refused_before_the_data_loads(synthetic_csv, tmp_path):
+    for opt in ({"init": str(tmp_path)}, {"distill": [str(tmp_path)]}):
+        with pytest.raises(TrainingError, match="a folder, not a checkpoint file"):
+            train(_cfg(synthetic_csv, tmp_path / "x", **opt), progress=False)

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import functools
 import gc
+import math
 import sys
 import time
 from dataclasses import dataclass, field
@@ -461,7 +462,7 @@ def _run_bench(
     batches = sorted({int(b) for b in batches})
     if not batches or batches[0] < 1:
         raise FerEdgeError("batch sizes must be positive integers")
-    if iters is None and (seconds is None or seconds <= 0):
+    if iters is None and (seconds is None or not math.isfinite(seconds) or seconds <= 0):
         raise FerEdgeError("give --iters N or --seconds S (> 0)")
     if iters is not None and iters < 1:
         raise FerEdgeError("--iters must be at least 1")
@@ -472,6 +473,7 @@ def _run_bench(
     runtime_options = runtime_options or {}
     notes: list[str] = []
 
+    parity.validate_thresholds(thresholds, overrides=threshold_overrides)  # before the default export, too
     if out_dir is not None:
         check_out_dir(out_dir)  # before any work: a bad --out must not cost a whole bench
 

@@ -511,9 +511,10 @@ def run_leaderboard(
     if not data.exists():
         raise FerEdgeError(f"--data {data}: no such file or folder")
     valid = list_models()
-    if models is not None and not list(models):
+    models = None if models is None else list(models)  # a generator is read once
+    if models is not None and not models:
         raise FerEdgeError(EMPTY_MODELS)
-    models = list(models) if models is not None else valid
+    models = models if models is not None else valid
     unknown = [m for m in models if m not in valid]
     if unknown:
         raise FerEdgeError(f"unknown model {unknown[0]!r}; valid: {', '.join(valid)}")

@@ -158,6 +158,8 @@ def export_cmd(
     name: Optional[str] = typer.Option(
         None, "--name", help="File stem of the artifacts, no path (default: the model name)."),
     validate: bool = typer.Option(True, "--validate/--no-validate", help="Run the parity gate on real images."),
+    replace: bool = typer.Option(False, "--replace", help="--out holds another checkpoint's export: remove the "
+                                 "files its manifest lists (and that manifest), then export there."),
     min_agreement: Optional[List[str]] = typer.Option(
         None, "--min-agreement", help="Override a threshold: PRECISION=VALUE, e.g. int8=0.97 (fraction)."),
     max_abs_diff: Optional[List[str]] = typer.Option(None, "--max-abs-diff", help="PRECISION=VALUE, e.g. fp32=1e-4."),
@@ -195,7 +197,7 @@ def export_cmd(
             val_size=val_size or None, val_seed=calib_seed, validate=validate, threshold_overrides=overrides,
             name=name, progress=progress,
             on_warning=lambda w: err_console.print(f"[yellow]warning:[/] {w}", highlight=False),
-            data_progress=is_tty(), raise_on_failure=False,
+            data_progress=is_tty(), raise_on_failure=False, replace_other=replace,
         )
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM (export turns it into KeyboardInterrupt)
         progress.stop()

@@ -12,8 +12,10 @@ raises :class:`~fer_edge.errors.ExportError` (a target failed) or
 """
 from __future__ import annotations
 
+import numbers
 import os
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
@@ -100,7 +102,7 @@ def _short(e: BaseException) -> str:
 def _resolve_targets(targets) -> list[Target]:
     if targets is None:
         return list(TARGETS.values())
-    if not isinstance(targets, (str, Target, list, tuple, set, frozenset)):
+    if not isinstance(targets, (str, Target, Iterable)):
         raise FerEdgeError(f"targets takes target names ({', '.join(TARGETS)}, all), got {targets!r}")
     names = [targets] if isinstance(targets, (str, Target)) else list(targets)
     if "all" in names:
@@ -215,7 +217,7 @@ def _previous_manifest(out: Path, source_sha: str, ckpt_path: Path, replace_othe
         if replace_other:
             return None, True
         raise ArtifactError(
-            f"{e}; fer-edge does not overwrite it: pick another --out, or remove {mpath} "
+            f"{e}; fer-edge does not overwrite it: pick another --out, pass --replace, or remove {mpath} "
             "(and the files it described) first"
         ) from None
     old_src = old.get("source") if isinstance(old.get("source"), dict) else {}
@@ -227,7 +229,8 @@ def _previous_manifest(out: Path, source_sha: str, ckpt_path: Path, replace_othe
     raise ExportError(
         f"{out} holds an export of another checkpoint: {old_src.get('path') or 'unknown path'} "
         f"(sha256 {old_sha[:12]}), while this export is of {ckpt_path} (sha256 {source_sha[:12]}); exporting "
-        f"into it would mix the two checkpoints' files. Pick another --out, or remove {out} first"
+        f"into it would mix the two checkpoints' files. Pick another --out, pass --replace (removes the files "
+        f"its manifest lists), or remove {out} first"
     )
 
 
@@ -334,7 +337,7 @@ def export(
         raise FerEdgeError(f"unknown overflow fix {overflow_fix!r}; valid: {', '.join(OVERFLOW_FIX)}")
     for opt, value, none_ok in (("--calib-size", calib_size, False), ("--calib-seed", calib_seed, False),
                                 ("--val-size", val_size, True), ("--val-seed", val_seed, False)):
-        if not (value is None and none_ok) and (isinstance(value, bool) or not isinstance(value, int)):
+        if not (value is None and none_ok) and (isinstance(value, bool) or not isinstance(value, numbers.Integral)):
             raise FerEdgeError(f"{opt} takes a whole number, got {value!r}")
     if calib_size < 1:
         raise FerEdgeError(f"--calib-size must be at least 1 (got {calib_size})")

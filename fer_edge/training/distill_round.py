@@ -433,7 +433,9 @@ def option_problems(budget_s: float, parts_bytes: int, work: Path, out: Path, pr
     from fer_edge.utils import check_writable_dir
 
     problems = []
-    if not isinstance(budget_s, (int, float)) or not math.isfinite(budget_s) or budget_s <= 0:
+    if isinstance(budget_s, bool) or not isinstance(budget_s, (int, float)):
+        problems.append(f"the budget must be a number of seconds, not {budget_s!r}")
+    elif not math.isfinite(budget_s) or budget_s <= 0:
         problems.append(f"--budget-minutes must be a finite, positive number, not {budget_s / 60:g}")
     if parts_bytes:
         problems += [f"--teacher-parts-mb {parts_bytes / 2**20:g}: {p} (0 keeps the teacher in --work only)"

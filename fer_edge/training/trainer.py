@@ -83,7 +83,7 @@ def validate_config(cfg: TrainConfig) -> None:
     problems = []
     if not isinstance(cfg.model_kwargs, dict):
         problems.append(f"--model-kwargs takes a JSON object such as '{{\"dropout\": 0.1}}', "
-                        f"got {json.dumps(cfg.model_kwargs)}")
+                        f"got {cfg.model_kwargs!r}")
     elif "num_classes" in cfg.model_kwargs:
         problems.append(f"--model-kwargs cannot set num_classes: FER2013 has {len(LABELS)} classes")
     numbers = ("lr", "weight_decay", "warmup_epochs", "label_smoothing", "mixup", "cutmix", "mix_prob", "ema",
@@ -349,8 +349,14 @@ def resolve_checkpoint_names(cfg: TrainConfig) -> TrainConfig:
 
     from fer_edge.weights import resolve_checkpoint
 
-    return replace(cfg, init=str(resolve_checkpoint(cfg.init)) if cfg.init else None,
-                   distill=[str(resolve_checkpoint(t)) for t in cfg.distill])
+    def checkpoint_file(spec: str, option: str) -> str:
+        path = resolve_checkpoint(spec)
+        if not path.is_file():
+            raise TrainingError(f"{option} {spec}: a folder, not a checkpoint file (.pt)")
+        return str(path)
+
+    return replace(cfg, init=checkpoint_file(cfg.init, "--init") if cfg.init else None,
+                   distill=[checkpoint_file(t, "--distill") for t in cfg.distill])
 
 
 # --- evaluation -------------------------------------------------------------------
