@@ -125,10 +125,10 @@ def load_checkpoint(path: str | os.PathLike, map_location: str = "cpu") -> Check
     """Load a checkpoint with ``weights_only=True``; clear errors for missing or foreign files."""
     import torch
 
-    from fer_edge.targets import TARGETS
+    from fer_edge.targets import find_target
 
     path = Path(path)
-    artifact = next((t for t in TARGETS.values() if path.name.endswith(t.suffix)), None)
+    artifact = find_target(path)
     if artifact is not None and path.exists():
         raise CheckpointError(f"{path} is an exported {artifact.name} artifact, not a checkpoint (.pt): "
                               "`fer-edge bench` and `fer-edge predict` run artifacts; this needs a checkpoint "
@@ -251,7 +251,7 @@ def split_checkpoint(path: str | os.PathLike, prefix: str | os.PathLike, max_byt
 
     import torch
 
-    from fer_edge.utils import atomic_path
+    from fer_edge.utils import atomic_path, check_writable_dir
 
     problems = part_limit_problems(max_bytes)
     if problems:
@@ -260,12 +260,7 @@ def split_checkpoint(path: str | os.PathLike, prefix: str | os.PathLike, max_byt
     problems = part_limit_problems(max_bytes, ck.state_dict)
     if problems:
         raise CheckpointError(f"cannot split {path}: " + "; ".join(problems))
-    for q in (Path(prefix).parent, *Path(prefix).parent.parents):
-        if q.exists():
-            if not q.is_dir():
-                raise CheckpointError(f"cannot split {path}: the parts' folder {Path(prefix).parent} "
-                                      f"{'is' if q == Path(prefix).parent else f'lies under {q}, which is'} a file")
-            break
+    check_writable_dir(Path(prefix).parent, "the parts' folder", CheckpointError)
     budget = max_bytes - _PART_SLACK
     groups: list[dict] = [{}]
     used = 0
@@ -313,18 +308,19 @@ def join_checkpoint(parts: list[str | os.PathLike], dest: str | os.PathLike) -> 
 
     import torch
 
+    from fer_edge.utils import check_writable_dir
+
     parts = [Path(p) for p in parts]
     dest = Path(dest)
     problems, loaded = [], {}
     if dest.is_dir():
         name = re.sub(r"\.part\d+\.pt$", "", parts[0].name) if parts else "checkpoint"
         problems.append(f"--out {dest} is a folder: give the joined checkpoint's file name, e.g. {dest / name}.pt")
-    else:
-        for q in dest.parents:
-            if q.exists():
-                if not q.is_dir():
-                    problems.append(f"--out {dest} lies under {q}, which is a file, not a folder")
-                break
+    elif not dest.exists():
+        try:
+            check_writable_dir(dest, "--out", CheckpointError)  # the folder it goes into must be one
+        except CheckpointError as e:
+            problems.append(str(e))
     if dest.exists() and any(dest.resolve() == p.resolve() for p in parts if p.exists()):
         problems.append(f"--out {dest} is one of the parts: write the checkpoint elsewhere")
     for p in parts:

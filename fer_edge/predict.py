@@ -285,11 +285,10 @@ def load(path: str | os.PathLike | None = None, runtime: str | None = None, devi
     ``threads`` and ``options`` go to the runtime.
     """
     from fer_edge.runtimes import load_runtime
-    from fer_edge.targets import TARGETS
+    from fer_edge.targets import find_target
     from fer_edge.weights import resolve_checkpoint
 
-    if path is not None and Path(path).suffix and not Path(path).exists() and any(
-            str(path).endswith(t.suffix) for t in TARGETS.values()):
+    if path is not None and not Path(path).exists() and find_target(path) is not None:
         raise ArtifactError(f"{path}: no such file")
     p = resolve_checkpoint(path)
     try:

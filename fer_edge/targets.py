@@ -62,14 +62,19 @@ def get_target(name: str) -> Target:
         raise FerEdgeError(f"unknown target {name!r}; valid targets: {', '.join(TARGETS)}") from None
 
 
-def target_for_path(path) -> Target:
-    """The target whose suffix matches an artifact path."""
+def find_target(path) -> Target | None:
+    """The target whose suffix an artifact path ends with, or None."""
     from pathlib import Path
 
     p = str(Path(path)).rstrip("/")
-    for t in TARGETS.values():
-        if p.endswith(t.suffix):
-            return t
+    return next((t for t in TARGETS.values() if p.endswith(t.suffix)), None)
+
+
+def target_for_path(path) -> Target:
+    """The target whose suffix matches an artifact path."""
+    t = find_target(path)
+    if t is not None:
+        return t
     raise FerEdgeError(
         f"cannot tell the target of {path}: expected one of the suffixes "
         + ", ".join(t.suffix for t in TARGETS.values())

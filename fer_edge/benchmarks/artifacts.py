@@ -14,7 +14,7 @@ from pathlib import Path
 
 from fer_edge.errors import ArtifactError, FerEdgeError
 from fer_edge.preprocess import Normalization
-from fer_edge.targets import TARGETS, Precision, Target, target_for_path
+from fer_edge.targets import TARGETS, Precision, Target, find_target, target_for_path
 
 MANIFEST_NAME = "manifest.json"
 #: The pseudo-target of PyTorch checkpoints (the reference rows).
@@ -187,13 +187,13 @@ def collect_artifacts(specs: list[str | Path]) -> list[Artifact]:
         p = Path(spec)
         if not p.exists():
             raise ArtifactError(f"{p}: no such artifact, directory or manifest")
-        if p.is_dir() and not any(str(p).rstrip("/").endswith(t.suffix) for t in TARGETS.values()):
+        if p.is_dir() and find_target(p) is None:
             if (p / MANIFEST_NAME).is_file():
                 out += read_manifest(p / MANIFEST_NAME)
             else:
                 found = sorted(q for q in p.iterdir() if not q.name.startswith(".")
                                and not q.name.endswith("_logits.mlpackage")  # Core ML's companion
-                               and any(q.name.endswith(t.suffix) for t in TARGETS.values()))
+                               and find_target(q) is not None)
                 if not found:
                     raise ArtifactError(f"{p}: no manifest.json and no exported artifact "
                                         f"({', '.join(t.suffix for t in TARGETS.values())})")

@@ -482,18 +482,14 @@ def _run_bench(
     ref_groups, ref_notes = reference_groups(arts, reference)
     notes += ref_notes
     warnings: list[str] = []
-    loose = unverified(arts)
-    if loose:
-        warnings.append(
-            f"{len(loose)} artifact file(s) have no manifest.json listing them, so they were neither verified "
-            f"(SHA-256) nor parity-gated at export time (an interrupted export leaves such files): "
-            + ", ".join(str(a.path) for a in loose))
-    partial = unfinished(arts)
-    if partial:
-        warnings.append(
-            f"{len(partial)} artifact file(s) come from an export that did not finish (its manifest says "
-            f"\"complete\": false): verified (SHA-256) but perhaps not parity-gated at export time: "
-            + ", ".join(str(a.path) for a in partial))
+    for found, why in (
+        (unverified(arts), "have no manifest.json listing them, so they were neither verified (SHA-256) nor "
+                           "parity-gated at export time (an interrupted export leaves such files)"),
+        (unfinished(arts), "come from an export that did not finish (its manifest says \"complete\": false): "
+                           "verified (SHA-256) but perhaps not parity-gated at export time"),
+    ):
+        if found:
+            warnings.append(f"{len(found)} artifact file(s) {why}: " + ", ".join(str(a.path) for a in found))
 
     torch.manual_seed(seed)
     np.random.seed(seed)

@@ -165,18 +165,15 @@ def check_name(name: str | None) -> None:
 
 
 def _folders_to_create(out: Path) -> list[Path]:
-    """The folders ``out.mkdir(parents=True)`` will create, deepest first; refuses an ``out`` that cannot be one."""
+    """The folders ``out.mkdir(parents=True)`` will create, deepest first; refuses an ``out`` that cannot be one
+    (:func:`fer_edge.utils.check_writable_dir`)."""
+    from fer_edge.utils import check_writable_dir
+
+    check_writable_dir(out, "--out", FerEdgeError)
     missing: list[Path] = []
     for p in (out, *out.parents):
         if p.exists():
-            if not p.is_dir():
-                raise FerEdgeError(
-                    f"--out {out} is a file, not a folder: pass a folder (new or existing)" if p == out else
-                    f"--out {out} cannot be created: {p} is a file, not a folder"
-                )
             break
-        if p.is_symlink():
-            raise FerEdgeError(f"--out {out}: {p} is a broken symbolic link")
         missing.append(p)
     return missing
 

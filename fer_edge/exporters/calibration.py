@@ -90,38 +90,33 @@ def load_calibration(data: str | Path, split: str | None = None, size: int = DEF
     return cal, calibration_warnings(cal, size)
 
 
-def _used(kind: str, s: ImageSet, requested: int | None) -> str:
-    """``"calibration used 300 images, all that Training of X has (500 asked for)"`` and the like."""
+def _fewer_images(kind: str, s: ImageSet, requested: int | None, minimum: int, below_minimum: str) -> list[str]:
+    """One line when ``s`` has fewer images than ``requested`` or ``minimum`` (then ``below_minimum`` is added),
+    e.g. ``"calibration used 300 images, all that Training of X has (500 asked for)"``; [] otherwise."""
     n, rec = len(s), s.record
+    if (requested is None or n >= requested) and n >= minimum:
+        return []
     where = f"{rec['split']} of {rec['file']}"
     if requested is not None and n < requested:
-        return f"{kind} used {n} images, all that {where} has ({requested} asked for)"
-    if rec.get("count") == rec.get("split_size"):
-        return f"{kind} used {n} images, all of {where}"
-    return f"{kind} used {n} images of {where}"
+        msg = f"{kind} used {n} images, all that {where} has ({requested} asked for)"
+    elif rec.get("count") == rec.get("split_size"):
+        msg = f"{kind} used {n} images, all of {where}"
+    else:
+        msg = f"{kind} used {n} images of {where}"
+    return [msg + (f"; {below_minimum}" if n < minimum else "")]
 
 
 def calibration_warnings(cal: ImageSet, requested: int | None) -> list[str]:
     """One line when calibration got fewer images than asked for, or fewer than :data:`MIN_RECOMMENDED_CALIB`."""
-    n = len(cal)
-    if (requested is None or n >= requested) and n >= MIN_RECOMMENDED_CALIB:
-        return []
-    msg = _used("calibration", cal, requested)
-    if n < MIN_RECOMMENDED_CALIB:
-        msg += f"; INT8 ranges from fewer than {MIN_RECOMMENDED_CALIB} calibration images can be unreliable"
-    return [msg]
+    return _fewer_images("calibration", cal, requested, MIN_RECOMMENDED_CALIB,
+                         f"INT8 ranges from fewer than {MIN_RECOMMENDED_CALIB} calibration images can be unreliable")
 
 
 def validation_warnings(vset: ImageSet, requested: int | None) -> list[str]:
     """One line when the parity gate got fewer images than asked for, or fewer than :data:`MIN_VAL_SIZE`."""
-    n = len(vset)
-    if (requested is None or n >= requested) and n >= MIN_VAL_SIZE:
-        return []
-    msg = _used("the parity gate", vset, requested)
-    if n < MIN_VAL_SIZE:
-        msg += (f"; below the {MIN_VAL_SIZE} images the gate is meant to use, so its agreement and accuracy "
-                "figures are noisier")
-    return [msg]
+    return _fewer_images("the parity gate", vset, requested, MIN_VAL_SIZE,
+                         f"below the {MIN_VAL_SIZE} images the gate is meant to use, so its agreement and accuracy "
+                         "figures are noisier")
 
 
 def load_validation(data: str | Path, split: str | None = None, size: int | None = DEFAULT_VAL_SIZE,

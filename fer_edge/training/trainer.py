@@ -223,7 +223,7 @@ def autocast_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None
 def setup_warnings(cfg: TrainConfig, train, val, device: torch.device) -> list[str]:
     """Settings that run but are probably not what the user meant."""
     out = []
-    if train.split == val.split and cfg.data:
+    if train.split == val.split:
         out.append(f"the validation split is the training split ({val.split}): the best epoch is chosen on "
                    "images the model trains on, so its accuracy says little about new faces")
     missing = [LABELS[c] for c in range(len(LABELS)) if not bool((train.labels == c).any())]
