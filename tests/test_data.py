@@ -5,6 +5,7 @@ import gzip
 import hashlib
 import logging
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -400,6 +401,23 @@ def test_unknown_class_folder_lists_the_valid_names(small_folder, own_cache):
     msg = str(err.value)
     assert f"{small_folder / 'train' / 'happpy'}: unknown class folder 'happpy'" in msg
     assert ", ".join(LABELS) in msg
+
+
+def test_class_folders_differing_only_in_case_are_refused(small_folder, own_cache):
+    """FEAR/ beside fear/ is two copies of one class, not one class: refuse, naming every clash at once."""
+    src = next((small_folder / "train" / "happy").glob("*.png"))
+    for extra in ("HAPPY", "Fear"):
+        (small_folder / "train" / extra).mkdir()
+        (small_folder / "train" / extra / "x.png").write_bytes(src.read_bytes())
+    (small_folder / "train" / "fear").mkdir(exist_ok=True)
+    with pytest.raises(DataError) as err:
+        load_split(small_folder, "train")
+    msg = str(err.value)
+    assert "more than one folder for the same class" in msg
+    assert "fear: Fear, fear" in msg and "happy: HAPPY, happy" in msg
+    shutil.rmtree(small_folder / "train" / "HAPPY")
+    shutil.rmtree(small_folder / "train" / "Fear")
+    assert len(load_split(small_folder, "train").labels) == len(list((small_folder / "train").glob("*/*.png")))
 
 
 def test_missing_and_empty_folder_splits(small_folder, own_cache):

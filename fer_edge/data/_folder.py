@@ -75,6 +75,16 @@ def class_dirs(split_dir: Path, strict: bool) -> list[tuple[str, int]]:
                 )
             continue
         out.append((name, idx))
+    if strict:
+        by_class: dict[int, list[str]] = {}
+        for name, idx in out:
+            by_class.setdefault(idx, []).append(name)
+        clashes = [f"{LABELS[idx]}: {', '.join(names)}" for idx, names in sorted(by_class.items()) if len(names) > 1]
+        if clashes:
+            raise DataError(
+                f"{split_dir}: more than one folder for the same class (names are matched case-insensitively): "
+                f"{'; '.join(clashes)}. Merge them into one folder per class, or remove the extra ones"
+            )
     return out
 
 
