@@ -448,3 +448,90 @@ def test_images_per_epoch_is_the_data_when_it_is_smaller_than_a_batch(synthetic_
     summary = run_round(synthetic_folder, tmp_path / "w3", tmp_path / "o3", budget_s=600, stages=TINY[:1],
                         log=lambda m: None, device="cpu", batch_size=100, probe_steps=2)
     assert summary["train_images_per_epoch"] == 200  # 2 full batches; the last 80 images are dropped
+
+
+# --------------------------------------------------------------------------- --parallel: waves of stages at once
+TWO_TEACHERS = (
+    Stage("teacher", "simple_cnn", 0.3, 2, keep_checkpoint=False, options=dict(lr=3e-3, augment="light")),
+    Stage("teacher2", "simple_cnn", 0.3, 2, keep_checkpoint=False, options=dict(lr=3e-3, augment="light", seed=1)),
+    Stage("student", "fer_nano", 0.4, 2, teachers=("teacher", "teacher2"),
+          options=dict(lr=3e-3, augment="light", distill_alpha=0.7)),
+)
+
+
+def test_waves_group_the_stages_that_do_not_teach_one_another():
+    from fer_edge.training.distill_round import build_stages, waves
+
+    stages = build_stages("resnet18", 2, 80, [], "teacher", "scratch", (0.4, 0.35, 0.25), 128, "none")
+    assert [[s.name for s in w] for w in waves(stages, True)] == [["teacher", "teacher2"], ["small", "nano"]]
+    assert [[s.name for s in w] for w in waves(stages, False)] == [["teacher"], ["teacher2"], ["small"], ["nano"]]
+    ta = build_stages("resnet18", 1, 80, [], "small", "scratch", (0.4, 0.35, 0.25), 128, "none")
+    assert [[s.name for s in w] for w in waves(ta, True)] == [["teacher"], ["small"], ["nano"]]
+
+
+def test_parallel_round_trains_the_teachers_at_once_then_the_student_from_both(synthetic_folder, tmp_path, capfd):
+    work, out = tmp_path / "work", tmp_path / "out"
+    summary = run_round(synthetic_folder, work, out, budget_s=600, stages=TWO_TEACHERS, log=lambda m: None,
+                        parallel=True, threads=1, **COMMON)
+    t1, t2, student = summary["stages"]
+    assert [e["status"] for e in summary["stages"]] == ["done", "done", "done"]
+    assert t1["started_seconds"] == t2["started_seconds"] < student["started_seconds"]
+    assert student["started_seconds"] >= t1["started_seconds"] + max(t1["seconds"], t2["seconds"]) - 0.2
+    # the wave's time is both teachers' shares together, and each teacher has all of it
+    assert t1["allotted_seconds"] == t2["allotted_seconds"]
+    assert t1["probe"]["images_per_second"] > 0 and t2["probe"]["images_per_second"] > 0
+    ck = load_checkpoint(out / student["checkpoint"])
+    assert ck.train_config["distill"] == [str(work / "teacher" / "best.pt"), str(work / "teacher2" / "best.pt")]
+    for name in ("teacher", "teacher2"):
+        assert load_checkpoint(work / name / "best.pt").train_config["out"] == str(work / name)
+    err = capfd.readouterr().err
+    assert "[teacher2]" in err and "[teacher]" in err  # each process's lines say whose they are
+
+
+def test_a_failing_stage_of_a_parallel_wave_fails_alone(synthetic_folder, tmp_path):
+    from fer_edge.training.distill_round import _train_wave
+
+    good = TrainConfig(data=str(synthetic_folder), model="simple_cnn", out=str(tmp_path / "good"), epochs=1,
+                       batch_size=32, max_steps_per_epoch=2, device="cpu", num_threads=1)
+    bad = replace(good, out=str(tmp_path / "bad"), model_kwargs={"no_such_option": 1})
+    (ok, res), (kind, why) = _train_wave(["good", "bad"], [good, bad], progress=False, quiet=True)
+    assert ok == "ok" and res.epochs_run == 1 and (tmp_path / "good" / "best.pt").is_file()
+    assert kind == "failed" and "no_such_option" in why
+
+
+def test_an_interrupted_parallel_wave_keeps_every_running_stage(synthetic_folder, tmp_path):
+    import os
+    import signal
+    import threading
+    import time
+
+    stages = tuple(replace(s, max_epochs=500) for s in TWO_TEACHERS)
+    work, out = tmp_path / "work", tmp_path / "out"
+
+    def interrupt_once_both_have_an_epoch():
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            if all((work / n / "history.csv").is_file() for n in ("teacher", "teacher2")):
+                os.kill(os.getpid(), signal.SIGINT)
+                return
+            time.sleep(0.05)
+
+    threading.Thread(target=interrupt_once_both_have_an_epoch, daemon=True).start()
+    with pytest.raises(KeyboardInterrupt):
+        run_round(synthetic_folder, work, out, budget_s=3600, stages=stages, log=lambda m: None, parallel=True,
+                  threads=1, **COMMON)
+    summary = json.loads((out / "summary.json").read_text())
+    statuses = [s["status"] for s in summary["stages"]]
+    assert statuses[0].startswith("interrupted") and statuses[1].startswith("interrupted"), statuses
+    assert statuses[2].startswith("not run")
+    for name in ("teacher", "teacher2"):
+        assert (out / f"{name}_history.csv").is_file() and (work / name / "last.pt").is_file()
+
+
+def test_main_passes_parallel_to_the_round(synthetic_folder, monkeypatch):
+    seen = {}
+    monkeypatch.setattr("fer_edge.training.distill_round.run_round",
+                        lambda *a, parallel, **kw: seen.setdefault("parallel", []).append(parallel))
+    base = ["--data", str(synthetic_folder), "--work", "w", "--out", "o", "--budget-minutes", "1"]
+    assert main(base + ["--parallel"]) == 0 and main(base) == 0
+    assert seen["parallel"] == [True, False]
