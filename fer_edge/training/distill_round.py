@@ -13,8 +13,6 @@ but it runs wherever ``fer-edge train`` does::
    allotment is recomputed from the clock at every stage, so a stage that runs long takes from the later ones.
    A stage whose allotment is under one epoch is skipped, and so is every stage taught by a skipped one.
    A stage with several teachers distils from their ensemble (``fer-edge train --distill A --distill B``).
-   With ``--parallel``, stages that do not teach one another run at the same time, each in its own process
-   (:func:`waves`); such a wave is probed the same way, and gets its stages' shares together.
 3. **Keep.** After each stage its ``history.csv`` (and, where the stage keeps it, ``best.pt``) is copied to
    ``OUT`` at once and ``OUT/summary.json`` is rewritten: per stage the exact ``fer-edge train`` command, the
    epochs, the best validation accuracy and epoch, seconds, and the probe's figures. Interrupted (Ctrl-C,
@@ -228,130 +226,13 @@ def _describe_device(d, threads: int) -> str:
     return f"{d.type}: {platform.processor() or platform.machine()}, {threads or torch.get_num_threads()} torch threads"
 
 
-def waves(stages: tuple[Stage, ...] | list[Stage], parallel: bool) -> list[list[Stage]]:
-    """The stages grouped into waves that run one after the other. Without ``parallel`` each wave is one stage;
-    with it a wave takes the following stages as long as none of them is taught by a stage already in the wave
-    (with the default table: the teachers, then small and nano together unless nano learns from small)."""
-    out: list[list[Stage]] = []
-    for stage in stages:
-        if parallel and out and not any(s.name in stage.teachers for s in out[-1]):
-            out[-1].append(stage)
-        else:
-            out.append([stage])
-    return out
-
-
-def _failure(e: BaseException, log: Callable[[str], None] | None) -> str:
-    """A failed stage's reason: a user's error as it reads, anything else with its type (and traceback logged)."""
-    if isinstance(e, FerEdgeError):
-        return str(e)
-    if log is not None:
-        import traceback
-
-        log("".join(traceback.format_exception(e)).rstrip())
-    return f"{type(e).__name__}: {e}"
-
-
-def _train_wave(names: list[str], cfgs: list[TrainConfig], *, progress: bool, quiet: bool,
-                log: Callable[[str], None] | None = None) -> list[tuple[str, object]]:
-    """Train ``cfgs``: one in this process, several at once, each in a process of its own. Per config
-    ``("ok", TrainResult)`` or ``("failed", reason)``. ``KeyboardInterrupt`` (Ctrl-C, SIGTERM) stops every one:
-    each keeps its last finished epoch, as an interrupted ``fer-edge train`` does."""
-    from fer_edge.utils import sigterm_as_interrupt
-
-    if len(cfgs) == 1:
-        from fer_edge.training import train
-
-        try:
-            return [("ok", train(cfgs[0], progress=progress, quiet=quiet))]
-        except Exception as e:  # KeyboardInterrupt is not one: it stops the round
-            return [("failed", _failure(e, log))]
-    import multiprocessing as mp
-
-    ctx = mp.get_context("spawn")  # never fork: a CUDA context does not survive it
-    procs = []
-    with sigterm_as_interrupt():
-        try:
-            for name, cfg in zip(names, cfgs):
-                recv, send = ctx.Pipe(duplex=False)
-                p = ctx.Process(target=_child_train, args=(name, cfg.to_dict(), quiet, send), name=f"stage-{name}")
-                p.start()
-                send.close()
-                procs.append((p, recv))
-            outcomes = []
-            for p, recv in procs:
-                try:
-                    kind, payload = recv.recv()
-                except EOFError:
-                    p.join()
-                    kind, payload = "failed", f"its training process ended without a result (exit code {p.exitcode})"
-                p.join()
-                if kind == "interrupted":
-                    raise KeyboardInterrupt
-                if kind == "crashed":
-                    if log is not None:
-                        log(payload[1])
-                    kind, payload = "failed", payload[0]
-                outcomes.append((kind, payload))
-            return outcomes
-        except KeyboardInterrupt:
-            for p, _ in procs:
-                if p.is_alive():
-                    p.terminate()  # SIGTERM: fer-edge train stops after keeping its last finished epoch
-            for p, _ in procs:
-                p.join(timeout=120)
-                if p.is_alive():
-                    p.kill()
-                    p.join()
-            raise
-
-
-def _child_train(name: str, cfg: dict, quiet: bool, conn) -> None:
-    """A parallel wave's stage, in its own process: its log lines start with ``[name]``, its outcome goes back
-    through ``conn``."""
-    from rich.console import Console
-    from rich.markup import escape
-
-    from fer_edge.training.trainer import Trainer, resolve_device
-    from fer_edge.utils import sigterm_as_interrupt
-
-    class _Prefixed(Console):
-        def print(self, *objects, **kw):
-            super().print(escape(f"[{name}]"), *objects, **kw)
-
-    try:
-        config = TrainConfig.from_dict(cfg)
-        if resolve_device(config.device).type == "cuda":
-            import torch
-
-            torch.backends.cudnn.benchmark = True
-        with sigterm_as_interrupt():
-            console = _Prefixed(stderr=True, quiet=quiet, soft_wrap=True)  # one line per epoch, prefix and all
-            result = Trainer(config, progress=False, console=console).run()
-        conn.send(("ok", result))
-    except KeyboardInterrupt:
-        conn.send(("interrupted", None))
-    except FerEdgeError as e:
-        conn.send(("failed", str(e)))
-    except Exception as e:  # reported as the stage's failure; the traceback goes to the round's log
-        import traceback
-
-        conn.send(("crashed", (f"{type(e).__name__}: {e}", "".join(traceback.format_exception(e)).rstrip())))
-    finally:
-        conn.close()
-
-
 def run_round(data: str | Path, work: str | Path, out: str | Path, budget_s: float, *,
               stages: tuple[Stage, ...] | list[Stage] = DEFAULT_STAGES, device: str = "auto", amp: str = "auto",
               seed: int = 0, parts_bytes: int = 0,
               batch_size: int = 128, probe_steps: int = 20, max_steps_per_epoch: int = 0, threads: int = 0,
-              parallel: bool = False, progress: bool = False, log: Callable[[str], None] = print,
+              progress: bool = False, log: Callable[[str], None] = print,
               clock: Callable[[], float] = time.monotonic) -> dict:
     """Run the round (see the module docstring) and return the summary also written to ``OUT/summary.json``.
-
-    ``parallel``: stages that do not teach one another (the teachers; small and nano when both learn from the
-    teachers) run at the same time, each in its own process, probed that way too (see :func:`waves`). A wave
-    gets the budget's part of all its stages' shares together, and each of its stages the whole of that time.
 
     ``parts_bytes``: a stage that does not keep its checkpoint (the teacher) still sends it to ``OUT``, as
     float16 parts of at most this many bytes (:func:`fer_edge.checkpoint.split_checkpoint`); 0 sends none.
@@ -364,6 +245,7 @@ def run_round(data: str | Path, work: str | Path, out: str | Path, budget_s: flo
     Raises :class:`TrainingError` naming every failed stage after the others have run and been kept.
     """
     from fer_edge.data import default_train_split, load_split
+    from fer_edge.training import train
     from fer_edge.training.trainer import resolve_device
     from fer_edge.utils import write_json_atomic
 
@@ -421,90 +303,85 @@ def run_round(data: str | Path, work: str | Path, out: str | Path, budget_s: flo
         return ""
 
     failures: list[str] = []
-    current: list[tuple[Stage, Path]] | None = None
-    stage_waves = waves(stages, parallel)
-    index = {s.name: i for i, s in enumerate(stages)}
+    current: tuple[Stage, Path] | None = None
     try:
-        # 1. probe every stage, a wave at a time (a wave's stages at once, as they will run)
-        for wave in stage_waves:
-            cfgs = []
-            for stage in wave:
-                run_dir = work / "probe" / stage.name
-                teachers = [work / "probe" / t / "best.pt" for t in stage.teachers]
-                cfgs.append(_config(stage, data, run_dir, 2, {**common, "max_steps_per_epoch": probe_steps}, teachers))
-                log(f"probe {stage.name}: {stage.model}, 2 epochs of {probe_steps} steps")
+        # 1. probe every stage
+        for stage in stages:
+            run_dir = work / "probe" / stage.name
+            teachers = [work / "probe" / t / "best.pt" for t in stage.teachers]
+            cfg = _config(stage, data, run_dir, 2, {**common, "max_steps_per_epoch": probe_steps}, teachers)
             t0 = clock()
-            outcomes = _train_wave([s.name for s in wave], cfgs, progress=False, quiet=True)
-            for stage, (kind, res) in zip(wave, outcomes):
-                if kind != "ok":
-                    raise TrainingError(f"the probe of stage {stage.name!r} failed, so the round did not start: "
-                                        f"{res}")
-                last = res.history[-1]
-                ips = float(last["images_per_second"])
-                epoch_s = (images_per_epoch / max(ips, 1e-6) + float(last.get("val_seconds") or 0.0)
-                           + EPOCH_OVERHEAD_S)
-                entries[stage.name]["probe"] = {
-                    "images_per_second": ips, "val_seconds": last.get("val_seconds"),
-                    "estimated_epoch_seconds": round(epoch_s * ESTIMATE_MARGIN, 2), "seconds": round(clock() - t0, 1),
-                }
+            log(f"probe {stage.name}: {stage.model}, 2 epochs of {probe_steps} steps")
+            try:
+                res = train(cfg, progress=False, quiet=True)
+            except FerEdgeError as e:
+                raise TrainingError(f"the probe of stage {stage.name!r} failed, so the round did not start: {e}") from e
+            last = res.history[-1]
+            ips = float(last["images_per_second"])
+            epoch_s = (images_per_epoch / max(ips, 1e-6) + float(last.get("val_seconds") or 0.0) + EPOCH_OVERHEAD_S)
+            entries[stage.name]["probe"] = {
+                "images_per_second": ips, "val_seconds": last.get("val_seconds"),
+                "estimated_epoch_seconds": round(epoch_s * ESTIMATE_MARGIN, 2), "seconds": round(clock() - t0, 1),
+            }
         save_summary()
 
-        # 2. run the stages in order, a wave at a time
+        # 2. run the stages in order
         done: set[str] = set()
-        for wave in stage_waves:
-            left = budget_s - (clock() - start)
-            rest = sum(s.share for s in stages[index[wave[0].name]:])
-            alloc = left * sum(s.share for s in wave) / rest
-            runs: list[tuple[Stage, Path, TrainConfig]] = []
-            for stage in wave:
-                entry = entries[stage.name]
-                missing = [t for t in stage.teachers if t not in done]
-                if missing:
-                    entry["status"] = (f"skipped: its teacher{'s' if len(missing) > 1 else ''} "
-                                       f"{', '.join(map(repr, missing))} did not finish")
-                    continue
-                per_epoch = entry["probe"]["estimated_epoch_seconds"]
-                epochs = min(stage.max_epochs, int(alloc // per_epoch))
-                entry.update(allotted_seconds=round(alloc, 1))
-                if epochs < 1:
-                    entry["status"] = f"skipped: {alloc:.0f} s allotted, an epoch takes about {per_epoch:.0f} s"
-                    log(f"{stage.name}: {entry['status']}")
-                    continue
-                run_dir = work / stage.name
-                cfg = _config(stage, data, run_dir, epochs, common, [work / t / "best.pt" for t in stage.teachers])
-                entry.update(status="running", epochs_planned=epochs, command=cfg.command())
-                log(f"{stage.name}: {epochs} epochs (about {epochs * per_epoch:.0f} s of {alloc:.0f} s "
-                    f"allotted)\n  {entry['command']}")
-                runs.append((stage, run_dir, cfg))
-            save_summary()
-            if not runs:
+        for i, stage in enumerate(stages):
+            entry = entries[stage.name]
+            missing = [t for t in stage.teachers if t not in done]
+            if missing:
+                entry["status"] = (f"skipped: its teacher{'s' if len(missing) > 1 else ''} "
+                                   f"{', '.join(map(repr, missing))} did not finish")
+                save_summary()
                 continue
-            current, t0 = [(stage, run_dir) for stage, run_dir, _ in runs], clock()
-            for stage, _, _ in runs:
-                entries[stage.name]["started_seconds"] = round(t0 - start, 1)
-            outcomes = _train_wave([stage.name for stage, _, _ in runs], [cfg for _, _, cfg in runs],
-                                   progress=progress and len(runs) == 1, quiet=False, log=log)
-            current = None
-            for (stage, run_dir, _), (kind, res) in zip(runs, outcomes):
-                entry = entries[stage.name]
-                entry["seconds"] = round(clock() - t0, 1)
-                if kind != "ok":
-                    kept = try_keep(stage, run_dir)
-                    entry["status"] = f"failed: {res}" + (f"; {kept}" if kept else "")
-                    failures.append(f"{stage.name}: {res}")
-                    continue
-                entry.update(status="done", epochs_run=res.epochs_run, best_accuracy=res.best_accuracy,
-                             best_epoch=res.best_epoch)
-                done.add(stage.name)  # its best.pt in WORK teaches its students even if keeping it in OUT fails
-                kept = try_keep(stage, run_dir)
-                if kept:
-                    entry["status"] = f"failed: {kept} (its training finished)"
-                    failures.append(f"{stage.name}: {kept}")
-                log(f"{stage.name}: best validation accuracy {res.best_accuracy:.4f} at epoch {res.best_epoch} "
-                    f"of {res.epochs_run}, {entry['seconds']:.0f} s")
+            left = budget_s - (clock() - start)
+            alloc = left * stage.share / sum(s.share for s in stages[i:])
+            per_epoch = entry["probe"]["estimated_epoch_seconds"]
+            epochs = min(stage.max_epochs, int(alloc // per_epoch))
+            entry.update(allotted_seconds=round(alloc, 1))
+            if epochs < 1:
+                entry["status"] = f"skipped: {alloc:.0f} s allotted, an epoch takes about {per_epoch:.0f} s"
+                log(f"{stage.name}: {entry['status']}")
+                save_summary()
+                continue
+            run_dir = work / stage.name
+            cfg = _config(stage, data, run_dir, epochs, common, [work / t / "best.pt" for t in stage.teachers])
+            entry.update(status="running", epochs_planned=epochs, command=cfg.command())
             save_summary()
+            log(f"{stage.name}: {epochs} epochs (about {epochs * per_epoch:.0f} s of {alloc:.0f} s allotted)\n"
+                f"  {entry['command']}")
+            current, t0 = (stage, run_dir), clock()
+            try:
+                res = train(cfg, progress=progress)
+            except Exception as e:  # KeyboardInterrupt is not one: it stops the round, below
+                if isinstance(e, FerEdgeError):
+                    why = str(e)
+                else:  # not a user's error: say what it was, with its traceback in the log
+                    import traceback
+
+                    why = f"{type(e).__name__}: {e}"
+                    log(traceback.format_exc().rstrip())
+                kept = try_keep(stage, run_dir)
+                entry.update(status=f"failed: {why}" + (f"; {kept}" if kept else ""), seconds=round(clock() - t0, 1))
+                failures.append(f"{stage.name}: {why}")
+                current = None
+                save_summary()
+                continue
+            current = None
+            entry.update(status="done", epochs_run=res.epochs_run, best_accuracy=res.best_accuracy,
+                         best_epoch=res.best_epoch, seconds=round(clock() - t0, 1))
+            done.add(stage.name)  # its best.pt in WORK teaches its students even if keeping it in OUT fails
+            kept = try_keep(stage, run_dir)
+            if kept:
+                entry["status"] = f"failed: {kept} (its training finished)"
+                failures.append(f"{stage.name}: {kept}")
+            save_summary()
+            log(f"{stage.name}: best validation accuracy {res.best_accuracy:.4f} at epoch {res.best_epoch} "
+                f"of {res.epochs_run}, {entry['seconds']:.0f} s")
     except KeyboardInterrupt:
-        for stage, run_dir in current or []:
+        if current is not None:
+            stage, run_dir = current
             entries[stage.name]["status"] = "interrupted (best.pt and history.csv as of the last finished epoch)"
             kept = try_keep(stage, run_dir)
             if kept:
@@ -649,11 +526,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--probe-steps", type=int, default=20)
     ap.add_argument("--max-steps-per-epoch", type=int, default=0, help="cap steps per epoch (smoke runs)")
     ap.add_argument("--threads", type=int, default=0)
-    ap.add_argument("--parallel", action="store_true",
-                    help="run the stages that do not teach one another (the teachers; then small and nano) at the "
-                         "same time, each in its own process: for a GPU that one stage leaves partly idle "
-                         "(on an H200 three resnet18 teachers at batch 512 trained 1.5x the images per second of "
-                         "one); on a CPU they share the cores")
     ap.add_argument("--shares", type=_shares, default=tuple(s.share for s in DEFAULT_STAGES),
                     help="the budget's split as teacher,small,nano (default %(default)s; each stage gets its share "
                          "of what is left when it starts)")
@@ -690,7 +562,7 @@ def main(argv: list[str] | None = None) -> int:
         run_round(args.data, args.work, args.out, args.budget_minutes * 60, stages=stages, device=args.device,
                   amp=args.amp, seed=args.seed, parts_bytes=parts_bytes,
                   batch_size=args.batch_size, probe_steps=args.probe_steps,
-                  max_steps_per_epoch=args.max_steps_per_epoch, threads=args.threads, parallel=args.parallel,
+                  max_steps_per_epoch=args.max_steps_per_epoch, threads=args.threads,
                   progress=sys.stderr.isatty())
     except FerEdgeError as e:
         print(f"error: {e}", file=sys.stderr)
