@@ -324,38 +324,49 @@ def resolve_gate(
     return with_overrides(overrides or None, base), record
 
 
-def parse_override(values: list[str] | str | None, option: str) -> dict[Precision, float | None]:
+def parse_override(values: list[str] | str | None, option: str,
+                   threshold: str | None = None) -> dict[Precision, float | None]:
     """Parse ``["int8=0.97", "fp16=0.99,fp32=1"]`` into ``{Precision.int8: 0.97, ...}``.
 
-    ``none`` (or ``off``) as the value disables that check. Unknown precisions and
-    unparsable numbers are rejected with the valid choices.
+    ``none`` (or ``off``) as the value disables that check. Unknown precisions, unparsable numbers and
+    (with ``threshold``, the name the option sets) values outside :data:`THRESHOLD_RANGES` are refused,
+    every problem of the option in one error that names the option and the item as typed.
     """
     if values is None:
         return {}
     items = [values] if isinstance(values, str) else list(values)
     valid = [p.value for p in Precision]
     out: dict[Precision, float | None] = {}
+    problems: list[str] = []
     for item in items:
         for part in str(item).split(","):
             part = part.strip()
             if not part:
                 continue
             if "=" not in part:
-                raise FerEdgeError(f"{option}: expected PRECISION=VALUE (e.g. int8=0.97), got {part!r}")
+                problems.append(f"expected PRECISION=VALUE (e.g. int8=0.97), got {part!r}")
+                continue
             key, _, val = part.partition("=")
             key, val = key.strip(), val.strip()
             if key not in valid:
-                raise FerEdgeError(f"{option}: unknown precision {key!r}; valid: {', '.join(valid)}")
+                problems.append(f"unknown precision {key!r} in {part!r} (valid: {', '.join(valid)})")
+                continue
             if val.lower() in ("none", "off"):
                 out[Precision(key)] = None
                 continue
             try:
                 num = float(val)
             except ValueError:
-                raise FerEdgeError(f"{option}: {val!r} is not a number (in {part!r})") from None
-            if not np.isfinite(num) or num < 0:
-                raise FerEdgeError(f"{option}: {part!r} must be a finite non-negative number")
+                problems.append(f"{val!r} is not a number (in {part!r})")
+                continue
+            lo, hi = THRESHOLD_RANGES.get(threshold, (0.0, math.inf))
+            if not np.isfinite(num) or not lo <= num <= hi:
+                valid_range = "a finite non-negative number" if hi == math.inf else f"between {lo:g} and {hi:g}"
+                problems.append(f"{part!r} must be {valid_range}")
+                continue
             out[Precision(key)] = num
+    if problems:
+        raise FerEdgeError(f"{option}: " + "; ".join(problems))
     return out
 
 

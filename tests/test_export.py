@@ -431,6 +431,28 @@ def test_parse_override():
             parity.parse_override([bad], "--min-agreement")
     with pytest.raises(FerEdgeError, match="unknown threshold"):
         parity.with_overrides({"min_accuracy": {"int8": 0.5}})
+    # with the threshold it sets, the option's range is checked too, naming the option; every problem at once
+    assert parity.parse_override(["int8=0.97"], "--min-agreement", "min_agreement") == {Precision.int8: 0.97}
+    with pytest.raises(FerEdgeError) as err:
+        parity.parse_override(["int8=1.5,fp32=abc", "int4=1"], "--min-agreement", "min_agreement")
+    assert str(err.value) == ("--min-agreement: 'int8=1.5' must be between 0 and 1; 'abc' is not a number (in "
+                              "'fp32=abc'); unknown precision 'int4' in 'int4=1' (valid: fp32, fp16, int8)")
+    assert parity.parse_override(["int8=5"], "--max-kl", "max_kl") == {Precision.int8: 5.0}
+    with pytest.raises(FerEdgeError, match=r"^--max-kl: 'int8=nan' must be a finite non-negative number$"):
+        parity.parse_override(["int8=nan"], "--max-kl", "max_kl")
+
+
+@pytest.mark.parametrize("command", ["export", "bench"])
+def test_cli_threshold_out_of_range_names_the_option(command, tmp_path, synthetic_csv):
+    """Refused before any work, naming the option as typed (not the library's int8.max_accuracy_drop)."""
+    from fer_edge.cli import app
+
+    runner = CliRunner()
+    args = ["nano"] if command == "export" else ["--data", str(synthetic_csv)]
+    res = runner.invoke(app, [command, *args, "--max-accuracy-drop", "int8=2", "--out", str(tmp_path / "o")])
+    assert res.exit_code != 0
+    assert "--max-accuracy-drop: 'int8=2' must be between 0 and 1" in " ".join(res.output.split())
+    assert not (tmp_path / "o").exists()
 
 
 def test_parity_error_is_raised_after_the_manifest(monkeypatch, tiny_checkpoint, synthetic_csv, tmp_path):

@@ -65,7 +65,7 @@ def _threshold_overrides(**per_field):
     """PRECISION=VALUE overrides per threshold, applied over the export gate (defaults, or the shipped weight's)."""
     from fer_edge.parity import parse_override
 
-    return {name: parse_override(values, "--" + name.replace("_", "-"))
+    return {name: parse_override(values, "--" + name.replace("_", "-"), name)
             for name, values in per_field.items() if values} or None
 
 

@@ -181,7 +181,7 @@ def export_cmd(
     targets = parse_csv_option(target, [*TARGETS, "all"], "target") or ["all"]
     precisions = parse_csv_option(precision, [p.value for p in Precision], "precision") or None
     overrides = {
-        field: parse_override(values, "--" + field.replace("_", "-"))
+        field: parse_override(values, "--" + field.replace("_", "-"), field)
         for field, values in (("min_agreement", min_agreement), ("max_abs_diff", max_abs_diff),
                               ("max_kl", max_kl), ("max_accuracy_drop", max_accuracy_drop))
         if values
