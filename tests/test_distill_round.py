@@ -448,3 +448,23 @@ def test_images_per_epoch_is_the_data_when_it_is_smaller_than_a_batch(synthetic_
     summary = run_round(synthetic_folder, tmp_path / "w3", tmp_path / "o3", budget_s=600, stages=TINY[:1],
                         log=lambda m: None, device="cpu", batch_size=100, probe_steps=2)
     assert summary["train_images_per_epoch"] == 200  # 2 full batches; the last 80 images are dropped
+
+
+def test_a_failed_probe_removes_the_probe_runs_so_the_command_can_run_again(synthetic_folder, tmp_path,
+                                                                           monkeypatch):
+    real = training.train
+
+    def student_probe_fails(cfg, **kw):
+        if cfg.out.endswith("student"):
+            raise TrainingError("out of memory")
+        return real(cfg, **kw)
+
+    monkeypatch.setattr(training, "train", student_probe_fails)
+    work = tmp_path / "w"
+    with pytest.raises(TrainingError, match="probe of stage 'student' failed.*out of memory.*can run again"):
+        run_round(synthetic_folder, work, tmp_path / "o", budget_s=600, stages=TINY, log=lambda m: None, **COMMON)
+    assert not (work / "probe").exists()
+    monkeypatch.setattr(training, "train", real)
+    summary = run_round(synthetic_folder, work, tmp_path / "o", budget_s=600, stages=TINY, log=lambda m: None,
+                        **COMMON)
+    assert [s["status"] for s in summary["stages"]] == ["done", "done"]

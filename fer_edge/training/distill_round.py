@@ -226,6 +226,17 @@ def _describe_device(d, threads: int) -> str:
     return f"{d.type}: {platform.processor() or platform.machine()}, {threads or torch.get_num_threads()} torch threads"
 
 
+def _remove_probes(work: Path, stages) -> None:
+    """Remove the probe runs of a round that did not start (the preflight made sure none was there before it),
+    and ``WORK/probe`` when that leaves it empty, so that the same command can run again."""
+    for s in stages:
+        shutil.rmtree(work / "probe" / s.name, ignore_errors=True)
+    try:
+        (work / "probe").rmdir()
+    except OSError:
+        pass  # absent, or holding something the round did not make
+
+
 def run_round(data: str | Path, work: str | Path, out: str | Path, budget_s: float, *,
               stages: tuple[Stage, ...] | list[Stage] = DEFAULT_STAGES, device: str = "auto", amp: str = "auto",
               seed: int = 0, parts_bytes: int = 0,
@@ -315,7 +326,9 @@ def run_round(data: str | Path, work: str | Path, out: str | Path, budget_s: flo
             try:
                 res = train(cfg, progress=False, quiet=True)
             except FerEdgeError as e:
-                raise TrainingError(f"the probe of stage {stage.name!r} failed, so the round did not start: {e}") from e
+                _remove_probes(work, stages)
+                raise TrainingError(f"the probe of stage {stage.name!r} failed, so the round did not start: {e} "
+                                    "(its probe runs were removed: the same command can run again)") from e
             last = res.history[-1]
             ips = float(last["images_per_second"])
             epoch_s = (images_per_epoch / max(ips, 1e-6) + float(last.get("val_seconds") or 0.0) + EPOCH_OVERHEAD_S)
