@@ -283,3 +283,14 @@ def test_models_given_as_a_generator_are_all_read(synthetic_csv, tmp_path):
 
     with pytest.raises(FerEdgeError, match="unknown model"):  # the generator's names were seen, not consumed
         run_leaderboard(synthetic_csv, tmp_path / "lb", models=(m for m in ["no_such_model"]))
+
+
+def test_every_bad_extra_is_reported_at_once(synthetic_csv, tmp_path, capsys):
+    assert main(["--data", str(synthetic_csv), "--out", str(tmp_path), "--models", "fer_nano",
+                 "--extra", f"fer_nano={tmp_path}", "--extra", f"x={tmp_path / 'missing.pt'}",
+                 "--extra", "bad name=small", "--extra", "=small", "--extra", "y=small", "--extra", "y=nano"]) == 1
+    err = " ".join(capsys.readouterr().err.split())
+    for part in ("also a model trained with the shared recipe", "missing.pt", "NAME may hold letters",
+                 "NAME=CHECKPOINT (a path or a shipped name), got '=small'", "the name 'y' is given twice"):
+        assert part in err, part
+    assert not any(tmp_path.iterdir())

@@ -194,10 +194,12 @@ class Entry:
 
 
 def parse_extra(specs: Sequence[str], models: Sequence[str]) -> list[Entry]:
-    """``NAME=CHECKPOINT`` (or a bare shipped name / path) -> entries; names unique and not a trained model's."""
+    """``NAME=CHECKPOINT`` (or a bare shipped name / path) -> entries; names unique and not a trained model's.
+    Every bad item is reported in one error."""
     from fer_edge.weights import PRETRAINED, resolve_checkpoint
 
     out: list[Entry] = []
+    problems: list[str] = []
     for spec in specs:
         name, sep, ckpt = spec.partition("=")
         if not sep:
@@ -205,15 +207,24 @@ def parse_extra(specs: Sequence[str], models: Sequence[str]) -> list[Entry]:
             name = spec if spec in PRETRAINED else Path(spec).stem
         name, ckpt = name.strip(), ckpt.strip()
         if not name or not ckpt:
-            raise FerEdgeError(f"--extra takes NAME=CHECKPOINT (a path or a shipped name), got {spec!r}")
+            problems.append(f"--extra takes NAME=CHECKPOINT (a path or a shipped name), got {spec!r}")
+            continue
         if not _NAME_RE.match(name):
-            raise FerEdgeError(f"--extra {spec!r}: NAME may hold letters, digits, '_', '-' and '.' only")
-        if name in models:
-            raise FerEdgeError(f"--extra {spec!r}: {name!r} is also a model trained with the shared recipe; "
-                               f"name the extra row differently, e.g. {name}-ckpt={ckpt}")
-        if any(e.name == name for e in out):
-            raise FerEdgeError(f"--extra: the name {name!r} is given twice")
-        out.append(Entry(name, None, extra=ckpt, checkpoint=resolve_checkpoint(ckpt)))  # fails early if absent
+            problems.append(f"--extra {spec!r}: NAME may hold letters, digits, '_', '-' and '.' only")
+        elif name in models:
+            problems.append(f"--extra {spec!r}: {name!r} is also a model trained with the shared recipe; "
+                            f"name the extra row differently, e.g. {name}-ckpt={ckpt}")
+        elif any(e.name == name for e in out):
+            problems.append(f"--extra: the name {name!r} is given twice")
+        try:
+            checkpoint = resolve_checkpoint(ckpt)  # fails early if absent
+        except FerEdgeError as e:
+            problems.append(f"--extra {spec!r}: {e}")
+            continue
+        out.append(Entry(name, None, extra=ckpt, checkpoint=checkpoint))
+    if problems:
+        raise FerEdgeError("; ".join(problems) if len(problems) == 1 else
+                           "bad --extra items:\n  " + "\n  ".join(problems))
     return out
 
 
