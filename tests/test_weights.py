@@ -336,3 +336,25 @@ def test_ship_refuses_non_finite_metrics(weights_copy, tiny_checkpoint):
     res = _ship_cli(tiny_checkpoint, "--name", "tiny", *SHIP_ARGS, "--metrics-json", '{"val_accuracy": NaN}')
     assert res.exit_code == 1 and "val_accuracy is not a finite number" in res.output, res.output
     assert _snapshot(weights_copy) == before
+
+
+@pytest.mark.parametrize("name", ["small", "brand_new"])
+def test_ship_puts_the_file_back_when_its_entry_cannot_be_written(weights_copy, tiny_checkpoint, monkeypatch, name):
+    """The file is renamed in first; if weights.json's rename then fails, the file is what it was before."""
+    import os
+
+    import fer_edge.utils as utils
+    from fer_edge.weights.ship import ship
+
+    before = _snapshot(weights_copy)
+    real = os.replace
+
+    def table_rename_fails(src, dst):
+        if Path(dst).name == "weights.json":
+            raise OSError(28, "No space left on device")
+        return real(src, dst)
+
+    monkeypatch.setattr(utils.os, "replace", table_rename_fails)
+    with pytest.raises(OSError, match="No space left"):
+        ship(tiny_checkpoint, name, recipe="r", hardware="h", train_time="t", replace_existing=True)
+    assert _snapshot(weights_copy) == before  # small.pt as it was; no brand_new.pt; no temp debris

@@ -162,11 +162,24 @@ def ship(checkpoint: Path, name: str, recipe: str, hardware: str, train_time: st
                                   "valid JSON); fix the checkpoint's metrics or --metrics-json")
         text = _table_text(entries, meta)
 
-        # 4. commit: the file first, then its entry (each an atomic rename inside the folder)
-        with atomic_path(WEIGHTS_DIR / "weights.json") as tmp_table:
-            tmp_table.write_text(text)
-            with atomic_path(dest) as tmp_pt:
-                shutil.copyfile(staged, tmp_pt)
+        # 4. commit: the file first, then its entry (each an atomic rename inside the folder). If the entry
+        # cannot be written, the file goes back to what it was (the earlier weight, or none)
+        backup = Path(td) / f"previous-{dest.name}"
+        had_file = dest.exists()
+        if had_file:
+            shutil.copy2(dest, backup)
+        try:
+            with atomic_path(WEIGHTS_DIR / "weights.json") as tmp_table:
+                tmp_table.write_text(text)
+                with atomic_path(dest) as tmp_pt:
+                    shutil.copyfile(staged, tmp_pt)
+        except BaseException:
+            if had_file:
+                with atomic_path(dest) as tmp_pt:
+                    shutil.copyfile(backup, tmp_pt)
+            elif dest.exists():
+                dest.unlink()
+            raise
     return meta
 
 
