@@ -62,6 +62,13 @@ class Checkpoint:
         if mismatch:
             import json
 
+            outputs = self._outputs_in_weights(model.state_dict())
+            if outputs is not None:
+                raise CheckpointError(
+                    f"{self.path or 'checkpoint'}: it lists {len(self.labels)} labels ({', '.join(self.labels)}) but "
+                    f"its weights give {outputs} outputs: its labels were edited, or come from another checkpoint. "
+                    f"Give it the {outputs} labels it was trained with"
+                )
             raise CheckpointError(
                 f"{self.path or 'checkpoint'}: its weights do not fit {self.model_name} built with model_kwargs "
                 f"{json.dumps(self.model_kwargs)} ({mismatch}). A checkpoint "
@@ -70,6 +77,24 @@ class Checkpoint:
             )
         model.load_state_dict(self.state_dict)
         return model.eval()
+
+    def _outputs_in_weights(self, own: dict) -> int | None:
+        """The number of outputs the weights were trained with, when it differs from the labels' count and is
+        the only reason they do not fit (None otherwise)."""
+        from fer_edge.models import create_model
+
+        n = len(self.labels)
+        for k, v in own.items():
+            other = self.state_dict.get(k)
+            if other is None or other.shape == v.shape or not v.shape or v.shape[0] != n or not other.shape:
+                continue
+            candidate = int(other.shape[0])
+            try:
+                model = create_model(self.model_name, num_classes=candidate, **self.model_kwargs)
+            except Exception:  # a count the factory refuses: not the reason
+                return None
+            return candidate if not state_dict_mismatch(model.state_dict(), self.state_dict) else None
+        return None
 
     def resolved_model_kwargs(self) -> dict:
         """``model_kwargs`` with the constructor defaults filled in (older checkpoints stored only the passed ones)."""

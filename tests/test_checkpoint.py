@@ -135,3 +135,20 @@ def test_join_refuses_parts_of_different_splits_of_one_checkpoint(tmp_path):
     with pytest.raises(CheckpointError, match="damaged.pt: a damaged checkpoint part"):
         join_checkpoint([tmp_path / "damaged.pt", two[1]], tmp_path / "x.pt")
     assert not (tmp_path / "x.pt").exists()
+
+
+def test_labels_that_disagree_with_the_weights_say_so(tiny_checkpoint, tmp_path):
+    """A checkpoint whose label list was edited is named as such, not blamed on changed model defaults."""
+    raw = torch.load(tiny_checkpoint, weights_only=True)
+    raw["labels"] = list(raw["labels"])[:6]
+    torch.save(raw, tmp_path / "edited.pt")
+    with pytest.raises(CheckpointError) as e:
+        load_checkpoint(tmp_path / "edited.pt").build_model()
+    assert "lists 6 labels" in str(e.value) and "weights give 7 outputs" in str(e.value)
+    assert "defaults" not in str(e.value)
+    # weights that do not fit for another reason keep the defaults message
+    raw = torch.load(tiny_checkpoint, weights_only=True)
+    raw["model_kwargs"] = {"stem": 8}
+    torch.save(raw, tmp_path / "kwargs.pt")
+    with pytest.raises(CheckpointError, match="do not fit fer_nano.*defaults change"):
+        load_checkpoint(tmp_path / "kwargs.pt").build_model()
