@@ -692,3 +692,38 @@ def test_bad_threshold_overrides_are_refused_before_the_default_export(tmp_path,
     with pytest.raises(FerEdgeError, match="int8.min_agreement: 1.5 is out of range"):
         bench_mod.run_bench(None, data=synthetic_csv, threshold_overrides={"min_agreement": {"int8": 1.5}},
                             seconds=0.1, out_dir=tmp_path / "b")
+
+
+@pytest.mark.parametrize("module", ["artifacts", "bench", "environment", "report", "schema", "stats"])
+def test_a_library_module_run_as_a_script_names_the_command_to_use(module, capsys):
+    """`python -m fer_edge.benchmarks.bench --help` used to print nothing and exit 0."""
+    import runpy
+    import warnings
+
+    from fer_edge.benchmarks import LIBRARY_USE, SCRIPTS
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # runpy: the module is already imported
+        with pytest.raises(SystemExit) as e:
+            runpy.run_module(f"fer_edge.benchmarks.{module}", run_name="__main__")
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert f"use `{LIBRARY_USE[module]}`" in err and all(f"fer_edge.benchmarks.{s}" in err for s in SCRIPTS)
+
+
+def test_the_benchmarks_package_lists_its_scripts_and_each_runs_as_one(capsys):
+    import importlib
+    import pkgutil
+    import runpy
+
+    import fer_edge.benchmarks as pkg
+
+    with pytest.raises(SystemExit) as e:
+        runpy.run_module("fer_edge.benchmarks", run_name="__main__")
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    modules = {m.name for m in pkgutil.iter_modules(pkg.__path__)} - {"__main__"}
+    assert set(pkg.SCRIPTS) | set(pkg.LIBRARY_USE) == modules  # every module is one or the other
+    for name in pkg.SCRIPTS:
+        assert f"python -m fer_edge.benchmarks.{name}" in out
+        assert callable(getattr(importlib.import_module(f"fer_edge.benchmarks.{name}"), "main"))

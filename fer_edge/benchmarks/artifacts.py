@@ -397,3 +397,9 @@ def unverified(artifacts: list[Artifact]) -> list[Artifact]:
 def unfinished(artifacts: list[Artifact]) -> list[Artifact]:
     """Artifacts a manifest lists that says its export did not finish (``"complete": false``)."""
     return [a for a in artifacts if a.export_complete is False]
+
+
+if __name__ == "__main__":
+    from fer_edge.benchmarks import not_a_script
+
+    raise SystemExit(not_a_script("artifacts"))

@@ -751,3 +751,9 @@ def check_outcome(report: BenchReport, parity_gate: bool = True) -> None:
                      + "\n  ".join(gate))
     if parts:
         raise (FerEdgeError if failed else ParityError)("\n".join(parts))
+
+
+if __name__ == "__main__":
+    from fer_edge.benchmarks import not_a_script
+
+    raise SystemExit(not_a_script("bench"))

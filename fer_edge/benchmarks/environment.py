@@ -277,3 +277,9 @@ def machine_label(env: dict) -> str:
     """``hostname (CPU model)``: how a merged report names the machine a report came from."""
     cpu = (env.get("cpu") or {}).get("model") or "unknown CPU"
     return f"{env.get('hostname') or 'unknown host'} ({cpu})"
+
+
+if __name__ == "__main__":
+    from fer_edge.benchmarks import not_a_script
+
+    raise SystemExit(not_a_script("environment"))

@@ -473,3 +473,9 @@ def merged_markdown(machines: list[dict], rows: list[dict]) -> str:
     lines.append(md_table(full_header, ([f"M{names.index(r['machine']) + 1}", *_md_cells(r, labels)]
                                         for r in rows)))
     return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    from fer_edge.benchmarks import not_a_script
+
+    raise SystemExit(not_a_script("report"))

@@ -186,3 +186,9 @@ def validate(instance: Any, schema: dict = REPORT_SCHEMA, path: str = "$") -> li
         for i, item in enumerate(instance):
             errors.extend(validate(item, schema["items"], f"{path}[{i}]"))
     return errors
+
+
+if __name__ == "__main__":
+    from fer_edge.benchmarks import not_a_script
+
+    raise SystemExit(not_a_script("schema"))

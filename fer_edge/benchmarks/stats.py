@@ -111,3 +111,9 @@ def compute_limit(macs_per_image: int, ips: float, cores: int, env: dict, precis
         "assumption": f"{assumption}; {cores} core(s) at {float(mhz):.0f} MHz ({cpu.get('clock_source', '?')})",
         "min_time_per_image_us": 2.0 * macs_per_image / peak * 1e6,
     }
+
+
+if __name__ == "__main__":
+    from fer_edge.benchmarks import not_a_script
+
+    raise SystemExit(not_a_script("stats"))
