@@ -643,6 +643,20 @@ def test_cli_refuses_a_model_kwargs_list_and_a_file_as_out(synthetic_csv, tmp_pa
     assert r.exit_code == 1 and "which is a file, not a folder" in " ".join(r.stderr.split())
 
 
+@pytest.mark.parametrize("args, words", [
+    (["--distill-alpha", "0.5"], "--distill-alpha applies to distillation only"),  # its default value, given
+    (["--distill-temperature", "4"], "--distill-temperature applies to distillation only"),
+    (["--distill-alpha", "0.5", "--distill-temperature", "4"],
+     "--distill-alpha and --distill-temperature apply to distillation only"),
+])
+def test_cli_refuses_distillation_options_without_a_teacher_even_at_their_defaults(synthetic_csv, tmp_path, args,
+                                                                                   words):
+    r = runner.invoke(app, ["train", "--data", str(synthetic_csv), "--model", "simple_cnn", "--out",
+                            str(tmp_path / "r"), *args])
+    assert r.exit_code == 1 and words in " ".join(r.stderr.split()), r.output
+    assert not (tmp_path / "r").exists()
+
+
 def test_a_diverging_run_stops_with_an_error_and_saves_nothing(synthetic_csv, tmp_path):
     out = tmp_path / "boom"
     with pytest.raises(TrainingError, match="training diverged: the training loss of epoch 1 is nan; nothing was saved"):

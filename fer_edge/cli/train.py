@@ -91,8 +91,9 @@ def train(
                                        "small, nano; fine-tuning: same model and kwargs)."),
     distill: Optional[List[str]] = typer.Option(None, help="Teacher checkpoint for distillation (a path or a shipped "
                                                 "name); repeat for an ensemble."),
-    distill_alpha: float = typer.Option(0.5, help="Weight of the distillation loss (0..1)."),
-    distill_temperature: float = typer.Option(4.0),
+    distill_alpha: Optional[float] = typer.Option(None, help="Weight of the distillation loss (0..1; default 0.5)."),
+    distill_temperature: Optional[float] = typer.Option(None, help="Softmax temperature of the distillation loss "
+                                                        "(default 4)."),
     distill_tta: bool = typer.Option(False, "--distill-tta", help="Teachers also see the flipped batch."),
     teacher_runtime: TeacherRuntime = typer.Option(
         TeacherRuntime.auto, help="Where --distill teachers run: onnxruntime (CPU only, faster there), torch, "
@@ -129,13 +130,17 @@ def train(
         kwargs = json.loads(model_kwargs) if model_kwargs else {}
     except json.JSONDecodeError as e:
         raise TrainingError(f"--model-kwargs is not valid JSON: {e}") from None
+    given = {k: v for k, v in (("distill_alpha", distill_alpha), ("distill_temperature", distill_temperature))
+             if v is not None}
+    if given and not distill:  # given at all, even at its default value
+        raise TrainingError(" and ".join(f"--{k.replace('_', '-')}" for k in given)
+                            + f" appl{'ies' if len(given) == 1 else 'y'} to distillation only: add a --distill teacher")
     cfg = TrainConfig(
         data=str(data), model=model, out=str(out), model_kwargs=kwargs, split=split, val_split=val_split,
         epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, optimizer=optimizer.value,
         scheduler=scheduler.value, warmup_epochs=warmup_epochs, label_smoothing=label_smoothing,
         class_weights=class_weights.value, mixup=mixup, cutmix=cutmix, mix_prob=mix_prob, ema=ema, augment=augment.value,
-        init=init, distill=list(distill or []), distill_alpha=distill_alpha,
-        distill_temperature=distill_temperature, distill_tta=distill_tta,
+        init=init, distill=list(distill or []), **given, distill_tta=distill_tta,
         teacher_runtime=teacher_runtime.value, distill_targets=distill_targets.value,
         distill_views=distill_views, distill_cache=str(distill_cache) if distill_cache else None, qat=qat,
         patience=patience,
