@@ -426,10 +426,12 @@ def test_cli_train_then_eval(synthetic_csv, tmp_path):
     r = runner.invoke(app, ["train", "--data", str(synthetic_csv), "--model", "simple_cnn", "--out", str(tmp_path / "ft"),
                             "--epochs", "1", "--batch-size", "32", "--max-steps-per-epoch", "2", "--device", "cpu",
                             "--init", best, "--distill", best, "--distill", best, "--distill-tta",
+                            "--distill-alpha", "0.7", "--distill-temperature", "2",
                             "--teacher-runtime", "torch", "--no-progress"])
     assert r.exit_code == 0, r.output
     cfg = load_checkpoint(tmp_path / "ft" / "best.pt").train_config
     assert cfg["init"] == best and cfg["distill"] == [best, best] and cfg["distill_tta"] is True
+    assert (cfg["distill_alpha"], cfg["distill_temperature"]) == (0.7, 2.0)
     assert cfg["teacher_runtime"] == "torch" and "2 teacher(s) in torch" in r.output
     r = runner.invoke(app, ["train", "--data", str(synthetic_csv), "--model", "simple_cnn", "--out", str(tmp_path / "off"),
                             "--epochs", "1", "--batch-size", "32", "--max-steps-per-epoch", "2", "--device", "cpu",
