@@ -468,3 +468,20 @@ def test_a_failed_probe_removes_the_probe_runs_so_the_command_can_run_again(synt
     summary = run_round(synthetic_folder, work, tmp_path / "o", budget_s=600, stages=TINY, log=lambda m: None,
                         **COMMON)
     assert [s["status"] for s in summary["stages"]] == ["done", "done"]
+
+
+def test_an_interrupted_probe_removes_the_probe_runs_too(synthetic_folder, tmp_path, monkeypatch):
+    real = training.train
+
+    def interrupted_in_the_student_probe(cfg, **kw):
+        if cfg.out.endswith("student"):
+            raise KeyboardInterrupt
+        return real(cfg, **kw)
+
+    monkeypatch.setattr(training, "train", interrupted_in_the_student_probe)
+    work = tmp_path / "w"
+    with pytest.raises(KeyboardInterrupt):
+        run_round(synthetic_folder, work, tmp_path / "o", budget_s=600, stages=TINY, log=lambda m: None, **COMMON)
+    assert not (work / "probe").exists()
+    summary = json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert all(s["status"] == "not run: the round was interrupted" for s in summary["stages"])

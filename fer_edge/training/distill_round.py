@@ -315,8 +315,10 @@ def run_round(data: str | Path, work: str | Path, out: str | Path, budget_s: flo
 
     failures: list[str] = []
     current: tuple[Stage, Path] | None = None
+    probing = False
     try:
         # 1. probe every stage
+        probing = True
         for stage in stages:
             run_dir = work / "probe" / stage.name
             teachers = [work / "probe" / t / "best.pt" for t in stage.teachers]
@@ -337,6 +339,7 @@ def run_round(data: str | Path, work: str | Path, out: str | Path, budget_s: flo
                 "estimated_epoch_seconds": round(epoch_s * ESTIMATE_MARGIN, 2), "seconds": round(clock() - t0, 1),
             }
         save_summary()
+        probing = False
 
         # 2. run the stages in order
         done: set[str] = set()
@@ -393,6 +396,8 @@ def run_round(data: str | Path, work: str | Path, out: str | Path, budget_s: flo
             log(f"{stage.name}: best validation accuracy {res.best_accuracy:.4f} at epoch {res.best_epoch} "
                 f"of {res.epochs_run}, {entry['seconds']:.0f} s")
     except KeyboardInterrupt:
+        if probing:  # the round did not start: its probe runs go, so that the same command can run again
+            _remove_probes(work, stages)
         if current is not None:
             stage, run_dir = current
             entries[stage.name]["status"] = "interrupted (best.pt and history.csv as of the last finished epoch)"
