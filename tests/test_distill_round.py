@@ -485,3 +485,20 @@ def test_an_interrupted_probe_removes_the_probe_runs_too(synthetic_folder, tmp_p
     assert not (work / "probe").exists()
     summary = json.loads((tmp_path / "o" / "summary.json").read_text())
     assert all(s["status"] == "not run: the round was interrupted" for s in summary["stages"])
+
+
+def test_teachers_of_several_architectures_form_one_ensemble(synthetic_folder, monkeypatch):
+    seen = {}
+    monkeypatch.setattr("fer_edge.training.distill_round.run_round",
+                        lambda *a, stages, **kw: seen.update(stages=stages))
+    base = ["--data", str(synthetic_folder), "--work", "w", "--out", "o", "--budget-minutes", "1"]
+    assert main(base + ["--teacher", "resnet18", "--teacher", "enhanced_cnn", "--teachers", "2", "--seed", "3",
+                        "--teacher-set", "cutmix=1.0", "--shares", "0.6,0.3,0.1"]) == 0
+    *teachers, small, nano = seen["stages"]
+    assert [(t.name, t.model) for t in teachers] == [("teacher", "resnet18"), ("teacher2", "resnet18"),
+                                                    ("teacher3", "enhanced_cnn"), ("teacher4", "enhanced_cnn")]
+    assert [t.options.get("seed") for t in teachers] == [None, 4, 5, 6]  # the first takes the round's --seed
+    assert all(t.share == pytest.approx(0.15) and t.options["cutmix"] == 1.0 for t in teachers)
+    assert small.teachers == nano.teachers == ("teacher", "teacher2", "teacher3", "teacher4")
+    check_stages(seen["stages"])
+    assert main(base) == 0 and [s.model for s in seen["stages"]] == ["resnet18", "fer_small", "fer_nano"]

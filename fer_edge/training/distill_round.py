@@ -30,7 +30,7 @@ import sys
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 from fer_edge.errors import FerEdgeError, TrainingError
 from fer_edge.training.config import TrainConfig
@@ -417,21 +417,25 @@ def run_round(data: str | Path, work: str | Path, out: str | Path, budget_s: flo
     return summary
 
 
-def build_stages(teacher_model: str, n_teachers: int, teacher_max_epochs: int, extra_teachers: list[str],
-                 nano_teacher: str, students: str, shares: tuple[float, float, float], batch_size: int,
-                 lr_scale: str, seed: int = 0, teacher_options: dict | None = None) -> tuple[Stage, ...]:
-    """The command line's stage table: ``n_teachers`` teachers (``teacher``, ``teacher2``, ..., seeds counted up
-    from the round's, sharing the teacher share equally), then small and nano. ``teacher_options`` (from
-    ``--teacher-set``) replace the teachers' options as given, after LR scaling."""
+def build_stages(teacher_model: str | Sequence[str], n_teachers: int, teacher_max_epochs: int,
+                 extra_teachers: list[str], nano_teacher: str, students: str, shares: tuple[float, float, float],
+                 batch_size: int, lr_scale: str, seed: int = 0,
+                 teacher_options: dict | None = None) -> tuple[Stage, ...]:
+    """The command line's stage table: ``n_teachers`` teachers of each model in ``teacher_model`` (one name or
+    several: an ensemble of different architectures), named ``teacher``, ``teacher2``, ... in that order, seeds
+    counted up from the round's, sharing the teacher share equally; then small and nano. ``teacher_options``
+    (from ``--teacher-set``) replace every teacher's options as given, after LR scaling."""
     from fer_edge.weights import resolve_checkpoint
 
     teacher, small, nano = DEFAULT_STAGES
     t_share, s_share, n_share = shares
-    names = ["teacher"] + [f"teacher{i}" for i in range(2, n_teachers + 1)]
-    teachers = [replace(teacher, name=name, model=teacher_model, share=t_share / n_teachers,
+    models = [teacher_model] if isinstance(teacher_model, str) else list(teacher_model)
+    kinds = [m for m in models for _ in range(n_teachers)]
+    names = ["teacher"] + [f"teacher{i}" for i in range(2, len(kinds) + 1)]
+    teachers = [replace(teacher, name=name, model=model, share=t_share / len(kinds),
                         max_epochs=teacher_max_epochs,
                         options={**teacher.options, **({"seed": seed + i} if i else {})})
-                for i, name in enumerate(names)]
+                for i, (name, model) in enumerate(zip(names, kinds))]
     extra = tuple(str(_as_typed(resolve_checkpoint(t))) for t in extra_teachers)
     small = replace(small, teachers=tuple(names), extra_teachers=extra, share=s_share)
     nano = replace(nano, teachers=tuple(names) if nano_teacher == "teacher" else ("small",),
@@ -439,7 +443,7 @@ def build_stages(teacher_model: str, n_teachers: int, teacher_max_epochs: int, e
     if students == "finetune":
         small, nano = finetune_stage(small, "small"), finetune_stage(nano, "nano")
     scaled = [scale_lr(st, batch_size, lr_scale) for st in (*teachers, small, nano)]
-    for i in range(n_teachers):
+    for i in range(len(teachers)):
         scaled[i] = replace(scaled[i], options={**scaled[i].options, **(teacher_options or {})})
     return tuple(scaled)
 
@@ -520,10 +524,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, required=True, help="what to keep: summary.json, histories, students")
     ap.add_argument("--budget-minutes", type=float, required=True,
                     help="wall-clock budget for the whole round (a positive number)")
-    ap.add_argument("--teacher", default=DEFAULT_STAGES[0].model, help="teacher model (registered name)")
+    ap.add_argument("--teacher", action="append", default=None, metavar="MODEL",
+                    help=f"teacher model (registered name; default {DEFAULT_STAGES[0].model}); repeat for an "
+                         "ensemble of different architectures, e.g. --teacher resnet18 --teacher enhanced_cnn")
     ap.add_argument("--teachers", type=int, default=1,
-                    help="train this many teachers of that model, with seeds --seed, --seed+1, ..., each taking an "
-                         "equal part of the teacher share; the students distil from their ensemble")
+                    help="train this many teachers of each --teacher model, with seeds --seed, --seed+1, ..., each "
+                         "taking an equal part of the teacher share; the students distil from their ensemble")
     ap.add_argument("--teacher-set", action="append", default=[], metavar="KEY=VALUE",
                     help="a TrainConfig option for every teacher, e.g. cutmix=1.0 or weight_decay=0.1 (repeatable; "
                          "taken as given, after --lr-scale)")
@@ -574,8 +580,8 @@ def main(argv: list[str] | None = None) -> int:
         print("error: bad options:\n  " + "\n  ".join(problems), file=sys.stderr)
         return 1
     try:
-        stages = build_stages(args.teacher, args.teachers, args.teacher_max_epochs, args.extra_teacher,
-                              args.nano_teacher, args.students, args.shares, args.batch_size, args.lr_scale, args.seed,
+        stages = build_stages(args.teacher or [DEFAULT_STAGES[0].model], args.teachers, args.teacher_max_epochs,
+                              args.extra_teacher, args.nano_teacher, args.students, args.shares, args.batch_size, args.lr_scale, args.seed,
                               parse_overrides(args.teacher_set))
         run_round(args.data, args.work, args.out, args.budget_minutes * 60, stages=stages, device=args.device,
                   amp=args.amp, seed=args.seed, parts_bytes=parts_bytes,
