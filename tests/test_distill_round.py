@@ -450,20 +450,24 @@ def test_images_per_epoch_is_the_data_when_it_is_smaller_than_a_batch(synthetic_
     assert summary["train_images_per_epoch"] == 200  # 2 full batches; the last 80 images are dropped
 
 
+@pytest.mark.parametrize("error, said", [(TrainingError("out of memory"), "out of memory"),
+                                         (RuntimeError("CUDA out of memory"), "RuntimeError: CUDA out of memory")])
 def test_a_failed_probe_removes_the_probe_runs_so_the_command_can_run_again(synthetic_folder, tmp_path,
-                                                                           monkeypatch):
+                                                                           monkeypatch, error, said):
     real = training.train
 
     def student_probe_fails(cfg, **kw):
         if cfg.out.endswith("student"):
-            raise TrainingError("out of memory")
+            raise error
         return real(cfg, **kw)
 
     monkeypatch.setattr(training, "train", student_probe_fails)
     work = tmp_path / "w"
-    with pytest.raises(TrainingError, match="probe of stage 'student' failed.*out of memory.*can run again"):
-        run_round(synthetic_folder, work, tmp_path / "o", budget_s=600, stages=TINY, log=lambda m: None, **COMMON)
-    assert not (work / "probe").exists()
+    logged = []
+    with pytest.raises(TrainingError, match=f"probe of stage 'student' failed.*{said}.*can run again"):
+        run_round(synthetic_folder, work, tmp_path / "o", budget_s=600, stages=TINY, log=logged.append, **COMMON)
+    assert not work.exists() and not (tmp_path / "o").exists()  # the round made both; empty, they go again
+    assert any("Traceback" in m for m in logged) == isinstance(error, RuntimeError)  # not a user's error: logged
     monkeypatch.setattr(training, "train", real)
     summary = run_round(synthetic_folder, work, tmp_path / "o", budget_s=600, stages=TINY, log=lambda m: None,
                         **COMMON)

@@ -226,15 +226,17 @@ def _describe_device(d, threads: int) -> str:
     return f"{d.type}: {platform.processor() or platform.machine()}, {threads or torch.get_num_threads()} torch threads"
 
 
-def _remove_probes(work: Path, stages) -> None:
+def _remove_probes(work: Path, stages, made: list[Path]) -> None:
     """Remove the probe runs of a round that did not start (the preflight made sure none was there before it),
-    and ``WORK/probe`` when that leaves it empty, so that the same command can run again."""
+    then ``WORK/probe`` and the folders in ``made`` (those the round created) when that leaves them empty, so
+    that the same command can run again and nothing empty is left behind."""
     for s in stages:
         shutil.rmtree(work / "probe" / s.name, ignore_errors=True)
-    try:
-        (work / "probe").rmdir()
-    except OSError:
-        pass  # absent, or holding something the round did not make
+    for folder in [work / "probe", *made]:
+        try:
+            folder.rmdir()
+        except OSError:
+            pass  # absent, or holding something the round did not make
 
 
 def run_round(data: str | Path, work: str | Path, out: str | Path, budget_s: float, *,
@@ -281,6 +283,7 @@ def run_round(data: str | Path, work: str | Path, out: str | Path, budget_s: flo
     images_per_epoch = min(steps * batch_size, n_train)
     summary = {"data": data, "budget_seconds": budget_s, "device": _describe_device(dev, threads),
                "train_images_per_epoch": images_per_epoch, "stages": list(entries.values())}
+    made = [p for p in (out, work) if not p.exists()]  # removed again, when empty, if the round does not start
     out.mkdir(parents=True, exist_ok=True)
 
     def save_summary() -> None:
@@ -327,9 +330,14 @@ def run_round(data: str | Path, work: str | Path, out: str | Path, budget_s: flo
             log(f"probe {stage.name}: {stage.model}, 2 epochs of {probe_steps} steps")
             try:
                 res = train(cfg, progress=False, quiet=True)
-            except FerEdgeError as e:
-                _remove_probes(work, stages)
-                raise TrainingError(f"the probe of stage {stage.name!r} failed, so the round did not start: {e} "
+            except Exception as e:  # KeyboardInterrupt is not one: below
+                if not isinstance(e, FerEdgeError):  # not a user's error (CUDA out of memory, say): its traceback
+                    import traceback
+
+                    log(traceback.format_exc().rstrip())
+                why = str(e) if isinstance(e, FerEdgeError) else f"{type(e).__name__}: {e}"
+                _remove_probes(work, stages, made)
+                raise TrainingError(f"the probe of stage {stage.name!r} failed, so the round did not start: {why} "
                                     "(its probe runs were removed: the same command can run again)") from e
             last = res.history[-1]
             ips = float(last["images_per_second"])
@@ -397,7 +405,7 @@ def run_round(data: str | Path, work: str | Path, out: str | Path, budget_s: flo
                 f"of {res.epochs_run}, {entry['seconds']:.0f} s")
     except KeyboardInterrupt:
         if probing:  # the round did not start: its probe runs go, so that the same command can run again
-            _remove_probes(work, stages)
+            _remove_probes(work, stages, made)
         if current is not None:
             stage, run_dir = current
             entries[stage.name]["status"] = "interrupted (best.pt and history.csv as of the last finished epoch)"
