@@ -358,3 +358,36 @@ def test_ship_puts_the_file_back_when_its_entry_cannot_be_written(weights_copy, 
     with pytest.raises(OSError, match="No space left"):
         ship(tiny_checkpoint, name, recipe="r", hardware="h", train_time="t", replace_existing=True)
     assert _snapshot(weights_copy) == before  # small.pt as it was; no brand_new.pt; no temp debris
+
+
+@pytest.mark.parametrize("failing", ["copy", "aside", "place"])
+def test_a_failure_at_any_step_of_the_commit_leaves_the_folder_as_it_was(weights_copy, tiny_checkpoint,
+                                                                         monkeypatch, failing):
+    """Before the entry is in, every failure (the copy into the folder, moving the earlier file aside, placing
+    the new one) puts the folder back as it was: the earlier small.pt, its entry, no temp files."""
+    import os
+    import shutil as sh
+
+    import fer_edge.weights.ship as ship_mod
+
+    before = _snapshot(weights_copy)
+    real_replace, real_copy = os.replace, sh.copyfile
+
+    def replace(src, dst):
+        src, dst = Path(src), Path(dst)
+        if failing == "aside" and src.name == "small.pt":
+            raise OSError(5, "I/O error")
+        if failing == "place" and dst.name == "small.pt" and src.name.startswith(".tmp-"):
+            raise OSError(5, "I/O error")
+        return real_replace(src, dst)
+
+    def copyfile(src, dst, **kw):
+        if failing == "copy" and Path(dst).parent == weights_copy:
+            raise OSError(28, "No space left on device")
+        return real_copy(src, dst, **kw)
+
+    monkeypatch.setattr(os, "replace", replace)
+    monkeypatch.setattr(ship_mod.shutil, "copyfile", copyfile)
+    with pytest.raises(OSError):
+        ship_mod.ship(tiny_checkpoint, "small", recipe="r", hardware="h", train_time="t", replace_existing=True)
+    assert _snapshot(weights_copy) == before

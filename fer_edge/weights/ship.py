@@ -9,8 +9,10 @@ normalisation, labels and the metrics recorded in the checkpoint. A name already
 replaced only with ``--replace`` (the error says the architecture registered under it).
 
 Every check (name, parity gate, metrics, the file-size limit on the exact bytes to be shipped)
-runs before anything in the weights folder changes: the file is staged outside it, then it
-and ``weights.json`` are each renamed into place. On any failure the folder is as it was.
+runs before anything in the weights folder changes: the file is staged outside it, then put in
+place by renames inside the folder (the earlier file aside, the new one in, then ``weights.json``).
+If any of them fails, the earlier file is renamed back (or the new one removed), so the folder is as
+it was.
 """
 from __future__ import annotations
 
@@ -102,7 +104,6 @@ def ship(checkpoint: Path, name: str, recipe: str, hardware: str, train_time: st
     from fer_edge.errors import CheckpointError, FerEdgeError
     from fer_edge.models import count_macs, count_params
     from fer_edge.parity import threshold_problems
-    from fer_edge.utils import atomic_path
 
     # 1. the arguments, all problems at once, before any work
     problems = name_problems(name)
@@ -162,25 +163,44 @@ def ship(checkpoint: Path, name: str, recipe: str, hardware: str, train_time: st
                                   "valid JSON); fix the checkpoint's metrics or --metrics-json")
         text = _table_text(entries, meta)
 
-        # 4. commit: the file first, then its entry (each an atomic rename inside the folder). If the entry
-        # cannot be written, the file goes back to what it was (the earlier weight, or none)
-        backup = Path(td) / f"previous-{dest.name}"
-        had_file = dest.exists()
-        if had_file:
-            shutil.copy2(dest, backup)
-        try:
-            with atomic_path(WEIGHTS_DIR / "weights.json") as tmp_table:
-                tmp_table.write_text(text)
-                with atomic_path(dest) as tmp_pt:
-                    shutil.copyfile(staged, tmp_pt)
-        except BaseException:
-            if had_file:
-                with atomic_path(dest) as tmp_pt:
-                    shutil.copyfile(backup, tmp_pt)
-            elif dest.exists():
-                dest.unlink()
-            raise
+        # 4. commit, by renames inside the weights folder: the earlier file (if any) aside, the new file in, then
+        # the entry. Until the entry is in, any failure renames the earlier file back (or removes the new one),
+        # so the file and its entry never disagree; a rename needs no free space
+        _commit(dest, staged, WEIGHTS_DIR / "weights.json", text)
     return meta
+
+
+def _commit(dest: Path, staged: Path, table: Path, text: str) -> None:
+    """Put ``staged`` in place as ``dest`` and ``text`` as ``table``, both or neither (see ship's step 4)."""
+    import os
+
+    def temp(target: Path, tag: str) -> Path:
+        fd, name = tempfile.mkstemp(prefix=f".{tag}-{target.stem}-", suffix=target.suffix, dir=target.parent)
+        os.close(fd)
+        return Path(name)
+
+    new_file, new_table = temp(dest, "tmp"), temp(table, "tmp")
+    aside = temp(dest, "old") if dest.exists() else None
+    moved_aside = placed = committed = False
+    try:
+        shutil.copyfile(staged, new_file)
+        new_table.write_text(text)
+        if aside is not None:
+            os.replace(dest, aside)
+            moved_aside = True
+        os.replace(new_file, dest)
+        placed = True
+        os.replace(new_table, table)
+        committed = True
+    finally:
+        if not committed:
+            if moved_aside:
+                os.replace(aside, dest)  # the earlier weight back, over the new file if it was placed
+            elif placed:
+                dest.unlink(missing_ok=True)
+        for leftover in (new_file, new_table, aside):
+            if leftover is not None:
+                leftover.unlink(missing_ok=True)
 
 
 def json_option(value: str, option: str) -> dict:
