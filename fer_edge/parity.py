@@ -324,6 +324,22 @@ def resolve_gate(
     return with_overrides(overrides or None, base), record
 
 
+def parse_overrides(options: dict[str, list[str] | str | None]) -> dict[str, dict[Precision, float | None]]:
+    """:func:`parse_override` for each threshold option (``{"min_agreement": ["int8=0.97"], ...}``), every
+    problem of every option in one error; options given nothing are left out."""
+    parsed, problems = {}, []
+    for name, values in options.items():
+        if not values:
+            continue
+        try:
+            parsed[name] = parse_override(values, "--" + name.replace("_", "-"), name)
+        except FerEdgeError as e:
+            problems.append(str(e))
+    if problems:
+        raise FerEdgeError("; ".join(problems) if len(problems) == 1 else "\n".join(problems))
+    return parsed
+
+
 def parse_override(values: list[str] | str | None, option: str,
                    threshold: str | None = None) -> dict[Precision, float | None]:
     """Parse ``["int8=0.97", "fp16=0.99,fp32=1"]`` into ``{Precision.int8: 0.97, ...}``.
@@ -347,9 +363,12 @@ def parse_override(values: list[str] | str | None, option: str,
                 problems.append(f"expected PRECISION=VALUE (e.g. int8=0.97), got {part!r}")
                 continue
             key, _, val = part.partition("=")
-            key, val = key.strip(), val.strip()
+            key, val = key.strip().lower(), val.strip()
             if key not in valid:
                 problems.append(f"unknown precision {key!r} in {part!r} (valid: {', '.join(valid)})")
+                continue
+            if Precision(key) in out:
+                problems.append(f"{key} is given twice (in {part!r}); give each precision once")
                 continue
             if val.lower() in ("none", "off"):
                 out[Precision(key)] = None

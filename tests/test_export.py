@@ -438,6 +438,17 @@ def test_parse_override():
     assert str(err.value) == ("--min-agreement: 'int8=1.5' must be between 0 and 1; 'abc' is not a number (in "
                               "'fp32=abc'); unknown precision 'int4' in 'int4=1' (valid: fp32, fp16, int8)")
     assert parity.parse_override(["int8=5"], "--max-kl", "max_kl") == {Precision.int8: 5.0}
+    assert parity.parse_override(["INT8=0.9"], "--min-agreement", "min_agreement") == {Precision.int8: 0.9}
+    with pytest.raises(FerEdgeError, match=r"int8 is given twice \(in 'int8=0.8'\)"):
+        parity.parse_override(["int8=0.9", "int8=0.8"], "--min-agreement", "min_agreement")
+    # every option's problems in one error
+    with pytest.raises(FerEdgeError) as err:
+        parity.parse_overrides({"min_agreement": ["int8=1.5"], "max_kl": None, "max_abs_diff": ["fp32=-1"],
+                                "max_accuracy_drop": ["bad"]})
+    assert str(err.value).splitlines() == ["--min-agreement: 'int8=1.5' must be between 0 and 1",
+                                           "--max-abs-diff: 'fp32=-1' must be a finite non-negative number",
+                                           "--max-accuracy-drop: expected PRECISION=VALUE (e.g. int8=0.97), got 'bad'"]
+    assert parity.parse_overrides({"max_kl": ["fp16=0.1"], "min_agreement": []}) == {"max_kl": {Precision.fp16: 0.1}}
     with pytest.raises(FerEdgeError, match=r"^--max-kl: 'int8=nan' must be a finite non-negative number$"):
         parity.parse_override(["int8=nan"], "--max-kl", "max_kl")
 

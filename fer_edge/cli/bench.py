@@ -63,10 +63,9 @@ def devices_cmd(
 
 def _threshold_overrides(**per_field):
     """PRECISION=VALUE overrides per threshold, applied over the export gate (defaults, or the shipped weight's)."""
-    from fer_edge.parity import parse_override
+    from fer_edge.parity import parse_overrides
 
-    return {name: parse_override(values, "--" + name.replace("_", "-"), name)
-            for name, values in per_field.items() if values} or None
+    return parse_overrides(per_field) or None
 
 
 def short_device(device: str | None) -> str:

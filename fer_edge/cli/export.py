@@ -175,17 +175,13 @@ def export_cmd(
     """
     from fer_edge.errors import ExportError, ParityError
     from fer_edge.exporters import export
-    from fer_edge.parity import parse_override
+    from fer_edge.parity import parse_overrides
     from fer_edge.targets import TARGETS, Precision
 
     targets = parse_csv_option(target, [*TARGETS, "all"], "target") or ["all"]
     precisions = parse_csv_option(precision, [p.value for p in Precision], "precision") or None
-    overrides = {
-        field: parse_override(values, "--" + field.replace("_", "-"), field)
-        for field, values in (("min_agreement", min_agreement), ("max_abs_diff", max_abs_diff),
-                              ("max_kl", max_kl), ("max_accuracy_drop", max_accuracy_drop))
-        if values
-    }
+    overrides = parse_overrides({"min_agreement": min_agreement, "max_abs_diff": max_abs_diff, "max_kl": max_kl,
+                                 "max_accuracy_drop": max_accuracy_drop})
 
     fix = overflow_fix.value if overflow_fix is not None else None
     progress = _Progress(is_tty())
