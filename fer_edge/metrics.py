@@ -6,8 +6,23 @@ import numpy as np
 from fer_edge.constants import LABELS
 
 
+def check_scorable(y_true, labels) -> None:
+    """Refuse to score a model whose classes (``labels``, in output order) do not cover the data's: a true class
+    index the model has no output for (a model trained on other classes, say 6, against FER2013's 7)."""
+    from fer_edge.errors import DataError
+
+    y = np.asarray(y_true)
+    k = len(labels)
+    if y.size and (int(y.max()) >= k or int(y.min()) < 0):
+        data = (f"FER2013's {len(LABELS)} classes ({', '.join(LABELS)})" if int(y.max()) < len(LABELS)
+                else f"classes 0..{int(y.max())}")
+        raise DataError(f"the model has {k} classes ({', '.join(map(str, labels))}) and the data has {data}: it was "
+                        "trained on other classes, so it cannot be scored on this data")
+
+
 def confusion_matrix(y_true, y_pred, num_classes: int = len(LABELS)) -> np.ndarray:
-    """Rows are true classes, columns predicted classes."""
+    """Rows are true classes, columns predicted classes (true classes outside 0..num_classes-1 are refused)."""
+    check_scorable(y_true, [str(i) for i in range(num_classes)])
     y_true = np.asarray(y_true, dtype=np.int64)
     y_pred = np.asarray(y_pred, dtype=np.int64)
     return np.bincount(y_true * num_classes + y_pred, minlength=num_classes**2).reshape(num_classes, num_classes)
@@ -30,6 +45,7 @@ def per_class_report(cm: np.ndarray, labels=LABELS) -> dict[str, dict[str, float
 def classification_metrics(y_true, y_pred, labels=LABELS) -> dict:
     """accuracy, macro_f1 (over classes present in y_true or y_pred), n, per_class, confusion."""
     y_true = np.asarray(y_true)
+    check_scorable(y_true, labels)  # names the model's classes in the error
     cm = confusion_matrix(y_true, y_pred, len(labels))
     report = per_class_report(cm, labels)
     present = (cm.sum(0) + cm.sum(1)) > 0

@@ -85,6 +85,9 @@ def compare(ref_logits, logits, labels=None) -> ParityStats:
         y = np.asarray(labels).reshape(-1)
         if y.shape[0] != n:
             raise FerEdgeError(f"{y.shape[0]} labels for {n} logits")
+        from fer_edge.metrics import check_scorable
+
+        check_scorable(y, [str(i) for i in range(ref.shape[1])])
         acc = float(np.mean((top == y) & ~bad))
         ref_acc = float(np.mean(ref_top == y))
     return ParityStats(

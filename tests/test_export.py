@@ -957,3 +957,39 @@ def test_targets_take_any_iterable_of_names(tiny_checkpoint, tmp_path):
 
     with pytest.raises(FerEdgeError, match="--calib-size must be at least 1"):  # numpy integers are whole numbers
         export(tiny_checkpoint, ["onnx"], ["int8"], tmp_path / "x", calib_size=np.int64(0))
+
+
+def _six_class_checkpoint(path):
+    from fer_edge.checkpoint import save_checkpoint
+    from fer_edge.models import create_model
+
+    save_checkpoint(path, {"model": "fer_nano", "model_kwargs": {}, "state_dict": create_model(
+        "fer_nano", num_classes=6).state_dict(), "labels": ["angry", "disgust", "fear", "happy", "sad", "surprise"],
+        "normalization": {"mean": 0.5, "std": 0.25}, "train_config": {}, "metrics": {}})
+    return path
+
+
+def test_a_model_of_other_classes_is_refused_before_it_is_scored(synthetic_csv, tmp_path):
+    """A 6-class model scored against FER2013's 7 classes: a clear error from eval and export (which writes
+    nothing), not a numpy reshape traceback or a meaningless accuracy."""
+    from typer.testing import CliRunner
+
+    from fer_edge.cli import app
+    from fer_edge.metrics import check_scorable, classification_metrics
+    from fer_edge.parity import compare
+
+    ck = _six_class_checkpoint(tmp_path / "six.pt")
+    runner = CliRunner()
+    for args in (["eval", "--model", str(ck), "--data", str(synthetic_csv)],
+                 ["export", str(ck), "--target", "onnx", "--calib-data", str(synthetic_csv), "--out",
+                  str(tmp_path / "out")]):
+        res = runner.invoke(app, args)
+        text = " ".join(res.output.split())
+        assert res.exit_code == 1 and "the model has 6 classes" in text and "FER2013's 7 classes" in text, text
+        assert "Traceback" not in res.output
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(FerEdgeError, match="the model has 6 classes"):
+        classification_metrics([0, 6], [0, 1], ["a", "b", "c", "d", "e", "f"])
+    with pytest.raises(FerEdgeError, match="the model has 7 classes"):
+        compare(np.zeros((2, 7)), np.zeros((2, 7)), labels=[0, 9])
+    check_scorable([0, 5], list("abcdef"))  # within range: nothing to say

@@ -28,6 +28,7 @@ from fer_edge.exporters.manifest import (FORMAT, MANIFEST_NAME, carry_over, file
                                          write_manifest)
 from fer_edge.exporters.metadata import build_metadata
 from fer_edge.exporters.registry import get_exporter
+from fer_edge.metrics import check_scorable
 from fer_edge.targets import TARGETS, Precision, Target, get_target
 from fer_edge.utils import sigterm_as_interrupt
 
@@ -408,6 +409,7 @@ def export(
         else:
             vset = _cal.load_validation(vdata, val_split, val_size, val_seed, ckpt.normalization,
                                         progress=data_progress)
+            check_scorable(vset.labels, ckpt.labels)  # before any artifact is written
             vset.record["requested"] = None if val_size is None else int(val_size)
             val_record = {**vset.record, "chosen_from": vwhy}
             for msg in _cal.validation_warnings(vset, val_size):
