@@ -78,10 +78,16 @@ def first_run(tmp_path_factory, synthetic_csv):
 
 @pytest.fixture(scope="module")
 def second_run(tmp_path_factory, synthetic_csv, first_run):
-    """The same leaderboard again, with a checkpoint of the first run and a broken file as extras."""
+    """The same leaderboard again, with a checkpoint of the first run and one that fails on the way (a model of 6
+    classes: it loads, so it passes the up-front checks, and fails when it is first scored) as extras."""
+    from fer_edge.checkpoint import save_checkpoint
+    from fer_edge.models import create_model
+
     _, out, _, _, _ = first_run
     broken = tmp_path_factory.mktemp("broken") / "broken.pt"
-    broken.write_bytes(b"not a checkpoint")
+    save_checkpoint(broken, {"model": "fer_nano", "model_kwargs": {}, "labels": ["a", "b", "c", "d", "e", "f"],
+                             "state_dict": create_model("fer_nano", num_classes=6).state_dict(),
+                             "normalization": {"mean": 0.5, "std": 0.25}, "train_config": {}, "metrics": {}})
     rc, seconds = _run(["--data", synthetic_csv, "--out", out, "--models", ",".join(MODELS), *TINY,
                         "--extra", f"mine={out / 'runs' / 'fer_nano' / 'best.pt'}", "--extra", f"broken={broken}"],
                        tmp_path_factory.getbasetemp() / "cache")
@@ -142,7 +148,7 @@ def test_rerun_does_not_retrain_and_benches_extras(first_run, second_run):
     # a model that fails gets a row with its error; the others still ran, and the exit status says so
     assert rc == 1
     broken = rows["broken"]
-    assert broken["status"] == "failed" and broken["stage"] == "checkpoint" and "broken.pt" in broken["error"]
+    assert broken["status"] == "failed" and "the model has 6 classes" in broken["error"], broken
     assert doc["rows"][-1]["name"] == "broken"
     md = (out / "leaderboard.md").read_text()
     assert "`mine`: own recipe" in md and "Failed:" in md
@@ -294,3 +300,12 @@ def test_every_bad_extra_is_reported_at_once(synthetic_csv, tmp_path, capsys):
                  "NAME=CHECKPOINT (a path or a shipped name), got '=small'", "the name 'y' is given twice"):
         assert part in err, part
     assert not any(tmp_path.iterdir())
+    # a file that is no checkpoint, and a name repeated after a missing file, are caught before any training too
+    junk = tmp_path.parent / "junk.pt"
+    junk.write_bytes(b"not a checkpoint")
+    out = tmp_path / "lb"
+    assert main(["--data", str(synthetic_csv), "--out", str(out), "--models", "fer_nano",
+                 "--extra", f"j={junk}", "--extra", f"a={tmp_path / 'missing.pt'}", "--extra", "a=small"]) == 1
+    err = " ".join(capsys.readouterr().err.split())
+    assert "--extra 'j=" in err and "junk.pt" in err and "the name 'a' is given twice" in err
+    assert not out.exists()

@@ -194,12 +194,14 @@ class Entry:
 
 
 def parse_extra(specs: Sequence[str], models: Sequence[str]) -> list[Entry]:
-    """``NAME=CHECKPOINT`` (or a bare shipped name / path) -> entries; names unique and not a trained model's.
-    Every bad item is reported in one error."""
+    """``NAME=CHECKPOINT`` (or a bare shipped name / path) -> entries; names unique and not a trained model's,
+    each checkpoint loaded and its model built. Every bad item is reported in one error, before any training."""
+    from fer_edge.checkpoint import load_checkpoint
     from fer_edge.weights import PRETRAINED, resolve_checkpoint
 
     out: list[Entry] = []
     problems: list[str] = []
+    seen: set[str] = set()
     for spec in specs:
         name, sep, ckpt = spec.partition("=")
         if not sep:
@@ -214,10 +216,12 @@ def parse_extra(specs: Sequence[str], models: Sequence[str]) -> list[Entry]:
         elif name in models:
             problems.append(f"--extra {spec!r}: {name!r} is also a model trained with the shared recipe; "
                             f"name the extra row differently, e.g. {name}-ckpt={ckpt}")
-        elif any(e.name == name for e in out):
+        elif name in seen:
             problems.append(f"--extra: the name {name!r} is given twice")
+        seen.add(name)
         try:
             checkpoint = resolve_checkpoint(ckpt)  # fails early if absent
+            load_checkpoint(checkpoint).build_model()  # and if it is no checkpoint, or its weights do not fit
         except FerEdgeError as e:
             problems.append(f"--extra {spec!r}: {e}")
             continue
