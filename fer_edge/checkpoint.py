@@ -146,6 +146,24 @@ def _on_cpu(obj: Any) -> Any:
     return obj
 
 
+def label_problems(labels) -> str:
+    """What keeps ``labels`` from naming a model's outputs ("" when nothing): a list of distinct, non-empty
+    strings (case-insensitively distinct, since files and folders are matched so) is needed."""
+    if isinstance(labels, (str, bytes)) or not isinstance(labels, (list, tuple)):
+        return f"expected a list of class names, got {type(labels).__name__}"
+    if not labels:
+        return "the list is empty"
+    if not all(isinstance(x, str) and x.strip() for x in labels):
+        return "every class name must be a non-empty string"
+    seen: dict[str, str] = {}
+    twice = []
+    for x in labels:
+        if x.lower() in seen:
+            twice.append(f"{seen[x.lower()]!r} and {x!r}" if seen[x.lower()] != x else repr(x))
+        seen.setdefault(x.lower(), x)
+    return f"a class is named twice ({', '.join(twice)})" if twice else ""
+
+
 def load_checkpoint(path: str | os.PathLike, map_location: str = "cpu") -> Checkpoint:
     """Load a checkpoint with ``weights_only=True``; clear errors for missing or foreign files."""
     import torch
@@ -173,6 +191,9 @@ def load_checkpoint(path: str | os.PathLike, map_location: str = "cpu") -> Check
     missing = [k for k in _REQUIRED if k not in raw]
     if missing:
         raise CheckpointError(f"{path}: checkpoint lacks {', '.join(missing)}")
+    bad = label_problems(raw["labels"])
+    if bad:
+        raise CheckpointError(f"{path}: its labels {raw['labels']!r} are not usable: {bad}")
     return Checkpoint(
         path=path,
         model_name=raw["model"],

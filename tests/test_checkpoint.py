@@ -152,3 +152,19 @@ def test_labels_that_disagree_with_the_weights_say_so(tiny_checkpoint, tmp_path)
     torch.save(raw, tmp_path / "kwargs.pt")
     with pytest.raises(CheckpointError, match="do not fit fer_nano.*defaults change"):
         load_checkpoint(tmp_path / "kwargs.pt").build_model()
+
+
+@pytest.mark.parametrize("labels, said", [
+    ("angry,disgust", "expected a list of class names, got str"),
+    ([], "the list is empty"),
+    (["angry", ""], "every class name must be a non-empty string"),
+    (["angry", 3], "every class name must be a non-empty string"),
+    (["happy", "Happy", "sad", "sad"], "a class is named twice ('happy' and 'Happy', 'sad')"),
+])
+def test_unusable_label_lists_are_refused_when_the_checkpoint_is_read(tiny_checkpoint, tmp_path, labels, said):
+    raw = torch.load(tiny_checkpoint, weights_only=True)
+    raw["labels"] = labels
+    torch.save(raw, tmp_path / "bad.pt")
+    with pytest.raises(CheckpointError) as e:
+        load_checkpoint(tmp_path / "bad.pt")
+    assert "are not usable" in str(e.value) and said in str(e.value)
