@@ -628,6 +628,7 @@ def test_sigterm_handler_installed_outside_python_is_replaced_by_the_default(mon
     ({"model_kwargs": {"num_classes": 3}}, "--model-kwargs cannot set num_classes: FER2013 has 7 classes"),
     ({"distill_alpha": 0.7}, "--distill-alpha applies to distillation only"),
     ({"distill_temperature": 2.0}, "--distill-temperature applies to distillation only"),
+    ({"teacher_runtime": "torch"}, "--teacher-runtime torch applies to distillation only"),
 ])
 def test_non_finite_negative_and_orphan_options_are_refused_before_any_work(synthetic_csv, tmp_path, bad, words):
     with pytest.raises(TrainingError, match=words):

@@ -71,7 +71,7 @@ def main(
     from fer_edge.data import default_train_split, load_split
 
     n_train = len(load_split(str(data), default_train_split(str(data)), progress=False).labels)
-    configs = ({"no teacher": ("torch", [], "online")}
+    configs = ({"no teacher": ("auto", [], "online")}
                | {f"teacher in {r}": (r, teachers, "online") for r in RUNTIMES}
                | {OFFLINE: ("onnxruntime", teachers, "offline"), REPLAY: ("onnxruntime", teachers, "replay")})
     runs: dict[str, list[float]] = {name: [] for name in configs}

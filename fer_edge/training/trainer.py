@@ -138,6 +138,9 @@ def validate_config(cfg: TrainConfig) -> None:
             problems.append(f"--{name.replace('_', '-')} applies to distillation only: add a --distill teacher")
     if cfg.teacher_runtime not in TEACHER_RUNTIMES:
         problems.append(f"--teacher-runtime {cfg.teacher_runtime!r}: valid: {', '.join(TEACHER_RUNTIMES)}")
+    elif cfg.teacher_runtime != "auto" and not cfg.distill:
+        problems.append(f"--teacher-runtime {cfg.teacher_runtime} applies to distillation only: add a --distill "
+                        "teacher")
     if cfg.distill_targets not in DISTILL_TARGETS:
         problems.append(f"--distill-targets {cfg.distill_targets!r}: valid: {', '.join(DISTILL_TARGETS)}")
     elif cfg.distill_targets != "online" and not cfg.distill:
