@@ -711,17 +711,22 @@ def test_a_library_module_run_as_a_script_names_the_command_to_use(module, capsy
     assert f"use `{LIBRARY_USE[module]}`" in err and all(f"fer_edge.benchmarks.{s}" in err for s in SCRIPTS)
 
 
-def test_the_benchmarks_package_lists_its_scripts_and_each_runs_as_one(capsys):
+def test_the_benchmarks_package_lists_its_scripts_and_each_runs_as_one(capsys, monkeypatch):
     import importlib
     import pkgutil
     import runpy
 
     import fer_edge.benchmarks as pkg
 
+    monkeypatch.setattr("sys.argv", ["fer_edge.benchmarks"])
     with pytest.raises(SystemExit) as e:
         runpy.run_module("fer_edge.benchmarks", run_name="__main__")
     assert e.value.code == 0
     out = capsys.readouterr().out
+    monkeypatch.setattr("sys.argv", ["fer_edge.benchmarks", "--bogus"])
+    with pytest.raises(SystemExit) as e:
+        runpy.run_module("fer_edge.benchmarks", run_name="__main__")
+    assert e.value.code == 2 and "takes no arguments (got --bogus)" in capsys.readouterr().err
     modules = {m.name for m in pkgutil.iter_modules(pkg.__path__)} - {"__main__"}
     assert set(pkg.SCRIPTS) | set(pkg.LIBRARY_USE) == modules  # every module is one or the other
     for name in pkg.SCRIPTS:
