@@ -450,18 +450,24 @@ def test_images_per_epoch_is_the_data_when_it_is_smaller_than_a_batch(synthetic_
     assert summary["train_images_per_epoch"] == 200  # 2 full batches; the last 80 images are dropped
 
 
-@pytest.mark.parametrize("error, said", [(TrainingError("out of memory"), "out of memory"),
-                                         (RuntimeError("CUDA out of memory"), "RuntimeError: CUDA out of memory")])
-def test_a_failed_probe_removes_the_probe_runs_so_the_command_can_run_again(synthetic_folder, tmp_path,
-                                                                           monkeypatch, error, said):
+def _student_probe_raises(monkeypatch, error: BaseException):
+    """Make the student's training (its probe comes first) raise ``error``; returns the real ``train``."""
     real = training.train
 
-    def student_probe_fails(cfg, **kw):
+    def student_fails(cfg, **kw):
         if cfg.out.endswith("student"):
             raise error
         return real(cfg, **kw)
 
-    monkeypatch.setattr(training, "train", student_probe_fails)
+    monkeypatch.setattr(training, "train", student_fails)
+    return real
+
+
+@pytest.mark.parametrize("error, said", [(TrainingError("out of memory"), "out of memory"),
+                                         (RuntimeError("CUDA out of memory"), "RuntimeError: CUDA out of memory")])
+def test_a_failed_probe_removes_the_probe_runs_so_the_command_can_run_again(synthetic_folder, tmp_path,
+                                                                           monkeypatch, error, said):
+    real = _student_probe_raises(monkeypatch, error)
     work = tmp_path / "w"
     logged = []
     with pytest.raises(TrainingError, match=f"probe of stage 'student' failed.*{said}.*can run again"):
@@ -475,14 +481,7 @@ def test_a_failed_probe_removes_the_probe_runs_so_the_command_can_run_again(synt
 
 
 def test_an_interrupted_probe_removes_the_probe_runs_too(synthetic_folder, tmp_path, monkeypatch):
-    real = training.train
-
-    def interrupted_in_the_student_probe(cfg, **kw):
-        if cfg.out.endswith("student"):
-            raise KeyboardInterrupt
-        return real(cfg, **kw)
-
-    monkeypatch.setattr(training, "train", interrupted_in_the_student_probe)
+    _student_probe_raises(monkeypatch, KeyboardInterrupt())
     work = tmp_path / "w"
     with pytest.raises(KeyboardInterrupt):
         run_round(synthetic_folder, work, tmp_path / "o", budget_s=600, stages=TINY, log=lambda m: None, **COMMON)
