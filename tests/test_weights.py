@@ -244,6 +244,12 @@ def test_ship_refuses_to_replace_a_shipped_weight_without_replace(weights_copy, 
     # with --replace it is replaced, and the architecture change is said
     res = _ship_cli(tiny_checkpoint, "--name", "small", "--replace", *SHIP_ARGS)
     assert res.exit_code == 0, res.output
+    import os
+
+    umask = os.umask(0)
+    os.umask(umask)
+    for f in ("small.pt", "tiny.pt", "weights.json"):  # readable as package data, not private temp files
+        assert (weights_copy / f).stat().st_mode & 0o777 == 0o666 & ~umask, f
     assert "architecture fer_small -> fer_nano" in res.output
     entries = {e["name"]: e for e in json.loads((weights_copy / "weights.json").read_text())}
     assert entries["small"]["architecture"] == "fer_nano" and entries["small"]["file"] == "small.pt"

@@ -175,8 +175,11 @@ def _commit(dest: Path, staged: Path, table: Path, text: str) -> None:
     import os
 
     def temp(target: Path, tag: str) -> Path:
+        """A free name beside ``target``; the file is made by its writer, with the usual permissions (mkstemp's
+        own file would be private to this user, and the shipped file would keep that)."""
         fd, name = tempfile.mkstemp(prefix=f".{tag}-{target.stem}-", suffix=target.suffix, dir=target.parent)
         os.close(fd)
+        os.unlink(name)
         return Path(name)
 
     new_file, new_table = temp(dest, "tmp"), temp(table, "tmp")
