@@ -141,3 +141,29 @@ def sigterm_as_interrupt() -> Iterator[None]:
         # None: the previous handler was installed outside Python and cannot be put back; the default is the
         # nearest Python can restore (and restoring None would raise TypeError over the job's own outcome)
         signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+
+
+@contextlib.contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    """While active, Ctrl-C (SIGINT) and SIGTERM are held, then raised as ``KeyboardInterrupt`` when the block ends.
+
+    For library calls that swallow an interrupt raised inside them: ``torch.onnx.export`` runs weakref callbacks
+    where a ``KeyboardInterrupt`` is printed as "Exception ignored in ..." and lost, so a Ctrl-C there let the
+    job carry on. A signal the process ignores (SIGINT in a shell's background job) stays ignored. Outside the
+    main thread, where Python cannot install handlers, this does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+    previous = {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        if signal.getsignal(sig) is not signal.SIG_IGN:
+            previous[sig] = signal.signal(sig, lambda signum, frame: held.append(signum))
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, signal.SIG_DFL if handler is None else handler)
+    if held:
+        raise KeyboardInterrupt(f"stopped by signal {signal.Signals(held[0]).name}")

@@ -993,3 +993,42 @@ def test_a_model_of_other_classes_is_refused_before_it_is_scored(synthetic_csv, 
     with pytest.raises(FerEdgeError, match="the model has 7 classes"):
         compare(np.zeros((2, 7)), np.zeros((2, 7)), labels=[0, 9])
     check_scorable([0, 5], list("abcdef"))  # within range: nothing to say
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_an_interrupt_inside_the_onnx_exporter_is_not_swallowed(monkeypatch, sig):
+    """torch.onnx.export can swallow a KeyboardInterrupt (it lands in a weakref callback and is printed as
+    "Exception ignored"); fp32_proto holds the signal and raises it once the exporter returns."""
+    import signal
+
+    import torch
+
+    from fer_edge.exporters.onnx import fp32_proto
+    from fer_edge.models import create_model
+    from fer_edge.utils import interrupts_deferred
+
+    real = torch.onnx.export
+
+    def swallowing_export(*args, **kwargs):
+        os.kill(os.getpid(), getattr(signal, sig))
+        try:
+            for _ in range(1000):  # a handler that raises would do so here, between bytecodes
+                pass
+        except KeyboardInterrupt:  # what the weakref callback does with it
+            pass
+        return real(*args, **kwargs)
+
+    before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    monkeypatch.setattr(torch.onnx, "export", swallowing_export)
+    with pytest.raises(KeyboardInterrupt, match=f"stopped by signal {sig}"):
+        fp32_proto(create_model("simple_cnn").eval())
+    assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before
+    with interrupts_deferred():  # nothing held: nothing raised
+        pass
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # an ignored signal stays ignored
+    try:
+        with interrupts_deferred():
+            os.kill(os.getpid(), signal.SIGINT)
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)

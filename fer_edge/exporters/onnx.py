@@ -95,7 +95,10 @@ def fp32_proto(model):
     import onnx
     import torch
 
-    with quiet(), torch.no_grad():
+    from fer_edge.utils import interrupts_deferred
+
+    # deferred: a Ctrl-C inside the exporter can land in a weakref callback, which swallows it
+    with interrupts_deferred(), quiet(), torch.no_grad():
         program = torch.onnx.export(
             model,
             (example_input(2),),
