@@ -146,6 +146,11 @@ def _on_cpu(obj: Any) -> Any:
     return obj
 
 
+def _load_error(e: Exception) -> str:
+    """``torch.load``'s error in one line: its messages run to many lines of advice that does not apply here."""
+    return f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0]}"
+
+
 def label_problems(labels) -> str:
     """What keeps ``labels`` from naming a model's outputs ("" when nothing): a list of distinct, non-empty
     strings (case-insensitively distinct, since files and folders are matched so) is needed."""
@@ -180,9 +185,8 @@ def load_checkpoint(path: str | os.PathLike, map_location: str = "cpu") -> Check
         raise CheckpointError(f"{path}: checkpoint not found")
     try:
         raw = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # torch's messages run to many lines of advice that does not apply here
-        first = (str(e).strip().splitlines() or [""])[0]
-        raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}: {first})") from None
+    except Exception as e:
+        raise CheckpointError(f"{path}: not a readable checkpoint ({_load_error(e)})") from None
     if not isinstance(raw, dict) or raw.get("format") != FORMAT:
         raise CheckpointError(
             f"{path}: not a fer-edge checkpoint (expected format {FORMAT!r}); "
@@ -268,9 +272,8 @@ def _read_part(p: Path) -> tuple[dict | None, str]:
 
     try:
         raw = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch's messages run to many lines of advice that does not apply here
-        first = (str(e).strip().splitlines() or [""])[0]
-        return None, f"not readable ({type(e).__name__}: {first})"
+    except Exception as e:
+        return None, f"not readable ({_load_error(e)})"
     if not isinstance(raw, dict) or raw.get("format") != PART_FORMAT:
         return None, f"not a checkpoint part (expected format {PART_FORMAT!r})"
     lacks = [k for k in _PART_KEYS if k not in raw]
@@ -445,10 +448,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(p)
         else:
             print(join_checkpoint(args.parts, args.out))
-    except CheckpointError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    except OSError as e:  # the file system refused a write (no permission, a full disk)
+    except (CheckpointError, OSError) as e:  # OSError: the file system refused a write (no permission, full disk)
         print(f"error: {e}", file=sys.stderr)
         return 1
     return 0

@@ -23,6 +23,11 @@ def check_scorable(y_true, labels) -> None:
 def confusion_matrix(y_true, y_pred, num_classes: int = len(LABELS)) -> np.ndarray:
     """Rows are true classes, columns predicted classes (true classes outside 0..num_classes-1 are refused)."""
     check_scorable(y_true, [str(i) for i in range(num_classes)])
+    return _confusion(y_true, y_pred, num_classes)
+
+
+def _confusion(y_true, y_pred, num_classes: int) -> np.ndarray:
+    """:func:`confusion_matrix` of labels already checked."""
     y_true = np.asarray(y_true, dtype=np.int64)
     y_pred = np.asarray(y_pred, dtype=np.int64)
     return np.bincount(y_true * num_classes + y_pred, minlength=num_classes**2).reshape(num_classes, num_classes)
@@ -46,7 +51,7 @@ def classification_metrics(y_true, y_pred, labels=LABELS) -> dict:
     """accuracy, macro_f1 (over classes present in y_true or y_pred), n, per_class, confusion."""
     y_true = np.asarray(y_true)
     check_scorable(y_true, labels)  # names the model's classes in the error
-    cm = confusion_matrix(y_true, y_pred, len(labels))
+    cm = _confusion(y_true, y_pred, len(labels))
     report = per_class_report(cm, labels)
     present = (cm.sum(0) + cm.sum(1)) > 0
     f1s = np.array([report[str(lab)]["f1"] for lab in labels])
