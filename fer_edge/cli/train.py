@@ -125,6 +125,7 @@ def train(
     """Train a model on FER2013 and write a run directory (best.pt, last.pt, metrics, plots)."""
     from fer_edge.errors import TrainingError
     from fer_edge.training import TrainConfig, train as run_train
+    from fer_edge.training.trainer import validate_config
 
     try:
         kwargs = json.loads(model_kwargs) if model_kwargs else {}
@@ -132,9 +133,6 @@ def train(
         raise TrainingError(f"--model-kwargs is not valid JSON: {e}") from None
     given = {k: v for k, v in (("distill_alpha", distill_alpha), ("distill_temperature", distill_temperature))
              if v is not None}
-    if given and not distill:  # given at all, even at its default value
-        raise TrainingError(" and ".join(f"--{k.replace('_', '-')}" for k in given)
-                            + f" appl{'ies' if len(given) == 1 else 'y'} to distillation only: add a --distill teacher")
     cfg = TrainConfig(
         data=str(data), model=model, out=str(out), model_kwargs=kwargs, split=split, val_split=val_split,
         epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, optimizer=optimizer.value,
@@ -147,6 +145,7 @@ def train(
         seed=seed, device=device.value, amp=amp.value,
         channels_last=channels_last, num_threads=threads, max_steps_per_epoch=max_steps_per_epoch, wandb=wandb,
     )
+    validate_config(cfg, given=given)  # refuses a distillation option typed without a teacher, at any value
     result = run_train(cfg, resume=resume, progress=progress)
     console.print(
         f"best val accuracy [bold]{result.best_accuracy:.4f}[/] at epoch {result.best_epoch} "

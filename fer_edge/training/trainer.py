@@ -12,6 +12,7 @@ import json
 import math
 import os
 import time
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -78,8 +79,12 @@ def resolve_device(name: str) -> torch.device:
     raise TrainingError(f"unknown device {name!r}; valid: auto, cpu, cuda, mps")
 
 
-def validate_config(cfg: TrainConfig) -> None:
-    """Collect every bad option, then fail once listing them all."""
+def validate_config(cfg: TrainConfig, given: Collection[str] = ()) -> None:
+    """Collect every bad option, then fail once listing them all.
+
+    ``given`` names the config fields the user typed (the CLI passes them), so that a
+    distillation option typed without a teacher is refused even at its default value.
+    """
     problems = []
     if not isinstance(cfg.model_kwargs, dict):
         problems.append(f"--model-kwargs takes a JSON object such as '{{\"dropout\": 0.1}}', "
@@ -134,7 +139,7 @@ def validate_config(cfg: TrainConfig) -> None:
         problems.append("--distill-tta needs at least one --distill teacher")
     defaults = TrainConfig(data=cfg.data)
     for name in ("distill_alpha", "distill_temperature"):
-        if not cfg.distill and getattr(cfg, name) != getattr(defaults, name):
+        if not cfg.distill and (name in given or getattr(cfg, name) != getattr(defaults, name)):
             problems.append(f"--{name.replace('_', '-')} applies to distillation only: add a --distill teacher")
     if cfg.teacher_runtime not in TEACHER_RUNTIMES:
         problems.append(f"--teacher-runtime {cfg.teacher_runtime!r}: valid: {', '.join(TEACHER_RUNTIMES)}")
