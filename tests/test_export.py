@@ -995,33 +995,46 @@ def test_a_model_of_other_classes_is_refused_before_it_is_scored(synthetic_csv, 
     check_scorable([0, 5], list("abcdef"))  # within range: nothing to say
 
 
-@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
-def test_an_interrupt_inside_the_onnx_exporter_is_not_swallowed(monkeypatch, sig):
-    """torch.onnx.export can swallow a KeyboardInterrupt (it lands in a weakref callback and is printed as
-    "Exception ignored"); fp32_proto holds the signal and raises it once the exporter returns."""
+def _swallowing(real, sig):
+    """``real`` with a signal that arrives inside it and is swallowed there, as library callbacks do."""
     import signal
 
-    import torch
-
-    from fer_edge.exporters.onnx import fp32_proto
-    from fer_edge.models import create_model
-    from fer_edge.utils import interrupts_deferred
-
-    real = torch.onnx.export
-
-    def swallowing_export(*args, **kwargs):
+    def call(*args, **kwargs):
         os.kill(os.getpid(), getattr(signal, sig))
         try:
             for _ in range(1000):  # a handler that raises would do so here, between bytecodes
                 pass
-        except KeyboardInterrupt:  # what the weakref callback does with it
+        except KeyboardInterrupt:  # what the weakref or import-lock callback does with it
             pass
         return real(*args, **kwargs)
 
+    return call
+
+
+@pytest.mark.parametrize("converter", ["onnx", "openvino"])
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_an_interrupt_inside_a_converter_is_not_swallowed(monkeypatch, sig, converter):
+    """torch.onnx.export can swallow a KeyboardInterrupt (it lands in a weakref callback and is printed as
+    "Exception ignored"); OpenVINO's convert_model too (in an import-lock callback while its telemetry forks,
+    after which the process hung). Both conversions hold the signal and raise it once the converter returns."""
+    import signal
+
+    import torch
+
+    from fer_edge.models import create_model
+    from fer_edge.utils import interrupts_deferred
+
+    if converter == "onnx":
+        from fer_edge.exporters.onnx import fp32_proto as convert
+        monkeypatch.setattr(torch.onnx, "export", _swallowing(torch.onnx.export, sig))
+    else:
+        ov = pytest.importorskip("openvino")
+        from fer_edge.exporters.openvino import convert
+        monkeypatch.setattr(ov, "convert_model", _swallowing(ov.convert_model, sig))
+
     before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
-    monkeypatch.setattr(torch.onnx, "export", swallowing_export)
     with pytest.raises(KeyboardInterrupt, match=f"stopped by signal {sig}"):
-        fp32_proto(create_model("simple_cnn").eval())
+        convert(create_model("simple_cnn").eval())
     assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before
     with interrupts_deferred():  # nothing held: nothing raised
         pass

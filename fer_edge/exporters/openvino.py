@@ -52,8 +52,11 @@ def convert(model):
     import torch
 
     from fer_edge.constants import IMAGE_SIZE
+    from fer_edge.utils import interrupts_deferred
 
-    with quiet(), torch.no_grad():
+    # Ctrl-C is held for the conversion (a second or two): one landing inside it, while OpenVINO's
+    # telemetry forks its sender, was swallowed in an import-lock callback and left the process hung.
+    with interrupts_deferred(), quiet(), torch.no_grad():
         om = ov.convert_model(
             model,
             example_input=example_input(1),
