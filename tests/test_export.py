@@ -1045,3 +1045,86 @@ def test_an_interrupt_inside_a_converter_is_not_swallowed(monkeypatch, sig, conv
         assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+def test_a_rerun_under_another_name_removes_the_file_it_replaces(tiny_checkpoint, tmp_path):
+    """The manifest holds one entry per (target, precision): the earlier file of another --name goes with its
+    entry, so no file of the folder is left unlisted (and a later --replace cannot leave it behind)."""
+    from fer_edge.exporters import export, verify_manifest
+
+    out = tmp_path / "out"
+    export(tiny_checkpoint, ["onnx"], ["fp32", "fp16"], out, validate=False)
+    result = export(tiny_checkpoint, ["onnx"], ["fp32"], out, validate=False, name="foo")
+    assert sorted(p.name for p in out.iterdir()) == ["fer_nano_fp16.onnx", "foo_fp32.onnx", "manifest.json"]
+    assert sorted(e["file"] for e in result.manifest["artifacts"]) == ["fer_nano_fp16.onnx", "foo_fp32.onnx"]
+    assert any("removed fer_nano_fp32.onnx" in w and "replaced by foo_fp32.onnx" in w for w in result.warnings)
+    assert verify_manifest(out) == []
+
+
+def test_earlier_entries_whose_files_changed_are_dropped_with_a_warning(tiny_checkpoint, tmp_path):
+    from fer_edge.exporters import export, verify_manifest
+
+    out = tmp_path / "out"
+    export(tiny_checkpoint, ["onnx"], ["fp32", "fp16"], out, validate=False)
+    with open(out / "fer_nano_fp16.onnx", "ab") as f:
+        f.write(b"junk")
+    (out / "fer_nano_fp32.onnx").unlink()
+    result = export(tiny_checkpoint, ["torchscript"], ["fp32"], out, validate=False)
+    assert [e["file"] for e in result.manifest["artifacts"]] == ["fer_nano_fp32.ts"]
+    text = "\n".join(result.warnings)
+    assert "fer_nano_fp16.onnx (onnx fp16) is no longer listed" in text and "changed since it was exported" in text
+    assert "fer_nano_fp32.onnx (onnx fp32) is no longer listed" in text and "is missing" in text
+    # and the changed file left in the folder is named as unlisted at the end
+    assert f"{out / 'fer_nano_fp16.onnx'} is not listed in the manifest" in text
+    assert verify_manifest(out) == []
+
+
+@pytest.mark.parametrize("how", ["interrupt", "failure"])
+def test_an_earlier_entry_stays_listed_until_it_is_replaced(monkeypatch, tiny_checkpoint, tmp_path, how):
+    """Re-exporting a (target, precision) that is interrupted or fails leaves the earlier, untouched file
+    listed: the manifest keeps describing what is on disk."""
+    from fer_edge.exporters import export, verify_manifest
+    from fer_edge.exporters.torchscript import TorchScriptExporter
+
+    out = tmp_path / "out"
+    export(tiny_checkpoint, ["onnx", "torchscript"], ["fp32"], out, validate=False)
+    before = json.loads((out / "manifest.json").read_text())["artifacts"]
+
+    def broken(self, req, precision, out_path):
+        raise KeyboardInterrupt if how == "interrupt" else RuntimeError("converter crashed")
+
+    monkeypatch.setattr(TorchScriptExporter, "export", broken)
+    if how == "interrupt":
+        with pytest.raises(KeyboardInterrupt):
+            export(tiny_checkpoint, ["torchscript"], ["fp32"], out, validate=False)
+    else:
+        export(tiny_checkpoint, ["torchscript"], ["fp32"], out, validate=False, raise_on_failure=False)
+    data = json.loads((out / "manifest.json").read_text())
+    assert [(e["file"], e["sha256"]) for e in data["artifacts"]] == [(e["file"], e["sha256"]) for e in before]
+    assert data["complete"] is (how == "failure")
+    if how == "failure":
+        assert data["failed"][0]["reason"].endswith("converter crashed")
+    assert verify_manifest(out) == []
+
+
+def test_a_subset_rerun_keeps_the_settings_of_the_run_that_made_each_kept_artifact(tiny_checkpoint, synthetic_csv,
+                                                                                     tmp_path):
+    from fer_edge.exporters import export
+
+    out = tmp_path / "out"
+    first = export(tiny_checkpoint, ["onnx"], ["int8"], out, calib_data=synthetic_csv, val_data=synthetic_csv,
+                   threshold_overrides={"min_agreement": {"int8": 0.5}}, raise_on_failure=False)
+    second = export(tiny_checkpoint, ["torchscript"], ["fp32"], out, validate=False)
+    m = second.manifest
+    assert m["calibration"] is None  # the top level describes the latest run
+    (run,) = m["earlier_runs"]  # the first run, whose int8 artifact is still listed
+    assert run["run_id"] == first.manifest["run_id"] != m["run_id"]
+    assert run["calibration"] == first.manifest["calibration"] and run["calibration"] is not None
+    assert run["thresholds"]["int8"]["min_agreement"] == 0.5
+    assert run["thresholds_source"] == first.manifest["thresholds_source"]
+    assert run["validation_data"] == first.manifest["validation_data"]
+    runs = {e["file"]: e["run"] for e in m["artifacts"]}
+    assert runs == {"fer_nano_int8.onnx": first.manifest["run_id"], "fer_nano_fp32.ts": m["run_id"]}
+    # once that artifact is exported again, its run's record goes
+    third = export(tiny_checkpoint, ["onnx"], ["int8"], out, calib_data=synthetic_csv, validate=False)
+    assert [r["run_id"] for r in third.manifest["earlier_runs"]] == [m["run_id"]]

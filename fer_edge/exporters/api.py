@@ -15,6 +15,7 @@ from __future__ import annotations
 import numbers
 import os
 import time
+import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +25,8 @@ from fer_edge.errors import ExportError, FerEdgeError, ParityError
 from fer_edge.exporters import calibration as _cal
 from fer_edge.exporters import validate as _val
 from fer_edge.exporters.base import ExportRequest
-from fer_edge.exporters.manifest import (FORMAT, MANIFEST_NAME, carry_over, file_record, now_iso, tool_versions,
+from fer_edge.exporters.manifest import (FORMAT, MANIFEST_NAME, carry_over, file_record, files_unchanged, now_iso,
+                                         run_record, tool_versions,
                                          write_manifest)
 from fer_edge.exporters.metadata import build_metadata
 from fer_edge.exporters.registry import get_exporter
@@ -434,7 +436,8 @@ def export(
         with sigterm_as_interrupt():
             result = _run_plan(
                 plan, skipped, out, stem, ckpt, ckpt_path, model, source_sha, old, calib, calib_method,
-                overflow_fix, vset, ref, val_record, validate, thresholds, thresholds_source, warnings, progress,
+                overflow_fix, vset, ref, val_record, validate, thresholds, thresholds_source, warnings, warn,
+                progress,
             )
     except BaseException:
         _remove_if_empty(to_create)
@@ -445,8 +448,13 @@ def export(
 
 
 def _run_plan(plan, skipped, out, stem, ckpt, ckpt_path, model, source_sha, old, calib, calib_method, overflow_fix,
-              vset, ref, val_record, validate, thresholds, thresholds_source, warnings, progress) -> ExportResult:
-    """Export (and validate) each (target, precision) of ``plan`` into ``out``, rewriting the manifest after each."""
+              vset, ref, val_record, validate, thresholds, thresholds_source, warnings, warn, progress) -> ExportResult:
+    """Export (and validate) each (target, precision) of ``plan`` into ``out``, rewriting the manifest after each.
+
+    An earlier entry of this checkpoint stays listed until its (target, precision) has been exported again: if
+    that fails or is interrupted, it stays listed as long as its files are untouched. A file it made under
+    another name (another ``--name``) is removed once its replacement is listed.
+    """
     from fer_edge.parity import DEFAULT_THRESHOLDS, resolve_thresholds
 
     exporters: dict[str, object] = {}
@@ -458,14 +466,25 @@ def _run_plan(plan, skipped, out, stem, ckpt, ckpt_path, model, source_sha, old,
     step = 0
     source = {"path": str(Path(ckpt_path).resolve()), "sha256": source_sha, "model": ckpt.model_name}
     # earlier entries of this checkpoint whose files are unchanged; each goes once its (target, precision) is redone
-    earlier = carry_over(old, set(), source_sha, out)
-    redone: set[tuple[str, str, str]] = set()
+    earlier, dropped = carry_over(old, source_sha, out)
+    for msg in dropped:
+        warn(msg)
+    earlier_runs = [run_record(old), *(old.get("earlier_runs") or [])] if earlier else []
+    redone: set[tuple[str, str, str]] = set()  # exported again in this run: the new entries replace the earlier
+    in_flight: set[tuple[str, str, str]] = set()  # being exported now: earlier entries listed while untouched
     created = now_iso()
+    run_id = uuid.uuid4().hex[:16]
+
+    def key(a: dict) -> tuple[str, str, str]:
+        return a.get("target"), a.get("precision"), a.get("variant", "main")
 
     def manifest(complete: bool) -> dict:
-        kept = [a for a in earlier if (a.get("target"), a.get("precision"), a.get("variant", "main")) not in redone]
+        kept = [a for a in earlier if key(a) not in redone
+                and (key(a) not in in_flight or files_unchanged(a, out) is None)]
+        runs = {a.get("run") for a in kept}
         return {
             "format": FORMAT,
+            "run_id": run_id,
             "created": created,
             "complete": complete,
             "fer_edge_version": versions["fer_edge"],
@@ -482,96 +501,144 @@ def _run_plan(plan, skipped, out, stem, ckpt, ckpt_path, model, source_sha, old,
             "failed": failed,
             "skipped": skipped,
             "warnings": warnings,
+            "earlier_runs": [r for r in earlier_runs if r["run_id"] in runs],
         }
 
     def emit(stage, t, p):
         if progress is not None:
             progress(ProgressEvent(stage, t.name, p.value, step, total))
 
-    for t, p in plan:
-        emit("export", t, p)
-        step += 1
-        keys = {(t.name, p.value, v) for v in ("main", "logits")}
-        had_earlier = any((a.get("target"), a.get("precision"), a.get("variant", "main")) in keys for a in earlier)
-        redone |= keys
-        if had_earlier:  # its files are about to be replaced: the manifest stops listing them first
-            write_manifest(out, manifest(False))
-        path = out / t.filename(stem, p)
-        meta = build_metadata(ckpt, p, t.name, source_sha)
-        try:
-            if t.name not in exporters:
-                exporters[t.name] = get_exporter(t.name)()
-            exp = exporters[t.name]
-            exp.check_available()
-            req = ExportRequest(model=model, ckpt=ckpt, metadata=meta,
-                                calib=calib if p is Precision.int8 else None,
-                                options={"calib_method": calib_method, "overflow_fix": overflow_fix})
-            t0 = time.perf_counter()
-            files = exp.export(req, p, path)
-            seconds = time.perf_counter() - t0
-        except Exception as e:  # one target's failure does not stop the others
-            failed.append({"target": t.name, "precision": p.value, "reason": _short(e)})
+    try:
+        for t, p in plan:
+            emit("export", t, p)
+            step += 1
+            keys = {(t.name, p.value, v) for v in ("main", "logits")}
+            in_flight = keys
+            path = out / t.filename(stem, p)
+            meta = build_metadata(ckpt, p, t.name, source_sha)
+            try:
+                if t.name not in exporters:
+                    exporters[t.name] = get_exporter(t.name)()
+                exp = exporters[t.name]
+                exp.check_available()
+                req = ExportRequest(model=model, ckpt=ckpt, metadata=meta,
+                                    calib=calib if p is Precision.int8 else None,
+                                    options={"calib_method": calib_method, "overflow_fix": overflow_fix})
+                t0 = time.perf_counter()
+                files = exp.export(req, p, path)
+                seconds = time.perf_counter() - t0
+            except Exception as e:  # one target's failure does not stop the others
+                failed.append({"target": t.name, "precision": p.value, "reason": _short(e)})
+                # the earlier files stay listed if the failed export left them untouched
+                earlier[:] = [a for a in earlier if key(a) not in keys or files_unchanged(a, out) is None]
+                in_flight = set()
+                if validate:
+                    step += 1
+                write_manifest(out, manifest(False))
+                continue
+
+            validation: dict
+            if not validate:
+                validation = _val.not_validated("not validated: --no-validate")
+            elif vset is None:
+                validation = _val.not_validated("not validated: no validation data")
+            else:
+                validation = _val.not_validated(VALIDATION_UNFINISHED)
+            new: list[dict] = []
+            for f in files:
+                recs = [file_record(f.path, out)] + [file_record(c, out) for c in f.companions]
+                new.append({
+                    "file": recs[0]["file"],
+                    "target": t.name,
+                    "precision": p.value,
+                    "variant": f.variant,
+                    "runtime": t.runtime,
+                    "size_bytes": sum(r["size_bytes"] for r in recs),
+                    "sha256": recs[0]["sha256"],
+                    "files": recs,
+                    "inputs": f.inputs,
+                    "outputs": f.outputs,
+                    "labels": list(ckpt.labels),
+                    "normalization": ckpt.normalization.to_dict(),
+                    "metadata": {**meta, **({"variant": "classifier" if f.variant == "main" else f.variant}
+                                            if t.name == "coreml" else {})},
+                    "calibration": calib.record if (p is Precision.int8 and calib is not None) else None,
+                    "export_seconds": round(seconds, 3) if f is files[0] else 0.0,
+                    "export": f.extra,
+                    "tool_versions": versions,
+                    "source": source,
+                    "validation": dict(validation),
+                    "run": run_id,
+                })
+            entries.extend(new)
+            redone |= keys
+            in_flight = set()
+            _remove_superseded([a for a in earlier if key(a) in keys], new, out, warn)
+            write_manifest(out, manifest(False))  # the artifact is listed as soon as it exists
+
+            if validate and vset is not None:
+                emit("validate", t, p)
+                # the artifact that runs: the main file, or a companion built for parity (Core ML's logits)
+                runnable = next((f for f in files if f.variant == "logits"), files[0])
+                validation = _val.validate_artifact(runnable.path, t, p, vset, ref, thresholds)
+                if runnable is not files[0] and validation["status"] != _val.NOT_VALIDATED:
+                    validation["note"] = f"validated through {runnable.path.name}"
+                for e in new:
+                    e["validation"] = dict(validation)
+                write_manifest(out, manifest(False))
             if validate:
                 step += 1
+            for f, e in zip(files, new):
+                results.append(ArtifactResult(t.name, p.value, f.variant, f.path, e["size_bytes"], e["sha256"],
+                                              e["export_seconds"], e["validation"]))
+    except BaseException:  # an interrupt: list what is on disk, earlier entries whose files are untouched included
+        if (out / MANIFEST_NAME).exists():  # one was written (nothing finished and none before: none now)
             write_manifest(out, manifest(False))
-            continue
-
-        validation: dict
-        if not validate:
-            validation = _val.not_validated("not validated: --no-validate")
-        elif vset is None:
-            validation = _val.not_validated("not validated: no validation data")
-        else:
-            validation = _val.not_validated(VALIDATION_UNFINISHED)
-        new: list[dict] = []
-        for f in files:
-            recs = [file_record(f.path, out)] + [file_record(c, out) for c in f.companions]
-            new.append({
-                "file": recs[0]["file"],
-                "target": t.name,
-                "precision": p.value,
-                "variant": f.variant,
-                "runtime": t.runtime,
-                "size_bytes": sum(r["size_bytes"] for r in recs),
-                "sha256": recs[0]["sha256"],
-                "files": recs,
-                "inputs": f.inputs,
-                "outputs": f.outputs,
-                "labels": list(ckpt.labels),
-                "normalization": ckpt.normalization.to_dict(),
-                "metadata": {**meta, **({"variant": "classifier" if f.variant == "main" else f.variant}
-                                        if t.name == "coreml" else {})},
-                "calibration": calib.record if (p is Precision.int8 and calib is not None) else None,
-                "export_seconds": round(seconds, 3) if f is files[0] else 0.0,
-                "export": f.extra,
-                "tool_versions": versions,
-                "source": source,
-                "validation": dict(validation),
-            })
-        entries.extend(new)
-        write_manifest(out, manifest(False))  # the artifact is listed as soon as it exists
-
-        if validate and vset is not None:
-            emit("validate", t, p)
-            # the artifact that runs: the main file, or a companion built for parity (Core ML's logits)
-            runnable = next((f for f in files if f.variant == "logits"), files[0])
-            validation = _val.validate_artifact(runnable.path, t, p, vset, ref, thresholds)
-            if runnable is not files[0] and validation["status"] != _val.NOT_VALIDATED:
-                validation["note"] = f"validated through {runnable.path.name}"
-            for e in new:
-                e["validation"] = dict(validation)
-            write_manifest(out, manifest(False))
-        if validate:
-            step += 1
-        for f, e in zip(files, new):
-            results.append(ArtifactResult(t.name, p.value, f.variant, f.path, e["size_bytes"], e["sha256"],
-                                          e["export_seconds"], e["validation"]))
+        raise
 
     final = manifest(True)
+    for name in _unlisted_artifacts(out, final):
+        warn(f"{out / name} is not listed in the manifest (not of this export, or changed after it): "
+             "fer-edge bench and predict of the folder do not use it; remove it or export into another --out")
     manifest_path = write_manifest(out, final)
     if progress is not None:
         progress(ProgressEvent("done", "", "", total, total))
     return ExportResult(out, manifest_path, final, results, failed, skipped, warnings)
+
+
+def _remove_superseded(earlier: list[dict], new: list[dict], out: Path, warn) -> None:
+    """Remove the files of earlier entries that ``new`` entries (the same target and precision) replaced
+    under other names (another ``--name``), so that no file of the folder goes unlisted."""
+    import shutil
+
+    keep = {r["file"] for e in new for r in e["files"]}
+    for art in earlier:
+        gone = [r["file"] for r in art.get("files") or [] if r["file"] not in keep]
+        if not gone:
+            continue
+        if files_unchanged(art, out) is not None:  # changed by someone: not ours to delete
+            continue
+        for name in gone:
+            f = out / name
+            if _inside(f, out):
+                if f.is_dir() and not f.is_symlink():
+                    shutil.rmtree(f, ignore_errors=True)
+                else:
+                    f.unlink(missing_ok=True)
+        warn(f"removed {', '.join(gone)}: the earlier {art.get('target')} {art.get('precision')} export of this "
+             f"checkpoint, replaced by {new[0]['file']}")
+
+
+def _unlisted_artifacts(out: Path, manifest: dict) -> list[str]:
+    """Names in ``out`` with an export target's suffix that ``manifest`` does not list."""
+    from fer_edge.targets import find_target
+
+    listed = {Path(r["file"]).parts[0] for a in manifest["artifacts"] for r in a.get("files") or []}
+    try:
+        names = sorted(p.name for p in out.iterdir())
+    except OSError:
+        return []
+    return [n for n in names if not n.startswith(".") and n not in listed and find_target(n) is not None]
 
 
 def export_artifacts(checkpoint: str | Path | None, out_dir: str | Path, **kwargs) -> ExportResult:

@@ -3,7 +3,7 @@
 Schema (``format`` ``fer-edge-export-manifest/1``)::
 
     {
-      "format", "created", "fer_edge_version",
+      "format", "run_id", "created", "fer_edge_version",   # run_id: this export run's id (random)
       "complete": true | false,                        # false while the export runs: an interrupted one
                                                        # leaves false and lists what it finished
       "source": {"path", "sha256", "model"},          # the checkpoint
@@ -20,6 +20,7 @@ Schema (``format`` ``fer-edge-export-manifest/1``)::
          "inputs": [...], "outputs": [...], "labels", "normalization", "metadata": {...},
          "calibration": {...} | null, "export_seconds", "export": {...target facts...},
          "tool_versions", "source",
+         "run",                                        # run_id of the export run that wrote it
          "validation": {"status": "passed" | "failed" | "not validated", "reason",
                         "agreement", "max_abs_diff", "kl", "flips", "accuracy",
                         "reference_accuracy", "accuracy_drop", "n", "thresholds",
@@ -28,8 +29,13 @@ Schema (``format`` ``fer-edge-export-manifest/1``)::
       ],
       "failed": [{"target", "precision", "reason"}],   # exports that did not produce a file
       "skipped": [{"target", "precision", "code", "reason"}],   # code: "needs-calibration" | "unsupported-precision"
-      "warnings": [...]
+      "warnings": [...],
+      "earlier_runs": [{"run_id", "created", "calibration", "calibration_method", "validation_data",
+                        "thresholds", "thresholds_source", "warnings"}]   # runs whose entries are still listed
     }
+
+The top level describes the latest run; entries kept from earlier runs into the same folder (same
+checkpoint, files unchanged) name their ``run``, and ``earlier_runs`` keeps those runs' top levels.
 
 The manifest is rewritten after every artifact (listed with ``validation.status`` "not validated" until its
 validation finishes), so it always lists what is on disk. Artifact entries carry no top-level
@@ -106,18 +112,47 @@ def verify_manifest(path: str | Path) -> list[str]:
     return problems
 
 
-def carry_over(old: dict | None, new_keys: set[tuple[str, str, str]], source_sha: str, root: Path) -> list[dict]:
-    """Entries of a previous manifest in the same folder worth keeping: same source checkpoint,
-    not re-exported now, files unchanged. (Exporting ``--target onnx`` then ``--target openvino``
-    into one folder gives one manifest listing both.)"""
+def files_unchanged(art: dict, root: Path) -> str | None:
+    """Why the files of a manifest entry no longer match it ("missing", "changed since it was exported"),
+    or None when every file is there with its recorded SHA-256."""
+    recs = art.get("files") or []
+    if not recs:
+        return "no files recorded"
+    for r in recs:
+        f = root / r["file"]
+        if not (f.exists() or f.is_symlink()):
+            return f"{r['file']} is missing"
+        if sha256_path(f) != r["sha256"]:
+            return f"{r['file']} changed since it was exported (SHA-256 differs)"
+    return None
+
+
+def carry_over(old: dict | None, source_sha: str, root: Path) -> tuple[list[dict], list[str]]:
+    """Entries of a previous manifest in the same folder worth keeping (same source checkpoint, files
+    unchanged), each tagged with the ``run`` (creation time) that exported it, and a message for each
+    entry dropped because its files changed or went missing. (Exporting ``--target onnx`` then
+    ``--target openvino`` into one folder gives one manifest listing both.)"""
     if not old or old.get("format") != FORMAT or (old.get("source") or {}).get("sha256") != source_sha:
-        return []
-    kept = []
+        return [], []
+    kept, dropped = [], []
     for art in old.get("artifacts", []):
-        key = (art.get("target"), art.get("precision"), art.get("variant", "main"))
-        if key in new_keys:
-            continue
-        recs = art.get("files") or []
-        if recs and all((root / r["file"]).exists() and sha256_path(root / r["file"]) == r["sha256"] for r in recs):
-            kept.append(art)
-    return kept
+        why = files_unchanged(art, root)
+        if why is None:
+            kept.append({**art, "run": art.get("run") or old.get("run_id") or old.get("created")})
+        else:
+            dropped.append(f"{art.get('file')} ({art.get('target')} {art.get('precision')}) is no longer listed "
+                           f"in the manifest: {why}; export it again, or remove it")
+    return kept, dropped
+
+
+def run_record(manifest: dict) -> dict:
+    """The settings of the export run that wrote ``manifest`` (its top level), to keep beside the
+    entries it made once a later run into the same folder writes the top level."""
+    record = {k: manifest.get(k) for k in RUN_KEYS}
+    record["run_id"] = record["run_id"] or manifest.get("created")  # manifests written before run ids
+    return record
+
+
+#: Top-level manifest fields that describe one export run.
+RUN_KEYS = ("run_id", "created", "calibration", "calibration_method", "validation_data", "thresholds", "thresholds_source",
+            "warnings")
