@@ -178,10 +178,3 @@ def default_detector() -> FaceDetector:
 def detect_faces(image, detector: FaceDetector | None = None) -> list[Box]:
     """Boxes of the frontal faces in ``image`` (path, PIL image or array), largest first."""
     return (detector or default_detector()).detect(image)
-
-
-def iter_images(directory: str | os.PathLike) -> list[Path]:
-    """Image files under ``directory`` (recursively, sorted), by suffix."""
-    root = Path(directory)
-    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-                  and not p.name.startswith("."))

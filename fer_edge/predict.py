@@ -25,7 +25,7 @@ import numpy as np
 
 from fer_edge.constants import IMAGE_SIZE
 from fer_edge.errors import ArtifactError, DataError, FerEdgeError
-from fer_edge.faces import DEFAULT_MARGIN, Box, FaceDetector, IMAGE_SUFFIXES, iter_images, load_image
+from fer_edge.faces import DEFAULT_MARGIN, Box, FaceDetector, IMAGE_SUFFIXES, load_image
 from fer_edge.preprocess import Normalization
 
 #: How many faces one runtime call classifies at most.
@@ -104,8 +104,8 @@ def check_margin(margin: float) -> float:
     except (TypeError, ValueError):
         raise DataError(f"margin must be a number, got {margin!r}") from None
     if not (np.isfinite(m) and 0 <= m <= 1):
-        raise DataError(f"margin is a share of the face box added on each side, in 0..1 (default "
-                        f"{DEFAULT_MARGIN}), got {margin!r}")
+        raise DataError(f"margin must be a finite number from 0 to 1 (the share of the face box added on each "
+                        f"side; default {DEFAULT_MARGIN}), got {margin!r}")
     return m
 
 
@@ -311,26 +311,126 @@ class InputItem:
     error: str | None = None
 
 
+def _find_images(root: Path) -> tuple[list[Path], list[OSError]]:
+    """Image files under ``root`` (recursively, sorted, by suffix, no hidden files) and the folders that could
+    not be listed (as their errors, so that no folder is skipped silently)."""
+    files: list[Path] = []
+    unreadable: list[OSError] = []
+    for dirpath, _dirs, names in os.walk(root, onerror=unreadable.append):  # symlinked folders not followed
+        d = Path(dirpath)
+        files += [d / n for n in names
+                  if not n.startswith(".") and Path(n).suffix.lower() in IMAGE_SUFFIXES and (d / n).is_file()]
+    return sorted(files), unreadable
+
+
 def collect_inputs(args: Iterable[str | os.PathLike]) -> list[InputItem]:
     """Expand files and directories (recursively, image suffixes only) into input items.
 
-    A missing path or a directory without images becomes an item carrying an error, so
-    the other inputs still run.
+    A missing path, a directory without images, or a folder that cannot be read becomes an
+    item carrying an error, so the other inputs still run.
     """
     items: list[InputItem] = []
     for a in args:
         p = Path(a)
         if p.is_dir():
-            files = iter_images(p)
-            if not files:
+            files, unreadable = _find_images(p)
+            if not files and not unreadable:
                 items.append(InputItem(str(p), None, error=(
                     f"{p}: directory has no images (looked for {', '.join(IMAGE_SUFFIXES)})")))
             items += [InputItem(str(f), f, f.relative_to(p)) for f in files]
+            for e in unreadable:
+                where = e.filename if e.filename is not None else p
+                items.append(InputItem(str(where), None, error=(
+                    f"{where}: cannot read this folder ({e.strerror or e}), so the images in it were skipped")))
         elif p.exists():
             items.append(InputItem(str(p), p, Path(p.name)))
         else:
             items.append(InputItem(str(p), None, error=f"{p}: no such file or directory"))
     return items
+
+
+def _input_key(item: InputItem) -> Path:
+    return (item.path if item.path is not None else Path(item.source)).resolve()
+
+
+def drop_duplicates(items: Iterable[InputItem]) -> tuple[list[InputItem], list[InputItem]]:
+    """``items`` without repeats of the same file (by resolved path: a file named twice, or also found in a
+    folder argument), first occurrence kept and order unchanged; and the repeats dropped."""
+    kept: list[InputItem] = []
+    dropped: list[InputItem] = []
+    seen: set[Path] = set()
+    for it in items:
+        key = _input_key(it)
+        (dropped if key in seen else kept).append(it)
+        seen.add(key)
+    return kept, dropped
+
+
+#: The EXIF "Software" (0x0131) value written into every annotated copy: how a later run recognises them.
+ANNOTATED_SOFTWARE = "fer-edge predict --annotate"
+_EXIF_SOFTWARE = 0x0131
+#: Suffixes an annotated copy is written as (formats that can carry the EXIF marker); any other gets ``.png`` added.
+ANNOTATION_FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".webp": "WEBP", ".tif": "TIFF",
+                      ".tiff": "TIFF"}
+
+
+def annotated_copy_path(dest: str | os.PathLike) -> Path:
+    """Where an annotated copy meant for ``dest`` is written: ``dest`` itself when its suffix is a format
+    that can carry the annotation marker, else ``dest`` with ``.png`` added (``x.gif`` -> ``x.gif.png``).
+
+    The one place that decides a copy's final name; applying it twice changes nothing.
+    """
+    dest = Path(dest)
+    return dest if dest.suffix.lower() in ANNOTATION_FORMATS else dest.with_name(dest.name + ".png")
+
+
+def is_annotated_copy(path: str | os.PathLike) -> bool:
+    """True for a file :func:`write_annotated` wrote (it carries the :data:`ANNOTATED_SOFTWARE` EXIF marker);
+    False for anything else, an unreadable file included. Reads the file's header only."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            if im.format == "TIFF":
+                software = im.tag_v2.get(_EXIF_SOFTWARE)
+            else:
+                raw = im.info.get("exif")
+                if not raw:
+                    return False
+                exif = Image.Exif()
+                exif.load(raw)
+                software = exif.get(_EXIF_SOFTWARE)
+    except Exception:  # not an image, unreadable, a broken EXIF block: not ours
+        return False
+    return software == ANNOTATED_SOFTWARE
+
+
+def split_annotated_copies(items: Iterable[InputItem], out_dir: str | os.PathLike
+                           ) -> tuple[list[InputItem], list[InputItem]]:
+    """``items`` without the annotated copies an earlier run wrote into ``out_dir`` (found by their marker,
+    not their name or folder: a user's own photo there is kept); and those copies."""
+    root = Path(out_dir).resolve()
+    kept: list[InputItem] = []
+    copies: list[InputItem] = []
+    for it in items:
+        inside = it.path is not None and root in it.path.resolve().parents
+        (copies if inside and is_annotated_copy(it.path) else kept).append(it)
+    return kept, copies
+
+
+def annotation_dest(out_dir: str | os.PathLike, item: InputItem, taken: set[Path]) -> Path:
+    """The final path of ``item``'s annotated copy in ``out_dir`` (suffix included, see
+    :func:`annotated_copy_path`): its place under its folder argument, with ``.annotated``, ``.annotated2``...
+    before the suffix when that path is in ``taken`` (resolved paths: the inputs, the copies already chosen) or
+    holds a file that is not an earlier annotated copy. The path chosen is added to ``taken``."""
+    rel = item.relative or Path(Path(item.source).name)
+    base = annotated_copy_path(Path(out_dir) / rel)
+    dest, n = base, 1
+    while dest.resolve() in taken or (dest.exists() and not is_annotated_copy(dest)):
+        n += 1
+        dest = base.with_name(f"{base.stem}.annotated{'' if n == 2 else n - 1}{base.suffix}")
+    taken.add(dest.resolve())
+    return dest
 
 
 def _font(size: int):
@@ -372,16 +472,18 @@ def annotate(image, predictions: list[Prediction], note: str | None = None):
 
 def write_annotated(image, predictions: list[Prediction], dest: str | os.PathLike,
                     note: str | None = None) -> Path:
-    """Draw :func:`annotate` and save it atomically to ``dest`` (format from its suffix; JPEG q95)."""
+    """Draw :func:`annotate` and save it atomically to :func:`annotated_copy_path` of ``dest`` (format from the
+    suffix; JPEG q95), marked as an annotated copy (EXIF Software :data:`ANNOTATED_SOFTWARE`,
+    see :func:`is_annotated_copy`). Returns the path written."""
+    from PIL import Image
+
     from fer_edge.utils import atomic_path
 
-    dest = Path(dest)
+    dest = annotated_copy_path(dest)
+    fmt = ANNOTATION_FORMATS[dest.suffix.lower()]
     img = annotate(image, predictions, note)
-    fmt = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".webp": "WEBP", ".bmp": "BMP",
-           ".tif": "TIFF", ".tiff": "TIFF"}.get(dest.suffix.lower())
-    if fmt is None:
-        dest = dest.with_suffix(dest.suffix + ".png")
-        fmt = "PNG"
+    exif = Image.Exif()
+    exif[_EXIF_SOFTWARE] = ANNOTATED_SOFTWARE
     with atomic_path(dest) as tmp:
-        img.save(tmp, format=fmt, **({"quality": 95} if fmt == "JPEG" else {}))
+        img.save(tmp, format=fmt, exif=exif, **({"quality": 95} if fmt == "JPEG" else {}))
     return dest

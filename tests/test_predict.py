@@ -437,6 +437,166 @@ def test_annotate_draws_boxes_and_labels(predictor, faces48, tmp_path):
     assert np.abs(drawn[100, 70:110] - orig[100, 70:110]).mean() < 20  # inside the box untouched
 
 
+def _joined(text: str) -> str:
+    return " ".join(text.split())
+
+
+def test_annotate_into_the_inputs_own_folder(face_dir, tiny_checkpoint, stub_detector, monkeypatch):
+    """`cd photos && predict a.png --annotate .` classifies a.png (it used to drop every input under the folder);
+    a later run over the folder skips only fer-edge's own earlier copies, found by their marker, and says so."""
+    monkeypatch.chdir(face_dir)
+    before = (face_dir / "a.png").read_bytes()
+    r = _cli("a.png", "--model", tiny_checkpoint, "--annotate", ".")
+    assert r.exit_code == 0, r.output
+    assert "1 input: 1 face classified, 0 without a face, 0 failed; 1 annotated copy in ." in _joined(r.stderr)
+    from fer_edge.predict import is_annotated_copy
+
+    assert (face_dir / "a.png").read_bytes() == before  # the input is never replaced by its copy
+    assert is_annotated_copy(face_dir / "a.annotated.png") and not is_annotated_copy(face_dir / "a.png")
+
+    own = face_dir / "own.annotated.png"  # a user's photo that only looks like a copy by its name
+    Image.open(face_dir / "a.png").save(own)
+    own_bytes = own.read_bytes()
+    r = _cli(".", "--json", "--model", tiny_checkpoint, "--annotate", ".")
+    assert r.exit_code == 0, r.output
+    names = sorted(Path(x["image"]).as_posix() for x in _json_lines(r))
+    assert names == ["a.png", "b.jpg", "nested/c.png", "own.annotated.png"]
+    err = _joined(r.stderr)
+    assert "skipped 1 earlier annotated copy in . (written by fer-edge predict --annotate" in err
+    assert "a.annotated.png" in err and "4 annotated copies in ." in err
+    assert own.read_bytes() == own_bytes  # the user's photo is classified and kept, its copy goes beside it
+    assert is_annotated_copy(face_dir / "own.annotated.annotated.png")
+    assert not (face_dir / "a.annotated2.png").exists()  # the earlier copy of a.png is replaced, not multiplied
+
+
+def test_annotate_refuses_a_folder_it_cannot_write_and_counts_the_copies_written(face_dir, tiny_checkpoint,
+                                                                                 stub_detector, tmp_path):
+    blocker = tmp_path / "somefile"
+    blocker.write_text("a file, not a folder")
+    r = _cli(face_dir, "--model", tiny_checkpoint, "--annotate", blocker / "sub")
+    assert r.exit_code == 1
+    err = _joined(r.stderr)
+    assert f"--annotate {blocker / 'sub'} lies under {blocker}, which is a file, not a folder" in err
+    assert "inputs:" not in err and "warning" not in err and not r.stdout.strip()  # refused before any work
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "nested").write_text("in the way of nested/c.png's copy")
+    r = _cli(face_dir, "--model", tiny_checkpoint, "--annotate", out)
+    assert r.exit_code == 0, r.output
+    err = _joined(r.stderr)
+    assert "warning:" in err and "c.png: cannot write annotated copy" in err
+    assert f"3 faces classified, 0 without a face, 0 failed; 2 annotated copies in {out}, 1 could not be written" in err
+    assert sorted(p.name for p in out.iterdir()) == ["a.png", "b.jpg", "nested"]
+
+
+def test_annotated_copies_never_share_a_name(face_dir, tiny_checkpoint, stub_detector, tmp_path, faces48):
+    """x.gif's copy is written as x.gif.png: the name is decided once, with that suffix, so the copy of another
+    input named x.gif.png does not replace it; nor does a copy replace a user's file already in the folder."""
+    for sub, name in (("a", "x.gif"), ("b", "x.gif.png")):
+        (tmp_path / "clash" / sub).mkdir(parents=True)
+        Image.fromarray(faces48[0]).resize((64, 64)).save(tmp_path / "clash" / sub / name)
+    out = tmp_path / "ann"
+    out.mkdir()
+    Image.fromarray(faces48[5]).save(out / "a.png")  # the user's own file, not an earlier copy
+    user = (out / "a.png").read_bytes()
+    r = _cli(tmp_path / "clash" / "a" / "x.gif", tmp_path / "clash" / "b" / "x.gif.png", face_dir / "a.png",
+             "--model", tiny_checkpoint, "--annotate", out)
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in out.iterdir()) == ["a.annotated.png", "a.png", "x.gif.annotated.png", "x.gif.png"]
+    from fer_edge.predict import annotated_copy_path, is_annotated_copy
+
+    assert all(is_annotated_copy(out / n) for n in ("a.annotated.png", "x.gif.annotated.png", "x.gif.png"))
+    assert (out / "a.png").read_bytes() == user
+    assert "3 annotated copies in" in _joined(r.stderr)
+    assert annotated_copy_path("d/x.gif") == Path("d/x.gif.png") == annotated_copy_path("d/x.gif.png")
+    assert annotated_copy_path("x.bmp") == Path("x.bmp.png") and annotated_copy_path("x.JPG") == Path("x.JPG")
+
+
+@pytest.mark.parametrize("suffix", [".jpg", ".png", ".webp", ".tif", ".gif", ".bmp"])
+def test_annotated_copies_carry_their_marker(predictor, faces48, tmp_path, suffix):
+    from fer_edge.predict import is_annotated_copy, write_annotated
+
+    img = Image.fromarray(faces48[0]).convert("RGB")
+    dest = write_annotated(img, predictor.predict_batch(faces48[:1]), tmp_path / f"x{suffix}")
+    assert dest.is_file() and is_annotated_copy(dest)
+    assert dest.name == (f"x{suffix}.png" if suffix in (".gif", ".bmp") else f"x{suffix}")
+    plain = tmp_path / f"plain{suffix}"
+    img.save(plain)
+    assert not is_annotated_copy(plain)
+    (tmp_path / "junk.png").write_bytes(b"not an image")
+    assert not is_annotated_copy(tmp_path / "junk.png") and not is_annotated_copy(tmp_path / "missing.png")
+
+
+def test_duplicate_inputs_are_classified_once(face_dir, tiny_checkpoint, stub_detector, tmp_path):
+    out = tmp_path / "d"
+    a = face_dir / "a.png"
+    r = _cli(a, face_dir / "nested" / ".." / "a.png", face_dir, "--json", "--model", tiny_checkpoint,
+             "--annotate", out)
+    assert r.exit_code == 0, r.output
+    rows = _json_lines(r)
+    assert [Path(x["image"]).name for x in rows] == ["a.png", "b.jpg", "c.png"]  # first order kept
+    assert rows[0]["image"] == str(a)
+    err = _joined(r.stderr)
+    assert "2 duplicate inputs dropped" in err and "3 inputs: 3 faces classified" in err
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()) == \
+        ["a.png", "b.jpg", "nested/c.png"]
+    r = _cli(a, "--json", "--model", tiny_checkpoint)
+    assert "duplicate" not in r.stderr
+
+
+def test_an_unreadable_subfolder_is_reported(face_dir, tiny_checkpoint, stub_detector, monkeypatch):
+    """A folder the walk cannot list is an error row naming it (tests run as root, so the refusal is simulated)."""
+    import os
+
+    from fer_edge.predict import collect_inputs
+
+    nested = (face_dir / "nested").resolve()
+    real_scandir = os.scandir
+
+    def scandir(path="."):
+        if Path(path).resolve() == nested:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    items = collect_inputs([face_dir])
+    assert [i.relative.as_posix() for i in items if i.error is None] == ["a.png", "b.jpg"]
+    (bad,) = [i for i in items if i.error]
+    assert bad.source == str(face_dir / "nested") and "cannot read this folder (Permission denied)" in bad.error
+    r = _cli(face_dir, "--json", "--model", tiny_checkpoint)
+    assert r.exit_code == 0, r.output
+    rows = {x["image"]: x for x in _json_lines(r)}
+    assert rows[str(face_dir / "nested")]["status"] == "error"
+    assert "cannot read this folder" in r.stderr and "3 inputs: 2 faces classified, 0 without a face, 1 failed" in \
+        _joined(r.stderr)
+    r = _cli(face_dir / "nested", "--model", tiny_checkpoint)  # the folder argument itself
+    assert r.exit_code == 1 and "cannot read this folder" in r.stderr and "has no images" not in r.stderr
+
+
+def test_margin_without_face_detection_is_refused(face_dir, tiny_checkpoint, stub_detector):
+    from fer_edge.cli import app
+
+    r = runner.invoke(app, ["predict", str(face_dir / "a.png"), "--model", str(tiny_checkpoint), "--margin", "0.2",
+                            "--no-detect-faces"], env={"COLUMNS": "250"})
+    assert r.exit_code == 2
+    assert "'--margin': it sets the border around detected faces, and --no-detect-faces detects none" in r.output
+    for extra in (["--margin", "0.2"], ["--no-detect-faces"], ["--margin", "0"]):
+        r = _cli(face_dir / "a.png", "--model", tiny_checkpoint, *extra)
+        assert r.exit_code == 0, (extra, r.output)
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "1.5", "-0.1"])
+def test_margin_must_be_a_finite_number_in_range(face_dir, tiny_checkpoint, value):
+    from fer_edge.cli import app
+
+    r = runner.invoke(app, ["predict", str(face_dir / "a.png"), "--model", str(tiny_checkpoint), f"--margin={value}"],
+                      env={"COLUMNS": "250"})
+    assert r.exit_code == 2
+    assert f"'--margin': must be a finite number from 0 to 1 (the share of the face box added on each side; " \
+           f"default 0.1), got {value}" in r.output
+
+
 def test_cli_no_detect_faces_on_fer2013(shared_fer2013, tiny_checkpoint, predictor):
     """Real FER2013 validation images are already face crops: --no-detect-faces classifies each whole."""
     val = shared_fer2013 / "images" / "val"

@@ -13,17 +13,27 @@ from fer_edge.cli.common import console, err_console, handle_errors, is_tty
 from fer_edge.faces import DEFAULT_MARGIN
 
 
-def _annotation_dest(out_dir: Path, item, used: set[Path]) -> Path:
-    rel = item.relative or Path(Path(item.source).name)
-    dest = out_dir / rel
-    src = item.path.resolve() if item.path is not None else None
-    n = 1
-    base = dest
-    while dest.resolve() in used or (src is not None and dest.resolve() == src):
-        n += 1
-        dest = base.with_name(f"{base.stem}.annotated{'' if n == 2 else n - 1}{base.suffix}")
-    used.add(dest.resolve())
-    return dest
+def _check_margin(value: Optional[float]) -> Optional[float]:
+    """--margin: None when not given; else a finite number in 0..1 (the library's check, as a bad option)."""
+    from fer_edge.errors import DataError
+    from fer_edge.predict import check_margin
+
+    if value is None:
+        return None
+    try:
+        return check_margin(value)
+    except DataError as e:
+        raise typer.BadParameter(str(e).removeprefix("margin ")) from None
+
+
+def _note(text: str) -> None:
+    err_console.print(text, markup=False, highlight=False, soft_wrap=True)
+
+
+def _listing(items, most: int = 5) -> str:
+    names = [it.source for it in items]
+    more = f" and {len(names) - most} more" if len(names) > most else ""
+    return ", ".join(names[:most]) + more
 
 
 def _common_dir(sources: list[str]) -> str | None:
@@ -69,8 +79,10 @@ def predict_cmd(
     detect_faces: bool = typer.Option(
         True, "--detect-faces/--no-detect-faces",
         help="Find faces with OpenCV's frontal-face Haar detector, or treat each whole image as one face."),
-    margin: float = typer.Option(DEFAULT_MARGIN, min=0.0, max=1.0,
-                                 help="Border added around each detected face, as a fraction of its size."),
+    margin: Optional[float] = typer.Option(
+        None, callback=_check_margin, show_default=False,
+        help=f"Border added around each detected face, as a fraction of its size, 0..1 (default {DEFAULT_MARGIN}). "
+             "Face detection only: refused with --no-detect-faces."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object per image (JSON lines) on stdout."),
     annotate: Optional[Path] = typer.Option(
         None, "--annotate", metavar="OUT_DIR", file_okay=False,
@@ -80,12 +92,28 @@ def predict_cmd(
 
     Exit status: 0 when at least one input was read and classified (an image without a face is a result, not a failure); 1 when every input failed, or the model or face detector cannot be loaded; 2 for bad options.
     """
-    from fer_edge.predict import collect_inputs, load, write_annotated
+    from fer_edge.errors import FerEdgeError
+    from fer_edge.predict import (annotation_dest, collect_inputs, drop_duplicates, load, split_annotated_copies,
+                                  write_annotated)
+    from fer_edge.utils import check_writable_dir
 
-    items = collect_inputs(inputs)
+    if margin is not None and not detect_faces:
+        raise typer.BadParameter("it sets the border around detected faces, and --no-detect-faces detects none: "
+                                 "leave out one of the two", param_hint="'--margin'")
     if annotate is not None:
-        out_root = annotate.resolve()
-        items = [it for it in items if it.path is None or out_root not in it.path.resolve().parents]
+        check_writable_dir(annotate, "--annotate", FerEdgeError)  # before any work
+
+    items, duplicates = drop_duplicates(collect_inputs(inputs))
+    if duplicates:
+        n = len(duplicates)
+        _note(f"note: {n} duplicate input{'s' if n != 1 else ''} dropped (the same file named more than once, or "
+              f"also found in a folder argument; each is classified once): {_listing(duplicates)}")
+    if annotate is not None:
+        items, copies = split_annotated_copies(items, annotate)
+        if copies:
+            n = len(copies)
+            _note(f"note: skipped {n} earlier annotated cop{'ies' if n != 1 else 'y'} in {annotate} (written by "
+                  f"fer-edge predict --annotate, not classified again): {_listing(copies)}")
 
     predictor = load(model, runtime=runtime, device=device)
     if detect_faces:
@@ -93,8 +121,9 @@ def predict_cmd(
     labels = list(predictor.labels)
 
     results = []
-    used: set[Path] = set()
+    taken = {it.path.resolve() for it in items if it.path is not None}  # a copy never replaces an input
     counts = {"ok": 0, "no_face": 0, "error": 0}
+    written = unwritten = 0
     n_faces = 0
 
     progress = None
@@ -118,10 +147,11 @@ def predict_cmd(
             elif annotate is not None:
                 note = "no face found" if r.status == "no_face" else None
                 try:
-                    write_annotated(r.image, r.faces, _annotation_dest(annotate, item, used), note=note)
+                    write_annotated(r.image, r.faces, annotation_dest(annotate, item, taken), note=note)
+                    written += 1
                 except OSError as e:
-                    err_console.print(f"warning: {item.source}: cannot write annotated copy ({e})",
-                                      markup=False, highlight=False, soft_wrap=True)
+                    unwritten += 1
+                    _note(f"warning: {item.source}: cannot write annotated copy ({e})")
                 r.image = None
             counts[r.status] += 1
             n_faces += len(r.faces)
@@ -159,8 +189,10 @@ def predict_cmd(
         console.print(t)
     summary = (f"{len(items)} input{'s' if len(items) != 1 else ''}: {n_faces} face{'s' if n_faces != 1 else ''}"
                f" classified, {counts['no_face']} without a face, {counts['error']} failed")
-    if annotate is not None and counts["ok"] + counts["no_face"]:
-        summary += f"; annotated copies in {annotate}"
-    err_console.print(summary, markup=False, highlight=False, soft_wrap=True)
+    if annotate is not None and written + unwritten:
+        summary += f"; {written} annotated cop{'y' if written == 1 else 'ies'} in {annotate}"
+        if unwritten:
+            summary += f", {unwritten} could not be written (see the warnings above)"
+    _note(summary)
     if counts["ok"] + counts["no_face"] == 0:
         raise typer.Exit(1)
