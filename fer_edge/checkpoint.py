@@ -147,8 +147,17 @@ def _on_cpu(obj: Any) -> Any:
 
 
 def _load_error(e: Exception) -> str:
-    """``torch.load``'s error in one line: its messages run to many lines of advice that does not apply here."""
-    return f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0]}"
+    """``torch.load``'s error in one line: its messages run to many lines of advice that does not apply here
+    (a weights-only refusal suggests ``weights_only=False``, which fer-edge never uses: the unpickler's own
+    reason is kept instead)."""
+    text = str(e).strip()
+    if text.startswith("Weights only load failed"):
+        reason = text.split("WeightsUnpickler error:", 1)[-1].strip() if "WeightsUnpickler error:" in text else ""
+        reason = (reason.splitlines() or [""])[0].split(". ")[0].rstrip(".")
+        return (f"{type(e).__name__}: torch.load(weights_only=True) refused it"
+                + (f" ({reason})" if reason else "")
+                + ": not a PyTorch checkpoint, or one holding Python objects beyond tensors and plain data")
+    return f"{type(e).__name__}: {(text.splitlines() or [''])[0]}"
 
 
 def label_problems(labels) -> str:

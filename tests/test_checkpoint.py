@@ -70,6 +70,12 @@ def test_an_artifact_or_a_foreign_file_is_named_for_what_it_is(tmp_path):
     with pytest.raises(CheckpointError, match="not a readable checkpoint") as e:
         load_checkpoint(zipped)
     assert "\n" not in str(e.value)  # torch's many lines of advice cut to the first
+    # and not its advice to load with weights_only=False: the unpickler's reason instead
+    assert "weights_only` set to `False`" not in str(e.value) and "Unsupported global" in str(e.value)
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(bytes(range(256)) * 8)
+    with pytest.raises(CheckpointError, match=r"refused it \(.+\): not a PyTorch checkpoint"):
+        load_checkpoint(garbage)
 
 
 def test_join_refuses_a_folder_as_out_and_leaves_it_alone(tmp_path, capsys):
