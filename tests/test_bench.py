@@ -104,7 +104,8 @@ def test_report_matches_schema(bench_run):
     assert report["reference"]["macs_per_image"] > 0
     cl = report["compute_limit"]
     if cl is not None:  # needs a known clock
-        assert 0 < cl["fraction_of_peak"] and cl["peak_gflops"] > 0 and "FLOP/cycle" in cl["assumption"]
+        assert cl["peak_too_low"] or 0 < cl["fraction_of_peak"] <= 1
+        assert cl["peak_gflops"] > 0 and "FLOP/cycle" in cl["assumption"]
     # the checker is not vacuous
     bad = json.loads(json.dumps(report))
     del bad["rows"][0]["latency_ms"]
@@ -524,10 +525,14 @@ def test_artifact_of_unknown_source_among_two_checkpoints_is_refused(tmp_path, a
     arts = collect_artifacts([artifact_dir / "fer_nano_fp32.onnx", other_export])
     with pytest.raises(ArtifactError, match="several checkpoints.*bench them separately.*--reference"):
         resolve_reference(arts)  # one reference only: refused, not silently the first
-    junk = tmp_path / "nosource.onnx"
-    junk.write_text("no metadata")
+    import onnx
+
+    model = onnx.load(str(artifact_dir / "fer_nano_fp32.onnx"))  # a loadable model whose metadata names no source
+    del model.metadata_props[:]
+    nosource = tmp_path / "nosource.onnx"
+    onnx.save(model, str(nosource))
     with pytest.raises(ArtifactError, match=r"nosource\.onnx came from.*2 different checkpoints.*--reference"):
-        reference_groups(collect_artifacts([artifact_dir / "fer_nano_fp32.onnx", other_export, junk]))
+        reference_groups(collect_artifacts([artifact_dir / "fer_nano_fp32.onnx", other_export, nosource]))
 
 
 def _p50_table(md: str) -> list[list[str]]:
@@ -732,3 +737,192 @@ def test_the_benchmarks_package_lists_its_scripts_and_each_runs_as_one(capsys, m
     for name in pkg.SCRIPTS:
         assert f"python -m fer_edge.benchmarks.{name}" in out
         assert callable(getattr(importlib.import_module(f"fer_edge.benchmarks.{name}"), "main"))
+
+
+# --- an unreadable artifact, the Pareto front, merged data, interrupts ----------------------------------------
+def test_an_unreadable_artifact_is_named_with_its_read_error(tmp_path, artifact_dir, synthetic_csv):
+    """A truncated .onnx with no manifest: its reader's error is named, not "no manifest 'source'"."""
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    trunc = bad / "trunc.onnx"
+    trunc.write_bytes((artifact_dir / "fer_nano_fp32.onnx").read_bytes()[:10000])
+    args = ["--data", synthetic_csv, "--split", "PublicTest", "--runtimes", "onnxruntime", *FAST, "--batch", "1"]
+    # alone: nothing names a checkpoint to compare it with, and the error says why it could not be read
+    result = invoke(["bench", trunc, *args, "--out", tmp_path / "alone"])
+    text = " ".join(result.output.split())
+    assert result.exit_code == 1, result.output
+    assert f"{trunc}: cannot read its metadata: onnxruntime cannot load it (InvalidProtobuf" in text, text
+    assert "no manifest 'source'" not in text and not (tmp_path / "alone" / "report.json").exists()
+    # among other artifacts (README: a truncated .onnx is a `failed` row): the others still run
+    result = invoke(["bench", trunc, artifact_dir / "fer_nano_fp32.onnx", *args, "--out", tmp_path / "out"])
+    assert result.exit_code == 1, result.output
+    rows = {Path(r["artifact"]).name: r for r in json.loads((tmp_path / "out" / "report.json").read_text())["rows"]}
+    assert rows["trunc.onnx"]["status"] == "failed" and "InvalidProtobuf" in rows["trunc.onnx"]["reason"]
+    assert rows["trunc.onnx"]["source_sha256"] is None  # which checkpoint it came from is unknown
+    assert rows["fer_nano_fp32.onnx"]["status"] == "ok"
+    assert "1 row(s) failed" in " ".join(result.output.split())
+
+
+def test_an_unreadable_artifact_among_two_checkpoints_is_a_failed_row_not_a_refusal(tmp_path, artifact_dir,
+                                                                                    other_export):
+    from fer_edge.benchmarks.artifacts import collect_artifacts, reference_groups
+
+    trunc = tmp_path / "trunc.onnx"
+    trunc.write_bytes((artifact_dir / "fer_nano_fp32.onnx").read_bytes()[:10000])
+    groups, notes = reference_groups(collect_artifacts([artifact_dir / "fer_nano_fp32.onnx", other_export, trunc]))
+    assert len(groups) == 2 and trunc in [a.path for a in groups[0].artifacts]
+    assert any("trunc.onnx: cannot read its metadata:" in n and "InvalidProtobuf" in n for n in notes), notes
+
+
+def _plot_row(target, precision, runtime, p50_ms, accuracy, status="ok", reference=False):
+    lat = {k: p50_ms for k in LATENCY_KEYS}
+    return {"target": target, "precision": precision, "runtime": runtime, "device": "cpu", "batch": 1,
+            "status": status, "reason": "agreement 50% < 98.5%" if status == "parity-failed" else "",
+            "latency_ms": lat, "accuracy": accuracy, "model": "fer_nano", "source_sha256": "ab" * 32,
+            "reference": reference, "parity_failures": ["agreement"] if status == "parity-failed" else []}
+
+
+def test_parity_failed_rows_are_never_on_the_pareto_front(monkeypatch, tmp_path):
+    """A fast, 'accurate' artifact that failed the parity gate is drawn hollow, not put on the front."""
+    import matplotlib.axes
+
+    from fer_edge.benchmarks.report import plot_latency_vs_accuracy
+
+    rows = [_plot_row("checkpoint", "fp32", "pytorch", 2.0, 0.50, reference=True),
+            _plot_row("onnx", "fp32", "onnxruntime", 1.0, 0.49),
+            _plot_row("onnx", "int8", "onnxruntime", 0.5, 0.60, status="parity-failed")]
+    labels, legend_labels, hollow = [], [], []
+    real_annotate, real_legend, real_scatter = (matplotlib.axes.Axes.annotate, matplotlib.axes.Axes.legend,
+                                                matplotlib.axes.Axes.scatter)
+
+    def annotate(self, text, *a, **k):
+        labels.append(text)
+        return real_annotate(self, text, *a, **k)
+
+    def legend(self, *a, handles=(), **k):
+        legend_labels.extend(h.get_label() for h in handles)
+        return real_legend(self, *a, handles=handles, **k)
+
+    def scatter(self, x, y, *a, **k):
+        if k.get("facecolors") == "none" and k.get("s") != 160:  # 160: the front's circles
+            hollow.append(x)
+        return real_scatter(self, x, y, *a, **k)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "annotate", annotate)
+    monkeypatch.setattr(matplotlib.axes.Axes, "legend", legend)
+    monkeypatch.setattr(matplotlib.axes.Axes, "scatter", scatter)
+    plot_latency_vs_accuracy(rows, tmp_path / "plot.png", "test")
+    assert sorted(labels) == ["checkpoint fp32 pytorch/cpu b1", "onnx fp32 onnxruntime/cpu b1"], labels
+    assert hollow == [0.5]
+    assert any("parity-failed" in h and "excluded from the Pareto front" in h for h in legend_labels), legend_labels
+    from fer_edge.benchmarks.stats import pareto_eligible  # the one rule: a gate verdict of "failed" excludes
+
+    assert [pareto_eligible(r) for r in rows] == [True, True, False]
+    assert not pareto_eligible({"status": "ok", "parity_failures": ["agreement"]})
+
+
+def _merge_inputs(report, tmp_path):
+    a = json.loads(json.dumps(report))
+    a["settings"].update(split="train", n_images=10, split_size=280, data_sha256="11" * 32)
+    b = json.loads(json.dumps(report))
+    b["environment"]["hostname"] = "other-host"
+    b["settings"].update(split="val", n_images=56, split_size=56, data_sha256="22" * 32)
+    for r in b["rows"]:
+        if r["accuracy"] is not None:
+            r["accuracy"] = 0.25
+    (tmp_path / "a.json").write_text(json.dumps(a))
+    (tmp_path / "b.json").write_text(json.dumps(b))
+    return tmp_path / "a.json", tmp_path / "b.json"
+
+
+def test_merge_shows_each_reports_data_and_warns_when_it_differs(bench_run, tmp_path):
+    _, _, report = bench_run
+    a, b = _merge_inputs(report, tmp_path)
+    result = CliRunner().invoke(app, ["report", "merge", str(a), str(b), "--out", str(tmp_path / "m")],
+                                env={"COLUMNS": "250"})
+    assert result.exit_code == 0, result.output
+    md = (tmp_path / "m" / "merged.md").read_text()
+    m1 = next(line for line in md.splitlines() if line.startswith("- M1 = "))
+    m2 = next(line for line in md.splitlines() if line.startswith("- M2 = "))
+    assert "10 images of `train`" in m1 and "sha256 111111111111" in m1, m1
+    assert "56 images of `val`" in m2 and "sha256 222222222222" in m2, m2
+    assert "Warning: the reports measured different data" in md and "not comparable" in md
+    # each report's Top-1, not one of them for both
+    header = next(line for line in md.splitlines() if "M1 p50 ms" in line)
+    assert "M1 Top-1" in header and "M2 Top-1" in header
+    assert "25.0%" in md.split("All rows:")[0]
+    assert "warning: the reports measured different data" in " ".join(result.output.split())
+    merged = json.loads((tmp_path / "m" / "merged.json").read_text())
+    assert [m["data"]["split"] for m in merged["machines"]] == ["train", "val"] and len(merged["warnings"]) == 1
+    # the same data: no warning, one Top-1 column
+    b2 = json.loads(a.read_text())
+    b2["environment"]["hostname"] = "third-host"
+    (tmp_path / "c.json").write_text(json.dumps(b2))
+    result = invoke(["report", "merge", a, tmp_path / "c.json", "--out", tmp_path / "same"])
+    assert result.exit_code == 0, result.output
+    md = (tmp_path / "same" / "merged.md").read_text()
+    assert "Warning" not in md and "M1 Top-1" not in md and "| Top-1 |" in md
+
+
+def test_merge_takes_a_report_given_twice_once(bench_run, tmp_path):
+    _, out, report = bench_run
+    copy = tmp_path / "copy.json"
+    shutil.copy(out / "report.json", copy)
+    result = CliRunner().invoke(app, ["report", "merge", str(out / "report.json"), str(out), str(copy),
+                                      "--out", str(tmp_path / "m")], env={"COLUMNS": "250"})
+    assert result.exit_code == 0, result.output
+    merged = json.loads((tmp_path / "m" / "merged.json").read_text())
+    assert len(merged["machines"]) == 1 and len(merged["rows"]) == len(report["rows"])
+    assert not any("#2" in m["machine"] for m in merged["machines"])
+    text = " ".join(result.output.split())
+    assert f"note: {out} is the same file as {out / 'report.json'} (M1): merged once" in text, text
+    assert f"note: {copy} is identical to {out / 'report.json'} (M1): merged once" in text, text
+    assert "merged once" in (tmp_path / "m" / "merged.md").read_text()
+
+
+def test_interrupted_bench_says_what_it_left(monkeypatch, tmp_path, tiny_checkpoint, synthetic_csv):
+    """Ctrl-C: one stderr line saying what was (not) written, exit 130, earlier reports untouched."""
+    from fer_edge.benchmarks import bench
+
+    def interrupt(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(bench, "timed_turn", interrupt)
+    args = ["bench", tiny_checkpoint, "--data", synthetic_csv, "--split", "PublicTest", *FAST, "--batch", "1"]
+    result = invoke([*args, "--out", tmp_path / "fresh"])
+    assert result.exit_code == 130, result.output
+    assert f"interrupted: no report was written ({tmp_path / 'fresh'}/ holds none)" in " ".join(result.output.split())
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "report.json").write_text(json.dumps({"created_at": "2024-01-02T03:04:05+00:00"}))
+    (old / "report.md").write_text("old")
+    result = invoke([*args, "--out", old])
+    assert result.exit_code == 130, result.output
+    text = " ".join(result.output.split())
+    assert "interrupted: no new report was written; the earlier report in" in text
+    assert "created 2024-01-02T03:04:05+00:00) was left as it was" in text, text
+    assert json.loads((old / "report.json").read_text()) == {"created_at": "2024-01-02T03:04:05+00:00"}
+    assert (old / "report.md").read_text() == "old"
+
+
+def test_sigterm_stops_a_bench_as_ctrl_c_does(monkeypatch, tiny_checkpoint, synthetic_csv):
+    """``kill PID`` raises KeyboardInterrupt inside run_bench (its interrupt path), as in fer-edge export."""
+    import os
+    import signal
+
+    from fer_edge.benchmarks import bench
+
+    class Killed(Exception):
+        pass
+
+    def raise_killed(signum, frame):
+        raise Killed  # what SIGTERM would do without run_bench's handler (instead of killing pytest)
+
+    monkeypatch.setattr(bench, "timed_turn", lambda *a, **k: os.kill(os.getpid(), signal.SIGTERM))
+    previous = signal.signal(signal.SIGTERM, raise_killed)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            _bench([tiny_checkpoint], synthetic_csv, batches=(1,))
+        assert signal.getsignal(signal.SIGTERM) is raise_killed  # put back afterwards
+    finally:
+        signal.signal(signal.SIGTERM, previous)

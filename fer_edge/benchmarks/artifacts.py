@@ -38,6 +38,8 @@ class Artifact:
     manifest: Path | None = None
     #: the manifest's ``complete`` (False: written by an export that did not finish); None when it has none
     export_complete: bool | None = None
+    #: why its runtime could not read it (``"InvalidProtobuf: ..."``) when looking for its source in its metadata
+    read_error: str | None = None
 
     @property
     def is_checkpoint(self) -> bool:
@@ -229,16 +231,35 @@ def _shipped_with_sha(sha: str) -> Path | None:
     return meta.path if meta is not None else None
 
 
-def _metadata_source(art: Artifact) -> dict:
-    """``{"sha256", "model"}`` of the source checkpoint from the artifact's embedded metadata ({} if unreadable)."""
-    try:
-        from fer_edge.runtimes import get_runtime
+def error_text(e: BaseException) -> str:
+    """``"InvalidProtobuf: first line of the message"``: how a bench names an error, in one line."""
+    msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    return f"{type(e).__name__}: {msg}"[:500] if msg else type(e).__name__
 
+
+def _metadata_source(art: Artifact) -> dict:
+    """``{"sha256", "model"}`` of the source checkpoint from the artifact's embedded metadata.
+
+    {} when its runtime is not available here (its rows are skipped) or the metadata names no
+    source. When the runtime cannot read the file at all (a truncated ``.onnx``), {} too, and
+    ``art.read_error`` says why: the file is broken, which is not the same as "no source".
+    """
+    from fer_edge.runtimes import get_runtime
+
+    try:
         cls = get_runtime(art.runtime)
         if not cls.available()[0]:
             return {}
+    except Exception:  # the runtime itself is missing: its rows say so (skipped)
+        return {}
+    try:
         md = dict(cls(art.path).metadata() or {})
-    except Exception:
+    except Exception as e:  # the file cannot be read: keep the reader's error for the user
+        if isinstance(e, FerEdgeError):  # already worded for a user, often naming the file
+            text = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            art.read_error = text.removeprefix(f"{art.path}: ")[:500]
+        else:
+            art.read_error = error_text(e)
         return {}
     out = {}
     if md.get("source_sha256"):
@@ -323,6 +344,9 @@ def reference_groups(artifacts: list[Artifact], reference: str | Path | None = N
     embedded ``source_sha256``) names: that checkpoint among the artifacts, else the source file
     when it exists with that SHA-256, else the shipped model with that SHA-256. Artifacts whose
     source is unknown join the only group there is; with several, that is an :class:`ArtifactError`.
+    Artifacts their runtime cannot read (a truncated ``.onnx``: ``read_error`` set) join the first
+    group, whose bench makes them ``failed`` rows with the loader's error while the others run; when
+    no other artifact names a checkpoint, the :class:`ArtifactError` names each one's read error.
     """
     from fer_edge.utils import sha256_path
     from fer_edge.weights import resolve_checkpoint
@@ -337,18 +361,28 @@ def reference_groups(artifacts: list[Artifact], reference: str | Path | None = N
         return [ReferenceGroup(Path(path), list(artifacts), sha256_path(path))], notes
     by_source: dict[str, list[Artifact]] = {}
     unknown: list[Artifact] = []
+    unreadable: list[Artifact] = []  # their runtime cannot read them: `failed` rows, whatever their source
     for a in artifacts:
         if not a.is_checkpoint and not (a.source.get("sha256") or a.source.get("path")):
             a.source = {**a.source, **_metadata_source(a)}
         key = _source_key(a)
         if key is None:
-            unknown.append(a)
+            (unreadable if a.read_error else unknown).append(a)
         else:
             by_source.setdefault(key, []).append(a)
     if not by_source:
+        broken = "; ".join(f"{a.path}: cannot read its metadata: {a.read_error}" for a in unreadable)
+        if unreadable and not unknown:
+            one = len(unreadable) == 1
+            raise ArtifactError(
+                f"{broken}. {'It' if one else 'They'} cannot be loaded (truncated, or not a model?), and no "
+                f"other artifact names a checkpoint to compare {'it' if one else 'them'} with: nothing to "
+                f"benchmark. Re-export {'it' if one else 'them'}, or pass --reference CHECKPOINT to get a "
+                f"report with {'its' if one else 'their'} `failed` rows"
+            )
         raise ArtifactError(
             "cannot tell which checkpoint the artifacts came from (no manifest 'source', no 'source_sha256' "
-            "in their metadata); pass --reference CHECKPOINT"
+            "in their metadata); pass --reference CHECKPOINT" + (f" ({broken})" if broken else "")
         )
     if unknown and len(by_source) > 1:
         raise ArtifactError(
@@ -358,10 +392,13 @@ def reference_groups(artifacts: list[Artifact], reference: str | Path | None = N
             + "; ".join(_describe_source(v) for v in by_source.values())
             + ". Bench each model separately, or pass --reference CHECKPOINT to compare everything with one"
         )
+    if unreadable:
+        notes.append("; ".join(f"{a.path}: cannot read its metadata: {a.read_error}" for a in unreadable)
+                     + ": benchmarked anyway, so its rows fail with the loader's error and the others run")
     groups: list[ReferenceGroup] = []
     for i, (key, arts) in enumerate(by_source.items()):
         if i == 0:
-            arts = arts + unknown
+            arts = arts + unknown + unreadable
         ckpts = [a for a in arts if a.is_checkpoint]
         path = ckpts[0].path if ckpts else _source_checkpoint(arts[0])
         groups.append(ReferenceGroup(Path(path), arts, key))

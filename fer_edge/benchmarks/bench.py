@@ -50,6 +50,7 @@ from fer_edge.benchmarks.artifacts import (
     MANIFEST_NAME,
     Artifact,
     collect_artifacts,
+    error_text,
     metadata_normalization,
     read_manifest,
     reference_groups,
@@ -76,8 +77,11 @@ def new_row(art: Artifact, runtime: str, device: str | None, batch: int, status:
     """A row with every schema field present (None until measured).
 
     ``source``: the reference checkpoint the artifact is compared with (its model and sha256
-    name the row's model, so rows of several models stay apart).
+    name the row's model, so rows of several models stay apart). An artifact its runtime could
+    not read (``read_error``) is not named after it: which checkpoint it came from is unknown.
     """
+    if art.read_error:
+        source = None
     return {
         "target": art.target, "precision": art.precision, "runtime": runtime, "device": device,
         "batch": int(batch), "status": status, "reason": reason, "threads": None,
@@ -93,9 +97,7 @@ def new_row(art: Artifact, runtime: str, device: str | None, batch: int, status:
     }
 
 
-def _err(e: BaseException) -> str:
-    msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
-    return f"{type(e).__name__}: {msg}"[:500] if msg else type(e).__name__
+_err = error_text
 
 
 def _finite(v) -> float | None:
@@ -448,7 +450,10 @@ def _run_bench(
     keyword options per runtime name, passed to its constructor. With ``out_dir`` the
     four report files are written there. Never raises for one row: a row that fails
     to load or run is ``failed`` with the error, and the others go on. The process's torch
-    thread count is restored afterwards.
+    thread count is restored afterwards. Ctrl-C or SIGTERM (turned into ``KeyboardInterrupt``,
+    as in ``fer-edge export``) stops it with ``KeyboardInterrupt``: before the report is
+    written, ``out_dir`` is left as it was; one arriving while it is written waits until all
+    four files are.
     """
     import torch
 
@@ -682,7 +687,10 @@ def _run_bench(
         fer_edge_version=__version__,
     )
     if out_dir is not None:
-        report.write(out_dir)
+        from fer_edge.utils import interrupts_deferred
+
+        with interrupts_deferred():  # the four files are written together: an interrupt waits for the last one
+            report.write(out_dir)
     return report
 
 
@@ -690,9 +698,12 @@ def _run_bench(
 def run_bench(*args, **kwargs) -> BenchReport:
     import torch
 
+    from fer_edge.utils import sigterm_as_interrupt
+
     before = torch.get_num_threads()
     try:
-        return _run_bench(*args, **kwargs)
+        with sigterm_as_interrupt():
+            return _run_bench(*args, **kwargs)
     finally:
         torch.set_num_threads(before)
 

@@ -6,7 +6,8 @@ Files in a report directory (each written atomically):
                               (schema: :data:`fer_edge.benchmarks.schema.REPORT_SCHEMA`)
 ``report.csv``                one line per row, the latency distribution flattened
 ``report.md``                 a Markdown table ready for a README
-``latency_vs_accuracy.png``   one point per measured row, the Pareto front marked and labelled
+``latency_vs_accuracy.png``   one point per measured row, the Pareto front (of the rows that passed the
+                              parity gate) marked and labelled; parity-failed rows hollow
 """
 from __future__ import annotations
 
@@ -227,8 +228,10 @@ def report_markdown(report: dict) -> str:
     ]
     cl = report.get("compute_limit")
     if cl:
-        lines += ["", f"Compute limit: {cl['row']}: {cl['achieved_gflops']:.2f} GFLOP/s achieved of "
-                      f"{cl['peak_gflops']:.1f} peak ({100 * cl['fraction_of_peak']:.1f}%). {cl['assumption']}."]
+        from fer_edge.benchmarks.stats import peak_text
+
+        lines += ["", f"Compute limit: {cl['row']}: {cl['achieved_gflops']:.2f} GFLOP/s achieved, "
+                      f"{peak_text(cl)}. {cl['assumption']}."]
     for warning in report.get("warnings") or []:
         lines += ["", f"Warning: {warning}"]
     for note in report.get("notes") or []:
@@ -242,13 +245,16 @@ def plot_latency_vs_accuracy(rows: list[dict], path: Path, title: str, color_key
     """Scatter p50 latency (log x) against top-1; one marker per batch size; Pareto front per batch size.
 
     Points on a front are circled and labelled (``machine_names`` shortens merged reports' machines).
+    Only rows :func:`~fer_edge.benchmarks.stats.pareto_eligible` accepts (parity gate passed, or
+    no verdict: the reference) can be on a front; rows that failed the gate are drawn hollow,
+    and the legend says they are excluded from it.
     """
     import matplotlib
 
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
 
-    from fer_edge.benchmarks.stats import pareto_front
+    from fer_edge.benchmarks.stats import pareto_eligible, pareto_front
 
     pts = [r for r in rows if p50(r) is not None and r.get("accuracy") is not None]
     models = model_labels(rows)
@@ -265,13 +271,17 @@ def plot_latency_vs_accuracy(rows: list[dict], path: Path, title: str, color_key
     cmap = plt.get_cmap("tab10" if len(colors) <= 10 else "tab20")
     ncol = 10 if len(colors) <= 10 else 20
     for r in pts:
-        ax.scatter(p50(r), r["accuracy"] * 100, s=46, alpha=0.85,
-                   marker=markers[batches.index(r["batch"]) % len(markers)],
-                   color=cmap(colors.index(color_of(r)) % ncol),
-                   edgecolors="red" if r["status"] != "ok" else "none", linewidths=1.5)
+        color = cmap(colors.index(color_of(r)) % ncol)
+        marker = markers[batches.index(r["batch"]) % len(markers)]
+        if pareto_eligible(r):
+            ax.scatter(p50(r), r["accuracy"] * 100, s=46, alpha=0.85, marker=marker, color=color,
+                       edgecolors="none")
+        else:  # failed the parity gate: hollow, never on the front
+            ax.scatter(p50(r), r["accuracy"] * 100, s=46, alpha=0.85, marker=marker, facecolors="none",
+                       edgecolors=color, linewidths=1.5)
     n_label = 0
     for b in batches:
-        group = [r for r in pts if r["batch"] == b]
+        group = [r for r in pts if r["batch"] == b and pareto_eligible(r)]
         front = [group[i] for i in pareto_front([p50(r) for r in group], [r["accuracy"] for r in group])]
         ax.plot([p50(r) for r in front], [r["accuracy"] * 100 for r in front], "--", color="gray", lw=1,
                 drawstyle="steps-post", zorder=0)
@@ -295,9 +305,10 @@ def plot_latency_vs_accuracy(rows: list[dict], path: Path, title: str, color_key
     handles += [Line2D([], [], ls="", marker=markers[i % len(markers)], color="gray", label=f"batch {b}")
                 for i, b in enumerate(batches)]
     handles += [Line2D([], [], ls="--", marker="o", mfc="none", mec="black", color="gray",
-                       label="Pareto front (per batch)")]
-    if any(r["status"] != "ok" for r in pts):
-        handles.append(Line2D([], [], ls="", marker="o", mfc="white", mec="red", label="parity-failed"))
+                       label="Pareto front (per batch; parity-passed rows only)")]
+    if any(not pareto_eligible(r) for r in pts):
+        handles.append(Line2D([], [], ls="", marker="o", mfc="none", mec="gray", mew=1.5,
+                              label="parity-failed (hollow): excluded from the Pareto front"))
     ax.legend(handles=handles, fontsize=7, loc="best")
     if pts:
         lo, hi = ax.get_ylim()
@@ -372,9 +383,14 @@ class MergedReport:
     machines: list[dict]
     rows: list[dict]
     files: dict[str, Path] = field(default_factory=dict)
+    #: what a reader of the comparison must know (the reports measured different data)
+    warnings: list[str] = field(default_factory=list)
+    #: what the merge did (a report given twice was merged once)
+    notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
-        return {"schema": "fer-edge-bench-merge/1", "machines": self.machines, "rows": self.rows}
+        return {"schema": "fer-edge-bench-merge/1", "machines": self.machines, "rows": self.rows,
+                "warnings": list(self.warnings), "notes": list(self.notes)}
 
 
 def _row_key(r: dict) -> tuple:
@@ -383,32 +399,92 @@ def _row_key(r: dict) -> tuple:
     return (source_key(r), r["target"], r["precision"], r["runtime"], r.get("device") or "", r["batch"])
 
 
+def report_data(report: dict) -> dict:
+    """What a report's accuracy figures were measured on, from its settings: ``data`` (the path given),
+    ``split``, ``n_images``, ``split_size``, ``data_sha256`` (the split's fingerprint; None in reports that
+    did not record it) and ``seed`` (which subset, when ``n_images`` < ``split_size``)."""
+    s = report.get("settings") or {}
+    return {k: s.get(k) for k in ("data", "split", "n_images", "split_size", "data_sha256", "seed")}
+
+
+def data_text(d: dict) -> str:
+    """``56 images of `val` of `fer2013.csv.gz` (data sha256 1a2b3c4d5e6f)``; a subset says its seed."""
+    subset = d.get("split_size") is not None and d.get("n_images") is not None and d["n_images"] < d["split_size"]
+    sha = d.get("data_sha256")
+    extra = ([f"seed-{d.get('seed')} subset of {d['split_size']}"] if subset else []) + [
+        f"data sha256 {str(sha)[:12]}" if sha else "no data fingerprint recorded"]
+    return (f"{d.get('n_images', '?')} images of `{d.get('split') or '?'}`"
+            + (f" of `{Path(str(d['data'])).name}`" if d.get("data") else "") + f" ({'; '.join(extra)})")
+
+
+def _data_identity(d: dict) -> tuple:
+    """The split, the number of images and which subset of it (the seed, when a subset)."""
+    subset = d.get("split_size") is not None and d.get("n_images") is not None and d["n_images"] < d["split_size"]
+    return (d.get("split"), d.get("n_images"), d.get("seed") if subset else None)
+
+
+def _same_data(a: dict, b: dict) -> bool:
+    """Whether two reports' accuracies are comparable: the same split, images and subset, of the same data (its
+    fingerprint where both recorded one, else its file name)."""
+    if _data_identity(a) != _data_identity(b):
+        return False
+    if a.get("data_sha256") and b.get("data_sha256"):
+        return a["data_sha256"] == b["data_sha256"]
+    return Path(str(a.get("data") or "")).name == Path(str(b.get("data") or "")).name
+
+
+def data_warning(machines: list[dict]) -> str | None:
+    """One warning line when the merged reports measured different data (their accuracies are then not
+    comparable), naming each report's data; None when they all measured the same."""
+    if all(_same_data(machines[0]["data"], m["data"]) for m in machines[1:]):
+        return None
+    return ("the reports measured different data ("
+            + "; ".join(f"M{i}: {data_text(m['data'])}" for i, m in enumerate(machines, 1))
+            + "): their accuracy figures (Top-1, Macro-F1, agreement, flips) are not comparable; the p50 table "
+              "gives each report's Top-1")
+
+
 def merge_reports(paths: list[str | Path], out_dir: str | Path) -> MergedReport:
     """One comparison (md + csv + json + plot) of reports taken on several machines.
 
-    Rows are keyed by machine (``hostname (CPU)`` from each report's environment);
-    two reports of the same machine are told apart by their creation time. Rows of
-    different models (source checkpoints) are different rows; a report without
-    ``source_sha256`` per row counts its rows as its reference's.
+    Rows are keyed by machine (``hostname (CPU)`` from each report's environment); further
+    reports of the same machine are labelled ``hostname (CPU) #2``, ``#3``... in the order given
+    (merged.md gives each report's path and creation time). A report given twice (the same file,
+    or a file of identical content) is merged once, with a note. Rows of different models (source
+    checkpoints) are different rows; a report without ``source_sha256`` per row counts its rows
+    as its reference's. Each report's data (split, images, fingerprint) is kept per machine, and
+    reports of different data get a warning: their accuracies are not comparable.
     """
     from fer_edge.benchmarks.environment import machine_label
-    from fer_edge.utils import write_json_atomic, write_text_atomic
+    from fer_edge.utils import sha256_path, write_json_atomic, write_text_atomic
 
     if not paths:
         raise FerEdgeError("report merge needs at least one report.json")
     out = check_out_dir(out_dir)
     machines: list[dict] = []
     rows: list[dict] = []
+    notes: list[str] = []
     seen: dict[str, int] = {}
+    given: dict[tuple[str, str], tuple[int, str]] = {}  # (resolved file | content sha256) -> (M number, path)
     for path in paths:
         rep = load_report(path)
+        p = Path(path) / "report.json" if Path(path).is_dir() else Path(path)
+        ids = (("file", str(p.resolve())), ("content", sha256_path(p)))
+        dup = next((k for k in ids if k in given), None)
+        if dup is not None:
+            n, first = given[dup]
+            same = "the same file as" if dup[0] == "file" else "identical to"
+            notes.append(f"{path} is {same} {first} (M{n}): merged once")
+            continue
+        for k in ids:
+            given[k] = (len(machines) + 1, str(path))
         label = machine_label(rep["environment"])
         seen[label] = seen.get(label, 0) + 1
         if seen[label] > 1:
             label = f"{label} #{seen[label]}"
         machines.append({"machine": label, "report": str(path), "created_at": rep["created_at"],
                          "fingerprint": rep["environment"].get("fingerprint"),
-                         "environment": rep["environment"], "reference": rep["reference"],
+                         "environment": rep["environment"], "data": report_data(rep), "reference": rep["reference"],
                          "references": rep.get("references") or [rep["reference"]]})
         ref = rep["reference"]
         for r in rep["rows"]:
@@ -416,31 +492,39 @@ def merge_reports(paths: list[str | Path], out_dir: str | Path) -> MergedReport:
                          "source_sha256": r.get("source_sha256") or ref.get("sha256")})
     order = {m["machine"]: i for i, m in enumerate(machines)}
     rows.sort(key=lambda r: (_row_key(r), order[r["machine"]]))
+    warning = data_warning(machines)
 
     out.mkdir(parents=True, exist_ok=True)
     files = {name: out / name for name in MERGED_FILES}
-    merged = MergedReport(machines, rows, files)
+    merged = MergedReport(machines, rows, files, warnings=[warning] if warning else [], notes=notes)
     write_json_atomic(files["merged.json"], merged.to_dict())
     write_text_atomic(files["merged.csv"], rows_to_csv(rows, extra_first=("machine",)))
-    write_text_atomic(files["merged.md"], merged_markdown(machines, rows))
+    write_text_atomic(files["merged.md"], merged_markdown(machines, rows, notes))
     plot_latency_vs_accuracy(rows, files["latency_vs_accuracy.png"], f"fer-edge bench: {len(machines)} reports",
                              color_key="machine",
                              machine_names={m["machine"]: f"M{i}" for i, m in enumerate(machines, 1)})
     return merged
 
 
-def merged_markdown(machines: list[dict], rows: list[dict]) -> str:
+def merged_markdown(machines: list[dict], rows: list[dict], notes: list[str] | None = None) -> str:
     """The p50 table (one line per measurement, one column per machine), then every row.
 
     A machine with two rows of one key (the same model, target, precision, runtime, device and
-    batch: e.g. two copies of an artifact) gets a line per row, never one dropped.
+    batch: e.g. two copies of an artifact) gets a line per row, never one dropped. Each machine's
+    line names the data its report measured; when the reports measured different data
+    (:func:`data_warning`), the p50 table has a Top-1 column per machine instead of one.
     """
     names = [m["machine"] for m in machines]
     labels = model_labels(rows)
     lines = ["## fer-edge bench: comparison", ""]
     for i, m in enumerate(machines, 1):
         details = environment_line(m["environment"]).split(": ", 1)[-1]
-        lines.append(f"- M{i} = {m['machine']}: {details} (report {m['created_at']})")
+        data = f"; data: {data_text(m['data'])}" if m.get("data") else ""
+        lines.append(f"- M{i} = {m['machine']}: {details} (report {m['report']}, {m['created_at']}{data})")
+    warning = data_warning(machines) if all(m.get("data") for m in machines) else None
+    if warning:
+        lines += ["", f"Warning: {warning}"]
+    per_machine_top1 = warning is not None
     keys: list[tuple] = []
     by: dict[tuple, dict] = {}
     nth: dict[tuple, int] = {}
@@ -460,18 +544,24 @@ def merged_markdown(machines: list[dict], rows: list[dict]) -> str:
             return s + (" (parity-failed)" if r["status"] == "parity-failed" else "")
         return r["status"]
 
+    top1 = [f"M{i} Top-1" for i in range(1, len(names) + 1)] if per_machine_top1 else ["Top-1"]
     header = ["Model", "Target", "Precision", "Runtime", "Device", "Batch",
-              *(f"M{i} p50 ms" for i in range(1, len(names) + 1)), "Top-1"]
+              *(f"M{i} p50 ms" for i in range(1, len(names) + 1)), *top1]
     body = []
     for k in keys:
         cells = [by.get((k, n)) for n in names]
-        acc = next((c.get("accuracy") for c in cells if c and c.get("accuracy") is not None), None)
+        if per_machine_top1:
+            accs = [fmt_pct(c.get("accuracy")) if c else "-" for c in cells]
+        else:
+            accs = [fmt_pct(next((c.get("accuracy") for c in cells if c and c.get("accuracy") is not None), None))]
         body.append([labels.get(k[0], "-"), k[1], k[2], k[3], k[4] or "-", str(k[5]), *(cell(c) for c in cells),
-                     fmt_pct(acc)])
+                     *accs])
     lines += ["", "p50 latency per call (ms) by machine:", "", md_table(header, body), "", "All rows:", ""]
     full_header = ["Machine", *_MD_HEADER]
     lines.append(md_table(full_header, ([f"M{names.index(r['machine']) + 1}", *_md_cells(r, labels)]
                                         for r in rows)))
+    for note in notes or []:
+        lines += ["", f"Note: {note}"]
     return "\n".join(lines) + "\n"
 
 

@@ -56,6 +56,18 @@ def pareto_front(latency: Sequence[float], accuracy: Sequence[float]) -> list[in
     return front
 
 
+def pareto_eligible(row: dict) -> bool:
+    """Whether a bench row may be on a latency/accuracy Pareto front: the one rule every front of bench rows uses.
+
+    Only rows that passed the parity gate, or have no gate verdict (the PyTorch reference
+    rows, rows of reports that predate the gate), can be on it. A row that failed the gate
+    (status ``parity-failed``, or ``parity_failures`` recorded, even with ``--no-parity-gate``)
+    gives other answers than its checkpoint: its speed is not a trade-off to offer, so it is
+    drawn but never on the front.
+    """
+    return row.get("status") != "parity-failed" and not row.get("parity_failures")
+
+
 # --- compute limit --------------------------------------------------------------
 #: Peak fp32 FLOP per cycle per core for each SIMD level, and the assumption behind it.
 PEAK_FLOP_PER_CYCLE: dict[str, tuple[int, str]] = {
@@ -84,6 +96,13 @@ def compute_limit(macs_per_image: int, ips: float, cores: int, env: dict, precis
     op/cycle is the fp32 FMA rate, times the int8 factor of :func:`int8_speedup` for
     ``int8`` rows (fp16 runs at the fp32 rate on CPUs without native fp16 arithmetic).
     None when the clock or the SIMD level is unknown.
+
+    The clock is the environment's ``clock_mhz``: psutil's maximum frequency where the OS
+    reports one, else the current one (``clock_source`` says which). Many VMs report no maximum,
+    and their current clock is the base clock, below the boost clock the cores really run at: the
+    peak is then too low, and the measured rate can exceed it. That is never given as a fraction
+    over 100%: ``fraction_of_peak`` is None, ``peak_too_low`` is True and ``clock_needed_mhz`` is the
+    clock at which the assumed op/cycle would give the measured rate (see :func:`peak_text`).
     """
     cpu = env.get("cpu") or {}
     isa = cpu.get("isa") or "unknown"
@@ -97,12 +116,15 @@ def compute_limit(macs_per_image: int, ips: float, cores: int, env: dict, precis
     cores = max(1, int(cores))
     peak = cores * per_cycle * float(mhz) * 1e6
     achieved = 2.0 * macs_per_image * ips
+    too_low = achieved > peak
     return {
         "macs_per_image": int(macs_per_image),
         "throughput_ips": float(ips),
         "achieved_gflops": achieved / 1e9,
         "peak_gflops": peak / 1e9,
-        "fraction_of_peak": achieved / peak,
+        "fraction_of_peak": None if too_low else achieved / peak,
+        "peak_too_low": too_low,
+        "clock_needed_mhz": achieved / (cores * per_cycle) / 1e6,
         "cores": cores,
         "clock_mhz": float(mhz),
         "clock_source": cpu.get("clock_source", ""),
@@ -111,6 +133,25 @@ def compute_limit(macs_per_image: int, ips: float, cores: int, env: dict, precis
         "assumption": f"{assumption}; {cores} core(s) at {float(mhz):.0f} MHz ({cpu.get('clock_source', '?')})",
         "min_time_per_image_us": 2.0 * macs_per_image / peak * 1e6,
     }
+
+
+def peak_text(cl: dict) -> str:
+    """``"41.2% of a 166.2 GFLOP/s peak"``, or, when the measured rate is above the assumed peak (a report of
+    any version), why that peak is too low instead of a percentage over 100%."""
+    achieved, peak = float(cl["achieved_gflops"]), float(cl["peak_gflops"])
+    if achieved <= peak and peak > 0:
+        return f"{100 * achieved / peak:.1f}% of a {peak:.1f} GFLOP/s peak"
+    mhz = cl.get("clock_mhz")
+    needed = cl.get("clock_needed_mhz")
+    if needed is None and mhz:
+        needed = float(mhz) * achieved / peak
+    clock = (f"{float(mhz):.0f} MHz" + (f" from {cl['clock_source']}" if cl.get("clock_source") else "")
+             if mhz else "the reported clock")
+    per_cycle = cl.get("flop_per_cycle_per_core")
+    need = (f"; the measured rate needs at least {float(needed):.0f} MHz"
+            + (f" at {per_cycle} FLOP/cycle/core" if per_cycle else "")) if needed else ""
+    return (f"above the assumed {peak:.1f} GFLOP/s peak, so that peak estimate is too low ({clock} is probably "
+            f"below the boost clock the cores run at{need}): no fraction of peak is given")
 
 
 if __name__ == "__main__":

@@ -144,12 +144,42 @@ def row_reasons(report) -> list[str]:
 def compute_limit_text(cl: dict | None) -> str:
     if not cl:
         return "compute limit: not estimated (no CPU row measured, or unknown CPU clock / SIMD level)"
+    from fer_edge.benchmarks.stats import peak_text
+
     return (
         f"compute limit: fastest CPU row {cl['row']}: {cl['throughput_ips']:.0f} img/s at p50 x "
-        f"{cl['macs_per_image'] / 1e6:.2f} MMAC/img = {cl['achieved_gflops']:.2f} GFLOP/s, "
-        f"{100 * cl['fraction_of_peak']:.1f}% of a {cl['peak_gflops']:.1f} GFLOP/s peak "
-        f"(at peak: {cl['min_time_per_image_us']:.2f} us/img). Peak assumption: {cl['assumption']}."
+        f"{cl['macs_per_image'] / 1e6:.2f} MMAC/img = {cl['achieved_gflops']:.2f} GFLOP/s, {peak_text(cl)}"
+        + ("" if cl["achieved_gflops"] > cl["peak_gflops"] else
+           f" (at peak: {cl['min_time_per_image_us']:.2f} us/img)")
+        + f". Peak assumption: {cl['assumption']}."
     )
+
+
+def _report_state(out: Path) -> tuple[int, int] | None:
+    """What identifies the ``report.json`` in ``out`` now (a new one is a new file: written atomically)."""
+    try:
+        st = (out / "report.json").stat()
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns
+
+
+def _interrupted_note(out: Path, before: tuple[int, int] | None) -> str:
+    """What an interrupted bench left in ``out``; ``before``: :func:`_report_state` when it started."""
+    from fer_edge.benchmarks.report import REPORT_FILES
+
+    now = _report_state(out)
+    if now is not None and now != before:
+        return (f"after the report was written: {out}/ holds this run's {', '.join(REPORT_FILES)}; "
+                "the summary was not printed")
+    if now is None:
+        return f"no report was written ({out}/ holds none)"
+    try:
+        when = json.loads((out / "report.json").read_text()).get("created_at") or "?"
+    except (OSError, ValueError, AttributeError):
+        when = "?"
+    return (f"no new report was written; the earlier report in {out}/ (report.json created {when}) was left as "
+            "it was")
 
 
 @app.command("bench")
@@ -217,22 +247,27 @@ def bench_cmd(
     rt_list = parse_csv_option(runtimes, valid_runtimes, "runtime") or None
     dev_list = [d.strip() for item in (devices or []) for d in item.split(",") if d.strip()] or None
 
-    with Progress(TextColumn("[bold]bench[/]"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  TextColumn("{task.description}"), console=err_console, transient=True,
-                  disable=not is_tty()) as bar:
-        task = bar.add_task("starting", total=None)
+    before = _report_state(out)
+    try:
+        with Progress(TextColumn("[bold]bench[/]"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      TextColumn("{task.description}"), console=err_console, transient=True,
+                      disable=not is_tty()) as bar:
+            task = bar.add_task("starting", total=None)
 
-        def progress(done: int, total: int, msg: str) -> None:
-            bar.update(task, completed=done, total=total, description=msg)
+            def progress(done: int, total: int, msg: str) -> None:
+                bar.update(task, completed=done, total=total, description=msg)
 
-        report = run_bench(
-            artifacts or None, data=data, split=split, reference=reference, runtimes=rt_list, devices=dev_list,
-            batches=parse_batches(batch), threads=threads, warmup=warmup, iters=iters, seconds=seconds,
-            rounds=rounds, n_images=n_images, seed=seed,
-            threshold_overrides=_threshold_overrides(min_agreement=min_agreement, max_abs_diff=max_abs_diff,
-                                                     max_kl=max_kl, max_accuracy_drop=max_accuracy_drop),
-            parity_gate=parity_gate, out_dir=out, progress=progress,
-        )
+            report = run_bench(
+                artifacts or None, data=data, split=split, reference=reference, runtimes=rt_list, devices=dev_list,
+                batches=parse_batches(batch), threads=threads, warmup=warmup, iters=iters, seconds=seconds,
+                rounds=rounds, n_images=n_images, seed=seed,
+                threshold_overrides=_threshold_overrides(min_agreement=min_agreement, max_abs_diff=max_abs_diff,
+                                                         max_kl=max_kl, max_accuracy_drop=max_accuracy_drop),
+                parity_gate=parity_gate, out_dir=out, progress=progress,
+            )
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM (run_bench turns it into KeyboardInterrupt), as in export
+        typer.echo(f"interrupted: {_interrupted_note(out, before)}", err=True)
+        raise typer.Exit(130) from None
 
     from rich.markup import escape
 
@@ -267,7 +302,10 @@ def merge_cmd(
                                          help="report.json files (or report directories) to compare."),
     out: Path = typer.Option(..., "--out", help="Directory for merged.md, merged.csv, merged.json and the plot."),
 ) -> None:
-    """Merge bench reports from several machines into one comparison (md + csv + json + plot)."""
+    """Merge bench reports from several machines into one comparison (md + csv + json + plot).
+
+    A report given twice is merged once (with a note); reports that measured different data (split, images,
+    data fingerprint) get a warning: their accuracies are not comparable."""
     from rich.table import Table
 
     from fer_edge.benchmarks.report import merge_reports
@@ -282,3 +320,9 @@ def merge_cmd(
         t.add_row(f"M{i}", m["machine"], m["report"], str(sum(r["machine"] == m["machine"] for r in merged.rows)))
     console.print(t)
     console.print(f"wrote {', '.join(str(p) for p in merged.files.values())}")
+    from rich.markup import escape
+
+    for note in merged.notes:
+        err_console.print(f"note: {escape(note)}", highlight=False)
+    for warning in merged.warnings:
+        err_console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
