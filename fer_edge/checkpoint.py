@@ -147,9 +147,9 @@ def _on_cpu(obj: Any) -> Any:
 
 
 def _load_error(e: Exception) -> str:
-    """``torch.load``'s error in one line: its messages run to many lines of advice that does not apply here
-    (a weights-only refusal suggests ``weights_only=False``, which fer-edge never uses: the unpickler's own
-    reason is kept instead)."""
+    """What ``torch.load``'s error means, in one line: its messages run to many lines of advice that does not
+    apply here (a weights-only refusal suggests ``weights_only=False``, which fer-edge never uses: the
+    unpickler's own reason is kept instead), and its other errors (``KeyError: 101``) say nothing by themselves."""
     text = str(e).strip()
     if text.startswith("Weights only load failed"):
         reason = text.split("WeightsUnpickler error:", 1)[-1].strip() if "WeightsUnpickler error:" in text else ""
@@ -157,7 +157,9 @@ def _load_error(e: Exception) -> str:
         return (f"{type(e).__name__}: torch.load(weights_only=True) refused it"
                 + (f" ({reason})" if reason else "")
                 + ": not a PyTorch checkpoint, or one holding Python objects beyond tensors and plain data")
-    return f"{type(e).__name__}: {(text.splitlines() or [''])[0]}"
+    # anything else torch.load raises on a bad file (EOFError, KeyError: 101, OSError, IndexError, a zip error...)
+    return (f"corrupted, truncated, or not a PyTorch checkpoint at all; torch.load said {type(e).__name__}"
+            + (f": {text.splitlines()[0]}" if text else ""))
 
 
 def label_problems(labels) -> str:
@@ -194,6 +196,8 @@ def load_checkpoint(path: str | os.PathLike, map_location: str = "cpu") -> Check
         raise CheckpointError(f"{path}: checkpoint not found")
     try:
         raw = torch.load(path, map_location=map_location, weights_only=True)
+    except PermissionError as e:
+        raise CheckpointError(f"{path}: cannot read the checkpoint ({e.strerror or e})") from None
     except Exception as e:
         raise CheckpointError(f"{path}: not a readable checkpoint ({_load_error(e)})") from None
     if not isinstance(raw, dict) or raw.get("format") != FORMAT:

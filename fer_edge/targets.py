@@ -21,6 +21,7 @@ class Target:
     directory for ``.mlpackage``). precisions: those it can export. platforms: the
     ``sys.platform`` prefixes where its runtime can *run* the artifact (export works
     everywhere). runtime: the :mod:`fer_edge.runtimes` name that runs it.
+    companion_suffixes: suffixes of the files written beside the artifact (OpenVINO's ``.bin``).
     """
 
     name: str
@@ -29,6 +30,7 @@ class Target:
     platforms: tuple[str, ...]
     runtime: str
     description: str
+    companion_suffixes: tuple[str, ...] = ()
 
     def runs_here(self) -> bool:
         import sys
@@ -45,7 +47,8 @@ TARGETS: dict[str, Target] = {
     t.name: t
     for t in (
         Target("onnx", ".onnx", _ALL, ("linux", "darwin", "win"), "onnxruntime", "ONNX (ONNX Runtime)"),
-        Target("openvino", ".xml", _ALL, ("linux", "darwin", "win"), "openvino", "OpenVINO IR (.xml + .bin)"),
+        Target("openvino", ".xml", _ALL, ("linux", "darwin", "win"), "openvino", "OpenVINO IR (.xml + .bin)",
+               (".bin",)),
         Target("coreml", ".mlpackage", _ALL, ("darwin",), "coreml", "Core ML mlprogram (.mlpackage)"),
         Target("torchscript", ".ts", (Precision.fp32,), ("linux", "darwin", "win"), "torchscript", "TorchScript (traced)"),
     )

@@ -645,7 +645,12 @@ def test_files_without_a_manifest_are_benched_with_a_warning(tmp_path, artifact_
     unfinished = tmp_path / "unfinished"
     shutil.copytree(artifact_dir, unfinished)
     m = json.loads((unfinished / "manifest.json").read_text())
-    (unfinished / "manifest.json").write_text(json.dumps({**m, "complete": False}))
+    run = next(e["run"] for e in m["artifacts"] if e["file"] == "fer_nano_fp32.onnx")
+    if run == m["run_id"]:  # the run that wrote it: the latest, or an earlier one into the same folder
+        m["complete"] = False
+    else:
+        next(r for r in m["earlier_runs"] if r["run_id"] == run)["complete"] = False
+    (unfinished / "manifest.json").write_text(json.dumps(m))
     report = _bench([unfinished / "fer_nano_fp32.onnx"], synthetic_csv, runtimes=["onnxruntime"], batches=(1,))
     assert len(report.warnings) == 1 and "did not finish" in report.warnings[0], report.warnings
 

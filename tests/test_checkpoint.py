@@ -76,6 +76,14 @@ def test_an_artifact_or_a_foreign_file_is_named_for_what_it_is(tmp_path):
     garbage.write_bytes(bytes(range(256)) * 8)
     with pytest.raises(CheckpointError, match=r"refused it \(.+\): not a PyTorch checkpoint"):
         load_checkpoint(garbage)
+    # the other ways a bad file fails inside torch.load (KeyError: 101, EOFError, OSError...) say what it means
+    real = tmp_path / "real.pt"
+    torch.save({"x": torch.zeros(1000)}, real)
+    for name, content in (("text.pt", b"hello\n"), ("empty.pt", b""), ("cut.pt", real.read_bytes()[:900])):
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(CheckpointError, match=r"not a readable checkpoint \(corrupted, truncated, or not a "
+                                                  r"PyTorch checkpoint at all; torch.load said \w+"):
+            load_checkpoint(tmp_path / name)
 
 
 def test_join_refuses_a_folder_as_out_and_leaves_it_alone(tmp_path, capsys):

@@ -1011,12 +1011,13 @@ def _swallowing(real, sig):
     return call
 
 
-@pytest.mark.parametrize("converter", ["onnx", "openvino"])
+@pytest.mark.parametrize("converter", ["onnx", "openvino", "coreml"])
 @pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
-def test_an_interrupt_inside_a_converter_is_not_swallowed(monkeypatch, sig, converter):
+def test_an_interrupt_inside_a_converter_is_not_swallowed(monkeypatch, tiny_checkpoint, tmp_path, sig, converter):
     """torch.onnx.export can swallow a KeyboardInterrupt (it lands in a weakref callback and is printed as
     "Exception ignored"); OpenVINO's convert_model too (in an import-lock callback while its telemetry forks,
-    after which the process hung). Both conversions hold the signal and raise it once the converter returns."""
+    after which the process hung), and coremltools' convert (the export finished as if nothing happened). Every
+    conversion holds the signal and raises it once the converter returns."""
     import signal
 
     import torch
@@ -1024,17 +1025,25 @@ def test_an_interrupt_inside_a_converter_is_not_swallowed(monkeypatch, sig, conv
     from fer_edge.models import create_model
     from fer_edge.utils import interrupts_deferred
 
-    if converter == "onnx":
-        from fer_edge.exporters.onnx import fp32_proto as convert
-        monkeypatch.setattr(torch.onnx, "export", _swallowing(torch.onnx.export, sig))
-    else:
-        ov = pytest.importorskip("openvino")
-        from fer_edge.exporters.openvino import convert
-        monkeypatch.setattr(ov, "convert_model", _swallowing(ov.convert_model, sig))
-
     before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
-    with pytest.raises(KeyboardInterrupt, match=f"stopped by signal {sig}"):
-        convert(create_model("simple_cnn").eval())
+    if converter == "coreml":  # through a whole export: its conversion sits deep in the exporter
+        ct = pytest.importorskip("coremltools")
+        from fer_edge.exporters import export
+
+        monkeypatch.setattr(ct, "convert", _swallowing(ct.convert, sig))
+        with pytest.raises(KeyboardInterrupt, match=f"stopped by signal {sig}"):
+            export(tiny_checkpoint, ["coreml"], ["fp32"], tmp_path / "out", validate=False)
+        assert not (tmp_path / "out").exists()
+    else:
+        if converter == "onnx":
+            from fer_edge.exporters.onnx import fp32_proto as convert
+            monkeypatch.setattr(torch.onnx, "export", _swallowing(torch.onnx.export, sig))
+        else:
+            ov = pytest.importorskip("openvino")
+            from fer_edge.exporters.openvino import convert
+            monkeypatch.setattr(ov, "convert_model", _swallowing(ov.convert_model, sig))
+        with pytest.raises(KeyboardInterrupt, match=f"stopped by signal {sig}"):
+            convert(create_model("simple_cnn").eval())
     assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before
     with interrupts_deferred():  # nothing held: nothing raised
         pass
@@ -1072,10 +1081,15 @@ def test_earlier_entries_whose_files_changed_are_dropped_with_a_warning(tiny_che
     result = export(tiny_checkpoint, ["torchscript"], ["fp32"], out, validate=False)
     assert [e["file"] for e in result.manifest["artifacts"]] == ["fer_nano_fp32.ts"]
     text = "\n".join(result.warnings)
-    assert "fer_nano_fp16.onnx (onnx fp16) is no longer listed" in text and "changed since it was exported" in text
-    assert "fer_nano_fp32.onnx (onnx fp32) is no longer listed" in text and "is missing" in text
-    # and the changed file left in the folder is named as unlisted at the end
-    assert f"{out / 'fer_nano_fp16.onnx'} is not listed in the manifest" in text
+    assert "fer_nano_fp16.onnx (onnx fp16) no longer listed" in text and "changed since it was exported" in text
+    assert "fer_nano_fp32.onnx (onnx fp32) no longer listed" in text and "is missing" in text
+    # the changed file left in the folder is named once, not again by the end's check for unlisted files
+    assert text.count("fer_nano_fp16.onnx") == 2  # the file and its reason, in one warning
+    stray = out / "stray_fp32.bin"  # an OpenVINO weights file of no listed .xml
+    stray.write_bytes(b"x")
+    again = export(tiny_checkpoint, ["torchscript"], ["fp32"], out, validate=False)
+    assert any(f"{stray} is not listed in the manifest" in w for w in again.warnings)
+    assert sum("fer_nano_fp16.onnx" in w for w in again.warnings) == 1  # a later run names it as unlisted
     assert verify_manifest(out) == []
 
 
@@ -1128,3 +1142,62 @@ def test_a_subset_rerun_keeps_the_settings_of_the_run_that_made_each_kept_artifa
     # once that artifact is exported again, its run's record goes
     third = export(tiny_checkpoint, ["onnx"], ["int8"], out, calib_data=synthetic_csv, validate=False)
     assert [r["run_id"] for r in third.manifest["earlier_runs"]] == [m["run_id"]]
+
+
+def test_the_entries_of_one_target_and_precision_are_kept_or_dropped_together(tiny_checkpoint, tmp_path):
+    """Core ML writes a package and its _logits companion: a change to either drops both, named in one warning."""
+    pytest.importorskip("coremltools")
+    from fer_edge.exporters import export, verify_manifest
+
+    out = tmp_path / "out"
+    export(tiny_checkpoint, ["coreml"], ["fp32"], out, validate=False)
+    listed = json.loads((out / "manifest.json").read_text())["artifacts"]
+    assert {e["variant"] for e in listed} == {"main", "logits"}
+    (out / "fer_nano_fp32_logits.mlpackage" / "junk").write_text("x")  # the companion only (its hash covers it)
+    result = export(tiny_checkpoint, ["torchscript"], ["fp32"], out, validate=False)
+    assert [(e["target"], e["variant"]) for e in result.manifest["artifacts"]] == [("torchscript", "main")]
+    (w,) = [w for w in result.warnings if "(coreml fp32) no longer listed" in w]
+    assert "fer_nano_fp32.mlpackage" in w and "fer_nano_fp32_logits.mlpackage" in w
+    assert verify_manifest(out) == []
+
+
+def test_a_superseded_file_that_is_the_new_file_is_not_removed(tmp_path):
+    """On a case-insensitive file system `Fer_fp32.onnx` and `fer_fp32.onnx` are one file: --name Fer then
+    --name fer must not delete what was just written (a hard link stands in for the case folding here)."""
+    from fer_edge.exporters.api import _remove_superseded
+    from fer_edge.exporters.manifest import file_record
+
+    new_file = tmp_path / "fer_fp32.onnx"
+    new_file.write_bytes(b"model")
+    os.link(new_file, tmp_path / "Fer_fp32.onnx")
+    earlier = [{"target": "onnx", "precision": "fp32", "variant": "main", "file": "Fer_fp32.onnx",
+                "files": [file_record(tmp_path / "Fer_fp32.onnx", tmp_path)]}]
+    new = [{"target": "onnx", "precision": "fp32", "variant": "main", "file": "fer_fp32.onnx",
+            "files": [file_record(new_file, tmp_path)]}]
+    said = []
+    _remove_superseded(earlier, new, tmp_path, said.append)
+    assert (tmp_path / "Fer_fp32.onnx").exists() and new_file.exists() and said == []
+
+
+def test_an_interrupted_rerun_counts_only_what_it_finished(monkeypatch, tiny_checkpoint, tmp_path):
+    """The earlier, finished run's entries kept by an interrupted rerun are not 'from an export that did not
+    finish' (bench), nor 'finished' by the rerun (the CLI's note)."""
+    from fer_edge.benchmarks.artifacts import collect_artifacts, unfinished
+    from fer_edge.exporters import export
+    from fer_edge.exporters.torchscript import TorchScriptExporter
+
+    out = tmp_path / "out"
+    export(tiny_checkpoint, ["onnx", "torchscript"], ["fp32"], out, validate=False)
+
+    def interrupted(self, req, precision, out_path):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(TorchScriptExporter, "export", interrupted)
+    res = _cli(tiny_checkpoint, "-t", "onnx,torchscript", "-p", "fp32", "--no-validate", "--out", out)
+    assert res.exit_code == 130
+    note = " ".join(res.output.split())
+    assert "lists the 1 artifact(s) this export finished, and the 1 of earlier exports it kept" in note, note
+    data = json.loads((out / "manifest.json").read_text())
+    assert data["complete"] is False and [r["complete"] for r in data["earlier_runs"]] == [True]
+    arts = collect_artifacts([out])
+    assert [a.path.name for a in unfinished(arts)] == ["fer_nano_fp32.onnx"]  # the rerun's, not the kept .ts

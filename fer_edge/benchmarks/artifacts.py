@@ -166,7 +166,7 @@ def read_manifest(path: str | Path, verify: bool = True, only: set[str] | None =
             model=(src or {}).get("model"),
             source=dict(src or {}),
             manifest=mpath,
-            export_complete=data["complete"] if isinstance(data.get("complete"), bool) else None,
+            export_complete=_run_complete(data, e),
         ))
     if not out:
         raise ArtifactError(f"{mpath}: lists no exported artifact")
@@ -431,8 +431,20 @@ def unverified(artifacts: list[Artifact]) -> list[Artifact]:
     return [a for a in artifacts if a.manifest is None and not a.is_checkpoint]
 
 
+def _run_complete(manifest: dict, entry: dict) -> bool | None:
+    """Whether the export run that wrote ``entry`` finished: the manifest's ``complete`` for this run's entries,
+    the earlier run's for entries kept from one (``earlier_runs``); None when not recorded."""
+    done = manifest.get("complete")
+    run = entry.get("run")
+    if run and run != manifest.get("run_id"):
+        earlier = {r.get("run_id"): r.get("complete") for r in manifest.get("earlier_runs") or []
+                   if isinstance(r, dict)}
+        done = earlier.get(run, done)
+    return done if isinstance(done, bool) else None
+
+
 def unfinished(artifacts: list[Artifact]) -> list[Artifact]:
-    """Artifacts a manifest lists that says its export did not finish (``"complete": false``)."""
+    """Artifacts written by an export run that did not finish (its ``"complete": false``)."""
     return [a for a in artifacts if a.export_complete is False]
 
 

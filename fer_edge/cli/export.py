@@ -124,8 +124,10 @@ def _interrupted_note(out: Path) -> str:
     if data.get("complete"):
         return f"{mpath} lists the artifacts of the previous export of this checkpoint"
     arts = [a for a in data.get("artifacts") or [] if a.get("variant", "main") == "main"]
-    return (f"{mpath} lists the {len(arts)} artifact(s) finished (\"complete\": false; each entry's "
-            "validation.status says whether it was validated); temporary files were removed")
+    mine = [a for a in arts if not a.get("run") or a.get("run") == data.get("run_id")]
+    kept = f", and the {len(arts) - len(mine)} of earlier exports it kept" if len(arts) > len(mine) else ""
+    return (f"{mpath} lists the {len(mine)} artifact(s) this export finished{kept} (\"complete\": false; each "
+            "entry's validation.status says whether it was validated); temporary files were removed")
 
 
 @app.command("export")

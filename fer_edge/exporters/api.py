@@ -25,8 +25,8 @@ from fer_edge.errors import ExportError, FerEdgeError, ParityError
 from fer_edge.exporters import calibration as _cal
 from fer_edge.exporters import validate as _val
 from fer_edge.exporters.base import ExportRequest
-from fer_edge.exporters.manifest import (FORMAT, MANIFEST_NAME, carry_over, file_record, files_unchanged, now_iso,
-                                         run_record, tool_versions,
+from fer_edge.exporters.manifest import (FORMAT, MANIFEST_NAME, carry_over, file_record, files_unchanged,
+                                         group_key, now_iso, run_record, tool_versions,
                                          write_manifest)
 from fer_edge.exporters.metadata import build_metadata
 from fer_edge.exporters.registry import get_exporter
@@ -467,7 +467,9 @@ def _run_plan(plan, skipped, out, stem, ckpt, ckpt_path, model, source_sha, old,
     source = {"path": str(Path(ckpt_path).resolve()), "sha256": source_sha, "model": ckpt.model_name}
     # earlier entries of this checkpoint whose files are unchanged; each goes once its (target, precision) is redone
     earlier, dropped = carry_over(old, source_sha, out)
-    for msg in dropped:
+    reported: set[str] = set()  # files a warning already named as no longer listed
+    for files, msg in dropped:
+        reported.update(files)
         warn(msg)
     earlier_runs = [run_record(old), *(old.get("earlier_runs") or [])] if earlier else []
     redone: set[tuple[str, str, str]] = set()  # exported again in this run: the new entries replace the earlier
@@ -478,9 +480,13 @@ def _run_plan(plan, skipped, out, stem, ckpt, ckpt_path, model, source_sha, old,
     def key(a: dict) -> tuple[str, str, str]:
         return a.get("target"), a.get("precision"), a.get("variant", "main")
 
+    def touched() -> set[tuple]:
+        """The (target, precision) being exported now when a file of its earlier entries changed."""
+        return {group_key(a) for a in earlier if key(a) in in_flight and files_unchanged(a, out) is not None}
+
     def manifest(complete: bool) -> dict:
-        kept = [a for a in earlier if key(a) not in redone
-                and (key(a) not in in_flight or files_unchanged(a, out) is None)]
+        changed = touched()
+        kept = [a for a in earlier if key(a) not in redone and group_key(a) not in changed]
         runs = {a.get("run") for a in kept}
         return {
             "format": FORMAT,
@@ -530,7 +536,14 @@ def _run_plan(plan, skipped, out, stem, ckpt, ckpt_path, model, source_sha, old,
             except Exception as e:  # one target's failure does not stop the others
                 failed.append({"target": t.name, "precision": p.value, "reason": _short(e)})
                 # the earlier files stay listed if the failed export left them untouched
-                earlier[:] = [a for a in earlier if key(a) not in keys or files_unchanged(a, out) is None]
+                changed = touched()
+                for a in earlier:
+                    if group_key(a) in changed:
+                        names = [r["file"] for r in a.get("files") or []]
+                        reported.update(names)
+                        warn(f"{', '.join(names)} ({t.name} {p.value}) no longer listed in the manifest: the "
+                             "failed export changed it; export it again, or remove it")
+                earlier[:] = [a for a in earlier if group_key(a) not in changed]
                 in_flight = set()
                 if validate:
                     step += 1
@@ -597,7 +610,7 @@ def _run_plan(plan, skipped, out, stem, ckpt, ckpt_path, model, source_sha, old,
         raise
 
     final = manifest(True)
-    for name in _unlisted_artifacts(out, final):
+    for name in _unlisted_artifacts(out, final, reported):
         warn(f"{out / name} is not listed in the manifest (not of this export, or changed after it): "
              "fer-edge bench and predict of the folder do not use it; remove it or export into another --out")
     manifest_path = write_manifest(out, final)
@@ -611,9 +624,13 @@ def _remove_superseded(earlier: list[dict], new: list[dict], out: Path, warn) ->
     under other names (another ``--name``), so that no file of the folder goes unlisted."""
     import shutil
 
-    keep = {r["file"] for e in new for r in e["files"]}
+    keep = [out / r["file"] for e in new for r in e["files"]]
+
+    def kept(name: str) -> bool:  # the same file as a new one (a name differing in case only, on macOS/Windows)
+        return any(name == str(k.relative_to(out)) or _same_file(out / name, k) for k in keep)
+
     for art in earlier:
-        gone = [r["file"] for r in art.get("files") or [] if r["file"] not in keep]
+        gone = [r["file"] for r in art.get("files") or [] if not kept(r["file"])]
         if not gone:
             continue
         if files_unchanged(art, out) is not None:  # changed by someone: not ours to delete
@@ -625,20 +642,31 @@ def _remove_superseded(earlier: list[dict], new: list[dict], out: Path, warn) ->
                     shutil.rmtree(f, ignore_errors=True)
                 else:
                     f.unlink(missing_ok=True)
+        by = next((e for e in new if e.get("variant") == art.get("variant", "main")), new[0])
         warn(f"removed {', '.join(gone)}: the earlier {art.get('target')} {art.get('precision')} export of this "
-             f"checkpoint, replaced by {new[0]['file']}")
+             f"checkpoint, replaced by {by['file']}")
 
 
-def _unlisted_artifacts(out: Path, manifest: dict) -> list[str]:
-    """Names in ``out`` with an export target's suffix that ``manifest`` does not list."""
-    from fer_edge.targets import find_target
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
 
+
+def _unlisted_artifacts(out: Path, manifest: dict, reported: set[str] = frozenset()) -> list[str]:
+    """Names in ``out`` with an export target's suffix (or a companion's, OpenVINO's ``.bin``) that ``manifest``
+    does not list, leaving out those already ``reported``."""
+    from fer_edge.targets import TARGETS
+
+    suffixes = tuple(x for t in TARGETS.values() for x in (t.suffix, *t.companion_suffixes))
     listed = {Path(r["file"]).parts[0] for a in manifest["artifacts"] for r in a.get("files") or []}
     try:
         names = sorted(p.name for p in out.iterdir())
     except OSError:
         return []
-    return [n for n in names if not n.startswith(".") and n not in listed and find_target(n) is not None]
+    return [n for n in names if not n.startswith(".") and n not in listed and n not in reported
+            and n.endswith(suffixes)]
 
 
 def export_artifacts(checkpoint: str | Path | None, out_dir: str | Path, **kwargs) -> ExportResult:

@@ -178,7 +178,10 @@ class CoreMLExporter(Exporter):
             inputs = [ct.TensorType(name="image", shape=shape)]
             kwargs = {"outputs": [ct.TensorType(name="logits")]}
         compute = ct.precision.FLOAT32 if precision is Precision.fp32 else ct.precision.FLOAT16
-        with quiet(stderr=True):
+        from fer_edge.utils import interrupts_deferred
+
+        # Ctrl-C is held for the conversion, as for ONNX and OpenVINO: one landing inside ct.convert was lost
+        with interrupts_deferred(), quiet(stderr=True):
             return ct.convert(
                 self._traced(req.model, variant),
                 inputs=inputs,

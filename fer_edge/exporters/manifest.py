@@ -30,7 +30,7 @@ Schema (``format`` ``fer-edge-export-manifest/1``)::
       "failed": [{"target", "precision", "reason"}],   # exports that did not produce a file
       "skipped": [{"target", "precision", "code", "reason"}],   # code: "needs-calibration" | "unsupported-precision"
       "warnings": [...],
-      "earlier_runs": [{"run_id", "created", "calibration", "calibration_method", "validation_data",
+      "earlier_runs": [{"run_id", "created", "complete", "calibration", "calibration_method", "validation_data",
                         "thresholds", "thresholds_source", "warnings"}]   # runs whose entries are still listed
     }
 
@@ -127,22 +127,34 @@ def files_unchanged(art: dict, root: Path) -> str | None:
     return None
 
 
-def carry_over(old: dict | None, source_sha: str, root: Path) -> tuple[list[dict], list[str]]:
+def carry_over(old: dict | None, source_sha: str, root: Path) -> tuple[list[dict], list[tuple[list[str], str]]]:
     """Entries of a previous manifest in the same folder worth keeping (same source checkpoint, files
-    unchanged), each tagged with the ``run`` (creation time) that exported it, and a message for each
-    entry dropped because its files changed or went missing. (Exporting ``--target onnx`` then
-    ``--target openvino`` into one folder gives one manifest listing both.)"""
+    unchanged), each tagged with the ``run`` (id) that exported it; and, for each (target, precision)
+    dropped because a file of it changed or went missing, its files and a message. The entries of one
+    (target, precision) (Core ML's package and its ``_logits`` companion) are kept or dropped together.
+    (Exporting ``--target onnx`` then ``--target openvino`` into one folder gives one manifest listing both.)"""
     if not old or old.get("format") != FORMAT or (old.get("source") or {}).get("sha256") != source_sha:
         return [], []
-    kept, dropped = [], []
-    for art in old.get("artifacts", []):
+    arts = [a for a in old.get("artifacts", []) if isinstance(a, dict)]
+    whys: dict[tuple, list[str]] = {}
+    for art in arts:
         why = files_unchanged(art, root)
-        if why is None:
+        whys.setdefault(group_key(art), []).extend([why] if why else [])
+    kept, dropped = [], []
+    for g, reasons in whys.items():
+        if reasons:
+            files = [r["file"] for a in arts if group_key(a) == g for r in a.get("files") or []]
+            dropped.append((files, f"{', '.join(files)} ({g[0]} {g[1]}) no longer listed in the manifest: "
+                                   f"{'; '.join(reasons)}; export it again, or remove it"))
+    for art in arts:
+        if not whys[group_key(art)]:
             kept.append({**art, "run": art.get("run") or old.get("run_id") or old.get("created")})
-        else:
-            dropped.append(f"{art.get('file')} ({art.get('target')} {art.get('precision')}) is no longer listed "
-                           f"in the manifest: {why}; export it again, or remove it")
     return kept, dropped
+
+
+def group_key(art: dict) -> tuple:
+    """(target, precision) of a manifest entry: the entries one export of it writes (main and companions)."""
+    return art.get("target"), art.get("precision")
 
 
 def run_record(manifest: dict) -> dict:
@@ -154,5 +166,5 @@ def run_record(manifest: dict) -> dict:
 
 
 #: Top-level manifest fields that describe one export run.
-RUN_KEYS = ("run_id", "created", "calibration", "calibration_method", "validation_data", "thresholds", "thresholds_source",
+RUN_KEYS = ("run_id", "created", "complete", "calibration", "calibration_method", "validation_data", "thresholds", "thresholds_source",
             "warnings")
