@@ -1161,6 +1161,27 @@ def test_the_entries_of_one_target_and_precision_are_kept_or_dropped_together(ti
     assert verify_manifest(out) == []
 
 
+def test_a_failed_re_export_that_changed_the_earlier_file_drops_it_with_a_warning(monkeypatch, tiny_checkpoint,
+                                                                                    tmp_path):
+    from fer_edge.exporters import export, verify_manifest
+    from fer_edge.exporters.torchscript import TorchScriptExporter
+
+    out = tmp_path / "out"
+    export(tiny_checkpoint, ["onnx", "torchscript"], ["fp32"], out, validate=False)
+
+    def clobbering(self, req, precision, out_path):
+        out_path.write_bytes(b"half a model")  # a converter that wrote in place, then failed
+        raise RuntimeError("converter crashed")
+
+    monkeypatch.setattr(TorchScriptExporter, "export", clobbering)
+    result = export(tiny_checkpoint, ["torchscript"], ["fp32"], out, validate=False, raise_on_failure=False)
+    assert [e["file"] for e in result.manifest["artifacts"]] == ["fer_nano_fp32.onnx"]
+    assert [w for w in result.warnings if "fer_nano_fp32.ts" in w] == [
+        "fer_nano_fp32.ts (torchscript fp32) no longer listed in the manifest: the failed export changed it; "
+        "export it again, or remove it"]
+    assert verify_manifest(out) == []
+
+
 def test_a_superseded_file_that_is_the_new_file_is_not_removed(tmp_path):
     """On a case-insensitive file system `Fer_fp32.onnx` and `fer_fp32.onnx` are one file: --name Fer then
     --name fer must not delete what was just written (a hard link stands in for the case folding here)."""
