@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fer_edge.errors import DataError, RuntimeUnavailableError
+from fer_edge.errors import RuntimeUnavailableError
 from fer_edge.preprocess import load_image  # noqa: F401  (the one image loader; faces.load_image stays importable)
 
 #: The cascade file used when none is given.
