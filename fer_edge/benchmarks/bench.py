@@ -490,8 +490,8 @@ def _run_bench(
     for found, why in (
         (unverified(arts), "have no manifest.json listing them, so they were neither verified (SHA-256) nor "
                            "parity-gated at export time (an interrupted export leaves such files)"),
-        (unfinished(arts), "come from an export that did not finish (its manifest says \"complete\": false): "
-                           "verified (SHA-256) but perhaps not parity-gated at export time"),
+        (unfinished(arts), "come from an export run that did not finish (\"complete\": false in its manifest for "
+                           "that run): verified (SHA-256) but perhaps not parity-gated at export time"),
     ):
         if found:
             warnings.append(f"{len(found)} artifact file(s) {why}: " + ", ".join(str(a.path) for a in found))
