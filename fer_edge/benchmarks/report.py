@@ -409,7 +409,7 @@ def report_data(report: dict) -> dict:
 
 def data_text(d: dict) -> str:
     """``56 images of `val` of `fer2013.csv.gz` (data sha256 1a2b3c4d5e6f)``; a subset says its seed."""
-    subset = d.get("split_size") is not None and d.get("n_images") is not None and d["n_images"] < d["split_size"]
+    subset = _is_subset(d)
     sha = d.get("data_sha256")
     extra = ([f"seed-{d.get('seed')} subset of {d['split_size']}"] if subset else []) + [
         f"data sha256 {str(sha)[:12]}" if sha else "no data fingerprint recorded"]
@@ -419,8 +419,12 @@ def data_text(d: dict) -> str:
 
 def _data_identity(d: dict) -> tuple:
     """The split, the number of images and which subset of it (the seed, when a subset)."""
-    subset = d.get("split_size") is not None and d.get("n_images") is not None and d["n_images"] < d["split_size"]
-    return (d.get("split"), d.get("n_images"), d.get("seed") if subset else None)
+    return (d.get("split"), d.get("n_images"), d.get("seed") if _is_subset(d) else None)
+
+
+def _is_subset(d: dict) -> bool:
+    """Whether a report measured part of its split (then its seed says which part)."""
+    return d.get("split_size") is not None and d.get("n_images") is not None and d["n_images"] < d["split_size"]
 
 
 def _same_data(a: dict, b: dict) -> bool:
