@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 
 import numpy as np
 import pytest
@@ -134,6 +135,84 @@ def test_existing_run_is_not_overwritten_and_resume_checks_options(synthetic_csv
         train(_cfg(synthetic_csv, tmp_path / "r", epochs=1, qat=True), resume=True, progress=False)
     with pytest.raises(TrainingError, match="does not exist"):
         train(_cfg(synthetic_csv, tmp_path / "none"), resume=True, progress=False)
+
+
+def test_resume_refuses_every_changed_training_option_at_once(synthetic_csv, tmp_path):
+    """--resume restores the optimizer, scheduler and EMA: a changed option would be ignored or break the
+    schedule (a changed --max-steps-per-epoch crashed OneCycle two epochs later), and the checkpoints would
+    record settings the run never had. Only where and how fast it runs may change."""
+    train(_cfg(synthetic_csv, tmp_path / "r", epochs=2), progress=False)
+    changed = dict(weight_decay=0.1, augment="strong", max_steps_per_epoch=3, patience=1, ema=0.99,
+                   val_split="Training", init="nano")
+    with pytest.raises(TrainingError) as e:
+        train(_cfg(synthetic_csv, tmp_path / "r", epochs=2, **changed), resume=True, progress=False)
+    for k in changed:
+        assert f"{k} was" in str(e.value), (k, str(e.value))
+    # the same data by another path, and another thread count: fine (the run is finished: nothing to do)
+    other_path = os.path.relpath(synthetic_csv)
+    res = train(_cfg(other_path, tmp_path / "r", epochs=2, num_threads=1), resume=True, progress=False)
+    assert res.epochs_run == 2
+
+
+def test_resume_refuses_other_data_at_the_same_path(synthetic_csv, synthetic_arrays, tmp_path, monkeypatch):
+    import shutil
+
+    from fer_edge.training.trainer import Trainer
+
+    data = tmp_path / "fer2013.csv.gz"
+    shutil.copy(synthetic_csv, data)
+    orig = Trainer._write_history
+
+    def stop_after_one(self, history):
+        orig(self, history)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Trainer, "_write_history", stop_after_one)
+    with pytest.raises(KeyboardInterrupt):
+        train(_cfg(data, tmp_path / "r", epochs=3), progress=False)
+    monkeypatch.undo()
+    from fer_edge.data.synthetic import write_csv
+
+    arrays = {k: (v[0][::-1].copy(), v[1][::-1].copy()) for k, v in synthetic_arrays.items()}  # other order
+    write_csv(data, arrays)
+    with pytest.raises(TrainingError, match="--resume: the training split 'Training' and the validation split "
+                                            "'PublicTest' of .* differ from the data the run in .* began on"):
+        train(_cfg(data, tmp_path / "r", epochs=3), resume=True, progress=False)
+
+
+def test_a_folder_holding_a_run_without_last_pt_is_not_overwritten(synthetic_csv, tmp_path):
+    out = tmp_path / "r"
+    train(_cfg(synthetic_csv, out, epochs=1), progress=False)
+    (out / "last.pt").unlink()
+    before = (out / "best.pt").read_bytes()
+    with pytest.raises(TrainingError, match=r"already holds a run \(best.pt, metrics.json, history.csv\); choose "
+                                            r"another --out"):
+        train(_cfg(synthetic_csv, out, epochs=1, seed=5), progress=False)
+    assert (out / "best.pt").read_bytes() == before
+
+
+def test_an_interrupt_while_an_epoch_is_saved_waits_for_its_last_pt(synthetic_csv, tmp_path, monkeypatch, capsys):
+    """Ctrl-C landing after best.pt but before last.pt left a run with nothing to resume and a message saying
+    no epoch had finished; the epoch's files are now written together."""
+    import signal
+
+    from fer_edge.training.trainer import Trainer
+
+    orig = Trainer._write_eval_outputs
+
+    def ctrl_c_while_plotting(self, *args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)
+        for _ in range(1000):  # a handler that raises would do so here
+            pass
+        return orig(self, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "_write_eval_outputs", ctrl_c_while_plotting)
+    with pytest.raises(KeyboardInterrupt):
+        train(_cfg(synthetic_csv, tmp_path / "r", epochs=3), progress=False)
+    assert load_checkpoint(tmp_path / "r" / "last.pt").raw["epoch"] == 1
+    assert "last finished epoch is in" in " ".join(capsys.readouterr().err.split())
+    monkeypatch.undo()
+    assert train(_cfg(synthetic_csv, tmp_path / "r", epochs=3), resume=True, progress=False).epochs_run == 3
 
 
 @pytest.mark.parametrize("epochs", [1, 2, 4, 80])

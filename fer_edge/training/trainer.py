@@ -35,7 +35,8 @@ from fer_edge.training.teachers import (
     resolve_teacher_runtime,
     teacher_probs,
 )
-from fer_edge.utils import check_writable_dir, sigterm_as_interrupt, write_json_atomic, write_text_atomic
+from fer_edge.utils import (check_writable_dir, interrupts_deferred, sigterm_as_interrupt, write_json_atomic,
+                            write_text_atomic)
 
 OPTIMIZERS = ("adamw", "adam", "sgd")
 SCHEDULERS = ("onecycle", "cosine", "step", "none")
@@ -249,6 +250,29 @@ def cpu_has_native_bf16() -> bool:
     return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
 
 
+#: Files of a run directory: a folder holding any of them is a run that a new one must not overwrite.
+RUN_FILES = ("last.pt", "best.pt", "metrics.json", "history.csv")
+
+#: TrainConfig fields that ``--resume`` lets differ from the run's: where and how fast it runs (``data`` is
+#: compared by path and by the images' fingerprint instead).
+RESUME_FREE = ("out", "data", "device", "amp", "channels_last", "num_threads", "wandb", "teacher_runtime",
+               "distill_cache")
+
+
+def _same_path(a: str, b: str) -> bool:
+    try:
+        return a == b or Path(a).resolve() == Path(b).resolve()
+    except (OSError, RuntimeError):
+        return a == b
+
+
+def _same_data(saved: dict, now: dict) -> bool:
+    """Whether a split's fingerprint is the one a checkpoint recorded (its images and labels; a checkpoint
+    without the hash is judged on the split name and count)."""
+    keys = [k for k in ("split", "n", "sha256") if k in saved]
+    return all(saved[k] == now.get(k) for k in keys)
+
+
 def data_fingerprint(split) -> dict:
     fp = dict(getattr(split, "fingerprint", {}) or {})
     fp.setdefault("source", str(split.source))
@@ -432,12 +456,16 @@ class Trainer:
                 raise TrainingError(f"--resume: {last_path} does not exist; start without --resume")
             ck = load_checkpoint(last_path)
             saved = ck.train_config
-            diffs = [k for k in ("data", "model", "model_kwargs", "seed", "batch_size", "epochs", "lr", "optimizer",
-                                 "scheduler", "qat") if k in saved and saved[k] != getattr(cfg, k)]
+            now = cfg.to_dict()
+            diffs = [k for k in now if k not in RESUME_FREE and k in saved and saved[k] != now[k]]
+            if "data" in saved and not _same_path(saved["data"], cfg.data):
+                diffs.insert(0, "data")  # the same file by another path is the same data: checked again below
             if diffs:
                 raise TrainingError(
-                    f"--resume: options differ from the run in {self.out}: "
-                    + ", ".join(f"{k} was {saved[k]!r}, now {getattr(cfg, k)!r}" for k in diffs)
+                    f"--resume: options differ from the run in {self.out} (repeat the options it was started "
+                    "with; only where and how fast it runs may change: "
+                    + ", ".join(f"--{k.replace('_', '-')}" for k in RESUME_FREE if k not in ("out", "data"))
+                    + "): " + ", ".join(f"{k} was {saved[k]!r}, now {now[k]!r}" for k in diffs)
                 )
             state = ck.raw.get("resume")
             if not state:
@@ -454,14 +482,24 @@ class Trainer:
                 history = list(state["history"])
                 return TrainResult(self.out, float(state["best_accuracy"]), int(state["best_epoch"]), len(history),
                                    history, early, None)
-        elif last_path.exists() and self.dist.main:
+        elif self.dist.main and (held := [n for n in RUN_FILES if (self.out / n).exists()]):
             raise TrainingError(
-                f"{self.out} already holds a run (last.pt); pass --resume to continue it or choose another --out"
+                f"{self.out} already holds a run ({', '.join(held)}); "
+                + ("pass --resume to continue it or " if "last.pt" in held else "")
+                + "choose another --out (fer-edge train never overwrites a run)"
             )
 
         train, val = self._load_data()
         if len(train.labels) == 0 or len(val.labels) == 0:
             raise TrainingError("empty training or validation split")
+        if state is not None:  # the images themselves, not only the path, must be the run's
+            changed = [f"{what} split {split.split!r}" for key, what, split in
+                       (("train", "training", train), ("val", "validation", val))
+                       if not _same_data(ck.data.get(key) or {}, data_fingerprint(split))]
+            if changed:
+                raise TrainingError(
+                    f"--resume: the {' and the '.join(changed)} of {cfg.data} differ from the data the run in "
+                    f"{self.out} began on (images, labels or count changed); start a new run in another --out")
         for warning in setup_warnings(cfg, train, val, device):
             self.log(f"[yellow]warning: {warning}[/]")
         labels = list(LABELS)
@@ -676,33 +714,39 @@ class Trainer:
                     )
                     if wandb_run is not None:
                         wandb_run.log(row, step=epoch + 1)
-                    if self.dist.main:
-                        base = {
-                            "model": cfg.model, "model_kwargs": model_kwargs, "labels": labels,
-                            "normalization": norm.to_dict(), "train_config": cfg.to_dict(), "data": fingerprint,
-                            "epoch": epoch + 1,
-                        }
-                        if improved:
-                            save_checkpoint(self.out / "best.pt", {
-                                **base, "state_dict": eval_model.state_dict(),
-                                "metrics": {"val_accuracy": metrics["accuracy"], "val_macro_f1": metrics["macro_f1"],
-                                            "val_split": val.split, "epoch": epoch + 1, "params": n_params},
+                    # the epoch's files are written together: an interrupt waits for the last of them, so a
+                    # run never holds best.pt and metrics.json without the last.pt that --resume needs
+                    with interrupts_deferred():
+                        if self.dist.main:
+                            base = {
+                                "model": cfg.model, "model_kwargs": model_kwargs, "labels": labels,
+                                "normalization": norm.to_dict(), "train_config": cfg.to_dict(), "data": fingerprint,
+                                "epoch": epoch + 1,
+                            }
+                            if improved:
+                                save_checkpoint(self.out / "best.pt", {
+                                    **base, "state_dict": eval_model.state_dict(),
+                                    "metrics": {"val_accuracy": metrics["accuracy"],
+                                                "val_macro_f1": metrics["macro_f1"], "val_split": val.split,
+                                                "epoch": epoch + 1, "params": n_params},
+                                })
+                                self._write_eval_outputs(metrics, val.split)
+                            stop = cfg.patience > 0 and bad_epochs >= cfg.patience
+                            resume_state = {
+                                "model": model.state_dict(), "optimizer": opt.state_dict(),
+                                "scheduler": sched.state_dict(),
+                                "scaler": scaler.state_dict(), "ema": ema.state_dict() if ema is not None else None,
+                                "qat": qsim.state_dict() if qsim is not None else None,
+                                "history": history, "best_accuracy": best_acc, "best_epoch": best_epoch,
+                                "bad_epochs": bad_epochs, "epoch": epoch + 1, "normalization": norm.to_dict(),
+                            }
+                            save_checkpoint(last_path, {
+                                **base, "state_dict": eval_model.state_dict(), "resume": resume_state,
+                                "metrics": {"val_accuracy": row.get("val_accuracy"), "epoch": epoch + 1},
                             })
-                            self._write_eval_outputs(metrics, val.split)
-                        stop = cfg.patience > 0 and bad_epochs >= cfg.patience
-                        resume_state = {
-                            "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                            "scaler": scaler.state_dict(), "ema": ema.state_dict() if ema is not None else None,
-                            "qat": qsim.state_dict() if qsim is not None else None,
-                            "history": history, "best_accuracy": best_acc, "best_epoch": best_epoch,
-                            "bad_epochs": bad_epochs, "epoch": epoch + 1, "normalization": norm.to_dict(),
-                        }
-                        save_checkpoint(last_path, {
-                            **base, "state_dict": eval_model.state_dict(), "resume": resume_state,
-                            "metrics": {"val_accuracy": row.get("val_accuracy"), "epoch": epoch + 1},
-                        })
-                        self._write_history(history)
-                        self._write_metrics(history, best_acc, best_epoch, n_params, device, stop or epoch + 1 == cfg.epochs)
+                            self._write_history(history)
+                            self._write_metrics(history, best_acc, best_epoch, n_params, device,
+                                                stop or epoch + 1 == cfg.epochs)
                     if cfg.patience > 0 and bad_epochs >= cfg.patience:
                         self.log(f"early stop: no val improvement in {cfg.patience} epochs (best {best_acc:.4f} "
                                  f"at epoch {best_epoch})")
