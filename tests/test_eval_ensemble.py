@@ -83,9 +83,37 @@ def test_cli_eval_repeated_model_evaluates_the_ensemble(members, synthetic_csv, 
     want = evaluate(members, synthetic_csv, "PublicTest", device="cpu", progress=False)
     assert res["members"] == [str(p) for p in members] and res["accuracy"] == pytest.approx(want.accuracy)
     # the ensemble's confusion matrix goes to ./fer-edge-eval, not into the first member's run folder
-    assert (tmp_path / "fer-edge-eval" / "confusion_PublicTest.png").is_file()
-    assert not (members[0].parent / "confusion_PublicTest.png").exists()
+    assert (tmp_path / "fer-edge-eval" / "confusion_fer2013_PublicTest.png").is_file()
+    assert not list(members[0].parent.glob("confusion_*.png"))
     r = runner.invoke(app, args, env={"COLUMNS": "250"})
     assert r.exit_code == 0, r.output
     assert "ensemble of fer_nano, fer_nano" in r.output
     assert np.isfinite(res["macro_f1"])
+
+
+def test_confusion_png_names_the_data_file_and_tta(members, synthetic_csv, tmp_path):
+    # the same checkpoint on another data file, or with flip TTA, must not overwrite the earlier plot
+    other = tmp_path / "other_data.csv.gz"
+    other.write_bytes(synthetic_csv.read_bytes())
+    out = tmp_path / "out"
+    out.mkdir()
+    runs = [(synthetic_csv, False), (synthetic_csv, True), (other, False), (other, True)]
+    pngs = [evaluate(members[0], d, "PublicTest", tta=t, device="cpu", out_dir=out, progress=False).confusion_png
+            for d, t in runs]
+    assert [p.rsplit("/", 1)[-1] for p in pngs] == [
+        "confusion_fer2013_PublicTest.png", "confusion_fer2013_PublicTest_tta.png",
+        "confusion_other_data_PublicTest.png", "confusion_other_data_PublicTest_tta.png"]
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.rsplit("/", 1)[-1] for p in pngs)
+    r = runner.invoke(app, ["eval", "--model", str(members[0]), "--data", str(other), "--split", "PublicTest",
+                            "--tta", "--out", str(out)], env={"COLUMNS": "400"})
+    assert r.exit_code == 0, r.output
+    assert f"confusion matrix: {out / 'confusion_other_data_PublicTest_tta.png'}" in r.output  # the path written
+
+
+def test_cli_eval_empty_model_name_says_so(synthetic_csv, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    r = runner.invoke(app, ["eval", "--model", "", "--data", str(synthetic_csv)])
+    err = " ".join(r.stderr.split())
+    assert r.exit_code == 1 and "checkpoint name is empty" in err and "not found" not in err, r.output
+    with pytest.raises(CheckpointError, match="checkpoint name is empty"):
+        evaluate("", synthetic_csv, "PublicTest", device="cpu", progress=False)

@@ -9,7 +9,7 @@ from fer_edge.checkpoint import load_checkpoint
 from fer_edge.cli import app
 from fer_edge.errors import CheckpointError, TrainingError
 from fer_edge.training import TrainConfig, train
-from fer_edge.training.soup import average_state_dicts, make_soup
+from fer_edge.training.soup import average_state_dicts, check_compatible, make_soup
 
 runner = CliRunner()
 KW = {"widths": [8, 16], "stem": 8, "stem_convs": 1}  # a tiny fer_small: it has BatchNorm
@@ -118,3 +118,61 @@ def test_an_ingredient_given_twice_is_refused_and_shipped_names_are_taken(ingred
     # the names were found (the shipped files), then refused for what they are: two different models
     assert r.exit_code == 1 and "model 'fer_small' differs from" in " ".join(r.stderr.split()), r.output
     assert not (tmp_path / "s.pt").exists()
+
+
+@pytest.fixture(scope="module")
+def no_bn_pair(synthetic_csv, tmp_path_factory):
+    """Two ingredients of ``simple_cnn``, which has no BatchNorm: a run and a copy of it under another name."""
+    root = tmp_path_factory.mktemp("soup_no_bn")
+    a = _run(synthetic_csv, root / "run", model="simple_cnn", model_kwargs={}, epochs=1, max_steps_per_epoch=2)
+    b = root / "copy.pt"
+    b.write_bytes(a.read_bytes())
+    return [a, b]
+
+
+def test_split_without_bn_recompute_is_refused(ingredients, synthetic_csv, tmp_path):
+    # --split only names the split BatchNorm statistics are recomputed on: alone it would do nothing
+    with pytest.raises(TrainingError, match="--split nosuch.*needs --bn recompute"):
+        make_soup(ingredients, tmp_path / "s.pt", synthetic_csv, split="nosuch", progress=False)
+    r = runner.invoke(app, ["soup", *map(str, ingredients), "--out", str(tmp_path / "s.pt"), "--data",
+                            str(synthetic_csv), "--split", "nosuch", "--no-progress"])
+    assert r.exit_code == 1 and "needs --bn recompute" in " ".join(r.stderr.split()), r.output
+    assert not (tmp_path / "s.pt").exists()
+    with pytest.raises(Exception, match="nosuch"):  # with --bn recompute the split is checked
+        make_soup(ingredients, tmp_path / "s.pt", synthetic_csv, split="nosuch", bn="recompute", progress=False)
+
+
+def test_bn_recompute_without_batchnorm_records_and_says_nothing_was_recomputed(no_bn_pair, synthetic_csv, tmp_path):
+    r = make_soup(no_bn_pair, tmp_path / "s.pt", synthetic_csv, bn="recompute", progress=False)
+    ck = load_checkpoint(r.path)
+    assert ck.data["bn_statistics"] == "none: the model has no BatchNorm layers"  # not {'recomputed_on': ...}
+    assert r.bn_statistics == ck.data["bn_statistics"]
+    assert r.notes and "no BatchNorm" in r.notes[0] and "recomputed nothing" in r.notes[0]
+    avg = make_soup(no_bn_pair, tmp_path / "avg.pt", synthetic_csv, progress=False)  # nothing averaged either
+    assert load_checkpoint(avg.path).data["bn_statistics"] == "none: the model has no BatchNorm layers"
+    assert avg.notes == []
+    out = tmp_path / "cli.pt"
+    res = runner.invoke(app, ["soup", *map(str, no_bn_pair), "--out", str(out), "--data", str(synthetic_csv),
+                              "--bn", "recompute", "--no-progress"], env={"COLUMNS": "250"})
+    assert res.exit_code == 0, res.output
+    assert "simple_cnn has no BatchNorm layers: --bn recompute recomputed nothing" in " ".join(res.output.split())
+
+
+def test_incompatible_soup_lists_every_difference_of_every_ingredient(ingredients, no_bn_pair, tmp_path):
+    raw = load_checkpoint(ingredients[1]).raw
+    wide = tmp_path / "wide.pt"  # the same model as the first ingredient, other kwargs
+    torch.save({**raw, "model_kwargs": {**raw["model_kwargs"], "widths": [8, 24]}}, wide)
+    relabelled = tmp_path / "relabelled.pt"  # other labels and normalisation
+    torch.save({**raw, "labels": list("abcdefg"), "normalization": {"mean": 0.1, "std": 0.2}}, relabelled)
+    with pytest.raises(TrainingError) as e:
+        check_compatible([load_checkpoint(p) for p in (ingredients[0], no_bn_pair[0], wide, relabelled)])
+    msg = str(e.value)
+    assert f"{no_bn_pair[0]}: model 'simple_cnn' differs" in msg
+    assert f"{wide}: model_kwargs" in msg  # reported although another ingredient is of another model
+    assert f"{relabelled}: labels" in msg and f"{relabelled}: normalization" in msg
+    assert msg.count("\n  ") == 4
+
+
+def test_an_empty_ingredient_name_says_so(ingredients, synthetic_csv, tmp_path):
+    with pytest.raises(CheckpointError, match="checkpoint name is empty"):  # not "." taken as a path
+        make_soup(["", ingredients[0]], tmp_path / "s.pt", synthetic_csv, progress=False)

@@ -497,7 +497,7 @@ def test_cli_train_then_eval(synthetic_csv, tmp_path):
     assert r.exit_code == 0, r.output
     res = json.loads(r.stdout)
     assert res["n"] == 84 and 0 <= res["accuracy"] <= 1 and {"macro_f1", "per_class"} <= set(res)
-    assert (out / "confusion_PublicTest.png").is_file()
+    assert (out / "confusion_fer2013_PublicTest.png").is_file()
     r = runner.invoke(app, ["eval", "--checkpoint", str(out / "best.pt"), "--data", str(synthetic_csv), "--tta"])
     assert r.exit_code == 0 and "accuracy" in r.output
     # fine-tune the run with a two-teacher, flip-TTA distillation: the options reach the saved config
@@ -715,6 +715,18 @@ def test_non_finite_negative_and_orphan_options_are_refused_before_any_work(synt
     assert not (tmp_path / "x").exists()
 
 
+def test_non_finite_numbers_an_unknown_model_and_bad_ranges_are_reported_together(synthetic_csv, tmp_path):
+    with pytest.raises(TrainingError) as e:
+        train(_cfg(synthetic_csv, tmp_path / "x", lr=float("nan"), weight_decay=-1.0, model="nosuch",
+                   label_smoothing=2.0), progress=False)
+    msg = str(e.value)
+    for words in ("--lr must be a finite number", "--weight-decay must be >= 0", "--model: unknown model 'nosuch'",
+                  "--label-smoothing must be in [0, 1)"):
+        assert words in msg, msg
+    assert "--lr must be positive" not in msg  # a refused number is not judged again
+    assert not (tmp_path / "x").exists()
+
+
 def test_cli_refuses_a_model_kwargs_list_and_a_file_as_out(synthetic_csv, tmp_path):
     r = runner.invoke(app, ["train", "--data", str(synthetic_csv), "--model", "simple_cnn", "--out",
                             str(tmp_path / "r"), "--model-kwargs", "[1, 2]"])
@@ -808,7 +820,8 @@ def test_benchmark_scripts_report_user_errors_without_a_traceback(synthetic_csv)
     from fer_edge.benchmarks.step_cost import cli
 
     r = runner.invoke(cli, ["--data", str(synthetic_csv), "--model", "nosuch"])
-    assert r.exit_code == 1 and "error: unknown model 'nosuch'" in r.stderr and r.exception.__class__ is SystemExit
+    assert r.exit_code == 1 and r.stderr.startswith("error: ") and "unknown model 'nosuch'" in r.stderr
+    assert r.exception.__class__ is SystemExit and "Traceback" not in r.output
 
 
 def test_eval_refuses_a_file_as_out_before_evaluating(synthetic_csv, tmp_path, tiny_checkpoint):

@@ -25,7 +25,8 @@ def soup(
     data: Path = typer.Option(..., exists=True, help="FER2013 CSV or image-folder root."),
     bn: BatchNormMode = typer.Option(BatchNormMode.average, help="BatchNorm statistics: average them with the weights, "
                                      "or recompute them on --split (un-augmented)."),
-    split: Optional[str] = typer.Option(None, help="Split for --bn recompute (default Training / train)."),
+    split: Optional[str] = typer.Option(None, help="Split to recompute BatchNorm statistics on; only "
+                                 "with --bn recompute (default Training / train)."),
     val_split: Optional[str] = typer.Option(None, help="Validation split (default PublicTest / val or test)."),
     greedy: bool = typer.Option(False, "--greedy", help="Keep an ingredient only if validation accuracy does not drop."),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
@@ -41,5 +42,7 @@ def soup(
     for path, acc in r.ingredient_accuracy.items():
         t.add_row(path, f"{acc:.4f}", "yes" if path in r.ingredients else "no")
     console.print(t)
+    for note in r.notes:
+        console.print(f"[yellow]note:[/] {note}")
     console.print(f"soup of {len(r.ingredients)}: {r.val_split} accuracy [bold]{r.accuracy:.4f}[/], "
                   f"macro-F1 {r.macro_f1:.4f} -> {r.path}")

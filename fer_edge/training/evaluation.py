@@ -34,6 +34,24 @@ class EvalResult:
         return asdict(self)
 
 
+def data_stem(data: str | Path) -> str:
+    """A short name for a data source: the file's name without ``.csv``/``.gz`` (``fer2013.csv.gz`` -> ``fer2013``),
+    or the image folder's name; characters other than letters, digits, ``.``, ``_`` and ``-`` become ``_``."""
+    import re
+
+    p = Path(data)
+    name = p.name or p.resolve().name  # "." and "dir/" have no name of their own
+    for suffix in (".gz", ".csv"):
+        if name.lower().endswith(suffix) and len(name) > len(suffix):
+            name = name[: -len(suffix)]
+    return re.sub(r"[^A-Za-z0-9._-]", "_", name) or "data"
+
+
+def confusion_png_name(data: str | Path, split: str, tta: bool) -> str:
+    """``confusion_<data>_<split>[_tta].png``: evaluations of other data files or with TTA do not overwrite it."""
+    return f"confusion_{data_stem(data)}_{split}{'_tta' if tta else ''}.png"
+
+
 def evaluate(checkpoint: str | Path | None | Sequence[str | Path], data: str | Path, split: str | None = None,
              tta: bool = False, device: str = "auto", out_dir: str | Path | None = None, limit: int | None = None,
              progress: bool = True) -> EvalResult:
@@ -81,7 +99,7 @@ def evaluate(checkpoint: str | Path | None | Sequence[str | Path], data: str | P
     png = None
     if out_dir is not None:
         out = Path(out_dir)
-        png = str(plot_confusion(np.asarray(m["confusion"]), ck.labels, out / f"confusion_{ds.split}.png",
+        png = str(plot_confusion(np.asarray(m["confusion"]), ck.labels, out / confusion_png_name(data, ds.split, tta),
                                  title=f"{model_name} on {ds.split}{' (flip TTA)' if tta else ''}: "
                                        f"accuracy {m['accuracy']:.4f}"))
     members = [str(p) for p in paths] if len(paths) > 1 else None

@@ -36,33 +36,43 @@ class SoupResult:
     macro_f1: float
     ingredient_accuracy: dict[str, float] = field(default_factory=dict)
     tried: list[dict] = field(default_factory=list)  # greedy: each candidate and the accuracy with it
+    bn_statistics: str | dict = "averaged"  # as recorded in the soup's "data"
+    notes: list[str] = field(default_factory=list)  # what the user should know (e.g. nothing was recomputed)
 
 
 def check_compatible(cks: list[Checkpoint]) -> dict:
     """Every checkpoint must hold the same model, kwargs, labels and normalisation; fail once listing all.
 
+    Every difference of every checkpoint is listed: the model, labels and normalisation against the first
+    checkpoint's, the model kwargs against those of the first checkpoint of the same model (kwargs of two
+    different models are not comparable), the weight names when model and kwargs match.
     Returns the model kwargs they share, defaults filled in.
     """
     if len(cks) < 2:
         raise TrainingError("a soup needs at least two checkpoints")
     first, problems = cks[0], []
-    same_model = all(ck.model_name == first.model_name for ck in cks)
     # compared with defaults filled in: older checkpoints recorded only the kwargs passed on the command line
-    first_kwargs = first.resolved_model_kwargs() if same_model else None
-    for ck in cks[1:]:
-        checks = [("model", first.model_name, ck.model_name),
-                  ("labels", first.labels, ck.labels),
-                  ("normalization", first.normalization, ck.normalization)]
-        if same_model:
-            checks.insert(1, ("model_kwargs", first_kwargs, ck.resolved_model_kwargs()))
-        for what, a, b in checks:
-            if a != b:
-                problems.append(f"{ck.path}: {what} {b!r} differs from {first.path}'s {a!r}")
-        if not problems and set(ck.state_dict) != set(first.state_dict):
-            problems.append(f"{ck.path}: its weights have other names than {first.path}'s")
+    kwargs = [ck.resolved_model_kwargs() for ck in cks]
+    ref: dict[str, int] = {}  # model name -> index of its first checkpoint
+    for i, ck in enumerate(cks):
+        r = ref.setdefault(ck.model_name, i)
+        if i == 0:
+            continue
+        own = []
+        if ck.model_name != first.model_name:
+            own.append(f"model {ck.model_name!r} differs from {first.path}'s {first.model_name!r}")
+        if r != i and kwargs[i] != kwargs[r]:
+            own.append(f"model_kwargs {kwargs[i]!r} differ from {cks[r].path}'s {kwargs[r]!r}")
+        if ck.labels != first.labels:
+            own.append(f"labels {ck.labels!r} differ from {first.path}'s {first.labels!r}")
+        if ck.normalization != first.normalization:
+            own.append(f"normalization {ck.normalization!r} differs from {first.path}'s {first.normalization!r}")
+        if r != i and kwargs[i] == kwargs[r] and set(ck.state_dict) != set(cks[r].state_dict):
+            own.append(f"its weights have other names than {cks[r].path}'s")
+        problems += [f"{ck.path}: {p}" for p in own]
     if problems:
         raise TrainingError("checkpoints cannot be averaged:\n  " + "\n  ".join(problems))
-    return first_kwargs
+    return kwargs[0]
 
 
 def average_state_dicts(states: list[dict]) -> dict:
@@ -96,6 +106,9 @@ def make_soup(checkpoints: list[str | Path], out: str | Path, data: str | Path, 
 
     if bn not in BN_MODES:
         raise TrainingError(f"--bn {bn!r}: valid: {', '.join(BN_MODES)}")
+    if split is not None and bn != "recompute":
+        raise TrainingError(f"--split {split}: it names the split BatchNorm statistics are recomputed on, so it needs "
+                            f"--bn recompute (the soup is evaluated on --val-split)")
     out = Path(out)
     check_writable_dir(out.parent, "--out's folder", TrainingError)
     if out.exists():
@@ -109,6 +122,12 @@ def make_soup(checkpoints: list[str | Path], out: str | Path, data: str | Path, 
     cks = [load_checkpoint(p) for p in paths]
     model_kwargs = check_compatible(cks)
     first = cks[0]
+    has_bn = any(isinstance(mod, torch.nn.modules.batchnorm._BatchNorm) for mod in first.build_model().modules())
+    notes: list[str] = []
+    if bn == "recompute" and not has_bn:
+        notes.append(f"{first.model_name} has no BatchNorm layers: --bn recompute recomputed nothing"
+                     + (f" (--split {split} was not used)" if split is not None else ""))
+    # loaded (so --split is checked) even without BatchNorm; used only with it
     train = load_split(data, split or default_train_split(data), progress=progress) if bn == "recompute" else None
     val = load_split(data, val_split or default_val_split(data), progress=progress)
     device = torch.device("cpu")
@@ -116,7 +135,7 @@ def make_soup(checkpoints: list[str | Path], out: str | Path, data: str | Path, 
     def build(state: dict) -> torch.nn.Module:
         model = Checkpoint(None, first.model_name, first.model_kwargs, state, first.labels,
                            first.normalization).build_model()
-        if train is not None and any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        if train is not None and has_bn:
             update_bn(_bn_batches(train.images, first.normalization), model)
         return model.eval()
 
@@ -149,14 +168,15 @@ def make_soup(checkpoints: list[str | Path], out: str | Path, data: str | Path, 
         model = build(average_state_dicts([cks[i].state_dict for i in chosen]))
         m = score(model)
     names = [str(cks[i].path) for i in chosen]
+    bn_statistics = ("none: the model has no BatchNorm layers" if not has_bn
+                     else {"recomputed_on": train.split, "n": len(train.labels)} if train is not None else "averaged")
     save_checkpoint(out, {
         "model": first.model_name, "model_kwargs": model_kwargs, "state_dict": model.state_dict(),
         "labels": first.labels, "normalization": first.normalization.to_dict(),
         "train_config": first.train_config,
         "metrics": {"val_accuracy": m["accuracy"], "val_macro_f1": m["macro_f1"], "val_split": val.split},
-        "data": {"bn_statistics": ({"recomputed_on": train.split, "n": len(train.labels)} if train is not None
-                                   else "averaged"), "val": {"split": val.split}},
+        "data": {"bn_statistics": bn_statistics, "val": {"split": val.split}},
         "epoch": max(cks[i].epoch for i in chosen),
         "soup": {"ingredients": names, "greedy": greedy, "bn": bn, "ingredient_val_accuracy": own, "tried": tried},
     })
-    return SoupResult(out, names, val.split, m["accuracy"], m["macro_f1"], own, tried)
+    return SoupResult(out, names, val.split, m["accuracy"], m["macro_f1"], own, tried, bn_statistics, notes)

@@ -13,7 +13,7 @@ import math
 import os
 import time
 from collections.abc import Collection
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -98,8 +98,12 @@ def validate_config(cfg: TrainConfig, given: Collection[str] = ()) -> None:
                    or not math.isfinite(getattr(cfg, n))]
     for name in bad_numbers:
         problems.append(f"--{name.replace('_', '-')} must be a finite number, got {getattr(cfg, name)!r}")
-    if bad_numbers:  # the range checks below cannot judge them
-        raise TrainingError("bad training options:\n  " + "\n  ".join(problems))
+    # the checks below judge the others; a number already refused stands at its (valid) default for them
+    cfg = replace(cfg, **{n: getattr(TrainConfig(data=cfg.data), n) for n in bad_numbers})
+    from fer_edge.models import list_models
+
+    if cfg.model not in list_models():
+        problems.append(f"--model: unknown model {cfg.model!r}; registered models: {', '.join(sorted(list_models()))}")
     if cfg.optimizer not in OPTIMIZERS:
         problems.append(f"--optimizer {cfg.optimizer!r}: valid: {', '.join(OPTIMIZERS)}")
     if cfg.scheduler not in SCHEDULERS:

@@ -110,6 +110,8 @@ def resolve_checkpoint(spec: str | Path | None) -> Path:
     if spec is None:
         spec = DEFAULT_MODEL
     s = str(spec)
+    if not s.strip():  # Path("") is ".", a folder that exists: it would be "checkpoint not found" further on
+        raise CheckpointError("the checkpoint name is empty: give a checkpoint path or shipped model name")
     if s in PRETRAINED:
         p = PRETRAINED[s].path
         if not p.is_file():
