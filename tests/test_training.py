@@ -154,6 +154,18 @@ def test_resume_refuses_every_changed_training_option_at_once(synthetic_csv, tmp
     assert res.epochs_run == 2
 
 
+def test_resume_compares_file_options_by_the_file_they_name(tmp_path, monkeypatch):
+    from fer_edge.training.trainer import _same_setting
+
+    (tmp_path / "t.pt").write_bytes(b"x")
+    monkeypatch.chdir(tmp_path)
+    assert _same_setting("init", "t.pt", str(tmp_path / "t.pt"))
+    assert _same_setting("distill", ["t.pt"], [str(tmp_path / "t.pt")])
+    assert not _same_setting("distill", ["t.pt"], ["t.pt", "t.pt"])
+    assert not _same_setting("init", "t.pt", str(tmp_path / "other.pt"))
+    assert not _same_setting("lr", 0.1, 0.2) and _same_setting("lr", 0.1, 0.1)
+
+
 def test_resume_refuses_other_data_at_the_same_path(synthetic_csv, synthetic_arrays, tmp_path, monkeypatch):
     import shutil
 

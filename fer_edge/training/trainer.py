@@ -270,6 +270,16 @@ def _same_path(a: str, b: str) -> bool:
         return a == b
 
 
+def _same_setting(name: str, saved, now) -> bool:
+    """Whether a resumed run's option is the run's: file options (``--init``, ``--distill``) by the file they
+    name, so a relative path given from another folder still matches; the others by value."""
+    if name == "init" and saved and now:
+        return _same_path(saved, now)
+    if name == "distill" and isinstance(saved, list) and isinstance(now, list):
+        return len(saved) == len(now) and all(_same_path(a, b) for a, b in zip(saved, now))
+    return saved == now
+
+
 def _same_data(saved: dict, now: dict) -> bool:
     """Whether a split's fingerprint is the one a checkpoint recorded (its images and labels; a checkpoint
     without the hash is judged on the split name and count)."""
@@ -461,7 +471,7 @@ class Trainer:
             ck = load_checkpoint(last_path)
             saved = ck.train_config
             now = cfg.to_dict()
-            diffs = [k for k in now if k not in RESUME_FREE and k in saved and saved[k] != now[k]]
+            diffs = [k for k in now if k not in RESUME_FREE and k in saved and not _same_setting(k, saved[k], now[k])]
             if "data" in saved and not _same_path(saved["data"], cfg.data):
                 diffs.insert(0, "data")  # the same file by another path is the same data: checked again below
             if diffs:
