@@ -117,3 +117,10 @@ def test_cli_eval_empty_model_name_says_so(synthetic_csv, tmp_path, monkeypatch)
     assert r.exit_code == 1 and "checkpoint name is empty" in err and "not found" not in err, r.output
     with pytest.raises(CheckpointError, match="checkpoint name is empty"):
         evaluate("", synthetic_csv, "PublicTest", device="cpu", progress=False)
+
+
+def test_confusion_png_names_keep_letters_of_any_script():
+    from fer_edge.training.evaluation import confusion_png_name
+
+    assert confusion_png_name("ünï", "val", False) != confusion_png_name("änö", "val", False)
+    assert confusion_png_name("données/", "val", True) == "confusion_données_val_tta.png"

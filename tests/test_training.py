@@ -166,6 +166,50 @@ def test_resume_compares_file_options_by_the_file_they_name(tmp_path, monkeypatc
     assert not _same_setting("lr", 0.1, 0.2) and _same_setting("lr", 0.1, 0.1)
 
 
+def _stopped_after_one_epoch(cfg, monkeypatch):
+    from fer_edge.training.trainer import Trainer
+
+    orig = Trainer._write_history
+
+    def stop(self, history):
+        orig(self, history)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Trainer, "_write_history", stop)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, progress=False)
+    monkeypatch.undo()
+
+
+def test_resume_from_another_folder_and_of_an_older_runs_config(synthetic_csv, tmp_path, monkeypatch):
+    """Paths are recorded absolute, so the run resumes from another folder with the data named another way;
+    a field the run's (older) config lacks is its default, so changing it on resume is refused too."""
+    import shutil
+
+    from fer_edge.checkpoint import save_checkpoint
+
+    (tmp_path / "a").mkdir()
+    shutil.copy(synthetic_csv, tmp_path / "a" / "d.csv.gz")
+    monkeypatch.chdir(tmp_path / "a")
+    _stopped_after_one_epoch(_cfg("d.csv.gz", tmp_path / "r", epochs=2), monkeypatch)
+    last = tmp_path / "r" / "last.pt"
+    raw = torch.load(last, weights_only=True)
+    assert raw["train_config"]["data"] == str(tmp_path / "a" / "d.csv.gz")
+    del raw["train_config"]["mixup"]  # as written before --mixup existed
+    save_checkpoint(last, raw)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(TrainingError, match=r"mixup was 0\.0, now 0\.4") as e:
+        train(_cfg("a/d.csv.gz", tmp_path / "r", epochs=2, mixup=0.4), resume=True, progress=False)
+    assert "--threads" in str(e.value) and "--num-threads" not in str(e.value)  # the options as typed
+    assert train(_cfg("a/d.csv.gz", tmp_path / "r", epochs=2), resume=True, progress=False).epochs_run == 2
+
+
+def test_an_empty_init_is_refused_not_taken_as_no_init(synthetic_csv, tmp_path):
+    with pytest.raises(FerEdgeError, match="checkpoint name is empty"):
+        train(_cfg(synthetic_csv, tmp_path / "r", epochs=1, init=""), progress=False)
+    assert not (tmp_path / "r").exists()
+
+
 def test_resume_refuses_other_data_at_the_same_path(synthetic_csv, synthetic_arrays, tmp_path, monkeypatch):
     import shutil
 

@@ -63,7 +63,7 @@ class TrainConfig:
                 continue
             if name == "val_every":
                 raise TrainingError(f"val_every={value} has no fer-edge train option, so no command runs this config")
-            flag = "--" + _CLI_NAMES.get(name, name).replace("_", "-")
+            flag = option_flag(name)
             if name == "distill":
                 for teacher in value:
                     parts += [flag, teacher]
@@ -88,3 +88,8 @@ class TrainConfig:
 
 #: TrainConfig fields whose ``fer-edge train`` option has another name.
 _CLI_NAMES = {"num_threads": "threads"}
+
+
+def option_flag(name: str) -> str:
+    """The ``fer-edge train`` option of a TrainConfig field (``num_threads`` -> ``--threads``)."""
+    return "--" + _CLI_NAMES.get(name, name).replace("_", "-")

@@ -36,7 +36,8 @@ class EvalResult:
 
 def data_stem(data: str | Path) -> str:
     """A short name for a data source: the file's name without ``.csv``/``.gz`` (``fer2013.csv.gz`` -> ``fer2013``),
-    or the image folder's name; characters other than letters, digits, ``.``, ``_`` and ``-`` become ``_``."""
+    or the image folder's name; characters other than letters (any script), digits, ``.``, ``_`` and ``-`` become
+    ``_``."""
     import re
 
     p = Path(data)
@@ -44,7 +45,7 @@ def data_stem(data: str | Path) -> str:
     for suffix in (".gz", ".csv"):
         if name.lower().endswith(suffix) and len(name) > len(suffix):
             name = name[: -len(suffix)]
-    return re.sub(r"[^A-Za-z0-9._-]", "_", name) or "data"
+    return re.sub(r"[^\w.-]", "_", name) or "data"
 
 
 def confusion_png_name(data: str | Path, split: str, tta: bool) -> str:

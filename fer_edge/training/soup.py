@@ -5,7 +5,8 @@ can predict like an ensemble at the cost of one model. BatchNorm statistics are 
 weights (``bn="average"``) or measured again on the un-augmented training split (``bn="recompute"``,
 ``torch.optim.swa_utils.update_bn``). Measured on the shipped small model (fine-tuned with the
 ``strong`` augmentation): re-measuring cost 0.9 points on PublicTest for a single checkpoint (69.69% ->
-68.79%; ``fer-edge soup runs/small_ft/best.pt runs/small_ft/best.pt --bn recompute``), because the later
+68.79%; measured as ``fer-edge soup runs/small_ft/best.pt runs/small_ft/best.pt --bn recompute``, a "soup" of one
+checkpoint given twice, which the command has since refused), because the later
 layers were trained on statistics of augmented images, so ``average`` is the default. The soup is evaluated on the validation split (PublicTest for the CSV) and written as an
 ordinary checkpoint that records its ingredients.
 

@@ -26,7 +26,7 @@ from fer_edge.errors import TrainingError
 from fer_edge.metrics import classification_metrics
 from fer_edge.preprocess import Normalization
 from fer_edge.training.augment import PRESETS, augment_batch, mix_batch
-from fer_edge.training.config import TrainConfig
+from fer_edge.training.config import TrainConfig, option_flag
 from fer_edge.training.teachers import (
     DISTILL_TARGETS,
     TEACHER_RUNTIMES,
@@ -390,7 +390,8 @@ class _Dist:
 
 def resolve_checkpoint_names(cfg: TrainConfig) -> TrainConfig:
     """``--init`` and ``--distill`` take shipped names (``small``, ``nano``) as well as paths: the config records
-    the file each name stands for, so the run's recipe names the weights it used."""
+    the file each name stands for, so the run's recipe names the weights it used. ``--data``, ``--init`` and
+    ``--distill`` are recorded as absolute paths, so that ``--resume`` from another folder finds them the same."""
     from dataclasses import replace
 
     from fer_edge.weights import resolve_checkpoint
@@ -399,9 +400,10 @@ def resolve_checkpoint_names(cfg: TrainConfig) -> TrainConfig:
         path = resolve_checkpoint(spec)
         if not path.is_file():
             raise TrainingError(f"{option} {spec}: a folder, not a checkpoint file (.pt)")
-        return str(path)
+        return str(path.resolve())  # absolute: --resume from another folder compares the same file
 
-    return replace(cfg, init=checkpoint_file(cfg.init, "--init") if cfg.init else None,
+    return replace(cfg, data=str(Path(cfg.data).resolve()),
+                   init=checkpoint_file(cfg.init, "--init") if cfg.init is not None else None,
                    distill=[checkpoint_file(t, "--distill") for t in cfg.distill])
 
 
@@ -471,14 +473,16 @@ class Trainer:
             ck = load_checkpoint(last_path)
             saved = ck.train_config
             now = cfg.to_dict()
-            diffs = [k for k in now if k not in RESUME_FREE and k in saved and not _same_setting(k, saved[k], now[k])]
-            if "data" in saved and not _same_path(saved["data"], cfg.data):
+            # a field the run's fer-edge did not have yet is that field's default (what the run trained with)
+            saved = {**TrainConfig(data=cfg.data).to_dict(), **saved}
+            diffs = [k for k in now if k not in RESUME_FREE and not _same_setting(k, saved[k], now[k])]
+            if not _same_path(saved["data"], cfg.data):
                 diffs.insert(0, "data")  # the same file by another path is the same data: checked again below
             if diffs:
                 raise TrainingError(
                     f"--resume: options differ from the run in {self.out} (repeat the options it was started "
                     "with; only where and how fast it runs may change: "
-                    + ", ".join(f"--{k.replace('_', '-')}" for k in RESUME_FREE if k not in ("out", "data"))
+                    + ", ".join(option_flag(k) for k in RESUME_FREE if k not in ("out", "data"))
                     + "): " + ", ".join(f"{k} was {saved[k]!r}, now {now[k]!r}" for k in diffs)
                 )
             state = ck.raw.get("resume")
