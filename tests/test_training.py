@@ -780,6 +780,10 @@ def test_non_finite_numbers_an_unknown_model_and_bad_ranges_are_reported_togethe
                   "--label-smoothing must be in [0, 1)"):
         assert words in msg, msg
     assert "--lr must be positive" not in msg  # a refused number is not judged again
+    with pytest.raises(TrainingError) as e:  # named by their options, as typed
+        train(_cfg(synthetic_csv, tmp_path / "x", num_threads=-1, max_steps_per_epoch=-2), progress=False)
+    assert "--threads must be at least 0, got -1" in str(e.value)
+    assert "--max-steps-per-epoch must be at least 0, got -2" in str(e.value)
     assert not (tmp_path / "x").exists()
 
 

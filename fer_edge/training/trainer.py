@@ -125,7 +125,8 @@ def validate_config(cfg: TrainConfig, given: Collection[str] = ()) -> None:
         problems.append("--warmup-epochs must be >= 0")
     for name, lo in (("max_steps_per_epoch", 0), ("val_every", 1), ("num_threads", 0)):
         if getattr(cfg, name) < lo:
-            problems.append(f"{name} must be at least {lo}, got {getattr(cfg, name)}")
+            what = name if name == "val_every" else option_flag(name)  # val_every has no option of its own
+            problems.append(f"{what} must be at least {lo}, got {getattr(cfg, name)}")
     if not 0 <= cfg.label_smoothing < 1:
         problems.append("--label-smoothing must be in [0, 1)")
     if cfg.mixup < 0 or cfg.cutmix < 0:
