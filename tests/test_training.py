@@ -213,21 +213,11 @@ def test_an_empty_init_is_refused_not_taken_as_no_init(synthetic_csv, tmp_path):
 def test_resume_refuses_other_data_at_the_same_path(synthetic_csv, synthetic_arrays, tmp_path, monkeypatch):
     import shutil
 
-    from fer_edge.training.trainer import Trainer
+    from fer_edge.data.synthetic import write_csv
 
     data = tmp_path / "fer2013.csv.gz"
     shutil.copy(synthetic_csv, data)
-    orig = Trainer._write_history
-
-    def stop_after_one(self, history):
-        orig(self, history)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(Trainer, "_write_history", stop_after_one)
-    with pytest.raises(KeyboardInterrupt):
-        train(_cfg(data, tmp_path / "r", epochs=3), progress=False)
-    monkeypatch.undo()
-    from fer_edge.data.synthetic import write_csv
+    _stopped_after_one_epoch(_cfg(data, tmp_path / "r", epochs=3), monkeypatch)
 
     arrays = {k: (v[0][::-1].copy(), v[1][::-1].copy()) for k, v in synthetic_arrays.items()}  # other order
     write_csv(data, arrays)
