@@ -97,8 +97,6 @@ def new_row(art: Artifact, runtime: str, device: str | None, batch: int, status:
     }
 
 
-_err = error_text
-
 
 def _finite(v) -> float | None:
     """A float for JSON, None for NaN/inf (non-finite logits are reported by the parity reasons)."""
@@ -374,14 +372,14 @@ def _plan(entries: list[tuple], batches: Sequence[int], runtimes: Sequence[str] 
         try:
             ok, why = cls.available()
         except Exception as e:
-            ok, why = False, f"runtime missing: {_err(e)}"
+            ok, why = False, f"runtime missing: {error_text(e)}"
         if not ok:
             skipped(None, why or "runtime unavailable")
             continue
         try:
             have = [str(d) for d in cls.devices()]
         except Exception as e:
-            rows.extend(row(None, b, "failed", f"listing devices: {_err(e)}") for b in batches)
+            rows.extend(row(None, b, "failed", f"listing devices: {error_text(e)}") for b in batches)
             continue
         chosen: list[str] = []
         if devices:
@@ -577,7 +575,7 @@ def _run_bench(
                 for _ in range(warmup):
                     rt.run(x)
             except Exception as e:  # one failing row never stops the others
-                row["status"], row["reason"] = "failed", _err(e)
+                row["status"], row["reason"] = "failed", error_text(e)
                 tick("", rounds)
                 continue
             r1 = rss_mb()
@@ -596,7 +594,7 @@ def _run_bench(
         except Exception as e:
             for row in g.rows:
                 if row["status"] == "ok":
-                    row["status"], row["reason"] = "failed", f"validation: {_err(e)}"
+                    row["status"], row["reason"] = "failed", f"validation: {error_text(e)}"
                     tick("", rounds)
             live = [lv for lv in live if lv.row["status"] == "ok"]
             continue
@@ -626,7 +624,7 @@ def _run_bench(
                 try:
                     timed_turn(lv.rt, lv.x, buf, quota, budget_ns)
                 except Exception as e:
-                    lv.row["status"], lv.row["reason"] = "failed", f"timing: {_err(e)}"
+                    lv.row["status"], lv.row["reason"] = "failed", f"timing: {error_text(e)}"
                     tick("", rounds - r - 1)
                     continue
                 lv.rounds.append(buf)

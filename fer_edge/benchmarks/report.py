@@ -503,20 +503,21 @@ def merge_reports(paths: list[str | Path], out_dir: str | Path) -> MergedReport:
     merged = MergedReport(machines, rows, files, warnings=[warning] if warning else [], notes=notes)
     write_json_atomic(files["merged.json"], merged.to_dict())
     write_text_atomic(files["merged.csv"], rows_to_csv(rows, extra_first=("machine",)))
-    write_text_atomic(files["merged.md"], merged_markdown(machines, rows, notes))
+    write_text_atomic(files["merged.md"], merged_markdown(machines, rows, notes, warning))
     plot_latency_vs_accuracy(rows, files["latency_vs_accuracy.png"], f"fer-edge bench: {len(machines)} reports",
                              color_key="machine",
                              machine_names={m["machine"]: f"M{i}" for i, m in enumerate(machines, 1)})
     return merged
 
 
-def merged_markdown(machines: list[dict], rows: list[dict], notes: list[str] | None = None) -> str:
+def merged_markdown(machines: list[dict], rows: list[dict], notes: list[str] | None = None,
+                    warning: str | None = None) -> str:
     """The p50 table (one line per measurement, one column per machine), then every row.
 
     A machine with two rows of one key (the same model, target, precision, runtime, device and
     batch: e.g. two copies of an artifact) gets a line per row, never one dropped. Each machine's
-    line names the data its report measured; when the reports measured different data
-    (:func:`data_warning`), the p50 table has a Top-1 column per machine instead of one.
+    line names the data its report measured; ``warning`` (:func:`data_warning`, when the reports measured
+    different data) is printed and the p50 table then has a Top-1 column per machine instead of one.
     """
     names = [m["machine"] for m in machines]
     labels = model_labels(rows)
@@ -525,7 +526,6 @@ def merged_markdown(machines: list[dict], rows: list[dict], notes: list[str] | N
         details = environment_line(m["environment"]).split(": ", 1)[-1]
         data = f"; data: {data_text(m['data'])}" if m.get("data") else ""
         lines.append(f"- M{i} = {m['machine']}: {details} (report {m['report']}, {m['created_at']}{data})")
-    warning = data_warning(machines) if all(m.get("data") for m in machines) else None
     if warning:
         lines += ["", f"Warning: {warning}"]
     per_machine_top1 = warning is not None
