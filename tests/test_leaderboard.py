@@ -132,6 +132,26 @@ def test_end_to_end(first_run):
     assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_a_finished_run_is_reused_only_on_the_same_data(first_run, synthetic_csv):
+    """The recipe names the data by path: other images at the same path (a re-exported CSV) retrain the model."""
+    from fer_edge.benchmarks.leaderboard import Recipe, training_plan
+    from fer_edge.data import load_split
+    from fer_edge.training.trainer import data_fingerprint
+
+    _, out, _, _, _ = first_run
+    run_dir = out / "runs" / "fer_nano"
+    cfg = Recipe(epochs=1, max_steps_per_epoch=2, threads=1).train_config(synthetic_csv, "fer_nano", run_dir)
+    same = {"train": data_fingerprint(load_split(synthetic_csv, "Training")),
+            "val": data_fingerprint(load_split(synthetic_csv, "PublicTest"))}
+    assert training_plan(run_dir, cfg, same)[0] == "skip"
+    changed = {**same, "val": {**same["val"], "sha256": "0" * 64}}
+    action, why = training_plan(run_dir, cfg, changed)
+    assert action == "replace"
+    assert "trained on other data" in why and "validation split 'PublicTest'" in why and "training" not in why
+    fewer = {**same, "train": {**same["train"], "n": same["train"]["n"] - 1, "sha256": "1" * 64}}
+    assert training_plan(run_dir, cfg, fewer)[0] == "replace"
+
+
 def test_rerun_does_not_retrain_and_benches_extras(first_run, second_run):
     _, out, _, mtimes, _ = first_run
     rc, _, doc, seconds = second_run

@@ -226,6 +226,22 @@ def test_resume_refuses_other_data_at_the_same_path(synthetic_csv, synthetic_arr
         train(_cfg(data, tmp_path / "r", epochs=3), resume=True, progress=False)
 
 
+def test_resume_of_a_finished_run_checks_the_data_before_saying_it_is_finished(synthetic_csv, synthetic_arrays,
+                                                                                  tmp_path):
+    """It said "nothing to resume" for a run finished on other images at the same path, as if they were its."""
+    import shutil
+
+    from fer_edge.data.synthetic import write_csv
+
+    data = tmp_path / "fer2013.csv.gz"
+    shutil.copy(synthetic_csv, data)
+    train(_cfg(data, tmp_path / "r", epochs=1), progress=False)
+    write_csv(data, {"Training": synthetic_arrays["Training"],
+                     "PublicTest": tuple(a[:-7].copy() for a in synthetic_arrays["PublicTest"])})
+    with pytest.raises(TrainingError, match="--resume: the validation split 'PublicTest' of .* differ"):
+        train(_cfg(data, tmp_path / "r", epochs=1), resume=True, progress=False)
+
+
 def test_a_folder_holding_a_run_without_last_pt_is_not_overwritten(synthetic_csv, tmp_path):
     out = tmp_path / "r"
     train(_cfg(synthetic_csv, out, epochs=1), progress=False)

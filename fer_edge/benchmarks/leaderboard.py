@@ -263,18 +263,30 @@ def _origin(source: str | None) -> str:
 
 
 # --- steps ---------------------------------------------------------------------------------
-def training_plan(run_dir: Path, cfg) -> tuple[str, str]:
-    """``(action, why)`` for a run directory: ``skip``, ``resume``, ``replace`` (then train) or ``train``."""
+def training_plan(run_dir: Path, cfg, data: dict[str, dict] | None = None) -> tuple[str, str]:
+    """``(action, why)`` for a run directory: ``skip``, ``resume``, ``replace`` (then train) or ``train``.
+
+    ``data`` holds this run's split fingerprints (``{"train": ..., "val": ...}``, as
+    :func:`fer_edge.training.trainer.data_fingerprint` gives them): a run whose checkpoint recorded other images
+    is replaced even when the recipe (which names the data by path only) is the same.
+    """
     from fer_edge.checkpoint import load_checkpoint
+    from fer_edge.training.trainer import same_data
 
     best, last = run_dir / "best.pt", run_dir / "last.pt"
     stored_from = best if best.is_file() else last if last.is_file() else None
     if stored_from is None:
         return "train", "no previous run"
-    stored = load_checkpoint(stored_from).train_config
-    diffs = recipe_differences(stored, cfg.to_dict())
+    ck = load_checkpoint(stored_from)
+    diffs = recipe_differences(ck.train_config, cfg.to_dict())
     if diffs:
         return "replace", f"{stored_from.name} was trained with another recipe ({'; '.join(diffs[:4])})"
+    changed = [f"{what} split {(fp or {}).get('split', '?')!r}" for key, what, fp in
+               (("train", "training", (data or {}).get("train")), ("val", "validation", (data or {}).get("val")))
+               if fp is not None and not same_data(ck.data.get(key) or {}, fp)]
+    if changed:
+        return "replace", (f"{stored_from.name} was trained on other data: the {' and the '.join(changed)} of "
+                           f"{cfg.data} changed since (images, labels or count)")
     finished = False
     try:
         finished = bool(json.loads((run_dir / "metrics.json").read_text()).get("finished"))
@@ -286,7 +298,7 @@ def training_plan(run_dir: Path, cfg) -> tuple[str, str]:
 
 
 def train_entry(entry: Entry, row: dict, data: Path, out: Path, recipe: Recipe, log: Callable[[str], None],
-                default_threads: int) -> Path:
+                default_threads: int, fingerprints: dict[str, dict] | None = None) -> Path:
     """Train (or reuse) ``OUT/runs/<model>/best.pt`` with the shared recipe; returns its path."""
     import torch
 
@@ -294,7 +306,7 @@ def train_entry(entry: Entry, row: dict, data: Path, out: Path, recipe: Recipe, 
 
     run_dir = out / "runs" / entry.name
     cfg = recipe.train_config(data, entry.name, run_dir)
-    action, why = training_plan(run_dir, cfg)
+    action, why = training_plan(run_dir, cfg, fingerprints)
     if action == "skip":
         log(f"{entry.name}: not retrained ({why})")
         row["training"] = "reused"
@@ -517,6 +529,7 @@ def run_leaderboard(
     from fer_edge.checkpoint import load_checkpoint
     from fer_edge.data import default_train_split, default_val_split, load_split
     from fer_edge.exporters.calibration import DEFAULT_CALIB_SIZE
+    from fer_edge.training.trainer import data_fingerprint
     from fer_edge.models import describe_model, list_models
     from fer_edge.utils import sha256_path
     from fer_edge.weights import PRETRAINED
@@ -542,8 +555,10 @@ def run_leaderboard(
 
     # decode both splits once up front: a bad --data fails here, not after an hour of training
     val_split = default_val_split(data)
-    load_split(data, default_train_split(data))
+    train_data = load_split(data, default_train_split(data))
     val = load_split(data, val_split)
+    fingerprints = {"train": data_fingerprint(train_data), "val": data_fingerprint(val)}
+    del train_data
     n_val = len(val.labels)
     default_threads = torch.get_num_threads()
     request = bench_request(val_split, (val.fingerprint or {}).get("sha256"), min(bench.n_images or n_val, n_val),
@@ -592,7 +607,7 @@ def run_leaderboard(
                     stage = "train"
                     bar.update(step_task, description=f"{entry.name}: training", total=None, completed=0,
                                visible=True)
-                    ckpt_path = train_entry(entry, row, data, out, recipe, log, default_threads)
+                    ckpt_path = train_entry(entry, row, data, out, recipe, log, default_threads, fingerprints)
                     ck = load_checkpoint(ckpt_path)
                     row["recipe_detail"] = recipe_text(ck.train_config)
                     kwargs = ck.model_kwargs

@@ -281,7 +281,7 @@ def _same_setting(name: str, saved, now) -> bool:
     return saved == now
 
 
-def _same_data(saved: dict, now: dict) -> bool:
+def same_data(saved: dict, now: dict) -> bool:
     """Whether a split's fingerprint is the one a checkpoint recorded (its images and labels; a checkpoint
     without the hash is judged on the split name and count)."""
     keys = [k for k in ("split", "n", "sha256") if k in saved]
@@ -489,18 +489,6 @@ class Trainer:
             state = ck.raw.get("resume")
             if not state:
                 raise TrainingError(f"--resume: {last_path} has no resume state")
-            done = int(state["epoch"])
-            early = cfg.patience > 0 and int(state["bad_epochs"]) >= cfg.patience
-            if done >= cfg.epochs or early:
-                why = (f"it stopped early at epoch {done} (no val improvement in {cfg.patience} epochs)" if early
-                       else f"all {cfg.epochs} epochs are done")
-                self.log(f"nothing to resume: {self.out} is finished ({why}); best val accuracy "
-                         f"{float(state['best_accuracy']):.4f} at epoch {int(state['best_epoch'])}, in "
-                         f"{self.out / 'best.pt'}")
-                self.dist.close()
-                history = list(state["history"])
-                return TrainResult(self.out, float(state["best_accuracy"]), int(state["best_epoch"]), len(history),
-                                   history, early, None)
         elif self.dist.main and (held := [n for n in RUN_FILES if (self.out / n).exists()]):
             raise TrainingError(
                 f"{self.out} already holds a run ({', '.join(held)}); "
@@ -514,11 +502,23 @@ class Trainer:
         if state is not None:  # the images themselves, not only the path, must be the run's
             changed = [f"{what} split {split.split!r}" for key, what, split in
                        (("train", "training", train), ("val", "validation", val))
-                       if not _same_data(ck.data.get(key) or {}, data_fingerprint(split))]
+                       if not same_data(ck.data.get(key) or {}, data_fingerprint(split))]
             if changed:
                 raise TrainingError(
                     f"--resume: the {' and the '.join(changed)} of {cfg.data} differ from the data the run in "
                     f"{self.out} began on (images, labels or count changed); start a new run in another --out")
+            done = int(state["epoch"])
+            early = cfg.patience > 0 and int(state["bad_epochs"]) >= cfg.patience
+            if done >= cfg.epochs or early:
+                why = (f"it stopped early at epoch {done} (no val improvement in {cfg.patience} epochs)" if early
+                       else f"all {cfg.epochs} epochs are done")
+                self.log(f"nothing to resume: {self.out} is finished ({why}); best val accuracy "
+                         f"{float(state['best_accuracy']):.4f} at epoch {int(state['best_epoch'])}, in "
+                         f"{self.out / 'best.pt'}")
+                self.dist.close()
+                history = list(state["history"])
+                return TrainResult(self.out, float(state["best_accuracy"]), int(state["best_epoch"]), len(history),
+                                   history, early, None)
         for warning in setup_warnings(cfg, train, val, device):
             self.log(f"[yellow]warning: {warning}[/]")
         labels = list(LABELS)
