@@ -83,7 +83,7 @@ def test_cli_eval_repeated_model_evaluates_the_ensemble(members, synthetic_csv, 
     want = evaluate(members, synthetic_csv, "PublicTest", device="cpu", progress=False)
     assert res["members"] == [str(p) for p in members] and res["accuracy"] == pytest.approx(want.accuracy)
     # the ensemble's confusion matrix goes to ./fer-edge-eval, not into the first member's run folder
-    assert (tmp_path / "fer-edge-eval" / "confusion_fer2013_PublicTest.png").is_file()
+    assert len(list((tmp_path / "fer-edge-eval").glob("confusion_fer2013-*_PublicTest.png"))) == 1
     assert not list(members[0].parent.glob("confusion_*.png"))
     r = runner.invoke(app, args, env={"COLUMNS": "250"})
     assert r.exit_code == 0, r.output
@@ -100,14 +100,32 @@ def test_confusion_png_names_the_data_file_and_tta(members, synthetic_csv, tmp_p
     runs = [(synthetic_csv, False), (synthetic_csv, True), (other, False), (other, True)]
     pngs = [evaluate(members[0], d, "PublicTest", tta=t, device="cpu", out_dir=out, progress=False).confusion_png
             for d, t in runs]
-    assert [p.rsplit("/", 1)[-1] for p in pngs] == [
-        "confusion_fer2013_PublicTest.png", "confusion_fer2013_PublicTest_tta.png",
-        "confusion_other_data_PublicTest.png", "confusion_other_data_PublicTest_tta.png"]
-    assert sorted(p.name for p in out.iterdir()) == sorted(p.rsplit("/", 1)[-1] for p in pngs)
+    names = [p.rsplit("/", 1)[-1] for p in pngs]
+    sha = load_split(synthetic_csv, "PublicTest").fingerprint["sha256"][:8]
+    assert names == [f"confusion_fer2013-{sha}_PublicTest.png", f"confusion_fer2013-{sha}_PublicTest_tta.png",
+                     f"confusion_other_data-{sha}_PublicTest.png", f"confusion_other_data-{sha}_PublicTest_tta.png"]
+    assert sorted(p.name for p in out.iterdir()) == sorted(names)
     r = runner.invoke(app, ["eval", "--model", str(members[0]), "--data", str(other), "--split", "PublicTest",
                             "--tta", "--out", str(out)], env={"COLUMNS": "400"})
     assert r.exit_code == 0, r.output
-    assert f"confusion matrix: {out / 'confusion_other_data_PublicTest_tta.png'}" in r.output  # the path written
+    assert f"confusion matrix: {out / names[3]}" in r.output  # the path written
+    # part of a split has its own plot
+    part = evaluate(members[0], other, "PublicTest", device="cpu", out_dir=out, limit=10, progress=False)
+    assert part.confusion_png.endswith(f"confusion_other_data-{sha}_PublicTest_first10.png")
+
+
+def test_confusion_png_names_tell_apart_data_whose_names_read_the_same(members, synthetic_arrays, tmp_path):
+    """``my data`` and ``my_data``, or two folders both named ``images``, wrote one plot over the other."""
+    from fer_edge.data.synthetic import write_folder
+
+    out = tmp_path / "out"
+    out.mkdir()
+    roots = [tmp_path / "a" / "images", tmp_path / "b" / "images", tmp_path / "my data", tmp_path / "my_data"]
+    for i, root in enumerate(roots):
+        x, y = synthetic_arrays["PublicTest"]
+        write_folder(root, {"train": (x[:7], y[:7]), "val": (x[: 70 - 7 * i], y[: 70 - 7 * i])})
+    pngs = [evaluate(members[0], r, "val", device="cpu", out_dir=out, progress=False).confusion_png for r in roots]
+    assert len(set(pngs)) == 4 and len(list(out.glob("*.png"))) == 4, pngs
 
 
 def test_cli_eval_empty_model_name_says_so(synthetic_csv, tmp_path, monkeypatch):

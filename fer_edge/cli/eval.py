@@ -22,7 +22,7 @@ def eval_cmd(
     split: Optional[str] = typer.Option(None, help="Split (default PublicTest / val or test)."),
     tta: bool = typer.Option(False, "--tta", help="Average with the horizontally flipped image."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or mps."),
-    out: Optional[Path] = typer.Option(None, help="Where to write confusion_<data>_<split>[_tta].png (<data>: the data file's name without .csv/.gz, or the image folder's name; default: the checkpoint's folder; ./fer-edge-eval for shipped weights and ensembles)."),
+    out: Optional[Path] = typer.Option(None, help="Where to write confusion_<data>-<sha8>_<split>[_tta].png (<data>: the data file's name without .csv/.gz, or the image folder's name; <sha8>: the start of the split's fingerprint; default: the checkpoint's folder; ./fer-edge-eval for shipped weights and ensembles)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of tables."),
 ) -> None:
     """Accuracy, macro-F1, per-class report and confusion matrix of a checkpoint on a labelled split."""

@@ -48,9 +48,16 @@ def data_stem(data: str | Path) -> str:
     return re.sub(r"[^\w.-]", "_", name) or "data"
 
 
-def confusion_png_name(data: str | Path, split: str, tta: bool) -> str:
-    """``confusion_<data>_<split>[_tta].png``: evaluations of other data files or with TTA do not overwrite it."""
-    return f"confusion_{data_stem(data)}_{split}{'_tta' if tta else ''}.png"
+def confusion_png_name(data: str | Path, split: str, tta: bool, sha256: str = "", first: int | None = None) -> str:
+    """``confusion_<data>-<sha8>_<split>[_first<N>][_tta].png``: evaluations of other data, of part of a split or
+    with TTA do not overwrite it. ``<sha8>``, the start of the split's fingerprint (its images and labels), tells
+    apart data sets whose names read the same here (``my data`` and ``my_data``, or two ``images`` folders)."""
+    import re
+
+    tag = f"-{sha256[:8]}" if sha256 else ""
+    split_name = re.sub(r"[^\w.-]", "_", split) or "split"
+    part = f"_first{first}" if first else ""
+    return f"confusion_{data_stem(data)}{tag}_{split_name}{part}{'_tta' if tta else ''}.png"
 
 
 def evaluate(checkpoint: str | Path | None | Sequence[str | Path], data: str | Path, split: str | None = None,
@@ -86,8 +93,9 @@ def evaluate(checkpoint: str | Path | None | Sequence[str | Path], data: str | P
     split = split or default_val_split(data)
     ds = load_split(data, split, progress=progress)
     images, labels = ds.images, ds.labels
-    if limit:
-        images, labels = images[:limit], labels[:limit]
+    first = None
+    if limit and limit < len(labels):
+        images, labels, first = images[:limit], labels[:limit], int(limit)
     dev = resolve_device(device)
     member_logits = [predict_logits(ck.build_model().to(dev), images, ck.normalization, dev, tta=tta) for ck in cks]
     if len(cks) == 1:
@@ -100,7 +108,8 @@ def evaluate(checkpoint: str | Path | None | Sequence[str | Path], data: str | P
     png = None
     if out_dir is not None:
         out = Path(out_dir)
-        png = str(plot_confusion(np.asarray(m["confusion"]), ck.labels, out / confusion_png_name(data, ds.split, tta),
+        name = confusion_png_name(data, ds.split, tta, (ds.fingerprint or {}).get("sha256", ""), first)
+        png = str(plot_confusion(np.asarray(m["confusion"]), ck.labels, out / name,
                                  title=f"{model_name} on {ds.split}{' (flip TTA)' if tta else ''}: "
                                        f"accuracy {m['accuracy']:.4f}"))
     members = [str(p) for p in paths] if len(paths) > 1 else None
