@@ -310,6 +310,7 @@ def test_colour_and_wrong_size_images_are_converted_and_counted(tmp_path, own_ca
         ([_row(pixels="1.5 " + "0 " * 2303)], 2, r"pixel value '1.5' is not an integer"),
         ([_row(), "3,1 2 3"], 3, r"expected 3 comma-separated columns, found 2"),
         ([_row(usage=" ")], 2, r"empty Usage value"),
+        ([_row(), _row(usage="Train\x00ing")], 3, r"Usage value b'Train\\x00ing' holds a control character"),
     ],
 )
 @pytest.mark.parametrize("suffix", [".csv", ".csv.gz"])
@@ -318,6 +319,16 @@ def test_bad_csv_rows_name_file_and_line(tmp_path, own_cache, rows, line, patter
     with pytest.raises(DataError, match=pattern) as err:
         load_split(path, "Training")
     assert f"{path}, line {line}:" in str(err.value)
+
+
+def test_a_usage_value_that_is_not_utf8_is_named_not_shown_garbled(tmp_path, own_cache):
+    """It was listed among the splits as 'Train\ufffding', with no hint that the file's bytes were damaged."""
+    path = tmp_path / "bad.csv"
+    text = _csv_text([_row(), _row()]).encode()
+    i = text.rindex(b"Training")
+    path.write_bytes(text[:i] + b"Train\xffing" + text[i + len(b"Training"):])
+    with pytest.raises(DataError, match=rf"{path}, line 3: Usage value b'Train\\xffing' holds .* not UTF-8"):
+        list_splits(path)
 
 
 def test_bad_row_in_a_later_block_has_the_right_line(tmp_path, own_cache, monkeypatch):

@@ -247,7 +247,13 @@ def read_csv(path: str | Path, progress=None) -> dict[str, tuple[np.ndarray, np.
                 u = fields[iu]
                 code = usages.get(u)
                 if code is None:
-                    name = u.strip().decode("utf-8", "replace")
+                    try:
+                        name = u.strip().decode("utf-8")
+                    except UnicodeDecodeError:
+                        name = None
+                    if name is None or not name.isprintable():
+                        raise DataError(f"{path}, line {lineno}: Usage value {u.strip()!r} holds a control character "
+                                        "or bytes that are not UTF-8 text (the file is damaged?)")
                     if not name:
                         raise DataError(f"{path}, line {lineno}: empty Usage value (expected e.g. Training, PublicTest)")
                     if name in names:
