@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -17,9 +18,11 @@ from typing import Iterator
 def atomic_path(dest: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
     """Yield a temporary path beside ``dest``; rename it onto ``dest`` only if the block succeeds.
 
-    Works for files and directories (e.g. ``.mlpackage``). The temporary name keeps the
-    destination's suffix (some writers insist on it), so an interrupted write leaves
-    ``.tmp-*`` debris, never a half-written file under the real name.
+    Works for files and directories (e.g. ``.mlpackage``): a folder at ``dest`` is replaced only by a folder
+    (an earlier ``.mlpackage``); a file never replaces a folder (``IsADirectoryError``, the folder untouched), so
+    an output path that names a user's folder cannot delete it. The temporary name keeps the destination's
+    suffix (some writers insist on it), so an interrupted write leaves ``.tmp-*`` debris, never a half-written
+    file under the real name.
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -31,6 +34,8 @@ def atomic_path(dest: str | os.PathLike, suffix: str | None = None) -> Iterator[
     try:
         yield tmp_path
         if dest.is_dir() and not dest.is_symlink():
+            if not tmp_path.is_dir():
+                raise IsADirectoryError(errno.EISDIR, "is a folder: a file is not written over it", str(dest))
             shutil.rmtree(dest)
         os.replace(tmp_path, dest)
     finally:

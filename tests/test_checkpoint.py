@@ -182,3 +182,24 @@ def test_unusable_label_lists_are_refused_when_the_checkpoint_is_read(tiny_check
     with pytest.raises(CheckpointError) as e:
         load_checkpoint(tmp_path / "bad.pt")
     assert "are not usable" in str(e.value) and said in str(e.value)
+
+
+def test_an_atomic_write_never_replaces_a_folder_with_a_file(tmp_path):
+    """A --json or --out naming an existing folder deleted the folder and put the file in its place."""
+    from fer_edge.utils import atomic_path, write_json_atomic
+
+    folder = tmp_path / "precious"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "notes.txt").write_text("keep")
+    with pytest.raises(IsADirectoryError, match="is a folder"):
+        write_json_atomic(folder, {"a": 1})
+    assert (folder / "notes.txt").read_text() == "keep" and (folder / "sub").is_dir()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["precious"]  # no debris
+    # a folder artifact (an .mlpackage) still replaces an earlier one
+    pkg = tmp_path / "m.mlpackage"
+    pkg.mkdir()
+    (pkg / "old").write_text("old")
+    with atomic_path(pkg) as tmp:
+        tmp.mkdir()
+        (tmp / "new").write_text("new")
+    assert sorted(p.name for p in pkg.iterdir()) == ["new"]
