@@ -54,6 +54,38 @@ def test_recipe_differences_ignore_out_and_threads(tmp_path):
     assert recipe_differences(a, b) == []
     c = Recipe(epochs=5).train_config(tmp_path / "d.csv", "fer_nano", tmp_path / "a").to_dict()
     assert [d.split(":")[0] for d in recipe_differences(a, c)] == ["epochs"]
+    # where it ran is not the recipe: a leaderboard trained with --device auto is not retrained under --device cpu
+    d = Recipe(device="cpu").train_config(tmp_path / "d.csv", "fer_nano", tmp_path / "a").to_dict()
+    assert recipe_differences(a, d) == []
+
+
+def test_what_is_not_the_recipe_is_what_resume_lets_differ():
+    from fer_edge.benchmarks.leaderboard import NOT_RECIPE_FIELDS
+    from fer_edge.training.trainer import RESUME_FREE
+
+    assert set(NOT_RECIPE_FIELDS) == set(RESUME_FREE) - {"data"}
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without CUDA")
+def test_an_unavailable_device_is_refused_before_anything_is_moved(synthetic_csv, tmp_path, capsys):
+    out = tmp_path / "lb"
+    assert main(["--data", str(synthetic_csv), "--out", str(out), "--models", "fer_nano", "--device", "cuda",
+                 *TINY]) == 1
+    err = " ".join(capsys.readouterr().err.split())
+    assert "--device cuda: no CUDA device is available here" in err and not out.exists()
+
+
+def test_ctrl_c_says_what_is_kept_and_exits_130(synthetic_csv, tmp_path, capsys, monkeypatch):
+    from fer_edge.benchmarks import leaderboard
+
+    def stop(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(leaderboard, "run_leaderboard", stop)
+    assert main(["--data", str(synthetic_csv), "--out", str(tmp_path / "lb"), *TINY]) == 130
+    err = " ".join(capsys.readouterr().err.split())
+    assert err.startswith("interrupted: the leaderboard files were not written") and "rerunning the same" in err
+    assert "Traceback" not in err
 
 
 # --- end to end ----------------------------------------------------------------------------------
@@ -150,6 +182,20 @@ def test_a_finished_run_is_reused_only_on_the_same_data(first_run, synthetic_csv
     assert "trained on other data" in why and "validation split 'PublicTest'" in why and "training" not in why
     fewer = {**same, "train": {**same["train"], "n": same["train"]["n"] - 1, "sha256": "1" * 64}}
     assert training_plan(run_dir, cfg, fewer)[0] == "replace"
+
+
+def test_an_export_calibrated_on_other_training_images_is_not_reused(first_run, synthetic_csv):
+    """An --extra row's INT8 export was reused after the training split (its calibration images) changed."""
+    from fer_edge.benchmarks.leaderboard import _export_is_current
+    from fer_edge.data import load_split
+    from fer_edge.utils import sha256_path
+
+    _, out, _, _, _ = first_run
+    ckpt_sha = sha256_path(out / "runs" / "fer_nano" / "best.pt")
+    export_dir = out / "exports" / "fer_nano"
+    train_sha = load_split(synthetic_csv, "Training").fingerprint["sha256"]
+    assert _export_is_current(export_dir, ckpt_sha, synthetic_csv, 56, train_sha)
+    assert not _export_is_current(export_dir, ckpt_sha, synthetic_csv, 56, "0" * 64)
 
 
 def test_rerun_does_not_retrain_and_benches_extras(first_run, second_run):

@@ -49,8 +49,10 @@ DEFAULT_OUT = Path("reports/leaderboard")
 DEFAULT_BENCH_SECONDS = 1.0
 #: What the bench runs: the checkpoint in PyTorch (the FP32 reference) and the ONNX artifacts.
 BENCH_RUNTIMES = ("pytorch", "onnxruntime")
-#: TrainConfig fields that do not change what is learnt: a run differing only in them is the same recipe.
-NOT_RECIPE_FIELDS = ("out", "num_threads", "wandb")
+#: TrainConfig fields that do not change what is learnt: a run differing only in them is the same recipe (the
+#: trainer's ``RESUME_FREE`` but ``data``, which is compared by path here and by its fingerprint in training_plan).
+NOT_RECIPE_FIELDS = ("out", "device", "amp", "channels_last", "num_threads", "wandb", "teacher_runtime",
+                     "distill_cache")
 FILES = ("leaderboard.json", "leaderboard.md", "leaderboard.png")
 SHARED = "shared"
 SHIPPED_LABEL = "shipped, full recipe"
@@ -319,7 +321,8 @@ def train_entry(entry: Entry, row: dict, data: Path, out: Path, recipe: Recipe, 
         torch.set_num_threads(default_threads)  # the bench left torch at 1 thread
     log(f"{entry.name}: {'resuming' if action == 'resume' else 'training'} ({recipe_text(cfg.to_dict())})")
     t0 = time.perf_counter()
-    train(cfg, resume=action == "resume", progress=False)
+    train(cfg, resume=action == "resume", progress=False,
+          resume_hint="rerun the same leaderboard command to go on from it")
     row["training"] = "resumed" if action == "resume" else "trained"
     row["train_seconds"] = round(time.perf_counter() - t0, 1)
     best = run_dir / "best.pt"
@@ -328,8 +331,10 @@ def train_entry(entry: Entry, row: dict, data: Path, out: Path, recipe: Recipe, 
     return best
 
 
-def _export_is_current(export_dir: Path, ckpt_sha: str, data: Path, calib_size: int) -> bool:
-    """True when the export dir holds verified ONNX fp32 + int8 of this checkpoint with this calibration."""
+def _export_is_current(export_dir: Path, ckpt_sha: str, data: Path, calib_size: int,
+                       calib_sha256: str | None = None) -> bool:
+    """True when the export dir holds verified ONNX fp32 + int8 of this checkpoint with this calibration: the same
+    file, seed and count, and (given ``calib_sha256``, the training split's fingerprint) the same images."""
     from fer_edge.benchmarks.artifacts import read_manifest
     from fer_edge.exporters import MANIFEST_NAME
     from fer_edge.exporters.calibration import DEFAULT_SEED
@@ -346,6 +351,8 @@ def _export_is_current(export_dir: Path, ckpt_sha: str, data: Path, calib_size: 
             return False
         if cal.get("count") != min(calib_size, int(cal.get("split_size") or 0)):
             return False
+        if calib_sha256 is not None and cal.get("data_sha256") != calib_sha256:
+            return False
         have = {(a.target, a.precision) for a in read_manifest(mpath)}  # verifies every file's SHA-256
     except (OSError, ValueError, TypeError, AttributeError, FerEdgeError):
         return False
@@ -353,11 +360,11 @@ def _export_is_current(export_dir: Path, ckpt_sha: str, data: Path, calib_size: 
 
 
 def export_entry(ckpt: Path, ckpt_sha: str, export_dir: Path, data: Path, calib_size: int,
-                 log: Callable[[str], None], name: str) -> dict | None:
+                 log: Callable[[str], None], name: str, calib_sha256: str | None = None) -> dict | None:
     """ONNX fp32 + int8 of ``ckpt`` into ``export_dir`` (reused when current); returns the tool versions."""
     from fer_edge.exporters import export
 
-    if _export_is_current(export_dir, ckpt_sha, data, calib_size):
+    if _export_is_current(export_dir, ckpt_sha, data, calib_size, calib_sha256):
         log(f"{name}: ONNX fp32 + int8 already exported in {export_dir}")
         return json.loads((export_dir / "manifest.json").read_text()).get("tool_versions")
     log(f"{name}: exporting ONNX fp32 + int8 (calibration: {calib_size} images of the training split)")
@@ -637,7 +644,7 @@ def run_leaderboard(
                 export_dir = out / "exports" / ("extra" if entry.is_extra else "") / entry.name
                 row["export_dir"] = str(export_dir)
                 tool_versions = export_entry(ckpt_path, ckpt_sha, export_dir, data, calib_size, log,
-                                             entry.name) or tool_versions
+                                             entry.name, fingerprints["train"].get("sha256")) or tool_versions
 
                 # 3. bench
                 stage = "bench"
@@ -994,6 +1001,13 @@ def option_problems(args: argparse.Namespace) -> tuple[list[str] | None, list[st
             problems.append(f"--{k.replace('_', '-')} must be at least 1, not {getattr(args, k)}")
     if args.device not in ("auto", "cpu", "cuda", "mps"):
         problems.append(f"--device {args.device!r}: valid: auto, cpu, cuda, mps")
+    else:  # before any run is moved aside or any table rewritten
+        from fer_edge.training.trainer import resolve_device
+
+        try:
+            resolve_device(args.device)
+        except FerEdgeError as e:
+            problems.append(str(e))
     try:
         check_writable_dir(args.out, "--out", FerEdgeError)
     except FerEdgeError as e:
@@ -1013,6 +1027,7 @@ def option_problems(args: argparse.Namespace) -> tuple[list[str] | None, list[st
 
 def main(argv: list[str] | None = None) -> int:
     from fer_edge.cli.common import console, err_console
+    from fer_edge.utils import sigterm_as_interrupt
 
     args = build_parser().parse_args(argv)
     try:
@@ -1023,15 +1038,21 @@ def main(argv: list[str] | None = None) -> int:
                         lr=args.lr, weight_decay=args.weight_decay, label_smoothing=args.label_smoothing,
                         augment=args.augment, ema=args.ema, seed=args.seed, threads=args.threads,
                         device=args.device)
-        result = run_leaderboard(
-            args.data, args.out, models, recipe, args.extra, args.calib_size,
-            BenchSettings(seconds=args.bench_seconds, iters=args.bench_iters, warmup=args.bench_warmup,
-                          n_images=args.n_images),
-            console=err_console, rebench=args.rebench,
-        )
+        with sigterm_as_interrupt():
+            result = run_leaderboard(
+                args.data, args.out, models, recipe, args.extra, args.calib_size,
+                BenchSettings(seconds=args.bench_seconds, iters=args.bench_iters, warmup=args.bench_warmup,
+                              n_images=args.n_images),
+                console=err_console, rebench=args.rebench,
+            )
     except FerEdgeError as e:
         err_console.print(f"error: {e}", highlight=False, markup=False)
         return 1
+    except KeyboardInterrupt:
+        err_console.print(f"interrupted: the leaderboard files were not written; the runs, exports and bench reports "
+                          f"finished so far are kept under {args.out}, and rerunning the same command goes on from "
+                          "them", highlight=False, markup=False)
+        return 130
     console.print(rich_table(result.document, console.width))
     if console.width < 150 and any(r.get("pareto") for r in result.rows):
         console.print("* on the Pareto front (ONNX Runtime INT8 accuracy vs latency, shared recipe)")

@@ -2,10 +2,11 @@
 from fer_edge.training.config import TrainConfig  # noqa: F401
 
 
-def train(cfg, resume: bool = False, progress: bool = True, quiet: bool = False):
+def train(cfg, resume: bool = False, progress: bool = True, quiet: bool = False, **kwargs):
+    """:func:`fer_edge.training.trainer.train` (imported when called: torch loads only then)."""
     from fer_edge.training.trainer import train as _train
 
-    return _train(cfg, resume=resume, progress=progress, quiet=quiet)
+    return _train(cfg, resume=resume, progress=progress, quiet=quiet, **kwargs)
 
 
 def evaluate(*args, **kwargs):

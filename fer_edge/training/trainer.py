@@ -429,11 +429,13 @@ def predict_logits(model: torch.nn.Module, images_u8: torch.Tensor, norm: Normal
 
 # --- the loop ---------------------------------------------------------------------
 class Trainer:
-    def __init__(self, cfg: TrainConfig, progress: bool = True, console=None, quiet: bool = False):
+    def __init__(self, cfg: TrainConfig, progress: bool = True, console=None, quiet: bool = False,
+                 resume_hint: str = "continue with --resume"):
         validate_config(cfg)
         cfg = resolve_checkpoint_names(cfg)
         self.cfg = cfg
         self.progress = progress
+        self.resume_hint = resume_hint  # what the user runs to go on after an interrupt
         self.out = Path(cfg.out)
         self.teacher_targets_seconds: float | None = None
         self._created_out = False  # whether this run made cfg.out (a failed --wandb start removes it again)
@@ -773,7 +775,7 @@ class Trainer:
                         break
         except KeyboardInterrupt:
             if last_path.is_file():
-                self.log(f"[yellow]interrupted; the last finished epoch is in {last_path}: continue with --resume[/]")
+                self.log(f"[yellow]interrupted; the last finished epoch is in {last_path}: {self.resume_hint}[/]")
             else:
                 self.log(f"[yellow]interrupted before the first epoch finished; {self.out} holds nothing to resume[/]")
             raise
@@ -932,10 +934,12 @@ class Trainer:
                                 f"{e}); run `wandb login`, or set WANDB_MODE=offline to log locally") from None
 
 
-def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, quiet: bool = False) -> TrainResult:
+def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, quiet: bool = False,
+          resume_hint: str = "continue with --resume") -> TrainResult:
     """Train ``cfg.model`` on ``cfg.data`` and write the run directory ``cfg.out`` (``quiet``: no log lines).
 
-    Ctrl-C or SIGTERM stops it with ``KeyboardInterrupt`` after saying which checkpoint ``--resume`` continues from.
+    Ctrl-C or SIGTERM stops it with ``KeyboardInterrupt`` after saying which checkpoint ``--resume`` continues from
+    (``resume_hint``: how the caller's user goes on, e.g. "rerun the leaderboard").
     """
     with sigterm_as_interrupt():
-        return Trainer(cfg, progress=progress, quiet=quiet).run(resume=resume)
+        return Trainer(cfg, progress=progress, quiet=quiet, resume_hint=resume_hint).run(resume=resume)
