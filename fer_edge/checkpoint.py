@@ -211,6 +211,19 @@ def load_checkpoint(path: str | os.PathLike, map_location: str = "cpu") -> Check
     bad = label_problems(raw["labels"])
     if bad:
         raise CheckpointError(f"{path}: its labels {raw['labels']!r} are not usable: {bad}")
+    problems = []
+    if (why := Normalization.problem(raw["normalization"])) is not None:
+        problems.append(f"its normalization {why}")
+    for key in ("model_kwargs", "train_config", "metrics", "data"):
+        if raw.get(key) is not None and not isinstance(raw[key], dict):
+            problems.append(f"its {key} is a {type(raw[key]).__name__}, not a dict")
+    epoch = raw.get("epoch", 0)
+    if isinstance(epoch, bool) or not isinstance(epoch, int):
+        problems.append(f"its epoch {epoch!r} is not a whole number")
+    if not isinstance(raw["model"], str):
+        problems.append(f"its model name {raw['model']!r} is not a string")
+    if problems:
+        raise CheckpointError(f"{path}: not a usable checkpoint: {'; '.join(problems)}")
     return Checkpoint(
         path=path,
         model_name=raw["model"],

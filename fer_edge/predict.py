@@ -132,9 +132,8 @@ class Predictor:
         self.labels: tuple[str, ...] = tuple(labels)
         if isinstance(normalization, dict):
             normalization = Normalization.from_dict(normalization)
-        if not (np.isfinite(normalization.mean) and np.isfinite(normalization.std) and normalization.std > 0):
-            raise DataError(f"normalization needs a finite mean and a positive std, got mean={normalization.mean} "
-                            f"std={normalization.std}")
+        if (why := Normalization.problem(normalization.to_dict())) is not None:
+            raise DataError(f"normalization {why}")
         self.normalization: Normalization = normalization
         self._detector = detector
         self.margin = check_margin(margin)
@@ -288,6 +287,9 @@ def load(path: str | os.PathLike | None = None, runtime: str | None = None, devi
     from fer_edge.targets import find_target
     from fer_edge.weights import resolve_checkpoint
 
+    if path is not None and not isinstance(path, (str, os.PathLike)):
+        raise ArtifactError(f"fer_edge.load takes a path or a shipped model name (or None), not a "
+                            f"{type(path).__name__}: {path!r}")
     if path is not None and not Path(path).exists() and find_target(path) is not None:
         raise ArtifactError(f"{path}: no such file")
     p = resolve_checkpoint(path)

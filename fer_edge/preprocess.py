@@ -29,6 +29,22 @@ class Normalization:
     def from_dict(cls, d: dict) -> "Normalization":
         return cls(float(d["mean"]), float(d["std"]))
 
+    @staticmethod
+    def problem(d) -> str | None:
+        """What keeps ``d`` (``{"mean": .., "std": ..}``) from being a usable normalisation, or None: a finite mean
+        and a positive, finite std (a zero std turns every image into the same input)."""
+        import math
+
+        if not isinstance(d, dict) or "mean" not in d or "std" not in d:
+            return f"must be {{'mean': .., 'std': ..}}, got {d!r}"
+        try:
+            mean, std = float(d["mean"]), float(d["std"])
+        except (TypeError, ValueError):
+            return f"mean and std must be numbers, got mean={d['mean']!r} std={d['std']!r}"
+        if not (math.isfinite(mean) and math.isfinite(std) and std > 0):
+            return f"needs a finite mean and a positive std, got mean={mean} std={std}"
+        return None
+
 
 def load_image(image):
     """A path, PIL image or numpy array -> a loaded PIL image with EXIF orientation applied.

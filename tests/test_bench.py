@@ -294,6 +294,11 @@ def test_devices_command():
         assert key in env
     rts = env["runtimes"]
     assert {d["name"] for d in rts["pytorch"]["devices"]} >= {"cpu"}
+    import torch
+
+    n = torch.get_num_threads()
+    cpu_detail = next(d for d in rts["pytorch"]["devices"] if d["name"] == "cpu")["detail"]
+    assert cpu_detail.startswith(f"{n} thread, " if n == 1 else f"{n} threads, "), cpu_detail
     ort_cpu = next(d for d in rts["onnxruntime"]["devices"] if d["name"] == "CPUExecutionProvider")
     from fer_edge.cpu import int8_can_saturate_here
 

@@ -203,3 +203,19 @@ def test_an_atomic_write_never_replaces_a_folder_with_a_file(tmp_path):
         tmp.mkdir()
         (tmp / "new").write_text("new")
     assert sorted(p.name for p in pkg.iterdir()) == ["new"]
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"normalization": {"mean": 0.5, "std": 0.0}}, r"normalization needs a finite mean and a positive std"),
+    ({"normalization": {"mean": float("nan"), "std": 0.2}}, r"normalization needs a finite mean"),
+    ({"normalization": {"mean": 0.5}}, r"normalization must be \{'mean': \.\., 'std': \.\.\}"),
+    ({"metrics": [1, 2]}, r"metrics is a list, not a dict"),
+    ({"epoch": "3"}, r"epoch '3' is not a whole number"),
+])
+def test_a_checkpoint_with_unusable_fields_is_refused_when_loaded(tmp_path, change, message):
+    """A zero std was evaluated silently (every image the same input: accuracy 1/7); a list of metrics crashed
+    with a ValueError traceback."""
+    raw = torch.load(_checkpoint(tmp_path / "a.pt"), weights_only=True)
+    save_checkpoint(tmp_path / "b.pt", {**raw, **change})
+    with pytest.raises(CheckpointError, match=rf"b\.pt: not a usable checkpoint: its {message}"):
+        load_checkpoint(tmp_path / "b.pt")

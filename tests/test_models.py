@@ -219,3 +219,27 @@ def test_a_factory_without_a_name_is_refused():
     with pytest.raises(ModelError, match="needs a named function"):
         register_model(lambda num_classes=7: torch.nn.Linear(1, num_classes))
     assert "<lambda>" not in list_models()
+
+
+@pytest.mark.parametrize("num_classes", [0, -1, 2.5, True])
+def test_create_model_refuses_a_class_count_below_one(num_classes):
+    """0 built a model with no outputs; -1 raised torch's RuntimeError."""
+    from fer_edge.errors import ModelError
+    from fer_edge.models import create_model
+
+    with pytest.raises(ModelError, match="num_classes must be a whole number of at least 1"):
+        create_model("fer_nano", num_classes=num_classes)
+
+
+def test_readme_models_table_is_what_fer_edge_models_prints():
+    """README quoted paraphrased sources in another order; the table is now the command's rows, checked here."""
+    from pathlib import Path
+
+    from fer_edge.models import describe_models, format_count
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    start = readme.index("| model | params | MACs/image | source |")
+    table = readme[start:readme.index("\n\n", start)].splitlines()[2:]
+    expected = [f"| `{r['name']}` | {format_count(r['params'])} | {format_count(r['macs'])} | {r['source']} |"
+                for r in describe_models()]
+    assert table == expected

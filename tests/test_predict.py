@@ -794,3 +794,11 @@ def load_default_model_name() -> str:
     from fer_edge.weights import DEFAULT_MODEL, PRETRAINED
 
     return PRETRAINED[DEFAULT_MODEL].architecture
+
+
+def test_load_refuses_an_object_that_is_no_path_or_name():
+    import fer_edge
+    from fer_edge.errors import ArtifactError
+
+    with pytest.raises(ArtifactError, match="takes a path or a shipped model name .*not a int: 5"):
+        fer_edge.load(5)

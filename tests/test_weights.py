@@ -8,6 +8,7 @@ import torch
 
 from fer_edge.checkpoint import load_checkpoint
 from fer_edge.constants import LABELS
+from fer_edge.errors import CheckpointError
 from fer_edge.models import count_macs, count_params
 from fer_edge.weights import DEFAULT_MODEL, PRETRAINED, resolve_checkpoint
 
@@ -397,3 +398,142 @@ def test_a_failure_at_any_step_of_the_commit_leaves_the_folder_as_it_was(weights
     with pytest.raises(OSError):
         ship_mod.ship(tiny_checkpoint, "small", recipe="r", hardware="h", train_time="t", replace_existing=True)
     assert _snapshot(weights_copy) == before
+
+
+# --- what QA found: ship's metrics, checks and messages; a damaged weights.json ----------------------------------
+def _crafted(tiny_checkpoint, tmp_path, **change) -> Path:
+    import torch
+
+    from fer_edge.checkpoint import save_checkpoint
+
+    raw = torch.load(tiny_checkpoint, weights_only=True)
+    return save_checkpoint(tmp_path / "crafted.pt", {**raw, **change})
+
+
+def test_ship_refuses_metrics_that_are_not_plain_numbers_before_anything_changes(weights_copy, tiny_checkpoint,
+                                                                                tmp_path):
+    """A tensor metric shipped as the text "tensor(0.5000)", then the command failed with a traceback."""
+    import torch
+
+    before = _snapshot(weights_copy)
+    ck = _crafted(tiny_checkpoint, tmp_path, metrics={"val_accuracy": torch.tensor(0.5)})
+    res = _ship_cli(ck, "--name", "mt", *SHIP_ARGS)
+    out = " ".join(res.output.split())
+    assert res.exit_code == 1 and "metrics val_accuracy (Tensor) are not plain numbers or text" in out, res.output
+    assert "Traceback" not in res.output and _snapshot(weights_copy) == before
+
+
+def test_ship_refuses_a_model_whose_outputs_are_not_finite(weights_copy, tiny_checkpoint, tmp_path):
+    import torch
+
+    raw = torch.load(tiny_checkpoint, weights_only=True)
+    sd = dict(raw["state_dict"])
+    first = next(k for k, v in sd.items() if v.is_floating_point() and v.ndim == 4)
+    sd[first] = torch.full_like(sd[first], float("nan"))
+    before = _snapshot(weights_copy)
+    res = _ship_cli(_crafted(tiny_checkpoint, tmp_path, state_dict=sd), "--name", "n", *SHIP_ARGS)
+    assert res.exit_code == 1 and "outputs are not finite" in " ".join(res.output.split()), res.output
+    assert _snapshot(weights_copy) == before
+
+
+def test_ship_notes_each_metric_metrics_json_replaces_and_refuses_a_wrong_params(weights_copy, tiny_checkpoint,
+                                                                                 tmp_path):
+    import json
+
+    tiny_checkpoint = _crafted(tiny_checkpoint, tmp_path, metrics={"val_accuracy": 0.5})
+    res = _ship_cli(tiny_checkpoint, "--name", "mj", *SHIP_ARGS, "--metrics-json", '{"params": 5}')
+    assert res.exit_code == 1 and "params 5 is not the model's" in " ".join(res.output.split()), res.output
+    assert not (weights_copy / "mj.pt").exists()
+    res = _ship_cli(tiny_checkpoint, "--name", "mj", *SHIP_ARGS, "--metrics-json",
+                    '{"val_accuracy": 0.99, "val_accuracy_csv": 0.98}')
+    assert res.exit_code == 0, res.output
+    assert "note: --metrics-json replaces the checkpoint's val_accuracy" in res.stderr
+    assert "val_accuracy_csv" not in res.stderr  # a new key is no replacement
+    entry = next(e for e in json.loads((weights_copy / "weights.json").read_text()) if e["name"] == "mj")
+    assert entry["metrics"]["val_accuracy"] == 0.99
+
+
+@pytest.mark.parametrize("args, msg", [
+    (["--parity-gate-reason", "stale"], "--parity-gate-reason without --parity-gate"),
+    (["--recipe", " "], "--recipe is empty"),
+    (["--parity-gate", '{"int8": {"min_agreement": 0.9}, "INT8": {"min_agreement": 0.95}}', "--parity-gate-reason",
+      "x"], "precision 'int8' is given twice"),
+])
+def test_ship_refuses_half_given_options(weights_copy, tiny_checkpoint, args, msg):
+    before = _snapshot(weights_copy)
+    res = _ship_cli(tiny_checkpoint, "--name", "x", *SHIP_ARGS, *args)
+    assert res.exit_code == 1 and msg in " ".join(res.output.split()), res.output
+    assert _snapshot(weights_copy) == before
+
+
+def test_a_gate_takes_precision_names_in_any_case(weights_copy, tiny_checkpoint):
+    import json
+
+    res = _ship_cli(tiny_checkpoint, "--name", "g", *SHIP_ARGS, "--parity-gate", '{"INT8": {"min_agreement": 0.97}}',
+                    "--parity-gate-reason", "measured")
+    assert res.exit_code == 0, res.output
+    entry = next(e for e in json.loads((weights_copy / "weights.json").read_text()) if e["name"] == "g")
+    assert entry["parity_gate"] == {"int8": {"min_agreement": 0.97}}
+
+
+def test_ship_refuses_a_folder_in_the_way_and_a_failed_cleanup_is_no_failure(weights_copy, tiny_checkpoint,
+                                                                             monkeypatch, caplog):
+    (weights_copy / "dirw.pt").mkdir()
+    res = _ship_cli(tiny_checkpoint, "--name", "dirw", "--replace", *SHIP_ARGS)
+    assert res.exit_code == 1 and "is not a plain file" in " ".join(res.output.split()), res.output
+    assert (weights_copy / "dirw.pt").is_dir() and not list(weights_copy.glob(".old-*"))
+    # the weight is in and listed: a temp file that cannot be removed afterwards is a warning, not an error
+    real_unlink = Path.unlink
+
+    def stuck(self, missing_ok=False):
+        if self.name.startswith(".old-"):
+            raise OSError(16, "Device or resource busy")
+        return real_unlink(self, missing_ok=missing_ok)
+
+    from fer_edge.weights.ship import ship
+
+    monkeypatch.setattr(Path, "unlink", stuck)
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="fer_edge.weights"):
+        meta = ship(tiny_checkpoint, "small", recipe="r", hardware="h", train_time="t", replace_existing=True)
+    assert meta.architecture == "fer_nano" and load_checkpoint(weights_copy / "small.pt").model_name == "fer_nano"
+    assert "could not remove" in caplog.text and ".old-small-" in caplog.text
+
+
+def test_ship_says_whether_an_interrupt_shipped_the_weight(weights_copy, tiny_checkpoint, monkeypatch):
+    import fer_edge.weights.ship as ship_mod
+
+    def stop(*a, **k):
+        raise KeyboardInterrupt
+
+    before = _snapshot(weights_copy)
+    monkeypatch.setattr(ship_mod, "_commit", stop)
+    res = _ship_cli(tiny_checkpoint, "--name", "tiny", *SHIP_ARGS)
+    assert res.exit_code == 130 and "interrupted: 'tiny' was not shipped" in res.output, res.output
+    assert _snapshot(weights_copy) == before
+
+
+@pytest.mark.parametrize("text, why", [
+    ('[{"name": "nano",', "not valid JSON|Expecting"),
+    ('{"a": 1}', "expected a list of weight entries"),
+    ('[{"name": "x", "bogus": 1}]', "unknown fields bogus"),
+    ('[{"name": "x", "architecture": "a", "file": "x.pt", "params": 1, "macs": 1, "mean": 0.5, "std": 0.2}, '
+     '{"name": "x", "architecture": "a", "file": "x.pt", "params": 1, "macs": 1, "mean": 0.5, "std": 0.2}]',
+     "'x' is listed twice"),
+])
+def test_a_damaged_weights_table_is_named_and_paths_still_work(weights_copy, tiny_checkpoint, monkeypatch, text,
+                                                               why):
+    """It crashed every command at import, with a JSONDecodeError/AttributeError/TypeError traceback."""
+    import fer_edge.weights as weights
+
+    (weights_copy / "weights.json").write_text(text)
+    with pytest.raises(CheckpointError, match=rf"weights\.json, the shipped weights' table, is damaged \(.*({why})"):
+        weights._load_table()
+    pretrained, problem = weights._load_table_or_note()
+    assert pretrained == {} and "is damaged" in problem
+    monkeypatch.setattr(weights, "PRETRAINED", pretrained)
+    monkeypatch.setattr(weights, "TABLE_PROBLEM", problem)
+    assert weights.resolve_checkpoint(str(tiny_checkpoint)) == Path(tiny_checkpoint)  # a path needs no table
+    with pytest.raises(CheckpointError, match="no shipped model can be named: .*is damaged"):
+        weights.resolve_checkpoint("nano")

@@ -152,8 +152,9 @@ def _probe_pytorch() -> dict:
         import torch
     except ImportError:
         return {"available": False, "reason": "package torch missing", "devices": []}
+    n_threads = torch.get_num_threads()
     devices = [{"name": "cpu", "full_name": cpu_model(),
-                "detail": f"{torch.get_num_threads()} threads, {torch.backends.cpu.get_cpu_capability()}"}]
+                "detail": f"{n_threads} thread{'s' if n_threads != 1 else ''}, {torch.backends.cpu.get_cpu_capability()}"}]
     if torch.cuda.is_available():
         for i in range(torch.cuda.device_count()):
             p = torch.cuda.get_device_properties(i)

@@ -59,6 +59,8 @@ def get_model_entry(name: str) -> ModelEntry:
 def create_model(name: str, num_classes: int = NUM_CLASSES, **kwargs) -> nn.Module:
     """Build a registered model taking N x 1 x 48 x 48 input and returning N x num_classes logits."""
     entry = get_model_entry(name)
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise ModelError(f"model {name!r}: num_classes must be a whole number of at least 1, not {num_classes!r}")
     try:
         return entry.factory(num_classes=num_classes, **kwargs)
     except TypeError as e:

@@ -53,28 +53,55 @@ class WeightMeta:
 
 
 def _load_table() -> dict[str, WeightMeta]:
-    """Read ``weights.json`` (written by ``python -m fer_edge.weights.ship``) into WeightMeta entries."""
+    """Read ``weights.json`` (written by ``python -m fer_edge.weights.ship``) into WeightMeta entries; a damaged
+    table (not JSON, not a list of entries, an entry with unknown or missing fields, a name twice) is a
+    :class:`CheckpointError` naming the file."""
     import json
+    from dataclasses import fields
 
     table = WEIGHTS_DIR / "weights.json"
     if not table.is_file():
         return {}
-    out = {}
-    for entry in json.loads(table.read_text()):
-        entry["labels"] = tuple(entry.get("labels", LABELS))
-        entry["input_size"] = tuple(entry.get("input_size", (1, IMAGE_SIZE, IMAGE_SIZE)))
-        out[entry["name"]] = WeightMeta(**entry)
+    known = {f.name for f in fields(WeightMeta)}
+    try:
+        entries = json.loads(table.read_text())
+        if not isinstance(entries, list):
+            raise ValueError(f"expected a list of weight entries, got a {type(entries).__name__}")
+        out = {}
+        for i, entry in enumerate(entries):
+            if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+                raise ValueError(f"entry {i + 1} is not an object with a name")
+            if unknown := sorted(set(entry) - known):
+                raise ValueError(f"entry {entry['name']!r} has unknown fields {', '.join(unknown)}")
+            if entry["name"] in out:
+                raise ValueError(f"{entry['name']!r} is listed twice")
+            entry["labels"] = tuple(entry.get("labels", LABELS))
+            entry["input_size"] = tuple(entry.get("input_size", (1, IMAGE_SIZE, IMAGE_SIZE)))
+            out[entry["name"]] = WeightMeta(**entry)
+    except (OSError, ValueError, TypeError) as e:
+        raise CheckpointError(f"{table}, the shipped weights' table, is damaged ({e}); restore it (reinstall "
+                              "fer-edge, or `git checkout` it in a source tree)") from None
     return out
 
 
-#: Shipped weights (see README, "Pretrained models").
-PRETRAINED: dict[str, WeightMeta] = _load_table()
+def _load_table_or_note() -> tuple[dict[str, WeightMeta], str]:
+    try:
+        return _load_table(), ""
+    except CheckpointError as e:
+        return {}, str(e)
+
+
+#: Shipped weights (see README, "Pretrained models"). A damaged table leaves it empty, and every use of a shipped
+#: name says why (:data:`TABLE_PROBLEM`); commands given checkpoint paths work as usual.
+PRETRAINED: dict[str, WeightMeta]
+TABLE_PROBLEM: str
+PRETRAINED, TABLE_PROBLEM = _load_table_or_note()
 
 #: The weight used when a command gets no model.
 DEFAULT_MODEL = "small"
 
 
-def check_parity_gate(gate: dict, reason: str) -> None:
+def check_parity_gate(gate: dict, reason: str, reason_option: str = "--reason") -> None:
     """Refuse a weight gate with an unknown precision or threshold name, a value that is not a finite number in
     its range (:func:`fer_edge.parity.threshold_problems`), or without a reason; one error lists every problem."""
     from fer_edge.errors import FerEdgeError
@@ -82,7 +109,8 @@ def check_parity_gate(gate: dict, reason: str) -> None:
 
     problems = threshold_problems(gate, objects_ok=False)
     if gate and not str(reason).strip():
-        problems.append("a weight's own parity gate needs a reason (the figures measured on the weight)")
+        problems.append(f"a weight's own parity gate needs a reason ({reason_option}: the figures measured on the "
+                        "weight)")
     if problems:
         raise FerEdgeError("invalid parity gate: " + "; ".join(problems))
 
@@ -120,5 +148,7 @@ def resolve_checkpoint(spec: str | Path | None) -> Path:
     p = Path(s)
     if p.exists():
         return p
+    if TABLE_PROBLEM:
+        raise CheckpointError(f"{s}: no such checkpoint file, and no shipped model can be named: {TABLE_PROBLEM}")
     shipped = ", ".join(PRETRAINED) or "none yet"
     raise CheckpointError(f"{s}: no such checkpoint file or shipped model (shipped models: {shipped})")

@@ -21,12 +21,14 @@ import math
 import re
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, replace
 from pathlib import Path
 
 import typer
 
 from fer_edge.cli.common import handle_errors
+from fer_edge.errors import FerEdgeError
 from fer_edge.weights import WEIGHTS_DIR, WeightMeta
 
 MAX_BYTES = 4 * 1024 * 1024
@@ -64,6 +66,33 @@ def _non_finite(obj, path: str = "") -> list[str]:
     return []
 
 
+def _not_plain(obj, path: str = "") -> list[str]:
+    """The paths of values in ``obj`` that JSON does not hold as they are (a tensor, an object): weights.json would
+    get their text, not their number."""
+    if obj is None or isinstance(obj, (str, bool, int, float)):
+        return []
+    if isinstance(obj, dict):
+        return [p for k, v in obj.items() for p in
+                ([f"{path}.{k}" if path else repr(k)] if not isinstance(k, str) else
+                 _not_plain(v, f"{path}.{k}" if path else k))]
+    if isinstance(obj, (list, tuple)):
+        return [p for i, v in enumerate(obj) for p in _not_plain(v, f"{path}[{i}]")]
+    return [f"{path or 'value'} ({type(obj).__name__})"]
+
+
+def lower_gate(gate: dict) -> tuple[dict, list[str]]:
+    """A parity gate with its precision names in lower case, as the export command's overrides take them; two
+    names that differ only in case are a problem."""
+    out: dict = {}
+    problems = []
+    for k, v in gate.items():
+        key = k.lower() if isinstance(k, str) else k
+        if key in out:
+            problems.append(f"precision {key!r} is given twice (names are matched case-insensitively)")
+        out[key] = v
+    return out, problems
+
+
 def _read_entries() -> list[dict]:
     from fer_edge.errors import CheckpointError
 
@@ -88,29 +117,42 @@ def _table_text(entries: list[dict], meta: WeightMeta) -> str:
     if bad:
         raise CheckpointError(f"weights.json would hold numbers that are not finite ({', '.join(bad)}): "
                               "it must stay valid JSON")
-    return json.dumps(out, indent=2, allow_nan=False, default=str) + "\n"
+    return json.dumps(out, indent=2, allow_nan=False) + "\n"
 
 
 def ship(checkpoint: Path, name: str, recipe: str, hardware: str, train_time: str,
          extra_metrics: dict | None = None, parity_gate: dict | None = None,
-         parity_gate_reason: str = "", replace_existing: bool = False) -> WeightMeta:
+         parity_gate_reason: str = "", replace_existing: bool = False,
+         log: Callable[[str], None] | None = None) -> WeightMeta:
     """Copy ``checkpoint`` in as weight ``name`` and write its entry. A new weight starts from the
     default parity gate unless ``parity_gate`` is given (a gate measured on the old file does not carry over).
 
     A ``name`` already shipped (in ``weights.json``, or a ``<name>.pt`` already in the folder) is refused
     unless ``replace_existing``. Nothing in the weights folder changes unless every check passes.
+    ``extra_metrics`` may replace a metric the checkpoint recorded (e.g. the accuracy measured on the CSV of a run
+    that trained on the image folders): ``log`` gets a note for each replaced value.
     """
+    import torch
+
     from fer_edge.checkpoint import load_checkpoint, save_checkpoint
     from fer_edge.errors import CheckpointError, FerEdgeError
     from fer_edge.models import count_macs, count_params
     from fer_edge.parity import threshold_problems
 
+    log = log or (lambda msg: None)
     # 1. the arguments, all problems at once, before any work
     problems = name_problems(name)
-    problems += [f"--parity-gate: {p}" for p in threshold_problems(parity_gate or {}, objects_ok=False)]
+    for option, value in (("--recipe", recipe), ("--hardware", hardware), ("--train-time", train_time)):
+        if not str(value).strip():
+            problems.append(f"{option} is empty: say how the weight was made (README's section for it quotes it)")
+    parity_gate, twice = lower_gate(parity_gate or {})
+    problems += [f"--parity-gate: {p}" for p in twice + threshold_problems(parity_gate, objects_ok=False)]
     if parity_gate and not str(parity_gate_reason).strip():
         problems.append("a weight's own parity gate needs a reason (--parity-gate-reason: the figures measured "
                         "on the weight)")
+    if not parity_gate and str(parity_gate_reason).strip():
+        problems.append("--parity-gate-reason without --parity-gate: the weight gets the default gate, which needs "
+                        "no reason")
     if extra_metrics is not None and not isinstance(extra_metrics, dict):
         problems.append(f"--metrics-json: expected a JSON object, got {extra_metrics!r}")
     else:
@@ -122,6 +164,9 @@ def ship(checkpoint: Path, name: str, recipe: str, hardware: str, train_time: st
     ck = load_checkpoint(checkpoint)
     model = ck.build_model()
     dest = WEIGHTS_DIR / f"{name}.pt"
+    if (dest.exists() or dest.is_symlink()) and not (dest.is_file() and not dest.is_symlink()):
+        raise CheckpointError(f"{dest} exists and is not a plain file (a folder or a link): move it away first "
+                              "(nothing was shipped)")
     entries = _read_entries()
     old = next((e for e in entries if e["name"] == name), None)
     clash = [e["name"] for e in entries if e["name"] != name and e["name"].lower() == name.lower()]
@@ -150,17 +195,35 @@ def ship(checkpoint: Path, name: str, recipe: str, hardware: str, train_time: st
         if size > MAX_BYTES:
             raise CheckpointError(f"{name}: {size} bytes is over the {MAX_BYTES}-byte limit "
                                   "(nothing was shipped; the weights folder is unchanged)")
-        shipped_model = load_checkpoint(staged).build_model()  # the file as shipped loads
+        shipped_model = load_checkpoint(staged).build_model().eval()  # the file as shipped loads
+        with torch.no_grad():  # and answers: NaN weights would give NaN for every image
+            probe = torch.linspace(-2.0, 2.0, 2 * 48 * 48).reshape(2, 1, 48, 48)
+            logits = shipped_model(probe)
+        if not bool(torch.isfinite(logits).all()):
+            raise CheckpointError(f"{checkpoint}: the model's outputs are not finite (NaN or inf weights?); "
+                                  "nothing was shipped")
+        params = count_params(shipped_model)
+        extra = dict(extra_metrics or {})
+        if "params" in extra and extra["params"] != params:
+            raise CheckpointError(f"--metrics-json: params {extra['params']!r} is not the model's {params} "
+                                  "(counted); leave it out")
+        for k, v in extra.items():
+            if k in ck.metrics and ck.metrics[k] != v:
+                log(f"--metrics-json replaces the checkpoint's {k} ({ck.metrics[k]!r} -> {v!r})")
         meta = WeightMeta(
-            name=name, architecture=ck.model_name, file=dest.name, params=count_params(shipped_model),
+            name=name, architecture=ck.model_name, file=dest.name, params=params,
             macs=count_macs(shipped_model), mean=ck.normalization.mean, std=ck.normalization.std,
-            metrics={**ck.metrics, **(extra_metrics or {})}, recipe=recipe, hardware=hardware, train_time=train_time,
-            labels=tuple(ck.labels), parity_gate=dict(parity_gate or {}), parity_gate_reason=parity_gate_reason,
+            metrics={**ck.metrics, **extra}, recipe=recipe, hardware=hardware, train_time=train_time,
+            labels=tuple(ck.labels), parity_gate=dict(parity_gate), parity_gate_reason=parity_gate_reason,
         )
         bad = _non_finite(meta.metrics)
         if bad:
             raise CheckpointError(f"{name}: metrics {', '.join(bad)} are not finite numbers (weights.json must be "
                                   "valid JSON); fix the checkpoint's metrics or --metrics-json")
+        odd = _not_plain(meta.metrics)
+        if odd:
+            raise CheckpointError(f"{name}: metrics {', '.join(odd)} are not plain numbers or text (weights.json "
+                                  "would get their text); fix the checkpoint's metrics or --metrics-json")
         text = _table_text(entries, meta)
 
         # 4. commit, by renames inside the weights folder: the earlier file (if any) aside, the new file in, then
@@ -201,9 +264,17 @@ def _commit(dest: Path, staged: Path, table: Path, text: str) -> None:
                 os.replace(aside, dest)  # the earlier weight back, over the new file if it was placed
             elif placed:
                 dest.unlink(missing_ok=True)
+        left = []
         for leftover in (new_file, new_table, aside):
-            if leftover is not None:
-                leftover.unlink(missing_ok=True)
+            try:
+                if leftover is not None:
+                    leftover.unlink(missing_ok=True)
+            except OSError as e:  # never hides the error that stopped the commit, nor fails one that happened
+                left.append(f"{leftover} ({e.strerror or e})")
+        if left:
+            import logging
+
+            logging.getLogger("fer_edge.weights").warning("could not remove %s: remove it by hand", ", ".join(left))
 
 
 def json_option(value: str, option: str) -> dict:
@@ -219,10 +290,13 @@ def json_option(value: str, option: str) -> dict:
 
 def set_parity_gate(name: str, gate: dict, reason: str) -> WeightMeta:
     """Give shipped weight ``name`` its own parity gate (``{}`` restores the defaults), keeping the rest of its entry."""
-    from fer_edge.errors import CheckpointError
+    from fer_edge.errors import CheckpointError, FerEdgeError
     from fer_edge.weights import _load_table, check_parity_gate
 
-    check_parity_gate(gate, reason)
+    gate, twice = lower_gate(gate)
+    if twice:
+        raise FerEdgeError("invalid parity gate: " + "; ".join(twice))
+    check_parity_gate(gate, reason, reason_option="--reason")
     table = _load_table()
     if name not in table:
         raise CheckpointError(f"no shipped weight {name!r} (shipped: {', '.join(table) or 'none'})")
@@ -247,9 +321,22 @@ def main(checkpoint: Path = typer.Argument(..., exists=True), name: str = typer.
          parity_gate_reason: str = typer.Option("", help="Why, with the figures measured on this weight."),
          replace_existing: bool = typer.Option(
              False, "--replace", help="Replace the weight already shipped under --name (its file and entry).")) -> None:
+    """Ship CHECKPOINT as fer_edge/weights/<name>.pt and write its entry in weights.json (README: "Pretrained
+    models"); every check runs before the weights folder changes."""
     before = next((e for e in _read_entries() if e["name"] == name), None) if not name_problems(name) else None
-    meta = ship(checkpoint, name, recipe, hardware, train_time, json_option(metrics_json, "--metrics-json"),
-                json_option(parity_gate, "--parity-gate"), parity_gate_reason, replace_existing=replace_existing)
+    try:
+        meta = ship(checkpoint, name, recipe, hardware, train_time, json_option(metrics_json, "--metrics-json"),
+                    json_option(parity_gate, "--parity-gate"), parity_gate_reason, replace_existing=replace_existing,
+                    log=lambda msg: typer.echo(f"note: {msg}", err=True))
+    except KeyboardInterrupt:
+        now = next((e for e in _read_entries() if e["name"] == name), None) if not name_problems(name) else None
+        done = now is not None and now != before
+        typer.echo(f"interrupted: {name!r} was {'shipped' if done else 'not shipped; the weights folder is as it was'}",
+                   err=True)
+        raise typer.Exit(130) from None
+    except OSError as e:  # e.g. a read-only install: name the folder, not the hidden temporary file
+        where = Path(e.filename).parent if e.filename else WEIGHTS_DIR
+        raise FerEdgeError(f"cannot write into {where} ({e.strerror or e}); nothing was shipped") from None
     if before is not None:
         change = (f", architecture {before.get('architecture')} -> {meta.architecture}"
                   if before.get("architecture") != meta.architecture else "")
