@@ -63,6 +63,22 @@ def check_writable_dir(path: str | os.PathLike, option: str, error: type[Excepti
     return p
 
 
+def check_output_file(path: str | os.PathLike, option: str, error: type[Exception]) -> Path:
+    """Refuse, before any work, an output file path that names an existing folder (an atomic write would not
+    replace it), lies under a file, or sits in a folder this process may not write."""
+    p = Path(path)
+    if str(path) == "" or p.is_dir():
+        raise error(f"{option} {str(path)!r} is a folder, not a file: give a file path (e.g. {p / 'report.json'})")
+    for q in p.parents:
+        if q.exists() or q.is_symlink():
+            if not q.is_dir():
+                raise error(f"{option} {p}: {q} is a file, not a folder (not a directory): choose another {option}")
+            if not os.access(q, os.W_OK | os.X_OK):
+                raise error(f"{option} {p}: cannot write into {q} (permission denied)")
+            break
+    return p
+
+
 def write_text_atomic(dest: str | os.PathLike, text: str) -> None:
     with atomic_path(dest) as tmp:
         tmp.write_text(text)

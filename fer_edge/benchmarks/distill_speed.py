@@ -20,10 +20,12 @@ from pathlib import Path
 import typer
 
 from fer_edge.benchmarks.train_throughput import fer_edge_pipeline_run
+from fer_edge.cli.common import handle_errors
 
 cli = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
 RUNTIMES = ("torch", "onnxruntime")
+AMP = ("auto", "off", "bf16", "fp16")
 OFFLINE = "offline targets (onnxruntime)"
 REPLAY = "replay targets (onnxruntime)"
 
@@ -40,6 +42,7 @@ def distill_run(data: str, student: str, teachers: list[str], runtime: str, step
 
 
 @cli.command()
+@handle_errors
 def main(
     data: Path = typer.Option(..., exists=True, help="FER2013 CSV or image folder."),
     student: str = typer.Option("fer_nano", help="Registered model to train."),
@@ -58,33 +61,54 @@ def main(
     from rich.console import Console
     from rich.table import Table
 
+    from fer_edge.checkpoint import load_checkpoint
+    from fer_edge.data import default_train_split, load_split
+    from fer_edge.errors import FerEdgeError
+    from fer_edge.models import list_models
+    from fer_edge.utils import sigterm_as_interrupt
     from fer_edge.weights import resolve_checkpoint
 
-    from fer_edge.errors import FerEdgeError
-
     console = Console()
-    try:
-        teachers = [str(resolve_checkpoint(t)) for t in teacher]
-    except FerEdgeError as e:
-        Console(stderr=True).print(f"[red]error:[/] {e}")
-        raise typer.Exit(1) from None
-    from fer_edge.data import default_train_split, load_split
-
+    # every option checked, the teachers read and the data decoded before the first (minutes-long) measurement
+    if student not in list_models():
+        raise FerEdgeError(f"--student: unknown model {student!r}; registered models: "
+                           f"{', '.join(sorted(list_models()))}")
+    if amp not in AMP:
+        raise FerEdgeError(f"--amp {amp!r}: valid: {', '.join(AMP)}")
+    if not teacher:
+        raise FerEdgeError("--teacher: name at least one teacher (a shipped weight name or a checkpoint)")
+    teachers = []
+    for t in teacher:
+        path = resolve_checkpoint(t)
+        try:
+            load_checkpoint(path)
+        except FerEdgeError as e:
+            raise FerEdgeError(f"--teacher {t}: {e}") from None
+        teachers.append(str(path))
     n_train = len(load_split(str(data), default_train_split(str(data)), progress=False).labels)
     configs = ({"no teacher": ("auto", [], "online")}
                | {f"teacher in {r}": (r, teachers, "online") for r in RUNTIMES}
                | {OFFLINE: ("onnxruntime", teachers, "offline"), REPLAY: ("onnxruntime", teachers, "replay")})
     runs: dict[str, list[float]] = {name: [] for name in configs}
     labelling: dict[str, list[float]] = {OFFLINE: [], REPLAY: []}
-    for r in range(rounds):
-        for name, (runtime, ts, targets) in configs.items():
-            ips, once = distill_run(str(data), student, ts, runtime, steps, tta, batch_size, threads, amp, targets,
-                                    views=replay_views)
-            runs[name].append(ips)
-            if once is not None:
-                labelling[name].append(once)
-        console.print(f"round {r + 1}/{rounds}: " + ", ".join(f"{n} {v[-1]:.0f} img/s" for n, v in runs.items())
-                      + f"; labelling: offline {labelling[OFFLINE][-1]:.0f} s, replay {labelling[REPLAY][-1]:.0f} s")
+    try:
+        with sigterm_as_interrupt():
+            for r in range(rounds):
+                for name, (runtime, ts, targets) in configs.items():
+                    ips, once = distill_run(str(data), student, ts, runtime, steps, tta, batch_size, threads, amp,
+                                            targets, views=replay_views)
+                    runs[name].append(ips)
+                    if once is not None:
+                        labelling[name].append(once)
+                console.print(f"round {r + 1}/{rounds}: "
+                              + ", ".join(f"{n} {v[-1]:.0f} img/s" for n, v in runs.items())
+                              + f"; labelling: offline {labelling[OFFLINE][-1]:.0f} s, "
+                                f"replay {labelling[REPLAY][-1]:.0f} s")
+    except KeyboardInterrupt:
+        done = min(len(v) for v in runs.values())
+        typer.echo(f"interrupted: {done} of {rounds} round(s) finished (printed above); the comparison table was not "
+                   "printed, and nothing was written", err=True)
+        raise typer.Exit(130) from None
     med = {name: statistics.median(v) for name, v in runs.items()}
     once = statistics.median(labelling[OFFLINE])
     once_replay = statistics.median(labelling[REPLAY])

@@ -56,22 +56,88 @@ def _size_table(entries: list[dict]) -> dict:
     return out
 
 
-def run(checkpoint, calib_data, out_dir=None, val_data=None, val_split=None, val_size=None,
-        targets="all", precisions=None, calib_size: int = 500, calib_methods=None, calib_seeds=None) -> dict:
-    """Export and measure; returns the report dict (see the module docstring)."""
-    from fer_edge.exporters import export
+def this_run(manifest: dict) -> list[dict]:
+    """The manifest's entries written by its latest run: an export into a folder keeps earlier runs' entries
+    (each names its ``run``), which are not this run's figures."""
+    run_id = manifest.get("run_id")
+    return [e for e in manifest.get("artifacts") or [] if e.get("run") == run_id]
 
+
+class _Bar:
+    """A transient rich progress bar on a terminal's stderr (nothing off a terminal): one line for the export
+    calls of this benchmark, one for the steps of the current call (the exporter's ProgressEvents)."""
+
+    def __init__(self, total_calls: int, show: bool | None = None, console=None):
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        console = console or Console(stderr=True)
+        show = console.is_terminal if show is None else show
+        self.progress = Progress(TextColumn("[bold]{task.fields[label]}[/]"), BarColumn(), MofNCompleteColumn(),
+                                 TimeElapsedColumn(), TextColumn("{task.description}"), console=console,
+                                 transient=True, disable=not show)
+        self.calls = self.progress.add_task("", total=total_calls, label="exports")
+        self.steps = self.progress.add_task("", total=None, label="  step")
+
+    def __enter__(self):
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.progress.stop()
+        return False
+
+    def call(self, what: str):
+        """Start export call ``what``; returns the exporter's ``progress`` callback for it."""
+        self.progress.update(self.calls, description=what)
+        self.progress.reset(self.steps, total=None, description="")
+
+        def on_event(ev) -> None:
+            if ev.stage == "done":
+                self.progress.update(self.steps, total=ev.total, completed=ev.total, description="")
+            else:
+                self.progress.update(self.steps, total=ev.total, completed=ev.index,
+                                     description=f"{ev.stage} {ev.target} {ev.precision}")
+        return on_event
+
+    def done(self) -> None:
+        self.progress.advance(self.calls)
+
+
+def run(checkpoint, calib_data, out_dir=None, val_data=None, val_split=None, val_size=None,
+        targets="all", precisions=None, calib_size: int = 500, calib_methods=None, calib_seeds=None,
+        progress: bool | None = None, console=None) -> dict:
+    """Export and measure; returns the report dict (see the module docstring).
+
+    Only this run's exports count: an ``out_dir`` holding earlier runs' artifacts (their entries stay listed in
+    the manifests) reports none of them. ``progress``: a transient bar on ``console`` (default stderr); None: only
+    when it is a terminal. A temporary ``out_dir`` is removed also when the run stops (an error, Ctrl-C).
+    """
     tmp = None
     if out_dir is None:
         tmp = tempfile.TemporaryDirectory(prefix="fer-edge-export-bench-")
         out_dir = tmp.name
-    out_dir = Path(out_dir)
+    try:
+        calls = 1 + len(calib_methods or []) + len(calib_seeds or [])
+        with _Bar(calls, progress, console) as bar:
+            return _run(checkpoint, calib_data, Path(out_dir), val_data, val_split, val_size, targets, precisions,
+                        calib_size, calib_methods, calib_seeds, bar)
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+
+
+def _run(checkpoint, calib_data, out_dir: Path, val_data, val_split, val_size, targets, precisions, calib_size,
+         calib_methods, calib_seeds, bar: _Bar) -> dict:
+    from fer_edge.exporters import export
+
     t0 = time.perf_counter()
     result = export(checkpoint, targets, precisions, out_dir / "all", calib_data=calib_data,
                     calib_size=calib_size, val_data=val_data, val_split=val_split, val_size=val_size,
-                    raise_on_failure=False, data_progress=False)
+                    raise_on_failure=False, data_progress=False, progress=bar.call("main export"))
+    bar.done()
     wall = time.perf_counter() - t0
-    entries = result.manifest["artifacts"]
+    entries = this_run(result.manifest)
     per_target: dict[str, float] = {}
     for e in entries:
         per_target[e["target"]] = per_target.get(e["target"], 0.0) + float(e["export_seconds"])
@@ -103,7 +169,9 @@ def run(checkpoint, calib_data, out_dir=None, val_data=None, val_split=None, val
             t1 = time.perf_counter()
             r = export(checkpoint, ["onnx"], ["int8"], out_dir / f"calib-{method}", calib_data=calib_data,
                        calib_size=calib_size, calib_method=method, val_data=val_data, val_split=val_split,
-                       val_size=None, raise_on_failure=False, data_progress=False)
+                       val_size=None, raise_on_failure=False, data_progress=False,
+                       progress=bar.call(f"calibration method {method}"))
+            bar.done()
             secs = time.perf_counter() - t1
             if r.failed:
                 rows.append({"method": method, "error": r.failed[0]["reason"]})
@@ -125,9 +193,7 @@ def run(checkpoint, calib_data, out_dir=None, val_data=None, val_split=None, val
                                                  and e["variant"] == "main" and e["target"] in int8_targets])}
                  if val_size is None else {})
         report["calib_seeds"] = calib_seed_spread(checkpoint, calib_data, out_dir, calib_seeds, int8_targets,
-                                                  calib_size, val_data, val_split, known=known)
-    if tmp is not None:
-        tmp.cleanup()
+                                                  calib_size, val_data, val_split, known=known, bar=bar)
     return report
 
 
@@ -138,7 +204,7 @@ def _draw_row(seed: int, target: str, export_dir: Path, v: dict) -> dict:
 
 
 def calib_seed_spread(checkpoint, calib_data, out_dir, seeds, targets, calib_size=500, val_data=None,
-                      val_split=None, known: dict | None = None) -> dict:
+                      val_split=None, known: dict | None = None, bar: _Bar | None = None) -> dict:
     """INT8 exported once per calibration seed for ``targets``, each validated on the whole split.
 
     ``known``: ``{seed: (export_dir, manifest entries)}`` of draws already exported and validated this way (the
@@ -156,11 +222,16 @@ def calib_seed_spread(checkpoint, calib_data, out_dir, seeds, targets, calib_siz
         if seed in known and {e["target"] for e in known[seed][1]} == set(targets):
             where, done = known[seed]
             rows += [_draw_row(seed, e["target"], where, e["validation"]) for e in done]
+            if bar is not None:
+                bar.done()
             continue
         where = Path(out_dir) / f"calib-seed-{seed}"
         r = export(checkpoint, targets, ["int8"], where, calib_data=calib_data,
                    calib_size=calib_size, calib_seed=seed, val_data=val_data, val_split=val_split, val_size=None,
-                   raise_on_failure=False, data_progress=False)
+                   raise_on_failure=False, data_progress=False,
+                   progress=None if bar is None else bar.call(f"calibration seed {seed}"))
+        if bar is not None:
+            bar.done()
         rows += [{"seed": seed, "target": f["target"], "error": f["reason"]} for f in r.failed]
         rows += [_draw_row(seed, a.target, where, a.validation) for a in r.artifacts if a.variant == "main"]
     summary = []
@@ -178,6 +249,15 @@ def calib_seed_spread(checkpoint, calib_data, out_dir, seeds, targets, calib_siz
 
 def _pct(v) -> str:
     return "-" if v is None else f"{v:.2%}"
+
+
+def _status(v: dict) -> str:
+    """The validation status, with the reason the manifest records when it is not "passed" (Core ML off a Mac:
+    "not validated: ...")."""
+    status, reason = str(v.get("status")), v.get("reason")
+    if status == "passed" or not reason:
+        return status
+    return reason if str(reason).startswith(status) else f"{status}: {reason}"
 
 
 def print_report(report: dict, console=None) -> None:
@@ -220,7 +300,7 @@ def print_report(report: dict, console=None) -> None:
         t.add_column(col, justify="left" if col in ("Artifact", "Status") else "right")
     for a in report["artifacts"]:
         v = a["validation"]
-        t.add_row(a["file"], str(v.get("status")), _pct(v.get("agreement")),
+        t.add_row(a["file"], _status(v), _pct(v.get("agreement")),
                   "-" if v.get("max_abs_diff") is None else f"{v['max_abs_diff']:.2e}",
                   "-" if v.get("kl") is None else f"{v['kl']:.2e}", _pct(v.get("accuracy")),
                   _pct(v.get("reference_accuracy")), str(v.get("n") or "-"))
@@ -297,23 +377,54 @@ def main(argv: list[str] | None = None) -> int:
                     help="also export INT8 once per calibration draw, e.g. 0,1,2,3,4, and print the spread")
     ap.add_argument("--json", default=None, help="write the report as JSON here")
     args = ap.parse_args(argv)
+    from fer_edge.utils import check_output_file, sigterm_as_interrupt, write_text_atomic
+
     try:
         from fer_edge.cli.common import parse_csv_option
         from fer_edge.exporters.onnx import CALIB_METHODS
         from fer_edge.targets import TARGETS
 
+        if args.json is not None:
+            check_output_file(args.json, "--json", FerEdgeError)
+        if args.out is not None:
+            from fer_edge.utils import check_writable_dir
+
+            check_writable_dir(args.out, "--out", FerEdgeError)
         targets = parse_csv_option(args.target, [*TARGETS, "all"], "target")
+        if not targets:
+            raise FerEdgeError(f"--target {args.target!r} names no target; accepted: comma-separated "
+                               f"{', '.join(TARGETS)}, or all")
         methods = parse_csv_option(args.calib_methods, list(CALIB_METHODS), "calibration method") or None
         seeds = _seeds(args.calib_seeds)
-        report = run(args.checkpoint, args.calib_data, args.out, args.val_data, args.val_split,
-                     args.val_size or None, targets, None, args.calib_size, methods, seeds)
+        with sigterm_as_interrupt():
+            report = run(args.checkpoint, args.calib_data, args.out, args.val_data, args.val_split,
+                         args.val_size or None, targets, None, args.calib_size, methods, seeds)
     except FerEdgeError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print(f"interrupted: {_interrupted_note(args.out, args.json)}", file=sys.stderr)
+        return 130
     print_report(report)
     if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=2, default=str) + "\n")
+        try:
+            write_text_atomic(args.json, json.dumps(report, indent=2, default=str) + "\n")
+        except OSError as e:
+            print(f"error: --json {args.json}: {e.strerror or e}", file=sys.stderr)
+            return 1
     return 0 if report["within_budget"] and not report["failed"] else 1
+
+
+def _interrupted_note(out: str | None, json_path: str | None) -> str:
+    """What an interrupted benchmark left: no report; the exports finished so far (kept in --out, else removed)."""
+    not_written = "no report was printed" + (f" and --json {json_path} was not written" if json_path else "")
+    if out is None:
+        return f"{not_written}; the exports were in a temporary folder, removed (pass --out DIR to keep them)"
+    folders = sorted(m.parent.name for m in Path(out).glob("*/manifest.json"))
+    if not folders:
+        return f"{not_written}; no export finished ({out} holds none)"
+    return (f"{not_written}; the exports finished so far are kept under {out} ({', '.join(folders)}: each "
+            "folder's manifest.json lists its artifacts, \"complete\": false where an export was cut short)")
 
 
 if __name__ == "__main__":

@@ -21,9 +21,20 @@ from pathlib import Path
 
 
 def sensitivity(checkpoint: str | Path, calib_data: str | Path, val_data: str | Path | None = None,
-                calib_size: int = 500, seed: int = 0, batch: int = 512) -> dict:
-    """Agreement with FP32 for each rounding configuration (see the module docstring)."""
+                calib_size: int = 500, seed: int = 0, batch: int = 512, progress: bool | None = None,
+                console=None) -> dict:
+    """Agreement with FP32 for each rounding configuration (see the module docstring).
+
+    ``progress``: a transient bar over the passes on ``console`` (default stderr); None: only on a terminal.
+    """
     import torch
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from fer_edge.errors import FerEdgeError
+
+    if isinstance(calib_size, bool) or not isinstance(calib_size, int) or calib_size < 1:
+        raise FerEdgeError(f"--calib-size must be a whole number of at least 1 (got {calib_size!r})")
 
     from fer_edge.checkpoint import load_checkpoint
     from fer_edge.exporters.calibration import load_calibration, load_validation
@@ -37,30 +48,39 @@ def sensitivity(checkpoint: str | Path, calib_data: str | Path, val_data: str | 
     x_cal, x_val = torch.from_numpy(calib.inputs), torch.from_numpy(val.inputs)
     sim = QuantSim(model, model, x_cal[:2])
     quantizers = [sim.input_fq, *sim.fq.values()]
-    with torch.no_grad():
+    console = console or Console(stderr=True)
+    show = console.is_terminal if progress is None else progress
+    bar = Progress(TextColumn("[bold]INT8 sensitivity[/]"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                   TextColumn("{task.description}"), console=console, transient=True, disable=not show)
+    # passes over the validation images: FP32, everything, activations only, weights only, one per activation
+    task = bar.add_task("FP32 reference", total=4 + len(sim.fq))
+    with bar, torch.no_grad():
         sim(x_cal)  # the first batch sets every observer's range: MinMax over the calibration images
         for fq in quantizers:
             fq.disable_observer()
 
         def top1(f) -> torch.Tensor:
-            return torch.cat([f(x_val[i : i + batch]).argmax(1) for i in range(0, len(x_val), batch)])
+            out = torch.cat([f(x_val[i : i + batch]).argmax(1) for i in range(0, len(x_val), batch)])
+            bar.advance(task)
+            return out
 
         ref = top1(model)
 
-        def agreement() -> float:
+        def agreement(what: str) -> float:
+            bar.update(task, description=what)
             return float((top1(sim) == ref).float().mean())
 
-        rows = {"everything": agreement()}
+        rows = {"everything": agreement("everything")}
         weights, sim.weights = sim.weights, []
-        rows["activations only"] = agreement()
+        rows["activations only"] = agreement("activations only")
         sim.weights = weights
         for fq in quantizers:
             fq.disable_fake_quant()
-        rows["weights only"] = agreement()
+        rows["weights only"] = agreement("weights only")
         per_tensor = {}
         for name, fq in sim.fq.items():
             fq.enable_fake_quant()
-            per_tensor[name] = agreement()
+            per_tensor[name] = agreement(f"weights + {name}")
             fq.disable_fake_quant()
     return {"checkpoint": str(checkpoint), "model": ck.model_name, "calibration_images": len(calib),
             "validation": val.record, "agreement": rows, "weights_plus_one_activation": per_tensor}
@@ -81,13 +101,20 @@ def main(argv: list[str] | None = None) -> int:
     from rich.table import Table
 
     from fer_edge.errors import FerEdgeError
-    from fer_edge.utils import write_json_atomic
+    from fer_edge.utils import check_output_file, sigterm_as_interrupt, write_json_atomic
 
     try:
-        res = sensitivity(args.checkpoint, args.calib_data, args.val_data, args.calib_size, args.seed)
+        if args.json is not None:
+            check_output_file(args.json, "--json", FerEdgeError)
+        with sigterm_as_interrupt():
+            res = sensitivity(args.checkpoint, args.calib_data, args.val_data, args.calib_size, args.seed)
     except FerEdgeError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("interrupted: nothing was measured to the end; no table was printed"
+              + (f" and --json {args.json} was not written" if args.json else ""), file=sys.stderr)
+        return 130
     t = Table(title=f"{res['model']}: top-1 agreement with FP32 under simulated INT8 "
                     f"({res['validation'].get('count', '?')} validation images)")
     t.add_column("rounded")
@@ -98,7 +125,11 @@ def main(argv: list[str] | None = None) -> int:
         t.add_row(f"weights + {name}", f"{a:.2%}")
     Console().print(t)
     if args.json:
-        write_json_atomic(args.json, res)
+        try:
+            write_json_atomic(args.json, res)
+        except OSError as e:
+            print(f"error: --json {args.json}: {e.strerror or e}", file=sys.stderr)
+            return 1
     return 0
 
 

@@ -22,6 +22,47 @@ import typer
 cli = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
 MODES = {"exact": True, "fast": False}
+#: The longest ``--seconds`` taken: an hour of timed calls per mode, batch and round.
+MAX_SECONDS = 3600.0
+
+
+def check_seconds(seconds: float) -> float:
+    """Refuse a ``--seconds`` that is not a finite number of at most :data:`MAX_SECONDS` (inf, nan, 1e300)."""
+    import math
+
+    from fer_edge.errors import FerEdgeError
+
+    if not math.isfinite(seconds) or seconds > MAX_SECONDS:
+        raise FerEdgeError(f"--seconds {seconds:g}: give a finite number of seconds, at most {MAX_SECONDS:g} "
+                           "(it is timed per mode, batch size and round)")
+    return seconds
+
+
+def dedupe(arts: list) -> tuple[list, list[str]]:
+    """The artifacts with each file once (by resolved path, first naming kept), and a note per repeat."""
+    seen: dict[Path, Path] = {}
+    out, notes = [], []
+    for a in arts:
+        key = Path(a.path).resolve()
+        if key in seen:
+            notes.append(f"{a.path} is {seen[key]} again (named twice, e.g. by its folder and by its path): "
+                         "measured once")
+            continue
+        seen[key] = Path(a.path)
+        out.append(a)
+    return out, notes
+
+
+def display_names(paths: list[Path]) -> list[str]:
+    """Each path's file name, with as many of its folders as it takes to tell apart files of the same name."""
+    parts = [Path(p).resolve().parts for p in paths]
+    names = []
+    for i, ps in enumerate(parts):
+        k = 1
+        while k < len(ps) and any(j != i and q[-k:] == ps[-k:] for j, q in enumerate(parts)):
+            k += 1
+        names.append(str(Path(*ps[-k:])) if k > 1 else Path(paths[i]).name)
+    return names
 
 
 def int8_artifacts(paths: list[Path]) -> list:
@@ -105,12 +146,21 @@ def main(
     from fer_edge.runtimes import get_runtime
     from fer_edge.runtimes.onnxruntime import X64_QUANT_PRECISION, session_config
 
+    from fer_edge.utils import sigterm_as_interrupt
+
     console, err = Console(), Console(stderr=True)
+    rows: list = []
+    files: list = []
+    batches: list[int] = []
     try:
         from fer_edge.cli.common import parse_batches
 
+        check_seconds(seconds)
         batches = parse_batches(batch)
-        files = int8_artifacts(artifacts)
+        files, notes = dedupe(int8_artifacts(artifacts))
+        for note in notes:
+            typer.echo(f"note: {note}", err=True)
+        names = dict(zip([a.path for a in files], display_names([a.path for a in files])))
         cls = get_runtime("onnxruntime")
         if data is not None:
             from fer_edge.benchmarks.bench import load_inputs
@@ -119,23 +169,28 @@ def main(
             what = f"{len(inputs.images):,} {inputs.split} images"
         else:
             inputs, what = None, "256 seeded random inputs"
-        rows = []
-        for art in files:
-            path = art.path
-            sessions = {m: cls(path, threads=threads, exact_int8=e) for m, e in MODES.items()}
-            if inputs is not None:
-                x_all = inputs.normalized(artifact_normalization(art, sessions["exact"]))
-            else:
-                x_all = np.random.default_rng(0).standard_normal((256, 1, 48, 48)).astype(np.float32)
-            answers = compare_answers(sessions, x_all)
-            for b in batches:
-                x = np.ascontiguousarray(np.resize(x_all, (b, *x_all.shape[1:])))
-                with console.status(f"timing {path.name}, batch {b}: {rounds} rounds x 2 sessions x {seconds:g} s"):
-                    p50s = time_modes(sessions, x, rounds, seconds)
-                rows.append((path, b, p50s, answers))
+        with sigterm_as_interrupt():
+            for art in files:
+                path = art.path
+                sessions = {m: cls(path, threads=threads, exact_int8=e) for m, e in MODES.items()}
+                if inputs is not None:
+                    x_all = inputs.normalized(artifact_normalization(art, sessions["exact"]))
+                else:
+                    x_all = np.random.default_rng(0).standard_normal((256, 1, 48, 48)).astype(np.float32)
+                answers = compare_answers(sessions, x_all)
+                for b in batches:
+                    x = np.ascontiguousarray(np.resize(x_all, (b, *x_all.shape[1:])))
+                    with console.status(f"timing {names[path]}, batch {b}: {rounds} rounds x 2 sessions x "
+                                        f"{seconds:g} s"):
+                        p50s = time_modes(sessions, x, rounds, seconds)
+                    rows.append((path, b, p50s, answers))
     except FerEdgeError as e:
         err.print(f"[red]error:[/] {e}", highlight=False)
         raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        typer.echo(f"interrupted: {len(rows)} of {len(files) * len(batches)} artifact x batch row(s) were timed; "
+                   "the table was not printed, and nothing was written", err=True)
+        raise typer.Exit(130) from None
     auto = session_config("auto")[X64_QUANT_PRECISION] == "1"
     t = Table(title=f"ONNX Runtime INT8, {X64_QUANT_PRECISION}=1 (exact) vs 0 (fast): {cpu_model()}, "
                     f"{threads} thread(s), p50 ms, median of {rounds} interleaved rounds")
@@ -144,7 +199,7 @@ def main(
         t.add_column(col, justify="left" if col == "artifact" else "right")
     for path, b, p50s, ans in rows:
         ex, fa = statistics.median(p50s["exact"]), statistics.median(p50s["fast"])
-        t.add_row(path.name, str(b), f"{ex:.3f}", f"{fa:.3f}", f"[bold]{ex / fa:.2f}x[/]",
+        t.add_row(names[path], str(b), f"{ex:.3f}", f"{fa:.3f}", f"[bold]{ex / fa:.2f}x[/]",
                   " ".join(f"{v:.3f}" for v in p50s["exact"]), " ".join(f"{v:.3f}" for v in p50s["fast"]),
                   f"{ans['max_abs_diff']:.2g}", f"{ans['agreement']:.2%}")
     console.print(t)

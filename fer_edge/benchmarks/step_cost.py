@@ -27,9 +27,42 @@ from fer_edge.benchmarks.train_throughput import fer_edge_pipeline_run
 
 cli = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
+#: The two profiled runs' lengths (steps) whose difference gives the per-step counts.
+PROFILE_STEPS = (2, 6)
 
-def step_counts(data: str, model: str, device: str, batch_size: int, amp: str, steps: tuple[int, int] = (2, 6),
-                **options) -> dict[str, float | None]:
+
+def check_plan(n_train: int, split: str, models: list[str], batch_sizes: list[int], steps: int) -> None:
+    """Refuse an unknown or repeated ``--model``, a repeated ``--batch-size`` and a split too small for ``--steps``
+    full batches.
+
+    A training epoch holds ``n_train // batch`` full batches (the partial one is dropped) and a measurement is one
+    epoch capped at ``--steps``: with fewer batches it would time fewer steps than the table says, and the
+    profiled runs (:data:`PROFILE_STEPS`) would not differ in length.
+    """
+    from fer_edge.errors import FerEdgeError
+
+    from fer_edge.models import list_models
+
+    unknown = [m for m in models if m not in list_models()]
+    if unknown:
+        raise FerEdgeError(f"--model: unknown model {unknown[0]!r}; registered models: "
+                           f"{', '.join(sorted(list_models()))}")
+    for option, values in (("--model", models), ("--batch-size", batch_sizes)):
+        repeated = sorted({str(v) for v in values if values.count(v) > 1})
+        if repeated:
+            raise FerEdgeError(f"{option} {', '.join(repeated)} is given more than once: name each once")
+    need = max(steps, PROFILE_STEPS[1])
+    short = [b for b in batch_sizes if n_train // b < need]
+    if short:
+        b = max(short)
+        raise FerEdgeError(
+            f"the {split} split holds {n_train:,} images: {n_train // b} full batch(es) of --batch-size {b}, and "
+            f"each measurement needs {need} (--steps {steps}; the operator counts profile {PROFILE_STEPS[1]} steps), "
+            f"that is {need * b:,} images: lower --steps or --batch-size, or use more data")
+
+
+def step_counts(data: str, model: str, device: str, batch_size: int, amp: str,
+                steps: tuple[int, int] = PROFILE_STEPS, **options) -> dict[str, float | None]:
     """Operator calls (``aten`` operators called from outside another ``aten`` operator) and CUDA kernel
     launches per training step, from two profiled runs of ``steps`` steps, differenced."""
     from torch.autograd import DeviceType
@@ -72,22 +105,37 @@ def main(
     from rich.console import Console
     from rich.table import Table
 
+    from fer_edge.data import default_train_split, load_split
     from fer_edge.training.trainer import resolve_device
+    from fer_edge.utils import sigterm_as_interrupt
 
     console = Console()
     dev = resolve_device(device)
+    split = default_train_split(str(data))
+    check_plan(len(load_split(str(data), split, progress=False).labels), split, model, batch_size, steps)
     options = dict(num_threads=threads, ema=ema)
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True
     keys = [(m, b) for m in model for b in batch_size]
     ips: dict[tuple[str, int], list[float]] = {k: [] for k in keys}
-    for r in range(rounds):
-        for m, b in keys:
-            res = fer_edge_pipeline_run(str(data), m, device, steps, batch_size=b, amp=amp, **options)
-            ips[(m, b)].append(float(res.history[0]["images_per_second"]))
-        console.print(f"round {r + 1}/{rounds}: " + ", ".join(f"{m} b{b} {ips[(m, b)][-1]:.0f} img/s"
-                                                             for m, b in keys))
-    counts = {k: step_counts(str(data), k[0], device, k[1], amp, **options) for k in keys}
+    counts: dict[tuple[str, int], dict] = {}
+    try:
+        with sigterm_as_interrupt():
+            for r in range(rounds):
+                for m, b in keys:
+                    res = fer_edge_pipeline_run(str(data), m, device, steps, batch_size=b, amp=amp, **options)
+                    ips[(m, b)].append(float(res.history[0]["images_per_second"]))
+                console.print(f"round {r + 1}/{rounds}: " + ", ".join(f"{m} b{b} {ips[(m, b)][-1]:.0f} img/s"
+                                                                     for m, b in keys))
+            for k in keys:
+                counts[k] = step_counts(str(data), k[0], device, k[1], amp, **options)
+    except KeyboardInterrupt:
+        done = min(len(v) for v in ips.values())
+        stage = (f"{done} of {rounds} timing round(s) finished (printed above)" if done < rounds else
+                 f"the timing rounds finished (printed above), the operator counts of {len(counts)} of {len(keys)} "
+                 "configuration(s)")
+        typer.echo(f"interrupted: {stage}; the table was not printed, and nothing was written", err=True)
+        raise typer.Exit(130) from None
     where = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"{dev} ({torch.get_num_threads()} threads)"
     t = Table(title=f"one training step on {where}, --amp {amp}, --ema {ema}, median of {rounds} rounds of "
                     f"{steps} steps")

@@ -21,11 +21,24 @@ from fer_edge.cli.common import handle_errors
 
 cli = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
+#: The batch sizes of the two pipelines: the notebooks' and fer-edge train's default.
+NOTEBOOK_BATCH = 32
+FER_EDGE_BATCH = 128
 
-def notebook_pipeline_ips(images, labels, model_name: str, device, steps: int, batch_size: int = 32,
+
+def notebook_pipeline_ips(images, labels, model_name: str, device, steps: int, batch_size: int = NOTEBOOK_BATCH,
                           num_workers: int = 0) -> float:
-    """Images/second of the notebooks' recipe: PIL per-image transforms in a DataLoader, NCHW float32."""
+    """Images/second of the notebooks' recipe: PIL per-image transforms in a DataLoader, NCHW float32.
+
+    The loader drops the last partial batch, as the notebooks' did: fewer than ``batch_size`` images is refused.
+    """
     import torch
+
+    from fer_edge.errors import FerEdgeError
+
+    if len(labels) < batch_size:
+        raise FerEdgeError(f"the notebook pipeline needs at least one full batch of {batch_size} training images; "
+                           f"the split holds {len(labels)}")
     from PIL import Image
     from torchvision import transforms
 
@@ -109,23 +122,47 @@ def main(
     from rich.table import Table
 
     from fer_edge.data import default_train_split, load_split
+    from fer_edge.errors import FerEdgeError
     from fer_edge.training.trainer import resolve_device
+    from fer_edge.utils import sigterm_as_interrupt
 
     console = Console()
     dev = resolve_device(device)
-    split = load_split(str(data), default_train_split(str(data)))
-    # step counts from a quick probe so each measurement takes about seconds_hint
-    probe = fer_edge_pipeline_ips(str(data), model, device, steps=5)
-    ours_steps = max(10, int(probe * seconds_hint / 128))
-    probe_nb = notebook_pipeline_ips(split.images, split.labels, model, dev, steps=10, num_workers=num_workers)
-    nb_steps = max(10, int(probe_nb * seconds_hint / 32))
+    split_name = default_train_split(str(data))
+    split = load_split(str(data), split_name)
+    n = len(split.labels)
+    if n < FER_EDGE_BATCH:
+        # fer-edge's epoch drops its partial batch (and the notebook loader too): below one full batch of each,
+        # neither pipeline would measure the batch the table names
+        raise FerEdgeError(f"--data {data}: the {split_name} split holds {n} images; this benchmark needs at least "
+                           f"{FER_EDGE_BATCH} (one full batch of fer-edge's pipeline, batch {FER_EDGE_BATCH}; the "
+                           f"notebook pipeline's is {NOTEBOOK_BATCH})")
     ours, theirs, bf16 = [], [], []
-    for r in range(rounds):
-        theirs.append(notebook_pipeline_ips(split.images, split.labels, model, dev, nb_steps, num_workers=num_workers))
-        ours.append(fer_edge_pipeline_ips(str(data), model, device, ours_steps))
-        bf16.append(fer_edge_pipeline_ips(str(data), model, device, ours_steps, amp="bf16"))
-        console.print(f"round {r + 1}/{rounds}: fer-edge {ours[-1]:.0f} img/s (bf16 autocast {bf16[-1]:.0f}), "
-                      f"notebook {theirs[-1]:.0f} img/s")
+    try:
+        with sigterm_as_interrupt():
+            # step counts from a quick probe so each measurement takes about seconds_hint
+            probe = fer_edge_pipeline_ips(str(data), model, device, steps=5)
+            ours_steps = max(10, int(probe * seconds_hint / FER_EDGE_BATCH))
+            if n // FER_EDGE_BATCH < ours_steps:
+                ours_steps = n // FER_EDGE_BATCH
+                console.print(f"note: the {split_name} split holds {n:,} images, {ours_steps} full batch(es) of "
+                              f"{FER_EDGE_BATCH}: fer-edge's figures are over {ours_steps} step(s), one epoch",
+                              highlight=False)
+            probe_nb = notebook_pipeline_ips(split.images, split.labels, model, dev, steps=10,
+                                             num_workers=num_workers)
+            nb_steps = max(10, int(probe_nb * seconds_hint / NOTEBOOK_BATCH))
+            for r in range(rounds):
+                theirs.append(notebook_pipeline_ips(split.images, split.labels, model, dev, nb_steps,
+                                                    num_workers=num_workers))
+                ours.append(fer_edge_pipeline_ips(str(data), model, device, ours_steps))
+                bf16.append(fer_edge_pipeline_ips(str(data), model, device, ours_steps, amp="bf16"))
+                console.print(f"round {r + 1}/{rounds}: fer-edge {ours[-1]:.0f} img/s (bf16 autocast "
+                              f"{bf16[-1]:.0f}), notebook {theirs[-1]:.0f} img/s")
+    except KeyboardInterrupt:
+        done = min(len(ours), len(theirs), len(bf16))
+        typer.echo(f"interrupted: {done} of {rounds} round(s) finished (printed above); the table was not printed, "
+                   "and nothing was written", err=True)
+        raise typer.Exit(130) from None
     t = Table(title=f"training throughput, {model} on {dev} ({torch.get_num_threads()} threads), median of {rounds}")
     t.add_column("pipeline")
     t.add_column("images/s", justify="right")

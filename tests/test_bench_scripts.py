@@ -1,0 +1,387 @@
+"""The benchmark scripts under fer_edge.benchmarks: output paths checked up front, clear errors for ordinary
+mistakes, one ``interrupted:`` line (exit 130) on Ctrl-C, and figures of this run only."""
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+from typer.testing import CliRunner
+
+from fer_edge.data.synthetic import make_synthetic, write_csv
+
+runner = CliRunner()
+
+
+@pytest.fixture(autouse=True)
+def _one_thread(monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+
+
+@pytest.fixture(scope="module")
+def tiny_csv(tmp_path_factory) -> Path:
+    """14 training images: fewer than one batch of either training pipeline."""
+    return write_csv(tmp_path_factory.mktemp("tiny") / "tiny.csv",
+                     {"Training": make_synthetic(2, seed=0), "PublicTest": make_synthetic(2, seed=1)})
+
+
+@pytest.fixture(scope="module")
+def test_only_csv(tmp_path_factory) -> Path:
+    return write_csv(tmp_path_factory.mktemp("test_only") / "t.csv", {"PublicTest": make_synthetic(2, seed=1)})
+
+
+@pytest.fixture(scope="module")
+def int8_onnx(tiny_checkpoint, synthetic_csv, tmp_path_factory) -> Path:
+    from fer_edge.exporters import export
+
+    out = tmp_path_factory.mktemp("int8")
+    res = export(tiny_checkpoint, ["onnx"], ["int8"], out, calib_data=synthetic_csv, calib_size=16, validate=False,
+                 data_progress=False)
+    return res.artifacts[0].path
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _interrupt(*a, **k):
+    raise KeyboardInterrupt
+
+
+def _never(*a, **k):
+    raise AssertionError("the work started before the options were checked")
+
+
+# --- 1. --json checked up front; written atomically ----------------------------------------------------------
+def _bad_json_paths(tmp_path: Path) -> list[tuple[Path, str]]:
+    folder = tmp_path / "results"
+    folder.mkdir()
+    (folder / "keep.txt").write_text("precious")
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    return [(folder, "is a folder"), (afile / "r.json", "is a file, not a folder")]
+
+
+def test_int8_sensitivity_refuses_a_bad_json_path_before_any_work(tmp_path, monkeypatch, capsys, synthetic_csv,
+                                                                   tiny_checkpoint):
+    from fer_edge.benchmarks import int8_sensitivity
+
+    monkeypatch.setattr(int8_sensitivity, "sensitivity", _never)
+    for path, why in _bad_json_paths(tmp_path):
+        rc = int8_sensitivity.main([str(tiny_checkpoint), "--calib-data", str(synthetic_csv), "--json", str(path)])
+        err = _one_line(capsys.readouterr().err)
+        assert rc == 1 and err.startswith("error: --json") and why in err, err
+    assert (tmp_path / "results" / "keep.txt").read_text() == "precious"  # the folder is left as it was
+
+
+def test_export_bench_refuses_a_bad_json_path_before_any_work(tmp_path, monkeypatch, capsys, synthetic_csv,
+                                                              tiny_checkpoint):
+    from fer_edge.benchmarks import export_bench
+
+    monkeypatch.setattr(export_bench, "run", _never)
+    for path, why in _bad_json_paths(tmp_path):
+        rc = export_bench.main([str(tiny_checkpoint), "--calib-data", str(synthetic_csv), "--json", str(path)])
+        err = _one_line(capsys.readouterr().err)
+        assert rc == 1 and err.startswith("error: --json") and why in err, err
+    assert (tmp_path / "results" / "keep.txt").read_text() == "precious"
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write anywhere")
+def test_a_json_path_in_a_read_only_folder_is_refused(tmp_path, monkeypatch, capsys, synthetic_csv):
+    from fer_edge.benchmarks import export_bench
+
+    monkeypatch.setattr(export_bench, "run", _never)
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    try:
+        assert export_bench.main(["x.pt", "--calib-data", str(synthetic_csv), "--json", str(ro / "r.json")]) == 1
+        assert "permission denied" in capsys.readouterr().err
+    finally:
+        ro.chmod(0o700)
+
+
+def test_export_bench_writes_its_json_atomically(tmp_path, monkeypatch, synthetic_csv):
+    from fer_edge.benchmarks import export_bench
+
+    written = []
+    monkeypatch.setattr(export_bench, "run", lambda *a, **k: {"within_budget": True, "failed": [], "x": 1})
+    monkeypatch.setattr(export_bench, "print_report", lambda report: None)
+    import fer_edge.utils
+
+    real = fer_edge.utils.write_text_atomic
+    monkeypatch.setattr(fer_edge.utils, "write_text_atomic", lambda p, t: (written.append(p), real(p, t)))
+    out = tmp_path / "new" / "r.json"
+    assert export_bench.main(["x.pt", "--calib-data", str(synthetic_csv), "--json", str(out)]) == 0
+    assert written == [str(out)] and json.loads(out.read_text())["x"] == 1
+
+
+# --- 2. export_bench counts only this run's artifacts; 9. its progress bar --------------------------------------
+def test_export_bench_rerun_into_an_out_folder_reports_only_this_runs_artifacts(tiny_checkpoint, synthetic_csv,
+                                                                               tmp_path):
+    from fer_edge.benchmarks.export_bench import run
+
+    out = tmp_path / "o"
+    first = run(tiny_checkpoint, synthetic_csv, out, targets=["torchscript"], precisions=["fp32"])
+    assert set(first["export_seconds"]) == {"torchscript"}
+    second = run(tiny_checkpoint, synthetic_csv, out, targets=["onnx"], precisions=["fp32"])
+    manifest = json.loads((out / "all" / "manifest.json").read_text())
+    assert {a["target"] for a in manifest["artifacts"]} == {"torchscript", "onnx"}  # the folder keeps both
+    assert {a["target"] for a in second["artifacts"]} == {"onnx"}  # the report: this run's only
+    assert set(second["export_seconds"]) == {"onnx"} and set(second["sizes"]) == {"onnx"}
+    assert second["export_seconds_total"] == second["export_seconds"]["onnx"]
+
+
+def test_export_bench_progress_bar_only_on_a_terminal(tiny_checkpoint, synthetic_csv, tmp_path):
+    from fer_edge.benchmarks.export_bench import run
+
+    shown, quiet = io.StringIO(), io.StringIO()
+    run(tiny_checkpoint, synthetic_csv, tmp_path / "o", targets=["torchscript"], precisions=["fp32"], progress=True,
+        console=Console(file=shown, force_terminal=True, width=120))
+    assert "exports" in shown.getvalue()  # the transient bar was drawn on the (forced) terminal
+    # off a terminal (as this console is not one): no bar at all
+    run(tiny_checkpoint, synthetic_csv, tmp_path / "o", targets=["torchscript"], precisions=["fp32"],
+        console=Console(file=quiet))
+    assert quiet.getvalue() == ""
+
+
+def test_this_run_keeps_the_entries_of_the_manifests_latest_run():
+    from fer_edge.benchmarks.export_bench import this_run
+
+    m = {"run_id": "b", "artifacts": [{"file": "old", "run": "a"}, {"file": "new", "run": "b"}]}
+    assert [e["file"] for e in this_run(m)] == ["new"]
+
+
+# --- 3. distill_speed: ordinary mistakes are errors, not tracebacks ---------------------------------------------
+@pytest.mark.parametrize("args, msg", [
+    (["--student", "bogus"], "unknown model 'bogus'"),
+    (["--amp", "bogus"], "--amp 'bogus'"),
+    (["--teacher", "NOTCKPT"], "not a readable checkpoint"),
+    (["--data", "TEST_ONLY"], "has no 'Training' split"),
+])
+def test_distill_speed_reports_mistakes_without_a_traceback(args, msg, synthetic_csv, test_only_csv, tiny_checkpoint,
+                                                            tmp_path, monkeypatch):
+    from fer_edge.benchmarks import distill_speed
+
+    monkeypatch.setattr(distill_speed, "distill_run", _never)
+    bad = tmp_path / "notckpt.pt"
+    bad.write_text("not a checkpoint")
+    subst = {"NOTCKPT": str(bad), "TEST_ONLY": str(test_only_csv)}
+    args = [subst.get(a, a) for a in args]
+    base = ["--data", str(synthetic_csv), "--teacher", str(tiny_checkpoint), "--steps", "2", "--rounds", "1"]
+    r = runner.invoke(distill_speed.cli, [*base, *args])
+    assert r.exit_code == 1 and isinstance(r.exception, SystemExit), r.output
+    assert r.stderr.startswith("error: ") and msg in _one_line(r.stderr) and "Traceback" not in r.output
+
+
+# --- 4. Ctrl-C: one "interrupted:" line, exit 130 -----------------------------------------------------------------
+def test_export_bench_ctrl_c_says_what_it_left(tiny_checkpoint, synthetic_csv, tmp_path, monkeypatch, capsys):
+    import fer_edge.exporters
+    from fer_edge.benchmarks import export_bench
+
+    monkeypatch.setattr(fer_edge.exporters, "export", _interrupt)
+    args = [str(tiny_checkpoint), "--calib-data", str(synthetic_csv), "--json", str(tmp_path / "r.json")]
+    assert export_bench.main([*args, "--out", str(tmp_path / "o")]) == 130
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("interrupted: ") and "Traceback" not in err
+    assert f"--json {tmp_path / 'r.json'} was not written" in err and "no export finished" in err
+    (tmp_path / "o" / "all").mkdir(parents=True)
+    (tmp_path / "o" / "all" / "manifest.json").write_text("{}")  # what an export cut short leaves
+    assert export_bench.main([*args, "--out", str(tmp_path / "o")]) == 130
+    assert f"kept under {tmp_path / 'o'} (all: each folder's manifest.json" in capsys.readouterr().err
+    seen = {}
+    real = export_bench.tempfile.TemporaryDirectory
+
+    def spy(*a, **k):
+        seen["tmp"] = real(*a, **k)
+        return seen["tmp"]
+
+    monkeypatch.setattr(export_bench.tempfile, "TemporaryDirectory", spy)
+    assert export_bench.main(args) == 130
+    assert "temporary folder, removed" in capsys.readouterr().err and not Path(seen["tmp"].name).exists()
+    assert not (tmp_path / "r.json").exists()
+
+
+def test_int8_sensitivity_ctrl_c_prints_one_line(tiny_checkpoint, synthetic_csv, tmp_path, monkeypatch, capsys):
+    import fer_edge.exporters.calibration
+    from fer_edge.benchmarks import int8_sensitivity
+
+    monkeypatch.setattr(fer_edge.exporters.calibration, "load_calibration", _interrupt)
+    out = tmp_path / "s.json"
+    assert int8_sensitivity.main([str(tiny_checkpoint), "--calib-data", str(synthetic_csv), "--json", str(out)]) == 130
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("interrupted: ") and f"--json {out} was not written" in err
+    assert not out.exists()
+
+
+def _assert_interrupted(r):
+    assert r.exit_code == 130, r.output
+    assert r.stderr.startswith("interrupted: ") and r.stderr.count("\n") == 1 and "Traceback" not in r.output
+
+
+def test_step_cost_ctrl_c_prints_one_line(synthetic_csv, monkeypatch):
+    from fer_edge.benchmarks import step_cost
+
+    monkeypatch.setattr(step_cost, "fer_edge_pipeline_run", _interrupt)
+    r = runner.invoke(step_cost.cli, ["--data", str(synthetic_csv), "--model", "simple_cnn", "--batch-size", "8",
+                                      "--steps", "2", "--rounds", "2", "--device", "cpu"])
+    _assert_interrupted(r)
+    assert "0 of 2 timing round(s) finished" in r.stderr
+
+
+def test_train_throughput_ctrl_c_prints_one_line(synthetic_csv, monkeypatch):
+    from fer_edge.benchmarks import train_throughput
+
+    monkeypatch.setattr(train_throughput, "fer_edge_pipeline_ips", _interrupt)
+    r = runner.invoke(train_throughput.cli, ["--data", str(synthetic_csv), "--device", "cpu", "--rounds", "2"])
+    _assert_interrupted(r)
+    assert "0 of 2 round(s) finished" in r.stderr
+
+
+def test_distill_speed_ctrl_c_prints_one_line(synthetic_csv, tiny_checkpoint, monkeypatch):
+    from fer_edge.benchmarks import distill_speed
+
+    monkeypatch.setattr(distill_speed, "distill_run", _interrupt)
+    r = runner.invoke(distill_speed.cli, ["--data", str(synthetic_csv), "--teacher", str(tiny_checkpoint)])
+    _assert_interrupted(r)
+
+
+def test_ort_int8_ctrl_c_prints_one_line(int8_onnx, monkeypatch):
+    from fer_edge.benchmarks import ort_int8
+
+    monkeypatch.setattr(ort_int8, "time_modes", _interrupt)
+    r = runner.invoke(ort_int8.cli, [str(int8_onnx), "--batch", "1", "--rounds", "1", "--seconds", "0.05"])
+    _assert_interrupted(r)
+    assert "0 of 1 artifact x batch row(s)" in r.stderr
+
+
+# --- 5. train_throughput on a split smaller than a batch -------------------------------------------------------------
+def test_train_throughput_refuses_a_split_smaller_than_a_batch(tiny_csv, monkeypatch):
+    import torch
+
+    from fer_edge.benchmarks import train_throughput
+    from fer_edge.errors import FerEdgeError
+
+    r = runner.invoke(train_throughput.cli, ["--data", str(tiny_csv), "--device", "cpu", "--rounds", "1"])
+    assert r.exit_code == 1 and isinstance(r.exception, SystemExit), r.output
+    assert "the Training split holds 14 images" in _one_line(r.stderr) and "at least 128" in r.stderr
+    images = torch.zeros(14, 48, 48, dtype=torch.uint8)
+    with pytest.raises(FerEdgeError, match="at least one full batch of 32 training images; the split holds 14"):
+        train_throughput.notebook_pipeline_ips(images, torch.zeros(14, dtype=torch.long), "simple_cnn",
+                                               torch.device("cpu"), steps=1)
+
+
+# --- 6, 7. step_cost: a split too small for --steps, repeated options ----------------------------------------------
+def test_step_cost_refuses_fewer_batches_than_steps(synthetic_csv, monkeypatch):
+    from fer_edge.benchmarks import step_cost
+
+    monkeypatch.setattr(step_cost, "fer_edge_pipeline_run", _never)
+    # 280 training images hold 17 batches of 16: 30 steps cannot run
+    r = runner.invoke(step_cost.cli, ["--data", str(synthetic_csv), "--model", "simple_cnn", "--batch-size", "16",
+                                      "--steps", "30", "--device", "cpu"])
+    assert r.exit_code == 1 and isinstance(r.exception, SystemExit), r.output
+    err = _one_line(r.stderr)
+    assert "Training split holds 280 images: 17 full batch(es) of --batch-size 16" in err
+    assert "--steps 30" in err and "lower --steps or --batch-size" in err
+    # the profiled runs need 6 steps even when --steps is lower
+    r = runner.invoke(step_cost.cli, ["--data", str(synthetic_csv), "--model", "simple_cnn", "--batch-size", "64",
+                                      "--steps", "2", "--device", "cpu"])
+    assert r.exit_code == 1 and "4 full batch(es) of --batch-size 64" in _one_line(r.stderr)
+
+
+@pytest.mark.parametrize("args, msg", [
+    (["--model", "simple_cnn", "--model", "simple_cnn", "--batch-size", "8"], "--model simple_cnn is given more"),
+    (["--model", "simple_cnn", "--batch-size", "8", "--batch-size", "8"], "--batch-size 8 is given more"),
+])
+def test_step_cost_refuses_repeated_options(args, msg, synthetic_csv, monkeypatch):
+    from fer_edge.benchmarks import step_cost
+
+    monkeypatch.setattr(step_cost, "step_counts", lambda *a, **k: {"ops_per_step": 1.0, "kernels_per_step": None})
+    r = runner.invoke(step_cost.cli, ["--data", str(synthetic_csv), *args, "--steps", "2", "--rounds", "1",
+                                      "--device", "cpu", "--amp", "off", "--threads", "1"])
+    assert r.exit_code == 1 and msg in _one_line(r.stderr), r.output
+
+
+# --- 8. ort_int8: --seconds, repeated paths, names that collide -------------------------------------------------------
+@pytest.mark.parametrize("seconds", ["inf", "1e300"])
+def test_ort_int8_refuses_an_unbounded_seconds(seconds, int8_onnx, monkeypatch):
+    from fer_edge.benchmarks import ort_int8
+
+    monkeypatch.setattr(ort_int8, "int8_artifacts", _never)
+    r = runner.invoke(ort_int8.cli, [str(int8_onnx), "--seconds", seconds])
+    assert r.exit_code == 1 and "--seconds" in r.stderr and "finite" in r.stderr, r.output
+
+
+def test_ort_int8_measures_a_file_once_and_tells_same_named_files_apart(int8_onnx, tmp_path):
+    from fer_edge.benchmarks import ort_int8
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    for d in (a, b):
+        d.mkdir()
+        shutil.copy(int8_onnx, d / int8_onnx.name)
+    args = [str(a), str(a / int8_onnx.name), str(b / int8_onnx.name), "--batch", "1", "--rounds", "1",
+            "--seconds", "0.05"]
+    r = runner.invoke(ort_int8.cli, args, env={"COLUMNS": "250"})
+    assert r.exit_code == 0, r.output
+    rows = [line for line in r.stdout.splitlines() if int8_onnx.name in line]
+    assert len(rows) == 2, rows  # a's file once, though named twice
+    assert f"a/{int8_onnx.name}" in rows[0] and f"b/{int8_onnx.name}" in rows[1]
+    assert "measured once" in _one_line(r.stderr)
+
+
+def test_display_names():
+    from fer_edge.benchmarks.ort_int8 import display_names
+
+    assert display_names([Path("/x/a/m.onnx"), Path("/x/b/m.onnx"), Path("/x/n.onnx")]) == [
+        "a/m.onnx", "b/m.onnx", "n.onnx"]
+    assert display_names([Path("/x/a/m.onnx"), Path("/y/a/m.onnx")]) == ["x/a/m.onnx", "y/a/m.onnx"]
+
+
+# --- 9. int8_sensitivity's progress bar; 10. small messages ----------------------------------------------------------
+def test_int8_sensitivity_progress_bar_only_on_a_terminal(tiny_checkpoint, synthetic_csv):
+    from fer_edge.benchmarks.int8_sensitivity import sensitivity
+
+    shown, quiet = io.StringIO(), io.StringIO()
+    res = sensitivity(tiny_checkpoint, synthetic_csv, calib_size=16, progress=True,
+                      console=Console(file=shown, force_terminal=True, width=120))
+    assert "INT8 sensitivity" in shown.getvalue() and res["agreement"]
+    sensitivity(tiny_checkpoint, synthetic_csv, calib_size=16, console=Console(file=quiet))
+    assert quiet.getvalue() == ""
+
+
+def test_int8_sensitivity_calib_size_zero_names_the_option(tiny_checkpoint, synthetic_csv, capsys):
+    from fer_edge.benchmarks.int8_sensitivity import main
+
+    assert main([str(tiny_checkpoint), "--calib-data", str(synthetic_csv), "--calib-size", "0"]) == 1
+    assert "--calib-size" in capsys.readouterr().err
+
+
+def test_export_bench_empty_target_says_what_is_accepted(tiny_checkpoint, synthetic_csv, monkeypatch, capsys):
+    from fer_edge.benchmarks import export_bench
+
+    monkeypatch.setattr(export_bench, "run", _never)
+    assert export_bench.main([str(tiny_checkpoint), "--calib-data", str(synthetic_csv), "--target", ""]) == 1
+    err = _one_line(capsys.readouterr().err)
+    assert "--target '' names no target; accepted: comma-separated onnx, openvino, coreml, torchscript, or all" in err
+
+
+def test_export_bench_shows_why_an_artifact_was_not_validated():
+    from fer_edge.benchmarks.export_bench import print_report
+
+    why = "not validated: Core ML runs on macOS only"
+    report = {
+        "checkpoint": {"path": "c.pt", "model": "fer_nano", "sha256": "0" * 64}, "calibration": None,
+        "validation_data": None, "export_seconds": {"coreml": 1.0}, "export_seconds_total": 1.0,
+        "within_budget": True, "budget_seconds": 60.0, "wall_seconds_with_data_and_validation": 2.0,
+        "sizes": {}, "failed": [],
+        "artifacts": [{"file": "fer_nano_fp32.mlpackage", "validation": {"status": "not validated", "reason": why}},
+                      {"file": "fer_nano_fp32.onnx", "validation": {"status": "passed", "reason": "ok"}}],
+    }
+    console = Console(record=True, width=250, file=io.StringIO())
+    print_report(report, console=console)
+    text = console.export_text()
+    assert why in text and "passed" in text and "passed: ok" not in text
