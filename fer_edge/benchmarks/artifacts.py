@@ -16,6 +16,9 @@ from fer_edge.errors import ArtifactError, FerEdgeError
 from fer_edge.preprocess import Normalization
 from fer_edge.targets import TARGETS, Precision, Target, find_target, target_for_path
 
+#: The name suffix of Core ML's raw-logits companion package (``x_fp32_logits.mlpackage``).
+LOGITS_SUFFIX = "_logits"
+
 MANIFEST_NAME = "manifest.json"
 #: The pseudo-target of PyTorch checkpoints (the reference rows).
 CHECKPOINT_TARGET = "checkpoint"
@@ -40,6 +43,10 @@ class Artifact:
     export_complete: bool | None = None
     #: why its runtime could not read it (``"InvalidProtobuf: ..."``) when looking for its source in its metadata
     read_error: str | None = None
+    #: the fer-edge metadata embedded in the file, once read (files no manifest lists); None: not read
+    embedded: dict | None = None
+    #: what reading it found worth saying (its precision taken from its metadata over its name)
+    notes: list[str] = field(default_factory=list)
 
     @property
     def is_checkpoint(self) -> bool:
@@ -50,10 +57,15 @@ class Artifact:
         return str(self.path.resolve())
 
 
-def _precision_from_name(path: Path, target: Target) -> str:
+def _name_precision(path: Path, target: Target) -> str | None:
+    """The precision a file name says (``fer_nano_fp16.onnx``), or None when it says none."""
     stem = path.name[: -len(target.suffix)] if path.name.endswith(target.suffix) else path.stem
     m = re.search(r"_(fp32|fp16|int8)$", stem)
-    return m.group(1) if m else Precision.fp32.value
+    return m.group(1) if m else None
+
+
+def _precision_from_name(path: Path, target: Target) -> str:
+    return _name_precision(path, target) or Precision.fp32.value
 
 
 def _norm(value) -> Normalization | None:
@@ -80,7 +92,9 @@ def _labels(value) -> list[str] | None:
 
 
 def artifact_from_file(path: str | Path) -> Artifact:
-    """An artifact from its file name alone (target from the suffix, precision from ``_fp16``...)."""
+    """An artifact no manifest lists: target from the suffix; precision from its embedded metadata (every export
+    records ``precision`` there), the file name (``_fp16``...) only when the metadata cannot be read or has none.
+    When the two disagree (a renamed copy), the metadata wins and ``notes`` says so."""
     from fer_edge.utils import path_size
 
     p = Path(path)
@@ -92,7 +106,15 @@ def artifact_from_file(path: str | Path) -> Artifact:
         target = target_for_path(p)
     except FerEdgeError as e:
         raise ArtifactError(str(e)) from None
-    return Artifact(p, target.name, _precision_from_name(p, target), target.runtime, size_bytes=path_size(p))
+    art = Artifact(p, target.name, _precision_from_name(p, target), target.runtime, size_bytes=path_size(p))
+    embedded = str(_embedded_metadata(art).get("precision") or "")
+    if embedded in {x.value for x in Precision}:
+        named = _name_precision(p, target)
+        if named is not None and named != embedded:
+            art.notes.append(f"{p}: its name says {named} but its embedded metadata says {embedded}: "
+                             f"benchmarked (and parity-gated) as {embedded}")
+        art.precision = embedded
+    return art
 
 
 def verify_entry(entry: dict, root: Path, manifest: Path) -> None:
@@ -130,15 +152,18 @@ def read_manifest(path: str | Path, verify: bool = True, only: set[str] | None =
         mpath = mpath / MANIFEST_NAME
     data = load_manifest(mpath)
     top_source = data.get("source") if isinstance(data.get("source"), dict) else {}
+    entries = [e for e in data.get("artifacts") or [] if isinstance(e, dict) and e.get("file")]
+    # the (target, precision) groups selected: a file given alone is verified with its companions (Core ML's
+    # `_logits` package, which the coreml runtime runs for it), as a whole folder's bench verifies them
+    groups = {_group(e) for e in entries if only is not None and e["file"] in only and e.get("target")}
     out: list[Artifact] = []
-    for e in data.get("artifacts") or []:
-        if not isinstance(e, dict) or not e.get("file"):
-            continue
-        if only is not None and e["file"] not in only:
+    for e in entries:
+        selected = only is None or e["file"] in only
+        if not (selected or _group(e) in groups):
             continue
         if verify:
             verify_entry(e, mpath.parent, mpath)
-        if e.get("variant", "main") != "main":
+        if not selected or e.get("variant", "main") != "main":
             continue
         p = mpath.parent / e["file"]
         target_name = e.get("target")
@@ -171,6 +196,32 @@ def read_manifest(path: str | Path, verify: bool = True, only: set[str] | None =
     if not out:
         raise ArtifactError(f"{mpath}: lists no exported artifact")
     return out
+
+
+def _group(entry: dict) -> tuple:
+    return entry.get("target"), entry.get("precision")
+
+
+def _companion_of(p: Path, entries: list[dict]) -> str | None:
+    """The main artifact a companion entry (``variant`` other than main) of ``p`` belongs to, or None."""
+    mine = next((e for e in entries if str(e.get("file")) == p.name), None)
+    if mine is None or mine.get("variant", "main") == "main":
+        return None
+    main = next((e for e in entries if _group(e) == _group(mine) and e.get("variant", "main") == "main"), None)
+    return str(main["file"]) if main else _main_name(p)
+
+
+def _main_name(p: Path) -> str:
+    """``x_fp32.mlpackage`` for ``x_fp32_logits.mlpackage``."""
+    tail = f"{LOGITS_SUFFIX}.mlpackage"
+    return p.name[: -len(tail)] + ".mlpackage" if p.name.endswith(tail) else p.name
+
+
+def _refuse_companion(p: Path, main: str, where: str) -> None:
+    raise ArtifactError(
+        f"{p}: this is the parity companion (raw logits, tensor input) of {main}{where}, not an artifact of its "
+        f"own: the coreml runtime runs it when benchmarking {main}. Bench {p.parent / main} (or the folder) instead"
+    )
 
 
 def _manifest_for(path: Path) -> Path | None:
@@ -208,11 +259,17 @@ def collect_artifacts(specs: list[str | Path]) -> list[Artifact]:
             if manifest is not None and p.suffix not in CHECKPOINT_SUFFIXES:
                 try:
                     data = json.loads(manifest.read_text())
-                    files = {str(e.get("file")) for e in data.get("artifacts") or [] if isinstance(e, dict)}
+                    entries = [e for e in data.get("artifacts") or [] if isinstance(e, dict)]
+                    files = {str(e.get("file")) for e in entries}
                 except (OSError, ValueError, AttributeError):
-                    files = set()
+                    entries, files = [], set()
                 if p.name in files:
+                    main = _companion_of(p, entries)
+                    if main is not None:
+                        _refuse_companion(p, main, f" (as {manifest} records)")
                     listed = read_manifest(manifest, only={p.name})
+            if not listed and p.name.endswith(f"{LOGITS_SUFFIX}.mlpackage") and (p.parent / _main_name(p)).exists():
+                _refuse_companion(p, _main_name(p), "")
             out += listed if listed else [artifact_from_file(p)]
     seen: set[str] = set()
     unique = []
@@ -237,23 +294,38 @@ def error_text(e: BaseException) -> str:
     return f"{type(e).__name__}: {msg}"[:500] if msg else type(e).__name__
 
 
-def _metadata_source(art: Artifact) -> dict:
-    """``{"sha256", "model"}`` of the source checkpoint from the artifact's embedded metadata.
+def _embedded_metadata(art: Artifact) -> dict:
+    """The fer-edge metadata embedded in the artifact (read once, then kept in ``art.embedded``).
 
-    {} when its runtime is not available here (its rows are skipped) or the metadata names no
-    source. When the runtime cannot read the file at all (a truncated ``.onnx``), {} too, and
-    ``art.read_error`` says why: the file is broken, which is not the same as "no source".
+    {} when its runtime is not available here (its rows are skipped), except Core ML, whose metadata
+    ``coremltools`` reads on every OS (only running the model needs macOS). When the runtime cannot read the file
+    at all (a truncated ``.onnx``), {} too, and ``art.read_error`` says why.
     """
     from fer_edge.runtimes import get_runtime
 
+    if art.embedded is not None:
+        return art.embedded
+    if art.read_error:
+        return {}
     try:
         cls = get_runtime(art.runtime)
-        if not cls.available()[0]:
+        if art.runtime == "coreml":
+            from fer_edge.runtimes._common import package_available
+
+            readable = package_available("coremltools")[0]
+        else:
+            readable = cls.available()[0]
+        if not readable:
             return {}
     except Exception:  # the runtime itself is missing: its rows say so (skipped)
         return {}
     try:
-        md = dict(cls(art.path).metadata() or {})
+        if art.runtime == "coreml":  # the package's own metadata, without compiling it (any OS)
+            from fer_edge.runtimes.coreml import read_metadata
+
+            md = dict(read_metadata(art.path) or {})
+        else:
+            md = dict(cls(art.path).metadata() or {})
     except Exception as e:  # the file cannot be read: keep the reader's error for the user
         if isinstance(e, FerEdgeError):  # already worded for a user, often naming the file
             text = (str(e).strip().splitlines() or [type(e).__name__])[0]
@@ -261,6 +333,14 @@ def _metadata_source(art: Artifact) -> dict:
         else:
             art.read_error = error_text(e)
         return {}
+    art.embedded = md
+    return md
+
+
+def _metadata_source(art: Artifact) -> dict:
+    """``{"sha256", "model"}`` of the source checkpoint from the artifact's embedded metadata
+    (:func:`_embedded_metadata`); {} when it cannot be read or names no source."""
+    md = _embedded_metadata(art)
     out = {}
     if md.get("source_sha256"):
         out["sha256"] = str(md["source_sha256"])
@@ -351,7 +431,7 @@ def reference_groups(artifacts: list[Artifact], reference: str | Path | None = N
     from fer_edge.utils import sha256_path
     from fer_edge.weights import resolve_checkpoint
 
-    notes: list[str] = []
+    notes: list[str] = [n for a in artifacts for n in a.notes]
     if reference is not None:
         path = resolve_checkpoint(reference)
         shas = {a.source.get("sha256") for a in artifacts if a.source.get("sha256")}

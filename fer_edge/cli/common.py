@@ -49,8 +49,14 @@ def handle_errors(fn):
     return wrapper
 
 
-def parse_csv_option(value: str | list[str] | None, valid: list[str], what: str) -> list[str]:
-    """Split ``a,b`` (or repeated options) and reject values not in ``valid`` (no fuzzy matching)."""
+def parse_csv_option(value: str | list[str] | None, valid: list[str], what: str,
+                     option: str | None = None) -> list[str]:
+    """Split ``a,b`` (or repeated options) and reject values not in ``valid`` (no fuzzy matching).
+
+    Empty items (``a,,b``) are dropped. With ``option`` (``"--target"``), an option given with nothing in it
+    (``--target ""``: a script's unset variable) is refused, naming the option and the valid values, rather than
+    taken as not given.
+    """
     from fer_edge.errors import FerEdgeError
 
     if value is None:
@@ -66,6 +72,9 @@ def parse_csv_option(value: str | list[str] | None, valid: list[str], what: str)
                 raise FerEdgeError(f"unknown {what} {v!r}; valid: {', '.join(valid)}")
             if v not in out:
                 out.append(v)
+    if option is not None and not out:
+        raise FerEdgeError(f"{option} was given an empty value ({', '.join(repr(str(i)) for i in items)}); "
+                           f"valid: {', '.join(valid)} (leave {option} out for the default)")
     return out
 
 

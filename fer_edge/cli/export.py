@@ -180,8 +180,9 @@ def export_cmd(
     from fer_edge.parity import parse_overrides
     from fer_edge.targets import TARGETS, Precision
 
-    targets = parse_csv_option(target, [*TARGETS, "all"], "target") or ["all"]
-    precisions = parse_csv_option(precision, [p.value for p in Precision], "precision") or None
+    # an empty --target "" / --precision "" (an unset variable in a script) is refused, not taken as "all"
+    targets = parse_csv_option(target, [*TARGETS, "all"], "target", option="--target") or ["all"]
+    precisions = parse_csv_option(precision, [p.value for p in Precision], "precision", option="--precision") or None
     overrides = parse_overrides({"min_agreement": min_agreement, "max_abs_diff": max_abs_diff, "max_kl": max_kl,
                                  "max_accuracy_drop": max_accuracy_drop})
 

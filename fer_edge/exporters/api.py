@@ -31,8 +31,8 @@ from fer_edge.exporters.manifest import (FORMAT, MANIFEST_NAME, carry_over, file
 from fer_edge.exporters.metadata import build_metadata
 from fer_edge.exporters.registry import get_exporter
 from fer_edge.metrics import check_scorable
-from fer_edge.targets import TARGETS, Precision, Target, get_target
-from fer_edge.utils import sigterm_as_interrupt
+from fer_edge.targets import TARGETS, Precision, Target
+from fer_edge.utils import interrupts_deferred, sigterm_as_interrupt
 
 #: Longest failure reason kept (converter errors can be pages long).
 MAX_REASON = 600
@@ -102,20 +102,35 @@ def _short(e: BaseException) -> str:
     return msg if len(msg) <= MAX_REASON else msg[: MAX_REASON - 3] + "..."
 
 
+def _valid_targets() -> str:
+    return ", ".join([*TARGETS, "all"])
+
+
 def _resolve_targets(targets) -> list[Target]:
+    """The targets named (every name checked, ``"all"`` among them too); an empty list or an unknown name is refused
+    with the valid names."""
     if targets is None:
         return list(TARGETS.values())
     if not isinstance(targets, (str, Target, Iterable)):
-        raise FerEdgeError(f"targets takes target names ({', '.join(TARGETS)}, all), got {targets!r}")
+        raise FerEdgeError(f"targets takes target names ({_valid_targets()}), got {targets!r}")
     names = [targets] if isinstance(targets, (str, Target)) else list(targets)
-    if "all" in names:
-        return list(TARGETS.values())
+    if not names:
+        raise FerEdgeError(f"targets is empty: name one or more of {_valid_targets()} (None: all)")
     out: list[Target] = []
+    every = False
     for n in names:
-        t = n if isinstance(n, Target) else get_target(str(n))
+        if isinstance(n, Target):
+            t = n
+        elif isinstance(n, str) and n == "all":
+            every = True
+            continue
+        elif isinstance(n, str) and n in TARGETS:
+            t = TARGETS[n]
+        else:
+            raise FerEdgeError(f"unknown target {n!r}; valid: {_valid_targets()}")
         if t not in out:
             out.append(t)
-    return out
+    return list(TARGETS.values()) if every else out
 
 
 #: An artifact's validation reason while its validation has not finished (what an interrupted export leaves).
@@ -130,13 +145,18 @@ SKIP_UNSUPPORTED = "unsupported-precision"
 def _resolve_precisions(precisions) -> list[Precision]:
     if precisions is None:
         return list(Precision)
+    valid = ", ".join(x.value for x in Precision)
+    if not isinstance(precisions, (str, Precision, Iterable)):
+        raise FerEdgeError(f"precisions takes precision names ({valid}), got {precisions!r}")
     items = [precisions] if isinstance(precisions, (str, Precision)) else list(precisions)
+    if not items:
+        raise FerEdgeError(f"precisions is empty: name one or more of {valid} (None: all)")
     out: list[Precision] = []
     for p in items:
         try:
             pr = Precision(p)
         except ValueError:
-            raise FerEdgeError(f"unknown precision {p!r}; valid: {', '.join(x.value for x in Precision)}") from None
+            raise FerEdgeError(f"unknown precision {p!r}; valid: {valid}") from None
         if pr not in out:
             out.append(pr)
     return out
@@ -234,6 +254,77 @@ def _previous_manifest(out: Path, source_sha: str, ckpt_path: Path, replace_othe
     )
 
 
+def _is_coreml_manifest(path: Path) -> bool:
+    """Whether ``path`` is the ``Manifest.json`` of a Core ML package (not fer-edge's ``manifest.json``, which a
+    case-insensitive file system also finds under that name)."""
+    import json
+
+    try:
+        if not path.is_file() or path.stat().st_size > 1 << 20:
+            return False
+        data = json.loads(path.read_text())
+    except (OSError, ValueError, UnicodeDecodeError):
+        return False
+    return isinstance(data, dict) and ("itemInfoEntries" in data or "rootModelIdentifier" in data)
+
+
+def check_not_in_a_package(out: Path) -> None:
+    """Refuse an ``--out`` that is, or lies inside, a Core ML package (a folder named ``*.mlpackage``, or one holding
+    Core ML's ``Manifest.json``): the export would write into the package (and a re-export of it delete it)."""
+    here = Path(os.path.abspath(out))
+    for q in (here, *here.parents):
+        if q.name.lower().endswith(".mlpackage") or _is_coreml_manifest(q / "Manifest.json"):
+            where = "is" if q == here else f"lies inside {q}, which is"
+            raise ExportError(
+                f"--out {out} {where} a Core ML package (a .mlpackage folder): exporting into it would mix "
+                "fer-edge's files into the package; pick a plain folder for --out"
+            )
+
+
+def _listed_files(out: Path) -> set[str]:
+    """Every file name the ``manifest.json`` in ``out`` lists (all its entries' files), read leniently."""
+    import json
+
+    try:
+        data = json.loads((out / MANIFEST_NAME).read_text())
+    except (OSError, ValueError, UnicodeDecodeError):
+        return set()
+    arts = data.get("artifacts") if isinstance(data, dict) else None
+    names: set[str] = set()
+    for art in arts if isinstance(arts, list) else []:
+        if not isinstance(art, dict):
+            continue
+        for rec in [{"file": art.get("file")}, *(art.get("files") or [])]:
+            name = rec.get("file") if isinstance(rec, dict) else None
+            if isinstance(name, str) and name:
+                names.add(os.path.normpath(name))
+    return names
+
+
+def check_no_foreign_files(out: Path, plan, stem: str) -> None:
+    """Refuse, before any work, an export that would write over (or delete) something in ``out`` that is not an
+    artifact of an earlier export there: a file or folder at a path this export writes that the folder's
+    ``manifest.json`` does not list."""
+    from fer_edge.exporters.registry import get_exporter
+
+    if not out.is_dir():
+        return
+    listed = _listed_files(out)
+    found: list[str] = []
+    for t, p in plan:
+        for f in get_exporter(t.name).output_paths(out / t.filename(stem, p)):
+            if (f.exists() or f.is_symlink()) and os.path.normpath(f.name) not in listed:
+                kind = "folder" if f.is_dir() and not f.is_symlink() else "file"
+                found.append(f"{f.name} ({kind})")
+    if found:
+        raise ExportError(
+            f"--out {out} already holds {', '.join(dict.fromkeys(found))} where this export writes, and its "
+            f"{MANIFEST_NAME} does not list {'it' if len(found) == 1 else 'them'} as an exported artifact: fer-edge "
+            "does not overwrite or delete files it did not write. Move "
+            f"{'it' if len(found) == 1 else 'them'} out of {out}, or pick another --out (or --name)"
+        )
+
+
 def _clear_previous(out: Path) -> None:
     """Remove the files ``out``'s manifest lists (only inside ``out``), then the manifest itself."""
     import json
@@ -291,7 +382,8 @@ def export(
 
     targets: target names or ``"all"`` (None: all). precisions: ``fp32``/``fp16``/``int8``
     (None: all three, except int8 without ``calib_data``: then it is listed in ``skipped`` with
-    the reason); a target skips precisions it does not support (TorchScript: fp32 only).
+    the reason); a target skips precisions it does not support (TorchScript: fp32 only). An empty
+    list, or an unknown name (beside ``"all"`` too), is refused with the valid names.
     INT8 needs ``calib_data`` (a FER2013 CSV or image folder): ``calib_size`` images of
     ``calib_split`` (default: its training split), stratified by class with ``calib_seed``.
     ``calib_method``: ONNX calibration, ``minmax``/``entropy``/``percentile``.
@@ -311,7 +403,10 @@ def export(
     warnings are also in ``result.warnings`` and the manifest).
 
     Every input is checked, and the data loaded, before ``out_dir`` is created; a folder this call
-    created is removed again when it fails while the folder is still empty. An ``out_dir`` whose
+    created is removed again when it fails while the folder is still empty. A file or folder at a path
+    this export writes (an artifact or its companion: Core ML's ``_logits`` package, OpenVINO's ``.bin``)
+    that ``out_dir``'s ``manifest.json`` does not list is refused before any work (it is not fer-edge's
+    to overwrite), as is an ``out_dir`` that is, or lies in, a Core ML package. An ``out_dir`` whose
     ``manifest.json`` records another checkpoint, or cannot be read, is refused (``replace_other``:
     the files that manifest lists are removed and the folder reused). ``manifest.json`` is rewritten
     (atomically) after every artifact, with ``"complete": false`` until the end, so an interrupted
@@ -378,14 +473,17 @@ def export(
         )
 
     out = Path(out_dir)
+    check_not_in_a_package(out)
     to_create = _folders_to_create(out)
     ckpt_path = resolve_checkpoint(checkpoint)
     ckpt = load_checkpoint(ckpt_path)
     source_sha = ckpt.sha256
     old, clear = (None, False) if to_create else _previous_manifest(out, source_sha, Path(ckpt_path), replace_other)
+    stem = name or ckpt.model_name
+    if not to_create:
+        check_no_foreign_files(out, plan, stem)
     model = ckpt.build_model()
     thresholds, thresholds_source = resolve_gate(source_sha, thresholds, threshold_overrides)
-    stem = name or ckpt.model_name
     warnings: list[str] = []
 
     def warn(msg: str) -> None:
@@ -399,8 +497,10 @@ def export(
         calib, w = _cal.load_calibration(calib_data, calib_split, calib_size, calib_seed,
                                          ckpt.normalization, progress=data_progress)
         calib.record["requested"] = int(calib_size)
-        for msg in w:
-            warn(msg)
+        # a small calibration set matters only to an artifact made from it (not Core ML's weights-only int8)
+        if any(p is Precision.int8 and get_exporter(t.name).calibrates(p) for t, p in plan):
+            for msg in w:
+                warn(msg)
 
     vset = ref = None
     val_record = None
@@ -550,44 +650,48 @@ def _run_plan(plan, skipped, out, stem, ckpt, ckpt_path, model, source_sha, old,
                 write_manifest(out, manifest(False))
                 continue
 
-            validation: dict
-            if not validate:
-                validation = _val.not_validated("not validated: --no-validate")
-            elif vset is None:
-                validation = _val.not_validated("not validated: no validation data")
-            else:
-                validation = _val.not_validated(VALIDATION_UNFINISHED)
-            new: list[dict] = []
-            for f in files:
-                recs = [file_record(f.path, out)] + [file_record(c, out) for c in f.companions]
-                new.append({
-                    "file": recs[0]["file"],
-                    "target": t.name,
-                    "precision": p.value,
-                    "variant": f.variant,
-                    "runtime": t.runtime,
-                    "size_bytes": sum(r["size_bytes"] for r in recs),
-                    "sha256": recs[0]["sha256"],
-                    "files": recs,
-                    "inputs": f.inputs,
-                    "outputs": f.outputs,
-                    "labels": list(ckpt.labels),
-                    "normalization": ckpt.normalization.to_dict(),
-                    "metadata": {**meta, **({"variant": "classifier" if f.variant == "main" else f.variant}
-                                            if t.name == "coreml" else {})},
-                    "calibration": calib.record if (p is Precision.int8 and calib is not None) else None,
-                    "export_seconds": round(seconds, 3) if f is files[0] else 0.0,
-                    "export": f.extra,
-                    "tool_versions": versions,
-                    "source": source,
-                    "validation": dict(validation),
-                    "run": run_id,
-                })
-            entries.extend(new)
-            redone |= keys
-            in_flight = set()
-            _remove_superseded([a for a in earlier if key(a) in keys], new, out, warn)
-            write_manifest(out, manifest(False))  # the artifact is listed as soon as it exists
+            # held from here until the new files are listed: an interrupt in between left finished files that no
+            # manifest listed, which the next export into the folder refuses to overwrite
+            with interrupts_deferred():
+                validation: dict
+                if not validate:
+                    validation = _val.not_validated("not validated: --no-validate")
+                elif vset is None:
+                    validation = _val.not_validated("not validated: no validation data")
+                else:
+                    validation = _val.not_validated(VALIDATION_UNFINISHED)
+                new: list[dict] = []
+                for f in files:
+                    recs = [file_record(f.path, out)] + [file_record(c, out) for c in f.companions]
+                    new.append({
+                        "file": recs[0]["file"],
+                        "target": t.name,
+                        "precision": p.value,
+                        "variant": f.variant,
+                        "runtime": t.runtime,
+                        "size_bytes": sum(r["size_bytes"] for r in recs),
+                        "sha256": recs[0]["sha256"],
+                        "files": recs,
+                        "inputs": f.inputs,
+                        "outputs": f.outputs,
+                        "labels": list(ckpt.labels),
+                        "normalization": ckpt.normalization.to_dict(),
+                        "metadata": {**meta, **({"variant": "classifier" if f.variant == "main" else f.variant}
+                                                if t.name == "coreml" else {})},
+                        "calibration": (calib.record if p is Precision.int8 and calib is not None
+                                        and f.uses_calibration else None),
+                        "export_seconds": round(seconds, 3) if f is files[0] else 0.0,
+                        "export": f.extra,
+                        "tool_versions": versions,
+                        "source": source,
+                        "validation": dict(validation),
+                        "run": run_id,
+                    })
+                entries.extend(new)
+                redone |= keys
+                in_flight = set()
+                _remove_superseded([a for a in earlier if key(a) in keys], new, out, warn)
+                write_manifest(out, manifest(False))  # the artifact is listed as soon as it exists
 
             if validate and vset is not None:
                 emit("validate", t, p)

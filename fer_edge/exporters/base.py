@@ -7,6 +7,7 @@ export never leaves something that looks like a valid artifact under the final n
 from __future__ import annotations
 
 import contextlib
+import errno
 import importlib.util
 import os
 import shutil
@@ -37,6 +38,9 @@ class ExportedFile:
     extra: dict = field(default_factory=dict)
     #: files that make up the artifact besides ``path`` (OpenVINO's ``.bin``)
     companions: list[Path] = field(default_factory=list)
+    #: whether making it used the calibration images (INT8 only): False for an INT8 whose scales come from the
+    #: weights alone (Core ML's weights-only INT8 off macOS), whose manifest entry then records no calibration
+    uses_calibration: bool = True
 
 
 @dataclass
@@ -85,6 +89,17 @@ class Exporter(ABC):
 
     def supports(self, precision: Precision | str) -> bool:
         return Precision(precision) in self.target.precisions
+
+    @classmethod
+    def output_paths(cls, out_path: Path) -> list[Path]:
+        """Every path :meth:`export` writes for the artifact at ``out_path``: the artifact and its companions."""
+        return [out_path, *(out_path.with_suffix(s) for s in cls.target.companion_suffixes)]
+
+    @classmethod
+    def calibrates(cls, precision: Precision | str) -> bool:
+        """Whether exporting ``precision`` here uses the calibration images (INT8, unless a target's INT8 is
+        weights-only here): the export warns about a small calibration set only when some artifact uses it."""
+        return Precision(precision) is Precision.int8
 
     @abstractmethod
     def export(self, req: ExportRequest, precision: Precision, out_path: Path) -> list[ExportedFile]:
@@ -154,15 +169,30 @@ def scratch_dir(near: Path):
 
 
 def replace_group(moves: list[tuple[Path, Path]]) -> None:
-    """Rename several finished temp files onto their final names; the LAST pair is the artifact itself.
+    """Rename several finished temp files (or package folders) onto their final names; the LAST pair is the
+    artifact itself.
 
     The artifact's old file is removed first, so an interruption in between leaves at most
-    companion files without an artifact, never an artifact next to stale companions.
+    companion files without an artifact, never an artifact next to stale companions. Ctrl-C and SIGTERM are held
+    while the names change (a few renames). A folder at a final name is replaced only by a folder (an earlier
+    ``.mlpackage``); a file never replaces a folder: ``IsADirectoryError`` before anything is renamed.
     """
-    final = moves[-1][1]
-    if final.is_dir() and not final.is_symlink():
-        shutil.rmtree(final)
-    elif final.exists():
-        final.unlink()
+    from fer_edge.utils import interrupts_deferred
+
     for src, dst in moves:
-        os.replace(src, dst)
+        if dst.is_dir() and not dst.is_symlink() and not src.is_dir():
+            raise IsADirectoryError(errno.EISDIR, "is a folder: a file is not written over it", str(dst))
+    with interrupts_deferred():
+        final = moves[-1][1]
+        _remove(final)
+        for src, dst in moves:
+            if dst != final and dst.is_dir() and not dst.is_symlink():
+                shutil.rmtree(dst)  # a companion package folder: os.replace cannot rename onto a non-empty folder
+            os.replace(src, dst)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()

@@ -27,10 +27,11 @@ from pathlib import Path
 
 from fer_edge.constants import IMAGE_SIZE
 from fer_edge.errors import ExportError
-from fer_edge.exporters.base import ExportedFile, Exporter, ExportRequest, example_input, quiet, tensor_io
+from fer_edge.exporters.base import (ExportedFile, Exporter, ExportRequest, example_input, quiet, replace_group,
+                                     scratch_dir, tensor_io)
 from fer_edge.runtimes._common import quiet_coremltools as _quiet_coremltools
 from fer_edge.targets import TARGETS, Precision
-from fer_edge.utils import atomic_path
+from fer_edge.utils import interrupts_deferred
 
 AUTHOR = "fer-edge developers"
 LICENSE = "MIT (fer-edge); weights trained on FER2013, research use only"
@@ -42,6 +43,27 @@ DEPLOYMENT_W8A8 = "iOS17"
 
 def logits_path(path: Path) -> Path:
     return path.with_name(path.stem + LOGITS_SUFFIX + path.suffix)
+
+
+def activations_quantized_here() -> bool:
+    """Whether INT8 here quantizes activations (W8A8, calibrated on images): only on macOS (see the module doc)."""
+    return sys.platform == "darwin"
+
+
+def _import_coremltools(w8a8: bool = False):
+    """``coremltools`` (with ``coremltools.optimize``, and its experimental API for W8A8), imported with Ctrl-C and
+    SIGTERM held: coremltools wraps its own imports in bare ``except:`` clauses that swallow a KeyboardInterrupt
+    (the export then ran to the end, exit status 0), and one landing in a lazy import of torch's (sympy) left that
+    module half-initialised (a fake ``AttributeError`` later). The interrupt is raised once the imports are done."""
+    _quiet_coremltools()
+    with interrupts_deferred(), quiet():
+        import coremltools as ct
+        import coremltools.optimize  # noqa: F401
+        import coremltools.optimize.coreml  # noqa: F401
+
+        if w8a8:
+            import coremltools.optimize.coreml.experimental  # noqa: F401
+    return ct
 
 
 class _Probabilities:
@@ -152,7 +174,9 @@ class CoreMLExporter(Exporter):
             import torch
 
             net = _Probabilities.wrap(model) if variant == "classifier" else model
-            with quiet(), torch.no_grad():
+            # held like the conversion: torch imports sympy lazily while tracing, and an interrupt there left
+            # sympy half-imported ("module 'sympy' has no attribute 'logic'") instead of stopping the export
+            with interrupts_deferred(), quiet(), torch.no_grad():
                 self._cache[key] = torch.jit.trace(net, example_input(1), check_trace=False)
         return self._cache[key]
 
@@ -178,8 +202,6 @@ class CoreMLExporter(Exporter):
             inputs = [ct.TensorType(name="image", shape=shape)]
             kwargs = {"outputs": [ct.TensorType(name="logits")]}
         compute = ct.precision.FLOAT32 if precision is Precision.fp32 else ct.precision.FLOAT16
-        from fer_edge.utils import interrupts_deferred
-
         # Ctrl-C is held for the conversion, as for ONNX and OpenVINO: one landing inside ct.convert was lost
         with interrupts_deferred(), quiet(stderr=True):
             return ct.convert(
@@ -204,7 +226,7 @@ class CoreMLExporter(Exporter):
         else:
             samples = [{"image": req.calib.inputs[i : i + 1]} for i in range(len(req.calib))]
         config = cto.coreml.OptimizationConfig(global_config=OpActivationLinearQuantizerConfig(mode="linear_symmetric"))
-        with quiet(stderr=True):
+        with interrupts_deferred(), quiet(stderr=True):
             return linear_quantize_activations(ml, config, samples)
 
     def _weights(self, ml):
@@ -215,49 +237,73 @@ class CoreMLExporter(Exporter):
                 mode="linear_symmetric", dtype="int8", granularity="per_channel", weight_threshold=0
             )
         )
-        with quiet(stderr=True):
+        with interrupts_deferred(), quiet(stderr=True):
             return cto.coreml.linear_quantize_weights(ml, config)
 
-    def export(self, req: ExportRequest, precision: Precision, out_path: Path) -> list[ExportedFile]:
-        _quiet_coremltools()
-        import coremltools as ct
+    @classmethod
+    def output_paths(cls, out_path: Path) -> list[Path]:
+        return [out_path, logits_path(out_path)]
 
+    @classmethod
+    def calibrates(cls, precision: Precision | str) -> bool:
+        """INT8 uses calibration images only where activations are quantized (macOS); elsewhere it is W8."""
+        return Precision(precision) is Precision.int8 and activations_quantized_here()
+
+    def export(self, req: ExportRequest, precision: Precision, out_path: Path) -> list[ExportedFile]:
         precision = Precision(precision)
-        w8a8 = precision is Precision.int8 and sys.platform == "darwin"
+        w8a8 = precision is Precision.int8 and activations_quantized_here()
         if precision is Precision.int8 and req.calib is None:
             raise ExportError("int8 export needs calibration images (--calib-data)")
+        ct = _import_coremltools(w8a8)
         extra: dict = {
             "converter": f"coremltools {ct.__version__} (mlprogram, from torch.jit.trace)",
             "compute_precision": "float32" if precision is Precision.fp32 else "float16",
         }
         files: list[ExportedFile] = []
-        for variant in ("logits", "classifier"):
-            deployment = DEPLOYMENT
-            ml = None
-            notes = dict(extra)
-            if w8a8:
-                try:
-                    ml = self._activations(self._convert(req, precision, variant, DEPLOYMENT_W8A8), req, variant)
-                    deployment = DEPLOYMENT_W8A8
-                    notes["activation_quantization"] = "int8 (linear_quantize_activations on the calibration images)"
-                except Exception as e:  # experimental API: fall back to weights-only, recorded
-                    notes["activation_quantization"] = f"failed, weights-only int8 instead: {type(e).__name__}: {e}"
-            elif precision is Precision.int8:
-                notes["activation_quantization"] = (
-                    "not applied: coremltools' linear_quantize_activations calibrates by running MLModel.predict, "
-                    "which needs macOS; this int8 model is weights-only (W8, float16 activations)"
-                )
-            if ml is None:
-                ml = self._convert(req, precision, variant, deployment)
-            if precision is Precision.int8:
-                ml = self._weights(ml)
-                notes["weight_quantization"] = "int8 per-channel symmetric (linear_quantize_weights)"
-            notes["minimum_deployment_target"] = deployment
-            _describe(ml, req, precision, variant)
-            path = out_path if variant == "classifier" else logits_path(out_path)
-            with atomic_path(path) as tmp, quiet(stderr=True):
-                ml.save(str(tmp))
-            files.append(self._spec(path, variant, req, notes))
+        moves: list[tuple[Path, Path]] = []
+        # Both packages are saved into a scratch folder and renamed into place together once both exist (the app
+        # model last): an export stopped (Ctrl-C, a failed conversion) before the app model is written leaves no
+        # `_logits` package behind, and an earlier export's pair is untouched until then.
+        with scratch_dir(out_path) as work:
+            for variant in ("logits", "classifier"):
+                deployment = DEPLOYMENT
+                ml = None
+                notes = dict(extra)
+                calibrated = False
+                if w8a8:
+                    try:
+                        base = self._convert(req, precision, variant, DEPLOYMENT_W8A8)
+                        ml = self._activations(base, req, variant)
+                        deployment = DEPLOYMENT_W8A8
+                        calibrated = True
+                        notes["activation_quantization"] = ("int8 (linear_quantize_activations on the calibration "
+                                                            "images)")
+                    except Exception as e:  # experimental API: fall back to weights-only, recorded
+                        notes["activation_quantization"] = f"failed, weights-only int8 instead: {type(e).__name__}: {e}"
+                elif precision is Precision.int8:
+                    notes["activation_quantization"] = (
+                        "not applied: coremltools' linear_quantize_activations calibrates by running MLModel.predict, "
+                        "which needs macOS; this int8 model is weights-only (W8, float16 activations)"
+                    )
+                if ml is None:
+                    ml = self._convert(req, precision, variant, deployment)
+                if precision is Precision.int8:
+                    ml = self._weights(ml)
+                    notes["weight_quantization"] = "int8 per-channel symmetric (linear_quantize_weights)"
+                    if not calibrated:
+                        notes["calibration"] = ("none: weights-only int8 takes its scales from the weights; no "
+                                                "calibration image was used")
+                notes["minimum_deployment_target"] = deployment
+                _describe(ml, req, precision, variant)
+                path = out_path if variant == "classifier" else logits_path(out_path)
+                tmp = work / path.name
+                with quiet(stderr=True):
+                    ml.save(str(tmp))
+                spec = self._spec(path, variant, req, notes)
+                spec.uses_calibration = calibrated
+                files.append(spec)
+                moves.append((tmp, path))
+            replace_group(moves)  # the logits package, then the app model (the artifact) last
         # the app model first in the list: it is the artifact; the logits package is its companion
         return [files[1], files[0]]
 
