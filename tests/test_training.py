@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -146,8 +147,10 @@ def test_resume_refuses_every_changed_training_option_at_once(synthetic_csv, tmp
                    val_split="Training", init="nano")
     with pytest.raises(TrainingError) as e:
         train(_cfg(synthetic_csv, tmp_path / "r", epochs=2, **changed), resume=True, progress=False)
+    from fer_edge.training.config import option_flag
+
     for k in changed:
-        assert f"{k} was" in str(e.value), (k, str(e.value))
+        assert f"{option_flag(k)} was" in str(e.value), (k, str(e.value))  # the options as typed
     # the same data by another path, and another thread count: fine (the run is finished: nothing to do)
     other_path = os.path.relpath(synthetic_csv)
     res = train(_cfg(other_path, tmp_path / "r", epochs=2, num_threads=1), resume=True, progress=False)
@@ -916,3 +919,70 @@ def test_a_folder_as_init_or_teacher_is_refused_before_the_data_loads(synthetic_
     for opt in ({"init": str(tmp_path)}, {"distill": [str(tmp_path)]}):
         with pytest.raises(TrainingError, match="a folder, not a checkpoint file"):
             train(_cfg(synthetic_csv, tmp_path / "x", **opt), progress=False)
+
+
+# --- distillation inputs on resume, from QA -----------------------------------------------------------------------
+def test_resume_refuses_a_teacher_replaced_at_the_same_path(synthetic_csv, tiny_checkpoint, tmp_path, monkeypatch):
+    """Epochs after the resume distilled from the other file silently (a shipped small after an upgrade)."""
+    import shutil
+
+    teacher = tmp_path / "t.pt"
+    shutil.copy(tiny_checkpoint, teacher)
+    cfg = _cfg(synthetic_csv, tmp_path / "r", epochs=2, distill=[str(teacher)], model="fer_nano")
+    _stopped_after_one_epoch(cfg, monkeypatch)
+    raw = torch.load(teacher, weights_only=True)
+    raw["state_dict"] = {k: v + 0.01 if v.is_floating_point() else v for k, v in raw["state_dict"].items()}
+    torch.save(raw, teacher)
+    with pytest.raises(TrainingError, match=r"--resume: --distill .*t\.pt changed since the run"):
+        train(cfg, resume=True, progress=False)
+    shutil.copy(tiny_checkpoint, teacher)  # the original back: the run goes on
+    assert train(cfg, resume=True, progress=False).epochs_run == 2
+
+
+def test_a_bad_distill_cache_path_is_refused_before_any_labelling(synthetic_csv, tiny_checkpoint, tmp_path):
+    calls = []
+    import fer_edge.training.trainer as tr
+
+    orig = tr.Trainer._replay_targets
+
+    def spy(self, *a, **k):
+        calls.append(1)
+        return orig(self, *a, **k)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(tr.Trainer, "_replay_targets", spy)
+        with pytest.raises(TrainingError, match=r"--distill-cache .*lies under|--distill-cache .*is a file"):
+            train(_cfg(synthetic_csv, tmp_path / "r", distill=[str(tiny_checkpoint)], distill_targets="replay",
+                       distill_cache=str(Path(synthetic_csv) / "cache.pt")), progress=False)
+    assert not calls and not (tmp_path / "r").exists()
+
+
+def test_an_interrupt_while_teachers_label_says_so(synthetic_csv, tiny_checkpoint, tmp_path, monkeypatch, capsys):
+    import fer_edge.training.trainer as tr
+
+    def stop(self, *a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(tr.Trainer, "_offline_targets", stop)
+    with pytest.raises(KeyboardInterrupt):
+        train(_cfg(synthetic_csv, tmp_path / "r", distill=[str(tiny_checkpoint)], distill_targets="offline"),
+              progress=False)
+    err = " ".join(capsys.readouterr().err.split())
+    assert "interrupted while the teachers labelled the training images; no epoch ran" in err
+
+
+@pytest.mark.parametrize("t", [1e-45, 1e300, 0.001])
+def test_a_temperature_outside_float32s_range_is_refused_up_front(synthetic_csv, tiny_checkpoint, tmp_path, t):
+    """It ran an epoch, then blamed --lr for the NaN loss."""
+    with pytest.raises(TrainingError, match=r"--distill-temperature must be in \[0\.01, 100\.0\]"):
+        train(_cfg(synthetic_csv, tmp_path / "r", distill=[str(tiny_checkpoint)], distill_temperature=t),
+              progress=False)
+
+
+def test_replay_records_its_views_and_resume_takes_the_default_typed_out(tmp_path):
+    from fer_edge.training.trainer import _same_setting, resolve_checkpoint_names
+
+    cfg = resolve_checkpoint_names(TrainConfig(data=str(tmp_path), distill=["nano"], distill_targets="replay",
+                                               distill_cache="c/rep.pt"))
+    assert cfg.distill_views == 8 and Path(cfg.distill_cache).is_absolute()
+    assert _same_setting("distill_views", None, 8) and not _same_setting("distill_views", None, 4)

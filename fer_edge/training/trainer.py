@@ -35,8 +35,8 @@ from fer_edge.training.teachers import (
     resolve_teacher_runtime,
     teacher_probs,
 )
-from fer_edge.utils import (check_writable_dir, interrupts_deferred, sigterm_as_interrupt, write_json_atomic,
-                            write_text_atomic)
+from fer_edge.utils import (check_output_file, check_writable_dir, interrupts_deferred, sigterm_as_interrupt,
+                            write_json_atomic, write_text_atomic)
 
 OPTIMIZERS = ("adamw", "adam", "sgd")
 SCHEDULERS = ("onecycle", "cosine", "step", "none")
@@ -138,9 +138,10 @@ def validate_config(cfg: TrainConfig, given: Collection[str] = ()) -> None:
     if cfg.patience < 0:
         problems.append("--patience must be >= 0")
     if not 0 <= cfg.distill_alpha <= 1:
-        problems.append("--distill-alpha must be in [0, 1]")
-    if cfg.distill_temperature <= 0:
-        problems.append("--distill-temperature must be positive")
+        problems.append(f"--distill-alpha must be in [0, 1], got {cfg.distill_alpha}")
+    if not MIN_TEMPERATURE <= cfg.distill_temperature <= MAX_TEMPERATURE:
+        problems.append(f"--distill-temperature must be in [{MIN_TEMPERATURE}, {MAX_TEMPERATURE}] (softened logits "
+                        f"beyond that under- or overflow in float32), got {cfg.distill_temperature}")
     if cfg.distill_tta and not cfg.distill:
         problems.append("--distill-tta needs at least one --distill teacher")
     defaults = TrainConfig(data=cfg.data)
@@ -255,6 +256,10 @@ def cpu_has_native_bf16() -> bool:
     return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
 
 
+#: The distillation temperatures taken: logits divided by less than 0.01 or (after the T^2 loss scaling) more
+#: than 100 leave float32's useful range, and the run diverged with advice about --lr.
+MIN_TEMPERATURE, MAX_TEMPERATURE = 0.01, 100.0
+
 #: Files of a run directory: a folder holding any of them is a run that a new one must not overwrite.
 RUN_FILES = ("last.pt", "best.pt", "metrics.json", "history.csv")
 
@@ -278,6 +283,10 @@ def _same_setting(name: str, saved, now) -> bool:
         return _same_path(saved, now)
     if name == "distill" and isinstance(saved, list) and isinstance(now, list):
         return len(saved) == len(now) and all(_same_path(a, b) for a, b in zip(saved, now))
+    if name == "distill_views":  # an older run recorded None for the default number of views
+        from fer_edge.training.replay import DEFAULT_REPLAY_VIEWS
+
+        return (saved or DEFAULT_REPLAY_VIEWS) == (now or DEFAULT_REPLAY_VIEWS)
     return saved == now
 
 
@@ -403,9 +412,23 @@ def resolve_checkpoint_names(cfg: TrainConfig) -> TrainConfig:
             raise TrainingError(f"{option} {spec}: a folder, not a checkpoint file (.pt)")
         return str(path.resolve())  # absolute: --resume from another folder compares the same file
 
+    from fer_edge.training.replay import DEFAULT_REPLAY_VIEWS
+
     return replace(cfg, data=str(Path(cfg.data).resolve()),
                    init=checkpoint_file(cfg.init, "--init") if cfg.init is not None else None,
-                   distill=[checkpoint_file(t, "--distill") for t in cfg.distill])
+                   distill=[checkpoint_file(t, "--distill") for t in cfg.distill],
+                   distill_cache=str(Path(cfg.distill_cache).resolve()) if cfg.distill_cache else cfg.distill_cache,
+                   distill_views=(cfg.distill_views or DEFAULT_REPLAY_VIEWS) if cfg.distill_targets == "replay"
+                   else cfg.distill_views)
+
+
+def input_files_sha256(cfg: TrainConfig) -> dict:
+    """The SHA-256 of the files a run learns from besides its data (``--init``, each ``--distill`` teacher), so
+    ``--resume`` can tell a teacher replaced at the same path (a shipped ``small`` after an upgrade)."""
+    from fer_edge.utils import sha256_path
+
+    return {"init": sha256_path(cfg.init) if cfg.init else None,
+            "distill": [sha256_path(t) for t in cfg.distill]}
 
 
 # --- evaluation -------------------------------------------------------------------
@@ -468,6 +491,8 @@ class Trainer:
         if cfg.num_threads:
             torch.set_num_threads(cfg.num_threads)
         check_writable_dir(self.out, "--out", TrainingError)
+        if cfg.distill_cache:  # before minutes of labelling, not after
+            check_output_file(cfg.distill_cache, "--distill-cache", TrainingError)
         last_path = self.out / "last.pt"
         state = None
         if resume:
@@ -486,11 +511,22 @@ class Trainer:
                     f"--resume: options differ from the run in {self.out} (repeat the options it was started "
                     "with; only where and how fast it runs may change: "
                     + ", ".join(option_flag(k) for k in RESUME_FREE if k not in ("out", "data"))
-                    + "): " + ", ".join(f"{k} was {saved[k]!r}, now {now[k]!r}" for k in diffs)
+                    + "): " + ", ".join(f"{option_flag(k)} was {saved[k]!r}, now {now[k]!r}" for k in diffs)
                 )
             state = ck.raw.get("resume")
             if not state:
                 raise TrainingError(f"--resume: {last_path} has no resume state")
+            saved_files = ck.raw.get("input_files") or {}
+            if saved_files:  # a run written before the files were hashed is judged on their paths only
+                now_files = input_files_sha256(cfg)
+                changed = ([f"--init {cfg.init}"] if saved_files.get("init") != now_files["init"] else []) + [
+                    f"--distill {t}" for t, a, b in zip(cfg.distill, saved_files.get("distill") or [],
+                                                        now_files["distill"]) if a != b]
+                if changed:
+                    raise TrainingError(
+                        f"--resume: {', '.join(changed)} changed since the run in {self.out} began (another file "
+                        "at the same path: its SHA-256 differs); resuming would learn from other weights. Start a "
+                        "new run in another --out, or put the original file back")
         elif self.dist.main and (held := [n for n in RUN_FILES if (self.out / n).exists()]):
             raise TrainingError(
                 f"{self.out} already holds a run ({', '.join(held)}); "
@@ -568,12 +604,18 @@ class Trainer:
             teachers = load_teachers(cfg.distill, labels, device, runtime, channels_last=cfg.channels_last,
                                      threads=cfg.num_threads)
             self.log(f"{len(teachers)} teacher(s) in {runtime} (--teacher-runtime {cfg.teacher_runtime})")
-        offline_probs = None
-        if teachers and cfg.distill_targets == "offline":
-            offline_probs = self._offline_targets(teachers, x_train, cfg, amp_dtype)
-        replay = None
-        if teachers and cfg.distill_targets == "replay":
-            replay = self._replay_targets(teachers, x_train, cfg, aug, amp_dtype)
+        offline_probs = replay = None
+        try:
+            if teachers and cfg.distill_targets == "offline":
+                offline_probs = self._offline_targets(teachers, x_train, cfg, amp_dtype)
+            if teachers and cfg.distill_targets == "replay":
+                replay = self._replay_targets(teachers, x_train, cfg, aug, amp_dtype)
+        except KeyboardInterrupt:
+            where = (f"the last finished epoch is still in {last_path}: {self.resume_hint}" if state is not None
+                     else f"no epoch ran, so {self.out} holds nothing to resume")
+            self.log(f"[yellow]interrupted while the teachers labelled the training images; {where}[/]")
+            raise
+        input_files = input_files_sha256(cfg)
 
         ddp_model = model
         if self.dist.enabled:
@@ -742,7 +784,7 @@ class Trainer:
                             base = {
                                 "model": cfg.model, "model_kwargs": model_kwargs, "labels": labels,
                                 "normalization": norm.to_dict(), "train_config": cfg.to_dict(), "data": fingerprint,
-                                "epoch": epoch + 1,
+                                "input_files": input_files, "epoch": epoch + 1,
                             }
                             if improved:
                                 save_checkpoint(self.out / "best.pt", {
