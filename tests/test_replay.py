@@ -98,7 +98,7 @@ def test_replay_without_a_cache_and_with_mixing(synthetic_csv, tmp_path):
     res = train(_cfg(synthetic_csv, tmp_path / "mix", distill=[teacher], distill_targets="replay", cutmix=1.0,
                      mixup=0.4), progress=False)
     assert res.history[-1]["train_loss"] > 0
-    assert load_checkpoint(res.out_dir / "last.pt").train_config["distill_views"] is None  # the default, 8
+    assert load_checkpoint(res.out_dir / "last.pt").train_config["distill_views"] == 8  # the default, recorded
 
 
 @pytest.mark.parametrize("bad, msg", [
@@ -126,3 +126,37 @@ def test_cache_refuses_a_file_of_another_format_or_shape(tmp_path):
     with pytest.raises(TrainingError, match="do not fit together"):
         load_cache(tmp_path / "bad.pt", key, torch.device("cpu"))
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".tmp")] == []
+
+
+def test_views_that_would_not_fit_in_memory_are_refused_before_allocating(monkeypatch):
+    import psutil
+
+    from fer_edge.training import replay
+
+    images = torch.zeros(10, 48, 48, dtype=torch.uint8)
+    with pytest.raises(TrainingError) as e:  # 1e9 views: ~21,000 GiB, not a RuntimeError from torch.empty
+        make_views(images, PRESETS["light"], views=10**9, seed=0)
+    msg = str(e.value)
+    assert msg.startswith("--distill-views 1000000000: ") and "GiB" in msg and "available" in msg
+    assert "lower --distill-views" in msg
+
+    class Mem:  # 1 MiB free: 3 views of 10 images (23,040 + 280 bytes each) fit, 100 do not
+        available = 2**20
+
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: Mem)
+    assert make_views(images, PRESETS["light"], views=3, seed=0).shape == (3, 10, 48, 48)
+    assert replay.replay_nbytes(3, images) == (3 * 10 * 48 * 48, 3 * 10 * 7 * 4)
+    with pytest.raises(TrainingError, match=r"--distill-views 100: .* only 1\.0 MiB of memory is available: "
+                                            r"lower --distill-views \(about 44 fit now\)"):
+        make_views(images, PRESETS["light"], views=100, seed=0)
+
+
+def test_a_truncated_cache_says_to_delete_it_or_choose_another_path(tmp_path):
+    images = torch.zeros(4, 48, 48, dtype=torch.uint8)
+    key = cache_key(teachers=[], images_u8=images, augment="light", aug=PRESETS["light"], views=2, seed=0,
+                    temperature=4.0, tta=False, precision="float32")
+    path = tmp_path / "cache.pt"
+    save_cache(path, key, ReplayTargets(torch.zeros(2, 4, 48, 48, dtype=torch.uint8), torch.zeros(2, 4, 7)))
+    path.write_bytes(path.read_bytes()[:1000])  # an interrupted copy
+    with pytest.raises(TrainingError, match=r"not a readable replay cache \(.*\); delete it or choose another path"):
+        load_cache(path, key, torch.device("cpu"))

@@ -986,3 +986,8 @@ def test_replay_records_its_views_and_resume_takes_the_default_typed_out(tmp_pat
                                                distill_cache="c/rep.pt"))
     assert cfg.distill_views == 8 and Path(cfg.distill_cache).is_absolute()
     assert _same_setting("distill_views", None, 8) and not _same_setting("distill_views", None, 4)
+
+
+def test_a_missing_teacher_is_named_as_distill(synthetic_csv, tmp_path):
+    with pytest.raises(FerEdgeError, match=r"--distill nope\.pt: .*no such checkpoint file"):
+        train(_cfg(synthetic_csv, tmp_path / "r", distill=["nope.pt"]), progress=False)

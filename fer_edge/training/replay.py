@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from fer_edge.constants import NUM_CLASSES
 from fer_edge.errors import TrainingError
 from fer_edge.training.augment import AugmentConfig, augment_batch
 
@@ -55,16 +56,72 @@ class ReplayTargets:
         return self.views.numel() * self.views.element_size() + self.probs.numel() * self.probs.element_size()
 
 
+def replay_nbytes(views: int, images_u8: torch.Tensor, num_classes: int = NUM_CLASSES) -> tuple[int, int]:
+    """Bytes of ``views`` stored views of ``images_u8`` (uint8) and of their float32 targets."""
+    per_view = images_u8.numel() * images_u8.element_size()
+    return int(views) * per_view, int(views) * len(images_u8) * int(num_classes) * 4
+
+
+def available_memory(device: torch.device) -> int | None:
+    """Bytes free now where tensors on ``device`` live (host RAM for the CPU, the GPU's free memory for CUDA);
+    None when it cannot be told."""
+    try:
+        if device.type == "cuda":
+            return int(torch.cuda.mem_get_info(device)[0])
+        if device.type == "cpu":
+            import psutil
+
+            return int(psutil.virtual_memory().available)
+    except Exception:  # noqa: BLE001 - no figure: the allocation itself decides
+        return None
+    return None
+
+
+def _gib(n: float) -> str:
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20)):
+        if n >= size / 10:
+            return f"{n / size:,.1f} {unit}"
+    return f"{n / 2**10:,.1f} KiB"
+
+
+def _memory_message(views: int, images_u8: torch.Tensor, num_classes: int, available: int | None) -> str:
+    v, t = replay_nbytes(views, images_u8, num_classes)
+    per_view = sum(replay_nbytes(1, images_u8, num_classes))
+    where = "GPU memory" if images_u8.device.type == "cuda" else "memory"
+    if available is None:
+        have = f"more than this machine's {where} could allocate"
+        fit = ""
+    else:
+        have = f"but only {_gib(available)} of {where} is available"
+        fit = f" (about {available // per_view:,} fit now)" if per_view else ""
+    return (f"--distill-views {views}: {views:,} views of {len(images_u8):,} images take {_gib(v + t)} "
+            f"({_gib(v)} of views, {_gib(t)} of targets), {have}: lower --distill-views{fit}")
+
+
+def check_replay_memory(views: int, images_u8: torch.Tensor, num_classes: int = NUM_CLASSES) -> None:
+    """Raise :class:`TrainingError` if ``views`` views of ``images_u8`` and their targets would not fit in the
+    memory available now on the images' device."""
+    available = available_memory(images_u8.device)
+    if available is not None and sum(replay_nbytes(views, images_u8, num_classes)) > available:
+        raise TrainingError(_memory_message(views, images_u8, num_classes, available))
+
+
 def make_views(images_u8: torch.Tensor, aug: AugmentConfig, views: int, seed: int,
-               batch_size: int = 1024) -> torch.Tensor:
+               batch_size: int = 1024, num_classes: int = NUM_CLASSES) -> torch.Tensor:
     """K augmented copies of N x H x W uint8 images (K x N x H x W uint8), the same for the same seed.
 
     The augmentations are drawn from a forked RNG seeded with ``seed``, so the caller's random stream is left
     as it was. Each view is rounded to uint8, so what the teachers label is exactly what the student will see.
+    Views (and their ``num_classes`` float32 targets) that would not fit in the memory available now are
+    refused before anything is allocated (:func:`check_replay_memory`).
     """
     if views < 1:
         raise TrainingError(f"--distill-views must be at least 1, got {views}")
-    out = torch.empty((views, *images_u8.shape), dtype=torch.uint8, device=images_u8.device)
+    check_replay_memory(views, images_u8, num_classes)
+    try:
+        out = torch.empty((views, *images_u8.shape), dtype=torch.uint8, device=images_u8.device)
+    except (RuntimeError, MemoryError):  # the check above could not tell (no figure for this device)
+        raise TrainingError(_memory_message(views, images_u8, num_classes, None)) from None
     devices = [images_u8.device.index or 0] if images_u8.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
@@ -119,7 +176,8 @@ def load_cache(path: str | Path, key: dict, device: torch.device) -> ReplayTarge
     try:
         raw = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unreadable file is reported the same way
-        raise TrainingError(f"--distill-cache {path}: not a readable replay cache ({type(e).__name__}: {e})") from None
+        raise TrainingError(f"--distill-cache {path}: not a readable replay cache ({type(e).__name__}: {e}); "
+                           "delete it or choose another path") from None
     if not isinstance(raw, dict) or raw.get("format") != CACHE_FORMAT:
         raise TrainingError(f"--distill-cache {path}: not a fer-edge replay cache; choose another path")
     if raw.get("version") != CACHE_VERSION:

@@ -19,12 +19,15 @@ and the trainer says which it picked.
 """
 from __future__ import annotations
 
-from typing import Callable
+import os
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
 
-from fer_edge.errors import TrainingError
+from fer_edge.errors import FerEdgeError, TrainingError
 
 TEACHER_RUNTIMES = ("auto", "torch", "onnxruntime")
 #: ``--distill-targets``: the teachers see every augmented batch (online), or each training image once,
@@ -64,9 +67,11 @@ class TorchTeacher:
     """A frozen eval-mode module run in PyTorch (inside the training step's autocast, if any)."""
 
     runtime = "torch"
+    name: str | None = None  # the --distill spec it was loaded from (load_teachers), for messages
 
     def __init__(self, model: torch.nn.Module, normalization, channels_last: bool = False):
         self.model = model.eval()
+        self.device = next(iter(model.parameters()), torch.empty(0)).device
         for p in self.model.parameters():
             p.requires_grad_(False)
         if channels_last:
@@ -88,6 +93,8 @@ class OnnxRuntimeTeacher:
     """
 
     runtime = "onnxruntime"
+    name: str | None = None  # the --distill spec it was loaded from (load_teachers), for messages
+    device = torch.device("cpu")
 
     def __init__(self, model: torch.nn.Module, normalization, threads: int = 0):
         import onnxruntime as ort
@@ -108,21 +115,145 @@ class OnnxRuntimeTeacher:
         return torch.from_numpy(self.session.run(None, {self.input_name: arr})[0])
 
 
+def _is_checkpoint_part(path: Path) -> bool:
+    """Whether ``path`` is one part of a split checkpoint (``python -m fer_edge.checkpoint split``)."""
+    from fer_edge.checkpoint import PART_FORMAT
+
+    try:
+        raw = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - unreadable: not a part either
+        return False
+    return isinstance(raw, dict) and raw.get("format") == PART_FORMAT
+
+
+_JOIN_HINT = ("join the parts into one checkpoint first (`python -m fer_edge.checkpoint join PART0 PART1 ... "
+              "--out TEACHER.pt`) and give --distill the joined file")
+
+
+def _teacher_reason(spec: str, path: Path | None, e: FerEdgeError) -> str:
+    """``e``'s message as the reason a teacher failed, without a leading ``<path>: `` (the spec names the file)."""
+    text = str(e)
+    for prefix in {str(spec), str(path) if path is not None else str(spec)}:
+        if text.startswith(prefix + ": "):
+            text = text[len(prefix) + 2:]
+            break
+    if path is not None and path.is_file() and _is_checkpoint_part(path):
+        return f"a part of a split checkpoint (format 'fer-edge-checkpoint-part/1'), not a whole one: {_JOIN_HINT}"
+    if path is None or not path.exists():
+        from fer_edge.checkpoint import existing_parts
+
+        parts = existing_parts(spec)
+        if parts:
+            names = ", ".join(str(p) for p in parts.values())
+            text += f". Parts of it exist ({names}): {_JOIN_HINT}"
+    return text
+
+
+@contextmanager
+def _as_teacher_error(spec: str, path: Path | None = None, what: str = "") -> Iterator[None]:
+    """Any :class:`FerEdgeError` raised inside becomes ``--distill <spec>: [what: ]<reason>`` (the same class), so
+    an error in a teacher checkpoint names the option and file and does not read as the student's."""
+    try:
+        yield
+    except FerEdgeError as e:
+        reason = _teacher_reason(spec, path, e)
+        msg = f"--distill {spec}: {what + ': ' if what else ''}{reason}"
+        try:
+            err = type(e)(msg)
+        except Exception:  # noqa: BLE001 - an error class with another constructor
+            err = TrainingError(msg)
+        raise err from None
+
+
+def resolve_teacher(spec: str | os.PathLike) -> Path:
+    """The checkpoint file ``--distill spec`` names (a path or a shipped name); errors say ``--distill spec``."""
+    from fer_edge.weights import resolve_checkpoint
+
+    spec = str(spec)
+    with _as_teacher_error(spec):
+        path = resolve_checkpoint(spec)
+    if not path.is_file():
+        raise TrainingError(f"--distill {spec}: a folder, not a checkpoint file (.pt)")
+    return path
+
+
+def _probe_images(n: int = 4) -> torch.Tensor:
+    """The images a freshly loaded teacher is tried on (:func:`check_teacher_outputs`): a fixed gradient and
+    fixed noise, 0..1, made without touching torch's global random stream."""
+    from fer_edge.constants import IMAGE_SIZE
+
+    g = torch.Generator().manual_seed(0)
+    noise = torch.rand((n - 1, 1, IMAGE_SIZE, IMAGE_SIZE), generator=g)
+    ramp = torch.linspace(0, 1, IMAGE_SIZE).view(1, 1, 1, IMAGE_SIZE).expand(1, 1, IMAGE_SIZE, IMAGE_SIZE)
+    return torch.cat([ramp, noise])
+
+
+def _not_finite_message(names: list[str], where: str, temperature: float | None = None,
+                        logits_finite: bool = False) -> str:
+    who = ", ".join(f"--distill {n}" for n in names)
+    one = len(names) == 1
+    if logits_finite and temperature is not None:
+        return (f"{who}: the teacher{'' if one else 's'}' probabilities on {where} are not finite (NaN or inf) "
+                f"although {'its' if one else 'their'} logits are: --distill-temperature {temperature:g} "
+                "under- or overflows the softmax in float32; use one between 0.01 and 100 (1 to 20 is usual)")
+    return (f"{who}: the teacher{'' if one else 's'}' outputs on {where} are not finite (NaN or inf): "
+            f"{'its' if one else 'their'} weights hold NaN or inf, or overflow; fix or retrain "
+            f"{'that teacher' if one else 'those teachers'}, or leave {'it' if one else 'them'} out. "
+            "Distilling from it would only make the training loss NaN")
+
+
+def _teacher_name(teacher, i: int) -> str:
+    return getattr(teacher, "name", None) or f"#{i + 1}"
+
+
+@torch.no_grad()
+def check_teacher_outputs(teachers: list, x: torch.Tensor | None = None, where: str = "a probe batch") -> None:
+    """Raise :class:`TrainingError` naming every teacher whose logits on ``x`` (0..1 images, N x 1 x H x W; by
+    default a small fixed probe batch) are not finite: a teacher with NaN weights, found before any training."""
+    if x is None:
+        x = _probe_images()
+    bad = []
+    for i, teacher in enumerate(teachers):
+        norm = teacher.normalization
+        xt = x.to(teacher.device) if getattr(teacher, "device", None) is not None else x
+        logits = teacher.logits((xt - norm.mean) / norm.std)
+        if not bool(torch.isfinite(logits).all()):
+            bad.append(_teacher_name(teacher, i))
+    if bad:
+        raise TrainingError(_not_finite_message(bad, where))
+
+
 def load_teachers(paths: list[str], labels: list[str], device: torch.device, runtime: str,
-                  channels_last: bool = False, threads: int = 0) -> list:
-    """``--distill``: each teacher checkpoint as a frozen teacher in ``runtime`` (already resolved)."""
+                  channels_last: bool = False, threads: int = 0, probe: bool = True) -> list:
+    """``--distill``: each teacher checkpoint as a frozen teacher in ``runtime`` (already resolved).
+
+    ``paths`` are checkpoint files or shipped names. Every error a teacher causes (missing, corrupt, a part of a
+    split checkpoint, a model this fer-edge cannot build) says ``--distill <spec>``. With ``probe`` each teacher
+    is tried once on a small probe batch (:func:`check_teacher_outputs`), so a teacher with NaN weights is
+    refused now rather than found as a diverged training loss an epoch later.
+    """
     from fer_edge.checkpoint import load_checkpoint
 
     teachers = []
-    for path in paths:
-        ck = load_checkpoint(path)
+    for spec in paths:
+        spec = str(spec)
+        path = resolve_teacher(spec)
+        with _as_teacher_error(spec, path):
+            ck = load_checkpoint(path)
         if ck.labels != labels:
-            raise TrainingError(f"--distill {path}: teacher labels {ck.labels} differ from {labels}")
-        model = ck.build_model()
-        if runtime == "onnxruntime":
-            teachers.append(OnnxRuntimeTeacher(model, ck.normalization, threads=threads))
-        else:
-            teachers.append(TorchTeacher(model.to(device), ck.normalization, channels_last=channels_last))
+            raise TrainingError(f"--distill {spec}: teacher labels {ck.labels} differ from {labels}")
+        with _as_teacher_error(spec, path, f"the teacher's model {ck.model_name!r} (with the model_kwargs its "
+                                           "checkpoint records) cannot be built"):
+            model = ck.build_model()
+        with _as_teacher_error(spec, path, f"cannot run the teacher in {runtime}"):
+            if runtime == "onnxruntime":
+                teacher = OnnxRuntimeTeacher(model, ck.normalization, threads=threads)
+            else:
+                teacher = TorchTeacher(model.to(device), ck.normalization, channels_last=channels_last)
+        teacher.name = spec
+        if probe:
+            check_teacher_outputs([teacher])
+        teachers.append(teacher)
     return teachers
 
 
@@ -144,6 +275,20 @@ def teacher_probs(teachers: list, x: torch.Tensor, temperature: float, tta: bool
 
 
 @torch.no_grad()
+def _raise_not_finite(teachers: list, x: torch.Tensor, temperature: float, tta: bool) -> None:
+    """The teachers' probabilities on ``x`` were not finite: raise, naming which teachers and why."""
+    bad, logits_finite = [], True
+    views = torch.cat([x, x.flip(3)]) if tta else x
+    for i, teacher in enumerate(teachers):
+        if not bool(torch.isfinite(teacher_probs([teacher], x, temperature, tta)).all()):
+            bad.append(_teacher_name(teacher, i))
+            norm = teacher.normalization
+            logits_finite &= bool(torch.isfinite(teacher.logits((views - norm.mean) / norm.std)).all())
+    raise TrainingError(_not_finite_message(bad or [_teacher_name(t, i) for i, t in enumerate(teachers)],
+                                            "the training images", temperature, logits_finite))
+
+
+@torch.no_grad()
 def precompute_teacher_probs(teachers: list, images_u8: torch.Tensor, temperature: float, tta: bool,
                              batch_size: int = 512, on_batch: Callable[[int], None] | None = None,
                              rank: int = 0, world: int = 1) -> torch.Tensor:
@@ -152,7 +297,8 @@ def precompute_teacher_probs(teachers: list, images_u8: torch.Tensor, temperatur
     Returns N x C float32 on the images' device. ``on_batch(n)`` is called after each batch of ``n`` images.
     Under torchrun each of ``world`` processes labels only its share, the images ``rank``, ``rank + world``,
     ...; the other rows stay zero, so the sum of the processes' results (an all-reduce) holds every image's
-    probabilities once.
+    probabilities once. Probabilities that are not finite (a teacher with NaN weights, or a temperature that
+    over- or underflows the softmax) raise :class:`TrainingError` naming the teacher(s), right after the batch.
     """
     if world < 1 or not 0 <= rank < world:
         raise TrainingError(f"rank {rank} is not one of a world of {world} processes")
@@ -161,6 +307,8 @@ def precompute_teacher_probs(teachers: list, images_u8: torch.Tensor, temperatur
     for i in range(0, len(share), batch_size):
         x = share[i : i + batch_size].unsqueeze(1).float().div_(255.0)
         p = teacher_probs(teachers, x, temperature, tta)
+        if not bool(torch.isfinite(p).all()):
+            _raise_not_finite(teachers, x, temperature, tta)
         if out is None:
             out = torch.zeros(len(images_u8), p.shape[1], dtype=torch.float32, device=images_u8.device)
         out[rank::world][i : i + len(x)] = p.to(out.device)

@@ -413,10 +413,11 @@ def resolve_checkpoint_names(cfg: TrainConfig) -> TrainConfig:
         return str(path.resolve())  # absolute: --resume from another folder compares the same file
 
     from fer_edge.training.replay import DEFAULT_REPLAY_VIEWS
+    from fer_edge.training.teachers import resolve_teacher
 
     return replace(cfg, data=str(Path(cfg.data).resolve()),
                    init=checkpoint_file(cfg.init, "--init") if cfg.init is not None else None,
-                   distill=[checkpoint_file(t, "--distill") for t in cfg.distill],
+                   distill=[str(resolve_teacher(t).resolve()) for t in cfg.distill],
                    distill_cache=str(Path(cfg.distill_cache).resolve()) if cfg.distill_cache else cfg.distill_cache,
                    distill_views=(cfg.distill_views or DEFAULT_REPLAY_VIEWS) if cfg.distill_targets == "replay"
                    else cfg.distill_views)
