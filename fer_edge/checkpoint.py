@@ -296,8 +296,14 @@ def _read_part(p: Path) -> tuple[dict | None, str]:
     """``(part, "")`` for a readable checkpoint part, else ``(None, what it is instead)``."""
     import torch
 
+    if p.is_dir():
+        return None, "a folder, not a checkpoint part"
+    if not p.exists():
+        return None, "not found"
     try:
         raw = torch.load(p, map_location="cpu", weights_only=True)
+    except PermissionError as e:
+        return None, f"cannot be read ({e.strerror or e})"
     except Exception as e:
         return None, f"not readable ({_load_error(e)})"
     if not isinstance(raw, dict) or raw.get("format") != PART_FORMAT:
@@ -335,7 +341,12 @@ def split_checkpoint(path: str | os.PathLike, prefix: str | os.PathLike, max_byt
     problems = part_limit_problems(max_bytes, ck.state_dict)
     if problems:
         raise CheckpointError(f"cannot split {path}: " + "; ".join(problems))
-    check_writable_dir(Path(prefix).parent, "the parts' folder", CheckpointError)
+    folder = Path(prefix).parent
+    try:
+        check_writable_dir(folder, "PREFIX's folder", CheckpointError)
+    except CheckpointError as e:
+        raise CheckpointError(f"cannot split {path} into {prefix}.part<i>.pt: "
+                              + str(e).replace("choose another PREFIX's folder", "choose another PREFIX")) from None
     budget = max_bytes - _PART_SLACK
     groups: list[dict] = [{}]
     used = 0
@@ -354,11 +365,22 @@ def split_checkpoint(path: str | os.PathLike, prefix: str | os.PathLike, max_byt
     # one split of one checkpoint: the same file split under another limit gives parts that do not mix with these
     group = hashlib.sha256(
         f"{Path(path).resolve()}:{ck.sha256}:{max_bytes}:{len(groups)}".encode()).hexdigest()[:16]
+    # every part's path checked before any is written: a folder in the way of a later part, or the checkpoint
+    # itself named as a part, would otherwise be found after the first parts (or the source) were overwritten
+    source = Path(path).resolve()
+    problems = []
+    for i in range(len(groups)):
+        dest = part_path(prefix, i)
+        if dest.is_dir():
+            problems.append(f"{dest} is a folder: remove it or choose another PREFIX")
+        elif dest.exists() and dest.resolve() == source:
+            problems.append(f"{dest}, part {i} of {len(groups)}, is the checkpoint being split: writing it would "
+                            "overwrite the checkpoint; choose another PREFIX")
+    if problems:
+        raise CheckpointError(f"cannot split {path} into {len(groups)} part(s): " + "; ".join(problems))
     out = []
     for i, sd in enumerate(groups):
         dest = part_path(prefix, i)
-        if dest.is_dir():
-            raise CheckpointError(f"{dest} is a folder: remove it or choose another prefix")
         payload = {"format": PART_FORMAT, "group": group, "index": i, "count": len(groups), "state_dict": sd}
         if i == 0:
             payload.update(checkpoint=meta, dtypes=dtypes)

@@ -219,3 +219,34 @@ def test_a_checkpoint_with_unusable_fields_is_refused_when_loaded(tmp_path, chan
     save_checkpoint(tmp_path / "b.pt", {**raw, **change})
     with pytest.raises(CheckpointError, match=rf"b\.pt: not a usable checkpoint: its {message}"):
         load_checkpoint(tmp_path / "b.pt")
+
+
+def test_split_refuses_a_part_named_as_the_checkpoint_itself_and_leaves_it_intact(tmp_path, capsys):
+    folder = tmp_path / "sp"
+    folder.mkdir()
+    src = _checkpoint(folder / "z.part0.pt")  # part 0 of prefix sp/z is the checkpoint being split
+    before = src.read_bytes()
+    assert main(["split", str(src), str(folder / "z"), "--max-mb", "0.65"]) == 1
+    err = capsys.readouterr().err
+    assert "is the checkpoint being split" in err and "choose another PREFIX" in err
+    assert src.read_bytes() == before and sorted(p.name for p in folder.iterdir()) == ["z.part0.pt"]
+    load_checkpoint(src)  # still the checkpoint
+
+
+def test_split_checks_every_part_path_before_writing_any(tmp_path):
+    src = _checkpoint(tmp_path / "pt.pt")
+    (tmp_path / "sp2" / "pt.part1.pt").mkdir(parents=True)  # in the way of the second part, not the first
+    with pytest.raises(CheckpointError, match=r"pt\.part1\.pt is a folder: remove it or choose another PREFIX"):
+        split_checkpoint(src, tmp_path / "sp2" / "pt", 680_000)
+    assert not (tmp_path / "sp2" / "pt.part0.pt").exists()  # nothing written
+
+
+def test_split_into_a_file_and_join_of_missing_parts_say_so_plainly(tmp_path, capsys):
+    src = _checkpoint(tmp_path / "a.pt")
+    (tmp_path / "d.csv").write_text("x")
+    assert main(["split", str(src), str(tmp_path / "d.csv" / "t"), "--max-mb", "1"]) == 1
+    err = capsys.readouterr().err
+    assert "is a file, not a folder" in err and "choose another PREFIX" in err and "another the" not in err
+    assert main(["join", str(tmp_path / "gone.part0.pt"), "--out", str(tmp_path / "j.pt")]) == 1
+    err = capsys.readouterr().err
+    assert "gone.part0.pt: not found" in err and "torch.load" not in err and "corrupted" not in err

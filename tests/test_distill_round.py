@@ -63,12 +63,38 @@ def test_a_teacher_too_large_to_keep_is_sent_in_parts_that_join_again(synthetic_
 
 
 def test_stage_without_time_for_an_epoch_is_skipped_with_its_pupils(synthetic_folder, tmp_path):
-    summary = run_round(synthetic_folder, tmp_path / "w", tmp_path / "o", budget_s=1e-3, stages=TINY,
-                        log=lambda m: None, **COMMON)
-    teacher, student = summary["stages"]
-    assert teacher["status"].startswith("skipped:") and "an epoch takes about" in teacher["status"]
+    # a clock that never moves: the whole (tiny) budget is left when the teacher starts, yet short of an epoch
+    with pytest.raises(TrainingError, match="no stage ran: no stage had time for one epoch"):
+        run_round(synthetic_folder, tmp_path / "w", tmp_path / "o", budget_s=1e-3, stages=TINY,
+                  log=lambda m: None, clock=lambda: 0.0, **COMMON)
+    teacher, student = json.loads((tmp_path / "o" / "summary.json").read_text())["stages"]
+    assert teacher["status"].startswith("skipped: 0 s allotted,") and "an epoch takes about" in teacher["status"]
     assert student["status"] == "skipped: its teacher 'teacher' did not finish"
     assert not (tmp_path / "w" / "teacher").exists()
+
+
+def test_a_budget_the_probe_spent_skips_every_stage_at_zero_seconds_and_fails(synthetic_folder, tmp_path, capsys):
+    stages = TINY + (Stage("other", "simple_cnn", 0.5, 1, options=dict(augment="light")),)
+    with pytest.raises(TrainingError, match="no stage ran: the budget was spent before any stage could run"):
+        run_round(synthetic_folder, tmp_path / "w", tmp_path / "o", budget_s=1e-3, stages=stages,
+                  log=lambda m: None, **COMMON)
+    entries = json.loads((tmp_path / "o" / "summary.json").read_text())["stages"]
+    assert [e["status"] for e in entries] == ["skipped: the budget was spent before this stage could run",
+                                              "skipped: its teacher 'teacher' did not finish",
+                                              "skipped: the budget was spent before this stage could run"]
+    assert entries[0]["allotted_seconds"] == entries[2]["allotted_seconds"] == 0  # not negative
+    assert main(["--data", str(synthetic_folder), "--work", str(tmp_path / "w2"), "--out", str(tmp_path / "o2"),
+                 "--budget-minutes", "0.00001", "--teacher", "simple_cnn", "--device", "cpu", "--batch-size", "32",
+                 "--probe-steps", "1", "--max-steps-per-epoch", "1"]) == 1
+    assert "the budget was spent before any stage could run" in capsys.readouterr().err
+
+
+def test_a_skip_shows_the_decimals_that_tell_the_allotment_from_the_epoch():
+    from fer_edge.training.distill_round import _too_short
+
+    assert _too_short(0.5, 2.3) == "0 s allotted, an epoch takes about 2 s"
+    assert _too_short(1.2, 1.4) == "1.2 s allotted, an epoch takes about 1.4 s"  # not "1 s ..., about 1 s"
+    assert _too_short(0.96, 1.0) == "0.96 s allotted, an epoch takes about 1.00 s"
 
 
 def test_a_failed_stage_is_reported_after_the_others_are_kept(synthetic_folder, tmp_path, monkeypatch):
@@ -134,7 +160,8 @@ def test_main_reports_missing_data_and_bad_teacher(tmp_path, synthetic_folder, c
     assert "does not exist" in capsys.readouterr().err
     assert main(["--data", str(synthetic_folder), "--work", str(tmp_path / "w"), "--out", str(tmp_path / "o"),
                  "--budget-minutes", "1", "--teacher", "resnet19", "--device", "cpu"]) == 1
-    assert "unknown model 'resnet19'" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "unknown model 'resnet19'" in err and err.count("resnet19") == 1  # said once, not twice
 
 
 @pytest.mark.parametrize("many", [True, False], ids=["many-options", "defaults"])
@@ -255,8 +282,10 @@ def test_students_distil_from_every_teacher_stage_and_the_extra_checkpoints(synt
 
     # one teacher without time for an epoch: its pupils are skipped, and the status names it
     slow = (stages[0], replace(stages[1], max_epochs=1), stages[2])
-    summary = run_round(synthetic_folder, tmp_path / "w2", tmp_path / "o2", budget_s=1e-3, stages=slow,
-                        log=lambda m: None, **COMMON)
+    with pytest.raises(TrainingError, match="no stage ran"):
+        run_round(synthetic_folder, tmp_path / "w2", tmp_path / "o2", budget_s=1e-3, stages=slow,
+                  log=lambda m: None, **COMMON)
+    summary = json.loads((tmp_path / "o2" / "summary.json").read_text())
     assert summary["stages"][2]["status"] == "skipped: its teachers 'teacher', 'teacher2' did not finish"
 
 
@@ -482,12 +511,80 @@ def test_a_failed_probe_removes_the_probe_runs_so_the_command_can_run_again(synt
 
 def test_an_interrupted_probe_removes_the_probe_runs_too(synthetic_folder, tmp_path, monkeypatch):
     _student_probe_raises(monkeypatch, KeyboardInterrupt())
-    work = tmp_path / "w"
+    work, out = tmp_path / "w", tmp_path / "o"
+    logged = []
     with pytest.raises(KeyboardInterrupt):
-        run_round(synthetic_folder, work, tmp_path / "o", budget_s=600, stages=TINY, log=lambda m: None, **COMMON)
-    assert not (work / "probe").exists()
-    summary = json.loads((tmp_path / "o" / "summary.json").read_text())
-    assert all(s["status"] == "not run: the round was interrupted" for s in summary["stages"])
+        run_round(synthetic_folder, work, out, budget_s=600, stages=TINY, log=logged.append, **COMMON)
+    # nothing was trained: no summary of stages "not run", and the folders the round made are gone again
+    assert not work.exists() and not out.exists()
+    assert "nothing was kept" in logged[-1] and "which the round had made" in logged[-1]
+    assert not any("what finished" in m for m in logged)
+    out.mkdir()  # a folder of the user's: left, and left empty
+    with pytest.raises(KeyboardInterrupt):
+        run_round(synthetic_folder, work, out, budget_s=600, stages=TINY, log=logged.append, **COMMON)
+    assert out.is_dir() and not any(out.iterdir()) and not (work / "probe").exists()
+
+
+def test_an_interrupted_stage_says_how_to_resume_it_with_its_own_command(synthetic_folder, tmp_path, monkeypatch):
+    real, hints = training.train, []
+
+    def interrupted(cfg, **kw):
+        if cfg.out.endswith("student") and "probe" not in cfg.out:
+            hints.append(kw.get("resume_hint"))
+            raise KeyboardInterrupt  # before its first epoch finished
+        return real(cfg, **kw)
+
+    monkeypatch.setattr(training, "train", interrupted)
+    logged = []
+    with pytest.raises(KeyboardInterrupt):
+        run_round(synthetic_folder, tmp_path / "w", tmp_path / "o", budget_s=600, stages=TINY, log=logged.append,
+                  **COMMON)
+    teacher, student = json.loads((tmp_path / "o" / "summary.json").read_text())["stages"]
+    assert hints == [hints[0]] and hints[0].endswith(f"{student['command']} --resume")
+    assert "summary.json" in hints[0] and "continue with --resume" not in hints[0]
+    assert student["status"] == "interrupted before its first epoch finished: nothing of it was kept"
+    assert "what was kept (teacher)" in logged[-1]
+
+
+def test_an_extra_teacher_where_the_round_writes_is_refused_before_any_training(synthetic_folder, tmp_path,
+                                                                               tiny_checkpoint):
+    import shutil
+
+    out, work = tmp_path / "o10", tmp_path / "w"
+    out.mkdir()
+    mine = shutil.copyfile(tiny_checkpoint, out / "student.pt")  # the round keeps its student there
+    before = mine.read_bytes()
+    student = replace(TINY[1], extra_teachers=(str(tmp_path / "o10" / ".." / "o10" / "student.pt"),))
+    with pytest.raises(TrainingError, match=r"is where the round writes stage 'student''s kept checkpoint"):
+        run_round(synthetic_folder, work, out, budget_s=600, stages=(TINY[0], student), log=lambda m: None,
+                  **COMMON)
+    assert mine.read_bytes() == before and not work.exists() and sorted(p.name for p in out.iterdir()) == ["student.pt"]
+    # a teacher's part, and a path inside a stage's run folder in --work, are refused the same way
+    for path, said in ((out / "teacher.part0.pt", "a part of stage 'teacher'"),
+                       (work / "teacher" / "best.pt", "stage 'teacher''s run folder")):
+        bad = replace(TINY[1], extra_teachers=(str(path),))
+        with pytest.raises(TrainingError, match=said):
+            run_round(synthetic_folder, work, out, budget_s=600, stages=(TINY[0], bad), parts_bytes=10**6,
+                      log=lambda m: None, **COMMON)
+
+
+def test_extra_teachers_are_loaded_and_their_labels_checked_before_any_training(synthetic_folder, tmp_path,
+                                                                               tiny_checkpoint):
+    from fer_edge.checkpoint import save_checkpoint
+
+    broken = tmp_path / "broken.pt"
+    broken.write_bytes(tiny_checkpoint.read_bytes()[:1000])
+    raw = torch.load(tiny_checkpoint, weights_only=True)
+    other = save_checkpoint(tmp_path / "other.pt", {**raw, "labels": list("abcdefg")})
+    student = replace(TINY[1], extra_teachers=(str(broken), str(other)), options={**TINY[1].options, "lr": -1})
+    with pytest.raises(TrainingError) as e:
+        run_round(synthetic_folder, tmp_path / "w", tmp_path / "o", budget_s=600, stages=(TINY[0], student),
+                  log=lambda m: None, **COMMON)
+    said = str(e.value)
+    assert "broken.pt: not a readable checkpoint" in said
+    assert "other.pt: its labels ['a', 'b'" in said and "differ from fer-edge's ['angry'" in said
+    assert "--lr must be positive" in said  # all at once
+    assert not (tmp_path / "w").exists() and not (tmp_path / "o").exists()
 
 
 def test_teachers_of_several_architectures_form_one_ensemble(synthetic_folder, monkeypatch):

@@ -319,6 +319,8 @@ def run_round(data: str | Path, work: str | Path, out: str | Path, budget_s: flo
     failures: list[str] = []
     current: tuple[Stage, Path] | None = None
     probing = False
+    started: list[str] = []  # the stages whose training started
+    spent = False  # a stage found the budget spent before it could run
     try:
         # 1. probe every stage
         probing = True
@@ -359,13 +361,17 @@ def run_round(data: str | Path, work: str | Path, out: str | Path, budget_s: flo
                                    f"{', '.join(map(repr, missing))} did not finish")
                 save_summary()
                 continue
-            left = budget_s - (clock() - start)
+            left = max(0.0, budget_s - (clock() - start))  # the probe (or a long stage) may have spent it all
             alloc = left * stage.share / sum(s.share for s in stages[i:])
             per_epoch = entry["probe"]["estimated_epoch_seconds"]
             epochs = min(stage.max_epochs, int(alloc // per_epoch))
             entry.update(allotted_seconds=round(alloc, 1))
             if epochs < 1:
-                entry["status"] = f"skipped: {alloc:.0f} s allotted, an epoch takes about {per_epoch:.0f} s"
+                if left <= 0:
+                    spent = True
+                    entry["status"] = "skipped: the budget was spent before this stage could run"
+                else:
+                    entry["status"] = "skipped: " + _too_short(alloc, per_epoch)
                 log(f"{stage.name}: {entry['status']}")
                 save_summary()
                 continue
@@ -376,8 +382,11 @@ def run_round(data: str | Path, work: str | Path, out: str | Path, budget_s: flo
             log(f"{stage.name}: {epochs} epochs (about {epochs * per_epoch:.0f} s of {alloc:.0f} s allotted)\n"
                 f"  {entry['command']}")
             current, t0 = (stage, run_dir), clock()
+            started.append(stage.name)
             try:
-                res = train(cfg, progress=progress)
+                res = train(cfg, progress=progress,
+                            resume_hint=f"to continue it, rerun its `fer-edge train` command (stage {stage.name!r} "
+                                        f"in {out / 'summary.json'}) with --resume added: {entry['command']} --resume")
             except Exception as e:  # KeyboardInterrupt is not one: it stops the round, below
                 if isinstance(e, FerEdgeError):
                     why = str(e)
@@ -405,24 +414,55 @@ def run_round(data: str | Path, work: str | Path, out: str | Path, budget_s: flo
                 f"of {res.epochs_run}, {entry['seconds']:.0f} s")
     except KeyboardInterrupt:
         if probing:  # the round did not start: its probe runs go, so that the same command can run again
-            _remove_probes(work, stages, made)
+            _remove_probes(work, stages, made)  # and OUT and WORK, if the round made them and they are empty
+            gone = [str(f) for f in made if not f.exists()]
+            log("interrupted during the probe, so no stage was trained and nothing was kept; the probe runs were "
+                "removed" + (f", and {' and '.join(gone)}, which the round had made" if gone else "")
+                + ": the same command can run again")
+            raise
         if current is not None:
             stage, run_dir = current
             entries[stage.name]["status"] = "interrupted (best.pt and history.csv as of the last finished epoch)"
             kept = try_keep(stage, run_dir)
             if kept:
                 entries[stage.name]["status"] = f"interrupted; {kept}"
+            elif "history" not in entries[stage.name]:
+                entries[stage.name]["status"] = "interrupted before its first epoch finished: nothing of it was kept"
         for entry in entries.values():
             if entry["status"] == "pending":
                 entry["status"] = "not run: the round was interrupted"
         save_summary()
-        log(f"interrupted; what finished is in {out}")
+        kept = [name for name, e in entries.items() if "history" in e or "checkpoint" in e or "checkpoint_parts" in e]
+        log(f"interrupted; {out} holds " + (f"what was kept ({', '.join(kept)}) and the summary" if kept else
+                                            "only the summary (the probe's figures): no stage kept anything")
+            + f" ({out / 'summary.json'})")
         raise
     save_summary()
+    if not started:
+        # a stage skipped for its own allotment had some budget left; the others found it spent, or lacked a teacher
+        short = any("allotted" in e["status"] for e in entries.values())
+        why = ("the budget was spent before any stage could run" if spent and not short
+               else "no stage had time for one epoch")
+        raise TrainingError(f"no stage ran: {why} (the probe took {_probe_seconds(entries):.0f} s of the "
+                            f"{budget_s:.0f} s budget; every stage's reason is in {out / 'summary.json'})")
     if failures:
         raise TrainingError("stages failed (the others ran and are kept in "
                             f"{out}): " + "; ".join(failures))
     return summary
+
+
+def _probe_seconds(entries: dict) -> float:
+    """The probe's seconds, all stages together."""
+    return sum(e.get("probe", {}).get("seconds", 0.0) for e in entries.values())
+
+
+def _too_short(alloc: float, per_epoch: float) -> str:
+    """Why ``alloc`` seconds (less than ``per_epoch``) do not hold an epoch, with as many decimals as it takes for
+    the two figures to differ (``0.96 s allotted, an epoch takes about 1.0 s``, not ``1 s ... about 1 s``)."""
+    for digits in range(3):
+        if f"{alloc:.{digits}f}" != f"{per_epoch:.{digits}f}":
+            break
+    return f"{alloc:.{digits}f} s allotted, an epoch takes about {per_epoch:.{digits}f} s"
 
 
 def build_stages(teacher_model: str | Sequence[str], n_teachers: int, teacher_max_epochs: int,
@@ -495,10 +535,55 @@ def _parts_problems(stage: Stage, parts_bytes: int) -> list[str]:
             f"checkpoint: {p}" for p in part_limit_problems(parts_bytes, model.state_dict())]
 
 
+def _resolved(path: str | Path) -> Path:
+    return Path(path).expanduser().resolve()
+
+
+def _written_by_round(path: str | Path, stages, work: Path, out: Path, parts_bytes: int) -> str:
+    """What the round writes at ``path`` (compared as resolved paths), as a phrase; "" when it writes nothing
+    there: ``OUT``'s summary, histories, kept checkpoints and checkpoint parts, and the stages' run folders and
+    probe runs in ``WORK`` (with everything under them)."""
+    import re
+
+    p, o, w = _resolved(path), _resolved(out), _resolved(work)
+    if p == o / "summary.json":
+        return "the round's summary"
+    for s in stages:
+        if p == o / f"{s.name}_history.csv":
+            return f"stage {s.name!r}'s kept history"
+        if s.keep_checkpoint and p == o / f"{s.name}.pt":
+            return f"stage {s.name!r}'s kept checkpoint"
+        if (parts_bytes and not s.keep_checkpoint and p.parent == o
+                and re.fullmatch(re.escape(s.name) + r"\.part\d+\.pt", p.name)):
+            return f"a part of stage {s.name!r}'s checkpoint"
+        for folder, what in ((w / s.name, "run folder"), (w / "probe" / s.name, "probe run")):
+            if p == folder or folder in p.parents:
+                return f"stage {s.name!r}'s {what} {folder}"
+    return ""
+
+
+def _extra_teacher_problem(path: str) -> str:
+    """Why the checkpoint ``path`` cannot teach a fer-edge student ("" when it can): unreadable, or other labels."""
+    from fer_edge.checkpoint import load_checkpoint
+    from fer_edge.constants import LABELS
+    from fer_edge.errors import CheckpointError
+
+    if not Path(path).is_file():
+        return f"extra teacher {path} is not a file"
+    try:
+        ck = load_checkpoint(path)
+    except CheckpointError as e:
+        return f"extra teacher {e}"
+    if list(ck.labels) != list(LABELS):
+        return f"extra teacher {path}: its labels {list(ck.labels)} differ from fer-edge's {list(LABELS)}"
+    return ""
+
+
 def _preflight(stages, data: str, common: dict, work: Path, out: Path, *, budget_s: float, parts_bytes: int,
                probe_steps: int) -> None:
-    """The round's options, and every stage's options, model and run directory, checked before the budget starts
-    to be spent; all problems at once."""
+    """The round's options, and every stage's options, model, run directory and input files, checked before the
+    budget starts to be spent; all problems at once. An input (the data, an extra teacher, an ``init``
+    checkpoint) at a path the round writes is refused: the round would overwrite it, or read its own output."""
     from fer_edge.models import list_models
     from fer_edge.training.trainer import validate_config
 
@@ -508,18 +593,38 @@ def _preflight(stages, data: str, common: dict, work: Path, out: Path, *, budget
         problems.append(f"{', '.join(taken)} already exist: fer-edge train never overwrites a run, so give the "
                         "round a fresh --work")
     parts_ok = not any(p.startswith("--teacher-parts-mb") for p in problems)
+    inputs = [(f"--data {data}", data)] + [(f"stage {s.name!r}: --init {s.options['init']}", s.options["init"])
+                                          for s in stages
+                                   if isinstance(s.options.get("init"), (str, Path)) and s.options["init"]]
+    checked: dict[str, str] = {}  # an extra teacher shared by several stages is loaded and reported once
     for s in stages:
         for t in s.extra_teachers:
-            if not Path(t).is_file():
-                problems.append(f"stage {s.name!r}: extra teacher {t} is not a file")
-        if s.model not in list_models():
+            if t not in checked:
+                checked[t] = _extra_teacher_problem(t)
+                inputs.append((f"extra teacher {t}", t))
+                if checked[t]:
+                    problems.append(f"stage {s.name!r}: {checked[t]}")
+    for what, path in inputs:
+        try:
+            written = _written_by_round(path, stages, work, out, parts_bytes)
+        except (OSError, RuntimeError):  # a path that cannot be resolved (a symlink loop): the load reports it
+            written = ""
+        if written:
+            problems.append(f"{what} is where the round writes {written}: the round would overwrite it "
+                            "or read its own output; move it, or choose another --out/--work")
+    for s in stages:
+        known = s.model in list_models()
+        if not known:
             problems.append(f"stage {s.name!r}: unknown model {s.model!r} (see `fer-edge models`)")
         elif parts_bytes and parts_ok and not s.keep_checkpoint:
             problems += _parts_problems(s, parts_bytes)
         try:
             validate_config(_config(s, data, Path(s.name), 1, common, [Path(f"{t}.pt") for t in s.teachers]))
         except TrainingError as e:
-            problems.append(f"stage {s.name!r}: {e}")
+            text = str(e).removeprefix("bad training options:\n  ")
+            for line in text.split("\n  "):
+                if known or not line.startswith("--model: unknown model"):  # said once, above
+                    problems.append(f"stage {s.name!r}: {line}")
     if problems:
         raise TrainingError("bad round:\n  " + "\n  ".join(problems))
 
