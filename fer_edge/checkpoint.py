@@ -343,10 +343,9 @@ def split_checkpoint(path: str | os.PathLike, prefix: str | os.PathLike, max_byt
         raise CheckpointError(f"cannot split {path}: " + "; ".join(problems))
     folder = Path(prefix).parent
     try:
-        check_writable_dir(folder, "PREFIX's folder", CheckpointError)
+        check_writable_dir(folder, "PREFIX's folder", CheckpointError, advice="choose another PREFIX")
     except CheckpointError as e:
-        raise CheckpointError(f"cannot split {path} into {prefix}.part<i>.pt: "
-                              + str(e).replace("choose another PREFIX's folder", "choose another PREFIX")) from None
+        raise CheckpointError(f"cannot split {path} into {prefix}.part<i>.pt: {e}") from None
     budget = max_bytes - _PART_SLACK
     groups: list[dict] = [{}]
     used = 0

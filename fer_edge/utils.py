@@ -45,21 +45,31 @@ def atomic_path(dest: str | os.PathLike, suffix: str | None = None) -> Iterator[
             tmp_path.unlink()
 
 
-def check_writable_dir(path: str | os.PathLike, option: str, error: type[Exception]) -> Path:
+def _nearest_existing(p: Path, candidates) -> Path | None:
+    """The first of ``candidates`` (``p`` or its parents, nearest first) that exists, a dangling link included."""
+    return next((q for q in candidates if q.exists() or q.is_symlink()), None)
+
+
+def _unwritable(q: Path) -> bool:
+    return not os.access(q, os.W_OK | os.X_OK)
+
+
+def check_writable_dir(path: str | os.PathLike, option: str, error: type[Exception],
+                       advice: str | None = None) -> Path:
     """Refuse, before any work, a folder to write into that is an existing file, lies under one, or sits in a
     folder this process may not write.
 
-    The folder itself need not exist yet (it is made when the first output is written).
+    The folder itself need not exist yet (it is made when the first output is written). ``advice`` replaces the
+    message's closing "choose another <option>".
     """
     p = Path(path)
-    for q in (p, *p.parents):
-        if q.exists() or q.is_symlink():
-            if not q.is_dir():
-                where = "is" if q == p else f"lies under {q}, which is"
-                raise error(f"{option} {p} {where} a file, not a folder (not a directory): choose another {option}")
-            if not os.access(q, os.W_OK | os.X_OK):
-                raise error(f"{option} {p}: cannot write into {q} (permission denied)")
-            break
+    q = _nearest_existing(p, (p, *p.parents))
+    if q is not None and not q.is_dir():
+        where = "is" if q == p else f"lies under {q}, which is"
+        raise error(f"{option} {p} {where} a file, not a folder (not a directory): "
+                    f"{advice or f'choose another {option}'}")
+    if q is not None and _unwritable(q):
+        raise error(f"{option} {p}: cannot write into {q} (permission denied)")
     return p
 
 
@@ -69,13 +79,11 @@ def check_output_file(path: str | os.PathLike, option: str, error: type[Exceptio
     p = Path(path)
     if str(path) == "" or p.is_dir():
         raise error(f"{option} {str(path)!r} is a folder, not a file: give a file path (e.g. {p / 'report.json'})")
-    for q in p.parents:
-        if q.exists() or q.is_symlink():
-            if not q.is_dir():
-                raise error(f"{option} {p}: {q} is a file, not a folder (not a directory): choose another {option}")
-            if not os.access(q, os.W_OK | os.X_OK):
-                raise error(f"{option} {p}: cannot write into {q} (permission denied)")
-            break
+    q = _nearest_existing(p, p.parents)
+    if q is not None and not q.is_dir():
+        raise error(f"{option} {p}: {q} is a file, not a folder (not a directory): choose another {option}")
+    if q is not None and _unwritable(q):
+        raise error(f"{option} {p}: cannot write into {q} (permission denied)")
     return p
 
 

@@ -55,29 +55,33 @@ def name_problems(name: str) -> list[str]:
     return problems
 
 
-def _non_finite(obj, path: str = "") -> list[str]:
-    """The paths of NaN/inf numbers in ``obj`` (they would make weights.json invalid JSON)."""
+def _json_problems(obj, path: str = "") -> list[tuple[str, str]]:
+    """``(kind, path)`` of each value in ``obj`` that weights.json cannot hold as it is: kind ``"non-finite"`` for
+    NaN/inf (strict JSON refuses them), ``"not-plain"`` for a tensor, an object or a non-text key (weights.json
+    would get their text, not their number)."""
     if isinstance(obj, float) and not math.isfinite(obj):
-        return [path or "value"]
-    if isinstance(obj, dict):
-        return [p for k, v in obj.items() for p in _non_finite(v, f"{path}.{k}" if path else str(k))]
-    if isinstance(obj, (list, tuple)):
-        return [p for i, v in enumerate(obj) for p in _non_finite(v, f"{path}[{i}]")]
-    return []
-
-
-def _not_plain(obj, path: str = "") -> list[str]:
-    """The paths of values in ``obj`` that JSON does not hold as they are (a tensor, an object): weights.json would
-    get their text, not their number."""
+        return [("non-finite", path or "value")]
     if obj is None or isinstance(obj, (str, bool, int, float)):
         return []
     if isinstance(obj, dict):
-        return [p for k, v in obj.items() for p in
-                ([f"{path}.{k}" if path else repr(k)] if not isinstance(k, str) else
-                 _not_plain(v, f"{path}.{k}" if path else k))]
+        out = []
+        for k, v in obj.items():
+            here = f"{path}.{k}" if path else (k if isinstance(k, str) else repr(k))
+            out += _json_problems(v, here) if isinstance(k, str) else [("not-plain", here)]
+        return out
     if isinstance(obj, (list, tuple)):
-        return [p for i, v in enumerate(obj) for p in _not_plain(v, f"{path}[{i}]")]
-    return [f"{path or 'value'} ({type(obj).__name__})"]
+        return [p for i, v in enumerate(obj) for p in _json_problems(v, f"{path}[{i}]")]
+    return [("not-plain", f"{path or 'value'} ({type(obj).__name__})")]
+
+
+def _non_finite(obj) -> list[str]:
+    """The paths of NaN/inf numbers in ``obj`` (they would make weights.json invalid JSON)."""
+    return [p for kind, p in _json_problems(obj) if kind == "non-finite"]
+
+
+def _not_plain(obj) -> list[str]:
+    """The paths of values in ``obj`` that JSON does not hold as they are (a tensor, an object)."""
+    return [p for kind, p in _json_problems(obj) if kind == "not-plain"]
 
 
 def lower_gate(gate: dict) -> tuple[dict, list[str]]:
