@@ -17,6 +17,51 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("FER_EDGE_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cache"))
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _onnx_export_memo():
+    """Export each distinct model to FP32 ONNX once per test session.
+
+    ``torch.onnx.export`` (dynamo) takes about 3 s even for the tiny test models, and the suite exports the same
+    few models about a hundred times (a third of its run time). The memo keys on everything the export reads:
+    each module's class, the model's repr and training flag, and every parameter and buffer's bytes; a hit returns
+    a copy of the proto the real exporter made. A test that replaces ``torch.onnx.export`` gets the real call.
+    """
+    import hashlib
+
+    import torch
+
+    import fer_edge.exporters.onnx as onnx_exporter
+
+    real, real_export = onnx_exporter.fp32_proto, torch.onnx.export
+    memo: dict = {}
+
+    def key(model) -> str:
+        h = hashlib.sha256(repr(model).encode())
+        h.update(repr([(type(m).__module__, type(m).__qualname__, m.training) for m in model.modules()]).encode())
+        for name, t in model.state_dict().items():
+            shape = t.shape
+            t = t.detach().cpu().contiguous().reshape(-1)
+            h.update(f"{name}:{t.dtype}:{tuple(shape)}".encode())
+            h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        return h.hexdigest()
+
+    def memoized(model):
+        import onnx
+
+        if torch.onnx.export is not real_export:  # the test changed the exporter: run it
+            return real(model)
+        k = key(model)
+        if k not in memo:
+            memo[k] = real(model)
+        copy = onnx.ModelProto()
+        copy.CopyFrom(memo[k])
+        return copy
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(onnx_exporter, "fp32_proto", memoized)
+        yield
+
+
 @pytest.fixture(scope="session")
 def synthetic_arrays():
     return {"Training": make_synthetic(40, seed=0), "PublicTest": make_synthetic(12, seed=1)}
