@@ -53,11 +53,19 @@ class Checkpoint:
             raise CheckpointError("checkpoint has no file to hash")
         return sha256_path(self.path)
 
-    def build_model(self):
-        """The registered model with these weights, in eval mode, on CPU."""
+    def _create(self):
+        """The registered model of this checkpoint, untrained; a model that cannot be built names this file."""
+        from fer_edge.errors import ModelError
         from fer_edge.models import create_model
 
-        model = create_model(self.model_name, num_classes=len(self.labels), **self.model_kwargs)
+        try:
+            return create_model(self.model_name, num_classes=len(self.labels), **self.model_kwargs)
+        except ModelError as e:
+            raise CheckpointError(f"{self.path or 'checkpoint'}: {e}") from None
+
+    def build_model(self):
+        """The registered model with these weights, in eval mode, on CPU."""
+        model = self._create()
         mismatch = state_dict_mismatch(model.state_dict(), self.state_dict)
         if mismatch:
             import json
@@ -98,10 +106,9 @@ class Checkpoint:
 
     def resolved_model_kwargs(self) -> dict:
         """``model_kwargs`` with the constructor defaults filled in (older checkpoints stored only the passed ones)."""
-        from fer_edge.models import create_model, resolved_model_kwargs
+        from fer_edge.models import resolved_model_kwargs
 
-        model = create_model(self.model_name, num_classes=len(self.labels), **self.model_kwargs)
-        return resolved_model_kwargs(model, self.model_kwargs)
+        return resolved_model_kwargs(self._create(), self.model_kwargs)
 
 
 def state_dict_mismatch(own: dict, other: dict) -> str:
@@ -128,7 +135,9 @@ def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
     # tensors go to the CPU: a checkpoint trained on a GPU then loads with a plain torch.load on any machine
     payload = _on_cpu({"format": FORMAT, "fer_edge_version": __version__, **payload})
     path = Path(path)
-    with atomic_path(path) as tmp:
+    # the temporary file keeps a suffix even when ``path`` has none: torch's zip writer refuses a name with
+    # nothing before its last dot (".tmp-run-x1y2")
+    with atomic_path(path, suffix=path.suffix or ".pt") as tmp:
         torch.save(payload, tmp)
     return path
 

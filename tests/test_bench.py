@@ -326,7 +326,17 @@ def test_merge_two_reports(bench_run, tmp_path):
     assert "M1 p50 ms" in md and "M2 p50 ms" in md and "other-host (Other CPU)" in md
     with open(tmp_path / "merged" / "merged.csv", newline="") as fh:
         assert len(list(csv.DictReader(fh))) == len(merged["rows"])
-    assert (tmp_path / "merged" / "latency_vs_accuracy.png").stat().st_size > 0
+    assert (tmp_path / "merged" / "merged_latency_vs_accuracy.png").stat().st_size > 0
+    # a merge into a bench report's folder keeps that report's plot (they shared the name latency_vs_accuracy.png)
+    own = tmp_path / "own"
+    shutil.copytree(out, own)
+    before = (own / "latency_vs_accuracy.png").read_bytes()
+    result = invoke(["report", "merge", own / "report.json", tmp_path / "b.json", "--out", own])
+    assert result.exit_code == 0, result.output
+    assert (own / "latency_vs_accuracy.png").read_bytes() == before
+    assert (own / "merged_latency_vs_accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    single = invoke(["report", "merge", out / "report.json", "--out", tmp_path / "single"])
+    assert single.exit_code == 0 and f"1 report, {len(report['rows'])} rows" in single.output, single.output
 
     (tmp_path / "bad.json").write_text(json.dumps({"rows": []}))
     result = invoke(["report", "merge", out / "report.json", tmp_path / "bad.json", "--out", tmp_path / "m2"])

@@ -15,6 +15,7 @@ from fer_edge.errors import CheckpointError
 from fer_edge.metrics import classification_metrics
 from fer_edge.training import evaluate
 from fer_edge.training.trainer import predict_logits
+from fer_edge.utils import sha256_path
 
 runner = CliRunner()
 
@@ -83,7 +84,7 @@ def test_cli_eval_repeated_model_evaluates_the_ensemble(members, synthetic_csv, 
     want = evaluate(members, synthetic_csv, "PublicTest", device="cpu", progress=False)
     assert res["members"] == [str(p) for p in members] and res["accuracy"] == pytest.approx(want.accuracy)
     # the ensemble's confusion matrix goes to ./fer-edge-eval, not into the first member's run folder
-    assert len(list((tmp_path / "fer-edge-eval").glob("confusion_fer2013-*_PublicTest.png"))) == 1
+    assert len(list((tmp_path / "fer-edge-eval").glob("confusion_ensemble2-*_fer2013-*_PublicTest.png"))) == 1
     assert not list(members[0].parent.glob("confusion_*.png"))
     r = runner.invoke(app, args, env={"COLUMNS": "250"})
     assert r.exit_code == 0, r.output
@@ -102,8 +103,10 @@ def test_confusion_png_names_the_data_file_and_tta(members, synthetic_csv, tmp_p
             for d, t in runs]
     names = [p.rsplit("/", 1)[-1] for p in pngs]
     sha = load_split(synthetic_csv, "PublicTest").fingerprint["sha256"][:8]
-    assert names == [f"confusion_fer2013-{sha}_PublicTest.png", f"confusion_fer2013-{sha}_PublicTest_tta.png",
-                     f"confusion_other_data-{sha}_PublicTest.png", f"confusion_other_data-{sha}_PublicTest_tta.png"]
+    who = f"{members[0].stem}-{sha256_path(members[0])[:8]}"
+    assert names == [f"confusion_{who}_fer2013-{sha}_PublicTest.png", f"confusion_{who}_fer2013-{sha}_PublicTest_tta.png",
+                     f"confusion_{who}_other_data-{sha}_PublicTest.png",
+                     f"confusion_{who}_other_data-{sha}_PublicTest_tta.png"]
     assert sorted(p.name for p in out.iterdir()) == sorted(names)
     r = runner.invoke(app, ["eval", "--model", str(members[0]), "--data", str(other), "--split", "PublicTest",
                             "--tta", "--out", str(out)], env={"COLUMNS": "400"})
@@ -111,7 +114,7 @@ def test_confusion_png_names_the_data_file_and_tta(members, synthetic_csv, tmp_p
     assert f"confusion matrix: {out / names[3]}" in r.output  # the path written
     # part of a split has its own plot
     part = evaluate(members[0], other, "PublicTest", device="cpu", out_dir=out, limit=10, progress=False)
-    assert part.confusion_png.endswith(f"confusion_other_data-{sha}_PublicTest_first10.png")
+    assert part.confusion_png.endswith(f"confusion_{who}_other_data-{sha}_PublicTest_first10.png")
 
 
 def test_confusion_png_names_tell_apart_data_whose_names_read_the_same(members, synthetic_arrays, tmp_path):
@@ -142,3 +145,78 @@ def test_confusion_png_names_keep_letters_of_any_script():
 
     assert confusion_png_name("ünï", "val", False) != confusion_png_name("änö", "val", False)
     assert confusion_png_name("données/", "val", True) == "confusion_données_val_tta.png"
+
+
+def test_confusion_png_names_the_model_so_other_models_keep_their_plots(members, synthetic_csv, tmp_path):
+    """Every shipped model and every ensemble wrote ./fer-edge-eval/confusion_<data>_<split>.png, as did best.pt and
+    last.pt of one run: each evaluation replaced the previous one's plot."""
+    out = tmp_path / "out"
+    twin = tmp_path / "elsewhere" / members[0].name  # the same file name in another folder, other weights
+    twin.parent.mkdir()
+    _variant(members[0], twin, noise=0.05, seed=9, mean=0.5, std=0.25)
+    runs = [members[0], members[1], twin, list(members), [members[1], members[0]]]
+    pngs = [evaluate(m, synthetic_csv, "PublicTest", device="cpu", out_dir=out, progress=False).confusion_png
+            for m in runs]
+    assert len(set(pngs)) == len(runs) and len(list(out.glob("*.png"))) == len(runs), pngs
+    assert "_ensemble2-" in pngs[3] and pngs[0].rsplit("/", 1)[-1].startswith(f"confusion_{members[0].stem}-")
+
+
+def test_ensemble_refuses_a_member_given_twice_or_copied(members, synthetic_csv, tmp_path):
+    """``--model nano --model nano`` printed an 'ensemble of fer_nano, fer_nano' that is nano alone."""
+    with pytest.raises(CheckpointError, match="is given twice"):
+        evaluate([members[0], members[1], members[0]], synthetic_csv, "PublicTest", device="cpu", progress=False)
+    copy = tmp_path / "copy.pt"
+    copy.write_bytes(members[0].read_bytes())
+    with pytest.raises(CheckpointError, match=f"holds the same weights as {members[0]}"):
+        evaluate([members[0], copy], synthetic_csv, "PublicTest", device="cpu", progress=False)
+    r = runner.invoke(app, ["eval", "--model", "nano", "--model", "nano", "--data", str(synthetic_csv)])
+    assert r.exit_code == 1 and "is given twice" in " ".join(r.stderr.split())
+
+
+def test_a_model_with_non_finite_outputs_is_refused_not_scored(members, synthetic_csv, tmp_path):
+    """A checkpoint with NaN weights scored 'accuracy 0.1429' (argmax of NaN is class 0), exit 0, alone or in an
+    ensemble."""
+    payload = torch.load(members[0], map_location="cpu", weights_only=True)
+    key = next(k for k, v in payload["state_dict"].items() if v.is_floating_point() and v.numel() > 1)
+    payload["state_dict"][key] = torch.full_like(payload["state_dict"][key], float("nan"))
+    for k in ("format", "fer_edge_version"):
+        payload.pop(k, None)
+    bad = save_checkpoint(tmp_path / "nan.pt", payload)
+    for model in (bad, [members[0], bad]):
+        with pytest.raises(CheckpointError, match=r"nan.pt: its outputs are not finite numbers \(NaN or inf\) on "
+                                                  r"84 of 84 images"):
+            evaluate(model, synthetic_csv, "PublicTest", device="cpu", out_dir=tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
+    r = runner.invoke(app, ["eval", "--model", str(bad), "--data", str(synthetic_csv), "--json"])
+    assert r.exit_code == 1 and "not finite" in r.stderr and r.stdout == ""
+
+
+def test_a_checkpoint_naming_a_model_that_cannot_be_built_names_its_file(members, synthetic_csv, tmp_path):
+    payload = torch.load(members[0], map_location="cpu", weights_only=True)
+    for k in ("format", "fer_edge_version"):
+        payload.pop(k, None)
+    unknown = save_checkpoint(tmp_path / "unknown.pt", {**payload, "model": "nope_net"})
+    wrong_kwargs = save_checkpoint(tmp_path / "kwargs.pt", {**payload, "model_kwargs": {"hidden": 3}})
+    for path, words in ((unknown, "unknown model 'nope_net'"), (wrong_kwargs, "hidden")):
+        with pytest.raises(CheckpointError, match=f"{path}: .*{words}"):
+            evaluate([members[0], path], synthetic_csv, "PublicTest", device="cpu", progress=False)
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--split", ""], "split '' not found"),
+    (["--out", ""], "--out"),
+    (["--data", ""], "--data"),
+])
+def test_cli_eval_refuses_empty_values_instead_of_using_defaults(members, synthetic_csv, tmp_path, monkeypatch,
+                                                                 args, words):
+    """``--split ""`` evaluated PublicTest and ``--out ""`` wrote into the current folder (a script's unset
+    variable); ``--data ""`` read the current folder."""
+    monkeypatch.chdir(tmp_path)
+    base = {"--data": str(synthetic_csv), "--model": str(members[0])}
+    base.update(dict(zip(args[::2], args[1::2])))
+    r = runner.invoke(app, ["eval", *[x for kv in base.items() for x in kv]])
+    out = " ".join(r.output.split())
+    assert r.exit_code != 0 and words in out, out
+    if args[0] != "--split":
+        assert "is empty" in out
+    assert not list(tmp_path.glob("*.png"))

@@ -24,7 +24,9 @@ from fer_edge.benchmarks.schema import LATENCY_KEYS, REPORT_SCHEMA, SCHEMA_ID, v
 from fer_edge.errors import FerEdgeError
 
 REPORT_FILES = ("report.json", "report.csv", "report.md", "latency_vs_accuracy.png")
-MERGED_FILES = ("merged.json", "merged.csv", "merged.md", "latency_vs_accuracy.png")
+# not the bench report's plot name: a merge into a bench report's folder (or a bench into a merge's) replaced the
+# other's plot
+MERGED_FILES = ("merged.json", "merged.csv", "merged.md", "merged_latency_vs_accuracy.png")
 
 #: CSV columns (before the flattened latency ones come the identifying fields: the model and the
 #: SHA-256 of the checkpoint the artifact came from first, so several models' rows stay apart).
@@ -504,7 +506,8 @@ def merge_reports(paths: list[str | Path], out_dir: str | Path) -> MergedReport:
     write_json_atomic(files["merged.json"], merged.to_dict())
     write_text_atomic(files["merged.csv"], rows_to_csv(rows, extra_first=("machine",)))
     write_text_atomic(files["merged.md"], merged_markdown(machines, rows, notes, warning))
-    plot_latency_vs_accuracy(rows, files["latency_vs_accuracy.png"], f"fer-edge bench: {len(machines)} reports",
+    plot_latency_vs_accuracy(rows, files["merged_latency_vs_accuracy.png"],
+                             f"fer-edge bench: {len(machines)} reports",
                              color_key="machine",
                              machine_names={m["machine"]: f"M{i}" for i, m in enumerate(machines, 1)})
     return merged

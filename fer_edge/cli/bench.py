@@ -9,7 +9,8 @@ from typing import List, Optional
 import typer
 
 from fer_edge.cli import app
-from fer_edge.cli.common import console, err_console, handle_errors, is_tty, parse_batches, weight_gate_line
+from fer_edge.cli.common import (console, err_console, handle_errors, is_tty, parse_batches, path_value,
+                                  weight_gate_line)
 
 report_app = typer.Typer(help="Work with bench reports.", no_args_is_help=True, add_completion=False)
 app.add_typer(report_app, name="report")
@@ -192,7 +193,7 @@ def bench_cmd(
     reference: Optional[str] = typer.Option(
         None, "--reference", metavar="CHECKPOINT",
         help="Reference checkpoint (path or shipped name). Default: the artifacts' source checkpoint."),
-    data: Path = typer.Option(..., "--data", help="FER2013 CSV or image-folder data set."),
+    data: Path = typer.Option(..., "--data", parser=path_value, metavar="PATH", help="FER2013 CSV or image-folder data set."),
     split: Optional[str] = typer.Option(
         None, "--split", help="Labelled split to measure accuracy on (default: PublicTest, or val/test for folders)."),
     runtimes: Optional[List[str]] = typer.Option(
@@ -210,7 +211,7 @@ def bench_cmd(
     rounds: int = typer.Option(5, "--rounds", min=1, help="Interleaved rounds the timing is split into."),
     n_images: Optional[int] = typer.Option(None, "--n-images", min=1,
                                            help="Images for accuracy and parity (default: the whole split)."),
-    out: Path = typer.Option(Path("reports/bench"), "--out", help="Report directory."),
+    out: Path = typer.Option(Path("reports/bench"), "--out", parser=path_value, metavar="PATH", help="Report directory."),
     parity_gate: bool = typer.Option(True, "--parity-gate/--no-parity-gate",
                                      help="Exit non-zero when a row fails the parity thresholds."),
     min_agreement: Optional[List[str]] = typer.Option(
@@ -300,7 +301,7 @@ def bench_cmd(
 def merge_cmd(
     reports: List[Path] = typer.Argument(..., metavar="REPORT.json...",
                                          help="report.json files (or report directories) to compare."),
-    out: Path = typer.Option(..., "--out", help="Directory for merged.md, merged.csv, merged.json and the plot."),
+    out: Path = typer.Option(..., "--out", parser=path_value, metavar="PATH", help="Directory for merged.md, merged.csv, merged.json and the plot."),
 ) -> None:
     """Merge bench reports from several machines into one comparison (md + csv + json + plot).
 
@@ -311,7 +312,8 @@ def merge_cmd(
     from fer_edge.benchmarks.report import merge_reports
 
     merged = merge_reports(list(reports), out)
-    t = Table(title=f"{len(merged.machines)} reports, {len(merged.rows)} rows")
+    n, rows = len(merged.machines), len(merged.rows)
+    t = Table(title=f"{n} report{'s' * (n != 1)}, {rows} row{'s' * (rows != 1)}")
     t.add_column("#")
     t.add_column("Machine")
     t.add_column("Report")

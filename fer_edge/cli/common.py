@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import functools
 import sys
+from pathlib import Path
 
 import typer
 from rich.console import Console, ConsoleDimensions
@@ -47,6 +48,28 @@ def handle_errors(fn):
             raise typer.Exit(1) from None
 
     return wrapper
+
+
+def path_value(value) -> Path | None:
+    """A Typer ``parser`` for path options: refuses an empty value.
+
+    Typer turns ``--out ""`` (a script's unset variable) into ``Path(".")``, so the outputs landed in the current
+    folder; with this parser the option says it is empty instead. Use it as
+    ``typer.Option(..., parser=path_value, metavar="PATH")``.
+    """
+    if value is None or isinstance(value, Path):  # a default
+        return value
+    if not str(value).strip():
+        raise typer.BadParameter("is empty: give a path (an unset variable in a script?)")
+    return Path(value)
+
+
+def existing_path_value(value) -> Path | None:
+    """:func:`path_value` for inputs: the path must also exist (as ``exists=True`` checks)."""
+    path = path_value(value)
+    if path is not None and not path.exists():
+        raise typer.BadParameter(f"Path '{value}' does not exist.")
+    return path
 
 
 def parse_csv_option(value: str | list[str] | None, valid: list[str], what: str,

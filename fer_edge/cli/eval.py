@@ -8,7 +8,7 @@ from typing import List, Optional
 import typer
 
 from fer_edge.cli import app
-from fer_edge.cli.common import console, handle_errors
+from fer_edge.cli.common import console, existing_path_value, handle_errors, path_value
 
 
 @app.command("eval")
@@ -18,11 +18,11 @@ def eval_cmd(
         None, "--checkpoint", "--model",
         help="Checkpoint path or shipped model name (default: the shipped model). Repeat it to evaluate the "
              "ensemble (mean softmax probabilities), e.g. a --distill teacher ensemble."),
-    data: Path = typer.Option(..., exists=True, help="FER2013 CSV or image-folder root."),
+    data: Path = typer.Option(..., parser=existing_path_value, metavar="PATH", help="FER2013 CSV or image-folder root."),
     split: Optional[str] = typer.Option(None, help="Split (default PublicTest / val or test)."),
     tta: bool = typer.Option(False, "--tta", help="Average with the horizontally flipped image."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or mps."),
-    out: Optional[Path] = typer.Option(None, help="Where to write confusion_<data>-<sha8>_<split>[_tta].png (<data>: the data file's name without .csv/.gz, or the image folder's name; <sha8>: the start of the split's fingerprint; default: the checkpoint's folder; ./fer-edge-eval for shipped weights and ensembles)."),
+    out: Optional[Path] = typer.Option(None, parser=path_value, metavar="PATH", help="Where to write confusion_<model>_<data>-<sha8>_<split>[_tta].png (<model>: the checkpoint file's stem and the start of its SHA-256, or ensemble<N>-<sha8>; <data>: the data file's name without .csv/.gz, or the image folder's name; <sha8>: the start of the split's fingerprint; default: the checkpoint's folder; ./fer-edge-eval for shipped weights and ensembles)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of tables."),
 ) -> None:
     """Accuracy, macro-F1, per-class report and confusion matrix of a checkpoint on a labelled split."""

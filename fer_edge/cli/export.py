@@ -10,7 +10,8 @@ from typing import List, Optional
 import typer
 
 from fer_edge.cli import app
-from fer_edge.cli.common import console, err_console, handle_errors, is_tty, parse_csv_option, weight_gate_line
+from fer_edge.cli.common import (console, err_console, handle_errors, is_tty, parse_csv_option, path_value,
+                                  weight_gate_line)
 from fer_edge.exporters.openvino import OVERFLOW_FIX
 
 #: ``--overflow-fix`` choices, from the OpenVINO exporter's table.
@@ -141,7 +142,7 @@ def export_cmd(
         None, "--precision", "-p",
         help="fp32, fp16, int8 (comma-separated and/or repeated; default: all three, int8 only with --calib-data)."),
     calib_data: Optional[Path] = typer.Option(
-        None, "--calib-data", help="FER2013 CSV or image folder for INT8 calibration (required for int8)."),
+        None, "--calib-data", parser=path_value, metavar="PATH", help="FER2013 CSV or image folder for INT8 calibration (required for int8)."),
     calib_split: Optional[str] = typer.Option(None, "--calib-split", help="Calibration split (default: training)."),
     calib_size: int = typer.Option(500, "--calib-size", min=1, help="Calibration images, stratified by class."),
     calib_seed: int = typer.Option(0, "--calib-seed", help="Seed of the calibration (and validation) sample."),
@@ -152,11 +153,11 @@ def export_cmd(
         help="OpenVINO INT8 only: 7-bit weights in the first layer only ('first-layer', NNCF's default), in every "
              "layer ('enable': for x86 CPUs without VNNI, whose int8 sums can saturate), or nowhere ('disable')."),
     val_data: Optional[Path] = typer.Option(
-        None, "--val-data", help="Data for the parity check (default: the calibration data)."),
+        None, "--val-data", parser=path_value, metavar="PATH", help="Data for the parity check (default: the calibration data)."),
     val_split: Optional[str] = typer.Option(None, "--val-split", help="Validation split (default: the data's "
                                             "validation split, e.g. PublicTest)."),
     val_size: int = typer.Option(0, "--val-size", min=0, help="Validation images (at least 512; 0: the whole split)."),
-    out: Path = typer.Option(Path("exports"), "--out", "-o", help="Output folder (manifest.json goes there)."),
+    out: Path = typer.Option(Path("exports"), "--out", "-o", parser=path_value, metavar="PATH", help="Output folder (manifest.json goes there)."),
     name: Optional[str] = typer.Option(
         None, "--name", help="File stem of the artifacts, no path (default: the model name)."),
     validate: bool = typer.Option(True, "--validate/--no-validate", help="Run the parity gate on real images."),

@@ -9,7 +9,7 @@ from typing import List, Optional
 import typer
 
 from fer_edge.cli import app
-from fer_edge.cli.common import console, handle_errors
+from fer_edge.cli.common import console, existing_path_value, handle_errors, path_value
 
 
 class Optimizer(str, Enum):
@@ -67,9 +67,9 @@ class Amp(str, Enum):
 @app.command()
 @handle_errors
 def train(
-    data: Path = typer.Option(..., exists=True, help="FER2013 CSV (.csv/.csv.gz) or image-folder root."),
+    data: Path = typer.Option(..., parser=existing_path_value, metavar="PATH", help="FER2013 CSV (.csv/.csv.gz) or image-folder root."),
     model: str = typer.Option("custom_cnn", help="Registered model name (see `fer-edge models`)."),
-    out: Path = typer.Option(Path("runs/run"), help="Run directory (checkpoints, metrics, plots)."),
+    out: Path = typer.Option(Path("runs/run"), parser=path_value, metavar="PATH", help="Run directory (checkpoints, metrics, plots)."),
     model_kwargs: Optional[str] = typer.Option(None, help='Model keyword arguments as JSON, e.g. \'{"dropout": 0.1}\'.'),
     split: Optional[str] = typer.Option(None, help="Training split (default Training / train)."),
     val_split: Optional[str] = typer.Option(None, help="Validation split (default PublicTest / val or test)."),

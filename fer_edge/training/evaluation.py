@@ -48,16 +48,33 @@ def data_stem(data: str | Path) -> str:
     return re.sub(r"[^\w.-]", "_", name) or "data"
 
 
-def confusion_png_name(data: str | Path, split: str, tta: bool, sha256: str = "", first: int | None = None) -> str:
-    """``confusion_<data>-<sha8>_<split>[_first<N>][_tta].png``: evaluations of other data, of part of a split or
-    with TTA do not overwrite it. ``<sha8>``, the start of the split's fingerprint (its images and labels), tells
-    apart data sets whose names read the same here (``my data`` and ``my_data``, or two ``images`` folders)."""
+def model_tag(paths: Sequence[str | Path], sha256s: Sequence[str]) -> str:
+    """A short name for what is evaluated: ``<stem>-<sha8>`` of a checkpoint file (``small-1a2b3c4d``,
+    ``best-9f8e7d6c``), or ``ensemble<N>-<sha8>`` over the members' SHA-256s; characters other than letters,
+    digits, ``.``, ``_`` and ``-`` become ``_``."""
+    import hashlib
+    import re
+
+    if len(paths) == 1:
+        stem = re.sub(r"[^\w.-]", "_", Path(paths[0]).stem) or "model"
+        return f"{stem}-{sha256s[0][:8]}"
+    joined = hashlib.sha256("+".join(sha256s).encode()).hexdigest()
+    return f"ensemble{len(paths)}-{joined[:8]}"
+
+
+def confusion_png_name(data: str | Path, split: str, tta: bool, sha256: str = "", first: int | None = None,
+                       model: str = "") -> str:
+    """``confusion_[<model>_]<data>-<sha8>_<split>[_first<N>][_tta].png``: evaluations of another model (``<model>``,
+    :func:`model_tag`), of other data, of part of a split or with TTA do not overwrite it. ``<sha8>``, the start of
+    the split's fingerprint (its images and labels), tells apart data sets whose names read the same here
+    (``my data`` and ``my_data``, or two ``images`` folders)."""
     import re
 
     tag = f"-{sha256[:8]}" if sha256 else ""
     split_name = re.sub(r"[^\w.-]", "_", split) or "split"
     part = f"_first{first}" if first else ""
-    return f"confusion_{data_stem(data)}{tag}_{split_name}{part}{'_tta' if tta else ''}.png"
+    who = f"{model}_" if model else ""
+    return f"confusion_{who}{data_stem(data)}{tag}_{split_name}{part}{'_tta' if tta else ''}.png"
 
 
 def evaluate(checkpoint: str | Path | None | Sequence[str | Path], data: str | Path, split: str | None = None,
@@ -76,7 +93,7 @@ def evaluate(checkpoint: str | Path | None | Sequence[str | Path], data: str | P
     from fer_edge.metrics import classification_metrics
     from fer_edge.training.plots import plot_confusion
     from fer_edge.training.trainer import predict_logits, resolve_device
-    from fer_edge.utils import check_writable_dir
+    from fer_edge.utils import check_writable_dir, sha256_path
     from fer_edge.weights import resolve_checkpoint
 
     if out_dir is not None:
@@ -86,11 +103,20 @@ def evaluate(checkpoint: str | Path | None | Sequence[str | Path], data: str | P
         raise CheckpointError("no checkpoint to evaluate")
     paths = [resolve_checkpoint(c) for c in names]
     cks = [load_checkpoint(p) for p in paths]
+    sha256s = [sha256_path(p) for p in paths]
+    seen: dict[str, Path] = {}
+    for path, digest in zip(paths, sha256s):
+        if digest in seen:
+            same = "is given twice" if Path(seen[digest]).resolve() == Path(path).resolve() else \
+                f"holds the same weights as {seen[digest]} (same SHA-256)"
+            raise CheckpointError(f"cannot ensemble {path}: it {same}; an ensemble of a model with itself only "
+                                  "weights that model twice")
+        seen[digest] = path
     for path, ck in zip(paths[1:], cks[1:]):
         if list(ck.labels) != list(cks[0].labels):
             raise CheckpointError(f"cannot ensemble {path} (labels {list(ck.labels)}) with {paths[0]} "
                                   f"(labels {list(cks[0].labels)}): the labels differ")
-    split = split or default_val_split(data)
+    split = default_val_split(data) if split is None else split
     ds = load_split(data, split, progress=progress)
     images, labels = ds.images, ds.labels
     first = None
@@ -98,6 +124,12 @@ def evaluate(checkpoint: str | Path | None | Sequence[str | Path], data: str | P
         images, labels, first = images[:limit], labels[:limit], int(limit)
     dev = resolve_device(device)
     member_logits = [predict_logits(ck.build_model().to(dev), images, ck.normalization, dev, tta=tta) for ck in cks]
+    for path, z in zip(paths, member_logits):
+        bad = int((~torch.isfinite(z).all(1)).sum())
+        if bad:
+            raise CheckpointError(f"{path}: its outputs are not finite numbers (NaN or inf) on {bad} of {len(z)} "
+                                  "images, so no accuracy can be measured: its weights are damaged (e.g. NaN "
+                                  "weights, a negative BatchNorm variance)")
     if len(cks) == 1:
         logits, model_name = member_logits[0], cks[0].model_name
     else:
@@ -108,7 +140,8 @@ def evaluate(checkpoint: str | Path | None | Sequence[str | Path], data: str | P
     png = None
     if out_dir is not None:
         out = Path(out_dir)
-        name = confusion_png_name(data, ds.split, tta, (ds.fingerprint or {}).get("sha256", ""), first)
+        name = confusion_png_name(data, ds.split, tta, (ds.fingerprint or {}).get("sha256", ""), first,
+                                  model=model_tag(paths, sha256s))
         png = str(plot_confusion(np.asarray(m["confusion"]), ck.labels, out / name,
                                  title=f"{model_name} on {ds.split}{' (flip TTA)' if tta else ''}: "
                                        f"accuracy {m['accuracy']:.4f}"))

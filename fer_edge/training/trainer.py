@@ -479,8 +479,8 @@ class Trainer:
         from fer_edge.data import default_train_split, default_val_split, load_split
 
         cfg = self.cfg
-        train_split = cfg.split or default_train_split(cfg.data)
-        val_split = cfg.val_split or default_val_split(cfg.data)
+        train_split = default_train_split(cfg.data) if cfg.split is None else cfg.split
+        val_split = default_val_split(cfg.data) if cfg.val_split is None else cfg.val_split
         train = load_split(cfg.data, train_split, progress=self.progress and self.dist.main)
         val = load_split(cfg.data, val_split, progress=self.progress and self.dist.main)
         return train, val

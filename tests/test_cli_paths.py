@@ -1,0 +1,55 @@
+"""Path options of every command: an empty value (a script's unset variable) is refused, not read as ".".
+
+Typer turns ``--out ""`` into ``Path(".")``: outputs landed in the current folder and ``--data ""`` read it.
+"""
+from __future__ import annotations
+
+import pytest
+from typer.testing import CliRunner
+
+from fer_edge.cli import app
+
+runner = CliRunner()
+
+CASES = [
+    (["eval", "--data", ""], "--data"),
+    (["eval", "--data", "{csv}", "--out", ""], "--out"),
+    (["train", "--data", ""], "--data"),
+    (["train", "--data", "{csv}", "--out", ""], "--out"),
+    (["bench", "--data", ""], "--data"),
+    (["bench", "--data", "{csv}", "--out", ""], "--out"),
+    (["report", "merge", "{csv}", "--out", ""], "--out"),
+    (["export", "--out", ""], "--out"),
+    (["export", "--calib-data", ""], "--calib-data"),
+    (["export", "--val-data", ""], "--val-data"),
+]
+
+
+@pytest.mark.parametrize("args, option", CASES, ids=[" ".join(a).replace("{csv}", "CSV") for a, _ in CASES])
+def test_an_empty_path_option_is_refused_before_any_work(args, option, synthetic_csv, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    r = runner.invoke(app, [a.replace("{csv}", str(synthetic_csv)) for a in args])
+    out = " ".join(r.output.split())
+    assert r.exit_code == 2, out  # a usage error, as for any invalid option value
+    assert f"Invalid value for '{option}'" in out and "is empty: give a path" in out, out
+    assert list(tmp_path.iterdir()) == []  # nothing written into the current folder
+
+
+def test_a_missing_data_path_is_still_refused_by_name(tmp_path):
+    r = runner.invoke(app, ["eval", "--data", str(tmp_path / "nope.csv")])
+    assert r.exit_code == 2 and "does not exist" in " ".join(r.output.split())
+
+
+def test_path_options_show_a_path_metavar_in_help():
+    r = runner.invoke(app, ["eval", "--help"], env={"COLUMNS": "200"})
+    assert r.exit_code == 0 and "--data PATH" in " ".join(r.output.split()).replace("--data  PATH", "--data PATH")
+
+
+@pytest.mark.parametrize("option", ["--split", "--val-split"])
+def test_train_refuses_an_empty_split_instead_of_the_default(option, synthetic_csv, tmp_path):
+    """``cfg.split or default_train_split(...)`` trained on the default split when given ``--split ""``."""
+    out = tmp_path / "run"
+    r = runner.invoke(app, ["train", "--data", str(synthetic_csv), "--model", "simple_cnn", "--epochs", "1",
+                            "--out", str(out), option, ""])
+    assert r.exit_code == 1 and "split '' not found" in " ".join(r.output.split()), r.output
+    assert not out.exists()
