@@ -176,3 +176,162 @@ def test_incompatible_soup_lists_every_difference_of_every_ingredient(ingredient
 def test_an_empty_ingredient_name_says_so(ingredients, synthetic_csv, tmp_path):
     with pytest.raises(CheckpointError, match="checkpoint name is empty"):  # not "." taken as a path
         make_soup(["", ingredients[0]], tmp_path / "s.pt", synthetic_csv, progress=False)
+
+
+def _norm(text: str) -> str:
+    return " ".join(text.split())  # Rich may wrap long lines
+
+
+def _broken(src, dst, how: str):
+    """A copy of ``src`` with NaN weights (``how="nan"``) or a negative BatchNorm running_var (``"negvar"``)."""
+    from fer_edge.checkpoint import save_checkpoint
+
+    payload = torch.load(src, map_location="cpu", weights_only=True)
+    sd = payload["state_dict"]
+    if how == "nan":
+        sd["stem.0.weight"] = torch.full_like(sd["stem.0.weight"], float("nan"))
+    else:
+        k = next(k for k in sd if k.endswith("running_var"))
+        sd[k] = -sd[k].abs() - 1.0
+    for k in ("format", "fer_edge_version"):
+        payload.pop(k, None)
+    return save_checkpoint(dst, payload)
+
+
+@pytest.mark.parametrize("name", ["noext", "soup.onnx", "soup.PT", ".pt"])
+def test_out_must_end_in_pt_or_pth_and_is_checked_before_any_work(synthetic_csv, tmp_path, name):
+    out = tmp_path / "soup" / name
+    # the ingredients do not exist: the --out check comes first
+    with pytest.raises(TrainingError, match=r"must end in \.pt or \.pth"):
+        make_soup([tmp_path / "missing_a.pt", tmp_path / "missing_b.pt"], out, synthetic_csv, progress=False)
+    assert not out.exists() and not (tmp_path / "soup").exists()
+
+
+def test_cli_out_without_a_checkpoint_suffix_is_refused_cleanly(ingredients, synthetic_csv, tmp_path):
+    for name in ("noext", "x.onnx"):
+        out = tmp_path / "soup" / name
+        r = runner.invoke(app, ["soup", *map(str, ingredients), "--out", str(out), "--data", str(synthetic_csv),
+                                "--no-progress"])
+        assert r.exit_code == 1, r.output
+        assert "must end in .pt or .pth" in _norm(r.stderr) and "Traceback" not in r.output
+        assert not out.exists()
+    r = runner.invoke(app, ["soup", *map(str, ingredients), "--out", "", "--data", str(synthetic_csv)])
+    assert r.exit_code == 2 and "is empty" in _norm(r.output)
+
+
+def test_out_pth_is_taken(no_bn_pair, synthetic_csv, tmp_path):
+    r = make_soup(no_bn_pair, tmp_path / "soup.pth", synthetic_csv, progress=False)
+    assert r.path.is_file() and load_checkpoint(r.path).raw["soup"]["ingredients"] == [str(p) for p in no_bn_pair]
+
+
+def test_out_naming_a_folder_says_it_is_a_folder(synthetic_csv, tmp_path):
+    for folder in (tmp_path, tmp_path / "looks_like.pt"):
+        folder.mkdir(exist_ok=True)
+        with pytest.raises(TrainingError, match="is a folder, not a file: give the soup checkpoint's file path") as e:
+            make_soup([tmp_path / "a.pt", tmp_path / "b.pt"], folder, synthetic_csv, progress=False)
+        assert "never overwrites" not in str(e.value)
+    with pytest.raises(TrainingError, match="is a folder"):
+        make_soup([tmp_path / "a.pt", tmp_path / "b.pt"], "", synthetic_csv, progress=False)
+
+
+def test_an_empty_split_is_refused_not_taken_for_the_default(ingredients, synthetic_csv, tmp_path):
+    out = tmp_path / "s.pt"
+    with pytest.raises(TrainingError, match="--split is empty"):
+        make_soup(ingredients, out, synthetic_csv, split="", bn="recompute", progress=False)
+    with pytest.raises(TrainingError, match="--split is empty"):  # not "needs --bn recompute"
+        make_soup(ingredients, out, synthetic_csv, split="  ", progress=False)
+    with pytest.raises(TrainingError, match="--val-split is empty"):
+        make_soup(ingredients, out, synthetic_csv, val_split="", progress=False)
+    assert not out.exists()
+    r = runner.invoke(app, ["soup", *map(str, ingredients), "--out", str(out), "--data", str(synthetic_csv),
+                            "--val-split", "", "--no-progress"])
+    assert r.exit_code == 1 and "--val-split is empty" in _norm(r.stderr) and not out.exists()
+    # not given: the default (PublicTest for the CSV)
+    assert make_soup(ingredients, out, synthetic_csv, progress=False).val_split == "PublicTest"
+
+
+@pytest.mark.parametrize("how", ["nan", "negvar"])
+def test_an_ingredient_with_non_finite_outputs_is_an_error_naming_it(ingredients, synthetic_csv, tmp_path, how):
+    bad = _broken(ingredients[1], tmp_path / f"bad_{how}.pt", how)
+    for greedy in (False, True):
+        out = tmp_path / f"s_{greedy}.pt"
+        with pytest.raises(TrainingError) as e:
+            make_soup([ingredients[0], bad], out, synthetic_csv, greedy=greedy, progress=False)
+        msg = str(e.value)
+        assert f"{bad}: its outputs on PublicTest are not finite" in msg and "no soup written" in msg
+        assert str(ingredients[0]) + ":" not in msg  # only the broken one is named
+        assert ("non-finite weights in stem.0.weight" if how == "nan" else "negative BatchNorm running_var") in msg
+        assert not out.exists()
+    r = runner.invoke(app, ["soup", str(ingredients[0]), str(bad), "--out", str(tmp_path / "cli.pt"), "--data",
+                            str(synthetic_csv), "--no-progress"])
+    assert r.exit_code == 1 and "not finite" in _norm(r.stderr) and not (tmp_path / "cli.pt").exists()
+
+
+def _poison_average(monkeypatch, when):
+    """Make the soup's averaged weights NaN when ``when(states)``: ingredients fine, the soup not."""
+    import fer_edge.training.soup as soup_mod
+
+    real = soup_mod.average_state_dicts
+
+    def fake(states):
+        avg = real(states)
+        if when(states):
+            avg["stem.0.weight"] = torch.full_like(avg["stem.0.weight"], float("nan"))
+        return avg
+
+    monkeypatch.setattr(soup_mod, "average_state_dicts", fake)
+
+
+def test_a_soup_with_non_finite_outputs_is_never_written(ingredients, synthetic_csv, tmp_path, monkeypatch):
+    _poison_average(monkeypatch, lambda states: True)
+    out = tmp_path / "s.pt"
+    with pytest.raises(TrainingError, match="is not usable: its outputs on PublicTest are not finite.*no soup written"):
+        make_soup(ingredients, out, synthetic_csv, progress=False)
+    assert not out.exists()
+    # greedy: the only candidate is left out, so only one ingredient is kept: nothing written either
+    with pytest.raises(TrainingError, match=r"kept only .*or gave non-finite outputs \(non-finite\)"):
+        make_soup(ingredients, out, synthetic_csv, greedy=True, progress=False)
+    assert not out.exists()
+
+
+def test_greedy_leaves_out_a_candidate_whose_soup_is_not_finite(ingredients, synthetic_csv, tmp_path, monkeypatch):
+    # three copies of one ingredient: equal accuracy (kept in the order given), a soup of copies is the same model
+    copies = []
+    for name in ("a.pt", "b.pt", "c.pt"):
+        (tmp_path / name).write_bytes(ingredients[0].read_bytes())
+        copies.append(tmp_path / name)
+    _poison_average(monkeypatch, lambda states: len(states) == 3)  # adding the third breaks the soup
+    r = make_soup(copies, tmp_path / "s.pt", synthetic_csv, greedy=True, progress=False)
+    assert r.ingredients == [str(copies[0]), str(copies[1])]
+    assert r.tried[0]["kept"] and r.tried[1] == {"checkpoint": str(copies[2]), "accuracy_with": None, "kept": False,
+                                                 "finite": False}
+    assert any(f"left {copies[2]} out" in n and "not finite" in n for n in r.notes)
+    ck = load_checkpoint(r.path)
+    assert torch.isfinite(ck.state_dict["stem.0.weight"]).all() and ck.raw["soup"]["tried"] == r.tried
+
+
+def test_cli_summary_wording(no_bn_pair, synthetic_csv, tmp_path):
+    r = runner.invoke(app, ["soup", *map(str, no_bn_pair), "--out", str(tmp_path / "s.pt"), "--data",
+                            str(synthetic_csv), "--no-progress"])
+    assert r.exit_code == 0, r.output
+    assert "soup of 2 checkpoints: PublicTest accuracy" in _norm(r.output)
+
+
+def test_recompute_scores_each_ingredient_with_its_statistics_measured_again(ingredients, synthetic_csv, tmp_path):
+    """Greedy under --bn recompute compared candidate soups (statistics re-measured) with ingredients scored on
+    their own stored statistics: the first candidate had to beat a differently measured figure."""
+    from torch.optim.swa_utils import update_bn
+
+    from fer_edge.data import load_split
+    from fer_edge.training.soup import _bn_batches
+    from fer_edge.training.trainer import predict_logits
+
+    r = make_soup(ingredients, tmp_path / "s.pt", synthetic_csv, bn="recompute", progress=False)
+    train, val = (load_split(synthetic_csv, s, progress=False) for s in ("Training", "PublicTest"))
+    for path in ingredients:
+        ck = load_checkpoint(path)
+        model = ck.build_model()
+        update_bn(_bn_batches(train.images, ck.normalization), model)
+        logits = predict_logits(model.eval(), val.images, ck.normalization, torch.device("cpu"))
+        want = float((logits.argmax(1) == val.labels).float().mean())
+        assert r.ingredient_accuracy[str(ck.path)] == pytest.approx(want)

@@ -8,7 +8,7 @@ from typing import List, Optional
 import typer
 
 from fer_edge.cli import app
-from fer_edge.cli.common import console, handle_errors
+from fer_edge.cli.common import console, handle_errors, path_value
 
 
 class BatchNormMode(str, Enum):
@@ -21,7 +21,8 @@ class BatchNormMode(str, Enum):
 def soup(
     checkpoints: List[str] = typer.Argument(..., help="Checkpoints of one model fine-tuned from one starting point "
                                             "(paths or shipped names)."),
-    out: Path = typer.Option(..., help="The soup checkpoint to write (never overwritten)."),
+    out: Path = typer.Option(..., parser=path_value, metavar="PATH",
+                             help="The soup checkpoint to write: a new file ending in .pt or .pth."),
     data: Path = typer.Option(..., exists=True, help="FER2013 CSV or image-folder root."),
     bn: BatchNormMode = typer.Option(BatchNormMode.average, help="BatchNorm statistics: average them with the weights, "
                                      "or recompute them on --split (un-augmented)."),
@@ -32,6 +33,7 @@ def soup(
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:
     """Average fine-tuned checkpoints' weights (a model soup), average or re-measure BatchNorm statistics, evaluate."""
+    from rich.markup import escape
     from rich.table import Table
 
     from fer_edge.training.soup import make_soup
@@ -43,6 +45,7 @@ def soup(
         t.add_row(path, f"{acc:.4f}", "yes" if path in r.ingredients else "no")
     console.print(t)
     for note in r.notes:
-        console.print(f"[yellow]note:[/] {note}")
-    console.print(f"soup of {len(r.ingredients)}: {r.val_split} accuracy [bold]{r.accuracy:.4f}[/], "
+        console.print(f"[yellow]note:[/] {escape(note)}")
+    n = len(r.ingredients)
+    console.print(f"soup of {n} checkpoint{'' if n == 1 else 's'}: {r.val_split} accuracy [bold]{r.accuracy:.4f}[/], "
                   f"macro-F1 {r.macro_f1:.4f} -> {r.path}")

@@ -13,6 +13,13 @@ ordinary checkpoint that records its ingredients.
 ``greedy`` follows the paper's greedy soup: ingredients sorted by their own validation accuracy are
 added one at a time and kept only when the soup's validation accuracy does not drop. This selects on
 the validation split, as picking the best epoch does; never pass a test split you report on.
+
+Every model is scored on its logits, and logits that are not finite (NaN or inf: NaN weights, a negative
+BatchNorm ``running_var``) are never scored as predictions (``argmax`` of NaN is class 0, which looked like "every
+image is angry"). An ingredient with non-finite outputs is an error naming its file (all such files at once), before
+any soup is built. A soup whose outputs are not finite is never written: the uniform soup is then an error; in a
+greedy soup the candidate that made them so is left out like one that lowered accuracy (recorded in ``tried`` with
+``accuracy_with`` None and ``finite`` False, and named in a note), and the greedy search goes on with the next.
 """
 from __future__ import annotations
 
@@ -26,6 +33,8 @@ from fer_edge.errors import TrainingError
 
 
 BN_MODES = ("average", "recompute")
+#: what ``--out`` may end in: other commands open a checkpoint by these suffixes only
+OUT_SUFFIXES = (".pt", ".pth")
 
 
 @dataclass
@@ -87,6 +96,47 @@ def average_state_dicts(states: list[dict]) -> dict:
     return out
 
 
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def check_out(out: str | Path) -> Path:
+    """Refuse, before any work, an ``--out`` that is a folder, lacks a checkpoint suffix, or exists."""
+    from fer_edge.utils import check_writable_dir
+
+    out = Path(out)
+    if str(out) in ("", ".") or out.is_dir():
+        raise TrainingError(f"--out {str(out)!r} is a folder, not a file: give the soup checkpoint's file path "
+                            f"(e.g. {out / 'soup.pt'})")
+    if out.suffix not in OUT_SUFFIXES:
+        got = f"ends in {out.suffix!r}" if out.suffix else "has no suffix"
+        raise TrainingError(f"--out {out} {got}: the soup is a PyTorch checkpoint, so its name must end in "
+                            f"{' or '.join(OUT_SUFFIXES)} (e.g. {out.with_suffix('.pt')}); other commands open "
+                            f"checkpoints by that suffix")
+    check_writable_dir(out.parent, "--out's folder", TrainingError)
+    if out.exists():
+        raise TrainingError(f"{out} exists; choose another --out (a soup never overwrites a file)")
+    return out
+
+
+def _check_split_value(option: str, value: str | None) -> None:
+    """None (the option not given) means the default split; an empty value (an unset variable) is refused."""
+    if value is not None and not value.strip():
+        raise TrainingError(f"{option} is empty: name a split, or leave {option} out for the default")
+
+
+def _weight_problems(state: dict) -> str:
+    """Where a state dict is broken (non-finite tensors, a negative BatchNorm running_var), for a message."""
+    bad = [k for k, v in state.items() if torch.is_floating_point(v) and not torch.isfinite(v).all()]
+    neg = [k for k, v in state.items() if k.endswith("running_var") and torch.is_floating_point(v)
+           and bool((v < 0).any())]
+    parts = []
+    for what, names in (("non-finite weights in", bad), ("a negative BatchNorm running_var in", neg)):
+        if names:
+            parts.append(f"{what} {', '.join(names[:3])}" + (f" and {len(names) - 3} more" if len(names) > 3 else ""))
+    return "; ".join(parts)
+
+
 def _bn_batches(images_u8: torch.Tensor, norm, batch_size: int = 256):
     for i in range(0, len(images_u8), batch_size):
         x = images_u8[i : i + batch_size].float().unsqueeze(1)
@@ -96,24 +146,27 @@ def _bn_batches(images_u8: torch.Tensor, norm, batch_size: int = 256):
 def make_soup(checkpoints: list[str | Path], out: str | Path, data: str | Path, split: str | None = None,
               val_split: str | None = None, greedy: bool = False, bn: str = "average",
               progress: bool = True) -> SoupResult:
-    """Average ``checkpoints`` (uniformly, or greedily on the validation split) into the checkpoint ``out``."""
+    """Average ``checkpoints`` (uniformly, or greedily on the validation split) into the checkpoint ``out``.
+
+    ``out`` must be a new file ending in ``.pt`` or ``.pth``. ``split`` / ``val_split`` None mean the default
+    splits; an empty string is refused. Outputs that are not finite are handled as the module docstring says:
+    an ingredient's is an error naming it, a soup's is never written (greedy leaves that candidate out).
+    """
     from torch.optim.swa_utils import update_bn
 
     from fer_edge.data import default_train_split, default_val_split, load_split
     from fer_edge.metrics import classification_metrics
     from fer_edge.training.trainer import predict_logits
-    from fer_edge.utils import check_writable_dir
     from fer_edge.weights import resolve_checkpoint
 
     if bn not in BN_MODES:
         raise TrainingError(f"--bn {bn!r}: valid: {', '.join(BN_MODES)}")
+    _check_split_value("--split", split)
+    _check_split_value("--val-split", val_split)
     if split is not None and bn != "recompute":
         raise TrainingError(f"--split {split}: it names the split BatchNorm statistics are recomputed on, so it needs "
                             f"--bn recompute (the soup is evaluated on --val-split)")
-    out = Path(out)
-    check_writable_dir(out.parent, "--out's folder", TrainingError)
-    if out.exists():
-        raise TrainingError(f"{out} exists; choose another --out (a soup never overwrites a file)")
+    out = check_out(out)
     paths = [resolve_checkpoint(c) for c in checkpoints]
     seen: dict[Path, str] = {}
     for spec, path in zip(checkpoints, paths):
@@ -129,8 +182,9 @@ def make_soup(checkpoints: list[str | Path], out: str | Path, data: str | Path, 
         notes.append(f"{first.model_name} has no BatchNorm layers: --bn recompute recomputed nothing"
                      + (f" (--split {split} was not used)" if split is not None else ""))
     # loaded (so --split is checked) even without BatchNorm; used only with it
-    train = load_split(data, split or default_train_split(data), progress=progress) if bn == "recompute" else None
-    val = load_split(data, val_split or default_val_split(data), progress=progress)
+    train = (load_split(data, split if split is not None else default_train_split(data), progress=progress)
+             if bn == "recompute" else None)
+    val = load_split(data, val_split if val_split is not None else default_val_split(data), progress=progress)
     device = torch.device("cpu")
 
     def build(state: dict) -> torch.nn.Module:
@@ -140,11 +194,28 @@ def make_soup(checkpoints: list[str | Path], out: str | Path, data: str | Path, 
             update_bn(_bn_batches(train.images, first.normalization), model)
         return model.eval()
 
-    def score(model: torch.nn.Module) -> dict:
+    def score(model: torch.nn.Module) -> dict | str:
+        """The model's metrics on ``val``, or, when its logits are not all finite, a string saying how many not."""
         logits = predict_logits(model, val.images, first.normalization, device)
+        finite = torch.isfinite(logits).all(1)
+        if not bool(finite.all()):  # argmax of NaN is class 0: never score such outputs as predictions
+            return (f"its outputs on {val.split} are not finite (NaN or inf) for "
+                    f"{int((~finite).sum())} of {_plural(len(finite), 'image')}")
         return classification_metrics(val.labels.numpy(), logits.argmax(1).numpy(), first.labels)
 
-    own = {str(ck.path): score(ck.build_model())["accuracy"] for ck in cks}
+    # each ingredient is scored as a soup of one is: under --bn recompute with its statistics re-measured too, so
+    # greedy compares candidates with ingredients measured the same way
+    scores = {str(ck.path): score(build(ck.state_dict) if train is not None else ck.build_model()) for ck in cks}
+    broken = []
+    for ck in cks:
+        if isinstance(scores[str(ck.path)], str):
+            where = _weight_problems(ck.state_dict)
+            broken.append(f"{ck.path}: {scores[str(ck.path)]}" + (f" ({where})" if where else ""))
+    if broken:
+        raise TrainingError(f"{_plural(len(broken), 'ingredient')} with non-finite outputs (broken weights or "
+                            f"BatchNorm statistics) cannot go into a soup; leave "
+                            f"{'it' if len(broken) == 1 else 'them'} out; no soup written:\n  " + "\n  ".join(broken))
+    own = {p: sc["accuracy"] for p, sc in scores.items()}
     tried: list[dict] = []
     model = m = None  # the soup kept so far, and its metrics (greedy)
     if greedy:
@@ -154,20 +225,30 @@ def make_soup(checkpoints: list[str | Path], out: str | Path, data: str | Path, 
         for i in order[1:]:
             candidate = build(average_state_dicts([cks[j].state_dict for j in chosen + [i]]))
             cm = score(candidate)
+            if isinstance(cm, str):  # never written: left out like a candidate that lowered accuracy
+                tried.append({"checkpoint": str(cks[i].path), "accuracy_with": None, "kept": False, "finite": False})
+                notes.append(f"left {cks[i].path} out of the greedy soup: the soup with it was not usable, {cm}")
+                continue
             kept = cm["accuracy"] >= best
             tried.append({"checkpoint": str(cks[i].path), "accuracy_with": cm["accuracy"], "kept": kept})
             if kept:
                 chosen.append(i)
                 best, model, m = cm["accuracy"], candidate, cm
         if len(chosen) == 1:
+            non_finite = any(t["accuracy_with"] is None for t in tried)
             raise TrainingError(
                 f"greedy soup kept only {cks[chosen[0]].path}: adding any other checkpoint lowered "
-                f"{val.split} accuracy ({', '.join(format(t['accuracy_with'], '.4f') for t in tried)}); no soup written"
+                f"{val.split} accuracy" + (" or gave non-finite outputs" if non_finite else "") + " ("
+                + ", ".join("non-finite" if t["accuracy_with"] is None else format(t["accuracy_with"], ".4f")
+                            for t in tried) + "); no soup written"
             )
     else:
         chosen = list(range(len(cks)))
         model = build(average_state_dicts([cks[i].state_dict for i in chosen]))
         m = score(model)
+        if isinstance(m, str):
+            raise TrainingError(f"the soup of {', '.join(str(ck.path) for ck in cks)} is not usable: {m}; "
+                                f"no soup written")
     names = [str(cks[i].path) for i in chosen]
     bn_statistics = ("none: the model has no BatchNorm layers" if not has_bn
                      else {"recomputed_on": train.split, "n": len(train.labels)} if train is not None else "averaged")
