@@ -155,14 +155,19 @@ class Predictor:
 
     # -- the numeric core ---------------------------------------------------------------
     def logits(self, gray: np.ndarray) -> np.ndarray:
-        """uint8 N x 48 x 48 (or 48 x 48) face crops -> float32 N x num_classes logits."""
+        """uint8 N x 48 x 48 (or 48 x 48) face crops -> float32 N x num_classes logits.
+
+        Raises :class:`~fer_edge.errors.ArtifactError` when the model's outputs are not finite (NaN, inf).
+        """
         from fer_edge.preprocess import normalize
 
         x = normalize(gray, self.normalization)
         outs = []
         for i in range(0, len(x), MAX_BATCH):
             out = np.asarray(self.runtime.run(np.ascontiguousarray(x[i:i + MAX_BATCH])), dtype=np.float32)
-            outs.append(out.reshape(out.shape[0], -1))
+            out = out.reshape(out.shape[0], -1)
+            self._check_finite(out)
+            outs.append(out)
         logits = np.concatenate(outs) if outs else np.zeros((0, len(self.labels)), np.float32)
         if logits.shape[1] != len(self.labels):
             raise ArtifactError(
@@ -170,6 +175,20 @@ class Predictor:
                 f"labels ({', '.join(self.labels)})"
             )
         return logits
+
+    def _check_finite(self, out: np.ndarray) -> None:
+        """Refuse a runtime call's logits that are not all finite: the model is broken (NaN weights, a bad
+        export...), and a label with a NaN score is no answer. One check per call, so it costs nothing."""
+        finite = np.isfinite(out)
+        if finite.all():
+            return
+        bad = int((~finite).any(axis=1).sum())
+        kinds = " and ".join(k for k, hit in (("NaN", np.isnan(out).any()), ("inf", np.isinf(out).any())) if hit)
+        raise ArtifactError(
+            f"{self.path}: the model's outputs (logits) are not finite numbers ({kinds}) for {bad} of "
+            f"{len(out)} face{'s' if len(out) != 1 else ''} in a batch, so it cannot classify anything: the model "
+            f"is broken (NaN or inf weights? a failed training run or export?)"
+        )
 
     def _predictions(self, gray: np.ndarray, boxes=None) -> list[Prediction]:
         logits = self.logits(gray)
@@ -275,13 +294,14 @@ class Predictor:
 
 # -- loading ----------------------------------------------------------------------------
 def load(path: str | os.PathLike | None = None, runtime: str | None = None, device: str | None = None,
-         threads: int | None = None, **options) -> Predictor:
+         threads: int | None = None, *, runtime_option: str = "the runtime= argument", **options) -> Predictor:
     """A :class:`Predictor` for a checkpoint (``.pt``), a shipped model name, or an exported artifact.
 
     ``path`` None means the shipped default model. The runtime is chosen from the file type
     (the targets table: ``.onnx`` onnxruntime, ``.xml`` openvino, ``.ts`` torchscript,
     ``.mlpackage`` coreml, ``.pt`` pytorch) unless ``runtime`` names one; ``device``,
-    ``threads`` and ``options`` go to the runtime.
+    ``threads`` and ``options`` go to the runtime. ``runtime_option`` is how an error names the
+    ``runtime`` choice (the CLI passes ``"--runtime"``).
     """
     from fer_edge.runtimes import load_runtime
     from fer_edge.targets import find_target
@@ -294,7 +314,8 @@ def load(path: str | os.PathLike | None = None, runtime: str | None = None, devi
         raise ArtifactError(f"{path}: no such file")
     p = resolve_checkpoint(path)
     try:
-        rt = load_runtime(p, runtime=runtime, device=device, threads=threads, **options)
+        rt = load_runtime(p, runtime=runtime, device=device, threads=threads, runtime_option=runtime_option,
+                          **options)
     except FerEdgeError:
         raise
     except Exception as e:  # runtime libraries raise their own types for bad files

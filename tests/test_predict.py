@@ -217,7 +217,7 @@ def test_load_errors(tmp_path):
     with pytest.raises(CheckpointError):
         load(junk)
     with pytest.raises(ArtifactError, match=r"runtime onnxruntime does not run nano.pt: fer-edge runs that file "
-                                            r"type in pytorch \(leave out --runtime"):
+                                            r"type in pytorch \(leave out the runtime= argument to have it chosen"):
         load("nano", runtime="onnxruntime")
     if not PRETRAINED:  # until the shipped model exists, the default says so clearly
         with pytest.raises(CheckpointError, match="shipped"):
@@ -802,3 +802,88 @@ def test_load_refuses_an_object_that_is_no_path_or_name():
 
     with pytest.raises(ArtifactError, match="takes a path or a shipped model name .*not a int: 5"):
         fer_edge.load(5)
+
+
+# -- a broken model's outputs, and the runtime error's wording ---------------------------------------
+@pytest.fixture(scope="module")
+def nan_checkpoint(tiny_checkpoint, tmp_path_factory) -> Path:
+    """The tiny checkpoint with one weight tensor set to NaN: its logits are all NaN."""
+    import torch
+
+    from fer_edge.checkpoint import save_checkpoint
+
+    payload = torch.load(tiny_checkpoint, map_location="cpu", weights_only=True)
+    name = next(k for k, v in payload["state_dict"].items() if v.is_floating_point() and v.numel() > 1)
+    payload["state_dict"][name] = torch.full_like(payload["state_dict"][name], float("nan"))
+    for k in ("format", "fer_edge_version"):
+        payload.pop(k, None)
+    return save_checkpoint(tmp_path_factory.mktemp("nan") / "nan_weights.pt", payload)
+
+
+NOT_FINITE = r"nan_weights.pt: the model's outputs \(logits\) are not finite numbers \(NaN\)"
+
+
+def test_a_model_with_nan_outputs_is_an_error_in_the_api(nan_checkpoint, faces48, tmp_path, stub_detector):
+    import fer_edge
+
+    p = fer_edge.load(nan_checkpoint)
+    with pytest.raises(ArtifactError, match=NOT_FINITE):
+        p.predict(faces48[0])
+    with pytest.raises(ArtifactError, match=NOT_FINITE + " for 3 of 3 faces"):
+        p.predict_batch(faces48[:3])
+    with pytest.raises(ArtifactError, match=NOT_FINITE):
+        p.logits(faces48[:2])
+    img = tmp_path / "face.png"
+    Image.fromarray(faces48[0]).resize((96, 96)).save(img)
+    for detect in (False, True):  # a broken model is a setup error: it raises, not an "error" result per image
+        with pytest.raises(ArtifactError, match=NOT_FINITE):
+            p.predict_image(img, detect_faces=detect)
+    with pytest.raises(ArtifactError, match=NOT_FINITE):
+        p.detect_and_predict(img)
+
+
+class _InfRuntime:
+    """A runtime whose second face of each call gets an infinite logit."""
+
+    name = "stub"
+    path = "stub.onnx"
+
+    def run(self, x):
+        out = np.zeros((len(x), len(LABELS)), np.float32)
+        if len(x) > 1:
+            out[1, 3] = np.inf
+        return out
+
+
+def test_one_infinite_logit_fails_the_batch():
+    from fer_edge.predict import Predictor
+
+    p = Predictor(_InfRuntime(), labels=LABELS, normalization={"mean": 0.5, "std": 0.25})
+    assert p.predict(np.zeros((48, 48), np.uint8)).label == LABELS[0]  # one face: finite, fine
+    with pytest.raises(ArtifactError, match=r"stub.onnx: .*not finite numbers \(inf\) for 1 of 3 faces"):
+        p.predict_batch(np.zeros((3, 48, 48), np.uint8))
+
+
+@pytest.mark.parametrize("json_out", [True, False])
+def test_cli_a_model_with_nan_outputs_fails_the_run(face_dir, nan_checkpoint, json_out):
+    r = _cli(face_dir / "a.png", face_dir / "b.jpg", "--model", nan_checkpoint, "--no-detect-faces",
+             *(["--json"] if json_out else []))
+    assert r.exit_code == 1, r.output
+    assert isinstance(r.exception, SystemExit) and "Traceback" not in r.output  # a message, no traceback
+    err = _joined(r.stderr)
+    assert f"error: {nan_checkpoint}: the model's outputs (logits) are not finite numbers (NaN)" in err
+    assert r.stdout.strip() == ""  # no result line, and never a bare NaN in the JSON
+    assert "NaN" not in r.stdout and "angry" not in r.stdout
+
+
+def test_a_runtime_that_does_not_run_the_file_names_the_option_of_each_interface(face_dir):
+    import fer_edge
+
+    with pytest.raises(ArtifactError) as e:
+        fer_edge.load("nano", runtime="onnxruntime")
+    assert "(leave out the runtime= argument to have it chosen from the file)" in str(e.value)
+    assert "--runtime" not in str(e.value)
+    r = _cli(face_dir, "--model", "nano", "--runtime", "onnxruntime", "--no-detect-faces")
+    assert r.exit_code == 1
+    assert ("error: runtime onnxruntime does not run nano.pt: fer-edge runs that file type in pytorch (leave out "
+            "--runtime to have it chosen from the file)") in _joined(r.stderr)

@@ -115,7 +115,7 @@ def predict_cmd(
             _note(f"note: skipped {n} earlier annotated cop{'ies' if n != 1 else 'y'} in {annotate} (written by "
                   f"fer-edge predict --annotate, not classified again): {_listing(copies)}")
 
-    predictor = load(model, runtime=runtime, device=device)
+    predictor = load(model, runtime=runtime, device=device, runtime_option="--runtime")
     if detect_faces:
         predictor.detector  # noqa: B018 - fail once, before any image, when no detector is available
     labels = list(predictor.labels)

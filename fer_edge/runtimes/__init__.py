@@ -54,10 +54,12 @@ def runtime_for_path(path: str | Path) -> type[Runtime]:
 
 
 def load_runtime(path: str | Path, runtime: str | None = None, device: str | None = None,
-                 threads: int | None = None, batch_hint: int = 1, **options) -> Runtime:
+                 threads: int | None = None, batch_hint: int = 1, *, runtime_option: str = "the runtime= argument",
+                 **options) -> Runtime:
     """Construct the runtime for ``path`` (or the one named), after checking it is available here.
 
     ``path`` may also be a shipped model name (``small``, ``nano``): its checkpoint runs in PyTorch.
+    ``runtime_option`` is how an error names the ``runtime`` choice (the CLI passes ``"--runtime"``).
     """
     from fer_edge.weights import PRETRAINED, resolve_checkpoint
 
@@ -71,7 +73,7 @@ def load_runtime(path: str | Path, runtime: str | None = None, device: str | Non
             runs_it = cls
         if runs_it is not cls:
             raise ArtifactError(f"runtime {cls.name} does not run {Path(path).name}: fer-edge runs that file type "
-                                f"in {runs_it.name} (leave out --runtime to have it chosen from the file)")
+                                f"in {runs_it.name} (leave out {runtime_option} to have it chosen from the file)")
     ok, why = cls.available()
     if not ok:
         raise RuntimeUnavailableError(f"runtime {cls.name} is not available here: {why}")
