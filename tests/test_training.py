@@ -562,7 +562,7 @@ def test_cli_train_then_eval(synthetic_csv, tmp_path):
     assert r.exit_code == 0, r.output
     res = json.loads(r.stdout)
     assert res["n"] == 84 and 0 <= res["accuracy"] <= 1 and {"macro_f1", "per_class"} <= set(res)
-    assert len(list(out.glob("confusion_fer2013-*_PublicTest.png"))) == 1
+    assert len(list(out.glob("confusion_best-*_fer2013-*_PublicTest.png"))) == 1
     r = runner.invoke(app, ["eval", "--checkpoint", str(out / "best.pt"), "--data", str(synthetic_csv), "--tta"])
     assert r.exit_code == 0 and "accuracy" in r.output
     # fine-tune the run with a two-teacher, flip-TTA distillation: the options reach the saved config
