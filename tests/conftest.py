@@ -62,6 +62,45 @@ def _onnx_export_memo():
         yield
 
 
+def _small_png(path) -> Path:
+    from PIL import Image
+
+    from fer_edge.utils import atomic_path
+
+    with atomic_path(path) as tmp:
+        Image.new("L", (8, 8)).save(tmp, format="PNG")
+    return Path(path)
+
+
+@pytest.fixture(autouse=True)
+def _quick_plots(request, monkeypatch):
+    """Training runs and evaluations write small stand-in PNGs, unless a test is marked ``real_plots``.
+
+    matplotlib's two training plots took 0.8 s of a 1 s tiny training run, about 130 s of the suite; the plots are
+    drawn for real in the tests marked ``real_plots`` (a run's curves and confusion matrix, eval's plot). The stand-ins
+    still read what the real plots read, so a history or confusion matrix they could not draw fails here too.
+    """
+    if request.node.get_closest_marker("real_plots"):
+        return
+    import numpy as np
+
+    import fer_edge.training.plots as plots
+
+    def curves(history, path, title=""):
+        [(r["epoch"], r["train_loss"], r["train_accuracy"], r["lr"]) for r in history]
+        [(r["val_accuracy"], r["val_macro_f1"]) for r in history if r.get("val_loss") is not None]
+        return _small_png(path)
+
+    def confusion(cm, labels, path, title=""):
+        cm = np.asarray(cm)
+        if cm.shape != (len(labels), len(labels)):
+            raise ValueError(f"confusion matrix {cm.shape} for {len(labels)} labels")
+        return _small_png(path)
+
+    monkeypatch.setattr(plots, "plot_curves", curves)
+    monkeypatch.setattr(plots, "plot_confusion", confusion)
+
+
 @pytest.fixture(scope="session")
 def synthetic_arrays():
     return {"Training": make_synthetic(40, seed=0), "PublicTest": make_synthetic(12, seed=1)}

@@ -92,6 +92,7 @@ def test_cli_eval_repeated_model_evaluates_the_ensemble(members, synthetic_csv, 
     assert np.isfinite(res["macro_f1"])
 
 
+@pytest.mark.real_plots
 def test_confusion_png_names_the_data_file_and_tta(members, synthetic_csv, tmp_path):
     # the same checkpoint on another data file, or with flip TTA, must not overwrite the earlier plot
     other = tmp_path / "other_data.csv.gz"
@@ -108,6 +109,9 @@ def test_confusion_png_names_the_data_file_and_tta(members, synthetic_csv, tmp_p
                      f"confusion_{who}_other_data-{sha}_PublicTest.png",
                      f"confusion_{who}_other_data-{sha}_PublicTest_tta.png"]
     assert sorted(p.name for p in out.iterdir()) == sorted(names)
+    from PIL import Image
+
+    assert all(min(Image.open(p).size) > 300 for p in pngs)  # drawn by matplotlib (real_plots)
     r = runner.invoke(app, ["eval", "--model", str(members[0]), "--data", str(other), "--split", "PublicTest",
                             "--tta", "--out", str(out)], env={"COLUMNS": "400"})
     assert r.exit_code == 0, r.output
