@@ -243,3 +243,162 @@ def test_readme_models_table_is_what_fer_edge_models_prints():
     expected = [f"| `{r['name']}` | {format_count(r['params'])} | {format_count(r['macs'])} | {r['source']} |"
                 for r in describe_models()]
     assert table == expected
+
+
+# --- constructor errors become ModelErrors --------------------------------------
+@pytest.mark.parametrize("reduction", [0, -1, 2.5, True, "8"])
+def test_cbam_reduction_must_be_a_whole_number_of_at_least_one(reduction):
+    """reduction=0 raised a raw ZeroDivisionError; -1 built a model silently (max(1, 32 // -1))."""
+    with pytest.raises(ModelError, match=r"cbam_cnn: reduction must be a whole number of at least 1, got "):
+        create_model("cbam_cnn", reduction=reduction)
+
+
+def test_cbam_block_checks_reduction_on_its_own():
+    from fer_edge.models.cbam import CBAM
+
+    with pytest.raises(ModelError, match="reduction must be a whole number"):
+        CBAM(32, reduction=0)
+    assert create_model("cbam_cnn", reduction=64)(_input()).shape == (2, 7)  # 32 // 64 -> 1 hidden unit
+
+
+def test_unrelated_type_error_is_not_called_bad_arguments():
+    """The registry sniffed "argument" in TypeError texts: this one is about %-formatting a string."""
+    with pytest.raises(ModelError) as exc:
+        create_model("simple_cnn", widths="abc")
+    msg = str(exc.value)
+    assert "bad arguments" not in msg
+    assert msg.startswith("model 'simple_cnn' cannot be built with {'widths': 'abc'}: TypeError: ")
+    assert "not all arguments converted" in msg
+
+
+def test_unknown_keyword_names_model_kwargs_and_keyword():
+    with pytest.raises(ModelError) as exc:
+        create_model("fer_nano", no_such_option=1)
+    msg = str(exc.value)
+    assert msg.startswith("model 'fer_nano' cannot be built with {'no_such_option': 1}: TypeError: ")
+    assert "unexpected keyword argument 'no_such_option'" in msg
+
+
+def _register_temporarily(monkeypatch, name, factory):
+    from fer_edge.models import registry
+
+    monkeypatch.setitem(registry._REGISTRY, name, registry.ModelEntry(name, factory, "test", __name__))
+
+
+@pytest.mark.parametrize("error", [ZeroDivisionError("division by zero"), KeyError("width"),
+                                   AssertionError("odd"), AttributeError("no attr"), OverflowError("big")])
+def test_any_constructor_exception_with_kwargs_is_a_model_error(monkeypatch, error):
+    def boom(num_classes=7, **kwargs):
+        raise error
+
+    _register_temporarily(monkeypatch, "boom_model", boom)
+    with pytest.raises(ModelError, match=rf"model 'boom_model' cannot be built with \{{'width': 3\}}: "
+                                         rf"{type(error).__name__}: "):
+        create_model("boom_model", width=3)
+    # without kwargs it is a bug in the model itself: it is not dressed up as the caller's mistake
+    with pytest.raises(type(error)):
+        create_model("boom_model")
+
+
+@pytest.mark.parametrize("error", [KeyboardInterrupt, SystemExit])
+def test_interrupts_from_a_constructor_pass_through(monkeypatch, error):
+    def stop(num_classes=7, **kwargs):
+        raise error()
+
+    _register_temporarily(monkeypatch, "stop_model", stop)
+    with pytest.raises(error):
+        create_model("stop_model", width=3)
+
+
+def test_a_constructor_model_error_is_passed_unchanged():
+    with pytest.raises(ModelError, match=r"^fer_small: stem_convs must be at least 1, got 0$"):
+        create_model("fer_small", stem_convs=0)
+
+
+# --- forward_problem: kwargs that build a model which cannot take a 48x48 image ---
+@pytest.mark.parametrize("name", MODELS)
+def test_default_build_has_no_forward_problem(name):
+    from fer_edge.models import forward_problem
+
+    assert forward_problem(create_model(name)) == ""
+    assert forward_problem(create_model(name, num_classes=3)) == ""
+    assert forward_problem(create_model(name, num_classes=3), num_classes=3) == ""
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_create_model_records_num_classes(name):
+    assert create_model(name, num_classes=5).num_classes == 5
+    assert "num_classes" not in create_model(name).state_dict()
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_forward_problem_reports_a_wrong_class_count(name):
+    from fer_edge.models import forward_problem
+
+    problem = forward_problem(create_model(name), num_classes=5)
+    assert problem == "for a batch of 2 images of size (1, 48, 48) the model returns shape (2, 7), not (2, 5)"
+
+
+@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("training", [True, False])
+def test_forward_problem_restores_each_modules_mode(name, training):
+    from fer_edge.models import forward_problem
+
+    model = create_model(name).train(training)
+    # a mixed state, as when batch-norm layers are frozen during fine-tuning
+    norms = [m for m in model.modules() if isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d))]
+    for m in norms[:1]:
+        m.train(not training)
+    before = [m.training for m in model.modules()]
+    stats = {k: v.clone() for k, v in model.state_dict().items()}
+    assert forward_problem(model) == ""
+    assert [m.training for m in model.modules()] == before
+    after = model.state_dict()
+    assert all(torch.equal(stats[k], after[k]) for k in stats)  # eval mode: BN running stats untouched
+    assert all(p.grad is None for p in model.parameters())
+
+
+@pytest.mark.filterwarnings("ignore:Initializing zero-element tensors")
+@pytest.mark.parametrize("name, kwargs, words", [
+    ("simple_cnn", {"widths": [8] * 7}, "Output size is too small"),
+    ("custom_cnn", {"widths": [8] * 7}, "Output size is too small"),
+    ("fer_small", {"widths": [8] * 7}, "Output size is too small"),
+    ("cbam_cnn", {"widths": [8] * 7}, "Output size is too small"),
+    ("keras_cnn", {"widths": [8] * 6, "kernels": [3] * 6}, "Output size is too small"),
+    ("enhanced_cnn", {"widths": [8] * 6, "depths": [1] * 6}, "Output size is too small"),
+    ("fer_nano", {"stem": 1}, "expected weight to be at least 1 at dimension 0"),
+])
+def test_a_model_shrunk_to_nothing_has_a_forward_problem(name, kwargs, words):
+    from fer_edge.models import forward_problem
+
+    model = create_model(name, **kwargs)  # building stays cheap and succeeds: the forward pass fails
+    was = [m.training for m in model.modules()]
+    problem = forward_problem(model)
+    assert problem.startswith("RuntimeError: ") and words in problem
+    assert "\n" not in problem
+    assert [m.training for m in model.modules()] == was
+
+
+def test_forward_problem_checks_output_shape_of_any_module():
+    from fer_edge.models import forward_problem
+
+    head = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(48 * 48, 3))
+    assert forward_problem(head) == ""  # no class count known: any 2 x K output passes
+    assert forward_problem(head, num_classes=3) == ""
+    assert "returns shape (2, 3), not (2, 7)" in forward_problem(head, num_classes=7)
+    conv = torch.nn.Conv2d(1, 4, 3)
+    assert "returns shape (2, 4, 46, 46), not (2, number of classes)" in forward_problem(conv)
+    assert forward_problem(head, input_size=(1, 32, 32)).startswith("RuntimeError: ")
+    assert forward_problem(torch.nn.Identity()) != ""  # 2 x 1 x 48 x 48: not logits
+
+    class Pair(torch.nn.Module):
+        def forward(self, x):
+            return x.flatten(1)[:, :7], x
+
+    assert forward_problem(Pair()) == "the model returns a tuple, not a tensor of logits"
+
+
+@pytest.mark.filterwarnings("ignore:Initializing zero-element tensors")
+def test_forward_problem_does_not_run_in_create_model():
+    """create_model runs on every checkpoint load: a model that cannot score 48x48 still builds."""
+    create_model("simple_cnn", widths=[8] * 7)

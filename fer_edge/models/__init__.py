@@ -4,6 +4,7 @@ from fer_edge.models.registry import (  # noqa: F401
     count_macs,
     count_params,
     create_model,
+    forward_problem,
     get_model_entry,
     list_models,
     register_model,

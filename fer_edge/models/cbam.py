@@ -9,19 +9,29 @@ by CBAM, then global average pooling, FC 256, dropout, output.
 """
 from __future__ import annotations
 
+import numbers
+
 import torch
 from torch import nn
 
+from fer_edge.errors import ModelError
 from fer_edge.models.edge import conv_bn_relu
 from fer_edge.models.registry import register_model
 
 
 # --- blocks -----------------------------------------------------------------
+def check_reduction(reduction, where: str = "CBAM") -> None:
+    """``reduction`` divides the channel count of the attention MLP: a whole number of at least 1."""
+    if isinstance(reduction, bool) or not isinstance(reduction, numbers.Integral) or reduction < 1:
+        raise ModelError(f"{where}: reduction must be a whole number of at least 1, got {reduction!r}")
+
+
 class ChannelAttention(nn.Module):
     """CBAM channel attention: sigmoid(MLP(avgpool(x)) + MLP(maxpool(x))), MLP shared."""
 
     def __init__(self, channels: int, reduction: int = 8):
         super().__init__()
+        check_reduction(reduction)
         hidden = max(1, channels // reduction)
         self.mlp = nn.Sequential(nn.Linear(channels, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, channels))
 
@@ -65,6 +75,7 @@ class CBAMCNN(nn.Module):
     def __init__(self, num_classes: int = 7, widths: tuple[int, ...] = (32, 64, 128), reduction: int = 8,
                  hidden: int = 256, dropout: float = 0.5):
         super().__init__()
+        check_reduction(reduction, "cbam_cnn")
         blocks, cin = [], 1
         for w in widths:
             blocks.append(DoubleConvCBAM(cin, w, reduction))

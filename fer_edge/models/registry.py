@@ -57,23 +57,75 @@ def get_model_entry(name: str) -> ModelEntry:
 
 
 def create_model(name: str, num_classes: int = NUM_CLASSES, **kwargs) -> nn.Module:
-    """Build a registered model taking N x 1 x 48 x 48 input and returning N x num_classes logits."""
+    """Build a registered model taking N x 1 x 48 x 48 input and returning N x num_classes logits.
+
+    The model records ``num_classes`` as its ``num_classes`` attribute (timm's convention) unless its class
+    already has one; :func:`forward_problem` checks the output width against it. Building does not run the
+    model: kwargs that build a model which cannot take a 48x48 image (too many pooling stages, a zero
+    width) are found by :func:`forward_problem`, not here.
+    """
     entry = get_model_entry(name)
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise ModelError(f"model {name!r}: num_classes must be a whole number of at least 1, not {num_classes!r}")
     try:
-        return entry.factory(num_classes=num_classes, **kwargs)
-    except TypeError as e:
-        if "argument" in str(e):  # an unknown or repeated keyword
-            raise ModelError(f"bad arguments for model {name!r}: {e}") from None
+        model = entry.factory(num_classes=num_classes, **kwargs)
+    except ModelError:  # the model's own check, which already says what is wrong
+        raise
+    except Exception as e:  # KeyboardInterrupt and SystemExit are not Exceptions: they pass
         if not kwargs:  # a bug inside the model, not the caller's arguments
             raise
-        raise ModelError(f"model {name!r} cannot be built with {kwargs}: {e}") from None
-    except (ValueError, RuntimeError, IndexError) as e:
-        if not kwargs:
-            raise
-        # a value the model cannot take (a negative width, a dropout above 1, ...): torch says which
+        # an unknown keyword, a value of the wrong type, a value torch refuses: the exception says which
         raise ModelError(f"model {name!r} cannot be built with {kwargs}: {type(e).__name__}: {e}") from None
+    if not hasattr(model, "num_classes"):
+        model.num_classes = num_classes
+    return model
+
+
+def _one_line(text: str, limit: int = 500) -> str:
+    line = " ".join(str(text).split())
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def forward_problem(model: nn.Module, input_size: tuple[int, ...] = (1, IMAGE_SIZE, IMAGE_SIZE), *,
+                    num_classes: int | None = None) -> str:
+    """Why ``model`` cannot score images of ``input_size`` (C x H x W), in one line; "" when it can.
+
+    Runs one forward pass of a batch of 2 zero images, in eval mode under ``torch.no_grad`` (each module's
+    train/eval mode is restored afterwards), on the device and floating dtype of the model's first parameter.
+    The output must be a 2 x ``num_classes`` tensor; ``num_classes`` defaults to the model's ``num_classes``
+    attribute (which :func:`create_model` sets), and when neither is known any 2 x K output (K >= 1) passes.
+    Meant to be called once before training: model kwargs such as seven pooling stages build a model that
+    fails only on its first batch.
+    """
+    import torch
+
+    if num_classes is None:
+        recorded = getattr(model, "num_classes", None)
+        if isinstance(recorded, int) and not isinstance(recorded, bool):
+            num_classes = recorded
+    modes = [(m, m.training) for m in model.modules()]
+    first = next(model.parameters(), None)
+    if first is None:
+        first = next(model.buffers(), None)
+    device = first.device if first is not None else torch.device("cpu")
+    dtype = first.dtype if first is not None and first.is_floating_point() else torch.float32
+    try:
+        model.eval()
+        with torch.no_grad():
+            y = model(torch.zeros((2, *input_size), device=device, dtype=dtype))
+    except Exception as e:  # KeyboardInterrupt and SystemExit are not Exceptions: they pass
+        return _one_line(f"{type(e).__name__}: {e}")
+    finally:
+        for m, training in modes:
+            m.training = training
+    if not isinstance(y, torch.Tensor):
+        return f"the model returns a {type(y).__name__}, not a tensor of logits"
+    shape = tuple(y.shape)
+    want = f"(2, {num_classes})" if num_classes is not None else "(2, number of classes)"
+    if len(shape) != 2 or shape[0] != 2 or shape[1] < 1 or (num_classes is not None and shape[1] != num_classes):
+        return (f"for a batch of 2 images of size {tuple(input_size)} the model returns shape {shape}, "
+                f"not {want}")
+    return ""
 
 
 def resolved_model_kwargs(model: nn.Module, kwargs: dict) -> dict:
