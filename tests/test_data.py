@@ -196,6 +196,57 @@ def test_list_splits_and_defaults(small_csv, small_folder, own_cache, tmp_path, 
         default_val_split(csv_train)
 
 
+@pytest.mark.parametrize(
+    "names, train, val",
+    [
+        (("Training", "PublicTest"), "Training", "PublicTest"),  # the CSV's names as folders
+        (("Training", "PublicTest", "PrivateTest"), "Training", "PublicTest"),
+        (("Train", "Val"), "Train", "Val"),  # other case
+        (("TRAIN", "Test"), "TRAIN", "Test"),
+        (("training", "privatetest"), "training", "privatetest"),
+        (("train", "Training", "val", "PublicTest"), "train", "val"),  # the folder names win
+    ],
+)
+def test_default_folder_splits_follow_aliases_and_case(tmp_path, own_cache, small_arrays, names, train, val):
+    """A folder with Training/ and PublicTest/ (or Train/ and Val/) said it had no 'train' split, with no hint."""
+    arrays = [small_arrays["Training"], small_arrays["PublicTest"]]
+    root = write_folder(tmp_path / "d", {n: arrays[min(i, 1)] for i, n in enumerate(names)})
+    assert default_train_split(root) == train and default_val_split(root) == val
+    s = load_split(root, default_train_split(root))
+    assert s.split == train and len(s) == len(small_arrays["Training"][1])
+    assert load_split(root, default_val_split(root)).split == val
+
+
+def test_no_default_training_split_names_the_option(tmp_path, own_cache, small_arrays):
+    root = write_folder(tmp_path / "d", {"fold1": small_arrays["Training"], "val": small_arrays["PublicTest"]})
+    with pytest.raises(DataError) as err:
+        default_train_split(root)
+    msg = str(err.value)
+    assert f"{root} has no 'train' split to train on" in msg
+    assert "Training" in msg and "any case" in msg and "available: val, fold1" in msg
+    assert "--split" in msg
+    assert default_val_split(root) == "val"
+    with pytest.raises(DataError, match=r"looks like a single split folder"):
+        default_train_split(root / "fold1")
+
+
+def test_default_split_names_differing_only_in_case_are_refused(tmp_path, own_cache, small_arrays):
+    root = write_folder(tmp_path / "d", {"Train": small_arrays["Training"], "VAL": small_arrays["PublicTest"]})
+    shutil.copytree(root / "Train", root / "TRAIN")
+    if len(_folder.split_dirs(root)) < 3:  # a case-insensitive file system
+        pytest.skip("the file system does not tell Train from TRAIN")
+    with pytest.raises(DataError, match=r"more than one split for 'train' .*TRAIN, Train.*--split"):
+        default_train_split(root)
+
+
+def test_split_name_in_other_case_gets_a_hint(tmp_path, own_cache, small_arrays):
+    root = write_folder(tmp_path / "d", {"Train": small_arrays["Training"], "Val": small_arrays["PublicTest"]})
+    with pytest.raises(DataError, match=r"'train' not found .*did you mean 'Train'\?"):
+        load_split(root, "train")
+    with pytest.raises(DataError, match=r"'PublicTest' not found .*did you mean 'Val'\?"):
+        load_split(root, "PublicTest")
+
+
 # --------------------------------------------------------------------------- cache
 
 
@@ -437,6 +488,81 @@ def test_missing_and_empty_folder_splits(small_folder, own_cache):
     (small_folder / "extra" / "angry").mkdir(parents=True)
     (small_folder / "extra" / "angry" / "readme.txt").write_text("no images")
     with pytest.raises(DataError, match=rf"split 'extra' in {small_folder} is empty: no jpg/jpeg/png/bmp files"):
+        load_split(small_folder, "extra")
+
+
+def _nest(class_dir: Path, sub: str, names=None) -> list[Path]:
+    """Move image files of ``class_dir`` (all, or ``names``) into its sub-folder ``sub``."""
+    (class_dir / sub).mkdir(parents=True, exist_ok=True)
+    moved = []
+    for f in sorted(class_dir.glob("*.png")):
+        if names is None or f.name in names:
+            moved.append(f.rename(class_dir / sub / f.name))
+    return moved
+
+
+def test_images_in_subfolders_of_a_class_folder_are_refused(small_folder, small_arrays, own_cache, monkeypatch):
+    """train/happy/more/x.png was silently dropped: the split loaded without it."""
+    calls = []
+    real = _folder.decode
+    monkeypatch.setattr(_folder, "decode", lambda *a, **k: calls.append(1) or real(*a, **k))
+    first = load_split(small_folder, "train")  # cached
+    n = len(first)
+    happy = small_folder / "train" / "happy"
+    img = make_synthetic(1, seed=9)[0][0]
+    (happy / "more" / "deeper").mkdir(parents=True)
+    Image.fromarray(img).save(happy / "more" / "x.png")
+    Image.fromarray(img).save(happy / "more" / "deeper" / "y.jpg")
+    (happy / "notes").mkdir()  # a sub-folder without images is fine
+    (happy / "notes" / "a.txt").write_text("not an image")
+    (happy / ".thumbs").mkdir()  # hidden, like every hidden entry
+    Image.fromarray(img).save(happy / ".thumbs" / "t.png")
+    for cache in (True, False):  # the cached copy of the split must not hide them
+        with pytest.raises(DataError) as err:
+            load_split(small_folder, "train", cache=cache)
+        msg = str(err.value)
+        assert f"{happy} holds 2 images in sub-folders (e.g. {happy / 'more' / 'x.png'})" in msg
+        assert "must sit directly in their class folder" in msg
+        assert ".thumbs" not in msg
+    assert list_splits(small_folder) == ["train", "val"]
+    assert len(load_split(small_folder, "val")) == len(small_arrays["PublicTest"][1])  # other splits unaffected
+    # removed again: the same files as before, so the cache (and fingerprint) are still right
+    shutil.rmtree(happy / "more")
+    again = load_split(small_folder, "train")
+    assert again.fingerprint == first.fingerprint and torch.equal(again.images, first.images)
+    # moved up into the class folder: read like any other image
+    Image.fromarray(img).save(happy / "x.png")
+    moved = load_split(small_folder, "train")
+    assert len(moved) == n + 1 and moved.class_counts()[3] == first.class_counts()[3] + 1
+    assert moved.fingerprint["sha256"] != first.fingerprint["sha256"]
+    assert len(calls) == 3  # first load, val, and after moving x.png up
+
+
+def test_a_whole_split_in_subfolders_is_reported_not_called_empty(tmp_path, own_cache, small_arrays):
+    """train/<class>/<class>/*.png (an archive unpacked one level too deep) said "split 'train' ... is empty"."""
+    root = write_folder(tmp_path / "d", {"train": small_arrays["Training"], "val": small_arrays["PublicTest"]})
+    counts = {}
+    for d in sorted(p for p in (root / "train").iterdir() if p.is_dir()):
+        counts[d.name] = len(_nest(d, d.name))
+    assert list_splits(root) == ["train", "val"]  # listed, so that the default finds it and reports it
+    assert default_train_split(root) == "train"
+    with pytest.raises(DataError) as err:
+        load_split(root, "train")
+    msg = str(err.value)
+    assert "is empty" not in msg
+    assert f"{sum(counts.values())} images in sub-folders of class folders" in msg
+    for name, k in counts.items():
+        d = root / "train" / name
+        assert f"{d} holds {k} images in sub-folders (e.g. {sorted((d / name).iterdir())[0]})" in msg
+
+
+def test_an_empty_split_names_images_beside_the_class_folders(small_folder, own_cache):
+    (small_folder / "extra" / "happy").mkdir(parents=True)
+    src = next((small_folder / "train" / "happy").glob("*.png"))
+    shutil.copy(src, small_folder / "extra" / "a.png")
+    shutil.copy(src, small_folder / "extra" / "b.png")
+    with pytest.raises(DataError, match=rf"split 'extra' in {small_folder} is empty: .*; 2 image files directly in "
+                                        rf"{small_folder / 'extra'} are not read: put each image in its class folder"):
         load_split(small_folder, "extra")
 
 

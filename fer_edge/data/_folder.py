@@ -3,9 +3,18 @@
 Class folders are matched case-insensitively to the 7 FER2013 class names; files are
 ordered by a natural sort of their file names (then class), so ``x_2`` comes before
 ``x_10`` and numbered exports keep their original row order. Hidden entries, files
-directly in a split folder, other file types and sub-folders of class folders are
-ignored. Images are decoded with Pillow in a thread pool; anything that is not 8-bit
-grayscale 48x48 goes through :func:`fer_edge.preprocess.to_gray48` and is counted.
+directly in a split folder and other file types are ignored.
+
+Images must sit directly in their class folder: a class folder whose sub-folders (at any
+depth, hidden ones excepted) hold image files is refused by :func:`scan` with a
+:class:`DataError` naming the class folder, how many images are nested and one of them,
+rather than silently loading the split without them. Sub-folders without images are
+ignored. The check runs on every load, before the decoded-data cache is consulted, so a
+cached copy of the split never hides nested images; once they are moved up, the split's
+file list (and so the cache key and fingerprint) includes them like any other image.
+
+Images are decoded with Pillow in a thread pool; anything that is not 8-bit grayscale
+48x48 goes through :func:`fer_edge.preprocess.to_gray48` and is counted.
 """
 from __future__ import annotations
 
@@ -88,32 +97,109 @@ def class_dirs(split_dir: Path, strict: bool) -> list[tuple[str, int]]:
     return out
 
 
+def _nested_images(class_dir: Path):
+    """Paths of the image files in the (non-hidden) sub-folders of ``class_dir``, at any depth.
+
+    Yielded lazily in sorted order (so the first one is a stable example); symlinked
+    folders are followed once, loops are not.
+    """
+    seen: set[tuple[int, int]] = set()
+
+    def walk(d: str, top: bool):
+        try:
+            st = os.stat(d)
+            if (st.st_dev, st.st_ino) in seen:
+                return
+            seen.add((st.st_dev, st.st_ino))
+            with os.scandir(d) as it:
+                entries = sorted((e for e in it if not e.name.startswith(".")), key=lambda e: e.name)
+        except OSError:
+            return
+        subdirs = []
+        for e in entries:
+            try:
+                if e.is_dir():
+                    subdirs.append(e.path)
+                elif not top and _is_image(e.name) and e.is_file():
+                    yield e.path
+            except OSError:
+                continue
+        for sub in subdirs:
+            yield from walk(sub, False)
+
+    yield from walk(str(class_dir), True)
+
+
+def loose_images(split_dir: Path) -> int:
+    """How many image files sit directly in ``split_dir`` (outside any class folder); ignored."""
+    try:
+        with os.scandir(split_dir) as it:
+            return sum(1 for e in it if not e.name.startswith(".") and _is_image(e.name) and e.is_file())
+    except OSError:
+        return 0
+
+
 def has_images(split_dir: Path) -> bool:
-    """True when a class folder of ``split_dir`` holds at least one image file."""
-    for name, _ in class_dirs(split_dir, strict=False):
+    """True when a class folder of ``split_dir`` holds at least one image file.
+
+    Images in sub-folders of class folders count too, so that such a split is listed
+    and loading it reports them (see :func:`scan`) instead of it silently vanishing.
+    """
+    classes = class_dirs(split_dir, strict=False)
+    for name, _ in classes:
         try:
             with os.scandir(split_dir / name) as it:
                 if any(_is_image(e.name) and not e.name.startswith(".") and e.is_file() for e in it):
                     return True
         except OSError:
             continue
-    return False
+    return any(next(_nested_images(split_dir / name), None) is not None for name, _ in classes)
+
+
+def _nested_error(split_dir: Path, nested: list[tuple[Path, int, str]]) -> DataError:
+    total = sum(n for _, n, _ in nested)
+    parts = "; ".join(
+        f"{d} holds {n} image{'s' if n != 1 else ''} in sub-folders (e.g. {example})" for d, n, example in nested
+    )
+    return DataError(
+        f"split {split_dir.name!r} in {split_dir.parent}: found {total} image{'s' if total != 1 else ''} "
+        f"in sub-folders of class folders: {parts}. Images must sit directly in "
+        f"their class folder ({split_dir}/<class>/*.png): move them up, or move them out of the data set"
+    )
 
 
 def scan(split_dir: Path) -> list[FileEntry]:
-    """The split's image files with labels, sizes and mtimes, sorted by relative path."""
+    """The split's image files with labels, sizes and mtimes, sorted by relative path.
+
+    Raises a :class:`DataError` when a class folder holds image files in sub-folders.
+    """
     files: list[FileEntry] = []
+    with_subdirs: list[Path] = []
     for name, idx in class_dirs(split_dir, strict=True):
         d = split_dir / name
+        has_subdir = False
         try:
             with os.scandir(d) as it:
                 for e in it:
-                    if e.name.startswith(".") or not _is_image(e.name) or not e.is_file():
+                    if e.name.startswith("."):
                         continue
-                    st = e.stat()
-                    files.append(FileEntry(f"{name}/{e.name}", e.path, idx, st.st_size, st.st_mtime_ns))
+                    if _is_image(e.name) and e.is_file():
+                        st = e.stat()
+                        files.append(FileEntry(f"{name}/{e.name}", e.path, idx, st.st_size, st.st_mtime_ns))
+                    elif not has_subdir and e.is_dir():
+                        has_subdir = True
         except OSError as e:
             raise DataError(f"{d}: cannot list the folder ({e.strerror or e})") from None
+        if has_subdir:
+            with_subdirs.append(d)
+    nested = []
+    for d in with_subdirs:
+        paths = _nested_images(d)
+        first = next(paths, None)
+        if first is not None:
+            nested.append((d, 1 + sum(1 for _ in paths), first))
+    if nested:
+        raise _nested_error(split_dir, nested)
     files.sort()
     return files
 

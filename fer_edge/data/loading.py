@@ -9,11 +9,16 @@ Data forms (the ``data`` argument):
 * a folder holding ``fer2013.csv`` or ``fer2013.csv.gz``: read as that CSV;
 * any other folder: image folders ``<root>/<split>/<class>/*.{jpg,jpeg,png,bmp}``, the
   splits are the sub-folder names (``train``, ``val``, ``test``), class folders match
-  the 7 FER2013 names case-insensitively.
+  the 7 FER2013 names case-insensitively. Images must sit directly in their class
+  folder: a class folder with images in sub-folders is a :class:`DataError` (see
+  :mod:`fer_edge.data._folder`), never a split loaded without them.
 
 Split names: an existing split name is always used as given; otherwise :data:`SPLIT_ALIASES`
 maps it (exactly, no fuzzy matching), so ``train``/``val``/``test`` and
-``Training``/``PublicTest``/``PrivateTest`` work with both forms.
+``Training``/``PublicTest``/``PrivateTest`` work with both forms. The default splits
+(:func:`default_train_split`, :func:`default_val_split`) try the names of
+:data:`DEFAULT_SPLITS` in order, each first exactly and then ignoring case, and return the
+split's actual name (``Training``, ``Val``...), which :func:`load_split` accepts as given.
 
 Decoded arrays are cached as ``.npz`` under :func:`cache_dir` ``/data``, keyed by the
 absolute path, the split and the file's size and mtime (for folders: the split's file
@@ -46,6 +51,13 @@ log = logging.getLogger("fer_edge.data")
 SPLIT_ALIASES: dict[str, dict[str, tuple[str, ...]]] = {
     "csv": {"train": ("Training",), "val": ("PublicTest",), "test": ("PrivateTest",)},
     "folder": {"Training": ("train",), "PublicTest": ("val", "test"), "PrivateTest": ("test",)},
+}
+#: Names the default splits are looked for under, per data form, in order of preference; each is
+#: matched exactly first, then ignoring case. Folders also answer to the CSV's names (the keys of
+#: ``SPLIT_ALIASES["folder"]``), so a folder laid out like the CSV needs no ``--split``.
+DEFAULT_SPLITS: dict[str, dict[str, tuple[str, ...]]] = {
+    "csv": {"train": ("Training",), "val": ("PublicTest",)},
+    "folder": {"train": ("train", "Training"), "val": ("val", "PublicTest", "test", "PrivateTest")},
 }
 #: Files that make a folder count as a CSV data set, in order of preference.
 CSV_NAMES = ("fer2013.csv", "fer2013.csv.gz")
@@ -128,6 +140,9 @@ def _not_found(split: str, where: Path, available: list[str], kind: str, extra: 
     msg = f"split {split!r} not found in {where}; available: {', '.join(available) if available else 'none'}"
     if targets:
         msg += f" ({split!r} stands for {' or '.join(repr(t) for t in targets)} here)"
+    near = [a for a in available if a.lower() in {split.lower(), *(t.lower() for t in targets)}]
+    if near:
+        msg += f" (split names are matched exactly: did you mean {' or '.join(repr(a) for a in near)}?)"
     return DataError(msg + extra)
 
 
@@ -340,11 +355,14 @@ def _folder_key(src: _Source, split: str, files) -> tuple[str, str]:
 
 def _folder_load(src: _Source, split: str, cache: bool, progress: bool):
     split_dir = src.path / split
-    files = _folder.scan(split_dir)
+    files = _folder.scan(split_dir)  # refuses images in sub-folders of class folders
     if not files:
+        loose = _folder.loose_images(split_dir)
+        extra = (f"; {loose} image file{'s' if loose != 1 else ''} directly in {split_dir} "
+                 f"{'are' if loose != 1 else 'is'} not read: put each image in its class folder") if loose else ""
         raise DataError(
             f"split {split!r} in {src.path} is empty: no {'/'.join(e.lstrip('.') for e in _folder.IMAGE_EXTENSIONS)} "
-            f"files in class folders {split_dir}/<class>/ (classes: {', '.join(LABELS)})"
+            f"files in class folders {split_dir}/<class>/ (classes: {', '.join(LABELS)}){extra}"
         )
     ident, key = _folder_key(src, split, files)
     path = _cache_path("folder", ident, key)
@@ -379,6 +397,9 @@ def _folder_load(src: _Source, split: str, cache: bool, progress: bool):
 def list_splits(data: str | Path) -> list[str]:
     """The splits of ``data`` that exist and hold at least one image.
 
+    A folder split whose images are all in sub-folders of class folders is listed, so that
+    loading it reports them (:func:`load_split` refuses such a split).
+
     For a CSV this decodes (and caches) the whole file once, so a following
     :func:`load_split` is fast.
     """
@@ -388,29 +409,67 @@ def list_splits(data: str | Path) -> list[str]:
     return [d for d in _order(_folder.split_dirs(src.path)) if _folder.has_images(src.path / d)]
 
 
+def _default_split(src: _Source, role: str, available: list[str]) -> str | None:
+    """The first :data:`DEFAULT_SPLITS` name of ``role`` in ``available`` (exactly, then ignoring case)."""
+    for name in DEFAULT_SPLITS[src.kind][role]:
+        if name in available:
+            return name
+        same = [a for a in available if a.lower() == name.lower()]
+        if len(same) > 1:
+            option = "--split" if role == "train" else "--val-split"
+            raise DataError(
+                f"{src.path}: more than one split for {name!r} (names differing only in case): "
+                f"{', '.join(same)}; name one ({option}) or merge them"
+            )
+        if same:
+            return same[0]
+    return None
+
+
+def _looked_for(src: _Source, role: str) -> str:
+    names = DEFAULT_SPLITS[src.kind][role]
+    return f"looked for {', '.join(names)}, in any case"
+
+
 def default_train_split(data: str | Path) -> str:
-    """``"Training"`` for a CSV, ``"train"`` for image folders (a DataError when it is missing)."""
+    """The training split: ``"Training"`` for a CSV; ``"train"``, else ``"Training"``, for image folders.
+
+    Names are matched exactly, then ignoring case, and the split's actual name is returned
+    (``Train`` for a folder ``Train/``). A :class:`DataError` when there is none.
+    """
     src = _source(data)
-    name = "Training" if src.kind == "csv" else "train"
     available = list_splits(data)
-    if name not in available:
-        raise DataError(f"{src.path} has no {name!r} split to train on; available: {', '.join(available) or 'none'}")
+    name = _default_split(src, "train", available)
+    if name is None:
+        primary = DEFAULT_SPLITS[src.kind]["train"][0]
+        hint = _folder_hint(src.path, _folder.split_dirs(src.path)) if src.kind == "folder" else ""
+        raise DataError(
+            f"{src.path} has no {primary!r} split to train on ({_looked_for(src, 'train')}); "
+            f"available: {', '.join(available) or 'none'}; name one (fer-edge train --split, "
+            f"export --calib-split){hint}"
+        )
     return name
 
 
 def default_val_split(data: str | Path) -> str:
-    """``"PublicTest"`` for a CSV; ``"val"``, else ``"test"``, for image folders (a DataError when none)."""
+    """The validation split: ``"PublicTest"`` for a CSV; ``"val"``, else ``"PublicTest"``, ``"test"``,
+    ``"PrivateTest"``, for image folders.
+
+    Names are matched exactly, then ignoring case, and the split's actual name is returned
+    (``Val`` for a folder ``Val/``). A :class:`DataError` when there is none.
+    """
     src = _source(data)
-    candidates = ("PublicTest",) if src.kind == "csv" else ("val", "test")
     available = list_splits(data)
-    for name in candidates:
-        if name in available:
-            return name
-    raise DataError(
-        f"{src.path} has no validation split ({' or '.join(repr(c) for c in candidates)}); "
-        f"available: {', '.join(available) or 'none'}; name one (fer-edge train --val-split, eval --split, "
-        f"export --val-split)"
-    )
+    name = _default_split(src, "val", available)
+    if name is None:
+        shown = ("PublicTest",) if src.kind == "csv" else ("val", "test")
+        hint = _folder_hint(src.path, _folder.split_dirs(src.path)) if src.kind == "folder" else ""
+        raise DataError(
+            f"{src.path} has no validation split ({' or '.join(repr(c) for c in shown)}) "
+            f"({_looked_for(src, 'val')}); available: {', '.join(available) or 'none'}; name one "
+            f"(fer-edge train --val-split, eval --split, export --val-split){hint}"
+        )
+    return name
 
 
 def load_split(data: str | Path, split: str, *, cache: bool = True, progress: bool = True) -> FerSplit:
