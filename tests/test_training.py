@@ -27,6 +27,7 @@ def _cfg(data, out, **kw):
     return TrainConfig(**base)
 
 
+@pytest.mark.real_plots
 def test_training_beats_chance_and_writes_run_dir(synthetic_csv, tmp_path):
     out = tmp_path / "run"
     res = train(_cfg(synthetic_csv, out, epochs=4), progress=False)
@@ -34,6 +35,10 @@ def test_training_beats_chance_and_writes_run_dir(synthetic_csv, tmp_path):
     for name in ("best.pt", "last.pt", "metrics.json", "history.csv", "curves.png", "confusion_matrix.png",
                  "per_class.csv"):
         assert (out / name).is_file(), name
+    from PIL import Image
+
+    for name in ("curves.png", "confusion_matrix.png"):  # drawn by matplotlib (real_plots), not stand-ins
+        assert min(Image.open(out / name).size) > 300, name
     ck = load_checkpoint(out / "best.pt")
     assert ck.model_name == "simple_cnn" and ck.labels[0] == "angry" and len(ck.labels) == 7
     assert ck.train_config["model"] == "simple_cnn" and ck.train_config["seed"] == 0
@@ -991,3 +996,72 @@ def test_replay_records_its_views_and_resume_takes_the_default_typed_out(tmp_pat
 def test_a_missing_teacher_is_named_as_distill(synthetic_csv, tmp_path):
     with pytest.raises(FerEdgeError, match=r"--distill nope\.pt: .*no such checkpoint file"):
         train(_cfg(synthetic_csv, tmp_path / "r", distill=["nope.pt"]), progress=False)
+
+
+def test_resume_takes_the_same_data_by_another_path_or_a_copy(synthetic_csv, tmp_path, monkeypatch):
+    """The data is compared by its fingerprint: a folder holding the CSV, the CSV itself, or a copy unpacked at
+    another path (a GPU machine's /tmp) is the run's data. The run's folder path was refused."""
+    import shutil
+
+    (tmp_path / "dir").mkdir()
+    shutil.copy(synthetic_csv, tmp_path / "dir" / "fer2013.csv.gz")
+    _stopped_after_one_epoch(_cfg(tmp_path / "dir", tmp_path / "r", epochs=2), monkeypatch)
+    shutil.copy(synthetic_csv, tmp_path / "copy.csv.gz")
+    res = train(_cfg(tmp_path / "copy.csv.gz", tmp_path / "r", epochs=2), resume=True, progress=False)
+    assert res.epochs_run == 2
+
+
+def test_resume_takes_the_runs_split_typed_out_or_by_an_alias_and_refuses_another(synthetic_csv, tmp_path,
+                                                                                   monkeypatch):
+    _stopped_after_one_epoch(_cfg(synthetic_csv, tmp_path / "other", epochs=3, split="PublicTest"), monkeypatch)
+    with pytest.raises(TrainingError, match="--split names split 'Training', the run's was 'PublicTest'"):
+        train(_cfg(synthetic_csv, tmp_path / "other", epochs=3), resume=True, progress=False)  # the default
+    _stopped_after_one_epoch(_cfg(synthetic_csv, tmp_path / "r", epochs=3), monkeypatch)
+    with pytest.raises(TrainingError, match=r"--split was None, now 'PublicTest'.*--epochs was 3, now 4"):
+        train(_cfg(synthetic_csv, tmp_path / "r", epochs=4, split="PublicTest"), resume=True, progress=False)
+    # the defaults typed out, or by their aliases: the run's splits
+    res = train(_cfg(synthetic_csv, tmp_path / "r", epochs=3, split="Training", val_split="val"), resume=True,
+                progress=False)
+    assert res.epochs_run == 3
+
+
+def test_a_model_with_batchnorm1d_is_refused_a_one_image_step_before_training(synthetic_csv, tmp_path):
+    """keras_cnn --batch-size 1 crashed in the first step with BatchNorm1d's 'Expected more than 1 value'."""
+    with pytest.raises(TrainingError, match=r"keras_cnn has BatchNorm1d layers, which need at least 2 images a "
+                                            r"training step, but a step gets 1 \(--batch-size 1"):
+        train(_cfg(synthetic_csv, tmp_path / "r", model="keras_cnn", batch_size=1, epochs=1), progress=False)
+    assert not (tmp_path / "r").exists()
+    res = train(_cfg(synthetic_csv, tmp_path / "ok", model="simple_cnn", batch_size=1, epochs=1,
+                     max_steps_per_epoch=2), progress=False)  # no BatchNorm1d: a one-image step trains
+    assert res.epochs_run == 1
+
+
+def test_cli_train_names_init_and_refuses_orphan_mix_prob_and_empty_model_kwargs(synthetic_csv, tmp_path):
+    base = ["train", "--data", str(synthetic_csv), "--model", "simple_cnn", "--epochs", "1"]
+    (tmp_path / "afile").write_text("not a checkpoint")
+    for args, words in ((["--init", str(tmp_path / "nope.pt")], "error: --init: "),
+                        (["--init", str(tmp_path / "afile")], "error: --init: "),
+                        (["--mix-prob", "0.3"], "--mix-prob 0.3 applies to mixed batches only: add --mixup or "
+                                                "--cutmix"),
+                        (["--model-kwargs", ""], "--model-kwargs is empty")):
+        r = runner.invoke(app, base + ["--out", str(tmp_path / "r"), *args])
+        err = " ".join(r.stderr.split())
+        assert r.exit_code == 1 and words in err, (args, err)
+    assert not (tmp_path / "r").exists()
+    r = runner.invoke(app, base + ["--out", str(tmp_path / "m"), "--mix-prob", "0.3", "--mixup", "0.2",
+                                   "--max-steps-per-epoch", "1"])
+    assert r.exit_code == 0, r.output
+
+
+@pytest.mark.parametrize("model, kwargs, words", [
+    ("simple_cnn", {"widths": [8] * 7}, "cannot take a 48x48 grayscale image: RuntimeError"),
+    ("fer_nano", {"stem": 1}, "cannot take a 48x48 grayscale image"),
+    ("cbam_cnn", {"reduction": 0}, "reduction must be a whole number of at least 1"),
+])
+def test_model_kwargs_that_cannot_train_are_refused_with_the_other_options(synthetic_csv, tmp_path, model, kwargs,
+                                                                           words):
+    """They failed in the first training step with a traceback (or a ZeroDivisionError when built)."""
+    with pytest.raises(TrainingError) as e:
+        train(_cfg(synthetic_csv, tmp_path / "r", model=model, model_kwargs=kwargs, lr=-1.0), progress=False)
+    assert words in str(e.value) and "--lr must be positive" in str(e.value)  # all at once, before any work
+    assert not (tmp_path / "r").exists()

@@ -128,7 +128,10 @@ def train(
     from fer_edge.training.trainer import validate_config
 
     try:
-        kwargs = json.loads(model_kwargs) if model_kwargs else {}
+        if model_kwargs is not None and not model_kwargs.strip():
+            raise TrainingError("--model-kwargs is empty: give a JSON object such as '{\"dropout\": 0.1}', or "
+                                "leave the option out")
+        kwargs = json.loads(model_kwargs) if model_kwargs is not None else {}
     except json.JSONDecodeError as e:
         raise TrainingError(f"--model-kwargs is not valid JSON: {e}") from None
     given = {k: v for k, v in (("distill_alpha", distill_alpha), ("distill_temperature", distill_temperature))

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from fer_edge.checkpoint import load_checkpoint, save_checkpoint, state_dict_mismatch
 from fer_edge.constants import LABELS
-from fer_edge.errors import TrainingError
+from fer_edge.errors import FerEdgeError, TrainingError
 from fer_edge.metrics import classification_metrics
 from fer_edge.preprocess import Normalization
 from fer_edge.training.augment import PRESETS, augment_batch, mix_batch
@@ -104,6 +104,8 @@ def validate_config(cfg: TrainConfig, given: Collection[str] = ()) -> None:
 
     if cfg.model not in list_models():
         problems.append(f"--model: unknown model {cfg.model!r}; registered models: {', '.join(sorted(list_models()))}")
+    elif isinstance(cfg.model_kwargs, dict) and "num_classes" not in cfg.model_kwargs:
+        problems += _model_problems(cfg.model, cfg.model_kwargs)
     if cfg.optimizer not in OPTIMIZERS:
         problems.append(f"--optimizer {cfg.optimizer!r}: valid: {', '.join(OPTIMIZERS)}")
     if cfg.scheduler not in SCHEDULERS:
@@ -133,6 +135,8 @@ def validate_config(cfg: TrainConfig, given: Collection[str] = ()) -> None:
         problems.append("--mixup and --cutmix take a non-negative Beta alpha")
     if not 0 <= cfg.mix_prob <= 1:
         problems.append("--mix-prob is a probability, in [0, 1]")
+    elif cfg.mix_prob != TrainConfig(data=cfg.data).mix_prob and not (cfg.mixup or cfg.cutmix):
+        problems.append(f"--mix-prob {cfg.mix_prob} applies to mixed batches only: add --mixup or --cutmix")
     if not 0 <= cfg.ema < 1:
         problems.append("--ema takes a decay in [0, 1), e.g. 0.999")
     if cfg.patience < 0:
@@ -168,6 +172,27 @@ def validate_config(cfg: TrainConfig, given: Collection[str] = ()) -> None:
         problems.append("--distill-cache applies to --distill-targets replay only")
     if problems:
         raise TrainingError("bad training options:\n  " + "\n  ".join(problems))
+
+
+def _model_problems(name: str, kwargs: dict) -> list[str]:
+    """Whether ``name`` builds with ``kwargs`` and takes a 48x48 grayscale image (one forward pass of two blank
+    images): kwargs that shrink the image to nothing failed in the first training step with a traceback."""
+    from fer_edge.errors import ModelError
+    from fer_edge.models import create_model, forward_problem
+
+    import warnings
+
+    try:
+        with warnings.catch_warnings():  # torch warns about empty layers the problem below names
+            warnings.simplefilter("ignore")
+            model = create_model(name, num_classes=len(LABELS), **kwargs)
+    except ModelError as e:
+        return [f"--model-kwargs: {e}"]
+    problem = forward_problem(model, num_classes=len(LABELS))
+    if problem:
+        return [f"--model {name} with --model-kwargs {json.dumps(kwargs)} cannot take a 48x48 grayscale image: "
+                f"{problem}"]
+    return []
 
 
 def class_weight_tensor(labels: torch.Tensor, mode: str, num_classes: int) -> torch.Tensor | None:
@@ -264,9 +289,11 @@ MIN_TEMPERATURE, MAX_TEMPERATURE = 0.01, 100.0
 RUN_FILES = ("last.pt", "best.pt", "metrics.json", "history.csv")
 
 #: TrainConfig fields that ``--resume`` lets differ from the run's: where and how fast it runs (``data`` is
-#: compared by path and by the images' fingerprint instead).
+#: compared by the images' fingerprint instead: the same file by another path, or a copy, is the same data).
 RESUME_FREE = ("out", "data", "device", "amp", "channels_last", "num_threads", "wandb", "teacher_runtime",
                "distill_cache")
+#: Fields ``--resume`` compares once the data is loaded: by the split each resolves to and its fingerprint.
+RESUME_AFTER_LOADING = ("split", "val_split")
 
 
 def _same_path(a: str, b: str) -> bool:
@@ -290,6 +317,18 @@ def _same_setting(name: str, saved, now) -> bool:
     return saved == now
 
 
+def _split_names(split: str | None) -> set[str]:
+    """``split`` and the names that stand for it (:data:`fer_edge.data.loading.SPLIT_ALIASES`, either form)."""
+    from fer_edge.data.loading import SPLIT_ALIASES
+
+    if split is None:
+        return set()
+    names = {split}
+    for table in SPLIT_ALIASES.values():
+        names |= {alias for alias, targets in table.items() if split in targets} | set(table.get(split, ()))
+    return names
+
+
 def same_data(saved: dict, now: dict) -> bool:
     """Whether a split's fingerprint is the one a checkpoint recorded (its images and labels; a checkpoint
     without the hash is judged on the split name and count)."""
@@ -307,7 +346,10 @@ def data_fingerprint(split) -> dict:
 
 def load_init_weights(model: torch.nn.Module, cfg: TrainConfig, labels: list[str]) -> Normalization:
     """``--init``: copy a checkpoint's weights into ``model``; returns the normalisation they were trained with."""
-    ck = load_checkpoint(cfg.init)
+    try:
+        ck = load_checkpoint(cfg.init)
+    except FerEdgeError as e:
+        raise TrainingError(f"--init: {e}") from None
     problems = []
     if ck.model_name != cfg.model:
         problems.append(f"it holds {ck.model_name!r}, not {cfg.model!r}")
@@ -407,7 +449,10 @@ def resolve_checkpoint_names(cfg: TrainConfig) -> TrainConfig:
     from fer_edge.weights import resolve_checkpoint
 
     def checkpoint_file(spec: str, option: str) -> str:
-        path = resolve_checkpoint(spec)
+        try:
+            path = resolve_checkpoint(spec)
+        except FerEdgeError as e:
+            raise TrainingError(f"{option}: {e}") from None
         if not path.is_file():
             raise TrainingError(f"{option} {spec}: a folder, not a checkpoint file (.pt)")
         return str(path.resolve())  # absolute: --resume from another folder compares the same file
@@ -504,9 +549,16 @@ class Trainer:
             now = cfg.to_dict()
             # a field the run's fer-edge did not have yet is that field's default (what the run trained with)
             saved = {**TrainConfig(data=cfg.data).to_dict(), **saved}
-            diffs = [k for k in now if k not in RESUME_FREE and not _same_setting(k, saved[k], now[k])]
-            if not _same_path(saved["data"], cfg.data):
-                diffs.insert(0, "data")  # the same file by another path is the same data: checked again below
+            # a split is the run's when it names the run's split or an alias of it; left out, it is checked once
+            # the data is loaded (the default it resolves to), as is every split's fingerprint
+            recorded = {"split": (ck.data.get("train") or {}).get("split"),
+                        "val_split": (ck.data.get("val") or {}).get("split")}
+            diffs = [k for k in now if k not in RESUME_FREE
+                     and not (_same_setting(k, saved[k], now[k])
+                              or k in RESUME_AFTER_LOADING and (now[k] is None or now[k] in _split_names(recorded[k])))]
+            fingerprinted = all("sha256" in (ck.data.get(k) or {}) for k in ("train", "val"))
+            if not fingerprinted and not _same_path(saved["data"], cfg.data):
+                diffs.insert(0, "data")  # an older run without fingerprints is judged on the data's path
             if diffs:
                 raise TrainingError(
                     f"--resume: options differ from the run in {self.out} (repeat the options it was started "
@@ -539,13 +591,19 @@ class Trainer:
         if len(train.labels) == 0 or len(val.labels) == 0:
             raise TrainingError("empty training or validation split")
         if state is not None:  # the images themselves, not only the path, must be the run's
-            changed = [f"{what} split {split.split!r}" for key, what, split in
-                       (("train", "training", train), ("val", "validation", val))
+            splits = (("train", "training", "--split", train), ("val", "validation", "--val-split", val))
+            other = [f"{option} names split {split.split!r}, the run's was {ck.data[key]['split']!r}"
+                     for key, _, option, split in splits
+                     if (ck.data.get(key) or {}).get("split") not in (None, split.split)]
+            if other:
+                raise TrainingError(f"--resume: options differ from the run in {self.out}: {'; '.join(other)}")
+            changed = [f"{what} split {split.split!r}" for key, what, _, split in splits
                        if not same_data(ck.data.get(key) or {}, data_fingerprint(split))]
             if changed:
                 raise TrainingError(
-                    f"--resume: the {' and the '.join(changed)} of {cfg.data} differ from the data the run in "
-                    f"{self.out} began on (images, labels or count changed); start a new run in another --out")
+                    f"--resume: the {' and the '.join(changed)} of {cfg.data} "
+                    f"{'differs' if len(changed) == 1 else 'differ'} from the data the run in {self.out} began "
+                    "on (images, labels or count changed); start a new run in another --out")
             done = int(state["epoch"])
             early = cfg.patience > 0 and int(state["bad_epochs"]) >= cfg.patience
             if done >= cfg.epochs or early:
@@ -573,6 +631,12 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         model = create_model(cfg.model, num_classes=len(labels), **cfg.model_kwargs)
         model_kwargs = resolved_model_kwargs(model, cfg.model_kwargs)  # defaults included: survives their change
+        images_a_step = min(cfg.batch_size, len(x_train)) // self.dist.world
+        if images_a_step < 2 and any(isinstance(m, torch.nn.BatchNorm1d) for m in model.modules()):
+            raise TrainingError(
+                f"{cfg.model} has BatchNorm1d layers, which need at least 2 images a training step, but a step "
+                f"gets {images_a_step} (--batch-size {cfg.batch_size}, {len(x_train)} training images"
+                + (f", {self.dist.world} processes" if self.dist.world > 1 else "") + "): raise --batch-size")
         if cfg.init and state is None:
             norm = load_init_weights(model, cfg, labels)
         model = model.to(device)
