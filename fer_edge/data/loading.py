@@ -431,24 +431,28 @@ def _looked_for(src: _Source, role: str) -> str:
     return f"looked for {', '.join(names)}, in any case"
 
 
+def _default_or_error(data: str | Path, role: str, missing: str, options: str) -> str:
+    """The default ``role`` split of ``data`` (:func:`_default_split`), or a DataError: ``<path> has no
+    <missing> (looked for ...); available: ...; name one (<options>)``."""
+    src = _source(data)
+    available = list_splits(data)
+    name = _default_split(src, role, available)
+    if name is None:
+        hint = _folder_hint(src.path, _folder.split_dirs(src.path)) if src.kind == "folder" else ""
+        raise DataError(f"{src.path} has no {missing} ({_looked_for(src, role)}); available: "
+                        f"{', '.join(available) or 'none'}; name one ({options}){hint}")
+    return name
+
+
 def default_train_split(data: str | Path) -> str:
     """The training split: ``"Training"`` for a CSV; ``"train"``, else ``"Training"``, for image folders.
 
     Names are matched exactly, then ignoring case, and the split's actual name is returned
     (``Train`` for a folder ``Train/``). A :class:`DataError` when there is none.
     """
-    src = _source(data)
-    available = list_splits(data)
-    name = _default_split(src, "train", available)
-    if name is None:
-        primary = DEFAULT_SPLITS[src.kind]["train"][0]
-        hint = _folder_hint(src.path, _folder.split_dirs(src.path)) if src.kind == "folder" else ""
-        raise DataError(
-            f"{src.path} has no {primary!r} split to train on ({_looked_for(src, 'train')}); "
-            f"available: {', '.join(available) or 'none'}; name one (fer-edge train --split, "
-            f"export --calib-split){hint}"
-        )
-    return name
+    primary = DEFAULT_SPLITS[_source(data).kind]["train"][0]
+    return _default_or_error(data, "train", f"{primary!r} split to train on",
+                             "fer-edge train --split, export --calib-split")
 
 
 def default_val_split(data: str | Path) -> str:
@@ -458,18 +462,9 @@ def default_val_split(data: str | Path) -> str:
     Names are matched exactly, then ignoring case, and the split's actual name is returned
     (``Val`` for a folder ``Val/``). A :class:`DataError` when there is none.
     """
-    src = _source(data)
-    available = list_splits(data)
-    name = _default_split(src, "val", available)
-    if name is None:
-        shown = ("PublicTest",) if src.kind == "csv" else ("val", "test")
-        hint = _folder_hint(src.path, _folder.split_dirs(src.path)) if src.kind == "folder" else ""
-        raise DataError(
-            f"{src.path} has no validation split ({' or '.join(repr(c) for c in shown)}) "
-            f"({_looked_for(src, 'val')}); available: {', '.join(available) or 'none'}; name one "
-            f"(fer-edge train --val-split, eval --split, export --val-split){hint}"
-        )
-    return name
+    shown = ("PublicTest",) if _source(data).kind == "csv" else ("val", "test")
+    return _default_or_error(data, "val", f"validation split ({' or '.join(repr(c) for c in shown)})",
+                             "fer-edge train --val-split, eval --split, export --val-split")
 
 
 def load_split(data: str | Path, split: str, *, cache: bool = True, progress: bool = True) -> FerSplit:

@@ -177,10 +177,10 @@ def validate_config(cfg: TrainConfig, given: Collection[str] = ()) -> None:
 def _model_problems(name: str, kwargs: dict) -> list[str]:
     """Whether ``name`` builds with ``kwargs`` and takes a 48x48 grayscale image (one forward pass of two blank
     images): kwargs that shrink the image to nothing failed in the first training step with a traceback."""
+    import warnings
+
     from fer_edge.errors import ModelError
     from fer_edge.models import create_model, forward_problem
-
-    import warnings
 
     try:
         with warnings.catch_warnings():  # torch warns about empty layers the problem below names
@@ -292,8 +292,9 @@ RUN_FILES = ("last.pt", "best.pt", "metrics.json", "history.csv")
 #: compared by the images' fingerprint instead: the same file by another path, or a copy, is the same data).
 RESUME_FREE = ("out", "data", "device", "amp", "channels_last", "num_threads", "wandb", "teacher_runtime",
                "distill_cache")
-#: Fields ``--resume`` compares once the data is loaded: by the split each resolves to and its fingerprint.
-RESUME_AFTER_LOADING = ("split", "val_split")
+#: Fields ``--resume`` compares by the split they name (the run's split, typed out or by an alias, is the run's;
+#: left out, by the default it resolves to once the data is loaded), then by the loaded split's fingerprint.
+RESUME_SPLITS = ("split", "val_split")
 
 
 def _same_path(a: str, b: str) -> bool:
@@ -553,9 +554,8 @@ class Trainer:
             # the data is loaded (the default it resolves to), as is every split's fingerprint
             recorded = {"split": (ck.data.get("train") or {}).get("split"),
                         "val_split": (ck.data.get("val") or {}).get("split")}
-            diffs = [k for k in now if k not in RESUME_FREE
-                     and not (_same_setting(k, saved[k], now[k])
-                              or k in RESUME_AFTER_LOADING and (now[k] is None or now[k] in _split_names(recorded[k])))]
+            diffs = [k for k in now if k not in RESUME_FREE and not _same_setting(k, saved[k], now[k])
+                     and not (k in RESUME_SPLITS and (now[k] is None or now[k] in _split_names(recorded[k])))]
             fingerprinted = all("sha256" in (ck.data.get(k) or {}) for k in ("train", "val"))
             if not fingerprinted and not _same_path(saved["data"], cfg.data):
                 diffs.insert(0, "data")  # an older run without fingerprints is judged on the data's path
