@@ -258,6 +258,10 @@ def test_a_folder_holding_a_run_without_last_pt_is_not_overwritten(synthetic_csv
     with pytest.raises(TrainingError, match=r"already holds a run \(best.pt, metrics.json, history.csv\); choose "
                                             r"another --out"):
         train(_cfg(synthetic_csv, out, epochs=1, seed=5), progress=False)
+    # --resume does not send the user back to the refusal above ("start without --resume")
+    with pytest.raises(TrainingError, match=r"last.pt does not exist, so the run in .* \(best.pt, metrics.json, "
+                                            r"history.csv\) cannot be continued; start a new run in another --out"):
+        train(_cfg(synthetic_csv, out, epochs=1), resume=True, progress=False)
     assert (out / "best.pt").read_bytes() == before
 
 

@@ -544,6 +544,11 @@ class Trainer:
         state = None
         if resume:
             if not last_path.is_file():
+                held = [n for n in RUN_FILES if (self.out / n).exists()]
+                if held:  # a run without its resume state: a new run there would be refused too
+                    raise TrainingError(f"--resume: {last_path} does not exist, so the run in {self.out} "
+                                        f"({', '.join(held)}) cannot be continued; start a new run in another "
+                                        "--out (fer-edge train never overwrites a run)")
                 raise TrainingError(f"--resume: {last_path} does not exist; start without --resume")
             ck = load_checkpoint(last_path)
             saved = ck.train_config
