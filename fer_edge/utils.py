@@ -73,12 +73,14 @@ def check_writable_dir(path: str | os.PathLike, option: str, error: type[Excepti
     return p
 
 
-def check_output_file(path: str | os.PathLike, option: str, error: type[Exception]) -> Path:
+def check_output_file(path: str | os.PathLike, option: str, error: type[Exception],
+                      example: str = "report.json") -> Path:
     """Refuse, before any work, an output file path that names an existing folder (an atomic write would not
-    replace it), lies under a file, or sits in a folder this process may not write."""
+    replace it), lies under a file, or sits in a folder this process may not write. ``example``: a file name
+    the message suggests inside such a folder."""
     p = Path(path)
     if str(path) == "" or p.is_dir():
-        raise error(f"{option} {str(path)!r} is a folder, not a file: give a file path (e.g. {p / 'report.json'})")
+        raise error(f"{option} {str(path)!r} is a folder, not a file: give a file path (e.g. {p / example})")
     q = _nearest_existing(p, p.parents)
     if q is not None and not q.is_dir():
         raise error(f"{option} {p}: {q} is a file, not a folder (not a directory): choose another {option}")

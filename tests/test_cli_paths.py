@@ -22,13 +22,21 @@ CASES = [
     (["export", "--out", ""], "--out"),
     (["export", "--calib-data", ""], "--calib-data"),
     (["export", "--val-data", ""], "--val-data"),
+    (["train", "--data", "{csv}", "--distill-cache", ""], "--distill-cache"),
+    (["soup", "small", "nano", "--out", "s.pt", "--data", ""], "--data"),
+    (["predict", "{csv}", "--annotate", ""], "--annotate"),
+    # arguments too: `fer-edge predict ""` classified every image under the current folder
+    (["predict", ""], "IMAGE_OR_DIR"),
+    (["predict", "{csv}", ""], "IMAGE_OR_DIR"),
+    (["bench", "", "--data", "{csv}"], "ARTIFACT"),
+    (["report", "merge", "", "--out", "merged"], "REPORT"),
 ]
 
 
 @pytest.mark.parametrize("args, option", CASES, ids=[" ".join(a).replace("{csv}", "CSV") for a, _ in CASES])
 def test_an_empty_path_option_is_refused_before_any_work(args, option, synthetic_csv, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    r = runner.invoke(app, [a.replace("{csv}", str(synthetic_csv)) for a in args])
+    r = runner.invoke(app, [a.replace("{csv}", str(synthetic_csv)) for a in args], env={"COLUMNS": "250"})
     out = " ".join(r.output.split())
     assert r.exit_code == 2, out  # a usage error, as for any invalid option value
     assert f"Invalid value for '{option}'" in out and "is empty: give a path" in out, out
@@ -38,6 +46,34 @@ def test_an_empty_path_option_is_refused_before_any_work(args, option, synthetic
 def test_a_missing_data_path_is_still_refused_by_name(tmp_path):
     r = runner.invoke(app, ["eval", "--data", str(tmp_path / "nope.csv")])
     assert r.exit_code == 2 and "does not exist" in " ".join(r.output.split())
+
+
+def test_train_out_the_system_will_not_create_is_an_error_naming_it(synthetic_csv, tmp_path, monkeypatch):
+    """A folder the permission checks let by but mkdir refuses (``--out /proc/run`` as root) was a bare
+    "No such file or directory" after the data had loaded."""
+    from pathlib import Path
+
+    out = tmp_path / "run"
+    real_mkdir = Path.mkdir
+
+    def refuse(self, *a, **k):
+        if self == out:
+            raise FileNotFoundError(2, "No such file or directory", str(self))
+        return real_mkdir(self, *a, **k)
+
+    monkeypatch.setattr(Path, "mkdir", refuse)
+    r = runner.invoke(app, ["train", "--data", str(synthetic_csv), "--model", "simple_cnn", "--epochs", "1",
+                            "--out", str(out)])
+    text = " ".join(r.output.split())
+    assert r.exit_code == 1 and f"--out {out}: cannot create the folder (No such file or directory)" in text, text
+
+
+def test_distill_cache_given_a_folder_suggests_a_file_in_it(synthetic_csv, tmp_path):
+    r = runner.invoke(app, ["train", "--data", str(synthetic_csv), "--model", "simple_cnn", "--epochs", "1",
+                            "--out", str(tmp_path / "run"), "--distill", "nano", "--distill-targets", "replay",
+                            "--distill-cache", str(tmp_path)])
+    text = " ".join(r.output.split())
+    assert r.exit_code == 1 and f"is a folder, not a file: give a file path (e.g. {tmp_path / 'replay.pt'})" in text, text
 
 
 def test_path_options_show_a_path_metavar_in_help():

@@ -187,7 +187,7 @@ def _interrupted_note(out: Path, before: tuple[int, int] | None) -> str:
 @handle_errors
 def bench_cmd(
     artifacts: Optional[List[Path]] = typer.Argument(
-        None, metavar="[ARTIFACT_DIR | MANIFEST | ARTIFACT_FILE]...",
+        None, metavar="ARTIFACT", parser=path_value,
         help="Export directories (their manifest.json is verified), manifests, or artifact files "
              "(.onnx .xml .ts .mlpackage .pt). Default: the shipped model's artifacts."),
     reference: Optional[str] = typer.Option(
@@ -299,7 +299,7 @@ def bench_cmd(
 @report_app.command("merge")
 @handle_errors
 def merge_cmd(
-    reports: List[Path] = typer.Argument(..., metavar="REPORT.json...",
+    reports: List[Path] = typer.Argument(..., metavar="REPORT", parser=path_value,
                                          help="report.json files (or report directories) to compare."),
     out: Path = typer.Option(..., "--out", parser=path_value, metavar="PATH", help="Directory for merged.md, merged.csv, merged.json and the plot."),
 ) -> None:

@@ -9,7 +9,7 @@ from typing import List, Optional
 import typer
 
 from fer_edge.cli import app
-from fer_edge.cli.common import console, err_console, handle_errors, is_tty
+from fer_edge.cli.common import console, err_console, handle_errors, is_tty, path_value
 from fer_edge.faces import DEFAULT_MARGIN
 
 
@@ -67,7 +67,7 @@ def _row_cells(result, labels, name: str):
 @app.command("predict")
 @handle_errors
 def predict_cmd(
-    inputs: List[Path] = typer.Argument(..., metavar="IMAGE_OR_DIR",
+    inputs: List[Path] = typer.Argument(..., metavar="IMAGE_OR_DIR", parser=path_value,
                                         help="Image files and/or directories (searched recursively)."),
     model: Optional[str] = typer.Option(
         None, "--model", "-m",
@@ -85,7 +85,7 @@ def predict_cmd(
              "Face detection only: refused with --no-detect-faces."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object per image (JSON lines) on stdout."),
     annotate: Optional[Path] = typer.Option(
-        None, "--annotate", metavar="OUT_DIR", file_okay=False,
+        None, "--annotate", metavar="OUT_DIR", parser=path_value,
         help="Write a copy of each image with boxes and labels drawn into this directory."),
 ) -> None:
     """Classify the facial expression of every face in images (JPEG, PNG, ...; any size; EXIF rotation honoured).

@@ -8,7 +8,7 @@ from typing import List, Optional
 import typer
 
 from fer_edge.cli import app
-from fer_edge.cli.common import console, handle_errors, path_value
+from fer_edge.cli.common import console, existing_path_value, handle_errors, path_value
 
 
 class BatchNormMode(str, Enum):
@@ -23,7 +23,7 @@ def soup(
                                             "(paths or shipped names)."),
     out: Path = typer.Option(..., parser=path_value, metavar="PATH",
                              help="The soup checkpoint to write: a new file ending in .pt or .pth."),
-    data: Path = typer.Option(..., exists=True, help="FER2013 CSV or image-folder root."),
+    data: Path = typer.Option(..., parser=existing_path_value, metavar="PATH", help="FER2013 CSV or image-folder root."),
     bn: BatchNormMode = typer.Option(BatchNormMode.average, help="BatchNorm statistics: average them with the weights, "
                                      "or recompute them on --split (un-augmented)."),
     split: Optional[str] = typer.Option(None, help="Split to recompute BatchNorm statistics on; only "

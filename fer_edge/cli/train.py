@@ -107,7 +107,7 @@ def train(
     distill_views: Optional[int] = typer.Option(
         None, min=1, help="--distill-targets replay: augmented views per training image (default 8)."),
     distill_cache: Optional[Path] = typer.Option(
-        None, dir_okay=False, help="--distill-targets replay: keep the views and their targets in this file; "
+        None, parser=path_value, metavar="PATH", help="--distill-targets replay: keep the views and their targets in this file; "
         "a later run with the same teachers, data, augmentation, views, seed, temperature and TTA loads it."),
     qat: bool = typer.Option(False, "--qat", help="Quantization-aware fine-tuning: train with INT8 rounding "
                              "simulated; the checkpoint stays FP32 (usually with --init)."),

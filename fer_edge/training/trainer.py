@@ -539,7 +539,7 @@ class Trainer:
             torch.set_num_threads(cfg.num_threads)
         check_writable_dir(self.out, "--out", TrainingError)
         if cfg.distill_cache:  # before minutes of labelling, not after
-            check_output_file(cfg.distill_cache, "--distill-cache", TrainingError)
+            check_output_file(cfg.distill_cache, "--distill-cache", TrainingError, example="replay.pt")
         last_path = self.out / "last.pt"
         state = None
         if resume:
@@ -721,7 +721,11 @@ class Trainer:
             self.log(f"resuming {self.out} at epoch {start_epoch + 1}/{cfg.epochs}")
         else:
             self._created_out = not self.out.exists()
-            self.out.mkdir(parents=True, exist_ok=True)
+            try:
+                self.out.mkdir(parents=True, exist_ok=True)
+            except OSError as e:  # a folder the checks let by that the system will not create (under /proc)
+                raise TrainingError(f"--out {self.out}: cannot create the folder ({e.strerror or e}); "
+                                    "choose another --out") from None
 
         self.log(
             f"[bold]{cfg.model}[/] ({n_params:,} params) on {device}, "
