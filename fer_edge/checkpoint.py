@@ -122,8 +122,9 @@ def state_dict_mismatch(own: dict, other: dict) -> str:
             f"e.g. {(missing + unexpected + shapes)[0]!r}")
 
 
-def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
-    """Write a checkpoint dict atomically (temp file, then rename)."""
+def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any], overwrite: bool = True) -> Path:
+    """Write a checkpoint dict atomically (temp file, then rename); ``overwrite=False``: ``FileExistsError``
+    if ``path`` exists by the time it is written."""
     import torch
 
     from fer_edge import __version__
@@ -137,7 +138,7 @@ def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
     path = Path(path)
     # the temporary file keeps a suffix even when ``path`` has none: torch's zip writer refuses a name with
     # nothing before its last dot (".tmp-run-x1y2")
-    with atomic_path(path, suffix=path.suffix or ".pt") as tmp:
+    with atomic_path(path, suffix=path.suffix or ".pt", overwrite=overwrite) as tmp:
         torch.save(payload, tmp)
     return path
 

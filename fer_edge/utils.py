@@ -15,7 +15,7 @@ from typing import Iterator
 
 
 @contextlib.contextmanager
-def atomic_path(dest: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
+def atomic_path(dest: str | os.PathLike, suffix: str | None = None, overwrite: bool = True) -> Iterator[Path]:
     """Yield a temporary path beside ``dest``; rename it onto ``dest`` only if the block succeeds.
 
     Works for files and directories (e.g. ``.mlpackage``): a folder at ``dest`` is replaced only by a folder
@@ -23,6 +23,10 @@ def atomic_path(dest: str | os.PathLike, suffix: str | None = None) -> Iterator[
     an output path that names a user's folder cannot delete it. The temporary name keeps the destination's
     suffix (some writers insist on it), so an interrupted write leaves ``.tmp-*`` debris, never a half-written
     file under the real name.
+
+    ``overwrite=False`` (files only): the rename fails with ``FileExistsError`` if ``dest`` exists by then, even
+    one created by another process while the block ran (a hard link, which never replaces, in place of the
+    rename; where the file system has no hard links, a check just before the rename).
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -37,12 +41,28 @@ def atomic_path(dest: str | os.PathLike, suffix: str | None = None) -> Iterator[
             if not tmp_path.is_dir():
                 raise IsADirectoryError(errno.EISDIR, "is a folder: a file is not written over it", str(dest))
             shutil.rmtree(dest)
-        os.replace(tmp_path, dest)
+        if overwrite:
+            os.replace(tmp_path, dest)
+        else:
+            _link_no_replace(tmp_path, dest)
     finally:
         if tmp_path.is_dir():
             shutil.rmtree(tmp_path, ignore_errors=True)
         elif tmp_path.exists():
             tmp_path.unlink()
+
+
+def _link_no_replace(src: Path, dest: Path) -> None:
+    try:
+        os.link(src, dest)  # raises FileExistsError rather than replace dest; src is removed by the caller
+    except FileExistsError:
+        raise
+    except OSError as e:
+        if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV):
+            raise
+        if dest.exists() or dest.is_symlink():
+            raise FileExistsError(errno.EEXIST, "exists", str(dest)) from None
+        os.replace(src, dest)
 
 
 def _nearest_existing(p: Path, candidates) -> Path | None:

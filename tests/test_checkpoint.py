@@ -205,6 +205,31 @@ def test_an_atomic_write_never_replaces_a_folder_with_a_file(tmp_path):
     assert sorted(p.name for p in pkg.iterdir()) == ["new"]
 
 
+@pytest.mark.parametrize("links", [True, False], ids=["hard-link", "no-hard-links"])
+def test_an_atomic_write_without_overwrite_never_replaces_a_file_made_meanwhile(tmp_path, monkeypatch, links):
+    """``os.replace`` replaced a file another process created at the destination while the output was written."""
+    import errno
+    import os
+
+    from fer_edge.utils import atomic_path
+
+    if not links:  # a file system without hard links: the check-then-rename path
+        def no_link(src, dst):
+            raise OSError(errno.EPERM, "Operation not permitted")
+        monkeypatch.setattr(os, "link", no_link)
+    dest = tmp_path / "out.pt"
+    with pytest.raises(FileExistsError):
+        with atomic_path(dest, overwrite=False) as tmp:
+            tmp.write_text("ours")
+            dest.write_text("theirs")  # another process, meanwhile
+    assert dest.read_text() == "theirs"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.pt"]  # no debris
+    dest.unlink()
+    with atomic_path(dest, overwrite=False) as tmp:
+        tmp.write_text("ours")
+    assert dest.read_text() == "ours" and sorted(p.name for p in tmp_path.iterdir()) == ["out.pt"]
+
+
 @pytest.mark.parametrize("change, message", [
     ({"normalization": {"mean": 0.5, "std": 0.0}}, r"normalization needs a finite mean and a positive std"),
     ({"normalization": {"mean": float("nan"), "std": 0.2}}, r"normalization needs a finite mean"),

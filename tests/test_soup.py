@@ -294,6 +294,25 @@ def test_a_soup_with_non_finite_outputs_is_never_written(ingredients, synthetic_
     assert not out.exists()
 
 
+def test_a_file_made_at_out_while_the_soup_cooks_is_never_replaced(ingredients, synthetic_csv, tmp_path,
+                                                                   monkeypatch):
+    import fer_edge.training.soup as soup_mod
+
+    out = tmp_path / "s.pt"
+    real = soup_mod.average_state_dicts
+
+    def meanwhile(states):  # --out was checked before the work; something else writes it during the work
+        out.write_text("someone else's")
+        return real(states)
+
+    monkeypatch.setattr(soup_mod, "average_state_dicts", meanwhile)
+    with pytest.raises(TrainingError, match=r"s\.pt appeared while the soup was made; it was left as it is and no "
+                                            r"soup was written: choose another --out"):
+        make_soup(ingredients, out, synthetic_csv, progress=False)
+    assert out.read_text() == "someone else's"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.pt"]
+
+
 def test_greedy_leaves_out_a_candidate_whose_soup_is_not_finite(ingredients, synthetic_csv, tmp_path, monkeypatch):
     # three copies of one ingredient: equal accuracy (kept in the order given), a soup of copies is the same model
     copies = []

@@ -252,7 +252,7 @@ def make_soup(checkpoints: list[str | Path], out: str | Path, data: str | Path, 
     names = [str(cks[i].path) for i in chosen]
     bn_statistics = ("none: the model has no BatchNorm layers" if not has_bn
                      else {"recomputed_on": train.split, "n": len(train.labels)} if train is not None else "averaged")
-    save_checkpoint(out, {
+    payload = {
         "model": first.model_name, "model_kwargs": model_kwargs, "state_dict": model.state_dict(),
         "labels": first.labels, "normalization": first.normalization.to_dict(),
         "train_config": first.train_config,
@@ -260,5 +260,10 @@ def make_soup(checkpoints: list[str | Path], out: str | Path, data: str | Path, 
         "data": {"bn_statistics": bn_statistics, "val": {"split": val.split}},
         "epoch": max(cks[i].epoch for i in chosen),
         "soup": {"ingredients": names, "greedy": greedy, "bn": bn, "ingredient_val_accuracy": own, "tried": tried},
-    })
+    }
+    try:
+        save_checkpoint(out, payload, overwrite=False)
+    except FileExistsError:  # made by something else while the soup was cooking: it is not ours to replace
+        raise TrainingError(f"{out} appeared while the soup was made; it was left as it is and no soup was "
+                            "written: choose another --out") from None
     return SoupResult(out, names, val.split, m["accuracy"], m["macro_f1"], own, tried, bn_statistics, notes)
