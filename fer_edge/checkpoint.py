@@ -202,6 +202,12 @@ def load_checkpoint(path: str | os.PathLike, map_location: str = "cpu") -> Check
         raise CheckpointError(f"{path} is an exported {artifact.name} artifact, not a checkpoint (.pt): "
                               "`fer-edge bench` and `fer-edge predict` run artifacts; this needs a checkpoint "
                               "or a shipped model name")
+    if path.is_dir():  # a run folder: point at the checkpoints in it
+        held = sorted(p.name for p in path.iterdir() if p.suffix in (".pt", ".pth") and p.is_file())
+        held.sort(key=lambda n: (n != "best.pt", n))
+        hint = (f"give a checkpoint file in it, e.g. {path / held[0]}" if held
+                else "it holds no .pt checkpoint; give a checkpoint file or a shipped model name")
+        raise CheckpointError(f"{path} is a folder, not a checkpoint: {hint}")
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
     try:

@@ -60,6 +60,19 @@ def test_command_line_splits_and_joins(tmp_path, capsys):
     assert "missing" in capsys.readouterr().err
 
 
+def test_a_folder_given_as_a_checkpoint_points_at_the_checkpoints_in_it(tmp_path):
+    """A run folder said "checkpoint not found", as if the path did not exist."""
+    run = tmp_path / "run"
+    run.mkdir()
+    with pytest.raises(CheckpointError, match=r"run is a folder, not a checkpoint: it holds no \.pt checkpoint"):
+        load_checkpoint(run)
+    for name in ("last.pt", "best.pt"):
+        _checkpoint(run / name)
+    with pytest.raises(CheckpointError, match=r"run is a folder, not a checkpoint: give a checkpoint file in it, "
+                                              r"e\.g\. .*run/best\.pt"):
+        load_checkpoint(run)
+
+
 def test_an_artifact_or_a_foreign_file_is_named_for_what_it_is(tmp_path):
     onnx_file = tmp_path / "fer_nano_int8.onnx"
     onnx_file.write_bytes(b"\x08\x07")

@@ -217,12 +217,24 @@ def test_default_folder_splits_follow_aliases_and_case(tmp_path, own_cache, smal
     assert load_split(root, default_val_split(root)).split == val
 
 
+def test_a_default_split_folder_without_class_folders_names_what_it_holds(tmp_path, own_cache, small_arrays):
+    """``val/`` holding only ``val/joyful/`` said just "available: train", leaving the user to guess why."""
+    root = write_folder(tmp_path / "d", {"train": small_arrays["Training"], "val": small_arrays["PublicTest"]})
+    (root / "val").rename(root / "held")
+    (root / "val" / "joyful").mkdir(parents=True)
+    with pytest.raises(DataError) as err:
+        default_val_split(root)
+    msg = str(err.value)
+    assert "available: held, train" in msg or "available: train, held" in msg, msg
+    assert f"{root / 'val'} holds no image in a class folder (its sub-folders: joyful; class folders are named angry, " in msg
+
+
 def test_no_default_training_split_names_the_option(tmp_path, own_cache, small_arrays):
     root = write_folder(tmp_path / "d", {"fold1": small_arrays["Training"], "val": small_arrays["PublicTest"]})
     with pytest.raises(DataError) as err:
         default_train_split(root)
     msg = str(err.value)
-    assert f"{root} has no 'train' split to train on" in msg
+    assert f"{root} has no 'train' split (the default split to train and to calibrate on)" in msg
     assert "Training" in msg and "any case" in msg and "available: val, fold1" in msg
     assert "--split" in msg
     assert default_val_split(root) == "val"

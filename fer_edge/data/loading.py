@@ -431,6 +431,22 @@ def _looked_for(src: _Source, role: str) -> str:
     return f"looked for {', '.join(names)}, in any case"
 
 
+def _unusable_default_folders(src: _Source, role: str, available: list[str]) -> str:
+    """``; <root>/val holds no image in a class folder (it holds: joyful)`` for each folder that has a default
+    split's name but no images where a split keeps them, so a misnamed class folder is named."""
+    if src.kind != "folder":
+        return ""
+    wanted = {n.lower() for n in DEFAULT_SPLITS["folder"][role]}
+    out = ""
+    for d in _folder.split_dirs(src.path):
+        if d.lower() in wanted and d not in available:
+            inside = _folder.split_dirs(src.path / d)
+            held = f"its sub-folders: {', '.join(inside)}" if inside else "it has no sub-folders"
+            out += (f"; {src.path / d} holds no image in a class folder ({held}; class folders are named "
+                    f"{', '.join(LABELS)})")
+    return out
+
+
 def _default_or_error(data: str | Path, role: str, missing: str, options: str) -> str:
     """The default ``role`` split of ``data`` (:func:`_default_split`), or a DataError: ``<path> has no
     <missing> (looked for ...); available: ...; name one (<options>)``."""
@@ -439,6 +455,7 @@ def _default_or_error(data: str | Path, role: str, missing: str, options: str) -
     name = _default_split(src, role, available)
     if name is None:
         hint = _folder_hint(src.path, _folder.split_dirs(src.path)) if src.kind == "folder" else ""
+        hint += _unusable_default_folders(src, role, available)
         raise DataError(f"{src.path} has no {missing} ({_looked_for(src, role)}); available: "
                         f"{', '.join(available) or 'none'}; name one ({options}){hint}")
     return name
@@ -451,7 +468,7 @@ def default_train_split(data: str | Path) -> str:
     (``Train`` for a folder ``Train/``). A :class:`DataError` when there is none.
     """
     primary = DEFAULT_SPLITS[_source(data).kind]["train"][0]
-    return _default_or_error(data, "train", f"{primary!r} split to train on",
+    return _default_or_error(data, "train", f"{primary!r} split (the default split to train and to calibrate on)",
                              "fer-edge train --split, export --calib-split")
 
 
