@@ -49,6 +49,11 @@ def bench_run(tmp_path_factory, artifact_dir, synthetic_csv):
     return result, out, report
 
 
+def _not_sample(warnings: list[str]) -> list[str]:
+    """The warnings other than the one every bench of the synthetic data gets (84 images: a coarse parity gate)."""
+    return [w for w in warnings if not w.startswith("the parity gate runs on ")]
+
+
 def _bench(artifacts, synthetic_csv, **kw):
     from fer_edge.benchmarks.bench import run_bench
 
@@ -651,11 +656,11 @@ def test_files_without_a_manifest_are_benched_with_a_warning(tmp_path, artifact_
     assert "warning: 2 artifact file(s) have no manifest.json" in out and "neither verified (SHA-256)" in out
     assert "fer_nano_fp32.onnx" in out and "fer_nano_fp32.xml" in out
     report = json.loads((tmp_path / "out" / "report.json").read_text())
-    assert {r["status"] for r in report["rows"]} == {"ok"} and len(report["warnings"]) == 1
+    assert {r["status"] for r in report["rows"]} == {"ok"} and len(_not_sample(report["warnings"])) == 1
     assert "Warning: 2 artifact file(s)" in (tmp_path / "out" / "report.md").read_text()
     # files a manifest lists get no such warning
     report = _bench([artifact_dir / "fer_nano_fp32.onnx"], synthetic_csv, runtimes=["onnxruntime"], batches=(1,))
-    assert report.warnings == []
+    assert _not_sample(report.warnings) == []
     # ...unless the manifest says its export did not finish
     unfinished = tmp_path / "unfinished"
     shutil.copytree(artifact_dir, unfinished)
@@ -667,7 +672,7 @@ def test_files_without_a_manifest_are_benched_with_a_warning(tmp_path, artifact_
         next(r for r in m["earlier_runs"] if r["run_id"] == run)["complete"] = False
     (unfinished / "manifest.json").write_text(json.dumps(m))
     report = _bench([unfinished / "fer_nano_fp32.onnx"], synthetic_csv, runtimes=["onnxruntime"], batches=(1,))
-    assert len(report.warnings) == 1 and "did not finish" in report.warnings[0], report.warnings
+    assert len(_not_sample(report.warnings)) == 1 and "did not finish" in _not_sample(report.warnings)[0]
 
 
 def test_out_that_is_a_file_is_refused_before_any_work(monkeypatch, tmp_path, tiny_checkpoint, synthetic_csv):
@@ -946,3 +951,232 @@ def test_sigterm_stops_a_bench_as_ctrl_c_does(monkeypatch, tiny_checkpoint, synt
         assert signal.getsignal(signal.SIGTERM) is raise_killed  # put back afterwards
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+# --- QA fixes ------------------------------------------------------------------------------
+def test_compute_limit_uses_the_rows_own_models_macs(tmp_path, artifact_dir, tiny_checkpoint, synthetic_csv):
+    """--reference of another architecture: the fastest row's MACs are its own model's, never the reference's."""
+    from fer_edge.checkpoint import load_checkpoint
+    from fer_edge.models import count_macs
+    from fer_edge.weights import resolve_checkpoint
+
+    nano_macs = count_macs(load_checkpoint(tiny_checkpoint).build_model())
+    small_macs = count_macs(load_checkpoint(resolve_checkpoint("small")).build_model())
+    assert nano_macs != small_macs
+    report = _bench([artifact_dir / "fer_nano_fp32.onnx"], synthetic_csv, reference="small",
+                    runtimes=["onnxruntime"], batches=(1,), parity_gate=False)
+    assert report.reference["macs_per_image"] == small_macs
+    if report.compute_limit is None:
+        pytest.skip("no compute-limit estimate on this CPU (unknown clock or SIMD level)")
+    assert report.compute_limit["macs_per_image"] == nano_macs, report.compute_limit
+    # a row whose checkpoint cannot be found (a copy without its manifest, of no shipped model): no estimate
+    loose = tmp_path / "loose"
+    loose.mkdir()
+    shutil.copy(artifact_dir / "fer_nano_fp32.onnx", loose / "fer_nano_fp32.onnx")
+    report = _bench([loose / "fer_nano_fp32.onnx"], synthetic_csv, reference="small", runtimes=["onnxruntime"],
+                    batches=(1,), parity_gate=False)
+    assert report.compute_limit is None
+    assert any(n.startswith("compute limit: not estimated") and "MACs of that checkpoint are unknown" in n
+               for n in report.notes), report.notes
+
+
+def test_a_folder_with_a_manifest_benches_unlisted_files_with_a_warning(tmp_path, artifact_dir, synthetic_csv):
+    from fer_edge.benchmarks.artifacts import collect_artifacts
+
+    folder = tmp_path / "extra"
+    shutil.copytree(artifact_dir, folder)
+    shutil.copy(artifact_dir / "fer_nano_fp32.onnx", folder / "copy_fp32.onnx")  # listed by no manifest
+    arts = collect_artifacts([folder])
+    extra = [a for a in arts if a.path.name == "copy_fp32.onnx"]
+    assert len(extra) == 1 and extra[0].manifest is None
+    assert all(a.manifest is not None for a in arts if a is not extra[0])  # the listed ones are still verified
+    assert not any(a.path.suffix == ".bin" for a in arts)  # OpenVINO's .bin belongs to its listed .xml
+    report = _bench([folder], synthetic_csv, runtimes=["onnxruntime"], batches=(1,))
+    assert {r["artifact"] for r in report.rows} >= {str(folder / "copy_fp32.onnx")}
+    assert any(w.startswith("1 artifact file(s) have no manifest.json listing them") and "copy_fp32.onnx" in w
+               for w in report.warnings), report.warnings
+
+
+def test_a_file_beside_an_unreadable_manifest_is_refused(tmp_path, artifact_dir, synthetic_csv):
+    from fer_edge.benchmarks.artifacts import collect_artifacts
+    from fer_edge.errors import ArtifactError
+
+    folder = tmp_path / "cman"
+    folder.mkdir()
+    shutil.copy(artifact_dir / "fer_nano_fp32.onnx", folder / "fer_nano_fp32.onnx")
+    (folder / "manifest.json").write_text('{"broken')
+    for spec in (folder, folder / "fer_nano_fp32.onnx"):  # the folder and the file alone: the same error
+        with pytest.raises(ArtifactError, match="not a readable manifest"):
+            collect_artifacts([spec])
+    result = invoke(["bench", folder / "fer_nano_fp32.onnx", "--data", synthetic_csv, *FAST,
+                     "--out", tmp_path / "out"])
+    assert result.exit_code == 1 and "not a readable manifest" in result.output, result.output
+    assert "Traceback" not in result.output and not (tmp_path / "out").exists()
+
+
+def test_accuracy_pass_never_pads_beyond_its_images():
+    from fer_edge.benchmarks.bench import run_in_chunks
+
+    shapes = []
+
+    def run(x):
+        shapes.append(x.shape[0])
+        return np.zeros((len(x), 7), np.float32)
+
+    x = np.zeros((8, 1, 48, 48), np.float32)
+    assert run_in_chunks(run, x, 100_000).shape == (8, 7) and shapes == [8]
+    shapes.clear()
+    assert run_in_chunks(run, x, 3).shape == (8, 7) and shapes == [3, 3, 3]  # one shape: the last chunk padded
+
+
+def test_a_batch_that_cannot_fit_in_memory_is_refused_before_any_work(monkeypatch, tmp_path, tiny_checkpoint,
+                                                                      synthetic_csv):
+    from fer_edge.benchmarks import bench
+
+    monkeypatch.setattr(bench, "available_memory_bytes", lambda: 64 * 2**20)  # 64 MiB available
+    monkeypatch.setattr(bench, "load_inputs", lambda *a, **k: pytest.fail("data loaded before the check"))
+    result = CliRunner().invoke(app, ["bench", str(tiny_checkpoint), "--data", str(synthetic_csv), *FAST,
+                                      "--batch", "1,100000", "--out", str(tmp_path / "out")], env={"COLUMNS": "250"})
+    out = " ".join(result.output.split())
+    assert result.exit_code == 1, result.output
+    assert "--batch 100000 cannot fit in memory" in out and "64 MiB is available" in out, out
+    assert "KiB per image" in out and "Traceback" not in out
+    # a batch that fits runs
+    monkeypatch.undo()
+    from fer_edge.checkpoint import load_checkpoint
+
+    per_image = bench.bytes_per_image(load_checkpoint(tiny_checkpoint).build_model())
+    assert per_image > 48 * 48 * 4
+    bench.check_batch_memory(4, per_image, "fer_nano", available=per_image * 4)
+    with pytest.raises(bench.FerEdgeError, match="--batch 5 cannot fit"):
+        bench.check_batch_memory(5, per_image, "fer_nano", available=per_image * 4)
+
+
+def test_a_parity_gate_on_fewer_images_than_the_export_gate_says_so(perturbed_onnx, tiny_checkpoint,
+                                                                    synthetic_csv, tmp_path):
+    from fer_edge.exporters.calibration import MIN_VAL_SIZE
+
+    result = CliRunner().invoke(app, [str(a) for a in [
+        "bench", perturbed_onnx, "--reference", tiny_checkpoint, "--data", synthetic_csv, "--split", "PublicTest",
+        "--runtimes", "onnxruntime", *FAST, "--batch", "1", "--n-images", "40", "--out", tmp_path / "o"]],
+        env={"COLUMNS": "250"})
+    out = " ".join(result.output.split())
+    assert result.exit_code == 1, result.output  # never passed silently
+    warning = (f"warning: the parity gate runs on 40 images, fewer than the {MIN_VAL_SIZE} the export gate "
+               f"requires")
+    assert warning in out, out
+    assert out.index(warning) < out.index("fer-edge bench:")  # before the work, not after the table
+    assert "note: the parity gate runs on 40 images" in out.split("failed the parity gate")[1]
+    assert f"--n-images {MIN_VAL_SIZE} or more" in out and "--no-parity-gate" in out
+    # without the gate, nothing to warn about
+    report = _bench([perturbed_onnx], synthetic_csv, reference=tiny_checkpoint, runtimes=["onnxruntime"],
+                    batches=(1,), parity_gate=False)
+    assert not any("parity gate runs on" in w for w in report.warnings)
+
+
+def test_more_threads_than_usable_cores_is_warned_about(monkeypatch, tiny_checkpoint, synthetic_csv):
+    import fer_edge.benchmarks.environment as environment
+
+    monkeypatch.setattr(environment, "usable_cores", lambda: 1)
+    seen = []
+    report = _bench([tiny_checkpoint], synthetic_csv, threads=2, batches=(1,), on_warning=seen.append)
+    w = [x for x in report.warnings if x.startswith("--threads 2 is more than the 1 CPU core(s)")]
+    assert len(w) == 1 and w[0] in seen, report.warnings
+    assert report.rows and all(r["status"] == "ok" for r in report.rows)  # a warning, not a refusal
+    report = _bench([tiny_checkpoint], synthetic_csv, threads=1, batches=(1,))
+    assert not any(x.startswith("--threads") for x in report.warnings)
+
+
+def test_merge_warns_about_different_settings_and_shows_them(bench_run, tmp_path):
+    _, _, report = bench_run
+    a = json.loads(json.dumps(report))
+    b = json.loads(json.dumps(report))
+    b["environment"]["hostname"] = "other-host"
+    b["settings"].update(threads=4, batches=[1, 32])
+    b["fer_edge_version"] = "0.0.1-other"
+    (tmp_path / "a.json").write_text(json.dumps(a))
+    (tmp_path / "b.json").write_text(json.dumps(b))
+    result = CliRunner().invoke(app, ["report", "merge", str(tmp_path / "a.json"), str(tmp_path / "b.json"),
+                                      "--out", str(tmp_path / "m")], env={"COLUMNS": "250"})
+    assert result.exit_code == 0, result.output
+    out = " ".join(result.output.split())
+    assert "warning: the reports were taken with different settings" in out, out
+    assert "threads: M1 1, M2 4" in out and "batches: M1 1,4, M2 1,32" in out
+    assert f"fer-edge version: M1 {report['fer_edge_version']}, M2 0.0.1-other" in out
+    assert "warmup" not in out.split("different settings")[1].split(")")[0]  # only what differs
+    md = (tmp_path / "m" / "merged.md").read_text()
+    m1 = next(line for line in md.splitlines() if line.startswith("- M1 = "))
+    m2 = next(line for line in md.splitlines() if line.startswith("- M2 = "))
+    assert f"fer-edge {report['fer_edge_version']}; threads 1, batches 1,4, 3 iters per row in 2 rounds" in m1, m1
+    assert "fer-edge 0.0.1-other; threads 4, batches 1,32" in m2, m2
+    assert "Warning: the reports were taken with different settings" in md
+    assert len(json.loads((tmp_path / "m" / "merged.json").read_text())["warnings"]) == 1
+    # the same settings: no such warning
+    result = invoke(["report", "merge", tmp_path / "a.json", tmp_path / "a.json", "--out", tmp_path / "same"])
+    assert "different settings" not in result.output
+
+
+def test_a_shipped_model_name_is_an_artifact(monkeypatch, tmp_path, synthetic_csv):
+    from fer_edge.benchmarks.artifacts import collect_artifacts
+    from fer_edge.errors import ArtifactError
+    from fer_edge.weights import resolve_checkpoint
+
+    monkeypatch.chdir(tmp_path)
+    shipped = Path(resolve_checkpoint("nano"))
+    [art] = collect_artifacts(["nano"])
+    assert art.path == shipped and art.is_checkpoint and not art.notes
+    result = CliRunner().invoke(app, ["bench", "nano", "--data", str(synthetic_csv), *FAST, "--batch", "1",
+                                      "--out", str(tmp_path / "out")], env={"COLUMNS": "250"})
+    assert result.exit_code == 0, result.output
+    rows = json.loads((tmp_path / "out" / "report.json").read_text())["rows"]
+    assert rows and {r["artifact"] for r in rows} == {str(shipped)} and all(r["reference"] for r in rows)
+    # a path of that name in the current folder wins, with a note
+    (tmp_path / "nano").mkdir()
+    with pytest.raises(ArtifactError, match="no manifest.json and no exported artifact"):
+        collect_artifacts(["nano"])
+    # unknown names and suffixes: the errors list what is accepted, .pt included
+    with pytest.raises(ArtifactError, match=r"nor a shipped model name \(.*nano"):
+        collect_artifacts(["no_such_model"])
+    (tmp_path / "model.xyz").write_text("?")
+    with pytest.raises(ArtifactError, match=r"expected one of the suffixes .*\.ts, \.pt"):
+        collect_artifacts(["model.xyz"])
+
+
+def test_a_shipped_name_that_is_also_a_path_here_benches_the_path(monkeypatch, tmp_path, artifact_dir):
+    from fer_edge.benchmarks.artifacts import collect_artifacts
+
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(artifact_dir, tmp_path / "nano")
+    arts = collect_artifacts(["nano"])
+    assert all(a.path.parent == Path("nano") for a in arts) and len(arts) > 1
+    assert any("benchmarked the folder ./nano, not the shipped model nano" in n for n in arts[0].notes)
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-1", "0"])
+def test_seconds_must_be_a_finite_positive_number(value, tmp_path, synthetic_csv):
+    result = CliRunner().invoke(app, ["bench", "--data", str(synthetic_csv), "--seconds", value,
+                                      "--out", str(tmp_path / "out")], env={"COLUMNS": "250"})
+    assert result.exit_code == 2, result.output
+    assert "--seconds must be a finite number > 0" in " ".join(result.output.split()), result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_merged_plot_legend_lists_machines_in_m_order(monkeypatch, tmp_path):
+    import matplotlib.axes
+
+    from fer_edge.benchmarks.report import legend_order, plot_latency_vs_accuracy
+
+    names = {"vm (Xeon)": "M1", "pi5 (Cortex-A76)": "M2"}
+    assert legend_order({"pi5 (Cortex-A76)", "vm (Xeon)"}, names) == ["vm (Xeon)", "pi5 (Cortex-A76)"]
+    assert legend_order({"onnxruntime", "openvino", "pytorch"}) == ["onnxruntime", "openvino", "pytorch"]
+    rows = [{**_plot_row("onnx", "fp32", "onnxruntime", 1.0, 0.5), "machine": m} for m in names]
+    seen = []
+    real_legend = matplotlib.axes.Axes.legend
+
+    def legend(self, *args, **kw):
+        seen.extend(h.get_label() for h in kw.get("handles") or [])
+        return real_legend(self, *args, **kw)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "legend", legend)
+    plot_latency_vs_accuracy(rows, tmp_path / "p.png", "t", color_key="machine", machine_names=names)
+    assert seen[:2] == ["M1: vm (Xeon)", "M2: pi5 (Cortex-A76)"], seen

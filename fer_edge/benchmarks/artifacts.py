@@ -24,6 +24,8 @@ MANIFEST_NAME = "manifest.json"
 CHECKPOINT_TARGET = "checkpoint"
 CHECKPOINT_RUNTIME = "pytorch"
 CHECKPOINT_SUFFIXES = (".pt", ".pth")
+#: What ``fer-edge bench`` accepts as an artifact file, for error messages.
+ARTIFACT_SUFFIXES = ", ".join([*(t.suffix for t in TARGETS.values()), *CHECKPOINT_SUFFIXES])
 
 
 @dataclass
@@ -102,10 +104,9 @@ def artifact_from_file(path: str | Path) -> Artifact:
         raise ArtifactError(f"{p}: artifact not found")
     if p.suffix in CHECKPOINT_SUFFIXES:
         return Artifact(p, CHECKPOINT_TARGET, Precision.fp32.value, CHECKPOINT_RUNTIME, size_bytes=path_size(p))
-    try:
-        target = target_for_path(p)
-    except FerEdgeError as e:
-        raise ArtifactError(str(e)) from None
+    target = find_target(p)
+    if target is None:
+        raise ArtifactError(f"cannot tell the target of {p}: expected one of the suffixes {ARTIFACT_SUFFIXES}")
     art = Artifact(p, target.name, _precision_from_name(p, target), target.runtime, size_bytes=path_size(p))
     embedded = str(_embedded_metadata(art).get("precision") or "")
     if embedded in {x.value for x in Precision}:
@@ -230,23 +231,41 @@ def _manifest_for(path: Path) -> Path | None:
 
 
 def collect_artifacts(specs: list[str | Path]) -> list[Artifact]:
-    """Artifact dirs (their manifest, or every file with a known suffix), manifests and files.
+    """Artifact dirs (their manifest, plus any artifact file it does not list; or every file with a known
+    suffix), manifests, files, and shipped model names (``nano``: its checkpoint, as ``--reference`` resolves it,
+    unless a file or folder of that name exists here: the path wins, with a note on the first artifact).
 
-    A single file that a manifest beside it lists is verified against that manifest.
-    Duplicates are dropped, order is kept.
+    A single file that a manifest beside it lists is verified against that manifest; an unreadable manifest
+    beside it is an :class:`ArtifactError`, as it is for its folder. Files no manifest lists have ``manifest``
+    None (the bench warns that they are unverified). Duplicates are dropped, order is kept.
     """
     out: list[Artifact] = []
+    notes: list[str] = []
     for spec in specs:
         p = Path(spec)
+        shipped = _shipped_name(spec)
+        if shipped is not None:
+            if p.exists():  # a path in the current folder wins over the shipped model of that name
+                notes.append(f"{spec}: benchmarked the {'folder' if p.is_dir() else 'file'} ./{spec}, not the "
+                             f"shipped model {spec} ({shipped}; pass that path to bench it)")
+            else:
+                out.append(artifact_from_file(shipped))
+                continue
         if not p.exists():
-            raise ArtifactError(f"{p}: no such artifact, directory or manifest")
+            raise ArtifactError(f"{p}: no such artifact, directory or manifest"
+                                + (f", nor a shipped model name ({', '.join(_shipped_names())})"
+                                   if _shipped_names() else ""))
         if p.is_dir() and find_target(p) is None:
+            found = sorted(q for q in p.iterdir() if not q.name.startswith(".")
+                           and not q.name.endswith("_logits.mlpackage")  # Core ML's companion
+                           and find_target(q) is not None)
             if (p / MANIFEST_NAME).is_file():
                 out += read_manifest(p / MANIFEST_NAME)
+                # artifact files the manifest does not list (copied in, or left by an interrupted later export):
+                # benchmarked too, as files no manifest lists (unverified: the bench warns about them)
+                listed = _manifest_files(p / MANIFEST_NAME)
+                out += [artifact_from_file(q) for q in found if q.name not in listed]
             else:
-                found = sorted(q for q in p.iterdir() if not q.name.startswith(".")
-                               and not q.name.endswith("_logits.mlpackage")  # Core ML's companion
-                               and find_target(q) is not None)
                 if not found:
                     raise ArtifactError(f"{p}: no manifest.json and no exported artifact "
                                         f"({', '.join(t.suffix for t in TARGETS.values())})")
@@ -257,12 +276,13 @@ def collect_artifacts(specs: list[str | Path]) -> list[Artifact]:
             manifest = _manifest_for(p)
             listed = None
             if manifest is not None and p.suffix not in CHECKPOINT_SUFFIXES:
-                try:
-                    data = json.loads(manifest.read_text())
-                    entries = [e for e in data.get("artifacts") or [] if isinstance(e, dict)]
-                    files = {str(e.get("file")) for e in entries}
-                except (OSError, ValueError, AttributeError):
-                    entries, files = [], set()
+                from fer_edge.exporters.manifest import load_manifest
+
+                # an unreadable manifest beside the file is refused as it is when benching the folder: the file
+                # may be one it was meant to verify
+                data = load_manifest(manifest)
+                entries = [e for e in data.get("artifacts") or [] if isinstance(e, dict)]
+                files = {str(e.get("file")) for e in entries}
                 if p.name in files:
                     main = _companion_of(p, entries)
                     if main is not None:
@@ -277,7 +297,43 @@ def collect_artifacts(specs: list[str | Path]) -> list[Artifact]:
         if a.key not in seen:
             seen.add(a.key)
             unique.append(a)
+    if notes and unique:
+        unique[0].notes[:0] = notes  # reference_groups passes every artifact's notes on to the report
     return unique
+
+
+def _shipped_names() -> list[str]:
+    try:
+        from fer_edge.weights import PRETRAINED
+
+        return list(PRETRAINED)
+    except Exception:  # no weights table here: then no name is a shipped model
+        return []
+
+
+def _shipped_name(spec) -> Path | None:
+    """The checkpoint of the shipped model ``spec`` names (``nano``), as ``--reference`` resolves it; None when
+    ``spec`` is no shipped model's name."""
+    if str(spec) not in _shipped_names():
+        return None
+    from fer_edge.weights import resolve_checkpoint
+
+    try:
+        return Path(resolve_checkpoint(str(spec)))
+    except FerEdgeError as e:
+        raise ArtifactError(f"{spec}: {e}") from None
+
+
+def _manifest_files(manifest: Path) -> set[str]:
+    """Every file name a manifest records (its entries' ``file`` and each entry's ``files``)."""
+    from fer_edge.exporters.manifest import load_manifest
+
+    names: set[str] = set()
+    for e in load_manifest(manifest).get("artifacts") or []:
+        if isinstance(e, dict):
+            names.add(str(e.get("file")))
+            names.update(str(r.get("file")) for r in e.get("files") or [] if isinstance(r, dict))
+    return names
 
 
 # --- the reference checkpoint -------------------------------------------------------

@@ -201,7 +201,11 @@ def load_inputs(data: str | Path, split: str | None, n_images: int | None, seed:
 
 
 def run_in_chunks(run: Callable[[np.ndarray], np.ndarray], x: np.ndarray, batch: int) -> np.ndarray:
-    """Logits of all of ``x`` in fixed-size chunks (the last one padded), for static-shape artifacts too."""
+    """Logits of all of ``x`` in chunks of ``batch`` images, never more than ``len(x)``: every chunk has one
+    size (the last one padded by repeating its last image), so runtimes that compile per input shape (OpenVINO)
+    see a single shape. The chunk size is at most ``len(x)``, so a huge ``--batch`` allocates no more than the
+    images there are; fer-edge's exports all have a dynamic batch dimension, so no artifact needs a larger one."""
+    batch = max(1, min(int(batch), len(x)))
     outs = []
     for i in range(0, len(x), batch):
         chunk = x[i:i + batch]
@@ -211,6 +215,75 @@ def run_in_chunks(run: Callable[[np.ndarray], np.ndarray], x: np.ndarray, batch:
         out = np.asarray(run(np.ascontiguousarray(chunk)), dtype=np.float32)
         outs.append(out.reshape(out.shape[0], -1)[:n])
     return np.concatenate(outs)
+
+
+# --- memory -----------------------------------------------------------------------------
+def available_memory_bytes() -> int | None:
+    """Memory the system can give this process now (Linux ``MemAvailable``: free plus reclaimable cache), in
+    bytes; None when the OS does not say."""
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except Exception:
+        pass
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def bytes_per_image(model) -> int:
+    """A lower bound of the memory one image takes while a runtime runs ``model`` (a PyTorch module) on a batch:
+    its float32 input (the preallocated timing batch) plus the largest input + output of one layer, measured with
+    forward hooks on one image in PyTorch. Every runtime holds at least that much per image at once (most hold
+    more: the whole network's activations, workspace); it scales linearly with the batch."""
+    import torch
+
+    from fer_edge.constants import IMAGE_SIZE
+
+    largest = 0
+
+    def hook(_module, args, output):
+        nonlocal largest
+        tensors = [t for t in (*args, *(output if isinstance(output, (tuple, list)) else (output,)))
+                   if isinstance(t, torch.Tensor)]
+        largest = max(largest, sum(t.numel() * t.element_size() for t in tensors))
+
+    leaves = [m for m in model.modules() if not list(m.children())]
+    handles = [m.register_forward_hook(hook) for m in leaves]
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(torch.zeros(1, 1, IMAGE_SIZE, IMAGE_SIZE))
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    return int(largest + IMAGE_SIZE * IMAGE_SIZE * 4)
+
+
+def _gib(n: float) -> str:
+    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
+
+
+def check_batch_memory(batch: int, per_image: int, model: str, available: int | None = None) -> None:
+    """Refuse a timing batch that clearly cannot fit in memory (:func:`bytes_per_image` x ``batch``, a lower
+    bound, above the memory available now) with a :class:`FerEdgeError` naming ``--batch``, the estimate and the
+    available memory; else return (also when the OS does not say how much is available)."""
+    available = available_memory_bytes() if available is None else available
+    need = int(batch) * int(per_image)
+    if available is not None and need > available:
+        raise FerEdgeError(
+            f"--batch {batch} cannot fit in memory: one timing batch of {model} needs at least {_gib(need)} "
+            f"({per_image / 2**10:.0f} KiB per image: its input and the largest layer's activations, measured in "
+            f"PyTorch), but {_gib(available)} is available; use a smaller --batch"
+        )
 
 
 # --- thresholds -------------------------------------------------------------------------
@@ -437,6 +510,7 @@ def _run_bench(
     runtime_options: dict[str, dict] | None = None,
     out_dir: str | Path | None = None,
     progress: ProgressFn | None = None,
+    on_warning: Callable[[str], None] | None = None,
 ) -> BenchReport:
     """Benchmark artifacts (dirs, manifests, files; None: the shipped model's) and return the report.
 
@@ -451,14 +525,17 @@ def _run_bench(
     thread count is restored afterwards. Ctrl-C or SIGTERM (turned into ``KeyboardInterrupt``,
     as in ``fer-edge export``) stops it with ``KeyboardInterrupt``: before the report is
     written, ``out_dir`` is left as it was; one arriving while it is written waits until all
-    four files are.
+    four files are. ``on_warning`` is called with each warning known before the measuring starts (unverified
+    artifacts, more threads than cores, a parity sample smaller than the export gate's), as soon as it is known;
+    every warning is in the report's ``warnings`` as well.
     """
     import torch
 
     from fer_edge import __version__, parity
-    from fer_edge.benchmarks.environment import default_threads, describe_environment
+    from fer_edge.benchmarks.environment import default_threads, describe_environment, usable_cores
     from fer_edge.benchmarks.stats import compute_limit, latency_summary, p50_spread_pct
     from fer_edge.checkpoint import load_checkpoint
+    from fer_edge.exporters.calibration import MIN_VAL_SIZE
     from fer_edge.metrics import classification_metrics
     from fer_edge.models import count_macs, count_params
 
@@ -485,6 +562,12 @@ def _run_bench(
     ref_groups, ref_notes = reference_groups(arts, reference)
     notes += ref_notes
     warnings: list[str] = []
+
+    def warn(text: str) -> None:
+        warnings.append(text)
+        if on_warning is not None:
+            on_warning(text)
+
     for found, why in (
         (unverified(arts), "have no manifest.json listing them, so they were neither verified (SHA-256) nor "
                            "parity-gated at export time (an interrupted export leaves such files)"),
@@ -492,17 +575,27 @@ def _run_bench(
                            "that run): verified (SHA-256) but perhaps not parity-gated at export time"),
     ):
         if found:
-            warnings.append(f"{len(found)} artifact file(s) {why}: " + ", ".join(str(a.path) for a in found))
+            warn(f"{len(found)} artifact file(s) {why}: " + ", ".join(str(a.path) for a in found))
+    cores = usable_cores()
+    if threads > cores:
+        warn(f"--threads {threads} is more than the {cores} CPU core(s) this process may use: the threads share "
+             "cores, so latency and throughput say little about a machine with that many cores")
+
+    # refuse a timing batch that clearly cannot fit in memory before loading data or any runtime
+    ckpts = [load_checkpoint(rg.path) for rg in ref_groups]
+    for ckpt in ckpts:
+        check_batch_memory(batches[-1], bytes_per_image(ckpt.build_model()), ckpt.model_name)
 
     torch.manual_seed(seed)
     np.random.seed(seed)
     torch.set_num_threads(threads)
     inputs = load_inputs(data, split, n_images, seed)
+    if parity_gate and len(inputs.labels) < MIN_VAL_SIZE:
+        warn(small_sample_text(len(inputs.labels), MIN_VAL_SIZE))
     refs: list[_Reference] = []
     entries: list[tuple[Artifact, bool, _Reference]] = []
     seen: set[str] = set()
-    for rg in ref_groups:
-        ckpt = load_checkpoint(rg.path)
+    for rg, ckpt in zip(ref_groups, ckpts):
         model = ckpt.build_model()
         with torch.no_grad():
             logits = run_in_chunks(lambda x: model(torch.from_numpy(x)).numpy(),
@@ -652,10 +745,13 @@ def _run_bench(
                 and r["latency_ms"]["p50"] > 0 and is_cpu_device(r["device"])]
     if cpu_rows:
         fastest = min(cpu_rows, key=lambda r: r["latency_ms"]["p50"] / r["batch"])
-        row_ref = {id(r): g.ref for g in groups for r in g.rows}
-        macs = (row_ref.get(id(fastest)) or refs[0]).macs
+        group = next(g for g in groups if any(r is fastest for r in g.rows))
+        macs, why = row_macs(group.art, group.ref, refs)
         cores = min(fastest["threads"] or threads, env["cpu"].get("usable_cores") or threads)
-        cl = compute_limit(macs, fastest["batch"] * 1000.0 / fastest["latency_ms"]["p50"], cores, env,
+        if macs is None:
+            notes.append(f"compute limit: not estimated for the fastest CPU row "
+                         f"{row_label(fastest, model_labels(rows))} batch {fastest['batch']}: {why}")
+        cl = None if macs is None else compute_limit(macs, fastest["batch"] * 1000.0 / fastest["latency_ms"]["p50"], cores, env,
                            precision=fastest.get("precision") or "fp32")
         if cl is not None:
             cl["row"] = f"{row_label(fastest, model_labels(rows))} batch {fastest['batch']}"
@@ -704,6 +800,45 @@ def run_bench(*args, **kwargs) -> BenchReport:
             return _run_bench(*args, **kwargs)
     finally:
         torch.set_num_threads(before)
+
+
+def small_sample_text(n: int, minimum: int) -> str:
+    """Why a parity gate on ``n`` images (fewer than the export gate's ``minimum``) is a coarse one."""
+    return (f"the parity gate runs on {n} images, fewer than the {minimum} the export gate requires: one flip "
+            f"moves agreement by {100 / n:.2f} points, so a row may fail (or pass) by chance; use --n-images "
+            f"{minimum} or more (or the whole split), or --no-parity-gate")
+
+
+def row_macs(art: Artifact, ref: _Reference, refs: list[_Reference]) -> tuple[int | None, str]:
+    """MACs per image of the model ``art`` was exported from, and, when unknown (None), why.
+
+    A checkpoint, or an artifact whose source checkpoint (manifest ``source``, else its embedded
+    ``source_sha256``) is one of the references: that reference's MACs. An artifact of another checkpoint
+    (``--reference`` names a different model): that checkpoint's, counted on it when its file can be found.
+    An artifact whose source is unknown: its reference's (the row is attributed to that model).
+    """
+    from fer_edge.benchmarks.artifacts import _metadata_source, _source_checkpoint
+
+    if art.is_checkpoint:
+        return next((r.macs for r in refs if r.sha256 == art.sha256), ref.macs), ""
+    source = dict(art.source) if (art.source.get("sha256") or art.source.get("path")) else {
+        **art.source, **_metadata_source(art)}
+    sha = source.get("sha256")
+    if not sha and not source.get("path"):
+        return ref.macs, ""
+    same = next((r for r in refs if r.sha256 == sha), None)
+    if same is not None:
+        return same.macs, ""
+    try:
+        from fer_edge.checkpoint import load_checkpoint
+        from fer_edge.models import count_macs
+
+        probe = Artifact(art.path, art.target, art.precision, art.runtime, source=source, manifest=art.manifest)
+        return int(count_macs(load_checkpoint(_source_checkpoint(probe)).build_model())), ""
+    except FerEdgeError as e:
+        model = source.get("model") or "its model"
+        return None, (f"it comes from {model} (sha256 {str(sha or '?')[:12]}), not from the reference, and the "
+                      f"MACs of that checkpoint are unknown here ({e})")
 
 
 def timed_turn(rt, x: np.ndarray, buf: list[int], quota: int | None, budget_ns: int | None) -> None:
@@ -758,6 +893,11 @@ def check_outcome(report: BenchReport, parity_gate: bool = True) -> None:
     if gate:
         parts.append(f"{len(gate)} row(s) failed the parity gate (use --no-parity-gate to accept):\n  "
                      + "\n  ".join(gate))
+        from fer_edge.exporters.calibration import MIN_VAL_SIZE
+
+        n = (report.settings or {}).get("n_images")
+        if isinstance(n, int) and n < MIN_VAL_SIZE:  # a coarse gate: say so, but it still fails the run
+            parts.append(f"note: {small_sample_text(n, MIN_VAL_SIZE)}")
     if parts:
         raise (FerEdgeError if failed else ParityError)("\n".join(parts))
 

@@ -269,7 +269,7 @@ def plot_latency_vs_accuracy(rows: list[dict], path: Path, title: str, color_key
     fig, ax = plt.subplots(figsize=(9, 6), dpi=110)
     markers = ["o", "s", "^", "D", "v", "P", "X"]
     batches = sorted({r["batch"] for r in pts})
-    colors = sorted({color_of(r) for r in pts})
+    colors = legend_order({color_of(r) for r in pts}, machine_names)
     cmap = plt.get_cmap("tab10" if len(colors) <= 10 else "tab20")
     ncol = 10 if len(colors) <= 10 else 20
     for r in pts:
@@ -317,6 +317,13 @@ def plot_latency_vs_accuracy(rows: list[dict], path: Path, title: str, color_key
         ax.set_ylim(lo, min(hi, 100.5))
     finish_latency_plot(fig, ax, path, title, bool(pts), "p50 latency per call (ms, log scale)",
                         "top-1 accuracy (%)")
+
+
+def legend_order(keys, machine_names: dict[str, str] | None = None) -> list[str]:
+    """The plot's colour keys in legend order: merged reports' machines as numbered (M1, M2, ...: the order the
+    reports were given), anything else alphabetically."""
+    order = {m: i for i, m in enumerate(machine_names or {})}
+    return sorted(keys, key=lambda k: (order.get(k, len(order)), k))
 
 
 def finish_latency_plot(fig, ax, path: Path, title: str, has_points: bool, xlabel: str, ylabel: str) -> None:
@@ -450,6 +457,44 @@ def data_warning(machines: list[dict]) -> str | None:
               "gives each report's Top-1")
 
 
+#: The settings that change what a report's figures mean: reports that differ in them are compared with a warning.
+MERGE_SETTINGS = ("threads", "batches", "warmup", "iters", "seconds", "rounds")
+
+
+def report_settings(report: dict) -> dict:
+    """The timing settings (:data:`MERGE_SETTINGS`) a report was taken with, and its ``fer_edge_version``."""
+    s = report.get("settings") or {}
+    return {**{k: s.get(k) for k in MERGE_SETTINGS}, "fer_edge_version": report.get("fer_edge_version")}
+
+
+def settings_text(s: dict) -> str:
+    """``fer-edge 0.3.0; threads 1, batches 1,32, 2 s per row in 5 rounds, warmup 10``."""
+    batches = ",".join(str(b) for b in s.get("batches") or []) or "?"
+    timing = (f"{s['iters']} iters per row" if s.get("iters") is not None else
+              f"{s['seconds']:g} s per row" if isinstance(s.get("seconds"), (int, float)) else "? s per row")
+    return (f"fer-edge {s.get('fer_edge_version') or '?'}; threads {s.get('threads', '?')}, batches {batches}, "
+            f"{timing} in {s.get('rounds', '?')} rounds, warmup {s.get('warmup', '?')}")
+
+
+def settings_warning(machines: list[dict]) -> str | None:
+    """One warning line when the merged reports were taken with different timing settings (threads, batches,
+    timing budget, rounds, warm-up) or fer-edge versions, naming what differs and each report's value; None when
+    they all agree (or there is one report)."""
+    keys = [*MERGE_SETTINGS, "fer_edge_version"]
+    differ = [k for k in keys if any(m["settings"].get(k) != machines[0]["settings"].get(k) for m in machines[1:])]
+    if not differ:
+        return None
+
+    def value(v):
+        return ",".join(str(x) for x in v) if isinstance(v, list) else str(v)
+
+    names = {"fer_edge_version": "fer-edge version"}
+    return ("the reports were taken with different settings ("
+            + "; ".join(f"{names.get(k, k)}: " + ", ".join(f"M{i} {value(m['settings'].get(k))}"
+                                                          for i, m in enumerate(machines, 1)) for k in differ)
+            + "): their latencies and throughputs are not measured alike")
+
+
 def merge_reports(paths: list[str | Path], out_dir: str | Path) -> MergedReport:
     """One comparison (md + csv + json + plot) of reports taken on several machines.
 
@@ -491,7 +536,8 @@ def merge_reports(paths: list[str | Path], out_dir: str | Path) -> MergedReport:
         machines.append({"machine": label, "report": str(path), "created_at": rep["created_at"],
                          "fingerprint": rep["environment"].get("fingerprint"),
                          "environment": rep["environment"], "data": report_data(rep), "reference": rep["reference"],
-                         "references": rep.get("references") or [rep["reference"]]})
+                         "references": rep.get("references") or [rep["reference"]],
+                         "settings": report_settings(rep)})
         ref = rep["reference"]
         for r in rep["rows"]:
             rows.append({"machine": label, **r, "model": r.get("model") or ref.get("model"),
@@ -499,13 +545,15 @@ def merge_reports(paths: list[str | Path], out_dir: str | Path) -> MergedReport:
     order = {m["machine"]: i for i, m in enumerate(machines)}
     rows.sort(key=lambda r: (_row_key(r), order[r["machine"]]))
     warning = data_warning(machines)
+    other = settings_warning(machines)
+    warnings = [w for w in (warning, other) if w]
 
     out.mkdir(parents=True, exist_ok=True)
     files = {name: out / name for name in MERGED_FILES}
-    merged = MergedReport(machines, rows, files, warnings=[warning] if warning else [], notes=notes)
+    merged = MergedReport(machines, rows, files, warnings=warnings, notes=notes)
     write_json_atomic(files["merged.json"], merged.to_dict())
     write_text_atomic(files["merged.csv"], rows_to_csv(rows, extra_first=("machine",)))
-    write_text_atomic(files["merged.md"], merged_markdown(machines, rows, notes, warning))
+    write_text_atomic(files["merged.md"], merged_markdown(machines, rows, notes, warning, [other] if other else []))
     plot_latency_vs_accuracy(rows, files["merged_latency_vs_accuracy.png"],
                              f"fer-edge bench: {len(machines)} reports",
                              color_key="machine",
@@ -514,13 +562,15 @@ def merge_reports(paths: list[str | Path], out_dir: str | Path) -> MergedReport:
 
 
 def merged_markdown(machines: list[dict], rows: list[dict], notes: list[str] | None = None,
-                    warning: str | None = None) -> str:
+                    warning: str | None = None, other_warnings: list[str] | None = None) -> str:
     """The p50 table (one line per measurement, one column per machine), then every row.
 
     A machine with two rows of one key (the same model, target, precision, runtime, device and
     batch: e.g. two copies of an artifact) gets a line per row, never one dropped. Each machine's
     line names the data its report measured; ``warning`` (:func:`data_warning`, when the reports measured
-    different data) is printed and the p50 table then has a Top-1 column per machine instead of one.
+    different data) is printed and the p50 table then has a Top-1 column per machine instead of one. Each line
+    also gives the report's fer-edge version and timing settings (:func:`settings_text`); ``other_warnings``
+    (:func:`settings_warning`) are printed after ``warning``.
     """
     names = [m["machine"] for m in machines]
     labels = model_labels(rows)
@@ -528,9 +578,12 @@ def merged_markdown(machines: list[dict], rows: list[dict], notes: list[str] | N
     for i, m in enumerate(machines, 1):
         details = environment_line(m["environment"]).split(": ", 1)[-1]
         data = f"; data: {data_text(m['data'])}" if m.get("data") else ""
-        lines.append(f"- M{i} = {m['machine']}: {details} (report {m['report']}, {m['created_at']}{data})")
-    if warning:
-        lines += ["", f"Warning: {warning}"]
+        settings = f"; {settings_text(m['settings'])}" if m.get("settings") else ""
+        lines.append(f"- M{i} = {m['machine']}: {details} (report {m['report']}, {m['created_at']}{data}"
+                     f"{settings})")
+    for w in [warning, *(other_warnings or [])]:
+        if w:
+            lines += ["", f"Warning: {w}"]
     per_machine_top1 = warning is not None
     keys: list[tuple] = []
     by: dict[tuple, dict] = {}

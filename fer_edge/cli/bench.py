@@ -183,13 +183,23 @@ def _interrupted_note(out: Path, before: tuple[int, int] | None) -> str:
             "it was")
 
 
+def _finite_positive(value: float | None, option: str) -> float | None:
+    """``value`` when it is a finite number > 0 (click's float type takes nan and inf)."""
+    import math
+
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise typer.BadParameter(f"{option} must be a finite number > 0 (got {value})")
+    return value
+
+
 @app.command("bench")
 @handle_errors
 def bench_cmd(
     artifacts: Optional[List[Path]] = typer.Argument(
         None, metavar="ARTIFACT", parser=path_value,
-        help="Export directories (their manifest.json is verified), manifests, or artifact files "
-             "(.onnx .xml .ts .mlpackage .pt). Default: the shipped model's artifacts."),
+        help="Export directories (their manifest.json is verified), manifests, artifact files "
+             "(.onnx .xml .ts .mlpackage .pt), or a shipped model name (its checkpoint; a path of that name "
+             "in the current folder wins). Default: the shipped model's artifacts."),
     reference: Optional[str] = typer.Option(
         None, "--reference", metavar="CHECKPOINT",
         help="Reference checkpoint (path or shipped name). Default: the artifacts' source checkpoint."),
@@ -207,7 +217,8 @@ def bench_cmd(
                                           help="Threads for every runtime (default: physical cores)."),
     warmup: int = typer.Option(10, "--warmup", min=0, help="Untimed calls per row before timing."),
     iters: Optional[int] = typer.Option(None, "--iters", min=1, help="Timed calls per row (overrides --seconds)."),
-    seconds: float = typer.Option(2.0, "--seconds", min=0.0, help="Timing budget per row, in seconds."),
+    seconds: float = typer.Option(2.0, "--seconds", callback=lambda v: _finite_positive(v, "--seconds"),
+                                  help="Timing budget per row, in seconds (a finite number > 0)."),
     rounds: int = typer.Option(5, "--rounds", min=1, help="Interleaved rounds the timing is split into."),
     n_images: Optional[int] = typer.Option(None, "--n-images", min=1,
                                            help="Images for accuracy and parity (default: the whole split)."),
@@ -248,7 +259,10 @@ def bench_cmd(
     rt_list = parse_csv_option(runtimes, valid_runtimes, "runtime") or None
     dev_list = [d.strip() for item in (devices or []) for d in item.split(",") if d.strip()] or None
 
+    from rich.markup import escape
+
     before = _report_state(out)
+    shown: list[str] = []
     try:
         with Progress(TextColumn("[bold]bench[/]"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                       TextColumn("{task.description}"), console=err_console, transient=True,
@@ -258,19 +272,21 @@ def bench_cmd(
             def progress(done: int, total: int, msg: str) -> None:
                 bar.update(task, completed=done, total=total, description=msg)
 
+            def early_warning(text: str) -> None:  # before the measuring: printed now, not again at the end
+                shown.append(text)
+                err_console.print(f"[yellow]warning:[/] {escape(text)}", highlight=False)
+
             report = run_bench(
                 artifacts or None, data=data, split=split, reference=reference, runtimes=rt_list, devices=dev_list,
                 batches=parse_batches(batch), threads=threads, warmup=warmup, iters=iters, seconds=seconds,
                 rounds=rounds, n_images=n_images, seed=seed,
                 threshold_overrides=_threshold_overrides(min_agreement=min_agreement, max_abs_diff=max_abs_diff,
                                                          max_kl=max_kl, max_accuracy_drop=max_accuracy_drop),
-                parity_gate=parity_gate, out_dir=out, progress=progress,
+                parity_gate=parity_gate, out_dir=out, progress=progress, on_warning=early_warning,
             )
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM (run_bench turns it into KeyboardInterrupt), as in export
         typer.echo(f"interrupted: {_interrupted_note(out, before)}", err=True)
         raise typer.Exit(130) from None
-
-    from rich.markup import escape
 
     console.print(bench_table(report))
     for line in row_reasons(report):
@@ -282,7 +298,8 @@ def bench_cmd(
     for note in report.notes:
         console.print(f"note: {note}", highlight=False)
     for warning in report.warnings:
-        err_console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
+        if warning not in shown:
+            err_console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
     # one line per reference checkpoint whose shipped-weight gate applied (artifacts of several checkpoints)
     sources = ([r.get("thresholds_source") for r in report.references or []]
                or [report.settings.get("thresholds_source")])
@@ -306,7 +323,8 @@ def merge_cmd(
     """Merge bench reports from several machines into one comparison (md + csv + json + plot).
 
     A report given twice is merged once (with a note); reports that measured different data (split, images,
-    data fingerprint) get a warning: their accuracies are not comparable."""
+    data fingerprint) get a warning: their accuracies are not comparable; so do reports taken with different
+    settings (threads, batches, timing budget, rounds, warm-up) or fer-edge versions."""
     from rich.table import Table
 
     from fer_edge.benchmarks.report import merge_reports
