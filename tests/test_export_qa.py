@@ -32,13 +32,14 @@ def _text(res) -> str:
 
 @pytest.fixture(scope="module")
 def coreml_int8(tmp_path_factory, tiny_checkpoint, synthetic_csv):
-    """Core ML INT8 of the tiny checkpoint (weights-only off macOS), on fewer than 200 calibration images."""
+    """Core ML INT8 of the tiny checkpoint (weights-only off macOS: no calibration image is used)."""
     pytest.importorskip("coremltools")
     from fer_edge.exporters import export
 
     out = tmp_path_factory.mktemp("coreml_int8")
-    return export(tiny_checkpoint, ["coreml"], ["int8"], out, calib_data=synthetic_csv, calib_size=50,
-                  validate=False, data_progress=False)
+    # no --calib-size: off macOS nothing is calibrated, and an option that would do nothing is refused
+    return export(tiny_checkpoint, ["coreml"], ["int8"], out, calib_data=synthetic_csv, validate=False,
+                  data_progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -357,3 +358,235 @@ def test_a_small_calibration_set_still_warns_where_it_is_used(tiny_checkpoint, s
                  validate=False, data_progress=False)
     assert any("calibration" in w for w in res.warnings), res.warnings
     assert res.manifest["artifacts"][0]["calibration"]["count"] == 50
+
+
+# --- QA round 2 -------------------------------------------------------------------------------------------------
+def _cli_wide(*args):
+    from fer_edge.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args], env={"COLUMNS": "250"})
+
+
+def _ckpt_with_data(tmp_path, tiny_checkpoint, data: dict, name="recorded.pt") -> Path:
+    """The tiny checkpoint's weights with ``data`` as its recorded data (as training records it)."""
+    from fer_edge.checkpoint import load_checkpoint, save_checkpoint
+
+    ck = load_checkpoint(tiny_checkpoint)
+    return save_checkpoint(tmp_path / name, {
+        "model": ck.model_name, "model_kwargs": {}, "state_dict": ck.state_dict, "labels": list(ck.labels),
+        "normalization": ck.normalization.to_dict(), "train_config": {"model": ck.model_name}, "data": data,
+    })
+
+
+@pytest.fixture
+def low_gate_minimum(monkeypatch):
+    """The parity gate's minimum lowered to 8 images (the real one, 512, is far above the synthetic data)."""
+    from fer_edge.exporters import calibration
+
+    monkeypatch.setattr(calibration, "MIN_VAL_SIZE", 8)
+
+
+@pytest.mark.parametrize("content", ['{"name":"my web app","artifacts":[{"file":"data.bin"},{"file":"app.js"}]}',
+                                     "{not json"])
+@pytest.mark.parametrize("replace", [False, True])
+def test_a_foreign_manifest_never_lists_files_to_delete(tiny_checkpoint, tmp_path, content, replace):
+    (tmp_path / "manifest.json").write_text(content)
+    (tmp_path / "data.bin").write_text("precious")
+    (tmp_path / "app.js").write_text("code")
+    res = _cli("export", tiny_checkpoint, "-t", "onnx", "-p", "fp32", "--no-validate", "--out", tmp_path,
+               *(["--replace"] if replace else []))
+    assert res.exit_code == 1 and "Traceback" not in res.output, res.output
+    text = _text(res)
+    assert "does not trust it" in text and "choose another --out" in text and "yourself" in text
+    assert "--replace" not in text  # not recommended: it would not help, and must not delete these
+    assert (tmp_path / "data.bin").read_text() == "precious" and (tmp_path / "app.js").read_text() == "code"
+    assert (tmp_path / "manifest.json").read_text() == content
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["app.js", "data.bin", "manifest.json"]
+
+
+def test_replace_removes_only_the_export_artifacts_it_lists_and_names_them(tiny_checkpoint, tmp_path):
+    from test_export import _other_checkpoint
+
+    out = tmp_path / "out"
+    assert _cli("export", tiny_checkpoint, "-t", "onnx", "-p", "fp32", "--no-validate", "--out", out).exit_code == 0
+    (out / "notes.txt").write_text("mine")
+    m = json.loads((out / "manifest.json").read_text())  # a fer-edge manifest that lists a file not its own
+    m["artifacts"][0]["files"].append({"file": "notes.txt", "size_bytes": 4, "sha256": "0" * 64})
+    (out / "manifest.json").write_text(json.dumps(m))
+    res = _cli_wide("export", _other_checkpoint(tmp_path), "-t", "torchscript", "--no-validate", "--out", out,
+                    "--replace")
+    assert res.exit_code == 0, res.output
+    text = _text(res)
+    assert f"--replace: removed fer_nano_fp32.onnx, manifest.json from {out}" in text
+    assert "left notes.txt: listed there, but not an export artifact" in text
+    assert (out / "notes.txt").read_text() == "mine" and not (out / "fer_nano_fp32.onnx").exists()
+    assert any("removed fer_nano_fp32.onnx" in w for w in json.loads((out / "manifest.json").read_text())["warnings"])
+
+
+def test_implied_validation_data_below_the_gates_minimum_is_never_passed(tiny_checkpoint, tmp_path):
+    from fer_edge.data.synthetic import make_synthetic, write_folder
+    from fer_edge.exporters.calibration import MIN_VAL_SIZE
+
+    small = write_folder(tmp_path / "small", {"train": make_synthetic(1, seed=0), "val": make_synthetic(1, seed=1)})
+    out = tmp_path / "out"
+    res = _cli_wide("export", tiny_checkpoint, "-t", "torchscript", "-p", "fp32", "--calib-data", small,
+                    "--out", out)
+    assert res.exit_code == 0, res.output
+    text = _text(res)
+    why = f"only 7 validation images; the gate needs {MIN_VAL_SIZE}"
+    assert f"not validated ({why})" in text and "passed" not in text
+    assert "warning: the parity gate has only 7 validation images" in text
+    data = json.loads((out / "manifest.json").read_text())
+    assert data["artifacts"][0]["validation"] == {"status": "not validated", "reason": f"not validated: {why}"}
+    assert data["validation_data"] is None and any("only 7 validation images" in w for w in data["warnings"])
+    # given explicitly, it is refused before anything is written
+    res = _cli("export", tiny_checkpoint, "-t", "torchscript", "-p", "fp32", "--val-data", small,
+               "--out", tmp_path / "refused")
+    assert res.exit_code == 1 and "Traceback" not in res.output
+    assert f"only 7 validation images (val of {small.resolve()}); the gate needs {MIN_VAL_SIZE}" in _text(res)
+    assert not (tmp_path / "refused").exists()
+
+
+def test_the_checkpoints_recorded_validation_data_is_used_when_it_exists(tiny_checkpoint, synthetic_csv, tmp_path,
+                                                                        low_gate_minimum):
+    from fer_edge.exporters import export
+
+    val = {"format": "csv", "source": str(synthetic_csv), "split": "PublicTest"}
+    ckpt = _ckpt_with_data(tmp_path, tiny_checkpoint, {"train": {**val, "split": "Training"}, "val": val})
+    res = export(ckpt, ["torchscript"], ["fp32"], tmp_path / "a", data_progress=False)
+    assert res.artifacts[0].status == "passed", res.artifacts[0].validation
+    vd = res.manifest["validation_data"]
+    assert vd["chosen_from"] == "the checkpoint's recorded validation data" and vd["split"] == "PublicTest"
+    # recorded on another machine (the shipped nano records /tmp/data/images): said, and not validated
+    gone = {"format": "folder", "source": str(tmp_path / "elsewhere" / "images"), "split": "val"}
+    ckpt = _ckpt_with_data(tmp_path, tiny_checkpoint, {"train": {**gone, "split": "train"}, "val": gone}, "gone.pt")
+    res = export(ckpt, ["torchscript"], ["fp32"], tmp_path / "b", data_progress=False)
+    msg = f"recorded validation data {gone['source']} not found here; pass --val-data"
+    assert any(msg in w for w in res.warnings), res.warnings
+    assert res.artifacts[0].validation == {"status": "not validated", "reason": f"not validated: {msg}"}
+
+
+def test_validating_on_training_images_is_warned(tiny_checkpoint, synthetic_csv, tmp_path, low_gate_minimum):
+    from fer_edge.data import load_split
+    from fer_edge.data.synthetic import make_synthetic, write_csv, write_folder
+    from fer_edge.exporters import export
+
+    common = dict(data_progress=False)
+    # the data's training split, asked for by name
+    res = export(tiny_checkpoint, ["torchscript"], ["fp32"], tmp_path / "a", val_data=synthetic_csv,
+                 val_split="Training", **common)
+    assert any("the data's training split" in w and "not on held-out images" in w for w in res.warnings)
+    assert res.manifest["warnings"] == res.warnings
+    # a validation split with the SHA-256 of the checkpoint's recorded training data
+    fp = load_split(synthetic_csv, "PublicTest", progress=False).fingerprint
+    ckpt = _ckpt_with_data(tmp_path, tiny_checkpoint, {"train": fp, "val": fp})
+    res = export(ckpt, ["torchscript"], ["fp32"], tmp_path / "b", val_data=synthetic_csv, **common)
+    assert any("the images this checkpoint was trained on" in w for w in res.warnings), res.warnings
+    # calibration and validation: the same images under other names (a CSV's Training, a folder's val)
+    same = make_synthetic(3, seed=0)
+    csv = write_csv(tmp_path / "d.csv.gz", {"Training": same, "PublicTest": make_synthetic(3, seed=1)})
+    folder = write_folder(tmp_path / "folder", {"train": make_synthetic(1, seed=2), "val": same})
+    res = export(tiny_checkpoint, ["onnx"], ["int8"], tmp_path / "c", calib_data=csv, val_data=folder,
+                 raise_on_failure=False, **common)
+    assert any("are the same images under other names" in w for w in res.warnings), res.warnings
+    assert any("are the same images under other names" in w for w in res.manifest["warnings"])
+    # held-out validation: no such warning
+    res = export(tiny_checkpoint, ["torchscript"], ["fp32"], tmp_path / "d", val_data=synthetic_csv, **common)
+    assert not [w for w in res.warnings if "held-out" in w], res.warnings
+
+
+def test_leftover_temporary_files_are_named_not_removed(tiny_checkpoint, tmp_path):
+    from fer_edge.exporters import export
+
+    export(tiny_checkpoint, ["torchscript"], ["fp32"], tmp_path, validate=False)
+    (tmp_path / f".tmp-{STEM}_fp32-abc123").mkdir()  # a killed export's scratch folder and temp file
+    (tmp_path / ".tmp-manifest-xyz.json").write_text("{")
+    res = _cli_wide("export", tiny_checkpoint, "-t", "torchscript", "--no-validate", "--out", tmp_path)
+    assert res.exit_code == 0, res.output
+    text = _text(res)
+    assert f"holds .tmp-{STEM}_fp32-abc123, .tmp-manifest-xyz.json: temporary files of an export" in text
+    assert (tmp_path / f".tmp-{STEM}_fp32-abc123").is_dir() and (tmp_path / ".tmp-manifest-xyz.json").exists()
+    assert any(".tmp-manifest-xyz.json" in w for w in json.loads((tmp_path / "manifest.json").read_text())["warnings"])
+
+
+@pytest.mark.skipif(sys.platform == "darwin", reason="on macOS Core ML INT8 is calibrated and validated")
+def test_a_core_ml_only_export_loads_and_records_no_data_it_cannot_use(monkeypatch, tiny_checkpoint, synthetic_csv,
+                                                                        tmp_path):
+    pytest.importorskip("coremltools")
+    from fer_edge.exporters import calibration, export
+
+    def unused(*a, **k):
+        raise AssertionError("loaded data that no artifact uses")
+
+    monkeypatch.setattr(calibration, "load_calibration", unused)
+    monkeypatch.setattr(calibration, "load_validation", unused)
+    res = export(tiny_checkpoint, ["coreml"], ["int8"], tmp_path, calib_data=synthetic_csv, data_progress=False)
+    assert res.manifest["calibration"] is None and res.manifest["validation_data"] is None
+    assert res.manifest["calibration_method"] is None and res.warnings == []
+    assert {a.validation["reason"] for a in res.artifacts} == {"not validated: needs macOS"}
+
+
+@pytest.mark.parametrize("args, named", [
+    (["-t", "torchscript", "-p", "fp32", "--calib-size", "100", "--no-validate"], ["--calib-size"]),
+    (["-t", "torchscript", "-p", "fp32", "--calib-data", "{csv}", "--calib-split", "Training",
+      "--calib-size", "100"], ["--calib-split and --calib-size"]),
+    (["-t", "openvino", "-p", "int8", "--calib-data", "{csv}", "--calib-method", "entropy", "--no-validate"],
+     ["--calib-method applies to ONNX INT8 only"]),
+    (["-t", "torchscript", "-p", "fp32", "--no-validate", "--val-data", "{csv}", "--val-split", "PublicTest",
+      "--val-size", "600"], ["--val-data, --val-split, --val-size"]),
+    (["-t", "torchscript", "-p", "fp32", "--no-validate", "--val-size", "0"], ["--val-size chooses"]),
+    (["-t", "torchscript", "-p", "fp32", "--no-validate", "--val-split", "PublicTest", "--calib-method", "entropy"],
+     ["--val-split chooses", "--calib-method applies"]),  # every problem in one error
+])
+def test_options_that_would_do_nothing_are_refused(tiny_checkpoint, synthetic_csv, tmp_path, args, named):
+    out = tmp_path / "out"
+    res = _cli("export", tiny_checkpoint, *[a.format(csv=synthetic_csv) for a in args], "--out", out)
+    assert res.exit_code == 1 and "Traceback" not in res.output, res.output
+    text = _text(res)
+    assert all(n in text for n in named), text
+    assert not out.exists()
+
+
+def test_defaults_and_calibration_data_that_doubles_as_validation_are_accepted(tiny_checkpoint, synthetic_csv,
+                                                                             tmp_path, low_gate_minimum):
+    res = _cli("export", tiny_checkpoint, "-t", "torchscript", "-p", "fp32", "--calib-data", synthetic_csv,
+               "--out", tmp_path / "a")
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "a" / "manifest.json").read_text())["validation_data"]["split"] == "PublicTest"
+    res = _cli("export", tiny_checkpoint, "-t", "torchscript", "-p", "fp32", "--no-validate", "--out", tmp_path / "b")
+    assert res.exit_code == 0, res.output
+
+
+def test_the_gate_line_shows_the_thresholds_in_effect_under_overrides(monkeypatch, tiny_checkpoint, synthetic_csv,
+                                                                      tmp_path, low_gate_minimum):
+    import fer_edge.weights as weights
+    from fer_edge.cli.common import weight_gate_line
+    from fer_edge.weights import WeightMeta
+
+    meta = WeightMeta(name="tiny", architecture="simple_cnn", file=str(tiny_checkpoint), params=1, macs=1,
+                      mean=0.5, std=0.25, parity_gate={"fp32": {"max_kl": 1.0, "min_agreement": 0.5}},
+                      parity_gate_reason="test")
+    monkeypatch.setattr(weights, "PRETRAINED", {"tiny": meta})
+    res = _cli_wide("export", tiny_checkpoint, "-t", "torchscript", "-p", "fp32", "--val-data", synthetic_csv,
+                    "--max-kl", "fp32=2", "--out", tmp_path)
+    assert res.exit_code == 0, res.output
+    text = _text(res)
+    assert ("tiny's own (fp32 max_kl 1.0, min_agreement 0.5) over the defaults, then your overrides "
+            "(fp32 max_kl 2.0): in effect fp32 max_kl 2.0, min_agreement 0.5") in text
+    # without overrides the line is as before (fer-edge bench calls it too)
+    src = {"weight": {"name": "nano", "gate": {"int8": {"min_agreement": 0.965}}}, "overrides": None}
+    assert weight_gate_line(src, "m.json") == ("parity gate: nano's own (int8 min_agreement 0.965) over the "
+                                               "defaults; why: thresholds_source in m.json")
+    src["overrides"] = {"min_agreement": {"int8": 0.999}}
+    assert "in effect int8 min_agreement 0.999" in weight_gate_line(src, "m.json")
+
+
+def test_onnx_int8_imports_only_the_opset_domains_its_nodes_use(onnx_fp16_int8):
+    import onnx
+
+    model = onnx.load(str(onnx_fp16_int8 / f"{STEM}_int8.onnx"))
+    used = {n.domain for n in model.graph.node} | {""}
+    imported = {o.domain for o in model.opset_import}
+    assert imported <= used | {"ai.onnx"}, imported - used  # quant_pre_process left ai.onnx.training etc. before
+    assert "" in imported
+    onnx.checker.check_model(model, full_check=True)

@@ -105,15 +105,32 @@ def is_tty() -> bool:
     return sys.stderr.isatty()
 
 
-def weight_gate_line(thresholds_source: dict | None, where: str) -> str | None:
+def weight_gate_line(thresholds_source: dict | None, where: str, effective: bool = True) -> str | None:
     """One line saying a shipped weight's own parity gate applied (None when it did not); ``where``: the file
-    whose ``thresholds_source`` holds the reason."""
+    whose ``thresholds_source`` holds the reason.
+
+    Overrides (``thresholds_source["overrides"]``, from ``--min-agreement`` etc.) of the precisions the weight's
+    gate names are shown too, with the thresholds that were in effect (``effective``; False: the weight's own
+    only, as before overrides were shown)."""
     weight = (thresholds_source or {}).get("weight")
     if not weight:
         return None
-    limits = "; ".join(f"{prec} " + ", ".join(f"{k} {v}" for k, v in lim.items())
-                       for prec, lim in weight["gate"].items())
-    return f"parity gate: {weight['name']}'s own ({limits}) over the defaults; why: thresholds_source in {where}"
+
+    def fmt(table: dict) -> str:
+        return "; ".join(f"{prec} " + ", ".join(f"{k} {'none' if v is None else v}" for k, v in lim.items())
+                         for prec, lim in table.items())
+
+    gate = weight["gate"]
+    line = f"parity gate: {weight['name']}'s own ({fmt(gate)}) over the defaults"
+    overrides: dict[str, dict] = {}
+    for name, per in ((thresholds_source or {}).get("overrides") or {}).items():
+        for prec, value in (per or {}).items():
+            if prec in gate:
+                overrides.setdefault(prec, {})[name] = value
+    if effective and overrides:
+        merged = {prec: {**lim, **overrides.get(prec, {})} for prec, lim in gate.items()}
+        line += f", then your overrides ({fmt(overrides)}): in effect {fmt(merged)}"
+    return f"{line}; why: thresholds_source in {where}"
 
 
 def parse_batches(value: str) -> list[int]:

@@ -144,7 +144,9 @@ def export_cmd(
     calib_data: Optional[Path] = typer.Option(
         None, "--calib-data", parser=path_value, metavar="PATH", help="FER2013 CSV or image folder for INT8 calibration (required for int8)."),
     calib_split: Optional[str] = typer.Option(None, "--calib-split", help="Calibration split (default: training)."),
-    calib_size: int = typer.Option(500, "--calib-size", min=1, help="Calibration images, stratified by class."),
+    calib_size: Optional[int] = typer.Option(
+        None, "--calib-size", min=1, show_default=False,
+        help="Calibration images, stratified by class (default: 500)."),
     calib_seed: int = typer.Option(0, "--calib-seed", help="Seed of the calibration (and validation) sample."),
     calib_method: Optional[str] = typer.Option(
         None, "--calib-method", help="ONNX INT8 calibration: minmax, entropy or percentile (default: minmax)."),
@@ -156,7 +158,9 @@ def export_cmd(
         None, "--val-data", parser=path_value, metavar="PATH", help="Data for the parity check (default: the calibration data)."),
     val_split: Optional[str] = typer.Option(None, "--val-split", help="Validation split (default: the data's "
                                             "validation split, e.g. PublicTest)."),
-    val_size: int = typer.Option(0, "--val-size", min=0, help="Validation images (at least 512; 0: the whole split)."),
+    val_size: Optional[int] = typer.Option(
+        None, "--val-size", min=0, show_default=False,
+        help="Validation images (at least 512; 0 or left out: the whole split)."),
     out: Path = typer.Option(Path("exports"), "--out", "-o", parser=path_value, metavar="PATH", help="Output folder (manifest.json goes there)."),
     name: Optional[str] = typer.Option(
         None, "--name", help="File stem of the artifacts, no path (default: the model name)."),
@@ -194,7 +198,8 @@ def export_cmd(
             checkpoint, targets, precisions, out,
             calib_data=calib_data, calib_split=calib_split, calib_size=calib_size, calib_seed=calib_seed,
             calib_method=calib_method, overflow_fix=fix, val_data=val_data, val_split=val_split,
-            val_size=val_size or None, val_seed=calib_seed, validate=validate, threshold_overrides=overrides,
+            # --val-size 0 (the whole split) is the library's None; given with --no-validate it is passed on, refused
+            val_size=None if val_size == 0 and validate else val_size, val_seed=calib_seed, validate=validate, threshold_overrides=overrides,
             name=name, progress=progress,
             on_warning=lambda w: err_console.print(f"[yellow]warning:[/] {w}", highlight=False),
             data_progress=is_tty(), raise_on_failure=False, replace_other=replace,
@@ -215,7 +220,7 @@ def export_cmd(
     if no_calib:
         err_console.print(f"[yellow]note:[/] int8 not exported ({', '.join(no_calib)}): {INT8_NEEDS_CALIBRATION}",
                           highlight=False)
-    gate_line = weight_gate_line(_gate_that_applied(result), str(result.manifest_path))
+    gate_line = weight_gate_line(_gate_that_applied(result), str(result.manifest_path), effective=True)
     if gate_line:
         err_console.print(gate_line, highlight=False)
     console.print(artifacts_table(result))

@@ -162,15 +162,67 @@ def _resolve_precisions(precisions) -> list[Precision]:
     return out
 
 
-def _validation_source(val_data, calib_data, ckpt) -> tuple[Path | None, str]:
+#: Why artifacts are not validated when no validation data was given or found.
+NO_VALIDATION_DATA = "no validation data (pass --val-data or --calib-data)"
+
+
+def _validation_source(val_data, val_split, calib_data, ckpt) -> tuple[Path | None, str | None, str, str]:
+    """Where the parity gate's images come from: (data, split (None: its validation split), why it was chosen,
+    why there is none). In order: ``val_data``, the calibration data, the checkpoint's recorded validation data
+    (``ckpt.data["val"]``: its ``source`` and ``split``), which must exist on this machine."""
     if val_data is not None:
-        return Path(val_data), "--val-data"
+        return Path(val_data), val_split, "--val-data", ""
     if calib_data is not None:
-        return Path(calib_data), "the calibration data"
-    src = (ckpt.data or {}).get("source")
-    if src and Path(src).exists():
-        return Path(src), "the checkpoint's training data"
-    return None, ""
+        return Path(calib_data), val_split, "the calibration data", ""
+    rec = (ckpt.data or {}).get("val")
+    src = rec.get("source") if isinstance(rec, dict) else None
+    if not src:
+        return None, None, "", NO_VALIDATION_DATA
+    if not Path(src).exists():
+        return None, None, "", f"recorded validation data {src} not found here; pass --val-data"
+    return Path(src), val_split or rec.get("split"), "the checkpoint's recorded validation data", ""
+
+
+def _held_out_warnings(vset, vdata: Path, calib, ckpt) -> list[str]:
+    """Warnings when the parity gate's images are not held out: the data's training split, the split this
+    checkpoint was trained on (by the SHA-256 of its recorded ``data.train``), or the calibration images (by
+    name, or by SHA-256 under another name: a CSV's ``Training`` and an image folder's ``train``)."""
+    from fer_edge.data import default_train_split
+
+    rec = vset.record
+    where = f"{rec['split']} of {rec['file']}"
+    sha = rec.get("data_sha256")
+    train = (ckpt.data or {}).get("train")
+    train_sha = train.get("sha256") if isinstance(train, dict) else None
+    try:
+        train_split = default_train_split(vdata)
+    except FerEdgeError:
+        train_split = None
+    out: list[str] = []
+    if sha and train_sha and sha == train_sha:
+        out.append(f"the parity gate runs on {where}, the images this checkpoint was trained on (the SHA-256 of "
+                   "its recorded training data): the parity figures are not on held-out images")
+    elif rec["split"] == train_split:
+        out.append(f"the parity gate runs on {where}, the data's training split: the parity figures are not on "
+                   "held-out images (leave --val-split out for the validation split)")
+    if calib is not None:
+        crec = calib.record
+        if (crec["file"], crec["split"]) == (rec["file"], rec["split"]):
+            out.append(f"calibration and validation both sample {where}: the parity figures are not on held-out "
+                       "images")
+        elif sha and crec.get("data_sha256") == sha:
+            out.append(f"calibration ({crec['split']} of {crec['file']}) and validation ({where}) are the same "
+                       "images under other names (the same SHA-256): the parity figures are not on held-out images")
+    return out
+
+
+def _leftover_temps(out: Path) -> list[str]:
+    """Names of temporary files or folders (``.tmp-<stem>-*``) in ``out``: what an export killed mid-write left
+    (or what one running now is writing)."""
+    try:
+        return sorted(p.name for p in out.iterdir() if p.name.startswith(".tmp-"))
+    except OSError:
+        return []
 
 
 def check_name(name: str | None) -> None:
@@ -222,8 +274,10 @@ def _previous_manifest(out: Path, source_sha: str, ckpt_path: Path, replace_othe
     """The manifest already in ``out`` when it is of the same checkpoint (its entries may be kept), and whether
     what is there must be cleared first (``replace_other`` only).
 
-    A manifest of another checkpoint, or one that cannot be read, is refused, so two checkpoints' files never
-    share a folder unlisted; ``replace_other`` clears it instead (:func:`_clear_previous`).
+    A manifest of another checkpoint is refused, so two checkpoints' files never share a folder unlisted;
+    ``replace_other`` clears it instead (:func:`_clear_previous`). A manifest that cannot be read, or is not
+    fer-edge's (another program's ``manifest.json``), is always refused: it is never trusted to list files to
+    delete.
     """
     from fer_edge.errors import ArtifactError
     from fer_edge.exporters.manifest import load_manifest
@@ -234,11 +288,11 @@ def _previous_manifest(out: Path, source_sha: str, ckpt_path: Path, replace_othe
     try:
         old = load_manifest(mpath)
     except ArtifactError as e:
-        if replace_other:
-            return None, True
+        # never trusted to list files to delete: it may be another program's manifest.json
         raise ArtifactError(
-            f"{e}; fer-edge does not overwrite it: pick another --out, pass --replace, or remove {mpath} "
-            "(and the files it described) first"
+            f"{e}; fer-edge does not trust it to say which files in {out} are its own, so it neither exports "
+            f"into {out} nor removes anything there, not even when asked to replace an earlier export: choose "
+            f"another --out, or remove {mpath} yourself (and whatever files of {out} you no longer need)"
         ) from None
     old_src = old.get("source") if isinstance(old.get("source"), dict) else {}
     if old_src.get("sha256") == source_sha:
@@ -249,8 +303,8 @@ def _previous_manifest(out: Path, source_sha: str, ckpt_path: Path, replace_othe
     raise ExportError(
         f"{out} holds an export of another checkpoint: {old_src.get('path') or 'unknown path'} "
         f"(sha256 {old_sha[:12]}), while this export is of {ckpt_path} (sha256 {source_sha[:12]}); exporting "
-        f"into it would mix the two checkpoints' files. Pick another --out, pass --replace (removes the files "
-        f"its manifest lists), or remove {out} first"
+        f"into it would mix the two checkpoints' files. Pick another --out, pass --replace (removes the exported "
+        f"files its manifest lists), or remove {out} first"
     )
 
 
@@ -325,31 +379,52 @@ def check_no_foreign_files(out: Path, plan, stem: str) -> None:
         )
 
 
-def _clear_previous(out: Path) -> None:
-    """Remove the files ``out``'s manifest lists (only inside ``out``), then the manifest itself."""
-    import json
+def _artifact_suffixes() -> tuple[str, ...]:
+    """File suffixes fer-edge's exports write: every target's artifact and companion suffixes."""
+    return tuple(x.lower() for t in TARGETS.values() for x in (t.suffix, *t.companion_suffixes))
+
+
+def _clear_previous(out: Path) -> str:
+    """Remove the export artifacts ``out``'s fer-edge manifest lists (plain names inside ``out`` with an export
+    target's suffix or a companion's; anything else it lists stays), then the manifest itself; returns one line
+    naming every file removed (and any listed file left)."""
     import shutil
 
+    from fer_edge.exporters.manifest import load_manifest
+
     mpath = out / MANIFEST_NAME
-    try:
-        old = json.loads(mpath.read_text())
-    except (OSError, ValueError):
-        old = None
-    arts = old.get("artifacts") if isinstance(old, dict) else None
+    old = load_manifest(mpath)  # _previous_manifest checked that it is fer-edge's
+    suffixes = _artifact_suffixes()
+    removed: list[str] = []
+    left: list[str] = []
+    arts = old.get("artifacts")
     for art in arts if isinstance(arts, list) else []:
         if not isinstance(art, dict):
             continue
         for rec in art.get("files") or [{"file": art.get("file")}]:
             name = rec.get("file") if isinstance(rec, dict) else None
-            f = out / str(name or "")
-            if not name or not _inside(f, out) or f.resolve() == out.resolve() or f == mpath:
+            if not isinstance(name, str) or not name or name in removed or name in left:
+                continue
+            f = out / name
+            if not (f.exists() or f.is_symlink()):
+                continue
+            ours = (Path(name).name == name and not name.startswith(".") and name.lower().endswith(suffixes)
+                    and f != mpath and (f.is_symlink() or _inside(f, out)))
+            if not ours:
+                left.append(name)
                 continue
             if f.is_dir() and not f.is_symlink():
-                shutil.rmtree(f, ignore_errors=True)
-            elif f.exists() or f.is_symlink():
+                shutil.rmtree(f)
+            else:
                 f.unlink()
-    if mpath.is_file() or mpath.is_symlink():
-        mpath.unlink()
+            removed.append(name)
+    mpath.unlink()
+    src = (old.get("source") or {}).get("path") if isinstance(old.get("source"), dict) else None
+    line = (f"--replace: removed {', '.join([*removed, MANIFEST_NAME])} from {out} (the export of "
+            f"{src or 'another checkpoint'})")
+    if left:
+        line += f"; left {', '.join(left)}: listed there, but not an export artifact"
+    return line
 
 
 def export(
@@ -360,7 +435,7 @@ def export(
     *,
     calib_data: str | Path | None = None,
     calib_split: str | None = None,
-    calib_size: int = _cal.DEFAULT_CALIB_SIZE,
+    calib_size: int | None = None,
     calib_seed: int = _cal.DEFAULT_SEED,
     calib_method: str | None = None,
     overflow_fix: str | None = None,
@@ -384,15 +459,21 @@ def export(
     (None: all three, except int8 without ``calib_data``: then it is listed in ``skipped`` with
     the reason); a target skips precisions it does not support (TorchScript: fp32 only). An empty
     list, or an unknown name (beside ``"all"`` too), is refused with the valid names.
-    INT8 needs ``calib_data`` (a FER2013 CSV or image folder): ``calib_size`` images of
-    ``calib_split`` (default: its training split), stratified by class with ``calib_seed``.
+    INT8 needs ``calib_data`` (a FER2013 CSV or image folder): ``calib_size`` images (None:
+    :data:`~fer_edge.exporters.calibration.DEFAULT_CALIB_SIZE`) of ``calib_split`` (default: its training split),
+    stratified by class with ``calib_seed``; they are loaded (and recorded) only when an artifact of the plan is
+    calibrated with them (not Core ML's weights-only INT8 off macOS).
     ``calib_method``: ONNX calibration, ``minmax``/``entropy``/``percentile``.
+    ``calib_split``, ``calib_size`` or ``calib_method`` given when nothing is calibrated (``calib_method``: no
+    ONNX INT8), and ``val_data``, ``val_split`` or ``val_size`` given with ``validate=False``, are refused
+    (every such option named in one error): they would do nothing.
     ``overflow_fix``: OpenVINO INT8 weights, ``first-layer`` (NNCF's default: 7 bits in the first
     layer), ``enable`` (7 bits everywhere, for x86 CPUs without VNNI) or ``disable``; None: the
     default. Given explicitly when no OpenVINO INT8 is exported, it is refused.
     Validation (``validate``) runs each artifact that can run here on ``val_size`` images
     (None: all) of ``val_split`` of ``val_data`` (default: the calibration data, else the
-    checkpoint's recorded data; default split: its validation split) and checks it against
+    checkpoint's recorded validation data, ``ckpt.data["val"]``, when it exists on this machine; default split:
+    its validation split, or the recorded one) and checks it against
     the PyTorch FP32 model with ``thresholds`` (``{precision: parity.Thresholds}``, used as
     given; gaps take :data:`fer_edge.parity.DEFAULT_THRESHOLDS`). Without ``thresholds`` the gate
     is the defaults, then a shipped weight's own gate (``WeightMeta.parity_gate``, found by the
@@ -400,15 +481,25 @@ def export(
     the CLI's ``--min-agreement`` etc.); the manifest's ``thresholds_source`` says which applied. ``name``: the artifacts' file stem
     (default: the model name), e.g. ``fer_nano_int8.onnx``; a path is refused. ``progress`` gets a
     :class:`ProgressEvent` before each step; ``on_warning`` each warning as it happens (all
-    warnings are also in ``result.warnings`` and the manifest).
+    warnings are also in ``result.warnings`` and the manifest). The validation images are loaded only when an
+    artifact of the plan can run here. The gate needs at least
+    :data:`~fer_edge.exporters.calibration.MIN_VAL_SIZE` images (the same floor that refuses a smaller
+    ``val_size``): an explicit ``val_data`` with fewer is refused before any export; implied validation data
+    with fewer (the calibration data, the checkpoint's recorded data) leaves every artifact ``not validated``
+    (``only N validation images; the gate needs M``), with a warning, never ``passed``. Validating on training
+    images (the data's training split, the checkpoint's recorded training data by SHA-256, or the calibration
+    images, under any name) is warned about.
 
     Every input is checked, and the data loaded, before ``out_dir`` is created; a folder this call
     created is removed again when it fails while the folder is still empty. A file or folder at a path
     this export writes (an artifact or its companion: Core ML's ``_logits`` package, OpenVINO's ``.bin``)
     that ``out_dir``'s ``manifest.json`` does not list is refused before any work (it is not fer-edge's
     to overwrite), as is an ``out_dir`` that is, or lies in, a Core ML package. An ``out_dir`` whose
-    ``manifest.json`` records another checkpoint, or cannot be read, is refused (``replace_other``:
-    the files that manifest lists are removed and the folder reused). ``manifest.json`` is rewritten
+    ``manifest.json`` records another checkpoint is refused (``replace_other``: the export artifacts that
+    manifest lists, and the manifest, are removed and the folder reused, with a warning naming each file removed);
+    one that cannot be read, or is not fer-edge's, is refused even with ``replace_other`` (it is never trusted to
+    list files to delete). Temporary ``.tmp-*`` files in ``out`` (left by an export that was killed) are named in
+    a warning, not removed (they may be a running export's). ``manifest.json`` is rewritten
     (atomically) after every artifact, with ``"complete": false`` until the end, so an interrupted
     export (Ctrl-C, SIGTERM: both raise ``KeyboardInterrupt`` here) leaves a manifest of what it finished.
     """
@@ -421,6 +512,7 @@ def export(
     validate_thresholds(thresholds, overrides=threshold_overrides)  # before the checkpoint is even read
     tlist = _resolve_targets(targets)
     plist = _resolve_precisions(precisions)
+    calib_method_given = calib_method is not None
     calib_method = calib_method or DEFAULT_CALIB_METHOD
     if calib_method not in CALIB_METHODS:
         raise FerEdgeError(f"unknown calibration method {calib_method!r}; valid: {', '.join(CALIB_METHODS)}")
@@ -430,6 +522,9 @@ def export(
     overflow_fix = overflow_fix or DEFAULT_OVERFLOW_FIX
     if overflow_fix not in OVERFLOW_FIX:
         raise FerEdgeError(f"unknown overflow fix {overflow_fix!r}; valid: {', '.join(OVERFLOW_FIX)}")
+    calib_size_given = calib_size is not None
+    if calib_size is None:
+        calib_size = _cal.DEFAULT_CALIB_SIZE
     for opt, value, none_ok in (("--calib-size", calib_size, False), ("--calib-seed", calib_seed, False),
                                 ("--val-size", val_size, True), ("--val-seed", val_seed, False)):
         if not (value is None and none_ok) and (isinstance(value, bool) or not isinstance(value, numbers.Integral)):
@@ -460,17 +555,45 @@ def export(
             "nothing to export: "
             + "; ".join(f"{s['target']} {s['precision']}: {s['reason']}" for s in skipped)
         )
+    # every problem with the options at once; an option that would do nothing is refused, not ignored
+    problems: list[str] = []
+    planned = ", ".join(f"{t.name} {p.value}" for t, p in plan)
     if any(p is Precision.int8 for _, p in plan) and calib_data is None:
-        raise FerEdgeError(
+        problems.append(
             "int8 export needs calibration images: pass --calib-data PATH (a FER2013 CSV or image folder; "
             "the training split is sampled), or leave int8 out (--precision fp32,fp16)"
         )
     if overflow_fix_given and not any((t.name, p) == ("openvino", Precision.int8) for t, p in plan):
-        raise FerEdgeError(
+        problems.append(
             f"--overflow-fix applies to OpenVINO INT8 only, and this export makes none "
-            f"({', '.join(f'{t.name} {p.value}' for t, p in plan)}): add --target openvino with int8 "
+            f"({planned}): add --target openvino with int8 "
             "(and --calib-data), or leave --overflow-fix out"
         )
+    calibrated = [(t, p) for t, p in plan if get_exporter(t.name).calibrates(p)]
+    unused = [o for o, given in (("--calib-split", calib_split is not None), ("--calib-size", calib_size_given))
+              if given]
+    if unused and not calibrated:
+        problems.append(
+            f"{' and '.join(unused)} only {'shapes' if len(unused) == 1 else 'shape'} the INT8 calibration set, and "
+            f"this export calibrates nothing ({planned}; Core ML's int8 off macOS is weights-only): leave "
+            f"{'it' if len(unused) == 1 else 'them'} out, or export int8 of onnx or openvino (with --calib-data)"
+        )
+    if calib_method_given and not any((t.name, p) == ("onnx", Precision.int8) for t, p in plan):
+        problems.append(
+            f"--calib-method applies to ONNX INT8 only, and this export makes none ({planned}): add --target onnx "
+            "with int8 (and --calib-data), or leave --calib-method out"
+        )
+    if not validate:
+        unused = [o for o, v in (("--val-data", val_data), ("--val-split", val_split), ("--val-size", val_size))
+                  if v is not None]
+        if unused:
+            problems.append(
+                f"{', '.join(unused)} {'chooses' if len(unused) == 1 else 'choose'} the parity gate's images, and "
+                f"--no-validate skips the gate: leave {'it' if len(unused) == 1 else 'them'} out, or drop "
+                "--no-validate"
+            )
+    if problems:
+        raise FerEdgeError("\n".join(problems))
 
     out = Path(out_dir)
     check_not_in_a_package(out)
@@ -491,39 +614,51 @@ def export(
         if on_warning is not None:
             on_warning(msg)
 
-    # all data is loaded (and any error about it raised) before the output folder exists
+    temps = [] if to_create else _leftover_temps(out)
+    if temps:
+        warn(f"{out} holds {', '.join(temps)}: temporary files of an export into it that did not finish (killed?), "
+             f"or of one running now; fer-edge leaves them: remove them once no export into {out} is running")
+
+    # all data is loaded (and any error about it raised) before the output folder exists; only what an
+    # artifact of the plan uses: calibration images for a calibrated int8, validation images for a runnable one
     calib = None
-    if any(p is Precision.int8 for _, p in plan):
+    if calibrated:
         calib, w = _cal.load_calibration(calib_data, calib_split, calib_size, calib_seed,
                                          ckpt.normalization, progress=data_progress)
         calib.record["requested"] = int(calib_size)
-        # a small calibration set matters only to an artifact made from it (not Core ML's weights-only int8)
-        if any(p is Precision.int8 and get_exporter(t.name).calibrates(p) for t, p in plan):
-            for msg in w:
-                warn(msg)
+        for msg in w:
+            warn(msg)
 
     vset = ref = None
     val_record = None
-    if validate:
-        vdata, vwhy = _validation_source(val_data, calib_data, ckpt)
+    no_val = ""  # why artifacts that could run here are not validated
+    if validate and any(_val.runtime_unavailable(t) is None for t, _ in plan):
+        vdata, vsplit, vwhy, no_val = _validation_source(val_data, val_split, calib_data, ckpt)
         if vdata is None:
-            warn("no validation data (pass --val-data or --calib-data): artifacts are not validated")
+            warn(f"{no_val}: artifacts are not validated")
         else:
-            vset = _cal.load_validation(vdata, val_split, val_size, val_seed, ckpt.normalization,
+            vset = _cal.load_validation(vdata, vsplit, val_size, val_seed, ckpt.normalization,
                                         progress=data_progress)
             check_scorable(vset.labels, ckpt.labels)  # before any artifact is written
-            vset.record["requested"] = None if val_size is None else int(val_size)
-            val_record = {**vset.record, "chosen_from": vwhy}
-            for msg in _cal.validation_warnings(vset, val_size):
-                warn(msg)
-            if calib is not None and (calib.record["file"], calib.record["split"]) == (
-                vset.record["file"], vset.record["split"]
-            ):
-                warn(
-                    f"calibration and validation both sample {vset.record['split']} of {vset.record['file']}: "
-                    "the parity figures are not on held-out images"
-                )
-            ref = _val.reference_logits(model, vset.inputs)
+            minimum = _cal.MIN_VAL_SIZE
+            if len(vset) < minimum:  # a gate on a handful of images decides by noise: never "passed"
+                short = (f"only {len(vset)} validation images ({vset.record['split']} of {vset.record['file']}); "
+                         f"the gate needs {minimum}")
+                if val_data is not None:
+                    raise FerEdgeError(f"--val-data {val_data}: {short}: pass a larger validation split "
+                                       "(--val-split) or data set, or --no-validate")
+                no_val = f"only {len(vset)} validation images; the gate needs {minimum}"
+                warn(f"the parity gate has {short} (taken from {vwhy}): artifacts are not validated; pass "
+                     f"--val-data with at least {minimum} images")
+                vset = None
+            else:
+                vset.record["requested"] = None if val_size is None else int(val_size)
+                val_record = {**vset.record, "chosen_from": vwhy}
+                for msg in _cal.validation_warnings(vset, val_size):
+                    warn(msg)
+                for msg in _held_out_warnings(vset, vdata, calib, ckpt):
+                    warn(msg)
+                ref = _val.reference_logits(model, vset.inputs)
 
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -531,13 +666,13 @@ def export(
         _remove_if_empty(to_create)
         raise FerEdgeError(f"cannot create --out {out}: {e.strerror or e}") from None
     if clear:
-        _clear_previous(out)
+        warn(_clear_previous(out))
     try:
         with sigterm_as_interrupt():
             result = _run_plan(
                 plan, skipped, out, stem, ckpt, ckpt_path, model, source_sha, old, calib, calib_method,
                 overflow_fix, vset, ref, val_record, validate, thresholds, thresholds_source, warnings, warn,
-                progress,
+                progress, no_val,
             )
     except BaseException:
         _remove_if_empty(to_create)
@@ -548,7 +683,8 @@ def export(
 
 
 def _run_plan(plan, skipped, out, stem, ckpt, ckpt_path, model, source_sha, old, calib, calib_method, overflow_fix,
-              vset, ref, val_record, validate, thresholds, thresholds_source, warnings, warn, progress) -> ExportResult:
+              vset, ref, val_record, validate, thresholds, thresholds_source, warnings, warn, progress,
+              no_val: str = "") -> ExportResult:
     """Export (and validate) each (target, precision) of ``plan`` into ``out``, rewriting the manifest after each.
 
     An earlier entry of this checkpoint stays listed until its (target, precision) has been exported again: if
@@ -656,8 +792,9 @@ def _run_plan(plan, skipped, out, stem, ckpt, ckpt_path, model, source_sha, old,
                 validation: dict
                 if not validate:
                     validation = _val.not_validated("not validated: --no-validate")
-                elif vset is None:
-                    validation = _val.not_validated("not validated: no validation data")
+                elif vset is None:  # the runtime's reason first (Core ML: needs macOS), then why there are no images
+                    validation = _val.not_validated(_val.runtime_unavailable(t)
+                                                    or f"not validated: {no_val or NO_VALIDATION_DATA}")
                 else:
                     validation = _val.not_validated(VALIDATION_UNFINISHED)
                 new: list[dict] = []

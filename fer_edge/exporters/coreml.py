@@ -252,7 +252,7 @@ class CoreMLExporter(Exporter):
     def export(self, req: ExportRequest, precision: Precision, out_path: Path) -> list[ExportedFile]:
         precision = Precision(precision)
         w8a8 = precision is Precision.int8 and activations_quantized_here()
-        if precision is Precision.int8 and req.calib is None:
+        if w8a8 and req.calib is None:  # weights-only int8 (off macOS) uses no calibration image
             raise ExportError("int8 export needs calibration images (--calib-data)")
         ct = _import_coremltools(w8a8)
         extra: dict = {

@@ -253,7 +253,35 @@ def quantize_int8(fp32, calib_inputs: np.ndarray, method: str, workdir: Path):
             calibrate_method=getattr(CalibrationMethod, CALIB_METHODS[method]),
             calibration_cache_path=str(cache),
         )
-    return onnx.load(str(out))
+    proto = onnx.load(str(out))
+    drop_unused_opset_imports(proto)
+    return proto
+
+
+def _node_domains(nodes, into: set[str]) -> None:
+    """The domains of ``nodes`` and of the nodes in their subgraphs (If/Loop/Scan bodies)."""
+    for n in nodes:
+        into.add(n.domain)
+        for a in n.attribute:
+            for g in ([a.g] if a.HasField("g") else []) + list(a.graphs):
+                _node_domains(g.node, into)
+
+
+def drop_unused_opset_imports(proto) -> list[str]:
+    """Remove the model's ``opset_import`` entries of domains no node uses (``quant_pre_process`` leaves about ten:
+    ``ai.onnx.training``, ``com.microsoft.nchwc``, ``org.pytorch.aten``, ...); the default domain always stays.
+    Returns the domains removed."""
+    used: set[str] = {"", "ai.onnx"}
+    _node_domains(proto.graph.node, used)
+    for f in proto.functions:
+        used.add(f.domain)
+        _node_domains(f.node, used)
+    keep = [o for o in proto.opset_import if o.domain in used]
+    gone = [o.domain for o in proto.opset_import if o.domain not in used]
+    if gone:
+        del proto.opset_import[:]
+        proto.opset_import.extend(keep)
+    return gone
 
 
 def save_proto(proto, path: Path) -> None:

@@ -40,6 +40,15 @@ def not_validated(reason: str, **extra) -> dict:
     return {"status": NOT_VALIDATED, "reason": reason, **extra}
 
 
+def runtime_unavailable(target: Target) -> str | None:
+    """``"not validated: <why>"`` when the target's runtime cannot run here (Core ML off macOS, a missing
+    package); None when it can."""
+    from fer_edge.runtimes import get_runtime
+
+    ok, why = get_runtime(target.runtime).available()
+    return None if ok else f"not validated: {why}"
+
+
 def validate_artifact(path: Path, target: Target, precision: Precision | str, vset, ref_logits: np.ndarray,
                       thresholds=None) -> dict:
     """Run ``path`` in the target's runtime on ``vset.inputs``; compare with ``ref_logits``; check thresholds."""
