@@ -135,6 +135,9 @@ class Predictor:
         if (why := Normalization.problem(normalization.to_dict())) is not None:
             raise DataError(f"normalization {why}")
         self.normalization: Normalization = normalization
+        #: what a user should know before trusting the answers (:func:`load` adds one for an artifact its export's
+        #: parity gate failed); the CLI prints each as a warning
+        self.warnings: list[str] = []
         self._detector = detector
         self.margin = check_margin(margin)
 
@@ -320,7 +323,37 @@ def load(path: str | os.PathLike | None = None, runtime: str | None = None, devi
         raise
     except Exception as e:  # runtime libraries raise their own types for bad files
         raise ArtifactError(f"{p}: cannot load it ({type(e).__name__}: {e})") from None
-    return Predictor(rt)
+    predictor = Predictor(rt)
+    gate = export_gate_failure(p)
+    if gate is not None:
+        predictor.warnings.append(gate)
+    return predictor
+
+
+def export_gate_failure(path: str | os.PathLike) -> str | None:
+    """A warning when the ``manifest.json`` beside the artifact ``path`` records that it failed the parity gate
+    of the export that wrote it (its answers may differ from the model's); None otherwise.
+
+    A missing or unreadable manifest gives None: predicting does not verify exports (``fer-edge bench`` does).
+    """
+    from fer_edge.errors import FerEdgeError
+    from fer_edge.exporters.manifest import MANIFEST_NAME, load_manifest
+
+    p = Path(path)
+    manifest = p.parent / MANIFEST_NAME
+    if not manifest.is_file():
+        return None
+    try:
+        entries = load_manifest(manifest).get("artifacts") or []
+    except FerEdgeError:
+        return None
+    entry = next((e for e in entries if isinstance(e, dict) and e.get("file") == p.name), None)
+    validation = (entry or {}).get("validation")
+    if not isinstance(validation, dict) or validation.get("status") != "failed":
+        return None
+    why = f" ({validation['reason']})" if validation.get("reason") else ""
+    return (f"{p} failed the parity gate of the export that wrote it{why}, as its {manifest} records: its "
+            "answers may differ from the model's")
 
 
 # -- inputs and annotation for the CLI -----------------------------------------------------

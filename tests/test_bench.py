@@ -675,6 +675,27 @@ def test_files_without_a_manifest_are_benched_with_a_warning(tmp_path, artifact_
     assert len(_not_sample(report.warnings)) == 1 and "did not finish" in _not_sample(report.warnings)[0]
 
 
+def test_an_artifact_that_failed_its_export_gate_is_benched_with_a_warning(tmp_path, artifact_dir, synthetic_csv):
+    """bench ran an artifact its export had marked 'failed' and said nothing (report.json neither)."""
+    folder = tmp_path / "gated"
+    shutil.copytree(artifact_dir, folder)
+    m = json.loads((folder / "manifest.json").read_text())
+    entry = next(e for e in m["artifacts"] if e["file"] == "fer_nano_fp32.onnx")
+    before = (entry.get("validation") or {}).get("status")
+    entry["validation"] = {**(entry.get("validation") or {}), "status": "failed",
+                           "reason": "accuracy 60.00% is 1.17 points below the reference's"}
+    (folder / "manifest.json").write_text(json.dumps(m))
+    report = _bench([folder / "fer_nano_fp32.onnx"], synthetic_csv, runtimes=["onnxruntime"], batches=(1,))
+    gate = [w for w in report.warnings if "failed the parity gate of the export" in w]
+    assert len(gate) == 1 and "fer_nano_fp32.onnx (accuracy 60.00% is 1.17 points below" in gate[0], report.warnings
+    row = next(r for r in report.to_dict()["rows"] if r["target"] == "onnx")
+    assert row["export_validation"] == "failed"
+    # the unchanged folder: its status as exported, and no such warning
+    report = _bench([artifact_dir / "fer_nano_fp32.onnx"], synthetic_csv, runtimes=["onnxruntime"], batches=(1,))
+    assert not [w for w in report.warnings if "failed the parity gate of the export" in w]
+    assert next(r for r in report.to_dict()["rows"] if r["target"] == "onnx")["export_validation"] == before
+
+
 def test_out_that_is_a_file_is_refused_before_any_work(monkeypatch, tmp_path, tiny_checkpoint, synthetic_csv):
     from fer_edge.benchmarks import bench
 

@@ -887,3 +887,31 @@ def test_a_runtime_that_does_not_run_the_file_names_the_option_of_each_interface
     assert r.exit_code == 1
     assert ("error: runtime onnxruntime does not run nano.pt: fer-edge runs that file type in pytorch (leave out "
             "--runtime to have it chosen from the file)") in _joined(r.stderr)
+
+
+def test_an_artifact_that_failed_its_export_gate_is_used_with_a_warning(artifacts, face_dir, tmp_path):
+    """predict ran an artifact its export had marked 'failed' and said nothing."""
+    import json
+    import shutil
+
+    from fer_edge.cli import app
+    from fer_edge.predict import load
+
+    folder = tmp_path / "export"
+    shutil.copytree(artifacts["onnx"].parent, folder)
+    onnx = folder / artifacts["onnx"].name
+    assert load(onnx).warnings == []  # as exported (not validated): nothing to say
+    m = json.loads((folder / "manifest.json").read_text())
+    entry = next(e for e in m["artifacts"] if e["file"] == onnx.name)
+    entry["validation"] = {"status": "failed", "reason": "top-1 agreement 95.00% < 98.50%"}
+    (folder / "manifest.json").write_text(json.dumps(m))
+    pred = load(onnx)
+    assert len(pred.warnings) == 1 and "failed the parity gate of the export that wrote it (top-1 agreement " \
+        "95.00% < 98.50%)" in pred.warnings[0]
+    r = runner.invoke(app, ["predict", "-m", str(onnx), "--no-detect-faces", str(face_dir / "a.png")])
+    assert r.exit_code == 0, r.output
+    err = " ".join(r.stderr.split())
+    assert "warning: " in err and "failed the parity gate of the export that wrote it" in err, err
+    # an unreadable manifest: predicting does not verify exports, so no warning and no error
+    (folder / "manifest.json").write_text("{broken")
+    assert load(onnx).warnings == []

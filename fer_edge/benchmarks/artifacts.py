@@ -43,6 +43,10 @@ class Artifact:
     manifest: Path | None = None
     #: the manifest's ``complete`` (False: written by an export that did not finish); None when it has none
     export_complete: bool | None = None
+    #: the export's parity-gate outcome from its manifest (``passed``, ``failed``, ``not validated``...) and the
+    #: reason given; None when no manifest lists it
+    export_validation: str | None = None
+    export_validation_reason: str | None = None
     #: why its runtime could not read it (``"InvalidProtobuf: ..."``) when looking for its source in its metadata
     read_error: str | None = None
     #: the fer-edge metadata embedded in the file, once read (files no manifest lists); None: not read
@@ -193,6 +197,7 @@ def read_manifest(path: str | Path, verify: bool = True, only: set[str] | None =
             source=dict(src or {}),
             manifest=mpath,
             export_complete=_run_complete(data, e),
+            **_validation(e),
         ))
     if not out:
         raise ArtifactError(f"{mpath}: lists no exported artifact")
@@ -565,6 +570,18 @@ def resolve_reference(artifacts: list[Artifact], reference: str | Path | None = 
 def unverified(artifacts: list[Artifact]) -> list[Artifact]:
     """Exported artifacts no manifest lists: their SHA-256 was not checked and no export gate passed them."""
     return [a for a in artifacts if a.manifest is None and not a.is_checkpoint]
+
+
+def gate_failed(artifacts: list[Artifact]) -> list[Artifact]:
+    """Exported artifacts their manifest records as having failed the export's parity gate."""
+    return [a for a in artifacts if a.export_validation == "failed"]
+
+
+def _validation(entry: dict) -> dict:
+    v = entry.get("validation")
+    if not isinstance(v, dict) or not v.get("status"):
+        return {}
+    return {"export_validation": str(v["status"]), "export_validation_reason": str(v.get("reason") or "")}
 
 
 def _run_complete(manifest: dict, entry: dict) -> bool | None:

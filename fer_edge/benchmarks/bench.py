@@ -51,6 +51,7 @@ from fer_edge.benchmarks.artifacts import (
     Artifact,
     collect_artifacts,
     error_text,
+    gate_failed,
     metadata_normalization,
     read_manifest,
     reference_groups,
@@ -93,7 +94,7 @@ def new_row(art: Artifact, runtime: str, device: str | None, batch: int, status:
         "source_sha256": (art.sha256 if art.is_checkpoint and art.sha256 else art.source.get("sha256"))
         or (source.sha256 if source is not None else None),
         "iters": None, "p50_spread_pct": None, "rss_delta_mb": None, "parity_failures": [],
-        "runtime_info": None,
+        "runtime_info": None, "export_validation": art.export_validation,
     }
 
 
@@ -576,6 +577,12 @@ def _run_bench(
     ):
         if found:
             warn(f"{len(found)} artifact file(s) {why}: " + ", ".join(str(a.path) for a in found))
+    failed_gate = gate_failed(arts)
+    if failed_gate:
+        warn(f"{len(failed_gate)} artifact file(s) failed the parity gate of the export that wrote them (their "
+             "manifest's validation status is 'failed'; the rows record it as export_validation): "
+             + "; ".join(f"{a.path} ({a.export_validation_reason})" if a.export_validation_reason else str(a.path)
+                         for a in failed_gate))
     cores = usable_cores()
     if threads > cores:
         warn(f"--threads {threads} is more than the {cores} CPU core(s) this process may use: the threads share "

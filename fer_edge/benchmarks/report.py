@@ -34,7 +34,7 @@ CSV_COLUMNS = (
     "model", "source_sha256", "target", "precision", "runtime", "device", "batch", "status", "reason", "threads",
     "load_ms", "first_inference_ms", *(f"latency_{k}_ms" for k in LATENCY_KEYS), "throughput_ips",
     "peak_rss_mb", "accuracy", "macro_f1", "agreement", "max_abs_diff", "kl", "flips",
-    "artifact", "size_bytes", "p50_spread_pct", "iters",
+    "artifact", "size_bytes", "p50_spread_pct", "iters", "export_validation",
 )
 
 

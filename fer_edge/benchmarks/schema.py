@@ -73,6 +73,9 @@ ROW_SCHEMA: dict[str, Any] = {
         "rss_delta_mb": _num,
         "parity_failures": {"type": "array", "items": {"type": "string"}},
         "runtime_info": {"type": ["object", "null"]},
+        "export_validation": {"type": ["string", "null"], "description": "the export's parity-gate outcome its "
+                              "manifest records (passed, failed, not validated ...); null when no manifest lists "
+                              "the artifact (or for the reference)"},
     },
     "additionalProperties": False,
 }

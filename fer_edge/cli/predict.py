@@ -116,6 +116,8 @@ def predict_cmd(
                   f"fer-edge predict --annotate, not classified again): {_listing(copies)}")
 
     predictor = load(model, runtime=runtime, device=device, runtime_option="--runtime")
+    for text in predictor.warnings:
+        _note(f"warning: {text}")
     if detect_faces:
         predictor.detector  # noqa: B018 - fail once, before any image, when no detector is available
     labels = list(predictor.labels)
