@@ -590,3 +590,29 @@ def test_onnx_int8_imports_only_the_opset_domains_its_nodes_use(onnx_fp16_int8):
     assert imported <= used | {"ai.onnx"}, imported - used  # quant_pre_process left ai.onnx.training etc. before
     assert "" in imported
     onnx.checker.check_model(model, full_check=True)
+
+
+def test_nncf_quantize_logs_no_torch_cuda_probe_line(monkeypatch, caplog):
+    """NNCF's model-type check imports nncf.torch, whose torch.utils.cpp_extension import logs "No CUDA runtime is
+    found, using CUDA_HOME=..." on a CPU machine with a CUDA path: a stray line in every OpenVINO INT8 export."""
+    import logging
+
+    import nncf
+    import numpy as np
+
+    from fer_edge.exporters import openvino as ov_exp
+
+    def fake_quantize(model, *a, **k):
+        logging.getLogger("torch.utils.cpp_extension").warning("No CUDA runtime is found, using CUDA_HOME='/x'")
+        logging.getLogger("nncf").info("Statistics collection")
+        return model
+
+    monkeypatch.setattr(nncf, "quantize", fake_quantize)
+    monkeypatch.setattr(ov_exp, "first_convolution", lambda om: "conv0")
+    before = logging.getLogger("torch.utils.cpp_extension").level
+    with caplog.at_level(logging.DEBUG):
+        q, first = ov_exp.quantize_int8("model", np.zeros((2, 1, 48, 48), np.float32))
+    assert (q, first) == ("model", "conv0")
+    assert not [r for r in caplog.records if "CUDA" in r.getMessage() or r.name == "nncf"], caplog.records
+    # the loggers' levels are put back
+    assert logging.getLogger("torch.utils.cpp_extension").level == before

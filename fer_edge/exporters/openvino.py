@@ -99,9 +99,13 @@ def quantize_int8(om, calib_inputs, overflow_fix: str = DEFAULT_OVERFLOW_FIX):
     from nncf.quantization.range_estimator import RangeEstimatorParametersSet
 
     items = [calib_inputs[i : i + 1] for i in range(len(calib_inputs))]
-    nncf_log = logging.getLogger("nncf")
-    level = nncf_log.level
-    nncf_log.setLevel(logging.ERROR)
+    # NNCF's own progress lines, and torch's "No CUDA runtime is found, using CUDA_HOME=..." that NNCF's model
+    # type check logs by importing nncf.torch (torch.utils.cpp_extension) on a CPU machine with a CUDA path:
+    # noise between fer-edge's lines, about a GPU this export does not use
+    loggers = [logging.getLogger(n) for n in ("nncf", "torch.utils.cpp_extension")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
     try:
         # NNCF runs the model in Cores of its own; keep_sigaltstack stops their CPU plugins from
         # leaving this thread on a freed signal stack (see fer_edge.runtimes.openvino.ov_core)
@@ -120,7 +124,8 @@ def quantize_int8(om, calib_inputs, overflow_fix: str = DEFAULT_OVERFLOW_FIX):
             )
             return q, first
     finally:
-        nncf_log.setLevel(level)
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
 
 
 class OpenVINOExporter(Exporter):
