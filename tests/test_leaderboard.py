@@ -375,3 +375,273 @@ def test_every_bad_extra_is_reported_at_once(synthetic_csv, tmp_path, capsys):
     err = " ".join(capsys.readouterr().err.split())
     assert "--extra 'j=" in err and "junk.pt" in err and "the name 'a' is given twice" in err
     assert not out.exists()
+
+
+# --- reruns that repair what an earlier run left behind --------------------------------------------
+def _copy_out(src: Path, dst: Path, models=MODELS) -> Path:
+    """A leaderboard folder holding ``models``' runs, exports and bench reports of ``src`` (a run to change)."""
+    import shutil
+
+    for m in models:
+        for part in ("runs", "exports", "bench"):
+            shutil.copytree(src / part / m, dst / part / m)
+    return dst
+
+
+def _strict_json(path: Path):
+    def refuse(c):
+        raise ValueError(f"{path} holds {c}: not strict JSON")
+
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
+def _bench_args(first_run):
+    from fer_edge.benchmarks.environment import describe_environment
+    from fer_edge.benchmarks.leaderboard import BENCH_RUNTIMES, BenchSettings, bench_request
+
+    _, out, doc, _, _ = first_run
+    row = next(r for r in doc["rows"] if r["name"] == "fer_nano")
+    request = bench_request(doc["data"]["split"], doc["data"]["sha256"], doc["data"]["n_images"],
+                            BenchSettings(iters=3, warmup=1))
+    return row, request, describe_environment(list(BENCH_RUNTIMES))
+
+
+def test_a_bench_without_every_row_measured_is_not_reused(first_run, tmp_path):
+    """A report whose INT8 row is missing, failed, or holds a NaN was reused on every rerun, then failed the model."""
+    import copy
+
+    from fer_edge.benchmarks.leaderboard import reusable_bench
+
+    row, request, here = _bench_args(first_run)
+    stored = json.loads((Path(row["bench_dir"]) / "report.json").read_text())
+    int8 = next(i for i, r in enumerate(stored["rows"]) if r["precision"] == "int8")
+
+    def why(report: dict) -> str:
+        d = tmp_path / f"b{len(list(tmp_path.iterdir()))}"
+        d.mkdir()
+        (d / "report.json").write_text(json.dumps(report))
+        got, reason = reusable_bench(d, row["checkpoint_sha256"], Path(row["export_dir"]), request, here)
+        assert got is None
+        return reason
+
+    dropped = copy.deepcopy(stored)
+    del dropped["rows"][int8]
+    assert why(dropped) == "the earlier bench did not measure ONNX Runtime INT8"
+    failed = copy.deepcopy(stored)
+    failed["rows"][int8].update(status="failed", reason="boom", latency_ms=None)
+    assert why(failed).startswith("the earlier bench did not measure ONNX Runtime INT8 (failed: boom")
+    for key in ("latency_ms", "accuracy", "agreement"):
+        bad = copy.deepcopy(stored)
+        if key == "latency_ms":
+            bad["rows"][int8]["latency_ms"]["p50"] = math.nan
+        else:
+            bad["rows"][int8][key] = math.nan
+        assert "ONNX Runtime INT8 (not a finite number" in why(bad), key
+
+
+def test_non_finite_bench_figures_are_never_taken(first_run):
+    """A NaN in a bench row gave an "ok" leaderboard row showing `nan`, and NaN in leaderboard.json."""
+    from types import SimpleNamespace
+
+    from fer_edge.benchmarks.leaderboard import Entry, new_row, take_bench
+
+    row, _, _ = _bench_args(first_run)
+    stored = json.loads((Path(row["bench_dir"]) / "report.json").read_text())
+    for r in stored["rows"]:
+        if r["precision"] == "int8":
+            r["latency_ms"]["p50"] = math.nan
+            r["agreement"] = math.inf
+    fresh = new_row(Entry("fer_nano", "fer_nano"))
+    missing = take_bench(fresh, SimpleNamespace(rows=stored["rows"], reference=stored["reference"]))
+    assert len(missing) == 1 and missing[0].startswith("ONNX Runtime INT8: not a finite number")
+    assert fresh["ort_int8_p50_ms"] is None and fresh["int8_agreement"] is None
+    assert all(not isinstance(v, float) or math.isfinite(v) for v in fresh.values())
+
+
+def test_the_plot_leaves_out_non_finite_points_and_says_log_scale_only_when_it_is(monkeypatch, tmp_path):
+    from fer_edge.benchmarks import leaderboard, report
+
+    seen = {}
+
+    def finish(fig, ax, path, title, has_points, xlabel, ylabel):
+        import matplotlib.pyplot as plt
+
+        seen.update(has_points=has_points, xlabel=xlabel)
+        plt.close(fig)
+
+    monkeypatch.setattr(report, "finish_latency_plot", finish)
+    row = {"name": "a", "status": "ok", "extra": False, "pareto": False, "origin": "x",
+           "ort_int8_p50_ms": math.nan, "int8_accuracy": 0.5}
+    leaderboard.plot_leaderboard([row], tmp_path / "p.png", "t")
+    assert seen == {"has_points": False, "xlabel": "ONNX Runtime INT8 p50 latency, batch 1, 1 thread (ms)"}
+    leaderboard.plot_leaderboard([{**row, "ort_int8_p50_ms": 2.0}], tmp_path / "p.png", "t")
+    assert seen["has_points"] and seen["xlabel"].endswith("(ms, log scale)")
+
+
+def test_the_leaderboard_files_hold_no_nan_and_a_write_failure_is_an_error(first_run, tmp_path):
+    from fer_edge.benchmarks.leaderboard import write_leaderboard
+    from fer_edge.errors import FerEdgeError
+
+    _, _, doc, _, _ = first_run
+    bad = json.loads(json.dumps(doc))
+    bad["rows"][0]["int8_agreement"] = math.nan
+    bad["wall_seconds"] = math.inf
+    write_leaderboard(bad, tmp_path / "a")
+    written = _strict_json(tmp_path / "a" / "leaderboard.json")
+    assert written["rows"][0]["int8_agreement"] is None and written["wall_seconds"] is None
+    (tmp_path / "b" / "leaderboard.md").mkdir(parents=True)
+    with pytest.raises(FerEdgeError, match=r"cannot write the leaderboard files into .*leaderboard\.md"):
+        write_leaderboard(doc, tmp_path / "b")
+
+
+def test_ctrl_c_while_the_files_are_written_is_held_until_all_three_are(first_run, tmp_path, monkeypatch, capsys):
+    import os
+    import signal
+
+    from fer_edge.benchmarks import leaderboard
+
+    _, _, doc, _, _ = first_run
+
+    def plot(rows, path, title):
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C after two of the three files
+        Path(path).write_bytes(b"png")
+
+    monkeypatch.setattr(leaderboard, "plot_leaderboard", plot)
+    with pytest.raises(leaderboard.InterruptedAfterWriting) as info:
+        leaderboard.write_leaderboard(doc, tmp_path / "lb")
+    assert all(p.is_file() for p in info.value.paths.values())
+
+    def stop(*a, **k):
+        raise info.value
+
+    monkeypatch.setattr(leaderboard, "run_leaderboard", stop)
+    assert main(["--data", str(tmp_path / "lb" / "leaderboard.md"), "--out", str(tmp_path / "lb"), *TINY]) == 130
+    err = " ".join(capsys.readouterr().err.split())
+    assert err.startswith("interrupted after the leaderboard files were written") and "not written" not in err
+
+
+def test_a_folder_where_a_leaderboard_file_goes_is_refused_before_any_work(synthetic_csv, tmp_path, capsys):
+    (tmp_path / "leaderboard.png").mkdir()
+    assert main(["--data", str(synthetic_csv), "--out", str(tmp_path), "--models", "fer_nano", *TINY]) == 1
+    err = " ".join(capsys.readouterr().err.split())
+    assert "leaderboard.png is a folder" in err and "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["leaderboard.png"]
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs /proc")
+def test_an_out_that_cannot_be_created_is_refused_before_any_training(synthetic_csv, capsys):
+    assert main(["--data", str(synthetic_csv), "--out", "/proc/fer_edge_lb/x", "--models", "fer_nano", *TINY]) == 1
+    err = " ".join(capsys.readouterr().err.split())
+    assert err.startswith("error: bad options:") and "--out /proc/fer_edge_lb/x" in err
+    assert "failed at" not in err and "Traceback" not in err
+
+
+def test_a_run_folder_without_a_readable_checkpoint_is_replaced(first_run, tmp_path):
+    """A corrupt best.pt, a truncated best.pt beside an intact last.pt, or a folder of history files only failed
+    the model on every rerun (or told the user to choose another --out)."""
+    import shutil
+
+    from fer_edge.benchmarks.leaderboard import Recipe, training_plan
+
+    _, out, _, _, _ = first_run
+    cfg = Recipe(epochs=1, max_steps_per_epoch=2, threads=1).train_config("d.csv", "fer_nano", tmp_path)
+    run = tmp_path / "run"
+    shutil.copytree(out / "runs" / "fer_nano", run)
+    (run / "best.pt").write_bytes((run / "best.pt").read_bytes()[:100])
+    action, why = training_plan(run, cfg)
+    assert action == "replace" and why.startswith("best.pt is not a readable checkpoint")
+    (run / "best.pt").write_bytes(b"garbage")
+    (run / "last.pt").unlink(missing_ok=True)
+    assert training_plan(run, cfg)[0] == "replace"
+    (run / "best.pt").unlink()
+    action, why = training_plan(run, cfg)
+    assert action == "replace" and "holds no checkpoint" in why and "metrics.json" in why
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert training_plan(empty, cfg) == ("train", "no previous run")
+
+
+def test_the_same_data_at_another_path_reuses_the_runs_and_exports(first_run, synthetic_csv, tmp_path):
+    import shutil
+
+    from fer_edge.benchmarks.leaderboard import Recipe, _export_is_current, training_plan
+    from fer_edge.data import load_split
+    from fer_edge.training.trainer import data_fingerprint
+    from fer_edge.utils import sha256_path
+
+    _, out, _, _, _ = first_run
+    moved = shutil.copy(synthetic_csv, tmp_path / "moved.csv.gz")
+    run_dir = out / "runs" / "fer_nano"
+    cfg = Recipe(epochs=1, max_steps_per_epoch=2, threads=1).train_config(moved, "fer_nano", run_dir)
+    fps = {"train": data_fingerprint(load_split(moved, "Training")),
+           "val": data_fingerprint(load_split(moved, "PublicTest"))}
+    action, why = training_plan(run_dir, cfg, fps)
+    assert action == "skip" and "the same images" in why and "moved.csv.gz" in why
+    assert training_plan(run_dir, cfg, {**fps, "train": {**fps["train"], "sha256": "0" * 64}})[0] == "replace"
+    assert _export_is_current(out / "exports" / "fer_nano", sha256_path(run_dir / "best.pt"), Path(moved), 56,
+                              fps["train"]["sha256"])
+
+
+def test_a_rerun_remeasures_retrains_and_labels_what_it_should(first_run, synthetic_csv, tmp_path, capsys):
+    """One rerun of a leaderboard folder whose fer_nano best.pt is truncated, and whose simple_cnn bench lacks its
+    INT8 row, with a byte-identical copy of a shipped weight as an extra."""
+    import shutil
+
+    from fer_edge.weights import PRETRAINED
+
+    _, src, _, _, _ = first_run
+    out = _copy_out(src, tmp_path / "lb")
+    best = out / "runs" / "fer_nano" / "best.pt"
+    best.write_bytes(best.read_bytes()[:200])
+    report = out / "bench" / "simple_cnn" / "report.json"
+    stored = json.loads(report.read_text())
+    stored["rows"] = [r for r in stored["rows"] if r["precision"] != "int8"]
+    report.write_text(json.dumps(stored))
+    shipped = next(iter(PRETRAINED))
+    copy = Path(shutil.copy(PRETRAINED[shipped].path, tmp_path / "copy.pt"))
+    capsys.readouterr()
+    rc, _ = _run(["--data", synthetic_csv, "--out", out, "--models", ",".join(MODELS), *TINY,
+                  "--extra", f"mine={copy}"], tmp_path / "cache")
+    err = " ".join(capsys.readouterr().err.split())
+    doc = _strict_json(out / "leaderboard.json")
+    rows = {r["name"]: r for r in doc["rows"]}
+    assert rc == 0, err
+    assert "not reused: the earlier bench did not measure ONNX Runtime INT8" in err
+    assert not rows["simple_cnn"]["bench_reused"] and rows["simple_cnn"]["training"] == "reused"
+    assert "fer_nano: best.pt is not a readable checkpoint" in err
+    assert rows["fer_nano"]["training"] == "trained" and rows["fer_nano"]["status"] == "ok"
+    assert len(list((out / "runs").glob("fer_nano.replaced-*"))) == 1
+    for m in MODELS:
+        _check_measured(rows[m])
+    assert rows["mine"]["recipe"] == "shipped, full recipe" and rows["mine"]["status"] == "ok"
+
+
+def test_every_option_problem_is_listed_even_beside_a_non_finite_float(synthetic_csv, tmp_path, capsys):
+    assert main(["--data", str(synthetic_csv), "--out", str(tmp_path), "--models", "fer_nano", "--lr", "nan",
+                 "--ema", "-1", "--extra", str(tmp_path / "nope.pt")]) == 1
+    err = " ".join(capsys.readouterr().err.split())
+    assert "--lr must be a finite number" in err and "--ema" in err.split("--lr must be a finite number")[1]
+    assert "nope.pt" in err and "Traceback" not in err
+    assert not any(tmp_path.iterdir())
+
+
+def test_data_without_the_default_splits_says_what_the_leaderboard_needs(synthetic_arrays, tmp_path, capsys):
+    from fer_edge.data.synthetic import write_csv
+
+    data = write_csv(tmp_path / "train_only.csv", {"Training": synthetic_arrays["Training"]})
+    assert main(["--data", str(data), "--out", str(tmp_path / "lb"), "--models", "fer_nano", *TINY]) == 1
+    err = " ".join(capsys.readouterr().err.split())
+    assert "must hold a 'Training' and a 'PublicTest' split" in err
+    assert "--val-split" not in err and "fer-edge train" not in err and "Traceback" not in err
+
+
+def test_ctrl_c_during_training_is_reported_once(synthetic_csv, tmp_path, capsys, monkeypatch):
+    from fer_edge.training.trainer import Trainer
+
+    def stop(self, *a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Trainer, "_write_metrics", stop)
+    assert main(["--data", str(synthetic_csv), "--out", str(tmp_path / "lb"), "--models", "fer_nano", *TINY]) == 130
+    err = capsys.readouterr().err
+    assert err.count("interrupted") == 1 and "rerunning the same command" in " ".join(err.split()), err

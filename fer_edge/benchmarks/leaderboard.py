@@ -8,7 +8,9 @@ Per model, through the library behind the commands (nothing is reimplemented her
 1. ``fer-edge train`` with the shared recipe (``--epochs``, ``--max-steps-per-epoch``, ...) into
    ``OUT/runs/<model>/``. Skipped when that run is finished and its stored train config is the
    requested recipe; an interrupted run of the same recipe is resumed from ``last.pt``; a run of
-   another recipe is moved aside to ``OUT/runs/<model>.replaced-<time>/`` and trained afresh.
+   another recipe or other data (the images' fingerprint: the same file moved elsewhere is the same data),
+   or a run folder without a readable checkpoint, is moved aside to ``OUT/runs/<model>.replaced-<time>/``
+   and trained afresh.
 2. ``fer-edge export`` ONNX fp32 and int8 (calibrated on ``--data``'s training split) into
    ``OUT/exports/<model>/`` (reused while its manifest matches the checkpoint and calibration).
    The export's own parity check is left to the bench, which measures it on the whole split.
@@ -18,7 +20,9 @@ Per model, through the library behind the commands (nothing is reimplemented her
    this: the same checkpoint and exported files (SHA-256), the same bench settings and data, the runtime
    settings fer-edge would choose now (ONNX Runtime's session entries), on the same machine (the environment
    fingerprint: host, CPU, cores, OS, library versions, and the CPU's flags);
-   ``--rebench`` measures every model again. Reused rows are named under the table, with their date.
+   A report that did not measure all three rows (one failed, is missing, or holds a figure that is not a finite
+   number) is never reused. ``--rebench`` measures every model again. Reused rows are named under the table,
+   with their date.
 
 ``--extra NAME=CHECKPOINT`` (a path or a shipped name such as ``small``) adds an already
 trained checkpoint: exported and benched the same way, never retrained, and labelled with its
@@ -50,7 +54,8 @@ DEFAULT_BENCH_SECONDS = 1.0
 #: What the bench runs: the checkpoint in PyTorch (the FP32 reference) and the ONNX artifacts.
 BENCH_RUNTIMES = ("pytorch", "onnxruntime")
 #: TrainConfig fields that do not change what is learnt: a run differing only in them is the same recipe (the
-#: trainer's ``RESUME_FREE`` but ``data``, which is compared by path here and by its fingerprint in training_plan).
+#: trainer's ``RESUME_FREE`` but ``data``, which training_plan compares by its fingerprint: the same images at
+#: another path are the same data).
 NOT_RECIPE_FIELDS = ("out", "device", "amp", "channels_last", "num_threads", "wandb", "teacher_runtime",
                      "distill_cache")
 FILES = ("leaderboard.json", "leaderboard.md", "leaderboard.png")
@@ -123,10 +128,10 @@ def _recipe_dict(cfg: dict) -> dict:
     return d
 
 
-def recipe_differences(stored: dict, wanted: dict) -> list[str]:
-    """``field: stored -> wanted`` for every recipe field a stored train config differs in."""
+def recipe_differences(stored: dict, wanted: dict, ignore: Sequence[str] = ()) -> list[str]:
+    """``field: stored -> wanted`` for every recipe field a stored train config differs in (but ``ignore``'s)."""
     a, b = _recipe_dict(stored), _recipe_dict(wanted)
-    return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in b if a.get(k) != b.get(k)]
+    return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in b if k not in ignore and a.get(k) != b.get(k)]
 
 
 def shipped_recipe_summary() -> str:
@@ -198,6 +203,15 @@ class Entry:
 def parse_extra(specs: Sequence[str], models: Sequence[str]) -> list[Entry]:
     """``NAME=CHECKPOINT`` (or a bare shipped name / path) -> entries; names unique and not a trained model's,
     each checkpoint loaded and its model built. Every bad item is reported in one error, before any training."""
+    out, problems = extra_problems(specs, models)
+    if problems:
+        raise FerEdgeError("; ".join(problems) if len(problems) == 1 else
+                           "bad --extra items:\n  " + "\n  ".join(problems))
+    return out
+
+
+def extra_problems(specs: Sequence[str], models: Sequence[str]) -> tuple[list[Entry], list[str]]:
+    """:func:`parse_extra`'s work: ``(entries, problems)``, every bad ``--extra`` item a problem."""
     from fer_edge.checkpoint import load_checkpoint
     from fer_edge.weights import PRETRAINED, resolve_checkpoint
 
@@ -228,10 +242,7 @@ def parse_extra(specs: Sequence[str], models: Sequence[str]) -> list[Entry]:
             problems.append(f"--extra {spec!r}: {e}")
             continue
         out.append(Entry(name, None, extra=ckpt, checkpoint=checkpoint))
-    if problems:
-        raise FerEdgeError("; ".join(problems) if len(problems) == 1 else
-                           "bad --extra items:\n  " + "\n  ".join(problems))
-    return out
+    return out, problems
 
 
 def new_row(entry: Entry) -> dict:
@@ -270,17 +281,31 @@ def training_plan(run_dir: Path, cfg, data: dict[str, dict] | None = None) -> tu
 
     ``data`` holds this run's split fingerprints (``{"train": ..., "val": ...}``, as
     :func:`fer_edge.training.trainer.data_fingerprint` gives them): a run whose checkpoint recorded other images
-    is replaced even when the recipe (which names the data by path only) is the same.
+    is replaced even when the recipe is the same, and a run of the same images at another path (a moved or copied
+    data file) is kept. Without ``data`` the data is compared by path.
+
+    A run folder that holds files but no readable checkpoint (a corrupt or truncated ``best.pt`` or ``last.pt``,
+    or only ``history.csv``/``metrics.json``) is replaced: the trainer would refuse to write over it.
     """
     from fer_edge.checkpoint import load_checkpoint
     from fer_edge.training.trainer import same_data
 
     best, last = run_dir / "best.pt", run_dir / "last.pt"
-    stored_from = best if best.is_file() else last if last.is_file() else None
-    if stored_from is None:
+    present = [p for p in (best, last) if p.exists()]
+    if not present:
+        held = sorted(p.name for p in run_dir.iterdir()) if run_dir.is_dir() else []
+        if held:
+            return "replace", f"{run_dir} holds no checkpoint ({', '.join(held[:5])}{', ...' if len(held) > 5 else ''})"
         return "train", "no previous run"
-    ck = load_checkpoint(stored_from)
-    diffs = recipe_differences(ck.train_config, cfg.to_dict())
+    loaded = {}
+    for p in present:
+        try:
+            loaded[p.name] = load_checkpoint(p)
+        except FerEdgeError as e:
+            return "replace", f"{p.name} is not a readable checkpoint ({_err(e)[:200]})"
+    stored_from = best if best.name in loaded else last
+    ck = loaded[stored_from.name]
+    diffs = recipe_differences(ck.train_config, cfg.to_dict(), ignore=("data",) if data else ())
     if diffs:
         return "replace", f"{stored_from.name} was trained with another recipe ({'; '.join(diffs[:4])})"
     changed = [f"{what} split {(fp or {}).get('split', '?')!r}" for key, what, fp in
@@ -289,14 +314,25 @@ def training_plan(run_dir: Path, cfg, data: dict[str, dict] | None = None) -> tu
     if changed:
         return "replace", (f"{stored_from.name} was trained on other data: the {' and the '.join(changed)} of "
                            f"{cfg.data} changed since (images, labels or count)")
+    moved = ""
+    then = (ck.train_config or {}).get("data")
+    if then and not _same_file(then, cfg.data):
+        moved = f"; its data {then} is at {cfg.data} now, the same images (fingerprint)"
     finished = False
     try:
         finished = bool(json.loads((run_dir / "metrics.json").read_text()).get("finished"))
     except (OSError, ValueError, AttributeError):
         pass
     if best.is_file() and (finished or not last.is_file()):
-        return "skip", "best.pt of a finished run with this recipe"
-    return "resume", "an unfinished run with this recipe"
+        return "skip", "best.pt of a finished run with this recipe" + moved
+    return "resume", "an unfinished run with this recipe" + moved
+
+
+def _same_file(a: str | Path, b: str | Path) -> bool:
+    try:
+        return str(a) == str(b) or Path(a).resolve() == Path(b).resolve()
+    except (OSError, RuntimeError):
+        return str(a) == str(b)
 
 
 def train_entry(entry: Entry, row: dict, data: Path, out: Path, recipe: Recipe, log: Callable[[str], None],
@@ -304,7 +340,8 @@ def train_entry(entry: Entry, row: dict, data: Path, out: Path, recipe: Recipe, 
     """Train (or reuse) ``OUT/runs/<model>/best.pt`` with the shared recipe; returns its path."""
     import torch
 
-    from fer_edge.training import train
+    from fer_edge.training.trainer import Trainer
+    from fer_edge.utils import sigterm_as_interrupt
 
     run_dir = out / "runs" / entry.name
     cfg = recipe.train_config(data, entry.name, run_dir)
@@ -321,8 +358,10 @@ def train_entry(entry: Entry, row: dict, data: Path, out: Path, recipe: Recipe, 
         torch.set_num_threads(default_threads)  # the bench left torch at 1 thread
     log(f"{entry.name}: {'resuming' if action == 'resume' else 'training'} ({recipe_text(cfg.to_dict())})")
     t0 = time.perf_counter()
-    train(cfg, resume=action == "resume", progress=False,
-          resume_hint="rerun the same leaderboard command to go on from it")
+    # the trainer's own "interrupted; ..." line is left out: the leaderboard says once what is kept and how to go on
+    with sigterm_as_interrupt():  # as fer_edge.training.train does
+        Trainer(cfg, progress=False, console=_trainer_console(),
+                resume_hint="rerun the same leaderboard command to go on from it").run(resume=action == "resume")
     row["training"] = "resumed" if action == "resume" else "trained"
     row["train_seconds"] = round(time.perf_counter() - t0, 1)
     best = run_dir / "best.pt"
@@ -331,10 +370,26 @@ def train_entry(entry: Entry, row: dict, data: Path, out: Path, recipe: Recipe, 
     return best
 
 
+def _trainer_console():
+    """A console for the trainer's log lines that leaves out its ``interrupted; ...`` line (the leaderboard's own
+    interrupt message says what is kept and how to go on)."""
+    from rich.console import Console
+
+    class _TrainerConsole(Console):
+        def print(self, *objects, **kwargs):
+            text = objects[0] if objects and isinstance(objects[0], str) else ""
+            if re.match(r"(\[[a-z ]+\])?interrupted\b", text):
+                return
+            super().print(*objects, **kwargs)
+
+    return _TrainerConsole(stderr=True)
+
+
 def _export_is_current(export_dir: Path, ckpt_sha: str, data: Path, calib_size: int,
                        calib_sha256: str | None = None) -> bool:
     """True when the export dir holds verified ONNX fp32 + int8 of this checkpoint with this calibration: the same
-    file, seed and count, and (given ``calib_sha256``, the training split's fingerprint) the same images."""
+    seed and count, and the same images: given ``calib_sha256`` (the training split's fingerprint), by it (a data
+    file moved or copied elsewhere is the same data), else by the file's path."""
     from fer_edge.benchmarks.artifacts import read_manifest
     from fer_edge.exporters import MANIFEST_NAME
     from fer_edge.exporters.calibration import DEFAULT_SEED
@@ -347,7 +402,7 @@ def _export_is_current(export_dir: Path, ckpt_sha: str, data: Path, calib_size: 
         cal = manifest.get("calibration") or {}
         if (manifest.get("source") or {}).get("sha256") != ckpt_sha:
             return False
-        if cal.get("file") != str(data.resolve()) or cal.get("seed") != DEFAULT_SEED:
+        if (calib_sha256 is None and cal.get("file") != str(data.resolve())) or cal.get("seed") != DEFAULT_SEED:
             return False
         if cal.get("count") != min(calib_size, int(cal.get("split_size") or 0)):
             return False
@@ -385,36 +440,70 @@ def _find(rows: list[dict], *, reference: bool, target: str, precision: str, run
     return None
 
 
+def _finite(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _num(v):
+    """``v`` when a finite number, else None (a NaN or infinity is no measurement)."""
+    return v if _finite(v) else None
+
+
+#: The bench rows a leaderboard line needs: (label, reference, target, precision, runtime).
+BENCH_ROWS = (("PyTorch FP32", True, "checkpoint", "fp32", "pytorch"),
+              ("ONNX Runtime INT8", False, "onnx", "int8", "onnxruntime"),
+              ("ONNX Runtime FP32", False, "onnx", "fp32", "onnxruntime"))
+
+
+def _not_measured(r: dict | None) -> str | None:
+    """None when ``r`` is a measured bench row (ok or parity-failed, a finite p50 latency, and every accuracy,
+    agreement and latency figure it holds a finite number), else why not."""
+    if r is None:
+        return "no row"
+    if r.get("status") not in ("ok", "parity-failed"):
+        return f"{r.get('status')}: {r.get('reason') or '?'}"
+    lat = r.get("latency_ms")
+    if not isinstance(lat, dict) or lat.get("p50") is None:
+        return "no latency"
+    values = {**{f"latency p{k[1:]}": v for k, v in lat.items() if k in ("p50", "p90")},
+              **{k.replace("_", " "): r.get(k) for k in ("accuracy", "macro_f1", "agreement")}}
+    bad = [f"{k} {v!r}" for k, v in values.items() if v is not None and not _finite(v)]
+    return f"not a finite number: {', '.join(bad)}" if bad else None
+
+
 def _measured(r: dict | None) -> bool:
-    return r is not None and r["status"] in ("ok", "parity-failed") and bool(r.get("latency_ms"))
+    return _not_measured(r) is None
+
+
+def bench_rows(rows: list[dict]) -> dict[str, dict | None]:
+    """The leaderboard's three bench rows of a report, by label (None where the report has none)."""
+    return {label: _find(rows, reference=ref, target=t, precision=p, runtime=rt) for label, ref, t, p, rt in BENCH_ROWS}
 
 
 def take_bench(row: dict, report) -> list[str]:
-    """Fill the row from a bench report; returns what is missing (rows that failed or were skipped)."""
-    rows = report.rows
-    ref = _find(rows, reference=True, target="checkpoint", precision="fp32", runtime="pytorch")
-    int8 = _find(rows, reference=False, target="onnx", precision="int8", runtime="onnxruntime")
-    fp32 = _find(rows, reference=False, target="onnx", precision="fp32", runtime="onnxruntime")
-    missing = []
-    for label, r in (("PyTorch FP32", ref), ("ONNX Runtime INT8", int8), ("ONNX Runtime FP32", fp32)):
-        if not _measured(r):
-            why = "no row" if r is None else f"{r['status']}: {r['reason'] or '?'}"
-            missing.append(f"{label}: {why}")
+    """Fill the row from a bench report; returns what is missing (rows that failed, were skipped or hold a
+    non-finite figure). Non-finite figures are never copied into the row."""
+    found = bench_rows(report.rows)
+    ref, int8, fp32 = found["PyTorch FP32"], found["ONNX Runtime INT8"], found["ONNX Runtime FP32"]
+    missing = [f"{label}: {why}" for label, r in found.items() if (why := _not_measured(r)) is not None]
     if ref is not None:
-        row.update(fp32_accuracy=ref["accuracy"], fp32_macro_f1=ref["macro_f1"])
+        row.update(fp32_accuracy=_num(ref.get("accuracy")), fp32_macro_f1=_num(ref.get("macro_f1")))
         if _measured(ref):
-            row.update(pytorch_fp32_p50_ms=ref["latency_ms"]["p50"], pytorch_fp32_p90_ms=ref["latency_ms"]["p90"])
+            row.update(pytorch_fp32_p50_ms=_num(ref["latency_ms"]["p50"]),
+                       pytorch_fp32_p90_ms=_num(ref["latency_ms"].get("p90")))
     if row["fp32_accuracy"] is None:
-        row["fp32_accuracy"] = report.reference.get("accuracy")
+        row["fp32_accuracy"] = _num(report.reference.get("accuracy"))
     if int8 is not None:
-        row.update(int8_accuracy=int8["accuracy"], int8_macro_f1=int8["macro_f1"], int8_agreement=int8["agreement"],
+        row.update(int8_accuracy=_num(int8.get("accuracy")), int8_macro_f1=_num(int8.get("macro_f1")),
+                   int8_agreement=_num(int8.get("agreement")),
                    int8_parity_failures=list(int8.get("parity_failures") or []))
         if _measured(int8):
-            row.update(ort_int8_p50_ms=int8["latency_ms"]["p50"], ort_int8_p90_ms=int8["latency_ms"]["p90"])
+            row.update(ort_int8_p50_ms=_num(int8["latency_ms"]["p50"]),
+                       ort_int8_p90_ms=_num(int8["latency_ms"].get("p90")))
     if fp32 is not None:
-        row.update(onnx_fp32_accuracy=fp32["accuracy"], onnx_fp32_agreement=fp32["agreement"])
+        row.update(onnx_fp32_accuracy=_num(fp32.get("accuracy")), onnx_fp32_agreement=_num(fp32.get("agreement")))
         if _measured(fp32):
-            row["ort_fp32_p50_ms"] = fp32["latency_ms"]["p50"]
+            row["ort_fp32_p50_ms"] = _num(fp32["latency_ms"]["p50"])
     return missing
 
 
@@ -466,6 +555,10 @@ def reusable_bench(bench_dir: Path, ckpt_sha: str, export_dir: Path, request: di
         return None, f"earlier report or export unreadable ({_err(e)[:120]})"
     if rep["reference"].get("sha256") != ckpt_sha:
         return None, "the checkpoint changed"
+    unmeasured = [(label, why) for label, r in bench_rows(rep["rows"]).items() if (why := _not_measured(r))]
+    if unmeasured:  # a failed or partial bench is measured again, never reused
+        return None, "the earlier bench did not measure " + "; ".join(
+            label if why == "no row" else f"{label} ({why})" for label, why in unmeasured)
     rows = [r for r in rep["rows"] if not r.get("reference")]
     if not rows or any(current.get(Path(r.get("artifact") or "").name) != r.get("sha256") for r in rows):
         return None, "the exported files changed"
@@ -487,6 +580,25 @@ def reusable_bench(bench_dir: Path, ckpt_sha: str, export_dir: Path, request: di
 
 
 # --- the run ---------------------------------------------------------------------------------------
+def leaderboard_splits(data: Path) -> tuple[str, str]:
+    """``(validation split, training split)`` of ``data``: the leaderboard has no option to name them, so data
+    without the default ones is refused with what it must hold (not with other commands' options)."""
+    from fer_edge.data import default_train_split, default_val_split
+    from fer_edge.errors import DataError
+
+    found, problems = [], []
+    for pick in (default_val_split, default_train_split):
+        try:
+            found.append(pick(data))
+        except DataError as e:
+            problems.append(re.sub(r"; name one \([^)]*\)", "", str(e)))
+    if problems:
+        raise DataError("; ".join(problems) + "; the leaderboard cannot be told which splits to use: --data must "
+                        "hold a 'Training' and a 'PublicTest' split (a CSV's Usage column), or, as image folders, "
+                        "train/ and val/")
+    return found[0], found[1]
+
+
 @dataclass(frozen=True)
 class BenchSettings:
     seconds: float = DEFAULT_BENCH_SECONDS
@@ -534,12 +646,12 @@ def run_leaderboard(
     from fer_edge import __version__
     from fer_edge.benchmarks.bench import run_bench
     from fer_edge.checkpoint import load_checkpoint
-    from fer_edge.data import default_train_split, default_val_split, load_split
+    from fer_edge.data import load_split
     from fer_edge.exporters.calibration import DEFAULT_CALIB_SIZE
     from fer_edge.training.trainer import data_fingerprint
     from fer_edge.models import describe_model, list_models
     from fer_edge.utils import sha256_path
-    from fer_edge.weights import PRETRAINED
+    from fer_edge.weights import PRETRAINED, shipped_with_sha
 
     data = Path(data)
     out = Path(out)
@@ -561,8 +673,8 @@ def run_leaderboard(
     show_bar = console.is_terminal if progress is None else progress
 
     # decode both splits once up front: a bad --data fails here, not after an hour of training
-    val_split = default_val_split(data)
-    train_data = load_split(data, default_train_split(data))
+    val_split, train_split = leaderboard_splits(data)
+    train_data = load_split(data, train_split)
     val = load_split(data, val_split)
     fingerprints = {"train": data_fingerprint(train_data), "val": data_fingerprint(val)}
     del train_data
@@ -600,6 +712,9 @@ def run_leaderboard(
                     ck = load_checkpoint(ckpt_path)
                     entry.architecture = row["architecture"] = ck.model_name
                     shipped = shipped_paths.get(Path(ckpt_path).resolve())
+                    if shipped is None:  # a copy of a shipped weight is that weight
+                        meta = shipped_with_sha(sha256_path(ckpt_path))
+                        shipped = next((n for n, m in PRETRAINED.items() if m is meta), None) if meta else None
                     cfg = ck.train_config
                     detail = recipe_text(cfg) if cfg else "unknown (the checkpoint records no train config)"
                     if shipped:
@@ -693,6 +808,7 @@ def run_leaderboard(
                 bar.update(step_task, visible=False)
                 bar.update(overall, completed=i + 1)
 
+    rows = [_finite_only(r) for r in rows]  # take_bench copies finite figures only; nothing else may hold a NaN
     mark_pareto(rows)
     rows = sort_rows(rows)
     doc = {
@@ -706,7 +822,7 @@ def run_leaderboard(
                    "header": recipe_header(recipe, data),
                    "train_config": _recipe_dict(recipe.train_config(data, "-", "-").to_dict())},
         "export": {"targets": ["onnx"], "precisions": ["fp32", "int8"], "calib_size": calib_size,
-                   "calib_split": default_train_split(data)},
+                   "calib_split": train_split},
         "bench": {"runtimes": list(BENCH_RUNTIMES), "device": "cpu", "batch": bench.batch,
                   "threads": bench.threads, "seconds": None if bench.iters else bench.seconds,
                   "iters": bench.iters, "warmup": bench.warmup, "statistic": "p50", "parity_gate": False},
@@ -843,7 +959,7 @@ def plot_leaderboard(rows: list[dict], path: Path, title: str) -> None:
 
     from fer_edge.benchmarks.report import finish_latency_plot
 
-    pts = [r for r in rows if r["status"] == "ok" and None not in _int8_point(r)]
+    pts = [r for r in rows if r["status"] == "ok" and all(_finite(v) for v in _int8_point(r))]
     fig, ax = plt.subplots(figsize=(9, 6), dpi=110)
     origins = sorted({r.get("origin") or "-" for r in pts})
     cmap = plt.get_cmap("tab10")
@@ -866,25 +982,64 @@ def plot_leaderboard(rows: list[dict], path: Path, title: str) -> None:
         handles.append(Line2D([], [], ls="", marker="D", color="gray", label="own recipe (not retrained)"))
     if pts:
         ax.legend(handles=handles, fontsize=8, loc="best")
-    finish_latency_plot(fig, ax, path, title, bool(pts),
-                        "ONNX Runtime INT8 p50 latency, batch 1, 1 thread (ms, log scale)",
+    finish_latency_plot(fig, ax, path, title, bool(pts),  # a log axis only when there are points
+                        f"ONNX Runtime INT8 p50 latency, batch 1, 1 thread (ms{', log scale' if pts else ''})",
                         "top-1 accuracy, ONNX Runtime INT8 (%)")
 
 
+class InterruptedAfterWriting(KeyboardInterrupt):
+    """Ctrl-C (or SIGTERM) that came while the leaderboard files were written: held until all three were."""
+
+    def __init__(self, paths: dict[str, Path]):
+        super().__init__("interrupted after the leaderboard files were written")
+        self.paths = paths
+
+
+def _finite_only(obj):
+    """``obj`` with every non-finite float (NaN, infinity) as None: leaderboard.json stays strict JSON."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite_only(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite_only(v) for v in obj]
+    return obj
+
+
 def write_leaderboard(doc: dict, out_dir: str | Path) -> dict[str, Path]:
-    """``leaderboard.json``, ``leaderboard.md`` and ``leaderboard.png`` into ``out_dir``, each atomically."""
-    from fer_edge.utils import write_json_atomic, write_text_atomic
+    """``leaderboard.json``, ``leaderboard.md`` and ``leaderboard.png`` into ``out_dir``, each atomically.
+
+    Ctrl-C and SIGTERM are held over the three writes (:class:`InterruptedAfterWriting` once they are done), so
+    the three files are all new or all as they were; a failure to write is a :class:`FerEdgeError`.
+    """
+    from fer_edge.utils import interrupts_deferred, write_text_atomic
 
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     paths = {name: out / name for name in FILES}
-    write_json_atomic(paths["leaderboard.json"], doc)
-    write_text_atomic(paths["leaderboard.md"], leaderboard_markdown(doc))
+    doc = _finite_only(doc)
+    text = json.dumps(doc, indent=2, allow_nan=False, default=str) + "\n"
+    md = leaderboard_markdown(doc)
     r = doc["recipe"]
     steps = f" x {r['max_steps_per_epoch']} steps" if r["max_steps_per_epoch"] else ""
-    plot_leaderboard(doc["rows"], paths["leaderboard.png"],
-                     f"fer-edge leaderboard: {doc['data']['split']} accuracy vs CPU latency "
-                     f"(shared recipe: {r['epochs']} epoch{'s' if r['epochs'] != 1 else ''}{steps})")
+    title = (f"fer-edge leaderboard: {doc['data']['split']} accuracy vs CPU latency "
+             f"(shared recipe: {r['epochs']} epoch{'s' if r['epochs'] != 1 else ''}{steps})")
+    written = False
+    try:
+        with interrupts_deferred():
+            out.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(paths["leaderboard.json"], text)
+            write_text_atomic(paths["leaderboard.md"], md)
+            plot_leaderboard(doc["rows"], paths["leaderboard.png"], title)
+            written = True
+    except KeyboardInterrupt:
+        if written:
+            raise InterruptedAfterWriting(paths) from None
+        raise
+    except OSError as e:
+        where = e.filename or out
+        raise FerEdgeError(f"cannot write the leaderboard files into {out}: {where}: {e.strerror or _err(e)} "
+                           "(the runs, exports and bench reports made so far are kept: rerunning the same command "
+                           "once the folder can be written goes on from them)") from None
     return paths
 
 
@@ -1008,21 +1163,56 @@ def option_problems(args: argparse.Namespace) -> tuple[list[str] | None, list[st
             resolve_device(args.device)
         except FerEdgeError as e:
             problems.append(str(e))
+    out_ok = True
     try:
         check_writable_dir(args.out, "--out", FerEdgeError)
     except FerEdgeError as e:
         problems.append(str(e))
-    recipe_floats = [k for k in bad_floats if k != "bench_seconds"]
-    if not recipe_floats:  # the trainer's own range checks (--lr must be positive, ...), the ones not made above
-        recipe = Recipe(epochs=max(args.epochs, 1), max_steps_per_epoch=max(args.max_steps_per_epoch, 0),
-                        batch_size=max(args.batch_size, 1), lr=args.lr, weight_decay=args.weight_decay,
-                        label_smoothing=args.label_smoothing, augment=args.augment, ema=args.ema, seed=args.seed,
-                        threads=max(args.threads, 0), device="auto")
-        try:
-            validate_config(recipe.train_config(args.data, (models or ["fer_nano"])[0], "-"))
-        except FerEdgeError as e:
-            problems += [line.strip() for line in str(e).splitlines()[1:] if line.strip()] or [str(e)]
+        out_ok = False
+    out = Path(args.out)
+    for name in FILES:  # an atomic write never replaces a folder: refuse it now, not after all the work
+        if (out / name).is_dir() and not (out / name).is_symlink():
+            problems.append(f"--out {out}: {out / name} is a folder, where the leaderboard writes its {name}: "
+                            "move it away, or choose another --out")
+    # the trainer's own range checks (--lr must be positive, ...), the ones not made above; a non-finite recipe
+    # float (reported above) is replaced by its default here so that the other fields are still checked
+    d = Recipe()
+    finite = {k: getattr(args, k) if k not in bad_floats else getattr(d, k)
+              for k in ("lr", "weight_decay", "label_smoothing", "ema")}
+    recipe = Recipe(epochs=max(args.epochs, 1), max_steps_per_epoch=max(args.max_steps_per_epoch, 0),
+                    batch_size=max(args.batch_size, 1), augment=args.augment, seed=args.seed,
+                    threads=max(args.threads, 0), device="auto", **finite)
+    try:
+        validate_config(recipe.train_config(args.data, (models or ["fer_nano"])[0], "-"))
+    except FerEdgeError as e:
+        problems += [line.strip() for line in str(e).splitlines()[1:] if line.strip()] or [str(e)]
+    if args.extra:  # each checkpoint read and its model built, as run_leaderboard will
+        problems += extra_problems(args.extra, list_models() if args.models is None else (models or []))[1]
+    if out_ok and not problems:
+        problems += _creatable_dir_problems(out)
     return models, problems
+
+
+def _creatable_dir_problems(path: Path) -> list[str]:
+    """Make the folders of ``path`` that do not exist yet and remove them again: ``[]`` when it can be created,
+    else the problem (a path under /proc, a read-only mount, ...), found before any training."""
+    missing = []
+    p = path
+    while not p.exists() and p != p.parent:
+        missing.append(p)
+        p = p.parent
+    if not missing:
+        return []
+    try:
+        path.mkdir(parents=True)
+    except OSError as e:
+        return [f"--out {path}: cannot create the folder ({e.strerror or _err(e)}): choose another --out"]
+    for q in missing:  # deepest first; nothing else is in them yet
+        try:
+            q.rmdir()
+        except OSError:
+            break
+    return []
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1048,6 +1238,10 @@ def main(argv: list[str] | None = None) -> int:
     except FerEdgeError as e:
         err_console.print(f"error: {e}", highlight=False, markup=False)
         return 1
+    except InterruptedAfterWriting as e:
+        err_console.print(f"interrupted after the leaderboard files were written ("
+                          f"{', '.join(str(p) for p in e.paths.values())})", highlight=False, markup=False)
+        return 130
     except KeyboardInterrupt:
         err_console.print(f"interrupted: the leaderboard files were not written; the runs, exports and bench reports "
                           f"finished so far are kept under {args.out}, and rerunning the same command goes on from "
