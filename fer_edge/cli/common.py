@@ -105,13 +105,12 @@ def is_tty() -> bool:
     return sys.stderr.isatty()
 
 
-def weight_gate_line(thresholds_source: dict | None, where: str, effective: bool = True) -> str | None:
+def weight_gate_line(thresholds_source: dict | None, where: str) -> str | None:
     """One line saying a shipped weight's own parity gate applied (None when it did not); ``where``: the file
     whose ``thresholds_source`` holds the reason.
 
     Overrides (``thresholds_source["overrides"]``, from ``--min-agreement`` etc.) of the precisions the weight's
-    gate names are shown too, with the thresholds that were in effect (``effective``; False: the weight's own
-    only, as before overrides were shown)."""
+    gate names are shown too, with the thresholds that were in effect."""
     weight = (thresholds_source or {}).get("weight")
     if not weight:
         return None
@@ -127,7 +126,7 @@ def weight_gate_line(thresholds_source: dict | None, where: str, effective: bool
         for prec, value in (per or {}).items():
             if prec in gate:
                 overrides.setdefault(prec, {})[name] = value
-    if effective and overrides:
+    if overrides:
         merged = {prec: {**lim, **overrides.get(prec, {})} for prec, lim in gate.items()}
         line += f", then your overrides ({fmt(overrides)}): in effect {fmt(merged)}"
     return f"{line}; why: thresholds_source in {where}"

@@ -199,7 +199,8 @@ def export_cmd(
             calib_data=calib_data, calib_split=calib_split, calib_size=calib_size, calib_seed=calib_seed,
             calib_method=calib_method, overflow_fix=fix, val_data=val_data, val_split=val_split,
             # --val-size 0 (the whole split) is the library's None; given with --no-validate it is passed on, refused
-            val_size=None if val_size == 0 and validate else val_size, val_seed=calib_seed, validate=validate, threshold_overrides=overrides,
+            val_size=None if val_size == 0 and validate else val_size, val_seed=calib_seed, validate=validate,
+            threshold_overrides=overrides,
             name=name, progress=progress,
             on_warning=lambda w: err_console.print(f"[yellow]warning:[/] {w}", highlight=False),
             data_progress=is_tty(), raise_on_failure=False, replace_other=replace,
@@ -220,7 +221,7 @@ def export_cmd(
     if no_calib:
         err_console.print(f"[yellow]note:[/] int8 not exported ({', '.join(no_calib)}): {INT8_NEEDS_CALIBRATION}",
                           highlight=False)
-    gate_line = weight_gate_line(_gate_that_applied(result), str(result.manifest_path), effective=True)
+    gate_line = weight_gate_line(_gate_that_applied(result), str(result.manifest_path))
     if gate_line:
         err_console.print(gate_line, highlight=False)
     console.print(artifacts_table(result))
