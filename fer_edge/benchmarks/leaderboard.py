@@ -358,31 +358,16 @@ def train_entry(entry: Entry, row: dict, data: Path, out: Path, recipe: Recipe, 
         torch.set_num_threads(default_threads)  # the bench left torch at 1 thread
     log(f"{entry.name}: {'resuming' if action == 'resume' else 'training'} ({recipe_text(cfg.to_dict())})")
     t0 = time.perf_counter()
-    # the trainer's own "interrupted; ..." line is left out: the leaderboard says once what is kept and how to go on
+    # resume_hint=None: no "interrupted; ..." line from the trainer, the leaderboard says once what is kept and
+    # how to go on
     with sigterm_as_interrupt():  # as fer_edge.training.train does
-        Trainer(cfg, progress=False, console=_trainer_console(),
-                resume_hint="rerun the same leaderboard command to go on from it").run(resume=action == "resume")
+        Trainer(cfg, progress=False, resume_hint=None).run(resume=action == "resume")
     row["training"] = "resumed" if action == "resume" else "trained"
     row["train_seconds"] = round(time.perf_counter() - t0, 1)
     best = run_dir / "best.pt"
     if not best.is_file():
         raise FerEdgeError(f"training finished without writing {best}")
     return best
-
-
-def _trainer_console():
-    """A console for the trainer's log lines that leaves out its ``interrupted; ...`` line (the leaderboard's own
-    interrupt message says what is kept and how to go on)."""
-    from rich.console import Console
-
-    class _TrainerConsole(Console):
-        def print(self, *objects, **kwargs):
-            text = objects[0] if objects and isinstance(objects[0], str) else ""
-            if re.match(r"(\[[a-z ]+\])?interrupted\b", text):
-                return
-            super().print(*objects, **kwargs)
-
-    return _TrainerConsole(stderr=True)
 
 
 def _export_is_current(export_dir: Path, ckpt_sha: str, data: Path, calib_size: int,
@@ -589,9 +574,9 @@ def leaderboard_splits(data: Path) -> tuple[str, str]:
     found, problems = [], []
     for pick in (default_val_split, default_train_split):
         try:
-            found.append(pick(data))
+            found.append(pick(data, options=""))
         except DataError as e:
-            problems.append(re.sub(r"; name one \([^)]*\)", "", str(e)))
+            problems.append(str(e))
     if problems:
         raise DataError("; ".join(problems) + "; the leaderboard cannot be told which splits to use: --data must "
                         "hold a 'Training' and a 'PublicTest' split (a CSV's Usage column), or, as image folders, "

@@ -449,39 +449,43 @@ def _unusable_default_folders(src: _Source, role: str, available: list[str]) -> 
 
 def _default_or_error(data: str | Path, role: str, missing: str, options: str) -> str:
     """The default ``role`` split of ``data`` (:func:`_default_split`), or a DataError: ``<path> has no
-    <missing> (looked for ...); available: ...; name one (<options>)``."""
+    <missing> (looked for ...); available: ...; name one (<options>)`` (without that clause when ``options`` is
+    empty: the caller cannot choose a split)."""
     src = _source(data)
     available = list_splits(data)
     name = _default_split(src, role, available)
     if name is None:
         hint = _folder_hint(src.path, _folder.split_dirs(src.path)) if src.kind == "folder" else ""
         hint += _unusable_default_folders(src, role, available)
+        name_one = f"; name one ({options})" if options else ""
         raise DataError(f"{src.path} has no {missing} ({_looked_for(src, role)}); available: "
-                        f"{', '.join(available) or 'none'}; name one ({options}){hint}")
+                        f"{', '.join(available) or 'none'}{name_one}{hint}")
     return name
 
 
-def default_train_split(data: str | Path) -> str:
+def default_train_split(data: str | Path, options: str = "fer-edge train --split, export --calib-split") -> str:
     """The training split: ``"Training"`` for a CSV; ``"train"``, else ``"Training"``, for image folders.
 
     Names are matched exactly, then ignoring case, and the split's actual name is returned
-    (``Train`` for a folder ``Train/``). A :class:`DataError` when there is none.
+    (``Train`` for a folder ``Train/``). A :class:`DataError` when there is none, naming ``options`` as the
+    ways to choose another (``""``: none, for a caller without such an option).
     """
     primary = DEFAULT_SPLITS[_source(data).kind]["train"][0]
     return _default_or_error(data, "train", f"{primary!r} split (the default split to train and to calibrate on)",
-                             "fer-edge train --split, export --calib-split")
+                             options)
 
 
-def default_val_split(data: str | Path) -> str:
+def default_val_split(data: str | Path,
+                      options: str = "fer-edge train --val-split, eval --split, export --val-split") -> str:
     """The validation split: ``"PublicTest"`` for a CSV; ``"val"``, else ``"PublicTest"``, ``"test"``,
     ``"PrivateTest"``, for image folders.
 
     Names are matched exactly, then ignoring case, and the split's actual name is returned
-    (``Val`` for a folder ``Val/``). A :class:`DataError` when there is none.
+    (``Val`` for a folder ``Val/``). A :class:`DataError` when there is none, naming ``options`` as in
+    :func:`default_train_split`.
     """
     shown = ("PublicTest",) if _source(data).kind == "csv" else ("val", "test")
-    return _default_or_error(data, "val", f"validation split ({' or '.join(repr(c) for c in shown)})",
-                             "fer-edge train --val-split, eval --split, export --val-split")
+    return _default_or_error(data, "val", f"validation split ({' or '.join(repr(c) for c in shown)})", options)
 
 
 def load_split(data: str | Path, split: str, *, cache: bool = True, progress: bool = True) -> FerSplit:

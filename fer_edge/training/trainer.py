@@ -500,12 +500,13 @@ def predict_logits(model: torch.nn.Module, images_u8: torch.Tensor, norm: Normal
 # --- the loop ---------------------------------------------------------------------
 class Trainer:
     def __init__(self, cfg: TrainConfig, progress: bool = True, console=None, quiet: bool = False,
-                 resume_hint: str = "continue with --resume"):
+                 resume_hint: str | None = "continue with --resume"):
         validate_config(cfg)
         cfg = resolve_checkpoint_names(cfg)
         self.cfg = cfg
         self.progress = progress
-        self.resume_hint = resume_hint  # what the user runs to go on after an interrupt
+        # what the user runs to go on after an interrupt; None: the caller says it (no "interrupted" line here)
+        self.resume_hint = resume_hint
         self.out = Path(cfg.out)
         self.teacher_targets_seconds: float | None = None
         self._created_out = False  # whether this run made cfg.out (a failed --wandb start removes it again)
@@ -683,7 +684,8 @@ class Trainer:
         except KeyboardInterrupt:
             where = (f"the last finished epoch is still in {last_path}: {self.resume_hint}" if state is not None
                      else f"no epoch ran, so {self.out} holds nothing to resume")
-            self.log(f"[yellow]interrupted while the teachers labelled the training images; {where}[/]")
+            if self.resume_hint is not None:
+                self.log(f"[yellow]interrupted while the teachers labelled the training images; {where}[/]")
             raise
         input_files = input_files_sha256(cfg)
 
@@ -890,7 +892,9 @@ class Trainer:
                         stopped_early = True
                         break
         except KeyboardInterrupt:
-            if last_path.is_file():
+            if self.resume_hint is None:
+                pass
+            elif last_path.is_file():
                 self.log(f"[yellow]interrupted; the last finished epoch is in {last_path}: {self.resume_hint}[/]")
             else:
                 self.log(f"[yellow]interrupted before the first epoch finished; {self.out} holds nothing to resume[/]")
