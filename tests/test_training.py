@@ -115,8 +115,49 @@ def test_sigterm_stops_training_like_ctrl_c_and_the_run_resumes(synthetic_csv, t
     assert outer == [] and handler_after is not prev and callable(handler_after)  # the stand-in is back in place
     assert "last finished epoch is in" in " ".join(capsys.readouterr().err.split())  # the log goes to stderr
     assert load_checkpoint(tmp_path / "r" / "last.pt").raw["epoch"] == 1
+    assert (tmp_path / "r" / "curves.png").is_file()  # the finished epoch's curves, as a finished run has them
     monkeypatch.undo()
+    with pytest.raises(TrainingError, match=r"pass --resume to continue it"):  # unfinished: resume is the advice
+        train(cfg, progress=False)
     assert train(cfg, resume=True, progress=False).epochs_run == 3
+
+
+def test_log_lines_are_never_broken_at_the_console_width(synthetic_csv, tmp_path):
+    """Off a terminal rich lays out 80 columns: an epoch's line was broken in two in a log file."""
+    import io
+
+    from rich.console import Console
+
+    from fer_edge.training.trainer import Trainer
+
+    buf = io.StringIO()
+    trainer = Trainer(_cfg(synthetic_csv, tmp_path / "r"), progress=False,
+                      console=Console(file=buf, width=40, force_terminal=False))
+    line = "epoch 1/3 " + " ".join(f"figure{i} 0.{i}" for i in range(12))
+    trainer.log(line)
+    assert buf.getvalue() == line + "\n"
+
+
+@pytest.mark.real_plots
+def test_training_curves_have_whole_epoch_ticks(tmp_path, monkeypatch):
+    """A 2-epoch run's curves were labelled 1.0, 1.2, ..., 2.0."""
+    from matplotlib.figure import Figure
+
+    from fer_edge.training.plots import plot_curves
+
+    seen = []
+    real = Figure.savefig
+
+    def keep_ticks(fig, *a, **k):
+        fig.canvas.draw()
+        seen.extend(t for ax in fig.axes for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1])
+        return real(fig, *a, **k)
+
+    monkeypatch.setattr(Figure, "savefig", keep_ticks)
+    history = [{"epoch": e, "train_loss": 1.0 / e, "train_accuracy": 0.3 * e, "val_loss": 1.1 / e,
+                "val_accuracy": 0.3 * e, "val_macro_f1": 0.2 * e, "lr": 1e-3} for e in (1, 2)]
+    plot_curves(history, tmp_path / "curves.png")
+    assert seen and all(float(t).is_integer() for t in seen), seen
 
 
 def test_interrupt_before_any_epoch_says_nothing_can_resume(synthetic_csv, tmp_path, monkeypatch, capsys):
@@ -133,8 +174,11 @@ def test_interrupt_before_any_epoch_says_nothing_can_resume(synthetic_csv, tmp_p
 def test_existing_run_is_not_overwritten_and_resume_checks_options(synthetic_csv, tmp_path):
     cfg = _cfg(synthetic_csv, tmp_path / "r", epochs=1)
     train(cfg, progress=False)
-    with pytest.raises(TrainingError, match="--resume"):
+    # a finished run: --resume would only say "nothing to resume", so the advice is --init from it
+    with pytest.raises(TrainingError, match=r"it is finished: to train on from it, pass --init .*best\.pt with "
+                                            r"another --out, or choose another --out") as e:
         train(cfg, progress=False)
+    assert "pass --resume" not in str(e.value)
     with pytest.raises(TrainingError, match="lr was"):
         train(_cfg(synthetic_csv, tmp_path / "r", epochs=1, lr=0.1), resume=True, progress=False)
     with pytest.raises(TrainingError, match="qat was False"):

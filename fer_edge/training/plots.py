@@ -30,9 +30,12 @@ def plot_curves(history: list[dict], path: str | Path, title: str = "") -> Path:
         axes[1].plot([e for e, _ in val], [r["val_macro_f1"] for _, r in val], label="val macro-F1", ls="--")
     axes[1].plot(ep, [r["train_accuracy"] for r in history], label="train")
     axes[2].plot(ep, [r["lr"] for r in history])
+    from matplotlib.ticker import MaxNLocator
+
     for ax, name in zip(axes, ("loss", "accuracy", "learning rate (end of epoch)")):
         ax.set_title(name)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole: no 1.2, 1.4 ticks
         ax.grid(alpha=0.3)
     axes[0].legend()
     axes[1].legend()

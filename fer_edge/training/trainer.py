@@ -520,7 +520,9 @@ class Trainer:
 
     def log(self, msg: str) -> None:
         if self.dist.main:
-            self.console.print(msg)
+            # soft_wrap: a log line is never broken at the console's width (80 columns off a terminal), so one
+            # epoch's figures stay on one line of a log file
+            self.console.print(msg, soft_wrap=True)
 
     def _load_data(self):
         from fer_edge.data import default_train_split, default_val_split, load_split
@@ -587,10 +589,14 @@ class Trainer:
                         "at the same path: its SHA-256 differs); resuming would learn from other weights. Start a "
                         "new run in another --out, or put the original file back")
         elif self.dist.main and (held := [n for n in RUN_FILES if (self.out / n).exists()]):
+            finished = _run_finished(self.out)
+            advice = ("" if "last.pt" not in held
+                      else f"it is finished: to train on from it, pass --init {self.out / 'best.pt'} with another "
+                           "--out, or " if finished
+                      else "pass --resume to continue it or ")
             raise TrainingError(
-                f"{self.out} already holds a run ({', '.join(held)}); "
-                + ("pass --resume to continue it or " if "last.pt" in held else "")
-                + "choose another --out (fer-edge train never overwrites a run)"
+                f"{self.out} already holds a run ({', '.join(held)}); {advice}"
+                "choose another --out (fer-edge train never overwrites a run)"
             )
 
         train, val = self._load_data()
@@ -891,13 +897,18 @@ class Trainer:
                                  f"at epoch {best_epoch})")
                         stopped_early = True
                         break
-        except KeyboardInterrupt:
-            if self.resume_hint is None:
+        except BaseException as e:
+            if not isinstance(e, KeyboardInterrupt) or self.resume_hint is None:
                 pass
             elif last_path.is_file():
                 self.log(f"[yellow]interrupted; the last finished epoch is in {last_path}: {self.resume_hint}[/]")
             else:
                 self.log(f"[yellow]interrupted before the first epoch finished; {self.out} holds nothing to resume[/]")
+            if self.dist.main and history:  # the finished epochs' curves, as a finished run has them
+                try:
+                    self._plot_curves(history)
+                except Exception:  # noqa: BLE001 - a plot never hides why the run stopped
+                    pass
             raise
         finally:
             if wandb_run is not None:
@@ -1052,6 +1063,14 @@ class Trainer:
                 shutil.rmtree(self.out, ignore_errors=True)  # only wandb's files: nothing of the run yet
             raise TrainingError(f"--wandb {self.cfg.wandb}: Weights & Biases did not start ({type(e).__name__}: "
                                 f"{e}); run `wandb login`, or set WANDB_MODE=offline to log locally") from None
+
+
+def _run_finished(out: Path) -> bool:
+    """Whether the run in ``out`` says it is finished (its ``metrics.json``'s ``finished``)."""
+    try:
+        return bool(json.loads((out / "metrics.json").read_text()).get("finished"))
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, quiet: bool = False,
