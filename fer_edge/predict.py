@@ -308,13 +308,15 @@ def load(path: str | os.PathLike | None = None, runtime: str | None = None, devi
     """
     from fer_edge.runtimes import load_runtime
     from fer_edge.targets import find_target
-    from fer_edge.weights import resolve_checkpoint
+    from fer_edge.weights import PRETRAINED, resolve_checkpoint
 
     if path is not None and not isinstance(path, (str, os.PathLike)):
         raise ArtifactError(f"fer_edge.load takes a path or a shipped model name (or None), not a "
                             f"{type(path).__name__}: {path!r}")
     if path is not None and not Path(path).exists() and find_target(path) is not None:
         raise ArtifactError(f"{path}: no such file")
+    if path is not None and str(path) not in PRETRAINED and Path(path).is_dir() and find_target(path) is None:
+        raise ArtifactError(_folder_hint(Path(path)))  # (a shipped name wins over a folder of that name)
     p = resolve_checkpoint(path)
     try:
         rt = load_runtime(p, runtime=runtime, device=device, threads=threads, runtime_option=runtime_option,
@@ -328,6 +330,22 @@ def load(path: str | os.PathLike | None = None, runtime: str | None = None, devi
     if gate is not None:
         predictor.warnings.append(gate)
     return predictor
+
+
+def _folder_hint(folder: Path) -> str:
+    """What to pass instead of a folder (one model is run, not a folder of them): an export folder's artifacts,
+    a run folder's checkpoints."""
+    from fer_edge.targets import find_target
+
+    files = sorted(q.name for q in folder.iterdir() if not q.name.startswith(".")
+                   and (find_target(q) is not None and not q.name.endswith("_logits.mlpackage")
+                        or q.suffix in (".pt", ".pth")))
+    files.sort(key=lambda n: (n != "best.pt", not n.endswith("_fp32.onnx"), n))
+    if not files:
+        return (f"{folder} is a folder without a model file: give a checkpoint (.pt), an exported artifact "
+                "(.onnx, .xml, .ts, .mlpackage) or a shipped model name")
+    return (f"{folder} is a folder: give one model file in it, e.g. {folder / files[0]} (it holds "
+            f"{', '.join(files[:6])}{', ...' if len(files) > 6 else ''})")
 
 
 def export_gate_failure(path: str | os.PathLike) -> str | None:

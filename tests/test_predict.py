@@ -915,3 +915,22 @@ def test_an_artifact_that_failed_its_export_gate_is_used_with_a_warning(artifact
     # an unreadable manifest: predicting does not verify exports, so no warning and no error
     (folder / "manifest.json").write_text("{broken")
     assert load(onnx).warnings == []
+
+
+def test_a_folder_as_the_model_points_at_the_model_files_in_it(artifacts, tmp_path):
+    """An export or run folder said "cannot tell the target of ..." and listed suffixes."""
+    from fer_edge.errors import ArtifactError
+    from fer_edge.predict import load
+
+    export_dir = artifacts["onnx"].parent
+    with pytest.raises(ArtifactError, match=r"is a folder: give one model file in it, e\.g\. .*_fp32\.onnx \(it holds "):
+        load(export_dir)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "last.pt").write_bytes(artifacts["checkpoint"].read_bytes())
+    (run / "best.pt").write_bytes(artifacts["checkpoint"].read_bytes())
+    with pytest.raises(ArtifactError, match=r"e\.g\. .*run/best\.pt \(it holds best\.pt, last\.pt\)"):
+        load(run)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ArtifactError, match="is a folder without a model file"):
+        load(tmp_path / "empty")
