@@ -373,3 +373,24 @@ def test_an_empty_batch_gives_no_rows_in_every_runtime(exported, target):
 
     out = load_runtime(_fp32(exported, target)).run(np.zeros((0, 1, 48, 48), np.float32))
     assert out.shape == (0, 7)
+
+
+def test_the_cli_turns_onnxruntime_telemetry_off_unless_the_user_set_it(tmp_path):
+    """Importing onnxruntime wrote a device id and an event database under ~/.cache/Microsoft for upload."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("ORT_DISABLE_TELEMETRY", "CI", "TF_BUILD",
+                                                            "GITHUB_ACTIONS")}
+    env["HOME"] = str(tmp_path)
+    code = ("import os, sys; from fer_edge.cli import main\n"
+            "try:\n    main(['devices', '--json'])\nexcept SystemExit:\n    pass\n"
+            "import onnxruntime\nprint(os.environ.get('ORT_DISABLE_TELEMETRY'))")
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().splitlines()[-1] == "1"
+    assert not list(tmp_path.rglob("*Microsoft*")), list(tmp_path.rglob("*"))
+    env["ORT_DISABLE_TELEMETRY"] = "0"  # the user's own setting wins
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip().splitlines()[-1] == "0", r.stderr

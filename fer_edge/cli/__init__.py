@@ -37,9 +37,20 @@ for _name in COMMAND_MODULES:
             raise
 
 
+#: Environment defaults of the ``fer-edge`` process (a user's own setting wins): ONNX Runtime's telemetry off. Its
+#: import otherwise writes a device id and an event database under ~/.cache/Microsoft/DeveloperTools for upload;
+#: a command-line tool that trains and benchmarks locally has no business doing that unasked. (Importing
+#: ``fer_edge`` as a library changes nothing: the application decides.)
+CLI_ENVIRONMENT = {"ORT_DISABLE_TELEMETRY": "1"}
+
+
 def main(argv: list[str] | None = None) -> None:
+    import os
+
     from fer_edge.errors import FerEdgeError
 
+    for key, value in CLI_ENVIRONMENT.items():
+        os.environ.setdefault(key, value)  # before any command imports onnxruntime
     try:
         app(args=argv, standalone_mode=True)
     except FerEdgeError as e:
