@@ -1201,3 +1201,36 @@ def test_merged_plot_legend_lists_machines_in_m_order(monkeypatch, tmp_path):
     monkeypatch.setattr(matplotlib.axes.Axes, "legend", legend)
     plot_latency_vs_accuracy(rows, tmp_path / "p.png", "t", color_key="machine", machine_names=names)
     assert seen[:2] == ["M1: vm (Xeon)", "M2: pi5 (Cortex-A76)"], seen
+
+
+def test_pareto_labels_stay_inside_the_axes_and_batch_markers_are_black(monkeypatch, tmp_path):
+    """A label of a point near the top was drawn over the plot's title; the legend's batch marker was gray, the
+    colour of the 8th series."""
+    import matplotlib.axes
+    from matplotlib.figure import Figure
+
+    from fer_edge.benchmarks.report import plot_latency_vs_accuracy
+
+    rows = [_plot_row("onnx", p, rt, ms, acc) for p, rt, ms, acc in
+            (("fp32", "onnxruntime", 1.0, 0.70), ("int8", "onnxruntime", 0.5, 0.699), ("fp32", "openvino", 0.3, 0.60),
+             ("int8", "openvino", 0.2, 0.40))]
+    legends, boxes = [], []
+    real_legend, real_save = matplotlib.axes.Axes.legend, Figure.savefig
+
+    def legend(self, *args, **kw):
+        legends.extend(kw.get("handles") or [])
+        return real_legend(self, *args, **kw)
+
+    def save(fig, *a, **k):
+        fig.canvas.draw()
+        ax = fig.axes[0]
+        boxes.append((ax.get_window_extent(), [t.get_window_extent() for t in ax.texts]))
+        return real_save(fig, *a, **k)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "legend", legend)
+    monkeypatch.setattr(Figure, "savefig", save)
+    plot_latency_vs_accuracy(rows, tmp_path / "p.png", "a title")
+    axes_box, texts = boxes[0]
+    assert texts and all(t.y1 <= axes_box.y1 + 1 for t in texts), (axes_box, texts)
+    batch = [h for h in legends if h.get_label().startswith("batch ")]
+    assert batch and all(h.get_color() == "black" for h in batch)

@@ -281,6 +281,10 @@ def plot_latency_vs_accuracy(rows: list[dict], path: Path, title: str, color_key
         else:  # failed the parity gate: hollow, never on the front
             ax.scatter(p50(r), r["accuracy"] * 100, s=46, alpha=0.85, marker=marker, facecolors="none",
                        edgecolors=color, linewidths=1.5)
+    if pts:  # the y range is final before labels are placed, so a label can be kept inside it
+        lo, hi = ax.get_ylim()
+        ax.set_ylim(lo, min(hi, 100.5))
+    lo, hi = ax.get_ylim()
     n_label = 0
     for b in batches:
         group = [r for r in pts if r["batch"] == b and pareto_eligible(r)]
@@ -296,6 +300,8 @@ def plot_latency_vs_accuracy(rows: list[dict], path: Path, title: str, color_key
             if r.get("machine"):
                 label += f" {(machine_names or {}).get(r['machine'], r['machine'])}"
             dy = (8, -14, 20, -26)[n_label % 4]  # stagger labels of nearby points
+            if r["accuracy"] * 100 > lo + 0.8 * (hi - lo):  # near the top: below the point, never over the title
+                dy = -abs(dy) - 4
             n_label += 1
             ax.annotate(label, (p50(r), r["accuracy"] * 100), textcoords="offset points", xytext=(6, dy),
                         fontsize=7, arrowprops={"arrowstyle": "-", "color": "gray", "lw": 0.5})
@@ -304,7 +310,8 @@ def plot_latency_vs_accuracy(rows: list[dict], path: Path, title: str, color_key
     names = machine_names or {}
     handles = [Line2D([], [], ls="", marker="o", color=cmap(i % ncol),
                       label=f"{names[c]}: {c}" if c in names else c) for i, c in enumerate(colors)]
-    handles += [Line2D([], [], ls="", marker=markers[i % len(markers)], color="gray", label=f"batch {b}")
+    # black: no series colour (tab10's gray is one) is mistaken for a batch size
+    handles += [Line2D([], [], ls="", marker=markers[i % len(markers)], color="black", label=f"batch {b}")
                 for i, b in enumerate(batches)]
     handles += [Line2D([], [], ls="--", marker="o", mfc="none", mec="black", color="gray",
                        label="Pareto front (per batch; parity-passed rows only)")]
@@ -312,9 +319,6 @@ def plot_latency_vs_accuracy(rows: list[dict], path: Path, title: str, color_key
         handles.append(Line2D([], [], ls="", marker="o", mfc="none", mec="gray", mew=1.5,
                               label="parity-failed (hollow): excluded from the Pareto front"))
     ax.legend(handles=handles, fontsize=7, loc="best")
-    if pts:
-        lo, hi = ax.get_ylim()
-        ax.set_ylim(lo, min(hi, 100.5))
     finish_latency_plot(fig, ax, path, title, bool(pts), "p50 latency per call (ms, log scale)",
                         "top-1 accuracy (%)")
 
