@@ -64,3 +64,16 @@ def test_bad_seed_lists_are_refused_before_any_export(bad, msg, synthetic_csv, t
     assert main([str(tiny_checkpoint), "--calib-data", str(synthetic_csv), "--out", str(tmp_path / "o"),
                  "--calib-seeds", bad]) == 1
     assert msg in capsys.readouterr().err and not (tmp_path / "o").exists()
+
+
+def test_an_export_that_calibrates_nothing_runs_without_a_calibration_size(tiny_checkpoint, synthetic_csv,
+                                                                            tmp_path):
+    """export_bench always passed --calib-size 500, which fer-edge export refuses for an export that calibrates
+    nothing (TorchScript, FP32 only): the benchmark could not run on such targets."""
+    report = run(tiny_checkpoint, synthetic_csv, tmp_path / "eb", targets=["torchscript"], progress=False)
+    assert [a["target"] for a in report["artifacts"]] == ["torchscript"]
+    from fer_edge.errors import FerEdgeError
+
+    with pytest.raises(FerEdgeError, match="--calib-size only shapes the INT8 calibration set"):
+        run(tiny_checkpoint, synthetic_csv, tmp_path / "eb2", targets=["torchscript"], calib_size=100,
+            progress=False)

@@ -105,7 +105,7 @@ class _Bar:
 
 
 def run(checkpoint, calib_data, out_dir=None, val_data=None, val_split=None, val_size=None,
-        targets="all", precisions=None, calib_size: int = 500, calib_methods=None, calib_seeds=None,
+        targets="all", precisions=None, calib_size: int | None = None, calib_methods=None, calib_seeds=None,
         progress: bool | None = None, console=None) -> dict:
     """Export and measure; returns the report dict (see the module docstring).
 
@@ -203,7 +203,7 @@ def _draw_row(seed: int, target: str, export_dir: Path, v: dict) -> dict:
             "accuracy_drop": v.get("accuracy_drop"), "n": v.get("n"), "status": v.get("status")}
 
 
-def calib_seed_spread(checkpoint, calib_data, out_dir, seeds, targets, calib_size=500, val_data=None,
+def calib_seed_spread(checkpoint, calib_data, out_dir, seeds, targets, calib_size=None, val_data=None,
                       val_split=None, known: dict | None = None, bar: _Bar | None = None) -> dict:
     """INT8 exported once per calibration seed for ``targets``, each validated on the whole split.
 
@@ -244,7 +244,9 @@ def calib_seed_spread(checkpoint, calib_data, out_dir, seeds, targets, calib_siz
                         "min_drop": min(drops), "max_drop": max(drops),
                         "median_agreement": statistics.median(agree),
                         "within_bar": sum(d <= INT8_MAX_DROP for d in drops), "bar": INT8_MAX_DROP})
-    return {"calib_size": calib_size, "rows": rows, "summary": summary}
+    from fer_edge.exporters.calibration import DEFAULT_CALIB_SIZE
+
+    return {"calib_size": calib_size or DEFAULT_CALIB_SIZE, "rows": rows, "summary": summary}
 
 
 def _pct(v) -> str:
@@ -365,7 +367,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m fer_edge.benchmarks.export_bench", description=__doc__.split("\n")[0])
     ap.add_argument("checkpoint", nargs="?", default=None, help="checkpoint (default: the shipped default model)")
     ap.add_argument("--calib-data", required=True, help="FER2013 CSV or image folder (calibration + validation)")
-    ap.add_argument("--calib-size", type=int, default=500)
+    # None: the export's default (500); given, it is refused for an export that calibrates nothing, as by fer-edge export
+    ap.add_argument("--calib-size", type=int, default=None, help="calibration images (default 500)")
     ap.add_argument("--val-data", default=None)
     ap.add_argument("--val-split", default=None)
     ap.add_argument("--val-size", type=int, default=0, help="validation images (0: the whole split)")
