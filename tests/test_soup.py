@@ -64,6 +64,7 @@ def test_soup_rejects_incompatible_checkpoints_listing_all(ingredients, syntheti
     with pytest.raises(TrainingError) as e:
         make_soup([ingredients[0], other, other_copy], tmp_path / "s.pt", synthetic_csv, progress=False)
     assert str(e.value).count("model_kwargs") == 2 and not (tmp_path / "s.pt").exists()
+    assert f"{other_copy}: its weights are identical to {other}'s" in str(e.value)  # listed with the rest
     with pytest.raises(TrainingError, match="at least two"):
         make_soup([ingredients[0]], tmp_path / "s.pt", synthetic_csv, progress=False)
 
@@ -122,12 +123,10 @@ def test_an_ingredient_given_twice_is_refused_and_shipped_names_are_taken(ingred
 
 @pytest.fixture(scope="module")
 def no_bn_pair(synthetic_csv, tmp_path_factory):
-    """Two ingredients of ``simple_cnn``, which has no BatchNorm: a run and a copy of it under another name."""
+    """Two ingredients of ``simple_cnn``, which has no BatchNorm: two short runs of other seeds."""
     root = tmp_path_factory.mktemp("soup_no_bn")
-    a = _run(synthetic_csv, root / "run", model="simple_cnn", model_kwargs={}, epochs=1, max_steps_per_epoch=2)
-    b = root / "copy.pt"
-    b.write_bytes(a.read_bytes())
-    return [a, b]
+    return [_run(synthetic_csv, root / f"run{s}", model="simple_cnn", model_kwargs={}, epochs=1,
+                 max_steps_per_epoch=2, seed=s) for s in (0, 1)]
 
 
 def test_split_without_bn_recompute_is_refused(ingredients, synthetic_csv, tmp_path):
@@ -170,7 +169,8 @@ def test_incompatible_soup_lists_every_difference_of_every_ingredient(ingredient
     assert f"{no_bn_pair[0]}: model 'simple_cnn' differs" in msg
     assert f"{wide}: model_kwargs" in msg  # reported although another ingredient is of another model
     assert f"{relabelled}: labels" in msg and f"{relabelled}: normalization" in msg
-    assert msg.count("\n  ") == 4
+    assert f"{relabelled}: its weights are identical to {wide}'s" in msg  # both copy ingredients[1]'s weights
+    assert msg.count("\n  ") == 5
 
 
 def test_an_empty_ingredient_name_says_so(ingredients, synthetic_csv, tmp_path):
@@ -313,12 +313,24 @@ def test_a_file_made_at_out_while_the_soup_cooks_is_never_replaced(ingredients, 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.pt"]
 
 
+def _nudged(src, dst, ulps: int):
+    """A copy of ``src`` with one weight moved by ``ulps`` floats: not identical, and (practically) the same model."""
+    from fer_edge.checkpoint import save_checkpoint
+
+    payload = torch.load(src, map_location="cpu", weights_only=True)
+    w = payload["state_dict"]["stem.0.weight"].view(-1)
+    for _ in range(ulps):
+        w[0] = torch.nextafter(w[0], torch.tensor(float("inf")))
+    for k in ("format", "fer_edge_version"):
+        payload.pop(k, None)
+    return save_checkpoint(dst, payload)
+
+
 def test_greedy_leaves_out_a_candidate_whose_soup_is_not_finite(ingredients, synthetic_csv, tmp_path, monkeypatch):
-    # three copies of one ingredient: equal accuracy (kept in the order given), a soup of copies is the same model
-    copies = []
-    for name in ("a.pt", "b.pt", "c.pt"):
-        (tmp_path / name).write_bytes(ingredients[0].read_bytes())
-        copies.append(tmp_path / name)
+    # three near-copies of one ingredient (identical ones are refused): equal accuracy (kept in the order given), a
+    # soup of them is the same model
+    copies = [_nudged(ingredients[0], tmp_path / name, ulps) for name, ulps in (("a.pt", 0), ("b.pt", 1),
+                                                                                   ("c.pt", 2))]
     _poison_average(monkeypatch, lambda states: len(states) == 3)  # adding the third breaks the soup
     r = make_soup(copies, tmp_path / "s.pt", synthetic_csv, greedy=True, progress=False)
     assert r.ingredients == [str(copies[0]), str(copies[1])]
@@ -354,3 +366,101 @@ def test_recompute_scores_each_ingredient_with_its_statistics_measured_again(ing
         logits = predict_logits(model.eval(), val.images, ck.normalization, torch.device("cpu"))
         want = float((logits.argmax(1) == val.labels).float().mean())
         assert r.ingredient_accuracy[str(ck.path)] == pytest.approx(want)
+
+
+def test_identical_weights_are_refused_naming_every_pair(ingredients, synthetic_csv, tmp_path):
+    """A run whose best epoch is its last writes the same weights to best.pt and last.pt: a "soup" of the two
+    would only weight one model twice (as ``fer-edge eval`` refuses a byte-identical ensemble member)."""
+    last = ingredients[0].parent / "last.pt"  # one-epoch runs: best.pt's weights
+    assert torch.equal(load_checkpoint(last).state_dict["stem.0.weight"],
+                       load_checkpoint(ingredients[0]).state_dict["stem.0.weight"])
+    copy = tmp_path / "copy.pt"
+    copy.write_bytes(ingredients[1].read_bytes())
+    out = tmp_path / "s.pt"
+    with pytest.raises(TrainingError) as e:
+        make_soup([ingredients[0], last, ingredients[1], copy], out, synthetic_csv, progress=False)
+    msg = _norm(str(e.value))
+    assert f"{last}: its weights are identical to {ingredients[0]}'s" in msg
+    assert f"{copy}: its weights are identical to {ingredients[1]}'s" in msg and not out.exists()
+    r = runner.invoke(app, ["soup", str(ingredients[0]), str(last), "--out", str(out), "--data", str(synthetic_csv),
+                            "--no-progress"])
+    assert r.exit_code == 1 and "its weights are identical to" in _norm(r.stderr) and "Traceback" not in r.output
+    assert not out.exists()
+
+
+def test_soup_keeps_the_data_record_and_export_finds_its_validation_data(ingredients, synthetic_csv, tmp_path,
+                                                                          monkeypatch):
+    from fer_edge.exporters import calibration, export
+
+    monkeypatch.setattr(calibration, "MIN_VAL_SIZE", 64)  # the synthetic PublicTest has 84 images
+    r = make_soup(ingredients, tmp_path / "soup.pt", synthetic_csv, progress=False)
+    ck = load_checkpoint(r.path)
+    ing = load_checkpoint(ingredients[0])
+    assert ck.data["train"] == ing.data["train"] and ck.data["train"]["sha256"]  # the ingredients' (they agree)
+    assert ck.data["val"]["sha256"] and ck.data["val"]["split"] == "PublicTest"  # what it was scored on
+    assert ck.data["val"]["source"] == ing.data["val"]["source"] and ck.data["bn_statistics"] == "averaged"
+    assert ck.raw["input_files"] == ing.raw["input_files"] and ck.raw["input_files"]["init"]
+    res = export(r.path, targets=["onnx"], precisions=["fp32"], out_dir=tmp_path / "exp", data_progress=False)
+    assert res.manifest["validation_data"] is not None
+    assert all("no validation data" not in str(a.validation.get("reason", "")) for a in res.artifacts)
+    assert all(a.status == "passed" for a in res.artifacts), [a.validation for a in res.artifacts]
+    # the held-out check compares the recorded training data's SHA-256
+    res = export(r.path, targets=["onnx"], precisions=["fp32"], out_dir=tmp_path / "exp2", data_progress=False,
+                 val_data=synthetic_csv, val_split="Training", raise_on_failure=False)
+    assert any("the images this checkpoint was trained on" in w for w in res.warnings), res.warnings
+
+
+def test_recompute_records_the_split_it_measured_on_and_paths_are_absolute(ingredients, synthetic_csv, tmp_path,
+                                                                           monkeypatch):
+    import os
+
+    from fer_edge.data import load_split
+
+    monkeypatch.chdir(tmp_path)
+    typed = [os.path.relpath(p, tmp_path) for p in ingredients]
+    r = make_soup(typed, "soup.pt", synthetic_csv, bn="recompute", progress=False)
+    ck = load_checkpoint(tmp_path / "soup.pt")
+    train = load_split(synthetic_csv, "Training", progress=False)
+    assert ck.data["train"]["sha256"] == train.fingerprint["sha256"] and ck.data["train"]["split"] == "Training"
+    assert ck.data["val"]["sha256"] and ck.data["bn_statistics"]["recomputed_on"] == "Training"
+    resolved = [str(p.resolve()) for p in ingredients]
+    assert ck.raw["soup"]["ingredients"] == resolved and list(ck.raw["soup"]["ingredient_val_accuracy"]) == resolved
+    assert r.ingredients == typed and list(r.ingredient_accuracy) == typed  # what the user typed, for the output
+
+
+def test_ingredients_without_an_agreed_training_record_say_so(ingredients, synthetic_csv, tmp_path):
+    raw = load_checkpoint(ingredients[1]).raw
+    bare = tmp_path / "bare.pt"
+    torch.save({**raw, "data": {}}, bare)  # an older checkpoint: no data record
+    r = make_soup([ingredients[0], bare], tmp_path / "s.pt", synthetic_csv, progress=False)
+    ck = load_checkpoint(r.path)
+    assert "train" not in ck.data and ck.data["val"]["sha256"]
+    assert any(f"{bare} records no train data fingerprint" in n and "cannot tell" in n for n in r.notes), r.notes
+    other = tmp_path / "other.pt"
+    torch.save({**raw, "data": {**raw["data"], "train": {**raw["data"]["train"], "sha256": "0" * 64}}}, other)
+    r = make_soup([ingredients[0], other], tmp_path / "s2.pt", synthetic_csv, progress=False)
+    assert "train" not in load_checkpoint(r.path).data
+    assert any("trained on different data" in n and str(other) in n for n in r.notes), r.notes
+
+
+def test_progress_shows_each_evaluation_on_a_terminal_only(ingredients, synthetic_csv, tmp_path, monkeypatch):
+    import io
+
+    from rich.console import Console
+
+    import fer_edge.training.soup as soup_mod
+
+    shown = io.StringIO()
+    terminal = Console(file=shown, force_terminal=True, width=200)
+    monkeypatch.setattr(soup_mod, "_progress_console", lambda: terminal)
+    make_soup(ingredients, tmp_path / "s.pt", synthetic_csv, greedy=False, progress=True)
+    text = shown.getvalue()
+    for k, label in ((1, f"ingredient {ingredients[0]}"), (2, f"ingredient {ingredients[1]}"), (3, "soup of 2")):
+        assert f"evaluation {k}/3: {label}" in text, text
+    shown = io.StringIO()
+    terminal = Console(file=shown, force_terminal=True, width=200)
+    make_soup(ingredients, tmp_path / "s2.pt", synthetic_csv, progress=False)  # --no-progress: nothing
+    assert shown.getvalue() == ""
+    monkeypatch.setattr(soup_mod, "_progress_console", lambda: Console(file=shown, force_terminal=False))
+    make_soup(ingredients, tmp_path / "s3.pt", synthetic_csv, progress=True)  # not a terminal: nothing
+    assert shown.getvalue() == ""

@@ -30,7 +30,9 @@ def soup(
                                  "with --bn recompute (default Training / train)."),
     val_split: Optional[str] = typer.Option(None, help="Validation split (default PublicTest / val or test)."),
     greedy: bool = typer.Option(False, "--greedy", help="Keep an ingredient only if validation accuracy does not drop."),
-    progress: bool = typer.Option(True, "--progress/--no-progress"),
+    progress: bool = typer.Option(True, "--progress/--no-progress",
+                                  help="Progress bars (on a terminal only): data loading, then each evaluation of "
+                                  "an ingredient or candidate soup."),
 ) -> None:
     """Average fine-tuned checkpoints' weights (a model soup), average or re-measure BatchNorm statistics, evaluate."""
     from rich.markup import escape

@@ -5,10 +5,16 @@ can predict like an ensemble at the cost of one model. BatchNorm statistics are 
 weights (``bn="average"``) or measured again on the un-augmented training split (``bn="recompute"``,
 ``torch.optim.swa_utils.update_bn``). Measured on the shipped small model (fine-tuned with the
 ``strong`` augmentation): re-measuring cost 0.9 points on PublicTest for a single checkpoint (69.69% ->
-68.79%; measured as ``fer-edge soup runs/small_ft/best.pt runs/small_ft/best.pt --bn recompute``, a "soup" of one
-checkpoint given twice, which the command has since refused), because the later
-layers were trained on statistics of augmented images, so ``average`` is the default. The soup is evaluated on the validation split (PublicTest for the CSV) and written as an
-ordinary checkpoint that records its ingredients.
+68.79%; measured as ``fer-edge soup runs/small_ft/best.pt runs/small_ft/best.pt --bn recompute``, a "soup" of
+one checkpoint given twice, which the command has since refused), because the later layers were trained on
+statistics of augmented images, so ``average`` is the default. The soup is evaluated on the validation split
+(PublicTest for the CSV) and written as an
+ordinary checkpoint that records its ingredients (as absolute paths) and its data as the trainer does: ``data.val``
+the fingerprint of the split it was scored on, ``data.train`` that of the split BatchNorm statistics were measured
+again on (``--bn recompute`` on a model with BatchNorm), else the ingredients' own record when they all agree (a
+note says when they do not and none is recorded), so ``fer-edge export`` finds the validation data and can tell
+when its parity gate runs on training images. A checkpoint given twice, or two files with identical weights (a
+run's ``best.pt`` and ``last.pt`` when its best epoch is the last), is refused: it would only weight one model twice.
 
 ``greedy`` follows the paper's greedy soup: ingredients sorted by their own validation accuracy are
 added one at a time and kept only when the soup's validation accuracy does not drop. This selects on
@@ -23,6 +29,8 @@ greedy soup the candidate that made them so is left out like one that lowered ac
 """
 from __future__ import annotations
 
+import contextlib
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -56,6 +64,8 @@ def check_compatible(cks: list[Checkpoint]) -> dict:
     Every difference of every checkpoint is listed: the model, labels and normalisation against the first
     checkpoint's, the model kwargs against those of the first checkpoint of the same model (kwargs of two
     different models are not comparable), the weight names when model and kwargs match.
+    Checkpoints whose weights are identical (every tensor, by :func:`weights_digest`) are listed too, each
+    with the earlier one it repeats.
     Returns the model kwargs they share, defaults filled in.
     """
     if len(cks) < 2:
@@ -80,9 +90,29 @@ def check_compatible(cks: list[Checkpoint]) -> dict:
         if r != i and kwargs[i] == kwargs[r] and set(ck.state_dict) != set(cks[r].state_dict):
             own.append(f"its weights have other names than {cks[r].path}'s")
         problems += [f"{ck.path}: {p}" for p in own]
+    digests: dict[str, Checkpoint] = {}
+    for ck in cks:  # the same weights under two names (best.pt and last.pt of a run whose best epoch is the last)
+        earlier = digests.setdefault(weights_digest(ck.state_dict), ck)
+        if earlier is not ck:
+            problems.append(f"{ck.path}: its weights are identical to {earlier.path}'s (a soup of the two would "
+                            f"only weight that model twice): give each ingredient once")
     if problems:
         raise TrainingError("checkpoints cannot be averaged:\n  " + "\n  ".join(problems))
     return kwargs[0]
+
+
+def weights_digest(state: dict) -> str:
+    """SHA-256 of a state dict: every entry's name, dtype, shape and bytes, so equal digests are equal weights."""
+    h = hashlib.sha256()
+    for k in sorted(state):
+        v = state[k]
+        if isinstance(v, torch.Tensor):
+            t = v.detach().cpu().contiguous().reshape(-1)
+            h.update(f"{k}\0{v.dtype}\0{tuple(v.shape)}\0".encode())
+            h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        else:
+            h.update(f"{k}\0{v!r}\0".encode())
+    return h.hexdigest()
 
 
 def average_state_dicts(states: list[dict]) -> dict:
@@ -137,10 +167,65 @@ def _weight_problems(state: dict) -> str:
     return "; ".join(parts)
 
 
-def _bn_batches(images_u8: torch.Tensor, norm, batch_size: int = 256):
+def _bn_batches(images_u8: torch.Tensor, norm, batch_size: int = 256, on_batch=None):
     for i in range(0, len(images_u8), batch_size):
         x = images_u8[i : i + batch_size].float().unsqueeze(1)
         yield (x / 255.0 - norm.mean) / norm.std
+        if on_batch is not None:
+            on_batch(len(x))
+
+
+def _progress_console():
+    """Where the progress display goes: stderr, as the data loading bars."""
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+@contextlib.contextmanager
+def _eval_progress(enabled: bool, total: int):
+    """A transient rich bar over the soup's model evaluations, on a terminal only.
+
+    Yields ``start(label, images)``, which shows evaluation ``k/total`` and its label and returns
+    ``advance(n)`` for the images processed; without a terminal both do nothing."""
+    console = _progress_console() if enabled else None
+    if console is None or not console.is_terminal:
+        yield lambda label, images: (lambda n: None)
+        return
+    from rich.markup import escape
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                               TimeRemainingColumn)
+
+    done = [0]
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("images"),
+                  TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=True) as bar:
+        task = bar.add_task("soup", total=None)
+
+        def start(label: str, images: int):
+            done[0] += 1
+            bar.reset(task, total=images, completed=0,
+                      description=f"[bold]soup[/] evaluation {done[0]}/{total}: {escape(label)}")
+            return lambda n: bar.advance(task, n)
+
+        yield start
+
+
+def _agreed_record(cks: list[Checkpoint], key: str) -> tuple[dict | None, str]:
+    """The ingredients' ``data[key]`` when every one records the same images (split, count, SHA-256 as
+    ``--resume`` compares them), else None and why not."""
+    from fer_edge.training.trainer import same_data
+
+    recs = [ck.data.get(key) if isinstance(ck.data, dict) else None for ck in cks]
+    missing = [str(ck.path) for ck, r in zip(cks, recs) if not isinstance(r, dict) or not r.get("sha256")]
+    if missing:
+        return None, f"{', '.join(missing)} record{'s' if len(missing) == 1 else ''} no {key} data fingerprint"
+    differ = [f"{ck.path} ({r.get('split')} of {r.get('source')}, sha256 {str(r.get('sha256'))[:12]})"
+              for ck, r in zip(cks[1:], recs[1:]) if not same_data(recs[0], r)]
+    if differ:
+        r0 = recs[0]
+        return None, (f"the ingredients were trained on different data: {cks[0].path} on {r0.get('split')} of "
+                      f"{r0.get('source')} (sha256 {str(r0.get('sha256'))[:12]}), " + ", ".join(differ))
+    return dict(recs[0]), ""
 
 
 def make_soup(checkpoints: list[str | Path], out: str | Path, data: str | Path, split: str | None = None,
@@ -156,7 +241,7 @@ def make_soup(checkpoints: list[str | Path], out: str | Path, data: str | Path, 
 
     from fer_edge.data import default_train_split, default_val_split, load_split
     from fer_edge.metrics import classification_metrics
-    from fer_edge.training.trainer import predict_logits
+    from fer_edge.training.trainer import data_fingerprint, predict_logits
     from fer_edge.weights import resolve_checkpoint
 
     if bn not in BN_MODES:
@@ -186,81 +271,123 @@ def make_soup(checkpoints: list[str | Path], out: str | Path, data: str | Path, 
              if bn == "recompute" else None)
     val = load_split(data, val_split if val_split is not None else default_val_split(data), progress=progress)
     device = torch.device("cpu")
+    remeasure = train is not None and has_bn
+    # every evaluation: each ingredient, then the uniform soup or each greedy candidate
+    n_evals = len(cks) + (len(cks) - 1 if greedy else 1)
+    images_per_eval = len(val.labels) + (len(train.labels) if remeasure else 0)
+    start = advance = None  # the progress display's start(label, images), the running evaluation's advance(n)
 
     def build(state: dict) -> torch.nn.Module:
         model = Checkpoint(None, first.model_name, first.model_kwargs, state, first.labels,
                            first.normalization).build_model()
-        if train is not None and has_bn:
-            update_bn(_bn_batches(train.images, first.normalization), model)
+        if remeasure:
+            update_bn(_bn_batches(train.images, first.normalization, on_batch=advance), model)
         return model.eval()
 
     def score(model: torch.nn.Module) -> dict | str:
         """The model's metrics on ``val``, or, when its logits are not all finite, a string saying how many not."""
-        logits = predict_logits(model, val.images, first.normalization, device)
+        chunks = []
+        for i in range(0, len(val.images), 512):
+            chunks.append(predict_logits(model, val.images[i : i + 512], first.normalization, device))
+            advance(len(chunks[-1]))
+        logits = torch.cat(chunks)
         finite = torch.isfinite(logits).all(1)
         if not bool(finite.all()):  # argmax of NaN is class 0: never score such outputs as predictions
             return (f"its outputs on {val.split} are not finite (NaN or inf) for "
                     f"{int((~finite).sum())} of {_plural(len(finite), 'image')}")
         return classification_metrics(val.labels.numpy(), logits.argmax(1).numpy(), first.labels)
 
-    # each ingredient is scored as a soup of one is: under --bn recompute with its statistics re-measured too, so
-    # greedy compares candidates with ingredients measured the same way
-    scores = {str(ck.path): score(build(ck.state_dict) if train is not None else ck.build_model()) for ck in cks}
-    broken = []
-    for ck in cks:
-        if isinstance(scores[str(ck.path)], str):
-            where = _weight_problems(ck.state_dict)
-            broken.append(f"{ck.path}: {scores[str(ck.path)]}" + (f" ({where})" if where else ""))
-    if broken:
-        raise TrainingError(f"{_plural(len(broken), 'ingredient')} with non-finite outputs (broken weights or "
-                            f"BatchNorm statistics) cannot go into a soup; leave "
-                            f"{'it' if len(broken) == 1 else 'them'} out; no soup written:\n  " + "\n  ".join(broken))
-    own = {p: sc["accuracy"] for p, sc in scores.items()}
-    tried: list[dict] = []
-    model = m = None  # the soup kept so far, and its metrics (greedy)
-    if greedy:
-        order = sorted(range(len(cks)), key=lambda i: -own[str(cks[i].path)])
-        chosen = [order[0]]
-        best = own[str(cks[order[0]].path)]
-        for i in order[1:]:
-            candidate = build(average_state_dicts([cks[j].state_dict for j in chosen + [i]]))
-            cm = score(candidate)
-            if isinstance(cm, str):  # never written: left out like a candidate that lowered accuracy
-                tried.append({"checkpoint": str(cks[i].path), "accuracy_with": None, "kept": False, "finite": False})
-                notes.append(f"left {cks[i].path} out of the greedy soup: the soup with it was not usable, {cm}")
-                continue
-            kept = cm["accuracy"] >= best
-            tried.append({"checkpoint": str(cks[i].path), "accuracy_with": cm["accuracy"], "kept": kept})
-            if kept:
-                chosen.append(i)
-                best, model, m = cm["accuracy"], candidate, cm
-        if len(chosen) == 1:
-            non_finite = any(t["accuracy_with"] is None for t in tried)
-            raise TrainingError(
-                f"greedy soup kept only {cks[chosen[0]].path}: adding any other checkpoint lowered "
-                f"{val.split} accuracy" + (" or gave non-finite outputs" if non_finite else "") + " ("
-                + ", ".join("non-finite" if t["accuracy_with"] is None else format(t["accuracy_with"], ".4f")
-                            for t in tried) + "); no soup written"
-            )
-    else:
-        chosen = list(range(len(cks)))
-        model = build(average_state_dicts([cks[i].state_dict for i in chosen]))
-        m = score(model)
-        if isinstance(m, str):
-            raise TrainingError(f"the soup of {', '.join(str(ck.path) for ck in cks)} is not usable: {m}; "
-                                f"no soup written")
+    def evaluate(label: str, make) -> tuple[torch.nn.Module, dict | str]:
+        """``make()`` (the model, statistics re-measured under --bn recompute) scored, shown as ``label``."""
+        nonlocal advance
+        advance = start(label, images_per_eval)
+        model = make()
+        return model, score(model)
+
+    with _eval_progress(progress, n_evals) as start:
+        # each ingredient is scored as a soup of one is: under --bn recompute with its statistics re-measured too,
+        # so greedy compares candidates with ingredients measured the same way
+        scores = {str(ck.path): evaluate(f"ingredient {ck.path}",
+                                         (lambda ck=ck: build(ck.state_dict)) if train is not None
+                                         else ck.build_model)[1] for ck in cks}
+        broken = []
+        for ck in cks:
+            if isinstance(scores[str(ck.path)], str):
+                where = _weight_problems(ck.state_dict)
+                broken.append(f"{ck.path}: {scores[str(ck.path)]}" + (f" ({where})" if where else ""))
+        if broken:
+            raise TrainingError(f"{_plural(len(broken), 'ingredient')} with non-finite outputs (broken weights or "
+                                f"BatchNorm statistics) cannot go into a soup; leave "
+                                f"{'it' if len(broken) == 1 else 'them'} out; no soup written:\n  "
+                                + "\n  ".join(broken))
+        own = {p: sc["accuracy"] for p, sc in scores.items()}
+        tried: list[dict] = []
+        model = m = None  # the soup kept so far, and its metrics (greedy)
+        if greedy:
+            order = sorted(range(len(cks)), key=lambda i: -own[str(cks[i].path)])
+            chosen = [order[0]]
+            best = own[str(cks[order[0]].path)]
+            for i in order[1:]:
+                candidate, cm = evaluate(
+                    f"soup of {len(chosen) + 1} with {cks[i].path}",
+                    lambda i=i: build(average_state_dicts([cks[j].state_dict for j in chosen + [i]])))
+                if isinstance(cm, str):  # never written: left out like a candidate that lowered accuracy
+                    tried.append({"checkpoint": str(cks[i].path), "accuracy_with": None, "kept": False,
+                                  "finite": False})
+                    notes.append(f"left {cks[i].path} out of the greedy soup: the soup with it was not usable, "
+                                 f"{cm}")
+                    continue
+                kept = cm["accuracy"] >= best
+                tried.append({"checkpoint": str(cks[i].path), "accuracy_with": cm["accuracy"], "kept": kept})
+                if kept:
+                    chosen.append(i)
+                    best, model, m = cm["accuracy"], candidate, cm
+            if len(chosen) == 1:
+                non_finite = any(t["accuracy_with"] is None for t in tried)
+                raise TrainingError(
+                    f"greedy soup kept only {cks[chosen[0]].path}: adding any other checkpoint lowered "
+                    f"{val.split} accuracy" + (" or gave non-finite outputs" if non_finite else "") + " ("
+                    + ", ".join("non-finite" if t["accuracy_with"] is None else format(t["accuracy_with"], ".4f")
+                                for t in tried) + "); no soup written"
+                )
+        else:
+            chosen = list(range(len(cks)))
+            model, m = evaluate(f"soup of {len(chosen)}",
+                                lambda: build(average_state_dicts([cks[i].state_dict for i in chosen])))
+            if isinstance(m, str):
+                raise TrainingError(f"the soup of {', '.join(str(ck.path) for ck in cks)} is not usable: {m}; "
+                                    f"no soup written")
     names = [str(cks[i].path) for i in chosen]
     bn_statistics = ("none: the model has no BatchNorm layers" if not has_bn
                      else {"recomputed_on": train.split, "n": len(train.labels)} if train is not None else "averaged")
+    # the data record as the trainer writes it: the splits the soup measured on where it loaded them itself
+    data_record: dict = {}
+    if train is not None and has_bn:
+        data_record["train"] = data_fingerprint(train)
+    else:
+        rec, why = _agreed_record(cks, "train")
+        if rec is not None:
+            data_record["train"] = rec
+        else:
+            notes.append(f"the soup records no training data ({why}): `fer-edge export` cannot tell when its "
+                         f"parity gate runs on the images the soup was trained on")
+    data_record["val"] = data_fingerprint(val)
+    data_record["bn_statistics"] = bn_statistics
+    resolved = {str(ck.path): str(Path(ck.path).resolve()) for ck in cks}  # recorded as train records paths
     payload = {
         "model": first.model_name, "model_kwargs": model_kwargs, "state_dict": model.state_dict(),
         "labels": first.labels, "normalization": first.normalization.to_dict(),
         "train_config": first.train_config,
         "metrics": {"val_accuracy": m["accuracy"], "val_macro_f1": m["macro_f1"], "val_split": val.split},
-        "data": {"bn_statistics": bn_statistics, "val": {"split": val.split}},
+        "data": data_record,
         "epoch": max(cks[i].epoch for i in chosen),
-        "soup": {"ingredients": names, "greedy": greedy, "bn": bn, "ingredient_val_accuracy": own, "tried": tried},
+        "soup": {"ingredients": [resolved[n] for n in names], "greedy": greedy, "bn": bn,
+                 "ingredient_val_accuracy": {resolved[p]: a for p, a in own.items()},
+                 "tried": [{**t, "checkpoint": resolved[t["checkpoint"]]} for t in tried]},
     }
+    input_files = [ck.raw.get("input_files") for ck in cks]
+    if input_files[0] is not None and all(f == input_files[0] for f in input_files):
+        payload["input_files"] = input_files[0]  # the --init (and teachers) every ingredient learned from
     try:
         save_checkpoint(out, payload, overwrite=False)
     except FileExistsError:  # made by something else while the soup was cooking: it is not ours to replace
