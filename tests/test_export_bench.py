@@ -10,6 +10,17 @@ from rich.console import Console
 from fer_edge.benchmarks.export_bench import INT8_MAX_DROP, main, print_report, run
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _gate_minimum_for_synthetic_data():
+    """The synthetic PublicTest has 84 images, fewer than the parity gate's 512 (``MIN_VAL_SIZE``): lowered, as in
+    tests/test_export.py, so the draws are validated."""
+    from fer_edge.exporters import calibration
+
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(calibration, "MIN_VAL_SIZE", 64)
+        yield
+
+
 @pytest.fixture(scope="module")
 def seed_report(tiny_checkpoint, synthetic_csv, tmp_path_factory):
     out = tmp_path_factory.mktemp("export_bench")
@@ -76,4 +87,17 @@ def test_an_export_that_calibrates_nothing_runs_without_a_calibration_size(tiny_
 
     with pytest.raises(FerEdgeError, match="--calib-size only shapes the INT8 calibration set"):
         run(tiny_checkpoint, synthetic_csv, tmp_path / "eb2", targets=["torchscript"], calib_size=100,
+            progress=False)
+
+
+def test_calib_seeds_without_a_validated_int8_says_why(tiny_checkpoint, synthetic_csv, tmp_path, monkeypatch):
+    """With too few validation images the main export validated no INT8, and the draws were exported for an empty
+    target list: "targets is empty"."""
+    from fer_edge.errors import FerEdgeError
+    from fer_edge.exporters import calibration
+
+    monkeypatch.setattr(calibration, "MIN_VAL_SIZE", 512)  # the real gate: the synthetic split is too small
+    with pytest.raises(FerEdgeError, match=r"--calib-seeds needs INT8 artifacts validated on the whole split, and "
+                                           r"the main export validated none \(onnx int8: not validated: only 84 "):
+        run(tiny_checkpoint, synthetic_csv, tmp_path / "eb", targets=["onnx"], calib_size=16, calib_seeds=[0, 1],
             progress=False)

@@ -369,7 +369,9 @@ def test_cli_without_a_detector_says_how_to_proceed(face_dir, tiny_checkpoint, m
 def test_cli_bad_model(face_dir, tmp_path):
     r = _cli(face_dir, "--model", tmp_path / "nope.onnx")
     assert r.exit_code == 1 and "nope.onnx" in r.stderr
-    r = _cli(face_dir, "--model", tmp_path, "--runtime", "bogus")
+    r = _cli(face_dir, "--model", tmp_path, "--runtime", "bogus")  # a folder: which file in it is asked for
+    assert r.exit_code == 1 and "is a folder without a model file" in r.stderr
+    r = _cli(face_dir, "--model", "nano", "--runtime", "bogus")
     assert r.exit_code == 1 and "unknown runtime" in r.stderr
 
 

@@ -186,6 +186,13 @@ def _run(checkpoint, calib_data, out_dir: Path, val_data, val_split, val_size, t
     if calib_seeds:
         int8_targets = sorted({e["target"] for e in entries if e["precision"] == "int8"
                                and e["validation"].get("agreement") is not None})
+        if not int8_targets:  # nothing to compare the other draws with: say why rather than export nothing
+            from fer_edge.errors import FerEdgeError
+
+            why = "; ".join(sorted({f"{e['target']} int8: {e['validation'].get('reason') or e['validation']['status']}"
+                                    for e in entries if e["precision"] == "int8"})) or "no int8 artifact was exported"
+            raise FerEdgeError(f"--calib-seeds needs INT8 artifacts validated on the whole split, and the main export "
+                               f"validated none ({why}); its artifacts are in {out_dir / 'all'}")
         from fer_edge.exporters.calibration import DEFAULT_SEED
 
         # the main export above is the default draw, validated the same way when on the whole split: reused
