@@ -1088,7 +1088,16 @@ def test_a_parity_gate_on_fewer_images_than_the_export_gate_says_so(perturbed_on
     assert warning in out, out
     assert out.index(warning) < out.index("fer-edge bench:")  # before the work, not after the table
     assert "note: the parity gate runs on 40 images" in out.split("failed the parity gate")[1]
-    assert f"--n-images {MIN_VAL_SIZE} or more" in out and "--no-parity-gate" in out
+    # the synthetic split has 84 images: the advice is the whole split, not --n-images 512 it cannot give
+    assert "leave --n-images out to use all 84 images of the split" in out and "--no-parity-gate" in out
+    from fer_edge.benchmarks.bench import small_sample_text
+
+    assert f"use --n-images {MIN_VAL_SIZE} or more (or leave it out: the split has 3589)" in small_sample_text(
+        100, MIN_VAL_SIZE, 3589)
+    assert "the split holds only 84 images: a larger data set" in small_sample_text(84, MIN_VAL_SIZE, 84)
+    # a checkpoint compared with itself cannot fail the gate: no warning
+    report = _bench([tiny_checkpoint], synthetic_csv, batches=(1,))
+    assert not any("parity gate runs on" in w for w in report.warnings), report.warnings
     # without the gate, nothing to warn about
     report = _bench([perturbed_onnx], synthetic_csv, reference=tiny_checkpoint, runtimes=["onnxruntime"],
                     batches=(1,), parity_gate=False)
@@ -1135,6 +1144,16 @@ def test_merge_warns_about_different_settings_and_shows_them(bench_run, tmp_path
     # the same settings: no such warning
     result = invoke(["report", "merge", tmp_path / "a.json", tmp_path / "a.json", "--out", tmp_path / "same"])
     assert "different settings" not in result.output
+    # two machines each benched at the default threads (all their physical cores): a difference in cores, which
+    # is what a comparison of machines compares, not a setting to warn about
+    for rep, cores in ((a, 2), (b, 4)):
+        rep["environment"]["cpu"].update(physical_cores=cores, usable_cores=cores)
+        rep["settings"].update(threads=cores, batches=[1, 4])
+        rep["fer_edge_version"] = a["fer_edge_version"]
+    (tmp_path / "a.json").write_text(json.dumps(a))
+    (tmp_path / "b.json").write_text(json.dumps(b))
+    result = invoke(["report", "merge", tmp_path / "a.json", tmp_path / "b.json", "--out", tmp_path / "cores"])
+    assert result.exit_code == 0 and "different settings" not in result.output, result.output
 
 
 def test_a_shipped_model_name_is_an_artifact(monkeypatch, tmp_path, synthetic_csv):

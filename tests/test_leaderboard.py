@@ -645,3 +645,23 @@ def test_ctrl_c_during_training_is_reported_once(synthetic_csv, tmp_path, capsys
     assert main(["--data", str(synthetic_csv), "--out", str(tmp_path / "lb"), "--models", "fer_nano", *TINY]) == 130
     err = capsys.readouterr().err
     assert err.count("interrupted") == 1 and "rerunning the same command" in " ".join(err.split()), err
+
+
+def test_an_export_folder_with_an_unreadable_manifest_is_moved_aside_and_exported_again(first_run, synthetic_csv,
+                                                                                      tmp_path):
+    """fer-edge export now refuses an unreadable manifest even with replace_other, so the leaderboard's own export
+    folder with one failed the model on every rerun."""
+    from fer_edge.benchmarks.leaderboard import export_entry
+    from fer_edge.utils import sha256_path
+
+    _, out, _, _, _ = first_run
+    ckpt = out / "runs" / "fer_nano" / "best.pt"
+    export_dir = tmp_path / "exports" / "fer_nano"
+    export_dir.mkdir(parents=True)
+    (export_dir / "manifest.json").write_text("{not json")
+    lines: list[str] = []
+    export_entry(ckpt, sha256_path(ckpt), export_dir, synthetic_csv, 16, lines.append, "fer_nano")
+    aside = [p for p in (tmp_path / "exports").iterdir() if p.name.startswith("fer_nano.replaced-")]
+    assert len(aside) == 1 and (aside[0] / "manifest.json").read_text() == "{not json"
+    assert any("not a readable manifest" in line and f"moved {export_dir} to {aside[0]}" in line for line in lines)
+    assert {p.name for p in export_dir.iterdir()} >= {"manifest.json", "fer_nano_fp32.onnx", "fer_nano_int8.onnx"}

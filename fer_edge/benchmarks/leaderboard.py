@@ -351,8 +351,7 @@ def train_entry(entry: Entry, row: dict, data: Path, out: Path, recipe: Recipe, 
         row["training"] = "reused"
         return run_dir / "best.pt"
     if action == "replace":
-        aside = run_dir.with_name(f"{run_dir.name}.replaced-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
-        run_dir.rename(aside)
+        aside = _move_aside(run_dir)
         log(f"{entry.name}: {why}; moved it to {aside} and training afresh")
     if not recipe.threads:
         torch.set_num_threads(default_threads)  # the bench left torch at 1 thread
@@ -407,6 +406,10 @@ def export_entry(ckpt: Path, ckpt_sha: str, export_dir: Path, data: Path, calib_
     if _export_is_current(export_dir, ckpt_sha, data, calib_size, calib_sha256):
         log(f"{name}: ONNX fp32 + int8 already exported in {export_dir}")
         return json.loads((export_dir / "manifest.json").read_text()).get("tool_versions")
+    problem = _manifest_problem(export_dir)
+    if problem is not None:  # fer-edge export never trusts such a manifest; this folder is the leaderboard's own
+        aside = _move_aside(export_dir)
+        log(f"{name}: {problem}; moved {export_dir} to {aside} and exporting afresh")
     log(f"{name}: exporting ONNX fp32 + int8 (calibration: {calib_size} images of the training split)")
     result = export(ckpt, ["onnx"], ["fp32", "int8"], export_dir, calib_data=data, calib_size=calib_size,
                     validate=False, data_progress=False, raise_on_failure=False,
@@ -415,6 +418,29 @@ def export_entry(ckpt: Path, ckpt_sha: str, export_dir: Path, data: Path, calib_
     if result.failed:
         raise ExportError("; ".join(f"{f['target']} {f['precision']}: {f['reason']}" for f in result.failed))
     return result.manifest.get("tool_versions")
+
+
+def _move_aside(folder: Path) -> Path:
+    """Rename the leaderboard's own ``folder`` (a run or an export it cannot reuse) to ``<name>.replaced-<time>``,
+    kept for the user to look at; returns the new path."""
+    aside = folder.with_name(f"{folder.name}.replaced-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
+    folder.rename(aside)
+    return aside
+
+
+def _manifest_problem(export_dir: Path) -> str | None:
+    """Why the ``manifest.json`` in ``export_dir`` cannot be read as fer-edge's (None: none there, or readable)."""
+    from fer_edge.errors import ArtifactError
+    from fer_edge.exporters import MANIFEST_NAME
+    from fer_edge.exporters.manifest import load_manifest
+
+    if not (export_dir / MANIFEST_NAME).is_file():
+        return None
+    try:
+        load_manifest(export_dir / MANIFEST_NAME)
+    except ArtifactError as e:
+        return str(e)
+    return None
 
 
 def _find(rows: list[dict], *, reference: bool, target: str, precision: str, runtime: str) -> dict | None:

@@ -466,9 +466,15 @@ MERGE_SETTINGS = ("threads", "batches", "warmup", "iters", "seconds", "rounds")
 
 
 def report_settings(report: dict) -> dict:
-    """The timing settings (:data:`MERGE_SETTINGS`) a report was taken with, and its ``fer_edge_version``."""
+    """The timing settings (:data:`MERGE_SETTINGS`) a report was taken with, its ``fer_edge_version``, and
+    ``threads_default``: whether its threads were the bench's default on that machine (its physical cores the
+    process may use, as ``fer_edge.benchmarks.environment.default_threads`` gives them)."""
     s = report.get("settings") or {}
-    return {**{k: s.get(k) for k in MERGE_SETTINGS}, "fer_edge_version": report.get("fer_edge_version")}
+    cpu = ((report.get("environment") or {}).get("cpu") or {})
+    cores = [c for c in (cpu.get("physical_cores"), cpu.get("usable_cores")) if isinstance(c, int)]
+    default = max(1, min(cores)) if cores else None
+    return {**{k: s.get(k) for k in MERGE_SETTINGS}, "fer_edge_version": report.get("fer_edge_version"),
+            "threads_default": default is not None and s.get("threads") == default}
 
 
 def settings_text(s: dict) -> str:
@@ -485,6 +491,8 @@ def settings_warning(machines: list[dict]) -> str | None:
     timing budget, rounds, warm-up) or fer-edge versions, naming what differs and each report's value; None when
     they all agree (or there is one report)."""
     keys = [*MERGE_SETTINGS, "fer_edge_version"]
+    if all(m["settings"].get("threads_default") for m in machines):
+        keys.remove("threads")  # each machine on all its cores (the default): machines differ in cores, as compared
     differ = [k for k in keys if any(m["settings"].get(k) != machines[0]["settings"].get(k) for m in machines[1:])]
     if not differ:
         return None
