@@ -401,6 +401,15 @@ def test_a_shipped_reference_weights_own_gate_applies(monkeypatch, artifact_dir,
     assert report.settings["thresholds_source"]["overrides"] == {"max_abs_diff": {"fp32": 1.0}}
 
 
+def test_a_weights_gate_is_cut_to_the_precisions_judged():
+    from fer_edge.cli.common import gate_judged
+
+    src = {"defaults": True, "weight": {"name": "nano", "gate": {"int8": {"min_agreement": 0.965}}}}
+    assert gate_judged(src, {"int8", "fp32"}) == src
+    assert gate_judged(src, {"fp32"}) is None and gate_judged(src, set()) is None
+    assert gate_judged({"defaults": True, "weight": None}, set()) == {"defaults": True, "weight": None}
+
+
 def test_weight_gate_line_names_the_weight_its_limits_and_where_the_reason_is():
     from fer_edge.cli.common import weight_gate_line
 
@@ -1170,6 +1179,8 @@ def test_a_shipped_model_name_is_an_artifact(monkeypatch, tmp_path, synthetic_cs
     assert result.exit_code == 0, result.output
     rows = json.loads((tmp_path / "out" / "report.json").read_text())["rows"]
     assert rows and {r["artifact"] for r in rows} == {str(shipped)} and all(r["reference"] for r in rows)
+    # nano's own gate is for int8: no artifact was gated here, so its line is not claimed
+    assert "parity gate: nano's own" not in " ".join(result.output.split()), result.output
     # a path of that name in the current folder wins, with a note
     (tmp_path / "nano").mkdir()
     with pytest.raises(ArtifactError, match="no manifest.json and no exported artifact"):

@@ -9,8 +9,8 @@ from typing import List, Optional
 import typer
 
 from fer_edge.cli import app
-from fer_edge.cli.common import (console, err_console, handle_errors, is_tty, parse_batches, path_value,
-                                  weight_gate_line)
+from fer_edge.cli.common import (console, err_console, gate_judged, handle_errors, is_tty, parse_batches,
+                                  path_value, weight_gate_line)
 
 report_app = typer.Typer(help="Work with bench reports.", no_args_is_help=True, add_completion=False)
 app.add_typer(report_app, name="report")
@@ -303,7 +303,9 @@ def bench_cmd(
     # one line per reference checkpoint whose shipped-weight gate applied (artifacts of several checkpoints)
     sources = ([r.get("thresholds_source") for r in report.references or []]
                or [report.settings.get("thresholds_source")])
-    for gate_line in dict.fromkeys(weight_gate_line(s, f"{out}/report.json") for s in sources):
+    # the precisions the gate judged (artifact rows that ran): nano's int8 gate is not claimed for fp32-only rows
+    judged = {r["precision"] for r in report.rows if not r.get("reference") and r["status"] in ("ok", "parity-failed")}
+    for gate_line in dict.fromkeys(weight_gate_line(gate_judged(s, judged), f"{out}/report.json") for s in sources):
         if gate_line:
             console.print(gate_line, highlight=False)
     failures = gate_failures(report)

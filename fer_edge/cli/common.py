@@ -105,6 +105,18 @@ def is_tty() -> bool:
     return sys.stderr.isatty()
 
 
+def gate_judged(thresholds_source: dict | None, judged: set[str]) -> dict | None:
+    """``thresholds_source`` with a shipped weight's gate cut to the ``judged`` precisions (those of artifacts the
+    parity gate ran on); None when the weight's gate judged none of them (its line would claim a gate that did not
+    apply), the source as it is when no weight's gate applies."""
+    source = thresholds_source or {}
+    weight = source.get("weight")
+    if not weight:
+        return source
+    gate = {p: lim for p, lim in (weight.get("gate") or {}).items() if p in judged}
+    return {**source, "weight": {**weight, "gate": gate}} if gate else None
+
+
 def weight_gate_line(thresholds_source: dict | None, where: str) -> str | None:
     """One line saying a shipped weight's own parity gate applied (None when it did not); ``where``: the file
     whose ``thresholds_source`` holds the reason.

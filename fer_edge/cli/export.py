@@ -10,8 +10,8 @@ from typing import List, Optional
 import typer
 
 from fer_edge.cli import app
-from fer_edge.cli.common import (console, err_console, handle_errors, is_tty, parse_csv_option, path_value,
-                                  weight_gate_line)
+from fer_edge.cli.common import (console, err_console, gate_judged, handle_errors, is_tty, parse_csv_option,
+                                  path_value, weight_gate_line)
 from fer_edge.exporters.openvino import OVERFLOW_FIX
 
 #: ``--overflow-fix`` choices, from the OpenVINO exporter's table.
@@ -104,13 +104,8 @@ class _Progress:
 def _gate_that_applied(result) -> dict | None:
     """``thresholds_source`` with a shipped weight's gate cut to the precisions it judged here: those of
     artifacts the parity gate ran on (none with --no-validate, none for an int8-only gate of an fp32 export)."""
-    source = result.manifest.get("thresholds_source") or {}
-    weight = source.get("weight")
-    if not weight:
-        return source
-    judged = {a.precision for a in result.artifacts if a.status in ("passed", "failed")}
-    gate = {p: lim for p, lim in (weight.get("gate") or {}).items() if p in judged}
-    return {**source, "weight": {**weight, "gate": gate}} if gate else None
+    return gate_judged(result.manifest.get("thresholds_source"),
+                       {a.precision for a in result.artifacts if a.status in ("passed", "failed")})
 
 
 def _interrupted_note(out: Path) -> str:
