@@ -308,12 +308,9 @@ def collect_artifacts(specs: list[str | Path]) -> list[Artifact]:
 
 
 def _shipped_names() -> list[str]:
-    try:
-        from fer_edge.weights import PRETRAINED
+    from fer_edge.weights import PRETRAINED  # an unreadable table is empty here (fer_edge.weights.TABLE_PROBLEM)
 
-        return list(PRETRAINED)
-    except Exception:  # no weights table here: then no name is a shipped model
-        return []
+    return list(PRETRAINED)
 
 
 def _shipped_name(spec) -> Path | None:

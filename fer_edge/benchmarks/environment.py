@@ -110,9 +110,13 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-def default_threads() -> int:
-    """Threads a bench gives each runtime by default: the physical cores this process may use."""
-    return max(1, min(physical_cores(), usable_cores()))
+def default_threads(cpu: dict | None = None) -> int:
+    """Threads a bench gives each runtime by default: the physical cores this process may use (of ``cpu``, a
+    report's ``environment.cpu`` with ``physical_cores`` and ``usable_cores``; None: this machine)."""
+    if cpu is None:
+        return max(1, min(physical_cores(), usable_cores()))
+    cores = [c for c in (cpu.get("physical_cores"), cpu.get("usable_cores")) if isinstance(c, int)]
+    return max(1, min(cores)) if cores else 0
 
 
 def memory_bytes() -> int | None:

@@ -288,7 +288,7 @@ def training_plan(run_dir: Path, cfg, data: dict[str, dict] | None = None) -> tu
     or only ``history.csv``/``metrics.json``) is replaced: the trainer would refuse to write over it.
     """
     from fer_edge.checkpoint import load_checkpoint
-    from fer_edge.training.trainer import same_data
+    from fer_edge.training.trainer import run_finished, same_data
 
     best, last = run_dir / "best.pt", run_dir / "last.pt"
     present = [p for p in (best, last) if p.exists()]
@@ -318,12 +318,7 @@ def training_plan(run_dir: Path, cfg, data: dict[str, dict] | None = None) -> tu
     then = (ck.train_config or {}).get("data")
     if then and not _same_file(then, cfg.data):
         moved = f"; its data {then} is at {cfg.data} now, the same images (fingerprint)"
-    finished = False
-    try:
-        finished = bool(json.loads((run_dir / "metrics.json").read_text()).get("finished"))
-    except (OSError, ValueError, AttributeError):
-        pass
-    if best.is_file() and (finished or not last.is_file()):
+    if best.is_file() and (run_finished(run_dir) or not last.is_file()):
         return "skip", "best.pt of a finished run with this recipe" + moved
     return "resume", "an unfinished run with this recipe" + moved
 

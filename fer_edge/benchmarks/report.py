@@ -469,12 +469,12 @@ def report_settings(report: dict) -> dict:
     """The timing settings (:data:`MERGE_SETTINGS`) a report was taken with, its ``fer_edge_version``, and
     ``threads_default``: whether its threads were the bench's default on that machine (its physical cores the
     process may use, as ``fer_edge.benchmarks.environment.default_threads`` gives them)."""
+    from fer_edge.benchmarks.environment import default_threads
+
     s = report.get("settings") or {}
-    cpu = ((report.get("environment") or {}).get("cpu") or {})
-    cores = [c for c in (cpu.get("physical_cores"), cpu.get("usable_cores")) if isinstance(c, int)]
-    default = max(1, min(cores)) if cores else None
+    default = default_threads((report.get("environment") or {}).get("cpu") or {})  # 0: the report does not say
     return {**{k: s.get(k) for k in MERGE_SETTINGS}, "fer_edge_version": report.get("fer_edge_version"),
-            "threads_default": default is not None and s.get("threads") == default}
+            "threads_default": bool(default) and s.get("threads") == default}
 
 
 def settings_text(s: dict) -> str:

@@ -589,7 +589,7 @@ class Trainer:
                         "at the same path: its SHA-256 differs); resuming would learn from other weights. Start a "
                         "new run in another --out, or put the original file back")
         elif self.dist.main and (held := [n for n in RUN_FILES if (self.out / n).exists()]):
-            finished = _run_finished(self.out)
+            finished = run_finished(self.out)
             advice = ("" if "last.pt" not in held
                       else f"it is finished: to train on from it, pass --init {self.out / 'best.pt'} with another "
                            "--out, or " if finished
@@ -898,12 +898,12 @@ class Trainer:
                         stopped_early = True
                         break
         except BaseException as e:
-            if not isinstance(e, KeyboardInterrupt) or self.resume_hint is None:
-                pass
-            elif last_path.is_file():
-                self.log(f"[yellow]interrupted; the last finished epoch is in {last_path}: {self.resume_hint}[/]")
-            else:
-                self.log(f"[yellow]interrupted before the first epoch finished; {self.out} holds nothing to resume[/]")
+            if isinstance(e, KeyboardInterrupt) and self.resume_hint is not None:  # None: the caller says it
+                if last_path.is_file():
+                    self.log(f"[yellow]interrupted; the last finished epoch is in {last_path}: {self.resume_hint}[/]")
+                else:
+                    self.log(f"[yellow]interrupted before the first epoch finished; {self.out} holds nothing to "
+                             "resume[/]")
             if self.dist.main and history:  # the finished epochs' curves, as a finished run has them
                 try:
                     self._plot_curves(history)
@@ -1065,7 +1065,7 @@ class Trainer:
                                 f"{e}); run `wandb login`, or set WANDB_MODE=offline to log locally") from None
 
 
-def _run_finished(out: Path) -> bool:
+def run_finished(out: Path) -> bool:
     """Whether the run in ``out`` says it is finished (its ``metrics.json``'s ``finished``)."""
     try:
         return bool(json.loads((out / "metrics.json").read_text()).get("finished"))
