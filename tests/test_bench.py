@@ -740,6 +740,25 @@ def test_each_reference_weights_own_gate_gets_its_line(monkeypatch, tmp_path, ar
     assert "parity gate: other's own (fp32 max_abs_diff 1.0)" in text
 
 
+def test_a_weights_gate_line_counts_only_its_own_checkpoints_rows(monkeypatch, tmp_path, artifact_dir, other_export,
+                                                                   tiny_checkpoint, other_checkpoint, synthetic_csv):
+    """tiny's int8 artifact beside other's fp32 one: other's int8 gate judged nothing, so it gets no line."""
+    import fer_edge.weights as weights
+    from fer_edge.weights import WeightMeta
+
+    lenient = {"int8": {"min_agreement": 0.0, "max_accuracy_drop": 1.0}}
+    metas = {name: WeightMeta(name=name, architecture="fer_nano", file=str(ck), params=1, macs=1, mean=0.5,
+                              std=0.25, parity_gate=lenient, parity_gate_reason="a test")
+             for name, ck in (("tiny", tiny_checkpoint), ("other", other_checkpoint))}
+    monkeypatch.setattr(weights, "PRETRAINED", metas)
+    result = invoke(["bench", artifact_dir / "fer_nano_int8.onnx", other_export, "--data", synthetic_csv, "--split",
+                     "PublicTest", "--runtimes", "onnxruntime", *FAST, "--batch", "1", "--out", tmp_path / "out"])
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert "parity gate: tiny's own (int8 min_agreement 0.0" in text
+    assert "parity gate: other's own" not in text
+
+
 def test_bad_threshold_overrides_are_refused_before_the_default_export(tmp_path, synthetic_csv, monkeypatch):
     import fer_edge.benchmarks.bench as bench_mod
 

@@ -165,6 +165,22 @@ def _report_state(out: Path) -> tuple[int, int] | None:
     return st.st_ino, st.st_mtime_ns
 
 
+def weight_gate_lines(report, where: str) -> list[str]:
+    """One line per reference checkpoint whose shipped weight's own gate judged an artifact of that checkpoint:
+    the precisions of its artifact rows that ran (nano's int8 gate is not claimed for its fp32-only rows, nor for
+    another checkpoint's int8 rows benched beside them)."""
+    judged_rows = [r for r in report.rows if not r.get("reference") and r["status"] in ("ok", "parity-failed")]
+    refs = report.references or []
+    if not refs:  # a report without per-reference records: its one source, judged by every row
+        pairs = [(report.settings.get("thresholds_source"), {r["precision"] for r in judged_rows})]
+    else:
+        pairs = [(ref.get("thresholds_source"),
+                  {r["precision"] for r in judged_rows if len(refs) == 1 or r.get("source_sha256") == ref.get("sha256")})
+                 for ref in refs]
+    lines = (weight_gate_line(gate_judged(source, judged), where) for source, judged in pairs)
+    return [line for line in lines if line]
+
+
 def _interrupted_note(out: Path, before: tuple[int, int] | None) -> str:
     """What an interrupted bench left in ``out``; ``before``: :func:`_report_state` when it started."""
     from fer_edge.benchmarks.report import REPORT_FILES
@@ -300,14 +316,8 @@ def bench_cmd(
     for warning in report.warnings:
         if warning not in shown:
             err_console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
-    # one line per reference checkpoint whose shipped-weight gate applied (artifacts of several checkpoints)
-    sources = ([r.get("thresholds_source") for r in report.references or []]
-               or [report.settings.get("thresholds_source")])
-    # the precisions the gate judged (artifact rows that ran): nano's int8 gate is not claimed for fp32-only rows
-    judged = {r["precision"] for r in report.rows if not r.get("reference") and r["status"] in ("ok", "parity-failed")}
-    for gate_line in dict.fromkeys(weight_gate_line(gate_judged(s, judged), f"{out}/report.json") for s in sources):
-        if gate_line:
-            console.print(gate_line, highlight=False)
+    for gate_line in dict.fromkeys(weight_gate_lines(report, f"{out}/report.json")):
+        console.print(gate_line, highlight=False)
     failures = gate_failures(report)
     if failures and not parity_gate:
         err_console.print(f"[yellow]warning:[/] {len(failures)} row(s) failed parity (gate off)")
