@@ -332,6 +332,11 @@ def load(path: str | os.PathLike | None = None, runtime: str | None = None, devi
     return predictor
 
 
+def _platforms(target) -> str:
+    names = {"darwin": "macOS", "linux": "Linux", "win": "Windows"}
+    return " or ".join(names.get(p, p) for p in target.platforms)
+
+
 def _folder_hint(folder: Path) -> str:
     """What to pass instead of a folder (one model is run, not a folder of them): an export folder's artifacts,
     a run folder's checkpoints."""
@@ -340,7 +345,10 @@ def _folder_hint(folder: Path) -> str:
     files = sorted(q.name for q in folder.iterdir() if not q.name.startswith(".")
                    and (find_target(q) is not None and not q.name.endswith("_logits.mlpackage")
                         or q.suffix in (".pt", ".pth")))
-    files.sort(key=lambda n: (n != "best.pt", not n.endswith("_fp32.onnx"), n))
+    here = {q.name for q in folder.iterdir() if (t := find_target(q)) is None or t.runs_here()}
+    # a model that runs on this machine first (a Core ML package needs macOS), then the usual picks
+    files.sort(key=lambda n: (n not in here, n != "best.pt", not n.endswith("_fp32.onnx"), n))
+    files = [n if n in here else f"{n} (runs on {_platforms(find_target(folder / n))})" for n in files]
     if not files:
         return (f"{folder} is a folder without a model file: give a checkpoint (.pt), an exported artifact "
                 "(.onnx, .xml, .ts, .mlpackage) or a shipped model name")

@@ -936,3 +936,23 @@ def test_a_folder_as_the_model_points_at_the_model_files_in_it(artifacts, tmp_pa
     (tmp_path / "empty").mkdir()
     with pytest.raises(ArtifactError, match="is a folder without a model file"):
         load(tmp_path / "empty")
+
+
+def test_a_folder_hint_puts_models_that_run_here_first_and_says_where_the_others_run(tmp_path, monkeypatch):
+    """A Core ML package was offered as the model to use on Linux, where it cannot run."""
+    import sys
+
+    from fer_edge.errors import ArtifactError
+    from fer_edge.predict import load
+
+    folder = tmp_path / "exp"
+    (folder / "a_fp32.mlpackage").mkdir(parents=True)
+    (folder / "b_int8.onnx").write_bytes(b"")
+    monkeypatch.setattr(sys, "platform", "linux")
+    with pytest.raises(ArtifactError) as e:
+        load(folder)
+    assert f"e.g. {folder / 'b_int8.onnx'} (it holds b_int8.onnx, a_fp32.mlpackage (runs on macOS))" in str(e.value)
+    monkeypatch.setattr(sys, "platform", "darwin")
+    with pytest.raises(ArtifactError) as e:
+        load(folder)
+    assert f"e.g. {folder / 'a_fp32.mlpackage'} (it holds a_fp32.mlpackage, b_int8.onnx)" in str(e.value)
