@@ -458,10 +458,10 @@ def test_the_checkpoints_recorded_validation_data_is_used_when_it_exists(tiny_ch
     vd = res.manifest["validation_data"]
     assert vd["chosen_from"] == "the checkpoint's recorded validation data" and vd["split"] == "PublicTest"
     # recorded on another machine (the shipped nano records /tmp/data/images): said, and not validated
-    gone = {"format": "folder", "source": str(tmp_path / "elsewhere" / "images"), "split": "val"}
+    gone = {"format": "folder", "source": str(tmp_path / "elsewhere" / "images"), "split": "val", "n": 3589}
     ckpt = _ckpt_with_data(tmp_path, tiny_checkpoint, {"train": {**gone, "split": "train"}, "val": gone}, "gone.pt")
     res = export(ckpt, ["torchscript"], ["fp32"], tmp_path / "b", data_progress=False)
-    msg = f"recorded validation data {gone['source']} not found here; pass --val-data"
+    msg = f"recorded validation data {gone['source']} (split val, 3,589 images) not found here; pass --val-data"
     assert any(msg in w for w in res.warnings), res.warnings
     assert res.artifacts[0].validation == {"status": "not validated", "reason": f"not validated: {msg}"}
 

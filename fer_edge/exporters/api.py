@@ -179,7 +179,10 @@ def _validation_source(val_data, val_split, calib_data, ckpt) -> tuple[Path | No
     if not src:
         return None, None, "", NO_VALIDATION_DATA
     if not Path(src).exists():
-        return None, None, "", f"recorded validation data {src} not found here; pass --val-data"
+        what = ", ".join(x for x in (f"split {rec['split']}" if rec.get("split") else "",
+                                     f"{rec['n']:,} images" if isinstance(rec.get("n"), int) else "") if x)
+        return None, None, "", (f"recorded validation data {src}{f' ({what})' if what else ''} not found here; "
+                                "pass --val-data")
     return Path(src), val_split or rec.get("split"), "the checkpoint's recorded validation data", ""
 
 
