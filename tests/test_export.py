@@ -255,8 +255,13 @@ def test_coreml_spec(exported, precision):
     assert info["author"] and info["license"] and info["description"] and info["version"]
     logits = inspect_package(logits_path(main))
     assert logits["input_kind"] == "multiArrayType" and logits["shape"] == [1, 1, 48, 48]
-    assert logits["outputs"] == [{"name": "logits", "kind": "multiArrayType"}]
-    assert _entry(exported, "coreml", precision, "logits")["file"] == logits_path(main).name
+    # float32 in and out at every precision (fp16 and int8 packages were float16), as the manifest says
+    assert logits["dtype"] == "float32"
+    assert logits["outputs"] == [{"name": "logits", "kind": "multiArrayType", "dtype": "float32"}]
+    entry = _entry(exported, "coreml", precision, "logits")
+    assert entry["file"] == logits_path(main).name
+    assert [i["dtype"] for i in entry["inputs"]] == [logits["dtype"]]
+    assert [o["dtype"] for o in entry["outputs"]] == [o["dtype"] for o in logits["outputs"]]
     if precision == "int8" and sys.platform != "darwin":
         assert "needs macOS" in _entry(exported, "coreml", "int8")["export"]["activation_quantization"]
 

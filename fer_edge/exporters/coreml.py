@@ -8,7 +8,9 @@ Two packages per precision:
   ``ct.ClassifierConfig`` over the labels, with softmax probabilities in
   ``classLabel_probs`` and the top class in ``classLabel``.
 * ``<stem>_<precision>_logits.mlpackage``: float32 tensor ``image`` 1 x 1 x 48 x 48 (already
-  normalised) -> ``logits`` 1 x C, for parity checks (what the ``coreml`` runtime runs).
+  normalised) -> float32 ``logits`` 1 x C at every precision (float16 programs cast inside; left to
+  coremltools, FP16 and INT8 packages took and gave float16), for parity checks (what the ``coreml``
+  runtime runs).
 
 Precisions: FP32 (compute precision float32); FP16 (compute precision float16);
 INT8 = FP16 compute with per-channel symmetric int8 weights
@@ -112,6 +114,16 @@ def _describe(ml, req: ExportRequest, precision: Precision, variant: str) -> Non
         ml.output_description["logits"] = "logits, one per expression, in label order (no softmax)"
 
 
+def _array_dtype(feature) -> dict:
+    """``{"dtype": "float32"}`` for a multi-array feature (the manifest's spelling), nothing for others."""
+    import coremltools as ct
+
+    if feature.type.WhichOneof("Type") != "multiArrayType":
+        return {}
+    name = ct.proto.FeatureTypes_pb2.ArrayFeatureType.ArrayDataType.Name(feature.type.multiArrayType.dataType)
+    return {"dtype": name.lower()}
+
+
 def inspect_package(path: str | Path) -> dict:
     """What a ``.mlpackage`` declares (readable on any OS): input kind, image format, labels, outputs, metadata."""
     _quiet_coremltools()
@@ -126,7 +138,7 @@ def inspect_package(path: str | Path) -> dict:
         "specification_version": int(spec.specificationVersion),
         "input_name": inp.name,
         "input_kind": kind,
-        "outputs": [{"name": o.name, "kind": o.type.WhichOneof("Type")} for o in desc.output],
+        "outputs": [{"name": o.name, "kind": o.type.WhichOneof("Type"), **_array_dtype(o)} for o in desc.output],
         "metadata": dict(desc.metadata.userDefined),
         "author": desc.metadata.author,
         "license": desc.metadata.license,
@@ -143,6 +155,7 @@ def inspect_package(path: str | Path) -> dict:
         info.update(color_space=space, width=int(it.width), height=int(it.height))
     elif kind == "multiArrayType":
         info["shape"] = [int(s) for s in inp.type.multiArrayType.shape]
+        info.update(_array_dtype(inp))
     if info["model_type"] == "mlProgram":
         fn = spec.mlProgram.functions["main"]
         ops = list(fn.block_specializations[fn.opset].operations)
@@ -199,8 +212,12 @@ class CoreMLExporter(Exporter):
             )]
             kwargs = {"classifier_config": ct.ClassifierConfig(list(req.ckpt.labels))}
         else:
-            inputs = [ct.TensorType(name="image", shape=shape)]
-            kwargs = {"outputs": [ct.TensorType(name="logits")]}
+            import numpy as np
+
+            # float32 in and out at every precision, as the manifest says: left unset, a float16 program's
+            # tensors became float16 (an app reading float32 from its output would read garbage)
+            inputs = [ct.TensorType(name="image", shape=shape, dtype=np.float32)]
+            kwargs = {"outputs": [ct.TensorType(name="logits", dtype=np.float32)]}
         compute = ct.precision.FLOAT32 if precision is Precision.fp32 else ct.precision.FLOAT16
         # Ctrl-C is held for the conversion, as for ONNX and OpenVINO: one landing inside ct.convert was lost
         with interrupts_deferred(), quiet(stderr=True):
