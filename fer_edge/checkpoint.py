@@ -216,6 +216,12 @@ def load_checkpoint(path: str | os.PathLike, map_location: str = "cpu") -> Check
         raise CheckpointError(f"{path}: cannot read the checkpoint ({e.strerror or e})") from None
     except Exception as e:
         raise CheckpointError(f"{path}: not a readable checkpoint ({_load_error(e)})") from None
+    if isinstance(raw, dict) and raw.get("format") == PART_FORMAT:
+        stem = path.name.split(".part")[0]
+        raise CheckpointError(
+            f"{path}: a part of a split checkpoint, not a whole one: join the parts into one checkpoint first "
+            f"(`python -m fer_edge.checkpoint join {path.parent / stem}.part*.pt --out {stem}.pt`) and use that"
+        )
     if not isinstance(raw, dict) or raw.get("format") != FORMAT:
         raise CheckpointError(
             f"{path}: not a fer-edge checkpoint (expected format {FORMAT!r}); "

@@ -288,3 +288,13 @@ def test_split_into_a_file_and_join_of_missing_parts_say_so_plainly(tmp_path, ca
     assert main(["join", str(tmp_path / "gone.part0.pt"), "--out", str(tmp_path / "j.pt")]) == 1
     err = capsys.readouterr().err
     assert "gone.part0.pt: not found" in err and "torch.load" not in err and "corrupted" not in err
+
+
+def test_a_part_given_as_a_checkpoint_says_how_to_join_the_parts(tmp_path):
+    """`fer-edge eval --model OUT/teacher.part0.pt` said only "not a fer-edge checkpoint"."""
+    parts = split_checkpoint(_checkpoint(tmp_path / "a.pt"), tmp_path / "p" / "teacher", 680_000)
+    with pytest.raises(CheckpointError) as e:
+        load_checkpoint(parts[0])
+    msg = str(e.value)
+    assert "a part of a split checkpoint" in msg
+    assert f"python -m fer_edge.checkpoint join {tmp_path / 'p' / 'teacher'}.part*.pt --out teacher.pt" in msg
