@@ -342,6 +342,8 @@ def test_teacher_set_reaches_every_teacher_as_given(synthetic_folder, monkeypatc
     seen = {}
     monkeypatch.setattr("fer_edge.training.distill_round.run_round",
                         lambda *a, stages, **kw: seen.update(stages=stages))
+    # the parsing only: the preflight would refuse resnet18 a width and distill_views without replay
+    monkeypatch.setattr("fer_edge.training.distill_round._preflight", lambda *a, **kw: None)
     assert main(["--data", str(synthetic_folder), "--work", "w", "--out", "o", "--budget-minutes", "1",
                  "--teachers", "2", "--batch-size", "512", "--lr-scale", "sqrt", "--teacher-set", "cutmix=1.0",
                  "--teacher-set", "weight-decay=0.1", "--teacher-set", "lr=1e-3", "--teacher-set", "qat=false",
@@ -602,3 +604,55 @@ def test_teachers_of_several_architectures_form_one_ensemble(synthetic_folder, m
     assert small.teachers == nano.teachers == ("teacher", "teacher2", "teacher3", "teacher4")
     check_stages(seen["stages"])
     assert main(base) == 0 and [s.model for s in seen["stages"]] == ["resnet18", "fer_small", "fer_nano"]
+
+
+def test_a_student_whose_teachers_partly_finished_distils_from_those_that_did(synthetic_folder, tmp_path):
+    """A one-shot round: teacher2 without time for an epoch used to skip every student (exit 0, nothing learnt)."""
+    stages = (TINY[0], replace(TINY[0], name="teacher2", share=0.001, options={**TINY[0].options, "seed": 7}),
+              replace(TINY[1], teachers=("teacher", "teacher2")))
+    logged: list[str] = []
+    # a clock that never moves: each stage gets its share of the whole budget; teacher2 gets about 0.1 s, under an epoch
+    summary = run_round(synthetic_folder, tmp_path / "w", tmp_path / "o", budget_s=60, stages=stages,
+                        log=logged.append, clock=lambda: 0.0, **COMMON)
+    teacher, teacher2, student = summary["stages"]
+    assert teacher["status"] == "done" and teacher2["status"].startswith("skipped: 0") and "allotted" in teacher2["status"]
+    assert student["status"] == "done"
+    assert student["note"] == "its teacher 'teacher2' did not finish: distilled from 'teacher' only"
+    assert any(student["note"] in m for m in logged)
+    ck = load_checkpoint(tmp_path / "o" / student["checkpoint"])
+    assert ck.train_config["distill"] == [str(tmp_path / "w" / "teacher" / "best.pt")]
+
+
+def test_an_out_the_system_will_not_create_is_a_clean_error(synthetic_folder, tmp_path, monkeypatch):
+    """Root passes the os.access checks for /proc/x, and the round died in a FileNotFoundError traceback."""
+    from pathlib import Path
+
+    real = Path.mkdir
+    refused = tmp_path / "refused"
+
+    def mkdir(self, *a, **k):
+        if self == refused:
+            raise FileNotFoundError(2, "No such file or directory")
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(Path, "mkdir", mkdir)
+    with pytest.raises(TrainingError, match=r"--work .*refused: cannot create it \(No such file or directory\); "
+                                            r"choose another --work"):
+        run_round(synthetic_folder, refused, tmp_path / "o", budget_s=60, stages=TINY, log=lambda m: None, **COMMON)
+    assert not (tmp_path / "o").exists()  # the --out it had made is removed again
+
+
+def test_main_reports_every_bad_option_at_once(synthetic_folder, tmp_path, capsys):
+    assert main(["--data", str(tmp_path / "gone"), "--work", str(tmp_path / "w"), "--out", str(tmp_path / "o"),
+                 "--budget-minutes", "0", "--extra-teacher", "tiny", "--teacher-set", "epochs=3",
+                 "--device", "cpu"]) == 1
+    err = capsys.readouterr().err
+    for part in ("gone does not exist", "bad --teacher-set: 'epochs'", "tiny: no such checkpoint file",
+                 "--budget-minutes must be a finite, positive number"):
+        assert part in err, err
+    assert main(["--data", str(synthetic_folder), "--work", str(tmp_path / "w"), "--out", str(tmp_path / "o"),
+                 "--budget-minutes", "1", "--teacher", "resnet99", "--teacher", "simple_cnn",
+                 "--teacher-set", "cutmix=lots", "--device", "cpu"]) == 1
+    err = capsys.readouterr().err
+    assert "unknown model 'resnet99'" in err and "bad --teacher-set: cutmix='lots'" in err, err
+    assert not (tmp_path / "w").exists() and not (tmp_path / "o").exists()

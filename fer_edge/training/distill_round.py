@@ -11,8 +11,9 @@ but it runs wherever ``fer-edge train`` does::
 2. **Run.** Stages run in order. Each gets the budget left when it starts, times its share of the shares
    still to run, turned into epochs with the probe's figures and capped at the stage's ``max_epochs``. The
    allotment is recomputed from the clock at every stage, so a stage that runs long takes from the later ones.
-   A stage whose allotment is under one epoch is skipped, and so is every stage taught by a skipped one.
-   A stage with several teachers distils from their ensemble (``fer-edge train --distill A --distill B``).
+   A stage whose allotment is under one epoch is skipped. A stage with several teachers distils from their
+   ensemble (``fer-edge train --distill A --distill B``); when some of them did not finish, from those that did
+   (the summary's ``note`` names the missing ones), and a stage none of whose teachers finished is skipped.
 3. **Keep.** After each stage its ``history.csv`` (and, where the stage keeps it, ``best.pt``) is copied to
    ``OUT`` at once and ``OUT/summary.json`` is rewritten: per stage the exact ``fer-edge train`` command, the
    epochs, the best validation accuracy and epoch, seconds, and the probe's figures. Interrupted (Ctrl-C,
@@ -239,6 +240,12 @@ def _remove_probes(work: Path, stages, made: list[Path]) -> None:
             pass  # absent, or holding something the round did not make
 
 
+def _common(seed: int, batch_size: int, device: str, amp: str, threads: int, max_steps_per_epoch: int) -> dict:
+    """The TrainConfig options every stage shares."""
+    return dict(seed=seed, batch_size=batch_size, device=device, amp=amp, num_threads=threads,
+                max_steps_per_epoch=max_steps_per_epoch)
+
+
 def run_round(data: str | Path, work: str | Path, out: str | Path, budget_s: float, *,
               stages: tuple[Stage, ...] | list[Stage] = DEFAULT_STAGES, device: str = "auto", amp: str = "auto",
               seed: int = 0, parts_bytes: int = 0,
@@ -265,8 +272,7 @@ def run_round(data: str | Path, work: str | Path, out: str | Path, budget_s: flo
     check_stages(stages)
     data, work, out = str(data), Path(work), Path(out)
     start = clock()
-    common = dict(seed=seed, batch_size=batch_size, device=device, amp=amp, num_threads=threads,
-                  max_steps_per_epoch=max_steps_per_epoch)
+    common = _common(seed, batch_size, device, amp, threads, max_steps_per_epoch)
     _preflight(stages, data, common, work, out, budget_s=budget_s, parts_bytes=parts_bytes, probe_steps=probe_steps)
     dev = resolve_device(device)
     if dev.type == "cuda":
@@ -284,7 +290,13 @@ def run_round(data: str | Path, work: str | Path, out: str | Path, budget_s: flo
     summary = {"data": data, "budget_seconds": budget_s, "device": _describe_device(dev, threads),
                "train_images_per_epoch": images_per_epoch, "stages": list(entries.values())}
     made = [p for p in (out, work) if not p.exists()]  # removed again, when empty, if the round does not start
-    out.mkdir(parents=True, exist_ok=True)
+    for path, option in ((out, "--out"), (work, "--work")):
+        try:  # os.access-based checks pass for root where the system still refuses (/proc, /sys)
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            _remove_probes(work, stages, made)
+            raise TrainingError(f"{option} {path}: cannot create it ({e.strerror or e}); choose another "
+                                f"{option}") from None
 
     def save_summary() -> None:
         summary["elapsed_seconds"] = round(clock() - start, 1)
@@ -356,11 +368,17 @@ def run_round(data: str | Path, work: str | Path, out: str | Path, budget_s: flo
         for i, stage in enumerate(stages):
             entry = entries[stage.name]
             missing = [t for t in stage.teachers if t not in done]
-            if missing:
+            finished = [t for t in stage.teachers if t in done]
+            if missing and not finished:
                 entry["status"] = (f"skipped: its teacher{'s' if len(missing) > 1 else ''} "
                                    f"{', '.join(map(repr, missing))} did not finish")
                 save_summary()
                 continue
+            if missing:  # a one-shot round: the teachers that finished still teach (their ensemble, smaller)
+                entry["note"] = (f"its teacher{'s' if len(missing) > 1 else ''} {', '.join(map(repr, missing))} "
+                                 f"did not finish: distilled from {', '.join(map(repr, finished))}"
+                                 + (" and the extra teachers" if stage.extra_teachers else "") + " only")
+                log(f"{stage.name}: {entry['note']}")
             left = max(0.0, budget_s - (clock() - start))  # the probe (or a long stage) may have spent it all
             alloc = left * stage.share / sum(s.share for s in stages[i:])
             per_epoch = entry["probe"]["estimated_epoch_seconds"]
@@ -376,7 +394,7 @@ def run_round(data: str | Path, work: str | Path, out: str | Path, budget_s: flo
                 save_summary()
                 continue
             run_dir = work / stage.name
-            cfg = _config(stage, data, run_dir, epochs, common, [work / t / "best.pt" for t in stage.teachers])
+            cfg = _config(stage, data, run_dir, epochs, common, [work / t / "best.pt" for t in finished])
             entry.update(status="running", epochs_planned=epochs, command=cfg.command())
             save_summary()
             log(f"{stage.name}: {epochs} epochs (about {epochs * per_epoch:.0f} s of {alloc:.0f} s allotted)\n"
@@ -688,14 +706,40 @@ def main(argv: list[str] | None = None) -> int:
         parts_bytes = int(args.teacher_parts_mb * 1024 * 1024)
         if args.teacher_parts_mb > 0 and parts_bytes == 0:
             parts_bytes = 1  # a positive size too small to count in bytes is refused as such, not taken as 0
-    problems += option_problems(args.budget_minutes * 60, parts_bytes, args.work, args.out, args.probe_steps)
+    # then the stages' (models, extra teachers, --teacher-set, training options) and the device: every problem in
+    # one message, not one per run of the command
+    stages, overrides = None, {}
+    try:
+        overrides = parse_overrides(args.teacher_set)
+    except TrainingError as e:
+        problems.append(str(e))
+    try:
+        if args.teachers >= 1:
+            stages = build_stages(args.teacher or [DEFAULT_STAGES[0].model], args.teachers, args.teacher_max_epochs,
+                                  args.extra_teacher, args.nano_teacher, args.students, args.shares,
+                                  args.batch_size, args.lr_scale, args.seed, overrides)
+    except FerEdgeError as e:  # an --extra-teacher that is no checkpoint
+        problems.append(str(e))
+    if stages is None:
+        problems += option_problems(args.budget_minutes * 60, parts_bytes, args.work, args.out, args.probe_steps)
+    else:
+        try:
+            _preflight(stages, args.data, _common(args.seed, args.batch_size, args.device, args.amp, args.threads,
+                                                  args.max_steps_per_epoch),
+                       args.work, args.out, budget_s=args.budget_minutes * 60, parts_bytes=parts_bytes,
+                       probe_steps=args.probe_steps)
+        except TrainingError as e:
+            problems += str(e).removeprefix("bad round:\n  ").split("\n  ")
+    try:
+        from fer_edge.training.trainer import resolve_device
+
+        resolve_device(args.device)
+    except TrainingError as e:
+        problems.append(str(e))
     if problems:
-        print("error: bad options:\n  " + "\n  ".join(problems), file=sys.stderr)
+        print("error: bad options:\n  " + "\n  ".join(dict.fromkeys(problems)), file=sys.stderr)
         return 1
     try:
-        stages = build_stages(args.teacher or [DEFAULT_STAGES[0].model], args.teachers, args.teacher_max_epochs,
-                              args.extra_teacher, args.nano_teacher, args.students, args.shares, args.batch_size, args.lr_scale, args.seed,
-                              parse_overrides(args.teacher_set))
         run_round(args.data, args.work, args.out, args.budget_minutes * 60, stages=stages, device=args.device,
                   amp=args.amp, seed=args.seed, parts_bytes=parts_bytes,
                   batch_size=args.batch_size, probe_steps=args.probe_steps,
