@@ -217,10 +217,17 @@ def load_checkpoint(path: str | os.PathLike, map_location: str = "cpu") -> Check
     except Exception as e:
         raise CheckpointError(f"{path}: not a readable checkpoint ({_load_error(e)})") from None
     if isinstance(raw, dict) and raw.get("format") == PART_FORMAT:
-        stem = path.name.split(".part")[0]
+        import re
+        import shlex
+
+        prefix = path.parent / re.sub(r"\.part\d+\.pt$", "", path.name)
+        joined = Path(f"{prefix}.pt")
+        if joined.exists():  # join replaces its --out: never suggest a file that is there
+            joined = Path(f"{prefix}.joined.pt")
         raise CheckpointError(
             f"{path}: a part of a split checkpoint, not a whole one: join the parts into one checkpoint first "
-            f"(`python -m fer_edge.checkpoint join {path.parent / stem}.part*.pt --out {stem}.pt`) and use that"
+            f"(`python -m fer_edge.checkpoint join {shlex.quote(str(prefix))}.part*.pt --out "
+            f"{shlex.quote(str(joined))}`) and use that"
         )
     if not isinstance(raw, dict) or raw.get("format") != FORMAT:
         raise CheckpointError(

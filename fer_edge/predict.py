@@ -348,12 +348,15 @@ def _folder_hint(folder: Path) -> str:
     here = {q.name for q in folder.iterdir() if (t := find_target(q)) is None or t.runs_here()}
     # a model that runs on this machine first (a Core ML package needs macOS), then the usual picks
     files.sort(key=lambda n: (n not in here, n != "best.pt", not n.endswith("_fp32.onnx"), n))
-    files = [n if n in here else f"{n} (runs on {_platforms(find_target(folder / n))})" for n in files]
     if not files:
         return (f"{folder} is a folder without a model file: give a checkpoint (.pt), an exported artifact "
                 "(.onnx, .xml, .ts, .mlpackage) or a shipped model name")
-    return (f"{folder} is a folder: give one model file in it, e.g. {folder / files[0]} (it holds "
-            f"{', '.join(files[:6])}{', ...' if len(files) > 6 else ''})")
+    shown = [n if n in here else f"{n} (runs on {_platforms(find_target(folder / n))})" for n in files]
+    held = f"{', '.join(shown[:6])}{', ...' if len(shown) > 6 else ''}"
+    if files[0] not in here:
+        return (f"{folder} is a folder, and none of the models in it runs on this machine (it holds {held}): give "
+                "a checkpoint (.pt), an artifact that runs here (.onnx, .xml, .ts) or a shipped model name")
+    return f"{folder} is a folder: give one model file in it, e.g. {folder / files[0]} (it holds {held})"
 
 
 def export_gate_failure(path: str | os.PathLike) -> str | None:

@@ -297,4 +297,12 @@ def test_a_part_given_as_a_checkpoint_says_how_to_join_the_parts(tmp_path):
         load_checkpoint(parts[0])
     msg = str(e.value)
     assert "a part of a split checkpoint" in msg
-    assert f"python -m fer_edge.checkpoint join {tmp_path / 'p' / 'teacher'}.part*.pt --out teacher.pt" in msg
+    prefix = tmp_path / "p" / "teacher"
+    assert f"python -m fer_edge.checkpoint join {prefix}.part*.pt --out {prefix}.pt`" in msg
+    # a name holding ".part", a space (quoted for the shell), and a joined file already there (never suggested)
+    parts = split_checkpoint(_checkpoint(tmp_path / "b.pt"), tmp_path / "sp two" / "my.partial", 680_000)
+    (tmp_path / "sp two" / "my.partial.pt").write_bytes(b"keep")
+    with pytest.raises(CheckpointError) as e:
+        load_checkpoint(parts[0])
+    prefix = tmp_path / "sp two" / "my.partial"
+    assert f"join '{prefix}'.part*.pt --out '{prefix}.joined.pt'`" in str(e.value)

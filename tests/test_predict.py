@@ -956,3 +956,10 @@ def test_a_folder_hint_puts_models_that_run_here_first_and_says_where_the_others
     with pytest.raises(ArtifactError) as e:
         load(folder)
     assert f"e.g. {folder / 'a_fp32.mlpackage'} (it holds a_fp32.mlpackage, b_int8.onnx)" in str(e.value)
+    # only Core ML packages, off macOS: no model to offer
+    (folder / "b_int8.onnx").unlink()
+    monkeypatch.setattr(sys, "platform", "linux")
+    with pytest.raises(ArtifactError) as e:
+        load(folder)
+    assert ("is a folder, and none of the models in it runs on this machine (it holds a_fp32.mlpackage (runs on "
+            "macOS)): give a checkpoint") in str(e.value) and "e.g." not in str(e.value)
