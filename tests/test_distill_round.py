@@ -638,8 +638,9 @@ def test_an_out_the_system_will_not_create_is_a_clean_error(synthetic_folder, tm
     monkeypatch.setattr(Path, "mkdir", mkdir)
     with pytest.raises(TrainingError, match=r"--work .*refused: cannot create it \(No such file or directory\); "
                                             r"choose another --work"):
-        run_round(synthetic_folder, refused, tmp_path / "o", budget_s=60, stages=TINY, log=lambda m: None, **COMMON)
-    assert not (tmp_path / "o").exists()  # the --out it had made is removed again
+        run_round(synthetic_folder, refused, tmp_path / "o" / "deep", budget_s=60, stages=TINY, log=lambda m: None,
+                  **COMMON)
+    assert not (tmp_path / "o").exists()  # the --out it had made is removed again, with the parents it made
 
 
 def test_main_reports_every_bad_option_at_once(synthetic_folder, tmp_path, capsys):
@@ -655,4 +656,13 @@ def test_main_reports_every_bad_option_at_once(synthetic_folder, tmp_path, capsy
                  "--teacher-set", "cutmix=lots", "--device", "cpu"]) == 1
     err = capsys.readouterr().err
     assert "unknown model 'resnet99'" in err and "bad --teacher-set: cutmix='lots'" in err, err
+    # a missing extra teacher hid the rest; a round-wide problem was said once per stage
+    assert main(["--data", str(synthetic_folder), "--work", str(tmp_path / "w"), "--out", str(tmp_path / "o"),
+                 "--budget-minutes", "1", "--teacher", "resnet99", "--batch-size", "0", "--extra-teacher",
+                 str(tmp_path / "a.pt"), "--extra-teacher", str(tmp_path / "b.pt"), "--device", "cpu"]) == 1
+    err = capsys.readouterr().err
+    for name in ("a.pt", "b.pt"):
+        assert f"--extra-teacher {tmp_path / name}: no such checkpoint file" in err, err
+    assert "unknown model 'resnet99'" in err, err
+    assert err.count("--batch-size must be at least 1") == 1 and "\n  --batch-size must be at least 1" in err, err
     assert not (tmp_path / "w").exists() and not (tmp_path / "o").exists()

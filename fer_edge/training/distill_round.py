@@ -280,7 +280,22 @@ def run_round(data: str | Path, work: str | Path, out: str | Path, budget_s: flo
 
         torch.backends.cudnn.benchmark = True  # fixed 48x48 shapes: let cuDNN pick its fastest kernels once
 
-    n_train = len(load_split(data, default_train_split(data), progress=progress).labels)
+    # every folder mkdir will create (parents too), deepest first: removed again, when empty, if the round does
+    # not start
+    made = sorted({q for p in (out, work) for q in (p, *p.parents) if not q.exists()},
+                  key=lambda q: len(q.parts), reverse=True)
+    for path, option in ((out, "--out"), (work, "--work")):
+        try:  # os.access-based checks pass for root where the system still refuses (/proc, /sys)
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            _remove_probes(work, stages, made)
+            raise TrainingError(f"{option} {path}: cannot create it ({e.strerror or e}); choose another "
+                                f"{option}") from None
+    try:
+        n_train = len(load_split(data, default_train_split(data), progress=progress).labels)
+    except BaseException:
+        _remove_probes(work, stages, made)
+        raise
     steps = max(1, n_train // batch_size)
     if max_steps_per_epoch:
         steps = min(steps, max_steps_per_epoch)
@@ -289,14 +304,6 @@ def run_round(data: str | Path, work: str | Path, out: str | Path, budget_s: flo
     images_per_epoch = min(steps * batch_size, n_train)
     summary = {"data": data, "budget_seconds": budget_s, "device": _describe_device(dev, threads),
                "train_images_per_epoch": images_per_epoch, "stages": list(entries.values())}
-    made = [p for p in (out, work) if not p.exists()]  # removed again, when empty, if the round does not start
-    for path, option in ((out, "--out"), (work, "--work")):
-        try:  # os.access-based checks pass for root where the system still refuses (/proc, /sys)
-            path.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            _remove_probes(work, stages, made)
-            raise TrainingError(f"{option} {path}: cannot create it ({e.strerror or e}); choose another "
-                                f"{option}") from None
 
     def save_summary() -> None:
         summary["elapsed_seconds"] = round(clock() - start, 1)
@@ -630,6 +637,7 @@ def _preflight(stages, data: str, common: dict, work: Path, out: Path, *, budget
         if written:
             problems.append(f"{what} is where the round writes {written}: the round would overwrite it "
                             "or read its own output; move it, or choose another --out/--work")
+    by_line: dict[str, list[str]] = {}  # a training option's problem -> the stages that have it
     for s in stages:
         known = s.model in list_models()
         if not known:
@@ -642,7 +650,17 @@ def _preflight(stages, data: str, common: dict, work: Path, out: Path, *, budget
             text = str(e).removeprefix("bad training options:\n  ")
             for line in text.split("\n  "):
                 if known or not line.startswith("--model: unknown model"):  # said once, above
-                    problems.append(f"stage {s.name!r}: {line}")
+                    by_line.setdefault(line, []).append(s.name)
+    for line, names in by_line.items():  # one every stage has (a round-wide --batch-size 0) is said once
+        problems += [line] if len(names) == len(stages) > 1 else [f"stage {n!r}: {line}" for n in names]
+    from fer_edge.training.trainer import resolve_device
+
+    for dev in dict.fromkeys([common.get("device", "auto")] + [s.options["device"] for s in stages
+                                                               if s.options.get("device")]):
+        try:  # the round's --device, and one a stage sets (--teacher-set device=cuda)
+            resolve_device(dev)
+        except TrainingError as e:
+            problems.append(str(e))
     if problems:
         raise TrainingError("bad round:\n  " + "\n  ".join(problems))
 
@@ -713,12 +731,20 @@ def main(argv: list[str] | None = None) -> int:
         overrides = parse_overrides(args.teacher_set)
     except TrainingError as e:
         problems.append(str(e))
-    try:
-        if args.teachers >= 1:
-            stages = build_stages(args.teacher or [DEFAULT_STAGES[0].model], args.teachers, args.teacher_max_epochs,
-                                  args.extra_teacher, args.nano_teacher, args.students, args.shares,
-                                  args.batch_size, args.lr_scale, args.seed, overrides)
-    except FerEdgeError as e:  # an --extra-teacher that is no checkpoint
+    from fer_edge.weights import resolve_checkpoint
+
+    extra = []  # each --extra-teacher on its own: one that is missing does not hide the others' problems
+    for t in args.extra_teacher:
+        try:
+            resolve_checkpoint(t)
+            extra.append(t)
+        except FerEdgeError as e:
+            problems.append(f"--extra-teacher {e}")
+    try:  # (with --teachers below 1, reported above, the rest is still checked with one teacher)
+        stages = build_stages(args.teacher or [DEFAULT_STAGES[0].model], max(1, args.teachers),
+                              args.teacher_max_epochs, extra, args.nano_teacher, args.students, args.shares,
+                              args.batch_size, args.lr_scale, args.seed, overrides)
+    except FerEdgeError as e:
         problems.append(str(e))
     if stages is None:
         problems += option_problems(args.budget_minutes * 60, parts_bytes, args.work, args.out, args.probe_steps)
