@@ -666,3 +666,28 @@ def test_main_reports_every_bad_option_at_once(synthetic_folder, tmp_path, capsy
     assert "unknown model 'resnet99'" in err, err
     assert err.count("--batch-size must be at least 1") == 1 and "\n  --batch-size must be at least 1" in err, err
     assert not (tmp_path / "w").exists() and not (tmp_path / "o").exists()
+
+
+def test_every_round_command_in_readme_is_accepted(synthetic_folder, tmp_path, monkeypatch):
+    """The GPU rounds' commands in README parse and pass the round's checks (a lent GPU gives one try), with the
+    data, --out and --work here and the device taken as present."""
+    import re
+    from pathlib import Path
+
+    import fer_edge.training.trainer as trainer
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    commands = re.findall(r"python3? -m fer_edge\.training\.distill_round (.*?)(?:`|\n\n|\n[^ \-])", readme, re.S)
+    # whole commands (prose abbreviates some with "..."): the usage line and the GPU rounds' commands
+    commands = [c for c in commands if "--data " in c and "..." not in c]
+    assert len(commands) >= 4, commands
+    seen = []
+    monkeypatch.setattr("fer_edge.training.distill_round.run_round", lambda *a, stages, **kw: seen.append(stages))
+    monkeypatch.setattr(trainer, "resolve_device", lambda name: torch.device("cpu"))
+    for i, text in enumerate(commands):
+        argv = shlex.split(text.replace("\\\n", " ").replace("\n", " "))
+        for option, value in (("--data", str(synthetic_folder)), ("--out", str(tmp_path / f"o{i}")),
+                              ("--work", str(tmp_path / f"w{i}"))):
+            argv[argv.index(option) + 1] = value
+        assert main(argv) == 0, argv
+    assert len(seen) == len(commands)
