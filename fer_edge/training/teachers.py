@@ -115,17 +115,6 @@ class OnnxRuntimeTeacher:
         return torch.from_numpy(self.session.run(None, {self.input_name: arr})[0])
 
 
-def _is_checkpoint_part(path: Path) -> bool:
-    """Whether ``path`` is one part of a split checkpoint (``python -m fer_edge.checkpoint split``)."""
-    from fer_edge.checkpoint import PART_FORMAT
-
-    try:
-        raw = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # noqa: BLE001 - unreadable: not a part either
-        return False
-    return isinstance(raw, dict) and raw.get("format") == PART_FORMAT
-
-
 _JOIN_HINT = ("join the parts into one checkpoint first (`python -m fer_edge.checkpoint join PART0 PART1 ... "
               "--out TEACHER.pt`) and give --distill the joined file")
 
@@ -137,8 +126,6 @@ def _teacher_reason(spec: str, path: Path | None, e: FerEdgeError) -> str:
         if text.startswith(prefix + ": "):
             text = text[len(prefix) + 2:]
             break
-    if path is not None and path.is_file() and _is_checkpoint_part(path):
-        return f"a part of a split checkpoint (format 'fer-edge-checkpoint-part/1'), not a whole one: {_JOIN_HINT}"
     if path is None or not path.exists():
         from fer_edge.checkpoint import existing_parts
 
