@@ -385,3 +385,25 @@ def test_export_bench_shows_why_an_artifact_was_not_validated():
     print_report(report, console=console)
     text = console.export_text()
     assert why in text and "passed" in text and "passed: ok" not in text
+
+
+def test_resize_parity_puts_other_resizes_beside_fer_edges(tiny_checkpoint, synthetic_csv, monkeypatch):
+    """The OpenCV and resize-then-luma rows count top-label changes against fer-edge's own resize."""
+    import numpy as np
+
+    from fer_edge.benchmarks import resize_parity
+
+    gray = np.random.default_rng(0).integers(0, 256, (2, 48, 48), dtype=np.uint8)
+    crops = resize_parity.crops(gray, seed=0)
+    assert all(c.ndim == 3 and c.shape[2] == 3 and 80 <= c.shape[0] < 220 for c in crops)
+    ways = resize_parity.resized(crops[0])
+    assert set(ways) == {"fer-edge", "opencv-area", "rgb-then-luma"}
+    assert all(w.shape == (48, 48) and w.dtype == np.uint8 for w in ways.values())
+    assert not np.array_equal(ways["fer-edge"], ways["opencv-area"])  # another filter, other pixels
+    monkeypatch.setenv("COLUMNS", "250")
+    r = CliRunner().invoke(resize_parity.cli, [str(tiny_checkpoint), "--data", str(synthetic_csv),
+                                               "--n-images", "20"])
+    assert r.exit_code == 0, r.output
+    assert "opencv-area" in r.output and "rgb-then-luma" in r.output and "on 20 " in r.output
+    r = CliRunner().invoke(resize_parity.cli, ["nope.pt", "--data", str(synthetic_csv)])
+    assert r.exit_code == 1 and "error:" in r.output and "Traceback" not in r.output

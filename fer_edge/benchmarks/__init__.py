@@ -41,6 +41,7 @@ SCRIPTS = {
     "int8_sensitivity": "where INT8 rounding error comes from (weights, activations, single tensors)",
     "leaderboard": "every registered model trained with one recipe, exported and benched; table and plot",
     "ort_int8": "ONNX Runtime INT8 with and without its exact-INT8 session entry: speed and answers",
+    "resize_parity": "how an app's own resize (OpenCV's area filter, resize-then-luma) changes a model's answers",
     "step_cost": "images/s, ms, operator calls and kernel launches of a training step",
     "train_throughput": "training images/s of fer-edge's pipeline against the source notebooks'",
 }

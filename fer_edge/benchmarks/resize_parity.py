@@ -1,0 +1,105 @@
+"""How much an app's own resize changes a model's answers, against fer-edge's preprocessing, side by side.
+
+fer-edge (training, ``predict``, the parity gate) turns a face crop into its 48x48 input with PIL: luma
+(``convert("L")``), then a bilinear resize whose filter widens with the downscaling factor
+(:func:`fer_edge.preprocess.to_gray48`). An app often does it otherwise. This takes a stratified sample of a
+split's faces, makes each a colour crop of another size (upscaled bicubically to a random 80-220 px, each channel
+scaled by a random 0.8-1.2: a tinted photo crop), brings it back to 48x48 the fer-edge way and two others, and
+counts the images whose top label differs from fer-edge's, with the largest probability differences:
+
+* ``opencv-area``: ``cv2.cvtColor(BGR2GRAY)`` then ``cv2.resize(INTER_AREA)`` (the ONNX Runtime guide's C++ line);
+* ``rgb-then-luma``: PIL's bilinear resize of the colour crop, then the luma (the Kotlin code's order).
+
+    python -m fer_edge.benchmarks.resize_parity nano --data ../shared/data/fer2013/images --n-images 210
+"""
+from __future__ import annotations
+
+import numpy as np
+import typer
+
+cli = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+
+
+def crops(images: np.ndarray, seed: int) -> list[np.ndarray]:
+    """Each 48x48 gray face as an RGB crop of a random 80-220 px, channels tinted by 0.8-1.2 (seeded)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for gray in images:
+        size = int(rng.integers(80, 220))
+        big = np.asarray(Image.fromarray(gray).resize((size, size), Image.BICUBIC), dtype=np.float64)
+        out.append(np.clip(big[..., None] * rng.uniform(0.8, 1.2, 3), 0, 255).astype(np.uint8))
+    return out
+
+
+def resized(rgb: np.ndarray) -> dict[str, np.ndarray]:
+    """One RGB crop brought to 48x48 gray three ways: fer-edge's, OpenCV's area filter, resize-then-luma."""
+    import cv2
+    from PIL import Image
+
+    from fer_edge.constants import IMAGE_SIZE
+    from fer_edge.preprocess import to_gray48
+
+    small = np.asarray(Image.fromarray(rgb).resize((IMAGE_SIZE, IMAGE_SIZE), Image.BILINEAR), dtype=np.float32)
+    luma = small[..., 0] * 0.299 + small[..., 1] * 0.587 + small[..., 2] * 0.114
+    return {
+        "fer-edge": to_gray48(Image.fromarray(rgb)),
+        "opencv-area": cv2.resize(cv2.cvtColor(np.ascontiguousarray(rgb[..., ::-1]), cv2.COLOR_BGR2GRAY),
+                                  (IMAGE_SIZE, IMAGE_SIZE), interpolation=cv2.INTER_AREA),
+        "rgb-then-luma": np.clip(np.rint(luma), 0, 255).astype(np.uint8),
+    }
+
+
+@cli.command()
+def main(
+    model: str = typer.Argument("nano", help="Checkpoint or shipped model name."),
+    data: str = typer.Option(..., help="FER2013 CSV or image folder."),
+    split: str | None = typer.Option(None, help="Split of --data (default PublicTest / val)."),
+    n_images: int = typer.Option(210, min=1, help="Stratified sample of the split."),
+    seed: int = typer.Option(0, help="Seed of the sample, the crop sizes and the tints."),
+) -> None:
+    """Top-label changes and probability differences of other resizes against fer-edge's, side by side."""
+    import torch
+    from rich.console import Console
+    from rich.table import Table
+
+    from fer_edge.benchmarks.bench import load_inputs
+    from fer_edge.checkpoint import load_checkpoint
+    from fer_edge.errors import FerEdgeError
+    from fer_edge.preprocess import normalize
+    from fer_edge.weights import resolve_checkpoint
+
+    try:
+        ck = load_checkpoint(resolve_checkpoint(model))
+        inputs = load_inputs(data, split, n_images, seed=seed)
+    except FerEdgeError as e:
+        Console(stderr=True).print(f"[red]error:[/] {e}", highlight=False)
+        raise typer.Exit(1) from None
+    net = ck.build_model().eval()
+    probs = {}
+    try:
+        ways = [resized(c) for c in crops(inputs.images, seed)]
+        with torch.no_grad():
+            for name in ways[0]:
+                x = torch.from_numpy(normalize(np.stack([w[name] for w in ways]), ck.normalization))
+                probs[name] = torch.softmax(net(x), 1).numpy()
+    except KeyboardInterrupt:
+        typer.echo("interrupted: nothing was measured", err=True)
+        raise typer.Exit(130) from None
+    ref = probs["fer-edge"]
+    t = Table(title=f"{ck.model_name} on {len(ref)} {inputs.split} faces as tinted 80-220 px colour crops: "
+                    "other resizes against fer-edge's")
+    for col in ("resize", "other top label", "max |prob diff| median", "max |prob diff| max"):
+        t.add_column(col, justify="left" if col == "resize" else "right")
+    for name, p in probs.items():
+        if name == "fer-edge":
+            continue
+        flips = int((p.argmax(1) != ref.argmax(1)).sum())
+        diff = np.abs(p - ref).max(1)
+        t.add_row(name, f"{flips} ({flips / len(ref):.1%})", f"{np.median(diff):.3f}", f"{diff.max():.3f}")
+    Console().print(t)
+
+
+if __name__ == "__main__":
+    cli()
