@@ -342,16 +342,16 @@ def _folder_hint(folder: Path) -> str:
     a run folder's checkpoints."""
     from fer_edge.targets import find_target
 
-    files = sorted(q.name for q in folder.iterdir() if not q.name.startswith(".")
-                   and (find_target(q) is not None and not q.name.endswith("_logits.mlpackage")
-                        or q.suffix in (".pt", ".pth")))
-    here = {q.name for q in folder.iterdir() if (t := find_target(q)) is None or t.runs_here()}
+    targets = {q.name: find_target(q) for q in folder.iterdir() if not q.name.startswith(".")}
+    files = [n for n, t in targets.items() if t is not None and not n.endswith("_logits.mlpackage")
+             or Path(n).suffix in (".pt", ".pth")]
+    here = {n for n in files if targets[n] is None or targets[n].runs_here()}
     # a model that runs on this machine first (a Core ML package needs macOS), then the usual picks
     files.sort(key=lambda n: (n not in here, n != "best.pt", not n.endswith("_fp32.onnx"), n))
     if not files:
         return (f"{folder} is a folder without a model file: give a checkpoint (.pt), an exported artifact "
                 "(.onnx, .xml, .ts, .mlpackage) or a shipped model name")
-    shown = [n if n in here else f"{n} (runs on {_platforms(find_target(folder / n))})" for n in files]
+    shown = [n if n in here else f"{n} (runs on {_platforms(targets[n])})" for n in files]
     held = f"{', '.join(shown[:6])}{', ...' if len(shown) > 6 else ''}"
     if files[0] not in here:
         return (f"{folder} is a folder, and none of the models in it runs on this machine (it holds {held}): give "

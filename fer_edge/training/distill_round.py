@@ -748,6 +748,12 @@ def main(argv: list[str] | None = None) -> int:
         problems.append(str(e))
     if stages is None:
         problems += option_problems(args.budget_minutes * 60, parts_bytes, args.work, args.out, args.probe_steps)
+        try:  # (the preflight checks the device otherwise)
+            from fer_edge.training.trainer import resolve_device
+
+            resolve_device(args.device)
+        except TrainingError as e:
+            problems.append(str(e))
     else:
         try:
             _preflight(stages, args.data, _common(args.seed, args.batch_size, args.device, args.amp, args.threads,
@@ -756,12 +762,6 @@ def main(argv: list[str] | None = None) -> int:
                        probe_steps=args.probe_steps)
         except TrainingError as e:
             problems += str(e).removeprefix("bad round:\n  ").split("\n  ")
-    try:
-        from fer_edge.training.trainer import resolve_device
-
-        resolve_device(args.device)
-    except TrainingError as e:
-        problems.append(str(e))
     if problems:
         print("error: bad options:\n  " + "\n  ".join(dict.fromkeys(problems)), file=sys.stderr)
         return 1
