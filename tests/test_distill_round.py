@@ -669,18 +669,22 @@ def test_main_reports_every_bad_option_at_once(synthetic_folder, tmp_path, capsy
 
 
 def test_every_round_command_in_readme_is_accepted(synthetic_folder, tmp_path, monkeypatch):
-    """The GPU rounds' commands in README parse and pass the round's checks (a lent GPU gives one try), with the
-    data, --out and --work here and the device taken as present."""
+    """The round's commands in README and the GPU rounds' in docs/training-log.md parse and pass the round's
+    checks (a lent GPU gives one try), with the data, --out and --work here and the device taken as present."""
     import re
     from pathlib import Path
 
     import fer_edge.training.trainer as trainer
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    commands = re.findall(r"python3? -m fer_edge\.training\.distill_round (.*?)(?:`|\n\n|\n[^ \-])", readme, re.S)
-    # whole commands (prose abbreviates some with "..."): the usage line and the GPU rounds' commands
-    commands = [c for c in commands if "--data " in c and "..." not in c]
-    assert len(commands) >= 4, commands
+    root = Path(__file__).resolve().parents[1]
+    commands = []
+    for doc, least in (("README.md", 2), ("docs/training-log.md", 2)):
+        text = (root / doc).read_text()
+        found = re.findall(r"python3? -m fer_edge\.training\.distill_round (.*?)(?:`|\n\n|\n[^ \-])", text, re.S)
+        # whole commands (prose abbreviates some with "..."): README's usage line and GPU recipe, the log's rounds
+        found = [c for c in found if "--data " in c and "..." not in c]
+        assert len(found) >= least, (doc, found)
+        commands += found
     seen = []
     monkeypatch.setattr("fer_edge.training.distill_round.run_round", lambda *a, stages, **kw: seen.append(stages))
     monkeypatch.setattr(trainer, "resolve_device", lambda name: torch.device("cpu"))
