@@ -679,7 +679,7 @@ def test_a_shipped_weights_own_gate_applies_under_the_cli_overrides(monkeypatch,
 
 
 def test_without_precision_or_calibration_data_int8_is_left_out_and_said_so(tiny_checkpoint, tmp_path):
-    """`fer-edge export --target coreml` works without --calib-data: fp32 and fp16, int8 listed as skipped."""
+    """`fer-edge export --target onnx` works without --calib-data: fp32 and fp16, int8 listed as skipped."""
     from fer_edge.cli import app
     from fer_edge.exporters.api import INT8_NEEDS_CALIBRATION
 
@@ -693,6 +693,32 @@ def test_without_precision_or_calibration_data_int8_is_left_out_and_said_so(tiny
     assert {"target": "onnx", "precision": "int8", "code": "needs-calibration",
             "reason": INT8_NEEDS_CALIBRATION} in data["skipped"]
     assert not list(tmp_path.glob("*int8*"))
+
+
+
+@pytest.mark.skipif(sys.platform == "darwin", reason="on macOS Core ML's int8 calibrates activations on images")
+def test_coreml_int8_off_macos_needs_no_calibration_images(tiny_checkpoint, tmp_path):
+    """Off macOS Core ML's INT8 is weights-only: it is neither skipped for want of --calib-data nor refused
+    without it (QA: the note asked for images the export then did not use), while ONNX's int8 still is."""
+    from fer_edge.cli import app
+
+    res = CliRunner().invoke(app, ["export", str(tiny_checkpoint), "-t", "coreml,onnx", "--no-validate",
+                                   "--out", str(tmp_path / "a")])
+    assert res.exit_code == 0, res.output
+    assert "int8 not exported (onnx)" in " ".join(res.output.split())
+    data = json.loads((tmp_path / "a" / "manifest.json").read_text())
+    assert ("coreml", "int8") in {(e["target"], e["precision"]) for e in data["artifacts"]}
+    assert [(s["target"], s["precision"]) for s in data["skipped"]] == [("onnx", "int8")]
+
+    res = CliRunner().invoke(app, ["export", str(tiny_checkpoint), "-t", "coreml", "-p", "int8", "--no-validate",
+                                   "--out", str(tmp_path / "b")])
+    assert res.exit_code == 0, res.output
+    assert len(list((tmp_path / "b").glob("*_int8.mlpackage"))) == 1, res.output
+
+    res = CliRunner().invoke(app, ["export", str(tiny_checkpoint), "-t", "coreml,onnx", "-p", "int8",
+                                   "--no-validate", "--out", str(tmp_path / "c")])
+    assert res.exit_code == 1
+    assert "int8 export needs calibration images (onnx int8)" in " ".join(res.output.split()), res.output
 
 
 # --- refused up front: nothing written, no folder left behind (QA findings) -------------------

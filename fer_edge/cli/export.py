@@ -135,9 +135,9 @@ def export_cmd(
         None, "--target", "-t", help="Targets, comma-separated and/or repeated, or 'all' (default: all)."),
     precision: Optional[List[str]] = typer.Option(
         None, "--precision", "-p",
-        help="fp32, fp16, int8 (comma-separated and/or repeated; default: all three, int8 only with --calib-data)."),
+        help="fp32, fp16, int8 (comma-separated and/or repeated; default: all three, a calibrated int8 only with --calib-data)."),
     calib_data: Optional[Path] = typer.Option(
-        None, "--calib-data", parser=path_value, metavar="PATH", help="FER2013 CSV or image folder for INT8 calibration (required for int8)."),
+        None, "--calib-data", parser=path_value, metavar="PATH", help="FER2013 CSV or image folder for INT8 calibration (required for ONNX and OpenVINO int8, and Core ML's on macOS)."),
     calib_split: Optional[str] = typer.Option(None, "--calib-split", help="Calibration split (default: training)."),
     calib_size: Optional[int] = typer.Option(
         None, "--calib-size", min=1, show_default=False,

@@ -545,7 +545,7 @@ def export(
     int8_by_default_only = precisions is None and calib_data is None
     for t in tlist:
         for p in plist:
-            if p is Precision.int8 and int8_by_default_only and p in t.precisions:
+            if int8_by_default_only and p in t.precisions and get_exporter(t.name).calibrates(p):
                 skipped.append({"target": t.name, "precision": p.value, "code": SKIP_NEEDS_CALIBRATION,
                                 "reason": INT8_NEEDS_CALIBRATION})
             elif p in t.precisions:
@@ -561,10 +561,11 @@ def export(
     # every problem with the options at once; an option that would do nothing is refused, not ignored
     problems: list[str] = []
     planned = ", ".join(f"{t.name} {p.value}" for t, p in plan)
-    if any(p is Precision.int8 for _, p in plan) and calib_data is None:
+    needs_images = [f"{t.name} {p.value}" for t, p in plan if get_exporter(t.name).calibrates(p)]
+    if needs_images and calib_data is None:  # Core ML's int8 off macOS is weights-only: it needs none
         problems.append(
-            "int8 export needs calibration images: pass --calib-data PATH (a FER2013 CSV or image folder; "
-            "the training split is sampled), or leave int8 out (--precision fp32,fp16)"
+            f"int8 export needs calibration images ({', '.join(needs_images)}): pass --calib-data PATH (a FER2013 "
+            "CSV or image folder; the training split is sampled), or leave int8 out (--precision fp32,fp16)"
         )
     if overflow_fix_given and not any((t.name, p) == ("openvino", Precision.int8) for t, p in plan):
         problems.append(
