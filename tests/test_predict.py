@@ -352,6 +352,21 @@ def test_cli_no_face_is_a_result_not_a_failure(tmp_path, tiny_checkpoint, stub_d
     assert "no face" in r.stdout
 
 
+def test_cli_face_crops_without_a_face_get_a_hint(tmp_path, tiny_checkpoint, stub_detector):
+    """QA: FER2013's own 48x48 crops gave "no face" with no word on --no-detect-faces; a large image does not."""
+    crop, big = tmp_path / "crop.jpg", tmp_path / "wall.jpg"
+    Image.new("L", (48, 48), 128).save(crop)
+    Image.new("RGB", (300, 200), (240, 240, 230)).save(big)
+    r = _cli(crop, big, "--model", tiny_checkpoint)
+    assert r.exit_code == 0, r.output
+    err = " ".join(r.stderr.split())
+    assert "hint: 1 of the images without a face is at most 96x96 pixels" in err and "--no-detect-faces" in err, err
+    r = _cli(big, "--model", tiny_checkpoint)
+    assert "hint:" not in r.stderr
+    r = _cli(crop, "--model", tiny_checkpoint, "--no-detect-faces")
+    assert r.exit_code == 0 and "hint:" not in r.stderr
+
+
 def test_cli_without_a_detector_says_how_to_proceed(face_dir, tiny_checkpoint, monkeypatch):
     import fer_edge.faces as faces
 

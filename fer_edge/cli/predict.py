@@ -26,6 +26,10 @@ def _check_margin(value: Optional[float]) -> Optional[float]:
         raise typer.BadParameter(str(e).removeprefix("margin ")) from None
 
 
+#: an input no larger than this on either side, without a detected face, is probably a face crop already
+CROP_SIZED = 96
+
+
 def _note(text: str) -> None:
     err_console.print(text, markup=False, highlight=False, soft_wrap=True)
 
@@ -127,6 +131,7 @@ def predict_cmd(
     counts = {"ok": 0, "no_face": 0, "error": 0}
     written = unwritten = 0
     n_faces = 0
+    small_without_face = 0  # inputs as small as FER2013's face crops in which the detector found no face
 
     progress = None
     if not as_json and is_tty() and len(items) > 20:
@@ -157,6 +162,8 @@ def predict_cmd(
                 r.image = None
             counts[r.status] += 1
             n_faces += len(r.faces)
+            if r.status == "no_face" and r.width and r.height and max(r.width, r.height) <= CROP_SIZED:
+                small_without_face += 1
             if as_json:
                 typer.echo(json.dumps(r.to_dict()))
             else:
@@ -196,5 +203,10 @@ def predict_cmd(
         if unwritten:
             summary += f", {unwritten} could not be written (see the warnings above)"
     _note(summary)
+    if small_without_face:
+        n = small_without_face
+        _note(f"hint: {n} of the images without a face {'are' if n != 1 else 'is'} at most {CROP_SIZED}x{CROP_SIZED} "
+              "pixels, the size of a face crop (FER2013's are 48x48), too little around the face for the detector: "
+              "if the images are face crops, add --no-detect-faces to classify each whole image")
     if counts["ok"] + counts["no_face"] == 0:
         raise typer.Exit(1)
