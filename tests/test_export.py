@@ -317,6 +317,36 @@ def test_threshold_overrides_are_applied(tmp_path, tiny_checkpoint, synthetic_cs
     assert data["artifacts"][0]["validation"]["status"] == "failed"
 
 
+def test_a_clean_export_says_what_to_run_next(tmp_path, tiny_checkpoint, synthetic_csv):
+    """QA: the main job ended on the table; now a bench command on the data the gate used, and predict with the
+    smallest artifact that passed and runs here. A failed export prints neither (its error says what to do)."""
+    import shlex
+
+    from fer_edge.cli import app
+
+    out = tmp_path / "my exports"
+    res = CliRunner().invoke(app, ["export", str(tiny_checkpoint), "-t", "onnx,torchscript", "-p", "fp32,fp16",
+                                   "--val-data", str(synthetic_csv), "--out", str(out)], env={"COLUMNS": "400"})
+    assert res.exit_code == 0, res.output
+    data = json.loads((out / "manifest.json").read_text())
+    split = data["validation_data"]["split"]
+    assert (f"next: fer-edge bench {shlex.quote(str(out))} --data {shlex.quote(str(synthetic_csv))} "
+            f"--split {split}") in res.stderr, res.stderr
+    smallest = min((e for e in data["artifacts"] if e["validation"]["status"] == "passed"),
+                   key=lambda e: e["size_bytes"])
+    assert f"fer-edge predict --model {shlex.quote(str(out / smallest['file']))} PHOTO.jpg" in res.stderr
+
+    res = CliRunner().invoke(app, ["export", str(tiny_checkpoint), "-t", "torchscript", "--no-validate",
+                                   "--out", str(tmp_path / "b")], env={"COLUMNS": "400"})
+    assert res.exit_code == 0, res.output
+    assert "--data DATA" in res.stderr and "fer-edge predict" not in res.stderr  # nothing passed a gate
+
+    res = CliRunner().invoke(app, ["export", str(tiny_checkpoint), "-t", "torchscript", "-p", "fp32",
+                                   "--val-data", str(synthetic_csv), "--out", str(tmp_path / "c"),
+                                   "--max-abs-diff", "fp32=0"])
+    assert res.exit_code == 1 and "next:" not in res.output
+
+
 # --- CLI errors -----------------------------------------------------------------------------
 def test_int8_without_calibration_data_is_a_clear_error(tiny_checkpoint, tmp_path):
     from fer_edge.cli import app

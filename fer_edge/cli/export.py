@@ -108,6 +108,27 @@ def _gate_that_applied(result) -> dict | None:
                        {a.precision for a in result.artifacts if a.status in ("passed", "failed")})
 
 
+def next_steps(result) -> list[str]:
+    """What to run next on a clean export: bench the folder on the data it was validated on, and predict with
+    the smallest artifact that passed the gate and runs here (none when nothing passed)."""
+    import shlex
+
+    from fer_edge.targets import get_target
+
+    q = shlex.quote
+    out = q(str(result.out_dir))
+    vd = (result.manifest or {}).get("validation_data") or {}
+    data = f"--data {q(vd['file'])} --split {q(vd['split'])}" if vd.get("file") and vd.get("split") else "--data DATA"
+    lines = [f"next: fer-edge bench {out} {data}   (latency, throughput and accuracy of every artifact here)"]
+    passed = [a for a in result.artifacts if a.status == "passed" and a.variant == "main"
+              and get_target(a.target).runs_here()]
+    if passed:
+        best = min(passed, key=lambda a: a.size_bytes)
+        lines.append(f"      fer-edge predict --model {q(str(best.path))} PHOTO.jpg   (the smallest artifact that "
+                     "passed the gate)")
+    return lines
+
+
 def _interrupted_note(out: Path) -> str:
     """What an interrupted export left in ``out``."""
     import json
@@ -222,6 +243,9 @@ def export_cmd(
     console.print(artifacts_table(result))
     if not result.ok:
         err_console.print(failures_table(result))
+    else:
+        for line in next_steps(result):
+            err_console.print(line, highlight=False, markup=False, soft_wrap=True)
     try:
         result.raise_for_failures()
     except (ExportError, ParityError) as e:
