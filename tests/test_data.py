@@ -433,6 +433,11 @@ def test_truncated_or_non_text_csv(tmp_path, own_cache, small_csv):
     with pytest.raises(DataError, match=rf"{binary}, line 1: not a text CSV"):
         load_split(binary, "Training")
 
+    photo = tmp_path / "face.JPG"  # QA: a photo given as --data was called "not a text CSV"
+    photo.write_bytes(b"\xff\xd8\xff\xe0" * 10)
+    with pytest.raises(DataError, match=rf"{photo}: a single image, where a data set is expected.*fer-edge predict"):
+        load_split(photo, "Training")
+
 
 def test_split_not_in_csv_lists_the_available_ones(small_csv, own_cache):
     with pytest.raises(DataError, match=rf"split 'PrivateTest' not found in {small_csv}; available: Training, PublicTest"):

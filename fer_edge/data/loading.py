@@ -111,6 +111,10 @@ class _Source:
     path: Path  # absolute
 
 
+#: files that are pictures, not data sets (a FER2013 CSV is read whatever its name)
+_SINGLE_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+
+
 def _source(data) -> _Source:
     if data is None or (isinstance(data, str) and not data.strip()):
         raise DataError("no data given: pass a FER2013 CSV (fer2013.csv[.gz]) or an image folder")
@@ -127,6 +131,9 @@ def _source(data) -> _Source:
         return _Source("folder", p)
     if not p.is_file():
         raise DataError(f"{p}: not a regular file or folder (expected a FER2013 CSV or an image folder)")
+    if p.suffix.lower() in _SINGLE_IMAGE_SUFFIXES:
+        raise DataError(f"{p}: a single image, where a data set is expected: a FER2013 CSV (fer2013.csv[.gz]) or "
+                        "an image folder <root>/<split>/<class>/*.jpg (to classify single images: fer-edge predict)")
     return _Source("csv", p)
 
 
