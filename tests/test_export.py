@@ -330,16 +330,26 @@ def test_a_clean_export_says_what_to_run_next(tmp_path, tiny_checkpoint, synthet
     assert res.exit_code == 0, res.output
     data = json.loads((out / "manifest.json").read_text())
     split = data["validation_data"]["split"]
-    assert (f"next: fer-edge bench {shlex.quote(str(out))} --data {shlex.quote(str(synthetic_csv))} "
-            f"--split {split}") in res.stderr, res.stderr
+    assert (f"next:\n  fer-edge bench {shlex.quote(str(out))} --data {shlex.quote(str(synthetic_csv))} "
+            f"--split {split}   # ") in res.stderr, res.stderr
     smallest = min((e for e in data["artifacts"] if e["validation"]["status"] == "passed"),
                    key=lambda e: e["size_bytes"])
-    assert f"fer-edge predict --model {shlex.quote(str(out / smallest['file']))} PHOTO.jpg" in res.stderr
+    assert f"\n  fer-edge predict --model {shlex.quote(str(out / smallest['file']))} PHOTO.jpg   # " in res.stderr
+    # each command line runs as pasted: the notes are shell comments
+    for line in res.stderr.splitlines():
+        if line.startswith("  fer-edge "):
+            argv = shlex.split(line, comments=True)
+            assert argv[0] == "fer-edge" and "#" not in argv, argv
 
     res = CliRunner().invoke(app, ["export", str(tiny_checkpoint), "-t", "torchscript", "--no-validate",
                                    "--out", str(tmp_path / "b")], env={"COLUMNS": "400"})
     assert res.exit_code == 0, res.output
     assert "--data DATA" in res.stderr and "fer-edge predict" not in res.stderr  # nothing passed a gate
+
+    if sys.platform != "darwin":  # only Core ML, which runs on macOS alone: nothing to bench or predict with here
+        res = CliRunner().invoke(app, ["export", str(tiny_checkpoint), "-t", "coreml", "-p", "fp32",
+                                       "--val-data", str(synthetic_csv), "--out", str(tmp_path / "d")])
+        assert res.exit_code == 0 and "next:" not in res.stderr, res.output
 
     res = CliRunner().invoke(app, ["export", str(tiny_checkpoint), "-t", "torchscript", "-p", "fp32",
                                    "--val-data", str(synthetic_csv), "--out", str(tmp_path / "c"),
@@ -749,6 +759,17 @@ def test_coreml_int8_off_macos_needs_no_calibration_images(tiny_checkpoint, tmp_
                                    "--no-validate", "--out", str(tmp_path / "c")])
     assert res.exit_code == 1
     assert "int8 export needs calibration images (onnx int8)" in " ".join(res.output.split()), res.output
+
+    # data this export would not read is still checked (QA: a mistyped --calib-data passed with exit 0)
+    photo = tmp_path / "face.jpg"
+    photo.write_bytes(b"\xff\xd8\xff\xe0")
+    res = CliRunner().invoke(app, ["export", str(tiny_checkpoint), "-t", "coreml", "-p", "int8", "--no-validate",
+                                   "--calib-data", str(tmp_path / "missing.csv"), "--out", str(tmp_path / "e")])
+    assert res.exit_code == 1 and "--calib-data: " in res.output and "no such file" in res.output, res.output
+    res = CliRunner().invoke(app, ["export", str(tiny_checkpoint), "-t", "coreml", "-p", "fp16",
+                                   "--val-data", str(photo), "--out", str(tmp_path / "f")])
+    assert res.exit_code == 1 and "--val-data: " in res.output and "a single image" in res.output, res.output
+    assert not (tmp_path / "e").exists() and not (tmp_path / "f").exists()
 
 
 # --- refused up front: nothing written, no folder left behind (QA findings) -------------------

@@ -108,24 +108,30 @@ def _gate_that_applied(result) -> dict | None:
                        {a.precision for a in result.artifacts if a.status in ("passed", "failed")})
 
 
-def next_steps(result) -> list[str]:
-    """What to run next on a clean export: bench the folder on the data it was validated on, and predict with
-    the smallest artifact that passed the gate and runs here (none when nothing passed)."""
+def next_steps(result, data: Path | None = None) -> list[str]:
+    """What to run next on a clean export, as lines a shell takes as they are (the notes are comments): bench
+    the folder on the data the gate used (else ``data``, the data given on the command line), when an artifact
+    runs here, and predict with the smallest artifact that passed the gate and runs here."""
     import shlex
 
     from fer_edge.targets import get_target
 
     q = shlex.quote
-    out = q(str(result.out_dir))
+    here = [a for a in result.artifacts if a.variant == "main" and get_target(a.target).runs_here()]
+    if not here:
+        return []
     vd = (result.manifest or {}).get("validation_data") or {}
-    data = f"--data {q(vd['file'])} --split {q(vd['split'])}" if vd.get("file") and vd.get("split") else "--data DATA"
-    lines = [f"next: fer-edge bench {out} {data}   (latency, throughput and accuracy of every artifact here)"]
-    passed = [a for a in result.artifacts if a.status == "passed" and a.variant == "main"
-              and get_target(a.target).runs_here()]
+    if vd.get("file") and vd.get("split"):
+        where = f"--data {q(vd['file'])} --split {q(vd['split'])}"
+    else:
+        where = f"--data {q(str(data))}" if data is not None else "--data DATA"
+    lines = ["next:", f"  fer-edge bench {q(str(result.out_dir))} {where}   "
+                      "# latency, throughput and accuracy of every artifact here"]
+    passed = [a for a in here if a.status == "passed"]
     if passed:
         best = min(passed, key=lambda a: a.size_bytes)
-        lines.append(f"      fer-edge predict --model {q(str(best.path))} PHOTO.jpg   (the smallest artifact that "
-                     "passed the gate)")
+        lines.append(f"  fer-edge predict --model {q(str(best.path))} PHOTO.jpg   "
+                     "# the smallest artifact that passed the gate")
     return lines
 
 
@@ -244,7 +250,7 @@ def export_cmd(
     if not result.ok:
         err_console.print(failures_table(result))
     else:
-        for line in next_steps(result):
+        for line in next_steps(result, val_data or calib_data):
             err_console.print(line, highlight=False, markup=False, soft_wrap=True)
     try:
         result.raise_for_failures()

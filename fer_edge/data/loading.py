@@ -137,6 +137,12 @@ def _source(data) -> _Source:
     return _Source("csv", p)
 
 
+def check_data_source(data) -> None:
+    """Raise :class:`DataError` unless ``data`` names a data set fer-edge can read (a FER2013 CSV or an image
+    folder), without reading it: for options checked up front even when the run may not read them."""
+    _source(data)
+
+
 def _order(names) -> list[str]:
     rank = {n: i for i, n in enumerate(_CANONICAL_ORDER)}
     return sorted(names, key=lambda n: (rank.get(n, len(rank)), n))

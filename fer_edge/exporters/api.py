@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
-from fer_edge.errors import ExportError, FerEdgeError, ParityError
+from fer_edge.data.loading import check_data_source
+from fer_edge.errors import DataError, ExportError, FerEdgeError, ParityError
 from fer_edge.exporters import calibration as _cal
 from fer_edge.exporters import validate as _val
 from fer_edge.exporters.base import ExportRequest
@@ -459,10 +460,11 @@ def export(
     """Export ``checkpoint`` (path, shipped name, or None for the default model) to ``out_dir``.
 
     targets: target names or ``"all"`` (None: all). precisions: ``fp32``/``fp16``/``int8``
-    (None: all three, except int8 without ``calib_data``: then it is listed in ``skipped`` with
+    (None: all three, except a calibrated int8 without ``calib_data``: then it is listed in ``skipped`` with
     the reason); a target skips precisions it does not support (TorchScript: fp32 only). An empty
     list, or an unknown name (beside ``"all"`` too), is refused with the valid names.
-    INT8 needs ``calib_data`` (a FER2013 CSV or image folder): ``calib_size`` images (None:
+    A calibrated INT8 (ONNX, OpenVINO, Core ML on macOS; not Core ML's weights-only INT8 elsewhere) needs
+    ``calib_data`` (a FER2013 CSV or image folder): ``calib_size`` images (None:
     :data:`~fer_edge.exporters.calibration.DEFAULT_CALIB_SIZE`) of ``calib_split`` (default: its training split),
     stratified by class with ``calib_seed``; they are loaded (and recorded) only when an artifact of the plan is
     calibrated with them (not Core ML's weights-only INT8 off macOS).
@@ -596,6 +598,14 @@ def export(
                 f"--no-validate skips the gate: leave {'it' if len(unused) == 1 else 'them'} out, or drop "
                 "--no-validate"
             )
+    # a data path is checked even where this export will not read it (Core ML's weights-only int8 off macOS
+    # calibrates nothing; nothing may run here to validate): a mistyped path never passes silently
+    for opt, value in (("--calib-data", calib_data), ("--val-data", val_data)):
+        if value is not None:
+            try:
+                check_data_source(value)
+            except DataError as e:
+                problems.append(f"{opt}: {e}")
     if problems:
         raise FerEdgeError("\n".join(problems))
 
@@ -915,5 +925,6 @@ def _unlisted_artifacts(out: Path, manifest: dict, reported: set[str] = frozense
 
 
 def export_artifacts(checkpoint: str | Path | None, out_dir: str | Path, **kwargs) -> ExportResult:
-    """Every target at every precision it supports (int8 only with ``calib_data``): the bench's default set."""
+    """Every target at every precision it supports (a calibrated int8 only with ``calib_data``): the bench's default
+    set."""
     return export(checkpoint, out_dir=out_dir, **kwargs)
