@@ -360,7 +360,14 @@ def test_cli_face_crops_without_a_face_get_a_hint(tmp_path, tiny_checkpoint, stu
     r = _cli(crop, big, "--model", tiny_checkpoint)
     assert r.exit_code == 0, r.output
     err = " ".join(r.stderr.split())
-    assert "hint: 1 of the images without a face is at most 96x96 pixels" in err and "--no-detect-faces" in err, err
+    assert "hint: 1 of the 2 images without a face is at most 96x96 pixels" in err and "--no-detect-faces" in err, err
+    r = _cli(crop, "--model", tiny_checkpoint)
+    assert "hint: the image without a face is at most 96x96 pixels" in " ".join(r.stderr.split())
+    assert "if it is a face crop" in " ".join(r.stderr.split())
+    crop2 = tmp_path / "crop2.png"
+    Image.new("L", (96, 90), 128).save(crop2)
+    r = _cli(crop, crop2, big, "--model", tiny_checkpoint)
+    assert "hint: 2 of the 3 images without a face are" in " ".join(r.stderr.split())
     r = _cli(big, "--model", tiny_checkpoint)
     assert "hint:" not in r.stderr
     r = _cli(crop, "--model", tiny_checkpoint, "--no-detect-faces")

@@ -204,9 +204,14 @@ def predict_cmd(
             summary += f", {unwritten} could not be written (see the warnings above)"
     _note(summary)
     if small_without_face:
-        n = small_without_face
-        _note(f"hint: {n} of the images without a face {'are' if n != 1 else 'is'} at most {CROP_SIZED}x{CROP_SIZED} "
-              "pixels, the size of a face crop (FER2013's are 48x48), too little around the face for the detector: "
-              "if the images are face crops, add --no-detect-faces to classify each whole image")
+        n, of = small_without_face, counts["no_face"]
+        if n == 1:
+            which, crop = ("the image without a face is" if of == 1 else f"1 of the {of} images without a face is",
+                           "it is a face crop")
+        else:
+            which, crop = f"{n} of the {of} images without a face are", "they are face crops"
+        _note(f"hint: {which} at most {CROP_SIZED}x{CROP_SIZED} pixels, the size of a face crop (FER2013's are "
+              f"48x48), too little around the face for the detector: if {crop}, add --no-detect-faces to classify "
+              "each whole image")
     if counts["ok"] + counts["no_face"] == 0:
         raise typer.Exit(1)
