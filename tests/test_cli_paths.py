@@ -43,6 +43,29 @@ def test_an_empty_path_option_is_refused_before_any_work(args, option, synthetic
     assert list(tmp_path.iterdir()) == []  # nothing written into the current folder
 
 
+SPLIT_CASES = [
+    (["eval", "--data", "{csv}", "--split", ""], "--split"),
+    (["train", "--data", "{csv}", "--split", ""], "--split"),
+    (["train", "--data", "{csv}", "--val-split", " "], "--val-split"),
+    (["bench", "nano", "--data", "{csv}", "--split", ""], "--split"),
+    (["export", "nano", "--calib-data", "{csv}", "--calib-split", ""], "--calib-split"),
+    (["export", "nano", "--val-split", ""], "--val-split"),
+    (["soup", "small", "nano", "--out", "s.pt", "--data", "{csv}", "--split", ""], "--split"),
+    (["soup", "small", "nano", "--out", "s.pt", "--data", "{csv}", "--val-split", ""], "--val-split"),
+]
+
+
+@pytest.mark.parametrize("args, option", SPLIT_CASES, ids=[" ".join(a).replace("{csv}", "CSV") for a, _ in SPLIT_CASES])
+def test_an_empty_split_option_is_a_usage_error(args, option, synthetic_csv, tmp_path, monkeypatch):
+    """QA: ``--split ""`` was "split '' not found" with exit 1, where an empty path is a usage error (exit 2)."""
+    monkeypatch.chdir(tmp_path)
+    r = runner.invoke(app, [a.replace("{csv}", str(synthetic_csv)) for a in args], env={"COLUMNS": "250"})
+    out = " ".join(r.output.split())
+    assert r.exit_code == 2, out
+    assert f"Invalid value for '{option}'" in out and "is empty: name a split" in out, out
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_missing_data_path_is_still_refused_by_name(tmp_path):
     r = runner.invoke(app, ["eval", "--data", str(tmp_path / "nope.csv")])
     assert r.exit_code == 2 and "does not exist" in " ".join(r.output.split())
@@ -87,5 +110,5 @@ def test_train_refuses_an_empty_split_instead_of_the_default(option, synthetic_c
     out = tmp_path / "run"
     r = runner.invoke(app, ["train", "--data", str(synthetic_csv), "--model", "simple_cnn", "--epochs", "1",
                             "--out", str(out), option, ""])
-    assert r.exit_code == 1 and "split '' not found" in " ".join(r.output.split()), r.output
+    assert r.exit_code == 2 and "is empty: name a split" in " ".join(r.output.split()), r.output
     assert not out.exists()

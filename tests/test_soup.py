@@ -245,7 +245,7 @@ def test_an_empty_split_is_refused_not_taken_for_the_default(ingredients, synthe
     assert not out.exists()
     r = runner.invoke(app, ["soup", *map(str, ingredients), "--out", str(out), "--data", str(synthetic_csv),
                             "--val-split", "", "--no-progress"])
-    assert r.exit_code == 1 and "--val-split is empty" in _norm(r.stderr) and not out.exists()
+    assert r.exit_code == 2 and "--val-split" in _norm(r.stderr) and "is empty" in _norm(r.stderr) and not out.exists()
     # not given: the default (PublicTest for the CSV)
     assert make_soup(ingredients, out, synthetic_csv, progress=False).val_split == "PublicTest"
 

@@ -9,7 +9,7 @@ from typing import List, Optional
 import typer
 
 from fer_edge.cli import app
-from fer_edge.cli.common import (console, err_console, gate_judged, handle_errors, is_tty, parse_batches,
+from fer_edge.cli.common import (console, err_console, gate_judged, handle_errors, is_tty, split_value, parse_batches,
                                   path_value, weight_gate_line)
 
 report_app = typer.Typer(help="Work with bench reports.", no_args_is_help=True, add_completion=False)
@@ -221,7 +221,7 @@ def bench_cmd(
         help="Reference checkpoint (path or shipped name). Default: the artifacts' source checkpoint."),
     data: Path = typer.Option(..., "--data", parser=path_value, metavar="PATH", help="FER2013 CSV or image-folder data set."),
     split: Optional[str] = typer.Option(
-        None, "--split", help="Labelled split to measure accuracy on (default: PublicTest, or val/test for folders)."),
+        None, "--split", parser=split_value, metavar="SPLIT", help="Labelled split to measure accuracy on (default: PublicTest, or val/test for folders)."),
     runtimes: Optional[List[str]] = typer.Option(
         None, "--runtimes", help="Comma-separated runtimes (default: every one). Valid: pytorch, torchscript, "
                                  "onnxruntime, openvino, coreml."),

@@ -64,6 +64,17 @@ def path_value(value) -> Path | None:
     return Path(value)
 
 
+def split_value(value) -> str | None:
+    """A Typer ``parser`` for split options (``--split``, ``--val-split``, ...): refuses an empty value (a script's
+    unset variable) as a usage error, as :func:`path_value` does for paths; leaving the option out means the
+    default split."""
+    if value is None:
+        return None
+    if not str(value).strip():
+        raise typer.BadParameter("is empty: name a split, or leave the option out for the default")
+    return str(value)
+
+
 def existing_path_value(value) -> Path | None:
     """:func:`path_value` for inputs: the path must also exist (as ``exists=True`` checks)."""
     path = path_value(value)

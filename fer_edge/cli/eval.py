@@ -8,7 +8,7 @@ from typing import List, Optional
 import typer
 
 from fer_edge.cli import app
-from fer_edge.cli.common import console, existing_path_value, handle_errors, path_value
+from fer_edge.cli.common import console, existing_path_value, handle_errors, path_value, split_value
 
 
 @app.command("eval")
@@ -19,7 +19,7 @@ def eval_cmd(
         help="Checkpoint path or shipped model name (default: the shipped model). Repeat it to evaluate the "
              "ensemble (mean softmax probabilities), e.g. a --distill teacher ensemble."),
     data: Path = typer.Option(..., parser=existing_path_value, metavar="PATH", help="FER2013 CSV or image-folder root."),
-    split: Optional[str] = typer.Option(None, help="Split (default PublicTest / val or test)."),
+    split: Optional[str] = typer.Option(None, parser=split_value, metavar="SPLIT", help="Split (default PublicTest / val or test)."),
     tta: bool = typer.Option(False, "--tta", help="Average with the horizontally flipped image."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or mps."),
     out: Optional[Path] = typer.Option(None, parser=path_value, metavar="PATH", help="Where to write confusion_<model>_<data>-<sha8>_<split>[_tta].png (<model>: the checkpoint file's stem and the start of its SHA-256, or ensemble<N>-<sha8>; <data>: the data file's name without .csv/.gz, or the image folder's name; <sha8>: the start of the split's fingerprint; default: the checkpoint's folder; ./fer-edge-eval for shipped weights and ensembles)."),

@@ -10,7 +10,7 @@ from typing import List, Optional
 import typer
 
 from fer_edge.cli import app
-from fer_edge.cli.common import (console, err_console, gate_judged, handle_errors, is_tty, parse_csv_option,
+from fer_edge.cli.common import (console, err_console, gate_judged, handle_errors, is_tty, split_value, parse_csv_option,
                                   path_value, weight_gate_line)
 from fer_edge.exporters.openvino import OVERFLOW_FIX
 
@@ -165,7 +165,7 @@ def export_cmd(
         help="fp32, fp16, int8 (comma-separated and/or repeated; default: all three, a calibrated int8 only with --calib-data)."),
     calib_data: Optional[Path] = typer.Option(
         None, "--calib-data", parser=path_value, metavar="PATH", help="FER2013 CSV or image folder for INT8 calibration (required for ONNX and OpenVINO int8, and Core ML's on macOS)."),
-    calib_split: Optional[str] = typer.Option(None, "--calib-split", help="Calibration split (default: training)."),
+    calib_split: Optional[str] = typer.Option(None, "--calib-split", parser=split_value, metavar="SPLIT", help="Calibration split (default: training)."),
     calib_size: Optional[int] = typer.Option(
         None, "--calib-size", min=1, show_default=False,
         help="Calibration images, stratified by class (default: 500)."),
@@ -178,7 +178,7 @@ def export_cmd(
              "layer ('enable': for x86 CPUs without VNNI, whose int8 sums can saturate), or nowhere ('disable')."),
     val_data: Optional[Path] = typer.Option(
         None, "--val-data", parser=path_value, metavar="PATH", help="Data for the parity check (default: the calibration data)."),
-    val_split: Optional[str] = typer.Option(None, "--val-split", help="Validation split (default: the data's "
+    val_split: Optional[str] = typer.Option(None, "--val-split", parser=split_value, metavar="SPLIT", help="Validation split (default: the data's "
                                             "validation split, e.g. PublicTest)."),
     val_size: Optional[int] = typer.Option(
         None, "--val-size", min=0, show_default=False,

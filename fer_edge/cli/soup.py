@@ -8,7 +8,7 @@ from typing import List, Optional
 import typer
 
 from fer_edge.cli import app
-from fer_edge.cli.common import console, existing_path_value, handle_errors, path_value
+from fer_edge.cli.common import console, existing_path_value, handle_errors, path_value, split_value
 
 
 class BatchNormMode(str, Enum):
@@ -26,9 +26,9 @@ def soup(
     data: Path = typer.Option(..., parser=existing_path_value, metavar="PATH", help="FER2013 CSV or image-folder root."),
     bn: BatchNormMode = typer.Option(BatchNormMode.average, help="BatchNorm statistics: average them with the weights, "
                                      "or recompute them on --split (un-augmented)."),
-    split: Optional[str] = typer.Option(None, help="Split to recompute BatchNorm statistics on; only "
+    split: Optional[str] = typer.Option(None, parser=split_value, metavar="SPLIT", help="Split to recompute BatchNorm statistics on; only "
                                  "with --bn recompute (default Training / train)."),
-    val_split: Optional[str] = typer.Option(None, help="Validation split (default PublicTest / val or test)."),
+    val_split: Optional[str] = typer.Option(None, parser=split_value, metavar="SPLIT", help="Validation split (default PublicTest / val or test)."),
     greedy: bool = typer.Option(False, "--greedy", help="Keep an ingredient only if validation accuracy does not drop."),
     progress: bool = typer.Option(True, "--progress/--no-progress",
                                   help="Progress bars (on a terminal only): data loading, then each evaluation of "

@@ -9,7 +9,7 @@ from typing import List, Optional
 import typer
 
 from fer_edge.cli import app
-from fer_edge.cli.common import console, existing_path_value, handle_errors, path_value
+from fer_edge.cli.common import console, existing_path_value, handle_errors, path_value, split_value
 
 
 class Optimizer(str, Enum):
@@ -71,8 +71,8 @@ def train(
     model: str = typer.Option("custom_cnn", help="Registered model name (see `fer-edge models`)."),
     out: Path = typer.Option(Path("runs/run"), parser=path_value, metavar="PATH", help="Run directory (checkpoints, metrics, plots)."),
     model_kwargs: Optional[str] = typer.Option(None, help='Model keyword arguments as JSON, e.g. \'{"dropout": 0.1}\'.'),
-    split: Optional[str] = typer.Option(None, help="Training split (default Training / train)."),
-    val_split: Optional[str] = typer.Option(None, help="Validation split (default PublicTest / val or test)."),
+    split: Optional[str] = typer.Option(None, parser=split_value, metavar="SPLIT", help="Training split (default Training / train)."),
+    val_split: Optional[str] = typer.Option(None, parser=split_value, metavar="SPLIT", help="Validation split (default PublicTest / val or test)."),
     epochs: int = typer.Option(30, min=1),
     batch_size: int = typer.Option(128, min=1),
     lr: float = typer.Option(3e-3, help="Peak learning rate."),
