@@ -361,12 +361,14 @@ def _folder_hint(folder: Path) -> str:
 
 def export_gate_failure(path: str | os.PathLike) -> str | None:
     """A warning when the ``manifest.json`` beside the artifact ``path`` records that it failed the parity gate
-    of the export that wrote it (its answers may differ from the model's); None otherwise.
+    of the export that wrote it (its answers may differ from the model's), or when the file is no longer the one
+    the manifest describes (its recorded gate result, passed or failed, does not apply); None otherwise.
 
-    A missing or unreadable manifest gives None: predicting does not verify exports (``fer-edge bench`` does).
+    A missing or unreadable manifest, or one that does not list the file, gives None: predicting does not verify
+    exports (``fer-edge bench`` does).
     """
     from fer_edge.errors import FerEdgeError
-    from fer_edge.exporters.manifest import MANIFEST_NAME, load_manifest
+    from fer_edge.exporters.manifest import MANIFEST_NAME, files_unchanged, load_manifest
 
     p = Path(path)
     manifest = p.parent / MANIFEST_NAME
@@ -378,6 +380,16 @@ def export_gate_failure(path: str | os.PathLike) -> str | None:
         return None
     entry = next((e for e in entries if isinstance(e, dict) and e.get("file") == p.name), None)
     validation = (entry or {}).get("validation")
+    if entry is not None and entry.get("files"):
+        try:
+            changed = files_unchanged(entry, p.parent)
+        except (KeyError, TypeError, OSError):  # a hand-edited manifest: nothing to say, as when unreadable
+            changed = None
+        if changed is not None:
+            status = validation.get("status") if isinstance(validation, dict) else None
+            recorded = f" (it records '{status}')" if status else ""
+            return (f"{p} is not the file its {manifest} describes: {changed}; the parity result there{recorded} "
+                    "does not apply to it (fer-edge bench checks this file against its model)")
     if not isinstance(validation, dict) or validation.get("status") != "failed":
         return None
     why = f" ({validation['reason']})" if validation.get("reason") else ""

@@ -936,6 +936,21 @@ def test_an_artifact_that_failed_its_export_gate_is_used_with_a_warning(artifact
     assert r.exit_code == 0, r.output
     err = " ".join(r.stderr.split())
     assert "warning: " in err and "failed the parity gate of the export that wrote it" in err, err
+    # the file replaced after the export: the manifest's result, failed or passed, is not this file's
+    import onnx as onnx_lib
+
+    proto = onnx_lib.load(str(onnx))
+    proto.doc_string = "replaced after the export"  # the same network, other bytes
+    onnx_lib.save(proto, str(onnx))
+    for status in ("failed", "passed"):
+        entry["validation"] = {"status": status}
+        (folder / "manifest.json").write_text(json.dumps(m))
+        warnings = load(onnx).warnings
+        assert len(warnings) == 1, warnings
+        assert "is not the file its" in warnings[0] and "SHA-256 differs" in warnings[0], warnings
+        assert f"(it records '{status}') does not apply to it" in warnings[0], warnings
+    shutil.copy(artifacts["onnx"], onnx)  # the exported file back: the recorded 'passed' holds, nothing to say
+    assert load(onnx).warnings == []
     # an unreadable manifest: predicting does not verify exports, so no warning and no error
     (folder / "manifest.json").write_text("{broken")
     assert load(onnx).warnings == []
