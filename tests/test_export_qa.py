@@ -552,7 +552,10 @@ def test_defaults_and_calibration_data_that_doubles_as_validation_are_accepted(t
     res = _cli("export", tiny_checkpoint, "-t", "torchscript", "-p", "fp32", "--calib-data", synthetic_csv,
                "--out", tmp_path / "a")
     assert res.exit_code == 0, res.output
-    assert json.loads((tmp_path / "a" / "manifest.json").read_text())["validation_data"]["split"] == "PublicTest"
+    manifest = json.loads((tmp_path / "a" / "manifest.json").read_text())
+    assert manifest["validation_data"]["split"] == "PublicTest"
+    # named by the option given, even where nothing was calibrated (an fp32 export: "calibration" is null)
+    assert manifest["validation_data"]["chosen_from"] == "--calib-data" and manifest["calibration"] is None
     res = _cli("export", tiny_checkpoint, "-t", "torchscript", "-p", "fp32", "--no-validate", "--out", tmp_path / "b")
     assert res.exit_code == 0, res.output
 

@@ -238,7 +238,7 @@ def export_cmd(
 
     for s in result.skipped:
         if s["code"] != SKIP_NEEDS_CALIBRATION:
-            err_console.print(f"[dim]skipped {s['target']} {s['precision']}: {s['reason']}[/]")
+            err_console.print(f"[dim]note: skipped {s['target']} {s['precision']}: {s['reason']}[/]")
     no_calib = [s["target"] for s in result.skipped if s["code"] == SKIP_NEEDS_CALIBRATION]
     if no_calib:
         err_console.print(f"[yellow]note:[/] int8 not exported ({', '.join(no_calib)}): {INT8_NEEDS_CALIBRATION}",

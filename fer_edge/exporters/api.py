@@ -174,7 +174,7 @@ def _validation_source(val_data, val_split, calib_data, ckpt) -> tuple[Path | No
     if val_data is not None:
         return Path(val_data), val_split, "--val-data", ""
     if calib_data is not None:
-        return Path(calib_data), val_split, "the calibration data", ""
+        return Path(calib_data), val_split, "--calib-data", ""
     rec = (ckpt.data or {}).get("val")
     src = rec.get("source") if isinstance(rec, dict) else None
     if not src:

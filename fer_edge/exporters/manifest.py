@@ -10,7 +10,9 @@ Schema (``format`` ``fer-edge-export-manifest/1``)::
       "labels": [...], "normalization": {"mean", "std"},
       "tool_versions": {"torch", "onnx", ...},
       "calibration": {file, split, count, requested, split_size, sampling, seed, index_hash, ...} | null,
-      "validation_data": {file, split, count, requested (null: all), split_size, sampling, index_hash, ...} | null,
+      "validation_data": {file, split, count, requested (null: all), split_size, sampling, index_hash, ...,
+                          chosen_from ("--val-data", "--calib-data" or "the checkpoint's recorded validation
+                          data")} | null,
       "thresholds": {"fp32": {...}, "fp16": {...}, "int8": {...}},
       "artifacts": [                                   # every file written (and still valid)
         {"file": "fer_nano_int8.onnx",                 # relative to the manifest's folder
