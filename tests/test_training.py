@@ -309,6 +309,24 @@ def test_a_folder_holding_a_run_without_last_pt_is_not_overwritten(synthetic_csv
     assert (out / "best.pt").read_bytes() == before
 
 
+def test_a_run_whose_last_pt_is_unreadable_is_not_sent_to_resume(synthetic_csv, tmp_path, monkeypatch):
+    """The refusal said "pass --resume to continue it", and --resume then failed on the corrupt last.pt."""
+    out = tmp_path / "r"
+    _stopped_after_one_epoch(_cfg(synthetic_csv, out, epochs=3), monkeypatch)
+    last = out / "last.pt"
+    last.write_bytes(last.read_bytes()[:1000])  # truncated
+    with pytest.raises(TrainingError) as e:
+        train(_cfg(synthetic_csv, out, epochs=3), progress=False)
+    msg = str(e.value)
+    assert "pass --resume" not in msg, msg
+    assert "--resume cannot continue it: " in msg and "last.pt: not a readable checkpoint" in msg, msg
+    assert f"pass --init {out / 'best.pt'} with another --out" in msg, msg
+    (out / "best.pt").write_bytes(b"junk")  # nothing readable: only another --out is left
+    with pytest.raises(TrainingError) as e:
+        train(_cfg(synthetic_csv, out, epochs=3), progress=False)
+    assert "--init" not in str(e.value) and "choose another --out" in str(e.value), str(e.value)
+
+
 def test_an_interrupt_while_an_epoch_is_saved_waits_for_its_last_pt(synthetic_csv, tmp_path, monkeypatch, capsys):
     """Ctrl-C landing after best.pt but before last.pt left a run with nothing to resume and a message saying
     no epoch had finished; the epoch's files are now written together."""

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from fer_edge.checkpoint import load_checkpoint, save_checkpoint, state_dict_mismatch
 from fer_edge.constants import LABELS
-from fer_edge.errors import FerEdgeError, TrainingError
+from fer_edge.errors import CheckpointError, FerEdgeError, TrainingError
 from fer_edge.metrics import classification_metrics
 from fer_edge.preprocess import Normalization
 from fer_edge.training.augment import PRESETS, augment_batch, mix_batch
@@ -593,7 +593,7 @@ class Trainer:
             advice = ("" if "last.pt" not in held
                       else f"it is finished: to train on from it, pass --init {self.out / 'best.pt'} with another "
                            "--out, or " if finished
-                      else "pass --resume to continue it or ")
+                      else _resume_advice(self.out))
             raise TrainingError(
                 f"{self.out} already holds a run ({', '.join(held)}); {advice}"
                 "choose another --out (fer-edge train never overwrites a run)"
@@ -1063,6 +1063,22 @@ class Trainer:
                 shutil.rmtree(self.out, ignore_errors=True)  # only wandb's files: nothing of the run yet
             raise TrainingError(f"--wandb {self.cfg.wandb}: Weights & Biases did not start ({type(e).__name__}: "
                                 f"{e}); run `wandb login`, or set WANDB_MODE=offline to log locally") from None
+
+
+def _resume_advice(out: Path) -> str:
+    """What to do with an unfinished run in ``out``: --resume, or (its last.pt unreadable, so --resume would
+    fail) what can still be done with it."""
+    try:
+        load_checkpoint(out / "last.pt")
+    except CheckpointError as e:
+        best = out / "best.pt"
+        try:
+            load_checkpoint(best)
+            init = f"to train on from its best.pt, pass --init {best} with another --out, or "
+        except CheckpointError:
+            init = ""
+        return f"--resume cannot continue it: {e}; {init}"
+    return "pass --resume to continue it or "
 
 
 def run_finished(out: Path) -> bool:
