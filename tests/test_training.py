@@ -1091,6 +1091,26 @@ def test_resume_takes_the_runs_split_typed_out_or_by_an_alias_and_refuses_anothe
     assert res.epochs_run == 3
 
 
+def test_resume_on_other_data_blames_the_data_not_the_split_typed(synthetic_csv, synthetic_folder, tmp_path,
+                                                                     monkeypatch):
+    """A run on the CSV resumed on an image folder said "--split names split 'train', the run's was 'Training'",
+    even with --split Training typed (an alias of the folder's train), and never mentioned the data."""
+    _stopped_after_one_epoch(_cfg(synthetic_csv, tmp_path / "r", epochs=3), monkeypatch)
+    folder = tmp_path / "other"
+    from fer_edge.data.synthetic import make_synthetic, write_folder
+
+    write_folder(folder, {"train": make_synthetic(40, seed=7), "val": make_synthetic(12, seed=8)})
+    for splits in ({}, {"split": "Training", "val_split": "PublicTest"}):
+        with pytest.raises(TrainingError) as e:
+            train(_cfg(folder, tmp_path / "r", epochs=3, **splits), resume=True, progress=False)
+        msg = str(e.value)
+        assert "names split" not in msg, msg
+        assert f"of {folder} differ from the data the run in {tmp_path / 'r'} began on ({synthetic_csv})" in msg, msg
+    # the run's own images as an image folder (train/val): the same data, so the run goes on
+    res = train(_cfg(synthetic_folder, tmp_path / "r", epochs=3), resume=True, progress=False)
+    assert res.epochs_run == 3
+
+
 def test_a_model_with_batchnorm1d_is_refused_a_one_image_step_before_training(synthetic_csv, tmp_path):
     """keras_cnn --batch-size 1 crashed in the first step with BatchNorm1d's 'Expected more than 1 value'."""
     with pytest.raises(TrainingError, match=r"keras_cnn has BatchNorm1d layers, which need at least 2 images a "

@@ -331,10 +331,14 @@ def _split_names(split: str | None) -> set[str]:
 
 
 def same_data(saved: dict, now: dict) -> bool:
-    """Whether a split's fingerprint is the one a checkpoint recorded (its images and labels; a checkpoint
-    without the hash is judged on the split name and count)."""
-    keys = [k for k in ("split", "n", "sha256") if k in saved]
-    return all(saved[k] == now.get(k) for k in keys)
+    """Whether a split's fingerprint is the one a checkpoint recorded: its images and labels (the hash, whatever
+    the split is called: a CSV's ``Training`` and an image folder's ``train`` holding the same images are the
+    same data); a checkpoint without the hash is judged on the split name (or an alias of it) and count."""
+    if "sha256" in saved:
+        return saved["sha256"] == now.get("sha256") and saved.get("n", now.get("n")) == now.get("n")
+    if "split" in saved and now.get("split") not in _split_names(saved["split"]):
+        return False
+    return "n" not in saved or saved["n"] == now.get("n")
 
 
 def data_fingerprint(split) -> dict:
@@ -604,18 +608,22 @@ class Trainer:
             raise TrainingError("empty training or validation split")
         if state is not None:  # the images themselves, not only the path, must be the run's
             splits = (("train", "training", "--split", train), ("val", "validation", "--val-split", val))
+            # another split of the data (an alias of the run's is the run's: the data itself is checked next)
             other = [f"{option} names split {split.split!r}, the run's was {ck.data[key]['split']!r}"
                      for key, _, option, split in splits
-                     if (ck.data.get(key) or {}).get("split") not in (None, split.split)]
+                     if (ck.data.get(key) or {}).get("split") is not None
+                     and split.split not in _split_names(ck.data[key]["split"])]
             if other:
                 raise TrainingError(f"--resume: options differ from the run in {self.out}: {'; '.join(other)}")
             changed = [f"{what} split {split.split!r}" for key, what, _, split in splits
                        if not same_data(ck.data.get(key) or {}, data_fingerprint(split))]
             if changed:
+                began = (ck.data.get("train") or {}).get("source")
+                began = f" ({began})" if began and not _same_path(began, cfg.data) else ""
                 raise TrainingError(
                     f"--resume: the {' and the '.join(changed)} of {cfg.data} "
                     f"{'differs' if len(changed) == 1 else 'differ'} from the data the run in {self.out} began "
-                    "on (images, labels or count changed); start a new run in another --out")
+                    f"on{began} (images, labels or count changed); start a new run in another --out")
             done = int(state["epoch"])
             early = cfg.patience > 0 and int(state["bad_epochs"]) >= cfg.patience
             if done >= cfg.epochs or early:
