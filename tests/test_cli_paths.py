@@ -67,7 +67,7 @@ def test_an_empty_split_option_is_a_usage_error(args, option, synthetic_csv, tmp
 
 
 def test_a_missing_data_path_is_still_refused_by_name(tmp_path):
-    r = runner.invoke(app, ["eval", "--data", str(tmp_path / "nope.csv")])
+    r = runner.invoke(app, ["eval", "--data", str(tmp_path / "nope.csv")], env={"COLUMNS": "250"})  # one line
     assert r.exit_code == 2 and "does not exist" in " ".join(r.output.split())
 
 

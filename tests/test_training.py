@@ -659,7 +659,7 @@ def test_cli_train_then_eval(synthetic_csv, tmp_path):
 def test_cli_errors_are_clear(synthetic_csv, tmp_path):
     r = runner.invoke(app, ["train", "--data", str(synthetic_csv), "--model", "no_such_net", "--out",
                             str(tmp_path / "x"), "--device", "cpu", "--no-progress"])
-    assert r.exit_code == 1 and "unknown model 'no_such_net'" in r.output
+    assert r.exit_code == 2 and "unknown model 'no_such_net'" in r.output  # a usage error, as --optimizer lion
     r = runner.invoke(app, ["train", "--data", str(synthetic_csv), "--optimizer", "lion"])
     assert r.exit_code == 2 and "lion" in r.output
     r = runner.invoke(app, ["train", "--data", str(synthetic_csv), "--teacher-runtime", "ort"])
@@ -870,7 +870,7 @@ def test_non_finite_numbers_an_unknown_model_and_bad_ranges_are_reported_togethe
 def test_cli_refuses_a_model_kwargs_list_and_a_file_as_out(synthetic_csv, tmp_path):
     r = runner.invoke(app, ["train", "--data", str(synthetic_csv), "--model", "simple_cnn", "--out",
                             str(tmp_path / "r"), "--model-kwargs", "[1, 2]"])
-    assert r.exit_code == 1 and "--model-kwargs takes a JSON object" in r.stderr and "Traceback" not in r.output
+    assert r.exit_code == 2 and "--model-kwargs takes a JSON object" in r.stderr and "Traceback" not in r.output
     (tmp_path / "afile").write_text("x")
     r = runner.invoke(app, ["train", "--data", str(synthetic_csv), "--model", "simple_cnn", "--epochs", "1",
                             "--out", str(tmp_path / "afile" / "run")])
@@ -891,7 +891,7 @@ def test_cli_refuses_distillation_options_without_a_teacher_even_at_their_defaul
     r = runner.invoke(app, ["train", "--data", str(synthetic_csv), "--model", "simple_cnn", "--out",
                             str(tmp_path / "r"), *args])
     err = " ".join(r.stderr.split())
-    assert r.exit_code == 1 and "bad training options" in err, r.output
+    assert r.exit_code == 2 and "bad training options" in err, r.output  # a usage error
     for w in [words] if isinstance(words, str) else words:
         assert w in err, r.output
         assert err.count(w) == 1, err  # said once, not again by the config's own default check
@@ -1125,14 +1125,17 @@ def test_a_model_with_batchnorm1d_is_refused_a_one_image_step_before_training(sy
 def test_cli_train_names_init_and_refuses_orphan_mix_prob_and_empty_model_kwargs(synthetic_csv, tmp_path):
     base = ["train", "--data", str(synthetic_csv), "--model", "simple_cnn", "--epochs", "1"]
     (tmp_path / "afile").write_text("not a checkpoint")
-    for args, words in ((["--init", str(tmp_path / "nope.pt")], "error: --init: "),
-                        (["--init", str(tmp_path / "afile")], "error: --init: "),
-                        (["--mix-prob", "0.3"], "--mix-prob 0.3 applies to mixed batches only: add --mixup or "
-                                                "--cutmix"),
-                        (["--model-kwargs", ""], "--model-kwargs is empty")):
+    for args, words, code in ((["--init", str(tmp_path / "nope.pt")], "error: --init: ", 1),
+                              (["--init", str(tmp_path / "afile")], "error: --init: ", 1),
+                              (["--mix-prob", "0.3"], "--mix-prob 0.3 applies to mixed batches only: add --mixup "
+                                                      "or --cutmix", 2),  # usage errors: exit 2
+                              (["--model-kwargs", ""], "--model-kwargs is empty", 2),
+                              (["--model-kwargs", "{x"], "--model-kwargs is not valid JSON", 2),
+                              (["--lr", "nan", "--ema", "2"], "--lr must be a finite number", 2)):
         r = runner.invoke(app, base + ["--out", str(tmp_path / "r"), *args])
         err = " ".join(r.stderr.split())
-        assert r.exit_code == 1 and words in err, (args, err)
+        assert r.exit_code == code and words in err, (args, err)
+        assert "Traceback" not in r.output, r.output
     assert not (tmp_path / "r").exists()
     r = runner.invoke(app, base + ["--out", str(tmp_path / "m"), "--mix-prob", "0.3", "--mixup", "0.2",
                                    "--max-steps-per-epoch", "1"])

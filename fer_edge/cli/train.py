@@ -9,7 +9,7 @@ from typing import List, Optional
 import typer
 
 from fer_edge.cli import app
-from fer_edge.cli.common import console, existing_path_value, handle_errors, path_value, split_value
+from fer_edge.cli.common import console, existing_path_value, handle_errors, path_value, split_value, usage_error
 
 
 class Optimizer(str, Enum):
@@ -127,13 +127,15 @@ def train(
     from fer_edge.training import TrainConfig, train as run_train
     from fer_edge.training.trainer import validate_config
 
+    # options that are wrong on their own (or together) are usage errors, exit 2, as click's own checks are:
+    # every one of them listed at once, before any data is read
+    if model_kwargs is not None and not model_kwargs.strip():
+        usage_error("--model-kwargs is empty: give a JSON object such as '{\"dropout\": 0.1}', or leave the "
+                    "option out")
     try:
-        if model_kwargs is not None and not model_kwargs.strip():
-            raise TrainingError("--model-kwargs is empty: give a JSON object such as '{\"dropout\": 0.1}', or "
-                                "leave the option out")
         kwargs = json.loads(model_kwargs) if model_kwargs is not None else {}
     except json.JSONDecodeError as e:
-        raise TrainingError(f"--model-kwargs is not valid JSON: {e}") from None
+        usage_error(f"--model-kwargs is not valid JSON: {e}")
     given = {k: v for k, v in (("distill_alpha", distill_alpha), ("distill_temperature", distill_temperature))
              if v is not None}
     cfg = TrainConfig(
@@ -148,7 +150,10 @@ def train(
         seed=seed, device=device.value, amp=amp.value,
         channels_last=channels_last, num_threads=threads, max_steps_per_epoch=max_steps_per_epoch, wandb=wandb,
     )
-    validate_config(cfg, given=given)  # refuses a distillation option typed without a teacher, at any value
+    try:
+        validate_config(cfg, given=given)  # refuses a distillation option typed without a teacher, at any value
+    except TrainingError as e:
+        usage_error(str(e))
     result = run_train(cfg, resume=resume, progress=progress)
     console.print(
         f"best val accuracy [bold]{result.best_accuracy:.4f}[/] at epoch {result.best_epoch} "
