@@ -112,3 +112,20 @@ def test_train_refuses_an_empty_split_instead_of_the_default(option, synthetic_c
                             "--out", str(out), option, ""])
     assert r.exit_code == 2 and "is empty: name a split" in " ".join(r.output.split()), r.output
     assert not out.exists()
+
+
+@pytest.mark.parametrize("command", ["train", "export", "bench", "eval", "predict", "soup"])
+def test_help_piped_keeps_every_option_name_whole(command, capsys, monkeypatch):
+    """QA: `fer-edge train --help | less` cut option names at Rich's 80 columns (--label-smoothi…)."""
+    import typer.rich_utils
+
+    from fer_edge.cli import main
+
+    monkeypatch.setattr(typer.rich_utils, "MAX_WIDTH", None)  # restored after the test
+    monkeypatch.delenv("COLUMNS", raising=False)
+    monkeypatch.delenv("TERMINAL_WIDTH", raising=False)
+    with pytest.raises(SystemExit) as e:
+        main([command, "--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert "--help" in out and "…" not in out, out

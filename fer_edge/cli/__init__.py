@@ -43,6 +43,9 @@ for _name in COMMAND_MODULES:
 #: ``fer_edge`` as a library changes nothing: the application decides.)
 CLI_ENVIRONMENT = {"ORT_DISABLE_TELEMETRY": "1"}
 
+#: Columns of ``--help`` off a terminal (no COLUMNS or TERMINAL_WIDTH set): every option name whole.
+HELP_WIDTH_OFF_TERMINAL = 120
+
 
 def main(argv: list[str] | None = None) -> None:
     import os
@@ -51,6 +54,11 @@ def main(argv: list[str] | None = None) -> None:
 
     for key, value in CLI_ENVIRONMENT.items():
         os.environ.setdefault(key, value)  # before any command imports onnxruntime
+    if not sys.stdout.isatty() and not {"COLUMNS", "TERMINAL_WIDTH"} & set(os.environ):
+        # --help piped or saved: Rich's 80 columns cut the long option names (--label-smoothi…)
+        import typer.rich_utils
+
+        typer.rich_utils.MAX_WIDTH = HELP_WIDTH_OFF_TERMINAL
     try:
         app(args=argv, standalone_mode=True)
     except FerEdgeError as e:
