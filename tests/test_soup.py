@@ -112,6 +112,36 @@ def test_cli_soup(ingredients, synthetic_csv, tmp_path):
     assert r.exit_code == 1 and "missing.pt: no such checkpoint file or shipped model" in " ".join(r.stderr.split())
 
 
+def test_an_interrupted_soup_says_what_it_wrote(ingredients, synthetic_csv, tmp_path, monkeypatch):
+    """QA: Ctrl-C or SIGTERM during a soup ended it with no word (SIGTERM killed it: 143), and one arriving
+    after the soup was written gave exit 130 with nothing saying the file was complete."""
+    import signal
+
+    import fer_edge.training.soup as soup_mod
+
+    real = soup_mod.make_soup
+    args = ["soup", *map(str, ingredients), "--data", str(synthetic_csv), "--no-progress"]
+
+    def stopped_before(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(soup_mod, "make_soup", stopped_before)
+    r = runner.invoke(app, [*args, "--out", str(tmp_path / "a.pt")])
+    assert r.exit_code == 130 and "interrupted: nothing was written" in " ".join(r.stderr.split()), r.output
+    assert not (tmp_path / "a.pt").exists()
+
+    def terminated_after(*a, **k):  # SIGTERM once the soup is written: KeyboardInterrupt, not death by signal
+        res = real(*a, **k)
+        signal.raise_signal(signal.SIGTERM)
+        return res
+
+    monkeypatch.setattr(soup_mod, "make_soup", terminated_after)
+    r = runner.invoke(app, [*args, "--out", str(tmp_path / "b.pt")])
+    err = " ".join(r.stderr.split())
+    assert r.exit_code == 130 and f"interrupted: {tmp_path / 'b.pt'} was written before it (whole" in err, r.output
+    assert load_checkpoint(tmp_path / "b.pt").raw["soup"]
+
+
 def test_an_ingredient_given_twice_is_refused_and_shipped_names_are_taken(ingredients, synthetic_csv, tmp_path):
     with pytest.raises(TrainingError, match="is the same file as .*give each ingredient once"):
         make_soup([ingredients[0], ingredients[1], str(ingredients[0])], tmp_path / "s.pt", synthetic_csv)

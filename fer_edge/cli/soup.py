@@ -35,6 +35,20 @@ def soup(
                                   "an ingredient or candidate soup."),
 ) -> None:
     """Average fine-tuned checkpoints' weights (a model soup), average or re-measure BatchNorm statistics, evaluate."""
+    from fer_edge.utils import sigterm_as_interrupt
+
+    existed = out.exists()  # (make_soup refuses it)
+    try:
+        with sigterm_as_interrupt():
+            _soup(checkpoints, out, data, bn, split, val_split, greedy, progress)
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM
+        what = (f"{out} was written before it (whole: a soup is written completely or not at all)"
+                if out.exists() and not existed else f"nothing was written ({out})")
+        typer.echo(f"interrupted: {what}", err=True)
+        raise typer.Exit(130) from None
+
+
+def _soup(checkpoints, out, data, bn, split, val_split, greedy, progress) -> None:
     from rich.markup import escape
     from rich.table import Table
 
