@@ -233,6 +233,26 @@ def _stopped_after_one_epoch(cfg, monkeypatch):
     monkeypatch.undo()
 
 
+def test_a_second_ctrl_c_while_an_interrupted_run_plots_still_leaves_its_curves(synthetic_csv, tmp_path,
+                                                                                   monkeypatch):
+    """QA: Ctrl-C pressed twice killed the run while it drew curves.png (killed by SIGINT, no plot)."""
+    import signal
+
+    from fer_edge.training.trainer import Trainer
+
+    orig = Trainer._plot_curves
+
+    def impatient(self, history):
+        signal.raise_signal(signal.SIGINT)  # the second Ctrl-C, as the plot starts
+        orig(self, history)
+
+    monkeypatch.setattr(Trainer, "_plot_curves", impatient)
+    out = tmp_path / "r"
+    _stopped_after_one_epoch(_cfg(synthetic_csv, out, epochs=3), monkeypatch)  # raises KeyboardInterrupt once
+    assert (out / "curves.png").is_file() and (out / "last.pt").is_file()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
+
+
 def test_resume_from_another_folder_and_of_an_older_runs_config(synthetic_csv, tmp_path, monkeypatch):
     """Paths are recorded absolute, so the run resumes from another folder with the data named another way;
     a field the run's (older) config lacks is its default, so changing it on resume is refused too."""

@@ -906,17 +906,22 @@ class Trainer:
                         stopped_early = True
                         break
         except BaseException as e:
-            if isinstance(e, KeyboardInterrupt) and self.resume_hint is not None:  # None: the caller says it
-                if last_path.is_file():
-                    self.log(f"[yellow]interrupted; the last finished epoch is in {last_path}: {self.resume_hint}[/]")
-                else:
-                    self.log(f"[yellow]interrupted before the first epoch finished; {self.out} holds nothing to "
-                             "resume[/]")
-            if self.dist.main and history:  # the finished epochs' curves, as a finished run has them
-                try:
-                    self._plot_curves(history)
-                except Exception:  # noqa: BLE001 - a plot never hides why the run stopped
-                    pass
+            try:
+                with interrupts_deferred():  # a second Ctrl-C (impatience) waits for the message and the plot
+                    if isinstance(e, KeyboardInterrupt) and self.resume_hint is not None:  # None: the caller says it
+                        if last_path.is_file():
+                            self.log(f"[yellow]interrupted; the last finished epoch is in {last_path}: "
+                                     f"{self.resume_hint}[/]")
+                        else:
+                            self.log(f"[yellow]interrupted before the first epoch finished; {self.out} holds "
+                                     "nothing to resume[/]")
+                    if self.dist.main and history:  # the finished epochs' curves, as a finished run has them
+                        try:
+                            self._plot_curves(history)
+                        except Exception:  # noqa: BLE001 - a plot never hides why the run stopped
+                            pass
+            except KeyboardInterrupt:  # the held second signal: the run is stopping already
+                pass
             raise
         finally:
             if wandb_run is not None:
