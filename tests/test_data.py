@@ -372,6 +372,7 @@ def test_colour_and_wrong_size_images_are_converted_and_counted(tmp_path, own_ca
         ([_row(pixels="300 " + "0 " * 2303)], 2, r"pixel value '300' is outside 0\.\.255"),
         ([_row(pixels="1.5 " + "0 " * 2303)], 2, r"pixel value '1.5' is not an integer"),
         ([_row(), "3,1 2 3"], 3, r"expected 3 comma-separated columns, found 2"),
+        ([_row(), _row() + ",extra"], 3, r"expected 3 comma-separated columns, found 4"),  # was taken silently
         ([_row(usage=" ")], 2, r"empty Usage value"),
         ([_row(), _row(usage="Train\x00ing")], 3, r"Usage value b'Train\\x00ing' holds a control character"),
     ],

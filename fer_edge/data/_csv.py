@@ -229,7 +229,7 @@ def read_csv(path: str | Path, progress=None) -> dict[str, tuple[np.ndarray, np.
                 if not line or line.isspace():
                     continue
                 fields = _split_fields(line, path, lineno)
-                if len(fields) < need:
+                if not need <= len(fields) <= ncols:  # a field too many: a stray comma shifts what follows
                     raise DataError(
                         f"{path}, line {lineno}: expected {ncols} comma-separated columns, found {len(fields)}"
                     )
