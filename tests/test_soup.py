@@ -185,6 +185,10 @@ def test_bn_recompute_without_batchnorm_records_and_says_nothing_was_recomputed(
                               "--bn", "recompute", "--no-progress"], env={"COLUMNS": "250"})
     assert res.exit_code == 0, res.output
     assert "simple_cnn has no BatchNorm layers: --bn recompute recomputed nothing" in " ".join(res.output.split())
+    res = runner.invoke(app, ["soup", *map(str, no_bn_pair), "--out", str(tmp_path / "narrow.pt"), "--data",
+                              str(synthetic_csv), "--bn", "recompute", "--no-progress"], env={"COLUMNS": "40"})
+    note = [line for line in res.output.splitlines() if line.startswith("note: ")]
+    assert len(note) == 1 and note[0] == f"note: {r.notes[0]}", res.output  # one line, for grep, however narrow
 
 
 def test_incompatible_soup_lists_every_difference_of_every_ingredient(ingredients, no_bn_pair, tmp_path):

@@ -290,7 +290,7 @@ def bench_cmd(
 
             def early_warning(text: str) -> None:  # before the measuring: printed now, not again at the end
                 shown.append(text)
-                err_console.print(f"[yellow]warning:[/] {escape(text)}", highlight=False)
+                err_console.print(f"[yellow]warning:[/] {escape(text)}", highlight=False, soft_wrap=True)
 
             report = run_bench(
                 artifacts or None, data=data, split=split, reference=reference, runtimes=rt_list, devices=dev_list,
@@ -312,15 +312,15 @@ def bench_cmd(
                   + ", ".join(p.name for p in report.files.values()))
     console.print(compute_limit_text(report.compute_limit), highlight=False)
     for note in report.notes:
-        console.print(f"note: {note}", highlight=False)
+        console.print(f"note: {note}", highlight=False, soft_wrap=True)
     for warning in report.warnings:
         if warning not in shown:
-            err_console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
+            err_console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
     for gate_line in dict.fromkeys(weight_gate_lines(report, f"{out}/report.json")):
         console.print(gate_line, highlight=False)
     failures = gate_failures(report)
     if failures and not parity_gate:
-        err_console.print(f"[yellow]warning:[/] {len(failures)} row(s) failed parity (gate off)")
+        err_console.print(f"[yellow]warning:[/] {len(failures)} row(s) failed parity (gate off)", soft_wrap=True)
     check_outcome(report, parity_gate)
 
 
@@ -355,6 +355,6 @@ def merge_cmd(
     from rich.markup import escape
 
     for note in merged.notes:
-        err_console.print(f"note: {escape(note)}", highlight=False)
+        err_console.print(f"note: {escape(note)}", highlight=False, soft_wrap=True)
     for warning in merged.warnings:
-        err_console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
+        err_console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)

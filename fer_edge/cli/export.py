@@ -224,7 +224,7 @@ def export_cmd(
             val_size=None if val_size == 0 and validate else val_size, val_seed=calib_seed, validate=validate,
             threshold_overrides=overrides,
             name=name, progress=progress,
-            on_warning=lambda w: err_console.print(f"[yellow]warning:[/] {w}", highlight=False),
+            on_warning=lambda w: err_console.print(f"[yellow]warning:[/] {w}", highlight=False, soft_wrap=True),
             data_progress=is_tty(), raise_on_failure=False, replace_other=replace,
         )
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM (export turns it into KeyboardInterrupt)
@@ -238,11 +238,11 @@ def export_cmd(
 
     for s in result.skipped:
         if s["code"] != SKIP_NEEDS_CALIBRATION:
-            err_console.print(f"[dim]note: skipped {s['target']} {s['precision']}: {s['reason']}[/]")
+            err_console.print(f"[dim]note: skipped {s['target']} {s['precision']}: {s['reason']}[/]", soft_wrap=True)
     no_calib = [s["target"] for s in result.skipped if s["code"] == SKIP_NEEDS_CALIBRATION]
     if no_calib:
         err_console.print(f"[yellow]note:[/] int8 not exported ({', '.join(no_calib)}): {INT8_NEEDS_CALIBRATION}",
-                          highlight=False)
+                          highlight=False, soft_wrap=True)
     gate_line = weight_gate_line(_gate_that_applied(result), str(result.manifest_path))
     if gate_line:
         err_console.print(gate_line, highlight=False)

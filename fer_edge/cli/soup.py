@@ -61,7 +61,7 @@ def _soup(checkpoints, out, data, bn, split, val_split, greedy, progress) -> Non
         t.add_row(path, f"{acc:.4f}", "yes" if path in r.ingredients else "no")
     console.print(t)
     for note in r.notes:
-        console.print(f"[yellow]note:[/] {escape(note)}")
+        console.print(f"[yellow]note:[/] {escape(note)}", soft_wrap=True)
     n = len(r.ingredients)
     console.print(f"soup of {n} checkpoint{'' if n == 1 else 's'}: {r.val_split} accuracy [bold]{r.accuracy:.4f}[/], "
                   f"macro-F1 {r.macro_f1:.4f} -> {r.path}")
