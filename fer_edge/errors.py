@@ -6,6 +6,11 @@ class FerEdgeError(Exception):
     """Base class of every error fer-edge reports to a user."""
 
 
+class OptionError(FerEdgeError):
+    """A command-line option value that is wrong on its own (an unknown name in a list, a bad PRECISION=VALUE):
+    the CLI treats it as a usage error and exits 2."""
+
+
 class DataError(FerEdgeError):
     """Bad or missing input data (a CSV row, an image file, a split)."""
 

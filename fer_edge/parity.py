@@ -26,7 +26,7 @@ from typing import Mapping
 
 import numpy as np
 
-from fer_edge.errors import FerEdgeError
+from fer_edge.errors import FerEdgeError, OptionError
 from fer_edge.targets import Precision
 
 
@@ -339,7 +339,7 @@ def parse_overrides(options: dict[str, list[str] | str | None]) -> dict[str, dic
         except FerEdgeError as e:
             problems.append(str(e))
     if problems:
-        raise FerEdgeError("; ".join(problems) if len(problems) == 1 else "\n".join(problems))
+        raise OptionError("; ".join(problems) if len(problems) == 1 else "\n".join(problems))
     return parsed
 
 

@@ -382,7 +382,7 @@ def test_unknown_values_are_rejected(tiny_checkpoint, tmp_path, args, valid):
     from fer_edge.cli import app
 
     res = CliRunner().invoke(app, ["export", str(tiny_checkpoint), *args, "--out", str(tmp_path)])
-    assert res.exit_code == 1
+    assert res.exit_code == 2  # a usage error
     assert "unknown" in res.output and valid in res.output
 
 

@@ -318,10 +318,23 @@ def test_a_core_ml_export_stopped_before_the_app_model_leaves_no_logits_package(
 @pytest.mark.parametrize("value", ["", " ", ","])
 def test_an_empty_target_or_precision_is_refused(tiny_checkpoint, tmp_path, option, value):
     res = _cli("export", tiny_checkpoint, option, value, "--no-validate", "--out", tmp_path / "o")
-    assert res.exit_code == 1, res.output
+    assert res.exit_code == 2, res.output  # a usage error
     text = _text(res)
     valid = "onnx, openvino, coreml, torchscript, all" if option == "--target" else "fp32, fp16, int8"
     assert f"{option} was given an empty value" in text and valid in text, text
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("args, words", [
+    (["export", "{ck}", "--target", "onnx,bogus"], "unknown target 'bogus'; valid: onnx, openvino, coreml"),
+    (["export", "{ck}", "--precision", "fp64"], "unknown precision 'fp64'"),
+    (["export", "{ck}", "--max-kl", "int8=nan"], "--max-kl: 'int8=nan' must be a finite non-negative number"),
+    (["bench", "{ck}", "--runtimes", "tensorrt", "--data", "{csv}"], "unknown runtime 'tensorrt'"),
+])
+def test_a_bad_listed_value_is_a_usage_error(tiny_checkpoint, synthetic_csv, tmp_path, args, words):
+    """An unknown --target or a bad PRECISION=VALUE exited 1 where --epochs 0 or --seconds nan exit 2."""
+    res = _cli(*[{"{ck}": tiny_checkpoint, "{csv}": synthetic_csv}.get(a, a) for a in args], "--out", tmp_path / "o")
+    assert res.exit_code == 2 and words in _text(res), res.output
     assert not (tmp_path / "o").exists()
 
 

@@ -133,5 +133,5 @@ def test_export_cli_refuses_an_agreement_above_one(tiny_checkpoint, synthetic_cs
     out = tmp_path / "out"
     res = CliRunner().invoke(app, ["export", str(tiny_checkpoint), "-t", "torchscript", "-p", "fp32",
                                    "--val-data", str(synthetic_csv), "--out", str(out), "--min-agreement", "int8=2"])
-    assert res.exit_code == 1 and "--min-agreement: 'int8=2' must be between 0 and 1" in res.output, res.output
+    assert res.exit_code == 2 and "--min-agreement: 'int8=2' must be between 0 and 1" in res.output, res.output
     assert "Traceback" not in res.output and not out.exists()

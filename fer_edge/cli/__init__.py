@@ -2,7 +2,7 @@
 
 Each command lives in its own module and registers itself on ``app``. Library code
 raises :class:`fer_edge.errors.FerEdgeError`; :func:`main` prints it to stderr and
-exits with status 1.
+exits with status 1 (2 for an :class:`~fer_edge.errors.OptionError`, a usage error).
 """
 from __future__ import annotations
 
@@ -62,5 +62,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         app(args=argv, standalone_mode=True)
     except FerEdgeError as e:
+        from fer_edge.errors import OptionError
+
         typer.echo(f"error: {e}", err=True)
-        sys.exit(1)
+        sys.exit(2 if isinstance(e, OptionError) else 1)

@@ -31,15 +31,17 @@ err_console = _Console(stderr=True)
 
 
 def handle_errors(fn):
-    """Turn a FerEdgeError, or an OSError from writing outputs, into a message on stderr and exit code 1 (also
-    under CliRunner)."""
+    """Turn a FerEdgeError, or an OSError from writing outputs, into a message on stderr and exit code 1 (2 for
+    an OptionError, a usage error; also under CliRunner)."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        from fer_edge.errors import FerEdgeError
+        from fer_edge.errors import FerEdgeError, OptionError
 
         try:
             return fn(*args, **kwargs)
+        except OptionError as e:  # a value wrong on its own: a usage error
+            usage_error(str(e))
         except FerEdgeError as e:
             typer.echo(f"error: {e}", err=True)
             raise typer.Exit(1) from None
@@ -99,7 +101,7 @@ def parse_csv_option(value: str | list[str] | None, valid: list[str], what: str,
     (``--target ""``: a script's unset variable) is refused, naming the option and the valid values, rather than
     taken as not given.
     """
-    from fer_edge.errors import FerEdgeError
+    from fer_edge.errors import OptionError
 
     if value is None:
         return []
@@ -111,11 +113,11 @@ def parse_csv_option(value: str | list[str] | None, valid: list[str], what: str,
             if not v:
                 continue
             if v not in valid:
-                raise FerEdgeError(f"unknown {what} {v!r}; valid: {', '.join(valid)}")
+                raise OptionError(f"unknown {what} {v!r}; valid: {', '.join(valid)}")
             if v not in out:
                 out.append(v)
     if option is not None and not out:
-        raise FerEdgeError(f"{option} was given an empty value ({', '.join(repr(str(i)) for i in items)}); "
+        raise OptionError(f"{option} was given an empty value ({', '.join(repr(str(i)) for i in items)}); "
                            f"valid: {', '.join(valid)} (leave {option} out for the default)")
     return out
 
