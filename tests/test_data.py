@@ -385,6 +385,12 @@ def test_bad_csv_rows_name_file_and_line(tmp_path, own_cache, rows, line, patter
     assert f"{path}, line {line}:" in str(err.value)
 
 
+def test_a_trailing_comma_shifts_nothing_and_is_taken(tmp_path, own_cache):
+    """An empty field past the header's columns (a trailing comma) is not the stray field refused above."""
+    path = _write(tmp_path / "trailing.csv", _csv_text([_row() + ",", _row(label="4") + ", "]))
+    assert load_split(path, "Training").labels.tolist() == [3, 4]
+
+
 def test_a_usage_value_that_is_not_utf8_is_named_not_shown_garbled(tmp_path, own_cache):
     """It was listed among the splits as 'Train\ufffding', with no hint that the file's bytes were damaged."""
     path = tmp_path / "bad.csv"

@@ -229,7 +229,8 @@ def read_csv(path: str | Path, progress=None) -> dict[str, tuple[np.ndarray, np.
                 if not line or line.isspace():
                     continue
                 fields = _split_fields(line, path, lineno)
-                if not need <= len(fields) <= ncols:  # a field too many: a stray comma shifts what follows
+                # a field too many (a stray comma) shifts the fields; an empty one (a trailing comma) does not
+                if len(fields) < need or any(f.strip() for f in fields[ncols:]):
                     raise DataError(
                         f"{path}, line {lineno}: expected {ncols} comma-separated columns, found {len(fields)}"
                     )

@@ -61,7 +61,7 @@ DEFAULT_SPLITS: dict[str, dict[str, tuple[str, ...]]] = {
 }
 #: Files that make a folder count as a CSV data set, in order of preference.
 CSV_NAMES = ("fer2013.csv", "fer2013.csv.gz")
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: a CSV row with a non-empty field past the header's columns is refused
 #: Show a progress bar when decoding at least this many image files (or a CSV this large).
 PROGRESS_MIN_FILES = 1000
 PROGRESS_MIN_BYTES = 16 << 20
