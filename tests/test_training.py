@@ -341,10 +341,19 @@ def test_a_run_whose_last_pt_is_unreadable_is_not_sent_to_resume(synthetic_csv, 
     assert "pass --resume" not in msg, msg
     assert "--resume cannot continue it: " in msg and "last.pt: not a readable checkpoint" in msg, msg
     assert f"pass --init {out / 'best.pt'} with another --out" in msg, msg
+    best_bytes = (out / "best.pt").read_bytes()
     (out / "best.pt").write_bytes(b"junk")  # nothing readable: only another --out is left
     with pytest.raises(TrainingError) as e:
         train(_cfg(synthetic_csv, out, epochs=3), progress=False)
     assert "--init" not in str(e.value) and "choose another --out" in str(e.value), str(e.value)
+    # a last.pt that loads but holds no resume state (a best.pt copied over it): --resume would fail too
+    (out / "best.pt").write_bytes(best_bytes)
+    raw = torch.load(out / "best.pt", weights_only=True)
+    raw.pop("resume", None)
+    torch.save(raw, last)
+    with pytest.raises(TrainingError) as e:
+        train(_cfg(synthetic_csv, out, epochs=3), progress=False)
+    assert f"--resume cannot continue it: {last} has no resume state" in str(e.value), str(e.value)
 
 
 def test_an_interrupt_while_an_epoch_is_saved_waits_for_its_last_pt(synthetic_csv, tmp_path, monkeypatch, capsys):
@@ -1156,6 +1165,12 @@ def test_cli_train_names_init_and_refuses_orphan_mix_prob_and_empty_model_kwargs
         err = " ".join(r.stderr.split())
         assert r.exit_code == code and words in err, (args, err)
         assert "Traceback" not in r.output, r.output
+    for kw, words in (("{x", "--model-kwargs is not valid JSON"), ("", "--model-kwargs is empty")):
+        r = runner.invoke(app, base + ["--out", str(tmp_path / "r"), "--model-kwargs", kw, "--lr", "nan",
+                                       "--mix-prob", "0.3"])
+        err = " ".join(r.stderr.split())
+        assert r.exit_code == 2 and "bad training options" in err, err  # one list, not the JSON problem alone
+        assert words in err and "--lr must be a finite number" in err and "--mix-prob 0.3 applies" in err, err
     assert not (tmp_path / "r").exists()
     r = runner.invoke(app, base + ["--out", str(tmp_path / "m"), "--mix-prob", "0.3", "--mixup", "0.2",
                                    "--max-steps-per-epoch", "1"])

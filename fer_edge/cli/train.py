@@ -129,13 +129,16 @@ def train(
 
     # options that are wrong on their own (or together) are usage errors, exit 2, as click's own checks are:
     # every one of them listed at once, before any data is read
+    early: list[str] = []  # problems found before a config can hold the value, listed with the others
+    kwargs = {}
     if model_kwargs is not None and not model_kwargs.strip():
-        usage_error("--model-kwargs is empty: give a JSON object such as '{\"dropout\": 0.1}', or leave the "
-                    "option out")
-    try:
-        kwargs = json.loads(model_kwargs) if model_kwargs is not None else {}
-    except json.JSONDecodeError as e:
-        usage_error(f"--model-kwargs is not valid JSON: {e}")
+        early.append("--model-kwargs is empty: give a JSON object such as '{\"dropout\": 0.1}', or leave the "
+                     "option out")
+    elif model_kwargs is not None:
+        try:
+            kwargs = json.loads(model_kwargs)
+        except json.JSONDecodeError as e:
+            early.append(f"--model-kwargs is not valid JSON: {e}")
     given = {k: v for k, v in (("distill_alpha", distill_alpha), ("distill_temperature", distill_temperature))
              if v is not None}
     cfg = TrainConfig(
@@ -151,7 +154,8 @@ def train(
         channels_last=channels_last, num_threads=threads, max_steps_per_epoch=max_steps_per_epoch, wandb=wandb,
     )
     try:
-        validate_config(cfg, given=given)  # refuses a distillation option typed without a teacher, at any value
+        # refuses a distillation option typed without a teacher, at any value
+        validate_config(cfg, given=given, problems=early)
     except TrainingError as e:
         usage_error(str(e))
     result = run_train(cfg, resume=resume, progress=progress)

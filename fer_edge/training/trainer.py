@@ -80,13 +80,14 @@ def resolve_device(name: str) -> torch.device:
     raise TrainingError(f"unknown device {name!r}; valid: auto, cpu, cuda, mps")
 
 
-def validate_config(cfg: TrainConfig, given: Collection[str] = ()) -> None:
+def validate_config(cfg: TrainConfig, given: Collection[str] = (), problems: Collection[str] = ()) -> None:
     """Collect every bad option, then fail once listing them all.
 
     ``given`` names the config fields the user typed (the CLI passes them), so that a
-    distillation option typed without a teacher is refused even at its default value.
+    distillation option typed without a teacher is refused even at its default value; ``problems``: ones the
+    caller found before a config could hold the value (``--model-kwargs`` that is not JSON), listed first.
     """
-    problems = []
+    problems = list(problems)
     if not isinstance(cfg.model_kwargs, dict):
         problems.append(f"--model-kwargs takes a JSON object such as '{{\"dropout\": 0.1}}', "
                         f"got {cfg.model_kwargs!r}")
@@ -1081,17 +1082,19 @@ class Trainer:
 def _resume_advice(out: Path) -> str:
     """What to do with an unfinished run in ``out``: --resume, or (its last.pt unreadable, so --resume would
     fail) what can still be done with it."""
+    last, best = out / "last.pt", out / "best.pt"
     try:
-        load_checkpoint(out / "last.pt")
+        why = None if load_checkpoint(last).raw.get("resume") else f"{last} has no resume state"
     except CheckpointError as e:
-        best = out / "best.pt"
-        try:
-            load_checkpoint(best)
-            init = f"to train on from its best.pt, pass --init {best} with another --out, or "
-        except CheckpointError:
-            init = ""
-        return f"--resume cannot continue it: {e}; {init}"
-    return "pass --resume to continue it or "
+        why = str(e)
+    if why is None:
+        return "pass --resume to continue it or "
+    try:
+        load_checkpoint(best)
+        init = f"to train on from its best.pt, pass --init {best} with another --out, or "
+    except CheckpointError:
+        init = ""
+    return f"--resume cannot continue it: {why}; {init}"
 
 
 def run_finished(out: Path) -> bool:
