@@ -130,6 +130,14 @@ def test_an_interrupted_soup_says_what_it_wrote(ingredients, synthetic_csv, tmp_
     assert r.exit_code == 130 and "interrupted: nothing was written" in " ".join(r.stderr.split()), r.output
     assert not (tmp_path / "a.pt").exists()
 
+    def another_process_writes_out(*a, **k):  # a file at --out that the soup did not write
+        (tmp_path / "c.pt").write_bytes(b"someone else's")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(soup_mod, "make_soup", another_process_writes_out)
+    r = runner.invoke(app, [*args, "--out", str(tmp_path / "c.pt")])
+    assert r.exit_code == 130 and "interrupted: nothing was written" in " ".join(r.stderr.split()), r.output
+
     def terminated_after(*a, **k):  # SIGTERM once the soup is written: KeyboardInterrupt, not death by signal
         res = real(*a, **k)
         signal.raise_signal(signal.SIGTERM)
