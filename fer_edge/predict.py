@@ -387,9 +387,9 @@ def export_gate_failure(path: str | os.PathLike) -> str | None:
             changed = None
         if changed is not None:
             status = validation.get("status") if isinstance(validation, dict) else None
-            recorded = f" (it records '{status}')" if status else ""
-            return (f"{p} is not the file its {manifest} describes: {changed}; the parity result there{recorded} "
-                    "does not apply to it (fer-edge bench checks this file against its model)")
+            recorded = f" (parity gate: {status})" if status else ""
+            return (f"{p} is not the file its {manifest} describes: {changed}; what the manifest records of "
+                    f"it{recorded} does not apply to it (fer-edge bench checks this file against its model)")
     if not isinstance(validation, dict) or validation.get("status") != "failed":
         return None
     why = f" ({validation['reason']})" if validation.get("reason") else ""
