@@ -118,7 +118,7 @@ def parse_csv_option(value: str | list[str] | None, valid: list[str], what: str,
                 out.append(v)
     if option is not None and not out:
         raise OptionError(f"{option} was given an empty value ({', '.join(repr(str(i)) for i in items)}); "
-                           f"valid: {', '.join(valid)} (leave {option} out for the default)")
+                          f"valid: {', '.join(valid)} (leave {option} out for the default)")
     return out
 
 
