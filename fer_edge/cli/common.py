@@ -4,7 +4,6 @@ from __future__ import annotations
 import functools
 import sys
 from pathlib import Path
-from typing import NoReturn
 
 import typer
 from rich.console import Console, ConsoleDimensions
@@ -40,8 +39,9 @@ def handle_errors(fn):
 
         try:
             return fn(*args, **kwargs)
-        except OptionError as e:  # a value wrong on its own: a usage error
-            usage_error(str(e))
+        except OptionError as e:  # a value wrong on its own (or with the others): a usage error
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(2) from None
         except FerEdgeError as e:
             typer.echo(f"error: {e}", err=True)
             raise typer.Exit(1) from None
@@ -51,13 +51,6 @@ def handle_errors(fn):
             raise typer.Exit(1) from None
 
     return wrapper
-
-
-def usage_error(message: str) -> NoReturn:
-    """Say ``error: message`` on stderr and exit 2, the status of a usage error (a value wrong on its own or
-    with the others, found before any work), for the checks click's own option types cannot make."""
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(2)
 
 
 def path_value(value) -> Path | None:

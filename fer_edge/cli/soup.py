@@ -38,12 +38,11 @@ def soup(
     from fer_edge.utils import sigterm_as_interrupt
 
     existed = out.exists()  # (make_soup refuses it)
-    written: list[Path] = []  # the soup, once make_soup has returned it
     try:
         with sigterm_as_interrupt():
-            _soup(checkpoints, out, data, bn, split, val_split, greedy, progress, written)
+            _soup(checkpoints, out, data, bn, split, val_split, greedy, progress)
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM
-        ours = written[0] if written else None if existed else _soup_at(out)
+        ours = None if existed else _soup_at(out)
         what = (f"{ours} was written before it (whole: a soup is written completely or not at all)"
                 if ours else f"nothing was written ({out})")
         typer.echo(f"interrupted: {what}", err=True)
@@ -51,8 +50,8 @@ def soup(
 
 
 def _soup_at(out: Path) -> Path | None:
-    """``out`` when it holds a soup checkpoint (the signal came between its writing and make_soup's return), None
-    when it is missing or holds anything else (a file another process put there)."""
+    """``out`` when it holds a soup checkpoint (the signal came after make_soup wrote it), None when it is
+    missing or holds anything else (a file another process put there)."""
     from fer_edge.checkpoint import load_checkpoint
     from fer_edge.errors import FerEdgeError
 
@@ -65,7 +64,7 @@ def _soup_at(out: Path) -> Path | None:
     return out if isinstance(raw, dict) and raw.get("soup") else None
 
 
-def _soup(checkpoints, out, data, bn, split, val_split, greedy, progress, written: list[Path]) -> None:
+def _soup(checkpoints, out, data, bn, split, val_split, greedy, progress) -> None:
     from rich.markup import escape
     from rich.table import Table
 
@@ -73,7 +72,6 @@ def _soup(checkpoints, out, data, bn, split, val_split, greedy, progress, writte
 
     r = make_soup(checkpoints, out, data, split=split, val_split=val_split, greedy=greedy, bn=bn.value,
                   progress=progress)
-    written.append(r.path)
     t = Table("checkpoint", f"{r.val_split} accuracy", "in the soup")
     for path, acc in r.ingredient_accuracy.items():
         t.add_row(path, f"{acc:.4f}", "yes" if path in r.ingredients else "no")

@@ -9,7 +9,7 @@ from typing import List, Optional
 import typer
 
 from fer_edge.cli import app
-from fer_edge.cli.common import console, existing_path_value, handle_errors, path_value, split_value, usage_error
+from fer_edge.cli.common import console, existing_path_value, handle_errors, path_value, split_value
 
 
 class Optimizer(str, Enum):
@@ -123,7 +123,7 @@ def train(
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:
     """Train a model on FER2013 and write a run directory (best.pt, last.pt, metrics, plots)."""
-    from fer_edge.errors import TrainingError
+    from fer_edge.errors import OptionError, TrainingError
     from fer_edge.training import TrainConfig, train as run_train
     from fer_edge.training.trainer import validate_config
 
@@ -157,7 +157,7 @@ def train(
         # refuses a distillation option typed without a teacher, at any value
         validate_config(cfg, given=given, problems=early)
     except TrainingError as e:
-        usage_error(str(e))
+        raise OptionError(str(e)) from None
     result = run_train(cfg, resume=resume, progress=progress)
     console.print(
         f"best val accuracy [bold]{result.best_accuracy:.4f}[/] at epoch {result.best_epoch} "
