@@ -356,6 +356,72 @@ def test_a_run_whose_last_pt_is_unreadable_is_not_sent_to_resume(synthetic_csv, 
     assert f"--resume cannot continue it: {last} has no resume state" in str(e.value), str(e.value)
 
 
+def test_resume_writes_a_broken_best_pt_again_from_last_pt_when_it_holds_the_best_epoch(synthetic_csv, tmp_path,
+                                                                                          monkeypatch, capsys):
+    """QA: a run whose best.pt was truncated resumed and finished with the corrupt best.pt left in place."""
+    out = tmp_path / "r"
+    _stopped_after_one_epoch(_cfg(synthetic_csv, out, epochs=3), monkeypatch)  # epoch 1: the best and the last
+    last = load_checkpoint(out / "last.pt")
+    (out / "best.pt").write_bytes((out / "best.pt").read_bytes()[:500])
+    capsys.readouterr()
+
+    def stop(*a, **k):  # Ctrl-C at the resumed run's first step: only what resuming did is left
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("fer_edge.training.trainer.augment_batch", stop)
+    with pytest.raises(KeyboardInterrupt):
+        train(_cfg(synthetic_csv, out, epochs=3), resume=True, progress=False)
+    err = " ".join(capsys.readouterr().err.split())
+    assert "best.pt: not a readable checkpoint" in err and "written again from" in err, err
+    best = load_checkpoint(out / "best.pt")
+    assert best.epoch == 1 and "resume" not in best.raw
+    assert all(torch.equal(best.state_dict[k], last.state_dict[k]) for k in last.state_dict)
+    row = last.raw["resume"]["history"][0]
+    assert best.metrics["val_accuracy"] == row["val_accuracy"] and best.metrics["val_split"] == "PublicTest"
+    assert best.metrics["params"] == sum(p.numel() for p in best.build_model().parameters())
+
+
+def test_resume_with_a_lost_best_pt_says_so_and_the_next_validated_epoch_writes_one(synthetic_csv, tmp_path,
+                                                                                      monkeypatch, capsys):
+    from fer_edge.training import trainer as trainer_mod
+
+    real = trainer_mod.classification_metrics
+    calls = {"n": 0}
+
+    def first_epoch_best(*a, **k):  # epoch 1 is the best; later epochs are worse
+        calls["n"] += 1
+        m = real(*a, **k)
+        return m if calls["n"] == 1 else {**m, "accuracy": 0.0}
+
+    out = tmp_path / "r"
+    orig = trainer_mod.Trainer._write_history
+
+    def stop_after_two(self, history):
+        orig(self, history)
+        if len(history) == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer_mod, "classification_metrics", first_epoch_best)
+    monkeypatch.setattr(trainer_mod.Trainer, "_write_history", stop_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        train(_cfg(synthetic_csv, out, epochs=3), progress=False)
+    monkeypatch.undo()
+    assert load_checkpoint(out / "last.pt").raw["resume"]["best_epoch"] == 1
+    (out / "best.pt").unlink()
+    capsys.readouterr()
+    res = train(_cfg(synthetic_csv, out, epochs=3), resume=True, progress=False)
+    err = " ".join(capsys.readouterr().err.split())
+    assert "the weights of the best epoch 1" in err and "are lost" in err and "writes a new best.pt" in err, err
+    assert res.best_epoch == 3 and load_checkpoint(out / "best.pt").epoch == 3
+    # resuming the finished run again says its best is epoch 3's, in best.pt; with best.pt broken, that it is lost
+    train(_cfg(synthetic_csv, out, epochs=3), resume=True, progress=False)
+    assert "in " + str(out / "best.pt") in " ".join(capsys.readouterr().err.split())
+    (out / "best.pt").write_bytes(b"junk")
+    train(_cfg(synthetic_csv, out, epochs=3), resume=True, progress=False)
+    err = " ".join(capsys.readouterr().err.split())
+    assert "written again from" in err and load_checkpoint(out / "best.pt").epoch == 3, err  # epoch 3 is last.pt's
+
+
 def test_an_interrupt_while_an_epoch_is_saved_waits_for_its_last_pt(synthetic_csv, tmp_path, monkeypatch, capsys):
     """Ctrl-C landing after best.pt but before last.pt left a run with nothing to resume and a message saying
     no epoch had finished; the epoch's files are now written together."""

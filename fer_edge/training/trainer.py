@@ -529,6 +529,28 @@ class Trainer:
             # epoch's figures stay on one line of a log file
             self.console.print(msg, soft_wrap=True)
 
+    def _restore_best(self, last, state: dict) -> str | None:
+        """On resume, check that the run's best.pt still holds its best epoch. When it does not (a truncated file,
+        a deleted one) and last.pt holds that same epoch, best.pt is written again from last.pt, with a warning.
+        Returns why best.pt is lost when it cannot be restored (the caller says what that means), else None."""
+        best, epoch = self.out / "best.pt", int(state["best_epoch"])
+        if epoch <= 0 or (why := _best_problem(best, epoch)) is None:
+            return None
+        row = next((r for r in state["history"] if r.get("epoch") == epoch), {})
+        if epoch != int(state["epoch"]) or "val_accuracy" not in row:
+            return why
+        if self.dist.main:
+            with interrupts_deferred():
+                save_checkpoint(best, {
+                    **{k: v for k, v in last.raw.items() if k not in ("resume", "metrics")},
+                    "metrics": {"val_accuracy": row["val_accuracy"], "val_macro_f1": row.get("val_macro_f1"),
+                                "val_split": (last.data.get("val") or {}).get("split"), "epoch": epoch,
+                                "params": sum(p.numel() for p in last.build_model().parameters())},
+                })
+        self.log(f"[yellow]warning: {why}; written again from {self.out / 'last.pt'}, which holds the same epoch "
+                 f"{epoch}[/]")
+        return None
+
     def _load_data(self):
         from fer_edge.data import default_train_split, default_val_split, load_split
 
@@ -630,9 +652,14 @@ class Trainer:
             if done >= cfg.epochs or early:
                 why = (f"it stopped early at epoch {done} (no val improvement in {cfg.patience} epochs)" if early
                        else f"all {cfg.epochs} epochs are done")
+                lost = self._restore_best(ck, state)
+                if lost is not None:
+                    self.log(f"[yellow]warning: {lost}: the weights of the best epoch {int(state['best_epoch'])} "
+                             f"are lost; {last_path} holds the last epoch's ({done}): pass --init {last_path} with "
+                             "another --out to train on from them[/]")
                 self.log(f"nothing to resume: {self.out} is finished ({why}); best val accuracy "
-                         f"{float(state['best_accuracy']):.4f} at epoch {int(state['best_epoch'])}, in "
-                         f"{self.out / 'best.pt'}")
+                         f"{float(state['best_accuracy']):.4f} at epoch {int(state['best_epoch'])}, "
+                         + (f"in {self.out / 'best.pt'}" if lost is None else "whose weights are lost"))
                 self.dist.close()
                 history = list(state["history"])
                 return TrainResult(self.out, float(state["best_accuracy"]), int(state["best_epoch"]), len(history),
@@ -733,6 +760,11 @@ class Trainer:
                 qsim.load_state_dict(state["qat"])
             history = list(state["history"])
             best_acc, best_epoch = float(state["best_accuracy"]), int(state["best_epoch"])
+            if (lost := self._restore_best(ck, state)) is not None:
+                self.log(f"[yellow]warning: {lost}: the weights of the best epoch {best_epoch} (val accuracy "
+                         f"{best_acc:.4f}) are lost; the best is counted again from here, so the next validated "
+                         "epoch writes a new best.pt[/]")
+                best_acc, best_epoch = -1.0, 0
             bad_epochs = int(state["bad_epochs"])
             start_epoch = int(state["epoch"])
             self.log(f"resuming {self.out} at epoch {start_epoch + 1}/{cfg.epochs}")
@@ -1095,6 +1127,15 @@ def _resume_advice(out: Path) -> str:
     except CheckpointError:
         init = ""
     return f"--resume cannot continue it: {why}; {init}"
+
+
+def _best_problem(best: Path, epoch: int) -> str | None:
+    """Why ``best`` is not the run's best checkpoint of ``epoch`` (missing, unreadable, another epoch), or None."""
+    try:
+        held = load_checkpoint(best).epoch
+    except CheckpointError as e:
+        return str(e)
+    return None if held == epoch else f"{best} holds epoch {held}, not the best epoch {epoch}"
 
 
 def run_finished(out: Path) -> bool:
