@@ -391,10 +391,16 @@ def test_cli_without_a_detector_says_how_to_proceed(face_dir, tiny_checkpoint, m
 def test_cli_bad_model(face_dir, tmp_path):
     r = _cli(face_dir, "--model", tmp_path / "nope.onnx")
     assert r.exit_code == 1 and "nope.onnx" in r.stderr
-    r = _cli(face_dir, "--model", tmp_path, "--runtime", "bogus")  # a folder: which file in it is asked for
+    r = _cli(face_dir, "--model", tmp_path)  # a folder: which file in it is asked for
     assert r.exit_code == 1 and "is a folder without a model file" in r.stderr
+    # an unknown runtime is a usage error (exit 2) that lists the registry's runtimes, before any work
     r = _cli(face_dir, "--model", "nano", "--runtime", "bogus")
-    assert r.exit_code == 1 and "unknown runtime" in r.stderr
+    assert r.exit_code == 2 and "'bogus' is not one of" in " ".join(r.stderr.split()), r.stderr
+    from fer_edge.runtimes import RUNTIMES
+
+    assert all(f"'{n}'" in r.stderr for n in RUNTIMES), r.stderr
+    r = _cli(face_dir, "--model", "nano", "--runtime", "onnxruntime")  # a known one that does not run a .pt
+    assert r.exit_code == 1 and "does not run" in r.stderr, r.stderr
 
 
 # -- CLI output ---------------------------------------------------------------------------------

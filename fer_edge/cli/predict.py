@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+from enum import Enum
 from pathlib import Path
 from typing import List, Optional
 
@@ -11,6 +12,10 @@ import typer
 from fer_edge.cli import app
 from fer_edge.cli.common import console, err_console, handle_errors, is_tty, path_value
 from fer_edge.faces import DEFAULT_MARGIN
+from fer_edge.runtimes import RUNTIMES
+
+#: ``--runtime`` choices, from the runtimes registry (an unknown name is a usage error listing these).
+RuntimeName = Enum("RuntimeName", {n: n for n in RUNTIMES}, type=str)
 
 
 def _check_margin(value: Optional[float]) -> Optional[float]:
@@ -77,7 +82,7 @@ def predict_cmd(
         None, "--model", "-m",
         help="Checkpoint (.pt), shipped model name, or exported artifact (.onnx, .xml, .ts, .mlpackage). "
              "Default: the shipped model."),
-    runtime: Optional[str] = typer.Option(
+    runtime: Optional[RuntimeName] = typer.Option(
         None, "--runtime", "-r", help="Runtime to use (default: chosen from the model's file type)."),
     device: Optional[str] = typer.Option(None, help="Device for the runtime (default: its own default)."),
     detect_faces: bool = typer.Option(
@@ -119,7 +124,7 @@ def predict_cmd(
             _note(f"note: skipped {n} earlier annotated cop{'ies' if n != 1 else 'y'} in {annotate} (written by "
                   f"fer-edge predict --annotate, not classified again): {_listing(copies)}")
 
-    predictor = load(model, runtime=runtime, device=device, runtime_option="--runtime")
+    predictor = load(model, runtime=runtime.value if runtime else None, device=device, runtime_option="--runtime")
     for text in predictor.warnings:
         _note(f"warning: {text}")
     if detect_faces:
