@@ -363,7 +363,7 @@ def test_int8_without_calibration_data_is_a_clear_error(tiny_checkpoint, tmp_pat
     from fer_edge.exporters import export
 
     res = CliRunner().invoke(app, ["export", str(tiny_checkpoint), "-t", "onnx", "-p", "int8", "--out", str(tmp_path)])
-    assert res.exit_code == 1
+    assert res.exit_code == 2
     assert "int8" in res.output and "--calib-data" in res.output
     with pytest.raises(FerEdgeError, match="--calib-data"):
         export(tiny_checkpoint, ["onnx"], ["int8"], tmp_path)
@@ -546,7 +546,7 @@ def test_calib_method_option(tiny_checkpoint, synthetic_csv, tmp_path):
     args = ["export", str(tiny_checkpoint), "-t", "onnx", "-p", "int8", "--calib-data", str(synthetic_csv),
             "--calib-size", "210", "--no-validate", "--out", str(tmp_path)]
     bad = CliRunner().invoke(app, [*args, "--calib-method", "kl"])
-    assert bad.exit_code == 1 and "minmax, entropy, percentile" in bad.output
+    assert bad.exit_code == 2 and "minmax, entropy, percentile" in bad.output
     res = CliRunner().invoke(app, [*args, "--calib-method", "percentile"])
     assert res.exit_code == 0, res.output
     data = json.loads((tmp_path / "manifest.json").read_text())
@@ -757,7 +757,7 @@ def test_coreml_int8_off_macos_needs_no_calibration_images(tiny_checkpoint, tmp_
 
     res = CliRunner().invoke(app, ["export", str(tiny_checkpoint), "-t", "coreml,onnx", "-p", "int8",
                                    "--no-validate", "--out", str(tmp_path / "c")])
-    assert res.exit_code == 1
+    assert res.exit_code == 2
     assert "int8 export needs calibration images (onnx int8)" in " ".join(res.output.split()), res.output
 
     # data this export would not read is still checked (QA: a mistyped --calib-data passed with exit 0)
@@ -765,10 +765,10 @@ def test_coreml_int8_off_macos_needs_no_calibration_images(tiny_checkpoint, tmp_
     photo.write_bytes(b"\xff\xd8\xff\xe0")
     res = CliRunner().invoke(app, ["export", str(tiny_checkpoint), "-t", "coreml", "-p", "int8", "--no-validate",
                                    "--calib-data", str(tmp_path / "missing.csv"), "--out", str(tmp_path / "e")])
-    assert res.exit_code == 1 and "--calib-data: " in res.output and "no such file" in res.output, res.output
+    assert res.exit_code == 2 and "--calib-data: " in res.output and "no such file" in res.output, res.output
     res = CliRunner().invoke(app, ["export", str(tiny_checkpoint), "-t", "coreml", "-p", "fp16",
                                    "--val-data", str(photo), "--out", str(tmp_path / "f")])
-    assert res.exit_code == 1 and "--val-data: " in res.output and "a single image" in res.output, res.output
+    assert res.exit_code == 2 and "--val-data: " in res.output and "a single image" in res.output, res.output
     assert not (tmp_path / "e").exists() and not (tmp_path / "f").exists()
 
 
@@ -872,15 +872,16 @@ def test_refused_exports_leave_no_folder_behind(tiny_checkpoint, synthetic_csv, 
         "bogus-split": ["-p", "int8", "--calib-data", synthetic_csv, "--calib-split", "Bogus"],
         "bogus-val-split": ["-p", "fp32", "--val-data", synthetic_csv, "--val-split", "Bogus"],
     }[case]
+    code = 2 if case in ("val-size", "missing-calib") else 1  # a bad option value, or bad data found on reading
     out = tmp_path / "new" / "out"
     res = _cli(tiny_checkpoint, "-t", "onnx", *args, "--out", out)
-    assert res.exit_code == 1 and "error:" in res.output, res.output
+    assert res.exit_code == code and "error:" in res.output, res.output
     assert res.exception is None or isinstance(res.exception, SystemExit)
     assert not (tmp_path / "new").exists()
     existing = tmp_path / "existing"
     existing.mkdir()
     res = _cli(tiny_checkpoint, "-t", "onnx", *args, "--out", existing)
-    assert res.exit_code == 1 and existing.is_dir()  # a folder that was there stays
+    assert res.exit_code == code and existing.is_dir()  # a folder that was there stays
 
 
 def test_a_failure_after_the_folder_was_made_removes_it_only_if_this_export_made_it(
@@ -966,7 +967,7 @@ def test_a_weights_gate_line_only_when_it_judged_something(monkeypatch, tiny_che
                                   ["-t", "openvino"]])
 def test_overflow_fix_without_openvino_int8_is_refused(tiny_checkpoint, tmp_path, args):
     res = _cli(tiny_checkpoint, *args, "--no-validate", "--overflow-fix", "enable", "--out", tmp_path / "o")
-    assert res.exit_code == 1
+    assert res.exit_code == 2
     assert "--overflow-fix applies to OpenVINO INT8 only" in " ".join(res.output.split())
     assert not (tmp_path / "o").exists()
 

@@ -554,7 +554,7 @@ def test_a_core_ml_only_export_loads_and_records_no_data_it_cannot_use(monkeypat
 def test_options_that_would_do_nothing_are_refused(tiny_checkpoint, synthetic_csv, tmp_path, args, named):
     out = tmp_path / "out"
     res = _cli("export", tiny_checkpoint, *[a.format(csv=synthetic_csv) for a in args], "--out", out)
-    assert res.exit_code == 1 and "Traceback" not in res.output, res.output
+    assert res.exit_code == 2 and "Traceback" not in res.output, res.output
     text = _text(res)
     assert all(n in text for n in named), text
     assert not out.exists()

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
 from fer_edge.data.loading import check_data_source
-from fer_edge.errors import DataError, ExportError, FerEdgeError, ParityError
+from fer_edge.errors import DataError, ExportError, FerEdgeError, OptionError, ParityError
 from fer_edge.exporters import calibration as _cal
 from fer_edge.exporters import validate as _val
 from fer_edge.exporters.base import ExportRequest
@@ -520,13 +520,13 @@ def export(
     calib_method_given = calib_method is not None
     calib_method = calib_method or DEFAULT_CALIB_METHOD
     if calib_method not in CALIB_METHODS:
-        raise FerEdgeError(f"unknown calibration method {calib_method!r}; valid: {', '.join(CALIB_METHODS)}")
+        raise OptionError(f"unknown calibration method {calib_method!r}; valid: {', '.join(CALIB_METHODS)}")
     from fer_edge.exporters.openvino import DEFAULT_OVERFLOW_FIX, OVERFLOW_FIX
 
     overflow_fix_given = overflow_fix is not None
     overflow_fix = overflow_fix or DEFAULT_OVERFLOW_FIX
     if overflow_fix not in OVERFLOW_FIX:
-        raise FerEdgeError(f"unknown overflow fix {overflow_fix!r}; valid: {', '.join(OVERFLOW_FIX)}")
+        raise OptionError(f"unknown overflow fix {overflow_fix!r}; valid: {', '.join(OVERFLOW_FIX)}")
     calib_size_given = calib_size is not None
     if calib_size is None:
         calib_size = _cal.DEFAULT_CALIB_SIZE
@@ -535,11 +535,11 @@ def export(
         if not (value is None and none_ok) and (isinstance(value, bool) or not isinstance(value, numbers.Integral)):
             raise FerEdgeError(f"{opt} takes a whole number, got {value!r}")
     if calib_size < 1:
-        raise FerEdgeError(f"--calib-size must be at least 1 (got {calib_size})")
+        raise OptionError(f"--calib-size must be at least 1 (got {calib_size})")
     if out_dir is None or not isinstance(out_dir, (str, os.PathLike)):
         raise FerEdgeError(f"--out takes a folder path, got {out_dir!r}")
     if validate and val_size is not None and val_size < _cal.MIN_VAL_SIZE:
-        raise FerEdgeError(f"validation needs at least {_cal.MIN_VAL_SIZE} images (got --val-size {val_size})")
+        raise OptionError(f"validation needs at least {_cal.MIN_VAL_SIZE} images (got --val-size {val_size})")
 
     plan: list[tuple[Target, Precision]] = []
     skipped: list[dict] = []
@@ -556,7 +556,7 @@ def export(
                 skipped.append({"target": t.name, "precision": p.value, "code": SKIP_UNSUPPORTED,
                                 "reason": f"{t.name} supports {', '.join(x.value for x in t.precisions)} only"})
     if not plan:
-        raise FerEdgeError(
+        raise OptionError(
             "nothing to export: "
             + "; ".join(f"{s['target']} {s['precision']}: {s['reason']}" for s in skipped)
         )
@@ -606,8 +606,8 @@ def export(
                 check_data_source(value)
             except DataError as e:
                 problems.append(f"{opt}: {e}")
-    if problems:
-        raise FerEdgeError("\n".join(problems))
+    if problems:  # a usage error (the CLI exits 2), as train's list of bad options is
+        raise OptionError("\n".join(problems))
 
     out = Path(out_dir)
     check_not_in_a_package(out)
