@@ -530,11 +530,11 @@ class Trainer:
             self.console.print(msg, soft_wrap=True)
 
     def _restore_best(self, last, state: dict) -> str | None:
-        """On resume, check that the run's best.pt still holds its best epoch. When it does not (a truncated file,
-        a deleted one) and last.pt holds that same epoch, best.pt is written again from last.pt, with a warning.
+        """On resume, check that the run's best.pt can still be read. When it cannot (a truncated file, a deleted
+        one) and last.pt holds the best epoch, best.pt is written again from last.pt, with a warning.
         Returns why best.pt is lost when it cannot be restored (the caller says what that means), else None."""
         best, epoch = self.out / "best.pt", int(state["best_epoch"])
-        if epoch <= 0 or (why := _best_problem(best, epoch)) is None:
+        if epoch <= 0 or (why := _best_problem(best)) is None:
             return None
         row = next((r for r in state["history"] if r.get("epoch") == epoch), {})
         if epoch != int(state["epoch"]) or "val_accuracy" not in row:
@@ -1129,13 +1129,16 @@ def _resume_advice(out: Path) -> str:
     return f"--resume cannot continue it: {why}; {init}"
 
 
-def _best_problem(best: Path, epoch: int) -> str | None:
-    """Why ``best`` is not the run's best checkpoint of ``epoch`` (missing, unreadable, another epoch), or None."""
+def _best_problem(best: Path) -> str | None:
+    """Why ``best`` cannot be read as a checkpoint (missing, truncated, not one), or None. (A readable file is
+    left alone, whatever it holds: it may be the user's.)"""
+    from rich.markup import escape
+
     try:
-        held = load_checkpoint(best).epoch
+        load_checkpoint(best)
     except CheckpointError as e:
-        return str(e)
-    return None if held == epoch else f"{best} holds epoch {held}, not the best epoch {epoch}"
+        return escape(str(e))
+    return None
 
 
 def run_finished(out: Path) -> bool:
