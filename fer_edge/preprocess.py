@@ -71,7 +71,7 @@ def load_image(image):
         except Exception as e:  # PIL raises many types for bad files
             raise DataError(f"{path}: cannot read image ({type(e).__name__}: {e})") from None
         try:
-            return _eight_bit(im)
+            return _nonempty(_eight_bit(im))
         except DataError as e:
             raise DataError(f"{path}: {e}") from None
     if isinstance(image, np.ndarray):
@@ -82,8 +82,17 @@ def load_image(image):
             raise DataError(f"cannot use an array of shape {tuple(image.shape)} as an image")
         return Image.fromarray(np.ascontiguousarray(to_uint8(arr)))
     if hasattr(image, "convert") and hasattr(image, "size"):
-        return _eight_bit(image)
+        return _nonempty(_eight_bit(image))
     raise DataError(f"cannot use an object of type {type(image).__name__} as an image")
+
+
+def _nonempty(im):
+    """``im`` itself, or :class:`DataError` for an image with no pixels (0 x N), which would
+    otherwise be resized from nothing and classified (or divide by zero in face detection)."""
+    w, h = im.size
+    if w < 1 or h < 1:
+        raise DataError(f"the image is {w} x {h} pixels: there is no picture to classify")
+    return im
 
 
 #: PIL modes holding more than 8 bits per pixel (one channel); :func:`load_image` scales them to "L".

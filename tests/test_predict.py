@@ -730,6 +730,21 @@ def test_arrays_with_no_known_pixel_range_are_refused(arr, words, predictor):
         predictor.predict(arr)
 
 
+@pytest.mark.parametrize("size", [(0, 0), (0, 48), (48, 0)])
+@pytest.mark.parametrize("mode", ["L", "RGB"])
+def test_an_image_without_pixels_is_refused(size, mode, predictor):
+    """A 0 x N PIL image is refused like an empty array, not resized from nothing and classified."""
+    img = Image.new(mode, size)
+    with pytest.raises(DataError, match="no picture to classify"):
+        predictor.predict(img)
+    with pytest.raises(DataError, match="no picture to classify"):
+        predictor.predict_batch([img])
+    with pytest.raises(DataError, match="no picture to classify"):
+        predictor.detect_and_predict(img)
+    r = predictor.predict_image(img)
+    assert r.status == "error" and "no picture to classify" in r.error
+
+
 def test_cli_classifies_a_16bit_png_as_its_8bit_picture(tiny_checkpoint, tmp_path):
     from fer_edge.cli import app
 
