@@ -70,8 +70,21 @@ def _nearest_existing(p: Path, candidates) -> Path | None:
     return next((q for q in candidates if q.exists() or q.is_symlink()), None)
 
 
-def _unwritable(q: Path) -> bool:
-    return not os.access(q, os.W_OK | os.X_OK)
+def _unwritable(q: Path) -> str | None:
+    """Why this process cannot create entries in the existing folder ``q``, or None when it can.
+
+    ``os.access`` answers from the permission bits, which root passes everywhere, also in folders no file can
+    be made in (/proc, /sys, a read-only mount): so a writable-looking folder is tried with a folder made and
+    removed at once."""
+    if not os.access(q, os.W_OK | os.X_OK):
+        return "permission denied"
+    import tempfile
+
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".fer-edge-probe-", dir=q))
+    except OSError as e:
+        return f"no file can be made there: {e.strerror or e}"
+    return None
 
 
 def check_writable_dir(path: str | os.PathLike, option: str, error: type[Exception],
@@ -88,8 +101,8 @@ def check_writable_dir(path: str | os.PathLike, option: str, error: type[Excepti
         where = "is" if q == p else f"lies under {q}, which is"
         raise error(f"{option} {p} {where} a file, not a folder (not a directory): "
                     f"{advice or f'choose another {option}'}")
-    if q is not None and _unwritable(q):
-        raise error(f"{option} {p}: cannot write into {q} (permission denied)")
+    if q is not None and (why := _unwritable(q)):
+        raise error(f"{option} {p}: cannot write into {q} ({why})")
     return p
 
 
@@ -104,8 +117,8 @@ def check_output_file(path: str | os.PathLike, option: str, error: type[Exceptio
     q = _nearest_existing(p, p.parents)
     if q is not None and not q.is_dir():
         raise error(f"{option} {p}: {q} is a file, not a folder (not a directory): choose another {option}")
-    if q is not None and _unwritable(q):
-        raise error(f"{option} {p}: cannot write into {q} (permission denied)")
+    if q is not None and (why := _unwritable(q)):
+        raise error(f"{option} {p}: cannot write into {q} ({why})")
     return p
 
 

@@ -4,6 +4,8 @@ Typer turns ``--out ""`` into ``Path(".")``: outputs landed in the current folde
 """
 from __future__ import annotations
 
+import os
+
 import pytest
 from typer.testing import CliRunner
 
@@ -129,3 +131,45 @@ def test_help_piped_keeps_every_option_name_whole(command, capsys, monkeypatch):
     assert e.value.code == 0
     out = capsys.readouterr().out
     assert "--help" in out and "…" not in out, out
+
+
+NO_FILES_CASES = [
+    ["bench", "nano", "--data", "{csv}", "--out", "{out}"],
+    ["eval", "--model", "nano", "--data", "{csv}", "--out", "{out}"],
+    ["export", "nano", "--target", "onnx", "--precision", "fp32", "--out", "{out}"],
+    ["train", "--data", "{csv}", "--model", "simple_cnn", "--epochs", "1", "--out", "{out}"],
+]
+
+
+@pytest.mark.parametrize("args", NO_FILES_CASES, ids=[a[0] for a in NO_FILES_CASES])
+def test_an_out_folder_no_file_can_be_made_in_is_refused_before_any_work(args, synthetic_csv, tmp_path,
+                                                                        monkeypatch):
+    """QA: ``--out /sys/x`` as root passed the permission-bit check (root passes every one) and failed only
+    when the report was written, after the whole measuring, in words that did not name --out."""
+    import tempfile
+
+    sealed = tmp_path / "sealed"  # stands for /proc or /sys: its bits say writable, yet nothing can be made
+    sealed.mkdir()
+    real_mkdtemp = tempfile.mkdtemp
+
+    def refuse(*a, dir=None, **k):
+        if dir is not None and str(dir) == str(sealed):
+            raise PermissionError(1, "Operation not permitted", str(dir))
+        return real_mkdtemp(*a, dir=dir, **k)
+
+    monkeypatch.setattr(tempfile, "mkdtemp", refuse)
+    out = sealed / "x"
+    r = runner.invoke(app, [a.replace("{csv}", str(synthetic_csv)).replace("{out}", str(out)) for a in args],
+                      env={"COLUMNS": "250"})
+    text = " ".join(r.output.split())
+    assert r.exit_code == 1 and f"--out {out}: cannot write into {sealed} (no file can be made there: " \
+                                "Operation not permitted)" in text, text
+    assert list(sealed.iterdir()) == []
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux's /proc")
+def test_out_under_proc_is_refused_by_name(synthetic_csv):
+    r = runner.invoke(app, ["eval", "--model", "nano", "--data", str(synthetic_csv), "--out", "/proc/fer-edge-x"],
+                      env={"COLUMNS": "250"})
+    text = " ".join(r.output.split())
+    assert r.exit_code == 1 and "--out /proc/fer-edge-x: cannot write into /proc" in text, text
