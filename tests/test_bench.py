@@ -1231,6 +1231,29 @@ def test_seconds_must_be_a_finite_positive_number(value, tmp_path, synthetic_csv
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("args, words", [
+    (["--runtimes", ""], "--runtimes was given an empty value"),
+    (["--runtimes", ","], "--runtimes was given an empty value"),
+    (["--devices", ""], "--devices was given an empty value"),
+    (["--devices", " , "], "--devices was given an empty value"),
+    (["--batch", "0"], "--batch takes comma-separated positive integers"),
+    (["--batch", "-1"], "--batch takes comma-separated positive integers"),
+    (["--batch", "1,x"], "--batch takes comma-separated positive integers"),
+    (["--batch", ""], "--batch takes comma-separated positive integers"),
+], ids=lambda v: repr(v) if isinstance(v, str) else " ".join(map(repr, v)))
+def test_empty_or_bad_list_options_are_usage_errors(args, words, tmp_path, synthetic_csv, monkeypatch):
+    """QA: ``--runtimes ""`` and ``--devices ""`` (a script's unset variable) ran every runtime and device;
+    a bad --batch was exit 1 where every other bad option value is a usage error (exit 2)."""
+    import fer_edge.benchmarks.bench as bench_mod
+
+    monkeypatch.setattr(bench_mod, "run_bench", lambda *a, **k: pytest.fail("measured despite a bad option"))
+    result = CliRunner().invoke(app, ["bench", "nano", "--data", str(synthetic_csv), *args,
+                                      "--out", str(tmp_path / "out")], env={"COLUMNS": "250"})
+    assert result.exit_code == 2, result.output
+    assert words in " ".join(result.output.split()), result.output
+    assert not (tmp_path / "out").exists()
+
+
 def test_merged_plot_legend_lists_machines_in_m_order(monkeypatch, tmp_path):
     import matplotlib.axes
 

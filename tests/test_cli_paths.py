@@ -173,3 +173,12 @@ def test_out_under_proc_is_refused_by_name(synthetic_csv):
                       env={"COLUMNS": "250"})
     text = " ".join(r.output.split())
     assert r.exit_code == 1 and "--out /proc/fer-edge-x: cannot write into /proc" in text, text
+
+
+@pytest.mark.parametrize("value", ["bogus", "", "CUDA"])
+def test_eval_device_is_a_typed_choice(value, synthetic_csv):
+    """QA: ``eval --device bogus`` was exit 1 after loading the model; train's --device was already a choice."""
+    r = runner.invoke(app, ["eval", "--model", "nano", "--data", str(synthetic_csv), "--device", value],
+                      env={"COLUMNS": "250"})
+    text = " ".join(r.output.split())
+    assert r.exit_code == 2 and "Invalid value for '--device'" in text and "'auto', 'cpu', 'cuda', 'mps'" in text, text

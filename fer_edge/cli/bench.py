@@ -265,6 +265,7 @@ def bench_cmd(
 
     from fer_edge.benchmarks.bench import check_outcome, gate_failures, run_bench
     from fer_edge.cli.common import parse_csv_option
+    from fer_edge.errors import OptionError
 
     try:
         from fer_edge.runtimes import RUNTIMES
@@ -272,8 +273,12 @@ def bench_cmd(
         valid_runtimes = list(RUNTIMES)
     except ImportError:
         valid_runtimes = ["pytorch", "torchscript", "onnxruntime", "openvino", "coreml"]
-    rt_list = parse_csv_option(runtimes, valid_runtimes, "runtime") or None
+    rt_list = parse_csv_option(runtimes, valid_runtimes, "runtime", option="--runtimes") or None
     dev_list = [d.strip() for item in (devices or []) for d in item.split(",") if d.strip()] or None
+    if devices is not None and dev_list is None:  # `--devices ""` (a script's unset variable) is not "every device"
+        raise OptionError(f"--devices was given an empty value ({', '.join(repr(str(d)) for d in devices)}); name "
+                          "devices, e.g. cpu,cuda (leave --devices out for every device)")
+    batches = parse_batches(batch)
 
     from rich.markup import escape
 
@@ -294,7 +299,7 @@ def bench_cmd(
 
             report = run_bench(
                 artifacts or None, data=data, split=split, reference=reference, runtimes=rt_list, devices=dev_list,
-                batches=parse_batches(batch), threads=threads, warmup=warmup, iters=iters, seconds=seconds,
+                batches=batches, threads=threads, warmup=warmup, iters=iters, seconds=seconds,
                 rounds=rounds, n_images=n_images, seed=seed,
                 threshold_overrides=_threshold_overrides(min_agreement=min_agreement, max_abs_diff=max_abs_diff,
                                                          max_kl=max_kl, max_accuracy_drop=max_accuracy_drop),

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import functools
 import sys
+from enum import Enum
 from pathlib import Path
 
 import typer
@@ -27,6 +28,14 @@ class _Console(Console):
 
 console = _Console()
 err_console = _Console(stderr=True)
+
+
+class Device(str, Enum):
+    """The torch devices of ``train`` and ``eval`` (``--device``); auto: cuda, else mps, else cpu."""
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+    mps = "mps"
 
 
 def handle_errors(fn):
@@ -159,13 +168,14 @@ def weight_gate_line(thresholds_source: dict | None, where: str) -> str | None:
 
 
 def parse_batches(value: str) -> list[int]:
-    """Sorted distinct batch sizes from "1,32" (``--batch``)."""
-    from fer_edge.errors import FerEdgeError
+    """Sorted distinct batch sizes from "1,32" (``--batch``); anything else is an :class:`OptionError` (a usage
+    error, exit 2)."""
+    from fer_edge.errors import OptionError
 
     try:
         out = sorted({int(v) for v in value.split(",") if v.strip()})
     except ValueError:
-        raise FerEdgeError(f"--batch takes comma-separated positive integers, got {value!r}") from None
+        raise OptionError(f"--batch takes comma-separated positive integers, got {value!r}") from None
     if not out or out[0] < 1:
-        raise FerEdgeError(f"--batch takes comma-separated positive integers, got {value!r}")
+        raise OptionError(f"--batch takes comma-separated positive integers, got {value!r}")
     return out

@@ -8,7 +8,7 @@ from typing import List, Optional
 import typer
 
 from fer_edge.cli import app
-from fer_edge.cli.common import console, existing_path_value, handle_errors, path_value, split_value
+from fer_edge.cli.common import Device, console, existing_path_value, handle_errors, path_value, split_value
 
 
 @app.command("eval")
@@ -21,7 +21,7 @@ def eval_cmd(
     data: Path = typer.Option(..., parser=existing_path_value, metavar="PATH", help="FER2013 CSV or image-folder root."),
     split: Optional[str] = typer.Option(None, parser=split_value, metavar="SPLIT", help="Split (default PublicTest / val or test)."),
     tta: bool = typer.Option(False, "--tta", help="Average with the horizontally flipped image."),
-    device: str = typer.Option("auto", help="auto, cpu, cuda or mps."),
+    device: Device = typer.Option(Device.auto, help="Torch device (auto: cuda, else mps, else cpu)."),
     out: Optional[Path] = typer.Option(None, parser=path_value, metavar="PATH", help="Where to write confusion_<model>_<data>-<sha8>_<split>[_tta].png (<model>: the checkpoint file's stem and the start of its SHA-256, or ensemble<N>-<sha8>; <data>: the data file's name without .csv/.gz, or the image folder's name; <sha8>: the start of the split's fingerprint; default: the checkpoint's folder; ./fer-edge-eval for shipped weights and ensembles)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of tables."),
 ) -> None:
@@ -33,7 +33,7 @@ def eval_cmd(
     if out is None:
         parent = resolve_checkpoint(names[0]).resolve().parent
         out = Path("fer-edge-eval") if parent == WEIGHTS_DIR or len(names) > 1 else parent
-    r = evaluate(names if len(names) > 1 else names[0], data, split, tta=tta, device=device, out_dir=out, progress=not as_json)
+    r = evaluate(names if len(names) > 1 else names[0], data, split, tta=tta, device=device.value, out_dir=out, progress=not as_json)
     if as_json:
         typer.echo(json.dumps(r.to_dict()))
         return

@@ -9,7 +9,7 @@ from typing import List, Optional
 import typer
 
 from fer_edge.cli import app
-from fer_edge.cli.common import console, existing_path_value, handle_errors, path_value, split_value
+from fer_edge.cli.common import Device, console, existing_path_value, handle_errors, path_value, split_value
 
 
 class Optimizer(str, Enum):
@@ -41,13 +41,6 @@ class DistillTargets(str, Enum):
     online = "online"
     offline = "offline"
     replay = "replay"
-
-
-class Device(str, Enum):
-    auto = "auto"
-    cpu = "cpu"
-    cuda = "cuda"
-    mps = "mps"
 
 
 class Augment(str, Enum):
@@ -113,7 +106,7 @@ def train(
                              "simulated; the checkpoint stays FP32 (usually with --init)."),
     patience: int = typer.Option(0, min=0, help="Early stopping patience in epochs (0: off)."),
     seed: int = typer.Option(0),
-    device: Device = typer.Option(Device.auto),
+    device: Device = typer.Option(Device.auto, help="Torch device (auto: cuda, else mps, else cpu)."),
     amp: Amp = typer.Option(Amp.auto, help="Mixed precision (auto: fp16 on CUDA, bf16 on CPUs with native bf16, else off)."),
     channels_last: bool = typer.Option(True, "--channels-last/--no-channels-last"),
     threads: int = typer.Option(0, min=0, help="torch intra-op threads (0: default)."),
