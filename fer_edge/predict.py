@@ -313,6 +313,9 @@ def load(path: str | os.PathLike | None = None, runtime: str | None = None, devi
     if path is not None and not isinstance(path, (str, os.PathLike)):
         raise ArtifactError(f"fer_edge.load takes a path or a shipped model name (or None), not a "
                             f"{type(path).__name__}: {path!r}")
+    if path is not None and not str(path).strip():  # Path("") is the current folder
+        raise ArtifactError("the model name is empty: give a checkpoint, an exported artifact or a shipped model "
+                            "name (or None for the shipped default)")
     if path is not None and not Path(path).exists() and find_target(path) is not None:
         raise ArtifactError(f"{path}: no such file")
     if path is not None and str(path) not in PRETRAINED and Path(path).is_dir() and find_target(path) is None:

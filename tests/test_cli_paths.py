@@ -34,6 +34,16 @@ CASES = [
     (["report", "merge", "", "--out", "merged"], "REPORT"),
 ]
 
+MODEL_CASES = [  # QA: `predict --model ""` read the current folder; the others failed later, with exit 1
+    (["predict", "{csv}", "--model", ""], "--model"),
+    (["eval", "--model", "", "--data", "{csv}"], "--checkpoint' / '--model"),
+    (["bench", "--reference", " ", "--data", "{csv}"], "--reference"),
+    (["export", ""], "CHECKPOINT"),
+    (["train", "--data", "{csv}", "--init", ""], "--init"),
+    (["train", "--data", "{csv}", "--distill", "nano", "--distill", ""], "--distill"),
+    (["soup", "nano", "", "--out", "s.pt", "--data", "{csv}"], "CHECKPOINT"),
+]
+
 
 @pytest.mark.parametrize("args, option", CASES, ids=[" ".join(a).replace("{csv}", "CSV") for a, _ in CASES])
 def test_an_empty_path_option_is_refused_before_any_work(args, option, synthetic_csv, tmp_path, monkeypatch):
@@ -43,6 +53,17 @@ def test_an_empty_path_option_is_refused_before_any_work(args, option, synthetic
     assert r.exit_code == 2, out  # a usage error, as for any invalid option value
     assert f"Invalid value for '{option}'" in out and "is empty: give a path" in out, out
     assert list(tmp_path.iterdir()) == []  # nothing written into the current folder
+
+
+@pytest.mark.parametrize("args, option", MODEL_CASES,
+                         ids=[" ".join(a).replace("{csv}", "CSV") for a, _ in MODEL_CASES])
+def test_an_empty_model_option_is_refused_before_any_work(args, option, synthetic_csv, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    r = runner.invoke(app, [a.replace("{csv}", str(synthetic_csv)) for a in args], env={"COLUMNS": "250"})
+    out = " ".join(r.output.split())
+    assert r.exit_code == 2, out
+    assert f"Invalid value for '{option}" in out and "is empty: give a checkpoint path or shipped model name" in out, out
+    assert list(tmp_path.iterdir()) == []
 
 
 SPLIT_CASES = [

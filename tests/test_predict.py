@@ -219,6 +219,9 @@ def test_load_errors(tmp_path):
     with pytest.raises(ArtifactError, match=r"runtime onnxruntime does not run nano.pt: fer-edge runs that file "
                                             r"type in pytorch \(leave out the runtime= argument to have it chosen"):
         load("nano", runtime="onnxruntime")
+    for empty in ("", " "):  # QA: read as the current folder ("a folder without a model file")
+        with pytest.raises(ArtifactError, match="the model name is empty"):
+            load(empty)
     if not PRETRAINED:  # until the shipped model exists, the default says so clearly
         with pytest.raises(CheckpointError, match="shipped"):
             load(None)

@@ -10,7 +10,7 @@ import typer
 
 from fer_edge.cli import app
 from fer_edge.cli.common import (console, err_console, gate_judged, handle_errors, is_tty, split_value, parse_batches,
-                                  path_value, weight_gate_line)
+                                  model_value, path_value, weight_gate_line)
 
 report_app = typer.Typer(help="Work with bench reports.", no_args_is_help=True, add_completion=False)
 app.add_typer(report_app, name="report")
@@ -217,7 +217,7 @@ def bench_cmd(
              "(.onnx .xml .ts .mlpackage .pt), or a shipped model name (its checkpoint; a path of that name "
              "in the current folder wins). Default: the shipped model's artifacts."),
     reference: Optional[str] = typer.Option(
-        None, "--reference", metavar="CHECKPOINT",
+        None, "--reference", parser=model_value, metavar="CHECKPOINT",
         help="Reference checkpoint (path or shipped name). Default: the artifacts' source checkpoint."),
     data: Path = typer.Option(..., "--data", parser=path_value, metavar="PATH", help="FER2013 CSV or image-folder data set."),
     split: Optional[str] = typer.Option(

@@ -87,6 +87,18 @@ def split_value(value) -> str | None:
     return str(value)
 
 
+def model_value(value) -> str | None:
+    """A Typer ``parser`` for options naming a checkpoint or model (a path or a shipped name): refuses an empty
+    value as a usage error, as :func:`path_value` does (``Path("")`` is the current folder); leaving the option
+    out means its default."""
+    if value is None:
+        return None
+    if not str(value).strip():
+        raise typer.BadParameter("is empty: give a checkpoint path or shipped model name (an unset variable in a "
+                                 "script?), or leave it out for the default")
+    return str(value)
+
+
 def existing_path_value(value) -> Path | None:
     """:func:`path_value` for inputs: the path must also exist (as ``exists=True`` checks)."""
     path = path_value(value)

@@ -8,14 +8,14 @@ from typing import List, Optional
 import typer
 
 from fer_edge.cli import app
-from fer_edge.cli.common import Device, console, existing_path_value, handle_errors, path_value, split_value
+from fer_edge.cli.common import Device, console, existing_path_value, handle_errors, model_value, path_value, split_value
 
 
 @app.command("eval")
 @handle_errors
 def eval_cmd(
     checkpoint: Optional[List[str]] = typer.Option(
-        None, "--checkpoint", "--model",
+        None, "--checkpoint", "--model", parser=model_value, metavar="MODEL",
         help="Checkpoint path or shipped model name (default: the shipped model). Repeat it to evaluate the "
              "ensemble (mean softmax probabilities), e.g. a --distill teacher ensemble."),
     data: Path = typer.Option(..., parser=existing_path_value, metavar="PATH", help="FER2013 CSV or image-folder root."),

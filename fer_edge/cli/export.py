@@ -11,7 +11,7 @@ import typer
 
 from fer_edge.cli import app
 from fer_edge.cli.common import (console, err_console, gate_judged, handle_errors, is_tty, split_value, parse_csv_option,
-                                  path_value, weight_gate_line)
+                                  model_value, path_value, weight_gate_line)
 from fer_edge.exporters.openvino import OVERFLOW_FIX
 
 #: ``--overflow-fix`` choices, from the OpenVINO exporter's table.
@@ -157,7 +157,7 @@ def _interrupted_note(out: Path) -> str:
 @handle_errors
 def export_cmd(
     checkpoint: Optional[str] = typer.Argument(
-        None, help="Checkpoint file or shipped model name (default: the shipped default model)."),
+        None, parser=model_value, metavar="CHECKPOINT", help="Checkpoint file or shipped model name (default: the shipped default model)."),
     target: Optional[List[str]] = typer.Option(
         None, "--target", "-t", help="Targets, comma-separated and/or repeated, or 'all' (default: all)."),
     precision: Optional[List[str]] = typer.Option(

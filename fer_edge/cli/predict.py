@@ -10,7 +10,7 @@ from typing import List, Optional
 import typer
 
 from fer_edge.cli import app
-from fer_edge.cli.common import console, err_console, handle_errors, is_tty, path_value
+from fer_edge.cli.common import console, err_console, handle_errors, is_tty, model_value, path_value
 from fer_edge.faces import DEFAULT_MARGIN
 from fer_edge.runtimes import RUNTIMES
 
@@ -79,7 +79,7 @@ def predict_cmd(
     inputs: List[Path] = typer.Argument(..., metavar="IMAGE_OR_DIR", parser=path_value,
                                         help="Image files and/or directories (searched recursively)."),
     model: Optional[str] = typer.Option(
-        None, "--model", "-m",
+        None, "--model", "-m", parser=model_value, metavar="MODEL",
         help="Checkpoint (.pt), shipped model name, or exported artifact (.onnx, .xml, .ts, .mlpackage). "
              "Default: the shipped model."),
     runtime: Optional[RuntimeName] = typer.Option(

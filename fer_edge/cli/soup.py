@@ -8,7 +8,7 @@ from typing import List, Optional
 import typer
 
 from fer_edge.cli import app
-from fer_edge.cli.common import console, existing_path_value, handle_errors, path_value, split_value
+from fer_edge.cli.common import console, existing_path_value, handle_errors, model_value, path_value, split_value
 
 
 class BatchNormMode(str, Enum):
@@ -19,7 +19,7 @@ class BatchNormMode(str, Enum):
 @app.command()
 @handle_errors
 def soup(
-    checkpoints: List[str] = typer.Argument(..., help="Checkpoints of one model fine-tuned from one starting point "
+    checkpoints: List[str] = typer.Argument(..., parser=model_value, metavar="CHECKPOINT", help="Checkpoints of one model fine-tuned from one starting point "
                                             "(paths or shipped names)."),
     out: Path = typer.Option(..., parser=path_value, metavar="PATH",
                              help="The soup checkpoint to write: a new file ending in .pt or .pth."),

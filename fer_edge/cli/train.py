@@ -9,7 +9,7 @@ from typing import List, Optional
 import typer
 
 from fer_edge.cli import app
-from fer_edge.cli.common import Device, console, existing_path_value, handle_errors, path_value, split_value
+from fer_edge.cli.common import Device, console, existing_path_value, handle_errors, model_value, path_value, split_value
 
 
 class Optimizer(str, Enum):
@@ -80,9 +80,9 @@ def train(
     mix_prob: float = typer.Option(1.0, help="Probability that a batch is mixed at all (with --mixup/--cutmix)."),
     ema: float = typer.Option(0.0, help="Weight EMA decay, e.g. 0.999 (0: off)."),
     augment: Augment = typer.Option(Augment.standard, help="Batched augmentation preset."),
-    init: Optional[str] = typer.Option(None, help="Start from this checkpoint's weights (a path or a shipped name: "
+    init: Optional[str] = typer.Option(None, parser=model_value, metavar="MODEL", help="Start from this checkpoint's weights (a path or a shipped name: "
                                        "small, nano; fine-tuning: same model and kwargs)."),
-    distill: Optional[List[str]] = typer.Option(None, help="Teacher checkpoint for distillation (a path or a shipped "
+    distill: Optional[List[str]] = typer.Option(None, parser=model_value, metavar="MODEL", help="Teacher checkpoint for distillation (a path or a shipped "
                                                 "name); repeat for an ensemble."),
     distill_alpha: Optional[float] = typer.Option(None, help="Weight of the distillation loss (0..1; default 0.5)."),
     distill_temperature: Optional[float] = typer.Option(None, help="Softmax temperature of the distillation loss "
