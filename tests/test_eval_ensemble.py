@@ -137,9 +137,9 @@ def test_confusion_png_names_tell_apart_data_whose_names_read_the_same(members, 
 
 def test_cli_eval_empty_model_name_says_so(synthetic_csv, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    r = runner.invoke(app, ["eval", "--model", "", "--data", str(synthetic_csv)])
+    r = runner.invoke(app, ["eval", "--model", "", "--data", str(synthetic_csv)], env={"COLUMNS": "250"})
     err = " ".join(r.stderr.split())
-    assert r.exit_code == 1 and "checkpoint name is empty" in err and "not found" not in err, r.output
+    assert r.exit_code == 2 and "is empty: give a checkpoint path" in err and "not found" not in err, r.output
     with pytest.raises(CheckpointError, match="checkpoint name is empty"):
         evaluate("", synthetic_csv, "PublicTest", device="cpu", progress=False)
 
@@ -222,3 +222,36 @@ def test_cli_eval_refuses_empty_values_instead_of_using_defaults(members, synthe
     out = " ".join(r.output.split())
     assert r.exit_code == 2 and words in out and "is empty" in out, out  # a usage error, each of them
     assert not list(tmp_path.glob("*.png"))
+
+
+def test_an_interrupted_eval_says_what_it_wrote(members, synthetic_csv, tmp_path, monkeypatch):
+    """QA: Ctrl-C ended eval with no word and SIGTERM killed it (exit 143); now both print one line, exit 130."""
+    import signal
+
+    import fer_edge.training as training_mod
+
+    real = training_mod.evaluate
+    args = ["eval", "--model", str(members[0]), "--data", str(synthetic_csv), "--device", "cpu", "--json"]
+    old = tmp_path / "a" / "confusion_old.png"
+    old.parent.mkdir()
+    old.write_bytes(b"an earlier plot")
+
+    def stopped_before(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(training_mod, "evaluate", stopped_before)
+    r = runner.invoke(app, [*args, "--out", str(tmp_path / "a")])
+    err = " ".join(r.stderr.split())
+    assert r.exit_code == 130 and f"interrupted: nothing was written (no new confusion matrix in {tmp_path / 'a'}/)" \
+        in err, r.output
+    assert r.stdout == "" and old.read_bytes() == b"an earlier plot"
+
+    def terminated_after(*a, **k):  # SIGTERM once the plot is written: KeyboardInterrupt, not death by signal
+        res = real(*a, **k)
+        signal.raise_signal(signal.SIGTERM)
+        return res
+
+    monkeypatch.setattr(training_mod, "evaluate", terminated_after)
+    r = runner.invoke(app, [*args, "--out", str(tmp_path / "b")])
+    (png,) = (tmp_path / "b").glob("confusion_*.png")
+    assert r.exit_code == 130 and f"interrupted: {png} was written before it" in " ".join(r.stderr.split()), r.output

@@ -26,14 +26,50 @@ def eval_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of tables."),
 ) -> None:
     """Accuracy, macro-F1, per-class report and confusion matrix of a checkpoint on a labelled split."""
-    from fer_edge.training import evaluate
     from fer_edge.weights import WEIGHTS_DIR, resolve_checkpoint
 
     names = list(checkpoint or [None])
     if out is None:
         parent = resolve_checkpoint(names[0]).resolve().parent
         out = Path("fer-edge-eval") if parent == WEIGHTS_DIR or len(names) > 1 else parent
-    r = evaluate(names if len(names) > 1 else names[0], data, split, tta=tta, device=device.value, out_dir=out, progress=not as_json)
+
+    from fer_edge.utils import sigterm_as_interrupt
+
+    before = _plots(out)
+    try:
+        with sigterm_as_interrupt():
+            _eval(names, data, split, tta, device.value, out, as_json)
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: one line saying what was left, as the other commands do
+        typer.echo(f"interrupted: {_written_since(out, before)}", err=True)
+        raise typer.Exit(130) from None
+
+
+def _plots(out: Path) -> dict[Path, tuple[int, int]]:
+    """The confusion matrices in ``out`` now, each with what identifies its file (inode, mtime)."""
+    found = {}
+    try:
+        for p in out.glob("confusion_*.png"):
+            st = p.stat()
+            found[p] = (st.st_ino, st.st_mtime_ns)
+    except OSError:
+        pass
+    return found
+
+
+def _written_since(out: Path, before: dict[Path, tuple[int, int]]) -> str:
+    """What an interrupted eval left in ``out``: the confusion matrices that are new files since ``before``
+    (:func:`_plots` when it started; a plot is written atomically, so it is whole or absent)."""
+    new = sorted(p for p, ident in _plots(out).items() if before.get(p) != ident)
+    if not new:
+        return f"nothing was written (no new confusion matrix in {out}/)"
+    return f"{', '.join(map(str, new))} was written before it"
+
+
+def _eval(names, data, split, tta, device, out, as_json) -> None:
+    from fer_edge.training import evaluate
+
+    r = evaluate(names if len(names) > 1 else names[0], data, split, tta=tta, device=device, out_dir=out,
+                 progress=not as_json)
     if as_json:
         typer.echo(json.dumps(r.to_dict()))
         return
