@@ -979,6 +979,29 @@ def test_interrupted_bench_says_what_it_left(monkeypatch, tmp_path, tiny_checkpo
     assert (old / "report.md").read_text() == "old"
 
 
+@pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
+def test_an_interrupt_after_the_report_is_written_says_so(how, monkeypatch, tmp_path, tiny_checkpoint, synthetic_csv):
+    """QA: Ctrl-C while the summary was printed (the reports already written) exited 130 with no word, and
+    SIGTERM there killed it (143)."""
+    import signal
+
+    import fer_edge.cli.bench as cli_bench
+
+    def stop(*a, **k):
+        if how == "sigterm":
+            signal.raise_signal(signal.SIGTERM)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli_bench, "bench_table", stop)
+    out = tmp_path / "out"
+    result = invoke(["bench", tiny_checkpoint, "--data", synthetic_csv, "--split", "PublicTest", *FAST, "--batch", "1",
+                     "--runtimes", "pytorch", "--out", out])
+    assert result.exit_code == 130, result.output
+    text = " ".join(result.output.split())
+    assert f"interrupted: after the report was written: {out}/ holds this run's" in text, text
+    assert "the summary was not printed" in text and (out / "report.json").is_file()
+
+
 def test_sigterm_stops_a_bench_as_ctrl_c_does(monkeypatch, tiny_checkpoint, synthetic_csv):
     """``kill PID`` raises KeyboardInterrupt inside run_bench (its interrupt path), as in fer-edge export."""
     import os

@@ -261,9 +261,7 @@ def bench_cmd(
     parity (unless --no-parity-gate) or when nothing can run; skipped rows (runtime, platform or
     device missing here) do not fail it.
     """
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from fer_edge.benchmarks.bench import check_outcome, gate_failures, run_bench
+    from fer_edge.benchmarks.bench import check_outcome
     from fer_edge.cli.common import parse_csv_option
     from fer_edge.errors import OptionError
 
@@ -280,34 +278,57 @@ def bench_cmd(
                           "devices, e.g. cpu,cuda (leave --devices out for every device)")
     batches = parse_batches(batch)
 
-    from rich.markup import escape
+    from fer_edge.utils import sigterm_as_interrupt
 
     before = _report_state(out)
     shown: list[str] = []
     try:
-        with Progress(TextColumn("[bold]bench[/]"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                      TextColumn("{task.description}"), console=err_console, transient=True,
-                      disable=not is_tty()) as bar:
-            task = bar.add_task("starting", total=None)
-
-            def progress(done: int, total: int, msg: str) -> None:
-                bar.update(task, completed=done, total=total, description=msg)
-
-            def early_warning(text: str) -> None:  # before the measuring: printed now, not again at the end
-                shown.append(text)
-                err_console.print(f"[yellow]warning:[/] {escape(text)}", highlight=False, soft_wrap=True)
-
-            report = run_bench(
-                artifacts or None, data=data, split=split, reference=reference, runtimes=rt_list, devices=dev_list,
-                batches=batches, threads=threads, warmup=warmup, iters=iters, seconds=seconds,
-                rounds=rounds, n_images=n_images, seed=seed,
-                threshold_overrides=_threshold_overrides(min_agreement=min_agreement, max_abs_diff=max_abs_diff,
-                                                         max_kl=max_kl, max_accuracy_drop=max_accuracy_drop),
-                parity_gate=parity_gate, out_dir=out, progress=progress, on_warning=early_warning,
-            )
+        with sigterm_as_interrupt():  # (run_bench has its own; this one also covers the summary after it)
+            report = _measure(artifacts, data, split, reference, rt_list, dev_list, batches, threads, warmup, iters,
+                              seconds, rounds, n_images, seed, parity_gate, out, shown,
+                              _threshold_overrides(min_agreement=min_agreement, max_abs_diff=max_abs_diff,
+                                                   max_kl=max_kl, max_accuracy_drop=max_accuracy_drop))
+            _summary(report, out, shown, parity_gate)
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM (run_bench turns it into KeyboardInterrupt), as in export
         typer.echo(f"interrupted: {_interrupted_note(out, before)}", err=True)
         raise typer.Exit(130) from None
+    check_outcome(report, parity_gate)
+
+
+def _measure(artifacts, data, split, reference, rt_list, dev_list, batches, threads, warmup, iters, seconds, rounds,
+             n_images, seed, parity_gate, out, shown, overrides):
+    """:func:`run_bench` under a progress bar; warnings before the measuring are printed at once (and added to
+    ``shown``)."""
+    from rich.markup import escape
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from fer_edge.benchmarks.bench import run_bench
+
+    with Progress(TextColumn("[bold]bench[/]"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  TextColumn("{task.description}"), console=err_console, transient=True,
+                  disable=not is_tty()) as bar:
+        task = bar.add_task("starting", total=None)
+
+        def progress(done: int, total: int, msg: str) -> None:
+            bar.update(task, completed=done, total=total, description=msg)
+
+        def early_warning(text: str) -> None:  # before the measuring: printed now, not again at the end
+            shown.append(text)
+            err_console.print(f"[yellow]warning:[/] {escape(text)}", highlight=False, soft_wrap=True)
+
+        return run_bench(
+            artifacts or None, data=data, split=split, reference=reference, runtimes=rt_list, devices=dev_list,
+            batches=batches, threads=threads, warmup=warmup, iters=iters, seconds=seconds,
+            rounds=rounds, n_images=n_images, seed=seed, threshold_overrides=overrides,
+            parity_gate=parity_gate, out_dir=out, progress=progress, on_warning=early_warning,
+        )
+
+
+def _summary(report, out: Path, shown: list[str], parity_gate: bool) -> None:
+    """The table, the rows' reasons, notes, warnings not yet shown and the gate lines of a finished bench."""
+    from rich.markup import escape
+
+    from fer_edge.benchmarks.bench import gate_failures
 
     console.print(bench_table(report))
     for line in row_reasons(report):
@@ -326,7 +347,6 @@ def bench_cmd(
     failures = gate_failures(report)
     if failures and not parity_gate:
         err_console.print(f"[yellow]warning:[/] {len(failures)} row(s) failed parity (gate off)", soft_wrap=True)
-    check_outcome(report, parity_gate)
 
 
 # --- report merge ------------------------------------------------------------------------
