@@ -50,7 +50,7 @@ def data_stem(data: str | Path) -> str:
 
 def model_tag(paths: Sequence[str | Path], sha256s: Sequence[str]) -> str:
     """A short name for what is evaluated: ``<stem>-<sha8>`` of a checkpoint file (``small-1a2b3c4d``,
-    ``best-9f8e7d6c``), or ``ensemble<N>-<sha8>`` over the members' SHA-256s; characters other than letters,
+    ``best-9f8e7d6c``), or ``ensemble<N>-<sha8>`` over the members' SHA-256s (in any order: the same ensemble); characters other than letters,
     digits, ``.``, ``_`` and ``-`` become ``_``."""
     import hashlib
     import re
@@ -58,7 +58,7 @@ def model_tag(paths: Sequence[str | Path], sha256s: Sequence[str]) -> str:
     if len(paths) == 1:
         stem = re.sub(r"[^\w.-]", "_", Path(paths[0]).stem) or "model"
         return f"{stem}-{sha256s[0][:8]}"
-    joined = hashlib.sha256("+".join(sha256s).encode()).hexdigest()
+    joined = hashlib.sha256("+".join(sorted(sha256s)).encode()).hexdigest()  # the mean is the same in any order
     return f"ensemble{len(paths)}-{joined[:8]}"
 
 
