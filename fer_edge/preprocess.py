@@ -140,6 +140,8 @@ def to_uint8(arr: np.ndarray) -> np.ndarray:
         raise DataError("every pixel value is NaN: there is no picture to classify")
     if arr.dtype.kind == "f":
         x = np.nan_to_num(arr.astype(np.float64), nan=0.0, posinf=np.inf, neginf=-np.inf)
+    elif arr.dtype.kind == "u" and arr.size and int(arr.max()) > np.iinfo(np.int64).max:
+        x = arr.astype(np.float64)  # (as int64 a uint64 above 2**63 would read as negative)
     else:
         x = arr.astype(np.int64)
     lo, hi = float(x.min()), float(x.max())

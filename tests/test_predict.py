@@ -725,6 +725,7 @@ def test_array_depths_scale_to_the_same_picture(arr):
     (np.full((48, 48), np.inf, np.float32), "pixel values span"),
     (np.zeros((48, 48), np.complex64), "dtype complex64"),
     (np.full((48, 48), np.nan, np.float32), "every pixel value is NaN"),
+    (np.full((48, 48), 2**64 - 1, np.uint64), "integer pixel values span 1.84467e\\+19..1.84467e\\+19"),  # not -1..-1
 ])
 def test_arrays_with_no_known_pixel_range_are_refused(arr, words, predictor):
     with pytest.raises(DataError, match=words):
