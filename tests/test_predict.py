@@ -749,6 +749,19 @@ def test_an_image_without_pixels_is_refused(size, mode, predictor):
     assert r.status == "error" and "no picture to classify" in r.error
 
 
+def test_nan_pixels_read_as_black_and_bool_arrays_as_0_255():
+    """What README's input paragraph says of partly-NaN float arrays and bool arrays."""
+    from fer_edge.preprocess import to_uint8
+
+    a = _gradient().astype(np.float32)
+    a[:5, :5] = np.nan
+    expected = _gradient().copy()
+    expected[:5, :5] = 0
+    np.testing.assert_array_equal(to_uint8(a), expected)
+    b = _gradient() > 128
+    np.testing.assert_array_equal(to_uint8(b), np.where(b, 255, 0).astype(np.uint8))
+
+
 def test_cli_classifies_a_16bit_png_as_its_8bit_picture(tiny_checkpoint, tmp_path):
     from fer_edge.cli import app
 
