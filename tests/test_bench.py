@@ -1329,3 +1329,12 @@ def test_pareto_labels_stay_inside_the_axes_and_batch_markers_are_black(monkeypa
     assert texts and all(t.y1 <= axes_box.y1 + 1 for t in texts), (axes_box, texts)
     batch = [h for h in legends if h.get_label().startswith("batch ")]
     assert batch and all(h.get_color() == "black" for h in batch)
+
+
+def test_more_n_images_than_the_split_holds_is_noted(tiny_checkpoint, synthetic_csv):
+    """QA: --n-images 99999 was cut to the split's size without a word."""
+    report = _bench([tiny_checkpoint], synthetic_csv, batches=(1,), n_images=99999)
+    assert report.settings["n_images"] == report.settings["split_size"] == 84
+    assert "--n-images 99999 is more than the 84 images of the split: all of them were used" in report.notes
+    assert not any("--n-images" in n for n in _bench([tiny_checkpoint], synthetic_csv, batches=(1,),
+                                                     n_images=84).notes)

@@ -597,6 +597,9 @@ def _run_bench(
     np.random.seed(seed)
     torch.set_num_threads(threads)
     inputs = load_inputs(data, split, n_images, seed)
+    if n_images is not None and n_images > inputs.split_size:
+        notes.append(f"--n-images {n_images} is more than the {inputs.split_size} images of the split: all of them "
+                     "were used")
     # (only when an exported artifact is gated: a checkpoint compared with itself cannot fail)
     if parity_gate and len(inputs.labels) < MIN_VAL_SIZE and any(not a.is_checkpoint for a in arts):
         warn(small_sample_text(len(inputs.labels), MIN_VAL_SIZE, int(inputs.split_size)))
