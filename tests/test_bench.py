@@ -1338,3 +1338,35 @@ def test_more_n_images_than_the_split_holds_is_noted(tiny_checkpoint, synthetic_
     assert "--n-images 99999 is more than the 84 images of the split: all of them were used" in report.notes
     assert not any("--n-images" in n for n in _bench([tiny_checkpoint], synthetic_csv, batches=(1,),
                                                      n_images=84).notes)
+
+
+def test_artifact_tags_tell_apart_two_files_of_one_model_target_and_precision():
+    from fer_edge.benchmarks.report import artifact_tags, row_label
+
+    def row(path, target="onnx", precision="int8", sha="aa"):
+        return {"artifact": path, "target": target, "precision": precision, "source_sha256": sha, "model": "m",
+                "runtime": "onnxruntime", "device": "CPUExecutionProvider"}
+
+    rows = [row("exports/a/m_int8.onnx"), row("exports/b/m_int8.onnx"), row("exports/a/m_fp32.onnx", precision="fp32"),
+            row("x/m_int8.onnx", sha="bb")]  # another checkpoint's: told apart by its model already
+    tags = artifact_tags(rows)
+    assert tags == {"exports/a/m_int8.onnx": "a/m_int8.onnx", "exports/b/m_int8.onnx": "b/m_int8.onnx"}
+    assert row_label(rows[0], tags=tags) == "m: onnx int8 (a/m_int8.onnx) / onnxruntime / CPUExecutionProvider"
+    assert artifact_tags([row("a/m.onnx"), row("b/m.onnx"), row("b/m.onnx")]) == {"a/m.onnx": "a/m.onnx",
+                                                                                  "b/m.onnx": "b/m.onnx"}
+
+
+def test_two_folders_int8_onnx_of_one_checkpoint_are_told_apart_in_the_table(artifact_dir, tiny_checkpoint,
+                                                                             synthetic_csv, tmp_path):
+    """QA: two export folders' int8 ONNX (of one checkpoint) gave two rows that read the same."""
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        shutil.copy(artifact_dir / "fer_nano_int8.onnx", tmp_path / name / "fer_nano_int8.onnx")
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, [str(a) for a in [
+        "bench", tmp_path / "a" / "fer_nano_int8.onnx", tmp_path / "b" / "fer_nano_int8.onnx", "--reference",
+        tiny_checkpoint, "--data", synthetic_csv, "--split", "PublicTest", *FAST, "--batch", "1",
+        "--no-parity-gate", "--out", out]], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    for text in (result.output, (out / "report.md").read_text()):
+        assert "(a/fer_nano_int8.onnx)" in text and "(b/fer_nano_int8.onnx)" in text, text

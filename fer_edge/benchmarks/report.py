@@ -132,14 +132,38 @@ def model_labels(rows: Iterable[dict]) -> dict[str, str]:
     return {k: (f"{n} @{k[:8]}" if count[n] > 1 and k and k != n else n) for k, n in names.items()}
 
 
-def row_label(row: dict, labels: dict[str, str] | None = None) -> str:
+def artifact_tags(rows: Iterable[dict]) -> dict[str, str]:
+    """``{artifact path: tag}`` for the artifacts that would otherwise read alike: two files of one checkpoint,
+    target and precision (say the int8 ONNX of two export folders, calibrated differently). The tag is the
+    shortest end of the path that tells the files apart (``a/small_int8.onnx``)."""
+    groups: dict[tuple, set[str]] = {}
+    for r in rows:
+        if r.get("artifact"):
+            groups.setdefault((source_key(r), r.get("target"), r.get("precision")), set()).add(str(r["artifact"]))
+    tags: dict[str, str] = {}
+    for paths in groups.values():
+        if len(paths) < 2:
+            continue
+        parts = {p: Path(p).parts for p in paths}
+        for k in range(1, max(len(v) for v in parts.values()) + 1):
+            ends = {p: "/".join(v[-k:]) for p, v in parts.items()}
+            if len(set(ends.values())) == len(ends):
+                break
+        tags.update(ends)
+    return tags
+
+
+def row_label(row: dict, labels: dict[str, str] | None = None, tags: dict[str, str] | None = None) -> str:
     """``fer_nano: onnx int8 / onnxruntime / CPUExecutionProvider``: how plots and messages name a row.
 
-    The model comes first (from ``labels``, see :func:`model_labels`, else the row's ``model``).
+    The model comes first (from ``labels``, see :func:`model_labels`, else the row's ``model``); an artifact in
+    ``tags`` (:func:`artifact_tags`) has its tag after the precision.
     """
     model = (labels or {}).get(source_key(row)) or row.get("model")
     head = f"{model}: " if model else ""
-    return f"{head}{row['target']} {row['precision']} / {row['runtime']} / {row.get('device') or '-'}"
+    tag = (tags or {}).get(str(row.get("artifact")))
+    what = f"{row['target']} {row['precision']}" + (f" ({tag})" if tag else "")
+    return f"{head}{what} / {row['runtime']} / {row.get('device') or '-'}"
 
 
 def status_text(row: dict) -> str:
@@ -170,10 +194,12 @@ _MD_HEADER = ("Model", "Target", "Precision", "Runtime", "Device", "Batch", "p50
               "Top-1", "Macro-F1", "Agreement", "Flips", "Size", "Status")
 
 
-def _md_cells(r: dict, labels: dict[str, str]) -> list[str]:
+def _md_cells(r: dict, labels: dict[str, str], tags: dict[str, str] | None = None) -> list[str]:
     lat = r.get("latency_ms") or {}
+    tag = (tags or {}).get(str(r.get("artifact")))
     return [
-        labels.get(source_key(r)) or str(r.get("model") or "-"), r["target"], r["precision"], r["runtime"],
+        labels.get(source_key(r)) or str(r.get("model") or "-"), r["target"] + (f" ({tag})" if tag else ""),
+        r["precision"], r["runtime"],
         r.get("device") or "-", str(r["batch"]),
         _fmt(lat.get("p50"), 3), _fmt(lat.get("p90"), 3), _fmt(lat.get("p99"), 3),
         _fmt(r.get("throughput_ips"), 0), fmt_pct(r.get("accuracy")), _fmt(r.get("macro_f1"), 3),
@@ -210,6 +236,7 @@ def report_markdown(report: dict) -> str:
     s = report["settings"]
     refs = report.get("references") or [report["reference"]]
     labels = model_labels(report["rows"])
+    tags = artifact_tags(report["rows"])
     ref_lines = ([f"- Reference: {_reference_line(refs[0])}"] if len(refs) == 1 else
                  [f"- References (each artifact against the checkpoint it came from): "
                   + "; ".join(_reference_line(r) for r in refs)])
@@ -223,7 +250,7 @@ def report_markdown(report: dict) -> str:
         + (f"{s['iters']} timed iterations" if s.get("iters") else f"{s.get('seconds')} s")
         + f" per row over {s['rounds']} interleaved rounds",
         "",
-        md_table(_MD_HEADER, (_md_cells(r, labels) for r in report["rows"])),
+        md_table(_MD_HEADER, (_md_cells(r, labels, tags) for r in report["rows"])),
         "",
         "Latency is per call of the given batch size; img/s = batch / mean latency. Top-1 and Macro-F1 are on "
         "the labelled split, agreement and flips against the PyTorch FP32 reference on the same inputs.",

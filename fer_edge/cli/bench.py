@@ -80,11 +80,12 @@ def bench_table(report, width: int | None = None):
     from rich import box
     from rich.table import Table
 
-    from fer_edge.benchmarks.report import fmt_pct, fmt_size, model_labels, source_key
+    from fer_edge.benchmarks.report import artifact_tags, fmt_pct, fmt_size, model_labels, source_key
 
     width = width or console.width
     wide, medium = width >= 160, width >= 95
     models = model_labels(report.rows)
+    tags = artifact_tags(report.rows)  # two files of one model, target and precision: which file
     several = len(models) > 1  # then each row names its model
     t = Table(title=f"fer-edge bench: {', '.join(dict.fromkeys(models.values())) or report.reference['model']} "
                     f"({report.settings['n_images']} images of {report.settings['split']})",
@@ -115,7 +116,8 @@ def bench_table(report, width: int | None = None):
     for r in report.rows:
         lat = r["latency_ms"] or {}
         cells = {
-            "Artifact": (f"{models[source_key(r)]} " if several else "") + f"{r['target']} {r['precision']}",
+            "Artifact": (f"{models[source_key(r)]} " if several else "") + f"{r['target']} {r['precision']}"
+                        + (f" ({tags[r['artifact']]})" if r.get("artifact") in tags else ""),
             "Runtime": r["runtime"], "Device": short_device(r["device"]), "B": str(r["batch"]),
             "Thr": str(r["threads"] or "-"), "Load ms": f(r["load_ms"], 1), "1st ms": f(r["first_inference_ms"], 2),
             "p50 ms": f(lat.get("p50"), 3), "p90 ms": f(lat.get("p90"), 3), "p99 ms": f(lat.get("p99"), 3),
@@ -130,13 +132,13 @@ def bench_table(report, width: int | None = None):
 
 def row_reasons(report) -> list[str]:
     """One line per artifact x runtime x device whose rows are not ok: what happened."""
-    from fer_edge.benchmarks.report import model_labels, row_label
+    from fer_edge.benchmarks.report import artifact_tags, model_labels, row_label
 
-    labels = model_labels(report.rows)
+    labels, tags = model_labels(report.rows), artifact_tags(report.rows)
     out: list[str] = []
     for r in report.rows:
         if r["status"] != "ok" and r["reason"]:
-            line = f"{r['status']}: {row_label(r, labels)}: {r['reason']}"
+            line = f"{r['status']}: {row_label(r, labels, tags)}: {r['reason']}"
             if line not in out:
                 out.append(line)
     return out
