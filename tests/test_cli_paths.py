@@ -45,27 +45,6 @@ MODEL_CASES = [  # QA: `predict --model ""` read the current folder; the others 
 ]
 
 
-@pytest.mark.parametrize("args, option", CASES, ids=[" ".join(a).replace("{csv}", "CSV") for a, _ in CASES])
-def test_an_empty_path_option_is_refused_before_any_work(args, option, synthetic_csv, tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    r = runner.invoke(app, [a.replace("{csv}", str(synthetic_csv)) for a in args], env={"COLUMNS": "250"})
-    out = " ".join(r.output.split())
-    assert r.exit_code == 2, out  # a usage error, as for any invalid option value
-    assert f"Invalid value for '{option}'" in out and "is empty: give a path" in out, out
-    assert list(tmp_path.iterdir()) == []  # nothing written into the current folder
-
-
-@pytest.mark.parametrize("args, option", MODEL_CASES,
-                         ids=[" ".join(a).replace("{csv}", "CSV") for a, _ in MODEL_CASES])
-def test_an_empty_model_option_is_refused_before_any_work(args, option, synthetic_csv, tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    r = runner.invoke(app, [a.replace("{csv}", str(synthetic_csv)) for a in args], env={"COLUMNS": "250"})
-    out = " ".join(r.output.split())
-    assert r.exit_code == 2, out
-    assert f"Invalid value for '{option}" in out and "is empty: give a checkpoint path or shipped model name" in out, out
-    assert list(tmp_path.iterdir()) == []
-
-
 SPLIT_CASES = [
     (["eval", "--data", "{csv}", "--split", ""], "--split"),
     (["train", "--data", "{csv}", "--split", ""], "--split"),
@@ -78,15 +57,21 @@ SPLIT_CASES = [
 ]
 
 
-@pytest.mark.parametrize("args, option", SPLIT_CASES, ids=[" ".join(a).replace("{csv}", "CSV") for a, _ in SPLIT_CASES])
-def test_an_empty_split_option_is_a_usage_error(args, option, synthetic_csv, tmp_path, monkeypatch):
-    """QA: ``--split ""`` was "split '' not found" with exit 1, where an empty path is a usage error (exit 2)."""
+EMPTY_CASES = ([(a, o, "is empty: give a path") for a, o in CASES]
+               + [(a, o, "is empty: give a checkpoint path or shipped model name") for a, o in MODEL_CASES]
+               # QA: `--split ""` was "split '' not found" with exit 1
+               + [(a, o, "is empty: name a split") for a, o in SPLIT_CASES])
+
+
+@pytest.mark.parametrize("args, option, words", EMPTY_CASES,
+                         ids=[" ".join(a).replace("{csv}", "CSV") for a, _, _ in EMPTY_CASES])
+def test_an_empty_option_is_refused_before_any_work(args, option, words, synthetic_csv, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     r = runner.invoke(app, [a.replace("{csv}", str(synthetic_csv)) for a in args], env={"COLUMNS": "250"})
     out = " ".join(r.output.split())
-    assert r.exit_code == 2, out
-    assert f"Invalid value for '{option}'" in out and "is empty: name a split" in out, out
-    assert list(tmp_path.iterdir()) == []
+    assert r.exit_code == 2, out  # a usage error, as for any invalid option value
+    assert f"Invalid value for '{option}'" in out and words in out, out
+    assert list(tmp_path.iterdir()) == []  # nothing written into the current folder
 
 
 def test_a_missing_data_path_is_still_refused_by_name(tmp_path):
