@@ -189,10 +189,15 @@ def test_missing_runtime_is_skipped(monkeypatch, artifact_dir, synthetic_csv):
 
 
 def test_absent_device_is_skipped(artifact_dir, synthetic_csv):
-    report = _bench([artifact_dir], synthetic_csv, runtimes=["onnxruntime"], devices=["cpu", "NoSuchDevice"],
-                    batches=(1,))
-    absent = [r for r in report.rows if r["device"] == "NoSuchDevice"]
+    from fer_edge.errors import OptionError
+
+    # a device the runtime has on other machines (TensorRT) is absent here: skipped rows, the bench goes on
+    report = _bench([artifact_dir], synthetic_csv, runtimes=["onnxruntime"],
+                    devices=["cpu", "TensorrtExecutionProvider"], batches=(1,))
+    absent = [r for r in report.rows if r["device"] == "TensorrtExecutionProvider"]
     assert absent and all(r["status"] == "skipped" and "device absent" in r["reason"] for r in absent)
+    with pytest.raises(OptionError, match="unknown device 'NoSuchDevice'"):  # a name no runtime has: a typo
+        _bench([artifact_dir], synthetic_csv, runtimes=["onnxruntime"], devices=["cpu", "NoSuchDevice"])
     # "cpu" selects onnxruntime's CPUExecutionProvider
     assert any(r["device"] == "CPUExecutionProvider" and r["status"] == "ok" for r in report.rows)
 
@@ -1259,6 +1264,9 @@ def test_seconds_must_be_a_finite_positive_number(value, tmp_path, synthetic_csv
     (["--runtimes", ","], "--runtimes was given an empty value"),
     (["--devices", ""], "--devices was given an empty value"),
     (["--devices", " , "], "--devices was given an empty value"),
+    (["--devices", "cpus"], "--devices: unknown device 'cpus' (not a device of any runtime); valid: cpu, cuda"),
+    (["--devices", "cpu,CPU_AND_NE", "--runtimes", "onnxruntime"],
+     "unknown device 'CPU_AND_NE' (not a device of --runtimes onnxruntime)"),
     (["--batch", "0"], "--batch takes comma-separated positive integers"),
     (["--batch", "-1"], "--batch takes comma-separated positive integers"),
     (["--batch", "1,x"], "--batch takes comma-separated positive integers"),

@@ -394,3 +394,16 @@ def test_the_cli_turns_onnxruntime_telemetry_off_unless_the_user_set_it(tmp_path
     env["ORT_DISABLE_TELEMETRY"] = "0"  # the user's own setting wins
     r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stdout.strip().splitlines()[-1] == "0", r.stderr
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_every_device_a_runtime_has_here_is_one_it_knows(name):
+    """bench --devices refuses a name no runtime knows (a typo): a device present here must never be one."""
+    from fer_edge.benchmarks.bench import check_devices
+    from fer_edge.runtimes import RUNTIMES
+
+    cls = RUNTIMES[name]
+    ok, _ = cls.available()
+    here = cls.devices() if ok else []
+    assert set(here) <= set(cls.known_devices())
+    check_devices([*here, "cpu"], [name])

@@ -35,6 +35,7 @@ from __future__ import annotations
 import functools
 import gc
 import math
+import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -129,6 +130,29 @@ def _device_aliases(device: str) -> set[str]:
     if d.startswith("gpu"):
         out.add("gpu")
     return out
+
+
+def check_devices(devices: Sequence[str], runtimes: Sequence[str] | None = None) -> None:
+    """Refuse (:class:`OptionError`, before any work) a requested device that none of ``runtimes`` (default: every
+    registered one) knows on any machine: a typo such as ``cpus``. A known device missing here (``cuda`` on a
+    machine without a GPU) is left to the bench, which skips its rows and says so. ``GPU.1`` / ``cuda:1`` count as
+    their name before the dot or colon."""
+    from fer_edge.errors import OptionError
+    from fer_edge.runtimes import RUNTIMES, get_runtime
+
+    known: list[str] = []
+    for name in runtimes or list(RUNTIMES):
+        try:
+            known += [d for d in get_runtime(name).known_devices() if d not in known]
+        except FerEdgeError:  # a runtime that cannot be imported: its rows say so
+            continue
+    aliases = set().union(*(_device_aliases(d) for d in known)) if known else set()
+    unknown = [d for d in devices
+               if d.lower() not in aliases and re.split(r"[.:]", d.lower(), maxsplit=1)[0] not in aliases]
+    if unknown:
+        which = f"--runtimes {','.join(runtimes)}" if runtimes else "any runtime"
+        raise OptionError(f"--devices: unknown device {', '.join(map(repr, unknown))} (not a device of {which}); "
+                          f"valid: cpu, {', '.join(d for d in known if d.lower() != 'cpu')}")
 
 
 def is_cpu_device(device: str | None) -> bool:
@@ -555,6 +579,8 @@ def _run_bench(
     notes: list[str] = []
 
     parity.validate_thresholds(thresholds, overrides=threshold_overrides)  # before the default export, too
+    if devices:
+        check_devices(devices, runtimes)
     if out_dir is not None:
         check_out_dir(out_dir)  # before any work: a bad --out must not cost a whole bench
 

@@ -29,6 +29,12 @@ class Runtime(ABC):
         return ["cpu"]
 
     @classmethod
+    def known_devices(cls) -> list[str]:
+        """Every device name this runtime takes on some machine (``cuda`` on a machine without a GPU too): what
+        makes a requested device absent here rather than unknown (a typo)."""
+        return ["cpu"]
+
+    @classmethod
     def settings_now(cls, **options) -> dict:
         """The settings a session opened here with ``options`` records in :meth:`describe` that are not the
         caller's arguments but chosen by fer-edge for this machine (e.g. ONNX Runtime's session config): a

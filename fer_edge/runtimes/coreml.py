@@ -57,6 +57,10 @@ class CoreMLRuntime(Runtime):
     def devices(cls) -> list[str]:
         return list(COMPUTE_UNITS) if sys.platform == "darwin" else []
 
+    @classmethod
+    def known_devices(cls) -> list[str]:
+        return list(COMPUTE_UNITS)
+
     def __init__(self, path, device=None, threads=None, batch_hint=1, **options):
         super().__init__(path, device or "ALL", threads, batch_hint, **options)
         from fer_edge.errors import RuntimeUnavailableError

@@ -62,6 +62,14 @@ class OnnxRuntime(Runtime):
         return [p for p in ort.get_available_providers() if p not in _NOT_DEVICES]
 
     @classmethod
+    def known_devices(cls) -> list[str]:
+        try:
+            import onnxruntime as ort
+        except ImportError:  # not installed: every name is only absent
+            return []
+        return [p for p in ort.get_all_providers() if p not in _NOT_DEVICES]
+
+    @classmethod
     def resolve_device(cls, device: str | None) -> str:
         from fer_edge.errors import RuntimeUnavailableError
 

@@ -47,6 +47,11 @@ class OpenVINORuntime(Runtime):
     def devices(cls) -> list[str]:
         return list(ov_core().available_devices)
 
+    @classmethod
+    def known_devices(cls) -> list[str]:
+        # OpenVINO's device plugins (GPU.1, NPU.0: a numbered one of several is the name before the dot)
+        return ["CPU", "GPU", "NPU", "AUTO", "HETERO", "MULTI", "BATCH"]
+
     def __init__(self, path, device=None, threads=None, batch_hint=1, **options):
         super().__init__(path, device or "CPU", threads, batch_hint, **options)
         from fer_edge.errors import ArtifactError

@@ -18,6 +18,10 @@ class PyTorchRuntime(Runtime):
         return package_available("torch")
 
     @classmethod
+    def known_devices(cls) -> list[str]:
+        return ["cpu", "cuda", "mps"]
+
+    @classmethod
     def devices(cls) -> list[str]:
         import torch
 

@@ -24,6 +24,12 @@ class TorchScriptRuntime(Runtime):
 
         return PyTorchRuntime.devices()
 
+    @classmethod
+    def known_devices(cls) -> list[str]:
+        from fer_edge.runtimes.pytorch import PyTorchRuntime
+
+        return PyTorchRuntime.known_devices()
+
     def __init__(self, path, device=None, threads=None, batch_hint=1, **options):
         super().__init__(path, device or "cpu", threads, batch_hint, **options)
         import torch
