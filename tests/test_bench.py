@@ -1374,7 +1374,18 @@ def test_two_folders_int8_onnx_of_one_checkpoint_are_told_apart_in_the_table(art
     result = CliRunner().invoke(app, [str(a) for a in [
         "bench", tmp_path / "a" / "fer_nano_int8.onnx", tmp_path / "b" / "fer_nano_int8.onnx", "--reference",
         tiny_checkpoint, "--data", synthetic_csv, "--split", "PublicTest", *FAST, "--batch", "1",
-        "--no-parity-gate", "--out", out]], env={"COLUMNS": "200"})
-    assert result.exit_code == 0, result.output
-    for text in (result.output, (out / "report.md").read_text()):
+        "--max-abs-diff", "int8=0", "--out", out]], env={"COLUMNS": "200"})
+    assert result.exit_code == 1, result.output  # every int8 row fails a zero logit-difference limit
+    gate = result.output.split("failed the parity gate")[1]  # the closing error lists each row once, by its file
+    for text in (result.output, (out / "report.md").read_text(), gate):
         assert "(a/fer_nano_int8.onnx)" in text and "(b/fer_nano_int8.onnx)" in text, text
+    # report merge: another machine's report of the same two files; merged.md tells them apart too
+    other = json.loads((out / "report.json").read_text())
+    other["environment"]["hostname"] = "other-host"
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    merged = invoke(["report", "merge", out / "report.json", tmp_path / "other.json", "--out", tmp_path / "m"])
+    assert merged.exit_code == 0, merged.output
+    md = (tmp_path / "m" / "merged.md").read_text()
+    p50_table = md.split("All rows:")[0]
+    assert "onnx (a/fer_nano_int8.onnx)" in p50_table and "onnx (b/fer_nano_int8.onnx)" in p50_table, md
+    assert md.count("(a/fer_nano_int8.onnx)") == 3, md  # its p50 line, then one row per machine

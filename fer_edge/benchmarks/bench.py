@@ -59,7 +59,7 @@ from fer_edge.benchmarks.artifacts import (
     unfinished,
     unverified,
 )
-from fer_edge.benchmarks.report import BenchReport, check_out_dir, model_labels, row_label
+from fer_edge.benchmarks.report import BenchReport, artifact_tags, check_out_dir, model_labels, row_label
 from fer_edge.errors import ArtifactError, CheckpointError, FerEdgeError
 from fer_edge.preprocess import Normalization
 
@@ -738,6 +738,7 @@ def _run_bench(
                     row["status"], row["reason"] = "parity-failed", "; ".join(failures)
 
     # interleaved timing
+    tags = artifact_tags(rows)
     budget_ns = None if iters is not None else int(seconds * 1e9 / rounds)
     gc_was = gc.isenabled()
     gc.collect()
@@ -749,7 +750,7 @@ def _run_bench(
             for lv in live[k:] + live[:k]:
                 if lv.row["status"] == "failed":
                     continue
-                tick(f"round {r + 1}/{rounds}: {row_label(lv.row)} b{lv.row['batch']}")
+                tick(f"round {r + 1}/{rounds}: {row_label(lv.row, tags=tags)} b{lv.row['batch']}")
                 buf: list[int] = []
                 try:
                     timed_turn(lv.rt, lv.x, buf, quota, budget_ns)
@@ -787,11 +788,11 @@ def _run_bench(
         cores = min(fastest["threads"] or threads, env["cpu"].get("usable_cores") or threads)
         if macs is None:
             notes.append(f"compute limit: not estimated for the fastest CPU row "
-                         f"{row_label(fastest, model_labels(rows))} batch {fastest['batch']}: {why}")
+                         f"{row_label(fastest, model_labels(rows), artifact_tags(rows))} batch {fastest['batch']}: {why}")
         cl = None if macs is None else compute_limit(macs, fastest["batch"] * 1000.0 / fastest["latency_ms"]["p50"], cores, env,
                            precision=fastest.get("precision") or "fp32")
         if cl is not None:
-            cl["row"] = f"{row_label(fastest, model_labels(rows))} batch {fastest['batch']}"
+            cl["row"] = f"{row_label(fastest, model_labels(rows), artifact_tags(rows))} batch {fastest['batch']}"
             cl["basis"] = "p50 latency per image"
 
     first = refs[0]
@@ -911,14 +912,14 @@ def timed_turn(rt, x: np.ndarray, buf: list[int], quota: int | None, budget_ns: 
 
 def gate_failures(report: BenchReport) -> list[str]:
     """One line per parity-failed row: what the parity gate refuses."""
-    labels = model_labels(report.rows)
-    return [f"{row_label(r, labels)} batch {r['batch']}: {r['reason']}" for r in report.parity_failed]
+    labels, tags = model_labels(report.rows), artifact_tags(report.rows)
+    return [f"{row_label(r, labels, tags)} batch {r['batch']}: {r['reason']}" for r in report.parity_failed]
 
 
 def failed_rows(report: BenchReport) -> list[str]:
     """One line per ``failed`` row (could not load, run or be validated): each fails the run."""
-    labels = model_labels(report.rows)
-    return [f"{row_label(r, labels)} batch {r['batch']}: {r['reason']}" for r in report.failed]
+    labels, tags = model_labels(report.rows), artifact_tags(report.rows)
+    return [f"{row_label(r, labels, tags)} batch {r['batch']}: {r['reason']}" for r in report.failed]
 
 
 def check_outcome(report: BenchReport, parity_gate: bool = True) -> None:

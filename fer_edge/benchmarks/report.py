@@ -613,6 +613,8 @@ def merged_markdown(machines: list[dict], rows: list[dict], notes: list[str] | N
     """
     names = [m["machine"] for m in machines]
     labels = model_labels(rows)
+    # two files of one key on one machine are told apart by their paths' ends (paths differ between machines)
+    tags = {n: artifact_tags([r for r in rows if r["machine"] == n]) for n in names}
     lines = ["## fer-edge bench: comparison", ""]
     for i, m in enumerate(machines, 1):
         details = environment_line(m["environment"]).split(": ", 1)[-1]
@@ -653,11 +655,13 @@ def merged_markdown(machines: list[dict], rows: list[dict], notes: list[str] | N
             accs = [fmt_pct(c.get("accuracy")) if c else "-" for c in cells]
         else:
             accs = [fmt_pct(next((c.get("accuracy") for c in cells if c and c.get("accuracy") is not None), None))]
-        body.append([labels.get(k[0], "-"), k[1], k[2], k[3], k[4] or "-", str(k[5]), *(cell(c) for c in cells),
-                     *accs])
+        tag = next((tags[c["machine"]][str(c.get("artifact"))] for c in cells
+                    if c and str(c.get("artifact")) in tags[c["machine"]]), None)
+        body.append([labels.get(k[0], "-"), k[1] + (f" ({tag})" if tag else ""), k[2], k[3], k[4] or "-", str(k[5]),
+                     *(cell(c) for c in cells), *accs])
     lines += ["", "p50 latency per call (ms) by machine:", "", md_table(header, body), "", "All rows:", ""]
     full_header = ["Machine", *_MD_HEADER]
-    lines.append(md_table(full_header, ([f"M{names.index(r['machine']) + 1}", *_md_cells(r, labels)]
+    lines.append(md_table(full_header, ([f"M{names.index(r['machine']) + 1}", *_md_cells(r, labels, tags[r["machine"]])]
                                         for r in rows)))
     for note in notes or []:
         lines += ["", f"Note: {note}"]
