@@ -383,6 +383,25 @@ def test_greedy_leaves_out_a_candidate_whose_soup_is_not_finite(ingredients, syn
     assert torch.isfinite(ck.state_dict["stem.0.weight"]).all() and ck.raw["soup"]["tried"] == r.tried
 
 
+def test_a_greedy_soup_records_the_training_data_of_the_ingredients_it_kept(ingredients, synthetic_csv, tmp_path,
+                                                                            monkeypatch):
+    """QA: a candidate greedy left out, trained on other data, made the soup record no training data."""
+    from fer_edge.checkpoint import save_checkpoint
+
+    copies = [_nudged(ingredients[0], tmp_path / name, ulps) for name, ulps in (("a.pt", 0), ("b.pt", 1))]
+    payload = torch.load(_nudged(ingredients[0], tmp_path / "c0.pt", 2), map_location="cpu", weights_only=True)
+    payload["data"]["train"] = {**payload["data"]["train"], "sha256": "0" * 64}  # trained on other images
+    for k in ("format", "fer_edge_version"):
+        payload.pop(k, None)
+    other = save_checkpoint(tmp_path / "c.pt", payload)
+    _poison_average(monkeypatch, lambda states: len(states) == 3)  # adding the third breaks the soup: left out
+    r = make_soup([*copies, other], tmp_path / "s.pt", synthetic_csv, greedy=True, progress=False)
+    assert r.ingredients == [str(copies[0]), str(copies[1])]
+    ck = load_checkpoint(r.path)
+    assert ck.data["train"] == load_checkpoint(copies[0]).data["train"], ck.data
+    assert not any("records no training data" in n for n in r.notes), r.notes
+
+
 def test_cli_summary_wording(no_bn_pair, synthetic_csv, tmp_path):
     r = runner.invoke(app, ["soup", *map(str, no_bn_pair), "--out", str(tmp_path / "s.pt"), "--data",
                             str(synthetic_csv), "--no-progress"])

@@ -365,7 +365,7 @@ def make_soup(checkpoints: list[str | Path], out: str | Path, data: str | Path, 
     if train is not None and has_bn:
         data_record["train"] = data_fingerprint(train)
     else:
-        rec, why = _agreed_record(cks, "train")
+        rec, why = _agreed_record([cks[i] for i in chosen], "train")  # (a greedy soup: those it kept)
         if rec is not None:
             data_record["train"] = rec
         else:
@@ -385,7 +385,7 @@ def make_soup(checkpoints: list[str | Path], out: str | Path, data: str | Path, 
                  "ingredient_val_accuracy": {resolved[p]: a for p, a in own.items()},
                  "tried": [{**t, "checkpoint": resolved[t["checkpoint"]]} for t in tried]},
     }
-    input_files = [ck.raw.get("input_files") for ck in cks]
+    input_files = [cks[i].raw.get("input_files") for i in chosen]
     if input_files[0] is not None and all(f == input_files[0] for f in input_files):
         payload["input_files"] = input_files[0]  # the --init (and teachers) every ingredient learned from
     try:
