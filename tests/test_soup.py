@@ -173,7 +173,7 @@ def test_split_without_bn_recompute_is_refused(ingredients, synthetic_csv, tmp_p
         make_soup(ingredients, tmp_path / "s.pt", synthetic_csv, split="nosuch", progress=False)
     r = runner.invoke(app, ["soup", *map(str, ingredients), "--out", str(tmp_path / "s.pt"), "--data",
                             str(synthetic_csv), "--split", "nosuch", "--no-progress"])
-    assert r.exit_code == 1 and "needs --bn recompute" in " ".join(r.stderr.split()), r.output
+    assert r.exit_code == 2 and "needs --bn recompute" in " ".join(r.stderr.split()), r.output  # a usage error
     assert not (tmp_path / "s.pt").exists()
     with pytest.raises(Exception, match="nosuch"):  # with --bn recompute the split is checked
         make_soup(ingredients, tmp_path / "s.pt", synthetic_csv, split="nosuch", bn="recompute", progress=False)
@@ -254,11 +254,14 @@ def test_cli_out_without_a_checkpoint_suffix_is_refused_cleanly(ingredients, syn
         out = tmp_path / "soup" / name
         r = runner.invoke(app, ["soup", *map(str, ingredients), "--out", str(out), "--data", str(synthetic_csv),
                                 "--no-progress"])
-        assert r.exit_code == 1, r.output
+        assert r.exit_code == 2, r.output  # a value wrong on its own: a usage error
         assert "must end in .pt or .pth" in _norm(r.stderr) and "Traceback" not in r.output
         assert not out.exists()
     r = runner.invoke(app, ["soup", *map(str, ingredients), "--out", "", "--data", str(synthetic_csv)])
     assert r.exit_code == 2 and "is empty" in _norm(r.output)
+    r = runner.invoke(app, ["soup", str(ingredients[0]), "--out", str(tmp_path / "one.pt"), "--data",
+                            str(synthetic_csv)])
+    assert r.exit_code == 2 and "a soup needs at least two checkpoints" in _norm(r.stderr), r.output
 
 
 def test_out_pth_is_taken(no_bn_pair, synthetic_csv, tmp_path):
@@ -525,3 +528,13 @@ def test_progress_shows_each_evaluation_on_a_terminal_only(ingredients, syntheti
     monkeypatch.setattr(soup_mod, "_progress_console", lambda: Console(file=shown, force_terminal=False))
     make_soup(ingredients, tmp_path / "s3.pt", synthetic_csv, progress=True)  # not a terminal: nothing
     assert shown.getvalue() == ""
+
+
+def test_scoring_on_the_training_split_is_noted(ingredients, synthetic_csv, tmp_path):
+    """QA: ``--val-split Training`` scored (and greedy chose) on the ingredients' training images without a word,
+    where train warns of the same."""
+    r = make_soup(ingredients, tmp_path / "s.pt", synthetic_csv, val_split="Training", progress=False)
+    assert any(n.startswith("the validation split Training is training data (") and str(ingredients[0]) in n
+               and "says little about new faces" in n for n in r.notes), r.notes
+    r = make_soup(ingredients, tmp_path / "s2.pt", synthetic_csv, progress=False)  # PublicTest: nothing to say
+    assert not any("is training data" in n for n in r.notes), r.notes

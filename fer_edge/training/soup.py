@@ -37,7 +37,12 @@ from pathlib import Path
 import torch
 
 from fer_edge.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from fer_edge.errors import TrainingError
+from fer_edge.errors import OptionError, TrainingError
+
+
+class SoupOptionError(OptionError, TrainingError):
+    """A soup option wrong on its own (one checkpoint, --out not a .pt, --split without --bn recompute): a
+    :class:`TrainingError` of the soup that the CLI reports as a usage error (exit 2)."""
 
 
 BN_MODES = ("average", "recompute")
@@ -69,7 +74,7 @@ def check_compatible(cks: list[Checkpoint]) -> dict:
     Returns the model kwargs they share, defaults filled in.
     """
     if len(cks) < 2:
-        raise TrainingError("a soup needs at least two checkpoints")
+        raise SoupOptionError("a soup needs at least two checkpoints")
     first, problems = cks[0], []
     # compared with defaults filled in: older checkpoints recorded only the kwargs passed on the command line
     kwargs = [ck.resolved_model_kwargs() for ck in cks]
@@ -140,7 +145,7 @@ def check_out(out: str | Path) -> Path:
                             f"(e.g. {out / 'soup.pt'})")
     if out.suffix not in OUT_SUFFIXES:
         got = f"ends in {out.suffix!r}" if out.suffix else "has no suffix"
-        raise TrainingError(f"--out {out} {got}: the soup is a PyTorch checkpoint, so its name must end in "
+        raise SoupOptionError(f"--out {out} {got}: the soup is a PyTorch checkpoint, so its name must end in "
                             f"{' or '.join(OUT_SUFFIXES)} (e.g. {out.with_suffix('.pt')}); other commands open "
                             f"checkpoints by that suffix")
     check_writable_dir(out.parent, "--out's folder", TrainingError)
@@ -152,7 +157,7 @@ def check_out(out: str | Path) -> Path:
 def _check_split_value(option: str, value: str | None) -> None:
     """None (the option not given) means the default split; an empty value (an unset variable) is refused."""
     if value is not None and not value.strip():
-        raise TrainingError(f"{option} is empty: name a split, or leave {option} out for the default")
+        raise SoupOptionError(f"{option} is empty: name a split, or leave {option} out for the default")
 
 
 def _weight_problems(state: dict) -> str:
@@ -241,15 +246,15 @@ def make_soup(checkpoints: list[str | Path], out: str | Path, data: str | Path, 
 
     from fer_edge.data import default_train_split, default_val_split, load_split
     from fer_edge.metrics import classification_metrics
-    from fer_edge.training.trainer import data_fingerprint, predict_logits
+    from fer_edge.training.trainer import data_fingerprint, predict_logits, same_data
     from fer_edge.weights import resolve_checkpoint
 
     if bn not in BN_MODES:
-        raise TrainingError(f"--bn {bn!r}: valid: {', '.join(BN_MODES)}")
+        raise SoupOptionError(f"--bn {bn!r}: valid: {', '.join(BN_MODES)}")
     _check_split_value("--split", split)
     _check_split_value("--val-split", val_split)
     if split is not None and bn != "recompute":
-        raise TrainingError(f"--split {split}: it names the split BatchNorm statistics are recomputed on, so it needs "
+        raise SoupOptionError(f"--split {split}: it names the split BatchNorm statistics are recomputed on, so it needs "
                             f"--bn recompute (the soup is evaluated on --val-split)")
     out = check_out(out)
     paths = [resolve_checkpoint(c) for c in checkpoints]
@@ -270,6 +275,15 @@ def make_soup(checkpoints: list[str | Path], out: str | Path, data: str | Path, 
     train = (load_split(data, split if split is not None else default_train_split(data), progress=progress)
              if bn == "recompute" else None)
     val = load_split(data, val_split if val_split is not None else default_val_split(data), progress=progress)
+    val_fp = data_fingerprint(val)
+    trained_on_val = [str(ck.path) for ck in cks
+                      if isinstance(ck.data, dict) and isinstance(ck.data.get("train"), dict)
+                      and ck.data["train"].get("sha256") and same_data(ck.data["train"], val_fp)]
+    if trained_on_val or (val_split is not None and val.split == default_train_split(data)):
+        who = f" ({', '.join(trained_on_val)} trained on it)" if trained_on_val else ""
+        notes.append(f"the validation split {val.split} is training data{who}: the soup is scored"
+                     + (" and --greedy chooses" if greedy else "") + " on images the ingredients trained on, so "
+                     "its accuracy says little about new faces")
     device = torch.device("cpu")
     remeasure = train is not None and has_bn
     # every evaluation: each ingredient, then the uniform soup or each greedy candidate
@@ -371,7 +385,7 @@ def make_soup(checkpoints: list[str | Path], out: str | Path, data: str | Path, 
         else:
             notes.append(f"the soup records no training data ({why}): `fer-edge export` cannot tell when its "
                          f"parity gate runs on the images the soup was trained on")
-    data_record["val"] = data_fingerprint(val)
+    data_record["val"] = val_fp
     data_record["bn_statistics"] = bn_statistics
     resolved = {str(ck.path): str(Path(ck.path).resolve()) for ck in cks}  # recorded as train records paths
     payload = {
