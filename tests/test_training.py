@@ -113,7 +113,7 @@ def test_sigterm_stops_training_like_ctrl_c_and_the_run_resumes(synthetic_csv, t
     finally:
         signal.signal(signal.SIGTERM, prev)
     assert outer == [] and handler_after is not prev and callable(handler_after)  # the stand-in is back in place
-    assert "last finished epoch is in" in " ".join(capsys.readouterr().err.split())  # the log goes to stderr
+    assert "interrupted: the last finished epoch is in" in " ".join(capsys.readouterr().err.split())  # the log goes to stderr
     assert load_checkpoint(tmp_path / "r" / "last.pt").raw["epoch"] == 1
     assert (tmp_path / "r" / "curves.png").is_file()  # the finished epoch's curves, as a finished run has them
     monkeypatch.undo()
@@ -167,7 +167,8 @@ def test_interrupt_before_any_epoch_says_nothing_can_resume(synthetic_csv, tmp_p
     monkeypatch.setattr("fer_edge.training.trainer.save_checkpoint", interrupt)
     with pytest.raises(KeyboardInterrupt):
         train(_cfg(synthetic_csv, tmp_path / "r", epochs=2), progress=False)
-    assert "holds nothing to resume" in " ".join(capsys.readouterr().err.split())
+    err = " ".join(capsys.readouterr().err.split())
+    assert "interrupted: no epoch finished yet;" in err and "holds nothing to resume" in err, err
     assert not (tmp_path / "r" / "last.pt").exists()
 
 

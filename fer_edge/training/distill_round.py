@@ -458,7 +458,7 @@ def run_round(data: str | Path, work: str | Path, out: str | Path, budget_s: flo
                 entry["status"] = "not run: the round was interrupted"
         save_summary()
         kept = [name for name, e in entries.items() if "history" in e or "checkpoint" in e or "checkpoint_parts" in e]
-        log(f"interrupted; {out} holds " + (f"what was kept ({', '.join(kept)}) and the summary" if kept else
+        log(f"interrupted: {out} holds " + (f"what was kept ({', '.join(kept)}) and the summary" if kept else
                                             "only the summary (the probe's figures): no stage kept anything")
             + f" ({out / 'summary.json'})")
         raise

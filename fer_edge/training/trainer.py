@@ -943,10 +943,10 @@ class Trainer:
                 with interrupts_deferred():  # a second Ctrl-C (impatience) waits for the message and the plot
                     if isinstance(e, KeyboardInterrupt) and self.resume_hint is not None:  # None: the caller says it
                         if last_path.is_file():
-                            self.log(f"[yellow]interrupted; the last finished epoch is in {last_path}: "
+                            self.log(f"[yellow]interrupted: the last finished epoch is in {last_path}: "
                                      f"{self.resume_hint}[/]")
                         else:
-                            self.log(f"[yellow]interrupted before the first epoch finished; {self.out} holds "
+                            self.log(f"[yellow]interrupted: no epoch finished yet; {self.out} holds "
                                      "nothing to resume[/]")
                     if self.dist.main and history:  # the finished epochs' curves, as a finished run has them
                         try:
