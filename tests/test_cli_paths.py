@@ -188,3 +188,11 @@ def test_eval_device_is_a_typed_choice(value, synthetic_csv):
                       env={"COLUMNS": "250"})
     text = " ".join(r.output.split())
     assert r.exit_code == 2 and "Invalid value for '--device'" in text and "'auto', 'cpu', 'cuda', 'mps'" in text, text
+
+
+def test_train_model_empty_says_so(synthetic_csv, tmp_path):
+    r = runner.invoke(app, ["train", "--data", str(synthetic_csv), "--model", "", "--out", str(tmp_path / "r")],
+                      env={"COLUMNS": "250"})
+    text = " ".join(r.output.split())
+    assert r.exit_code == 2 and "--model: is empty: name a registered model; registered models: " in text, text
+    assert not (tmp_path / "r").exists()

@@ -104,7 +104,9 @@ def validate_config(cfg: TrainConfig, given: Collection[str] = (), problems: Col
     from fer_edge.models import list_models
 
     if cfg.model not in list_models():
-        problems.append(f"--model: unknown model {cfg.model!r}; registered models: {', '.join(sorted(list_models()))}")
+        what = ("is empty: name a registered model" if not str(cfg.model).strip()
+                else f"unknown model {cfg.model!r}")
+        problems.append(f"--model: {what}; registered models: {', '.join(sorted(list_models()))}")
     elif isinstance(cfg.model_kwargs, dict) and "num_classes" not in cfg.model_kwargs:
         problems += _model_problems(cfg.model, cfg.model_kwargs)
     if cfg.optimizer not in OPTIMIZERS:
