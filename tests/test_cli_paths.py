@@ -196,3 +196,20 @@ def test_train_model_empty_says_so(synthetic_csv, tmp_path):
     text = " ".join(r.output.split())
     assert r.exit_code == 2 and "--model: is empty: name a registered model; registered models: " in text, text
     assert not (tmp_path / "r").exists()
+
+
+def test_a_closed_stdout_ends_the_command_quietly(tmp_path):
+    """QA: ``fer-edge predict ... --json | head -1`` printed "error: Broken pipe" and exited 1."""
+    import subprocess
+    import sys
+
+    import numpy as np
+    from PIL import Image
+
+    for i in range(3):
+        Image.fromarray(np.full((48, 48), 40 * i, np.uint8)).save(tmp_path / f"{i}.png")
+    proc = subprocess.Popen([sys.executable, "-m", "fer_edge", "predict", str(tmp_path), "--model", "nano",
+                             "--no-detect-faces", "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # the reader is gone before the first line is written
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141 and err == "", err

@@ -54,12 +54,31 @@ def handle_errors(fn):
         except FerEdgeError as e:
             typer.echo(f"error: {e}", err=True)
             raise typer.Exit(1) from None
+        except BrokenPipeError:  # stdout closed early (`fer-edge ... | head`): not an error of the command
+            _stdout_to_devnull()
+            raise typer.Exit(141) from None  # 128 + SIGPIPE, as a tool the signal stopped
         except OSError as e:  # the file system said no: a path taken by a file, no permission, disk full
             where = f"{e.filename}: " if e.filename else ""
             typer.echo(f"error: {where}{e.strerror or e}", err=True)
             raise typer.Exit(1) from None
 
     return wrapper
+
+
+def _stdout_to_devnull() -> None:
+    """Point stdout at /dev/null so that flushing it at exit does not fail again on the closed pipe (Python's
+    documented recipe for SIGPIPE); a stdout without a file descriptor (a test runner's) is left alone."""
+    import os
+
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, fd)
+    finally:
+        os.close(devnull)
 
 
 def path_value(value) -> Path | None:
