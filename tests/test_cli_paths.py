@@ -213,3 +213,66 @@ def test_a_closed_stdout_ends_the_command_quietly(tmp_path):
     proc.stdout.close()  # the reader is gone before the first line is written
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=120) == 141 and err == "", err
+
+
+_STOP_WHILE_IMPORTING = """
+import os, signal, sys
+class Stop:
+    def find_spec(self, name, path=None, target=None):
+        if name == "fer_edge.cli.models":  # the first command module: fer-edge is still starting
+            if sys.argv[1] == "TERM":
+                os.kill(os.getpid(), signal.SIGTERM)
+            raise KeyboardInterrupt
+sys.meta_path.insert(0, Stop())
+sys.argv[1:] = ["models"]
+from fer_edge.__main__ import run
+run()
+"""
+
+
+@pytest.mark.parametrize("how", ["INT", "TERM"])
+def test_an_interrupt_while_fer_edge_starts_says_so(how):
+    """QA: Ctrl-C in the first second printed a traceback from inside an import; SIGTERM ended it silently (143)."""
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-c", _STOP_WHILE_IMPORTING, how], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 130 and r.stderr == "interrupted: fer-edge stopped while starting; nothing was done\n", \
+        r.stderr
+
+
+def test_an_interrupt_while_typer_reads_the_command_line_says_so(monkeypatch, capsys, synthetic_csv):
+    """Typer ends a Ctrl-C that comes while it parses the options with a silent exit 130."""
+    import typer.core
+
+    from fer_edge.cli import main
+
+    def interrupted(self, ctx, args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(typer.core.TyperGroup, "parse_args", interrupted)
+    import typer.rich_utils
+
+    monkeypatch.setattr(typer.rich_utils, "MAX_WIDTH", typer.rich_utils.MAX_WIDTH)  # main() sets it off a terminal
+    with pytest.raises(SystemExit) as e:
+        main(["eval", "--data", str(synthetic_csv)])
+    assert e.value.code == 130
+    assert capsys.readouterr().err == "interrupted: fer-edge stopped before the command ran; nothing was done\n"
+
+
+def test_an_interrupt_no_command_reports_itself_is_one_line(monkeypatch, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    import fer_edge.predict as predict_mod
+
+    face_png = tmp_path / "face.png"
+    Image.fromarray(np.full((48, 48), 90, np.uint8)).save(face_png)
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(predict_mod, "load", interrupted)
+    r = runner.invoke(app, ["predict", str(face_png), "--model", "nano", "--no-detect-faces"])
+    assert r.exit_code == 130 and r.stderr == "interrupted: the command stopped before it finished\n", r.output

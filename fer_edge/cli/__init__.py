@@ -66,3 +66,14 @@ def main(argv: list[str] | None = None) -> None:
 
         typer.echo(f"error: {e}", err=True)
         sys.exit(2 if isinstance(e, OptionError) else 1)
+    except SystemExit as e:
+        if e.code == 130 and _typer_caught_an_interrupt(e):
+            typer.echo("interrupted: fer-edge stopped before the command ran; nothing was done", err=True)
+        raise
+
+
+def _typer_caught_an_interrupt(e: SystemExit) -> bool:
+    """Whether ``e`` is Typer's own exit for a Ctrl-C (or SIGTERM) that came while it read the command line, before
+    any command's handling (a command's own interrupt exits are raised ``from None``): Typer ends it silently."""
+    inner = e.__context__
+    return isinstance(inner, typer.Exit) and isinstance(inner.__cause__, KeyboardInterrupt)

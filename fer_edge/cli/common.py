@@ -54,6 +54,9 @@ def handle_errors(fn):
         except FerEdgeError as e:
             typer.echo(f"error: {e}", err=True)
             raise typer.Exit(1) from None
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM a command does not report itself (Typer would exit silently)
+            typer.echo("interrupted: the command stopped before it finished", err=True)
+            raise typer.Exit(130) from None
         except BrokenPipeError:  # stdout closed early (`fer-edge ... | head`): not an error of the command
             _stdout_to_devnull()
             raise typer.Exit(141) from None  # 128 + SIGPIPE, as a tool the signal stopped
