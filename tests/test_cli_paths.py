@@ -276,3 +276,10 @@ def test_an_interrupt_no_command_reports_itself_is_one_line(monkeypatch, tmp_pat
     monkeypatch.setattr(predict_mod, "load", interrupted)
     r = runner.invoke(app, ["predict", str(face_png), "--model", "nano", "--no-detect-faces"])
     assert r.exit_code == 130 and r.stderr == "interrupted: the command stopped before it finished\n", r.output
+
+
+def test_version():
+    from fer_edge import __version__
+
+    r = runner.invoke(app, ["--version"])
+    assert r.exit_code == 0 and r.output == f"fer-edge {__version__}\n", r.output

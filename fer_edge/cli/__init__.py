@@ -21,8 +21,19 @@ app = typer.Typer(
 
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from fer_edge import __version__
+
+        typer.echo(f"fer-edge {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _root() -> None:
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                 help="Print fer-edge's version and exit."),
+) -> None:
     """Facial-expression recognition from training to the edge."""
 
 
