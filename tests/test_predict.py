@@ -819,6 +819,12 @@ def test_cli_table_keeps_every_column_in_a_pipe_and_in_80_columns(face_dir, tiny
                            env={"COLUMNS": "80"})
     header = next(ln for ln in narrow.stdout.splitlines() if "label" in ln)
     assert header.split()[-7:] == [lbl[:3] for lbl in LABELS] and max(map(len, narrow.stdout.splitlines())) <= 80
+    assert "columns at its right may be cut" not in narrow.output
+    # narrower, rich cuts the last columns: a note says so (QA: they vanished without a word)
+    cut = runner.invoke(app, ["predict", str(face_dir / "a.png"), "--model", str(tiny_checkpoint)],
+                        env={"COLUMNS": "60"})
+    assert cut.exit_code == 0 and "the table needs 80 columns and only 60 are available" in " ".join(
+        cut.output.split()), cut.output
 
 
 def test_predict_batch_refuses_what_is_not_a_batch(predictor):

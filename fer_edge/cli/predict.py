@@ -73,6 +73,10 @@ def _row_cells(result, labels, name: str):
     return rows
 
 
+#: The width the predict table needs to show every column of a 7-class model (tested).
+TABLE_MIN_WIDTH = 80
+
+
 @app.command("predict")
 @handle_errors
 def predict_cmd(
@@ -201,6 +205,9 @@ def predict_cmd(
             for row in _row_cells(r, labels, name):
                 t.add_row(*row)
         console.print(t)
+        if console.width < TABLE_MIN_WIDTH:  # rich then cuts the last columns away without a word
+            _note(f"the table needs {TABLE_MIN_WIDTH} columns and only {console.width} are available (COLUMNS or "
+                  "the terminal): columns at its right may be cut; widen it, or use --json")
     summary = (f"{len(items)} input{'s' if len(items) != 1 else ''}: {n_faces} face{'s' if n_faces != 1 else ''}"
                f" classified, {counts['no_face']} without a face, {counts['error']} failed")
     if annotate is not None and written + unwritten:
