@@ -146,8 +146,8 @@ def check_out(out: str | Path) -> Path:
     if out.suffix not in OUT_SUFFIXES:
         got = f"ends in {out.suffix!r}" if out.suffix else "has no suffix"
         raise SoupOptionError(f"--out {out} {got}: the soup is a PyTorch checkpoint, so its name must end in "
-                            f"{' or '.join(OUT_SUFFIXES)} (e.g. {out.with_suffix('.pt')}); other commands open "
-                            f"checkpoints by that suffix")
+                              f"{' or '.join(OUT_SUFFIXES)} (e.g. {out.with_suffix('.pt')}); other commands open "
+                              f"checkpoints by that suffix")
     check_writable_dir(out.parent, "--out's folder", TrainingError)
     if out.exists():
         raise TrainingError(f"{out} exists; choose another --out (a soup never overwrites a file)")
@@ -254,8 +254,8 @@ def make_soup(checkpoints: list[str | Path], out: str | Path, data: str | Path, 
     _check_split_value("--split", split)
     _check_split_value("--val-split", val_split)
     if split is not None and bn != "recompute":
-        raise SoupOptionError(f"--split {split}: it names the split BatchNorm statistics are recomputed on, so it needs "
-                            f"--bn recompute (the soup is evaluated on --val-split)")
+        raise SoupOptionError(f"--split {split}: it names the split BatchNorm statistics are recomputed on, so it "
+                              f"needs --bn recompute (the soup is evaluated on --val-split)")
     out = check_out(out)
     paths = [resolve_checkpoint(c) for c in checkpoints]
     seen: dict[Path, str] = {}
