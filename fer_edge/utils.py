@@ -207,6 +207,13 @@ def sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
+def mark_reported(e: BaseException) -> BaseException:
+    """Mark an interrupt whose ``interrupted:`` line was already printed (the trainer's resume advice), so the
+    CLI's catch-all (:func:`fer_edge.cli.common.handle_errors`) exits 130 without a second line; returns ``e``."""
+    e.fer_edge_reported = True
+    return e
+
+
 @contextlib.contextmanager
 def interrupts_deferred() -> Iterator[None]:
     """While active, Ctrl-C (SIGINT) and SIGTERM are held, then raised as ``KeyboardInterrupt`` when the block ends.

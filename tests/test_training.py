@@ -168,8 +168,31 @@ def test_interrupt_before_any_epoch_says_nothing_can_resume(synthetic_csv, tmp_p
     with pytest.raises(KeyboardInterrupt):
         train(_cfg(synthetic_csv, tmp_path / "r", epochs=2), progress=False)
     err = " ".join(capsys.readouterr().err.split())
-    assert "interrupted: no epoch finished yet;" in err and "holds nothing to resume" in err, err
+    assert "interrupted: no epoch finished, so there is nothing to resume" in err, err
     assert not (tmp_path / "r" / "last.pt").exists()
+
+
+@pytest.mark.parametrize("after", [0, 1])
+def test_cli_train_interrupted_prints_one_line(synthetic_csv, tmp_path, monkeypatch, after):
+    """QA: the CLI's catch-all added "the command stopped before it finished" below the trainer's own line."""
+    from typer.testing import CliRunner
+
+    from fer_edge.cli import app
+    import fer_edge.training.trainer as tr
+
+    real, calls = tr.save_checkpoint, []
+
+    def interrupt(*args, **kwargs):  # Ctrl-C while epoch `after + 1`'s checkpoint is written
+        calls.append(1)
+        if len(calls) > after * 2:  # (each epoch writes last.pt and, when it is the best, best.pt)
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tr, "save_checkpoint", interrupt)
+    r = CliRunner().invoke(app, ["train", "--data", str(synthetic_csv), "--model", "simple_cnn", "--epochs", "3",
+                                 "--max-steps-per-epoch", "2", "--out", str(tmp_path / "r")], env={"COLUMNS": "250"})
+    lines = [ln for ln in r.stderr.splitlines() if "interrupted" in ln]
+    assert r.exit_code == 130 and len(lines) == 1 and lines[0].startswith("interrupted: "), r.stderr
 
 
 def test_existing_run_is_not_overwritten_and_resume_checks_options(synthetic_csv, tmp_path):
@@ -1135,7 +1158,7 @@ def test_an_interrupt_while_teachers_label_says_so(synthetic_csv, tiny_checkpoin
         train(_cfg(synthetic_csv, tmp_path / "r", distill=[str(tiny_checkpoint)], distill_targets="offline"),
               progress=False)
     err = " ".join(capsys.readouterr().err.split())
-    assert "interrupted while the teachers labelled the training images; no epoch ran" in err
+    assert "interrupted: the teachers were labelling the training images; no epoch ran" in err
 
 
 @pytest.mark.parametrize("t", [1e-45, 1e300, 0.001])

@@ -54,8 +54,9 @@ def handle_errors(fn):
         except FerEdgeError as e:
             typer.echo(f"error: {e}", err=True)
             raise typer.Exit(1) from None
-        except KeyboardInterrupt:  # Ctrl-C or SIGTERM a command does not report itself (Typer would exit silently)
-            typer.echo("interrupted: the command stopped before it finished", err=True)
+        except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM (Typer would exit silently)
+            if not getattr(e, "fer_edge_reported", False):  # (the trainer says what it kept itself)
+                typer.echo("interrupted: the command stopped before it finished", err=True)
             raise typer.Exit(130) from None
         except BrokenPipeError:  # stdout closed early (`fer-edge ... | head`): not an error of the command
             _stdout_to_devnull()

@@ -35,8 +35,8 @@ from fer_edge.training.teachers import (
     resolve_teacher_runtime,
     teacher_probs,
 )
-from fer_edge.utils import (check_output_file, check_writable_dir, interrupts_deferred, sigterm_as_interrupt,
-                            write_json_atomic, write_text_atomic)
+from fer_edge.utils import (check_output_file, check_writable_dir, interrupts_deferred, mark_reported,
+                            sigterm_as_interrupt, write_json_atomic, write_text_atomic)
 
 OPTIMIZERS = ("adamw", "adam", "sgd")
 SCHEDULERS = ("onecycle", "cosine", "step", "none")
@@ -725,11 +725,12 @@ class Trainer:
                 offline_probs = self._offline_targets(teachers, x_train, cfg, amp_dtype)
             if teachers and cfg.distill_targets == "replay":
                 replay = self._replay_targets(teachers, x_train, cfg, aug, amp_dtype)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as e:
             where = (f"the last finished epoch is still in {last_path}: {self.resume_hint}" if state is not None
-                     else f"no epoch ran, so {self.out} holds nothing to resume")
+                     else "no epoch ran, so there is nothing to resume")
             if self.resume_hint is not None:
-                self.log(f"[yellow]interrupted while the teachers labelled the training images; {where}[/]")
+                self.log(f"[yellow]interrupted: the teachers were labelling the training images; {where}[/]")
+                mark_reported(e)
             raise
         input_files = input_files_sha256(cfg)
 
@@ -948,8 +949,8 @@ class Trainer:
                             self.log(f"[yellow]interrupted: the last finished epoch is in {last_path}: "
                                      f"{self.resume_hint}[/]")
                         else:
-                            self.log(f"[yellow]interrupted: no epoch finished yet; {self.out} holds "
-                                     "nothing to resume[/]")
+                            self.log("[yellow]interrupted: no epoch finished, so there is nothing to resume[/]")
+                        mark_reported(e)
                     if self.dist.main and history:  # the finished epochs' curves, as a finished run has them
                         try:
                             self._plot_curves(history)
