@@ -198,8 +198,12 @@ def test_train_model_empty_says_so(synthetic_csv, tmp_path):
     assert not (tmp_path / "r").exists()
 
 
-def test_a_closed_stdout_ends_the_command_quietly(tmp_path):
-    """QA: ``fer-edge predict ... --json | head -1`` printed "error: Broken pipe" and exited 1."""
+@pytest.mark.parametrize("args", [["predict", "{dir}", "--model", "nano", "--no-detect-faces", "--json"],
+                                  ["predict", "{dir}", "--model", "nano", "--no-detect-faces"],  # a rich table
+                                  ["models"], ["--version"]], ids=["predict-json", "predict-table", "models", "version"])
+def test_a_closed_stdout_ends_the_command_quietly(args, tmp_path):
+    """QA: ``fer-edge predict ... --json | head -1`` printed "error: Broken pipe" and exited 1; rich's tables and
+    ``--version`` exited 1."""
     import subprocess
     import sys
 
@@ -208,8 +212,8 @@ def test_a_closed_stdout_ends_the_command_quietly(tmp_path):
 
     for i in range(3):
         Image.fromarray(np.full((48, 48), 40 * i, np.uint8)).save(tmp_path / f"{i}.png")
-    proc = subprocess.Popen([sys.executable, "-m", "fer_edge", "predict", str(tmp_path), "--model", "nano",
-                             "--no-detect-faces", "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen([sys.executable, "-m", "fer_edge", *(a.replace("{dir}", str(tmp_path)) for a in args)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     proc.stdout.close()  # the reader is gone before the first line is written
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=120) == 141 and err == "", err

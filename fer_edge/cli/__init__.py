@@ -25,7 +25,10 @@ def _print_version(value: bool) -> None:
     if value:
         from fer_edge import __version__
 
-        typer.echo(f"fer-edge {__version__}")
+        from fer_edge.cli.common import exit_on_broken_pipe
+
+        with exit_on_broken_pipe():
+            typer.echo(f"fer-edge {__version__}")
         raise typer.Exit()
 
 

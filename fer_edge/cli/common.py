@@ -1,6 +1,7 @@
 """Helpers shared by the CLI commands."""
 from __future__ import annotations
 
+import contextlib
 import functools
 import sys
 from enum import Enum
@@ -17,6 +18,11 @@ class _Console(Console):
     """
 
     OFF_TERMINAL_WIDTH = 200
+
+    def on_broken_pipe(self) -> None:
+        """stdout closed early (``| head``): quiet, exit status 141 as everywhere in fer-edge (rich: 1)."""
+        self.quiet = True
+        raise BrokenPipeError
 
     @property
     def size(self) -> ConsoleDimensions:
@@ -60,13 +66,28 @@ def handle_errors(fn):
             raise typer.Exit(130) from None
         except BrokenPipeError:  # stdout closed early (`fer-edge ... | head`): not an error of the command
             _stdout_to_devnull()
-            raise typer.Exit(141) from None  # 128 + SIGPIPE, as a tool the signal stopped
+            raise typer.Exit(BROKEN_PIPE_EXIT) from None
         except OSError as e:  # the file system said no: a path taken by a file, no permission, disk full
             where = f"{e.filename}: " if e.filename else ""
             typer.echo(f"error: {where}{e.strerror or e}", err=True)
             raise typer.Exit(1) from None
 
     return wrapper
+
+
+#: Exit status when stdout's reader went away: 128 + SIGPIPE, as a tool that signal stopped.
+BROKEN_PIPE_EXIT = 141
+
+
+@contextlib.contextmanager
+def exit_on_broken_pipe():
+    """Output outside a command (``--version``): a closed stdout ends fer-edge quietly with
+    :data:`BROKEN_PIPE_EXIT`, as :func:`handle_errors` does for the commands."""
+    try:
+        yield
+    except BrokenPipeError:
+        _stdout_to_devnull()
+        raise typer.Exit(BROKEN_PIPE_EXIT) from None
 
 
 def _stdout_to_devnull() -> None:
