@@ -71,7 +71,7 @@ def load_image(image):
         except Exception as e:  # PIL raises many types for bad files
             raise DataError(f"{path}: cannot read image ({type(e).__name__}: {e})") from None
         try:
-            return _nonempty(_eight_bit(im))
+            return _eight_bit(_nonempty(im))
         except DataError as e:
             raise DataError(f"{path}: {e}") from None
     if isinstance(image, np.ndarray):
@@ -82,7 +82,7 @@ def load_image(image):
             raise DataError(f"cannot use an array of shape {tuple(image.shape)} as an image")
         return Image.fromarray(np.ascontiguousarray(to_uint8(arr)))
     if hasattr(image, "convert") and hasattr(image, "size"):
-        return _nonempty(_eight_bit(image))
+        return _eight_bit(_nonempty(image))
     raise DataError(f"cannot use an object of type {type(image).__name__} as an image")
 
 

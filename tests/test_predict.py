@@ -735,7 +735,7 @@ def test_arrays_with_no_known_pixel_range_are_refused(arr, words, predictor):
 
 
 @pytest.mark.parametrize("size", [(0, 0), (0, 48), (48, 0)])
-@pytest.mark.parametrize("mode", ["L", "RGB"])
+@pytest.mark.parametrize("mode", ["L", "RGB", "I;16", "F"])  # (16-bit and float ones are scaled first: QA)
 def test_an_image_without_pixels_is_refused(size, mode, predictor):
     """A 0 x N PIL image is refused like an empty array, not resized from nothing and classified."""
     img = Image.new(mode, size)
