@@ -81,9 +81,13 @@ def _unwritable(q: Path) -> str | None:
     import tempfile
 
     try:
-        os.rmdir(tempfile.mkdtemp(prefix=".fer-edge-probe-", dir=q))
+        probe = tempfile.mkdtemp(prefix=".fer-edge-probe-", dir=q)
     except OSError as e:
         return f"no file can be made there: {e.strerror or e}"
+    try:
+        os.rmdir(probe)
+    except OSError:  # made, so writable; an append-only folder (chattr +a) keeps what is made in it
+        pass
     return None
 
 
