@@ -287,3 +287,14 @@ def test_version():
 
     r = runner.invoke(app, ["--version"])
     assert r.exit_code == 0 and r.output == f"fer-edge {__version__}\n", r.output
+
+
+def test_a_folder_the_probe_was_made_in_is_writable_even_if_it_stays(tmp_path, monkeypatch):
+    """QA: in an append-only folder (chattr +a) the probe is made but cannot be removed: still writable."""
+    from fer_edge import utils
+
+    def refuse(path, *a, **k):
+        raise PermissionError(1, "Operation not permitted", str(path))
+
+    monkeypatch.setattr(utils.os, "rmdir", refuse)
+    assert utils._unwritable(tmp_path) is None
