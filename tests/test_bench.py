@@ -1264,7 +1264,9 @@ def test_seconds_must_be_a_finite_positive_number(value, tmp_path, synthetic_csv
     (["--runtimes", ","], "--runtimes was given an empty value"),
     (["--devices", ""], "--devices was given an empty value"),
     (["--devices", " , "], "--devices was given an empty value"),
-    (["--devices", "cpus"], "--devices: unknown device 'cpus' (not a device of any runtime); valid: cpu, cuda"),
+    (["--devices", "cpus"], "--devices: unknown device 'cpus' (not a device of any runtime); valid (any case): cpu, "
+                            "cuda, mps"),
+    (["--devices", "AzureExecutionProvider"], "is a remote (cloud) provider that ONNX Runtime lists, not a device"),
     (["--devices", "cpu,CPU_AND_NE", "--runtimes", "onnxruntime"],
      "unknown device 'CPU_AND_NE' (not a device of --runtimes onnxruntime)"),
     (["--batch", "0"], "--batch takes comma-separated positive integers"),

@@ -149,10 +149,21 @@ def check_devices(devices: Sequence[str], runtimes: Sequence[str] | None = None)
     aliases = set().union(*(_device_aliases(d) for d in known)) if known else set()
     unknown = [d for d in devices
                if d.lower() not in aliases and re.split(r"[.:]", d.lower(), maxsplit=1)[0] not in aliases]
+    remote = [d for d in unknown if d in REMOTE_DEVICES]
+    if remote:
+        raise OptionError(f"--devices: {', '.join(map(repr, remote))} is a remote (cloud) provider that ONNX Runtime "
+                          "lists, not a device that runs a model on this machine")
     if unknown:
         which = f"--runtimes {','.join(runtimes)}" if runtimes else "any runtime"
+        names: dict[str, str] = {}  # lower case -> as shown: names are matched in any case
+        for d in known:
+            short = d.removesuffix("ExecutionProvider")
+            names.setdefault(short.lower(), short)
+        names.pop("cpu", None)
+        ort = any(d.endswith("ExecutionProvider") for d in known)
         raise OptionError(f"--devices: unknown device {', '.join(map(repr, unknown))} (not a device of {which}); "
-                          f"valid: cpu, {', '.join(d for d in known if d.lower() != 'cpu')}")
+                          f"valid (any case): cpu, {', '.join(names.values())}"
+                          + (" (ONNX Runtime's with or without 'ExecutionProvider')" if ort else ""))
 
 
 def is_cpu_device(device: str | None) -> bool:

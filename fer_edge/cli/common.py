@@ -139,7 +139,7 @@ def model_value(value) -> str | None:
         return None
     if not str(value).strip():
         raise typer.BadParameter("is empty: give a checkpoint path or shipped model name (an unset variable in a "
-                                 "script?), or leave it out for the default")
+                                 "script?)")
     return str(value)
 
 
