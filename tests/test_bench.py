@@ -1364,6 +1364,7 @@ def test_artifact_tags_tell_apart_two_files_of_one_model_target_and_precision():
     assert row_label(rows[0], tags=tags) == "m: onnx int8 (a/m_int8.onnx) / onnxruntime / CPUExecutionProvider"
     assert artifact_tags([row("a/m.onnx"), row("b/m.onnx"), row("b/m.onnx")]) == {"a/m.onnx": "a/m.onnx",
                                                                                   "b/m.onnx": "b/m.onnx"}
+    assert artifact_tags([row("/m.onnx"), row("m.onnx")]) == {"/m.onnx": "/m.onnx", "m.onnx": "m.onnx"}  # not //
 
 
 def test_two_folders_int8_onnx_of_one_checkpoint_are_told_apart_in_the_table(artifact_dir, tiny_checkpoint,

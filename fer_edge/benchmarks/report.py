@@ -146,7 +146,7 @@ def artifact_tags(rows: Iterable[dict]) -> dict[str, str]:
             continue
         parts = {p: Path(p).parts for p in paths}
         for k in range(1, max(len(v) for v in parts.values()) + 1):
-            ends = {p: "/".join(v[-k:]) for p, v in parts.items()}
+            ends = {p: Path(*v[-k:]).as_posix() for p, v in parts.items()}
             if len(set(ends.values())) == len(ends):
                 break
         tags.update(ends)
