@@ -1320,3 +1320,20 @@ def test_an_interrupted_rerun_counts_only_what_it_finished(monkeypatch, tiny_che
     assert data["complete"] is False and [r["complete"] for r in data["earlier_runs"]] == [True]
     arts = collect_artifacts([out])
     assert [a.path.name for a in unfinished(arts)] == ["fer_nano_fp32.onnx"]  # the rerun's, not the kept .ts
+
+
+def test_an_interrupt_after_the_export_finished_says_it_finished(monkeypatch, tiny_checkpoint, tmp_path):
+    """QA: Ctrl-C while the summary was printed got the catch-all "stopped before it finished", though the
+    artifacts and manifest were all written."""
+    import fer_edge.cli.export as cli_export
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli_export, "artifacts_table", interrupted)
+    out = tmp_path / "exp"
+    res = _cli(tiny_checkpoint, "-t", "torchscript", "--no-validate", "--out", out)
+    assert res.exit_code == 130, res.output
+    assert f"interrupted: after the export finished: {out / 'manifest.json'} lists this run's artifacts" in " ".join(
+        res.output.split()), res.output
+    assert (out / "manifest.json").is_file()

@@ -202,7 +202,6 @@ def export_cmd(
 
     Exits non-zero when a target fails or an artifact fails the parity gate (the manifest marks it).
     """
-    from fer_edge.errors import ExportError, ParityError
     from fer_edge.exporters import export
     from fer_edge.parity import parse_overrides
     from fer_edge.targets import TARGETS, Precision
@@ -234,6 +233,17 @@ def export_cmd(
     finally:
         progress.stop()
 
+    try:
+        _summary(result, fix, val_data or calib_data)
+    except KeyboardInterrupt:  # the export is finished and its manifest written: say so, not "stopped before"
+        typer.echo(f"interrupted: after the export finished: {result.manifest_path} lists this run's artifacts; "
+                   "the summary was not printed", err=True)
+        raise typer.Exit(130) from None
+
+
+def _summary(result, fix, data) -> None:
+    """The notes, tables and next steps of a finished export; its failures as an error (exit 1)."""
+    from fer_edge.errors import ExportError, ParityError
     from fer_edge.exporters.api import INT8_NEEDS_CALIBRATION, SKIP_NEEDS_CALIBRATION
 
     for s in result.skipped:
@@ -250,7 +260,7 @@ def export_cmd(
     if not result.ok:
         err_console.print(failures_table(result))
     else:
-        for line in next_steps(result, val_data or calib_data):
+        for line in next_steps(result, data):
             err_console.print(line, highlight=False, markup=False, soft_wrap=True)
     try:
         result.raise_for_failures()
