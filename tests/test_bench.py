@@ -1279,7 +1279,8 @@ def test_empty_or_bad_list_options_are_usage_errors(args, words, tmp_path, synth
     a bad --batch was exit 1 where every other bad option value is a usage error (exit 2)."""
     import fer_edge.benchmarks.bench as bench_mod
 
-    monkeypatch.setattr(bench_mod, "run_bench", lambda *a, **k: pytest.fail("measured despite a bad option"))
+    # run_bench checks the devices first thing; finding the artifacts is the start of the work
+    monkeypatch.setattr(bench_mod, "collect_artifacts", lambda *a, **k: pytest.fail("worked despite a bad option"))
     result = CliRunner().invoke(app, ["bench", "nano", "--data", str(synthetic_csv), *args,
                                       "--out", str(tmp_path / "out")], env={"COLUMNS": "250"})
     assert result.exit_code == 2, result.output

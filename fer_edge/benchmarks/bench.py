@@ -799,11 +799,11 @@ def _run_bench(
         cores = min(fastest["threads"] or threads, env["cpu"].get("usable_cores") or threads)
         if macs is None:
             notes.append(f"compute limit: not estimated for the fastest CPU row "
-                         f"{row_label(fastest, model_labels(rows), artifact_tags(rows))} batch {fastest['batch']}: {why}")
+                         f"{row_label(fastest, model_labels(rows), tags)} batch {fastest['batch']}: {why}")
         cl = None if macs is None else compute_limit(macs, fastest["batch"] * 1000.0 / fastest["latency_ms"]["p50"], cores, env,
                            precision=fastest.get("precision") or "fp32")
         if cl is not None:
-            cl["row"] = f"{row_label(fastest, model_labels(rows), artifact_tags(rows))} batch {fastest['batch']}"
+            cl["row"] = f"{row_label(fastest, model_labels(rows), tags)} batch {fastest['batch']}"
             cl["basis"] = "p50 latency per image"
 
     first = refs[0]

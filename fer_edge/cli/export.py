@@ -157,7 +157,8 @@ def _interrupted_note(out: Path) -> str:
 @handle_errors
 def export_cmd(
     checkpoint: Optional[str] = typer.Argument(
-        None, parser=model_value, metavar="CHECKPOINT", help="Checkpoint file or shipped model name (default: the shipped default model)."),
+        None, parser=model_value, metavar="CHECKPOINT",
+        help="Checkpoint file or shipped model name (default: the shipped default model)."),
     target: Optional[List[str]] = typer.Option(
         None, "--target", "-t", help="Targets, comma-separated and/or repeated, or 'all' (default: all)."),
     precision: Optional[List[str]] = typer.Option(

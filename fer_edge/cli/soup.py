@@ -19,8 +19,9 @@ class BatchNormMode(str, Enum):
 @app.command()
 @handle_errors
 def soup(
-    checkpoints: List[str] = typer.Argument(..., parser=model_value, metavar="CHECKPOINT", help="Checkpoints of one model fine-tuned from one starting point "
-                                            "(paths or shipped names)."),
+    checkpoints: List[str] = typer.Argument(..., parser=model_value, metavar="CHECKPOINT",
+                                            help="Checkpoints of one model fine-tuned from one starting point "
+                                                 "(paths or shipped names)."),
     out: Path = typer.Option(..., parser=path_value, metavar="PATH",
                              help="The soup checkpoint to write: a new file ending in .pt or .pth."),
     data: Path = typer.Option(..., parser=existing_path_value, metavar="PATH", help="FER2013 CSV or image-folder root."),

@@ -50,8 +50,8 @@ def data_stem(data: str | Path) -> str:
 
 def model_tag(paths: Sequence[str | Path], sha256s: Sequence[str]) -> str:
     """A short name for what is evaluated: ``<stem>-<sha8>`` of a checkpoint file (``small-1a2b3c4d``,
-    ``best-9f8e7d6c``), or ``ensemble<N>-<sha8>`` over the members' SHA-256s (in any order: the same ensemble); characters other than letters,
-    digits, ``.``, ``_`` and ``-`` become ``_``."""
+    ``best-9f8e7d6c``), or ``ensemble<N>-<sha8>`` over the members' SHA-256s (in any order: the same ensemble);
+    characters other than letters, digits, ``.``, ``_`` and ``-`` become ``_``."""
     import hashlib
     import re
 
