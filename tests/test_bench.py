@@ -1393,3 +1393,21 @@ def test_two_folders_int8_onnx_of_one_checkpoint_are_told_apart_in_the_table(art
     p50_table = md.split("All rows:")[0]
     assert "onnx (a/fer_nano_int8.onnx)" in p50_table and "onnx (b/fer_nano_int8.onnx)" in p50_table, md
     assert md.count("(a/fer_nano_int8.onnx)") == 3, md  # its p50 line, then one row per machine
+    # files of different content (say two calibrations): a machine that benched only b's joins b's line, not a's
+    mine = json.loads((out / "report.json").read_text())
+    for r in mine["rows"]:
+        r["sha256"] = ("aa" if "/a/" in r["artifact"] else "bb") * 32 if r["precision"] == "int8" else r["sha256"]
+    only_b = json.loads(json.dumps(mine))
+    only_b["environment"]["hostname"] = "other-host"
+    only_b["rows"] = [r for r in only_b["rows"] if "/a/" not in r["artifact"]]
+    for r in only_b["rows"]:
+        if r["latency_ms"]:
+            r["latency_ms"]["p50"] = 999.0
+    (tmp_path / "mine.json").write_text(json.dumps(mine))
+    (tmp_path / "only_b.json").write_text(json.dumps(only_b))
+    merged = invoke(["report", "merge", tmp_path / "mine.json", tmp_path / "only_b.json", "--out", tmp_path / "m2"])
+    assert merged.exit_code == 0, merged.output
+    lines = {cells[1]: cells for cells in _p50_table((tmp_path / "m2" / "merged.md").read_text())
+             if cells[2] == "int8"}
+    assert lines["onnx (a/fer_nano_int8.onnx)"][7] == "-", lines
+    assert lines["onnx (b/fer_nano_int8.onnx)"][7].startswith("999.000"), lines

@@ -600,6 +600,42 @@ def merge_reports(paths: list[str | Path], out_dir: str | Path) -> MergedReport:
     return merged
 
 
+def _p50_lines(rows: list[dict], names: list[str]) -> tuple[list[tuple], dict[tuple, dict]]:
+    """The merged p50 table's lines: ``(keys, by)``, ``by[(key, machine)]`` the row a machine has on a line.
+
+    Rows of one :func:`_row_key` share a line across machines. A machine with several rows of a key (two files
+    of one checkpoint, target and precision) gets a line per row; another machine's row of that key joins the
+    line of the file with its artifact's sha256 (the same file benched on both), else the first line it has no
+    row on yet.
+    """
+    keys: list[tuple] = []
+    by: dict[tuple, dict] = {}
+    grouped: dict[tuple, dict[str, list[dict]]] = {}
+    for r in rows:
+        grouped.setdefault(_row_key(r), {}).setdefault(r["machine"], []).append(r)
+    for base, per_machine in grouped.items():
+        lines: list[dict[str, dict]] = []
+        for machine in names:
+            left = []
+            for r in per_machine.get(machine, []):  # first the rows whose file is on a line already
+                line = next((ln for ln in lines if machine not in ln and r.get("sha256")
+                             and any(o.get("sha256") == r["sha256"] for o in ln.values())), None)
+                if line is None:
+                    left.append(r)
+                else:
+                    line[machine] = r
+            for r in left:
+                line = next((ln for ln in lines if machine not in ln), None)
+                if line is None:
+                    line = {}
+                    lines.append(line)
+                line[machine] = r
+        for i, line in enumerate(lines, 1):
+            keys.append((*base, i))
+            by.update({((*base, i), m): r for m, r in line.items()})
+    return keys, by
+
+
 def merged_markdown(machines: list[dict], rows: list[dict], notes: list[str] | None = None,
                     warning: str | None = None, other_warnings: list[str] | None = None) -> str:
     """The p50 table (one line per measurement, one column per machine), then every row.
@@ -626,16 +662,7 @@ def merged_markdown(machines: list[dict], rows: list[dict], notes: list[str] | N
         if w:
             lines += ["", f"Warning: {w}"]
     per_machine_top1 = warning is not None
-    keys: list[tuple] = []
-    by: dict[tuple, dict] = {}
-    nth: dict[tuple, int] = {}
-    for r in rows:
-        base = (_row_key(r), r["machine"])
-        nth[base] = nth.get(base, 0) + 1
-        k = (*_row_key(r), nth[base])
-        if k not in keys:
-            keys.append(k)
-        by[(k, r["machine"])] = r
+    keys, by = _p50_lines(rows, names)
 
     def cell(r: dict | None) -> str:
         if r is None:
