@@ -1288,6 +1288,24 @@ def test_empty_or_bad_list_options_are_usage_errors(args, words, tmp_path, synth
     assert not (tmp_path / "out").exists()
 
 
+def test_threads_0_means_the_default_as_in_train(tmp_path, synthetic_csv, monkeypatch, tiny_checkpoint):
+    """QA: ``bench --threads 0`` was a usage error while ``train --threads 0`` means "the default"."""
+    import fer_edge.benchmarks.bench as bench_mod
+    from fer_edge.benchmarks.environment import default_threads
+    from fer_edge.errors import FerEdgeError
+
+    def reached(*a, **k):
+        raise FerEdgeError("reached the work")
+
+    monkeypatch.setattr(bench_mod, "collect_artifacts", reached)
+    result = CliRunner().invoke(app, ["bench", "nano", "--data", str(synthetic_csv), "--threads", "0",
+                                      "--out", str(tmp_path / "out")], env={"COLUMNS": "250"})
+    assert result.exit_code == 1 and "reached the work" in result.output, result.output
+    monkeypatch.undo()
+    report = _bench([tiny_checkpoint], synthetic_csv, **{**FAST_KW, "threads": 0, "batches": (1,)})
+    assert report.settings["threads"] == default_threads()
+
+
 def test_merged_plot_legend_lists_machines_in_m_order(monkeypatch, tmp_path):
     import matplotlib.axes
 

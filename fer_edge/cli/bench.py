@@ -231,8 +231,8 @@ def bench_cmd(
         None, "--devices", help="Comma-separated devices, e.g. cpu,cuda,CPU,GPU,CPU_AND_NE (default: every "
                                 "device each runtime has here; 'cpu' selects the CPU of every runtime)."),
     batch: str = typer.Option("1,32", "--batch", help="Comma-separated batch sizes."),
-    threads: Optional[int] = typer.Option(None, "--threads", min=1,
-                                          help="Threads for every runtime (default: physical cores)."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=0,
+                                          help="Threads for every runtime (default or 0: physical cores)."),
     warmup: int = typer.Option(10, "--warmup", min=0, help="Untimed calls per row before timing."),
     iters: Optional[int] = typer.Option(None, "--iters", min=1, help="Timed calls per row (overrides --seconds)."),
     seconds: float = typer.Option(2.0, "--seconds", callback=lambda v: _finite_positive(v, "--seconds"),
