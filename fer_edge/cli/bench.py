@@ -275,8 +275,9 @@ def bench_cmd(
         valid_runtimes = ["pytorch", "torchscript", "onnxruntime", "openvino", "coreml"]
     rt_list = parse_csv_option(runtimes, valid_runtimes, "runtime", option="--runtimes") or None
     dev_list = [d.strip() for item in (devices or []) for d in item.split(",") if d.strip()] or None
-    if devices is not None and dev_list is None:  # `--devices ""` (a script's unset variable) is not "every device"
-        raise OptionError(f"--devices was given an empty value ({', '.join(repr(str(d)) for d in devices)}); name "
+    empty = [d for d in devices or [] if not d.replace(",", "").strip()]
+    if empty:  # `--devices ""` (a script's unset variable) is not "every device", nor one of several values
+        raise OptionError(f"--devices was given an empty value ({', '.join(repr(str(d)) for d in empty)}); name "
                           "devices, e.g. cpu,cuda (leave --devices out for every device)")
     batches = parse_batches(batch)
 
