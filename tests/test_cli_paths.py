@@ -200,10 +200,11 @@ def test_train_model_empty_says_so(synthetic_csv, tmp_path):
 
 @pytest.mark.parametrize("args", [["predict", "{dir}", "--model", "nano", "--no-detect-faces", "--json"],
                                   ["predict", "{dir}", "--model", "nano", "--no-detect-faces"],  # a rich table
-                                  ["models"], ["--version"]], ids=["predict-json", "predict-table", "models", "version"])
+                                  ["models"], ["--version"], ["--help"], ["bench", "--help"], []],
+                         ids=["predict-json", "predict-table", "models", "version", "help", "bench-help", "no-args"])
 def test_a_closed_stdout_ends_the_command_quietly(args, tmp_path):
-    """QA: ``fer-edge predict ... --json | head -1`` printed "error: Broken pipe" and exited 1; rich's tables and
-    ``--version`` exited 1."""
+    """QA: ``fer-edge predict ... --json | head -1`` printed "error: Broken pipe" and exited 1; rich's tables,
+    ``--version`` and ``--help`` exited 1."""
     import subprocess
     import sys
 

@@ -83,7 +83,20 @@ def main(argv: list[str] | None = None) -> None:
     except SystemExit as e:
         if e.code == 130 and _typer_caught_an_interrupt(e):
             typer.echo("interrupted: fer-edge stopped before the command ran; nothing was done", err=True)
+        if e.code == 1 and _closed_stdout(e):  # `fer-edge --help | head`: rich and click exit 1 for it
+            from fer_edge.cli.common import BROKEN_PIPE_EXIT, _stdout_to_devnull
+
+            _stdout_to_devnull()
+            sys.exit(BROKEN_PIPE_EXIT)
         raise
+
+
+def _closed_stdout(e: SystemExit) -> bool:
+    """Whether ``e`` is rich's or click's exit for a stdout closed early, outside any command (``--help``)."""
+    import errno
+
+    inner = e.__context__
+    return isinstance(inner, BrokenPipeError) or (isinstance(inner, OSError) and inner.errno == errno.EPIPE)
 
 
 def _typer_caught_an_interrupt(e: SystemExit) -> bool:
