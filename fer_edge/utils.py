@@ -141,7 +141,7 @@ def sha256_path(path: str | os.PathLike) -> str:
     h = hashlib.sha256()
     if path.is_dir():
         for f in sorted(p for p in path.rglob("*") if p.is_file()):
-            h.update(str(f.relative_to(path)).encode())
+            h.update(str(f.relative_to(path)).encode("utf-8", "surrogateescape"))
             h.update(b"\0")
             _update_file(h, f)
     else:

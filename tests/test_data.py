@@ -150,6 +150,34 @@ def test_folder_class_names_case_insensitive_other_files_ignored_natural_order(t
     assert np.array_equal(s.images.numpy(), imgs[[2, 1, 0]])
 
 
+def test_files_not_read_are_counted_in_one_warning(tmp_path, own_cache, caplog):
+    """QA: .webp/.gif files, a link to nothing named *.png and an image beside the class folders were skipped
+    without a word; a file name that is not UTF-8 (a zip from Windows) crashed the cache key."""
+    imgs, _ = make_synthetic(1, seed=2)
+    happy = tmp_path / "d" / "train" / "happy"
+    happy.mkdir(parents=True)
+    Image.fromarray(imgs[0]).save(happy / "a.png")
+    os.rename(os.fsencode(happy / "a.png"), os.fsencode(happy) + b"/caf\xe9.png")  # not UTF-8
+    Image.fromarray(imgs[1]).save(happy / "b.webp")
+    Image.fromarray(imgs[2]).save(happy / "c.webp")
+    Image.fromarray(imgs[3]).save(happy / "d.gif")
+    (happy / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    Image.fromarray(imgs[4]).save(tmp_path / "d" / "train" / "loose.png")
+    with caplog.at_level(logging.WARNING, logger="fer_edge.data"):
+        s = load_split(tmp_path / "d", "train")
+    assert s.labels.tolist() == [3] and np.array_equal(s.images.numpy(), imgs[:1])
+    text = " ".join(r.getMessage() for r in caplog.records if "not read" in r.getMessage())
+    assert ("5 files not read (2 *.webp, 1 *.gif, 1 broken links, 1 image directly in the split folder, outside "
+            "the class folders); images are jpg/jpeg/png/bmp files in the class folders") in text, text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="fer_edge.data"):
+        load_split(tmp_path / "d", "train")  # the cached copy: still said
+    assert any("5 files not read" in r.getMessage() for r in caplog.records)
+    from fer_edge.utils import sha256_path
+
+    assert len(sha256_path(tmp_path / "d")) == 64  # a folder's hash reads such names too
+
+
 # --------------------------------------------------------------------------- splits
 
 

@@ -3,7 +3,8 @@
 Class folders are matched case-insensitively to the 7 FER2013 class names; files are
 ordered by a natural sort of their file names (then class), so ``x_2`` comes before
 ``x_10`` and numbered exports keep their original row order. Hidden entries, files
-directly in a split folder and other file types are ignored.
+directly in a split folder and other file types (and links to nothing) are not read: one
+warning per split counts them by kind, so a folder of ``.webp`` files is not lost in silence.
 
 Images must sit directly in their class folder: a class folder whose sub-folders (at any
 depth, hidden ones excepted) hold image files is refused by :func:`scan` with a
@@ -18,6 +19,7 @@ Images are decoded with Pillow in a thread pool; anything that is not 8-bit gray
 """
 from __future__ import annotations
 
+import logging
 import os
 import re
 from concurrent.futures import ThreadPoolExecutor
@@ -175,6 +177,7 @@ def scan(split_dir: Path) -> list[FileEntry]:
     """
     files: list[FileEntry] = []
     with_subdirs: list[Path] = []
+    unread: dict[str, int] = {}  # what in the class folders is not read, by kind: warned about
     for name, idx in class_dirs(split_dir, strict=True):
         d = split_dir / name
         has_subdir = False
@@ -186,8 +189,14 @@ def scan(split_dir: Path) -> list[FileEntry]:
                     if _is_image(e.name) and e.is_file():
                         st = e.stat()
                         files.append(FileEntry(f"{name}/{e.name}", e.path, idx, st.st_size, st.st_mtime_ns))
-                    elif not has_subdir and e.is_dir():
+                    elif e.is_dir():
                         has_subdir = True
+                    elif _is_image(e.name):
+                        kind = "broken links" if e.is_symlink() else "not regular files"
+                        unread[kind] = unread.get(kind, 0) + 1
+                    else:
+                        kind = f"*{os.path.splitext(e.name)[1].lower()}" if "." in e.name else "without extension"
+                        unread[kind] = unread.get(kind, 0) + 1
         except OSError as e:
             raise DataError(f"{d}: cannot list the folder ({e.strerror or e})") from None
         if has_subdir:
@@ -200,6 +209,16 @@ def scan(split_dir: Path) -> list[FileEntry]:
             nested.append((d, 1 + sum(1 for _ in paths), first))
     if nested:
         raise _nested_error(split_dir, nested)
+    loose = loose_images(split_dir)
+    if files and (unread or loose):
+        parts = [f"{n} {kind}" for kind, n in sorted(unread.items(), key=lambda kv: (-kv[1], kv[0]))]
+        if loose:
+            parts.append(f"{loose} image{'s' if loose != 1 else ''} directly in the split folder, outside the class "
+                          "folders")
+        logging.getLogger("fer_edge.data").warning(
+            "%s: %d file%s not read (%s); images are %s files in the class folders", split_dir,
+            sum(unread.values()) + loose, "s" if sum(unread.values()) + loose != 1 else "", ", ".join(parts),
+            "/".join(e.lstrip(".") for e in IMAGE_EXTENSIONS))
     files.sort()
     return files
 

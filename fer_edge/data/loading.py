@@ -362,7 +362,7 @@ def _folder_key(src: _Source, split: str, files) -> tuple[str, str]:
     h = hashlib.sha256()
     h.update(json.dumps(["folder", CACHE_VERSION, str(src.path), split]).encode())
     for f in files:
-        h.update(f"\0{f.rel}\0{f.size}\0{f.mtime_ns}".encode())
+        h.update(f"\0{f.rel}\0{f.size}\0{f.mtime_ns}".encode("utf-8", "surrogateescape"))
     return ident, h.hexdigest()
 
 
