@@ -138,7 +138,7 @@ def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any], overwrite:
     path = Path(path)
     # the temporary file keeps a suffix even when ``path`` has none: torch's zip writer refuses a name with
     # nothing before its last dot (".tmp-run-x1y2")
-    with atomic_path(path, suffix=path.suffix or ".pt", overwrite=overwrite) as tmp:
+    with atomic_path(path, suffix=path.suffix or ".pt", overwrite=overwrite, durable=True) as tmp:
         torch.save(payload, tmp)
     return path
 

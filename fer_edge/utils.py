@@ -15,7 +15,8 @@ from typing import Iterator
 
 
 @contextlib.contextmanager
-def atomic_path(dest: str | os.PathLike, suffix: str | None = None, overwrite: bool = True) -> Iterator[Path]:
+def atomic_path(dest: str | os.PathLike, suffix: str | None = None, overwrite: bool = True,
+                durable: bool = False) -> Iterator[Path]:
     """Yield a temporary path beside ``dest``; rename it onto ``dest`` only if the block succeeds.
 
     Works for files and directories (e.g. ``.mlpackage``): a folder at ``dest`` is replaced only by a folder
@@ -27,6 +28,9 @@ def atomic_path(dest: str | os.PathLike, suffix: str | None = None, overwrite: b
     ``overwrite=False`` (files only): the rename fails with ``FileExistsError`` if ``dest`` exists by then, even
     one created by another process while the block ran (a hard link, which never replaces, in place of the
     rename; where the file system has no hard links, a check just before the rename).
+
+    ``durable=True`` (files): the temporary file's data reaches the disk (``fsync``) before the rename, so a power
+    loss right after cannot leave an empty file under the real name (checkpoints).
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -37,6 +41,12 @@ def atomic_path(dest: str | os.PathLike, suffix: str | None = None, overwrite: b
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        if durable and tmp_path.is_file():
+            fd = os.open(tmp_path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
         if dest.is_dir() and not dest.is_symlink():
             if not tmp_path.is_dir():
                 raise IsADirectoryError(errno.EISDIR, "is a folder: a file is not written over it", str(dest))

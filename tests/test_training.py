@@ -348,7 +348,9 @@ def test_a_folder_holding_a_run_without_last_pt_is_not_overwritten(synthetic_csv
         train(_cfg(synthetic_csv, out, epochs=1, seed=5), progress=False)
     # --resume does not send the user back to the refusal above ("start without --resume")
     with pytest.raises(TrainingError, match=r"last.pt does not exist, so the run in .* \(best.pt, metrics.json, "
-                                            r"history.csv\) cannot be continued; start a new run in another --out"):
+                                            r"history.csv\) cannot be continued; to train on from its best.pt, "
+                                            r"pass --init .*best.pt with another --out, or start a new run in "
+                                            r"another --out, or delete the folder"):
         train(_cfg(synthetic_csv, out, epochs=1), resume=True, progress=False)
     assert (out / "best.pt").read_bytes() == before
 
@@ -1279,3 +1281,96 @@ def test_model_kwargs_that_cannot_train_are_refused_with_the_other_options(synth
         train(_cfg(synthetic_csv, tmp_path / "r", model=model, model_kwargs=kwargs, lr=-1.0), progress=False)
     assert words in str(e.value) and "--lr must be positive" in str(e.value)  # all at once, before any work
     assert not (tmp_path / "r").exists()
+
+
+def test_a_run_stopped_between_last_pt_and_best_pt_resumes_with_the_best_epoch(synthetic_csv, tmp_path, monkeypatch,
+                                                                              capsys):
+    """QA: best.pt was written before last.pt, so a run killed between them (SIGKILL, power, a full disk) had a
+    best.pt that no --resume could continue; a damaged metrics.json then crashed the next improved epoch, and a
+    killed write's temporary file stayed in the run folder."""
+    from fer_edge.training import trainer as trainer_mod
+
+    real_metrics, calls = trainer_mod.classification_metrics, {"n": 0}
+
+    def improving(*a, **k):  # every epoch is a new best
+        calls["n"] += 1
+        return {**real_metrics(*a, **k), "accuracy": calls["n"] / 10}
+
+    real_save = trainer_mod.save_checkpoint
+
+    def disk_full_at_epoch_2_best(path, payload, *a, **k):
+        if Path(path).name == "best.pt" and payload["epoch"] == 2:
+            raise OSError(28, "No space left on device", str(path))
+        return real_save(path, payload, *a, **k)
+
+    out = tmp_path / "r"
+    monkeypatch.setattr(trainer_mod, "classification_metrics", improving)
+    monkeypatch.setattr(trainer_mod, "save_checkpoint", disk_full_at_epoch_2_best)
+    with pytest.raises(OSError):
+        train(_cfg(synthetic_csv, out, epochs=3), progress=False)
+    monkeypatch.setattr(trainer_mod, "save_checkpoint", real_save)
+    assert load_checkpoint(out / "last.pt").raw["resume"]["best_epoch"] == 2 and load_checkpoint(out / "best.pt").epoch == 1
+    (out / "metrics.json").write_text('{"model": "simple_')  # cut short
+    (out / ".tmp-last-x1y2.pt").write_bytes(b"half a checkpoint")  # a killed write's leftover
+    capsys.readouterr()
+    res = train(_cfg(synthetic_csv, out, epochs=3), resume=True, progress=False)
+    err = " ".join(capsys.readouterr().err.split())
+    assert "holds epoch 1, not the best epoch 2" in err and "written again from" in err, err
+    assert res.best_epoch == 3 and load_checkpoint(out / "best.pt").epoch == 3
+    assert json.loads((out / "metrics.json").read_text())["best_val"]["split"] == "PublicTest"
+    assert not list(out.glob(".tmp-*")) and not (out / ".fer-edge-train.lock").exists()
+
+
+def test_resume_with_a_truncated_last_pt_says_what_can_still_be_done(synthetic_csv, tmp_path, monkeypatch):
+    out = tmp_path / "r"
+    _stopped_after_one_epoch(_cfg(synthetic_csv, out, epochs=3), monkeypatch)
+    (out / "last.pt").write_bytes((out / "last.pt").read_bytes()[:1000])
+    with pytest.raises(TrainingError) as e:
+        train(_cfg(synthetic_csv, out, epochs=3), resume=True, progress=False)
+    msg = str(e.value)
+    assert msg.startswith(f"--resume cannot continue the run in {out}: ") and "not a readable checkpoint" in msg, msg
+    assert f"pass --init {out / 'best.pt'} with another --out" in msg, msg
+
+
+def test_two_runs_with_one_out_do_not_write_over_each_other(synthetic_csv, tmp_path, monkeypatch):
+    """QA: two `fer-edge train --out r` started at once both ran, the second's files replacing the first's."""
+    import fcntl
+
+    from fer_edge.training import trainer as trainer_mod
+
+    out = tmp_path / "r"
+    out.mkdir()
+    with open(out / trainer_mod.LOCK_FILE, "a") as held:  # another process writing the run
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(TrainingError, match="another fer-edge train is writing this run now"):
+            train(_cfg(synthetic_csv, out, epochs=1), progress=False)
+    assert (out / trainer_mod.LOCK_FILE).exists()  # the other process's lock file is not removed
+    (out / trainer_mod.LOCK_FILE).unlink()
+    # the other run wrote its files while this one loaded the data: refused once the lock is taken
+    real_load = trainer_mod.Trainer._load_data
+
+    def other_run_meanwhile(self):
+        data = real_load(self)
+        (out / "history.csv").write_text("epoch\n1\n")
+        return data
+
+    monkeypatch.setattr(trainer_mod.Trainer, "_load_data", other_run_meanwhile)
+    with pytest.raises(TrainingError, match=r"already holds a run \(history.csv\), written by another fer-edge train"):
+        train(_cfg(synthetic_csv, out, epochs=1), progress=False)
+    assert sorted(p.name for p in out.iterdir()) == ["history.csv"]
+    # two --resume of one run: the one that read last.pt before the other wrote it is refused
+    monkeypatch.undo()
+    run = tmp_path / "r2"
+    _stopped_after_one_epoch(_cfg(synthetic_csv, run, epochs=3), monkeypatch)
+    newer = torch.load(run / "last.pt", weights_only=True)
+    newer["resume"]["epoch"] = 2
+
+    def resumed_meanwhile(self):
+        data = real_load(self)
+        torch.save(newer, run / "last.pt")
+        return data
+
+    monkeypatch.setattr(trainer_mod.Trainer, "_load_data", resumed_meanwhile)
+    with pytest.raises(TrainingError, match="last.pt changed while this run started"):
+        train(_cfg(synthetic_csv, run, epochs=3), resume=True, progress=False)
+    assert not (run / trainer_mod.LOCK_FILE).exists()

@@ -7,6 +7,7 @@ repeats exactly what an uninterrupted run would have done.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
@@ -290,6 +291,8 @@ MIN_TEMPERATURE, MAX_TEMPERATURE = 0.01, 100.0
 
 #: Files of a run directory: a folder holding any of them is a run that a new one must not overwrite.
 RUN_FILES = ("last.pt", "best.pt", "metrics.json", "history.csv")
+#: The lock file a run holds in its folder while a process writes it (:meth:`Trainer._lock_out`).
+LOCK_FILE = ".fer-edge-train.lock"
 
 #: TrainConfig fields that ``--resume`` lets differ from the run's: where and how fast it runs (``data`` is
 #: compared by the images' fingerprint instead: the same file by another path, or a copy, is the same data).
@@ -517,6 +520,7 @@ class Trainer:
         self.out = Path(cfg.out)
         self.teacher_targets_seconds: float | None = None
         self._created_out = False  # whether this run made cfg.out (a failed --wandb start removes it again)
+        self._lock = None  # the open lock file while this process writes the run (see _lock_out)
         self.device = resolve_device(cfg.device)
         self.dist = _Dist(self.device)
         if console is None:
@@ -536,7 +540,7 @@ class Trainer:
         one) and last.pt holds the best epoch, best.pt is written again from last.pt, with a warning.
         Returns why best.pt is lost when it cannot be restored (the caller says what that means), else None."""
         best, epoch = self.out / "best.pt", int(state["best_epoch"])
-        if epoch <= 0 or (why := _best_problem(best)) is None:
+        if epoch <= 0 or (why := _best_problem(best, epoch, last.train_config)) is None:
             return None
         row = next((r for r in state["history"] if r.get("epoch") == epoch), {})
         if epoch != int(state["epoch"]) or "val_accuracy" not in row:
@@ -579,10 +583,16 @@ class Trainer:
                 held = [n for n in RUN_FILES if (self.out / n).exists()]
                 if held:  # a run without its resume state: a new run there would be refused too
                     raise TrainingError(f"--resume: {last_path} does not exist, so the run in {self.out} "
-                                        f"({', '.join(held)}) cannot be continued; start a new run in another "
-                                        "--out (fer-edge train never overwrites a run)")
+                                        f"({', '.join(held)}) cannot be continued; {_init_advice(self.out)}start a "
+                                        "new run in another --out, or delete the folder (fer-edge train never "
+                                        "overwrites a run)")
                 raise TrainingError(f"--resume: {last_path} does not exist; start without --resume")
-            ck = load_checkpoint(last_path)
+            try:
+                ck = load_checkpoint(last_path)
+            except CheckpointError as e:
+                raise TrainingError(f"--resume cannot continue the run in {self.out}: {e}; "
+                                    f"{_init_advice(self.out)}start a new run in another --out") from None
+            _remove_debris(self.out)
             saved = ck.train_config
             now = cfg.to_dict()
             # a field the run's fer-edge did not have yet is that field's default (what the run trained with)
@@ -778,6 +788,7 @@ class Trainer:
             except OSError as e:  # a folder the checks let by that the system will not create (under /proc)
                 raise TrainingError(f"--out {self.out}: cannot create the folder ({e.strerror or e}); "
                                     "choose another --out") from None
+        self._lock_out(None if state is None else ck)
 
         self.log(
             f"[bold]{cfg.model}[/] ({n_params:,} params) on {device}, "
@@ -904,7 +915,9 @@ class Trainer:
                     if wandb_run is not None:
                         wandb_run.log(row, step=epoch + 1)
                     # the epoch's files are written together: an interrupt waits for the last of them, so a
-                    # run never holds best.pt and metrics.json without the last.pt that --resume needs
+                    # run never holds best.pt and metrics.json without the last.pt that --resume needs. last.pt
+                    # comes first: a process killed before best.pt (SIGKILL, power) leaves a last.pt that holds
+                    # the best epoch, from which --resume writes best.pt again
                     with interrupts_deferred():
                         if self.dist.main:
                             base = {
@@ -912,14 +925,6 @@ class Trainer:
                                 "normalization": norm.to_dict(), "train_config": cfg.to_dict(), "data": fingerprint,
                                 "input_files": input_files, "epoch": epoch + 1,
                             }
-                            if improved:
-                                save_checkpoint(self.out / "best.pt", {
-                                    **base, "state_dict": eval_model.state_dict(),
-                                    "metrics": {"val_accuracy": metrics["accuracy"],
-                                                "val_macro_f1": metrics["macro_f1"], "val_split": val.split,
-                                                "epoch": epoch + 1, "params": n_params},
-                                })
-                                self._write_eval_outputs(metrics, val.split)
                             stop = cfg.patience > 0 and bad_epochs >= cfg.patience
                             resume_state = {
                                 "model": model.state_dict(), "optimizer": opt.state_dict(),
@@ -933,6 +938,14 @@ class Trainer:
                                 **base, "state_dict": eval_model.state_dict(), "resume": resume_state,
                                 "metrics": {"val_accuracy": row.get("val_accuracy"), "epoch": epoch + 1},
                             })
+                            if improved:
+                                save_checkpoint(self.out / "best.pt", {
+                                    **base, "state_dict": eval_model.state_dict(),
+                                    "metrics": {"val_accuracy": metrics["accuracy"],
+                                                "val_macro_f1": metrics["macro_f1"], "val_split": val.split,
+                                                "epoch": epoch + 1, "params": n_params},
+                                })
+                                self._write_eval_outputs(metrics, val.split)
                             self._write_history(history)
                             self._write_metrics(history, best_acc, best_epoch, n_params, device,
                                                 stop or epoch + 1 == cfg.epochs)
@@ -963,8 +976,7 @@ class Trainer:
             if wandb_run is not None:
                 wandb_run.finish()
             self.dist.close()
-            if self._created_out and self.out.is_dir() and not any(self.out.iterdir()):
-                self.out.rmdir()  # stopped before its first epoch was saved: leave no empty run behind
+            self._leave_out()
         if self.dist.main:
             self._plot_curves(history)
         return TrainResult(self.out, best_acc, best_epoch, len(history), history, stopped_early,
@@ -1056,13 +1068,8 @@ class Trainer:
         write_text_atomic(self.out / "history.csv", buf.getvalue())
 
     def _write_metrics(self, history, best_acc, best_epoch, n_params, device, final: bool) -> None:
-        prev = {}
         p = self.out / "metrics.json"
-        if p.is_file():
-            try:
-                prev = json.loads(p.read_text())
-            except json.JSONDecodeError:
-                prev = {}
+        prev = _read_metrics(p)
         prev.update({
             "model": self.cfg.model, "params": n_params, "best_val_accuracy": best_acc, "best_epoch": best_epoch,
             "epochs_run": len(history), "finished": final, "device": str(device),
@@ -1077,7 +1084,7 @@ class Trainer:
         from fer_edge.training.plots import plot_confusion
 
         p = self.out / "metrics.json"
-        prev = json.loads(p.read_text()) if p.is_file() else {}
+        prev = _read_metrics(p)
         prev["best_val"] = {"split": split, **{k: metrics[k] for k in ("accuracy", "macro_f1", "n", "per_class",
                                                                         "confusion")}}
         write_json_atomic(p, prev)
@@ -1095,12 +1102,62 @@ class Trainer:
         if history:
             plot_curves(history, self.out / "curves.png", title=self.cfg.model)
 
+    def _lock_out(self, last=None) -> None:
+        """Hold ``OUT/.fer-edge-train.lock`` (an advisory ``flock``, released by the system when the process ends,
+        however it ends) while this process writes the run, so that two ``fer-edge train`` with one ``--out``
+        (two started at once, or two ``--resume`` of one run) do not write over each other: the second is refused.
+        Taken once the folder exists, then the folder is checked again: a new run refuses a run another process
+        wrote meanwhile; a resume (``last``: the last.pt it loaded) refuses a last.pt changed since it was read.
+        (Where the system has no ``fcntl``, Windows, there is no lock.)"""
+        if not self.dist.main:
+            return
+        try:
+            import fcntl
+        except ImportError:
+            return
+        fh = open(self.out / LOCK_FILE, "a")  # noqa: SIM115 - held open for the run
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            fh.close()
+            raise TrainingError(f"{self.out}: another fer-edge train is writing this run now (it holds "
+                                f"{self.out / LOCK_FILE}); wait for it to end, or choose another --out") from None
+        self._lock = fh
+        if last is None:
+            held = [n for n in RUN_FILES if (self.out / n).exists()]
+            if held:
+                self._leave_out()
+                raise TrainingError(f"{self.out} already holds a run ({', '.join(held)}), written by another "
+                                    "fer-edge train while this one started; choose another --out (fer-edge train "
+                                    "never overwrites a run)")
+        else:
+            try:
+                same = load_checkpoint(last.path).raw.get("resume", {}).get("epoch") == last.raw["resume"]["epoch"]
+            except CheckpointError:
+                same = False
+            if not same:
+                self._leave_out()
+                raise TrainingError(f"--resume: {last.path} changed while this run started (another fer-edge "
+                                    "train wrote it); run the --resume again to continue from it")
+
+    def _leave_out(self) -> None:
+        """Release the run's lock (removing its file) and remove ``--out`` again when this process made it and it
+        is empty (the run stopped before its first epoch was saved)."""
+        if self._lock is not None:
+            with contextlib.suppress(OSError):
+                (self.out / LOCK_FILE).unlink()
+            self._lock.close()
+            self._lock = None
+        if self._created_out and self.out.is_dir() and not any(self.out.iterdir()):
+            self.out.rmdir()
+
     def _wandb_init(self, n_params: int):
         if not self.cfg.wandb:
             return None
         try:
             import wandb
         except ImportError:
+            self._leave_out()
             raise TrainingError("--wandb needs the wandb package: pip install 'fer-edge[wandb]'") from None
         try:
             return wandb.init(project=self.cfg.wandb, config={**self.cfg.to_dict(), "params": n_params},
@@ -1109,7 +1166,10 @@ class Trainer:
             if self._created_out:
                 import shutil
 
+                self._leave_out()
                 shutil.rmtree(self.out, ignore_errors=True)  # only wandb's files: nothing of the run yet
+            else:
+                self._leave_out()
             raise TrainingError(f"--wandb {self.cfg.wandb}: Weights & Biases did not start ({type(e).__name__}: "
                                 f"{e}); run `wandb login`, or set WANDB_MODE=offline to log locally") from None
 
@@ -1124,24 +1184,58 @@ def _resume_advice(out: Path) -> str:
         why = str(e)
     if why is None:
         return "pass --resume to continue it or "
+    return f"--resume cannot continue it: {why}; {_init_advice(out)}"
+
+
+def _init_advice(out: Path) -> str:
+    """"to train on from its best.pt, pass --init OUT/best.pt with another --out, or " when ``out``'s best.pt can
+    be read, else ""."""
+    best = out / "best.pt"
     try:
         load_checkpoint(best)
-        init = f"to train on from its best.pt, pass --init {best} with another --out, or "
     except CheckpointError:
-        init = ""
-    return f"--resume cannot continue it: {why}; {init}"
+        return ""
+    return f"to train on from its best.pt, pass --init {best} with another --out, or "
 
 
-def _best_problem(best: Path) -> str | None:
-    """Why ``best`` cannot be read as a checkpoint (missing, truncated, not one), or None. (A readable file is
-    left alone, whatever it holds: it may be the user's.)"""
+def _remove_debris(out: Path) -> None:
+    """Remove the temporary files a killed run left beside its files (``.tmp-last-x1y2.pt``, see
+    :func:`fer_edge.utils.atomic_path`): half-written copies nothing reads, which no later write would remove."""
+    for name in RUN_FILES + ("per_class.csv", "curves.png", "confusion_matrix.png"):
+        stem, suffix = name.rsplit(".", 1)
+        for f in out.glob(f".tmp-{stem}-*.{suffix}"):
+            with contextlib.suppress(OSError):
+                f.unlink()
+
+
+def _best_problem(best: Path, epoch: int, train_config: dict) -> str | None:
+    """Why ``best`` does not hold the run's best epoch ``epoch``: it cannot be read as a checkpoint (missing,
+    truncated, not one), or it is this run's (the same ``train_config``) from an earlier epoch (the process was
+    killed, or the disk filled, between last.pt and best.pt); else None. (Another readable file is left alone,
+    whatever it holds: it may be the user's.)"""
     from rich.markup import escape
 
     try:
-        load_checkpoint(best)
+        ck = load_checkpoint(best)
     except CheckpointError as e:
         return escape(str(e))
+    held = ck.raw.get("epoch")
+    def fixed(c: dict) -> dict:  # what a --resume may not change
+        return {k: v for k, v in c.items() if k not in RESUME_FREE}
+
+    if isinstance(held, int) and held < epoch and fixed(ck.train_config) == fixed(train_config):
+        return f"{best} holds epoch {held}, not the best epoch {epoch} (the run stopped before it was written)"
     return None
+
+
+def _read_metrics(p: Path) -> dict:
+    """A run's ``metrics.json`` to update, or {} when there is none or it is damaged (cut short, not an object):
+    it is written again whole, never a reason to stop the run."""
+    try:
+        prev = json.loads(p.read_text())
+    except (OSError, ValueError):
+        return {}
+    return prev if isinstance(prev, dict) else {}
 
 
 def run_finished(out: Path) -> bool:
