@@ -443,8 +443,11 @@ def test_missing_columns(tmp_path, own_cache):
         load_split(path, "Training")
     assert str(path) in str(err.value)
     path2 = _write(tmp_path / "noheader.csv", _csv_text([_row()], header=_row()))
-    with pytest.raises(DataError, match=r"noheader.csv, line 1: missing column\(s\) emotion, pixels, Usage"):
+    with pytest.raises(DataError, match=r"noheader.csv, line 1: missing column\(s\) emotion, pixels, Usage") as err:
         list_splits(path2)
+    # QA: the message quoted all 2304 pixel values (8.5 KB)
+    assert len(str(err.value)) < 400 and str(err.value).endswith(
+        "line 1 reads like a data row: add the header line emotion,pixels,Usage"), str(err.value)
 
 
 def test_empty_csv_and_header_only(tmp_path, own_cache):

@@ -180,10 +180,14 @@ def _parse_header(line: bytes, path: Path) -> tuple[list[str], dict[str, int]]:
     missing = [c for c in REQUIRED_COLUMNS if c not in index]
     if missing:
         names = {"emotion": "emotion", "pixels": "pixels", "usage": "Usage"}
-        shown = ", ".join(repr(c) for c in cols[:10]) or "nothing"
+        shown = ", ".join(repr(c if len(c) <= 40 else c[:37] + "...") for c in cols[:10]) or "nothing"
+        more = f" and {len(cols) - 10} more" if len(cols) > 10 else ""
+        headless = (len(cols) >= 2 and cols[0].strip().isdigit()
+                    and len(cols[1].split()) > 100)  # a label, then a pixel string: a data row
         raise DataError(
             f"{path}, line 1: missing column(s) {', '.join(names[m] for m in missing)}; "
-            f"a FER2013 CSV needs the header emotion,pixels,Usage (found {shown})"
+            f"a FER2013 CSV needs the header emotion,pixels,Usage (found {shown}{more})"
+            + ("; line 1 reads like a data row: add the header line emotion,pixels,Usage" if headless else "")
         )
     return cols, index
 
