@@ -306,6 +306,62 @@ def test_cache_hit_skips_the_parser_and_one_pass_caches_all_splits(small_csv, sm
     assert len(calls) == 2
 
 
+def test_an_unwritable_cache_decodes_a_csv_once_per_process(small_csv, tmp_path, monkeypatch, caplog):
+    """QA: with a cache folder that cannot be written, one `fer-edge train` decoded the CSV four times (listing the
+    splits, the defaults, the training and the validation split), warning each time."""
+    import fer_edge.data.loading as loading
+
+    (tmp_path / "notadir").write_text("x")
+    monkeypatch.setenv("FER_EDGE_CACHE_DIR", str(tmp_path / "notadir"))
+    monkeypatch.setattr(loading, "_UNCACHED", None, raising=False)
+    calls = []
+    real = _csv.read_csv
+    monkeypatch.setattr(_csv, "read_csv", lambda *a, **k: calls.append(1) or real(*a, **k))
+    with caplog.at_level(logging.WARNING, logger="fer_edge.data"):
+        train_split, val_split = default_train_split(small_csv), default_val_split(small_csv)
+        a, b = load_split(small_csv, train_split), load_split(small_csv, val_split)
+        a2 = load_split(small_csv, train_split)
+    assert len(calls) == 1, calls
+    assert sum("could not write the data cache" in r.getMessage() for r in caplog.records) == 1
+    a.images[0, 0, 0] += 1  # a caller's change to its tensor is its own
+    assert not torch.equal(a.images, a2.images) and len(b.labels) > 0
+    small_csv.write_bytes(small_csv.read_bytes())  # the file written again (its time): decoded again
+    os.utime(small_csv, ns=(1, 1))
+    load_split(small_csv, train_split)
+    assert len(calls) == 2
+
+
+@pytest.mark.parametrize("form", ["csv", "folder"])
+def test_an_edit_that_keeps_size_and_mtime_is_not_served_from_the_cache(form, small_arrays, tmp_path, own_cache):
+    """QA: a one-digit label change put back to its old mtime (`touch -r`, `cp -p`, `rsync -a`) read the old labels
+    from the cache, and --resume's "same images" check took its hash from there."""
+    if form == "csv":  # a plain CSV: one label digit changed keeps the file's size
+        data, split = write_csv(tmp_path / "f.csv", small_arrays), "Training"
+        target = data
+        edited = bytearray(data.read_bytes())
+        first = edited.index(b"\n") + 1  # the first row's label
+        edited[first] = ord("6") if edited[first] != ord("6") else ord("5")
+        edited = bytes(edited)
+    else:  # BMP files: one pixel changed keeps the size
+        data = write_folder(tmp_path / "imgs", {"train": small_arrays["Training"]}, ext="bmp")
+        split = "train"
+        target = sorted((data / "train").rglob("*.bmp"))[0]
+        img = np.array(Image.open(target))
+        img[0, 0] = 255 - img[0, 0]
+        buf = __import__("io").BytesIO()
+        Image.fromarray(img).save(buf, format="BMP")
+        edited = buf.getvalue()
+    before = load_split(data, split)
+    st = target.stat()
+    assert len(edited) == st.st_size
+    target.write_bytes(edited)
+    os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))  # touch -r: the old modification time
+    after = load_split(data, split)
+    assert after.fingerprint["sha256"] != before.fingerprint["sha256"]
+    fresh = load_split(data, split, cache=False)
+    assert torch.equal(after.images, fresh.images) and torch.equal(after.labels, fresh.labels)
+
+
 def test_folder_cache_hit_and_invalidation(small_folder, small_arrays, own_cache, monkeypatch):
     calls = []
     real = _folder.decode

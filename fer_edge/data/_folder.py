@@ -46,6 +46,7 @@ class FileEntry(NamedTuple):
     label: int
     size: int
     mtime_ns: int
+    ctime_ns: int = 0  # changes with any write, also one that sets mtime back (touch -r, cp -p, rsync -a)
 
 
 def _natural_key(name: str):
@@ -188,7 +189,8 @@ def scan(split_dir: Path) -> list[FileEntry]:
                         continue
                     if _is_image(e.name) and e.is_file():
                         st = e.stat()
-                        files.append(FileEntry(f"{name}/{e.name}", e.path, idx, st.st_size, st.st_mtime_ns))
+                        files.append(FileEntry(f"{name}/{e.name}", e.path, idx, st.st_size, st.st_mtime_ns,
+                                               st.st_ctime_ns))
                     elif e.is_dir():
                         has_subdir = True
                     elif _is_image(e.name):

@@ -216,7 +216,8 @@ def _arrays_sha256(images: np.ndarray, labels: np.ndarray) -> str:
     return h.hexdigest()
 
 
-def _cache_write(path: Path, arrays: dict[str, np.ndarray], meta: dict) -> None:
+def _cache_write(path: Path, arrays: dict[str, np.ndarray], meta: dict) -> bool:
+    """Write a cache file; False (with a warning) when the file system refuses it."""
     from fer_edge.utils import atomic_path
 
     try:
@@ -229,6 +230,8 @@ def _cache_write(path: Path, arrays: dict[str, np.ndarray], meta: dict) -> None:
                     old.unlink()
     except OSError as e:
         log.warning("could not write the data cache %s (%s); the next load decodes again", path, e)
+        return False
+    return True
 
 
 def _cache_read(path: Path, key: str, splits: list[str] | None):
@@ -301,7 +304,9 @@ def _progress_bar(enabled: bool, description: str, unit: str = "files"):
 def _csv_identity(src: _Source) -> tuple[str, str, os.stat_result]:
     st = src.path.stat()
     ident = _digest(["csv", str(src.path)])
-    key = _digest(["csv", CACHE_VERSION, str(src.path), st.st_size, st.st_mtime_ns])
+    # the status-change time too: an edit that keeps the size and sets the modification time back (touch -r,
+    # cp -p, rsync -a, tar) changes it, so the cache never serves the file's old content
+    key = _digest(["csv", CACHE_VERSION, str(src.path), st.st_size, st.st_mtime_ns, st.st_ctime_ns])
     return ident, key, st
 
 
@@ -313,11 +318,20 @@ def _csv_decode(src: _Source, progress: bool) -> tuple[dict, dict]:
     return splits, metas
 
 
+#: The last CSV decode whose cache file could not be written (a read-only cache folder): ``(cache key, splits,
+#: split infos)``, so that the other loads of one command (the split names, the training and validation splits)
+#: do not decode the whole file again, each with the same warning. One file is kept; only when uncached.
+_UNCACHED: tuple[str, dict, dict] | None = None
+
+
 def _csv_metas(src: _Source, cache: bool, progress: bool):
     """(cache path, key, split infos, decoded splits or None when the infos came from the cache)."""
+    global _UNCACHED
     ident, key, _ = _csv_identity(src)
     path = _cache_path("csv", ident, key)
     if cache:
+        if _UNCACHED is not None and _UNCACHED[0] == key:
+            return path, key, _UNCACHED[2], _UNCACHED[1]
         hit = _cache_read(path, key, None)
         if hit is not None:
             return path, key, hit[0]["splits"], None
@@ -328,12 +342,18 @@ def _csv_metas(src: _Source, cache: bool, progress: bool):
 
 
 def _csv_cache_write(src: _Source, path: Path, key: str, splits: dict, metas: dict) -> None:
+    global _UNCACHED
     arrays = {}
     for name, (im, lab) in splits.items():
         arrays[f"images_{metas[name]['id']}"] = im
         arrays[f"labels_{metas[name]['id']}"] = lab
-    _cache_write(path, arrays, {"version": CACHE_VERSION, "key": key, "format": "csv",
-                                "source": str(src.path), "splits": metas})
+    written = _cache_write(path, arrays, {"version": CACHE_VERSION, "key": key, "format": "csv",
+                                          "source": str(src.path), "splits": metas})
+    _UNCACHED = None
+    if not written:
+        for im, lab in splits.values():  # shared by the loads that follow: each load_split takes a copy
+            im.flags.writeable = lab.flags.writeable = False
+        _UNCACHED = (key, splits, metas)
 
 
 def _csv_load(src: _Source, split: str, cache: bool, progress: bool):
@@ -362,7 +382,7 @@ def _folder_key(src: _Source, split: str, files) -> tuple[str, str]:
     h = hashlib.sha256()
     h.update(json.dumps(["folder", CACHE_VERSION, str(src.path), split]).encode())
     for f in files:
-        h.update(f"\0{f.rel}\0{f.size}\0{f.mtime_ns}".encode("utf-8", "surrogateescape"))
+        h.update(f"\0{f.rel}\0{f.size}\0{f.mtime_ns}\0{f.ctime_ns}".encode("utf-8", "surrogateescape"))
     return ident, h.hexdigest()
 
 
