@@ -1241,6 +1241,14 @@ def test_a_model_with_batchnorm1d_is_refused_a_one_image_step_before_training(sy
     res = train(_cfg(synthetic_csv, tmp_path / "ok", model="simple_cnn", batch_size=1, epochs=1,
                      max_steps_per_epoch=2), progress=False)  # no BatchNorm1d: a one-image step trains
     assert res.epochs_run == 1
+    # QA: a one-image training split was told to raise --batch-size, which cannot help
+    from fer_edge.data.synthetic import make_synthetic, write_csv
+
+    x, y = make_synthetic(2, seed=3)
+    one = write_csv(tmp_path / "one.csv", {"Training": (x[:1], y[:1]), "PublicTest": (x[1:], y[1:])})
+    with pytest.raises(TrainingError, match=r"a step gets 1 \(--batch-size 32, 1 training images\): the training "
+                                            r"split needs at least 2 images$"):
+        train(_cfg(one, tmp_path / "r1", model="keras_cnn", epochs=1), progress=False)
 
 
 def test_cli_train_names_init_and_refuses_orphan_mix_prob_and_empty_model_kwargs(synthetic_csv, tmp_path):

@@ -693,10 +693,14 @@ class Trainer:
         model_kwargs = resolved_model_kwargs(model, cfg.model_kwargs)  # defaults included: survives their change
         images_a_step = min(cfg.batch_size, len(x_train)) // self.dist.world
         if images_a_step < 2 and any(isinstance(m, torch.nn.BatchNorm1d) for m in model.modules()):
+            # what would give a step 2 images: a larger batch only while the split holds more images than it
+            fix = ("raise --batch-size" if cfg.batch_size < len(x_train)
+                   else f"the training split needs at least {2 * self.dist.world} images"
+                   + (" (or fewer processes)" if self.dist.world > 1 else ""))
             raise TrainingError(
                 f"{cfg.model} has BatchNorm1d layers, which need at least 2 images a training step, but a step "
                 f"gets {images_a_step} (--batch-size {cfg.batch_size}, {len(x_train)} training images"
-                + (f", {self.dist.world} processes" if self.dist.world > 1 else "") + "): raise --batch-size")
+                + (f", {self.dist.world} processes" if self.dist.world > 1 else "") + f"): {fix}")
         if cfg.init and state is None:
             norm = load_init_weights(model, cfg, labels)
         model = model.to(device)
