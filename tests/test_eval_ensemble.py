@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -257,3 +258,23 @@ def test_an_interrupted_eval_says_what_it_wrote(members, synthetic_csv, tmp_path
     r = runner.invoke(app, [*args, "--out", str(tmp_path / "b")])
     (png,) = (tmp_path / "b").glob("confusion_*.png")
     assert r.exit_code == 130 and f"interrupted: {png} was written before it" in " ".join(r.stderr.split()), r.output
+
+
+def test_eval_of_a_checkpoint_in_a_folder_it_cannot_write_still_evaluates(members, synthetic_csv, tmp_path,
+                                                                          monkeypatch):
+    """QA (code reading): the confusion matrix's default place is the checkpoint's folder, and a folder one may
+    read but not write (a read-only mount, a colleague's runs) refused the whole eval, --json too."""
+    import fer_edge.utils
+
+    monkeypatch.chdir(tmp_path)
+    ro = members[0].resolve().parent
+    real = fer_edge.utils._unwritable
+    monkeypatch.setattr(fer_edge.utils, "_unwritable", lambda q: "read-only file system" if Path(q).resolve() == ro
+                        else real(q))
+    r = runner.invoke(app, ["eval", "--model", str(members[0]), "--data", str(synthetic_csv), "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["confusion_png"].startswith("fer-edge-eval/")
+    assert f"note: the checkpoint's folder {ro} cannot be written (read-only file system)" in " ".join(
+        r.stderr.split()), r.stderr
+    r = runner.invoke(app, ["eval", "--model", str(members[0]), "--data", str(synthetic_csv), "--out", str(ro)])
+    assert r.exit_code == 1 and "cannot write into" in r.stderr, r.output  # one the user names is still refused

@@ -30,8 +30,14 @@ def eval_cmd(
 
     names = list(checkpoint or [None])
     if out is None:
+        from fer_edge.utils import _unwritable
+
         parent = resolve_checkpoint(names[0]).resolve().parent
         out = Path("fer-edge-eval") if parent == WEIGHTS_DIR or len(names) > 1 else parent
+        if out == parent and (why := _unwritable(parent)):  # a checkpoint one may read but not write beside
+            out = Path("fer-edge-eval")
+            typer.echo(f"note: the checkpoint's folder {parent} cannot be written ({why}): the confusion matrix "
+                       f"goes to {out}/ (--out chooses)", err=True)
 
     from fer_edge.utils import sigterm_as_interrupt
 
