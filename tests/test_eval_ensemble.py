@@ -278,3 +278,23 @@ def test_eval_of_a_checkpoint_in_a_folder_it_cannot_write_still_evaluates(member
         r.stderr.split()), r.stderr
     r = runner.invoke(app, ["eval", "--model", str(members[0]), "--data", str(synthetic_csv), "--out", str(ro)])
     assert r.exit_code == 1 and "cannot write into" in r.stderr, r.output  # one the user names is still refused
+
+
+def test_eval_on_the_split_a_checkpoint_trained_on_notes_it(tiny_checkpoint, synthetic_csv, tmp_path):
+    """QA: train and soup warn when their validation split is training data; eval printed a plain accuracy."""
+    from fer_edge.training.trainer import data_fingerprint
+
+    raw = torch.load(tiny_checkpoint, weights_only=True)
+    raw["data"] = {"train": data_fingerprint(load_split(synthetic_csv, "Training", progress=False)),
+                   "val": data_fingerprint(load_split(synthetic_csv, "PublicTest", progress=False))}
+    ck = tmp_path / "run" / "best.pt"
+    ck.parent.mkdir()
+    save_checkpoint(ck, {k: v for k, v in raw.items() if k not in ("format", "fer_edge_version")})
+    r = runner.invoke(app, ["eval", "--model", str(ck), "--data", str(synthetic_csv), "--split", "train"],
+                      env={"COLUMNS": "250"})
+    assert r.exit_code == 0, r.output
+    assert f"note: Training is training data ({ck} trained on it): the accuracy is measured on images the model " \
+           "learned" in " ".join(r.stderr.split()), r.stderr
+    assert evaluate(ck, synthetic_csv, "PublicTest", device="cpu", progress=False).notes == []
+    r = runner.invoke(app, ["eval", "--model", str(ck), "--data", str(synthetic_csv), "--split", "Training", "--json"])
+    assert "Training is training data" in json.loads(r.stdout)["notes"][0]

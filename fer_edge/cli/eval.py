@@ -88,3 +88,5 @@ def _eval(names, data, split, tta, device, out, as_json) -> None:
         t.add_row(name, f"{v['precision']:.3f}", f"{v['recall']:.3f}", f"{v['f1']:.3f}", str(v["support"]))
     console.print(t)
     console.print(f"confusion matrix: {r.confusion_png}")
+    for note in r.notes:
+        typer.echo(f"note: {note}", err=True)

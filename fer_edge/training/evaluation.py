@@ -6,7 +6,7 @@ mirror first). That is how to see what a ``fer-edge train --distill A --distill 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -27,6 +27,7 @@ class EvalResult:
     confusion: list
     confusion_png: str | None = None
     members: list[str] | None = None  # the checkpoints of an ensemble (None: one checkpoint)
+    notes: list[str] = field(default_factory=list)  # what the figures mean less than they seem to (trained on it)
 
     def to_dict(self) -> dict:
         from dataclasses import asdict
@@ -146,5 +147,13 @@ def evaluate(checkpoint: str | Path | None | Sequence[str | Path], data: str | P
                                  title=f"{model_name} on {ds.split}{' (flip TTA)' if tta else ''}: "
                                        f"accuracy {m['accuracy']:.4f}"))
     members = [str(p) for p in paths] if len(paths) > 1 else None
+    # a split a checkpoint trained on measures how well it learned those images, not how it does on unseen faces
+    # (train and soup say the same of their validation split)
+    from fer_edge.training.trainer import data_fingerprint, same_data
+
+    now = data_fingerprint(ds)
+    trained = [str(p) for p, c in zip(paths, cks) if (c.data or {}).get("train") and same_data(c.data["train"], now)]
+    notes = [f"{ds.split} is training data ({', '.join(trained)} trained on it): the accuracy is measured on images "
+             "the model learned, not on unseen faces"] if trained else []
     return EvalResult(" + ".join(str(p) for p in paths), model_name, ds.split, str(data), tta, m["accuracy"],
-                      m["macro_f1"], m["n"], m["per_class"], m["confusion"], png, members)
+                      m["macro_f1"], m["n"], m["per_class"], m["confusion"], png, members, notes)
