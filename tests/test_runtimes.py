@@ -407,3 +407,35 @@ def test_every_device_a_runtime_has_here_is_one_it_knows(name):
     here = cls.devices() if ok else []
     assert set(here) <= set(cls.known_devices())
     check_devices([*here, "cpu"], [name])
+
+
+@pytest.mark.parametrize("target", ["pytorch", "torchscript", "onnx", "openvino"])
+def test_cpu_is_one_device_name_for_every_runtime_in_any_case(exported, tiny_checkpoint, batch, target):
+    """QA: device="cpu" failed for an OpenVINO .xml ("device 'cpu' is not available here; available: CPU") and
+    device="CPU" for a TorchScript file, so code choosing a model by file type could not pass one device."""
+    import fer_edge
+    from fer_edge.runtimes import load_runtime
+
+    path = tiny_checkpoint if target == "pytorch" else _fp32(exported, target)
+    want = load_runtime(path).run(batch)
+    for name in ("cpu", "CPU", "Cpu"):
+        rt = load_runtime(path, device=name)
+        assert rt.device.lower() in ("cpu", "cpuexecutionprovider") and np.allclose(rt.run(batch), want, atol=1e-5)
+    assert fer_edge.load(path, device="cpu") is not None
+    if target != "onnx":  # (ONNX Runtime names its providers: its own message)
+        with pytest.raises(RuntimeUnavailableError, match=r"unknown device 'cpus' \(its devices: "):
+            load_runtime(path, device="cpus")
+
+
+def test_a_shipped_name_loads_the_shipped_weight_even_beside_a_file_of_that_name(tmp_path, monkeypatch):
+    """QA: load_runtime("nano") read a file called nano in the current folder, where fer_edge.load("nano") and
+    `fer-edge export nano` take the shipped model; ./nano names the file."""
+    from fer_edge.runtimes import load_runtime
+    from fer_edge.weights import PRETRAINED
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "nano").write_text("hi")
+    rt = load_runtime("nano")
+    assert rt.name == "pytorch" and rt.path.resolve() == PRETRAINED["nano"].path.resolve()
+    with pytest.raises(FerEdgeError, match="cannot tell the target of"):
+        load_runtime("./nano")

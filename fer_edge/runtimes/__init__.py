@@ -58,12 +58,14 @@ def load_runtime(path: str | Path, runtime: str | None = None, device: str | Non
                  **options) -> Runtime:
     """Construct the runtime for ``path`` (or the one named), after checking it is available here.
 
-    ``path`` may also be a shipped model name (``small``, ``nano``): its checkpoint runs in PyTorch.
+    ``path`` may also be a shipped model name (``small``, ``nano``): its checkpoint runs in PyTorch, also when a
+    file of that name is in the current folder (``./nano`` names that file), as everywhere in fer-edge
+    (:func:`fer_edge.weights.resolve_checkpoint`). ``device`` is matched in any case (``cpu`` is OpenVINO's ``CPU``).
     ``runtime_option`` is how an error names the ``runtime`` choice (the CLI passes ``"--runtime"``).
     """
     from fer_edge.weights import PRETRAINED, resolve_checkpoint
 
-    if str(path) in PRETRAINED and not Path(path).exists():
+    if str(path) in PRETRAINED:
         path = resolve_checkpoint(str(path))
     cls = get_runtime(runtime) if runtime else runtime_for_path(path)
     if runtime:

@@ -40,12 +40,19 @@ def check_artifact(path: Path, is_dir: bool = False) -> Path:
     return path
 
 
-def check_device(device: str, valid: list[str], runtime: str) -> str:
-    if device not in valid:
-        raise RuntimeUnavailableError(
-            f"{runtime}: device {device!r} is not available here; available: {', '.join(valid) or 'none'}"
-        )
-    return device
+def check_device(device: str, valid: list[str], runtime: str, known: list[str] | None = None) -> str:
+    """The runtime's own spelling of ``device`` (matched in any case: ``cpu`` is OpenVINO's ``CPU``, ``CPU`` torch's
+    ``cpu``, as ``bench --devices`` takes them), or :class:`RuntimeUnavailableError`: a device of ``known`` (the
+    names the runtime takes on some machine) absent here is "not available here"; any other name is unknown."""
+    for v in valid:
+        if device == v or device.lower() == v.lower():
+            return v
+    here = ", ".join(valid) or "none"
+    if known is not None and not any(device.lower() == k.lower() or device.lower().startswith(k.lower() + ".")
+                                     for k in known):
+        raise RuntimeUnavailableError(f"{runtime}: unknown device {device!r} (its devices: {', '.join(known)}); "
+                                      f"available here: {here}")
+    raise RuntimeUnavailableError(f"{runtime}: device {device!r} is not available here; available: {here}")
 
 
 def as_input(x) -> np.ndarray:

@@ -68,10 +68,12 @@ class CoreMLRuntime(Runtime):
 
         require_package("coremltools", "coreml runtime")
         check_artifact(self.path, is_dir=True)
-        if self.device not in COMPUTE_UNITS:
+        unit = next((u for u in COMPUTE_UNITS if self.device.lower() == u.lower()), None)  # any case, as elsewhere
+        if unit is None:
             raise RuntimeUnavailableError(
                 f"coreml: unknown compute unit {self.device!r}; valid: {', '.join(COMPUTE_UNITS)}"
             )
+        self.device = unit
         self.logits_path = logits_variant(self.path)
         self._meta = read_metadata(self.path)
         self.model = None

@@ -60,7 +60,7 @@ class OpenVINORuntime(Runtime):
         if not self.path.with_suffix(".bin").is_file():
             raise ArtifactError(f"{self.path}: its weights file {self.path.with_suffix('.bin').name} is missing")
         core = ov_core()
-        check_device(self.device, list(core.available_devices), self.name)
+        self.device = check_device(self.device, list(core.available_devices), self.name, self.known_devices())
         try:
             self.model = core.read_model(str(self.path))
         except Exception as e:  # openvino raises RuntimeError subclasses
