@@ -407,3 +407,20 @@ def test_resize_parity_puts_other_resizes_beside_fer_edges(tiny_checkpoint, synt
     assert "opencv-area" in r.output and "rgb-then-luma" in r.output and "on 20 " in r.output
     r = CliRunner().invoke(resize_parity.cli, ["nope.pt", "--data", str(synthetic_csv)])
     assert r.exit_code == 1 and "error:" in r.output and "Traceback" not in r.output
+
+
+def test_the_scripts_tables_are_wide_off_a_terminal(monkeypatch):
+    """QA: `python -m fer_edge.benchmarks.export_bench ... > log` cut every table to 80 columns (fer_nan…, Agreem…),
+    where `fer-edge`'s own tables are 200 wide off a terminal, as README says."""
+    import io
+    from pathlib import Path
+
+    import fer_edge.benchmarks
+    from fer_edge.console import WideConsole
+
+    monkeypatch.delenv("COLUMNS", raising=False)
+    assert WideConsole(file=io.StringIO()).size.width >= 200
+    assert WideConsole(file=io.StringIO(), width=90).size.width == 90  # a width asked for is kept
+    plain = [p.name for p in Path(fer_edge.benchmarks.__file__).parent.glob("*.py")
+             if "from rich.console import Console" in p.read_text()]
+    assert plain == [], f"scripts printing with rich's 80-column Console off a terminal: {plain}"

@@ -58,7 +58,7 @@ def main(
                                      "(its labelling time grows with them; its steps should not)."),
 ) -> None:
     import torch
-    from rich.console import Console
+    from fer_edge.console import WideConsole as Console  # wide off a terminal
     from rich.table import Table
 
     from fer_edge.checkpoint import load_checkpoint

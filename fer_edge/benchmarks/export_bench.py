@@ -68,7 +68,7 @@ class _Bar:
     calls of this benchmark, one for the steps of the current call (the exporter's ProgressEvents)."""
 
     def __init__(self, total_calls: int, show: bool | None = None, console=None):
-        from rich.console import Console
+        from fer_edge.console import WideConsole as Console  # wide off a terminal
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
         console = console or Console(stderr=True)
@@ -270,7 +270,7 @@ def _status(v: dict) -> str:
 
 
 def print_report(report: dict, console=None) -> None:
-    from rich.console import Console
+    from fer_edge.console import WideConsole as Console  # wide off a terminal
     from rich.table import Table
 
     console = console or Console()

@@ -28,7 +28,7 @@ def sensitivity(checkpoint: str | Path, calib_data: str | Path, val_data: str | 
     ``progress``: a transient bar over the passes on ``console`` (default stderr); None: only on a terminal.
     """
     import torch
-    from rich.console import Console
+    from fer_edge.console import WideConsole as Console  # wide off a terminal
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from fer_edge.errors import FerEdgeError
@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path, help="also write the figures here")
     args = ap.parse_args(argv)
 
-    from rich.console import Console
+    from fer_edge.console import WideConsole as Console  # wide off a terminal
     from rich.table import Table
 
     from fer_edge.errors import FerEdgeError

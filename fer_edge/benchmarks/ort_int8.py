@@ -137,7 +137,7 @@ def main(
 ) -> None:
     """Time ONNX Runtime INT8 with session.x64quantprecision on (exact) and off (fast), side by side, and compare
     the two sessions' answers."""
-    from rich.console import Console
+    from fer_edge.console import WideConsole as Console  # wide off a terminal
     from rich.table import Table
 
     from fer_edge.benchmarks.environment import cpu_model

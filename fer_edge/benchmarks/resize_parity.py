@@ -61,7 +61,7 @@ def main(
 ) -> None:
     """Top-label changes and probability differences of other resizes against fer-edge's, side by side."""
     import torch
-    from rich.console import Console
+    from fer_edge.console import WideConsole as Console  # wide off a terminal
     from rich.table import Table
 
     from fer_edge.benchmarks.bench import load_inputs

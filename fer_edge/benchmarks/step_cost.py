@@ -102,7 +102,7 @@ def main(
                               "(0: no EMA)."),
 ) -> None:
     import torch
-    from rich.console import Console
+    from fer_edge.console import WideConsole as Console  # wide off a terminal
     from rich.table import Table
 
     from fer_edge.data import default_train_split, load_split

@@ -118,7 +118,7 @@ def main(
     num_workers: int = typer.Option(0, min=0, help="DataLoader workers for the notebook pipeline."),
 ) -> None:
     import torch
-    from rich.console import Console
+    from fer_edge.console import WideConsole as Console  # wide off a terminal
     from rich.table import Table
 
     from fer_edge.data import default_train_split, load_split

@@ -8,28 +8,18 @@ from enum import Enum
 from pathlib import Path
 
 import typer
-from rich.console import Console, ConsoleDimensions
 
-class _Console(Console):
-    """A rich Console that, writing to a pipe or a file with no COLUMNS set, lays out for 200 columns.
+from fer_edge.console import WideConsole
 
-    Rich assumes 80 columns off a terminal and squeezes wide tables (``fer-edge predict``'s seven probability
-    columns, the bench table) until columns are cut off, so ``fer-edge ... | tee log`` lost data.
-    """
 
-    OFF_TERMINAL_WIDTH = 200
+class _Console(WideConsole):
+    """The commands' Console: 200 columns off a terminal (:class:`~fer_edge.console.WideConsole`), and a closed
+    stdout ends the command quietly."""
 
     def on_broken_pipe(self) -> None:
         """stdout closed early (``| head``): quiet, exit status 141 as everywhere in fer-edge (rich: 1)."""
         self.quiet = True
         raise BrokenPipeError
-
-    @property
-    def size(self) -> ConsoleDimensions:
-        dims = super().size
-        if self._width is None and not self.is_terminal and "COLUMNS" not in self._environ:
-            return ConsoleDimensions(max(dims.width, self.OFF_TERMINAL_WIDTH), dims.height)
-        return dims
 
 
 console = _Console()
