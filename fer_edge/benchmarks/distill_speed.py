@@ -68,7 +68,7 @@ def main(
     from fer_edge.utils import sigterm_as_interrupt
     from fer_edge.weights import resolve_checkpoint
 
-    console = Console()
+    console, progress = Console(), Console(stderr=True)
     # every option checked, the teachers read and the data decoded before the first (minutes-long) measurement
     if student not in list_models():
         raise FerEdgeError(f"--student: unknown model {student!r}; registered models: "
@@ -95,6 +95,10 @@ def main(
         with sigterm_as_interrupt():
             for r in range(rounds):
                 for name, (runtime, ts, targets) in configs.items():
+                    # one line as each configuration starts: labelling the training split takes minutes
+                    progress.print(f"round {r + 1}/{rounds}: {name}"
+                                   + (" (labels the training images first: minutes)" if targets != "online" else "")
+                                   + " ...", highlight=False)
                     ips, once = distill_run(str(data), student, ts, runtime, steps, tta, batch_size, threads, amp,
                                             targets, views=replay_views)
                     runs[name].append(ips)
