@@ -559,6 +559,10 @@ def test_a_run_folder_without_a_readable_checkpoint_is_replaced(first_run, tmp_p
     empty = tmp_path / "empty"
     empty.mkdir()
     assert training_plan(empty, cfg) == ("train", "no previous run")
+    from fer_edge.training.trainer import LOCK_FILE
+
+    (empty / LOCK_FILE).touch()  # a run killed (kill -9) before its first epoch leaves only its lock file
+    assert training_plan(empty, cfg) == ("train", "no previous run")
 
 
 def test_the_same_data_at_another_path_reuses_the_runs_and_exports(first_run, synthetic_csv, tmp_path):

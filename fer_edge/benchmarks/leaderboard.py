@@ -288,12 +288,12 @@ def training_plan(run_dir: Path, cfg, data: dict[str, dict] | None = None) -> tu
     or only ``history.csv``/``metrics.json``) is replaced: the trainer would refuse to write over it.
     """
     from fer_edge.checkpoint import load_checkpoint
-    from fer_edge.training.trainer import run_finished, same_data
+    from fer_edge.training.trainer import LOCK_FILE, run_finished, same_data
 
     best, last = run_dir / "best.pt", run_dir / "last.pt"
     present = [p for p in (best, last) if p.exists()]
-    if not present:
-        held = sorted(p.name for p in run_dir.iterdir()) if run_dir.is_dir() else []
+    if not present:  # (the lock file a killed run left is nothing of a run: a new one takes it)
+        held = sorted(p.name for p in run_dir.iterdir() if p.name != LOCK_FILE) if run_dir.is_dir() else []
         if held:
             return "replace", f"{run_dir} holds no checkpoint ({', '.join(held[:5])}{', ...' if len(held) > 5 else ''})"
         return "train", "no previous run"
