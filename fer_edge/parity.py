@@ -16,6 +16,9 @@ Metrics (all on the same N inputs):
 * ``flips``: number of inputs whose top-1 class changed;
 * ``accuracy`` / ``ref_accuracy``: top-1 accuracy of the artifact / reference against
   ``labels`` (``None`` without labels).
+
+An input whose artifact or reference logits are not all finite counts as a flip (and as wrong for that side's
+accuracy); ``max_abs_diff`` is then infinite, and so is ``kl`` when a reference row is not finite.
 """
 from __future__ import annotations
 
@@ -67,18 +70,19 @@ def compare(ref_logits, logits, labels=None) -> ParityStats:
     n = ref.shape[0]
     if n == 0:
         raise FerEdgeError("cannot compare empty logits")
-    if not np.all(np.isfinite(out)):
-        # NaN/inf logits: report the worst case rather than propagating NaN comparisons
-        bad = ~np.all(np.isfinite(out), axis=1)
-        out = np.where(np.isfinite(out), out, 0.0)
-    else:
-        bad = np.zeros(n, dtype=bool)
+    # NaN/inf logits: report the worst case rather than propagating NaN comparisons. A row whose reference is not
+    # finite never agrees (its argmax is meaningless: an all-NaN row's is 0, which a constant artifact matches)
+    ref_bad = ~np.all(np.isfinite(ref), axis=1)
+    out_bad = ~np.all(np.isfinite(out), axis=1)
+    bad = out_bad | ref_bad
+    ref = np.where(np.isfinite(ref), ref, 0.0)
+    out = np.where(np.isfinite(out), out, 0.0)
     ref_top = ref.argmax(axis=1)
     top = out.argmax(axis=1)
     same = (ref_top == top) & ~bad
     lp_ref = _log_softmax(ref)
     lp = _log_softmax(out)
-    kl = float(np.mean(np.sum(np.exp(lp_ref) * (lp_ref - lp), axis=1)))
+    kl = float(np.inf) if ref_bad.any() else float(np.mean(np.sum(np.exp(lp_ref) * (lp_ref - lp), axis=1)))
     max_diff = float(np.inf) if bad.any() else float(np.max(np.abs(ref - out)))
     acc = ref_acc = None
     if labels is not None:
@@ -88,8 +92,8 @@ def compare(ref_logits, logits, labels=None) -> ParityStats:
         from fer_edge.metrics import check_scorable
 
         check_scorable(y, [str(i) for i in range(ref.shape[1])])
-        acc = float(np.mean((top == y) & ~bad))
-        ref_acc = float(np.mean(ref_top == y))
+        acc = float(np.mean((top == y) & ~out_bad))
+        ref_acc = float(np.mean((ref_top == y) & ~ref_bad))
     return ParityStats(
         agreement=float(np.mean(same)),
         max_abs_diff=max_diff,

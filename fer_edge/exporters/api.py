@@ -25,7 +25,7 @@ from fer_edge.data.loading import check_data_source
 from fer_edge.errors import DataError, ExportError, FerEdgeError, OptionError, ParityError
 from fer_edge.exporters import calibration as _cal
 from fer_edge.exporters import validate as _val
-from fer_edge.exporters.base import ExportRequest
+from fer_edge.exporters.base import ExportRequest, example_input
 from fer_edge.exporters.manifest import (FORMAT, MANIFEST_NAME, carry_over, file_record, files_unchanged,
                                          group_key, now_iso, run_record, tool_versions,
                                          write_manifest)
@@ -620,6 +620,10 @@ def export(
     if not to_create:
         check_no_foreign_files(out, plan, stem)
     model = ckpt.build_model()
+    # a broken model (NaN weights) is refused before any data is loaded: its artifacts would be broken too, and
+    # the gate cannot judge them against NaN reference logits (OpenVINO's ReLU turns NaN into 0: "passed")
+    _val.check_reference_finite(_val.reference_logits(model, example_input(4).numpy()), ckpt_path,
+                                "random test inputs")
     thresholds, thresholds_source = resolve_gate(source_sha, thresholds, threshold_overrides)
     warnings: list[str] = []
 
@@ -673,6 +677,8 @@ def export(
                 for msg in _held_out_warnings(vset, vdata, calib, ckpt):
                     warn(msg)
                 ref = _val.reference_logits(model, vset.inputs)
+                _val.check_reference_finite(ref, ckpt_path, f"validation images ({vset.record['split']} of "
+                                                            f"{vset.record['file']})")
 
     try:
         out.mkdir(parents=True, exist_ok=True)

@@ -36,6 +36,24 @@ def reference_logits(model, inputs: np.ndarray) -> np.ndarray:
     return run_batched(run, inputs)
 
 
+def check_reference_finite(logits: np.ndarray, checkpoint, what: str) -> None:
+    """Refuse a checkpoint whose own (PyTorch FP32) logits on ``what`` are not all finite: its weights are damaged,
+    every artifact would be as broken, and a gate against NaN reference logits judges nothing."""
+    from fer_edge.errors import CheckpointError
+
+    out = np.asarray(logits)
+    finite = np.isfinite(out)
+    if finite.all():
+        return
+    bad = int((~finite).any(axis=1).sum())
+    kinds = " and ".join(k for k, hit in (("NaN", np.isnan(out).any()), ("inf", np.isinf(out).any())) if hit)
+    raise CheckpointError(
+        f"{checkpoint}: the checkpoint's own outputs (logits) are not finite numbers ({kinds}) for {bad} of "
+        f"{len(out)} {what}, so nothing is exported: the model is broken (NaN or inf weights? a failed training "
+        "run?), and its artifacts would be too"
+    )
+
+
 def not_validated(reason: str, **extra) -> dict:
     return {"status": NOT_VALIDATED, "reason": reason, **extra}
 

@@ -1,0 +1,98 @@
+"""QA round 3 on `fer-edge export` (the report on exporters and runtimes): each test fails without its fix."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from fer_edge.errors import FerEdgeError
+
+STEM = "fer_nano"  # the tiny checkpoint's model name: the artifacts' file stem
+
+
+def _cli(*args):
+    from fer_edge.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args], env={"COLUMNS": "250"})
+
+
+def _text(res) -> str:
+    return " ".join(res.output.split())
+
+
+def _variant(tmp_path, tiny_checkpoint, name: str, change) -> Path:
+    """The tiny checkpoint's raw dict changed by ``change(raw)``, saved as ``name`` (as torch.save would)."""
+    import copy
+
+    import torch
+
+    raw = copy.deepcopy(torch.load(tiny_checkpoint, weights_only=True))
+    change(raw)
+    path = tmp_path / name
+    torch.save(raw, path)
+    return path
+
+
+# --- 1. a checkpoint whose own outputs are not finite ------------------------------------------------------------
+def _nan_weights(raw):
+    raw["state_dict"]["stem.0.0.weight"].fill_(float("nan"))  # a diverged or corrupted weight
+
+
+@pytest.mark.parametrize("args", [["-t", "torchscript,onnx", "-p", "fp32", "--val-data", "{csv}"],
+                                  ["-t", "torchscript", "--no-validate"]])
+def test_a_checkpoint_with_nan_outputs_is_refused_before_any_export(tiny_checkpoint, synthetic_csv, tmp_path, args):
+    nan = _variant(tmp_path, tiny_checkpoint, "nan.pt", _nan_weights)
+    out = tmp_path / "out"
+    res = _cli("export", nan, *[a.format(csv=synthetic_csv) for a in args], "--out", out)
+    assert res.exit_code == 1 and "Traceback" not in res.output, res.output
+    text = _text(res)
+    assert f"{nan}: the checkpoint's own outputs (logits) are not finite numbers (NaN)" in text, text
+    assert "nothing is exported" in text and "passed" not in text
+    assert not out.exists()  # refused before any work
+
+
+def test_non_finite_reference_logits_on_the_validation_images_are_refused(monkeypatch, tiny_checkpoint,
+                                                                          synthetic_csv, tmp_path):
+    """Finite on the random probe, NaN on a real image: refused by the check on the gate's own images."""
+    from fer_edge.exporters import api, export
+
+    real = api._val.reference_logits
+
+    def nan_on_images(model, inputs):
+        z = real(model, inputs)
+        if len(inputs) > 4:  # the validation images, not the probe
+            z[3] = np.nan
+        return z
+
+    monkeypatch.setattr(api._val, "reference_logits", nan_on_images)
+    monkeypatch.setattr(api._cal, "MIN_VAL_SIZE", 8)
+    with pytest.raises(FerEdgeError, match=r"not finite numbers \(NaN\) for 1 of \d+ validation images \(PublicTest"):
+        export(tiny_checkpoint, ["torchscript"], ["fp32"], tmp_path / "out", val_data=synthetic_csv,
+               data_progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_non_finite_reference_row_never_agrees():
+    """An all-NaN reference row's argmax is 0; an artifact that gives class 0 (OpenVINO's ReLU turns NaN into 0)
+    matched it: 100% agreement, "passed"."""
+    from fer_edge import parity
+
+    ref = np.full((20, 7), np.nan, dtype=np.float32)
+    out = np.tile(np.array([[1.0, 0, 0, 0, 0, 0, 0]], dtype=np.float32), (20, 1))  # constant class 0
+    labels = np.zeros(20, dtype=np.int64)
+    stats = parity.compare(ref, out, labels)
+    assert stats.agreement == 0.0 and stats.flips == 20
+    assert stats.max_abs_diff == float("inf") and stats.kl == float("inf") and stats.ref_accuracy == 0.0
+    for p in ("fp32", "fp16", "int8"):
+        assert parity.check(stats, p) != [], p
+    # one bad reference row among good ones: that row alone is a flip
+    good = np.random.default_rng(0).normal(size=(20, 7))
+    ref = good.copy()
+    ref[5, 2] = np.inf
+    stats = parity.compare(ref, good, good.argmax(1))
+    assert stats.flips == 1 and stats.accuracy == 1.0 and stats.ref_accuracy == pytest.approx(0.95)
+
