@@ -96,3 +96,46 @@ def test_a_non_finite_reference_row_never_agrees():
     stats = parity.compare(ref, good, good.argmax(1))
     assert stats.flips == 1 and stats.accuracy == 1.0 and stats.ref_accuracy == pytest.approx(0.95)
 
+
+# --- 2. --out inside an image-folder data set the export reads ---------------------------------------------------
+@pytest.fixture
+def image_folder(tmp_path):
+    from fer_edge.data.synthetic import make_synthetic, write_folder
+
+    return write_folder(tmp_path / "dimg", {"train": make_synthetic(2, seed=0), "val": make_synthetic(2, seed=1)})
+
+
+def _tree(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+
+
+@pytest.mark.parametrize("option, args, where", [
+    ("--val-data", ["-t", "torchscript"], "val/exports"),
+    ("--val-data", ["-t", "torchscript"], ""),
+    ("--calib-data", ["-t", "onnx", "-p", "int8", "--no-validate"], "exports"),
+])
+def test_out_inside_an_image_folder_data_set_is_refused(tiny_checkpoint, image_folder, option, args, where):
+    before = _tree(image_folder)
+    out = image_folder / where if where else image_folder
+    res = _cli("export", tiny_checkpoint, *args, option, image_folder, "--out", out)
+    assert res.exit_code == 1 and "Traceback" not in res.output, res.output
+    text = _text(res)
+    how = "is" if not where else "lies inside"
+    assert f"--out {out} {how} {image_folder}, the image-folder data set given as {option}" in text, text
+    assert "pick an --out outside it" in text
+    assert _tree(image_folder) == before  # nothing written into the data set
+
+
+def test_out_inside_the_checkpoints_recorded_image_folder_is_refused(tiny_checkpoint, image_folder, tmp_path):
+    from fer_edge.exporters import export
+
+    def record(raw):
+        raw["data"] = {"val": {"format": "folder", "source": str(image_folder), "split": "val"}}
+
+    ckpt = _variant(tmp_path, tiny_checkpoint, "recorded.pt", record)
+    before = _tree(image_folder)
+    with pytest.raises(FerEdgeError, match="the image-folder data set that the checkpoint records as its "
+                                           "validation data"):
+        export(ckpt, ["torchscript"], ["fp32"], image_folder / "val" / "exports", data_progress=False)
+    assert _tree(image_folder) == before
+

@@ -339,6 +339,23 @@ def check_not_in_a_package(out: Path) -> None:
             )
 
 
+def check_not_in_data(out: Path, sources) -> None:
+    """Refuse an ``--out`` that is, or lies inside, an image-folder data set this export reads (``sources``:
+    ``(how it was given, path)`` pairs; a CSV is a file, which ``--out`` cannot lie in): its folders would be read
+    as splits or classes by every later command on that data set (``unknown class folder 'exports'``), the
+    export's own ``next:`` command and a rerun of it included."""
+    for given, data in sources:
+        if data is None or not Path(data).is_dir():
+            continue
+        if _inside(out, Path(data)):
+            where = "is" if Path(out).resolve() == Path(data).resolve() else "lies inside"
+            raise ExportError(
+                f"--out {out} {where} {data}, the image-folder data set {given}: the export's folders would be "
+                "read as splits or classes of that data set, which every later command on it (this export again "
+                "among them) would then refuse; pick an --out outside it"
+            )
+
+
 def _listed_files(out: Path) -> set[str]:
     """Every file name the ``manifest.json`` in ``out`` lists (all its entries' files), read leniently."""
     import json
@@ -611,9 +628,14 @@ def export(
 
     out = Path(out_dir)
     check_not_in_a_package(out)
+    check_not_in_data(out, [("given as --calib-data", calib_data), ("given as --val-data", val_data)])
     to_create = _folders_to_create(out)
     ckpt_path = resolve_checkpoint(checkpoint)
     ckpt = load_checkpoint(ckpt_path)
+    if validate and val_data is None and calib_data is None:  # the checkpoint's recorded data, when it is used
+        vdata, _, vwhy, _ = _validation_source(None, val_split, None, ckpt)
+        if vdata is not None:
+            check_not_in_data(out, [("that the checkpoint records as its validation data", vdata)])
     source_sha = ckpt.sha256
     old, clear = (None, False) if to_create else _previous_manifest(out, source_sha, Path(ckpt_path), replace_other)
     stem = name or ckpt.model_name
