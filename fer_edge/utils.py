@@ -142,7 +142,15 @@ def write_text_atomic(dest: str | os.PathLike, text: str) -> None:
 
 
 def write_json_atomic(dest: str | os.PathLike, obj) -> None:
-    write_text_atomic(dest, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+    """Write ``obj`` as JSON (atomically); other objects as their ``str``. A write error that names no file (a full
+    disk) is raised naming ``dest``."""
+    text = json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n"
+    try:
+        write_text_atomic(dest, text)
+    except OSError as e:
+        if e.filename is None:
+            raise OSError(e.errno, e.strerror or str(e), str(dest)) from None
+        raise
 
 
 def sha256_path(path: str | os.PathLike) -> str:

@@ -139,3 +139,47 @@ def test_out_inside_the_checkpoints_recorded_image_folder_is_refused(tiny_checkp
         export(ckpt, ["torchscript"], ["fp32"], image_folder / "val" / "exports", data_progress=False)
     assert _tree(image_folder) == before
 
+
+# --- 3. a write error while saving TorchScript (a full disk) --------------------------------------------------
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_FSIZE and SIGXFSZ as on Linux")
+def test_a_write_error_while_saving_torchscript_fails_the_target_not_the_process(tiny_checkpoint, tmp_path):
+    """torch's file writer threw from a C++ destructor on a write error: SIGABRT (exit 134), a .tmp file left and
+    no manifest. A file-size limit gives the same write error as a full disk (EFBIG instead of ENOSPC)."""
+    import resource
+    import signal
+    import subprocess
+
+    def limit():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails with EFBIG instead of killing the process
+        resource.setrlimit(resource.RLIMIT_FSIZE, (60_000, 60_000))  # the manifest fits, the .ts does not
+
+    out = tmp_path / "out"
+    res = subprocess.run([sys.executable, "-m", "fer_edge", "export", str(tiny_checkpoint), "-t", "torchscript",
+                          "--no-validate", "--out", str(out)], preexec_fn=limit, capture_output=True, text=True,
+                         env={**__import__("os").environ, "COLUMNS": "250"}, timeout=300)
+    text = " ".join((res.stdout + res.stderr).split())
+    assert res.returncode == 1, text[-3000:]
+    assert "Traceback" not in text and "terminate called" not in text
+    assert f"export failed: OSError: [Errno 27] File too large: '{out / (STEM + '_fp32.ts')}'" in text, text[-3000:]
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json"]  # no .tmp-* file left
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["artifacts"] == [] and manifest["failed"][0]["target"] == "torchscript"
+
+
+def test_a_full_disk_while_writing_the_manifest_names_it(monkeypatch, tiny_checkpoint, tmp_path):
+    import errno
+
+    import fer_edge.utils as utils
+
+    real = utils.write_text_atomic
+
+    def full(dest, text):
+        if Path(dest).name == "manifest.json":
+            raise OSError(errno.ENOSPC, "No space left on device")  # as a write() says it: no file named
+        return real(dest, text)
+
+    monkeypatch.setattr(utils, "write_text_atomic", full)
+    out = tmp_path / "out"
+    res = _cli("export", tiny_checkpoint, "-t", "torchscript", "--no-validate", "--out", out)
+    assert res.exit_code == 1 and "Traceback" not in res.output, res.output
+    assert f"error: {out / 'manifest.json'}: No space left on device" in _text(res)

@@ -5,6 +5,7 @@ LibTorch/C++ deployments; the trace is checked against the eager model at anothe
 """
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -34,8 +35,18 @@ class TorchScriptExporter(Exporter):
         if not diff < 1e-4:
             raise ExportError(f"the traced model differs from the eager model (max |diff| {diff:.3g})")
         extra_files = {TS_EXTRA_FILE: json.dumps(req.metadata)}
+        # saved into memory, then written from Python: torch's file writer, on a write error (a full disk), throws
+        # from a C++ destructor and the process aborts (SIGABRT) with its temporary file left; a write error here is
+        # an OSError like any other, and atomic_path removes the temporary file
+        buf = io.BytesIO()
+        with quiet():
+            torch.jit.save(traced, buf, _extra_files=extra_files)
         with atomic_path(out_path) as tmp:
-            with quiet():
-                torch.jit.save(traced, str(tmp), _extra_files=extra_files)
+            try:
+                tmp.write_bytes(buf.getbuffer())
+            except OSError as e:
+                if e.filename is None:  # a write error names no file: name the artifact
+                    raise OSError(e.errno, e.strerror or str(e), str(out_path)) from None
+                raise
         inputs, outputs = tensor_io(len(req.ckpt.labels))
         return [ExportedFile(out_path, inputs=inputs, outputs=outputs, extra={"exporter": "torch.jit.trace"})]
