@@ -183,3 +183,19 @@ def test_a_full_disk_while_writing_the_manifest_names_it(monkeypatch, tiny_check
     res = _cli("export", tiny_checkpoint, "-t", "torchscript", "--no-validate", "--out", out)
     assert res.exit_code == 1 and "Traceback" not in res.output, res.output
     assert f"error: {out / 'manifest.json'}: No space left on device" in _text(res)
+
+
+# --- 4. a negative --calib-seed -----------------------------------------------------------------------------------
+def test_a_negative_calib_seed_is_a_usage_error(tiny_checkpoint, synthetic_csv, tmp_path):
+    from fer_edge.errors import OptionError
+    from fer_edge.exporters import export
+
+    res = _cli("export", tiny_checkpoint, "-t", "onnx", "-p", "int8", "--calib-data", synthetic_csv,
+               "--calib-size", "20", "--calib-seed", "-1", "--no-validate", "--out", tmp_path / "a")
+    assert res.exit_code == 2 and "Traceback" not in res.output, res.output
+    assert "--calib-seed" in _text(res) and not (tmp_path / "a").exists()
+    with pytest.raises(OptionError, match=r"--calib-seed must be at least 0 \(got -1\); --val-seed must be at "
+                                          r"least 0 \(got -5\)"):
+        export(tiny_checkpoint, ["onnx"], ["int8"], tmp_path / "b", calib_data=synthetic_csv, calib_seed=-1,
+               val_seed=-5, validate=False)
+    assert not (tmp_path / "b").exists()

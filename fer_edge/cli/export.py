@@ -170,7 +170,7 @@ def export_cmd(
     calib_size: Optional[int] = typer.Option(
         None, "--calib-size", min=1, show_default=False,
         help="Calibration images, stratified by class (default: 500)."),
-    calib_seed: int = typer.Option(0, "--calib-seed", help="Seed of the calibration (and validation) sample."),
+    calib_seed: int = typer.Option(0, "--calib-seed", min=0, help="Seed of the calibration (and validation) sample."),
     calib_method: Optional[str] = typer.Option(
         None, "--calib-method", help="ONNX INT8 calibration: minmax, entropy or percentile (default: minmax)."),
     overflow_fix: Optional[OverflowFixOption] = typer.Option(

@@ -553,6 +553,10 @@ def export(
             raise FerEdgeError(f"{opt} takes a whole number, got {value!r}")
     if calib_size < 1:
         raise OptionError(f"--calib-size must be at least 1 (got {calib_size})")
+    bad_seeds = [f"{opt} must be at least 0 (got {v})" for opt, v in (("--calib-seed", calib_seed),
+                                                                     ("--val-seed", val_seed)) if v < 0]
+    if bad_seeds:  # numpy's generator refuses them only when a sample is drawn, with a traceback
+        raise OptionError("; ".join(bad_seeds))
     if out_dir is None or not isinstance(out_dir, (str, os.PathLike)):
         raise FerEdgeError(f"--out takes a folder path, got {out_dir!r}")
     if validate and val_size is not None and val_size < _cal.MIN_VAL_SIZE:
