@@ -1167,13 +1167,11 @@ class Trainer:
             return wandb.init(project=self.cfg.wandb, config={**self.cfg.to_dict(), "params": n_params},
                               dir=str(self.out), name=self.out.name, resume="allow")
         except Exception as e:  # wandb's own errors (not logged in, no network) have no common base class
+            self._leave_out()
             if self._created_out:
                 import shutil
 
-                self._leave_out()
                 shutil.rmtree(self.out, ignore_errors=True)  # only wandb's files: nothing of the run yet
-            else:
-                self._leave_out()
             raise TrainingError(f"--wandb {self.cfg.wandb}: Weights & Biases did not start ({type(e).__name__}: "
                                 f"{e}); run `wandb login`, or set WANDB_MODE=offline to log locally") from None
 
@@ -1224,6 +1222,7 @@ def _best_problem(best: Path, epoch: int, train_config: dict) -> str | None:
     except CheckpointError as e:
         return escape(str(e))
     held = ck.raw.get("epoch")
+
     def fixed(c: dict) -> dict:  # what a --resume may not change
         return {k: v for k, v in c.items() if k not in RESUME_FREE}
 
