@@ -308,7 +308,49 @@ def test_step_cost_refuses_repeated_options(args, msg, synthetic_csv, monkeypatc
     monkeypatch.setattr(step_cost, "step_counts", lambda *a, **k: {"ops_per_step": 1.0, "kernels_per_step": None})
     r = runner.invoke(step_cost.cli, ["--data", str(synthetic_csv), *args, "--steps", "2", "--rounds", "1",
                                       "--device", "cpu", "--amp", "off", "--threads", "1"])
-    assert r.exit_code == 1 and msg in _one_line(r.stderr), r.output
+    assert r.exit_code == 2 and msg in _one_line(r.stderr), r.output  # a usage error
+
+
+@pytest.mark.parametrize("args, msg", [
+    (["--batch-size", "0"], "--batch-size must be at least 1, got 0"),  # QA: ZeroDivisionError
+    (["--batch-size", "-4"], "--batch-size must be at least 1, got -4"),  # QA: "-35 full batch(es)"
+    (["--device", "gpu"], "--device: unknown device 'gpu'; valid: auto, cpu, cuda, mps"),
+    (["--amp", "bogus"], "--amp 'bogus': valid: auto, off, bf16, fp16"),
+    (["--model", "nope"], "--model: unknown model 'nope'"),
+])
+def test_step_cost_usage_errors_exit_2_before_the_data_is_read(args, msg, synthetic_csv, monkeypatch):
+    """QA: step_cost's own checks exited 1 where README says a value wrong on its own is a usage error (2)."""
+    import fer_edge.data
+    from fer_edge.benchmarks import step_cost
+
+    monkeypatch.setattr(fer_edge.data, "load_split", _never)
+    monkeypatch.setattr(step_cost, "fer_edge_pipeline_run", _never)
+    r = runner.invoke(step_cost.cli, ["--data", str(synthetic_csv), "--steps", "2", "--rounds", "1", *args])
+    assert r.exit_code == 2, r.output
+    assert r.stderr.startswith("error: ") and msg in _one_line(r.stderr) and "Traceback" not in r.output
+
+
+def test_step_cost_title_names_the_autocast_used(synthetic_csv, monkeypatch):
+    """QA: the title said "--amp auto", not which autocast ran, so runs could not be compared with --amp off."""
+    import torch
+
+    from fer_edge.benchmarks import step_cost
+    from fer_edge.training import TrainConfig
+    from fer_edge.training.trainer import autocast_dtype
+
+    class _Res:
+        history = [{"images_per_second": 100.0}]
+
+    monkeypatch.setattr(step_cost, "fer_edge_pipeline_run", lambda *a, **k: _Res())
+    monkeypatch.setattr(step_cost, "step_counts", lambda *a, **k: {"ops_per_step": 1.0, "kernels_per_step": None})
+    used = autocast_dtype(TrainConfig(data="", amp="auto"), torch.device("cpu"))
+    want = "--amp auto: " + {None: "off (fp32)", torch.bfloat16: "bf16"}[used]
+    for amp, title in (("auto", want), ("off", "--amp off,"), ("bf16", "--amp bf16,")):
+        r = runner.invoke(step_cost.cli, ["--data", str(synthetic_csv), "--model", "simple_cnn", "--batch-size", "8",
+                                          "--steps", "2", "--rounds", "1", "--device", "cpu", "--amp", amp],
+                          env={"COLUMNS": "300"})
+        assert r.exit_code == 0, r.output
+        assert title in r.stdout, r.stdout
 
 
 # --- 8. ort_int8: --seconds, repeated paths, names that collide -------------------------------------------------------

@@ -31,9 +31,42 @@ cli = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 PROFILE_STEPS = (2, 6)
 
 
-def check_plan(n_train: int, split: str, models: list[str], batch_sizes: list[int], steps: int) -> None:
-    """Refuse an unknown or repeated ``--model``, a repeated ``--batch-size`` and a split too small for ``--steps``
-    full batches.
+#: The devices ``--device`` names (as fer-edge train's).
+DEVICES = ("auto", "cpu", "cuda", "mps")
+#: The autocast modes ``--amp`` names (as fer-edge train's).
+AMP = ("auto", "off", "bf16", "fp16")
+
+
+def check_options(models: list[str], batch_sizes: list[int], device: str, amp: str) -> None:
+    """Refuse, as a usage error (:class:`~fer_edge.errors.OptionError`, exit 2) before the data is read, every
+    option value that is wrong on its own: an unknown or repeated ``--model``, a ``--batch-size`` below 1 or
+    repeated, an unknown ``--device`` or ``--amp``; one error lists them all."""
+    from fer_edge.errors import OptionError
+    from fer_edge.models import list_models
+
+    problems = []
+    unknown = [m for m in models if m not in list_models()]
+    if unknown:
+        problems.append(f"--model: unknown model {unknown[0]!r}; registered models: "
+                        f"{', '.join(sorted(list_models()))}")
+    small = sorted({b for b in batch_sizes if b < 1})
+    if small:
+        problems.append(f"--batch-size must be at least 1, got {', '.join(map(str, small))}")
+    for option, values in (("--model", models), ("--batch-size", batch_sizes)):
+        repeated = sorted({str(v) for v in values if values.count(v) > 1})
+        if repeated:
+            problems.append(f"{option} {', '.join(repeated)} is given more than once: name each once")
+    if device not in DEVICES:
+        problems.append(f"--device: unknown device {device!r}; valid: {', '.join(DEVICES)}")
+    if amp not in AMP:
+        problems.append(f"--amp {amp!r}: valid: {', '.join(AMP)}")
+    if problems:
+        raise OptionError("; ".join(problems))
+
+
+def check_plan(n_train: int, split: str, batch_sizes: list[int], steps: int) -> None:
+    """Refuse a split too small for ``--steps`` full batches of each ``--batch-size`` (after
+    :func:`check_options`).
 
     A training epoch holds ``n_train // batch`` full batches (the partial one is dropped) and a measurement is one
     epoch capped at ``--steps``: with fewer batches it would time fewer steps than the table says, and the
@@ -41,16 +74,6 @@ def check_plan(n_train: int, split: str, models: list[str], batch_sizes: list[in
     """
     from fer_edge.errors import FerEdgeError
 
-    from fer_edge.models import list_models
-
-    unknown = [m for m in models if m not in list_models()]
-    if unknown:
-        raise FerEdgeError(f"--model: unknown model {unknown[0]!r}; registered models: "
-                           f"{', '.join(sorted(list_models()))}")
-    for option, values in (("--model", models), ("--batch-size", batch_sizes)):
-        repeated = sorted({str(v) for v in values if values.count(v) > 1})
-        if repeated:
-            raise FerEdgeError(f"{option} {', '.join(repeated)} is given more than once: name each once")
     need = max(steps, PROFILE_STEPS[1])
     short = [b for b in batch_sizes if n_train // b < need]
     if short:
@@ -59,6 +82,17 @@ def check_plan(n_train: int, split: str, models: list[str], batch_sizes: list[in
             f"the {split} split holds {n_train:,} images: {n_train // b} full batch(es) of --batch-size {b}, and "
             f"each measurement needs {need} (--steps {steps}; the operator counts profile {PROFILE_STEPS[1]} steps), "
             f"that is {need * b:,} images: lower --steps or --batch-size, or use more data")
+
+
+def amp_label(amp: str, device) -> str:
+    """``--amp`` as the title shows it, with the autocast the trainer uses on ``device`` (``auto`` resolved: bf16
+    on a CPU with native bf16, fp16 on CUDA, else off), so that runs with other ``--amp`` values compare."""
+    from fer_edge.training import TrainConfig
+    from fer_edge.training.trainer import autocast_dtype
+
+    dtype = autocast_dtype(TrainConfig(data="", amp=amp), device)
+    used = "off (fp32)" if dtype is None else {"bfloat16": "bf16", "float16": "fp16"}[str(dtype).removeprefix("torch.")]
+    return f"--amp {amp}" if amp != "auto" else f"--amp auto: {used}"
 
 
 def step_counts(data: str, model: str, device: str, batch_size: int, amp: str,
@@ -110,9 +144,10 @@ def main(
     from fer_edge.utils import sigterm_as_interrupt
 
     console = Console()
+    check_options(model, batch_size, device, amp)
     dev = resolve_device(device)
     split = default_train_split(str(data))
-    check_plan(len(load_split(str(data), split, progress=False).labels), split, model, batch_size, steps)
+    check_plan(len(load_split(str(data), split, progress=False).labels), split, batch_size, steps)
     options = dict(num_threads=threads, ema=ema)
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True
@@ -137,7 +172,7 @@ def main(
         typer.echo(f"interrupted: {stage}; the table was not printed, and nothing was written", err=True)
         raise typer.Exit(130) from None
     where = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"{dev} ({torch.get_num_threads()} threads)"
-    t = Table(title=f"one training step on {where}, --amp {amp}, --ema {ema}, median of {rounds} rounds of "
+    t = Table(title=f"one training step on {where}, {amp_label(amp, dev)}, --ema {ema}, median of {rounds} rounds of "
                     f"{steps} steps")
     for col in ("model", "batch", "images/s", f"vs batch {batch_size[0]}", "ms/step", "operator calls/step",
                 "CUDA kernels/step", "rounds (images/s)"):
