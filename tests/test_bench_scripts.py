@@ -360,7 +360,20 @@ def test_ort_int8_refuses_an_unbounded_seconds(seconds, int8_onnx, monkeypatch):
 
     monkeypatch.setattr(ort_int8, "int8_artifacts", _never)
     r = runner.invoke(ort_int8.cli, [str(int8_onnx), "--seconds", seconds])
-    assert r.exit_code == 1 and "--seconds" in r.stderr and "finite" in r.stderr, r.output
+    assert r.exit_code == 2 and "--seconds" in r.stderr and "finite" in r.stderr, r.output  # a usage error
+
+
+@pytest.mark.parametrize("args, msg", [
+    (["--batch", "0"], "--batch takes comma-separated positive integers, got '0'"),
+    (["--data", "CSV", "--split", ""], "is empty: name a split"),
+])
+def test_ort_int8_usage_errors_exit_2(args, msg, int8_onnx, synthetic_csv, monkeypatch):
+    """QA: --batch 0, --seconds inf and --split '' exited 1 (README: a value wrong on its own exits 2)."""
+    from fer_edge.benchmarks import ort_int8
+
+    monkeypatch.setattr(ort_int8, "int8_artifacts", _never)
+    r = runner.invoke(ort_int8.cli, [str(int8_onnx), *[str(synthetic_csv) if a == "CSV" else a for a in args]])
+    assert r.exit_code == 2 and msg in _one_line(r.stderr) and "Traceback" not in r.output, r.output
 
 
 def test_ort_int8_measures_a_file_once_and_tells_same_named_files_apart(int8_onnx, tmp_path):

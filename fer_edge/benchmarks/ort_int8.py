@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import typer
 
+from fer_edge.cli.common import split_value
+
 cli = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
 MODES = {"exact": True, "fast": False}
@@ -27,13 +29,14 @@ MAX_SECONDS = 3600.0
 
 
 def check_seconds(seconds: float) -> float:
-    """Refuse a ``--seconds`` that is not a finite number of at most :data:`MAX_SECONDS` (inf, nan, 1e300)."""
+    """Refuse a ``--seconds`` that is not a finite number of at most :data:`MAX_SECONDS` (inf, nan, 1e300): a usage
+    error (:class:`~fer_edge.errors.OptionError`, exit 2)."""
     import math
 
-    from fer_edge.errors import FerEdgeError
+    from fer_edge.errors import OptionError
 
     if not math.isfinite(seconds) or seconds > MAX_SECONDS:
-        raise FerEdgeError(f"--seconds {seconds:g}: give a finite number of seconds, at most {MAX_SECONDS:g} "
+        raise OptionError(f"--seconds {seconds:g}: give a finite number of seconds, at most {MAX_SECONDS:g} "
                            "(it is timed per mode, batch size and round)")
     return seconds
 
@@ -128,7 +131,7 @@ def main(
     artifacts: list[Path] = typer.Argument(..., exists=True, help="INT8 .onnx files, or export directories."),
     data: Path | None = typer.Option(None, exists=True, help="FER2013 CSV or image folder: compare the "
                                      "two sessions' answers on its images (else on seeded random inputs)."),
-    split: str | None = typer.Option(None, help="Split of --data (default PublicTest / val)."),
+    split: str | None = typer.Option(None, parser=split_value, help="Split of --data (default PublicTest / val)."),
     n_images: int | None = typer.Option(None, min=1, help="Stratified subset of the split (default: all of it)."),
     batch: str = typer.Option("1,32", help="Batch sizes to time, comma-separated."),
     threads: int = typer.Option(1, min=1, help="ONNX Runtime intra-op threads."),
@@ -142,7 +145,7 @@ def main(
 
     from fer_edge.benchmarks.environment import cpu_model
     from fer_edge.cpu import int8_can_saturate_here
-    from fer_edge.errors import FerEdgeError
+    from fer_edge.errors import FerEdgeError, OptionError
     from fer_edge.runtimes import get_runtime
     from fer_edge.runtimes.onnxruntime import X64_QUANT_PRECISION, session_config
 
@@ -184,9 +187,9 @@ def main(
                                         f"{seconds:g} s"):
                         p50s = time_modes(sessions, x, rounds, seconds)
                     rows.append((path, b, p50s, answers))
-    except FerEdgeError as e:
+    except FerEdgeError as e:  # an OptionError (a value wrong on its own) is a usage error: exit 2
         err.print(f"[red]error:[/] {e}", highlight=False)
-        raise typer.Exit(1) from None
+        raise typer.Exit(2 if isinstance(e, OptionError) else 1) from None
     except KeyboardInterrupt:
         typer.echo(f"interrupted: {len(rows)} of {len(files) * len(batches)} artifact x batch row(s) were timed; "
                    "the table was not printed, and nothing was written", err=True)
