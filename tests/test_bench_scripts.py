@@ -157,14 +157,18 @@ def test_this_run_keeps_the_entries_of_the_manifests_latest_run():
 
 
 # --- 3. distill_speed: ordinary mistakes are errors, not tracebacks ---------------------------------------------
-@pytest.mark.parametrize("args, msg", [
-    (["--student", "bogus"], "unknown model 'bogus'"),
-    (["--amp", "bogus"], "--amp 'bogus'"),
-    (["--teacher", "NOTCKPT"], "not a readable checkpoint"),
-    (["--data", "TEST_ONLY"], "has no 'Training' split"),
+@pytest.mark.parametrize("args, msg, rc", [
+    (["--student", "bogus"], "unknown model 'bogus'", 2),  # a value wrong on its own: a usage error
+    (["--amp", "bogus"], "--amp 'bogus'", 2),
+    (["--teacher", "NOTCKPT"], "not a readable checkpoint", 1),
+    (["--data", "TEST_ONLY"], "has no 'Training' split", 1),
+    # QA: 140 images (one batch of 128) and --steps 30 timed one step under a "30 steps" title; refused as by
+    # step_cost (280 images here: two batches)
+    (["--steps", "3"], "Training split holds 280 images: 2 full batch(es) of --batch-size 128, and each "
+                       "measurement needs --steps 3", 1),
 ])
-def test_distill_speed_reports_mistakes_without_a_traceback(args, msg, synthetic_csv, test_only_csv, tiny_checkpoint,
-                                                            tmp_path, monkeypatch):
+def test_distill_speed_reports_mistakes_without_a_traceback(args, msg, rc, synthetic_csv, test_only_csv,
+                                                            tiny_checkpoint, tmp_path, monkeypatch):
     from fer_edge.benchmarks import distill_speed
 
     monkeypatch.setattr(distill_speed, "distill_run", _never)
@@ -174,8 +178,21 @@ def test_distill_speed_reports_mistakes_without_a_traceback(args, msg, synthetic
     args = [subst.get(a, a) for a in args]
     base = ["--data", str(synthetic_csv), "--teacher", str(tiny_checkpoint), "--steps", "2", "--rounds", "1"]
     r = runner.invoke(distill_speed.cli, [*base, *args])
-    assert r.exit_code == 1 and isinstance(r.exception, SystemExit), r.output
+    assert r.exit_code == rc and isinstance(r.exception, SystemExit), r.output
     assert r.stderr.startswith("error: ") and msg in _one_line(r.stderr) and "Traceback" not in r.output
+
+
+def test_distill_speed_round_line_is_not_wrapped(synthetic_csv, tiny_checkpoint, monkeypatch):
+    """QA: off a terminal the round line was cut in two at the console's width (`...; labelling: offline 1 s,⏎
+    replay 1 s`): one logical line, one line in a log."""
+    from fer_edge.benchmarks import distill_speed
+
+    monkeypatch.setattr(distill_speed, "distill_run", lambda *a, **k: (12345.0, 1234.0 if a[9] != "online" else None))
+    r = runner.invoke(distill_speed.cli, ["--data", str(synthetic_csv), "--teacher", str(tiny_checkpoint),
+                                          "--steps", "2", "--rounds", "1"], env={"COLUMNS": "80"})
+    assert r.exit_code == 0, r.output
+    line = next(x for x in r.stdout.splitlines() if x.startswith("round 1/1: "))
+    assert line.endswith("; labelling: offline 1234 s, replay 1234 s"), r.stdout
 
 
 # --- 4. Ctrl-C: one "interrupted:" line, exit 130 -----------------------------------------------------------------
@@ -246,7 +263,8 @@ def test_distill_speed_ctrl_c_prints_one_line(synthetic_csv, tiny_checkpoint, mo
     from fer_edge.benchmarks import distill_speed
 
     monkeypatch.setattr(distill_speed, "distill_run", _interrupt)
-    r = runner.invoke(distill_speed.cli, ["--data", str(synthetic_csv), "--teacher", str(tiny_checkpoint)])
+    r = runner.invoke(distill_speed.cli, ["--data", str(synthetic_csv), "--teacher", str(tiny_checkpoint),
+                                          "--steps", "2"])  # 280 images: two batches of 128
     # QA: it printed nothing for minutes (labelling), then "0 of 1 round(s) finished (printed above)": each
     # configuration says when it starts
     assert r.exit_code == 130, r.output

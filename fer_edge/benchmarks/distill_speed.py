@@ -63,20 +63,21 @@ def main(
 
     from fer_edge.checkpoint import load_checkpoint
     from fer_edge.data import default_train_split, load_split
-    from fer_edge.errors import FerEdgeError
+    from fer_edge.errors import FerEdgeError, OptionError
     from fer_edge.models import list_models
     from fer_edge.utils import sigterm_as_interrupt
     from fer_edge.weights import resolve_checkpoint
 
     console, progress = Console(), Console(stderr=True)
-    # every option checked, the teachers read and the data decoded before the first (minutes-long) measurement
+    # every option checked, the teachers read and the data decoded before the first (minutes-long) measurement;
+    # a value wrong on its own is a usage error (OptionError: exit 2)
     if student not in list_models():
-        raise FerEdgeError(f"--student: unknown model {student!r}; registered models: "
-                           f"{', '.join(sorted(list_models()))}")
+        raise OptionError(f"--student: unknown model {student!r}; registered models: "
+                          f"{', '.join(sorted(list_models()))}")
     if amp not in AMP:
-        raise FerEdgeError(f"--amp {amp!r}: valid: {', '.join(AMP)}")
+        raise OptionError(f"--amp {amp!r}: valid: {', '.join(AMP)}")
     if not teacher:
-        raise FerEdgeError("--teacher: name at least one teacher (a shipped weight name or a checkpoint)")
+        raise OptionError("--teacher: name at least one teacher (a shipped weight name or a checkpoint)")
     teachers = []
     for t in teacher:
         path = resolve_checkpoint(t)
@@ -85,7 +86,14 @@ def main(
         except FerEdgeError as e:
             raise FerEdgeError(f"--teacher {t}: {e}") from None
         teachers.append(str(path))
-    n_train = len(load_split(str(data), default_train_split(str(data)), progress=False).labels)
+    split = default_train_split(str(data))
+    n_train = len(load_split(str(data), split, progress=False).labels)
+    if n_train // batch_size < steps:
+        # a measurement is one epoch capped at --steps, and an epoch drops its partial batch: with fewer full
+        # batches it would time fewer steps than the table says (as step_cost refuses)
+        raise FerEdgeError(f"the {split} split holds {n_train:,} images: {n_train // batch_size} full batch(es) of "
+                           f"--batch-size {batch_size}, and each measurement needs --steps {steps}, that is "
+                           f"{steps * batch_size:,} images: lower --steps or --batch-size, or use more data")
     configs = ({"no teacher": ("auto", [], "online")}
                | {f"teacher in {r}": (r, teachers, "online") for r in RUNTIMES}
                | {OFFLINE: ("onnxruntime", teachers, "offline"), REPLAY: ("onnxruntime", teachers, "replay")})
@@ -107,7 +115,7 @@ def main(
                 console.print(f"round {r + 1}/{rounds}: "
                               + ", ".join(f"{n} {v[-1]:.0f} img/s" for n, v in runs.items())
                               + f"; labelling: offline {labelling[OFFLINE][-1]:.0f} s, "
-                                f"replay {labelling[REPLAY][-1]:.0f} s")
+                                f"replay {labelling[REPLAY][-1]:.0f} s", soft_wrap=True)  # one line in a log
     except KeyboardInterrupt:
         done = min(len(v) for v in runs.values())
         typer.echo(f"interrupted: {done} of {rounds} round(s) finished (printed above); the comparison table was not "
