@@ -487,6 +487,52 @@ def test_resize_parity_puts_other_resizes_beside_fer_edges(tiny_checkpoint, synt
     assert r.exit_code == 1 and "error:" in r.output and "Traceback" not in r.output
 
 
+def test_resize_parity_usage_errors_exit_2_and_notes_a_sample_above_the_split(tiny_checkpoint, synthetic_csv):
+    """QA: --split '' exited 1; --n-images 999 on a smaller split used all of it without a word (fer-edge bench
+    notes it)."""
+    from fer_edge.benchmarks import resize_parity
+
+    for args in (["--split", ""], []):
+        r = CliRunner().invoke(resize_parity.cli, [*args, "--data", str(synthetic_csv), "--n-images", "1"]
+                               if args else ["", "--data", str(synthetic_csv)])
+        assert r.exit_code == 2 and "is empty" in r.stderr and "Traceback" not in r.output, r.output
+    r = CliRunner().invoke(resize_parity.cli, [str(tiny_checkpoint), "--data", str(synthetic_csv),
+                                               "--n-images", "9999"], env={"COLUMNS": "250"})
+    assert r.exit_code == 0, r.output
+    assert "note: --n-images 9999 is more than the 84 images of the PublicTest split: all of them were used" in \
+        _one_line(r.stderr) and "on 84 PublicTest faces" in r.stdout
+
+
+@pytest.mark.parametrize("how", ["SIGINT", "SIGTERM"])
+def test_resize_parity_interrupted_while_loading_prints_one_line(how, tiny_checkpoint, synthetic_csv, monkeypatch):
+    """QA: interrupted while it read the data, it exited 130 (SIGINT) or 143 (SIGTERM) with nothing on stderr."""
+    import signal
+
+    import fer_edge.benchmarks.bench
+    from fer_edge.benchmarks import resize_parity
+
+    class _NotHandled(Exception):
+        pass
+
+    def _signal(*a, **k):
+        if how == "SIGINT":
+            raise KeyboardInterrupt
+        os.kill(os.getpid(), signal.SIGTERM)
+        raise AssertionError("SIGTERM did not stop the work")
+
+    def _unhandled(signum, frame):  # what a SIGTERM the script does not catch does (here: without killing pytest)
+        raise _NotHandled
+
+    monkeypatch.setattr(fer_edge.benchmarks.bench, "load_inputs", _signal)
+    previous = signal.signal(signal.SIGTERM, _unhandled)
+    try:
+        r = CliRunner().invoke(resize_parity.cli, [str(tiny_checkpoint), "--data", str(synthetic_csv)])
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    _assert_interrupted(r)
+    assert "nothing was measured" in r.stderr
+
+
 def test_the_scripts_tables_are_wide_off_a_terminal(monkeypatch):
     """QA: `python -m fer_edge.benchmarks.export_bench ... > log` cut every table to 80 columns (fer_nan…, Agreem…),
     where `fer-edge`'s own tables are 200 wide off a terminal, as README says."""

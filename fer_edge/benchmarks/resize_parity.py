@@ -17,6 +17,8 @@ from __future__ import annotations
 import numpy as np
 import typer
 
+from fer_edge.cli.common import model_value, split_value
+
 cli = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
 
@@ -53,40 +55,52 @@ def resized(rgb: np.ndarray) -> dict[str, np.ndarray]:
 
 @cli.command()
 def main(
-    model: str = typer.Argument("nano", help="Checkpoint or shipped model name."),
+    model: str = typer.Argument("nano", parser=model_value, help="Checkpoint or shipped model name."),
     data: str = typer.Option(..., help="FER2013 CSV or image folder."),
-    split: str | None = typer.Option(None, help="Split of --data (default PublicTest / val)."),
+    split: str | None = typer.Option(None, parser=split_value, help="Split of --data (default PublicTest / val)."),
     n_images: int = typer.Option(210, min=1, help="Stratified sample of the split."),
     seed: int = typer.Option(0, help="Seed of the sample, the crop sizes and the tints."),
 ) -> None:
     """Top-label changes and probability differences of other resizes against fer-edge's, side by side."""
+    from fer_edge.errors import FerEdgeError, OptionError
+    from fer_edge.utils import sigterm_as_interrupt
+
+    try:
+        with sigterm_as_interrupt():  # Ctrl-C or SIGTERM at any stage: one line, exit 130
+            try:
+                _main(model, data, split, n_images, seed)
+            except FerEdgeError as e:  # an OptionError (a value wrong on its own) is a usage error: exit 2
+                from fer_edge.console import WideConsole as Console
+
+                Console(stderr=True).print(f"[red]error:[/] {e}", highlight=False)
+                raise typer.Exit(2 if isinstance(e, OptionError) else 1) from None
+    except KeyboardInterrupt:
+        typer.echo("interrupted: nothing was measured; no table was printed", err=True)
+        raise typer.Exit(130) from None
+
+
+def _main(model: str, data: str, split: str | None, n_images: int, seed: int) -> None:
     import torch
     from fer_edge.console import WideConsole as Console  # wide off a terminal
     from rich.table import Table
 
     from fer_edge.benchmarks.bench import load_inputs
     from fer_edge.checkpoint import load_checkpoint
-    from fer_edge.errors import FerEdgeError
     from fer_edge.preprocess import normalize
     from fer_edge.weights import resolve_checkpoint
 
-    try:
-        ck = load_checkpoint(resolve_checkpoint(model))
-        inputs = load_inputs(data, split, n_images, seed=seed)
-    except FerEdgeError as e:
-        Console(stderr=True).print(f"[red]error:[/] {e}", highlight=False)
-        raise typer.Exit(1) from None
+    ck = load_checkpoint(resolve_checkpoint(model))
+    inputs = load_inputs(data, split, n_images, seed=seed)
+    if n_images > inputs.split_size:  # as fer-edge bench says it
+        typer.echo(f"note: --n-images {n_images} is more than the {inputs.split_size} images of the {inputs.split} "
+                   "split: all of them were used", err=True)
     net = ck.build_model().eval()
     probs = {}
-    try:
-        ways = [resized(c) for c in crops(inputs.images, seed)]
-        with torch.no_grad():
-            for name in ways[0]:
-                x = torch.from_numpy(normalize(np.stack([w[name] for w in ways]), ck.normalization))
-                probs[name] = torch.softmax(net(x), 1).numpy()
-    except KeyboardInterrupt:
-        typer.echo("interrupted: nothing was measured", err=True)
-        raise typer.Exit(130) from None
+    ways = [resized(c) for c in crops(inputs.images, seed)]
+    with torch.no_grad():
+        for name in ways[0]:
+            x = torch.from_numpy(normalize(np.stack([w[name] for w in ways]), ck.normalization))
+            probs[name] = torch.softmax(net(x), 1).numpy()
     ref = probs["fer-edge"]
     t = Table(title=f"{ck.model_name} on {len(ref)} {inputs.split} faces as tinted 80-220 px colour crops: "
                     "other resizes against fer-edge's")
