@@ -199,3 +199,53 @@ def test_a_negative_calib_seed_is_a_usage_error(tiny_checkpoint, synthetic_csv, 
         export(tiny_checkpoint, ["onnx"], ["int8"], tmp_path / "b", calib_data=synthetic_csv, calib_seed=-1,
                val_seed=-5, validate=False)
     assert not (tmp_path / "b").exists()
+
+
+# --- 5. two exports into one --out at once -----------------------------------------------------------------------
+@pytest.mark.skipif(sys.platform == "win32", reason="no fcntl: no lock on Windows")
+def test_an_export_into_a_folder_another_export_is_writing_is_refused(tiny_checkpoint, tmp_path):
+    import fcntl
+
+    from fer_edge.exporters.api import LOCK_FILE
+
+    out = tmp_path / "out"
+    assert _cli("export", tiny_checkpoint, "-t", "torchscript", "--no-validate", "--out", out).exit_code == 0
+    assert sorted(p.name for p in out.iterdir()) == [f"{STEM}_fp32.ts", "manifest.json"]  # the lock file removed
+    before = (out / "manifest.json").read_text()
+    with open(out / LOCK_FILE, "a") as held:  # what a running export holds
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        res = _cli("export", tiny_checkpoint, "-t", "onnx", "-p", "fp32", "--no-validate", "--out", out)
+        assert res.exit_code == 1 and "Traceback" not in res.output, res.output
+        assert (f"{out}: another fer-edge export is writing into it now (it holds {out / LOCK_FILE}); wait for it "
+                "to end, or choose another --out") in _text(res)
+        assert (out / LOCK_FILE).exists() and (out / "manifest.json").read_text() == before
+        assert not (out / f"{STEM}_fp32.onnx").exists()
+    (out / LOCK_FILE).unlink()
+    res = _cli("export", tiny_checkpoint, "-t", "onnx", "-p", "fp32", "--no-validate", "--out", out)
+    assert res.exit_code == 0, res.output
+    assert not (out / LOCK_FILE).exists()
+
+
+@pytest.mark.parametrize("exists", [False, True])
+def test_an_export_that_finished_while_another_loaded_its_data_is_kept(monkeypatch, tiny_checkpoint, synthetic_csv,
+                                                                       tmp_path, exists):
+    """Each export read the manifest at its start and rewrote it whole: the one that finished last dropped the
+    other's artifacts, and then refused to overwrite fer-edge's own file as not listed."""
+    from fer_edge.exporters import api, export
+
+    out = tmp_path / "out"
+    if exists:
+        out.mkdir()
+    real = api._cal.load_validation
+
+    def meanwhile(*a, **k):  # another export runs to its end while this one loads its data
+        export(tiny_checkpoint, ["onnx"], ["fp32"], out, validate=False)
+        return real(*a, **k)
+
+    monkeypatch.setattr(api._cal, "load_validation", meanwhile)
+    monkeypatch.setattr(api._cal, "MIN_VAL_SIZE", 8)
+    res = export(tiny_checkpoint, ["torchscript"], ["fp32"], out, val_data=synthetic_csv, data_progress=False)
+    listed = sorted(a["file"] for a in json.loads((out / "manifest.json").read_text())["artifacts"])
+    assert listed == [f"{STEM}_fp32.onnx", f"{STEM}_fp32.ts"], res.warnings
+    assert not [w for w in res.warnings if "not listed" in w], res.warnings
+

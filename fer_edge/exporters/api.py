@@ -243,6 +243,49 @@ def check_name(name: str | None) -> None:
         )
 
 
+#: The lock file an export holds in ``--out`` while it writes there (:func:`_lock_out`).
+LOCK_FILE = ".fer-edge-export.lock"
+
+
+def _lock_out(out: Path):
+    """Hold ``OUT/.fer-edge-export.lock`` (an advisory ``flock``, released by the system when the process ends,
+    however it ends) while this export writes into ``out``, so that two exports into one folder do not rewrite
+    each other's manifest (the last writer's would drop the other's artifacts): the second is refused. Returns
+    the open lock file (:func:`_unlock_out` releases it); None where the system has no ``fcntl`` (Windows: no
+    lock)."""
+    try:
+        import fcntl
+    except ImportError:
+        return None
+    path = out / LOCK_FILE
+    for _ in range(3):
+        fh = open(path, "a")  # noqa: SIM115 - held open for the export
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            fh.close()
+            break
+        try:  # the file locked is still the one at that name (not one the holder removed as it ended)
+            if os.fstat(fh.fileno()).st_ino == os.stat(path).st_ino:
+                return fh
+        except OSError:
+            pass
+        fh.close()
+    raise ExportError(f"{out}: another fer-edge export is writing into it now (it holds {path}); wait for it to "
+                      "end, or choose another --out")
+
+
+def _unlock_out(out: Path, lock) -> None:
+    """Release the lock :func:`_lock_out` took, removing its file."""
+    import contextlib
+
+    if lock is None:
+        return
+    with contextlib.suppress(OSError):
+        (out / LOCK_FILE).unlink()
+    lock.close()
+
+
 def _folders_to_create(out: Path) -> list[Path]:
     """The folders ``out.mkdir(parents=True)`` will create, deepest first; refuses an ``out`` that cannot be one
     (:func:`fer_edge.utils.check_writable_dir`)."""
@@ -520,7 +563,9 @@ def export(
     ``manifest.json`` records another checkpoint is refused (``replace_other``: the export artifacts that
     manifest lists, and the manifest, are removed and the folder reused, with a warning naming each file removed);
     one that cannot be read, or is not fer-edge's, is refused even with ``replace_other`` (it is never trusted to
-    list files to delete). Temporary ``.tmp-*`` files in ``out`` (left by an export that was killed) are named in
+    list files to delete). While it writes into ``out`` the export holds a lock file there (:data:`LOCK_FILE`, an
+    advisory ``flock``; none on Windows): an export into a folder another export is writing is refused, and the
+    folder's manifest is read again once the lock is held. Temporary ``.tmp-*`` files in ``out`` (left by an export that was killed) are named in
     a warning, not removed (they may be a running export's). ``manifest.json`` is rewritten
     (atomically) after every artifact, with ``"complete": false`` until the end, so an interrupted
     export (Ctrl-C, SIGTERM: both raise ``KeyboardInterrupt`` here) leaves a manifest of what it finished.
@@ -645,6 +690,7 @@ def export(
     stem = name or ckpt.model_name
     if not to_create:
         check_no_foreign_files(out, plan, stem)
+        _unlock_out(out, _lock_out(out))  # an export into it running now is refused before any data is loaded
     model = ckpt.build_model()
     # a broken model (NaN weights) is refused before any data is loaded: its artifacts would be broken too, and
     # the gate cannot judge them against NaN reference logits (OpenVINO's ReLU turns NaN into 0: "passed")
@@ -711,9 +757,15 @@ def export(
     except OSError as e:
         _remove_if_empty(to_create)
         raise FerEdgeError(f"cannot create --out {out}: {e.strerror or e}") from None
-    if clear:
-        warn(_clear_previous(out))
+    lock = None
     try:
+        lock = _lock_out(out)
+        # another export may have written into the folder while this one loaded its data: read it again, now that
+        # no other export can change it
+        old, clear = _previous_manifest(out, source_sha, Path(ckpt_path), replace_other)
+        check_no_foreign_files(out, plan, stem)
+        if clear:
+            warn(_clear_previous(out))
         with sigterm_as_interrupt():
             result = _run_plan(
                 plan, skipped, out, stem, ckpt, ckpt_path, model, source_sha, old, calib, calib_method,
@@ -721,8 +773,12 @@ def export(
                 progress, no_val,
             )
     except BaseException:
+        _unlock_out(out, lock)
+        lock = None
         _remove_if_empty(to_create)
         raise
+    finally:
+        _unlock_out(out, lock)
     if raise_on_failure:
         result.raise_for_failures()
     return result
