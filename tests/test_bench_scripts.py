@@ -434,8 +434,24 @@ def test_int8_sensitivity_progress_bar_only_on_a_terminal(tiny_checkpoint, synth
 def test_int8_sensitivity_calib_size_zero_names_the_option(tiny_checkpoint, synthetic_csv, capsys):
     from fer_edge.benchmarks.int8_sensitivity import main
 
-    assert main([str(tiny_checkpoint), "--calib-data", str(synthetic_csv), "--calib-size", "0"]) == 1
+    assert main([str(tiny_checkpoint), "--calib-data", str(synthetic_csv), "--calib-size", "0"]) == 2  # usage error
     assert "--calib-size" in capsys.readouterr().err
+
+
+def test_int8_sensitivity_prints_the_calibration_warnings(tiny_checkpoint, synthetic_csv, tmp_path, capsys):
+    """QA: load_calibration's warnings were dropped (fer-edge export prints them on the same data): 16 images, or
+    all 280 of the split when 9999 were asked for, without a word."""
+    from fer_edge.benchmarks.int8_sensitivity import main
+
+    out = tmp_path / "s.json"
+    assert main([str(tiny_checkpoint), "--calib-data", str(synthetic_csv), "--calib-size", "16",
+                 "--json", str(out)]) == 0
+    err = _one_line(capsys.readouterr().err)
+    assert err.startswith("warning: calibration used 16 images of Training") and "fewer than 200" in err, err
+    assert json.loads(out.read_text())["warnings"] == [err.removeprefix("warning: ")]
+    assert main([str(tiny_checkpoint), "--calib-data", str(synthetic_csv), "--calib-size", "9999"]) == 0
+    err = _one_line(capsys.readouterr().err)
+    assert err.startswith("warning: calibration used 280 images, all that Training of") and "(9999 asked for)" in err
 
 
 def test_export_bench_empty_target_says_what_is_accepted(tiny_checkpoint, synthetic_csv, monkeypatch, capsys):

@@ -25,16 +25,18 @@ def sensitivity(checkpoint: str | Path, calib_data: str | Path, val_data: str | 
                 console=None) -> dict:
     """Agreement with FP32 for each rounding configuration (see the module docstring).
 
-    ``progress``: a transient bar over the passes on ``console`` (default stderr); None: only on a terminal.
+    ``progress``: a transient bar over the passes on ``console`` (default stderr); None: only on a terminal. The
+    result's ``warnings`` are :func:`~fer_edge.exporters.calibration.load_calibration`'s (fewer calibration images
+    than asked for, or than INT8 ranges need), for the caller to show.
     """
     import torch
     from fer_edge.console import WideConsole as Console  # wide off a terminal
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from fer_edge.errors import FerEdgeError
+    from fer_edge.errors import OptionError
 
     if isinstance(calib_size, bool) or not isinstance(calib_size, int) or calib_size < 1:
-        raise FerEdgeError(f"--calib-size must be a whole number of at least 1 (got {calib_size!r})")
+        raise OptionError(f"--calib-size must be a whole number of at least 1 (got {calib_size!r})")
 
     from fer_edge.checkpoint import load_checkpoint
     from fer_edge.exporters.calibration import load_calibration, load_validation
@@ -43,7 +45,7 @@ def sensitivity(checkpoint: str | Path, calib_data: str | Path, val_data: str | 
 
     ck = load_checkpoint(resolve_checkpoint(checkpoint))
     model = ck.build_model().eval()
-    calib, _ = load_calibration(calib_data, size=calib_size, seed=seed, norm=ck.normalization, progress=False)
+    calib, warnings = load_calibration(calib_data, size=calib_size, seed=seed, norm=ck.normalization, progress=False)
     val = load_validation(val_data or calib_data, seed=seed, norm=ck.normalization, progress=False)
     x_cal, x_val = torch.from_numpy(calib.inputs), torch.from_numpy(val.inputs)
     sim = QuantSim(model, model, x_cal[:2])
@@ -83,7 +85,7 @@ def sensitivity(checkpoint: str | Path, calib_data: str | Path, val_data: str | 
             per_tensor[name] = agreement(f"weights + {name}")
             fq.disable_fake_quant()
     return {"checkpoint": str(checkpoint), "model": ck.model_name, "calibration_images": len(calib),
-            "validation": val.record, "agreement": rows, "weights_plus_one_activation": per_tensor}
+            "warnings": list(warnings), "validation": val.record, "agreement": rows, "weights_plus_one_activation": per_tensor}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -100,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     from fer_edge.console import WideConsole as Console  # wide off a terminal
     from rich.table import Table
 
-    from fer_edge.errors import FerEdgeError
+    from fer_edge.errors import FerEdgeError, OptionError
     from fer_edge.utils import check_output_file, sigterm_as_interrupt, write_json_atomic
 
     try:
@@ -108,13 +110,15 @@ def main(argv: list[str] | None = None) -> int:
             check_output_file(args.json, "--json", FerEdgeError)
         with sigterm_as_interrupt():
             res = sensitivity(args.checkpoint, args.calib_data, args.val_data, args.calib_size, args.seed)
-    except FerEdgeError as e:
+    except FerEdgeError as e:  # an OptionError (a value wrong on its own) is a usage error: exit 2
         print(f"error: {e}", file=sys.stderr)
-        return 1
+        return 2 if isinstance(e, OptionError) else 1
     except KeyboardInterrupt:
         print("interrupted: nothing was measured to the end; no table was printed"
               + (f" and --json {args.json} was not written" if args.json else ""), file=sys.stderr)
         return 130
+    for w in res["warnings"]:  # as fer-edge export warns on the same calibration data
+        print(f"warning: {w}", file=sys.stderr)
     t = Table(title=f"{res['model']}: top-1 agreement with FP32 under simulated INT8 "
                     f"({res['validation'].get('count', '?')} validation images)")
     t.add_column("rounded")
