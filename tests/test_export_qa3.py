@@ -249,3 +249,41 @@ def test_an_export_that_finished_while_another_loaded_its_data_is_kept(monkeypat
     assert listed == [f"{STEM}_fp32.onnx", f"{STEM}_fp32.ts"], res.warnings
     assert not [w for w in res.warnings if "not listed" in w], res.warnings
 
+
+# --- 6. strict JSON: no NaN / Infinity in manifest.json ---------------------------------------------------------
+def _strict_json(path: Path):
+    """``path`` parsed as strict JSON, as JavaScript's JSON.parse or Go's encoding/json would."""
+    def refuse(constant):
+        raise ValueError(f"{constant} is not JSON")
+
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
+def test_non_finite_figures_are_written_as_null(tmp_path):
+    from fer_edge.utils import write_json_atomic
+
+    write_json_atomic(tmp_path / "x.json", {"a": float("nan"), "b": [float("inf"), 1.5, (2.0, -float("inf"))],
+                                            "c": np.float32("nan"), "d": {"e": np.float64("inf")}, "f": 3})
+    assert _strict_json(tmp_path / "x.json") == {"a": None, "b": [None, 1.5, [2.0, None]], "c": None,
+                                                 "d": {"e": None}, "f": 3}
+
+
+def test_a_manifest_with_an_infinite_logit_difference_is_strict_json(monkeypatch, tiny_checkpoint, synthetic_csv,
+                                                                      tmp_path):
+    """An artifact whose outputs are not finite gets max_abs_diff inf; json wrote it as `Infinity`."""
+    import dataclasses
+
+    from fer_edge import parity
+    from fer_edge.exporters import api
+
+    real = parity.compare
+    monkeypatch.setattr(parity, "compare", lambda *a, **k: dataclasses.replace(
+        real(*a, **k), max_abs_diff=float("inf"), kl=float("nan")))
+    monkeypatch.setattr(api._cal, "MIN_VAL_SIZE", 8)
+    out = tmp_path / "out"
+    res = _cli("export", tiny_checkpoint, "-t", "torchscript", "--val-data", synthetic_csv, "--out", out)
+    assert res.exit_code == 1 and "max |logit diff| inf" in _text(res), res.output  # the gate still says it
+    v = _strict_json(out / "manifest.json")["artifacts"][0]["validation"]
+    assert v["status"] == "failed" and v["max_abs_diff"] is None and v["kl"] is None
+    assert v["agreement"] == 1.0
+
