@@ -246,6 +246,17 @@ def load_checkpoint(path: str | os.PathLike, map_location: str = "cpu") -> Check
     for key in ("model_kwargs", "train_config", "metrics", "data"):
         if raw.get(key) is not None and not isinstance(raw[key], dict):
             problems.append(f"its {key} is a {type(raw[key]).__name__}, not a dict")
+    sd = raw["state_dict"]
+    if not isinstance(sd, dict):
+        problems.append(f"its state_dict is a {type(sd).__name__}, not a dict of tensors")
+    else:
+        odd = [(k, v) for k, v in sd.items() if not (isinstance(k, str) and isinstance(v, torch.Tensor))]
+        if odd:
+            k, v = odd[0]
+            what = (f"key {k!r} is a {type(k).__name__}, not a name" if not isinstance(k, str)
+                    else f"{k!r} is a {type(v).__name__}")
+            problems.append(f"its state_dict is not a dict of tensors: {len(odd)} of its {len(sd)} entries are "
+                            f"not a named tensor (e.g. {what})")
     epoch = raw.get("epoch", 0)
     if isinstance(epoch, bool) or not isinstance(epoch, int):
         problems.append(f"its epoch {epoch!r} is not a whole number")

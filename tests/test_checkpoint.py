@@ -306,3 +306,22 @@ def test_a_part_given_as_a_checkpoint_says_how_to_join_the_parts(tmp_path):
         load_checkpoint(parts[0])
     prefix = tmp_path / "sp two" / "my.partial"
     assert f"join '{prefix}'.part*.pt --out '{prefix}.joined.pt'`" in str(e.value)
+
+
+@pytest.mark.parametrize("state_dict, message", [
+    ([1, 2], r"its state_dict is a list, not a dict of tensors"),
+    ("weights", r"its state_dict is a str, not a dict of tensors"),
+    ("strings", r"its state_dict is not a dict of tensors: (\d+) of its \1 entries are not a named tensor "
+                r"\(e\.g\. 'features\.0\.0\.weight' is a str\)"),
+    ({1: torch.ones(1)}, r"its state_dict is not a dict of tensors: 1 of its 1 entries are not a named tensor "
+                         r"\(e\.g\. key 1 is a int, not a name\)"),
+])
+def test_a_state_dict_that_is_not_a_dict_of_tensors_is_refused_when_loaded(tmp_path, state_dict, message):
+    """It passed load_checkpoint and crashed later with an AttributeError traceback ('str' object has no attribute
+    'shape', 'list' object has no attribute 'get'), in export, eval and load_runtime alike."""
+    raw = torch.load(_checkpoint(tmp_path / "a.pt"), weights_only=True)
+    if state_dict == "strings":
+        state_dict = {k: "x" for k in raw["state_dict"]}
+    save_checkpoint(tmp_path / "b.pt", {**raw, "state_dict": state_dict})
+    with pytest.raises(CheckpointError, match=rf"b\.pt: not a usable checkpoint: {message}"):
+        load_checkpoint(tmp_path / "b.pt")
