@@ -250,6 +250,39 @@ def test_an_export_that_finished_while_another_loaded_its_data_is_kept(monkeypat
     assert not [w for w in res.warnings if "not listed" in w], res.warnings
 
 
+# --- 8. a fer-edge manifest whose file record has no sha256 ------------------------------------------------------
+@pytest.mark.parametrize("damage", ["no sha256", "no file", "files not a list", "artifacts not a list"])
+def test_a_damaged_file_record_is_dropped_with_a_warning_not_a_key_error(tiny_checkpoint, tmp_path, damage):
+    from fer_edge.exporters.manifest import verify_manifest
+
+    out = tmp_path / "out"
+    assert _cli("export", tiny_checkpoint, "-t", "torchscript", "--no-validate", "--out", out).exit_code == 0
+    m = json.loads((out / "manifest.json").read_text())
+    art = m["artifacts"][0]
+    if damage == "no sha256":
+        del art["files"][0]["sha256"]
+    elif damage == "no file":
+        del art["files"][0]["file"]
+    elif damage == "files not a list":
+        art["files"] = {"file": art["file"]}
+    else:
+        m["artifacts"] = {"fer_nano_fp32.ts": art}
+    (out / "manifest.json").write_text(json.dumps(m))
+    problems = verify_manifest(out)
+    if damage == "artifacts not a list":
+        assert problems == ["its artifacts are a dict, not a list"]
+    else:
+        assert len(problems) == 1 and "(the manifest was edited or damaged)" in problems[0], problems
+    res = _cli("export", tiny_checkpoint, "-t", "onnx", "-p", "fp32", "--no-validate", "--out", out)
+    assert res.exit_code == 0 and "Traceback" not in res.output, res.output
+    listed = [a["file"] for a in json.loads((out / "manifest.json").read_text())["artifacts"]]
+    assert listed == [f"{STEM}_fp32.onnx"]  # the damaged entry is no longer listed
+    if damage == "no sha256":
+        assert (f"{STEM}_fp32.ts (torchscript fp32) no longer listed in the manifest: the record of "
+                f"{STEM}_fp32.ts has no sha256 (the manifest was edited or damaged)") in _text(res), _text(res)
+    assert f"{STEM}_fp32.ts" in _text(res)  # named in a warning either way
+
+
 # --- 6. strict JSON: no NaN / Infinity in manifest.json ---------------------------------------------------------
 def _strict_json(path: Path):
     """``path`` parsed as strict JSON, as JavaScript's JSON.parse or Go's encoding/json would."""

@@ -98,14 +98,45 @@ def load_manifest(path: str | Path) -> dict:
     return data
 
 
+def record_problem(rec) -> str | None:
+    """What is wrong with a manifest's file record (``{"file", "sha256", ...}``) as written by hand or damaged: no
+    file name, no SHA-256; None when it has both."""
+    if not isinstance(rec, dict):
+        return f"a file record is a {type(rec).__name__}, not an object"
+    name = rec.get("file")
+    if not isinstance(name, str) or not name:
+        return f"a file record has no file name ({rec!r})"
+    sha = rec.get("sha256")
+    if not isinstance(sha, str) or not sha:
+        return f"the record of {name} has no sha256"
+    return None
+
+
+def _file_records(art) -> list:
+    """A manifest entry's file records: its ``files``, or (older manifests) the entry itself."""
+    if not isinstance(art, dict):
+        return [art]
+    recs = art.get("files")
+    if not recs:
+        return [{"file": art.get("file"), "sha256": art.get("sha256")}]
+    return recs if isinstance(recs, list) else [recs]
+
+
 def verify_manifest(path: str | Path) -> list[str]:
-    """Problems with the files a manifest lists (missing, size or SHA-256 changed); [] when all match."""
+    """Problems with the files a manifest lists (missing, size or SHA-256 changed, a record with no file name or
+    SHA-256); [] when all match."""
     p = Path(path)
     root = p if p.is_dir() else p.parent
     data = load_manifest(p)
     problems = []
-    for art in data.get("artifacts", []):
-        for rec in art.get("files") or [{"file": art["file"], "sha256": art["sha256"]}]:
+    arts = data.get("artifacts")
+    if not isinstance(arts, list):
+        return [f"its artifacts are a {type(arts).__name__}, not a list"] if arts is not None else []
+    for art in arts:
+        for rec in _file_records(art):
+            if (why := record_problem(rec)) is not None:
+                problems.append(f"{why} (the manifest was edited or damaged)")
+                continue
             f = root / rec["file"]
             if not f.exists():
                 problems.append(f"{rec['file']}: missing")
@@ -115,12 +146,16 @@ def verify_manifest(path: str | Path) -> list[str]:
 
 
 def files_unchanged(art: dict, root: Path) -> str | None:
-    """Why the files of a manifest entry no longer match it ("missing", "changed since it was exported"),
-    or None when every file is there with its recorded SHA-256."""
+    """Why the files of a manifest entry no longer match it ("missing", "changed since it was exported", a record
+    with no file name or SHA-256), or None when every file is there with its recorded SHA-256."""
     recs = art.get("files") or []
     if not recs:
         return "no files recorded"
+    if not isinstance(recs, list):
+        return f"its files are a {type(recs).__name__}, not a list"
     for r in recs:
+        if (why := record_problem(r)) is not None:
+            return f"{why} (the manifest was edited or damaged)"
         f = root / r["file"]
         if not (f.exists() or f.is_symlink()):
             return f"{r['file']} is missing"
@@ -137,7 +172,8 @@ def carry_over(old: dict | None, source_sha: str, root: Path) -> tuple[list[dict
     (Exporting ``--target onnx`` then ``--target openvino`` into one folder gives one manifest listing both.)"""
     if not old or old.get("format") != FORMAT or (old.get("source") or {}).get("sha256") != source_sha:
         return [], []
-    arts = [a for a in old.get("artifacts", []) if isinstance(a, dict)]
+    listed = old.get("artifacts")
+    arts = [a for a in listed if isinstance(a, dict)] if isinstance(listed, list) else []
     whys: dict[tuple, list[str]] = {}
     for art in arts:
         why = files_unchanged(art, root)
@@ -145,13 +181,21 @@ def carry_over(old: dict | None, source_sha: str, root: Path) -> tuple[list[dict
     kept, dropped = [], []
     for g, reasons in whys.items():
         if reasons:
-            files = [r["file"] for a in arts if group_key(a) == g for r in a.get("files") or []]
-            dropped.append((files, f"{', '.join(files)} ({g[0]} {g[1]}) no longer listed in the manifest: "
+            files = [r["file"] for a in arts if group_key(a) == g for r in _listed_records(a)]
+            named = ", ".join(files) or "an entry"
+            dropped.append((files, f"{named} ({g[0]} {g[1]}) no longer listed in the manifest: "
                                    f"{'; '.join(reasons)}; export it again, or remove it"))
     for art in arts:
         if not whys[group_key(art)]:
             kept.append({**art, "run": art.get("run") or old.get("run_id") or old.get("created")})
     return kept, dropped
+
+
+def _listed_records(art: dict) -> list[dict]:
+    """The file records of an entry that name a file (a damaged entry's others left out)."""
+    recs = art.get("files")
+    return [r for r in recs if isinstance(r, dict) and isinstance(r.get("file"), str) and r["file"]] \
+        if isinstance(recs, list) else []
 
 
 def group_key(art: dict) -> tuple:
