@@ -320,3 +320,18 @@ def test_a_manifest_with_an_infinite_logit_difference_is_strict_json(monkeypatch
     assert v["status"] == "failed" and v["max_abs_diff"] is None and v["kl"] is None
     assert v["agreement"] == 1.0
 
+
+# --- 9. a --name starting with a dot ------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", [".tmp-x", ".hidden", ".5"])
+def test_a_name_starting_with_a_dot_is_refused(tiny_checkpoint, tmp_path, name):
+    """`--name .tmp-x` artifacts were then named as leftover temporary files, hidden from the unlisted-file
+    warning, and left by --replace."""
+    from fer_edge.exporters import export
+
+    out = tmp_path / "out"
+    res = _cli("export", tiny_checkpoint, "-t", "torchscript", "--no-validate", "--name", name, "--out", out)
+    assert res.exit_code == 1 and "Traceback" not in res.output, res.output
+    assert f"--name {name!r} is not a plain file name stem: it must not be empty or start with a dot" in _text(res)
+    assert not out.exists()
+    with pytest.raises(FerEdgeError, match="start with a dot"):
+        export(tiny_checkpoint, ["torchscript"], ["fp32"], out, validate=False, name=name)

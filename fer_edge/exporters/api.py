@@ -236,10 +236,12 @@ def check_name(name: str | None) -> None:
     if not isinstance(name, str):
         raise FerEdgeError(f"--name takes a file stem (a string), got {name!r}")
     seps = {"/", "\\", os.sep} | ({os.altsep} if os.altsep else set())
-    if not name.strip() or set(name) <= {"."} or ".." in name or "\0" in name or any(s in name for s in seps):
+    if (not name.strip() or name.startswith(".") or ".." in name or "\0" in name
+            or any(s in name for s in seps)):
         raise FerEdgeError(
-            f"--name {name!r} is not a plain file name stem: it must not be empty or only dots, nor contain "
-            "'..' or a path separator (the artifacts always go into --out; choose the folder with --out)"
+            f"--name {name!r} is not a plain file name stem: it must not be empty or start with a dot (a hidden "
+            "file, which fer-edge takes for a temporary one), nor contain '..' or a path separator (the artifacts "
+            "always go into --out; choose the folder with --out)"
         )
 
 
