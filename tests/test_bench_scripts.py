@@ -109,7 +109,8 @@ def test_export_bench_writes_its_json_atomically(tmp_path, monkeypatch, syntheti
     from fer_edge.benchmarks import export_bench
 
     written = []
-    monkeypatch.setattr(export_bench, "run", lambda *a, **k: {"within_budget": True, "failed": [], "x": 1})
+    monkeypatch.setattr(export_bench, "run", lambda *a, **k: {"within_budget": True, "failed": [], "warnings": [],
+                                                              "x": 1})
     monkeypatch.setattr(export_bench, "print_report", lambda report: None)
     import fer_edge.utils
 
@@ -458,9 +459,43 @@ def test_export_bench_empty_target_says_what_is_accepted(tiny_checkpoint, synthe
     from fer_edge.benchmarks import export_bench
 
     monkeypatch.setattr(export_bench, "run", _never)
-    assert export_bench.main([str(tiny_checkpoint), "--calib-data", str(synthetic_csv), "--target", ""]) == 1
+    assert export_bench.main([str(tiny_checkpoint), "--calib-data", str(synthetic_csv), "--target", ""]) == 2
     err = _one_line(capsys.readouterr().err)
     assert "--target '' names no target; accepted: comma-separated onnx, openvino, coreml, torchscript, or all" in err
+
+
+@pytest.mark.parametrize("args, msg", [
+    (["--target", "bogus"], "unknown target 'bogus'"),
+    (["--calib-seeds", "a"], "--calib-seeds: expected comma-separated integers, got 'a'"),
+    (["--calib-seeds", "1,1"], "--calib-seeds: a seed is repeated"),
+    (["--calib-size", "0"], "--calib-size must be at least 1 (got 0)"),
+])
+def test_export_bench_usage_errors_exit_2(args, msg, tiny_checkpoint, synthetic_csv, monkeypatch, capsys):
+    """QA: export_bench returned 1 for every error; a value wrong on its own is a usage error (README: exit 2)."""
+    import fer_edge.exporters.calibration
+    from fer_edge.benchmarks import export_bench
+
+    monkeypatch.setattr(fer_edge.exporters.calibration, "load_calibration", _never)  # refused before any work
+    assert export_bench.main([str(tiny_checkpoint), "--calib-data", str(synthetic_csv), *args]) == 2
+    err = _one_line(capsys.readouterr().err)
+    assert err.startswith("error: ") and msg in err, err
+
+
+def test_export_bench_prints_the_exports_warnings(tiny_checkpoint, synthetic_csv, tmp_path, monkeypatch, capsys):
+    """QA: 16 calibration images and a parity gate on 84 validation images ("not validated") passed without a
+    word, where fer-edge export warns: the exports' warnings are in the report, each once, and printed."""
+    from fer_edge.benchmarks import export_bench
+
+    report = export_bench.run(tiny_checkpoint, synthetic_csv, tmp_path / "o", targets=["onnx"], precisions=["int8"],
+                              calib_size=16, calib_methods=["minmax"])  # a second export: its warnings once
+    text = " | ".join(report["warnings"])
+    assert "calibration used 16 images" in text and "the parity gate has only 84 validation images" in text, text
+    assert len(report["warnings"]) == len(set(report["warnings"]))
+    monkeypatch.setattr(export_bench, "run", lambda *a, **k: report)
+    assert export_bench.main([str(tiny_checkpoint), "--calib-data", str(synthetic_csv)]) == 0
+    err = capsys.readouterr().err
+    assert [line for line in err.splitlines() if line.startswith("warning: ")] == \
+        [f"warning: {w}" for w in report["warnings"]], err
 
 
 def test_export_bench_shows_why_an_artifact_was_not_validated():

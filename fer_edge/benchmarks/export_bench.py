@@ -137,6 +137,7 @@ def _run(checkpoint, calib_data, out_dir: Path, val_data, val_split, val_size, t
                     raise_on_failure=False, data_progress=False, progress=bar.call("main export"))
     bar.done()
     wall = time.perf_counter() - t0
+    warnings = list(result.warnings)  # the calibration's and the parity gate's (too few images...): printed by main
     entries = this_run(result.manifest)
     per_target: dict[str, float] = {}
     for e in entries:
@@ -173,6 +174,7 @@ def _run(checkpoint, calib_data, out_dir: Path, val_data, val_split, val_size, t
                        progress=bar.call(f"calibration method {method}"))
             bar.done()
             secs = time.perf_counter() - t1
+            warnings += r.warnings
             if r.failed:
                 rows.append({"method": method, "error": r.failed[0]["reason"]})
                 continue
@@ -200,7 +202,9 @@ def _run(checkpoint, calib_data, out_dir: Path, val_data, val_split, val_size, t
                                                  and e["variant"] == "main" and e["target"] in int8_targets])}
                  if val_size is None else {})
         report["calib_seeds"] = calib_seed_spread(checkpoint, calib_data, out_dir, calib_seeds, int8_targets,
-                                                  calib_size, val_data, val_split, known=known, bar=bar)
+                                                  calib_size, val_data, val_split, known=known, bar=bar,
+                                                  warnings=warnings)
+    report["warnings"] = list(dict.fromkeys(warnings))  # each once: the extra exports repeat the main one's
     return report
 
 
@@ -211,13 +215,14 @@ def _draw_row(seed: int, target: str, export_dir: Path, v: dict) -> dict:
 
 
 def calib_seed_spread(checkpoint, calib_data, out_dir, seeds, targets, calib_size=None, val_data=None,
-                      val_split=None, known: dict | None = None, bar: _Bar | None = None) -> dict:
+                      val_split=None, known: dict | None = None, bar: _Bar | None = None,
+                      warnings: list[str] | None = None) -> dict:
     """INT8 exported once per calibration seed for ``targets``, each validated on the whole split.
 
     ``known``: ``{seed: (export_dir, manifest entries)}`` of draws already exported and validated this way (the
     main export's default draw), taken as they are instead of exported again. Returns ``{"rows": [per seed and
     target], "summary": [per target: median/min/max drop, draws within the bar]}``; a draw whose export fails is
-    a row with its ``error``, left out of the summary.
+    a row with its ``error``, left out of the summary. ``warnings``: the exports' warnings are added to it.
     """
     import statistics
 
@@ -239,6 +244,8 @@ def calib_seed_spread(checkpoint, calib_data, out_dir, seeds, targets, calib_siz
                    progress=None if bar is None else bar.call(f"calibration seed {seed}"))
         if bar is not None:
             bar.done()
+        if warnings is not None:
+            warnings += r.warnings
         rows += [{"seed": seed, "target": f["target"], "error": f["reason"]} for f in r.failed]
         rows += [_draw_row(seed, a.target, where, a.validation) for a in r.artifacts if a.variant == "main"]
     summary = []
@@ -258,6 +265,11 @@ def calib_seed_spread(checkpoint, calib_data, out_dir, seeds, targets, calib_siz
 
 def _pct(v) -> str:
     return "-" if v is None else f"{v:.2%}"
+
+
+def _num(v, fmt: str, scale: float = 1) -> str:
+    """``v * scale`` in ``fmt``; "-" for a figure not measured (an artifact that was not validated)."""
+    return "-" if v is None else format(v * scale, fmt)
 
 
 def _status(v: dict) -> str:
@@ -326,7 +338,7 @@ def print_report(report: dict, console=None) -> None:
                 t.add_row(r["method"], f"[red]{r['error']}[/]", *[""] * 6)
                 continue
             t.add_row(r["method"], _pct(r["agreement"]), _pct(r["accuracy"]), _pct(r["reference_accuracy"]),
-                      f"{r['accuracy_drop'] * 100:.2f}", f"{r['kl']:.2e}", f"{r['max_abs_diff']:.2f}",
+                      _num(r["accuracy_drop"], ".2f", 100), _num(r["kl"], ".2e"), _num(r["max_abs_diff"], ".2f"),
                       f"{r['seconds']:.1f}")
         console.print(t)
 
@@ -353,23 +365,23 @@ def print_report(report: dict, console=None) -> None:
 
 
 def _seeds(text: str | None) -> list[int] | None:
-    """``--calib-seeds``: distinct integers, comma-separated."""
-    from fer_edge.errors import FerEdgeError
+    """``--calib-seeds``: distinct integers, comma-separated; anything else is a usage error (OptionError)."""
+    from fer_edge.errors import OptionError
 
     if text is None:
         return None
     parts = [p.strip() for p in text.split(",") if p.strip()]
     bad = [p for p in parts if not p.lstrip("-").isdigit()]
     if bad or not parts:
-        raise FerEdgeError(f"--calib-seeds: expected comma-separated integers, got {text!r}")
+        raise OptionError(f"--calib-seeds: expected comma-separated integers, got {text!r}")
     seeds = [int(p) for p in parts]
     if len(set(seeds)) != len(seeds):
-        raise FerEdgeError(f"--calib-seeds: a seed is repeated in {text!r}")
+        raise OptionError(f"--calib-seeds: a seed is repeated in {text!r}")
     return seeds
 
 
 def main(argv: list[str] | None = None) -> int:
-    from fer_edge.errors import FerEdgeError
+    from fer_edge.errors import FerEdgeError, OptionError
 
     ap = argparse.ArgumentParser(prog="python -m fer_edge.benchmarks.export_bench", description=__doc__.split("\n")[0])
     ap.add_argument("checkpoint", nargs="?", default=None, help="checkpoint (default: the shipped default model)")
@@ -402,19 +414,21 @@ def main(argv: list[str] | None = None) -> int:
             check_writable_dir(args.out, "--out", FerEdgeError)
         targets = parse_csv_option(args.target, [*TARGETS, "all"], "target")
         if not targets:
-            raise FerEdgeError(f"--target {args.target!r} names no target; accepted: comma-separated "
+            raise OptionError(f"--target {args.target!r} names no target; accepted: comma-separated "
                                f"{', '.join(TARGETS)}, or all")
         methods = parse_csv_option(args.calib_methods, list(CALIB_METHODS), "calibration method") or None
         seeds = _seeds(args.calib_seeds)
         with sigterm_as_interrupt():
             report = run(args.checkpoint, args.calib_data, args.out, args.val_data, args.val_split,
                          args.val_size or None, targets, None, args.calib_size, methods, seeds)
-    except FerEdgeError as e:
+    except FerEdgeError as e:  # an OptionError (a value wrong on its own) is a usage error: exit 2
         print(f"error: {e}", file=sys.stderr)
-        return 1
+        return 2 if isinstance(e, OptionError) else 1
     except KeyboardInterrupt:
         print(f"interrupted: {_interrupted_note(args.out, args.json)}", file=sys.stderr)
         return 130
+    for w in report["warnings"]:  # as fer-edge export prints them (too few calibration or validation images)
+        print(f"warning: {w}", file=sys.stderr)
     print_report(report)
     if args.json:
         try:
