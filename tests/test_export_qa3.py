@@ -335,3 +335,17 @@ def test_a_name_starting_with_a_dot_is_refused(tiny_checkpoint, tmp_path, name):
     assert not out.exists()
     with pytest.raises(FerEdgeError, match="start with a dot"):
         export(tiny_checkpoint, ["torchscript"], ["fp32"], out, validate=False, name=name)
+
+
+# --- 11. an empty out_dir (or data path) in Python ----------------------------------------------------------------
+def test_an_empty_out_dir_or_data_path_is_refused_in_python(tiny_checkpoint, tmp_path, monkeypatch):
+    """Path("") is "." : export(..., out_dir="") wrote into the current folder, which the CLI refuses."""
+    from fer_edge.errors import OptionError
+    from fer_edge.exporters import export
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(OptionError, match=r"^--out is empty: give a path \(an unset variable in a script\?\)$"):
+        export(tiny_checkpoint, ["torchscript"], ["fp32"], "", validate=False)
+    with pytest.raises(OptionError, match=r"^--out, --calib-data, --val-data are empty"):
+        export(tiny_checkpoint, ["onnx"], ["int8"], " ", calib_data="", val_data="")
+    assert list(tmp_path.iterdir()) == []

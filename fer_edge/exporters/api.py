@@ -606,6 +606,12 @@ def export(
         raise OptionError("; ".join(bad_seeds))
     if out_dir is None or not isinstance(out_dir, (str, os.PathLike)):
         raise FerEdgeError(f"--out takes a folder path, got {out_dir!r}")
+    # Path("") is "." (the current folder), as the CLI's path options guard against: an empty path is refused
+    empty = [opt for opt, v in (("--out", out_dir), ("--calib-data", calib_data), ("--val-data", val_data))
+             if isinstance(v, (str, os.PathLike)) and not str(os.fspath(v)).strip()]
+    if empty:
+        raise OptionError(f"{', '.join(empty)} {'is' if len(empty) == 1 else 'are'} empty: give a path (an unset "
+                          "variable in a script?)")
     if validate and val_size is not None and val_size < _cal.MIN_VAL_SIZE:
         raise OptionError(f"validation needs at least {_cal.MIN_VAL_SIZE} images (got --val-size {val_size})")
 
