@@ -309,11 +309,11 @@ def test_threshold_overrides_are_applied(tmp_path, tiny_checkpoint, synthetic_cs
     out = tmp_path / "out"
     res = CliRunner().invoke(app, ["export", str(tiny_checkpoint), "-t", "torchscript", "-p", "fp32",
                                    "--val-data", str(synthetic_csv), "--out", str(out),
-                                   "--max-abs-diff", "fp32=0", "--min-agreement", "int8=0.5"])
+                                   "--max-abs-diff", "fp32=0", "--min-agreement", "fp32=0.5"])
     assert res.exit_code == 1  # max diff 0 < 0 is impossible: the gate must fail
     data = json.loads((out / "manifest.json").read_text())
     assert data["thresholds"]["fp32"]["max_abs_diff"] == 0.0
-    assert data["thresholds"]["int8"]["min_agreement"] == 0.5
+    assert data["thresholds"]["fp32"]["min_agreement"] == 0.5
     assert data["artifacts"][0]["validation"]["status"] == "failed"
 
 

@@ -349,3 +349,31 @@ def test_an_empty_out_dir_or_data_path_is_refused_in_python(tiny_checkpoint, tmp
     with pytest.raises(OptionError, match=r"^--out, --calib-data, --val-data are empty"):
         export(tiny_checkpoint, ["onnx"], ["int8"], " ", calib_data="", val_data="")
     assert list(tmp_path.iterdir()) == []
+
+
+# --- 12. threshold overrides that no gate of the export would apply -----------------------------------------------
+@pytest.mark.parametrize("args, said", [
+    (["-t", "torchscript", "--no-validate", "--min-agreement", "fp32=0.5", "--max-kl", "int8=0.1"],
+     "--min-agreement, --max-kl set the parity gate's thresholds, and --no-validate skips the gate: leave them out, "
+     "or drop --no-validate"),
+    (["-t", "torchscript", "--val-data", "{csv}", "--max-abs-diff", "fp32=1e-4", "--max-accuracy-drop",
+      "int8=0.02,fp16=0.01"],
+     "--max-accuracy-drop int8, --max-accuracy-drop fp16: a threshold for a precision this export makes none of "
+     "(torchscript fp32): leave them out, or add the precision to --precision"),
+])
+def test_threshold_overrides_that_would_do_nothing_are_refused(tiny_checkpoint, synthetic_csv, tmp_path, args, said):
+    out = tmp_path / "out"
+    res = _cli("export", tiny_checkpoint, *[a.format(csv=synthetic_csv) for a in args], "--out", out)
+    assert res.exit_code == 2 and "Traceback" not in res.output, res.output
+    assert said in _text(res), _text(res)
+    assert not out.exists()
+
+
+def test_threshold_overrides_for_exported_precisions_are_accepted(monkeypatch, tiny_checkpoint, synthetic_csv,
+                                                                  tmp_path):
+    from fer_edge.exporters import api, export
+
+    monkeypatch.setattr(api._cal, "MIN_VAL_SIZE", 8)
+    res = export(tiny_checkpoint, ["torchscript"], ["fp32"], tmp_path, val_data=synthetic_csv,
+                 threshold_overrides={"max_kl": {"fp32": 1.0}}, data_progress=False)
+    assert res.manifest["thresholds"]["fp32"]["max_kl"] == 1.0 and res.artifacts[0].status == "passed"

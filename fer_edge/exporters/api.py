@@ -672,6 +672,22 @@ def export(
                 f"--no-validate skips the gate: leave {'it' if len(unused) == 1 else 'them'} out, or drop "
                 "--no-validate"
             )
+    # threshold overrides (--min-agreement etc.) that no gate of this export would apply
+    given = {f"--{k.replace('_', '-')}": [Precision(p.value if isinstance(p, Precision) else str(p)) for p in v]
+             for k, v in (threshold_overrides or {}).items() if v}
+    if given and not validate:
+        problems.append(
+            f"{', '.join(given)} {'sets' if len(given) == 1 else 'set'} the parity gate's thresholds, and "
+            f"--no-validate skips the gate: leave {'it' if len(given) == 1 else 'them'} out, or drop --no-validate"
+        )
+    elif given:
+        exported = {p for _, p in plan}
+        unused = [f"{opt} {p.value}" for opt, ps in given.items() for p in ps if p not in exported]
+        if unused:
+            problems.append(
+                f"{', '.join(unused)}: a threshold for a precision this export makes none of ({planned}): leave "
+                f"{'it' if len(unused) == 1 else 'them'} out, or add the precision to --precision"
+            )
     # a data path is checked even where this export will not read it (Core ML's weights-only int8 off macOS
     # calibrates nothing; nothing may run here to validate): a mistyped path never passes silently
     for opt, value in (("--calib-data", calib_data), ("--val-data", val_data)):
