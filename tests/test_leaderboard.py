@@ -70,7 +70,7 @@ def test_what_is_not_the_recipe_is_what_resume_lets_differ():
 def test_an_unavailable_device_is_refused_before_anything_is_moved(synthetic_csv, tmp_path, capsys):
     out = tmp_path / "lb"
     assert main(["--data", str(synthetic_csv), "--out", str(out), "--models", "fer_nano", "--device", "cuda",
-                 *TINY]) == 1
+                 *TINY]) == 2
     err = " ".join(capsys.readouterr().err.split())
     assert "--device cuda: no CUDA device is available here" in err and not out.exists()
 
@@ -276,17 +276,17 @@ def test_an_earlier_bench_is_reused_only_for_the_same_files_settings_and_machine
 def test_unknown_model_is_rejected(synthetic_csv, tmp_path, capsys):
     rc = main(["--data", str(synthetic_csv), "--out", str(tmp_path), "--models", "fer_nano,fer_nanoo"])
     err = capsys.readouterr().err
-    assert rc == 1
+    assert rc == 2  # bad options: a usage error
     assert "unknown model 'fer_nanoo'" in err and "fer_nano" in err and "simple_cnn" in err
     assert not any(tmp_path.iterdir())  # rejected before any work
 
 
 def test_bad_extra_is_rejected_up_front(synthetic_csv, tmp_path, capsys):
     assert main(["--data", str(synthetic_csv), "--out", str(tmp_path), "--models", "fer_nano",
-                 "--extra", f"fer_nano={tmp_path}"]) == 1
+                 "--extra", f"fer_nano={tmp_path}"]) == 2
     assert "also a model trained with the shared recipe" in capsys.readouterr().err
     assert main(["--data", str(synthetic_csv), "--out", str(tmp_path), "--models", "fer_nano",
-                 "--extra", f"x={tmp_path / 'missing.pt'}"]) == 1
+                 "--extra", f"x={tmp_path / 'missing.pt'}"]) == 2
     assert "missing.pt" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
 
@@ -316,7 +316,7 @@ def test_a_retrained_entry_is_exported_again_into_its_folder(tiny_checkpoint, sy
 def test_a_float_option_that_is_not_finite_is_refused_up_front(synthetic_csv, tmp_path, capsys, option, value):
     # --bench-iters would override --bench-seconds: a non-finite one is refused all the same
     assert main(["--data", str(synthetic_csv), "--out", str(tmp_path), "--models", "fer_nano", "--bench-iters", "3",
-                 f"{option}={value}"]) == 1
+                 f"{option}={value}"]) == 2
     err = capsys.readouterr().err
     assert f"{option} must be a finite number, not {float(value)!r}" in err and "Traceback" not in err
     assert not any(tmp_path.iterdir())  # nothing trained
@@ -324,7 +324,7 @@ def test_a_float_option_that_is_not_finite_is_refused_up_front(synthetic_csv, tm
 
 @pytest.mark.parametrize("models", ["", ",", " , "])
 def test_an_empty_models_list_is_refused_not_taken_for_every_model(synthetic_csv, tmp_path, capsys, models):
-    assert main(["--data", str(synthetic_csv), "--out", str(tmp_path), "--models", models]) == 1
+    assert main(["--data", str(synthetic_csv), "--out", str(tmp_path), "--models", models]) == 2
     assert ("--models is empty: name at least one model, or leave the option out for every model"
             in capsys.readouterr().err)
     assert not any(tmp_path.iterdir())
@@ -340,7 +340,7 @@ def test_every_bad_option_is_listed_at_once(synthetic_csv, tmp_path, capsys):
     (tmp_path / "a_file").write_text("x")
     assert main(["--data", str(tmp_path / "missing.csv"), "--out", str(tmp_path / "a_file"), "--models", "",
                  "--bench-seconds", "nan", "--lr", "0", "--epochs", "0", "--bench-warmup", "-1",
-                 "--calib-size", "0"]) == 1
+                 "--calib-size", "0"]) == 2
     err = capsys.readouterr().err
     for part in ("missing.csv: no such file or folder", "--models is empty", "--bench-seconds must be a finite number",
                  "--lr must be positive", "--epochs must be at least 1", "--bench-warmup must be at least 0",
@@ -360,7 +360,7 @@ def test_models_given_as_a_generator_are_all_read(synthetic_csv, tmp_path):
 def test_every_bad_extra_is_reported_at_once(synthetic_csv, tmp_path, capsys):
     assert main(["--data", str(synthetic_csv), "--out", str(tmp_path), "--models", "fer_nano",
                  "--extra", f"fer_nano={tmp_path}", "--extra", f"x={tmp_path / 'missing.pt'}",
-                 "--extra", "bad name=small", "--extra", "=small", "--extra", "y=small", "--extra", "y=nano"]) == 1
+                 "--extra", "bad name=small", "--extra", "=small", "--extra", "y=small", "--extra", "y=nano"]) == 2
     err = " ".join(capsys.readouterr().err.split())
     for part in ("also a model trained with the shared recipe", "missing.pt", "NAME may hold letters",
                  "NAME=CHECKPOINT (a path or a shipped name), got '=small'", "the name 'y' is given twice"):
@@ -371,7 +371,7 @@ def test_every_bad_extra_is_reported_at_once(synthetic_csv, tmp_path, capsys):
     junk.write_bytes(b"not a checkpoint")
     out = tmp_path / "lb"
     assert main(["--data", str(synthetic_csv), "--out", str(out), "--models", "fer_nano",
-                 "--extra", f"j={junk}", "--extra", f"a={tmp_path / 'missing.pt'}", "--extra", "a=small"]) == 1
+                 "--extra", f"j={junk}", "--extra", f"a={tmp_path / 'missing.pt'}", "--extra", "a=small"]) == 2
     err = " ".join(capsys.readouterr().err.split())
     assert "--extra 'j=" in err and "junk.pt" in err and "the name 'a' is given twice" in err
     assert not out.exists()
@@ -522,7 +522,7 @@ def test_ctrl_c_while_the_files_are_written_is_held_until_all_three_are(first_ru
 
 def test_a_folder_where_a_leaderboard_file_goes_is_refused_before_any_work(synthetic_csv, tmp_path, capsys):
     (tmp_path / "leaderboard.png").mkdir()
-    assert main(["--data", str(synthetic_csv), "--out", str(tmp_path), "--models", "fer_nano", *TINY]) == 1
+    assert main(["--data", str(synthetic_csv), "--out", str(tmp_path), "--models", "fer_nano", *TINY]) == 2
     err = " ".join(capsys.readouterr().err.split())
     assert "leaderboard.png is a folder" in err and "Traceback" not in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["leaderboard.png"]
@@ -530,7 +530,7 @@ def test_a_folder_where_a_leaderboard_file_goes_is_refused_before_any_work(synth
 
 @pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs /proc")
 def test_an_out_that_cannot_be_created_is_refused_before_any_training(synthetic_csv, capsys):
-    assert main(["--data", str(synthetic_csv), "--out", "/proc/fer_edge_lb/x", "--models", "fer_nano", *TINY]) == 1
+    assert main(["--data", str(synthetic_csv), "--out", "/proc/fer_edge_lb/x", "--models", "fer_nano", *TINY]) == 2
     err = " ".join(capsys.readouterr().err.split())
     assert err.startswith("error: bad options:") and "--out /proc/fer_edge_lb/x" in err
     assert "failed at" not in err and "Traceback" not in err
@@ -622,7 +622,7 @@ def test_a_rerun_remeasures_retrains_and_labels_what_it_should(first_run, synthe
 
 def test_every_option_problem_is_listed_even_beside_a_non_finite_float(synthetic_csv, tmp_path, capsys):
     assert main(["--data", str(synthetic_csv), "--out", str(tmp_path), "--models", "fer_nano", "--lr", "nan",
-                 "--ema", "-1", "--extra", str(tmp_path / "nope.pt")]) == 1
+                 "--ema", "-1", "--extra", str(tmp_path / "nope.pt")]) == 2
     err = " ".join(capsys.readouterr().err.split())
     assert "--lr must be a finite number" in err and "--ema" in err.split("--lr must be a finite number")[1]
     assert "nope.pt" in err and "Traceback" not in err

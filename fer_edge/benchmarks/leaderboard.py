@@ -46,7 +46,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Sequence
 
-from fer_edge.errors import ExportError, FerEdgeError
+from fer_edge.errors import ExportError, FerEdgeError, OptionError
 
 SCHEMA_ID = "fer-edge-leaderboard/1"
 DEFAULT_OUT = Path("reports/leaderboard")
@@ -1228,8 +1228,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         models, problems = option_problems(args)
-        if problems:
-            raise FerEdgeError("bad options:\n  " + "\n  ".join(problems))
+        if problems:  # checked together and listed at once, a usage error (exit 2) as fer-edge train's list
+            raise OptionError("bad options:\n  " + "\n  ".join(problems))
         recipe = Recipe(epochs=args.epochs, max_steps_per_epoch=args.max_steps_per_epoch, batch_size=args.batch_size,
                         lr=args.lr, weight_decay=args.weight_decay, label_smoothing=args.label_smoothing,
                         augment=args.augment, ema=args.ema, seed=args.seed, threads=args.threads,
@@ -1243,7 +1243,7 @@ def main(argv: list[str] | None = None) -> int:
             )
     except FerEdgeError as e:
         err_console.print(f"error: {e}", highlight=False, markup=False)
-        return 1
+        return 2 if isinstance(e, OptionError) else 1
     except InterruptedAfterWriting as e:
         err_console.print(f"interrupted after the leaderboard files were written ("
                           f"{', '.join(str(p) for p in e.paths.values())})", highlight=False, markup=False)
