@@ -321,6 +321,31 @@ def test_a_manifest_with_an_infinite_logit_difference_is_strict_json(monkeypatch
     assert v["agreement"] == 1.0
 
 
+# --- 14. Core ML INT8 falling back to weights-only is not silent ------------------------------------------------
+def test_core_ml_int8_falling_back_to_weights_only_is_warned(monkeypatch, tiny_checkpoint, synthetic_csv, tmp_path):
+    """On macOS INT8 quantizes activations (W8A8); when that experimental step failed, the export made W8 and said
+    so only inside the manifest entry. (Simulated here: activation quantization cannot run off macOS.)"""
+    pytest.importorskip("coremltools")
+    from fer_edge.exporters import coreml, export
+
+    def fail(self, ml, req, variant):
+        raise RuntimeError("linear_quantize_activations:\n  MLModel.predict is not available")
+
+    monkeypatch.setattr(coreml, "activations_quantized_here", lambda: True)
+    monkeypatch.setattr(coreml.CoreMLExporter, "_activations", fail)
+    res = export(tiny_checkpoint, ["coreml"], ["int8"], tmp_path, calib_data=synthetic_csv, calib_size=20,
+                 validate=False, data_progress=False)
+    said = [w for w in res.warnings if w.startswith("coreml int8: quantizing the activations failed")]
+    assert said == [f"coreml int8: quantizing the activations failed (RuntimeError: linear_quantize_activations: "
+                    f"MLModel.predict is not available), so {STEM}_int8_logits.mlpackage and {STEM}_int8.mlpackage "
+                    "are weights-only int8 (W8, float16 activations; no calibration image used) instead of W8A8; "
+                    "export.activation_quantization in the manifest records why"], res.warnings
+    assert said[0] in res.manifest["warnings"]
+    for entry in res.manifest["artifacts"]:
+        assert entry["export"]["activation_quantization"].startswith("failed, weights-only int8 instead")
+        assert entry["calibration"] is None
+
+
 # --- 9. a --name starting with a dot ------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", [".tmp-x", ".hidden", ".5"])
 def test_a_name_starting_with_a_dot_is_refused(tiny_checkpoint, tmp_path, name):

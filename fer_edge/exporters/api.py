@@ -912,6 +912,8 @@ def _run_plan(plan, skipped, out, stem, ckpt, ckpt_path, model, source_sha, old,
                 write_manifest(out, manifest(False))
                 continue
 
+            for w in dict.fromkeys(w for f in files for w in f.warnings):  # what it did other than asked
+                warn(w)
             # held from here until the new files are listed: an interrupt in between left finished files that no
             # manifest listed, which the next export into the folder refuses to overwrite
             with interrupts_deferred():

@@ -41,6 +41,9 @@ class ExportedFile:
     #: whether making it used the calibration images (INT8 only): False for an INT8 whose scales come from the
     #: weights alone (Core ML's weights-only INT8 off macOS), whose manifest entry then records no calibration
     uses_calibration: bool = True
+    #: what the export did other than asked, for the run's warnings (printed, and in the manifest's ``warnings``):
+    #: Core ML's INT8 falling back to weights-only when activation quantization failed
+    warnings: list[str] = field(default_factory=list)
 
 
 @dataclass

@@ -278,6 +278,7 @@ class CoreMLExporter(Exporter):
         }
         files: list[ExportedFile] = []
         moves: list[tuple[Path, Path]] = []
+        fell_back: list[tuple[str, str]] = []  # (package, why) where activation quantization failed
         # Both packages are saved into a scratch folder and renamed into place together once both exist (the app
         # model last): an export stopped (Ctrl-C, a failed conversion) before the app model is written leaves no
         # `_logits` package behind, and an earlier export's pair is untouched until then.
@@ -295,8 +296,11 @@ class CoreMLExporter(Exporter):
                         calibrated = True
                         notes["activation_quantization"] = ("int8 (linear_quantize_activations on the calibration "
                                                             "images)")
-                    except Exception as e:  # experimental API: fall back to weights-only, recorded
-                        notes["activation_quantization"] = f"failed, weights-only int8 instead: {type(e).__name__}: {e}"
+                    except Exception as e:  # experimental API: fall back to weights-only, recorded and warned about
+                        why = " ".join(f"{type(e).__name__}: {e}".split())
+                        notes["activation_quantization"] = f"failed, weights-only int8 instead: {why}"
+                        fell_back.append((logits_path(out_path).name if variant == "logits" else out_path.name,
+                                          why if len(why) <= 300 else why[:297] + "..."))
                 elif precision is Precision.int8:
                     notes["activation_quantization"] = (
                         "not applied: coremltools' linear_quantize_activations calibrates by running MLModel.predict, "
@@ -321,6 +325,14 @@ class CoreMLExporter(Exporter):
                 files.append(spec)
                 moves.append((tmp, path))
             replace_group(moves)  # the logits package, then the app model (the artifact) last
+        if fell_back:  # asked for W8A8 and got W8: never silent
+            names = " and ".join(n for n, _ in fell_back)
+            whys = "; ".join(dict.fromkeys(w for _, w in fell_back))
+            files[1].warnings.append(
+                f"coreml int8: quantizing the activations failed ({whys}), so {names} "
+                f"{'is' if len(fell_back) == 1 else 'are'} weights-only int8 (W8, float16 activations; no calibration "
+                "image used) instead of W8A8; export.activation_quantization in the manifest records why"
+            )
         # the app model first in the list: it is the artifact; the logits package is its companion
         return [files[1], files[0]]
 
