@@ -111,7 +111,7 @@ def test_set_parity_gate_keeps_the_rest_of_the_entry(tmp_path, monkeypatch):
     assert {k: v for k, v in after["small"].items() if not k.startswith("parity_gate")} == {
         k: v for k, v in before["small"].items() if not k.startswith("parity_gate")}
     assert after["nano"] == before["nano"]
-    ship.set_parity_gate("small", {}, "ignored")  # back to the defaults
+    ship.set_parity_gate("small", {}, "")  # back to the defaults
     assert json.loads((tmp_path / "weights.json").read_text())[1]["parity_gate"] == {}
     with pytest.raises(CheckpointError, match="no shipped weight 'tiny'"):
         ship.set_parity_gate("tiny", {}, "")
@@ -125,7 +125,7 @@ def test_gate_cli_refuses_bad_json():
     res = CliRunner().invoke(cli, ["nano", "--gate", "{int8: 0.97}"])
     assert res.exit_code == 2 and "not valid JSON" in res.output
     res = CliRunner().invoke(cli, ["nano", "--gate", '{"int8": {"min_agreement": 0.97}}'])
-    assert res.exit_code == 1 and "needs a reason" in res.output
+    assert res.exit_code == 2 and "needs a reason" in res.output  # a usage error
 
 
 def test_shipped_with_sha_hashes_each_file_once_until_it_changes(tmp_path, monkeypatch):
@@ -276,7 +276,7 @@ def test_ship_cli_refuses_an_escaping_name(weights_copy, tiny_checkpoint, tmp_pa
     before = _snapshot(weights_copy)
     for name in ("../../escaped", "", "a b/c"):
         res = _ship_cli(tiny_checkpoint, "--name", name, *SHIP_ARGS)
-        assert res.exit_code == 1 and "is not a plain name" in res.output, (name, res.output)
+        assert res.exit_code == 2 and "is not a plain name" in res.output, (name, res.output)  # a usage error
     assert _snapshot(weights_copy) == before
     assert not list(tmp_path.rglob("escaped*")) and not (weights_copy / ".pt").exists()
 
@@ -326,9 +326,9 @@ def test_ship_and_gate_clis_refuse_bad_gate_values_and_write_nothing(weights_cop
                  '{"int8": {"min_agreement": -5}}'):
         res = _ship_cli(tiny_checkpoint, "--name", "tiny", *SHIP_ARGS, "--parity-gate", gate,
                         "--parity-gate-reason", "r")
-        assert res.exit_code == 1 and "--parity-gate: int8.min_agreement" in res.output, res.output
+        assert res.exit_code == 2 and "--parity-gate: int8.min_agreement" in res.output, res.output  # usage errors
         res = CliRunner().invoke(gate_cli, ["nano", "--gate", gate, "--reason", "r"])
-        assert res.exit_code == 1 and "invalid parity gate: int8.min_agreement" in res.output, res.output
+        assert res.exit_code == 2 and "invalid parity gate: int8.min_agreement" in res.output, res.output
     assert _snapshot(weights_copy) == before
     # a valid one still goes through, and weights.json stays strict JSON
     res = CliRunner().invoke(gate_cli, ["nano", "--gate", '{"int8": {"min_agreement": 0.96}}', "--reason", "r"])
@@ -341,7 +341,7 @@ def test_ship_and_gate_clis_refuse_bad_gate_values_and_write_nothing(weights_cop
 def test_ship_refuses_non_finite_metrics(weights_copy, tiny_checkpoint):
     before = _snapshot(weights_copy)
     res = _ship_cli(tiny_checkpoint, "--name", "tiny", *SHIP_ARGS, "--metrics-json", '{"val_accuracy": NaN}')
-    assert res.exit_code == 1 and "val_accuracy is not a finite number" in res.output, res.output
+    assert res.exit_code == 2 and "val_accuracy is not a finite number" in res.output, res.output
     assert _snapshot(weights_copy) == before
 
 
@@ -462,7 +462,7 @@ def test_ship_notes_each_metric_metrics_json_replaces_and_refuses_a_wrong_params
 def test_ship_refuses_half_given_options(weights_copy, tiny_checkpoint, args, msg):
     before = _snapshot(weights_copy)
     res = _ship_cli(tiny_checkpoint, "--name", "x", *SHIP_ARGS, *args)
-    assert res.exit_code == 1 and msg in " ".join(res.output.split()), res.output
+    assert res.exit_code == 2 and msg in " ".join(res.output.split()), res.output
     assert _snapshot(weights_copy) == before
 
 
@@ -512,6 +512,86 @@ def test_ship_says_whether_an_interrupt_shipped_the_weight(weights_copy, tiny_ch
     res = _ship_cli(tiny_checkpoint, "--name", "tiny", *SHIP_ARGS)
     assert res.exit_code == 130 and "interrupted: 'tiny' was not shipped" in res.output, res.output
     assert _snapshot(weights_copy) == before
+
+
+def test_gate_refuses_a_reason_with_an_empty_gate(weights_copy):
+    """QA: `gate small --gate '{}' --reason x` dropped the reason silently (exit 0); ship refuses the same."""
+    from typer.testing import CliRunner
+
+    from fer_edge.weights.gate import cli as gate_cli
+
+    before = _snapshot(weights_copy)
+    res = CliRunner().invoke(gate_cli, ["nano", "--gate", "{}", "--reason", "x"])
+    assert res.exit_code == 2 and "--reason without a gate" in " ".join(res.output.split()), res.output
+    assert _snapshot(weights_copy) == before
+    res = CliRunner().invoke(gate_cli, ["nano", "--gate", "{}"])  # the defaults back, with no reason
+    assert res.exit_code == 0, res.output
+
+
+class _NotHandled(Exception):
+    """What a SIGTERM the command does not catch stands for here (it would end pytest)."""
+
+
+def _sigterm_self(*a, **k):
+    import os
+    import signal
+
+    os.kill(os.getpid(), signal.SIGTERM)
+    raise AssertionError("SIGTERM did not stop the work")
+
+
+@pytest.fixture
+def sigterm_guard():
+    import signal
+
+    def unhandled(signum, frame):
+        raise _NotHandled
+
+    previous = signal.signal(signal.SIGTERM, unhandled)
+    yield
+    signal.signal(signal.SIGTERM, previous)
+
+
+def test_ship_and_gate_say_what_a_sigterm_left(weights_copy, tiny_checkpoint, monkeypatch, sigterm_guard):
+    """QA: SIGTERM ended ship and gate with status 143 and nothing on stderr."""
+    from typer.testing import CliRunner
+
+    import fer_edge.weights.ship as ship_mod
+    from fer_edge.weights.gate import cli as gate_cli
+
+    before = _snapshot(weights_copy)
+    monkeypatch.setattr(ship_mod, "_commit", _sigterm_self)
+    res = _ship_cli(tiny_checkpoint, "--name", "tiny", *SHIP_ARGS)
+    assert res.exit_code == 130, res.output
+    assert res.stderr == "interrupted: 'tiny' was not shipped; the weights folder is as it was\n"
+    monkeypatch.setattr(ship_mod, "_write_entry", _sigterm_self)
+    res = CliRunner().invoke(gate_cli, ["nano", "--gate", '{"int8": {"min_agreement": 0.9}}', "--reason", "r"])
+    assert res.exit_code == 130, res.output
+    assert res.stderr == "interrupted: 'nano''s parity gate was not changed; weights.json is as it was\n"
+    assert _snapshot(weights_copy) == before
+
+
+def test_an_interrupt_between_the_renames_is_held_until_they_are_done(weights_copy, tiny_checkpoint, monkeypatch):
+    """QA (from the code): a signal between moving small.pt aside and putting the new one in left small.pt
+    missing, and the clean-up then removed the earlier file under .old-*: the renames now finish first."""
+    import json
+    import os
+    import signal
+
+    real_replace = os.replace
+
+    def replace(src, dst):
+        real_replace(src, dst)
+        if Path(src).name == "small.pt":  # the earlier file is aside: Ctrl-C now
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(os, "replace", replace)
+    res = _ship_cli(tiny_checkpoint, "--name", "small", "--replace", *SHIP_ARGS)
+    assert res.exit_code == 130 and res.stderr.endswith("interrupted: 'small' was shipped\n"), res.output
+    entries = {e["name"]: e for e in json.loads((weights_copy / "weights.json").read_text())}
+    assert entries["small"]["architecture"] == "fer_nano"
+    assert load_checkpoint(weights_copy / "small.pt").model_name == "fer_nano"  # the file its entry names
+    assert not [p.name for p in weights_copy.iterdir() if p.name.startswith(".")]
 
 
 @pytest.mark.parametrize("text, why", [

@@ -103,16 +103,21 @@ DEFAULT_MODEL = "small"
 
 def check_parity_gate(gate: dict, reason: str, reason_option: str = "--reason") -> None:
     """Refuse a weight gate with an unknown precision or threshold name, a value that is not a finite number in
-    its range (:func:`fer_edge.parity.threshold_problems`), or without a reason; one error lists every problem."""
-    from fer_edge.errors import FerEdgeError
+    its range (:func:`fer_edge.parity.threshold_problems`), or without a reason, and a reason without a gate (it
+    would be dropped: the defaults need none); one :class:`~fer_edge.errors.OptionError` (a usage error) lists every
+    problem."""
+    from fer_edge.errors import OptionError
     from fer_edge.parity import threshold_problems
 
     problems = threshold_problems(gate, objects_ok=False)
     if gate and not str(reason).strip():
         problems.append(f"a weight's own parity gate needs a reason ({reason_option}: the figures measured on the "
                         "weight)")
+    if not gate and str(reason).strip():
+        problems.append(f"{reason_option} without a gate: an empty gate restores the defaults, which need no reason "
+                        f"(leave {reason_option} out)")
     if problems:
-        raise FerEdgeError("invalid parity gate: " + "; ".join(problems))
+        raise OptionError("invalid parity gate: " + "; ".join(problems))
 
 
 @functools.lru_cache(maxsize=16)

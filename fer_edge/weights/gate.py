@@ -4,7 +4,7 @@
         --reason "its INT8 flips 2.6% of top-1 answers at 0.39 points of accuracy"
 
 ``fer-edge export`` applies the weight's gate over the defaults of ``fer_edge.parity`` (and says
-so); ``--min-agreement`` etc. still override it. ``--gate '{}'`` restores the defaults.
+so); ``--min-agreement`` etc. still override it. ``--gate '{}'`` restores the defaults (with no ``--reason``).
 """
 from __future__ import annotations
 
@@ -23,10 +23,21 @@ cli = typer.Typer(add_completion=False)
 def main(name: str = typer.Argument(..., help="Shipped weight name, e.g. nano."),
          gate: str = typer.Option(..., help='JSON {precision: {threshold: value}}, e.g. \'{"int8": {"min_agreement": 0.97}}\'.'),
          reason: str = typer.Option("", help="Why, with the figures measured on this weight (required with a gate).")) -> None:
-    from fer_edge.weights.ship import json_option, set_parity_gate
+    from fer_edge.utils import sigterm_as_interrupt
+    from fer_edge.weights.ship import _entry, json_option, set_parity_gate
 
-    meta = set_parity_gate(name, json_option(gate, "--gate"), reason)
-    typer.echo(json.dumps({k: asdict(meta)[k] for k in ("name", "parity_gate", "parity_gate_reason")}, indent=2))
+    before = _entry(name)
+    try:
+        with sigterm_as_interrupt():  # SIGTERM too: one line saying whether weights.json changed, exit 130
+            meta = set_parity_gate(name, json_option(gate, "--gate"), reason)
+            typer.echo(json.dumps({k: asdict(meta)[k] for k in ("name", "parity_gate", "parity_gate_reason")},
+                                  indent=2))
+    except KeyboardInterrupt:  # weights.json is written atomically: it holds the old gate or the new one
+        now = _entry(name)
+        typer.echo(f"interrupted: {name!r}'s parity gate was "
+                   + ("changed" if now is not None and now != before else "not changed; weights.json is as it was"),
+                   err=True)
+        raise typer.Exit(130) from None
 
 
 if __name__ == "__main__":

@@ -12,7 +12,8 @@ Every check (name, parity gate, metrics, the file-size limit on the exact bytes 
 runs before anything in the weights folder changes: the file is staged outside it, then put in
 place by renames inside the folder (the earlier file aside, the new one in, then ``weights.json``).
 If any of them fails, the earlier file is renamed back (or the new one removed), so the folder is as
-it was.
+it was; Ctrl-C or SIGTERM is held while they run. An interrupt ends with one line saying whether the
+weight was shipped (exit 130).
 """
 from __future__ import annotations
 
@@ -139,7 +140,7 @@ def ship(checkpoint: Path, name: str, recipe: str, hardware: str, train_time: st
     import torch
 
     from fer_edge.checkpoint import load_checkpoint, save_checkpoint
-    from fer_edge.errors import CheckpointError, FerEdgeError
+    from fer_edge.errors import CheckpointError, OptionError
     from fer_edge.models import count_macs, count_params
     from fer_edge.parity import threshold_problems
 
@@ -161,8 +162,8 @@ def ship(checkpoint: Path, name: str, recipe: str, hardware: str, train_time: st
         problems.append(f"--metrics-json: expected a JSON object, got {extra_metrics!r}")
     else:
         problems += [f"--metrics-json: {p} is not a finite number" for p in _non_finite(extra_metrics or {})]
-    if problems:
-        raise FerEdgeError("cannot ship: " + "; ".join(problems))
+    if problems:  # option values wrong on their own: a usage error (exit 2)
+        raise OptionError("cannot ship: " + "; ".join(problems))
 
     # 2. the checkpoint, and whether the name is taken
     ck = load_checkpoint(checkpoint)
@@ -249,25 +250,18 @@ def _commit(dest: Path, staged: Path, table: Path, text: str) -> None:
         os.unlink(name)
         return Path(name)
 
+    from fer_edge.utils import interrupts_deferred
+
     new_file, new_table = temp(dest, "tmp"), temp(table, "tmp")
     aside = temp(dest, "old") if dest.exists() else None
-    moved_aside = placed = committed = False
     try:
         shutil.copyfile(staged, new_file)
         new_table.write_text(text)
-        if aside is not None:
-            os.replace(dest, aside)
-            moved_aside = True
-        os.replace(new_file, dest)
-        placed = True
-        os.replace(new_table, table)
-        committed = True
+        # Ctrl-C and SIGTERM are held while the renames (or their undoing) run, and raised once they are done: an
+        # interrupt between two of them would leave <name>.pt missing, the earlier file under .old-*
+        with interrupts_deferred():
+            _swap(dest, new_file, aside, new_table, table)
     finally:
-        if not committed:
-            if moved_aside:
-                os.replace(aside, dest)  # the earlier weight back, over the new file if it was placed
-            elif placed:
-                dest.unlink(missing_ok=True)
         left = []
         for leftover in (new_file, new_table, aside):
             try:
@@ -279,6 +273,29 @@ def _commit(dest: Path, staged: Path, table: Path, text: str) -> None:
             import logging
 
             logging.getLogger("fer_edge.weights").warning("could not remove %s: remove it by hand", ", ".join(left))
+
+
+def _swap(dest: Path, new_file: Path, aside: Path | None, new_table: Path, table: Path) -> None:
+    """The renames of :func:`_commit`: ``dest`` to ``aside`` (when there is an earlier file), ``new_file`` to
+    ``dest``, ``new_table`` to ``table``. A failure before the last renames the earlier file back (over the new one
+    if it was placed) or removes the new one, so the file and its entry never disagree; a rename needs no free
+    space."""
+    import os
+
+    moved_aside = placed = False
+    try:
+        if aside is not None:
+            os.replace(dest, aside)
+            moved_aside = True
+        os.replace(new_file, dest)
+        placed = True
+        os.replace(new_table, table)
+    except BaseException:
+        if moved_aside:
+            os.replace(aside, dest)  # the earlier weight back, over the new file if it was placed
+        elif placed:
+            dest.unlink(missing_ok=True)
+        raise
 
 
 def json_option(value: str, option: str) -> dict:
@@ -293,13 +310,14 @@ def json_option(value: str, option: str) -> dict:
 
 
 def set_parity_gate(name: str, gate: dict, reason: str) -> WeightMeta:
-    """Give shipped weight ``name`` its own parity gate (``{}`` restores the defaults), keeping the rest of its entry."""
-    from fer_edge.errors import CheckpointError, FerEdgeError
+    """Give shipped weight ``name`` its own parity gate (``{}`` restores the defaults, with no ``reason``), keeping
+    the rest of its entry."""
+    from fer_edge.errors import CheckpointError, OptionError
     from fer_edge.weights import _load_table, check_parity_gate
 
     gate, twice = lower_gate(gate)
     if twice:
-        raise FerEdgeError("invalid parity gate: " + "; ".join(twice))
+        raise OptionError("invalid parity gate: " + "; ".join(twice))
     check_parity_gate(gate, reason, reason_option="--reason")
     table = _load_table()
     if name not in table:
@@ -327,25 +345,39 @@ def main(checkpoint: Path = typer.Argument(..., exists=True), name: str = typer.
              False, "--replace", help="Replace the weight already shipped under --name (its file and entry).")) -> None:
     """Ship CHECKPOINT as fer_edge/weights/<name>.pt and write its entry in weights.json (README: "Pretrained
     models"); every check runs before the weights folder changes."""
-    before = next((e for e in _read_entries() if e["name"] == name), None) if not name_problems(name) else None
+    from fer_edge.utils import sigterm_as_interrupt
+
+    before = _entry(name)
     try:
-        meta = ship(checkpoint, name, recipe, hardware, train_time, json_option(metrics_json, "--metrics-json"),
-                    json_option(parity_gate, "--parity-gate"), parity_gate_reason, replace_existing=replace_existing,
-                    log=lambda msg: typer.echo(f"note: {msg}", err=True))
+        with sigterm_as_interrupt():  # SIGTERM too: one line saying whether the weight was shipped, exit 130
+            try:
+                meta = ship(checkpoint, name, recipe, hardware, train_time, json_option(metrics_json, "--metrics-json"),
+                            json_option(parity_gate, "--parity-gate"), parity_gate_reason,
+                            replace_existing=replace_existing, log=lambda msg: typer.echo(f"note: {msg}", err=True))
+            except OSError as e:  # e.g. a read-only install: name the folder, not the hidden temporary file
+                where = Path(e.filename).parent if e.filename else WEIGHTS_DIR
+                raise FerEdgeError(f"cannot write into {where} ({e.strerror or e}); nothing was shipped") from None
+            if before is not None:
+                change = (f", architecture {before.get('architecture')} -> {meta.architecture}"
+                          if before.get("architecture") != meta.architecture else "")
+                typer.echo(f"note: replaced the shipped {name!r}{change}", err=True)
+            typer.echo(json.dumps(asdict(meta), indent=2))
     except KeyboardInterrupt:
-        now = next((e for e in _read_entries() if e["name"] == name), None) if not name_problems(name) else None
+        now = _entry(name)
         done = now is not None and now != before
         typer.echo(f"interrupted: {name!r} was {'shipped' if done else 'not shipped; the weights folder is as it was'}",
                    err=True)
         raise typer.Exit(130) from None
-    except OSError as e:  # e.g. a read-only install: name the folder, not the hidden temporary file
-        where = Path(e.filename).parent if e.filename else WEIGHTS_DIR
-        raise FerEdgeError(f"cannot write into {where} ({e.strerror or e}); nothing was shipped") from None
-    if before is not None:
-        change = (f", architecture {before.get('architecture')} -> {meta.architecture}"
-                  if before.get("architecture") != meta.architecture else "")
-        typer.echo(f"note: replaced the shipped {name!r}{change}", err=True)
-    typer.echo(json.dumps(asdict(meta), indent=2))
+
+
+def _entry(name: str) -> dict | None:
+    """``name``'s entry in weights.json now; None when it has none, or the name or the table is not readable."""
+    if name_problems(name):
+        return None
+    try:
+        return next((e for e in _read_entries() if e["name"] == name), None)
+    except FerEdgeError:
+        return None
 
 
 if __name__ == "__main__":
