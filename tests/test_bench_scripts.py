@@ -299,6 +299,39 @@ def test_train_throughput_refuses_a_split_smaller_than_a_batch(tiny_csv, monkeyp
                                                torch.device("cpu"), steps=1)
 
 
+def test_train_throughput_times_both_pipelines_from_their_first_step(synthetic_csv, monkeypatch):
+    """QA: the notebook pipeline ran two untimed warm-up steps while fer-edge's figure (the trainer's
+    images_per_second) times its epoch from the first step: every notebook step is timed now, and few steps get a
+    note."""
+    import torch
+
+    import fer_edge.models
+    from fer_edge.benchmarks import train_throughput
+
+    forwards = []
+    real = fer_edge.models.create_model
+
+    def counted(*a, **k):
+        model = real(*a, **k)
+        model.register_forward_hook(lambda *h: forwards.append(1))
+        return model
+
+    monkeypatch.setattr(fer_edge.models, "create_model", counted)
+    images = torch.zeros(64, 48, 48, dtype=torch.uint8)
+    ips = train_throughput.notebook_pipeline_ips(images, torch.zeros(64, dtype=torch.long), "simple_cnn",
+                                                 torch.device("cpu"), steps=3)
+    assert len(forwards) == 3 and ips > 0  # no step outside the timing
+
+    monkeypatch.setattr(train_throughput, "fer_edge_pipeline_ips", lambda *a, **k: 1000.0)
+    monkeypatch.setattr(train_throughput, "notebook_pipeline_ips", lambda *a, **k: 1000.0)
+    r = runner.invoke(train_throughput.cli, ["--data", str(synthetic_csv), "--device", "cpu", "--rounds", "1",
+                                             "--seconds-hint", "1"])
+    assert r.exit_code == 0, r.output
+    out = _one_line(r.stdout)
+    assert "note: each measurement is 2 step(s) of fer-edge's pipeline and 31 of the notebook's; both are timed " \
+           "from the first step of a freshly built model" in out, out
+
+
 # --- 6, 7. step_cost: a split too small for --steps, repeated options ----------------------------------------------
 def test_step_cost_refuses_fewer_batches_than_steps(synthetic_csv, monkeypatch):
     from fer_edge.benchmarks import step_cost

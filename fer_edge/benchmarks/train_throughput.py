@@ -24,13 +24,19 @@ cli = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 #: The batch sizes of the two pipelines: the notebooks' and fer-edge train's default.
 NOTEBOOK_BATCH = 32
 FER_EDGE_BATCH = 128
+#: Below this many steps a measurement gets a note: both pipelines are timed from their first step (see
+#: :func:`notebook_pipeline_ips`), so the first steps' one-time costs weigh on the figures.
+FEW_STEPS = 30
 
 
 def notebook_pipeline_ips(images, labels, model_name: str, device, steps: int, batch_size: int = NOTEBOOK_BATCH,
                           num_workers: int = 0) -> float:
     """Images/second of the notebooks' recipe: PIL per-image transforms in a DataLoader, NCHW float32.
 
-    The loader drops the last partial batch, as the notebooks' did: fewer than ``batch_size`` images is refused.
+    Timed as fer-edge train's ``images_per_second`` times its epoch (:func:`fer_edge_pipeline_ips`): from the first
+    step of a freshly built model, every step counted (no untimed warm-up on one side only), so the two compare;
+    with few steps the first steps' one-time costs weigh on both. The loader drops the last partial batch, as the
+    notebooks' did: fewer than ``batch_size`` images is refused.
     """
     import torch
 
@@ -62,9 +68,10 @@ def notebook_pipeline_ips(images, labels, model_name: str, device, steps: int, b
                                          drop_last=True)
     model = create_model(model_name).to(device).train()
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    seen = 0
+    t0 = time.perf_counter()  # as the trainer's epoch: from before its first batch is drawn
     it = iter(loader)
-    seen, t0 = 0, None
-    for step in range(steps + 2):
+    for _ in range(steps):
         try:
             x, y = next(it)
         except StopIteration:  # a small data set: start another epoch, as a training loop would
@@ -75,12 +82,7 @@ def notebook_pipeline_ips(images, labels, model_name: str, device, steps: int, b
         opt.zero_grad()
         loss.backward()
         opt.step()
-        if step == 1:  # two warm-up steps
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            t0 = time.perf_counter()
-        elif step > 1:
-            seen += len(y)
+        seen += len(y)
     if device.type == "cuda":
         torch.cuda.synchronize()
     return seen / (time.perf_counter() - t0)
@@ -151,6 +153,12 @@ def main(
             probe_nb = notebook_pipeline_ips(split.images, split.labels, model, dev, steps=10,
                                              num_workers=num_workers)
             nb_steps = max(10, int(probe_nb * seconds_hint / NOTEBOOK_BATCH))
+            if min(ours_steps, nb_steps) < FEW_STEPS:
+                console.print(f"note: each measurement is {ours_steps} step(s) of fer-edge's pipeline and {nb_steps} "
+                              f"of the notebook's; both are timed from the first step of a freshly built model, so "
+                              f"with fewer than {FEW_STEPS} the first steps' one-time costs weigh on the figures and "
+                              "the ratio: raise --seconds-hint (or use more data) for steady-state rates",
+                              highlight=False)
             for r in range(rounds):
                 theirs.append(notebook_pipeline_ips(split.images, split.labels, model, dev, nb_steps,
                                                     num_workers=num_workers))
