@@ -402,3 +402,19 @@ def test_threshold_overrides_for_exported_precisions_are_accepted(monkeypatch, t
     res = export(tiny_checkpoint, ["torchscript"], ["fp32"], tmp_path, val_data=synthetic_csv,
                  threshold_overrides={"max_kl": {"fp32": 1.0}}, data_progress=False)
     assert res.manifest["thresholds"]["fp32"]["max_kl"] == 1.0 and res.artifacts[0].status == "passed"
+
+
+# --- 15. a dangling symbolic link as --out ------------------------------------------------------------------------
+@pytest.mark.skipif(sys.platform == "win32", reason="symbolic links need privileges on Windows")
+@pytest.mark.parametrize("under", [False, True])
+def test_a_dangling_link_as_out_is_named_a_link_to_nothing(tiny_checkpoint, tmp_path, under):
+    link = tmp_path / "dangling"
+    link.symlink_to(tmp_path / "nonexistent")
+    out = link / "sub" if under else link
+    res = _cli("export", tiny_checkpoint, "-t", "torchscript", "--no-validate", "--out", out)
+    assert res.exit_code == 1 and "Traceback" not in res.output, res.output
+    text = _text(res)
+    where = "is" if not under else f"lies under {link}, which is"
+    assert (f"--out {out} {where} a symbolic link to {tmp_path / 'nonexistent'}, which does not exist (a link to "
+            "nothing)") in text, text
+    assert "is a file" not in text and not (tmp_path / "nonexistent").exists()

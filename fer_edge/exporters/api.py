@@ -293,6 +293,16 @@ def _folders_to_create(out: Path) -> list[Path]:
     (:func:`fer_edge.utils.check_writable_dir`)."""
     from fer_edge.utils import check_writable_dir
 
+    # the nearest path that is there: a link to nothing (a dangling symbolic link) is neither a file nor a folder
+    q = next((q for q in (out, *out.parents) if q.exists() or q.is_symlink()), None)
+    if q is not None and q.is_symlink() and not q.exists():
+        try:
+            target = f" {os.readlink(q)}"
+        except OSError:
+            target = ""
+        where = "is" if q == out else f"lies under {q}, which is"
+        raise FerEdgeError(f"--out {out} {where} a symbolic link to{target}, which does not exist (a link to "
+                           "nothing): create the folder it points to, remove the link, or choose another --out")
     check_writable_dir(out, "--out", FerEdgeError)
     missing: list[Path] = []
     for p in (out, *out.parents):
