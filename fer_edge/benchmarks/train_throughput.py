@@ -158,7 +158,7 @@ def main(
                               f"of the notebook's; both are timed from the first step of a freshly built model, so "
                               f"with fewer than {FEW_STEPS} the first steps' one-time costs weigh on the figures and "
                               "the ratio: raise --seconds-hint (or use more data) for steady-state rates",
-                              highlight=False)
+                              highlight=False, soft_wrap=True)  # one line in a log
             for r in range(rounds):
                 theirs.append(notebook_pipeline_ips(split.images, split.labels, model, dev, nb_steps,
                                                     num_workers=num_workers))
