@@ -73,7 +73,7 @@ def test_the_report_prints_both_tables(seed_report):
                                       (",", "expected comma-separated integers")])
 def test_bad_seed_lists_are_refused_before_any_export(bad, msg, synthetic_csv, tiny_checkpoint, tmp_path, capsys):
     assert main([str(tiny_checkpoint), "--calib-data", str(synthetic_csv), "--out", str(tmp_path / "o"),
-                 "--calib-seeds", bad]) == 1
+                 "--calib-seeds", bad]) == 2
     assert msg in capsys.readouterr().err and not (tmp_path / "o").exists()
 
 

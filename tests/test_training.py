@@ -1081,7 +1081,7 @@ def test_benchmark_scripts_report_user_errors_without_a_traceback(synthetic_csv)
     from fer_edge.benchmarks.step_cost import cli
 
     r = runner.invoke(cli, ["--data", str(synthetic_csv), "--model", "nosuch"])
-    assert r.exit_code == 1 and r.stderr.startswith("error: ") and "unknown model 'nosuch'" in r.stderr
+    assert r.exit_code == 2 and r.stderr.startswith("error: ") and "unknown model 'nosuch'" in r.stderr
     assert r.exception.__class__ is SystemExit and "Traceback" not in r.output
 
 
