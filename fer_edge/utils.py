@@ -62,6 +62,41 @@ def atomic_path(dest: str | os.PathLike, suffix: str | None = None, overwrite: b
             tmp_path.unlink()
 
 
+def hold_lock(path: str | os.PathLike):
+    """Take the advisory ``flock`` on the lock file ``path`` (created if need be) for a process writing a folder:
+    the open file, to give to :func:`release_lock`; None where the system has no ``fcntl`` (Windows: no lock).
+    The system releases it when the process ends, however it ends. Raises :class:`BlockingIOError` while another
+    process holds it. The file locked is checked to be still the one at ``path`` (not one its holder removed as
+    it ended, which would lock nothing)."""
+    try:
+        import fcntl
+    except ImportError:
+        return None
+    for _ in range(3):
+        fh = open(path, "a")  # noqa: SIM115 - held open until release_lock
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            fh.close()
+            break
+        try:
+            if os.fstat(fh.fileno()).st_ino == os.stat(path).st_ino:
+                return fh
+        except OSError:
+            pass
+        fh.close()
+    raise BlockingIOError(errno.EAGAIN, "held by another process", str(path))
+
+
+def release_lock(path: str | os.PathLike, lock) -> None:
+    """Release a lock :func:`hold_lock` took (None: nothing), removing its file."""
+    if lock is None:
+        return
+    with contextlib.suppress(OSError):
+        Path(path).unlink()
+    lock.close()
+
+
 def _link_no_replace(src: Path, dest: Path) -> None:
     try:
         os.link(src, dest)  # raises FileExistsError rather than replace dest; src is removed by the caller

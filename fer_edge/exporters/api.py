@@ -250,42 +250,23 @@ LOCK_FILE = ".fer-edge-export.lock"
 
 
 def _lock_out(out: Path):
-    """Hold ``OUT/.fer-edge-export.lock`` (an advisory ``flock``, released by the system when the process ends,
-    however it ends) while this export writes into ``out``, so that two exports into one folder do not rewrite
-    each other's manifest (the last writer's would drop the other's artifacts): the second is refused. Returns
-    the open lock file (:func:`_unlock_out` releases it); None where the system has no ``fcntl`` (Windows: no
-    lock)."""
+    """Hold ``OUT/.fer-edge-export.lock`` (:func:`fer_edge.utils.hold_lock`) while this export writes into ``out``,
+    so that two exports into one folder do not rewrite each other's manifest (the last writer's would drop the
+    other's artifacts): the second is refused. Returns the lock for :func:`_unlock_out` (None on Windows)."""
+    from fer_edge.utils import hold_lock
+
     try:
-        import fcntl
-    except ImportError:
-        return None
-    path = out / LOCK_FILE
-    for _ in range(3):
-        fh = open(path, "a")  # noqa: SIM115 - held open for the export
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            fh.close()
-            break
-        try:  # the file locked is still the one at that name (not one the holder removed as it ended)
-            if os.fstat(fh.fileno()).st_ino == os.stat(path).st_ino:
-                return fh
-        except OSError:
-            pass
-        fh.close()
-    raise ExportError(f"{out}: another fer-edge export is writing into it now (it holds {path}); wait for it to "
-                      "end, or choose another --out")
+        return hold_lock(out / LOCK_FILE)
+    except BlockingIOError:
+        raise ExportError(f"{out}: another fer-edge export is writing into it now (it holds {out / LOCK_FILE}); "
+                          "wait for it to end, or choose another --out") from None
 
 
 def _unlock_out(out: Path, lock) -> None:
     """Release the lock :func:`_lock_out` took, removing its file."""
-    import contextlib
+    from fer_edge.utils import release_lock
 
-    if lock is None:
-        return
-    with contextlib.suppress(OSError):
-        (out / LOCK_FILE).unlink()
-    lock.close()
+    release_lock(out / LOCK_FILE, lock)
 
 
 def _folders_to_create(out: Path) -> list[Path]:

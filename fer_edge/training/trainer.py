@@ -1112,21 +1112,16 @@ class Trainer:
         (two started at once, or two ``--resume`` of one run) do not write over each other: the second is refused.
         Taken once the folder exists, then the folder is checked again: a new run refuses a run another process
         wrote meanwhile; a resume (``last``: the last.pt it loaded) refuses a last.pt changed since it was read.
-        (Where the system has no ``fcntl``, Windows, there is no lock.)"""
+        (Where the system has no ``fcntl``, Windows, there is no lock: :func:`fer_edge.utils.hold_lock`.)"""
+        from fer_edge.utils import hold_lock
+
         if not self.dist.main:
             return
         try:
-            import fcntl
-        except ImportError:
-            return
-        fh = open(self.out / LOCK_FILE, "a")  # noqa: SIM115 - held open for the run
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            fh.close()
+            self._lock = hold_lock(self.out / LOCK_FILE)
+        except BlockingIOError:
             raise TrainingError(f"{self.out}: another fer-edge train is writing this run now (it holds "
                                 f"{self.out / LOCK_FILE}); wait for it to end, or choose another --out") from None
-        self._lock = fh
         if last is None:
             held = [n for n in RUN_FILES if (self.out / n).exists()]
             if held:
@@ -1147,11 +1142,10 @@ class Trainer:
     def _leave_out(self) -> None:
         """Release the run's lock (removing its file) and remove ``--out`` again when this process made it and it
         is empty (the run stopped before its first epoch was saved)."""
-        if self._lock is not None:
-            with contextlib.suppress(OSError):
-                (self.out / LOCK_FILE).unlink()
-            self._lock.close()
-            self._lock = None
+        from fer_edge.utils import release_lock
+
+        release_lock(self.out / LOCK_FILE, self._lock)
+        self._lock = None
         if self._created_out and self.out.is_dir() and not any(self.out.iterdir()):
             self.out.rmdir()
 
