@@ -216,7 +216,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str = "cpu") -> Check
         raise CheckpointError(f"{path}: cannot read the checkpoint ({e.strerror or e})") from None
     except Exception as e:
         raise CheckpointError(f"{path}: not a readable checkpoint ({_load_error(e)})") from None
-    if isinstance(raw, dict) and raw.get("format") == PART_FORMAT:
+    if is_part(raw):
         import re
         import shlex
 
@@ -282,15 +282,61 @@ def load_checkpoint(path: str | os.PathLike, map_location: str = "cpu") -> Check
 # --- parts: a checkpoint too large for one transfer, as several smaller files ----------------------------------
 from collections.abc import Callable  # noqa: E402  (the parts' code below)
 
-PART_FORMAT = "fer-edge-checkpoint-part/1"
+PART_FORMAT = "fer-edge-checkpoint-part/2"
+# parts without content hashes (a flipped bit in their tensors joined unnoticed): named, never joined
+_OLD_PART_FORMATS = ("fer-edge-checkpoint-part/1",)
 _PART_SLACK = 64 * 1024  # bytes kept free in each part for the pickle's own overhead
-_PART_KEYS = ("group", "index", "count", "state_dict")
+_PART_KEYS = ("group", "index", "count", "state_dict", "sha256")
+
+
+def is_part(raw: Any) -> bool:
+    """Whether ``raw`` (a loaded file) is a checkpoint part, of this fer-edge's part format or an earlier one."""
+    return isinstance(raw, dict) and raw.get("format") in (PART_FORMAT, *_OLD_PART_FORMATS)
+
+
+def _stored(t):
+    """Tensor ``t`` as a split stores it: floating point as float16, except a tensor holding finite values beyond
+    float16's range (|x| > 65504), which would come back as infinities: that one keeps its own dtype."""
+    import torch
+
+    if not t.is_floating_point() or t.dtype == torch.float16:
+        return t
+    half = t.half()
+    return t if bool((torch.isinf(half) & torch.isfinite(t)).any()) else half
+
+
+def _record_cost(name: str, t) -> int:
+    """Bytes tensor ``t`` takes in a part under ``name``: its data and, generously, its zip record and pickle
+    entry (about 200 bytes and the name twice, plus alignment; measured with torch 2.14)."""
+    return t.numel() * t.element_size() + 320 + 2 * len(name.encode("utf-8", "surrogateescape"))
+
+
+def _digest(state_dict: dict, extra: str = "") -> str:
+    """SHA-256 of a part's contents: each tensor's name, dtype, shape and bytes (in name order), and ``extra``
+    (part 0's metadata). torch.load checks no checksum: a bit flipped in a part's tensor data loads silently."""
+    import hashlib
+
+    import torch
+
+    h = hashlib.sha256(extra.encode("utf-8", "surrogateescape"))
+    for name in sorted(state_dict):
+        t = state_dict[name].detach().cpu().contiguous()
+        h.update(f"\0{name}\0{t.dtype}\0{tuple(t.shape)}\0".encode("utf-8", "surrogateescape"))
+        h.update(t.reshape(-1).view(torch.uint8).numpy())
+    return h.hexdigest()
+
+
+def _part0_extra(meta: dict, dtypes: dict) -> str:
+    """What part 0's hash covers beyond its tensors: the checkpoint's metadata and the original dtypes. ``repr``
+    is exact for the plain data a checkpoint holds (floats round-trip), and torch.load gives it back as saved."""
+    return repr((meta, dtypes))
 
 
 def part_limit_problems(max_bytes: float, state_dict: dict | None = None) -> list[str]:
-    """What keeps parts of at most ``max_bytes`` bytes from holding a checkpoint with ``state_dict`` (its float
-    tensors stored as float16), one phrase each; [] when they can. Without a state dict only the limit itself is
-    judged. :func:`split_checkpoint` and the distillation round (before it trains anything) both ask this."""
+    """What keeps parts of at most ``max_bytes`` bytes from holding a checkpoint with ``state_dict`` (its tensors
+    as :func:`split_checkpoint` stores them), one phrase each; [] when they can. Without a state dict only the
+    limit itself is judged. :func:`split_checkpoint` and the distillation round (before it trains anything) both
+    ask this."""
     import math
 
     if not isinstance(max_bytes, (int, float)) or not math.isfinite(max_bytes):
@@ -299,16 +345,28 @@ def part_limit_problems(max_bytes: float, state_dict: dict | None = None) -> lis
         return [f"parts of {max_bytes:.0f} bytes are too small to hold anything: each part must be larger than "
                 f"{_PART_SLACK} bytes ({_PART_SLACK / 2**20:g} MiB), kept for the file's own overhead"]
     budget = max_bytes - _PART_SLACK
-    sizes = {name: t.numel() * (2 if t.is_floating_point() else t.element_size())
-             for name, t in (state_dict or {}).items()}
+    stored = {name: _stored(t) for name, t in (state_dict or {}).items()}
+    sizes = {name: _record_cost(name, t) for name, t in stored.items()}
     over = sorted((n for n, size in sizes.items() if size > budget), key=lambda n: -sizes[n])
     if not over:
         return []
     name, size = over[0], sizes[over[0]]
+    dtype = str(stored[name].dtype).removeprefix("torch.")
+    why = "" if dtype == "float16" else " (values beyond float16's range)" if stored[name].is_floating_point() else ""
     others = f" (and {len(over) - 1} other tensor{'s' if len(over) > 2 else ''})" if len(over) > 1 else ""
-    return [f"tensor {name} alone takes {size} bytes ({size / 2**20:.2f} MiB) as float16{others}, over parts of "
-            f"{max_bytes:.0f} bytes less {_PART_SLACK} kept for the file's overhead: parts must be at least "
+    return [f"tensor {name} alone takes {size} bytes ({size / 2**20:.2f} MiB) as {dtype}{why}{others}, over parts "
+            f"of {max_bytes:.0f} bytes less {_PART_SLACK} kept for the file's overhead: parts must be at least "
             f"{math.ceil((size + _PART_SLACK) / 2**20 * 100) / 100:.2f} MiB"]
+
+
+def prefix_problem(prefix: str | os.PathLike) -> str:
+    """Why ``prefix`` cannot name parts ("" when it can): it must end in a file name (``runs/teacher``), not be
+    empty or a folder (``runs/``), which gave hidden files such as ``runs/.part0.pt``."""
+    text = os.fspath(prefix)
+    if os.path.basename(text) in ("", ".", ".."):
+        return (f"PREFIX {text!r} names no file: the parts would be hidden files such as "
+                f"{part_path(text, 0) if text else '.part0.pt'}; give a name, e.g. {os.path.join(text, 'teacher')}")
+    return ""
 
 
 def part_path(prefix: str | os.PathLike, index: int) -> Path:
@@ -346,12 +404,28 @@ def _read_part(p: Path) -> tuple[dict | None, str]:
         return None, f"cannot be read ({e.strerror or e})"
     except Exception as e:
         return None, f"not readable ({_load_error(e)})"
+    if isinstance(raw, dict) and raw.get("format") in _OLD_PART_FORMATS:
+        return None, (f"a checkpoint part written by an earlier fer-edge (format {raw['format']!r}, without "
+                      "content hashes): split the checkpoint again with this version")
     if not isinstance(raw, dict) or raw.get("format") != PART_FORMAT:
         return None, f"not a checkpoint part (expected format {PART_FORMAT!r})"
     lacks = [k for k in _PART_KEYS if k not in raw]
     if lacks or not isinstance(raw["index"], int) or not isinstance(raw["count"], int):
         return None, f"a damaged checkpoint part (lacks or garbles {', '.join(lacks) or 'index/count'})"
+    sd = raw["state_dict"]
+    if not isinstance(sd, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in sd.items()):
+        return None, "a damaged checkpoint part (its state_dict is not a dict of named tensors)"
     return raw, ""
+
+
+class SplitInterrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM during :func:`split_checkpoint`; ``written`` lists the parts in place when it came: all of
+    them (the interrupt was held while they were renamed into place) or none (the files at PREFIX are as they
+    were)."""
+
+    def __init__(self, message: str, written: list[Path]):
+        super().__init__(message)
+        self.written = written
 
 
 def split_checkpoint(path: str | os.PathLike, prefix: str | os.PathLike, max_bytes: int,
@@ -359,22 +433,32 @@ def split_checkpoint(path: str | os.PathLike, prefix: str | os.PathLike, max_byt
     """Write checkpoint ``path`` as ``<prefix>.part<i>.pt`` files of at most ``max_bytes`` each.
 
     Floating-point weights are stored as float16 (a teacher loses nothing that matters; the original dtypes are
-    recorded and restored by :func:`join_checkpoint`); ``resume`` state is dropped. Part 0 carries the rest of
-    the checkpoint. Every part names the split it belongs to (the checkpoint, the size limit and the number of
-    parts), so parts of different checkpoints or splits do not mix.
+    recorded and restored by :func:`join_checkpoint`), except a tensor with finite values beyond float16's range,
+    kept in its own dtype; ``resume`` state is dropped. Part 0 carries the rest of the checkpoint, and its size
+    counts against part 0's limit. Every part names the split it belongs to (the checkpoint, the size limit and
+    the number of parts), so parts of different checkpoints or splits do not mix, and the SHA-256 of its contents
+    (part 0 lists every part's), so a part damaged in transfer is refused by :func:`join_checkpoint`.
+
+    All parts are written to temporary files and checked against the limit first, then renamed into place with
+    Ctrl-C and SIGTERM held: a failure or an interrupt leaves either every new part or the files at ``prefix`` as
+    they were (:class:`SplitInterrupted` says which).
 
     Parts left at ``prefix`` by an earlier split into more parts (``<prefix>.part<N>.pt`` with ``N`` at least the
-    new count, holding a checkpoint part) are removed once the new parts are written, each passed to
+    new count, holding a checkpoint part) are removed once the new parts are in place, each passed to
     ``on_removed``: they would otherwise sit beside the new ones as if they belonged to them. Files of that name
     that are not checkpoint parts are left alone.
     """
     import hashlib
+    import io
+    import tempfile
 
     import torch
 
-    from fer_edge.utils import atomic_path, check_writable_dir
+    from fer_edge.utils import check_writable_dir, interrupts_deferred
 
     problems = part_limit_problems(max_bytes)
+    if why := prefix_problem(prefix):
+        problems.append(why)
     if problems:
         raise CheckpointError(f"cannot split {path}: " + "; ".join(problems))
     ck = load_checkpoint(path)
@@ -386,21 +470,28 @@ def split_checkpoint(path: str | os.PathLike, prefix: str | os.PathLike, max_byt
         check_writable_dir(folder, "PREFIX's folder", CheckpointError, advice="choose another PREFIX")
     except CheckpointError as e:
         raise CheckpointError(f"cannot split {path} into {prefix}.part<i>.pt: {e}") from None
+    meta = {k: v for k, v in ck.raw.items() if k not in ("state_dict", "resume")}
+    dtypes = {name: str(t.dtype).removeprefix("torch.") for name, t in ck.state_dict.items()}
+    # part 0 carries the metadata: its pickled size counts against part 0's budget (a long train_config or
+    # history would otherwise push part 0 over the limit, found only after writing it)
+    buf = io.BytesIO()
+    torch.save({"checkpoint": meta, "dtypes": dtypes}, buf)
     budget = max_bytes - _PART_SLACK
+    if buf.tell() > budget:
+        raise CheckpointError(f"cannot split {path}: its metadata alone (everything but the weights) takes "
+                              f"{buf.tell()} bytes, over parts of {max_bytes} bytes less {_PART_SLACK} kept for the "
+                              "file's overhead: give a larger limit")
     groups: list[dict] = [{}]
-    used = 0
-    dtypes = {}
+    used = buf.tell()
     for name, t in ck.state_dict.items():  # load_checkpoint mapped them to the CPU
-        dtypes[name] = str(t.dtype).removeprefix("torch.")
-        if t.is_floating_point():
-            t = t.half()
-        size = t.numel() * t.element_size()
-        if used + size > budget and groups[-1]:
+        t = _stored(t)
+        cost = _record_cost(name, t)
+        if used + cost > budget and (groups[-1] or used):  # used > 0 in an empty part 0: its metadata
             groups.append({})
             used = 0
         groups[-1][name] = t
-        used += size
-    meta = {k: v for k, v in ck.raw.items() if k not in ("state_dict", "resume")}
+        used += cost
+    digests = [_digest(sd, _part0_extra(meta, dtypes) if i == 0 else "") for i, sd in enumerate(groups)]
     # one split of one checkpoint: the same file split under another limit gives parts that do not mix with these
     group = hashlib.sha256(
         f"{Path(path).resolve()}:{ck.sha256}:{max_bytes}:{len(groups)}".encode()).hexdigest()[:16]
@@ -417,29 +508,49 @@ def split_checkpoint(path: str | os.PathLike, prefix: str | os.PathLike, max_byt
                             "overwrite the checkpoint; choose another PREFIX")
     if problems:
         raise CheckpointError(f"cannot split {path} into {len(groups)} part(s): " + "; ".join(problems))
-    out = []
-    for i, sd in enumerate(groups):
-        dest = part_path(prefix, i)
-        payload = {"format": PART_FORMAT, "group": group, "index": i, "count": len(groups), "state_dict": sd}
-        if i == 0:
-            payload.update(checkpoint=meta, dtypes=dtypes)
-        with atomic_path(dest) as tmp:
+    temps: list[Path] = []
+    out = [part_path(prefix, i) for i in range(len(groups))]
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        for i, sd in enumerate(groups):
+            payload = {"format": PART_FORMAT, "group": group, "index": i, "count": len(groups), "state_dict": sd,
+                       "sha256": digests[i]}
+            if i == 0:
+                payload.update(checkpoint=meta, dtypes=dtypes, parts_sha256=digests)
+            fd, tmp = tempfile.mkstemp(prefix=f".tmp-{out[i].stem}-", suffix=".pt", dir=folder)
+            os.close(fd)
+            temps.append(Path(tmp))
             torch.save(payload, tmp)
-        if dest.stat().st_size > max_bytes:
-            raise CheckpointError(f"{dest}: {dest.stat().st_size} bytes, over the {max_bytes}-byte limit")
-        out.append(dest)
-    for n, stale in existing_parts(prefix).items():
-        if n >= len(groups) and _read_part(stale)[0] is not None:
-            stale.unlink()
-            if on_removed is not None:
-                on_removed(stale)
+            size = temps[-1].stat().st_size
+            if size > max_bytes:  # the estimate of the pickle's overhead fell short: nothing is in place yet
+                raise CheckpointError(f"cannot split {path}: part {i} came to {size} bytes, over the "
+                                      f"{max_bytes}-byte limit; nothing was written (give a larger limit)")
+        try:
+            with interrupts_deferred():  # all new parts in place, and stale ones gone, or none
+                for tmp, dest in zip(temps, out):
+                    os.replace(tmp, dest)
+                for n, stale in existing_parts(prefix).items():
+                    if n >= len(groups) and _read_part(stale)[0] is not None:
+                        stale.unlink()
+                        if on_removed is not None:
+                            on_removed(stale)
+        except KeyboardInterrupt as e:
+            raise SplitInterrupted(str(e), out) from None
+    except KeyboardInterrupt as e:
+        if isinstance(e, SplitInterrupted):
+            raise
+        raise SplitInterrupted(str(e), []) from None
+    finally:
+        for tmp in temps:
+            tmp.unlink(missing_ok=True)
     return out
 
 
 def join_checkpoint(parts: list[str | os.PathLike], dest: str | os.PathLike) -> Path:
     """Reassemble the files :func:`split_checkpoint` wrote into one checkpoint at ``dest`` (a file; an existing
     folder is refused); every problem with the parts (unreadable, foreign, missing, repeated, from different
-    checkpoints or splits, disagreeing on their number) and with ``dest`` is reported at once."""
+    checkpoints or splits, disagreeing on their number, contents that do not match their hashes, tensors missing or
+    extra) and with ``dest`` is reported at once."""
     import re
 
     import torch
@@ -468,6 +579,19 @@ def join_checkpoint(parts: list[str | os.PathLike], dest: str | os.PathLike) -> 
             problems.append(f"{p}: part {raw['index']} is given twice (also {loaded[raw['index']][0]})")
             continue
         loaded[raw["index"]] = (p, raw)
+    first = loaded[0][1] if 0 in loaded else None
+    if first is not None and not all(k in first for k in ("checkpoint", "dtypes", "parts_sha256")):
+        problems.append(f"{loaded[0][0]}: part 0 lacks the checkpoint's metadata (a damaged part)")
+        first = None
+    damaged = set()
+    for i, (p, raw) in sorted(loaded.items()):
+        extra = _part0_extra(raw["checkpoint"], raw["dtypes"]) if i == 0 and first is not None else ""
+        if i == 0 and first is None:
+            continue
+        if _digest(raw["state_dict"], extra) != raw["sha256"]:
+            damaged.add(i)
+            problems.append(f"{p}: its contents do not match the SHA-256 it was written with (damaged in transfer "
+                            "or on disk): copy it again from where the checkpoint was split")
     if loaded:
         groups = {raw["group"] for _, raw in loaded.values()}
         if len(groups) > 1:
@@ -486,13 +610,12 @@ def join_checkpoint(parts: list[str | os.PathLike], dest: str | os.PathLike) -> 
             missing = sorted(set(range(count)) - set(loaded))
             if missing:
                 problems.append(f"part(s) {', '.join(map(str, missing))} of {count} missing")
-        if 0 in loaded and not all(k in loaded[0][1] for k in ("checkpoint", "dtypes")):
-            problems.append(f"{loaded[0][0]}: part 0 lacks the checkpoint's metadata (a damaged part)")
+        if first is not None and 0 not in damaged and len(groups) == 1:
+            problems += _content_problems(loaded, first)
     elif not problems:
         problems.append("no parts given")
     if problems:
         raise CheckpointError("cannot join the checkpoint parts:\n  " + "\n  ".join(problems))
-    first = loaded[0][1]
     state_dict = {}
     for i in range(first["count"]):
         state_dict.update(loaded[i][1]["state_dict"])
@@ -501,44 +624,116 @@ def join_checkpoint(parts: list[str | os.PathLike], dest: str | os.PathLike) -> 
     return save_checkpoint(dest, {**first["checkpoint"], "state_dict": state_dict})
 
 
+def _content_problems(loaded: dict[int, tuple[Path, dict]], first: dict) -> list[str]:
+    """What part 0's record (every part's hash, every tensor's dtype) says is wrong with the parts ``loaded`` of
+    one split, each whole by its own hash: a part that is not the one part 0 lists, tensors in two parts, tensors
+    part 0 does not list or lists but no part holds."""
+    import torch
+
+    problems = []
+    listed = first["parts_sha256"]
+    p0 = loaded[0][0]
+    for i, (p, raw) in sorted(loaded.items()):
+        if i and (not isinstance(listed, list) or i >= len(listed) or listed[i] != raw["sha256"]):
+            problems.append(f"{p}: not the part {i} that {p0} lists (another hash): a part of another split under "
+                            "the same name; copy the parts of one split together")
+    seen: dict[str, Path] = {}
+    twice = []
+    for i, (p, raw) in sorted(loaded.items()):
+        for name in raw["state_dict"]:
+            if name in seen:
+                twice.append(f"{name!r} ({seen[name]} and {p})")
+            seen.setdefault(name, p)
+    dtypes = first["dtypes"]
+    if twice:
+        problems.append(f"{len(twice)} tensor(s) are in two parts, e.g. {twice[0]}")
+    extra = [n for n in seen if n not in dtypes]
+    if extra:
+        problems.append(f"the parts hold {len(extra)} tensor(s) the checkpoint does not list, e.g. {extra[0]!r}")
+    absent = [n for n in dtypes if n not in seen]
+    if absent:
+        problems.append(f"the parts lack {len(absent)} tensor(s) the checkpoint lists, e.g. {absent[0]!r}")
+    bad = [f"{n!r}: {d!r}" for n, d in dtypes.items() if not isinstance(getattr(torch, str(d), None), torch.dtype)]
+    if bad:
+        problems.append(f"part 0 records {len(bad)} dtype(s) torch does not know, e.g. {bad[0]}")
+    return problems
+
+
 def main(argv: list[str] | None = None) -> int:
     import argparse
     import math
     import sys
+
+    from fer_edge.errors import OptionError
+    from fer_edge.utils import sigterm_as_interrupt
 
     ap = argparse.ArgumentParser(prog="python -m fer_edge.checkpoint",
                                  description="Split a checkpoint into parts of a size limit, or join them again.")
     sub = ap.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("split", help="write CHECKPOINT as PREFIX.part<i>.pt (float16 weights)",
                        description="Write CHECKPOINT as PREFIX.part0.pt, PREFIX.part1.pt, ... (float16 weights, no "
-                                   "optimizer state), each at most --max-mb MiB. Parts left at PREFIX by an earlier "
-                                   "split into more parts are removed, each named on stderr.")
+                                   "optimizer state), each at most --max-mb MiB and carrying the SHA-256 of its "
+                                   "contents. Parts left at PREFIX by an earlier split into more parts are removed, "
+                                   "each named on stderr.")
     s.add_argument("checkpoint")
-    s.add_argument("prefix")
+    s.add_argument("prefix", help="where the parts go: PREFIX.part0.pt, ... (e.g. out/teacher)")
     s.add_argument("--max-mb", type=float, required=True,
                    help=f"largest part, in MiB (more than {_PART_SLACK / 2**20:g}, and enough for the largest tensor)")
     j = sub.add_parser("join", help="reassemble parts into one checkpoint",
-                       description="Reassemble the parts `split` wrote into one float32 checkpoint. Missing, "
-                                   "repeated, foreign or mixed-up parts are refused, every problem listed.")
+                       description="Reassemble the parts `split` wrote into one checkpoint with its original dtypes. "
+                                   "Missing, repeated, foreign, mixed-up or damaged parts (contents that do not "
+                                   "match their SHA-256) are refused, every problem listed.")
     j.add_argument("parts", nargs="+")
     j.add_argument("--out", required=True,
                    help="the checkpoint file to write, e.g. runs/gpu/teacher.pt (replaced if it exists; an existing "
                         "folder is refused)")
     args = ap.parse_args(argv)
+    before = None
     try:
-        if args.cmd == "split":
-            if not math.isfinite(args.max_mb) or args.max_mb <= 0:
-                raise CheckpointError(f"--max-mb must be a positive number of MiB, not {args.max_mb:g}")
-            removed = lambda p: print(f"removed {p}: a part of an earlier split into more parts", file=sys.stderr)
-            for p in split_checkpoint(args.checkpoint, args.prefix, int(args.max_mb * 1024 * 1024),
-                                      on_removed=removed):
-                print(p)
-        else:
-            print(join_checkpoint(args.parts, args.out))
+        with sigterm_as_interrupt():
+            if args.cmd == "split":
+                if not math.isfinite(args.max_mb) or args.max_mb <= 0:
+                    raise OptionError(f"--max-mb must be a positive number of MiB, not {args.max_mb:g}")
+                if why := prefix_problem(args.prefix):
+                    raise OptionError(why)
+                removed = lambda p: print(f"removed {p}: a part of an earlier split into more parts", file=sys.stderr)
+                for p in split_checkpoint(args.checkpoint, args.prefix, int(args.max_mb * 1024 * 1024),
+                                          on_removed=removed):
+                    print(p)
+            else:
+                before = _identity(args.out)
+                print(join_checkpoint(args.parts, args.out))
+    except OptionError as e:  # a value wrong on its own: a usage error
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     except (CheckpointError, OSError) as e:  # OSError: the file system refused a write (no permission, full disk)
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except SplitInterrupted as e:
+        print(f"interrupted after every part was written: {', '.join(map(str, e.written))}" if e.written else
+              f"interrupted: no part was written; the files at {args.prefix}.part<i>.pt are as they were",
+              file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        if args.cmd == "split":  # before the parts were being written (loading the checkpoint)
+            print(f"interrupted: no part was written; the files at {args.prefix}.part<i>.pt are as they were",
+                  file=sys.stderr)
+        else:
+            done = _identity(args.out) not in (before, None)
+            print(f"interrupted after {args.out} was written" if done else
+                  f"interrupted: {args.out} was not written" + (" (the file there is as it was)" if before else ""),
+                  file=sys.stderr)
+        return 130
     return 0
+
+
+def _identity(path: str) -> tuple | None:
+    """What tells a file at ``path`` from the one that replaced it (None when there is none)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_ino, st.st_mtime_ns, st.st_size)
 
 
 if __name__ == "__main__":

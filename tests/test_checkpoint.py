@@ -4,7 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fer_edge.checkpoint import join_checkpoint, load_checkpoint, main, save_checkpoint, split_checkpoint
+from fer_edge.checkpoint import (PART_FORMAT, SplitInterrupted, join_checkpoint, load_checkpoint, main,
+                                 save_checkpoint, split_checkpoint)
 from fer_edge.errors import CheckpointError
 from fer_edge.models import create_model
 
@@ -119,7 +120,7 @@ def test_join_refuses_a_folder_as_out_and_leaves_it_alone(tmp_path, capsys):
 @pytest.mark.parametrize("max_mb", ["nan", "inf", "-1", "0"])
 def test_split_refuses_a_size_that_is_not_a_positive_number(tmp_path, capsys, max_mb):
     src = _checkpoint(tmp_path / "a.pt")
-    assert main(["split", str(src), str(tmp_path / "a"), "--max-mb", max_mb]) == 1
+    assert main(["split", str(src), str(tmp_path / "a"), "--max-mb", max_mb]) == 2  # a usage error
     err = capsys.readouterr().err
     assert err.startswith("error: --max-mb must be a positive number of MiB") and "Traceback" not in err
     assert not list(tmp_path.glob("a.part*"))
@@ -158,7 +159,7 @@ def test_join_refuses_parts_of_different_splits_of_one_checkpoint(tmp_path):
     torch.save(forged, tmp_path / "forged.pt")
     with pytest.raises(CheckpointError, match=r"part\(s\) 5 given, but the checkpoint has 2 \(0 to 1\)"):
         join_checkpoint([*two, tmp_path / "forged.pt"], tmp_path / "x.pt")
-    torch.save({"format": "fer-edge-checkpoint-part/1", "index": 0}, tmp_path / "damaged.pt")
+    torch.save({"format": PART_FORMAT, "index": 0}, tmp_path / "damaged.pt")
     with pytest.raises(CheckpointError, match="damaged.pt: a damaged checkpoint part"):
         join_checkpoint([tmp_path / "damaged.pt", two[1]], tmp_path / "x.pt")
     assert not (tmp_path / "x.pt").exists()
@@ -325,3 +326,157 @@ def test_a_state_dict_that_is_not_a_dict_of_tensors_is_refused_when_loaded(tmp_p
     save_checkpoint(tmp_path / "b.pt", {**raw, "state_dict": state_dict})
     with pytest.raises(CheckpointError, match=rf"b\.pt: not a usable checkpoint: {message}"):
         load_checkpoint(tmp_path / "b.pt")
+
+
+def _flip_a_bit_in_a_tensor(part, name):
+    """Flip one bit inside tensor ``name``'s data in the file ``part`` (torch stores tensor data verbatim)."""
+    data = bytearray(part.read_bytes())
+    tensor = torch.load(part, weights_only=True)["state_dict"][name]
+    raw = tensor.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+    at = data.find(raw)
+    assert at >= 0 and data.find(raw, at + 1) < 0
+    data[at + len(raw) // 2] ^= 0x10
+    part.write_bytes(bytes(data))
+
+
+def test_join_refuses_a_part_whose_tensor_data_was_damaged(tmp_path, capsys):
+    """A flipped bit in a part's tensor data loaded silently (torch.load checks no checksum) and the joined
+    checkpoint carried the wrong weight."""
+    parts = split_checkpoint(_checkpoint(tmp_path / "a.pt"), tmp_path / "a", 680_000)
+    name = max(torch.load(parts[1], weights_only=True)["state_dict"].items(), key=lambda kv: kv[1].numel())[0]
+    _flip_a_bit_in_a_tensor(parts[1], name)
+    torch.load(parts[1], weights_only=True)  # still loads: only the hash tells
+    assert main(["join", *map(str, parts), "--out", str(tmp_path / "j.pt")]) == 1
+    err = capsys.readouterr().err
+    assert f"{parts[1]}: its contents do not match the SHA-256 it was written with" in err
+    assert str(parts[0]) not in err and not (tmp_path / "j.pt").exists()
+
+
+def test_join_names_tensors_missing_from_or_extra_to_the_parts_without_a_traceback(tmp_path):
+    """A part with a tensor taken out or added (its own hash made to fit) joined into a checkpoint lacking a
+    weight, or crashed with a KeyError traceback."""
+    from fer_edge.checkpoint import _digest
+
+    parts = split_checkpoint(_checkpoint(tmp_path / "a.pt"), tmp_path / "a", 680_000)
+    part = torch.load(parts[1], weights_only=True)
+    gone = next(iter(part["state_dict"]))
+    part["state_dict"]["stowaway.weight"] = part["state_dict"].pop(gone)
+    part["sha256"] = _digest(part["state_dict"])
+    torch.save(part, parts[1])
+    with pytest.raises(CheckpointError) as e:
+        join_checkpoint(parts, tmp_path / "j.pt")
+    msg = str(e.value)
+    assert f"{parts[1]}: not the part 1 that {parts[0]} lists" in msg
+    assert "the parts hold 1 tensor(s) the checkpoint does not list, e.g. 'stowaway.weight'" in msg
+    assert f"the parts lack 1 tensor(s) the checkpoint lists, e.g. {gone!r}" in msg
+    assert not (tmp_path / "j.pt").exists()
+
+
+def test_parts_of_an_earlier_part_format_are_named_as_such(tmp_path):
+    parts = split_checkpoint(_checkpoint(tmp_path / "a.pt"), tmp_path / "a", 680_000)
+    old = torch.load(parts[0], weights_only=True)
+    old["format"] = "fer-edge-checkpoint-part/1"
+    torch.save(old, parts[0])
+    with pytest.raises(CheckpointError, match=r"a\.part0\.pt: a checkpoint part written by an earlier fer-edge "
+                                              r".*split the checkpoint again"):
+        join_checkpoint(parts, tmp_path / "j.pt")
+    with pytest.raises(CheckpointError, match="a part of a split checkpoint"):  # still recognised as a part
+        load_checkpoint(parts[0])
+
+
+def test_part0_metadata_counts_against_its_limit(tmp_path):
+    """A checkpoint with large metadata (a long history in train_config) wrote a part 0 over the limit, found only
+    after writing it, and left it on disk."""
+    raw = torch.load(_checkpoint(tmp_path / "a.pt"), weights_only=True)
+    raw["train_config"] = {"notes": "x" * 300_000}
+    src = save_checkpoint(tmp_path / "big.pt", raw)
+    parts = split_checkpoint(src, tmp_path / "b", 680_000)
+    assert all(p.stat().st_size <= 680_000 for p in parts)
+    assert load_checkpoint(join_checkpoint(parts, tmp_path / "j.pt")).train_config == raw["train_config"]
+    raw["train_config"] = {"notes": "x" * 700_000}  # the metadata alone is over the limit
+    src = save_checkpoint(tmp_path / "huge.pt", raw)
+    with pytest.raises(CheckpointError, match="its metadata alone .* takes"):
+        split_checkpoint(src, tmp_path / "h", 680_000)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(("h.", ".tmp"))) == []
+
+
+def test_weights_beyond_float16_range_survive_the_split(tmp_path):
+    """Float16 turned |x| > 65504 into infinities: the joined checkpoint held inf where the original was finite."""
+    raw = torch.load(_checkpoint(tmp_path / "a.pt"), weights_only=True)
+    name = next(k for k, v in raw["state_dict"].items() if v.is_floating_point() and v.numel() > 1)
+    raw["state_dict"][name][0] = 1e6
+    src = save_checkpoint(tmp_path / "big.pt", raw)
+    parts = split_checkpoint(src, tmp_path / "b", 680_000)
+    joined = load_checkpoint(join_checkpoint(parts, tmp_path / "j.pt")).state_dict
+    assert joined[name].dtype == torch.float32 and torch.equal(joined[name], raw["state_dict"][name])
+    assert all(torch.isfinite(v).all() for v in joined.values() if v.is_floating_point())
+
+
+@pytest.mark.parametrize("prefix", ["", "folder/", "folder/."])
+def test_split_refuses_a_prefix_that_names_no_file(tmp_path, capsys, monkeypatch, prefix):
+    """An empty PREFIX (or a folder) wrote hidden files such as folder/.part0.pt."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "folder").mkdir()
+    src = _checkpoint(tmp_path / "a.pt")
+    assert main(["split", str(src), prefix, "--max-mb", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: PREFIX") and "names no file" in err and "give a name" in err
+    with pytest.raises(CheckpointError, match="names no file"):
+        split_checkpoint(src, prefix, 1 << 20)
+    assert not [p for p in tmp_path.rglob("*") if ".part" in p.name]
+
+
+def test_an_interrupted_split_leaves_the_earlier_parts_as_they_were(tmp_path, capsys, monkeypatch):
+    """An interrupt while parts were written left a .tmp file and a mix of new and old parts."""
+    src = _checkpoint(tmp_path / "a.pt")
+    old = split_checkpoint(_checkpoint(tmp_path / "b.pt", seed=1), tmp_path / "p" / "t", 680_000)
+    before = [p.read_bytes() for p in old]
+    real_save, calls = torch.save, []
+
+    def save(obj, f, *a, **k):
+        calls.append(f)
+        if len(calls) == 2:  # while the second part is written
+            raise KeyboardInterrupt
+        return real_save(obj, f, *a, **k)
+
+    monkeypatch.setattr(torch, "save", save)
+    assert main(["split", str(src), str(tmp_path / "p" / "t"), "--max-mb", "0.65"]) == 130
+    err = capsys.readouterr().err
+    assert err.strip() == f"interrupted: no part was written; the files at {tmp_path / 'p' / 't'}.part<i>.pt are as they were"
+    assert [p.read_bytes() for p in old] == before
+    assert sorted(p.name for p in (tmp_path / "p").iterdir()) == ["t.part0.pt", "t.part1.pt"]
+
+
+def test_an_interrupt_while_parts_are_renamed_is_held_until_all_are_in_place(tmp_path, capsys, monkeypatch):
+    import os
+    import signal
+
+    src = _checkpoint(tmp_path / "a.pt")
+    real_replace = os.replace
+
+    def replace(a, b):
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C between the renames
+        return real_replace(a, b)
+
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(SplitInterrupted) as e:
+        split_checkpoint(src, tmp_path / "t", 680_000)
+    assert [p.name for p in e.value.written] == ["t.part0.pt", "t.part1.pt"]
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert load_checkpoint(join_checkpoint(e.value.written, tmp_path / "j.pt")).model_name == "simple_cnn"
+    assert not list(tmp_path.glob(".tmp-*"))
+
+
+def test_an_interrupted_join_says_its_out_was_not_written(tmp_path, capsys, monkeypatch):
+    import fer_edge.checkpoint as ck
+
+    parts = split_checkpoint(_checkpoint(tmp_path / "a.pt"), tmp_path / "t", 680_000)
+    (tmp_path / "j.pt").write_bytes(b"old")
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ck, "save_checkpoint", interrupted)
+    assert main(["join", *map(str, parts), "--out", str(tmp_path / "j.pt")]) == 130
+    assert capsys.readouterr().err.strip() == f"interrupted: {tmp_path / 'j.pt'} was not written (the file there is as it was)"
+    assert (tmp_path / "j.pt").read_bytes() == b"old"
