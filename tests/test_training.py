@@ -1382,3 +1382,17 @@ def test_two_runs_with_one_out_do_not_write_over_each_other(synthetic_csv, tmp_p
     with pytest.raises(TrainingError, match="last.pt changed while this run started"):
         train(_cfg(synthetic_csv, run, epochs=3), resume=True, progress=False)
     assert not (run / trainer_mod.LOCK_FILE).exists()
+
+
+def test_wandb_without_its_package_is_refused_before_the_data_is_loaded(synthetic_csv, tmp_path, monkeypatch):
+    """The missing package was found only after the data load (minutes on the full dataset)."""
+    import sys
+
+    from fer_edge.training.trainer import Trainer
+
+    monkeypatch.setitem(sys.modules, "wandb", None)  # `import wandb` raises ImportError
+    loads = []
+    monkeypatch.setattr(Trainer, "_load_data", lambda self: loads.append(1) or pytest.fail("data loaded"))
+    with pytest.raises(TrainingError, match=r"--wandb needs the wandb package: pip install 'fer-edge\[wandb\]'"):
+        train(_cfg(synthetic_csv, tmp_path / "w", wandb="proj"), progress=False)
+    assert loads == [] and not (tmp_path / "w").exists()

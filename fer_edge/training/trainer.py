@@ -294,6 +294,8 @@ RUN_FILES = ("last.pt", "best.pt", "metrics.json", "history.csv")
 #: The lock file a run holds in its folder while a process writes it (:meth:`Trainer._lock_out`).
 LOCK_FILE = ".fer-edge-train.lock"
 
+_WANDB_MISSING = "--wandb needs the wandb package: pip install 'fer-edge[wandb]'"
+
 #: TrainConfig fields that ``--resume`` lets differ from the run's: where and how fast it runs (``data`` is
 #: compared by the images' fingerprint instead: the same file by another path, or a copy, is the same data).
 RESUME_FREE = ("out", "data", "device", "amp", "channels_last", "num_threads", "wandb", "teacher_runtime",
@@ -574,6 +576,11 @@ class Trainer:
         if cfg.num_threads:
             torch.set_num_threads(cfg.num_threads)
         check_writable_dir(self.out, "--out", TrainingError)
+        if cfg.wandb and self.dist.main:  # before the data is loaded, not after (the login is checked later)
+            try:
+                import wandb  # noqa: F401
+            except ImportError:
+                raise TrainingError(_WANDB_MISSING) from None
         if cfg.distill_cache:  # before minutes of labelling, not after
             check_output_file(cfg.distill_cache, "--distill-cache", TrainingError, example="replay.pt")
         last_path = self.out / "last.pt"
@@ -1156,7 +1163,7 @@ class Trainer:
             import wandb
         except ImportError:
             self._leave_out()
-            raise TrainingError("--wandb needs the wandb package: pip install 'fer-edge[wandb]'") from None
+            raise TrainingError(_WANDB_MISSING) from None
         try:
             return wandb.init(project=self.cfg.wandb, config={**self.cfg.to_dict(), "params": n_params},
                               dir=str(self.out), name=self.out.name, resume="allow")
