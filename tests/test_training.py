@@ -1396,3 +1396,36 @@ def test_wandb_without_its_package_is_refused_before_the_data_is_loaded(syntheti
     with pytest.raises(TrainingError, match=r"--wandb needs the wandb package: pip install 'fer-edge\[wandb\]'"):
         train(_cfg(synthetic_csv, tmp_path / "w", wandb="proj"), progress=False)
     assert loads == [] and not (tmp_path / "w").exists()
+
+
+def test_an_fp16_step_with_a_non_finite_loss_is_skipped_not_called_divergence(synthetic_csv, tmp_path, monkeypatch):
+    """An fp16 overflow in one step (which the gradient scaler skips, leaving the weights as they were) made the
+    epoch's loss inf, and the run stopped as "diverged"."""
+    import math
+
+    import torch.nn.functional as F
+
+    real, calls = F.cross_entropy, []
+
+    def overflow_once(*a, **k):
+        out = real(*a, **k)
+        calls.append(1)
+        return out * float("inf") if len(calls) == 3 else out  # the third training step overflows
+
+    monkeypatch.setattr(F, "cross_entropy", overflow_once)
+    lines = []
+    cfg = _cfg(synthetic_csv, tmp_path / "fp16", epochs=1, amp="fp16", mixup=0.0, cutmix=0.0)
+    from fer_edge.training.trainer import Trainer
+
+    trainer = Trainer(cfg, progress=False, quiet=True)
+    monkeypatch.setattr(trainer, "log", lines.append)
+    res = trainer.run()
+    assert math.isfinite(res.history[0]["train_loss"]) and (tmp_path / "fp16" / "best.pt").is_file()
+    assert any("(1 fp16 step with a non-finite loss skipped by the gradient scaler)" in ln for ln in lines), lines
+    for v in load_checkpoint(tmp_path / "fp16" / "best.pt").state_dict.values():
+        assert torch.isfinite(v.float()).all()  # the skipped step left the weights finite
+    calls.clear()
+    monkeypatch.setattr(F, "cross_entropy", lambda *a, **k: real(*a, **k) * float("inf"))  # every step
+    with pytest.raises(TrainingError, match=r"is nan; nothing was saved\. Every step's fp16 loss was non-finite: "
+                                            r"try --amp bf16 or no --amp"):
+        train(_cfg(synthetic_csv, tmp_path / "all", epochs=1, amp="fp16"), progress=False)

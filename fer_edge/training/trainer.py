@@ -830,6 +830,8 @@ class Trainer:
                                          ips=0.0)
                     ddp_model.train()
                     loss_sum = torch.zeros((), device=device)
+                    counted = torch.zeros((), device=device)  # images whose step's loss is in loss_sum
+                    skipped = torch.zeros((), device=device)  # fp16 steps the gradient scaler skipped
                     correct = torch.zeros((), device=device)
                     seen = 0
                     for step in range(steps):
@@ -875,22 +877,37 @@ class Trainer:
                         if ema_updater is not None:
                             ema_updater.update()
                         bs = len(idx)
-                        loss_sum += loss.detach() * bs
+                        if scaler.is_enabled():
+                            # an fp16 overflow gives a non-finite loss now and then: the scaler skips that step
+                            # and lowers its scale (the weights are untouched), so it is left out of the epoch's
+                            # loss instead of making the whole epoch look diverged
+                            finite = torch.isfinite(loss.detach())
+                            loss_sum += torch.where(finite, loss.detach() * bs, 0.0)
+                            counted += finite * bs
+                            skipped += ~finite
+                        else:
+                            loss_sum += loss.detach() * bs
+                            counted += bs
                         correct += (logits.detach().argmax(1) == ya).sum()
                         seen += bs
                         if step % 10 == 0 or step == steps - 1:
                             el = time.perf_counter() - t0
-                            prog.update(task, completed=step + 1, loss=float(loss_sum) / seen,
+                            prog.update(task, completed=step + 1, loss=float(loss_sum / counted.clamp(min=1)),
                                         acc=float(correct) / seen, ips=seen * self.dist.world / max(el, 1e-9))
                     prog.remove_task(task)
-                    totals = self.dist.sum(torch.stack([loss_sum, correct, torch.tensor(float(seen), device=device)]))
-                    train_loss = float(totals[0] / totals[2])
+                    totals = self.dist.sum(torch.stack([loss_sum, correct, torch.tensor(float(seen), device=device),
+                                                        counted, skipped]))
+                    train_loss = float(totals[0] / totals[3]) if totals[3] > 0 else math.nan
+                    n_skipped = int(totals[4])
                     if not math.isfinite(train_loss):
                         kept = (f"this epoch was not saved; {last_path} holds epoch {epoch}"
                                 if epoch > start_epoch or state is not None else "nothing was saved")
                         raise TrainingError(
                             f"training diverged: the training loss of epoch {epoch + 1} is {train_loss}; "
-                            f"{kept}. Lower --lr (now {cfg.lr:g}) or check the other "
+                            f"{kept}. "
+                            + ("Every step's fp16 loss was non-finite: try --amp bf16 or no --amp; " if n_skipped
+                               else "")
+                            + f"Lower --lr (now {cfg.lr:g}) or check the other "
                             "options, and start a new run" + (" in another --out" if epoch > 0 else ""))
                     train_acc = float(totals[1] / totals[2])
                     epoch_s = time.perf_counter() - t0
@@ -922,6 +939,8 @@ class Trainer:
                         + (f"  val_loss {row['val_loss']:.4f}  val_acc {row['val_accuracy']:.4f}"
                            f"  val_f1 {row['val_macro_f1']:.4f}" if do_val else "")
                         + f"  {row['images_per_second']:.0f} img/s  {epoch_s:.1f}s" + ("  *" if improved else "")
+                        + (f"  ({n_skipped} fp16 step{'s' if n_skipped > 1 else ''} with a non-finite loss skipped "
+                           "by the gradient scaler)" if n_skipped else "")
                     )
                     if wandb_run is not None:
                         wandb_run.log(row, step=epoch + 1)
