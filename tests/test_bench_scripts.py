@@ -633,3 +633,20 @@ def test_the_scripts_tables_are_wide_off_a_terminal(monkeypatch):
     plain = [p.name for p in Path(fer_edge.benchmarks.__file__).parent.glob("*.py")
              if "from rich.console import Console" in p.read_text()]
     assert plain == [], f"scripts printing with rich's 80-column Console off a terminal: {plain}"
+
+
+def test_step_cost_profiling_on_a_cpu_prints_no_gpu_errors(synthetic_csv):
+    """torch's profiler (kineto) printed `ERROR: ... gpuGetDeviceCount failed` and trace lines to stderr on a
+    machine without a GPU, where nothing was wrong. The C++ library writes to the process's stderr: a subprocess."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("from fer_edge.benchmarks.step_cost import step_counts; "
+            f"r = step_counts({str(synthetic_csv)!r}, 'simple_cnn', 'cpu', 32, 'off', steps=(1, 2)); "
+            "print(r['ops_per_step'] > 0, r['kernels_per_step'])")
+    env = {k: v for k, v in os.environ.items() if k != "KINETO_LOG_LEVEL"}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["True", "None"]
+    assert "gpuGetDeviceCount" not in r.stderr and "ERROR:" not in r.stderr and "USDT:" not in r.stderr, r.stderr

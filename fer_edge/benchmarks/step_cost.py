@@ -16,6 +16,7 @@ checkpoint writes cancel out. Rounds are interleaved; medians are compared.
 """
 from __future__ import annotations
 
+import os
 import statistics
 from pathlib import Path
 
@@ -105,6 +106,11 @@ def step_counts(data: str, model: str, device: str, batch_size: int, amp: str,
     from fer_edge.training.trainer import resolve_device
 
     cuda = resolve_device(device).type == "cuda"
+    if not cuda:
+        # the profiler's kineto library prints "ERROR: ... gpuGetDeviceCount failed" and two trace lines per run
+        # to stderr on a machine without a GPU, where nothing is wrong: quiet them, unless the user set the level
+        # (read when the profiler first starts)
+        os.environ.setdefault("KINETO_LOG_LEVEL", "6")
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     totals = []
     for n in steps:
