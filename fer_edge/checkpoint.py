@@ -598,6 +598,7 @@ def join_checkpoint(parts: list[str | os.PathLike], dest: str | os.PathLike) -> 
             problems.append("the parts come from different checkpoints or different splits of one: " + ", ".join(
                 f"{p} ({raw['group']})" for p, raw in sorted(loaded.values(), key=lambda v: v[1]["index"])))
         counts = {raw["count"] for _, raw in loaded.values()}
+        complete = len(groups) == 1 and len(counts) == 1 and set(loaded) == set(range(next(iter(counts))))
         if len(counts) > 1:
             problems.append("the parts disagree on how many there are: " + ", ".join(
                 f"{p} says {raw['count']}" for p, raw in sorted(loaded.values(), key=lambda v: v[1]["index"])))
@@ -610,7 +611,7 @@ def join_checkpoint(parts: list[str | os.PathLike], dest: str | os.PathLike) -> 
             missing = sorted(set(range(count)) - set(loaded))
             if missing:
                 problems.append(f"part(s) {', '.join(map(str, missing))} of {count} missing")
-        if first is not None and 0 not in damaged and len(groups) == 1:
+        if first is not None and 0 not in damaged and complete:  # what is missing is said once, above
             problems += _content_problems(loaded, first)
     elif not problems:
         problems.append("no parts given")

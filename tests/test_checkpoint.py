@@ -480,3 +480,10 @@ def test_an_interrupted_join_says_its_out_was_not_written(tmp_path, capsys, monk
     assert main(["join", *map(str, parts), "--out", str(tmp_path / "j.pt")]) == 130
     assert capsys.readouterr().err.strip() == f"interrupted: {tmp_path / 'j.pt'} was not written (the file there is as it was)"
     assert (tmp_path / "j.pt").read_bytes() == b"old"
+
+
+def test_join_of_part0_alone_says_only_that_a_part_is_missing(tmp_path):
+    parts = split_checkpoint(_checkpoint(tmp_path / "a.pt"), tmp_path / "a", 680_000)
+    with pytest.raises(CheckpointError) as e:
+        join_checkpoint(parts[:1], tmp_path / "j.pt")
+    assert str(e.value) == "cannot join the checkpoint parts:\n  part(s) 1 of 2 missing"
