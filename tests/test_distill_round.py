@@ -695,3 +695,28 @@ def test_every_round_command_in_readme_is_accepted(synthetic_folder, tmp_path, m
             argv[argv.index(option) + 1] = value
         assert main(argv) == 0, argv
     assert len(seen) == len(commands)
+
+
+class _QuickRun:
+    """What ``train`` returns, without training: a probe's figures and a finished run's."""
+    history = [{"images_per_second": 1000.0, "val_seconds": 0.1}]
+    best_accuracy, best_epoch, epochs_run = 0.5, 1, 1
+
+
+def test_main_runs_the_preflight_once(synthetic_folder, tmp_path, monkeypatch):
+    """main lists the preflight's problems with its own, so run_round does not check the same arguments again
+    (every extra teacher was loaded, and every model built, twice)."""
+    import fer_edge.training.distill_round as distill_round
+
+    calls = []
+    real = distill_round._preflight
+    monkeypatch.setattr(distill_round, "_preflight", lambda *a, **kw: calls.append(a) or real(*a, **kw))
+    monkeypatch.setattr(training, "train", lambda cfg, **kw: _QuickRun())
+    assert main(["--data", str(synthetic_folder), "--work", str(tmp_path / "w"), "--out", str(tmp_path / "o"),
+                 "--budget-minutes", "1", "--teacher", "simple_cnn", "--device", "cpu", "--batch-size", "32",
+                 "--probe-steps", "1", "--max-steps-per-epoch", "1"]) == 0
+    assert len(calls) == 1
+    # run_round on its own still runs it (test_bad_stage_tables_and_options_fail_before_any_training: its problems)
+    run_round(synthetic_folder, tmp_path / "w2", tmp_path / "o2", budget_s=60, stages=TINY, log=lambda m: None,
+              **COMMON)
+    assert len(calls) == 2

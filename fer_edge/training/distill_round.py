@@ -251,7 +251,7 @@ def run_round(data: str | Path, work: str | Path, out: str | Path, budget_s: flo
               seed: int = 0, parts_bytes: int = 0,
               batch_size: int = 128, probe_steps: int = 20, max_steps_per_epoch: int = 0, threads: int = 0,
               progress: bool = False, log: Callable[[str], None] = print,
-              clock: Callable[[], float] = time.monotonic) -> dict:
+              clock: Callable[[], float] = time.monotonic, checked: bool = False) -> dict:
     """Run the round (see the module docstring) and return the summary also written to ``OUT/summary.json``.
 
     ``parts_bytes``: a stage that does not keep its checkpoint (the teacher) still sends it to ``OUT``, as
@@ -263,6 +263,11 @@ def run_round(data: str | Path, work: str | Path, out: str | Path, budget_s: flo
     recorded as failed in the summary and the others still run; a stage whose training finished still teaches
     its students from ``WORK`` when only keeping its outputs failed.
     Raises :class:`TrainingError` naming every failed stage after the others have run and been kept.
+
+    ``checked``: the caller has just run those checks (:func:`_preflight`) on these same arguments, so they are
+    not run again. :func:`main` does, to list their problems with its own (a missing ``--data``, a bad
+    ``--teacher-set`` item) in one message. Run twice, they loaded every extra teacher and built every stage's
+    model twice, the second time on the round's clock.
     """
     from fer_edge.data import default_train_split, load_split
     from fer_edge.training import train
@@ -273,7 +278,9 @@ def run_round(data: str | Path, work: str | Path, out: str | Path, budget_s: flo
     data, work, out = str(data), Path(work), Path(out)
     start = clock()
     common = _common(seed, batch_size, device, amp, threads, max_steps_per_epoch)
-    _preflight(stages, data, common, work, out, budget_s=budget_s, parts_bytes=parts_bytes, probe_steps=probe_steps)
+    if not checked:
+        _preflight(stages, data, common, work, out, budget_s=budget_s, parts_bytes=parts_bytes,
+                   probe_steps=probe_steps)
     dev = resolve_device(device)
     if dev.type == "cuda":
         import torch
@@ -770,7 +777,7 @@ def main(argv: list[str] | None = None) -> int:
                   amp=args.amp, seed=args.seed, parts_bytes=parts_bytes,
                   batch_size=args.batch_size, probe_steps=args.probe_steps,
                   max_steps_per_epoch=args.max_steps_per_epoch, threads=args.threads,
-                  progress=sys.stderr.isatty())
+                  progress=sys.stderr.isatty(), checked=True)  # the preflight ran above, with these arguments
     except FerEdgeError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
