@@ -720,3 +720,47 @@ def test_main_runs_the_preflight_once(synthetic_folder, tmp_path, monkeypatch):
     run_round(synthetic_folder, tmp_path / "w2", tmp_path / "o2", budget_s=60, stages=TINY, log=lambda m: None,
               **COMMON)
     assert len(calls) == 2
+
+
+def test_a_work_or_out_inside_the_image_folder_is_refused_before_anything_is_loaded(synthetic_folder, tmp_path,
+                                                                                     monkeypatch, capsys):
+    """A --work in a split folder was refused only by the loader (an unknown class folder), after the data was
+    read and a probe trained; one beside the splits became a split of the data set."""
+    import shutil
+
+    import fer_edge.data as data_module
+
+    data = tmp_path / "data"
+    shutil.copytree(synthetic_folder, data)  # the session's folder stays clean whatever happens here
+
+    def no_loading(*a, **kw):
+        raise AssertionError("the data was loaded although the options were bad")
+
+    monkeypatch.setattr(data_module, "load_split", no_loading)
+    _no_training(monkeypatch)
+    for work in (data / "train" / "round", data / "round", data):
+        assert main(["--data", str(data), "--work", str(work), "--out", str(tmp_path / "o"), "--budget-minutes", "1",
+                     "--teacher", "simple_cnn", "--device", "cpu"]) == 1
+        err = capsys.readouterr().err
+        assert f"--work {work} lies inside --data {data}: the round would write into the data set" in err, err
+        assert "choose another --work, outside the data" in err and "--out" not in err
+    assert main(["--data", str(data), "--work", str(tmp_path / "w"), "--out", str(data / "val" / "kept"),
+                 "--budget-minutes", "1", "--teacher", "simple_cnn", "--device", "cpu"]) == 1
+    assert f"--out {data / 'val' / 'kept'} lies inside --data {data}" in capsys.readouterr().err
+    # reached through a symbolic link too; and run_round refuses it on its own
+    (tmp_path / "link").symlink_to(data / "train")
+    with pytest.raises(TrainingError, match="--work .*link/round lies inside --data"):
+        run_round(data, tmp_path / "link" / "round", tmp_path / "o", budget_s=60, stages=TINY, **COMMON)
+    assert sorted(p.name for p in data.iterdir()) == ["train", "val"] and not (data / "train" / "round").exists()
+    assert not (tmp_path / "o").exists() and not (tmp_path / "w").exists()
+    # a folder beside the data, and one holding a CSV (only the CSV is read), are fine
+    assert not _inside_data_problem(tmp_path / "data2", data)
+    (tmp_path / "csvdir").mkdir()
+    (tmp_path / "csvdir" / "fer2013.csv").write_text("emotion,pixels,Usage\n")
+    assert not _inside_data_problem(tmp_path / "csvdir" / "round", tmp_path / "csvdir")
+
+
+def _inside_data_problem(work, data):
+    from fer_edge.training.distill_round import option_problems
+
+    return [p for p in option_problems(60, 0, work, work.parent / "o", 1, data) if "lies inside" in p]

@@ -528,9 +528,11 @@ def build_stages(teacher_model: str | Sequence[str], n_teachers: int, teacher_ma
     return tuple(scaled)
 
 
-def option_problems(budget_s: float, parts_bytes: int, work: Path, out: Path, probe_steps: int = 1) -> list[str]:
+def option_problems(budget_s: float, parts_bytes: int, work: Path, out: Path, probe_steps: int = 1,
+                    data: str | Path | None = None) -> list[str]:
     """The round's own options checked (not the stages'), one phrase per problem: a budget that is not a finite,
-    positive number, parts too small to hold anything, ``--out`` or ``--work`` that is a file."""
+    positive number, parts too small to hold anything, ``--out`` or ``--work`` that is a file, or that lies in the
+    image folder ``data`` (:func:`_inside_data`)."""
     from fer_edge.checkpoint import part_limit_problems
     from fer_edge.utils import check_writable_dir
 
@@ -549,7 +551,32 @@ def option_problems(budget_s: float, parts_bytes: int, work: Path, out: Path, pr
             check_writable_dir(path, option, TrainingError)
         except TrainingError as e:
             problems.append(str(e))
+        if data is not None and _inside_data(path, data):
+            problems.append(f"{option} {path} lies inside --data {data}: the round would write into the data set (a "
+                            f"folder in a split is an unknown class folder to its loader); choose another {option}, "
+                            "outside the data")
     return problems
+
+
+def _inside_data(path: str | Path, data: str | Path) -> bool:
+    """Whether ``path`` is the image folder ``data`` or lies under it (compared resolved; False for a CSV, or a
+    folder holding one, and for data that is not there).
+
+    Checked with the usage checks, before anything is loaded. Before, a ``--work`` in a split folder
+    (``DATA/train/round``) was refused only by the loader, as an unknown class folder, once the round had read the
+    data and trained a probe (the loader met the probe folder the round had made there); one beside the splits
+    (``DATA/round``) was not refused at all, and the run folders became a split of the data set.
+    """
+    from fer_edge.data.loading import CSV_NAMES
+
+    root = Path(data).expanduser()
+    if not root.is_dir() or any((root / name).is_file() for name in CSV_NAMES):
+        return False
+    try:
+        root, p = root.resolve(), _resolved(path)
+    except (OSError, RuntimeError):  # a path that cannot be resolved (a symlink loop): reported elsewhere
+        return False
+    return p == root or root in p.parents
 
 
 def _parts_problems(stage: Stage, parts_bytes: int) -> list[str]:
@@ -619,7 +646,7 @@ def _preflight(stages, data: str, common: dict, work: Path, out: Path, *, budget
     from fer_edge.models import list_models
     from fer_edge.training.trainer import validate_config
 
-    problems = option_problems(budget_s, parts_bytes, work, out, probe_steps)
+    problems = option_problems(budget_s, parts_bytes, work, out, probe_steps, data)
     taken = [str(d) for s in stages for d in (work / "probe" / s.name, work / s.name) if d.exists()]
     if taken:
         problems.append(f"{', '.join(taken)} already exist: fer-edge train never overwrites a run, so give the "
@@ -754,7 +781,8 @@ def main(argv: list[str] | None = None) -> int:
     except FerEdgeError as e:
         problems.append(str(e))
     if stages is None:
-        problems += option_problems(args.budget_minutes * 60, parts_bytes, args.work, args.out, args.probe_steps)
+        problems += option_problems(args.budget_minutes * 60, parts_bytes, args.work, args.out, args.probe_steps,
+                                    args.data)
         try:  # (the preflight checks the device otherwise)
             from fer_edge.training.trainer import resolve_device
 
