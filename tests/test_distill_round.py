@@ -764,3 +764,28 @@ def _inside_data_problem(work, data):
     from fer_edge.training.distill_round import option_problems
 
     return [p for p in option_problems(60, 0, work, work.parent / "o", 1, data) if "lies inside" in p]
+
+
+def test_amp_fp16_on_the_cpu_is_a_usage_error(synthetic_folder, tmp_path, monkeypatch, capsys):
+    """fer-edge train only warns (emulated half precision, many times slower); a round would size its stages on
+    that throughput."""
+    import fer_edge.training.trainer as trainer
+
+    _no_training(monkeypatch)
+    base = ["--data", str(synthetic_folder), "--work", str(tmp_path / "w"), "--out", str(tmp_path / "o"),
+            "--budget-minutes", "1", "--amp", "fp16", "--teacher", "simple_cnn"]
+    assert main(base + ["--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert err == ("error: --amp fp16 with --device cpu: fp16 autocast needs CUDA; use --amp bf16 or --amp off "
+                   "(or leave --amp out: auto picks between them)\n")
+    monkeypatch.setattr(trainer, "resolve_device", lambda name: torch.device("cpu"))  # auto finds no GPU
+    assert main(base) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --amp fp16 with --device auto found no GPU, so the round runs on the CPU: ")
+    assert err.count("\n") == 1 and "--amp bf16" in err
+    assert not (tmp_path / "w").exists() and not (tmp_path / "o").exists()
+    # on CUDA it is the round's to use
+    seen = []
+    monkeypatch.setattr(trainer, "resolve_device", lambda name: torch.device("cuda"))
+    monkeypatch.setattr("fer_edge.training.distill_round.run_round", lambda *a, amp, **kw: seen.append(amp))
+    assert main(base) == 0 and main(base + ["--device", "cuda"]) == 0 and seen == ["fp16", "fp16"]

@@ -699,6 +699,26 @@ def _preflight(stages, data: str, common: dict, work: Path, out: Path, *, budget
         raise TrainingError("bad round:\n  " + "\n  ".join(problems))
 
 
+def _fp16_on_cpu(amp: str, device: str) -> str:
+    """Why ``--amp fp16`` cannot run on ``--device`` ("" when it can, or when the device is not here: the preflight
+    says that).
+
+    ``fer-edge train`` only warns: on a CPU, fp16 autocast is emulated half precision, many times slower than
+    ``--amp bf16`` (on CPUs with native bf16) or ``--amp off``. A round sizes its stages from the probe's
+    throughput, so it would spend its budget on a few slow epochs; refused before anything runs.
+    """
+    if amp != "fp16" or device not in ("cpu", "auto"):
+        return ""
+    if device == "auto":
+        from fer_edge.training.trainer import resolve_device
+
+        if resolve_device("auto").type != "cpu":
+            return ""
+    where = "--device cpu" if device == "cpu" else "--device auto found no GPU, so the round runs on the CPU"
+    return (f"--amp fp16 with {where}: fp16 autocast needs CUDA; use --amp bf16 or --amp off (or leave --amp out: "
+            "auto picks between them)")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m fer_edge.training.distill_round",
                                  description=__doc__.split("\n\n")[0])
@@ -744,6 +764,10 @@ def main(argv: list[str] | None = None) -> int:
                          "Checked before any training: the teacher's largest tensor must fit a part "
                          "(resnet18: at least 4.57 MiB)")
     args = ap.parse_args(argv)
+    fp16 = _fp16_on_cpu(args.amp, args.device)
+    if fp16:  # a usage error on its own, as argparse's are (exit 2)
+        print(f"error: {fp16}", file=sys.stderr)
+        return 2
     # the options checked before anything else, all problems at once (the stages' own, by run_round, next)
     problems = []
     if not Path(args.data).exists():
