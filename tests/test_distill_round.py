@@ -503,7 +503,9 @@ def test_a_failed_probe_removes_the_probe_runs_so_the_command_can_run_again(synt
     logged = []
     with pytest.raises(TrainingError, match=f"probe of stage 'student' failed.*{said}.*can run again"):
         run_round(synthetic_folder, work, tmp_path / "o", budget_s=600, stages=TINY, log=logged.append, **COMMON)
-    assert not work.exists() and not (tmp_path / "o").exists()  # the round made both; empty, they go again
+    assert not work.exists()  # the round made it; empty, it goes again
+    assert [p.name for p in (tmp_path / "o").iterdir()] == ["distill_round.log"]  # --out stays, for the log
+    assert "error: the probe of stage 'student' failed" in (tmp_path / "o" / "distill_round.log").read_text()
     assert any("Traceback" in m for m in logged) == isinstance(error, RuntimeError)  # not a user's error: logged
     monkeypatch.setattr(training, "train", real)
     summary = run_round(synthetic_folder, work, tmp_path / "o", budget_s=600, stages=TINY, log=lambda m: None,
@@ -517,14 +519,14 @@ def test_an_interrupted_probe_removes_the_probe_runs_too(synthetic_folder, tmp_p
     logged = []
     with pytest.raises(KeyboardInterrupt):
         run_round(synthetic_folder, work, out, budget_s=600, stages=TINY, log=logged.append, **COMMON)
-    # nothing was trained: no summary of stages "not run", and the folders the round made are gone again
-    assert not work.exists() and not out.exists()
-    assert "nothing was kept" in logged[-1] and "which the round had made" in logged[-1]
+    # nothing was trained: no summary of stages "not run", and the folders the round made are gone again, but
+    # --out, which holds the round's log
+    assert not work.exists() and [p.name for p in out.iterdir()] == ["distill_round.log"]
+    assert "nothing was kept but the round's log" in logged[-1] and "which the round had made" in logged[-1]
     assert not any("what finished" in m for m in logged)
-    out.mkdir()  # a folder of the user's: left, and left empty
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt):  # the same command again
         run_round(synthetic_folder, work, out, budget_s=600, stages=TINY, log=logged.append, **COMMON)
-    assert out.is_dir() and not any(out.iterdir()) and not (work / "probe").exists()
+    assert [p.name for p in out.iterdir()] == ["distill_round.log"] and not (work / "probe").exists()
 
 
 def test_an_interrupted_stage_says_how_to_resume_it_with_its_own_command(synthetic_folder, tmp_path, monkeypatch):
@@ -789,3 +791,49 @@ def test_amp_fp16_on_the_cpu_is_a_usage_error(synthetic_folder, tmp_path, monkey
     monkeypatch.setattr(trainer, "resolve_device", lambda name: torch.device("cuda"))
     monkeypatch.setattr("fer_edge.training.distill_round.run_round", lambda *a, amp, **kw: seen.append(amp))
     assert main(base) == 0 and main(base + ["--device", "cuda"]) == 0 and seen == ["fp16", "fp16"]
+
+
+def test_the_round_appends_its_log_to_out_as_it_goes(synthetic_folder, tmp_path, monkeypatch, capsys):
+    """Its lines went only to stdout, kept only where the caller redirected them; stdout is unchanged."""
+    out = tmp_path / "o"
+    on_disk = {}
+
+    def quick(cfg, **kw):  # what the log file holds when each run starts
+        on_disk[cfg.out] = (out / "distill_round.log").read_text()
+        return _QuickRun()
+
+    monkeypatch.setattr(training, "train", quick)
+    argv = ["--data", str(synthetic_folder), "--out", str(out), "--budget-minutes", "1", "--teacher", "simple_cnn",
+            "--device", "cpu", "--batch-size", "32", "--probe-steps", "1", "--max-steps-per-epoch", "1"]
+    assert main(argv + ["--work", str(tmp_path / "w")]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0] == "probe teacher: simple_cnn, 2 epochs of 1 steps" and len(printed) > 6
+    first, *lines, last = (out / "distill_round.log").read_text().splitlines()
+    assert lines == printed  # the same lines, between the round's start and its end
+    assert "round started: stages teacher, small, nano, budget 60 s" in first and "round finished" in last
+    # each line was on disk before the round went on: every probe's, and the teacher's plan and command, before
+    # the teacher trained
+    plan = next(i for i, line in enumerate(printed) if line.startswith("teacher: "))
+    assert on_disk[str(tmp_path / "w" / "teacher")].splitlines()[1:] == printed[:plan + 2]
+    assert printed[plan + 1].startswith("  fer-edge train ") and "probe nano: " in printed[plan - 1]
+    # appended: a second round into the same --out adds its own lines, an error included
+    monkeypatch.setattr(training, "train", lambda cfg, **kw: (_ for _ in ()).throw(TrainingError("no memory")))
+    assert main(argv + ["--work", str(tmp_path / "w2")]) == 1
+    text = (out / "distill_round.log").read_text()
+    assert text.count("round started") == 2 and text.startswith(first + "\n")
+    assert text.splitlines()[-1].startswith("error: the probe of stage 'teacher' failed") and "no memory" in text
+    # an input there would be overwritten by the log: refused like any other the round writes
+    with pytest.raises(TrainingError, match="is where the round writes the round's log"):
+        run_round(synthetic_folder, tmp_path / "w3", out, budget_s=60, log=lambda m: None, **COMMON,
+                  stages=(replace(TINY[1], teachers=(), extra_teachers=(str(out / "distill_round.log"),)),))
+
+
+def test_a_log_that_cannot_be_written_is_said_once_and_the_round_goes_on(synthetic_folder, tmp_path, monkeypatch):
+    monkeypatch.setattr(training, "train", lambda cfg, **kw: _QuickRun())
+    (tmp_path / "o" / "distill_round.log").mkdir(parents=True)  # not a file: every write fails
+    logged = []
+    summary = run_round(synthetic_folder, tmp_path / "w", tmp_path / "o", budget_s=600, stages=TINY,
+                        log=logged.append, **COMMON)
+    assert [s["status"] for s in summary["stages"]] == ["done", "done"]
+    said = [m for m in logged if "distill_round.log cannot be written" in m]
+    assert len(said) == 1 and said[0].endswith("its lines go to the output only") and logged.index(said[0]) == 0

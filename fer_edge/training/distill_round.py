@@ -18,6 +18,7 @@ but it runs wherever ``fer-edge train`` does::
    ``OUT`` at once and ``OUT/summary.json`` is rewritten: per stage the exact ``fer-edge train`` command, the
    epochs, the best validation accuracy and epoch, seconds, and the probe's figures. Interrupted (Ctrl-C,
    SIGTERM, a timeout that sends either), the round keeps what the running stage had and says so.
+   ``OUT/distill_round.log`` gets every line the round prints, appended as it is printed (:class:`_RoundLog`).
 
 Each stage is an ordinary ``fer-edge train`` run in ``WORK/<stage>``; the commands in the summary rerun it
 without this module. Model selection is ``fer-edge train``'s: the best epoch on the validation split.
@@ -35,6 +36,9 @@ from typing import Callable, Sequence
 
 from fer_edge.errors import FerEdgeError, TrainingError
 from fer_edge.training.config import TrainConfig
+
+#: The round's own log, in ``OUT`` (:class:`_RoundLog`).
+LOG_NAME = "distill_round.log"
 
 #: Seconds added to each estimated epoch for checkpoint writes and bookkeeping, and the factor on the estimate.
 EPOCH_OVERHEAD_S = 0.5
@@ -240,6 +244,41 @@ def _remove_probes(work: Path, stages, made: list[Path]) -> None:
             pass  # absent, or holding something the round did not make
 
 
+class _RoundLog:
+    """The round's log: each line goes to the caller's ``log`` (stdout, for :func:`main`) and is appended to
+    ``path``, which is opened, written and closed again for every line.
+
+    Without it the round's lines went only to stdout and stderr, kept only where the caller redirected them (a lent
+    GPU's tool returns the output's last 12,000 characters). Each line is on disk before the round goes on, so a
+    round killed at a hard time limit still leaves its log up to that moment. A log that cannot be written (a full
+    disk) is said once and then left alone: it never stops the round.
+    """
+
+    def __init__(self, log: Callable[[str], None], path: Path):
+        self.log, self.path, self.broken = log, path, False
+
+    def __call__(self, message: str) -> None:
+        self.write(message)  # first: the caller's output may be what fails (a closed pipe)
+        self.log(message)
+
+    def write(self, message: str) -> None:
+        """``message`` to the file only: the round's start and end, and an error that the caller reports."""
+        if self.broken:
+            return
+        try:
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(message + "\n")
+        except OSError as e:
+            self.broken = True
+            self.log(f"the round's log {self.path} cannot be written ({e.strerror or e}): its lines go to the output "
+                     "only")
+
+    def error(self, e: BaseException) -> BaseException:
+        """``e``, written to the file as the caller reports it (``error: ...``), to raise."""
+        self.write(f"error: {e}")
+        return e
+
+
 def _common(seed: int, batch_size: int, device: str, amp: str, threads: int, max_steps_per_epoch: int) -> dict:
     """The TrainConfig options every stage shares."""
     return dict(seed=seed, batch_size=batch_size, device=device, amp=amp, num_threads=threads,
@@ -263,6 +302,10 @@ def run_round(data: str | Path, work: str | Path, out: str | Path, budget_s: flo
     recorded as failed in the summary and the others still run; a stage whose training finished still teaches
     its students from ``WORK`` when only keeping its outputs failed.
     Raises :class:`TrainingError` naming every failed stage after the others have run and been kept.
+
+    Once ``OUT`` is made, every line given to ``log`` is also appended to ``OUT/distill_round.log`` as it is
+    logged, with the round's start, its end or the error it raises (:class:`_RoundLog`); a round that stops before
+    it trains (a failed or interrupted probe) leaves ``OUT`` in place for that log.
 
     ``checked``: the caller has just run those checks (:func:`_preflight`) on these same arguments, so they are
     not run again. :func:`main` does, to list their problems with its own (a missing ``--data``, a bad
@@ -298,10 +341,15 @@ def run_round(data: str | Path, work: str | Path, out: str | Path, budget_s: flo
             _remove_probes(work, stages, made)
             raise TrainingError(f"{option} {path}: cannot create it ({e.strerror or e}); choose another "
                                 f"{option}") from None
+    log = _RoundLog(log, out / LOG_NAME)
+    log.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} round started: stages {', '.join(s.name for s in stages)}, "
+              f"budget {budget_s:g} s, --data {data}, --work {work}, --device {device}")
     try:
         n_train = len(load_split(data, default_train_split(data), progress=progress).labels)
-    except BaseException:
+    except BaseException as e:
         _remove_probes(work, stages, made)
+        if isinstance(e, FerEdgeError):
+            log.error(e)
         raise
     steps = max(1, n_train // batch_size)
     if max_steps_per_epoch:
@@ -365,8 +413,9 @@ def run_round(data: str | Path, work: str | Path, out: str | Path, budget_s: flo
                     log(traceback.format_exc().rstrip())
                 why = str(e) if isinstance(e, FerEdgeError) else f"{type(e).__name__}: {e}"
                 _remove_probes(work, stages, made)
-                raise TrainingError(f"the probe of stage {stage.name!r} failed, so the round did not start: {why} "
-                                    "(its probe runs were removed: the same command can run again)") from e
+                raise log.error(TrainingError(f"the probe of stage {stage.name!r} failed, so the round did not "
+                                              f"start: {why} (its probe runs were removed: the same command can "
+                                              "run again)")) from e
             last = res.history[-1]
             ips = float(last["images_per_second"])
             epoch_s = (images_per_epoch / max(ips, 1e-6) + float(last.get("val_seconds") or 0.0) + EPOCH_OVERHEAD_S)
@@ -448,8 +497,9 @@ def run_round(data: str | Path, work: str | Path, out: str | Path, budget_s: flo
         if probing:  # the round did not start: its probe runs go, so that the same command can run again
             _remove_probes(work, stages, made)  # and OUT and WORK, if the round made them and they are empty
             gone = [str(f) for f in made if not f.exists()]
-            log("interrupted during the probe, so no stage was trained and nothing was kept; the probe runs were "
-                "removed" + (f", and {' and '.join(gone)}, which the round had made" if gone else "")
+            log(f"interrupted during the probe, so no stage was trained and nothing was kept but the round's log "
+                f"({log.path}); the probe runs were removed"
+                + (f", and {' and '.join(gone)}, which the round had made" if gone else "")
                 + ": the same command can run again")
             raise
         if current is not None:
@@ -475,11 +525,13 @@ def run_round(data: str | Path, work: str | Path, out: str | Path, budget_s: flo
         short = any("allotted" in e["status"] for e in entries.values())
         why = ("the budget was spent before any stage could run" if spent and not short
                else "no stage had time for one epoch")
-        raise TrainingError(f"no stage ran: {why} (the probe took {_probe_seconds(entries):.0f} s of the "
-                            f"{budget_s:.0f} s budget; every stage's reason is in {out / 'summary.json'})")
+        raise log.error(TrainingError(f"no stage ran: {why} (the probe took {_probe_seconds(entries):.0f} s of the "
+                                      f"{budget_s:.0f} s budget; every stage's reason is in {out / 'summary.json'})"))
     if failures:
-        raise TrainingError("stages failed (the others ran and are kept in "
-                            f"{out}): " + "; ".join(failures))
+        raise log.error(TrainingError("stages failed (the others ran and are kept in "
+                                      f"{out}): " + "; ".join(failures)))
+    log.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} round finished: {clock() - start:.0f} s of the "
+              f"{budget_s:g} s budget")
     return summary
 
 
@@ -600,13 +652,15 @@ def _resolved(path: str | Path) -> Path:
 
 def _written_by_round(path: str | Path, stages, work: Path, out: Path, parts_bytes: int) -> str:
     """What the round writes at ``path`` (compared as resolved paths), as a phrase; "" when it writes nothing
-    there: ``OUT``'s summary, histories, kept checkpoints and checkpoint parts, and the stages' run folders and
+    there: ``OUT``'s summary, log, histories, kept checkpoints and checkpoint parts, and the stages' run folders and
     probe runs in ``WORK`` (with everything under them)."""
     import re
 
     p, o, w = _resolved(path), _resolved(out), _resolved(work)
     if p == o / "summary.json":
         return "the round's summary"
+    if p == o / LOG_NAME:
+        return "the round's log"
     for s in stages:
         if p == o / f"{s.name}_history.csv":
             return f"stage {s.name!r}'s kept history"
