@@ -73,20 +73,84 @@ def test_stage_without_time_for_an_epoch_is_skipped_with_its_pupils(synthetic_fo
     assert not (tmp_path / "w" / "teacher").exists()
 
 
-def test_a_budget_the_probe_spent_skips_every_stage_at_zero_seconds_and_fails(synthetic_folder, tmp_path, capsys):
-    stages = TINY + (Stage("other", "simple_cnn", 0.5, 1, options=dict(augment="light")),)
-    with pytest.raises(TrainingError, match="no stage ran: the budget was spent before any stage could run"):
-        run_round(synthetic_folder, tmp_path / "w", tmp_path / "o", budget_s=1e-3, stages=stages,
-                  log=lambda m: None, **COMMON)
-    entries = json.loads((tmp_path / "o" / "summary.json").read_text())["stages"]
-    assert [e["status"] for e in entries] == ["skipped: the budget was spent before this stage could run",
-                                              "skipped: its teacher 'teacher' did not finish",
-                                              "skipped: the budget was spent before this stage could run"]
-    assert entries[0]["allotted_seconds"] == entries[2]["allotted_seconds"] == 0  # not negative
+def test_a_probe_that_reaches_its_share_of_the_budget_stops_the_round(synthetic_folder, tmp_path, monkeypatch,
+                                                                       capsys):
+    """Unbounded, a slow probe could spend the whole budget (and the stages found it spent) or nearly all of it
+    (a teacher of an epoch or two)."""
+    import signal
+    import time
+
+    from fer_edge.training.distill_round import PROBE_SHARE
+
+    assert PROBE_SHARE == 0.25
+    real = training.train
+    probed = []
+
+    def slow_teacher(cfg, **kw):  # the teacher's probe would take a minute
+        probed.append(cfg.out)
+        if cfg.out.endswith("probe/teacher"):
+            time.sleep(60)
+        return real(cfg, **kw)
+
+    monkeypatch.setattr(training, "train", slow_teacher)
+    work, out = tmp_path / "w", tmp_path / "o"
+    handler = signal.getsignal(signal.SIGALRM)
+    t0 = time.monotonic()
+    with pytest.raises(TrainingError, match=r"the probe reached its limit of 2\.5 s \(25% of the 10 s budget\) at 2\.\d "
+                                            r"s, with stage 'teacher' still to probe, so the round did not start: give "
+                                            r"it a larger --budget-minutes or fewer --probe-steps"):
+        run_round(synthetic_folder, work, out, budget_s=10, stages=TINY, log=lambda m: None, **COMMON)
+    assert time.monotonic() - t0 < 8  # stopped at its limit, not when the sleep ended
+    assert signal.getsignal(signal.SIGALRM) == handler and signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
+    assert probed == [str(work / "probe" / "teacher")]
+    assert not work.exists() and not (out / "summary.json").exists()  # as a failed probe: the command can run again
+    assert "error: the probe reached its limit" in (out / "distill_round.log").read_text()
+    # a budget spent before the first probe: no stage is probed
+    probed.clear()
     assert main(["--data", str(synthetic_folder), "--work", str(tmp_path / "w2"), "--out", str(tmp_path / "o2"),
                  "--budget-minutes", "0.00001", "--teacher", "simple_cnn", "--device", "cpu", "--batch-size", "32",
                  "--probe-steps", "1", "--max-steps-per-epoch", "1"]) == 1
-    assert "the budget was spent before any stage could run" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "budget) at " in err and "with stage 'teacher' still to probe, so the round did not start" in err, err
+    assert probed == []
+
+
+def test_the_probe_limit_is_checked_on_the_callers_clock_after_each_probe(synthetic_folder, tmp_path, monkeypatch):
+    """A caller's clock (a test's) gets no timer: the round reads it after each probe instead."""
+    now = [0.0]
+
+    def probe_of_100_s(cfg, **kw):
+        now[0] += 100
+        return _QuickRun()
+
+    monkeypatch.setattr(training, "train", probe_of_100_s)
+    with pytest.raises(TrainingError, match=r"limit of 150 s \(25% of the 600 s budget\) at 200 s, so the round did "
+                                            "not start"):  # after the student's probe, the last
+        run_round(synthetic_folder, tmp_path / "w", tmp_path / "o", budget_s=600, stages=TINY, log=lambda m: None,
+                  clock=lambda: now[0], **COMMON)
+    now[0] = 0.0
+    stages = TINY + (Stage("other", "simple_cnn", 0.5, 1, options=dict(augment="light")),)
+    with pytest.raises(TrainingError, match="at 200 s, with stage 'other' still to probe"):
+        run_round(synthetic_folder, tmp_path / "w", tmp_path / "o", budget_s=600, stages=stages, log=lambda m: None,
+                  clock=lambda: now[0], **COMMON)
+
+
+def test_a_budget_a_stage_spent_skips_the_later_ones_at_zero_seconds(synthetic_folder, tmp_path, monkeypatch):
+    now = [0.0]
+
+    def teacher_takes_it_all(cfg, **kw):
+        if cfg.out.endswith("teacher") and "probe" not in cfg.out:
+            now[0] += 1000
+        return _QuickRun()
+
+    monkeypatch.setattr(training, "train", teacher_takes_it_all)
+    stages = TINY + (Stage("other", "simple_cnn", 0.5, 1, options=dict(augment="light")),)
+    summary = run_round(synthetic_folder, tmp_path / "w", tmp_path / "o", budget_s=600, stages=stages,
+                        log=lambda m: None, clock=lambda: now[0], **COMMON)
+    entries = summary["stages"]
+    assert [e["status"] for e in entries] == ["done", "skipped: the budget was spent before this stage could run",
+                                              "skipped: the budget was spent before this stage could run"]
+    assert entries[1]["allotted_seconds"] == entries[2]["allotted_seconds"] == 0  # not negative
 
 
 def test_a_skip_shows_the_decimals_that_tell_the_allotment_from_the_epoch():
@@ -280,11 +344,12 @@ def test_students_distil_from_every_teacher_stage_and_the_extra_checkpoints(synt
     assert load_checkpoint(work / "teacher2" / "best.pt").train_config["seed"] == 7
     assert summary["stages"][2]["command"].count("--distill ") == 3
 
-    # one teacher without time for an epoch: its pupils are skipped, and the status names it
+    # teachers without time for an epoch: their pupils are skipped, and the status names them (a clock that never
+    # moves: the tiny budget is not spent by the probe, which may take a quarter of it)
     slow = (stages[0], replace(stages[1], max_epochs=1), stages[2])
     with pytest.raises(TrainingError, match="no stage ran"):
         run_round(synthetic_folder, tmp_path / "w2", tmp_path / "o2", budget_s=1e-3, stages=slow,
-                  log=lambda m: None, **COMMON)
+                  log=lambda m: None, clock=lambda: 0.0, **COMMON)
     summary = json.loads((tmp_path / "o2" / "summary.json").read_text())
     assert summary["stages"][2]["status"] == "skipped: its teachers 'teacher', 'teacher2' did not finish"
 

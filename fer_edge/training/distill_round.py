@@ -8,6 +8,8 @@ but it runs wherever ``fer-edge train`` does::
 1. **Probe.** Each stage trains two short epochs (``--probe-steps`` steps each) to measure this machine's
    training images per second and validation seconds. A student's probe distils from its teachers' probe
    checkpoints (and any checkpoints from outside the round), so the teachers' forward passes are in its timing.
+   The round may spend at most :data:`PROBE_SHARE` of its budget before training (its checks, loading the data
+   and the probe): a probe that reaches that limit is stopped, and the round does not start.
 2. **Run.** Stages run in order. Each gets the budget left when it starts, times its share of the shares
    still to run, turned into epochs with the probe's figures and capped at the stage's ``max_epochs``. The
    allotment is recomputed from the clock at every stage, so a stage that runs long takes from the later ones.
@@ -26,9 +28,12 @@ without this module. Model selection is ``fer-edge train``'s: the best epoch on 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import shutil
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -39,6 +44,12 @@ from fer_edge.training.config import TrainConfig
 
 #: The round's own log, in ``OUT`` (:class:`_RoundLog`).
 LOG_NAME = "distill_round.log"
+
+#: The most of its budget the round spends before its first stage trains: its checks, loading the data, and the
+#: probe, which is stopped when it reaches the limit (:func:`_probe_deadline`). Unbounded, a slow probe (a large
+#: ``--probe-steps``, a slow first epoch) could spend the whole budget and leave the stages nothing, or next to
+#: nothing: a teacher of one or two epochs teaches its students little.
+PROBE_SHARE = 0.25
 
 #: Seconds added to each estimated epoch for checkpoint writes and bookkeeping, and the factor on the estimate.
 EPOCH_OVERHEAD_S = 0.5
@@ -279,6 +290,43 @@ class _RoundLog:
         return e
 
 
+class _ProbeOverrun(BaseException):
+    """The probe reached its limit (:data:`PROBE_SHARE`); its argument, when given, is the stage whose probe had
+    not finished. A BaseException, as KeyboardInterrupt is, so that no ``except Exception`` on its way (the
+    trainer's, a failed probe's) takes it for an error of the run."""
+
+
+@contextlib.contextmanager
+def _probe_deadline(seconds: float | None, stage: str):
+    """Raise :class:`_ProbeOverrun` (``stage``) in the block once ``seconds`` of real time have passed (a SIGALRM
+    timer), as soon as the running step returns to Python.
+
+    None, or where no timer signal can be set (outside the main thread; no ``setitimer``, as on Windows): nothing,
+    and the round's clock, read after each probe, stops the round once the probe that ran over has finished.
+    """
+    if seconds is None or not hasattr(signal, "setitimer") or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def overrun(signum, frame):
+        raise _ProbeOverrun(stage)
+
+    previous = signal.signal(signal.SIGALRM, overrun)
+    signal.setitimer(signal.ITIMER_REAL, max(seconds, 1e-3))
+    try:
+        yield
+    finally:
+        try:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+        finally:  # the handler is put back even when the alarm's exception arrives just as the timer stops
+            signal.signal(signal.SIGALRM, signal.SIG_DFL if previous is None else previous)
+
+
+def _seconds(x: float) -> str:
+    """``x`` seconds with the digits that matter: ``120 s``, ``2.5 s``, ``0.00025 s``."""
+    return f"{x:.0f} s" if x >= 10 else f"{x:.2g} s"
+
+
 def _common(seed: int, batch_size: int, device: str, amp: str, threads: int, max_steps_per_epoch: int) -> dict:
     """The TrainConfig options every stage shares."""
     return dict(seed=seed, batch_size=batch_size, device=device, amp=amp, num_threads=threads,
@@ -395,17 +443,23 @@ def run_round(data: str | Path, work: str | Path, out: str | Path, budget_s: flo
     probing = False
     started: list[str] = []  # the stages whose training started
     spent = False  # a stage found the budget spent before it could run
+    probe_limit = budget_s * PROBE_SHARE
     try:
-        # 1. probe every stage
+        # 1. probe every stage, within the probe's limit: a timer stops a probe that reaches it, on the real clock
+        # only (a caller's clock, a test's, is not one a timer can wait on); the clock is read after each probe too
         probing = True
         for stage in stages:
+            if clock() - start >= probe_limit:
+                raise _ProbeOverrun(stage.name)
             run_dir = work / "probe" / stage.name
             teachers = [work / "probe" / t / "best.pt" for t in stage.teachers]
             cfg = _config(stage, data, run_dir, 2, {**common, "max_steps_per_epoch": probe_steps}, teachers)
             t0 = clock()
             log(f"probe {stage.name}: {stage.model}, 2 epochs of {probe_steps} steps")
             try:
-                res = train(cfg, progress=False, quiet=True)
+                with _probe_deadline(probe_limit - (clock() - start) if clock is time.monotonic else None,
+                                     stage.name):
+                    res = train(cfg, progress=False, quiet=True)
             except Exception as e:  # KeyboardInterrupt is not one: below
                 if not isinstance(e, FerEdgeError):  # not a user's error (CUDA out of memory, say): its traceback
                     import traceback
@@ -423,6 +477,8 @@ def run_round(data: str | Path, work: str | Path, out: str | Path, budget_s: flo
                 "images_per_second": ips, "val_seconds": last.get("val_seconds"),
                 "estimated_epoch_seconds": round(epoch_s * ESTIMATE_MARGIN, 2), "seconds": round(clock() - t0, 1),
             }
+        if clock() - start > probe_limit:
+            raise _ProbeOverrun()
         save_summary()
         probing = False
 
@@ -493,6 +549,13 @@ def run_round(data: str | Path, work: str | Path, out: str | Path, budget_s: flo
             save_summary()
             log(f"{stage.name}: best validation accuracy {res.best_accuracy:.4f} at epoch {res.best_epoch} "
                 f"of {res.epochs_run}, {entry['seconds']:.0f} s")
+    except _ProbeOverrun as e:  # the round did not start: its probe runs go, as a failed probe's do
+        _remove_probes(work, stages, made)
+        raise log.error(TrainingError(
+            f"the probe reached its limit of {_seconds(probe_limit)} ({PROBE_SHARE:.0%} of the {_seconds(budget_s)} "
+            f"budget) at {_seconds(clock() - start)}" + (f", with stage {e.args[0]!r} still to probe" if e.args else "")
+            + ", so the round did not start: give it a larger --budget-minutes or fewer --probe-steps (its probe "
+            "runs were removed: the same command can run again)")) from None
     except KeyboardInterrupt:
         if probing:  # the round did not start: its probe runs go, so that the same command can run again
             _remove_probes(work, stages, made)  # and OUT and WORK, if the round made them and they are empty
