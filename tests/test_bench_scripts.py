@@ -560,14 +560,24 @@ def test_resize_parity_puts_other_resizes_beside_fer_edges(tiny_checkpoint, synt
     crops = resize_parity.crops(gray, seed=0)
     assert all(c.ndim == 3 and c.shape[2] == 3 and 80 <= c.shape[0] < 220 for c in crops)
     ways = resize_parity.resized(crops[0])
-    assert set(ways) == {"fer-edge", "opencv-area", "rgb-then-luma"}
+    assert set(ways) == {"fer-edge", "opencv-area", "rgb-then-luma", "android-bilinear", "android-halving"}
     assert all(w.shape == (48, 48) and w.dtype == np.uint8 for w in ways.values())
     assert not np.array_equal(ways["fer-edge"], ways["opencv-area"])  # another filter, other pixels
+    # Android's createScaledBitmap(filter=true) samples 2x2 source pixels per output pixel however large the crop;
+    # halving first (exact 2x2 averages) keeps more of the picture: closer to a box filter than bilinear alone
+    big = np.random.default_rng(1).integers(0, 256, (192, 192, 3), dtype=np.uint8)
+    w = resize_parity.resized(big)
+    box = big.astype(np.float64).reshape(48, 4, 48, 4, 3).mean((1, 3)) @ [0.299, 0.587, 0.114]
+    err = {k: np.abs(w[k] - box).mean() for k in ("android-bilinear", "android-halving")}
+    assert err["android-halving"] < 1 < err["android-bilinear"], err  # a 4x halving is exactly the box
+    flat = np.full((100, 100, 3), 77, dtype=np.uint8)
+    assert all((v == 77).all() for v in resize_parity.resized(flat).values())  # every way keeps a flat grey
     monkeypatch.setenv("COLUMNS", "250")
     r = CliRunner().invoke(resize_parity.cli, [str(tiny_checkpoint), "--data", str(synthetic_csv),
                                                "--n-images", "20"])
     assert r.exit_code == 0, r.output
     assert "opencv-area" in r.output and "rgb-then-luma" in r.output and "on 20 " in r.output
+    assert "android-bilinear" in r.output and "android-halving" in r.output and "accuracy" in r.output
     r = CliRunner().invoke(resize_parity.cli, ["nope.pt", "--data", str(synthetic_csv)])
     assert r.exit_code == 1 and "error:" in r.output and "Traceback" not in r.output
 

@@ -8,7 +8,15 @@ scaled by a random 0.8-1.2: a tinted photo crop), brings it back to 48x48 the fe
 counts the images whose top label differs from fer-edge's, with the largest probability differences:
 
 * ``opencv-area``: ``cv2.cvtColor(BGR2GRAY)`` then ``cv2.resize(INTER_AREA)`` (the ONNX Runtime guide's C++ line);
-* ``rgb-then-luma``: PIL's bilinear resize of the colour crop, then the luma (the Kotlin code's order).
+* ``rgb-then-luma``: PIL's bilinear resize of the colour crop, then the luma (the Kotlin code's order);
+* ``android-bilinear`` (emulated): Android's ``Bitmap.createScaledBitmap(face, 48, 48, true)``, which samples
+  the source bilinearly (Skia's linear filter, no mipmaps: four source pixels per output pixel, however large
+  the crop), emulated with ``cv2.resize(INTER_LINEAR)`` of the colour crop, then the luma;
+* ``android-halving`` (emulated): the same call after halving the crop while it is at least 96 px
+  (``createScaledBitmap(b, b.width / 2, b.height / 2, true)``, an exact 2x2 average), the guide's Kotlin code.
+
+The Android rows are emulations on this machine (no Android device runs here): Skia's rounding of the
+sample positions may differ from OpenCV's by a fraction of a pixel.
 
     python -m fer_edge.benchmarks.resize_parity nano --data ../shared/data/fer2013/images --n-images 210
 """
@@ -36,20 +44,29 @@ def crops(images: np.ndarray, seed: int) -> list[np.ndarray]:
 
 
 def resized(rgb: np.ndarray) -> dict[str, np.ndarray]:
-    """One RGB crop brought to 48x48 gray three ways: fer-edge's, OpenCV's area filter, resize-then-luma."""
+    """One RGB crop brought to 48x48 gray five ways: fer-edge's, OpenCV's area filter, resize-then-luma and the two
+    Android emulations."""
     import cv2
     from PIL import Image
 
     from fer_edge.constants import IMAGE_SIZE
     from fer_edge.preprocess import to_gray48
 
-    small = np.asarray(Image.fromarray(rgb).resize((IMAGE_SIZE, IMAGE_SIZE), Image.BILINEAR), dtype=np.float32)
-    luma = small[..., 0] * 0.299 + small[..., 1] * 0.587 + small[..., 2] * 0.114
+    def luma(small: np.ndarray) -> np.ndarray:  # the Kotlin code's 0.299 R + 0.587 G + 0.114 B, to 8 bits
+        small = small.astype(np.float32)
+        return np.clip(np.rint(small[..., 0] * 0.299 + small[..., 1] * 0.587 + small[..., 2] * 0.114), 0,
+                       255).astype(np.uint8)
+
+    halved = rgb
+    while halved.shape[0] >= 2 * IMAGE_SIZE and halved.shape[1] >= 2 * IMAGE_SIZE:
+        halved = cv2.resize(halved, (halved.shape[1] // 2, halved.shape[0] // 2), interpolation=cv2.INTER_LINEAR)
     return {
         "fer-edge": to_gray48(Image.fromarray(rgb)),
         "opencv-area": cv2.resize(cv2.cvtColor(np.ascontiguousarray(rgb[..., ::-1]), cv2.COLOR_BGR2GRAY),
                                   (IMAGE_SIZE, IMAGE_SIZE), interpolation=cv2.INTER_AREA),
-        "rgb-then-luma": np.clip(np.rint(luma), 0, 255).astype(np.uint8),
+        "rgb-then-luma": luma(np.asarray(Image.fromarray(rgb).resize((IMAGE_SIZE, IMAGE_SIZE), Image.BILINEAR))),
+        "android-bilinear": luma(cv2.resize(rgb, (IMAGE_SIZE, IMAGE_SIZE), interpolation=cv2.INTER_LINEAR)),
+        "android-halving": luma(cv2.resize(halved, (IMAGE_SIZE, IMAGE_SIZE), interpolation=cv2.INTER_LINEAR)),
     }
 
 
@@ -104,15 +121,20 @@ def _main(model: str, data: str, split: str | None, n_images: int, seed: int) ->
     ref = probs["fer-edge"]
     t = Table(title=f"{ck.model_name} on {len(ref)} {inputs.split} faces as tinted 80-220 px colour crops: "
                     "other resizes against fer-edge's")
-    for col in ("resize", "other top label", "max |prob diff| median", "max |prob diff| max"):
+    for col in ("resize", "accuracy", "other top label", "max |prob diff| median", "max |prob diff| max"):
         t.add_column(col, justify="left" if col == "resize" else "right")
     for name, p in probs.items():
+        accuracy = f"{(p.argmax(1) == inputs.labels).mean():.1%}"
         if name == "fer-edge":
+            t.add_row(name, accuracy, "(reference)", "", "")
             continue
         flips = int((p.argmax(1) != ref.argmax(1)).sum())
         diff = np.abs(p - ref).max(1)
-        t.add_row(name, f"{flips} ({flips / len(ref):.1%})", f"{np.median(diff):.3f}", f"{diff.max():.3f}")
+        t.add_row(name, accuracy, f"{flips} ({flips / len(ref):.1%})", f"{np.median(diff):.3f}", f"{diff.max():.3f}")
     Console().print(t)
+    typer.echo("accuracy: top-1 against the split's labels on these crops (a stratified sample: compare rows, "
+               "not with the model's accuracy on the whole split); the android rows are emulations "
+               "(OpenCV's bilinear sampling in place of Skia's)")
 
 
 if __name__ == "__main__":
