@@ -520,6 +520,7 @@ def split_checkpoint(path: str | os.PathLike, prefix: str | os.PathLike, max_byt
             fd, tmp = tempfile.mkstemp(prefix=f".tmp-{out[i].stem}-", suffix=".pt", dir=folder)
             os.close(fd)
             temps.append(Path(tmp))
+            os.unlink(tmp)  # torch.save makes it again with the umask's mode (mkstemp's file is owner-only)
             torch.save(payload, tmp)
             size = temps[-1].stat().st_size
             if size > max_bytes:  # the estimate of the pickle's overhead fell short: nothing is in place yet

@@ -487,3 +487,15 @@ def test_join_of_part0_alone_says_only_that_a_part_is_missing(tmp_path):
     with pytest.raises(CheckpointError) as e:
         join_checkpoint(parts[:1], tmp_path / "j.pt")
     assert str(e.value) == "cannot join the checkpoint parts:\n  part(s) 1 of 2 missing"
+
+
+def test_parts_get_the_mode_of_any_new_file(tmp_path):
+    """Parts were written owner-only (0600, the temporary file's mode) where every other output takes the umask's."""
+    import os
+
+    old = os.umask(0o022)
+    try:
+        parts = split_checkpoint(_checkpoint(tmp_path / "a.pt"), tmp_path / "a", 680_000)
+    finally:
+        os.umask(old)
+    assert {oct(p.stat().st_mode & 0o777) for p in parts} == {oct(0o644)}
