@@ -1429,3 +1429,25 @@ def test_an_fp16_step_with_a_non_finite_loss_is_skipped_not_called_divergence(sy
     with pytest.raises(TrainingError, match=r"is nan; nothing was saved\. Every step's fp16 loss was non-finite: "
                                             r"try --amp bf16 or no --amp"):
         train(_cfg(synthetic_csv, tmp_path / "all", epochs=1, amp="fp16"), progress=False)
+
+
+def test_an_fp16_overflow_that_reaches_batchnorm_statistics_stops_the_run(synthetic_csv, tmp_path, monkeypatch):
+    """QA: a batch whose forward pass overflowed fp16 was skipped by the gradient scaler, but its forward pass had
+    written inf into BatchNorm's running statistics: the run saved best.pt and last.pt with NaN statistics (val
+    loss NaN, chance accuracy) instead of stopping."""
+    import fer_edge.training.trainer as T
+
+    real, calls = T.augment_batch, []
+
+    def overflow(x, a):
+        calls.append(1)
+        return real(x, a) * 1e6 if len(calls) == 3 else real(x, a)  # activations beyond float16's range
+
+    monkeypatch.setattr(T, "augment_batch", overflow)
+    out = tmp_path / "bn"
+    with pytest.raises(TrainingError, match=r"training diverged: after epoch 1, \d+ of the model's tensors hold inf "
+                                            r"or NaN \(e\.g\. .*running_(mean|var)\); nothing was saved\. 1 fp16 "
+                                            r"step\(s\) overflowed.*BatchNorm's running statistics: try --amp bf16"):
+        train(_cfg(synthetic_csv, out, epochs=2, amp="fp16", model="fer_nano", mixup=0.0, cutmix=0.0),
+              progress=False)
+    assert not (out / "best.pt").exists() and not (out / "last.pt").exists()

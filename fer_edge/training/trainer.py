@@ -899,16 +899,24 @@ class Trainer:
                                                         counted, skipped]))
                     train_loss = float(totals[0] / totals[3]) if totals[3] > 0 else math.nan
                     n_skipped = int(totals[4])
-                    if not math.isfinite(train_loss):
+                    # a skipped fp16 step leaves the weights as they were, but not BatchNorm's running statistics,
+                    # which the forward pass updated: an overflow there makes them inf/NaN, so they are checked too
+                    broken = [] if not math.isfinite(train_loss) else _non_finite_tensors(model, eval_model)
+                    if not math.isfinite(train_loss) or broken:
                         kept = (f"this epoch was not saved; {last_path} holds epoch {epoch}"
                                 if epoch > start_epoch or state is not None else "nothing was saved")
+                        what = (f"the training loss of epoch {epoch + 1} is {train_loss}" if not broken else
+                                f"after epoch {epoch + 1}, {len(broken)} of the model's tensors hold inf or NaN "
+                                f"(e.g. {broken[0]})")
+                        fp16 = ("" if not n_skipped else
+                                "Every step's fp16 loss was non-finite: try --amp bf16 or no --amp; "
+                                if not math.isfinite(train_loss) else
+                                f"{n_skipped} fp16 step(s) overflowed, and the gradient scaler, which skips their "
+                                "weight updates, does not undo what their forward pass wrote into BatchNorm's "
+                                "running statistics: try --amp bf16 or no --amp; ")
                         raise TrainingError(
-                            f"training diverged: the training loss of epoch {epoch + 1} is {train_loss}; "
-                            f"{kept}. "
-                            + ("Every step's fp16 loss was non-finite: try --amp bf16 or no --amp; " if n_skipped
-                               else "")
-                            + f"Lower --lr (now {cfg.lr:g}) or check the other "
-                            "options, and start a new run" + (" in another --out" if epoch > 0 else ""))
+                            f"training diverged: {what}; {kept}. {fp16}Lower --lr (now {cfg.lr:g}) or check the "
+                            "other options, and start a new run" + (" in another --out" if epoch > 0 else ""))
                     train_acc = float(totals[1] / totals[2])
                     epoch_s = time.perf_counter() - t0
 
@@ -1218,6 +1226,15 @@ def _init_advice(out: Path) -> str:
     except CheckpointError:
         return ""
     return f"to train on from its best.pt, pass --init {best} with another --out, or "
+
+
+def _non_finite_tensors(*modules: torch.nn.Module) -> list[str]:
+    """Names of the floating-point parameters and buffers of ``modules`` holding inf or NaN (one device sync when
+    none does)."""
+    named = [(n, t) for m in dict.fromkeys(modules) for n, t in m.state_dict().items() if t.is_floating_point()]
+    if not named or bool(torch.stack([torch.isfinite(t).all() for _, t in named]).all()):
+        return []
+    return [n for n, t in named if not bool(torch.isfinite(t).all())]
 
 
 def _remove_debris(out: Path) -> None:
