@@ -299,16 +299,18 @@ def _stored(t):
     float16's range (|x| > 65504), which would come back as infinities: that one keeps its own dtype."""
     import torch
 
-    if not t.is_floating_point() or t.dtype == torch.float16:
-        return t
-    half = t.half()
-    return t if bool((torch.isinf(half) & torch.isfinite(t)).any()) else half
+    if t.is_floating_point() and t.dtype != torch.float16:
+        half = t.half()
+        if not bool((torch.isinf(half) & torch.isfinite(t)).any()):
+            return half
+    # torch.save writes a view's whole storage (a slice of a larger tensor): a copy holds only its own values
+    return t.clone() if t.untyped_storage().nbytes() > t.numel() * t.element_size() else t
 
 
 def _record_cost(name: str, t) -> int:
     """Bytes tensor ``t`` takes in a part under ``name``: its data and, generously, its zip record and pickle
     entry (about 200 bytes and the name twice, plus alignment; measured with torch 2.14)."""
-    return t.numel() * t.element_size() + 320 + 2 * len(name.encode("utf-8", "surrogateescape"))
+    return t.numel() * t.element_size() + 320 + 2 * len(name.encode("utf-8", "surrogatepass"))
 
 
 def _digest(state_dict: dict, extra: str = "") -> str:
@@ -318,18 +320,23 @@ def _digest(state_dict: dict, extra: str = "") -> str:
 
     import torch
 
-    h = hashlib.sha256(extra.encode("utf-8", "surrogateescape"))
+    h = hashlib.sha256(extra.encode("utf-8", "surrogatepass"))
     for name in sorted(state_dict):
         t = state_dict[name].detach().cpu().contiguous()
-        h.update(f"\0{name}\0{t.dtype}\0{tuple(t.shape)}\0".encode("utf-8", "surrogateescape"))
+        h.update(f"\0{name}\0{t.dtype}\0{tuple(t.shape)}\0".encode("utf-8", "surrogatepass"))
         h.update(t.reshape(-1).view(torch.uint8).numpy())
     return h.hexdigest()
 
 
-def _part0_extra(meta: dict, dtypes: dict) -> str:
-    """What part 0's hash covers beyond its tensors: the checkpoint's metadata and the original dtypes. ``repr``
-    is exact for the plain data a checkpoint holds (floats round-trip), and torch.load gives it back as saved."""
-    return repr((meta, dtypes))
+def _header(part: dict) -> str:
+    """What a part's hash covers beyond its tensors: its place in the split (group, index, count) and, in part 0,
+    the checkpoint's metadata, the original dtypes and the other parts' hashes, so damage to any of them is
+    blamed on the part that holds it. ``repr`` is exact for the plain data a checkpoint holds (floats round-trip),
+    and torch.load gives it back as saved."""
+    head = (part["group"], part["index"], part["count"])
+    if part["index"] == 0:
+        head += (part.get("checkpoint"), part.get("dtypes"), (part.get("parts_sha256") or [None])[1:])
+    return repr(head)
 
 
 def part_limit_problems(max_bytes: float, state_dict: dict | None = None) -> list[str]:
@@ -390,8 +397,9 @@ def existing_parts(prefix: str | os.PathLike) -> dict[int, Path]:
     return dict(sorted(found.items()))
 
 
-def _read_part(p: Path) -> tuple[dict | None, str]:
-    """``(part, "")`` for a readable checkpoint part, else ``(None, what it is instead)``."""
+def _read_part(p: Path, legacy: bool = False) -> tuple[dict | None, str]:
+    """``(part, "")`` for a readable checkpoint part, else ``(None, what it is instead)``. ``legacy``: a part of an
+    earlier format (no hashes) is read too, its ``sha256`` None."""
     import torch
 
     if p.is_dir():
@@ -405,8 +413,13 @@ def _read_part(p: Path) -> tuple[dict | None, str]:
     except Exception as e:
         return None, f"not readable ({_load_error(e)})"
     if isinstance(raw, dict) and raw.get("format") in _OLD_PART_FORMATS:
-        return None, (f"a checkpoint part written by an earlier fer-edge (format {raw['format']!r}, without "
-                      "content hashes): split the checkpoint again with this version")
+        if not legacy:
+            return None, (f"a checkpoint part written by an earlier fer-edge (format {raw['format']!r}, without "
+                          "content hashes, so damage cannot be found): split the checkpoint again with this "
+                          "version, or, where the checkpoint is gone, join them unverified with --legacy-parts")
+        raw = {**raw, "format": PART_FORMAT, "sha256": None}
+        if raw.get("index") == 0:
+            raw.setdefault("parts_sha256", None)
     if not isinstance(raw, dict) or raw.get("format") != PART_FORMAT:
         return None, f"not a checkpoint part (expected format {PART_FORMAT!r})"
     lacks = [k for k in _PART_KEYS if k not in raw]
@@ -491,10 +504,17 @@ def split_checkpoint(path: str | os.PathLike, prefix: str | os.PathLike, max_byt
             used = 0
         groups[-1][name] = t
         used += cost
-    digests = [_digest(sd, _part0_extra(meta, dtypes) if i == 0 else "") for i, sd in enumerate(groups)]
     # one split of one checkpoint: the same file split under another limit gives parts that do not mix with these
     group = hashlib.sha256(
         f"{Path(path).resolve()}:{ck.sha256}:{max_bytes}:{len(groups)}".encode()).hexdigest()[:16]
+    payloads = [{"format": PART_FORMAT, "group": group, "index": i, "count": len(groups), "state_dict": sd}
+                for i, sd in enumerate(groups)]
+    payloads[0].update(checkpoint=meta, dtypes=dtypes)
+    for part in payloads[:0:-1] + payloads[:1]:  # part 0 last: its hash covers the others'
+        if part["index"] == 0:
+            part["parts_sha256"] = [None] + [q["sha256"] for q in payloads[1:]]
+        part["sha256"] = _digest(part["state_dict"], _header(part))
+    payloads[0]["parts_sha256"][0] = payloads[0]["sha256"]
     # every part's path checked before any is written: a folder in the way of a later part, or the checkpoint
     # itself named as a part, would otherwise be found after the first parts (or the source) were overwritten
     source = Path(path).resolve()
@@ -510,13 +530,11 @@ def split_checkpoint(path: str | os.PathLike, prefix: str | os.PathLike, max_byt
         raise CheckpointError(f"cannot split {path} into {len(groups)} part(s): " + "; ".join(problems))
     temps: list[Path] = []
     out = [part_path(prefix, i) for i in range(len(groups))]
+    made = [q for q in (folder, *folder.parents) if not q.exists()]  # removed again if nothing is written
     folder.mkdir(parents=True, exist_ok=True)
+    in_place = False
     try:
-        for i, sd in enumerate(groups):
-            payload = {"format": PART_FORMAT, "group": group, "index": i, "count": len(groups), "state_dict": sd,
-                       "sha256": digests[i]}
-            if i == 0:
-                payload.update(checkpoint=meta, dtypes=dtypes, parts_sha256=digests)
+        for i, payload in enumerate(payloads):
             fd, tmp = tempfile.mkstemp(prefix=f".tmp-{out[i].stem}-", suffix=".pt", dir=folder)
             os.close(fd)
             temps.append(Path(tmp))
@@ -526,32 +544,37 @@ def split_checkpoint(path: str | os.PathLike, prefix: str | os.PathLike, max_byt
             if size > max_bytes:  # the estimate of the pickle's overhead fell short: nothing is in place yet
                 raise CheckpointError(f"cannot split {path}: part {i} came to {size} bytes, over the "
                                       f"{max_bytes}-byte limit; nothing was written (give a larger limit)")
-        try:
-            with interrupts_deferred():  # all new parts in place, and stale ones gone, or none
-                for tmp, dest in zip(temps, out):
-                    os.replace(tmp, dest)
-                for n, stale in existing_parts(prefix).items():
-                    if n >= len(groups) and _read_part(stale)[0] is not None:
-                        stale.unlink()
-                        if on_removed is not None:
-                            on_removed(stale)
-        except KeyboardInterrupt as e:
-            raise SplitInterrupted(str(e), out) from None
-    except KeyboardInterrupt as e:
-        if isinstance(e, SplitInterrupted):
-            raise
-        raise SplitInterrupted(str(e), []) from None
-    finally:
+        with interrupts_deferred():  # all new parts in place, and stale ones gone, or none
+            for tmp, dest in zip(temps, out):
+                os.replace(tmp, dest)
+            in_place = True
+            for n, stale in existing_parts(prefix).items():
+                # parts of an earlier format too: they would sit beside the new ones as well
+                if n >= len(groups) and _read_part(stale, legacy=True)[0] is not None:
+                    stale.unlink()
+                    if on_removed is not None:
+                        on_removed(stale)
+    except BaseException as e:
         for tmp in temps:
             tmp.unlink(missing_ok=True)
+        if not in_place:
+            for q in made:  # deepest first; a folder something else put files in stays
+                try:
+                    q.rmdir()
+                except OSError:
+                    break
+        if isinstance(e, KeyboardInterrupt):
+            raise SplitInterrupted(str(e), out if in_place else []) from None
+        raise
     return out
 
 
-def join_checkpoint(parts: list[str | os.PathLike], dest: str | os.PathLike) -> Path:
+def join_checkpoint(parts: list[str | os.PathLike], dest: str | os.PathLike, legacy: bool = False) -> Path:
     """Reassemble the files :func:`split_checkpoint` wrote into one checkpoint at ``dest`` (a file; an existing
     folder is refused); every problem with the parts (unreadable, foreign, missing, repeated, from different
     checkpoints or splits, disagreeing on their number, contents that do not match their hashes, tensors missing or
-    extra) and with ``dest`` is reported at once."""
+    extra) and with ``dest`` is reported at once. ``legacy``: parts of an earlier format, which carry no hashes,
+    are joined too (their contents unverified); without it they are refused."""
     import re
 
     import torch
@@ -572,7 +595,7 @@ def join_checkpoint(parts: list[str | os.PathLike], dest: str | os.PathLike) -> 
     if dest.exists() and any(dest.resolve() == p.resolve() for p in parts if p.exists()):
         problems.append(f"--out {dest} is one of the parts: write the checkpoint elsewhere")
     for p in parts:
-        raw, why = _read_part(p)
+        raw, why = _read_part(p, legacy=legacy)
         if raw is None:
             problems.append(f"{p}: {why}")
             continue
@@ -586,10 +609,9 @@ def join_checkpoint(parts: list[str | os.PathLike], dest: str | os.PathLike) -> 
         first = None
     damaged = set()
     for i, (p, raw) in sorted(loaded.items()):
-        extra = _part0_extra(raw["checkpoint"], raw["dtypes"]) if i == 0 and first is not None else ""
-        if i == 0 and first is None:
+        if (i == 0 and first is None) or raw["sha256"] is None:  # damaged part 0 (said above); an unhashed part
             continue
-        if _digest(raw["state_dict"], extra) != raw["sha256"]:
+        if _digest(raw["state_dict"], _header(raw)) != raw["sha256"]:
             damaged.add(i)
             problems.append(f"{p}: its contents do not match the SHA-256 it was written with (damaged in transfer "
                             "or on disk): copy it again from where the checkpoint was split")
@@ -636,6 +658,8 @@ def _content_problems(loaded: dict[int, tuple[Path, dict]], first: dict) -> list
     listed = first["parts_sha256"]
     p0 = loaded[0][0]
     for i, (p, raw) in sorted(loaded.items()):
+        if listed is None:  # --legacy-parts: an earlier format's part 0 lists no hashes
+            break
         if i and (not isinstance(listed, list) or i >= len(listed) or listed[i] != raw["sha256"]):
             problems.append(f"{p}: not the part {i} that {p0} lists (another hash): a part of another split under "
                             "the same name; copy the parts of one split together")
@@ -672,11 +696,11 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m fer_edge.checkpoint",
                                  description="Split a checkpoint into parts of a size limit, or join them again.")
     sub = ap.add_subparsers(dest="cmd", required=True)
-    s = sub.add_parser("split", help="write CHECKPOINT as PREFIX.part<i>.pt (float16 weights)",
-                       description="Write CHECKPOINT as PREFIX.part0.pt, PREFIX.part1.pt, ... (float16 weights, no "
-                                   "optimizer state), each at most --max-mb MiB and carrying the SHA-256 of its "
-                                   "contents. Parts left at PREFIX by an earlier split into more parts are removed, "
-                                   "each named on stderr.")
+    s = sub.add_parser("split", help="write CHECKPOINT as PREFIX.part<i>.pt (float16 weights where they fit)",
+                       description="Write CHECKPOINT as PREFIX.part0.pt, PREFIX.part1.pt, ... (floating-point "
+                                   "weights as float16, except those beyond its range; no optimizer state), each at "
+                                   "most --max-mb MiB and carrying the SHA-256 of its contents. Parts left at PREFIX "
+                                   "by an earlier split into more parts are removed, each named on stderr.")
     s.add_argument("checkpoint")
     s.add_argument("prefix", help="where the parts go: PREFIX.part0.pt, ... (e.g. out/teacher)")
     s.add_argument("--max-mb", type=float, required=True,
@@ -689,35 +713,37 @@ def main(argv: list[str] | None = None) -> int:
     j.add_argument("--out", required=True,
                    help="the checkpoint file to write, e.g. runs/gpu/teacher.pt (replaced if it exists; an existing "
                         "folder is refused)")
+    j.add_argument("--legacy-parts", action="store_true",
+                   help="also join parts an earlier fer-edge wrote, which carry no SHA-256: their contents cannot "
+                        "be checked (for when the checkpoint they came from is gone)")
     args = ap.parse_args(argv)
-    before = None
+    before, written = None, []
     try:
         with sigterm_as_interrupt():
             if args.cmd == "split":
                 if not math.isfinite(args.max_mb) or args.max_mb <= 0:
                     raise OptionError(f"--max-mb must be a positive number of MiB, not {args.max_mb:g}")
-                if why := prefix_problem(args.prefix):
+                max_bytes = int(args.max_mb * 1024 * 1024)
+                if why := prefix_problem(args.prefix) or "; ".join(part_limit_problems(max_bytes)):
                     raise OptionError(why)
                 removed = lambda p: print(f"removed {p}: a part of an earlier split into more parts", file=sys.stderr)
-                for p in split_checkpoint(args.checkpoint, args.prefix, int(args.max_mb * 1024 * 1024),
-                                          on_removed=removed):
+                written = split_checkpoint(args.checkpoint, args.prefix, max_bytes, on_removed=removed)
+                for p in written:
                     print(p)
             else:
                 before = _identity(args.out)
-                print(join_checkpoint(args.parts, args.out))
+                print(join_checkpoint(args.parts, args.out, legacy=args.legacy_parts))
     except OptionError as e:  # a value wrong on its own: a usage error
         print(f"error: {e}", file=sys.stderr)
         return 2
     except (CheckpointError, OSError) as e:  # OSError: the file system refused a write (no permission, full disk)
         print(f"error: {e}", file=sys.stderr)
         return 1
-    except SplitInterrupted as e:
-        print(f"interrupted after every part was written: {', '.join(map(str, e.written))}" if e.written else
-              f"interrupted: no part was written; the files at {args.prefix}.part<i>.pt are as they were",
-              file=sys.stderr)
-        return 130
-    except KeyboardInterrupt:
-        if args.cmd == "split":  # before the parts were being written (loading the checkpoint)
+    except KeyboardInterrupt as e:
+        written = getattr(e, "written", None) or written  # SplitInterrupted's, or the finished split's
+        if written:
+            print(f"interrupted after every part was written: {', '.join(map(str, written))}", file=sys.stderr)
+        elif args.cmd == "split":  # before, or while, the parts were written
             print(f"interrupted: no part was written; the files at {args.prefix}.part<i>.pt are as they were",
                   file=sys.stderr)
         else:

@@ -1,6 +1,8 @@
 """Checkpoint parts: a checkpoint split under a size limit and joined again (fer_edge.checkpoint)."""
 from __future__ import annotations
 
+import io
+
 import pytest
 import torch
 
@@ -372,16 +374,31 @@ def test_join_names_tensors_missing_from_or_extra_to_the_parts_without_a_traceba
     assert not (tmp_path / "j.pt").exists()
 
 
-def test_parts_of_an_earlier_part_format_are_named_as_such(tmp_path):
-    parts = split_checkpoint(_checkpoint(tmp_path / "a.pt"), tmp_path / "a", 680_000)
-    old = torch.load(parts[0], weights_only=True)
-    old["format"] = "fer-edge-checkpoint-part/1"
-    torch.save(old, parts[0])
+def _as_earlier_format(part):
+    """Rewrite a part as fer-edge wrote them before parts carried hashes (format part/1)."""
+    raw = torch.load(part, weights_only=True)
+    raw = {k: v for k, v in raw.items() if k not in ("sha256", "parts_sha256")}
+    torch.save({**raw, "format": "fer-edge-checkpoint-part/1"}, part)
+
+
+def test_parts_of_an_earlier_part_format_are_named_and_joined_only_when_asked(tmp_path, capsys):
+    """QA: parts an earlier fer-edge wrote could not be joined at all, though their checkpoint may be gone (left on
+    a lent GPU machine); a new split at their prefix left the earlier split's extra parts in place."""
+    src = _checkpoint(tmp_path / "a.pt")
+    parts = split_checkpoint(src, tmp_path / "a", 680_000)
+    for p in parts:
+        _as_earlier_format(p)
     with pytest.raises(CheckpointError, match=r"a\.part0\.pt: a checkpoint part written by an earlier fer-edge "
-                                              r".*split the checkpoint again"):
+                                              r".*split the checkpoint again.*join them unverified with --legacy-parts"):
         join_checkpoint(parts, tmp_path / "j.pt")
     with pytest.raises(CheckpointError, match="a part of a split checkpoint"):  # still recognised as a part
         load_checkpoint(parts[0])
+    assert main(["join", *map(str, parts), "--out", str(tmp_path / "j.pt"), "--legacy-parts"]) == 0
+    joined, original = load_checkpoint(tmp_path / "j.pt"), load_checkpoint(src)
+    assert joined.state_dict.keys() == original.state_dict.keys() and joined.metrics == original.metrics
+    capsys.readouterr()
+    assert main(["split", str(src), str(tmp_path / "a"), "--max-mb", "4"]) == 0  # one part now
+    assert f"removed {parts[1]}" in capsys.readouterr().err and not parts[1].exists()
 
 
 def test_part0_metadata_counts_against_its_limit(tmp_path):
@@ -435,7 +452,7 @@ def test_an_interrupted_split_leaves_the_earlier_parts_as_they_were(tmp_path, ca
 
     def save(obj, f, *a, **k):
         calls.append(f)
-        if len(calls) == 2:  # while the second part is written
+        if len(calls) == 2:  # while part 0 is written (the first call measures the metadata in memory)
             raise KeyboardInterrupt
         return real_save(obj, f, *a, **k)
 
@@ -499,3 +516,78 @@ def test_parts_get_the_mode_of_any_new_file(tmp_path):
     finally:
         os.umask(old)
     assert {oct(p.stat().st_mode & 0o777) for p in parts} == {oct(0o644)}
+
+
+def _find_and_change(path, old: bytes, new: bytes):
+    data = path.read_bytes()
+    assert data.count(old) == 1
+    path.write_bytes(data.replace(old, new))
+
+
+def test_damage_to_part0s_record_of_the_other_parts_is_blamed_on_part0(tmp_path):
+    """QA: a changed digit in part 0's list of the other parts' hashes was reported as part 1 being from another
+    split; part 0's hash now covers the list (and every part's hash its group, index and count)."""
+    parts = split_checkpoint(_checkpoint(tmp_path / "a.pt"), tmp_path / "a", 680_000)
+    listed = torch.load(parts[0], weights_only=True)["parts_sha256"][1]
+    _find_and_change(parts[0], listed.encode(), ("0" if listed[0] != "0" else "1").encode() + listed[1:].encode())
+    with pytest.raises(CheckpointError) as e:
+        join_checkpoint(parts, tmp_path / "j.pt")
+    assert f"{parts[0]}: its contents do not match the SHA-256" in str(e.value)
+    assert str(parts[1]) not in str(e.value)
+
+
+def test_unusual_tensors_split_and_join_to_their_own_values(tmp_path):
+    """QA: a tensor name holding a lone surrogate crashed split with a UnicodeEncodeError; a view of a larger
+    tensor was written with its whole storage (parts over the limit)."""
+    raw = torch.load(_checkpoint(tmp_path / "a.pt"), weights_only=True)
+    big = torch.randn(1000, 1000, dtype=torch.float64)
+    raw["state_dict"].update({"bad\ud800name": torch.ones(3), "view": big[:2, :3], "i": torch.arange(5),
+                              "b": torch.tensor([True, False]), "s": torch.tensor(2.5), "e": torch.empty(0, 4)})
+    src = save_checkpoint(tmp_path / "odd.pt", raw)
+    parts = split_checkpoint(src, tmp_path / "o", 680_000)
+    assert all(p.stat().st_size <= 680_000 for p in parts)
+    joined = load_checkpoint(join_checkpoint(parts, tmp_path / "j.pt")).state_dict
+    for k in ("bad\ud800name", "view", "i", "b", "s", "e"):
+        assert joined[k].dtype == raw["state_dict"][k].dtype and joined[k].shape == raw["state_dict"][k].shape
+        torch.testing.assert_close(joined[k], raw["state_dict"][k], rtol=1e-3, atol=1e-3)
+
+
+def test_an_interrupt_after_the_parts_are_in_place_says_so(tmp_path, capsys, monkeypatch):
+    """QA: Ctrl-C while the part paths were printed said "no part was written" though every part was in place."""
+    import builtins
+
+    src = _checkpoint(tmp_path / "a.pt")
+    real_print = builtins.print
+
+    def print_then_interrupt(*a, **k):
+        if k.get("file") is None:
+            raise KeyboardInterrupt
+        return real_print(*a, **k)
+
+    monkeypatch.setattr(builtins, "print", print_then_interrupt)
+    assert main(["split", str(src), str(tmp_path / "t"), "--max-mb", "0.65"]) == 130
+    err = capsys.readouterr().err
+    assert err.startswith("interrupted after every part was written: ") and "no part was written" not in err
+
+
+def test_a_failed_split_removes_the_folders_it_made(tmp_path, monkeypatch):
+    """QA: an interrupted or failed split left the new folders of PREFIX behind, though nothing was written."""
+    real_save = torch.save
+
+    def interrupted(obj, f, *a, **k):
+        if not isinstance(f, io.BytesIO):  # the metadata's size is measured in memory first
+            raise KeyboardInterrupt
+        return real_save(obj, f, *a, **k)
+
+    src = _checkpoint(tmp_path / "a.pt")
+    monkeypatch.setattr(torch, "save", interrupted)
+    with pytest.raises(SplitInterrupted) as e:
+        split_checkpoint(src, tmp_path / "new" / "deeper" / "t", 680_000)
+    assert e.value.written == [] and not (tmp_path / "new").exists()
+    monkeypatch.setattr(torch, "save", real_save)
+
+
+def test_a_part_limit_too_small_for_anything_is_a_usage_error(tmp_path, capsys):
+    src = _checkpoint(tmp_path / "a.pt")
+    assert main(["split", str(src), str(tmp_path / "a"), "--max-mb", "0.01"]) == 2
+    assert "too small to hold anything" in capsys.readouterr().err
