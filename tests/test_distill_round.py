@@ -843,12 +843,13 @@ def test_amp_fp16_on_the_cpu_is_a_usage_error(synthetic_folder, tmp_path, monkey
             "--budget-minutes", "1", "--amp", "fp16", "--teacher", "simple_cnn"]
     assert main(base + ["--device", "cpu"]) == 2
     err = capsys.readouterr().err
-    assert err == ("error: --amp fp16 with --device cpu: fp16 autocast needs CUDA; use --amp bf16 or --amp off "
-                   "(or leave --amp out: auto picks between them)\n")
+    assert err == ("error: --amp fp16 with --device cpu: fp16 autocast on a CPU is emulated, many times slower than "
+                   "bf16 or no autocast, and the round would size its stages on that speed; use --amp bf16 or --amp "
+                   "off (or leave --amp out: auto picks between them)\n")
     monkeypatch.setattr(trainer, "resolve_device", lambda name: torch.device("cpu"))  # auto finds no GPU
     assert main(base) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: --amp fp16 with --device auto found no GPU, so the round runs on the CPU: ")
+    assert err.startswith("error: --amp fp16 with --device auto found no GPU, so it runs on the CPU: ")
     assert err.count("\n") == 1 and "--amp bf16" in err
     assert not (tmp_path / "w").exists() and not (tmp_path / "o").exists()
     # on CUDA it is the round's to use
@@ -902,3 +903,35 @@ def test_a_log_that_cannot_be_written_is_said_once_and_the_round_goes_on(synthet
     assert [s["status"] for s in summary["stages"]] == ["done", "done"]
     said = [m for m in logged if "distill_round.log cannot be written" in m]
     assert len(said) == 1 and said[0].endswith("its lines go to the output only") and logged.index(said[0]) == 0
+
+
+def test_teacher_set_amp_fp16_on_the_cpu_is_refused_as_well(synthetic_folder, tmp_path, monkeypatch, capsys):
+    """QA: --teacher-set amp=fp16 (or device=cpu with --amp fp16) trained the teachers with fp16 on the CPU."""
+    _no_training(monkeypatch)
+    base = ["--data", str(synthetic_folder), "--work", str(tmp_path / "w"), "--out", str(tmp_path / "o"),
+            "--budget-minutes", "1", "--teacher", "simple_cnn", "--device", "cpu"]
+    assert main(base + ["--teacher-set", "amp=fp16"]) == 1
+    err = capsys.readouterr().err
+    assert "--teacher-set amp=fp16 with --device cpu: fp16 autocast on a CPU is emulated" in err
+    assert "use --teacher-set amp=bf16 or amp=off" in err
+    assert not (tmp_path / "w").exists() and not (tmp_path / "o").exists()
+
+
+def test_sigterm_while_the_options_are_checked_ends_with_one_line(synthetic_folder, tmp_path, monkeypatch, capsys):
+    """QA: SIGTERM (a timeout's) during the checks or the data load killed the round silently (exit -15)."""
+    import os
+    import signal
+
+    import fer_edge.training.distill_round as dr
+
+    def terminated(*a, **k):
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(dr, "_preflight", terminated)
+    base = ["--data", str(synthetic_folder), "--work", str(tmp_path / "w"), "--out", str(tmp_path / "o"),
+            "--budget-minutes", "1", "--teacher", "simple_cnn", "--device", "cpu"]
+    assert main(base) == 130
+    assert capsys.readouterr().err == ("interrupted: before the round started (while its options were checked); "
+                                       "nothing was written\n")
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # put back
+    assert not (tmp_path / "w").exists() and not (tmp_path / "o").exists()

@@ -8,8 +8,9 @@ but it runs wherever ``fer-edge train`` does::
 1. **Probe.** Each stage trains two short epochs (``--probe-steps`` steps each) to measure this machine's
    training images per second and validation seconds. A student's probe distils from its teachers' probe
    checkpoints (and any checkpoints from outside the round), so the teachers' forward passes are in its timing.
-   The round may spend at most :data:`PROBE_SHARE` of its budget before training (its checks, loading the data
-   and the probe): a probe that reaches that limit is stopped, and the round does not start.
+   The round may spend at most :data:`PROBE_SHARE` of its budget before training (loading the data and the
+   probe; and the checks, unless the caller ran them before the round's clock started, as :func:`main` does): a
+   probe that reaches that limit is stopped, and the round does not start.
 2. **Run.** Stages run in order. Each gets the budget left when it starts, times its share of the shares
    still to run, turned into epochs with the probe's figures and capped at the stage's ``max_epochs``. The
    allotment is recomputed from the clock at every stage, so a stage that runs long takes from the later ones.
@@ -816,14 +817,19 @@ def _preflight(stages, data: str, common: dict, work: Path, out: Path, *, budget
         raise TrainingError("bad round:\n  " + "\n  ".join(problems))
 
 
-def _fp16_on_cpu(amp: str, device: str) -> str:
+def _fp16_on_cpu(amp: str, device: str, overrides: dict | None = None) -> str:
     """Why ``--amp fp16`` cannot run on ``--device`` ("" when it can, or when the device is not here: the preflight
-    says that).
+    says that). ``overrides``: the teachers' ``--teacher-set`` items, which replace either for the teachers.
 
     ``fer-edge train`` only warns: on a CPU, fp16 autocast is emulated half precision, many times slower than
     ``--amp bf16`` (on CPUs with native bf16) or ``--amp off``. A round sizes its stages from the probe's
     throughput, so it would spend its budget on a few slow epochs; refused before anything runs.
     """
+    said = {"amp": f"--amp {amp}", "device": f"--device {device}"}
+    for key, value in (overrides or {}).items():
+        if key in said:
+            said[key] = f"--teacher-set {key}={value}"
+    amp, device = str((overrides or {}).get("amp", amp)), str((overrides or {}).get("device", device))
     if amp != "fp16" or device not in ("cpu", "auto"):
         return ""
     if device == "auto":
@@ -831,9 +837,11 @@ def _fp16_on_cpu(amp: str, device: str) -> str:
 
         if resolve_device("auto").type != "cpu":
             return ""
-    where = "--device cpu" if device == "cpu" else "--device auto found no GPU, so the round runs on the CPU"
-    return (f"--amp fp16 with {where}: fp16 autocast needs CUDA; use --amp bf16 or --amp off (or leave --amp out: "
-            "auto picks between them)")
+    where = said["device"] + ("" if device == "cpu" else " found no GPU, so it runs on the CPU")
+    fix = ("--amp bf16 or --amp off (or leave --amp out: auto picks between them)" if said["amp"].startswith("--amp")
+           else "--teacher-set amp=bf16 or amp=off")
+    return (f"{said['amp']} with {where}: fp16 autocast on a CPU is emulated, many times slower than bf16 or no "
+            f"autocast, and the round would size its stages on that speed; use {fix}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -881,6 +889,18 @@ def main(argv: list[str] | None = None) -> int:
                          "Checked before any training: the teacher's largest tensor must fit a part "
                          "(resnet18: at least 4.57 MiB)")
     args = ap.parse_args(argv)
+    from fer_edge.utils import sigterm_as_interrupt
+
+    try:
+        with sigterm_as_interrupt():  # SIGTERM (a timeout's) as Ctrl-C: the round's interrupt path, not a silent end
+            return _main(args)
+    except KeyboardInterrupt:  # one that came before the round started (its checks); the round's own say more
+        print("interrupted: before the round started (while its options were checked); nothing was written",
+              file=sys.stderr)
+        return 130
+
+
+def _main(args: argparse.Namespace) -> int:
     fp16 = _fp16_on_cpu(args.amp, args.device)
     if fp16:  # a usage error on its own, as argparse's are (exit 2)
         print(f"error: {fp16}", file=sys.stderr)
@@ -906,6 +926,9 @@ def main(argv: list[str] | None = None) -> int:
         overrides = parse_overrides(args.teacher_set)
     except TrainingError as e:
         problems.append(str(e))
+    if "amp" in overrides or "device" in overrides:  # the teachers' own: as --amp fp16 on a CPU above
+        if fp16 := _fp16_on_cpu(args.amp, args.device, overrides):
+            problems.append(fp16)
     from fer_edge.weights import resolve_checkpoint
 
     extra = []  # each --extra-teacher on its own: one that is missing does not hide the others' problems
