@@ -1427,7 +1427,7 @@ def test_an_fp16_step_with_a_non_finite_loss_is_skipped_not_called_divergence(sy
     calls.clear()
     monkeypatch.setattr(F, "cross_entropy", lambda *a, **k: real(*a, **k) * float("inf"))  # every step
     with pytest.raises(TrainingError, match=r"is nan; nothing was saved\. Every step's fp16 loss was non-finite: "
-                                            r"try --amp bf16 or no --amp"):
+                                            r"try --amp bf16 or --amp off\. Otherwise lower --lr"):
         train(_cfg(synthetic_csv, tmp_path / "all", epochs=1, amp="fp16"), progress=False)
 
 
@@ -1445,9 +1445,46 @@ def test_an_fp16_overflow_that_reaches_batchnorm_statistics_stops_the_run(synthe
 
     monkeypatch.setattr(T, "augment_batch", overflow)
     out = tmp_path / "bn"
-    with pytest.raises(TrainingError, match=r"training diverged: after epoch 1, \d+ of the model's tensors hold inf "
-                                            r"or NaN \(e\.g\. .*running_(mean|var)\); nothing was saved\. 1 fp16 "
-                                            r"step\(s\) overflowed.*BatchNorm's running statistics: try --amp bf16"):
-        train(_cfg(synthetic_csv, out, epochs=2, amp="fp16", model="fer_nano", mixup=0.0, cutmix=0.0),
+    with pytest.raises(TrainingError, match=r"training diverged: after epoch 1, (\d+) tensor\(s\) of the model and \1 "
+                                            r"of its EMA copy hold inf or NaN \(e\.g\. .*running_(mean|var)\); "
+                                            r"nothing was saved\. 1 fp16 step\(s\) overflowed.*BatchNorm's running "
+                                            r"statistics: try --amp bf16 or --amp off\. Otherwise lower --lr"):
+        train(_cfg(synthetic_csv, out, epochs=2, amp="fp16", model="fer_nano", mixup=0.0, cutmix=0.0, ema=0.9),
               progress=False)
     assert not (out / "best.pt").exists() and not (out / "last.pt").exists()
+    # in a later epoch: last.pt holds the epoch before, and --resume with bf16 continues from it
+    calls.clear()
+    monkeypatch.setattr(T, "augment_batch", lambda x, a: calls.append(1) or (real(x, a) * 1e6 if len(calls) == 9
+                                                                               else real(x, a)))
+    cfg = _cfg(synthetic_csv, out, epochs=2, amp="fp16", model="fer_nano", mixup=0.0, cutmix=0.0)
+    with pytest.raises(TrainingError, match=r"after epoch 2, (\d+) tensor\(s\) of the model hold inf.*this epoch was "
+                                            r"not saved; .*last\.pt holds epoch 1\. .*the same command with --resume "
+                                            r"and --amp bf16 \(or --amp off\) continues from epoch 1"):
+        train(cfg, progress=False)
+    monkeypatch.setattr(T, "augment_batch", real)
+    res = train(TrainConfig(**{**cfg.to_dict(), "amp": "bf16"}), resume=True, progress=False)
+    assert res.epochs_run == 2 and all(torch.isfinite(v.float()).all()
+                                       for v in load_checkpoint(out / "last.pt").state_dict.values())
+
+
+def test_weights_holding_inf_or_nan_are_refused_before_training_from_them(synthetic_csv, tmp_path):
+    """QA: --init (or --resume of a last.pt an earlier fer-edge saved) with NaN BatchNorm statistics trained a whole
+    epoch, then blamed the learning rate."""
+    train(_cfg(synthetic_csv, tmp_path / "a", epochs=2, model="fer_nano"), progress=False)
+    for name in ("best.pt", "last.pt"):
+        raw = torch.load(tmp_path / "a" / name, weights_only=True)
+        key = next(k for k in raw["state_dict"] if k.endswith("running_var"))
+        raw["state_dict"][key][0] = float("nan")
+        if name == "last.pt":  # as if saved after epoch 1 of 2
+            raw["resume"]["model"][key][0] = float("nan")
+            raw["resume"].update(epoch=1, history=raw["resume"]["history"][:1])
+            raw["epoch"] = 1
+        torch.save(raw, tmp_path / "a" / name)
+    with pytest.raises(TrainingError, match=rf"--init {tmp_path / 'a' / 'best.pt'}: 1 of its tensors hold inf or NaN "
+                                            rf"\(e\.g\. {key}\): the weights of a run that diverged"):
+        train(_cfg(synthetic_csv, tmp_path / "b", epochs=1, model="fer_nano", init=str(tmp_path / "a" / "best.pt")),
+              progress=False)
+    assert not (tmp_path / "b").exists()
+    with pytest.raises(TrainingError, match=r"--resume: .*last\.pt holds inf or NaN in 1 tensor\(s\) of the model "
+                                            r"\(e\.g\. .*running_var\): the run had diverged when it was saved"):
+        train(_cfg(synthetic_csv, tmp_path / "a", epochs=2, model="fer_nano"), resume=True, progress=False)

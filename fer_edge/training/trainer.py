@@ -368,6 +368,10 @@ def load_init_weights(model: torch.nn.Module, cfg: TrainConfig, labels: list[str
         problems.append(f"it holds {ck.model_name!r}, not {cfg.model!r}")
     if ck.labels != labels:
         problems.append(f"its labels {ck.labels} differ from {labels}")
+    broken = [k for k, v in ck.state_dict.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if broken:  # a diverged run's weights: training from them only ends in "diverged" an epoch later
+        problems.append(f"{len(broken)} of its tensors hold inf or NaN (e.g. {broken[0]}): the weights of a run "
+                        "that diverged; give a checkpoint from before that")
     if not problems:
         mismatch = state_dict_mismatch(model.state_dict(), ck.state_dict)
         if mismatch:
@@ -782,6 +786,13 @@ class Trainer:
                 ema.load_state_dict(state["ema"])
             if qsim is not None and state.get("qat") is not None:
                 qsim.load_state_dict(state["qat"])
+            if broken := _non_finite_tensors(model, ema.module if ema is not None else None):
+                raise TrainingError(
+                    f"--resume: {last_path} holds inf or NaN in {_count_tensors(broken)} (e.g. {broken[0]}): the run "
+                    "had diverged when it was saved (an earlier fer-edge saved the BatchNorm statistics an fp16 "
+                    "overflow had broken); continuing cannot mend it. Start a new run in "
+                    f"another --out, from scratch or with --init from a checkpoint saved before (e.g. "
+                    f"{self.out / 'best.pt'} if it is finite)")
             history = list(state["history"])
             best_acc, best_epoch = float(state["best_accuracy"]), int(state["best_epoch"])
             if (lost := self._restore_best(ck, state)) is not None:
@@ -901,22 +912,28 @@ class Trainer:
                     n_skipped = int(totals[4])
                     # a skipped fp16 step leaves the weights as they were, but not BatchNorm's running statistics,
                     # which the forward pass updated: an overflow there makes them inf/NaN, so they are checked too
-                    broken = [] if not math.isfinite(train_loss) else _non_finite_tensors(model, eval_model)
+                    broken = ([] if not math.isfinite(train_loss) else
+                              _non_finite_tensors(model, ema.module if ema is not None else None))
                     if not math.isfinite(train_loss) or broken:
-                        kept = (f"this epoch was not saved; {last_path} holds epoch {epoch}"
-                                if epoch > start_epoch or state is not None else "nothing was saved")
+                        resumable = epoch > start_epoch or state is not None
+                        kept = (f"this epoch was not saved; {last_path} holds epoch {epoch}" if resumable
+                                else "nothing was saved")
                         what = (f"the training loss of epoch {epoch + 1} is {train_loss}" if not broken else
-                                f"after epoch {epoch + 1}, {len(broken)} of the model's tensors hold inf or NaN "
+                                f"after epoch {epoch + 1}, {_count_tensors(broken)} hold inf or NaN "
                                 f"(e.g. {broken[0]})")
-                        fp16 = ("" if not n_skipped else
-                                "Every step's fp16 loss was non-finite: try --amp bf16 or no --amp; "
-                                if not math.isfinite(train_loss) else
-                                f"{n_skipped} fp16 step(s) overflowed, and the gradient scaler, which skips their "
-                                "weight updates, does not undo what their forward pass wrote into BatchNorm's "
-                                "running statistics: try --amp bf16 or no --amp; ")
+                        fp16 = ""
+                        if n_skipped:
+                            fp16 = ("Every step's fp16 loss was non-finite" if not math.isfinite(train_loss) else
+                                    f"{n_skipped} fp16 step(s) overflowed, and the gradient scaler, which skips "
+                                    "their weight updates, does not undo what their forward pass wrote into "
+                                    "BatchNorm's running statistics")
+                            fp16 += (f": the same command with --resume and --amp bf16 (or --amp off) continues "
+                                     f"from epoch {epoch}. Otherwise " if resumable
+                                     else ": try --amp bf16 or --amp off. Otherwise ")
                         raise TrainingError(
-                            f"training diverged: {what}; {kept}. {fp16}Lower --lr (now {cfg.lr:g}) or check the "
-                            "other options, and start a new run" + (" in another --out" if epoch > 0 else ""))
+                            f"training diverged: {what}; {kept}. {fp16}{'l' if fp16 else 'L'}ower --lr (now "
+                            f"{cfg.lr:g}) or check the other options, and start a new run"
+                            + (" in another --out" if epoch > 0 else ""))
                     train_acc = float(totals[1] / totals[2])
                     epoch_s = time.perf_counter() - t0
 
@@ -1228,13 +1245,23 @@ def _init_advice(out: Path) -> str:
     return f"to train on from its best.pt, pass --init {best} with another --out, or "
 
 
-def _non_finite_tensors(*modules: torch.nn.Module) -> list[str]:
-    """Names of the floating-point parameters and buffers of ``modules`` holding inf or NaN (one device sync when
-    none does)."""
-    named = [(n, t) for m in dict.fromkeys(modules) for n, t in m.state_dict().items() if t.is_floating_point()]
+def _non_finite_tensors(model: torch.nn.Module, ema: torch.nn.Module | None = None) -> list[str]:
+    """Names of the floating-point parameters and buffers of ``model``, then of its weight-EMA copy ``ema`` (named
+    ``EMA copy's <name>``), that hold inf or NaN; one device sync when none does."""
+    named = [(n, t) for n, t in model.state_dict().items() if t.is_floating_point()]
+    if ema is not None and ema is not model:
+        named += [(f"EMA copy's {n}", t) for n, t in ema.state_dict().items() if t.is_floating_point()]
     if not named or bool(torch.stack([torch.isfinite(t).all() for _, t in named]).all()):
         return []
     return [n for n, t in named if not bool(torch.isfinite(t).all())]
+
+
+def _count_tensors(broken: list[str]) -> str:
+    """``44 tensors of the model and 44 of its EMA copy`` for :func:`_non_finite_tensors`'s names."""
+    ema = sum(n.startswith("EMA copy's ") for n in broken)
+    own = len(broken) - ema
+    return (f"{own} tensor(s) of the model" if own else "no tensor of the model") + (
+        f" and {ema} of its EMA copy" if ema else "")
 
 
 def _remove_debris(out: Path) -> None:
