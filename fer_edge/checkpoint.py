@@ -282,9 +282,10 @@ def load_checkpoint(path: str | os.PathLike, map_location: str = "cpu") -> Check
 # --- parts: a checkpoint too large for one transfer, as several smaller files ----------------------------------
 from collections.abc import Callable  # noqa: E402  (the parts' code below)
 
-PART_FORMAT = "fer-edge-checkpoint-part/2"
-# parts without content hashes (a flipped bit in their tensors joined unnoticed): named, never joined
-_OLD_PART_FORMATS = ("fer-edge-checkpoint-part/1",)
+PART_FORMAT = "fer-edge-checkpoint-part/3"
+# earlier formats: /1 carried no hashes (a flipped bit in its tensors joined unnoticed), /2 hashes that did not
+# cover the parts' headers; named as such, and joined only when asked (--legacy-parts), unverified
+_OLD_PART_FORMATS = ("fer-edge-checkpoint-part/1", "fer-edge-checkpoint-part/2")
 _PART_SLACK = 64 * 1024  # bytes kept free in each part for the pickle's own overhead
 _PART_KEYS = ("group", "index", "count", "state_dict", "sha256")
 
@@ -415,16 +416,26 @@ def _read_part(p: Path, legacy: bool = False) -> tuple[dict | None, str]:
     if isinstance(raw, dict) and raw.get("format") in _OLD_PART_FORMATS:
         if not legacy:
             return None, (f"a checkpoint part written by an earlier fer-edge (format {raw['format']!r}, without "
-                          "content hashes, so damage cannot be found): split the checkpoint again with this "
-                          "version, or, where the checkpoint is gone, join them unverified with --legacy-parts")
+                          "the hashes this version checks, so damage cannot be found): split the checkpoint again "
+                          "with this version, or, where the checkpoint is gone, join them unverified with "
+                          "--legacy-parts")
         raw = {**raw, "format": PART_FORMAT, "sha256": None}
         if raw.get("index") == 0:
-            raw.setdefault("parts_sha256", None)
+            raw["parts_sha256"] = None
     if not isinstance(raw, dict) or raw.get("format") != PART_FORMAT:
         return None, f"not a checkpoint part (expected format {PART_FORMAT!r})"
     lacks = [k for k in _PART_KEYS if k not in raw]
-    if lacks or not isinstance(raw["index"], int) or not isinstance(raw["count"], int):
-        return None, f"a damaged checkpoint part (lacks or garbles {', '.join(lacks) or 'index/count'})"
+    garbled = [] if lacks else [k for k, ok in (
+        ("index", isinstance(raw["index"], int) and not isinstance(raw["index"], bool)),
+        ("count", isinstance(raw["count"], int) and not isinstance(raw["count"], bool)),
+        ("group", isinstance(raw["group"], str)),
+        ("sha256", raw["sha256"] is None or isinstance(raw["sha256"], str)),
+        ("parts_sha256", "parts_sha256" not in raw or raw["parts_sha256"] is None
+         or (isinstance(raw["parts_sha256"], list)
+             and all(h is None or isinstance(h, str) for h in raw["parts_sha256"]))),
+    ) if not ok]
+    if lacks or garbled:
+        return None, f"a damaged checkpoint part (lacks or garbles {', '.join(lacks or garbled)})"
     sd = raw["state_dict"]
     if not isinstance(sd, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in sd.items()):
         return None, "a damaged checkpoint part (its state_dict is not a dict of named tensors)"
@@ -660,7 +671,9 @@ def _content_problems(loaded: dict[int, tuple[Path, dict]], first: dict) -> list
     for i, (p, raw) in sorted(loaded.items()):
         if listed is None:  # --legacy-parts: an earlier format's part 0 lists no hashes
             break
-        if i and (not isinstance(listed, list) or i >= len(listed) or listed[i] != raw["sha256"]):
+        if raw["sha256"] is None:  # an earlier format's part (--legacy-parts): nothing to compare
+            continue
+        if i and (i >= len(listed) or listed[i] != raw["sha256"]):
             problems.append(f"{p}: not the part {i} that {p0} lists (another hash): a part of another split under "
                             "the same name; copy the parts of one split together")
     seen: dict[str, Path] = {}

@@ -374,20 +374,24 @@ def test_join_names_tensors_missing_from_or_extra_to_the_parts_without_a_traceba
     assert not (tmp_path / "j.pt").exists()
 
 
-def _as_earlier_format(part):
-    """Rewrite a part as fer-edge wrote them before parts carried hashes (format part/1)."""
+def _as_earlier_format(part, version=1):
+    """Rewrite a part as an earlier fer-edge wrote it: format part/1 carried no hashes, part/2 hashes that did not
+    cover the parts' headers."""
     raw = torch.load(part, weights_only=True)
-    raw = {k: v for k, v in raw.items() if k not in ("sha256", "parts_sha256")}
-    torch.save({**raw, "format": "fer-edge-checkpoint-part/1"}, part)
+    if version == 1:
+        raw = {k: v for k, v in raw.items() if k not in ("sha256", "parts_sha256")}
+    torch.save({**raw, "format": f"fer-edge-checkpoint-part/{version}"}, part)
 
 
-def test_parts_of_an_earlier_part_format_are_named_and_joined_only_when_asked(tmp_path, capsys):
+@pytest.mark.parametrize("version", [1, 2])
+def test_parts_of_an_earlier_part_format_are_named_and_joined_only_when_asked(tmp_path, capsys, version):
     """QA: parts an earlier fer-edge wrote could not be joined at all, though their checkpoint may be gone (left on
-    a lent GPU machine); a new split at their prefix left the earlier split's extra parts in place."""
+    a lent GPU machine); a new split at their prefix left the earlier split's extra parts in place. Format 2's
+    parts were called damaged ("copy it again"): their hashes covered less than this version's."""
     src = _checkpoint(tmp_path / "a.pt")
     parts = split_checkpoint(src, tmp_path / "a", 680_000)
     for p in parts:
-        _as_earlier_format(p)
+        _as_earlier_format(p, version)
     with pytest.raises(CheckpointError, match=r"a\.part0\.pt: a checkpoint part written by an earlier fer-edge "
                                               r".*split the checkpoint again.*join them unverified with --legacy-parts"):
         join_checkpoint(parts, tmp_path / "j.pt")
@@ -591,3 +595,24 @@ def test_a_part_limit_too_small_for_anything_is_a_usage_error(tmp_path, capsys):
     src = _checkpoint(tmp_path / "a.pt")
     assert main(["split", str(src), str(tmp_path / "a"), "--max-mb", "0.01"]) == 2
     assert "too small to hold anything" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("field, value", [("parts_sha256", 5), ("parts_sha256", {"a": 1}), ("group", ["x"]),
+                                          ("index", True), ("sha256", 3)])
+def test_a_garbled_part_header_is_named_without_a_traceback(tmp_path, field, value):
+    """QA: part 0's parts_sha256 as a number (or a group as a list) crashed join with a TypeError traceback."""
+    parts = split_checkpoint(_checkpoint(tmp_path / "a.pt"), tmp_path / "a", 680_000)
+    raw = torch.load(parts[0], weights_only=True)
+    raw[field] = value
+    torch.save(raw, parts[0])
+    with pytest.raises(CheckpointError, match=rf"a\.part0\.pt: a damaged checkpoint part \(lacks or garbles {field}\)"):
+        join_checkpoint(parts, tmp_path / "j.pt")
+
+
+def test_a_split_with_one_part_in_an_earlier_format_joins_with_legacy_parts(tmp_path):
+    """QA: part 1 in the earlier format beside this version's part 0 was called a part of another split."""
+    parts = split_checkpoint(_checkpoint(tmp_path / "a.pt"), tmp_path / "a", 680_000)
+    _as_earlier_format(parts[1])
+    with pytest.raises(CheckpointError, match="a\\.part1\\.pt: a checkpoint part written by an earlier fer-edge"):
+        join_checkpoint(parts, tmp_path / "j.pt")
+    assert load_checkpoint(join_checkpoint(parts, tmp_path / "j.pt", legacy=True)).model_name == "simple_cnn"
