@@ -935,3 +935,21 @@ def test_sigterm_while_the_options_are_checked_ends_with_one_line(synthetic_fold
                                        "nothing was written\n")
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # put back
     assert not (tmp_path / "w").exists() and not (tmp_path / "o").exists()
+
+
+def test_an_interrupt_while_the_data_loads_says_so_and_logs_it(synthetic_folder, tmp_path, monkeypatch, capsys):
+    """QA: Ctrl-C or SIGTERM during the round's data load ended it with exit 130 and not a line, on the output or
+    in its log."""
+    import fer_edge.data
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(fer_edge.data, "load_split", interrupted)
+    out = tmp_path / "o"
+    assert main(["--data", str(synthetic_folder), "--work", str(tmp_path / "w"), "--out", str(out),
+                 "--budget-minutes", "1", "--teacher", "simple_cnn", "--device", "cpu"]) == 130
+    said = capsys.readouterr().out
+    assert "interrupted while the data was loaded, so no stage was trained" in said
+    assert "interrupted while the data was loaded" in (out / "distill_round.log").read_text()
+    assert not (tmp_path / "w").exists()

@@ -399,6 +399,11 @@ def run_round(data: str | Path, work: str | Path, out: str | Path, budget_s: flo
         _remove_probes(work, stages, made)
         if isinstance(e, FerEdgeError):
             log.error(e)
+        elif isinstance(e, KeyboardInterrupt):
+            gone = [str(f) for f in made if not f.exists()]
+            log(f"interrupted while the data was loaded, so no stage was trained and nothing was kept but the "
+                f"round's log ({log.path})" + (f"; {' and '.join(gone)}, which the round had made, were removed"
+                                                 if gone else "") + ": the same command can run again")
         raise
     steps = max(1, n_train // batch_size)
     if max_steps_per_epoch:
@@ -889,6 +894,11 @@ def main(argv: list[str] | None = None) -> int:
                          "Checked before any training: the teacher's largest tensor must fit a part "
                          "(resnet18: at least 4.57 MiB)")
     args = ap.parse_args(argv)
+    # torch (and numpy, which it imports) first: torch's import swallows an exception raised while numpy is being
+    # imported, so a SIGTERM turned into KeyboardInterrupt there was lost, or left numpy half-imported
+    import torch  # noqa: F401
+
+    import fer_edge.models  # noqa: F401
     from fer_edge.utils import sigterm_as_interrupt
 
     try:
