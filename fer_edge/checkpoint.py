@@ -122,6 +122,17 @@ def state_dict_mismatch(own: dict, other: dict) -> str:
             f"e.g. {(missing + unexpected + shapes)[0]!r}")
 
 
+def non_finite_tensors(state_dict: dict) -> list[str]:
+    """Names of the floating-point tensors in ``state_dict`` holding inf or NaN, in its order (one device sync when
+    none does)."""
+    import torch
+
+    floats = [(k, v) for k, v in state_dict.items() if torch.is_floating_point(v)]
+    if not floats or bool(torch.stack([torch.isfinite(v).all() for _, v in floats]).all()):
+        return []
+    return [k for k, v in floats if not bool(torch.isfinite(v).all())]
+
+
 def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any], overwrite: bool = True) -> Path:
     """Write a checkpoint dict atomically (temp file, then rename); ``overwrite=False``: ``FileExistsError``
     if ``path`` exists by the time it is written."""

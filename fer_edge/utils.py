@@ -180,7 +180,7 @@ def write_json_atomic(dest: str | os.PathLike, obj) -> None:
     """Write ``obj`` as strict JSON (atomically): a float that is not finite (NaN, inf), which ``json`` writes as
     ``NaN``/``Infinity`` that strict parsers (JavaScript's, Go's) refuse, is written as ``null``; other objects as
     their ``str``. A write error that names no file (a full disk) is raised naming ``dest``."""
-    text = json.dumps(_finite_or_null(obj), indent=2, sort_keys=False, default=str, allow_nan=False) + "\n"
+    text = json.dumps(finite_or_null(obj), indent=2, sort_keys=False, default=str, allow_nan=False) + "\n"
     try:
         write_text_atomic(dest, text)
     except OSError as e:
@@ -189,7 +189,7 @@ def write_json_atomic(dest: str | os.PathLike, obj) -> None:
         raise
 
 
-def _finite_or_null(obj):
+def finite_or_null(obj):
     """``obj`` with every float in it (in dicts, lists and tuples; numpy's too) that is not finite replaced by None."""
     import math
     import numbers
@@ -197,9 +197,9 @@ def _finite_or_null(obj):
     if isinstance(obj, numbers.Real) and not isinstance(obj, numbers.Integral):
         return obj if math.isfinite(obj) else None
     if isinstance(obj, dict):
-        return {k: _finite_or_null(v) for k, v in obj.items()}
+        return {k: finite_or_null(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_finite_or_null(v) for v in obj]
+        return [finite_or_null(v) for v in obj]
     return obj
 
 

@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from fer_edge.errors import ExportError, FerEdgeError, OptionError
+from fer_edge.utils import finite_or_null
 
 SCHEMA_ID = "fer-edge-leaderboard/1"
 DEFAULT_OUT = Path("reports/leaderboard")
@@ -814,7 +815,7 @@ def run_leaderboard(
                 bar.update(step_task, visible=False)
                 bar.update(overall, completed=i + 1)
 
-    rows = [_finite_only(r) for r in rows]  # take_bench copies finite figures only; nothing else may hold a NaN
+    rows = [finite_or_null(r) for r in rows]  # take_bench copies finite figures only; nothing else may hold a NaN
     mark_pareto(rows)
     rows = sort_rows(rows)
     doc = {
@@ -1001,17 +1002,6 @@ class InterruptedAfterWriting(KeyboardInterrupt):
         self.paths = paths
 
 
-def _finite_only(obj):
-    """``obj`` with every non-finite float (NaN, infinity) as None: leaderboard.json stays strict JSON."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _finite_only(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite_only(v) for v in obj]
-    return obj
-
-
 def write_leaderboard(doc: dict, out_dir: str | Path) -> dict[str, Path]:
     """``leaderboard.json``, ``leaderboard.md`` and ``leaderboard.png`` into ``out_dir``, each atomically.
 
@@ -1022,7 +1012,7 @@ def write_leaderboard(doc: dict, out_dir: str | Path) -> dict[str, Path]:
 
     out = Path(out_dir)
     paths = {name: out / name for name in FILES}
-    doc = _finite_only(doc)
+    doc = finite_or_null(doc)  # leaderboard.json stays strict JSON
     text = json.dumps(doc, indent=2, allow_nan=False, default=str) + "\n"
     md = leaderboard_markdown(doc)
     r = doc["recipe"]

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import torch
 
-from fer_edge.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from fer_edge.checkpoint import Checkpoint, load_checkpoint, non_finite_tensors, save_checkpoint
 from fer_edge.errors import OptionError, TrainingError
 
 
@@ -162,7 +162,7 @@ def _check_split_value(option: str, value: str | None) -> None:
 
 def _weight_problems(state: dict) -> str:
     """Where a state dict is broken (non-finite tensors, a negative BatchNorm running_var), for a message."""
-    bad = [k for k, v in state.items() if torch.is_floating_point(v) and not torch.isfinite(v).all()]
+    bad = non_finite_tensors(state)
     neg = [k for k, v in state.items() if k.endswith("running_var") and torch.is_floating_point(v)
            and bool((v < 0).any())]
     parts = []

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fer_edge.checkpoint import load_checkpoint, save_checkpoint, state_dict_mismatch
+from fer_edge.checkpoint import load_checkpoint, non_finite_tensors, save_checkpoint, state_dict_mismatch
 from fer_edge.constants import LABELS
 from fer_edge.errors import CheckpointError, FerEdgeError, TrainingError
 from fer_edge.metrics import classification_metrics
@@ -368,7 +368,7 @@ def load_init_weights(model: torch.nn.Module, cfg: TrainConfig, labels: list[str
         problems.append(f"it holds {ck.model_name!r}, not {cfg.model!r}")
     if ck.labels != labels:
         problems.append(f"its labels {ck.labels} differ from {labels}")
-    broken = [k for k, v in ck.state_dict.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    broken = non_finite_tensors(ck.state_dict)
     if broken:  # a diverged run's weights: training from them only ends in "diverged" an epoch later
         problems.append(f"{len(broken)} of its tensors hold inf or NaN (e.g. {broken[0]}): the weights of a run "
                         "that diverged; give a checkpoint from before that")
@@ -1247,13 +1247,9 @@ def _init_advice(out: Path) -> str:
 
 def _non_finite_tensors(model: torch.nn.Module, ema: torch.nn.Module | None = None) -> list[str]:
     """Names of the floating-point parameters and buffers of ``model``, then of its weight-EMA copy ``ema`` (named
-    ``EMA copy's <name>``), that hold inf or NaN; one device sync when none does."""
-    named = [(n, t) for n, t in model.state_dict().items() if t.is_floating_point()]
-    if ema is not None and ema is not model:
-        named += [(f"EMA copy's {n}", t) for n, t in ema.state_dict().items() if t.is_floating_point()]
-    if not named or bool(torch.stack([torch.isfinite(t).all() for _, t in named]).all()):
-        return []
-    return [n for n, t in named if not bool(torch.isfinite(t).all())]
+    ``EMA copy's <name>``), that hold inf or NaN."""
+    copy = non_finite_tensors(ema.state_dict()) if ema is not None and ema is not model else []
+    return non_finite_tensors(model.state_dict()) + [f"EMA copy's {n}" for n in copy]
 
 
 def _count_tensors(broken: list[str]) -> str:
