@@ -220,10 +220,10 @@ def test_bad_stage_tables_and_options_fail_before_any_training(synthetic_folder,
 
 def test_main_reports_missing_data_and_bad_teacher(tmp_path, synthetic_folder, capsys):
     assert main(["--data", str(tmp_path / "nope"), "--work", str(tmp_path / "w"), "--out", str(tmp_path / "o"),
-                 "--budget-minutes", "1"]) == 1
+                 "--budget-minutes", "1"]) == 2
     assert "does not exist" in capsys.readouterr().err
     assert main(["--data", str(synthetic_folder), "--work", str(tmp_path / "w"), "--out", str(tmp_path / "o"),
-                 "--budget-minutes", "1", "--teacher", "resnet19", "--device", "cpu"]) == 1
+                 "--budget-minutes", "1", "--teacher", "resnet19", "--device", "cpu"]) == 2
     err = capsys.readouterr().err
     assert "unknown model 'resnet19'" in err and err.count("resnet19") == 1  # said once, not twice
 
@@ -386,8 +386,8 @@ def test_main_builds_several_teachers_and_adds_the_extra_ones(synthetic_folder, 
     assert main(base + ["--extra-teacher", "small", "--nano-teacher", "small"]) == 0
     _, small, nano = seen["stages"]
     assert nano.teachers == ("small",) and nano.extra_teachers == () and small.extra_teachers
-    assert main(base + ["--teachers", "0"]) == 1 and "at least 1" in capsys.readouterr().err
-    assert main(base + ["--extra-teacher", "no_such.pt"]) == 1
+    assert main(base + ["--teachers", "0"]) == 2 and "at least 1" in capsys.readouterr().err
+    assert main(base + ["--extra-teacher", "no_such.pt"]) == 2
     assert "no_such.pt: no such checkpoint file" in capsys.readouterr().err
 
 
@@ -430,7 +430,7 @@ def test_teacher_set_reaches_every_teacher_as_given(synthetic_folder, monkeypatc
 def test_bad_teacher_set_items_are_all_reported(synthetic_folder, capsys):
     base = ["--data", str(synthetic_folder), "--work", "w", "--out", "o", "--budget-minutes", "1"]
     bad = ["nope=1", "epochs=3", "lr=abc", "qat=maybe", "x", "model_kwargs=[1]", "distill_views=four"]
-    assert main(base + [a for item in bad for a in ("--teacher-set", item)]) == 1
+    assert main(base + [a for item in bad for a in ("--teacher-set", item)]) == 2
     err = capsys.readouterr().err
     for part in ("'nope': not a TrainConfig option", "'epochs': not a TrainConfig option the round lets you set "
                  "(the round sets it)", "lr='abc'", "qat='maybe': expected true or false", "'x': expected KEY=VALUE",
@@ -451,7 +451,7 @@ def test_a_budget_that_is_not_a_positive_number_is_refused_before_any_training(s
     _no_training(monkeypatch)
     work, out = tmp_path / "w", tmp_path / "o"
     assert main(["--data", str(synthetic_folder), "--work", str(work), "--out", str(out), f"--budget-minutes={budget}",
-                 "--device", "cpu"]) == 1
+                 "--device", "cpu"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "--budget-minutes must be a finite, positive number" in err
     assert "Traceback" not in err and not work.exists() and not out.exists()  # the next run may use this --work
@@ -466,7 +466,7 @@ def test_every_bad_round_option_is_listed_at_once_before_any_training(synthetic_
     (tmp_path / "a_file").write_text("x")
     base = ["--data", str(synthetic_folder), "--device", "cpu"]
     assert main(base + ["--work", str(tmp_path / "a_file" / "w"), "--out", str(tmp_path / "a_file"),
-                        "--budget-minutes", "nan", "--teacher-parts-mb", "nan", "--probe-steps", "0"]) == 1
+                        "--budget-minutes", "nan", "--teacher-parts-mb", "nan", "--probe-steps", "0"]) == 2
     err = capsys.readouterr().err
     for part in ("--budget-minutes must be a finite, positive number, not nan",
                  "--teacher-parts-mb must be 0 (keep the teacher in --work only) or a positive number of MiB, not nan",
@@ -476,11 +476,11 @@ def test_every_bad_round_option_is_listed_at_once_before_any_training(synthetic_
     assert "Traceback" not in err
     for mb, why in (("-1", "not -1"), ("0.01", "too small to hold anything")):
         assert main(base + ["--work", str(tmp_path / "w"), "--out", str(tmp_path / "o"), "--budget-minutes", "1",
-                            "--teacher-parts-mb", mb]) == 1
+                            "--teacher-parts-mb", mb]) == 2
         assert why in capsys.readouterr().err
     # parts that hold something, but not resnet18's largest tensor: refused before the teacher trains, not after
     assert main(base + ["--work", str(tmp_path / "w"), "--out", str(tmp_path / "o"), "--budget-minutes", "1",
-                        "--teacher-parts-mb", "1"]) == 1
+                        "--teacher-parts-mb", "1"]) == 2
     err = capsys.readouterr().err
     assert "stage 'teacher': --teacher-parts-mb 1 cannot send its resnet18 checkpoint" in err
     assert "parts must be at least 4.57 MiB" in err
@@ -713,20 +713,20 @@ def test_an_out_the_system_will_not_create_is_a_clean_error(synthetic_folder, tm
 def test_main_reports_every_bad_option_at_once(synthetic_folder, tmp_path, capsys):
     assert main(["--data", str(tmp_path / "gone"), "--work", str(tmp_path / "w"), "--out", str(tmp_path / "o"),
                  "--budget-minutes", "0", "--extra-teacher", "tiny", "--teacher-set", "epochs=3",
-                 "--device", "cpu"]) == 1
+                 "--device", "cpu"]) == 2
     err = capsys.readouterr().err
     for part in ("gone does not exist", "bad --teacher-set: 'epochs'", "tiny: no such checkpoint file",
                  "--budget-minutes must be a finite, positive number"):
         assert part in err, err
     assert main(["--data", str(synthetic_folder), "--work", str(tmp_path / "w"), "--out", str(tmp_path / "o"),
                  "--budget-minutes", "1", "--teacher", "resnet99", "--teacher", "simple_cnn",
-                 "--teacher-set", "cutmix=lots", "--device", "cpu"]) == 1
+                 "--teacher-set", "cutmix=lots", "--device", "cpu"]) == 2
     err = capsys.readouterr().err
     assert "unknown model 'resnet99'" in err and "bad --teacher-set: cutmix='lots'" in err, err
     # a missing extra teacher hid the rest; a round-wide problem was said once per stage
     assert main(["--data", str(synthetic_folder), "--work", str(tmp_path / "w"), "--out", str(tmp_path / "o"),
                  "--budget-minutes", "1", "--teacher", "resnet99", "--batch-size", "0", "--extra-teacher",
-                 str(tmp_path / "a.pt"), "--extra-teacher", str(tmp_path / "b.pt"), "--device", "cpu"]) == 1
+                 str(tmp_path / "a.pt"), "--extra-teacher", str(tmp_path / "b.pt"), "--device", "cpu"]) == 2
     err = capsys.readouterr().err
     for name in ("a.pt", "b.pt"):
         assert f"--extra-teacher {tmp_path / name}: no such checkpoint file" in err, err
@@ -807,12 +807,12 @@ def test_a_work_or_out_inside_the_image_folder_is_refused_before_anything_is_loa
     _no_training(monkeypatch)
     for work in (data / "train" / "round", data / "round", data):
         assert main(["--data", str(data), "--work", str(work), "--out", str(tmp_path / "o"), "--budget-minutes", "1",
-                     "--teacher", "simple_cnn", "--device", "cpu"]) == 1
+                     "--teacher", "simple_cnn", "--device", "cpu"]) == 2
         err = capsys.readouterr().err
         assert f"--work {work} lies inside --data {data}: the round would write into the data set" in err, err
         assert "choose another --work, outside the data" in err and "--out" not in err
     assert main(["--data", str(data), "--work", str(tmp_path / "w"), "--out", str(data / "val" / "kept"),
-                 "--budget-minutes", "1", "--teacher", "simple_cnn", "--device", "cpu"]) == 1
+                 "--budget-minutes", "1", "--teacher", "simple_cnn", "--device", "cpu"]) == 2
     assert f"--out {data / 'val' / 'kept'} lies inside --data {data}" in capsys.readouterr().err
     # reached through a symbolic link too; and run_round refuses it on its own
     (tmp_path / "link").symlink_to(data / "train")
@@ -910,7 +910,7 @@ def test_teacher_set_amp_fp16_on_the_cpu_is_refused_as_well(synthetic_folder, tm
     _no_training(monkeypatch)
     base = ["--data", str(synthetic_folder), "--work", str(tmp_path / "w"), "--out", str(tmp_path / "o"),
             "--budget-minutes", "1", "--teacher", "simple_cnn", "--device", "cpu"]
-    assert main(base + ["--teacher-set", "amp=fp16"]) == 1
+    assert main(base + ["--teacher-set", "amp=fp16"]) == 2
     err = capsys.readouterr().err
     assert "--teacher-set amp=fp16 with --device cpu: fp16 autocast on a CPU is emulated" in err
     assert "use --teacher-set amp=bf16 or amp=off" in err

@@ -973,7 +973,7 @@ def _main(args: argparse.Namespace) -> int:
             problems += str(e).removeprefix("bad round:\n  ").split("\n  ")
     if problems:
         print("error: bad options:\n  " + "\n  ".join(dict.fromkeys(problems)), file=sys.stderr)
-        return 1
+        return 2  # a usage error, as argparse's own and train's list of bad options are
     try:
         run_round(args.data, args.work, args.out, args.budget_minutes * 60, stages=stages, device=args.device,
                   amp=args.amp, seed=args.seed, parts_bytes=parts_bytes,
