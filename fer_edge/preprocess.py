@@ -123,11 +123,15 @@ def to_uint8(arr: np.ndarray) -> np.ndarray:
     * uint8: as is; bool: 0 / 255;
     * uint16: the full 16-bit range, ``round(x / 257)`` (65535 -> 255), as for a 16-bit PNG;
     * other integers (PIL's 32-bit "I" mode, int16, ...): 0..255 as is, else 0..65535 as 16-bit;
-    * floats: 0..1 scaled by 255, else 0..255 as is (NaN becomes 0; an all-NaN array is refused).
+    * floats: a 0..1 image when the maximum is at most 1.1 (scaled by 255), else a 0..255 image (a maximum
+      above 255 * 1.1 is refused); NaN becomes 0, an all-NaN array is refused. A resize's overshoot is
+      clipped: values up to 10% of the range past its top (a cubic or Lanczos resize of a 0..1 face leaves
+      1.012, which would otherwise read as a black 0..255 picture), and negative values down to -0.1 x the
+      image's own maximum (its -0.02 undershoot).
 
-    Negative values or values above those ranges are refused, not clipped: they are most
-    often images already normalised (mean subtracted), which fer-edge would otherwise turn
-    into a black or white picture and classify without a word.
+    Integers below 0 or above those ranges, and floats further below 0, are refused, not clipped: they are
+    most often images already normalised (mean subtracted: -1..1, -2..2, -120..135), which fer-edge would
+    otherwise turn into a black or white picture and classify without a word.
     """
     arr = np.asarray(arr)
     if arr.dtype == np.uint8:
@@ -145,15 +149,17 @@ def to_uint8(arr: np.ndarray) -> np.ndarray:
     else:
         x = arr.astype(np.int64)
     lo, hi = float(x.min()), float(x.max())
-    if lo < 0 or not np.isfinite(hi):
+    # floats: a resize's undershoot, down to a tenth of the image's own top, is clipped (a normalised image's is not)
+    floor = -0.1 * max(hi, 0.0) if arr.dtype.kind == "f" else 0.0
+    if lo < floor or not np.isfinite(hi):
         raise DataError(
             f"pixel values span {lo:g}..{hi:g}: expected 0..1 or 0..255 (or 0..65535 for 16-bit); "
             "pass raw pixels, fer-edge normalises them itself"
         )
     if arr.dtype.kind == "f":
-        if hi <= 1.0:
+        if hi <= 1.1:  # a 0..1 image, up to a resize's overshoot past 1
             x = x * 255.0
-        elif hi > 255.0:
+        elif hi > 255.0 * 1.1:
             raise DataError(f"float pixel values span {lo:g}..{hi:g}: expected 0..1 or 0..255")
     elif arr.dtype == np.uint16 or hi > 255:
         if hi > 65535:

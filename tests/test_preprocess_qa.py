@@ -1,0 +1,56 @@
+"""QA of fer_edge.preprocess: pixel ranges (to_uint8), PIL EXIF orientation, normalize's uint8 contract."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fer_edge.errors import DataError
+
+
+def _smooth_face() -> np.ndarray:
+    """A float 0..1 64 x 64 face-like picture with soft edges (max exactly 1.0)."""
+    import cv2
+
+    y, x = np.mgrid[0:64, 0:64]
+    face = np.where((x - 32) ** 2 / 22 ** 2 + (y - 32) ** 2 / 28 ** 2 < 1, 0.8, 0.0).astype(np.float32)
+    face[24:29, 18:26] = 0.1
+    face[24:29, 38:46] = 0.1
+    face[44:48, 24:40] = 1.0
+    face = cv2.GaussianBlur(face, (0, 0), 0.5)
+    return face / face.max()
+
+
+def test_a_cubic_resize_overshoot_of_a_0_1_image_is_clipped_not_read_as_0_255():
+    """cv2's cubic resize of a 0..1 face leaves values a little past 0..1; it was refused (below 0) or, when only
+    the top overshot, read as a 0..255 image: a black picture, classified without a word."""
+    import cv2
+
+    from fer_edge.preprocess import to_uint8
+
+    resized = cv2.resize(_smooth_face(), (96, 96), interpolation=cv2.INTER_CUBIC)
+    assert 1.0 < resized.max() <= 1.1 and -0.1 < resized.min() < 0  # really overshoots both ways
+    expected = np.clip(np.rint(resized.astype(np.float64) * 255), 0, 255).astype(np.uint8)
+    np.testing.assert_array_equal(to_uint8(resized), expected)
+    top_only = np.clip(resized, 0, None)  # only the top overshoots: it was taken as 0..255 (black)
+    np.testing.assert_array_equal(to_uint8(top_only), expected)
+    assert to_uint8(top_only).max() == 255
+
+
+def test_float_overshoot_limits_and_normalised_images():
+    from fer_edge.preprocess import to_uint8
+
+    g = np.linspace(0, 1, 48 * 48, dtype=np.float64).reshape(48, 48)
+    a = g.copy()
+    a[0, 0], a[-1, -1] = -0.02, 1.012
+    assert to_uint8(a)[0, 0] == 0 and to_uint8(a)[-1, -1] == 255
+    b = g * 255
+    b[0, 0], b[-1, -1] = -20.0, 270.0  # a 0..255 image's overshoot, within 10%
+    assert to_uint8(b)[0, 0] == 0 and to_uint8(b)[-1, -1] == 255
+    np.testing.assert_array_equal(to_uint8(b)[1:-1], to_uint8(g * 255)[1:-1])
+    for lo, hi in ((-1, 1), (-2, 2), (-120, 135)):  # images already normalised: refused as before
+        with pytest.raises(DataError, match="fer-edge normalises them itself"):
+            to_uint8(g * (hi - lo) + lo)
+    with pytest.raises(DataError, match="fer-edge normalises them itself"):
+        to_uint8(g - 0.12)  # below -0.1 x its top (0.88)
+    with pytest.raises(DataError, match="expected 0..1 or 0..255"):
+        to_uint8(g * 281)  # past 255 * 1.1
