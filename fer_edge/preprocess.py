@@ -121,7 +121,7 @@ def to_uint8(arr: np.ndarray) -> np.ndarray:
     """Pixel values of any numeric dtype -> uint8 0..255, or :class:`DataError` where the range is unknown.
 
     * uint8: as is; bool: 0 / 255;
-    * uint16: the full 16-bit range, ``round(x / 257)`` (65535 -> 255), as for a 16-bit PNG;
+    * uint16 (either byte order): the full 16-bit range, ``round(x / 257)`` (65535 -> 255), as for a 16-bit PNG;
     * other integers (PIL's 32-bit "I" mode, int16, ...): 0..255 as is, else 0..65535 as 16-bit;
     * floats: a 0..1 image when the maximum is at most 1.1 (scaled by 255), else a 0..255 image (a maximum
       above 255 * 1.1 is refused); NaN becomes 0, an all-NaN array is refused. A resize's overshoot is
@@ -161,7 +161,7 @@ def to_uint8(arr: np.ndarray) -> np.ndarray:
             x = x * 255.0
         elif hi > 255.0 * 1.1:
             raise DataError(f"float pixel values span {lo:g}..{hi:g}: expected 0..1 or 0..255")
-    elif arr.dtype == np.uint16 or hi > 255:
+    elif (arr.dtype.kind == "u" and arr.dtype.itemsize == 2) or hi > 255:  # uint16 in either byte order
         if hi > 65535:
             raise DataError(f"integer pixel values span {lo:g}..{hi:g}: expected 0..255 or 0..65535")
         x = x / 257.0

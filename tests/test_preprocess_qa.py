@@ -54,3 +54,20 @@ def test_float_overshoot_limits_and_normalised_images():
         to_uint8(g - 0.12)  # below -0.1 x its top (0.88)
     with pytest.raises(DataError, match="expected 0..1 or 0..255"):
         to_uint8(g * 281)  # past 255 * 1.1
+
+
+def test_big_endian_uint16_gets_the_16_bit_range():
+    """'>u2' is not == np.uint16 (native order): a dark 16-bit picture was read as 0..255 integers."""
+    from fer_edge.preprocess import load_image, to_uint8
+
+    y, x = np.mgrid[0:60, 0:50]
+    eight = ((x * 5 + y * 3) % 256).astype(np.uint8)
+    sixteen = eight.astype(np.uint16) * 257
+    sixteen[0, 0] = 255 * 257 // 2  # (not every value above 255)
+    dark = (eight // 2).astype(np.uint16) * 257  # values up to 32639: all taken as 16-bit either way
+    for native in (sixteen, dark, np.full((48, 48), 200, np.uint16)):  # 200 of 65535: almost black
+        big = native.astype(">u2")
+        assert big.dtype != np.uint16
+        np.testing.assert_array_equal(to_uint8(big), to_uint8(native))
+        np.testing.assert_array_equal(np.asarray(load_image(big)), to_uint8(native))
+    assert to_uint8(np.full((4, 4), 200, ">u2")).max() == 1  # not 200
