@@ -49,7 +49,8 @@ class Normalization:
 def load_image(image):
     """A path, PIL image or numpy array -> a loaded PIL image with EXIF orientation applied.
 
-    Files get ``ImageOps.exif_transpose``. Arrays are taken as grayscale (H x W) or RGB(A)
+    Files and PIL images get ``ImageOps.exif_transpose`` (an image it returned, which has no
+    orientation tag left, is not turned again). Arrays are taken as grayscale (H x W) or RGB(A)
     (H x W x 3/4). Pixel values are scaled to 8 bits by :func:`to_uint8`, for arrays and
     for high-bit-depth images alike (16-bit PNG/TIFF, 32-bit integer or float TIFF), which
     PIL's own ``convert("L")`` would clip to white. Raises :class:`DataError` for a file
@@ -82,8 +83,28 @@ def load_image(image):
             raise DataError(f"cannot use an array of shape {tuple(image.shape)} as an image")
         return Image.fromarray(np.ascontiguousarray(to_uint8(arr)))
     if hasattr(image, "convert") and hasattr(image, "size"):
-        return _eight_bit(_nonempty(image))
+        return _eight_bit(_nonempty(_upright(image)))
     raise DataError(f"cannot use an object of type {type(image).__name__} as an image")
+
+
+#: The EXIF tag holding an image's orientation.
+EXIF_ORIENTATION = 0x0112
+
+
+def _upright(im):
+    """A PIL image as displayed: ``ImageOps.exif_transpose`` of it when its EXIF orientation turns or flips it
+    (the copy returned has no orientation tag, so an image that has been through this is not turned twice);
+    ``im`` itself otherwise, not copied. :class:`DataError` for an EXIF block PIL cannot read."""
+    from PIL import ImageOps
+
+    if not hasattr(im, "getexif"):  # an image-like object that is no PIL image: no EXIF to apply
+        return im
+    try:
+        if im.getexif().get(EXIF_ORIENTATION, 1) in (1, None):
+            return im
+        return ImageOps.exif_transpose(im)
+    except Exception as e:  # PIL raises many types for a damaged EXIF block or image data
+        raise DataError(f"cannot apply the image's EXIF orientation ({type(e).__name__}: {e})") from None
 
 
 def _nonempty(im):

@@ -274,6 +274,38 @@ def test_exif_rotation_is_honoured(tmp_path):
     np.testing.assert_array_equal(np.asarray(img), np.rot90(np.asarray(Image.open(path).convert("RGB")), k=-1))
 
 
+def test_an_exif_rotated_pil_image_is_turned_like_its_file(tmp_path, predictor, stub_detector):
+    """A PIL image passed in (not its path) ignored its EXIF orientation: another picture was classified and face
+    boxes were in pixels of the image as stored. Now it loads, classifies and gets boxes as its file does."""
+    from fer_edge.faces import crop, detect_faces
+    from fer_edge.preprocess import to_gray48
+
+    arr = np.zeros((40, 60, 3), np.uint8)
+    arr[:, :30] = 255
+    arr[5:10, 40:55] = (200, 40, 40)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    path = tmp_path / "rotated.jpg"
+    Image.fromarray(arr).save(path, exif=exif, quality=95)
+    with Image.open(path) as raw:
+        assert raw.size == (60, 40) and raw.getexif().get(0x0112) == 6
+        img = load_image(raw)
+        assert img.size == (40, 60)
+        np.testing.assert_array_equal(np.asarray(img), np.asarray(load_image(path)))
+        np.testing.assert_array_equal(to_gray48(raw), to_gray48(path))
+        np.testing.assert_array_equal(np.asarray(load_image(img)), np.asarray(img))  # not turned twice
+        assert raw.size == (60, 40) and raw.getexif().get(0x0112) == 6  # the caller's image is left as it was
+        by_path = predictor.detect_and_predict(path)
+        by_pil = predictor.detect_and_predict(raw)
+        assert [p.box for p in by_pil] == [p.box for p in by_path] == [Box(5, 7, 30, 45)]
+        assert [p.probabilities for p in by_pil] == [p.probabilities for p in by_path]
+        assert predictor.predict(raw).probabilities == predictor.predict(path).probabilities
+        assert detect_faces(raw) == detect_faces(path)
+        np.testing.assert_array_equal(np.asarray(crop(raw, by_path[0].box)), np.asarray(crop(path, by_path[0].box)))
+        r = predictor.predict_image(raw)
+        assert (r.width, r.height) == (40, 60) and [f.box for f in r.faces] == [p.box for p in by_path]
+
+
 def test_cli_reports_rotated_size(predictor, tmp_path, tiny_checkpoint):
     exif = Image.Exif()
     exif[0x0112] = 6
