@@ -503,6 +503,8 @@ def test_export_bench_empty_target_says_what_is_accepted(tiny_checkpoint, synthe
     (["--calib-seeds", "a"], "--calib-seeds: expected comma-separated integers, got 'a'"),
     (["--calib-seeds", "1,1"], "--calib-seeds: a seed is repeated"),
     (["--calib-size", "0"], "--calib-size must be at least 1 (got 0)"),
+    # QA: accepted and ignored (the main export ran, no method compared), where --calib-seeds "" is refused
+    (["--calib-methods", ""], "--calib-methods was given an empty value ('')"),
 ])
 def test_export_bench_usage_errors_exit_2(args, msg, tiny_checkpoint, synthetic_csv, monkeypatch, capsys):
     """QA: export_bench returned 1 for every error; a value wrong on its own is a usage error (README: exit 2)."""

@@ -416,7 +416,8 @@ def main(argv: list[str] | None = None) -> int:
         if not targets:
             raise OptionError(f"--target {args.target!r} names no target; accepted: comma-separated "
                                f"{', '.join(TARGETS)}, or all")
-        methods = parse_csv_option(args.calib_methods, list(CALIB_METHODS), "calibration method") or None
+        methods = parse_csv_option(args.calib_methods, list(CALIB_METHODS), "calibration method",
+                                   "--calib-methods") or None
         seeds = _seeds(args.calib_seeds)
         with sigterm_as_interrupt():
             report = run(args.checkpoint, args.calib_data, args.out, args.val_data, args.val_split,
