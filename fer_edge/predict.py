@@ -160,7 +160,9 @@ class Predictor:
     def logits(self, gray: np.ndarray) -> np.ndarray:
         """uint8 N x 48 x 48 (or 48 x 48) face crops -> float32 N x num_classes logits.
 
-        Raises :class:`~fer_edge.errors.ArtifactError` when the model's outputs are not finite (NaN, inf).
+        Other dtypes raise :class:`~fer_edge.errors.DataError` (see :func:`fer_edge.preprocess.normalize`): use
+        :meth:`predict_batch` for images of other sizes or pixel ranges. Raises
+        :class:`~fer_edge.errors.ArtifactError` when the model's outputs are not finite (NaN, inf).
         """
         from fer_edge.preprocess import normalize
 

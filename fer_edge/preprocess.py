@@ -209,8 +209,18 @@ def to_gray48(image) -> np.ndarray:
 
 
 def normalize(gray: np.ndarray, norm: Normalization) -> np.ndarray:
-    """uint8 N x 48 x 48 (or 48 x 48) -> float32 N x 1 x 48 x 48, normalised."""
+    """uint8 N x 48 x 48 (or 48 x 48) -> float32 N x 1 x 48 x 48, normalised.
+
+    Other dtypes are refused (:class:`DataError`): a 0..1 float image would be divided by 255 once more (a
+    near-constant input, classified without a word), negative or 16-bit integers would be wrapped or out of range.
+    """
     gray = np.asarray(gray)
+    if gray.dtype != np.uint8:
+        raise DataError(
+            f"face crops must be uint8 {IMAGE_SIZE} x {IMAGE_SIZE} pixels (0..255), got dtype {gray.dtype}: pass "
+            f"uint8 pixels, or bring them there first with fer_edge.preprocess.to_gray48 (any image, any size) or "
+            f"to_uint8 (pixel values of another dtype)"
+        )
     if gray.ndim == 2:
         gray = gray[None]
     if gray.ndim != 3 or gray.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE):

@@ -862,6 +862,16 @@ def test_cli_table_keeps_every_column_in_a_pipe_and_in_80_columns(face_dir, tiny
         cut.output.split()), cut.output
 
 
+def test_predictor_logits_take_uint8_crops_only(predictor, faces48):
+    """Predictor.logits divided a 0..1 float crop by 255 again and classified the near-constant result."""
+    ref = predictor.logits(faces48[:2])
+    assert ref.shape == (2, len(LABELS))
+    for bad in (faces48[:2].astype(np.float32) / 255, faces48[:2].astype(np.float32), faces48[:2].astype(np.int16)):
+        with pytest.raises(DataError, match=f"must be uint8 48 x 48 pixels .*got dtype {bad.dtype}"):
+            predictor.logits(bad)
+    np.testing.assert_allclose(predictor.logits(faces48[0]), ref[:1], atol=1e-5)  # one 48 x 48 crop
+
+
 def test_predict_batch_refuses_what_is_not_a_batch(predictor):
     assert predictor.predict_batch(np.zeros((0, 48, 48), np.float32)) == []  # an empty float batch too
     for bad, words in ((np.zeros((48, 48, 3), np.uint8), "got shape \\(48, 48, 3\\): for one image use predict"),

@@ -71,3 +71,25 @@ def test_big_endian_uint16_gets_the_16_bit_range():
         np.testing.assert_array_equal(to_uint8(big), to_uint8(native))
         np.testing.assert_array_equal(np.asarray(load_image(big)), to_uint8(native))
     assert to_uint8(np.full((4, 4), 200, ">u2")).max() == 1  # not 200
+
+
+@pytest.mark.parametrize("gray", [
+    np.full((48, 48), 0.5, np.float32),  # a 0..1 image: was divided by 255 again, a near-constant input
+    np.full((2, 48, 48), 128.0, np.float64),
+    np.full((48, 48), -3, np.int16),
+    np.full((48, 48), 128, np.int32),
+    np.full((48, 48), 1000, np.uint16),
+    np.ones((48, 48), bool),
+], ids=["float32_01", "float64_255", "int16_negative", "int32", "uint16", "bool"])
+def test_normalize_takes_uint8_only(gray):
+    from fer_edge.preprocess import Normalization, normalize
+
+    with pytest.raises(DataError, match=rf"must be uint8 48 x 48 pixels \(0..255\), got dtype {gray.dtype}: .*to_gray48"):
+        normalize(gray, Normalization(0.5, 0.25))
+
+
+def test_normalize_of_uint8():
+    from fer_edge.preprocess import Normalization, normalize
+
+    x = normalize(np.full((48, 48), 255, np.uint8), Normalization(0.5, 0.25))
+    assert x.shape == (1, 1, 48, 48) and x.dtype == np.float32 and np.allclose(x, 2.0)
