@@ -90,14 +90,57 @@ def test_an_export_that_calibrates_nothing_runs_without_a_calibration_size(tiny_
             progress=False)
 
 
-def test_calib_seeds_without_a_validated_int8_says_why(tiny_checkpoint, synthetic_csv, tmp_path, monkeypatch):
+@pytest.mark.parametrize("kept", [True, False])
+def test_calib_seeds_without_a_validated_int8_says_why(kept, tiny_checkpoint, synthetic_csv, tmp_path, monkeypatch):
     """With too few validation images the main export validated no INT8, and the draws were exported for an empty
-    target list: "targets is empty"."""
+    target list: "targets is empty". QA: without --out the error named the temporary folder, removed as it was
+    printed: the folder is named only when --out keeps it."""
     from fer_edge.errors import FerEdgeError
     from fer_edge.exporters import calibration
 
     monkeypatch.setattr(calibration, "MIN_VAL_SIZE", 512)  # the real gate: the synthetic split is too small
     with pytest.raises(FerEdgeError, match=r"--calib-seeds needs INT8 artifacts validated on the whole split, and "
-                                           r"the main export validated none \(onnx int8: not validated: only 84 "):
-        run(tiny_checkpoint, synthetic_csv, tmp_path / "eb", targets=["onnx"], calib_size=16, calib_seeds=[0, 1],
-            progress=False)
+                                           r"the main export validated none \(onnx int8: not validated: only 84 ") as e:
+        run(tiny_checkpoint, synthetic_csv, tmp_path / "eb" if kept else None, targets=["onnx"], precisions=["int8"],
+            calib_size=16, calib_seeds=[0, 1], progress=False)
+    if kept:
+        assert str(e.value).endswith(f"; its artifacts are in {tmp_path / 'eb' / 'all'}")
+    else:
+        assert "artifacts are in" not in str(e.value) and "fer-edge-export-bench-" not in str(e.value)
+
+
+def test_calib_seeds_without_an_int8_target_is_refused_before_any_export(tiny_checkpoint, synthetic_csv, tmp_path,
+                                                                          monkeypatch, capsys):
+    """QA: `--target torchscript --calib-seeds 0,1` ran the whole export, then failed naming a temporary folder
+    already deleted: a usage error now (exit 2), before any export, listed with the other bad options."""
+    import fer_edge.exporters
+    from fer_edge.errors import OptionError
+
+    def never(*a, **k):
+        raise AssertionError("exported before the options were checked")
+
+    monkeypatch.setattr(fer_edge.exporters, "export", never)
+    assert main([str(tiny_checkpoint), "--calib-data", str(synthetic_csv), "--target", "torchscript",
+                 "--calib-seeds", "0,1", "--calib-methods", "bogus", "--out", str(tmp_path / "o")]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert err.startswith("error: unknown calibration method 'bogus'") and err.count("error: ") == 1, err
+    assert ("--calib-seeds compares INT8 exports validated here, and --target torchscript has no target that exports "
+            "INT8 and runs on this machine (onnx, openvino") in err, err
+    assert not (tmp_path / "o").exists()
+    with pytest.raises(OptionError, match="--target torchscript has no target that exports INT8"):
+        run(tiny_checkpoint, synthetic_csv, targets=["torchscript"], calib_seeds=[0, 1], progress=False)
+
+
+@pytest.fixture(scope="module")
+def temp_folder_report(tiny_checkpoint, synthetic_csv):
+    """Draws exported into a temporary folder (no --out), with the default --calib-size (500: more than the 280
+    synthetic Training images)."""
+    return run(tiny_checkpoint, synthetic_csv, None, targets=["onnx"], precisions=["int8"], calib_seeds=[0, 1],
+               progress=False)
+
+
+def test_a_temporary_folder_is_not_named_in_the_report(temp_folder_report):
+    """QA: --json gave each draw's export_dir, a temporary folder removed when the run ended."""
+    rows = temp_folder_report["calib_seeds"]["rows"]
+    assert [(r["seed"], r["export_dir"]) for r in rows] == [(0, None), (1, None)]
+    assert "fer-edge-export-bench-" not in json.dumps(temp_folder_report, default=str)

@@ -104,6 +104,19 @@ class _Bar:
         self.progress.advance(self.calls)
 
 
+def seed_targets_problem(targets) -> str | None:
+    """Why ``--calib-seeds`` cannot run with ``targets`` (names, or ``"all"``), or None: the draws are INT8 exports
+    validated here, so at least one target must export INT8 and run on this machine."""
+    from fer_edge.targets import TARGETS, Precision
+
+    names = list(TARGETS) if targets in (None, "all") or "all" in targets else list(targets)
+    can = [n for n, t in TARGETS.items() if Precision.int8 in t.precisions and t.runs_here()]
+    if any(n in can for n in names):
+        return None
+    return (f"--calib-seeds compares INT8 exports validated here, and --target {','.join(names)} has no target that "
+            f"exports INT8 and runs on this machine ({', '.join(can)}): add one, or leave --calib-seeds out")
+
+
 def run(checkpoint, calib_data, out_dir=None, val_data=None, val_split=None, val_size=None,
         targets="all", precisions=None, calib_size: int | None = None, calib_methods=None, calib_seeds=None,
         progress: bool | None = None, console=None) -> dict:
@@ -111,8 +124,16 @@ def run(checkpoint, calib_data, out_dir=None, val_data=None, val_split=None, val
 
     Only this run's exports count: an ``out_dir`` holding earlier runs' artifacts (their entries stay listed in
     the manifests) reports none of them. ``progress``: a transient bar on ``console`` (default stderr); None: only
-    when it is a terminal. A temporary ``out_dir`` is removed also when the run stops (an error, Ctrl-C).
+    when it is a terminal. A temporary ``out_dir`` (None) is removed also when the run stops (an error, Ctrl-C),
+    and neither an error nor the report names it (each draw's ``export_dir`` is None). ``calib_seeds`` with no
+    target that exports INT8 and runs here is refused (:class:`~fer_edge.errors.OptionError`) before any export.
     """
+    if calib_seeds:
+        why = seed_targets_problem(targets)
+        if why:
+            from fer_edge.errors import OptionError
+
+            raise OptionError(why)
     tmp = None
     if out_dir is None:
         tmp = tempfile.TemporaryDirectory(prefix="fer-edge-export-bench-")
@@ -121,14 +142,15 @@ def run(checkpoint, calib_data, out_dir=None, val_data=None, val_split=None, val
         calls = 1 + len(calib_methods or []) + len(calib_seeds or [])
         with _Bar(calls, progress, console) as bar:
             return _run(checkpoint, calib_data, Path(out_dir), val_data, val_split, val_size, targets, precisions,
-                        calib_size, calib_methods, calib_seeds, bar)
+                        calib_size, calib_methods, calib_seeds, bar, kept=tmp is None)
     finally:
         if tmp is not None:
             tmp.cleanup()
 
 
 def _run(checkpoint, calib_data, out_dir: Path, val_data, val_split, val_size, targets, precisions, calib_size,
-         calib_methods, calib_seeds, bar: _Bar) -> dict:
+         calib_methods, calib_seeds, bar: _Bar, kept: bool = True) -> dict:
+    """:func:`run`'s work in ``out_dir``; ``kept``: False for a temporary folder, named nowhere (removed after)."""
     from fer_edge.exporters import export
 
     t0 = time.perf_counter()
@@ -193,8 +215,9 @@ def _run(checkpoint, calib_data, out_dir: Path, val_data, val_split, val_size, t
 
             why = "; ".join(sorted({f"{e['target']} int8: {e['validation'].get('reason') or e['validation']['status']}"
                                     for e in entries if e["precision"] == "int8"})) or "no int8 artifact was exported"
+            where = f"; its artifacts are in {out_dir / 'all'}" if kept else ""  # a temporary folder: removed
             raise FerEdgeError(f"--calib-seeds needs INT8 artifacts validated on the whole split, and the main export "
-                               f"validated none ({why}); its artifacts are in {out_dir / 'all'}")
+                               f"validated none ({why}){where}")
         from fer_edge.exporters.calibration import DEFAULT_SEED
 
         # the main export above is the default draw, validated the same way when on the whole split: reused
@@ -203,26 +226,28 @@ def _run(checkpoint, calib_data, out_dir: Path, val_data, val_split, val_size, t
                  if val_size is None else {})
         report["calib_seeds"] = calib_seed_spread(checkpoint, calib_data, out_dir, calib_seeds, int8_targets,
                                                   calib_size, val_data, val_split, known=known, bar=bar,
-                                                  warnings=warnings)
+                                                  warnings=warnings, kept=kept)
     report["warnings"] = list(dict.fromkeys(warnings))  # each once: the extra exports repeat the main one's
     return report
 
 
-def _draw_row(seed: int, target: str, export_dir: Path, v: dict) -> dict:
-    return {"seed": seed, "target": target, "export_dir": str(export_dir), "agreement": v.get("agreement"),
+def _draw_row(seed: int, target: str, export_dir: Path | None, v: dict) -> dict:
+    return {"seed": seed, "target": target, "export_dir": None if export_dir is None else str(export_dir),
+            "agreement": v.get("agreement"),
             "accuracy": v.get("accuracy"), "reference_accuracy": v.get("reference_accuracy"),
             "accuracy_drop": v.get("accuracy_drop"), "n": v.get("n"), "status": v.get("status")}
 
 
 def calib_seed_spread(checkpoint, calib_data, out_dir, seeds, targets, calib_size=None, val_data=None,
                       val_split=None, known: dict | None = None, bar: _Bar | None = None,
-                      warnings: list[str] | None = None) -> dict:
+                      warnings: list[str] | None = None, kept: bool = True) -> dict:
     """INT8 exported once per calibration seed for ``targets``, each validated on the whole split.
 
     ``known``: ``{seed: (export_dir, manifest entries)}`` of draws already exported and validated this way (the
     main export's default draw), taken as they are instead of exported again. Returns ``{"rows": [per seed and
     target], "summary": [per target: median/min/max drop, draws within the bar]}``; a draw whose export fails is
     a row with its ``error``, left out of the summary. ``warnings``: the exports' warnings are added to it.
+    ``kept``: False when ``out_dir`` is a temporary folder, removed after: the rows' ``export_dir`` is None.
     """
     import statistics
 
@@ -233,7 +258,7 @@ def calib_seed_spread(checkpoint, calib_data, out_dir, seeds, targets, calib_siz
     for seed in seeds:
         if seed in known and {e["target"] for e in known[seed][1]} == set(targets):
             where, done = known[seed]
-            rows += [_draw_row(seed, e["target"], where, e["validation"]) for e in done]
+            rows += [_draw_row(seed, e["target"], where if kept else None, e["validation"]) for e in done]
             if bar is not None:
                 bar.done()
             continue
@@ -247,7 +272,8 @@ def calib_seed_spread(checkpoint, calib_data, out_dir, seeds, targets, calib_siz
         if warnings is not None:
             warnings += r.warnings
         rows += [{"seed": seed, "target": f["target"], "error": f["reason"]} for f in r.failed]
-        rows += [_draw_row(seed, a.target, where, a.validation) for a in r.artifacts if a.variant == "main"]
+        rows += [_draw_row(seed, a.target, where if kept else None, a.validation) for a in r.artifacts
+                 if a.variant == "main"]
     summary = []
     for target in targets:
         drops = [r["accuracy_drop"] for r in rows if r["target"] == target and r.get("accuracy_drop") is not None]
@@ -412,13 +438,28 @@ def main(argv: list[str] | None = None) -> int:
             from fer_edge.utils import check_writable_dir
 
             check_writable_dir(args.out, "--out", FerEdgeError)
-        targets = parse_csv_option(args.target, [*TARGETS, "all"], "target")
-        if not targets:
-            raise OptionError(f"--target {args.target!r} names no target; accepted: comma-separated "
-                               f"{', '.join(TARGETS)}, or all")
-        methods = parse_csv_option(args.calib_methods, list(CALIB_METHODS), "calibration method",
-                                   "--calib-methods") or None
-        seeds = _seeds(args.calib_seeds)
+        problems: list[str] = []  # every option wrong on its own, in one usage error, before any work
+
+        def checked(fn):
+            try:
+                return fn()
+            except OptionError as e:
+                problems.append(str(e))
+                return None
+
+        targets = checked(lambda: parse_csv_option(args.target, [*TARGETS, "all"], "target"))
+        if targets == []:
+            problems.append(f"--target {args.target!r} names no target; accepted: comma-separated "
+                            f"{', '.join(TARGETS)}, or all")
+        methods = checked(lambda: parse_csv_option(args.calib_methods, list(CALIB_METHODS), "calibration method",
+                                                   "--calib-methods")) or None
+        seeds = checked(lambda: _seeds(args.calib_seeds))
+        if seeds and targets:
+            why = seed_targets_problem(targets)
+            if why:
+                problems.append(why)
+        if problems:
+            raise OptionError("; ".join(problems))
         with sigterm_as_interrupt():
             report = run(args.checkpoint, args.calib_data, args.out, args.val_data, args.val_split,
                          args.val_size or None, targets, None, args.calib_size, methods, seeds)
