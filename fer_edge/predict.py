@@ -109,6 +109,22 @@ def check_margin(margin: float) -> float:
     return m
 
 
+def _normalization(normalization) -> Normalization:
+    """A :class:`Normalization` or ``{"mean": .., "std": ..}`` -> a checked :class:`Normalization` of floats, or
+    :class:`DataError` saying what is wrong (checked before anything converts it, which raised KeyError,
+    ValueError or AttributeError)."""
+    if isinstance(normalization, Normalization):
+        d = {"mean": normalization.mean, "std": normalization.std}
+    elif isinstance(normalization, dict):
+        d = normalization
+    else:
+        raise DataError(f"normalization must be a fer_edge.preprocess.Normalization or {{'mean': .., 'std': ..}}, "
+                        f"got {type(normalization).__name__} {normalization!r}")
+    if (why := Normalization.problem(d)) is not None:
+        raise DataError(f"normalization {why}")
+    return Normalization(float(d["mean"]), float(d["std"]))
+
+
 class Predictor:
     """Classifies 48x48 face crops (and finds faces in photos) with one loaded runtime.
 
@@ -130,11 +146,7 @@ class Predictor:
             labels = meta.labels if labels is None else labels
             normalization = meta.normalization if normalization is None else normalization
         self.labels: tuple[str, ...] = tuple(labels)
-        if isinstance(normalization, dict):
-            normalization = Normalization.from_dict(normalization)
-        if (why := Normalization.problem(normalization.to_dict())) is not None:
-            raise DataError(f"normalization {why}")
-        self.normalization: Normalization = normalization
+        self.normalization: Normalization = _normalization(normalization)
         #: what a user should know before trusting the answers (:func:`load` adds one for an artifact its export's
         #: parity gate failed); the CLI prints each as a warning
         self.warnings: list[str] = []

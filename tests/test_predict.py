@@ -893,6 +893,25 @@ def test_margins_and_normalisations_that_make_no_sense_are_refused(predictor):
         Predictor(predictor.runtime, normalization={"mean": 0.5, "std": 0})
 
 
+@pytest.mark.parametrize("norm, words", [
+    ({"mean": 0.5}, r"normalization must be \{'mean': \.\., 'std': \.\.\}, got \{'mean': 0\.5\}"),  # KeyError
+    ({"mean": "a", "std": 1}, "normalization mean and std must be numbers, got mean='a' std=1"),  # ValueError
+    ((0.5, 0.25), r"must be a fer_edge.preprocess.Normalization or .*got tuple \(0\.5, 0\.25\)"),  # AttributeError
+    ({"mean": [0.5], "std": None}, "mean and std must be numbers"),  # TypeError
+])
+def test_a_normalisation_of_the_wrong_shape_is_a_fer_edge_error(predictor, norm, words):
+    """Predictor(rt, normalization=...) raised KeyError, ValueError or AttributeError for these."""
+    from fer_edge.predict import Predictor
+    from fer_edge.preprocess import Normalization
+
+    with pytest.raises(DataError, match=words):
+        Predictor(predictor.runtime, normalization=norm)
+    with pytest.raises(DataError, match="positive std"):
+        Predictor(predictor.runtime, normalization=Normalization(0.5, -1))
+    p = Predictor(predictor.runtime, normalization={"mean": "0.5", "std": np.float32(0.25)})
+    assert p.normalization == Normalization(0.5, 0.25) and type(p.normalization.std) is float
+
+
 def test_fer_edge_load_is_predict_load(artifacts, faces48):
     import fer_edge
 
