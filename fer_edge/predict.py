@@ -230,10 +230,13 @@ class Predictor:
         return self.predict_batch([image])[0]
 
     def predict_batch(self, faces) -> list[Prediction]:
-        """Classify many face crops (paths, PIL images, arrays, or an N x 48 x 48 array).
+        """Classify many face crops (paths, PIL images, arrays, or an N x 48 x 48 or N x H x W x 1/3/4 array).
 
-        An N x 48 x 48 array is scaled to 8 bits as one (:func:`fer_edge.preprocess.to_uint8`), so
-        a dark face in a float batch of 0..255 values is not mistaken for a 0..1 image.
+        An array of N images (N x 48 x 48, or N x H x W x 1/3/4) is scaled to 8 bits as one
+        (:func:`fer_edge.preprocess.to_uint8`), so a dark face in a float batch of 0..255 values is not
+        mistaken for a 0..1 image, and an N x 48 x 48 x 1 array gets the answers of the same N x 48 x 48 one.
+        A face whose pixel values are all NaN is refused, naming its index. The items of a list (or any other
+        sequence) are scaled one by one, each as :meth:`predict` would.
         """
         from fer_edge.preprocess import to_gray48, to_uint8
 
@@ -241,15 +244,26 @@ class Predictor:
             raise DataError(f"predict_batch takes a sequence of face crops (or an N x {IMAGE_SIZE} x {IMAGE_SIZE} "
                             f"array), got {type(faces).__name__}: use predict() for one image")
         if isinstance(faces, np.ndarray):
-            if faces.ndim == 3 and faces.shape[1:] == (IMAGE_SIZE, IMAGE_SIZE):
-                if not len(faces):
-                    return []
-                gray = to_uint8(faces)  # one pixel range for the whole batch, not one per image
-                return self._predictions(gray)
-            if faces.ndim != 4:
+            if faces.ndim == 4 and faces.shape[3] not in (1, 3, 4):
+                raise DataError(f"predict_batch takes N x H x W x 1/3/4 arrays (N grayscale or RGB(A) images), got "
+                                f"shape {tuple(faces.shape)}")
+            if not (faces.ndim == 3 and faces.shape[1:] == (IMAGE_SIZE, IMAGE_SIZE)) and faces.ndim != 4:
                 # a 3-D array of another size is one image (H x W x 3 would otherwise be H images of W x 3)
                 raise DataError(f"predict_batch takes N x {IMAGE_SIZE} x {IMAGE_SIZE} or 4-D arrays (N images), got "
                                 f"shape {tuple(faces.shape)}: for one image use predict()")
+            if not len(faces):
+                return []
+            if faces.dtype.kind == "f" and faces.size:
+                blank = np.isnan(faces).reshape(len(faces), -1).all(axis=1)
+                if blank.any():
+                    which = np.flatnonzero(blank)
+                    shown = ", ".join(map(str, which[:10])) + (", ..." if len(which) > 10 else "")
+                    raise DataError(f"face{'s' if len(which) > 1 else ''} {shown} of the batch: every pixel value is "
+                                    "NaN: there is no picture to classify")
+            gray = to_uint8(faces)  # one pixel range for the whole batch, not one per image
+            if gray.ndim == 3:
+                return self._predictions(gray)
+            faces = list(gray)
         faces = list(faces)
         if not faces:
             return []

@@ -819,6 +819,38 @@ def test_a_float_batch_has_one_pixel_range(predictor):
     assert [p.probabilities for p in by_float] == [p.probabilities for p in by_uint8]
 
 
+def test_a_4d_float_batch_has_one_pixel_range_too(predictor):
+    """An N x 48 x 48 x 1 (or x 3) float array was scaled image by image: its dark face was read as 0..1 and got
+    other answers than the same N x 48 x 48 array."""
+    batch = np.stack([_gradient()[:48, :48], np.full((48, 48), 0)]).astype(np.float32)
+    batch[1, 0, 0] = 0.9  # an almost black face
+    ref = [p.probabilities for p in predictor.predict_batch(np.rint(batch).astype(np.uint8))]
+    assert [p.probabilities for p in predictor.predict_batch(batch)] == ref
+    assert [p.probabilities for p in predictor.predict_batch(batch[..., None])] == ref
+    rgb = np.repeat(batch[..., None], 3, axis=-1)
+    assert [p.probabilities for p in predictor.predict_batch(rgb)] == ref
+    assert [p.probabilities for p in predictor.predict_batch(rgb / 255)] == ref  # a 0..1 batch is still 0..1
+    # a list stays image by image, as documented: the dark face alone is a 0..1 image
+    assert [p.probabilities for p in predictor.predict_batch(list(batch))][1] != ref[1]
+
+
+def test_an_all_nan_face_in_a_batch_array_is_refused_by_index(predictor):
+    """In an N x 48 x 48 float array an all-NaN face was classified (as black), while alone or in a list it is
+    refused."""
+    batch = np.stack([_gradient()[:48, :48]] * 3).astype(np.float32)
+    batch[1] = np.nan
+    for arr in (batch, batch[..., None], np.repeat(batch[..., None], 3, axis=-1)):
+        with pytest.raises(DataError, match="face 1 of the batch: every pixel value is NaN"):
+            predictor.predict_batch(arr)
+    with pytest.raises(DataError, match="every pixel value is NaN"):
+        predictor.predict_batch(list(batch))
+    with pytest.raises(DataError, match="every pixel value is NaN"):
+        predictor.predict(batch[1])
+    part = batch.copy()
+    part[1, :10] = 100.0  # partly NaN: NaN reads as black, as documented
+    assert len(predictor.predict_batch(part)) == 3
+
+
 def test_the_openvino_guides_python_program_runs_and_agrees_with_load(artifacts, faces48, predictor, tmp_path):
     """docs/embed-openvino.md's Python sample, run as written on a fer-edge IR, gives fer_edge.load()'s label."""
     import ast
