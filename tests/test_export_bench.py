@@ -67,6 +67,9 @@ def test_the_report_prints_both_tables(seed_report):
     text = console.export_text()
     assert "INT8 per calibration draw (16 images each" in text and "INT8 accuracy drop over the draws" in text
     assert "of 3 (drop <= 0.5 points)" in text
+    spread = seed_report[0]["calib_seeds"]
+    assert (spread["calib_size"], spread["calib_size_requested"], spread["calib_split_size"]) == (16, 16, 280)
+    assert spread["same_images"] is False and spread["note"] is None and "note:" not in text
 
 
 @pytest.mark.parametrize("bad, msg", [("0,a", "expected comma-separated integers"), ("1,1", "repeated"),
@@ -144,3 +147,23 @@ def test_a_temporary_folder_is_not_named_in_the_report(temp_folder_report):
     rows = temp_folder_report["calib_seeds"]["rows"]
     assert [(r["seed"], r["export_dir"]) for r in rows] == [(0, None), (1, None)]
     assert "fer-edge-export-bench-" not in json.dumps(temp_folder_report, default=str)
+
+
+def test_a_split_no_larger_than_calib_size_says_the_draws_cannot_differ(temp_folder_report):
+    """QA: with fewer Training images than --calib-size (280 here, 500 asked for) the title said "500 images each"
+    and the draws, all of the split, were shown as a spread ("range +0.57 to +0.57"): the count used is reported,
+    with a note that every seed takes the same images."""
+    spread = temp_folder_report["calib_seeds"]
+    assert temp_folder_report["calibration"]["count"] == 280
+    assert (spread["calib_size"], spread["calib_size_requested"], spread["calib_split_size"]) == (280, 500, 280)
+    assert spread["same_images"] is True
+    assert spread["note"].startswith("the calibration split (Training) holds 280 images, no more than --calib-size "
+                                     "500 (the default): every seed calibrates on all of them, the same images, so "
+                                     "the draws cannot differ"), spread["note"]
+    a, b = spread["rows"]
+    assert (a["agreement"], a["accuracy"]) == (b["agreement"], b["accuracy"])  # indeed the same
+    console = Console(record=True, width=200)
+    print_report(temp_folder_report, console=console)
+    text = console.export_text()
+    assert "INT8 per calibration draw (280 images each" in text and "500 images" not in text
+    assert f"note: {spread['note']}" in " ".join(text.split())

@@ -12,7 +12,9 @@ the whole validation split (agreement and accuracy against FP32): how the defaul
 ``--calib-seeds`` exports INT8 once per calibration draw (``--calib-seed``: which ``--calib-size`` images
 calibrate) for every target that can run here, and prints each draw's agreement and accuracy drop, then per
 target the median, the range and how many draws stay within :data:`INT8_MAX_DROP` (the project's INT8 bar):
-how much an INT8 figure owes to the one draw the export used.
+how much an INT8 figure owes to the one draw the export used. A calibration split of at most ``--calib-size``
+images gives every seed all of them, the same images: the draws cannot differ, and a note (and the JSON's
+``same_images``) says so; the title gives the number of images each draw used.
 """
 from __future__ import annotations
 
@@ -222,7 +224,8 @@ def _run(checkpoint, calib_data, out_dir: Path, val_data, val_split, val_size, t
 
         # the main export above is the default draw, validated the same way when on the whole split: reused
         known = ({DEFAULT_SEED: (out_dir / "all", [e for e in entries if e["precision"] == "int8"
-                                                 and e["variant"] == "main" and e["target"] in int8_targets])}
+                                                 and e["variant"] == "main" and e["target"] in int8_targets],
+                                 result.manifest["calibration"])}
                  if val_size is None else {})
         report["calib_seeds"] = calib_seed_spread(checkpoint, calib_data, out_dir, calib_seeds, int8_targets,
                                                   calib_size, val_data, val_split, known=known, bar=bar,
@@ -243,10 +246,14 @@ def calib_seed_spread(checkpoint, calib_data, out_dir, seeds, targets, calib_siz
                       warnings: list[str] | None = None, kept: bool = True) -> dict:
     """INT8 exported once per calibration seed for ``targets``, each validated on the whole split.
 
-    ``known``: ``{seed: (export_dir, manifest entries)}`` of draws already exported and validated this way (the
-    main export's default draw), taken as they are instead of exported again. Returns ``{"rows": [per seed and
-    target], "summary": [per target: median/min/max drop, draws within the bar]}``; a draw whose export fails is
-    a row with its ``error``, left out of the summary. ``warnings``: the exports' warnings are added to it.
+    ``known``: ``{seed: (export_dir, manifest entries, manifest calibration record)}`` of draws already exported
+    and validated this way (the main export's default draw), taken as they are instead of exported again. Returns
+    ``{"rows": [per seed and target], "summary": [per target: median/min/max drop, draws within the bar],
+    "calib_size": images each draw calibrated on (the manifests' count: fewer than asked for when the split is
+    smaller; None if the draws differ in it), "calib_size_requested", "calib_split_size", "same_images": True when
+    the split holds at most ``calib_size`` images, so every seed takes all of them and the draws cannot differ,
+    "note": a line saying so, else None}``; a draw whose export fails is a row with its ``error``, left out of the
+    summary. ``warnings``: the exports' warnings are added to it.
     ``kept``: False when ``out_dir`` is a temporary folder, removed after: the rows' ``export_dir`` is None.
     """
     import statistics
@@ -255,9 +262,11 @@ def calib_seed_spread(checkpoint, calib_data, out_dir, seeds, targets, calib_siz
 
     known = known or {}
     rows = []
+    calibrations = []  # each draw's calibration record (its manifest's)
     for seed in seeds:
         if seed in known and {e["target"] for e in known[seed][1]} == set(targets):
-            where, done = known[seed]
+            where, done, calibration = known[seed]
+            calibrations.append(calibration)
             rows += [_draw_row(seed, e["target"], where if kept else None, e["validation"]) for e in done]
             if bar is not None:
                 bar.done()
@@ -271,6 +280,7 @@ def calib_seed_spread(checkpoint, calib_data, out_dir, seeds, targets, calib_siz
             bar.done()
         if warnings is not None:
             warnings += r.warnings
+        calibrations.append(r.manifest.get("calibration"))
         rows += [{"seed": seed, "target": f["target"], "error": f["reason"]} for f in r.failed]
         rows += [_draw_row(seed, a.target, where if kept else None, a.validation) for a in r.artifacts
                  if a.variant == "main"]
@@ -286,7 +296,19 @@ def calib_seed_spread(checkpoint, calib_data, out_dir, seeds, targets, calib_siz
                         "within_bar": sum(d <= INT8_MAX_DROP for d in drops), "bar": INT8_MAX_DROP})
     from fer_edge.exporters.calibration import DEFAULT_CALIB_SIZE
 
-    return {"calib_size": calib_size or DEFAULT_CALIB_SIZE, "rows": rows, "summary": summary}
+    requested = calib_size or DEFAULT_CALIB_SIZE
+    recs = [c for c in calibrations if c]
+    counts = {c["count"] for c in recs}
+    same = bool(recs) and all(c["count"] == c["split_size"] for c in recs)  # all of the split: seeds change nothing
+    note = None
+    if same:
+        n = recs[0]["split_size"]
+        note = (f"the calibration split ({recs[0]['split']}) holds {n} images, no more than --calib-size {requested}"
+                f"{' (the default)' if calib_size is None else ''}: every seed calibrates on all of them, the same "
+                f"images, so the draws cannot differ (a --calib-size below {n} draws different images)")
+    return {"calib_size": counts.pop() if len(counts) == 1 else None, "calib_size_requested": requested,
+            "calib_split_size": recs[0]["split_size"] if recs else None, "same_images": same, "note": note,
+            "rows": rows, "summary": summary}
 
 
 def _pct(v) -> str:
@@ -370,7 +392,9 @@ def print_report(report: dict, console=None) -> None:
 
     spread = report.get("calib_seeds")
     if spread:
-        t = Table(title=f"INT8 per calibration draw ({spread['calib_size']} images each; whole validation split)")
+        each = ("a number of images that differs between draws, see their manifests" if spread.get("calib_size") is None
+                else f"{spread['calib_size']} images each")
+        t = Table(title=f"INT8 per calibration draw ({each}; whole validation split)")
         for col in ("Seed", "Target", "Agreement", "Accuracy", "FP32 acc.", "Drop (points)"):
             t.add_column(col, justify="left" if col == "Target" else "right")
         for r in spread["rows"]:
@@ -380,6 +404,8 @@ def print_report(report: dict, console=None) -> None:
             t.add_row(str(r["seed"]), r["target"], _pct(r["agreement"]), _pct(r["accuracy"]),
                       _pct(r["reference_accuracy"]), f"{r['accuracy_drop'] * 100:+.2f}")
         console.print(t)
+        if spread.get("note"):
+            console.print(f"note: {spread['note']}", highlight=False, soft_wrap=True)  # one line in a log
         t = Table(title="INT8 accuracy drop over the draws")
         for col in ("Target", "Draws", "Median drop", "Range", "Median agreement", "Within the bar"):
             t.add_column(col, justify="left" if col == "Target" else "right")
