@@ -367,6 +367,22 @@ def test_unknown_options_and_bad_threads_are_refused(exported):
         load_runtime(onnx_file).run(np.zeros((2, 48, 48), np.float32))
 
 
+@pytest.mark.parametrize("target", ["pytorch", "torchscript", "onnx", "openvino", "coreml"])
+def test_input_that_is_no_array_of_numbers_is_a_data_error_in_every_runtime(exported, tiny_checkpoint, target):
+    """Runtime.run("abc") raised numpy's plain ValueError (it converted before checking the shape)."""
+    from fer_edge.errors import DataError
+    from fer_edge.runtimes import load_runtime
+
+    if target == "coreml" and sys.platform != "darwin":
+        pytest.skip("Core ML runs only on macOS")
+    rt = load_runtime(tiny_checkpoint if target == "pytorch" else _fp32(exported, target))
+    for bad, words in (("abc", "got str 'abc', which is no array of numbers"),
+                       ([[1.0, 2.0], [3.0]], "got list .*, which is no array of numbers"),
+                       (np.zeros((2, 48, 48), np.float32), r"got shape \(2, 48, 48\)")):
+        with pytest.raises(DataError, match=r"expected float32 N x 1 x 48 x 48 input .*" + words):
+            rt.run(bad)
+
+
 @pytest.mark.parametrize("target", ["onnx", "openvino", "torchscript"])
 def test_an_empty_batch_gives_no_rows_in_every_runtime(exported, target):
     from fer_edge.runtimes import load_runtime

@@ -9,7 +9,7 @@ from typing import Iterator
 
 import numpy as np
 
-from fer_edge.errors import ArtifactError, FerEdgeError, RuntimeUnavailableError
+from fer_edge.errors import ArtifactError, DataError, RuntimeUnavailableError
 
 
 def package_available(package: str) -> tuple[bool, str]:
@@ -59,13 +59,19 @@ def as_input(x) -> np.ndarray:
     """float32, C-contiguous N x 1 x 48 x 48 (a single 1 x 48 x 48 image gets a batch axis)."""
     from fer_edge.constants import IMAGE_SIZE
 
-    arr = np.ascontiguousarray(np.asarray(x, dtype=np.float32))
+    import reprlib
+
+    expected = f"expected float32 N x 1 x {IMAGE_SIZE} x {IMAGE_SIZE} input (or one 1 x {IMAGE_SIZE} x {IMAGE_SIZE} image)"
+    try:
+        arr = np.ascontiguousarray(np.asarray(x, dtype=np.float32))
+    except (TypeError, ValueError) as e:  # a string, a ragged list, an object numpy cannot read as numbers
+        raise DataError(f"{expected}, got {type(x).__name__} {reprlib.repr(x)}, which is no array of numbers "
+                        f"({type(e).__name__}: {e})") from None
     given = arr.shape
     if arr.ndim == 3:
         arr = arr[None]
     if arr.ndim != 4 or arr.shape[1:] != (1, IMAGE_SIZE, IMAGE_SIZE):
-        raise FerEdgeError(f"expected float32 N x 1 x {IMAGE_SIZE} x {IMAGE_SIZE} input (or one 1 x {IMAGE_SIZE} x "
-                           f"{IMAGE_SIZE} image), got shape {given}")
+        raise DataError(f"{expected}, got shape {given}")
     return arr
 
 
