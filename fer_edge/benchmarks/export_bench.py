@@ -2,7 +2,7 @@
 
     python -m fer_edge.benchmarks.export_bench CHECKPOINT --calib-data fer2013.csv.gz \
         [--val-data ...] [--out DIR] [--calib-methods minmax,entropy,percentile] [--calib-seeds 0,1,2,3,4]
-        [--json report.json]
+        [--json report.json] [--fail-on-parity]
 
 Prints export seconds per target (and in total: the budget is 60 s for every target and
 precision), artifact size per precision with the INT8/FP32 ratio (ONNX and OpenVINO INT8
@@ -15,6 +15,11 @@ target the median, the range and how many draws stay within :data:`INT8_MAX_DROP
 how much an INT8 figure owes to the one draw the export used. A calibration split of at most ``--calib-size``
 images gives every seed all of them, the same images: the draws cannot differ, and a note (and the JSON's
 ``same_images``) says so; the title gives the number of images each draw used.
+
+Exit status: 0; 1 when an export failed, when the total export time is over the budget, or, with
+``--fail-on-parity``, when an artifact of the main export failed the parity gate (as ``fer-edge export`` exits 1;
+without it such artifacts are listed in a closing ``warning:`` line and the status stays 0; the draws of
+``--calib-methods`` and ``--calib-seeds`` are measurements, never a failure); 2 for a bad option; 130 on Ctrl-C.
 """
 from __future__ import annotations
 
@@ -416,6 +421,14 @@ def print_report(report: dict, console=None) -> None:
         console.print(t)
 
 
+def parity_failures(report: dict) -> list[str]:
+    """The main export's artifacts that failed the parity gate, each as ``"FILE (REASON)"``."""
+    from fer_edge.exporters.validate import FAILED
+
+    return [f"{a['file']} ({a['validation'].get('reason') or 'no reason recorded'})" for a in report["artifacts"]
+            if a["validation"].get("status") == FAILED]
+
+
 def _seeds(text: str | None) -> list[int] | None:
     """``--calib-seeds``: distinct integers, comma-separated; anything else is a usage error (OptionError)."""
     from fer_edge.errors import OptionError
@@ -435,7 +448,10 @@ def _seeds(text: str | None) -> list[int] | None:
 def main(argv: list[str] | None = None) -> int:
     from fer_edge.errors import FerEdgeError, OptionError
 
-    ap = argparse.ArgumentParser(prog="python -m fer_edge.benchmarks.export_bench", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m fer_edge.benchmarks.export_bench", description=__doc__.split("\n")[0],
+                                 epilog="exit status: 0; 1 when an export failed, when the total export time is over "
+                                        "the budget, or (--fail-on-parity) when an artifact failed the parity gate; "
+                                        "2 for a bad option; 130 on Ctrl-C")
     ap.add_argument("checkpoint", nargs="?", default=None, help="checkpoint (default: the shipped default model)")
     ap.add_argument("--calib-data", required=True, help="FER2013 CSV or image folder (calibration + validation)")
     # None: the export's default (500); given, it is refused for an export that calibrates nothing, as by fer-edge export
@@ -450,6 +466,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--calib-seeds", default=None,
                     help="also export INT8 once per calibration draw, e.g. 0,1,2,3,4, and print the spread")
     ap.add_argument("--json", default=None, help="write the report as JSON here")
+    ap.add_argument("--fail-on-parity", action="store_true",
+                    help="exit 1 when an artifact of the main export fails the parity gate, as fer-edge export does "
+                         "(without it they are listed in a closing warning and the exit status stays 0)")
     args = ap.parse_args(argv)
     from fer_edge.utils import check_output_file, sigterm_as_interrupt, write_text_atomic
 
@@ -504,7 +523,15 @@ def main(argv: list[str] | None = None) -> int:
         except OSError as e:
             print(f"error: --json {args.json}: {e.strerror or e}", file=sys.stderr)
             return 1
-    return 0 if report["within_budget"] and not report["failed"] else 1
+    rc = 0 if report["within_budget"] and not report["failed"] else 1
+    gate = parity_failures(report)
+    if gate:  # the closing line, as fer-edge export's: which artifacts, and why
+        what = f"{len(gate)} artifact(s) failed the parity gate: {'; '.join(gate)}"
+        if args.fail_on_parity:
+            print(f"error: {what}", file=sys.stderr)
+            return 1
+        print(f"warning: {what} (exit status unaffected: --fail-on-parity exits 1)", file=sys.stderr)
+    return rc
 
 
 def _interrupted_note(out: str | None, json_path: str | None) -> str:
