@@ -208,6 +208,13 @@ def to_gray48(image) -> np.ndarray:
     return np.asarray(image, dtype=np.uint8)
 
 
+def _not_uint8(dtype) -> DataError:
+    """What :func:`normalize` and :func:`normalize_torch` say of pixels that are not uint8."""
+    return DataError(f"face crops must be uint8 {IMAGE_SIZE} x {IMAGE_SIZE} pixels (0..255), got dtype {dtype}: pass "
+                     "uint8 pixels, or bring them there first with fer_edge.preprocess.to_gray48 (any image, any "
+                     "size) or to_uint8 (pixel values of another dtype)")
+
+
 def normalize(gray: np.ndarray, norm: Normalization) -> np.ndarray:
     """uint8 N x 48 x 48 (or 48 x 48) -> float32 N x 1 x 48 x 48, normalised.
 
@@ -216,11 +223,7 @@ def normalize(gray: np.ndarray, norm: Normalization) -> np.ndarray:
     """
     gray = np.asarray(gray)
     if gray.dtype != np.uint8:
-        raise DataError(
-            f"face crops must be uint8 {IMAGE_SIZE} x {IMAGE_SIZE} pixels (0..255), got dtype {gray.dtype}: pass "
-            f"uint8 pixels, or bring them there first with fer_edge.preprocess.to_gray48 (any image, any size) or "
-            f"to_uint8 (pixel values of another dtype)"
-        )
+        raise _not_uint8(gray.dtype)
     if gray.ndim == 2:
         gray = gray[None]
     if gray.ndim != 3 or gray.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE):
@@ -230,8 +233,18 @@ def normalize(gray: np.ndarray, norm: Normalization) -> np.ndarray:
 
 
 def normalize_torch(gray, norm: Normalization):
-    """The same as :func:`normalize` for a uint8 torch tensor (N x 48 x 48 or N x 1 x 48 x 48)."""
+    """The same as :func:`normalize` for a uint8 torch tensor: 48 x 48, N x 48 x 48 or N x 1 x 48 x 48 ->
+    float32 N x 1 x 48 x 48, normalised; other dtypes and shapes are refused (:class:`DataError`)."""
+    import torch
+
+    if gray.dtype != torch.uint8:
+        raise _not_uint8(gray.dtype)
     x = gray.float()
+    if x.dim() == 2:
+        x = x[None]
     if x.dim() == 3:
         x = x.unsqueeze(1)
+    if x.dim() != 4 or tuple(x.shape[1:]) != (1, IMAGE_SIZE, IMAGE_SIZE):
+        raise DataError(f"expected {IMAGE_SIZE} x {IMAGE_SIZE}, N x {IMAGE_SIZE} x {IMAGE_SIZE} or N x 1 x "
+                        f"{IMAGE_SIZE} x {IMAGE_SIZE} images, got shape {tuple(gray.shape)}")
     return (x / 255.0 - norm.mean) / norm.std

@@ -93,3 +93,22 @@ def test_normalize_of_uint8():
 
     x = normalize(np.full((48, 48), 255, np.uint8), Normalization(0.5, 0.25))
     assert x.shape == (1, 1, 48, 48) and x.dtype == np.float32 and np.allclose(x, 2.0)
+
+
+def test_normalize_torch_is_normalize_for_every_shape_normalize_takes():
+    """A 48 x 48 tensor came back 48 x 48 (normalize gives 1 x 1 x 48 x 48), though its docstring said the same."""
+    import torch
+
+    from fer_edge.preprocess import Normalization, normalize, normalize_torch
+
+    norm = Normalization(0.5, 0.25)
+    faces = np.random.default_rng(0).integers(0, 256, size=(3, 48, 48), dtype=np.uint8)
+    for gray in (faces[0], faces, faces[:, None]):
+        out = normalize_torch(torch.from_numpy(gray), norm)
+        assert out.dtype == torch.float32 and tuple(out.shape) == (len(gray) if gray.ndim > 2 else 1, 1, 48, 48)
+        if gray.ndim < 4:
+            np.testing.assert_allclose(out.numpy(), normalize(gray, norm), rtol=0, atol=1e-6)
+    with pytest.raises(DataError, match="got dtype torch.float32"):
+        normalize_torch(torch.from_numpy(faces).float() / 255, norm)
+    with pytest.raises(DataError, match=r"got shape \(3, 2, 48, 48\)"):
+        normalize_torch(torch.zeros((3, 2, 48, 48), dtype=torch.uint8), norm)
