@@ -176,6 +176,8 @@ def to_uint8(arr: np.ndarray) -> np.ndarray:
         raise DataError(
             f"pixel values span {lo:g}..{hi:g}: expected 0..1 or 0..255 (or 0..65535 for 16-bit); "
             "pass raw pixels, fer-edge normalises them itself"
+            + ("; if these are raw pixels a resize pushed below 0 (a cubic or Lanczos filter's undershoot), "
+               "clip them to the range first (np.clip)" if arr.dtype.kind == "f" and np.isfinite(hi) and hi > 0 else "")
         )
     if arr.dtype.kind == "f":
         if hi <= 1.1:  # a 0..1 image, up to a resize's overshoot past 1

@@ -50,8 +50,12 @@ def test_float_overshoot_limits_and_normalised_images():
     for lo, hi in ((-1, 1), (-2, 2), (-120, 135)):  # images already normalised: refused as before
         with pytest.raises(DataError, match="fer-edge normalises them itself"):
             to_uint8(g * (hi - lo) + lo)
-    with pytest.raises(DataError, match="fer-edge normalises them itself"):
+    with pytest.raises(DataError, match="fer-edge normalises them itself") as e:
         to_uint8(g - 0.12)  # below -0.1 x its top (0.88)
+    assert "clip them to the range first" in str(e.value)  # raw pixels a sharp resize undershot: what to do
+    with pytest.raises(DataError) as e:
+        to_uint8(np.full((4, 4), -0.5))  # nothing above 0: no resize made this
+    assert "clip" not in str(e.value)
     with pytest.raises(DataError, match="expected 0..1 or 0..255"):
         to_uint8(g * 281)  # past 255 * 1.1
 
