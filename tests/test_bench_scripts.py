@@ -110,7 +110,7 @@ def test_export_bench_writes_its_json_atomically(tmp_path, monkeypatch, syntheti
 
     written = []
     monkeypatch.setattr(export_bench, "run", lambda *a, **k: {"within_budget": True, "failed": [], "warnings": [],
-                                                              "x": 1})
+                                                              "artifacts": [], "x": 1})
     monkeypatch.setattr(export_bench, "print_report", lambda report: None)
     import fer_edge.utils
 
