@@ -564,6 +564,25 @@ def test_export_bench_fails_on_parity_when_asked_and_always_names_the_failures(t
     assert "exit status: 0; 1 when an export failed" in _one_line(capsys.readouterr().out)
 
 
+def test_export_bench_too_small_val_data_advises_only_its_own_options(tiny_checkpoint, synthetic_csv, tmp_path,
+                                                                      capsys):
+    """QA: export_bench's error for a --val-data below the gate's minimum advised --no-validate, an option of
+    fer-edge export that export_bench does not have; fer-edge export's own advice stays as it was."""
+    from fer_edge.benchmarks import export_bench
+    from fer_edge.errors import FerEdgeError
+    from fer_edge.exporters import export
+
+    assert export_bench.main([str(tiny_checkpoint), "--calib-data", str(synthetic_csv), "--val-data",
+                              str(synthetic_csv), "--target", "torchscript", "--out", str(tmp_path / "o")]) == 1
+    err = _one_line(capsys.readouterr().err)
+    assert "only 84 validation images" in err and err.endswith(
+        ": pass a larger validation split (--val-split) or data set (--val-data)"), err
+    assert "--no-validate" not in err
+    with pytest.raises(FerEdgeError) as e:
+        export(tiny_checkpoint, ["torchscript"], ["fp32"], tmp_path / "e", val_data=synthetic_csv, data_progress=False)
+    assert str(e.value).endswith(": pass a larger validation split (--val-split) or data set, or --no-validate")
+
+
 def test_export_bench_shows_why_an_artifact_was_not_validated():
     from fer_edge.benchmarks.export_bench import print_report
 

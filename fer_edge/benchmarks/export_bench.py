@@ -34,6 +34,9 @@ from pathlib import Path
 BUDGET_S = 60.0
 #: The project's INT8 bar: at most half a point of top-1 below FP32.
 INT8_MAX_DROP = 0.005
+#: What the export's error for a ``--val-data`` below the gate's minimum advises, in this script's options (it has no
+#: ``--no-validate``).
+SMALL_VAL_ADVICE = "pass a larger validation split (--val-split) or data set (--val-data)"
 
 
 def _weights_bytes(entry: dict) -> int:
@@ -163,7 +166,8 @@ def _run(checkpoint, calib_data, out_dir: Path, val_data, val_split, val_size, t
     t0 = time.perf_counter()
     result = export(checkpoint, targets, precisions, out_dir / "all", calib_data=calib_data,
                     calib_size=calib_size, val_data=val_data, val_split=val_split, val_size=val_size,
-                    raise_on_failure=False, data_progress=False, progress=bar.call("main export"))
+                    raise_on_failure=False, data_progress=False, small_val_advice=SMALL_VAL_ADVICE,
+                    progress=bar.call("main export"))
     bar.done()
     wall = time.perf_counter() - t0
     warnings = list(result.warnings)  # the calibration's and the parity gate's (too few images...): printed by main
@@ -199,7 +203,7 @@ def _run(checkpoint, calib_data, out_dir: Path, val_data, val_split, val_size, t
             t1 = time.perf_counter()
             r = export(checkpoint, ["onnx"], ["int8"], out_dir / f"calib-{method}", calib_data=calib_data,
                        calib_size=calib_size, calib_method=method, val_data=val_data, val_split=val_split,
-                       val_size=None, raise_on_failure=False, data_progress=False,
+                       val_size=None, raise_on_failure=False, data_progress=False, small_val_advice=SMALL_VAL_ADVICE,
                        progress=bar.call(f"calibration method {method}"))
             bar.done()
             secs = time.perf_counter() - t1
@@ -279,7 +283,7 @@ def calib_seed_spread(checkpoint, calib_data, out_dir, seeds, targets, calib_siz
         where = Path(out_dir) / f"calib-seed-{seed}"
         r = export(checkpoint, targets, ["int8"], where, calib_data=calib_data,
                    calib_size=calib_size, calib_seed=seed, val_data=val_data, val_split=val_split, val_size=None,
-                   raise_on_failure=False, data_progress=False,
+                   raise_on_failure=False, data_progress=False, small_val_advice=SMALL_VAL_ADVICE,
                    progress=None if bar is None else bar.call(f"calibration seed {seed}"))
         if bar is not None:
             bar.done()

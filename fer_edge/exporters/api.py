@@ -509,6 +509,7 @@ def export(
     data_progress: bool = True,
     raise_on_failure: bool = True,
     replace_other: bool = False,
+    small_val_advice: str | None = None,
 ) -> ExportResult:
     """Export ``checkpoint`` (path, shipped name, or None for the default model) to ``out_dir``.
 
@@ -542,8 +543,9 @@ def export(
     warnings are also in ``result.warnings`` and the manifest). The validation images are loaded only when an
     artifact of the plan can run here. The gate needs at least
     :data:`~fer_edge.exporters.calibration.MIN_VAL_SIZE` images (the same floor that refuses a smaller
-    ``val_size``): an explicit ``val_data`` with fewer is refused before any export; implied validation data
-    with fewer (the calibration data, the checkpoint's recorded data) leaves every artifact ``not validated``
+    ``val_size``): an explicit ``val_data`` with fewer is refused before any export (the error ends with
+    ``small_val_advice``, what to do in the calling command's options; None: ``fer-edge export``'s); implied
+    validation data with fewer (the calibration data, the checkpoint's recorded data) leaves every artifact ``not validated``
     (``only N validation images; the gate needs M``), with a warning, never ``passed``. Validating on training
     images (the data's training split, the checkpoint's recorded training data by SHA-256, or the calibration
     images, under any name) is warned about.
@@ -750,8 +752,9 @@ def export(
                 short = (f"only {len(vset)} validation images ({vset.record['split']} of {vset.record['file']}); "
                          f"the gate needs {minimum}")
                 if val_data is not None:
-                    raise FerEdgeError(f"--val-data {val_data}: {short}: pass a larger validation split "
-                                       "(--val-split) or data set, or --no-validate")
+                    raise FerEdgeError(f"--val-data {val_data}: {short}: " + (
+                        small_val_advice or "pass a larger validation split (--val-split) or data set, or "
+                                            "--no-validate"))
                 no_val = f"only {len(vset)} validation images; the gate needs {minimum}"
                 warn(f"the parity gate has {short} (taken from {vwhy}): artifacts are not validated; pass "
                      f"--val-data with at least {minimum} images")
