@@ -419,6 +419,12 @@ def test_ort_int8_refuses_an_unbounded_seconds(seconds, int8_onnx, monkeypatch):
 @pytest.mark.parametrize("args, msg", [
     (["--batch", "0"], "--batch takes comma-separated positive integers, got '0'"),
     (["--data", "CSV", "--split", ""], "is empty: name a split"),
+    # QA: without --data they were ignored (even --split Foo), rc 0
+    (["--split", "Foo"], "--split chooses the images of --data, and no --data was given: pass --data, or leave it out"),
+    (["--n-images", "5"], "--n-images chooses the images of --data, and no --data was given"),
+    (["--split", "PublicTest", "--n-images", "5"],
+     "--split and --n-images choose the images of --data, and no --data was given: pass --data, or leave them out"),
+    (["--batch", "0", "--split", "Foo"], "got '0'; --split chooses the images of --data"),  # all in one error
 ])
 def test_ort_int8_usage_errors_exit_2(args, msg, int8_onnx, synthetic_csv, monkeypatch):
     """QA: --batch 0, --seconds inf and --split '' exited 1 (README: a value wrong on its own exits 2)."""

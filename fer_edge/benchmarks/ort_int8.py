@@ -6,7 +6,8 @@ here, which is how ``exact_int8="auto"`` (the runtime's default: the option only
 was chosen. Each INT8 ``.onnx`` artifact (a file, or every ``*_int8.onnx`` in a directory) is opened twice,
 exact and fast; rounds are interleaved (exact, fast, exact, ...) and each round times ``--seconds`` of calls
 per batch size. Medians of the rounds' p50s are compared. With ``--data``, both sessions also run the split's
-images and the table gives the largest logit difference and the top-1 agreement between them.
+images (``--split``, ``--n-images``: which; refused without ``--data``) and the table gives the largest logit
+difference and the top-1 agreement between them; without it, 256 seeded random inputs.
 
     python -m fer_edge.benchmarks.ort_int8 exports/nano exports/small \\
         --data ../shared/data/fer2013/fer2013.csv.gz --split PublicTest --threads 1
@@ -39,6 +40,33 @@ def check_seconds(seconds: float) -> float:
         raise OptionError(f"--seconds {seconds:g}: give a finite number of seconds, at most {MAX_SECONDS:g} "
                            "(it is timed per mode, batch size and round)")
     return seconds
+
+
+def check_options(seconds: float, batch: str, data, split: str | None, n_images: int | None) -> list[int]:
+    """The ``--batch`` sizes, once every option wrong on its own is refused in one usage error
+    (:class:`~fer_edge.errors.OptionError`, exit 2): an unbounded ``--seconds``, a bad ``--batch``, and ``--split``
+    or ``--n-images`` without ``--data`` (they choose its images: without it they would do nothing)."""
+    from fer_edge.cli.common import parse_batches
+    from fer_edge.errors import OptionError
+
+    problems, batches = [], []
+    try:
+        check_seconds(seconds)
+    except OptionError as e:
+        problems.append(str(e))
+    try:
+        batches = parse_batches(batch)
+    except OptionError as e:
+        problems.append(str(e))
+    given = [o for o, v in (("--split", split), ("--n-images", n_images)) if v is not None]
+    if data is None and given:
+        one = len(given) == 1
+        problems.append(f"{' and '.join(given)} choose{'s' if one else ''} the images of --data, and no --data was "
+                        f"given: pass --data, or leave {'it' if one else 'them'} out (the answers are then compared "
+                        "on seeded random inputs)")
+    if problems:
+        raise OptionError("; ".join(problems))
+    return batches
 
 
 def dedupe(arts: list) -> tuple[list, list[str]]:
@@ -131,8 +159,10 @@ def main(
     artifacts: list[Path] = typer.Argument(..., exists=True, help="INT8 .onnx files, or export directories."),
     data: Path | None = typer.Option(None, exists=True, help="FER2013 CSV or image folder: compare the "
                                      "two sessions' answers on its images (else on seeded random inputs)."),
-    split: str | None = typer.Option(None, parser=split_value, help="Split of --data (default PublicTest / val)."),
-    n_images: int | None = typer.Option(None, min=1, help="Stratified subset of the split (default: all of it)."),
+    split: str | None = typer.Option(None, parser=split_value, help="Split of --data (default PublicTest / val); "
+                                     "only with --data."),
+    n_images: int | None = typer.Option(None, min=1, help="Stratified subset of the split (default: all of it); "
+                                        "only with --data."),
     batch: str = typer.Option("1,32", help="Batch sizes to time, comma-separated."),
     threads: int = typer.Option(1, min=1, help="ONNX Runtime intra-op threads."),
     rounds: int = typer.Option(5, min=1, help="Interleaved rounds; medians are compared."),
@@ -156,10 +186,7 @@ def main(
     files: list = []
     batches: list[int] = []
     try:
-        from fer_edge.cli.common import parse_batches
-
-        check_seconds(seconds)
-        batches = parse_batches(batch)
+        batches = check_options(seconds, batch, data, split, n_images)
         files, notes = dedupe(int8_artifacts(artifacts))
         for note in notes:
             typer.echo(f"note: {note}", err=True)
