@@ -299,6 +299,25 @@ def test_train_throughput_refuses_a_split_smaller_than_a_batch(tiny_csv, monkeyp
                                                torch.device("cpu"), steps=1)
 
 
+@pytest.mark.parametrize("args, msgs", [
+    (["--device", "foo"], ["--device: unknown device 'foo'; valid: auto, cpu, cuda, mps"]),
+    (["--model", "foo"], ["--model: unknown model 'foo'; registered models: "]),
+    (["--model", "foo", "--device", "foo"], ["--model: unknown model 'foo'", "; --device: unknown device 'foo'"]),
+])
+def test_train_throughput_usage_errors_exit_2_before_the_data_is_read(args, msgs, synthetic_csv, monkeypatch):
+    """QA: --device foo and --model foo exited 1 (the model only after the data loaded and the probe started):
+    usage errors, both in one, before any work, as step_cost's."""
+    import fer_edge.data
+    from fer_edge.benchmarks import train_throughput
+
+    monkeypatch.setattr(fer_edge.data, "load_split", _never)
+    monkeypatch.setattr(train_throughput, "fer_edge_pipeline_ips", _never)
+    r = runner.invoke(train_throughput.cli, ["--data", str(synthetic_csv), "--rounds", "1", *args])
+    assert r.exit_code == 2, r.output
+    err = _one_line(r.stderr)
+    assert err.startswith("error: ") and all(m in err for m in msgs) and "Traceback" not in r.output, err
+
+
 def test_train_throughput_times_both_pipelines_from_their_first_step(synthetic_csv, monkeypatch):
     """QA: the notebook pipeline ran two untimed warm-up steps while fer-edge's figure (the trainer's
     images_per_second) times its epoch from the first step: every notebook step is timed now, and few steps get a

@@ -29,6 +29,22 @@ FER_EDGE_BATCH = 128
 FEW_STEPS = 30
 
 
+def check_options(model: str, device: str) -> None:
+    """Refuse an unknown ``--model`` or ``--device`` as a usage error (:class:`~fer_edge.errors.OptionError`, exit
+    2) before the data is read, both in one error, as :func:`fer_edge.benchmarks.step_cost.check_options` does."""
+    from fer_edge.benchmarks.step_cost import DEVICES  # here: step_cost imports this module
+    from fer_edge.errors import OptionError
+    from fer_edge.models import list_models
+
+    problems = []
+    if model not in list_models():
+        problems.append(f"--model: unknown model {model!r}; registered models: {', '.join(sorted(list_models()))}")
+    if device not in DEVICES:
+        problems.append(f"--device: unknown device {device!r}; valid: {', '.join(DEVICES)}")
+    if problems:
+        raise OptionError("; ".join(problems))
+
+
 def notebook_pipeline_ips(images, labels, model_name: str, device, steps: int, batch_size: int = NOTEBOOK_BATCH,
                           num_workers: int = 0) -> float:
     """Images/second of the notebooks' recipe: PIL per-image transforms in a DataLoader, NCHW float32.
@@ -113,8 +129,8 @@ def fer_edge_pipeline_ips(data: str, model_name: str, device: str, steps: int, b
 @handle_errors
 def main(
     data: Path = typer.Option(..., exists=True, help="FER2013 CSV or image folder."),
-    model: str = typer.Option("custom_cnn"),
-    device: str = typer.Option("auto"),
+    model: str = typer.Option("custom_cnn", help="Registered model."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda or mps."),
     seconds_hint: int = typer.Option(20, min=1, help="Rough seconds per measurement (sets the step counts)."),
     rounds: int = typer.Option(3, min=1, help="Interleaved rounds; medians are compared."),
     num_workers: int = typer.Option(0, min=0, help="DataLoader workers for the notebook pipeline."),
@@ -129,6 +145,7 @@ def main(
     from fer_edge.utils import sigterm_as_interrupt
 
     console = Console()
+    check_options(model, device)
     dev = resolve_device(device)
     split_name = default_train_split(str(data))
     split = load_split(str(data), split_name)
