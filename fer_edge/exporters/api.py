@@ -545,8 +545,9 @@ def export(
     :data:`~fer_edge.exporters.calibration.MIN_VAL_SIZE` images (the same floor that refuses a smaller
     ``val_size``): an explicit ``val_data`` with fewer is refused before any export (the error ends with
     ``small_val_advice``, what to do in the calling command's options; None: ``fer-edge export``'s); implied
-    validation data with fewer (the calibration data, the checkpoint's recorded data) leaves every artifact ``not validated``
-    (``only N validation images; the gate needs M``), with a warning, never ``passed``. Validating on training
+    validation data with fewer (the calibration data, the checkpoint's recorded data) leaves every artifact
+    ``not validated`` (``only N validation images; the gate needs M``), with a warning, never ``passed``.
+    Validating on training
     images (the data's training split, the checkpoint's recorded training data by SHA-256, or the calibration
     images, under any name) is warned about.
 
