@@ -2,7 +2,7 @@
 
     python -m fer_edge.benchmarks.export_bench CHECKPOINT --calib-data fer2013.csv.gz \
         [--val-data ...] [--out DIR] [--calib-methods minmax,entropy,percentile] [--calib-seeds 0,1,2,3,4]
-        [--json report.json] [--fail-on-parity]
+        [--json report.json] [--no-parity-gate]
 
 Prints export seconds per target (and in total: the budget is 60 s for every target and
 precision), artifact size per precision with the INT8/FP32 ratio (ONNX and OpenVINO INT8
@@ -16,10 +16,11 @@ how much an INT8 figure owes to the one draw the export used. A calibration spli
 images gives every seed all of them, the same images: the draws cannot differ, and a note (and the JSON's
 ``same_images``) says so; the title gives the number of images each draw used.
 
-Exit status: 0; 1 when an export failed, when the total export time is over the budget, or, with
-``--fail-on-parity``, when an artifact of the main export failed the parity gate (as ``fer-edge export`` exits 1;
-without it such artifacts are listed in a closing ``warning:`` line and the status stays 0; the draws of
-``--calib-methods`` and ``--calib-seeds`` are measurements, never a failure); 2 for a bad option; 130 on Ctrl-C.
+Exit status: 0; 1 when an export failed, when the total export time is over the budget, or when an artifact of
+the main export failed the parity gate (named in a closing ``error:`` line, as ``fer-edge export`` and ``fer-edge
+bench`` exit 1; with ``--no-parity-gate``, as bench's, a closing ``warning:`` line names them and the status
+stays 0; the draws of ``--calib-methods`` and ``--calib-seeds`` are measurements, never a failure); 2 for a bad
+option; 130 on Ctrl-C.
 """
 from __future__ import annotations
 
@@ -454,7 +455,7 @@ def main(argv: list[str] | None = None) -> int:
 
     ap = argparse.ArgumentParser(prog="python -m fer_edge.benchmarks.export_bench", description=__doc__.split("\n")[0],
                                  epilog="exit status: 0; 1 when an export failed, when the total export time is over "
-                                        "the budget, or (--fail-on-parity) when an artifact failed the parity gate; "
+                                        "the budget, or when an artifact failed the parity gate (not with --no-parity-gate); "
                                         "2 for a bad option; 130 on Ctrl-C")
     ap.add_argument("checkpoint", nargs="?", default=None, help="checkpoint (default: the shipped default model)")
     ap.add_argument("--calib-data", required=True, help="FER2013 CSV or image folder (calibration + validation)")
@@ -470,9 +471,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--calib-seeds", default=None,
                     help="also export INT8 once per calibration draw, e.g. 0,1,2,3,4, and print the spread")
     ap.add_argument("--json", default=None, help="write the report as JSON here")
-    ap.add_argument("--fail-on-parity", action="store_true",
-                    help="exit 1 when an artifact of the main export fails the parity gate, as fer-edge export does "
-                         "(without it they are listed in a closing warning and the exit status stays 0)")
+    ap.add_argument("--parity-gate", action=argparse.BooleanOptionalAction, default=True,
+                    help="exit 1 when an artifact of the main export fails the parity gate, as fer-edge export and "
+                         "fer-edge bench do (default); --no-parity-gate lists them in a closing warning and the "
+                         "exit status stays 0")
     args = ap.parse_args(argv)
     from fer_edge.utils import check_output_file, sigterm_as_interrupt, write_text_atomic
 
@@ -531,10 +533,10 @@ def main(argv: list[str] | None = None) -> int:
     gate = parity_failures(report)
     if gate:  # the closing line, as fer-edge export's: which artifacts, and why
         what = f"{len(gate)} artifact(s) failed the parity gate: {'; '.join(gate)}"
-        if args.fail_on_parity:
+        if args.parity_gate:
             print(f"error: {what}", file=sys.stderr)
             return 1
-        print(f"warning: {what} (exit status unaffected: --fail-on-parity exits 1)", file=sys.stderr)
+        print(f"warning: {what} (exit status unaffected: --no-parity-gate)", file=sys.stderr)
     return rc
 
 
