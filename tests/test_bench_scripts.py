@@ -589,6 +589,28 @@ def test_export_bench_fails_on_parity_as_bench_does_and_always_names_the_failure
     assert "exit status: 0; 1 when an export failed" in _one_line(capsys.readouterr().out)
 
 
+def test_export_bench_closes_with_every_reason_for_exit_1(tmp_path, monkeypatch, capsys, synthetic_csv):
+    """A failed export or an export time over the budget exited 1 with no closing word (only the tables said why):
+    one closing error line names every reason, the parity gate's too."""
+    from fer_edge.benchmarks import export_bench
+
+    report = {"within_budget": False, "export_seconds_total": 75.4, "budget_seconds": 60.0, "warnings": [],
+              "failed": [{"target": "openvino", "precision": "int8", "reason": "No suitable implementations"}],
+              "artifacts": [{"file": "fer_nano_int8.onnx", "validation": {"status": "failed", "reason": "why"}}]}
+    monkeypatch.setattr(export_bench, "run", lambda *a, **k: report)
+    monkeypatch.setattr(export_bench, "print_report", lambda report: None)
+    args = ["x.pt", "--calib-data", str(synthetic_csv)]
+    assert export_bench.main(args) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert err[-1] == ("error: 1 export(s) failed: openvino int8 (No suitable implementations); the total export "
+                       "time 75.4 s is over the 60 s budget; 1 artifact(s) failed the parity gate: "
+                       "fer_nano_int8.onnx (why)"), err
+    assert export_bench.main([*args, "--no-parity-gate"]) == 1  # the other reasons still fail it
+    err = capsys.readouterr().err.splitlines()
+    assert err[-2].startswith("warning: 1 artifact(s) failed the parity gate") and err[-1].startswith(
+        "error: 1 export(s) failed: openvino int8") and "parity" not in err[-1], err
+
+
 def test_export_bench_too_small_val_data_advises_only_its_own_options(tiny_checkpoint, synthetic_csv, tmp_path,
                                                                       capsys):
     """QA: export_bench's error for a --val-data below the gate's minimum advised --no-validate, an option of

@@ -529,15 +529,26 @@ def main(argv: list[str] | None = None) -> int:
         except OSError as e:
             print(f"error: --json {args.json}: {e.strerror or e}", file=sys.stderr)
             return 1
-    rc = 0 if report["within_budget"] and not report["failed"] else 1
+    # the closing line, as fer-edge export's: every reason for exit status 1 at once (failed exports, the budget,
+    # the parity gate), so a log's last line says why without reading the tables
+    problems = []
+    if report["failed"]:
+        problems.append(f"{len(report['failed'])} export(s) failed: "
+                        + "; ".join(f"{f['target']} {f['precision']} ({f['reason']})" for f in report["failed"]))
+    if not report["within_budget"]:
+        problems.append(f"the total export time {report['export_seconds_total']:.1f} s is over the "
+                        f"{report['budget_seconds']:.0f} s budget")
     gate = parity_failures(report)
-    if gate:  # the closing line, as fer-edge export's: which artifacts, and why
+    if gate:
         what = f"{len(gate)} artifact(s) failed the parity gate: {'; '.join(gate)}"
         if args.parity_gate:
-            print(f"error: {what}", file=sys.stderr)
-            return 1
-        print(f"warning: {what} (exit status unaffected: --no-parity-gate)", file=sys.stderr)
-    return rc
+            problems.append(what)
+        else:
+            print(f"warning: {what} (exit status unaffected: --no-parity-gate)", file=sys.stderr)
+    if problems:
+        print("error: " + "; ".join(problems), file=sys.stderr)
+        return 1
+    return 0
 
 
 def _interrupted_note(out: str | None, json_path: str | None) -> str:
