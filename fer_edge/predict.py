@@ -227,7 +227,9 @@ class Predictor:
         The whole image is the face; it becomes 48x48 grayscale through
         :func:`fer_edge.preprocess.to_gray48`. Use :meth:`detect_and_predict` for photos.
         """
-        return self.predict_batch([image])[0]
+        from fer_edge.preprocess import to_gray48
+
+        return self._predictions(to_gray48(image)[None])[0]
 
     def predict_batch(self, faces) -> list[Prediction]:
         """Classify many face crops (paths, PIL images, arrays, or an N x 48 x 48 or N x H x W x 1/3/4 array).
@@ -236,7 +238,8 @@ class Predictor:
         (:func:`fer_edge.preprocess.to_uint8`), so a dark face in a float batch of 0..255 values is not
         mistaken for a 0..1 image, and an N x 48 x 48 x 1 array gets the answers of the same N x 48 x 48 one.
         A face whose pixel values are all NaN is refused, naming its index. The items of a list (or any other
-        sequence) are scaled one by one, each as :meth:`predict` would.
+        sequence) are scaled one by one, each as :meth:`predict` would; one that cannot be read is refused,
+        naming its index.
         """
         from fer_edge.preprocess import to_gray48, to_uint8
 
@@ -267,8 +270,13 @@ class Predictor:
         faces = list(faces)
         if not faces:
             return []
-        gray = np.stack([to_gray48(f) for f in faces])
-        return self._predictions(gray)
+        gray = []
+        for i, f in enumerate(faces):
+            try:
+                gray.append(to_gray48(f))
+            except DataError as e:  # which of the N: a path names itself, an array or PIL image does not
+                raise DataError(f"face {i} of the batch: {e}") from None
+        return self._predictions(np.stack(gray))
 
     def detect_and_predict(self, image, margin: float | None = None) -> list[Prediction]:
         """Find the frontal faces in a photo and classify each; largest face first.

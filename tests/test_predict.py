@@ -842,10 +842,11 @@ def test_an_all_nan_face_in_a_batch_array_is_refused_by_index(predictor):
     for arr in (batch, batch[..., None], np.repeat(batch[..., None], 3, axis=-1)):
         with pytest.raises(DataError, match="face 1 of the batch: every pixel value is NaN"):
             predictor.predict_batch(arr)
-    with pytest.raises(DataError, match="every pixel value is NaN"):
-        predictor.predict_batch(list(batch))
-    with pytest.raises(DataError, match="every pixel value is NaN"):
+    with pytest.raises(DataError, match="face 1 of the batch: every pixel value is NaN"):
+        predictor.predict_batch(list(batch))  # a list's bad item is named by its index too
+    with pytest.raises(DataError, match="every pixel value is NaN") as e:
         predictor.predict(batch[1])
+    assert "of the batch" not in str(e.value)  # one image is no batch
     part = batch.copy()
     part[1, :10] = 100.0  # partly NaN: NaN reads as black, as documented
     assert len(predictor.predict_batch(part)) == 3
