@@ -789,4 +789,7 @@ def _identity(path: str) -> tuple | None:
 
 
 if __name__ == "__main__":
+    from fer_edge.utils import command_environment
+
+    command_environment()  # as the fer-edge command: ONNX Runtime's telemetry off (a user's setting wins)
     raise SystemExit(main())

@@ -14,6 +14,20 @@ from pathlib import Path
 from typing import Iterator
 
 
+#: Environment defaults of every fer-edge command, the ``fer-edge`` CLI and the ``python -m fer_edge...`` scripts (a
+#: user's own setting wins): ONNX Runtime's telemetry off. Its import otherwise writes a device id and an event
+#: database under ~/.cache/Microsoft/DeveloperTools for upload; a tool that trains and benchmarks locally has no
+#: business doing that unasked. (Importing ``fer_edge`` as a library changes nothing: the application decides.)
+COMMAND_ENVIRONMENT = {"ORT_DISABLE_TELEMETRY": "1"}
+
+
+def command_environment() -> None:
+    """Set :data:`COMMAND_ENVIRONMENT`'s defaults in this process: the first thing a command does, before anything
+    imports onnxruntime."""
+    for key, value in COMMAND_ENVIRONMENT.items():
+        os.environ.setdefault(key, value)
+
+
 @contextlib.contextmanager
 def atomic_path(dest: str | os.PathLike, suffix: str | None = None, overwrite: bool = True,
                 durable: bool = False) -> Iterator[Path]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -410,6 +411,37 @@ def test_the_cli_turns_onnxruntime_telemetry_off_unless_the_user_set_it(tmp_path
     env["ORT_DISABLE_TELEMETRY"] = "0"  # the user's own setting wins
     r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stdout.strip().splitlines()[-1] == "0", r.stderr
+
+
+def test_every_python_m_script_turns_onnxruntime_telemetry_off_as_the_cli_does(tmp_path):
+    """QA: the python -m fer_edge... tools (ort_int8, export_bench, distill_round's ONNX Runtime teachers, ...) left
+    ONNX Runtime's telemetry on, where the fer-edge command turns it off. Every module with a __main__ block that
+    runs (found by scanning the package, so a new script is covered) sets it before parsing its arguments."""
+    import os
+    import re
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1] / "fer_edge"
+    scripts = sorted(
+        ".".join(("fer_edge", *f.relative_to(root).with_suffix("").parts))
+        for f in root.rglob("*.py")
+        if re.search(r'^if __name__ == "__main__":\n(?!.*not_a_script)', f.read_text(), flags=re.M)
+        and f.name != "__main__.py")
+    assert "fer_edge.benchmarks.ort_int8" in scripts and "fer_edge.training.distill_round" in scripts, scripts
+    code = ("import os, runpy, sys, warnings\nwarnings.simplefilter('ignore')\n"
+            f"for m in {scripts!r}:\n"
+            "    os.environ.pop('ORT_DISABLE_TELEMETRY', None)\n"
+            "    sys.argv = [m, '--help']\n"
+            "    try:\n        runpy.run_module(m, run_name='__main__', alter_sys=True)\n"
+            "    except SystemExit:\n        pass\n"
+            "    print('ENV', m, os.environ.get('ORT_DISABLE_TELEMETRY'), flush=True)\n")
+    env = {k: v for k, v in os.environ.items() if k != "ORT_DISABLE_TELEMETRY"}
+    env["HOME"] = str(tmp_path)
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    seen = dict(line.split()[1:] for line in r.stdout.splitlines() if line.startswith("ENV "))
+    assert seen == {m: "1" for m in scripts}, seen
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))

@@ -146,4 +146,7 @@ def main(
 
 
 if __name__ == "__main__":
+    from fer_edge.utils import command_environment
+
+    command_environment()  # as the fer-edge command: ONNX Runtime's telemetry off (a user's setting wins)
     cli()

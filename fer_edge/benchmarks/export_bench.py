@@ -564,4 +564,7 @@ def _interrupted_note(out: str | None, json_path: str | None) -> str:
 
 
 if __name__ == "__main__":
+    from fer_edge.utils import command_environment
+
+    command_environment()  # as the fer-edge command: ONNX Runtime's telemetry off (a user's setting wins)
     sys.exit(main())

@@ -138,4 +138,7 @@ def _main(model: str, data: str, split: str | None, n_images: int, seed: int) ->
 
 
 if __name__ == "__main__":
+    from fer_edge.utils import command_environment
+
+    command_environment()  # as the fer-edge command: ONNX Runtime's telemetry off (a user's setting wins)
     cli()

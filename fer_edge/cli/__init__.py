@@ -51,12 +51,6 @@ for _name in COMMAND_MODULES:
             raise
 
 
-#: Environment defaults of the ``fer-edge`` process (a user's own setting wins): ONNX Runtime's telemetry off. Its
-#: import otherwise writes a device id and an event database under ~/.cache/Microsoft/DeveloperTools for upload;
-#: a command-line tool that trains and benchmarks locally has no business doing that unasked. (Importing
-#: ``fer_edge`` as a library changes nothing: the application decides.)
-CLI_ENVIRONMENT = {"ORT_DISABLE_TELEMETRY": "1"}
-
 #: Columns of ``--help`` off a terminal (no COLUMNS or TERMINAL_WIDTH set): every option name whole.
 HELP_WIDTH_OFF_TERMINAL = 120
 
@@ -66,8 +60,9 @@ def main(argv: list[str] | None = None) -> None:
 
     from fer_edge.errors import FerEdgeError
 
-    for key, value in CLI_ENVIRONMENT.items():
-        os.environ.setdefault(key, value)  # before any command imports onnxruntime
+    from fer_edge.utils import command_environment
+
+    command_environment()  # ONNX Runtime's telemetry off, before any command imports onnxruntime
     if not sys.stdout.isatty() and not {"COLUMNS", "TERMINAL_WIDTH"} & set(os.environ):
         # --help piped or saved: Rich's 80 columns cut the long option names (--label-smoothi…)
         import typer.rich_utils

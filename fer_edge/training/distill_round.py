@@ -989,4 +989,7 @@ def _main(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
+    from fer_edge.utils import command_environment
+
+    command_environment()  # as the fer-edge command: ONNX Runtime's telemetry off (a user's setting wins)
     sys.exit(main())

@@ -41,4 +41,7 @@ def main(name: str = typer.Argument(..., help="Shipped weight name, e.g. nano.")
 
 
 if __name__ == "__main__":
+    from fer_edge.utils import command_environment
+
+    command_environment()  # as the fer-edge command: ONNX Runtime's telemetry off (a user's setting wins)
     cli()
