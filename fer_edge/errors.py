@@ -39,5 +39,11 @@ class RuntimeUnavailableError(FerEdgeError):
     """A runtime or device is not available on this machine (package missing, needs macOS...)."""
 
 
+class UnknownDeviceError(RuntimeUnavailableError, OptionError):
+    """A device name the runtime takes on no machine (a typo such as ``gpu`` for PyTorch, ``cpus``): wrong on its
+    own, so the CLI treats it as a usage error (exit 2); a known device absent here stays a
+    :class:`RuntimeUnavailableError` (exit 1)."""
+
+
 class ArtifactError(FerEdgeError):
     """An artifact or manifest that is missing, tampered with or unreadable."""

@@ -654,6 +654,18 @@ def test_margin_without_face_detection_is_refused(face_dir, tiny_checkpoint, stu
         assert r.exit_code == 0, (extra, r.output)
 
 
+def test_an_unknown_device_is_a_usage_error_and_an_absent_one_is_not(face_dir, tiny_checkpoint, stub_detector):
+    """QA: predict --device gpu (a name PyTorch takes on no machine: a typo) exited 1, where README and --help call
+    an unknown name a usage error, exit 2; cuda (known, absent without a GPU) stays exit 1."""
+    import torch
+
+    r = _cli(face_dir / "a.png", "--model", tiny_checkpoint, "--device", "gpu")
+    assert r.exit_code == 2 and "unknown device 'gpu' (its devices: cpu, cuda, mps)" in _joined(r.stderr), r.output
+    if not torch.cuda.is_available():
+        r = _cli(face_dir / "a.png", "--model", tiny_checkpoint, "--device", "cuda")
+        assert r.exit_code == 1 and "device 'cuda' is not available here" in _joined(r.stderr), r.output
+
+
 @pytest.mark.parametrize("value", ["nan", "inf", "1.5", "-0.1"])
 def test_margin_must_be_a_finite_number_in_range(face_dir, tiny_checkpoint, value):
     from fer_edge.cli import app

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from fer_edge.constants import LABELS
-from fer_edge.errors import ArtifactError, FerEdgeError, RuntimeUnavailableError
+from fer_edge.errors import ArtifactError, FerEdgeError, RuntimeUnavailableError, UnknownDeviceError
 from fer_edge.targets import TARGETS
 from test_export import export_all  # the shared once-per-session export
 
@@ -473,6 +473,17 @@ def test_cpu_is_one_device_name_for_every_runtime_in_any_case(exported, tiny_che
     if target != "onnx":  # (ONNX Runtime names its providers: its own message)
         with pytest.raises(RuntimeUnavailableError, match=r"unknown device 'cpus' \(its devices: "):
             load_runtime(path, device="cpus")
+    # a name the runtime takes on no machine is wrong on its own (a usage error in the CLI, exit 2); a known one
+    # absent here (cuda without a GPU, ONNX Runtime's TensorRT) is only unavailable
+    with pytest.raises(UnknownDeviceError, match="unknown"):
+        load_runtime(path, device="cpus")
+    absent = {"pytorch": "cuda", "torchscript": "cuda", "onnx": "TensorrtExecutionProvider", "openvino": "NPU"}[target]
+    try:
+        load_runtime(path, device=absent)
+    except UnknownDeviceError:
+        raise AssertionError(f"{absent} is a device {target} knows: not a typo")
+    except RuntimeUnavailableError as e:
+        assert "not available here" in str(e), e
 
 
 def test_a_shipped_name_loads_the_shipped_weight_even_beside_a_file_of_that_name(tmp_path, monkeypatch):

@@ -9,7 +9,7 @@ from typing import Iterator
 
 import numpy as np
 
-from fer_edge.errors import ArtifactError, DataError, RuntimeUnavailableError
+from fer_edge.errors import ArtifactError, DataError, RuntimeUnavailableError, UnknownDeviceError
 
 
 def package_available(package: str) -> tuple[bool, str]:
@@ -43,15 +43,16 @@ def check_artifact(path: Path, is_dir: bool = False) -> Path:
 def check_device(device: str, valid: list[str], runtime: str, known: list[str] | None = None) -> str:
     """The runtime's own spelling of ``device`` (matched in any case: ``cpu`` is OpenVINO's ``CPU``, ``CPU`` torch's
     ``cpu``, as ``bench --devices`` takes them), or :class:`RuntimeUnavailableError`: a device of ``known`` (the
-    names the runtime takes on some machine) absent here is "not available here"; any other name is unknown."""
+    names the runtime takes on some machine) absent here is "not available here"; any other name is unknown
+    (:class:`UnknownDeviceError`, a usage error in the CLI)."""
     for v in valid:
         if device == v or device.lower() == v.lower():
             return v
     here = ", ".join(valid) or "none"
     if known is not None and not any(device.lower() == k.lower() or device.lower().startswith(k.lower() + ".")
                                      for k in known):
-        raise RuntimeUnavailableError(f"{runtime}: unknown device {device!r} (its devices: {', '.join(known)}); "
-                                      f"available here: {here}")
+        raise UnknownDeviceError(f"{runtime}: unknown device {device!r} (its devices: {', '.join(known)}); "
+                                 f"available here: {here}")
     raise RuntimeUnavailableError(f"{runtime}: device {device!r} is not available here; available: {here}")
 
 

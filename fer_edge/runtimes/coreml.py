@@ -63,16 +63,14 @@ class CoreMLRuntime(Runtime):
 
     def __init__(self, path, device=None, threads=None, batch_hint=1, **options):
         super().__init__(path, device or "ALL", threads, batch_hint, **options)
-        from fer_edge.errors import RuntimeUnavailableError
+        from fer_edge.errors import UnknownDeviceError
         from fer_edge.runtimes._common import require_package
 
         require_package("coremltools", "coreml runtime")
         check_artifact(self.path, is_dir=True)
         unit = next((u for u in COMPUTE_UNITS if self.device.lower() == u.lower()), None)  # any case, as elsewhere
         if unit is None:
-            raise RuntimeUnavailableError(
-                f"coreml: unknown compute unit {self.device!r}; valid: {', '.join(COMPUTE_UNITS)}"
-            )
+            raise UnknownDeviceError(f"coreml: unknown compute unit {self.device!r}; valid: {', '.join(COMPUTE_UNITS)}")
         self.device = unit
         self.logits_path = logits_variant(self.path)
         self._meta = read_metadata(self.path)

@@ -71,7 +71,7 @@ class OnnxRuntime(Runtime):
 
     @classmethod
     def resolve_device(cls, device: str | None) -> str:
-        from fer_edge.errors import RuntimeUnavailableError
+        from fer_edge.errors import RuntimeUnavailableError, UnknownDeviceError
 
         valid = cls.devices()
         if device is None:
@@ -79,6 +79,12 @@ class OnnxRuntime(Runtime):
         for p in valid:
             if device == p or device.lower() == _short(p):
                 return p
+        known = cls.known_devices()
+        if known and not any(device.lower() in (p.lower(), _short(p)) for p in known):  # a provider of no build
+            raise UnknownDeviceError(
+                f"onnxruntime: unknown execution provider {device!r} (its providers: "
+                + ", ".join(_short(p) for p in known) + "); available here: "
+                + ", ".join(f"{p} ({_short(p)})" for p in valid))
         raise RuntimeUnavailableError(
             f"onnxruntime: execution provider {device!r} is not available here; available: "
             + ", ".join(f"{p} ({_short(p)})" for p in valid)
