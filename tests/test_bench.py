@@ -1230,8 +1230,10 @@ def test_a_shipped_model_name_is_an_artifact(monkeypatch, tmp_path, synthetic_cs
     assert "parity gate: nano's own" not in " ".join(result.output.split()), result.output
     # a path of that name in the current folder wins, with a note
     (tmp_path / "nano").mkdir()
-    with pytest.raises(ArtifactError, match="no manifest.json and no exported artifact"):
+    with pytest.raises(ArtifactError, match="no manifest.json and no exported artifact") as e:
         collect_artifacts(["nano"])
+    # and what to do (QA: a new user benching an empty folder got no next step)
+    assert "export into it first (fer-edge export MODEL --out nano), or bench a checkpoint" in str(e.value)
     # unknown names and suffixes: the errors list what is accepted, .pt included
     with pytest.raises(ArtifactError, match=r"nor a shipped model name \(.*nano"):
         collect_artifacts(["no_such_model"])
