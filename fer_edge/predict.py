@@ -256,7 +256,9 @@ class Predictor:
                                 f"shape {tuple(faces.shape)}: for one image use predict()")
             if not len(faces):
                 return []
-            if faces.dtype.kind == "f" and faces.size:
+            if not faces.size:  # N images of no pixels (N x 0 x W x 3)
+                raise DataError(f"cannot use an array of shape {tuple(faces.shape)} as images: they have no pixels")
+            if faces.dtype.kind == "f":
                 blank = np.isnan(faces).reshape(len(faces), -1).all(axis=1)
                 if blank.any():
                     which = np.flatnonzero(blank)
@@ -281,7 +283,8 @@ class Predictor:
     def detect_and_predict(self, image, margin: float | None = None) -> list[Prediction]:
         """Find the frontal faces in a photo and classify each; largest face first.
 
-        Each :class:`Prediction` has its ``box`` (in pixels of the EXIF-rotated image).
+        Each :class:`Prediction` has its ``box``, in pixels of the image as :func:`~fer_edge.preprocess.load_image`
+        takes it (a file, or a PIL image straight from one, with its EXIF orientation applied).
         Returns an empty list when no face is found.
         """
         return self._detect_and_predict(load_image(image), margin)

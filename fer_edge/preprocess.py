@@ -49,8 +49,10 @@ class Normalization:
 def load_image(image):
     """A path, PIL image or numpy array -> a loaded PIL image with EXIF orientation applied.
 
-    Files and PIL images get ``ImageOps.exif_transpose`` (an image it returned, which has no
-    orientation tag left, is not turned again). Arrays are taken as grayscale (H x W) or RGB(A)
+    Files, and PIL images straight from a file (``Image.open``'s, whose ``format`` is set), get
+    ``ImageOps.exif_transpose``. A PIL image derived from one (converted, rotated, cropped, copied: PIL sets
+    no ``format`` on those, though they keep the orientation tag) is taken as given: its pixels are the
+    caller's, who may have turned them already (apply ``ImageOps.exif_transpose`` first where not). Arrays are taken as grayscale (H x W) or RGB(A)
     (H x W x 3/4). Pixel values are scaled to 8 bits by :func:`to_uint8`, for arrays and
     for high-bit-depth images alike (16-bit PNG/TIFF, 32-bit integer or float TIFF), which
     PIL's own ``convert("L")`` would clip to white. Raises :class:`DataError` for a file
@@ -92,12 +94,14 @@ EXIF_ORIENTATION = 0x0112
 
 
 def _upright(im):
-    """A PIL image as displayed: ``ImageOps.exif_transpose`` of it when its EXIF orientation turns or flips it
-    (the copy returned has no orientation tag, so an image that has been through this is not turned twice);
-    ``im`` itself otherwise, not copied. :class:`DataError` for an EXIF block PIL cannot read."""
+    """A PIL image straight from a file as displayed: ``ImageOps.exif_transpose`` of it when its EXIF orientation
+    turns or flips it (the copy returned has no orientation tag, so it is not turned twice); ``im`` itself
+    otherwise, not copied, and for an image derived from a file's (``format`` None: ``rotate``, ``transpose``,
+    ``convert`` keep the tag, so a caller's own turn would be turned again). :class:`DataError` for an EXIF block
+    PIL cannot read, as for a file."""
     from PIL import ImageOps
 
-    if not hasattr(im, "getexif"):  # an image-like object that is no PIL image: no EXIF to apply
+    if not hasattr(im, "getexif") or not getattr(im, "format", None):  # no PIL image, or not as read from a file
         return im
     try:
         if im.getexif().get(EXIF_ORIENTATION, 1) in (1, None):
@@ -138,21 +142,27 @@ def _eight_bit(im):
     return Image.fromarray(to_uint8(arr))
 
 
+#: A float image whose brightest value is at most this is a 0..1 image (a resize's overshoot past 1 included).
+FLOAT_UNIT_MAX = 1.5
+#: A 0..255 float image may overshoot 255 by this factor (a resize's), and is clipped; beyond it, refused.
+FLOAT_OVERSHOOT = 1.1
+
+
 def to_uint8(arr: np.ndarray) -> np.ndarray:
     """Pixel values of any numeric dtype -> uint8 0..255, or :class:`DataError` where the range is unknown.
 
     * uint8: as is; bool: 0 / 255;
     * uint16 (either byte order): the full 16-bit range, ``round(x / 257)`` (65535 -> 255), as for a 16-bit PNG;
     * other integers (PIL's 32-bit "I" mode, int16, ...): 0..255 as is, else 0..65535 as 16-bit;
-    * floats: a 0..1 image when the maximum is at most 1.1 (scaled by 255), else a 0..255 image (a maximum
-      above 255 * 1.1 is refused); NaN becomes 0, an all-NaN array is refused. A resize's overshoot is
-      clipped: values up to 10% of the range past its top (a cubic or Lanczos resize of a 0..1 face leaves
-      1.012, which would otherwise read as a black 0..255 picture), and negative values down to -0.1 x the
-      image's own maximum (its -0.02 undershoot).
+    * floats: a 0..1 image when the maximum is at most 1.5 (scaled by 255), else a 0..255 image (a maximum
+      above 255 * 1.1 is refused); NaN becomes 0, an all-NaN array is refused. A resize's overshoot past the
+      top is clipped: a cubic or Lanczos resize of a 0..1 face leaves up to about 1.15, which would otherwise
+      read as a black 0..255 picture (no 0..255 picture whose brightest pixel is 1.5 shows anything).
 
-    Integers below 0 or above those ranges, and floats further below 0, are refused, not clipped: they are
-    most often images already normalised (mean subtracted: -1..1, -2..2, -120..135), which fer-edge would
-    otherwise turn into a black or white picture and classify without a word.
+    Values below 0 are refused, not clipped, and so are integers above those ranges: they are most often
+    images already normalised (mean subtracted: -1..1, -2..2, -120..135), which fer-edge would otherwise turn
+    into a black or white picture and classify without a word. A resize's undershoot below 0 cannot be told
+    from those, so the error says to clip raw pixels to the range first.
     """
     arr = np.asarray(arr)
     if arr.dtype == np.uint8:
@@ -170,9 +180,7 @@ def to_uint8(arr: np.ndarray) -> np.ndarray:
     else:
         x = arr.astype(np.int64)
     lo, hi = float(x.min()), float(x.max())
-    # floats: a resize's undershoot, down to a tenth of the image's own top, is clipped (a normalised image's is not)
-    floor = -0.1 * max(hi, 0.0) if arr.dtype.kind == "f" else 0.0
-    if lo < floor or not np.isfinite(hi):
+    if lo < 0 or not np.isfinite(hi):
         raise DataError(
             f"pixel values span {lo:g}..{hi:g}: expected 0..1 or 0..255 (or 0..65535 for 16-bit); "
             "pass raw pixels, fer-edge normalises them itself"
@@ -180,9 +188,9 @@ def to_uint8(arr: np.ndarray) -> np.ndarray:
                "clip them to the range first (np.clip)" if arr.dtype.kind == "f" and np.isfinite(hi) and hi > 0 else "")
         )
     if arr.dtype.kind == "f":
-        if hi <= 1.1:  # a 0..1 image, up to a resize's overshoot past 1
+        if hi <= FLOAT_UNIT_MAX:  # a 0..1 image, up to a resize's overshoot past 1
             x = x * 255.0
-        elif hi > 255.0 * 1.1:
+        elif hi > 255.0 * FLOAT_OVERSHOOT:
             raise DataError(f"float pixel values span {lo:g}..{hi:g}: expected 0..1 or 0..255")
     elif (arr.dtype.kind == "u" and arr.dtype.itemsize == 2) or hi > 255:  # uint16 in either byte order
         if hi > 65535:

@@ -307,6 +307,12 @@ def test_an_exif_rotated_pil_image_is_turned_like_its_file(tmp_path, predictor, 
         np.testing.assert_array_equal(np.asarray(crop(raw, by_path[0].box)), np.asarray(crop(path, by_path[0].box)))
         r = predictor.predict_image(raw)
         assert (r.width, r.height) == (40, 60) and [f.box for f in r.faces] == [p.box for p in by_path]
+        # an image derived from the file's (PIL sets no format on it, and keeps the tag) is the caller's: taken as
+        # given, so a turn of their own is not turned again (regression QA: rotate(-90) came back 60 x 80)
+        turned = raw.rotate(-90, expand=True)
+        assert turned.format is None and turned.getexif().get(0x0112) == 6
+        np.testing.assert_array_equal(np.asarray(load_image(turned).convert("RGB")), np.asarray(turned.convert("RGB")))
+        assert load_image(raw.convert("RGB")).size == (60, 40)  # (derived too: exif_transpose it first)
 
 
 def test_cli_reports_rotated_size(predictor, tmp_path, tiny_checkpoint):
@@ -859,6 +865,9 @@ def test_an_all_nan_face_in_a_batch_array_is_refused_by_index(predictor):
     with pytest.raises(DataError, match="every pixel value is NaN") as e:
         predictor.predict(batch[1])
     assert "of the batch" not in str(e.value)  # one image is no batch
+    for empty in (np.zeros((2, 0, 5, 3), np.float32), np.zeros((2, 0, 5, 3), np.uint8)):  # (a plain ValueError)
+        with pytest.raises(DataError, match=r"shape \(2, 0, 5, 3\) as images: they have no pixels"):
+            predictor.predict_batch(empty)
     part = batch.copy()
     part[1, :10] = 100.0  # partly NaN: NaN reads as black, as documented
     assert len(predictor.predict_batch(part)) == 3

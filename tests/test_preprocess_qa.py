@@ -21,8 +21,10 @@ def _smooth_face() -> np.ndarray:
 
 
 def test_a_cubic_resize_overshoot_of_a_0_1_image_is_clipped_not_read_as_0_255():
-    """cv2's cubic resize of a 0..1 face leaves values a little past 0..1; it was refused (below 0) or, when only
-    the top overshot, read as a 0..255 image: a black picture, classified without a word."""
+    """cv2's cubic resize of a 0..1 face leaves values a little past 0..1. Where only the top overshot it was read as
+    a 0..255 image: a black picture, classified without a word. A real FER2013 face upscaled 2x reaches 1.125 (and
+    a sharp one further): still 0..1. Below 0 it is refused, saying to clip (an undershoot cannot be told from a
+    normalised image; an earlier rule that clipped it read such a face, -0.054..1.125, as a black 0..255 one)."""
     import cv2
 
     from fer_edge.preprocess import to_uint8
@@ -30,29 +32,35 @@ def test_a_cubic_resize_overshoot_of_a_0_1_image_is_clipped_not_read_as_0_255():
     resized = cv2.resize(_smooth_face(), (96, 96), interpolation=cv2.INTER_CUBIC)
     assert 1.0 < resized.max() <= 1.1 and -0.1 < resized.min() < 0  # really overshoots both ways
     expected = np.clip(np.rint(resized.astype(np.float64) * 255), 0, 255).astype(np.uint8)
-    np.testing.assert_array_equal(to_uint8(resized), expected)
     top_only = np.clip(resized, 0, None)  # only the top overshoots: it was taken as 0..255 (black)
     np.testing.assert_array_equal(to_uint8(top_only), expected)
     assert to_uint8(top_only).max() == 255
+    sharper = top_only * 1.125 / top_only.max()  # the real face's 1.125, past the first rule's 1.1
+    assert to_uint8(sharper).max() == 255 and to_uint8(sharper).mean() > 50  # not a black 0..255 picture
+    for both_ways in (resized, np.where(resized < 0, resized, sharper)):
+        with pytest.raises(DataError, match="clip them to the range first"):
+            to_uint8(both_ways)
 
 
 def test_float_overshoot_limits_and_normalised_images():
-    from fer_edge.preprocess import to_uint8
+    from fer_edge.preprocess import FLOAT_UNIT_MAX, to_uint8
 
     g = np.linspace(0, 1, 48 * 48, dtype=np.float64).reshape(48, 48)
     a = g.copy()
-    a[0, 0], a[-1, -1] = -0.02, 1.012
-    assert to_uint8(a)[0, 0] == 0 and to_uint8(a)[-1, -1] == 255
+    a[-1, -1] = FLOAT_UNIT_MAX  # a 0..1 image's overshoot
+    assert to_uint8(a)[-1, -1] == 255  # clipped; the rest scaled as 0..1
+    np.testing.assert_array_equal(to_uint8(a).ravel()[:-1], np.rint(g.ravel()[:-1] * 255).astype(np.uint8))
     b = g * 255
-    b[0, 0], b[-1, -1] = -20.0, 270.0  # a 0..255 image's overshoot, within 10%
-    assert to_uint8(b)[0, 0] == 0 and to_uint8(b)[-1, -1] == 255
+    b[-1, -1] = 270.0  # a 0..255 image's overshoot, within 10%
+    assert to_uint8(b)[-1, -1] == 255
     np.testing.assert_array_equal(to_uint8(b)[1:-1], to_uint8(g * 255)[1:-1])
-    for lo, hi in ((-1, 1), (-2, 2), (-120, 135)):  # images already normalised: refused as before
+    for lo, hi in ((-1, 1), (-2, 2), (-120, 135), (-0.05, 1.0), (-5, 127)):
+        # images already normalised, the bright low-contrast ones too: refused as before
         with pytest.raises(DataError, match="fer-edge normalises them itself"):
             to_uint8(g * (hi - lo) + lo)
     with pytest.raises(DataError, match="fer-edge normalises them itself") as e:
-        to_uint8(g - 0.12)  # below -0.1 x its top (0.88)
-    assert "clip them to the range first" in str(e.value)  # raw pixels a sharp resize undershot: what to do
+        to_uint8(g - 0.02)  # raw pixels a resize undershot? or a normalised image? refused either way
+    assert "clip them to the range first" in str(e.value)  # what to do when they are raw pixels
     with pytest.raises(DataError) as e:
         to_uint8(np.full((4, 4), -0.5))  # nothing above 0: no resize made this
     assert "clip" not in str(e.value)
