@@ -132,6 +132,15 @@ def test_calib_seeds_without_an_int8_target_is_refused_before_any_export(tiny_ch
     assert not (tmp_path / "o").exists()
     with pytest.raises(OptionError, match="--target torchscript has no target that exports INT8"):
         run(tiny_checkpoint, synthetic_csv, targets=["torchscript"], calib_seeds=[0, 1], progress=False)
+    # from Python, targets as export() takes them: a name (it was split into letters, 'o,n,n,x'), Target objects
+    from fer_edge.benchmarks.export_bench import seed_targets_problem
+    from fer_edge.targets import TARGETS
+
+    for fine in ("onnx", "all", None, ["onnx"], [TARGETS["onnx"]], TARGETS["openvino"], ["torchscript", "onnx"]):
+        assert seed_targets_problem(fine) is None, fine
+    for lacking in ("torchscript", TARGETS["torchscript"], [TARGETS["torchscript"]]):
+        assert "--target torchscript has no target that exports INT8" in seed_targets_problem(lacking), lacking
+    assert seed_targets_problem(["bogus"]) is None  # left to the export's own check, which names it
 
 
 @pytest.fixture(scope="module")

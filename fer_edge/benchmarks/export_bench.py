@@ -116,11 +116,18 @@ class _Bar:
 
 
 def seed_targets_problem(targets) -> str | None:
-    """Why ``--calib-seeds`` cannot run with ``targets`` (names, or ``"all"``), or None: the draws are INT8 exports
-    validated here, so at least one target must export INT8 and run on this machine."""
+    """Why ``--calib-seeds`` cannot run with ``targets`` (what :func:`~fer_edge.exporters.export` takes: None, a
+    name, ``"all"``, names or :class:`~fer_edge.targets.Target` objects), or None: the draws are INT8 exports
+    validated here, so at least one target must export INT8 and run on this machine. Targets the export refuses
+    (an unknown name) are left to its own check."""
+    from fer_edge.errors import FerEdgeError
+    from fer_edge.exporters.api import _resolve_targets
     from fer_edge.targets import TARGETS, Precision
 
-    names = list(TARGETS) if targets in (None, "all") or "all" in targets else list(targets)
+    try:
+        names = [t.name for t in _resolve_targets(targets)]
+    except FerEdgeError:
+        return None
     can = [n for n, t in TARGETS.items() if Precision.int8 in t.precisions and t.runs_here()]
     if any(n in can for n in names):
         return None
