@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import re
 import sys
 from pathlib import Path
 from typing import Iterator
@@ -49,8 +50,8 @@ def check_device(device: str, valid: list[str], runtime: str, known: list[str] |
         if device == v or device.lower() == v.lower():
             return v
     here = ", ".join(valid) or "none"
-    if known is not None and not any(device.lower() == k.lower() or device.lower().startswith(k.lower() + ".")
-                                     for k in known):
+    base = re.split(r"[.:]", device.lower(), maxsplit=1)[0]  # GPU.1, cuda:1: their name's (as bench --devices)
+    if known is not None and not any(device.lower() == k.lower() or base == k.lower() for k in known):
         raise UnknownDeviceError(f"{runtime}: unknown device {device!r} (its devices: {', '.join(known)}); "
                                  f"available here: {here}")
     raise RuntimeUnavailableError(f"{runtime}: device {device!r} is not available here; available: {here}")

@@ -1,6 +1,8 @@
 """Run an ``.onnx`` artifact with ONNX Runtime, on any available execution provider."""
 from __future__ import annotations
 
+import re
+
 import numpy as np
 
 from fer_edge.runtimes._common import as_input, check_artifact, package_available
@@ -77,10 +79,12 @@ class OnnxRuntime(Runtime):
         if device is None:
             return "CPUExecutionProvider"
         for p in valid:
-            if device == p or device.lower() == _short(p):
+            if device.lower() in (p.lower(), _short(p)):  # the full name or its short form, in any case
                 return p
         known = cls.known_devices()
-        if known and not any(device.lower() in (p.lower(), _short(p)) for p in known):  # a provider of no build
+        base = re.split(r"[.:]", device.lower(), maxsplit=1)[0]  # cuda:0: cuda's (as bench --devices)
+        if known and not any(name in (p.lower(), _short(p)) for p in known for name in (device.lower(), base)):
+            # a provider of no build: a typo
             raise UnknownDeviceError(
                 f"onnxruntime: unknown execution provider {device!r} (its providers: "
                 + ", ".join(_short(p) for p in known) + "); available here: "
