@@ -226,6 +226,14 @@ def test_main_reports_missing_data_and_bad_teacher(tmp_path, synthetic_folder, c
                  "--budget-minutes", "1", "--teacher", "resnet19", "--device", "cpu"]) == 2
     err = capsys.readouterr().err
     assert "unknown model 'resnet19'" in err and err.count("resnet19") == 1  # said once, not twice
+    # a device this machine lacks is no typo: exit 1, as fer-edge train's (regression QA: it became 2 with the list)
+    import torch
+
+    if not torch.cuda.is_available():
+        for extra in (["--device", "cuda"], ["--device", "cpu", "--teacher-set", "device=cuda"]):
+            assert main(["--data", str(synthetic_folder), "--work", str(tmp_path / "w"), "--out", str(tmp_path / "o"),
+                         "--budget-minutes", "1", "--teacher", "simple_cnn", *extra]) == 1, extra
+            assert "--device cuda: no CUDA device is available here" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("many", [True, False], ids=["many-options", "defaults"])

@@ -822,6 +822,18 @@ def _preflight(stages, data: str, common: dict, work: Path, out: Path, *, budget
         raise TrainingError("bad round:\n  " + "\n  ".join(problems))
 
 
+def _absent_device(device: str, overrides: dict) -> bool:
+    """Whether the round's ``--device`` or the teachers' (``--teacher-set device=...``) is not on this machine."""
+    from fer_edge.training.trainer import resolve_device
+
+    for dev in dict.fromkeys([device, overrides.get("device") or device]):
+        try:
+            resolve_device(dev)
+        except TrainingError:
+            return True
+    return False
+
+
 def _fp16_on_cpu(amp: str, device: str, overrides: dict | None = None) -> str:
     """Why ``--amp fp16`` cannot run on ``--device`` ("" when it can, or when the device is not here: the preflight
     says that). ``overrides``: the teachers' ``--teacher-set`` items, which replace either for the teachers.
@@ -973,7 +985,9 @@ def _main(args: argparse.Namespace) -> int:
             problems += str(e).removeprefix("bad round:\n  ").split("\n  ")
     if problems:
         print("error: bad options:\n  " + "\n  ".join(dict.fromkeys(problems)), file=sys.stderr)
-        return 2  # a usage error, as argparse's own and train's list of bad options are
+        # a usage error (exit 2), as argparse's own and train's list of bad options are; but a device this machine
+        # lacks (--device cuda without a GPU) is no typo: exit 1, as fer-edge train's
+        return 1 if _absent_device(args.device, overrides) else 2
     try:
         run_round(args.data, args.work, args.out, args.budget_minutes * 60, stages=stages, device=args.device,
                   amp=args.amp, seed=args.seed, parts_bytes=parts_bytes,
