@@ -247,6 +247,9 @@ def normalize_torch(gray, norm: Normalization):
     float32 N x 1 x 48 x 48, normalised; other dtypes and shapes are refused (:class:`DataError`)."""
     import torch
 
+    if not isinstance(gray, torch.Tensor):  # (a numpy array's uint8 is no torch.uint8: "must be uint8, got uint8")
+        raise DataError(f"normalize_torch takes a torch tensor, got {type(gray).__name__}: use normalize for numpy "
+                        "arrays")
     if gray.dtype != torch.uint8:
         raise _not_uint8(gray.dtype)
     x = gray.float()

@@ -1234,6 +1234,7 @@ def test_a_shipped_model_name_is_an_artifact(monkeypatch, tmp_path, synthetic_cs
         collect_artifacts(["nano"])
     # and what to do (QA: a new user benching an empty folder got no next step)
     assert "export into it first (fer-edge export MODEL --out nano), or bench a checkpoint" in str(e.value)
+    assert "(fer-edge bench small --data DATA)" in str(e.value)  # bench needs --data: the hint has it
     # unknown names and suffixes: the errors list what is accepted, .pt included
     with pytest.raises(ArtifactError, match=r"nor a shipped model name \(.*nano"):
         collect_artifacts(["no_such_model"])

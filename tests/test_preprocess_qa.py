@@ -124,3 +124,5 @@ def test_normalize_torch_is_normalize_for_every_shape_normalize_takes():
         normalize_torch(torch.from_numpy(faces).float() / 255, norm)
     with pytest.raises(DataError, match=r"got shape \(3, 2, 48, 48\)"):
         normalize_torch(torch.zeros((3, 2, 48, 48), dtype=torch.uint8), norm)
+    with pytest.raises(DataError, match="takes a torch tensor, got ndarray: use normalize"):  # not "got uint8"
+        normalize_torch(faces, norm)

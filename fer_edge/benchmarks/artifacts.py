@@ -276,7 +276,7 @@ def collect_artifacts(specs: list[str | Path]) -> list[Artifact]:
                     raise ArtifactError(f"{p}: no manifest.json and no exported artifact "
                                         f"({', '.join(t.suffix for t in TARGETS.values())}): export into it first "
                                         f"(fer-edge export MODEL --out {shlex.quote(str(p))}), or bench a checkpoint "
-                                        "or a shipped model by name (fer-edge bench small)")
+                                        "or a shipped model by name (fer-edge bench small --data DATA)")
                 out += [artifact_from_file(q) for q in found]
         elif p.name == MANIFEST_NAME or (p.suffix == ".json" and p.is_file()):
             out += read_manifest(p)
