@@ -254,18 +254,27 @@ def test_cli_real_detector(haar, sample_photo, tiny_checkpoint, tmp_path):
     assert rows["blank.png"]["status"] == "no_face" and rows["blank.png"]["faces"] == []
 
 
-def test_exif_rotation_is_honoured(tmp_path):
-    """A JPEG stored landscape with orientation 6 (rotate 90 degrees clockwise) loads as portrait."""
-    from fer_edge.preprocess import to_gray48
-
+def _stored_landscape_shown_portrait(tmp_path: Path, mark: bool = False) -> Path:
+    """A 60 x 40 JPEG, its left half white (``mark``: a red bar on the right too), with EXIF orientation 6 (shown
+    turned 90 degrees clockwise: 40 x 60)."""
     arr = np.zeros((40, 60, 3), np.uint8)
     arr[:, :30] = 255  # left half white as stored
+    if mark:
+        arr[5:10, 40:55] = (200, 40, 40)
     exif = Image.Exif()
     exif[0x0112] = 6
     path = tmp_path / "rotated.jpg"
     Image.fromarray(arr).save(path, exif=exif, quality=95)
     with Image.open(path) as raw:
         assert raw.size == (60, 40) and raw.getexif().get(0x0112) == 6
+    return path
+
+
+def test_exif_rotation_is_honoured(tmp_path):
+    """A JPEG stored landscape with orientation 6 (rotate 90 degrees clockwise) loads as portrait."""
+    from fer_edge.preprocess import to_gray48
+
+    path = _stored_landscape_shown_portrait(tmp_path)
     img = load_image(path)
     assert img.size == (40, 60)  # portrait after rotation
     g = np.asarray(img.convert("L"), dtype=np.float32)
@@ -283,13 +292,7 @@ def test_an_exif_rotated_pil_image_is_turned_like_its_file(tmp_path, predictor, 
 
     predictor = Predictor(predictor.runtime, detector=StubDetector())  # (the shared one may hold the Haar detector)
 
-    arr = np.zeros((40, 60, 3), np.uint8)
-    arr[:, :30] = 255
-    arr[5:10, 40:55] = (200, 40, 40)
-    exif = Image.Exif()
-    exif[0x0112] = 6
-    path = tmp_path / "rotated.jpg"
-    Image.fromarray(arr).save(path, exif=exif, quality=95)
+    path = _stored_landscape_shown_portrait(tmp_path, mark=True)
     with Image.open(path) as raw:
         assert raw.size == (60, 40) and raw.getexif().get(0x0112) == 6
         img = load_image(raw)
