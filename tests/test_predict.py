@@ -673,6 +673,8 @@ def test_an_unknown_device_is_a_usage_error_and_an_absent_one_is_not(face_dir, t
     if not torch.cuda.is_available():
         r = _cli(face_dir / "a.png", "--model", tiny_checkpoint, "--device", "cuda")
         assert r.exit_code == 1 and "device 'cuda' is not available here" in _joined(r.stderr), r.output
+    r = _cli(face_dir / "a.png", "--model", tiny_checkpoint, "--device", "")  # a script's unset variable
+    assert r.exit_code == 2 and "is empty: name a device" in _joined(r.stderr), r.output
 
 
 @pytest.mark.parametrize("value", ["nan", "inf", "1.5", "-0.1"])

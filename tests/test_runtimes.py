@@ -488,6 +488,15 @@ def test_cpu_is_one_device_name_for_every_runtime_in_any_case(exported, tiny_che
             assert "not available here" in str(e), e
     if target == "onnx":  # a full provider name in another case is the provider, as its short name is
         assert load_runtime(path, device="cpuexecutionprovider").device == "CPUExecutionProvider"
+    # an empty name is the default device in every runtime (ONNX Runtime called it unknown)
+    assert load_runtime(path, device="").device.lower() in ("cpu", "cpuexecutionprovider")
+    # torch's name:N of a device here is taken (cpu:0; cuda:1 on a GPU); the others name no ':N' index: a usage error
+    if target in ("pytorch", "torchscript"):
+        rt = load_runtime(path, device="cpu:0")
+        assert rt.device == "cpu:0" and np.allclose(rt.run(batch), want, atol=1e-5)
+    else:
+        with pytest.raises(UnknownDeviceError, match="no ':N' index|without an index"):
+            load_runtime(path, device="cpu:0")
 
 
 def test_a_shipped_name_loads_the_shipped_weight_even_beside_a_file_of_that_name(tmp_path, monkeypatch):
@@ -502,3 +511,15 @@ def test_a_shipped_name_loads_the_shipped_weight_even_beside_a_file_of_that_name
     assert rt.name == "pytorch" and rt.path.resolve() == PRETRAINED["nano"].path.resolve()
     with pytest.raises(FerEdgeError, match="cannot tell the target of"):
         load_runtime("./nano")
+
+
+def test_onnxruntime_names_no_device_index(monkeypatch):
+    """Regression QA: cuda:0 with the CUDA provider here was 'not available here; available: ..., CUDA': ONNX Runtime
+    names devices by provider, so the index form is refused naming the one to use."""
+    from fer_edge.runtimes.onnxruntime import OnnxRuntime
+
+    monkeypatch.setattr(OnnxRuntime, "devices",
+                        classmethod(lambda cls: ["CUDAExecutionProvider", "CPUExecutionProvider"]))
+    assert OnnxRuntime.resolve_device("CUDA") == "CUDAExecutionProvider"
+    with pytest.raises(UnknownDeviceError, match=r"without an index: use 'cuda' \(CUDAExecutionProvider"):
+        OnnxRuntime.resolve_device("cuda:0")

@@ -121,6 +121,16 @@ def split_value(value) -> str | None:
     return str(value)
 
 
+def device_value(value) -> str | None:
+    """A Typer ``parser`` for a free-text ``--device``: refuses an empty value as a usage error, as
+    :func:`split_value` does; leaving the option out means the runtime's default device."""
+    if value is None:
+        return None
+    if not str(value).strip():
+        raise typer.BadParameter("is empty: name a device, or leave the option out for the runtime's default")
+    return str(value)
+
+
 def model_value(value) -> str | None:
     """A Typer ``parser`` for options naming a checkpoint or model (a path or a shipped name): refuses an empty
     value as a usage error, as :func:`path_value` does (``Path("")`` is the current folder); leaving the option

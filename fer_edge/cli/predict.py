@@ -10,7 +10,8 @@ from typing import List, Optional
 import typer
 
 from fer_edge.cli import app
-from fer_edge.cli.common import console, err_console, handle_errors, is_tty, model_value, path_value
+from fer_edge.cli.common import (console, device_value, err_console, handle_errors, is_tty, model_value,
+                                 path_value)
 from fer_edge.faces import DEFAULT_MARGIN
 from fer_edge.runtimes import RUNTIMES
 
@@ -88,7 +89,8 @@ def predict_cmd(
              "Default: the shipped model."),
     runtime: Optional[RuntimeName] = typer.Option(
         None, "--runtime", "-r", help="Runtime to use (default: chosen from the model's file type)."),
-    device: Optional[str] = typer.Option(None, help="Device for the runtime (default: its own default)."),
+    device: Optional[str] = typer.Option(None, parser=device_value, metavar="DEVICE",
+                                         help="Device for the runtime (default: its own default)."),
     detect_faces: bool = typer.Option(
         True, "--detect-faces/--no-detect-faces",
         help="Find faces with OpenCV's frontal-face Haar detector, or treat each whole image as one face."),

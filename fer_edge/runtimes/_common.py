@@ -41,15 +41,26 @@ def check_artifact(path: Path, is_dir: bool = False) -> Path:
     return path
 
 
-def check_device(device: str, valid: list[str], runtime: str, known: list[str] | None = None) -> str:
+def check_device(device: str, valid: list[str], runtime: str, known: list[str] | None = None,
+                 indexed: bool = False) -> str:
     """The runtime's own spelling of ``device`` (matched in any case: ``cpu`` is OpenVINO's ``CPU``, ``CPU`` torch's
     ``cpu``, as ``bench --devices`` takes them), or :class:`RuntimeUnavailableError`: a device of ``known`` (the
     names the runtime takes on some machine) absent here is "not available here"; any other name is unknown
-    (:class:`UnknownDeviceError`, a usage error in the CLI)."""
+    (:class:`UnknownDeviceError`, a usage error in the CLI). ``indexed``: the runtime takes torch's ``name:N``
+    (``cuda:1``, ``cpu:0``) for a device here; elsewhere that form of a device here is refused as unknown, naming
+    the devices to use."""
     for v in valid:
         if device == v or device.lower() == v.lower():
             return v
     here = ", ".join(valid) or "none"
+    numbered = re.fullmatch(r"([A-Za-z_]+):(\d+)", device)
+    if numbered:
+        v = next((v for v in valid if v.lower() == numbered.group(1).lower()), None)
+        if v is not None and indexed:
+            return f"{v}:{numbered.group(2)}"
+        if v is not None:
+            raise UnknownDeviceError(f"{runtime}: device {device!r}: {runtime} takes no ':N' index; its devices "
+                                     f"here: {here}")
     base = re.split(r"[.:]", device.lower(), maxsplit=1)[0]  # GPU.1, cuda:1: their name's (as bench --devices)
     if known is not None and not any(device.lower() == k.lower() or base == k.lower() for k in known):
         raise UnknownDeviceError(f"{runtime}: unknown device {device!r} (its devices: {', '.join(known)}); "

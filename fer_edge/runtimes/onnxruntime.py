@@ -76,13 +76,18 @@ class OnnxRuntime(Runtime):
         from fer_edge.errors import RuntimeUnavailableError, UnknownDeviceError
 
         valid = cls.devices()
-        if device is None:
+        if not device:  # None or "": the default, as every runtime takes it
             return "CPUExecutionProvider"
         for p in valid:
             if device.lower() in (p.lower(), _short(p)):  # the full name or its short form, in any case
                 return p
         known = cls.known_devices()
         base = re.split(r"[.:]", device.lower(), maxsplit=1)[0]  # cuda:0: cuda's (as bench --devices)
+        here = next((p for p in valid if base in (p.lower(), _short(p))), None)
+        if here is not None:  # cuda:0 with CUDA here: ONNX Runtime names no device index (a provider option does)
+            raise UnknownDeviceError(
+                f"onnxruntime: device {device!r}: ONNX Runtime names its devices by execution provider, without an "
+                f"index: use {_short(here)!r} ({here}; the GPU's number is its provider option device_id)")
         if known and not any(name in (p.lower(), _short(p)) for p in known for name in (device.lower(), base)):
             # a provider of no build: a typo
             raise UnknownDeviceError(

@@ -40,7 +40,7 @@ class PyTorchRuntime(Runtime):
         from fer_edge.checkpoint import load_checkpoint
 
         check_artifact(self.path)
-        self.device = check_device(self.device, self.devices(), self.name, self.known_devices())
+        self.device = check_device(self.device, self.devices(), self.name, self.known_devices(), indexed=True)
         if threads:
             torch.set_num_threads(int(threads))
         self.checkpoint = load_checkpoint(self.path)

@@ -38,7 +38,7 @@ class TorchScriptRuntime(Runtime):
         from fer_edge.exporters.metadata import TS_EXTRA_FILE
 
         check_artifact(self.path)
-        self.device = check_device(self.device, self.devices(), self.name, self.known_devices())
+        self.device = check_device(self.device, self.devices(), self.name, self.known_devices(), indexed=True)
         if threads:
             torch.set_num_threads(int(threads))
         extra = {TS_EXTRA_FILE: ""}
