@@ -234,6 +234,11 @@ def test_main_reports_missing_data_and_bad_teacher(tmp_path, synthetic_folder, c
             assert main(["--data", str(synthetic_folder), "--work", str(tmp_path / "w"), "--out", str(tmp_path / "o"),
                          "--budget-minutes", "1", "--teacher", "simple_cnn", *extra]) == 1, extra
             assert "--device cuda: no CUDA device is available here" in capsys.readouterr().err
+    for typo in ("gpu", "cpus"):  # a typo through --teacher-set is no absent device: a usage error (exit 2)
+        assert main(["--data", str(synthetic_folder), "--work", str(tmp_path / "w"), "--out", str(tmp_path / "o"),
+                     "--budget-minutes", "1", "--teacher", "simple_cnn", "--device", "cpu", "--teacher-set",
+                     f"device={typo}"]) == 2, typo
+        assert f"unknown device '{typo}'" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("many", [True, False], ids=["many-options", "defaults"])

@@ -823,10 +823,13 @@ def _preflight(stages, data: str, common: dict, work: Path, out: Path, *, budget
 
 
 def _absent_device(device: str, overrides: dict) -> bool:
-    """Whether the round's ``--device`` or the teachers' (``--teacher-set device=...``) is not on this machine."""
+    """Whether the round's ``--device`` or the teachers' (``--teacher-set device=...``) is a device this machine
+    lacks (``cuda`` without a GPU); a name that is no device at all (``gpu``, a typo) is not: a usage error."""
     from fer_edge.training.trainer import resolve_device
 
     for dev in dict.fromkeys([device, overrides.get("device") or device]):
+        if dev not in ("auto", "cpu", "cuda", "mps"):  # (the choices --device takes)
+            continue
         try:
             resolve_device(dev)
         except TrainingError:
