@@ -141,6 +141,11 @@ def test_calib_seeds_without_an_int8_target_is_refused_before_any_export(tiny_ch
     for lacking in ("torchscript", TARGETS["torchscript"], [TARGETS["torchscript"]]):
         assert "--target torchscript has no target that exports INT8" in seed_targets_problem(lacking), lacking
     assert seed_targets_problem(["bogus"]) is None  # left to the export's own check, which names it
+    seen = []  # a generator, as export() takes one: the check must not use it up before the export reads it
+    monkeypatch.setattr(fer_edge.exporters, "export", lambda ck, targets, *a, **k: seen.append(list(targets)) or 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        run(tiny_checkpoint, synthetic_csv, targets=(t for t in ["onnx"]), calib_seeds=[0, 1], progress=False)
+    assert seen == [["onnx"]]
 
 
 @pytest.fixture(scope="module")

@@ -146,6 +146,10 @@ def run(checkpoint, calib_data, out_dir=None, val_data=None, val_split=None, val
     and neither an error nor the report names it (each draw's ``export_dir`` is None). ``calib_seeds`` with no
     target that exports INT8 and runs here is refused (:class:`~fer_edge.errors.OptionError`) before any export.
     """
+    from fer_edge.targets import Target
+
+    if targets is not None and not isinstance(targets, (str, Target)):
+        targets = list(targets)  # read twice (the check below, the export): a generator would be empty the second time
     if calib_seeds:
         why = seed_targets_problem(targets)
         if why:
