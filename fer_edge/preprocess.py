@@ -85,6 +85,12 @@ def load_image(image):
             raise DataError(f"cannot use an array of shape {tuple(image.shape)} as an image")
         return Image.fromarray(np.ascontiguousarray(to_uint8(arr)))
     if hasattr(image, "convert") and hasattr(image, "size"):
+        try:  # the pixels of a lazily read image now: a closed file fails here, said as such (not as EXIF or resize)
+            if callable(getattr(image, "load", None)):
+                image.load()
+        except Exception as e:  # PIL raises many types (a bare AssertionError for a closed file)
+            raise DataError(f"cannot read the image's pixels ({type(e).__name__}: {e}): an image from Image.open "
+                            "must be read (im.load()) before its file is closed, e.g. inside its with block") from None
         return _eight_bit(_nonempty(_upright(image)))
     raise DataError(f"cannot use an object of type {type(image).__name__} as an image")
 
@@ -179,7 +185,9 @@ def to_uint8(arr: np.ndarray) -> np.ndarray:
         x = arr.astype(np.float64)  # (as int64 a uint64 above 2**63 would read as negative)
     else:
         x = arr.astype(np.int64)
-    lo, hi = float(x.min()), float(x.max())
+    # the range of the values given (NaN, read as 0 above, left out: it is no value of the picture's)
+    lo, hi = (float(np.nanmin(arr)), float(np.nanmax(arr))) if arr.dtype.kind == "f" else (float(x.min()),
+                                                                                            float(x.max()))
     if lo < 0 or not np.isfinite(hi):
         raise DataError(
             f"pixel values span {lo:g}..{hi:g}: expected 0..1 or 0..255 (or 0..65535 for 16-bit); "

@@ -126,3 +126,30 @@ def test_normalize_torch_is_normalize_for_every_shape_normalize_takes():
         normalize_torch(torch.zeros((3, 2, 48, 48), dtype=torch.uint8), norm)
     with pytest.raises(DataError, match="takes a torch tensor, got ndarray: use normalize"):  # not "got uint8"
         normalize_torch(faces, norm)
+
+
+def test_nan_pixels_are_left_out_of_the_range_an_error_gives():
+    """Regression QA: NaN read as 0 was counted in the range: NaNs beside one -1 said 'span -1..0'."""
+    from fer_edge.preprocess import to_uint8
+
+    a = np.full((4, 4), np.nan)
+    a[0, 0] = -1
+    with pytest.raises(DataError, match=r"span -1\.\.-1:"):
+        to_uint8(a)
+
+
+def test_a_pil_image_whose_file_was_closed_unread_is_a_data_error(tmp_path):
+    """Regression QA: an Image.open image used after its with block, unread, raised a bare AssertionError (or one
+    blamed on EXIF) out of to_gray48; predict_image promises a DataError for a bad image."""
+    from PIL import Image
+
+    from fer_edge.preprocess import to_gray48
+
+    Image.fromarray(np.zeros((10, 10), np.uint8)).save(tmp_path / "x.png")
+    with Image.open(tmp_path / "x.png") as im:
+        pass
+    with pytest.raises(DataError, match=r"cannot read the image's pixels .*before its file is closed"):
+        to_gray48(im)
+    with Image.open(tmp_path / "x.png") as im:
+        im.load()  # read inside the block: fine after it
+    assert to_gray48(im).shape == (48, 48)
