@@ -50,13 +50,13 @@ def load_image(image):
     """A path, PIL image or numpy array -> a loaded PIL image with EXIF orientation applied.
 
     Files, and PIL images straight from a file (``Image.open``'s, whose ``format`` is set), get
-    ``ImageOps.exif_transpose``. A PIL image derived from one (converted, rotated, cropped, copied: PIL sets
-    no ``format`` on those, though they keep the orientation tag) is taken as given: its pixels are the
-    caller's, who may have turned them already (apply ``ImageOps.exif_transpose`` first where not). Arrays are taken as grayscale (H x W) or RGB(A)
-    (H x W x 3/4). Pixel values are scaled to 8 bits by :func:`to_uint8`, for arrays and
-    for high-bit-depth images alike (16-bit PNG/TIFF, 32-bit integer or float TIFF), which
-    PIL's own ``convert("L")`` would clip to white. Raises :class:`DataError` for a file
-    that is missing or not an image, and for pixel values with no known range.
+    ``ImageOps.exif_transpose``. A PIL image derived from one (converted, rotated, cropped, copied: PIL sets no
+    ``format`` on those, though they keep the orientation tag) is taken as given: its pixels are the caller's, who
+    may have turned them already (apply ``ImageOps.exif_transpose`` first where not). Arrays are taken as grayscale
+    (H x W) or RGB(A) (H x W x 3/4). Pixel values are scaled to 8 bits by :func:`to_uint8`, for arrays and for
+    high-bit-depth images alike (16-bit PNG/TIFF, 32-bit integer or float TIFF), which PIL's own ``convert("L")``
+    would clip to white. Raises :class:`DataError` for a file that is missing or not an image, and for pixel values
+    with no known range.
     """
     from PIL import Image, ImageOps
 
