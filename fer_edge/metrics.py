@@ -20,6 +20,20 @@ def check_scorable(y_true, labels) -> None:
                         "trained on other classes, so it cannot be scored on this data")
 
 
+def check_label_order(labels) -> None:
+    """Refuse to score a model whose outputs are not FER2013's classes in FER2013's order (``labels``, in output
+    order; the first 7 of a model with more): the data's class i is scored as the model's output i, so a model with
+    the classes in another order (alphabetical, say) or named otherwise would get a wrong accuracy without a word."""
+    from fer_edge.errors import DataError
+
+    n = min(len(labels), len(LABELS))
+    if [str(x) for x in labels[:n]] != list(LABELS[:n]):
+        raise DataError(f"the model's classes ({', '.join(map(str, labels))}) are not FER2013's in FER2013's order "
+                        f"({', '.join(LABELS)}): its output i would be scored as the data's class i, a wrong "
+                        "accuracy; reorder its output layer and labels to FER2013's order "
+                        "(fer_edge.constants.LABELS)")
+
+
 def confusion_matrix(y_true, y_pred, num_classes: int = len(LABELS)) -> np.ndarray:
     """Rows are true classes, columns predicted classes (true classes outside 0..num_classes-1 are refused)."""
     check_scorable(y_true, [str(i) for i in range(num_classes)])
@@ -51,6 +65,7 @@ def classification_metrics(y_true, y_pred, labels=LABELS) -> dict:
     """accuracy, macro_f1 (over classes present in y_true or y_pred), n, per_class, confusion."""
     y_true = np.asarray(y_true)
     check_scorable(y_true, labels)  # names the model's classes in the error
+    check_label_order(labels)
     cm = _confusion(y_true, y_pred, len(labels))
     report = per_class_report(cm, labels)
     present = (cm.sum(0) + cm.sum(1)) > 0

@@ -74,6 +74,24 @@ def test_ensemble_refuses_members_with_other_labels(members, tmp_path):
         evaluate([members[0], other], "unused.csv", "PublicTest", device="cpu", progress=False)
 
 
+def test_a_model_with_fer2013_classes_in_another_order_is_not_scored(members, synthetic_csv, tmp_path):
+    """QA: a checkpoint whose labels (and output rows) were in alphabetical order was scored as if in FER2013's
+    order: the data's class i against the model's output i, a wrong accuracy (0.46 for a 0.70 model), with the
+    confusion matrix's rows named wrongly. It is refused, as --init refuses other labels."""
+    from fer_edge.constants import LABELS
+    from fer_edge.errors import DataError
+
+    order = sorted(range(len(LABELS)), key=lambda i: LABELS[i])
+    assert order != list(range(len(LABELS)))
+    for labels in ([LABELS[i] for i in order], ["anger", *LABELS[1:]]):
+        other = _variant(members[0], tmp_path / "perm.pt", noise=0.0, seed=0, mean=0.5, std=0.25, labels=labels)
+        with pytest.raises(DataError, match="are not FER2013's in FER2013's order"):
+            evaluate(other, synthetic_csv, "PublicTest", device="cpu", progress=False)
+    r = CliRunner().invoke(app, ["eval", "--model", str(other), "--data", str(synthetic_csv), "--split", "PublicTest"])
+    assert r.exit_code == 1 and "not FER2013's in FER2013's order" in " ".join(r.output.split()), r.output
+    assert classification_metrics([0, 1], [0, 1], LABELS)["accuracy"] == 1.0  # FER2013's own order: scored
+
+
 def test_cli_eval_repeated_model_evaluates_the_ensemble(members, synthetic_csv, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     args = ["eval", "--data", str(synthetic_csv), "--split", "PublicTest"]
