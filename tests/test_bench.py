@@ -947,8 +947,10 @@ def test_merge_takes_a_report_given_twice_once(bench_run, tmp_path):
     _, out, report = bench_run
     copy = tmp_path / "copy.json"
     shutil.copy(out / "report.json", copy)
+    reindented = tmp_path / "reindented.json"  # the same content in other bytes (QA: merged as a second machine)
+    reindented.write_text(json.dumps(json.loads((out / "report.json").read_text()), indent=4) + "\n\n")
     result = CliRunner().invoke(app, ["report", "merge", str(out / "report.json"), str(out), str(copy),
-                                      "--out", str(tmp_path / "m")], env={"COLUMNS": "250"})
+                                      str(reindented), "--out", str(tmp_path / "m")], env={"COLUMNS": "250"})
     assert result.exit_code == 0, result.output
     merged = json.loads((tmp_path / "m" / "merged.json").read_text())
     assert len(merged["machines"]) == 1 and len(merged["rows"]) == len(report["rows"])
@@ -956,6 +958,7 @@ def test_merge_takes_a_report_given_twice_once(bench_run, tmp_path):
     text = " ".join(result.output.split())
     assert f"note: {out} is the same file as {out / 'report.json'} (M1): merged once" in text, text
     assert f"note: {copy} is identical to {out / 'report.json'} (M1): merged once" in text, text
+    assert f"note: {reindented} is identical to {out / 'report.json'} (M1): merged once" in text, text
     assert "merged once" in (tmp_path / "m" / "merged.md").read_text()
 
 
