@@ -256,15 +256,20 @@ def human_size(n: int | None) -> str:
     return str(n)
 
 
-def read_json_file(path: str | os.PathLike, default_name: str, what: str, error: type[Exception]) -> tuple[Path, object]:
-    """Read ``path`` (or ``path/default_name`` for a folder) as JSON; ``error`` names the file when that fails."""
+def read_json_file(path: str | os.PathLike, default_name: str, what: str, error: type[Exception],
+                   strict: bool = False) -> tuple[Path, object]:
+    """Read ``path`` (or ``path/default_name`` for a folder) as JSON; ``error`` names the file when that fails.
+    ``strict``: NaN and Infinity, which Python's json reads though they are not JSON, are refused too."""
+    def no_constant(name: str):
+        raise ValueError(f"{name} is not JSON (fer-edge writes null for a number it does not have)")
+
     p = Path(path)
     if p.is_dir():
         p = p / default_name
     if not p.is_file():
         raise error(f"{p}: {what} not found")
     try:
-        return p, json.loads(p.read_text())
+        return p, json.loads(p.read_text(), **({"parse_constant": no_constant} if strict else {}))
     except (OSError, ValueError) as e:
         raise error(f"{p}: not a readable {what} ({e})") from None
 

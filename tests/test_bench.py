@@ -943,6 +943,20 @@ def test_merge_shows_each_reports_data_and_warns_when_it_differs(bench_run, tmp_
     assert "Warning" not in md and "M1 Top-1" not in md and "| Top-1 |" in md
 
 
+def test_merge_refuses_a_report_holding_nan(bench_run, tmp_path):
+    """QA: a report with "accuracy": NaN (not JSON; fer-edge writes null) was merged, and merged.md showed nan%."""
+    _, out, _ = bench_run
+    text = (out / "report.json").read_text()
+    bad = tmp_path / "nan.json"
+    bad.write_text(text.replace('"accuracy": ', '"accuracy": NaN, "was": ', 1))
+    assert bad.read_text() != text
+    result = CliRunner().invoke(app, ["report", "merge", str(out), str(bad), "--out", str(tmp_path / "m")],
+                                env={"COLUMNS": "250"})
+    assert result.exit_code == 1 and "not a readable JSON bench report (NaN is not JSON" in " ".join(
+        result.output.split()), result.output
+    assert not (tmp_path / "m").exists()
+
+
 def test_merge_takes_a_report_given_twice_once(bench_run, tmp_path):
     _, out, report = bench_run
     copy = tmp_path / "copy.json"

@@ -411,7 +411,7 @@ def load_report(path: str | Path) -> dict:
     """Read and check a ``report.json`` (or a report directory holding one)."""
     from fer_edge.utils import read_json_file
 
-    p, report = read_json_file(path, "report.json", "JSON bench report", FerEdgeError)
+    p, report = read_json_file(path, "report.json", "JSON bench report", FerEdgeError, strict=True)
     errors = validate(report, REPORT_SCHEMA)
     if errors:
         more = f" (and {len(errors) - 3} more)" if len(errors) > 3 else ""
