@@ -256,6 +256,11 @@ def human_size(n: int | None) -> str:
     return str(n)
 
 
+def json_digest(obj) -> str:
+    """SHA-256 of ``obj``'s canonical JSON (sorted keys, no spaces): the same value whatever its file's bytes."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
 def read_json_file(path: str | os.PathLike, default_name: str, what: str, error: type[Exception],
                    strict: bool = False) -> tuple[Path, object]:
     """Read ``path`` (or ``path/default_name`` for a folder) as JSON; ``error`` names the file when that fails.

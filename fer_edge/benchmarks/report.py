@@ -14,9 +14,7 @@ from __future__ import annotations
 from fer_edge.utils import human_size
 
 import csv
-import hashlib
 import io
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -548,7 +546,7 @@ def merge_reports(paths: list[str | Path], out_dir: str | Path) -> MergedReport:
     reports of different data get a warning: their accuracies are not comparable.
     """
     from fer_edge.benchmarks.environment import machine_label
-    from fer_edge.utils import write_json_atomic, write_text_atomic
+    from fer_edge.utils import json_digest, write_json_atomic, write_text_atomic
 
     if not paths:
         raise FerEdgeError("report merge needs at least one report.json")
@@ -563,8 +561,7 @@ def merge_reports(paths: list[str | Path], out_dir: str | Path) -> MergedReport:
         p = Path(path) / "report.json" if Path(path).is_dir() else Path(path)
         # the same content by its parsed JSON, not its bytes: a copy re-indented, with CRLF or a trailing newline
         # is still the same measurement
-        canonical = json.dumps(rep, sort_keys=True, separators=(",", ":"), default=str).encode()
-        ids = (("file", str(p.resolve())), ("content", hashlib.sha256(canonical).hexdigest()))
+        ids = (("file", str(p.resolve())), ("content", json_digest(rep)))
         dup = next((k for k in ids if k in given), None)
         if dup is not None:
             n, first = given[dup]

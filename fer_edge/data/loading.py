@@ -41,6 +41,7 @@ import numpy as np
 from fer_edge.constants import IMAGE_SIZE, LABELS, NUM_CLASSES
 from fer_edge.data import _csv, _folder
 from fer_edge.errors import DataError
+from fer_edge.utils import json_digest
 
 if TYPE_CHECKING:  # torch is imported lazily
     import torch
@@ -201,10 +202,6 @@ def cache_dir() -> Path:
     return Path.home() / ".cache" / "fer-edge"
 
 
-def _digest(obj) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-
-
 def _cache_path(kind: str, ident: str, key: str) -> Path:
     return cache_dir() / "data" / f"{kind}-{ident[:16]}-{key[:32]}.npz"
 
@@ -303,10 +300,10 @@ def _progress_bar(enabled: bool, description: str, unit: str = "files"):
 
 def _csv_identity(src: _Source) -> tuple[str, str, os.stat_result]:
     st = src.path.stat()
-    ident = _digest(["csv", str(src.path)])
+    ident = json_digest(["csv", str(src.path)])
     # the status-change time too: an edit that keeps the size and sets the modification time back (touch -r,
     # cp -p, rsync -a, tar) changes it, so the cache never serves the file's old content
-    key = _digest(["csv", CACHE_VERSION, str(src.path), st.st_size, st.st_mtime_ns, st.st_ctime_ns])
+    key = json_digest(["csv", CACHE_VERSION, str(src.path), st.st_size, st.st_mtime_ns, st.st_ctime_ns])
     return ident, key, st
 
 
@@ -378,7 +375,7 @@ def _csv_splits(src: _Source) -> list[str]:
 
 
 def _folder_key(src: _Source, split: str, files) -> tuple[str, str]:
-    ident = _digest(["folder", str(src.path), split])
+    ident = json_digest(["folder", str(src.path), split])
     h = hashlib.sha256()
     h.update(json.dumps(["folder", CACHE_VERSION, str(src.path), split]).encode())
     for f in files:
