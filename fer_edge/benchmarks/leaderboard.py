@@ -46,6 +46,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Sequence
 
+from fer_edge.constants import TRAIN_DEVICES
 from fer_edge.errors import ExportError, FerEdgeError, OptionError
 from fer_edge.utils import finite_or_null
 
@@ -1150,8 +1151,8 @@ def option_problems(args: argparse.Namespace) -> tuple[list[str] | None, list[st
     for k in ("bench_iters", "n_images", "calib_size"):
         if getattr(args, k) is not None and getattr(args, k) < 1:
             problems.append(f"--{k.replace('_', '-')} must be at least 1, not {getattr(args, k)}")
-    if args.device not in ("auto", "cpu", "cuda", "mps"):
-        problems.append(f"--device {args.device!r}: valid: auto, cpu, cuda, mps")
+    if args.device not in TRAIN_DEVICES:
+        problems.append(f"--device {args.device!r}: valid: {', '.join(TRAIN_DEVICES)}")
     else:  # before any run is moved aside or any table rewritten
         from fer_edge.training.trainer import resolve_device
 

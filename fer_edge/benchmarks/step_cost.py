@@ -23,6 +23,7 @@ from pathlib import Path
 import typer
 
 from fer_edge.cli.common import handle_errors
+from fer_edge.constants import TRAIN_DEVICES
 
 from fer_edge.benchmarks.train_throughput import fer_edge_pipeline_run
 
@@ -33,7 +34,7 @@ PROFILE_STEPS = (2, 6)
 
 
 #: The devices ``--device`` names (as fer-edge train's).
-DEVICES = ("auto", "cpu", "cuda", "mps")
+DEVICES = TRAIN_DEVICES
 #: The autocast modes ``--amp`` names (as fer-edge train's).
 AMP = ("auto", "off", "bf16", "fp16")
 

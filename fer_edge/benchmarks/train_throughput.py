@@ -32,7 +32,7 @@ FEW_STEPS = 30
 def check_options(model: str, device: str) -> None:
     """Refuse an unknown ``--model`` or ``--device`` as a usage error (:class:`~fer_edge.errors.OptionError`, exit
     2) before the data is read, both in one error, as :func:`fer_edge.benchmarks.step_cost.check_options` does."""
-    from fer_edge.benchmarks.step_cost import DEVICES  # here: step_cost imports this module
+    from fer_edge.constants import TRAIN_DEVICES as DEVICES
     from fer_edge.errors import OptionError
     from fer_edge.models import list_models
 

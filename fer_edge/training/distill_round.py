@@ -40,6 +40,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
+from fer_edge.constants import TRAIN_DEVICES
 from fer_edge.errors import FerEdgeError, TrainingError
 from fer_edge.training.config import TrainConfig
 
@@ -828,7 +829,7 @@ def _absent_device(device: str, overrides: dict) -> bool:
     from fer_edge.training.trainer import resolve_device
 
     for dev in dict.fromkeys([device, overrides.get("device") or device]):
-        if dev not in ("auto", "cpu", "cuda", "mps"):  # (the choices --device takes)
+        if dev not in TRAIN_DEVICES:  # (the choices --device takes)
             continue
         try:
             resolve_device(dev)
@@ -890,7 +891,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="nano distils from the teachers, or from the small student (a teaching assistant)")
     ap.add_argument("--students", default="scratch", choices=["scratch", "finetune"],
                     help="students from scratch, or fine-tunes of the shipped small and nano weights (--init)")
-    ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    ap.add_argument("--device", default="auto", choices=list(TRAIN_DEVICES))
     ap.add_argument("--amp", default="auto", choices=["auto", "off", "bf16", "fp16"],
                     help="autocast dtype for every stage (auto: fp16 on CUDA, bf16 on CPUs with native bf16)")
     ap.add_argument("--seed", type=int, default=0)

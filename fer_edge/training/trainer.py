@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from fer_edge.checkpoint import load_checkpoint, non_finite_tensors, save_checkpoint, state_dict_mismatch
-from fer_edge.constants import LABELS
+from fer_edge.constants import LABELS, TRAIN_DEVICES
 from fer_edge.errors import CheckpointError, FerEdgeError, TrainingError
 from fer_edge.metrics import classification_metrics
 from fer_edge.preprocess import Normalization
@@ -78,7 +78,7 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("mps")
     if name == "cpu":
         return torch.device("cpu")
-    raise TrainingError(f"unknown device {name!r}; valid: auto, cpu, cuda, mps")
+    raise TrainingError(f"unknown device {name!r}; valid: {', '.join(TRAIN_DEVICES)}")
 
 
 def validate_config(cfg: TrainConfig, given: Collection[str] = (), problems: Collection[str] = ()) -> None:
