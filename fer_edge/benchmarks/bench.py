@@ -139,6 +139,7 @@ def check_devices(devices: Sequence[str], runtimes: Sequence[str] | None = None)
     their name before the dot or colon."""
     from fer_edge.errors import OptionError
     from fer_edge.runtimes import RUNTIMES, get_runtime
+    from fer_edge.runtimes._common import device_name
 
     known: list[str] = []
     for name in runtimes or list(RUNTIMES):
@@ -148,7 +149,7 @@ def check_devices(devices: Sequence[str], runtimes: Sequence[str] | None = None)
             continue
     aliases = set().union(*(_device_aliases(d) for d in known)) if known else set()
     unknown = [d for d in devices
-               if d.lower() not in aliases and re.split(r"[.:]", d.lower(), maxsplit=1)[0] not in aliases]
+               if d.lower() not in aliases and device_name(d) not in aliases]
     remote = [d for d in unknown if d in REMOTE_DEVICES]
     if remote:
         raise OptionError(f"--devices: {', '.join(map(repr, remote))} is a remote (cloud) provider that ONNX Runtime "

@@ -41,6 +41,12 @@ def check_artifact(path: Path, is_dir: bool = False) -> Path:
     return path
 
 
+def device_name(device: str) -> str:
+    """The name of a numbered device, lower case: ``GPU.1`` (OpenVINO's) and ``cuda:1`` (torch's) are ``gpu`` and
+    ``cuda``; the runtimes and ``bench --devices`` count a device as known by it."""
+    return re.split(r"[.:]", device.lower(), maxsplit=1)[0]
+
+
 def check_device(device: str, valid: list[str], runtime: str, known: list[str] | None = None,
                  indexed: bool = False) -> str:
     """The runtime's own spelling of ``device`` (matched in any case: ``cpu`` is OpenVINO's ``CPU``, ``CPU`` torch's
@@ -61,7 +67,7 @@ def check_device(device: str, valid: list[str], runtime: str, known: list[str] |
         if v is not None:
             raise UnknownDeviceError(f"{runtime}: device {device!r}: {runtime} takes no ':N' index; its devices "
                                      f"here: {here}")
-    base = re.split(r"[.:]", device.lower(), maxsplit=1)[0]  # GPU.1, cuda:1: their name's (as bench --devices)
+    base = device_name(device)
     if known is not None and not any(device.lower() == k.lower() or base == k.lower() for k in known):
         raise UnknownDeviceError(f"{runtime}: unknown device {device!r} (its devices: {', '.join(known)}); "
                                  f"available here: {here}")

@@ -1,11 +1,9 @@
 """Run an ``.onnx`` artifact with ONNX Runtime, on any available execution provider."""
 from __future__ import annotations
 
-import re
-
 import numpy as np
 
-from fer_edge.runtimes._common import as_input, check_artifact, package_available
+from fer_edge.runtimes._common import as_input, check_artifact, device_name, package_available
 from fer_edge.runtimes.base import Runtime
 
 #: Providers listed by onnxruntime that are not local compute devices.
@@ -82,7 +80,7 @@ class OnnxRuntime(Runtime):
             if device.lower() in (p.lower(), _short(p)):  # the full name or its short form, in any case
                 return p
         known = cls.known_devices()
-        base = re.split(r"[.:]", device.lower(), maxsplit=1)[0]  # cuda:0: cuda's (as bench --devices)
+        base = device_name(device)  # cuda:0: cuda's
         here = next((p for p in valid if base in (p.lower(), _short(p))), None)
         if here is not None:  # cuda:0 with CUDA here: ONNX Runtime names no device index (a provider option does)
             raise UnknownDeviceError(
