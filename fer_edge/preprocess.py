@@ -162,8 +162,10 @@ def to_uint8(arr: np.ndarray) -> np.ndarray:
     * other integers (PIL's 32-bit "I" mode, int16, ...): 0..255 as is, else 0..65535 as 16-bit;
     * floats: a 0..1 image when the maximum is at most 1.5 (scaled by 255), else a 0..255 image (a maximum
       above 255 * 1.1 is refused); NaN becomes 0, an all-NaN array is refused. A resize's overshoot past the
-      top is clipped: a cubic or Lanczos resize of a 0..1 face leaves up to about 1.15, which would otherwise
-      read as a black 0..255 picture (no 0..255 picture whose brightest pixel is 1.5 shows anything).
+      top is clipped: a cubic resize of a 0..1 face goes past 1 (FER2013's ``val/angry/PublicTest_1460129.jpg``
+      as float 0..1, upscaled 2x by ``cv2.resize(..., (96, 96), interpolation=cv2.INTER_CUBIC)``, spans
+      -0.054..1.125), which would otherwise read as a black 0..255 picture (no 0..255 picture whose brightest
+      pixel is 1.5 shows anything).
 
     Values below 0 are refused, not clipped, and so are integers above those ranges: they are most often
     images already normalised (mean subtracted: -1..1, -2..2, -120..135), which fer-edge would otherwise turn
