@@ -66,6 +66,18 @@ def crop(image, box: Box, margin: float = DEFAULT_MARGIN):
     return image.crop((b.x, b.y, b.x + b.w, b.y + b.h))
 
 
+def _cv2():
+    """OpenCV, or a RuntimeUnavailableError saying why it cannot be imported (a missing libGL, say)."""
+    try:
+        import cv2
+    except ImportError as e:
+        raise RuntimeUnavailableError(
+            f"OpenCV cannot be imported ({e}): install 'opencv-python-headless<5' (the full "
+            "opencv-python needs libGL), or pass --no-detect-faces for images that are already face crops"
+        ) from e
+    return cv2
+
+
 def find_cascade(path: str | os.PathLike | None = None) -> Path:
     """The cascade XML: ``path``, else ``$FER_EDGE_HAAR_CASCADE``, else the file inside the cv2 package."""
     if path is None:
@@ -75,7 +87,7 @@ def find_cascade(path: str | os.PathLike | None = None) -> Path:
         if not p.is_file():
             raise RuntimeUnavailableError(f"{p}: Haar cascade file not found")
         return p
-    import cv2
+    cv2 = _cv2()
 
     candidates = []
     data = getattr(cv2, "data", None)
@@ -94,7 +106,7 @@ def find_cascade(path: str | os.PathLike | None = None) -> Path:
 
 
 def _cascade_class():
-    import cv2
+    cv2 = _cv2()
 
     cls = getattr(cv2, "CascadeClassifier", None)
     if cls is None:  # opencv-contrib 5.x keeps it in xobjdetect
@@ -115,8 +127,6 @@ def detector_available() -> tuple[bool, str]:
         find_cascade()
     except RuntimeUnavailableError as e:
         return False, str(e)
-    except ImportError as e:
-        return False, f"OpenCV is not installed ({e})"
     return True, ""
 
 
@@ -142,7 +152,7 @@ class FaceDetector:
         self.max_side = max_side
 
     def detect(self, image) -> list[Box]:
-        import cv2
+        cv2 = _cv2()
 
         image = load_image(image)
         gray = np.asarray(image.convert("L"), dtype=np.uint8)

@@ -435,6 +435,23 @@ def test_cli_without_a_detector_says_how_to_proceed(face_dir, tiny_checkpoint, m
     assert r.exit_code == 0, r.output
 
 
+def test_an_opencv_that_cannot_be_imported_is_a_clear_error(face_dir, tiny_checkpoint, monkeypatch):
+    """opencv-python without libGL fails at import: an error naming the fix, not a traceback."""
+    import fer_edge.faces as faces
+
+    monkeypatch.setattr(faces, "_DEFAULT_DETECTOR", None)
+    monkeypatch.setitem(sys.modules, "cv2", None)  # import cv2 raises ImportError
+    with pytest.raises(RuntimeUnavailableError, match="OpenCV cannot be imported.*--no-detect-faces"):
+        faces.FaceDetector()
+    ok, why = detector_available()
+    assert not ok and "OpenCV cannot be imported" in why
+    r = _cli(face_dir, "--model", tiny_checkpoint)
+    assert r.exit_code == 1 and "OpenCV cannot be imported" in r.stderr, r.output
+    assert "Traceback" not in r.output
+    r = _cli(face_dir, "--model", tiny_checkpoint, "--no-detect-faces")  # no detector needed
+    assert r.exit_code == 0, r.output
+
+
 def test_cli_bad_model(face_dir, tmp_path):
     r = _cli(face_dir, "--model", tmp_path / "nope.onnx")
     assert r.exit_code == 1 and "nope.onnx" in r.stderr
