@@ -1337,3 +1337,30 @@ def test_an_interrupt_after_the_export_finished_says_it_finished(monkeypatch, ti
     assert f"interrupted: after the export finished: {out / 'manifest.json'} lists this run's artifacts" in " ".join(
         res.output.split()), res.output
     assert (out / "manifest.json").is_file()
+
+
+def test_an_onnxscript_older_than_torch_needs_is_an_export_error_naming_the_fix(tiny_checkpoint, tmp_path,
+                                                                               monkeypatch):
+    """torch imports onnxscript._framework_apis.torch_<its version>: an older onnxscript lacks it."""
+    import torch
+
+    def old_onnxscript(*a, **k):
+        raise ModuleNotFoundError("No module named 'onnxscript._framework_apis.torch_2_11'",
+                                  name="onnxscript._framework_apis.torch_2_11")
+
+    monkeypatch.setattr(torch.onnx, "export", old_onnxscript)
+    r = _cli(tiny_checkpoint, "--target", "onnx", "--precision", "fp32",
+             "--out", tmp_path / "out", "--no-validate")
+    assert r.exit_code == 1, r.output
+    msg = " ".join(r.stderr.split())
+    assert "onnxscript._framework_apis.torch_2_11" in msg and "pip install -U onnxscript" in msg, msg
+    assert "Traceback" not in r.output
+
+    def other(*a, **k):  # any other missing module is not blamed on onnxscript
+        raise ModuleNotFoundError("No module named 'sympy'", name="sympy")
+
+    monkeypatch.setattr(torch.onnx, "export", other)
+    from fer_edge.exporters.onnx import fp32_proto
+
+    with pytest.raises(ModuleNotFoundError, match="sympy"):
+        fp32_proto(torch.nn.Linear(1, 1))

@@ -90,6 +90,21 @@ def set_metadata(proto, metadata: dict[str, str]) -> None:
             entry.key, entry.value = k, str(v)
 
 
+def _onnxscript_mismatch(e: ModuleNotFoundError) -> str:
+    """Why torch's ONNX exporter could not import a part of onnxscript it calls."""
+    import torch
+
+    try:
+        from importlib.metadata import version
+
+        have = f"onnxscript {version('onnxscript')}"
+    except Exception:  # noqa: BLE001 - only for the message
+        have = "no onnxscript"
+    return (f"torch {torch.__version__}'s ONNX exporter needs {e.name}, which {have} lacks: each torch release "
+            "calls the onnxscript API of its own version; upgrade onnxscript (pip install -U onnxscript, or "
+            "pip install -c constraints.txt -e . in a checkout)")
+
+
 def fp32_proto(model):
     """The FP32 ONNX ModelProto of ``model`` (dynamic batch, checked), without fer-edge metadata."""
     import onnx
@@ -99,17 +114,22 @@ def fp32_proto(model):
 
     # deferred: a Ctrl-C inside the exporter can land in a weakref callback, which swallows it
     with interrupts_deferred(), quiet(), torch.no_grad():
-        program = torch.onnx.export(
-            model,
-            (example_input(2),),
-            dynamo=True,
-            input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
-            dynamic_shapes=({0: torch.export.Dim("batch", min=1)},),
-            opset_version=OPSET,
-            optimize=True,
-            verbose=False,
-        )
+        try:
+            program = torch.onnx.export(
+                model,
+                (example_input(2),),
+                dynamo=True,
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
+                dynamic_shapes=({0: torch.export.Dim("batch", min=1)},),
+                opset_version=OPSET,
+                optimize=True,
+                verbose=False,
+            )
+        except ModuleNotFoundError as e:
+            if not (e.name or "").startswith("onnxscript"):
+                raise
+            raise ExportError(_onnxscript_mismatch(e)) from e
     proto = program.model_proto
     strip_debug_metadata(proto)
     proto.producer_name = "fer-edge (torch.onnx dynamo)"
