@@ -217,6 +217,24 @@ def test_ship_over_the_size_limit_leaves_the_shipped_weight_and_its_entry_untouc
     assert res.exit_code == 1 and _snapshot(weights_copy) == before
 
 
+def test_ship_and_gate_refuse_the_weights_folder_of_an_installed_wheel(weights_copy, tiny_checkpoint, monkeypatch):
+    """In site-packages the files are pip's: a shipped weight would be lost or orphaned by an upgrade or uninstall."""
+    from typer.testing import CliRunner
+
+    import fer_edge.weights.ship as ship
+    from fer_edge.weights.gate import cli as gate_cli
+
+    ship.check_source_checkout("ship")  # the folder the tests write into is no install: allowed
+    before = _snapshot(weights_copy)
+    monkeypatch.setattr(ship, "_site_dirs", lambda: [weights_copy.parent])  # as if weights_copy sat in site-packages
+    res = _ship_cli(tiny_checkpoint, "--name", "tiny", *SHIP_ARGS)
+    msg = " ".join(res.output.split())
+    assert res.exit_code == 1 and "belongs to fer-edge installed in" in msg and "pip install -e" in msg, res.output
+    res = CliRunner().invoke(gate_cli, ["nano", "--gate", "{}"])
+    assert res.exit_code == 1 and "cannot change 'nano'" in " ".join(res.output.split()), res.output
+    assert _snapshot(weights_copy) == before
+
+
 def test_ship_refuses_to_replace_a_shipped_weight_without_replace(weights_copy, tiny_checkpoint):
     import json
 

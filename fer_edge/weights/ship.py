@@ -125,6 +125,34 @@ def _table_text(entries: list[dict], meta: WeightMeta) -> str:
     return json.dumps(out, indent=2, allow_nan=False) + "\n"
 
 
+def _site_dirs() -> list[Path]:
+    """The folders this interpreter installs packages into."""
+    import site
+    import sysconfig
+
+    paths = {sysconfig.get_paths()[k] for k in ("purelib", "platlib")}
+    paths.update(site.getsitepackages() if hasattr(site, "getsitepackages") else [])
+    paths.add(site.getusersitepackages())
+    return [Path(p) for p in paths if p]
+
+
+def check_source_checkout(action: str) -> None:
+    """Refuse to change the weights folder of an installed copy of fer-edge (a wheel in site-packages): pip owns
+    those files, so an upgrade or uninstall would lose or orphan the weight. Shipping is for a source checkout."""
+    from fer_edge.errors import CheckpointError
+
+    folder = WEIGHTS_DIR.resolve()
+    for site_dir in _site_dirs():
+        try:
+            folder.relative_to(site_dir.resolve())
+        except (ValueError, OSError):
+            continue
+        raise CheckpointError(
+            f"cannot {action}: {WEIGHTS_DIR} belongs to fer-edge installed in {site_dir}, whose files pip owns (an "
+            "upgrade or uninstall would lose or orphan it); run this in a source checkout installed with "
+            "pip install -e . (nothing was changed)")
+
+
 def ship(checkpoint: Path, name: str, recipe: str, hardware: str, train_time: str,
          extra_metrics: dict | None = None, parity_gate: dict | None = None,
          parity_gate_reason: str = "", replace_existing: bool = False,
@@ -145,6 +173,7 @@ def ship(checkpoint: Path, name: str, recipe: str, hardware: str, train_time: st
     from fer_edge.parity import threshold_problems
 
     log = log or (lambda msg: None)
+    check_source_checkout(f"ship {name!r}")
     # 1. the arguments, all problems at once, before any work
     problems = name_problems(name)
     for option, value in (("--recipe", recipe), ("--hardware", hardware), ("--train-time", train_time)):
@@ -315,6 +344,7 @@ def set_parity_gate(name: str, gate: dict, reason: str) -> WeightMeta:
     from fer_edge.errors import CheckpointError, OptionError
     from fer_edge.weights import _load_table, check_parity_gate
 
+    check_source_checkout(f"change {name!r}'s parity gate")
     gate, twice = lower_gate(gate)
     if twice:
         raise OptionError("invalid parity gate: " + "; ".join(twice))
