@@ -76,6 +76,27 @@ def atomic_path(dest: str | os.PathLike, suffix: str | None = None, overwrite: b
             tmp_path.unlink()
 
 
+def current_umask() -> int:
+    """The process's umask (read by setting it and putting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def apply_umask_modes(tree: str | os.PathLike) -> None:
+    """Give a folder written by a library that makes its files owner-only (coremltools' ``save``: 600 files, 700
+    folders) the modes a plain ``open`` would: 666 and 777 less the umask, keeping the owner's execute bits."""
+    mask = current_umask()
+    root = Path(tree)
+    for dirpath, _dirnames, filenames in os.walk(root):
+        os.chmod(dirpath, 0o777 & ~mask)
+        for name in filenames:
+            f = Path(dirpath) / name
+            if not f.is_symlink():
+                executable = f.stat().st_mode & 0o100
+                os.chmod(f, (0o777 if executable else 0o666) & ~mask)
+
+
 def hold_lock(path: str | os.PathLike):
     """Take the advisory ``flock`` on the lock file ``path`` (created if need be) for a process writing a folder:
     the open file, to give to :func:`release_lock`; None where the system has no ``fcntl`` (Windows: no lock).

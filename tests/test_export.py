@@ -239,6 +239,22 @@ def test_openvino_ir(exported):
     assert _entry(exported, "openvino", "fp32")["validation"]["precision_hint"] == "f32"
 
 
+def test_every_exported_file_has_the_umasks_modes(exported):
+    """Another user (a container's, a web server's) can read what others may: coremltools saved its packages
+    with owner-only files (600) and folders (700) while every other artifact had the umask's modes."""
+    from fer_edge.utils import current_umask
+
+    mask = current_umask()
+    seen = set()
+    for a in exported.artifacts:
+        paths = [a.path, *(a.path.rglob("*") if a.path.is_dir() else [])]
+        for p in paths:
+            want = (0o777 if p.is_dir() else 0o666) & ~mask
+            assert p.stat().st_mode & 0o777 == want, f"{p}: {oct(p.stat().st_mode & 0o777)}, not {oct(want)}"
+        seen.add(a.target)
+    assert seen == set(TARGETS)  # every target was looked at
+
+
 @pytest.mark.parametrize("precision", [p.value for p in TARGETS["coreml"].precisions])
 def test_coreml_spec(exported, precision):
     from fer_edge.exporters.coreml import inspect_package, logits_path

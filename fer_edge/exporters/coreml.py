@@ -33,7 +33,7 @@ from fer_edge.exporters.base import (ExportedFile, Exporter, ExportRequest, exam
                                      scratch_dir, tensor_io)
 from fer_edge.runtimes._common import quiet_coremltools as _quiet_coremltools
 from fer_edge.targets import TARGETS, Precision
-from fer_edge.utils import interrupts_deferred
+from fer_edge.utils import apply_umask_modes, interrupts_deferred
 
 AUTHOR = "fer-edge developers"
 LICENSE = "MIT (fer-edge); weights trained on FER2013, research use only"
@@ -320,6 +320,7 @@ class CoreMLExporter(Exporter):
                 tmp = work / path.name
                 with quiet(stderr=True):
                     ml.save(str(tmp))
+                apply_umask_modes(tmp)  # coremltools saves owner-only files: others could not open the package
                 spec = self._spec(path, variant, req, notes)
                 spec.uses_calibration = calibrated
                 files.append(spec)
