@@ -239,6 +239,20 @@ def test_openvino_ir(exported):
     assert _entry(exported, "openvino", "fp32")["validation"]["precision_hint"] == "f32"
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
+def test_the_torchscript_input_has_the_manifests_name(exported):
+    """The manifest says the input is `image`: a caller passing it by name must not meet the model's own `x`."""
+    import torch
+
+    entry = _entry(exported, "torchscript", "fp32")
+    name = entry["inputs"][0]["name"]
+    module = torch.jit.load(str(_artifact(exported, "torchscript", "fp32")))
+    assert [a.name for a in module.forward.schema.arguments[1:]] == [name]
+    x = torch.rand(3, 1, 48, 48)
+    with torch.no_grad():
+        assert torch.equal(module(**{name: x}), module(x))
+
+
 def test_every_exported_file_has_the_umasks_modes(exported):
     """Another user (a container's, a web server's) can read what others may: coremltools saved its packages
     with owner-only files (600) and folders (700) while every other artifact had the umask's modes."""

@@ -16,6 +16,21 @@ from fer_edge.targets import TARGETS, Precision
 from fer_edge.utils import atomic_path
 
 
+def _with_image_input(model):
+    """``model`` behind a ``forward(image)``: a trace takes its argument names from the Python signature."""
+    import torch
+
+    class ImageInput(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.model = inner
+
+        def forward(self, image):
+            return self.model(image)
+
+    return ImageInput(model).eval()
+
+
 class TorchScriptExporter(Exporter):
     target = TARGETS["torchscript"]
     packages = ("torch",)
@@ -29,7 +44,8 @@ class TorchScriptExporter(Exporter):
         with quiet(), torch.no_grad():
             # torch's own check_trace re-traces (seconds); checking outputs at another batch size is
             # cheaper and also proves the batch axis is not baked in
-            traced = torch.jit.trace(req.model, example_input(2), check_trace=False)
+            # traced through a wrapper whose argument is the manifest's input name: a caller may pass image=...
+            traced = torch.jit.trace(_with_image_input(req.model), example_input(2), check_trace=False)
             x = example_input(3)
             diff = float((traced(x) - req.model(x)).abs().max())
         if not diff < 1e-4:
