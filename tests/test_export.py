@@ -507,6 +507,14 @@ def test_parity_compare_and_check():
     assert parity.check(stats, "int8", loose) == []
     assert parity.check(stats, "int8", parity.Thresholds(min_agreement=0.96)) != []
 
+    # KL(p || q) by hand: p = (1/2, 1/4, 1/4), q = (1/4, 1/2, 1/4) gives ln2/2 - ln2/4 = ln2/4; a same row gives 0
+    p_, q_ = np.log([[0.5, 0.25, 0.25]] * 2), np.log([[0.25, 0.5, 0.25], [0.5, 0.25, 0.25]])
+    stats = parity.compare(p_ + 3.0, q_ - 1.0)  # logits: a constant per row leaves the softmax as it is
+    assert stats.kl == pytest.approx(np.log(2) / 8)
+    assert parity.check(stats, "fp32", parity.Thresholds(max_kl=0.09)) == []
+    (reason,) = parity.check(stats, "fp32", parity.Thresholds(max_kl=0.08))
+    assert reason == "mean KL 0.0866 > 0.08"
+
     nan = ref.copy()
     nan[0, 0] = np.nan  # a non-finite row counts as a flip, and the max diff is infinite
     stats = parity.compare(ref, nan)
