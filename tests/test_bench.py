@@ -285,8 +285,12 @@ def test_stats_helpers():
 
     s = latency_summary(np.arange(1, 101) * 1_000_000)  # 1..100 ms
     assert s["min"] == 1 and s["max"] == 100 and s["p50"] == pytest.approx(50.5) and s["mean"] == 50.5
-    assert s["p99"] == pytest.approx(99.01)
+    assert s["p99"] == pytest.approx(99.01) and s["p90"] == pytest.approx(90.1)
+    assert s["std"] == pytest.approx((100 * 101 / 12) ** 0.5)  # the sample std of 1..100: n(n+1)/12 is its variance
     assert p50_spread_pct([[10, 10], [10, 10]]) == 0.0 and p50_spread_pct([[1]]) is None
+    # rounds with medians 1 and 3 around an overall median of 2: each 50% off it
+    assert p50_spread_pct([[1, 1], [3, 3]]) == pytest.approx(50.0)
+    assert p50_spread_pct([[2, 2], [2, 2], [2, 3, 3]]) == pytest.approx(50.0)  # the worst round counts
     assert pareto_front([1.0, 2.0, 3.0, 0.5], [0.5, 0.7, 0.6, 0.4]) == [3, 0, 1]
     env = {"cpu": {"isa": "avx512", "clock_mhz": 2000.0, "clock_source": "test"}}
     cl = compute_limit(1_000_000, 1000.0, 2, env)  # 2 GFLOP/s against 2 x 64 x 2 GHz = 256 GFLOP/s

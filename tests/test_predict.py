@@ -705,6 +705,7 @@ def test_margin_must_be_a_finite_number_in_range(face_dir, tiny_checkpoint, valu
            f"default 0.1), got {value}" in r.output
 
 
+@pytest.mark.shared_data
 def test_cli_no_detect_faces_on_fer2013(shared_fer2013, tiny_checkpoint, predictor):
     """Real FER2013 validation images are already face crops: --no-detect-faces classifies each whole."""
     val = shared_fer2013 / "images" / "val"

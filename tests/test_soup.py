@@ -7,7 +7,7 @@ from typer.testing import CliRunner
 
 from fer_edge.checkpoint import load_checkpoint
 from fer_edge.cli import app
-from fer_edge.errors import CheckpointError, TrainingError
+from fer_edge.errors import CheckpointError, DataError, TrainingError
 from fer_edge.training import TrainConfig, train
 from fer_edge.training.soup import average_state_dicts, check_compatible, make_soup
 
@@ -175,7 +175,7 @@ def test_split_without_bn_recompute_is_refused(ingredients, synthetic_csv, tmp_p
                             str(synthetic_csv), "--split", "nosuch", "--no-progress"])
     assert r.exit_code == 2 and "needs --bn recompute" in " ".join(r.stderr.split()), r.output  # a usage error
     assert not (tmp_path / "s.pt").exists()
-    with pytest.raises(Exception, match="nosuch"):  # with --bn recompute the split is checked
+    with pytest.raises(DataError, match="split 'nosuch' not found"):  # with --bn recompute the split is checked
         make_soup(ingredients, tmp_path / "s.pt", synthetic_csv, split="nosuch", bn="recompute", progress=False)
 
 
