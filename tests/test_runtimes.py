@@ -234,6 +234,37 @@ def test_onnxruntime_fast_int8_saturates_on_x86_without_vnni(tmp_path):
     assert (out < exact).all()
 
 
+@pytest.mark.parametrize("target", ["checkpoint", "torchscript"])
+def test_torch_runtimes_use_their_threads_and_leave_the_callers_setting(exported, tiny_checkpoint, batch, target,
+                                                                        monkeypatch):
+    """torch's thread count is the process's: a runtime built with threads=1 set it for good, so a runtime built
+    before it with 2 ran (and reported) the wrong count, and the caller's own setting was lost."""
+    import torch
+
+    from fer_edge.runtimes import load_runtime
+
+    path = tiny_checkpoint if target == "checkpoint" else _fp32(exported, "torchscript")
+    torch.set_num_threads(2)
+    try:
+        two = load_runtime(path, threads=2)
+        one = load_runtime(path, threads=1)
+        assert torch.get_num_threads() == 2  # building one changed nothing
+        seen = []
+        real = torch.inference_mode
+
+        def spy(*a, **k):  # the count in effect while the model runs
+            seen.append(torch.get_num_threads())
+            return real(*a, **k)
+
+        monkeypatch.setattr(torch, "inference_mode", spy)
+        one.run(batch)
+        two.run(batch)
+        assert seen == [1, 2] and torch.get_num_threads() == 2
+        assert (one.describe()["threads"], two.describe()["threads"]) == (1, 2)
+    finally:
+        torch.set_num_threads(2)
+
+
 def test_openvino_hints(exported, batch):
     from fer_edge.runtimes import get_runtime
 
@@ -245,6 +276,13 @@ def test_openvino_hints(exported, batch):
     assert rt.config["INFERENCE_PRECISION_HINT"] == "f32" and rt.config["INFERENCE_NUM_THREADS"] == 1
     assert str(info["performance_hint"]).upper().endswith("LATENCY")
     assert "THROUGHPUT" in str(cls(path, batch_hint=8).describe()["performance_hint"]).upper()
+    # one synchronous request per call: one stream, so --threads N all work on it (THROUGHPUT made 2 streams of
+    # 1 thread each of --threads 2); the record reads back what the compiled model uses
+    wide = cls(path, threads=2, batch_hint=8)
+    assert wide.compiled.get_property("NUM_STREAMS") == 1
+    info = wide.describe()
+    assert info["num_streams"] == "1"
+    assert info["inference_num_threads"] == str(wide.compiled.get_property("INFERENCE_NUM_THREADS"))
     plugin_choice = cls(path, precision_hint="default")
     assert "INFERENCE_PRECISION_HINT" not in plugin_choice.config
     assert rt.run(batch).shape == (5, len(LABELS))

@@ -74,6 +74,24 @@ def check_device(device: str, valid: list[str], runtime: str, known: list[str] |
     raise RuntimeUnavailableError(f"{runtime}: device {device!r} is not available here; available: {here}")
 
 
+@contextlib.contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """torch's intra-op threads set to ``threads`` for one call (None or 0: left as they are), then put back:
+    torch's setting is the process's, so a runtime that set it when built changed it for the caller, and for a
+    runtime built earlier with another count. A caller (bench) that sets the same count pays one comparison."""
+    import torch
+
+    before = torch.get_num_threads()
+    if not threads or int(threads) == before:
+        yield
+        return
+    torch.set_num_threads(int(threads))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def as_input(x) -> np.ndarray:
     """float32, C-contiguous N x 1 x 48 x 48 (a single 1 x 48 x 48 image gets a batch axis)."""
     from fer_edge.constants import IMAGE_SIZE

@@ -71,6 +71,9 @@ class OpenVINORuntime(Runtime):
         config["PERFORMANCE_HINT"] = str(
             options.get("performance_hint") or ("LATENCY" if int(batch_hint or 1) <= 1 else "THROUGHPUT")
         ).upper()
+        # run() makes one synchronous request at a time: THROUGHPUT's streams would split the threads between
+        # requests never made, and each call would get one thread of --threads 2 (measured: one busy thread)
+        config["NUM_STREAMS"] = 1
         hint = options.get("precision_hint")
         if hint is None and self.device.split(".")[0] == "CPU":
             hint = DEFAULT_CPU_PRECISION_HINT
@@ -120,15 +123,19 @@ class OpenVINORuntime(Runtime):
             device_name = str(self._core.get_property(self.device, "FULL_DEVICE_NAME"))
         except Exception:
             device_name = self.device
-        try:
-            perf = str(self.compiled.get_property("PERFORMANCE_HINT"))
-        except Exception:
-            perf = self.config.get("PERFORMANCE_HINT")
+        def compiled(key):  # what the compiled model uses, else what was asked
+            try:
+                return str(self.compiled.get_property(key))
+            except Exception:
+                return self.config.get(key)
+
         return {
             **super().describe(),
             "device_name": device_name,
             "precision_hint": self.precision_hint,
-            "performance_hint": perf,
+            "performance_hint": compiled("PERFORMANCE_HINT"),
+            "inference_num_threads": compiled("INFERENCE_NUM_THREADS"),
+            "num_streams": compiled("NUM_STREAMS"),
             "precision": self.metadata().get("precision"),
             "versions": {"openvino": ov.__version__},
         }

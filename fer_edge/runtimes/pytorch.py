@@ -5,7 +5,7 @@ import json
 
 import numpy as np
 
-from fer_edge.runtimes._common import as_input, check_artifact, check_device, package_available
+from fer_edge.runtimes._common import as_input, check_artifact, check_device, package_available, torch_threads
 from fer_edge.runtimes.base import Runtime
 
 
@@ -35,14 +35,10 @@ class PyTorchRuntime(Runtime):
 
     def __init__(self, path, device=None, threads=None, batch_hint=1, **options):
         super().__init__(path, device or "cpu", threads, batch_hint, **options)
-        import torch
-
         from fer_edge.checkpoint import load_checkpoint
 
         check_artifact(self.path)
         self.device = check_device(self.device, self.devices(), self.name, self.known_devices(), indexed=True)
-        if threads:
-            torch.set_num_threads(int(threads))
         self.checkpoint = load_checkpoint(self.path)
         self.model = self.checkpoint.build_model().to(self.device)
 
@@ -59,7 +55,7 @@ class PyTorchRuntime(Runtime):
         import torch
 
         t = torch.from_numpy(as_input(x)).to(self.device)
-        with torch.inference_mode():
+        with torch_threads(self.threads), torch.inference_mode():
             return self.model(t).float().cpu().numpy()
 
     def metadata(self) -> dict[str, str]:

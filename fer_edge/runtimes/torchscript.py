@@ -6,7 +6,7 @@ import warnings
 
 import numpy as np
 
-from fer_edge.runtimes._common import as_input, check_artifact, check_device, package_available
+from fer_edge.runtimes._common import as_input, check_artifact, check_device, package_available, torch_threads
 from fer_edge.runtimes.base import Runtime
 
 
@@ -39,8 +39,6 @@ class TorchScriptRuntime(Runtime):
 
         check_artifact(self.path)
         self.device = check_device(self.device, self.devices(), self.name, self.known_devices(), indexed=True)
-        if threads:
-            torch.set_num_threads(int(threads))
         extra = {TS_EXTRA_FILE: ""}
         try:
             with warnings.catch_warnings():  # torch.jit.load is deprecated (still works)
@@ -58,7 +56,7 @@ class TorchScriptRuntime(Runtime):
         import torch
 
         t = torch.from_numpy(as_input(x)).to(self.device)
-        with torch.inference_mode():
+        with torch_threads(self.threads), torch.inference_mode():
             return self.module(t).float().cpu().numpy()
 
     def metadata(self) -> dict[str, str]:
