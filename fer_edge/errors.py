@@ -47,3 +47,7 @@ class UnknownDeviceError(RuntimeUnavailableError, OptionError):
 
 class ArtifactError(FerEdgeError):
     """An artifact or manifest that is missing, tampered with or unreadable."""
+
+
+class PlotError(FerEdgeError):
+    """A plot could not be drawn (matplotlib missing or broken); callers keep their results and warn."""
