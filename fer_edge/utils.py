@@ -23,9 +23,30 @@ COMMAND_ENVIRONMENT = {"ORT_DISABLE_TELEMETRY": "1"}
 
 def command_environment() -> None:
     """Set :data:`COMMAND_ENVIRONMENT`'s defaults in this process: the first thing a command does, before anything
-    imports onnxruntime."""
+    imports onnxruntime. OpenVINO's telemetry is off too (:func:`openvino_telemetry_opted_in`)."""
+    import sys
+
     for key, value in COMMAND_ENVIRONMENT.items():
         os.environ.setdefault(key, value)
+    if "openvino_telemetry" not in sys.modules and not openvino_telemetry_opted_in():
+        # OpenVINO's converter and NNCF import openvino_telemetry, whose Telemetry() starts a process that posts
+        # usage events to Google Analytics unless a consent file says no (a Ctrl-C also printed that process's
+        # traceback); it has no environment switch, and both fall back to their built-in stubs when the import
+        # fails, which a None entry makes it do
+        sys.modules["openvino_telemetry"] = None
+
+
+def openvino_telemetry_opted_in() -> bool:
+    """Whether the user opted in to OpenVINO's telemetry (its consent file, ``~/intel/openvino_telemetry`` or
+    ``%LOCALAPPDATA%/Intel Corporation/openvino_telemetry``, holds ``1``: ``opt_in_out --opt_in``)."""
+    if os.name == "nt":
+        base, sub = os.environ.get("LOCALAPPDATA"), "Intel Corporation"
+    else:
+        base, sub = os.path.expanduser("~"), "intel"
+    try:
+        return bool(base) and Path(base, sub, "openvino_telemetry").read_text().strip() == "1"
+    except (OSError, UnicodeDecodeError):
+        return False
 
 
 @contextlib.contextmanager

@@ -451,6 +451,30 @@ def test_the_cli_turns_onnxruntime_telemetry_off_unless_the_user_set_it(tmp_path
     assert r.returncode == 0 and r.stdout.strip().splitlines()[-1] == "0", r.stderr
 
 
+def test_the_cli_turns_openvino_telemetry_off_unless_the_user_opted_in(tmp_path):
+    """QA: OpenVINO's converter and NNCF started a process posting usage events to Google Analytics on every
+    export (and a Ctrl-C printed its traceback); with no environment switch, the commands make them use their
+    built-in stubs, unless the user's consent file (opt_in_out --opt_in) says 1."""
+    import os
+    import subprocess
+    import sys
+
+    pytest.importorskip("openvino")
+    env = {k: v for k, v in os.environ.items() if k not in ("CI", "TF_BUILD", "JENKINS_URL", "GITHUB_ACTIONS")}
+    env["HOME"] = str(tmp_path)
+    code = ("import sys; from fer_edge.cli import main\n"
+            "try:\n    main(['devices', '--json'])\nexcept SystemExit:\n    pass\n"
+            "import openvino.tools.ovc.convert_impl as ci\nprint('TM', ci.tm.__name__)")
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip().splitlines()[-1] == "TM openvino.tools.ovc.telemetry_stub", r.stdout[-500:]
+    assert not (tmp_path / "intel").exists()
+    (tmp_path / "intel").mkdir()
+    (tmp_path / "intel" / "openvino_telemetry").write_text("1")  # the user opted in: their choice stands
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip().splitlines()[-1] == "TM openvino_telemetry", r.stderr[-2000:]
+
+
 def test_every_python_m_script_turns_onnxruntime_telemetry_off_as_the_cli_does(tmp_path):
     """QA: the python -m fer_edge... tools (ort_int8, export_bench, distill_round's ONNX Runtime teachers, ...) left
     ONNX Runtime's telemetry on, where the fer-edge command turns it off. Every module with a __main__ block that
