@@ -70,7 +70,10 @@ def atomic_path(dest: str | os.PathLike, suffix: str | None = None, overwrite: b
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     sfx = dest.suffix if suffix is None else suffix
-    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{dest.stem}-", suffix=sfx, dir=dest.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".tmp-{dest.stem}-", suffix=sfx, dir=dest.parent)
+    except OSError as e:  # a read-only folder: name the file asked for, not a random temporary name never made
+        raise type(e)(e.errno, e.strerror or str(e), str(dest)) from None
     os.close(fd)
     os.unlink(tmp)
     tmp_path = Path(tmp)

@@ -221,6 +221,22 @@ def test_an_atomic_write_never_replaces_a_folder_with_a_file(tmp_path):
     assert sorted(p.name for p in pkg.iterdir()) == ["new"]
 
 
+def test_an_atomic_write_into_a_read_only_folder_names_the_file_asked_for(tmp_path, monkeypatch):
+    """QA: `error: out/.tmp-manifest-un23_jn_.json: Permission denied` named a temporary file that never existed."""
+    import tempfile
+
+    from fer_edge.utils import write_json_atomic
+
+    def read_only(prefix="", suffix="", dir=None):  # what mkstemp raises in a folder without write permission
+        raise PermissionError(13, "Permission denied", f"{dir}/{prefix}abc123{suffix}")
+
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    with pytest.raises(PermissionError) as e:
+        write_json_atomic(tmp_path / "manifest.json", {"a": 1})
+    assert e.value.filename == str(tmp_path / "manifest.json") and e.value.strerror == "Permission denied"
+    assert ".tmp-" not in str(e.value)
+
+
 @pytest.mark.parametrize("links", [True, False], ids=["hard-link", "no-hard-links"])
 def test_an_atomic_write_without_overwrite_never_replaces_a_file_made_meanwhile(tmp_path, monkeypatch, links):
     """``os.replace`` replaced a file another process created at the destination while the output was written."""
