@@ -18,7 +18,7 @@ def run(argv: list[str] | None = None) -> None:
 
     # SIGTERM is an interrupt for the whole process: the long commands install their own handler of the same
     # kind while they work (and put this one back), the others end through fer_edge.cli.common.handle_errors
-    signal.signal(signal.SIGTERM, _raise)
+    previous = signal.signal(signal.SIGTERM, _raise)
     try:
         from fer_edge.cli import main
 
@@ -26,6 +26,8 @@ def run(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         print("interrupted: fer-edge stopped while starting; nothing was done", file=sys.stderr)
         sys.exit(130)
+    finally:  # the command is over: a SIGTERM during the interpreter's shutdown raised into an atexit callback
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

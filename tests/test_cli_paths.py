@@ -247,6 +247,23 @@ def test_an_interrupt_while_fer_edge_starts_says_so(how):
         r.stderr
 
 
+def test_a_sigterm_after_the_command_finished_is_no_traceback():
+    """QA: SIGTERM while the interpreter shut down (after the report was written) raised fer-edge's interrupt into
+    an atexit callback: "Exception ignored in atexit callback ... KeyboardInterrupt"; the command's own SIGTERM
+    handler is put back when it ends."""
+    import signal
+    import subprocess
+    import sys
+
+    code = ("import atexit, os, signal, sys, time\n"
+            "atexit.register(lambda: (os.kill(os.getpid(), signal.SIGTERM), time.sleep(0.5)))\n"
+            "sys.argv[1:] = ['models']\nfrom fer_edge.__main__ import run\nrun()\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert "fer_nano" in r.stdout  # the command ran
+    assert "KeyboardInterrupt" not in r.stderr and "Exception ignored" not in r.stderr, r.stderr
+    assert r.returncode == -signal.SIGTERM  # ended by the signal, as any program killed then
+
+
 def test_an_interrupt_while_typer_reads_the_command_line_says_so(monkeypatch, capsys, synthetic_csv):
     """Typer ends a Ctrl-C that comes while it parses the options with a silent exit 130."""
     import typer.core
