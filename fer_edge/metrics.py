@@ -34,6 +34,18 @@ def check_label_order(labels) -> None:
                         "(fer_edge.constants.LABELS)")
 
 
+def to_model_order(y_true, labels) -> np.ndarray:
+    """FER2013 class indices ``y_true`` as the output indices of a model whose ``labels`` (in output order) are
+    FER2013's classes in another order, so output i is scored as the class it names; unchanged when the model has
+    FER2013's order or classes named otherwise (:func:`check_label_order` refuses those where accuracy is
+    reported)."""
+    y = np.asarray(y_true)
+    names = [str(x) for x in labels[:len(LABELS)]]
+    if names == list(LABELS) or sorted(names) != sorted(LABELS):
+        return y
+    return np.array([names.index(name) for name in LABELS], dtype=np.int64)[y]
+
+
 def confusion_matrix(y_true, y_pred, num_classes: int = len(LABELS)) -> np.ndarray:
     """Rows are true classes, columns predicted classes (true classes outside 0..num_classes-1 are refused)."""
     check_scorable(y_true, [str(i) for i in range(num_classes)])

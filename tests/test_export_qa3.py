@@ -418,3 +418,27 @@ def test_a_dangling_link_as_out_is_named_a_link_to_nothing(tiny_checkpoint, tmp_
     assert (f"--out {out} {where} a symbolic link to {tmp_path / 'nonexistent'}, which does not exist (a link to "
             "nothing)") in text, text
     assert "is a file" not in text and not (tmp_path / "nonexistent").exists()
+
+
+def test_the_gate_scores_a_model_with_fer2013s_classes_in_another_order_by_the_class_each_output_names(
+        tiny_checkpoint, synthetic_csv, tmp_path, monkeypatch):
+    """QA: the gate scored output i as FER2013's class i, so a model whose output rows (and labels) are in
+    alphabetical order got a wrong accuracy; the same model with its rows permuted must score the same."""
+    import torch
+
+    from fer_edge.constants import LABELS
+    from fer_edge.exporters import calibration, export
+
+    monkeypatch.setattr(calibration, "MIN_VAL_SIZE", 64)  # the synthetic PublicTest has 84 images
+    raw = torch.load(tiny_checkpoint, weights_only=True)
+    order = sorted(range(len(LABELS)), key=lambda i: LABELS[i])  # output j is FER2013's class order[j]
+    sd = dict(raw["state_dict"])
+    sd["fc.weight"], sd["fc.bias"] = sd["fc.weight"][order], sd["fc.bias"][order]
+    permuted = tmp_path / "alphabetical.pt"
+    torch.save({**raw, "state_dict": sd, "labels": [LABELS[i] for i in order]}, permuted)
+    acc = {}
+    for name, ck in (("fer", tiny_checkpoint), ("alphabetical", permuted)):
+        res = export(ck, ["onnx"], ["fp32"], tmp_path / name, calib_data=synthetic_csv, data_progress=False)
+        (entry,) = [e for e in res.manifest["artifacts"] if e["target"] == "onnx"]
+        acc[name] = (entry["validation"]["accuracy"], entry["validation"]["reference_accuracy"])
+    assert acc["alphabetical"] == pytest.approx(acc["fer"]) and acc["fer"][0] > 0.2, acc
