@@ -87,6 +87,7 @@ def _eval(names, data, split, tta, device, out, as_json) -> None:
     for name, v in r.per_class.items():
         t.add_row(name, f"{v['precision']:.3f}", f"{v['recall']:.3f}", f"{v['f1']:.3f}", str(v["support"]))
     console.print(t)
-    console.print(f"confusion matrix: {r.confusion_png}")
+    # None: the plot could not be drawn, and the warning above says why (the metrics stand)
+    console.print(f"confusion matrix: {r.confusion_png or 'not drawn (see the warning)'}")
     for note in r.notes:
         typer.echo(f"note: {note}", err=True)

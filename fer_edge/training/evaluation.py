@@ -6,9 +6,10 @@ mirror first). That is how to see what a ``fer-edge train --distill A --distill 
 """
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -78,13 +79,21 @@ def confusion_png_name(data: str | Path, split: str, tta: bool, sha256: str = ""
     return f"confusion_{who}{data_stem(data)}{tag}_{split_name}{part}{'_tta' if tta else ''}.png"
 
 
+def _warn_stderr(text: str) -> None:
+    print(f"warning: {text}", file=sys.stderr)
+
+
 def evaluate(checkpoint: str | Path | None | Sequence[str | Path], data: str | Path, split: str | None = None,
              tta: bool = False, device: str = "auto", out_dir: str | Path | None = None, limit: int | None = None,
-             progress: bool = True) -> EvalResult:
+             progress: bool = True, on_warning: Callable[[str], None] | None = None) -> EvalResult:
     """Evaluate a checkpoint (a path or shipped name; None: the shipped default) on a labelled split.
 
     A list of two or more checkpoints is evaluated as an ensemble (see the module docstring); their labels
     must agree.
+
+    With ``out_dir`` the confusion matrix is drawn there; a plot that cannot be drawn (matplotlib missing or
+    broken, a full disk) is a warning (``on_warning``; default: ``warning: ...`` on stderr) and ``confusion_png``
+    None: the metrics are kept. A folder where the plot goes is refused before anything is evaluated.
     """
     import torch
 
@@ -92,7 +101,8 @@ def evaluate(checkpoint: str | Path | None | Sequence[str | Path], data: str | P
     from fer_edge.data import default_val_split, load_split
     from fer_edge.errors import CheckpointError, FerEdgeError
     from fer_edge.metrics import classification_metrics
-    from fer_edge.training.plots import plot_confusion
+    from fer_edge.plotting import draw_or_warn
+    from fer_edge.training import plots
     from fer_edge.training.trainer import predict_logits, resolve_device
     from fer_edge.utils import check_writable_dir, sha256_path
     from fer_edge.weights import resolve_checkpoint
@@ -123,6 +133,13 @@ def evaluate(checkpoint: str | Path | None | Sequence[str | Path], data: str | P
     first = None
     if limit and limit < len(labels):
         images, labels, first = images[:limit], labels[:limit], int(limit)
+    png_path = None
+    if out_dir is not None:
+        png_path = Path(out_dir) / confusion_png_name(data, ds.split, tta, (ds.fingerprint or {}).get("sha256", ""),
+                                                      first, model=model_tag(paths, sha256s))
+        if png_path.is_dir():  # refused now, not after the whole evaluation (it would only be a warning then)
+            raise FerEdgeError(f"{png_path} is a folder: the confusion matrix cannot be written there (remove the "
+                               "folder, or choose another --out)")
     dev = resolve_device(device)
     member_logits = [predict_logits(ck.build_model().to(dev), images, ck.normalization, dev, tta=tta) for ck in cks]
     for path, z in zip(paths, member_logits):
@@ -139,13 +156,12 @@ def evaluate(checkpoint: str | Path | None | Sequence[str | Path], data: str | P
     ck = cks[0]
     m = classification_metrics(labels.numpy(), logits.argmax(1).numpy(), ck.labels)
     png = None
-    if out_dir is not None:
-        out = Path(out_dir)
-        name = confusion_png_name(data, ds.split, tta, (ds.fingerprint or {}).get("sha256", ""), first,
-                                  model=model_tag(paths, sha256s))
-        png = str(plot_confusion(np.asarray(m["confusion"]), ck.labels, out / name,
-                                 title=f"{model_name} on {ds.split}{' (flip TTA)' if tta else ''}: "
-                                       f"accuracy {m['accuracy']:.4f}"))
+    if png_path is not None:  # a plot that cannot be drawn is a warning: the metrics are what was asked for
+        title = f"{model_name} on {ds.split}{' (flip TTA)' if tta else ''}: accuracy {m['accuracy']:.4f}"
+        drawn = draw_or_warn(lambda: plots.plot_confusion(np.asarray(m["confusion"]), ck.labels, png_path,
+                                                          title=title),
+                             png_path, on_warning or _warn_stderr)
+        png = None if drawn is None else str(drawn)
     members = [str(p) for p in paths] if len(paths) > 1 else None
     # a split a checkpoint trained on measures how well it learned those images, not how it does on unseen faces
     # (train and soup say the same of their validation split)

@@ -527,6 +527,7 @@ class Trainer:
         self.teacher_targets_seconds: float | None = None
         self._created_out = False  # whether this run made cfg.out (a failed --wandb start removes it again)
         self._lock = None  # the open lock file while this process writes the run (see _lock_out)
+        self._plots_warned: set[str] = set()  # the plots whose failure was told (see _plot): once is enough
         self.device = resolve_device(cfg.device)
         self.dist = _Dist(self.device)
         if console is None:
@@ -1136,7 +1137,7 @@ class Trainer:
         write_json_atomic(p, prev)
 
     def _write_eval_outputs(self, metrics: dict, split: str) -> None:
-        from fer_edge.training.plots import plot_confusion
+        from fer_edge.training import plots
 
         p = self.out / "metrics.json"
         prev = _read_metrics(p)
@@ -1148,14 +1149,32 @@ class Trainer:
             for k, v in metrics["per_class"].items()
         ]
         write_text_atomic(self.out / "per_class.csv", "\n".join(rows) + "\n")
-        plot_confusion(np.asarray(metrics["confusion"]), list(LABELS), self.out / "confusion_matrix.png",
-                       title=f"{self.cfg.model} on {split}: accuracy {metrics['accuracy']:.4f}")
+        path = self.out / "confusion_matrix.png"
+        title = f"{self.cfg.model} on {split}: accuracy {metrics['accuracy']:.4f}"
+        self._plot(lambda: plots.plot_confusion(np.asarray(metrics["confusion"]), list(LABELS), path, title=title),
+                   path)
 
     def _plot_curves(self, history: list[dict]) -> None:
-        from fer_edge.training.plots import plot_curves
+        from fer_edge.training import plots
 
         if history:
-            plot_curves(history, self.out / "curves.png", title=self.cfg.model)
+            path = self.out / "curves.png"
+            self._plot(lambda: plots.plot_curves(history, path, title=self.cfg.model), path)
+
+    def _plot(self, draw, path: Path) -> None:
+        """``draw()`` writing the plot ``path``; one that cannot be drawn (matplotlib missing or broken, a full disk)
+        is a warning, once a run for each plot, and the run goes on: the metrics and checkpoints are already
+        written, and a plot is never why training stops."""
+        from rich.markup import escape
+
+        from fer_edge.plotting import draw_or_warn
+
+        def warn(text: str) -> None:
+            if path.name not in self._plots_warned:
+                self._plots_warned.add(path.name)
+                self.log(f"[yellow]warning: {escape(text)}[/]")
+
+        draw_or_warn(draw, path, warn)
 
     def _lock_out(self, last=None) -> None:
         """Hold ``OUT/.fer-edge-train.lock`` (an advisory ``flock``, released by the system when the process ends,
