@@ -120,6 +120,38 @@ def test_missing_artifact(exported, tmp_path, target):
         cls(tmp_path / TARGETS[target].filename("nothing", "fp32"))
 
 
+@pytest.mark.parametrize("target", ["checkpoint", *RUNNABLE])
+def test_one_runtime_answers_several_threads_at_once(exported, tiny_checkpoint, target):
+    """QA: an app sharing one OpenVINO runtime between threads got "Infer Request is busy" and, worse, another
+    thread's answers (one request's output overwritten before it was copied). Every runtime gives each call its
+    own answer."""
+    import threading
+
+    from fer_edge.runtimes import load_runtime
+
+    rt = load_runtime(tiny_checkpoint if target == "checkpoint" else _fp32(exported, target))
+    rng = np.random.default_rng(1)
+    xs = [rng.normal(size=(1 + i % 3, 1, 48, 48)).astype(np.float32) for i in range(6)]
+    want = [rt.run(x) for x in xs]
+    problems: list[str] = []
+
+    def work(offset):
+        for k in range(40):
+            j = (offset + k) % len(xs)
+            try:
+                if not np.allclose(rt.run(xs[j]), want[j], atol=1e-5):
+                    problems.append(f"wrong answer for input {j}")
+            except Exception as e:  # noqa: BLE001 - collected, asserted below
+                problems.append(repr(e))
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not problems, problems[:3]
+
+
 def test_pytorch_runtime(tiny_checkpoint, batch):
     import torch
 

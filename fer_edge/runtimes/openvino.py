@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import threading
 
 import numpy as np
 
@@ -83,12 +84,14 @@ class OpenVINORuntime(Runtime):
         self.config = config
         try:
             self.compiled = core.compile_model(self.model, self.device, config)
-            self.request = self.compiled.create_infer_request()
+            self.request = self.compiled.create_infer_request()  # this thread's; other threads make their own
         except Exception as e:
             raise ArtifactError(
                 f"{self.path}: OpenVINO cannot compile it on {self.device} with {config} ({type(e).__name__}: {e})"
             ) from None
         self._output = self.compiled.outputs[0]
+        self._owner = threading.get_ident()  # the thread self.request belongs to
+        self._local = threading.local()  # the other threads' requests
         self._core = core
 
     @property
@@ -104,8 +107,18 @@ class OpenVINORuntime(Runtime):
         x = as_input(x)
         if not len(x):  # the CPU plugin refuses an empty batch; the other runtimes return 0 rows
             return np.zeros((0, int(self.compiled.outputs[0].get_partial_shape()[1].get_length())), np.float32)
-        res = self.request.infer({0: x})
+        res = self._thread_request().infer({0: x})
         return np.array(res[self._output], dtype=np.float32, copy=True)
+
+    def _thread_request(self):
+        """This thread's infer request: one request is not thread-safe (a second thread's call failed with "Infer
+        Request is busy", or overwrote the first's output before it was copied: wrong answers without a word)."""
+        if threading.get_ident() == self._owner:
+            return self.request
+        request = getattr(self._local, "request", None)
+        if request is None:
+            request = self._local.request = self.compiled.create_infer_request()
+        return request
 
     def metadata(self) -> dict[str, str]:
         from fer_edge.exporters.metadata import META_KEYS, OV_RT_SECTION
