@@ -181,3 +181,80 @@ def test_a_split_no_larger_than_calib_size_says_the_draws_cannot_differ(temp_fol
     text = console.export_text()
     assert "INT8 per calibration draw (280 images each" in text and "500 images" not in text
     assert f"note: {spread['note']}" in " ".join(text.split())
+
+
+def _copy_earlier_run(seed_report, out: Path) -> None:
+    """``out`` holding an earlier run's folders (the module's seed_report run: all, calib-seed-1, calib-seed-2)."""
+    import shutil
+
+    shutil.copytree(seed_report[1], out)
+    assert sorted(p.name for p in out.iterdir()) == ["all", "calib-seed-1", "calib-seed-2"]
+
+
+def test_an_interrupt_while_the_report_prints_keeps_the_json(seed_report, tiny_checkpoint, synthetic_csv, tmp_path,
+                                                             monkeypatch, capsys):
+    """QA: Ctrl-C while the tables printed gave rich's KeyboardInterrupt traceback and exit 1, SIGTERM killed it
+    silently (143), and in both cases --json was never written though every export had finished: the JSON is
+    written first, and the interrupt path (SIGTERM as Ctrl-C) covers the printing."""
+    import signal
+
+    import fer_edge.benchmarks.export_bench as eb
+
+    handlers = []
+
+    def cut_short(report, console=None):
+        handlers.append(signal.getsignal(signal.SIGTERM))
+        print("checkpoint ...")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(eb, "print_report", cut_short)
+    out, js = tmp_path / "eb", tmp_path / "r.json"
+    _copy_earlier_run(seed_report, out)
+    try:
+        rc = main([str(tiny_checkpoint), "--calib-data", str(synthetic_csv), "--target", "onnx", "--calib-size", "16",
+                   "--out", str(out), "--json", str(js)])
+    except KeyboardInterrupt:
+        pytest.fail("the interrupt escaped main (a traceback, exit status 1)")
+    assert rc == 130
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.count("interrupted: ") == 1, err
+    line = " ".join(err[err.index("interrupted: "):].split())
+    assert line == (f"interrupted: the report was cut short while printing; --json {js} holds all of it; this run's "
+                    f"exports are kept under {out} (all: each folder's manifest.json lists its artifacts)"), line
+    report = json.loads(js.read_text())
+    assert sorted((a["target"], a["precision"]) for a in report["artifacts"]) == [("onnx", p) for p in
+                                                                                  ("fp16", "fp32", "int8")]
+    # SIGTERM raised KeyboardInterrupt while the report printed (the default handler ends the process silently)
+    assert len(handlers) == 1 and callable(handlers[0]), handlers
+
+
+@pytest.mark.parametrize("finished", [0, 1])
+def test_the_interrupted_line_names_only_this_runs_exports(finished, seed_report, tiny_checkpoint, synthetic_csv,
+                                                            tmp_path, monkeypatch, capsys):
+    """QA: interrupted before any export of its own finished, a run into an --out holding an earlier run's folders
+    said "the exports finished so far are kept under eb (all, calib-seed-0, calib-seed-1 ...)": only the folders
+    this run exported into are named. ``finished``: how many export calls finish before Ctrl-C (the main one)."""
+    import fer_edge.exporters
+
+    real, calls = fer_edge.exporters.export, []
+
+    def export(*a, **k):
+        calls.append(a)
+        if len(calls) > finished:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(fer_edge.exporters, "export", export)
+    out = tmp_path / "eb"
+    _copy_earlier_run(seed_report, out)
+    assert main([str(tiny_checkpoint), "--calib-data", str(synthetic_csv), "--target", "onnx", "--calib-size", "16",
+                 "--calib-seeds", "0,1,2", "--out", str(out), "--json", str(tmp_path / "r.json")]) == 130
+    assert len(calls) == finished + 1
+    err = " ".join(capsys.readouterr().err.split())
+    assert err.startswith(f"interrupted: no report was printed and --json {tmp_path / 'r.json'} was not written; "), err
+    if finished:
+        assert err.endswith(f"the exports finished so far are kept under {out} (all: each folder's manifest.json "
+                            "lists its artifacts, \"complete\": false where an export was cut short)"), err
+    else:
+        assert err.endswith(f"no export of this run finished ({out} holds none of them)"), err
+    assert not (tmp_path / "r.json").exists()

@@ -20,7 +20,7 @@ Exit status: 0; 1 when an export failed, when the total export time is over the 
 the main export failed the parity gate (named in a closing ``error:`` line, as ``fer-edge export`` and ``fer-edge
 bench`` exit 1; with ``--no-parity-gate``, as bench's, a closing ``warning:`` line names them and the status
 stays 0; the draws of ``--calib-methods`` and ``--calib-seeds`` are measurements, never a failure); 2 for a bad
-option; 130 on Ctrl-C.
+option; 130 on Ctrl-C or SIGTERM.
 """
 from __future__ import annotations
 
@@ -487,7 +487,27 @@ def main(argv: list[str] | None = None) -> int:
                          "fer-edge bench do (default); --no-parity-gate lists them in a closing warning and the "
                          "exit status stays 0")
     args = ap.parse_args(argv)
-    from fer_edge.utils import check_output_file, sigterm_as_interrupt, write_text_atomic
+    from fer_edge.utils import sigterm_as_interrupt
+
+    # the run ids --out's manifests hold before this run: an interrupt names only the folders this run wrote (an
+    # earlier run's, left as they were, are not this run's exports)
+    earlier = _manifest_runs(args.out)
+    done: dict = {"report": None, "json": False}  # how far main got: what an interrupt's line says was left
+    try:
+        # SIGTERM (kill, a scheduler's stop) takes Ctrl-C's path, as in the rest of fer-edge: also while the report
+        # prints, after every export finished
+        with sigterm_as_interrupt():
+            return _main(args, done)
+    except KeyboardInterrupt:
+        print(f"interrupted: {_interrupted_note(args.out, args.json, earlier, done)}", file=sys.stderr)
+        return 130
+
+
+def _main(args, done: dict) -> int:
+    """:func:`main`'s work once the options are parsed; ``done`` records the report (``"report"``) and whether
+    ``--json`` was written (``"json"``), for an interrupt's line."""
+    from fer_edge.errors import FerEdgeError, OptionError
+    from fer_edge.utils import check_output_file, write_text_atomic
 
     try:
         from fer_edge.cli.common import parse_csv_option
@@ -522,24 +542,26 @@ def main(argv: list[str] | None = None) -> int:
                 problems.append(why)
         if problems:
             raise OptionError("; ".join(problems))
-        with sigterm_as_interrupt():
-            report = run(args.checkpoint, args.calib_data, args.out, args.val_data, args.val_split,
-                         args.val_size or None, targets, None, args.calib_size, methods, seeds)
+        report = run(args.checkpoint, args.calib_data, args.out, args.val_data, args.val_split,
+                     args.val_size or None, targets, None, args.calib_size, methods, seeds)
     except FerEdgeError as e:  # an OptionError (a value wrong on its own) is a usage error: exit 2
         print(f"error: {e}", file=sys.stderr)
         return 2 if isinstance(e, OptionError) else 1
-    except KeyboardInterrupt:
-        print(f"interrupted: {_interrupted_note(args.out, args.json)}", file=sys.stderr)
-        return 130
-    for w in report["warnings"]:  # as fer-edge export prints them (too few calibration or validation images)
-        print(f"warning: {w}", file=sys.stderr)
-    print_report(report)
+    done["report"] = report
+    # the JSON first, atomically: an interrupt while the tables print (a long report, a slow terminal) keeps it
+    json_error = None
     if args.json:
         try:
             write_text_atomic(args.json, json.dumps(report, indent=2, default=str) + "\n")
+            done["json"] = True
         except OSError as e:
-            print(f"error: --json {args.json}: {e.strerror or e}", file=sys.stderr)
-            return 1
+            json_error = f"error: --json {args.json}: {e.strerror or e}"
+    for w in report["warnings"]:  # as fer-edge export prints them (too few calibration or validation images)
+        print(f"warning: {w}", file=sys.stderr)
+    print_report(report)
+    if json_error:
+        print(json_error, file=sys.stderr)
+        return 1
     # the closing line, as fer-edge export's: every reason for exit status 1 at once (failed exports, the budget,
     # the parity gate), so a log's last line says why without reading the tables
     problems = []
@@ -562,16 +584,66 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _interrupted_note(out: str | None, json_path: str | None) -> str:
-    """What an interrupted benchmark left: no report; the exports finished so far (kept in --out, else removed)."""
-    not_written = "no report was printed" + (f" and --json {json_path} was not written" if json_path else "")
+def _read_manifest(path: Path) -> dict | None:
+    """The manifest at ``path``, or None where it cannot be read as one (gone, cut short, not an object)."""
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return manifest if isinstance(manifest, dict) else None
+
+
+def _manifest_runs(out: str | None) -> dict[str, str | None]:
+    """``{folder: run id}`` of the manifests in ``out``'s folders (none for None)."""
     if out is None:
-        return f"{not_written}; the exports were in a temporary folder, removed (pass --out DIR to keep them)"
-    folders = sorted(m.parent.name for m in Path(out).glob("*/manifest.json"))
+        return {}
+    runs = {}
+    for m in Path(out).glob("*/manifest.json"):
+        manifest = _read_manifest(m)
+        runs[m.parent.name] = None if manifest is None else manifest.get("run_id")
+    return runs
+
+
+def _this_runs_folders(out: str, earlier: dict[str, str | None]) -> list[str]:
+    """``out``'s folders where this run exported something: the manifest's run id is not the one it held before
+    the run (``earlier``: :func:`_manifest_runs`), and it lists an artifact of that run."""
+    folders = []
+    for m in Path(out).glob("*/manifest.json"):
+        manifest = _read_manifest(m)
+        if manifest is None or not manifest.get("run_id") or manifest["run_id"] == earlier.get(m.parent.name):
+            continue
+        if this_run(manifest):
+            folders.append(m.parent.name)
+    return sorted(folders)
+
+
+def _interrupted_note(out: str | None, json_path: str | None, earlier: dict[str, str | None] | None = None,
+                      done: dict | None = None) -> str:
+    """What an interrupted benchmark left: the report (none while exporting; cut short while printing, whole in
+    --json when written), and the exports this run finished (kept in --out, else removed). ``earlier``: the run
+    ids of --out's manifests before the run (:func:`_manifest_runs`), whose folders are not this run's;
+    ``done``: how far :func:`main` got (``{"report": the report or None, "json": written}``)."""
+    done = done or {}
+    finished = done.get("report") is not None  # every export finished: the report was being written or printed
+    if not finished:
+        left = "no report was printed" + (f" and --json {json_path} was not written" if json_path else "")
+    elif done.get("json"):
+        left = f"the report was cut short while printing; --json {json_path} holds all of it"
+    elif json_path:
+        left = f"the report was cut short while printing, and --json {json_path} was not written"
+    else:
+        left = "the report was cut short while printing (--json FILE keeps all of it)"
+    exports = "this run's exports" if finished else "the exports"
+    if out is None:
+        return f"{left}; {exports} were in a temporary folder, removed (pass --out DIR to keep them)"
+    folders = _this_runs_folders(out, earlier or {})
     if not folders:
-        return f"{not_written}; no export finished ({out} holds none)"
-    return (f"{not_written}; the exports finished so far are kept under {out} ({', '.join(folders)}: each "
-            "folder's manifest.json lists its artifacts, \"complete\": false where an export was cut short)")
+        return f"{left}; no export of this run finished ({out} holds none of them)"
+    if finished:
+        return (f"{left}; {exports} are kept under {out} ({', '.join(folders)}: each folder's manifest.json lists "
+                "its artifacts)")
+    return (f"{left}; the exports finished so far are kept under {out} ({', '.join(folders)}: each folder's "
+            "manifest.json lists its artifacts, \"complete\": false where an export was cut short)")
 
 
 if __name__ == "__main__":
