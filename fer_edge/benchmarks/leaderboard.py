@@ -956,21 +956,19 @@ def leaderboard_markdown(doc: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot_leaderboard(rows: list[dict], path: Path, title: str) -> None:
+def plot_leaderboard(rows: list[dict], path: Path, title: str) -> Path:
     """ONNX Runtime INT8 top-1 (%) against its p50 batch-1 latency (ms, log x), one labelled point per model;
-    the shared-recipe Pareto front as a step line; rows with another recipe as diamonds."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-    from matplotlib.lines import Line2D
-
+    the shared-recipe Pareto front as a step line; rows with another recipe as diamonds. A Figure on its own Agg
+    canvas (:mod:`fer_edge.plotting`: no pyplot, the caller's matplotlib backend left alone), saved atomically."""
     from fer_edge.benchmarks.report import finish_latency_plot
+    from fer_edge.plotting import colormap, subplots
 
     pts = [r for r in rows if r["status"] == "ok" and all(_finite(v) for v in _int8_point(r))]
-    fig, ax = plt.subplots(figsize=(9, 6), dpi=110)
+    fig, ax = subplots(figsize=(9, 6), dpi=110)
+    from matplotlib.lines import Line2D  # (after subplots, which first imports matplotlib with MPLBACKEND aside)
+
     origins = sorted({r.get("origin") or "-" for r in pts})
-    cmap = plt.get_cmap("tab10")
+    cmap = colormap("tab10")
     for k, r in enumerate(pts):
         x, y = r["ort_int8_p50_ms"], 100 * r["int8_accuracy"]
         ax.scatter(x, y, s=90 if r["extra"] else 60, marker="D" if r["extra"] else "o", alpha=0.9,
@@ -990,9 +988,9 @@ def plot_leaderboard(rows: list[dict], path: Path, title: str) -> None:
         handles.append(Line2D([], [], ls="", marker="D", color="gray", label="own recipe (not retrained)"))
     if pts:
         ax.legend(handles=handles, fontsize=8, loc="best")
-    finish_latency_plot(fig, ax, path, title, bool(pts),  # a log axis only when there are points
-                        f"ONNX Runtime INT8 p50 latency, batch 1, 1 thread (ms{', log scale' if pts else ''})",
-                        "top-1 accuracy, ONNX Runtime INT8 (%)")
+    return finish_latency_plot(fig, ax, path, title, bool(pts),  # a log axis only when there are points
+                               f"ONNX Runtime INT8 p50 latency, batch 1, 1 thread (ms{', log scale' if pts else ''})",
+                               "top-1 accuracy, ONNX Runtime INT8 (%)")
 
 
 class InterruptedAfterWriting(KeyboardInterrupt):

@@ -14,11 +14,15 @@ from __future__ import annotations
 from fer_edge.utils import human_size
 
 import csv
+import errno
 import io
 import math
+import os
+import sys
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from fer_edge.benchmarks.schema import LATENCY_KEYS, REPORT_SCHEMA, SCHEMA_ID, validate
 from fer_edge.errors import FerEdgeError
@@ -87,9 +91,10 @@ class BenchReport:
         }
 
     def write(self, out_dir: str | Path) -> dict[str, Path]:
-        """Write the four report files into ``out_dir``; returns their paths."""
+        """Write the four report files into ``out_dir`` together (:func:`write_report`); returns their paths. A plot
+        that cannot be drawn is added to :attr:`warnings` (report.json is the measurement: it does not say so)."""
         self.out_dir = Path(out_dir)
-        self.files = write_report(self.to_dict(), self.out_dir)
+        self.files = write_report(self.to_dict(), self.out_dir, warn=self.warnings.append)
         return self.files
 
 
@@ -269,20 +274,30 @@ def report_markdown(report: dict) -> str:
 
 
 # --- the plot ----------------------------------------------------------------------
+#: Characters per title line: a title naming several models ran past the 9-inch figure's edges and was cut, so titles
+#: are wrapped to about the figure's width at their font size (10 pt).
+TITLE_WIDTH = 95
+
+
 def plot_latency_vs_accuracy(rows: list[dict], path: Path, title: str, color_key: str = "runtime",
-                             machine_names: dict[str, str] | None = None) -> None:
+                             machine_names: dict[str, str] | None = None) -> Path:
     """Scatter p50 latency (log x) against top-1; one marker per batch size; Pareto front per batch size.
 
     Points on a front are circled and labelled (``machine_names`` shortens merged reports' machines).
     Only rows :func:`~fer_edge.benchmarks.stats.pareto_eligible` accepts (parity gate passed, or
     no verdict: the reference) can be on a front; rows that failed the gate are drawn hollow,
-    and the legend says they are excluded from it.
+    and the legend says they are excluded from it. Written as PNG at ``path`` atomically; a plot that cannot be
+    drawn raises (:class:`~fer_edge.errors.PlotError` when matplotlib cannot be imported).
     """
-    import matplotlib
+    from fer_edge.plotting import save_png
 
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
+    return save_png(latency_accuracy_figure(rows, title, color_key, machine_names), path)
 
+
+def latency_accuracy_figure(rows: list[dict], title: str, color_key: str = "runtime",
+                            machine_names: dict[str, str] | None = None):
+    """The Figure of :func:`plot_latency_vs_accuracy`, on its own Agg canvas (:mod:`fer_edge.plotting`: no pyplot,
+    the caller's matplotlib backend left alone)."""
     from fer_edge.benchmarks.stats import pareto_eligible, pareto_front
 
     pts = [r for r in rows if p50(r) is not None and r.get("accuracy") is not None]
@@ -293,11 +308,15 @@ def plot_latency_vs_accuracy(rows: list[dict], path: Path, title: str, color_key
         c = str(r.get(color_key))
         return f"{models[source_key(r)]} / {c}" if several and color_key != "machine" else c
 
-    fig, ax = plt.subplots(figsize=(9, 6), dpi=110)
+    from fer_edge.plotting import colormap, subplots
+
+    fig, ax = subplots(figsize=(9, 6), dpi=110)
+    from matplotlib.lines import Line2D  # (after subplots, which first imports matplotlib with MPLBACKEND aside)
+
     markers = ["o", "s", "^", "D", "v", "P", "X"]
     batches = sorted({r["batch"] for r in pts})
     colors = legend_order({color_of(r) for r in pts}, machine_names)
-    cmap = plt.get_cmap("tab10" if len(colors) <= 10 else "tab20")
+    cmap = colormap("tab10" if len(colors) <= 10 else "tab20")
     ncol = 10 if len(colors) <= 10 else 20
     for r in pts:
         color = cmap(colors.index(color_of(r)) % ncol)
@@ -332,8 +351,6 @@ def plot_latency_vs_accuracy(rows: list[dict], path: Path, title: str, color_key
             n_label += 1
             ax.annotate(label, (p50(r), r["accuracy"] * 100), textcoords="offset points", xytext=(6, dy),
                         fontsize=7, arrowprops={"arrowstyle": "-", "color": "gray", "lw": 0.5})
-    from matplotlib.lines import Line2D
-
     names = machine_names or {}
     handles = [Line2D([], [], ls="", marker="o", color=cmap(i % ncol),
                       label=f"{names[c]}: {c}" if c in names else c) for i, c in enumerate(colors)]
@@ -345,9 +362,11 @@ def plot_latency_vs_accuracy(rows: list[dict], path: Path, title: str, color_key
     if any(not pareto_eligible(r) for r in pts):
         handles.append(Line2D([], [], ls="", marker="o", mfc="none", mec="gray", mew=1.5,
                               label="parity-failed (hollow): excluded from the Pareto front"))
-    ax.legend(handles=handles, fontsize=7, loc="best")
-    finish_latency_plot(fig, ax, path, title, bool(pts), "p50 latency per call (ms, log scale)",
-                        "top-1 accuracy (%)")
+    if pts:  # no points, no legend: its one entry would be a Pareto front that is not there
+        ax.legend(handles=handles, fontsize=7, loc="best")
+    finish_latency_axes(fig, ax, title, bool(pts),  # a log axis only when there are points
+                        f"p50 latency per call (ms{', log scale' if pts else ''})", "top-1 accuracy (%)")
+    return fig
 
 
 def legend_order(keys, machine_names: dict[str, str] | None = None) -> list[str]:
@@ -357,52 +376,173 @@ def legend_order(keys, machine_names: dict[str, str] | None = None) -> list[str]
     return sorted(keys, key=lambda k: (order.get(k, len(order)), k))
 
 
-def finish_latency_plot(fig, ax, path: Path, title: str, has_points: bool, xlabel: str, ylabel: str) -> None:
-    """Log latency axis (or a "no measured rows" note), labels, grid; saved as PNG atomically and closed."""
-    import matplotlib.pyplot as plt
+def finish_latency_plot(fig, ax, path: Path, title: str, has_points: bool, xlabel: str, ylabel: str) -> Path:
+    """:func:`finish_latency_axes`, then the figure saved as PNG at ``path`` atomically."""
+    from fer_edge.plotting import save_png
 
-    from fer_edge.utils import atomic_path
+    finish_latency_axes(fig, ax, title, has_points, xlabel, ylabel)
+    return save_png(fig, path)
 
+
+def finish_latency_axes(fig, ax, title: str, has_points: bool, xlabel: str, ylabel: str) -> None:
+    """Log latency axis labelled in plain milliseconds (or a "no measured rows" note), labels, the title wrapped
+    to the figure's width (:data:`TITLE_WIDTH`), grid, layout. Call once everything is plotted: the ticks
+    labelled depend on the axis' range."""
     if has_points:
         ax.set_xscale("log")
+        plain_log_ticks(ax)
     else:
         ax.text(0.5, 0.5, "no measured rows", ha="center", va="center", transform=ax.transAxes)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
-    ax.set_title(title, fontsize=10)
+    ax.set_title(wrap_title(title), fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
+
+
+def wrap_title(title: str, width: int = TITLE_WIDTH) -> str:
+    """``title`` in lines of at most ``width`` characters (its own line breaks kept)."""
+    import textwrap
+
+    return "\n".join(textwrap.fill(line, width, break_long_words=True, break_on_hyphens=False)
+                     for line in title.splitlines() or [""])
+
+
+def _nice_ticks(lo: float, hi: float) -> list[float]:
+    """The values 1..9 x 10^n in ``[lo, hi]``: where a log axis has its major and minor ticks."""
+    out = []
+    for n in range(math.floor(math.log10(lo)) - 1, math.ceil(math.log10(hi)) + 1):
+        out += [k * 10.0 ** n for k in range(1, 10) if lo <= k * 10.0 ** n <= hi]
+    return out
+
+
+def plain_ms(x: float) -> str:
+    """A tick value as a plain number: ``0.2``, ``1``, ``30``, ``2000`` (not 2x10^-1 or 10^0)."""
+    return f"{x:.6g}"
+
+
+def plain_log_ticks(ax) -> None:
+    """Label the log x axis of ``ax`` with plain numbers (:func:`plain_ms`), minor ticks too while the range is
+    short: every one (2..9) within a decade, 2 and 5 within two; above that the decades alone. matplotlib's default
+    wrote 4x10^-1, 6x10^-1 in a short range and only 10^-1, 10^0, 10^1 in a longer one.
+
+    A range so short that it holds fewer than two of the ticks (points within a few percent of each other) is
+    widened to the ticks either side of it, so the axis always has numbers on it."""
+    from matplotlib.ticker import FuncFormatter
+
+    lo, hi = ax.get_xlim()
+    if lo > 0 and hi > lo and len(_nice_ticks(lo, hi)) < 2:
+        below = max(t for t in _nice_ticks(lo / 10, lo))
+        above = min(t for t in _nice_ticks(hi, hi * 10))
+        ax.set_xlim(below, above)
+    axis = ax.xaxis
+
+    def minor(x: float, pos=None) -> str:
+        vlo, vhi = sorted(axis.get_view_interval())
+        if x <= 0 or vlo <= 0:
+            return ""
+        decades = math.log10(vhi / vlo)
+        digit = round(x / 10.0 ** math.floor(math.log10(x) + 1e-9))  # 0.3 -> 3
+        keep = range(2, 10) if decades <= 1.05 else (2, 5) if decades <= 2.05 else ()
+        return plain_ms(x) if digit in keep else ""
+
+    axis.set_major_formatter(FuncFormatter(lambda x, pos=None: plain_ms(x) if x > 0 else ""))
+    axis.set_minor_formatter(FuncFormatter(minor))
 
 
 # --- writing and reading --------------------------------------------------------------
-def write_report(report: dict, out_dir: str | Path) -> dict[str, Path]:
-    from fer_edge.utils import write_json_atomic, write_text_atomic
-
+def write_report(report: dict, out_dir: str | Path, warn: Callable[[str], None] | None = None) -> dict[str, Path]:
+    """The four files of ``report`` into ``out_dir``, written together (:func:`write_together`); returns the paths
+    written. A plot that cannot be drawn is a warning (``warn``, else stderr): the PNG is then left out, and no
+    earlier run's PNG stays beside the new files."""
     errors = validate(report, REPORT_SCHEMA)
     if errors:  # a bug in fer-edge, not in the user's input
         raise FerEdgeError("bench report does not match its schema: " + "; ".join(errors[:5]))
     out = check_out_dir(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = {name: out / name for name in REPORT_FILES}
-    write_json_atomic(paths["report.json"], report)
-    write_text_atomic(paths["report.csv"], rows_to_csv(report["rows"]))
-    write_text_atomic(paths["report.md"], report_markdown(report))
     models = ", ".join(dict.fromkeys(model_labels(report["rows"]).values())) or report["reference"].get("model")
     title = (f"fer-edge bench: {models} on {report['environment'].get('hostname')} "
              f"({(report['environment'].get('cpu') or {}).get('model')})")
-    plot_latency_vs_accuracy(report["rows"], paths["latency_vs_accuracy.png"], title)
-    return paths
+    texts = {"report.json": json_text(report), "report.csv": rows_to_csv(report["rows"]),
+             "report.md": report_markdown(report)}
+    return write_together(out, texts, "latency_vs_accuracy.png",
+                          lambda path: plot_latency_vs_accuracy(report["rows"], path, title), warn)
 
 
-def check_out_dir(out_dir: str | Path) -> Path:
+def json_text(obj) -> str:
+    """``obj`` as strict JSON, as :func:`fer_edge.utils.write_json_atomic` writes it (a float that is not finite
+    as ``null``)."""
+    import json
+
+    from fer_edge.utils import finite_or_null
+
+    return json.dumps(finite_or_null(obj), indent=2, sort_keys=False, default=str, allow_nan=False) + "\n"
+
+
+def write_together(out: Path, texts: dict[str, str], png: str, draw: Callable[[Path], Path],
+                   warn: Callable[[str], None] | None = None) -> dict[str, Path]:
+    """Write a report's files into ``out`` as one group: each text file (``texts``: name -> content) and the plot
+    (``draw(path)`` writes the PNG named ``png`` at ``path``) first under a temporary name beside it, then all
+    renamed into place one after the other, so that a failure (or an interrupt: callers hold them over this, see
+    :func:`fer_edge.utils.interrupts_deferred`) before the renames leaves every earlier file as it was, not the
+    first files new and the rest a run older. A plot that cannot be drawn is a warning (``warn``, else stderr) and
+    any earlier PNG is removed (:func:`fer_edge.plotting.draw_or_warn`): the results are what was asked for.
+    Returns ``{name: path}`` of the files written, in the order given, the PNG last (when drawn)."""
+    from fer_edge.plotting import draw_or_warn
+
+    out.mkdir(parents=True, exist_ok=True)
+    staged: dict[str, Path] = {}  # name -> its temporary path
+    plot_tmp = _temp_beside(out / png)
+    try:
+        for name, text in texts.items():
+            staged[name] = _temp_beside(out / name)
+            try:
+                staged[name].write_text(text)
+            except OSError as e:  # a full disk names the temporary file, or none: name the report's file
+                raise OSError(e.errno, e.strerror or str(e), str(out / name)) from None
+        if draw_or_warn(lambda: draw(plot_tmp), out / png, warn or _warn_stderr) is not None:
+            staged[png] = plot_tmp
+        for name in staged:  # checked again just before: a folder made there since the start would stop a rename
+            if (out / name).is_dir() and not (out / name).is_symlink():
+                raise IsADirectoryError(errno.EISDIR, "is a folder: a file is not written over it", str(out / name))
+        for name, tmp in staged.items():
+            os.replace(tmp, out / name)
+    finally:  # what was not renamed (an error, an interrupt): no debris left
+        for tmp in {*staged.values(), plot_tmp}:
+            if tmp.is_file() and not tmp.is_symlink():
+                tmp.unlink()
+    return {name: out / name for name in staged}
+
+
+def _temp_beside(dest: Path) -> Path:
+    """A free temporary name beside ``dest`` (``.tmp-<stem>-*<suffix>``, as :func:`fer_edge.utils.atomic_path`
+    names its own), not yet created: the writer creates the file, with the modes it would give ``dest``."""
+    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{dest.stem}-", suffix=dest.suffix, dir=dest.parent)
+    os.close(fd)
+    os.unlink(tmp)
+    return Path(tmp)
+
+
+def _warn_stderr(text: str) -> None:
+    print(f"warning: {text}", file=sys.stderr)
+
+
+def check_out_dir(out_dir: str | Path, names: Iterable[str] = REPORT_FILES) -> Path:
     """``out_dir`` as a Path, or a FerEdgeError when it cannot be a report directory (checked before any work:
-    see :func:`fer_edge.utils.check_writable_dir`)."""
+    see :func:`fer_edge.utils.check_writable_dir`), or when one of the report's file ``names`` there is taken by a
+    folder (or anything else that is not a file): a bench found that out after measuring everything, with its
+    first files already replaced."""
     from fer_edge.utils import check_writable_dir
 
-    return check_writable_dir(out_dir, "--out", FerEdgeError)
+    out = check_writable_dir(out_dir, "--out", FerEdgeError)
+    for name in names:
+        p = out / name
+        if p.is_symlink() or not p.exists():  # a link is replaced by the file, whatever it points to
+            continue
+        if not p.is_file():
+            what = "a folder" if p.is_dir() else "not a regular file"
+            raise FerEdgeError(f"--out {out}: {p} is {what}, and the report writes its {name} there: move it "
+                               "away or choose another --out")
+    return out
 
 
 def load_report(path: str | Path) -> dict:
@@ -544,13 +684,17 @@ def merge_reports(paths: list[str | Path], out_dir: str | Path) -> MergedReport:
     checkpoints) are different rows; a report without ``source_sha256`` per row counts its rows
     as its reference's. Each report's data (split, images, fingerprint) is kept per machine, and
     reports of different data get a warning: their accuracies are not comparable.
+
+    The four files (:data:`MERGED_FILES`) are written together (:func:`write_together`), Ctrl-C and SIGTERM held
+    over the writes: they are all this merge's or all as they were. A plot that cannot be drawn is a warning in
+    the result's ``warnings`` (and no earlier plot is left beside the new files).
     """
     from fer_edge.benchmarks.environment import machine_label
-    from fer_edge.utils import json_digest, write_json_atomic, write_text_atomic
+    from fer_edge.utils import interrupts_deferred, json_digest
 
     if not paths:
         raise FerEdgeError("report merge needs at least one report.json")
-    out = check_out_dir(out_dir)
+    out = check_out_dir(out_dir, MERGED_FILES)
     machines: list[dict] = []
     rows: list[dict] = []
     notes: list[str] = []
@@ -589,16 +733,16 @@ def merge_reports(paths: list[str | Path], out_dir: str | Path) -> MergedReport:
     other = settings_warning(machines)
     warnings = [w for w in (warning, other) if w]
 
-    out.mkdir(parents=True, exist_ok=True)
-    files = {name: out / name for name in MERGED_FILES}
-    merged = MergedReport(machines, rows, files, warnings=warnings, notes=notes)
-    write_json_atomic(files["merged.json"], merged.to_dict())
-    write_text_atomic(files["merged.csv"], rows_to_csv(rows, extra_first=("machine",)))
-    write_text_atomic(files["merged.md"], merged_markdown(machines, rows, notes, warning, [other] if other else []))
-    plot_latency_vs_accuracy(rows, files["merged_latency_vs_accuracy.png"],
-                             f"fer-edge bench: {len(machines)} reports",
-                             color_key="machine",
-                             machine_names={m["machine"]: f"M{i}" for i, m in enumerate(machines, 1)})
+    merged = MergedReport(machines, rows, warnings=warnings, notes=notes)
+    texts = {"merged.json": json_text(merged.to_dict()), "merged.csv": rows_to_csv(rows, extra_first=("machine",)),
+             "merged.md": merged_markdown(machines, rows, notes, warning, [other] if other else [])}
+    title = f"fer-edge bench: {len(machines)} reports"
+    names = {m["machine"]: f"M{i}" for i, m in enumerate(machines, 1)}
+    with interrupts_deferred():  # the four files are written together: an interrupt waits for the last one
+        merged.files = write_together(out, texts, "merged_latency_vs_accuracy.png",
+                                      lambda path: plot_latency_vs_accuracy(rows, path, title, color_key="machine",
+                                                                            machine_names=names),
+                                      merged.warnings.append)  # (after merged.json: it says what was merged)
     return merged
 
 

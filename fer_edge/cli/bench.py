@@ -158,10 +158,11 @@ def compute_limit_text(cl: dict | None) -> str:
     )
 
 
-def _report_state(out: Path) -> tuple[int, int] | None:
-    """What identifies the ``report.json`` in ``out`` now (a new one is a new file: written atomically)."""
+def _report_state(out: Path, name: str = "report.json") -> tuple[int, int] | None:
+    """What identifies the ``report.json`` (or ``name``) in ``out`` now (a new one is a new file: written
+    atomically)."""
     try:
-        st = (out / "report.json").stat()
+        st = (out / name).stat()
     except OSError:
         return None
     return st.st_ino, st.st_mtime_ns
@@ -365,6 +366,29 @@ def merge_cmd(
     A report given twice is merged once (with a note); reports that measured different data (split, images,
     data fingerprint) get a warning: their accuracies are not comparable; so do reports taken with different
     settings (threads, batches, timing budget, rounds, warm-up) or fer-edge versions."""
+    from fer_edge.utils import sigterm_as_interrupt
+
+    before = _report_state(out, "merged.json")
+    try:
+        with sigterm_as_interrupt():
+            _merge(reports, out)
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM; merge_reports holds them over its writes: all four files or none
+        typer.echo(f"interrupted: {_merge_interrupted_note(out, before)}", err=True)
+        raise typer.Exit(130) from None
+
+
+def _merge_interrupted_note(out: Path, before: tuple[int, int] | None) -> str:
+    """What an interrupted merge left in ``out``; ``before``: :func:`_report_state` of merged.json when it started."""
+    from fer_edge.benchmarks.report import MERGED_FILES
+
+    if _report_state(out, "merged.json") not in (None, before):
+        kept = [name for name in MERGED_FILES if (out / name).is_file()]
+        return (f"after the merged files were written: {out}/ holds this run's {', '.join(kept)}; the summary was "
+                "not printed")
+    return f"no merged files were written; {out}/ was left as it was"
+
+
+def _merge(reports: List[Path], out: Path) -> None:
     from rich.table import Table
 
     from fer_edge.benchmarks.report import merge_reports
