@@ -206,11 +206,12 @@ def test_export_bench_ctrl_c_says_what_it_left(tiny_checkpoint, synthetic_csv, t
     assert export_bench.main([*args, "--out", str(tmp_path / "o")]) == 130
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("interrupted: ") and "Traceback" not in err
-    assert f"--json {tmp_path / 'r.json'} was not written" in err and "no export finished" in err
+    assert f"--json {tmp_path / 'r.json'} was not written" in err and "no export of this run finished" in err
     (tmp_path / "o" / "all").mkdir(parents=True)
-    (tmp_path / "o" / "all" / "manifest.json").write_text("{}")  # what an export cut short leaves
+    (tmp_path / "o" / "all" / "manifest.json").write_text("{}")  # an earlier run's: not claimed as this run's
     assert export_bench.main([*args, "--out", str(tmp_path / "o")]) == 130
-    assert f"kept under {tmp_path / 'o'} (all: each folder's manifest.json" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"no export of this run finished ({tmp_path / 'o'} holds none of them)" in err and "(all" not in err
     seen = {}
     real = export_bench.tempfile.TemporaryDirectory
 
