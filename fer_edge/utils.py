@@ -49,6 +49,21 @@ def openvino_telemetry_opted_in() -> bool:
         return False
 
 
+def temp_beside(dest: str | os.PathLike, suffix: str | None = None) -> Path:
+    """A free temporary name beside ``dest`` (``.tmp-<stem>-*<suffix>``, the destination's suffix unless given), not
+    yet created: its writer creates the file, with the modes it would give ``dest`` (mkstemp's are owner-only). A
+    folder that cannot be written is an OSError naming ``dest``, not a random name that never existed."""
+    dest = Path(dest)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".tmp-{dest.stem}-", suffix=dest.suffix if suffix is None else suffix,
+                                   dir=dest.parent)
+    except OSError as e:
+        raise type(e)(e.errno, e.strerror or str(e), str(dest)) from None
+    os.close(fd)
+    os.unlink(tmp)
+    return Path(tmp)
+
+
 @contextlib.contextmanager
 def atomic_path(dest: str | os.PathLike, suffix: str | None = None, overwrite: bool = True,
                 durable: bool = False) -> Iterator[Path]:
@@ -70,13 +85,7 @@ def atomic_path(dest: str | os.PathLike, suffix: str | None = None, overwrite: b
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     sfx = dest.suffix if suffix is None else suffix
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".tmp-{dest.stem}-", suffix=sfx, dir=dest.parent)
-    except OSError as e:  # a read-only folder: name the file asked for, not a random temporary name never made
-        raise type(e)(e.errno, e.strerror or str(e), str(dest)) from None
-    os.close(fd)
-    os.unlink(tmp)
-    tmp_path = Path(tmp)
+    tmp_path = temp_beside(dest, sfx)
     try:
         yield tmp_path
         if durable and tmp_path.is_file():

@@ -11,21 +11,19 @@ Files in a report directory (each written atomically):
 """
 from __future__ import annotations
 
-from fer_edge.utils import human_size
-
 import csv
 import errno
 import io
 import math
 import os
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from fer_edge.benchmarks.schema import LATENCY_KEYS, REPORT_SCHEMA, SCHEMA_ID, validate
 from fer_edge.errors import FerEdgeError
+from fer_edge.utils import human_size, temp_beside
 
 REPORT_FILES = ("report.json", "report.csv", "report.md", "latency_vs_accuracy.png")
 # not the bench report's plot name: a merge into a bench report's folder (or a bench into a merge's) replaced the
@@ -491,10 +489,10 @@ def write_together(out: Path, texts: dict[str, str], png: str, draw: Callable[[P
 
     out.mkdir(parents=True, exist_ok=True)
     staged: dict[str, Path] = {}  # name -> its temporary path
-    plot_tmp = _temp_beside(out / png)
+    plot_tmp = temp_beside(out / png)
     try:
         for name, text in texts.items():
-            staged[name] = _temp_beside(out / name)
+            staged[name] = temp_beside(out / name)
             try:
                 staged[name].write_text(text)
             except OSError as e:  # a full disk names the temporary file, or none: name the report's file
@@ -511,15 +509,6 @@ def write_together(out: Path, texts: dict[str, str], png: str, draw: Callable[[P
             if tmp.is_file() and not tmp.is_symlink():
                 tmp.unlink()
     return {name: out / name for name in staged}
-
-
-def _temp_beside(dest: Path) -> Path:
-    """A free temporary name beside ``dest`` (``.tmp-<stem>-*<suffix>``, as :func:`fer_edge.utils.atomic_path`
-    names its own), not yet created: the writer creates the file, with the modes it would give ``dest``."""
-    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{dest.stem}-", suffix=dest.suffix, dir=dest.parent)
-    os.close(fd)
-    os.unlink(tmp)
-    return Path(tmp)
 
 
 def _warn_stderr(text: str) -> None:
