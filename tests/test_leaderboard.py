@@ -495,6 +495,27 @@ def test_the_leaderboard_files_hold_no_nan_and_a_write_failure_is_an_error(first
         write_leaderboard(doc, tmp_path / "b")
 
 
+def test_a_leaderboard_plot_that_cannot_be_drawn_is_a_warning(first_run, tmp_path, monkeypatch, capsys):
+    """The table and the JSON are what was asked for: a broken matplotlib no longer loses them (nor leaves the
+    previous run's plot beside them)."""
+    from fer_edge.benchmarks import leaderboard
+    from fer_edge.errors import PlotError
+
+    _, _, doc, _, _ = first_run
+    out = tmp_path / "lb"
+    out.mkdir()
+    (out / "leaderboard.png").write_bytes(b"an earlier run's plot")
+
+    def broken(rows, path, title):
+        raise PlotError("matplotlib cannot be imported (ValueError: bad backend)")
+
+    monkeypatch.setattr(leaderboard, "plot_leaderboard", broken)
+    leaderboard.write_leaderboard(doc, out)
+    assert sorted(p.name for p in out.iterdir()) == ["leaderboard.json", "leaderboard.md"]
+    err = " ".join(capsys.readouterr().err.split())
+    assert "warning: plot" in err and "bad backend" in err and "earlier leaderboard.png was removed" in err
+
+
 def test_ctrl_c_while_the_files_are_written_is_held_until_all_three_are(first_run, tmp_path, monkeypatch, capsys):
     import os
     import signal
@@ -506,6 +527,7 @@ def test_ctrl_c_while_the_files_are_written_is_held_until_all_three_are(first_ru
     def plot(rows, path, title):
         os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C after two of the three files
         Path(path).write_bytes(b"png")
+        return Path(path)
 
     monkeypatch.setattr(leaderboard, "plot_leaderboard", plot)
     with pytest.raises(leaderboard.InterruptedAfterWriting) as info:

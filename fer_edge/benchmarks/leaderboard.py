@@ -1002,12 +1002,14 @@ class InterruptedAfterWriting(KeyboardInterrupt):
 
 
 def write_leaderboard(doc: dict, out_dir: str | Path) -> dict[str, Path]:
-    """``leaderboard.json``, ``leaderboard.md`` and ``leaderboard.png`` into ``out_dir``, each atomically.
+    """``leaderboard.json``, ``leaderboard.md`` and ``leaderboard.png`` into ``out_dir``, as one group
+    (:func:`fer_edge.benchmarks.report.write_together`: a plot that cannot be drawn is a warning).
 
     Ctrl-C and SIGTERM are held over the three writes (:class:`InterruptedAfterWriting` once they are done), so
     the three files are all new or all as they were; a failure to write is a :class:`FerEdgeError`.
     """
-    from fer_edge.utils import interrupts_deferred, write_text_atomic
+    from fer_edge.benchmarks.report import write_together
+    from fer_edge.utils import interrupts_deferred
 
     out = Path(out_dir)
     paths = {name: out / name for name in FILES}
@@ -1021,10 +1023,8 @@ def write_leaderboard(doc: dict, out_dir: str | Path) -> dict[str, Path]:
     written = False
     try:
         with interrupts_deferred():
-            out.mkdir(parents=True, exist_ok=True)
-            write_text_atomic(paths["leaderboard.json"], text)
-            write_text_atomic(paths["leaderboard.md"], md)
-            plot_leaderboard(doc["rows"], paths["leaderboard.png"], title)
+            write_together(out, {"leaderboard.json": text, "leaderboard.md": md}, "leaderboard.png",
+                           lambda png: plot_leaderboard(doc["rows"], png, title))
             written = True
     except KeyboardInterrupt:
         if written:
