@@ -918,9 +918,19 @@ def _merge_inputs(report, tmp_path):
     return tmp_path / "a.json", tmp_path / "b.json"
 
 
-def test_merge_shows_each_reports_data_and_warns_when_it_differs(bench_run, tmp_path):
+def test_merge_shows_each_reports_data_and_warns_when_it_differs(bench_run, tmp_path, monkeypatch):
+    import fer_edge.benchmarks.report as report_mod
+
     _, _, report = bench_run
     a, b = _merge_inputs(report, tmp_path)
+    titles = []
+    real_plot = report_mod.plot_latency_vs_accuracy
+
+    def plot(rows, path, title, **kw):  # the plot says it too: its front would mix accuracies of other images
+        titles.append(title)
+        return real_plot(rows, path, title, **kw)
+
+    monkeypatch.setattr(report_mod, "plot_latency_vs_accuracy", plot)
     result = CliRunner().invoke(app, ["report", "merge", str(a), str(b), "--out", str(tmp_path / "m")],
                                 env={"COLUMNS": "250"})
     assert result.exit_code == 0, result.output
@@ -937,6 +947,7 @@ def test_merge_shows_each_reports_data_and_warns_when_it_differs(bench_run, tmp_
     assert "warning: the reports measured different data" in " ".join(result.output.split())
     merged = json.loads((tmp_path / "m" / "merged.json").read_text())
     assert [m["data"]["split"] for m in merged["machines"]] == ["train", "val"] and len(merged["warnings"]) == 1
+    assert titles == ["fer-edge bench: 2 reports of different data: their accuracies are not comparable"]
     # the same data: no warning, one Top-1 column
     b2 = json.loads(a.read_text())
     b2["environment"]["hostname"] = "third-host"
@@ -945,6 +956,7 @@ def test_merge_shows_each_reports_data_and_warns_when_it_differs(bench_run, tmp_
     assert result.exit_code == 0, result.output
     md = (tmp_path / "same" / "merged.md").read_text()
     assert "Warning" not in md and "M1 Top-1" not in md and "| Top-1 |" in md
+    assert titles[-1] == "fer-edge bench: 2 reports"
 
 
 def test_merge_refuses_a_report_holding_nan(bench_run, tmp_path):

@@ -726,6 +726,8 @@ def merge_reports(paths: list[str | Path], out_dir: str | Path) -> MergedReport:
     texts = {"merged.json": json_text(merged.to_dict()), "merged.csv": rows_to_csv(rows, extra_first=("machine",)),
              "merged.md": merged_markdown(machines, rows, notes, warning, [other] if other else [])}
     title = f"fer-edge bench: {len(machines)} reports"
+    if warning:  # said on the image too: a Pareto front across machines then mixes accuracies of different images
+        title += " of different data: their accuracies are not comparable"
     names = {m["machine"]: f"M{i}" for i, m in enumerate(machines, 1)}
     with interrupts_deferred():  # the four files are written together: an interrupt waits for the last one
         merged.files = write_together(out, texts, "merged_latency_vs_accuracy.png",
