@@ -898,6 +898,8 @@ def test_parity_failed_rows_are_never_on_the_pareto_front(monkeypatch, tmp_path)
     assert sorted(labels) == ["checkpoint fp32 pytorch/cpu b1", "onnx fp32 onnxruntime/cpu b1"], labels
     assert hollow == [0.5]
     assert any("parity-failed" in h and "excluded from the Pareto front" in h for h in legend_labels), legend_labels
+    # colour says runtime and precision: the int8 point off the front is not taken for the fp32 one
+    assert {"onnxruntime fp32", "onnxruntime int8", "pytorch fp32"} <= set(legend_labels), legend_labels
     from fer_edge.benchmarks.stats import pareto_eligible  # the one rule: a gate verdict of "failed" excludes
 
     assert [pareto_eligible(r) for r in rows] == [True, True, False]

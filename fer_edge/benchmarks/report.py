@@ -304,6 +304,8 @@ def latency_accuracy_figure(rows: list[dict], title: str, color_key: str = "runt
 
     def color_of(r: dict) -> str:
         c = str(r.get(color_key))
+        if color_key == "runtime" and r.get("precision"):  # an int8 point is told from its fp32 one off the front
+            c = f"{c} {r['precision']}"
         return f"{models[source_key(r)]} / {c}" if several and color_key != "machine" else c
 
     from fer_edge.plotting import colormap, subplots
