@@ -81,7 +81,8 @@ def _quick_plots(request, monkeypatch):
     matplotlib's two training plots took 0.8 s of a 1 s tiny training run (cProfile of ``train()`` on the synthetic
     CSV, 3 epochs of 6 steps), and the suite trains about 160 times; the plots are drawn for real in the tests
     marked ``real_plots`` (a run's curves and confusion matrix, eval's plot). The stand-ins still read what the real
-    plots read, so a history or confusion matrix they could not draw fails here too.
+    plots read, so a history or confusion matrix they could not draw fails here too: with an AssertionError, the one
+    error fer_edge.plotting.draw_or_warn passes on (any other is a warning, as a real plot's failure is).
     """
     if request.node.get_closest_marker("real_plots"):
         return
@@ -90,14 +91,17 @@ def _quick_plots(request, monkeypatch):
     import fer_edge.training.plots as plots
 
     def curves(history, path, title=""):
-        [(r["epoch"], r["train_loss"], r["train_accuracy"], r["lr"]) for r in history]
-        [(r["val_accuracy"], r["val_macro_f1"]) for r in history if r.get("val_loss") is not None]
+        try:
+            [(r["epoch"], r["train_loss"], r["train_accuracy"], r["lr"]) for r in history]
+            [(r["val_accuracy"], r["val_macro_f1"]) for r in history if r.get("val_loss") is not None]
+        except (KeyError, TypeError) as e:
+            raise AssertionError(f"a history plot_curves could not draw: {e!r}") from e
         return _small_png(path)
 
     def confusion(cm, labels, path, title=""):
         cm = np.asarray(cm)
         if cm.shape != (len(labels), len(labels)):
-            raise ValueError(f"confusion matrix {cm.shape} for {len(labels)} labels")
+            raise AssertionError(f"confusion matrix {cm.shape} for {len(labels)} labels")
         return _small_png(path)
 
     monkeypatch.setattr(plots, "plot_curves", curves)

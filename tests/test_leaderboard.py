@@ -510,8 +510,9 @@ def test_a_leaderboard_plot_that_cannot_be_drawn_is_a_warning(first_run, tmp_pat
         raise PlotError("matplotlib cannot be imported (ValueError: bad backend)")
 
     monkeypatch.setattr(leaderboard, "plot_leaderboard", broken)
-    leaderboard.write_leaderboard(doc, out)
+    written = leaderboard.write_leaderboard(doc, out)
     assert sorted(p.name for p in out.iterdir()) == ["leaderboard.json", "leaderboard.md"]
+    assert sorted(written) == ["leaderboard.json", "leaderboard.md"]  # what the "wrote ..." line names
     err = " ".join(capsys.readouterr().err.split())
     assert "warning: plot" in err and "bad backend" in err and "earlier leaderboard.png was removed" in err
 

@@ -175,3 +175,55 @@ def test_long_titles_are_wrapped_inside_the_image(which):
     box, page = text.get_window_extent(), fig.bbox
     assert "accuracy 0.6412" in text.get_text()
     assert page.x0 <= box.x0 and box.x1 <= page.x1 and page.y0 <= box.y0 and box.y1 <= page.y1, (box, page)
+
+
+@pytest.mark.parametrize("error", [ImportError("no fontTools"), OverflowError("(34, 'Numerical result out of range')"),
+                                   TypeError("a bug in a plot")])
+def test_any_plot_error_is_a_warning_but_a_tests_assertion_is_not(tmp_path, error):
+    """QA: a broken matplotlib install (its Agg backend failing to import) or a tick computation overflowing on a
+    huge latency raised past draw_or_warn, and a bench lost every report file it had measured."""
+    from fer_edge.plotting import draw_or_warn
+
+    warnings = []
+
+    def draw():
+        raise error
+
+    assert draw_or_warn(draw, tmp_path / "p.png", warnings.append) is None
+    assert len(warnings) == 1 and type(error).__name__ in warnings[0] and str(error) in warnings[0]
+
+    def checked():
+        raise AssertionError("a test's check")
+
+    with pytest.raises(AssertionError, match="a test's check"):
+        draw_or_warn(checked, tmp_path / "p.png", warnings.append)
+
+
+def test_a_matplotlib_that_cannot_draw_is_a_plot_error(monkeypatch):
+    import sys
+
+    from fer_edge.plotting import subplots
+
+    monkeypatch.setitem(sys.modules, "matplotlib.backends.backend_agg", None)  # import fails: a broken install
+    with pytest.raises(PlotError, match="matplotlib cannot draw here"):
+        subplots()
+
+
+def test_the_users_mplbackend_still_applies_to_their_own_figures_after_a_fer_edge_plot(tmp_path):
+    """QA: MPLBACKEND was set aside while fer-edge imported matplotlib first, so the user's pyplot then got Agg."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("from fer_edge.plotting import save_png, subplots\n"
+            "fig, ax = subplots()\nsave_png(fig, sys.argv[1])\n"
+            "import matplotlib.pyplot as plt\nprint(plt.get_backend())")
+    env = {**os.environ, "MPLBACKEND": "svg"}
+    r = subprocess.run([sys.executable, "-c", "import sys\n" + code, str(tmp_path / "p.png")], env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip().lower() == "svg" and (tmp_path / "p.png").is_file()
+    env["MPLBACKEND"] = "nonsense"  # one this environment lacks: fer-edge still draws
+    r = subprocess.run([sys.executable, "-c", "import sys\n" + code.rsplit("\n", 2)[0], str(tmp_path / "q.png")],
+                       env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and (tmp_path / "q.png").is_file(), r.stderr[-2000:]

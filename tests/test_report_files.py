@@ -342,3 +342,16 @@ def test_a_long_title_is_wrapped_inside_the_image():
     box, page = ax.title.get_window_extent(), fig.bbox
     assert ax.title.get_text().count("\n") >= 1 and " ".join(ax.title.get_text().split()) == title
     assert box.x0 >= page.x0 and box.x1 <= page.x1 and box.y1 <= page.y1, (box, page)
+
+
+def test_a_bench_interrupted_after_writing_names_only_the_files_it_wrote(tmp_path):
+    """QA: with the plot not drawn, the interrupted line still named latency_vs_accuracy.png as this run's."""
+    from fer_edge.cli.bench import _interrupted_note
+
+    out = tmp_path / "b"
+    out.mkdir()
+    for name in ("report.json", "report.csv", "report.md"):
+        (out / name).write_text("{}" if name.endswith("json") else "x")
+    note = _interrupted_note(out, None)
+    assert note.startswith("after the report was written") and "report.json, report.csv, report.md;" in note
+    assert "latency_vs_accuracy.png" not in note

@@ -467,7 +467,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m fer_edge.benchmarks.export_bench", description=__doc__.split("\n")[0],
                                  epilog="exit status: 0; 1 when an export failed, when the total export time is over "
                                         "the budget, or when an artifact failed the parity gate (not with "
-                                        "--no-parity-gate); 2 for a bad option; 130 on Ctrl-C")
+                                        "--no-parity-gate); 2 for a bad option; 130 on Ctrl-C or SIGTERM")
     ap.add_argument("checkpoint", nargs="?", default=None, help="checkpoint (default: the shipped default model)")
     ap.add_argument("--calib-data", required=True, help="FER2013 CSV or image folder (calibration + validation)")
     # None: the export's default (500); given, it is refused for an export that calibrates nothing, as by fer-edge export

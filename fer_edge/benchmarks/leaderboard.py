@@ -1023,8 +1023,8 @@ def write_leaderboard(doc: dict, out_dir: str | Path) -> dict[str, Path]:
     written = False
     try:
         with interrupts_deferred():
-            write_together(out, {"leaderboard.json": text, "leaderboard.md": md}, "leaderboard.png",
-                           lambda png: plot_leaderboard(doc["rows"], png, title))
+            paths = write_together(out, {"leaderboard.json": text, "leaderboard.md": md}, "leaderboard.png",
+                                   lambda png: plot_leaderboard(doc["rows"], png, title))  # no PNG if not drawn
             written = True
     except KeyboardInterrupt:
         if written:

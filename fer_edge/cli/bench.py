@@ -190,7 +190,8 @@ def _interrupted_note(out: Path, before: tuple[int, int] | None) -> str:
 
     now = _report_state(out)
     if now is not None and now != before:
-        return (f"after the report was written: {out}/ holds this run's {', '.join(REPORT_FILES)}; "
+        written = [n for n in REPORT_FILES if (out / n).is_file()]  # no PNG when the plot was not drawn
+        return (f"after the report was written: {out}/ holds this run's {', '.join(written)}; "
                 "the summary was not printed")
     if now is None:
         return f"no report was written ({out}/ holds none)"
