@@ -97,8 +97,8 @@ def test_a_probe_that_reaches_its_share_of_the_budget_stops_the_round(synthetic_
     handler = signal.getsignal(signal.SIGALRM)
     t0 = time.monotonic()
     with pytest.raises(TrainingError, match=r"the probe reached its limit of 2\.5 s \(25% of the 10 s budget\) at "
-                                            r"\d+\.\d s, with stage 'teacher' still to probe, so the round did not start: give "
-                                            r"it a larger --budget-minutes or fewer --probe-steps"):
+                                            r"\d+\.\d s, with stage 'teacher' still to probe, so the round did not "
+                                            r"start: give it a larger --budget-minutes or fewer --probe-steps"):
         run_round(synthetic_folder, work, out, budget_s=10, stages=TINY, log=lambda m: None, **COMMON)
     assert time.monotonic() - t0 < 8  # stopped at its limit, not when the sleep ended
     assert signal.getsignal(signal.SIGALRM) == handler and signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
