@@ -67,8 +67,15 @@ def save_png(fig, path: str | Path, dpi: float | None = None) -> Path:
     return Path(path)
 
 
-def draw_or_warn(draw: Callable[[], Path], path: str | Path, warn: Callable[[str], None]) -> Path | None:
-    """``draw()`` (which writes ``path``), or, when it fails, ``warn`` with why and no earlier file at ``path`` left
+def warn_stderr(text: str) -> None:
+    """``warning: text`` on stderr (how the CLI words a warning)."""
+    print(f"warning: {text}", file=sys.stderr)
+
+
+def draw_or_warn(draw: Callable[[], Path], path: str | Path,
+                 warn: Callable[[str], None] | None = None) -> Path | None:
+    """``draw()`` (which writes ``path``), or, when it fails, ``warn`` (default :func:`warn_stderr`) with why and no
+    earlier file at ``path`` left
     to pass for this run's plot. The caller's results are already kept: a plot is never why a command fails, so any
     error is a warning (it names the error's type: a fer-edge bug shows as one), except an AssertionError (fer-edge
     asserts nothing: that is a test's check, which must fail the test)."""
@@ -86,5 +93,5 @@ def draw_or_warn(draw: Callable[[], Path], path: str | Path, warn: Callable[[str
             except OSError:
                 stale = f"; the earlier {path.name} is still there (not this run's)"
         why = " ".join(f"{type(e).__name__}: {e}".split()) if not isinstance(e, PlotError) else str(e)
-        warn(f"plot {path} not drawn ({why}){stale}")
+        (warn or warn_stderr)(f"plot {path} not drawn ({why}){stale}")
         return None

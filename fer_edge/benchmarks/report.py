@@ -16,7 +16,6 @@ import errno
 import io
 import math
 import os
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -499,7 +498,7 @@ def write_together(out: Path, texts: dict[str, str], png: str, draw: Callable[[P
                 staged[name].write_text(text)
             except OSError as e:  # a full disk names the temporary file, or none: name the report's file
                 raise OSError(e.errno, e.strerror or str(e), str(out / name)) from None
-        if draw_or_warn(lambda: draw(plot_tmp), out / png, warn or _warn_stderr) is not None:
+        if draw_or_warn(lambda: draw(plot_tmp), out / png, warn) is not None:
             staged[png] = plot_tmp
         for name in staged:  # checked again just before: a folder made there since the start would stop a rename
             if (out / name).is_dir() and not (out / name).is_symlink():
@@ -511,10 +510,6 @@ def write_together(out: Path, texts: dict[str, str], png: str, draw: Callable[[P
             if tmp.is_file() and not tmp.is_symlink():
                 tmp.unlink()
     return {name: out / name for name in staged}
-
-
-def _warn_stderr(text: str) -> None:
-    print(f"warning: {text}", file=sys.stderr)
 
 
 def check_out_dir(out_dir: str | Path, names: Iterable[str] = REPORT_FILES) -> Path:

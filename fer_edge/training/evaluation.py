@@ -6,7 +6,6 @@ mirror first). That is how to see what a ``fer-edge train --distill A --distill 
 """
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -77,10 +76,6 @@ def confusion_png_name(data: str | Path, split: str, tta: bool, sha256: str = ""
     part = f"_first{first}" if first else ""
     who = f"{model}_" if model else ""
     return f"confusion_{who}{data_stem(data)}{tag}_{split_name}{part}{'_tta' if tta else ''}.png"
-
-
-def _warn_stderr(text: str) -> None:
-    print(f"warning: {text}", file=sys.stderr)
 
 
 def evaluate(checkpoint: str | Path | None | Sequence[str | Path], data: str | Path, split: str | None = None,
@@ -160,7 +155,7 @@ def evaluate(checkpoint: str | Path | None | Sequence[str | Path], data: str | P
         title = f"{model_name} on {ds.split}{' (flip TTA)' if tta else ''}: accuracy {m['accuracy']:.4f}"
         drawn = draw_or_warn(lambda: plots.plot_confusion(np.asarray(m["confusion"]), ck.labels, png_path,
                                                           title=title),
-                             png_path, on_warning or _warn_stderr)
+                             png_path, on_warning)
         png = None if drawn is None else str(drawn)
     members = [str(p) for p in paths] if len(paths) > 1 else None
     # a split a checkpoint trained on measures how well it learned those images, not how it does on unseen faces
