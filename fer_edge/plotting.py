@@ -67,6 +67,15 @@ def save_png(fig, path: str | Path, dpi: float | None = None) -> Path:
     return Path(path)
 
 
+def wrap_title(title: str, width: int) -> str:
+    """``title`` in lines of at most ``width`` characters (its own line breaks kept): a title longer than its figure
+    is cut at the figure's edges."""
+    import textwrap
+
+    return "\n".join(textwrap.fill(line, width, break_long_words=True, break_on_hyphens=False)
+                     for line in title.splitlines() or [""])
+
+
 def warn_stderr(text: str) -> None:
     """``warning: text`` on stderr (how the CLI words a warning)."""
     print(f"warning: {text}", file=sys.stderr)

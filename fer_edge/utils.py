@@ -244,13 +244,18 @@ def write_text_atomic(dest: str | os.PathLike, text: str) -> None:
         tmp.write_text(text)
 
 
+def json_text(obj) -> str:
+    """``obj`` as strict JSON text: a float that is not finite (NaN, inf), which ``json`` writes as
+    ``NaN``/``Infinity`` that strict parsers (JavaScript's, Go's) refuse, as ``null``; other objects as their
+    ``str``."""
+    return json.dumps(finite_or_null(obj), indent=2, sort_keys=False, default=str, allow_nan=False) + "\n"
+
+
 def write_json_atomic(dest: str | os.PathLike, obj) -> None:
-    """Write ``obj`` as strict JSON (atomically): a float that is not finite (NaN, inf), which ``json`` writes as
-    ``NaN``/``Infinity`` that strict parsers (JavaScript's, Go's) refuse, is written as ``null``; other objects as
-    their ``str``. A write error that names no file (a full disk) is raised naming ``dest``."""
-    text = json.dumps(finite_or_null(obj), indent=2, sort_keys=False, default=str, allow_nan=False) + "\n"
+    """Write ``obj`` as strict JSON (:func:`json_text`), atomically. A write error that names no file (a full
+    disk) is raised naming ``dest``."""
     try:
-        write_text_atomic(dest, text)
+        write_text_atomic(dest, json_text(obj))
     except OSError as e:
         if e.filename is None:
             raise OSError(e.errno, e.strerror or str(e), str(dest)) from None

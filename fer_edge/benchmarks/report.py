@@ -22,7 +22,8 @@ from typing import Any, Callable, Iterable
 
 from fer_edge.benchmarks.schema import LATENCY_KEYS, REPORT_SCHEMA, SCHEMA_ID, validate
 from fer_edge.errors import FerEdgeError
-from fer_edge.utils import human_size, temp_beside
+from fer_edge.plotting import wrap_title
+from fer_edge.utils import human_size, json_text, temp_beside
 
 REPORT_FILES = ("report.json", "report.csv", "report.md", "latency_vs_accuracy.png")
 # not the bench report's plot name: a merge into a bench report's folder (or a bench into a merge's) replaced the
@@ -394,17 +395,9 @@ def finish_latency_axes(fig, ax, title: str, has_points: bool, xlabel: str, ylab
         ax.text(0.5, 0.5, "no measured rows", ha="center", va="center", transform=ax.transAxes)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
-    ax.set_title(wrap_title(title), fontsize=10)
+    ax.set_title(wrap_title(title, TITLE_WIDTH), fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
-
-
-def wrap_title(title: str, width: int = TITLE_WIDTH) -> str:
-    """``title`` in lines of at most ``width`` characters (its own line breaks kept)."""
-    import textwrap
-
-    return "\n".join(textwrap.fill(line, width, break_long_words=True, break_on_hyphens=False)
-                     for line in title.splitlines() or [""])
 
 
 def _nice_ticks(lo: float, hi: float) -> list[float]:
@@ -465,16 +458,6 @@ def write_report(report: dict, out_dir: str | Path, warn: Callable[[str], None] 
              "report.md": report_markdown(report)}
     return write_together(out, texts, "latency_vs_accuracy.png",
                           lambda path: plot_latency_vs_accuracy(report["rows"], path, title), warn)
-
-
-def json_text(obj) -> str:
-    """``obj`` as strict JSON, as :func:`fer_edge.utils.write_json_atomic` writes it (a float that is not finite
-    as ``null``)."""
-    import json
-
-    from fer_edge.utils import finite_or_null
-
-    return json.dumps(finite_or_null(obj), indent=2, sort_keys=False, default=str, allow_nan=False) + "\n"
 
 
 def write_together(out: Path, texts: dict[str, str], png: str, draw: Callable[[Path], Path],

@@ -7,12 +7,11 @@ callers turn that into a warning (:func:`fer_edge.plotting.draw_or_warn`) after 
 """
 from __future__ import annotations
 
-import textwrap
 from pathlib import Path
 
 import numpy as np
 
-from fer_edge.plotting import colormap, save_png, subplots
+from fer_edge.plotting import colormap, save_png, subplots, wrap_title
 
 # Characters per title line: a title longer than its figure was cut at the edges (an ensemble of five models with
 # flip TTA lost its accuracy), so titles are wrapped to about the figure's width at their font size.
@@ -22,11 +21,6 @@ CONFUSION_TITLE_WIDTH = 62
 NO_IMAGES = "n/a"
 CONFUSION_CAPTION = "each cell: share of its true class (row-normalised) and the image count"
 COLORBAR_LABEL = "share of the true class (row-normalised)"
-
-
-def _wrap(title: str, width: int) -> str:
-    return "\n".join(textwrap.fill(line, width, break_long_words=True, break_on_hyphens=False)
-                     for line in title.splitlines() or [""])
 
 
 def _epoch_axis(ax, epochs: list[int]) -> None:
@@ -66,7 +60,7 @@ def curves_figure(history: list[dict], title: str = ""):
     axes[0].legend()
     axes[1].legend()
     if title:
-        fig.suptitle(_wrap(title, CURVES_TITLE_WIDTH))
+        fig.suptitle(wrap_title(title, CURVES_TITLE_WIDTH))
     fig.tight_layout()
     return fig
 
@@ -98,7 +92,7 @@ def confusion_figure(cm: np.ndarray, labels: list[str], title: str = ""):
             ax.text(j, i, text, ha="center", va="center", fontsize=7,
                     color="white" if norm[i, j] > 0.5 else "black")
     fig.colorbar(im, ax=ax, fraction=0.046).set_label(COLORBAR_LABEL, fontsize=8)
-    ax.set_title("\n".join(filter(None, (_wrap(title, CONFUSION_TITLE_WIDTH) if title else "",
+    ax.set_title("\n".join(filter(None, (wrap_title(title, CONFUSION_TITLE_WIDTH) if title else "",
                                          CONFUSION_CAPTION))), fontsize=9)
     fig.tight_layout()
     return fig
