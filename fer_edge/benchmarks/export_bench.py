@@ -585,12 +585,14 @@ def _main(args, done: dict) -> int:
 
 
 def _read_manifest(path: Path) -> dict | None:
-    """The manifest at ``path``, or None where it cannot be read as one (gone, cut short, not an object)."""
+    """The manifest at ``path``, or None where it cannot be read as one (gone, cut short, not a manifest)."""
+    from fer_edge.errors import ArtifactError
+    from fer_edge.exporters.manifest import load_manifest
+
     try:
-        manifest = json.loads(path.read_text())
-    except (OSError, ValueError):
+        return load_manifest(path)
+    except ArtifactError:
         return None
-    return manifest if isinstance(manifest, dict) else None
 
 
 def _manifest_runs(out: str | None) -> dict[str, str | None]:
