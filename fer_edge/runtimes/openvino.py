@@ -84,14 +84,13 @@ class OpenVINORuntime(Runtime):
         self.config = config
         try:
             self.compiled = core.compile_model(self.model, self.device, config)
-            self.request = self.compiled.create_infer_request()  # this thread's; other threads make their own
+            self._local = threading.local()  # each thread's infer request (_thread_request)
+            self._local.request = self.compiled.create_infer_request()  # this thread's, made now: errors show here
         except Exception as e:
             raise ArtifactError(
                 f"{self.path}: OpenVINO cannot compile it on {self.device} with {config} ({type(e).__name__}: {e})"
             ) from None
         self._output = self.compiled.outputs[0]
-        self._owner = threading.get_ident()  # the thread self.request belongs to
-        self._local = threading.local()  # the other threads' requests
         self._core = core
 
     @property
@@ -113,8 +112,6 @@ class OpenVINORuntime(Runtime):
     def _thread_request(self):
         """This thread's infer request: one request is not thread-safe (a second thread's call failed with "Infer
         Request is busy", or overwrote the first's output before it was copied: wrong answers without a word)."""
-        if threading.get_ident() == self._owner:
-            return self.request
         request = getattr(self._local, "request", None)
         if request is None:
             request = self._local.request = self.compiled.create_infer_request()
