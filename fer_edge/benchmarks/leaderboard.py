@@ -1009,25 +1009,23 @@ def write_leaderboard(doc: dict, out_dir: str | Path) -> dict[str, Path]:
     the three files are all new or all as they were; a failure to write is a :class:`FerEdgeError`.
     """
     from fer_edge.benchmarks.report import write_together
-    from fer_edge.utils import interrupts_deferred
+    from fer_edge.utils import interrupts_deferred, json_text
 
     out = Path(out_dir)
-    paths = {name: out / name for name in FILES}
-    doc = finite_or_null(doc)  # leaderboard.json stays strict JSON
-    text = json.dumps(doc, indent=2, allow_nan=False, default=str) + "\n"
+    doc = finite_or_null(doc)  # leaderboard.json stays strict JSON, and the table shows no nan
+    text = json_text(doc)
     md = leaderboard_markdown(doc)
     r = doc["recipe"]
     steps = f" x {r['max_steps_per_epoch']} steps" if r["max_steps_per_epoch"] else ""
     title = (f"fer-edge leaderboard: {doc['data']['split']} accuracy vs CPU latency "
              f"(shared recipe: {r['epochs']} epoch{'s' if r['epochs'] != 1 else ''}{steps})")
-    written = False
+    paths = None  # the files written, once they are
     try:
         with interrupts_deferred():
             paths = write_together(out, {"leaderboard.json": text, "leaderboard.md": md}, "leaderboard.png",
                                    lambda png: plot_leaderboard(doc["rows"], png, title))  # no PNG if not drawn
-            written = True
     except KeyboardInterrupt:
-        if written:
+        if paths is not None:
             raise InterruptedAfterWriting(paths) from None
         raise
     except OSError as e:
