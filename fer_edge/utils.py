@@ -28,6 +28,15 @@ def command_environment() -> None:
 
     for key, value in COMMAND_ENVIRONMENT.items():
         os.environ.setdefault(key, value)
+    encoding = (getattr(sys.stdout, "encoding", None) or "").lower().replace("-", "").replace("_", "")
+    if not encoding.startswith("utf") and hasattr(sys.stdout, "reconfigure"):
+        # output that goes to a file or pipe on Windows is in the ANSI code page (cp1252), which cannot hold every
+        # file name, path or label a command prints: a character it lacks is written as an escape (as Python's
+        # stderr does) rather than ending the command in a UnicodeEncodeError after its work is done
+        try:
+            sys.stdout.reconfigure(errors="backslashreplace")
+        except (ValueError, OSError):  # a closed or unusual stream: printing will say so itself
+            pass
     if "openvino_telemetry" not in sys.modules and not openvino_telemetry_opted_in():
         # OpenVINO's converter and NNCF import openvino_telemetry, whose Telemetry() starts a process that posts
         # usage events to Google Analytics unless a consent file says no (a Ctrl-C also printed that process's
@@ -47,6 +56,12 @@ def openvino_telemetry_opted_in() -> bool:
         return bool(base) and Path(base, sub, "openvino_telemetry").read_text().strip() == "1"
     except (OSError, UnicodeDecodeError):
         return False
+
+
+#: How fer-edge writes its text files (reports, CSVs, tables): UTF-8 whatever the locale (Windows' default is its
+#: ANSI code page, which cannot hold every file name or label), and with no newline translation (Windows' text mode
+#: turns ``\n`` into ``\r\n``, and a CSV writer's ``\r\n`` into ``\r\r\n``: a blank row after every row).
+TEXT_FILE = {"encoding": "utf-8", "newline": ""}
 
 
 def temp_beside(dest: str | os.PathLike, suffix: str | None = None) -> Path:
@@ -89,7 +104,10 @@ def atomic_path(dest: str | os.PathLike, suffix: str | None = None, overwrite: b
     try:
         yield tmp_path
         if durable and tmp_path.is_file():
-            fd = os.open(tmp_path, os.O_RDONLY)
+            try:  # opened for writing: Windows' fsync refuses a read-only descriptor (EBADF)
+                fd = os.open(tmp_path, os.O_RDWR)
+            except PermissionError:  # a writer that made its file read-only: POSIX syncs it read-only too
+                fd = os.open(tmp_path, os.O_RDONLY)
             try:
                 os.fsync(fd)
             finally:
@@ -240,8 +258,9 @@ def check_output_file(path: str | os.PathLike, option: str, error: type[Exceptio
 
 
 def write_text_atomic(dest: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``dest`` atomically, as UTF-8 with its line endings as given (:data:`TEXT_FILE`)."""
     with atomic_path(dest) as tmp:
-        tmp.write_text(text)
+        tmp.write_text(text, **TEXT_FILE)
 
 
 def json_text(obj) -> str:

@@ -386,7 +386,7 @@ def print_report(report: dict, console=None) -> None:
     console.print(t)
 
     t = Table(title="Parity with the PyTorch FP32 model")
-    for col in ("Artifact", "Status", "Agreement", "Max |Δ|", "KL", "Accuracy", "Ref. acc.", "n"):
+    for col in ("Artifact", "Status", "Agreement", "Max |diff|", "KL", "Accuracy", "Ref. acc.", "n"):
         t.add_column(col, justify="left" if col in ("Artifact", "Status") else "right")
     for a in report["artifacts"]:
         v = a["validation"]
@@ -400,7 +400,7 @@ def print_report(report: dict, console=None) -> None:
 
     if report.get("calib_methods"):
         t = Table(title="ONNX INT8 calibration methods (whole validation split)")
-        for col in ("Method", "Agreement", "Accuracy", "FP32 acc.", "Drop (points)", "KL", "Max |Δ|", "Seconds"):
+        for col in ("Method", "Agreement", "Accuracy", "FP32 acc.", "Drop (points)", "KL", "Max |diff|", "Seconds"):
             t.add_column(col, justify="left" if col == "Method" else "right")
         for r in report["calib_methods"]:
             if "error" in r:

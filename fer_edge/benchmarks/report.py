@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterable
 from fer_edge.benchmarks.schema import LATENCY_KEYS, REPORT_SCHEMA, SCHEMA_ID, validate
 from fer_edge.errors import FerEdgeError
 from fer_edge.plotting import wrap_title
-from fer_edge.utils import human_size, json_text, temp_beside
+from fer_edge.utils import TEXT_FILE, human_size, json_text, temp_beside
 
 REPORT_FILES = ("report.json", "report.csv", "report.md", "latency_vs_accuracy.png")
 # not the bench report's plot name: a merge into a bench report's folder (or a bench into a merge's) replaced the
@@ -478,7 +478,7 @@ def write_together(out: Path, texts: dict[str, str], png: str, draw: Callable[[P
         for name, text in texts.items():
             staged[name] = temp_beside(out / name)
             try:
-                staged[name].write_text(text)
+                staged[name].write_text(text, **TEXT_FILE)
             except OSError as e:  # a full disk names the temporary file, or none: name the report's file
                 raise OSError(e.errno, e.strerror or str(e), str(out / name)) from None
         if draw_or_warn(lambda: draw(plot_tmp), out / png, warn) is not None:

@@ -104,7 +104,7 @@ def bench_table(report, width: int | None = None):
     if medium:
         cols += [("Agree", "r")]
     if wide:
-        cols += [("Flips", "r"), ("max|Δ|", "r"), ("Size", "r")]
+        cols += [("Flips", "r"), ("max|diff|", "r"), ("Size", "r")]
     cols += [("Status", "l")]
     for name, j in cols:
         t.add_column(name, justify="right" if j == "r" else "left", no_wrap=name != "Status")
@@ -123,7 +123,7 @@ def bench_table(report, width: int | None = None):
             "p50 ms": f(lat.get("p50"), 3), "p90 ms": f(lat.get("p90"), 3), "p99 ms": f(lat.get("p99"), 3),
             "img/s": f(r["throughput_ips"], 0), "Top-1": fmt_pct(r["accuracy"]), "F1": f(r["macro_f1"], 3),
             "Agree": fmt_pct(r["agreement"]), "Flips": "-" if r["flips"] is None else str(r["flips"]),
-            "max|Δ|": f(r["max_abs_diff"], 4), "Size": fmt_size(r["size_bytes"]),
+            "max|diff|": f(r["max_abs_diff"], 4), "Size": fmt_size(r["size_bytes"]),
             "Status": f"[{style[r['status']]}]{r['status']}[/]",
         }
         t.add_row(*(cells[name] for name, _ in cols))

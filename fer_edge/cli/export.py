@@ -41,7 +41,7 @@ def artifacts_table(result):
 
     t = Table(title=f"Exported to {result.out_dir}", caption=f"manifest: {result.manifest_path}")
     for col, just in (("Target", "left"), ("Precision", "left"), ("Size", "right"), ("Agree", "right"),
-                      ("Max |Δ|", "right"), ("Acc.", "right"), ("Status", "left")):
+                      ("Max |diff|", "right"), ("Acc.", "right"), ("Status", "left")):
         t.add_column(col, justify=just, overflow="fold", no_wrap=col != "Status")
     for a in result.artifacts:
         v = a.validation

@@ -279,13 +279,13 @@ def _commit(dest: Path, staged: Path, table: Path, text: str) -> None:
         os.unlink(name)
         return Path(name)
 
-    from fer_edge.utils import interrupts_deferred
+    from fer_edge.utils import TEXT_FILE, interrupts_deferred
 
     new_file, new_table = temp(dest, "tmp"), temp(table, "tmp")
     aside = temp(dest, "old") if dest.exists() else None
     try:
         shutil.copyfile(staged, new_file)
-        new_table.write_text(text)
+        new_table.write_text(text, **TEXT_FILE)
         # Ctrl-C and SIGTERM are held while the renames (or their undoing) run, and raised once they are done: an
         # interrupt between two of them would leave <name>.pt missing, the earlier file under .old-*
         with interrupts_deferred():
