@@ -17,6 +17,7 @@ classifier exists but the file does not, or skip detection with ``--no-detect-fa
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -136,20 +137,33 @@ class FaceDetector:
     Detection runs on a grayscale copy, histogram-equalised and shrunk so its longer
     side is at most ``max_side`` (boxes are scaled back to the full image).
     ``min_size`` is the smallest face in pixels of that working copy; the default is
-    ``max(24, 4%`` of its shorter side``)``. Faces come back largest first.
+    ``max(24, 4%`` of its shorter side``)``. Faces come back largest first. One detector may be shared by
+    threads: each thread runs its own copy of the cascade.
     """
 
     def __init__(self, cascade: str | os.PathLike | None = None, scale_factor: float = 1.1,
                  min_neighbors: int = 5, min_size: int | None = None, max_side: int = 1280):
-        cls = _cascade_class()
+        self._cascade_cls = _cascade_class()
         self.cascade_path = find_cascade(cascade)
-        self._cascade = cls(str(self.cascade_path))
-        if self._cascade.empty():
-            raise RuntimeUnavailableError(f"{self.cascade_path}: OpenCV could not load this Haar cascade")
+        # one classifier per thread: cv2.CascadeClassifier is not thread-safe (a detector shared by an app's
+        # threads gave wrong boxes or raised cv2.error); loading one takes ~60 ms, and unlike a lock around
+        # detectMultiScale, per-thread classifiers let the threads detect in parallel
+        self._local = threading.local()
+        self._classifier()  # load it now: a bad cascade file fails here, not at the first image
         self.scale_factor = scale_factor
         self.min_neighbors = min_neighbors
         self.min_size = min_size
         self.max_side = max_side
+
+    def _classifier(self):
+        """This thread's ``cv2.CascadeClassifier``, loaded on its first use in the thread."""
+        cascade = getattr(self._local, "cascade", None)
+        if cascade is None:
+            cascade = self._cascade_cls(str(self.cascade_path))
+            if cascade.empty():
+                raise RuntimeUnavailableError(f"{self.cascade_path}: OpenCV could not load this Haar cascade")
+            self._local.cascade = cascade
+        return cascade
 
     def detect(self, image) -> list[Box]:
         cv2 = _cv2()
@@ -163,7 +177,7 @@ class FaceDetector:
                               interpolation=cv2.INTER_AREA)
         gray = cv2.equalizeHist(gray)
         min_size = self.min_size or max(24, round(0.04 * min(gray.shape)))
-        found = self._cascade.detectMultiScale(
+        found = self._classifier().detectMultiScale(
             gray, scaleFactor=self.scale_factor, minNeighbors=self.min_neighbors,
             minSize=(min_size, min_size),
         )
@@ -175,14 +189,17 @@ class FaceDetector:
 
 
 _DEFAULT_DETECTOR: FaceDetector | None = None
+_DEFAULT_LOCK = threading.Lock()
 
 
 def default_detector() -> FaceDetector:
-    """A shared :class:`FaceDetector` with default settings (the cascade is loaded once)."""
+    """A shared :class:`FaceDetector` with default settings, safe to use from many threads (each thread loads its
+    own copy of the cascade on first use)."""
     global _DEFAULT_DETECTOR
-    if _DEFAULT_DETECTOR is None:
-        _DEFAULT_DETECTOR = FaceDetector()
-    return _DEFAULT_DETECTOR
+    with _DEFAULT_LOCK:  # two threads' first calls build one detector, not two
+        if _DEFAULT_DETECTOR is None:
+            _DEFAULT_DETECTOR = FaceDetector()
+        return _DEFAULT_DETECTOR
 
 
 def detect_faces(image, detector: FaceDetector | None = None) -> list[Box]:

@@ -1,0 +1,72 @@
+"""fer-edge predict QA, second pass: face detection from threads, folder walks through symlinks, very large photos,
+argument checks, model suffixes in any case, and runs where every input is an earlier annotated copy."""
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from fer_edge.errors import DataError
+from fer_edge.faces import detector_available
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="session")
+def predictor(tiny_checkpoint):
+    from fer_edge.predict import load
+
+    return load(tiny_checkpoint)
+
+
+@pytest.fixture(scope="session")
+def face_photos() -> list:
+    """Small photos with faces (matplotlib's grace_hopper.jpg, shrunk, mirrored, side by side), as PIL images."""
+    ok, why = detector_available()
+    if not ok:
+        pytest.skip(f"OpenCV's Haar face detector is unavailable: {why}")
+    try:
+        from matplotlib import cbook
+
+        p = Path(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))
+    except Exception as e:  # matplotlib without its sample data
+        pytest.skip(f"matplotlib sample photo grace_hopper.jpg not available ({e})")
+    with Image.open(p) as im:
+        gh = im.convert("RGB").resize((171, 200))
+    pair = Image.new("RGB", (342, 200))
+    pair.paste(gh, (0, 0))
+    pair.paste(gh.transpose(Image.Transpose.FLIP_LEFT_RIGHT), (171, 0))
+    return [gh, pair, gh.resize((214, 250))]
+
+
+def _cli(*args):
+    from fer_edge.cli import app
+
+    return runner.invoke(app, ["predict", *map(str, args)])
+
+
+# -- 1. one predictor shared by threads ----------------------------------------------------------
+def test_a_predictor_shared_by_threads_finds_the_faces_it_finds_alone(tiny_checkpoint, face_photos, monkeypatch):
+    """cv2.CascadeClassifier is not thread-safe: one shared by every predictor gave other boxes or raised cv2.error
+    when threads detected at once. Each thread now has its own."""
+    import fer_edge.faces as faces
+    from fer_edge.predict import load
+
+    monkeypatch.setattr(faces, "_DEFAULT_DETECTOR", None)  # the real default detector, as an app gets it
+    p = load(tiny_checkpoint)
+    alone = [[(f.box, f.label) for f in p.detect_and_predict(im)] for im in face_photos]
+    assert [len(a) for a in alone] == [1, 2, 1], alone
+
+    def one(k: int):
+        try:
+            return [(f.box, f.label) for f in p.detect_and_predict(face_photos[k % 3])] == alone[k % 3]
+        except Exception as e:  # cv2.error, among others, before the fix
+            return f"{type(e).__name__}: {e}"
+
+    with ThreadPoolExecutor(4) as ex:
+        got = list(ex.map(one, range(48)))
+    assert got == [True] * 48, [g for g in got if g is not True][:3]
