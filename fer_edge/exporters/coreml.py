@@ -24,6 +24,7 @@ Conversion works on Linux; prediction needs macOS.
 """
 from __future__ import annotations
 
+import platform
 import sys
 from pathlib import Path
 
@@ -52,11 +53,27 @@ def activations_quantized_here() -> bool:
     return sys.platform == "darwin"
 
 
+def _compiled_parts_missing(e: ImportError) -> str:
+    """Why Core ML export cannot run without coremltools' compiled extensions, and what to do."""
+    why = " ".join(f"{type(e).__name__}: {e}".split())
+    if sys.platform in ("darwin", "linux"):
+        fix = "reinstall coremltools (pip install --force-reinstall coremltools)"
+    else:  # Windows: pip builds coremltools' source package, which leaves them out
+        fix = (f"coremltools publishes no build for this platform ({platform.system() or sys.platform}) and its "
+               "source package lacks them; export Core ML on macOS or Linux")
+    return (f"Core ML export needs coremltools' compiled parts (libmilstoragepython, libmodelpackage), which are "
+            f"missing here ({why}): {fix}")
+
+
 def _import_coremltools(w8a8: bool = False):
     """``coremltools`` (with ``coremltools.optimize``, and its experimental API for W8A8), imported with Ctrl-C and
     SIGTERM held: coremltools wraps its own imports in bare ``except:`` clauses that swallow a KeyboardInterrupt
     (the export then ran to the end, exit status 0), and one landing in a lazy import of torch's (sympy) left that
-    module half-initialised (a fake ``AttributeError`` later). The interrupt is raised once the imports are done."""
+    module half-initialised (a fake ``AttributeError`` later). The interrupt is raised once the imports are done.
+
+    Its compiled extensions are imported too, so that a coremltools without them (the sdist pip builds where it has
+    no wheel, e.g. Windows) is an :class:`ExportError` saying so before any work: coremltools swallows their
+    absence and the conversion then failed at saving with ``RuntimeError: BlobWriter not loaded``."""
     _quiet_coremltools()
     with interrupts_deferred(), quiet():
         import coremltools as ct
@@ -65,6 +82,11 @@ def _import_coremltools(w8a8: bool = False):
 
         if w8a8:
             import coremltools.optimize.coreml.experimental  # noqa: F401
+        try:
+            import coremltools.libmilstoragepython  # noqa: F401  (the weights' BlobWriter)
+            import coremltools.libmodelpackage  # noqa: F401  (.mlpackage writing)
+        except ImportError as e:
+            raise ExportError(_compiled_parts_missing(e)) from None
     return ct
 
 
