@@ -45,6 +45,24 @@ def check_options(model: str, device: str) -> None:
         raise OptionError("; ".join(problems))
 
 
+class NotebookImages:
+    """The notebooks' map-style data set (all a DataLoader needs is ``__len__`` and ``__getitem__``): each image as a
+    PIL image through ``transform``, with its label. At module level, holding everything it uses as attributes, so
+    that DataLoader workers started by spawn (macOS, Windows; forkserver, Python 3.14's default on Linux) can unpickle
+    it: the class defined inside :func:`notebook_pipeline_ips` made ``--num-workers`` crash there."""
+
+    def __init__(self, images, labels, transform) -> None:
+        self.images, self.labels, self.transform = images, labels, transform
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        from PIL import Image
+
+        return self.transform(Image.fromarray(self.images[i].numpy(), mode="L")), self.labels[i]
+
+
 def notebook_pipeline_ips(images, labels, model_name: str, device, steps: int, batch_size: int = NOTEBOOK_BATCH,
                           num_workers: int = 0) -> float:
     """Images/second of the notebooks' recipe: PIL per-image transforms in a DataLoader, NCHW float32.
@@ -61,27 +79,18 @@ def notebook_pipeline_ips(images, labels, model_name: str, device, steps: int, b
     if len(labels) < batch_size:
         raise FerEdgeError(f"the notebook pipeline needs at least one full batch of {batch_size} training images; "
                            f"the split holds {len(labels)}")
-    from PIL import Image
     from torchvision import transforms
 
     from fer_edge.models import create_model
 
-    tf = transforms.Compose([
+    tf = transforms.Compose([  # torchvision's transform classes pickle, as spawned workers need
         transforms.RandomHorizontalFlip(),
         transforms.RandomRotation(10),
         transforms.ToTensor(),
         transforms.Normalize([0.5], [0.25]),
     ])
-
-    class DS(torch.utils.data.Dataset):
-        def __len__(self):
-            return len(labels)
-
-        def __getitem__(self, i):
-            return tf(Image.fromarray(images[i].numpy(), mode="L")), labels[i]
-
-    loader = torch.utils.data.DataLoader(DS(), batch_size=batch_size, shuffle=True, num_workers=num_workers,
-                                         drop_last=True)
+    loader = torch.utils.data.DataLoader(NotebookImages(images, labels, tf), batch_size=batch_size, shuffle=True,
+                                         num_workers=num_workers, drop_last=True)
     model = create_model(model_name).to(device).train()
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     seen = 0
