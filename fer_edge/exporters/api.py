@@ -229,6 +229,13 @@ def _leftover_temps(out: Path) -> list[str]:
         return []
 
 
+#: Characters no Windows file name may contain (nor a control character), and the device names Windows opens for a
+#: file whose name before its first dot is one of them: :func:`check_name` refuses both on every system.
+_NOT_PORTABLE = frozenset('<>:"|?*')
+_WINDOWS_DEVICES = frozenset({"CON", "PRN", "AUX", "NUL",
+                              *(f"{d}{i}" for d in ("COM", "LPT") for i in "0123456789¹²³")})
+
+
 def check_name(name: str | None) -> None:
     """Refuse a ``--name`` that is not a plain file stem (it would write outside ``--out``, or nowhere sensible)."""
     if name is None:
@@ -242,6 +249,23 @@ def check_name(name: str | None) -> None:
             f"--name {name!r} is not a plain file name stem: it must not be empty or start with a dot (a hidden "
             "file, which fer-edge takes for a temporary one), nor contain '..' or a path separator (the artifacts "
             "always go into --out; choose the folder with --out)"
+        )
+    # refused on every system, as an artifact must keep its name on any: Windows refuses these characters, and there
+    # "c:model" wrote relative to drive C:'s working folder (outside --out) and "v2:final" into an NTFS stream
+    bad = sorted({c for c in name if c in _NOT_PORTABLE or ord(c) < 32 or ord(c) == 127})
+    if bad:
+        raise FerEdgeError(
+            f"--name {name!r} is not a portable file name stem: it contains {', '.join(map(repr, bad))}; a name must "
+            "not contain any of < > : \" | ? * nor a control character (Windows refuses them, and a ':' there names "
+            "a drive or an NTFS stream)"
+        )
+    # Windows opens a device for a file whose name before its first dot is one of these ("NUL.v2_fp32.onnx"); the
+    # artifacts append "_<precision>", so a name without a dot ("aux") is safe
+    base = name.split(".", 1)[0].rstrip(" ").upper()
+    if "." in name and base in _WINDOWS_DEVICES:
+        raise FerEdgeError(
+            f"--name {name!r} is not a portable file name stem: Windows takes a file named {base!r} before its first "
+            "dot for a device (CON, PRN, AUX, NUL, COM0-9, LPT0-9); drop the dot or choose another name"
         )
 
 
