@@ -450,33 +450,52 @@ class InputItem:
     error: str | None = None
 
 
-def _find_images(root: Path) -> tuple[list[Path], list[OSError]]:
-    """Image files under ``root`` (recursively, sorted, by suffix, no hidden files) and the folders that could
-    not be listed (as their errors, so that no folder is skipped silently)."""
+def _find_images(root: Path) -> tuple[list[Path], list[OSError], list[Path]]:
+    """Image files under ``root`` (recursively, sorted, by suffix, no hidden files), the folders that could not be
+    listed (as their errors) and the image names that are symbolic links to nothing (or to themselves), so that
+    nothing is skipped silently. Linked folders are followed, each real folder walked once (a link back to a
+    folder above would otherwise loop)."""
     files: list[Path] = []
+    broken: list[Path] = []
     unreadable: list[OSError] = []
-    for dirpath, _dirs, names in os.walk(root, onerror=unreadable.append):  # symlinked folders not followed
+    seen = {os.path.realpath(root)}
+    for dirpath, dirs, names in os.walk(root, onerror=unreadable.append, followlinks=True):
         d = Path(dirpath)
-        files += [d / n for n in names
-                  if not n.startswith(".") and Path(n).suffix.lower() in IMAGE_SUFFIXES and (d / n).is_file()]
-    return sorted(files), unreadable
+        for name in list(dirs):  # a folder reached twice (links, a loop) is walked the first time only
+            real = os.path.realpath(d / name)
+            if real in seen:
+                dirs.remove(name)
+            seen.add(real)
+        for n in names:
+            if n.startswith(".") or Path(n).suffix.lower() not in IMAGE_SUFFIXES:
+                continue
+            f = d / n
+            if f.is_file():
+                files.append(f)
+            elif f.is_symlink() and not f.exists():  # is_file() is False for a dangling link too
+                broken.append(f)
+    return sorted(files), unreadable, sorted(broken)
 
 
 def collect_inputs(args: Iterable[str | os.PathLike]) -> list[InputItem]:
-    """Expand files and directories (recursively, image suffixes only) into input items.
+    """Expand files and directories (recursively, image suffixes only, linked folders followed) into input items.
 
-    A missing path, a directory without images, or a folder that cannot be read becomes an
-    item carrying an error, so the other inputs still run.
+    A missing path, a directory without images, a folder that cannot be read, or an image name in one that is a
+    symbolic link to nothing becomes an item carrying an error, so the other inputs still run.
     """
     items: list[InputItem] = []
     for a in args:
         p = Path(a)
         if p.is_dir():
-            files, unreadable = _find_images(p)
-            if not files and not unreadable:
+            files, unreadable, broken = _find_images(p)
+            if not files and not unreadable and not broken:
                 items.append(InputItem(str(p), None, error=(
                     f"{p}: directory has no images (looked for {', '.join(IMAGE_SUFFIXES)})")))
             items += [InputItem(str(f), f, f.relative_to(p)) for f in files]
+            for f in broken:
+                items.append(InputItem(str(f), None, error=(
+                    f"{f}: cannot read image: a symbolic link to {os.readlink(f)}, which does not exist (or links "
+                    "back to itself)")))
             for e in unreadable:
                 where = e.filename if e.filename is not None else p
                 items.append(InputItem(str(where), None, error=(

@@ -70,3 +70,40 @@ def test_a_predictor_shared_by_threads_finds_the_faces_it_finds_alone(tiny_check
     with ThreadPoolExecutor(4) as ex:
         got = list(ex.map(one, range(48)))
     assert got == [True] * 48, [g for g in got if g is not True][:3]
+
+
+# -- 2. folders reached through symbolic links -----------------------------------------------------
+def test_linked_folders_are_followed_once_and_dangling_links_are_reported(tmp_path, tiny_checkpoint, predictor,
+                                                                          monkeypatch):
+    from fer_edge.predict import collect_inputs
+
+    monkeypatch.setattr("fer_edge.faces._DEFAULT_DETECTOR", _WholeImage())
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    Image.new("L", (48, 48), 90).save(elsewhere / "linked.png")
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.new("L", (48, 48), 150).save(photos / "own.png")
+    try:
+        (photos / "trip").symlink_to(elsewhere, target_is_directory=True)
+        (photos / "loop").symlink_to(photos, target_is_directory=True)  # a link back up: walked once, no loop
+        (photos / "gone.jpg").symlink_to(tmp_path / "deleted.jpg")
+    except OSError as e:  # Windows without the right to make links
+        pytest.skip(f"cannot make symbolic links here ({e})")
+    items = collect_inputs([photos])
+    assert [i.relative.as_posix() for i in items if i.error is None] == ["own.png", "trip/linked.png"]
+    (bad,) = [i for i in items if i.error]
+    assert bad.source == str(photos / "gone.jpg") and "symbolic link to" in bad.error and "deleted.jpg" in bad.error
+    r = _cli(photos, "--json", "--model", tiny_checkpoint)
+    assert r.exit_code == 0, r.output
+    assert "gone.jpg" in r.stderr and "2 faces classified, 0 without a face, 1 failed" in " ".join(r.stderr.split())
+
+
+class _WholeImage:
+    """Stands in for the Haar cascade: the whole image is one face."""
+
+    def detect(self, image):
+        from fer_edge.faces import Box, load_image
+
+        w, h = load_image(image).size
+        return [Box(0, 0, w, h)]
