@@ -252,8 +252,11 @@ class Predictor:
                                 f"shape {tuple(faces.shape)}")
             if not (faces.ndim == 3 and faces.shape[1:] == (IMAGE_SIZE, IMAGE_SIZE)) and faces.ndim != 4:
                 # a 3-D array of another size is one image (H x W x 3 would otherwise be H images of W x 3)
+                grays = faces.ndim == 3 and faces.shape[2] not in (3, 4)  # N x H x W, not H x W x 3/4: say how
                 raise DataError(f"predict_batch takes N x {IMAGE_SIZE} x {IMAGE_SIZE} or 4-D arrays (N images), got "
-                                f"shape {tuple(faces.shape)}: for one image use predict()")
+                                f"shape {tuple(faces.shape)}: for one image use predict()"
+                                + ("; for N grayscale images of another size pass x[..., None] (N x H x W x 1)"
+                                   if grays else ""))
             if not len(faces):
                 return []
             if not faces.size:  # N images of no pixels (N x 0 x W x 3)
@@ -305,10 +308,13 @@ class Predictor:
         """Everything ``fer-edge predict`` reports for one input; never raises for a bad image.
 
         Failures (unreadable file, ...) come back as ``status == "error"`` with a message.
-        Errors of the setup (no face detector on this machine, a broken model) still raise.
+        Errors of the setup (no face detector on this machine, a broken model) still raise, and so does a bad
+        ``margin`` (:class:`DataError`, with or without ``detect_faces``): it is the call's mistake, not the image's.
         """
         from fer_edge.preprocess import to_gray48
 
+        if margin is not None:
+            margin = check_margin(margin)
         name = str(source) if isinstance(source, (str, os.PathLike)) else f"<{type(source).__name__}>"
         try:
             img = load_image(source)

@@ -107,3 +107,21 @@ class _WholeImage:
 
         w, h = load_image(image).size
         return [Box(0, 0, w, h)]
+
+
+# -- 4. and 7. arguments -------------------------------------------------------------------------------
+def test_a_bad_margin_raises_once_instead_of_failing_the_image(predictor, tmp_path):
+    face = tmp_path / "face.png"
+    Image.new("L", (48, 48), 120).save(face)
+    for detect in (True, False):
+        with pytest.raises(DataError, match="margin must be a finite number from 0 to 1"):
+            predictor.predict_image(face, detect_faces=detect, margin=99)
+    assert predictor.predict_image(face, detect_faces=False, margin=0.2).status == "ok"
+
+
+def test_predict_batch_says_how_to_pass_grayscale_images_of_another_size(predictor):
+    with pytest.raises(DataError, match=r"pass x\[\.\.\., None\] \(N x H x W x 1\)"):
+        predictor.predict_batch(np.zeros((5, 96, 96), np.uint8))
+    assert len(predictor.predict_batch(np.zeros((5, 96, 96), np.uint8)[..., None])) == 5
+    with pytest.raises(DataError, match=r"use predict\(\)$"):  # one colour image: no such advice
+        predictor.predict_batch(np.zeros((96, 96, 3), np.uint8))
