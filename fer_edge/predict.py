@@ -391,8 +391,8 @@ def _folder_hint(folder: Path) -> str:
     from fer_edge.targets import find_target
 
     targets = {q.name: find_target(q) for q in folder.iterdir() if not q.name.startswith(".")}
-    files = [n for n, t in targets.items() if t is not None and not n.endswith("_logits.mlpackage")
-             or Path(n).suffix in (".pt", ".pth")]
+    files = [n for n, t in targets.items() if t is not None and not n.lower().endswith("_logits.mlpackage")
+             or Path(n).suffix.lower() in (".pt", ".pth")]
     here = {n for n in files if targets[n] is None or targets[n].runs_here()}
     # a model that runs on this machine first (a Core ML package needs macOS), then the usual picks
     files.sort(key=lambda n: (n not in here, n != "best.pt", not n.endswith("_fp32.onnx"), n))

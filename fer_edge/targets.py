@@ -66,10 +66,11 @@ def get_target(name: str) -> Target:
 
 
 def find_target(path) -> Target | None:
-    """The target whose suffix an artifact path ends with, or None."""
+    """The target whose suffix an artifact path ends with, in any case (``NANO.ONNX``, as cameras and some
+    systems name files), or None."""
     from pathlib import Path
 
-    p = str(Path(path)).rstrip("/")
+    p = str(Path(path)).rstrip("/").lower()
     return next((t for t in TARGETS.values() if p.endswith(t.suffix)), None)
 
 

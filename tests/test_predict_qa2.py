@@ -125,3 +125,21 @@ def test_predict_batch_says_how_to_pass_grayscale_images_of_another_size(predict
     assert len(predictor.predict_batch(np.zeros((5, 96, 96), np.uint8)[..., None])) == 5
     with pytest.raises(DataError, match=r"use predict\(\)$"):  # one colour image: no such advice
         predictor.predict_batch(np.zeros((96, 96, 3), np.uint8))
+
+
+# -- 5. model suffixes in any case ------------------------------------------------------------------------
+def test_model_suffixes_are_matched_in_any_case(tiny_checkpoint, tmp_path, predictor):
+    import shutil
+
+    import fer_edge
+    from fer_edge.runtimes import runtime_for_path
+    from fer_edge.targets import find_target
+
+    assert {s: runtime_for_path(s).name for s in ("NANO.ONNX", "m.Xml", "m.TS", "BEST.PT", "m.PTH")} == {
+        "NANO.ONNX": "onnxruntime", "m.Xml": "openvino", "m.TS": "torchscript", "BEST.PT": "pytorch",
+        "m.PTH": "pytorch"}
+    assert find_target("Model.MLPackage/").name == "coreml" and find_target("notes.txt") is None
+    upper = tmp_path / "BEST.PT"
+    shutil.copy(tiny_checkpoint, upper)
+    face = np.full((48, 48), 100, np.uint8)
+    assert fer_edge.load(upper).predict(face).label == predictor.predict(face).label

@@ -45,7 +45,7 @@ def runtime_for_path(path: str | Path) -> type[Runtime]:
     """The runtime that runs ``path``: ``pytorch`` for ``.pt``, else the target's runtime from the table."""
     from fer_edge.targets import target_for_path
 
-    if str(path).rstrip("/").endswith(CHECKPOINT_SUFFIXES):
+    if str(path).rstrip("/").lower().endswith(CHECKPOINT_SUFFIXES):  # in any case, as the targets' suffixes
         return get_runtime(PyTorchRuntime.name)
     try:
         return get_runtime(target_for_path(path).runtime)
