@@ -143,3 +143,17 @@ def test_model_suffixes_are_matched_in_any_case(tiny_checkpoint, tmp_path, predi
     shutil.copy(tiny_checkpoint, upper)
     face = np.full((48, 48), 100, np.uint8)
     assert fer_edge.load(upper).predict(face).label == predictor.predict(face).label
+
+
+# -- 6. nothing left to classify ------------------------------------------------------------------------------
+def test_a_run_on_earlier_annotated_copies_only_says_there_is_nothing_to_classify(tmp_path, tiny_checkpoint,
+                                                                                  monkeypatch):
+    monkeypatch.setattr("fer_edge.faces._DEFAULT_DETECTOR", _WholeImage())
+    Image.new("L", (48, 48), 100).save(tmp_path / "a.png")
+    ann = tmp_path / "ann"
+    assert _cli(tmp_path / "a.png", "--model", tiny_checkpoint, "--annotate", ann).exit_code == 0
+    r = _cli(ann / "a.png", "--model", tiny_checkpoint, "--annotate", ann)
+    err = " ".join(r.stderr.split())
+    assert r.exit_code == 1, r.output
+    assert "error: nothing left to classify: every input is an earlier annotated copy in" in err
+    assert "0 failed" not in err and r.stdout.strip() == ""

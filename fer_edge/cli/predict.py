@@ -129,6 +129,10 @@ def predict_cmd(
             n = len(copies)
             _note(f"note: skipped {n} earlier annotated cop{'ies' if n != 1 else 'y'} in {annotate} (written by "
                   f"fer-edge predict --annotate, not classified again): {_listing(copies)}")
+        if not items:  # like a folder without images: an error, not an empty table and "0 failed"
+            _note(f"error: nothing left to classify: every input is an earlier annotated copy in {annotate}; give "
+                  "the original images")
+            raise typer.Exit(1)
 
     predictor = load(model, runtime=runtime.value if runtime else None, device=device, runtime_option="--runtime")
     for text in predictor.warnings:
