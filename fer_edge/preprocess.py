@@ -55,8 +55,10 @@ def load_image(image):
     may have turned them already (apply ``ImageOps.exif_transpose`` first where not). Arrays are taken as grayscale
     (H x W) or RGB(A) (H x W x 3/4). Pixel values are scaled to 8 bits by :func:`to_uint8`, for arrays and for
     high-bit-depth images alike (16-bit PNG/TIFF, 32-bit integer or float TIFF), which PIL's own ``convert("L")``
-    would clip to white. Raises :class:`DataError` for a file that is missing or not an image, and for pixel values
-    with no known range.
+    would clip to white. A JPEG of more than :data:`LARGE_JPEG_PIXELS` (a 108 or 200 MP phone photo) is decoded at
+    1/2, 1/4 or 1/8 of its width and height (so its size, and face boxes, are the reduced picture's). Raises
+    :class:`DataError` for a file that is missing or not an image (or too large: a decompression bomb), and for
+    pixel values with no known range.
     """
     from PIL import Image, ImageOps
 
@@ -67,10 +69,12 @@ def load_image(image):
         if path.is_dir():
             raise DataError(f"{path}: is a directory, not an image")
         try:
-            with Image.open(path) as im:
+            with _open_large_jpeg(path) or Image.open(path) as im:
                 im = ImageOps.exif_transpose(im)
                 im.load()
                 im = im.copy()
+        except Image.DecompressionBombError as e:  # a PNG bomb, 100000 x 100000: refused before any pixel is read
+            raise DataError(f"{path}: cannot read image: it is too large ({e})") from None
         except Exception as e:  # PIL raises many types for bad files
             raise DataError(f"{path}: cannot read image ({type(e).__name__}: {e})") from None
         try:
@@ -93,6 +97,43 @@ def load_image(image):
                             "must be read (im.load()) before its file is closed, e.g. inside its with block") from None
         return _eight_bit(_nonempty(_upright(image)))
     raise DataError(f"cannot use an object of type {type(image).__name__} as an image")
+
+
+#: A JPEG of more pixels than this (a 108 or 200 MP phone photo; Pillow warns above 89 MP and refuses above 179 MP
+#: as possible decompression bombs) is decoded at 1/2, 1/4 or 1/8 of its width and height.
+LARGE_JPEG_PIXELS = 64_000_000
+#: ... the first of those scales that leaves it at most this many pixels (a 12 to 24 MP photo: faces the detector
+#: finds are still far larger than the 48x48 crop).
+REDUCED_JPEG_PIXELS = 24_000_000
+
+
+def _open_large_jpeg(path: Path):
+    """A JPEG of more than :data:`LARGE_JPEG_PIXELS` opened to decode at reduced size (``draft``: the JPEG
+    decoder's own scaling, which never holds the full-size picture in memory), else None (open it as usual).
+
+    It is opened through Pillow's JPEG plugin, not ``Image.open``: that would warn on stderr or refuse a user's own
+    photo as a decompression bomb by its full size, and raising ``Image.MAX_IMAGE_PIXELS`` instead would change it
+    for the whole process. A JPEG cannot be a bomb once reduced: at 1/8 even its largest size, 65535 x 65535, is
+    67 MP. Images up to the threshold are read as before, at full size."""
+    from PIL import JpegImagePlugin
+
+    try:
+        with open(path, "rb") as f:
+            if f.read(3) != b"\xff\xd8\xff":
+                return None
+    except OSError:
+        return None  # Image.open says why
+    try:
+        im = JpegImagePlugin.JpegImageFile(path)
+    except Exception:  # a damaged header: Image.open says why
+        return None
+    w, h = im.size
+    if w * h <= LARGE_JPEG_PIXELS:
+        im.close()
+        return None
+    scale = next((s for s in (2, 4) if w * h / (s * s) <= REDUCED_JPEG_PIXELS), 8)
+    im.draft(im.mode, (w // scale, h // scale))
+    return im
 
 
 #: The EXIF tag holding an image's orientation.

@@ -157,3 +157,64 @@ def test_a_run_on_earlier_annotated_copies_only_says_there_is_nothing_to_classif
     assert r.exit_code == 1, r.output
     assert "error: nothing left to classify: every input is an earlier annotated copy in" in err
     assert "0 failed" not in err and r.stdout.strip() == ""
+
+
+# -- 3. very large photos -----------------------------------------------------------------------------------
+def _png_header_only(path: Path, width: int, height: int) -> Path:
+    """A PNG that claims ``width`` x ``height`` pixels (a decompression bomb's header), with one tiny IDAT."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+                     + chunk(b"IEND", b""))
+    return path
+
+
+def test_phone_photos_of_108_and_200_mp_are_read_reduced_without_a_warning(tmp_path, predictor):
+    import warnings
+
+    from fer_edge.preprocess import load_image
+
+    big = tmp_path / "phone200mp.jpg"
+    Image.new("L", (16320, 12240), 128).save(big, quality=50)  # a flat colour: ~2 MB on disk
+    mid = tmp_path / "phone108mp.jpg"
+    Image.new("RGB", (12000, 9000), (150, 120, 100)).save(mid, quality=50)
+    small = tmp_path / "photo.jpg"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (480, 640, 3), np.uint8)).save(small)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # Pillow's DecompressionBombWarning would fail here
+        assert load_image(big).size == (4080, 3060)  # 1/4 of each side: 12.5 MP
+        reduced = load_image(mid)
+        assert reduced.size == (3000, 2250) and reduced.mode == "RGB"
+        r = predictor.predict_image(big, detect_faces=False)
+        assert r.status == "ok" and (r.width, r.height) == (4080, 3060)
+    with Image.open(small) as im:  # a photo of a usual size is read as before, at full size
+        assert np.array_equal(np.asarray(load_image(small)), np.asarray(im.convert("RGB")))
+
+
+def test_a_decompression_bomb_is_one_inputs_clear_error(tmp_path):
+    from fer_edge.preprocess import load_image
+
+    bomb = _png_header_only(tmp_path / "bomb.png", 100_000, 100_000)
+    with pytest.raises(DataError, match="bomb.png: cannot read image: it is too large"):
+        load_image(bomb)
+
+
+def test_the_cli_prints_no_raw_decompression_bomb_warning(tmp_path, tiny_checkpoint, monkeypatch):
+    import warnings
+
+    from PIL import Image as PILImage
+
+    monkeypatch.setattr("fer_edge.faces._DEFAULT_DETECTOR", _WholeImage())
+    monkeypatch.setattr(PILImage, "MAX_IMAGE_PIXELS", 1_000_000)  # so that a quick PNG stands for a 90 MP one
+    Image.new("L", (1200, 1000), 100).save(tmp_path / "large.png")
+    with warnings.catch_warnings(record=True) as caught:  # (pytest would catch a warning before stderr shows it)
+        warnings.simplefilter("always")
+        r = _cli(tmp_path / "large.png", "--model", tiny_checkpoint)
+    assert r.exit_code == 0, r.output
+    assert not [w for w in caught if issubclass(w.category, PILImage.DecompressionBombWarning)]
+    assert "DecompressionBomb" not in r.stderr and "1 face classified" in r.stderr

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
+from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
 from typing import List, Optional
@@ -30,6 +32,18 @@ def _check_margin(value: Optional[float]) -> Optional[float]:
         return check_margin(value)
     except DataError as e:
         raise typer.BadParameter(str(e).removeprefix("margin ")) from None
+
+
+@contextmanager
+def _no_bomb_warnings():
+    """Pillow's DecompressionBombWarning silenced: an image of 89 to 179 MP that is not a JPEG is read at full size
+    and classified like any other (larger ones are refused as one input's error; a JPEG above 64 MP is decoded at
+    reduced size without one), so the raw Python warning on stderr would say nothing the user can act on."""
+    from PIL import Image
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        yield
 
 
 #: an input no larger than this on either side, without a detected face, is probably a face crop already
@@ -124,7 +138,8 @@ def predict_cmd(
         _note(f"note: {n} duplicate input{'s' if n != 1 else ''} dropped (the same file named more than once, or "
               f"also found in a folder argument; each is classified once): {_listing(duplicates)}")
     if annotate is not None:
-        items, copies = split_annotated_copies(items, annotate)
+        with _no_bomb_warnings():
+            items, copies = split_annotated_copies(items, annotate)
         if copies:
             n = len(copies)
             _note(f"note: skipped {n} earlier annotated cop{'ies' if n != 1 else 'y'} in {annotate} (written by "
@@ -162,14 +177,16 @@ def predict_cmd(
 
                 r = ImageResult(item.source, error=item.error)
             else:
-                r = predictor.predict_image(item.path, detect_faces=detect_faces, margin=margin,
-                                            keep_image=annotate is not None)
+                with _no_bomb_warnings():
+                    r = predictor.predict_image(item.path, detect_faces=detect_faces, margin=margin,
+                                                keep_image=annotate is not None)
             if r.status == "error":
                 err_console.print(f"error: {r.error}", markup=False, highlight=False, soft_wrap=True)
             elif annotate is not None:
                 note = "no face found" if r.status == "no_face" else None
                 try:
-                    write_annotated(r.image, r.faces, annotation_dest(annotate, item, taken), note=note)
+                    with _no_bomb_warnings():
+                        write_annotated(r.image, r.faces, annotation_dest(annotate, item, taken), note=note)
                     written += 1
                 except OSError as e:
                     unwritten += 1
