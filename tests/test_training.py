@@ -1373,12 +1373,15 @@ def test_two_runs_with_one_out_do_not_write_over_each_other(synthetic_csv, tmp_p
     newer = torch.load(run / "last.pt", weights_only=True)
     newer["resume"]["epoch"] = 2
 
-    def resumed_meanwhile(self):
-        data = real_load(self)
-        torch.save(newer, run / "last.pt")
-        return data
+    import fer_edge.utils
 
-    monkeypatch.setattr(trainer_mod.Trainer, "_load_data", resumed_meanwhile)
+    real_hold = fer_edge.utils.hold_lock
+
+    def resumed_meanwhile(path):  # between this run's read of last.pt and its lock (taken next, before any write)
+        torch.save(newer, run / "last.pt")
+        return real_hold(path)
+
+    monkeypatch.setattr(fer_edge.utils, "hold_lock", resumed_meanwhile)
     with pytest.raises(TrainingError, match="last.pt changed while this run started"):
         train(_cfg(synthetic_csv, run, epochs=3), resume=True, progress=False)
     assert not (run / trainer_mod.LOCK_FILE).exists()

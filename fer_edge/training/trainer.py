@@ -575,6 +575,12 @@ class Trainer:
         return train, val
 
     def run(self, resume: bool = False) -> TrainResult:
+        try:
+            return self._run(resume)
+        finally:  # a --resume refused after taking the run's lock (other options, other data) lets it go
+            self._leave_out()
+
+    def _run(self, resume: bool) -> TrainResult:
         cfg, device = self.cfg, self.device
         from fer_edge.models import count_params, create_model, resolved_model_kwargs
 
@@ -604,6 +610,9 @@ class Trainer:
             except CheckpointError as e:
                 raise TrainingError(f"--resume cannot continue the run in {self.out}: {e}; "
                                     f"{_init_advice(self.out)}start a new run in another --out") from None
+            # the lock first: a --resume refused (another process is writing the run, other options) changes
+            # nothing in the folder, where removing a live run's temporary files made that run fail
+            self._lock_out(ck)
             _remove_debris(self.out)
             saved = ck.train_config
             now = cfg.to_dict()
@@ -681,6 +690,15 @@ class Trainer:
                     self.log(f"[yellow]warning: {lost}: the weights of the best epoch {int(state['best_epoch'])} "
                              f"are lost; {last_path} holds the last epoch's ({done}): pass --init {last_path} with "
                              "another --out to train on from them[/]")
+                else:
+                    self._mend_best_report(state, val)
+                recorded = _read_metrics(self.out / "metrics.json")
+                if self.dist.main and (recorded.get("epochs_run") != done or recorded.get("finished") is not True):
+                    # a process killed after the last epoch's last.pt left these an epoch behind
+                    with interrupts_deferred():
+                        self._write_history(list(state["history"]))
+                        self._write_metrics(list(state["history"]), float(state["best_accuracy"]),
+                                            int(state["best_epoch"]), count_params(ck.build_model()), device, True)
                 self.log(f"nothing to resume: {self.out} is finished ({why}); best val accuracy "
                          f"{float(state['best_accuracy']):.4f} at epoch {int(state['best_epoch'])}, "
                          + (f"in {self.out / 'best.pt'}" if lost is None else "whose weights are lost"))
@@ -801,6 +819,8 @@ class Trainer:
                          f"{best_acc:.4f}) are lost; the best is counted again from here, so the next validated "
                          "epoch writes a new best.pt[/]")
                 best_acc, best_epoch = -1.0, 0
+            else:
+                self._mend_best_report(state, val)
             bad_epochs = int(state["bad_epochs"])
             start_epoch = int(state["epoch"])
             self.log(f"resuming {self.out} at epoch {start_epoch + 1}/{cfg.epochs}")
@@ -811,7 +831,8 @@ class Trainer:
             except OSError as e:  # a folder the checks let by that the system will not create (under /proc)
                 raise TrainingError(f"--out {self.out}: cannot create the folder ({e.strerror or e}); "
                                     "choose another --out") from None
-        self._lock_out(None if state is None else ck)
+        if state is None:
+            self._lock_out(None)
 
         self.log(
             f"[bold]{cfg.model}[/] ({n_params:,} params) on {device}, "
@@ -1001,7 +1022,7 @@ class Trainer:
                                                 "val_macro_f1": metrics["macro_f1"], "val_split": val.split,
                                                 "epoch": epoch + 1, "params": n_params},
                                 })
-                                self._write_eval_outputs(metrics, val.split)
+                                self._write_eval_outputs(metrics, val.split, epoch + 1)
                             self._write_history(history)
                             self._write_metrics(history, best_acc, best_epoch, n_params, device,
                                                 stop or epoch + 1 == cfg.epochs)
@@ -1117,7 +1138,7 @@ class Trainer:
         import io
 
         buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=HISTORY_FIELDS, extrasaction="ignore")
+        w = csv.DictWriter(buf, fieldnames=HISTORY_FIELDS, extrasaction="ignore", lineterminator="\n")
         w.writeheader()
         for row in history:
             w.writerow(row)
@@ -1136,13 +1157,13 @@ class Trainer:
         })
         write_json_atomic(p, prev)
 
-    def _write_eval_outputs(self, metrics: dict, split: str) -> None:
+    def _write_eval_outputs(self, metrics: dict, split: str, epoch: int) -> None:
         from fer_edge.training import plots
 
         p = self.out / "metrics.json"
         prev = _read_metrics(p)
-        prev["best_val"] = {"split": split, **{k: metrics[k] for k in ("accuracy", "macro_f1", "n", "per_class",
-                                                                        "confusion")}}
+        prev["best_val"] = {"split": split, "epoch": epoch, **{
+            k: metrics[k] for k in ("accuracy", "macro_f1", "n", "per_class", "confusion")}}
         write_json_atomic(p, prev)
         rows = ["class,precision,recall,f1,support"] + [
             f"{k},{v['precision']:.4f},{v['recall']:.4f},{v['f1']:.4f},{v['support']}"
@@ -1153,6 +1174,29 @@ class Trainer:
         title = f"{self.cfg.model} on {split}: accuracy {metrics['accuracy']:.4f}"
         self._plot(lambda: plots.plot_confusion(np.asarray(metrics["confusion"]), list(LABELS), path, title=title),
                    path)
+
+    def _mend_best_report(self, state: dict, val) -> None:
+        """On resume: the best epoch's report (``metrics.json``'s ``best_val``, ``per_class.csv``, the confusion
+        matrix) is written after its ``best.pt``, so a process killed between them (or before ``best.pt``, which
+        :meth:`_restore_best` writes again) left the report of an earlier epoch beside the best weights. Such a
+        report (another epoch, another accuracy, a file missing) is made again from ``best.pt``, with a line."""
+        best_epoch, best_acc = int(state["best_epoch"]), float(state["best_accuracy"])
+        if not self.dist.main or best_epoch <= 0:
+            return
+        report = _read_metrics(self.out / "metrics.json").get("best_val") or {}
+        recorded = report.get("accuracy")
+        if (report.get("epoch", best_epoch) == best_epoch and isinstance(recorded, (int, float))
+                and math.isclose(recorded, best_acc, abs_tol=1e-9) and (self.out / "per_class.csv").is_file()):
+            return
+        best = load_checkpoint(self.out / "best.pt")
+        logits = predict_logits(best.build_model().to(self.device), val.images, best.normalization, self.device,
+                                channels_last=self.cfg.channels_last)
+        metrics = classification_metrics(val.labels.numpy(), logits.argmax(1).cpu().numpy(), list(LABELS))
+        with interrupts_deferred():
+            self._write_eval_outputs(metrics, val.split, best_epoch)
+        self.log(f"the best epoch's report (per_class.csv, confusion matrix) was "
+                 f"{'of epoch ' + str(report['epoch']) if 'epoch' in report else 'not of it'}: made again from "
+                 f"{self.out / 'best.pt'} (epoch {best_epoch}, val accuracy {metrics['accuracy']:.4f})")
 
     def _plot_curves(self, history: list[dict]) -> None:
         from fer_edge.training import plots
