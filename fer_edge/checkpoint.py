@@ -19,6 +19,8 @@ A checkpoint is a plain dict (loadable with ``torch.load(..., weights_only=True)
 """
 from __future__ import annotations
 
+import hashlib
+import io
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,11 +46,17 @@ class Checkpoint:
     data: dict = field(default_factory=dict)
     epoch: int = 0
     raw: dict = field(default_factory=dict, repr=False)
+    #: the SHA-256 of the bytes :func:`load_checkpoint` read (None: hash ``path`` when asked)
+    loaded_sha256: str | None = field(default=None, repr=False, compare=False)
 
     @property
     def sha256(self) -> str:
+        """The SHA-256 of the checkpoint's file as it was loaded: of the weights held here, even when a training
+        run has replaced the file since (a manifest or eval file named after a later best.pt would lie)."""
         from fer_edge.utils import sha256_path
 
+        if self.loaded_sha256 is not None:
+            return self.loaded_sha256
         if self.path is None:
             raise CheckpointError("checkpoint has no file to hash")
         return sha256_path(self.path)
@@ -214,7 +222,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str = "cpu") -> Check
                               "`fer-edge bench` and `fer-edge predict` run artifacts; this needs a checkpoint "
                               "or a shipped model name")
     if path.is_dir():  # a run folder: point at the checkpoints in it
-        held = sorted(p.name for p in path.iterdir() if p.suffix in (".pt", ".pth") and p.is_file())
+        held = sorted(p.name for p in path.iterdir() if p.suffix.lower() in (".pt", ".pth") and p.is_file())
         held.sort(key=lambda n: (n != "best.pt", n))
         hint = (f"give a checkpoint file in it, e.g. {path / held[0]}" if held
                 else "it holds no .pt checkpoint; give a checkpoint file or a shipped model name")
@@ -222,7 +230,11 @@ def load_checkpoint(path: str | os.PathLike, map_location: str = "cpu") -> Check
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
     try:
-        raw = torch.load(path, map_location=map_location, weights_only=True)
+        with open(path, "rb") as fh:  # read once: the digest is of the bytes loaded, even if the file is replaced
+            data = fh.read()
+        digest = hashlib.sha256(data).hexdigest()
+        raw = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
+        del data
     except PermissionError as e:
         raise CheckpointError(f"{path}: cannot read the checkpoint ({e.strerror or e})") from None
     except Exception as e:
@@ -287,6 +299,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str = "cpu") -> Check
         data=dict(raw.get("data") or {}),
         epoch=int(raw.get("epoch", 0)),
         raw=raw,
+        loaded_sha256=digest,
     )
 
 

@@ -99,7 +99,7 @@ def evaluate(checkpoint: str | Path | None | Sequence[str | Path], data: str | P
     from fer_edge.plotting import draw_or_warn
     from fer_edge.training import plots
     from fer_edge.training.trainer import predict_logits, resolve_device
-    from fer_edge.utils import check_writable_dir, sha256_path
+    from fer_edge.utils import check_writable_dir
     from fer_edge.weights import resolve_checkpoint
 
     if out_dir is not None:
@@ -109,7 +109,7 @@ def evaluate(checkpoint: str | Path | None | Sequence[str | Path], data: str | P
         raise CheckpointError("no checkpoint to evaluate")
     paths = [resolve_checkpoint(c) for c in names]
     cks = [load_checkpoint(p) for p in paths]
-    sha256s = [sha256_path(p) for p in paths]
+    sha256s = [ck.sha256 for ck in cks]  # of the bytes loaded: a run replacing best.pt meanwhile cannot mislabel
     seen: dict[str, Path] = {}
     for path, digest in zip(paths, sha256s):
         if digest in seen:
