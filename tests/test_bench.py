@@ -1303,6 +1303,7 @@ def test_seconds_must_be_a_finite_positive_number(value, tmp_path, synthetic_csv
     (["--devices", ""], "--devices was given an empty value"),
     (["--devices", " , "], "--devices was given an empty value"),
     (["--devices", "cpu", "--devices", ""], "--devices was given an empty value ('')"),
+    (["--runtimes", "onnxruntime", "--runtimes", ""], "--runtimes was given an empty value ('')"),  # QA: it ran
     (["--devices", "cpus"], "--devices: unknown device 'cpus' (not a device of any runtime); valid (any case): cpu, "
                             "cuda, mps"),
     (["--devices", "AzureExecutionProvider"], "is a remote (cloud) provider that ONNX Runtime lists, not a device"),

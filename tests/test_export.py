@@ -835,7 +835,7 @@ def _cli(*args):
 def test_a_name_that_is_not_a_plain_stem_is_refused(tiny_checkpoint, tmp_path, name):
     out = tmp_path / "out"
     res = _cli(tiny_checkpoint, "-t", "torchscript", "-p", "fp32", "--no-validate", "--name", name, "--out", out)
-    assert res.exit_code == 1 and "error:" in res.output
+    assert res.exit_code == 2 and "error:" in res.output  # a usage error: the value is wrong on its own
     assert "--name" in res.output and "path separator" in " ".join(res.output.split())
     assert sorted(tmp_path.rglob("*")) == []  # nothing written, outside --out or in it; --out not created
     from fer_edge.exporters import export

@@ -315,9 +315,13 @@ def test_a_core_ml_export_stopped_before_the_app_model_leaves_no_logits_package(
 
 # --- 7. an empty or unknown --target / --precision ---------------------------------------------------------------
 @pytest.mark.parametrize("option", ["--target", "--precision"])
-@pytest.mark.parametrize("value", ["", " ", ","])
+@pytest.mark.parametrize("value", ["", " ", ",", "beside"])
 def test_an_empty_target_or_precision_is_refused(tiny_checkpoint, tmp_path, option, value):
-    res = _cli("export", tiny_checkpoint, option, value, "--no-validate", "--out", tmp_path / "o")
+    """``beside``: QA: ``--target onnx --target ""`` (one of two values empty) exported onnx, where bench's
+    ``--devices cpu --devices ""`` is refused."""
+    given = [option, "torchscript" if option == "--target" else "fp32", option, ""] if value == "beside" \
+        else [option, value]
+    res = _cli("export", tiny_checkpoint, *given, "--no-validate", "--out", tmp_path / "o")
     assert res.exit_code == 2, res.output  # a usage error
     text = _text(res)
     valid = "onnx, openvino, coreml, torchscript, all" if option == "--target" else "fp32, fp16, int8"

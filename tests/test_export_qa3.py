@@ -355,7 +355,7 @@ def test_a_name_starting_with_a_dot_is_refused(tiny_checkpoint, tmp_path, name):
 
     out = tmp_path / "out"
     res = _cli("export", tiny_checkpoint, "-t", "torchscript", "--no-validate", "--name", name, "--out", out)
-    assert res.exit_code == 1 and "Traceback" not in res.output, res.output
+    assert res.exit_code == 2 and "Traceback" not in res.output, res.output
     assert f"--name {name!r} is not a plain file name stem: it must not be empty or start with a dot" in _text(res)
     assert not out.exists()
     with pytest.raises(FerEdgeError, match="start with a dot"):

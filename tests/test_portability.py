@@ -193,8 +193,8 @@ def test_a_name_windows_cannot_take_is_refused(tiny_checkpoint, tmp_path, name, 
     with pytest.raises(FerEdgeError, match="is not a portable file name stem"):
         export(tiny_checkpoint, ["torchscript"], ["fp32"], out, validate=False, name=name)
     res = _cli("export", tiny_checkpoint, "-t", "torchscript", "--no-validate", "--name", name, "--out", out)
-    # exit status 1, as the other --name refusals
-    assert res.exit_code == 1 and "Traceback" not in res.output, res.output
+    # exit status 2, a usage error, as the other --name refusals
+    assert res.exit_code == 2 and "Traceback" not in res.output, res.output
     assert f"error: --name {name!r} is not a portable file name stem" in _text(res)
     assert not out.exists()
 

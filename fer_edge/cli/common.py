@@ -156,14 +156,18 @@ def parse_csv_option(value: str | list[str] | None, valid: list[str], what: str,
     """Split ``a,b`` (or repeated options) and reject values not in ``valid`` (no fuzzy matching).
 
     Empty items (``a,,b``) are dropped. With ``option`` (``"--target"``), an option given with nothing in it
-    (``--target ""``: a script's unset variable) is refused, naming the option and the valid values, rather than
-    taken as not given.
+    (``--target ""``: a script's unset variable), even beside another (``--target onnx --target ""``), is refused,
+    naming the option and the valid values, rather than taken as not given (as ``bench --devices`` does).
     """
     from fer_edge.errors import OptionError
 
     if value is None:
         return []
     items = value if isinstance(value, list) else [value]
+    empty = [item for item in items if not str(item).replace(",", "").strip()]
+    if option is not None and empty:
+        raise OptionError(f"{option} was given an empty value ({', '.join(repr(str(i)) for i in empty)}); "
+                          f"valid: {', '.join(valid)} (leave {option} out for the default)")
     out: list[str] = []
     for item in items:
         for v in str(item).split(","):

@@ -233,19 +233,22 @@ def _leftover_temps(out: Path) -> list[str]:
 #: file whose name before its first dot is one of them: :func:`check_name` refuses both on every system.
 _NOT_PORTABLE = frozenset('<>:"|?*')
 _WINDOWS_DEVICES = frozenset({"CON", "PRN", "AUX", "NUL",
-                              *(f"{d}{i}" for d in ("COM", "LPT") for i in "0123456789¹²³")})
+                              *(f"{d}{i}" for d in ("COM", "LPT") for i in "0123456789\u00b9\u00b2\u00b3")})
 
 
 def check_name(name: str | None) -> None:
-    """Refuse a ``--name`` that is not a plain file stem (it would write outside ``--out``, or nowhere sensible)."""
+    """Refuse a ``--name`` that is not a plain file stem (it would write outside ``--out``, or nowhere sensible):
+    an :class:`~fer_edge.errors.OptionError`, a usage error (exit status 2), as the value is wrong on its own."""
+    from fer_edge.errors import OptionError
+
     if name is None:
         return
     if not isinstance(name, str):
-        raise FerEdgeError(f"--name takes a file stem (a string), got {name!r}")
+        raise OptionError(f"--name takes a file stem (a string), got {name!r}")
     seps = {"/", "\\", os.sep} | ({os.altsep} if os.altsep else set())
     if (not name.strip() or name.startswith(".") or ".." in name or "\0" in name
             or any(s in name for s in seps)):
-        raise FerEdgeError(
+        raise OptionError(
             f"--name {name!r} is not a plain file name stem: it must not be empty or start with a dot (a hidden "
             "file, which fer-edge takes for a temporary one), nor contain '..' or a path separator (the artifacts "
             "always go into --out; choose the folder with --out)"
@@ -254,7 +257,7 @@ def check_name(name: str | None) -> None:
     # "c:model" wrote relative to drive C:'s working folder (outside --out) and "v2:final" into an NTFS stream
     bad = sorted({c for c in name if c in _NOT_PORTABLE or ord(c) < 32 or ord(c) == 127})
     if bad:
-        raise FerEdgeError(
+        raise OptionError(
             f"--name {name!r} is not a portable file name stem: it contains {', '.join(map(repr, bad))}; a name must "
             "not contain any of < > : \" | ? * nor a control character (Windows refuses them, and a ':' there names "
             "a drive or an NTFS stream)"
@@ -263,7 +266,7 @@ def check_name(name: str | None) -> None:
     # artifacts append "_<precision>", so a name without a dot ("aux") is safe
     base = name.split(".", 1)[0].rstrip(" ").upper()
     if "." in name and base in _WINDOWS_DEVICES:
-        raise FerEdgeError(
+        raise OptionError(
             f"--name {name!r} is not a portable file name stem: Windows takes a file named {base!r} before its first "
             "dot for a device (CON, PRN, AUX, NUL, COM0-9, LPT0-9); drop the dot or choose another name"
         )
@@ -1003,7 +1006,8 @@ def _run_plan(plan, skipped, out, stem, ckpt, ckpt_path, model, source_sha, old,
     final = manifest(True)
     for name in _unlisted_artifacts(out, final, reported):
         warn(f"{out / name} is not listed in the manifest (not of this export, or changed after it): "
-             "fer-edge bench and predict of the folder do not use it; remove it or export into another --out")
+             "`fer-edge bench` of the folder measures it as unverified (no SHA-256, no parity gate); remove it or "
+             "export into another --out")
     manifest_path = write_manifest(out, final)
     if progress is not None:
         progress(ProgressEvent("done", "", "", total, total))
