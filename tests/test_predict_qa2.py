@@ -218,3 +218,31 @@ def test_the_cli_prints_no_raw_decompression_bomb_warning(tmp_path, tiny_checkpo
     assert r.exit_code == 0, r.output
     assert not [w for w in caught if issubclass(w.category, PILImage.DecompressionBombWarning)]
     assert "DecompressionBomb" not in r.stderr and "1 face classified" in r.stderr
+
+
+# -- Ctrl-C midway -------------------------------------------------------------------------------
+@pytest.mark.parametrize("as_json", [False, True], ids=["table", "json"])
+def test_an_interrupted_predict_shows_what_it_classified(tiny_checkpoint, tmp_path, monkeypatch, as_json):
+    """QA: Ctrl-C (or SIGTERM) midway through a folder lost every result in table mode (the table is printed at
+    the end) and said only "the command stopped before it finished"."""
+    from fer_edge.predict import Predictor
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i in range(5):
+        Image.fromarray(np.full((48, 48), 40 * i, np.uint8)).save(folder / f"im{i}.png")
+    real, calls = Predictor.predict_image, {"n": 0}
+
+    def interrupted_at_the_third(self, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(Predictor, "predict_image", interrupted_at_the_third)
+    res = _cli(folder, "--model", tiny_checkpoint, "--no-detect-faces", *(["--json"] if as_json else []))
+    assert res.exit_code == 130, res.output
+    kept = "their JSON lines are above" if as_json else "the table above holds them"
+    assert f"interrupted: 2 of 5 inputs done ({kept})" in " ".join(res.stderr.split()), res.stderr
+    assert res.stderr.count("interrupted:") == 1
+    assert "im0.png" in res.stdout and "im1.png" in res.stdout and "im2.png" not in res.stdout

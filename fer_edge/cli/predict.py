@@ -202,35 +202,27 @@ def predict_cmd(
                 results.append(r)
             if progress is not None:
                 progress.advance(task)
+    except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM: what was classified is shown, not lost with the table
+        from fer_edge.utils import mark_reported
+
+        if progress is not None:
+            progress.stop()
+            progress = None
+        if results:
+            _print_table(results, labels, predictor)
+        kept = ("their JSON lines are above" if as_json else "the table above holds them" if results
+                else "nothing to show")
+        copies = (f"; {written} annotated cop{'y' if written == 1 else 'ies'} written in {annotate}"
+                  if annotate is not None and written else "")
+        _note(f"interrupted: {sum(counts.values())} of {len(items)} input{'s' if len(items) != 1 else ''} done "
+              f"({kept}){copies}")
+        raise mark_reported(e) from None
     finally:
         if progress is not None:
             progress.stop()
 
     if not as_json:
-        from rich.markup import escape
-        from rich.table import Table
-
-        from rich import box
-
-        short = console.width < 130
-        title = f"{predictor.metadata.get('model') or predictor.path.name} ({predictor.runtime_name})"
-        base = _common_dir([r.source for r in results])
-        t = Table(box=box.SIMPLE_HEAD, collapse_padding=True, pad_edge=False, title=title,
-                  caption=None if base is None else f"images in {escape(base)}")
-        names = [os.path.relpath(r.source, base) if base else r.source for r in results]
-        t.add_column("image", overflow="fold", ratio=1, min_width=min(12 if short else 24, max(map(len, names), default=5)))
-        t.add_column("face", justify="right")
-        t.add_column("box x,y,w,h", overflow="fold", max_width=15 if short else None)
-        t.add_column("label", no_wrap=True)
-        for lbl in labels:
-            t.add_column(lbl[:3] if short else lbl, justify="right", no_wrap=True)
-        for r, name in zip(results, names):
-            for row in _row_cells(r, labels, name):
-                t.add_row(*row)
-        console.print(t)
-        if console.width < TABLE_MIN_WIDTH:  # rich then cuts the last columns away without a word
-            _note(f"the table needs {TABLE_MIN_WIDTH} columns and only {console.width} are available (COLUMNS or "
-                  "the terminal): columns at its right may be cut; widen it, or use --json")
+        _print_table(results, labels, predictor)
     summary = (f"{len(items)} input{'s' if len(items) != 1 else ''}: {n_faces} face{'s' if n_faces != 1 else ''}"
                f" classified, {counts['no_face']} without a face, {counts['error']} failed")
     if annotate is not None and written + unwritten:
@@ -250,3 +242,31 @@ def predict_cmd(
               "each whole image")
     if counts["ok"] + counts["no_face"] == 0:
         raise typer.Exit(1)
+
+
+def _print_table(results, labels, predictor) -> None:
+    """The results as one table on stdout (and a note when the console is too narrow for it)."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    from rich import box
+
+    short = console.width < 130
+    title = f"{predictor.metadata.get('model') or predictor.path.name} ({predictor.runtime_name})"
+    base = _common_dir([r.source for r in results])
+    t = Table(box=box.SIMPLE_HEAD, collapse_padding=True, pad_edge=False, title=title,
+              caption=None if base is None else f"images in {escape(base)}")
+    names = [os.path.relpath(r.source, base) if base else r.source for r in results]
+    t.add_column("image", overflow="fold", ratio=1, min_width=min(12 if short else 24, max(map(len, names), default=5)))
+    t.add_column("face", justify="right")
+    t.add_column("box x,y,w,h", overflow="fold", max_width=15 if short else None)
+    t.add_column("label", no_wrap=True)
+    for lbl in labels:
+        t.add_column(lbl[:3] if short else lbl, justify="right", no_wrap=True)
+    for r, name in zip(results, names):
+        for row in _row_cells(r, labels, name):
+            t.add_row(*row)
+    console.print(t)
+    if console.width < TABLE_MIN_WIDTH:  # rich then cuts the last columns away without a word
+        _note(f"the table needs {TABLE_MIN_WIDTH} columns and only {console.width} are available (COLUMNS or "
+              "the terminal): columns at its right may be cut; widen it, or use --json")
