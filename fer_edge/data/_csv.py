@@ -20,6 +20,7 @@ from fer_edge.constants import IMAGE_SIZE, NUM_CLASSES, NUM_PIXELS
 from fer_edge.errors import DataError
 
 REQUIRED_COLUMNS = ("emotion", "pixels", "usage")
+_SHOWN = {"emotion": "emotion", "pixels": "pixels", "usage": "Usage"}  # as the Kaggle header spells them
 _BLOCK = 8 << 20
 _LABEL_BYTES = {str(i).encode(): i for i in range(NUM_CLASSES)}
 _SPACE, _TAB, _CR, _NL = 32, 9, 13, 10
@@ -78,10 +79,33 @@ class _Reader:
         self.raw.close()
 
 
+def _archive_error(path: Path, head: bytes) -> DataError | None:
+    """The error for a tar or zip archive given as the CSV (Kaggle's original ``fer2013.tar.gz``), else None: read
+    as text its header line was ``fer2013/\\x00\\x00...`` or bytes that are not UTF-8."""
+    kind = "a zip archive" if head[:4] == b"PK\x03\x04" else "a tar archive" if head[257:262] == b"ustar" else None
+    if kind is None:
+        return None
+    return DataError(f"{path}: {kind}, not a CSV: extract fer2013.csv from it first")
+
+
 def _lines(reader: _Reader):
-    """Yields (lines of a block, position) with lines split on \\n, the last partial line carried over."""
+    """Yields (lines of a block, position) with lines split on \\n, the last partial line carried over.
+
+    A file whose lines end in CR only (old Mac) is read as if they ended in \\n: its first CR is not followed by
+    \\n (a FER2013 field never holds a CR, so every CR of such a file ends a line)."""
     carry = b""
+    cr_only = None
     for block, pos in reader:
+        if cr_only is None:
+            err = _archive_error(reader.path, block)
+            if err is not None:
+                raise err
+            cr = block.find(b"\r")
+            nl = block.find(b"\n")
+            # the first CR comes before any \n and is not the CR of a CRLF (a CR ending the block: decided on it)
+            cr_only = cr >= 0 and (nl < 0 or cr < nl) and cr + 1 < len(block) and block[cr + 1] != _NL
+        if cr_only:
+            block = block.replace(b"\r", b"\n")
         lines = (carry + block if carry else block).split(b"\n")
         carry = lines.pop()
         yield lines, pos
@@ -177,15 +201,21 @@ def _parse_header(line: bytes, path: Path) -> tuple[list[str], dict[str, int]]:
     index: dict[str, int] = {}
     for i, c in enumerate(cols):
         index.setdefault(c.strip().lower(), i)
+    # a repeated column fer-edge reads (emotion,pixels,Usage,emotion): which one holds the data is a guess
+    at = {c: [str(i + 1) for i, x in enumerate(cols) if x.strip().lower() == c] for c in REQUIRED_COLUMNS}
+    repeated = [c for c in REQUIRED_COLUMNS if len(at[c]) > 1]
+    if repeated:
+        where = "; ".join(f"{_SHOWN[c]} in columns {', '.join(at[c])}" for c in repeated)
+        raise DataError(f"{path}, line 1: the header names {', '.join(_SHOWN[c] for c in repeated)} more than once "
+                        f"({where}); keep one column of each name")
     missing = [c for c in REQUIRED_COLUMNS if c not in index]
     if missing:
-        names = {"emotion": "emotion", "pixels": "pixels", "usage": "Usage"}
         shown = ", ".join(repr(c if len(c) <= 40 else c[:37] + "...") for c in cols[:10]) or "nothing"
         more = f" and {len(cols) - 10} more" if len(cols) > 10 else ""
         headless = (len(cols) >= 2 and cols[0].strip().isdigit()
                     and len(cols[1].split()) > 100)  # a label, then a pixel string: a data row
         raise DataError(
-            f"{path}, line 1: missing column(s) {', '.join(names[m] for m in missing)}; "
+            f"{path}, line 1: missing column(s) {', '.join(_SHOWN[m] for m in missing)}; "
             f"a FER2013 CSV needs the header emotion,pixels,Usage (found {shown}{more})"
             + ("; line 1 reads like a data row: add the header line emotion,pixels,Usage" if headless else "")
         )

@@ -32,6 +32,8 @@ import hashlib
 import json
 import logging
 import os
+import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -213,22 +215,103 @@ def _arrays_sha256(images: np.ndarray, labels: np.ndarray) -> str:
     return h.hexdigest()
 
 
+#: The names of the cache's own files (``_cache_path``): only these are ever removed from the cache folder.
+_ENTRY_NAME = re.compile(r"(csv|folder)-[0-9a-f]{16}-[0-9a-f]{32}\.npz")
+#: Cache folders this process could not write to: each is warned about once.
+_UNWRITABLE: set[str] = set()
+
+
 def _cache_write(path: Path, arrays: dict[str, np.ndarray], meta: dict) -> bool:
-    """Write a cache file; False (with a warning) when the file system refuses it."""
+    """Write a cache file; False (with a warning, once per cache folder and process) when the file system refuses it.
+
+    Then remove the entries this one replaces (the same source, another identity: an edit makes them useless) and
+    those of sources that no longer exist, so the folder does not fill with copies (74 MB for each full CSV).
+    """
     from fer_edge.utils import atomic_path
 
     try:
         with atomic_path(path) as tmp:
             np.savez(tmp, meta=np.array(json.dumps(meta)), **arrays)
-        prefix = path.name.rsplit("-", 1)[0] + "-"
-        for old in path.parent.glob(prefix + "*.npz"):  # older versions of the same source
-            if old != path:
-                with contextlib.suppress(OSError):
-                    old.unlink()
     except OSError as e:
-        log.warning("could not write the data cache %s (%s); the next load decodes again", path, e)
+        if str(path.parent) not in _UNWRITABLE:
+            _UNWRITABLE.add(str(path.parent))
+            log.warning("could not write the data cache %s (%s); the data is decoded again by each command", path, e)
         return False
+    _prune(path)
     return True
+
+
+def _prune(keep: Path) -> None:
+    """Remove the cache entries that ``keep`` replaces and those whose source is gone; errors are ignored (another
+    process removed it first; on Windows a file another process has open cannot be removed: it stays until later).
+    """
+    prefix = keep.name.rsplit("-", 1)[0] + "-"
+    try:
+        names = [e.name for e in os.scandir(keep.parent) if _ENTRY_NAME.fullmatch(e.name) and e.name != keep.name]
+    except OSError:
+        return
+    for name in names:
+        entry = keep.parent / name
+        if not name.startswith(prefix):  # another source's: removed only when that source no longer exists
+            try:
+                with np.load(entry, allow_pickle=False) as z:
+                    source = json.loads(str(z["meta"][()])).get("source")
+            except Exception:  # unreadable (being written? corrupt): left to the load that meets it
+                continue
+            if not isinstance(source, str) or os.path.lexists(source):
+                continue
+        with contextlib.suppress(OSError):
+            entry.unlink()
+
+
+#: A source whose modification or status-change time is this close to the start of its decode (or later) is
+#: "racy" (git's word): on a file system that keeps times to the second (ext2/ext3 with 128-byte inodes, HFS+, some
+#: network mounts) or to 2 s (FAT), a same-size rewrite within that tick keeps the size and both times, so the cache
+#: key cannot tell the new content from the decoded one. Such files' content digests are kept with the entry and
+#: checked on each hit (a racy entry of a CSV hashes the file on each load: still far faster than decoding it).
+RACY_NS = 3_000_000_000
+
+
+def _now_ns() -> int:
+    return time.time_ns()
+
+
+def _changed_ns(st) -> int:
+    return max(st.st_mtime_ns, st.st_ctime_ns)
+
+
+def _file_digest(path) -> str | None:
+    """sha256 of a file's bytes; None when it cannot be read."""
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                h.update(chunk)
+    except OSError:
+        return None
+    return h.hexdigest()
+
+
+def _verified(digests: dict | None, paths: dict[str, str]) -> bool:
+    """True when each racy file of an entry (``{name: sha256}``, None: none) still holds the decoded bytes."""
+    return not digests or all(name in paths and _file_digest(paths[name]) == d for name, d in digests.items())
+
+
+def _decode_checked(racy: dict[str, str], decode, identity, key: str):
+    """``(decode(), digests or None)``: the digests of the ``racy`` files (``{name: path}``) to keep with the entry;
+    None (do not cache) when the source changed while it was decoded: ``identity()`` after the decode is not
+    ``key`` (the cache key taken before it), or a racy file's content changed (a same-tick rewrite keeps the key)."""
+    before = {name: _file_digest(p) for name, p in racy.items()}
+    out = decode()
+    try:
+        same = identity() == key
+    except (OSError, DataError):  # removed, or a folder that no longer scans
+        same = False
+    after = {name: _file_digest(p) for name, p in racy.items()}
+    if not same or after != before or None in before.values():
+        log.debug("the data changed while it was decoded: not cached")
+        return out, None
+    return out, before
 
 
 def _cache_read(path: Path, key: str, splits: list[str] | None):
@@ -316,41 +399,52 @@ def _csv_decode(src: _Source, progress: bool) -> tuple[dict, dict]:
 
 
 #: The last CSV decode whose cache file could not be written (a read-only cache folder): ``(cache key, splits,
-#: split infos)``, so that the other loads of one command (the split names, the training and validation splits)
-#: do not decode the whole file again, each with the same warning. One file is kept; only when uncached.
-_UNCACHED: tuple[str, dict, dict] | None = None
+#: split infos, racy digests)``, so that the other loads of one command (the split names, the training and
+#: validation splits) do not decode the whole file again, each with the same warning. One file is kept; only
+#: when uncached.
+_UNCACHED: tuple[str, dict, dict, dict | None] | None = None
 
 
 def _csv_metas(src: _Source, cache: bool, progress: bool):
     """(cache path, key, split infos, decoded splits or None when the infos came from the cache)."""
     global _UNCACHED
-    ident, key, _ = _csv_identity(src)
+    ident, key, st = _csv_identity(src)
     path = _cache_path("csv", ident, key)
+    here = {"": str(src.path)}
     if cache:
-        if _UNCACHED is not None and _UNCACHED[0] == key:
+        if _UNCACHED is not None and _UNCACHED[0] == key and _verified(_UNCACHED[3], here):
             return path, key, _UNCACHED[2], _UNCACHED[1]
         hit = _cache_read(path, key, None)
-        if hit is not None:
+        if hit is not None and _verified(hit[0].get("racy"), here):
             return path, key, hit[0]["splits"], None
-    splits, metas = _csv_decode(src, progress)
-    if cache:
-        _csv_cache_write(src, path, key, splits, metas)
+    splits, metas, digests = _csv_decode_checked(src, progress, key, st)
+    if cache and digests is not None:
+        _csv_cache_write(src, path, key, splits, metas, digests)
     return path, key, metas, splits
 
 
-def _csv_cache_write(src: _Source, path: Path, key: str, splits: dict, metas: dict) -> None:
+def _csv_decode_checked(src: _Source, progress: bool, key: str, st) -> tuple[dict, dict, dict | None]:
+    """:func:`_csv_decode` and the digests to cache it with under ``key`` (:func:`_decode_checked`): None, not
+    cacheable. ``st``: the file's status when ``key`` was taken."""
+    racy = {"": str(src.path)} if _changed_ns(st) >= _now_ns() - RACY_NS else {}
+    (splits, metas), digests = _decode_checked(racy, lambda: _csv_decode(src, progress),
+                                               lambda: _csv_identity(src)[1], key)
+    return splits, metas, digests
+
+
+def _csv_cache_write(src: _Source, path: Path, key: str, splits: dict, metas: dict, digests: dict) -> None:
     global _UNCACHED
     arrays = {}
     for name, (im, lab) in splits.items():
         arrays[f"images_{metas[name]['id']}"] = im
         arrays[f"labels_{metas[name]['id']}"] = lab
     written = _cache_write(path, arrays, {"version": CACHE_VERSION, "key": key, "format": "csv",
-                                          "source": str(src.path), "splits": metas})
+                                          "source": str(src.path), "splits": metas, "racy": digests or None})
     _UNCACHED = None
     if not written:
         for im, lab in splits.values():  # shared by the loads that follow: each load_split takes a copy
             im.flags.writeable = lab.flags.writeable = False
-        _UNCACHED = (key, splits, metas)
+        _UNCACHED = (key, splits, metas, digests or None)
 
 
 def _csv_load(src: _Source, split: str, cache: bool, progress: bool):
@@ -361,8 +455,10 @@ def _csv_load(src: _Source, split: str, cache: bool, progress: bool):
         hit = _cache_read(path, key, [resolved])
         if hit is not None:
             return resolved, hit[1][resolved], metas[resolved]
-        splits, metas = _csv_decode(src, progress)  # metadata readable but arrays not: decode again
-        _csv_cache_write(src, path, key, splits, metas)
+        # metadata readable but arrays not: decode again
+        splits, metas, digests = _csv_decode_checked(src, progress, key, src.path.stat())
+        if digests is not None:
+            _csv_cache_write(src, path, key, splits, metas, digests)
     return resolved, splits[resolved], metas[resolved]
 
 
@@ -383,6 +479,21 @@ def _folder_key(src: _Source, split: str, files) -> tuple[str, str]:
     return ident, h.hexdigest()
 
 
+def _restat(files):
+    """``files`` with their sizes and times now: the entry's key covers the files decoded (another file added
+    meanwhile changes the next scan's key)."""
+    out = []
+    for f in files:
+        st = os.stat(f.path)
+        out.append(f._replace(size=st.st_size, mtime_ns=st.st_mtime_ns, ctime_ns=st.st_ctime_ns))
+    return out
+
+
+#: Folder splits whose cache file could not be written (a read-only cache folder), as ``_UNCACHED`` for a CSV:
+#: ``{entry name prefix: (cache key, (images, labels), info, racy digests)}``, the latest decode of each split.
+_UNCACHED_FOLDERS: dict[str, tuple[str, tuple[np.ndarray, np.ndarray], dict, dict | None]] = {}
+
+
 def _folder_load(src: _Source, split: str, cache: bool, progress: bool):
     split_dir = src.path / split
     files = _folder.scan(split_dir)  # refuses images in sub-folders of class folders
@@ -396,26 +507,40 @@ def _folder_load(src: _Source, split: str, cache: bool, progress: bool):
         )
     ident, key = _folder_key(src, split, files)
     path = _cache_path("folder", ident, key)
+    here = {f.rel: f.path for f in files}
     info = None
     arrays = None
     if cache:
-        hit = _cache_read(path, key, [split])
-        if hit is not None:
-            info = hit[0]["splits"][split]
-            arrays = hit[1][split]
+        kept = _UNCACHED_FOLDERS.get(ident)
+        if kept is not None and kept[0] == key and _verified(kept[3], here):
+            _, arrays, info, _ = kept
+        else:
+            hit = _cache_read(path, key, [split])
+            if hit is not None and _verified(hit[0].get("racy"), here):
+                info = hit[0]["splits"][split]
+                arrays = hit[1][split]
     if arrays is None:
-        with _progress_bar(progress and len(files) >= PROGRESS_MIN_FILES,
-                           f"Decoding {src.path.name}/{split}") as update:
-            images, labels, flags = _folder.decode(_folder.natural_order(files), progress=update)
+        def decode():
+            with _progress_bar(progress and len(files) >= PROGRESS_MIN_FILES,
+                               f"Decoding {src.path.name}/{split}") as update:
+                return _folder.decode(_folder.natural_order(files), progress=update)
+
+        since = _now_ns() - RACY_NS
+        racy = {f.rel: f.path for f in files if max(f.mtime_ns, f.ctime_ns) >= since}
+        (images, labels, flags), digests = _decode_checked(
+            racy, decode, lambda: _folder_key(src, split, _restat(files))[1], key)
         info = _split_meta(0, images, labels,
                            converted=int(np.count_nonzero(flags)),
                            resized=int(np.count_nonzero(flags & _folder.RESIZED)),
                            not_gray=int(np.count_nonzero(flags & _folder.NOT_GRAY)))
         arrays = (images, labels)
-        if cache:
-            _cache_write(path, {"images_0": images, "labels_0": labels},
-                         {"version": CACHE_VERSION, "key": key, "format": "folder",
-                          "source": str(src.path), "splits": {split: info}})
+        if cache and digests is not None:
+            _UNCACHED_FOLDERS.pop(ident, None)
+            if not _cache_write(path, {"images_0": images, "labels_0": labels},
+                                {"version": CACHE_VERSION, "key": key, "format": "folder",
+                                 "source": str(src.path), "splits": {split: info}, "racy": digests or None}):
+                images.flags.writeable = labels.flags.writeable = False  # shared: each load_split takes a copy
+                _UNCACHED_FOLDERS[ident] = (key, arrays, info, digests or None)
     size = sum(f.size for f in files)
     mtime = max(f.mtime_ns for f in files) / 1e9
     return arrays, info, size, mtime
