@@ -21,9 +21,10 @@ maps it (exactly, no fuzzy matching), so ``train``/``val``/``test`` and
 split's actual name (``Training``, ``Val``...), which :func:`load_split` accepts as given.
 
 Decoded arrays are cached as ``.npz`` under :func:`cache_dir` ``/data``, keyed by the
-absolute path, the split and the file's size and mtime (for folders: the split's file
-list with sizes and mtimes), so a second load takes well under a second. One pass over a
-CSV decodes and caches all its splits.
+absolute path, the split and the file's size, mtime and ctime (for folders: the split's file
+list with sizes and times), so a second load takes well under a second. One pass over a
+CSV decodes and caches all its splits. Files changed within :data:`RACY_NS` of their decode
+are also checked by content on each hit (coarse file-system times); see :func:`_decode_checked`.
 """
 from __future__ import annotations
 
