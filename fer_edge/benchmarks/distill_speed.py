@@ -20,7 +20,7 @@ from pathlib import Path
 import typer
 
 from fer_edge.benchmarks.train_throughput import fer_edge_pipeline_run
-from fer_edge.cli.common import handle_errors
+from fer_edge.cli.common import existing_path_value, handle_errors
 
 cli = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
@@ -44,7 +44,8 @@ def distill_run(data: str, student: str, teachers: list[str], runtime: str, step
 @cli.command()
 @handle_errors
 def main(
-    data: Path = typer.Option(..., exists=True, help="FER2013 CSV or image folder."),
+    # parser: an empty --data (a script's unset variable) is a usage error, not the current folder
+    data: Path = typer.Option(..., parser=existing_path_value, metavar="PATH", help="FER2013 CSV or image folder."),
     student: str = typer.Option("fer_nano", help="Registered model to train."),
     teacher: list[str] = typer.Option(["small"], help="Teacher: a shipped weight name or a checkpoint; repeat "
                                       "for an ensemble."),
@@ -70,22 +71,34 @@ def main(
 
     console, progress = Console(), Console(stderr=True)
     # every option checked, the teachers read and the data decoded before the first (minutes-long) measurement;
-    # a value wrong on its own is a usage error (OptionError: exit 2)
+    # the options' problems are listed together in one error, a usage error (OptionError: exit 2) when one is a
+    # value wrong on its own (an unknown --student, an empty --teacher), else exit 1 (a teacher that cannot be read)
+    usage, problems = [], []
     if student not in list_models():
-        raise OptionError(f"--student: unknown model {student!r}; registered models: "
-                          f"{', '.join(sorted(list_models()))}")
+        usage.append(f"--student: unknown model {student!r}; registered models: {', '.join(sorted(list_models()))}")
     if amp not in AMP:
-        raise OptionError(f"--amp {amp!r}: valid: {', '.join(AMP)}")
+        usage.append(f"--amp {amp!r}: valid: {', '.join(AMP)}")
     if not teacher:
-        raise OptionError("--teacher: name at least one teacher (a shipped weight name or a checkpoint)")
+        usage.append("--teacher: name at least one teacher (a shipped weight name or a checkpoint)")
     teachers = []
     for t in teacher:
-        path = resolve_checkpoint(t)
+        if not t.strip():  # a script's unset variable: not the current folder, nor a name to look up
+            usage.append("--teacher is empty: give a checkpoint path or shipped model name (an unset variable in a "
+                         "script?)")
+            continue
+        try:
+            path = resolve_checkpoint(t)
+        except FerEdgeError as e:  # its message starts with the name
+            problems.append(f"--teacher: {e}")
+            continue
         try:
             load_checkpoint(path)
         except FerEdgeError as e:
-            raise FerEdgeError(f"--teacher {t}: {e}") from None
+            problems.append(f"--teacher {t}: {e}")
+            continue
         teachers.append(str(path))
+    if usage or problems:
+        raise (OptionError if usage else FerEdgeError)("; ".join(usage + problems))
     split = default_train_split(str(data))
     n_train = len(load_split(str(data), split, progress=False).labels)
     if n_train // batch_size < steps:

@@ -461,6 +461,24 @@ def _seeds(text: str | None) -> list[int] | None:
     return seeds
 
 
+#: The options that name a path or a model (``CHECKPOINT``: the argument), with what an empty value should have been.
+PATH_OPTIONS = {"checkpoint": ("CHECKPOINT", "a checkpoint path or shipped model name"),
+                "calib_data": ("--calib-data", "a path"), "val_data": ("--val-data", "a path"),
+                "out": ("--out", "a path"), "json": ("--json", "a file path")}
+
+
+def empty_problems(args) -> list[str]:
+    """The path and model options given an empty value (``--out ""``: a script's unset variable), and an empty
+    ``--val-split``: each would be read as the current folder or the default, so each is refused (a usage error, as
+    :func:`fer_edge.cli.common.path_value` makes it for the fer-edge commands), naming the option."""
+    problems = [f"{option} is empty: give {what} (an unset variable in a script?)"
+                for key, (option, what) in PATH_OPTIONS.items()
+                if getattr(args, key, None) is not None and not str(getattr(args, key)).strip()]
+    if getattr(args, "val_split", None) is not None and not args.val_split.strip():
+        problems.append("--val-split is empty: name a split, or leave the option out for the default")
+    return problems
+
+
 def main(argv: list[str] | None = None) -> int:
     from fer_edge.errors import FerEdgeError, OptionError
 
@@ -514,13 +532,26 @@ def _main(args, done: dict) -> int:
         from fer_edge.exporters.onnx import CALIB_METHODS
         from fer_edge.targets import TARGETS
 
-        if args.json is not None:
-            check_output_file(args.json, "--json", FerEdgeError)
-        if args.out is not None:
-            from fer_edge.utils import check_writable_dir
+        from fer_edge.exporters.calibration import MIN_VAL_SIZE
+        from fer_edge.utils import check_writable_dir
 
-            check_writable_dir(args.out, "--out", FerEdgeError)
-        problems: list[str] = []  # every option wrong on its own, in one usage error, before any work
+        # every option wrong on its own, in one usage error (exit 2), before any work: an empty path or model (a
+        # script's unset variable: not the current folder or the default), a bad number, name or list
+        problems: list[str] = empty_problems(args)
+        if args.calib_size is not None and args.calib_size < 1:  # the export's own check, here listed with the rest
+            problems.append(f"--calib-size must be at least 1 (got {args.calib_size})")
+        if args.val_size and args.val_size < MIN_VAL_SIZE:
+            problems.append(f"validation needs at least {MIN_VAL_SIZE} images (got --val-size {args.val_size}; "
+                            "0: the whole split)")
+        # output paths in the way (a folder as --json, a file as --out) or unwritable: listed with the options'
+        # problems; on their own, exit 1 (the machine's state, as fer-edge export's --out), not a usage error
+        in_the_way: list[str] = []
+        for option, value, check in (("--json", args.json, check_output_file), ("--out", args.out, check_writable_dir)):
+            if value:  # an empty one is listed above
+                try:
+                    check(value, option, FerEdgeError)
+                except FerEdgeError as e:
+                    in_the_way.append(str(e))
 
         def checked(fn):
             try:
@@ -540,8 +571,8 @@ def _main(args, done: dict) -> int:
             why = seed_targets_problem(targets)
             if why:
                 problems.append(why)
-        if problems:
-            raise OptionError("; ".join(problems))
+        if problems or in_the_way:
+            raise (OptionError if problems else FerEdgeError)("; ".join(problems + in_the_way))
         report = run(args.checkpoint, args.calib_data, args.out, args.val_data, args.val_split,
                      args.val_size or None, targets, None, args.calib_size, methods, seeds)
     except FerEdgeError as e:  # an OptionError (a value wrong on its own) is a usage error: exit 2

@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--val-data", help="validation data (default: the calibration data's validation split)")
     ap.add_argument("--calib-size", type=int, default=500)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--json", type=Path, help="also write the figures here")
+    ap.add_argument("--json", help="also write the figures here")  # a str: Path("") would hide an empty value
     args = ap.parse_args(argv)
 
     from fer_edge.console import WideConsole as Console  # wide off a terminal
@@ -106,8 +106,21 @@ def main(argv: list[str] | None = None) -> int:
     from fer_edge.utils import check_output_file, sigterm_as_interrupt, write_json_atomic
 
     try:
-        if args.json is not None:
-            check_output_file(args.json, "--json", FerEdgeError)
+        from fer_edge.benchmarks.export_bench import empty_problems
+
+        # every option wrong on its own, in one usage error (exit 2), before any work: an empty path or model (a
+        # script's unset variable: not the current folder, nor the calibration data for --val-data), --calib-size
+        problems = empty_problems(args)
+        if args.calib_size < 1:
+            problems.append(f"--calib-size must be a whole number of at least 1 (got {args.calib_size!r})")
+        in_the_way = []  # a --json that is a folder or lies under a file: listed with them; on its own, exit 1
+        if args.json is not None and str(args.json).strip():
+            try:
+                check_output_file(args.json, "--json", FerEdgeError)
+            except FerEdgeError as e:
+                in_the_way.append(str(e))
+        if problems or in_the_way:
+            raise (OptionError if problems else FerEdgeError)("; ".join(problems + in_the_way))
         with sigterm_as_interrupt():
             res = sensitivity(args.checkpoint, args.calib_data, args.val_data, args.calib_size, args.seed)
     except FerEdgeError as e:  # an OptionError (a value wrong on its own) is a usage error: exit 2

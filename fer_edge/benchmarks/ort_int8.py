@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import typer
 
-from fer_edge.cli.common import split_value
+from fer_edge.cli.common import existing_path_value, split_value
 
 cli = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
@@ -156,9 +156,12 @@ def time_modes(sessions: dict, x: np.ndarray, rounds: int, seconds: float) -> di
 
 @cli.command()
 def main(
-    artifacts: list[Path] = typer.Argument(..., exists=True, help="INT8 .onnx files, or export directories."),
-    data: Path | None = typer.Option(None, exists=True, help="FER2013 CSV or image folder: compare the "
-                                     "two sessions' answers on its images (else on seeded random inputs)."),
+    # parser: an empty path (a script's unset variable) is a usage error, not the current folder
+    artifacts: list[Path] = typer.Argument(..., parser=existing_path_value, metavar="ARTIFACT",
+                                           help="INT8 .onnx files, or export directories."),
+    data: Path | None = typer.Option(None, parser=existing_path_value, metavar="PATH", help="FER2013 CSV or image "
+                                     "folder: compare the two sessions' answers on its images (else on seeded random "
+                                     "inputs)."),
     split: str | None = typer.Option(None, parser=split_value, help="Split of --data (default PublicTest / val); "
                                      "only with --data."),
     n_images: int | None = typer.Option(None, min=1, help="Stratified subset of the split (default: all of it); "

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import typer
 
-from fer_edge.cli.common import handle_errors
+from fer_edge.cli.common import existing_path_value, handle_errors
 from fer_edge.constants import TRAIN_DEVICES
 
 from fer_edge.benchmarks.train_throughput import fer_edge_pipeline_run
@@ -130,7 +130,8 @@ def step_counts(data: str, model: str, device: str, batch_size: int, amp: str,
 @cli.command()
 @handle_errors
 def main(
-    data: Path = typer.Option(..., exists=True, help="FER2013 CSV or image folder."),
+    # parser: an empty --data (a script's unset variable) is a usage error, not the current folder
+    data: Path = typer.Option(..., parser=existing_path_value, metavar="PATH", help="FER2013 CSV or image folder."),
     model: list[str] = typer.Option(["fer_nano"], help="Registered model; repeat for several."),
     batch_size: list[int] = typer.Option([128, 512], help="Batch size; repeat for several (the first is the "
                                          "reference for the ratios)."),

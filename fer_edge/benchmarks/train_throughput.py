@@ -17,7 +17,7 @@ from pathlib import Path
 
 import typer
 
-from fer_edge.cli.common import handle_errors
+from fer_edge.cli.common import existing_path_value, handle_errors
 
 cli = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
@@ -137,7 +137,8 @@ def fer_edge_pipeline_ips(data: str, model_name: str, device: str, steps: int, b
 @cli.command()
 @handle_errors
 def main(
-    data: Path = typer.Option(..., exists=True, help="FER2013 CSV or image folder."),
+    # parser: an empty --data (a script's unset variable) is a usage error, not the current folder
+    data: Path = typer.Option(..., parser=existing_path_value, metavar="PATH", help="FER2013 CSV or image folder."),
     model: str = typer.Option("custom_cnn", help="Registered model."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or mps."),
     seconds_hint: int = typer.Option(20, min=1, help="Rough seconds per measurement (sets the step counts)."),
