@@ -126,12 +126,16 @@ def scale_lr(stage: Stage, batch_size: int, rule: str) -> Stage:
 
 
 def _shares(text: str) -> tuple[float, float, float]:
+    """``--shares``: three finite, positive numbers whose sum is finite. An infinite share (``inf``, or ``1e308``
+    three times, whose sum overflows) made a stage's allotment inf/inf, NaN, which failed the round after its probe
+    with a traceback."""
     try:
         values = tuple(float(v) for v in text.split(","))
     except ValueError:
         values = ()
-    if len(values) != 3 or not all(v > 0 for v in values):
-        raise argparse.ArgumentTypeError(f"expected three positive numbers, teacher,small,nano; got {text!r}")
+    if len(values) != 3 or not all(math.isfinite(v) and v > 0 for v in values) or not math.isfinite(sum(values)):
+        raise argparse.ArgumentTypeError(f"expected three positive numbers (finite, with a finite sum), "
+                                         f"teacher,small,nano; got {text!r}")
     return values
 
 
@@ -208,8 +212,11 @@ def check_stages(stages: tuple[Stage, ...] | list[Stage]) -> None:
             for t in s.teachers:
                 if t not in seen:
                     problems.append(f"stage {s.name!r}: teacher {t!r} is not an earlier stage")
-        if not s.share > 0:
-            problems.append(f"stage {s.name!r}: share must be positive, not {s.share}")
+            for t in _repeated([*s.teachers, *s.extra_teachers]):
+                problems.append(f"stage {s.name!r}: teacher {t!r} is given twice (its ensemble would only weight "
+                                "that member twice)")
+        if not (isinstance(s.share, (int, float)) and math.isfinite(s.share) and s.share > 0):
+            problems.append(f"stage {s.name!r}: share must be positive and finite, not {s.share}")
         if s.max_epochs < 1:
             problems.append(f"stage {s.name!r}: max_epochs must be at least 1, not {s.max_epochs}")
         unknown = sorted(set(s.options) - known)
@@ -218,8 +225,16 @@ def check_stages(stages: tuple[Stage, ...] | list[Stage]) -> None:
         seen.add(s.name)
     if not stages:
         problems.append("no stages")
+    elif not problems and not math.isfinite(sum(s.share for s in stages)):  # inf/inf: a NaN allotment
+        problems.append("the stages' shares add up to more than a float holds: give smaller shares")
     if problems:
         raise TrainingError("bad round: " + "; ".join(problems))
+
+
+def _repeated(names) -> list[str]:
+    """The names in ``names`` given more than once, each once, in order."""
+    seen: set[str] = set()
+    return list(dict.fromkeys(n for n in names if n in seen or seen.add(n)))
 
 
 def _config(stage: Stage, data: str, out: Path, epochs: int, common: dict, teachers: list[Path]) -> TrainConfig:
@@ -265,14 +280,41 @@ class _RoundLog:
     GPU's tool returns the output's last 12,000 characters). Each line is on disk before the round goes on, so a
     round killed at a hard time limit still leaves its log up to that moment. A log that cannot be written (a full
     disk) is said once and then left alone: it never stops the round.
+
+    An output whose reader went away (``... | head -1``: a BrokenPipeError) does not stop it either: stdout is
+    pointed at /dev/null, as the fer-edge commands do before they exit 141, a warning says so once on stderr, and
+    the round goes on to its own end with its lines in ``path`` only. Before, the first line after the reader left
+    killed the round with a traceback: during the probe with its probe runs left in ``WORK`` (so the same command
+    was refused), during a stage with that stage "running" in the summary.
+
+    ``on_interrupt``: where the round's ``interrupted: ...`` line goes besides ``path`` (:func:`main`: stderr, as
+    every command's); None: to ``log`` with the others.
     """
 
-    def __init__(self, log: Callable[[str], None], path: Path):
-        self.log, self.path, self.broken = log, path, False
+    def __init__(self, log: Callable[[str], None], path: Path, on_interrupt: Callable[[str], None] | None = None):
+        self.log, self.path, self.on_interrupt = log, path, on_interrupt
+        self.broken = self.output_gone = False
 
     def __call__(self, message: str) -> None:
         self.write(message)  # first: the caller's output may be what fails (a closed pipe)
-        self.log(message)
+        self.say(message)
+
+    def say(self, message: str) -> None:
+        """``message`` to the caller's output only, until its reader has gone away."""
+        if self.output_gone:
+            return
+        try:
+            self.log(message)
+        except BrokenPipeError:
+            from fer_edge.cli.common import _stdout_to_devnull
+
+            self.output_gone = True
+            _stdout_to_devnull()  # so that the pending output, flushed again at exit, does not fail on the pipe
+            note = ("warning: the output was closed (its reader went away): the round goes on, its lines in "
+                    f"{self.path} only")
+            self.write(note)
+            with contextlib.suppress(OSError):  # stderr may have gone with it (2>&1)
+                print(note, file=sys.stderr)
 
     def write(self, message: str) -> None:
         """``message`` to the file only: the round's start and end, and an error that the caller reports."""
@@ -283,8 +325,16 @@ class _RoundLog:
                 f.write(message + "\n")
         except OSError as e:
             self.broken = True
-            self.log(f"the round's log {self.path} cannot be written ({e.strerror or e}): its lines go to the output "
+            self.say(f"the round's log {self.path} cannot be written ({e.strerror or e}): its lines go to the output "
                      "only")
+
+    def interrupted(self, message: str) -> None:
+        """The round's one ``interrupted: ...`` line (``message``), to the file and to ``on_interrupt``."""
+        self.write(message)
+        if self.on_interrupt is None:
+            self.say(message)
+        else:
+            self.on_interrupt(message)
 
     def error(self, e: BaseException) -> BaseException:
         """``e``, written to the file as the caller reports it (``error: ...``), to raise."""
@@ -340,7 +390,8 @@ def run_round(data: str | Path, work: str | Path, out: str | Path, budget_s: flo
               seed: int = 0, parts_bytes: int = 0,
               batch_size: int = 128, probe_steps: int = 20, max_steps_per_epoch: int = 0, threads: int = 0,
               progress: bool = False, log: Callable[[str], None] = print,
-              clock: Callable[[], float] = time.monotonic, checked: bool = False) -> dict:
+              clock: Callable[[], float] = time.monotonic, checked: bool = False,
+              on_interrupt: Callable[[str], None] | None = None) -> dict:
     """Run the round (see the module docstring) and return the summary also written to ``OUT/summary.json``.
 
     ``parts_bytes``: a stage that does not keep its checkpoint (the teacher) still sends it to ``OUT``, as
@@ -356,6 +407,9 @@ def run_round(data: str | Path, work: str | Path, out: str | Path, budget_s: flo
     Once ``OUT`` is made, every line given to ``log`` is also appended to ``OUT/distill_round.log`` as it is
     logged, with the round's start, its end or the error it raises (:class:`_RoundLog`); a round that stops before
     it trains (a failed or interrupted probe) leaves ``OUT`` in place for that log.
+
+    A ``log`` whose reader went away (a closed stdout) does not stop the round: see :class:`_RoundLog`. An
+    interrupt is said in one ``interrupted: ...`` line, to the log file and to ``on_interrupt`` (None: ``log``).
 
     ``checked``: the caller has just run those checks (:func:`_preflight`) on these same arguments, so they are
     not run again. :func:`main` does, to list their problems with its own (a missing ``--data``, a bad
@@ -391,7 +445,7 @@ def run_round(data: str | Path, work: str | Path, out: str | Path, budget_s: flo
             _remove_probes(work, stages, made)
             raise TrainingError(f"{option} {path}: cannot create it ({e.strerror or e}); choose another "
                                 f"{option}") from None
-    log = _RoundLog(log, out / LOG_NAME)
+    log = _RoundLog(log, out / LOG_NAME, on_interrupt)
     log.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} round started: stages {', '.join(s.name for s in stages)}, "
               f"budget {budget_s:g} s, --data {data}, --work {work}, --device {device}")
     try:
@@ -402,9 +456,10 @@ def run_round(data: str | Path, work: str | Path, out: str | Path, budget_s: flo
             log.error(e)
         elif isinstance(e, KeyboardInterrupt):
             gone = [str(f) for f in made if not f.exists()]
-            log(f"interrupted while the data was loaded, so no stage was trained and nothing was kept but the "
-                f"round's log ({log.path})" + (f"; {' and '.join(gone)}, which the round had made, were removed"
-                                                 if gone else "") + ": the same command can run again")
+            log.interrupted(f"interrupted: while the data was loaded, so no stage was trained and nothing was kept "
+                            f"but the round's log ({log.path})"
+                            + (f"; {' and '.join(gone)}, which the round had made, were removed" if gone else "")
+                            + ": the same command can run again")
         raise
     steps = max(1, n_train // batch_size)
     if max_steps_per_epoch:
@@ -567,10 +622,10 @@ def run_round(data: str | Path, work: str | Path, out: str | Path, budget_s: flo
         if probing:  # the round did not start: its probe runs go, so that the same command can run again
             _remove_probes(work, stages, made)  # and OUT and WORK, if the round made them and they are empty
             gone = [str(f) for f in made if not f.exists()]
-            log(f"interrupted during the probe, so no stage was trained and nothing was kept but the round's log "
-                f"({log.path}); the probe runs were removed"
-                + (f", and {' and '.join(gone)}, which the round had made" if gone else "")
-                + ": the same command can run again")
+            log.interrupted(f"interrupted: during the probe, so no stage was trained and nothing was kept but the "
+                            f"round's log ({log.path}); the probe runs were removed"
+                            + (f", and {' and '.join(gone)}, which the round had made" if gone else "")
+                            + ": the same command can run again")
             raise
         if current is not None:
             stage, run_dir = current
@@ -585,9 +640,10 @@ def run_round(data: str | Path, work: str | Path, out: str | Path, budget_s: flo
                 entry["status"] = "not run: the round was interrupted"
         save_summary()
         kept = [name for name, e in entries.items() if "history" in e or "checkpoint" in e or "checkpoint_parts" in e]
-        log(f"interrupted: {out} holds " + (f"what was kept ({', '.join(kept)}) and the summary" if kept else
-                                            "only the summary (the probe's figures): no stage kept anything")
-            + f" ({out / 'summary.json'})")
+        log.interrupted(f"interrupted: {out} holds " + (f"what was kept ({', '.join(kept)}) and the summary" if kept
+                                                        else "only the summary (the probe's figures): no stage kept "
+                                                             "anything")
+                        + f" ({out / 'summary.json'})")
         raise
     save_summary()
     if not started:
@@ -639,6 +695,27 @@ def build_stages(teacher_model: str | Sequence[str], n_teachers: int, teacher_ma
                         options={**teacher.options, **({"seed": seed + i} if i else {})})
                 for i, (name, model) in enumerate(zip(names, kinds))]
     extra = tuple(str(_as_typed(resolve_checkpoint(t))) for t in extra_teachers)
+    # a teacher named twice (--extra-teacher small twice, or small and its path) is refused, as eval and soup
+    # refuse an ensemble member given twice: the students' ensemble would only weight that member twice
+    problems = []
+    by_path: dict[str, list[str]] = {}
+    for given, path in zip(extra_teachers, extra):
+        by_path.setdefault(str(_resolved(path)), []).append(str(given))
+    for given in by_path.values():
+        if len(given) > 1:
+            what = (f"{given[0]} is given twice" if len(set(given)) == 1
+                    else f"{' and '.join(dict.fromkeys(given))} name the same checkpoint")
+            problems.append(f"--extra-teacher {what} (the students' ensemble would only weight that member twice): "
+                            "give each extra teacher once")
+    same_model = _repeated(kinds)
+    if (teacher_options or {}).get("seed") is not None and same_model:
+        # the teachers of one model differ only by their seeds, which --teacher-set seed= makes one
+        problems.append(f"--teacher-set seed={teacher_options['seed']} gives every teacher that seed, so the "
+                        f"teachers of {', '.join(same_model)} would be the same run (the students' ensemble would "
+                        "only weight that member twice): leave the seed to the round (the teachers take --seed, "
+                        "--seed+1, ...), or train one teacher of each model")
+    if problems:
+        raise TrainingError("; ".join(problems))
     small = replace(small, teachers=tuple(names), extra_teachers=extra, share=s_share)
     nano = replace(nano, teachers=tuple(names) if nano_teacher == "teacher" else ("small",),
                    extra_teachers=extra if nano_teacher == "teacher" else (), share=n_share)
@@ -745,6 +822,26 @@ def _written_by_round(path: str | Path, stages, work: Path, out: Path, parts_byt
     return ""
 
 
+def _kept_files(out: Path, stages) -> list[str]:
+    """The files in ``out`` that a round keeps there (its summary, and any stage's history, checkpoint or
+    checkpoint parts), by name; not the round's log, which each round into ``out`` appends to (a round that did not
+    start leaves it, and the same command runs again).
+
+    Before, a second round into the same ``--out`` replaced the first's files one by one as its stages finished,
+    and an interrupted one left the first round's ``nano.pt`` beside a summary that said nano was not run."""
+    import re
+
+    if not out.is_dir():
+        return []
+    names = ({"summary.json"} | {f"{s.name}_history.csv" for s in stages}
+             | {f"{s.name}.pt" for s in stages if s.keep_checkpoint})
+    parts = re.compile("|".join(re.escape(s.name) + r"\.part\d+\.pt" for s in stages if not s.keep_checkpoint))
+    try:
+        return sorted(f.name for f in out.iterdir() if f.name in names or parts.fullmatch(f.name))
+    except OSError:  # unreadable: check_writable_dir reports what it can
+        return []
+
+
 def _extra_teacher_problem(path: str) -> str:
     """Why the checkpoint ``path`` cannot teach a fer-edge student ("" when it can): unreadable, or other labels."""
     from fer_edge.checkpoint import load_checkpoint
@@ -775,6 +872,10 @@ def _preflight(stages, data: str, common: dict, work: Path, out: Path, *, budget
     if taken:
         problems.append(f"{', '.join(taken)} already exist: fer-edge train never overwrites a run, so give the "
                         "round a fresh --work")
+    kept = _kept_files(out, stages)
+    if kept:
+        problems.append(f"--out {out} already holds a round's files ({', '.join(kept)}): the round would overwrite "
+                        "them, and mix its own with those it does not replace; choose another --out, or move them")
     parts_ok = not any(p.startswith("--teacher-parts-mb") for p in problems)
     inputs = [(f"--data {data}", data)] + [(f"stage {s.name!r}: --init {s.options['init']}", s.options["init"])
                                           for s in stages
@@ -997,12 +1098,20 @@ def _main(args: argparse.Namespace) -> int:
                   amp=args.amp, seed=args.seed, parts_bytes=parts_bytes,
                   batch_size=args.batch_size, probe_steps=args.probe_steps,
                   max_steps_per_epoch=args.max_steps_per_epoch, threads=args.threads,
-                  progress=sys.stderr.isatty(), checked=True)  # the preflight ran above, with these arguments
+                  progress=sys.stderr.isatty(), checked=True,  # the preflight ran above, with these arguments
+                  on_interrupt=lambda m: print(m, file=sys.stderr))  # one `interrupted:` line, as every command's
     except FerEdgeError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
+    finally:  # the round's last lines, still buffered, to a stdout whose reader went away: as the log does
+        try:
+            sys.stdout.flush()
+        except BrokenPipeError:
+            from fer_edge.cli.common import _stdout_to_devnull
+
+            _stdout_to_devnull()
     return 0
 
 
