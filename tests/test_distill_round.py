@@ -895,7 +895,11 @@ def test_the_round_appends_its_log_to_out_as_it_goes(synthetic_folder, tmp_path,
     plan = next(i for i, line in enumerate(printed) if line.startswith("teacher: "))
     assert on_disk[str(tmp_path / "w" / "teacher")].splitlines()[1:] == printed[:plan + 2]
     assert printed[plan + 1].startswith("  fer-edge train ") and "probe nano: " in printed[plan - 1]
-    # appended: a second round into the same --out adds its own lines, an error included
+    # appended: a second round into the same --out adds its own lines, an error included (the first round's kept
+    # files moved away: an --out that holds them is refused)
+    for f in out.iterdir():
+        if f.name != "distill_round.log":
+            f.unlink()
     monkeypatch.setattr(training, "train", lambda cfg, **kw: (_ for _ in ()).throw(TrainingError("no memory")))
     assert main(argv + ["--work", str(tmp_path / "w2")]) == 1
     text = (out / "distill_round.log").read_text()
@@ -962,7 +966,7 @@ def test_an_interrupt_while_the_data_loads_says_so_and_logs_it(synthetic_folder,
     out = tmp_path / "o"
     assert main(["--data", str(synthetic_folder), "--work", str(tmp_path / "w"), "--out", str(out),
                  "--budget-minutes", "1", "--teacher", "simple_cnn", "--device", "cpu"]) == 130
-    said = capsys.readouterr().out
-    assert "interrupted while the data was loaded, so no stage was trained" in said
-    assert "interrupted while the data was loaded" in (out / "distill_round.log").read_text()
+    said = capsys.readouterr().err
+    assert "interrupted: while the data was loaded, so no stage was trained" in said
+    assert "interrupted: while the data was loaded" in (out / "distill_round.log").read_text()
     assert not (tmp_path / "w").exists()
