@@ -138,3 +138,22 @@ def test_distill_speed_lists_every_bad_option_at_once(synthetic_csv, monkeypatch
     # a teacher that cannot be read, on its own, stays exit 1
     r = runner.invoke(distill_speed.cli, ["--data", str(synthetic_csv), "--teacher", "no/such.pt"])
     assert r.exit_code == 1 and "--teacher: no/such.pt: no such checkpoint file" in _text(r.stderr), r.output
+
+
+def test_resize_parity_refuses_an_empty_data_as_a_usage_error(tiny_checkpoint):
+    """``--data ""`` was "no data given" with exit 1, where the other scripts' empty paths are usage errors."""
+    from typer.testing import CliRunner
+
+    from fer_edge.benchmarks import resize_parity
+
+    r = CliRunner().invoke(resize_parity.cli, [str(tiny_checkpoint), "--data", ""])
+    assert r.exit_code == 2, r.output
+    assert "--data" in r.output and "is empty" in " ".join(r.output.split()), r.output
+
+
+def test_an_unknown_list_value_names_its_option():
+    from fer_edge.cli.common import parse_csv_option
+    from fer_edge.errors import OptionError
+
+    with pytest.raises(OptionError, match=r"^--calib-methods: unknown calibration method 'bogus'; valid: minmax"):
+        parse_csv_option("minmax,bogus", ["minmax", "entropy"], "calibration method", option="--calib-methods")

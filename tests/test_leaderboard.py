@@ -693,3 +693,14 @@ def test_an_export_folder_with_an_unreadable_manifest_is_moved_aside_and_exporte
     assert len(aside) == 1 and (aside[0] / "manifest.json").read_text() == "{not json"
     assert any("not a readable manifest" in line and f"moved {export_dir} to {aside[0]}" in line for line in lines)
     assert {p.name for p in export_dir.iterdir()} >= {"manifest.json", "fer_nano_fp32.onnx", "fer_nano_int8.onnx"}
+
+
+def test_an_empty_data_or_out_is_refused_not_read_as_the_current_folder(synthetic_csv, tmp_path, capsys,
+                                                                         monkeypatch):
+    """QA: ``--data ""`` passed the existence check (``Path("")`` is the current folder) and ``--out ""`` the
+    writable-folder check, so the leaderboard read or wrote the working folder."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["--data", "", "--out", "", "--models", "fer_nano"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "--data is empty: give a path" in err and "--out is empty: give a path" in err, err
+    assert not any(tmp_path.iterdir())

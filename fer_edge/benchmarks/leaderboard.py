@@ -1126,7 +1126,10 @@ def option_problems(args: argparse.Namespace) -> tuple[list[str] | None, list[st
     from fer_edge.utils import check_writable_dir
 
     problems: list[str] = []
-    if not Path(args.data).exists():
+    # an empty --data or --out (a script's unset variable) would be the current folder: refused, naming it
+    problems += [f"{option} is empty: give a path (an unset variable in a script?)"
+                 for option, value in (("--data", args.data), ("--out", args.out)) if not str(value).strip()]
+    if str(args.data).strip() and not Path(args.data).exists():
         problems.append(f"--data {args.data}: no such file or folder")
     models = None
     if args.models is not None:
@@ -1156,9 +1159,10 @@ def option_problems(args: argparse.Namespace) -> tuple[list[str] | None, list[st
             resolve_device(args.device)
         except FerEdgeError as e:
             problems.append(str(e))
-    out_ok = True
+    out_ok = bool(str(args.out).strip())
     try:
-        check_writable_dir(args.out, "--out", FerEdgeError)
+        if out_ok:
+            check_writable_dir(args.out, "--out", FerEdgeError)
     except FerEdgeError as e:
         problems.append(str(e))
         out_ok = False

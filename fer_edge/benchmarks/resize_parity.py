@@ -25,7 +25,7 @@ from __future__ import annotations
 import numpy as np
 import typer
 
-from fer_edge.cli.common import model_value, split_value
+from fer_edge.cli.common import existing_path_value, model_value, split_value
 
 cli = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
@@ -73,7 +73,7 @@ def resized(rgb: np.ndarray) -> dict[str, np.ndarray]:
 @cli.command()
 def main(
     model: str = typer.Argument("nano", parser=model_value, help="Checkpoint or shipped model name."),
-    data: str = typer.Option(..., help="FER2013 CSV or image folder."),
+    data: str = typer.Option(..., parser=existing_path_value, metavar="PATH", help="FER2013 CSV or image folder."),
     split: str | None = typer.Option(None, parser=split_value, help="Split of --data (default PublicTest / val)."),
     n_images: int = typer.Option(210, min=1, help="Stratified sample of the split."),
     seed: int = typer.Option(0, help="Seed of the sample, the crop sizes and the tints."),

@@ -175,7 +175,7 @@ def parse_csv_option(value: str | list[str] | None, valid: list[str], what: str,
             if not v:
                 continue
             if v not in valid:
-                raise OptionError(f"unknown {what} {v!r}; valid: {', '.join(valid)}")
+                raise OptionError(f"{option + ': ' if option else ''}unknown {what} {v!r}; valid: {', '.join(valid)}")
             if v not in out:
                 out.append(v)
     if option is not None and not out:
