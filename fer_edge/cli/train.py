@@ -66,8 +66,8 @@ def train(
     model_kwargs: Optional[str] = typer.Option(None, help='Model keyword arguments as JSON, e.g. \'{"dropout": 0.1}\'.'),
     split: Optional[str] = typer.Option(None, parser=split_value, metavar="SPLIT", help="Training split (default Training / train)."),
     val_split: Optional[str] = typer.Option(None, parser=split_value, metavar="SPLIT", help="Validation split (default PublicTest / val or test)."),
-    epochs: int = typer.Option(30, min=1, help="Training epochs."),
-    batch_size: int = typer.Option(128, min=1, help="Images a step (split over processes under torchrun)."),
+    epochs: int = typer.Option(30, help="Training epochs."),
+    batch_size: int = typer.Option(128, help="Images a step (split over processes under torchrun)."),
     lr: float = typer.Option(3e-3, help="Peak learning rate."),
     weight_decay: float = typer.Option(5e-4, help="Weight decay (not on biases and norm layers)."),
     optimizer: Optimizer = typer.Option(Optimizer.adamw, help="Optimizer."),
@@ -98,20 +98,20 @@ def train(
         "of each image, labelled once, which the steps then replay (the teacher answers for the view the student "
         "sees)."),
     distill_views: Optional[int] = typer.Option(
-        None, min=1, help="--distill-targets replay: augmented views per training image (default 8)."),
+        None, help="--distill-targets replay: augmented views per training image (default 8)."),
     distill_cache: Optional[Path] = typer.Option(
         None, parser=path_value, metavar="PATH", help="--distill-targets replay: keep the views and their targets in this file; "
         "a later run with the same teachers, data, augmentation, views, seed, temperature and TTA loads it."),
     qat: bool = typer.Option(False, "--qat", help="Quantization-aware fine-tuning: train with INT8 rounding "
                              "simulated; the checkpoint stays FP32 (usually with --init)."),
-    patience: int = typer.Option(0, min=0, help="Early stopping patience in epochs (0: off)."),
+    patience: int = typer.Option(0, help="Early stopping patience in epochs (0: off)."),
     seed: int = typer.Option(0, help="Seed of the initial weights, the data order and the augmentation."),
     device: Device = typer.Option(Device.auto, help="Torch device (auto: cuda, else mps, else cpu)."),
     amp: Amp = typer.Option(Amp.auto, help="Mixed precision (auto: fp16 on CUDA, bf16 on CPUs with native bf16, else off)."),
     channels_last: bool = typer.Option(True, "--channels-last/--no-channels-last",
                                        help="Channels-last memory format (faster on CPUs: see README)."),
-    threads: int = typer.Option(0, min=0, help="torch intra-op threads (0: default)."),
-    max_steps_per_epoch: int = typer.Option(0, min=0, help="Cap steps per epoch (quick runs; 0: whole split)."),
+    threads: int = typer.Option(0, help="torch intra-op threads (0: default)."),
+    max_steps_per_epoch: int = typer.Option(0, help="Cap steps per epoch (quick runs; 0: whole split)."),
     wandb: Optional[str] = typer.Option(None, help="Also log to this Weights & Biases project."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from last.pt (repeat the same options)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar of each epoch."),
@@ -122,7 +122,8 @@ def train(
     from fer_edge.training.trainer import validate_config
 
     # options that are wrong on their own (or together) are usage errors, exit 2, as click's own checks are:
-    # every one of them listed at once, before any data is read
+    # every one of them listed at once, before any data is read (so the counts have no min= of click's, which
+    # would stop at the first: validate_config checks them with the others)
     early: list[str] = []  # problems found before a config can hold the value, listed with the others
     kwargs = {}
     if model_kwargs is not None and not model_kwargs.strip():
@@ -133,6 +134,8 @@ def train(
             kwargs = json.loads(model_kwargs)
         except json.JSONDecodeError as e:
             early.append(f"--model-kwargs is not valid JSON: {e}")
+    if wandb is not None and not wandb.strip():  # it read as "no logging", silently
+        early.append("--wandb is empty: name a Weights & Biases project, or leave the option out")
     given = {k: v for k, v in (("distill_alpha", distill_alpha), ("distill_temperature", distill_temperature))
              if v is not None}
     cfg = TrainConfig(

@@ -164,6 +164,35 @@ def resolve_teacher(spec: str | os.PathLike) -> Path:
     return path
 
 
+def repeated_teachers(specs: list) -> list[str]:
+    """Problems for ``--distill`` teachers given more than once: the same name or path, two names of one file, or
+    two files with the same bytes (the SHA-256 of the file, as ``fer-edge eval`` compares an ensemble's members).
+    Such a teacher would only weigh twice in the teachers' average. A spec that does not resolve to a file is
+    passed over here: :func:`load_teachers` refuses it with its own reason."""
+    from fer_edge.utils import sha256_path
+
+    by_digest: dict[str, list[tuple[str, Path]]] = {}
+    for spec in specs:
+        try:
+            path = resolve_teacher(spec)
+            digest = sha256_path(path)
+        except (FerEdgeError, OSError):
+            continue
+        by_digest.setdefault(digest, []).append((str(spec), path.resolve()))
+    problems = []
+    for given in by_digest.values():
+        if len(given) < 2:
+            continue
+        names = list(dict.fromkeys(spec for spec, _ in given))
+        times = "twice" if len(given) == 2 else f"{len(given)} times"
+        what = (f"{names[0]} is given {times}" if len(names) == 1
+                else f"{' and '.join(names)} name the same checkpoint" if len({p for _, p in given}) == 1
+                else f"{' and '.join(names)} hold the same weights (same SHA-256)")
+        problems.append(f"--distill {what}: the teachers' average would only weight that teacher {times}; "
+                        "give each teacher once")
+    return problems
+
+
 def _probe_images(n: int = 4) -> torch.Tensor:
     """The images a freshly loaded teacher is tried on (:func:`check_teacher_outputs`): a fixed gradient and
     fixed noise, 0..1, made without touching torch's global random stream."""

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from fer_edge.checkpoint import load_checkpoint, non_finite_tensors, save_checkpoint, state_dict_mismatch
-from fer_edge.constants import LABELS, TRAIN_DEVICES
+from fer_edge.constants import IMAGE_SIZE, LABELS, TRAIN_DEVICES
 from fer_edge.errors import CheckpointError, FerEdgeError, TrainingError
 from fer_edge.metrics import classification_metrics
 from fer_edge.preprocess import Normalization
@@ -33,6 +33,7 @@ from fer_edge.training.teachers import (
     TEACHER_RUNTIMES,
     load_teachers,
     precompute_teacher_probs,
+    repeated_teachers,
     resolve_teacher_runtime,
     teacher_probs,
 )
@@ -156,6 +157,8 @@ def validate_config(cfg: TrainConfig, given: Collection[str] = (), problems: Col
     for name in ("distill_alpha", "distill_temperature"):
         if not cfg.distill and (name in given or getattr(cfg, name) != getattr(defaults, name)):
             problems.append(f"--{name.replace('_', '-')} applies to distillation only: add a --distill teacher")
+    if len(cfg.distill) > 1:  # a teacher given twice (by name, path or a copy): before the data is loaded
+        problems += repeated_teachers(cfg.distill)
     if cfg.teacher_runtime not in TEACHER_RUNTIMES:
         problems.append(f"--teacher-runtime {cfg.teacher_runtime!r}: valid: {', '.join(TEACHER_RUNTIMES)}")
     elif cfg.teacher_runtime != "auto" and not cfg.distill:
@@ -197,6 +200,49 @@ def _model_problems(name: str, kwargs: dict) -> list[str]:
         return [f"--model {name} with --model-kwargs {json.dumps(kwargs)} cannot take a 48x48 grayscale image: "
                 f"{problem}"]
     return []
+
+
+@torch.no_grad()
+def _single_value_norms(model: torch.nn.Module) -> str:
+    """The BatchNorm layers of ``model`` (of any dimension) that a one-image training step gives one value per
+    channel, described (``BatchNorm1d layers``, ``BatchNorm2d layers whose feature map is 1x1 (stages.4.1.bn)``);
+    "" when there are none. In train mode such a layer raises "Expected more than 1 value per channel"; its input
+    is the image count times the feature map's size, so a BatchNorm2d on a 1x1 map (kwargs that pool down to one
+    pixel) needs two images as BatchNorm1d does. Found by the input shapes of one eval-mode pass of one blank image
+    (eval mode leaves the running statistics as they are; each module's mode is restored afterwards)."""
+    from torch.nn.modules.batchnorm import _BatchNorm
+
+    found: dict[str, list[str]] = {}  # description -> names of its layers, in forward order
+
+    def hook(name: str):
+        def record(module, args) -> None:
+            spatial = tuple(args[0].shape[2:]) if args and torch.is_tensor(args[0]) else ()
+            if math.prod(spatial) == 1:  # () for a BatchNorm1d on N x C: one value per image and channel
+                kind = type(module).__name__
+                what = f"{kind} layers" + (f" whose feature map is {'x'.join(map(str, spatial))}" if spatial else "")
+                found.setdefault(what, []).append(name)
+        return record
+
+    norms = [(n, m) for n, m in model.named_modules() if isinstance(m, _BatchNorm)]
+    if not norms:
+        return ""
+    first = next(model.parameters(), None)
+    x = torch.zeros((1, 1, IMAGE_SIZE, IMAGE_SIZE), device=first.device if first is not None else "cpu")
+    modes = [(m, m.training) for m in model.modules()]
+    handles = [m.register_forward_pre_hook(hook(n)) for n, m in norms]
+    try:
+        model.eval()
+        model(x)
+    except Exception:  # noqa: BLE001 - a model that cannot take the image: _model_problems said so already
+        return ""
+    finally:
+        for h in handles:
+            h.remove()
+        for m, training in modes:
+            m.train(training)
+    return " and ".join(what + ("" if what.endswith(" layers") else f" ({', '.join(names[:3])}"
+                                + (", ..." if len(names) > 3 else "") + ")")
+                        for what, names in found.items())
 
 
 def class_weight_tensor(labels: torch.Tensor, mode: str, num_classes: int) -> torch.Tensor | None:
@@ -267,9 +313,14 @@ def autocast_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None
 def setup_warnings(cfg: TrainConfig, train, val, device: torch.device) -> list[str]:
     """Settings that run but are probably not what the user meant."""
     out = []
+    digests = [(getattr(s, "fingerprint", None) or {}).get("sha256") for s in (train, val)]
     if train.split == val.split:
         out.append(f"the validation split is the training split ({val.split}): the best epoch is chosen on "
                    "images the model trains on, so its accuracy says little about new faces")
+    elif digests[0] is not None and digests[0] == digests[1]:  # a copy under another name (val/ a copy of train/)
+        out.append(f"the validation split ({val.split}) holds the same images and labels as the training split "
+                   f"({train.split}; same SHA-256): the best epoch is chosen on images the model trains on, so its "
+                   "accuracy says little about new faces")
     missing = [LABELS[c] for c in range(len(LABELS)) if not bool((train.labels == c).any())]
     if missing:
         out.append(f"the training split has no {', '.join(missing)} images: the model cannot learn "
@@ -383,7 +434,31 @@ def load_init_weights(model: torch.nn.Module, cfg: TrainConfig, labels: list[str
     if problems:
         raise TrainingError(f"--init {cfg.init}: " + "; ".join(problems))
     model.load_state_dict(ck.state_dict)
+    # finite tensors can still give NaN (a negative BatchNorm running_var, which eval refuses): tried once on the
+    # teachers' probe batch, so the run does not "succeed" with val_loss nan and an accuracy of NaN logits
+    if not _finite_outputs(model, ck.normalization):
+        raise TrainingError(f"--init {cfg.init}: its outputs on a probe batch are not finite numbers (NaN or inf) "
+                            "although its tensors are: its weights are damaged (e.g. a negative BatchNorm "
+                            "variance, or weights that overflow); give another checkpoint")
     return ck.normalization
+
+
+@torch.no_grad()
+def _finite_outputs(model: torch.nn.Module, norm: Normalization) -> bool:
+    """Whether ``model``'s logits on the probe batch the ``--distill`` teachers are tried on
+    (:func:`fer_edge.training.teachers._probe_images`) are finite; in eval mode, which leaves the BatchNorm
+    statistics as they are (each module's mode is restored afterwards)."""
+    from fer_edge.training.teachers import _probe_images
+
+    first = next(model.parameters(), None)
+    x = _probe_images().to(first.device if first is not None else "cpu")
+    modes = [(m, m.training) for m in model.modules()]
+    try:
+        model.eval()
+        return bool(torch.isfinite(model((x - norm.mean) / norm.std)).all())
+    finally:
+        for m, training in modes:
+            m.train(training)
 
 
 def ema_decay(decay: float, n: int) -> float:
@@ -721,14 +796,16 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         model = create_model(cfg.model, num_classes=len(labels), **cfg.model_kwargs)
         model_kwargs = resolved_model_kwargs(model, cfg.model_kwargs)  # defaults included: survives their change
+        # a step never gets fewer: the last partial batch of an epoch is dropped (see ``steps`` below), and a split
+        # smaller than --batch-size is one step of the whole split, shared out by the processes
         images_a_step = min(cfg.batch_size, len(x_train)) // self.dist.world
-        if images_a_step < 2 and any(isinstance(m, torch.nn.BatchNorm1d) for m in model.modules()):
+        if images_a_step < 2 and (single := _single_value_norms(model)):
             # what would give a step 2 images: a larger batch only while the split holds more images than it
             fix = ("raise --batch-size" if cfg.batch_size < len(x_train)
                    else f"the training split needs at least {2 * self.dist.world} images"
                    + (" (or fewer processes)" if self.dist.world > 1 else ""))
             raise TrainingError(
-                f"{cfg.model} has BatchNorm1d layers, which need at least 2 images a training step, but a step "
+                f"{cfg.model} has {single}, which need at least 2 images a training step, but a step "
                 f"gets {images_a_step} (--batch-size {cfg.batch_size}, {len(x_train)} training images"
                 + (f", {self.dist.world} processes" if self.dist.world > 1 else "") + f"): {fix}")
         if cfg.init and state is None:
@@ -971,6 +1048,15 @@ class Trainer:
                         t_val = time.perf_counter()
                         logits_val = predict_logits(eval_model, val.images, norm, device,
                                                     channels_last=cfg.channels_last)
+                        if not bool(torch.isfinite(logits_val).all()):  # argmax of NaN is no accuracy
+                            bad = int((~torch.isfinite(logits_val).all(1)).sum())
+                            kept = (f"this epoch was not saved; {last_path} holds epoch {epoch}"
+                                    if epoch > start_epoch or state is not None else "nothing was saved")
+                            raise TrainingError(
+                                f"the model's outputs on the validation split are not finite numbers (NaN or inf) "
+                                f"at epoch {epoch + 1}, on {bad} of {len(logits_val)} images, although its weights "
+                                f"are: no accuracy can be measured; {kept}. Lower --lr (now {cfg.lr:g}) or check "
+                                "the other options, and start a new run" + (" in another --out" if epoch > 0 else ""))
                         val_loss = float(F.cross_entropy(logits_val, val.labels))
                         metrics = classification_metrics(val.labels.numpy(), logits_val.argmax(1).numpy(), labels)
                         row.update(val_loss=val_loss, val_accuracy=metrics["accuracy"],
