@@ -84,8 +84,9 @@ def test_replay_trains_labels_once_and_reuses_a_matching_cache(synthetic_csv, tm
     stamp = cache.stat().st_mtime_ns
     with pytest.raises(TrainingError, match=r"made for other settings: views 2 \(this run: 3\); seed 0 \(this run: 1\)"):
         train(_cfg(synthetic_csv, tmp_path / "c", seed=1, **{**opts, "distill_views": 3}), progress=False)
+    other = str(tmp_path / "teacher" / "last.pt")  # another file: a teacher given twice is refused
     with pytest.raises(TrainingError, match="teachers differ"):
-        train(_cfg(synthetic_csv, tmp_path / "d", **{**opts, "distill": [teacher, teacher]}), progress=False)
+        train(_cfg(synthetic_csv, tmp_path / "d", **{**opts, "distill": [teacher, other]}), progress=False)
     assert cache.stat().st_mtime_ns == stamp
     (tmp_path / "junk.pt").write_text("not a cache")
     with pytest.raises(TrainingError, match="not a readable replay cache"):

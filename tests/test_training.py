@@ -677,7 +677,8 @@ def test_init_fine_tunes_from_checkpoint_and_rejects_misfits(synthetic_csv, tmp_
     base_ck = load_checkpoint(base.out_dir / "best.pt")
     # one step at a tiny learning rate: the fine-tuned weights stay next to the initial ones
     tuned = train(_cfg(synthetic_csv, tmp_path / "ft", epochs=1, max_steps_per_epoch=1, lr=1e-7,
-                       init=str(base.out_dir / "best.pt"), distill=[str(base.out_dir / "best.pt")] * 2,
+                       init=str(base.out_dir / "best.pt"),
+                       distill=[str(base.out_dir / "best.pt"), str(base.out_dir / "last.pt")],
                        distill_tta=True), progress=False)
     ck = load_checkpoint(tuned.out_dir / "best.pt")
     w0, w1 = base_ck.state_dict, ck.state_dict
@@ -758,15 +759,15 @@ def test_cli_train_then_eval(synthetic_csv, tmp_path):
     r = runner.invoke(app, ["eval", "--checkpoint", str(out / "best.pt"), "--data", str(synthetic_csv), "--tta"])
     assert r.exit_code == 0 and "accuracy" in r.output
     # fine-tune the run with a two-teacher, flip-TTA distillation: the options reach the saved config
-    best = str(out / "best.pt")
+    best, last = str(out / "best.pt"), str(out / "last.pt")  # two files: a teacher given twice is refused
     r = runner.invoke(app, ["train", "--data", str(synthetic_csv), "--model", "simple_cnn", "--out", str(tmp_path / "ft"),
                             "--epochs", "1", "--batch-size", "32", "--max-steps-per-epoch", "2", "--device", "cpu",
-                            "--init", best, "--distill", best, "--distill", best, "--distill-tta",
+                            "--init", best, "--distill", best, "--distill", last, "--distill-tta",
                             "--distill-alpha", "0.7", "--distill-temperature", "2",
                             "--teacher-runtime", "torch", "--no-progress"])
     assert r.exit_code == 0, r.output
     cfg = load_checkpoint(tmp_path / "ft" / "best.pt").train_config
-    assert cfg["init"] == best and cfg["distill"] == [best, best] and cfg["distill_tta"] is True
+    assert cfg["init"] == best and cfg["distill"] == [best, last] and cfg["distill_tta"] is True
     assert (cfg["distill_alpha"], cfg["distill_temperature"]) == (0.7, 2.0)
     assert cfg["teacher_runtime"] == "torch" and "2 teacher(s) in torch" in r.output
     r = runner.invoke(app, ["train", "--data", str(synthetic_csv), "--model", "simple_cnn", "--out", str(tmp_path / "off"),
