@@ -157,3 +157,15 @@ def test_an_unknown_list_value_names_its_option():
 
     with pytest.raises(OptionError, match=r"^--calib-methods: unknown calibration method 'bogus'; valid: minmax"):
         parse_csv_option("minmax,bogus", ["minmax", "entropy"], "calibration method", option="--calib-methods")
+
+
+def test_distill_speed_refuses_a_teacher_given_twice_before_measuring(synthetic_csv, monkeypatch):
+    """The training it times refuses a teacher given twice: that was found only when the first run started."""
+    import fer_edge.data
+    from fer_edge.benchmarks import distill_speed
+
+    monkeypatch.setattr(distill_speed, "distill_run", _never)
+    monkeypatch.setattr(fer_edge.data, "load_split", _never)
+    r = runner.invoke(distill_speed.cli, ["--data", str(synthetic_csv), "--teacher", "nano", "--teacher", "nano"])
+    assert r.exit_code == 2, r.output
+    assert "--teacher nano is given twice" in _text(r.stderr), r.output

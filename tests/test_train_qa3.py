@@ -7,21 +7,20 @@ import shutil
 
 import pytest
 import torch
+from test_training import _cfg as _training_cfg  # the shared run config
 from typer.testing import CliRunner
 
 from fer_edge.checkpoint import load_checkpoint, save_checkpoint
 from fer_edge.cli import app
 from fer_edge.errors import TrainingError
-from fer_edge.training import TrainConfig, train
+from fer_edge.training import train
 
 runner = CliRunner()
 
 
 def _cfg(data, out, **kw):
-    base = dict(data=str(data), model="simple_cnn", out=str(out), epochs=1, batch_size=32, lr=3e-3, seed=0,
-                device="cpu", augment="light", max_steps_per_epoch=1)
-    base.update(kw)
-    return TrainConfig(**base)
+    """test_training's config, one epoch of one step unless told."""
+    return _training_cfg(data, out, **{"epochs": 1, "max_steps_per_epoch": 1, **kw})
 
 
 def test_a_batchnorm2d_on_a_1x1_map_is_refused_a_one_image_step(synthetic_csv, tmp_path):

@@ -6,18 +6,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_training import _cfg  # the shared run config
 
 from fer_edge.checkpoint import load_checkpoint
 from fer_edge.errors import TrainingError
-from fer_edge.training import TrainConfig, train
+from fer_edge.training import train
 from fer_edge.training import trainer as trainer_mod
-
-
-def _cfg(data, out, **kw):
-    base = dict(data=str(data), model="simple_cnn", out=str(out), epochs=3, batch_size=32, lr=3e-3, seed=0,
-                device="cpu", augment="light", max_steps_per_epoch=6)
-    base.update(kw)
-    return TrainConfig(**base)
 
 
 class _Killed(BaseException):

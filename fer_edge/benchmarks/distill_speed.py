@@ -97,6 +97,10 @@ def main(
             problems.append(f"--teacher {t}: {e}")
             continue
         teachers.append(str(path))
+    from fer_edge.training.teachers import repeated_teachers
+
+    # a teacher given twice (by name, path or a copy) is refused by the training it would time: said here, up front
+    usage += [p.replace("--distill", "--teacher", 1) for p in repeated_teachers([t for t in teacher if t.strip()])]
     if usage or problems:
         raise (OptionError if usage else FerEdgeError)("; ".join(usage + problems))
     split = default_train_split(str(data))
