@@ -213,3 +213,94 @@ def test_cr_only_line_endings_are_read(tmp_path, own_cache):
     got = load_split(cr, "Training", cache=False)
     assert torch.equal(got.images, torch.from_numpy(x)) and torch.equal(got.labels, torch.from_numpy(y))
     assert len(load_split(cr, "PublicTest", cache=False)) == 2
+
+
+def _entry_racy(cache: Path, kind: str):
+    (entry,) = (cache / "data").glob(f"{kind}-*.npz")
+    with np.load(entry, allow_pickle=False) as z:
+        return __import__("json").loads(str(z["meta"][()])).get("racy")
+
+
+def _no_hashing(*a, **k):
+    pytest.fail("hashed a file")
+
+
+@pytest.mark.parametrize("kind", ["csv", "folder"])
+def test_a_racy_entry_is_written_again_without_digests_once_its_files_have_settled(tmp_path, own_cache, monkeypatch,
+                                                                                   kind):
+    """QA (racyf.py): a source decoded within RACY_NS of being written (unzip, then train at once) kept its
+    digests, so every later cached load hashed the whole CSV or every image (0.6 s more on the full folder)."""
+    x, y = make_synthetic(1, seed=12)
+    if kind == "csv":
+        data, split = write_csv(tmp_path / "f.csv", {"Training": (x, y)}), "Training"
+    else:
+        data, split = write_folder(tmp_path / "imgs", {"train": (x, y)}), "train"
+    load_split(data, split)  # just written: racy
+    assert _entry_racy(own_cache, kind)
+    monkeypatch.setattr(_csv, "read_csv", lambda *a, **k: pytest.fail("re-parsed"))
+    monkeypatch.setattr(_folder, "decode", lambda *a, **k: pytest.fail("re-decoded"))
+    later = __import__("time").time_ns() + 2 * loading.RACY_NS
+    monkeypatch.setattr(loading, "_now_ns", lambda: later)
+    hashed = []
+    real = loading._file_digest
+    monkeypatch.setattr(loading, "_file_digest", lambda p: hashed.append(p) or real(p))
+    assert torch.equal(load_split(data, split).labels, torch.from_numpy(y))  # checked once more, then settled
+    assert hashed and _entry_racy(own_cache, kind) is None
+    monkeypatch.setattr(loading, "_file_digest", _no_hashing)
+    got = load_split(data, split)
+    assert torch.equal(got.labels, torch.from_numpy(y)) and torch.equal(got.images, torch.from_numpy(x))
+
+
+@pytest.mark.parametrize("kind", ["csv", "folder"])
+def test_a_racy_entry_stays_racy_within_the_window(tmp_path, own_cache, monkeypatch, kind):
+    x, y = make_synthetic(1, seed=13)
+    if kind == "csv":
+        data, split = write_csv(tmp_path / "f.csv", {"Training": (x, y)}), "Training"
+    else:
+        data, split = write_folder(tmp_path / "imgs", {"train": (x, y)}), "train"
+    now = __import__("time").time_ns()
+    monkeypatch.setattr(loading, "_now_ns", lambda: now)
+    load_split(data, split)
+    load_split(data, split)  # within 3 s of the write: a rewrite could still keep the key
+    assert _entry_racy(own_cache, kind)
+
+
+@pytest.mark.parametrize("kind", ["csv", "folder"])
+def test_an_uncached_load_does_not_hash_the_files(tmp_path, own_cache, monkeypatch, kind):
+    """QA: cache=False hashed each just-written file twice (before and after its decode) for an entry it never
+    writes."""
+    x, y = make_synthetic(1, seed=14)
+    if kind == "csv":
+        data, split = write_csv(tmp_path / "f.csv", {"Training": (x, y)}), "Training"
+    else:
+        data, split = write_folder(tmp_path / "imgs", {"train": (x, y)}), "train"
+    monkeypatch.setattr(loading, "_file_digest", _no_hashing)
+    assert torch.equal(load_split(data, split, cache=False).labels, torch.from_numpy(y))
+    assert not (own_cache / "data").exists() or not list((own_cache / "data").iterdir())
+
+
+def test_file_digest_is_the_files_sha256(tmp_path):
+    f = tmp_path / "b.bin"
+    f.write_bytes(b"abc" * 700_000)  # more than one read chunk
+    assert loading._file_digest(f) == __import__("hashlib").sha256(b"abc" * 700_000).hexdigest()
+    assert loading._file_digest(tmp_path / "missing") is None
+
+
+@pytest.mark.parametrize("kind", ["csv", "folder"])
+def test_the_in_process_copy_of_an_unwritable_cache_stops_hashing_once_settled(tmp_path, own_cache, monkeypatch,
+                                                                               kind):
+    (tmp_path / "notadir").write_text("x")
+    monkeypatch.setenv("FER_EDGE_CACHE_DIR", str(tmp_path / "notadir"))
+    x, y = make_synthetic(1, seed=15)
+    if kind == "csv":
+        data, split = write_csv(tmp_path / "f.csv", {"Training": (x, y)}), "Training"
+    else:
+        data, split = write_folder(tmp_path / "imgs", {"train": (x, y)}), "train"
+    load_split(data, split)  # racy, kept in this process with its digests
+    later = __import__("time").time_ns() + 2 * loading.RACY_NS
+    monkeypatch.setattr(loading, "_now_ns", lambda: later)
+    load_split(data, split)
+    monkeypatch.setattr(loading, "_file_digest", _no_hashing)
+    monkeypatch.setattr(_csv, "read_csv", lambda *a, **k: pytest.fail("re-parsed"))
+    monkeypatch.setattr(_folder, "decode", lambda *a, **k: pytest.fail("re-decoded"))
+    assert torch.equal(load_split(data, split).labels, torch.from_numpy(y))

@@ -24,7 +24,8 @@ Decoded arrays are cached as ``.npz`` under :func:`cache_dir` ``/data``, keyed b
 absolute path, the split and the file's size, mtime and ctime (for folders: the split's file
 list with sizes and times), so a second load takes well under a second. One pass over a
 CSV decodes and caches all its splits. Files changed within :data:`RACY_NS` of their decode
-are also checked by content on each hit (coarse file-system times); see :func:`_decode_checked`.
+are also checked by content on each hit until they have settled (coarse file-system times); see
+:func:`_decode_checked` and :func:`_settled`.
 """
 from __future__ import annotations
 
@@ -44,7 +45,7 @@ import numpy as np
 from fer_edge.constants import IMAGE_SIZE, LABELS, NUM_CLASSES
 from fer_edge.data import _csv, _folder
 from fer_edge.errors import DataError
-from fer_edge.utils import json_digest
+from fer_edge.utils import json_digest, sha256_path
 
 if TYPE_CHECKING:  # torch is imported lazily
     import torch
@@ -269,7 +270,8 @@ def _prune(keep: Path) -> None:
 #: "racy" (git's word): on a file system that keeps times to the second (ext2/ext3 with 128-byte inodes, HFS+, some
 #: network mounts) or to 2 s (FAT), a same-size rewrite within that tick keeps the size and both times, so the cache
 #: key cannot tell the new content from the decoded one. Such files' content digests are kept with the entry and
-#: checked on each hit (a racy entry of a CSV hashes the file on each load: still far faster than decoding it).
+#: checked on each hit (a racy entry of a CSV hashes the file on each load: still far faster than decoding it)
+#: until the first hit after its files have settled, which writes the entry again without them (:func:`_settled`).
 RACY_NS = 3_000_000_000
 
 
@@ -281,16 +283,20 @@ def _changed_ns(st) -> int:
     return max(st.st_mtime_ns, st.st_ctime_ns)
 
 
+def _settled(changed_ns: int) -> bool:
+    """True when a source last changed at ``changed_ns`` (its files' latest modification or status-change time) is
+    no longer racy: a rewrite now falls in a later tick and changes the cache key. A verified hit of a racy entry
+    then writes it again without its digests, so that later hits do not hash the files each time (a fresh
+    ``unzip`` and a first decode at once: every cached load of the full image folder took 0.6 s more, for ever)."""
+    return changed_ns < _now_ns() - RACY_NS
+
+
 def _file_digest(path) -> str | None:
     """sha256 of a file's bytes; None when it cannot be read."""
-    h = hashlib.sha256()
     try:
-        with open(path, "rb") as f:
-            while chunk := f.read(1 << 20):
-                h.update(chunk)
+        return sha256_path(path)
     except OSError:
         return None
-    return h.hexdigest()
 
 
 def _verified(digests: dict | None, paths: dict[str, str]) -> bool:
@@ -298,10 +304,13 @@ def _verified(digests: dict | None, paths: dict[str, str]) -> bool:
     return not digests or all(name in paths and _file_digest(paths[name]) == d for name, d in digests.items())
 
 
-def _decode_checked(racy: dict[str, str], decode, identity, key: str):
+def _decode_checked(racy: dict[str, str], decode, identity, key: str, cache: bool = True):
     """``(decode(), digests or None)``: the digests of the ``racy`` files (``{name: path}``) to keep with the entry;
     None (do not cache) when the source changed while it was decoded: ``identity()`` after the decode is not
-    ``key`` (the cache key taken before it), or a racy file's content changed (a same-tick rewrite keeps the key)."""
+    ``key`` (the cache key taken before it), or a racy file's content changed (a same-tick rewrite keeps the key).
+    ``cache=False``: nothing will be cached, so nothing is checked (hashing the racy files twice for nothing)."""
+    if not cache:
+        return decode(), None
     before = {name: _file_digest(p) for name, p in racy.items()}
     out = decode()
     try:
@@ -414,23 +423,39 @@ def _csv_metas(src: _Source, cache: bool, progress: bool):
     here = {"": str(src.path)}
     if cache:
         if _UNCACHED is not None and _UNCACHED[0] == key and _verified(_UNCACHED[3], here):
+            if _UNCACHED[3] and _settled(_changed_ns(st)):
+                _UNCACHED = (*_UNCACHED[:3], None)
             return path, key, _UNCACHED[2], _UNCACHED[1]
         hit = _cache_read(path, key, None)
         if hit is not None and _verified(hit[0].get("racy"), here):
+            if hit[0].get("racy") and _settled(_changed_ns(st)):
+                return path, key, hit[0]["splits"], _csv_settle(src, path, key, hit[0]["splits"])
             return path, key, hit[0]["splits"], None
-    splits, metas, digests = _csv_decode_checked(src, progress, key, st)
+    splits, metas, digests = _csv_decode_checked(src, progress, key, st, cache)
     if cache and digests is not None:
         _csv_cache_write(src, path, key, splits, metas, digests)
     return path, key, metas, splits
 
 
-def _csv_decode_checked(src: _Source, progress: bool, key: str, st) -> tuple[dict, dict, dict | None]:
+def _csv_decode_checked(src: _Source, progress: bool, key: str, st,
+                        cache: bool = True) -> tuple[dict, dict, dict | None]:
     """:func:`_csv_decode` and the digests to cache it with under ``key`` (:func:`_decode_checked`): None, not
-    cacheable. ``st``: the file's status when ``key`` was taken."""
+    cacheable. ``st``: the file's status when ``key`` was taken; ``cache=False``: nothing checked, None."""
     racy = {"": str(src.path)} if _changed_ns(st) >= _now_ns() - RACY_NS else {}
     (splits, metas), digests = _decode_checked(racy, lambda: _csv_decode(src, progress),
-                                               lambda: _csv_identity(src)[1], key)
+                                               lambda: _csv_identity(src)[1], key, cache)
     return splits, metas, digests
+
+
+def _csv_settle(src: _Source, path: Path, key: str, metas: dict) -> dict | None:
+    """Write the verified racy entry ``path`` of a settled CSV again without its digests (:func:`_settled`); its
+    splits as read for that (None when unreadable: the load reads or decodes them as after any hit). A failed
+    write is treated as any other (:func:`_csv_cache_write`)."""
+    hit = _cache_read(path, key, _order(metas))
+    if hit is None:
+        return None
+    _csv_cache_write(src, path, key, hit[1], metas, {})
+    return hit[1]
 
 
 def _csv_cache_write(src: _Source, path: Path, key: str, splits: dict, metas: dict, digests: dict) -> None:
@@ -512,14 +537,19 @@ def _folder_load(src: _Source, split: str, cache: bool, progress: bool):
     info = None
     arrays = None
     if cache:
+        settled = lambda: _settled(max(max(f.mtime_ns, f.ctime_ns) for f in files))  # noqa: E731
         kept = _UNCACHED_FOLDERS.get(ident)
         if kept is not None and kept[0] == key and _verified(kept[3], here):
             _, arrays, info, _ = kept
+            if kept[3] and settled():
+                _UNCACHED_FOLDERS[ident] = (*kept[:3], None)
         else:
             hit = _cache_read(path, key, [split])
             if hit is not None and _verified(hit[0].get("racy"), here):
                 info = hit[0]["splits"][split]
                 arrays = hit[1][split]
+                if hit[0].get("racy") and settled():  # written again without the digests (:func:`_settled`)
+                    _folder_cache_write(src, ident, path, key, split, arrays, info, {})
     if arrays is None:
         def decode():
             with _progress_bar(progress and len(files) >= PROGRESS_MIN_FILES,
@@ -529,22 +559,29 @@ def _folder_load(src: _Source, split: str, cache: bool, progress: bool):
         since = _now_ns() - RACY_NS
         racy = {f.rel: f.path for f in files if max(f.mtime_ns, f.ctime_ns) >= since}
         (images, labels, flags), digests = _decode_checked(
-            racy, decode, lambda: _folder_key(src, split, _restat(files))[1], key)
+            racy, decode, lambda: _folder_key(src, split, _restat(files))[1], key, cache)
         info = _split_meta(0, images, labels,
                            converted=int(np.count_nonzero(flags)),
                            resized=int(np.count_nonzero(flags & _folder.RESIZED)),
                            not_gray=int(np.count_nonzero(flags & _folder.NOT_GRAY)))
         arrays = (images, labels)
         if cache and digests is not None:
-            _UNCACHED_FOLDERS.pop(ident, None)
-            if not _cache_write(path, {"images_0": images, "labels_0": labels},
-                                {"version": CACHE_VERSION, "key": key, "format": "folder",
-                                 "source": str(src.path), "splits": {split: info}, "racy": digests or None}):
-                images.flags.writeable = labels.flags.writeable = False  # shared: each load_split takes a copy
-                _UNCACHED_FOLDERS[ident] = (key, arrays, info, digests or None)
+            _folder_cache_write(src, ident, path, key, split, arrays, info, digests)
     size = sum(f.size for f in files)
     mtime = max(f.mtime_ns for f in files) / 1e9
     return arrays, info, size, mtime
+
+
+def _folder_cache_write(src: _Source, ident: str, path: Path, key: str, split: str, arrays, info: dict,
+                        digests: dict) -> None:
+    """Write a folder split's entry; when the cache folder refuses it, keep the arrays in this process instead."""
+    images, labels = arrays
+    _UNCACHED_FOLDERS.pop(ident, None)
+    if not _cache_write(path, {"images_0": images, "labels_0": labels},
+                        {"version": CACHE_VERSION, "key": key, "format": "folder",
+                         "source": str(src.path), "splits": {split: info}, "racy": digests or None}):
+        images.flags.writeable = labels.flags.writeable = False  # shared: each load_split takes a copy
+        _UNCACHED_FOLDERS[ident] = (key, arrays, info, digests or None)
 
 
 # --------------------------------------------------------------------------- public API
