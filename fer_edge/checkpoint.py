@@ -20,7 +20,6 @@ A checkpoint is a plain dict (loadable with ``torch.load(..., weights_only=True)
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -230,11 +229,15 @@ def load_checkpoint(path: str | os.PathLike, map_location: str = "cpu") -> Check
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
     try:
-        with open(path, "rb") as fh:  # read once: the digest is of the bytes loaded, even if the file is replaced
-            data = fh.read()
-        digest = hashlib.sha256(data).hexdigest()
-        raw = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
-        del data
+        # one open file, hashed then loaded: the digest is of the bytes loaded even if a training run replaces the
+        # file meanwhile (a rename gives the path another file; this one stays), without holding a copy in memory
+        with open(path, "rb") as fh:
+            h = hashlib.sha256()
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+            digest = h.hexdigest()
+            fh.seek(0)
+            raw = torch.load(fh, map_location=map_location, weights_only=True)
     except PermissionError as e:
         raise CheckpointError(f"{path}: cannot read the checkpoint ({e.strerror or e})") from None
     except Exception as e:

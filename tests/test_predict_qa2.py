@@ -143,6 +143,10 @@ def test_model_suffixes_are_matched_in_any_case(tiny_checkpoint, tmp_path, predi
     shutil.copy(tiny_checkpoint, upper)
     face = np.full((48, 48), 100, np.uint8)
     assert fer_edge.load(upper).predict(face).label == predictor.predict(face).label
+    from fer_edge.benchmarks.artifacts import artifact_from_file
+
+    # `fer-edge bench BEST.PT` said "cannot tell the target of BEST.PT" (bench's own suffix check had a case)
+    assert artifact_from_file(upper).target == "checkpoint"
 
 
 # -- 6. nothing left to classify ------------------------------------------------------------------------------

@@ -53,7 +53,9 @@ def test_text_files_are_utf8_and_keep_their_line_endings_in_any_locale(tmp_path)
     """A report or CSV holding a non-ASCII name was written in the locale's encoding (Windows: cp1252, which has no
     Japanese; an ASCII locale has not even 'ü'), and in text mode, which on Windows doubles a CSV's ``\\r\\n``."""
     text = "model,note\r\nünï,日本\r\n"
-    r = _run(f"from fer_edge.utils import write_text_atomic; write_text_atomic('out.csv', {ascii(text)})",
+    # Windows' text mode, simulated: the pure-Python io writes os.linesep for each \n unless newline="" says not
+    windows = "import _pyio, io, os; os.linesep = '\\r\\n'; io.open = _pyio.open; "
+    r = _run(windows + f"from fer_edge.utils import write_text_atomic; write_text_atomic('out.csv', {ascii(text)})",
              {"LC_ALL": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0"}, tmp_path)
     assert r.returncode == 0, r.stderr.decode()
     assert (tmp_path / "out.csv").read_bytes() == text.encode("utf-8")

@@ -1,6 +1,7 @@
 """A --resume after a crash at the wrong moment, or beside another process writing the run."""
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -57,7 +58,7 @@ def test_a_kill_between_best_pt_and_its_report_is_mended_on_resume(synthetic_csv
 
     res = train(_cfg(synthetic_csv, out, epochs=epochs), resume=True, progress=False)
     err = " ".join(capsys.readouterr().err.split())
-    assert "report (per_class.csv, confusion matrix) was of epoch 1: made again from" in err, err
+    assert "report (per_class.csv, confusion matrix): the report was of epoch 1; made again from" in err, err
     best = load_checkpoint(out / "best.pt")
     report, per_class = _report(out)
     assert report["epoch"] == best.epoch == res.best_epoch
@@ -163,3 +164,39 @@ def test_a_run_folder_hint_names_a_checkpoint_whatever_the_case_of_its_suffix(ti
     shutil.copyfile(tiny_checkpoint, tmp_path / "BEST.PT")
     with pytest.raises(CheckpointError, match=r"give a checkpoint file in it, e.g. .*BEST\.PT"):
         load_checkpoint(tmp_path)
+
+
+def test_a_missing_per_class_csv_is_made_again_and_said_so(synthetic_csv, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "r"
+    _improving(monkeypatch)
+    train(_cfg(synthetic_csv, out, epochs=2), progress=False)
+    monkeypatch.undo()
+    (out / "per_class.csv").unlink()
+    capsys.readouterr()
+    train(_cfg(synthetic_csv, out, epochs=2), resume=True, progress=False)
+    err = " ".join(capsys.readouterr().err.split())
+    assert "(per_class.csv, confusion matrix): per_class.csv was missing; made again from" in err, err
+    assert (out / "per_class.csv").is_file()
+
+
+def test_another_rank_of_a_refused_resume_leaves_a_live_runs_files(synthetic_csv, tmp_path, monkeypatch):
+    """The resume's lock is rank 0's: a second torchrun --resume's other ranks removed the live run's temporary
+    files all the same."""
+    from fer_edge.utils import hold_lock, release_lock
+
+    out = tmp_path / "r"
+    with pytest.raises(_Killed):
+        monkeypatch.setattr(trainer_mod.Trainer, "_write_history", lambda *a: (_ for _ in ()).throw(_Killed()))
+        train(_cfg(synthetic_csv, out), progress=False)
+    monkeypatch.undo()
+    live = out / ".tmp-last-live.pt"
+    live.write_bytes(b"the live run's epoch, being written")
+    lock = hold_lock(out / trainer_mod.LOCK_FILE)
+    try:
+        rank1 = trainer_mod.Trainer(_cfg(synthetic_csv, out), progress=False, quiet=True)
+        rank1.dist.rank = 1
+        with contextlib.suppress(Exception):  # whatever rank 1 then meets alone (no process group here)
+            rank1.run(resume=True)
+        assert live.read_bytes() == b"the live run's epoch, being written"
+    finally:
+        release_lock(out / trainer_mod.LOCK_FILE, lock)

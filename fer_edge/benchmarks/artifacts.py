@@ -16,6 +16,7 @@ from pathlib import Path
 from fer_edge.errors import ArtifactError, FerEdgeError
 from fer_edge.preprocess import Normalization
 from fer_edge.targets import TARGETS, Precision, Target, find_target, target_for_path
+from fer_edge.runtimes import CHECKPOINT_SUFFIXES
 
 #: The name suffix of Core ML's raw-logits companion package (``x_fp32_logits.mlpackage``).
 LOGITS_SUFFIX = "_logits"
@@ -24,7 +25,6 @@ MANIFEST_NAME = "manifest.json"
 #: The pseudo-target of PyTorch checkpoints (the reference rows).
 CHECKPOINT_TARGET = "checkpoint"
 CHECKPOINT_RUNTIME = "pytorch"
-CHECKPOINT_SUFFIXES = (".pt", ".pth")
 #: What ``fer-edge bench`` accepts as an artifact file, for error messages.
 ARTIFACT_SUFFIXES = ", ".join([*(t.suffix for t in TARGETS.values()), *CHECKPOINT_SUFFIXES])
 
@@ -107,7 +107,7 @@ def artifact_from_file(path: str | Path) -> Artifact:
     p = Path(path)
     if not p.exists():
         raise ArtifactError(f"{p}: artifact not found")
-    if p.suffix in CHECKPOINT_SUFFIXES:
+    if p.suffix.lower() in CHECKPOINT_SUFFIXES:  # in any case, as predict and eval take them (BEST.PT)
         return Artifact(p, CHECKPOINT_TARGET, Precision.fp32.value, CHECKPOINT_RUNTIME, size_bytes=path_size(p))
     target = find_target(p)
     if target is None:
@@ -283,7 +283,7 @@ def collect_artifacts(specs: list[str | Path]) -> list[Artifact]:
         else:
             manifest = _manifest_for(p)
             listed = None
-            if manifest is not None and p.suffix not in CHECKPOINT_SUFFIXES:
+            if manifest is not None and p.suffix.lower() not in CHECKPOINT_SUFFIXES:
                 from fer_edge.exporters.manifest import load_manifest
 
                 # an unreadable manifest beside the file is refused as it is when benching the folder: the file

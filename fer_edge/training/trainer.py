@@ -688,7 +688,8 @@ class Trainer:
             # the lock first: a --resume refused (another process is writing the run, other options) changes
             # nothing in the folder, where removing a live run's temporary files made that run fail
             self._lock_out(ck)
-            _remove_debris(self.out)
+            if self.dist.main:  # (the lock above is rank 0's: another rank must not remove a live run's files)
+                _remove_debris(self.out)
             saved = ck.train_config
             now = cfg.to_dict()
             # a field the run's fer-edge did not have yet is that field's default (what the run trained with)
@@ -1265,23 +1266,26 @@ class Trainer:
         """On resume: the best epoch's report (``metrics.json``'s ``best_val``, ``per_class.csv``, the confusion
         matrix) is written after its ``best.pt``, so a process killed between them (or before ``best.pt``, which
         :meth:`_restore_best` writes again) left the report of an earlier epoch beside the best weights. Such a
-        report (another epoch, another accuracy, a file missing) is made again from ``best.pt``, with a line."""
+        report (another epoch, another accuracy, or ``per_class.csv`` missing; not the PNG, which a broken
+        matplotlib never draws) is made again from ``best.pt``, with a line."""
         best_epoch, best_acc = int(state["best_epoch"]), float(state["best_accuracy"])
         if not self.dist.main or best_epoch <= 0:
             return
         report = _read_metrics(self.out / "metrics.json").get("best_val") or {}
         recorded = report.get("accuracy")
-        if (report.get("epoch", best_epoch) == best_epoch and isinstance(recorded, (int, float))
-                and math.isclose(recorded, best_acc, abs_tol=1e-9) and (self.out / "per_class.csv").is_file()):
+        current = (report.get("epoch", best_epoch) == best_epoch and isinstance(recorded, (int, float))
+                   and math.isclose(recorded, best_acc, abs_tol=1e-9))
+        if current and (self.out / "per_class.csv").is_file():
             return
+        why = ("per_class.csv was missing" if current else
+               f"the report was of epoch {report['epoch']}" if "epoch" in report else "the report was not of it")
         best = load_checkpoint(self.out / "best.pt")
         logits = predict_logits(best.build_model().to(self.device), val.images, best.normalization, self.device,
                                 channels_last=self.cfg.channels_last)
         metrics = classification_metrics(val.labels.numpy(), logits.argmax(1).cpu().numpy(), list(LABELS))
         with interrupts_deferred():
             self._write_eval_outputs(metrics, val.split, best_epoch)
-        self.log(f"the best epoch's report (per_class.csv, confusion matrix) was "
-                 f"{'of epoch ' + str(report['epoch']) if 'epoch' in report else 'not of it'}: made again from "
+        self.log(f"the best epoch's report (per_class.csv, confusion matrix): {why}; made again from "
                  f"{self.out / 'best.pt'} (epoch {best_epoch}, val accuracy {metrics['accuracy']:.4f})")
 
     def _plot_curves(self, history: list[dict]) -> None:
