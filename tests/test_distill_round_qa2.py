@@ -140,8 +140,8 @@ def test_a_teacher_named_twice_is_a_usage_error(synthetic_folder, tmp_path, monk
     """QA: --extra-teacher small twice gave the small stage `--distill small.pt --distill small.pt`, and
     --teacher-set seed=5 --teachers 2 gave both teachers seed 5: an ensemble weighting one member twice."""
     _no_training(monkeypatch)
-    with pytest.raises(TrainingError, match=r"--extra-teacher small is given twice \(the students' ensemble would "
-                                            r"only weight that member twice\): give each extra teacher once"):
+    with pytest.raises(TrainingError, match=r"--extra-teacher small is given twice: the teachers' average would "
+                                            r"only weight that teacher twice; give each teacher once"):
         build_stages("simple_cnn", 1, 2, ["small", "small"], "teacher", "scratch", (0.4, 0.35, 0.25), 128, "none")
     assert main(_argv(synthetic_folder, tmp_path, "--extra-teacher", "small", "--extra-teacher", "small")) == 2
     assert "--extra-teacher small is given twice" in capsys.readouterr().err

@@ -697,16 +697,10 @@ def build_stages(teacher_model: str | Sequence[str], n_teachers: int, teacher_ma
     extra = tuple(str(_as_typed(resolve_checkpoint(t))) for t in extra_teachers)
     # a teacher named twice (--extra-teacher small twice, or small and its path) is refused, as eval and soup
     # refuse an ensemble member given twice: the students' ensemble would only weight that member twice
-    problems = []
-    by_path: dict[str, list[str]] = {}
-    for given, path in zip(extra_teachers, extra):
-        by_path.setdefault(str(_resolved(path)), []).append(str(given))
-    for given in by_path.values():
-        if len(given) > 1:
-            what = (f"{given[0]} is given twice" if len(set(given)) == 1
-                    else f"{' and '.join(dict.fromkeys(given))} name the same checkpoint")
-            problems.append(f"--extra-teacher {what} (the students' ensemble would only weight that member twice): "
-                            "give each extra teacher once")
+    # (by name, path or a byte-identical copy: the trainer's own check, named for this option)
+    from fer_edge.training.teachers import repeated_teachers
+
+    problems = [p.replace("--distill", "--extra-teacher", 1) for p in repeated_teachers(list(extra_teachers))]
     same_model = _repeated(kinds)
     if (teacher_options or {}).get("seed") is not None and same_model:
         # the teachers of one model differ only by their seeds, which --teacher-set seed= makes one
