@@ -126,7 +126,8 @@ def test_calib_seeds_without_an_int8_target_is_refused_before_any_export(tiny_ch
     assert main([str(tiny_checkpoint), "--calib-data", str(synthetic_csv), "--target", "torchscript",
                  "--calib-seeds", "0,1", "--calib-methods", "bogus", "--out", str(tmp_path / "o")]) == 2
     err = " ".join(capsys.readouterr().err.split())
-    assert err.startswith("error: --calib-methods: unknown calibration method 'bogus'") and err.count("error: ") == 1, err
+    assert err.startswith("error: --calib-methods: unknown calibration method 'bogus'"), err
+    assert err.count("error: ") == 1, err
     assert ("--calib-seeds compares INT8 exports validated here, and --target torchscript has no target that exports "
             "INT8 and runs on this machine (onnx, openvino") in err, err
     assert not (tmp_path / "o").exists()
