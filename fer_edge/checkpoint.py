@@ -208,6 +208,12 @@ def label_problems(labels) -> str:
     return f"a class is named twice ({', '.join(twice)})" if twice else ""
 
 
+def _file_state(fh) -> tuple:
+    """What tells that an open file was written over: its size and modification time (nanoseconds)."""
+    st = os.fstat(fh.fileno())
+    return st.st_size, st.st_mtime_ns
+
+
 def load_checkpoint(path: str | os.PathLike, map_location: str = "cpu") -> Checkpoint:
     """Load a checkpoint with ``weights_only=True``; clear errors for missing or foreign files."""
     import torch
@@ -232,16 +238,21 @@ def load_checkpoint(path: str | os.PathLike, map_location: str = "cpu") -> Check
         # one open file, hashed then loaded: the digest is of the bytes loaded even if a training run replaces the
         # file meanwhile (a rename gives the path another file; this one stays), without holding a copy in memory
         with open(path, "rb") as fh:
+            before = _file_state(fh)
             h = hashlib.sha256()
             for chunk in iter(lambda: fh.read(1 << 20), b""):
                 h.update(chunk)
             digest = h.hexdigest()
             fh.seek(0)
             raw = torch.load(fh, map_location=map_location, weights_only=True)
+            changed = _file_state(fh) != before  # written over in place meanwhile (cp, rsync --inplace)
     except PermissionError as e:
         raise CheckpointError(f"{path}: cannot read the checkpoint ({e.strerror or e})") from None
     except Exception as e:
         raise CheckpointError(f"{path}: not a readable checkpoint ({_load_error(e)})") from None
+    if changed:  # the digest would name other bytes than the weights loaded
+        raise CheckpointError(f"{path}: the file changed while it was read (another program was writing it); "
+                              "read it again once it is written")
     if is_part(raw):
         import re
         import shlex

@@ -304,3 +304,27 @@ def test_the_in_process_copy_of_an_unwritable_cache_stops_hashing_once_settled(t
     monkeypatch.setattr(_csv, "read_csv", lambda *a, **k: pytest.fail("re-parsed"))
     monkeypatch.setattr(_folder, "decode", lambda *a, **k: pytest.fail("re-decoded"))
     assert torch.equal(load_split(data, split).labels, torch.from_numpy(y))
+
+
+def test_a_rewrite_during_a_slow_check_of_a_racy_entry_is_still_caught(tmp_path, own_cache, coarse_times,
+                                                                         monkeypatch):
+    """QA (race_cache.py): "settled" was judged after the content check, so a same-tick rewrite right after a
+    slow check (a big folder, a slow mount) passed it, and the entry written again without its digests then
+    served the old labels for good. Settled is judged before the check now: the entry keeps its digests."""
+    x, y = make_synthetic(1, seed=13)
+    data = write_csv(tmp_path / "f.csv", {"Training": (x, y)})
+    load_split(data, "Training")  # just written: racy
+    real = loading._file_digest
+    start = loading._now_ns()
+
+    def slow_check_then_rewrite(p):
+        digest = real(p)
+        _relabelled(data, x, y)  # another program relabels the file in its tick, just after it was hashed
+        monkeypatch.setattr(loading, "_now_ns", lambda: start + 2 * loading.RACY_NS)  # the check took long
+        return digest
+
+    monkeypatch.setattr(loading, "_file_digest", slow_check_then_rewrite)
+    load_split(data, "Training")
+    monkeypatch.setattr(loading, "_file_digest", real)
+    loading._UNCACHED = None  # as a new process
+    assert not torch.equal(load_split(data, "Training").labels, torch.from_numpy(y))  # the file's new labels

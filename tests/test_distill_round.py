@@ -244,7 +244,7 @@ def test_main_reports_missing_data_and_bad_teacher(tmp_path, synthetic_folder, c
 @pytest.mark.parametrize("many", [True, False], ids=["many-options", "defaults"])
 def test_command_runs_the_same_config(many, tmp_path, monkeypatch):
     for name in ("d.csv", "a.pt", "b c.pt", "i.pt"):
-        (tmp_path / name).write_text("x")  # the CLI checks that these exist
+        (tmp_path / name).write_text(name)  # the CLI checks that these exist (two teachers: two files)
     monkeypatch.chdir(tmp_path)
     cfg = TrainConfig(data="d.csv")
     if many:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -138,9 +139,11 @@ def test_a_checkpoint_is_named_by_the_bytes_it_was_loaded_from(tiny_checkpoint, 
     first = sha256_path(path)
     real_load = torch.load
 
-    def replaced_after_reading(*a, **k):  # a training run writes a new best.pt as this one is loaded
+    def replaced_after_reading(*a, **k):  # a training run writes a new best.pt (a rename) as this one is loaded
         out = real_load(*a, **k)
-        path.write_bytes(path.read_bytes() + b"\0")
+        newer = tmp_path / ".tmp-best.pt"
+        newer.write_bytes(path.read_bytes() + b"\0")
+        os.replace(newer, path)
         return out
 
     monkeypatch.setattr(torch, "load", replaced_after_reading)
@@ -200,3 +203,26 @@ def test_another_rank_of_a_refused_resume_leaves_a_live_runs_files(synthetic_csv
         assert live.read_bytes() == b"the live run's epoch, being written"
     finally:
         release_lock(out / trainer_mod.LOCK_FILE, lock)
+
+
+def test_a_checkpoint_written_over_in_place_while_loaded_is_refused(tiny_checkpoint, tmp_path, monkeypatch):
+    """QA (race_ck.py): hashed, then loaded from the same open file: a writer rewriting it in place between the two
+    (cp, rsync --inplace) had its new weights loaded under the old file's SHA-256."""
+    import shutil
+
+    from fer_edge import checkpoint as ck_mod
+    from fer_edge.errors import CheckpointError
+
+    path = tmp_path / "t.pt"
+    shutil.copyfile(tiny_checkpoint, path)
+    real_load = torch.load
+
+    def rewritten_in_place(*a, **k):
+        with open(path, "r+b") as fh:  # the same file, other bytes: no rename
+            fh.seek(0, os.SEEK_END)
+            fh.write(b"\0")
+        return real_load(*a, **k)
+
+    monkeypatch.setattr(torch, "load", rewritten_in_place)
+    with pytest.raises(CheckpointError, match="the file changed while it was read"):
+        ck_mod.load_checkpoint(path)

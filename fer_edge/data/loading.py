@@ -422,13 +422,16 @@ def _csv_metas(src: _Source, cache: bool, progress: bool):
     path = _cache_path("csv", ident, key)
     here = {"": str(src.path)}
     if cache:
+        # judged before the content is checked: a rewrite during a slow check, in the file's own tick, would pass
+        # it, and an entry written again without its digests would then serve the old data for good
+        settled = _settled(_changed_ns(st))
         if _UNCACHED is not None and _UNCACHED[0] == key and _verified(_UNCACHED[3], here):
-            if _UNCACHED[3] and _settled(_changed_ns(st)):
+            if _UNCACHED[3] and settled:
                 _UNCACHED = (*_UNCACHED[:3], None)
             return path, key, _UNCACHED[2], _UNCACHED[1]
         hit = _cache_read(path, key, None)
         if hit is not None and _verified(hit[0].get("racy"), here):
-            if hit[0].get("racy") and _settled(_changed_ns(st)):
+            if hit[0].get("racy") and settled:
                 return path, key, hit[0]["splits"], _csv_settle(src, path, key, hit[0]["splits"])
             return path, key, hit[0]["splits"], None
     splits, metas, digests = _csv_decode_checked(src, progress, key, st, cache)
@@ -537,18 +540,18 @@ def _folder_load(src: _Source, split: str, cache: bool, progress: bool):
     info = None
     arrays = None
     if cache:
-        settled = lambda: _settled(max(max(f.mtime_ns, f.ctime_ns) for f in files))  # noqa: E731
+        settled = _settled(max((max(f.mtime_ns, f.ctime_ns) for f in files), default=0))  # before the check (as CSVs)
         kept = _UNCACHED_FOLDERS.get(ident)
         if kept is not None and kept[0] == key and _verified(kept[3], here):
             _, arrays, info, _ = kept
-            if kept[3] and settled():
+            if kept[3] and settled:
                 _UNCACHED_FOLDERS[ident] = (*kept[:3], None)
         else:
             hit = _cache_read(path, key, [split])
             if hit is not None and _verified(hit[0].get("racy"), here):
                 info = hit[0]["splits"][split]
                 arrays = hit[1][split]
-                if hit[0].get("racy") and settled():  # written again without the digests (:func:`_settled`)
+                if hit[0].get("racy") and settled:  # written again without the digests (:func:`_settled`)
                     _folder_cache_write(src, ident, path, key, split, arrays, info, {})
     if arrays is None:
         def decode():
