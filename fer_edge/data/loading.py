@@ -444,7 +444,7 @@ def _csv_decode_checked(src: _Source, progress: bool, key: str, st,
                         cache: bool = True) -> tuple[dict, dict, dict | None]:
     """:func:`_csv_decode` and the digests to cache it with under ``key`` (:func:`_decode_checked`): None, not
     cacheable. ``st``: the file's status when ``key`` was taken; ``cache=False``: nothing checked, None."""
-    racy = {"": str(src.path)} if _changed_ns(st) >= _now_ns() - RACY_NS else {}
+    racy = {} if _settled(_changed_ns(st)) else {"": str(src.path)}
     (splits, metas), digests = _decode_checked(racy, lambda: _csv_decode(src, progress),
                                                lambda: _csv_identity(src)[1], key, cache)
     return splits, metas, digests
@@ -559,8 +559,7 @@ def _folder_load(src: _Source, split: str, cache: bool, progress: bool):
                                f"Decoding {src.path.name}/{split}") as update:
                 return _folder.decode(_folder.natural_order(files), progress=update)
 
-        since = _now_ns() - RACY_NS
-        racy = {f.rel: f.path for f in files if max(f.mtime_ns, f.ctime_ns) >= since}
+        racy = {f.rel: f.path for f in files if not _settled(max(f.mtime_ns, f.ctime_ns))}
         (images, labels, flags), digests = _decode_checked(
             racy, decode, lambda: _folder_key(src, split, _restat(files))[1], key, cache)
         info = _split_meta(0, images, labels,

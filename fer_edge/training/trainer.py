@@ -228,18 +228,15 @@ def _single_value_norms(model: torch.nn.Module) -> str:
         return ""
     first = next(model.parameters(), None)
     x = torch.zeros((1, 1, IMAGE_SIZE, IMAGE_SIZE), device=first.device if first is not None else "cpu")
-    modes = [(m, m.training) for m in model.modules()]
     handles = [m.register_forward_pre_hook(hook(n)) for n, m in norms]
     try:
-        model.eval()
-        model(x)
+        with _eval_mode(model):
+            model(x)
     except Exception:  # noqa: BLE001 - a model that cannot take the image: _model_problems said so already
         return ""
     finally:
         for h in handles:
             h.remove()
-        for m, training in modes:
-            m.train(training)
     return " and ".join(what + ("" if what.endswith(" layers") else f" ({', '.join(names[:3])}"
                                 + (", ..." if len(names) > 3 else "") + ")")
                         for what, names in found.items())
@@ -452,10 +449,18 @@ def _finite_outputs(model: torch.nn.Module, norm: Normalization) -> bool:
 
     first = next(model.parameters(), None)
     x = _probe_images().to(first.device if first is not None else "cpu")
-    modes = [(m, m.training) for m in model.modules()]
-    try:
-        model.eval()
+    with _eval_mode(model):
         return bool(torch.isfinite(model((x - norm.mean) / norm.std)).all())
+
+
+@contextlib.contextmanager
+def _eval_mode(model: torch.nn.Module):
+    """``model`` in eval mode for a probe (its BatchNorm statistics left as they are), each module's own mode put
+    back afterwards."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
     finally:
         for m, training in modes:
             m.train(training)
@@ -1049,8 +1054,8 @@ class Trainer:
                         t_val = time.perf_counter()
                         logits_val = predict_logits(eval_model, val.images, norm, device,
                                                     channels_last=cfg.channels_last)
-                        if not bool(torch.isfinite(logits_val).all()):  # argmax of NaN is no accuracy
-                            bad = int((~torch.isfinite(logits_val).all(1)).sum())
+                        bad = int((~torch.isfinite(logits_val).all(1)).sum())
+                        if bad:  # argmax of NaN is no accuracy
                             kept = (f"this epoch was not saved; {last_path} holds epoch {epoch}"
                                     if epoch > start_epoch or state is not None else "nothing was saved")
                             raise TrainingError(
