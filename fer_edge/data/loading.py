@@ -67,6 +67,7 @@ DEFAULT_SPLITS: dict[str, dict[str, tuple[str, ...]]] = {
 #: Files that make a folder count as a CSV data set, in order of preference.
 CSV_NAMES = ("fer2013.csv", "fer2013.csv.gz")
 CACHE_VERSION = 2  # 2: a CSV row with a non-empty field past the header's columns is refused
+# (not raised for the splits' ``unordered_sha256``: load_split computes it for an entry written without it)
 #: Show a progress bar when decoding at least this many image files (or a CSV this large).
 PROGRESS_MIN_FILES = 1000
 PROGRESS_MIN_BYTES = 16 << 20
@@ -80,7 +81,9 @@ class FerSplit:
     ``fingerprint`` identifies the data: ``format`` ("csv" or "folder"), ``source`` (the
     absolute CSV path or folder root), ``split`` (the resolved name), ``n``, ``size`` (bytes:
     the CSV file, or the split's image files together), ``mtime`` (the CSV's, or the newest
-    image's), ``sha256`` (of the images' bytes followed by the labels as little-endian int64).
+    image's), ``sha256`` (of the images' bytes followed by the labels as little-endian int64: it depends on their
+    order), ``unordered_sha256`` (of the (image, label) pairs in any order: the CSV's ``Training`` and an image
+    folder's ``train`` holding the same images have the same one; see :func:`_arrays_unordered_sha256`).
     """
 
     images: "torch.Tensor"  # uint8 N x 48 x 48
@@ -215,6 +218,17 @@ def _arrays_sha256(images: np.ndarray, labels: np.ndarray) -> str:
     h.update(np.ascontiguousarray(images, dtype=np.uint8).data)
     h.update(np.ascontiguousarray(labels, dtype="<i8").data)
     return h.hexdigest()
+
+
+def _arrays_unordered_sha256(images: np.ndarray, labels: np.ndarray) -> str:
+    """SHA-256 of the (image, label) pairs in any order: each pair's SHA-256 (the image's bytes, then its label as
+    little-endian int64), sorted, hashed together. The CSV's ``Training`` and an image folder's ``train`` hold the
+    same pairs in another order (rows, file names), which :func:`_arrays_sha256` tells apart; this does not.
+    0.13 s for FER2013's 28,709 training images (the ordered hash: 0.05 s)."""
+    flat = np.ascontiguousarray(images, dtype=np.uint8).reshape(len(labels), -1)
+    labs = np.ascontiguousarray(labels, dtype="<i8").tobytes()
+    pairs = sorted(hashlib.sha256(flat[i].tobytes() + labs[8 * i : 8 * i + 8]).digest() for i in range(len(flat)))
+    return hashlib.sha256(b"".join(pairs)).hexdigest()
 
 
 #: The names of the cache's own files (``_cache_path``): only these are ever removed from the cache folder.
@@ -356,7 +370,8 @@ def _cache_read(path: Path, key: str, splits: list[str] | None):
 
 
 def _split_meta(sid: int, images: np.ndarray, labels: np.ndarray, **extra) -> dict:
-    return {"id": sid, "n": int(len(labels)), "sha256": _arrays_sha256(images, labels), **extra}
+    return {"id": sid, "n": int(len(labels)), "sha256": _arrays_sha256(images, labels),
+            "unordered_sha256": _arrays_unordered_sha256(images, labels), **extra}
 
 
 # --------------------------------------------------------------------------- progress
@@ -723,6 +738,8 @@ def load_split(data: str | Path, split: str, *, cache: bool = True, progress: bo
         "size": int(size),
         "mtime": float(mtime),
         "sha256": info["sha256"],
+        # cache entries written before this digest existed lack it: computed from the arrays on each load then
+        "unordered_sha256": info.get("unordered_sha256") or _arrays_unordered_sha256(images, labels),
     }
     return FerSplit(
         images=torch.from_numpy(np.ascontiguousarray(images)),
