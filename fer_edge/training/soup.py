@@ -279,8 +279,12 @@ def make_soup(checkpoints: list[str | Path], out: str | Path, data: str | Path, 
     trained_on_val = [str(ck.path) for ck in cks
                       if isinstance(ck.data, dict) and isinstance(ck.data.get("train"), dict)
                       and ck.data["train"].get("sha256") and same_data(ck.data["train"], val_fp)]
-    if trained_on_val or (val_split is not None and val.split == default_train_split(data)):
-        who = f" ({', '.join(trained_on_val)} trained on it)" if trained_on_val else ""
+    # --bn recompute on the validation images: the soup's statistics come from the images it is scored on
+    stats_on_val = train is not None and has_bn and same_data(data_fingerprint(train), val_fp)
+    if trained_on_val or stats_on_val or (val_split is not None and val.split == default_train_split(data)):
+        why = ([f"{', '.join(trained_on_val)} trained on it"] if trained_on_val else []) + (
+            ["--bn recompute measured the BatchNorm statistics on it"] if stats_on_val else [])
+        who = f" ({'; '.join(why)})" if why else ""
         notes.append(f"the validation split {val.split} is training data{who}: the soup is scored"
                      + (" and --greedy chooses" if greedy else "") + " on images the ingredients trained on, so "
                      "its accuracy says little about new faces")
