@@ -47,15 +47,28 @@ def to_model_order(y_true, labels) -> np.ndarray:
 
 
 def confusion_matrix(y_true, y_pred, num_classes: int = len(LABELS)) -> np.ndarray:
-    """Rows are true classes, columns predicted classes (true classes outside 0..num_classes-1 are refused)."""
+    """Rows are true classes, columns predicted classes (true classes or predictions outside 0..num_classes-1 are
+    refused)."""
     check_scorable(y_true, [str(i) for i in range(num_classes)])
     return _confusion(y_true, y_pred, num_classes)
 
 
 def _confusion(y_true, y_pred, num_classes: int) -> np.ndarray:
-    """:func:`confusion_matrix` of labels already checked."""
+    """:func:`confusion_matrix` of true labels already checked; the predictions are checked here: one past the last
+    class was counted into the next row's first cell (``[0, 1], [7, 1]`` scored angry-as-disgust), a negative one
+    into the row before, without a word."""
+    from fer_edge.errors import DataError
+
     y_true = np.asarray(y_true, dtype=np.int64)
     y_pred = np.asarray(y_pred, dtype=np.int64)
+    if y_pred.shape != y_true.shape:
+        raise DataError(f"{y_pred.size} predictions for {y_true.size} true labels: give one prediction per label")
+    if y_pred.size and (int(y_pred.min()) < 0 or int(y_pred.max()) >= num_classes):
+        bad = sorted({int(v) for v in y_pred[(y_pred < 0) | (y_pred >= num_classes)]})
+        many = len(bad) > 1
+        shown = ", ".join(map(str, bad[:5])) + (" ..." if len(bad) > 5 else "")
+        raise DataError(f"prediction{'s' if many else ''} {shown} {'are' if many else 'is'} outside the "
+                        f"{num_classes} classes (0..{num_classes - 1})")
     return np.bincount(y_true * num_classes + y_pred, minlength=num_classes**2).reshape(num_classes, num_classes)
 
 
