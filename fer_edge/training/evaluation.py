@@ -110,11 +110,17 @@ def evaluate(checkpoint: str | Path | None | Sequence[str | Path], data: str | P
     paths = [resolve_checkpoint(c) for c in names]
     cks = [load_checkpoint(p) for p in paths]
     sha256s = [ck.sha256 for ck in cks]  # of the bytes loaded: a run replacing best.pt meanwhile cannot mislabel
+    # members compared by what they compute, as soup does: their weights (a run's best.pt and last.pt, whose resume
+    # entry makes other bytes, hold the same model when its best epoch is the last), model, labels and normalisation
+    from fer_edge.training.soup import weights_digest
+
+    models = ([repr((weights_digest(ck.state_dict), ck.model_name, ck.model_kwargs, list(ck.labels),
+                     ck.normalization.to_dict())) for ck in cks] if len(cks) > 1 else sha256s)
     seen: dict[str, Path] = {}
-    for path, digest in zip(paths, sha256s):
+    for path, digest in zip(paths, models):
         if digest in seen:
             same = "is given twice" if Path(seen[digest]).resolve() == Path(path).resolve() else \
-                f"holds the same weights as {seen[digest]} (same SHA-256)"
+                f"holds the same weights as {seen[digest]} (every tensor, the model, labels and normalisation equal)"
             raise CheckpointError(f"cannot ensemble {path}: it {same}; an ensemble of a model with itself only "
                                   "weights that model twice")
         seen[digest] = path
