@@ -54,6 +54,10 @@ class Artifact:
     embedded: dict | None = None
     #: what reading it found worth saying (its precision taken from its metadata over its name)
     notes: list[str] = field(default_factory=list)
+    #: ``{file: sha256}`` of every file it is made of (OpenVINO: ``.xml`` and ``.bin``; Core ML: its ``_logits``
+    #: companion too) as it was verified (a manifest's records) or hashed when collected (a file no manifest lists):
+    #: :func:`check_unchanged` compares them again once the bench has loaded it
+    files: dict[str, str] = field(default_factory=dict)
 
     @property
     def is_checkpoint(self) -> bool:
@@ -108,11 +112,14 @@ def artifact_from_file(path: str | Path) -> Artifact:
     if not p.exists():
         raise ArtifactError(f"{p}: artifact not found")
     if p.suffix.lower() in CHECKPOINT_SUFFIXES:  # in any case, as predict and eval take them (BEST.PT)
-        return Artifact(p, CHECKPOINT_TARGET, Precision.fp32.value, CHECKPOINT_RUNTIME, size_bytes=path_size(p))
+        return Artifact(p, CHECKPOINT_TARGET, Precision.fp32.value, CHECKPOINT_RUNTIME, size_bytes=path_size(p),
+                        files=_hashes(p, CHECKPOINT_RUNTIME))
     target = find_target(p)
     if target is None:
         raise ArtifactError(f"cannot tell the target of {p}: expected one of the suffixes {ARTIFACT_SUFFIXES}")
-    art = Artifact(p, target.name, _precision_from_name(p, target), target.runtime, size_bytes=path_size(p))
+    # hashed before its metadata is read: what the bench measures is checked against these bytes
+    art = Artifact(p, target.name, _precision_from_name(p, target), target.runtime, size_bytes=path_size(p),
+                   files=_hashes(p, target.runtime))
     embedded = str(_embedded_metadata(art).get("precision") or "")
     if embedded in {x.value for x in Precision}:
         named = _name_precision(p, target)
@@ -121,6 +128,40 @@ def artifact_from_file(path: str | Path) -> Artifact:
                              f"benchmarked (and parity-gated) as {embedded}")
         art.precision = embedded
     return art
+
+
+def _hashes(p: Path, runtime: str) -> dict[str, str]:
+    """``{file: sha256}`` of the files the ``runtime`` reads for ``p``, a file no manifest lists: ``p``, OpenVINO's
+    ``.bin`` beside its ``.xml``, Core ML's ``_logits`` package beside its own (those that exist)."""
+    from fer_edge.utils import sha256_path
+
+    files = [p]
+    if runtime == "openvino":
+        files.append(p.with_suffix(".bin"))
+    elif runtime == "coreml" and not p.stem.endswith(LOGITS_SUFFIX):
+        files.append(p.with_name(p.stem + LOGITS_SUFFIX + p.suffix))
+    return {str(f): sha256_path(f) for f in files if f.exists()}
+
+
+def check_unchanged(art: Artifact) -> None:
+    """Refuse (:class:`ArtifactError` naming the file) an artifact a file of which no longer holds the bytes it was
+    verified (or hashed) as when the bench collected it: written over while being benchmarked, its rows would give
+    the SHA-256 and size of bytes that were not measured. A checkpoint without ``files`` is checked against its
+    ``sha256`` (the hash its reference logits were computed from)."""
+    from fer_edge.utils import sha256_path
+
+    files = art.files or ({str(art.path): art.sha256} if art.sha256 else {})
+    for f, want in files.items():
+        try:
+            got = sha256_path(f)
+        except OSError as e:
+            raise ArtifactError(f"{f}: changed while being benchmarked (it can no longer be read: "
+                                f"{e.strerror or e}); benchmark it again once it is written") from None
+        if got != want:
+            raise ArtifactError(
+                f"{f}: changed while being benchmarked (SHA-256 {want[:12]}... when checked, {got[:12]}... after it "
+                "was loaded): its rows would name bytes that were not measured; benchmark it again once it is written"
+            )
 
 
 def verify_entry(entry: dict, root: Path, manifest: Path) -> None:
@@ -162,6 +203,13 @@ def read_manifest(path: str | Path, verify: bool = True, only: set[str] | None =
     # the (target, precision) groups selected: a file given alone is verified with its companions (Core ML's
     # `_logits` package, which the coreml runtime runs for it), as a whole folder's bench verifies them
     groups = {_group(e) for e in entries if only is not None and e["file"] in only and e.get("target")}
+    # every file of each (target, precision) group as its manifest records it: an artifact's own files and its
+    # companions' (the coreml runtime runs the `_logits` package too), checked again once the bench has loaded it
+    recorded: dict[tuple, dict[str, str]] = {}
+    for e in entries:
+        for rec in e.get("files") or [{"file": e.get("file"), "sha256": e.get("sha256")}]:
+            if isinstance(rec, dict) and rec.get("file") and rec.get("sha256"):
+                recorded.setdefault(_group(e), {})[str(mpath.parent / str(rec["file"]))] = str(rec["sha256"])
     out: list[Artifact] = []
     for e in entries:
         selected = only is None or e["file"] in only
@@ -198,6 +246,7 @@ def read_manifest(path: str | Path, verify: bool = True, only: set[str] | None =
             source=dict(src or {}),
             manifest=mpath,
             export_complete=_run_complete(data, e),
+            files=_entry_files(e, entries, recorded, mpath.parent),
             **_validation(e),
         ))
     if not out:
@@ -207,6 +256,18 @@ def read_manifest(path: str | Path, verify: bool = True, only: set[str] | None =
 
 def _group(entry: dict) -> tuple:
     return entry.get("target"), entry.get("precision")
+
+
+def _entry_files(entry: dict, entries: list[dict], recorded: dict[tuple, dict[str, str]], root: Path
+                 ) -> dict[str, str]:
+    """The recorded ``{file: sha256}`` of a main entry: its own files, and its companions' when it is the only
+    main entry of its (target, precision) group."""
+    mains = [e for e in entries if _group(e) == _group(entry) and e.get("variant", "main") == "main"]
+    if len(mains) == 1:
+        return dict(recorded.get(_group(entry), {}))
+    own = [rec for rec in entry.get("files") or [{"file": entry.get("file"), "sha256": entry.get("sha256")}]
+           if isinstance(rec, dict) and rec.get("file") and rec.get("sha256")]
+    return {str(root / str(rec["file"])): str(rec["sha256"]) for rec in own}
 
 
 def _companion_of(p: Path, entries: list[dict]) -> str | None:
@@ -425,7 +486,7 @@ def _source_key(a: Artifact) -> str | None:
         from fer_edge.utils import sha256_path
 
         if not a.sha256:
-            a.sha256 = sha256_path(a.path)
+            a.sha256 = a.files.get(str(a.path)) or sha256_path(a.path)  # (hashed when collected)
         return a.sha256
     return a.source.get("sha256") or (f"path:{a.source['path']}" if a.source.get("path") else None)
 

@@ -50,6 +50,7 @@ from fer_edge.benchmarks.artifacts import (
     CHECKPOINT_TARGET,
     MANIFEST_NAME,
     Artifact,
+    check_unchanged,
     collect_artifacts,
     error_text,
     gate_failed,
@@ -165,6 +166,23 @@ def check_devices(devices: Sequence[str], runtimes: Sequence[str] | None = None)
         raise OptionError(f"--devices: unknown device {', '.join(map(repr, unknown))} (not a device of {which}); "
                           f"valid (any case): cpu, {', '.join(names.values())}"
                           + (" (ONNX Runtime's with or without 'ExecutionProvider')" if ort else ""))
+
+
+def check_runtimes(runtimes: Sequence[str] | None, arts: Sequence[Artifact]) -> None:
+    """Refuse (:class:`OptionError`) ``runtimes`` none of which runs any of ``arts`` nor the reference checkpoints
+    (PyTorch): every row would be left out, and the bench would load the data and run the references for a report
+    with no row. Names among several that run nothing are left to the bench's notes."""
+    from fer_edge.errors import OptionError
+
+    if not runtimes:
+        return
+    others = list(dict.fromkeys(a.runtime for a in arts if a.runtime != CHECKPOINT_RUNTIME))
+    if not any(name in (*others, CHECKPOINT_RUNTIME) for name in runtimes):
+        one = len(runtimes) == 1
+        raise OptionError(
+            f"--runtimes {','.join(runtimes)}: none of the inputs runs in {'it' if one else 'them'}; they run in "
+            f"{', '.join(others)}{' and ' if others else ''}{CHECKPOINT_RUNTIME} (the reference checkpoint): name "
+            "one of those, or leave --runtimes out for all of them")
 
 
 def is_cpu_device(device: str | None) -> bool:
@@ -453,6 +471,14 @@ class _Live:
     rounds: list[list[int]] = field(default_factory=list)
 
 
+def _drop_group(live: list[_Live], g: _Group) -> None:
+    """Take ``g``'s rows out of ``live`` (in place) and let go of its loaded runtimes; other groups' rows stay, whatever
+    their status (a parity-failed row is still timed)."""
+    mine = {id(r) for r in g.rows}
+    live[:] = [lv for lv in live if id(lv.row) not in mine]
+    g.loaded.clear()
+
+
 def _plan(entries: list[tuple], batches: Sequence[int], runtimes: Sequence[str] | None,
           devices: Sequence[str] | None) -> tuple[list[dict], list[_Group]]:
     """Rows and groups of ``entries``: ``(artifact, is_reference)`` or ``(artifact, is_reference, _Reference)``."""
@@ -598,6 +624,7 @@ def _run_bench(
 
     env = describe_environment()
     arts = collect_artifacts(list(artifacts)) if artifacts else default_artifacts(notes, data)
+    check_runtimes(runtimes, arts)  # before the data and the references: a --runtimes that runs nothing is refused
     ref_groups, ref_notes = reference_groups(arts, reference)
     notes += ref_notes
     warnings: list[str] = []
@@ -664,6 +691,8 @@ def _run_bench(
                 entries.append((art, is_ref, ref))
         del model
     rows, groups = _plan(entries, batches, runtimes, devices)
+    if not rows:  # (check_runtimes refuses that first): a report with no row would replace one in out_dir for nothing
+        raise FerEdgeError("nothing to benchmark: no artifact runs in the runtimes asked for; no report was written")
     for name in runtimes or []:
         if not any(r["runtime"] == name for r in rows):
             notes.append(f"--runtimes {name}: no artifact among the inputs runs in it")
@@ -724,9 +753,18 @@ def _run_bench(
             row["rss_delta_mb"] = (r1 - rss0) if (r1 is not None and rss0 is not None) else None
             g.loaded[b] = rt
             live.append(_Live(row, rt, x))
-        # accuracy and parity: once per artifact x runtime x device, on its largest loaded batch
         if not g.loaded:
             continue
+        try:  # what was loaded is what was verified (and what the rows' sha256 names), not a file written since
+            check_unchanged(g.art)
+        except FerEdgeError as e:
+            for row in g.rows:
+                if row["status"] == "ok":
+                    row["status"], row["reason"] = "failed", error_text(e)
+                    tick("", rounds)
+            _drop_group(live, g)
+            continue
+        # accuracy and parity: once per artifact x runtime x device, on its largest loaded batch
         b = max(g.loaded)
         try:
             logits = run_in_chunks(g.loaded[b].run, inputs.normalized(norm), b)
@@ -738,7 +776,7 @@ def _run_bench(
                 if row["status"] == "ok":
                     row["status"], row["reason"] = "failed", f"validation: {error_text(e)}"
                     tick("", rounds)
-            live = [lv for lv in live if lv.row["status"] == "ok"]
+            _drop_group(live, g)  # only this group's: earlier groups' rows (parity-failed ones too) are timed
             continue
         for row in g.rows:
             row.update(accuracy=_finite(m["accuracy"]), macro_f1=_finite(m["macro_f1"]),
