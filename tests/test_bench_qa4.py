@@ -178,3 +178,32 @@ def test_an_unchanged_artifact_passes_the_check_and_every_file_is_covered(export
         check_unchanged(art)
     loose = collect_artifacts([exported / "fer_nano_fp32.xml"])[0]
     assert set(loose.files) == set(arts["openvino"].files)
+
+
+# --- 4: merged.md on the same data ------------------------------------------------------------------------------------
+def test_merged_p50_table_shows_each_machines_top1_when_they_differ_on_the_same_data(tmp_path, report_dir):
+    """QA: on the same data the p50 table had one Top-1 column, the first machine's, hiding another accuracy
+    (INT8 on CPUs with and without VNNI)."""
+    from fer_edge.benchmarks.report import merge_reports
+
+    a = json.loads((report_dir / "report.json").read_text())
+    b = json.loads(json.dumps(a))
+    b["environment"]["hostname"] = "other-host"
+    b["rows"][0]["accuracy"] = 0.125
+    (tmp_path / "a.json").write_text(json.dumps(a))
+    (tmp_path / "b.json").write_text(json.dumps(b))
+    merged = merge_reports([tmp_path / "a.json", tmp_path / "b.json"], tmp_path / "m")
+    assert not merged.warnings  # the same data
+    p50 = (tmp_path / "m" / "merged.md").read_text().split("All rows:")[0]
+    header = next(line for line in p50.splitlines() if "M1 p50 ms" in line)
+    assert "| M1 Top-1 | M2 Top-1 |" in header, header
+    line = next(line for line in p50.splitlines() if "12.5%" in line)
+    assert f"{100 * a['rows'][0]['accuracy']:.1f}%" in line, line
+    # the same figures: one column
+    merge_reports([tmp_path / "a.json", report_dir / "report.json"], tmp_path / "same")  # (one machine, twice)
+    c = json.loads(json.dumps(a))
+    c["environment"]["hostname"] = "third-host"
+    (tmp_path / "c.json").write_text(json.dumps(c))
+    merge_reports([tmp_path / "a.json", tmp_path / "c.json"], tmp_path / "same")
+    header = next(line for line in (tmp_path / "same" / "merged.md").read_text().splitlines() if "M1 p50" in line)
+    assert "| Top-1 |" in header and "M1 Top-1" not in header, header

@@ -760,7 +760,8 @@ def merged_markdown(machines: list[dict], rows: list[dict], notes: list[str] | N
     A machine with two rows of one key (the same model, target, precision, runtime, device and
     batch: e.g. two copies of an artifact) gets a line per row, never one dropped. Each machine's
     line names the data its report measured; ``warning`` (:func:`data_warning`, when the reports measured
-    different data) is printed and the p50 table then has a Top-1 column per machine instead of one. Each line
+    different data) is printed. The p50 table has a Top-1 column per machine instead of one when the data differ
+    or when a line's Top-1 differs between machines (the same data, other arithmetic: INT8 kernels). Each line
     also gives the report's fer-edge version and timing settings (:func:`settings_text`); ``other_warnings``
     (:func:`settings_warning`) are printed after ``warning``.
     """
@@ -778,8 +779,12 @@ def merged_markdown(machines: list[dict], rows: list[dict], notes: list[str] | N
     for w in [warning, *(other_warnings or [])]:
         if w:
             lines += ["", f"Warning: {w}"]
-    per_machine_top1 = warning is not None
     keys, by = _p50_lines(rows, names)
+    # a Top-1 column per machine when the data differ, and also when one line's accuracies do on the same data (an
+    # INT8 model on CPUs with and without VNNI): one column would show the first machine's figure for all of them
+    per_machine_top1 = warning is not None or any(
+        len({r.get("accuracy") for n in names if (r := by.get((k, n))) and r.get("accuracy") is not None}) > 1
+        for k in keys)
 
     def cell(r: dict | None) -> str:
         if r is None:
