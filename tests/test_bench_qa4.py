@@ -207,3 +207,75 @@ def test_merged_p50_table_shows_each_machines_top1_when_they_differ_on_the_same_
     merge_reports([tmp_path / "a.json", tmp_path / "c.json"], tmp_path / "same")
     header = next(line for line in (tmp_path / "same" / "merged.md").read_text().splitlines() if "M1 p50" in line)
     assert "| Top-1 |" in header and "M1 Top-1" not in header, header
+
+
+# --- 5: interrupted runs and another run's files ---------------------------------------------------------------------
+def test_an_interrupted_bench_does_not_take_another_runs_report_for_its_own(monkeypatch, tmp_path, tiny_checkpoint,
+                                                                            synthetic_csv):
+    """QA: bench A interrupted after bench B wrote its report into the same --out said it held A's report."""
+    from fer_edge.benchmarks import bench
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "report.json").write_text(json.dumps({"created_at": "earlier"}))
+
+    def other_run_then_ctrl_c(*a, **k):  # run B finishes its report while A is timing; then A gets Ctrl-C
+        tmp = out / ".b.json"
+        tmp.write_text(json.dumps({"created_at": "run B"}))
+        os.replace(tmp, out / "report.json")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(bench, "timed_turn", other_run_then_ctrl_c)
+    result = invoke(["bench", tiny_checkpoint, "--data", synthetic_csv, "--split", "PublicTest", *QUICK,
+                     "--runtimes", "pytorch", "--out", out])
+    assert result.exit_code == 130, result.output
+    text = _text(result)
+    assert "this run's" not in text, text
+    assert (f"interrupted: no report was written by this run; the report.json in {out}/ (created run B) was "
+            "written meanwhile by another one") in text, text
+
+
+def test_a_signal_while_the_bench_writes_still_names_this_runs_files(monkeypatch, tmp_path, tiny_checkpoint,
+                                                                     synthetic_csv):
+    """An interrupt held over the writes is raised after them: the files are this run's, and only those written."""
+    import fer_edge.benchmarks.report as report_mod
+    from fer_edge.errors import PlotError
+
+    real = report_mod.BenchReport.write
+
+    def write(self, out_dir):
+        os.kill(os.getpid(), signal.SIGINT)  # held until the files are written
+        return real(self, out_dir)
+
+    def no_plot(*a, **k):  # (a plot not drawn: its PNG is not this run's file)
+        raise PlotError("no plot here")
+
+    monkeypatch.setattr(report_mod.BenchReport, "write", write)
+    monkeypatch.setattr(report_mod, "plot_latency_vs_accuracy", no_plot)
+    out = tmp_path / "out"
+    result = invoke(["bench", tiny_checkpoint, "--data", synthetic_csv, "--split", "PublicTest", *QUICK,
+                     "--runtimes", "pytorch", "--out", out])
+    assert result.exit_code == 130, result.output
+    text = _text(result)
+    assert (f"interrupted: after the report was written: {out}/ holds this run's report.json, report.csv, "
+            "report.md; the summary was not printed") in text, text
+    assert json.loads((out / "report.json").read_text())["rows"]
+
+
+def test_an_interrupted_merge_does_not_take_another_runs_files_for_its_own(monkeypatch, tmp_path, report_dir):
+    import fer_edge.benchmarks.report as report_mod
+
+    out = tmp_path / "m"
+
+    def other_merge_then_ctrl_c(*a, **k):  # another merge writes into the same --out; then this one gets Ctrl-C
+        out.mkdir(exist_ok=True)
+        (out / "merged.json").write_text("{}")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(report_mod, "merged_markdown", other_merge_then_ctrl_c)
+    result = invoke(["report", "merge", report_dir, "--out", out])
+    assert result.exit_code == 130, result.output
+    text = _text(result)
+    assert "this run's" not in text, text
+    assert (f"interrupted: no merged files were written by this run; the merged.json in {out}/ was written "
+            "meanwhile by another one") in text, text

@@ -574,6 +574,7 @@ def _run_bench(
     out_dir: str | Path | None = None,
     progress: ProgressFn | None = None,
     on_warning: Callable[[str], None] | None = None,
+    on_written: Callable[[BenchReport], None] | None = None,
 ) -> BenchReport:
     """Benchmark artifacts (dirs, manifests, files; None: the shipped model's) and return the report.
 
@@ -590,7 +591,9 @@ def _run_bench(
     written, ``out_dir`` is left as it was; one arriving while it is written waits until all
     four files are. ``on_warning`` is called with each warning known before the measuring starts (unverified
     artifacts, more threads than cores, a parity sample smaller than the export gate's), as soon as it is known;
-    every warning is in the report's ``warnings`` as well.
+    every warning is in the report's ``warnings`` as well. ``on_written`` is called with the report once its files
+    are in ``out_dir`` (before an interrupt held over the writes is raised): how a caller tells that the report there
+    is this run's, whatever another run wrote into ``out_dir`` meanwhile.
     """
     import torch
 
@@ -873,6 +876,8 @@ def _run_bench(
 
         with interrupts_deferred():  # the four files are written together: an interrupt waits for the last one
             report.write(out_dir)
+            if on_written is not None:
+                on_written(report)
     return report
 
 

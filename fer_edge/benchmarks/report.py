@@ -643,7 +643,8 @@ def settings_warning(machines: list[dict]) -> str | None:
             + "): their latencies and throughputs are not measured alike")
 
 
-def merge_reports(paths: list[str | Path], out_dir: str | Path) -> MergedReport:
+def merge_reports(paths: list[str | Path], out_dir: str | Path,
+                  on_written: Callable[[MergedReport], None] | None = None) -> MergedReport:
     """One comparison (md + csv + json + plot) of reports taken on several machines.
 
     Rows are keyed by machine (``hostname (CPU)`` from each report's environment); further
@@ -656,7 +657,8 @@ def merge_reports(paths: list[str | Path], out_dir: str | Path) -> MergedReport:
 
     The four files (:data:`MERGED_FILES`) are written together (:func:`write_together`), Ctrl-C and SIGTERM held
     over the writes: they are all this merge's or all as they were. A plot that cannot be drawn is a warning in
-    the result's ``warnings`` (and no earlier plot is left beside the new files).
+    the result's ``warnings`` (and no earlier plot is left beside the new files). ``on_written`` is called with the
+    result once its files are written (before an interrupt held over the writes is raised).
     """
     from fer_edge.benchmarks.environment import machine_label
     from fer_edge.utils import interrupts_deferred, json_digest
@@ -714,6 +716,8 @@ def merge_reports(paths: list[str | Path], out_dir: str | Path) -> MergedReport:
                                       lambda path: plot_latency_vs_accuracy(rows, path, title, color_key="machine",
                                                                             machine_names=names),
                                       merged.warnings.append)  # (after merged.json: it says what was merged)
+        if on_written is not None:
+            on_written(merged)
     return merged
 
 

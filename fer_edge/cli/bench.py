@@ -184,21 +184,24 @@ def weight_gate_lines(report, where: str) -> list[str]:
     return [line for line in lines if line]
 
 
-def _interrupted_note(out: Path, before: tuple[int, int] | None) -> str:
-    """What an interrupted bench left in ``out``; ``before``: :func:`_report_state` when it started."""
-    from fer_edge.benchmarks.report import REPORT_FILES
-
-    now = _report_state(out)
-    if now is not None and now != before:
-        written = [n for n in REPORT_FILES if (out / n).is_file()]  # no PNG when the plot was not drawn
+def _interrupted_note(out: Path, before: tuple[int, int] | None, written: list[str] | None) -> str:
+    """What an interrupted bench left in ``out``. ``written``: the names of the files this run's own write put there
+    (run_bench's ``on_written``; no PNG when the plot was not drawn), None when it did not finish: a report that
+    appeared meanwhile is another run's (a second bench into the same --out), not taken for this one's by its
+    file's identity. ``before``: :func:`_report_state` when it started, to tell that case from one left as it was."""
+    if written is not None:
         return (f"after the report was written: {out}/ holds this run's {', '.join(written)}; "
                 "the summary was not printed")
+    now = _report_state(out)
     if now is None:
         return f"no report was written ({out}/ holds none)"
     try:
         when = json.loads((out / "report.json").read_text()).get("created_at") or "?"
     except (OSError, ValueError, AttributeError):
         when = "?"
+    if now != before:
+        return (f"no report was written by this run; the report.json in {out}/ (created {when}) was written "
+                "meanwhile by another one")
     return (f"no new report was written; the earlier report in {out}/ (report.json created {when}) was left as "
             "it was")
 
@@ -287,23 +290,29 @@ def bench_cmd(
 
     before = _report_state(out)
     shown: list[str] = []
+    written: list[str] | None = None  # the files this run's own write put in --out, once it finished
+
+    def on_written(report) -> None:
+        nonlocal written
+        written = [p.name for p in report.files.values()]
+
     try:
         with sigterm_as_interrupt():  # (run_bench has its own; this one also covers the summary after it)
             report = _measure(artifacts, data, split, reference, rt_list, dev_list, batches, threads, warmup, iters,
                               seconds, rounds, n_images, seed, parity_gate, out, shown,
                               _threshold_overrides(min_agreement=min_agreement, max_abs_diff=max_abs_diff,
-                                                   max_kl=max_kl, max_accuracy_drop=max_accuracy_drop))
+                                                   max_kl=max_kl, max_accuracy_drop=max_accuracy_drop), on_written)
             _summary(report, out, shown, parity_gate)
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM (run_bench turns it into KeyboardInterrupt), as in export
-        typer.echo(f"interrupted: {_interrupted_note(out, before)}", err=True)
+        typer.echo(f"interrupted: {_interrupted_note(out, before, written)}", err=True)
         raise typer.Exit(130) from None
     check_outcome(report, parity_gate)
 
 
 def _measure(artifacts, data, split, reference, rt_list, dev_list, batches, threads, warmup, iters, seconds, rounds,
-             n_images, seed, parity_gate, out, shown, overrides):
+             n_images, seed, parity_gate, out, shown, overrides, on_written=None):
     """:func:`run_bench` under a progress bar; warnings before the measuring are printed at once (and added to
-    ``shown``)."""
+    ``shown``); ``on_written``: run_bench's, called once the report files are written."""
     from rich.markup import escape
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -326,6 +335,7 @@ def _measure(artifacts, data, split, reference, rt_list, dev_list, batches, thre
             batches=batches, threads=threads, warmup=warmup, iters=iters, seconds=seconds,
             rounds=rounds, n_images=n_images, seed=seed, threshold_overrides=overrides,
             parity_gate=parity_gate, out_dir=out, progress=progress, on_warning=early_warning,
+            on_written=on_written,
         )
 
 
@@ -370,31 +380,34 @@ def merge_cmd(
     from fer_edge.utils import sigterm_as_interrupt
 
     before = _report_state(out, "merged.json")
+    written: list[str] = []  # the files this merge's own write put in --out, once it finished
     try:
         with sigterm_as_interrupt():
-            _merge(reports, out)
+            _merge(reports, out, lambda merged: written.extend(p.name for p in merged.files.values()))
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM; merge_reports holds them over its writes: all four files or none
-        typer.echo(f"interrupted: {_merge_interrupted_note(out, before)}", err=True)
+        typer.echo(f"interrupted: {_merge_interrupted_note(out, before, written or None)}", err=True)
         raise typer.Exit(130) from None
 
 
-def _merge_interrupted_note(out: Path, before: tuple[int, int] | None) -> str:
-    """What an interrupted merge left in ``out``; ``before``: :func:`_report_state` of merged.json when it started."""
-    from fer_edge.benchmarks.report import MERGED_FILES
-
+def _merge_interrupted_note(out: Path, before: tuple[int, int] | None, written: list[str] | None) -> str:
+    """What an interrupted merge left in ``out``. ``written``: the names of the files its own write put there
+    (merge_reports' ``on_written``), None when it did not finish; ``before``: :func:`_report_state` of merged.json
+    when it started (a merged.json changed since without this merge's write is another run's)."""
+    if written is not None:
+        return (f"after the merged files were written: {out}/ holds this run's {', '.join(written)}; the summary "
+                "was not printed")
     if _report_state(out, "merged.json") not in (None, before):
-        kept = [name for name in MERGED_FILES if (out / name).is_file()]
-        return (f"after the merged files were written: {out}/ holds this run's {', '.join(kept)}; the summary was "
-                "not printed")
+        return (f"no merged files were written by this run; the merged.json in {out}/ was written meanwhile by "
+                "another one")
     return f"no merged files were written; {out}/ was left as it was"
 
 
-def _merge(reports: List[Path], out: Path) -> None:
+def _merge(reports: List[Path], out: Path, on_written=None) -> None:
     from rich.table import Table
 
     from fer_edge.benchmarks.report import merge_reports
 
-    merged = merge_reports(list(reports), out)
+    merged = merge_reports(list(reports), out, on_written=on_written)
     n, rows = len(merged.machines), len(merged.rows)
     t = Table(title=f"{n} report{'s' * (n != 1)}, {rows} row{'s' * (rows != 1)}")
     t.add_column("#")
