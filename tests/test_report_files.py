@@ -352,6 +352,6 @@ def test_a_bench_interrupted_after_writing_names_only_the_files_it_wrote(tmp_pat
     out.mkdir()
     for name in ("report.json", "report.csv", "report.md"):
         (out / name).write_text("{}" if name.endswith("json") else "x")
-    note = _interrupted_note(out, None)
+    note = _interrupted_note(out, None, ["report.json", "report.csv", "report.md"])
     assert note.startswith("after the report was written") and "report.json, report.csv, report.md;" in note
     assert "latency_vs_accuracy.png" not in note
