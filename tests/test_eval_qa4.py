@@ -51,8 +51,9 @@ def test_the_same_images_in_another_order_are_the_same_data(reversed_csv, synthe
     csv = data_fingerprint(load_split(reversed_csv, "Training", progress=False))
     folder = data_fingerprint(load_split(synthetic_folder, "train", progress=False))
     assert csv["sha256"] != folder["sha256"]  # the rows are in another order than the files
+    # within one format the order is the data's (a seeded run shuffles by position): a reordered CSV is other data
     in_order = data_fingerprint(load_split(synthetic_csv, "Training", progress=False))
-    assert in_order["sha256"] != csv["sha256"] and same_data(in_order, csv)  # a reordered copy of a CSV too
+    assert in_order["unordered_sha256"] == csv["unordered_sha256"] and not same_data(in_order, csv)
     assert csv["unordered_sha256"] == folder["unordered_sha256"] and csv["n"] == folder["n"]
     assert same_data(folder, csv) and same_data(csv, folder)
     other = data_fingerprint(load_split(reversed_csv, "PublicTest", progress=False))
@@ -62,9 +63,10 @@ def test_the_same_images_in_another_order_are_the_same_data(reversed_csv, synthe
     assert not same_data(_old_style(folder), other)  # another split
     assert not same_data(_old_style(folder), {**csv, "n": csv["n"] - 1})  # another count
     # ... and of the same format, by its hash as before (the folder's files order their images)
-    assert not same_data(_old_style(folder), {**folder, "sha256": "0" * 64, "unordered_sha256": "1" * 64})
-    # both with the order-free digest: it decides, whatever the split is called
+    assert not same_data(_old_style(folder), {**folder, "sha256": "0" * 64})
+    # across formats, both with the order-free digest: it decides, whatever the split is called
     assert not same_data(folder, {**csv, "unordered_sha256": "1" * 64})
+    assert not same_data(folder, {**csv, "n": csv["n"] - 1})
 
 
 @pytest.mark.parametrize("old", [False, True], ids=["new-record", "old-record"])
@@ -110,7 +112,8 @@ def test_soup_notes_batchnorm_statistics_measured_on_its_validation_split(bn_ing
     r = make_soup(bn_ingredients, tmp_path / "v.pt", synthetic_csv, split="PublicTest", val_split="PublicTest",
                   bn="recompute", progress=False)
     note = [n for n in r.notes if "is training data" in n]
-    assert note and "--bn recompute measured the BatchNorm statistics on it" in note[0], r.notes
+    assert note and "--bn recompute measured the BatchNorm statistics on it): the soup is scored on images its " \
+        "BatchNorm statistics were measured on" in note[0], r.notes
     assert load_checkpoint(r.path).data["train"]["split"] == "PublicTest"  # so eval of the soup says so too
 
 

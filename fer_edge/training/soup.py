@@ -285,8 +285,10 @@ def make_soup(checkpoints: list[str | Path], out: str | Path, data: str | Path, 
         why = ([f"{', '.join(trained_on_val)} trained on it"] if trained_on_val else []) + (
             ["--bn recompute measured the BatchNorm statistics on it"] if stats_on_val else [])
         who = f" ({'; '.join(why)})" if why else ""
+        learned = ("its BatchNorm statistics were measured on" if stats_on_val and len(why) == 1 and
+                   val.split != default_train_split(data) else "the ingredients trained on")
         notes.append(f"the validation split {val.split} is training data{who}: the soup is scored"
-                     + (" and --greedy chooses" if greedy else "") + " on images the ingredients trained on, so "
+                     + (" and --greedy chooses" if greedy else "") + f" on images {learned}, so "
                      "its accuracy says little about new faces")
     device = torch.device("cpu")
     remeasure = train is not None and has_bn

@@ -387,21 +387,21 @@ def _split_names(split: str | None) -> set[str]:
 
 
 def same_data(saved: dict, now: dict) -> bool:
-    """Whether a split's fingerprint is the one a checkpoint recorded: its images and labels, in any order and
-    whatever the split is called (a CSV's ``Training`` and an image folder's ``train`` holding the same images are
-    the same data), by the order-free ``unordered_sha256`` where both record it, else by ``sha256`` (which depends
-    on the order). A checkpoint recorded before ``unordered_sha256`` existed (the shipped weights: an image
-    folder's ``train``) whose ``sha256`` differs, and data of the other format (the CSV's rows are in another
-    order than a folder's files, so its ``sha256`` cannot match), is judged on the split name (or an alias of it)
-    and count, as a checkpoint without any hash is."""
+    """Whether a split's fingerprint is the one a checkpoint recorded: its images and labels, whatever the split is
+    called. Data of one format is compared by ``sha256``, which depends on the order (the CSV's rows, the folder's
+    file names): a seeded run shuffles by position, so a reordered copy trains otherwise. A CSV and an image folder
+    order the same images differently (FER2013's ``Training`` and ``images/train``), so across formats the order-free
+    ``unordered_sha256`` decides where both record it; a record from before it existed (the shipped weights: an
+    image folder's ``train``) is then judged on the split name (or an alias of it) and count, as a checkpoint
+    without any hash is."""
     same_n = "n" not in saved or saved["n"] == now.get("n")
     if "sha256" in saved:
         if saved["sha256"] == now.get("sha256"):
             return same_n
-        if saved.get("unordered_sha256") and now.get("unordered_sha256"):
-            return saved["unordered_sha256"] == now["unordered_sha256"] and same_n
         if not saved.get("format") or not now.get("format") or saved["format"] == now["format"]:
             return False
+        if saved.get("unordered_sha256") and now.get("unordered_sha256"):
+            return saved["unordered_sha256"] == now["unordered_sha256"] and same_n
     if "split" in saved and now.get("split") not in _split_names(saved["split"]):
         return False
     return same_n
