@@ -26,7 +26,7 @@ import numpy as np
 from fer_edge.constants import IMAGE_SIZE
 from fer_edge.errors import ArtifactError, DataError, FerEdgeError
 from fer_edge.faces import DEFAULT_MARGIN, Box, FaceDetector, IMAGE_SUFFIXES, load_image
-from fer_edge.preprocess import Normalization
+from fer_edge.preprocess import Normalization, check_normalization, labels_problem
 
 #: How many faces one runtime call classifies at most.
 MAX_BATCH = 64
@@ -109,20 +109,18 @@ def check_margin(margin: float) -> float:
     return m
 
 
-def _normalization(normalization) -> Normalization:
-    """A :class:`Normalization` or ``{"mean": .., "std": ..}`` -> a checked :class:`Normalization` of floats, or
-    :class:`DataError` saying what is wrong (checked before anything converts it, which raised KeyError,
-    ValueError or AttributeError)."""
-    if isinstance(normalization, Normalization):
-        d = {"mean": normalization.mean, "std": normalization.std}
-    elif isinstance(normalization, dict):
-        d = normalization
-    else:
-        raise DataError(f"normalization must be a fer_edge.preprocess.Normalization or {{'mean': .., 'std': ..}}, "
-                        f"got {type(normalization).__name__} {normalization!r}")
-    if (why := Normalization.problem(d)) is not None:
-        raise DataError(f"normalization {why}")
-    return Normalization(float(d["mean"]), float(d["std"]))
+def check_labels(labels, where: str = "labels") -> tuple[str, ...]:
+    """``labels`` as a tuple of class names, or :class:`DataError`: a list, tuple or other sequence (not a str,
+    whose characters would each become a label) of distinct, non-empty strings, one per model output (the count is
+    checked against the model's outputs when it runs). Two equal names would merge their probabilities in
+    :attr:`Prediction.probabilities` (a dict), so an answer would sum to less than 1 without a word."""
+    if isinstance(labels, (str, bytes, dict)) or not isinstance(labels, Iterable):
+        raise DataError(f"{where} must be a list of class names, one per model output, got "
+                        f"{type(labels).__name__} {labels!r}")
+    labels = tuple(labels)
+    if (why := labels_problem(labels)) is not None:
+        raise DataError(f"{where} {why}")
+    return tuple(str(x) for x in labels)
 
 
 class Predictor:
@@ -145,8 +143,8 @@ class Predictor:
             meta = ArtifactMeta.from_dict(self.metadata, where=str(self.path))
             labels = meta.labels if labels is None else labels
             normalization = meta.normalization if normalization is None else normalization
-        self.labels: tuple[str, ...] = tuple(labels)
-        self.normalization: Normalization = _normalization(normalization)
+        self.labels: tuple[str, ...] = check_labels(labels)
+        self.normalization: Normalization = check_normalization(normalization)
         #: what a user should know before trusting the answers (:func:`load` adds one for an artifact its export's
         #: parity gate failed); the CLI prints each as a warning
         self.warnings: list[str] = []

@@ -46,6 +46,39 @@ class Normalization:
         return None
 
 
+def labels_problem(labels) -> str | None:
+    """What keeps ``labels`` (a list or tuple) from naming a model's outputs, or None: one distinct, non-empty
+    string each (an artifact's metadata and :class:`fer_edge.predict.Predictor`'s ``labels=`` are checked by it).
+    Two equal names would merge their probabilities in a prediction's ``{label: probability}``."""
+    if not isinstance(labels, (list, tuple)):
+        return f"must be a list of class names, got {type(labels).__name__} {labels!r}"
+    if not labels:
+        return "must name at least one class, got none"
+    bad = [x for x in labels if not isinstance(x, str) or not x.strip()]
+    if bad:
+        return f"must be non-empty strings, got {bad[0]!r} in {list(labels)!r}"
+    repeated = sorted({x for x in labels if labels.count(x) > 1})
+    if repeated:
+        return f"must be distinct (one per model output), got {', '.join(map(repr, repeated))} more than once"
+    return None
+
+
+def check_normalization(normalization) -> Normalization:
+    """A :class:`Normalization` or ``{"mean": .., "std": ..}`` -> a checked :class:`Normalization` of floats, or
+    :class:`DataError` saying what is wrong (checked before anything converts it, which raised KeyError,
+    ValueError or AttributeError). :func:`normalize` and :class:`fer_edge.predict.Predictor` take either form."""
+    if isinstance(normalization, Normalization):
+        d = {"mean": normalization.mean, "std": normalization.std}
+    elif isinstance(normalization, dict):
+        d = normalization
+    else:
+        raise DataError(f"normalization must be a fer_edge.preprocess.Normalization or {{'mean': .., 'std': ..}}, "
+                        f"got {type(normalization).__name__} {normalization!r}")
+    if (why := Normalization.problem(d)) is not None:
+        raise DataError(f"normalization {why}")
+    return Normalization(float(d["mean"]), float(d["std"]))
+
+
 def load_image(image):
     """A path, PIL image or numpy array -> a loaded PIL image with EXIF orientation applied.
 
@@ -214,6 +247,8 @@ def to_uint8(arr: np.ndarray) -> np.ndarray:
     from those, so the error says to clip raw pixels to the range first.
     """
     arr = np.asarray(arr)
+    if arr.size == 0:  # (numpy's min of nothing raised a plain ValueError)
+        raise DataError(f"cannot use an array of shape {tuple(arr.shape)} as an image: it has no pixels")
     if arr.dtype == np.uint8:
         return arr
     if arr.dtype == np.bool_:
@@ -276,12 +311,14 @@ def _not_uint8(dtype) -> DataError:
                      "size) or to_uint8 (pixel values of another dtype)")
 
 
-def normalize(gray: np.ndarray, norm: Normalization) -> np.ndarray:
-    """uint8 N x 48 x 48 (or 48 x 48) -> float32 N x 1 x 48 x 48, normalised.
+def normalize(gray: np.ndarray, norm: Normalization | dict) -> np.ndarray:
+    """uint8 N x 48 x 48 (or 48 x 48) -> float32 N x 1 x 48 x 48, normalised with ``norm``: a
+    :class:`Normalization` or ``{"mean": .., "std": ..}`` (an artifact's ``normalization`` metadata, decoded).
 
     Other dtypes are refused (:class:`DataError`): a 0..1 float image would be divided by 255 once more (a
     near-constant input, classified without a word), negative or 16-bit integers would be wrapped or out of range.
     """
+    norm = check_normalization(norm)
     gray = np.asarray(gray)
     if gray.dtype != np.uint8:
         raise _not_uint8(gray.dtype)
@@ -293,10 +330,12 @@ def normalize(gray: np.ndarray, norm: Normalization) -> np.ndarray:
     return ((x - norm.mean) / norm.std).astype(np.float32)
 
 
-def normalize_torch(gray, norm: Normalization):
+def normalize_torch(gray, norm: Normalization | dict):
     """The same as :func:`normalize` for a uint8 torch tensor: 48 x 48, N x 48 x 48 or N x 1 x 48 x 48 ->
     float32 N x 1 x 48 x 48, normalised; other dtypes and shapes are refused (:class:`DataError`)."""
     import torch
+
+    norm = check_normalization(norm)
 
     if not isinstance(gray, torch.Tensor):  # (a numpy array's uint8 is no torch.uint8: "must be uint8, got uint8")
         raise DataError(f"normalize_torch takes a torch tensor, got {type(gray).__name__}: use normalize for numpy "

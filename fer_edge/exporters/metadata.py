@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Mapping
 
 from fer_edge.errors import ArtifactError
-from fer_edge.preprocess import Normalization
+from fer_edge.preprocess import Normalization, labels_problem
 
 META_KEYS: tuple[str, ...] = (
     "labels",
@@ -80,6 +80,8 @@ class ArtifactMeta:
             raise ArtifactError(f"{where}: unreadable fer-edge metadata ({e})") from None
         if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
             raise ArtifactError(f"{where}: metadata 'labels' is not a JSON list of strings")
+        if (why := labels_problem(labels)) is not None:  # a repeated name would merge two outputs' probabilities
+            raise ArtifactError(f"{where}: metadata 'labels' {why}")
         return cls(
             labels=labels,
             normalization=norm,
