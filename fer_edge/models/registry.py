@@ -28,6 +28,9 @@ def register_model(fn: Callable[..., nn.Module] | None = None, *, source: str = 
     """
 
     def deco(f: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        if not callable(f) or not isinstance(getattr(f, "__name__", None), str):  # (f.__name__ raised AttributeError)
+            raise ModelError(f"register_model takes a function that builds a model (def my_model(num_classes=7, "
+                             f"**kwargs)), got {type(f).__name__} {f!r}")
         if not f.__name__.isidentifier():  # a lambda's "<lambda>": no name a user could type
             raise ModelError(f"register_model needs a named function (def my_model(...)), got {f.__name__!r}")
         if f.__name__ in _REGISTRY:

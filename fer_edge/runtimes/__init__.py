@@ -13,9 +13,10 @@ Importing this package is cheap: each runtime imports its engine inside its meth
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
-from fer_edge.errors import ArtifactError, FerEdgeError, RuntimeUnavailableError
+from fer_edge.errors import ArtifactError, FerEdgeError, OptionError, RuntimeUnavailableError
 from fer_edge.runtimes.base import Runtime
 from fer_edge.runtimes.coreml import CoreMLRuntime
 from fer_edge.runtimes.onnxruntime import OnnxRuntime
@@ -41,10 +42,17 @@ def get_runtime(name: str) -> type[Runtime]:
         raise FerEdgeError(f"unknown runtime {name!r}; valid runtimes: {', '.join(RUNTIMES)}") from None
 
 
+def _check_path(path) -> None:
+    if not isinstance(path, (str, os.PathLike)):  # (pathlib raised a plain TypeError)
+        raise ArtifactError(f"expected the path of a model file (or a shipped model name), got "
+                            f"{type(path).__name__} {path!r}")
+
+
 def runtime_for_path(path: str | Path) -> type[Runtime]:
     """The runtime that runs ``path``: ``pytorch`` for ``.pt``, else the target's runtime from the table."""
     from fer_edge.targets import target_for_path
 
+    _check_path(path)
     if str(path).rstrip("/").lower().endswith(CHECKPOINT_SUFFIXES):  # in any case, as the targets' suffixes
         return get_runtime(PyTorchRuntime.name)
     try:
@@ -65,6 +73,10 @@ def load_runtime(path: str | Path, runtime: str | None = None, device: str | Non
     """
     from fer_edge.weights import PRETRAINED, resolve_checkpoint
 
+    _check_path(path)
+    if device is not None and not isinstance(device, str):  # each runtime would fail on it with its own exception
+        raise OptionError(f"the device must be a string such as 'cpu' (or None: the runtime's default), got "
+                          f"{type(device).__name__} {device!r}")
     if str(path) in PRETRAINED:
         path = resolve_checkpoint(str(path))
     cls = get_runtime(runtime) if runtime else runtime_for_path(path)

@@ -10,7 +10,7 @@ from typing import Iterator
 
 import numpy as np
 
-from fer_edge.errors import ArtifactError, DataError, RuntimeUnavailableError, UnknownDeviceError
+from fer_edge.errors import ArtifactError, DataError, OptionError, RuntimeUnavailableError, UnknownDeviceError
 
 
 def package_available(package: str) -> tuple[bool, str]:
@@ -55,6 +55,9 @@ def check_device(device: str, valid: list[str], runtime: str, known: list[str] |
     (:class:`UnknownDeviceError`, a usage error in the CLI). ``indexed``: the runtime takes torch's ``name:N``
     (``cuda:1``, ``cpu:0``) for a device here; elsewhere that form of a device here is refused as unknown, naming
     the devices to use."""
+    if not isinstance(device, str):  # (device.lower() raised AttributeError)
+        raise OptionError(f"{runtime}: the device must be a string such as 'cpu', got {type(device).__name__} "
+                          f"{device!r}")
     for v in valid:
         if device == v or device.lower() == v.lower():
             return v
@@ -93,14 +96,20 @@ def torch_threads(threads: int | None) -> Iterator[None]:
 
 
 def as_input(x) -> np.ndarray:
-    """float32, C-contiguous N x 1 x 48 x 48 (a single 1 x 48 x 48 image gets a batch axis)."""
+    """float32, C-contiguous N x 1 x 48 x 48 (a single 1 x 48 x 48 image gets a batch axis). Integer and bool
+    arrays are refused (:class:`DataError`): they are raw pixels, not the normalised input every runtime takes."""
     from fer_edge.constants import IMAGE_SIZE
 
     import reprlib
 
     expected = f"expected float32 N x 1 x {IMAGE_SIZE} x {IMAGE_SIZE} input (or one 1 x {IMAGE_SIZE} x {IMAGE_SIZE} image)"
     try:
-        arr = np.ascontiguousarray(np.asarray(x, dtype=np.float32))
+        raw = np.asarray(x)
+        if raw.dtype.kind in "biu":  # raw pixels (uint8 0..255): as floats they were classified, wrongly, unscaled
+            raise DataError(f"{expected}, got {raw.dtype} values: a runtime takes pixels already normalised; use "
+                            "fer_edge.preprocess.normalize(to_gray48(image), normalization) (the artifact's "
+                            "metadata()['normalization']), or fer_edge.load(path).predict(image), which does both")
+        arr = np.ascontiguousarray(raw.astype(np.float32, copy=False))  # float16/float64: converted
     except (TypeError, ValueError) as e:  # a string, a ragged list, an object numpy cannot read as numbers
         raise DataError(f"{expected}, got {type(x).__name__} {reprlib.repr(x)}, which is no array of numbers "
                         f"({type(e).__name__}: {e})") from None
