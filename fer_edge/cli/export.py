@@ -178,7 +178,9 @@ def export_cmd(
         help="OpenVINO INT8 only: 7-bit weights in the first layer only ('first-layer', NNCF's default), in every "
              "layer ('enable': for x86 CPUs without VNNI, whose int8 sums can saturate), or nowhere ('disable')."),
     val_data: Optional[Path] = typer.Option(
-        None, "--val-data", parser=path_value, metavar="PATH", help="Data for the parity check (default: the calibration data)."),
+        None, "--val-data", parser=path_value, metavar="PATH",
+        help="Data for the parity check (default: the calibration data, else the checkpoint's recorded validation "
+             "data when it exists here)."),
     val_split: Optional[str] = typer.Option(None, "--val-split", parser=split_value, metavar="SPLIT", help="Validation split (default: the data's "
                                             "validation split, e.g. PublicTest)."),
     val_size: Optional[int] = typer.Option(

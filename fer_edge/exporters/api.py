@@ -616,13 +616,13 @@ def export(
     if calib_size is None:
         calib_size = _cal.DEFAULT_CALIB_SIZE
     for opt, value, none_ok in (("--calib-size", calib_size, False), ("--calib-seed", calib_seed, False),
-                                ("--val-size", val_size, True), ("--val-seed", val_seed, False)):
+                                ("--val-size", val_size, True), ("val_seed", val_seed, False)):
         if not (value is None and none_ok) and (isinstance(value, bool) or not isinstance(value, numbers.Integral)):
             raise FerEdgeError(f"{opt} takes a whole number, got {value!r}")
     if calib_size < 1:
         raise OptionError(f"--calib-size must be at least 1 (got {calib_size})")
     bad_seeds = [f"{opt} must be at least 0 (got {v})" for opt, v in (("--calib-seed", calib_seed),
-                                                                     ("--val-seed", val_seed)) if v < 0]
+                                                                     ("val_seed", val_seed)) if v < 0]
     if bad_seeds:  # numpy's generator refuses them only when a sample is drawn, with a traceback
         raise OptionError("; ".join(bad_seeds))
     if out_dir is None or not isinstance(out_dir, (str, os.PathLike)):
