@@ -20,7 +20,7 @@ from fer_edge.errors import CheckpointError, FerEdgeError
 from fer_edge.metrics import classification_metrics, confusion_matrix
 from fer_edge.training import evaluate
 from fer_edge.training.soup import make_soup
-from fer_edge.training.trainer import data_fingerprint, same_data
+from fer_edge.training.trainer import data_fingerprint, same_data, same_images
 from test_eval_ensemble import _variant  # a perturbed copy of a checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,20 +53,22 @@ def test_the_same_images_in_another_order_are_the_same_data(reversed_csv, synthe
     assert csv["sha256"] != folder["sha256"]  # the rows are in another order than the files
     # within one format the order is the data's (a seeded run shuffles by position): a reordered CSV is other data
     in_order = data_fingerprint(load_split(synthetic_csv, "Training", progress=False))
-    assert in_order["unordered_sha256"] == csv["unordered_sha256"] and not same_data(in_order, csv)
+    assert in_order["unordered_sha256"] == csv["unordered_sha256"] and not same_images(in_order, csv)
     assert csv["unordered_sha256"] == folder["unordered_sha256"] and csv["n"] == folder["n"]
-    assert same_data(folder, csv) and same_data(csv, folder)
+    assert same_images(folder, csv) and same_images(csv, folder)
+    # --resume and the leaderboard's reuse ask for the run's order too: the other format is other data there
+    assert not same_data(folder, csv) and not same_data(_old_style(folder), csv)
     other = data_fingerprint(load_split(reversed_csv, "PublicTest", progress=False))
-    assert not same_data(folder, other) and not same_data(csv, other)
+    assert not same_images(folder, other) and not same_images(csv, other)
     # a record from before the order-free digest: of the other format, judged by split (or alias) and count ...
-    assert same_data(_old_style(folder), csv) and same_data(_old_style(csv), folder)
-    assert not same_data(_old_style(folder), other)  # another split
-    assert not same_data(_old_style(folder), {**csv, "n": csv["n"] - 1})  # another count
+    assert same_images(_old_style(folder), csv) and same_images(_old_style(csv), folder)
+    assert not same_images(_old_style(folder), other)  # another split
+    assert not same_images(_old_style(folder), {**csv, "n": csv["n"] - 1})  # another count
     # ... and of the same format, by its hash as before (the folder's files order their images)
-    assert not same_data(_old_style(folder), {**folder, "sha256": "0" * 64})
+    assert not same_images(_old_style(folder), {**folder, "sha256": "0" * 64})
     # across formats, both with the order-free digest: it decides, whatever the split is called
-    assert not same_data(folder, {**csv, "unordered_sha256": "1" * 64})
-    assert not same_data(folder, {**csv, "n": csv["n"] - 1})
+    assert not same_images(folder, {**csv, "unordered_sha256": "1" * 64})
+    assert not same_images(folder, {**csv, "n": csv["n"] - 1})
 
 
 @pytest.mark.parametrize("old", [False, True], ids=["new-record", "old-record"])

@@ -194,7 +194,7 @@ def test_a_negative_calib_seed_is_a_usage_error(tiny_checkpoint, synthetic_csv, 
                "--calib-size", "20", "--calib-seed", "-1", "--no-validate", "--out", tmp_path / "a")
     assert res.exit_code == 2 and "Traceback" not in res.output, res.output
     assert "--calib-seed" in _text(res) and not (tmp_path / "a").exists()
-    with pytest.raises(OptionError, match=r"--calib-seed must be at least 0 \(got -1\); --val-seed must be at "
+    with pytest.raises(OptionError, match=r"--calib-seed must be at least 0 \(got -1\); val_seed must be at "
                                           r"least 0 \(got -5\)"):
         export(tiny_checkpoint, ["onnx"], ["int8"], tmp_path / "b", calib_data=synthetic_csv, calib_seed=-1,
                val_seed=-5, validate=False)

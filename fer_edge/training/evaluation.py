@@ -166,10 +166,10 @@ def evaluate(checkpoint: str | Path | None | Sequence[str | Path], data: str | P
     members = [str(p) for p in paths] if len(paths) > 1 else None
     # a split a checkpoint trained on measures how well it learned those images, not how it does on unseen faces
     # (train and soup say the same of their validation split)
-    from fer_edge.training.trainer import data_fingerprint, same_data
+    from fer_edge.training.trainer import data_fingerprint, same_images
 
     now = data_fingerprint(ds)
-    trained = [str(p) for p, c in zip(paths, cks) if (c.data or {}).get("train") and same_data(c.data["train"], now)]
+    trained = [str(p) for p, c in zip(paths, cks) if (c.data or {}).get("train") and same_images(c.data["train"], now)]
     notes = [f"{ds.split} is training data ({', '.join(trained)} trained on it): the accuracy is measured on images "
              "the model learned, not on unseen faces"] if trained else []
     return EvalResult(" + ".join(str(p) for p in paths), model_name, ds.split, str(data), tta, m["accuracy"],

@@ -218,14 +218,14 @@ def _eval_progress(enabled: bool, total: int):
 def _agreed_record(cks: list[Checkpoint], key: str) -> tuple[dict | None, str]:
     """The ingredients' ``data[key]`` when every one records the same images (split, count, SHA-256 as
     ``--resume`` compares them), else None and why not."""
-    from fer_edge.training.trainer import same_data
+    from fer_edge.training.trainer import same_images
 
     recs = [ck.data.get(key) if isinstance(ck.data, dict) else None for ck in cks]
     missing = [str(ck.path) for ck, r in zip(cks, recs) if not isinstance(r, dict) or not r.get("sha256")]
     if missing:
         return None, f"{', '.join(missing)} record{'s' if len(missing) == 1 else ''} no {key} data fingerprint"
     differ = [f"{ck.path} ({r.get('split')} of {r.get('source')}, sha256 {str(r.get('sha256'))[:12]})"
-              for ck, r in zip(cks[1:], recs[1:]) if not same_data(recs[0], r)]
+              for ck, r in zip(cks[1:], recs[1:]) if not same_images(recs[0], r)]
     if differ:
         r0 = recs[0]
         return None, (f"the ingredients were trained on different data: {cks[0].path} on {r0.get('split')} of "
@@ -246,7 +246,7 @@ def make_soup(checkpoints: list[str | Path], out: str | Path, data: str | Path, 
 
     from fer_edge.data import default_train_split, default_val_split, load_split
     from fer_edge.metrics import classification_metrics
-    from fer_edge.training.trainer import data_fingerprint, predict_logits, same_data
+    from fer_edge.training.trainer import data_fingerprint, predict_logits, same_images
     from fer_edge.weights import resolve_checkpoint
 
     if bn not in BN_MODES:
@@ -278,9 +278,9 @@ def make_soup(checkpoints: list[str | Path], out: str | Path, data: str | Path, 
     val_fp = data_fingerprint(val)
     trained_on_val = [str(ck.path) for ck in cks
                       if isinstance(ck.data, dict) and isinstance(ck.data.get("train"), dict)
-                      and ck.data["train"].get("sha256") and same_data(ck.data["train"], val_fp)]
+                      and ck.data["train"].get("sha256") and same_images(ck.data["train"], val_fp)]
     # --bn recompute on the validation images: the soup's statistics come from the images it is scored on
-    stats_on_val = train is not None and has_bn and same_data(data_fingerprint(train), val_fp)
+    stats_on_val = train is not None and has_bn and same_images(data_fingerprint(train), val_fp)
     if trained_on_val or stats_on_val or (val_split is not None and val.split == default_train_split(data)):
         why = ([f"{', '.join(trained_on_val)} trained on it"] if trained_on_val else []) + (
             ["--bn recompute measured the BatchNorm statistics on it"] if stats_on_val else [])

@@ -387,24 +387,31 @@ def _split_names(split: str | None) -> set[str]:
 
 
 def same_data(saved: dict, now: dict) -> bool:
-    """Whether a split's fingerprint is the one a checkpoint recorded: its images and labels, whatever the split is
-    called. Data of one format is compared by ``sha256``, which depends on the order (the CSV's rows, the folder's
-    file names): a seeded run shuffles by position, so a reordered copy trains otherwise. A CSV and an image folder
-    order the same images differently (FER2013's ``Training`` and ``images/train``), so across formats the order-free
-    ``unordered_sha256`` decides where both record it; a record from before it existed (the shipped weights: an
-    image folder's ``train``) is then judged on the split name (or an alias of it) and count, as a checkpoint
-    without any hash is."""
-    same_n = "n" not in saved or saved["n"] == now.get("n")
+    """Whether a split's fingerprint is the one a checkpoint recorded, for ``--resume`` and the leaderboard's reuse
+    of a run: the same images and labels in the same order (``sha256``: a seeded run shuffles by position, so a
+    reordered copy, such as the CSV's ``Training`` beside ``images/train``, trains otherwise), whatever the split is
+    called; a checkpoint without the hash is judged on the split name (or an alias of it) and count.
+    :func:`same_images` is the order-free question the training-data notes ask."""
     if "sha256" in saved:
-        if saved["sha256"] == now.get("sha256"):
-            return same_n
-        if not saved.get("format") or not now.get("format") or saved["format"] == now["format"]:
-            return False
-        if saved.get("unordered_sha256") and now.get("unordered_sha256"):
-            return saved["unordered_sha256"] == now["unordered_sha256"] and same_n
+        return saved["sha256"] == now.get("sha256") and saved.get("n", now.get("n")) == now.get("n")
     if "split" in saved and now.get("split") not in _split_names(saved["split"]):
         return False
-    return same_n
+    return "n" not in saved or saved["n"] == now.get("n")
+
+
+def same_images(saved: dict, now: dict) -> bool:
+    """Whether a split holds the images and labels a checkpoint recorded, in any order: what eval's and soup's
+    "training data" notes and soup's ingredients check ask. A CSV and an image folder order the same images
+    differently (FER2013's ``Training`` and ``images/train``), so across formats the order-free
+    ``unordered_sha256`` decides where both record it; a record from before it existed (the shipped weights: an
+    image folder's ``train``) is then judged on the split name (or an alias of it) and count. Within one format
+    it is :func:`same_data`."""
+    if ("sha256" in saved and saved["sha256"] != now.get("sha256") and saved.get("format") and now.get("format")
+            and saved["format"] != now["format"]):
+        if saved.get("unordered_sha256") and now.get("unordered_sha256"):
+            return saved["unordered_sha256"] == now["unordered_sha256"] and saved.get("n") == now.get("n")
+        saved = {k: v for k, v in saved.items() if k != "sha256"}  # judged as a record without the hash
+    return same_data(saved, now)
 
 
 def data_fingerprint(split) -> dict:
