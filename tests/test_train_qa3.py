@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 
+import numpy as np
 import pytest
 import torch
 from test_training import _cfg as _training_cfg  # the shared run config
@@ -112,6 +113,14 @@ def test_a_validation_split_copying_the_training_split_is_warned_of(synthetic_ar
     warnings = setup_warnings(cfg, train_split, val_split, torch.device("cpu"))
     assert any("the validation split (val) holds the same images and labels as the training split (train" in w
                for w in warnings), warnings
+    # a copy in another order (here the files' names order them otherwise) is a copy too
+    images, labels = arrays
+    order = np.arange(len(labels))[::-1]
+    shuffled = load_split(write_folder(tmp_path / "rev", {"val": (images[order], labels[order])}), "val",
+                          progress=False)
+    assert shuffled.fingerprint["sha256"] != train_split.fingerprint["sha256"]
+    assert any("holds the same images and labels as the training split" in w
+               for w in setup_warnings(cfg, train_split, shuffled, torch.device("cpu")))
     other = load_split(write_folder(tmp_path / "other", {"val": synthetic_arrays["PublicTest"]}), "val",
                        progress=False)
     assert not any("validation split" in w for w in setup_warnings(cfg, train_split, other, torch.device("cpu")))

@@ -310,13 +310,16 @@ def autocast_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None
 def setup_warnings(cfg: TrainConfig, train, val, device: torch.device) -> list[str]:
     """Settings that run but are probably not what the user meant."""
     out = []
-    digests = [(getattr(s, "fingerprint", None) or {}).get("sha256") for s in (train, val)]
+    # the order-free digest where both have it: a copy is a copy whatever order its files or rows are in
+    fps = [getattr(s, "fingerprint", None) or {} for s in (train, val)]
+    key = "unordered_sha256" if all(fp.get("unordered_sha256") for fp in fps) else "sha256"
+    digests = [fp.get(key) for fp in fps]
     if train.split == val.split:
         out.append(f"the validation split is the training split ({val.split}): the best epoch is chosen on "
                    "images the model trains on, so its accuracy says little about new faces")
     elif digests[0] is not None and digests[0] == digests[1]:  # a copy under another name (val/ a copy of train/)
         out.append(f"the validation split ({val.split}) holds the same images and labels as the training split "
-                   f"({train.split}; same SHA-256): the best epoch is chosen on images the model trains on, so its "
+                   f"({train.split}; same SHA-256 of its images and labels): the best epoch is chosen on images the model trains on, so its "
                    "accuracy says little about new faces")
     missing = [LABELS[c] for c in range(len(LABELS)) if not bool((train.labels == c).any())]
     if missing:
