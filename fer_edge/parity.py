@@ -408,8 +408,10 @@ def check(
         reasons.append(
             f"top-1 agreement {stats.agreement:.2%} < {t.min_agreement:.2%} ({stats.flips} of {stats.n} flipped)"
         )
-    if t.max_abs_diff is not None and not stats.max_abs_diff < t.max_abs_diff:
-        reasons.append(f"max |logit diff| {stats.max_abs_diff:.3g} >= {t.max_abs_diff:.3g}")
+    # every limit is inclusive ("at most", as max_kl's and max_accuracy_drop's): a limit of 0 is passed by a
+    # bit-identical artifact, not failed by every one
+    if t.max_abs_diff is not None and not stats.max_abs_diff <= t.max_abs_diff:
+        reasons.append(f"max |logit diff| {stats.max_abs_diff:.3g} > {t.max_abs_diff:.3g}")
     if t.max_kl is not None and not stats.kl <= t.max_kl:
         reasons.append(f"mean KL {stats.kl:.3g} > {t.max_kl:.3g}")
     drop = stats.accuracy_drop
