@@ -95,14 +95,28 @@ def torch_threads(threads: int | None) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+def _plain_tensor(x):
+    """A torch tensor as numpy can read it: detached (numpy() refuses one that requires grad), on the CPU (and
+    bfloat16, which numpy has no type for, as float32); anything else as it is. torch is not imported for it: a
+    tensor exists only where torch already is."""
+    torch = sys.modules.get("torch")
+    if torch is None or not isinstance(x, torch.Tensor):
+        return x
+    x = x.detach().cpu()
+    return x.float() if x.dtype == torch.bfloat16 else x
+
+
 def as_input(x) -> np.ndarray:
     """float32, C-contiguous N x 1 x 48 x 48 (a single 1 x 48 x 48 image gets a batch axis). Integer and bool
-    arrays are refused (:class:`DataError`): they are raw pixels, not the normalised input every runtime takes."""
+    arrays are refused (:class:`DataError`): they are raw pixels, not the normalised input every runtime takes.
+    A torch tensor is taken as its detached CPU copy (one that requires grad, or lies on a GPU, gives the same
+    logits as its plain copy)."""
     from fer_edge.constants import IMAGE_SIZE
 
     import reprlib
 
     expected = f"expected float32 N x 1 x {IMAGE_SIZE} x {IMAGE_SIZE} input (or one 1 x {IMAGE_SIZE} x {IMAGE_SIZE} image)"
+    x = _plain_tensor(x)
     try:
         raw = np.asarray(x)
         if raw.dtype.kind in "biu":  # raw pixels (uint8 0..255): as floats they were classified, wrongly, unscaled

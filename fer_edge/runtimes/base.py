@@ -45,8 +45,10 @@ class Runtime(ABC):
     OPTIONS: frozenset[str] = frozenset()
 
     def __init__(self, path: str | Path, device: str | None = None, threads: int | None = None,
-                 batch_hint: int = 1, **options):
-        from fer_edge.errors import FerEdgeError
+                 batch_hint: int | None = 1, **options):
+        import numbers
+
+        from fer_edge.errors import FerEdgeError, OptionError
 
         unknown = sorted(set(options) - self.OPTIONS)
         if unknown:
@@ -55,10 +57,17 @@ class Runtime(ABC):
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 0):
             raise FerEdgeError(f"threads must be a whole number >= 1 (0 or None: the runtime's default), "
                                f"got {threads!r}")
+        # checked here, not where a runtime reads it: OpenVINO's int() took "x" (ValueError), [1] (TypeError) and
+        # 2.5 (silently 2); a whole-valued NumPy integer (a batch size from an array) is a whole number too
+        if batch_hint is None:
+            batch_hint = 1
+        elif isinstance(batch_hint, bool) or not isinstance(batch_hint, numbers.Integral) or batch_hint < 1:
+            raise OptionError(f"batch_hint must be a whole number >= 1 (the batch size to tune for; None: 1), got "
+                              f"{type(batch_hint).__name__} {batch_hint!r}")
         self.path = Path(path)
         self.device = device
         self.threads = threads
-        self.batch_hint = batch_hint
+        self.batch_hint = int(batch_hint)
         self.options = options
 
     @abstractmethod

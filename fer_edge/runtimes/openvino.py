@@ -70,7 +70,7 @@ class OpenVINORuntime(Runtime):
         if threads:
             config["INFERENCE_NUM_THREADS"] = int(threads)
         config["PERFORMANCE_HINT"] = str(
-            options.get("performance_hint") or ("LATENCY" if int(batch_hint or 1) <= 1 else "THROUGHPUT")
+            options.get("performance_hint") or ("LATENCY" if self.batch_hint <= 1 else "THROUGHPUT")
         ).upper()
         # run() makes one synchronous request at a time: THROUGHPUT's streams would split the threads between
         # requests never made, and each call would get one thread of --threads 2 (measured: one busy thread)
