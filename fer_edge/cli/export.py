@@ -108,6 +108,15 @@ def _gate_that_applied(result) -> dict | None:
                        {a.precision for a in result.artifacts if a.status in ("passed", "failed")})
 
 
+def shell_path(path) -> str:
+    """``path`` as one argument a shell passes on as a path: quoted, and a relative path starting with ``-`` kept
+    as ``./-e`` (quoting does not stop the command from taking ``-e`` for an option; pathlib drops the ``./``)."""
+    import shlex
+
+    text = str(path)
+    return shlex.quote(f"./{text}" if text.startswith("-") else text)
+
+
 def next_steps(result, data: Path | None = None) -> list[str]:
     """What to run next on a clean export, as lines a shell takes as they are (the notes are comments): bench
     the folder on the data the gate used (else ``data``, the data given on the command line), when an artifact
@@ -116,13 +125,13 @@ def next_steps(result, data: Path | None = None) -> list[str]:
 
     from fer_edge.targets import get_target
 
-    q = shlex.quote
+    q = shell_path
     here = [a for a in result.artifacts if a.variant == "main" and get_target(a.target).runs_here()]
     if not here:
         return []
     vd = (result.manifest or {}).get("validation_data") or {}
     if vd.get("file") and vd.get("split"):
-        where = f"--data {q(vd['file'])} --split {q(vd['split'])}"
+        where = f"--data {q(vd['file'])} --split {shlex.quote(vd['split'])}"
     else:
         where = f"--data {q(str(data))}" if data is not None else "--data DATA"
     lines = ["next:", f"  fer-edge bench {q(str(result.out_dir))} {where}   "
@@ -135,22 +144,106 @@ def next_steps(result, data: Path | None = None) -> list[str]:
     return lines
 
 
-def _interrupted_note(out: Path) -> str:
-    """What an interrupted export left in ``out``."""
+def _manifest_state(out: Path) -> tuple[bytes, dict | None, set[str]] | None:
+    """The ``manifest.json`` in ``out`` now: its bytes (a rewrite changes them: it is written atomically), its
+    content (None when it is not a JSON object) and which of the files it lists are there; None when there is
+    none."""
     import json
 
-    mpath = out / "manifest.json"
     try:
-        data = json.loads(mpath.read_text())
-    except (OSError, ValueError):
+        raw = (out / "manifest.json").read_bytes()
+    except OSError:
+        return None
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        data = None
+    data = data if isinstance(data, dict) else None
+    return raw, data, {n for n in _listed_files(data) if (out / n).exists() or (out / n).is_symlink()}
+
+
+def _listed_files(data: dict | None) -> list[str]:
+    """The file names a manifest's entries list (each entry's files, companions included)."""
+    names: list[str] = []
+    for a in (data or {}).get("artifacts") or []:
+        recs = (a.get("files") or [{"file": a.get("file")}]) if isinstance(a, dict) else []
+        names += [r["file"] for r in recs if isinstance(r, dict) and isinstance(r.get("file"), str)]
+    return list(dict.fromkeys(names))
+
+
+def _whose(data: dict, checkpoint) -> str:
+    """Which checkpoint a manifest's export is of, said against this run's ``checkpoint``: "this checkpoint"
+    when the SHA-256 it records is that file's, else the path and SHA-256 it records."""
+    from fer_edge.utils import sha256_path
+    from fer_edge.weights import resolve_checkpoint
+
+    src = data.get("source") if isinstance(data.get("source"), dict) else {}
+    sha = str(src.get("sha256") or "")
+    try:
+        ours = sha256_path(resolve_checkpoint(checkpoint))
+    except Exception:  # not resolved (the interrupt came first, or it is gone): the manifest's record alone
+        ours = None
+    if ours is not None and sha == ours:
+        return "this checkpoint"
+    what = f"{src.get('path') or 'an unknown path'} (sha256 {sha[:12] or 'unknown'})"
+    return f"another checkpoint, {what}" if ours is not None else f"the checkpoint {what}"
+
+
+def _interrupted_note(out: Path, checkpoint=None, before: tuple[bytes, dict | None, set[str]] | None = None,
+                      started: bool = True, replace: bool = False) -> str:
+    """What an interrupted export left in ``out``, from what this run did: ``before``, :func:`_manifest_state`
+    when it started; ``started``, whether it reached its first export step (before it, it wrote no manifest; from
+    it on, no other export can write one: the folder is locked); ``replace``, whether --replace was given. A
+    manifest this run did not write is described as the earlier (or another) export's it is, never as this
+    run's (QA: a manifest left by an earlier interrupted run was counted as "this export finished" 5 artifacts;
+    another checkpoint's, as "the previous export of this checkpoint")."""
+    mpath = out / "manifest.json"
+    now = _manifest_state(out)
+    data = now[1] if now is not None else None
+    if started:
+        if now is None:
+            if before is not None:  # a manifest was there, and none now: --replace removed it
+                earlier = f" of {_whose(before[1], checkpoint)}" if before[1] is not None else ""
+                return (f"no artifact finished; nothing listed in {out} (--replace removed the earlier export"
+                        f"{earlier}: its manifest and files)")
+            return f"no artifact finished; nothing listed in {out}"
+        arts = [a for a in (data or {}).get("artifacts") or []
+                if isinstance(a, dict) and a.get("variant", "main") == "main"]
+        run_id = (data or {}).get("run_id")
+        mine = [a for a in arts if a.get("run") == run_id]
+        if (data or {}).get("complete"):  # stopped after its final write
+            return (f"after the export finished: {mpath} lists the {len(mine)} artifact(s) of this run "
+                    "(\"complete\": true); the summary was not printed")
+        n_kept = len(arts) - len(mine)
+        if not mine:
+            kept = (f"; {mpath} lists the {n_kept} artifact(s) of earlier exports of this checkpoint, kept by this "
+                    "one (\"complete\": false)" if n_kept else f"; {mpath} lists none (\"complete\": false)")
+            return f"no artifact finished{kept}; temporary files were removed"
+        kept = f", and the {n_kept} of earlier exports it kept" if n_kept else ""
+        names = ", ".join(str(a.get("file")) for a in mine)
+        return (f"{mpath} lists the {len(mine)} artifact(s) this export finished{kept} (\"complete\": false; each "
+                f"entry's validation.status says whether it was validated); this export's: {names}; temporary "
+                "files were removed")
+    # stopped before its first export step (loading data, or --replace clearing the folder): it wrote no manifest
+    if now is None and before is None:
         return f"no artifact finished; nothing listed in {out}"
-    if data.get("complete"):
-        return f"{mpath} lists the artifacts of the previous export of this checkpoint"
-    arts = [a for a in data.get("artifacts") or [] if a.get("variant", "main") == "main"]
-    mine = [a for a in arts if not a.get("run") or a.get("run") == data.get("run_id")]
-    kept = f", and the {len(arts) - len(mine)} of earlier exports it kept" if len(arts) > len(mine) else ""
-    return (f"{mpath} lists the {len(mine)} artifact(s) this export finished{kept} (\"complete\": false; each "
-            "entry's validation.status says whether it was validated); temporary files were removed")
+    if now is None:
+        earlier = f" (of {_whose(before[1], checkpoint)})" if before[1] is not None else ""
+        how = "removed by --replace" if replace else "removed meanwhile, not by this export"
+        return f"no artifact finished; nothing listed in {out}: the earlier export's manifest{earlier} was {how}"
+    if before is None or now[0] != before[0]:
+        whose = f" (of {_whose(data, checkpoint)})" if data is not None else ""
+        return f"no artifact finished; {mpath} was written meanwhile by another export{whose}, not by this one"
+    if data is None:
+        return f"no artifact finished; {mpath} is as it was"
+    arts = [a for a in data.get("artifacts") or [] if isinstance(a, dict) and a.get("variant", "main") == "main"]
+    state = "" if data.get("complete") else "unfinished (\"complete\": false) "
+    note = (f"no artifact finished; {mpath} is as it was: it lists the {len(arts)} artifact(s) of an earlier "
+            f"{state}export of {_whose(data, checkpoint)}")
+    gone = [n for n in _listed_files(data) if n in before[2] and n not in now[2]]
+    if gone:  # --replace stopped while it removed them
+        note += f"; of its files, {', '.join(gone)} are no longer there"
+    return note
 
 
 @app.command("export")
@@ -217,6 +310,14 @@ def export_cmd(
 
     fix = overflow_fix.value if overflow_fix is not None else None
     progress = _Progress(is_tty())
+    before = _manifest_state(out)  # for the note of an interrupt: what is there is not this run's
+    started = False
+
+    def on_progress(event) -> None:
+        nonlocal started
+        started = True  # its first export step: any manifest in --out from now on is this run's (it holds the lock)
+        progress(event)
+
     try:
         result = export(
             checkpoint, targets, precisions, out,
@@ -225,13 +326,13 @@ def export_cmd(
             # --val-size 0 (the whole split) is the library's None; given with --no-validate it is passed on, refused
             val_size=None if val_size == 0 and validate else val_size, val_seed=calib_seed, validate=validate,
             threshold_overrides=overrides,
-            name=name, progress=progress,
+            name=name, progress=on_progress,
             on_warning=lambda w: err_console.print(f"[yellow]warning:[/] {w}", highlight=False, soft_wrap=True),
             data_progress=is_tty(), raise_on_failure=False, replace_other=replace,
         )
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM (export turns it into KeyboardInterrupt)
         progress.stop()
-        typer.echo(f"interrupted: {_interrupted_note(out)}", err=True)
+        typer.echo(f"interrupted: {_interrupted_note(out, checkpoint, before, started, replace)}", err=True)
         raise typer.Exit(130) from None
     finally:
         progress.stop()
