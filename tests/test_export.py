@@ -337,10 +337,11 @@ def test_threshold_overrides_are_applied(tmp_path, tiny_checkpoint, synthetic_cs
     from fer_edge.cli import app
 
     out = tmp_path / "out"
-    res = CliRunner().invoke(app, ["export", str(tiny_checkpoint), "-t", "torchscript", "-p", "fp32",
+    # ONNX, not TorchScript: a limit is inclusive, and TorchScript's logits are bit-identical (max diff 0 <= 0)
+    res = CliRunner().invoke(app, ["export", str(tiny_checkpoint), "-t", "onnx", "-p", "fp32",
                                    "--val-data", str(synthetic_csv), "--out", str(out),
                                    "--max-abs-diff", "fp32=0", "--min-agreement", "fp32=0.5"])
-    assert res.exit_code == 1  # max diff 0 < 0 is impossible: the gate must fail
+    assert res.exit_code == 1  # ONNX Runtime's max diff (a few 1e-6) is above 0: the gate must fail
     data = json.loads((out / "manifest.json").read_text())
     assert data["thresholds"]["fp32"]["max_abs_diff"] == 0.0
     assert data["thresholds"]["fp32"]["min_agreement"] == 0.5
@@ -381,9 +382,9 @@ def test_a_clean_export_says_what_to_run_next(tmp_path, tiny_checkpoint, synthet
                                        "--val-data", str(synthetic_csv), "--out", str(tmp_path / "d")])
         assert res.exit_code == 0 and "next:" not in res.stderr, res.output
 
-    res = CliRunner().invoke(app, ["export", str(tiny_checkpoint), "-t", "torchscript", "-p", "fp32",
+    res = CliRunner().invoke(app, ["export", str(tiny_checkpoint), "-t", "onnx", "-p", "fp32",
                                    "--val-data", str(synthetic_csv), "--out", str(tmp_path / "c"),
-                                   "--max-abs-diff", "fp32=0"])
+                                   "--max-abs-diff", "fp32=0"])  # ONNX: not bit-identical, so above a 0 limit
     assert res.exit_code == 1 and "next:" not in res.output
 
 
@@ -572,10 +573,10 @@ def test_parity_error_is_raised_after_the_manifest(monkeypatch, tiny_checkpoint,
     from fer_edge.parity import Thresholds
 
     with pytest.raises(ParityError) as info:
-        export(tiny_checkpoint, ["torchscript"], ["fp32"], tmp_path, val_data=synthetic_csv,
+        export(tiny_checkpoint, ["onnx"], ["fp32"], tmp_path, val_data=synthetic_csv,  # not bit-identical
                thresholds={"fp32": Thresholds(max_abs_diff=0.0)}, data_progress=False)
     assert (tmp_path / "manifest.json").is_file()
-    assert info.value.result.parity_failures[0].target == "torchscript"
+    assert info.value.result.parity_failures[0].target == "onnx"
 
 
 def test_calib_method_option(tiny_checkpoint, synthetic_csv, tmp_path):
@@ -725,7 +726,8 @@ def test_a_shipped_weights_own_gate_applies_under_the_cli_overrides(monkeypatch,
                       mean=0.5, std=0.25, parity_gate={"fp32": {"max_abs_diff": 0.0}},
                       parity_gate_reason="a test gate no artifact meets")
     monkeypatch.setattr(weights, "PRETRAINED", {"tiny": meta})
-    args = ["export", str(tiny_checkpoint), "-t", "torchscript", "-p", "fp32", "--val-data", str(synthetic_csv)]
+    # ONNX: its logits are not bit-identical, so a max_abs_diff of 0 fails it (TorchScript's passes: 0 <= 0)
+    args = ["export", str(tiny_checkpoint), "-t", "onnx", "-p", "fp32", "--val-data", str(synthetic_csv)]
 
     strict = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "a")])
     assert strict.exit_code == 1
