@@ -72,7 +72,8 @@ def train(
     weight_decay: float = typer.Option(5e-4, help="Weight decay (not on biases and norm layers)."),
     optimizer: Optimizer = typer.Option(Optimizer.adamw, help="Optimizer."),
     scheduler: Scheduler = typer.Option(Scheduler.onecycle, help="Learning-rate schedule over the whole run."),
-    warmup_epochs: float = typer.Option(1.0, help="Warm-up of onecycle (at most 30% of the run) and cosine, in epochs."),
+    warmup_epochs: float = typer.Option(1.0, help="Warm-up of onecycle (at most 30% of the run) and cosine, in epochs; "
+                                        "cosine's, when not shorter than the run, is 30% of it (with a warning)."),
     label_smoothing: float = typer.Option(0.0, help="Label smoothing of the loss (0: off)."),
     class_weights: ClassWeights = typer.Option(ClassWeights.none, help="Loss weights against class imbalance."),
     mixup: float = typer.Option(0.0, help="MixUp Beta alpha (0: off)."),
@@ -84,9 +85,11 @@ def train(
                                        "small, nano; fine-tuning: same model and kwargs)."),
     distill: Optional[List[str]] = typer.Option(None, parser=model_value, metavar="MODEL", help="Teacher checkpoint for distillation (a path or a shipped "
                                                 "name); repeat for an ensemble."),
-    distill_alpha: Optional[float] = typer.Option(None, help="Weight of the distillation loss (0..1; default 0.5)."),
-    distill_temperature: Optional[float] = typer.Option(None, help="Softmax temperature of the distillation loss "
-                                                        "(default 4)."),
+    distill_alpha: Optional[float] = typer.Option(None, help="Weight of the distillation loss (0..1; default 0.5): the "
+                                                  "loss is (1 - alpha) x the cross-entropy + alpha x T^2 x the KL "
+                                                  "divergence to the teachers' probabilities at temperature T."),
+    distill_temperature: Optional[float] = typer.Option(None, help="Softmax temperature T of the distillation loss "
+                                                        "(default 4; its KL term is scaled by T^2)."),
     distill_tta: bool = typer.Option(False, "--distill-tta", help="Teachers also see the flipped batch."),
     teacher_runtime: TeacherRuntime = typer.Option(
         TeacherRuntime.auto, help="Where --distill teachers run: onnxruntime (CPU only, faster there), torch, "

@@ -1,7 +1,8 @@
 """Batched augmentation on the training device: one set of tensor ops for the whole batch.
 
 Every sample gets its own random parameters, drawn from torch's global RNG (seeded per
-epoch by the trainer, so a resumed run repeats them). Input and output are float
+epoch by the trainer, so a resumed run repeats them, and under torchrun per process too, so
+each process draws its own for its share of the batch). Input and output are float
 N x 1 x 48 x 48 in 0..1.
 """
 from __future__ import annotations

@@ -46,7 +46,8 @@ class ReplayTargets:
     def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One random stored view per image of ``idx``: (B x 1 x H x W float 0..1 images, B x C targets).
 
-        Draws from torch's global RNG (reseeded every epoch by the trainer, so ``--resume`` repeats it).
+        Draws from torch's global RNG (reseeded every epoch by the trainer, so ``--resume`` repeats it; under
+        torchrun each process from its own stream).
         """
         v = torch.randint(self.num_views, (len(idx),), device=idx.device)
         x = self.views[v, idx].unsqueeze(1).float().div_(255.0)

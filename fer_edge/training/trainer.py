@@ -2,8 +2,9 @@
 
 The training split lives on the training device as uint8; each batch is indexed,
 converted and augmented there with tensor ops (no DataLoader, no per-image PIL).
-Every epoch reseeds torch's RNG from (seed, epoch), so a run resumed from ``last.pt``
-repeats exactly what an uninterrupted run would have done.
+Every epoch reseeds torch's RNG from (seed, epoch) (and, under torchrun, each rank but the first its
+augmentation from (seed, epoch, rank)), so a run resumed from ``last.pt`` repeats exactly what an uninterrupted
+run would have done.
 """
 from __future__ import annotations
 
@@ -243,13 +244,22 @@ def _single_value_norms(model: torch.nn.Module) -> str:
 
 
 def class_weight_tensor(labels: torch.Tensor, mode: str, num_classes: int) -> torch.Tensor | None:
+    """``--class-weights``: each class's loss weight, inversely proportional to its count (``sqrt``: to the
+    count's square root), scaled so that the weights of the training images average 1 (the mean loss scale).
+
+    A class with no training image gets weight 0. (It got the weight of a class of one image, hundreds of times
+    the others': label smoothing's term sums the weights of every class, so that alone pushed every image to
+    the missing class, and the run predicted nothing else.) The other classes' weights are what they would be
+    without the missing class."""
     if mode == "none":
         return None
-    counts = torch.bincount(labels.cpu(), minlength=num_classes).float().clamp(min=1)
+    present = torch.bincount(labels.cpu(), minlength=num_classes).float()
+    counts = present.clamp(min=1)
     w = counts.sum() / (num_classes * counts)
     if mode == "sqrt":
         w = w.sqrt()
-    return w / (w * counts).sum() * counts.sum()  # keep the mean loss scale
+    w = torch.where(present > 0, w, 0.0)
+    return w / (w * present).sum() * present.sum()  # keep the mean loss scale
 
 
 def make_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
@@ -268,15 +278,29 @@ def make_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Opti
     return torch.optim.AdamW(groups, lr=cfg.lr, **fused)
 
 
+#: onecycle's warm-up is at most this share of the run; a ``--warmup-epochs`` not shorter than the run (which would
+#: never reach --lr nor decay) is this share of it under cosine too (:func:`warmup_too_long`).
+MAX_WARMUP_SHARE = 0.3
+
+
+def warmup_too_long(cfg: TrainConfig) -> bool:
+    """Whether ``--warmup-epochs`` is not shorter than the run: cosine then warms up over :data:`MAX_WARMUP_SHARE`
+    of the run instead, with a warning (:func:`setup_warnings`), as onecycle does (whose help says so: it caps
+    every warm-up there, so a one-epoch run with the default warm-up is not warned of)."""
+    return cfg.warmup_epochs >= cfg.epochs
+
+
 def make_scheduler(cfg: TrainConfig, opt: torch.optim.Optimizer, steps_per_epoch: int):
     total = cfg.epochs * steps_per_epoch
     if cfg.scheduler == "onecycle":
-        pct = min(0.3, max(cfg.warmup_epochs / cfg.epochs, 0.01))
+        pct = min(MAX_WARMUP_SHARE, max(cfg.warmup_epochs / cfg.epochs, 0.01))
         if abs(pct * total - 1) < 1e-6:  # a one-step warm-up: OneCycleLR's first phase would span 0 steps (0/0)
             pct = 1.5 / total
         return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total, pct_start=pct)
     if cfg.scheduler == "cosine":
-        warm = int(cfg.warmup_epochs * steps_per_epoch)
+        # a warm-up as long as the run never reached --lr nor decayed: cut as onecycle's is (a shorter one is kept)
+        warm_epochs = MAX_WARMUP_SHARE * cfg.epochs if warmup_too_long(cfg) else cfg.warmup_epochs
+        warm = int(warm_epochs * steps_per_epoch)
 
         def f(step: int) -> float:
             if step < warm:
@@ -325,6 +349,10 @@ def setup_warnings(cfg: TrainConfig, train, val, device: torch.device) -> list[s
     if missing:
         out.append(f"the training split has no {', '.join(missing)} images: the model cannot learn "
                    f"{'that class' if len(missing) == 1 else 'those classes'}")
+    if cfg.scheduler == "cosine" and warmup_too_long(cfg):
+        out.append(f"--warmup-epochs {cfg.warmup_epochs:g} is not shorter than the run (--epochs {cfg.epochs}), so "
+                   f"the learning rate would never reach --lr nor decay: cosine warms up over the first "
+                   f"{MAX_WARMUP_SHARE:.0%} of the run instead, as onecycle does")
     if cfg.amp == "fp16" and device.type == "cpu":
         out.append("--amp fp16 on the CPU runs emulated half precision, typically many times slower than "
                    "--amp bf16 (on CPUs with native bf16) or --amp off")
@@ -527,6 +555,27 @@ class EmaUpdater:
 
 
 # --- distributed ----------------------------------------------------------------
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of torch's RNG at the start of epoch ``epoch`` (0-based) of a run with ``--seed seed``: it draws
+    the epoch's shuffle of the training split, shared by every process of a torchrun (each takes its share of
+    every batch), then rank 0's augmentation, replay views and MixUp/CutMix parameters."""
+    return seed * 100_003 + epoch
+
+
+def augment_seed(seed: int, epoch: int, rank: int) -> int | None:
+    """The seed that process ``rank`` of a torchrun reseeds torch's RNG with after drawing the epoch's shared
+    shuffle (:func:`epoch_seed`), so that its augmentation, replay views and MixUp/CutMix parameters are its own:
+    with one stream for all, every rank drew the same flips, angles and erasing for its different images. None
+    for rank 0, which goes on drawing from the shuffle's stream, so that a single-process run draws what it always
+    did; per epoch like the shuffle, so ``--resume`` repeats every rank's draws."""
+    if rank == 0:
+        return None
+    import hashlib
+
+    digest = hashlib.sha256(f"fer-edge augment {seed} {epoch} {rank}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1  # under 2**63: torch.manual_seed takes it on every device
+
+
 class _Dist:
     """torchrun support: DDP when WORLD_SIZE > 1, a no-op otherwise."""
 
@@ -959,9 +1008,11 @@ class Trainer:
         try:
             with prog:
                 for epoch in range(start_epoch, cfg.epochs):
-                    torch.manual_seed(cfg.seed * 100_003 + epoch)
+                    torch.manual_seed(epoch_seed(cfg.seed, epoch))
                     t0 = time.perf_counter()
-                    perm = torch.randperm(len(x_train), device=device)
+                    perm = torch.randperm(len(x_train), device=device)  # the same on every rank: it splits the batches
+                    if (own := augment_seed(cfg.seed, epoch, self.dist.rank)) is not None:
+                        torch.manual_seed(own)  # this rank's own augmentation, replay views and mixing
                     task = prog.add_task("train", total=steps, epoch=f"{epoch + 1}/{cfg.epochs}", loss=0.0, acc=0.0,
                                          ips=0.0)
                     ddp_model.train()
@@ -1007,6 +1058,7 @@ class Trainer:
                         scaler.scale(loss).backward()
                         scaler.step(opt)
                         scaler.update()
+                        step_lr = opt.param_groups[0]["lr"]  # the LR this step used (history's lr: the last one's)
                         sched.step()
                         if qsim is not None and self.dist.enabled:
                             qsim.average_ranges(self.dist.sum, self.dist.world)
@@ -1064,7 +1116,7 @@ class Trainer:
 
                     row = {
                         "epoch": epoch + 1, "train_loss": train_loss, "train_accuracy": train_acc,
-                        "lr": opt.param_groups[0]["lr"], "epoch_seconds": round(epoch_s, 2),
+                        "lr": step_lr, "epoch_seconds": round(epoch_s, 2),
                         "images_per_second": round(float(totals[2]) / epoch_s, 1),
                     }
                     do_val = (epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs
