@@ -56,18 +56,13 @@ HELP_WIDTH_OFF_TERMINAL = 120
 
 
 def main(argv: list[str] | None = None) -> None:
-    import os
-
     from fer_edge.errors import FerEdgeError
 
     from fer_edge.utils import command_environment
 
+    _closed_std_streams_to_devnull()
     command_environment()  # ONNX Runtime's telemetry off, before any command imports onnxruntime
-    if not sys.stdout.isatty() and not {"COLUMNS", "TERMINAL_WIDTH"} & set(os.environ):
-        # --help piped or saved: Rich's 80 columns cut the long option names (--label-smoothi…)
-        import typer.rich_utils
-
-        typer.rich_utils.MAX_WIDTH = HELP_WIDTH_OFF_TERMINAL
+    _set_help_width()
     try:
         app(args=argv, standalone_mode=True)
     except FerEdgeError as e:
@@ -88,10 +83,52 @@ def main(argv: list[str] | None = None) -> None:
 
 def _closed_stdout(e: SystemExit) -> bool:
     """Whether ``e`` is rich's or click's exit for a stdout closed early, outside any command (``--help``)."""
-    import errno
+    from fer_edge.console import closed_stdout
 
-    inner = e.__context__
-    return isinstance(inner, BrokenPipeError) or (isinstance(inner, OSError) and inner.errno == errno.EPIPE)
+    return closed_stdout(e)
+
+
+def _closed_std_streams_to_devnull() -> None:
+    """A stdout or stderr closed before fer-edge started (``fer-edge models --json >&-``; Python makes it None, and
+    the first ``.isatty()`` or write raised AttributeError): /dev/null in its place, so that the command runs,
+    writing nothing there. Its file descriptor is taken too, or the next file opened (a report) would get it and
+    whatever writes to stdout (a library, a child process) would write into that file."""
+    import os
+
+    for fd, name in ((1, "stdout"), (2, "stderr")):
+        if getattr(sys, name) is not None:
+            continue
+        try:
+            os.fstat(fd)  # open after all (Python had no stream for it): leave it alone
+        except OSError:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            if devnull != fd:
+                os.dup2(devnull, fd)
+                os.close(devnull)
+            setattr(sys, name, open(fd, "w", closefd=False))
+        else:
+            setattr(sys, name, open(os.devnull, "w"))
+
+
+def _set_help_width() -> None:
+    """Typer's help and usage boxes: a width where COLUMNS gives none. Piped or saved (no COLUMNS or TERMINAL_WIDTH),
+    Rich's 80 columns cut the long option names (--label-smoothi...): :data:`HELP_WIDTH_OFF_TERMINAL`. A COLUMNS of
+    0 (Docker's, in some setups) or no number counts as not set, as for fer-edge's tables
+    (:func:`fer_edge.console.valid_size`): Rich laid the help, and a usage error, out in 0 columns (nothing
+    printed)."""
+    import os
+    import shutil
+
+    import typer.rich_utils
+
+    from fer_edge.console import valid_size
+
+    if os.environ.get("TERMINAL_WIDTH") or valid_size(os.environ.get("COLUMNS")):
+        return  # the user's width
+    if not sys.stdout.isatty():
+        typer.rich_utils.MAX_WIDTH = HELP_WIDTH_OFF_TERMINAL
+    elif "COLUMNS" in os.environ:  # the terminal's own width (shutil skips a COLUMNS that is 0 or no number)
+        typer.rich_utils.MAX_WIDTH = shutil.get_terminal_size().columns
 
 
 def _typer_caught_an_interrupt(e: SystemExit) -> bool:

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import typer
 
-from fer_edge.console import WideConsole
+# (BROKEN_PIPE_EXIT and _stdout_to_devnull: shared with the benchmark scripts, imported from here by the commands)
+from fer_edge.console import BROKEN_PIPE_EXIT, WideConsole
+from fer_edge.console import stdout_to_devnull as _stdout_to_devnull
 
 
 class _Console(WideConsole):
@@ -65,10 +67,6 @@ def handle_errors(fn):
     return wrapper
 
 
-#: Exit status when stdout's reader went away: 128 + SIGPIPE, as a tool that signal stopped.
-BROKEN_PIPE_EXIT = 141
-
-
 @contextlib.contextmanager
 def exit_on_broken_pipe():
     """Output outside a command (``--version``): a closed stdout ends fer-edge quietly with
@@ -78,22 +76,6 @@ def exit_on_broken_pipe():
     except BrokenPipeError:
         _stdout_to_devnull()
         raise typer.Exit(BROKEN_PIPE_EXIT) from None
-
-
-def _stdout_to_devnull() -> None:
-    """Point stdout at /dev/null so that flushing it at exit does not fail again on the closed pipe (Python's
-    documented recipe for SIGPIPE); a stdout without a file descriptor (a test runner's) is left alone."""
-    import os
-
-    try:
-        fd = sys.stdout.fileno()
-    except (AttributeError, OSError, ValueError):
-        return
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, fd)
-    finally:
-        os.close(devnull)
 
 
 def path_value(value) -> Path | None:
