@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
+from rich.markup import escape
 
 from fer_edge.cli import app
 from fer_edge.cli.common import (console, err_console, gate_judged, handle_errors, is_tty, split_value, parse_batches,
@@ -25,8 +26,9 @@ def devices_table(env: dict):
              f" ({cpu['usable_cores']} usable), {cpu.get('isa')}, "
              f"{cpu['clock_mhz']:.0f} MHz" if cpu.get("clock_mhz") else
              f"{env['hostname']}: {cpu['model']}, {cpu['physical_cores']} cores")
-    t = Table(title=title, caption=f"{env['os']}, Python {env['python']}, {env.get('memory_gb')} GiB memory",
-              show_lines=False)
+    # (what the machine reports, markup-escaped: a device's full name may hold [...])
+    t = Table(title=escape(title), caption=escape(f"{env['os']}, Python {env['python']}, {env.get('memory_gb')} GiB "
+                                                  "memory"), show_lines=False)
     for col in ("Runtime", "Version", "Device", "Full name", "Detail"):
         t.add_column(col, overflow="fold")
     versions = env.get("libraries") or {}
@@ -35,11 +37,12 @@ def devices_table(env: dict):
     for name, info in env["runtimes"].items():
         version = versions.get(pkg.get(name, name)) or "-"
         if not info.get("available"):
-            t.add_row(name, version, "-", f"[yellow]unavailable: {info.get('reason') or '?'}[/]", "")
+            reason = escape(info.get("reason") or "?")
+            t.add_row(escape(name), escape(version), "-", f"[yellow]unavailable: {reason}[/]", "")
             continue
         for i, d in enumerate(info.get("devices") or []):
-            t.add_row(name if i == 0 else "", version if i == 0 else "", d["name"], d.get("full_name") or "",
-                      d.get("detail") or "")
+            t.add_row(*map(escape, (name if i == 0 else "", version if i == 0 else "", d["name"],
+                                    d.get("full_name") or "", d.get("detail") or "")))
     return t
 
 
@@ -57,7 +60,7 @@ def devices_cmd(
         return
     console.print(devices_table(env))
     libs = ", ".join(f"{k} {v}" for k, v in env["libraries"].items() if v)
-    console.print(f"libraries: {libs}")
+    console.print(f"libraries: {libs}", markup=False)
 
 
 # --- bench -----------------------------------------------------------------------------
@@ -87,8 +90,9 @@ def bench_table(report, width: int | None = None):
     models = model_labels(report.rows)
     tags = artifact_tags(report.rows)  # two files of one model, target and precision: which file
     several = len(models) > 1  # then each row names its model
-    t = Table(title=f"fer-edge bench: {', '.join(dict.fromkeys(models.values())) or report.reference['model']} "
-                    f"({report.settings['n_images']} images of {report.settings['split']})",
+    # (names and paths markup-escaped: a checkpoint or artifact file named x[b]y lost its [b])
+    t = Table(title=escape(f"fer-edge bench: {', '.join(dict.fromkeys(models.values())) or report.reference['model']} "
+                           f"({report.settings['n_images']} images of {report.settings['split']})"),
               box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, 1), collapse_padding=True)
     cols = [("Artifact", "l"), ("Runtime", "l"), ("Device", "l"), ("B", "r")]
     if wide:
@@ -106,8 +110,10 @@ def bench_table(report, width: int | None = None):
     if wide:
         cols += [("Flips", "r"), ("max|diff|", "r"), ("Size", "r")]
     cols += [("Status", "l")]
-    for name, j in cols:
-        t.add_column(name, justify="right" if j == "r" else "left", no_wrap=name != "Status")
+    for name, j in cols:  # the names fold, so that the numbers and the status stay whole in a narrow table
+        names = name in ("Artifact", "Runtime", "Device")
+        t.add_column(name, justify="right" if j == "r" else "left", overflow="fold" if names else "ellipsis",
+                     no_wrap=not names)
     style = {"ok": "green", "parity-failed": "red", "failed": "red", "skipped": "yellow"}
 
     def f(v, d=2):
@@ -116,9 +122,9 @@ def bench_table(report, width: int | None = None):
     for r in report.rows:
         lat = r["latency_ms"] or {}
         cells = {
-            "Artifact": (f"{models[source_key(r)]} " if several else "") + f"{r['target']} {r['precision']}"
-                        + (f" ({tags[r['artifact']]})" if r.get("artifact") in tags else ""),
-            "Runtime": r["runtime"], "Device": short_device(r["device"]), "B": str(r["batch"]),
+            "Artifact": escape((f"{models[source_key(r)]} " if several else "") + f"{r['target']} {r['precision']}"
+                               + (f" ({tags[r['artifact']]})" if r.get("artifact") in tags else "")),
+            "Runtime": escape(r["runtime"]), "Device": escape(short_device(r["device"])), "B": str(r["batch"]),
             "Thr": str(r["threads"] or "-"), "Load ms": f(r["load_ms"], 1), "1st ms": f(r["first_inference_ms"], 2),
             "p50 ms": f(lat.get("p50"), 3), "p90 ms": f(lat.get("p90"), 3), "p99 ms": f(lat.get("p99"), 3),
             "img/s": f(r["throughput_ips"], 0), "Top-1": fmt_pct(r["accuracy"]), "F1": f(r["macro_f1"], 3),
@@ -313,13 +319,13 @@ def _measure(artifacts, data, split, reference, rt_list, dev_list, batches, thre
              n_images, seed, parity_gate, out, shown, overrides, on_written=None):
     """:func:`run_bench` under a progress bar; warnings before the measuring are printed at once (and added to
     ``shown``); ``on_written``: run_bench's, called once the report files are written."""
-    from rich.markup import escape
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from fer_edge.benchmarks.bench import run_bench
 
+    # (the description names artifact files: no markup)
     with Progress(TextColumn("[bold]bench[/]"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  TextColumn("{task.description}"), console=err_console, transient=True,
+                  TextColumn("{task.description}", markup=False), console=err_console, transient=True,
                   disable=not is_tty()) as bar:
         task = bar.add_task("starting", total=None)
 
@@ -339,26 +345,42 @@ def _measure(artifacts, data, split, reference, rt_list, dev_list, batches, thre
         )
 
 
+def _narrow_table_note(table, out: Path) -> None:
+    """A note on stderr when ``table`` cannot be shown whole at the console's width: rich then cuts its numbers
+    and statuses short (an ellipsis) without a word (the names fold first), as ``fer-edge predict`` says of its
+    table."""
+    import io
+
+    from rich.console import Console
+
+    probe = Console(file=io.StringIO(), width=console.width, color_system=None)  # the table as it is printed
+    probe.print(table)
+    if "\u2026" in probe.file.getvalue():  # rich's ellipsis
+        err_console.print(f"note: the table does not fit in {console.width} columns (COLUMNS or the terminal): some "
+                          f"cells are cut short; widen it, or read {out}/report.md",
+                          markup=False, highlight=False, soft_wrap=True)
+
+
 def _summary(report, out: Path, shown: list[str], parity_gate: bool) -> None:
     """The table, the rows' reasons, notes, warnings not yet shown and the gate lines of a finished bench."""
-    from rich.markup import escape
-
     from fer_edge.benchmarks.bench import gate_failures
 
-    console.print(bench_table(report))
+    table = bench_table(report)
+    console.print(table)
+    _narrow_table_note(table, out)
     for line in row_reasons(report):
         console.print(escape(line), highlight=False)
     counts = report.counts()
     console.print(", ".join(f"{n} {s}" for s, n in counts.items()) + f" rows; reports in {out}/: "
-                  + ", ".join(p.name for p in report.files.values()))
+                  + ", ".join(p.name for p in report.files.values()), markup=False)  # (a path: no markup)
     console.print(compute_limit_text(report.compute_limit), highlight=False)
-    for note in report.notes:
-        console.print(f"note: {note}", highlight=False, soft_wrap=True)
+    for note in report.notes:  # on stderr, as every command's notes
+        err_console.print(f"note: {escape(note)}", highlight=False, soft_wrap=True)
     for warning in report.warnings:
         if warning not in shown:
             err_console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
     for gate_line in dict.fromkeys(weight_gate_lines(report, f"{out}/report.json")):
-        console.print(gate_line, highlight=False)
+        console.print(gate_line, highlight=False, markup=False)  # (it names the report: a path)
     failures = gate_failures(report)
     if failures and not parity_gate:
         err_console.print(f"[yellow]warning:[/] {len(failures)} row(s) failed parity (gate off)", soft_wrap=True)
@@ -415,11 +437,10 @@ def _merge(reports: List[Path], out: Path, on_written=None) -> None:
     t.add_column("Report")
     t.add_column("Rows", justify="right")
     for i, m in enumerate(merged.machines, 1):
-        t.add_row(f"M{i}", m["machine"], m["report"], str(sum(r["machine"] == m["machine"] for r in merged.rows)))
+        t.add_row(f"M{i}", escape(m["machine"]), escape(m["report"]),
+                  str(sum(r["machine"] == m["machine"] for r in merged.rows)))
     console.print(t)
-    console.print(f"wrote {', '.join(str(p) for p in merged.files.values())}")
-    from rich.markup import escape
-
+    console.print(f"wrote {', '.join(str(p) for p in merged.files.values())}", markup=False)
     for note in merged.notes:
         err_console.print(f"note: {escape(note)}", highlight=False, soft_wrap=True)
     for warning in merged.warnings:

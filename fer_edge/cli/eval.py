@@ -79,15 +79,18 @@ def _eval(names, data, split, tta, device, out, as_json) -> None:
     if as_json:
         typer.echo(json.dumps(r.to_dict()))
         return
+    from rich.markup import escape
     from rich.table import Table
 
-    console.print(f"[bold]{r.model}[/] ({r.checkpoint}) on {r.split} (n={r.n}{', flip TTA' if r.tta else ''}): "
-                  f"accuracy [bold]{r.accuracy:.4f}[/], macro-F1 {r.macro_f1:.4f}")
+    # (the model, checkpoint path, split and class names markup-escaped: a path holding [/x] raised MarkupError)
+    console.print(f"[bold]{escape(str(r.model))}[/] ({escape(str(r.checkpoint))}) on {escape(str(r.split))} "
+                  f"(n={r.n}{', flip TTA' if r.tta else ''}): accuracy [bold]{r.accuracy:.4f}[/], "
+                  f"macro-F1 {r.macro_f1:.4f}")
     t = Table("class", "precision", "recall", "F1", "support")
     for name, v in r.per_class.items():
-        t.add_row(name, f"{v['precision']:.3f}", f"{v['recall']:.3f}", f"{v['f1']:.3f}", str(v["support"]))
+        t.add_row(escape(name), f"{v['precision']:.3f}", f"{v['recall']:.3f}", f"{v['f1']:.3f}", str(v["support"]))
     console.print(t)
     # None: the plot could not be drawn, and the warning above says why (the metrics stand)
-    console.print(f"confusion matrix: {r.confusion_png or 'not drawn (see the warning)'}")
+    console.print(f"confusion matrix: {r.confusion_png or 'not drawn (see the warning)'}", markup=False)
     for note in r.notes:
         typer.echo(f"note: {note}", err=True)

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
+from rich.markup import escape
 
 from fer_edge.cli import app
 from fer_edge.cli.common import (console, err_console, gate_judged, handle_errors, is_tty, split_value, parse_csv_option,
@@ -32,14 +33,17 @@ def _status_text(a) -> str:
     status = a.status
     if status == "not validated":
         why = str(a.validation.get("reason") or "").removeprefix("not validated: ")
-        return f"[yellow]not validated ({why})[/]" if why else "[yellow]not validated[/]"
+        return f"[yellow]not validated ({escape(why)})[/]" if why else "[yellow]not validated[/]"
     return f"[{_STATUS_STYLE.get(status, 'white')}]{status}[/]"
 
 
 def artifacts_table(result):
+    """The exported artifacts. Every text from outside (a path, a reason) is markup-escaped: a path holding
+    ``[/x]`` raised rich's MarkupError after the export, and ``--out 'e[b]x'`` was shown as "Exported to ex"."""
     from rich.table import Table
 
-    t = Table(title=f"Exported to {result.out_dir}", caption=f"manifest: {result.manifest_path}")
+    t = Table(title=f"Exported to {escape(str(result.out_dir))}",
+              caption=f"manifest: {escape(str(result.manifest_path))}")
     for col, just in (("Target", "left"), ("Precision", "left"), ("Size", "right"), ("Agree", "right"),
                       ("Max |diff|", "right"), ("Acc.", "right"), ("Status", "left")):
         t.add_column(col, justify=just, overflow="fold", no_wrap=col != "Status")
@@ -47,12 +51,12 @@ def artifacts_table(result):
         v = a.validation
         prec = a.precision if a.variant == "main" else f"{a.precision} ({a.variant})"
         t.add_row(
-            a.target, prec, _human(a.size_bytes),
+            escape(a.target), escape(prec), _human(a.size_bytes),
             _fmt(v.get("agreement"), ".1%"), _fmt(v.get("max_abs_diff"), ".1e"), _fmt(v.get("accuracy"), ".1%"),
             _status_text(a),
         )
     for f in result.failed:
-        t.add_row(f["target"], f["precision"], "-", "", "", "", "[bold red]export failed[/]")
+        t.add_row(escape(f["target"]), escape(f["precision"]), "-", "", "", "", "[bold red]export failed[/]")
     return t
 
 
@@ -64,10 +68,10 @@ def failures_table(result):
     for col in ("Target", "Precision", "Artifact", "Problem"):
         t.add_column(col, overflow="fold")
     for f in result.failed:
-        t.add_row(f["target"], f["precision"], "-", f"export failed: {f['reason']}")
+        t.add_row(*map(escape, (f["target"], f["precision"], "-", f"export failed: {f['reason']}")))
     for a in result.parity_failures:
         reasons = a.validation.get("failures") or [a.validation.get("reason") or "?"]
-        t.add_row(a.target, a.precision, a.path.name, "\n".join(reasons))
+        t.add_row(*map(escape, (a.target, a.precision, a.path.name, "\n".join(map(str, reasons)))))
     return t
 
 
@@ -327,7 +331,8 @@ def export_cmd(
             val_size=None if val_size == 0 and validate else val_size, val_seed=calib_seed, validate=validate,
             threshold_overrides=overrides,
             name=name, progress=on_progress,
-            on_warning=lambda w: err_console.print(f"[yellow]warning:[/] {w}", highlight=False, soft_wrap=True),
+            on_warning=lambda w: err_console.print(f"[yellow]warning:[/] {escape(str(w))}", highlight=False,
+                                                   soft_wrap=True),
             data_progress=is_tty(), raise_on_failure=False, replace_other=replace,
         )
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM (export turns it into KeyboardInterrupt)
@@ -352,14 +357,15 @@ def _summary(result, fix, data) -> None:
 
     for s in result.skipped:
         if s["code"] != SKIP_NEEDS_CALIBRATION:
-            err_console.print(f"[dim]note: skipped {s['target']} {s['precision']}: {s['reason']}[/]", soft_wrap=True)
+            note = f"note: skipped {s['target']} {s['precision']}: {s['reason']}"
+            err_console.print(f"[dim]{escape(note)}[/]", soft_wrap=True)
     no_calib = [s["target"] for s in result.skipped if s["code"] == SKIP_NEEDS_CALIBRATION]
     if no_calib:
         err_console.print(f"[yellow]note:[/] int8 not exported ({', '.join(no_calib)}): {INT8_NEEDS_CALIBRATION}",
                           highlight=False, soft_wrap=True)
     gate_line = weight_gate_line(_gate_that_applied(result), str(result.manifest_path))
-    if gate_line:
-        err_console.print(gate_line, highlight=False)
+    if gate_line:  # (it names the manifest: a path, no markup)
+        err_console.print(gate_line, highlight=False, markup=False)
     console.print(artifacts_table(result))
     if not result.ok:
         err_console.print(failures_table(result))

@@ -22,6 +22,7 @@ def models_command(
         typer.echo(json.dumps(rows, indent=2))
         return
 
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table(title="fer-edge models (input 1x48x48)")
@@ -30,5 +31,5 @@ def models_command(
     table.add_column("MACs/image", justify="right")
     table.add_column("source")
     for r in rows:
-        table.add_row(r["name"], format_count(r["params"]), format_count(r["macs"]), r["source"])
+        table.add_row(escape(r["name"]), format_count(r["params"]), format_count(r["macs"]), escape(r["source"]))
     console.print(table)

@@ -71,19 +71,22 @@ def _common_dir(sources: list[str]) -> str | None:
     return None if common == os.path.dirname(common) else common  # the filesystem root says nothing
 
 
-def _row_cells(result, labels, name: str):
+def _row_cells(result, labels, name: str, narrow: bool = False):
+    """The table's rows for one input: a probability per class, or (``narrow``) the label's alone."""
     from rich.markup import escape
 
     source = escape(name)
+    blank = [""] * (1 if narrow else len(labels))
     if result.status == "error":
-        return [[source, "", "", "[red]error[/]", *[""] * len(labels)]]
+        return [[source, "", "", "[red]error[/]", *blank]]
     if result.status == "no_face":
-        return [[source, "", "", "[yellow]no face[/]", *[""] * len(labels)]]
+        return [[source, "", "", "[yellow]no face[/]", *blank]]
     rows = []
     for i, f in enumerate(result.faces):
         box = "whole" if f.box is None else "{},{},{},{}".format(*f.box.to_list())
-        probs = [f"[bold]{f.probabilities[lbl]:.2f}[/]" if lbl == f.label else f"{f.probabilities[lbl]:.2f}"
-                 for lbl in labels]
+        probs = [f"{f.probabilities[f.label]:.2f}"] if narrow else [
+            f"[bold]{f.probabilities[lbl]:.2f}[/]" if lbl == f.label else f"{f.probabilities[lbl]:.2f}"
+            for lbl in labels]
         rows.append([source if i == 0 else "", str(i + 1), box, f"[bold]{f.label}[/]", *probs])
     return rows
 
@@ -252,21 +255,28 @@ def _print_table(results, labels, predictor) -> None:
     from rich import box
 
     short = console.width < 130
-    title = f"{predictor.metadata.get('model') or predictor.path.name} ({predictor.runtime_name})"
+    # narrower than the whole table: rich squeezed the image, face and box columns away first, so the rows no longer
+    # said which image they were; the per-class probabilities make way instead (the label's own is kept)
+    narrow = console.width < TABLE_MIN_WIDTH
+    title = escape(f"{predictor.metadata.get('model') or predictor.path.name} ({predictor.runtime_name})")
     base = _common_dir([r.source for r in results])
     t = Table(box=box.SIMPLE_HEAD, collapse_padding=True, pad_edge=False, title=title,
               caption=None if base is None else f"images in {escape(base)}")
     names = [os.path.relpath(r.source, base) if base else r.source for r in results]
-    t.add_column("image", overflow="fold", ratio=1, min_width=min(12 if short else 24, max(map(len, names), default=5)))
+    least = 8 if narrow else 12 if short else 24
+    t.add_column("image", overflow="fold", ratio=1, min_width=min(least, max(map(len, names), default=5)))
     t.add_column("face", justify="right")
     t.add_column("box x,y,w,h", overflow="fold", max_width=15 if short else None)
     t.add_column("label", no_wrap=True)
-    for lbl in labels:
+    for lbl in [] if narrow else labels:
         t.add_column(lbl[:3] if short else lbl, justify="right", no_wrap=True)
+    if narrow:
+        t.add_column("p", justify="right", no_wrap=True)
     for r, name in zip(results, names):
-        for row in _row_cells(r, labels, name):
+        for row in _row_cells(r, labels, name, narrow):
             t.add_row(*row)
     console.print(t)
-    if console.width < TABLE_MIN_WIDTH:  # rich then cuts the last columns away without a word
+    if narrow:
         _note(f"the table needs {TABLE_MIN_WIDTH} columns and only {console.width} are available (COLUMNS or "
-              "the terminal): columns at its right may be cut; widen it, or use --json")
+              f"the terminal): it shows each face's label and its probability (p), not the {len(labels)} classes' "
+              "probabilities; widen it, or use --json")

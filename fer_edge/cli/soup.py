@@ -8,7 +8,8 @@ from typing import List, Optional
 import typer
 
 from fer_edge.cli import app
-from fer_edge.cli.common import console, existing_path_value, handle_errors, model_value, path_value, split_value
+from fer_edge.cli.common import (console, err_console, existing_path_value, handle_errors, model_value, path_value,
+                                  split_value)
 
 
 class BatchNormMode(str, Enum):
@@ -73,12 +74,13 @@ def _soup(checkpoints, out, data, bn, split, val_split, greedy, progress) -> Non
 
     r = make_soup(checkpoints, out, data, split=split, val_split=val_split, greedy=greedy, bn=bn.value,
                   progress=progress)
-    t = Table("checkpoint", f"{r.val_split} accuracy", "in the soup")
+    # (paths and the split's name markup-escaped: a checkpoint path holding [/x] raised rich's MarkupError)
+    t = Table("checkpoint", f"{escape(str(r.val_split))} accuracy", "in the soup")
     for path, acc in r.ingredient_accuracy.items():
-        t.add_row(path, f"{acc:.4f}", "yes" if path in r.ingredients else "no")
+        t.add_row(escape(str(path)), f"{acc:.4f}", "yes" if path in r.ingredients else "no")
     console.print(t)
-    for note in r.notes:
-        console.print(f"[yellow]note:[/] {escape(note)}", soft_wrap=True)
+    for note in r.notes:  # on stderr, as every command's notes
+        err_console.print(f"[yellow]note:[/] {escape(note)}", soft_wrap=True)
     n = len(r.ingredients)
-    console.print(f"soup of {n} checkpoint{'' if n == 1 else 's'}: {r.val_split} accuracy [bold]{r.accuracy:.4f}[/], "
-                  f"macro-F1 {r.macro_f1:.4f} -> {r.path}")
+    console.print(f"soup of {n} checkpoint{'' if n == 1 else 's'}: {escape(str(r.val_split))} accuracy "
+                  f"[bold]{r.accuracy:.4f}[/], macro-F1 {r.macro_f1:.4f} -> {escape(str(r.path))}")
