@@ -351,18 +351,23 @@ def _status(v: dict) -> str:
 
 
 def print_report(report: dict, console=None) -> None:
+    """The report's tables on ``console`` (stdout). Paths, names and reasons are markup-escaped (or printed with
+    no markup): a checkpoint path holding [/x] raised rich's MarkupError, one holding [b] lost it."""
     from fer_edge.console import WideConsole as Console  # wide off a terminal
+    from rich.markup import escape
     from rich.table import Table
 
     console = console or Console()
     src = report["checkpoint"]
-    console.print(f"checkpoint {src['path']} ({src['model']}, sha256 {src['sha256'][:12]}...)")
+    console.print(f"checkpoint {src['path']} ({src['model']}, sha256 {src['sha256'][:12]}...)", markup=False)
     cal = report.get("calibration") or {}
     if cal:
-        console.print(f"calibration: {cal.get('count')} images of {cal.get('split')} ({cal.get('sampling')})")
+        console.print(f"calibration: {cal.get('count')} images of {cal.get('split')} ({cal.get('sampling')})",
+                      markup=False)
     val = report.get("validation_data") or {}
     if val:
-        console.print(f"validation: {val.get('count')} images of {val.get('split')} ({val.get('sampling')})")
+        console.print(f"validation: {val.get('count')} images of {val.get('split')} ({val.get('sampling')})",
+                      markup=False)
 
     t = Table(title="Export seconds per target")
     t.add_column("Target")
@@ -390,13 +395,13 @@ def print_report(report: dict, console=None) -> None:
         t.add_column(col, justify="left" if col in ("Artifact", "Status") else "right")
     for a in report["artifacts"]:
         v = a["validation"]
-        t.add_row(a["file"], _status(v), _pct(v.get("agreement")),
+        t.add_row(escape(a["file"]), escape(_status(v)), _pct(v.get("agreement")),
                   "-" if v.get("max_abs_diff") is None else f"{v['max_abs_diff']:.2e}",
                   "-" if v.get("kl") is None else f"{v['kl']:.2e}", _pct(v.get("accuracy")),
                   _pct(v.get("reference_accuracy")), str(v.get("n") or "-"))
     console.print(t)
     for f in report["failed"]:
-        console.print(f"[bold red]export failed[/] {f['target']} {f['precision']}: {f['reason']}")
+        console.print("[bold red]export failed[/] " + escape(f"{f['target']} {f['precision']}: {f['reason']}"))
 
     if report.get("calib_methods"):
         t = Table(title="ONNX INT8 calibration methods (whole validation split)")
@@ -404,7 +409,7 @@ def print_report(report: dict, console=None) -> None:
             t.add_column(col, justify="left" if col == "Method" else "right")
         for r in report["calib_methods"]:
             if "error" in r:
-                t.add_row(r["method"], f"[red]{r['error']}[/]", *[""] * 6)
+                t.add_row(r["method"], f"[red]{escape(str(r['error']))}[/]", *[""] * 6)
                 continue
             t.add_row(r["method"], _pct(r["agreement"]), _pct(r["accuracy"]), _pct(r["reference_accuracy"]),
                       _num(r["accuracy_drop"], ".2f", 100), _num(r["kl"], ".2e"), _num(r["max_abs_diff"], ".2f"),
@@ -420,13 +425,13 @@ def print_report(report: dict, console=None) -> None:
             t.add_column(col, justify="left" if col == "Target" else "right")
         for r in spread["rows"]:
             if "error" in r:
-                t.add_row(str(r["seed"]), r["target"], f"[red]{r['error']}[/]", "", "", "")
+                t.add_row(str(r["seed"]), r["target"], f"[red]{escape(str(r['error']))}[/]", "", "", "")
                 continue
             t.add_row(str(r["seed"]), r["target"], _pct(r["agreement"]), _pct(r["accuracy"]),
                       _pct(r["reference_accuracy"]), f"{r['accuracy_drop'] * 100:+.2f}")
         console.print(t)
         if spread.get("note"):
-            console.print(f"note: {spread['note']}", highlight=False, soft_wrap=True)  # one line in a log
+            console.print(f"note: {spread['note']}", highlight=False, markup=False, soft_wrap=True)  # one line
         t = Table(title="INT8 accuracy drop over the draws")
         for col in ("Target", "Draws", "Median drop", "Range", "Median agreement", "Within the bar"):
             t.add_column(col, justify="left" if col == "Target" else "right")
@@ -680,7 +685,8 @@ def _interrupted_note(out: str | None, json_path: str | None, earlier: dict[str,
 
 
 if __name__ == "__main__":
+    from fer_edge.console import run_script
     from fer_edge.utils import command_environment
 
     command_environment()  # as the fer-edge command: ONNX Runtime's telemetry off (a user's setting wins)
-    sys.exit(main())
+    sys.exit(run_script(main))  # a closed stdout (`| head`): exit 141 quietly, as fer-edge (1: a failure's)

@@ -1050,7 +1050,7 @@ def rich_table(doc: dict, width: int | None = None):
         keep |= {"Origin", "Pareto"}
     short = {"FP32 top-1": "FP32", "INT8 top-1": "INT8", "INT8 agree": "Agree", "PyTorch FP32 p50 ms": "PT FP32 ms",
              "ORT INT8 p50 ms": "ORT INT8 ms"}
-    t = Table(title="fer-edge leaderboard", caption=doc["recipe"]["header"], box=box.SIMPLE_HEAD,
+    t = Table(title="fer-edge leaderboard", caption=escape(doc["recipe"]["header"]), box=box.SIMPLE_HEAD,
               show_edge=False, pad_edge=False, padding=(0, 1), collapse_padding=True)
     cols = [i for i, c in enumerate(TABLE_COLUMNS) if c in keep]
     for i in cols:
@@ -1247,16 +1247,20 @@ def main(argv: list[str] | None = None) -> int:
     console.print(rich_table(result.document, console.width))
     if console.width < 150 and any(r.get("pareto") for r in result.rows):
         console.print("* on the Pareto front (ONNX Runtime INT8 accuracy vs latency, shared recipe)")
-    console.print(f"wrote {', '.join(str(p) for p in result.files.values())}", highlight=False)
+    # (paths and names: no markup, or a --out holding [/x] raised rich's MarkupError after the files were written)
+    console.print(f"wrote {', '.join(str(p) for p in result.files.values())}", highlight=False, markup=False)
     if result.failed:
+        from rich.markup import escape
+
         err_console.print(f"[bold red]{len(result.failed)} of {len(result.rows)} model(s) failed:[/] "
-                          + ", ".join(r["name"] for r in result.failed), highlight=False)
+                          + escape(", ".join(r["name"] for r in result.failed)), highlight=False)
         return 1
     return 0
 
 
 if __name__ == "__main__":
+    from fer_edge.console import run_script
     from fer_edge.utils import command_environment
 
     command_environment()  # as the fer-edge command: ONNX Runtime's telemetry off (a user's setting wins)
-    sys.exit(main())
+    sys.exit(run_script(main))  # a closed stdout (`| head`): exit 141 quietly, as fer-edge

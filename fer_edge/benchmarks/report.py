@@ -696,8 +696,10 @@ def merge_reports(paths: list[str | Path], out_dir: str | Path,
                          "settings": report_settings(rep)})
         ref = rep["reference"]
         for r in rep["rows"]:
-            rows.append({"machine": label, **r, "model": r.get("model") or ref.get("model"),
-                         "source_sha256": r.get("source_sha256") or ref.get("sha256")})
+            # the reference's model and sha256 only for a report older than these keys: a row whose source is not
+            # known (None: an artifact with no manifest, a file that cannot be read) is not the reference's
+            rows.append({"machine": label, **r, "model": r["model"] if "model" in r else ref.get("model"),
+                         "source_sha256": r["source_sha256"] if "source_sha256" in r else ref.get("sha256")})
     order = {m["machine"]: i for i, m in enumerate(machines)}
     rows.sort(key=lambda r: (_row_key(r), order[r["machine"]]))
     warning = data_warning(machines)

@@ -22,6 +22,8 @@ sample positions may differ from OpenCV's by a fraction of a pixel.
 """
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import typer
 
@@ -87,9 +89,12 @@ def main(
             try:
                 _main(model, data, split, n_images, seed)
             except FerEdgeError as e:  # an OptionError (a value wrong on its own) is a usage error: exit 2
+                from rich.markup import escape
+
                 from fer_edge.console import WideConsole as Console
 
-                Console(stderr=True).print(f"[red]error:[/] {e}", highlight=False)
+                # (escaped: the message names paths, and a path holding [/x] raised rich's MarkupError)
+                Console(stderr=True).print(f"[red]error:[/] {escape(str(e))}", highlight=False)
                 raise typer.Exit(2 if isinstance(e, OptionError) else 1) from None
     except KeyboardInterrupt:
         typer.echo("interrupted: nothing was measured; no table was printed", err=True)
@@ -99,6 +104,7 @@ def main(
 def _main(model: str, data: str, split: str | None, n_images: int, seed: int) -> None:
     import torch
     from fer_edge.console import WideConsole as Console  # wide off a terminal
+    from rich.markup import escape
     from rich.table import Table
 
     from fer_edge.benchmarks.bench import load_inputs
@@ -119,8 +125,8 @@ def _main(model: str, data: str, split: str | None, n_images: int, seed: int) ->
             x = torch.from_numpy(normalize(np.stack([w[name] for w in ways]), ck.normalization))
             probs[name] = torch.softmax(net(x), 1).numpy()
     ref = probs["fer-edge"]
-    t = Table(title=f"{ck.model_name} on {len(ref)} {inputs.split} faces as tinted 80-220 px colour crops: "
-                    "other resizes against fer-edge's")
+    t = Table(title=escape(f"{ck.model_name} on {len(ref)} {inputs.split} faces as tinted 80-220 px colour crops: "
+                           "other resizes against fer-edge's"))
     for col in ("resize", "accuracy", "other top label", "max |prob diff| median", "max |prob diff| max"):
         t.add_column(col, justify="left" if col == "resize" else "right")
     for name, p in probs.items():
@@ -138,7 +144,8 @@ def _main(model: str, data: str, split: str | None, n_images: int, seed: int) ->
 
 
 if __name__ == "__main__":
+    from fer_edge.console import run_script
     from fer_edge.utils import command_environment
 
     command_environment()  # as the fer-edge command: ONNX Runtime's telemetry off (a user's setting wins)
-    cli()
+    sys.exit(run_script(cli))  # a closed stdout (`| head`, also of --help): exit 141 quietly, as fer-edge
