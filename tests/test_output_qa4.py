@@ -176,7 +176,8 @@ def test_a_stdout_closed_before_the_start_leaves_the_command_to_run():
     assert proc.returncode == 0 and proc.stderr.decode() == "", proc.stderr.decode()
 
 
-@pytest.mark.parametrize("script", ["resize_parity", "export_bench"])
+@pytest.mark.parametrize("script", ["resize_parity", "export_bench", "distill_speed", "ort_int8", "step_cost",
+                                    "train_throughput"])
 def test_a_benchmark_script_whose_reader_went_away_exits_141_quietly(script):
     """QA: ``python -m fer_edge.benchmarks.export_bench ... | head -1`` (and resize_parity, also its --help)
     exited 1, a parity failure's status, where fer-edge exits 141."""
@@ -290,3 +291,22 @@ def test_int8_sensitivity_agreements_are_exact_fractions(synthetic_csv, tmp_path
     if all(float(np.float32(a)) == a for a in exact):
         pytest.skip(f"no agreement here tells float32 from exact (n={n}: {sorted(set(values))})")
     assert values == exact, (n, values)
+
+
+def test_ort_int8_prints_a_bracketed_path_as_it_is(tmp_path):
+    """An error naming a folder such as ``e[/x]`` went through rich markup: MarkupError and a traceback."""
+    from fer_edge.benchmarks.ort_int8 import cli
+
+    empty = tmp_path / "e[/x]"  # (the folder x] in the folder e[)
+    empty.mkdir(parents=True)
+    res = CliRunner().invoke(cli, [str(empty)])
+    out = " ".join(res.output.split())
+    assert res.exit_code == 1 and "no *_int8.onnx" in out and "e[/x]" in out, res.output
+
+
+def test_the_soup_progress_console_has_a_width_under_columns_0(monkeypatch):
+    """A plain rich Console took COLUMNS=0 (some containers set it) as a width of 0 and drew no progress bar."""
+    from fer_edge.training.soup import _progress_console
+
+    monkeypatch.setenv("COLUMNS", "0")
+    assert _progress_console().width > 0

@@ -60,6 +60,7 @@ def main(
 ) -> None:
     import torch
     from fer_edge.console import WideConsole as Console  # wide off a terminal
+    from rich.markup import escape
     from rich.table import Table
 
     from fer_edge.checkpoint import load_checkpoint
@@ -142,8 +143,9 @@ def main(
     once = statistics.median(labelling[OFFLINE])
     once_replay = statistics.median(labelling[REPLAY])
     n_threads = threads or torch.get_num_threads()
-    t = Table(title=f"{student} distilled from {', '.join(teacher)}{' with flip TTA' if tta else ''}: "
-                    f"CPU, {n_threads} threads, batch {batch_size}, {steps} steps, median of {rounds}")
+    t = Table(title=f"{escape(student)} distilled from {escape(', '.join(teacher))}"
+                    f"{' with flip TTA' if tta else ''}: CPU, {n_threads} threads, batch {batch_size}, {steps} steps, "
+                    f"median of {rounds}")
     for col, justify in (("configuration", "left"), ("images/s", "right"), ("vs teacher in torch", "right"),
                          (f"epoch of {n_train:,} images", "right"), ("runs", "right")):
         t.add_column(col, justify=justify)
@@ -163,7 +165,10 @@ def main(
 
 
 if __name__ == "__main__":
+    import sys
+
+    from fer_edge.console import run_script
     from fer_edge.utils import command_environment
 
     command_environment()  # as the fer-edge command: ONNX Runtime's telemetry off (a user's setting wins)
-    cli()
+    sys.exit(run_script(cli))  # a closed stdout (`| head`): exit 141 quietly, as fer-edge (1: a failure's)

@@ -174,6 +174,7 @@ def main(
     """Time ONNX Runtime INT8 with session.x64quantprecision on (exact) and off (fast), side by side, and compare
     the two sessions' answers."""
     from fer_edge.console import WideConsole as Console  # wide off a terminal
+    from rich.markup import escape
     from rich.table import Table
 
     from fer_edge.benchmarks.environment import cpu_model
@@ -213,12 +214,12 @@ def main(
                 answers = compare_answers(sessions, x_all)
                 for b in batches:
                     x = np.ascontiguousarray(np.resize(x_all, (b, *x_all.shape[1:])))
-                    with console.status(f"timing {names[path]}, batch {b}: {rounds} rounds x 2 sessions x "
+                    with console.status(f"timing {escape(names[path])}, batch {b}: {rounds} rounds x 2 sessions x "
                                         f"{seconds:g} s"):
                         p50s = time_modes(sessions, x, rounds, seconds)
                     rows.append((path, b, p50s, answers))
     except FerEdgeError as e:  # an OptionError (a value wrong on its own) is a usage error: exit 2
-        err.print(f"[red]error:[/] {e}", highlight=False)
+        err.print(f"[red]error:[/] {escape(str(e))}", highlight=False)
         raise typer.Exit(2 if isinstance(e, OptionError) else 1) from None
     except KeyboardInterrupt:
         typer.echo(f"interrupted: {len(rows)} of {len(files) * len(batches)} artifact x batch row(s) were timed; "
@@ -232,7 +233,7 @@ def main(
         t.add_column(col, justify="left" if col == "artifact" else "right")
     for path, b, p50s, ans in rows:
         ex, fa = statistics.median(p50s["exact"]), statistics.median(p50s["fast"])
-        t.add_row(names[path], str(b), f"{ex:.3f}", f"{fa:.3f}", f"[bold]{ex / fa:.2f}x[/]",
+        t.add_row(escape(names[path]), str(b), f"{ex:.3f}", f"{fa:.3f}", f"[bold]{ex / fa:.2f}x[/]",
                   " ".join(f"{v:.3f}" for v in p50s["exact"]), " ".join(f"{v:.3f}" for v in p50s["fast"]),
                   f"{ans['max_abs_diff']:.2g}", f"{ans['agreement']:.2%}")
     console.print(t)
@@ -243,7 +244,10 @@ def main(
 
 
 if __name__ == "__main__":
+    import sys
+
+    from fer_edge.console import run_script
     from fer_edge.utils import command_environment
 
     command_environment()  # as the fer-edge command: ONNX Runtime's telemetry off (a user's setting wins)
-    cli()
+    sys.exit(run_script(cli))  # a closed stdout (`| head`): exit 141 quietly, as fer-edge (1: a failure's)

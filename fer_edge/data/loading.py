@@ -383,9 +383,9 @@ def _progress_bar(enabled: bool, description: str, unit: str = "files"):
     if not enabled:
         yield None
         return
-    from rich.console import Console
+    from fer_edge.console import WideConsole
 
-    console = Console(stderr=True)
+    console = WideConsole(stderr=True)  # (a COLUMNS of 0, as some containers set, counts as unset: rich drew nothing)
     if not console.is_terminal:
         yield None
         return

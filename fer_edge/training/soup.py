@@ -182,9 +182,9 @@ def _bn_batches(images_u8: torch.Tensor, norm, batch_size: int = 256, on_batch=N
 
 def _progress_console():
     """Where the progress display goes: stderr, as the data loading bars."""
-    from rich.console import Console
+    from fer_edge.console import WideConsole
 
-    return Console(stderr=True)
+    return WideConsole(stderr=True)  # (a COLUMNS of 0, as some containers set, counts as unset: rich drew nothing)
 
 
 @contextlib.contextmanager
