@@ -15,6 +15,11 @@ straight-through gradients):
   the modules seen in one forward pass, so activations applied as functions (``F.relu``) are
   not seen; the tensor before them is rounded instead, which errs on the noisy side.
 
+The simulation must run in float32: under bf16 or fp16 autocast a layer casts its rounded input and
+weights to 16 bits, which moves them off the INT8 grid (nano under bf16: 46% of a layer's input values
+off by up to half a step, 73% of the weights). ``fer-edge train --qat`` therefore trains without
+autocast (``--amp auto`` is off with it; ``--amp bf16``/``fp16`` are refused).
+
 The model itself is not changed: weights are rounded through
 :func:`torch.func.functional_call` and activations through forward hooks that act only inside
 :meth:`QuantSim.forward`. Evaluation, the EMA copy and every checkpoint see the plain FP32

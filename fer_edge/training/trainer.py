@@ -122,6 +122,12 @@ def validate_config(cfg: TrainConfig, given: Collection[str] = (), problems: Col
         problems.append(f"--augment {cfg.augment!r}: valid: {', '.join(PRESETS)}")
     if cfg.amp not in ("auto", "off", "bf16", "fp16"):
         problems.append(f"--amp {cfg.amp!r}: valid: auto, off, bf16, fp16")
+    elif cfg.qat and cfg.amp in ("bf16", "fp16"):
+        # autocast casts the rounded weights and activations to 16 bits inside the layers, moving them off the
+        # INT8 grid that --qat simulates (nano under bf16: 46% of one layer's inputs off, by up to half a step)
+        problems.append(f"--amp {cfg.amp} with --qat: {cfg.amp} autocast moves the INT8-rounded weights and "
+                        "activations off the INT8 grid; leave --amp out (auto trains --qat in float32) or pass "
+                        "--amp off")
     for name, lo in (("epochs", 1), ("batch_size", 1)):
         if getattr(cfg, name) < lo:
             problems.append(f"--{name.replace('_', '-')} must be at least {lo}")
@@ -316,7 +322,10 @@ def make_scheduler(cfg: TrainConfig, opt: torch.optim.Optimizer, steps_per_epoch
 
 
 def autocast_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
-    if cfg.amp == "off":
+    """The training step's autocast dtype (None: float32). ``--qat`` trains in float32 whatever ``--amp`` says
+    (:func:`validate_config` refuses bf16 and fp16 with it): a 16-bit cast of the INT8-rounded values moves them
+    off the grid the simulation rounds to."""
+    if cfg.amp == "off" or cfg.qat:
         return None
     if cfg.amp == "bf16":
         return torch.bfloat16
@@ -944,7 +953,8 @@ class Trainer:
             if cfg.channels_last:
                 example = example.contiguous(memory_format=torch.channels_last)
             qsim = QuantSim(ddp_model, model, example)
-            self.log(qsim.describe())
+            self.log(f"{qsim.describe()}, trained in float32 (no autocast: a 16-bit cast would move the rounded "
+                     "values off the INT8 grid)")
 
         history: list[dict] = []
         best_acc, best_epoch, start_epoch, bad_epochs = -1.0, 0, 0, 0
