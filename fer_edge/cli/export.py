@@ -272,8 +272,9 @@ def export_cmd(
         None, "--calib-method", help="ONNX INT8 calibration: minmax, entropy or percentile (default: minmax)."),
     overflow_fix: Optional[OverflowFixOption] = typer.Option(
         None, "--overflow-fix", show_default=False,
-        help="OpenVINO INT8 only: 7-bit weights in the first layer only ('first-layer', NNCF's default), in every "
-             "layer ('enable': for x86 CPUs without VNNI, whose int8 sums can saturate), or nowhere ('disable')."),
+        help="OpenVINO INT8 only: 7-bit weights in the first quantized convolution only ('first-layer', NNCF's "
+             "default; the first convolution stays in float), in every layer but the depthwise convolutions "
+             "('enable': for x86 CPUs without VNNI, whose int8 sums can saturate), or in none ('disable')."),
     val_data: Optional[Path] = typer.Option(
         None, "--val-data", parser=path_value, metavar="PATH",
         help="Data for the parity check (default: the calibration data, else the checkpoint's recorded validation "

@@ -106,11 +106,13 @@ def train(
         None, parser=path_value, metavar="PATH", help="--distill-targets replay: keep the views and their targets in this file; "
         "a later run with the same teachers, data, augmentation, views, seed, temperature and TTA loads it."),
     qat: bool = typer.Option(False, "--qat", help="Quantization-aware fine-tuning: train with INT8 rounding "
-                             "simulated; the checkpoint stays FP32 (usually with --init)."),
+                             "simulated, in float32 (--amp bf16/fp16 are refused with it); the checkpoint stays "
+                             "FP32 (usually with --init)."),
     patience: int = typer.Option(0, help="Early stopping patience in epochs (0: off)."),
     seed: int = typer.Option(0, help="Seed of the initial weights, the data order and the augmentation."),
     device: Device = typer.Option(Device.auto, help="Torch device (auto: cuda, else mps, else cpu)."),
-    amp: Amp = typer.Option(Amp.auto, help="Mixed precision (auto: fp16 on CUDA, bf16 on CPUs with native bf16, else off)."),
+    amp: Amp = typer.Option(Amp.auto, help="Mixed precision (auto: fp16 on CUDA, bf16 on CPUs with native bf16, "
+                                           "else off; always off with --qat)."),
     channels_last: bool = typer.Option(True, "--channels-last/--no-channels-last",
                                        help="Channels-last memory format (faster on CPUs: see README)."),
     threads: int = typer.Option(0, help="torch intra-op threads (0: default)."),

@@ -553,8 +553,9 @@ def export(
     ``calib_split``, ``calib_size`` or ``calib_method`` given when nothing is calibrated (``calib_method``: no
     ONNX INT8), and ``val_data``, ``val_split`` or ``val_size`` given with ``validate=False``, are refused
     (every such option named in one error): they would do nothing.
-    ``overflow_fix``: OpenVINO INT8 weights, ``first-layer`` (NNCF's default: 7 bits in the first
-    layer), ``enable`` (7 bits everywhere, for x86 CPUs without VNNI) or ``disable``; None: the
+    ``overflow_fix``: OpenVINO INT8 weights, ``first-layer`` (NNCF's default: 7 bits in the first quantized
+    convolution, the first convolution being in float), ``enable`` (7 bits in every layer but the depthwise
+    convolutions, for x86 CPUs without VNNI) or ``disable`` (8 bits everywhere); None: the
     default. Given explicitly when no OpenVINO INT8 is exported, it is refused.
     Validation (``validate``) runs each artifact that can run here on ``val_size`` images
     (None: all) of ``val_split`` of ``val_data`` (default: the calibration data, else the
