@@ -310,3 +310,13 @@ def test_the_soup_progress_console_has_a_width_under_columns_0(monkeypatch):
 
     monkeypatch.setenv("COLUMNS", "0")
     assert _progress_console().width > 0
+
+
+def test_the_trainer_console_has_a_width_under_columns_0(synthetic_csv, tmp_path, monkeypatch):
+    """The trainer's own rich Console took COLUMNS=0 as a width of 0: its progress bars drew nothing."""
+    from test_training import _cfg
+
+    from fer_edge.training.trainer import Trainer
+
+    monkeypatch.setenv("COLUMNS", "0")
+    assert Trainer(_cfg(synthetic_csv, tmp_path / "r"), progress=False).console.width > 0

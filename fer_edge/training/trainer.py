@@ -689,9 +689,9 @@ class Trainer:
         self.device = resolve_device(cfg.device)
         self.dist = _Dist(self.device)
         if console is None:
-            from rich.console import Console
+            from fer_edge.console import WideConsole
 
-            console = Console(stderr=True, quiet=quiet)
+            console = WideConsole(stderr=True, quiet=quiet)  # (COLUMNS=0, as some containers set: unset, not 0)
         self.console = console
 
     def log(self, msg: str) -> None:
