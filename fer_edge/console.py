@@ -15,7 +15,7 @@ def valid_size(value: str | None) -> bool:
     """Whether ``value`` (a COLUMNS or LINES setting) is a size: a whole number of at least 1. Docker sets
     ``COLUMNS=0`` in some setups, and rich laid everything out in 0 columns (nothing printed, errors included);
     such a value, or one that is no number, is taken as not set."""
-    return value is not None and value.isdigit() and int(value) > 0
+    return value is not None and value.isascii() and value.isdigit() and int(value) > 0  # ("²".isdigit() too)
 
 
 class SizedEnviron(Mapping):
@@ -84,11 +84,35 @@ def closed_stdout(e: SystemExit) -> bool:
     return isinstance(inner, BrokenPipeError) or (isinstance(inner, OSError) and inner.errno == errno.EPIPE)
 
 
+#: Columns of ``--help`` off a terminal (no COLUMNS or TERMINAL_WIDTH set): every option name whole.
+HELP_WIDTH_OFF_TERMINAL = 120
+
+
+def set_help_width() -> None:
+    """Typer's help and usage boxes (the ``fer-edge`` command's and the scripts'): a width where COLUMNS gives none.
+    Piped or saved (no COLUMNS or TERMINAL_WIDTH), Rich's 80 columns cut the long option names (--label-smoothi...):
+    :data:`HELP_WIDTH_OFF_TERMINAL`. A COLUMNS of 0 (Docker's, in some setups) or no number counts as not set, as for
+    fer-edge's tables (:func:`valid_size`): Rich laid the help, and a usage error, out in 0 columns (nothing
+    printed)."""
+    import shutil
+
+    import typer.rich_utils
+
+    if os.environ.get("TERMINAL_WIDTH") or valid_size(os.environ.get("COLUMNS")):
+        return  # the user's width
+    if sys.stdout is None or not sys.stdout.isatty():
+        typer.rich_utils.MAX_WIDTH = HELP_WIDTH_OFF_TERMINAL
+    elif "COLUMNS" in os.environ:  # the terminal's own width (shutil skips a COLUMNS that is 0 or no number)
+        typer.rich_utils.MAX_WIDTH = shutil.get_terminal_size().columns
+
+
 def run_script(main) -> int:
     """The exit status of a benchmark script's entry point ``main`` (returning one, or exiting, as a Typer app or
     argparse's ``--help`` does), run as the ``fer-edge`` command runs its commands: a stdout whose reader went away
     (``| head``) ends it quietly with :data:`BROKEN_PIPE_EXIT`, not rich's or click's status 1 (a failed parity
-    gate's), nor a traceback or "Exception ignored" and status 120 from the last flush at exit."""
+    gate's), nor a traceback or "Exception ignored" and status 120 from the last flush at exit. Typer's help and
+    usage boxes get the command's width (:func:`set_help_width`)."""
+    set_help_width()
     try:
         try:
             code = main()

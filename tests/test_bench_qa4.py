@@ -128,6 +128,13 @@ def test_runtimes_no_input_runs_in_is_a_usage_error_before_any_work(runtime, mon
     assert f"--runtimes {runtime}: no artifact among the inputs runs in it" in report.notes
 
 
+def test_one_runtime_given_as_a_string_is_that_runtime(tmp_path, exported, synthetic_csv):
+    """Regression review: ``run_bench(runtimes="onnxruntime")`` (one name, not a list) was read letter by letter
+    ("--runtimes o,n,n,x,...: none of the inputs runs in them"); before that check it ran by a substring test."""
+    report = _bench([exported], synthetic_csv, runtimes="onnxruntime", devices="cpu", batches=(1,))
+    assert report.rows and {r["runtime"] for r in report.rows} == {"onnxruntime"}
+
+
 # --- 3: a file changed between its check and its load ----------------------------------------------------------------
 @pytest.mark.parametrize("which", ["onnx", "openvino-bin", "checkpoint"])
 def test_a_file_changed_while_being_benchmarked_fails_its_rows(which, monkeypatch, tmp_path, exported,

@@ -51,9 +51,10 @@ def test_the_same_images_in_another_order_are_the_same_data(reversed_csv, synthe
     csv = data_fingerprint(load_split(reversed_csv, "Training", progress=False))
     folder = data_fingerprint(load_split(synthetic_folder, "train", progress=False))
     assert csv["sha256"] != folder["sha256"]  # the rows are in another order than the files
-    # within one format the order is the data's (a seeded run shuffles by position): a reordered CSV is other data
+    # a reordered copy in the same format holds the same images too (README: "in any order and either form") ...
     in_order = data_fingerprint(load_split(synthetic_csv, "Training", progress=False))
-    assert in_order["unordered_sha256"] == csv["unordered_sha256"] and not same_images(in_order, csv)
+    assert in_order["unordered_sha256"] == csv["unordered_sha256"] and same_images(in_order, csv)
+    assert not same_data(in_order, csv)  # ... but not the run's data for --resume (a seeded run shuffles by position)
     assert csv["unordered_sha256"] == folder["unordered_sha256"] and csv["n"] == folder["n"]
     assert same_images(folder, csv) and same_images(csv, folder)
     # --resume and the leaderboard's reuse ask for the run's order too: the other format is other data there

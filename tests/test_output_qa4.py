@@ -235,6 +235,14 @@ def test_the_bench_table_says_when_it_cannot_be_shown_whole(monkeypatch, tmp_pat
     cli_bench._narrow_table_note(cli_bench.bench_table(report, 40), tmp_path)
     assert "does not fit in 40 columns" in err.getvalue() and f"{tmp_path}/report.md" in err.getvalue(), err.getvalue()
     err.truncate(0)
+    err.seek(0)
+    # regression review: at 48 columns no cell is cut, but the names fold to a few letters (to nothing below):
+    # no row said what it measured, and no note said so
+    monkeypatch.setattr(cli_bench, "console", Console(file=io.StringIO(), width=48))
+    cli_bench._narrow_table_note(cli_bench.bench_table(report, 48), tmp_path)
+    assert "does not fit in 48 columns" in err.getvalue() and "names are folded" in err.getvalue(), err.getvalue()
+    err.truncate(0)
+    err.seek(0)
     monkeypatch.setattr(cli_bench, "console", Console(file=io.StringIO(), width=80))
     cli_bench._narrow_table_note(cli_bench.bench_table(report, 80), tmp_path)
     assert err.getvalue() == ""
@@ -320,3 +328,30 @@ def test_the_trainer_console_has_a_width_under_columns_0(synthetic_csv, tmp_path
 
     monkeypatch.setenv("COLUMNS", "0")
     assert Trainer(_cfg(synthetic_csv, tmp_path / "r"), progress=False).console.width > 0
+
+
+@pytest.mark.parametrize("module", ["fer_edge.benchmarks.ort_int8", "fer_edge.weights.ship"])
+def test_a_script_prints_its_usage_error_under_columns_0(module, tmp_path):
+    """Regression review: COLUMNS=0 was taken as unset by the fer-edge command only; a Typer script laid its usage
+    error out in 0 columns (exit 2, nothing printed)."""
+    env = {**os.environ, "COLUMNS": "0"}
+    proc = subprocess.run([sys.executable, "-m", module, str(tmp_path / "missing.onnx")], capture_output=True,
+                          env=env, timeout=120)
+    assert proc.returncode == 2 and "missing.onnx" in " ".join(proc.stderr.decode().split()), proc.stderr.decode()
+
+
+def test_a_columns_value_of_other_digits_is_no_size():
+    from fer_edge.console import valid_size
+
+    assert valid_size("80") and not valid_size("0") and not valid_size("abc") and not valid_size("²")
+
+
+def test_train_prints_a_bracketed_out_folder_as_it_is(synthetic_csv, tmp_path):
+    """Regression review: ``fer-edge train --out 'q[/x]'`` trained, wrote the run, then died with rich's
+    MarkupError (exit 1) on its summary line, which the other commands' paths were already escaped against."""
+    out = tmp_path / "q[/x]"
+    r = runner.invoke(app, ["train", "--data", str(synthetic_csv), "--model", "simple_cnn", "--out", str(out),
+                            "--epochs", "1", "--batch-size", "32", "--max-steps-per-epoch", "2", "--device", "cpu",
+                            "--no-progress"], env={"COLUMNS": "400"})
+    assert r.exit_code == 0 and f"run in {out}" in r.output, r.output
+    assert (out / "best.pt").is_file()

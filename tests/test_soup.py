@@ -501,7 +501,8 @@ def test_ingredients_without_an_agreed_training_record_say_so(ingredients, synth
     assert "train" not in ck.data and ck.data["val"]["sha256"]
     assert any(f"{bare} records no train data fingerprint" in n and "cannot tell" in n for n in r.notes), r.notes
     other = tmp_path / "other.pt"
-    torch.save({**raw, "data": {**raw["data"], "train": {**raw["data"]["train"], "sha256": "0" * 64}}}, other)
+    other_data = {**raw["data"]["train"], "sha256": "0" * 64, "unordered_sha256": "1" * 64}  # other images
+    torch.save({**raw, "data": {**raw["data"], "train": other_data}}, other)
     r = make_soup([ingredients[0], other], tmp_path / "s2.pt", synthetic_csv, progress=False)
     assert "train" not in load_checkpoint(r.path).data
     assert any("trained on different data" in n and str(other) in n for n in r.notes), r.notes

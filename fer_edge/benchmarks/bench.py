@@ -605,6 +605,9 @@ def _run_bench(
     from fer_edge.metrics import classification_metrics
     from fer_edge.models import count_macs, count_params
 
+    # one name given as a string is that name (a str is a sequence of letters: "onnxruntime" read as o,n,n,x,...)
+    runtimes = [runtimes] if isinstance(runtimes, str) else runtimes
+    devices = [devices] if isinstance(devices, str) else devices
     batches = sorted({int(b) for b in batches})
     if not batches or batches[0] < 1:
         raise FerEdgeError("batch sizes must be positive integers")

@@ -51,18 +51,14 @@ for _name in COMMAND_MODULES:
             raise
 
 
-#: Columns of ``--help`` off a terminal (no COLUMNS or TERMINAL_WIDTH set): every option name whole.
-HELP_WIDTH_OFF_TERMINAL = 120
-
-
 def main(argv: list[str] | None = None) -> None:
+    from fer_edge.console import set_help_width
     from fer_edge.errors import FerEdgeError
-
     from fer_edge.utils import command_environment
 
     _closed_std_streams_to_devnull()
     command_environment()  # ONNX Runtime's telemetry off, before any command imports onnxruntime
-    _set_help_width()
+    set_help_width()
     try:
         app(args=argv, standalone_mode=True)
     except FerEdgeError as e:
@@ -108,27 +104,6 @@ def _closed_std_streams_to_devnull() -> None:
             setattr(sys, name, open(fd, "w", closefd=False))
         else:
             setattr(sys, name, open(os.devnull, "w"))
-
-
-def _set_help_width() -> None:
-    """Typer's help and usage boxes: a width where COLUMNS gives none. Piped or saved (no COLUMNS or TERMINAL_WIDTH),
-    Rich's 80 columns cut the long option names (--label-smoothi...): :data:`HELP_WIDTH_OFF_TERMINAL`. A COLUMNS of
-    0 (Docker's, in some setups) or no number counts as not set, as for fer-edge's tables
-    (:func:`fer_edge.console.valid_size`): Rich laid the help, and a usage error, out in 0 columns (nothing
-    printed)."""
-    import os
-    import shutil
-
-    import typer.rich_utils
-
-    from fer_edge.console import valid_size
-
-    if os.environ.get("TERMINAL_WIDTH") or valid_size(os.environ.get("COLUMNS")):
-        return  # the user's width
-    if not sys.stdout.isatty():
-        typer.rich_utils.MAX_WIDTH = HELP_WIDTH_OFF_TERMINAL
-    elif "COLUMNS" in os.environ:  # the terminal's own width (shutil skips a COLUMNS that is 0 or no number)
-        typer.rich_utils.MAX_WIDTH = shutil.get_terminal_size().columns
 
 
 def _typer_caught_an_interrupt(e: SystemExit) -> bool:

@@ -345,20 +345,35 @@ def _measure(artifacts, data, split, reference, rt_list, dev_list, batches, thre
         )
 
 
+#: The table's name columns (they fold) and the width below which, shared among them, a row no longer says what
+#: it measured (rich folds them to a few letters, then to nothing).
+NAME_COLUMNS = ("Artifact", "Runtime", "Device")
+MIN_NAMES_WIDTH = 3 * 6
+
+
 def _narrow_table_note(table, out: Path) -> None:
-    """A note on stderr when ``table`` cannot be shown whole at the console's width: rich then cuts its numbers
-    and statuses short (an ellipsis) without a word (the names fold first), as ``fer-edge predict`` says of its
-    table."""
+    """A note on stderr when ``table`` cannot be shown whole at the console's width, as ``fer-edge predict`` says
+    of its table: rich cuts numbers and statuses short (an ellipsis), or, in a very narrow table, folds the names
+    to a few letters or to nothing (no row says what it measured), without a word."""
     import io
 
     from rich.console import Console
+    from rich.measure import Measurement
 
     probe = Console(file=io.StringIO(), width=console.width, color_system=None)  # the table as it is printed
     probe.print(table)
-    if "\u2026" in probe.file.getvalue():  # rich's ellipsis
-        err_console.print(f"note: the table does not fit in {console.width} columns (COLUMNS or the terminal): some "
-                          f"cells are cut short; widen it, or read {out}/report.md",
-                          markup=False, highlight=False, soft_wrap=True)
+    cut = "\u2026" in probe.file.getvalue()  # rich's ellipsis
+    wide = probe.options.update(width=10_000)
+
+    def widest(renderables) -> int:
+        return max(Measurement.get(probe, wide, r).maximum for r in renderables)
+
+    natural = Measurement.get(probe, wide, table).maximum
+    names = sum(widest([c.header, *c.cells]) for c in table.columns if c.header in NAME_COLUMNS)
+    if cut or console.width - (natural - names) < MIN_NAMES_WIDTH:  # what the numbers leave to the names
+        why = "some cells are cut short" if cut else "the names are folded to a few letters, or hidden"
+        err_console.print(f"note: the table does not fit in {console.width} columns (COLUMNS or the terminal): {why}; "
+                          f"widen it, or read {out}/report.md", markup=False, highlight=False, soft_wrap=True)
 
 
 def _summary(report, out: Path, shown: list[str], parity_gate: bool) -> None:

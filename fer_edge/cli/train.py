@@ -161,8 +161,11 @@ def train(
     except TrainingError as e:
         raise OptionError(str(e)) from None
     result = run_train(cfg, resume=resume, progress=progress)
-    console.print(
+    from rich.markup import escape
+
+    console.print(  # (the folder escaped: --out 'q[/x]' was read as markup, a traceback after the whole run)
         f"best val accuracy [bold]{result.best_accuracy:.4f}[/] at epoch {result.best_epoch} "
-        f"({result.epochs_run} epochs{', stopped early' if result.stopped_early else ''}); run in {result.out_dir}"
+        f"({result.epochs_run} epochs{', stopped early' if result.stopped_early else ''}); "
+        f"run in {escape(str(result.out_dir))}"
     )
 

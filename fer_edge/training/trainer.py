@@ -352,8 +352,9 @@ def setup_warnings(cfg: TrainConfig, train, val, device: torch.device) -> list[s
                    "images the model trains on, so its accuracy says little about new faces")
     elif digests[0] is not None and digests[0] == digests[1]:  # a copy under another name (val/ a copy of train/)
         out.append(f"the validation split ({val.split}) holds the same images and labels as the training split "
-                   f"({train.split}; same SHA-256 of its images and labels): the best epoch is chosen on images the model trains on, so its "
-                   "accuracy says little about new faces")
+                   f"({train.split}{', in another order' if fps[0].get('sha256') != fps[1].get('sha256') else ''}): "
+                   "the best epoch is chosen on images the model trains on, so its accuracy says little about new "
+                   "faces")
     missing = [LABELS[c] for c in range(len(LABELS)) if not bool((train.labels == c).any())]
     if missing:
         out.append(f"the training split has no {', '.join(missing)} images: the model cannot learn "
@@ -441,15 +442,15 @@ def same_data(saved: dict, now: dict) -> bool:
 
 def same_images(saved: dict, now: dict) -> bool:
     """Whether a split holds the images and labels a checkpoint recorded, in any order: what eval's and soup's
-    "training data" notes and soup's ingredients check ask. A CSV and an image folder order the same images
-    differently (FER2013's ``Training`` and ``images/train``), so across formats the order-free
-    ``unordered_sha256`` decides where both record it; a record from before it existed (the shipped weights: an
-    image folder's ``train``) is then judged on the split name (or an alias of it) and count. Within one format
-    it is :func:`same_data`."""
+    "training data" notes and soup's ingredients check ask (a CSV and an image folder order the same images
+    differently: FER2013's ``Training`` and ``images/train``). The order-free ``unordered_sha256`` decides where
+    both record it; a record from before it existed (the shipped weights: an image folder's ``train``) is judged
+    by :func:`same_data` in its own format and, in the other format, on the split name (or an alias of it) and
+    count."""
+    if saved.get("unordered_sha256") and now.get("unordered_sha256"):
+        return saved["unordered_sha256"] == now["unordered_sha256"] and saved.get("n") == now.get("n")
     if ("sha256" in saved and saved["sha256"] != now.get("sha256") and saved.get("format") and now.get("format")
             and saved["format"] != now["format"]):
-        if saved.get("unordered_sha256") and now.get("unordered_sha256"):
-            return saved["unordered_sha256"] == now["unordered_sha256"] and saved.get("n") == now.get("n")
         saved = {k: v for k, v in saved.items() if k != "sha256"}  # judged as a record without the hash
     return same_data(saved, now)
 

@@ -411,7 +411,10 @@ def _entry(name: str) -> dict | None:
 
 
 if __name__ == "__main__":
+    import sys
+
+    from fer_edge.console import run_script
     from fer_edge.utils import command_environment
 
     command_environment()  # as the fer-edge command: ONNX Runtime's telemetry off (a user's setting wins)
-    cli()
+    sys.exit(run_script(cli))  # a closed stdout (`| head`): exit 141 quietly, as fer-edge (1: a failure's)
