@@ -160,3 +160,18 @@ def test_history_records_the_lr_of_each_epochs_last_step(synthetic_csv, tmp_path
     assert [r["lr"] for r in res.history] == pytest.approx(want, rel=1e-9)
     rows = list(csv.DictReader((tmp_path / "r" / "history.csv").open()))
     assert [float(r["lr"]) for r in rows] == pytest.approx(want, rel=1e-9) and float(rows[-1]["lr"]) > 0
+
+
+@pytest.mark.parametrize("scheduler", ["step", "none"])
+def test_a_warmup_where_the_schedule_has_none_is_a_usage_error(scheduler, synthetic_csv, tmp_path):
+    """--warmup-epochs under --scheduler step or none was taken and silently ignored."""
+    from typer.testing import CliRunner
+
+    from fer_edge.cli import app
+
+    r = CliRunner().invoke(app, ["train", "--data", str(synthetic_csv), "--model", "simple_cnn", "--out",
+                                 str(tmp_path / "r"), "--scheduler", scheduler, "--warmup-epochs", "1",
+                                 "--epochs", "1", "--device", "cpu", "--no-progress"], env={"COLUMNS": "300"})
+    assert r.exit_code == 2 and "--warmup-epochs applies to the onecycle and cosine schedules only" in r.output, \
+        r.output
+    assert not (tmp_path / "r").exists()

@@ -72,8 +72,9 @@ def train(
     weight_decay: float = typer.Option(5e-4, help="Weight decay (not on biases and norm layers)."),
     optimizer: Optimizer = typer.Option(Optimizer.adamw, help="Optimizer."),
     scheduler: Scheduler = typer.Option(Scheduler.onecycle, help="Learning-rate schedule over the whole run."),
-    warmup_epochs: float = typer.Option(1.0, help="Warm-up of onecycle (at most 30% of the run) and cosine, in epochs; "
-                                        "cosine's, when not shorter than the run, is 30% of it (with a warning)."),
+    warmup_epochs: Optional[float] = typer.Option(
+        None, show_default=False, help="Warm-up of onecycle (at most 30% of the run) and cosine, in epochs (default 1); "
+        "cosine's, when not shorter than the run, is 30% of it (with a warning). Refused with step and none."),
     label_smoothing: float = typer.Option(0.0, help="Label smoothing of the loss (0: off)."),
     class_weights: ClassWeights = typer.Option(ClassWeights.none, help="Loss weights against class imbalance."),
     mixup: float = typer.Option(0.0, help="MixUp Beta alpha (0: off)."),
@@ -141,12 +142,12 @@ def train(
             early.append(f"--model-kwargs is not valid JSON: {e}")
     if wandb is not None and not wandb.strip():  # it read as "no logging", silently
         early.append("--wandb is empty: name a Weights & Biases project, or leave the option out")
-    given = {k: v for k, v in (("distill_alpha", distill_alpha), ("distill_temperature", distill_temperature))
-             if v is not None}
+    given = {k: v for k, v in (("distill_alpha", distill_alpha), ("distill_temperature", distill_temperature),
+                               ("warmup_epochs", warmup_epochs)) if v is not None}
     cfg = TrainConfig(
         data=str(data), model=model, out=str(out), model_kwargs=kwargs, split=split, val_split=val_split,
         epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, optimizer=optimizer.value,
-        scheduler=scheduler.value, warmup_epochs=warmup_epochs, label_smoothing=label_smoothing,
+        scheduler=scheduler.value, label_smoothing=label_smoothing,
         class_weights=class_weights.value, mixup=mixup, cutmix=cutmix, mix_prob=mix_prob, ema=ema, augment=augment.value,
         init=init, distill=list(distill or []), **given, distill_tta=distill_tta,
         teacher_runtime=teacher_runtime.value, distill_targets=distill_targets.value,

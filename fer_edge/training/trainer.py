@@ -164,6 +164,9 @@ def validate_config(cfg: TrainConfig, given: Collection[str] = (), problems: Col
     for name in ("distill_alpha", "distill_temperature"):
         if not cfg.distill and (name in given or getattr(cfg, name) != getattr(defaults, name)):
             problems.append(f"--{name.replace('_', '-')} applies to distillation only: add a --distill teacher")
+    if cfg.scheduler in ("step", "none") and ("warmup_epochs" in given or cfg.warmup_epochs != defaults.warmup_epochs):
+        problems.append(f"--warmup-epochs applies to the onecycle and cosine schedules only, not --scheduler "
+                        f"{cfg.scheduler} (it would do nothing)")
     if len(cfg.distill) > 1:  # a teacher given twice (by name, path or a copy): before the data is loaded
         problems += repeated_teachers(cfg.distill)
     if cfg.teacher_runtime not in TEACHER_RUNTIMES:
