@@ -73,8 +73,9 @@ def train(
     optimizer: Optimizer = typer.Option(Optimizer.adamw, help="Optimizer."),
     scheduler: Scheduler = typer.Option(Scheduler.onecycle, help="Learning-rate schedule over the whole run."),
     warmup_epochs: Optional[float] = typer.Option(
-        None, show_default=False, help="Warm-up of onecycle (at most 30% of the run) and cosine, in epochs (default 1); "
-        "cosine's, when not shorter than the run, is 30% of it (with a warning). Refused with step and none."),
+        None, show_default=False,
+        help="Warm-up of onecycle (at most 30% of the run) and cosine, in epochs (default 1); cosine's, when not "
+             "shorter than the run, is 30% of it (with a warning). Refused with step and none."),
     label_smoothing: float = typer.Option(0.0, help="Label smoothing of the loss (0: off)."),
     class_weights: ClassWeights = typer.Option(ClassWeights.none, help="Loss weights against class imbalance."),
     mixup: float = typer.Option(0.0, help="MixUp Beta alpha (0: off)."),
