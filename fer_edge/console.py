@@ -111,7 +111,11 @@ def run_script(main) -> int:
     argparse's ``--help`` does), run as the ``fer-edge`` command runs its commands: a stdout whose reader went away
     (``| head``) ends it quietly with :data:`BROKEN_PIPE_EXIT`, not rich's or click's status 1 (a failed parity
     gate's), nor a traceback or "Exception ignored" and status 120 from the last flush at exit. Typer's help and
-    usage boxes get the command's width (:func:`set_help_width`)."""
+    usage boxes get the command's width (:func:`set_help_width`) while ``main`` runs: a process-wide setting, put
+    back after, so that a program running a script in-process keeps its own."""
+    import typer.rich_utils
+
+    width = typer.rich_utils.MAX_WIDTH
     set_help_width()
     try:
         try:
@@ -125,4 +129,6 @@ def run_script(main) -> int:
     except BrokenPipeError:
         stdout_to_devnull()
         return BROKEN_PIPE_EXIT
+    finally:
+        typer.rich_utils.MAX_WIDTH = width
     return code

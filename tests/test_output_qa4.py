@@ -195,8 +195,14 @@ def test_a_benchmark_script_whose_reader_went_away_exits_141_quietly(script):
 def test_run_script_passes_a_status_on():
     from fer_edge.console import run_script
 
+    import typer.rich_utils
+
+    width = typer.rich_utils.MAX_WIDTH
     assert run_script(lambda: 3) == 3
     assert run_script(lambda: sys.exit(2)) == 2
+    # the help width it sets for the script is put back: a later command run in-process (CliRunner) kept 120
+    # columns and wrapped its usage errors there
+    assert typer.rich_utils.MAX_WIDTH == width
 
 
 # --- narrow tables ------------------------------------------------------------------------------------------
