@@ -120,7 +120,7 @@ def check_labels(labels, where: str = "labels") -> tuple[str, ...]:
     labels = tuple(labels)
     if (why := labels_problem(labels)) is not None:
         raise DataError(f"{where} {why}")
-    return tuple(str(x) for x in labels)
+    return labels  # (strings: labels_problem refuses anything else)
 
 
 class Predictor:

@@ -133,14 +133,15 @@ def artifact_from_file(path: str | Path) -> Artifact:
 def _hashes(p: Path, runtime: str) -> dict[str, str]:
     """``{file: sha256}`` of the files the ``runtime`` reads for ``p``, a file no manifest lists: ``p``, OpenVINO's
     ``.bin`` beside its ``.xml``, Core ML's ``_logits`` package beside its own (those that exist)."""
+    from fer_edge.runtimes.coreml import logits_variant
     from fer_edge.utils import sha256_path
 
     files = [p]
     if runtime == "openvino":
         files.append(p.with_suffix(".bin"))
-    elif runtime == "coreml" and not p.stem.endswith(LOGITS_SUFFIX):
-        files.append(p.with_name(p.stem + LOGITS_SUFFIX + p.suffix))
-    return {str(f): sha256_path(f) for f in files if f.exists()}
+    elif runtime == "coreml":
+        files.append(logits_variant(p))  # (p itself when it is the _logits package)
+    return {str(f): sha256_path(f) for f in dict.fromkeys(files) if f.exists()}
 
 
 def check_unchanged(art: Artifact) -> None:
@@ -207,9 +208,7 @@ def read_manifest(path: str | Path, verify: bool = True, only: set[str] | None =
     # companions' (the coreml runtime runs the `_logits` package too), checked again once the bench has loaded it
     recorded: dict[tuple, dict[str, str]] = {}
     for e in entries:
-        for rec in e.get("files") or [{"file": e.get("file"), "sha256": e.get("sha256")}]:
-            if isinstance(rec, dict) and rec.get("file") and rec.get("sha256"):
-                recorded.setdefault(_group(e), {})[str(mpath.parent / str(rec["file"]))] = str(rec["sha256"])
+        recorded.setdefault(_group(e), {}).update(_recorded_hashes(e, mpath.parent))
     out: list[Artifact] = []
     for e in entries:
         selected = only is None or e["file"] in only
@@ -265,9 +264,16 @@ def _entry_files(entry: dict, entries: list[dict], recorded: dict[tuple, dict[st
     mains = [e for e in entries if _group(e) == _group(entry) and e.get("variant", "main") == "main"]
     if len(mains) == 1:
         return dict(recorded.get(_group(entry), {}))
-    own = [rec for rec in entry.get("files") or [{"file": entry.get("file"), "sha256": entry.get("sha256")}]
-           if isinstance(rec, dict) and rec.get("file") and rec.get("sha256")]
-    return {str(root / str(rec["file"])): str(rec["sha256"]) for rec in own}
+    return _recorded_hashes(entry, root)
+
+
+def _recorded_hashes(entry: dict, root: Path) -> dict[str, str]:
+    """``{file: sha256}`` of the files a manifest entry records (:func:`fer_edge.exporters.manifest.file_records`),
+    those with a name and a hash."""
+    from fer_edge.exporters.manifest import file_records
+
+    return {str(root / str(rec["file"])): str(rec["sha256"]) for rec in file_records(entry)
+            if isinstance(rec, dict) and rec.get("file") and rec.get("sha256")}
 
 
 def _companion_of(p: Path, entries: list[dict]) -> str | None:

@@ -697,8 +697,6 @@ def _run_bench(
                 entries.append((art, is_ref, ref))
         del model
     rows, groups = _plan(entries, batches, runtimes, devices)
-    if not rows:  # (check_runtimes refuses that first): a report with no row would replace one in out_dir for nothing
-        raise FerEdgeError("nothing to benchmark: no artifact runs in the runtimes asked for; no report was written")
     for name in runtimes or []:
         if not any(r["runtime"] == name for r in rows):
             notes.append(f"--runtimes {name}: no artifact among the inputs runs in it")
@@ -715,6 +713,15 @@ def _run_bench(
 
     if progress is not None:
         progress(0, total, "loading")
+
+    def fail_group(g: _Group, reason: str) -> None:
+        """``g``'s rows still ok fail with ``reason`` and leave the timing; only this group's: earlier groups'
+        rows (parity-failed ones too) are timed."""
+        for row in g.rows:
+            if row["status"] == "ok":
+                row["status"], row["reason"] = "failed", reason
+                tick("", rounds)
+        _drop_group(live, g)
 
     live: list[_Live] = []
     for g in groups:
@@ -764,11 +771,7 @@ def _run_bench(
         try:  # what was loaded is what was verified (and what the rows' sha256 names), not a file written since
             check_unchanged(g.art)
         except FerEdgeError as e:
-            for row in g.rows:
-                if row["status"] == "ok":
-                    row["status"], row["reason"] = "failed", error_text(e)
-                    tick("", rounds)
-            _drop_group(live, g)
+            fail_group(g, error_text(e))
             continue
         # accuracy and parity: once per artifact x runtime x device, on its largest loaded batch
         b = max(g.loaded)
@@ -778,11 +781,7 @@ def _run_bench(
             m = classification_metrics(inputs.labels, logits.argmax(1), ref.labels)
             failures = list(parity.check(stats, g.art.precision, ref.thresholds))
         except Exception as e:
-            for row in g.rows:
-                if row["status"] == "ok":
-                    row["status"], row["reason"] = "failed", f"validation: {error_text(e)}"
-                    tick("", rounds)
-            _drop_group(live, g)  # only this group's: earlier groups' rows (parity-failed ones too) are timed
+            fail_group(g, f"validation: {error_text(e)}")
             continue
         for row in g.rows:
             row.update(accuracy=_finite(m["accuracy"]), macro_f1=_finite(m["macro_f1"]),

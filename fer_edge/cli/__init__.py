@@ -52,7 +52,7 @@ for _name in COMMAND_MODULES:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from fer_edge.console import set_help_width
+    from fer_edge.console import closed_stdout, set_help_width
     from fer_edge.errors import FerEdgeError
     from fer_edge.utils import command_environment
 
@@ -69,19 +69,12 @@ def main(argv: list[str] | None = None) -> None:
     except SystemExit as e:
         if e.code == 130 and _typer_caught_an_interrupt(e):
             typer.echo("interrupted: fer-edge stopped before the command ran; nothing was done", err=True)
-        if e.code == 1 and _closed_stdout(e):  # `fer-edge --help | head`: rich and click exit 1 for it
+        if e.code == 1 and closed_stdout(e):  # `fer-edge --help | head`: rich and click exit 1 for it
             from fer_edge.cli.common import BROKEN_PIPE_EXIT, _stdout_to_devnull
 
             _stdout_to_devnull()
             sys.exit(BROKEN_PIPE_EXIT)
         raise
-
-
-def _closed_stdout(e: SystemExit) -> bool:
-    """Whether ``e`` is rich's or click's exit for a stdout closed early, outside any command (``--help``)."""
-    from fer_edge.console import closed_stdout
-
-    return closed_stdout(e)
 
 
 def _closed_std_streams_to_devnull() -> None:

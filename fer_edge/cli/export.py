@@ -154,6 +154,8 @@ def _manifest_state(out: Path) -> tuple[bytes, dict | None, set[str]] | None:
     none."""
     import json
 
+    from fer_edge.exporters.api import listed_names
+
     try:
         raw = (out / "manifest.json").read_bytes()
     except OSError:
@@ -163,16 +165,7 @@ def _manifest_state(out: Path) -> tuple[bytes, dict | None, set[str]] | None:
     except ValueError:
         data = None
     data = data if isinstance(data, dict) else None
-    return raw, data, {n for n in _listed_files(data) if (out / n).exists() or (out / n).is_symlink()}
-
-
-def _listed_files(data: dict | None) -> list[str]:
-    """The file names a manifest's entries list (each entry's files, companions included)."""
-    names: list[str] = []
-    for a in (data or {}).get("artifacts") or []:
-        recs = (a.get("files") or [{"file": a.get("file")}]) if isinstance(a, dict) else []
-        names += [r["file"] for r in recs if isinstance(r, dict) and isinstance(r.get("file"), str)]
-    return list(dict.fromkeys(names))
+    return raw, data, {n for n in listed_names(data) if (out / n).exists() or (out / n).is_symlink()}
 
 
 def _whose(data: dict, checkpoint) -> str:
@@ -244,7 +237,9 @@ def _interrupted_note(out: Path, checkpoint=None, before: tuple[bytes, dict | No
     state = "" if data.get("complete") else "unfinished (\"complete\": false) "
     note = (f"no artifact finished; {mpath} is as it was: it lists the {len(arts)} artifact(s) of an earlier "
             f"{state}export of {_whose(data, checkpoint)}")
-    gone = [n for n in _listed_files(data) if n in before[2] and n not in now[2]]
+    from fer_edge.exporters.api import listed_names
+
+    gone = sorted(n for n in listed_names(data) if n in before[2] and n not in now[2])
     if gone:  # --replace stopped while it removed them
         note += f"; of its files, {', '.join(gone)} are no longer there"
     return note

@@ -427,6 +427,12 @@ def _listed_files(out: Path) -> set[str]:
         data = json.loads((out / MANIFEST_NAME).read_text())
     except (OSError, ValueError, UnicodeDecodeError):
         return set()
+    return listed_names(data)
+
+
+def listed_names(data) -> set[str]:
+    """Every file name a manifest's content (``data``, as read) lists: each entry's file and its files' records,
+    read leniently (a damaged entry's others are kept)."""
     arts = data.get("artifacts") if isinstance(data, dict) else None
     names: set[str] = set()
     for art in arts if isinstance(arts, list) else []:

@@ -112,7 +112,7 @@ def record_problem(rec) -> str | None:
     return None
 
 
-def _file_records(art) -> list:
+def file_records(art) -> list:
     """A manifest entry's file records: its ``files``, or (older manifests) the entry itself."""
     if not isinstance(art, dict):
         return [art]
@@ -133,7 +133,7 @@ def verify_manifest(path: str | Path) -> list[str]:
     if not isinstance(arts, list):
         return [f"its artifacts are a {type(arts).__name__}, not a list"] if arts is not None else []
     for art in arts:
-        for rec in _file_records(art):
+        for rec in file_records(art):
             if (why := record_problem(rec)) is not None:
                 problems.append(f"{why} (the manifest was edited or damaged)")
                 continue

@@ -279,8 +279,9 @@ def make_soup(checkpoints: list[str | Path], out: str | Path, data: str | Path, 
     trained_on_val = [str(ck.path) for ck in cks
                       if isinstance(ck.data, dict) and isinstance(ck.data.get("train"), dict)
                       and ck.data["train"].get("sha256") and same_images(ck.data["train"], val_fp)]
+    remeasure = train is not None and has_bn
     # --bn recompute on the validation images: the soup's statistics come from the images it is scored on
-    stats_on_val = train is not None and has_bn and same_images(data_fingerprint(train), val_fp)
+    stats_on_val = remeasure and same_images(data_fingerprint(train), val_fp)
     if trained_on_val or stats_on_val or (val_split is not None and val.split == default_train_split(data)):
         why = ([f"{', '.join(trained_on_val)} trained on it"] if trained_on_val else []) + (
             ["--bn recompute measured the BatchNorm statistics on it"] if stats_on_val else [])
@@ -291,7 +292,6 @@ def make_soup(checkpoints: list[str | Path], out: str | Path, data: str | Path, 
                      + (" and --greedy chooses" if greedy else "") + f" on images {learned}, so "
                      "its accuracy says little about new faces")
     device = torch.device("cpu")
-    remeasure = train is not None and has_bn
     # every evaluation: each ingredient, then the uniform soup or each greedy candidate
     n_evals = len(cks) + (len(cks) - 1 if greedy else 1)
     images_per_eval = len(val.labels) + (len(train.labels) if remeasure else 0)
