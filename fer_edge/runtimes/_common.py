@@ -42,6 +42,16 @@ def check_artifact(path: Path, is_dir: bool = False) -> Path:
     return path
 
 
+def device_or_default(device, default: str, runtime: str) -> str:
+    """``device``, or ``default`` for None or "" (every runtime's default device); anything that is no string is an
+    :class:`OptionError` (``device=0`` became the default as a runtime class was built directly, and ``device=1``
+    failed on ``.lower()``)."""
+    if device is not None and not isinstance(device, str):
+        raise OptionError(f"{runtime}: the device must be a string such as 'cpu' (or None: the runtime's default), "
+                          f"got {type(device).__name__} {device!r}")
+    return device or default
+
+
 def device_name(device: str) -> str:
     """The name of a numbered device, lower case: ``GPU.1`` (OpenVINO's) and ``cuda:1`` (torch's) are ``gpu`` and
     ``cuda``; the runtimes and ``bench --devices`` count a device as known by it."""

@@ -15,10 +15,11 @@ from pathlib import Path
 
 import numpy as np
 
-from fer_edge.runtimes._common import as_input, check_artifact, package_available
+from fer_edge.runtimes._common import as_input, check_artifact, device_or_default, package_available
 from fer_edge.runtimes.base import Runtime
 
 COMPUTE_UNITS = ("CPU_ONLY", "CPU_AND_GPU", "CPU_AND_NE", "ALL")
+#: The name suffix of the raw-logits companion package (``x_fp32_logits.mlpackage``).
 LOGITS_SUFFIX = "_logits"
 
 
@@ -62,7 +63,7 @@ class CoreMLRuntime(Runtime):
         return list(COMPUTE_UNITS)
 
     def __init__(self, path, device=None, threads=None, batch_hint=1, **options):
-        super().__init__(path, device or "ALL", threads, batch_hint, **options)
+        super().__init__(path, device_or_default(device, "ALL", self.name), threads, batch_hint, **options)
         from fer_edge.errors import UnknownDeviceError
         from fer_edge.runtimes._common import require_package
 

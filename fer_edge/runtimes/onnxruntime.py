@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from fer_edge.runtimes._common import as_input, check_artifact, device_name, package_available
+from fer_edge.runtimes._common import as_input, check_artifact, device_name, device_or_default, package_available
 from fer_edge.runtimes.base import Runtime
 
 #: Providers listed by onnxruntime that are not local compute devices.
@@ -73,9 +73,10 @@ class OnnxRuntime(Runtime):
     def resolve_device(cls, device: str | None) -> str:
         from fer_edge.errors import RuntimeUnavailableError, UnknownDeviceError
 
-        valid = cls.devices()
+        device = device_or_default(device, "", cls.name)
         if not device:  # None or "": the default, as every runtime takes it
             return "CPUExecutionProvider"
+        valid = cls.devices()
         for p in valid:
             if device.lower() in (p.lower(), _short(p)):  # the full name or its short form, in any case
                 return p
@@ -107,8 +108,8 @@ class OnnxRuntime(Runtime):
 
         from fer_edge.errors import ArtifactError
 
-        check_artifact(self.path)
         self.device = self.resolve_device(device)
+        check_artifact(self.path)
         so = ort.SessionOptions()
         if threads:
             so.intra_op_num_threads = int(threads)

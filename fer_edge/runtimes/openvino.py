@@ -6,7 +6,7 @@ import threading
 
 import numpy as np
 
-from fer_edge.runtimes._common import as_input, check_artifact, check_device, package_available
+from fer_edge.runtimes._common import as_input, check_artifact, check_device, device_or_default, package_available
 from fer_edge.runtimes.base import Runtime
 
 #: The inference precision hint pinned on CPU unless ``precision_hint`` says otherwise. On CPUs
@@ -54,7 +54,7 @@ class OpenVINORuntime(Runtime):
         return ["CPU", "GPU", "NPU", "AUTO", "HETERO", "MULTI", "BATCH"]
 
     def __init__(self, path, device=None, threads=None, batch_hint=1, **options):
-        super().__init__(path, device or "CPU", threads, batch_hint, **options)
+        super().__init__(path, device_or_default(device, "CPU", self.name), threads, batch_hint, **options)
         from fer_edge.errors import ArtifactError
 
         check_artifact(self.path)

@@ -5,7 +5,8 @@ import json
 
 import numpy as np
 
-from fer_edge.runtimes._common import as_input, check_artifact, check_device, package_available, torch_threads
+from fer_edge.runtimes._common import (as_input, check_artifact, check_device, device_or_default, package_available,
+                                       torch_threads)
 from fer_edge.runtimes.base import Runtime
 
 
@@ -34,7 +35,7 @@ class PyTorchRuntime(Runtime):
         return out
 
     def __init__(self, path, device=None, threads=None, batch_hint=1, **options):
-        super().__init__(path, device or "cpu", threads, batch_hint, **options)
+        super().__init__(path, device_or_default(device, "cpu", self.name), threads, batch_hint, **options)
         from fer_edge.checkpoint import load_checkpoint
 
         check_artifact(self.path)

@@ -6,7 +6,8 @@ import warnings
 
 import numpy as np
 
-from fer_edge.runtimes._common import as_input, check_artifact, check_device, package_available, torch_threads
+from fer_edge.runtimes._common import (as_input, check_artifact, check_device, device_or_default, package_available,
+                                       torch_threads)
 from fer_edge.runtimes.base import Runtime
 
 
@@ -31,7 +32,7 @@ class TorchScriptRuntime(Runtime):
         return PyTorchRuntime.known_devices()
 
     def __init__(self, path, device=None, threads=None, batch_hint=1, **options):
-        super().__init__(path, device or "cpu", threads, batch_hint, **options)
+        super().__init__(path, device_or_default(device, "cpu", self.name), threads, batch_hint, **options)
         import torch
 
         from fer_edge.errors import ArtifactError
