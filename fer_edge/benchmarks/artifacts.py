@@ -17,9 +17,7 @@ from fer_edge.errors import ArtifactError, FerEdgeError
 from fer_edge.preprocess import Normalization
 from fer_edge.targets import TARGETS, Precision, Target, find_target, target_for_path
 from fer_edge.runtimes import CHECKPOINT_SUFFIXES
-
-#: The name suffix of Core ML's raw-logits companion package (``x_fp32_logits.mlpackage``).
-LOGITS_SUFFIX = "_logits"
+from fer_edge.runtimes.coreml import LOGITS_SUFFIX
 
 MANIFEST_NAME = "manifest.json"
 #: The pseudo-target of PyTorch checkpoints (the reference rows).
@@ -207,8 +205,11 @@ def read_manifest(path: str | Path, verify: bool = True, only: set[str] | None =
     # every file of each (target, precision) group as its manifest records it: an artifact's own files and its
     # companions' (the coreml runtime runs the `_logits` package too), checked again once the bench has loaded it
     recorded: dict[tuple, dict[str, str]] = {}
+    mains: dict[tuple, int] = {}  # main entries per (target, precision) group
     for e in entries:
         recorded.setdefault(_group(e), {}).update(_recorded_hashes(e, mpath.parent))
+        if e.get("variant", "main") == "main":
+            mains[_group(e)] = mains.get(_group(e), 0) + 1
     out: list[Artifact] = []
     for e in entries:
         selected = only is None or e["file"] in only
@@ -245,7 +246,9 @@ def read_manifest(path: str | Path, verify: bool = True, only: set[str] | None =
             source=dict(src or {}),
             manifest=mpath,
             export_complete=_run_complete(data, e),
-            files=_entry_files(e, entries, recorded, mpath.parent),
+            # its own files, and its companions' when it is the only main entry of its (target, precision) group
+            files=(dict(recorded.get(_group(e), {})) if mains.get(_group(e)) == 1
+                   else _recorded_hashes(e, mpath.parent)),
             **_validation(e),
         ))
     if not out:
@@ -255,16 +258,6 @@ def read_manifest(path: str | Path, verify: bool = True, only: set[str] | None =
 
 def _group(entry: dict) -> tuple:
     return entry.get("target"), entry.get("precision")
-
-
-def _entry_files(entry: dict, entries: list[dict], recorded: dict[tuple, dict[str, str]], root: Path
-                 ) -> dict[str, str]:
-    """The recorded ``{file: sha256}`` of a main entry: its own files, and its companions' when it is the only
-    main entry of its (target, precision) group."""
-    mains = [e for e in entries if _group(e) == _group(entry) and e.get("variant", "main") == "main"]
-    if len(mains) == 1:
-        return dict(recorded.get(_group(entry), {}))
-    return _recorded_hashes(entry, root)
 
 
 def _recorded_hashes(entry: dict, root: Path) -> dict[str, str]:

@@ -33,12 +33,12 @@ from fer_edge.errors import ExportError
 from fer_edge.exporters.base import (ExportedFile, Exporter, ExportRequest, example_input, quiet, replace_group,
                                      scratch_dir, tensor_io)
 from fer_edge.runtimes._common import quiet_coremltools as _quiet_coremltools
+from fer_edge.runtimes.coreml import LOGITS_SUFFIX
 from fer_edge.targets import TARGETS, Precision
 from fer_edge.utils import apply_umask_modes, interrupts_deferred
 
 AUTHOR = "fer-edge developers"
 LICENSE = "MIT (fer-edge); weights trained on FER2013, research use only"
-LOGITS_SUFFIX = "_logits"
 #: Deployment targets: iOS16/macOS13 for float and weight-only int8, iOS17/macOS14 with int8 activations.
 DEPLOYMENT = "iOS16"
 DEPLOYMENT_W8A8 = "iOS17"
