@@ -16,3 +16,19 @@ def test_runtime_class_refuses_a_device_that_is_no_string(name, device, tmp_path
     with pytest.raises(OptionError, match=f"{name}: the device must be a string such as 'cpu'.*got "
                                           f"{type(device).__name__}"):
         RUNTIMES[name](tmp_path / "missing", device=device)
+
+
+# -- resize_parity's "Kotlin code" luma is the guide's code, which rounds as fer-edge does -----------------------
+def test_resize_parity_luma_is_pils_on_a_48x48_colour_crop():
+    """The guide's Kotlin luma was an unrounded float (up to 1% other answers on colour crops) while the benchmark
+    emulated it rounded with ``np.rint`` (a 1-level difference on ~0.06% of pixels from PIL's integers): both now
+    use PIL's integer formula, so on a crop that needs no resize the Kotlin order is fer-edge's input exactly."""
+    import numpy as np
+
+    pytest.importorskip("cv2")
+    from fer_edge.benchmarks import resize_parity
+
+    rgb = np.random.default_rng(0).integers(0, 256, (48, 48 * 20, 3), dtype=np.uint8)
+    for i in range(20):
+        ways = resize_parity.resized(np.ascontiguousarray(rgb[:, 48 * i:48 * (i + 1)]))
+        np.testing.assert_array_equal(ways["rgb-then-luma"], ways["fer-edge"])

@@ -54,10 +54,10 @@ def resized(rgb: np.ndarray) -> dict[str, np.ndarray]:
     from fer_edge.constants import IMAGE_SIZE
     from fer_edge.preprocess import to_gray48
 
-    def luma(small: np.ndarray) -> np.ndarray:  # the Kotlin code's 0.299 R + 0.587 G + 0.114 B, to 8 bits
-        small = small.astype(np.float32)
-        return np.clip(np.rint(small[..., 0] * 0.299 + small[..., 1] * 0.587 + small[..., 2] * 0.114), 0,
-                       255).astype(np.uint8)
+    def luma(small: np.ndarray) -> np.ndarray:  # the Kotlin code's: 0.299 R + 0.587 G + 0.114 B in PIL's integers
+        small = small.astype(np.int64)
+        return ((small[..., 0] * 19595 + small[..., 1] * 38470 + small[..., 2] * 7471 + 0x8000) >> 16
+                ).astype(np.uint8)
 
     halved = rgb
     while halved.shape[0] >= 2 * IMAGE_SIZE and halved.shape[1] >= 2 * IMAGE_SIZE:
