@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SOURCES = ["fer_edge", "tests", "docs", "pyproject.toml", "README.md", "LICENSE", "MANIFEST.in", "constraints.txt"]
+SOURCES = ["fer_edge", "tests", "docs", "pyproject.toml", "README.md", "LICENSE", "MANIFEST.in", "constraints.txt",
+           ".ci", ".github"]
 
 
 @pytest.fixture(scope="module")
@@ -56,9 +57,11 @@ def test_the_wheel_carries_every_module_and_the_shipped_weights(dists):
 
 
 def test_the_sdist_runs_its_own_tests(dists):
-    """Its tests need conftest.py's fixtures, the guides test_docs reads, and README's constraints file."""
+    """Its tests need conftest.py's fixtures, the guides test_docs reads, README's constraints file, and the CI
+    files README points to (``.ci/run``, the workflow); a type checker reads ``py.typed``."""
     wanted = {p.relative_to(ROOT).as_posix() for d in ("tests", "docs") for p in (ROOT / d).rglob("*")
               if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc"}
-    wanted |= {"constraints.txt", "README.md", "LICENSE", "pyproject.toml"} | _package_files()
+    wanted |= {"constraints.txt", "README.md", "LICENSE", "pyproject.toml", ".ci/run", ".github/workflows/ci.yml",
+               "fer_edge/py.typed"} | _package_files()
     missing = sorted(wanted - dists["sdist"])
     assert not missing, f"the sdist lacks {missing}"
