@@ -348,10 +348,18 @@ class _ProbeOverrun(BaseException):
     trainer's, a failed probe's) takes it for an error of the run."""
 
 
+#: How soon the probe's alarm comes again after Python dropped its exception (see :func:`_probe_deadline`).
+_OVERRUN_AGAIN_S = 0.01
+
+
 @contextlib.contextmanager
 def _probe_deadline(seconds: float | None, stage: str):
     """Raise :class:`_ProbeOverrun` (``stage``) in the block once ``seconds`` of real time have passed (a SIGALRM
-    timer), as soon as the running step returns to Python.
+    timer), as soon as the running step returns to Python. Python drops an exception raised while it runs a
+    weakref callback or a ``__del__`` ("Exception ignored in: ..."): an alarm that landed there let the probe run
+    on to its end (2.8x its limit), so the dropped exception (which reaches ``sys.unraisablehook``) sets the timer
+    again, to raise at the next step. (A timer that simply repeated could interrupt the cleanup of the exception
+    that did propagate.)
 
     None, or where no timer signal can be set (outside the main thread; no ``setitimer``, as on Windows): nothing,
     and the round's clock, read after each probe, stops the round once the probe that ran over has finished.
@@ -364,6 +372,15 @@ def _probe_deadline(seconds: float | None, stage: str):
         raise _ProbeOverrun(stage)
 
     previous = signal.signal(signal.SIGALRM, overrun)
+    previous_hook = sys.unraisablehook
+
+    def dropped(unraisable):
+        if unraisable.exc_type is _ProbeOverrun:  # raise it again where it cannot be dropped
+            signal.setitimer(signal.ITIMER_REAL, _OVERRUN_AGAIN_S)
+        else:
+            previous_hook(unraisable)
+
+    sys.unraisablehook = dropped
     signal.setitimer(signal.ITIMER_REAL, max(seconds, 1e-3))
     try:
         yield
@@ -372,6 +389,7 @@ def _probe_deadline(seconds: float | None, stage: str):
             signal.setitimer(signal.ITIMER_REAL, 0)
         finally:  # the handler is put back even when the alarm's exception arrives just as the timer stops
             signal.signal(signal.SIGALRM, signal.SIG_DFL if previous is None else previous)
+            sys.unraisablehook = previous_hook
 
 
 def _seconds(x: float) -> str:
