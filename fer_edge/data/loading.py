@@ -15,10 +15,14 @@ Data forms (the ``data`` argument):
 
 Split names: an existing split name is always used as given; otherwise :data:`SPLIT_ALIASES`
 maps it (exactly, no fuzzy matching), so ``train``/``val``/``test`` and
-``Training``/``PublicTest``/``PrivateTest`` work with both forms. The default splits
-(:func:`default_train_split`, :func:`default_val_split`) try the names of
+``Training``/``PublicTest``/``PrivateTest`` work with both forms.
+The default splits (:func:`default_train_split`, :func:`default_val_split`) try the names of
 :data:`DEFAULT_SPLITS` in order, each first exactly and then ignoring case, and return the
 split's actual name (``Training``, ``Val``...), which :func:`load_split` accepts as given.
+The default validation split is never a test split: a folder with ``train/`` and ``test/``
+(or ``PrivateTest/``) but no ``val/``/``PublicTest/`` is refused, since selecting on the test
+split (the best epoch, a soup) leaves no unbiased test figure, unless the caller does not
+select (``test_ok=True``: ``fer-edge eval``), or the split is named explicitly.
 
 Decoded arrays are cached as ``.npz`` under :func:`cache_dir` ``/data``, keyed by the
 absolute path, the split and the file's size, mtime and ctime (for folders: the split's file
@@ -59,11 +63,16 @@ SPLIT_ALIASES: dict[str, dict[str, tuple[str, ...]]] = {
 }
 #: Names the default splits are looked for under, per data form, in order of preference; each is
 #: matched exactly first, then ignoring case. Folders also answer to the CSV's names (the keys of
-#: ``SPLIT_ALIASES["folder"]``), so a folder laid out like the CSV needs no ``--split``.
+#: ``SPLIT_ALIASES["folder"]``), so a folder laid out like the CSV needs no ``--split``. A test split is never a
+#: default validation split (:data:`TEST_SPLITS`): the project selects on PublicTest/val only.
 DEFAULT_SPLITS: dict[str, dict[str, tuple[str, ...]]] = {
     "csv": {"train": ("Training",), "val": ("PublicTest",)},
-    "folder": {"train": ("train", "Training"), "val": ("val", "PublicTest", "test", "PrivateTest")},
+    "folder": {"train": ("train", "Training"), "val": ("val", "PublicTest")},
 }
+#: Test splits, per data form: where the default validation split is missing, a folder's test split is what
+#: :func:`default_val_split` refuses to select on (and falls back to with ``test_ok=True``, for callers that only
+#: measure, such as ``fer-edge eval``). A CSV has no fallback: its default validation split is PublicTest.
+TEST_SPLITS: dict[str, tuple[str, ...]] = {"csv": (), "folder": ("test", "PrivateTest")}
 #: Files that make a folder count as a CSV data set, in order of preference.
 CSV_NAMES = ("fer2013.csv", "fer2013.csv.gz")
 CACHE_VERSION = 2  # 2: a CSV row with a non-empty field past the header's columns is refused
@@ -619,9 +628,10 @@ def list_splits(data: str | Path) -> list[str]:
     return [d for d in _order(_folder.split_dirs(src.path)) if _folder.has_images(src.path / d)]
 
 
-def _default_split(src: _Source, role: str, available: list[str]) -> str | None:
-    """The first :data:`DEFAULT_SPLITS` name of ``role`` in ``available`` (exactly, then ignoring case)."""
-    for name in DEFAULT_SPLITS[src.kind][role]:
+def _default_split(src: _Source, role: str, available: list[str], names: tuple[str, ...] | None = None) -> str | None:
+    """The first :data:`DEFAULT_SPLITS` name of ``role`` (or of ``names``) in ``available`` (exactly, then ignoring
+    case)."""
+    for name in DEFAULT_SPLITS[src.kind][role] if names is None else names:
         if name in available:
             return name
         same = [a for a in available if a.lower() == name.lower()]
@@ -636,17 +646,18 @@ def _default_split(src: _Source, role: str, available: list[str]) -> str | None:
     return None
 
 
-def _looked_for(src: _Source, role: str) -> str:
-    names = DEFAULT_SPLITS[src.kind][role]
+def _looked_for(src: _Source, role: str, test_ok: bool = False) -> str:
+    names = DEFAULT_SPLITS[src.kind][role] + (TEST_SPLITS[src.kind] if test_ok and role == "val" else ())
     return f"looked for {', '.join(names)}, in any case"
 
 
-def _unusable_default_folders(src: _Source, role: str, available: list[str]) -> str:
+def _unusable_default_folders(src: _Source, role: str, available: list[str], test_ok: bool = False) -> str:
     """``; <root>/val holds no image in a class folder (it holds: joyful)`` for each folder that has a default
     split's name but no images where a split keeps them, so a misnamed class folder is named."""
     if src.kind != "folder":
         return ""
-    wanted = {n.lower() for n in DEFAULT_SPLITS["folder"][role]}
+    wanted = {n.lower() for n in DEFAULT_SPLITS["folder"][role]
+              + (TEST_SPLITS["folder"] if test_ok and role == "val" else ())}
     out = ""
     for d in _folder.split_dirs(src.path):
         if d.lower() in wanted and d not in available:
@@ -657,18 +668,38 @@ def _unusable_default_folders(src: _Source, role: str, available: list[str]) -> 
     return out
 
 
-def _default_or_error(data: str | Path, role: str, missing: str, options: str) -> str:
+def _test_refusal(src: _Source, test: str, available: list[str], options: str, hint: str) -> DataError:
+    """The error for a folder whose only candidate validation split is its test split ``test`` (``hint``: why a
+    folder with a validation split's name is not one, from :func:`_unusable_default_folders`)."""
+    named = f" ({options}: {test!r})" if "," in options else f" ({options} {test})"
+    how = (f", or, to select on {test!r} anyway, knowing its accuracy is then no longer an unbiased test figure, "
+           f"name it{named}") if options else ""
+    return DataError(
+        f"{src.path} has no validation split ({_looked_for(src, 'val')}); available: {', '.join(available)}{hint}. "
+        f"Its test split {test!r} is not taken as the validation split by default: selecting on it (the best epoch, "
+        f"a soup) would leave no unbiased test accuracy. Hold out a validation split from the training images "
+        f"({src.path / 'val'}/<class>/){how}")
+
+
+def _default_or_error(data: str | Path, role: str, missing: str, options: str, test_ok: bool = False) -> str:
     """The default ``role`` split of ``data`` (:func:`_default_split`), or a DataError: ``<path> has no
     <missing> (looked for ...); available: ...; name one (<options>)`` (without that clause when ``options`` is
-    empty: the caller cannot choose a split)."""
+    empty: the caller cannot choose a split). A validation split missing where a folder has a test split
+    (:data:`TEST_SPLITS`): that split with ``test_ok``, else the error of :func:`_test_refusal`."""
     src = _source(data)
     available = list_splits(data)
     name = _default_split(src, role, available)
+    if name is None and role == "val" and TEST_SPLITS[src.kind]:
+        test = _default_split(src, role, available, TEST_SPLITS[src.kind])
+        if test is not None:
+            if test_ok:
+                return test
+            raise _test_refusal(src, test, available, options, _unusable_default_folders(src, role, available))
     if name is None:
         hint = _folder_hint(src.path, _folder.split_dirs(src.path)) if src.kind == "folder" else ""
-        hint += _unusable_default_folders(src, role, available)
+        hint += _unusable_default_folders(src, role, available, test_ok)
         name_one = f"; name one ({options})" if options else ""
-        raise DataError(f"{src.path} has no {missing} ({_looked_for(src, role)}); available: "
+        raise DataError(f"{src.path} has no {missing} ({_looked_for(src, role, test_ok)}); available: "
                         f"{', '.join(available) or 'none'}{name_one}{hint}")
     return name
 
@@ -686,16 +717,23 @@ def default_train_split(data: str | Path, options: str = "fer-edge train --split
 
 
 def default_val_split(data: str | Path,
-                      options: str = "fer-edge train --val-split, eval --split, export --val-split") -> str:
-    """The validation split: ``"PublicTest"`` for a CSV; ``"val"``, else ``"PublicTest"``, ``"test"``,
-    ``"PrivateTest"``, for image folders.
+                      options: str = "fer-edge train --val-split, eval --split, export --val-split",
+                      *, test_ok: bool = False) -> str:
+    """The validation split: ``"PublicTest"`` for a CSV; ``"val"``, else ``"PublicTest"``, for image folders.
 
     Names are matched exactly, then ignoring case, and the split's actual name is returned
     (``Val`` for a folder ``Val/``). A :class:`DataError` when there is none, naming ``options`` as in
     :func:`default_train_split`.
+
+    A folder without one but with a test split (``test``, else ``PrivateTest``: :data:`TEST_SPLITS`, the common
+    Kaggle layout ``train/`` + ``test/``) is refused with an error saying so and how to name it, as selecting on a
+    test split (the best epoch, a soup) leaves no unbiased test figure; ``test_ok=True`` returns that split instead,
+    for callers that only measure and select nothing (``fer-edge eval``).
     """
-    shown = ("PublicTest",) if _source(data).kind == "csv" else ("val", "test")
-    return _default_or_error(data, "val", f"validation split ({' or '.join(repr(c) for c in shown)})", options)
+    src = _source(data)
+    shown = ("PublicTest",) if src.kind == "csv" else ("val", "PublicTest") + (TEST_SPLITS["folder"] if test_ok else ())
+    return _default_or_error(data, "val", f"validation split ({' or '.join(repr(c) for c in shown)})", options,
+                             test_ok)
 
 
 def load_split(data: str | Path, split: str, *, cache: bool = True, progress: bool = True) -> FerSplit:

@@ -85,6 +85,8 @@ def evaluate(checkpoint: str | Path | None | Sequence[str | Path], data: str | P
 
     A list of two or more checkpoints is evaluated as an ensemble (see the module docstring); their labels
     must agree.
+    ``split`` None: the data's validation split, or, for image folders without one, their test split (``test``,
+    else ``PrivateTest``: evaluating selects nothing, unlike train and soup, which refuse that default).
 
     With ``out_dir`` the confusion matrix is drawn there; a plot that cannot be drawn (matplotlib missing or
     broken, a full disk) is a warning (``on_warning``; default: ``warning: ...`` on stderr) and ``confusion_png``
@@ -128,7 +130,9 @@ def evaluate(checkpoint: str | Path | None | Sequence[str | Path], data: str | P
         if list(ck.labels) != list(cks[0].labels):
             raise CheckpointError(f"cannot ensemble {path} (labels {list(ck.labels)}) with {paths[0]} "
                                   f"(labels {list(cks[0].labels)}): the labels differ")
-    split = default_val_split(data) if split is None else split
+    # eval selects nothing: a folder without a validation split but with a test split (train/ + test/) is evaluated
+    # on that test split, the figure a test split is kept for (train and soup refuse to select on it by default)
+    split = default_val_split(data, options="fer-edge eval --split", test_ok=True) if split is None else split
     ds = load_split(data, split, progress=progress)
     images, labels = ds.images, ds.labels
     first = None

@@ -274,7 +274,9 @@ def make_soup(checkpoints: list[str | Path], out: str | Path, data: str | Path, 
     # loaded (so --split is checked) even without BatchNorm; used only with it
     train = (load_split(data, split if split is not None else default_train_split(data), progress=progress)
              if bn == "recompute" else None)
-    val = load_split(data, val_split if val_split is not None else default_val_split(data), progress=progress)
+    # never a test split by default (train/ + test/ folders are refused): the soup is scored, and chosen, on it
+    val = load_split(data, val_split if val_split is not None else
+                     default_val_split(data, options="fer-edge soup --val-split"), progress=progress)
     val_fp = data_fingerprint(val)
     trained_on_val = [str(ck.path) for ck in cks
                       if isinstance(ck.data, dict) and isinstance(ck.data.get("train"), dict)

@@ -731,7 +731,9 @@ class Trainer:
 
         cfg = self.cfg
         train_split = default_train_split(cfg.data) if cfg.split is None else cfg.split
-        val_split = default_val_split(cfg.data) if cfg.val_split is None else cfg.val_split
+        # never a test split by default (train/ + test/ folders are refused): the best epoch is selected on it
+        val_split = (default_val_split(cfg.data, options="fer-edge train --val-split") if cfg.val_split is None
+                     else cfg.val_split)
         train = load_split(cfg.data, train_split, progress=self.progress and self.dist.main)
         val = load_split(cfg.data, val_split, progress=self.progress and self.dist.main)
         return train, val

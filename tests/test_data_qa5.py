@@ -1,0 +1,107 @@
+"""QA pass 5 on data loading: no default selection on a test split, CSV Usage case variants, natural-sort keys of
+unusual digits, split folders of unread file types, eval's label-order check before inference, CSVs in a folder,
+split aliases both ways."""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from fer_edge.constants import LABELS
+from fer_edge.data import default_train_split, default_val_split, list_splits, load_split
+from fer_edge.data import _folder
+from fer_edge.data.synthetic import make_synthetic, write_csv, write_folder
+from fer_edge.errors import DataError
+
+
+@pytest.fixture
+def own_cache(tmp_path, monkeypatch) -> Path:
+    d = tmp_path / "cache"
+    monkeypatch.setenv("FER_EDGE_CACHE_DIR", str(d))
+    return d
+
+
+@pytest.fixture
+def arrays():
+    return {"Training": make_synthetic(3, seed=5), "PublicTest": make_synthetic(2, seed=6)}
+
+
+def _train_test(root: Path, arrays, test: str = "test") -> Path:
+    """The Kaggle image layout: train/ and test/ (or another test split's name), no val/."""
+    return write_folder(root, {"train": arrays["Training"], test: arrays["PublicTest"]})
+
+
+def _checkpoint(path: Path, seed: int, labels=LABELS) -> Path:
+    from fer_edge.checkpoint import save_checkpoint
+    from fer_edge.models import create_model
+
+    torch.manual_seed(seed)
+    model = create_model("fer_nano")
+    return save_checkpoint(path, {"model": "fer_nano", "model_kwargs": {}, "state_dict": model.state_dict(),
+                                  "labels": list(labels), "normalization": {"mean": 0.5, "std": 0.25},
+                                  "train_config": {}, "metrics": {}, "data": {}, "epoch": 1})
+
+
+# --------------------------------------------------------------------------- 1. no selection on a test split
+
+
+@pytest.mark.parametrize("test", ["test", "PrivateTest", "TEST"])
+def test_the_default_validation_split_is_never_a_test_split(tmp_path, own_cache, arrays, test):
+    """A folder train/ + test/ (Kaggle's image layout) or Training/ + PrivateTest/ without --val-split selected the
+    best epoch on its test split without a word; it is refused, saying what was found and how to name it."""
+    root = _train_test(tmp_path / "d", arrays, test)
+    with pytest.raises(DataError) as err:
+        default_val_split(root, options="fer-edge train --val-split")
+    msg = " ".join(str(err.value).split())
+    assert f"{root} has no validation split (looked for val, PublicTest, in any case)" in msg, msg
+    assert f"Its test split {test!r} is not taken as the validation split by default" in msg, msg
+    assert f"(fer-edge train --val-split {test})" in msg and "no longer an unbiased test figure" in msg, msg
+    # an explicit name still loads it; eval's default (test_ok) takes it
+    assert load_split(root, test).split == test
+    assert default_val_split(root, test_ok=True) == test
+    assert default_train_split(root) == "train"
+
+
+def test_a_val_split_still_wins_and_a_csv_never_falls_back(tmp_path, own_cache, arrays):
+    root = write_folder(tmp_path / "d", {"train": arrays["Training"], "val": arrays["PublicTest"],
+                                          "test": arrays["PublicTest"]})
+    assert default_val_split(root) == "val"
+    root2 = write_folder(tmp_path / "k", {"Training": arrays["Training"], "PublicTest": arrays["PublicTest"],
+                                           "PrivateTest": arrays["PublicTest"]})
+    assert default_val_split(root2) == "PublicTest"
+    csv = write_csv(tmp_path / "priv.csv", {"Training": arrays["Training"], "PrivateTest": arrays["PublicTest"]})
+    for ok in (False, True):
+        with pytest.raises(DataError, match=r"priv.csv has no validation split \('PublicTest'\)"):
+            default_val_split(csv, test_ok=ok)
+
+
+def test_train_refuses_to_select_on_the_test_split_unless_named(tmp_path, own_cache, arrays):
+    from fer_edge.training import TrainConfig, train
+
+    root = _train_test(tmp_path / "d", arrays)
+    cfg = dict(data=str(root), model="simple_cnn", epochs=1, batch_size=16, seed=0, device="cpu",
+               max_steps_per_epoch=1)
+    with pytest.raises(DataError, match=r"test split 'test' is not taken .*\(fer-edge train --val-split test\)"):
+        train(TrainConfig(out=str(tmp_path / "run"), **cfg), progress=False, quiet=True)
+    assert not (tmp_path / "run" / "best.pt").exists()
+    res = train(TrainConfig(out=str(tmp_path / "run2"), val_split="test", **cfg), progress=False, quiet=True)
+    from fer_edge.checkpoint import load_checkpoint
+
+    assert load_checkpoint(res.out_dir / "best.pt").data["val"]["split"] == "test"
+
+
+def test_soup_refuses_to_select_on_the_test_split_and_eval_evaluates_it(tmp_path, own_cache, arrays):
+    from fer_edge.training.evaluation import evaluate
+    from fer_edge.training.soup import make_soup
+
+    root = _train_test(tmp_path / "d", arrays)
+    cks = [_checkpoint(tmp_path / f"{i}.pt", i) for i in range(2)]
+    with pytest.raises(DataError, match=r"test split 'test' is not taken .*\(fer-edge soup --val-split test\)"):
+        make_soup(cks, tmp_path / "soup.pt", root, progress=False)
+    assert not (tmp_path / "soup.pt").exists()
+    r = evaluate(cks[0], root, device="cpu", progress=False)  # eval selects nothing: the test split by default
+    assert r.split == "test" and r.n == len(arrays["PublicTest"][1])
