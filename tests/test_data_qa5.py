@@ -105,3 +105,23 @@ def test_soup_refuses_to_select_on_the_test_split_and_eval_evaluates_it(tmp_path
     assert not (tmp_path / "soup.pt").exists()
     r = evaluate(cks[0], root, device="cpu", progress=False)  # eval selects nothing: the test split by default
     assert r.split == "test" and r.n == len(arrays["PublicTest"][1])
+
+
+# --------------------------------------------------------------------------- 7. aliases both ways
+
+
+def test_folder_aliases_work_both_ways(tmp_path, own_cache, arrays):
+    """A folder Training/ PublicTest/ PrivateTest/ refused ``val`` with no hint, though the docstring said both
+    forms work."""
+    root = write_folder(tmp_path / "k", {"Training": arrays["Training"], "PublicTest": arrays["PublicTest"],
+                                          "PrivateTest": arrays["PublicTest"]})
+    assert load_split(root, "train").split == "Training"
+    assert load_split(root, "val").split == "PublicTest"
+    assert load_split(root, "test").split == "PrivateTest"
+    half = write_folder(tmp_path / "h", {"Training": arrays["Training"], "PublicTest": arrays["PublicTest"]})
+    with pytest.raises(DataError, match=r"'test' not found .*\('test' stands for 'PrivateTest' here\)"):
+        load_split(half, "test")
+    # the other direction, as before
+    plain = write_folder(tmp_path / "p", {"train": arrays["Training"], "val": arrays["PublicTest"]})
+    assert load_split(plain, "Training").split == "train" and load_split(plain, "PublicTest").split == "val"
+    assert os.path.basename(load_split(plain, "val").source) == "p"

@@ -15,7 +15,8 @@ Data forms (the ``data`` argument):
 
 Split names: an existing split name is always used as given; otherwise :data:`SPLIT_ALIASES`
 maps it (exactly, no fuzzy matching), so ``train``/``val``/``test`` and
-``Training``/``PublicTest``/``PrivateTest`` work with both forms.
+``Training``/``PublicTest``/``PrivateTest`` work with both forms (a CSV's ``val`` is its
+``PublicTest``; a folder ``PublicTest/`` answers to ``val`` and a folder ``val/`` to ``PublicTest``).
 The default splits (:func:`default_train_split`, :func:`default_val_split`) try the names of
 :data:`DEFAULT_SPLITS` in order, each first exactly and then ignoring case, and return the
 split's actual name (``Training``, ``Val``...), which :func:`load_split` accepts as given.
@@ -59,7 +60,8 @@ log = logging.getLogger("fer_edge.data")
 #: How a split name that is not present is mapped, per data form; targets are tried in order.
 SPLIT_ALIASES: dict[str, dict[str, tuple[str, ...]]] = {
     "csv": {"train": ("Training",), "val": ("PublicTest",), "test": ("PrivateTest",)},
-    "folder": {"Training": ("train",), "PublicTest": ("val", "test"), "PrivateTest": ("test",)},
+    "folder": {"Training": ("train",), "PublicTest": ("val", "test"), "PrivateTest": ("test",),
+               "train": ("Training",), "val": ("PublicTest",), "test": ("PrivateTest",)},
 }
 #: Names the default splits are looked for under, per data form, in order of preference; each is
 #: matched exactly first, then ignoring case. Folders also answer to the CSV's names (the keys of
