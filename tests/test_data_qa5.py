@@ -107,6 +107,32 @@ def test_soup_refuses_to_select_on_the_test_split_and_eval_evaluates_it(tmp_path
     assert r.split == "test" and r.n == len(arrays["PublicTest"][1])
 
 
+# --------------------------------------------------------------------------- 6. CSVs in a folder
+
+
+@pytest.mark.parametrize("name", ["FER2013.csv", "Fer2013.CSV.gz"])
+def test_a_folder_holding_fer2013_csv_in_other_case_is_that_csv(tmp_path, own_cache, arrays, name):
+    d = tmp_path / "d"
+    d.mkdir()
+    write_csv(d / name, arrays)
+    assert list_splits(d) == ["Training", "PublicTest"]
+    assert default_val_split(d) == "PublicTest" and load_split(d, "val").source == str(d / name)
+
+
+def test_a_folder_of_other_csv_files_names_them(tmp_path, own_cache, arrays):
+    d = tmp_path / "d"
+    d.mkdir()
+    write_csv(d / "icml_face_data.csv", arrays)
+    (d / "README.txt").write_text("x")
+    for call in (lambda: default_train_split(d), lambda: default_val_split(d), lambda: load_split(d, "Training")):
+        with pytest.raises(DataError) as err:
+            call()
+        msg = str(err.value)
+        assert f"{d} holds no image splits but CSV file (icml_face_data.csv)" in msg, msg
+        assert f"pass the file itself: --data {d / 'icml_face_data.csv'}" in msg, msg
+    assert len(load_split(d / "icml_face_data.csv", "Training")) == len(arrays["Training"][1])
+
+
 # --------------------------------------------------------------------------- 7. aliases both ways
 
 

@@ -6,12 +6,13 @@ Data forms (the ``data`` argument):
   found by header name ``emotion,pixels,Usage`` (case-insensitive, extra columns
   ignored); the splits are the ``Usage`` values (``Training``, ``PublicTest``,
   ``PrivateTest``);
-* a folder holding ``fer2013.csv`` or ``fer2013.csv.gz``: read as that CSV;
+* a folder holding ``fer2013.csv`` or ``fer2013.csv.gz`` (in any case, ``FER2013.csv``): read as that CSV;
 * any other folder: image folders ``<root>/<split>/<class>/*.{jpg,jpeg,png,bmp}``, the
   splits are the sub-folder names (``train``, ``val``, ``test``), class folders match
   the 7 FER2013 names case-insensitively. Images must sit directly in their class
   folder: a class folder with images in sub-folders is a :class:`DataError` (see
-  :mod:`fer_edge.data._folder`), never a split loaded without them.
+  :mod:`fer_edge.data._folder`), never a split loaded without them. A folder without image
+  splits that holds other CSV files is an error naming them (pass the file itself).
 
 Split names: an existing split name is always used as given; otherwise :data:`SPLIT_ALIASES`
 maps it (exactly, no fuzzy matching), so ``train``/``val``/``test`` and
@@ -75,7 +76,7 @@ DEFAULT_SPLITS: dict[str, dict[str, tuple[str, ...]]] = {
 #: :func:`default_val_split` refuses to select on (and falls back to with ``test_ok=True``, for callers that only
 #: measure, such as ``fer-edge eval``). A CSV has no fallback: its default validation split is PublicTest.
 TEST_SPLITS: dict[str, tuple[str, ...]] = {"csv": (), "folder": ("test", "PrivateTest")}
-#: Files that make a folder count as a CSV data set, in order of preference.
+#: Files that make a folder count as a CSV data set, in order of preference (then the same names in any case).
 CSV_NAMES = ("fer2013.csv", "fer2013.csv.gz")
 CACHE_VERSION = 2  # 2: a CSV row with a non-empty field past the header's columns is refused
 # (not raised for the splits' ``unordered_sha256``: load_split computes it for an entry written without it)
@@ -147,6 +148,13 @@ def _source(data) -> _Source:
         for name in CSV_NAMES:
             if (p / name).is_file():
                 return _Source("csv", p / name)
+        for name in CSV_NAMES:  # FER2013.csv, Fer2013.CSV.gz... (on a case-sensitive file system)
+            same = [f for f in _csv_files(p) if f.lower() == name]
+            if len(same) > 1:
+                raise DataError(f"{p}: more than one FER2013 CSV (names differing only in case): {', '.join(same)}; "
+                                f"pass the file itself (e.g. {p / same[0]})")
+            if same:
+                return _Source("csv", p / same[0])
         return _Source("folder", p)
     if not p.is_file():
         raise DataError(f"{p}: not a regular file or folder (expected a FER2013 CSV or an image folder)")
@@ -154,6 +162,30 @@ def _source(data) -> _Source:
         raise DataError(f"{p}: a single image, where a data set is expected: a FER2013 CSV (fer2013.csv[.gz]) or "
                         "an image folder <root>/<split>/<class>/*.jpg (to classify single images: fer-edge predict)")
     return _Source("csv", p)
+
+
+def _csv_files(folder: Path) -> list[str]:
+    """The (non-hidden) ``*.csv`` and ``*.csv.gz`` files directly in ``folder``, any case, sorted; [] when it cannot
+    be listed."""
+    try:
+        with os.scandir(folder) as it:
+            return sorted(e.name for e in it if not e.name.startswith(".")
+                          and e.name.lower().endswith((".csv", ".csv.gz")) and e.is_file())
+    except OSError:
+        return []
+
+
+def _csv_hint(root: Path, available: list[str]) -> str:
+    """``; <root> holds no image splits but CSV files: a.csv, b.csv; pass the file itself: --data <root>/a.csv`` for
+    a folder read as image folders (no ``fer2013.csv[.gz]`` in it) that has no image split but CSV files."""
+    if available:
+        return ""
+    found = _csv_files(root)
+    if not found:
+        return ""
+    shown = ", ".join(found[:5]) + (f" and {len(found) - 5} more" if len(found) > 5 else "")
+    return (f"; {root} holds no image splits but CSV file{'s' if len(found) != 1 else ''} ({shown}), read only "
+            f"when named fer2013.csv[.gz]: pass the file itself: --data {root / found[0]}")
 
 
 def check_data_source(data) -> None:
@@ -193,7 +225,8 @@ def _resolve_folder_split(src: _Source, split: str) -> str:
         if target in dirs:
             return target
     available = [d for d in _order(dirs) if _folder.has_images(src.path / d)]
-    raise _not_found(split, src.path, available, "folder", _folder_hint(src.path, dirs))
+    raise _not_found(split, src.path, available, "folder",
+                     _folder_hint(src.path, dirs) + _csv_hint(src.path, available))
 
 
 def _resolve_csv_split(src: _Source, split: str, available: list[str]) -> str:
@@ -700,6 +733,8 @@ def _default_or_error(data: str | Path, role: str, missing: str, options: str, t
     if name is None:
         hint = _folder_hint(src.path, _folder.split_dirs(src.path)) if src.kind == "folder" else ""
         hint += _unusable_default_folders(src, role, available, test_ok)
+        if src.kind == "folder":
+            hint += _csv_hint(src.path, available)
         name_one = f"; name one ({options})" if options else ""
         raise DataError(f"{src.path} has no {missing} ({_looked_for(src, role, test_ok)}); available: "
                         f"{', '.join(available) or 'none'}{name_one}{hint}")
