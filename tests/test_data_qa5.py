@@ -107,6 +107,30 @@ def test_soup_refuses_to_select_on_the_test_split_and_eval_evaluates_it(tmp_path
     assert r.split == "test" and r.n == len(arrays["PublicTest"][1])
 
 
+# --------------------------------------------------------------------------- 4. only unread file types
+
+
+def test_a_split_of_webp_files_says_so(tmp_path, own_cache, arrays):
+    """val/<class>/*.webp said the class folders were misnamed and never mentioned the files."""
+    from PIL import Image
+
+    root = write_folder(tmp_path / "d", {"train": arrays["Training"]})
+    for i, cls in enumerate(("happy", "sad")):
+        (root / "val" / cls).mkdir(parents=True)
+        for j in range(2 + i):
+            Image.new("L", (48, 48)).save(root / "val" / cls / f"{j}.webp")
+    (root / "val" / "sad" / "notes").write_text("x")
+    with pytest.raises(DataError) as err:
+        default_val_split(root)
+    msg = str(err.value)
+    assert f"{root / 'val'} holds no image in its class folders (happy, sad): they hold 6 files (5 *.webp, " \
+           "1 without extension), not read (images are jpg/jpeg/png/bmp files)" in msg, msg
+    assert "class folders are named" not in msg, msg
+    with pytest.raises(DataError) as err:
+        load_split(root, "val")
+    assert "its class folders hold 6 files (5 *.webp, 1 without extension), not read" in str(err.value)
+
+
 # --------------------------------------------------------------------------- 6. CSVs in a folder
 
 

@@ -4,7 +4,8 @@ Class folders are matched case-insensitively to the 7 FER2013 class names; files
 ordered by a natural sort of their file names (then class), so ``x_2`` comes before
 ``x_10`` and numbered exports keep their original row order. Hidden entries, files
 directly in a split folder and other file types (and links to nothing) are not read: one
-warning per split counts them by kind, so a folder of ``.webp`` files is not lost in silence.
+warning per split counts them by kind, so a folder of ``.webp`` files is not lost in silence (a split with no image
+at all is an error that counts them: :func:`unread_files`).
 
 Images must sit directly in their class folder: a class folder whose sub-folders (at any
 depth, hidden ones excepted) hold image files is refused by :func:`scan` with a
@@ -142,6 +143,42 @@ def loose_images(split_dir: Path) -> int:
         return 0
 
 
+def _unread_kind(e: os.DirEntry) -> str | None:
+    """Why a class folder's entry is not read as an image (``*.webp``, ``broken links``...); None: it is read, or it
+    is a folder (nested images are :func:`scan`'s business)."""
+    if e.is_dir():
+        return None
+    if _is_image(e.name):
+        return None if e.is_file() else "broken links" if e.is_symlink() else "not regular files"
+    suffix = os.path.splitext(e.name)[1].lower()
+    return f"*{suffix}" if suffix else "without extension"
+
+
+def unread_files(split_dir: Path) -> dict[str, int]:
+    """How many (non-hidden) entries of ``split_dir``'s class folders are not read, by kind (``*.webp``, ``without
+    extension``, ``broken links``...): for the errors of a split with no image that holds files of other types."""
+    out: dict[str, int] = {}
+    for name, _ in class_dirs(split_dir, strict=False):
+        try:
+            with os.scandir(split_dir / name) as it:
+                for e in it:
+                    if e.name.startswith("."):
+                        continue
+                    kind = _unread_kind(e)
+                    if kind is not None:
+                        out[kind] = out.get(kind, 0) + 1
+        except OSError:
+            continue
+    return out
+
+
+def describe_unread(unread: dict[str, int]) -> str:
+    """``5 files (3 *.webp, 2 *.gif)``: the counts of :func:`unread_files`, the most common kind first."""
+    total = sum(unread.values())
+    parts = ", ".join(f"{n} {kind}" for kind, n in sorted(unread.items(), key=lambda kv: (-kv[1], kv[0])))
+    return f"{total} file{'s' if total != 1 else ''} ({parts})"
+
+
 def has_images(split_dir: Path) -> bool:
     """True when a class folder of ``split_dir`` holds at least one image file.
 
@@ -193,12 +230,10 @@ def scan(split_dir: Path) -> list[FileEntry]:
                                                st.st_ctime_ns))
                     elif e.is_dir():
                         has_subdir = True
-                    elif _is_image(e.name):
-                        kind = "broken links" if e.is_symlink() else "not regular files"
-                        unread[kind] = unread.get(kind, 0) + 1
                     else:
-                        kind = f"*{os.path.splitext(e.name)[1].lower()}" if "." in e.name else "without extension"
-                        unread[kind] = unread.get(kind, 0) + 1
+                        kind = _unread_kind(e)
+                        if kind is not None:
+                            unread[kind] = unread.get(kind, 0) + 1
         except OSError as e:
             raise DataError(f"{d}: cannot list the folder ({e.strerror or e})") from None
         if has_subdir:

@@ -589,6 +589,9 @@ def _folder_load(src: _Source, split: str, cache: bool, progress: bool):
         loose = _folder.loose_images(split_dir)
         extra = (f"; {loose} image file{'s' if loose != 1 else ''} directly in {split_dir} "
                  f"{'are' if loose != 1 else 'is'} not read: put each image in its class folder") if loose else ""
+        unread = _folder.unread_files(split_dir)
+        if unread:
+            extra += f"; its class folders hold {_folder.describe_unread(unread)}, not read: convert them"
         raise DataError(
             f"split {split!r} in {src.path} is empty: no {'/'.join(e.lstrip('.') for e in _folder.IMAGE_EXTENSIONS)} "
             f"files in class folders {split_dir}/<class>/ (classes: {', '.join(LABELS)}){extra}"
@@ -688,7 +691,8 @@ def _looked_for(src: _Source, role: str, test_ok: bool = False) -> str:
 
 def _unusable_default_folders(src: _Source, role: str, available: list[str], test_ok: bool = False) -> str:
     """``; <root>/val holds no image in a class folder (it holds: joyful)`` for each folder that has a default
-    split's name but no images where a split keeps them, so a misnamed class folder is named."""
+    split's name but no images where a split keeps them, so a misnamed class folder is named; class folders that
+    hold only files of other types (``.webp``) are said to, with how many of which suffix."""
     if src.kind != "folder":
         return ""
     wanted = {n.lower() for n in DEFAULT_SPLITS["folder"][role]
@@ -697,6 +701,12 @@ def _unusable_default_folders(src: _Source, role: str, available: list[str], tes
     for d in _folder.split_dirs(src.path):
         if d.lower() in wanted and d not in available:
             inside = _folder.split_dirs(src.path / d)
+            unread = _folder.unread_files(src.path / d)
+            if unread and inside and all(c.lower() in LABELS for c in inside):
+                out += (f"; {src.path / d} holds no image in its class folders ({', '.join(inside)}): they hold "
+                        f"{_folder.describe_unread(unread)}, not read (images are "
+                        f"{'/'.join(e.lstrip('.') for e in _folder.IMAGE_EXTENSIONS)} files): convert them")
+                continue
             held = f"its sub-folders: {', '.join(inside)}" if inside else "it has no sub-folders"
             out += (f"; {src.path / d} holds no image in a class folder ({held}; class folders are named "
                     f"{', '.join(LABELS)})")
