@@ -107,6 +107,42 @@ def test_soup_refuses_to_select_on_the_test_split_and_eval_evaluates_it(tmp_path
     assert r.split == "test" and r.n == len(arrays["PublicTest"][1])
 
 
+# --------------------------------------------------------------------------- 2. CSV Usage case variants
+
+
+def _csv_rows(arrays_by_usage: list[tuple[str, tuple[np.ndarray, np.ndarray]]]) -> str:
+    lines = ["emotion,pixels,Usage"]
+    for usage, (images, labels) in arrays_by_usage:
+        for im, lab in zip(images, labels):
+            lines.append(f"{int(lab)},{' '.join(str(int(v)) for v in im.reshape(-1))},{usage}")
+    return "\n".join(lines) + "\n"
+
+
+def test_csv_usage_values_differing_only_in_case_are_one_split(tmp_path, own_cache, arrays, caplog):
+    """A row with Usage ``training`` among ``Training`` rows became a split of its own, silently leaving
+    Training."""
+    tr, pt = arrays["Training"], arrays["PublicTest"]
+    one = (tr[0][:1], tr[1][:1])
+    rest = (tr[0][1:], tr[1][1:])
+    csv = tmp_path / "mixed.csv"
+    csv.write_text(_csv_rows([("Training", rest), ("training", one), ("PUBLICTEST", pt)]))
+    with caplog.at_level(logging.WARNING, logger="fer_edge.data"):
+        assert list_splits(csv) == ["Training", "PUBLICTEST"]  # one spelling alone: kept as it is
+    s = load_split(csv, "Training")
+    assert len(s) == len(tr[1])
+    np.testing.assert_array_equal(s.images.numpy(), np.concatenate([rest[0], one[0]]))  # file order kept
+    assert default_train_split(csv) == "Training" and default_val_split(csv) == "PUBLICTEST"
+    msg = " ".join(r.getMessage() for r in caplog.records)
+    assert "Usage values differing only in case are read as one split" in msg, msg
+    assert f"'training' (1 row from line {len(rest[1]) + 2})" in msg and "as 'Training'" in msg, msg
+    # a name that is no Kaggle usage merges onto the spelling met first; one spelling alone is kept as it is
+    other = tmp_path / "folds.csv"
+    other.write_text(_csv_rows([("fold1", rest), ("FOLD1", one), ("training", pt), ("TRAINING", pt)]))
+    assert sorted(list_splits(other)) == ["Training", "fold1"]
+    assert len(load_split(other, "train")) == 2 * len(pt[1])
+    assert len(load_split(other, "fold1")) == len(tr[1])
+
+
 # --------------------------------------------------------------------------- 4. only unread file types
 
 

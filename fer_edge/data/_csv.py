@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import gzip
+import logging
 import queue
 import threading
 import zlib
@@ -24,6 +25,8 @@ _SHOWN = {"emotion": "emotion", "pixels": "pixels", "usage": "Usage"}  # as the 
 _BLOCK = 8 << 20
 _LABEL_BYTES = {str(i).encode(): i for i in range(NUM_CLASSES)}
 _SPACE, _TAB, _CR, _NL = 32, 9, 13, 10
+#: The Kaggle file's Usage values: Usage values that differ only in case from one of these are that split.
+KAGGLE_USAGES = ("Training", "PublicTest", "PrivateTest")
 
 
 class _Reader:
@@ -225,6 +228,10 @@ def _parse_header(line: bytes, path: Path) -> tuple[list[str], dict[str, int]]:
 def read_csv(path: str | Path, progress=None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Every split of a FER2013 CSV: ``{Usage: (uint8 N x 48 x 48, int64 N)}`` in file order.
 
+    Usage values are stripped of surrounding whitespace; values that differ only in case (``training`` beside
+    ``Training``) are one split, named by the Kaggle spelling when it is one of :data:`KAGGLE_USAGES`, else by the
+    spelling met first, with a warning naming the spellings merged (a file that spells a split one way only keeps
+    that spelling: the default splits match it in any case).
     ``progress(done_bytes, total_bytes)`` is called as the file is read, if given.
     """
     path = Path(path)
@@ -235,6 +242,7 @@ def read_csv(path: str | Path, progress=None) -> dict[str, tuple[np.ndarray, np.
         raise DataError(f"{path}: cannot open ({e.strerror or e})") from None
     usages: dict[bytes, int] = {}
     names: list[str] = []
+    first_line: list[int] = []  # the line each Usage spelling is first met on
     image_parts: list[np.ndarray] = []
     label_parts: list[np.ndarray] = []
     code_parts: list[np.ndarray] = []
@@ -296,6 +304,7 @@ def read_csv(path: str | Path, progress=None) -> dict[str, tuple[np.ndarray, np.
                     else:
                         code = len(names)
                         names.append(name)
+                        first_line.append(lineno)
                     usages[u] = code
                 pix.append(fields[ip])
                 row_lines.append(lineno)
@@ -320,7 +329,30 @@ def read_csv(path: str | Path, progress=None) -> dict[str, tuple[np.ndarray, np.
     labels_all = np.concatenate(label_parts)
     codes_all = np.concatenate(code_parts)
     out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    for k, name in enumerate(names):
-        sel = codes_all == k
+    for name, codes in _merge_case(path, names, first_line, np.bincount(codes_all, minlength=len(names))).items():
+        sel = np.isin(codes_all, codes) if len(codes) > 1 else codes_all == codes[0]
         out[name] = (np.ascontiguousarray(images[sel]), np.ascontiguousarray(labels_all[sel]))
+    return out
+
+
+def _merge_case(path: Path, names: list[str], first_line: list[int], rows) -> dict[str, list[int]]:
+    """``{split name: [codes of its Usage spellings]}``, in the order the splits are first met: the spellings that
+    differ only in case are one split (see :func:`read_csv`), with a warning naming them, their rows and the line
+    each first appears on."""
+    groups: dict[str, list[int]] = {}
+    for k, name in enumerate(names):
+        groups.setdefault(name.lower(), []).append(k)
+    out: dict[str, list[int]] = {}
+    merged = []
+    for fold, codes in groups.items():
+        canonical = next((u for u in KAGGLE_USAGES if u.lower() == fold), None)
+        name = canonical if canonical is not None and len(codes) > 1 else names[codes[0]]
+        out[name] = codes
+        if len(codes) > 1:
+            spellings = ", ".join(f"{names[k]!r} ({int(rows[k])} row{'s' if rows[k] != 1 else ''} from line "
+                                  f"{first_line[k]})" for k in codes)
+            merged.append(f"{spellings} as {name!r}")
+    if merged:
+        logging.getLogger("fer_edge.data").warning(
+            "%s: Usage values differing only in case are read as one split: %s", path, "; ".join(merged))
     return out

@@ -5,7 +5,7 @@ Data forms (the ``data`` argument):
 * a CSV file (``fer2013.csv`` or ``fer2013.csv.gz``, gzip detected by content): columns
   found by header name ``emotion,pixels,Usage`` (case-insensitive, extra columns
   ignored); the splits are the ``Usage`` values (``Training``, ``PublicTest``,
-  ``PrivateTest``);
+  ``PrivateTest``; values differing only in case are one split: :func:`fer_edge.data._csv.read_csv`);
 * a folder holding ``fer2013.csv`` or ``fer2013.csv.gz`` (in any case, ``FER2013.csv``): read as that CSV;
 * any other folder: image folders ``<root>/<split>/<class>/*.{jpg,jpeg,png,bmp}``, the
   splits are the sub-folder names (``train``, ``val``, ``test``), class folders match
@@ -78,8 +78,10 @@ DEFAULT_SPLITS: dict[str, dict[str, tuple[str, ...]]] = {
 TEST_SPLITS: dict[str, tuple[str, ...]] = {"csv": (), "folder": ("test", "PrivateTest")}
 #: Files that make a folder count as a CSV data set, in order of preference (then the same names in any case).
 CSV_NAMES = ("fer2013.csv", "fer2013.csv.gz")
-CACHE_VERSION = 2  # 2: a CSV row with a non-empty field past the header's columns is refused
-# (not raised for the splits' ``unordered_sha256``: load_split computes it for an entry written without it)
+CACHE_VERSION = 3  # 2: a CSV row with a non-empty field past the header's columns is refused
+# (not raised for the splits' ``unordered_sha256``: load_split computes it for an entry written without it);
+# 3: a CSV's Usage values differing only in case are one split (an entry of 2 kept ``training`` rows out of
+# ``Training``)
 #: Show a progress bar when decoding at least this many image files (or a CSV this large).
 PROGRESS_MIN_FILES = 1000
 PROGRESS_MIN_BYTES = 16 << 20
