@@ -167,6 +167,22 @@ def test_a_split_of_webp_files_says_so(tmp_path, own_cache, arrays):
     assert "its class folders hold 6 files (5 *.webp, 1 without extension), not read" in str(err.value)
 
 
+# --------------------------------------------------------------------------- 5. eval: label order first
+
+
+def test_eval_checks_the_label_order_before_any_inference(tmp_path, own_cache, arrays, monkeypatch):
+    import fer_edge.data as data_mod
+    import fer_edge.training.trainer as trainer
+    from fer_edge.training.evaluation import evaluate
+
+    csv = write_csv(tmp_path / "fer2013.csv", arrays)
+    ck = _checkpoint(tmp_path / "perm.pt", 0, labels=sorted(LABELS))
+    monkeypatch.setattr(trainer, "predict_logits", lambda *a, **k: pytest.fail("predicted before refusing"))
+    monkeypatch.setattr(data_mod, "load_split", lambda *a, **k: pytest.fail("loaded the data before refusing"))
+    with pytest.raises(DataError, match="are not FER2013's in FER2013's order"):
+        evaluate(ck, csv, device="cpu", progress=False)
+
+
 # --------------------------------------------------------------------------- 6. CSVs in a folder
 
 

@@ -84,7 +84,7 @@ def evaluate(checkpoint: str | Path | None | Sequence[str | Path], data: str | P
     """Evaluate a checkpoint (a path or shipped name; None: the shipped default) on a labelled split.
 
     A list of two or more checkpoints is evaluated as an ensemble (see the module docstring); their labels
-    must agree.
+    must agree, and be FER2013's classes in FER2013's order (checked before any image is loaded or predicted).
     ``split`` None: the data's validation split, or, for image folders without one, their test split (``test``,
     else ``PrivateTest``: evaluating selects nothing, unlike train and soup, which refuse that default).
 
@@ -97,7 +97,7 @@ def evaluate(checkpoint: str | Path | None | Sequence[str | Path], data: str | P
     from fer_edge.checkpoint import load_checkpoint
     from fer_edge.data import default_val_split, load_split
     from fer_edge.errors import CheckpointError, FerEdgeError
-    from fer_edge.metrics import classification_metrics
+    from fer_edge.metrics import check_label_order, classification_metrics
     from fer_edge.plotting import draw_or_warn
     from fer_edge.training import plots
     from fer_edge.training.trainer import predict_logits, resolve_device
@@ -130,6 +130,8 @@ def evaluate(checkpoint: str | Path | None | Sequence[str | Path], data: str | P
         if list(ck.labels) != list(cks[0].labels):
             raise CheckpointError(f"cannot ensemble {path} (labels {list(ck.labels)}) with {paths[0]} "
                                   f"(labels {list(cks[0].labels)}): the labels differ")
+    # refused now, not after predicting the whole split (classification_metrics checks it again)
+    check_label_order(cks[0].labels)
     # eval selects nothing: a folder without a validation split but with a test split (train/ + test/) is evaluated
     # on that test split, the figure a test split is kept for (train and soup refuse to select on it by default)
     split = default_val_split(data, options="fer-edge eval --split", test_ok=True) if split is None else split
