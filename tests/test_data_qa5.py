@@ -143,6 +143,20 @@ def test_csv_usage_values_differing_only_in_case_are_one_split(tmp_path, own_cac
     assert len(load_split(other, "fold1")) == len(tr[1])
 
 
+# --------------------------------------------------------------------------- 3. natural sort of unusual digits
+
+
+@pytest.mark.parametrize("name", ["²1.png", "a1①2.png", "x²_3.png", "٣.png"])
+def test_file_names_with_non_decimal_digits_load(tmp_path, own_cache, arrays, name):
+    """``²`` or ``①`` is isdigit() but not int()-able: the sort key raised a bare ValueError in every command."""
+    root = write_folder(tmp_path / "d", {"train": arrays["Training"]})
+    src = next((root / "train" / "happy").iterdir())
+    src.rename(src.with_name(name))
+    s = load_split(root, "train")
+    assert len(s) == len(arrays["Training"][1])
+    assert _folder._natural_key("a²b10") == ("a²b", 10, "")
+
+
 # --------------------------------------------------------------------------- 4. only unread file types
 
 

@@ -51,7 +51,9 @@ class FileEntry(NamedTuple):
 
 
 def _natural_key(name: str):
-    return tuple(int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", name))
+    # isdecimal, not isdigit: ``\d`` matches decimal digits only (any script: int() reads them), while isdigit is
+    # also true of ``²`` or ``①``, which int() refuses (a file named ``x²`` raised ValueError in every command)
+    return tuple(int(t) if t.isdecimal() else t.lower() for t in re.split(r"(\d+)", name))
 
 
 def _is_image(name: str) -> bool:
