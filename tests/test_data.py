@@ -183,7 +183,8 @@ def test_files_not_read_are_counted_in_one_warning(tmp_path, own_cache, caplog):
 
 def test_alias_table_is_explicit():
     assert SPLIT_ALIASES["csv"] == {"train": ("Training",), "val": ("PublicTest",), "test": ("PrivateTest",)}
-    assert SPLIT_ALIASES["folder"] == {"Training": ("train",), "PublicTest": ("val", "test"), "PrivateTest": ("test",)}
+    assert SPLIT_ALIASES["folder"] == {"Training": ("train",), "PublicTest": ("val", "test"), "PrivateTest": ("test",),
+                                       "train": ("Training",), "val": ("PublicTest",), "test": ("PrivateTest",)}
 
 
 def test_aliases_work_for_both_forms(small_csv, small_folder, own_cache):
@@ -206,7 +207,10 @@ def test_folder_without_val_maps_publictest_to_test(tmp_path, own_cache, small_a
     assert load_split(root, "PublicTest").split == "test"
     assert load_split(root, "PrivateTest").split == "test"
     assert list_splits(root) == ["train", "test"]
-    assert default_val_split(root) == "test"
+    # never the default validation split (selecting on it spends the test split), except for eval (test_ok)
+    with pytest.raises(DataError, match=r"test split 'test' is not taken as the validation split by default"):
+        default_val_split(root)
+    assert default_val_split(root, test_ok=True) == "test"
 
 
 def test_list_splits_and_defaults(small_csv, small_folder, own_cache, tmp_path, small_arrays):
@@ -217,7 +221,7 @@ def test_list_splits_and_defaults(small_csv, small_folder, own_cache, tmp_path, 
     (small_folder / "test" / "happy").mkdir(parents=True)  # exists but empty: not listed
     assert list_splits(small_folder) == ["train", "val"]
     only_train = write_folder(tmp_path / "t", {"train": small_arrays["Training"]})
-    with pytest.raises(DataError, match=r"no validation split \('val' or 'test'\).*available: train"):
+    with pytest.raises(DataError, match=r"no validation split \('val' or 'PublicTest'\).*available: train"):
         default_val_split(only_train)
     csv_train = write_csv(tmp_path / "train_only.csv", {"Training": small_arrays["Training"]})
     with pytest.raises(DataError, match=r"train_only.csv has no validation split \('PublicTest'\)"):
@@ -230,8 +234,8 @@ def test_list_splits_and_defaults(small_csv, small_folder, own_cache, tmp_path, 
         (("Training", "PublicTest"), "Training", "PublicTest"),  # the CSV's names as folders
         (("Training", "PublicTest", "PrivateTest"), "Training", "PublicTest"),
         (("Train", "Val"), "Train", "Val"),  # other case
-        (("TRAIN", "Test"), "TRAIN", "Test"),
-        (("training", "privatetest"), "training", "privatetest"),
+        (("TRAIN", "VAL"), "TRAIN", "VAL"),
+        (("training", "publictest"), "training", "publictest"),
         (("train", "Training", "val", "PublicTest"), "train", "val"),  # the folder names win
     ],
 )

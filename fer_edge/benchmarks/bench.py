@@ -246,7 +246,7 @@ def load_inputs(data: str | Path, split: str | None, n_images: int | None, seed:
 
     if n_images is not None and n_images < 1:
         raise FerEdgeError("--n-images must be at least 1")
-    s = load_split(data, default_val_split(data) if split is None else split)
+    s = load_split(data, default_val_split(data, test_ok=True) if split is None else split)  # measures, selects nothing
     images = s.images.numpy()
     labels = s.labels.numpy()
     n = len(images)

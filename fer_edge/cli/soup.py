@@ -30,7 +30,7 @@ def soup(
                                      "or recompute them on --split (un-augmented)."),
     split: Optional[str] = typer.Option(None, parser=split_value, metavar="SPLIT", help="Split to recompute BatchNorm statistics on; only "
                                  "with --bn recompute (default Training / train)."),
-    val_split: Optional[str] = typer.Option(None, parser=split_value, metavar="SPLIT", help="Validation split (default PublicTest / val or test)."),
+    val_split: Optional[str] = typer.Option(None, parser=split_value, metavar="SPLIT", help="Validation split (default PublicTest / val; never a test split by default)."),
     greedy: bool = typer.Option(False, "--greedy", help="Keep an ingredient only if validation accuracy does not drop."),
     progress: bool = typer.Option(True, "--progress/--no-progress",
                                   help="Progress bars (on a terminal only): data loading, then each evaluation of "

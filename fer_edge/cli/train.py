@@ -65,7 +65,7 @@ def train(
     out: Path = typer.Option(Path("runs/run"), parser=path_value, metavar="PATH", help="Run directory (checkpoints, metrics, plots)."),
     model_kwargs: Optional[str] = typer.Option(None, help='Model keyword arguments as JSON, e.g. \'{"dropout": 0.1}\'.'),
     split: Optional[str] = typer.Option(None, parser=split_value, metavar="SPLIT", help="Training split (default Training / train)."),
-    val_split: Optional[str] = typer.Option(None, parser=split_value, metavar="SPLIT", help="Validation split (default PublicTest / val or test)."),
+    val_split: Optional[str] = typer.Option(None, parser=split_value, metavar="SPLIT", help="Validation split (default PublicTest / val; never a test split by default)."),
     epochs: int = typer.Option(30, help="Training epochs."),
     batch_size: int = typer.Option(128, help="Images a step (split over processes under torchrun)."),
     lr: float = typer.Option(3e-3, help="Peak learning rate."),

@@ -52,7 +52,8 @@ def sample_split(data: str | Path, split: str | None, size: int | None, seed: in
     from fer_edge.data import default_train_split, default_val_split, index_hash, load_split, stratified_indices
 
     if split is None:
-        split = default_train_split(data) if default == "train" else default_val_split(data)
+        # the parity gate selects nothing: a folder's test split (train/ + test/, no val/) is fine for it
+        split = default_train_split(data) if default == "train" else default_val_split(data, test_ok=True)
     fs = load_split(data, split, progress=progress)
     labels_all = fs.labels.numpy()
     n_all = len(labels_all)

@@ -15,7 +15,7 @@ class TrainConfig:
     out: str = "runs/run"
     model_kwargs: dict = field(default_factory=dict)
     split: str | None = None  # None: "Training" for the CSV, "train" for folders
-    val_split: str | None = None  # None: "PublicTest" for the CSV, "val"/"test" for folders
+    val_split: str | None = None  # None: "PublicTest" for the CSV, "val"/"PublicTest" for folders (never a test split)
     epochs: int = 30
     batch_size: int = 128
     lr: float = 3e-3
