@@ -88,10 +88,58 @@ def load_image(image):
     may have turned them already (apply ``ImageOps.exif_transpose`` first where not). Arrays are taken as grayscale
     (H x W) or RGB(A) (H x W x 3/4). Pixel values are scaled to 8 bits by :func:`to_uint8`, for arrays and for
     high-bit-depth images alike (16-bit PNG/TIFF, 32-bit integer or float TIFF), which PIL's own ``convert("L")``
-    would clip to white. A JPEG of more than :data:`LARGE_JPEG_PIXELS` (a 108 or 200 MP phone photo) is decoded at
-    1/2, 1/4 or 1/8 of its width and height (so its size, and face boxes, are the reduced picture's). Raises
-    :class:`DataError` for a file that is missing or not an image (or too large: a decompression bomb), and for
-    pixel values with no known range.
+    would clip to white. Transparency (an alpha channel: RGBA, LA, PA, premultiplied RGBa/La; a palette or colour
+    marked transparent: a GIF's, a PNG's ``tRNS``) is composited onto white, what image viewers show (see
+    :func:`flatten_alpha`): whatever colour a file keeps under its transparent pixels never reaches the face
+    detector or the model. A file of several frames (an animated GIF or WebP, a multi-page TIFF) gives its first
+    frame (:func:`load_image_frames` says which of how many). A JPEG of more than :data:`LARGE_JPEG_PIXELS` (a
+    108 or 200 MP phone photo) is decoded at 1/2, 1/4 or 1/8 of its width and height (so its size, and face boxes,
+    are the reduced picture's). Raises :class:`DataError` for a file that is missing, empty or not an image (or too
+    large: a decompression bomb), and for pixel values with no known range.
+    """
+    return load_image_frames(image)[0]
+
+
+#: PIL formats whose extra frames are no other pictures (an MPO's are a phone photo's preview or depth map, a
+#: PSD's are the layers of the composite read): a file of these is not said to have several frames.
+_ONE_PICTURE_FORMATS = ("MPO", "PSD")
+
+
+def _file_open(im) -> bool:
+    """Whether the file of the PIL image ``im`` is still open (PIL keeps it as ``fp`` or, for files of several
+    frames, ``_fp``; a closed image's raises on use)."""
+    for name in ("fp", "_fp"):
+        try:
+            fp = getattr(im, name, None)
+            if fp is not None and not fp.closed:
+                return True
+        except Exception:  # PIL's stand-in for a closed file raises on any use
+            continue
+    return False
+
+
+def _frames(im) -> tuple[int, int]:
+    """(frame index, frame count) of a PIL image from a file; (0, 1) for one picture, and for an image whose file
+    is closed before its frames were counted (a GIF's or TIFF's count reads the file: it is not tried then, as a
+    failed count would leave the image at another frame)."""
+    if getattr(im, "format", None) in _ONE_PICTURE_FORMATS:
+        return 0, 1
+    try:
+        if isinstance(getattr(type(im), "n_frames", None), property) and getattr(im, "_n_frames", None) is None \
+                and not _file_open(im):
+            return 0, 1
+        n = int(getattr(im, "n_frames", 1) or 1)
+        return (int(im.tell()) if n > 1 else 0), n
+    except Exception:  # a damaged frame table: one picture, as it is read
+        return 0, 1
+
+
+def load_image_frames(image) -> tuple[object, int, int]:
+    """:func:`load_image`, and which frame of the file it is: ``(image, frame, frames)``, ``frame`` counted from 0.
+
+    A file of several frames (an animated GIF or WebP, an animated PNG, a multi-page TIFF) gives its first frame,
+    ``(image, 0, n)``; a PIL image of one gives the frame it is at (``seek``); anything else ``(image, 0, 1)``
+    (so does a phone's MPO JPEG, whose second frame is a preview or depth map, not another picture).
     """
     from PIL import Image, ImageOps
 
@@ -102,7 +150,14 @@ def load_image(image):
         if path.is_dir():
             raise DataError(f"{path}: is a directory, not an image")
         try:
+            empty = path.is_file() and path.stat().st_size == 0
+        except OSError:
+            empty = False  # Image.open says why
+        if empty:
+            raise DataError(f"{path}: cannot read image: the file is empty (0 bytes)")
+        try:
             with _open_large_jpeg(path) or Image.open(path) as im:
+                frame, frames = _frames(im)
                 im = ImageOps.exif_transpose(im)
                 im.load()
                 im = im.copy()
@@ -111,7 +166,7 @@ def load_image(image):
         except Exception as e:  # PIL raises many types for bad files
             raise DataError(f"{path}: cannot read image ({type(e).__name__}: {e})") from None
         try:
-            return _eight_bit(_nonempty(im))
+            return flatten_alpha(_eight_bit(_nonempty(im))), frame, frames
         except DataError as e:
             raise DataError(f"{path}: {e}") from None
     if isinstance(image, np.ndarray):
@@ -120,7 +175,7 @@ def load_image(image):
             arr = arr[..., 0]
         if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (3, 4)) or arr.size == 0:
             raise DataError(f"cannot use an array of shape {tuple(image.shape)} as an image")
-        return Image.fromarray(np.ascontiguousarray(to_uint8(arr)))
+        return flatten_alpha(Image.fromarray(np.ascontiguousarray(to_uint8(arr)))), 0, 1
     if hasattr(image, "convert") and hasattr(image, "size"):
         try:  # the pixels of a lazily read image now: a closed file fails here, said as such (not as EXIF or resize)
             if callable(getattr(image, "load", None)):
@@ -128,8 +183,37 @@ def load_image(image):
         except Exception as e:  # PIL raises many types (a bare AssertionError for a closed file)
             raise DataError(f"cannot read the image's pixels ({type(e).__name__}: {e}): an image from Image.open "
                             "must be read (im.load()) before its file is closed, e.g. inside its with block") from None
-        return _eight_bit(_nonempty(_upright(image)))
+        frame, frames = _frames(image)
+        return flatten_alpha(_eight_bit(_nonempty(_upright(image)))), frame, frames
     raise DataError(f"cannot use an object of type {type(image).__name__} as an image")
+
+
+#: The gray level transparent pixels are composited onto: white, what image viewers show.
+ALPHA_BACKGROUND = 255
+
+
+def flatten_alpha(im):
+    """A PIL image with transparency composited onto white (:data:`ALPHA_BACKGROUND`); any other as it is.
+
+    Transparency is an alpha band (RGBA, LA, PA, premultiplied RGBa) or a ``transparency`` entry (a palette image's
+    transparent entries, as GIFs and palette PNGs keep them; an L, RGB or 1 image's transparent colour, a PNG's
+    ``tRNS``). Grayscale images (LA, L, 1) come back as "L", the others as "RGB", each pixel
+    ``round(colour * a + 255 * (1 - a))``: the same picture as ``Image.alpha_composite`` onto an opaque white
+    image, and for an opaque pixel its own colour. So what a transparent pixel holds (black, white, any colour a
+    program left there) makes no difference, and the picture is the one a viewer shows. PIL's own ``convert("L")``
+    or ``convert("RGB")`` dropped the alpha instead (and warned, for a palette with transparency)."""
+    from PIL import Image
+
+    bands = im.getbands()
+    if "A" not in bands and "a" not in bands and "transparency" not in im.info:
+        return im
+    if im.mode == "La":
+        im = im.convert("LA")  # (PIL converts La to nothing else)
+    gray = im.mode in ("LA", "L", "1")
+    rgba = im if im.mode in ("RGBA", "LA") else im.convert("LA" if gray else "RGBA")
+    out = Image.new("L" if gray else "RGB", im.size, (ALPHA_BACKGROUND,) if gray else (ALPHA_BACKGROUND,) * 3)
+    out.paste(rgba.convert(out.mode), mask=rgba.getchannel("A"))
+    return out
 
 
 #: A JPEG of more pixels than this (a 108 or 200 MP phone photo; Pillow warns above 89 MP and refuses above 179 MP
@@ -207,7 +291,8 @@ HIGH_DEPTH_MODES = ("I", "F")
 def _eight_bit(im):
     """A PIL image in a high-bit-depth mode (``I;16*``, ``I``, ``F``) -> mode "L" scaled by
     :func:`to_uint8`; CIELAB (a TIFF's ``LAB``) -> its lightness channel, mode "L"; premultiplied
-    ``La`` -> ``LA`` (PIL converts neither of the two to "L" or "RGB"); other images as they are."""
+    ``La`` -> ``LA`` (PIL converts neither of the two to "L" or "RGB"); other images as they are. A high-bit-depth
+    image with a transparent gray level (a 16-bit PNG's ``tRNS``) comes back as "LA", transparent there."""
     from PIL import Image
 
     if im.mode == "LAB":
@@ -219,7 +304,12 @@ def _eight_bit(im):
     arr = np.asarray(im)
     if im.mode.startswith("I;16"):
         arr = arr.astype(np.uint16)  # I;16B reads as big-endian >u2: same values, native order
-    return Image.fromarray(to_uint8(arr))
+    out = Image.fromarray(to_uint8(arr))
+    clear = im.info.get("transparency")
+    if isinstance(clear, int) and not isinstance(clear, bool):
+        alpha = Image.fromarray(np.where(arr == clear, 0, 255).astype(np.uint8))
+        out = Image.merge("LA", [out, alpha])
+    return out
 
 
 #: A float image whose brightest value is at most this is a 0..1 image (a resize's overshoot past 1 included).
