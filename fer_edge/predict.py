@@ -25,8 +25,8 @@ import numpy as np
 
 from fer_edge.constants import IMAGE_SIZE
 from fer_edge.errors import ArtifactError, DataError, FerEdgeError
-from fer_edge.faces import DEFAULT_MARGIN, Box, FaceDetector, IMAGE_SUFFIXES, load_image
-from fer_edge.preprocess import Normalization, check_normalization, labels_problem
+from fer_edge.faces import DEFAULT_MARGIN, Box, FaceDetector, IMAGE_SUFFIXES, check_min_face, load_image
+from fer_edge.preprocess import Normalization, check_normalization, labels_problem, load_image_frames
 
 #: How many faces one runtime call classifies at most.
 MAX_BATCH = 64
@@ -63,7 +63,9 @@ class ImageResult:
     """What prediction found in one input: its faces, or why there are none.
 
     ``status`` is ``"ok"`` (at least one face), ``"no_face"`` (the image was read, no face
-    was found: a result, not an error) or ``"error"`` (``error`` says why).
+    was found: a result, not an error) or ``"error"`` (``error`` says why). ``frames`` is how many frames the file
+    holds (an animated GIF or WebP, a multi-page TIFF: more than 1) and ``frame`` the one classified (from 0: the
+    first); ``note`` then says so ("frame 1 of 2 classified").
     """
 
     source: str
@@ -72,6 +74,15 @@ class ImageResult:
     height: int | None = None
     error: str | None = None
     image: object = field(default=None, repr=False)  # the loaded PIL image, for annotation
+    frames: int | None = None
+    frame: int = 0
+
+    @property
+    def note(self) -> str | None:
+        """What to know about this result besides its faces: which frame of a file of several was classified."""
+        if self.frames is not None and self.frames > 1:
+            return f"frame {self.frame + 1} of {self.frames} classified"
+        return None
 
     @property
     def status(self) -> str:
@@ -87,6 +98,8 @@ class ImageResult:
             "height": self.height,
             "faces": [f.to_dict() for f in self.faces],
             "error": self.error,
+            "frames": self.frames,
+            "note": self.note,
         }
 
 
@@ -281,52 +294,60 @@ class Predictor:
                 raise DataError(f"face {i} of the batch: {e}") from None
         return self._predictions(np.stack(gray))
 
-    def detect_and_predict(self, image, margin: float | None = None) -> list[Prediction]:
+    def detect_and_predict(self, image, margin: float | None = None, min_face: int | None = None
+                           ) -> list[Prediction]:
         """Find the frontal faces in a photo and classify each; largest face first.
 
         Each :class:`Prediction` has its ``box``, in pixels of the image as :func:`~fer_edge.preprocess.load_image`
         takes it (a file, or a PIL image straight from one, with its EXIF orientation applied).
-        Returns an empty list when no face is found.
+        ``min_face`` is the smallest face to look for, in those pixels (default: the detector's, 4% of the
+        photo's shorter side; see :class:`~fer_edge.faces.FaceDetector`); a smaller one finds the faces of a crowd
+        in a large photo, at more cost. Returns an empty list when no face is found.
         """
-        return self._detect_and_predict(load_image(image), margin)
+        return self._detect_and_predict(load_image(image), margin, min_face)
 
-    def _detect_and_predict(self, img, margin: float | None = None) -> list[Prediction]:
+    def _detect_and_predict(self, img, margin: float | None = None, min_face: int | None = None
+                            ) -> list[Prediction]:
         from fer_edge.faces import crop
         from fer_edge.preprocess import to_gray48
 
         margin = self.margin if margin is None else check_margin(margin)
-        boxes = self.detector.detect(img)
+        boxes = self.detector.detect(img, min_face=min_face) if min_face is not None else self.detector.detect(img)
         if not boxes:
             return []
         gray = np.stack([to_gray48(crop(img, b, margin)) for b in boxes])
         return self._predictions(gray, boxes)
 
     def predict_image(self, source, detect_faces: bool = True, margin: float | None = None,
-                      keep_image: bool = False) -> ImageResult:
+                      keep_image: bool = False, min_face: int | None = None) -> ImageResult:
         """Everything ``fer-edge predict`` reports for one input; never raises for a bad image.
 
-        Failures (unreadable file, ...) come back as ``status == "error"`` with a message.
-        Errors of the setup (no face detector on this machine, a broken model) still raise, and so does a bad
-        ``margin`` (:class:`DataError`, with or without ``detect_faces``): it is the call's mistake, not the image's.
+        Failures (unreadable file, ...) come back as ``status == "error"`` with a message. A file of several
+        frames (an animated GIF or WebP, a multi-page TIFF) has its first frame classified, and the result says so
+        (``frames``, ``note``). Errors of the setup (no face detector on this machine, a broken model) still raise,
+        and so do a bad ``margin`` or ``min_face`` (:class:`DataError`, with or without ``detect_faces``): they are
+        the call's mistake, not the image's.
         """
         from fer_edge.preprocess import to_gray48
 
         if margin is not None:
             margin = check_margin(margin)
+        min_face = check_min_face(min_face)
         name = str(source) if isinstance(source, (str, os.PathLike)) else f"<{type(source).__name__}>"
         try:
-            img = load_image(source)
+            img, frame, frames = load_image_frames(source)
         except DataError as e:
             return ImageResult(name, error=str(e))
         w, h = img.size
         try:
             if detect_faces:
-                faces = self._detect_and_predict(img, margin)
+                faces = self._detect_and_predict(img, margin, min_face)
             else:
                 faces = self._predictions(to_gray48(img)[None])
         except DataError as e:
-            return ImageResult(name, width=w, height=h, error=str(e))
-        return ImageResult(name, faces=faces, width=w, height=h, image=img if keep_image else None)
+            return ImageResult(name, width=w, height=h, error=str(e), frames=frames, frame=frame)
+        return ImageResult(name, faces=faces, width=w, height=h, image=img if keep_image else None, frames=frames,
+                           frame=frame)
 
     def describe(self) -> dict:
         return {
