@@ -475,14 +475,24 @@ class InputItem:
     error: str | None = None
 
 
-def _find_images(root: Path) -> tuple[list[Path], list[OSError], list[Path]]:
+@dataclass(frozen=True)
+class Skipped:
+    """A file a folder scan left out, and why: ``"suffix"`` (no image suffix, see
+    :data:`~fer_edge.faces.IMAGE_SUFFIXES`) or ``"hidden"`` (its name starts with a dot)."""
+
+    path: Path
+    reason: str
+
+
+def _find_images(root: Path, skipped: list[Skipped] | None = None) -> tuple[list[Path], list[OSError], list[Path]]:
     """Image files under ``root`` (recursively, sorted, by suffix, no hidden files), the folders that could not be
     listed (as their errors) and the image names that are symbolic links to nothing (or to themselves), so that
-    nothing is skipped silently. Linked folders are followed, each real folder walked once (a link back to a
-    folder above would otherwise loop)."""
+    nothing is skipped silently; the other files left out are added to ``skipped``. Linked folders are followed,
+    each real folder walked once (a link back to a folder above would otherwise loop)."""
     files: list[Path] = []
     broken: list[Path] = []
     unreadable: list[OSError] = []
+    left: list[Skipped] = []
     seen = {os.path.realpath(root)}
     for dirpath, dirs, names in os.walk(root, onerror=unreadable.append, followlinks=True):
         d = Path(dirpath)
@@ -493,29 +503,61 @@ def _find_images(root: Path) -> tuple[list[Path], list[OSError], list[Path]]:
             seen.add(real)
         for n in names:
             if n.startswith(".") or Path(n).suffix.lower() not in IMAGE_SUFFIXES:
+                left.append(Skipped(d / n, "hidden" if n.startswith(".") else "suffix"))
                 continue
             f = d / n
             if f.is_file():
                 files.append(f)
             elif f.is_symlink() and not f.exists():  # is_file() is False for a dangling link too
                 broken.append(f)
+    if skipped is not None:
+        skipped += sorted(left, key=lambda k: k.path)
     return sorted(files), unreadable, sorted(broken)
 
 
-def collect_inputs(args: Iterable[str | os.PathLike]) -> list[InputItem]:
+def skipped_summary(skipped: list[Skipped], most: int = 5) -> str:
+    """``skipped`` in a few words: "3 without an image suffix (noext, notes.txt, x.psd), 1 hidden (.a.jpg)"."""
+    parts = []
+    for reason, words in (("suffix", "without an image suffix"), ("hidden", "hidden")):
+        names = [str(k.path) for k in skipped if k.reason == reason]
+        if names:
+            more = f" and {len(names) - most} more" if len(names) > most else ""
+            parts.append(f"{len(names)} {words} ({', '.join(names[:most])}{more})")
+    return ", ".join(parts)
+
+
+def _missing(p: Path) -> str:
+    """Why the input ``p``, which does not exist, gives nothing: "-" is no stdin, a pattern was not expanded."""
+    if str(p) == "-":
+        return ("-: reading an image from standard input is not supported: give image files or folders (save the "
+                "image to a file first)")
+    if any(c in p.name for c in "*?["):
+        return (f"{p}: no such file or directory (it looks like a file name pattern: the shell expands one only "
+                "when files match it and it is not in quotes, and fer-edge does not expand patterns itself)")
+    return f"{p}: no such file or directory"
+
+
+def collect_inputs(args: Iterable[str | os.PathLike], skipped: list[Skipped] | None = None) -> list[InputItem]:
     """Expand files and directories (recursively, image suffixes only, linked folders followed) into input items.
 
     A missing path, a directory without images, a folder that cannot be read, or an image name in one that is a
-    symbolic link to nothing becomes an item carrying an error, so the other inputs still run.
+    symbolic link to nothing becomes an item carrying an error, so the other inputs still run. The files a folder
+    holds that are not scanned (no image suffix, hidden) are added to ``skipped`` (:class:`Skipped`), so a caller
+    can say so.
     """
     items: list[InputItem] = []
     for a in args:
         p = Path(a)
         if p.is_dir():
-            files, unreadable, broken = _find_images(p)
+            left: list[Skipped] = []
+            files, unreadable, broken = _find_images(p, left)
+            if skipped is not None:
+                skipped += left
             if not files and not unreadable and not broken:
+                other = f"; {len(left)} other file{'s' if len(left) != 1 else ''} skipped: " \
+                        f"{skipped_summary(left)}" if left else ""
                 items.append(InputItem(str(p), None, error=(
-                    f"{p}: directory has no images (looked for {', '.join(IMAGE_SUFFIXES)})")))
+                    f"{p}: directory has no images (looked for {', '.join(IMAGE_SUFFIXES)}{other})")))
             items += [InputItem(str(f), f, f.relative_to(p)) for f in files]
             for f in broken:
                 items.append(InputItem(str(f), None, error=(
@@ -528,7 +570,7 @@ def collect_inputs(args: Iterable[str | os.PathLike]) -> list[InputItem]:
         elif p.exists():
             items.append(InputItem(str(p), p, Path(p.name)))
         else:
-            items.append(InputItem(str(p), None, error=f"{p}: no such file or directory"))
+            items.append(InputItem(str(p), None, error=_missing(p)))
     return items
 
 
@@ -536,25 +578,41 @@ def _input_key(item: InputItem) -> Path:
     return (item.path if item.path is not None else Path(item.source)).resolve()
 
 
+def _through_link(item: InputItem) -> bool:
+    """Whether ``item`` names its file through a symbolic link (the file's, or a folder's on the way)."""
+    p = item.path if item.path is not None else Path(item.source)
+    return os.path.realpath(p) != os.path.abspath(p)
+
+
 def drop_duplicates(items: Iterable[InputItem]) -> tuple[list[InputItem], list[InputItem]]:
-    """``items`` without repeats of the same file (by resolved path: a file named twice, or also found in a
-    folder argument), first occurrence kept and order unchanged; and the repeats dropped."""
-    kept: list[InputItem] = []
-    dropped: list[InputItem] = []
-    seen: set[Path] = set()
-    for it in items:
+    """``items`` without repeats of the same file (by resolved path: a file named twice, also found in a folder
+    argument, or reached through a symbolic link), order unchanged; and the repeats dropped. Each file is kept
+    under its first name that is no symbolic link (``one.jpg``, not ``link.jpg`` beside it), else its first name;
+    :func:`duplicate_of` says which name a dropped item's file is listed under."""
+    items = list(items)
+    chosen: dict[Path, int] = {}
+    for i, it in enumerate(items):
         key = _input_key(it)
-        (dropped if key in seen else kept).append(it)
-        seen.add(key)
+        if key not in chosen or (_through_link(items[chosen[key]]) and not _through_link(it)):
+            chosen[key] = i
+    keep = set(chosen.values())
+    kept = [it for i, it in enumerate(items) if i in keep]
+    dropped = [it for i, it in enumerate(items) if i not in keep]
     return kept, dropped
+
+
+def duplicate_of(dropped: InputItem, kept: Iterable[InputItem]) -> InputItem | None:
+    """The item of ``kept`` that names the same file as ``dropped`` (see :func:`drop_duplicates`), or None."""
+    key = _input_key(dropped)
+    return next((k for k in kept if _input_key(k) == key), None)
 
 
 #: The EXIF "Software" (0x0131) value written into every annotated copy: how a later run recognises them.
 ANNOTATED_SOFTWARE = "fer-edge predict --annotate"
 _EXIF_SOFTWARE = 0x0131
 #: Suffixes an annotated copy is written as (formats that can carry the EXIF marker); any other gets ``.png`` added.
-ANNOTATION_FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".webp": "WEBP", ".tif": "TIFF",
-                      ".tiff": "TIFF"}
+ANNOTATION_FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".jpe": "JPEG", ".jfif": "JPEG", ".png": "PNG",
+                      ".webp": "WEBP", ".tif": "TIFF", ".tiff": "TIFF"}
 
 
 def annotated_copy_path(dest: str | os.PathLike) -> Path:

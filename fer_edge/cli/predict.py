@@ -74,6 +74,21 @@ def _listing(items, most: int = 5) -> str:
     return ", ".join(names[:most]) + more
 
 
+def _duplicates(dropped, kept, most: int = 5) -> str:
+    """The dropped duplicates, each with the name its file is listed under."""
+    from fer_edge.predict import duplicate_of
+
+    shown = []
+    for d in dropped[:most]:
+        k = duplicate_of(d, kept)
+        if k is None or k.source == d.source:
+            shown.append(f"{d.source} (named more than once)")
+        else:
+            shown.append(f"{d.source} (same file as {k.source}, listed under that name)")
+    more = f" and {len(dropped) - most} more" if len(dropped) > most else ""
+    return ", ".join(shown) + more
+
+
 def _common_dir(sources: list[str]) -> str | None:
     """The directory all ``sources`` lie in (None for fewer than two, or when only the root is shared)."""
     if len(sources) < 2:
@@ -146,8 +161,8 @@ def predict_cmd(
     Exit status: 0 when at least one input was read and classified (an image without a face is a result, not a failure); 1 when every input failed, or the model or face detector cannot be loaded; 2 for bad options.
     """
     from fer_edge.errors import FerEdgeError
-    from fer_edge.predict import (annotation_dest, collect_inputs, drop_duplicates, load, split_annotated_copies,
-                                  write_annotated)
+    from fer_edge.predict import (annotation_dest, collect_inputs, drop_duplicates, load,
+                                  skipped_summary, split_annotated_copies, write_annotated)
     from fer_edge.utils import check_writable_dir
 
     if margin is not None and not detect_faces:
@@ -159,11 +174,17 @@ def predict_cmd(
     if annotate is not None:
         check_writable_dir(annotate, "--annotate", FerEdgeError)  # before any work
 
-    items, duplicates = drop_duplicates(collect_inputs(inputs))
+    skipped = []
+    items, duplicates = drop_duplicates(collect_inputs(inputs, skipped=skipped))
+    if skipped:
+        n = len(skipped)
+        _note(f"note: {n} file{'s' if n != 1 else ''} in the folders skipped, not classified: "
+              f"{skipped_summary(skipped)}")
     if duplicates:
         n = len(duplicates)
-        _note(f"note: {n} duplicate input{'s' if n != 1 else ''} dropped (the same file named more than once, or "
-              f"also found in a folder argument; each is classified once): {_listing(duplicates)}")
+        _note(f"note: {n} duplicate input{'s' if n != 1 else ''} dropped (the same file named more than once, "
+              f"also found in a folder argument, or reached through a symbolic link; each is classified once): "
+              f"{_duplicates(duplicates, items)}")
     if annotate is not None:
         with _no_bomb_warnings():
             items, copies = split_annotated_copies(items, annotate)
