@@ -487,29 +487,46 @@ class Skipped:
 def _find_images(root: Path, skipped: list[Skipped] | None = None) -> tuple[list[Path], list[OSError], list[Path]]:
     """Image files under ``root`` (recursively, sorted, by suffix, no hidden files), the folders that could not be
     listed (as their errors) and the image names that are symbolic links to nothing (or to themselves), so that
-    nothing is skipped silently; the other files left out are added to ``skipped``. Linked folders are followed,
-    each real folder walked once (a link back to a folder above would otherwise loop)."""
+    nothing is skipped silently; the other files left out are added to ``skipped``.
+
+    Linked folders are followed, each real folder walked once (a link back to a folder above would otherwise loop),
+    and under its name without symbolic links where it has one: the folders reached without following a link are
+    walked first, then the linked ones not among them, in sorted order (so the name a file is listed under, and
+    the path of its ``--annotate`` copy, never depends on the order the file system lists a folder in)."""
     files: list[Path] = []
     broken: list[Path] = []
     unreadable: list[OSError] = []
     left: list[Skipped] = []
-    seen = {os.path.realpath(root)}
-    for dirpath, dirs, names in os.walk(root, onerror=unreadable.append, followlinks=True):
-        d = Path(dirpath)
-        for name in list(dirs):  # a folder reached twice (links, a loop) is walked the first time only
-            real = os.path.realpath(d / name)
+    seen: set[str] = set()
+    starts = [Path(root)]  # walked without following links; the linked folders met are walked after
+    while starts:
+        links: list[Path] = []
+        for start in starts:
+            real = os.path.realpath(start)
             if real in seen:
-                dirs.remove(name)
-            seen.add(real)
-        for n in names:
-            if n.startswith(".") or Path(n).suffix.lower() not in IMAGE_SUFFIXES:
-                left.append(Skipped(d / n, "hidden" if n.startswith(".") else "suffix"))
                 continue
-            f = d / n
-            if f.is_file():
-                files.append(f)
-            elif f.is_symlink() and not f.exists():  # is_file() is False for a dangling link too
-                broken.append(f)
+            seen.add(real)
+            for dirpath, dirs, names in os.walk(start, onerror=unreadable.append):
+                d = Path(dirpath)
+                for name in sorted(dirs):
+                    sub = d / name
+                    if os.path.islink(sub):  # (os.walk lists it, but does not go in without followlinks)
+                        links.append(sub)
+                        dirs.remove(name)
+                    elif os.path.realpath(sub) in seen:  # (a bind mount of a folder walked already)
+                        dirs.remove(name)
+                    else:
+                        seen.add(os.path.realpath(sub))
+                for n in names:
+                    if n.startswith(".") or Path(n).suffix.lower() not in IMAGE_SUFFIXES:
+                        left.append(Skipped(d / n, "hidden" if n.startswith(".") else "suffix"))
+                        continue
+                    f = d / n
+                    if f.is_file():
+                        files.append(f)
+                    elif f.is_symlink() and not f.exists():  # is_file() is False for a dangling link too
+                        broken.append(f)
+        starts = sorted(links)
     if skipped is not None:
         skipped += sorted(left, key=lambda k: k.path)
     return sorted(files), unreadable, sorted(broken)
@@ -543,16 +560,23 @@ def collect_inputs(args: Iterable[str | os.PathLike], skipped: list[Skipped] | N
     A missing path, a directory without images, a folder that cannot be read, or an image name in one that is a
     symbolic link to nothing becomes an item carrying an error, so the other inputs still run. The files a folder
     holds that are not scanned (no image suffix, hidden) are added to ``skipped`` (:class:`Skipped`), so a caller
-    can say so.
+    can say so: each file once, under its first name, however many folder arguments hold it.
     """
     items: list[InputItem] = []
+    # a file skipped is counted once, as an input is classified once: a folder and its sub-folder both given, or a
+    # folder and a link to it, list the same files (by resolved path, the key of :func:`drop_duplicates`)
+    skipped_keys = {os.path.realpath(k.path) for k in skipped} if skipped is not None else set()
     for a in args:
         p = Path(a)
         if p.is_dir():
             left: list[Skipped] = []
             files, unreadable, broken = _find_images(p, left)
             if skipped is not None:
-                skipped += left
+                for k in left:
+                    key = os.path.realpath(k.path)
+                    if key not in skipped_keys:
+                        skipped_keys.add(key)
+                        skipped.append(k)
             if not files and not unreadable and not broken:
                 other = f"; {len(left)} other file{'s' if len(left) != 1 else ''} skipped: " \
                         f"{skipped_summary(left)}" if left else ""
