@@ -17,7 +17,9 @@ Data forms (the ``data`` argument):
 Split names: an existing split name is always used as given; otherwise :data:`SPLIT_ALIASES`
 maps it (exactly, no fuzzy matching), so ``train``/``val``/``test`` and
 ``Training``/``PublicTest``/``PrivateTest`` work with both forms (a CSV's ``val`` is its
-``PublicTest``; a folder ``PublicTest/`` answers to ``val`` and a folder ``val/`` to ``PublicTest``).
+``PublicTest``; a folder ``PublicTest/`` answers to ``val`` and a folder ``val/`` to ``PublicTest``). A folder's
+``test/`` answers to ``PrivateTest`` only: ``PublicTest`` asked of a folder with ``train/`` and ``test/`` is an
+error saying what ``test/`` is (in the Kaggle image release, PublicTest and PrivateTest together).
 The default splits (:func:`default_train_split`, :func:`default_val_split`) try the names of
 :data:`DEFAULT_SPLITS` in order, each first exactly and then ignoring case, and return the
 split's actual name (``Training``, ``Val``...), which :func:`load_split` accepts as given.
@@ -61,7 +63,9 @@ log = logging.getLogger("fer_edge.data")
 #: How a split name that is not present is mapped, per data form; targets are tried in order.
 SPLIT_ALIASES: dict[str, dict[str, tuple[str, ...]]] = {
     "csv": {"train": ("Training",), "val": ("PublicTest",), "test": ("PrivateTest",)},
-    "folder": {"Training": ("train",), "PublicTest": ("val", "test"), "PrivateTest": ("test",),
+    # PublicTest is never a folder's test/ (in Kaggle's image release, test/ holds PublicTest and PrivateTest
+    # together): asked of a folder without val/, the error says what its test split is (:func:`_test_hint`)
+    "folder": {"Training": ("train",), "PublicTest": ("val",), "PrivateTest": ("test",),
                "train": ("Training",), "val": ("PublicTest",), "test": ("PrivateTest",)},
 }
 #: Names the default splits are looked for under, per data form, in order of preference; each is
@@ -147,23 +151,33 @@ def _source(data) -> _Source:
             f"or an image folder <root>/<split>/<class>/*.jpg)"
         )
     if p.is_dir():
-        for name in CSV_NAMES:
-            if (p / name).is_file():
-                return _Source("csv", p / name)
-        for name in CSV_NAMES:  # FER2013.csv, Fer2013.CSV.gz... (on a case-sensitive file system)
-            same = [f for f in _csv_files(p) if f.lower() == name]
-            if len(same) > 1:
-                raise DataError(f"{p}: more than one FER2013 CSV (names differing only in case): {', '.join(same)}; "
-                                f"pass the file itself (e.g. {p / same[0]})")
-            if same:
-                return _Source("csv", p / same[0])
-        return _Source("folder", p)
+        csv = folder_csv(p)
+        return _Source("csv", csv) if csv is not None else _Source("folder", p)
     if not p.is_file():
         raise DataError(f"{p}: not a regular file or folder (expected a FER2013 CSV or an image folder)")
     if p.suffix.lower() in _SINGLE_IMAGE_SUFFIXES:
         raise DataError(f"{p}: a single image, where a data set is expected: a FER2013 CSV (fer2013.csv[.gz]) or "
                         "an image folder <root>/<split>/<class>/*.jpg (to classify single images: fer-edge predict)")
     return _Source("csv", p)
+
+
+def folder_csv(folder: str | Path) -> Path | None:
+    """The FER2013 CSV a folder is read as: its ``fer2013.csv`` or ``fer2013.csv.gz`` (:data:`CSV_NAMES`, in that
+    order), else the same name in another case (``FER2013.csv``, on a case-sensitive file system); None when it holds
+    none (it is read as image folders). :class:`DataError` for two names differing only in case. Everything that
+    must know whether a folder is read as a CSV asks this (the loader, ``distill_round``'s check of ``--work``)."""
+    p = Path(folder)
+    for name in CSV_NAMES:
+        if (p / name).is_file():
+            return p / name
+    for name in CSV_NAMES:  # FER2013.csv, Fer2013.CSV.gz... (on a case-sensitive file system)
+        same = [f for f in _csv_files(p) if f.lower() == name]
+        if len(same) > 1:
+            raise DataError(f"{p}: more than one FER2013 CSV (names differing only in case): {', '.join(same)}; "
+                            f"pass the file itself (e.g. {p / same[0]})")
+        if same:
+            return p / same[0]
+    return None
 
 
 def _csv_files(folder: Path) -> list[str]:
@@ -228,7 +242,21 @@ def _resolve_folder_split(src: _Source, split: str) -> str:
             return target
     available = [d for d in _order(dirs) if _folder.has_images(src.path / d)]
     raise _not_found(split, src.path, available, "folder",
-                     _folder_hint(src.path, dirs) + _csv_hint(src.path, available))
+                     _test_hint(src, split, available) + _folder_hint(src.path, dirs) + _csv_hint(src.path, available))
+
+
+def _test_hint(src: _Source, split: str, available: list[str]) -> str:
+    """For a validation split asked for by name (``PublicTest``, ``val``, any case) in a folder without one: what its
+    test split (``test``, ``PrivateTest``) is, and why it is not taken instead; "" otherwise."""
+    tests = [a for a in available if a.lower() in {t.lower() for t in TEST_SPLITS["folder"]}]
+    if split.lower() not in ("publictest", "val") or not tests:
+        return ""
+    test = tests[0]
+    kaggle = (" (in the Kaggle image release, test/ holds the PublicTest and PrivateTest images together)"
+              if test.lower() == "test" else "")
+    return (f"; {test!r} is a test split, not taken for {split!r}{kaggle}: name {test!r} itself to measure on it; "
+            f"to select on a validation split (the best epoch, a soup), which leaves the test split an unbiased "
+            f"figure, hold one out from the training images ({src.path / 'val'}/<class>/)")
 
 
 def _resolve_csv_split(src: _Source, split: str, available: list[str]) -> str:

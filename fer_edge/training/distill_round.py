@@ -778,10 +778,14 @@ def _inside_data(path: str | Path, data: str | Path) -> bool:
     data and trained a probe (the loader met the probe folder the round had made there); one beside the splits
     (``DATA/round``) was not refused at all, and the run folders became a split of the data set.
     """
-    from fer_edge.data.loading import CSV_NAMES
+    from fer_edge.data.loading import folder_csv
+    from fer_edge.errors import DataError
 
     root = Path(data).expanduser()
-    if not root.is_dir() or any((root / name).is_file() for name in CSV_NAMES):
+    try:  # the loader's own test (FER2013.csv in any case): such a folder is read as the CSV, not as image folders
+        if not root.is_dir() or folder_csv(root) is not None:
+            return False
+    except DataError:  # two CSVs differing only in case: the data is refused when loaded, saying so
         return False
     try:
         root, p = root.resolve(), _resolved(path)
