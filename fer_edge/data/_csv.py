@@ -225,13 +225,17 @@ def _parse_header(line: bytes, path: Path) -> tuple[list[str], dict[str, int]]:
     return cols, index
 
 
-def read_csv(path: str | Path, progress=None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def read_csv(path: str | Path, progress=None, notes: dict[str, str] | None = None
+             ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Every split of a FER2013 CSV: ``{Usage: (uint8 N x 48 x 48, int64 N)}`` in file order.
 
     Usage values are stripped of surrounding whitespace; values that differ only in case (``training`` beside
-    ``Training``) are one split, named by the Kaggle spelling when it is one of :data:`KAGGLE_USAGES`, else by the
-    spelling met first, with a warning naming the spellings merged (a file that spells a split one way only keeps
-    that spelling: the default splits match it in any case).
+    ``Training``) are one split, and a value that is one of :data:`KAGGLE_USAGES` in another case is that split,
+    under the Kaggle spelling (``training``, even alone, is ``Training``, so the aliases ``train``/``val``/``test``
+    and the default splits find it as in Kaggle's file); other values differing only in case are one split under
+    the spelling met first. Each such split gets a note naming its spellings, their rows and the line each is first
+    met on (:data:`CASE_NOTE` says what they are): put in ``notes`` (``{split: note}``) when given, so that a caller
+    caching the splits can repeat it on each load; logged as a warning otherwise.
     ``progress(done_bytes, total_bytes)`` is called as the file is read, if given.
     """
     path = Path(path)
@@ -329,30 +333,37 @@ def read_csv(path: str | Path, progress=None) -> dict[str, tuple[np.ndarray, np.
     labels_all = np.concatenate(label_parts)
     codes_all = np.concatenate(code_parts)
     out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    for name, codes in _merge_case(path, names, first_line, np.bincount(codes_all, minlength=len(names))).items():
+    found: dict[str, str] = {}
+    for name, codes in _merge_case(names, first_line, np.bincount(codes_all, minlength=len(names)), found).items():
         sel = np.isin(codes_all, codes) if len(codes) > 1 else codes_all == codes[0]
         out[name] = (np.ascontiguousarray(images[sel]), np.ascontiguousarray(labels_all[sel]))
+    if notes is not None:
+        notes.update(found)
+    elif found:
+        logging.getLogger("fer_edge.data").warning("%s: %s: %s", path, CASE_NOTE, "; ".join(found.values()))
     return out
 
 
-def _merge_case(path: Path, names: list[str], first_line: list[int], rows) -> dict[str, list[int]]:
+#: What a note of :func:`read_csv` is about (the note itself: ``'training' (3 rows from line 2) as 'Training'``).
+CASE_NOTE = "Usage values differing only in case are read as one split, under the Kaggle spelling where there is one"
+
+
+def _merge_case(names: list[str], first_line: list[int], rows, notes: dict[str, str]) -> dict[str, list[int]]:
     """``{split name: [codes of its Usage spellings]}``, in the order the splits are first met: the spellings that
-    differ only in case are one split (see :func:`read_csv`), with a warning naming them, their rows and the line
-    each first appears on."""
+    differ only in case are one split, under the Kaggle spelling where the value is one in another case (see
+    :func:`read_csv`); ``notes`` gets ``{split: note}`` for each split read under a name other than its rows' own
+    (several spellings, or a Kaggle name in another case), naming the spellings, their rows and the line each is
+    first met on."""
     groups: dict[str, list[int]] = {}
     for k, name in enumerate(names):
         groups.setdefault(name.lower(), []).append(k)
     out: dict[str, list[int]] = {}
-    merged = []
     for fold, codes in groups.items():
         canonical = next((u for u in KAGGLE_USAGES if u.lower() == fold), None)
-        name = canonical if canonical is not None and len(codes) > 1 else names[codes[0]]
+        name = canonical if canonical is not None else names[codes[0]]
         out[name] = codes
-        if len(codes) > 1:
+        if len(codes) > 1 or names[codes[0]] != name:
             spellings = ", ".join(f"{names[k]!r} ({int(rows[k])} row{'s' if rows[k] != 1 else ''} from line "
                                   f"{first_line[k]})" for k in codes)
-            merged.append(f"{spellings} as {name!r}")
-    if merged:
-        logging.getLogger("fer_edge.data").warning(
-            "%s: Usage values differing only in case are read as one split: %s", path, "; ".join(merged))
+            notes[name] = f"{spellings} as {name!r}"
     return out

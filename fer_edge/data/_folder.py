@@ -16,7 +16,9 @@ cached copy of the split never hides nested images; once they are moved up, the 
 file list (and so the cache key and fingerprint) includes them like any other image.
 
 Images are decoded with Pillow in a thread pool; anything that is not 8-bit grayscale
-48x48 goes through :func:`fer_edge.preprocess.to_gray48` and is counted.
+48x48 goes through :func:`fer_edge.preprocess.to_gray48` and is counted, and so does a 48x48 grayscale image
+with a transparent gray level (a PNG's ``tRNS``; not counted), so that it gets the pixels ``fer-edge predict``
+classifies: transparent pixels composited onto white.
 """
 from __future__ import annotations
 
@@ -284,7 +286,7 @@ def decode_one(path: str) -> tuple[np.ndarray, int]:
         flags |= RESIZED
     if im.mode != "L":
         flags |= NOT_GRAY
-    if not flags:
+    if not flags and "transparency" not in im.info:  # (a transparent gray level is composited onto white below)
         return np.asarray(im, dtype=np.uint8), 0
     try:
         return to_gray48(im), flags

@@ -5,7 +5,8 @@ Data forms (the ``data`` argument):
 * a CSV file (``fer2013.csv`` or ``fer2013.csv.gz``, gzip detected by content): columns
   found by header name ``emotion,pixels,Usage`` (case-insensitive, extra columns
   ignored); the splits are the ``Usage`` values (``Training``, ``PublicTest``,
-  ``PrivateTest``; values differing only in case are one split: :func:`fer_edge.data._csv.read_csv`);
+  ``PrivateTest``; values differing only in case are one split, a Kaggle name in another case is that split:
+  :func:`fer_edge.data._csv.read_csv`; a note says so on each load of such a split);
 * a folder holding ``fer2013.csv`` or ``fer2013.csv.gz`` (in any case, ``FER2013.csv``): read as that CSV;
 * any other folder: image folders ``<root>/<split>/<class>/*.{jpg,jpeg,png,bmp}``, the
   splits are the sub-folder names (``train``, ``val``, ``test``), class folders match
@@ -82,10 +83,12 @@ DEFAULT_SPLITS: dict[str, dict[str, tuple[str, ...]]] = {
 TEST_SPLITS: dict[str, tuple[str, ...]] = {"csv": (), "folder": ("test", "PrivateTest")}
 #: Files that make a folder count as a CSV data set, in order of preference (then the same names in any case).
 CSV_NAMES = ("fer2013.csv", "fer2013.csv.gz")
-CACHE_VERSION = 3  # 2: a CSV row with a non-empty field past the header's columns is refused
+CACHE_VERSION = 4  # 2: a CSV row with a non-empty field past the header's columns is refused
 # (not raised for the splits' ``unordered_sha256``: load_split computes it for an entry written without it);
 # 3: a CSV's Usage values differing only in case are one split (an entry of 2 kept ``training`` rows out of
-# ``Training``)
+# ``Training``); 4: a Usage value that is a Kaggle name in another case is that split (``training`` alone was a
+# split of its own), a split's case note is kept in its info (said on each load), and a 48x48 grayscale image with
+# a transparent gray level is composited onto white (an entry of 3 holds its raw pixels)
 #: Show a progress bar when decoding at least this many image files (or a CSV this large).
 PROGRESS_MIN_FILES = 1000
 PROGRESS_MIN_BYTES = 16 << 20
@@ -491,9 +494,12 @@ def _csv_identity(src: _Source) -> tuple[str, str, os.stat_result]:
 
 def _csv_decode(src: _Source, progress: bool) -> tuple[dict, dict]:
     big = src.path.stat().st_size >= PROGRESS_MIN_BYTES
+    notes: dict[str, str] = {}
     with _progress_bar(progress and big, f"Reading {src.path.name}", unit="bytes") as update:
-        splits = _csv.read_csv(src.path, progress=update)
-    metas = {name: _split_meta(i, im, lab) for i, (name, (im, lab)) in enumerate(splits.items())}
+        splits = _csv.read_csv(src.path, progress=update, notes=notes)
+    # a split's note (Usage values read under another spelling) is kept with it, and said on each load of it
+    metas = {name: _split_meta(i, im, lab, **({"case_note": notes[name]} if name in notes else {}))
+             for i, (name, (im, lab)) in enumerate(splits.items())}
     return splits, metas
 
 
@@ -830,6 +836,8 @@ def load_split(data: str | Path, split: str, *, cache: bool = True, progress: bo
         split, (images, labels), info = _csv_load(src, split, cache, progress)
         converted = 0
         size, mtime = st.st_size, st.st_mtime
+        if info.get("case_note"):  # on each load, cached or not, as a folder's conversion count below
+            log.warning("%s: %s: %s", src.path, _csv.CASE_NOTE, info["case_note"])
     else:
         split = _resolve_folder_split(src, split)
         (images, labels), info, size, mtime = _folder_load(src, split, cache, progress)
