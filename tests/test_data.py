@@ -183,7 +183,7 @@ def test_files_not_read_are_counted_in_one_warning(tmp_path, own_cache, caplog):
 
 def test_alias_table_is_explicit():
     assert SPLIT_ALIASES["csv"] == {"train": ("Training",), "val": ("PublicTest",), "test": ("PrivateTest",)}
-    assert SPLIT_ALIASES["folder"] == {"Training": ("train",), "PublicTest": ("val", "test"), "PrivateTest": ("test",),
+    assert SPLIT_ALIASES["folder"] == {"Training": ("train",), "PublicTest": ("val",), "PrivateTest": ("test",),
                                        "train": ("Training",), "val": ("PublicTest",), "test": ("PrivateTest",)}
 
 
@@ -202,9 +202,11 @@ def test_aliases_work_for_both_forms(small_csv, small_folder, own_cache):
             load_split(small_csv, bad)
 
 
-def test_folder_without_val_maps_publictest_to_test(tmp_path, own_cache, small_arrays):
+def test_folder_without_val_does_not_map_publictest_to_test(tmp_path, own_cache, small_arrays):
     root = write_folder(tmp_path / "d", {"train": small_arrays["Training"], "test": small_arrays["PublicTest"]})
-    assert load_split(root, "PublicTest").split == "test"
+    # the Kaggle image release's test/ is PublicTest and PrivateTest together: never taken for PublicTest
+    with pytest.raises(DataError, match=r"'test' is a test split, not taken for 'PublicTest'"):
+        load_split(root, "PublicTest")
     assert load_split(root, "PrivateTest").split == "test"
     assert list_splits(root) == ["train", "test"]
     # never the default validation split (selecting on it spends the test split), except for eval (test_ok)

@@ -127,15 +127,16 @@ def test_csv_usage_values_differing_only_in_case_are_one_split(tmp_path, own_cac
     csv = tmp_path / "mixed.csv"
     csv.write_text(_csv_rows([("Training", rest), ("training", one), ("PUBLICTEST", pt)]))
     with caplog.at_level(logging.WARNING, logger="fer_edge.data"):
-        assert list_splits(csv) == ["Training", "PUBLICTEST"]  # one spelling alone: kept as it is
+        assert list_splits(csv) == ["Training", "PublicTest"]  # a Kaggle name in another case: that split
     s = load_split(csv, "Training")
     assert len(s) == len(tr[1])
     np.testing.assert_array_equal(s.images.numpy(), np.concatenate([rest[0], one[0]]))  # file order kept
-    assert default_train_split(csv) == "Training" and default_val_split(csv) == "PUBLICTEST"
+    assert default_train_split(csv) == "Training" and default_val_split(csv) == "PublicTest"
+    assert len(load_split(csv, "val")) == len(pt[1])
     msg = " ".join(r.getMessage() for r in caplog.records)
     assert "Usage values differing only in case are read as one split" in msg, msg
     assert f"'training' (1 row from line {len(rest[1]) + 2})" in msg and "as 'Training'" in msg, msg
-    # a name that is no Kaggle usage merges onto the spelling met first; one spelling alone is kept as it is
+    # a name that is no Kaggle usage merges onto the spelling met first (one spelling alone is kept as it is)
     other = tmp_path / "folds.csv"
     other.write_text(_csv_rows([("fold1", rest), ("FOLD1", one), ("training", pt), ("TRAINING", pt)]))
     assert sorted(list_splits(other)) == ["Training", "fold1"]
