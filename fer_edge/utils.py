@@ -222,6 +222,31 @@ def _unwritable(q: Path) -> str | None:
     return None
 
 
+def path_inside(path: str | os.PathLike, root: str | os.PathLike) -> bool:
+    """Whether ``path`` is ``root`` or lies inside it, once both are resolved (symbolic links, ``..``); neither
+    need exist."""
+    try:
+        Path(path).resolve().relative_to(Path(root).resolve())
+        return True
+    except ValueError:
+        return False
+
+
+def check_not_in_data(out: str | os.PathLike, sources, error: type[Exception], consequence: str,
+                      option: str = "--out") -> None:
+    """Refuse, before any work, an output path ``out`` that is, or lies inside, an image-folder data set the command
+    reads (``sources``: ``(how it was given, path)`` pairs; a CSV is a file, which nothing can lie in): what the
+    command writes there would become part of that data set, read by every later command on it (the command's
+    own rerun included) as images, classes or splits. ``consequence`` says what that would do, in the message."""
+    for given, data in sources:
+        if data is None or not Path(data).is_dir():
+            continue
+        if path_inside(out, data):
+            where = "is" if Path(out).resolve() == Path(data).resolve() else "lies inside"
+            raise error(f"{option} {out} {where} {data}, the image-folder data set {given}: {consequence}; pick an "
+                        f"{option} outside it")
+
+
 def check_writable_dir(path: str | os.PathLike, option: str, error: type[Exception],
                        advice: str | None = None) -> Path:
     """Refuse, before any work, a folder to write into that is an existing file, lies under one, or sits in a

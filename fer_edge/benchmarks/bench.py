@@ -63,11 +63,15 @@ from fer_edge.benchmarks.artifacts import (
 from fer_edge.benchmarks.report import BenchReport, artifact_tags, check_out_dir, model_labels, row_label
 from fer_edge.errors import ArtifactError, CheckpointError, FerEdgeError
 from fer_edge.preprocess import Normalization
+from fer_edge.utils import check_not_in_data
 
 DEFAULT_BATCHES = (1, 32)
 DEFAULT_SECONDS = 2.0
 DEFAULT_WARMUP = 10
 DEFAULT_ROUNDS = 5
+#: What a bench's ``--out`` inside its image-folder ``--data`` would do (:func:`fer_edge.utils.check_not_in_data`).
+BENCH_IN_DATA = ("the report's files would become part of that data set: in a class folder every later command on "
+                 "it (this bench again among them) would read its latency_vs_accuracy.png as a face of that class")
 #: Devices some runtimes list that are not local hardware: never benchmarked by default.
 REMOTE_DEVICES = frozenset({"AzureExecutionProvider"})
 
@@ -627,6 +631,7 @@ def _run_bench(
         check_devices(devices, runtimes)
     if out_dir is not None:
         check_out_dir(out_dir)  # before any work: a bad --out must not cost a whole bench
+        check_not_in_data(out_dir, [("given as --data", data)], FerEdgeError, BENCH_IN_DATA)
 
     env = describe_environment()
     arts = collect_artifacts(list(artifacts)) if artifacts else default_artifacts(notes, data)

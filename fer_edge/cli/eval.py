@@ -22,7 +22,7 @@ def eval_cmd(
     split: Optional[str] = typer.Option(None, parser=split_value, metavar="SPLIT", help="Split (default PublicTest / val or test)."),
     tta: bool = typer.Option(False, "--tta", help="Average with the horizontally flipped image."),
     device: Device = typer.Option(Device.auto, help="Torch device (auto: cuda, else mps, else cpu)."),
-    out: Optional[Path] = typer.Option(None, parser=path_value, metavar="PATH", help="Where to write confusion_<model>_<data>-<sha8>_<split>[_tta].png (<model>: the checkpoint file's stem and the start of its SHA-256, or ensemble<N>-<sha8>; <data>: the data file's name without .csv/.gz, or the image folder's name; <sha8>: the start of the split's fingerprint; default: the checkpoint's folder; ./fer-edge-eval for shipped weights and ensembles)."),
+    out: Optional[Path] = typer.Option(None, parser=path_value, metavar="PATH", help="Where to write confusion_<model>_<data>-<sha8>_<split>[_tta].png (<model>: the checkpoint file's stem and the start of its SHA-256, or ensemble<N>-<sha8>; <data>: the data file's name without .csv/.gz, or the image folder's name; <sha8>: the start of the split's fingerprint; default: the checkpoint's folder; ./fer-edge-eval for shipped weights and ensembles, or when that folder cannot be written or lies in an image-folder --data; never inside an image-folder --data)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of tables."),
 ) -> None:
     """Accuracy, macro-F1, per-class report and confusion matrix of a checkpoint on a labelled split."""
@@ -30,7 +30,7 @@ def eval_cmd(
 
     names = list(checkpoint or [None])
     if out is None:
-        from fer_edge.utils import _unwritable
+        from fer_edge.utils import _unwritable, path_inside
 
         parent = resolve_checkpoint(names[0]).resolve().parent
         out = Path("fer-edge-eval") if parent == WEIGHTS_DIR or len(names) > 1 else parent
@@ -38,6 +38,11 @@ def eval_cmd(
             out = Path("fer-edge-eval")
             typer.echo(f"note: the checkpoint's folder {parent} cannot be written ({why}): the confusion matrix "
                        f"goes to {out}/ (--out chooses)", err=True)
+        elif out == parent and data.is_dir() and path_inside(parent, data):  # the plot would join the data set
+            out = Path("fer-edge-eval")
+            typer.echo(f"note: the checkpoint's folder {parent} lies in the image-folder data set {data}, where the "
+                       f"confusion matrix would be read as one of its images: it goes to {out}/ (--out chooses)",
+                       err=True)
 
     from fer_edge.utils import sigterm_as_interrupt
 

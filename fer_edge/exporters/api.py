@@ -33,7 +33,7 @@ from fer_edge.exporters.metadata import build_metadata
 from fer_edge.exporters.registry import get_exporter
 from fer_edge.metrics import check_scorable, to_model_order
 from fer_edge.targets import TARGETS, Precision, Target
-from fer_edge.utils import interrupts_deferred, sigterm_as_interrupt
+from fer_edge.utils import interrupts_deferred, path_inside, sigterm_as_interrupt
 
 #: Longest failure reason kept (converter errors can be pages long).
 MAX_REASON = 600
@@ -329,14 +329,6 @@ def _remove_if_empty(created: list[Path]) -> None:
             return
 
 
-def _inside(path: Path, root: Path) -> bool:
-    try:
-        path.resolve().relative_to(root.resolve())
-        return True
-    except ValueError:
-        return False
-
-
 def _previous_manifest(out: Path, source_sha: str, ckpt_path: Path, replace_other: bool) -> tuple[dict | None, bool]:
     """The manifest already in ``out`` when it is of the same checkpoint (its entries may be kept), and whether
     what is there must be cleared first (``replace_other`` only).
@@ -406,17 +398,12 @@ def check_not_in_data(out: Path, sources) -> None:
     """Refuse an ``--out`` that is, or lies inside, an image-folder data set this export reads (``sources``:
     ``(how it was given, path)`` pairs; a CSV is a file, which ``--out`` cannot lie in): its folders would be read
     as splits or classes by every later command on that data set (``unknown class folder 'exports'``), the
-    export's own ``next:`` command and a rerun of it included."""
-    for given, data in sources:
-        if data is None or not Path(data).is_dir():
-            continue
-        if _inside(out, Path(data)):
-            where = "is" if Path(out).resolve() == Path(data).resolve() else "lies inside"
-            raise ExportError(
-                f"--out {out} {where} {data}, the image-folder data set {given}: the export's folders would be "
-                "read as splits or classes of that data set, which every later command on it (this export again "
-                "among them) would then refuse; pick an --out outside it"
-            )
+    export's own ``next:`` command and a rerun of it included (:func:`fer_edge.utils.check_not_in_data`)."""
+    from fer_edge.utils import check_not_in_data as refuse_in_data
+
+    refuse_in_data(out, sources, ExportError,
+                   "the export's folders would be read as splits or classes of that data set, which every later "
+                   "command on it (this export again among them) would then refuse")
 
 
 def _listed_files(out: Path) -> set[str]:
@@ -499,7 +486,7 @@ def _clear_previous(out: Path) -> str:
             if not (f.exists() or f.is_symlink()):
                 continue
             ours = (Path(name).name == name and not name.startswith(".") and name.lower().endswith(suffixes)
-                    and f != mpath and (f.is_symlink() or _inside(f, out)))
+                    and f != mpath and (f.is_symlink() or path_inside(f, out)))
             if not ours:
                 left.append(name)
                 continue
@@ -1039,7 +1026,7 @@ def _remove_superseded(earlier: list[dict], new: list[dict], out: Path, warn) ->
             continue
         for name in gone:
             f = out / name
-            if _inside(f, out):
+            if path_inside(f, out):
                 if f.is_dir() and not f.is_symlink():
                     shutil.rmtree(f, ignore_errors=True)
                 else:

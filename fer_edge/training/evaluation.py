@@ -78,6 +78,11 @@ def confusion_png_name(data: str | Path, split: str, tta: bool, sha256: str = ""
     return f"confusion_{who}{data_stem(data)}{tag}_{split_name}{part}{'_tta' if tta else ''}.png"
 
 
+#: What an eval's ``--out`` inside its image-folder ``--data`` would do (:func:`fer_edge.utils.check_not_in_data`).
+EVAL_IN_DATA = ("its confusion matrix (a .png) would become part of that data set: in a class folder every later "
+                "command on it (this eval again among them) would read it as a face of that class")
+
+
 def evaluate(checkpoint: str | Path | None | Sequence[str | Path], data: str | Path, split: str | None = None,
              tta: bool = False, device: str = "auto", out_dir: str | Path | None = None, limit: int | None = None,
              progress: bool = True, on_warning: Callable[[str], None] | None = None) -> EvalResult:
@@ -90,7 +95,8 @@ def evaluate(checkpoint: str | Path | None | Sequence[str | Path], data: str | P
 
     With ``out_dir`` the confusion matrix is drawn there; a plot that cannot be drawn (matplotlib missing or
     broken, a full disk) is a warning (``on_warning``; default: ``warning: ...`` on stderr) and ``confusion_png``
-    None: the metrics are kept. A folder where the plot goes is refused before anything is evaluated.
+    None: the metrics are kept. A folder where the plot goes is refused before anything is evaluated, as is an
+    ``out_dir`` inside an image-folder ``data`` (the plot would be read as one of its images).
     """
     import torch
 
@@ -101,11 +107,12 @@ def evaluate(checkpoint: str | Path | None | Sequence[str | Path], data: str | P
     from fer_edge.plotting import draw_or_warn
     from fer_edge.training import plots
     from fer_edge.training.trainer import predict_logits, resolve_device
-    from fer_edge.utils import check_writable_dir
+    from fer_edge.utils import check_not_in_data, check_writable_dir
     from fer_edge.weights import resolve_checkpoint
 
     if out_dir is not None:
         check_writable_dir(out_dir, "--out", FerEdgeError)
+        check_not_in_data(out_dir, [("given as --data", data)], FerEdgeError, EVAL_IN_DATA)
     names = [checkpoint] if checkpoint is None or isinstance(checkpoint, (str, Path)) else list(checkpoint)
     if not names:
         raise CheckpointError("no checkpoint to evaluate")

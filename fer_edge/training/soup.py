@@ -135,6 +135,12 @@ def _plural(n: int, word: str) -> str:
     return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
+#: What a soup's ``--out`` inside its image-folder ``--data`` would do (:func:`fer_edge.utils.check_not_in_data`).
+SOUP_IN_DATA = ("the soup checkpoint would become part of that data set: in a class folder every later command on "
+                "it (this soup again among them) would warn of a file that is not an image, and a folder made for "
+                "it would be read as a split or class")
+
+
 def check_out(out: str | Path) -> Path:
     """Refuse, before any work, an ``--out`` that is a folder, lacks a checkpoint suffix, or exists."""
     from fer_edge.utils import check_writable_dir
@@ -247,6 +253,7 @@ def make_soup(checkpoints: list[str | Path], out: str | Path, data: str | Path, 
     from fer_edge.data import default_train_split, default_val_split, load_split
     from fer_edge.metrics import classification_metrics
     from fer_edge.training.trainer import data_fingerprint, predict_logits, same_images
+    from fer_edge.utils import check_not_in_data
     from fer_edge.weights import resolve_checkpoint
 
     if bn not in BN_MODES:
@@ -257,6 +264,7 @@ def make_soup(checkpoints: list[str | Path], out: str | Path, data: str | Path, 
         raise SoupOptionError(f"--split {split}: it names the split BatchNorm statistics are recomputed on, so it "
                               f"needs --bn recompute (the soup is evaluated on --val-split)")
     out = check_out(out)
+    check_not_in_data(out, [("given as --data", data)], TrainingError, SOUP_IN_DATA)
     paths = [resolve_checkpoint(c) for c in checkpoints]
     seen: dict[Path, str] = {}
     for spec, path in zip(checkpoints, paths):

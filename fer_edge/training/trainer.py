@@ -38,8 +38,8 @@ from fer_edge.training.teachers import (
     resolve_teacher_runtime,
     teacher_probs,
 )
-from fer_edge.utils import (check_output_file, check_writable_dir, interrupts_deferred, mark_reported,
-                            sigterm_as_interrupt, write_json_atomic, write_text_atomic)
+from fer_edge.utils import (check_not_in_data, check_output_file, check_writable_dir, interrupts_deferred,
+                            mark_reported, sigterm_as_interrupt, write_json_atomic, write_text_atomic)
 
 OPTIMIZERS = ("adamw", "adam", "sgd")
 SCHEDULERS = ("onecycle", "cosine", "step", "none")
@@ -385,6 +385,10 @@ MIN_TEMPERATURE, MAX_TEMPERATURE = 0.01, 100.0
 RUN_FILES = ("last.pt", "best.pt", "metrics.json", "history.csv")
 #: The lock file a run holds in its folder while a process writes it (:meth:`Trainer._lock_out`).
 LOCK_FILE = ".fer-edge-train.lock"
+#: What a run's ``--out`` inside its image-folder ``--data`` would do (:func:`fer_edge.utils.check_not_in_data`).
+TRAIN_IN_DATA = ("the run's files would become part of that data set: in a class folder every later command on it "
+                 "(this run's --resume among them) would read its curves.png and confusion_matrix.png as faces of "
+                 "that class, and elsewhere its folder as a split or class")
 
 _WANDB_MISSING = "--wandb needs the wandb package: pip install 'fer-edge[wandb]'"
 
@@ -751,6 +755,7 @@ class Trainer:
         if cfg.num_threads:
             torch.set_num_threads(cfg.num_threads)
         check_writable_dir(self.out, "--out", TrainingError)
+        check_not_in_data(self.out, [("given as --data", cfg.data)], TrainingError, TRAIN_IN_DATA)
         if cfg.wandb and self.dist.main:  # before the data is loaded, not after (the login is checked later)
             try:
                 import wandb  # noqa: F401

@@ -1,0 +1,114 @@
+"""QA pass 5 on reruns into the same output folder: outputs inside an image-folder data set, bench's lock and its
+note on a replaced report, a checkpoint that cannot be written (a full disk), a re-export killed after its new file
+replaced the old one, and a read-only --out."""
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from fer_edge.cli import app
+from fer_edge.errors import CheckpointError, FerEdgeError
+
+#: torch's own message when its zip writer hits a full disk (after "basic_ios::clear: iostream error")
+TORCH_FULL_DISK = "[enforce fail at inline_container.cc:672] . unexpected pos 498240 vs 498128"
+BENCH_FAST = dict(iters=2, warmup=0, rounds=1, batches=(1,), threads=1, n_images=14)
+
+
+def invoke(*args):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def _files(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*")}
+
+
+@pytest.fixture
+def other_checkpoint(tiny_checkpoint, tmp_path) -> Path:
+    """A second ingredient for a soup: the tiny checkpoint with its weights nudged (a copy is refused as such)."""
+    import torch
+
+    from fer_edge.checkpoint import load_checkpoint, save_checkpoint
+
+    raw = dict(load_checkpoint(tiny_checkpoint).raw)
+    raw["state_dict"] = {k: v + 0.01 if torch.is_floating_point(v) else v for k, v in raw["state_dict"].items()}
+    return save_checkpoint(tmp_path / "other.pt", raw)
+
+
+@pytest.fixture
+def gate_on_synthetic_data(monkeypatch):
+    """The parity gate runs on the 84 synthetic validation images (as tests/test_export.py lets it)."""
+    from fer_edge.exporters import calibration
+
+    monkeypatch.setattr(calibration, "MIN_VAL_SIZE", 64)
+
+
+@pytest.fixture
+def images(synthetic_folder, tmp_path) -> Path:
+    """A copy of the image-folder data set (a failing refusal must not write into the session's one)."""
+    return Path(shutil.copytree(synthetic_folder, tmp_path / "imgs"))
+
+
+# --- 1: outputs inside the image-folder data set a command reads ----------------------------------------------
+def test_eval_refuses_an_out_inside_its_image_folder_data(images, tiny_checkpoint):
+    before = _files(images)
+    res = invoke("eval", "--checkpoint", tiny_checkpoint, "--data", images, "--out", images / "val" / "happy")
+    assert res.exit_code == 1, res.output
+    msg = " ".join(res.output.split())
+    assert f"--out {images / 'val' / 'happy'} lies inside {images}, the image-folder data set given as --data" in msg
+    assert "pick an --out outside it" in msg
+    assert _files(images) == before  # no confusion matrix read as a 'happy' face by the next command
+
+
+def test_eval_of_a_checkpoint_kept_in_the_data_folder_puts_its_plot_elsewhere(images, tiny_checkpoint, tmp_path,
+                                                                              monkeypatch):
+    shutil.copy(tiny_checkpoint, images / "tiny.pt")
+    monkeypatch.chdir(tmp_path)
+    res = invoke("eval", "--checkpoint", images / "tiny.pt", "--data", images)
+    assert res.exit_code == 0, res.output
+    assert "lies in the image-folder data set" in " ".join(res.output.split())
+    assert not list(images.glob("confusion_*.png")) and list((tmp_path / "fer-edge-eval").glob("confusion_*.png"))
+
+
+def test_train_refuses_an_out_inside_its_image_folder_data(images):
+    before = _files(images)
+    res = invoke("train", "--data", images, "--model", "fer_nano", "--epochs", "1", "--max-steps-per-epoch", "1",
+                 "--out", images / "val" / "sad", "--no-progress")
+    assert res.exit_code == 1, res.output
+    assert "the image-folder data set given as --data" in " ".join(res.output.split())
+    assert _files(images) == before
+
+
+def test_bench_refuses_an_out_inside_its_image_folder_data(images, tiny_checkpoint):
+    from fer_edge.benchmarks.bench import run_bench
+
+    before = _files(images)
+    with pytest.raises(FerEdgeError, match="the image-folder data set given as --data"):
+        run_bench([tiny_checkpoint], data=images, out_dir=images / "val" / "fear", **BENCH_FAST)
+    assert _files(images) == before
+
+
+def test_soup_refuses_an_out_inside_its_image_folder_data(images, tiny_checkpoint, other_checkpoint):
+    other = other_checkpoint
+    before = _files(images)
+    res = invoke("soup", tiny_checkpoint, other, "--data", images, "--out", images / "val" / "soup.pt")
+    assert res.exit_code == 1, res.output
+    assert "the image-folder data set given as --data" in " ".join(res.output.split())
+    assert _files(images) == before
+
+
+def test_export_keeps_its_own_words_for_an_out_inside_the_data(images, tiny_checkpoint):
+    from fer_edge.errors import ExportError
+    from fer_edge.exporters.api import check_not_in_data
+
+    with pytest.raises(ExportError) as e:
+        check_not_in_data(images / "exports", [("given as --calib-data", images)])
+    assert str(e.value) == (
+        f"--out {images / 'exports'} lies inside {images}, the image-folder data set given as --calib-data: the "
+        "export's folders would be read as splits or classes of that data set, which every later command on it "
+        "(this export again among them) would then refuse; pick an --out outside it")
