@@ -112,3 +112,55 @@ def test_export_keeps_its_own_words_for_an_out_inside_the_data(images, tiny_chec
         f"--out {images / 'exports'} lies inside {images}, the image-folder data set given as --calib-data: the "
         "export's folders would be read as splits or classes of that data set, which every later command on it "
         "(this export again among them) would then refuse; pick an --out outside it")
+
+
+# --- 2: bench's lock on --out, and the note on a report it replaces ------------------------------------------
+def test_a_second_bench_into_the_same_out_is_refused(tiny_checkpoint, synthetic_csv, tmp_path):
+    from fer_edge.benchmarks.bench import run_bench
+    from fer_edge.utils import hold_lock, release_lock
+
+    LOCK_FILE = ".fer-edge-bench.lock"  # (bench.LOCK_FILE)
+    out = tmp_path / "b"
+    out.mkdir()
+    lock = hold_lock(out / LOCK_FILE)  # the bench running now
+    try:
+        with pytest.raises(FerEdgeError, match="another fer-edge bench is writing into it now"):
+            run_bench([tiny_checkpoint], data=synthetic_csv, out_dir=out, **BENCH_FAST)
+    finally:
+        release_lock(out / LOCK_FILE, lock)
+    assert list(out.iterdir()) == []
+
+
+def test_a_bench_rerun_notes_the_report_it_replaced(tiny_checkpoint, synthetic_csv, tmp_path):
+    from fer_edge.benchmarks.bench import run_bench
+
+    out = tmp_path / "new" / "b"
+    first = run_bench([tiny_checkpoint], data=synthetic_csv, out_dir=out, **BENCH_FAST)
+    assert not [n for n in first.notes if n.startswith("replaced")]
+    second = run_bench([tiny_checkpoint], data=synthetic_csv, out_dir=out, **BENCH_FAST)
+    (note,) = [n for n in second.notes if n.startswith("replaced")]
+    assert note.startswith(f"replaced the earlier report in {out}/ (report.json created {first.created_at}, "
+                           f"{len(first.rows)} row")
+    assert "report.csv" in note
+    assert note not in json.loads((out / "report.json").read_text())["notes"]  # the files are the measurement
+    assert sorted(p.name for p in out.iterdir()) == sorted(second.files)  # the lock file went with the bench
+
+
+def test_a_bench_that_stops_before_writing_removes_the_folder_it_made(tiny_checkpoint, synthetic_csv, tmp_path):
+    from fer_edge.benchmarks.bench import run_bench
+
+    out = tmp_path / "a" / "b"
+    with pytest.raises(FerEdgeError):
+        run_bench([tiny_checkpoint], data=synthetic_csv, split="nosuchsplit", out_dir=out, **BENCH_FAST)
+    assert not (tmp_path / "a").exists()
+
+
+def test_report_merge_notes_the_merged_files_it_replaced(tiny_checkpoint, synthetic_csv, tmp_path):
+    from fer_edge.benchmarks.bench import run_bench
+    from fer_edge.benchmarks.report import merge_reports
+
+    run_bench([tiny_checkpoint], data=synthetic_csv, out_dir=tmp_path / "b", **BENCH_FAST)
+    merge_reports([tmp_path / "b"], tmp_path / "m")
+    again = merge_reports([tmp_path / "b"], tmp_path / "m")
+    assert any(n.startswith(f"replaced the earlier merged report in {tmp_path / 'm'}/ (merged.json of 1 report")
+               for n in again.notes), again.notes

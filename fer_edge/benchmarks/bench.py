@@ -32,6 +32,7 @@ Method
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import gc
 import math
@@ -69,9 +70,43 @@ DEFAULT_BATCHES = (1, 32)
 DEFAULT_SECONDS = 2.0
 DEFAULT_WARMUP = 10
 DEFAULT_ROUNDS = 5
+#: The lock file a bench holds in its ``--out`` while it runs (:func:`holding_out`).
+LOCK_FILE = ".fer-edge-bench.lock"
 #: What a bench's ``--out`` inside its image-folder ``--data`` would do (:func:`fer_edge.utils.check_not_in_data`).
 BENCH_IN_DATA = ("the report's files would become part of that data set: in a class folder every later command on "
                  "it (this bench again among them) would read its latency_vs_accuracy.png as a face of that class")
+
+
+@contextlib.contextmanager
+def holding_out(out_dir: str | Path | None):
+    """Hold ``OUT/.fer-edge-bench.lock`` (:func:`fer_edge.utils.hold_lock`, made with the folder where need be)
+    while a bench runs: a second bench into the same ``--out`` is refused before any work, so two runs never both
+    claim the report there. The folders it made are removed again when nothing was written into them. Nothing is
+    held for ``None`` (no report written), nor on Windows (no ``fcntl``)."""
+    from fer_edge.utils import hold_lock, release_lock
+
+    if out_dir is None:
+        yield
+        return
+    out = Path(out_dir)
+    made = [q for q in (out, *out.parents) if not (q.exists() or q.is_symlink())]  # deepest first
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        lock = hold_lock(out / LOCK_FILE)
+    except BlockingIOError:
+        raise FerEdgeError(f"{out}: another fer-edge bench is writing into it now (it holds {out / LOCK_FILE}); "
+                           "wait for it to end, or choose another --out") from None
+    try:
+        yield
+    finally:
+        release_lock(out / LOCK_FILE, lock)
+        for q in made:  # a bench that wrote nothing (an error, an interrupt) leaves no empty folder behind
+            try:
+                q.rmdir()
+            except OSError:
+                break
+
+
 #: Devices some runtimes list that are not local hardware: never benchmarked by default.
 REMOTE_DEVICES = frozenset({"AzureExecutionProvider"})
 
@@ -588,7 +623,9 @@ def _run_bench(
     (:func:`fer_edge.parity.resolve_gate`: the defaults, a shipped reference weight's own gate,
     then ``threshold_overrides``, ``{threshold: {precision: value}}``). ``runtime_options``: extra
     keyword options per runtime name, passed to its constructor. With ``out_dir`` the
-    four report files are written there. Never raises for one row: a row that fails
+    four report files are written there (an earlier report they replace is named in a note), and a second bench
+    into it is refused while this one runs (:func:`holding_out`); an ``out_dir`` inside an image-folder ``data``
+    is refused. Never raises for one row: a row that fails
     to load or run is ``failed`` with the error, and the others go on. The process's torch
     thread count is restored afterwards. Ctrl-C or SIGTERM (turned into ``KeyboardInterrupt``,
     as in ``fer-edge export``) stops it with ``KeyboardInterrupt``: before the report is
@@ -633,259 +670,262 @@ def _run_bench(
         check_out_dir(out_dir)  # before any work: a bad --out must not cost a whole bench
         check_not_in_data(out_dir, [("given as --data", data)], FerEdgeError, BENCH_IN_DATA)
 
-    env = describe_environment()
-    arts = collect_artifacts(list(artifacts)) if artifacts else default_artifacts(notes, data)
-    check_runtimes(runtimes, arts)  # before the data and the references: a --runtimes that runs nothing is refused
-    ref_groups, ref_notes = reference_groups(arts, reference)
-    notes += ref_notes
-    warnings: list[str] = []
+    with holding_out(out_dir):  # a second bench into this --out is refused until this one ends
+        env = describe_environment()
+        arts = collect_artifacts(list(artifacts)) if artifacts else default_artifacts(notes, data)
+        check_runtimes(runtimes, arts)  # before the data and the references: a --runtimes that runs nothing is refused
+        ref_groups, ref_notes = reference_groups(arts, reference)
+        notes += ref_notes
+        warnings: list[str] = []
 
-    def warn(text: str) -> None:
-        warnings.append(text)
-        if on_warning is not None:
-            on_warning(text)
+        def warn(text: str) -> None:
+            warnings.append(text)
+            if on_warning is not None:
+                on_warning(text)
 
-    for found, why in (
-        (unverified(arts), "have no manifest.json listing them, so they were neither verified (SHA-256) nor "
-                           "parity-gated at export time (an interrupted export leaves such files)"),
-        (unfinished(arts), "come from an export run that did not finish (\"complete\": false in its manifest for "
-                           "that run): verified (SHA-256) but perhaps not parity-gated at export time"),
-    ):
-        if found:
-            warn(f"{len(found)} artifact file(s) {why}: " + ", ".join(str(a.path) for a in found))
-    failed_gate = gate_failed(arts)
-    if failed_gate:
-        warn(f"{len(failed_gate)} artifact file(s) failed the parity gate of the export that wrote them (their "
-             "manifest's validation status is 'failed'; the rows record it as export_validation): "
-             + "; ".join(f"{a.path} ({a.export_validation_reason})" if a.export_validation_reason else str(a.path)
-                         for a in failed_gate))
-    cores = usable_cores()
-    if threads > cores:
-        warn(f"--threads {threads} is more than the {cores} CPU core(s) this process may use: the threads share "
-             "cores, so latency and throughput say little about a machine with that many cores")
+        for found, why in (
+            (unverified(arts), "have no manifest.json listing them, so they were neither verified (SHA-256) nor "
+                               "parity-gated at export time (an interrupted export leaves such files)"),
+            (unfinished(arts), "come from an export run that did not finish (\"complete\": false in its manifest for "
+                               "that run): verified (SHA-256) but perhaps not parity-gated at export time"),
+        ):
+            if found:
+                warn(f"{len(found)} artifact file(s) {why}: " + ", ".join(str(a.path) for a in found))
+        failed_gate = gate_failed(arts)
+        if failed_gate:
+            warn(f"{len(failed_gate)} artifact file(s) failed the parity gate of the export that wrote them (their "
+                 "manifest's validation status is 'failed'; the rows record it as export_validation): "
+                 + "; ".join(f"{a.path} ({a.export_validation_reason})" if a.export_validation_reason else str(a.path)
+                             for a in failed_gate))
+        cores = usable_cores()
+        if threads > cores:
+            warn(f"--threads {threads} is more than the {cores} CPU core(s) this process may use: the threads share "
+                 "cores, so latency and throughput say little about a machine with that many cores")
 
-    # refuse a timing batch that clearly cannot fit in memory before loading data or any runtime
-    ckpts = [load_checkpoint(rg.path) for rg in ref_groups]
-    for ckpt in ckpts:
-        check_batch_memory(batches[-1], bytes_per_image(ckpt.build_model()), ckpt.model_name)
+        # refuse a timing batch that clearly cannot fit in memory before loading data or any runtime
+        ckpts = [load_checkpoint(rg.path) for rg in ref_groups]
+        for ckpt in ckpts:
+            check_batch_memory(batches[-1], bytes_per_image(ckpt.build_model()), ckpt.model_name)
 
-    torch.manual_seed(seed)
-    np.random.seed(seed)
-    torch.set_num_threads(threads)
-    inputs = load_inputs(data, split, n_images, seed)
-    if n_images is not None and n_images > inputs.split_size:
-        notes.append(f"--n-images {n_images} is more than the {inputs.split_size} images of the split: all of them "
-                     "were used")
-    # (only when an exported artifact is gated: a checkpoint compared with itself cannot fail)
-    if parity_gate and len(inputs.labels) < MIN_VAL_SIZE and any(not a.is_checkpoint for a in arts):
-        warn(small_sample_text(len(inputs.labels), MIN_VAL_SIZE, int(inputs.split_size)))
-    refs: list[_Reference] = []
-    entries: list[tuple[Artifact, bool, _Reference]] = []
-    seen: set[str] = set()
-    for rg, ckpt in zip(ref_groups, ckpts):
-        model = ckpt.build_model()
-        with torch.no_grad():
-            logits = run_in_chunks(lambda x: model(torch.from_numpy(x)).numpy(),
-                                   inputs.normalized(ckpt.normalization), 256)
-        gate, gate_source = parity.resolve_gate(ckpt.sha256, thresholds, threshold_overrides)
-        ref = _Reference(
-            Path(rg.path), ckpt.sha256, ckpt.model_name, list(ckpt.labels), ckpt.normalization, int(count_macs(model)),
-            int(count_params(model)), logits, classification_metrics(inputs.labels, logits.argmax(1), ckpt.labels),
-            gate, gate_source, rg.artifacts)
-        refs.append(ref)
-        ref_art = Artifact(Path(rg.path), CHECKPOINT_TARGET, "fp32", CHECKPOINT_RUNTIME,
-                           size_bytes=Path(rg.path).stat().st_size, sha256=ref.sha256, labels=list(ckpt.labels),
-                           normalization=ckpt.normalization, model=ckpt.model_name)
-        for art, is_ref in [(ref_art, True)] + [(x, False) for x in rg.artifacts]:
-            if art.key not in seen:
-                seen.add(art.key)
-                entries.append((art, is_ref, ref))
-        del model
-    rows, groups = _plan(entries, batches, runtimes, devices)
-    for name in runtimes or []:
-        if not any(r["runtime"] == name for r in rows):
-            notes.append(f"--runtimes {name}: no artifact among the inputs runs in it")
+        torch.manual_seed(seed)
+        np.random.seed(seed)
+        torch.set_num_threads(threads)
+        inputs = load_inputs(data, split, n_images, seed)
+        if n_images is not None and n_images > inputs.split_size:
+            notes.append(f"--n-images {n_images} is more than the {inputs.split_size} images of the split: all of them "
+                         "were used")
+        # (only when an exported artifact is gated: a checkpoint compared with itself cannot fail)
+        if parity_gate and len(inputs.labels) < MIN_VAL_SIZE and any(not a.is_checkpoint for a in arts):
+            warn(small_sample_text(len(inputs.labels), MIN_VAL_SIZE, int(inputs.split_size)))
+        refs: list[_Reference] = []
+        entries: list[tuple[Artifact, bool, _Reference]] = []
+        seen: set[str] = set()
+        for rg, ckpt in zip(ref_groups, ckpts):
+            model = ckpt.build_model()
+            with torch.no_grad():
+                logits = run_in_chunks(lambda x: model(torch.from_numpy(x)).numpy(),
+                                       inputs.normalized(ckpt.normalization), 256)
+            gate, gate_source = parity.resolve_gate(ckpt.sha256, thresholds, threshold_overrides)
+            ref = _Reference(
+                Path(rg.path), ckpt.sha256, ckpt.model_name, list(ckpt.labels), ckpt.normalization,
+                int(count_macs(model)), int(count_params(model)), logits,
+                classification_metrics(inputs.labels, logits.argmax(1), ckpt.labels), gate, gate_source,
+                rg.artifacts)
+            refs.append(ref)
+            ref_art = Artifact(Path(rg.path), CHECKPOINT_TARGET, "fp32", CHECKPOINT_RUNTIME,
+                               size_bytes=Path(rg.path).stat().st_size, sha256=ref.sha256, labels=list(ckpt.labels),
+                               normalization=ckpt.normalization, model=ckpt.model_name)
+            for art, is_ref in [(ref_art, True)] + [(x, False) for x in rg.artifacts]:
+                if art.key not in seen:
+                    seen.add(art.key)
+                    entries.append((art, is_ref, ref))
+            del model
+        rows, groups = _plan(entries, batches, runtimes, devices)
+        for name in runtimes or []:
+            if not any(r["runtime"] == name for r in rows):
+                notes.append(f"--runtimes {name}: no artifact among the inputs runs in it")
 
-    n_load = sum(len(g.rows) for g in groups)
-    total = n_load + rounds * n_load
-    done = 0
+        n_load = sum(len(g.rows) for g in groups)
+        total = n_load + rounds * n_load
+        done = 0
 
-    def tick(msg: str, n: int = 1) -> None:
-        nonlocal done
-        done += n
+        def tick(msg: str, n: int = 1) -> None:
+            nonlocal done
+            done += n
+            if progress is not None:
+                progress(min(done, total), total, msg)
+
         if progress is not None:
-            progress(min(done, total), total, msg)
+            progress(0, total, "loading")
 
-    if progress is not None:
-        progress(0, total, "loading")
+        def fail_group(g: _Group, reason: str) -> None:
+            """``g``'s rows still ok fail with ``reason`` and leave the timing; only this group's: earlier groups'
+            rows (parity-failed ones too) are timed."""
+            for row in g.rows:
+                if row["status"] == "ok":
+                    row["status"], row["reason"] = "failed", reason
+                    tick("", rounds)
+            _drop_group(live, g)
 
-    def fail_group(g: _Group, reason: str) -> None:
-        """``g``'s rows still ok fail with ``reason`` and leave the timing; only this group's: earlier groups'
-        rows (parity-failed ones too) are timed."""
-        for row in g.rows:
-            if row["status"] == "ok":
-                row["status"], row["reason"] = "failed", reason
-                tick("", rounds)
-        _drop_group(live, g)
-
-    live: list[_Live] = []
-    for g in groups:
-        ref = g.ref
-        label = f"{g.art.target} {g.art.precision} / {g.runtime} / {g.device}"
-        opts = dict(runtime_options.get(g.runtime, {}))
-        norm = g.art.normalization
-        labels = g.art.labels
-        for row in g.rows:
-            b = row["batch"]
-            tick(f"load {label} b{b}")
-            rss0 = rss_mb()
-            try:
-                t0 = time.perf_counter_ns()
-                rt = g.cls(g.art.path, device=g.device, threads=threads, batch_hint=b, **opts)
-                row["load_ms"] = (time.perf_counter_ns() - t0) / 1e6
-                if norm is None or labels is None:
-                    md = dict(rt.metadata() or {})
-                    norm = norm or metadata_normalization(md)
-                    labels = labels or _parse_md_field(md, "labels")
-                if norm is None:
-                    norm = ref.normalization
-                    notes.append(f"{g.art.path.name}: no normalisation in its metadata; used the reference's")
-                if labels is not None and list(labels) != list(ref.labels):
-                    raise ArtifactError(f"labels {list(labels)} differ from the reference's {list(ref.labels)}")
-                x = inputs.timing_batch(norm, b)
-                t0 = time.perf_counter_ns()
-                out = np.asarray(rt.run(x))
-                row["first_inference_ms"] = (time.perf_counter_ns() - t0) / 1e6
-                if out.shape[0] != b or out.reshape(b, -1).shape[1] != len(ref.labels):
-                    raise FerEdgeError(f"output shape {tuple(out.shape)}, expected ({b}, {len(ref.labels)})")
-                info = dict(rt.describe() or {})
-                row["runtime_info"] = {str(k): _jsonable(v) for k, v in info.items()}
-                row["threads"] = int(info["threads"]) if isinstance(info.get("threads"), int) else threads
-                for _ in range(warmup):
-                    rt.run(x)
-            except Exception as e:  # one failing row never stops the others
-                row["status"], row["reason"] = "failed", error_text(e)
-                tick("", rounds)
-                continue
-            r1 = rss_mb()
-            row["rss_delta_mb"] = (r1 - rss0) if (r1 is not None and rss0 is not None) else None
-            g.loaded[b] = rt
-            live.append(_Live(row, rt, x))
-        if not g.loaded:
-            continue
-        try:  # what was loaded is what was verified (and what the rows' sha256 names), not a file written since
-            check_unchanged(g.art)
-        except FerEdgeError as e:
-            fail_group(g, error_text(e))
-            continue
-        # accuracy and parity: once per artifact x runtime x device, on its largest loaded batch
-        b = max(g.loaded)
-        try:
-            logits = run_in_chunks(g.loaded[b].run, inputs.normalized(norm), b)
-            stats = parity.compare(ref.logits, logits, labels=inputs.labels)
-            m = classification_metrics(inputs.labels, logits.argmax(1), ref.labels)
-            failures = list(parity.check(stats, g.art.precision, ref.thresholds))
-        except Exception as e:
-            fail_group(g, f"validation: {error_text(e)}")
-            continue
-        for row in g.rows:
-            row.update(accuracy=_finite(m["accuracy"]), macro_f1=_finite(m["macro_f1"]),
-                       agreement=_finite(stats.agreement), max_abs_diff=_finite(stats.max_abs_diff),
-                       kl=_finite(stats.kl), flips=int(stats.flips), parity_failures=failures)
-            if row["status"] == "ok":
-                row["peak_rss_mb"] = peak_rss_mb()
-                if failures:
-                    row["status"], row["reason"] = "parity-failed", "; ".join(failures)
-
-    # interleaved timing
-    tags = artifact_tags(rows)
-    budget_ns = None if iters is not None else int(seconds * 1e9 / rounds)
-    gc_was = gc.isenabled()
-    gc.collect()
-    gc.disable()
-    try:
-        for r in range(rounds):
-            quota = None if iters is None else iters // rounds + (1 if r < iters % rounds else 0)
-            k = r % len(live) if live else 0
-            for lv in live[k:] + live[:k]:
-                if lv.row["status"] == "failed":
-                    continue
-                tick(f"round {r + 1}/{rounds}: {row_label(lv.row, tags=tags)} b{lv.row['batch']}")
-                buf: list[int] = []
+        live: list[_Live] = []
+        for g in groups:
+            ref = g.ref
+            label = f"{g.art.target} {g.art.precision} / {g.runtime} / {g.device}"
+            opts = dict(runtime_options.get(g.runtime, {}))
+            norm = g.art.normalization
+            labels = g.art.labels
+            for row in g.rows:
+                b = row["batch"]
+                tick(f"load {label} b{b}")
+                rss0 = rss_mb()
                 try:
-                    timed_turn(lv.rt, lv.x, buf, quota, budget_ns)
-                except Exception as e:
-                    lv.row["status"], lv.row["reason"] = "failed", f"timing: {error_text(e)}"
-                    tick("", rounds - r - 1)
+                    t0 = time.perf_counter_ns()
+                    rt = g.cls(g.art.path, device=g.device, threads=threads, batch_hint=b, **opts)
+                    row["load_ms"] = (time.perf_counter_ns() - t0) / 1e6
+                    if norm is None or labels is None:
+                        md = dict(rt.metadata() or {})
+                        norm = norm or metadata_normalization(md)
+                        labels = labels or _parse_md_field(md, "labels")
+                    if norm is None:
+                        norm = ref.normalization
+                        notes.append(f"{g.art.path.name}: no normalisation in its metadata; used the reference's")
+                    if labels is not None and list(labels) != list(ref.labels):
+                        raise ArtifactError(f"labels {list(labels)} differ from the reference's {list(ref.labels)}")
+                    x = inputs.timing_batch(norm, b)
+                    t0 = time.perf_counter_ns()
+                    out = np.asarray(rt.run(x))
+                    row["first_inference_ms"] = (time.perf_counter_ns() - t0) / 1e6
+                    if out.shape[0] != b or out.reshape(b, -1).shape[1] != len(ref.labels):
+                        raise FerEdgeError(f"output shape {tuple(out.shape)}, expected ({b}, {len(ref.labels)})")
+                    info = dict(rt.describe() or {})
+                    row["runtime_info"] = {str(k): _jsonable(v) for k, v in info.items()}
+                    row["threads"] = int(info["threads"]) if isinstance(info.get("threads"), int) else threads
+                    for _ in range(warmup):
+                        rt.run(x)
+                except Exception as e:  # one failing row never stops the others
+                    row["status"], row["reason"] = "failed", error_text(e)
+                    tick("", rounds)
                     continue
-                lv.rounds.append(buf)
-    finally:
-        if gc_was:
-            gc.enable()
+                r1 = rss_mb()
+                row["rss_delta_mb"] = (r1 - rss0) if (r1 is not None and rss0 is not None) else None
+                g.loaded[b] = rt
+                live.append(_Live(row, rt, x))
+            if not g.loaded:
+                continue
+            try:  # what was loaded is what was verified (and what the rows' sha256 names), not a file written since
+                check_unchanged(g.art)
+            except FerEdgeError as e:
+                fail_group(g, error_text(e))
+                continue
+            # accuracy and parity: once per artifact x runtime x device, on its largest loaded batch
+            b = max(g.loaded)
+            try:
+                logits = run_in_chunks(g.loaded[b].run, inputs.normalized(norm), b)
+                stats = parity.compare(ref.logits, logits, labels=inputs.labels)
+                m = classification_metrics(inputs.labels, logits.argmax(1), ref.labels)
+                failures = list(parity.check(stats, g.art.precision, ref.thresholds))
+            except Exception as e:
+                fail_group(g, f"validation: {error_text(e)}")
+                continue
+            for row in g.rows:
+                row.update(accuracy=_finite(m["accuracy"]), macro_f1=_finite(m["macro_f1"]),
+                           agreement=_finite(stats.agreement), max_abs_diff=_finite(stats.max_abs_diff),
+                           kl=_finite(stats.kl), flips=int(stats.flips), parity_failures=failures)
+                if row["status"] == "ok":
+                    row["peak_rss_mb"] = peak_rss_mb()
+                    if failures:
+                        row["status"], row["reason"] = "parity-failed", "; ".join(failures)
 
-    for lv in live:
-        row = lv.row
-        if row["status"] == "failed":
-            continue
-        samples = [s for rnd in lv.rounds for s in rnd]
-        lat = latency_summary(samples)
-        row["latency_ms"] = lat
-        row["iters"] = len(samples)
-        row["throughput_ips"] = row["batch"] * 1000.0 / lat["mean"] if lat["mean"] > 0 else None
-        row["p50_spread_pct"] = p50_spread_pct(lv.rounds)
-    live.clear()
-    for g in groups:
-        g.loaded.clear()
+        # interleaved timing
+        tags = artifact_tags(rows)
+        budget_ns = None if iters is not None else int(seconds * 1e9 / rounds)
+        gc_was = gc.isenabled()
+        gc.collect()
+        gc.disable()
+        try:
+            for r in range(rounds):
+                quota = None if iters is None else iters // rounds + (1 if r < iters % rounds else 0)
+                k = r % len(live) if live else 0
+                for lv in live[k:] + live[:k]:
+                    if lv.row["status"] == "failed":
+                        continue
+                    tick(f"round {r + 1}/{rounds}: {row_label(lv.row, tags=tags)} b{lv.row['batch']}")
+                    buf: list[int] = []
+                    try:
+                        timed_turn(lv.rt, lv.x, buf, quota, budget_ns)
+                    except Exception as e:
+                        lv.row["status"], lv.row["reason"] = "failed", f"timing: {error_text(e)}"
+                        tick("", rounds - r - 1)
+                        continue
+                    lv.rounds.append(buf)
+        finally:
+            if gc_was:
+                gc.enable()
 
-    # how far the fastest CPU row (per image, at its p50) is from the compute limit
-    cl = None
-    cpu_rows = [r for r in rows if r["status"] in ("ok", "parity-failed") and r["latency_ms"]
-                and r["latency_ms"]["p50"] > 0 and is_cpu_device(r["device"])]
-    if cpu_rows:
-        fastest = min(cpu_rows, key=lambda r: r["latency_ms"]["p50"] / r["batch"])
-        group = next(g for g in groups if any(r is fastest for r in g.rows))
-        macs, why = row_macs(group.art, group.ref, refs)
-        cores = min(fastest["threads"] or threads, env["cpu"].get("usable_cores") or threads)
-        if macs is None:
-            notes.append(f"compute limit: not estimated for the fastest CPU row "
-                         f"{row_label(fastest, model_labels(rows), tags)} batch {fastest['batch']}: {why}")
-        cl = None if macs is None else compute_limit(macs, fastest["batch"] * 1000.0 / fastest["latency_ms"]["p50"], cores, env,
-                           precision=fastest.get("precision") or "fp32")
-        if cl is not None:
-            cl["row"] = f"{row_label(fastest, model_labels(rows), tags)} batch {fastest['batch']}"
-            cl["basis"] = "p50 latency per image"
+        for lv in live:
+            row = lv.row
+            if row["status"] == "failed":
+                continue
+            samples = [s for rnd in lv.rounds for s in rnd]
+            lat = latency_summary(samples)
+            row["latency_ms"] = lat
+            row["iters"] = len(samples)
+            row["throughput_ips"] = row["batch"] * 1000.0 / lat["mean"] if lat["mean"] > 0 else None
+            row["p50_spread_pct"] = p50_spread_pct(lv.rounds)
+        live.clear()
+        for g in groups:
+            g.loaded.clear()
 
-    first = refs[0]
-    report = BenchReport(
-        environment=env,
-        settings={
-            "data": str(data), "split": inputs.split, "data_sha256": inputs.fingerprint.get("sha256"),
-            "n_images": int(len(inputs.labels)),
-            "split_size": int(inputs.split_size), "batches": batches, "threads": threads, "warmup": int(warmup),
-            "iters": iters, "seconds": None if iters is not None else float(seconds), "rounds": int(rounds),
-            "seed": int(seed), "parity_gate": bool(parity_gate), "thresholds": thresholds_dict(first.thresholds),
-            "thresholds_source": first.thresholds_source,
-            "runtimes": list(runtimes) if runtimes else None, "devices": list(devices) if devices else None,
-            "artifacts": [str(a) for a in artifacts] if artifacts else None,
-        },
-        reference=first.to_dict(),
-        references=[{**x.to_dict(), "thresholds": thresholds_dict(x.thresholds),
-                     "thresholds_source": x.thresholds_source} for x in refs],
-        rows=rows,
-        compute_limit=cl,
-        notes=list(dict.fromkeys(notes)),
-        warnings=warnings,
-        created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        fer_edge_version=__version__,
-    )
-    if out_dir is not None:
-        from fer_edge.utils import interrupts_deferred
+        # how far the fastest CPU row (per image, at its p50) is from the compute limit
+        cl = None
+        cpu_rows = [r for r in rows if r["status"] in ("ok", "parity-failed") and r["latency_ms"]
+                    and r["latency_ms"]["p50"] > 0 and is_cpu_device(r["device"])]
+        if cpu_rows:
+            fastest = min(cpu_rows, key=lambda r: r["latency_ms"]["p50"] / r["batch"])
+            group = next(g for g in groups if any(r is fastest for r in g.rows))
+            macs, why = row_macs(group.art, group.ref, refs)
+            cores = min(fastest["threads"] or threads, env["cpu"].get("usable_cores") or threads)
+            if macs is None:
+                notes.append(f"compute limit: not estimated for the fastest CPU row "
+                             f"{row_label(fastest, model_labels(rows), tags)} batch {fastest['batch']}: {why}")
+            per_second = fastest["batch"] * 1000.0 / fastest["latency_ms"]["p50"]
+            cl = None if macs is None else compute_limit(macs, per_second, cores, env,
+                                                         precision=fastest.get("precision") or "fp32")
+            if cl is not None:
+                cl["row"] = f"{row_label(fastest, model_labels(rows), tags)} batch {fastest['batch']}"
+                cl["basis"] = "p50 latency per image"
 
-        with interrupts_deferred():  # the four files are written together: an interrupt waits for the last one
-            report.write(out_dir)
-            if on_written is not None:
-                on_written(report)
-    return report
+        first = refs[0]
+        report = BenchReport(
+            environment=env,
+            settings={
+                "data": str(data), "split": inputs.split, "data_sha256": inputs.fingerprint.get("sha256"),
+                "n_images": int(len(inputs.labels)),
+                "split_size": int(inputs.split_size), "batches": batches, "threads": threads, "warmup": int(warmup),
+                "iters": iters, "seconds": None if iters is not None else float(seconds), "rounds": int(rounds),
+                "seed": int(seed), "parity_gate": bool(parity_gate), "thresholds": thresholds_dict(first.thresholds),
+                "thresholds_source": first.thresholds_source,
+                "runtimes": list(runtimes) if runtimes else None, "devices": list(devices) if devices else None,
+                "artifacts": [str(a) for a in artifacts] if artifacts else None,
+            },
+            reference=first.to_dict(),
+            references=[{**x.to_dict(), "thresholds": thresholds_dict(x.thresholds),
+                         "thresholds_source": x.thresholds_source} for x in refs],
+            rows=rows,
+            compute_limit=cl,
+            notes=list(dict.fromkeys(notes)),
+            warnings=warnings,
+            created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            fer_edge_version=__version__,
+        )
+        if out_dir is not None:
+            from fer_edge.utils import interrupts_deferred
+
+            with interrupts_deferred():  # the four files are written together: an interrupt waits for the last one
+                report.write(out_dir)
+                if on_written is not None:
+                    on_written(report)
+        return report
 
 
 @functools.wraps(_run_bench)

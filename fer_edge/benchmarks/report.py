@@ -90,9 +90,13 @@ class BenchReport:
 
     def write(self, out_dir: str | Path) -> dict[str, Path]:
         """Write the four report files into ``out_dir`` together (:func:`write_report`); returns their paths. A plot
-        that cannot be drawn is added to :attr:`warnings` (report.json is the measurement: it does not say so)."""
+        that cannot be drawn is added to :attr:`warnings` (report.json is the measurement: it does not say so), and
+        an earlier report the files replaced to :attr:`notes` (:func:`replaced_note`) once they are written."""
         self.out_dir = Path(out_dir)
+        replaced = replaced_note(self.out_dir, REPORT_FILES)
         self.files = write_report(self.to_dict(), self.out_dir, warn=self.warnings.append)
+        if replaced:  # said to whoever runs it, not in the files: they are this run's measurement
+            self.notes.append(replaced)
         return self.files
 
 
@@ -495,6 +499,32 @@ def write_together(out: Path, texts: dict[str, str], png: str, draw: Callable[[P
     return {name: out / name for name in staged}
 
 
+def replaced_note(out: Path, names: Iterable[str], what: str = "report") -> str | None:
+    """One line naming the earlier files among ``names`` (``what``: a report's or a merge's) in ``out`` that writing
+    them there replaces, with what their JSON file says of itself (when it was created, how many rows, of how many
+    reports); None when there are none. Read leniently: a damaged JSON file is said to be unreadable."""
+    import json
+
+    names = list(names)
+    found = [n for n in names if (out / n).is_file()]
+    if not found:
+        return None
+    head = next((n for n in names if n.endswith(".json")), names[0])
+    said = ""
+    if head in found:
+        try:
+            data = json.loads((out / head).read_text(encoding="utf-8"))
+            rows, machines = data.get("rows"), data.get("machines")
+            parts = [f"created {data['created_at']}" if data.get("created_at") else "",
+                     f"of {len(machines)} report{'s' * (len(machines) != 1)}" if isinstance(machines, list) else "",
+                     f"{len(rows)} row{'s' * (len(rows) != 1)}" if isinstance(rows, list) else ""]
+            said = ", ".join(x for x in parts if x)
+        except (OSError, ValueError, UnicodeDecodeError, AttributeError, TypeError):
+            said = "unreadable"
+        said = f" ({head} {said})" if said else ""
+    return f"replaced the earlier {what} in {out}/{said}: {', '.join(found)}"
+
+
 def check_out_dir(out_dir: str | Path, names: Iterable[str] = REPORT_FILES) -> Path:
     """``out_dir`` as a Path, or a FerEdgeError when it cannot be a report directory (checked before any work:
     see :func:`fer_edge.utils.check_writable_dir`), or when one of the report's file ``names`` there is taken by a
@@ -714,10 +744,13 @@ def merge_reports(paths: list[str | Path], out_dir: str | Path,
         title += " of different data: their accuracies are not comparable"
     names = {m["machine"]: f"M{i}" for i, m in enumerate(machines, 1)}
     with interrupts_deferred():  # the four files are written together: an interrupt waits for the last one
+        replaced = replaced_note(out, MERGED_FILES, "merged report")
         merged.files = write_together(out, texts, "merged_latency_vs_accuracy.png",
                                       lambda path: plot_latency_vs_accuracy(rows, path, title, color_key="machine",
                                                                             machine_names=names),
                                       merged.warnings.append)  # (after merged.json: it says what was merged)
+        if replaced:  # said to whoever runs it, not in the files
+            merged.notes.append(replaced)
         if on_written is not None:
             on_written(merged)
     return merged

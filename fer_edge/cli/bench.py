@@ -269,7 +269,8 @@ def bench_cmd(
 ) -> None:
     """Latency, throughput, accuracy and parity of every artifact x runtime x device x batch size.
 
-    Writes report.json, report.csv, report.md and latency_vs_accuracy.png into --out.
+    Writes report.json, report.csv, report.md and latency_vs_accuracy.png into --out (a note names an
+    earlier report they replace; a second bench into the same --out is refused while this one runs).
     Exit status 1 when a row failed (an artifact could not be loaded or run), when a row fails
     parity (unless --no-parity-gate) or when nothing can run; skipped rows (runtime, platform or
     device missing here) do not fail it.
