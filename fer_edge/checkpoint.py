@@ -142,7 +142,8 @@ def non_finite_tensors(state_dict: dict) -> list[str]:
 
 def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any], overwrite: bool = True) -> Path:
     """Write a checkpoint dict atomically (temp file, then rename); ``overwrite=False``: ``FileExistsError``
-    if ``path`` exists by the time it is written."""
+    if ``path`` exists by the time it is written. A write that fails (a full disk) is a :class:`CheckpointError`
+    naming ``path`` and why (``cannot write PATH: No space left on device``), with no temporary file left."""
     import torch
 
     from fer_edge import __version__
@@ -157,8 +158,32 @@ def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any], overwrite:
     # the temporary file keeps a suffix even when ``path`` has none: torch's zip writer refuses a name with
     # nothing before its last dot (".tmp-run-x1y2")
     with atomic_path(path, suffix=path.suffix or ".pt", overwrite=overwrite, durable=True) as tmp:
-        torch.save(payload, tmp)
+        try:
+            torch.save(payload, tmp)
+        except RuntimeError as e:  # torch's file writer: a full disk reads "[enforce fail ...] unexpected pos"
+            # (the temporary file is removed on the way out, as after any failed write)
+            raise CheckpointError(f"cannot write {path}: {_write_failure(tmp, e)}") from None
     return path
+
+
+def _write_failure(tmp: Path, e: RuntimeError) -> str:
+    """Why ``torch.save`` could not write ``tmp``, in one phrase. Its file writer keeps the system's reason to itself
+    (``basic_ios::clear: iostream error``, then ``unexpected pos``): more is written to the file the way Python
+    writes, whose error names it (``No space left on device``, a quota, a file too large); when that writes, the
+    write failed for another reason, and torch's message's first line is given."""
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            chunk = b"\0" * 65536
+            for _ in range(16):  # a full disk may still take a few bytes (the last block's free end)
+                os.write(fd, chunk)
+            os.fsync(fd)  # where the system says so only when the data goes to the disk (NFS)
+        finally:
+            os.close(fd)
+    except OSError as oe:
+        return oe.strerror or str(oe)
+    first = (str(e).strip().splitlines() or [""])[0]
+    return f"the write failed (torch.save: {type(e).__name__}: {first})" if first else "the write failed"
 
 
 def _on_cpu(obj: Any) -> Any:

@@ -164,3 +164,107 @@ def test_report_merge_notes_the_merged_files_it_replaced(tiny_checkpoint, synthe
     again = merge_reports([tmp_path / "b"], tmp_path / "m")
     assert any(n.startswith(f"replaced the earlier merged report in {tmp_path / 'm'}/ (merged.json of 1 report")
                for n in again.notes), again.notes
+
+
+# --- 3: a checkpoint that cannot be written (a full disk) -------------------------------------------------------
+def test_train_says_where_to_resume_when_another_file_of_the_epoch_cannot_be_written(synthetic_csv, tmp_path,
+                                                                                        monkeypatch, capsys):
+    from fer_edge.training import TrainConfig, train
+    from fer_edge.training import trainer as trainer_mod
+
+    def full(self, *a, **k):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.out / "metrics.json"))
+
+    monkeypatch.setattr(trainer_mod.Trainer, "_write_metrics", full)
+    out = tmp_path / "run"
+    with pytest.raises(OSError):  # the error itself is the file system's (the CLI prints it in one line)
+        train(TrainConfig(data=str(synthetic_csv), model="fer_nano", out=str(out), epochs=2, batch_size=16,
+                          max_steps_per_epoch=1, device="cpu"), progress=False)
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"the last finished epoch is in {out / 'last.pt'} (epoch 1): continue with --resume" in err, err
+
+
+def _full_disk(monkeypatch, fail_on: int = 1):
+    """torch.save failing as on a full disk from its ``fail_on``-th call on (its zip writer's RuntimeError, after
+    writing part of the file), and writes through os.write raising ENOSPC as the system would."""
+    import torch
+
+    import fer_edge.checkpoint as ck
+
+    real_save = torch.save
+    calls = []
+
+    def save(obj, f, *a, **k):
+        calls.append(f)
+        if len(calls) < fail_on:
+            return real_save(obj, f, *a, **k)
+        Path(f).write_bytes(b"PK\x03\x04 half a zip")
+        raise RuntimeError(TORCH_FULL_DISK)
+
+    def write(fd, data):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(torch, "save", save)
+    monkeypatch.setattr(ck.os, "write", write)
+    return calls
+
+
+def _payload(tiny_checkpoint):
+    from fer_edge.checkpoint import load_checkpoint
+
+    return dict(load_checkpoint(tiny_checkpoint).raw)
+
+
+def test_a_checkpoint_that_cannot_be_written_names_the_file_and_why(tiny_checkpoint, tmp_path, monkeypatch):
+    from fer_edge.checkpoint import save_checkpoint
+
+    payload = _payload(tiny_checkpoint)
+    _full_disk(monkeypatch)
+    with pytest.raises(CheckpointError) as e:
+        save_checkpoint(tmp_path / "last.pt", payload)
+    assert str(e.value) == f"cannot write {tmp_path / 'last.pt'}: No space left on device"
+    assert list(tmp_path.iterdir()) == []  # no temporary file left
+
+
+def test_a_failed_save_without_a_system_reason_quotes_torch_in_one_line(tiny_checkpoint, tmp_path, monkeypatch):
+    import torch
+
+    from fer_edge.checkpoint import save_checkpoint
+
+    payload = _payload(tiny_checkpoint)
+
+    def save(obj, f, *a, **k):
+        raise RuntimeError(TORCH_FULL_DISK + "\nframe #0: c10::Error ...\nframe #1: ...")
+
+    monkeypatch.setattr(torch, "save", save)
+    with pytest.raises(CheckpointError) as e:
+        save_checkpoint(tmp_path / "x.pt", payload)
+    assert str(e.value) == (f"cannot write {tmp_path / 'x.pt'}: the write failed (torch.save: RuntimeError: "
+                            f"{TORCH_FULL_DISK})")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_train_on_a_full_disk_says_where_to_resume(synthetic_csv, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    # epoch 1 writes last.pt and best.pt; epoch 2's last.pt meets the full disk
+    _full_disk(monkeypatch, fail_on=3)
+    res = invoke("train", "--data", synthetic_csv, "--model", "fer_nano", "--epochs", "3", "--max-steps-per-epoch",
+                 "1", "--batch-size", "16", "--out", out, "--no-progress")
+    assert res.exit_code == 1, res.output
+    assert "Traceback" not in res.output and "enforce fail" not in res.output
+    msg = " ".join(res.output.split())
+    assert (f"the epoch's files could not be written: the last finished epoch is in {out / 'last.pt'} (epoch 1): "
+            f"continue with --resume error: cannot write {out / 'last.pt'}: No space left on device") in msg, msg
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".tmp-")]
+
+
+def test_soup_on_a_full_disk_is_one_error_line(tiny_checkpoint, other_checkpoint, synthetic_csv, tmp_path,
+                                               monkeypatch):
+    other = other_checkpoint
+    out = tmp_path / "soups"
+    out.mkdir()
+    _full_disk(monkeypatch)
+    res = invoke("soup", tiny_checkpoint, other, "--data", synthetic_csv, "--out", out / "soup.pt")
+    assert res.exit_code == 1, res.output
+    assert f"error: cannot write {out / 'soup.pt'}: No space left on device" in " ".join(res.output.split())
+    assert "Traceback" not in res.output and list(out.iterdir()) == []

@@ -1180,37 +1180,44 @@ class Trainer:
                     # run never holds best.pt and metrics.json without the last.pt that --resume needs. last.pt
                     # comes first: a process killed before best.pt (SIGKILL, power) leaves a last.pt that holds
                     # the best epoch, from which --resume writes best.pt again
-                    with interrupts_deferred():
-                        if self.dist.main:
-                            base = {
-                                "model": cfg.model, "model_kwargs": model_kwargs, "labels": labels,
-                                "normalization": norm.to_dict(), "train_config": cfg.to_dict(), "data": fingerprint,
-                                "input_files": input_files, "epoch": epoch + 1,
-                            }
-                            stop = cfg.patience > 0 and bad_epochs >= cfg.patience
-                            resume_state = {
-                                "model": model.state_dict(), "optimizer": opt.state_dict(),
-                                "scheduler": sched.state_dict(),
-                                "scaler": scaler.state_dict(), "ema": ema.state_dict() if ema is not None else None,
-                                "qat": qsim.state_dict() if qsim is not None else None,
-                                "history": history, "best_accuracy": best_acc, "best_epoch": best_epoch,
-                                "bad_epochs": bad_epochs, "epoch": epoch + 1, "normalization": norm.to_dict(),
-                            }
-                            save_checkpoint(last_path, {
-                                **base, "state_dict": eval_model.state_dict(), "resume": resume_state,
-                                "metrics": {"val_accuracy": row.get("val_accuracy"), "epoch": epoch + 1},
-                            })
-                            if improved:
-                                save_checkpoint(self.out / "best.pt", {
-                                    **base, "state_dict": eval_model.state_dict(),
-                                    "metrics": {"val_accuracy": metrics["accuracy"],
-                                                "val_macro_f1": metrics["macro_f1"], "val_split": val.split,
-                                                "epoch": epoch + 1, "params": n_params},
+                    try:
+                        with interrupts_deferred():
+                            if self.dist.main:
+                                base = {
+                                    "model": cfg.model, "model_kwargs": model_kwargs, "labels": labels,
+                                    "normalization": norm.to_dict(), "train_config": cfg.to_dict(), "data": fingerprint,
+                                    "input_files": input_files, "epoch": epoch + 1,
+                                }
+                                stop = cfg.patience > 0 and bad_epochs >= cfg.patience
+                                resume_state = {
+                                    "model": model.state_dict(), "optimizer": opt.state_dict(),
+                                    "scheduler": sched.state_dict(),
+                                    "scaler": scaler.state_dict(), "ema": ema.state_dict() if ema is not None else None,
+                                    "qat": qsim.state_dict() if qsim is not None else None,
+                                    "history": history, "best_accuracy": best_acc, "best_epoch": best_epoch,
+                                    "bad_epochs": bad_epochs, "epoch": epoch + 1, "normalization": norm.to_dict(),
+                                }
+                                save_checkpoint(last_path, {
+                                    **base, "state_dict": eval_model.state_dict(), "resume": resume_state,
+                                    "metrics": {"val_accuracy": row.get("val_accuracy"), "epoch": epoch + 1},
                                 })
-                                self._write_eval_outputs(metrics, val.split, epoch + 1)
-                            self._write_history(history)
-                            self._write_metrics(history, best_acc, best_epoch, n_params, device,
-                                                stop or epoch + 1 == cfg.epochs)
+                                if improved:
+                                    save_checkpoint(self.out / "best.pt", {
+                                        **base, "state_dict": eval_model.state_dict(),
+                                        "metrics": {"val_accuracy": metrics["accuracy"],
+                                                    "val_macro_f1": metrics["macro_f1"], "val_split": val.split,
+                                                    "epoch": epoch + 1, "params": n_params},
+                                    })
+                                    self._write_eval_outputs(metrics, val.split, epoch + 1)
+                                self._write_history(history)
+                                self._write_metrics(history, best_acc, best_epoch, n_params, device,
+                                                    stop or epoch + 1 == cfg.epochs)
+                    except (CheckpointError, OSError):  # a full disk: the run stops, and says where it can go on
+                        if self.resume_hint is not None:  # None: the caller says it
+                            from rich.markup import escape
+
+                            self.log(f"[yellow]{escape(self._save_failed(last_path))}[/]")
+                        raise
                     if cfg.patience > 0 and bad_epochs >= cfg.patience:
                         self.log(f"early stop: no val improvement in {cfg.patience} epochs (best {best_acc:.4f} "
                                  f"at epoch {best_epoch})")
@@ -1440,6 +1447,18 @@ class Trainer:
                 self._leave_out()
                 raise TrainingError(f"--resume: {last.path} changed while this run started (another fer-edge "
                                     "train wrote it); run the --resume again to continue from it")
+
+    def _save_failed(self, last_path: Path) -> str:
+        """The line a run whose epoch's files could not be written (a full disk) prints before its error: which epoch
+        ``--resume`` continues from (each file is written atomically, so last.pt holds the last epoch saved whole)."""
+        if not last_path.is_file():
+            return "the epoch's files could not be written: no epoch was saved, so there is nothing to resume"
+        try:
+            epoch = f" (epoch {int(load_checkpoint(last_path).raw['resume']['epoch'])})"
+        except (CheckpointError, KeyError, TypeError, ValueError):
+            epoch = ""
+        return (f"the epoch's files could not be written: the last finished epoch is in {last_path}{epoch}: "
+                f"{self.resume_hint}")
 
     def _leave_out(self) -> None:
         """Release the run's lock (removing its file) and remove ``--out`` again when this process made it and it
