@@ -268,3 +268,65 @@ def test_soup_on_a_full_disk_is_one_error_line(tiny_checkpoint, other_checkpoint
     assert res.exit_code == 1, res.output
     assert f"error: cannot write {out / 'soup.pt'}: No space left on device" in " ".join(res.output.split())
     assert "Traceback" not in res.output and list(out.iterdir()) == []
+
+
+# --- 4: a re-export killed once its new file replaced the old one ----------------------------------------------
+def test_a_reexport_killed_after_its_rename_leaves_no_manifest_vouching_for_the_file(tiny_checkpoint, synthetic_csv,
+                                                                                       tmp_path, monkeypatch,
+                                                                                       gate_on_synthetic_data):
+    from fer_edge.exporters import export, verify_manifest
+    from fer_edge.exporters.torchscript import TorchScriptExporter
+
+    out = tmp_path / "out"
+    export(tiny_checkpoint, ["torchscript"], ["fp32"], out, val_data=synthetic_csv, data_progress=False)
+    export(tiny_checkpoint, ["onnx"], ["fp32"], out, validate=False)
+    before = json.loads((out / "manifest.json").read_text())
+    (ts,) = [e for e in before["artifacts"] if e["target"] == "torchscript"]
+    assert before["complete"] is True and ts["validation"]["status"] == "passed"
+
+    real = TorchScriptExporter.export
+    seen: dict[str, dict] = {}
+
+    def killed_after(self, req, precision, out_path):  # the manifest a SIGKILL at each point would leave
+        seen["before rename"] = json.loads((out / "manifest.json").read_text())
+        files = real(self, req, precision, out_path)
+        seen["after rename"] = json.loads((out / "manifest.json").read_text())
+        return files
+
+    monkeypatch.setattr(TorchScriptExporter, "export", killed_after)
+    export(tiny_checkpoint, ["torchscript"], ["fp32"], out, val_data=synthetic_csv, data_progress=False)
+    for when, m in seen.items():
+        assert m["complete"] is False, when
+        listed = [e for e in m["artifacts"] if e["target"] == "torchscript"]
+        assert [e["validation"]["status"] for e in listed] == ["not validated"], when
+        assert listed[0]["being_replaced"]["validation"] == ts["validation"], when
+        assert [e["validation"] for e in m["artifacts"] if e["target"] == "onnx"] == [  # the others as they were
+            e["validation"] for e in before["artifacts"] if e["target"] == "onnx"]
+    after = json.loads((out / "manifest.json").read_text())
+    assert after["complete"] is True and "being_replaced" not in json.dumps(after)
+    assert verify_manifest(out) == []
+
+
+def test_a_killed_reexport_whose_file_is_untouched_is_listed_again_as_it_was(tiny_checkpoint, synthetic_csv,
+                                                                               tmp_path, monkeypatch,
+                                                                               gate_on_synthetic_data):
+    from fer_edge.exporters import export, verify_manifest
+    from fer_edge.exporters.torchscript import TorchScriptExporter
+
+    out = tmp_path / "out"
+    export(tiny_checkpoint, ["torchscript"], ["fp32"], out, val_data=synthetic_csv, data_progress=False)
+    (ts,) = [e for e in json.loads((out / "manifest.json").read_text())["artifacts"] if e["target"] == "torchscript"]
+    left: dict = {}
+
+    def killed(self, req, precision, out_path):  # SIGKILL while converting: the manifest is what is on disk
+        left.update(json.loads((out / "manifest.json").read_text()))
+        raise RuntimeError("stand-in for the kill")
+
+    monkeypatch.setattr(TorchScriptExporter, "export", killed)
+    export(tiny_checkpoint, ["torchscript"], ["fp32"], out, validate=False, raise_on_failure=False)
+    monkeypatch.undo()
+    (out / "manifest.json").write_text(json.dumps(left))  # as the killed run left it
+    again = export(tiny_checkpoint, ["onnx"], ["fp32"], out, validate=False)
+    (kept,) = [e for e in again.manifest["artifacts"] if e["target"] == "torchscript"]
+    assert kept["validation"] == ts["validation"] and "being_replaced" not in kept
+    assert verify_manifest(out) == []

@@ -136,6 +136,11 @@ def _resolve_targets(targets) -> list[Target]:
 
 #: An artifact's validation reason while its validation has not finished (what an interrupted export leaves).
 VALIDATION_UNFINISHED = "not validated: the export stopped before this artifact's validation finished"
+#: The key of an earlier manifest entry an export run is replacing now (its ``run`` and the entry's own
+#: ``validation``), and the validation such an entry is listed with meanwhile: its file may already be the new one.
+BEING_REPLACED_KEY = "being_replaced"
+BEING_REPLACED = ("not validated: an export run that had not finished was writing its replacement, so the file may "
+                  "already be the new one")
 #: Why a default export (no ``--precision``) leaves int8 out when it has no calibration images.
 INT8_NEEDS_CALIBRATION = "int8 needs calibration images: add --calib-data PATH (a FER2013 CSV or image folder)"
 #: A skipped (target, precision)'s ``code`` in the manifest: what callers branch on (``reason`` is for people).
@@ -848,6 +853,10 @@ def _run_plan(plan, skipped, out, stem, ckpt, ckpt_path, model, source_sha, old,
     source = {"path": str(Path(ckpt_path).resolve()), "sha256": source_sha, "model": ckpt.model_name}
     # earlier entries of this checkpoint whose files are unchanged; each goes once its (target, precision) is redone
     earlier, dropped = carry_over(old, source_sha, out)
+    for a in earlier:  # marked by a run killed while replacing it: its files are still the entry's (carry_over)
+        mark = a.pop(BEING_REPLACED_KEY, None)
+        if isinstance(mark, dict) and isinstance(mark.get("validation"), dict):
+            a["validation"] = mark["validation"]
     reported: set[str] = set()  # files a warning already named as no longer listed
     for files, msg in dropped:
         reported.update(files)
@@ -865,9 +874,17 @@ def _run_plan(plan, skipped, out, stem, ckpt, ckpt_path, model, source_sha, old,
         """The (target, precision) being exported now when a file of its earlier entries changed."""
         return {group_key(a) for a in earlier if key(a) in in_flight and files_unchanged(a, out) is not None}
 
+    def listed(a: dict) -> dict:
+        """An earlier entry as the manifest lists it: one being exported again now vouches for nothing (a process
+        killed once the new file is renamed over it leaves it listed, with the file changed)."""
+        if key(a) not in in_flight:
+            return a
+        return {**a, "validation": _val.not_validated(BEING_REPLACED),
+                BEING_REPLACED_KEY: {"run": run_id, "validation": a.get("validation")}}
+
     def manifest(complete: bool) -> dict:
         changed = touched()
-        kept = [a for a in earlier if key(a) not in redone and group_key(a) not in changed]
+        kept = [listed(a) for a in earlier if key(a) not in redone and group_key(a) not in changed]
         runs = {a.get("run") for a in kept}
         return {
             "format": FORMAT,
@@ -896,11 +913,15 @@ def _run_plan(plan, skipped, out, stem, ckpt, ckpt_path, model, source_sha, old,
             progress(ProgressEvent(stage, t.name, p.value, step, total))
 
     try:
-        for t, p in plan:
+        for i, (t, p) in enumerate(plan):
             emit("export", t, p)
             step += 1
             keys = {(t.name, p.value, v) for v in ("main", "logits")}
             in_flight = keys
+            if (out / MANIFEST_NAME).exists() and (i == 0 or any(key(a) in keys for a in earlier)):
+                # before any file of it is renamed into place: a process killed then (SIGKILL, power) leaves a
+                # manifest saying the run did not finish, and vouching for no file it may have replaced
+                write_manifest(out, manifest(False))
             path = out / t.filename(stem, p)
             meta = build_metadata(ckpt, p, t.name, source_sha)
             try:
@@ -994,6 +1015,9 @@ def _run_plan(plan, skipped, out, stem, ckpt, ckpt_path, model, source_sha, old,
                                               e["export_seconds"], e["validation"]))
     except BaseException:  # an interrupt: list what is on disk, earlier entries whose files are untouched included
         if (out / MANIFEST_NAME).exists():  # one was written (nothing finished and none before: none now)
+            changed = touched()  # an entry being replaced: dropped if its files changed, else listed as it was
+            earlier[:] = [a for a in earlier if group_key(a) not in changed]
+            in_flight = set()
             write_manifest(out, manifest(False))
         raise
 
