@@ -208,7 +208,7 @@ def _unwritable(q: Path) -> str | None:
     be made in (/proc, /sys, a read-only mount): so a writable-looking folder is tried with a folder made and
     removed at once."""
     if not os.access(q, os.W_OK | os.X_OK):
-        return "permission denied"
+        return "read-only file system" if _read_only_mount(q) else "permission denied"
     import tempfile
 
     try:
@@ -220,6 +220,14 @@ def _unwritable(q: Path) -> str | None:
     except OSError:  # made, so writable; an append-only folder (chattr +a) keeps what is made in it
         pass
     return None
+
+
+def _read_only_mount(q: Path) -> bool:
+    """Whether ``q`` lies on a file system mounted read-only (``EROFS``: no permission would let a file be made)."""
+    try:
+        return bool(os.statvfs(q).f_flag & getattr(os, "ST_RDONLY", 1))
+    except (OSError, AttributeError):  # no statvfs (Windows): the permission bits are all that is known
+        return False
 
 
 def path_inside(path: str | os.PathLike, root: str | os.PathLike) -> bool:

@@ -330,3 +330,29 @@ def test_a_killed_reexport_whose_file_is_untouched_is_listed_again_as_it_was(tin
     (kept,) = [e for e in again.manifest["artifacts"] if e["target"] == "torchscript"]
     assert kept["validation"] == ts["validation"] and "being_replaced" not in kept
     assert verify_manifest(out) == []
+
+
+# --- 5: a read-only --out --------------------------------------------------------------------------------------
+def test_a_read_only_file_system_is_not_called_permission_denied(tmp_path, monkeypatch):
+    import fer_edge.utils as utils
+
+    class Flags:
+        f_flag = getattr(os, "ST_RDONLY", 1)
+
+    monkeypatch.setattr(utils.os, "access", lambda *a, **k: False)
+    monkeypatch.setattr(utils.os, "statvfs", lambda p: Flags(), raising=False)
+    with pytest.raises(FerEdgeError) as e:
+        utils.check_writable_dir(tmp_path / "out", "--out", FerEdgeError)
+    assert str(e.value) == f"--out {tmp_path / 'out'}: cannot write into {tmp_path} (read-only file system)"
+
+
+def test_permission_denied_stays_so_on_a_writable_mount(tmp_path, monkeypatch):
+    import fer_edge.utils as utils
+
+    class Flags:
+        f_flag = 0
+
+    monkeypatch.setattr(utils.os, "access", lambda *a, **k: False)
+    monkeypatch.setattr(utils.os, "statvfs", lambda p: Flags(), raising=False)
+    with pytest.raises(FerEdgeError, match=r"\(permission denied\)"):
+        utils.check_writable_dir(tmp_path / "out", "--out", FerEdgeError)
