@@ -15,7 +15,7 @@ import re
 import socket
 import sys
 
-from fer_edge.cpu import cpu_flags, proc_cpuinfo
+from fer_edge.cpu import VNNI_FLAGS, cpu_flags, proc_cpuinfo
 
 #: Distributions whose versions a report records.
 LIBRARIES = ("fer-edge", "torch", "torchvision", "numpy", "onnx", "onnxruntime", "openvino", "nncf",
@@ -266,7 +266,7 @@ def describe_environment(runtimes: tuple[str, ...] | list[str] = PROBED_RUNTIMES
             "clock_mhz": mhz,
             "clock_source": mhz_source,
             "isa": simd_isa(flags),
-            "flags": sorted(f for f in flags if re.fullmatch(r"avx.*|fma|f16c|sse4_2|asimd.*|neon|amx.*|sve.*|.*vnni.*", f)),
+            "flags": recorded_flags(flags),
         },
         "memory_gb": round(mem / 2**30, 2) if mem else None,
         "libraries": library_versions(),
@@ -278,10 +278,31 @@ def describe_environment(runtimes: tuple[str, ...] | list[str] = PROBED_RUNTIMES
     return env
 
 
+#: The /proc/cpuinfo flags an environment records (``cpu.flags``): the SIMD ones that choose kernels.
+RECORDED_FLAGS = r"avx.*|fma|f16c|sse4_2|asimd.*|neon|amx.*|sve.*|.*vnni.*"
+
+
+def recorded_flags(flags) -> list[str]:
+    """The flags of ``flags`` an environment records (:data:`RECORDED_FLAGS`), sorted."""
+    return sorted(f for f in flags if re.fullmatch(RECORDED_FLAGS, f))
+
+
 def machine_label(env: dict) -> str:
     """``hostname (CPU model)``: how a merged report names the machine a report came from."""
     cpu = (env.get("cpu") or {}).get("model") or "unknown CPU"
     return f"{env.get('hostname') or 'unknown host'} ({cpu})"
+
+
+def cpu_record() -> dict:
+    """This machine's CPU as an export manifest's validation entries record it (the machine class a parity gate's
+    pass or fail belongs to): ``model``, ``arch``, ``isa``, ``flags`` (the SIMD ones), ``vnni`` and
+    ``int8_can_saturate`` (x86 without VNNI: ONNX Runtime then runs its exact INT8 kernels, OpenVINO's INT8 sums
+    can saturate; :func:`fer_edge.cpu.int8_can_saturate_here`)."""
+    from fer_edge.cpu import int8_can_saturate_here
+
+    flags = cpu_flags()
+    return {"model": cpu_model(), "arch": platform.machine(), "isa": simd_isa(flags), "flags": recorded_flags(flags),
+            "vnni": bool(flags & VNNI_FLAGS), "int8_can_saturate": int8_can_saturate_here()}
 
 
 if __name__ == "__main__":

@@ -27,7 +27,14 @@ Schema (``format`` ``fer-edge-export-manifest/1``)::
                         "agreement", "max_abs_diff", "kl", "flips", "accuracy",
                         "reference_accuracy", "accuracy_drop", "n", "thresholds",
                         "runtime", "device", "precision_hint"? (OpenVINO),
-                        "providers"?, "session_config"? (ONNX Runtime)}}
+                        "providers"?, "session_config"? (ONNX Runtime),
+                        "threads" (1 for OpenVINO INT8, whose answers moved from run to run on
+                                   several threads of an x86 CPU without VNNI; null: the runtime's default),
+                        "batch" (images per call, 256),
+                        "cpu": {"model", "arch", "isa", "flags", "vnni", "int8_can_saturate"}}}
+                                                       # the CPU the gate ran on: an INT8 artifact's pass or
+                                                       # fail belongs to its class (int8_can_saturate: x86
+                                                       # without VNNI, where INT8 sums can saturate)
       ],
       "failed": [{"target", "precision", "reason"}],   # exports that did not produce a file
       "skipped": [{"target", "precision", "code", "reason"}],   # code: "needs-calibration" | "unsupported-precision"

@@ -13,10 +13,27 @@ FAILED = "failed"
 NOT_VALIDATED = "not validated"
 #: Images per runtime call during validation.
 VAL_BATCH = 256
+#: Threads the artifact's runtime gets during validation, by (runtime, precision); the others get the runtime's
+#: default (all cores). OpenVINO INT8 runs on one thread: with several, on an x86 CPU without VNNI, OpenVINO's CPU
+#: plugin gave nano's INT8 IRs other answers from run to run (a 2-core AVX2 EPYC, batch 256, 2 threads: the shipped
+#: nano's default INT8 IR gave logits up to 0.13 apart and 9 other top-1 answers on one session run twice, and its
+#: gate read 96.18-96.32% agreement, 0.59-0.67 points of accuracy drop: pass or fail by chance; its
+#: --overflow-fix enable IR varied too). One thread was bit-identical at any batch; so were batch 1, every FP32 and
+#: FP16 IR, small's INT8 IR, every ONNX Runtime and TorchScript session, and every IR on 16 threads of a Xeon with
+#: VNNI. The cost is small: on that 16-core Xeon one thread took 0.7-1.5 s longer per INT8 IR of the shipped weights
+#: (on the 2-core EPYC nothing), where one thread for every artifact would have cost 1.3-14 s each (TorchScript the
+#: most). Recorded in every validation entry (``threads``: null is the runtime's default; ``batch``).
+VAL_THREADS: dict[tuple[str, str], int] = {("openvino", "int8"): 1}
 #: Runtime options used for validation, per runtime (OpenVINO on CPU pins f32: the
 #: bf16 default of AVX-512-BF16/AMX CPUs changes numerics and can fail on NNCF INT8 models;
 #: ONNX Runtime's default, exact INT8 on x86 CPUs without VNNI, is recorded as ``session_config``).
 VALIDATION_OPTIONS: dict[str, dict] = {"openvino": {"precision_hint": "f32"}}
+
+
+def validation_threads(runtime: str, precision: Precision | str) -> int | None:
+    """The threads the parity gate gives ``runtime`` for an artifact of ``precision`` (:data:`VAL_THREADS`; None:
+    the runtime's default)."""
+    return VAL_THREADS.get((runtime, Precision(precision).value))
 
 
 def run_batched(run, inputs: np.ndarray, batch: int = VAL_BATCH) -> np.ndarray:
@@ -69,7 +86,10 @@ def runtime_unavailable(target: Target) -> str | None:
 
 def validate_artifact(path: Path, target: Target, precision: Precision | str, vset, ref_logits: np.ndarray,
                       thresholds=None) -> dict:
-    """Run ``path`` in the target's runtime on ``vset.inputs``; compare with ``ref_logits``; check thresholds."""
+    """Run ``path`` in the target's runtime (:func:`validation_threads`, :data:`VAL_BATCH` images per call) on
+    ``vset.inputs``; compare with ``ref_logits``; check thresholds. The entry records the threads, batch and this
+    machine's CPU (:func:`fer_edge.benchmarks.environment.cpu_record`)."""
+    from fer_edge.benchmarks.environment import cpu_record
     from fer_edge.runtimes import get_runtime
 
     precision = Precision(precision)
@@ -78,8 +98,9 @@ def validate_artifact(path: Path, target: Target, precision: Precision | str, vs
     if not ok:
         return not_validated(f"not validated: {why}", runtime=cls.name)
     options = dict(VALIDATION_OPTIONS.get(cls.name, {}))
+    threads = validation_threads(cls.name, precision)
     try:
-        rt = cls(path, batch_hint=VAL_BATCH, **options)
+        rt = cls(path, threads=threads, batch_hint=VAL_BATCH, **options)
         logits = run_batched(rt.run, vset.inputs)
         info = rt.describe()
     except Exception as e:  # any runtime failure fails this artifact only
@@ -103,6 +124,12 @@ def validate_artifact(path: Path, target: Target, precision: Precision | str, vs
         "failures": failures,
         "runtime": cls.name,
         "device": info.get("device"),
+        # how it ran, so that a rerun can reproduce the figures: threads (None: the runtime's default) and images
+        # per call; and the CPU it ran on, the machine class its pass or fail belongs to (an INT8 artifact can pass
+        # on a CPU with VNNI and fail on one without, where its sums can saturate)
+        "threads": threads,
+        "batch": VAL_BATCH,
+        "cpu": cpu_record(),
     }
     if "precision_hint" in info:
         out["precision_hint"] = info["precision_hint"]
