@@ -1,5 +1,5 @@
-"""QA round 5 on CPUs without VNNI: a reproducible OpenVINO INT8 gate and the gate's machine class in the manifest.
-Each test fails without its fix."""
+"""QA round 5 on CPUs without VNNI: a reproducible OpenVINO INT8 gate, the gate's machine class in the manifest,
+and merged bench reports of CPUs whose INT8 kernels differ. Each test fails without its fix."""
 from __future__ import annotations
 
 import json
@@ -134,3 +134,117 @@ def test_an_exported_manifest_records_threads_batch_and_cpu(exported):
     assert checked >= 4
     assert any(a["runtime"] == "openvino" and a["precision"] == "int8" and a["validation"]["threads"] == 1
                for a in manifest["artifacts"])
+
+
+# --- 4. merged reports of CPUs with other INT8 kernels ----------------------------------------------------------------
+def _env(host="vm", model="AMD EPYC", flags=("avx", "avx2", "f16c", "fma", "sse4_2"), isa="avx2+fma", arch="x86_64",
+         cores=2):
+    return {"hostname": host, "arch": arch, "os": "Linux", "memory_gb": 8.0, "libraries": {},
+            "cpu": {"model": model, "physical_cores": cores, "logical_cores": cores, "usable_cores": cores,
+                    "isa": isa, "flags": sorted(flags)}}
+
+
+VNNI = dict(flags=("avx", "avx2", "avx512_vnni", "avx512bw", "avx512f", "fma"), isa="avx512")
+
+
+def _rows(machine, exact: str, hint="f32"):
+    return [
+        {"machine": machine, "runtime": "onnxruntime", "precision": "int8",
+         "runtime_info": {"session_config": {"session.x64quantprecision": exact}}},
+        {"machine": machine, "runtime": "onnxruntime", "precision": "fp32",
+         "runtime_info": {"session_config": {"session.x64quantprecision": exact}}},
+        {"machine": machine, "runtime": "openvino", "precision": "int8", "runtime_info": {"precision_hint": hint}},
+    ]
+
+
+def test_two_cpus_that_read_alike_are_two_machines_with_their_isa():
+    """QA: machine_label keyed machines by hostname and CPU model only: a KVM guest reporting "AMD EPYC" on two
+    different CPUs became one machine's two reports (``vm (AMD EPYC)`` and ``vm (AMD EPYC) #2``)."""
+    from fer_edge.benchmarks.environment import isa_text, machine_label
+
+    a, b = _env(), _env(**VNNI)
+    assert machine_label(a) == "vm (AMD EPYC)"  # alone, as before
+    assert machine_label(b, [a]) == "vm (AMD EPYC; avx512, VNNI)"
+    assert machine_label(a, [a, b]) == "vm (AMD EPYC)"  # a's second report: the merge numbers it #2
+    assert machine_label(b, [a, b]) == machine_label(b, [a])
+    c = _env(cores=4)  # the same flags, other cores: told apart by a hash of the CPU's identity
+    label = machine_label(c, [a])
+    assert label.startswith("vm (AMD EPYC; avx2+fma, no VNNI, CPU ") and label != machine_label(a)
+    assert machine_label(_env(), [a]) == "vm (AMD EPYC)"  # the same CPU: the same machine
+    assert isa_text(a) == "avx2+fma, no VNNI" and isa_text(b) == "avx512, VNNI"
+    assert isa_text(_env(arch="aarch64", flags=("asimd",), isa="neon")) == "neon"
+    assert isa_text(_env(flags=())) == "avx2+fma"  # no flags recorded: VNNI unknown
+
+
+def test_kernel_warnings_name_rows_that_ran_other_int8_kernels_per_machine():
+    """QA: a merge of an AVX2 report (ONNX Runtime's exact U8U8 INT8, x64quantprecision 1) and a VNNI one (the fast
+    U8S8 kernels, 0) put their INT8 p50s side by side without a word."""
+    from fer_edge.benchmarks.environment import kernel_warnings
+
+    machines = [{"machine": "m1", "environment": _env()}, {"machine": "m2", "environment": _env(**VNNI)}]
+    warnings = kernel_warnings(machines, _rows("m1", "1") + _rows("m2", "0"))
+    assert len(warnings) == 2, warnings
+    ort = next(w for w in warnings if w.startswith("onnxruntime int8:"))
+    assert "M1's ran the exact U8U8 kernels" in ort and "M2's ran the fast U8S8 kernels" in ort
+    assert "not the same computation" in ort
+    ov = next(w for w in warnings if w.startswith("openvino int8:"))
+    assert "M1's on x86 without VNNI" in ov and "M2's on a CPU with VNNI" in ov
+    # the same kernels everywhere (fp32 rows differ in the entry, which does not touch them): nothing to say
+    same = [{"machine": "m1", "environment": _env()}, {"machine": "m2", "environment": _env(host="other")}]
+    assert kernel_warnings(same, _rows("m1", "1") + _rows("m2", "1")) == []
+    assert kernel_warnings(machines[:1], _rows("m1", "1")) == []
+    # OpenVINO computing in bf16 on one machine
+    hint = kernel_warnings(same, _rows("m1", "1") + _rows("m2", "1", hint="bf16"))
+    assert hint == [hint[0]] and hint[0].startswith("openvino int8: M1's ran INFERENCE_PRECISION_HINT f32; M2's ran "
+                                                    "INFERENCE_PRECISION_HINT bf16")
+    # rows of an older report without runtime_info are left out
+    assert kernel_warnings(machines, [{"machine": "m1", "runtime": "onnxruntime", "precision": "int8"}]) == []
+
+
+def _patched() -> bool:
+    """Whether fer_edge/benchmarks/report.py calls kernel_warnings (/tmp/qa/fix-cpu-extra.patch applied)."""
+    import inspect
+
+    from fer_edge.benchmarks import report
+
+    return "kernel_warnings" in inspect.getsource(report.merge_reports)
+
+
+@pytest.mark.skipif(not _patched(), reason="enable once fix-cpu-extra.patch (report.py's merge) is applied")
+def test_merge_warns_of_other_int8_kernels_and_keeps_two_cpus_apart(tmp_path, report_json):
+    """With the patch: ``fer-edge report merge`` of the two reports gives the warnings, in merged.json and merged.md,
+    the VNNI machine is its own machine (not ``#2``), and each machine's line names its ISA."""
+    from fer_edge.benchmarks.report import merge_reports
+
+    a = json.loads(report_json.read_text())
+    b = json.loads(json.dumps(a))
+    a["environment"]["hostname"] = b["environment"]["hostname"] = "vm"
+    a["environment"]["arch"] = b["environment"]["arch"] = "x86_64"
+    a["environment"]["cpu"].update(model="AMD EPYC", flags=["avx", "avx2", "fma"], isa="avx2+fma")
+    b["environment"]["cpu"].update(model="AMD EPYC", flags=["avx", "avx2", "avx512_vnni", "avx512f", "fma"],
+                                   isa="avx512")
+    for rep, exact in ((a, "1"), (b, "0")):
+        template = dict(rep["rows"][0])
+        rep["rows"] = [*rep["rows"], {**template, "runtime": "onnxruntime", "precision": "int8",
+                                      "runtime_info": {"session_config": {"session.x64quantprecision": exact}}}]
+    (tmp_path / "a.json").write_text(json.dumps(a))
+    (tmp_path / "b.json").write_text(json.dumps(b))
+    merged = merge_reports([tmp_path / "a.json", tmp_path / "b.json"], tmp_path / "m")
+    names = [m["machine"] for m in merged.machines]
+    assert names == ["vm (AMD EPYC)", "vm (AMD EPYC; avx512, VNNI)"], names
+    assert any("M1's ran the exact U8U8 kernels" in w for w in merged.warnings), merged.warnings
+    md = (tmp_path / "m" / "merged.md").read_text()
+    assert "Warning: onnxruntime int8: M1's ran the exact U8U8 kernels" in md
+    assert "avx2+fma, no VNNI" in md and "avx512, VNNI" in md
+    assert json.loads((tmp_path / "m" / "merged.json").read_text())["warnings"] == merged.warnings
+
+
+@pytest.fixture
+def report_json(tmp_path_factory, tiny_checkpoint, synthetic_csv) -> Path:
+    """A real bench report of the tiny checkpoint alone (PyTorch rows only: quick)."""
+    from fer_edge.benchmarks.bench import run_bench
+
+    out = tmp_path_factory.mktemp("cpu_qa5_report")
+    run_bench([tiny_checkpoint], data=synthetic_csv, split="PublicTest", iters=3, warmup=1, rounds=2, batches=(1,),
+              threads=1, runtimes=["pytorch"], out_dir=out)
+    return out / "report.json"

@@ -15,7 +15,7 @@ import re
 import socket
 import sys
 
-from fer_edge.cpu import VNNI_FLAGS, cpu_flags, proc_cpuinfo
+from fer_edge.cpu import _X86, VNNI_FLAGS, cpu_flags, proc_cpuinfo
 
 #: Distributions whose versions a report records.
 LIBRARIES = ("fer-edge", "torch", "torchvision", "numpy", "onnx", "onnxruntime", "openvino", "nncf",
@@ -287,10 +287,129 @@ def recorded_flags(flags) -> list[str]:
     return sorted(f for f in flags if re.fullmatch(RECORDED_FLAGS, f))
 
 
-def machine_label(env: dict) -> str:
-    """``hostname (CPU model)``: how a merged report names the machine a report came from."""
+def int8_saturates(env: dict) -> bool | None:
+    """Whether INT8 u8 x s8 sums can saturate on the CPU an environment (``describe_environment``'s, or a
+    report's ``environment``) describes: True on x86 without VNNI, False with VNNI or off x86, None when it records
+    neither its architecture nor flags (as :func:`fer_edge.cpu.int8_can_saturate_here` decides for this CPU)."""
+    cpu = env.get("cpu") or {}
+    arch = str(env.get("arch") or "").lower()
+    flags = set(cpu.get("flags") or [])
+    if arch and arch not in _X86:
+        return False
+    if flags & VNNI_FLAGS:
+        return False
+    if not arch or not flags:
+        return None
+    return True
+
+
+def isa_text(env: dict) -> str:
+    """``avx2+fma, no VNNI`` / ``avx512, VNNI`` / ``neon``: a CPU's SIMD level, and (on x86) whether INT8 sums can
+    saturate there (no VNNI), from an environment's ``cpu``."""
+    isa = (env.get("cpu") or {}).get("isa") or "unknown ISA"
+    sat = int8_saturates(env)
+    if sat is None or str(env.get("arch") or "").lower() not in _X86:
+        return isa
+    return f"{isa}, {'no VNNI' if sat else 'VNNI'}"
+
+
+def cpu_identity(env: dict) -> tuple:
+    """What tells two machines' CPUs apart in their environments: host, architecture, CPU model, recorded flags and
+    core counts (not the clock, which psutil reads as the current one, nor library versions: a machine whose
+    onnxruntime was upgraded between two reports is still the same machine)."""
+    cpu = env.get("cpu") or {}
+    return (env.get("hostname"), env.get("arch"), cpu.get("model"), tuple(sorted(cpu.get("flags") or [])),
+            cpu.get("physical_cores"), cpu.get("logical_cores"))
+
+
+def machine_label(env: dict, earlier: list[dict] | tuple = ()) -> str:
+    """``hostname (CPU model)``: how a merged report names the machine a report came from.
+
+    ``earlier``: the environments of the reports merged before this one. A virtual machine may name its CPU by a
+    family only ("AMD EPYC"), so two different CPUs can read alike: when the first of ``earlier`` with this label
+    has another CPU (:func:`cpu_identity`: other flags or cores), the label also names the ISA (``vm (AMD EPYC;
+    avx512, VNNI)``), and where that reads alike too, a short hash of the CPU's identity (``, CPU 1a2b3c``), so two
+    CPUs are never taken for one machine's two reports (``#2``)."""
     cpu = (env.get("cpu") or {}).get("model") or "unknown CPU"
-    return f"{env.get('hostname') or 'unknown host'} ({cpu})"
+    host = env.get("hostname") or "unknown host"
+    label = f"{host} ({cpu})"
+    me = cpu_identity(env)
+    first = next((e for e in earlier if machine_label(e) == label), None)
+    if first is None or cpu_identity(first) == me:
+        return label
+    label = f"{host} ({cpu}; {isa_text(env)})"
+    if isa_text(first) == isa_text(env):
+        label = f"{label[:-1]}, CPU {hashlib.sha256(json.dumps(me, default=str).encode()).hexdigest()[:6]})"
+    return label
+
+
+#: Per runtime, the keys of a row's ``runtime_info`` that choose its kernels (what it computes, not how fast it is
+#: asked to go), and the precisions they matter for (None: all).
+KERNEL_SETTINGS: dict[str, tuple[tuple[str, ...], tuple[str, ...] | None]] = {
+    "onnxruntime": (("session_config",), ("int8",)),
+    "openvino": (("precision_hint",), None),
+}
+
+
+def _kernel_text(runtime: str, info: dict) -> str:
+    """How a row's kernel settings (:data:`KERNEL_SETTINGS`) read in a warning."""
+    if runtime == "onnxruntime":
+        from fer_edge.runtimes.onnxruntime import X64_QUANT_PRECISION
+
+        value = (info.get("session_config") or {}).get(X64_QUANT_PRECISION)
+        if value == "1":
+            return f"the exact U8U8 kernels ({X64_QUANT_PRECISION}=1: x86 without VNNI)"
+        if value == "0":
+            return f"the fast U8S8 kernels ({X64_QUANT_PRECISION}=0)"
+        return "ONNX Runtime's default kernels (no session config recorded)"
+    if runtime == "openvino" and "precision_hint" in info:
+        return f"INFERENCE_PRECISION_HINT {info.get('precision_hint')}"
+    return ", ".join(f"{k} {info.get(k)!r}" for k in KERNEL_SETTINGS.get(runtime, ((), None))[0])
+
+
+def kernel_warnings(machines: list[dict], rows: list[dict]) -> list[str]:
+    """Warnings for a merge of several machines' reports whose rows of one runtime and precision ran other
+    arithmetic on different machines, so their latencies (and answers) are not the same computation:
+
+    * ONNX Runtime INT8 rows whose ``runtime_info.session_config`` differs (``session.x64quantprecision`` 1: the
+      exact U8U8 kernels fer-edge picks on x86 without VNNI; 0: the fast U8S8 ones);
+    * OpenVINO rows whose ``precision_hint`` differs (f32 against bf16);
+    * OpenVINO INT8 rows of machines of which one's INT8 sums can saturate (x86 without VNNI) and another's cannot:
+      OpenVINO has no switch for it, its kernels differ with the CPU.
+
+    ``machines``: ``{"machine", "environment"}`` in merge order (named M1, M2, ...); ``rows``: rows with
+    ``machine``, ``runtime``, ``precision`` and ``runtime_info``. One line per runtime and precision; [] when none
+    differ (or one machine)."""
+    names = {m["machine"]: f"M{i}" for i, m in enumerate(machines, 1)}
+    envs = {m["machine"]: m.get("environment") or {} for m in machines}
+    seen: dict[tuple[str, str], dict[str, str]] = {}  # (runtime, precision) -> machine -> text
+    for r in rows:
+        runtime, precision, machine = r.get("runtime"), str(r.get("precision") or ""), r.get("machine")
+        if runtime not in KERNEL_SETTINGS or machine not in names:
+            continue
+        keys, precisions = KERNEL_SETTINGS[runtime]
+        info = r.get("runtime_info") or {}
+        if precisions is not None and precision not in precisions:
+            continue
+        if not isinstance(info, dict) or not any(k in info for k in keys):
+            continue
+        seen.setdefault((runtime, precision), {}).setdefault(machine, _kernel_text(runtime, info))
+    out = []
+    for (runtime, precision), texts in seen.items():
+        if len(set(texts.values())) > 1:
+            listed = "; ".join(f"{names[m]}'s ran {t}" for m, t in sorted(texts.items(), key=lambda x: names[x[0]]))
+            out.append(f"{runtime} {precision}: {listed}: their latencies are not the same computation (and their "
+                       "answers may differ)")
+    ov = sorted({r["machine"] for r in rows if r.get("runtime") == "openvino" and r.get("precision") == "int8"
+                 and r.get("machine") in names}, key=lambda m: names[m])
+    sat = {m: int8_saturates(envs[m]) for m in ov}
+    if len({v for v in sat.values() if v is not None}) > 1:
+        listed = "; ".join(f"{names[m]}'s on " + ("x86 without VNNI (its INT8 sums can saturate)" if v
+                                                 else "a CPU with VNNI or not x86") for m, v in sat.items()
+                           if v is not None)
+        out.append(f"openvino int8: {listed}: OpenVINO runs other INT8 kernels on each, so their latencies are not "
+                   "the same computation (and their answers may differ)")
+    return out
 
 
 def cpu_record() -> dict:
