@@ -23,6 +23,10 @@ Schema (``format`` ``fer-edge-export-manifest/1``)::
          "calibration": {...} | null, "export_seconds", "export": {...target facts...},
          "tool_versions", "source",
          "run",                                        # run_id of the export run that wrote it
+         "being_replaced"?: {"run", "validation"},     # while the run being_replaced.run re-exports it: it is
+                                                       # listed "not validated" (its file may already be the new
+                                                       # one), its own result kept here; an export reading it with
+                                                       # the files unchanged restores that result
          "validation": {"status": "passed" | "failed" | "not validated", "reason",
                         "agreement", "max_abs_diff", "kl", "flips", "accuracy",
                         "reference_accuracy", "accuracy_drop", "n", "thresholds",
