@@ -11,11 +11,12 @@ _NOT_DEVICES = ("AzureExecutionProvider",)
 #: Session option that makes ONNX Runtime multiply quantized weights with exact U8U8 kernels instead of
 #: U8S8 ones. On x86-64 CPUs without VNNI (SSE4.1, AVX2, AVX-512 without VNNI) the U8S8 kernels add
 #: products in pairs into 16 bits, which saturate: measured on an AVX2 EPYC without VNNI, the shipped
-#: small model's INT8 agreed with FP32 on 91.3% of PublicTest without the option and 98.9% with it, the
-#: figure a VNNI CPU gives. ONNX Runtime's header names the overflow on those CPUs but says the option is
-#: effective on every AVX2/AVX-512 CPU, and it does take effect on a VNNI CPU, where U8S8 is exact anyway:
-#: on an AVX-512 VNNI Zen 5 it made the INT8 models 1.6x (nano) and 2.4x (small) slower for bit-identical
-#: logits (``python -m fer_edge.benchmarks.ort_int8``). Hence ``exact_int8="auto"``: on only where needed.
+#: small model's (71.11%) INT8 agreed with FP32 on 91.5% of PublicTest without the option and 99.0% with it
+#: (nano's: 94.3% and 97.0%), the figures a VNNI CPU gives. ONNX Runtime's header names the overflow on those
+#: CPUs but says the option is effective on every AVX2/AVX-512 CPU, and it does take effect on a VNNI CPU, where
+#: U8S8 is exact anyway: on an AVX-512 VNNI Zen 5 it made the INT8 models 1.6x (nano) and 2.4x (small) slower
+#: for bit-identical logits (``python -m fer_edge.benchmarks.ort_int8``). Hence ``exact_int8="auto"``: on only
+#: where needed.
 X64_QUANT_PRECISION = "session.x64quantprecision"
 
 
