@@ -223,13 +223,15 @@ def md_table(header: Iterable[str], rows: Iterable[Iterable[str]]) -> str:
 
 
 def environment_line(env: dict) -> str:
+    from fer_edge.benchmarks.environment import isa_text
+
     cpu = env.get("cpu") or {}
     libs = env.get("libraries") or {}
     versions = ", ".join(f"{k} {v}" for k, v in libs.items() if v and k in ("torch", "onnxruntime", "openvino",
                                                                               "coremltools"))
     mem = env.get("memory_gb")
     return (f"{env.get('hostname', '?')}: {cpu.get('model', '?')}, {cpu.get('physical_cores', '?')} cores "
-            f"({cpu.get('logical_cores', '?')} threads), {mem if mem is not None else '?'} GiB, "
+            f"({cpu.get('logical_cores', '?')} threads), {isa_text(env)}, {mem if mem is not None else '?'} GiB, "
             f"{env.get('os', '?')}; {versions}")
 
 
@@ -690,7 +692,7 @@ def merge_reports(paths: list[str | Path], out_dir: str | Path,
     the result's ``warnings`` (and no earlier plot is left beside the new files). ``on_written`` is called with the
     result once its files are written (before an interrupt held over the writes is raised).
     """
-    from fer_edge.benchmarks.environment import machine_label
+    from fer_edge.benchmarks.environment import kernel_warnings, machine_label
     from fer_edge.utils import interrupts_deferred, json_digest
 
     if not paths:
@@ -715,7 +717,7 @@ def merge_reports(paths: list[str | Path], out_dir: str | Path,
             continue
         for k in ids:
             given[k] = (len(machines) + 1, str(path))
-        label = machine_label(rep["environment"])
+        label = machine_label(rep["environment"], [m["environment"] for m in machines])
         seen[label] = seen.get(label, 0) + 1
         if seen[label] > 1:
             label = f"{label} #{seen[label]}"
@@ -734,11 +736,12 @@ def merge_reports(paths: list[str | Path], out_dir: str | Path,
     rows.sort(key=lambda r: (_row_key(r), order[r["machine"]]))
     warning = data_warning(machines)
     other = settings_warning(machines)
-    warnings = [w for w in (warning, other) if w]
+    other = [w for w in (other, *kernel_warnings(machines, rows)) if w]  # and rows that ran other kernels per machine
+    warnings = [w for w in (warning, *other) if w]
 
     merged = MergedReport(machines, rows, warnings=warnings, notes=notes)
     texts = {"merged.json": json_text(merged.to_dict()), "merged.csv": rows_to_csv(rows, extra_first=("machine",)),
-             "merged.md": merged_markdown(machines, rows, notes, warning, [other] if other else [])}
+             "merged.md": merged_markdown(machines, rows, notes, warning, other)}
     title = f"fer-edge bench: {len(machines)} reports"
     if warning:  # said on the image too: a Pareto front across machines then mixes accuracies of different images
         title += " of different data: their accuracies are not comparable"
