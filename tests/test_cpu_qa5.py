@@ -9,19 +9,9 @@ import numpy as np
 import pytest
 
 from fer_edge.targets import TARGETS
-from test_export import SYNTHETIC_GATE_MIN, export_all
+from test_export_qa4 import _gate_minimum_for_synthetic_data, exported  # noqa: F401 - fixtures
 
 
-@pytest.fixture(scope="session")
-def exported(tmp_path_factory, tiny_checkpoint, synthetic_csv):
-    return export_all(tmp_path_factory, tiny_checkpoint, synthetic_csv)
-
-
-@pytest.fixture(autouse=True)
-def _gate_minimum_for_synthetic_data(monkeypatch):
-    from fer_edge.exporters import calibration
-
-    monkeypatch.setattr(calibration, "MIN_VAL_SIZE", SYNTHETIC_GATE_MIN)
 
 
 class _Vset:

@@ -16,13 +16,7 @@ from fer_edge.data import default_train_split, default_val_split, list_splits, l
 from fer_edge.data import _folder
 from fer_edge.data.synthetic import make_synthetic, write_csv, write_folder
 from fer_edge.errors import DataError
-
-
-@pytest.fixture
-def own_cache(tmp_path, monkeypatch) -> Path:
-    d = tmp_path / "cache"
-    monkeypatch.setenv("FER_EDGE_CACHE_DIR", str(d))
-    return d
+from test_data import own_cache  # noqa: F401 - a fixture
 
 
 @pytest.fixture

@@ -16,7 +16,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from fer_edge.errors import DataError
-from fer_edge.faces import Box, detector_available, load_image
+from fer_edge.faces import Box, load_image
+from test_predict import haar  # noqa: F401 - a fixture
 
 runner = CliRunner()
 
@@ -26,13 +27,6 @@ def predictor(tiny_checkpoint):
     from fer_edge.predict import load
 
     return load(tiny_checkpoint)
-
-
-@pytest.fixture(scope="session")
-def haar():
-    ok, why = detector_available()
-    if not ok:
-        pytest.skip(f"OpenCV's Haar face detector is unavailable: {why}")
 
 
 @pytest.fixture(scope="session")
