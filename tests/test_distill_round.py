@@ -769,7 +769,8 @@ def test_every_round_command_in_readme_is_accepted(synthetic_folder, tmp_path, m
     monkeypatch.setattr("fer_edge.training.distill_round.run_round", lambda *a, stages, **kw: seen.append(stages))
     monkeypatch.setattr(trainer, "resolve_device", lambda name: torch.device("cpu"))
     for i, text in enumerate(commands):
-        argv = shlex.split(text.replace("\\\n", " ").replace("\n", " "))
+        text = re.split(r" (?:>|2>&1|;|&&|\|)(?: |$)", text, maxsplit=1)[0]  # the round's own arguments, not the
+        argv = shlex.split(text.replace("\\\n", " ").replace("\n", " "))  # shell's redirection and what follows
         for option, value in (("--data", str(synthetic_folder)), ("--out", str(tmp_path / f"o{i}")),
                               ("--work", str(tmp_path / f"w{i}"))):
             argv[argv.index(option) + 1] = value
